@@ -1,0 +1,274 @@
+/* SPDX-License-Identifier: MIT */
+/* Narrow-link frame codec: packs spooled messages into CRC-protected frames no larger than a link MTU, with fragmentation, acks and selective retransmission. */
+#ifndef KM_FRAME_H
+#define KM_FRAME_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <zlib.h>
+
+/* Wire format version written in every frame (see the comment atop frame.c). */
+#define KM_FRAME_VERSION 1
+/* Smallest MTU the encoder accepts: header, CRC and a first fragment with a
+ * dictionary topic still fit, with room for a few payload bytes. */
+#define KM_FRAME_MTU_MIN 32
+/* Largest MTU: BeiDou-3 regional 1750 B with headroom; bounds window memory. */
+#define KM_FRAME_MTU_MAX 4096
+/* Frames of at most this many bytes carry CRC-16/CCITT, larger ones CRC-32. */
+#define KM_FRAME_CRC16_MAX 256
+/* Largest send window; the ack bitmap covers window - 1 frames. */
+#define KM_FRAME_WINDOW_MAX 64
+/* Most message records in one frame (bounds per-frame bookkeeping). */
+#define KM_FRAME_RECS_MAX 128
+/* Longest literal topic on the wire. */
+#define KM_FRAME_TOPIC_MAX 512
+
+/* Payload encodings. AUTO is for the encoder only: compact JSON, then raw
+ * deflate when smaller. On decode the payload is always handed over
+ * inflated, and enc says RAW or POSBATCH. */
+enum km_frame_enc {
+	KM_FRAME_ENC_AUTO = 0,     /* encoder picks RAW or DEFLATE */
+	KM_FRAME_ENC_RAW = 1,      /* bytes as given (compacted JSON is RAW) */
+	KM_FRAME_ENC_DEFLATE = 2,  /* raw deflate, RFC 1951 (wire only) */
+	KM_FRAME_ENC_POSBATCH = 3, /* compact position batch (posrec module), sent verbatim */
+};
+
+/*
+ * One message. On encode every pointer is borrowed for the duration of the
+ * call. On decode the struct and everything it points to belong to the
+ * receiver and are valid only during the delivery callback: copy what you keep.
+ */
+struct km_frame_msg {
+	uint64_t id;          /* unique per origin, monotonic */
+	const char *topic;    /* NUL-terminated; on decode NULL when topic_idx is unknown here */
+	const uint8_t *payload;
+	size_t len;
+	int64_t created_ms;   /* unix ms, <= 0 = unknown; the wire keeps whole seconds */
+	uint32_t origin;      /* decode: numeric node id of the origin */
+	uint32_t topic_idx;   /* decode: dictionary index, or UINT32_MAX when sent literally */
+	uint8_t cls;          /* 0..7, class as numbered by config */
+	uint8_t qos;          /* 0..2 */
+	uint8_t enc;          /* enum km_frame_enc */
+	size_t frag_off;      /* encode: encoded bytes already sent (km_frame_put.next_off) */
+};
+
+/* Topic dictionary agreed by config on both ends: index = position. Borrowed.
+ * Append only: reordering it breaks decoding of frames in flight. */
+struct km_frame_dict {
+	const char *const *topics;
+	size_t n;
+};
+
+/* An acknowledgement of the frames of one origin: everything up to cum is
+ * delivered; bit i of bitmap says frame cum + 2 + i is held by the receiver
+ * (cum + 1 is missing by definition). */
+struct km_frame_ack {
+	uint32_t origin;  /* whose frames are acknowledged */
+	uint16_t cum;
+	uint64_t bitmap;
+};
+
+/* What km_frame_tx_encode() put in a frame. */
+struct km_frame_put {
+	uint16_t seq;       /* the frame's sequence number */
+	size_t n_full;      /* msgs[0..n_full) went in completely */
+	size_t next_off;    /* encoded bytes of msgs[n_full] sent so far (0 = untouched) */
+	bool acked_piggy;   /* the ack passed in went in too */
+};
+
+struct km_frame_tx_cfg {
+	uint32_t origin;                    /* this node's numeric id */
+	uint16_t first_seq;                 /* pick at random per start (see frame.c) */
+	unsigned window;                    /* 1..KM_FRAME_WINDOW_MAX, 0 = max */
+	size_t mtu_max;                     /* largest MTU this sender will be given */
+	const struct km_frame_dict *dict;   /* borrowed, may be NULL */
+	bool no_compact_json;               /* leave JSON whitespace alone */
+	size_t deflate_min;                 /* try deflate from this size, 0 = 24 */
+};
+
+struct km_frame_slot {
+	bool used;
+	bool sacked;          /* receiver holds it: do not resend */
+	bool lost;            /* a later frame got through: resend now */
+	uint16_t seq;
+	size_t len;
+	uint8_t *buf;         /* owned, cfg.mtu_max bytes */
+	int64_t sent_ms;
+	uint64_t stamp;       /* send order, for loss detection */
+	unsigned tries;
+	size_t n_done;
+	uint64_t *done;       /* ids whose last byte is in this frame; owned */
+};
+
+/* Sender: frame numbering, the window of unacked frames, deflate state.
+ * Caller-embedded; km_frame_tx_init/_deinit. */
+struct km_frame_tx {
+	struct km_frame_tx_cfg cfg;
+	uint16_t next_seq;
+	bool synced;          /* a receiver acked this session: stop SYN */
+	uint64_t stamp;
+	struct km_frame_slot slot[KM_FRAME_WINDOW_MAX];
+	z_stream zs;
+	bool zs_ok;
+	uint8_t *enc_buf;     /* encoded payload of the message being framed */
+	size_t enc_cap;
+	size_t enc_len;
+	uint8_t enc_code;     /* wire encoding of enc_buf */
+	bool cache_ok;        /* enc_buf holds cache_id's encoding */
+	uint64_t cache_id;
+	size_t cache_len;
+	/* counters */
+	uint64_t frames_sent;
+	uint64_t frames_resent;
+};
+
+/* Receiver limits. Zero fields take the defaults documented in frame.c. */
+struct km_frame_rx_cfg {
+	const struct km_frame_dict *dict;   /* borrowed, may be NULL */
+	unsigned max_origins;               /* peers tracked at once (16) */
+	size_t max_buffer_bytes;            /* out-of-order frames held, all origins (64 KiB) */
+	unsigned max_partials;              /* messages being reassembled (8) */
+	size_t max_partial_bytes;           /* their bytes, all together (256 KiB) */
+	size_t max_msg;                     /* largest message, after inflate (128 KiB) */
+};
+
+struct km_frame_rx_origin;
+struct km_frame_partial;
+
+/* Receiver: CRC check, per-origin reorder buffer, reassembly, ack state.
+ * Caller-embedded; km_frame_rx_init/_deinit. */
+struct km_frame_rx {
+	struct km_frame_rx_cfg cfg;
+	struct km_frame_rx_origin *org;      /* cfg.max_origins entries, owned */
+	struct km_frame_partial *part;       /* cfg.max_partials entries, owned */
+	size_t buffered_bytes;
+	size_t partial_bytes;
+	uint64_t tick;                       /* ages for LRU eviction */
+	z_stream zs;
+	bool zs_ok;
+	uint8_t *scratch;                    /* inflate output, cfg.max_msg bytes */
+	char topic[KM_FRAME_TOPIC_MAX + 1];  /* literal topic handed to the callback */
+	/* counters: every frame or message refused lands in exactly one */
+	uint64_t frames_ok;          /* accepted data frames (first copy) */
+	uint64_t acks_in;            /* ack frames received */
+	uint64_t crc_errors;         /* CRC mismatch or runt: -EBADMSG */
+	uint64_t bad_version;        /* good CRC, unknown version: -EPROTONOSUPPORT */
+	uint64_t malformed;          /* good CRC, bad structure: -EPROTO */
+	uint64_t duplicates;         /* frame already delivered or buffered */
+	uint64_t out_of_window;      /* frame beyond the reorder window */
+	uint64_t dropped_nomem;      /* ahead frame not buffered: byte cap */
+	uint64_t skipped_frames;     /* frames the sender abandoned */
+	uint64_t resyncs;            /* sender restarted (SYN with a new base) */
+	uint64_t origin_evictions;   /* least recently heard origin forgotten */
+	uint64_t partial_evictions;  /* oldest partial message dropped for space */
+	uint64_t orphan_frags;       /* fragment whose message start is unknown */
+	uint64_t oversize;           /* message above max_msg, dropped */
+	uint64_t bad_payload;        /* deflate stream that does not inflate */
+	uint64_t unknown_topics;     /* dictionary index beyond our dictionary */
+	uint64_t delivered;          /* messages handed to the callback */
+};
+
+/* What km_frame_rx_input() learnt from a frame besides the messages. */
+struct km_frame_rx_info {
+	uint8_t type;          /* KM_FRAME_T_DATA or KM_FRAME_T_ACK */
+	uint32_t origin;       /* node that sent the frame */
+	uint16_t seq;          /* data frames */
+	bool ack_due;          /* send km_frame_rx_ack(origin) back */
+	bool has_ack;          /* ack (ack frame or piggybacked) for km_frame_tx_ack() */
+	struct km_frame_ack ack;
+};
+
+enum { KM_FRAME_T_DATA = 0, KM_FRAME_T_ACK = 1 };
+
+/* Delivery callback: m and all it points to are valid during the call only.
+ * Return 0 to accept; a negative errno stops the frame, which is then not
+ * acknowledged and will be delivered again (messages before m may repeat). */
+typedef int (*km_frame_deliver_fn)(void *ctx, const struct km_frame_msg *m);
+/* Sender report: message id is delivered (release it from the spool). */
+typedef void (*km_frame_done_fn)(void *ctx, uint64_t id);
+
+/* Initialise tx from cfg (copied; cfg->dict stays borrowed). Returns 0,
+ * -EINVAL for a bad window or mtu_max, -ENOMEM. */
+int km_frame_tx_init(struct km_frame_tx *tx, const struct km_frame_tx_cfg *cfg);
+/* Release everything tx owns; safe on a zeroed or deinitialised tx. */
+void km_frame_tx_deinit(struct km_frame_tx *tx);
+
+/*
+ * Fill ONE data frame of at most mtu bytes into out (capacity >= mtu) with
+ * msgs[0..n) in that order, continuing msgs[i].frag_off where a message was
+ * split. ack (may be NULL) is piggybacked when it fits. The frame is kept in
+ * the window until acknowledged. now_ms stamps it for retransmission.
+ * Returns the frame length (> 0); -EAGAIN when the window is full; -EMSGSIZE
+ * when msgs[0] cannot go even in an empty frame (topic too long for mtu);
+ * -EINVAL for bad arguments (mtu out of range or above cfg.mtu_max, n == 0,
+ * cls > 7, qos > 2); -ENOMEM.
+ */
+int km_frame_tx_encode(struct km_frame_tx *tx, const struct km_frame_msg *msgs,
+		       size_t n, size_t mtu, const struct km_frame_ack *ack,
+		       int64_t now_ms, uint8_t *out, struct km_frame_put *put);
+
+/*
+ * Apply an ack for our frames: release every frame up to ack->cum, calling
+ * done(ctx, id) for each message whose last byte they carried, in send
+ * order; mark frames the bitmap holds as not to be resent and earlier
+ * unacked ones as lost. Acks for another origin or outside the window are
+ * ignored. Returns the number of frames released.
+ */
+int km_frame_tx_ack(struct km_frame_tx *tx, const struct km_frame_ack *ack,
+		    km_frame_done_fn done, void *ctx);
+
+/*
+ * Pick the frame to resend now: a frame marked lost, else the oldest one
+ * not held by the receiver and sent more than rto_ms ago. Copies it into out
+ * (capacity >= its length) and stamps it. Returns its length, 0 when nothing
+ * is due, -ENOSPC when cap is too small.
+ */
+int km_frame_tx_due(struct km_frame_tx *tx, int64_t now_ms, int64_t rto_ms,
+		    uint8_t *out, size_t cap);
+
+/* Abandon every unacked frame (link switched, messages go elsewhere): their
+ * messages stay undelivered in the caller's spool and split messages must be
+ * restarted with frag_off = 0. The receiver skips the gap. */
+void km_frame_tx_reset(struct km_frame_tx *tx);
+
+/* Frames in flight. */
+unsigned km_frame_tx_inflight(const struct km_frame_tx *tx);
+
+/* Initialise rx from cfg (copied; dict stays borrowed). Returns 0 or -ENOMEM. */
+int km_frame_rx_init(struct km_frame_rx *rx, const struct km_frame_rx_cfg *cfg);
+/* Release everything rx owns; safe on a zeroed or deinitialised rx. */
+void km_frame_rx_deinit(struct km_frame_rx *rx);
+
+/*
+ * Take one received datagram buf[0..len) (borrowed). Data frames deliver
+ * their complete messages through deliver(ctx, m) in send order per origin;
+ * both frame types fill *info (may be NULL). now_ms (unix ms) resolves the
+ * 24-bit wire time. Returns 0; -EBADMSG for a CRC mismatch or runt;
+ * -EPROTONOSUPPORT for another version; -EPROTO for a malformed frame with
+ * a good CRC; or the callback's error. Counters in rx say which.
+ */
+int km_frame_rx_input(struct km_frame_rx *rx, const uint8_t *buf, size_t len,
+		      int64_t now_ms, km_frame_deliver_fn deliver, void *ctx,
+		      struct km_frame_rx_info *info);
+
+/* Fill *ack with what we hold of origin's frames. Returns 0 or -ENOENT
+ * when that origin is unknown. */
+int km_frame_rx_ack(const struct km_frame_rx *rx, uint32_t origin,
+		    struct km_frame_ack *ack);
+
+/* Encode a stand-alone ack frame sent by node `from` into out[0..cap).
+ * Returns its length (at most 17 + 2 varint bytes) or -ENOSPC. */
+int km_frame_ack_encode(const struct km_frame_ack *ack, uint32_t from,
+			uint8_t *out, size_t cap);
+
+/* JSON compaction used by the encoder: copy in[0..len) to out (capacity >=
+ * len) without insignificant whitespace. Returns the new length, or -EINVAL
+ * when in does not look like a JSON object or array (out is then garbage). */
+int km_frame_json_compact(const uint8_t *in, size_t len, uint8_t *out);
+
+/* CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF) as used on the wire. */
+uint16_t km_frame_crc16(const uint8_t *p, size_t n);
+
+#endif /* KM_FRAME_H */

@@ -1,0 +1,37 @@
+/* SPDX-License-Identifier: MIT */
+/* Logging to stderr in the journald priority-prefix format. */
+#include "log.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+int km_log_max_level = KM_LOG_INFO;
+
+void km_log_write(int level, const char *tag, const char *fmt, ...)
+{
+        char line[1024];
+        int n = snprintf(line, sizeof(line), "<%d>%s: ", level, tag);
+        va_list ap;
+
+        va_start(ap, fmt);
+        n += vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
+        va_end(ap);
+        if (n > (int)sizeof(line) - 2)
+                n = (int)sizeof(line) - 2;
+        line[n++] = '\n';
+        /* One write: a partial line from another thread must never split ours. */
+        (void)!write(STDERR_FILENO, line, (size_t)n);
+}
+
+int km_log_parse_level(const char *name)
+{
+        static const char *const names[] = { [KM_LOG_ERR] = "err", [KM_LOG_WARNING] = "warning",
+                                             [KM_LOG_NOTICE] = "notice", [KM_LOG_INFO] = "info",
+                                             [KM_LOG_DEBUG] = "debug" };
+        for (int i = KM_LOG_ERR; i <= KM_LOG_DEBUG; i++)
+                if (strcmp(name, names[i]) == 0)
+                        return i;
+        return -EINVAL;
+}

@@ -1,0 +1,93 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* The canonical position record, its JSON form and its compact binary batch codec. */
+#ifndef KM_POSREC_H
+#define KM_POSREC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define KM_POS_UNIT_MAX 32 /* bytes including the NUL: names are 0..31 bytes */
+#define KM_POS_KIND_MAX 12
+
+/*
+ * One position of one unit. Unknown optional values are NAN (doubles) or 0
+ * (time_ms, mode, fix_quality), so a record from km_posrec_init() says
+ * "nothing known" until a parser fills it.
+ */
+struct km_pos {
+	char unit[KM_POS_UNIT_MAX];  /* NUL-terminated unit id, e.g. "uav-07" */
+	double lat;                  /* decimal degrees WGS84, [-90, 90] */
+	double lon;                  /* decimal degrees WGS84, [-180, 180] */
+	double alt;                  /* metres above mean sea level, NAN if unknown */
+	int64_t time_ms;             /* unix ms UTC of the fix, 0 if unknown */
+	double speed;                /* ground speed m/s, NAN if unknown */
+	double heading;              /* course over ground, degrees true, NAN if unknown */
+	int mode;                    /* as gpsd: 0 unknown, 1 no fix, 2 2D, 3 3D */
+	int fix_quality;             /* NMEA GGA quality 1..15, 0 if unknown */
+	double battery;              /* percent 0..100, NAN if unknown */
+	char kind[KM_POS_KIND_MAX];  /* "drone", "radio", "handheld", "vehicle" or "" */
+};
+
+/* Codec version written in byte 0 of every batch. */
+#define KM_POSREC_VERSION 1
+/* Most distinct (unit, kind) pairs in one batch (7-bit unit index). */
+#define KM_POSREC_MAX_UNITS 127
+/* Most bytes one record takes, first of its unit included. */
+#define KM_POSREC_MAX_RECORD 16
+/* Batch header bytes before the unit table: version, base time, unit count. */
+#define KM_POSREC_MAX_FIXED_HEADER (1 + 10 + 1 + 10)
+
+/* Fill *pos with "nothing known": empty unit, 0,0, NAN optionals. */
+void km_posrec_init(struct km_pos *pos);
+
+/*
+ * Write pos as one line of JSON (no newline) into buf, NUL-terminated.
+ * Fields, in this order: "unit", "lat", "lon" (7 decimals), "alt" (1),
+ * "time" (ISO 8601 UTC with milliseconds), "speed" (2), "heading" (1),
+ * "mode", "quality", "kind", "battery" (1). alt, time, speed, heading,
+ * quality (0), kind ("") and battery are left out when unknown. The output
+ * is byte-for-byte deterministic: consumers may compare strings.
+ * Returns the length written (without the NUL), -EINVAL for a record that is
+ * not valid (lat/lon out of range or not finite, infinite optionals, unit or
+ * kind not NUL-terminated), -ENOSPC if buf is too small.
+ */
+int km_posrec_to_json(const struct km_pos *pos, char *buf, size_t len);
+
+/*
+ * Quantise *in to exactly what km_posrec_decode() will return for it
+ * (resolution and clamping are documented at the top of posrec.c), into
+ * *out (may equal in). Returns 0 or -EINVAL for a record the codec refuses.
+ */
+int km_posrec_quantise(const struct km_pos *in, struct km_pos *out);
+
+/*
+ * Encode positions[0..n) as one batch into out[0..cap). Positions are kept
+ * in order. Returns the bytes written, -ENOSPC if they do not fit in cap,
+ * -E2BIG if they name more than KM_POSREC_MAX_UNITS (unit, kind) pairs,
+ * -ERANGE if their times span more than the codec window (about +-58 h
+ * around the first known time), -EINVAL for an invalid record.
+ */
+int km_posrec_encode(const struct km_pos *positions, size_t n,
+		     uint8_t *out, size_t cap);
+
+/*
+ * Encode the longest prefix of positions[0..n) that fits in one batch of at
+ * most cap bytes (a frame MTU), and store its length in *n_used. Call again
+ * with positions + *n_used for the next frame. Returns the bytes written;
+ * -ENOSPC if n > 0 and not even one position fits; -EINVAL if an invalid
+ * record is met within the prefix that would otherwise fit.
+ */
+int km_posrec_encode_fit(const struct km_pos *positions, size_t n,
+			 uint8_t *out, size_t cap, size_t *n_used);
+
+/*
+ * Decode one batch from in[0..len) into out[0..cap) and store the count in
+ * *n_out. Reads only in[0..len) whatever the bytes are. Returns 0, -EBADMSG
+ * for a malformed or truncated batch, -ENOTSUP for an unknown version,
+ * -ENOSPC if the batch holds more than cap positions. On error *n_out is 0
+ * and out[] is unspecified.
+ */
+int km_posrec_decode(const uint8_t *in, size_t len, struct km_pos *out,
+		     size_t cap, size_t *n_out);
+
+#endif /* KM_POSREC_H */

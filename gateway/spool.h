@@ -1,0 +1,77 @@
+/* SPDX-License-Identifier: MIT */
+/* Spool: the one durable store-and-forward queue (ingest log + SQLite backlog). */
+#ifndef KM_SPOOL_H
+#define KM_SPOOL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "msg.h"
+
+struct km_spool;
+
+struct km_spool_opts {
+        const char *path;          /* the SQLite file; the ingest logs sit beside it */
+        int64_t max_bytes;         /* bound on what the spool holds */
+        bool sync_always;          /* push returns only after the fsync holding it */
+        int64_t sync_interval_ms;  /* batch mode: fsync at least this often */
+        /* Called from the pushing thread when the loop should look at the spool
+         * (new messages, or the pending buffer wants a flush). */
+        void (*wake)(void *ud);
+        void *wake_ud;
+};
+
+struct km_spool_stats {
+        uint64_t depth[KM_DIR_COUNT];
+        uint64_t bytes;
+        uint64_t pushed, acked;
+        uint64_t dropped, expired, coalesced, over_limit;
+        uint64_t recovered, moved_aside;
+        uint64_t fsyncs;
+        uint64_t depth_prio[KM_DIR_COUNT][KM_PRIO_COUNT];
+        int64_t oldest_ms[KM_DIR_COUNT]; /* created time of the oldest queued, 0 if none */
+};
+
+/* Opens (creating) the spool and recovers what the last run left: a damaged SQLite
+ * file is moved aside (logged, counted) and a fresh one started; ingest-log records
+ * not yet in SQLite are replayed. On success *out owns the spool. */
+int km_spool_open(struct km_spool **out, const struct km_spool_opts *o);
+
+/* Flushes, syncs and closes; NULL is a no-op. */
+void km_spool_close(struct km_spool *sp);
+
+/* Any thread. Assigns m->id and appends m to the ingest log with one write(2); returns
+ * 0 once the message survives a kill of the process (and, with sync_always, a power
+ * cut). m's pointers are only read during the call. Negative errno on failure: the
+ * message is then NOT accepted. */
+int km_spool_push(struct km_spool *sp, struct km_msg *m);
+
+/* Loop thread. The next queued message of dir and prio with id > after, expired ones
+ * removed on the way. Returns 1 and fills out (its pointers valid until the next spool
+ * call), 0 when there is none, or negative errno. */
+int km_spool_next(struct km_spool *sp, int dir, int prio, uint64_t after, struct km_msg *out);
+
+/* Loop thread. The message was delivered: it leaves the spool at the next commit. */
+int km_spool_ack(struct km_spool *sp, uint64_t id);
+
+/* Loop thread. Moves pending messages into SQLite, applies coalescing, expiry and the
+ * space policy, writes acks, and commits. Cheap when there is nothing to do. */
+int km_spool_commit(struct km_spool *sp);
+
+/* Loop thread. Moves everything pending into SQLite and commits with fsync (on drain,
+ * and for tests that need the backlog path). */
+int km_spool_checkpoint(struct km_spool *sp);
+
+/* Loop thread. Removes expired messages at the head of each queue. */
+int km_spool_expire(struct km_spool *sp, int64_t now_ms);
+
+/* Whether there is something for km_spool_commit to do (pending, acks). */
+bool km_spool_dirty(struct km_spool *sp);
+
+/* Loop thread. Counters and depths (a consistent snapshot). */
+void km_spool_stats(struct km_spool *sp, struct km_spool_stats *st);
+
+/* Unix time in ms (CLOCK_REALTIME). */
+int64_t km_now_ms(void);
+
+#endif

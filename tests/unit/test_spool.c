@@ -1,0 +1,270 @@
+/* SPDX-License-Identifier: MIT */
+/* Spool: order, acks, recovery after a kill, coalescing, TTL, space policy, damage. */
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "spool.h"
+
+static char dir[64], path[128];
+
+static void nowake(void *ud) { (void)ud; }
+
+static void setup(void)
+{
+        snprintf(dir, sizeof(dir), "/tmp/km-spool-XXXXXX");
+        cr_assert_not_null(mkdtemp(dir));
+        snprintf(path, sizeof(path), "%s/sub/spool.db", dir);
+}
+
+static void teardown(void)
+{
+        char cmd[128];
+        snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+        cr_assert_eq(system(cmd), 0);
+}
+
+static struct km_spool *open_spool(int64_t max_bytes)
+{
+        struct km_spool_opts o = { .path = path, .max_bytes = max_bytes, .sync_interval_ms = 20, .wake = nowake };
+        struct km_spool *sp = NULL;
+        cr_assert_eq(km_spool_open(&sp, &o), 0);
+        return sp;
+}
+
+static uint64_t push(struct km_spool *sp, int prio, const char *topic, const char *payload, const char *ckey,
+                     int64_t expires, bool droppable)
+{
+        struct km_msg m = { .created_ms = km_now_ms(), .expires_ms = expires, .dir = KM_DIR_UP, .prio = (uint8_t)prio,
+                            .qos = 1, .flags = droppable ? KM_MSG_DROPPABLE : 0, .cls = prio == 0 ? "alert" : "telemetry",
+                            .topic = topic, .ckey = ckey, .payload = payload, .len = strlen(payload) };
+        cr_assert_eq(km_spool_push(sp, &m), 0);
+        return m.id;
+}
+
+/* Reads every queued message of prio in order; writes payloads into out. */
+static int drain(struct km_spool *sp, int prio, char out[][32], int max, bool ack)
+{
+        struct km_msg m;
+        uint64_t after = 0;
+        int n = 0;
+        while (n < max && km_spool_next(sp, KM_DIR_UP, prio, after, &m) == 1) {
+                snprintf(out[n++], 32, "%.*s", (int)m.len, (const char *)m.payload);
+                after = m.id;
+                if (ack)
+                        cr_assert_eq(km_spool_ack(sp, m.id), 0);
+        }
+        cr_assert_eq(km_spool_commit(sp), 0);
+        return n;
+}
+
+TestSuite(spool, .init = setup, .fini = teardown);
+
+Test(spool, order_and_ack_in_memory_and_from_sqlite)
+{
+        struct km_spool *sp = open_spool(1 << 20);
+        char got[10][32];
+        uint64_t prev = 0;
+        for (int i = 0; i < 5; i++) {
+                char p[16];
+                snprintf(p, sizeof(p), "m%d", i);
+                uint64_t id = push(sp, 4, "sensors/a", p, NULL, 0, true);
+                cr_assert_gt(id, prev, "ids increase");
+                prev = id;
+        }
+        cr_assert_eq(km_spool_checkpoint(sp), 0); /* m0..m4 now in SQLite */
+        for (int i = 5; i < 8; i++) {
+                char p[16];
+                snprintf(p, sizeof(p), "m%d", i);
+                push(sp, 4, "sensors/a", p, NULL, 0, true);
+        }
+        cr_assert_eq(drain(sp, 4, got, 10, false), 8);
+        for (int i = 0; i < 8; i++) {
+                char want[16];
+                snprintf(want, sizeof(want), "m%d", i);
+                cr_assert_str_eq(got[i], want);
+        }
+        cr_assert_eq(drain(sp, 4, got, 10, true), 8);
+        struct km_spool_stats st;
+        km_spool_stats(sp, &st);
+        cr_assert_eq(st.depth[KM_DIR_UP], 0);
+        cr_assert_eq(st.acked, 8);
+        cr_assert_eq(st.bytes, 0);
+        km_spool_close(sp);
+        sp = open_spool(1 << 20);
+        cr_assert_eq(drain(sp, 4, got, 10, false), 0, "acked messages stay gone after a restart");
+        km_spool_close(sp);
+}
+
+Test(spool, priority_is_separate_queue)
+{
+        struct km_spool *sp = open_spool(1 << 20);
+        char got[4][32];
+        push(sp, 4, "sensors/a", "t1", NULL, 0, true);
+        push(sp, 0, "alert/a", "a1", NULL, 0, false);
+        cr_assert_eq(drain(sp, 0, got, 4, false), 1);
+        cr_assert_str_eq(got[0], "a1");
+        cr_assert_eq(drain(sp, 4, got, 4, false), 1);
+        cr_assert_str_eq(got[0], "t1");
+        km_spool_close(sp);
+}
+
+/* A child pushes and dies without closing: what push returned for must come back. */
+Test(spool, recovery_after_kill)
+{
+        pid_t pid = fork();
+        if (pid == 0) {
+                struct km_spool_opts o = { .path = path, .max_bytes = 1 << 20, .wake = nowake };
+                struct km_spool *sp = NULL;
+                if (km_spool_open(&sp, &o) < 0)
+                        _exit(2);
+                for (int i = 0; i < 100; i++) {
+                        char p[16];
+                        snprintf(p, sizeof(p), "k%d", i);
+                        struct km_msg m = { .dir = KM_DIR_UP, .prio = 4, .qos = 1, .cls = "telemetry", .topic = "s/x",
+                                            .payload = p, .len = strlen(p) };
+                        if (km_spool_push(sp, &m) < 0)
+                                _exit(3);
+                        if (i == 49) /* half of them in SQLite, half only in the log */
+                                km_spool_checkpoint(sp);
+                        if (i >= 90) { /* delivered while pending: an ACK record */
+                                km_spool_ack(sp, m.id);
+                        }
+                }
+                km_spool_commit(sp);
+                _exit(0); /* no close: as SIGKILL leaves it */
+        }
+        int status;
+        cr_assert_eq(waitpid(pid, &status, 0), pid);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        struct km_spool *sp = open_spool(1 << 20);
+        char got[128][32];
+        cr_assert_eq(drain(sp, 4, got, 128, false), 90);
+        for (int i = 0; i < 90; i++) {
+                char want[16];
+                snprintf(want, sizeof(want), "k%d", i);
+                cr_assert_str_eq(got[i], want);
+        }
+        struct km_spool_stats st;
+        km_spool_stats(sp, &st);
+        cr_assert_eq(st.recovered, 40, "recovered %llu", (unsigned long long)st.recovered);
+        km_spool_close(sp);
+}
+
+Test(spool, ids_survive_restart)
+{
+        struct km_spool *sp = open_spool(1 << 20);
+        uint64_t a = push(sp, 4, "s/x", "1", NULL, 0, true);
+        km_spool_close(sp);
+        sp = open_spool(1 << 20);
+        uint64_t b = push(sp, 4, "s/x", "2", NULL, 0, true);
+        cr_assert_gt(b, a);
+        km_spool_close(sp);
+}
+
+Test(spool, coalesce_in_memory_and_in_sqlite)
+{
+        struct km_spool *sp = open_spool(1 << 20);
+        char got[8][32];
+        push(sp, 2, "pos/u1", "p1", "position|pos/u1", 0, true);
+        push(sp, 2, "pos/u2", "q1", "position|pos/u2", 0, true);
+        cr_assert_eq(km_spool_checkpoint(sp), 0);
+        push(sp, 2, "pos/u1", "p2", "position|pos/u1", 0, true);
+        push(sp, 2, "pos/u1", "p3", "position|pos/u1", 0, true);
+        cr_assert_eq(km_spool_checkpoint(sp), 0);
+        cr_assert_eq(drain(sp, 2, got, 8, false), 2);
+        cr_assert_str_eq(got[0], "q1");
+        cr_assert_str_eq(got[1], "p3");
+        struct km_spool_stats st;
+        km_spool_stats(sp, &st);
+        cr_assert_eq(st.coalesced, 2);
+        km_spool_close(sp);
+}
+
+Test(spool, ttl_expiry)
+{
+        struct km_spool *sp = open_spool(1 << 20);
+        char got[8][32];
+        push(sp, 4, "s/x", "old", NULL, km_now_ms() - 1, true);
+        push(sp, 4, "s/x", "fresh", NULL, km_now_ms() + 60000, true);
+        push(sp, 4, "s/x", "old2", NULL, km_now_ms() - 1, true);
+        cr_assert_eq(km_spool_checkpoint(sp), 0);
+        push(sp, 4, "s/x", "old3", NULL, km_now_ms() - 1, true);
+        cr_assert_eq(km_spool_expire(sp, km_now_ms()), 0);
+        cr_assert_eq(drain(sp, 4, got, 8, false), 1);
+        cr_assert_str_eq(got[0], "fresh");
+        struct km_spool_stats st;
+        km_spool_stats(sp, &st);
+        cr_assert_eq(st.expired, 3);
+        cr_assert_eq(st.depth[KM_DIR_UP], 1);
+        km_spool_close(sp);
+}
+
+/* Full: the lowest droppable priority goes first, oldest first; alerts never. */
+Test(spool, space_policy)
+{
+        char big[201];
+        memset(big, 'x', 200);
+        big[200] = 0;
+        /* 200 payload + 3 topic + 48 overhead = 251 bytes a message; room for 20. */
+        struct km_spool *sp = open_spool(20 * 251);
+        for (int i = 0; i < 10; i++)
+                push(sp, 0, "a/x", big, NULL, 0, false);
+        for (int i = 0; i < 10; i++)
+                push(sp, 3, "s/x", big, NULL, 0, true);
+        for (int i = 0; i < 10; i++)
+                push(sp, 4, "t/x", big, NULL, 0, true);
+        cr_assert_eq(km_spool_checkpoint(sp), 0);
+        struct km_spool_stats st;
+        km_spool_stats(sp, &st);
+        cr_assert_eq(st.dropped, 10);
+        cr_assert_eq(st.depth_prio[KM_DIR_UP][0], 10);
+        cr_assert_eq(st.depth_prio[KM_DIR_UP][3], 10);
+        cr_assert_eq(st.depth_prio[KM_DIR_UP][4], 0);
+        cr_assert_leq(st.bytes, 20 * 251);
+        /* More alerts: status goes next, the alerts all stay. */
+        for (int i = 0; i < 5; i++)
+                push(sp, 0, "a/x", big, NULL, 0, false);
+        cr_assert_eq(km_spool_checkpoint(sp), 0);
+        km_spool_stats(sp, &st);
+        cr_assert_eq(st.dropped, 15);
+        cr_assert_eq(st.depth_prio[KM_DIR_UP][0], 15);
+        cr_assert_eq(st.depth_prio[KM_DIR_UP][3], 5);
+        km_spool_close(sp);
+}
+
+Test(spool, damaged_file_moved_aside)
+{
+        struct km_spool *sp = open_spool(1 << 20);
+        push(sp, 4, "s/x", "before", NULL, 0, true);
+        km_spool_close(sp);
+        FILE *f = fopen(path, "r+");
+        cr_assert_not_null(f);
+        fseek(f, 100, SEEK_SET);
+        for (int i = 0; i < 4000; i++)
+                fputc(0xA5, f);
+        fclose(f);
+        sp = open_spool(1 << 20);
+        struct km_spool_stats st;
+        km_spool_stats(sp, &st);
+        cr_assert_eq(st.moved_aside, 1);
+        uint64_t id = push(sp, 4, "s/x", "after", NULL, 0, true);
+        cr_assert_gt(id, 0);
+        char got[4][32];
+        cr_assert_eq(drain(sp, 4, got, 4, false), 1);
+        cr_assert_str_eq(got[0], "after");
+        km_spool_close(sp);
+        char sub[160];
+        snprintf(sub, sizeof(sub), "%s/sub", dir);
+        DIR *d = opendir(sub);
+        struct dirent *e;
+        int aside = 0;
+        while ((e = readdir(d)))
+                aside += strstr(e->d_name, "spool.db.damaged-") != NULL && !strchr(e->d_name + 17, '-');
+        closedir(d);
+        cr_assert_eq(aside, 1, "the damaged file is kept for inspection");
+}
