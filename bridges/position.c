@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: BSD-2-Clause */
+/* SPDX-License-Identifier: MIT */
 /* Terminal position payloads (JSON or NMEA 0183 GGA/RMC/GLL/GNS) to struct km_pos, with a reason for every refusal. */
 
 /*

@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: BSD-2-Clause */
+/* SPDX-License-Identifier: MIT */
 /* Parse a terminal's position payload (JSON or NMEA 0183) into the canonical position record. */
 #ifndef KM_POSITION_H
 #define KM_POSITION_H

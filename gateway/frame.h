@@ -24,6 +24,8 @@
 #define KM_FRAME_RECS_MAX 128
 /* Longest literal topic on the wire. */
 #define KM_FRAME_TOPIC_MAX 512
+/* Longest ack frame: hdr, two 5-byte varints, cum, 8 bitmap bytes, CRC-16. */
+#define KM_FRAME_ACK_MAX 23
 
 /* Payload encodings. AUTO is for the encoder only: compact JSON, then raw
  * deflate when smaller. On decode the payload is always handed over
@@ -107,11 +109,14 @@ struct km_frame_slot {
 struct km_frame_tx {
 	struct km_frame_tx_cfg cfg;
 	uint16_t next_seq;
+	unsigned inflight;    /* frames [next_seq - inflight, next_seq) unacked */
 	bool synced;          /* a receiver acked this session: stop SYN */
 	uint64_t stamp;
 	struct km_frame_slot slot[KM_FRAME_WINDOW_MAX];
 	z_stream zs;
 	bool zs_ok;
+	uint8_t *cbuf;        /* compacted JSON */
+	size_t cbuf_cap;
 	uint8_t *enc_buf;     /* encoded payload of the message being framed */
 	size_t enc_cap;
 	size_t enc_len;
@@ -119,6 +124,7 @@ struct km_frame_tx {
 	bool cache_ok;        /* enc_buf holds cache_id's encoding */
 	uint64_t cache_id;
 	size_t cache_len;
+	const uint8_t *cache_src;
 	/* counters */
 	uint64_t frames_sent;
 	uint64_t frames_resent;
@@ -259,7 +265,7 @@ int km_frame_rx_ack(const struct km_frame_rx *rx, uint32_t origin,
 		    struct km_frame_ack *ack);
 
 /* Encode a stand-alone ack frame sent by node `from` into out[0..cap).
- * Returns its length (at most 17 + 2 varint bytes) or -ENOSPC. */
+ * Returns its length (7 to KM_FRAME_ACK_MAX bytes) or -ENOSPC. */
 int km_frame_ack_encode(const struct km_frame_ack *ack, uint32_t from,
 			uint8_t *out, size_t cap);
 

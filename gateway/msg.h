@@ -14,6 +14,7 @@ enum km_dir {
 
 enum {
         KM_MSG_DROPPABLE = 1 << 0, /* may be dropped for space */
+        KM_MSG_RETAIN = 1 << 1,    /* published with the retain flag */
 };
 
 #define KM_PRIO_COUNT 256

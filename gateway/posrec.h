@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: BSD-2-Clause */
+/* SPDX-License-Identifier: MIT */
 /* The canonical position record, its JSON form and its compact binary batch codec. */
 #ifndef KM_POSREC_H
 #define KM_POSREC_H

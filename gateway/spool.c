@@ -918,6 +918,17 @@ int km_spool_expire(struct km_spool *sp, int64_t now)
         return tx_commit(sp);
 }
 
+int km_spool_prios(struct km_spool *sp, int dir, uint8_t prios[KM_PRIO_COUNT])
+{
+        int n = 0;
+        pthread_mutex_lock(&sp->mu);
+        for (int p = 0; p < KM_PRIO_COUNT; p++)
+                if (sp->depth_db[dir][p] || sp->depth_pend[dir][p])
+                        prios[n++] = (uint8_t)p;
+        pthread_mutex_unlock(&sp->mu);
+        return n;
+}
+
 void km_spool_stats(struct km_spool *sp, struct km_spool_stats *st)
 {
         pthread_mutex_lock(&sp->mu);

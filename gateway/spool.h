@@ -68,6 +68,10 @@ int km_spool_expire(struct km_spool *sp, int64_t now_ms);
 /* Whether there is something for km_spool_commit to do (pending, acks). */
 bool km_spool_dirty(struct km_spool *sp);
 
+/* Loop thread. Fills prios with the priorities that have messages queued for dir,
+ * highest first (lowest value); returns how many. */
+int km_spool_prios(struct km_spool *sp, int dir, uint8_t prios[KM_PRIO_COUNT]);
+
 /* Loop thread. Counters and depths (a consistent snapshot). */
 void km_spool_stats(struct km_spool *sp, struct km_spool_stats *st);
 

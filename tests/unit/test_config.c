@@ -5,7 +5,7 @@
 #include <stddef.h>
 #include <string.h>
 
-#include "config.h"
+#include "gateway/config.h"
 
 struct t {
         char *name;

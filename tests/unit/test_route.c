@@ -4,7 +4,7 @@
 #include <errno.h>
 #include <string.h>
 
-#include "route.h"
+#include "gateway/route.h"
 
 Test(route, topic_filters)
 {

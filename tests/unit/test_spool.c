@@ -8,7 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "spool.h"
+#include "gateway/spool.h"
 
 static char dir[64], path[128];
 

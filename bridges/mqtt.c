@@ -1,0 +1,588 @@
+/* SPDX-License-Identifier: MIT */
+/* MQTT bridge on Paho's async client (MQTT v5): ingest, uplink link, downlink, local delivery. */
+#include "mqtt.h"
+
+#include <MQTTAsync.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gateway/log.h"
+
+/* Paho's callbacks run on Paho's threads. Message arrival is the one place that does
+ * its work right there (the spool write must finish before the callback returns,
+ * because Paho sends the PUBACK right after); every other callback posts to the loop. */
+
+struct mqtt_conf {
+        char *type, *uri, *client_id, *username, *password, *topic_prefix;
+        char *ca, *cert, *key;
+        struct km_strv subscribe, classes;
+        bool verify_hostname, downlink;
+        long window, order;
+        int64_t keepalive_ms, session_expiry_ms;
+};
+
+#define OFF(f) offsetof(struct mqtt_conf, f)
+static const struct km_conf_key local_keys[] = {
+        { "uri", KM_CONF_STRING, "tcp://127.0.0.1:1883", OFF(uri), "the local broker", 0, 0, NULL },
+        { "subscribe", KM_CONF_LIST, "sensors/#, pos/#, alert/#, status/#", OFF(subscribe), "topic filters bridged upward (QoS 1)", 0, 0, NULL },
+        { "client_id", KM_CONF_STRING, NULL, OFF(client_id), "MQTT client id (default kuimen-<node>)", 0, 0, NULL },
+        { "username", KM_CONF_STRING, NULL, OFF(username), "user name at the local broker", 0, 0, NULL },
+        { "password", KM_CONF_STRING, NULL, OFF(password), "password at the local broker", 0, 0, NULL },
+        { "session_expiry", KM_CONF_DURATION, "1d", OFF(session_expiry_ms), "how long the broker keeps our session while kuimen is away", 0, 4294967295000.0, NULL },
+        { "keepalive", KM_CONF_DURATION, "10s", OFF(keepalive_ms), "MQTT keepalive", 1000, 3600000, NULL },
+        { "window", KM_CONF_INT, "256", OFF(window), "commands in flight to the local broker", 1, 65535, NULL },
+        { NULL, 0, NULL, 0, NULL, 0, 0, NULL },
+};
+
+static const struct km_conf_key link_keys[] = {
+        { "type", KM_CONF_STRING, "mqtt", OFF(type), "link type: mqtt (built in) or a plugin's name", 0, 0, NULL },
+        { "uri", KM_CONF_STRING, NULL, OFF(uri), "center broker: tcp://host:port or ssl://host:port", 0, 0, NULL },
+        { "topic_prefix", KM_CONF_STRING, "kuimen", OFF(topic_prefix), "bridged topic = <topic_prefix>/<node>/<local topic>", 0, 0, NULL },
+        { "order", KM_CONF_INT, "1", OFF(order), "preference among links, lower first", 0, 1000, NULL },
+        { "classes", KM_CONF_LIST, NULL, OFF(classes), "classes this link may carry (empty: all)", 0, 0, NULL },
+        { "client_id", KM_CONF_STRING, NULL, OFF(client_id), "MQTT client id stem (default kuimen-<node>-<link>; -up and -down are added)", 0, 0, NULL },
+        { "username", KM_CONF_STRING, NULL, OFF(username), "user name at the center broker", 0, 0, NULL },
+        { "password", KM_CONF_STRING, NULL, OFF(password), "password at the center broker", 0, 0, NULL },
+        { "ca", KM_CONF_STRING, NULL, OFF(ca), "TLS: CA certificate file (PEM)", 0, 0, NULL },
+        { "cert", KM_CONF_STRING, NULL, OFF(cert), "TLS: client certificate file (PEM)", 0, 0, NULL },
+        { "key", KM_CONF_STRING, NULL, OFF(key), "TLS: client private key file (PEM)", 0, 0, NULL },
+        { "verify_hostname", KM_CONF_BOOL, "yes", OFF(verify_hostname), "TLS: check the broker's name against its certificate", 0, 0, NULL },
+        { "keepalive", KM_CONF_DURATION, "10s", OFF(keepalive_ms), "MQTT keepalive: a dead peer is seen after 1.5 of these", 1000, 3600000, NULL },
+        { "window", KM_CONF_INT, "256", OFF(window), "messages in flight awaiting PUBACK", 1, 65535, NULL },
+        { "downlink", KM_CONF_BOOL, "yes", OFF(downlink), "take commands from <topic_prefix>/<node>/cmd/#", 0, 0, NULL },
+        { "session_expiry", KM_CONF_DURATION, "7d", OFF(session_expiry_ms), "how long the center keeps the downlink session", 0, 4294967295000.0, NULL },
+        { NULL, 0, NULL, 0, NULL, 0, 0, NULL },
+};
+
+/* One Paho client and what the loop knows of it. */
+struct client {
+        MQTTAsync cli;
+        struct bridge *b;
+        const char *role; /* "ingest", "up", "down": in log lines */
+        bool clean;
+        struct km_strv filters; /* subscribed after every connect */
+        int64_t session_expiry_ms;
+        sd_event_source *retry;
+        unsigned backoff_s;
+        bool connected;
+};
+
+struct bridge {
+        struct km_daemon *d;
+        struct mqtt_conf conf;
+        const struct km_conf_key *keys;
+        struct km_link *link; /* owns this bridge */
+        struct client pub;    /* ingest (local) or uplink (center) */
+        struct client sub;    /* downlink (center only) */
+        char *down_prefix;    /* "<prefix>/<node>/" stripped from downlink topics */
+        bool local;
+        char *topic_buf;
+        size_t topic_cap;
+};
+
+struct send_ctx {
+        struct bridge *b;
+        uint32_t cookie;
+};
+
+enum { EV_UP, EV_LOST, EV_CONNECT_FAILED };
+
+static int connect_client(struct client *c);
+
+/* ---- loop side ------------------------------------------------------------------- */
+
+static void on_acked(void *ud, uint64_t cookie)
+{
+        struct bridge *b = ud;
+        uint64_t id = km_link_acked(b->link, (uint32_t)cookie);
+        if (id)
+                km_spool_ack(b->d->spool, id);
+}
+
+static void on_failed(void *ud, uint64_t arg)
+{
+        struct bridge *b = ud;
+        char why[96];
+        snprintf(why, sizeof(why), "publish failed (%s)", MQTTAsync_strerror((int)(int32_t)(arg >> 32)));
+        km_link_failed(b->link, (uint32_t)arg, why);
+}
+
+static int on_retry(sd_event_source *s, uint64_t usec, void *ud)
+{
+        (void)s, (void)usec;
+        connect_client(ud);
+        return 0;
+}
+
+static void client_event(void *ud, uint64_t ev)
+{
+        struct client *c = ud;
+        struct bridge *b = c->b;
+        bool is_link_client = c == &b->pub;
+
+        switch (ev) {
+        case EV_UP:
+                c->connected = true;
+                c->backoff_s = 1;
+                if (is_link_client)
+                        km_link_set_state(b->link, KM_LINK_UP, "connected");
+                break;
+        case EV_LOST:
+                c->connected = false;
+                if (is_link_client)
+                        km_link_set_state(b->link, KM_LINK_DOWN, "connection lost");
+                break;
+        case EV_CONNECT_FAILED:
+                c->connected = false;
+                if (is_link_client)
+                        km_link_set_state(b->link, KM_LINK_DOWN, "cannot connect");
+                /* Paho reconnects by itself only after a first success. */
+                if (!b->d->stopping) {
+                        sd_event_source_unref(c->retry);
+                        sd_event_add_time_relative(b->d->ev, &c->retry, CLOCK_MONOTONIC, c->backoff_s * 1000000ULL,
+                                                   100000, on_retry, c);
+                        if (c->backoff_s < 5)
+                                c->backoff_s++;
+                }
+                break;
+        }
+}
+
+/* ---- Paho threads ---------------------------------------------------------------- */
+
+static void on_publish_ok(void *context, MQTTAsync_successData5 *r)
+{
+        struct send_ctx *x = context;
+        (void)r;
+        km_daemon_post(x->b->d, on_acked, x->b, x->cookie);
+        free(x);
+}
+
+static void on_publish_fail(void *context, MQTTAsync_failureData5 *r)
+{
+        struct send_ctx *x = context;
+        uint64_t code = (uint32_t)(r ? r->code : -1);
+        km_daemon_post(x->b->d, on_failed, x->b, code << 32 | x->cookie);
+        free(x);
+}
+
+static void on_subscribed(void *context, MQTTAsync_successData5 *r)
+{
+        struct client *c = context;
+        /* A refused filter comes back as a reason code >= 0x80 in the SUBACK. Paho fills
+         * the array only for more than one filter; a single one is in reasonCode. */
+        int n = r && c->filters.n > 1 ? r->alt.sub.reasonCodeCount : 0;
+        for (int i = 0; i < n; i++)
+                if (r->alt.sub.reasonCodes[i] >= MQTTREASONCODE_UNSPECIFIED_ERROR)
+                        KM_LOG(KM_LOG_ERR, "mqtt", "%s: broker refused subscription to '%s' (%s)", c->role,
+                               i < (int)c->filters.n ? c->filters.v[i] : "?",
+                               MQTTReasonCode_toString(r->alt.sub.reasonCodes[i]));
+        if (r && c->filters.n == 1 && r->reasonCode >= MQTTREASONCODE_UNSPECIFIED_ERROR)
+                KM_LOG(KM_LOG_ERR, "mqtt", "%s: broker refused subscription to '%s' (%s)", c->role, c->filters.v[0],
+                       MQTTReasonCode_toString(r->reasonCode));
+}
+
+static void on_subscribe_fail(void *context, MQTTAsync_failureData5 *r)
+{
+        struct client *c = context;
+        KM_LOG(KM_LOG_ERR, "mqtt", "%s: subscribe failed: %s", c->role,
+               r && r->message ? r->message : MQTTAsync_strerror(r ? r->code : -1));
+}
+
+static void subscribe_all(struct client *c)
+{
+        if (!c->filters.n)
+                return;
+        MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+        MQTTSubscribe_options so[c->filters.n];
+        int qos[c->filters.n];
+        for (size_t i = 0; i < c->filters.n; i++) {
+                so[i] = (MQTTSubscribe_options)MQTTSubscribe_options_initializer;
+                so[i].noLocal = 1;        /* what we publish locally never comes back in */
+                so[i].retainHandling = 1; /* retained messages only on a new subscription */
+                qos[i] = 1;
+        }
+        ro.onSuccess5 = on_subscribed;
+        ro.onFailure5 = on_subscribe_fail;
+        ro.context = c;
+        ro.subscribeOptionsList = so;
+        ro.subscribeOptionsCount = (int)c->filters.n;
+        int rc = MQTTAsync_subscribeMany(c->cli, (int)c->filters.n, c->filters.v, qos, &ro);
+        if (rc != MQTTASYNC_SUCCESS)
+                KM_LOG(KM_LOG_ERR, "mqtt", "%s: subscribe: %s", c->role, MQTTAsync_strerror(rc));
+}
+
+static void on_connected(void *context, char *cause)
+{
+        struct client *c = context;
+        (void)cause;
+        KM_LOG(KM_LOG_NOTICE, "mqtt", "%s: connected to %s", c->role, c->b->conf.uri);
+        subscribe_all(c);
+        km_daemon_post(c->b->d, client_event, c, EV_UP);
+}
+
+static void on_connect_ok(void *context, MQTTAsync_successData5 *r)
+{
+        (void)r;
+        on_connected(context, NULL);
+}
+
+static void on_connect_fail(void *context, MQTTAsync_failureData5 *r)
+{
+        struct client *c = context;
+        KM_LOG(KM_LOG_WARNING, "mqtt", "%s: cannot connect to %s: %s", c->role, c->b->conf.uri,
+               r && r->message ? r->message : MQTTAsync_strerror(r ? r->code : -1));
+        km_daemon_post(c->b->d, client_event, c, EV_CONNECT_FAILED);
+}
+
+static void on_lost(void *context, char *cause)
+{
+        struct client *c = context;
+        KM_LOG(KM_LOG_WARNING, "mqtt", "%s: connection to %s lost%s%s", c->role, c->b->conf.uri, cause ? ": " : "",
+               cause ? cause : "");
+        km_daemon_post(c->b->d, client_event, c, EV_LOST);
+}
+
+static int on_message(void *context, char *topic, int topic_len, MQTTAsync_message *msg)
+{
+        struct client *c = context;
+        struct bridge *b = c->b;
+        char *t = topic;
+
+        if (topic_len > 0 && topic[topic_len] != '\0' && !(t = strndup(topic, (size_t)topic_len)))
+                t = topic; /* cannot happen in practice: Paho NUL-terminates */
+        if (b->local) {
+                km_daemon_ingest(b->d, KM_DIR_UP, t, msg->payload, (size_t)msg->payloadlen, msg->retained);
+        } else {
+                /* <prefix>/<node>/cmd/x arrives as cmd/x for the local side. */
+                size_t pl = strlen(b->down_prefix);
+                if (strncmp(t, b->down_prefix, pl) == 0)
+                        km_daemon_ingest(b->d, KM_DIR_DOWN, t + pl, msg->payload, (size_t)msg->payloadlen, false);
+                else
+                        KM_LOG(KM_LOG_WARNING, "mqtt", "down: unexpected topic '%s' ignored", t);
+        }
+        if (t != topic)
+                free(t);
+        MQTTAsync_freeMessage(&msg);
+        MQTTAsync_free(topic);
+        /* Never 0: Paho would keep the message in memory and PUBACK it anyway. */
+        return 1;
+}
+
+/* ---- sending --------------------------------------------------------------------- */
+
+static int send_msg(struct km_link *l, const struct km_msg *m, uint32_t cookie)
+{
+        struct bridge *b = l->impl;
+        MQTTAsync_message pm = MQTTAsync_message_initializer;
+        MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+        const char *topic = m->topic;
+        char idbuf[24];
+        int rc;
+
+        if (!b->local) {
+                size_t need = strlen(b->conf.topic_prefix) + strlen(b->d->node.name) + strlen(m->topic) + 3;
+                if (need > b->topic_cap) {
+                        char *t = realloc(b->topic_buf, need);
+                        if (!t)
+                                return -ENOMEM;
+                        b->topic_buf = t;
+                        b->topic_cap = need;
+                }
+                snprintf(b->topic_buf, need, "%s/%s/%s", b->conf.topic_prefix, b->d->node.name, m->topic);
+                topic = b->topic_buf;
+                /* Subscribers drop duplicates by (origin, id): at-least-once means a
+                 * message may arrive twice after a reconnect. */
+                snprintf(idbuf, sizeof(idbuf), "%llu", (unsigned long long)m->id);
+                MQTTProperty p = { .identifier = MQTTPROPERTY_CODE_USER_PROPERTY };
+                p.value.data.data = "kuimen-origin";
+                p.value.data.len = 13;
+                p.value.value.data = b->d->node.name;
+                p.value.value.len = (int)strlen(b->d->node.name);
+                MQTTProperties_add(&pm.properties, &p);
+                p.value.data.data = "kuimen-id";
+                p.value.data.len = 9;
+                p.value.value.data = idbuf;
+                p.value.value.len = (int)strlen(idbuf);
+                MQTTProperties_add(&pm.properties, &p);
+        }
+        struct send_ctx *x = malloc(sizeof(*x));
+        if (!x) {
+                MQTTProperties_free(&pm.properties);
+                return -ENOMEM;
+        }
+        *x = (struct send_ctx){ b, cookie };
+        pm.payload = (void *)m->payload;
+        pm.payloadlen = (int)m->len;
+        pm.qos = 1;
+        pm.retained = (m->flags & KM_MSG_RETAIN) != 0;
+        ro.onSuccess5 = on_publish_ok;
+        ro.onFailure5 = on_publish_fail;
+        ro.context = x;
+        rc = MQTTAsync_sendMessage(b->pub.cli, topic, &pm, &ro);
+        MQTTProperties_free(&pm.properties);
+        if (rc != MQTTASYNC_SUCCESS) {
+                free(x);
+                if (rc == MQTTASYNC_DISCONNECTED)
+                        return -ENOTCONN;
+                return rc == MQTTASYNC_MAX_BUFFERED_MESSAGES ? -EAGAIN : -EIO;
+        }
+        return 0;
+}
+
+/* ---- setup ----------------------------------------------------------------------- */
+
+static int connect_client(struct client *c)
+{
+        struct bridge *b = c->b;
+        MQTTAsync_connectOptions co = MQTTAsync_connectOptions_initializer5;
+        MQTTAsync_SSLOptions ssl = MQTTAsync_SSLOptions_initializer;
+        MQTTProperties props = MQTTProperties_initializer;
+        MQTTProperty p = { .identifier = MQTTPROPERTY_CODE_SESSION_EXPIRY_INTERVAL };
+        int rc;
+
+        co.keepAliveInterval = (int)(b->conf.keepalive_ms / 1000);
+        co.cleanstart = c->clean;
+        co.automaticReconnect = 1;
+        co.minRetryInterval = 1; /* an outage's end is used at once ... */
+        co.maxRetryInterval = 5; /* ... and seen within seconds */
+        co.connectTimeout = 5;
+        co.maxInflight = (int)b->conf.window;
+        co.username = b->conf.username;
+        co.password = b->conf.password;
+        co.onSuccess5 = on_connect_ok;
+        co.onFailure5 = on_connect_fail;
+        co.context = c;
+        if (!c->clean) {
+                p.value.integer4 = (unsigned)(c->session_expiry_ms / 1000);
+                MQTTProperties_add(&props, &p);
+                co.connectProperties = &props;
+        }
+        if (strncmp(b->conf.uri, "ssl://", 6) == 0 || strncmp(b->conf.uri, "mqtts://", 8) == 0) {
+                ssl.trustStore = b->conf.ca;
+                ssl.keyStore = b->conf.cert;
+                ssl.privateKey = b->conf.key;
+                ssl.enableServerCertAuth = 1;
+                ssl.verify = b->conf.verify_hostname;
+                co.ssl = &ssl;
+        }
+        rc = MQTTAsync_connect(c->cli, &co);
+        MQTTProperties_free(&props);
+        if (rc != MQTTASYNC_SUCCESS) {
+                KM_LOG(KM_LOG_ERR, "mqtt", "%s: connect to %s: %s", c->role, b->conf.uri, MQTTAsync_strerror(rc));
+                return -EIO;
+        }
+        return 0;
+}
+
+static int client_init(struct client *c, struct bridge *b, const char *role, const char *id, bool clean,
+                       int64_t expiry_ms)
+{
+        MQTTAsync_createOptions cro = MQTTAsync_createOptions_initializer5;
+        int rc;
+
+        c->b = b;
+        c->role = role;
+        c->clean = clean;
+        c->session_expiry_ms = expiry_ms;
+        c->backoff_s = 1;
+        cro.sendWhileDisconnected = 0;
+        rc = MQTTAsync_createWithOptions(&c->cli, b->conf.uri, id, MQTTCLIENT_PERSISTENCE_NONE, NULL, &cro);
+        if (rc != MQTTASYNC_SUCCESS) {
+                KM_LOG(KM_LOG_ERR, "mqtt", "%s: cannot create a client for %s: %s", role, b->conf.uri,
+                       MQTTAsync_strerror(rc));
+                return -EINVAL;
+        }
+        MQTTAsync_setCallbacks(c->cli, c, on_lost, on_message, NULL);
+        MQTTAsync_setConnected(c->cli, c, on_connected);
+        return 0;
+}
+
+static void client_stop(struct client *c)
+{
+        if (!c->cli)
+                return;
+        c->retry = sd_event_source_unref(c->retry);
+        if (MQTTAsync_isConnected(c->cli)) {
+                MQTTAsync_disconnectOptions o = MQTTAsync_disconnectOptions_initializer5;
+                o.timeout = 1000;
+                MQTTAsync_disconnect(c->cli, &o);
+        }
+}
+
+static void client_free(struct client *c)
+{
+        if (!c->cli)
+                return;
+        c->retry = sd_event_source_unref(c->retry);
+        MQTTAsync_destroy(&c->cli);
+}
+
+static void bridge_stop(void *ud)
+{
+        struct bridge *b = ud;
+        /* Ingest stops taking messages; the uplink keeps running so the drain can
+         * collect in-flight acks. */
+        if (b->local)
+                client_stop(&b->pub);
+        else
+                client_stop(&b->sub);
+}
+
+static void bridge_destroy(struct km_link *l)
+{
+        struct bridge *b = l->impl;
+        if (!b)
+                return;
+        client_stop(&b->pub);
+        client_stop(&b->sub);
+        client_free(&b->pub);
+        client_free(&b->sub);
+        km_conf_release(b->keys, &b->conf);
+        km_strv_free(&b->sub.filters);
+        free(b->down_prefix);
+        free(b->topic_buf);
+        free(b);
+        l->impl = NULL;
+}
+
+static const struct km_link_ops mqtt_ops = { .send = send_msg, .destroy = bridge_destroy };
+
+int km_mqtt_local_check(struct km_conf *c)
+{
+        struct mqtt_conf m = { 0 };
+        int bad = km_conf_apply(c, "local", local_keys, &m);
+        for (size_t i = 0; i < m.subscribe.n; i++) {
+                const char *why = km_topic_filter_invalid(m.subscribe.v[i]);
+                if (why) {
+                        km_conf_error(c, "local", "subscribe", "'%s': %s", m.subscribe.v[i], why);
+                        bad++;
+                }
+        }
+        km_conf_release(local_keys, &m);
+        return bad ? -EINVAL : 0;
+}
+
+int km_mqtt_link_check(struct km_conf *c, const char *section)
+{
+        struct mqtt_conf m = { 0 };
+        int bad = km_conf_apply(c, section, link_keys, &m);
+        if (!m.uri) {
+                km_conf_error(c, section, NULL, "[%s] needs a uri", section);
+                bad++;
+        } else if (strncmp(m.uri, "tcp://", 6) && strncmp(m.uri, "ssl://", 6) && strncmp(m.uri, "mqtt://", 7) &&
+                   strncmp(m.uri, "mqtts://", 8)) {
+                km_conf_error(c, section, "uri", "'%s' is not tcp://, ssl://, mqtt:// or mqtts://host:port", m.uri);
+                bad++;
+        }
+        if (m.topic_prefix && (!*m.topic_prefix || strpbrk(m.topic_prefix, "+#"))) {
+                km_conf_error(c, section, "topic_prefix", "'%s' must be non-empty and hold no '+' or '#'", m.topic_prefix);
+                bad++;
+        }
+        km_conf_release(link_keys, &m);
+        return bad ? -EINVAL : 0;
+}
+
+static struct bridge *bridge_new(struct km_daemon *d, struct km_conf *c, const char *section,
+                                 const struct km_conf_key *keys, const char *link_name, int dir)
+{
+        struct bridge *b = calloc(1, sizeof(*b));
+        struct km_link *l = calloc(1, sizeof(*l));
+
+        if (!b || !l)
+                goto fail;
+        b->d = d;
+        b->keys = keys;
+        b->local = keys == local_keys;
+        if (km_conf_apply(c, section, keys, &b->conf) != 0)
+                goto fail;
+        if (km_link_init(l, link_name, dir, (uint32_t)b->conf.window) < 0)
+                goto fail;
+        l->ops = &mqtt_ops;
+        l->impl = b;
+        l->order = b->conf.order;
+        b->link = l;
+        if (km_daemon_add_link(d, l) < 0) {
+                km_link_deinit(l);
+                free(l);
+                return NULL; /* deinit freed b */
+        }
+        km_daemon_on_stop(d, bridge_stop, b);
+        return b;
+fail:
+        km_conf_release(keys, &b->conf);
+        free(b);
+        free(l);
+        return NULL;
+}
+
+int km_mqtt_local_start(struct km_daemon *d, struct km_conf *c)
+{
+        struct bridge *b = bridge_new(d, c, "local", local_keys, "local", KM_DIR_DOWN);
+        char *id = NULL;
+        int rc;
+
+        if (!b)
+                return -ENOMEM;
+        if (b->conf.client_id)
+                id = strdup(b->conf.client_id);
+        else if (asprintf(&id, "kuimen-%s", d->node.name) < 0)
+                id = NULL;
+        if (!id)
+                return -ENOMEM;
+        /* A persistent session: while kuimen restarts, the broker keeps what arrives. */
+        rc = client_init(&b->pub, b, "ingest", id, false, b->conf.session_expiry_ms);
+        free(id);
+        if (rc < 0)
+                return rc;
+        b->pub.filters = b->conf.subscribe;
+        return connect_client(&b->pub);
+}
+
+int km_mqtt_link_start(struct km_daemon *d, struct km_conf *c, const char *section)
+{
+        const char *name = section + 5; /* "link " */
+        struct bridge *b = bridge_new(d, c, section, link_keys, name, KM_DIR_UP);
+        char *id = NULL, *up = NULL, *down = NULL;
+        int rc = -ENOMEM;
+
+        if (!b)
+                return -ENOMEM;
+        if (b->conf.client_id)
+                id = strdup(b->conf.client_id);
+        else if (asprintf(&id, "kuimen-%s-%s", d->node.name, name) < 0)
+                id = NULL;
+        if (!id || asprintf(&up, "%s-up", id) < 0 || asprintf(&down, "%s-down", id) < 0 ||
+            asprintf(&b->down_prefix, "%s/%s/", b->conf.topic_prefix, d->node.name) < 0)
+                goto out;
+        /* The uplink starts clean: the spool, not the broker session, holds what is
+         * unacknowledged, and replays it in order after every reconnect. */
+        if ((rc = client_init(&b->pub, b, "up", up, true, 0)) < 0 || (rc = connect_client(&b->pub)) < 0)
+                goto out;
+        if (b->conf.downlink) {
+                char *filter;
+                if (asprintf(&filter, "%scmd/#", b->down_prefix) < 0 || km_strv_split(&b->sub.filters, filter) < 0) {
+                        rc = -ENOMEM;
+                        goto out;
+                }
+                free(filter);
+                /* The downlink keeps a session so commands sent while the base is away
+                 * wait at the center. */
+                if ((rc = client_init(&b->sub, b, "down", down, false, b->conf.session_expiry_ms)) < 0 ||
+                    (rc = connect_client(&b->sub)) < 0)
+                        goto out;
+        }
+        rc = 0;
+out:
+        free(id);
+        free(up);
+        free(down);
+        return rc;
+}
+
+void km_mqtt_print_help(FILE *out)
+{
+        km_conf_print_help(out, "local", local_keys);
+        km_conf_print_help(out, "link NAME (type = mqtt)", link_keys);
+}

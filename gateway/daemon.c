@@ -1,0 +1,362 @@
+/* SPDX-License-Identifier: MIT */
+/* Daemon: the loop thread, its timers and signals, ingest into the spool, reload, drain. */
+#include "daemon.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <systemd/sd-daemon.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "sched.h"
+
+#define HOUSEKEEPING_US 100000ULL  /* flush pending, retry pumps */
+#define EXPIRE_US 10000000ULL      /* TTL sweep of queue heads */
+#define DRAIN_MS 3000              /* on stop: how long to wait for in-flight acks */
+
+#define OFF(f) offsetof(struct km_node_conf, f)
+static const char *const roles[] = { "base", "center", NULL };
+static const char *const syncs[] = { "batch", "always", NULL };
+static const char *const levels[] = { "err", "warning", "notice", "info", "debug", NULL };
+static const struct km_conf_key node_keys[] = {
+        { "name", KM_CONF_STRING, "base", OFF(name), "node name; appears in bridged topics", 0, 0, NULL },
+        { "role", KM_CONF_STRING, "base", OFF(role), "base or center", 0, 0, roles },
+        { "spool", KM_CONF_STRING, NULL, OFF(spool), "spool file (default $STATE_DIRECTORY/spool.db, else ./kuimen-state/spool.db)", 0, 0, NULL },
+        { "spool_max_mb", KM_CONF_INT, "256", OFF(spool_max_mb), "bound on what the spool holds, MiB", 1, 1048576, NULL },
+        { "sync", KM_CONF_STRING, "batch", OFF(sync), "always: ack after fsync; batch: fsync every sync_interval", 0, 0, syncs },
+        { "sync_interval", KM_CONF_DURATION, "50ms", OFF(sync_interval_ms), "batch mode: longest time between fsyncs", 1, 1000, NULL },
+        { "stats_interval", KM_CONF_DURATION, "60s", OFF(stats_interval_ms), "log a counters line this often (0 = never)", 0, 0, NULL },
+        { "log_level", KM_CONF_STRING, "info", OFF(log_level), "err, warning, notice, info or debug", 0, 0, levels },
+        { "plugin_dir", KM_CONF_STRING, KM_PLUGIN_DIR, OFF(plugin_dir), "where link plugins (<type>.so) are", 0, 0, NULL },
+        { NULL, 0, NULL, 0, NULL, 0, 0, NULL },
+};
+
+int km_node_conf_load(struct km_node_conf *n, struct km_conf *c)
+{
+        int bad = km_conf_apply(c, "node", node_keys, n);
+
+        if (n->name && (!*n->name || strpbrk(n->name, "/+#"))) {
+                km_conf_error(c, "node", "name", "'%s' must be non-empty and hold no '/', '+' or '#'", n->name);
+                bad++;
+        }
+        if (!n->spool) {
+                const char *sd = getenv("STATE_DIRECTORY");
+                size_t len = sd ? strcspn(sd, ":") : 0; /* systemd may list several */
+                if (asprintf(&n->spool, "%.*s/spool.db", (int)len, len ? sd : "./kuimen-state") < 0)
+                        return -ENOMEM;
+        }
+        return bad ? -EINVAL : 0;
+}
+
+void km_node_conf_release(struct km_node_conf *n)
+{
+        km_conf_release(node_keys, n);
+}
+
+void km_node_print_help(FILE *out)
+{
+        km_conf_print_help(out, "node", node_keys);
+}
+
+static void wake_loop(void *ud)
+{
+        km_mailbox_kick(&((struct km_daemon *)ud)->mb);
+}
+
+int km_daemon_post(struct km_daemon *d, km_mail_fn fn, void *ud, uint64_t arg)
+{
+        return km_mailbox_post(&d->mb, fn, ud, arg);
+}
+
+int km_daemon_add_link(struct km_daemon *d, struct km_link *l)
+{
+        if (d->nlinks == KM_MAX_LINKS)
+                return -ENOSPC;
+        d->links[d->nlinks++] = l;
+        return 0;
+}
+
+void km_daemon_on_stop(struct km_daemon *d, void (*fn)(void *ud), void *ud)
+{
+        if (d->nstop < sizeof(d->on_stop) / sizeof(d->on_stop[0])) {
+                d->on_stop[d->nstop] = fn;
+                d->on_stop_ud[d->nstop++] = ud;
+        }
+}
+
+int km_daemon_ingest(struct km_daemon *d, int dir, const char *topic, const void *payload, size_t len, bool retain)
+{
+        char ckey[512], cls[64];
+        struct km_msg m = { .created_ms = km_now_ms(), .dir = (uint8_t)dir, .qos = 1, .topic = topic,
+                            .payload = payload, .len = len, .cls = cls, .ckey = ckey };
+        unsigned backoff_ms = 10;
+        int rc;
+
+        pthread_rwlock_rdlock(&d->route_lock);
+        const struct km_class *k = km_route_match(&d->route, topic);
+        if (k) {
+                snprintf(cls, sizeof(cls), "%s", k->name);
+                m.prio = (uint8_t)k->priority;
+                m.expires_ms = k->ttl_ms ? m.created_ms + k->ttl_ms : 0;
+                m.flags = (k->droppable ? KM_MSG_DROPPABLE : 0) | (retain ? KM_MSG_RETAIN : 0);
+                km_route_coalesce_key(k, topic, ckey, sizeof(ckey));
+        }
+        pthread_rwlock_unlock(&d->route_lock);
+        if (!k) {
+                /* Only a config that narrowed the catch-all class gets here: say so. */
+                if (__atomic_fetch_add(&d->unrouted, 1, __ATOMIC_RELAXED) % 1000 == 0)
+                        KM_LOG(KM_LOG_WARNING, "route", "no class matches '%s': not forwarded (%llu so far)", topic,
+                               (unsigned long long)d->unrouted + 1);
+                return -ENOENT;
+        }
+        /* The caller acknowledges to its broker when this returns, so it may return
+         * only once the message is durable: a full disk or a broken file makes ingest
+         * wait (the broker keeps the message) rather than lose it. */
+        while ((rc = km_spool_push(d->spool, &m)) < 0 && rc != -EMSGSIZE && !d->stopping) {
+                if (__atomic_fetch_add(&d->rejected, 1, __ATOMIC_RELAXED) % 100 == 0)
+                        KM_LOG(KM_LOG_ERR, "spool", "cannot store a message for '%s' (%s): retrying", topic,
+                               strerror(-rc));
+                struct timespec ts = { 0, (long)backoff_ms * 1000000L };
+                nanosleep(&ts, NULL);
+                if (backoff_ms < 1000)
+                        backoff_ms *= 2;
+        }
+        if (rc == -EMSGSIZE)
+                KM_LOG(KM_LOG_ERR, "spool", "message on '%s' too large (%zu bytes): not stored", topic, len);
+        return rc;
+}
+
+void km_daemon_counters(struct km_daemon *d, char *buf, size_t len)
+{
+        struct km_spool_stats st;
+        uint64_t up = 0, down = 0;
+
+        km_spool_stats(d->spool, &st);
+        for (size_t i = 0; i < d->nlinks; i++) {
+                if (d->links[i]->dir == KM_DIR_UP)
+                        up += d->links[i]->acked;
+                else
+                        down += d->links[i]->acked;
+        }
+        snprintf(buf, len,
+                 "in=%llu spooled=%llu forwarded=%llu delivered_local=%llu dropped=%llu expired=%llu coalesced=%llu spool_bytes=%llu",
+                 (unsigned long long)st.pushed, (unsigned long long)(st.depth[KM_DIR_UP] + st.depth[KM_DIR_DOWN]),
+                 (unsigned long long)up, (unsigned long long)down, (unsigned long long)st.dropped,
+                 (unsigned long long)st.expired, (unsigned long long)st.coalesced, (unsigned long long)st.bytes);
+}
+
+/* One turn of work: what the other threads handed over, then sends, then the spool's
+ * group commit. */
+static void turn(struct km_daemon *d)
+{
+        km_mailbox_run(&d->mb);
+        for (size_t i = 0; i < d->nlinks; i++)
+                km_sched_pump(d->links[i], d->spool);
+        if (km_spool_commit(d->spool) < 0)
+                KM_LOG(KM_LOG_ERR, "spool", "commit failed; will retry");
+}
+
+static int on_mail(sd_event_source *s, int fd, uint32_t revents, void *ud)
+{
+        (void)s, (void)fd, (void)revents;
+        turn(ud);
+        return 0;
+}
+
+static int rearm(sd_event_source *s, uint64_t us)
+{
+        sd_event_source_set_time_relative(s, us);
+        return sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
+}
+
+static int on_housekeeping(sd_event_source *s, uint64_t usec, void *ud)
+{
+        (void)usec;
+        turn(ud);
+        return rearm(s, HOUSEKEEPING_US);
+}
+
+static int on_expire(sd_event_source *s, uint64_t usec, void *ud)
+{
+        struct km_daemon *d = ud;
+        (void)usec;
+        km_spool_expire(d->spool, km_now_ms());
+        return rearm(s, EXPIRE_US);
+}
+
+static int on_stats(sd_event_source *s, uint64_t usec, void *ud)
+{
+        struct km_daemon *d = ud;
+        char line[512];
+        (void)usec;
+        km_daemon_counters(d, line, sizeof(line));
+        if (d->live) {
+                printf("%s\n", line);
+                fflush(stdout);
+        }
+        if (d->node.stats_interval_ms > 0 && (!d->live || d->node.stats_interval_ms <= 1000))
+                KM_LOG(KM_LOG_INFO, "stats", "%s", line);
+        return rearm(s, d->live ? 1000000ULL : (uint64_t)d->node.stats_interval_ms * 1000);
+}
+
+static int reload(struct km_daemon *d)
+{
+        struct km_conf c;
+        struct km_route r;
+        int rc;
+
+        if (!d->config_path) {
+                KM_LOG(KM_LOG_NOTICE, "config", "reload: running on the embedded default, nothing to reload");
+                return 0;
+        }
+        rc = km_conf_load(&c, d->config_path, NULL);
+        if (rc == 0 && c.nerrors == 0)
+                rc = km_route_load(&r, &c);
+        else if (rc == 0)
+                rc = -EINVAL;
+        if (rc < 0 || c.nerrors) {
+                for (size_t i = 0; i < c.nerrors; i++)
+                        KM_LOG(KM_LOG_ERR, "config", "%s", c.errors[i]);
+                KM_LOG(KM_LOG_ERR, "config", "reload of %s failed (%s): keeping the running routes", d->config_path,
+                       rc < 0 ? strerror(-rc) : "errors above");
+                if (rc == 0)
+                        km_route_deinit(&r);
+                km_conf_deinit(&c);
+                d->bad_config_reloads++;
+                return -EINVAL;
+        }
+        pthread_rwlock_wrlock(&d->route_lock);
+        struct km_route old = d->route;
+        d->route = r;
+        pthread_rwlock_unlock(&d->route_lock);
+        km_route_deinit(&old);
+        km_conf_deinit(&c);
+        KM_LOG(KM_LOG_NOTICE, "config", "reloaded routes and classes from %s (%zu classes)", d->config_path, r.n);
+        return 0;
+}
+
+static int on_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *ud)
+{
+        struct km_daemon *d = ud;
+        (void)s;
+        if (si->ssi_signo == SIGHUP) {
+                sd_notify(0, "RELOADING=1");
+                reload(d);
+                sd_notify(0, "READY=1");
+                return 0;
+        }
+        KM_LOG(KM_LOG_NOTICE, "main", "%s: draining and stopping", strsignal((int)si->ssi_signo));
+        return sd_event_exit(sd_event_source_get_event(s), 0);
+}
+
+int km_daemon_init(struct km_daemon *d, struct km_node_conf *n, struct km_conf *c, const char *config_path)
+{
+        int rc;
+
+        /* Blocked before any thread starts (the spool's, Paho's), so that only the
+         * loop's signalfd ever sees them. */
+        sigset_t ss;
+        sigemptyset(&ss);
+        sigaddset(&ss, SIGTERM);
+        sigaddset(&ss, SIGINT);
+        sigaddset(&ss, SIGHUP);
+        if (pthread_sigmask(SIG_BLOCK, &ss, NULL) != 0)
+                return -EINVAL;
+        memset(d, 0, sizeof(*d));
+        d->node = *n;
+        memset(n, 0, sizeof(*n));
+        d->started_ms = km_now_ms();
+        pthread_rwlock_init(&d->route_lock, NULL);
+        if (config_path && !(d->config_path = strdup(config_path)))
+                return -ENOMEM;
+        if ((rc = km_route_load(&d->route, c)) < 0)
+                return rc;
+        if ((rc = km_mailbox_init(&d->mb)) < 0)
+                return rc;
+        struct km_spool_opts so = {
+                .path = d->node.spool,
+                .max_bytes = (int64_t)d->node.spool_max_mb << 20,
+                .sync_always = strcmp(d->node.sync, "always") == 0,
+                .sync_interval_ms = d->node.sync_interval_ms,
+                .wake = wake_loop,
+                .wake_ud = d,
+        };
+        if ((rc = km_spool_open(&d->spool, &so)) < 0)
+                return rc;
+        if ((rc = sd_event_new(&d->ev)) < 0)
+                return rc;
+        if ((rc = sd_event_add_signal(d->ev, NULL, SIGTERM, on_signal, d)) < 0 ||
+            (rc = sd_event_add_signal(d->ev, NULL, SIGINT, on_signal, d)) < 0 ||
+            (rc = sd_event_add_signal(d->ev, NULL, SIGHUP, on_signal, d)) < 0 ||
+            (rc = sd_event_add_io(d->ev, NULL, d->mb.fd, EPOLLIN, on_mail, d)) < 0 ||
+            (rc = sd_event_add_time_relative(d->ev, NULL, CLOCK_MONOTONIC, HOUSEKEEPING_US, 10000, on_housekeeping, d)) < 0 ||
+            (rc = sd_event_add_time_relative(d->ev, NULL, CLOCK_MONOTONIC, EXPIRE_US, 1000000, on_expire, d)) < 0)
+                return rc;
+        /* The watchdog is fed by the loop itself: a hung loop stops the pings. */
+        sd_event_set_watchdog(d->ev, true);
+        return 0;
+}
+
+static void drain(struct km_daemon *d)
+{
+        struct timespec ts = { 0, 20 * 1000000L };
+        int64_t until = km_now_ms() + DRAIN_MS;
+
+        /* Ingest stops first so the spool stops growing, then in-flight messages get a
+         * moment to be acknowledged; whatever is left stays in the spool. */
+        d->stopping = true;
+        for (size_t i = 0; i < d->nstop; i++)
+                d->on_stop[i](d->on_stop_ud[i]);
+        for (;;) {
+                km_mailbox_run(&d->mb);
+                uint32_t inflight = 0;
+                for (size_t i = 0; i < d->nlinks; i++)
+                        if (d->links[i]->state == KM_LINK_UP)
+                                inflight += d->links[i]->inflight;
+                if (!inflight || km_now_ms() > until)
+                        break;
+                nanosleep(&ts, NULL);
+        }
+        km_spool_checkpoint(d->spool);
+}
+
+int km_daemon_run(struct km_daemon *d)
+{
+        int rc;
+        sd_event_source *stats = NULL;
+
+        if (d->live || d->node.stats_interval_ms > 0)
+                sd_event_add_time_relative(d->ev, &stats, CLOCK_MONOTONIC,
+                                           d->live ? 1000000ULL : (uint64_t)d->node.stats_interval_ms * 1000, 100000,
+                                           on_stats, d);
+        sd_notify(0, "READY=1\nSTATUS=forwarding");
+        KM_LOG(KM_LOG_NOTICE, "main", "node %s (%s) running; spool %s, sync %s", d->node.name, d->node.role,
+               d->node.spool, d->node.sync);
+        rc = sd_event_loop(d->ev);
+        sd_notify(0, "STOPPING=1");
+        drain(d);
+        sd_event_source_unref(stats);
+        char line[512];
+        km_daemon_counters(d, line, sizeof(line));
+        KM_LOG(KM_LOG_NOTICE, "main", "stopped: %s", line);
+        return rc < 0 ? 1 : 0;
+}
+
+void km_daemon_deinit(struct km_daemon *d)
+{
+        for (size_t i = 0; i < d->nlinks; i++) {
+                km_link_deinit(d->links[i]);
+                free(d->links[i]);
+        }
+        km_spool_close(d->spool);
+        sd_event_unref(d->ev);
+        if (d->mb.fd > 0)
+                km_mailbox_deinit(&d->mb);
+        km_route_deinit(&d->route);
+        pthread_rwlock_destroy(&d->route_lock);
+        km_node_conf_release(&d->node);
+        free(d->config_path);
+}

@@ -1,0 +1,89 @@
+/* SPDX-License-Identifier: MIT */
+/* Daemon: the event loop that owns the spool, the routes and the links, and the host API bridges use. */
+#ifndef KM_DAEMON_H
+#define KM_DAEMON_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <systemd/sd-event.h>
+
+#include "config.h"
+#include "link.h"
+#include "mailbox.h"
+#include "route.h"
+#include "spool.h"
+
+struct km_node_conf {
+        char *name;
+        char *role;
+        char *spool;
+        long spool_max_mb;
+        char *sync;
+        int64_t sync_interval_ms;
+        int64_t stats_interval_ms;
+        char *log_level;
+        char *plugin_dir;
+};
+
+#define KM_MAX_LINKS 16
+
+struct km_daemon {
+        char *config_path; /* NULL: the embedded default */
+        struct km_node_conf node;
+        sd_event *ev;
+        struct km_mailbox mb;
+        struct km_spool *spool;
+        pthread_rwlock_t route_lock; /* the ingest threads read routes while SIGHUP swaps */
+        struct km_route route;
+        struct km_link *links[KM_MAX_LINKS];
+        size_t nlinks;
+        bool live;        /* print a counters line on stdout every second */
+        bool stopping;
+        int64_t started_ms;
+        uint64_t unrouted, rejected, bad_config_reloads;
+        /* Bridges hook their shutdown here (called first on stop). */
+        void (*on_stop[KM_MAX_LINKS + 2])(void *ud);
+        void *on_stop_ud[KM_MAX_LINKS + 2];
+        size_t nstop;
+};
+
+/* The embedded default config (config/kuimen.conf, compiled in). */
+extern const char km_default_config[];
+
+/* Parses and validates the whole config: node keys here, [class] sections through the
+ * route, the rest through the key tables the caller passes in check (for bridge
+ * sections); errors land in c->errors. */
+int km_node_conf_load(struct km_node_conf *n, struct km_conf *c);
+void km_node_conf_release(struct km_node_conf *n);
+void km_node_print_help(FILE *out);
+
+/* Opens the spool and builds the loop. n is moved into d (the caller's copy is
+ * cleared). Returns 0 or negative errno (logged). */
+int km_daemon_init(struct km_daemon *d, struct km_node_conf *n, struct km_conf *c, const char *config_path);
+void km_daemon_deinit(struct km_daemon *d);
+
+/* Adds a link the daemon pumps and reports; takes ownership on success. */
+int km_daemon_add_link(struct km_daemon *d, struct km_link *l);
+
+/* Registers fn(ud) to run when the daemon stops, before links are freed. */
+void km_daemon_on_stop(struct km_daemon *d, void (*fn)(void *ud), void *ud);
+
+/* Any thread (Paho's): routes a message to its class and makes it durable. Returns
+ * only when the spool holds it; retries while the spool cannot write, so the caller's
+ * acknowledgement never covers a lost message. dir is where it goes. */
+int km_daemon_ingest(struct km_daemon *d, int dir, const char *topic, const void *payload, size_t len,
+                     bool retain);
+
+/* Any thread: queue fn(ud, arg) on the loop thread. */
+int km_daemon_post(struct km_daemon *d, km_mail_fn fn, void *ud, uint64_t arg);
+
+/* Runs until SIGTERM/SIGINT; then drains (waits briefly for in-flight acks), checkpoints
+ * the spool and returns the exit code. */
+int km_daemon_run(struct km_daemon *d);
+
+/* Writes the counters line ("in=... spooled=... forwarded=...") into buf. */
+void km_daemon_counters(struct km_daemon *d, char *buf, size_t len);
+
+#endif

@@ -1,0 +1,81 @@
+/* SPDX-License-Identifier: MIT */
+/* Link: one way out of the spool (the center over MQTT, later narrow links), its state and window. */
+#ifndef KM_LINK_H
+#define KM_LINK_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "msg.h"
+
+enum km_link_state { KM_LINK_DOWN, KM_LINK_DEGRADED, KM_LINK_UP };
+
+struct km_link;
+
+struct km_link_ops {
+        /* Hands one message to the transport. cookie must come back through
+         * km_link_acked (peer acknowledged) or km_link_failed. m is borrowed for the
+         * call only. Returns 0, -EAGAIN when the transport takes no more now, or a
+         * negative errno (the link then goes down). */
+        int (*send)(struct km_link *l, const struct km_msg *m, uint32_t cookie);
+        /* Frees the transport behind l->impl. */
+        void (*destroy)(struct km_link *l);
+};
+
+struct km_link_slot {
+        uint64_t id;
+        uint16_t gen;
+        bool used;
+};
+
+struct km_link {
+        char *name;
+        int dir; /* enum km_dir it carries */
+        long order;
+        const struct km_link_ops *ops;
+        void *impl;
+        enum km_link_state state;
+        char reason[160];
+        int64_t since_ms; /* unix ms of the last state change */
+
+        /* The window: messages handed to the transport and not yet acknowledged. A
+         * cookie is slot | gen << 16; gen changes whenever the link leaves UP, so a
+         * late answer from a dead connection is recognised and ignored. */
+        uint32_t window, inflight;
+        uint16_t gen;
+        struct km_link_slot *slots;
+        uint32_t *free;
+        uint32_t nfree;
+        /* Per priority, the highest id handed out on this connection: everything at or
+         * below it is in flight or gone; a new connection starts again from 0, which
+         * replays the unacknowledged in order. */
+        uint64_t cursor[KM_PRIO_COUNT];
+
+        uint64_t sent, acked, failed;
+        /* Called on the loop thread after each state change. */
+        void (*on_state)(struct km_link *l, void *ud);
+        void *on_state_ud;
+};
+
+/* Prepares l (embedded) for a transport; window is the in-flight limit (1..65535). */
+int km_link_init(struct km_link *l, const char *name, int dir, uint32_t window);
+void km_link_deinit(struct km_link *l);
+
+/* Loop thread. Sets the state and why; leaving UP forgets the window (the spool still
+ * holds every unacknowledged message, to be replayed on the next UP). */
+void km_link_set_state(struct km_link *l, enum km_link_state st, const char *reason);
+
+/* Loop thread. Answers for a cookie: returns the message id the cookie stood for, or 0
+ * when the cookie is stale (from an earlier connection) or unknown. */
+uint64_t km_link_acked(struct km_link *l, uint32_t cookie);
+void km_link_failed(struct km_link *l, uint32_t cookie, const char *why);
+
+/* Takes a free slot for id; returns the cookie, or -EAGAIN when the window is full. */
+int64_t km_link_take_slot(struct km_link *l, uint64_t id);
+
+/* Gives back the slot of cookie after the transport refused it synchronously. */
+void km_link_put_slot(struct km_link *l, uint32_t cookie);
+
+const char *km_link_state_name(enum km_link_state st);
+
+#endif

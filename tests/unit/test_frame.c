@@ -1,0 +1,1095 @@
+/* SPDX-License-Identifier: MIT */
+/* Unit tests of the narrow-link frame codec: round trips, MTU bound, fragmentation over loss, CRC, acks. */
+#include <criterion/criterion.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+
+#include "../../gateway/frame.h"
+
+#define NOW_MS 1763880000123LL /* 2025-11-23, the wire keeps whole seconds */
+
+static const char *const topics[] = {
+	"kuimen/north/gas/ch4",
+	"kuimen/north/water/level",
+	"kuimen/north/slope/tilt",
+	"kuimen/north/pos/uav-07",
+	"kuimen/north/status/link",
+};
+static const struct km_frame_dict dict = { topics, 5 };
+
+/* Deterministic PRNG so that a failure replays. */
+static uint64_t rng_state;
+static uint32_t rnd(void)
+{
+	rng_state ^= rng_state << 13;
+	rng_state ^= rng_state >> 7;
+	rng_state ^= rng_state << 17;
+	return (uint32_t)(rng_state >> 11);
+}
+
+/* ---- a collector of delivered messages ---- */
+
+struct got {
+	uint64_t id;
+	uint32_t origin, topic_idx;
+	char *topic;
+	uint8_t *payload;
+	size_t len;
+	int64_t created_ms;
+	uint8_t cls, qos, enc;
+};
+
+struct sink {
+	struct got v[4096];
+	size_t n;
+	int fail_after;   /* > 0: refuse the call with this 1-based number */
+	int calls;
+};
+
+static int sink_fn(void *ctx, const struct km_frame_msg *m)
+{
+	struct sink *s = ctx;
+
+	s->calls++;
+	if (s->fail_after && s->calls == s->fail_after)
+		return -ENOSPC;
+	cr_assert_lt(s->n, 4096);
+	struct got *g = &s->v[s->n++];
+	*g = (struct got){ .id = m->id, .origin = m->origin, .topic_idx = m->topic_idx,
+			   .len = m->len, .created_ms = m->created_ms, .cls = m->cls,
+			   .qos = m->qos, .enc = m->enc };
+	g->topic = m->topic ? strdup(m->topic) : NULL;
+	g->payload = malloc(m->len + 1);
+	if (m->len)
+		memcpy(g->payload, m->payload, m->len);
+	return 0;
+}
+
+static void sink_free(struct sink *s)
+{
+	for (size_t i = 0; i < s->n; i++) {
+		free(s->v[i].topic);
+		free(s->v[i].payload);
+	}
+	s->n = 0;
+}
+
+struct done {
+	uint64_t ids[4096];
+	size_t n;
+};
+
+static void done_fn(void *ctx, uint64_t id)
+{
+	struct done *d = ctx;
+	cr_assert_lt(d->n, 4096);
+	d->ids[d->n++] = id;
+}
+
+static struct km_frame_tx_cfg txcfg(uint32_t origin, uint16_t seq, size_t mtu_max)
+{
+	return (struct km_frame_tx_cfg){ .origin = origin, .first_seq = seq,
+					 .mtu_max = mtu_max, .dict = &dict };
+}
+
+static struct km_frame_msg mk(uint64_t id, const char *topic, const void *p, size_t n)
+{
+	return (struct km_frame_msg){ .id = id, .topic = topic, .payload = p, .len = n,
+				      .created_ms = NOW_MS, .cls = 4, .qos = 1 };
+}
+
+/* Re-seal a frame after tampering so that the parser, not the CRC, is tested. */
+static void reseal(uint8_t *f, size_t len)
+{
+	if (len <= KM_FRAME_CRC16_MAX) {
+		uint16_t c = km_frame_crc16(f, len - 2);
+		f[len - 2] = (uint8_t)(c >> 8);
+		f[len - 1] = (uint8_t)c;
+	} else {
+		uLong c = crc32(0L, f, (uInt)(len - 4));
+		for (int i = 0; i < 4; i++)
+			f[len - 4 + i] = (uint8_t)(c >> (24 - 8 * i));
+	}
+}
+
+/* ---- golden vectors: these bytes are the contract with the center ---- */
+
+Test(frame, crc16_check_value)
+{
+	cr_assert_eq(km_frame_crc16((const uint8_t *)"123456789", 9), 0x29b1);
+}
+
+Test(frame, golden_single_message)
+{
+	static const uint8_t want[] = {
+		0x24, 0x07, 0x12, 0x34, 0x00, 0x00, 0x6c, 0xe8, 0x07,
+		0x22, 0xac, 0x40, 0x02, 0x68, 0x69, 0xaa, 0x50,
+	};
+	struct km_frame_tx tx;
+	struct km_frame_tx_cfg c = txcfg(7, 0x1234, 77);
+	cr_assert_eq(km_frame_tx_init(&tx, &c), 0);
+	struct km_frame_msg m = mk(1000, "kuimen/north/slope/tilt", "hi", 2);
+	m.cls = 3;
+	m.created_ms = 1763880000999LL;
+	uint8_t out[77];
+	struct km_frame_put put;
+	int n = km_frame_tx_encode(&tx, &m, 1, 77, NULL, 0, out, &put);
+	cr_assert_eq(n, (int)sizeof(want));
+	cr_assert_arr_eq(out, want, sizeof(want));
+	cr_assert_eq(put.seq, 0x1234);
+	cr_assert_eq(put.n_full, 1);
+	cr_assert_eq(put.next_off, 0);
+
+	struct km_frame_rx rx;
+	struct km_frame_rx_cfg rc = { .dict = &dict };
+	cr_assert_eq(km_frame_rx_init(&rx, &rc), 0);
+	struct sink s = { 0 };
+	struct km_frame_rx_info info;
+	cr_assert_eq(km_frame_rx_input(&rx, want, sizeof(want), NOW_MS, sink_fn, &s, &info), 0);
+	cr_assert_eq(s.n, 1);
+	cr_assert_eq(s.v[0].id, 1000);
+	cr_assert_eq(s.v[0].origin, 7);
+	cr_assert_str_eq(s.v[0].topic, "kuimen/north/slope/tilt");
+	cr_assert_eq(s.v[0].topic_idx, 2);
+	cr_assert_eq(s.v[0].len, 2);
+	cr_assert_arr_eq(s.v[0].payload, "hi", 2);
+	cr_assert_eq(s.v[0].created_ms, 1763880000000LL);
+	cr_assert_eq(s.v[0].cls, 3);
+	cr_assert_eq(s.v[0].qos, 1);
+	cr_assert_eq(s.v[0].enc, KM_FRAME_ENC_RAW);
+	cr_assert_eq(info.type, KM_FRAME_T_DATA);
+	cr_assert_eq(info.seq, 0x1234);
+	cr_assert(info.ack_due);
+	cr_assert(!info.has_ack);
+	cr_assert_eq(rx.frames_ok, 1);
+	cr_assert_eq(rx.delivered, 1);
+	sink_free(&s);
+	km_frame_rx_deinit(&rx);
+	km_frame_tx_deinit(&tx);
+}
+
+Test(frame, golden_ack_frame)
+{
+	static const uint8_t want[] = { 0x28, 0x09, 0x07, 0x01, 0x02, 0x0b, 0x2f, 0x32 };
+	struct km_frame_ack a = { .origin = 7, .cum = 0x0102, .bitmap = 0x0b };
+	uint8_t out[KM_FRAME_ACK_MAX];
+	cr_assert_eq(km_frame_ack_encode(&a, 9, out, sizeof(out)), (int)sizeof(want));
+	cr_assert_arr_eq(out, want, sizeof(want));
+	cr_assert_eq(km_frame_ack_encode(&a, 9, out, 7), -ENOSPC);
+
+	struct km_frame_rx rx;
+	struct km_frame_rx_cfg rc = { 0 };
+	cr_assert_eq(km_frame_rx_init(&rx, &rc), 0);
+	struct km_frame_rx_info info;
+	cr_assert_eq(km_frame_rx_input(&rx, want, sizeof(want), NOW_MS, NULL, NULL, &info), 0);
+	cr_assert_eq(info.type, KM_FRAME_T_ACK);
+	cr_assert_eq(info.origin, 9);
+	cr_assert(info.has_ack);
+	cr_assert(!info.ack_due);
+	cr_assert_eq(info.ack.origin, 7);
+	cr_assert_eq(info.ack.cum, 0x0102);
+	cr_assert_eq(info.ack.bitmap, 0x0b);
+	cr_assert_eq(rx.acks_in, 1);
+
+	/* the longest ack frame */
+	a = (struct km_frame_ack){ .origin = UINT32_MAX, .cum = 1, .bitmap = UINT64_MAX };
+	cr_assert_eq(km_frame_ack_encode(&a, UINT32_MAX, out, sizeof(out)), KM_FRAME_ACK_MAX);
+	cr_assert_eq(km_frame_rx_input(&rx, out, KM_FRAME_ACK_MAX, NOW_MS, NULL, NULL, &info), 0);
+	cr_assert_eq(info.ack.bitmap, UINT64_MAX);
+	cr_assert_eq(info.ack.origin, UINT32_MAX);
+	km_frame_rx_deinit(&rx);
+}
+
+/* ---- round trips ---- */
+
+Test(frame, many_messages_one_frame)
+{
+	struct km_frame_tx tx;
+	struct km_frame_tx_cfg c = txcfg(3, 100, 1750);
+	cr_assert_eq(km_frame_tx_init(&tx, &c), 0);
+	struct km_frame_msg m[20];
+	char pay[20][32];
+	for (int i = 0; i < 20; i++) {
+		snprintf(pay[i], sizeof(pay[i]), "v=%d", i * 37);
+		/* ids and times go up and down: zigzag deltas */
+		m[i] = mk(5000000 + (uint64_t)(i % 2 ? i * 3 : i), topics[i % 5], pay[i], strlen(pay[i]));
+		m[i].created_ms = NOW_MS - (i % 3) * 61000 + i * 1000;
+		m[i].cls = (uint8_t)(i % 8);
+		m[i].qos = (uint8_t)(i % 3);
+		m[i].enc = KM_FRAME_ENC_RAW;
+	}
+	m[7].topic = "kuimen/north/custom/sensor-9";   /* literal fallback */
+	m[9].created_ms = 0;                          /* unknown time */
+	uint8_t out[1750];
+	struct km_frame_put put;
+	int n = km_frame_tx_encode(&tx, m, 20, 1750, NULL, NOW_MS, out, &put);
+	cr_assert_gt(n, 0);
+	cr_assert_eq(put.n_full, 20);
+	cr_assert_eq(n, 261, "%d", n);   /* just over 256: CRC-32 */
+
+	struct km_frame_rx rx;
+	struct km_frame_rx_cfg rc = { .dict = &dict };
+	cr_assert_eq(km_frame_rx_init(&rx, &rc), 0);
+	struct sink s = { 0 };
+	cr_assert_eq(km_frame_rx_input(&rx, out, (size_t)n, NOW_MS, sink_fn, &s, NULL), 0);
+	cr_assert_eq(s.n, 20);
+	for (int i = 0; i < 20; i++) {
+		cr_assert_eq(s.v[i].id, m[i].id);
+		cr_assert_str_eq(s.v[i].topic, m[i].topic);
+		cr_assert_eq(s.v[i].topic_idx, i == 7 ? UINT32_MAX : (uint32_t)(i % 5));
+		cr_assert_eq(s.v[i].len, m[i].len);
+		cr_assert_arr_eq(s.v[i].payload, m[i].payload, m[i].len);
+		cr_assert_eq(s.v[i].created_ms, m[i].created_ms / 1000 * 1000);
+		cr_assert_eq(s.v[i].cls, m[i].cls);
+		cr_assert_eq(s.v[i].qos, m[i].qos);
+		cr_assert_eq(s.v[i].origin, 3);
+	}
+	sink_free(&s);
+	km_frame_rx_deinit(&rx);
+	km_frame_tx_deinit(&tx);
+}
+
+Test(frame, old_time_resolves_exactly)
+{
+	struct km_frame_tx tx;
+	struct km_frame_tx_cfg c = txcfg(1, 0, 77);
+	cr_assert_eq(km_frame_tx_init(&tx, &c), 0);
+	struct km_frame_msg m = mk(1, topics[0], "x", 1);
+	m.created_ms = NOW_MS - 150LL * 86400 * 1000;   /* 150 days old */
+	uint8_t out[77];
+	struct km_frame_put put;
+	int n = km_frame_tx_encode(&tx, &m, 1, 77, NULL, NOW_MS, out, &put);
+	struct km_frame_rx rx;
+	struct km_frame_rx_cfg rc = { .dict = &dict };
+	cr_assert_eq(km_frame_rx_init(&rx, &rc), 0);
+	struct sink s = { 0 };
+	/* received 3 h after sending, with the sender's clock 2 h fast */
+	cr_assert_eq(km_frame_rx_input(&rx, out, (size_t)n, NOW_MS + 3600000, sink_fn, &s, NULL), 0);
+	cr_assert_eq(s.v[0].created_ms, m.created_ms / 1000 * 1000);
+	sink_free(&s);
+	km_frame_rx_deinit(&rx);
+	km_frame_tx_deinit(&tx);
+}
+
+/* ---- a lossy, reordering link between one sender and one receiver ---- */
+
+struct net {
+	struct km_frame_tx tx;
+	struct km_frame_rx rx;     /* at the far end */
+	struct km_frame_rx back;   /* at the sender, for acks */
+	struct sink sink;
+	struct done done;
+	size_t mtu;
+	unsigned loss_pct;
+	bool reorder;
+	uint8_t q[256][KM_FRAME_MTU_MAX];
+	size_t qlen[256];
+	size_t nq;
+	uint64_t frames, frame_bytes;
+};
+
+static void net_init(struct net *n, size_t mtu, unsigned loss, bool reorder)
+{
+	memset(n, 0, sizeof(*n));
+	struct km_frame_tx_cfg c = txcfg(21, (uint16_t)rnd(), mtu);
+	c.window = 32;
+	cr_assert_eq(km_frame_tx_init(&n->tx, &c), 0);
+	struct km_frame_rx_cfg rc = { .dict = &dict };
+	cr_assert_eq(km_frame_rx_init(&n->rx, &rc), 0);
+	cr_assert_eq(km_frame_rx_init(&n->back, &rc), 0);
+	n->mtu = mtu;
+	n->loss_pct = loss;
+	n->reorder = reorder;
+}
+
+static void net_free(struct net *n)
+{
+	sink_free(&n->sink);
+	km_frame_tx_deinit(&n->tx);
+	km_frame_rx_deinit(&n->rx);
+	km_frame_rx_deinit(&n->back);
+}
+
+static void net_send(struct net *n, const uint8_t *f, size_t len)
+{
+	cr_assert_leq(len, n->mtu, "frame of %zu bytes over MTU %zu", len, n->mtu);
+	n->frames++;
+	n->frame_bytes += len;
+	if (rnd() % 100 < n->loss_pct || n->nq == 256)
+		return;
+	memcpy(n->q[n->nq], f, len);
+	n->qlen[n->nq++] = len;
+}
+
+/* Deliver the queue (shuffled when reordering) and carry acks back. */
+static void net_flush(struct net *n, int64_t now)
+{
+	if (n->reorder) {
+		for (size_t i = n->nq; i > 1; i--) {
+			size_t j = rnd() % i;
+			uint8_t tmp[KM_FRAME_MTU_MAX];
+			size_t tl = n->qlen[j];
+			memcpy(tmp, n->q[j], tl);
+			memcpy(n->q[j], n->q[i - 1], n->qlen[i - 1]);
+			n->qlen[j] = n->qlen[i - 1];
+			memcpy(n->q[i - 1], tmp, tl);
+			n->qlen[i - 1] = tl;
+		}
+	}
+	for (size_t i = 0; i < n->nq; i++) {
+		struct km_frame_rx_info info;
+		int rc = km_frame_rx_input(&n->rx, n->q[i], n->qlen[i], now,
+					   sink_fn, &n->sink, &info);
+		cr_assert_eq(rc, 0);
+		if (!info.ack_due)
+			continue;
+		struct km_frame_ack a;
+		uint8_t af[KM_FRAME_ACK_MAX];
+		cr_assert_eq(km_frame_rx_ack(&n->rx, info.origin, &a), 0);
+		int al = km_frame_ack_encode(&a, 99, af, sizeof(af));
+		cr_assert_gt(al, 0);
+		if (rnd() % 100 < n->loss_pct)
+			continue;
+		cr_assert_eq(km_frame_rx_input(&n->back, af, (size_t)al, now, NULL, NULL, &info), 0);
+		cr_assert(info.has_ack);
+		km_frame_tx_ack(&n->tx, &info.ack, done_fn, &n->done);
+	}
+	n->nq = 0;
+}
+
+/* Send msgs[0..cnt) to completion: new frames, retransmissions, acks.
+ * Returns the simulated rounds it took. */
+static int net_run(struct net *n, struct km_frame_msg *msgs, size_t cnt)
+{
+	size_t head = 0;
+	int64_t now = NOW_MS;
+	uint8_t f[KM_FRAME_MTU_MAX];
+	int round;
+
+	for (round = 0; round < 200000; round++) {
+		while (head < cnt) {
+			struct km_frame_put put;
+			int len = km_frame_tx_encode(&n->tx, msgs + head, cnt - head, n->mtu,
+						     NULL, now, f, &put);
+			if (len == -EAGAIN)
+				break;
+			cr_assert_gt(len, 0, "encode: %d (mtu %zu)", len, n->mtu);
+			net_send(n, f, (size_t)len);
+			head += put.n_full;
+			cr_assert(put.n_full > 0 || put.next_off > msgs[head].frag_off);
+			if (head < cnt)
+				msgs[head].frag_off = put.next_off;
+		}
+		int len;
+		while ((len = km_frame_tx_due(&n->tx, now, 2000, f, sizeof(f))) > 0)
+			net_send(n, f, (size_t)len);
+		net_flush(n, now);
+		if (head == cnt && n->done.n == cnt && !km_frame_tx_inflight(&n->tx))
+			return round;
+		now += 250;
+	}
+	cr_assert_fail("did not converge: %zu/%zu done", n->done.n, cnt);
+	return round;
+}
+
+/* Every message delivered exactly once, in order, byte-exact; every id
+ * reported done exactly once. */
+static void net_check(struct net *n, const struct km_frame_msg *msgs, size_t cnt,
+		      const uint8_t *const *want, const size_t *want_len)
+{
+	cr_assert_eq(n->sink.n, cnt);
+	cr_assert_eq(n->done.n, cnt);
+	for (size_t i = 0; i < cnt; i++) {
+		cr_assert_eq(n->sink.v[i].id, msgs[i].id);
+		cr_assert_eq(n->done.ids[i], msgs[i].id);
+		cr_assert_str_eq(n->sink.v[i].topic, msgs[i].topic);
+		cr_assert_eq(n->sink.v[i].len, want_len[i], "msg %zu: %zu vs %zu",
+			     i, n->sink.v[i].len, want_len[i]);
+		cr_assert_arr_eq(n->sink.v[i].payload, want[i], want_len[i]);
+	}
+	cr_assert_eq(n->rx.crc_errors, 0);
+	cr_assert_eq(n->rx.malformed, 0);
+	cr_assert_eq(n->rx.orphan_frags, 0);
+	cr_assert_eq(n->rx.partial_evictions, 0);
+	cr_assert_eq(n->rx.skipped_frames, 0);
+	cr_assert_eq(n->rx.buffered_bytes, 0);
+	cr_assert_eq(n->rx.partial_bytes, 0);
+}
+
+Test(frame, fragment_10k_over_77_lossy_reordered)
+{
+	static struct net n;
+	rng_state = 0x9e3779b97f4a7c15ULL;
+	net_init(&n, 77, 20, true);
+	static uint8_t big[10240];
+	for (size_t i = 0; i < sizeof(big); i++)
+		big[i] = (uint8_t)rnd();   /* incompressible: really 10 KB on air */
+	struct km_frame_msg m[3] = {
+		mk(7001, topics[0], "{\"ch4\":0.12}", 12),
+		mk(7002, "kuimen/north/file/photo", big, sizeof(big)),
+		mk(7003, topics[4], "{\"up\":1}", 8),
+	};
+	const uint8_t *want[3] = { m[0].payload, big, m[2].payload };
+	size_t wl[3] = { 12, sizeof(big), 8 };
+	net_run(&n, m, 3);
+	net_check(&n, m, 3, want, wl);
+	/* 10240 B over ~66 B of payload a frame, plus losses */
+	cr_assert_eq(n.tx.frames_sent, 154, "%llu", (unsigned long long)n.tx.frames_sent);
+	cr_assert_gt(n.tx.frames_resent, 0);
+	cr_assert_gt(n.rx.duplicates + n.rx.frames_ok, 0);
+	net_free(&n);
+}
+
+Test(frame, mtu_bound_fixed_and_random)
+{
+	static struct net n;
+	static const size_t mtus[] = { 77, 340, 1750, 32, 33, 255, 256, 257, 258, 259, 260 };
+	static uint8_t pay[40][3000];
+	static struct km_frame_msg m[40];
+	const uint8_t *want[40];
+	size_t wl[40];
+	rng_state = 12345;
+	for (int t = 0; t < 11 + 40; t++) {
+		size_t mtu = t < 11 ? mtus[t] : KM_FRAME_MTU_MIN + rnd() % (1750 - KM_FRAME_MTU_MIN + 1);
+		net_init(&n, mtu, t % 2 ? 10 : 0, t % 3 == 0);
+		for (int i = 0; i < 40; i++) {
+			size_t len = rnd() % 4 == 0 ? rnd() % 3000 : rnd() % 120;
+			bool text = rnd() % 2;
+			for (size_t k = 0; k < len; k++)
+				pay[i][k] = text ? (uint8_t)('a' + rnd() % 4) : (uint8_t)rnd();
+			m[i] = mk((uint64_t)t * 1000 + (uint64_t)i, i % 7 == 6 ? "base/x/literal" : topics[i % 5],
+				  pay[i], len);
+			m[i].enc = KM_FRAME_ENC_RAW;   /* the payload must come back as sent */
+			if (i % 3 == 0)
+				m[i].enc = KM_FRAME_ENC_AUTO;
+			want[i] = pay[i];
+			wl[i] = len;
+		}
+		net_run(&n, m, 40);
+		net_check(&n, m, 40, want, wl);
+		net_free(&n);
+	}
+}
+
+/* ---- CRC ---- */
+
+static void flip_all(const uint8_t *f, size_t len)
+{
+	struct km_frame_rx rx;
+	struct km_frame_rx_cfg rc = { .dict = &dict };
+	cr_assert_eq(km_frame_rx_init(&rx, &rc), 0);
+	uint8_t g[KM_FRAME_MTU_MAX];
+	struct sink s = { 0 };
+	for (size_t bit = 0; bit < len * 8; bit++) {
+		memcpy(g, f, len);
+		g[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+		cr_assert_eq(km_frame_rx_input(&rx, g, len, NOW_MS, sink_fn, &s, NULL), -EBADMSG);
+	}
+	cr_assert_eq(rx.crc_errors, len * 8);
+	cr_assert_eq(s.n, 0);
+	cr_assert_eq(rx.frames_ok + rx.malformed + rx.bad_version, 0);
+	/* and the pristine frame still passes */
+	cr_assert_eq(km_frame_rx_input(&rx, f, len, NOW_MS, sink_fn, &s, NULL), 0);
+	cr_assert_gt(s.n, 0);
+	sink_free(&s);
+	km_frame_rx_deinit(&rx);
+}
+
+Test(frame, every_bit_flip_rejected)
+{
+	static uint8_t pay[4000];
+	for (size_t i = 0; i < sizeof(pay); i++)
+		pay[i] = (uint8_t)(i * 7 + (i >> 5));
+	size_t sizes[] = { 77, 340, 1750 };
+	for (int k = 0; k < 3; k++) {
+		struct km_frame_tx tx;
+		struct km_frame_tx_cfg c = txcfg(7, 1, 1750);
+		cr_assert_eq(km_frame_tx_init(&tx, &c), 0);
+		/* head 5, record prefix 7, CRC 2 or 4 */
+		struct km_frame_msg m = mk(42, topics[1], pay, sizes[k] - 12 - (k ? 4 : 2));
+		m.enc = KM_FRAME_ENC_RAW;
+		uint8_t out[1750];
+		struct km_frame_put put;
+		int n = km_frame_tx_encode(&tx, &m, 1, sizes[k], NULL, NOW_MS, out, &put);
+		cr_assert_eq(n, (int)sizes[k], "%d vs %zu", n, sizes[k]);
+		flip_all(out, (size_t)n);   /* 77: CRC-16; 340, 1750: CRC-32 */
+		km_frame_tx_deinit(&tx);
+	}
+	/* too short to hold a CRC */
+	struct km_frame_rx rx;
+	struct km_frame_rx_cfg rc = { 0 };
+	cr_assert_eq(km_frame_rx_init(&rx, &rc), 0);
+	cr_assert_eq(km_frame_rx_input(&rx, (const uint8_t *)"", 0, NOW_MS, NULL, NULL, NULL), -EBADMSG);
+	cr_assert_eq(km_frame_rx_input(&rx, (const uint8_t *)"\x24\x01", 2, NOW_MS, NULL, NULL, NULL), -EBADMSG);
+	cr_assert_eq(rx.crc_errors, 2);
+	km_frame_rx_deinit(&rx);
+}
+
+Test(frame, version_and_structure_errors)
+{
+	struct km_frame_rx rx;
+	struct km_frame_rx_cfg rc = { 0 };
+	cr_assert_eq(km_frame_rx_init(&rx, &rc), 0);
+	uint8_t f[8] = { 0x44, 0x01, 0x00, 0x00, 0x00, 0x00 };   /* version 2 */
+	reseal(f, 8);
+	cr_assert_eq(km_frame_rx_input(&rx, f, 8, NOW_MS, NULL, NULL, NULL), -EPROTONOSUPPORT);
+	cr_assert_eq(rx.bad_version, 1);
+	uint8_t g[7] = { 0x20, 0x01, 0x00, 0x01, 0x00 };   /* data frame, no record */
+	reseal(g, 7);
+	cr_assert_eq(km_frame_rx_input(&rx, g, 7, NOW_MS, NULL, NULL, NULL), -EPROTO);
+	uint8_t h[9] = { 0x20, 0x01, 0x00, 0x01, 0x00, 0x0c, 0x00 };   /* enc 3 reserved */
+	reseal(h, 9);
+	cr_assert_eq(km_frame_rx_input(&rx, h, 9, NOW_MS, NULL, NULL, NULL), -EPROTO);
+	cr_assert_eq(rx.malformed, 2);
+	km_frame_rx_deinit(&rx);
+}
+
+/* ---- topics and payloads ---- */
+
+static int encode_one(struct km_frame_msg *m, size_t mtu, uint8_t *out,
+		      const struct km_frame_dict *d)
+{
+	struct km_frame_tx tx;
+	struct km_frame_tx_cfg c = txcfg(7, 1, KM_FRAME_MTU_MAX);
+	c.dict = d;
+	cr_assert_eq(km_frame_tx_init(&tx, &c), 0);
+	struct km_frame_put put;
+	int n = km_frame_tx_encode(&tx, m, 1, mtu, NULL, NOW_MS, out, &put);
+	km_frame_tx_deinit(&tx);
+	return n;
+}
+
+Test(frame, dictionary_and_fallback_topics)
+{
+	uint8_t a[340], b[340];
+	struct km_frame_msg m = mk(9, "kuimen/north/water/level", "{\"m\":3.2}", 9);
+	int na = encode_one(&m, 340, a, &dict);
+	int nb = encode_one(&m, 340, b, NULL);
+	/* index byte vs length byte + 24 topic bytes */
+	cr_assert_eq(nb - na, 24);
+
+	/* receiver with a shorter (older) dictionary: delivered, topic NULL */
+	static const char *const old[] = { "kuimen/north/gas/ch4" };
+	struct km_frame_dict od = { old, 1 };
+	struct km_frame_rx rx;
+	struct km_frame_rx_cfg rc = { .dict = &od };
+	cr_assert_eq(km_frame_rx_init(&rx, &rc), 0);
+	struct sink s = { 0 };
+	cr_assert_eq(km_frame_rx_input(&rx, a, (size_t)na, NOW_MS, sink_fn, &s, NULL), 0);
+	cr_assert_eq(s.n, 1);
+	cr_assert_null(s.v[0].topic);
+	cr_assert_eq(s.v[0].topic_idx, 1);
+	cr_assert_eq(rx.unknown_topics, 1);
+	sink_free(&s);
+	km_frame_rx_deinit(&rx);
+
+	/* a literal topic too long for MTU 32 */
+	char longt[100];
+	memset(longt, 'a', 99);
+	longt[99] = '\0';
+	m.topic = longt;
+	cr_assert_eq(encode_one(&m, 32, a, &dict), -EMSGSIZE);
+	m.topic = "";
+	cr_assert_eq(encode_one(&m, 77, a, &dict), -EINVAL);
+}
+
+static void decode_one(const uint8_t *f, int n, struct sink *s)
+{
+	struct km_frame_rx rx;
+	struct km_frame_rx_cfg rc = { .dict = &dict };
+	cr_assert_eq(km_frame_rx_init(&rx, &rc), 0);
+	cr_assert_gt(n, 0);
+	cr_assert_eq(km_frame_rx_input(&rx, f, (size_t)n, NOW_MS, sink_fn, s, NULL), 0);
+	km_frame_rx_deinit(&rx);
+}
+
+Test(frame, json_compacted_and_deflated)
+{
+	const char *js = "{ \"gas\": { \"ch4\": 0.12, \"note\": \"a b\\\" c\" },\n  \"ok\": [1, 2, true] }";
+	const char *compact = "{\"gas\":{\"ch4\":0.12,\"note\":\"a b\\\" c\"},\"ok\":[1,2,true]}";
+	uint8_t f[1750];
+	struct sink s = { 0 };
+	struct km_frame_msg m = mk(1, topics[0], js, strlen(js));
+	int n = encode_one(&m, 340, f, &dict);
+	decode_one(f, n, &s);
+	cr_assert_eq(s.v[0].len, strlen(compact));
+	cr_assert_arr_eq(s.v[0].payload, compact, strlen(compact));
+	sink_free(&s);
+
+	/* 2 KB of repetitive telemetry: deflated far below its size */
+	static char big[2100];
+	size_t o = 0;
+	o += (size_t)sprintf(big, "[");
+	for (int i = 0; i < 40; i++)
+		o += (size_t)sprintf(big + o, "%s{\"ch\":%d,\"ppm\":%d.5,\"ok\":true}", i ? "," : "", i, i * 3);
+	o += (size_t)sprintf(big + o, "]");
+	m = mk(2, topics[0], big, o);
+	n = encode_one(&m, 1750, f, &dict);
+	cr_assert_lt(n, (int)o / 3, "deflated frame %d for %zu bytes", n, o);
+	cr_assert_eq((f[5] >> 2) & 3, 1);   /* rh enc = deflate */
+	decode_one(f, n, &s);
+	cr_assert_eq(s.v[0].len, o);
+	cr_assert_arr_eq(s.v[0].payload, big, o);
+	cr_assert_eq(s.v[0].enc, KM_FRAME_ENC_RAW);
+	sink_free(&s);
+
+	/* random bytes: deflate would grow them, sent raw */
+	uint8_t rnd_pay[300];
+	rng_state = 99;
+	for (size_t i = 0; i < sizeof(rnd_pay); i++)
+		rnd_pay[i] = (uint8_t)rnd();
+	rnd_pay[0] = 'x';   /* not JSON either */
+	m = mk(3, topics[0], rnd_pay, sizeof(rnd_pay));
+	n = encode_one(&m, 1750, f, &dict);
+	cr_assert_eq((f[5] >> 2) & 3, 0);
+	cr_assert_eq(n, 9 + 1 + 1 + 1 + 3 + 1 + 300);   /* head, rh, meta, id, time, topic, data; CRC-32 */
+	decode_one(f, n, &s);
+	cr_assert_arr_eq(s.v[0].payload, rnd_pay, sizeof(rnd_pay));
+	sink_free(&s);
+
+	/* position batches pass through verbatim and say so */
+	m = mk(4, topics[3], "\x01\x02\x03 \x04", 5);
+	m.enc = KM_FRAME_ENC_POSBATCH;
+	n = encode_one(&m, 77, f, &dict);
+	cr_assert_eq((f[5] >> 2) & 3, 2);
+	decode_one(f, n, &s);
+	cr_assert_eq(s.v[0].enc, KM_FRAME_ENC_POSBATCH);
+	cr_assert_arr_eq(s.v[0].payload, "\x01\x02\x03 \x04", 5);
+	sink_free(&s);
+}
+
+Test(frame, json_compact_rules)
+{
+	uint8_t out[64];
+	cr_assert_eq(km_frame_json_compact((const uint8_t *)" [ 1 , 2 ] ", 11, out), 5);
+	cr_assert_arr_eq(out, "[1,2]", 5);
+	cr_assert_eq(km_frame_json_compact((const uint8_t *)"{\"a b\" : \"\\\\\" }", 15, out), 12);
+	cr_assert_arr_eq(out, "{\"a b\":\"\\\\\"}", 12);
+	/* whitespace that would join two tokens: not JSON, leave it alone */
+	cr_assert_eq(km_frame_json_compact((const uint8_t *)"[1 2]", 5, out), -EINVAL);
+	cr_assert_eq(km_frame_json_compact((const uint8_t *)"{\"a\":1} x", 9, out), -EINVAL);
+	cr_assert_eq(km_frame_json_compact((const uint8_t *)"{\"a", 3, out), -EINVAL);
+	cr_assert_eq(km_frame_json_compact((const uint8_t *)"]", 1, out), -EINVAL);
+	cr_assert_eq(km_frame_json_compact((const uint8_t *)"hello world", 11, out), -EINVAL);
+	cr_assert_eq(km_frame_json_compact((const uint8_t *)"   ", 3, out), -EINVAL);
+}
+
+/* ---- acks, window, retransmission ---- */
+
+struct pair {
+	struct km_frame_tx tx;
+	struct km_frame_rx rx;
+	uint8_t f[16][340];
+	int len[16];
+};
+
+static void pair_frames(struct pair *p, int count, size_t mtu)
+{
+	struct km_frame_tx_cfg c = txcfg(5, 65533, 340);   /* wraps at 65535 */
+	c.window = 8;
+	cr_assert_eq(km_frame_tx_init(&p->tx, &c), 0);
+	struct km_frame_rx_cfg rc = { .dict = &dict };
+	cr_assert_eq(km_frame_rx_init(&p->rx, &rc), 0);
+	for (int i = 0; i < count; i++) {
+		char pay[16];
+		snprintf(pay, sizeof(pay), "m%d", i);
+		struct km_frame_msg m = mk(100 + (uint64_t)i, topics[0], pay, strlen(pay));
+		struct km_frame_put put;
+		p->len[i] = km_frame_tx_encode(&p->tx, &m, 1, mtu, NULL, NOW_MS + i, p->f[i], &put);
+		cr_assert_gt(p->len[i], 0);
+		cr_assert_eq(put.seq, (uint16_t)(65533 + i));
+	}
+}
+
+Test(frame, ack_bitmap_and_selective_retransmit)
+{
+	static struct pair p;
+	pair_frames(&p, 6, 77);   /* seq 65533 65534 65535 0 1 2 */
+	struct km_frame_msg m = mk(1, topics[0], "x", 1);
+	struct km_frame_put put;
+	uint8_t f[77];
+	cr_assert_eq(km_frame_tx_inflight(&p.tx), 6);
+	struct sink s = { 0 };
+	int order[] = { 0, 2, 3, 5 };   /* 1 and 4 are lost */
+	for (int i = 0; i < 4; i++)
+		cr_assert_eq(km_frame_rx_input(&p.rx, p.f[order[i]], (size_t)p.len[order[i]],
+					       NOW_MS, sink_fn, &s, NULL), 0);
+	cr_assert_eq(s.n, 1);   /* only frame 0 is in order */
+	struct km_frame_ack a;
+	cr_assert_eq(km_frame_rx_ack(&p.rx, 5, &a), 0);
+	cr_assert_eq(a.origin, 5);
+	cr_assert_eq(a.cum, 65533);
+	cr_assert_eq(a.bitmap, 0x0b);   /* 65535 -> bit 0, 0 -> bit 1, 2 -> bit 3 */
+	cr_assert_eq(km_frame_rx_ack(&p.rx, 6, &a), -ENOENT);
+	cr_assert_eq(km_frame_rx_ack(&p.rx, 5, &a), 0);
+
+	struct done d = { 0 };
+	cr_assert_eq(km_frame_tx_ack(&p.tx, &a, done_fn, &d), 1);
+	cr_assert_eq(d.n, 1);
+	cr_assert_eq(d.ids[0], 100);
+	cr_assert_eq(km_frame_tx_inflight(&p.tx), 5);
+	/* lost ones first, in order, without waiting for the timeout */
+	uint8_t r[340];
+	int n = km_frame_tx_due(&p.tx, NOW_MS + 10, 60000, r, sizeof(r));
+	cr_assert_eq(n, p.len[1]);
+	cr_assert_arr_eq(r, p.f[1], (size_t)n);
+	n = km_frame_tx_due(&p.tx, NOW_MS + 10, 60000, r, sizeof(r));
+	cr_assert_eq(n, p.len[4]);
+	cr_assert_arr_eq(r, p.f[4], (size_t)n);
+	cr_assert_eq(km_frame_tx_due(&p.tx, NOW_MS + 10, 60000, r, sizeof(r)), 0);
+	cr_assert_eq(km_frame_tx_due(&p.tx, NOW_MS + 10, 60000, r, 3), 0);
+	/* after the timeout only the unheld frames come again, oldest first */
+	n = km_frame_tx_due(&p.tx, NOW_MS + 70000, 60000, r, sizeof(r));
+	cr_assert_eq(n, p.len[1]);
+	cr_assert_eq(km_frame_tx_due(&p.tx, NOW_MS + 70000, 60000, r, 3), -ENOSPC);
+	cr_assert_eq(p.tx.frames_resent, 3);
+
+	/* the retransmissions arrive: everything delivered, in order */
+	cr_assert_eq(km_frame_rx_input(&p.rx, p.f[4], (size_t)p.len[4], NOW_MS, sink_fn, &s, NULL), 0);
+	cr_assert_eq(s.n, 1);
+	cr_assert_eq(km_frame_rx_input(&p.rx, p.f[1], (size_t)p.len[1], NOW_MS, sink_fn, &s, NULL), 0);
+	cr_assert_eq(s.n, 6);
+	for (int i = 0; i < 6; i++)
+		cr_assert_eq(s.v[i].id, 100 + (uint64_t)i);
+	cr_assert_eq(km_frame_rx_ack(&p.rx, 5, &a), 0);
+	cr_assert_eq(a.cum, 2);
+	cr_assert_eq(a.bitmap, 0);
+	/* a stale ack changes nothing; the fresh one releases the rest */
+	struct km_frame_ack stale = { .origin = 5, .cum = 65000 };
+	cr_assert_eq(km_frame_tx_ack(&p.tx, &stale, done_fn, &d), 0);
+	struct km_frame_ack other = { .origin = 6, .cum = 2 };
+	cr_assert_eq(km_frame_tx_ack(&p.tx, &other, done_fn, &d), 0);
+	cr_assert_eq(km_frame_tx_ack(&p.tx, &a, done_fn, &d), 5);
+	cr_assert_eq(d.n, 6);
+	for (int i = 0; i < 6; i++)
+		cr_assert_eq(d.ids[i], 100 + (uint64_t)i);
+	cr_assert_eq(km_frame_tx_inflight(&p.tx), 0);
+	/* synced: no more SYN */
+	cr_assert_gt(km_frame_tx_encode(&p.tx, &m, 1, 77, NULL, NOW_MS, f, &put), 0);
+	cr_assert_eq(f[0] & 0x04, 0);
+	cr_assert_eq(p.f[0][0] & 0x04, 0x04);
+	sink_free(&s);
+	km_frame_tx_deinit(&p.tx);
+	km_frame_rx_deinit(&p.rx);
+}
+
+Test(frame, window_full_and_duplicates)
+{
+	static struct pair p;
+	pair_frames(&p, 8, 77);
+	struct km_frame_msg m = mk(1, topics[0], "x", 1);
+	struct km_frame_put put;
+	uint8_t f[77];
+	cr_assert_eq(km_frame_tx_encode(&p.tx, &m, 1, 77, NULL, NOW_MS, f, &put), -EAGAIN);
+	struct sink s = { 0 };
+	for (int rep = 0; rep < 3; rep++)
+		for (int i = 7; i >= 0; i--)
+			cr_assert_eq(km_frame_rx_input(&p.rx, p.f[i], (size_t)p.len[i], NOW_MS,
+						       sink_fn, &s, NULL), 0);
+	cr_assert_eq(s.n, 8);
+	for (int i = 0; i < 8; i++)
+		cr_assert_eq(s.v[i].id, 100 + (uint64_t)i);
+	cr_assert_eq(p.rx.frames_ok, 8);
+	cr_assert_eq(p.rx.duplicates, 16);
+	cr_assert_eq(p.rx.delivered, 8);
+	sink_free(&s);
+	km_frame_tx_deinit(&p.tx);
+	km_frame_rx_deinit(&p.rx);
+}
+
+Test(frame, piggybacked_ack)
+{
+	struct km_frame_tx tx;
+	struct km_frame_tx_cfg c = txcfg(2, 10, 77);
+	cr_assert_eq(km_frame_tx_init(&tx, &c), 0);
+	struct km_frame_msg m = mk(1, topics[0], "ok", 2);
+	struct km_frame_ack a = { .origin = 7, .cum = 300, .bitmap = 0x105 };
+	uint8_t f[77];
+	struct km_frame_put put;
+	int n = km_frame_tx_encode(&tx, &m, 1, 77, &a, NOW_MS, f, &put);
+	cr_assert(put.acked_piggy);
+	cr_assert_eq(n, 16 + 1 + 2 + 2 + 1);   /* 16-byte message frame + ack tail */
+	struct km_frame_rx rx;
+	struct km_frame_rx_cfg rc = { .dict = &dict };
+	cr_assert_eq(km_frame_rx_init(&rx, &rc), 0);
+	struct sink s = { 0 };
+	struct km_frame_rx_info info;
+	cr_assert_eq(km_frame_rx_input(&rx, f, (size_t)n, NOW_MS, sink_fn, &s, &info), 0);
+	cr_assert_eq(s.n, 1);
+	cr_assert_arr_eq(s.v[0].payload, "ok", 2);
+	cr_assert(info.has_ack);
+	cr_assert(info.ack_due);
+	cr_assert_eq(info.ack.origin, 7);
+	cr_assert_eq(info.ack.cum, 300);
+	cr_assert_eq(info.ack.bitmap, 0x105);
+	/* a full frame has no room for it */
+	static uint8_t big[200];
+	memset(big, 0xa5, sizeof(big));
+	struct km_frame_msg b = mk(2, topics[0], big, sizeof(big));
+	b.enc = KM_FRAME_ENC_RAW;
+	n = km_frame_tx_encode(&tx, &b, 1, 77, &a, NOW_MS, f, &put);
+	cr_assert_eq(n, 77);
+	cr_assert(!put.acked_piggy);
+	cr_assert_gt(put.next_off, 0);
+	sink_free(&s);
+	km_frame_rx_deinit(&rx);
+	km_frame_tx_deinit(&tx);
+}
+
+/* ---- sessions and abandonment ---- */
+
+static int send_one(struct km_frame_tx *tx, uint64_t id, uint8_t *f)
+{
+	struct km_frame_msg m = mk(id, topics[0], "p", 1);
+	struct km_frame_put put;
+	return km_frame_tx_encode(tx, &m, 1, 77, NULL, NOW_MS, f, &put);
+}
+
+Test(frame, sender_restart_and_abandon)
+{
+	struct km_frame_tx tx;
+	struct km_frame_tx_cfg c = txcfg(4, 500, 77);
+	cr_assert_eq(km_frame_tx_init(&tx, &c), 0);
+	struct km_frame_rx rx;
+	struct km_frame_rx_cfg rc = { .dict = &dict };
+	cr_assert_eq(km_frame_rx_init(&rx, &rc), 0);
+	struct sink s = { 0 };
+	uint8_t f[77];
+	int n;
+	for (uint64_t id = 1; id <= 3; id++) {
+		n = send_one(&tx, id, f);
+		cr_assert_eq(km_frame_rx_input(&rx, f, (size_t)n, NOW_MS, sink_fn, &s, NULL), 0);
+	}
+	struct km_frame_ack a;
+	cr_assert_eq(km_frame_rx_ack(&rx, 4, &a), 0);
+	cr_assert_eq(km_frame_tx_ack(&tx, &a, NULL, NULL), 3);
+	/* frames 503, 504 sent and lost; the link is switched: abandon */
+	send_one(&tx, 4, f);
+	send_one(&tx, 5, f);
+	km_frame_tx_reset(&tx);
+	cr_assert_eq(km_frame_tx_inflight(&tx), 0);
+	n = send_one(&tx, 6, f);
+	cr_assert_eq(km_frame_rx_input(&rx, f, (size_t)n, NOW_MS, sink_fn, &s, NULL), 0);
+	cr_assert_eq(s.n, 4);
+	cr_assert_eq(s.v[3].id, 6);
+	cr_assert_eq(rx.skipped_frames, 2);
+	km_frame_tx_deinit(&tx);
+
+	/* restart below the old sequence: SYN with a new base resyncs */
+	c.first_seq = 480;
+	cr_assert_eq(km_frame_tx_init(&tx, &c), 0);
+	n = send_one(&tx, 7, f);
+	cr_assert_eq(km_frame_rx_input(&rx, f, (size_t)n, NOW_MS, sink_fn, &s, NULL), 0);
+	cr_assert_eq(s.n, 5);
+	cr_assert_eq(s.v[4].id, 7);
+	cr_assert_eq(rx.resyncs, 1);
+	/* the same SYN frame again is a duplicate, not a new session */
+	cr_assert_eq(km_frame_rx_input(&rx, f, (size_t)n, NOW_MS, sink_fn, &s, NULL), 0);
+	cr_assert_eq(s.n, 5);
+	cr_assert_eq(rx.resyncs, 1);
+	cr_assert_eq(rx.duplicates, 1);
+	sink_free(&s);
+	km_frame_tx_deinit(&tx);
+	km_frame_rx_deinit(&rx);
+}
+
+Test(frame, callback_refusal_redelivers)
+{
+	struct km_frame_tx tx;
+	struct km_frame_tx_cfg c = txcfg(4, 1, 340);
+	cr_assert_eq(km_frame_tx_init(&tx, &c), 0);
+	struct km_frame_rx rx;
+	struct km_frame_rx_cfg rc = { .dict = &dict };
+	cr_assert_eq(km_frame_rx_init(&rx, &rc), 0);
+	struct km_frame_msg m[2] = { mk(1, topics[0], "a", 1), mk(2, topics[1], "b", 1) };
+	uint8_t f[340];
+	struct km_frame_put put;
+	int n = km_frame_tx_encode(&tx, m, 2, 340, NULL, NOW_MS, f, &put);
+	struct sink s = { .fail_after = 2 };
+	cr_assert_eq(km_frame_rx_input(&rx, f, (size_t)n, NOW_MS, sink_fn, &s, NULL), -ENOSPC);
+	struct km_frame_ack a;
+	cr_assert_eq(km_frame_rx_ack(&rx, 4, &a), 0);
+	cr_assert_eq(a.cum, 0);   /* frame 1 not acknowledged */
+	cr_assert_eq(km_frame_rx_input(&rx, f, (size_t)n, NOW_MS, sink_fn, &s, NULL), 0);
+	cr_assert_eq(s.n, 3);     /* id 1 twice (at least once), id 2 once */
+	cr_assert_eq(s.v[1].id, 1);
+	cr_assert_eq(s.v[2].id, 2);
+	sink_free(&s);
+	km_frame_tx_deinit(&tx);
+	km_frame_rx_deinit(&rx);
+}
+
+/* ---- bounded reassembly ---- */
+
+Test(frame, partial_eviction_is_bounded_and_counted)
+{
+	struct km_frame_tx tx;
+	struct km_frame_tx_cfg c = txcfg(8, 1, 77);
+	cr_assert_eq(km_frame_tx_init(&tx, &c), 0);
+	struct km_frame_rx rx;
+	struct km_frame_rx_cfg rc = { .dict = &dict, .max_partials = 2 };
+	cr_assert_eq(km_frame_rx_init(&rx, &rc), 0);
+	static uint8_t big[3][500];
+	struct km_frame_msg m[3];
+	for (int i = 0; i < 3; i++) {
+		memset(big[i], 'A' + i, sizeof(big[i]));
+		m[i] = mk(10 + (uint64_t)i, topics[0], big[i], sizeof(big[i]));
+		m[i].enc = KM_FRAME_ENC_RAW;
+	}
+	struct sink s = { 0 };
+	uint8_t f[77];
+	struct km_frame_put put;
+	/* interleave: first fragment of each, then the rest of each */
+	for (int round = 0; round < 20; round++) {
+		for (int i = 0; i < 3; i++) {
+			if (m[i].frag_off == SIZE_MAX)
+				continue;
+			int n = km_frame_tx_encode(&tx, &m[i], 1, 77, NULL, NOW_MS, f, &put);
+			cr_assert_gt(n, 0);
+			cr_assert_eq(km_frame_rx_input(&rx, f, (size_t)n, NOW_MS, sink_fn, &s, NULL), 0);
+			m[i].frag_off = put.n_full ? SIZE_MAX : put.next_off;
+			struct km_frame_ack a;
+			km_frame_rx_ack(&rx, 8, &a);
+			km_frame_tx_ack(&tx, &a, NULL, NULL);
+		}
+	}
+	/* msg 10 was evicted when msg 12 started; its fragments become orphans */
+	cr_assert_eq(rx.partial_evictions, 1);
+	cr_assert_eq(rx.orphan_frags, 7);   /* 500 B = first + 7 more at MTU 77 */
+	cr_assert_eq(s.n, 2);
+	cr_assert_eq(s.v[0].id, 11);
+	cr_assert_eq(s.v[1].id, 12);
+	cr_assert_eq(s.v[0].len, 500);
+	cr_assert_arr_eq(s.v[1].payload, big[2], 500);
+	cr_assert_eq(rx.partial_bytes, 0);
+	sink_free(&s);
+	km_frame_tx_deinit(&tx);
+	km_frame_rx_deinit(&rx);
+}
+
+Test(frame, oversize_and_bad_deflate)
+{
+	struct km_frame_tx tx;
+	struct km_frame_tx_cfg c = txcfg(8, 1, 340);
+	cr_assert_eq(km_frame_tx_init(&tx, &c), 0);
+	struct km_frame_rx rx;
+	struct km_frame_rx_cfg rc = { .dict = &dict, .max_msg = 1000 };
+	cr_assert_eq(km_frame_rx_init(&rx, &rc), 0);
+	/* 5000 B of zeros deflate to a few bytes: a zip bomb for max_msg 1000 */
+	static uint8_t zeros[5000];
+	struct km_frame_msg m = mk(1, topics[0], zeros, sizeof(zeros));
+	uint8_t f[340];
+	struct km_frame_put put;
+	int n = km_frame_tx_encode(&tx, &m, 1, 340, NULL, NOW_MS, f, &put);
+	cr_assert_lt(n, 60);
+	struct sink s = { 0 };
+	cr_assert_eq(km_frame_rx_input(&rx, f, (size_t)n, NOW_MS, sink_fn, &s, NULL), 0);
+	cr_assert_eq(s.n, 0);
+	cr_assert_eq(rx.oversize, 1);
+	/* a deflate record whose stream is cut short */
+	f[n - 3] ^= 0xff;
+	reseal(f, (size_t)n);
+	cr_assert_eq(km_frame_rx_input(&rx, f, (size_t)n, NOW_MS, sink_fn, &s, NULL), 0);
+	cr_assert_eq(rx.oversize + rx.bad_payload + rx.duplicates, 2);
+	cr_assert_eq(s.n, 0);
+	km_frame_tx_deinit(&tx);
+	km_frame_rx_deinit(&rx);
+}
+
+/* ---- garbage never crashes ---- */
+
+Test(frame, garbage_and_mutations)
+{
+	struct km_frame_rx rx;
+	struct km_frame_rx_cfg rc = { .dict = &dict, .max_origins = 4, .max_partials = 3,
+				      .max_buffer_bytes = 4096, .max_msg = 4096 };
+	cr_assert_eq(km_frame_rx_init(&rx, &rc), 0);
+	static uint8_t buf[2000];
+	struct sink s = { 0 };
+	rng_state = 777;
+	uint64_t inputs = 0;
+	for (int i = 0; i < 20000; i++) {
+		size_t len = rnd() % 300;
+		for (size_t k = 0; k < len; k++)
+			buf[k] = (uint8_t)rnd();
+		km_frame_rx_input(&rx, buf, len, NOW_MS, sink_fn, &s, NULL);
+		inputs++;
+	}
+	cr_assert_eq(rx.crc_errors, inputs - rx.bad_version - rx.malformed - rx.frames_ok
+		     - rx.duplicates - rx.out_of_window - rx.acks_in - rx.dropped_nomem);
+
+	/* valid frames, mutated, then re-sealed so the parser sees them */
+	struct km_frame_tx tx;
+	struct km_frame_tx_cfg c = txcfg(9, 1, 1750);
+	cr_assert_eq(km_frame_tx_init(&tx, &c), 0);
+	for (int i = 0; i < 20000; i++) {
+		uint8_t pay[900];
+		size_t plen = rnd() % sizeof(pay);
+		for (size_t k = 0; k < plen; k++)
+			pay[k] = (uint8_t)(rnd() % 3 ? 'a' : rnd());
+		struct km_frame_msg m[2] = { mk(rnd(), i % 2 ? "lit/t" : topics[1], pay, plen),
+					     mk(rnd(), topics[0], pay, plen / 3) };
+		struct km_frame_ack a = { .origin = 1, .cum = 2, .bitmap = rnd() };
+		size_t mtu = KM_FRAME_MTU_MIN + rnd() % 600;
+		struct km_frame_put put;
+		if (i % 5 == 0)
+			m[0].frag_off = plen / 2 ? plen / 2 : 0;
+		int n = km_frame_tx_encode(&tx, m, 2, mtu, &a, NOW_MS, buf, &put);
+		km_frame_tx_reset(&tx);
+		if (n <= 0)
+			continue;
+		int flips = 1 + (int)(rnd() % 4);
+		for (int k = 0; k < flips; k++)
+			buf[rnd() % (size_t)n] ^= (uint8_t)(1u << (rnd() % 8));
+		if (rnd() % 4 == 0)
+			n -= (int)(rnd() % (unsigned)n);
+		if (n > 2)
+			reseal(buf, (size_t)n);
+		int r = km_frame_rx_input(&rx, buf, (size_t)n, NOW_MS, sink_fn, &s, NULL);
+		cr_assert(r == 0 || r == -EBADMSG || r == -EPROTO || r == -EPROTONOSUPPORT,
+			  "rc %d", r);
+		if (s.n > 3000)
+			sink_free(&s);
+	}
+	cr_assert_leq(rx.buffered_bytes, 4096);
+	cr_assert_leq(rx.partial_bytes, 4096 * 3);
+	sink_free(&s);
+	km_frame_tx_deinit(&tx);
+	km_frame_rx_deinit(&rx);
+}
+
+Test(frame, bad_arguments)
+{
+	struct km_frame_tx tx;
+	struct km_frame_tx_cfg c = txcfg(1, 1, 77);
+	c.window = 65;
+	cr_assert_eq(km_frame_tx_init(&tx, &c), -EINVAL);
+	km_frame_tx_deinit(&tx);
+	c.window = 0;
+	c.mtu_max = 31;
+	cr_assert_eq(km_frame_tx_init(&tx, &c), -EINVAL);
+	km_frame_tx_deinit(&tx);
+	c.mtu_max = 77;
+	cr_assert_eq(km_frame_tx_init(&tx, &c), 0);
+	struct km_frame_msg m = mk(1, topics[0], "x", 1);
+	uint8_t f[340];
+	struct km_frame_put put;
+	cr_assert_eq(km_frame_tx_encode(&tx, &m, 1, 31, NULL, 0, f, &put), -EINVAL);
+	cr_assert_eq(km_frame_tx_encode(&tx, &m, 1, 78, NULL, 0, f, &put), -EINVAL);
+	cr_assert_eq(km_frame_tx_encode(&tx, &m, 0, 77, NULL, 0, f, &put), -EINVAL);
+	m.qos = 3;
+	cr_assert_eq(km_frame_tx_encode(&tx, &m, 1, 77, NULL, 0, f, &put), -EINVAL);
+	m.qos = 0;
+	m.cls = 8;
+	cr_assert_eq(km_frame_tx_encode(&tx, &m, 1, 77, NULL, 0, f, &put), -EINVAL);
+	m.cls = 0;
+	m.frag_off = 1;   /* a 1-byte message cannot be continued at 1 */
+	cr_assert_eq(km_frame_tx_encode(&tx, &m, 1, 77, NULL, 0, f, &put), -EINVAL);
+	cr_assert_eq(km_frame_tx_inflight(&tx), 0);
+	km_frame_tx_deinit(&tx);
+	km_frame_tx_deinit(&tx);   /* idempotent */
+}
