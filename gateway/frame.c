@@ -28,16 +28,24 @@
  *            back = seq - base, where base is the oldest frame the sender has
  *            not seen cumulatively acked (its window start); back < 64.
  *            A receiver waiting for a frame below base skips it: the sender
- *            abandoned it.
- *   acktail = acked_origin:varint  cum:u16  bitmap:nbm bytes  desc:u8
- *            desc = nbm:4 (0..8) | olen:4 (1..5, bytes of acked_origin).
+ *            abandoned it. A retransmitted frame carries the base (and
+ *            SYN) of the moment it is sent again, records unchanged.
+ *   acktail = acked_origin:varint  cum:u16  [ids  rlen:u8]  bitmap:nbm bytes  desc:u8
+ *            desc = nbm:4 (bits 7-4, 0..8) | R:1 (bit 3) | olen:3 (1..5,
+ *            bytes of acked_origin). With R, ids = 1..4 varint message ids
+ *            taking rlen bytes (restart requests, see ACK).
  *            At the END so that a sender adds it only when the messages left
  *            room; the receiver finds it from the last byte.
  *
- *   ACK flags: 0.
- *   ACK body = acked_origin:varint  cum:u16  bitmap:0..8 bytes (to the crc)
+ *   ACK flags: bit 0 R (restart list present), bits 2-1 reserved = 0.
+ *   ACK body = acked_origin:varint  cum:u16  [R: n:u8 (1..4)  n x id:varint]
+ *            bitmap:0..8 bytes (to the crc)
  *            Frames up to cum are delivered; bit j of bitmap byte k (LSB
  *            first) says frame cum + 2 + 8k + j is held out of order.
+ *            Restart ids name split messages whose start the receiver lost
+ *            (it restarted or evicted the partial): the sender sends them
+ *            again from the first fragment, and does not count them
+ *            delivered when the frames of the lost attempt are acked.
  *
  *   rec    = rh:u8 ...
  *   rh     = frag:2 (bits 7-6: 0 whole, 1 first, 2 middle, 3 last fragment)
@@ -88,6 +96,18 @@
  * messages delivered. The bitmap only stops retransmission of frames the
  * receiver holds out of order: the sender keeps them until cum passes, so a
  * receiver may drop its out-of-order frames (memory, restart) without loss.
+ * A split message is different: its first fragments are cum-acked long
+ * before its last. When the receiver loses the partial (restart, eviction
+ * for space) it lists the id as a restart request in every ack until the
+ * first fragment comes again, or until the sender's base shows that the
+ * sender has seen the request; the sender then neither reports the lost
+ * attempt done nor forgets the message. So a message is lost only when
+ * more than KM_FRAME_RESTART_MAX requests per origin pile up
+ * (restarts_lost) or it is larger than the receiver's max_msg (oversize).
+ *
+ * PER-ORIGIN ORDER. Frames are delivered in sequence order; messages in a
+ * frame in record order. A frame the sender abandons (km_frame_tx_reset)
+ * is skipped when a later frame's base passes it.
  */
 
 #include "frame.h"
@@ -705,20 +725,39 @@ static int place_msg(struct km_frame_tx *tx, struct enc *e,
 	return PLACED_STOP;
 }
 
+static size_t bitmap_len(uint64_t bm)
+{
+	size_t nbm = 0;
+
+	while (nbm < 8 && (bm >> (8 * nbm)))
+		nbm++;
+	return nbm;
+}
+
+static size_t restart_count(const struct km_frame_ack *a)
+{
+	return a->n_restart > KM_FRAME_RESTART_MAX ? KM_FRAME_RESTART_MAX : a->n_restart;
+}
+
 /* The ack tail goes last and only where the messages left room. */
 static bool put_ack_tail(struct wbuf *w, const struct km_frame_ack *a)
 {
-	size_t nbm = 0, ol = varint_len(a->origin);
+	size_t nbm = bitmap_len(a->bitmap), ol = varint_len(a->origin);
+	size_t nr = restart_count(a), rlen = 0;
 
-	while (nbm < 8 && (a->bitmap >> (8 * nbm)))
-		nbm++;
-	if (ol > 5 || w->cap - w->pos < ol + 2 + nbm + 1)
+	for (size_t i = 0; i < nr; i++)
+		rlen += varint_len(a->restart[i]);
+	if (w->cap - w->pos < ol + 2 + (nr ? rlen + 1 : 0) + nbm + 1)
 		return false;
 	put_varint(w, a->origin);
 	put_u16(w, a->cum);
+	for (size_t i = 0; i < nr; i++)
+		put_varint(w, a->restart[i]);
+	if (nr)
+		put_u8(w, (uint8_t)rlen);
 	for (size_t k = 0; k < nbm; k++)
 		put_u8(w, (uint8_t)(a->bitmap >> (8 * k)));
-	put_u8(w, (uint8_t)((nbm << 4) | ol));
+	put_u8(w, (uint8_t)((nbm << 4) | (nr ? 0x08 : 0) | ol));
 	return true;
 }
 
@@ -841,8 +880,55 @@ static void tx_sack(struct km_frame_tx *tx, const struct km_frame_ack *a)
 	}
 }
 
+/* Forget that id is finished in any frame in flight: that attempt at it
+ * is lost at the receiver, and only the new attempt may report it done. */
+static void undone(struct km_frame_tx *tx, uint64_t id)
+{
+	uint16_t base = tx_base(tx);
+
+	for (unsigned i = 0; i < tx->inflight; i++) {
+		struct km_frame_slot *s = &tx->slot[(uint16_t)(base + i) % KM_FRAME_WINDOW_MAX];
+		size_t k = 0;
+		for (size_t j = 0; j < s->n_done; j++) {
+			if (s->done[j] != id)
+				s->done[k++] = s->done[j];
+		}
+		s->n_done = k;
+	}
+}
+
+/*
+ * A restart request. The receiver repeats it in every ack until it sees the
+ * message start again, so answer it once per attempt: ignore it while the
+ * ack does not yet cover frames sent after our last answer.
+ */
+static void tx_restart(struct km_frame_tx *tx, const struct km_frame_ack *a,
+		       uint64_t id, km_frame_done_fn restart, void *ctx)
+{
+	unsigned pick = tx->rs_next;
+
+	for (unsigned i = 0; i < KM_FRAME_ORPHANS_MAX; i++) {
+		if (!tx->rs[i].used || tx->rs[i].id != id)
+			continue;
+		if ((uint16_t)(tx->rs[i].seq - (uint16_t)(a->cum + 1)) < 0x8000)
+			return;   /* answered; the new attempt is not acked yet */
+		pick = i;
+		break;
+	}
+	if (pick == tx->rs_next)
+		tx->rs_next = (tx->rs_next + 1) % KM_FRAME_ORPHANS_MAX;
+	tx->rs[pick].used = true;
+	tx->rs[pick].id = id;
+	tx->rs[pick].seq = tx->next_seq;
+	undone(tx, id);
+	if (tx->cache_ok && tx->cache_id == id)
+		tx->cache_ok = false;
+	if (restart)
+		restart(ctx, id);
+}
+
 int km_frame_tx_ack(struct km_frame_tx *tx, const struct km_frame_ack *ack,
-		    km_frame_done_fn done, void *ctx)
+		    km_frame_done_fn done, km_frame_done_fn restart, void *ctx)
 {
 	if (!ack || ack->origin != tx->cfg.origin)
 		return 0;
@@ -851,6 +937,8 @@ int km_frame_tx_ack(struct km_frame_tx *tx, const struct km_frame_ack *ack,
 	if (c > tx->inflight)
 		return 0;   /* before our window or beyond what we sent: stale */
 	tx->synced = true;
+	for (size_t i = 0; i < restart_count(ack); i++)
+		tx_restart(tx, ack, ack->restart[i], restart, ctx);
 	for (uint16_t i = 0; i < c; i++) {
 		struct km_frame_slot *s = &tx->slot[(uint16_t)(base + i) % KM_FRAME_WINDOW_MAX];
 		for (size_t k = 0; done && k < s->n_done; k++)
@@ -860,6 +948,23 @@ int km_frame_tx_ack(struct km_frame_tx *tx, const struct km_frame_ack *ack,
 	tx->inflight -= c;
 	tx_sack(tx, ack);
 	return c;
+}
+
+/*
+ * Bring a frame's SYN flag and base up to date before sending it again. A
+ * receiver that lost its state (restart, eviction) syncs to the base of the
+ * first frame it hears; a stale base would make it wait for frames we
+ * released long ago while we wait for its ack: deadlock. Only the header
+ * byte, the back byte and the CRC change; records stay byte for byte.
+ */
+static void restamp(const struct km_frame_tx *tx, struct km_frame_slot *s)
+{
+	size_t at = 1 + varint_len(tx->cfg.origin) + 2;
+	size_t body = s->len - crc_size(s->len);
+
+	s->buf[0] = (uint8_t)((s->buf[0] & ~HDR_SYN) | (tx->synced ? 0 : HDR_SYN));
+	s->buf[at] = (uint8_t)(s->seq - tx_base(tx));
+	crc_append(s->buf, body);
 }
 
 int km_frame_tx_due(struct km_frame_tx *tx, int64_t now_ms, int64_t rto_ms,
@@ -882,9 +987,10 @@ int km_frame_tx_due(struct km_frame_tx *tx, int64_t now_ms, int64_t rto_ms,
 		return 0;
 	if (cap < pick->len)
 		return -ENOSPC;
-	/* Sent again byte for byte: same seq, same fragments, so the receiver
-	 * needs no per-fragment offsets. A stale piggybacked ack inside is
-	 * harmless: acks only ever release, and old ones are ignored. */
+	/* Same seq, same records, so the receiver needs no per-fragment
+	 * offsets. A stale piggybacked ack inside is harmless: acks only ever
+	 * release, and old ones are ignored. */
+	restamp(tx, pick);
 	memcpy(out, pick->buf, pick->len);
 	pick->sent_ms = now_ms;
 	pick->stamp = ++tx->stamp;
@@ -912,17 +1018,19 @@ unsigned km_frame_tx_inflight(const struct km_frame_tx *tx)
 int km_frame_ack_encode(const struct km_frame_ack *ack, uint32_t from,
 			uint8_t *out, size_t cap)
 {
-	uint8_t tmp[32];
+	uint8_t tmp[KM_FRAME_ACK_MAX];
 	struct wbuf w = { .p = tmp, .cap = sizeof(tmp) };
-	size_t nbm = 0;
+	size_t nbm = bitmap_len(ack->bitmap), nr = restart_count(ack);
 
-	while (nbm < 8 && (ack->bitmap >> (8 * nbm)))
-		nbm++;
 	put_u8(&w, (uint8_t)((KM_FRAME_VERSION << HDR_VER_SHIFT) |
-			     (KM_FRAME_T_ACK << HDR_TYPE_SHIFT)));
+			     (KM_FRAME_T_ACK << HDR_TYPE_SHIFT) | (nr ? 1 : 0)));
 	put_varint(&w, from);
 	put_varint(&w, ack->origin);
 	put_u16(&w, ack->cum);
+	if (nr)
+		put_u8(&w, (uint8_t)nr);
+	for (size_t i = 0; i < nr; i++)
+		put_varint(&w, ack->restart[i]);
 	for (size_t k = 0; k < nbm; k++)
 		put_u8(&w, (uint8_t)(ack->bitmap >> (8 * k)));
 	if (w.pos + 2 > cap)
@@ -1062,6 +1170,11 @@ int km_frame_rx_ack(const struct km_frame_rx *rx, uint32_t origin,
 		unsigned k = seq % RX_SLOTS;
 		if (o->ahead[k].used && o->ahead[k].seq == seq)
 			ack->bitmap |= 1ULL << i;
+	}
+	for (unsigned i = 0; i < KM_FRAME_ORPHANS_MAX &&
+	     ack->n_restart < KM_FRAME_RESTART_MAX; i++) {
+		if (rx->orphan[i].used && rx->orphan[i].origin == origin)
+			ack->restart[ack->n_restart++] = rx->orphan[i].id;
 	}
 	return 0;
 }
@@ -1277,6 +1390,78 @@ static void head_of(struct km_frame_rx *rx, uint32_t origin,
 		rx->unknown_topics++;   /* delivered with topic NULL: never lose it */
 }
 
+/* Which orphan entry a new request for origin takes: a free one, else the
+ * oldest, but never more than one ack's worth per origin, because a request
+ * left out of an ack would let the sender count that message delivered. */
+static unsigned orphan_pick(const struct km_frame_rx *rx, uint32_t origin)
+{
+	unsigned pick = 0, mine = 0, n_mine = 0;
+	bool have_free = false;
+
+	for (unsigned i = 0; i < KM_FRAME_ORPHANS_MAX; i++) {
+		const struct km_frame_orphan *o = &rx->orphan[i];
+		if (o->used && o->origin == origin &&
+		    (!n_mine++ || o->age < rx->orphan[mine].age))
+			mine = i;
+		if (!o->used && !have_free) {
+			pick = i;
+			have_free = true;
+		} else if (!have_free && o->age < rx->orphan[pick].age) {
+			pick = i;
+		}
+	}
+	return n_mine >= KM_FRAME_RESTART_MAX ? mine : pick;
+}
+
+/* Remember that the start of split message (origin, id) is lost, so that
+ * our acks ask the sender to send it again. When the list is full the
+ * oldest request goes: that message is lost, and counted. */
+static void orphan_add(struct km_frame_rx *rx, uint32_t origin, uint64_t id,
+		       uint16_t seq)
+{
+	for (unsigned i = 0; i < KM_FRAME_ORPHANS_MAX; i++) {
+		if (rx->orphan[i].used && rx->orphan[i].origin == origin &&
+		    rx->orphan[i].id == id)
+			return;
+	}
+	unsigned pick = orphan_pick(rx, origin);
+	if (rx->orphan[pick].used)
+		rx->restarts_lost++;
+	rx->orphan[pick].used = true;
+	rx->orphan[pick].origin = origin;
+	rx->orphan[pick].id = id;
+	rx->orphan[pick].age = ++rx->tick;
+	rx->orphan[pick].seq = seq;
+}
+
+/*
+ * Withdraw requests the sender has certainly seen. Every ack covering the
+ * frame where a loss was seen carries the request, and the sender's base
+ * passes that frame only after such an ack; by then it has restarted the
+ * message and will not count the lost attempt delivered. This bounds the
+ * list even when the sender no longer holds the message (a stale frame
+ * heard after our restart).
+ */
+static void orphan_expire(struct km_frame_rx *rx, uint32_t origin, uint16_t base)
+{
+	for (unsigned i = 0; i < KM_FRAME_ORPHANS_MAX; i++) {
+		uint16_t d = (uint16_t)(base - rx->orphan[i].seq);
+		if (rx->orphan[i].used && rx->orphan[i].origin == origin &&
+		    d != 0 && d < 0x8000)
+			rx->orphan[i].used = false;
+	}
+}
+
+/* The sender started message (origin, id) again: stop asking. */
+static void orphan_del(struct km_frame_rx *rx, uint32_t origin, uint64_t id)
+{
+	for (unsigned i = 0; i < KM_FRAME_ORPHANS_MAX; i++) {
+		if (rx->orphan[i].used && rx->orphan[i].origin == origin &&
+		    rx->orphan[i].id == id)
+			rx->orphan[i].used = false;
+	}
+}
+
 static struct km_frame_partial *partial_find(struct km_frame_rx *rx,
 					     uint32_t origin, uint64_t id)
 {
@@ -1289,7 +1474,8 @@ static struct km_frame_partial *partial_find(struct km_frame_rx *rx,
 }
 
 /* Make room for `total` more bytes of partials by evicting the oldest. */
-static struct km_frame_partial *partial_slot(struct km_frame_rx *rx, size_t total)
+static struct km_frame_partial *partial_slot(struct km_frame_rx *rx, size_t total,
+					     uint16_t seq)
 {
 	for (;;) {
 		struct km_frame_partial *free_p = NULL, *old = NULL;
@@ -1304,25 +1490,29 @@ static struct km_frame_partial *partial_slot(struct km_frame_rx *rx, size_t tota
 			return free_p;
 		if (!old)
 			return NULL;
+		orphan_add(rx, old->origin, old->id, seq);
 		partial_drop(rx, old);
 		rx->partial_evictions++;
 	}
 }
 
-static void frag_first(struct km_frame_rx *rx, uint32_t origin,
+static void frag_first(struct km_frame_rx *rx, uint32_t origin, uint16_t seq,
 		       const struct rec *x)
 {
 	struct km_frame_partial *p = partial_find(rx, origin, x->id);
 	struct head h;
 
+	orphan_del(rx, origin, x->id);
 	if (p)
 		partial_drop(rx, p);   /* the sender restarted this message */
 	if (x->total > rx->cfg.max_msg || x->total > rx->cfg.max_partial_bytes) {
 		rx->oversize++;
 		return;
 	}
-	if (!(p = partial_slot(rx, (size_t)x->total)))
+	if (!(p = partial_slot(rx, (size_t)x->total, seq))) {
+		rx->dropped_nomem++;
 		return;
+	}
 	head_of(rx, origin, x, &h);
 	p->buf = malloc((size_t)x->total);
 	p->topic = x->lit ? strdup(rx->topic) : NULL;
@@ -1351,18 +1541,20 @@ static void frag_first(struct km_frame_rx *rx, uint32_t origin,
 
 /* Middle or last fragment. A callback error keeps the partial as it was
  * before this fragment so that the frame can be processed again. */
-static int frag_more(struct km_frame_rx *rx, uint32_t origin,
+static int frag_more(struct km_frame_rx *rx, uint32_t origin, uint16_t seq,
 		     const struct rec *x, km_frame_deliver_fn fn, void *ctx)
 {
 	struct km_frame_partial *p = partial_find(rx, origin, x->id);
 
 	if (!p) {
 		rx->orphan_frags++;
+		orphan_add(rx, origin, x->id, seq);
 		return 0;
 	}
 	bool last = x->frag == FRAG_LAST;
 	if (p->got + x->len > p->total || (last && p->got + x->len != p->total)) {
 		rx->orphan_frags++;   /* a fragment went missing: cannot rebuild */
+		orphan_add(rx, origin, x->id, seq);
 		partial_drop(rx, p);
 		return 0;
 	}
@@ -1386,8 +1578,8 @@ static int frag_more(struct km_frame_rx *rx, uint32_t origin,
 	return rc;
 }
 
-/* Act on every record of an in-order frame. */
-static int recs_deliver(struct km_frame_rx *rx, uint32_t origin,
+/* Act on every record of in-order frame seq. */
+static int recs_deliver(struct km_frame_rx *rx, uint32_t origin, uint16_t seq,
 			const uint8_t *p, size_t n, int64_t now_ms,
 			km_frame_deliver_fn fn, void *ctx)
 {
@@ -1401,9 +1593,9 @@ static int recs_deliver(struct km_frame_rx *rx, uint32_t origin,
 			head_of(rx, origin, &x, &h);
 			rc = deliver(rx, &h, x.data, x.len, fn, ctx);
 		} else if (x.frag == FRAG_FIRST) {
-			frag_first(rx, origin, &x);
+			frag_first(rx, origin, seq, &x);
 		} else {
-			rc = frag_more(rx, origin, &x, fn, ctx);
+			rc = frag_more(rx, origin, seq, &x, fn, ctx);
 		}
 	}
 	return rc;
@@ -1417,8 +1609,8 @@ static int drain(struct km_frame_rx *rx, struct km_frame_rx_origin *o,
 		unsigned k = o->next % RX_SLOTS;
 		if (!o->ahead[k].used || o->ahead[k].seq != o->next)
 			return 0;
-		int rc = recs_deliver(rx, o->id, o->ahead[k].buf, o->ahead[k].len,
-				      now_ms, fn, ctx);
+		int rc = recs_deliver(rx, o->id, o->next, o->ahead[k].buf,
+				      o->ahead[k].len, now_ms, fn, ctx);
 		if (rc)
 			return rc;
 		ahead_drop(rx, o, k);
@@ -1512,6 +1704,7 @@ static int data_in(struct km_frame_rx *rx, const struct dframe *f,
 	int rc;
 
 	o->seen = ++rx->tick;
+	orphan_expire(rx, f->origin, f->base);
 	if ((rc = sync_origin(rx, o, fresh, f, now_ms, fn, ctx)))
 		return rc;
 	uint16_t d = (uint16_t)(f->seq - o->next);
@@ -1522,7 +1715,8 @@ static int data_in(struct km_frame_rx *rx, const struct dframe *f,
 	} else if (d > 0) {
 		buffer_ahead(rx, o, f->seq, f->recs, f->nrecs);
 	} else {
-		if ((rc = recs_deliver(rx, o->id, f->recs, f->nrecs, now_ms, fn, ctx)))
+		if ((rc = recs_deliver(rx, o->id, f->seq, f->recs, f->nrecs, now_ms,
+				       fn, ctx)))
 			return rc;
 		rx->frames_ok++;
 		o->next++;
@@ -1531,35 +1725,61 @@ static int data_in(struct km_frame_rx *rx, const struct dframe *f,
 	return drain(rx, o, now_ms, fn, ctx);
 }
 
-/* Parse the ack tail at the end of a data frame's body r[pos..len). */
+/* Read restart ids from r until `end`; 1..KM_FRAME_RESTART_MAX of them. */
+static int get_restarts(struct rbuf *r, size_t end, struct km_frame_ack *a)
+{
+	while (r->pos < end && !r->err && a->n_restart < KM_FRAME_RESTART_MAX)
+		a->restart[a->n_restart++] = get_varint(r);
+	return r->err || r->pos != end || !a->n_restart ? -EPROTO : 0;
+}
+
+/* Parse the ack tail at the end of a data frame's body r[pos..len),
+ * backwards from its last byte. */
 static int ack_tail(struct rbuf *r, struct km_frame_ack *a)
 {
-	if (r->len - r->pos < 4)
+	size_t avail = r->len - r->pos;
+	if (avail < 4)
 		return -EPROTO;
 	uint8_t desc = r->p[r->len - 1];
-	size_t nbm = desc >> 4, ol = desc & 0x0f;
-	if (nbm > 8 || ol < 1 || ol > 5 || r->len - r->pos < ol + 2 + nbm + 1)
+	size_t nbm = desc >> 4, ol = desc & 0x07, rlen = 0;
+	bool rs = desc & 0x08;
+	if (nbm > 8 || ol < 1 || ol > 5 || avail < nbm + 2)
 		return -EPROTO;
-	struct rbuf t = { .p = r->p, .pos = r->len - 1 - nbm - 2 - ol, .len = r->len - 1 };
+	if (rs)
+		rlen = r->p[r->len - 2 - nbm];
+	size_t need = ol + 2 + (rs ? rlen + 1 : 0) + nbm + 1;
+	if (avail < need)
+		return -EPROTO;
+	struct rbuf t = { .p = r->p, .pos = r->len - need, .len = r->len - 1 };
 	size_t start = t.pos;
+	memset(a, 0, sizeof(*a));
 	uint64_t org = get_varint(&t);
 	if (t.err || t.pos - start != ol || org > UINT32_MAX)
 		return -EPROTO;
 	a->origin = (uint32_t)org;
 	a->cum = get_u16(&t);
-	a->bitmap = 0;
+	if (rs && (get_restarts(&t, t.pos + rlen, a) || (get_u8(&t), t.err)))
+		return -EPROTO;
 	for (size_t k = 0; k < nbm; k++)
 		a->bitmap |= (uint64_t)get_u8(&t) << (8 * k);
 	r->len = start;   /* records end where the tail begins */
 	return 0;
 }
 
-static int ack_body(struct rbuf *r, struct km_frame_ack *a)
+static int ack_body(struct rbuf *r, bool rs, struct km_frame_ack *a)
 {
+	memset(a, 0, sizeof(*a));
 	uint64_t org = get_varint(r);
 
 	a->cum = get_u16(r);
-	a->bitmap = 0;
+	if (rs) {
+		size_t n = get_u8(r);
+		if (n < 1 || n > KM_FRAME_RESTART_MAX)
+			return -EPROTO;
+		for (size_t i = 0; i < n; i++)
+			a->restart[i] = get_varint(r);
+		a->n_restart = (uint8_t)n;
+	}
 	if (r->err || org > UINT32_MAX || r->len - r->pos > 8)
 		return -EPROTO;
 	a->origin = (uint32_t)org;
@@ -1612,7 +1832,7 @@ int km_frame_rx_input(struct km_frame_rx *rx, const uint8_t *buf, size_t len,
 	if (r.err || org > UINT32_MAX)
 		goto bad;
 	if (info->type == KM_FRAME_T_ACK) {
-		if ((hdr & 7) || ack_body(&r, &info->ack))
+		if ((hdr & 6) || ack_body(&r, hdr & 1, &info->ack))
 			goto bad;
 		info->has_ack = true;
 		rx->acks_in++;

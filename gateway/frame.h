@@ -24,8 +24,13 @@
 #define KM_FRAME_RECS_MAX 128
 /* Longest literal topic on the wire. */
 #define KM_FRAME_TOPIC_MAX 512
-/* Longest ack frame: hdr, two 5-byte varints, cum, 8 bitmap bytes, CRC-16. */
-#define KM_FRAME_ACK_MAX 23
+/* Most restart requests in one ack. */
+#define KM_FRAME_RESTART_MAX 4
+/* Longest ack frame: hdr, two 5-byte varints, cum, restart count and ids,
+ * 8 bitmap bytes, CRC-16. */
+#define KM_FRAME_ACK_MAX (1 + 5 + 5 + 2 + 1 + 10 * KM_FRAME_RESTART_MAX + 8 + 2)
+/* Split messages the receiver remembers having lost the start of. */
+#define KM_FRAME_ORPHANS_MAX 8
 
 /* Payload encodings. AUTO is for the encoder only: compact JSON, then raw
  * deflate when smaller. On decode the payload is always handed over
@@ -33,7 +38,7 @@
 enum km_frame_enc {
 	KM_FRAME_ENC_AUTO = 0,     /* encoder picks RAW or DEFLATE */
 	KM_FRAME_ENC_RAW = 1,      /* bytes as given (compacted JSON is RAW) */
-	KM_FRAME_ENC_DEFLATE = 2,  /* raw deflate, RFC 1951 (wire only) */
+	KM_FRAME_ENC_DEFLATE = 2,  /* raw deflate, RFC 1951; on encode same as AUTO */
 	KM_FRAME_ENC_POSBATCH = 3, /* compact position batch (posrec module), sent verbatim */
 };
 
@@ -70,6 +75,10 @@ struct km_frame_ack {
 	uint32_t origin;  /* whose frames are acknowledged */
 	uint16_t cum;
 	uint64_t bitmap;
+	/* Split messages whose start the receiver lost (restart, eviction):
+	 * the sender must send them again from frag_off 0. */
+	uint8_t n_restart;
+	uint64_t restart[KM_FRAME_RESTART_MAX];
 };
 
 /* What km_frame_tx_encode() put in a frame. */
@@ -115,6 +124,12 @@ struct km_frame_tx {
 	struct km_frame_slot slot[KM_FRAME_WINDOW_MAX];
 	z_stream zs;
 	bool zs_ok;
+	struct {
+		bool used;
+		uint64_t id;
+		uint16_t seq;  /* next_seq when the restart was reported */
+	} rs[KM_FRAME_ORPHANS_MAX];
+	unsigned rs_next;
 	uint8_t *cbuf;        /* compacted JSON */
 	size_t cbuf_cap;
 	uint8_t *enc_buf;     /* encoded payload of the message being framed */
@@ -156,6 +171,13 @@ struct km_frame_rx {
 	bool zs_ok;
 	uint8_t *scratch;                    /* inflate output, cfg.max_msg bytes */
 	char topic[KM_FRAME_TOPIC_MAX + 1];  /* literal topic handed to the callback */
+	struct km_frame_orphan {
+		bool used;
+		uint32_t origin;
+		uint64_t id;
+		uint64_t age;
+		uint16_t seq;   /* frame being processed when the loss was seen */
+	} orphan[KM_FRAME_ORPHANS_MAX];      /* restart requests to put in acks */
 	/* counters: every frame or message refused lands in exactly one */
 	uint64_t frames_ok;          /* accepted data frames (first copy) */
 	uint64_t acks_in;            /* ack frames received */
@@ -173,6 +195,7 @@ struct km_frame_rx {
 	uint64_t oversize;           /* message above max_msg, dropped */
 	uint64_t bad_payload;        /* deflate stream that does not inflate */
 	uint64_t unknown_topics;     /* dictionary index beyond our dictionary */
+	uint64_t restarts_lost;      /* restart request dropped: list full (message lost) */
 	uint64_t delivered;          /* messages handed to the callback */
 };
 
@@ -204,8 +227,11 @@ void km_frame_tx_deinit(struct km_frame_tx *tx);
 /*
  * Fill ONE data frame of at most mtu bytes into out (capacity >= mtu) with
  * msgs[0..n) in that order, continuing msgs[i].frag_off where a message was
- * split. ack (may be NULL) is piggybacked when it fits. The frame is kept in
- * the window until acknowledged. now_ms stamps it for retransmission.
+ * split. Messages go whole when they fit; one that would fit a fresh frame
+ * waits for the next frame rather than being split; larger ones are split,
+ * continuing the next frame from put->next_off. ack (may be NULL) is
+ * piggybacked when room is left. The frame is kept in the window until
+ * acknowledged. now_ms stamps it for retransmission.
  * Returns the frame length (> 0); -EAGAIN when the window is full; -EMSGSIZE
  * when msgs[0] cannot go even in an empty frame (topic too long for mtu);
  * -EINVAL for bad arguments (mtu out of range or above cfg.mtu_max, n == 0,
@@ -216,14 +242,17 @@ int km_frame_tx_encode(struct km_frame_tx *tx, const struct km_frame_msg *msgs,
 		       int64_t now_ms, uint8_t *out, struct km_frame_put *put);
 
 /*
- * Apply an ack for our frames: release every frame up to ack->cum, calling
- * done(ctx, id) for each message whose last byte they carried, in send
- * order; mark frames the bitmap holds as not to be resent and earlier
+ * Apply an ack for our frames. First, for each restart request not yet
+ * answered, call restart(ctx, id): the caller must send that message again
+ * from frag_off 0 (ids it no longer holds can be ignored); its earlier
+ * frames will not report it done. Then release every frame up to ack->cum,
+ * calling done(ctx, id) for each message whose last byte they carried, in
+ * send order; mark frames the bitmap holds as not to be resent and earlier
  * unacked ones as lost. Acks for another origin or outside the window are
- * ignored. Returns the number of frames released.
+ * ignored. Either callback may be NULL. Returns the frames released.
  */
 int km_frame_tx_ack(struct km_frame_tx *tx, const struct km_frame_ack *ack,
-		    km_frame_done_fn done, void *ctx);
+		    km_frame_done_fn done, km_frame_done_fn restart, void *ctx);
 
 /*
  * Pick the frame to resend now: a frame marked lost, else the oldest one
@@ -259,8 +288,8 @@ int km_frame_rx_input(struct km_frame_rx *rx, const uint8_t *buf, size_t len,
 		      int64_t now_ms, km_frame_deliver_fn deliver, void *ctx,
 		      struct km_frame_rx_info *info);
 
-/* Fill *ack with what we hold of origin's frames. Returns 0 or -ENOENT
- * when that origin is unknown. */
+/* Fill *ack with what we hold of origin's frames and the restart requests
+ * pending for it. Returns 0 or -ENOENT when that origin is unknown. */
 int km_frame_rx_ack(const struct km_frame_rx *rx, uint32_t origin,
 		    struct km_frame_ack *ack);
 

@@ -8,7 +8,7 @@
 #include <string.h>
 #include <zlib.h>
 
-#include "../../gateway/frame.h"
+#include "gateway/frame.h"
 
 #define NOW_MS 1763880000123LL /* 2025-11-23, the wire keeps whole seconds */
 
@@ -195,12 +195,47 @@ Test(frame, golden_ack_frame)
 	cr_assert_eq(info.ack.bitmap, 0x0b);
 	cr_assert_eq(rx.acks_in, 1);
 
+	/* restart requests, in an ack frame and in a piggybacked tail */
+	a = (struct km_frame_ack){ .origin = 7, .cum = 5, .bitmap = 0x300, .n_restart = 2,
+				   .restart = { 300, UINT64_MAX } };
+	int al = km_frame_ack_encode(&a, 9, out, sizeof(out));
+	cr_assert_eq(al, 1 + 1 + 1 + 2 + 1 + 2 + 10 + 2 + 2);
+	cr_assert_eq(out[0], 0x29);
+	cr_assert_eq(km_frame_rx_input(&rx, out, (size_t)al, NOW_MS, NULL, NULL, &info), 0);
+	cr_assert_eq(info.ack.n_restart, 2);
+	cr_assert_eq(info.ack.restart[0], 300);
+	cr_assert_eq(info.ack.restart[1], UINT64_MAX);
+	cr_assert_eq(info.ack.bitmap, 0x300);
+	cr_assert_eq(info.ack.cum, 5);
+	struct km_frame_tx tx;
+	struct km_frame_tx_cfg c = txcfg(2, 10, 77);
+	cr_assert_eq(km_frame_tx_init(&tx, &c), 0);
+	struct km_frame_msg m = mk(1, topics[0], "ok", 2);
+	uint8_t f[77];
+	struct km_frame_put put;
+	int n = km_frame_tx_encode(&tx, &m, 1, 77, &a, NOW_MS, f, &put);
+	cr_assert(put.acked_piggy);
+	cr_assert_eq(n, 16 + 1 + 2 + 12 + 1 + 2 + 1);
+	cr_assert_eq(f[n - 3], 0x29);   /* desc: 2 bitmap bytes, R, olen 1 */
+	cr_assert_eq(km_frame_rx_input(&rx, f, (size_t)n, NOW_MS, NULL, NULL, &info), 0);
+	cr_assert_eq(info.ack.n_restart, 2);
+	cr_assert_eq(info.ack.restart[0], 300);
+	cr_assert_eq(info.ack.restart[1], UINT64_MAX);
+	cr_assert_eq(info.ack.bitmap, 0x300);
+	cr_assert_eq(info.ack.origin, 7);
+	km_frame_tx_deinit(&tx);
+
 	/* the longest ack frame */
 	a = (struct km_frame_ack){ .origin = UINT32_MAX, .cum = 1, .bitmap = UINT64_MAX };
+	a.n_restart = KM_FRAME_RESTART_MAX;
+	for (int i = 0; i < KM_FRAME_RESTART_MAX; i++)
+		a.restart[i] = UINT64_MAX - (uint64_t)i;
 	cr_assert_eq(km_frame_ack_encode(&a, UINT32_MAX, out, sizeof(out)), KM_FRAME_ACK_MAX);
 	cr_assert_eq(km_frame_rx_input(&rx, out, KM_FRAME_ACK_MAX, NOW_MS, NULL, NULL, &info), 0);
 	cr_assert_eq(info.ack.bitmap, UINT64_MAX);
 	cr_assert_eq(info.ack.origin, UINT32_MAX);
+	cr_assert_eq(info.ack.n_restart, KM_FRAME_RESTART_MAX);
+	cr_assert_eq(info.ack.restart[3], UINT64_MAX - 3);
 	km_frame_rx_deinit(&rx);
 }
 
@@ -290,7 +325,31 @@ struct net {
 	size_t qlen[256];
 	size_t nq;
 	uint64_t frames, frame_bytes;
+	struct km_frame_msg *msgs;   /* being sent by net_run */
+	size_t cnt, head;
+	uint64_t rx_restart_at;      /* restart the receiver after this many frames */
+	unsigned restarts;           /* restart requests answered */
 };
+
+static void net_done(void *ctx, uint64_t id)
+{
+	struct net *n = ctx;
+	done_fn(&n->done, id);
+}
+
+/* The receiver lost the start of a split message: send it again. */
+static void net_restart(void *ctx, uint64_t id)
+{
+	struct net *n = ctx;
+	n->restarts++;
+	for (size_t j = 0; j < n->cnt; j++) {
+		if (n->msgs[j].id != id)
+			continue;
+		n->msgs[j].frag_off = 0;
+		if (j < n->head)
+			n->head = j;
+	}
+}
 
 static void net_init(struct net *n, size_t mtu, unsigned loss, bool reorder)
 {
@@ -356,7 +415,13 @@ static void net_flush(struct net *n, int64_t now)
 			continue;
 		cr_assert_eq(km_frame_rx_input(&n->back, af, (size_t)al, now, NULL, NULL, &info), 0);
 		cr_assert(info.has_ack);
-		km_frame_tx_ack(&n->tx, &info.ack, done_fn, &n->done);
+		km_frame_tx_ack(&n->tx, &info.ack, net_done, net_restart, n);
+		if (n->rx_restart_at && n->rx.frames_ok >= n->rx_restart_at) {
+			struct km_frame_rx_cfg rc = n->rx.cfg;
+			km_frame_rx_deinit(&n->rx);
+			cr_assert_eq(km_frame_rx_init(&n->rx, &rc), 0);
+			n->rx_restart_at = 0;
+		}
 	}
 	n->nq = 0;
 }
@@ -365,14 +430,16 @@ static void net_flush(struct net *n, int64_t now)
  * Returns the simulated rounds it took. */
 static int net_run(struct net *n, struct km_frame_msg *msgs, size_t cnt)
 {
-	size_t head = 0;
 	int64_t now = NOW_MS;
 	uint8_t f[KM_FRAME_MTU_MAX];
 	int round;
 
 	for (round = 0; round < 200000; round++) {
-		while (head < cnt) {
+		n->msgs = msgs;
+		n->cnt = cnt;
+		while (n->head < cnt) {
 			struct km_frame_put put;
+			size_t head = n->head;
 			int len = km_frame_tx_encode(&n->tx, msgs + head, cnt - head, n->mtu,
 						     NULL, now, f, &put);
 			if (len == -EAGAIN)
@@ -383,12 +450,13 @@ static int net_run(struct net *n, struct km_frame_msg *msgs, size_t cnt)
 			cr_assert(put.n_full > 0 || put.next_off > msgs[head].frag_off);
 			if (head < cnt)
 				msgs[head].frag_off = put.next_off;
+			n->head = head;
 		}
 		int len;
 		while ((len = km_frame_tx_due(&n->tx, now, 2000, f, sizeof(f))) > 0)
 			net_send(n, f, (size_t)len);
 		net_flush(n, now);
-		if (head == cnt && n->done.n == cnt && !km_frame_tx_inflight(&n->tx))
+		if (n->head == cnt && n->done.n == cnt && !km_frame_tx_inflight(&n->tx))
 			return round;
 		now += 250;
 	}
@@ -441,6 +509,33 @@ Test(frame, fragment_10k_over_77_lossy_reordered)
 	cr_assert_eq(n.tx.frames_sent, 154, "%llu", (unsigned long long)n.tx.frames_sent);
 	cr_assert_gt(n.tx.frames_resent, 0);
 	cr_assert_gt(n.rx.duplicates + n.rx.frames_ok, 0);
+	net_free(&n);
+}
+
+/* The receiver restarts in the middle of a 10 KB message: the fragments it
+ * gets next have no start, it asks for a restart, and the message still
+ * arrives exactly once and is reported done exactly once. */
+Test(frame, receiver_restart_mid_message)
+{
+	static struct net n;
+	rng_state = 4242;
+	net_init(&n, 77, 10, true);
+	n.rx_restart_at = 60;
+	static uint8_t big[10240];
+	for (size_t i = 0; i < sizeof(big); i++)
+		big[i] = (uint8_t)rnd();
+	struct km_frame_msg m = mk(8001, topics[2], big, sizeof(big));
+	net_run(&n, &m, 1);
+	cr_assert_eq(n.restarts, 1);
+	cr_assert_eq(n.sink.n, 1);
+	cr_assert_eq(n.done.n, 1);
+	cr_assert_eq(n.done.ids[0], 8001);
+	cr_assert_eq(n.sink.v[0].len, sizeof(big));
+	cr_assert_arr_eq(n.sink.v[0].payload, big, sizeof(big));
+	cr_assert_gt(n.rx.orphan_frags, 0);
+	cr_assert_eq(n.rx.restarts_lost, 0);
+	for (int i = 0; i < KM_FRAME_ORPHANS_MAX; i++)
+		cr_assert(!n.rx.orphan[i].used);   /* the request was withdrawn */
 	net_free(&n);
 }
 
@@ -705,6 +800,20 @@ static void pair_frames(struct pair *p, int count, size_t mtu)
 	}
 }
 
+/* A frame sent again keeps its records byte for byte; only SYN, the back
+ * byte (now relative to the current window start) and the CRC change. */
+static void assert_resent(const uint8_t *r, int n, const uint8_t *orig, int olen,
+			  uint8_t back)
+{
+	cr_assert_eq(n, olen);
+	cr_assert_eq(r[0], 0x20);   /* v1 data, SYN cleared: we were acked */
+	cr_assert_eq(r[1], orig[1]);
+	cr_assert_eq(r[2], orig[2]);
+	cr_assert_eq(r[3], orig[3]);
+	cr_assert_eq(r[4], back);
+	cr_assert_arr_eq(r + 5, orig + 5, (size_t)n - 7);
+}
+
 Test(frame, ack_bitmap_and_selective_retransmit)
 {
 	static struct pair p;
@@ -728,23 +837,26 @@ Test(frame, ack_bitmap_and_selective_retransmit)
 	cr_assert_eq(km_frame_rx_ack(&p.rx, 5, &a), 0);
 
 	struct done d = { 0 };
-	cr_assert_eq(km_frame_tx_ack(&p.tx, &a, done_fn, &d), 1);
+	cr_assert_eq(km_frame_tx_ack(&p.tx, &a, done_fn, NULL, &d), 1);
 	cr_assert_eq(d.n, 1);
 	cr_assert_eq(d.ids[0], 100);
 	cr_assert_eq(km_frame_tx_inflight(&p.tx), 5);
 	/* lost ones first, in order, without waiting for the timeout */
 	uint8_t r[340];
+	cr_assert_eq(p.f[1][0], 0x24);   /* first sent with SYN, back 1 */
+	cr_assert_eq(p.f[1][4], 1);
 	int n = km_frame_tx_due(&p.tx, NOW_MS + 10, 60000, r, sizeof(r));
-	cr_assert_eq(n, p.len[1]);
-	cr_assert_arr_eq(r, p.f[1], (size_t)n);
+	assert_resent(r, n, p.f[1], p.len[1], 0);   /* base is now 65534 */
+	memcpy(p.f[1], r, (size_t)n);
 	n = km_frame_tx_due(&p.tx, NOW_MS + 10, 60000, r, sizeof(r));
-	cr_assert_eq(n, p.len[4]);
-	cr_assert_arr_eq(r, p.f[4], (size_t)n);
+	assert_resent(r, n, p.f[4], p.len[4], 3);   /* seq 1 - 65534 */
+	memcpy(p.f[4], r, (size_t)n);
 	cr_assert_eq(km_frame_tx_due(&p.tx, NOW_MS + 10, 60000, r, sizeof(r)), 0);
 	cr_assert_eq(km_frame_tx_due(&p.tx, NOW_MS + 10, 60000, r, 3), 0);
 	/* after the timeout only the unheld frames come again, oldest first */
 	n = km_frame_tx_due(&p.tx, NOW_MS + 70000, 60000, r, sizeof(r));
 	cr_assert_eq(n, p.len[1]);
+	cr_assert_arr_eq(r, p.f[1], (size_t)n);
 	cr_assert_eq(km_frame_tx_due(&p.tx, NOW_MS + 70000, 60000, r, 3), -ENOSPC);
 	cr_assert_eq(p.tx.frames_resent, 3);
 
@@ -760,10 +872,10 @@ Test(frame, ack_bitmap_and_selective_retransmit)
 	cr_assert_eq(a.bitmap, 0);
 	/* a stale ack changes nothing; the fresh one releases the rest */
 	struct km_frame_ack stale = { .origin = 5, .cum = 65000 };
-	cr_assert_eq(km_frame_tx_ack(&p.tx, &stale, done_fn, &d), 0);
+	cr_assert_eq(km_frame_tx_ack(&p.tx, &stale, done_fn, NULL, &d), 0);
 	struct km_frame_ack other = { .origin = 6, .cum = 2 };
-	cr_assert_eq(km_frame_tx_ack(&p.tx, &other, done_fn, &d), 0);
-	cr_assert_eq(km_frame_tx_ack(&p.tx, &a, done_fn, &d), 5);
+	cr_assert_eq(km_frame_tx_ack(&p.tx, &other, done_fn, NULL, &d), 0);
+	cr_assert_eq(km_frame_tx_ack(&p.tx, &a, done_fn, NULL, &d), 5);
 	cr_assert_eq(d.n, 6);
 	for (int i = 0; i < 6; i++)
 		cr_assert_eq(d.ids[i], 100 + (uint64_t)i);
@@ -866,7 +978,7 @@ Test(frame, sender_restart_and_abandon)
 	}
 	struct km_frame_ack a;
 	cr_assert_eq(km_frame_rx_ack(&rx, 4, &a), 0);
-	cr_assert_eq(km_frame_tx_ack(&tx, &a, NULL, NULL), 3);
+	cr_assert_eq(km_frame_tx_ack(&tx, &a, NULL, NULL, NULL), 3);
 	/* frames 503, 504 sent and lost; the link is switched: abandon */
 	send_one(&tx, 4, f);
 	send_one(&tx, 5, f);
@@ -892,6 +1004,43 @@ Test(frame, sender_restart_and_abandon)
 	cr_assert_eq(s.n, 5);
 	cr_assert_eq(rx.resyncs, 1);
 	cr_assert_eq(rx.duplicates, 1);
+	sink_free(&s);
+	km_frame_tx_deinit(&tx);
+	km_frame_rx_deinit(&rx);
+}
+
+/* A receiver that lost its state syncs to the first frame it hears. When
+ * that is a retransmission it must carry today's window start, not the one
+ * of its first sending, or both ends wait for each other forever. */
+Test(frame, fresh_receiver_syncs_on_retransmission)
+{
+	struct km_frame_tx tx;
+	struct km_frame_tx_cfg c = txcfg(4, 700, 77);
+	cr_assert_eq(km_frame_tx_init(&tx, &c), 0);
+	struct km_frame_rx rx;
+	struct km_frame_rx_cfg rc = { .dict = &dict };
+	cr_assert_eq(km_frame_rx_init(&rx, &rc), 0);
+	struct sink s = { 0 };
+	uint8_t f0[77], f1[77], r[77];
+	int n0 = send_one(&tx, 1, f0);
+	int n1 = send_one(&tx, 2, f1);   /* lost */
+	cr_assert_eq(f1[4], 1);          /* its base was 700 when sent */
+	cr_assert_eq(km_frame_rx_input(&rx, f0, (size_t)n0, NOW_MS, sink_fn, &s, NULL), 0);
+	struct km_frame_ack a;
+	cr_assert_eq(km_frame_rx_ack(&rx, 4, &a), 0);
+	cr_assert_eq(km_frame_tx_ack(&tx, &a, NULL, NULL, NULL), 1);
+	km_frame_rx_deinit(&rx);         /* the receiver restarts */
+	cr_assert_eq(km_frame_rx_init(&rx, &rc), 0);
+	int n = km_frame_tx_due(&tx, NOW_MS + 5000, 3000, r, sizeof(r));
+	cr_assert_eq(n, n1);
+	cr_assert_eq(r[4], 0);
+	cr_assert_eq(km_frame_rx_input(&rx, r, (size_t)n, NOW_MS, sink_fn, &s, NULL), 0);
+	cr_assert_eq(s.n, 2);
+	cr_assert_eq(s.v[1].id, 2);
+	cr_assert_eq(km_frame_rx_ack(&rx, 4, &a), 0);
+	cr_assert_eq(a.cum, 701);
+	cr_assert_eq(km_frame_tx_ack(&tx, &a, NULL, NULL, NULL), 1);
+	cr_assert_eq(km_frame_tx_inflight(&tx), 0);
 	sink_free(&s);
 	km_frame_tx_deinit(&tx);
 	km_frame_rx_deinit(&rx);
@@ -954,7 +1103,7 @@ Test(frame, partial_eviction_is_bounded_and_counted)
 			m[i].frag_off = put.n_full ? SIZE_MAX : put.next_off;
 			struct km_frame_ack a;
 			km_frame_rx_ack(&rx, 8, &a);
-			km_frame_tx_ack(&tx, &a, NULL, NULL);
+			km_frame_tx_ack(&tx, &a, NULL, NULL, NULL);
 		}
 	}
 	/* msg 10 was evicted when msg 12 started; its fragments become orphans */

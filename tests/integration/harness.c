@@ -1,0 +1,502 @@
+/* SPDX-License-Identifier: MIT */
+/* Test harness: processes, ports, logs and Paho test clients. */
+#include "harness.h"
+
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+void h_sleep_ms(int ms)
+{
+        struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+        while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+                ;
+}
+
+int64_t h_now_ms(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void h_tmpdir(char *out, size_t n, const char *tag)
+{
+        snprintf(out, n, "/tmp/km-%s-XXXXXX", tag);
+        cr_assert_not_null(mkdtemp(out));
+}
+
+void h_cleanup(const char *dir)
+{
+        char cmd[300];
+        if (getenv("KM_KEEP"))
+                return;
+        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+        (void)!system(cmd);
+}
+
+/* Ports below the ephemeral range: a client reconnecting to a stopped broker's port in
+ * that range can get the same port as its source and connect to itself (TCP
+ * simultaneous open), which looks like a broker that answers. */
+int h_free_port(void)
+{
+        static unsigned seed;
+        if (!seed)
+                seed = (unsigned)getpid() * 2654435761u;
+        for (int tries = 0; tries < 1000; tries++) {
+                int port = 20000 + (int)(rand_r(&seed) % 12000);
+                int fd = socket(AF_INET, SOCK_STREAM, 0);
+                struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                                         .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+                int ok = bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+                close(fd);
+                if (ok)
+                        return port;
+        }
+        cr_assert_fail("no free port");
+        return -1;
+}
+
+bool h_wait_port(int port, int timeout_ms)
+{
+        int64_t until = h_now_ms() + timeout_ms;
+        while (h_now_ms() < until) {
+                int fd = socket(AF_INET, SOCK_STREAM, 0);
+                struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                                         .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+                int rc = connect(fd, (struct sockaddr *)&a, sizeof(a));
+                close(fd);
+                if (rc == 0)
+                        return true;
+                h_sleep_ms(20);
+        }
+        return false;
+}
+
+static pid_t spawn(const char *log, char *const argv[])
+{
+        pid_t pid = fork();
+        cr_assert_geq(pid, 0);
+        if (pid == 0) {
+                /* Nothing outlives the test process. */
+                prctl(PR_SET_PDEATHSIG, SIGKILL);
+                int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+                if (fd >= 0) {
+                        dup2(fd, 1);
+                        dup2(fd, 2);
+                }
+                sigset_t none;
+                sigemptyset(&none);
+                sigprocmask(SIG_SETMASK, &none, NULL);
+                execvp(argv[0], argv);
+                _exit(127);
+        }
+        return pid;
+}
+
+void h_broker_start(struct h_broker *b, const char *dir, int port, const char *extra)
+{
+        memset(b, 0, sizeof(*b));
+        b->port = port ? port : h_free_port();
+        snprintf(b->dir, sizeof(b->dir), "%s", dir);
+        snprintf(b->conf, sizeof(b->conf), "%s/mosquitto-%d.conf", dir, b->port);
+        snprintf(b->p.log, sizeof(b->p.log), "%s/mosquitto-%d.log", dir, b->port);
+        FILE *f = fopen(b->conf, "w");
+        cr_assert_not_null(f);
+        /* user root: as root mosquitto would drop to the mosquitto user and could not
+         * write its persistence file in our directory. */
+        fprintf(f,
+                "listener %d 127.0.0.1\nallow_anonymous true\nuser root\n"
+                "persistence true\npersistence_location %s/\npersistence_file mosquitto-%d.db\n"
+                "max_queued_messages 0\nmax_inflight_messages 100\nlog_dest stderr\nlog_type all\nlog_timestamp_format %%H:%%M:%%S.%%N\n%s\n",
+                b->port, dir, b->port, extra ? extra : "");
+        fclose(f);
+        h_broker_restart(b);
+}
+
+void h_broker_restart(struct h_broker *b)
+{
+        const char *bin = getenv("KM_MOSQUITTO") ? getenv("KM_MOSQUITTO") : "mosquitto";
+        char *argv[] = { (char *)bin, "-c", b->conf, NULL };
+        b->p.pid = spawn(b->p.log, argv);
+        cr_assert(h_wait_port(b->port, 10000), "mosquitto on port %d did not answer", b->port);
+}
+
+void h_kuimen_start(struct h_proc *p, const char *log, const char *const *args)
+{
+        char *argv[16];
+        int n = 0;
+        argv[n++] = getenv("KM_KUIMEN") ? getenv("KM_KUIMEN") : "kuimen";
+        for (; args && *args && n < 15; args++)
+                argv[n++] = (char *)*args;
+        argv[n] = NULL;
+        snprintf(p->log, sizeof(p->log), "%s", log);
+        p->pid = spawn(log, argv);
+}
+
+int h_stop(struct h_proc *p, int sig)
+{
+        int status = -1;
+        if (p->pid <= 0)
+                return -1;
+        kill(p->pid, sig);
+        int64_t until = h_now_ms() + 15000;
+        while (waitpid(p->pid, &status, WNOHANG) == 0) {
+                if (h_now_ms() > until) {
+                        kill(p->pid, SIGKILL);
+                        waitpid(p->pid, &status, 0);
+                        break;
+                }
+                h_sleep_ms(10);
+        }
+        p->pid = 0;
+        return status;
+}
+
+int h_log_count(const struct h_proc *p, const char *needle)
+{
+        FILE *f = fopen(p->log, "r");
+        char line[2048];
+        int n = 0;
+        if (!f)
+                return 0;
+        while (fgets(line, sizeof(line), f))
+                n += strstr(line, needle) != NULL;
+        fclose(f);
+        return n;
+}
+
+bool h_log_wait(const struct h_proc *p, const char *needle, int timeout_ms)
+{
+        int64_t until = h_now_ms() + timeout_ms;
+        while (h_now_ms() < until) {
+                if (h_log_count(p, needle))
+                        return true;
+                h_sleep_ms(20);
+        }
+        return false;
+}
+
+void h_write_conf(const char *path, const char *node, const char *dir, int local_port, int center_port,
+                  const char *extra)
+{
+        FILE *f = fopen(path, "w");
+        cr_assert_not_null(f);
+        fprintf(f,
+                "[node]\nname = %s\nspool = %s/state/spool.db\nstats_interval = 0\n"
+                "[local]\nuri = tcp://127.0.0.1:%d\nsubscribe = sensors/#, pos/#, alert/#, status/#\n"
+                "[link center]\ntype = mqtt\nuri = tcp://127.0.0.1:%d\ntopic_prefix = kuimen\nkeepalive = 2s\n%s\n",
+                node, dir, local_port, center_port, extra ? extra : "");
+        fclose(f);
+}
+
+/* ---- subscriber ------------------------------------------------------------------ */
+
+static bool seen_insert(struct h_sub *s, uint64_t id)
+{
+        size_t lo = 0, hi = s->nseen;
+        while (lo < hi) {
+                size_t mid = (lo + hi) / 2;
+                if (s->seen[mid] < id)
+                        lo = mid + 1;
+                else
+                        hi = mid;
+        }
+        if (lo < s->nseen && s->seen[lo] == id)
+                return false;
+        s->seen = realloc(s->seen, (s->nseen + 1) * sizeof(*s->seen));
+        memmove(s->seen + lo + 1, s->seen + lo, (s->nseen - lo) * sizeof(*s->seen));
+        s->seen[lo] = id;
+        s->nseen++;
+        return true;
+}
+
+static uint32_t fnv(const char *p)
+{
+        uint32_t h = 2166136261u;
+        while (*p)
+                h = (h ^ (uint8_t)*p++) * 16777619u;
+        return h;
+}
+
+/* Appends rx unless its payload is there already; returns whether it was new. */
+static bool payload_insert(struct h_sub *s, const struct h_rx *rx)
+{
+        if (2 * (s->n + 1) > s->setcap) {
+                size_t cap = s->setcap ? s->setcap * 2 : 4096;
+                uint32_t *set = calloc(cap, sizeof(*set));
+                for (size_t i = 0; i < s->n; i++) {
+                        size_t h = fnv(s->rx[i].payload) & (cap - 1);
+                        while (set[h])
+                                h = (h + 1) & (cap - 1);
+                        set[h] = (uint32_t)i + 1;
+                }
+                free(s->set);
+                s->set = set;
+                s->setcap = cap;
+        }
+        size_t h = fnv(rx->payload) & (s->setcap - 1);
+        while (s->set[h]) {
+                if (strcmp(s->rx[s->set[h] - 1].payload, rx->payload) == 0)
+                        return false;
+                h = (h + 1) & (s->setcap - 1);
+        }
+        if (s->n == s->cap) {
+                s->cap = s->cap ? s->cap * 2 : 1024;
+                s->rx = realloc(s->rx, s->cap * sizeof(*s->rx));
+        }
+        s->rx[s->n] = *rx;
+        s->set[h] = (uint32_t)++s->n;
+        return true;
+}
+
+static int sub_arrived(void *ctx, char *topic, int tlen, MQTTAsync_message *m)
+{
+        struct h_sub *s = ctx;
+        struct h_rx rx = { 0 };
+        (void)tlen;
+        snprintf(rx.topic, sizeof(rx.topic), "%s", topic);
+        snprintf(rx.payload, sizeof(rx.payload), "%.*s", m->payloadlen < 63 ? m->payloadlen : 63, (char *)m->payload);
+        for (int i = 0; i < m->properties.count; i++) {
+                MQTTProperty *p = &m->properties.array[i];
+                if (p->identifier != MQTTPROPERTY_CODE_USER_PROPERTY)
+                        continue;
+                char k[64], v[64];
+                snprintf(k, sizeof(k), "%.*s", p->value.data.len, p->value.data.data);
+                snprintf(v, sizeof(v), "%.*s", p->value.value.len, p->value.value.data);
+                if (strcmp(k, "kuimen-id") == 0)
+                        rx.id = strtoull(v, NULL, 10);
+                else if (strcmp(k, "kuimen-origin") == 0)
+                        snprintf(rx.origin, sizeof(rx.origin), "%s", v);
+        }
+        pthread_mutex_lock(&s->mu);
+        s->total++;
+        if (rx.id && !seen_insert(s, rx.id))
+                s->dups++;
+        else if (!payload_insert(s, &rx))
+                s->redelivered++;
+        pthread_mutex_unlock(&s->mu);
+        MQTTAsync_freeMessage(&m);
+        MQTTAsync_free(topic);
+        return 1;
+}
+
+static void sub_connected(void *ctx, char *cause)
+{
+        struct h_sub *s = ctx;
+        (void)cause;
+        s->connected = true;
+}
+
+static void sub_lost(void *ctx, char *cause)
+{
+        struct h_sub *s = ctx;
+        (void)cause;
+        s->connected = false;
+}
+
+static int connect_v5(MQTTAsync c, bool clean, int expiry_s)
+{
+        MQTTAsync_connectOptions co = MQTTAsync_connectOptions_initializer5;
+        MQTTProperties props = MQTTProperties_initializer;
+        MQTTProperty p = { .identifier = MQTTPROPERTY_CODE_SESSION_EXPIRY_INTERVAL };
+        co.cleanstart = clean;
+        co.automaticReconnect = 1;
+        co.minRetryInterval = 1;
+        co.maxRetryInterval = 1;
+        co.keepAliveInterval = 5;
+        if (!clean) {
+                p.value.integer4 = (unsigned)expiry_s;
+                MQTTProperties_add(&props, &p);
+                co.connectProperties = &props;
+        }
+        int rc = MQTTAsync_connect(c, &co);
+        MQTTProperties_free(&props);
+        return rc;
+}
+
+void h_sub_start(struct h_sub *s, int port, const char *id, const char *filter, bool persistent)
+{
+        char uri[64];
+        MQTTAsync_createOptions cro = MQTTAsync_createOptions_initializer5;
+        memset(s, 0, sizeof(*s));
+        pthread_mutex_init(&s->mu, NULL);
+        snprintf(uri, sizeof(uri), "tcp://127.0.0.1:%d", port);
+        cr_assert_eq(MQTTAsync_createWithOptions(&s->c, uri, id, MQTTCLIENT_PERSISTENCE_NONE, NULL, &cro), 0);
+        MQTTAsync_setCallbacks(s->c, s, sub_lost, sub_arrived, NULL);
+        MQTTAsync_setConnected(s->c, s, sub_connected);
+        cr_assert_eq(connect_v5(s->c, !persistent, 3600), 0);
+        int64_t until = h_now_ms() + 10000;
+        while (!MQTTAsync_isConnected(s->c) && h_now_ms() < until)
+                h_sleep_ms(10);
+        cr_assert(MQTTAsync_isConnected(s->c), "subscriber %s did not connect", id);
+        MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+        cr_assert_eq(MQTTAsync_subscribe(s->c, filter, 1, &ro), 0);
+        h_sleep_ms(200); /* the SUBACK */
+}
+
+size_t h_sub_wait(struct h_sub *s, size_t want, int timeout_ms)
+{
+        int64_t until = h_now_ms() + timeout_ms;
+        size_t n;
+        for (;;) {
+                pthread_mutex_lock(&s->mu);
+                n = s->n;
+                pthread_mutex_unlock(&s->mu);
+                if (n >= want || h_now_ms() > until)
+                        return n;
+                h_sleep_ms(20);
+        }
+}
+
+void h_sub_stop(struct h_sub *s)
+{
+        MQTTAsync_disconnectOptions o = MQTTAsync_disconnectOptions_initializer5;
+        o.timeout = 500;
+        MQTTAsync_disconnect(s->c, &o);
+        h_sleep_ms(50);
+        MQTTAsync_destroy(&s->c);
+        free(s->rx);
+        free(s->seen);
+        free(s->set);
+        pthread_mutex_destroy(&s->mu);
+}
+
+size_t h_order_violations(struct h_sub *s)
+{
+        /* topic index -> last seq; topics are "<t>:<seq>" payloads, t < 1024 */
+        long last[1024];
+        size_t bad = 0;
+        for (int i = 0; i < 1024; i++)
+                last[i] = -1;
+        for (size_t i = 0; i < s->n; i++) {
+                int t;
+                long seq;
+                if (sscanf(s->rx[i].payload, "%d:%ld", &t, &seq) != 2 || t < 0 || t >= 1024)
+                        continue;
+                if (seq <= last[t])
+                        bad++;
+                last[t] = seq;
+        }
+        return bad;
+}
+
+/* ---- publisher ------------------------------------------------------------------- */
+
+struct pub_ctx {
+        struct h_pub *p;
+        char payload[64];
+};
+
+static void pub_ok(void *ctx, MQTTAsync_successData5 *r)
+{
+        struct pub_ctx *x = ctx;
+        struct h_pub *p = x->p;
+        (void)r;
+        pthread_mutex_lock(&p->mu);
+        if (p->acked == p->cap) {
+                p->cap = p->cap ? p->cap * 2 : 1024;
+                p->acked_payloads = realloc(p->acked_payloads, p->cap * sizeof(*p->acked_payloads));
+        }
+        memcpy(p->acked_payloads[p->acked++], x->payload, 64);
+        pthread_mutex_unlock(&p->mu);
+        free(x);
+}
+
+static void pub_fail(void *ctx, MQTTAsync_failureData5 *r)
+{
+        struct pub_ctx *x = ctx;
+        if (x->p->failed < 3)
+                fprintf(stderr, "harness: publish of '%s' failed: %d %s\n", x->payload, r ? r->code : 0,
+                        r && r->message ? r->message : "");
+        pthread_mutex_lock(&x->p->mu);
+        x->p->failed++;
+        pthread_mutex_unlock(&x->p->mu);
+        free(x);
+}
+
+void h_pub_start(struct h_pub *p, int port, const char *id)
+{
+        char uri[64];
+        MQTTAsync_createOptions cro = MQTTAsync_createOptions_initializer5;
+        memset(p, 0, sizeof(*p));
+        pthread_mutex_init(&p->mu, NULL);
+        snprintf(uri, sizeof(uri), "tcp://127.0.0.1:%d", port);
+        cr_assert_eq(MQTTAsync_createWithOptions(&p->c, uri, id, MQTTCLIENT_PERSISTENCE_NONE, NULL, &cro), 0);
+        cr_assert_eq(connect_v5(p->c, true, 0), 0);
+        int64_t until = h_now_ms() + 10000;
+        while (!MQTTAsync_isConnected(p->c) && h_now_ms() < until)
+                h_sleep_ms(10);
+        cr_assert(MQTTAsync_isConnected(p->c), "publisher %s did not connect", id);
+}
+
+int h_pub_send(struct h_pub *p, const char *topic, const char *payload)
+{
+        /* A bounded window: past the broker's receive maximum Paho fails sends
+         * asynchronously instead of queueing them. */
+        for (;;) {
+                pthread_mutex_lock(&p->mu);
+                bool room = p->sent - p->acked - p->failed < 64;
+                pthread_mutex_unlock(&p->mu);
+                if (room)
+                        break;
+                h_sleep_ms(1);
+        }
+        MQTTAsync_message m = MQTTAsync_message_initializer;
+        MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+        struct pub_ctx *x = calloc(1, sizeof(*x));
+        x->p = p;
+        snprintf(x->payload, sizeof(x->payload), "%s", payload);
+        m.payload = (void *)payload;
+        m.payloadlen = (int)strlen(payload);
+        m.qos = 1;
+        ro.onSuccess5 = pub_ok;
+        ro.onFailure5 = pub_fail;
+        ro.context = x;
+        int rc = MQTTAsync_sendMessage(p->c, topic, &m, &ro);
+        if (rc != MQTTASYNC_SUCCESS) {
+                free(x);
+                return rc;
+        }
+        pthread_mutex_lock(&p->mu);
+        p->sent++;
+        pthread_mutex_unlock(&p->mu);
+        return 0;
+}
+
+bool h_pub_flush(struct h_pub *p, int timeout_ms)
+{
+        int64_t until = h_now_ms() + timeout_ms;
+        for (;;) {
+                pthread_mutex_lock(&p->mu);
+                bool done = p->acked + p->failed >= p->sent;
+                pthread_mutex_unlock(&p->mu);
+                if (done)
+                        return true;
+                if (h_now_ms() > until)
+                        return false;
+                h_sleep_ms(10);
+        }
+}
+
+void h_pub_stop(struct h_pub *p)
+{
+        MQTTAsync_disconnectOptions o = MQTTAsync_disconnectOptions_initializer5;
+        o.timeout = 500;
+        MQTTAsync_disconnect(p->c, &o);
+        h_sleep_ms(50);
+        MQTTAsync_destroy(&p->c);
+        free(p->acked_payloads);
+        pthread_mutex_destroy(&p->mu);
+}

@@ -1,0 +1,99 @@
+/* SPDX-License-Identifier: MIT */
+/* Test harness: real mosquitto and kuimen processes on free loopback ports, Paho test clients. */
+#ifndef KM_HARNESS_H
+#define KM_HARNESS_H
+
+#include <MQTTAsync.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+struct h_proc {
+        pid_t pid;
+        char log[256];
+};
+
+struct h_broker {
+        struct h_proc p;
+        int port;
+        char dir[200];
+        char conf[256];
+};
+
+/* A fresh directory under /tmp for one test; removed by h_cleanup. */
+void h_tmpdir(char *out, size_t n, const char *tag);
+void h_cleanup(const char *dir);
+int h_free_port(void);
+bool h_wait_port(int port, int timeout_ms);
+
+/* Starts mosquitto on port (0: pick) with persistence in dir; extra is appended to
+ * its config. Restart with the same struct to keep port and persistence. */
+void h_broker_start(struct h_broker *b, const char *dir, int port, const char *extra);
+void h_broker_restart(struct h_broker *b);
+
+/* Starts kuimen (KM_KUIMEN from meson) with args; its stderr goes to log. */
+void h_kuimen_start(struct h_proc *p, const char *log, const char *const *args);
+/* Sends sig and waits; returns the exit status as waitpid's, or -1. */
+int h_stop(struct h_proc *p, int sig);
+/* Counts lines of p's log containing needle. */
+int h_log_count(const struct h_proc *p, const char *needle);
+/* Waits until p's log contains needle. */
+bool h_log_wait(const struct h_proc *p, const char *needle, int timeout_ms);
+
+/* Writes a kuimen config for node with local and center broker ports and extra lines. */
+void h_write_conf(const char *path, const char *node, const char *dir, int local_port, int center_port,
+                  const char *extra);
+
+/* A subscriber that records every message (deduplicated by kuimen-id). */
+struct h_rx {
+        char topic[96];
+        char payload[64];
+        uint64_t id;
+        char origin[32];
+};
+
+/* rx holds each distinct payload once, in arrival order. dups counts copies with an id
+ * seen before (subscribers drop those by kuimen-id); redelivered counts copies of a
+ * payload under a new id (the local broker resending what a killed kuimen had not yet
+ * acknowledged). */
+struct h_sub {
+        MQTTAsync c;
+        pthread_mutex_t mu;
+        struct h_rx *rx;
+        size_t n, cap, dups, redelivered, total;
+        uint64_t *seen; /* sorted ids */
+        size_t nseen;
+        uint32_t *set; /* open-addressing hash set of rx indexes + 1, by payload */
+        size_t setcap;
+        bool connected;
+};
+
+void h_sub_start(struct h_sub *s, int port, const char *id, const char *filter, bool persistent);
+size_t h_sub_wait(struct h_sub *s, size_t want, int timeout_ms);
+void h_sub_stop(struct h_sub *s);
+
+/* A QoS 1 publisher that counts PUBACKs; automatic reconnect. */
+struct h_pub {
+        MQTTAsync c;
+        pthread_mutex_t mu;
+        uint64_t sent, acked, failed;
+        char (*acked_payloads)[64]; /* payloads whose PUBACK came back */
+        size_t cap;
+};
+
+void h_pub_start(struct h_pub *p, int port, const char *id);
+/* Publishes; returns 0 or a Paho error (e.g. disconnected). */
+int h_pub_send(struct h_pub *p, const char *topic, const char *payload);
+/* Waits until every send was answered (acked or failed). */
+bool h_pub_flush(struct h_pub *p, int timeout_ms);
+void h_pub_stop(struct h_pub *p);
+
+void h_sleep_ms(int ms);
+int64_t h_now_ms(void);
+
+/* Checks per-topic order of "seq" payloads ("<topic-index>:<seq>"): returns the number
+ * of out-of-order first deliveries (0 is right). */
+size_t h_order_violations(struct h_sub *s);
+
+#endif

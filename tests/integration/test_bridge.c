@@ -1,0 +1,438 @@
+/* SPDX-License-Identifier: MIT */
+/* The durable bridge end to end: real mosquitto brokers, the real kuimen binary, exact counts. */
+#include <criterion/criterion.h>
+#include <criterion/logging.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+struct env {
+        char dir[200], conf[300], klog[300];
+        struct h_broker local, center;
+        struct h_proc k;
+        struct h_sub sub;
+        struct h_pub pub;
+        int restarts;
+        char stopped[1024]; /* kuimen's last "stopped:" line, kept past cleanup */
+        bool pub_may_fail;  /* the test kills the publisher's broker */
+};
+
+static void start_kuimen(struct env *e)
+{
+        const char *args[] = { "--config", e->conf, "--log-level", "debug", NULL };
+        h_kuimen_start(&e->k, e->klog, args);
+        e->restarts++;
+}
+
+/* Brokers, kuimen (config with extra lines), the center subscriber and a publisher. */
+static void up(struct env *e, const char *tag, const char *extra, bool center_up)
+{
+        memset(e, 0, sizeof(*e));
+        h_tmpdir(e->dir, sizeof(e->dir), tag);
+        snprintf(e->conf, sizeof(e->conf), "%s/kuimen.conf", e->dir);
+        snprintf(e->klog, sizeof(e->klog), "%s/kuimen.log", e->dir);
+        h_broker_start(&e->local, e->dir, 0, NULL);
+        int cport = h_free_port();
+        h_write_conf(e->conf, "north", e->dir, e->local.port, cport, extra);
+        /* The center subscriber's session exists before any outage, as at a real
+         * center: a broker that comes back restores it from its persistence file. */
+        h_broker_start(&e->center, e->dir, cport, NULL);
+        h_sub_start(&e->sub, cport, "center-sub", "kuimen/#", true);
+        if (!center_up)
+                h_stop(&e->center.p, SIGTERM);
+        start_kuimen(e);
+        cr_assert(h_log_wait(&e->k, "ingest: connected", 10000), "kuimen did not connect to the local broker");
+        h_pub_start(&e->pub, e->local.port, "sensor-pub");
+}
+
+/* The center comes back (outage from the start). */
+static void center_start(struct env *e)
+{
+        h_broker_restart(&e->center);
+}
+
+static void down(struct env *e)
+{
+        if (!e->pub_may_fail)
+                cr_expect_eq(e->pub.failed, 0, "the test publisher lost %llu sends", (unsigned long long)e->pub.failed);
+        h_pub_stop(&e->pub);
+        if (e->k.pid) {
+                int st = h_stop(&e->k, SIGTERM);
+                cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "kuimen exits 0 on SIGTERM (status %d)", st);
+        }
+        if (e->sub.c)
+                h_sub_stop(&e->sub);
+        h_stop(&e->local.p, SIGTERM);
+        h_stop(&e->center.p, SIGTERM);
+        FILE *f = fopen(e->klog, "r");
+        char line[2048];
+        while (f && fgets(line, sizeof(line), f))
+                if (strstr(line, "stopped: "))
+                        snprintf(e->stopped, sizeof(e->stopped), "%s", line);
+        if (f)
+                fclose(f);
+        h_cleanup(e->dir);
+}
+
+/* Publishes messages first..first+count-1 as "<topic>:<seq>" round-robin over topics. */
+static void publish_seq_from(struct env *e, int topics, int first, int count, int per_sec)
+{
+        int64_t start = h_now_ms();
+        for (int j = 0; j < count; j++) {
+                int i = first + j;
+                char topic[64], payload[64];
+                snprintf(topic, sizeof(topic), "sensors/t%d", i % topics);
+                snprintf(payload, sizeof(payload), "%d:%d", i % topics, i / topics);
+                while (h_pub_send(&e->pub, topic, payload) != 0)
+                        h_sleep_ms(5);
+                if (per_sec) {
+                        int64_t due = start + (int64_t)(j + 1) * 1000 / per_sec;
+                        int64_t wait = due - h_now_ms();
+                        if (wait > 0)
+                                h_sleep_ms((int)wait);
+                }
+        }
+}
+
+static void publish_seq(struct env *e, int topics, int count, int per_sec)
+{
+        publish_seq_from(e, topics, 0, count, per_sec);
+}
+
+/* A counter from kuimen's final "stopped:" line (after down()). */
+static long final_counter(struct env *e, const char *name)
+{
+        char key[64];
+        snprintf(key, sizeof(key), " %s=", name);
+        const char *p = strstr(e->stopped, key);
+        return p ? strtol(p + strlen(key), NULL, 10) : -1;
+}
+
+TestSuite(bridge, .timeout = 240);
+
+Test(bridge, ten_thousand_in_order_with_user_properties)
+{
+        struct env e;
+        up(&e, "through", NULL, true);
+        publish_seq(&e, 10, 10000, 0);
+        cr_assert(h_pub_flush(&e.pub, 30000));
+        cr_assert_eq(e.pub.acked, 10000);
+        size_t n = h_sub_wait(&e.sub, 10000, 60000);
+        cr_assert_eq(n, 10000, "received %zu unique of 10000", n);
+        cr_assert_eq(h_order_violations(&e.sub), 0);
+        for (size_t i = 0; i < n; i++) {
+                cr_assert_str_eq(e.sub.rx[i].origin, "north");
+                cr_assert_neq(e.sub.rx[i].id, 0);
+                int t;
+                cr_assert_eq(sscanf(e.sub.rx[i].topic, "kuimen/north/sensors/t%d", &t), 1, "topic %s", e.sub.rx[i].topic);
+        }
+        h_sleep_ms(300);
+        cr_assert_eq(e.sub.dups, 0, "no duplicates without a failure");
+        down(&e);
+        cr_assert_eq(final_counter(&e, "forwarded"), 10000);
+        cr_assert_eq(final_counter(&e, "spooled"), 0);
+}
+
+Test(bridge, center_down_ten_seconds_during_stream)
+{
+        struct env e;
+        up(&e, "outage", NULL, true);
+        /* 12 s of 250 msg/s; the center is away from second 1 to second 11. */
+        int64_t t0 = h_now_ms();
+        publish_seq(&e, 4, 250, 250);
+        h_stop(&e.center.p, SIGTERM);
+        publish_seq_from(&e, 4, 250, 2500, 250);
+        int64_t down_ms = h_now_ms() - t0 - 1000;
+        if (down_ms < 11000)
+                h_sleep_ms((int)(11000 - down_ms));
+        h_broker_restart(&e.center);
+        publish_seq_from(&e, 4, 2750, 250, 250);
+        cr_assert(h_pub_flush(&e.pub, 10000));
+        size_t n = h_sub_wait(&e.sub, 3000, 60000);
+        cr_assert_eq(n, 3000, "received %zu unique of 3000", n);
+        cr_assert_eq(h_order_violations(&e.sub), 0);
+        down(&e);
+}
+
+struct stream {
+        struct env *e;
+        int topics, count, rate;
+};
+
+static void *stream_main(void *arg)
+{
+        struct stream *st = arg;
+        publish_seq(st->e, st->topics, st->count, st->rate);
+        return NULL;
+}
+
+/* kill -9 at random moments of a stream; every PUBACKed message must arrive. The kills
+ * come from this thread: kuimen dies with the thread that forked it. */
+Test(bridge, sigkill_kuimen_during_stream)
+{
+        struct env e;
+        int kills = getenv("KM_DRILL_KILLS") ? atoi(getenv("KM_DRILL_KILLS")) : 20;
+        int total = 400 * kills;
+        pthread_t t;
+        up(&e, "kill", NULL, true);
+        struct stream st = { &e, 8, total, 800 };
+        cr_assert_eq(pthread_create(&t, NULL, stream_main, &st), 0);
+        srand((unsigned)getpid());
+        for (int i = 0; i < kills; i++) {
+                h_sleep_ms(150 + rand() % 300);
+                h_stop(&e.k, SIGKILL);
+                start_kuimen(&e);
+                cr_assert(h_log_wait(&e.k, "ingest: connected", 10000));
+        }
+        pthread_join(t, NULL);
+        cr_assert(h_pub_flush(&e.pub, 30000));
+        cr_assert_eq(e.pub.acked, (uint64_t)total);
+        size_t n = h_sub_wait(&e.sub, (size_t)total, 90000);
+        cr_assert_eq(n, (size_t)total, "received %zu unique of %d after %d kills", n, total, kills);
+        cr_assert_eq(h_order_violations(&e.sub), 0);
+        cr_log_info("kill drill: %d kills, %d messages, %zu duplicates by id, %zu redelivered under a new id", kills,
+                    total, e.sub.dups, e.sub.redelivered);
+        cr_assert_leq(e.sub.redelivered, (size_t)kills * 2, "redeliveries stay within the messages a kill interrupts");
+        down(&e);
+}
+
+Test(bridge, sigkill_both_brokers_during_stream)
+{
+        struct env e;
+        const char *save = "autosave_interval 1\nautosave_on_changes true\n";
+        memset(&e, 0, sizeof(e));
+        /* Persistence that saves on every change: what a broker acknowledged is in its
+         * file before it is killed (mosquitto writes it without fsync; a kill is not a
+         * power cut). */
+        up(&e, "brokers", NULL, false);
+        h_stop(&e.local.p, SIGTERM);
+        FILE *f = fopen(e.local.conf, "a");
+        fputs(save, f);
+        fclose(f);
+        h_broker_restart(&e.local);
+        f = fopen(e.center.conf, "a");
+        fputs(save, f);
+        fclose(f);
+        h_broker_restart(&e.center);
+        h_log_wait(&e.k, "center: down -> up", 10000);
+        /* Sends in flight when the local broker dies fail at the publisher: they were
+         * never acknowledged, so they are not counted below. */
+        e.pub_may_fail = true;
+        publish_seq_from(&e, 4, 0, 300, 300);
+        h_stop(&e.local.p, SIGKILL);
+        h_broker_restart(&e.local);
+        publish_seq_from(&e, 4, 300, 300, 300);
+        h_stop(&e.center.p, SIGKILL);
+        h_broker_restart(&e.center);
+        publish_seq_from(&e, 4, 600, 300, 300);
+        cr_assert(h_pub_flush(&e.pub, 20000));
+        size_t acked = e.pub.acked;
+        size_t n = h_sub_wait(&e.sub, acked, 60000);
+        /* Every payload the local broker acknowledged must be among those received. */
+        size_t missing = 0;
+        for (size_t i = 0; i < acked; i++) {
+                bool found = false;
+                for (size_t j = 0; j < n && !found; j++)
+                        found = strcmp(e.sub.rx[j].payload, e.pub.acked_payloads[i]) == 0;
+                missing += !found;
+        }
+        cr_assert_eq(missing, 0, "%zu of %zu acknowledged messages lost (received %zu)", missing, acked, n);
+        down(&e);
+}
+
+Test(bridge, spool_full_drops_lowest_class_never_alerts)
+{
+        struct env e;
+        char big[1001];
+        memset(big, 'x', 1000);
+        big[1000] = 0;
+        /* 1 MiB spool, center away: 300 alerts and 3000 telemetry of ~1 KB each. */
+        up(&e, "full", "[node]\nspool_max_mb = 1\n", false);
+        for (int i = 0; i < 3300; i++) {
+                char topic[32], payload[1100];
+                bool alert = i % 11 == 0;
+                snprintf(topic, sizeof(topic), alert ? "alert/gas" : "sensors/t%d", i % 7);
+                snprintf(payload, sizeof(payload), "%s%d:%s", alert ? "A" : "T", i, big);
+                while (h_pub_send(&e.pub, topic, payload) != 0)
+                        h_sleep_ms(5);
+        }
+        cr_assert(h_pub_flush(&e.pub, 30000));
+        cr_assert(h_log_wait(&e.k, "spool full", 10000), "the drop is logged");
+        h_sleep_ms(1500); /* the pending flush */
+        center_start(&e);
+        h_sleep_ms(4000);
+        size_t n = h_sub_wait(&e.sub, 100000, 2000);
+        size_t alerts = 0, tele = 0;
+        for (size_t i = 0; i < n; i++) {
+                if (e.sub.rx[i].payload[0] == 'A')
+                        alerts++;
+                else
+                        tele++;
+        }
+        cr_assert_eq(alerts, 300, "every alert arrives (%zu)", alerts);
+        cr_assert_lt(tele, 3000, "telemetry was dropped for space");
+        cr_assert_gt(tele, 0);
+        down(&e);
+        cr_assert_eq(final_counter(&e, "dropped"), (long)(3000 - tele));
+        cr_assert_eq(final_counter(&e, "in"), 3300);
+}
+
+Test(bridge, ttl_expiry_and_coalescing)
+{
+        struct env e;
+        up(&e, "ttl", "[class telemetry]\nttl = 1s\n", false);
+        for (int i = 0; i < 50; i++) {
+                char payload[32];
+                snprintf(payload, sizeof(payload), "T%d", i);
+                h_pub_send(&e.pub, "sensors/t", payload);
+        }
+        for (int u = 0; u < 5; u++)
+                for (int s = 0; s < 20; s++) {
+                        char topic[32], payload[32];
+                        snprintf(topic, sizeof(topic), "pos/u%d", u);
+                        snprintf(payload, sizeof(payload), "P%d:%d", u, s);
+                        h_pub_send(&e.pub, topic, payload);
+                }
+        h_pub_send(&e.pub, "alert/x", "ALERT");
+        cr_assert(h_pub_flush(&e.pub, 10000));
+        h_sleep_ms(2500);
+        center_start(&e);
+        size_t n = h_sub_wait(&e.sub, 6, 15000);
+        h_sleep_ms(1000);
+        n = e.sub.n;
+        for (size_t i = 0; n != 6 && i < n; i++)
+                cr_log_error("got %s %s", e.sub.rx[i].topic, e.sub.rx[i].payload);
+        cr_assert_eq(n, 6, "one alert and the latest position of 5 units (got %zu, %zu dups)", n, e.sub.dups);
+        int pos = 0;
+        for (size_t i = 0; i < n; i++) {
+                int u, s;
+                if (sscanf(e.sub.rx[i].payload, "P%d:%d", &u, &s) == 2) {
+                        cr_assert_eq(s, 19, "unit %d: latest wins (got %d)", u, s);
+                        pos++;
+                } else {
+                        cr_assert_str_eq(e.sub.rx[i].payload, "ALERT");
+                }
+        }
+        cr_assert_eq(pos, 5);
+        down(&e);
+        cr_assert_eq(final_counter(&e, "expired"), 50);
+        cr_assert_eq(final_counter(&e, "coalesced"), 95);
+}
+
+Test(bridge, damaged_spool_is_moved_aside)
+{
+        struct env e;
+        char path[320];
+        up(&e, "damaged", NULL, true);
+        h_stop(&e.k, SIGKILL);
+        static const char *const sfx[] = { "-wal", "-shm" };
+        for (int i = 0; i < 2; i++) {
+                snprintf(path, sizeof(path), "%s/state/spool.db%s", e.dir, sfx[i]);
+                unlink(path);
+        }
+        snprintf(path, sizeof(path), "%s/state/spool.db", e.dir);
+        FILE *f = fopen(path, "w");
+        for (int i = 0; i < 8192; i++)
+                fputc(i * 7919 % 251, f);
+        fclose(f);
+        start_kuimen(&e);
+        cr_assert(h_log_wait(&e.k, "is damaged: moved aside to", 10000));
+        cr_assert(h_log_wait(&e.k, "ingest: connected", 10000));
+        publish_seq(&e, 2, 100, 0);
+        cr_assert_eq(h_sub_wait(&e.sub, 100, 20000), 100);
+        down(&e);
+}
+
+Test(bridge, downlink_command_reaches_local_subscriber)
+{
+        struct env e;
+        struct h_sub local;
+        struct h_pub center;
+        up(&e, "cmd", NULL, true);
+        h_sub_start(&local, e.local.port, "terminal-7", "cmd/#", false);
+        cr_assert(h_log_wait(&e.k, "down: connected", 10000));
+        h_sleep_ms(300);
+        h_pub_start(&center, e.center.port, "center-cmd");
+        h_pub_send(&center, "kuimen/north/cmd/evacuate/zone3", "GO");
+        h_pub_send(&center, "kuimen/south/cmd/evacuate/zone3", "NOT-FOR-NORTH");
+        cr_assert(h_pub_flush(&center, 5000));
+        cr_assert_eq(h_sub_wait(&local, 1, 10000), 1);
+        h_sleep_ms(500);
+        cr_assert_eq(local.n, 1);
+        cr_assert_str_eq(local.rx[0].topic, "cmd/evacuate/zone3");
+        cr_assert_str_eq(local.rx[0].payload, "GO");
+        h_pub_stop(&center);
+        h_sub_stop(&local);
+        down(&e);
+        cr_assert_eq(final_counter(&e, "delivered_local"), 1);
+}
+
+static int run_capture(const char *const *args, char *out, size_t len)
+{
+        int fds[2];
+        cr_assert_eq(pipe(fds), 0);
+        pid_t pid = fork();
+        if (pid == 0) {
+                dup2(fds[1], 1);
+                dup2(fds[1], 2);
+                char *argv[8];
+                int n = 0;
+                argv[n++] = getenv("KM_KUIMEN");
+                for (; *args; args++)
+                        argv[n++] = (char *)*args;
+                argv[n] = NULL;
+                execv(argv[0], argv);
+                _exit(127);
+        }
+        close(fds[1]);
+        size_t got = 0;
+        ssize_t r;
+        while ((r = read(fds[0], out + got, len - 1 - got)) > 0)
+                got += (size_t)r;
+        out[got] = 0;
+        close(fds[0]);
+        int st;
+        waitpid(pid, &st, 0);
+        return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+Test(bridge, check_config_names_file_line_key)
+{
+        char dir[200], path[300], out[4096];
+        h_tmpdir(dir, sizeof(dir), "conf");
+        snprintf(path, sizeof(path), "%s/bad.conf", dir);
+        FILE *f = fopen(path, "w");
+        fputs("[node]\nname = north\nspool_max_mb = lots\nsync = sometimes\n[local]\nuri = tcp://127.0.0.1:1883\n"
+              "subscribe = sensors/#/x\ncolour = blue\n[link center]\ntype = mqtt\nuri = http://center\n"
+              "[link sat]\ntype = carrier-pigeon\n[class alert]\nttl = forever\n[nonsense]\nx = 1\n",
+              f);
+        fclose(f);
+        const char *args[] = { "--check-config", path, NULL };
+        cr_assert_eq(run_capture(args, out, sizeof(out)), 1);
+        char want[4096];
+        snprintf(want, sizeof(want),
+                 "%s:3: spool_max_mb: not a whole number\n"
+                 "%s:4: sync: 'sometimes' is not one of: batch always\n"
+                 "%s:15: ttl: not a duration (e.g. 50ms, 10s, 5m, 2h, 7d)\n"
+                 "%s:7: subscribe: 'sensors/#/x': '#' must be a whole last level\n"
+                 "%s:11: uri: 'http://center' is not tcp://, ssl://, mqtt:// or mqtts://host:port\n"
+                 "%s:13: type: unknown link type 'carrier-pigeon' (built in: mqtt)\n"
+                 "%s:17: -: unknown section [nonsense]\n"
+                 "%s:8: colour: unknown key in [local]\n"
+                 "%s:17: x: unknown key in [nonsense]\n",
+                 path, path, path, path, path, path, path, path, path);
+        cr_assert_str_eq(out, want);
+        f = fopen(path, "w");
+        fputs("[node]\nname = north\n[link center]\nuri = tcp://127.0.0.1:1884\n", f);
+        fclose(f);
+        cr_assert_eq(run_capture(args, out, sizeof(out)), 0);
+        snprintf(want, sizeof(want), "%s: ok\n", path);
+        cr_assert_str_eq(out, want);
+        h_cleanup(dir);
+}
