@@ -9,6 +9,7 @@
 
 #include "daemon.h"
 #include "log.h"
+#include "bridges/gnss.h"
 #include "bridges/mqtt.h"
 
 static void usage(FILE *out)
@@ -37,7 +38,8 @@ static int check_all(struct km_conf *c, struct km_node_conf *n)
                 km_mqtt_local_check(c);
         for (size_t i = 0; i < c->nsections; i++) {
                 const char *s = c->sections[i];
-                if (strcmp(s, "node") == 0 || strcmp(s, "local") == 0 || is_section(s, "class "))
+                if (strcmp(s, "node") == 0 || strcmp(s, "local") == 0 || strcmp(s, "gnss") == 0 ||
+                    is_section(s, "class "))
                         continue;
                 if (is_section(s, "link ") && s[5]) {
                         const char *type = km_conf_get(c, s, "type");
@@ -49,6 +51,7 @@ static int check_all(struct km_conf *c, struct km_node_conf *n)
                 }
                 km_conf_error(c, s, NULL, "unknown section [%s]", s);
         }
+        km_gnss_check(c);
         km_conf_check_unused(c);
         return c->nerrors ? -EINVAL : 0;
 }
@@ -93,6 +96,7 @@ int main(int argc, char **argv)
                 case 'H':
                         km_node_print_help(stdout);
                         km_mqtt_print_help(stdout);
+                        km_gnss_print_help(stdout);
                         km_route_print_help(stdout);
                         return 0;
                 case 'P': fputs(km_default_config, stdout); return 0;
@@ -136,6 +140,8 @@ int main(int argc, char **argv)
         for (size_t i = 0; rc == 0 && i < c.nsections; i++)
                 if (is_section(c.sections[i], "link "))
                         rc = km_mqtt_link_start(&d, &c, c.sections[i]);
+        if (rc == 0)
+                rc = km_gnss_start(&d, &c);
         km_conf_deinit(&c);
         if (rc < 0) {
                 KM_LOG(KM_LOG_ERR, "main", "cannot start: %s", strerror(-rc));
