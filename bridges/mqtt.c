@@ -222,10 +222,11 @@ static void on_connected(void *context, char *cause)
         km_daemon_post(c->b->d, client_event, c, EV_UP);
 }
 
+/* Paho 1.3 calls the connected callback for the first connect as well as for
+ * reconnects, so that one does the work. */
 static void on_connect_ok(void *context, MQTTAsync_successData5 *r)
 {
-        (void)r;
-        on_connected(context, NULL);
+        (void)context, (void)r;
 }
 
 static void on_connect_fail(void *context, MQTTAsync_failureData5 *r)

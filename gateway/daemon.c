@@ -44,8 +44,10 @@ int km_node_conf_load(struct km_node_conf *n, struct km_conf *c)
         }
         if (!n->spool) {
                 const char *sd = getenv("STATE_DIRECTORY");
-                size_t len = sd ? strcspn(sd, ":") : 0; /* systemd may list several */
-                if (asprintf(&n->spool, "%.*s/spool.db", (int)len, len ? sd : "./kuimen-state") < 0)
+                int len = sd ? (int)strcspn(sd, ":") : 0; /* systemd may list several */
+                if (!len)
+                        sd = "./kuimen-state", len = (int)strlen(sd);
+                if (asprintf(&n->spool, "%.*s/spool.db", len, sd) < 0)
                         return -ENOMEM;
         }
         return bad ? -EINVAL : 0;

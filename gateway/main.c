@@ -32,6 +32,8 @@ static int check_all(struct km_conf *c, struct km_node_conf *n)
         struct km_route r;
 
         km_node_conf_load(n, c);
+        if (n->role && strcmp(n->role, "center") == 0)
+                km_conf_error(c, "node", "role", "center is not available yet in this version (it comes with the narrow links)");
         if (km_route_load(&r, c) != -ENOMEM)
                 km_route_deinit(&r);
         if (strcmp(n->role ? n->role : "base", "base") == 0)

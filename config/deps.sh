@@ -1,0 +1,20 @@
+#!/bin/sh
+# SPDX-License-Identifier: MIT
+# Installs the Debian 12 packages Kuimen needs that are missing: "run" for building and
+# running, "test" for the tests as well. Does nothing when all are there.
+set -eu
+build="meson ninja-build pkg-config gcc libc6-dev libpaho-mqtt-dev libsqlite3-dev libinih-dev
+       libsystemd-dev zlib1g-dev libcjson-dev libgps-dev mosquitto mosquitto-clients"
+test="libcriterion-dev gpsd gpsd-clients python3-gps valgrind"
+want=$build
+[ "${1:-run}" = test ] && want="$build $test"
+missing=""
+for p in $want; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+echo "kuimen: installing:$missing"
+sudo=""
+[ "$(id -u)" = 0 ] || sudo=sudo
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing
