@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bridges/position.h"
 #include "gateway/log.h"
 
 /* Paho's callbacks run on Paho's threads. Message arrival is the one place that does
@@ -77,6 +78,7 @@ struct bridge {
         struct client sub;    /* downlink (center only) */
         char *down_prefix;    /* "<prefix>/<node>/" stripped from downlink topics */
         bool local;
+        struct km_positions *positions; /* local only: terminal positions to canonical form */
         char *topic_buf;
         size_t topic_cap;
 };
@@ -254,7 +256,8 @@ static int on_message(void *context, char *topic, int topic_len, MQTTAsync_messa
         if (topic_len > 0 && topic[topic_len] != '\0' && !(t = strndup(topic, (size_t)topic_len)))
                 t = topic; /* cannot happen in practice: Paho NUL-terminates */
         if (b->local) {
-                km_daemon_ingest(b->d, KM_DIR_UP, t, msg->payload, (size_t)msg->payloadlen, msg->retained);
+                if (!km_positions_take(b->positions, t, msg->payload, (size_t)msg->payloadlen))
+                        km_daemon_ingest(b->d, KM_DIR_UP, t, msg->payload, (size_t)msg->payloadlen, msg->retained);
         } else {
                 /* <prefix>/<node>/cmd/x arrives as cmd/x for the local side. */
                 size_t pl = strlen(b->down_prefix);
@@ -442,6 +445,7 @@ static void bridge_destroy(struct km_link *l)
         client_free(&b->sub);
         km_conf_release(b->keys, &b->conf);
         km_strv_free(&b->sub.filters);
+        km_positions_free(b->positions);
         free(b->down_prefix);
         free(b->topic_buf);
         free(b);
@@ -526,6 +530,8 @@ int km_mqtt_local_start(struct km_daemon *d, struct km_conf *c)
 
         if (!b)
                 return -ENOMEM;
+        if ((rc = km_positions_new(&b->positions, d, c)) < 0)
+                return rc;
         if (b->conf.client_id)
                 id = strdup(b->conf.client_id);
         else if (asprintf(&id, "kuimen-%s", d->node.name) < 0)

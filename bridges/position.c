@@ -35,11 +35,15 @@
 #include "bridges/position.h"
 
 #include <cJSON.h>
+#include <errno.h>
 #include <math.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include "gateway/daemon.h"
+#include "gateway/log.h"
 
 #define NMEA_MAX_SENTENCE 120
 #define NMEA_MAX_FIELDS 32
@@ -778,4 +782,145 @@ int km_position_parse(const char *unit_from_topic, const void *payload, size_t l
 	if (rc == 0)
 		*out = p;
 	return rc;
+}
+
+/* ---- the bridge: terminal positions from the local broker -------------------------- */
+
+#define RATE_SLOTS 256        /* units tracked for log rate limiting; collisions share */
+#define RATE_MS (60 * 1000)   /* one log line per unit and minute */
+
+struct positions_conf {
+	struct km_strv match;
+	int64_t track_interval_ms;
+};
+
+static const struct km_conf_key position_keys[] = {
+	{ "match", KM_CONF_LIST, "pos/+", offsetof(struct positions_conf, match),
+	  "topic filters of terminal positions; the last level is the unit id", 0, 0, NULL },
+	{ "track_interval", KM_CONF_DURATION, "60s", offsetof(struct positions_conf, track_interval_ms),
+	  "while undelivered, keep one position per unit and interval (the track) plus the latest; 0 = only the latest",
+	  0, 86400000, NULL },
+	{ NULL, 0, NULL, 0, NULL, 0, 0, NULL },
+};
+
+struct km_positions {
+	struct km_daemon *d;
+	struct positions_conf conf;
+	uint64_t bad[-KM_POSITION_ERR_LAST];
+	int64_t last_log[RATE_SLOTS];
+};
+
+int km_positions_check(struct km_conf *c)
+{
+	struct positions_conf pc = { 0 };
+	int bad = km_conf_apply(c, "positions", position_keys, &pc);
+	for (size_t i = 0; i < pc.match.n; i++) {
+		const char *why = km_topic_filter_invalid(pc.match.v[i]);
+		if (why) {
+			km_conf_error(c, "positions", "match", "'%s': %s", pc.match.v[i], why);
+			bad++;
+		}
+	}
+	km_conf_release(position_keys, &pc);
+	return bad ? -EINVAL : 0;
+}
+
+int km_positions_new(struct km_positions **out, struct km_daemon *d, struct km_conf *c)
+{
+	struct km_positions *p = calloc(1, sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	p->d = d;
+	if (km_conf_apply(c, "positions", position_keys, &p->conf) != 0) {
+		km_positions_free(p);
+		return -EINVAL;
+	}
+	*out = p;
+	return 0;
+}
+
+void km_positions_free(struct km_positions *p)
+{
+	if (!p)
+		return;
+	km_conf_release(position_keys, &p->conf);
+	free(p);
+}
+
+static uint32_t unit_slot(const char *unit)
+{
+	uint32_t h = 2166136261u;
+	while (*unit)
+		h = (h ^ (uint8_t)*unit++) * 16777619u;
+	return h % RATE_SLOTS;
+}
+
+/* A bad terminal can publish at 10 Hz: say so once a minute, count every time. */
+static void note_bad(struct km_positions *p, const char *topic, const char *unit, int rc, size_t len)
+{
+	int64_t now = km_now_ms();
+	uint64_t n = __atomic_add_fetch(&p->bad[-rc], 1, __ATOMIC_RELAXED);
+	__atomic_add_fetch(&p->d->bad_input, 1, __ATOMIC_RELAXED);
+	int64_t *last = &p->last_log[unit_slot(unit)];
+	int64_t prev = __atomic_load_n(last, __ATOMIC_RELAXED);
+	if (now - prev < RATE_MS || !__atomic_compare_exchange_n(last, &prev, now, false, __ATOMIC_RELAXED,
+								  __ATOMIC_RELAXED))
+		return;
+	KM_LOG(KM_LOG_WARNING, "position", "%s: %s (%zu bytes): dropped (%llu %s so far; next report for this unit in a minute)",
+	       topic, km_position_strerror(rc), len, (unsigned long long)n, km_position_strerror(rc));
+}
+
+int km_positions_take(struct km_positions *p, const char *topic, const void *payload, size_t len)
+{
+	bool hit = false;
+	for (size_t i = 0; i < p->conf.match.n && !hit; i++)
+		hit = km_topic_matches(p->conf.match.v[i], topic);
+	if (!hit)
+		return 0;
+	const char *unit = strrchr(topic, '/');
+	unit = unit ? unit + 1 : topic;
+
+	struct km_pos pos;
+	int64_t now = km_now_ms();
+	int rc = km_position_parse(unit, payload, len, now, &pos);
+	if (rc < 0) {
+		note_bad(p, topic, unit, rc, len);
+		return 1;
+	}
+	if (!pos.time_ms)
+		pos.time_ms = now; /* the terminal gave no time: when we heard it */
+	char json[512], out_topic[128];
+	int n = km_posrec_to_json(&pos, json, sizeof(json));
+	/* The canonical topic names the unit the record names (JSON may carry it). */
+	snprintf(out_topic, sizeof(out_topic), "pos/%s", pos.unit);
+	if (n < 0) {
+		note_bad(p, topic, unit, KM_POSITION_INVALID_ARG, len);
+		return 1;
+	}
+	/* The position class coalesces per topic; the bucket of the fix's time makes that
+	 * "latest per unit and interval": an outage keeps a thinned track, not one point. */
+	char bucket[24] = "";
+	if (p->conf.track_interval_ms > 0)
+		snprintf(bucket, sizeof(bucket), "%lld", (long long)(pos.time_ms / p->conf.track_interval_ms));
+	km_daemon_ingest_keyed(p->d, KM_DIR_UP, out_topic, json, (size_t)n, false, bucket[0] ? bucket : NULL);
+	return 1;
+}
+
+uint64_t km_positions_bad(const struct km_positions *p)
+{
+	uint64_t sum = 0;
+	for (size_t i = 0; i < sizeof(p->bad) / sizeof(p->bad[0]); i++)
+		sum += __atomic_load_n(&p->bad[i], __ATOMIC_RELAXED);
+	return sum;
+}
+
+uint64_t km_positions_bad_by(const struct km_positions *p, int reason)
+{
+	int i = reason < 0 ? -reason : reason;
+	return i < -KM_POSITION_ERR_LAST ? __atomic_load_n(&p->bad[i], __ATOMIC_RELAXED) : 0;
+}
+
+void km_positions_print_help(FILE *out)
+{
+	km_conf_print_help(out, "positions", position_keys);
 }

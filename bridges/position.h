@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "gateway/posrec.h"
+#include <stdio.h>
 
 /* Payloads longer than this are refused unread. */
 #define KM_POSITION_MAX_PAYLOAD 4096
@@ -73,4 +74,32 @@ int km_position_parse(const char *unit_from_topic, const void *payload, size_t l
  * Accepts the code with either sign; "unknown" for anything else. */
 const char *km_position_strerror(int code);
 
+
+
+/* ---- the bridge: terminal positions from the local broker -------------------------- */
+
+#include "gateway/config.h"
+
+struct km_daemon;
+struct km_positions;
+
+/* Validates [positions] into errors of c. */
+int km_positions_check(struct km_conf *c);
+
+/* Builds the position bridge from [positions] (defaults when absent); *out is owned by
+ * the caller and freed with km_positions_free. */
+int km_positions_new(struct km_positions **out, struct km_daemon *d, struct km_conf *c);
+void km_positions_free(struct km_positions *p);
+
+/* Any thread. When topic matches [positions] match, parses payload into the canonical
+ * record, hands its JSON to the daemon as pos/<unit> and returns 1 (a bad payload is
+ * counted per reason, logged at most once a minute per unit, and dropped); returns 0
+ * for other topics. */
+int km_positions_take(struct km_positions *p, const char *topic, const void *payload, size_t len);
+
+/* Bad payloads so far, all reasons; by reason with km_positions_bad_by. */
+uint64_t km_positions_bad(const struct km_positions *p);
+uint64_t km_positions_bad_by(const struct km_positions *p, int reason);
+
+void km_positions_print_help(FILE *out);
 #endif /* KM_POSITION_H */

@@ -91,6 +91,12 @@ void km_daemon_on_stop(struct km_daemon *d, void (*fn)(void *ud), void *ud)
 
 int km_daemon_ingest(struct km_daemon *d, int dir, const char *topic, const void *payload, size_t len, bool retain)
 {
+        return km_daemon_ingest_keyed(d, dir, topic, payload, len, retain, NULL);
+}
+
+int km_daemon_ingest_keyed(struct km_daemon *d, int dir, const char *topic, const void *payload, size_t len,
+                           bool retain, const char *ckey_suffix)
+{
         char ckey[512], cls[64];
         struct km_msg m = { .created_ms = km_now_ms(), .dir = (uint8_t)dir, .qos = 1, .topic = topic,
                             .payload = payload, .len = len, .cls = cls, .ckey = ckey };
@@ -104,7 +110,9 @@ int km_daemon_ingest(struct km_daemon *d, int dir, const char *topic, const void
                 m.prio = (uint8_t)k->priority;
                 m.expires_ms = k->ttl_ms ? m.created_ms + k->ttl_ms : 0;
                 m.flags = (k->droppable ? KM_MSG_DROPPABLE : 0) | (retain ? KM_MSG_RETAIN : 0);
-                km_route_coalesce_key(k, topic, ckey, sizeof(ckey));
+                size_t kl = km_route_coalesce_key(k, topic, ckey, sizeof(ckey));
+                if (kl && ckey_suffix && snprintf(ckey + kl, sizeof(ckey) - kl, "|%s", ckey_suffix) < 0)
+                        ckey[kl] = '\0';
         }
         pthread_rwlock_unlock(&d->route_lock);
         if (!k) {
@@ -144,10 +152,11 @@ void km_daemon_counters(struct km_daemon *d, char *buf, size_t len)
                         down += d->links[i]->acked;
         }
         snprintf(buf, len,
-                 "in=%llu spooled=%llu forwarded=%llu delivered_local=%llu dropped=%llu expired=%llu coalesced=%llu spool_bytes=%llu",
+                 "in=%llu spooled=%llu forwarded=%llu delivered_local=%llu dropped=%llu expired=%llu coalesced=%llu bad_input=%llu spool_bytes=%llu",
                  (unsigned long long)st.pushed, (unsigned long long)(st.depth[KM_DIR_UP] + st.depth[KM_DIR_DOWN]),
                  (unsigned long long)up, (unsigned long long)down, (unsigned long long)st.dropped,
-                 (unsigned long long)st.expired, (unsigned long long)st.coalesced, (unsigned long long)st.bytes);
+                 (unsigned long long)st.expired, (unsigned long long)st.coalesced,
+                 (unsigned long long)__atomic_load_n(&d->bad_input, __ATOMIC_RELAXED), (unsigned long long)st.bytes);
 }
 
 /* One turn of work: what the other threads handed over, then sends, then the spool's

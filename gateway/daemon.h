@@ -43,6 +43,7 @@ struct km_daemon {
         bool stopping;
         int64_t started_ms;
         uint64_t unrouted, rejected, bad_config_reloads;
+        uint64_t bad_input; /* payloads a bridge refused (atomic: bridges count from their threads) */
         /* Bridges hook their shutdown here (called first on stop). */
         void (*on_stop[KM_MAX_LINKS + 2])(void *ud);
         void *on_stop_ud[KM_MAX_LINKS + 2];
@@ -75,6 +76,12 @@ void km_daemon_on_stop(struct km_daemon *d, void (*fn)(void *ud), void *ud);
  * acknowledgement never covers a lost message. dir is where it goes. */
 int km_daemon_ingest(struct km_daemon *d, int dir, const char *topic, const void *payload, size_t len,
                      bool retain);
+
+/* The same, with ckey_suffix appended to the class's coalesce key (when the class
+ * coalesces): a bridge keeps one message per (key, suffix), e.g. one position per unit
+ * and time bucket, which thins a track instead of keeping only its end. */
+int km_daemon_ingest_keyed(struct km_daemon *d, int dir, const char *topic, const void *payload, size_t len,
+                           bool retain, const char *ckey_suffix);
 
 /* Any thread: queue fn(ud, arg) on the loop thread. */
 int km_daemon_post(struct km_daemon *d, km_mail_fn fn, void *ud, uint64_t arg);

@@ -11,6 +11,7 @@
 #include "log.h"
 #include "bridges/gnss.h"
 #include "bridges/mqtt.h"
+#include "bridges/position.h"
 
 static void usage(FILE *out)
 {
@@ -40,7 +41,7 @@ static int check_all(struct km_conf *c, struct km_node_conf *n)
                 km_mqtt_local_check(c);
         for (size_t i = 0; i < c->nsections; i++) {
                 const char *s = c->sections[i];
-                if (strcmp(s, "node") == 0 || strcmp(s, "local") == 0 || strcmp(s, "gnss") == 0 ||
+                if (strcmp(s, "node") == 0 || strcmp(s, "local") == 0 || strcmp(s, "gnss") == 0 || strcmp(s, "positions") == 0 ||
                     is_section(s, "class "))
                         continue;
                 if (is_section(s, "link ") && s[5]) {
@@ -54,6 +55,7 @@ static int check_all(struct km_conf *c, struct km_node_conf *n)
                 km_conf_error(c, s, NULL, "unknown section [%s]", s);
         }
         km_gnss_check(c);
+        km_positions_check(c);
         km_conf_check_unused(c);
         return c->nerrors ? -EINVAL : 0;
 }
@@ -99,6 +101,7 @@ int main(int argc, char **argv)
                         km_node_print_help(stdout);
                         km_mqtt_print_help(stdout);
                         km_gnss_print_help(stdout);
+                        km_positions_print_help(stdout);
                         km_route_print_help(stdout);
                         return 0;
                 case 'P': fputs(km_default_config, stdout); return 0;

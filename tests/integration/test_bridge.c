@@ -301,43 +301,122 @@ Test(bridge, spool_full_drops_lowest_class_never_alerts)
 Test(bridge, ttl_expiry_and_coalescing)
 {
         struct env e;
-        up(&e, "ttl", "[class telemetry]\nttl = 1s\n", false);
+        up(&e, "ttl", "[class telemetry]\nttl = 1s\n[positions]\ntrack_interval = 0\n", false);
         for (int i = 0; i < 50; i++) {
                 char payload[32];
                 snprintf(payload, sizeof(payload), "T%d", i);
                 h_pub_send(&e.pub, "sensors/t", payload);
         }
+        /* 20 fixes of 5 units; the seq is in the latitude. */
         for (int u = 0; u < 5; u++)
                 for (int s = 0; s < 20; s++) {
-                        char topic[32], payload[32];
+                        char topic[32], payload[96];
                         snprintf(topic, sizeof(topic), "pos/u%d", u);
-                        snprintf(payload, sizeof(payload), "P%d:%d", u, s);
+                        snprintf(payload, sizeof(payload), "{\"lat\": %d.%03d, \"lon\": 109.5, \"kind\": \"drone\"}", 30 + u, s);
                         h_pub_send(&e.pub, topic, payload);
                 }
         h_pub_send(&e.pub, "alert/x", "ALERT");
         cr_assert(h_pub_flush(&e.pub, 10000));
         h_sleep_ms(2500);
         center_start(&e);
-        size_t n = h_sub_wait(&e.sub, 6, 15000);
-        h_sleep_ms(1000);
-        n = e.sub.n;
+        size_t n = settle(&e.sub, 1500, 20000);
         for (size_t i = 0; n != 6 && i < n; i++)
                 cr_log_error("got %s %s", e.sub.rx[i].topic, e.sub.rx[i].payload);
-        cr_assert_eq(n, 6, "one alert and the latest position of 5 units (got %zu, %zu dups)", n, e.sub.dups);
-        int pos = 0;
-        for (size_t i = 0; i < n; i++) {
-                int u, s;
-                if (sscanf(e.sub.rx[i].payload, "P%d:%d", &u, &s) == 2) {
-                        cr_assert_eq(s, 19, "unit %d: latest wins (got %d)", u, s);
-                        pos++;
-                } else {
-                        cr_assert_str_eq(e.sub.rx[i].payload, "ALERT");
-                }
+        cr_assert_eq(n, 6, "one alert and the latest position of 5 units (got %zu)", n);
+        cr_assert_str_eq(e.sub.rx[0].payload, "ALERT", "the alert leaves first");
+        for (size_t i = 1; i < n; i++) {
+                int u;
+                char want[64];
+                cr_assert_eq(sscanf(e.sub.rx[i].topic, "kuimen/north/pos/u%d", &u), 1, "%s", e.sub.rx[i].topic);
+                snprintf(want, sizeof(want), "{\"unit\":\"u%d\",\"lat\":%d.0190000,", u, 30 + u);
+                cr_assert_eq(strncmp(e.sub.rx[i].payload, want, strlen(want)), 0, "latest wins: %s", e.sub.rx[i].payload);
         }
-        cr_assert_eq(pos, 5);
         down(&e);
         cr_assert_eq(final_counter(&e, "expired"), 50);
         cr_assert_eq(final_counter(&e, "coalesced"), 95);
+}
+
+/* An outage keeps one position per unit and track_interval (the latest of each), not
+ * only the last one. */
+Test(bridge, outage_keeps_thinned_track)
+{
+        struct env e;
+        up(&e, "track", "[positions]\ntrack_interval = 60s\n", false);
+        const long t0 = 1700000000; /* 28333333 min + 20 s */
+        long buckets = 0, last_bucket = -1;
+        for (int i = 0; i < 30; i++) {
+                char payload[128];
+                long ts = t0 + 10 * i;
+                if (ts / 60 != last_bucket)
+                        buckets++, last_bucket = ts / 60;
+                snprintf(payload, sizeof(payload), "{\"lat\": 30.%04d, \"lon\": 109.5, \"ts\": %ld}", i, ts);
+                h_pub_send(&e.pub, "pos/drone7", payload);
+        }
+        /* and one malformed fix in the middle of it: counted, not forwarded */
+        h_pub_send(&e.pub, "pos/drone7", "{\"lat\": 95, \"lon\": 109.5}");
+        cr_assert(h_pub_flush(&e.pub, 10000));
+        h_sleep_ms(1500);
+        center_start(&e);
+        size_t n = settle(&e.sub, 1500, 20000);
+        cr_assert_eq(n, (size_t)buckets, "one point per minute: %zu of %ld", n, buckets);
+        /* Each survivor is the last fix of its minute, in time order. */
+        long prev = -1;
+        for (size_t i = 0; i < n; i++) {
+                int k;
+                cr_assert_eq(sscanf(e.sub.rx[i].payload, "{\"unit\":\"drone7\",\"lat\":30.%4d", &k), 1, "%s",
+                             e.sub.rx[i].payload);
+                long ts = t0 + 10 * k;
+                cr_assert_gt(k, prev);
+                cr_assert(k == 29 || (t0 + 10 * (k + 1)) / 60 != ts / 60, "fix %d is the last of its minute", k);
+                prev = k;
+        }
+        down(&e);
+        cr_assert_eq(final_counter(&e, "bad_input"), 1);
+}
+
+/* Bad terminal input never stops the rest: each malformed payload is counted and
+ * dropped, and the good fix right after it still arrives. */
+Test(bridge, bad_positions_counted_good_ones_flow)
+{
+        static const char *const bad[] = {
+                "", " ", "\x01\x02\x03\xff", "not json", "{", "[]", "{\"lat\": 30.5}", "{\"lon\": 109.5}",
+                "{\"lat\": \"30.5\", \"lon\": 109.5}", "{\"lat\": 91, \"lon\": 109.5}", "{\"lat\": 30, \"lon\": 181}",
+                "{\"lat\": 30, \"lon\": 109, \"alt\": 1e999}", "{\"lat\": 30, \"lon\": 109, \"kind\": \"tank\"}",
+                "{\"lat\": 30, \"lon\": 109, \"unit\": \"other\"}", "{\"lat\": 30, \"lon\": 109, \"ts\": \"yesterday\"}",
+                "{\"lat\": 30, \"lon\": 109, \"speed\": -4}", "{\"lat\": 30, \"lon\": 109, \"heading\": 400}",
+                "{\"lat\": 30, \"lon\": 109, \"battery\": 150}", "{\"lat\": 30, \"lon\": 109, \"fix\": 1}",
+                "{\"lat\": 30, \"lat\": 31, \"lon\": 109}", "{\"lat\": null, \"lon\": 109}",
+                "$GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,*00",
+                "$GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,",
+                "$GPGGA,123519,4807.038,N*47", "$GPGGA,123519,4807.038,N,01131.000,E,0,08,0.9,545.4,M,46.9,M,,*46",
+                "$GPRMC,123519,V,4807.038,N,01131.000,E,022.4,084.4,230394,003.1,W*7D",
+                "$GPGSV,1,1,01,10,63,137,17*4C", "$GPGGA,12x519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,*1F",
+                "$GPGGA,123519,9907.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,*4E", "GPGGA no dollar",
+                "{\"lat\": 30, \"lon\": 109, \"alt\": 100000}",
+        };
+        const size_t nbad = sizeof(bad) / sizeof(bad[0]);
+        struct env e;
+        char big[5000];
+        memset(big, ' ', sizeof(big) - 1);
+        big[sizeof(big) - 1] = 0;
+        memcpy(big, "{\"lat\": 30, \"lon\": 109}", 23); /* oversized */
+        up(&e, "badpos", "[positions]\ntrack_interval = 0\n", true);
+        for (size_t i = 0; i <= nbad; i++) {
+                char topic[32], good[96];
+                snprintf(topic, sizeof(topic), "pos/t%zu", i);
+                h_pub_send(&e.pub, topic, i < nbad ? bad[i] : big);
+                snprintf(good, sizeof(good), "{\"lat\": 31.%04zu, \"lon\": 110.5}", i);
+                h_pub_send(&e.pub, topic, good);
+        }
+        cr_assert(h_pub_flush(&e.pub, 10000));
+        size_t n = h_sub_wait(&e.sub, nbad + 1, 20000);
+        h_sleep_ms(500);
+        n = e.sub.n;
+        cr_assert_eq(n, nbad + 1, "every good fix arrives (%zu of %zu)", n, nbad + 1);
+        for (size_t i = 0; i < n; i++)
+                cr_assert(strstr(e.sub.rx[i].payload, "\"lat\":31.") != NULL, "only good fixes: %s", e.sub.rx[i].payload);
+        down(&e);
+        cr_assert_eq(final_counter(&e, "bad_input"), (long)nbad + 1);
 }
 
 Test(bridge, damaged_spool_is_moved_aside)
