@@ -7,8 +7,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "control.h"
 #include "daemon.h"
 #include "log.h"
+#include "metrics.h"
 #include "bridges/gnss.h"
 #include "bridges/mqtt.h"
 #include "bridges/position.h"
@@ -42,6 +44,7 @@ static int check_all(struct km_conf *c, struct km_node_conf *n)
         for (size_t i = 0; i < c->nsections; i++) {
                 const char *s = c->sections[i];
                 if (strcmp(s, "node") == 0 || strcmp(s, "local") == 0 || strcmp(s, "gnss") == 0 || strcmp(s, "positions") == 0 ||
+                    strcmp(s, "control") == 0 || strcmp(s, "metrics") == 0 ||
                     is_section(s, "class "))
                         continue;
                 if (is_section(s, "link ") && s[5]) {
@@ -56,6 +59,8 @@ static int check_all(struct km_conf *c, struct km_node_conf *n)
         }
         km_gnss_check(c);
         km_positions_check(c);
+        km_control_check(c);
+        km_metrics_check(c);
         km_conf_check_unused(c);
         return c->nerrors ? -EINVAL : 0;
 }
@@ -102,6 +107,8 @@ int main(int argc, char **argv)
                         km_mqtt_print_help(stdout);
                         km_gnss_print_help(stdout);
                         km_positions_print_help(stdout);
+                        km_control_print_help(stdout);
+                        km_metrics_print_help(stdout);
                         km_route_print_help(stdout);
                         return 0;
                 case 'P': fputs(km_default_config, stdout); return 0;
@@ -147,6 +154,10 @@ int main(int argc, char **argv)
                         rc = km_mqtt_link_start(&d, &c, c.sections[i]);
         if (rc == 0)
                 rc = km_gnss_start(&d, &c);
+        if (rc == 0)
+                rc = km_control_start(&d, &c);
+        if (rc == 0)
+                rc = km_metrics_start(&d, &c);
         km_conf_deinit(&c);
         if (rc < 0) {
                 KM_LOG(KM_LOG_ERR, "main", "cannot start: %s", strerror(-rc));
