@@ -15,11 +15,11 @@
  * because Paho sends the PUBACK right after); every other callback posts to the loop. */
 
 struct mqtt_conf {
-        char *type, *uri, *client_id, *username, *password, *topic_prefix;
+        char *uri, *client_id, *username, *password, *topic_prefix;
         char *ca, *cert, *key;
-        struct km_strv subscribe, classes;
+        struct km_strv subscribe;
         bool verify_hostname, downlink;
-        long window, order;
+        long window;
         int64_t keepalive_ms, session_expiry_ms;
 };
 
@@ -37,11 +37,8 @@ static const struct km_conf_key local_keys[] = {
 };
 
 static const struct km_conf_key link_keys[] = {
-        { "type", KM_CONF_STRING, "mqtt", OFF(type), "link type: mqtt (built in) or a plugin's name", 0, 0, NULL },
         { "uri", KM_CONF_STRING, NULL, OFF(uri), "center broker: tcp://host:port or ssl://host:port", 0, 0, NULL },
         { "topic_prefix", KM_CONF_STRING, "kuimen", OFF(topic_prefix), "bridged topic = <topic_prefix>/<node>/<local topic>", 0, 0, NULL },
-        { "order", KM_CONF_INT, "1", OFF(order), "preference among links, lower first", 0, 1000, NULL },
-        { "classes", KM_CONF_LIST, NULL, OFF(classes), "classes this link may carry (empty: all)", 0, 0, NULL },
         { "client_id", KM_CONF_STRING, NULL, OFF(client_id), "MQTT client id stem (default kuimen-<node>-<link>; -up and -down are added)", 0, 0, NULL },
         { "username", KM_CONF_STRING, NULL, OFF(username), "user name at the center broker", 0, 0, NULL },
         { "password", KM_CONF_STRING, NULL, OFF(password), "password at the center broker", 0, 0, NULL },
@@ -452,7 +449,35 @@ static void bridge_destroy(struct km_link *l)
         l->impl = NULL;
 }
 
-static const struct km_link_ops mqtt_ops = { .send = send_msg, .destroy = bridge_destroy };
+static void on_reset_disconnected(void *context, MQTTAsync_successData5 *r)
+{
+        struct client *c = context;
+        (void)r;
+        km_daemon_post(c->b->d, client_event, c, EV_CONNECT_FAILED);
+}
+
+static void on_reset_failed(void *context, MQTTAsync_failureData5 *r)
+{
+        on_reset_disconnected(context, NULL);
+        (void)r;
+}
+
+/* The host saw no acknowledgements: the TCP connection may look alive (a silent cut
+ * sends no FIN or RST) but is not. Drop it and connect afresh, through the same
+ * backoff as a failed connect. */
+static void bridge_reset(struct km_link *l)
+{
+        struct bridge *b = l->impl;
+        MQTTAsync_disconnectOptions o = MQTTAsync_disconnectOptions_initializer5;
+        o.timeout = 0;
+        o.onSuccess5 = on_reset_disconnected;
+        o.onFailure5 = on_reset_failed;
+        o.context = &b->pub;
+        if (MQTTAsync_disconnect(b->pub.cli, &o) != MQTTASYNC_SUCCESS)
+                client_event(&b->pub, EV_CONNECT_FAILED);
+}
+
+static const struct km_link_ops mqtt_ops = { .send = send_msg, .destroy = bridge_destroy, .reset = bridge_reset };
 
 int km_mqtt_local_check(struct km_conf *c)
 {
@@ -472,7 +497,7 @@ int km_mqtt_local_check(struct km_conf *c)
 int km_mqtt_link_check(struct km_conf *c, const char *section)
 {
         struct mqtt_conf m = { 0 };
-        int bad = km_conf_apply(c, section, link_keys, &m);
+        int bad = km_conf_apply(c, section, link_keys, &m) + (km_link_check_common(c, section) < 0);
         if (!m.uri) {
                 km_conf_error(c, section, NULL, "[%s] needs a uri", section);
                 bad++;
@@ -504,9 +529,12 @@ static struct bridge *bridge_new(struct km_daemon *d, struct km_conf *c, const c
                 goto fail;
         if (km_link_init(l, link_name, dir, (uint32_t)b->conf.window) < 0)
                 goto fail;
+        if (!b->local && km_link_configure(l, c, section) < 0) {
+                km_link_deinit(l);
+                goto fail;
+        }
         l->ops = &mqtt_ops;
         l->impl = b;
-        l->order = b->conf.order;
         b->link = l;
         if (km_daemon_add_link(d, l) < 0) {
                 km_link_deinit(l);
@@ -563,6 +591,8 @@ int km_mqtt_link_start(struct km_daemon *d, struct km_conf *c, const char *secti
         if (!id || asprintf(&up, "%s-up", id) < 0 || asprintf(&down, "%s-down", id) < 0 ||
             asprintf(&b->down_prefix, "%s/%s/", b->conf.topic_prefix, d->node.name) < 0)
                 goto out;
+        if (!d->topic_prefix && !(d->topic_prefix = strdup(b->conf.topic_prefix)))
+                goto out;
         /* The uplink starts clean: the spool, not the broker session, holds what is
          * unacknowledged, and replays it in order after every reconnect. */
         if ((rc = client_init(&b->pub, b, "up", up, true, 0)) < 0 || (rc = connect_client(&b->pub)) < 0)
@@ -591,5 +621,6 @@ out:
 void km_mqtt_print_help(FILE *out)
 {
         km_conf_print_help(out, "local", local_keys);
+        km_link_print_help(out);
         km_conf_print_help(out, "link NAME (type = mqtt)", link_keys);
 }

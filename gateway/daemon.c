@@ -16,6 +16,7 @@
 #define HOUSEKEEPING_US 100000ULL  /* flush pending, retry pumps */
 #define EXPIRE_US 10000000ULL      /* TTL sweep of queue heads */
 #define DRAIN_MS 3000              /* on stop: how long to wait for in-flight acks */
+#define LINK_STATUS_US 60000000ULL /* link status topics, beside every change */
 
 #define OFF(f) offsetof(struct km_node_conf, f)
 static const char *const roles[] = { "base", "center", NULL };
@@ -31,8 +32,13 @@ static const struct km_conf_key node_keys[] = {
         { "stats_interval", KM_CONF_DURATION, "60s", OFF(stats_interval_ms), "log a counters line this often (0 = never)", 0, 0, NULL },
         { "log_level", KM_CONF_STRING, "info", OFF(log_level), "err, warning, notice, info or debug", 0, 0, levels },
         { "plugin_dir", KM_CONF_STRING, KM_PLUGIN_DIR, OFF(plugin_dir), "where link plugins (<type>.so) are", 0, 0, NULL },
+        { "link_status", KM_CONF_BOOL, "yes", OFF(link_status), "publish each link's state on <topic_prefix>/<node>/link/<name>", 0, 0, NULL },
         { NULL, 0, NULL, 0, NULL, 0, 0, NULL },
 };
+
+static int ingest(struct km_daemon *d, int dir, const char *topic, const char *cls_name, const void *payload,
+                  size_t len, bool retain, const char *ckey_suffix);
+static void on_link_state(struct km_link *l, void *ud);
 
 int km_node_conf_load(struct km_node_conf *n, struct km_conf *c)
 {
@@ -78,6 +84,8 @@ int km_daemon_add_link(struct km_daemon *d, struct km_link *l)
         if (d->nlinks == KM_MAX_LINKS)
                 return -ENOSPC;
         d->links[d->nlinks++] = l;
+        l->on_state = on_link_state;
+        l->on_state_ud = d;
         return 0;
 }
 
@@ -91,11 +99,12 @@ void km_daemon_on_stop(struct km_daemon *d, void (*fn)(void *ud), void *ud)
 
 int km_daemon_ingest(struct km_daemon *d, int dir, const char *topic, const void *payload, size_t len, bool retain)
 {
-        return km_daemon_ingest_keyed(d, dir, topic, payload, len, retain, NULL);
+        return ingest(d, dir, topic, NULL, payload, len, retain, NULL);
 }
 
-int km_daemon_ingest_keyed(struct km_daemon *d, int dir, const char *topic, const void *payload, size_t len,
-                           bool retain, const char *ckey_suffix)
+/* Routes topic (or, with cls_name, takes that class) and pushes; see km_daemon_ingest. */
+static int ingest(struct km_daemon *d, int dir, const char *topic, const char *cls_name, const void *payload,
+                  size_t len, bool retain, const char *ckey_suffix)
 {
         char ckey[512], cls[64];
         struct km_msg m = { .created_ms = km_now_ms(), .dir = (uint8_t)dir, .qos = 1, .topic = topic,
@@ -104,7 +113,7 @@ int km_daemon_ingest_keyed(struct km_daemon *d, int dir, const char *topic, cons
         int rc;
 
         pthread_rwlock_rdlock(&d->route_lock);
-        const struct km_class *k = km_route_match(&d->route, topic);
+        const struct km_class *k = cls_name ? km_route_find(&d->route, cls_name) : km_route_match(&d->route, topic);
         if (k) {
                 snprintf(cls, sizeof(cls), "%s", k->name);
                 m.prio = (uint8_t)k->priority;
@@ -139,6 +148,59 @@ int km_daemon_ingest_keyed(struct km_daemon *d, int dir, const char *topic, cons
         return rc;
 }
 
+int km_daemon_ingest_keyed(struct km_daemon *d, int dir, const char *topic, const void *payload, size_t len,
+                           bool retain, const char *ckey_suffix)
+{
+        return ingest(d, dir, topic, NULL, payload, len, retain, ckey_suffix);
+}
+
+/* Messages of the classes l may carry that wait in the spool. */
+static uint64_t link_backlog(struct km_daemon *d, const struct km_link *l, const struct km_spool_stats *st)
+{
+        uint64_t n = 0;
+        for (size_t i = 0; i < d->route.n; i++)
+                if (km_link_may_carry(l, d->route.cls[i].name))
+                        n += st->depth_prio[l->dir][d->route.cls[i].priority];
+        return n;
+}
+
+/* A link's state as JSON: upward on link/<name> (class status, coalesced per link, so
+ * the center learns it), and retained on the local broker as
+ * <topic_prefix>/<node>/link/<name>, the same topic the center sees. */
+static void publish_link_status(struct km_daemon *d, struct km_link *l)
+{
+        char json[768], topic[256], since[32];
+        struct km_spool_stats st;
+        time_t t = (time_t)(l->since_ms / 1000);
+        struct tm tm;
+
+        if (l->dir != KM_DIR_UP || d->stopping || !d->node.link_status)
+                return;
+        km_spool_stats(d->spool, &st);
+        gmtime_r(&t, &tm);
+        strftime(since, sizeof(since), "%Y-%m-%dT%H:%M:%SZ", &tm);
+        int n = snprintf(json, sizeof(json),
+                         "{\"link\":\"%s\",\"type\":\"%s\",\"state\":\"%s\",\"reason\":\"%s\",\"since\":\"%s\","
+                         "\"order\":%ld,\"signal\":%d,\"sent\":%llu,\"acked\":%llu,\"inflight\":%u,"
+                         "\"bytes_sent\":%llu,\"transitions\":%llu,\"backlog\":%llu}",
+                         l->name, l->conf.type ? l->conf.type : "", km_link_state_name(l->state), l->reason, since,
+                         l->order, l->signal, (unsigned long long)l->sent, (unsigned long long)l->acked, l->inflight,
+                         (unsigned long long)l->bytes_sent, (unsigned long long)l->transitions,
+                         (unsigned long long)link_backlog(d, l, &st));
+        if (n < 0 || (size_t)n >= sizeof(json))
+                return;
+        snprintf(topic, sizeof(topic), "link/%s", l->name);
+        ingest(d, KM_DIR_UP, topic, "status", json, (size_t)n, false, NULL);
+        snprintf(topic, sizeof(topic), "%s/%s/link/%s", d->topic_prefix ? d->topic_prefix : "kuimen", d->node.name,
+                 l->name);
+        ingest(d, KM_DIR_DOWN, topic, "status", json, (size_t)n, true, NULL);
+}
+
+static void on_link_state(struct km_link *l, void *ud)
+{
+        publish_link_status(ud, l);
+}
+
 void km_daemon_counters(struct km_daemon *d, char *buf, size_t len)
 {
         struct km_spool_stats st;
@@ -164,8 +226,7 @@ void km_daemon_counters(struct km_daemon *d, char *buf, size_t len)
 static void turn(struct km_daemon *d)
 {
         km_mailbox_run(&d->mb);
-        for (size_t i = 0; i < d->nlinks; i++)
-                km_sched_pump(d->links[i], d->spool);
+        km_sched_pump_all(d->links, d->nlinks, d->spool, &d->route);
         if (km_spool_commit(d->spool) < 0)
                 KM_LOG(KM_LOG_ERR, "spool", "commit failed; will retry");
 }
@@ -185,9 +246,22 @@ static int rearm(sd_event_source *s, uint64_t us)
 
 static int on_housekeeping(sd_event_source *s, uint64_t usec, void *ud)
 {
+        struct km_daemon *d = ud;
+        int64_t now = km_mono_ms();
         (void)usec;
+        for (size_t i = 0; i < d->nlinks; i++)
+                km_link_check(d->links[i], now);
         turn(ud);
         return rearm(s, HOUSEKEEPING_US);
+}
+
+static int on_link_status(sd_event_source *s, uint64_t usec, void *ud)
+{
+        struct km_daemon *d = ud;
+        (void)usec;
+        for (size_t i = 0; i < d->nlinks; i++)
+                publish_link_status(d, d->links[i]);
+        return rearm(s, LINK_STATUS_US);
 }
 
 static int on_expire(sd_event_source *s, uint64_t usec, void *ud)
@@ -249,6 +323,11 @@ static int reload(struct km_daemon *d)
         return 0;
 }
 
+int km_daemon_reload(struct km_daemon *d)
+{
+        return reload(d);
+}
+
 static int on_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *ud)
 {
         struct km_daemon *d = ud;
@@ -304,8 +383,10 @@ int km_daemon_init(struct km_daemon *d, struct km_node_conf *n, struct km_conf *
             (rc = sd_event_add_signal(d->ev, NULL, SIGHUP, on_signal, d)) < 0 ||
             (rc = sd_event_add_io(d->ev, NULL, d->mb.fd, EPOLLIN, on_mail, d)) < 0 ||
             (rc = sd_event_add_time_relative(d->ev, NULL, CLOCK_MONOTONIC, HOUSEKEEPING_US, 10000, on_housekeeping, d)) < 0 ||
-            (rc = sd_event_add_time_relative(d->ev, NULL, CLOCK_MONOTONIC, EXPIRE_US, 1000000, on_expire, d)) < 0)
+            (rc = sd_event_add_time_relative(d->ev, NULL, CLOCK_MONOTONIC, EXPIRE_US, 1000000, on_expire, d)) < 0 ||
+            (rc = sd_event_add_time_relative(d->ev, NULL, CLOCK_MONOTONIC, LINK_STATUS_US, 1000000, on_link_status, d)) < 0)
                 return rc;
+        km_spool_set_loop_thread(d->spool);
         /* The watchdog is fed by the loop itself: a hung loop stops the pings. */
         sd_event_set_watchdog(d->ev, true);
         return 0;
@@ -370,4 +451,5 @@ void km_daemon_deinit(struct km_daemon *d)
         pthread_rwlock_destroy(&d->route_lock);
         km_node_conf_release(&d->node);
         free(d->config_path);
+        free(d->topic_prefix);
 }

@@ -25,6 +25,7 @@ struct km_node_conf {
         int64_t stats_interval_ms;
         char *log_level;
         char *plugin_dir;
+        bool link_status;
 };
 
 #define KM_MAX_LINKS 16
@@ -39,6 +40,7 @@ struct km_daemon {
         struct km_route route;
         struct km_link *links[KM_MAX_LINKS];
         size_t nlinks;
+        char *topic_prefix; /* of the first mqtt link: for the local link status topics */
         bool live;        /* print a counters line on stdout every second */
         bool stopping;
         int64_t started_ms;
@@ -92,5 +94,10 @@ int km_daemon_run(struct km_daemon *d);
 
 /* Writes the counters line ("in=... spooled=... forwarded=...") into buf. */
 void km_daemon_counters(struct km_daemon *d, char *buf, size_t len);
+
+/* Loop thread. What SIGHUP does: reloads routes and classes from the config file (a
+ * config with errors is refused and the running routes stay). Returns 0 (also when
+ * running on the embedded default: nothing to reload) or -EINVAL. */
+int km_daemon_reload(struct km_daemon *d);
 
 #endif

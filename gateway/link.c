@@ -3,12 +3,82 @@
 #include "link.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "log.h"
 #include "spool.h"
+
+#define OFF(f) offsetof(struct km_link_conf, f)
+static const struct km_conf_key common_keys[] = {
+        { "type", KM_CONF_STRING, "mqtt", OFF(type), "mqtt (built in) or a plugin's name (<plugin_dir>/<type>.so)", 0, 0, NULL },
+        { "order", KM_CONF_INT, "1", OFF(order), "preference: the lowest healthy link carries what it may", 0, 1000, NULL },
+        { "classes", KM_CONF_LIST, NULL, OFF(classes), "classes it may carry (empty: all)", 0, 0, NULL },
+        { "ack_timeout", KM_CONF_DURATION, "3s", OFF(ack_timeout_ms), "dead when messages are in flight and none is acknowledged this long", 100, 3600000, NULL },
+        { "hold", KM_CONF_DURATION, "2s", OFF(hold_ms), "a link that came back carries traffic only after being up this long", 0, 3600000, NULL },
+        { "budget_bytes", KM_CONF_INT, "0", OFF(budget_bytes), "bytes it may send per budget_interval (0: no limit)", 0, 1e12, NULL },
+        { "budget_messages", KM_CONF_INT, "0", OFF(budget_messages), "messages it may send per budget_interval (0: no limit)", 0, 1e12, NULL },
+        { "budget_interval", KM_CONF_DURATION, "60s", OFF(budget_interval_ms), "the budget's window", 1000, 86400000, NULL },
+        { NULL, 0, NULL, 0, NULL, 0, 0, NULL },
+};
+
+int64_t km_mono_ms(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int km_link_configure(struct km_link *l, struct km_conf *c, const char *section)
+{
+        int bad = km_conf_apply(c, section, common_keys, &l->conf);
+        l->order = l->conf.order;
+        return bad ? -EINVAL : 0;
+}
+
+int km_link_check_common(struct km_conf *c, const char *section)
+{
+        struct km_link_conf lc = { 0 };
+        int bad = km_conf_apply(c, section, common_keys, &lc);
+        km_conf_release(common_keys, &lc);
+        return bad ? -EINVAL : 0;
+}
+
+void km_link_print_help(FILE *out)
+{
+        km_conf_print_help(out, "link NAME (every type)", common_keys);
+}
+
+bool km_link_may_carry(const struct km_link *l, const char *cls)
+{
+        if (!l->conf.classes.n)
+                return true;
+        for (size_t i = 0; i < l->conf.classes.n; i++)
+                if (strcmp(l->conf.classes.v[i], cls) == 0)
+                        return true;
+        return false;
+}
+
+bool km_link_eligible(const struct km_link *l, int64_t now)
+{
+        return l->state == KM_LINK_UP && now - l->up_since_mono >= l->conf.hold_ms;
+}
+
+void km_link_check(struct km_link *l, int64_t now)
+{
+        if (l->state != KM_LINK_UP || !l->inflight || !l->conf.ack_timeout_ms)
+                return;
+        if (now - l->progress_mono < l->conf.ack_timeout_ms)
+                return;
+        char why[96];
+        snprintf(why, sizeof(why), "no acknowledgement for %.1f s", (double)(now - l->progress_mono) / 1000);
+        km_link_set_state(l, KM_LINK_DOWN, why);
+        if (l->ops && l->ops->reset)
+                l->ops->reset(l);
+}
 
 static void reset_window(struct km_link *l)
 {
@@ -36,6 +106,7 @@ int km_link_init(struct km_link *l, const char *name, int dir, uint32_t window)
         }
         l->dir = dir;
         l->window = window;
+        l->signal = -1;
         l->state = KM_LINK_DOWN;
         snprintf(l->reason, sizeof(l->reason), "starting");
         l->since_ms = km_now_ms();
@@ -47,6 +118,7 @@ void km_link_deinit(struct km_link *l)
 {
         if (l->ops && l->ops->destroy)
                 l->ops->destroy(l);
+        km_conf_release(common_keys, &l->conf);
         free(l->name);
         free(l->slots);
         free(l->free);
@@ -69,9 +141,12 @@ void km_link_set_state(struct km_link *l, enum km_link_state st, const char *rea
                 return;
         KM_LOG(st == KM_LINK_UP ? KM_LOG_NOTICE : KM_LOG_WARNING, "link", "%s: %s -> %s (%s)", l->name,
                km_link_state_name(l->state), km_link_state_name(st), reason);
+        if (st == KM_LINK_UP && l->state != KM_LINK_UP)
+                l->up_since_mono = l->progress_mono = km_mono_ms();
         l->state = st;
         snprintf(l->reason, sizeof(l->reason), "%s", reason);
         l->since_ms = km_now_ms();
+        l->transitions++;
         if (l->on_state)
                 l->on_state(l, l->on_state_ud);
 }
@@ -82,7 +157,9 @@ int64_t km_link_take_slot(struct km_link *l, uint64_t id)
                 return -EAGAIN;
         uint32_t s = l->free[--l->nfree];
         l->slots[s] = (struct km_link_slot){ .id = id, .gen = l->gen, .used = true };
-        l->inflight++;
+        /* The ack clock starts when the window stops being empty. */
+        if (!l->inflight++)
+                l->progress_mono = km_mono_ms();
         return (int64_t)(s | (uint32_t)l->gen << 16);
 }
 
@@ -112,6 +189,7 @@ uint64_t km_link_acked(struct km_link *l, uint32_t cookie)
         uint64_t id = s->id;
         km_link_put_slot(l, cookie);
         l->acked++;
+        l->progress_mono = km_mono_ms();
         return id;
 }
 

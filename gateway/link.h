@@ -6,11 +6,23 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "config.h"
 #include "msg.h"
 
 enum km_link_state { KM_LINK_DOWN, KM_LINK_DEGRADED, KM_LINK_UP };
 
 struct km_link;
+
+/* Keys every [link NAME] has, whatever its type (the type's own keys come beside). */
+struct km_link_conf {
+        char *type;
+        long order;
+        struct km_strv classes;
+        int64_t ack_timeout_ms;
+        int64_t hold_ms;
+        long budget_bytes, budget_messages;
+        int64_t budget_interval_ms;
+};
 
 struct km_link_ops {
         /* Hands one message to the transport. cookie must come back through
@@ -20,6 +32,9 @@ struct km_link_ops {
         int (*send)(struct km_link *l, const struct km_msg *m, uint32_t cookie);
         /* Frees the transport behind l->impl. */
         void (*destroy)(struct km_link *l);
+        /* The host declared the link dead (no acknowledgements): drop the transport's
+         * connection and start a fresh one. May be NULL. */
+        void (*reset)(struct km_link *l);
 };
 
 struct km_link_slot {
@@ -32,6 +47,7 @@ struct km_link {
         char *name;
         int dir; /* enum km_dir it carries */
         long order;
+        struct km_link_conf conf;
         const struct km_link_ops *ops;
         void *impl;
         enum km_link_state state;
@@ -52,6 +68,13 @@ struct km_link {
         uint64_t cursor[KM_PRIO_COUNT];
 
         uint64_t sent, acked, failed;
+        uint64_t bytes_sent;
+        int signal;            /* 0..100 from the driver, -1 unknown */
+        int64_t up_since_mono; /* CLOCK_MONOTONIC ms it last became UP */
+        int64_t progress_mono; /* last ack, or when the window last went from empty */
+        uint64_t transitions;
+        int64_t budget_start; /* CLOCK_MONOTONIC ms the budget window began */
+        uint64_t budget_bytes_used, budget_msgs_used;
         /* Called on the loop thread after each state change. */
         void (*on_state)(struct km_link *l, void *ud);
         void *on_state_ud;
@@ -59,6 +82,25 @@ struct km_link {
 
 /* Prepares l (embedded) for a transport; window is the in-flight limit (1..65535). */
 int km_link_init(struct km_link *l, const char *name, int dir, uint32_t window);
+
+/* Reads the common keys of section into l->conf (errors land in c). */
+int km_link_configure(struct km_link *l, struct km_conf *c, const char *section);
+int km_link_check_common(struct km_conf *c, const char *section);
+void km_link_print_help(FILE *out);
+
+/* Loop thread, from the housekeeping timer. Declares an UP link dead when messages
+ * are in flight and none was acknowledged for ack_timeout: a silent cut (no FIN, no
+ * RST) is seen in seconds, not after 1.5 keepalives. */
+void km_link_check(struct km_link *l, int64_t now_mono);
+
+/* Whether the scheduler may use l now: UP, and UP for at least hold (so a flapping
+ * link does not pull traffic back and forth). */
+bool km_link_eligible(const struct km_link *l, int64_t now_mono);
+
+/* Whether l may carry class cls (its classes list is empty, or names it). */
+bool km_link_may_carry(const struct km_link *l, const char *cls);
+
+int64_t km_mono_ms(void);
 void km_link_deinit(struct km_link *l);
 
 /* Loop thread. Sets the state and why; leaving UP forgets the window (the spool still

@@ -30,7 +30,7 @@ static const struct {
         { "alert", "alert/#", "7d", "none", 0, false },
         { "command", "cmd/#", "1d", "none", 1, false },
         { "position", "pos/#, gnss", "1d", "topic", 2, true },
-        { "status", "status/#", "1d", "topic", 3, true },
+        { "status", "status/#, link/#", "1d", "topic", 3, true },
         { "telemetry", "sensors/#", "1d", "none", 4, true },
         { "bulk", "#", "1d", "none", 5, true },
 };

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* Scheduler: per link, next messages by class priority then age, within its window. */
+/* Scheduler: which link carries which priority, and the order messages leave in. */
 #include "sched.h"
 
 #include <errno.h>
@@ -9,16 +9,56 @@
 
 #define BATCH 64 /* messages of one priority before higher ones are looked at again */
 
-int km_sched_pump(struct km_link *l, struct km_spool *sp)
+size_t km_sched_cost(const struct km_msg *m)
 {
-        uint8_t prios[KM_PRIO_COUNT];
+        return strlen(m->topic) + m->len;
+}
+
+/* Whether l may carry some class of priority prio (any, when no class has it: a
+ * message spooled under an older config). */
+static bool carries_prio(const struct km_link *l, const struct km_route *route, int prio)
+{
+        bool known = false;
+        for (size_t i = 0; i < route->n; i++) {
+                if (route->cls[i].priority != prio)
+                        continue;
+                known = true;
+                if (km_link_may_carry(l, route->cls[i].name))
+                        return true;
+        }
+        return !known;
+}
+
+/* The budget window rolls over whole: what was spent in the last window counts. */
+static bool budget_allows(struct km_link *l, size_t cost, int64_t now)
+{
+        struct km_link_conf *c = &l->conf;
+        if (!c->budget_bytes && !c->budget_messages)
+                return true;
+        if (now - l->budget_start >= c->budget_interval_ms) {
+                l->budget_start = now;
+                l->budget_bytes_used = 0;
+                l->budget_msgs_used = 0;
+        }
+        if (c->budget_messages && l->budget_msgs_used + 1 > (uint64_t)c->budget_messages)
+                return false;
+        if (c->budget_bytes && l->budget_bytes_used + cost > (uint64_t)c->budget_bytes)
+                return false;
+        return true;
+}
+
+/* Fills l's window from the priorities it is responsible for (mask). */
+static int pump_link(struct km_link *l, struct km_spool *sp, const bool *mine, const uint8_t *prios, int np,
+                     int64_t now)
+{
         int sent = 0;
 
         while (l->state == KM_LINK_UP && l->nfree) {
-                int np = km_spool_prios(sp, l->dir, prios);
-                int batch = 0;
+                int batch = 0, looked = 0;
                 for (int i = 0; i < np && !batch; i++) {
                         int prio = prios[i];
+                        if (!mine[prio])
+                                continue;
                         struct km_msg m;
                         while (batch < BATCH && l->nfree && l->state == KM_LINK_UP) {
                                 int rc = km_spool_next(sp, l->dir, prio, l->cursor[prio], &m);
@@ -26,23 +66,77 @@ int km_sched_pump(struct km_link *l, struct km_spool *sp)
                                         return rc;
                                 if (rc == 0)
                                         break;
+                                looked++;
+                                if (!km_link_may_carry(l, m.cls)) {
+                                        l->cursor[prio] = m.id; /* another link's, or the fast link's later */
+                                        continue;
+                                }
+                                size_t cost = km_sched_cost(&m);
+                                if (!budget_allows(l, cost, now))
+                                        return sent;
                                 int64_t cookie = km_link_take_slot(l, m.id);
                                 rc = l->ops->send(l, &m, (uint32_t)cookie);
                                 if (rc < 0) {
                                         km_link_put_slot(l, (uint32_t)cookie);
-                                        if (rc == -EAGAIN)
-                                                return sent;
-                                        km_link_set_state(l, KM_LINK_DOWN, "send refused by the transport");
+                                        if (rc != -EAGAIN)
+                                                km_link_set_state(l, KM_LINK_DOWN, "send refused by the transport");
                                         return sent;
                                 }
                                 l->cursor[prio] = m.id;
                                 l->sent++;
+                                l->bytes_sent += cost;
+                                l->budget_bytes_used += cost;
+                                l->budget_msgs_used++;
                                 sent++;
                                 batch++;
                         }
                 }
-                if (!batch)
+                if (!batch && !looked)
                         break;
+                if (!batch)
+                        continue; /* only skipped messages: look again past them */
         }
         return sent;
+}
+
+int km_sched_pump_all(struct km_link *const *links, size_t n, struct km_spool *sp, const struct km_route *route)
+{
+        uint8_t prios[KM_PRIO_COUNT];
+        int64_t now = km_mono_ms();
+        int total = 0;
+
+        for (int dir = 0; dir < KM_DIR_COUNT; dir++) {
+                int np = km_spool_prios(sp, dir, prios);
+                if (!np)
+                        continue;
+                /* responsible[prio] = index of the link that pulls it, or -1 */
+                int responsible[KM_PRIO_COUNT];
+                for (int i = 0; i < np; i++) {
+                        int prio = prios[i], best = -1;
+                        for (size_t k = 0; k < n; k++) {
+                                const struct km_link *l = links[k];
+                                if (l->dir != dir || !km_link_eligible(l, now) || !carries_prio(l, route, prio))
+                                        continue;
+                                if (best < 0 || l->order < links[best]->order)
+                                        best = (int)k;
+                        }
+                        responsible[prio] = best;
+                }
+                for (size_t k = 0; k < n; k++) {
+                        if (links[k]->dir != dir || links[k]->state != KM_LINK_UP)
+                                continue;
+                        bool mine[KM_PRIO_COUNT] = { false };
+                        bool any = false;
+                        for (int i = 0; i < np; i++)
+                                if (responsible[prios[i]] == (int)k)
+                                        mine[prios[i]] = any = true;
+                        if (!any)
+                                continue;
+                        int rc = pump_link(links[k], sp, mine, prios, np, now);
+                        if (rc < 0)
+                                return rc;
+                        total += rc;
+                }
+        }
+        return total;
 }

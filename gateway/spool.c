@@ -133,7 +133,15 @@ struct km_spool {
         size_t curcap;
         pthread_t sync_thread;
         bool sync_thread_started;
+        pthread_t loop_thread;
+        bool has_loop_thread;
 };
+
+void km_spool_set_loop_thread(struct km_spool *sp)
+{
+        sp->loop_thread = pthread_self();
+        sp->has_loop_thread = true;
+}
 
 int64_t km_now_ms(void)
 {
@@ -378,7 +386,8 @@ int km_spool_push(struct km_spool *sp, struct km_msg *m)
         pthread_mutex_lock(&sp->mu);
         /* Back-pressure: when the loop cannot keep up, the MQTT client thread waits here
          * and TCP flow control holds the broker back; nothing is dropped. */
-        while (sp->npend >= PEND_HARD_CAP && !sp->stopping) {
+        bool is_loop = sp->has_loop_thread && pthread_equal(pthread_self(), sp->loop_thread);
+        while (sp->npend >= PEND_HARD_CAP && !sp->stopping && !is_loop) {
                 if (!sp->wake_armed) {
                         sp->wake_armed = true;
                         pthread_mutex_unlock(&sp->mu);
@@ -1280,4 +1289,86 @@ void km_spool_close(struct km_spool *sp)
         pthread_mutex_destroy(&sp->mu);
         pthread_cond_destroy(&sp->cond);
         free(sp);
+}
+
+/* ---- peek (operators) ------------------------------------------------------------ */
+
+static void peek_fill(struct km_spool_peek *o, uint64_t id, int64_t created, int64_t expires, int dir, int prio,
+                      size_t len, const char *cls, const char *topic)
+{
+        o->id = id;
+        o->created_ms = created;
+        o->expires_ms = expires;
+        o->dir = (uint8_t)dir;
+        o->prio = (uint8_t)prio;
+        o->len = (uint32_t)len;
+        snprintf(o->cls, sizeof(o->cls), "%s", cls ? cls : "");
+        snprintf(o->topic, sizeof(o->topic), "%s", topic ? topic : "");
+}
+
+/* The SQLite part of the head. Expired rows are skipped rather than deleted, so that
+ * looking changes nothing; the expiry sweep removes them. */
+static int peek_db(struct km_spool *sp, int dir, int prio, int64_t now, struct km_spool_peek *out, int max)
+{
+        sqlite3_stmt *s;
+        int n = 0, rc = SQLITE_DONE;
+
+        if (!sp->depth_db[dir][prio] || max <= 0)
+                return 0;
+        if (sqlite3_prepare_v2(sp->db,
+                               "SELECT id,created,expires,cls,topic,length(payload) FROM msg"
+                               " WHERE dir=? AND prio=? AND (expires=0 OR expires>?) ORDER BY id LIMIT ?",
+                               -1, &s, NULL) != SQLITE_OK)
+                return sql_fail(sp, "peek");
+        sqlite3_bind_int(s, 1, dir);
+        sqlite3_bind_int(s, 2, prio);
+        sqlite3_bind_int64(s, 3, now);
+        sqlite3_bind_int(s, 4, max);
+        while (n < max && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+                peek_fill(&out[n++], (uint64_t)sqlite3_column_int64(s, 0), sqlite3_column_int64(s, 1),
+                          sqlite3_column_int64(s, 2), dir, prio, (size_t)sqlite3_column_int64(s, 5),
+                          (const char *)sqlite3_column_text(s, 3), (const char *)sqlite3_column_text(s, 4));
+        }
+        sqlite3_finalize(s);
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+                return sql_fail(sp, "peek");
+        return n;
+}
+
+/* The pending (not yet in SQLite) part of the head; ids are increasing in sp->pend. */
+static int peek_pend(struct km_spool *sp, int dir, int prio, int64_t now, struct km_spool_peek *out, int max)
+{
+        int n = 0;
+
+        pthread_mutex_lock(&sp->mu);
+        for (size_t i = 0; i < sp->npend && n < max && sp->depth_pend[dir][prio]; i++) {
+                const struct pend *p = &sp->pend[i];
+                if (p->gone || p->dir != dir || p->prio != prio || (p->expires && p->expires <= now))
+                        continue;
+                peek_fill(&out[n++], p->id, p->created, p->expires, dir, prio, p->len, p->cls, p->topic);
+        }
+        pthread_mutex_unlock(&sp->mu);
+        return n;
+}
+
+int km_spool_peek(struct km_spool *sp, int dir, int prio, struct km_spool_peek *out, int max)
+{
+        int64_t now = km_now_ms();
+        struct km_spool_peek *tmp;
+        int a, b, i = 0, j = 0, n = 0;
+
+        if (dir < 0 || dir >= KM_DIR_COUNT || prio < 0 || prio >= KM_PRIO_COUNT || max <= 0)
+                return max == 0 ? 0 : -EINVAL;
+        if (!(tmp = calloc(2 * (size_t)max, sizeof(*tmp))))
+                return -ENOMEM;
+        if ((a = peek_db(sp, dir, prio, now, tmp, max)) < 0) {
+                free(tmp);
+                return a;
+        }
+        b = peek_pend(sp, dir, prio, now, tmp + max, max);
+        /* Both runs are in id order; the head is the smallest ids of the two. */
+        while (n < max && (i < a || j < b))
+                out[n++] = j >= b || (i < a && tmp[i].id < tmp[max + j].id) ? tmp[i++] : tmp[max + j++];
+        free(tmp);
+        return n;
 }

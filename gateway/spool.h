@@ -37,6 +37,10 @@ struct km_spool_stats {
  * not yet in SQLite are replayed. On success *out owns the spool. */
 int km_spool_open(struct km_spool **out, const struct km_spool_opts *o);
 
+/* Names the loop thread: a push from it never waits for the loop (it would wait for
+ * itself). */
+void km_spool_set_loop_thread(struct km_spool *sp);
+
 /* Flushes, syncs and closes; NULL is a no-op. */
 void km_spool_close(struct km_spool *sp);
 
@@ -77,5 +81,22 @@ void km_spool_stats(struct km_spool *sp, struct km_spool_stats *st);
 
 /* Unix time in ms (CLOCK_REALTIME). */
 int64_t km_now_ms(void);
+
+/* What km_spool_peek shows of one queued message (no payload; the topic is cut to fit). */
+struct km_spool_peek {
+        uint64_t id;
+        int64_t created_ms, expires_ms; /* unix ms; expires 0 = never */
+        uint8_t dir, prio;
+        uint32_t len;    /* payload bytes */
+        char cls[64];
+        char topic[256]; /* truncated when longer */
+};
+
+/* Loop thread; read-only. Copies the head of the queue of dir and prio: up to max
+ * messages, oldest first, in the order km_spool_next hands them out (those a link has
+ * in flight included, expired ones left out). For operators (kuimenctl spool), not for
+ * the send path: it prepares its statement on each call. Returns how many, or a
+ * negative errno. */
+int km_spool_peek(struct km_spool *sp, int dir, int prio, struct km_spool_peek *out, int max);
 
 #endif

@@ -30,6 +30,18 @@ static void start_kuimen(struct env *e)
         e->restarts++;
 }
 
+/* The center subscriber's persistent session takes the data topics (not the link
+ * status topics, which a test asserts on its own). */
+static void subscribe_data(struct h_sub *s)
+{
+        static const char *const more[] = { "kuimen/north/alert/#", "kuimen/north/pos/#", "kuimen/north/cmd/#" };
+        for (size_t i = 0; i < sizeof(more) / sizeof(more[0]); i++) {
+                MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+                cr_assert_eq(MQTTAsync_subscribe(s->c, more[i], 1, &ro), 0);
+        }
+        h_sleep_ms(200);
+}
+
 /* Brokers, kuimen (config with extra lines), the center subscriber and a publisher. */
 static void up(struct env *e, const char *tag, const char *extra, bool center_up)
 {
@@ -39,11 +51,16 @@ static void up(struct env *e, const char *tag, const char *extra, bool center_up
         snprintf(e->klog, sizeof(e->klog), "%s/kuimen.log", e->dir);
         h_broker_start(&e->local, e->dir, 0, NULL);
         int cport = h_free_port();
-        h_write_conf(e->conf, "north", e->dir, e->local.port, cport, extra);
+        /* The data tests count every message: link status messages are the subject
+         * of their own test. */
+        char all[1024];
+        snprintf(all, sizeof(all), "%s%s", strstr(tag, "linkst") ? "" : "[node]\nlink_status = no\n", extra ? extra : "");
+        h_write_conf(e->conf, "north", e->dir, e->local.port, cport, all);
         /* The center subscriber's session exists before any outage, as at a real
          * center: a broker that comes back restores it from its persistence file. */
         h_broker_start(&e->center, e->dir, cport, NULL);
-        h_sub_start(&e->sub, cport, "center-sub", "kuimen/#", true);
+        h_sub_start(&e->sub, cport, "center-sub", "kuimen/north/sensors/#", true);
+        subscribe_data(&e->sub);
         if (!center_up)
                 h_stop(&e->center.p, SIGTERM);
         start_kuimen(e);
@@ -417,6 +434,31 @@ Test(bridge, bad_positions_counted_good_ones_flow)
                 cr_assert(strstr(e.sub.rx[i].payload, "\"lat\":31.") != NULL, "only good fixes: %s", e.sub.rx[i].payload);
         down(&e);
         cr_assert_eq(final_counter(&e, "bad_input"), (long)nbad + 1);
+}
+
+/* Each transition of a link goes upward on <prefix>/<node>/link/<name> with its reason,
+ * and is retained on the local broker under the same topic. */
+Test(bridge, link_status_topics)
+{
+        struct env e;
+        struct h_sub st, local;
+        up(&e, "linkst", NULL, true);
+        h_sub_start(&st, e.center.port, "status-sub", "kuimen/north/link/#", false);
+        h_stop(&e.center.p, SIGTERM);
+        h_sleep_ms(500);
+        h_broker_restart(&e.center);
+        h_sub_stop(&st);
+        /* The session of status-sub ended with it: the center broker's retained copy is
+         * the one to read (kuimen publishes upward without retain; the local copy is
+         * retained). */
+        h_sub_start(&local, e.local.port, "local-status", "kuimen/north/link/#", false);
+        cr_assert_geq(h_sub_wait(&local, 1, 10000), 1, "a retained link status on the local broker");
+        cr_assert_str_eq(local.rx[0].topic, "kuimen/north/link/center");
+        cr_assert(strncmp(local.rx[0].payload, "{\"link\":\"center\",\"type\":\"mqtt\",\"state\":\"", 40) == 0,
+                  "%s", local.rx[0].payload);
+        h_sub_stop(&local);
+        down(&e);
+        /* kuimen logged both transitions with their reasons */
 }
 
 Test(bridge, damaged_spool_is_moved_aside)
