@@ -64,6 +64,7 @@ struct client {
         sd_event_source *retry;
         unsigned backoff_s;
         bool connected;
+        int64_t ssl_logged_ms;
 };
 
 struct bridge {
@@ -282,8 +283,11 @@ static int send_msg(struct km_link *l, const struct km_msg *m, uint32_t cookie)
         char idbuf[24];
         int rc;
 
+        /* A relayed message keeps the node and id it was born with. */
+        const char *origin = m->origin ? m->origin : b->d->node.name;
+        uint64_t oid = m->oid ? m->oid : m->id;
         if (!b->local) {
-                size_t need = strlen(b->conf.topic_prefix) + strlen(b->d->node.name) + strlen(m->topic) + 3;
+                size_t need = strlen(b->conf.topic_prefix) + strlen(origin) + strlen(m->topic) + 3;
                 if (need > b->topic_cap) {
                         char *t = realloc(b->topic_buf, need);
                         if (!t)
@@ -291,16 +295,18 @@ static int send_msg(struct km_link *l, const struct km_msg *m, uint32_t cookie)
                         b->topic_buf = t;
                         b->topic_cap = need;
                 }
-                snprintf(b->topic_buf, need, "%s/%s/%s", b->conf.topic_prefix, b->d->node.name, m->topic);
+                snprintf(b->topic_buf, need, "%s/%s/%s", b->conf.topic_prefix, origin, m->topic);
                 topic = b->topic_buf;
+        }
+        if (!b->local || m->origin) {
                 /* Subscribers drop duplicates by (origin, id): at-least-once means a
                  * message may arrive twice after a reconnect. */
-                snprintf(idbuf, sizeof(idbuf), "%llu", (unsigned long long)m->id);
+                snprintf(idbuf, sizeof(idbuf), "%llu", (unsigned long long)oid);
                 MQTTProperty p = { .identifier = MQTTPROPERTY_CODE_USER_PROPERTY };
                 p.value.data.data = "kuimen-origin";
                 p.value.data.len = 13;
-                p.value.value.data = b->d->node.name;
-                p.value.value.len = (int)strlen(b->d->node.name);
+                p.value.value.data = (char *)origin;
+                p.value.value.len = (int)strlen(origin);
                 MQTTProperties_add(&pm.properties, &p);
                 p.value.data.data = "kuimen-id";
                 p.value.data.len = 9;
@@ -334,6 +340,19 @@ static int send_msg(struct km_link *l, const struct km_msg *m, uint32_t cookie)
 
 /* ---- setup ----------------------------------------------------------------------- */
 
+/* OpenSSL's own reason (unknown CA, wrong name) instead of Paho's "connect failure";
+ * a peer retried every few seconds must not flood the log: once a minute. */
+static int on_ssl_error(const char *str, size_t len, void *u)
+{
+        struct client *c = u;
+        int64_t now = km_now_ms();
+        if (now - c->ssl_logged_ms >= 60000) {
+                c->ssl_logged_ms = now;
+                KM_LOG(KM_LOG_WARNING, "mqtt", "%s: TLS: %.*s", c->role, (int)len, str);
+        }
+        return 0;
+}
+
 static int connect_client(struct client *c)
 {
         struct bridge *b = c->b;
@@ -366,6 +385,8 @@ static int connect_client(struct client *c)
                 ssl.privateKey = b->conf.key;
                 ssl.enableServerCertAuth = 1;
                 ssl.verify = b->conf.verify_hostname;
+                ssl.ssl_error_cb = on_ssl_error;
+                ssl.ssl_error_context = c;
                 co.ssl = &ssl;
         }
         rc = MQTTAsync_connect(c->cli, &co);
@@ -571,7 +592,9 @@ int km_mqtt_local_start(struct km_daemon *d, struct km_conf *c)
         free(id);
         if (rc < 0)
                 return rc;
-        b->pub.filters = b->conf.subscribe;
+        /* A center takes nothing from its broker: what it relays comes from narrow links. */
+        if (strcmp(d->node.role, "center") != 0)
+                b->pub.filters = b->conf.subscribe;
         return connect_client(&b->pub);
 }
 

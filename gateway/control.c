@@ -1,20 +1,806 @@
 /* SPDX-License-Identifier: MIT */
-/* Control socket: placeholder until the kuimenctl work lands. */
+/* Control socket: a unix socket in the loop that answers kuimenctl's one-line requests in JSON. */
 #include "control.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "daemon.h"
+#include "log.h"
+
+#define MAX_CONN 8                     /* per server; more are closed at once */
+#define CONN_TIMEOUT_US 5000000ULL     /* a connection lives at most this long */
+#define ACCEPT_RETRY_US 1000000ULL     /* after accept fails for want of fds */
+#define CONTROL_MAX_REQUEST 256
+#define HEAD_PEEK 10                   /* messages "spool" shows of the queue head */
+#define SOCKET_NAME "kuimen.sock"
+
+/* ---- config ---------------------------------------------------------------------- */
+
+struct control_conf {
+        char *socket;
+};
+
+#define OFF(f) offsetof(struct control_conf, f)
+static const struct km_conf_key control_keys[] = {
+        { "socket", KM_CONF_STRING, NULL, OFF(socket),
+          "unix socket kuimenctl talks to (default $RUNTIME_DIRECTORY/kuimen.sock, else kuimen.sock beside the spool)",
+          0, 0, NULL },
+        { NULL, 0, NULL, 0, NULL, 0, 0, NULL },
+};
 
 int km_control_check(struct km_conf *c)
 {
-        (void)c;
-        return 0;
-}
+        struct control_conf cc = { 0 };
+        int bad = km_conf_apply(c, "control", control_keys, &cc);
 
-int km_control_start(struct km_daemon *d, struct km_conf *c)
-{
-        (void)d, (void)c;
-        return 0;
+        if (cc.socket && (!*cc.socket || strlen(cc.socket) >= sizeof(((struct sockaddr_un *)0)->sun_path))) {
+                km_conf_error(c, "control", "socket", "'%s' must be a path of 1 to %zu bytes", cc.socket,
+                              sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
+                bad++;
+        }
+        km_conf_release(control_keys, &cc);
+        return bad ? -EINVAL : 0;
 }
 
 void km_control_print_help(FILE *out)
 {
-        (void)out;
+        km_conf_print_help(out, "control", control_keys);
+}
+
+/* The configured path, else $RUNTIME_DIRECTORY (systemd's RuntimeDirectory=, which may
+ * list several), else the spool's directory: a place kuimen can always write. */
+static char *socket_path(const struct control_conf *cc, const char *spool)
+{
+        const char *rd = getenv("RUNTIME_DIRECTORY");
+        const char *slash = strrchr(spool, '/');
+        char *p = NULL;
+        int rc;
+
+        if (cc->socket)
+                return strdup(cc->socket);
+        if (rd && *rd)
+                rc = asprintf(&p, "%.*s/" SOCKET_NAME, (int)strcspn(rd, ":"), rd);
+        else if (slash)
+                rc = asprintf(&p, "%.*s/" SOCKET_NAME, (int)(slash - spool), spool);
+        else
+                rc = asprintf(&p, SOCKET_NAME);
+        return rc < 0 ? NULL : p;
+}
+
+/* ---- reply buffer ---------------------------------------------------------------- */
+
+static void buf_add(struct km_control_buf *b, const char *s, size_t n)
+{
+        if (b->failed)
+                return;
+        if (b->len + n + 1 > b->cap) {
+                size_t cap = b->cap ? b->cap : 1024;
+                while (cap < b->len + n + 1)
+                        cap *= 2;
+                char *p = realloc(b->p, cap);
+                if (!p) {
+                        b->failed = true;
+                        return;
+                }
+                b->p = p, b->cap = cap;
+        }
+        memcpy(b->p + b->len, s, n);
+        b->len += n;
+        b->p[b->len] = '\0';
+}
+
+void km_control_printf(struct km_control_buf *b, const char *fmt, ...)
+{
+        char small[256], *big = NULL;
+        va_list ap;
+        int n;
+
+        va_start(ap, fmt);
+        n = vsnprintf(small, sizeof(small), fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+                b->failed = true;
+                return;
+        }
+        if ((size_t)n < sizeof(small)) {
+                buf_add(b, small, (size_t)n);
+                return;
+        }
+        va_start(ap, fmt);
+        n = vasprintf(&big, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+                b->failed = true;
+                return;
+        }
+        buf_add(b, big, (size_t)n);
+        free(big);
+}
+
+void km_control_buf_free(struct km_control_buf *b)
+{
+        free(b->p);
+        memset(b, 0, sizeof(*b));
+}
+
+/* ---- one request, one reply ------------------------------------------------------ */
+
+struct conn;
+
+struct server {
+        struct km_daemon *d;
+        const struct km_control_proto *proto;
+        int fd;
+        char *path;            /* unlinked on stop */
+        sd_event_source *src;  /* floating: the loop owns it and frees the server with it */
+        sd_event_source *retry;
+        struct conn *conns;
+        unsigned nconn;
+        bool stopped;
+};
+
+struct conn {
+        struct conn *next;
+        struct server *srv;
+        int fd;
+        sd_event_source *io, *timer;
+        char *req; /* max_request + 2: one byte past the limit tells "too long", one NUL */
+        size_t len;
+        struct km_control_buf out;
+        size_t sent;
+        bool writing, lingering;
+};
+
+static void conn_close(struct conn *c)
+{
+        struct conn **pp = &c->srv->conns;
+        while (*pp && *pp != c)
+                pp = &(*pp)->next;
+        if (*pp)
+                *pp = c->next;
+        c->srv->nconn--;
+        sd_event_source_disable_unref(c->io);
+        sd_event_source_disable_unref(c->timer);
+        close(c->fd);
+        free(c->req);
+        km_control_buf_free(&c->out);
+        free(c);
+}
+
+/* After the reply: reads and discards until the peer closes. Closing with unread
+ * request bytes would reset the connection, and a reset can discard the reply before
+ * the client has read it. Returns 1 to wait, 0 when done, or negative errno. */
+static int conn_linger(struct conn *c)
+{
+        char scratch[512];
+        for (;;) {
+                ssize_t n = recv(c->fd, scratch, sizeof(scratch), 0);
+                if (n > 0)
+                        continue;
+                if (n == 0)
+                        return 0;
+                if (errno == EINTR)
+                        continue;
+                return errno == EAGAIN ? 1 : -errno;
+        }
+}
+
+static int conn_write(struct conn *c)
+{
+        while (c->sent < c->out.len) {
+                ssize_t n = send(c->fd, c->out.p + c->sent, c->out.len - c->sent, MSG_NOSIGNAL);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0)
+                        return errno == EAGAIN ? 1 : -errno;
+                c->sent += (size_t)n;
+        }
+        shutdown(c->fd, SHUT_WR);
+        c->lingering = true;
+        sd_event_source_set_io_events(c->io, EPOLLIN);
+        return conn_linger(c);
+}
+
+static int conn_read(struct conn *c)
+{
+        const struct km_control_proto *p = c->srv->proto;
+        bool eof = false;
+
+        while (c->len <= p->max_request && !eof) {
+                ssize_t n = recv(c->fd, c->req + c->len, p->max_request + 1 - c->len, 0);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0)
+                        return errno == EAGAIN ? 1 : -errno;
+                eof = n == 0;
+                c->len += (size_t)n;
+                c->req[c->len] = '\0';
+                if (p->complete(c->req, c->len))
+                        break;
+        }
+        if (eof && !c->len)
+                return 0;
+        bool too_long = c->len > p->max_request;
+        p->answer(c->srv->d, c->req, too_long ? p->max_request : c->len, too_long, &c->out);
+        if (c->out.failed)
+                return -ENOMEM;
+        c->writing = true;
+        sd_event_source_set_io_events(c->io, EPOLLOUT);
+        return conn_write(c);
+}
+
+static int on_conn_io(sd_event_source *s, int fd, uint32_t revents, void *ud)
+{
+        struct conn *c = ud;
+        int rc;
+        (void)s, (void)fd, (void)revents;
+
+        rc = c->lingering ? conn_linger(c) : c->writing ? conn_write(c) : conn_read(c);
+        if (rc <= 0)
+                conn_close(c);
+        return 0;
+}
+
+static int on_conn_timeout(sd_event_source *s, uint64_t usec, void *ud)
+{
+        (void)s, (void)usec;
+        conn_close(ud);
+        return 0;
+}
+
+/* Takes ownership of fd in every case. */
+static void conn_open(struct server *srv, int fd)
+{
+        struct conn *c = calloc(1, sizeof(*c));
+
+        if (!c) {
+                close(fd);
+                return;
+        }
+        c->srv = srv;
+        c->fd = fd;
+        c->next = srv->conns;
+        srv->conns = c;
+        srv->nconn++;
+        c->req = malloc(srv->proto->max_request + 2);
+        if (!c->req || sd_event_add_io(srv->d->ev, &c->io, fd, EPOLLIN, on_conn_io, c) < 0 ||
+            sd_event_add_time_relative(srv->d->ev, &c->timer, CLOCK_MONOTONIC, CONN_TIMEOUT_US, 100000,
+                                       on_conn_timeout, c) < 0)
+                conn_close(c);
+}
+
+static int on_accept_retry(sd_event_source *s, uint64_t usec, void *ud)
+{
+        struct server *srv = ud;
+        (void)s, (void)usec;
+        if (!srv->stopped)
+                sd_event_source_set_enabled(srv->src, SD_EVENT_ON);
+        return 0;
+}
+
+/* Out of file descriptors, accept fails while the peer stays queued, and a level-
+ * triggered listener would spin: pause it for a second instead. */
+static void accept_pause(struct server *srv, int err)
+{
+        static unsigned logged;
+        if (logged++ % 100 == 0)
+                KM_LOG(KM_LOG_ERR, srv->proto->tag, "accept: %s; pausing for a second", strerror(err));
+        sd_event_source_set_enabled(srv->src, SD_EVENT_OFF);
+        if (!srv->retry) {
+                if (sd_event_add_time_relative(srv->d->ev, &srv->retry, CLOCK_MONOTONIC, ACCEPT_RETRY_US, 100000,
+                                               on_accept_retry, srv) < 0)
+                        sd_event_source_set_enabled(srv->src, SD_EVENT_ON);
+                return;
+        }
+        sd_event_source_set_time_relative(srv->retry, ACCEPT_RETRY_US);
+        sd_event_source_set_enabled(srv->retry, SD_EVENT_ONESHOT);
+}
+
+/* At the limit, the oldest connection waiting for its request (or, answered, for the
+ * peer's close) makes room: a client that connects and says nothing (on the metrics
+ * port, anyone who can reach it) must not lock the scraper or the operator out for the
+ * connection timeout. Returns whether one went. */
+static bool evict_idle(struct server *srv)
+{
+        struct conn *oldest = NULL;
+        for (struct conn *c = srv->conns; c; c = c->next) /* newest first */
+                if (!c->writing || c->lingering)
+                        oldest = c;
+        if (oldest)
+                conn_close(oldest);
+        return oldest != NULL;
+}
+
+static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *ud)
+{
+        struct server *srv = ud;
+        (void)s, (void)revents;
+
+        for (int i = 0; i < MAX_CONN; i++) {
+                int cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+                if (cfd < 0) {
+                        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+                                accept_pause(srv, errno);
+                        return 0;
+                }
+                if (srv->nconn >= MAX_CONN && !evict_idle(srv))
+                        close(cfd);
+                else
+                        conn_open(srv, cfd);
+        }
+        return 0;
+}
+
+/* On stop (before the drain): nobody serves the socket any more, so it goes away and
+ * kuimenctl says "not running" at once instead of waiting for a reply. */
+static void server_stop(void *ud)
+{
+        struct server *srv = ud;
+
+        srv->stopped = true;
+        while (srv->conns)
+                conn_close(srv->conns);
+        srv->retry = sd_event_source_disable_unref(srv->retry);
+        if (srv->src)
+                sd_event_source_set_enabled(srv->src, SD_EVENT_OFF);
+        if (srv->path)
+                unlink(srv->path);
+        free(srv->path);
+        srv->path = NULL;
+}
+
+static void server_destroy(void *ud)
+{
+        struct server *srv = ud;
+
+        srv->src = NULL; /* being freed: the loop calls this from inside its free */
+        server_stop(srv);
+        if (srv->fd >= 0)
+                close(srv->fd);
+        free(srv);
+}
+
+int km_control_serve(struct km_daemon *d, int fd, const struct km_control_proto *proto, const char *path)
+{
+        struct server *srv = calloc(1, sizeof(*srv));
+        int rc;
+
+        if (!srv || (path && !(srv->path = strdup(path)))) {
+                free(srv);
+                return -ENOMEM;
+        }
+        srv->d = d;
+        srv->proto = proto;
+        srv->fd = -1;
+        if ((rc = sd_event_add_io(d->ev, &srv->src, fd, EPOLLIN, on_accept, srv)) < 0) {
+                free(srv->path);
+                free(srv);
+                return rc;
+        }
+        srv->fd = fd;
+        /* From here the loop owns the source and, through its destroy callback, the
+         * server: it goes when the daemon frees the loop, also if the loop never ran. */
+        sd_event_source_set_destroy_callback(srv->src, server_destroy);
+        sd_event_source_set_floating(srv->src, 1);
+        sd_event_source_unref(srv->src);
+        km_daemon_on_stop(d, server_stop, srv);
+        return 0;
+}
+
+/* ---- the spool by class ---------------------------------------------------------- */
+
+static int64_t oldest_of_prio(struct km_daemon *d, const struct km_spool_stats *st, int prio)
+{
+        struct km_spool_peek pk;
+        int64_t oldest = 0;
+
+        for (int dir = 0; dir < KM_DIR_COUNT; dir++)
+                if (st->depth_prio[dir][prio] && km_spool_peek(d->spool, dir, prio, &pk, 1) == 1 &&
+                    (!oldest || pk.created_ms < oldest))
+                        oldest = pk.created_ms;
+        return oldest;
+}
+
+static void class_fill(struct km_daemon *d, const struct km_spool_stats *st, struct km_control_class *k,
+                       const char *name, int prio)
+{
+        snprintf(k->name, sizeof(k->name), "%s", name);
+        k->prio = prio;
+        k->depth = st->depth_prio[KM_DIR_UP][prio] + st->depth_prio[KM_DIR_DOWN][prio];
+        k->oldest_ms = k->depth ? oldest_of_prio(d, st, prio) : 0;
+}
+
+int km_control_classes(struct km_daemon *d, const struct km_spool_stats *st, struct km_control_class *out, int max)
+{
+        bool named[KM_PRIO_COUNT] = { false };
+        int n = 0;
+
+        /* The loop thread is the only writer of d->route (reload), so no lock here. The
+         * classes are sorted by priority: same priorities are neighbours. */
+        for (size_t i = 0; i < d->route.n; i++) {
+                const struct km_class *k = &d->route.cls[i];
+                int prio = (int)k->priority;
+                if (prio < 0 || prio >= KM_PRIO_COUNT)
+                        continue;
+                if (named[prio] && n > 0) {
+                        size_t l = strlen(out[n - 1].name);
+                        snprintf(out[n - 1].name + l, sizeof(out[n - 1].name) - l, "+%s", k->name);
+                        continue;
+                }
+                if (n == max)
+                        break;
+                named[prio] = true;
+                class_fill(d, st, &out[n++], k->name, prio);
+        }
+        for (int prio = 0; prio < KM_PRIO_COUNT && n < max; prio++) {
+                char name[16];
+                if (named[prio] || !(st->depth_prio[KM_DIR_UP][prio] + st->depth_prio[KM_DIR_DOWN][prio]))
+                        continue;
+                snprintf(name, sizeof(name), "prio-%d", prio);
+                class_fill(d, st, &out[n++], name, prio);
+        }
+        return n;
+}
+
+/* ---- JSON ------------------------------------------------------------------------ */
+
+static void json_str(struct km_control_buf *b, const char *s)
+{
+        buf_add(b, "\"", 1);
+        for (const char *run = s;; s++) {
+                unsigned char ch = (unsigned char)*s;
+                if (ch && ch >= 0x20 && ch != '"' && ch != '\\')
+                        continue;
+                buf_add(b, run, (size_t)(s - run));
+                if (!ch)
+                        break;
+                if (ch == '"' || ch == '\\')
+                        km_control_printf(b, "\\%c", ch);
+                else
+                        km_control_printf(b, "\\u%04x", ch);
+                run = s + 1;
+        }
+        buf_add(b, "\"", 1);
+}
+
+static double age_s(int64_t now, int64_t then)
+{
+        return then && now > then ? (double)(now - then) / 1000.0 : 0.0;
+}
+
+static const char *dir_name(int dir)
+{
+        return dir == KM_DIR_UP ? "up" : "down";
+}
+
+/* Links in the order an operator reads them: toward the center first, by preference. */
+static size_t links_sorted(struct km_daemon *d, struct km_link **out)
+{
+        size_t n = 0;
+        for (size_t i = 0; i < d->nlinks; i++) {
+                struct km_link *l = d->links[i];
+                size_t j = n++;
+                while (j > 0 && (out[j - 1]->dir > l->dir || (out[j - 1]->dir == l->dir && out[j - 1]->order > l->order)))
+                        out[j] = out[j - 1], j--;
+                out[j] = l;
+        }
+        return n;
+}
+
+static void put_links(struct km_control_buf *b, struct km_daemon *d, int64_t now)
+{
+        struct km_link *ls[KM_MAX_LINKS];
+        size_t n = links_sorted(d, ls);
+
+        km_control_printf(b, "\"links\":[");
+        for (size_t i = 0; i < n; i++) {
+                const struct km_link *l = ls[i];
+                km_control_printf(b, "%s{\"name\":", i ? "," : "");
+                json_str(b, l->name);
+                km_control_printf(b, ",\"direction\":\"%s\",\"state\":\"%s\",\"reason\":", dir_name(l->dir),
+                                  km_link_state_name(l->state));
+                json_str(b, l->reason);
+                km_control_printf(b,
+                                  ",\"since_ms\":%lld,\"since_s\":%.3f,\"order\":%ld,\"window\":%u,\"inflight\":%u,"
+                                  "\"sent\":%llu,\"acked\":%llu,\"failed\":%llu}",
+                                  (long long)l->since_ms, age_s(now, l->since_ms), l->order, l->window, l->inflight,
+                                  (unsigned long long)l->sent, (unsigned long long)l->acked,
+                                  (unsigned long long)l->failed);
+        }
+        km_control_printf(b, "]");
+}
+
+static void put_classes(struct km_control_buf *b, struct km_daemon *d, const struct km_spool_stats *st, int64_t now)
+{
+        struct km_control_class *k = calloc(KM_PRIO_COUNT, sizeof(*k));
+        int n = k ? km_control_classes(d, st, k, KM_PRIO_COUNT) : 0;
+
+        if (!k)
+                b->failed = true;
+        km_control_printf(b, ",\"classes\":[");
+        for (int i = 0; i < n; i++) {
+                km_control_printf(b, "%s{\"name\":", i ? "," : "");
+                json_str(b, k[i].name);
+                km_control_printf(b, ",\"priority\":%d,\"depth\":%llu,\"oldest_age_s\":%.3f}", k[i].prio,
+                                  (unsigned long long)k[i].depth, age_s(now, k[i].oldest_ms));
+        }
+        km_control_printf(b, "]");
+        free(k);
+}
+
+static int64_t oldest_any(const struct km_spool_stats *st)
+{
+        int64_t o = 0;
+        for (int dir = 0; dir < KM_DIR_COUNT; dir++)
+                if (st->oldest_ms[dir] && (!o || st->oldest_ms[dir] < o))
+                        o = st->oldest_ms[dir];
+        return o;
+}
+
+static void put_spool(struct km_control_buf *b, struct km_daemon *d, const struct km_spool_stats *st, int64_t now)
+{
+        km_control_printf(b, "\"spool\":{\"depth\":%llu,\"bytes\":%llu,\"oldest_age_s\":%.3f",
+                          (unsigned long long)(st->depth[KM_DIR_UP] + st->depth[KM_DIR_DOWN]),
+                          (unsigned long long)st->bytes, age_s(now, oldest_any(st)));
+        for (int dir = 0; dir < KM_DIR_COUNT; dir++)
+                km_control_printf(b, ",\"%s\":{\"depth\":%llu,\"oldest_age_s\":%.3f}", dir_name(dir),
+                                  (unsigned long long)st->depth[dir], age_s(now, st->oldest_ms[dir]));
+        put_classes(b, d, st, now);
+}
+
+/* Whether an up link has id of prio handed out on its current connection. */
+static bool in_flight(struct km_daemon *d, int dir, int prio, uint64_t id)
+{
+        for (size_t i = 0; i < d->nlinks; i++) {
+                const struct km_link *l = d->links[i];
+                if (l->dir == dir && l->state == KM_LINK_UP && l->cursor[prio] >= id)
+                        return true;
+        }
+        return false;
+}
+
+/* The next few messages to leave: the head of the highest non-empty priority, toward
+ * the center first. */
+static void put_head(struct km_control_buf *b, struct km_daemon *d, const struct km_spool_stats *st, int64_t now)
+{
+        struct km_spool_peek pk[HEAD_PEEK];
+        int dir = -1, prio = 0, n = 0;
+
+        for (int i = 0; i < KM_DIR_COUNT && dir < 0; i++)
+                for (int p = 0; p < KM_PRIO_COUNT && dir < 0; p++)
+                        if (st->depth_prio[i][p])
+                                dir = i, prio = p;
+        if (dir >= 0 && (n = km_spool_peek(d->spool, dir, prio, pk, HEAD_PEEK)) < 0)
+                n = 0;
+        km_control_printf(b, ",\"head\":[");
+        for (int i = 0; i < n; i++) {
+                km_control_printf(b, "%s{\"id\":%llu,\"direction\":\"%s\",\"priority\":%d,\"class\":", i ? "," : "",
+                                  (unsigned long long)pk[i].id, dir_name(dir), prio);
+                json_str(b, pk[i].cls);
+                km_control_printf(b, ",\"topic\":");
+                json_str(b, pk[i].topic);
+                km_control_printf(b, ",\"age_s\":%.3f,\"bytes\":%u,\"in_flight\":%s}", age_s(now, pk[i].created_ms),
+                                  pk[i].len, in_flight(d, dir, prio, pk[i].id) ? "true" : "false");
+        }
+        km_control_printf(b, "]");
+}
+
+static void put_counters(struct km_control_buf *b, struct km_daemon *d, const struct km_spool_stats *st)
+{
+        uint64_t acked[KM_DIR_COUNT] = { 0, 0 };
+
+        for (size_t i = 0; i < d->nlinks; i++)
+                acked[d->links[i]->dir == KM_DIR_UP ? KM_DIR_UP : KM_DIR_DOWN] += d->links[i]->acked;
+        km_control_printf(b,
+                          "\"counters\":{\"in\":%llu,\"forwarded\":%llu,\"delivered_local\":%llu,\"dropped\":%llu,"
+                          "\"expired\":%llu,\"coalesced\":%llu,\"bad_input\":%llu,\"unrouted\":%llu,"
+                          "\"store_retries\":%llu,\"over_limit\":%llu,\"recovered\":%llu,\"moved_aside\":%llu,"
+                          "\"fsyncs\":%llu,\"bad_config_reloads\":%llu}",
+                          (unsigned long long)st->pushed, (unsigned long long)acked[KM_DIR_UP],
+                          (unsigned long long)acked[KM_DIR_DOWN], (unsigned long long)st->dropped,
+                          (unsigned long long)st->expired, (unsigned long long)st->coalesced,
+                          (unsigned long long)__atomic_load_n(&d->bad_input, __ATOMIC_RELAXED),
+                          (unsigned long long)__atomic_load_n(&d->unrouted, __ATOMIC_RELAXED),
+                          (unsigned long long)__atomic_load_n(&d->rejected, __ATOMIC_RELAXED),
+                          (unsigned long long)st->over_limit, (unsigned long long)st->recovered,
+                          (unsigned long long)st->moved_aside, (unsigned long long)st->fsyncs,
+                          (unsigned long long)d->bad_config_reloads);
+}
+
+static void put_node(struct km_control_buf *b, struct km_daemon *d, int64_t now)
+{
+        km_control_printf(b, "{\"node\":");
+        json_str(b, d->node.name);
+        km_control_printf(b, ",\"role\":");
+        json_str(b, d->node.role);
+        km_control_printf(b, ",\"version\":\"%s\",\"pid\":%ld,\"now_ms\":%lld,\"uptime_s\":%.3f,", KM_VERSION,
+                          (long)getpid(), (long long)now, age_s(now, d->started_ms));
+}
+
+/* status: everything an operator looks at first. Positions and the GNSS fix have their
+ * places already; they stay empty until the bridges hand the daemon their latest. */
+static void reply_status(struct km_daemon *d, struct km_control_buf *b, bool with_head)
+{
+        struct km_spool_stats st;
+        int64_t now = km_now_ms();
+
+        km_spool_stats(d->spool, &st);
+        put_node(b, d, now);
+        put_links(b, d, now);
+        km_control_printf(b, ",");
+        put_spool(b, d, &st, now);
+        if (with_head)
+                put_head(b, d, &st, now);
+        km_control_printf(b, "},");
+        put_counters(b, d, &st);
+        km_control_printf(b, ",\"positions\":[],\"gnss\":null}\n");
+}
+
+static void reply_links(struct km_daemon *d, struct km_control_buf *b)
+{
+        int64_t now = km_now_ms();
+        put_node(b, d, now);
+        put_links(b, d, now);
+        km_control_printf(b, "}\n");
+}
+
+/* The errors a failed reload logged, again, for the operator who asked: the same two
+ * steps as the daemon's reload (read the file, build the routes). */
+static void reload_errors(struct km_daemon *d, struct km_control_buf *b)
+{
+        struct km_conf c;
+        struct km_route r;
+
+        km_control_printf(b, ",\"errors\":[");
+        if (km_conf_load(&c, d->config_path, NULL) < 0) {
+                json_str(b, "cannot read the config file");
+        } else {
+                if (c.nerrors == 0 && km_route_load(&r, &c) != -ENOMEM)
+                        km_route_deinit(&r); /* also after -EINVAL: it holds what it built */
+                for (size_t i = 0; i < c.nerrors; i++) {
+                        km_control_printf(b, "%s", i ? "," : "");
+                        json_str(b, c.errors[i]);
+                }
+        }
+        km_conf_deinit(&c);
+        km_control_printf(b, "]");
+}
+
+static void reply_reload(struct km_daemon *d, struct km_control_buf *b)
+{
+        int rc = km_daemon_reload(d);
+
+        km_control_printf(b, "{\"reload\":\"%s\",\"config\":", rc == 0 ? "ok" : "failed");
+        if (d->config_path)
+                json_str(b, d->config_path);
+        else
+                km_control_printf(b, "null");
+        if (rc == 0)
+                km_control_printf(b, ",\"classes\":%zu", d->route.n);
+        else
+                reload_errors(d, b);
+        km_control_printf(b, "}\n");
+}
+
+static void reply_error(struct km_control_buf *b, const char *msg)
+{
+        km_control_printf(b, "{\"error\":");
+        json_str(b, msg);
+        km_control_printf(b, "}\n");
+}
+
+static bool control_complete(const char *req, size_t len)
+{
+        return memchr(req, '\n', len) != NULL;
+}
+
+static void control_answer(struct km_daemon *d, const char *req, size_t len, bool too_long, struct km_control_buf *out)
+{
+        char cmd[32];
+        size_t n = strcspn(req, " \t\r\n");
+        (void)len;
+
+        if (too_long) {
+                reply_error(out, "request too long");
+                return;
+        }
+        snprintf(cmd, sizeof(cmd), "%.*s", (int)(n < sizeof(cmd) ? n : sizeof(cmd) - 1), req);
+        if (strcmp(cmd, "status") == 0)
+                reply_status(d, out, false);
+        else if (strcmp(cmd, "spool") == 0)
+                reply_status(d, out, true);
+        else if (strcmp(cmd, "links") == 0)
+                reply_links(d, out);
+        else if (strcmp(cmd, "reload") == 0)
+                reply_reload(d, out);
+        else
+                reply_error(out, "unknown request (status, links, spool or reload)");
+}
+
+static const struct km_control_proto control_proto = {
+        .tag = "control",
+        .max_request = CONTROL_MAX_REQUEST,
+        .complete = control_complete,
+        .answer = control_answer,
+};
+
+/* ---- the socket ------------------------------------------------------------------ */
+
+/* A socket file left by a kuimen that died is replaced; one another kuimen answers on,
+ * or a file that is not a socket, is left alone. Returns 0 when path is free now. */
+static int clear_stale(const char *path, const struct sockaddr_un *sa)
+{
+        struct stat stb;
+        int fd, rc;
+
+        if (lstat(path, &stb) < 0)
+                return errno == ENOENT ? 0 : -errno;
+        if (!S_ISSOCK(stb.st_mode))
+                return -EEXIST;
+        if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
+                return -errno;
+        rc = connect(fd, (const struct sockaddr *)sa, sizeof(*sa));
+        close(fd);
+        if (rc == 0)
+                return -EADDRINUSE;
+        return unlink(path) < 0 && errno != ENOENT ? -errno : 0;
+}
+
+static int listen_unix(const char *path)
+{
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        int fd, rc;
+
+        if (strlen(path) >= sizeof(sa.sun_path))
+                return -ENAMETOOLONG;
+        memcpy(sa.sun_path, path, strlen(path) + 1);
+        if ((rc = clear_stale(path, &sa)) < 0)
+                return rc;
+        if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)) < 0)
+                return -errno;
+        /* 0660: the service's group may ask too (kuimenctl run by an operator in it). */
+        if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || chmod(path, 0660) < 0 || listen(fd, 16) < 0) {
+                rc = -errno;
+                close(fd);
+                return rc;
+        }
+        return fd;
+}
+
+int km_control_start(struct km_daemon *d, struct km_conf *c)
+{
+        struct control_conf cc = { 0 };
+        char *path;
+        int fd, rc;
+
+        km_conf_apply(c, "control", control_keys, &cc);
+        path = socket_path(&cc, d->node.spool);
+        km_conf_release(control_keys, &cc);
+        if (!path)
+                return -ENOMEM;
+        fd = listen_unix(path);
+        if (fd < 0) {
+                KM_LOG(KM_LOG_ERR, "control", "%s: %s; running without the control socket", path,
+                       fd == -EADDRINUSE ? "another kuimen answers there"
+                       : fd == -EEXIST ? "exists and is not a socket" : strerror(-fd));
+                free(path);
+                return 0;
+        }
+        rc = km_control_serve(d, fd, &control_proto, path);
+        if (rc < 0) {
+                KM_LOG(KM_LOG_ERR, "control", "%s: %s; running without the control socket", path, strerror(-rc));
+                close(fd);
+                unlink(path);
+        } else {
+                KM_LOG(KM_LOG_INFO, "control", "listening on %s", path);
+        }
+        free(path);
+        return rc == -ENOMEM ? rc : 0;
 }

@@ -3,18 +3,69 @@
 #ifndef KM_CONTROL_H
 #define KM_CONTROL_H
 
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 
 #include "config.h"
+#include "spool.h"
 
 struct km_daemon;
 
-/* Validates [control] into errors of c. */
+/* Validates [control] into errors of c. Returns 0 or -EINVAL. */
 int km_control_check(struct km_conf *c);
 
-/* Listens on [control] socket (default $RUNTIME_DIRECTORY/kuimen.sock) in the loop. */
+/* Listens on [control] socket in the loop; the default is $RUNTIME_DIRECTORY/kuimen.sock,
+ * else kuimen.sock in the spool's directory. A socket file nobody answers on is
+ * replaced; when the socket cannot be set up, the error is logged and kuimen runs
+ * without it (forwarding matters more than the operator's view). Returns 0 or -ENOMEM. */
 int km_control_start(struct km_daemon *d, struct km_conf *c);
 
+/* Prints the [control] keys for --help-config. */
 void km_control_print_help(FILE *out);
+
+/* A growable reply. On allocation failure it keeps what it had and sets failed; the
+ * server then sends nothing rather than half an answer. */
+struct km_control_buf {
+        char *p;
+        size_t len, cap;
+        bool failed;
+};
+
+/* Appends to b (kept NUL-terminated). */
+void km_control_printf(struct km_control_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Frees b's text and empties it; b itself is the caller's. */
+void km_control_buf_free(struct km_control_buf *b);
+
+/* One request, one reply, then close: the shape both the control socket and the
+ * metrics page use. */
+struct km_control_proto {
+        const char *tag;    /* log subsystem: "control", "metrics" */
+        size_t max_request; /* a longer request gets answer(too_long = true) */
+        /* Whether req[0..len) is a whole request (req is NUL-terminated). */
+        bool (*complete)(const char *req, size_t len);
+        /* Writes the reply into out. Runs on the loop thread. */
+        void (*answer)(struct km_daemon *d, const char *req, size_t len, bool too_long, struct km_control_buf *out);
+};
+
+/* Serves proto on the listening, non-blocking socket fd in d's loop, at most a few
+ * connections at a time, each closed after 5 s at the latest. Takes ownership of fd on
+ * success (closed when the daemon stops); path (copied, may be NULL) is unlinked then.
+ * Returns 0 or negative errno. */
+int km_control_serve(struct km_daemon *d, int fd, const struct km_control_proto *proto, const char *path);
+
+/* The spool by class: route classes are matched to the spool's per-priority queues
+ * (classes sharing a priority are reported together as "a+b"; a queued priority no
+ * class has any more, after a reload, as "prio-N"). */
+struct km_control_class {
+        char name[128];
+        int prio;
+        uint64_t depth;    /* both directions */
+        int64_t oldest_ms; /* created time of the oldest queued, 0 if none */
+};
+
+/* Loop thread. Fills out (up to max) in priority order from st; returns how many. */
+int km_control_classes(struct km_daemon *d, const struct km_spool_stats *st, struct km_control_class *out, int max);
 
 #endif

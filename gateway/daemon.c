@@ -36,8 +36,16 @@ static const struct km_conf_key node_keys[] = {
         { NULL, 0, NULL, 0, NULL, 0, 0, NULL },
 };
 
+struct ingest_extra {
+        const char *route_topic; /* classify by this topic instead */
+        const char *origin;
+        uint64_t oid;
+};
+
 static int ingest(struct km_daemon *d, int dir, const char *topic, const char *cls_name, const void *payload,
                   size_t len, bool retain, const char *ckey_suffix);
+static int ingest_ex(struct km_daemon *d, int dir, const char *topic, const char *cls_name, const void *payload,
+                     size_t len, bool retain, const char *ckey_suffix, const struct ingest_extra *x);
 static void on_link_state(struct km_link *l, void *ud);
 
 int km_node_conf_load(struct km_node_conf *n, struct km_conf *c)
@@ -102,18 +110,33 @@ int km_daemon_ingest(struct km_daemon *d, int dir, const char *topic, const void
         return ingest(d, dir, topic, NULL, payload, len, retain, NULL);
 }
 
-/* Routes topic (or, with cls_name, takes that class) and pushes; see km_daemon_ingest. */
 static int ingest(struct km_daemon *d, int dir, const char *topic, const char *cls_name, const void *payload,
                   size_t len, bool retain, const char *ckey_suffix)
 {
+        return ingest_ex(d, dir, topic, cls_name, payload, len, retain, ckey_suffix, NULL);
+}
+
+int km_daemon_relay(struct km_daemon *d, const char *topic, const char *route_topic, const void *payload, size_t len,
+                    const char *origin, uint64_t oid)
+{
+        struct ingest_extra x = { .route_topic = route_topic, .origin = origin, .oid = oid };
+        return ingest_ex(d, KM_DIR_DOWN, topic, NULL, payload, len, false, NULL, &x);
+}
+
+/* Routes topic (or, with cls_name, takes that class) and pushes; see km_daemon_ingest. */
+static int ingest_ex(struct km_daemon *d, int dir, const char *topic, const char *cls_name, const void *payload,
+                     size_t len, bool retain, const char *ckey_suffix, const struct ingest_extra *x)
+{
         char ckey[512], cls[64];
         struct km_msg m = { .created_ms = km_now_ms(), .dir = (uint8_t)dir, .qos = 1, .topic = topic,
-                            .payload = payload, .len = len, .cls = cls, .ckey = ckey };
+                            .payload = payload, .len = len, .cls = cls, .ckey = ckey,
+                            .origin = x ? x->origin : NULL, .oid = x ? x->oid : 0 };
+        const char *rt = x && x->route_topic ? x->route_topic : topic;
         unsigned backoff_ms = 10;
         int rc;
 
         pthread_rwlock_rdlock(&d->route_lock);
-        const struct km_class *k = cls_name ? km_route_find(&d->route, cls_name) : km_route_match(&d->route, topic);
+        const struct km_class *k = cls_name ? km_route_find(&d->route, cls_name) : km_route_match(&d->route, rt);
         if (k) {
                 snprintf(cls, sizeof(cls), "%s", k->name);
                 m.prio = (uint8_t)k->priority;
@@ -189,8 +212,10 @@ static void publish_link_status(struct km_daemon *d, struct km_link *l)
                          (unsigned long long)link_backlog(d, l, &st));
         if (n < 0 || (size_t)n >= sizeof(json))
                 return;
+        /* A center has no upward: its broker is where the status goes. */
         snprintf(topic, sizeof(topic), "link/%s", l->name);
-        ingest(d, KM_DIR_UP, topic, "status", json, (size_t)n, false, NULL);
+        if (strcmp(d->node.role, "center") != 0)
+                ingest(d, KM_DIR_UP, topic, "status", json, (size_t)n, false, NULL);
         snprintf(topic, sizeof(topic), "%s/%s/link/%s", d->topic_prefix ? d->topic_prefix : "kuimen", d->node.name,
                  l->name);
         ingest(d, KM_DIR_DOWN, topic, "status", json, (size_t)n, true, NULL);
@@ -297,17 +322,20 @@ static int reload(struct km_daemon *d)
                 KM_LOG(KM_LOG_NOTICE, "config", "reload: running on the embedded default, nothing to reload");
                 return 0;
         }
+        bool routed = false; /* r holds memory: km_route_load frees only on -ENOMEM */
         rc = km_conf_load(&c, d->config_path, NULL);
-        if (rc == 0 && c.nerrors == 0)
+        if (rc == 0 && c.nerrors == 0) {
                 rc = km_route_load(&r, &c);
-        else if (rc == 0)
+                routed = rc != -ENOMEM;
+        } else if (rc == 0) {
                 rc = -EINVAL;
+        }
         if (rc < 0 || c.nerrors) {
                 for (size_t i = 0; i < c.nerrors; i++)
                         KM_LOG(KM_LOG_ERR, "config", "%s", c.errors[i]);
                 KM_LOG(KM_LOG_ERR, "config", "reload of %s failed (%s): keeping the running routes", d->config_path,
                        rc < 0 ? strerror(-rc) : "errors above");
-                if (rc == 0)
+                if (routed)
                         km_route_deinit(&r);
                 km_conf_deinit(&c);
                 d->bad_config_reloads++;

@@ -85,6 +85,12 @@ int km_daemon_ingest(struct km_daemon *d, int dir, const char *topic, const void
 int km_daemon_ingest_keyed(struct km_daemon *d, int dir, const char *topic, const void *payload, size_t len,
                            bool retain, const char *ckey_suffix);
 
+/* Loop thread (narrow links on a center): a message another node sent over a narrow
+ * link, to be published on the local broker as topic, in the class route_topic has at
+ * its origin, keeping origin and oid. Durable when it returns, like km_daemon_ingest. */
+int km_daemon_relay(struct km_daemon *d, const char *topic, const char *route_topic, const void *payload, size_t len,
+                    const char *origin, uint64_t oid);
+
 /* Any thread: queue fn(ud, arg) on the loop thread. */
 int km_daemon_post(struct km_daemon *d, km_mail_fn fn, void *ud, uint64_t arg);
 

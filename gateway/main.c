@@ -11,6 +11,7 @@
 #include "daemon.h"
 #include "log.h"
 #include "metrics.h"
+#include "plugin.h"
 #include "bridges/gnss.h"
 #include "bridges/mqtt.h"
 #include "bridges/position.h"
@@ -35,12 +36,9 @@ static int check_all(struct km_conf *c, struct km_node_conf *n)
         struct km_route r;
 
         km_node_conf_load(n, c);
-        if (n->role && strcmp(n->role, "center") == 0)
-                km_conf_error(c, "node", "role", "center is not available yet in this version (it comes with the narrow links)");
         if (km_route_load(&r, c) != -ENOMEM)
                 km_route_deinit(&r);
-        if (strcmp(n->role ? n->role : "base", "base") == 0)
-                km_mqtt_local_check(c);
+        km_mqtt_local_check(c);
         for (size_t i = 0; i < c->nsections; i++) {
                 const char *s = c->sections[i];
                 if (strcmp(s, "node") == 0 || strcmp(s, "local") == 0 || strcmp(s, "gnss") == 0 || strcmp(s, "positions") == 0 ||
@@ -51,8 +49,10 @@ static int check_all(struct km_conf *c, struct km_node_conf *n)
                         const char *type = km_conf_get(c, s, "type");
                         if (!type || strcmp(type, "mqtt") == 0)
                                 km_mqtt_link_check(c, s);
+                        else if (!*type || strchr(type, '/') || strchr(type, '.'))
+                                km_conf_error(c, s, "type", "'%s' is not a link type", type);
                         else
-                                km_conf_error(c, s, "type", "unknown link type '%s' (built in: mqtt)", type);
+                                km_plugin_check(c, s, n->plugin_dir);
                         continue;
                 }
                 km_conf_error(c, s, NULL, "unknown section [%s]", s);
@@ -105,6 +105,7 @@ int main(int argc, char **argv)
                 case 'H':
                         km_node_print_help(stdout);
                         km_mqtt_print_help(stdout);
+                        km_plugin_print_help(stdout);
                         km_gnss_print_help(stdout);
                         km_positions_print_help(stdout);
                         km_control_print_help(stdout);
@@ -147,11 +148,19 @@ int main(int argc, char **argv)
         struct km_daemon d;
         int rc = km_daemon_init(&d, &n, &c, path);
         d.live = live;
-        if (rc == 0 && strcmp(d.node.role, "base") == 0)
+        if (rc == 0)
                 rc = km_mqtt_local_start(&d, &c);
-        for (size_t i = 0; rc == 0 && i < c.nsections; i++)
-                if (is_section(c.sections[i], "link "))
+        /* mqtt links first: a narrow link on a center takes their topic prefix. */
+        for (size_t i = 0; rc == 0 && i < c.nsections; i++) {
+                const char *type = is_section(c.sections[i], "link ") ? km_conf_get(&c, c.sections[i], "type") : NULL;
+                if (is_section(c.sections[i], "link ") && (!type || strcmp(type, "mqtt") == 0))
                         rc = km_mqtt_link_start(&d, &c, c.sections[i]);
+        }
+        for (size_t i = 0; rc == 0 && i < c.nsections; i++) {
+                const char *type = is_section(c.sections[i], "link ") ? km_conf_get(&c, c.sections[i], "type") : NULL;
+                if (type && strcmp(type, "mqtt") != 0)
+                        rc = km_plugin_link_start(&d, &c, c.sections[i]);
+        }
         if (rc == 0)
                 rc = km_gnss_start(&d, &c);
         if (rc == 0)

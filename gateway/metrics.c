@@ -1,20 +1,327 @@
 /* SPDX-License-Identifier: MIT */
-/* Metrics: placeholder until the Prometheus exposition lands. */
+/* Metrics: GET /metrics in Prometheus text format 0.0.4 from a minimal HTTP/1.0 responder in the loop. */
 #include "metrics.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "control.h"
+#include "daemon.h"
+#include "log.h"
+
+#define MAX_REQUEST 8192 /* request line and headers; Prometheus sends a few hundred bytes */
+
+struct metrics_conf {
+        char *listen;
+};
+
+#define OFF(f) offsetof(struct metrics_conf, f)
+static const struct km_conf_key metrics_keys[] = {
+        { "listen", KM_CONF_STRING, NULL, OFF(listen),
+          "HOST:PORT to serve GET /metrics on (IPv4, [IPv6] or localhost); metrics are off unless set", 0, 0,
+          NULL },
+        { NULL, 0, NULL, 0, NULL, 0, 0, NULL },
+};
+
+/* ---- config ---------------------------------------------------------------------- */
+
+/* Parses "127.0.0.1:9464", "[::1]:9464" or "localhost:9464" into sa. Numeric only (and
+ * localhost): a check of the config must not wait for DNS. Returns NULL or why not. */
+static const char *parse_listen(const char *s, struct sockaddr_storage *sa, socklen_t *salen)
+{
+        char host[64];
+        const char *colon = strrchr(s, ':');
+        char *end;
+
+        if (!colon || colon == s)
+                return "expected HOST:PORT";
+        long port = strtol(colon + 1, &end, 10);
+        if (!colon[1] || *end || port < 1 || port > 65535)
+                return "port must be 1 to 65535";
+        size_t hl = (size_t)(colon - s);
+        if (s[0] == '[' && hl >= 2 && s[hl - 1] == ']')
+                s++, hl -= 2;
+        if (hl >= sizeof(host))
+                return "host too long";
+        memcpy(host, s, hl);
+        host[hl] = '\0';
+        memset(sa, 0, sizeof(*sa));
+        struct sockaddr_in *v4 = (struct sockaddr_in *)sa;
+        struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)sa;
+        if (strcmp(host, "localhost") == 0)
+                snprintf(host, sizeof(host), "127.0.0.1");
+        if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
+                v4->sin_family = AF_INET;
+                v4->sin_port = htons((uint16_t)port);
+                *salen = sizeof(*v4);
+        } else if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
+                v6->sin6_family = AF_INET6;
+                v6->sin6_port = htons((uint16_t)port);
+                *salen = sizeof(*v6);
+        } else {
+                return "host must be an IPv4 address, [IPv6 address] or localhost";
+        }
+        return NULL;
+}
 
 int km_metrics_check(struct km_conf *c)
 {
-        (void)c;
-        return 0;
-}
+        struct metrics_conf mc = { 0 };
+        struct sockaddr_storage sa;
+        socklen_t salen;
+        int bad = km_conf_apply(c, "metrics", metrics_keys, &mc);
+        const char *why;
 
-int km_metrics_start(struct km_daemon *d, struct km_conf *c)
-{
-        (void)d, (void)c;
-        return 0;
+        if (mc.listen && (why = parse_listen(mc.listen, &sa, &salen))) {
+                km_conf_error(c, "metrics", "listen", "'%s': %s", mc.listen, why);
+                bad++;
+        }
+        km_conf_release(metrics_keys, &mc);
+        return bad ? -EINVAL : 0;
 }
 
 void km_metrics_print_help(FILE *out)
 {
-        (void)out;
+        km_conf_print_help(out, "metrics", metrics_keys);
+}
+
+/* ---- exposition ------------------------------------------------------------------ */
+
+static void family(struct km_control_buf *b, const char *name, const char *type, const char *help)
+{
+        km_control_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void one(struct km_control_buf *b, const char *name, const char *type, const char *help, uint64_t v)
+{
+        family(b, name, type, help);
+        km_control_printf(b, "%s %llu\n", name, (unsigned long long)v);
+}
+
+/* A label value escaped as the format asks (\\, \" and \n). */
+static void escaped(struct km_control_buf *b, const char *value)
+{
+        for (const char *p = value; *p; p++) {
+                if (*p == '\\' || *p == '"')
+                        km_control_printf(b, "\\%c", *p);
+                else if (*p == '\n')
+                        km_control_printf(b, "\\n");
+                else
+                        km_control_printf(b, "%c", *p);
+        }
+}
+
+/* A sample with one label. */
+static void labelled(struct km_control_buf *b, const char *name, const char *label, const char *value,
+                     const char *num)
+{
+        km_control_printf(b, "%s{%s=\"", name, label);
+        escaped(b, value);
+        km_control_printf(b, "\"} %s\n", num);
+}
+
+static void put_messages(struct km_control_buf *b, struct km_daemon *d, const struct km_spool_stats *st)
+{
+        uint64_t up = 0, down = 0;
+
+        for (size_t i = 0; i < d->nlinks; i++)
+                *(d->links[i]->dir == KM_DIR_UP ? &up : &down) += d->links[i]->acked;
+        one(b, "kuimen_messages_in_total", "counter", "Messages accepted into the spool (both directions).",
+            st->pushed);
+        one(b, "kuimen_messages_forwarded_total", "counter", "Messages the center acknowledged (all up links).", up);
+        one(b, "kuimen_messages_delivered_local_total", "counter",
+            "Commands the local broker acknowledged (down links).", down);
+        one(b, "kuimen_messages_dropped_total", "counter", "Messages dropped for space (spool full).", st->dropped);
+        one(b, "kuimen_messages_expired_total", "counter", "Messages removed undelivered when their TTL ran out.",
+            st->expired);
+        one(b, "kuimen_messages_coalesced_total", "counter",
+            "Messages replaced by a newer one with the same coalesce key.", st->coalesced);
+        one(b, "kuimen_messages_unrouted_total", "counter", "Messages no class matched (not forwarded).",
+            __atomic_load_n(&d->unrouted, __ATOMIC_RELAXED));
+        one(b, "kuimen_bad_input_total", "counter", "Payloads a bridge refused as malformed.",
+            __atomic_load_n(&d->bad_input, __ATOMIC_RELAXED));
+}
+
+static void put_spool(struct km_control_buf *b, struct km_daemon *d, const struct km_spool_stats *st, int64_t now)
+{
+        struct km_control_class *k = calloc(KM_PRIO_COUNT, sizeof(*k));
+        int n = k ? km_control_classes(d, st, k, KM_PRIO_COUNT) : 0;
+        int64_t oldest = 0;
+        char num[32];
+
+        if (!k)
+                b->failed = true;
+        family(b, "kuimen_spool_messages", "gauge", "Messages queued in the spool, by class (both directions).");
+        for (int i = 0; i < n; i++) {
+                snprintf(num, sizeof(num), "%llu", (unsigned long long)k[i].depth);
+                labelled(b, "kuimen_spool_messages", "class", k[i].name, num);
+                if (k[i].oldest_ms && (!oldest || k[i].oldest_ms < oldest))
+                        oldest = k[i].oldest_ms;
+        }
+        free(k);
+        one(b, "kuimen_spool_bytes", "gauge", "Bytes the spool holds as counted against its limit.", st->bytes);
+        one(b, "kuimen_spool_limit_bytes", "gauge", "The spool's configured bound (spool_max_mb).",
+            (uint64_t)d->node.spool_max_mb << 20);
+        family(b, "kuimen_spool_oldest_age_seconds", "gauge", "Age of the oldest queued message (0 when empty).");
+        km_control_printf(b, "kuimen_spool_oldest_age_seconds %.3f\n",
+                          oldest && now > oldest ? (double)(now - oldest) / 1000.0 : 0.0);
+        one(b, "kuimen_spool_over_limit_total", "counter",
+            "Commits that left the spool over its bound with only never-dropped classes.", st->over_limit);
+        one(b, "kuimen_spool_store_retries_total", "counter", "Failed attempts to store a message (retried).",
+            __atomic_load_n(&d->rejected, __ATOMIC_RELAXED));
+        one(b, "kuimen_spool_recovered_messages_total", "counter",
+            "Messages recovered from the ingest log at start.", st->recovered);
+        one(b, "kuimen_spool_moved_aside_total", "counter", "Damaged spool files moved aside at start.",
+            st->moved_aside);
+        one(b, "kuimen_fsyncs_total", "counter", "fdatasync calls on the ingest log.", st->fsyncs);
+}
+
+/* One family over every link. */
+static void per_link(struct km_control_buf *b, struct km_daemon *d, const char *name, const char *type,
+                     const char *help, int what)
+{
+        char num[32];
+
+        family(b, name, type, help);
+        for (size_t i = 0; i < d->nlinks; i++) {
+                const struct km_link *l = d->links[i];
+                uint64_t v = what == 0 ? l->state == KM_LINK_UP : what == 1 ? l->sent : what == 2 ? l->acked
+                             : what == 3 ? l->failed : l->inflight;
+                snprintf(num, sizeof(num), "%llu", (unsigned long long)v);
+                labelled(b, name, "link", l->name, num);
+        }
+}
+
+static void put_links(struct km_control_buf *b, struct km_daemon *d)
+{
+        per_link(b, d, "kuimen_link_up", "gauge", "1 when the link is up, else 0.", 0);
+        per_link(b, d, "kuimen_link_messages_sent_total", "counter",
+                 "Messages handed to the link's transport (replays after a reconnect included).", 1);
+        per_link(b, d, "kuimen_link_messages_acked_total", "counter", "Messages the link's peer acknowledged.", 2);
+        per_link(b, d, "kuimen_link_messages_failed_total", "counter", "Sends the transport reported failed.", 3);
+        per_link(b, d, "kuimen_link_inflight_messages", "gauge", "Messages sent and not yet acknowledged.", 4);
+}
+
+static void put_all(struct km_control_buf *b, struct km_daemon *d)
+{
+        struct km_spool_stats st;
+        int64_t now = km_now_ms();
+
+        km_spool_stats(d->spool, &st);
+        family(b, "kuimen_build_info", "gauge", "Always 1; the version and node in labels.");
+        km_control_printf(b, "kuimen_build_info{version=\"%s\",node=\"", KM_VERSION);
+        escaped(b, d->node.name);
+        km_control_printf(b, "\"} 1\n");
+        family(b, "kuimen_uptime_seconds", "gauge", "Seconds since kuimen started.");
+        km_control_printf(b, "kuimen_uptime_seconds %.3f\n", (double)(now - d->started_ms) / 1000.0);
+        put_messages(b, d, &st);
+        put_spool(b, d, &st, now);
+        put_links(b, d);
+        one(b, "kuimen_config_reload_failures_total", "counter", "Reloads refused because the config had errors.",
+            d->bad_config_reloads);
+}
+
+/* ---- HTTP/1.0 -------------------------------------------------------------------- */
+
+static bool http_complete(const char *req, size_t len)
+{
+        (void)len;
+        return strstr(req, "\r\n\r\n") || strstr(req, "\n\n");
+}
+
+static void respond(struct km_control_buf *out, const char *status, const char *type, const char *body, size_t len,
+                    bool head)
+{
+        km_control_printf(out, "HTTP/1.0 %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\nConnection: close\r\n%s\r\n",
+                          status, type, len, strncmp(status, "405", 3) == 0 ? "Allow: GET, HEAD\r\n" : "");
+        if (!head && len)
+                km_control_printf(out, "%.*s", (int)len, body);
+}
+
+static void http_answer(struct km_daemon *d, const char *req, size_t len, bool too_long, struct km_control_buf *out)
+{
+        const char *text = "text/plain; charset=utf-8";
+        char method[8] = "", path[128] = "";
+        (void)len;
+
+        if (too_long) {
+                respond(out, "431 Request Header Fields Too Large", text, "request too large\n", 18, false);
+                return;
+        }
+        if (sscanf(req, "%7s %127s", method, path) != 2) {
+                respond(out, "400 Bad Request", text, "bad request\n", 12, false);
+                return;
+        }
+        bool head = strcmp(method, "HEAD") == 0;
+        if (!head && strcmp(method, "GET") != 0) {
+                respond(out, "405 Method Not Allowed", text, "only GET\n", 9, false);
+                return;
+        }
+        path[strcspn(path, "?")] = '\0';
+        if (strcmp(path, "/metrics") != 0) {
+                respond(out, "404 Not Found", text, "not found; metrics are at /metrics\n", 35, head);
+                return;
+        }
+        struct km_control_buf body = { 0 };
+        put_all(&body, d);
+        if (body.failed)
+                out->failed = true;
+        else
+                respond(out, "200 OK", "text/plain; version=0.0.4; charset=utf-8", body.p, body.len, head);
+        km_control_buf_free(&body);
+}
+
+static const struct km_control_proto http_proto = {
+        .tag = "metrics",
+        .max_request = MAX_REQUEST,
+        .complete = http_complete,
+        .answer = http_answer,
+};
+
+static int listen_tcp(const struct sockaddr_storage *sa, socklen_t salen)
+{
+        int one = 1, rc;
+        int fd = socket(sa->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+
+        if (fd < 0)
+                return -errno;
+        /* A restarted kuimen binds again at once, past the old connections' TIME_WAIT. */
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (bind(fd, (const struct sockaddr *)sa, salen) < 0 || listen(fd, 16) < 0) {
+                rc = -errno;
+                close(fd);
+                return rc;
+        }
+        return fd;
+}
+
+int km_metrics_start(struct km_daemon *d, struct km_conf *c)
+{
+        struct metrics_conf mc = { 0 };
+        struct sockaddr_storage sa;
+        socklen_t salen;
+        int fd, rc = 0;
+
+        km_conf_apply(c, "metrics", metrics_keys, &mc);
+        if (!mc.listen || parse_listen(mc.listen, &sa, &salen))
+                goto out;
+        /* Like the control socket: a busy port costs the operator's view, not forwarding. */
+        if ((fd = listen_tcp(&sa, salen)) < 0) {
+                KM_LOG(KM_LOG_ERR, "metrics", "listen on %s: %s; running without metrics", mc.listen, strerror(-fd));
+                goto out;
+        }
+        if ((rc = km_control_serve(d, fd, &http_proto, NULL)) < 0) {
+                KM_LOG(KM_LOG_ERR, "metrics", "%s: %s; running without metrics", mc.listen, strerror(-rc));
+                close(fd);
+        } else {
+                KM_LOG(KM_LOG_INFO, "metrics", "serving http://%s/metrics", mc.listen);
+        }
+out:
+        km_conf_release(metrics_keys, &mc);
+        return rc == -ENOMEM ? rc : 0;
 }

@@ -34,6 +34,10 @@ struct km_msg {
         const char *ckey;    /* coalesce key, "" or NULL when none */
         const void *payload;
         size_t len;
+        /* Relayed messages (a center terminating a narrow link) keep the node and id
+         * they were born with; NULL and 0 for this node's own. */
+        const char *origin;
+        uint64_t oid;
 };
 
 #endif

@@ -51,18 +51,18 @@
  * floor keeps ids growing even when a damaged spool had to be moved aside.
  */
 
-#define LOG_MAGIC "KMLOG1\0"
+#define LOG_MAGIC "KMLOG2\0"
 #define LOG_HDR 16
 #define REC_HDR 8
 #define REC_MSG 1
 #define REC_ACK 2
-#define MSG_FIXED 40          /* fixed part of a MSG record body */
+#define MSG_FIXED 48          /* fixed part of a MSG record body */
 #define ROW_OVERHEAD 48       /* counted per message on top of its strings and payload */
 #define ROTATE_BYTES (16u << 20)
 #define FLUSH_LIVE 4096       /* pending messages not yet delivered before a flush */
 #define FLUSH_AGE_MS 500      /* oldest undelivered pending before a flush */
 #define PEND_HARD_CAP 65536   /* push waits for the loop past this many */
-#define SCHEMA_VERSION 1
+#define SCHEMA_VERSION 2
 
 struct pend {
         uint64_t id;
@@ -71,9 +71,10 @@ struct pend {
         uint8_t dir, prio, qos, flags;
         bool gone;
         uint32_t size;
-        char *cls, *topic, *ckey; /* one allocation, owned; payload follows */
+        char *cls, *topic, *ckey, *origin; /* one allocation, owned; payload follows */
         void *payload;
         size_t len;
+        uint64_t oid;
 };
 
 enum stmt {
@@ -84,11 +85,11 @@ enum stmt {
 static const char *const stmt_sql[S_COUNT] = {
         [S_BEGIN] = "BEGIN",
         [S_COMMIT] = "COMMIT",
-        [S_INSERT] = "INSERT INTO msg(id,dir,prio,flags,qos,created,expires,size,cls,topic,ckey,payload)"
-                     " VALUES(?,?,?,?,?,?,?,?,?,?,?,?)",
+        [S_INSERT] = "INSERT INTO msg(id,dir,prio,flags,qos,created,expires,size,cls,topic,ckey,payload,origin,oid)"
+                     " VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         [S_DEL_ID] = "DELETE FROM msg WHERE id=? RETURNING dir,prio,size",
         [S_DEL_CKEY] = "DELETE FROM msg WHERE ckey=? AND dir=? AND id<? RETURNING dir,prio,size",
-        [S_NEXT] = "SELECT id,created,expires,dir,prio,qos,flags,cls,topic,ckey,payload FROM msg"
+        [S_NEXT] = "SELECT id,created,expires,dir,prio,qos,flags,cls,topic,ckey,payload,origin,oid FROM msg"
                    " WHERE dir=? AND prio=? AND id>? ORDER BY id LIMIT 1",
         [S_HEAD] = "SELECT id,expires FROM msg WHERE dir=? AND prio=? ORDER BY id LIMIT 256",
         [S_DROP_SEL] = "SELECT id FROM msg WHERE dir=? AND prio=? AND flags&1 ORDER BY id LIMIT 256",
@@ -193,10 +194,10 @@ static uint32_t get32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v
 static uint64_t get64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
 
 /* Record: u32 body length, u32 crc32(body), body. MSG body: type, dir, prio, qos, flags,
- * cls_len (u8), topic_len (u16), ckey_len (u16), pad (u16), payload_len (u32), id,
- * created, expires (u64 each), then cls, topic, ckey, payload. Host byte order: a log
- * never leaves the box that wrote it. */
-static size_t encode_msg(uint8_t *b, const struct km_msg *m, size_t cl, size_t tl, size_t kl)
+ * cls_len (u8), topic_len (u16), ckey_len (u16), origin_len (u16), payload_len (u32),
+ * id, created, expires, oid (u64 each), then cls, topic, ckey, origin, payload. Host
+ * byte order: a log never leaves the box that wrote it. */
+static size_t encode_msg(uint8_t *b, const struct km_msg *m, size_t cl, size_t tl, size_t kl, size_t ol)
 {
         uint8_t *p = b + REC_HDR;
         p[0] = REC_MSG;
@@ -207,16 +208,19 @@ static size_t encode_msg(uint8_t *b, const struct km_msg *m, size_t cl, size_t t
         p[5] = (uint8_t)cl;
         put16(p + 6, (uint16_t)tl);
         put16(p + 8, (uint16_t)kl);
-        put16(p + 10, 0);
+        put16(p + 10, (uint16_t)ol);
         put32(p + 12, (uint32_t)m->len);
         put64(p + 16, m->id);
         put64(p + 24, (uint64_t)m->created_ms);
         put64(p + 32, (uint64_t)m->expires_ms);
+        put64(p + 40, m->oid);
         p += MSG_FIXED;
         memcpy(p, m->cls, cl), p += cl;
         memcpy(p, m->topic, tl), p += tl;
         if (kl)
                 memcpy(p, m->ckey, kl), p += kl;
+        if (ol)
+                memcpy(p, m->origin, ol), p += ol;
         if (m->len)
                 memcpy(p, m->payload, m->len), p += m->len;
         size_t body = (size_t)(p - b) - REC_HDR;
@@ -321,11 +325,11 @@ static void pend_forget(struct km_spool *sp, struct pend *p)
         sp->bytes -= p->size;
 }
 
-static int pend_add(struct km_spool *sp, const struct km_msg *m, size_t cl, size_t tl, size_t kl)
+static int pend_add(struct km_spool *sp, const struct km_msg *m, size_t cl, size_t tl, size_t kl, size_t ol)
 {
         if (grow((void **)&sp->pend, &sp->cappend, sp->npend + 1, sizeof(*sp->pend)) < 0)
                 return -ENOMEM;
-        char *b = malloc(cl + tl + kl + 3 + m->len + 1);
+        char *b = malloc(cl + tl + kl + ol + 4 + m->len + 1);
         if (!b)
                 return -ENOMEM;
         struct pend *p = &sp->pend[sp->npend];
@@ -347,6 +351,11 @@ static int pend_add(struct km_spool *sp, const struct km_msg *m, size_t cl, size
         if (kl)
                 memcpy(b, m->ckey, kl);
         b[kl] = 0, b += kl + 1;
+        p->origin = b;
+        if (ol)
+                memcpy(b, m->origin, ol);
+        b[ol] = 0, b += ol + 1;
+        p->oid = m->oid;
         p->payload = b;
         if (m->len)
                 memcpy(b, m->payload, m->len);
@@ -374,12 +383,13 @@ static void pend_coalesce(struct km_spool *sp, const struct km_msg *m)
 int km_spool_push(struct km_spool *sp, struct km_msg *m)
 {
         size_t cl = strlen(m->cls), tl = strlen(m->topic), kl = m->ckey ? strlen(m->ckey) : 0;
-        size_t need = REC_HDR + MSG_FIXED + cl + tl + kl + m->len;
+        size_t ol = m->origin ? strlen(m->origin) : 0;
+        size_t need = REC_HDR + MSG_FIXED + cl + tl + kl + ol + m->len;
         uint8_t stackbuf[1024], *rec = stackbuf;
         bool wake = false;
         int rc;
 
-        if (cl > 255 || tl > 65535 || kl > 65535 || m->len > UINT32_MAX / 2)
+        if (cl > 255 || tl > 65535 || kl > 65535 || ol > 255 || m->len > UINT32_MAX / 2)
                 return -EMSGSIZE;
         if (need > sizeof(stackbuf) && !(rec = malloc(need)))
                 return -ENOMEM;
@@ -398,7 +408,7 @@ int km_spool_push(struct km_spool *sp, struct km_msg *m)
                 pthread_cond_wait(&sp->cond, &sp->mu);
         }
         m->id = sp->next_id++;
-        size_t n = encode_msg(rec, m, cl, tl, kl);
+        size_t n = encode_msg(rec, m, cl, tl, kl, ol);
         rc = write_all(sp->log_fd[sp->active], rec, n);
         if (rc < 0) {
                 /* A short write leaves a torn record that recovery stops at; cut it off
@@ -413,7 +423,7 @@ int km_spool_push(struct km_spool *sp, struct km_msg *m)
         uint64_t seq = ++sp->written_seq;
         if (kl)
                 pend_coalesce(sp, m);
-        rc = pend_add(sp, m, cl, tl, kl);
+        rc = pend_add(sp, m, cl, tl, kl, ol);
         if (rc < 0) {
                 /* The record is in the log: recovery will bring it back. */
                 KM_LOG(KM_LOG_ERR, "spool", "out of memory holding message %llu", (unsigned long long)m->id);
@@ -554,6 +564,11 @@ static int insert_pend(struct km_spool *sp, const struct pend *p)
         else
                 sqlite3_bind_null(s, 11);
         sqlite3_bind_blob(s, 12, p->payload, (int)p->len, SQLITE_STATIC);
+        if (*p->origin)
+                sqlite3_bind_text(s, 13, p->origin, -1, SQLITE_STATIC);
+        else
+                sqlite3_bind_null(s, 13);
+        sqlite3_bind_int64(s, 14, (int64_t)p->oid);
         int rc = sqlite3_step(s);
         sqlite3_reset(s);
         if (rc == SQLITE_CONSTRAINT) { /* already there: a replay of a record SQLite holds */
@@ -774,8 +789,8 @@ int km_spool_ack(struct km_spool *sp, uint64_t id)
 /* Copies a message into sp->cur so it outlives statement resets and pending changes. */
 static int set_cur(struct km_spool *sp, const struct pend *p)
 {
-        size_t cl = strlen(p->cls), tl = strlen(p->topic), kl = strlen(p->ckey);
-        size_t need = cl + tl + kl + 3 + p->len + 1;
+        size_t cl = strlen(p->cls), tl = strlen(p->topic), kl = strlen(p->ckey), ol = strlen(p->origin);
+        size_t need = cl + tl + kl + ol + 4 + p->len + 1;
 
         if (need > sp->curcap) {
                 char *b = realloc(sp->cur.cls, need);
@@ -792,6 +807,8 @@ static int set_cur(struct km_spool *sp, const struct pend *p)
         memcpy(b, p->topic, tl + 1), b += tl + 1;
         c.ckey = b;
         memcpy(b, p->ckey, kl + 1), b += kl + 1;
+        c.origin = b;
+        memcpy(b, p->origin, ol + 1), b += ol + 1;
         c.payload = b;
         if (p->len)
                 memcpy(b, p->payload, p->len);
@@ -813,6 +830,8 @@ static void cur_to_msg(const struct pend *p, struct km_msg *m)
         m->ckey = p->ckey;
         m->payload = p->payload;
         m->len = p->len;
+        m->origin = *p->origin ? p->origin : NULL;
+        m->oid = p->oid;
 }
 
 static int next_db(struct km_spool *sp, int dir, int prio, uint64_t after, int64_t now)
@@ -841,6 +860,8 @@ static int next_db(struct km_spool *sp, int dir, int prio, uint64_t after, int64
                         .ckey = (char *)(sqlite3_column_text(s, 9) ? sqlite3_column_text(s, 9) : (const unsigned char *)""),
                         .payload = (void *)sqlite3_column_blob(s, 10),
                         .len = (size_t)sqlite3_column_bytes(s, 10),
+                        .origin = (char *)(sqlite3_column_text(s, 11) ? sqlite3_column_text(s, 11) : (const unsigned char *)""),
+                        .oid = (uint64_t)sqlite3_column_int64(s, 12),
                 };
                 if (p.expires && p.expires <= now) {
                         sqlite3_reset(s);
@@ -981,7 +1002,8 @@ static const char schema[] =
         "CREATE TABLE IF NOT EXISTS msg(id INTEGER PRIMARY KEY, dir INTEGER NOT NULL,"
         " prio INTEGER NOT NULL, flags INTEGER NOT NULL, qos INTEGER NOT NULL,"
         " created INTEGER NOT NULL, expires INTEGER NOT NULL, size INTEGER NOT NULL,"
-        " cls TEXT NOT NULL, topic TEXT NOT NULL, ckey TEXT, payload BLOB NOT NULL);"
+        " cls TEXT NOT NULL, topic TEXT NOT NULL, ckey TEXT, payload BLOB NOT NULL,"
+        " origin TEXT, oid INTEGER NOT NULL DEFAULT 0);"
         "CREATE INDEX IF NOT EXISTS msg_queue ON msg(dir, prio, id);"
         "CREATE INDEX IF NOT EXISTS msg_ckey ON msg(ckey) WHERE ckey IS NOT NULL;"
         "CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v INTEGER NOT NULL);";
@@ -1021,10 +1043,15 @@ static int db_open(struct km_spool *sp)
             sqlite3_step(s) == SQLITE_ROW)
                 ver = sqlite3_column_int(s, 0);
         sqlite3_finalize(s);
-        if (ver != 0 && ver != SCHEMA_VERSION)
+        if (ver != 0 && ver != 1 && ver != SCHEMA_VERSION)
+                return -EBADMSG;
+        /* 1 -> 2: relayed messages keep their origin node and id. */
+        if (ver == 1 && sqlite3_exec(sp->db, "ALTER TABLE msg ADD COLUMN origin TEXT;"
+                                             "ALTER TABLE msg ADD COLUMN oid INTEGER NOT NULL DEFAULT 0;",
+                                     NULL, NULL, NULL) != SQLITE_OK)
                 return -EBADMSG;
         if (sqlite3_exec(sp->db, schema, NULL, NULL, NULL) != SQLITE_OK ||
-            sqlite3_exec(sp->db, "PRAGMA user_version=1", NULL, NULL, NULL) != SQLITE_OK)
+            sqlite3_exec(sp->db, "PRAGMA user_version=2", NULL, NULL, NULL) != SQLITE_OK)
                 return -EBADMSG;
         for (int i = 0; i < S_COUNT; i++)
                 if (sqlite3_prepare_v3(sp->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &sp->st[i], NULL) != SQLITE_OK)
@@ -1076,24 +1103,28 @@ static void replay_log(struct km_spool *sp, int i, uint64_t *max_id)
                 if (len < 8 || len > size - off - REC_HDR || crc32(0, b, len) != crc)
                         break;
                 if (b[0] == REC_MSG && len >= MSG_FIXED) {
-                        size_t cl = b[5], tl = get16(b + 6), kl = get16(b + 8), pl = get32(b + 12);
-                        if (MSG_FIXED + cl + tl + kl + pl != len)
+                        size_t cl = b[5], tl = get16(b + 6), kl = get16(b + 8), ol = get16(b + 10),
+                               pl = get32(b + 12);
+                        if (MSG_FIXED + cl + tl + kl + ol + pl != len || ol > 255)
                                 break;
-                        char cls[256], *topic = strndup((const char *)b + MSG_FIXED + cl, tl),
-                                       *ckey = strndup((const char *)b + MSG_FIXED + cl + tl, kl);
+                        char cls[256], origin[256], *topic = strndup((const char *)b + MSG_FIXED + cl, tl),
+                                                    *ckey = strndup((const char *)b + MSG_FIXED + cl + tl, kl);
                         memcpy(cls, b + MSG_FIXED, cl);
                         cls[cl] = 0;
+                        memcpy(origin, b + MSG_FIXED + cl + tl + kl, ol);
+                        origin[ol] = 0;
                         struct km_msg m = { .id = get64(b + 16), .created_ms = (int64_t)get64(b + 24),
                                             .expires_ms = (int64_t)get64(b + 32), .dir = b[1], .prio = b[2],
                                             .qos = b[3], .flags = b[4], .cls = cls, .topic = topic, .ckey = ckey,
-                                            .payload = b + MSG_FIXED + cl + tl + kl, .len = pl };
+                                            .origin = origin, .oid = get64(b + 40),
+                                            .payload = b + MSG_FIXED + cl + tl + kl + ol, .len = pl };
                         if (m.id > *max_id)
                                 *max_id = m.id;
                         if (topic && ckey && m.id > sp->applied_id && m.dir < KM_DIR_COUNT &&
                             (sp->npend == 0 || m.id > sp->pend[sp->npend - 1].id)) {
                                 if (kl)
                                         pend_coalesce(sp, &m);
-                                if (pend_add(sp, &m, cl, tl, kl) == 0)
+                                if (pend_add(sp, &m, cl, tl, kl, ol) == 0)
                                         sp->c.recovered++;
                         }
                         free(topic);

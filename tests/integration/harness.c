@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,32 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+void (*h_fail_hook)(const char *msg);
+
+/* A broken setup (no port, no broker, no client) ends the caller: under Criterion by
+ * failing the running test, which longjmps out of it; elsewhere through h_fail_hook,
+ * because Criterion's assertions outside a test have no test to end. */
+#define H_REQUIRE(cond, ...)                                                                 \
+        do {                                                                                 \
+                if (!(cond))                                                                 \
+                        h_fail(__FILE__, __LINE__, __VA_ARGS__);                             \
+        } while (0)
+
+__attribute__((format(printf, 3, 4))) static void h_fail(const char *file, int line, const char *fmt, ...)
+{
+        char msg[512];
+        int n = snprintf(msg, sizeof(msg), "%s:%d: ", file, line);
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(msg + n, sizeof(msg) - (size_t)n, fmt, ap);
+        va_end(ap);
+        if (h_fail_hook) {
+                h_fail_hook(msg);
+                abort(); /* the hook must not return; never go on with a broken setup */
+        }
+        cr_assert_fail("%s", msg);
+}
 
 void h_sleep_ms(int ms)
 {
@@ -34,7 +61,7 @@ int64_t h_now_ms(void)
 void h_tmpdir(char *out, size_t n, const char *tag)
 {
         snprintf(out, n, "/tmp/km-%s-XXXXXX", tag);
-        cr_assert_not_null(mkdtemp(out));
+        H_REQUIRE(mkdtemp(out), "mkdtemp %s: %s", out, strerror(errno));
 }
 
 void h_cleanup(const char *dir)
@@ -64,7 +91,7 @@ int h_free_port(void)
                 if (ok)
                         return port;
         }
-        cr_assert_fail("no free port");
+        H_REQUIRE(false, "no free port");
         return -1;
 }
 
@@ -87,7 +114,7 @@ bool h_wait_port(int port, int timeout_ms)
 static pid_t spawn(const char *log, char *const argv[])
 {
         pid_t pid = fork();
-        cr_assert_geq(pid, 0);
+        H_REQUIRE(pid >= 0, "fork: %s", strerror(errno));
         if (pid == 0) {
                 /* Nothing outlives the test process. */
                 prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -113,7 +140,7 @@ void h_broker_start(struct h_broker *b, const char *dir, int port, const char *e
         snprintf(b->conf, sizeof(b->conf), "%s/mosquitto-%d.conf", dir, b->port);
         snprintf(b->p.log, sizeof(b->p.log), "%s/mosquitto-%d.log", dir, b->port);
         FILE *f = fopen(b->conf, "w");
-        cr_assert_not_null(f);
+        H_REQUIRE(f, "%s: %s", b->conf, strerror(errno));
         /* user root: as root mosquitto would drop to the mosquitto user and could not
          * write its persistence file in our directory. */
         fprintf(f,
@@ -130,7 +157,7 @@ void h_broker_restart(struct h_broker *b)
         const char *bin = getenv("KM_MOSQUITTO") ? getenv("KM_MOSQUITTO") : "mosquitto";
         char *argv[] = { (char *)bin, "-c", b->conf, NULL };
         b->p.pid = spawn(b->p.log, argv);
-        cr_assert(h_wait_port(b->port, 10000), "mosquitto on port %d did not answer", b->port);
+        H_REQUIRE(h_wait_port(b->port, 10000), "mosquitto on port %d did not answer", b->port);
 }
 
 void h_kuimen_start(struct h_proc *p, const char *log, const char *const *args)
@@ -192,7 +219,7 @@ void h_write_conf(const char *path, const char *node, const char *dir, int local
                   const char *extra)
 {
         FILE *f = fopen(path, "w");
-        cr_assert_not_null(f);
+        H_REQUIRE(f, "%s: %s", path, strerror(errno));
         fprintf(f,
                 "[node]\nname = %s\nspool = %s/state/spool.db\nstats_interval = 0\n"
                 "[local]\nuri = tcp://127.0.0.1:%d\nsubscribe = sensors/#, pos/#, alert/#, status/#\n"
@@ -278,7 +305,7 @@ static int sub_arrived(void *ctx, char *topic, int tlen, MQTTAsync_message *m)
                 if (strcmp(k, "kuimen-id") == 0)
                         rx.id = strtoull(v, NULL, 10);
                 else if (strcmp(k, "kuimen-origin") == 0)
-                        snprintf(rx.origin, sizeof(rx.origin), "%s", v);
+                        snprintf(rx.origin, sizeof(rx.origin), "%.31s", v);
         }
         pthread_mutex_lock(&s->mu);
         s->total++;
@@ -333,16 +360,17 @@ void h_sub_start(struct h_sub *s, int port, const char *id, const char *filter, 
         memset(s, 0, sizeof(*s));
         pthread_mutex_init(&s->mu, NULL);
         snprintf(uri, sizeof(uri), "tcp://127.0.0.1:%d", port);
-        cr_assert_eq(MQTTAsync_createWithOptions(&s->c, uri, id, MQTTCLIENT_PERSISTENCE_NONE, NULL, &cro), 0);
+        H_REQUIRE(MQTTAsync_createWithOptions(&s->c, uri, id, MQTTCLIENT_PERSISTENCE_NONE, NULL, &cro) == 0,
+                  "subscriber %s: cannot create the client", id);
         MQTTAsync_setCallbacks(s->c, s, sub_lost, sub_arrived, NULL);
         MQTTAsync_setConnected(s->c, s, sub_connected);
-        cr_assert_eq(connect_v5(s->c, !persistent, 3600), 0);
+        H_REQUIRE(connect_v5(s->c, !persistent, 3600) == 0, "subscriber %s: connect refused", id);
         int64_t until = h_now_ms() + 10000;
         while (!MQTTAsync_isConnected(s->c) && h_now_ms() < until)
                 h_sleep_ms(10);
-        cr_assert(MQTTAsync_isConnected(s->c), "subscriber %s did not connect", id);
+        H_REQUIRE(MQTTAsync_isConnected(s->c), "subscriber %s did not connect", id);
         MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
-        cr_assert_eq(MQTTAsync_subscribe(s->c, filter, 1, &ro), 0);
+        H_REQUIRE(MQTTAsync_subscribe(s->c, filter, 1, &ro) == 0, "subscriber %s: subscribe refused", id);
         h_sleep_ms(200); /* the SUBACK */
 }
 
@@ -433,12 +461,13 @@ void h_pub_start(struct h_pub *p, int port, const char *id)
         memset(p, 0, sizeof(*p));
         pthread_mutex_init(&p->mu, NULL);
         snprintf(uri, sizeof(uri), "tcp://127.0.0.1:%d", port);
-        cr_assert_eq(MQTTAsync_createWithOptions(&p->c, uri, id, MQTTCLIENT_PERSISTENCE_NONE, NULL, &cro), 0);
-        cr_assert_eq(connect_v5(p->c, true, 0), 0);
+        H_REQUIRE(MQTTAsync_createWithOptions(&p->c, uri, id, MQTTCLIENT_PERSISTENCE_NONE, NULL, &cro) == 0,
+                  "publisher %s: cannot create the client", id);
+        H_REQUIRE(connect_v5(p->c, true, 0) == 0, "publisher %s: connect refused", id);
         int64_t until = h_now_ms() + 10000;
         while (!MQTTAsync_isConnected(p->c) && h_now_ms() < until)
                 h_sleep_ms(10);
-        cr_assert(MQTTAsync_isConnected(p->c), "publisher %s did not connect", id);
+        H_REQUIRE(MQTTAsync_isConnected(p->c), "publisher %s did not connect", id);
 }
 
 int h_pub_send(struct h_pub *p, const char *topic, const char *payload)

@@ -21,6 +21,11 @@ struct h_broker {
         char conf[256];
 };
 
+/* What a broken setup does: NULL (the default) fails the running Criterion test;
+ * programs outside Criterion (the benchmarks) set a function that reports the message
+ * and exits. It must not return. */
+extern void (*h_fail_hook)(const char *msg);
+
 /* A fresh directory under /tmp for one test; removed by h_cleanup. */
 void h_tmpdir(char *out, size_t n, const char *tag);
 void h_cleanup(const char *dir);

@@ -1,0 +1,358 @@
+/* SPDX-License-Identifier: MIT */
+/* kuimenctl: asks a running kuimen over its control socket and prints tables (or the raw JSON). */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <getopt.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define EXIT_FAILED 1      /* the daemon answered with an error, or a reload was refused */
+#define EXIT_USAGE 2
+#define EXIT_NOT_RUNNING 3 /* as LSB's "program is not running" */
+#define REPLY_MAX (16u << 20)
+#define TIMEOUT_S 10       /* a reload reads the config; everything else answers at once */
+
+static void usage(FILE *out)
+{
+        fputs("usage: kuimenctl [--socket PATH] status|links|spool|reload [--json]\n"
+              "  status   node, links, spool by class, counters\n"
+              "  links    the links with state, reason and counts\n"
+              "  spool    depth, bytes and oldest by class, and the next messages to leave\n"
+              "  reload   reload routes and classes (as SIGHUP)\n"
+              "  --json   print the daemon's JSON reply as it is\n"
+              "The socket is --socket, else the first that exists of $RUNTIME_DIRECTORY/kuimen.sock,\n"
+              "/run/kuimen/kuimen.sock, $STATE_DIRECTORY/kuimen.sock, ./kuimen-state/kuimen.sock.\n"
+              "Exit: 0 ok, 1 the request failed, 2 usage, 3 kuimen is not running.\n",
+              out);
+}
+
+/* ---- talking to the daemon ------------------------------------------------------- */
+
+/* Where kuimen puts its socket when [control] socket is not set: $RUNTIME_DIRECTORY
+ * (systemd's RuntimeDirectory=kuimen is /run/kuimen), else beside the spool, whose
+ * default is $STATE_DIRECTORY or ./kuimen-state. The first that exists wins. */
+static void default_socket(char *out, size_t n)
+{
+        const char *rd = getenv("RUNTIME_DIRECTORY"), *sd = getenv("STATE_DIRECTORY");
+        char cand[4][512];
+        int nc = 0;
+        struct stat st;
+
+        if (rd && *rd)
+                snprintf(cand[nc++], sizeof(cand[0]), "%.*s/kuimen.sock", (int)strcspn(rd, ":"), rd);
+        snprintf(cand[nc++], sizeof(cand[0]), "/run/kuimen/kuimen.sock");
+        if (sd && *sd)
+                snprintf(cand[nc++], sizeof(cand[0]), "%.*s/kuimen.sock", (int)strcspn(sd, ":"), sd);
+        snprintf(cand[nc++], sizeof(cand[0]), "./kuimen-state/kuimen.sock");
+        for (int i = 0; i < nc; i++)
+                if (lstat(cand[i], &st) == 0) {
+                        snprintf(out, n, "%s", cand[i]);
+                        return;
+                }
+        snprintf(out, n, "%s", cand[0]);
+}
+
+/* Connects to path; on failure says why and returns a negative exit code. */
+static int dial(const char *path)
+{
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        struct timeval tv = { TIMEOUT_S, 0 };
+        int fd;
+
+        if (strlen(path) >= sizeof(sa.sun_path)) {
+                fprintf(stderr, "kuimenctl: socket path too long: %s\n", path);
+                return -EXIT_USAGE;
+        }
+        memcpy(sa.sun_path, path, strlen(path) + 1);
+        if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0) {
+                perror("kuimenctl: socket");
+                return -EXIT_FAILED;
+        }
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
+                return fd;
+        int err = errno;
+        close(fd);
+        if (err == ENOENT || err == ENOTDIR)
+                fprintf(stderr, "kuimen is not running (no socket at %s)\n", path);
+        else if (err == ECONNREFUSED)
+                fprintf(stderr, "kuimen is not running (nothing answers on %s)\n", path);
+        else
+                fprintf(stderr, "kuimenctl: %s: %s%s\n", path, strerror(err),
+                        err == EACCES ? " (run as root or in kuimen's group)" : "");
+        return err == ENOENT || err == ENOTDIR || err == ECONNREFUSED ? -EXIT_NOT_RUNNING : -EXIT_FAILED;
+}
+
+/* Sends "cmd\n" and reads the reply until the daemon closes. Returns the reply
+ * (caller frees) or NULL, having said why. */
+static char *ask(int fd, const char *cmd)
+{
+        char line[64];
+        size_t len = 0, cap = 0;
+        char *buf = NULL;
+        int n = snprintf(line, sizeof(line), "%s\n", cmd);
+
+        if (send(fd, line, (size_t)n, MSG_NOSIGNAL) != n) {
+                perror("kuimenctl: send");
+                return NULL;
+        }
+        for (;;) {
+                if (len + 4096 + 1 > cap) {
+                        char *p = cap < REPLY_MAX ? realloc(buf, cap = cap ? cap * 2 : 8192) : NULL;
+                        if (!p) {
+                                fputs("kuimenctl: reply too large\n", stderr);
+                                free(buf);
+                                return NULL;
+                        }
+                        buf = p;
+                }
+                ssize_t r = recv(fd, buf + len, cap - len - 1, 0);
+                if (r == 0)
+                        break;
+                if (r < 0 && errno == EINTR)
+                        continue;
+                if (r < 0) {
+                        fprintf(stderr, "kuimenctl: no reply from kuimen: %s\n",
+                                errno == EAGAIN ? "timed out" : strerror(errno));
+                        free(buf);
+                        return NULL;
+                }
+                len += (size_t)r;
+        }
+        buf[len] = '\0';
+        return buf;
+}
+
+/* ---- formatting ------------------------------------------------------------------ */
+
+static double num(const cJSON *o, const char *key)
+{
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+        return cJSON_IsNumber(v) ? v->valuedouble : 0;
+}
+
+static const char *str(const cJSON *o, const char *key)
+{
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+        return cJSON_IsString(v) ? v->valuestring : "";
+}
+
+/* 0.4s, 12s, 3m05s, 2h07m, 3d04h: as precise as an operator reads at a glance. */
+static const char *age(double s, char *buf, size_t n)
+{
+        long t = (long)s;
+        if (s < 10)
+                snprintf(buf, n, "%.1fs", s);
+        else if (t < 60)
+                snprintf(buf, n, "%lds", t);
+        else if (t < 3600)
+                snprintf(buf, n, "%ldm%02lds", t / 60, t % 60);
+        else if (t < 86400)
+                snprintf(buf, n, "%ldh%02ldm", t / 3600, t % 3600 / 60);
+        else
+                snprintf(buf, n, "%ldd%02ldh", t / 86400, t % 86400 / 3600);
+        return buf;
+}
+
+static const char *size(double b, char *buf, size_t n)
+{
+        if (b < 1024)
+                snprintf(buf, n, "%.0f B", b);
+        else if (b < 1024 * 1024)
+                snprintf(buf, n, "%.1f KiB", b / 1024);
+        else if (b < 1024.0 * 1024 * 1024)
+                snprintf(buf, n, "%.1f MiB", b / (1024 * 1024));
+        else
+                snprintf(buf, n, "%.1f GiB", b / (1024.0 * 1024 * 1024));
+        return buf;
+}
+
+/* Width of the widest string key of the array's objects, at least min. */
+static int width(const cJSON *arr, const char *key, int min)
+{
+        const cJSON *it;
+        int w = min;
+        cJSON_ArrayForEach(it, arr) {
+                int l = (int)strlen(str(it, key));
+                if (l > w)
+                        w = l;
+        }
+        return w;
+}
+
+static void print_node(const cJSON *r)
+{
+        char a[32];
+        printf("node %s (%s), up %s, pid %.0f, kuimen %s\n", str(r, "node"), str(r, "role"), age(num(r, "uptime_s"), a, sizeof(a)),
+               num(r, "pid"), str(r, "version"));
+}
+
+static void print_links(const cJSON *r)
+{
+        const cJSON *links = cJSON_GetObjectItemCaseSensitive(r, "links"), *l;
+        int w = width(links, "name", 4);
+        char a[32];
+
+        printf("\n%-*s  %-4s  %-8s  %-7s  %8s  %8s  %9s  %s\n", w, "LINK", "DIR", "STATE", "SINCE", "SENT", "ACKED",
+               "IN-FLIGHT", "REASON");
+        cJSON_ArrayForEach(l, links) {
+                printf("%-*s  %-4s  %-8s  %-7s  %8.0f  %8.0f  %9.0f  %s\n", w, str(l, "name"), str(l, "direction"),
+                       str(l, "state"), age(num(l, "since_s"), a, sizeof(a)), num(l, "sent"), num(l, "acked"),
+                       num(l, "inflight"), str(l, "reason"));
+        }
+}
+
+static void print_spool(const cJSON *sp)
+{
+        const cJSON *classes = cJSON_GetObjectItemCaseSensitive(sp, "classes"), *k;
+        int w = width(classes, "name", 5);
+        char a[32], b[32];
+
+        printf("\nspool: %.0f messages, %s, oldest %s\n", num(sp, "depth"), size(num(sp, "bytes"), b, sizeof(b)),
+               num(sp, "depth") ? age(num(sp, "oldest_age_s"), a, sizeof(a)) : "-");
+        printf("%-*s  %4s  %8s  %s\n", w, "CLASS", "PRIO", "QUEUED", "OLDEST");
+        cJSON_ArrayForEach(k, classes) {
+                printf("%-*s  %4.0f  %8.0f  %s\n", w, str(k, "name"), num(k, "priority"), num(k, "depth"),
+                       num(k, "depth") ? age(num(k, "oldest_age_s"), a, sizeof(a)) : "-");
+        }
+}
+
+static void print_head(const cJSON *sp)
+{
+        const cJSON *head = cJSON_GetObjectItemCaseSensitive(sp, "head"), *m;
+        int w = width(head, "class", 5);
+        char a[32];
+
+        if (!cJSON_GetArraySize(head)) {
+                printf("\nnext to leave: nothing queued\n");
+                return;
+        }
+        m = cJSON_GetArrayItem(head, 0);
+        printf("\nnext to leave (%s, priority %.0f):\n", str(m, "direction"), num(m, "priority"));
+        printf("%-17s  %-*s  %-7s  %8s  %s\n", "ID", w, "CLASS", "AGE", "BYTES", "TOPIC");
+        cJSON_ArrayForEach(m, head) {
+                const cJSON *f = cJSON_GetObjectItemCaseSensitive(m, "in_flight");
+                printf("%-17.0f  %-*s  %-7s  %8.0f  %s%s\n", num(m, "id"), w, str(m, "class"),
+                       age(num(m, "age_s"), a, sizeof(a)), num(m, "bytes"), str(m, "topic"),
+                       cJSON_IsTrue(f) ? "  (in flight)" : "");
+        }
+}
+
+static void print_counters(const cJSON *r)
+{
+        static const char *const keys[] = { "in", "forwarded", "delivered_local", "dropped", "expired", "coalesced",
+                                            "bad_input", "unrouted", "fsyncs", NULL };
+        const cJSON *c = cJSON_GetObjectItemCaseSensitive(r, "counters");
+
+        printf("\ncounters:");
+        for (int i = 0; keys[i]; i++)
+                printf(" %s=%.0f", keys[i], num(c, keys[i]));
+        printf("\n");
+}
+
+/* Prints the reply of cmd; returns the exit code. */
+static int print_reply(const char *cmd, const cJSON *r)
+{
+        const cJSON *err = cJSON_GetObjectItemCaseSensitive(r, "error"), *e;
+
+        if (cJSON_IsString(err)) {
+                fprintf(stderr, "kuimen: %s\n", err->valuestring);
+                return EXIT_FAILED;
+        }
+        if (strcmp(cmd, "reload") == 0) {
+                if (strcmp(str(r, "reload"), "ok") == 0) {
+                        printf("reloaded routes and classes from %s (%.0f classes)\n",
+                               *str(r, "config") ? str(r, "config") : "the embedded default", num(r, "classes"));
+                        return 0;
+                }
+                fprintf(stderr, "reload refused, the running routes stay:\n");
+                cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(r, "errors"))
+                        fprintf(stderr, "  %s\n", cJSON_IsString(e) ? e->valuestring : "?");
+                return EXIT_FAILED;
+        }
+        print_node(r);
+        print_links(r);
+        if (strcmp(cmd, "links") == 0)
+                return 0;
+        const cJSON *sp = cJSON_GetObjectItemCaseSensitive(r, "spool");
+        print_spool(sp);
+        if (strcmp(cmd, "spool") == 0)
+                print_head(sp);
+        else
+                print_counters(r);
+        return 0;
+}
+
+/* A failed request shows in the exit code also with --json. */
+static int json_exit(const cJSON *r)
+{
+        if (cJSON_IsString(cJSON_GetObjectItemCaseSensitive(r, "error")))
+                return EXIT_FAILED;
+        const cJSON *rl = cJSON_GetObjectItemCaseSensitive(r, "reload");
+        return cJSON_IsString(rl) && strcmp(rl->valuestring, "ok") != 0 ? EXIT_FAILED : 0;
+}
+
+static bool is_command(const char *cmd)
+{
+        static const char *const cmds[] = { "status", "links", "spool", "reload", NULL };
+        for (int i = 0; cmd && cmds[i]; i++)
+                if (strcmp(cmd, cmds[i]) == 0)
+                        return true;
+        return false;
+}
+
+int main(int argc, char **argv)
+{
+        static const struct option opts[] = {
+                { "socket", required_argument, NULL, 's' },
+                { "json", no_argument, NULL, 'j' },
+                { "help", no_argument, NULL, 'h' },
+                { NULL, 0, NULL, 0 },
+        };
+        char path[512] = "";
+        bool json = false;
+        int o, rc;
+
+        while ((o = getopt_long(argc, argv, "s:jh", opts, NULL)) != -1) {
+                switch (o) {
+                case 's': snprintf(path, sizeof(path), "%s", optarg); break;
+                case 'j': json = true; break;
+                case 'h': usage(stdout); return 0;
+                default: usage(stderr); return EXIT_USAGE;
+                }
+        }
+        const char *cmd = optind == argc - 1 ? argv[optind] : NULL;
+        if (!is_command(cmd)) {
+                usage(stderr);
+                return EXIT_USAGE;
+        }
+        if (!*path)
+                default_socket(path, sizeof(path));
+        int fd = dial(path);
+        if (fd < 0)
+                return -fd;
+        char *reply = ask(fd, cmd);
+        close(fd);
+        if (!reply)
+                return EXIT_FAILED;
+        cJSON *r = cJSON_Parse(reply);
+        if (!r) {
+                fprintf(stderr, "kuimenctl: kuimen's reply is not JSON: %.200s\n", reply);
+                free(reply);
+                return EXIT_FAILED;
+        }
+        if (json)
+                fputs(reply, stdout);
+        rc = json ? json_exit(r) : print_reply(cmd, r);
+        cJSON_Delete(r);
+        free(reply);
+        return rc;
+}

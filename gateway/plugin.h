@@ -1,0 +1,23 @@
+/* SPDX-License-Identifier: MIT */
+/* Plugin host: loads link drivers (<plugin_dir>/<type>.so) and runs them as narrow links over frames. */
+#ifndef KM_PLUGIN_H
+#define KM_PLUGIN_H
+
+#include <stdio.h>
+
+#include "config.h"
+
+struct km_daemon;
+
+/* Validates [link NAME] of a plugin type: the plugin must load and accept the keys. */
+int km_plugin_check(struct km_conf *c, const char *section, const char *plugin_dir);
+
+/* Adds the narrow link of section "link NAME" (type = a plugin's name) to d. On a
+ * base it carries the upward queue in frames; on a center it receives frames,
+ * acknowledges them and republishes each message on the center broker with the
+ * origin's node and id. */
+int km_plugin_link_start(struct km_daemon *d, struct km_conf *c, const char *section);
+
+void km_plugin_print_help(FILE *out);
+
+#endif

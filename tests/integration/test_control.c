@@ -1,0 +1,468 @@
+/* SPDX-License-Identifier: MIT */
+/* kuimenctl and /metrics against the real kuimen between real brokers: exact outputs and counts. */
+#include <arpa/inet.h>
+#include <cjson/cJSON.h>
+#include <criterion/criterion.h>
+#include <dlfcn.h>
+#include <libgen.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+/* ---- cJSON ----------------------------------------------------------------------- */
+
+/* Through dlopen while tests/integration/meson.build does not link libcjson into the
+ * suites; with cjson in their dependencies these become plain calls. */
+static struct {
+        cJSON *(*parse)(const char *);
+        void (*del)(cJSON *);
+        cJSON *(*get)(const cJSON *, const char *);
+        cJSON *(*item)(const cJSON *, int);
+        int (*size)(const cJSON *);
+} cj;
+
+static void cj_load(void)
+{
+        if (cj.parse)
+                return;
+        void *h = dlopen("libcjson.so.1", RTLD_NOW | RTLD_LOCAL);
+        cr_assert(h, "libcjson.so.1: %s", dlerror());
+        *(void **)&cj.parse = dlsym(h, "cJSON_Parse");
+        *(void **)&cj.del = dlsym(h, "cJSON_Delete");
+        *(void **)&cj.get = dlsym(h, "cJSON_GetObjectItemCaseSensitive");
+        *(void **)&cj.item = dlsym(h, "cJSON_GetArrayItem");
+        *(void **)&cj.size = dlsym(h, "cJSON_GetArraySize");
+        cr_assert(cj.parse && cj.del && cj.get && cj.item && cj.size, "cJSON symbols missing");
+}
+
+/* A JSON path like "links.0.name" (numbers index arrays); NULL when absent. */
+static const cJSON *jpath(const cJSON *j, const char *path)
+{
+        char buf[128], *save = NULL;
+        snprintf(buf, sizeof(buf), "%s", path);
+        for (char *t = strtok_r(buf, ".", &save); j && t; t = strtok_r(NULL, ".", &save))
+                j = (*t >= '0' && *t <= '9') ? cj.item(j, atoi(t)) : cj.get(j, t);
+        return j;
+}
+
+static const char *jstr(const cJSON *j, const char *path)
+{
+        const cJSON *v = jpath(j, path);
+        cr_assert(v && (v->type & 0xff) == cJSON_String, "%s: not a string", path);
+        return v->valuestring;
+}
+
+static double jnum(const cJSON *j, const char *path)
+{
+        const cJSON *v = jpath(j, path);
+        cr_assert(v && (v->type & 0xff) == cJSON_Number, "%s: not a number", path);
+        return v->valuedouble;
+}
+
+/* The depth of one class in a status reply, or -1. */
+static double class_depth(const cJSON *r, const char *name)
+{
+        const cJSON *cls = jpath(r, "spool.classes");
+        for (int i = 0; cls && i < cj.size(cls); i++)
+                if (strcmp(jstr(cj.item(cls, i), "name"), name) == 0)
+                        return jnum(cj.item(cls, i), "depth");
+        return -1;
+}
+
+/* ---- the setup ------------------------------------------------------------------- */
+
+struct env {
+        char dir[200], conf[300], klog[300], sock[300];
+        int mport;
+        struct h_broker local, center;
+        struct h_proc k;
+        struct h_pub pub;
+};
+
+static const char *ctl_path(void)
+{
+        static char path[512];
+        if (getenv("KM_KUIMENCTL"))
+                return getenv("KM_KUIMENCTL");
+        /* Until meson passes KM_KUIMENCTL: it is built beside kuimen. */
+        char k[480];
+        snprintf(k, sizeof(k), "%s", getenv("KM_KUIMEN") ? getenv("KM_KUIMEN") : "./kuimen");
+        snprintf(path, sizeof(path), "%s/kuimenctl", dirname(k));
+        return path;
+}
+
+/* Runs kuimenctl with args (stdout and stderr into out); returns its exit code. */
+static int ctl(const char *sock, const char *args, char *out, size_t n)
+{
+        char cmd[1024];
+        size_t len = 0;
+        snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' %s 2>&1", ctl_path(), sock, args);
+        FILE *f = popen(cmd, "r");
+        cr_assert(f, "popen %s", cmd);
+        while (len + 1 < n && !feof(f))
+                len += fread(out + len, 1, n - 1 - len, f);
+        out[len] = '\0';
+        int st = pclose(f);
+        cr_assert(WIFEXITED(st), "kuimenctl died (%d)", st);
+        return WEXITSTATUS(st);
+}
+
+/* status --json (or spool --json), parsed; the caller deletes it. */
+static cJSON *ctl_json(struct env *e, const char *what)
+{
+        static char out[1 << 16];
+        char args[64];
+        snprintf(args, sizeof(args), "%s --json", what);
+        int rc = ctl(e->sock, args, out, sizeof(out));
+        cr_assert_eq(rc, 0, "kuimenctl %s: exit %d: %s", args, rc, out);
+        cJSON *r = cj.parse(out);
+        cr_assert(r, "not JSON: %s", out);
+        return r;
+}
+
+/* Waits until the first link's state is (or is not) state. */
+static bool wait_link(struct env *e, const char *state, bool is, int timeout_ms)
+{
+        int64_t until = h_now_ms() + timeout_ms;
+        while (h_now_ms() < until) {
+                cJSON *r = ctl_json(e, "status");
+                bool match = (strcmp(jstr(r, "links.0.state"), state) == 0) == is;
+                cj.del(r);
+                if (match)
+                        return true;
+                h_sleep_ms(50);
+        }
+        return false;
+}
+
+/* Waits until the spool is empty: after a link comes up, its status message (class
+ * status) is on its way, and exact counts start after it. */
+static bool wait_empty(struct env *e, int timeout_ms)
+{
+        int64_t until = h_now_ms() + timeout_ms;
+        for (;;) {
+                cJSON *r = ctl_json(e, "status");
+                double depth = jnum(r, "spool.depth"), inflight = jnum(r, "links.0.inflight");
+                cj.del(r);
+                if (!depth && !inflight)
+                        return true;
+                if (h_now_ms() > until)
+                        return false;
+                h_sleep_ms(50);
+        }
+}
+
+/* A socket file nobody listens on, as a killed kuimen leaves it. */
+static void stale_socket(const char *path)
+{
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+        cr_assert(bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0, "bind %s", path);
+        close(fd);
+}
+
+static void up(struct env *e, const char *tag)
+{
+        char extra[600];
+        memset(e, 0, sizeof(*e));
+        cj_load();
+        h_tmpdir(e->dir, sizeof(e->dir), tag);
+        snprintf(e->conf, sizeof(e->conf), "%s/kuimen.conf", e->dir);
+        snprintf(e->klog, sizeof(e->klog), "%s/kuimen.log", e->dir);
+        snprintf(e->sock, sizeof(e->sock), "%s/kuimen.sock", e->dir);
+        h_broker_start(&e->local, e->dir, 0, NULL);
+        int cport = h_free_port();
+        e->mport = h_free_port();
+        snprintf(extra, sizeof(extra), "[control]\nsocket = %s\n[metrics]\nlisten = 127.0.0.1:%d\n", e->sock, e->mport);
+        h_write_conf(e->conf, "north", e->dir, e->local.port, cport, extra);
+        h_broker_start(&e->center, e->dir, cport, NULL);
+        stale_socket(e->sock);
+        const char *args[] = { "--config", e->conf, NULL };
+        h_kuimen_start(&e->k, e->klog, args);
+        cr_assert(h_log_wait(&e->k, "control: listening on", 10000), "no control socket");
+        cr_assert(wait_link(e, "up", true, 10000), "the center link did not come up");
+        cr_assert(wait_empty(e, 10000), "the spool did not empty after start");
+        h_pub_start(&e->pub, e->local.port, "sensor-pub");
+}
+
+static void down(struct env *e)
+{
+        h_pub_stop(&e->pub);
+        if (e->k.pid) {
+                int st = h_stop(&e->k, SIGTERM);
+                cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "kuimen exits 0 on SIGTERM (status %d)", st);
+        }
+        h_stop(&e->local.p, SIGTERM);
+        h_stop(&e->center.p, SIGTERM);
+        h_cleanup(e->dir);
+}
+
+static void publish(struct env *e, const char *prefix, int count)
+{
+        for (int i = 0; i < count; i++) {
+                char topic[64], payload[32];
+                snprintf(topic, sizeof(topic), "%s%d", prefix, i);
+                snprintf(payload, sizeof(payload), "v%d", i);
+                while (h_pub_send(&e->pub, topic, payload) != 0)
+                        h_sleep_ms(5);
+        }
+        cr_assert(h_pub_flush(&e->pub, 10000));
+}
+
+/* ---- metrics --------------------------------------------------------------------- */
+
+/* GET path from /metrics's port; returns the whole response (headers and body). */
+static char *http_get(int port, const char *path)
+{
+        struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        char req[256];
+        size_t len = 0, cap = 1 << 18;
+        char *buf = malloc(cap);
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        cr_assert(connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0, "connect to metrics port %d", port);
+        int n = snprintf(req, sizeof(req), "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\nAccept: text/plain\r\n\r\n", path);
+        cr_assert_eq(send(fd, req, (size_t)n, 0), n);
+        for (ssize_t r; len + 1 < cap && (r = recv(fd, buf + len, cap - 1 - len, 0)) > 0;)
+                len += (size_t)r;
+        close(fd);
+        buf[len] = '\0';
+        return buf;
+}
+
+/* The value of one series ("name" or "name{labels}") in an exposition; asserts it is
+ * there exactly once. */
+static double metric(const char *text, const char *series)
+{
+        char key[200];
+        snprintf(key, sizeof(key), "\n%s ", series);
+        const char *p = strstr(text, key);
+        cr_assert(p, "no series %s", series);
+        cr_assert(!strstr(p + 1, key), "series %s twice", series);
+        return strtod(p + strlen(key), NULL);
+}
+
+static double forwarded(struct env *e)
+{
+        char *m = http_get(e->mport, "/metrics");
+        double v = metric(m, "kuimen_messages_forwarded_total");
+        free(m);
+        return v;
+}
+
+TestSuite(control, .timeout = 120);
+
+Test(control, status_links_spool_and_backlog)
+{
+        static char out[1 << 16];
+        struct env e;
+        struct stat st;
+        up(&e, "ctl");
+
+        /* The stale socket file was replaced, with the mode the group needs. */
+        cr_assert_eq(stat(e.sock, &st), 0);
+        cr_assert(S_ISSOCK(st.st_mode));
+        cr_assert_eq(st.st_mode & 0777, 0660);
+
+        cr_assert_eq(ctl(e.sock, "status", out, sizeof(out)), 0, "%s", out);
+        cr_assert(strncmp(out, "node north (base), up ", 22) == 0, "%s", out);
+        cr_assert(strstr(out, "\ncenter  up    up "), "no center line:\n%s", out);
+        cr_assert(strstr(out, "\ntelemetry  "), "no telemetry class:\n%s", out);
+        cr_assert(strstr(out, "\ncounters: in="), "%s", out);
+        cr_assert_eq(ctl(e.sock, "links", out, sizeof(out)), 0, "%s", out);
+        cr_assert(strstr(out, "\ncenter  up    up "), "%s", out);
+        cr_assert(!strstr(out, "spool:"), "links shows only links:\n%s", out);
+
+        cJSON *r = ctl_json(&e, "status");
+        cr_assert_str_eq(jstr(r, "node"), "north");
+        cr_assert_str_eq(jstr(r, "role"), "base");
+        cr_assert_str_eq(jstr(r, "links.0.name"), "center");
+        cr_assert_str_eq(jstr(r, "links.0.state"), "up");
+        cr_assert_str_eq(jstr(r, "links.0.reason"), "connected");
+        cr_assert_str_eq(jstr(r, "links.1.name"), "local");
+        cr_assert_eq(jnum(r, "spool.depth"), 0);
+        cr_assert_eq(jnum(r, "spool.oldest_age_s"), 0);
+        cr_assert_eq(cj.size(jpath(r, "positions")), 0);
+        cr_assert_eq(jpath(r, "gnss")->type & 0xff, cJSON_NULL);
+        cr_assert_eq(class_depth(r, "telemetry"), 0);
+        cj.del(r);
+
+        /* A backlog of known size: the center away, 20 readings and one alert. */
+        h_stop(&e.center.p, SIGTERM);
+        cr_assert(wait_link(&e, "up", false, 10000), "the center link stayed up");
+        publish(&e, "sensors/t", 20);
+        publish(&e, "alert/a", 1);
+        int64_t until = h_now_ms() + 5000;
+        for (;;) {
+                r = ctl_json(&e, "spool");
+                if ((class_depth(r, "telemetry") == 20 && class_depth(r, "alert") == 1) || h_now_ms() > until)
+                        break;
+                cj.del(r);
+                h_sleep_ms(50);
+        }
+        cr_assert_eq(class_depth(r, "telemetry"), 20);
+        cr_assert_eq(class_depth(r, "alert"), 1);
+        /* Link status messages (class status) may be queued as well: the total is the
+         * sum of the classes, and holds our 21. */
+        double sum = 0;
+        const cJSON *cls = jpath(r, "spool.classes");
+        for (int i = 0; i < cj.size(cls); i++)
+                sum += jnum(cj.item(cls, i), "depth");
+        cr_assert_eq(jnum(r, "spool.depth"), sum);
+        cr_assert_eq(jnum(r, "spool.depth"), 21 + class_depth(r, "status"));
+        cr_assert(jnum(r, "spool.bytes") > 0);
+        cr_assert(jnum(r, "spool.oldest_age_s") > 0);
+        /* The head: the alert leaves first. */
+        cr_assert_eq(cj.size(jpath(r, "spool.head")), 1);
+        cr_assert_str_eq(jstr(r, "spool.head.0.class"), "alert");
+        cr_assert_str_eq(jstr(r, "spool.head.0.topic"), "alert/a0");
+        cr_assert_eq(jnum(r, "spool.head.0.bytes"), 2);
+        cr_assert_eq(jnum(r, "spool.head.0.priority"), 0);
+        cj.del(r);
+        cr_assert_eq(ctl(e.sock, "spool", out, sizeof(out)), 0, "%s", out);
+        cr_assert(strstr(out, "\nnext to leave (up, priority 0):\n"), "%s", out);
+        cr_assert(strstr(out, "  alert/a0\n"), "%s", out);
+        cr_assert(strstr(out, "\ncenter  up    down "), "%s", out);
+
+        /* The center back: the backlog drains to nothing. */
+        h_broker_restart(&e.center);
+        cr_assert(wait_link(&e, "up", true, 15000));
+        cr_assert(wait_empty(&e, 10000), "the backlog did not drain");
+        down(&e);
+}
+
+Test(control, reload_and_socket_gone_on_stop)
+{
+        static char out[1 << 16], want[600];
+        struct env e;
+        up(&e, "reload");
+
+        cr_assert_eq(ctl(e.sock, "reload", out, sizeof(out)), 0, "%s", out);
+        snprintf(want, sizeof(want), "reloaded routes and classes from %s (6 classes)\n", e.conf);
+        cr_assert_str_eq(out, want);
+        cr_assert_eq(h_log_count(&e.k, "reloaded routes and classes"), 1);
+
+        /* A new class arrives with the reload. */
+        FILE *f = fopen(e.conf, "a");
+        fputs("[class drill]\nmatch = drill/#\npriority = 6\n", f);
+        fclose(f);
+        cr_assert_eq(ctl(e.sock, "reload --json", out, sizeof(out)), 0, "%s", out);
+        cJSON *r = cj.parse(out);
+        cr_assert_str_eq(jstr(r, "reload"), "ok");
+        cr_assert_eq(jnum(r, "classes"), 7);
+        cj.del(r);
+        r = ctl_json(&e, "status");
+        cr_assert_str_eq(jstr(r, "spool.classes.6.name"), "drill");
+        cj.del(r);
+
+        /* A config with errors is refused and says why; the routes stay. */
+        f = fopen(e.conf, "a");
+        fputs("[class broken]\npriority = 999\n", f);
+        fclose(f);
+        cr_assert_eq(ctl(e.sock, "reload", out, sizeof(out)), 1, "%s", out);
+        cr_assert(strstr(out, "reload refused, the running routes stay:\n"), "%s", out);
+        cr_assert(strstr(out, "priority: 999 is out of range 0..255"), "%s", out);
+        cr_assert_eq(h_log_count(&e.k, "keeping the running routes"), 1);
+        cr_assert_eq(h_log_count(&e.k, "reloaded routes and classes"), 2);
+        r = ctl_json(&e, "status");
+        cr_assert_eq(jnum(r, "counters.bad_config_reloads"), 1);
+        cj.del(r);
+
+        /* Stopped, the socket goes: kuimenctl says so at once. The exit status also
+         * tells, under the sanitizers, that the reloads leaked nothing. */
+        int st = h_stop(&e.k, SIGTERM);
+        cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "kuimen exits 0 on SIGTERM (status %d)", st);
+        cr_assert_neq(access(e.sock, F_OK), 0);
+        snprintf(want, sizeof(want), "kuimen is not running (no socket at %s)\n", e.sock);
+        cr_assert_eq(ctl(e.sock, "status", out, sizeof(out)), 3);
+        cr_assert_str_eq(out, want);
+        down(&e);
+}
+
+Test(control, not_running)
+{
+        static char out[4096], want[600], dir[200], sock[300];
+        cj_load();
+        h_tmpdir(dir, sizeof(dir), "ctlnone");
+        snprintf(sock, sizeof(sock), "%s/kuimen.sock", dir);
+
+        cr_assert_eq(ctl(sock, "status", out, sizeof(out)), 3);
+        snprintf(want, sizeof(want), "kuimen is not running (no socket at %s)\n", sock);
+        cr_assert_str_eq(out, want);
+        cr_assert_eq(ctl(sock, "links --json", out, sizeof(out)), 3);
+        cr_assert_str_eq(out, want);
+
+        stale_socket(sock);
+        cr_assert_eq(ctl(sock, "spool", out, sizeof(out)), 3);
+        snprintf(want, sizeof(want), "kuimen is not running (nothing answers on %s)\n", sock);
+        cr_assert_str_eq(out, want);
+
+        cr_assert_eq(ctl(sock, "frobnicate", out, sizeof(out)), 2);
+        cr_assert(strncmp(out, "usage: kuimenctl", 16) == 0, "%s", out);
+        h_cleanup(dir);
+}
+
+Test(control, metrics_move_with_messages)
+{
+        struct env e;
+        up(&e, "metrics");
+        static const char *const families[] = {
+                "kuimen_messages_in_total counter", "kuimen_messages_forwarded_total counter",
+                "kuimen_messages_dropped_total counter", "kuimen_messages_expired_total counter",
+                "kuimen_messages_coalesced_total counter", "kuimen_bad_input_total counter",
+                "kuimen_spool_messages gauge", "kuimen_spool_bytes gauge", "kuimen_spool_oldest_age_seconds gauge",
+                "kuimen_link_up gauge", "kuimen_link_messages_sent_total counter",
+                "kuimen_link_messages_acked_total counter", "kuimen_link_inflight_messages gauge",
+                "kuimen_uptime_seconds gauge", "kuimen_fsyncs_total counter", NULL,
+        };
+
+        char *m = http_get(e.mport, "/metrics");
+        cr_assert(strncmp(m, "HTTP/1.0 200 OK\r\n", 17) == 0, "%.200s", m);
+        cr_assert(strstr(m, "\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"), "%.400s", m);
+        for (int i = 0; families[i]; i++) {
+                char line[120], name[80];
+                snprintf(line, sizeof(line), "\n# TYPE %s\n", families[i]);
+                cr_assert(strstr(m, line), "no TYPE line for %s", families[i]);
+                snprintf(name, sizeof(name), "%.*s", (int)strcspn(families[i], " "), families[i]);
+                snprintf(line, sizeof(line), "\n# HELP %s ", name);
+                cr_assert(strstr(m, line), "no HELP line for %s", name);
+        }
+        cr_assert_eq(metric(m, "kuimen_link_up{link=\"center\"}"), 1);
+        cr_assert_eq(metric(m, "kuimen_link_up{link=\"local\"}"), 1);
+        cr_assert_eq(metric(m, "kuimen_spool_messages{class=\"telemetry\"}"), 0);
+        cr_assert(metric(m, "kuimen_uptime_seconds") > 0);
+        double in0 = metric(m, "kuimen_messages_in_total");
+        double fwd0 = metric(m, "kuimen_messages_forwarded_total");
+        double acked0 = metric(m, "kuimen_link_messages_acked_total{link=\"center\"}");
+        free(m);
+
+        publish(&e, "sensors/m", 50);
+        int64_t until = h_now_ms() + 10000;
+        while (forwarded(&e) < fwd0 + 50 && h_now_ms() < until)
+                h_sleep_ms(50);
+        h_sleep_ms(300); /* nothing more may come */
+        m = http_get(e.mport, "/metrics");
+        cr_assert_eq(metric(m, "kuimen_messages_forwarded_total") - fwd0, 50);
+        cr_assert_eq(metric(m, "kuimen_messages_in_total") - in0, 50);
+        cr_assert_eq(metric(m, "kuimen_link_messages_acked_total{link=\"center\"}") - acked0, 50);
+        cr_assert_eq(metric(m, "kuimen_link_inflight_messages{link=\"center\"}"), 0);
+        cr_assert_eq(metric(m, "kuimen_spool_messages{class=\"telemetry\"}"), 0);
+        cr_assert_eq(metric(m, "kuimen_spool_oldest_age_seconds"), 0);
+        cr_assert_eq(metric(m, "kuimen_messages_dropped_total"), 0);
+        free(m);
+
+        m = http_get(e.mport, "/nothing");
+        cr_assert(strncmp(m, "HTTP/1.0 404 Not Found\r\n", 24) == 0, "%.200s", m);
+        free(m);
+        down(&e);
+}
