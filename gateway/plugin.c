@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "daemon.h"
 #include "frame.h"
@@ -478,6 +479,11 @@ static const struct km_plugin_desc *load(const char *dir, const char *type, void
 {
         char path[4096];
         snprintf(path, sizeof(path), "%s/%s.so", dir, type);
+        if (access(path, F_OK) < 0) {
+                snprintf(why, wl, "unknown link type '%s': no plugin %s (built in: mqtt)", type, path);
+                *dl = NULL;
+                return NULL;
+        }
         *dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
         if (!*dl) {
                 snprintf(why, wl, "cannot load %s: %s", path, dlerror());

@@ -544,7 +544,7 @@ Test(bridge, check_config_names_file_line_key)
         h_tmpdir(dir, sizeof(dir), "conf");
         snprintf(path, sizeof(path), "%s/bad.conf", dir);
         FILE *f = fopen(path, "w");
-        fputs("[node]\nname = north\nspool_max_mb = lots\nsync = sometimes\n[local]\nuri = tcp://127.0.0.1:1883\n"
+        fputs("[node]\nname = north\nspool_max_mb = lots\nsync = sometimes\nplugin_dir = /nonexistent\n[local]\nuri = tcp://127.0.0.1:1883\n"
               "subscribe = sensors/#/x\ncolour = blue\n[link center]\ntype = mqtt\nuri = http://center\n"
               "[link sat]\ntype = carrier-pigeon\n[class alert]\nttl = forever\n[nonsense]\nx = 1\n",
               f);
@@ -555,13 +555,13 @@ Test(bridge, check_config_names_file_line_key)
         snprintf(want, sizeof(want),
                  "%s:3: spool_max_mb: not a whole number\n"
                  "%s:4: sync: 'sometimes' is not one of: batch always\n"
-                 "%s:15: ttl: not a duration (e.g. 50ms, 10s, 5m, 2h, 7d)\n"
-                 "%s:7: subscribe: 'sensors/#/x': '#' must be a whole last level\n"
-                 "%s:11: uri: 'http://center' is not tcp://, ssl://, mqtt:// or mqtts://host:port\n"
-                 "%s:13: type: unknown link type 'carrier-pigeon' (built in: mqtt)\n"
-                 "%s:17: -: unknown section [nonsense]\n"
-                 "%s:8: colour: unknown key in [local]\n"
-                 "%s:17: x: unknown key in [nonsense]\n",
+                 "%s:16: ttl: not a duration (e.g. 50ms, 10s, 5m, 2h, 7d)\n"
+                 "%s:8: subscribe: 'sensors/#/x': '#' must be a whole last level\n"
+                 "%s:12: uri: 'http://center' is not tcp://, ssl://, mqtt:// or mqtts://host:port\n"
+                 "%s:14: type: unknown link type 'carrier-pigeon': no plugin /nonexistent/carrier-pigeon.so (built in: mqtt)\n"
+                 "%s:18: -: unknown section [nonsense]\n"
+                 "%s:9: colour: unknown key in [local]\n"
+                 "%s:18: x: unknown key in [nonsense]\n",
                  path, path, path, path, path, path, path, path, path);
         cr_assert_str_eq(out, want);
         f = fopen(path, "w");
