@@ -29,6 +29,15 @@
  *   when you can take a frame" (the card's service interval, a busy channel).
  * - Ownership: pointers passed in are borrowed for the duration of the call unless a
  *   comment says otherwise.
+ * - Re-entrancy: the plugin never calls sent/ready/received from inside send()
+ *   (report is allowed); the host may call send() from inside sent(), ready() and
+ *   report(); the host never calls close() from inside a callback the plugin is making.
+ * - Receipts: sent() comes exactly once for every token send() accepted, possibly with
+ *   a negative status after send() returned 0 (the beam was lost during the send).
+ * - open() fails only for bad config or no memory; a missing or unplugged device is a
+ *   DOWN report, and the plugin retries on its own timer.
+ * - Frames may arrive twice or out of order (SBD redelivers): the frame layer above
+ *   drops duplicates. One .so may serve several links at once: no global mutable state.
  */
 
 #define KM_PLUGIN_ABI_MAJOR 1
@@ -71,7 +80,10 @@ struct km_host_api {
         /* Watches fd (EPOLLIN/EPOLLOUT bits) until unwatch_fd; the plugin keeps the fd. */
         int (*watch_fd)(km_plugin_link *h, int fd, uint32_t events, km_plugin_fd_cb cb, void *ud);
         int (*unwatch_fd)(km_plugin_link *h, int fd);
-        /* One-shot timer after usec; returns an id > 0 for cancel_timer. */
+        /* One-shot timer after usec (CLOCK_MONOTONIC, relative; 0 runs on the next loop
+         * turn, never inside the call); returns an id > 0 for cancel_timer or a negative
+         * errno. Cancelling a fired or unknown id is a no-op. Watching an fd already
+         * watched changes its events. */
         int (*timer)(km_plugin_link *h, uint64_t usec, km_plugin_timer_cb cb, void *ud);
         void (*cancel_timer)(km_plugin_link *h, int id);
         /* The driver's view of the link's health; call on every change. */
@@ -116,5 +128,6 @@ struct km_plugin_desc {
  * plugin cannot work with this host's ABI. */
 typedef const struct km_plugin_desc *(*km_plugin_entry)(uint32_t host_abi_major, uint32_t host_abi_minor);
 #define KM_PLUGIN_ENTRY "kuimen_plugin"
+KM_PLUGIN_EXPORT const struct km_plugin_desc *kuimen_plugin(uint32_t host_abi_major, uint32_t host_abi_minor);
 
 #endif
