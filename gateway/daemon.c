@@ -128,7 +128,12 @@ static int ingest_ex(struct km_daemon *d, int dir, const char *topic, const char
                      size_t len, bool retain, const char *ckey_suffix, const struct ingest_extra *x)
 {
         char ckey[512], cls[64];
-        struct km_msg m = { .created_ms = km_now_ms(), .dir = (uint8_t)dir, .qos = 1, .topic = topic,
+        int64_t now;
+        /* After a power cut a box can boot with a wrong clock: GNSS time is then the
+         * only trustworthy time on the base. */
+        if (!d->clock || d->clock(&now) != 1)
+                now = km_now_ms();
+        struct km_msg m = { .created_ms = now, .dir = (uint8_t)dir, .qos = 1, .topic = topic,
                             .payload = payload, .len = len, .cls = cls, .ckey = ckey,
                             .origin = x ? x->origin : NULL, .oid = x ? x->oid : 0 };
         const char *rt = x && x->route_topic ? x->route_topic : topic;

@@ -46,6 +46,9 @@ struct km_daemon {
         int64_t started_ms;
         uint64_t unrouted, rejected, bad_config_reloads;
         uint64_t bad_input; /* payloads a bridge refused (atomic: bridges count from their threads) */
+        /* GNSS time while the system clock is unsynchronised (bridges/gnss sets it):
+         * returns 1 and the time, or 0. Any thread. */
+        int (*clock)(int64_t *now_ms);
         /* Bridges hook their shutdown here (called first on stop). */
         void (*on_stop[KM_MAX_LINKS + 2])(void *ud);
         void *on_stop_ud[KM_MAX_LINKS + 2];

@@ -148,6 +148,7 @@ int main(int argc, char **argv)
         struct km_daemon d;
         int rc = km_daemon_init(&d, &n, &c, path);
         d.live = live;
+        d.clock = km_gnss_clock;
         if (rc == 0)
                 rc = km_mqtt_local_start(&d, &c);
         /* mqtt links first: a narrow link on a center takes their topic prefix. */
