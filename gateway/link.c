@@ -64,7 +64,9 @@ bool km_link_may_carry(const struct km_link *l, const char *cls)
 
 bool km_link_eligible(const struct km_link *l, int64_t now)
 {
-        return l->state == KM_LINK_UP && now - l->up_since_mono >= l->conf.hold_ms;
+        /* hold keeps a flapping link from pulling traffic back and forth; a link's
+         * first UP is no flap. */
+        return l->state == KM_LINK_UP && (!l->lost_once || now - l->up_since_mono >= l->conf.hold_ms);
 }
 
 void km_link_check(struct km_link *l, int64_t now)
@@ -135,8 +137,10 @@ void km_link_set_state(struct km_link *l, enum km_link_state st, const char *rea
 {
         bool same = st == l->state && strcmp(reason, l->reason) == 0;
 
-        if (l->state == KM_LINK_UP && st != KM_LINK_UP)
+        if (l->state == KM_LINK_UP && st != KM_LINK_UP) {
                 reset_window(l);
+                l->lost_once = true;
+        }
         if (same)
                 return;
         KM_LOG(st == KM_LINK_UP ? KM_LOG_NOTICE : KM_LOG_WARNING, "link", "%s: %s -> %s (%s)", l->name,

@@ -73,6 +73,7 @@ struct km_link {
         int64_t up_since_mono; /* CLOCK_MONOTONIC ms it last became UP */
         int64_t progress_mono; /* last ack, or when the window last went from empty */
         uint64_t transitions;
+        bool lost_once; /* it was UP and went down: hold applies from then on */
         int64_t budget_start; /* CLOCK_MONOTONIC ms the budget window began */
         uint64_t budget_bytes_used, budget_msgs_used;
         /* Called on the loop thread after each state change. */

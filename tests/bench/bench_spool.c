@@ -1,0 +1,246 @@
+/* SPDX-License-Identifier: MIT */
+/* Spool ingest benchmark: km_spool_push rate in-process, batch and always sync, 1 and 4 pushing threads. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/statfs.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "gateway/spool.h"
+
+#define PAYLOAD_LEN 200
+#define TOPICS 10
+
+/* One pusher configuration and what it measured. */
+struct run {
+        bool always;
+        int threads;
+        double secs, rate, fsyncs_per_msg, us_per_push;
+        uint64_t pushed, fsyncs;
+};
+
+/* The loop thread of the daemon, reduced to what the spool needs: commit when woken,
+ * and at least every 100 ms (the daemon's housekeeping tick), so that pending messages
+ * move into SQLite exactly as they do in kuimen. Without it, pushers would stall at the
+ * spool's hard cap on pending messages and we would measure the back-pressure. */
+struct loop {
+        struct km_spool *sp;
+        pthread_mutex_t mu;
+        pthread_cond_t cv;
+        bool woken, stop;
+        int errors;
+};
+
+struct pusher {
+        struct km_spool *sp;
+        atomic_bool *stop;
+        int index;
+        uint64_t pushed;
+        int64_t busy_ns;
+        int errors;
+};
+
+static int64_t mono_ns(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void wake(void *ud)
+{
+        struct loop *l = ud;
+        pthread_mutex_lock(&l->mu);
+        l->woken = true;
+        pthread_cond_signal(&l->cv);
+        pthread_mutex_unlock(&l->mu);
+}
+
+static void *loop_main(void *arg)
+{
+        struct loop *l = arg;
+        pthread_mutex_lock(&l->mu);
+        while (!l->stop) {
+                if (!l->woken) {
+                        struct timespec until;
+                        clock_gettime(CLOCK_REALTIME, &until);
+                        until.tv_nsec += 100 * 1000000L;
+                        if (until.tv_nsec >= 1000000000L) {
+                                until.tv_sec++;
+                                until.tv_nsec -= 1000000000L;
+                        }
+                        pthread_cond_timedwait(&l->cv, &l->mu, &until);
+                }
+                l->woken = false;
+                pthread_mutex_unlock(&l->mu);
+                if (km_spool_commit(l->sp) < 0)
+                        l->errors++;
+                pthread_mutex_lock(&l->mu);
+        }
+        pthread_mutex_unlock(&l->mu);
+        return NULL;
+}
+
+/* Pushes 200-byte telemetry messages as kuimen's ingest does, until told to stop. */
+static void *pusher_main(void *arg)
+{
+        struct pusher *p = arg;
+        char payload[PAYLOAD_LEN], topic[32];
+        memset(payload, 'x', sizeof(payload));
+        while (!atomic_load_explicit(p->stop, memory_order_relaxed)) {
+                snprintf(topic, sizeof(topic), "sensors/t%d", (int)(p->pushed % TOPICS));
+                snprintf(payload, 32, "%02d:%012llu", p->index, (unsigned long long)p->pushed);
+                int64_t now = km_now_ms();
+                struct km_msg m = { .created_ms = now, .expires_ms = now + 86400000, .dir = KM_DIR_UP, .prio = 4,
+                                    .qos = 1, .flags = KM_MSG_DROPPABLE, .cls = "telemetry", .topic = topic,
+                                    .ckey = "", .payload = payload, .len = sizeof(payload) };
+                int64_t t0 = mono_ns();
+                int rc = km_spool_push(p->sp, &m);
+                p->busy_ns += mono_ns() - t0;
+                if (rc < 0) {
+                        if (p->errors++ == 0)
+                                fprintf(stderr, "bench_spool: push: %s\n", strerror(-rc));
+                        return NULL;
+                }
+                p->pushed++;
+        }
+        return NULL;
+}
+
+static const char *fs_name(const char *dir)
+{
+        struct statfs s;
+        if (statfs(dir, &s) < 0)
+                return "?";
+        switch ((unsigned long)s.f_type) {
+        case 0xEF53UL:
+                return "ext4";
+        case 0x58465342UL:
+                return "xfs";
+        case 0x9123683EUL:
+                return "btrfs";
+        case 0x01021994UL:
+                return "tmpfs (fsync is free here: sync=always figures mean little)";
+        default:
+                return "other";
+        }
+}
+
+/* One configuration on a fresh spool in dir; returns 0 or -1 on a broken setup. */
+static int run_one(struct run *r, const char *dir, double secs)
+{
+        char path[512];
+        struct km_spool *sp = NULL;
+        struct loop l = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER };
+        struct pusher ps[8];
+        pthread_t lt, pt[8];
+        atomic_bool stop = false;
+        struct km_spool_stats st;
+        int rc;
+
+        snprintf(path, sizeof(path), "%s/%s-%d/spool.db", dir, r->always ? "always" : "batch", r->threads);
+        /* max_bytes far above what a run writes: the space policy is not what we measure. */
+        struct km_spool_opts o = { .path = path, .max_bytes = (int64_t)16 << 30, .sync_always = r->always,
+                                   .sync_interval_ms = 50, .wake = wake, .wake_ud = &l };
+        if ((rc = km_spool_open(&sp, &o)) < 0) {
+                fprintf(stderr, "bench_spool: open %s: %s\n", path, strerror(-rc));
+                return -1;
+        }
+        l.sp = sp;
+        pthread_create(&lt, NULL, loop_main, &l);
+        int64_t t0 = mono_ns();
+        for (int i = 0; i < r->threads; i++) {
+                ps[i] = (struct pusher){ .sp = sp, .stop = &stop, .index = i };
+                pthread_create(&pt[i], NULL, pusher_main, &ps[i]);
+        }
+        struct timespec d = { (time_t)secs, (long)((secs - (double)(time_t)secs) * 1e9) };
+        while (nanosleep(&d, &d) < 0 && errno == EINTR)
+                ;
+        atomic_store(&stop, true);
+        int errors = 0;
+        int64_t busy = 0;
+        for (int i = 0; i < r->threads; i++) {
+                pthread_join(pt[i], NULL);
+                r->pushed += ps[i].pushed;
+                busy += ps[i].busy_ns;
+                errors += ps[i].errors;
+        }
+        r->secs = (double)(mono_ns() - t0) / 1e9;
+        /* The counters before close: close's own checkpoint fsyncs are not ingest's. */
+        pthread_mutex_lock(&l.mu);
+        l.stop = true;
+        pthread_cond_signal(&l.cv);
+        pthread_mutex_unlock(&l.mu);
+        pthread_join(lt, NULL);
+        km_spool_stats(sp, &st);
+        km_spool_close(sp);
+        r->fsyncs = st.fsyncs;
+        r->rate = (double)r->pushed / r->secs;
+        r->fsyncs_per_msg = r->pushed ? (double)st.fsyncs / (double)r->pushed : 0;
+        r->us_per_push = r->pushed ? (double)busy / 1e3 / (double)r->pushed : 0;
+        if (st.pushed != r->pushed || errors || l.errors) {
+                fprintf(stderr, "bench_spool: %llu pushed by the threads, %llu counted by the spool, %d errors\n",
+                        (unsigned long long)r->pushed, (unsigned long long)st.pushed, errors + l.errors);
+                return -1;
+        }
+        return 0;
+}
+
+static void usage(void)
+{
+        fprintf(stderr, "usage: bench_spool [--short] [--seconds S]\n"
+                        "  spool files go to a fresh directory under $KM_BENCH_DIR (default /var/tmp)\n");
+}
+
+int main(int argc, char **argv)
+{
+        double secs = 5;
+        char dir[300];
+        const char *base = getenv("KM_BENCH_DIR") ? getenv("KM_BENCH_DIR") : "/var/tmp";
+        struct run runs[] = { { .always = false, .threads = 1 }, { .always = false, .threads = 4 },
+                              { .always = true, .threads = 1 }, { .always = true, .threads = 4 } };
+        int failed = 0;
+
+        for (int i = 1; i < argc; i++) {
+                if (strcmp(argv[i], "--short") == 0) {
+                        secs = 1.5;
+                } else if (strcmp(argv[i], "--seconds") == 0 && i + 1 < argc) {
+                        secs = atof(argv[++i]);
+                } else {
+                        usage();
+                        return 2;
+                }
+        }
+        snprintf(dir, sizeof(dir), "%s/km-bench-spool-XXXXXX", base);
+        if (!mkdtemp(dir)) {
+                fprintf(stderr, "bench_spool: mkdtemp %s: %s\n", dir, strerror(errno));
+                return 1;
+        }
+        printf("spool ingest: %d-byte payloads, %.1f s per configuration, spool in %s (%s)\n", PAYLOAD_LEN, secs, dir,
+               fs_name(dir));
+        fflush(stdout);
+        for (size_t i = 0; i < sizeof(runs) / sizeof(runs[0]) && !failed; i++)
+                failed = run_one(&runs[i], dir, secs) < 0;
+        if (!getenv("KM_KEEP")) {
+                char cmd[400];
+                snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+                (void)!system(cmd);
+        }
+        if (failed)
+                return 1;
+        printf("\n%-22s %8s %12s %12s %10s %14s\n", "spool ingest", "threads", "messages", "msgs/s", "us/push",
+               "fsyncs/msg");
+        for (size_t i = 0; i < sizeof(runs) / sizeof(runs[0]); i++) {
+                struct run *r = &runs[i];
+                printf("%-22s %8d %12llu %12.0f %10.2f %14.5f\n",
+                       r->always ? "sync=always" : "sync=batch (50 ms)", r->threads, (unsigned long long)r->pushed,
+                       r->rate, r->us_per_push, r->fsyncs_per_msg);
+        }
+        return 0;
+}
