@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "bridges/position.h"
+#include "tests/common/nmea_epochs.h"
 #include "gateway/posrec.h"
 
 #ifndef KM_SOURCE_ROOT
@@ -33,77 +34,19 @@ static double now_s(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static const char *nmea_dir(void)
+static void add_payload(void *ud, const char *s, size_t len)
 {
-	static char path[1024];
-	const char *env = getenv("KM_NMEA_DIR");
-
-	if (env && *env)
-		return env;
-	snprintf(path, sizeof(path), "%s/tests/data/nmea", KM_SOURCE_ROOT);
-	if (access(path, R_OK) == 0)
-		return path;
-	snprintf(path, sizeof(path), "%s/../shared/data/nmea", KM_SOURCE_ROOT);
-	return path;
-}
-
-/* A position sentence's time-of-day field, which groups sentences into epochs. */
-static bool sentence_time(const char *s, char t[32])
-{
-	bool gll = strncmp(s + 3, "GLL,", 4) == 0;
-	const char *p = s;
-
-	if (s[0] != '$' || strlen(s) < 7 ||
-	    (!gll && strncmp(s + 3, "GGA,", 4) && strncmp(s + 3, "RMC,", 4) &&
-	     strncmp(s + 3, "GNS,", 4)))
-		return false;
-	for (int i = 0; i < (gll ? 5 : 1) && p; i++)
-		p = strchr(p + 1, ',');
-	if (!p)
-		return false;
-	snprintf(t, 32, "%.*s", (int)strcspn(p + 1, ",*"), p + 1);
-	return true;
-}
-
-static void add_payload(struct payloads *pl, const char *s)
-{
-	if (pl->n < MAX_EPOCHS) {
-		pl->len[pl->n] = strlen(s);
-		memcpy(pl->text[pl->n], s, pl->len[pl->n] + 1);
+	struct payloads *pl = ud;
+	if (pl->n < MAX_EPOCHS && len < sizeof(pl->text[0])) {
+		pl->len[pl->n] = len;
+		memcpy(pl->text[pl->n], s, len + 1);
 		pl->n++;
 	}
 }
 
 static int load_epochs(const char *file, struct payloads *pl)
 {
-	char path[1200], line[512], payload[1024] = "", cur[32] = "", t[32];
-	size_t plen = 0;
-	FILE *f;
-
-	snprintf(path, sizeof(path), "%s/%s", nmea_dir(), file);
-	f = fopen(path, "r");
-	if (!f) {
-		fprintf(stderr, "cannot open %s (set KM_NMEA_DIR)\n", path);
-		return -1;
-	}
-	for (bool more = true; more;) {
-		char *s = fgets(line, sizeof(line), f) ? line + strspn(line, " ") : NULL;
-
-		more = s != NULL;
-		if (s && !sentence_time(s, t))
-			continue;
-		if (plen > 0 && (!s || strcmp(t, cur) != 0)) {
-			add_payload(pl, payload);
-			plen = 0;
-		}
-		if (s) {
-			snprintf(cur, sizeof(cur), "%s", t);
-			s[strcspn(s, "\r\n")] = '\0';
-			plen += (size_t)snprintf(payload + plen, sizeof(payload) - plen, "%s\r\n", s);
-		}
-	}
-	fclose(f);
-	return 0;
+	return km_test_nmea_epochs(file, add_payload, pl);
 }
 
 /* Parses every payload over and over for at least MIN_SECONDS; returns payloads/s. */
@@ -156,7 +99,7 @@ int main(void)
 			 pos[npos].speed == pos[npos].speed ? pos[npos].speed : 0.0,
 			 pos[npos].heading == pos[npos].heading ? pos[npos].heading : 0.0,
 			 pos[npos].mode);
-		add_payload(&json, js);
+		add_payload(&json, js, strlen(js));
 		npos++;
 	}
 	rate = parse_rate(&nmea, &ok);

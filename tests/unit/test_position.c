@@ -2,6 +2,8 @@
 /* Criterion suite for bridges/position: JSON and NMEA payloads, every refusal reason, real receiver captures. */
 #include <criterion/criterion.h>
 
+#include "tests/common/nmea_epochs.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -302,82 +304,39 @@ Test(position, strerror_names)
 
 /* ------------------------------------------------ real receiver captures */
 
-static const char *nmea_dir(void)
-{
-	static char path[1024];
-	const char *env = getenv("KM_NMEA_DIR");
-
-	if (env && *env)
-		return env;
-	snprintf(path, sizeof(path), "%s/tests/data/nmea", KM_SOURCE_ROOT);
-	if (access(path, R_OK) == 0)
-		return path;
-	snprintf(path, sizeof(path), "%s/../shared/data/nmea", KM_SOURCE_ROOT);
-	return path;
-}
-
-/* Copies a position sentence's time field into t; false for other lines. */
-static bool sentence_time(const char *s, char t[32])
-{
-	int field = strncmp(s + 3, "GLL,", 4) == 0 ? 5 : 1;
-	const char *p = s;
-
-	if (s[0] != '$' || strlen(s) < 7 ||
-	    (strncmp(s + 3, "GGA,", 4) && strncmp(s + 3, "RMC,", 4) &&
-	     strncmp(s + 3, "GNS,", 4) && field != 5))
-		return false;
-	for (int i = 0; i < field && p; i++)
-		p = strchr(p + 1, ',');
-	if (!p)
-		return false;
-	snprintf(t, 32, "%.*s", (int)strcspn(p + 1, ",*"), p + 1);
-	return true;
-}
-
 struct replay {
 	size_t ok, refused;
 	int last_rc;
 	struct km_pos last;
 };
 
+struct replay_ctx {
+	const char *file, *unit;
+	int64_t now_ms;
+	struct replay *r;
+};
+
+static void replay_epoch(void *ud, const char *payload, size_t len)
+{
+	struct replay_ctx *c = ud;
+	struct km_pos p;
+	int rc = km_position_parse(c->unit, payload, len, c->now_ms, &p);
+
+	c->r->ok += rc == 0;
+	c->r->refused += rc != 0;
+	c->r->last_rc = rc;
+	if (rc == 0)
+		c->r->last = p;
+	else
+		cr_assert_eq(rc, KM_POSITION_NO_FIX, "%s: %s", c->file, km_position_strerror(rc));
+}
+
 /* Replays a capture one epoch (consecutive position sentences of one time) per payload. */
 static void replay(const char *file, const char *unit, int64_t now_ms, struct replay *r)
 {
-	char path[1200], line[512], payload[4096] = "", cur[32] = "", t[32];
-	size_t plen = 0;
-	FILE *f;
-
-	snprintf(path, sizeof(path), "%s/%s", nmea_dir(), file);
-	f = fopen(path, "r");
-	cr_assert_not_null(f, "cannot open %s (set KM_NMEA_DIR)", path);
+	struct replay_ctx c = { file, unit, now_ms, r };
 	memset(r, 0, sizeof(*r));
-	for (bool more = true; more;) {
-		char *s = fgets(line, sizeof(line), f) ? line + strspn(line, " ") : NULL;
-
-		more = s != NULL;
-		if (s && !sentence_time(s, t))
-			continue;
-		if (plen > 0 && (!s || strcmp(t, cur) != 0)) {
-			struct km_pos p;
-			int rc = km_position_parse(unit, payload, plen, now_ms, &p);
-
-			r->ok += rc == 0;
-			r->refused += rc != 0;
-			r->last_rc = rc;
-			if (rc == 0)
-				r->last = p;
-			else
-				cr_assert_eq(rc, KM_POSITION_NO_FIX, "%s: %s", file,
-					     km_position_strerror(rc));
-			plen = 0;
-		}
-		if (s) {
-			snprintf(cur, sizeof(cur), "%s", t);
-			s[strcspn(s, "\r\n")] = '\0';
-			plen += (size_t)snprintf(payload + plen, sizeof(payload) - plen, "%s\r\n", s);
-		}
-	}
-	fclose(f);
+	cr_assert_eq(km_test_nmea_epochs(file, replay_epoch, &c), 0, "cannot read %s", file);
 }
 
 Test(position, capture_beidou_matches_gpsd)

@@ -2,6 +2,8 @@
 /* Criterion suite for gateway/posrec: exact JSON, codec round trips over real tracks, size bounds, hostile input. */
 #include <criterion/criterion.h>
 
+#include "tests/common/nmea_epochs.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -243,68 +245,26 @@ Test(posrec, every_record_at_most_16_bytes_adversarial)
 
 /* ------------------------------------------------------ real captures */
 
-static const char *nmea_dir(void)
+struct track {
+	const char *unit;
+	int64_t now_ms;
+	struct km_pos *out;
+	size_t cap, n;
+};
+
+static void track_epoch(void *ud, const char *payload, size_t len)
 {
-	static char path[1024];
-	const char *env = getenv("KM_NMEA_DIR");
-
-	if (env && *env)
-		return env;
-	snprintf(path, sizeof(path), "%s/tests/data/nmea", KM_SOURCE_ROOT);
-	if (access(path, R_OK) == 0)
-		return path;
-	snprintf(path, sizeof(path), "%s/../shared/data/nmea", KM_SOURCE_ROOT);
-	return path;
-}
-
-/* A position sentence's time-of-day field, which groups sentences into epochs. */
-static bool sentence_time(const char *s, char t[32])
-{
-	bool gll = strncmp(s + 3, "GLL,", 4) == 0;
-	const char *p = s;
-
-	if (s[0] != '$' || strlen(s) < 7 ||
-	    (!gll && strncmp(s + 3, "GGA,", 4) && strncmp(s + 3, "RMC,", 4) &&
-	     strncmp(s + 3, "GNS,", 4)))
-		return false;
-	for (int i = 0; i < (gll ? 5 : 1) && p; i++)
-		p = strchr(p + 1, ',');
-	if (!p)
-		return false;
-	snprintf(t, 32, "%.*s", (int)strcspn(p + 1, ",*"), p + 1);
-	return true;
+	struct track *t = ud;
+	if (t->n < t->cap && km_position_parse(t->unit, payload, len, t->now_ms, &t->out[t->n]) == 0)
+		t->n++;
 }
 
 /* Real track: every epoch of a capture that km_position_parse accepts. */
-static size_t load_track(const char *file, const char *unit, int64_t now_ms,
-			 struct km_pos *out, size_t cap)
+static size_t load_track(const char *file, const char *unit, int64_t now_ms, struct km_pos *out, size_t cap)
 {
-	char path[1200], line[512], payload[4096] = "", cur[32] = "", t[32];
-	size_t plen = 0, n = 0;
-	FILE *f;
-
-	snprintf(path, sizeof(path), "%s/%s", nmea_dir(), file);
-	f = fopen(path, "r");
-	cr_assert_not_null(f, "cannot open %s (set KM_NMEA_DIR)", path);
-	for (bool more = true; more;) {
-		char *s = fgets(line, sizeof(line), f) ? line + strspn(line, " ") : NULL;
-
-		more = s != NULL;
-		if (s && !sentence_time(s, t))
-			continue;
-		if (plen > 0 && (!s || strcmp(t, cur) != 0)) {
-			if (n < cap && km_position_parse(unit, payload, plen, now_ms, &out[n]) == 0)
-				n++;
-			plen = 0;
-		}
-		if (s) {
-			snprintf(cur, sizeof(cur), "%s", t);
-			s[strcspn(s, "\r\n")] = '\0';
-			plen += (size_t)snprintf(payload + plen, sizeof(payload) - plen, "%s\r\n", s);
-		}
-	}
-	fclose(f);
-	return n;
+	struct track t = { unit, now_ms, out, cap, 0 };
+	cr_assert_eq(km_test_nmea_epochs(file, track_epoch, &t), 0, "cannot read %s", file);
+	return t.n;
 }
 
 /* Three units reporting in turn, as a base hears them; kinds and battery vary. */
