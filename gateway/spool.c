@@ -183,7 +183,8 @@ static int64_t mono_ms(void)
 
 static uint32_t msg_size(const struct km_msg *m)
 {
-        return (uint32_t)(strlen(m->topic) + (m->ckey ? strlen(m->ckey) : 0) + m->len + ROW_OVERHEAD);
+        return (uint32_t)(strlen(m->topic) + (m->ckey ? strlen(m->ckey) : 0) + (m->origin ? strlen(m->origin) : 0) +
+                          m->len + ROW_OVERHEAD);
 }
 
 static void put16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
