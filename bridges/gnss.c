@@ -42,7 +42,6 @@
  */
 
 #define BACKOFF_MAX_S 30
-#define CLOCK_HOLD_MS (10 * 60 * 1000) /* see km_gnss_clock */
 #define OFFSET_REPORT_MS 1000         /* re-send status when the offset moved this much */
 #define EARTH_RADIUS_M 6371008.8      /* mean radius (IUGG) */
 
@@ -125,13 +124,16 @@ static int64_t clock_ms(clockid_t id)
 }
 
 /*
- * GNSS-disciplined time for message stamps. Rule: use GNSS time only when the
- * system clock says it is not synchronised (adjtimex status STA_UNSYNC, or the call
- * failing) and a timed fix arrived within the last 10 minutes; otherwise the system
- * clock (NTP-disciplined) is the better one and this returns 0. GNSS time is carried
- * forward on CLOCK_MONOTONIC from the fix, so a step of the unsynchronised system
- * clock does not disturb it; 10 minutes of a 50 ppm oscillator drift 30 ms, below
- * the NMEA output latency (tens to hundreds of ms, no PPS) that bounds accuracy anyway.
+ * GNSS-disciplined time for message stamps and expiry. Rule: use GNSS time only when
+ * the system clock says it is not synchronised (adjtimex status STA_UNSYNC, or the
+ * call failing) and a timed fix has arrived since kuimen started; otherwise the
+ * system clock (NTP-disciplined) is the better one and this returns 0. GNSS time is
+ * carried forward on CLOCK_MONOTONIC from the latest timed fix, so a step of the
+ * unsynchronised system clock does not disturb it. It is held for as long as the
+ * system clock stays unsynchronised, however old the fix: a 50 ppm oscillator drifts
+ * 4.3 s a day, while the unsynchronised clock may be years off (a box without RTC
+ * battery boots in 1970), and falling back to it would move every stamped message's
+ * expiry by that much at once (all expire, or none ever does).
  * Any thread. Returns 1 and fills *gnss_now_ms (unix ms), or 0.
  */
 int km_gnss_clock(int64_t *gnss_now_ms)
@@ -143,7 +145,7 @@ int km_gnss_clock(int64_t *gnss_now_ms)
         int64_t mono = clock_ms(CLOCK_MONOTONIC);
         int ok = 0;
         pthread_mutex_lock(&gclock.mu);
-        if (gclock.valid && mono - gclock.mono_ms <= CLOCK_HOLD_MS) {
+        if (gclock.valid) {
                 *gnss_now_ms = gclock.gnss_ms + (mono - gclock.mono_ms);
                 ok = 1;
         }

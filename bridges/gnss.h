@@ -17,10 +17,11 @@ int km_gnss_start(struct km_daemon *d, struct km_conf *c);
 
 void km_gnss_print_help(FILE *out);
 
-/* GNSS-disciplined time for stamping messages, from any thread: returns 1 and sets
- * *gnss_now_ms (unix ms) when the system clock is unsynchronised (adjtimex
- * STA_UNSYNC) and a timed fix arrived in the last 10 minutes, else 0 (use the
- * system clock). The full rule is beside the code in gnss.c. */
+/* GNSS-disciplined time for stamping and expiring messages, from any thread: returns
+ * 1 and sets *gnss_now_ms (unix ms) when the system clock is unsynchronised (adjtimex
+ * STA_UNSYNC) and a timed fix has arrived since start (carried forward on the
+ * monotonic clock), else 0 (use the system clock). The full rule is beside the code
+ * in gnss.c. */
 int km_gnss_clock(int64_t *gnss_now_ms);
 
 #endif

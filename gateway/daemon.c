@@ -77,6 +77,21 @@ void km_node_print_help(FILE *out)
         km_conf_print_help(out, "node", node_keys);
 }
 
+int64_t km_daemon_now(struct km_daemon *d)
+{
+        int64_t now;
+        /* After a power cut a box can boot with a wrong clock: GNSS time is then the
+         * only trustworthy time on the base. */
+        if (!d->clock || d->clock(&now) != 1)
+                now = km_now_ms();
+        return now;
+}
+
+static int64_t spool_clock(void *ud)
+{
+        return km_daemon_now(ud);
+}
+
 static void wake_loop(void *ud)
 {
         km_mailbox_kick(&((struct km_daemon *)ud)->mb);
@@ -128,11 +143,7 @@ static int ingest_ex(struct km_daemon *d, int dir, const char *topic, const char
                      size_t len, bool retain, const char *ckey_suffix, const struct ingest_extra *x)
 {
         char ckey[512], cls[64];
-        int64_t now;
-        /* After a power cut a box can boot with a wrong clock: GNSS time is then the
-         * only trustworthy time on the base. */
-        if (!d->clock || d->clock(&now) != 1)
-                now = km_now_ms();
+        int64_t now = km_daemon_now(d);
         struct km_msg m = { .created_ms = now, .dir = (uint8_t)dir, .qos = 1, .topic = topic,
                             .payload = payload, .len = len, .cls = cls, .ckey = ckey,
                             .origin = x ? x->origin : NULL, .oid = x ? x->oid : 0 };
@@ -298,7 +309,7 @@ static int on_expire(sd_event_source *s, uint64_t usec, void *ud)
 {
         struct km_daemon *d = ud;
         (void)usec;
-        km_spool_expire(d->spool, km_now_ms());
+        km_spool_expire(d->spool, km_daemon_now(d));
         return rearm(s, EXPIRE_US);
 }
 
@@ -406,6 +417,8 @@ int km_daemon_init(struct km_daemon *d, struct km_node_conf *n, struct km_conf *
                 .sync_interval_ms = d->node.sync_interval_ms,
                 .wake = wake_loop,
                 .wake_ud = d,
+                .now = spool_clock,
+                .now_ud = d,
         };
         if ((rc = km_spool_open(&d->spool, &so)) < 0)
                 return rc;

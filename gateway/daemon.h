@@ -55,6 +55,10 @@ struct km_daemon {
         size_t nstop;
 };
 
+/* The wall clock messages are stamped and expired by: d->clock when it answers, else
+ * the system clock. Any thread. */
+int64_t km_daemon_now(struct km_daemon *d);
+
 /* The embedded default config (config/kuimen.conf, compiled in). */
 extern const char km_default_config[];
 

@@ -151,6 +151,12 @@ int64_t km_now_ms(void)
         return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Expiry is decided on the clock that stamped the message (see km_spool_opts.now). */
+static int64_t spool_now(const struct km_spool *sp)
+{
+        return sp->o.now ? sp->o.now(sp->o.now_ud) : km_now_ms();
+}
+
 static int sql_fail(struct km_spool *sp, const char *what)
 {
         KM_LOG(KM_LOG_ERR, "spool", "%s: %s: %s", sp->path, what, sqlite3_errmsg(sp->db));
@@ -879,7 +885,7 @@ static int next_db(struct km_spool *sp, int dir, int prio, uint64_t after, int64
 
 int km_spool_next(struct km_spool *sp, int dir, int prio, uint64_t after, struct km_msg *out)
 {
-        int64_t now = km_now_ms();
+        int64_t now = spool_now(sp);
         int rc;
 
         if (sp->depth_db[dir][prio]) {
@@ -1385,7 +1391,7 @@ static int peek_pend(struct km_spool *sp, int dir, int prio, int64_t now, struct
 
 int km_spool_peek(struct km_spool *sp, int dir, int prio, struct km_spool_peek *out, int max)
 {
-        int64_t now = km_now_ms();
+        int64_t now = spool_now(sp);
         struct km_spool_peek *tmp;
         int a, b, i = 0, j = 0, n = 0;
 

@@ -19,6 +19,10 @@ struct km_spool_opts {
          * (new messages, or the pending buffer wants a flush). */
         void (*wake)(void *ud);
         void *wake_ud;
+        /* The wall clock messages are stamped with (created, expires), so that expiry
+         * compares like with like; NULL: the system clock. Any thread. */
+        int64_t (*now)(void *ud);
+        void *now_ud;
 };
 
 struct km_spool_stats {

@@ -204,6 +204,34 @@ Test(spool, ttl_expiry)
         km_spool_close(sp);
 }
 
+/* Expiry is decided on the clock that stamped the messages (GNSS time while the
+ * system clock is unsynchronised), not on the system clock: stamped in 2019 with a
+ * day to live, they live a day of that clock, in memory and in SQLite alike. */
+static int64_t clock_2019 = 1555029624000LL; /* 2019-04-12T00:40:24Z */
+static int64_t fixed_clock(void *ud)
+{
+        return *(int64_t *)ud;
+}
+
+Test(spool, ttl_on_the_stamping_clock)
+{
+        struct km_spool_opts o = { .path = path, .max_bytes = 1 << 20, .sync_interval_ms = 20, .wake = nowake,
+                                   .now = fixed_clock, .now_ud = &clock_2019 };
+        struct km_spool *sp = NULL;
+        char got[8][32];
+        cr_assert_eq(km_spool_open(&sp, &o), 0);
+        push(sp, 4, "s/x", "in-sqlite", NULL, clock_2019 + 86400000, true);
+        cr_assert_eq(km_spool_checkpoint(sp), 0);
+        push(sp, 4, "s/x", "in-memory", NULL, clock_2019 + 86400000, true);
+        cr_assert_eq(drain(sp, 4, got, 8, false), 2, "nothing expired a day after 2019 by the system clock");
+        clock_2019 += 86400000; /* the stamping clock reaches the expiry */
+        cr_assert_eq(drain(sp, 4, got, 8, false), 0);
+        struct km_spool_stats st;
+        km_spool_stats(sp, &st);
+        cr_assert_eq(st.expired, 2);
+        km_spool_close(sp);
+}
+
 /* Full: the lowest droppable priority goes first, oldest first; alerts never. */
 Test(spool, space_policy)
 {
