@@ -254,6 +254,7 @@ static void publish_status(struct gnss *g)
         g->reported_offset_known = known;
         g->reported_offset_ms = g->offset_ms;
         km_daemon_ingest(g->d, KM_DIR_UP, "status/gnss", buf, (size_t)n, false);
+        km_status_gnss_state(&g->d->status, buf, (size_t)n, km_now_ms());
 }
 
 /* Publishes status when anything it says changed: state, mode, or the clock offset
@@ -315,6 +316,7 @@ static void publish_fix(struct gnss *g)
         g->last_pub = g->fix;
         g->have_pub = true;
         km_daemon_ingest(g->d, KM_DIR_UP, "gnss", buf, (size_t)n, false);
+        km_status_gnss_fix(&g->d->status, buf, (size_t)n, km_now_ms());
 }
 
 static double distance_m(const struct km_pos *a, const struct km_pos *b)

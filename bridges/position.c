@@ -861,6 +861,7 @@ static void note_bad(struct km_positions *p, const char *topic, const char *unit
 	int64_t now = km_now_ms();
 	uint64_t n = __atomic_add_fetch(&p->bad[-rc], 1, __ATOMIC_RELAXED);
 	__atomic_add_fetch(&p->d->bad_input, 1, __ATOMIC_RELAXED);
+	km_status_bad_input(&p->d->status, km_position_strerror(rc));
 	int64_t *last = &p->last_log[unit_slot(unit)];
 	int64_t prev = __atomic_load_n(last, __ATOMIC_RELAXED);
 	if (now - prev < RATE_MS || !__atomic_compare_exchange_n(last, &prev, now, false, __ATOMIC_RELAXED,
@@ -903,6 +904,7 @@ int km_positions_take(struct km_positions *p, const char *topic, const void *pay
 	if (p->conf.track_interval_ms > 0)
 		snprintf(bucket, sizeof(bucket), "%lld", (long long)(pos.time_ms / p->conf.track_interval_ms));
 	km_daemon_ingest_keyed(p->d, KM_DIR_UP, out_topic, json, (size_t)n, false, bucket[0] ? bucket : NULL);
+	km_status_position(&p->d->status, pos.unit, json, (size_t)n, now);
 	return 1;
 }
 

@@ -624,8 +624,56 @@ static void put_node(struct km_control_buf *b, struct km_daemon *d, int64_t now)
                           (long)getpid(), (long long)now, age_s(now, d->started_ms));
 }
 
-/* status: everything an operator looks at first. Positions and the GNSS fix have their
- * places already; they stay empty until the bridges hand the daemon their latest. */
+/* ---- the status board: what the bridges last saw ---------------------------------- */
+
+struct board_ctx {
+        struct km_control_buf *b;
+        int64_t now;
+        int n;
+};
+
+static void put_reason(void *ud, const char *reason, uint64_t n)
+{
+        struct board_ctx *x = ud;
+        km_control_printf(x->b, "%s", x->n++ ? "," : "");
+        json_str(x->b, reason);
+        km_control_printf(x->b, ":%llu", (unsigned long long)n);
+}
+
+/* The bridges' JSON is our own (posrec, gnss): embedded as it is. */
+static void put_position(void *ud, const struct km_status_unit *u)
+{
+        struct board_ctx *x = ud;
+        km_control_printf(x->b, "%s{\"unit\":", x->n++ ? "," : "");
+        json_str(x->b, u->unit);
+        km_control_printf(x->b, ",\"age_s\":%.3f,\"position\":%s}", age_s(x->now, u->at_ms), u->json);
+}
+
+static void put_gnss(void *ud, const char *state, int64_t state_ms, const char *fix, int64_t fix_ms)
+{
+        struct board_ctx *x = ud;
+        if (!state && !fix) {
+                km_control_printf(x->b, "null");
+                return;
+        }
+        km_control_printf(x->b, "{\"status\":%s,\"status_age_s\":%.3f,\"fix\":%s,\"fix_age_s\":%.3f}",
+                          state ? state : "null", state ? age_s(x->now, state_ms) : 0.0, fix ? fix : "null",
+                          fix ? age_s(x->now, fix_ms) : 0.0);
+}
+
+static void put_board(struct km_control_buf *b, struct km_daemon *d, int64_t now)
+{
+        struct board_ctx x = { b, now, 0 };
+        km_control_printf(b, ",\"bad_input_reasons\":{");
+        km_status_each_bad(&d->status, put_reason, &x);
+        x.n = 0;
+        km_control_printf(b, "},\"positions\":[");
+        km_status_each_position(&d->status, put_position, &x);
+        km_control_printf(b, "],\"gnss\":");
+        km_status_gnss(&d->status, put_gnss, &x);
+}
+
+/* status: everything an operator looks at first, the bridges' latest sightings too. */
 static void reply_status(struct km_daemon *d, struct km_control_buf *b, bool with_head)
 {
         struct km_spool_stats st;
@@ -640,7 +688,8 @@ static void reply_status(struct km_daemon *d, struct km_control_buf *b, bool wit
                 put_head(b, d, &st, now);
         km_control_printf(b, "},");
         put_counters(b, d, &st);
-        km_control_printf(b, ",\"positions\":[],\"gnss\":null}\n");
+        put_board(b, d, now);
+        km_control_printf(b, "}\n");
 }
 
 static void reply_links(struct km_daemon *d, struct km_control_buf *b)

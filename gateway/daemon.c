@@ -404,6 +404,7 @@ int km_daemon_init(struct km_daemon *d, struct km_node_conf *n, struct km_conf *
         memset(n, 0, sizeof(*n));
         d->started_ms = km_now_ms();
         pthread_rwlock_init(&d->route_lock, NULL);
+        km_status_init(&d->status);
         if (config_path && !(d->config_path = strdup(config_path)))
                 return -ENOMEM;
         if ((rc = km_route_load(&d->route, c)) < 0)
@@ -495,6 +496,7 @@ void km_daemon_deinit(struct km_daemon *d)
                 km_mailbox_deinit(&d->mb);
         km_route_deinit(&d->route);
         pthread_rwlock_destroy(&d->route_lock);
+        km_status_deinit(&d->status);
         km_node_conf_release(&d->node);
         free(d->config_path);
         free(d->topic_prefix);

@@ -14,6 +14,7 @@
 #include "mailbox.h"
 #include "route.h"
 #include "spool.h"
+#include "status.h"
 
 struct km_node_conf {
         char *name;
@@ -46,6 +47,7 @@ struct km_daemon {
         int64_t started_ms;
         uint64_t unrouted, rejected, bad_config_reloads;
         uint64_t bad_input; /* payloads a bridge refused (atomic: bridges count from their threads) */
+        struct km_status status; /* what the bridges last saw: kuimenctl status, /metrics */
         /* GNSS time while the system clock is unsynchronised (bridges/gnss sets it):
          * returns 1 and the time, or 0. Any thread. */
         int (*clock)(int64_t *now_ms);

@@ -258,6 +258,44 @@ static void print_counters(const cJSON *r)
         printf("\n");
 }
 
+/* Refusals by reason, each unit's last position and the box's own fix. */
+static void print_board(const cJSON *r)
+{
+        const cJSON *reasons = cJSON_GetObjectItemCaseSensitive(r, "bad_input_reasons"), *e;
+        const cJSON *pos = cJSON_GetObjectItemCaseSensitive(r, "positions");
+        const cJSON *gnss = cJSON_GetObjectItemCaseSensitive(r, "gnss");
+        char a[32];
+
+        if (cJSON_GetArraySize(reasons)) {
+                printf("bad input by reason:");
+                cJSON_ArrayForEach(e, reasons)
+                        printf(" %s=%.0f", e->string, cJSON_IsNumber(e) ? e->valuedouble : 0);
+                printf("\n");
+        }
+        if (cJSON_GetArraySize(pos)) {
+                printf("\n%-16s  %12s  %13s  %8s  %s\n", "UNIT", "LAT", "LON", "ALT", "HEARD");
+                cJSON_ArrayForEach(e, pos) {
+                        const cJSON *p = cJSON_GetObjectItemCaseSensitive(e, "position");
+                        const cJSON *alt = cJSON_GetObjectItemCaseSensitive(p, "alt");
+                        char alts[24] = "-";
+                        if (cJSON_IsNumber(alt))
+                                snprintf(alts, sizeof(alts), "%.1f", alt->valuedouble);
+                        printf("%-16s  %12.7f  %13.7f  %8s  %s ago\n", str(e, "unit"), num(p, "lat"), num(p, "lon"), alts,
+                               age(num(e, "age_s"), a, sizeof(a)));
+                }
+        }
+        if (cJSON_IsObject(gnss)) {
+                const cJSON *st = cJSON_GetObjectItemCaseSensitive(gnss, "status");
+                const cJSON *fix = cJSON_GetObjectItemCaseSensitive(gnss, "fix");
+                printf("\ngnss: %s (%s)", *str(st, "state") ? str(st, "state") : "unknown", str(st, "reason"));
+                if (cJSON_IsObject(fix))
+                        printf("; last fix %.7f %.7f, mode %.0f, %.0f used (BeiDou %.0f) of %.0f seen, %s ago",
+                               num(fix, "lat"), num(fix, "lon"), num(fix, "mode"), num(fix, "sats_used"),
+                               num(fix, "sats_beidou"), num(fix, "sats_seen"), age(num(gnss, "fix_age_s"), a, sizeof(a)));
+                printf("\n");
+        }
+}
+
 /* Prints the reply of cmd; returns the exit code. */
 static int print_reply(const char *cmd, const cJSON *r)
 {
@@ -286,8 +324,10 @@ static int print_reply(const char *cmd, const cJSON *r)
         print_spool(sp);
         if (strcmp(cmd, "spool") == 0)
                 print_head(sp);
-        else
+        else {
                 print_counters(r);
+                print_board(r);
+        }
         return 0;
 }
 

@@ -207,6 +207,38 @@ static void put_links(struct km_control_buf *b, struct km_daemon *d)
         per_link(b, d, "kuimen_link_inflight_messages", "gauge", "Messages sent and not yet acknowledged.", 4);
 }
 
+struct board_ctx {
+        struct km_control_buf *b;
+        int64_t now;
+};
+
+static void put_reason(void *ud, const char *reason, uint64_t n)
+{
+        struct board_ctx *x = ud;
+        char num[32];
+        snprintf(num, sizeof(num), "%llu", (unsigned long long)n);
+        labelled(x->b, "kuimen_bad_input_reason_total", "reason", reason, num);
+}
+
+static void put_position_age(void *ud, const struct km_status_unit *u)
+{
+        struct board_ctx *x = ud;
+        char num[32];
+        snprintf(num, sizeof(num), "%.3f", x->now > u->at_ms ? (double)(x->now - u->at_ms) / 1000.0 : 0.0);
+        labelled(x->b, "kuimen_position_age_seconds", "unit", u->unit, num);
+}
+
+/* What the bridges last saw: refusals by reason, how fresh each unit's position is. */
+static void put_board(struct km_control_buf *b, struct km_daemon *d, int64_t now)
+{
+        struct board_ctx x = { b, now };
+        family(b, "kuimen_bad_input_reason_total", "counter",
+               "Payloads a bridge refused, by reason (bad_checksum, out_of_range, ...).");
+        km_status_each_bad(&d->status, put_reason, &x);
+        family(b, "kuimen_position_age_seconds", "gauge", "Seconds since each unit's last good position.");
+        km_status_each_position(&d->status, put_position_age, &x);
+}
+
 static void put_all(struct km_control_buf *b, struct km_daemon *d)
 {
         struct km_spool_stats st;
@@ -222,6 +254,7 @@ static void put_all(struct km_control_buf *b, struct km_daemon *d)
         put_messages(b, d, &st);
         put_spool(b, d, &st, now);
         put_links(b, d);
+        put_board(b, d, now);
         one(b, "kuimen_config_reload_failures_total", "counter", "Reloads refused because the config had errors.",
             d->bad_config_reloads);
 }

@@ -466,3 +466,72 @@ Test(control, metrics_move_with_messages)
         free(m);
         down(&e);
 }
+
+/* The bridges' latest sightings: each unit's last position, refusals by reason, in
+ * status --json, the human status and /metrics. */
+Test(control, positions_and_bad_input_by_reason)
+{
+        struct env e;
+        char out[1 << 14];
+        up(&e, "board");
+        const char *bad_sum = "$GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,*00";
+        cr_assert_eq(h_pub_send(&e.pub, "pos/r2", bad_sum), 0);
+        cr_assert_eq(h_pub_send(&e.pub, "pos/r2", bad_sum), 0);
+        cr_assert_eq(h_pub_send(&e.pub, "pos/r3", "{\"lat\": 91, \"lon\": 109}"), 0);
+        cr_assert_eq(h_pub_send(&e.pub, "pos/u7", "{\"lat\": 30.5123456, \"lon\": 109.4, \"alt\": 820, \"kind\": \"drone\"}"), 0);
+        cr_assert_eq(h_pub_send(&e.pub, "pos/r2", "$GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,*47"), 0);
+        cr_assert(h_pub_flush(&e.pub, 10000));
+
+        cJSON *r = NULL;
+        int64_t until = h_now_ms() + 10000;
+        for (;;) {
+                r = ctl_json(&e, "status");
+                const cJSON *p = jpath(r, "positions");
+                if ((p && cj.size(p) == 2) || h_now_ms() > until)
+                        break;
+                cj.del(r);
+                h_sleep_ms(100);
+        }
+        cr_assert_eq(jnum(r, "counters.bad_input"), 3);
+        cr_assert_eq(jnum(r, "bad_input_reasons.bad_checksum"), 2);
+        cr_assert_eq(jnum(r, "bad_input_reasons.out_of_range"), 1);
+        const cJSON *pos = jpath(r, "positions");
+        cr_assert(pos && cj.size(pos) == 2, "two units' positions");
+        int seen = 0;
+        for (int i = 0; i < 2; i++) {
+                const cJSON *u = cj.item(pos, i);
+                const char *unit = jstr(u, "unit");
+                cr_assert(jnum(u, "age_s") >= 0 && jnum(u, "age_s") < 30);
+                cr_assert_str_eq(jstr(u, "position.unit"), unit);
+                if (strcmp(unit, "u7") == 0) {
+                        cr_assert_eq(jnum(u, "position.lat"), 30.5123456);
+                        cr_assert_eq(jnum(u, "position.lon"), 109.4);
+                        cr_assert_eq(jnum(u, "position.alt"), 820);
+                        seen |= 1;
+                } else {
+                        cr_assert_str_eq(unit, "r2");
+                        /* 48 deg 07.038 min N, 11 deg 31.000 min E, to the record's 7 decimals */
+                        cr_assert_eq(jnum(u, "position.lat"), 48.1173000);
+                        cr_assert_eq(jnum(u, "position.lon"), 11.5166667);
+                        seen |= 2;
+                }
+        }
+        cr_assert_eq(seen, 3);
+        const cJSON *g = jpath(r, "gnss");
+        cr_assert(g && (g->type & 0xff) == cJSON_NULL, "no [gnss]: gnss is null");
+        cj.del(r);
+
+        cr_assert_eq(ctl(e.sock, "status", out, sizeof(out)), 0);
+        cr_assert(strstr(out, "bad input by reason: bad_checksum=2 out_of_range=1\n"), "%s", out);
+        cr_assert(strstr(out, "\nu7 "), "%s", out);
+        cr_assert(strstr(out, "  30.5123456    109.4000000     820.0  "), "%s", out);
+
+        char *m = http_get(e.mport, "/metrics");
+        cr_assert(strstr(m, "\n# TYPE kuimen_bad_input_reason_total counter\n"));
+        cr_assert_eq(metric(m, "kuimen_bad_input_reason_total{reason=\"bad_checksum\"}"), 2);
+        cr_assert_eq(metric(m, "kuimen_bad_input_reason_total{reason=\"out_of_range\"}"), 1);
+        double age = metric(m, "kuimen_position_age_seconds{unit=\"u7\"}");
+        cr_assert(age >= 0 && age < 30, "age %f", age);
+        free(m);
+        down(&e);
+}

@@ -584,6 +584,17 @@ Test(gnss, beidou_bd_capture)
         gpsfake_kill(&e);
         long s3 = wait_status(&e, (size_t)s2, "no_gpsd", NULL, 10000);
         cr_assert_geq(s3, 0, "no_gpsd after gpsd was killed");
+        /* kuimenctl status shows the state and keeps the last fix with its sky view. */
+        char cmd[1200], out[8192];
+        snprintf(cmd, sizeof(cmd), "'%s' --socket '%s/state/kuimen.sock' status --json",
+                 getenv("KM_KUIMENCTL") ? getenv("KM_KUIMENCTL") : "kuimenctl", e.dir);
+        FILE *ctl = popen(cmd, "r");
+        cr_assert_not_null(ctl);
+        size_t got = fread(out, 1, sizeof(out) - 1, ctl);
+        out[got] = 0;
+        cr_assert_eq(pclose(ctl), 0, "%s: %s", cmd, out);
+        cr_assert(strstr(out, "\"gnss\":{\"status\":{\"state\":\"no_gpsd\""), "%s", out);
+        cr_assert(strstr(out, "\"sats_beidou\":3,\"sats_beidou_seen\":12}"), "%s", out);
 
         size_t n = positions(&e, 0, e.rx.n, &p);
         size_t epochs = check_against_chk(p, n, c, nc, &untimed, false);
