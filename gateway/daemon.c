@@ -386,6 +386,28 @@ static int on_signal(sd_event_source *s, const struct signalfd_siginfo *si, void
         return sd_event_exit(sd_event_source_get_event(s), 0);
 }
 
+/* Test only (tests/integration/test_systemd.c), never in production: with
+ * KUIMEN_TEST_HOOKS=1 in the environment, SIGUSR2 stalls the loop for the milliseconds
+ * sent with sigqueue() (1 to 60000; plain kill(): 2000), so that a test can watch the
+ * watchdog pings stop while the loop hangs. Without the variable SIGUSR2 is untouched. */
+static bool test_hooks(void)
+{
+        const char *e = getenv("KUIMEN_TEST_HOOKS");
+        return e && strcmp(e, "1") == 0;
+}
+
+static int on_test_stall(sd_event_source *s, const struct signalfd_siginfo *si, void *ud)
+{
+        int ms = si->ssi_int > 0 && si->ssi_int <= 60000 ? si->ssi_int : 2000;
+        struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+        (void)s;
+        (void)ud;
+        KM_LOG(KM_LOG_WARNING, "main", "test hook: stalling the loop for %d ms", ms);
+        while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+                ;
+        return 0;
+}
+
 int km_daemon_init(struct km_daemon *d, struct km_node_conf *n, struct km_conf *c, const char *config_path)
 {
         int rc;
@@ -397,6 +419,8 @@ int km_daemon_init(struct km_daemon *d, struct km_node_conf *n, struct km_conf *
         sigaddset(&ss, SIGTERM);
         sigaddset(&ss, SIGINT);
         sigaddset(&ss, SIGHUP);
+        if (test_hooks())
+                sigaddset(&ss, SIGUSR2);
         if (pthread_sigmask(SIG_BLOCK, &ss, NULL) != 0)
                 return -EINVAL;
         memset(d, 0, sizeof(*d));
@@ -432,6 +456,8 @@ int km_daemon_init(struct km_daemon *d, struct km_node_conf *n, struct km_conf *
             (rc = sd_event_add_time_relative(d->ev, NULL, CLOCK_MONOTONIC, HOUSEKEEPING_US, 10000, on_housekeeping, d)) < 0 ||
             (rc = sd_event_add_time_relative(d->ev, NULL, CLOCK_MONOTONIC, EXPIRE_US, 1000000, on_expire, d)) < 0 ||
             (rc = sd_event_add_time_relative(d->ev, NULL, CLOCK_MONOTONIC, LINK_STATUS_US, 1000000, on_link_status, d)) < 0)
+                return rc;
+        if (test_hooks() && (rc = sd_event_add_signal(d->ev, NULL, SIGUSR2, on_test_stall, d)) < 0)
                 return rc;
         km_spool_set_loop_thread(d->spool);
         /* The watchdog is fed by the loop itself: a hung loop stops the pings. */
