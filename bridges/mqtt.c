@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "bridges/position.h"
 #include "gateway/log.h"
@@ -79,6 +80,9 @@ struct bridge {
         struct km_positions *positions; /* local only: terminal positions to canonical form */
         char *topic_buf;
         size_t topic_cap;
+        /* The will of pub: "offline" on <topic_prefix>/<node>/status, retained, which
+         * the broker sends when kuimen dies (or stops, see client_stop). */
+        char *will_topic, *will_msg;
 };
 
 struct send_ctx {
@@ -379,6 +383,14 @@ static int connect_client(struct client *c)
                 MQTTProperties_add(&props, &p);
                 co.connectProperties = &props;
         }
+        MQTTAsync_willOptions will = MQTTAsync_willOptions_initializer;
+        if (c == &b->pub && b->will_topic) {
+                will.topicName = b->will_topic;
+                will.message = b->will_msg;
+                will.retained = 1;
+                will.qos = 1;
+                co.will = &will;
+        }
         if (strncmp(b->conf.uri, "ssl://", 6) == 0 || strncmp(b->conf.uri, "mqtts://", 8) == 0) {
                 ssl.trustStore = b->conf.ca;
                 ssl.keyStore = b->conf.cert;
@@ -429,7 +441,17 @@ static void client_stop(struct client *c)
         if (MQTTAsync_isConnected(c->cli)) {
                 MQTTAsync_disconnectOptions o = MQTTAsync_disconnectOptions_initializer5;
                 o.timeout = 1000;
-                MQTTAsync_disconnect(c->cli, &o);
+                /* A stop is an absence too: the broker sends the will ("offline"). */
+                if (c == &c->b->pub && c->b->will_topic)
+                        o.reasonCode = MQTTREASONCODE_DISCONNECT_WITH_WILL_MESSAGE;
+                /* The DISCONNECT goes out on Paho's thread; a destroy before it did would
+                 * send a plain one of its own (and the broker would drop the will), so
+                 * wait for it, as long as the disconnect's own timeout at most. */
+                if (MQTTAsync_disconnect(c->cli, &o) == MQTTASYNC_SUCCESS) {
+                        struct timespec ts = { 0, 10 * 1000000L };
+                        for (int i = 0; i < 100 && MQTTAsync_isConnected(c->cli); i++)
+                                nanosleep(&ts, NULL);
+                }
         }
 }
 
@@ -466,6 +488,8 @@ static void bridge_destroy(struct km_link *l)
         km_positions_free(b->positions);
         free(b->down_prefix);
         free(b->topic_buf);
+        free(b->will_topic);
+        free(b->will_msg);
         free(b);
         l->impl = NULL;
 }
@@ -571,6 +595,38 @@ fail:
         return NULL;
 }
 
+/* The will's topic and message for a client of node d under prefix. */
+static int set_will(struct bridge *b, const char *prefix)
+{
+        struct km_daemon *d = b->d;
+        if (asprintf(&b->will_topic, "%s/%s/status", prefix, d->node.name) < 0) {
+                b->will_topic = NULL;
+                return -ENOMEM;
+        }
+        if (asprintf(&b->will_msg, "{\"state\":\"offline\",\"node\":\"%s\",\"role\":\"%s\"}", d->node.name,
+                     d->node.role) < 0) {
+                b->will_msg = NULL;
+                return -ENOMEM;
+        }
+        return 0;
+}
+
+/* The topic prefix of the first mqtt link, as the daemon takes it for the local status
+ * topics (main starts mqtt links in config order), else "kuimen". */
+static const char *first_link_prefix(struct km_conf *c)
+{
+        for (size_t i = 0; i < c->nsections; i++) {
+                if (strncmp(c->sections[i], "link ", 5) != 0)
+                        continue;
+                const char *type = km_conf_get(c, c->sections[i], "type");
+                if (type && strcmp(type, "mqtt") != 0)
+                        continue;
+                const char *p = km_conf_get(c, c->sections[i], "topic_prefix");
+                return p ? p : "kuimen";
+        }
+        return "kuimen";
+}
+
 int km_mqtt_local_start(struct km_daemon *d, struct km_conf *c)
 {
         struct bridge *b = bridge_new(d, c, "local", local_keys, "local", KM_DIR_DOWN);
@@ -590,7 +646,7 @@ int km_mqtt_local_start(struct km_daemon *d, struct km_conf *c)
         /* A persistent session: while kuimen restarts, the broker keeps what arrives. */
         rc = client_init(&b->pub, b, "ingest", id, false, b->conf.session_expiry_ms);
         free(id);
-        if (rc < 0)
+        if (rc < 0 || (d->node.link_status && (rc = set_will(b, first_link_prefix(c))) < 0))
                 return rc;
         /* A center takes nothing from its broker: what it relays comes from narrow links. */
         if (strcmp(d->node.role, "center") != 0)
@@ -618,7 +674,8 @@ int km_mqtt_link_start(struct km_daemon *d, struct km_conf *c, const char *secti
                 goto out;
         /* The uplink starts clean: the spool, not the broker session, holds what is
          * unacknowledged, and replays it in order after every reconnect. */
-        if ((rc = client_init(&b->pub, b, "up", up, true, 0)) < 0 || (rc = connect_client(&b->pub)) < 0)
+        if ((rc = client_init(&b->pub, b, "up", up, true, 0)) < 0 || (d->node.link_status && (rc = set_will(b, b->conf.topic_prefix)) < 0) ||
+            (rc = connect_client(&b->pub)) < 0)
                 goto out;
         if (b->conf.downlink) {
                 char *filter;

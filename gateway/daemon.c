@@ -32,7 +32,7 @@ static const struct km_conf_key node_keys[] = {
         { "stats_interval", KM_CONF_DURATION, "60s", OFF(stats_interval_ms), "log a counters line this often (0 = never)", 0, 0, NULL },
         { "log_level", KM_CONF_STRING, "info", OFF(log_level), "err, warning, notice, info or debug", 0, 0, levels },
         { "plugin_dir", KM_CONF_STRING, KM_PLUGIN_DIR, OFF(plugin_dir), "where link plugins (<type>.so) are", 0, 0, NULL },
-        { "link_status", KM_CONF_BOOL, "yes", OFF(link_status), "publish each link's state on <topic_prefix>/<node>/link/<name>", 0, 0, NULL },
+        { "link_status", KM_CONF_BOOL, "yes", OFF(link_status), "publish each link's state on <topic_prefix>/<node>/link/<name>, and the node's on <topic_prefix>/<node>/status (retained; the MQTT clients' will says offline)", 0, 0, NULL },
         { NULL, 0, NULL, 0, NULL, 0, 0, NULL },
 };
 
@@ -46,6 +46,49 @@ static int ingest(struct km_daemon *d, int dir, const char *topic, const char *c
                   size_t len, bool retain, const char *ckey_suffix);
 static int ingest_ex(struct km_daemon *d, int dir, const char *topic, const char *cls_name, const void *payload,
                      size_t len, bool retain, const char *ckey_suffix, const struct ingest_extra *x);
+/* The node's own state, retained under <topic_prefix>/<node>/status on the local broker
+ * and upward (class status): "online" with what an operator glances at first, at start
+ * and every LINK_STATUS_US. The MQTT clients leave a will on the same topic that says
+ * "offline" (bridges/mqtt.c), sent by the broker when kuimen dies or stops. */
+static void publish_node_status(struct km_daemon *d)
+{
+        char json[768], topic[256];
+        struct km_spool_stats st;
+        uint64_t fwd = 0;
+        unsigned up = 0, links = 0;
+        int64_t now = km_now_ms(), oldest = 0;
+
+        if (d->stopping || !d->node.link_status)
+                return;
+        km_spool_stats(d->spool, &st);
+        for (size_t i = 0; i < d->nlinks; i++) {
+                const struct km_link *l = d->links[i];
+                if (l->dir != KM_DIR_UP)
+                        continue;
+                fwd += l->acked;
+                links++;
+                up += l->state == KM_LINK_UP;
+        }
+        for (int i = 0; i < KM_DIR_COUNT; i++)
+                if (st.oldest_ms[i] && (!oldest || st.oldest_ms[i] < oldest))
+                        oldest = st.oldest_ms[i];
+        int n = snprintf(json, sizeof(json),
+                         "{\"state\":\"online\",\"node\":\"%s\",\"role\":\"%s\",\"version\":\"%s\",\"uptime_s\":%lld,"
+                         "\"links_up\":%u,\"links\":%u,\"spooled\":%llu,\"spool_bytes\":%llu,\"oldest_age_s\":%lld,"
+                         "\"in\":%llu,\"forwarded\":%llu,\"dropped\":%llu,\"expired\":%llu,\"bad_input\":%llu}",
+                         d->node.name, d->node.role, KM_VERSION, (long long)((now - d->started_ms) / 1000), up, links,
+                         (unsigned long long)(st.depth[KM_DIR_UP] + st.depth[KM_DIR_DOWN]), (unsigned long long)st.bytes,
+                         (long long)(oldest && now > oldest ? (now - oldest) / 1000 : 0), (unsigned long long)st.pushed,
+                         (unsigned long long)fwd, (unsigned long long)st.dropped, (unsigned long long)st.expired,
+                         (unsigned long long)__atomic_load_n(&d->bad_input, __ATOMIC_RELAXED));
+        if (n < 0 || (size_t)n >= sizeof(json))
+                return;
+        if (strcmp(d->node.role, "center") != 0)
+                ingest(d, KM_DIR_UP, "status", "status", json, (size_t)n, true, NULL);
+        snprintf(topic, sizeof(topic), "%s/%s/status", d->topic_prefix ? d->topic_prefix : "kuimen", d->node.name);
+        ingest(d, KM_DIR_DOWN, topic, "status", json, (size_t)n, true, NULL);
+}
+
 static void on_link_state(struct km_link *l, void *ud);
 
 int km_node_conf_load(struct km_node_conf *n, struct km_conf *c)
@@ -302,6 +345,7 @@ static int on_link_status(sd_event_source *s, uint64_t usec, void *ud)
         (void)usec;
         for (size_t i = 0; i < d->nlinks; i++)
                 publish_link_status(d, d->links[i]);
+        publish_node_status(d);
         return rearm(s, LINK_STATUS_US);
 }
 
@@ -497,6 +541,7 @@ int km_daemon_run(struct km_daemon *d)
                 sd_event_add_time_relative(d->ev, &stats, CLOCK_MONOTONIC,
                                            d->live ? 1000000ULL : (uint64_t)d->node.stats_interval_ms * 1000, 100000,
                                            on_stats, d);
+        publish_node_status(d);
         sd_notify(0, "READY=1\nSTATUS=forwarding");
         KM_LOG(KM_LOG_NOTICE, "main", "node %s (%s) running; spool %s, sync %s", d->node.name, d->node.role,
                d->node.spool, d->node.sync);

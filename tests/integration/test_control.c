@@ -535,3 +535,48 @@ Test(control, positions_and_bad_input_by_reason)
         free(m);
         down(&e);
 }
+
+/* The node's status, retained on both brokers: "online" from the start, "offline" from
+ * the brokers (the clients' will) when kuimen stops, and again when it is killed. What
+ * a newcomer reads is the retained copy: each probe is a fresh subscriber. */
+static bool retained_state(int port, const char *state, int timeout_ms)
+{
+        char want[48];
+        snprintf(want, sizeof(want), "{\"state\":\"%s\",\"node\":\"north\"", state);
+        int64_t until = h_now_ms() + timeout_ms;
+        for (;;) {
+                struct h_sub s;
+                h_sub_start(&s, port, "status-probe", "kuimen/north/status", false);
+                bool found = h_sub_wait(&s, 1, 2000) >= 1 && strcmp(s.rx[0].topic, "kuimen/north/status") == 0 &&
+                             strncmp(s.rx[0].payload, want, strlen(want)) == 0;
+                h_sub_stop(&s);
+                if (found)
+                        return true;
+                if (h_now_ms() > until)
+                        return false;
+                h_sleep_ms(100);
+        }
+}
+
+Test(control, node_status_online_then_offline)
+{
+        struct env e;
+        up(&e, "nodestatus");
+        cr_assert(retained_state(e.local.port, "online", 10000), "retained online on the local broker");
+        cr_assert(retained_state(e.center.port, "online", 10000), "retained online at the center");
+        int st = h_stop(&e.k, SIGTERM);
+        cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+        cr_assert(retained_state(e.local.port, "offline", 5000), "offline on the local broker after a stop");
+        cr_assert(retained_state(e.center.port, "offline", 5000), "offline at the center after a stop");
+
+        /* Back, then killed: the brokers see the connections drop and send the will. */
+        const char *args[] = { "--config", e.conf, NULL };
+        h_kuimen_start(&e.k, e.klog, args);
+        cr_assert(retained_state(e.local.port, "online", 10000), "online again");
+        cr_assert(retained_state(e.center.port, "online", 10000), "online again at the center");
+        h_stop(&e.k, SIGKILL);
+        e.k.pid = 0;
+        cr_assert(retained_state(e.local.port, "offline", 5000), "offline on the local broker after a kill");
+        cr_assert(retained_state(e.center.port, "offline", 5000), "offline at the center after a kill");
+        down(&e);
+}
