@@ -5,6 +5,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -27,12 +28,33 @@
  * pushes every complete message into its own spool before acknowledging the frame,
  * and its local link publishes them on the center broker as
  * <topic_prefix>/<origin>/<topic> with the origin's kuimen-origin and kuimen-id.
+ *
+ * A broken plugin must not take the gateway with it. The host believes the plugin's
+ * reports, but also watches it: a hard error from send() (anything but -EAGAIN and
+ * -ENOTCONN), a call into the plugin that held the loop for BLOCK_MS or more, and no
+ * acknowledgement for ack_timeout (gateway/link.c) each take the link down with a
+ * reason that names the failure, so the next link by order carries its traffic. The
+ * host then tries the link again after a back-off (RETRY_MIN_MS doubling to
+ * RETRY_MAX_MS, back to the start once a frame is acknowledged), as the MQTT link
+ * reconnects; a plugin that reports DOWN and then UP is believed at once. What the
+ * host cannot do is take the loop back from a plugin that never returns: a plugin
+ * that blocks for good stops the whole daemon (and systemd's watchdog restarts it).
+ *
+ * Budgets (budget_bytes, budget_messages per budget_interval) are spent here, at the
+ * device, not by the scheduler: every frame handed to the device counts (new frames,
+ * retransmissions, acks), a frame being one "message" of the equipment (one BeiDou
+ * short message, one SBD session) and its length the bytes on the air. Counting
+ * spool messages at hand-over would let the QMAX messages waiting here leave in a
+ * later window on top of that window's own.
  */
 
 #define QMAX 64        /* messages handed over and not yet acknowledged */
 #define FRAME_WINDOW 8 /* frames in flight */
 #define MAXFD 8
 #define MAXTIMER 16
+#define BLOCK_MS 1000      /* a call into the plugin this long broke the never-block rule */
+#define RETRY_MIN_MS 1000  /* first retry of a link the host took down */
+#define RETRY_MAX_MS 60000
 
 struct qmsg {
         bool used, framed;
@@ -46,6 +68,7 @@ struct qmsg {
 };
 
 struct watch {
+        struct km_plugin_link *h;
         int fd;
         sd_event_source *src;
         km_plugin_fd_cb cb;
@@ -93,6 +116,17 @@ struct km_plugin_link {
         size_t bufcap;
         uint32_t mtu;
         uint64_t frames_in, frames_bad;
+        /* The host's view beside the plugin's (see the top of this file). */
+        enum km_link_state dev_state; /* the plugin's last report (degraded as up) */
+        bool faulted;                 /* a fault waits for on_fault */
+        bool held;                    /* the host keeps the link down until on_retry */
+        char fault[160];              /* the last fault, for the state's reason */
+        int64_t retry_ms;             /* the next back-off */
+        sd_event_source *fault_src, *retry_src;
+        /* The budget, spent frame by frame at the device. */
+        uint64_t bud_bytes, bud_frames, bud_bytes_used, bud_frames_used;
+        int64_t bud_ms, bud_start;
+        sd_event_source *bud_src;
 };
 
 static const char *const narrow_keys[] = { "peers", "rto", "topic_prefix", NULL };
@@ -125,11 +159,16 @@ static const char *api_config(km_plugin_link *h, const char *key)
         return NULL;
 }
 
+static void check_block(km_plugin_link *h, const char *what, int64_t t0);
+
 static int on_fd(sd_event_source *s, int fd, uint32_t revents, void *ud)
 {
         struct watch *w = ud;
+        km_plugin_link *h = w->h;
+        int64_t t0 = km_mono_ms();
         (void)s;
         w->cb(w->ud, fd, revents);
+        check_block(h, "its fd callback", t0);
         return 0;
 }
 
@@ -142,7 +181,7 @@ static int api_watch_fd(km_plugin_link *h, int fd, uint32_t events, km_plugin_fd
                 }
         for (int i = 0; i < MAXFD; i++)
                 if (!h->w[i].src) {
-                        h->w[i] = (struct watch){ .fd = fd, .cb = cb, .ud = ud };
+                        h->w[i] = (struct watch){ .h = h, .fd = fd, .cb = cb, .ud = ud };
                         return sd_event_add_io(h->d->ev, &h->w[i].src, fd, events, on_fd, &h->w[i]);
                 }
         return -ENOSPC;
@@ -161,12 +200,15 @@ static int api_unwatch_fd(km_plugin_link *h, int fd)
 static int on_ptimer(sd_event_source *s, uint64_t usec, void *ud)
 {
         struct ptimer *t = ud;
+        km_plugin_link *h = t->h;
+        int64_t t0 = km_mono_ms();
         (void)usec;
         km_plugin_timer_cb cb = t->cb;
         void *cud = t->ud;
         t->src = sd_event_source_unref(s);
         t->id = 0;
         cb(cud);
+        check_block(h, "its timer callback", t0);
         return 0;
 }
 
@@ -208,6 +250,88 @@ static void forget_queue(km_plugin_link *h)
 
 static void kick(km_plugin_link *h);
 
+/* ---- faults the host sees ---------------------------------------------------------- */
+
+static int on_retry(sd_event_source *s, uint64_t usec, void *ud);
+
+/* The host keeps the link down, and tries it again after the back-off. */
+static void hold_down(km_plugin_link *h)
+{
+        h->held = true;
+        if (!h->retry_ms)
+                h->retry_ms = RETRY_MIN_MS;
+        if (!h->retry_src) {
+                if (sd_event_add_time_relative(h->d->ev, &h->retry_src, CLOCK_MONOTONIC, (uint64_t)h->retry_ms * 1000,
+                                               10000, on_retry, h) < 0)
+                        KM_LOG(KM_LOG_ERR, "link", "%s: cannot arm the retry timer: the link waits for its plugin", h->link->name);
+        } else {
+                sd_event_source_set_time_relative(h->retry_src, (uint64_t)h->retry_ms * 1000);
+                sd_event_source_set_enabled(h->retry_src, SD_EVENT_ONESHOT);
+        }
+        h->retry_ms = h->retry_ms * 2 > RETRY_MAX_MS ? RETRY_MAX_MS : h->retry_ms * 2;
+}
+
+static int on_retry(sd_event_source *s, uint64_t usec, void *ud)
+{
+        km_plugin_link *h = ud;
+        (void)s, (void)usec;
+        if (!h->held)
+                return 0;
+        h->held = false;
+        if (h->open && h->dev_state == KM_LINK_UP && h->link->state != KM_LINK_UP) {
+                char why[200];
+                snprintf(why, sizeof(why), "retrying after: %s", h->fault);
+                km_link_set_state(h->link, KM_LINK_UP, why);
+                kick(h);
+        }
+        return 0;
+}
+
+/* Takes the link down for a fault seen inside a call (send, a plugin callback): later,
+ * on a loop turn of its own, so neither the scheduler's pump nor the plugin's stack is
+ * pulled from under them. */
+static int on_fault(sd_event_source *s, void *ud)
+{
+        km_plugin_link *h = ud;
+        (void)s;
+        h->faulted = false;
+        if (h->link->state == KM_LINK_UP) {
+                km_link_set_state(h->link, KM_LINK_DOWN, h->fault);
+                forget_queue(h); /* the spool replays them on another link */
+        }
+        hold_down(h);
+        return 0;
+}
+
+__attribute__((format(printf, 2, 3))) static void host_fault(km_plugin_link *h, const char *fmt, ...)
+{
+        va_list ap;
+        if (h->faulted)
+                return; /* the first fault names the failure */
+        va_start(ap, fmt);
+        vsnprintf(h->fault, sizeof(h->fault), fmt, ap);
+        va_end(ap);
+        h->faulted = true;
+        int rc = h->fault_src ? sd_event_source_set_enabled(h->fault_src, SD_EVENT_ONESHOT)
+                              : sd_event_add_defer(h->d->ev, &h->fault_src, on_fault, h);
+        if (rc < 0) { /* no memory for an event source: take it down here */
+                h->faulted = false;
+                km_link_set_state(h->link, KM_LINK_DOWN, h->fault);
+        }
+}
+
+/* A plugin must never block the loop (the ABI says so); one that did for BLOCK_MS
+ * starved every other link that long: take its link down and say where it blocked. */
+static void check_block(km_plugin_link *h, const char *what, int64_t t0)
+{
+        int64_t dt = km_mono_ms() - t0;
+        if (dt < BLOCK_MS)
+                return;
+        KM_LOG(KM_LOG_ERR, "link", "%s: the %s plugin blocked the event loop for %.1f s in %s", h->link->name,
+               h->desc->name, (double)dt / 1000, what);
+        host_fault(h, "%s blocked the event loop for %.1f s", what, (double)dt / 1000);
+}
+
 static void api_report(km_plugin_link *h, const struct km_plugin_report *r)
 {
         static const enum km_link_state map[] = { KM_LINK_DOWN, KM_LINK_DEGRADED, KM_LINK_UP };
@@ -218,6 +342,14 @@ static void api_report(km_plugin_link *h, const struct km_plugin_report *r)
         /* The scheduler sends only on UP links; a degraded device still carries. */
         if (st == KM_LINK_DEGRADED)
                 st = KM_LINK_UP;
+        enum km_link_state was = h->dev_state;
+        h->dev_state = st;
+        /* The host took the link down and the plugin still says UP, as it did: the
+         * retry decides. A plugin that went DOWN and came back UP is believed. */
+        if (h->held && st == KM_LINK_UP && was == KM_LINK_UP)
+                return;
+        if (st == KM_LINK_UP)
+                h->held = false;
         if (st != KM_LINK_UP && h->link->state == KM_LINK_UP)
                 forget_queue(h); /* the spool replays them on the next UP */
         km_link_set_state(h->link, st, r->reason ? r->reason : km_link_state_name(st));
@@ -257,6 +389,7 @@ static void on_done(void *ctx, uint64_t id)
                         uint64_t sid = km_link_acked(h->link, h->q[i].cookie);
                         if (sid)
                                 km_spool_ack(h->d->spool, sid);
+                        h->retry_ms = 0; /* it carries: the next fault starts the back-off afresh */
                         free(h->q[i].topic);
                         free(h->q[i].payload);
                         h->q[i] = (struct qmsg){ 0 };
@@ -323,18 +456,81 @@ static const struct km_host_api host_api = {
 
 /* ---- sending -------------------------------------------------------------------- */
 
-/* Hands one frame to the device; false when it is busy. */
+static int on_budget(sd_event_source *s, uint64_t usec, void *ud)
+{
+        (void)s, (void)usec;
+        kick(ud);
+        return 0;
+}
+
+/* The bytes the budget lets the next frame have: SIZE_MAX without a budget, 0 when
+ * this window's is spent. A window opens with the first frame sent after the last one
+ * closed (not when the link was merely looked at: an idle link would otherwise open a
+ * window, send its budget at the end of it and again at the start of the next) and
+ * rolls over whole, as the scheduler's does. */
+static size_t budget_room(km_plugin_link *h)
+{
+        int64_t now = km_mono_ms();
+        if (!h->bud_bytes && !h->bud_frames)
+                return SIZE_MAX;
+        if (h->bud_start && now - h->bud_start >= h->bud_ms) {
+                h->bud_start = 0;
+                h->bud_bytes_used = h->bud_frames_used = 0;
+        }
+        if (h->bud_frames && h->bud_frames_used >= h->bud_frames)
+                return 0;
+        return h->bud_bytes ? (size_t)(h->bud_bytes - h->bud_bytes_used) : SIZE_MAX;
+}
+
+/* The budget is spent: kick again when the window rolls over. Waiting for the budget
+ * is not a dead link, so the ack clock does not run meanwhile. */
+static void budget_wait(km_plugin_link *h)
+{
+        int64_t now = km_mono_ms(), left = h->bud_start ? h->bud_start + h->bud_ms - now : h->bud_ms;
+        uint64_t us = (uint64_t)(left > 0 ? left : 0) * 1000 + 1000;
+        h->link->progress_mono = now;
+        if (!h->bud_src) {
+                if (sd_event_add_time_relative(h->d->ev, &h->bud_src, CLOCK_MONOTONIC, us, 1000, on_budget, h) < 0)
+                        return; /* the rto timer kicks too, just later */
+        } else {
+                sd_event_source_set_time_relative(h->bud_src, us);
+                sd_event_source_set_enabled(h->bud_src, SD_EVENT_ONESHOT);
+        }
+}
+
+/* Hands one frame to the device; false when it is busy, in an outage or broken. */
 static bool device_send(km_plugin_link *h, const uint8_t *frame, size_t len)
 {
         static uint32_t token;
+        int64_t t0 = km_mono_ms();
         int rc = h->desc->ops->send(h->state, frame, len, ++token);
+        check_block(h, "send()", t0);
         if (rc == -EAGAIN) {
                 h->busy = true;
                 return false;
         }
-        if (rc < 0 && rc != -ENOTCONN)
-                KM_LOG(KM_LOG_WARNING, "link", "%s: send: %s", h->link->name, strerror(-rc));
-        return rc == 0;
+        if (rc == 0) {
+                if (!h->bud_start)
+                        h->bud_start = km_mono_ms();
+                h->bud_bytes_used += len;
+                h->bud_frames_used++;
+                return true;
+        }
+        /* -ENOTCONN comes with a DOWN report (an announced outage); any other error
+         * is a device the host cannot use. */
+        if (rc != -ENOTCONN)
+                host_fault(h, "send: %s", strerror(-rc));
+        return false;
+}
+
+/* The device did not take the frame just stamped (busy, an outage): mark it for
+ * km_frame_tx_due to pick first when the device is ready, rather than after rto, so
+ * at most this one frame was framed ahead of what arrives meanwhile (an alert). */
+static void frame_unsent(km_plugin_link *h)
+{
+        for (unsigned i = 0; i < KM_FRAME_WINDOW_MAX; i++)
+                if (h->tx.slot[i].used && h->tx.slot[i].stamp == h->tx.stamp)
+                        h->tx.slot[i].lost = true;
 }
 
 /* Feeds the device while it takes frames: an owed ack, retransmissions, new frames. */
@@ -342,11 +538,16 @@ static void kick(km_plugin_link *h)
 {
         int64_t now = km_now_ms();
 
-        while (!h->busy && h->open) {
+        while (!h->busy && h->open && !h->faulted) {
+                size_t room = budget_room(h);
                 if (h->ack_owed) {
                         struct km_frame_ack ack;
                         if (km_frame_rx_ack(&h->rx, h->ack_to, &ack) == 0) {
                                 int n = km_frame_ack_encode(&ack, h->origin, h->buf, h->bufcap);
+                                if (n > 0 && (size_t)n > room) {
+                                        budget_wait(h);
+                                        return;
+                                }
                                 if (n > 0 && !device_send(h, h->buf, (size_t)n))
                                         return;
                         }
@@ -355,17 +556,33 @@ static void kick(km_plugin_link *h)
                 }
                 if (h->link->state != KM_LINK_UP)
                         return;
-                int n = km_frame_tx_due(&h->tx, now, h->rto_ms, h->buf, h->bufcap);
+                if (room < KM_FRAME_MTU_MIN) {
+                        budget_wait(h);
+                        return;
+                }
+                /* A frame longer than room stays put (-ENOSPC, not stamped). */
+                int n = km_frame_tx_due(&h->tx, now, h->rto_ms, h->buf, room < h->bufcap ? room : h->bufcap);
+                if (n == -ENOSPC) {
+                        budget_wait(h);
+                        return;
+                }
                 if (n > 0) {
-                        if (!device_send(h, h->buf, (size_t)n))
+                        if (!device_send(h, h->buf, (size_t)n)) {
+                                frame_unsent(h);
                                 return;
+                        }
                         continue;
                 }
+                /* One priority per frame, the highest waiting: an alert handed over
+                 * behind queued telemetry leaves in the next frame, not after it. */
                 struct km_frame_msg msgs[QMAX];
-                int idx[QMAX], k = 0;
+                int idx[QMAX], k = 0, top = 255;
+                for (int i = 0; i < QMAX; i++)
+                        if (h->q[i].used && !h->q[i].framed && h->q[i].cls < top)
+                                top = h->q[i].cls;
                 for (int i = 0; i < QMAX; i++) {
                         struct qmsg *q = &h->q[i];
-                        if (!q->used || q->framed)
+                        if (!q->used || q->framed || q->cls != top)
                                 continue;
                         msgs[k] = (struct km_frame_msg){ .id = q->id, .topic = q->topic, .payload = q->payload,
                                                          .len = q->len, .created_ms = q->created, .cls = q->cls,
@@ -383,7 +600,7 @@ static void kick(km_plugin_link *h)
                                 idx[b] = idx[b - 1], idx[b - 1] = ti;
                         }
                 struct km_frame_put put;
-                n = km_frame_tx_encode(&h->tx, msgs, (size_t)k, h->mtu, NULL, now, h->buf, &put);
+                n = km_frame_tx_encode(&h->tx, msgs, (size_t)k, room < h->mtu ? room : h->mtu, NULL, now, h->buf, &put);
                 if (n < 0) {
                         if (n != -EAGAIN)
                                 KM_LOG(KM_LOG_ERR, "link", "%s: cannot frame message %llu: %s", h->link->name,
@@ -394,8 +611,10 @@ static void kick(km_plugin_link *h)
                         h->q[idx[i]].framed = true;
                 if (put.n_full < (size_t)k)
                         h->q[idx[put.n_full]].frag_off = put.next_off;
-                if (!device_send(h, h->buf, (size_t)n))
-                        return; /* the frame waits in the window: retransmitted at rto */
+                if (!device_send(h, h->buf, (size_t)n)) {
+                        frame_unsent(h); /* it waits in the window, first in line */
+                        return;
+                }
         }
 }
 
@@ -438,9 +657,14 @@ static int narrow_send(struct km_link *l, const struct km_msg *m, uint32_t cooki
         return -EAGAIN;
 }
 
+/* The host declared the link dead (gateway/link.c: no acknowledgement): forget what
+ * was handed over and try again after the back-off. */
 static void narrow_reset(struct km_link *l)
 {
-        forget_queue(l->impl);
+        km_plugin_link *h = l->impl;
+        forget_queue(h);
+        snprintf(h->fault, sizeof(h->fault), "%s", l->reason);
+        hold_down(h);
 }
 
 static void narrow_destroy(struct km_link *l)
@@ -455,6 +679,9 @@ static void narrow_destroy(struct km_link *l)
         for (int i = 0; i < MAXTIMER; i++)
                 sd_event_source_disable_unref(h->t[i].src);
         sd_event_source_disable_unref(h->rto_src);
+        sd_event_source_disable_unref(h->fault_src);
+        sd_event_source_disable_unref(h->retry_src);
+        sd_event_source_disable_unref(h->bud_src);
         forget_queue(h);
         km_frame_tx_deinit(&h->tx);
         km_frame_rx_deinit(&h->rx);
@@ -569,6 +796,15 @@ int km_plugin_link_start(struct km_daemon *d, struct km_conf *c, const char *sec
                 goto fail;
         l->ops = &narrow_ops;
         l->impl = h;
+        /* The budget is spent at the device (see the top of this file); the scheduler
+         * must not count it a second time in message bytes. */
+        h->bud_bytes = (uint64_t)l->conf.budget_bytes;
+        h->bud_frames = (uint64_t)l->conf.budget_messages;
+        h->bud_ms = l->conf.budget_interval_ms;
+        l->conf.budget_bytes = l->conf.budget_messages = 0;
+        if (h->bud_bytes && h->bud_bytes < KM_FRAME_MTU_MIN)
+                KM_LOG(KM_LOG_ERR, "link", "%s: budget_bytes = %llu is below the smallest frame (%d B): it will carry nothing",
+                       l->name, (unsigned long long)h->bud_bytes, KM_FRAME_MTU_MIN);
         h->desc = load(d->node.plugin_dir, l->conf.type, &h->dl, why, sizeof(why));
         if (!h->desc) {
                 KM_LOG(KM_LOG_ERR, "link", "%s: %s", l->name, why);
@@ -600,10 +836,13 @@ int km_plugin_link_start(struct km_daemon *d, struct km_conf *c, const char *sec
         if ((rc = km_daemon_add_link(d, l)) < 0)
                 goto fail_link;
         /* From here the daemon owns l (and through it h). */
+        int64_t t0 = km_mono_ms();
         rc = h->desc->ops->open(h, &host_api, &h->state);
+        check_block(h, "open()", t0);
         if (rc < 0) {
                 KM_LOG(KM_LOG_ERR, "link", "%s: %s plugin refused to open: %s", l->name, h->desc->name, strerror(-rc));
-                km_link_set_state(l, KM_LINK_DOWN, "plugin failed to open");
+                snprintf(why, sizeof(why), "plugin failed to open: %s", strerror(-rc));
+                km_link_set_state(l, KM_LINK_DOWN, why);
                 return 0; /* the rest of the gateway runs; this link stays down */
         }
         h->open = true;

@@ -1,0 +1,621 @@
+/* SPDX-License-Identifier: MIT */
+/* Links under stress: broken plugins beside a working link, budgets measured on the air, alerts overtaking a backlog. */
+#include <criterion/criterion.h>
+#include <criterion/logging.h>
+#include <arpa/inet.h>
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+static const char *env_dir(const char *name)
+{
+        const char *d = getenv(name);
+        cr_assert_not_null(d, "%s (meson sets it)", name);
+        return d;
+}
+
+/* ---- every link status message, in order -------------------------------------------- */
+
+#define MAXSTAT 1024
+
+struct status_rec {
+        char link[32], state[16], reason[200];
+};
+
+struct statsub {
+        MQTTAsync c;
+        pthread_mutex_t mu;
+        struct status_rec r[MAXSTAT];
+        size_t n;
+};
+
+static int stat_arrived(void *ctx, char *topic, int tlen, MQTTAsync_message *m)
+{
+        struct statsub *s = ctx;
+        char *json = strndup(m->payload, (size_t)m->payloadlen);
+        cJSON *j = json ? cJSON_Parse(json) : NULL;
+        (void)tlen;
+        if (j) {
+                struct status_rec rec = { 0 };
+                const cJSON *l = cJSON_GetObjectItem(j, "link"), *st = cJSON_GetObjectItem(j, "state"),
+                            *why = cJSON_GetObjectItem(j, "reason");
+                snprintf(rec.link, sizeof(rec.link), "%s", cJSON_IsString(l) ? l->valuestring : "?");
+                snprintf(rec.state, sizeof(rec.state), "%s", cJSON_IsString(st) ? st->valuestring : "?");
+                snprintf(rec.reason, sizeof(rec.reason), "%s", cJSON_IsString(why) ? why->valuestring : "?");
+                pthread_mutex_lock(&s->mu);
+                if (s->n < MAXSTAT)
+                        s->r[s->n++] = rec;
+                pthread_mutex_unlock(&s->mu);
+                cJSON_Delete(j);
+        }
+        free(json);
+        MQTTAsync_freeMessage(&m);
+        MQTTAsync_free(topic);
+        return 1;
+}
+
+/* Subscribes to the retained <prefix>/north/link/# on the base's local broker. */
+static void statsub_start(struct statsub *s, int port)
+{
+        char uri[64];
+        MQTTAsync_createOptions cro = MQTTAsync_createOptions_initializer5;
+        MQTTAsync_connectOptions co = MQTTAsync_connectOptions_initializer5;
+        memset(s, 0, sizeof(*s));
+        pthread_mutex_init(&s->mu, NULL);
+        snprintf(uri, sizeof(uri), "tcp://127.0.0.1:%d", port);
+        cr_assert_eq(MQTTAsync_createWithOptions(&s->c, uri, "status-sub", MQTTCLIENT_PERSISTENCE_NONE, NULL, &cro), 0);
+        MQTTAsync_setCallbacks(s->c, s, NULL, stat_arrived, NULL);
+        co.cleanstart = 1;
+        cr_assert_eq(MQTTAsync_connect(s->c, &co), 0);
+        int64_t until = h_now_ms() + 10000;
+        while (!MQTTAsync_isConnected(s->c) && h_now_ms() < until)
+                h_sleep_ms(10);
+        cr_assert(MQTTAsync_isConnected(s->c));
+        MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+        cr_assert_eq(MQTTAsync_subscribe(s->c, "kuimen/north/link/#", 1, &ro), 0);
+        h_sleep_ms(200);
+}
+
+static void statsub_stop(struct statsub *s)
+{
+        MQTTAsync_disconnectOptions o = MQTTAsync_disconnectOptions_initializer5;
+        o.timeout = 500;
+        MQTTAsync_disconnect(s->c, &o);
+        h_sleep_ms(50);
+        MQTTAsync_destroy(&s->c);
+        pthread_mutex_destroy(&s->mu);
+}
+
+/* The reason of link's first status with state, copied into out; false if none. */
+static bool first_reason(struct statsub *s, const char *link, const char *state, char *out, size_t n)
+{
+        bool found = false;
+        pthread_mutex_lock(&s->mu);
+        for (size_t i = 0; i < s->n && !found; i++)
+                if (strcmp(s->r[i].link, link) == 0 && strcmp(s->r[i].state, state) == 0) {
+                        snprintf(out, n, "%s", s->r[i].reason);
+                        found = true;
+                }
+        pthread_mutex_unlock(&s->mu);
+        return found;
+}
+
+static size_t count_status(struct statsub *s, const char *link, const char *state, const char *reason_prefix)
+{
+        size_t k = 0;
+        pthread_mutex_lock(&s->mu);
+        for (size_t i = 0; i < s->n; i++)
+                k += strcmp(s->r[i].link, link) == 0 && strcmp(s->r[i].state, state) == 0 &&
+                     strncmp(s->r[i].reason, reason_prefix, strlen(reason_prefix)) == 0;
+        pthread_mutex_unlock(&s->mu);
+        return k;
+}
+
+/* kuimenctl links --json, parsed; the caller deletes it. */
+static cJSON *ctl_links(const char *sock)
+{
+        static char out[1 << 16];
+        char cmd[1024];
+        size_t len = 0;
+        snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' links --json 2>&1", env_dir("KM_KUIMENCTL"), sock);
+        FILE *f = popen(cmd, "r");
+        cr_assert(f);
+        while (len + 1 < sizeof(out) && !feof(f))
+                len += fread(out + len, 1, sizeof(out) - 1 - len, f);
+        out[len] = '\0';
+        int st = pclose(f);
+        cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "kuimenctl links --json: %s", out);
+        cJSON *j = cJSON_Parse(out);
+        cr_assert(j, "not JSON: %s", out);
+        return j;
+}
+
+static const cJSON *link_of(const cJSON *j, const char *name)
+{
+        const cJSON *ls = cJSON_GetObjectItem(j, "links"), *l;
+        cJSON_ArrayForEach(l, ls)
+        {
+                const cJSON *n = cJSON_GetObjectItem(l, "name");
+                if (cJSON_IsString(n) && strcmp(n->valuestring, name) == 0)
+                        return l;
+        }
+        return NULL;
+}
+
+static const char *str_of(const cJSON *o, const char *key)
+{
+        const cJSON *v = cJSON_GetObjectItem(o, key);
+        return cJSON_IsString(v) ? v->valuestring : "";
+}
+
+/* ---- 1. broken plugins ------------------------------------------------------------- */
+
+#define STREAM 400 /* telemetry messages, 50 a second */
+
+/* Four broken link plugins, preferred (lower order) to the one working MQTT link: one
+ * whose open() fails, one whose send() returns EIO, one that takes frames and never
+ * answers, one whose send() blocks the loop for 1.5 s. Each goes down with a reason
+ * naming its failure, is retried with back-off, and every message of a steady stream
+ * reaches the center exactly once per id; kuimen keeps running and exits cleanly. */
+Test(links, broken_plugins_leave_the_rest_running, .timeout = 120)
+{
+        char dir[200], conf[300], klog[300], sock[300];
+        struct h_broker local, center;
+        struct h_sub sub;
+        struct h_pub pub;
+        struct h_proc k;
+        static struct statsub ss;
+
+        h_tmpdir(dir, sizeof(dir), "links-faulty");
+        h_broker_start(&local, dir, 0, NULL);
+        h_broker_start(&center, dir, 0, NULL);
+        h_sub_start(&sub, center.port, "center-sub", "kuimen/north/sensors/#", true);
+        statsub_start(&ss, local.port);
+        snprintf(conf, sizeof(conf), "%s/kuimen.conf", dir);
+        snprintf(klog, sizeof(klog), "%s/kuimen.log", dir);
+        snprintf(sock, sizeof(sock), "%s/kuimen.sock", dir);
+        FILE *f = fopen(conf, "w");
+        cr_assert_not_null(f);
+        fprintf(f,
+                "[node]\nname = north\nspool = %s/state/spool.db\nplugin_dir = %s\nstats_interval = 0\n"
+                "[control]\nsocket = %s\n"
+                "[local]\nuri = tcp://127.0.0.1:%d\nsubscribe = sensors/#\n"
+                "[link dead]\ntype = faulty\nfault = open_error\norder = 1\n"
+                "[link broken]\ntype = faulty\nfault = send_error\nerrno = EIO\norder = 2\n"
+                "[link hung]\ntype = faulty\nfault = stall\norder = 3\nack_timeout = 2s\n"
+                "[link stuck]\ntype = faulty\nfault = block\nblock = 1500\norder = 4\n"
+                "[link center]\ntype = mqtt\nuri = tcp://127.0.0.1:%d\norder = 5\nkeepalive = 5s\n",
+                dir, env_dir("KM_TEST_PLUGIN_DIR"), sock, local.port, center.port);
+        fclose(f);
+        const char *args[] = { "--config", conf, NULL };
+        h_kuimen_start(&k, klog, args);
+        cr_assert(h_log_wait(&k, "link: center: down -> up", 10000), "the MQTT link comes up");
+        cr_assert(h_log_wait(&k, "ingest: connected", 10000));
+        h_pub_start(&pub, local.port, "terminals");
+
+        int64_t start = h_now_ms();
+        for (int i = 0; i < STREAM; i++) {
+                char pl[32];
+                snprintf(pl, sizeof(pl), "T%04d", i);
+                while (h_pub_send(&pub, "sensors/flow", pl) != 0)
+                        h_sleep_ms(2);
+                int64_t wait = start + (int64_t)(i + 1) * 20 - h_now_ms();
+                if (wait > 0)
+                        h_sleep_ms((int)wait);
+        }
+        cr_assert(h_pub_flush(&pub, 20000));
+        size_t got = h_sub_wait(&sub, STREAM, 60000);
+        int64_t done = h_now_ms();
+        cr_assert_eq(kill(k.pid, 0), 0, "kuimen is still running");
+
+        /* Nothing lost, nothing foreign: each payload once, in order. */
+        cr_assert_eq(got, STREAM, "every message reached the center (%zu of %d)", got, STREAM);
+        pthread_mutex_lock(&sub.mu);
+        for (size_t i = 0; i < sub.n; i++) {
+                char want[32];
+                snprintf(want, sizeof(want), "T%04zu", i);
+                cr_assert_str_eq(sub.rx[i].payload, want, "arrival %zu", i);
+        }
+        size_t dups = sub.dups, redelivered = sub.redelivered;
+        pthread_mutex_unlock(&sub.mu);
+        cr_assert_eq(redelivered, 0, "no message under a second id");
+
+        /* Each broken link went down naming its failure (its status topic). */
+        char why[200];
+        h_sleep_ms(300); /* the last status messages reach the local broker */
+        cr_assert(first_reason(&ss, "dead", "down", why, sizeof(why)), "status of dead");
+        cr_assert_str_eq(why, "plugin failed to open: Input/output error");
+        cr_assert_geq(count_status(&ss, "broken", "down", "send: Input/output error"), 1, "broken: down for its send error");
+        cr_assert_geq(count_status(&ss, "hung", "down", "no acknowledgement for "), 1, "hung: down for no acknowledgement");
+        cr_assert_geq(count_status(&ss, "stuck", "down", "send() blocked the event loop for "), 1,
+                      "stuck: down for blocking the loop");
+        /* ... and was tried again after a back-off. */
+        cr_assert_geq(count_status(&ss, "broken", "up", "retrying after: send: Input/output error"), 1);
+        cr_assert_eq(count_status(&ss, "center", "down", ""), 0, "the MQTT link never went down");
+        /* The log says the same, with the blocked time. */
+        cr_assert_geq(h_log_count(&k, "link: broken: up -> down (send: Input/output error)"), 1);
+        cr_assert_geq(h_log_count(&k, "link: hung: up -> down (no acknowledgement for 2."), 1);
+        cr_assert_geq(h_log_count(&k, "link: stuck: the faulty plugin blocked the event loop for 1."), 1);
+
+        cJSON *j = ctl_links(sock);
+        const cJSON *dead = link_of(j, "dead"), *ctr = link_of(j, "center");
+        cr_assert(dead && ctr);
+        cr_assert_str_eq(str_of(dead, "state"), "down");
+        cr_assert_str_eq(str_of(dead, "reason"), "plugin failed to open: Input/output error");
+        cr_assert_str_eq(str_of(ctr, "state"), "up");
+        cJSON_Delete(j);
+
+        cr_log_info("broken plugins: %d messages in %.1f s, %zu duplicates by id; down transitions: broken %zu, hung %zu, "
+                    "stuck %zu; sends tried: %d",
+                    STREAM, (double)(done - start) / 1000, dups, count_status(&ss, "broken", "down", ""),
+                    count_status(&ss, "hung", "down", ""), count_status(&ss, "stuck", "down", ""),
+                    h_log_count(&k, "faulty: send #"));
+        h_pub_stop(&pub);
+        int st = h_stop(&k, SIGTERM);
+        cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "kuimen exits 0 (%d)", st);
+        statsub_stop(&ss);
+        h_sub_stop(&sub);
+        h_stop(&local.p, SIGTERM);
+        h_stop(&center.p, SIGTERM);
+        h_cleanup(dir);
+}
+
+/* ---- a base and a center kuimen over a sim link, through a recording relay --------- */
+
+#define MAXDG 4096
+
+/* One UDP socket between the two sim ends: each end's peer is the relay, which
+ * forwards base -> center and center -> base and records what the base put on the air. */
+struct relay {
+        int fd, port, base_port, center_port;
+        volatile bool stop;
+        pthread_t t;
+        pthread_mutex_t mu;
+        int64_t at[MAXDG];
+        size_t len[MAXDG];
+        size_t n;
+};
+
+static void *relay_main(void *arg)
+{
+        struct relay *r = arg;
+        uint8_t buf[65536];
+        while (!r->stop) {
+                struct pollfd pf = { .fd = r->fd, .events = POLLIN };
+                if (poll(&pf, 1, 20) <= 0)
+                        continue;
+                struct sockaddr_in from;
+                socklen_t fl = sizeof(from);
+                ssize_t n = recvfrom(r->fd, buf, sizeof(buf), 0, (struct sockaddr *)&from, &fl);
+                if (n <= 0)
+                        continue;
+                int src = ntohs(from.sin_port);
+                int dst = src == r->base_port ? r->center_port : src == r->center_port ? r->base_port : 0;
+                if (!dst)
+                        continue;
+                if (src == r->base_port) {
+                        pthread_mutex_lock(&r->mu);
+                        if (r->n < MAXDG) {
+                                r->at[r->n] = h_now_ms();
+                                r->len[r->n++] = (size_t)n;
+                        }
+                        pthread_mutex_unlock(&r->mu);
+                }
+                struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons((uint16_t)dst),
+                                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+                sendto(r->fd, buf, (size_t)n, 0, (struct sockaddr *)&to, sizeof(to));
+        }
+        return NULL;
+}
+
+static void relay_start(struct relay *r, int base_port, int center_port)
+{
+        memset(r, 0, sizeof(*r));
+        pthread_mutex_init(&r->mu, NULL);
+        r->base_port = base_port, r->center_port = center_port;
+        r->fd = socket(AF_INET, SOCK_DGRAM, 0);
+        for (int tries = 0; tries < 50; tries++) {
+                r->port = h_free_port();
+                struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)r->port),
+                                         .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+                if (bind(r->fd, (struct sockaddr *)&a, sizeof(a)) == 0)
+                        break;
+                r->port = 0;
+        }
+        cr_assert_neq(r->port, 0);
+        cr_assert_eq(pthread_create(&r->t, NULL, relay_main, r), 0);
+}
+
+static void relay_stop(struct relay *r)
+{
+        r->stop = true;
+        pthread_join(r->t, NULL);
+        close(r->fd);
+        pthread_mutex_destroy(&r->mu);
+}
+
+struct pair {
+        char dir[200], bconf[300], cconf[300], blog[300], clog[300];
+        struct h_broker local, center;
+        struct h_proc base, ctr;
+        struct h_sub sub;
+        struct h_pub pub;
+        struct relay relay;
+};
+
+/* link_extra goes into both ends' [link sat]; base_extra into the base's [link sat]. */
+static void pair_up(struct pair *p, const char *tag, const char *link_extra, const char *base_extra)
+{
+        memset(p, 0, sizeof(*p));
+        h_tmpdir(p->dir, sizeof(p->dir), tag);
+        h_broker_start(&p->local, p->dir, 0, NULL);
+        h_broker_start(&p->center, p->dir, 0, NULL);
+        h_sub_start(&p->sub, p->center.port, "center-sub", "kuimen/north/sensors/#", true);
+        MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+        cr_assert_eq(MQTTAsync_subscribe(p->sub.c, "kuimen/north/alert/#", 1, &ro), 0);
+        h_sleep_ms(200);
+        int a = h_free_port(), b = h_free_port();
+        relay_start(&p->relay, a, b);
+        snprintf(p->bconf, sizeof(p->bconf), "%s/base.conf", p->dir);
+        snprintf(p->cconf, sizeof(p->cconf), "%s/center.conf", p->dir);
+        snprintf(p->blog, sizeof(p->blog), "%s/base.log", p->dir);
+        snprintf(p->clog, sizeof(p->clog), "%s/center.log", p->dir);
+        FILE *f = fopen(p->bconf, "w");
+        fprintf(f,
+                "[node]\nname = north\nspool = %s/base/spool.db\nplugin_dir = %s\nstats_interval = 0\nlink_status = no\n"
+                "[local]\nuri = tcp://127.0.0.1:%d\nsubscribe = sensors/#, alert/#\n"
+                "[link sat]\ntype = sim\nlisten = 127.0.0.1:%d\npeer = 127.0.0.1:%d\n%s\n%s\n",
+                p->dir, env_dir("KM_SIM_PLUGIN_DIR"), p->local.port, a, p->relay.port, link_extra,
+                base_extra ? base_extra : "");
+        fclose(f);
+        f = fopen(p->cconf, "w");
+        fprintf(f,
+                "[node]\nname = county\nrole = center\nspool = %s/center/spool.db\nplugin_dir = %s\nstats_interval = 0\n"
+                "[local]\nuri = tcp://127.0.0.1:%d\n"
+                "[link sat]\ntype = sim\nlisten = 127.0.0.1:%d\npeer = 127.0.0.1:%d\npeers = north\n%s\n",
+                p->dir, env_dir("KM_SIM_PLUGIN_DIR"), p->center.port, b, p->relay.port, link_extra);
+        fclose(f);
+        const char *cargs[] = { "--config", p->cconf, NULL };
+        const char *bargs[] = { "--config", p->bconf, NULL };
+        h_kuimen_start(&p->ctr, p->clog, cargs);
+        h_kuimen_start(&p->base, p->blog, bargs);
+        cr_assert(h_log_wait(&p->base, "link: sat: sim", 10000));
+        cr_assert(h_log_wait(&p->ctr, "link: sat: sim", 10000));
+        cr_assert(h_log_wait(&p->base, "ingest: connected", 10000));
+        h_pub_start(&p->pub, p->local.port, "terminals");
+}
+
+static void pair_down(struct pair *p)
+{
+        h_pub_stop(&p->pub);
+        int sb = h_stop(&p->base, SIGTERM), sc = h_stop(&p->ctr, SIGTERM);
+        cr_expect(WIFEXITED(sb) && WEXITSTATUS(sb) == 0, "base exits 0 (%d)", sb);
+        cr_expect(WIFEXITED(sc) && WEXITSTATUS(sc) == 0, "center exits 0 (%d)", sc);
+        h_sub_stop(&p->sub);
+        relay_stop(&p->relay);
+        h_stop(&p->local.p, SIGTERM);
+        h_stop(&p->center.p, SIGTERM);
+        h_cleanup(p->dir);
+}
+
+static size_t sub_count(struct h_sub *s)
+{
+        pthread_mutex_lock(&s->mu);
+        size_t n = s->n;
+        pthread_mutex_unlock(&s->mu);
+        return n;
+}
+
+/* ---- 2. budgets --------------------------------------------------------------------- */
+
+#define BUDGET_MS 1500
+#define BACKLOG 120
+
+/* A backlog on a link with a budget per 1.5 s: the base's frames, as the relay sees
+ * them leave, come in bursts (one per budget window) within the budget, the bursts at
+ * least a window apart, the backlog still waiting after 4 windows (a full frame is 64 ms on this air), and the link never
+ * declared dead while it waits. bytes or frames 0: that budget is off. */
+static void budget_run(const char *tag, size_t bytes, size_t frames)
+{
+        struct pair p;
+        char extra[160];
+        snprintf(extra, sizeof(extra), "budget_bytes = %zu\nbudget_messages = %zu\nbudget_interval = %dms", bytes,
+                 frames, BUDGET_MS);
+        pair_up(&p, tag, "mtu = 77\nbitrate = 9600\nrto = 2s", extra);
+        for (int i = 0; i < BACKLOG; i++) {
+                char pl[48];
+                snprintf(pl, sizeof(pl), "{\"seq\": %d, \"ppm\": %d}", i, (i * 37) % 1000);
+                h_pub_send(&p.pub, "sensors/gas", pl);
+        }
+        cr_assert(h_pub_flush(&p.pub, 10000));
+        /* The first window and 3 more. */
+        for (int64_t until = h_now_ms() + 30000; h_now_ms() < until; h_sleep_ms(50)) {
+                pthread_mutex_lock(&p.relay.mu);
+                bool enough = p.relay.n && h_now_ms() - p.relay.at[0] > 3 * BUDGET_MS + 700;
+                pthread_mutex_unlock(&p.relay.mu);
+                if (enough)
+                        break;
+        }
+        size_t arrived = sub_count(&p.sub);
+
+        /* Bursts: frames less than half a window apart belong together. */
+        pthread_mutex_lock(&p.relay.mu);
+        size_t n = p.relay.n, bursts = 0, fr = 0, by = 0, max_fr = 0, max_by = 0;
+        int64_t min_gap = INT64_MAX, burst_start = 0;
+        char line[512];
+        size_t ll = 0;
+        for (size_t i = 0; i <= n; i++) {
+                bool new_burst = i == n || i == 0 || p.relay.at[i] - p.relay.at[i - 1] > BUDGET_MS / 2;
+                if (new_burst && i > 0) {
+                        bursts++;
+                        max_fr = fr > max_fr ? fr : max_fr;
+                        max_by = by > max_by ? by : max_by;
+                        if (ll < sizeof(line))
+                                ll += (size_t)snprintf(line + ll, sizeof(line) - ll, " %zu/%zu", fr, by);
+                        fr = by = 0;
+                }
+                if (i == n)
+                        break;
+                if (new_burst) {
+                        if (i > 0 && p.relay.at[i] - burst_start < min_gap)
+                                min_gap = p.relay.at[i] - burst_start;
+                        burst_start = p.relay.at[i];
+                }
+                fr++;
+                by += p.relay.len[i];
+        }
+        pthread_mutex_unlock(&p.relay.mu);
+        cr_log_info("budget %zu B / %zu frames per %d ms: %zu bursts (frames/bytes):%s; least gap between bursts "
+                    "%lld ms; %zu of %d messages arrived",
+                    bytes, frames, BUDGET_MS, bursts, line, (long long)min_gap, arrived, BACKLOG);
+        cr_assert_geq(bursts, 4, "the link sent in at least 4 windows (%zu)", bursts);
+        if (frames)
+                cr_assert_leq(max_fr, frames, "frames in one window:%s", line);
+        if (bytes)
+                cr_assert_leq(max_by, bytes, "bytes in one window:%s", line);
+        cr_assert_geq(min_gap, BUDGET_MS - 100, "one burst per window (least gap %lld ms)", (long long)min_gap);
+        cr_assert_gt(arrived, 0, "the budget lets traffic through");
+        cr_assert_lt(arrived, BACKLOG, "the backlog still waits (%zu of %d arrived)", arrived, BACKLOG);
+        cr_assert_eq(h_log_count(&p.base, "link: sat: up -> down"), 0, "waiting for the budget is not a dead link");
+        pair_down(&p);
+}
+
+/* budget_messages on a narrow link counts frames: what the equipment bills as one
+ * message (a BeiDou short message, an SBD session). */
+Test(links, budget_messages_on_the_air, .timeout = 120)
+{
+        budget_run("links-budgetm", 0, 3);
+}
+
+/* budget_bytes counts the bytes of every frame handed to the device; the last frame of
+ * a window is cut to what is left. */
+Test(links, budget_bytes_on_the_air, .timeout = 120)
+{
+        budget_run("links-budgetb", 150, 0);
+}
+
+/* ---- 3. alerts first ------------------------------------------------------------------ */
+
+#define TELE 1000
+
+/* The MQTT link: 1 000 telemetry messages and then one alert are spooled while the
+ * center is unreachable; when it returns the alert is the first message it gets, and
+ * the telemetry follows complete and in order. */
+Test(links, alert_first_on_mqtt, .timeout = 120)
+{
+        char dir[200], conf[300], klog[300];
+        struct h_broker local, center;
+        struct h_sub sub;
+        struct h_pub pub;
+        struct h_proc k;
+
+        h_tmpdir(dir, sizeof(dir), "links-alert");
+        h_broker_start(&local, dir, 0, NULL);
+        h_broker_start(&center, dir, 0, NULL);
+        /* A persistent session: it collects what kuimen sends while the subscriber is
+         * still reconnecting to the restarted broker, in order. */
+        h_sub_start(&sub, center.port, "center-sub", "kuimen/north/sensors/#", true);
+        MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+        cr_assert_eq(MQTTAsync_subscribe(sub.c, "kuimen/north/alert/#", 1, &ro), 0);
+        h_sleep_ms(300);
+        h_stop(&center.p, SIGTERM); /* the center is unreachable */
+        snprintf(conf, sizeof(conf), "%s/kuimen.conf", dir);
+        snprintf(klog, sizeof(klog), "%s/kuimen.log", dir);
+        h_write_conf(conf, "north", dir, local.port, center.port, "[node]\nlink_status = no\n");
+        const char *args[] = { "--config", conf, NULL };
+        h_kuimen_start(&k, klog, args);
+        cr_assert(h_log_wait(&k, "ingest: connected", 10000));
+        h_pub_start(&pub, local.port, "terminals");
+        for (int i = 0; i < TELE; i++) {
+                char pl[32];
+                snprintf(pl, sizeof(pl), "T%04d", i);
+                while (h_pub_send(&pub, "sensors/flow", pl) != 0)
+                        h_sleep_ms(2);
+        }
+        h_pub_send(&pub, "alert/gas", "ALERT");
+        cr_assert(h_pub_flush(&pub, 20000), "kuimen took every message");
+        cr_assert_eq(h_log_count(&k, "link: center: down -> up"), 0, "the backlog was built while the link was down");
+        h_broker_restart(&center);
+        size_t got = h_sub_wait(&sub, TELE + 1, 60000);
+        cr_assert_eq(got, TELE + 1, "everything arrived (%zu of %d)", got, TELE + 1);
+        pthread_mutex_lock(&sub.mu);
+        long at = -1;
+        for (size_t i = 0; i < sub.n; i++)
+                if (strcmp(sub.rx[i].payload, "ALERT") == 0)
+                        at = (long)i;
+        size_t tele_in_order = 0;
+        for (size_t i = 0, t = 0; i < sub.n; i++) {
+                char want[32];
+                if (strcmp(sub.rx[i].payload, "ALERT") == 0)
+                        continue;
+                snprintf(want, sizeof(want), "T%04zu", t++);
+                tele_in_order += strcmp(sub.rx[i].payload, want) == 0;
+        }
+        pthread_mutex_unlock(&sub.mu);
+        cr_log_info("mqtt: the alert arrived at position %ld of %d", at, TELE + 1);
+        cr_assert_eq(at, 0, "the alert leaves first (arrived at position %ld)", at);
+        cr_assert_eq(tele_in_order, TELE, "the telemetry follows in order");
+        h_pub_stop(&pub);
+        int st = h_stop(&k, SIGTERM);
+        cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+        h_sub_stop(&sub);
+        h_stop(&local.p, SIGTERM);
+        h_stop(&center.p, SIGTERM);
+        h_cleanup(dir);
+}
+
+#define SIM_TELE 80
+/* What may leave before an alert handed to a busy narrow link: the frame on the air
+ * and the one frame framed ahead for the device (plugin.c, frame_unsent), each with
+ * at most this many of these telemetry messages. */
+#define PER_FRAME_MAX 8
+
+/* A slow narrow link (77-byte frames at 2 400 bit/s) with a telemetry backlog: an
+ * alert published while the backlog drains overtakes it, leaving at most the two
+ * frames the device already held ahead of it. */
+Test(links, alert_first_on_sim, .timeout = 120)
+{
+        struct pair p;
+        pair_up(&p, "links-simalert", "mtu = 77\nbitrate = 2400\nrto = 2s", NULL);
+        for (int i = 0; i < SIM_TELE; i++) {
+                char pl[48];
+                snprintf(pl, sizeof(pl), "{\"seq\": %d, \"ppm\": %d}", i, (i * 37) % 1000);
+                h_pub_send(&p.pub, "sensors/gas", pl);
+        }
+        cr_assert(h_pub_flush(&p.pub, 10000));
+        cr_assert_geq(h_sub_wait(&p.sub, 10, 30000), 10, "the backlog starts to drain");
+        size_t before = sub_count(&p.sub);
+        h_pub_send(&p.pub, "alert/gas", "ALERT");
+        cr_assert(h_pub_flush(&p.pub, 10000));
+        long at = -1;
+        for (int64_t until = h_now_ms() + 30000; at < 0 && h_now_ms() < until; h_sleep_ms(20)) {
+                pthread_mutex_lock(&p.sub.mu);
+                for (size_t i = 0; i < p.sub.n; i++)
+                        if (strcmp(p.sub.rx[i].payload, "ALERT") == 0)
+                                at = (long)i;
+                pthread_mutex_unlock(&p.sub.mu);
+        }
+        size_t now_n = sub_count(&p.sub);
+        cr_log_info("sim: %zu telemetry had arrived when the alert was published; it arrived at position %ld; "
+                    "%zu messages in by then, of %d telemetry",
+                    before, at, now_n, SIM_TELE);
+        cr_assert_geq(at, 0, "the alert arrived");
+        cr_assert_lt((size_t)at, SIM_TELE, "the alert arrived before the backlog drained");
+        cr_assert_leq((size_t)at - before, 2 * PER_FRAME_MAX,
+                      "only what the device already held left before the alert (%zu)", (size_t)at - before);
+        /* The backlog then drains completely. */
+        size_t got = h_sub_wait(&p.sub, SIM_TELE + 1, 60000);
+        cr_assert_eq(got, SIM_TELE + 1, "everything arrived (%zu of %d)", got, SIM_TELE + 1);
+        pair_down(&p);
+}
