@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "bridges/position.h"
+#include "bridges/uplink.h"
 #include "gateway/log.h"
 
 /* Paho's callbacks run on Paho's threads. Message arrival is the one place that does
@@ -47,7 +48,7 @@ static const struct km_conf_key link_keys[] = {
         { "cert", KM_CONF_STRING, NULL, OFF(cert), "TLS: client certificate file (PEM)", 0, 0, NULL },
         { "key", KM_CONF_STRING, NULL, OFF(key), "TLS: client private key file (PEM)", 0, 0, NULL },
         { "verify_hostname", KM_CONF_BOOL, "yes", OFF(verify_hostname), "TLS: check the broker's name against its certificate", 0, 0, NULL },
-        { "keepalive", KM_CONF_DURATION, "10s", OFF(keepalive_ms), "MQTT keepalive: a dead peer is seen after 1.5 of these", 1000, 3600000, NULL },
+        { "keepalive", KM_CONF_DURATION, "10s", OFF(keepalive_ms), "MQTT keepalive: a dead peer is seen after 1.5 of these (the uplink's at least 5 s)", 1000, 3600000, NULL },
         { "window", KM_CONF_INT, "64", OFF(window), "messages in flight awaiting PUBACK (keep it within the broker's receive maximum: Mosquitto's max_inflight_messages)", 1, 65535, NULL },
         { "downlink", KM_CONF_BOOL, "yes", OFF(downlink), "take commands from <topic_prefix>/<node>/cmd/#", 0, 0, NULL },
         { "session_expiry", KM_CONF_DURATION, "7d", OFF(session_expiry_ms), "how long the center keeps the downlink session", 0, 4294967295000.0, NULL },
@@ -83,6 +84,8 @@ struct bridge {
         /* The will of pub: "offline" on <topic_prefix>/<node>/status, retained, which
          * the broker sends when kuimen dies (or stops, see client_stop). */
         char *will_topic, *will_msg;
+        struct km_uplink *up; /* the link's publishing side (libmosquitto); NULL on the local bridge */
+        bool no_will; /* the broker refused the will (atomic: set on Paho's thread) */
 };
 
 struct send_ctx {
@@ -104,11 +107,38 @@ static void on_acked(void *ud, uint64_t cookie)
                 km_spool_ack(b->d->spool, id);
 }
 
+/* A broker refused one message for good (not authorised, bad topic name, bad payload):
+ * sending it again would only block the link. It leaves the spool, counted and
+ * logged (first ten, then every thousandth), and the link carries on. Returns false for
+ * a reason worth retrying (quota, server busy ...), which fails the link instead. */
+static bool refused_for_good(struct bridge *b, uint32_t cookie, int reason)
+{
+        if (reason != MQTTREASONCODE_NOT_AUTHORIZED && reason != MQTTREASONCODE_TOPIC_NAME_INVALID &&
+            reason != MQTTREASONCODE_PAYLOAD_FORMAT_INVALID && reason != MQTTREASONCODE_PACKET_TOO_LARGE)
+                return false;
+        uint64_t id = km_link_acked(b->link, cookie);
+        if (!id)
+                return true;
+        km_spool_ack(b->d->spool, id);
+        uint64_t n = ++b->d->refused;
+        if (n <= 10 || n % 1000 == 0)
+                KM_LOG(KM_LOG_ERR, "mqtt", "%s: %s refused message %llu for good (%s): dropped (%llu so far)",
+                       b->link->name, b->conf.uri, (unsigned long long)id, MQTTReasonCode_toString(reason),
+                       (unsigned long long)n);
+        return true;
+}
+
 static void on_failed(void *ud, uint64_t arg)
 {
         struct bridge *b = ud;
-        char why[96];
-        snprintf(why, sizeof(why), "publish failed (%s)", MQTTAsync_strerror((int)(int32_t)(arg >> 32)));
+        char why[128];
+        int code = (int16_t)(arg >> 32), reason = (int)(arg >> 48);
+        if (reason >= MQTTREASONCODE_UNSPECIFIED_ERROR && refused_for_good(b, (uint32_t)arg, reason))
+                return;
+        if (reason >= MQTTREASONCODE_UNSPECIFIED_ERROR)
+                snprintf(why, sizeof(why), "publish refused (%s)", MQTTReasonCode_toString(reason));
+        else
+                snprintf(why, sizeof(why), "publish failed (%s)", MQTTAsync_strerror(code));
         km_link_failed(b->link, (uint32_t)arg, why);
 }
 
@@ -158,16 +188,19 @@ static void client_event(void *ud, uint64_t ev)
 static void on_publish_ok(void *context, MQTTAsync_successData5 *r)
 {
         struct send_ctx *x = context;
-        (void)r;
-        km_daemon_post(x->b->d, on_acked, x->b, x->cookie);
+        /* A PUBACK may carry a refusal (reason code >= 0x80) on either path. */
+        if (r && r->reasonCode >= MQTTREASONCODE_UNSPECIFIED_ERROR)
+                km_daemon_post(x->b->d, on_failed, x->b, (uint64_t)(uint16_t)r->reasonCode << 48 | x->cookie);
+        else
+                km_daemon_post(x->b->d, on_acked, x->b, x->cookie);
         free(x);
 }
 
 static void on_publish_fail(void *context, MQTTAsync_failureData5 *r)
 {
         struct send_ctx *x = context;
-        uint64_t code = (uint32_t)(r ? r->code : -1);
-        km_daemon_post(x->b->d, on_failed, x->b, code << 32 | x->cookie);
+        uint64_t code = (uint16_t)(r ? r->code : -1), reason = (uint16_t)(r ? r->reasonCode : 0);
+        km_daemon_post(x->b->d, on_failed, x->b, reason << 48 | code << 32 | x->cookie);
         free(x);
 }
 
@@ -236,6 +269,14 @@ static void on_connect_ok(void *context, MQTTAsync_successData5 *r)
 static void on_connect_fail(void *context, MQTTAsync_failureData5 *r)
 {
         struct client *c = context;
+        /* A broker whose ACL predates the node status refuses a will it may not
+         * publish, and with it the whole connection: ingest must not stop for a status
+         * topic. The next attempts go without the will. */
+        if (r && r->reasonCode == MQTTREASONCODE_NOT_AUTHORIZED && c == &c->b->pub && c->b->will_topic &&
+            !__atomic_exchange_n(&c->b->no_will, true, __ATOMIC_RELAXED))
+                KM_LOG(KM_LOG_ERR, "mqtt", "%s: %s refused the connection with the will on %s (not authorised: allow "
+                       "kuimen to write it in the broker's ACL); connecting without the will", c->role, c->b->conf.uri,
+                       c->b->will_topic);
         KM_LOG(KM_LOG_WARNING, "mqtt", "%s: cannot connect to %s: %s", c->role, c->b->conf.uri,
                r && r->message ? r->message : MQTTAsync_strerror(r ? r->code : -1));
         km_daemon_post(c->b->d, client_event, c, EV_CONNECT_FAILED);
@@ -301,6 +342,11 @@ static int send_msg(struct km_link *l, const struct km_msg *m, uint32_t cookie)
                 }
                 snprintf(b->topic_buf, need, "%s/%s/%s", b->conf.topic_prefix, origin, m->topic);
                 topic = b->topic_buf;
+        }
+        if (b->up) {
+                rc = km_uplink_publish(b->up, topic, m->payload, m->len, (m->flags & KM_MSG_RETAIN) != 0, origin, oid,
+                                       cookie);
+                return rc == -EAGAIN || rc == -ENOTCONN || rc == -ENOMEM ? rc : rc < 0 ? -EIO : 0;
         }
         if (!b->local || m->origin) {
                 /* Subscribers drop duplicates by (origin, id): at-least-once means a
@@ -384,7 +430,7 @@ static int connect_client(struct client *c)
                 co.connectProperties = &props;
         }
         MQTTAsync_willOptions will = MQTTAsync_willOptions_initializer;
-        if (c == &b->pub && b->will_topic) {
+        if (c == &b->pub && b->will_topic && !__atomic_load_n(&b->no_will, __ATOMIC_RELAXED)) {
                 will.topicName = b->will_topic;
                 will.message = b->will_msg;
                 will.retained = 1;
@@ -442,7 +488,7 @@ static void client_stop(struct client *c)
                 MQTTAsync_disconnectOptions o = MQTTAsync_disconnectOptions_initializer5;
                 o.timeout = 1000;
                 /* A stop is an absence too: the broker sends the will ("offline"). */
-                if (c == &c->b->pub && c->b->will_topic)
+                if (c == &c->b->pub && c->b->will_topic && !__atomic_load_n(&c->b->no_will, __ATOMIC_RELAXED))
                         o.reasonCode = MQTTREASONCODE_DISCONNECT_WITH_WILL_MESSAGE;
                 /* The DISCONNECT goes out on Paho's thread; a destroy before it did would
                  * send a plain one of its own (and the broker would drop the will), so
@@ -479,6 +525,8 @@ static void bridge_destroy(struct km_link *l)
         struct bridge *b = l->impl;
         if (!b)
                 return;
+        km_uplink_free(b->up); /* stops with the will: the center learns we are gone */
+        b->up = NULL;
         client_stop(&b->pub);
         client_stop(&b->sub);
         client_free(&b->pub);
@@ -513,6 +561,10 @@ static void on_reset_failed(void *context, MQTTAsync_failureData5 *r)
 static void bridge_reset(struct km_link *l)
 {
         struct bridge *b = l->impl;
+        if (b->up) {
+                km_uplink_reset(b->up);
+                return;
+        }
         MQTTAsync_disconnectOptions o = MQTTAsync_disconnectOptions_initializer5;
         o.timeout = 0;
         o.onSuccess5 = on_reset_disconnected;
@@ -654,6 +706,43 @@ int km_mqtt_local_start(struct km_daemon *d, struct km_conf *c)
         return connect_client(&b->pub);
 }
 
+/* ---- the uplink's reports (loop thread) ----------------------------------------- */
+
+static void up_up(void *ud)
+{
+        struct bridge *b = ud;
+        KM_LOG(KM_LOG_NOTICE, "mqtt", "up: connected to %s", b->conf.uri);
+        km_link_set_state(b->link, KM_LINK_UP, "connected");
+}
+
+static void up_lost(void *ud, const char *why)
+{
+        struct bridge *b = ud;
+        KM_LOG(KM_LOG_WARNING, "mqtt", "up: connection to %s lost: %s", b->conf.uri, why);
+        km_link_set_state(b->link, KM_LINK_DOWN, "connection lost");
+}
+
+static void up_failed_connect(void *ud, const char *why)
+{
+        struct bridge *b = ud;
+        KM_LOG(KM_LOG_WARNING, "mqtt", "up: cannot connect to %s: %s", b->conf.uri, why);
+        km_link_set_state(b->link, KM_LINK_DOWN, "cannot connect");
+}
+
+static void up_acked(void *ud, uint32_t cookie)
+{
+        on_acked(ud, cookie);
+}
+
+static bool up_refused(void *ud, uint32_t cookie, int reason, const char *why)
+{
+        struct bridge *b = ud;
+        if (refused_for_good(b, cookie, reason))
+                return true;
+        km_link_failed(b->link, cookie, why);
+        return false;
+}
+
 int km_mqtt_link_start(struct km_daemon *d, struct km_conf *c, const char *section)
 {
         const char *name = section + 5; /* "link " */
@@ -674,9 +763,20 @@ int km_mqtt_link_start(struct km_daemon *d, struct km_conf *c, const char *secti
                 goto out;
         /* The uplink starts clean: the spool, not the broker session, holds what is
          * unacknowledged, and replays it in order after every reconnect. */
-        if ((rc = client_init(&b->pub, b, "up", up, true, 0)) < 0 || (d->node.link_status && (rc = set_will(b, b->conf.topic_prefix)) < 0) ||
-            (rc = connect_client(&b->pub)) < 0)
+        if (d->node.link_status && (rc = set_will(b, b->conf.topic_prefix)) < 0)
                 goto out;
+        struct km_uplink_opts uo = {
+                .uri = b->conf.uri, .client_id = up, .username = b->conf.username, .password = b->conf.password,
+                .ca = b->conf.ca, .cert = b->conf.cert, .key = b->conf.key, .verify_hostname = b->conf.verify_hostname,
+                .keepalive_s = (int)(b->conf.keepalive_ms / 1000), .window = (unsigned)b->conf.window,
+                .will_topic = b->will_topic, .will_msg = b->will_msg,
+        };
+        struct km_uplink_cb ucb = { .up = up_up, .lost = up_lost, .failed_connect = up_failed_connect,
+                                    .acked = up_acked, .refused = up_refused, .ud = b };
+        if ((rc = km_uplink_new(&b->up, d->ev, &uo, &ucb)) < 0) {
+                KM_LOG(KM_LOG_ERR, "mqtt", "up: cannot start the uplink to %s: %s", b->conf.uri, strerror(-rc));
+                goto out;
+        }
         if (b->conf.downlink) {
                 char *filter;
                 if (asprintf(&filter, "%scmd/#", b->down_prefix) < 0 || km_strv_split(&b->sub.filters, filter) < 0) {

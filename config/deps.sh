@@ -4,8 +4,8 @@
 # running, "test" for the tests as well. Does nothing when all are there.
 set -eu
 build="meson ninja-build pkg-config gcc libc6-dev libpaho-mqtt-dev libsqlite3-dev libinih-dev
-       libsystemd-dev zlib1g-dev libcjson-dev libgps-dev mosquitto mosquitto-clients"
-test="libcriterion-dev gpsd gpsd-clients python3-gps valgrind systemd libmosquitto-dev"
+       libsystemd-dev zlib1g-dev libcjson-dev libgps-dev libmosquitto-dev mosquitto mosquitto-clients"
+test="libcriterion-dev gpsd gpsd-clients python3-gps valgrind systemd"
 want=$build
 [ "${1:-run}" = test ] && want="$build $test"
 missing=""

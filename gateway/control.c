@@ -602,7 +602,7 @@ static void put_counters(struct km_control_buf *b, struct km_daemon *d, const st
                           "\"counters\":{\"in\":%llu,\"forwarded\":%llu,\"delivered_local\":%llu,\"dropped\":%llu,"
                           "\"expired\":%llu,\"coalesced\":%llu,\"bad_input\":%llu,\"unrouted\":%llu,"
                           "\"store_retries\":%llu,\"over_limit\":%llu,\"recovered\":%llu,\"moved_aside\":%llu,"
-                          "\"fsyncs\":%llu,\"bad_config_reloads\":%llu}",
+                          "\"fsyncs\":%llu,\"bad_config_reloads\":%llu,\"refused\":%llu}",
                           (unsigned long long)st->pushed, (unsigned long long)acked[KM_DIR_UP],
                           (unsigned long long)acked[KM_DIR_DOWN], (unsigned long long)st->dropped,
                           (unsigned long long)st->expired, (unsigned long long)st->coalesced,
@@ -611,7 +611,7 @@ static void put_counters(struct km_control_buf *b, struct km_daemon *d, const st
                           (unsigned long long)__atomic_load_n(&d->rejected, __ATOMIC_RELAXED),
                           (unsigned long long)st->over_limit, (unsigned long long)st->recovered,
                           (unsigned long long)st->moved_aside, (unsigned long long)st->fsyncs,
-                          (unsigned long long)d->bad_config_reloads);
+                          (unsigned long long)d->bad_config_reloads, (unsigned long long)d->refused);
 }
 
 static void put_node(struct km_control_buf *b, struct km_daemon *d, int64_t now)

@@ -298,11 +298,12 @@ void km_daemon_counters(struct km_daemon *d, char *buf, size_t len)
                         down += d->links[i]->acked;
         }
         snprintf(buf, len,
-                 "in=%llu spooled=%llu forwarded=%llu delivered_local=%llu dropped=%llu expired=%llu coalesced=%llu bad_input=%llu spool_bytes=%llu",
+                 "in=%llu spooled=%llu forwarded=%llu delivered_local=%llu dropped=%llu expired=%llu coalesced=%llu bad_input=%llu refused=%llu spool_bytes=%llu",
                  (unsigned long long)st.pushed, (unsigned long long)(st.depth[KM_DIR_UP] + st.depth[KM_DIR_DOWN]),
                  (unsigned long long)up, (unsigned long long)down, (unsigned long long)st.dropped,
                  (unsigned long long)st.expired, (unsigned long long)st.coalesced,
-                 (unsigned long long)__atomic_load_n(&d->bad_input, __ATOMIC_RELAXED), (unsigned long long)st.bytes);
+                 (unsigned long long)__atomic_load_n(&d->bad_input, __ATOMIC_RELAXED), (unsigned long long)d->refused,
+                 (unsigned long long)st.bytes);
 }
 
 /* One turn of work: what the other threads handed over, then sends, then the spool's

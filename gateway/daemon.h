@@ -46,6 +46,7 @@ struct km_daemon {
         bool stopping;
         int64_t started_ms;
         uint64_t unrouted, rejected, bad_config_reloads;
+        uint64_t refused; /* messages a broker refused for good (loop thread) */
         uint64_t bad_input; /* payloads a bridge refused (atomic: bridges count from their threads) */
         struct km_status status; /* what the bridges last saw: kuimenctl status, /metrics */
         /* GNSS time while the system clock is unsynchronised (bridges/gnss sets it):

@@ -249,7 +249,7 @@ static void print_head(const cJSON *sp)
 static void print_counters(const cJSON *r)
 {
         static const char *const keys[] = { "in", "forwarded", "delivered_local", "dropped", "expired", "coalesced",
-                                            "bad_input", "unrouted", "fsyncs", NULL };
+                                            "bad_input", "refused", "unrouted", "fsyncs", NULL };
         const cJSON *c = cJSON_GetObjectItemCaseSensitive(r, "counters");
 
         printf("\ncounters:");

@@ -143,6 +143,8 @@ static void put_messages(struct km_control_buf *b, struct km_daemon *d, const st
             "Messages replaced by a newer one with the same coalesce key.", st->coalesced);
         one(b, "kuimen_messages_unrouted_total", "counter", "Messages no class matched (not forwarded).",
             __atomic_load_n(&d->unrouted, __ATOMIC_RELAXED));
+        one(b, "kuimen_messages_refused_total", "counter",
+            "Messages a broker refused for good (not authorised, bad topic): dropped.", d->refused);
         one(b, "kuimen_bad_input_total", "counter", "Payloads a bridge refused as malformed.",
             __atomic_load_n(&d->bad_input, __ATOMIC_RELAXED));
 }

@@ -667,3 +667,61 @@ Test(tls, kuimen_bridges_through_the_base_acl)
         cr_assert_eq(grep2(base.p.log, "Denied PUBLISH from unit7-term", NULL), 3);
         h_cleanup(dir);
 }
+
+/* A broker that refuses one of kuimen's messages for good must not hold the link down:
+ * with topic_prefix "field", which the shipped ACL does not let kuimen write, the base
+ * broker refuses the retained link and node status (PUBACK 0x87). They are dropped,
+ * counted and logged, and the center's commands still reach their unit. */
+Test(tls, refused_messages_do_not_block_the_local_link)
+{
+        char dir[200], conf[300], klog[300], text[4096];
+        struct h_broker base, center;
+        struct h_proc k;
+        struct h_pub center_pub;
+        struct cli unit7;
+        h_tmpdir(dir, sizeof(dir), "aclrefused");
+        base_broker_start(&base, dir);
+        h_broker_start(&center, dir, 0, NULL);
+        snprintf(conf, sizeof(conf), "%s/kuimen.conf", dir);
+        snprintf(klog, sizeof(klog), "%s/kuimen.log", dir);
+        h_write_conf(conf, "north", dir, base.port, center.port, NULL);
+        FILE *f = fopen(conf, "r");
+        size_t len = fread(text, 1, sizeof(text) - 1, f);
+        fclose(f);
+        text[len] = 0;
+        char *link = strstr(text, "[link center]"), *prefix = strstr(text, "topic_prefix = kuimen\n");
+        cr_assert(link && prefix && prefix > link);
+        f = fopen(conf, "w");
+        fprintf(f, "%.*susername = kuimen\npassword = kpass\n%.*stopic_prefix = field\n%s", (int)(link - text), text,
+                (int)(prefix - link), link, prefix + strlen("topic_prefix = kuimen\n"));
+        fclose(f);
+        const char *args[] = { "--config", conf, NULL };
+        h_kuimen_start(&k, klog, args);
+        cr_assert(h_log_wait(&k, "ingest: connected", 10000));
+        cr_assert(h_log_wait(&k, "down: connected", 10000));
+        cr_assert(h_log_wait(&k, "refused message", 10000), "the refused status is logged");
+
+        cr_assert_eq(cli_connect(&unit7, base.port, "unit7-term", "unit7", "u7pass"), 0);
+        cr_assert_eq(cli_sub(&unit7, "cmd/unit7/#"), 1);
+        h_pub_start(&center_pub, center.port, "center-pub");
+        cr_assert_eq(h_pub_send(&center_pub, "field/north/cmd/unit7/go", "c1"), 0);
+        cr_assert(h_pub_flush(&center_pub, 5000));
+        int64_t until = h_now_ms() + 10000;
+        while (cli_count(&unit7) < 1 && h_now_ms() < until)
+                h_sleep_ms(20);
+        cr_assert_eq(cli_count(&unit7), 1, "the command reached unit7 past the refused status");
+        cr_assert_eq(h_log_count(&k, "local: up -> down"), 0, "the local link never went down");
+
+        h_pub_stop(&center_pub);
+        cli_close(&unit7);
+        int st = h_stop(&k, SIGTERM);
+        cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+        h_stop(&base.p, SIGTERM);
+        h_stop(&center.p, SIGTERM);
+        /* The link status and the node status, each refused once: nothing retried. */
+        cr_assert_eq(grep2(base.p.log, "Denied PUBLISH from kuimen-north", "'field/north/link/center'"), 1);
+        cr_assert_eq(grep2(base.p.log, "Denied PUBLISH from kuimen-north", "'field/north/status'"), 1);
+        cr_assert_eq(final_counter(klog, "refused"), 2);
+        cr_assert_eq(final_counter(klog, "spooled"), 0);
+        h_cleanup(dir);
+}

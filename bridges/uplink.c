@@ -1,0 +1,617 @@
+/* SPDX-License-Identifier: MIT */
+/* Uplink: QoS 1 publishing to the center broker over libmosquitto, driven by the daemon's event loop. */
+#include "uplink.h"
+
+#include <errno.h>
+#include <mosquitto.h>
+#include <mqtt_protocol.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "gateway/log.h"
+
+/*
+ * Why libmosquitto here, and Paho elsewhere. The uplink is kuimen's hottest path: a
+ * publish and a PUBACK per message. Paho's async client spends 56 to 94 us of CPU on
+ * that (its own send and receive threads, a wake-up per message, tracked allocations in
+ * Debian's build); libmosquitto driven from our loop spends about 17
+ * (tests/bench/bench_clients). Ingest and the downlink stay on Paho: libmosquitto 2.0
+ * acknowledges an inbound QoS 1 message before its callback runs, and there the
+ * acknowledgement must wait for the spool. The uplink's promise rests on the center's
+ * PUBACK alone, which libmosquitto reports after it arrived.
+ *
+ * How. libmosquitto's loop functions (read, write, misc) run on our sd-event loop, so
+ * there is no thread and no wake-up per message: a publish is written at once, acks
+ * are read when the socket says so. Only the connect runs on a thread of its own:
+ * libmosquitto's connect for external loops blocks (name lookup, TCP, TLS handshake),
+ * and a black-holed center must not stall the loop for the kernel's connect timeout.
+ * The thread owns the connection object until it signals through an eventfd; the loop
+ * owns it after. Each connection gets a fresh object, so nothing libmosquitto queued
+ * for the last one is sent again behind our back: what was in flight is replayed from
+ * the spool, in order, by the link.
+ */
+
+#define CONNACK_TIMEOUT_US 5000000ULL /* an answer to CONNECT within this, or retry */
+#define MISC_US 500000ULL             /* keepalive bookkeeping (mosquitto_loop_misc) */
+#define BACKOFF_MAX_S 5
+#define MIDS 65536
+
+/* One connection: the object, and the thread that connects it. */
+struct conn {
+        struct km_uplink *u; /* NULL once the uplink let go of a thread still connecting */
+        struct mosquitto *m;
+        pthread_t th;
+        bool started, joined; /* the loop's own record of th */
+        pthread_mutex_t mu;
+        bool done;     /* the thread finished */
+        bool abandoned; /* the uplink went away first: the thread frees everything */
+        int rc, err;
+        int efd; /* the thread's "done", read by the loop; the thread closes it if abandoned */
+        char logerr[256]; /* the last error libmosquitto logged (OpenSSL's reason) */
+        char host[256];
+        int port, keepalive;
+};
+
+enum ustate { U_IDLE, U_CONNECTING, U_WAIT_CONNACK, U_UP, U_STOPPED };
+
+struct km_uplink {
+        sd_event *ev;
+        struct km_uplink_cb cb;
+        char *uri, *client_id, *username, *password, *ca, *cert, *key, *will_topic, *will_msg;
+        bool verify_hostname, tls;
+        int keepalive_s;
+        unsigned window;
+        char host[256];
+        int port;
+
+        enum ustate st;
+        struct conn *c;
+        sd_event_source *efd_src, *io, *misc, *connack, *retry, *defer;
+        unsigned backoff_s;
+        uint64_t *mids; /* mid -> 1 << 32 | cookie while in flight */
+        unsigned inflight;
+        bool drop_pending, drop_was_refusal;
+        char drop_why[384];
+};
+
+static char *dup_or_null(const char *s)
+{
+        return s ? strdup(s) : NULL;
+}
+
+/* "scheme://host:port" (host may be [v6]); the port defaults by scheme. */
+static int parse_uri(struct km_uplink *u)
+{
+        const char *p = strstr(u->uri, "://");
+        if (!p)
+                return -EINVAL;
+        u->tls = strncmp(u->uri, "ssl://", 6) == 0 || strncmp(u->uri, "mqtts://", 8) == 0;
+        p += 3;
+        const char *colon, *hend;
+        if (*p == '[') {
+                hend = strchr(p, ']');
+                if (!hend)
+                        return -EINVAL;
+                colon = hend[1] == ':' ? hend + 1 : NULL;
+                p++;
+        } else {
+                colon = strrchr(p, ':');
+                hend = colon ? colon : p + strcspn(p, "/");
+        }
+        size_t n = (size_t)(hend - p);
+        if (!n || n >= sizeof(u->host))
+                return -EINVAL;
+        memcpy(u->host, p, n);
+        u->host[n] = '\0';
+        u->port = colon ? atoi(colon + 1) : (u->tls ? 8883 : 1883);
+        return u->port > 0 && u->port < 65536 ? 0 : -EINVAL;
+}
+
+/* ---- connection objects -------------------------------------------------------- */
+
+static void conn_free(struct conn *c)
+{
+        if (!c)
+                return;
+        if (c->m)
+                mosquitto_destroy(c->m);
+        if (c->efd >= 0)
+                close(c->efd);
+        pthread_mutex_destroy(&c->mu);
+        free(c);
+}
+
+/* libmosquitto logs OpenSSL's reasons and refusals: the last error names the failure. */
+static void on_log(struct mosquitto *m, void *ud, int level, const char *str)
+{
+        struct conn *c = ud;
+        (void)m;
+        if (level == MOSQ_LOG_ERR)
+                snprintf(c->logerr, sizeof(c->logerr), "%s", str);
+}
+
+static void on_connect(struct mosquitto *m, void *ud, int rc, int flags, const mosquitto_property *props);
+static void on_publish(struct mosquitto *m, void *ud, int mid, int rc, const mosquitto_property *props);
+
+static struct conn *conn_new(struct km_uplink *u, char *why, size_t wl)
+{
+        struct conn *c = calloc(1, sizeof(*c));
+        int rc;
+        if (!c) {
+                snprintf(why, wl, "out of memory");
+                return NULL;
+        }
+        c->u = u;
+        c->efd = -1;
+        pthread_mutex_init(&c->mu, NULL);
+        snprintf(c->host, sizeof(c->host), "%s", u->host);
+        c->port = u->port;
+        /* libmosquitto refuses keepalives below 5 s; a silent cut under traffic is
+         * seen sooner anyway, by the link's ack_timeout. */
+        c->keepalive = u->keepalive_s < 5 ? 5 : u->keepalive_s;
+        if (!(c->m = mosquitto_new(u->client_id, true, c))) {
+                snprintf(why, wl, "cannot create a client: %s", strerror(errno));
+                goto fail;
+        }
+        mosquitto_int_option(c->m, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V5);
+        mosquitto_int_option(c->m, MOSQ_OPT_SEND_MAXIMUM, (int)(u->window > 65535 ? 65535 : u->window));
+        mosquitto_int_option(c->m, MOSQ_OPT_TCP_NODELAY, 1);
+        mosquitto_log_callback_set(c->m, on_log);
+        mosquitto_connect_v5_callback_set(c->m, on_connect);
+        mosquitto_publish_v5_callback_set(c->m, on_publish);
+        if (u->username && (rc = mosquitto_username_pw_set(c->m, u->username, u->password)) != MOSQ_ERR_SUCCESS) {
+                snprintf(why, wl, "credentials: %s", mosquitto_strerror(rc));
+                goto fail;
+        }
+        if (u->will_topic &&
+            (rc = mosquitto_will_set_v5(c->m, u->will_topic, (int)strlen(u->will_msg), u->will_msg, 1, true, NULL)) !=
+                    MOSQ_ERR_SUCCESS) {
+                snprintf(why, wl, "will: %s", mosquitto_strerror(rc));
+                goto fail;
+        }
+        if (u->tls) {
+                rc = mosquitto_tls_set(c->m, u->ca, u->ca ? NULL : "/etc/ssl/certs", u->cert, u->key, NULL);
+                if (rc == MOSQ_ERR_SUCCESS)
+                        rc = mosquitto_tls_opts_set(c->m, 1 /* SSL_VERIFY_PEER */, NULL, NULL);
+                if (rc == MOSQ_ERR_SUCCESS)
+                        rc = mosquitto_tls_insecure_set(c->m, !u->verify_hostname);
+                if (rc != MOSQ_ERR_SUCCESS) {
+                        snprintf(why, wl, "TLS setup (ca, cert, key): %s", mosquitto_strerror(rc));
+                        goto fail;
+                }
+        }
+        if ((c->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0) {
+                snprintf(why, wl, "eventfd: %s", strerror(errno));
+                goto fail;
+        }
+        return c;
+fail:
+        conn_free(c);
+        return NULL;
+}
+
+static void *connect_main(void *arg)
+{
+        struct conn *c = arg;
+        int rc = mosquitto_connect_bind_v5(c->m, c->host, c->port, c->keepalive, NULL, NULL);
+        int err = errno;
+        uint64_t one = 1;
+
+        pthread_mutex_lock(&c->mu);
+        c->rc = rc;
+        c->err = err;
+        c->done = true;
+        bool abandoned = c->abandoned;
+        if (!abandoned)
+                (void)!write(c->efd, &one, sizeof(one));
+        pthread_mutex_unlock(&c->mu);
+        if (abandoned)
+                conn_free(c); /* nobody waits for it any more */
+        return NULL;
+}
+
+/* ---- the loop side ----------------------------------------------------------- */
+
+static void schedule_retry(struct km_uplink *u, unsigned delay_s);
+
+static void stop_sources(struct km_uplink *u)
+{
+        u->io = sd_event_source_disable_unref(u->io);
+        u->misc = sd_event_source_disable_unref(u->misc);
+        u->connack = sd_event_source_disable_unref(u->connack);
+        u->efd_src = sd_event_source_disable_unref(u->efd_src);
+}
+
+/* The connection is over: tell the owner and try again, unless stopped. */
+static void drop(struct km_uplink *u, const char *why)
+{
+        bool was_up = u->st == U_UP;
+        stop_sources(u);
+        conn_free(u->c);
+        u->c = NULL;
+        memset(u->mids, 0, MIDS * sizeof(*u->mids));
+        u->inflight = 0;
+        u->drop_pending = false;
+        if (u->st == U_STOPPED)
+                return;
+        u->st = U_IDLE;
+        if (was_up) {
+                u->cb.lost(u->cb.ud, why);
+                schedule_retry(u, 1); /* an outage's end is used at once */
+        } else {
+                u->cb.failed_connect(u->cb.ud, why);
+                schedule_retry(u, u->backoff_s);
+                if (u->backoff_s < BACKOFF_MAX_S)
+                        u->backoff_s++;
+        }
+}
+
+/* libmosquitto's callbacks cannot free the object they run in: they leave a note. */
+static void drop_later(struct km_uplink *u, const char *why)
+{
+        if (u->drop_pending)
+                return;
+        u->drop_pending = true;
+        snprintf(u->drop_why, sizeof(u->drop_why), "%s", why);
+}
+
+static void drop_if_pending(struct km_uplink *u)
+{
+        if (u->drop_pending) {
+                char why[sizeof(u->drop_why)];
+                memcpy(why, u->drop_why, sizeof(why));
+                drop(u, why);
+        }
+}
+
+/* Why a libmosquitto call failed, with the logged reason when there is one. */
+static void describe(struct km_uplink *u, int rc, int err, char *out, size_t len)
+{
+        const char *base = rc == MOSQ_ERR_ERRNO ? strerror(err) : mosquitto_strerror(rc);
+        if (u->c && u->c->logerr[0])
+                snprintf(out, len, "%s (%s)", base, u->c->logerr);
+        else
+                snprintf(out, len, "%s", base);
+}
+
+static void update_events(struct km_uplink *u)
+{
+        if (u->io && u->c)
+                sd_event_source_set_io_events(u->io, EPOLLIN | (mosquitto_want_write(u->c->m) ? EPOLLOUT : 0));
+}
+
+static int on_io(sd_event_source *s, int fd, uint32_t revents, void *ud)
+{
+        struct km_uplink *u = ud;
+        char why[320];
+        int rc = MOSQ_ERR_SUCCESS;
+        (void)s, (void)fd;
+
+        if (revents & (EPOLLIN | EPOLLERR | EPOLLHUP))
+                rc = mosquitto_loop_read(u->c->m, 1);
+        if (rc == MOSQ_ERR_SUCCESS && !u->drop_pending && (revents & EPOLLOUT))
+                rc = mosquitto_loop_write(u->c->m, 1);
+        if (rc != MOSQ_ERR_SUCCESS && !u->drop_pending) {
+                describe(u, rc, errno, why, sizeof(why));
+                drop_later(u, why);
+        }
+        if (u->drop_pending)
+                drop_if_pending(u);
+        else
+                update_events(u);
+        return 0;
+}
+
+static int on_misc(sd_event_source *s, uint64_t usec, void *ud)
+{
+        struct km_uplink *u = ud;
+        char why[320];
+        (void)usec;
+        int rc = mosquitto_loop_misc(u->c->m);
+        if (rc != MOSQ_ERR_SUCCESS) {
+                describe(u, rc, errno, why, sizeof(why));
+                drop(u, rc == MOSQ_ERR_NO_CONN ? "no answer to keepalive pings" : why);
+                return 0;
+        }
+        update_events(u);
+        sd_event_source_set_time_relative(s, MISC_US);
+        return sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
+}
+
+static int on_connack_timeout(sd_event_source *s, uint64_t usec, void *ud)
+{
+        (void)s, (void)usec;
+        drop(ud, "no answer to CONNECT within 5 s");
+        return 0;
+}
+
+static void on_connect(struct mosquitto *m, void *ud, int rc, int flags, const mosquitto_property *props)
+{
+        struct conn *c = ud;
+        struct km_uplink *u = c->u;
+        (void)m, (void)flags, (void)props;
+        if (!u || u->c != c)
+                return;
+        if (rc != 0) {
+                char why[160];
+                snprintf(why, sizeof(why), "refused: %s", mosquitto_reason_string(rc));
+                drop_later(u, why);
+                return;
+        }
+        u->connack = sd_event_source_disable_unref(u->connack);
+        u->st = U_UP;
+        u->backoff_s = 1;
+        u->cb.up(u->cb.ud);
+}
+
+static void on_publish(struct mosquitto *m, void *ud, int mid, int rc, const mosquitto_property *props)
+{
+        struct conn *c = ud;
+        struct km_uplink *u = c->u;
+        (void)m, (void)props;
+        if (!u || u->c != c || mid <= 0 || mid >= MIDS || !(u->mids[mid] >> 32))
+                return;
+        uint32_t cookie = (uint32_t)u->mids[mid];
+        u->mids[mid] = 0;
+        u->inflight--;
+        if (rc < 128) {
+                u->cb.acked(u->cb.ud, cookie);
+                return;
+        }
+        /* The center refused the message: for good (the owner drops it), or for now
+         * (quota ...): then the link goes down and a fresh connection replays it. */
+        char why[160];
+        snprintf(why, sizeof(why), "publish refused (%s)", mosquitto_reason_string(rc));
+        if (!u->cb.refused(u->cb.ud, cookie, rc, why))
+                drop_later(u, why);
+}
+
+/* The connect thread is done: the loop owns the connection from here. */
+static int on_connected_tcp(sd_event_source *s, int fd, uint32_t revents, void *ud)
+{
+        struct km_uplink *u = ud;
+        struct conn *c = u->c;
+        uint64_t v;
+        char why[320];
+        int rc;
+        (void)s, (void)revents;
+
+        (void)!read(fd, &v, sizeof(v));
+        pthread_join(c->th, NULL);
+        c->joined = true;
+        u->efd_src = sd_event_source_disable_unref(u->efd_src);
+        if (c->rc != MOSQ_ERR_SUCCESS) {
+                describe(u, c->rc, c->err, why, sizeof(why));
+                drop(u, why);
+                return 0;
+        }
+        u->st = U_WAIT_CONNACK;
+        if ((rc = sd_event_add_io(u->ev, &u->io, mosquitto_socket(c->m), EPOLLIN, on_io, u)) < 0 ||
+            (rc = sd_event_add_time_relative(u->ev, &u->misc, CLOCK_MONOTONIC, MISC_US, 50000, on_misc, u)) < 0 ||
+            (rc = sd_event_add_time_relative(u->ev, &u->connack, CLOCK_MONOTONIC, CONNACK_TIMEOUT_US, 100000,
+                                             on_connack_timeout, u)) < 0) {
+                snprintf(why, sizeof(why), "event loop: %s", strerror(-rc));
+                drop(u, why);
+                return 0;
+        }
+        update_events(u); /* CONNECT may still wait to be written */
+        return 0;
+}
+
+static void start_connect(struct km_uplink *u)
+{
+        char why[320];
+        int rc;
+
+        if (u->st == U_STOPPED)
+                return;
+        struct conn *c = conn_new(u, why, sizeof(why));
+        if (!c) {
+                u->st = U_CONNECTING; /* so that drop reports a failed connect */
+                drop(u, why);
+                return;
+        }
+        u->c = c;
+        u->st = U_CONNECTING;
+        if ((rc = sd_event_add_io(u->ev, &u->efd_src, c->efd, EPOLLIN, on_connected_tcp, u)) < 0) {
+                snprintf(why, sizeof(why), "event loop: %s", strerror(-rc));
+                drop(u, why);
+                return;
+        }
+        if ((rc = pthread_create(&c->th, NULL, connect_main, c)) != 0) {
+                snprintf(why, sizeof(why), "cannot start the connect thread: %s", strerror(rc));
+                drop(u, why);
+                return;
+        }
+        c->started = true;
+}
+
+static int on_retry(sd_event_source *s, uint64_t usec, void *ud)
+{
+        struct km_uplink *u = ud;
+        (void)s, (void)usec;
+        u->retry = sd_event_source_disable_unref(u->retry);
+        start_connect(u);
+        return 0;
+}
+
+static void schedule_retry(struct km_uplink *u, unsigned delay_s)
+{
+        u->retry = sd_event_source_disable_unref(u->retry);
+        if (sd_event_add_time_relative(u->ev, &u->retry, CLOCK_MONOTONIC, (uint64_t)delay_s * 1000000ULL, 100000,
+                                       on_retry, u) < 0)
+                KM_LOG(KM_LOG_ERR, "mqtt", "up: cannot arm the reconnect timer");
+}
+
+static int on_defer(sd_event_source *s, void *ud)
+{
+        struct km_uplink *u = ud;
+        (void)s;
+        drop_if_pending(u);
+        return 0;
+}
+
+/* ---- the API ------------------------------------------------------------------- */
+
+int km_uplink_new(struct km_uplink **out, sd_event *ev, const struct km_uplink_opts *o, const struct km_uplink_cb *cb)
+{
+        static pthread_once_t once = PTHREAD_ONCE_INIT;
+        struct km_uplink *u = calloc(1, sizeof(*u));
+        int rc = -ENOMEM;
+
+        pthread_once(&once, (void (*)(void))mosquitto_lib_init);
+        if (!u)
+                return -ENOMEM;
+        u->ev = ev;
+        u->cb = *cb;
+        u->uri = dup_or_null(o->uri);
+        u->client_id = dup_or_null(o->client_id);
+        u->username = dup_or_null(o->username);
+        u->password = dup_or_null(o->password);
+        u->ca = dup_or_null(o->ca);
+        u->cert = dup_or_null(o->cert);
+        u->key = dup_or_null(o->key);
+        u->will_topic = dup_or_null(o->will_topic);
+        u->will_msg = dup_or_null(o->will_msg);
+        u->verify_hostname = o->verify_hostname;
+        u->keepalive_s = o->keepalive_s;
+        u->window = o->window;
+        u->backoff_s = 1;
+        u->mids = calloc(MIDS, sizeof(*u->mids));
+        if (!u->uri || !u->client_id || !u->mids || (o->will_topic && (!u->will_topic || !u->will_msg)))
+                goto fail;
+        if ((rc = parse_uri(u)) < 0)
+                goto fail;
+        if ((rc = sd_event_add_defer(ev, &u->defer, on_defer, u)) < 0)
+                goto fail;
+        sd_event_source_set_enabled(u->defer, SD_EVENT_OFF);
+        start_connect(u);
+        *out = u;
+        return 0;
+fail:
+        km_uplink_free(u);
+        return rc;
+}
+
+int km_uplink_publish(struct km_uplink *u, const char *topic, const void *payload, size_t len, bool retain,
+                      const char *origin, uint64_t id, uint32_t cookie)
+{
+        mosquitto_property *props = NULL;
+        char idbuf[24];
+        int mid = 0, rc;
+
+        if (u->st != U_UP || u->drop_pending)
+                return -ENOTCONN;
+        if (u->inflight >= u->window)
+                return -EAGAIN;
+        if (len > (size_t)INT32_MAX)
+                return -EMSGSIZE;
+        snprintf(idbuf, sizeof(idbuf), "%llu", (unsigned long long)id);
+        /* Subscribers drop duplicates by (origin, id): at least once means a message may
+         * arrive twice after a reconnect. */
+        if (mosquitto_property_add_string_pair(&props, MQTT_PROP_USER_PROPERTY, "kuimen-origin", origin) ||
+            mosquitto_property_add_string_pair(&props, MQTT_PROP_USER_PROPERTY, "kuimen-id", idbuf)) {
+                mosquitto_property_free_all(&props);
+                return -ENOMEM;
+        }
+        rc = mosquitto_publish_v5(u->c->m, &mid, topic, (int)len, payload, 1, retain, props);
+        mosquitto_property_free_all(&props);
+        switch (rc) {
+        case MOSQ_ERR_SUCCESS:
+                break;
+        case MOSQ_ERR_NOMEM:
+                return -ENOMEM;
+        case MOSQ_ERR_OVERSIZE_PACKET:
+        case MOSQ_ERR_PAYLOAD_SIZE:
+        case MOSQ_ERR_MALFORMED_UTF8:
+        case MOSQ_ERR_INVAL:
+                return -EIO;
+        default: {
+                /* The write failed: the connection is gone. Not dropped here: the
+                 * scheduler is in the middle of its pump. */
+                char why[320];
+                describe(u, rc, errno, why, sizeof(why));
+                drop_later(u, why);
+                sd_event_source_set_enabled(u->defer, SD_EVENT_ONESHOT);
+                return -ENOTCONN;
+        }
+        }
+        if (mid > 0 && mid < MIDS) {
+                u->mids[mid] = 1ULL << 32 | cookie;
+                u->inflight++;
+        }
+        update_events(u);
+        return 0;
+}
+
+void km_uplink_reset(struct km_uplink *u)
+{
+        if (u->st == U_WAIT_CONNACK || u->st == U_UP) {
+                u->st = U_WAIT_CONNACK; /* the owner already knows: report as a failed attempt */
+                drop(u, "reset after no acknowledgement");
+        }
+}
+
+void km_uplink_stop(struct km_uplink *u)
+{
+        if (!u || u->st == U_STOPPED)
+                return;
+        u->retry = sd_event_source_disable_unref(u->retry);
+        if (u->c && (u->st == U_UP || u->st == U_WAIT_CONNACK)) {
+                struct mosquitto *m = u->c->m;
+                if (mosquitto_disconnect_v5(m, MQTT_RC_DISCONNECT_WITH_WILL_MSG, NULL) == MOSQ_ERR_SUCCESS) {
+                        for (int i = 0; i < 100 && mosquitto_want_write(m); i++) {
+                                struct pollfd pf = { mosquitto_socket(m), POLLOUT, 0 };
+                                if (poll(&pf, 1, 10) > 0 && mosquitto_loop_write(m, 1) != MOSQ_ERR_SUCCESS)
+                                        break;
+                        }
+                }
+        }
+        u->st = U_STOPPED;
+        stop_sources(u);
+}
+
+void km_uplink_free(struct km_uplink *u)
+{
+        if (!u)
+                return;
+        km_uplink_stop(u);
+        if (u->c) {
+                struct conn *c = u->c;
+                pthread_mutex_lock(&c->mu);
+                bool running = c->started && !c->joined && !c->done;
+                if (running) {
+                        /* A connect still blocks (a black-holed center): leave the thread
+                         * to free its connection when it returns, and stop waiting. */
+                        c->abandoned = true;
+                        c->u = NULL;
+                        pthread_detach(c->th);
+                }
+                pthread_mutex_unlock(&c->mu);
+                if (!running) {
+                        if (c->started && !c->joined)
+                                pthread_join(c->th, NULL); /* done: returns at once */
+                        conn_free(c);
+                }
+                u->c = NULL;
+        }
+        sd_event_source_disable_unref(u->retry);
+        sd_event_source_disable_unref(u->defer);
+        free(u->uri);
+        free(u->client_id);
+        free(u->username);
+        free(u->password);
+        free(u->ca);
+        free(u->cert);
+        free(u->key);
+        free(u->will_topic);
+        free(u->will_msg);
+        free(u->mids);
+        free(u);
+}
