@@ -311,7 +311,8 @@ void km_daemon_counters(struct km_daemon *d, char *buf, size_t len)
 static void turn(struct km_daemon *d)
 {
         km_mailbox_run(&d->mb);
-        km_sched_pump_all(d->links, d->nlinks, d->spool, &d->route);
+        if (!d->stopping) /* a drain waits for acks; it sends nothing new */
+                km_sched_pump_all(d->links, d->nlinks, d->spool, &d->route);
         if (km_spool_commit(d->spool) < 0)
                 KM_LOG(KM_LOG_ERR, "spool", "commit failed; will retry");
 }
@@ -417,6 +418,34 @@ int km_daemon_reload(struct km_daemon *d)
         return reload(d);
 }
 
+/* The drain runs on the loop itself, so that every link's acknowledgements keep
+ * arriving the way they always do (a mailbox post, an io source): ingest stops first so
+ * the spool stops growing, nothing new is sent, and the loop ends once nothing is in
+ * flight or DRAIN_MS passed; whatever is left stays in the spool. */
+static int on_drain_check(sd_event_source *s, uint64_t usec, void *ud)
+{
+        struct km_daemon *d = ud;
+        uint32_t inflight = 0;
+        (void)usec;
+        for (size_t i = 0; i < d->nlinks; i++)
+                if (d->links[i]->state == KM_LINK_UP)
+                        inflight += d->links[i]->inflight;
+        if (!inflight || km_mono_ms() > d->drain_until_mono)
+                return sd_event_exit(sd_event_source_get_event(s), 0);
+        return rearm(s, 20000);
+}
+
+static void start_drain(struct km_daemon *d)
+{
+        sd_notify(0, "STOPPING=1");
+        d->stopping = true;
+        d->drain_until_mono = km_mono_ms() + DRAIN_MS;
+        for (size_t i = 0; i < d->nstop; i++)
+                d->on_stop[i](d->on_stop_ud[i]);
+        if (sd_event_add_time_relative(d->ev, NULL, CLOCK_MONOTONIC, 0, 1000, on_drain_check, d) < 0)
+                sd_event_exit(d->ev, 0);
+}
+
 static int on_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *ud)
 {
         struct km_daemon *d = ud;
@@ -427,8 +456,11 @@ static int on_signal(sd_event_source *s, const struct signalfd_siginfo *si, void
                 sd_notify(0, "READY=1");
                 return 0;
         }
+        if (d->stopping) /* a second signal: stop waiting */
+                return sd_event_exit(sd_event_source_get_event(s), 0);
         KM_LOG(KM_LOG_NOTICE, "main", "%s: draining and stopping", strsignal((int)si->ssi_signo));
-        return sd_event_exit(sd_event_source_get_event(s), 0);
+        start_drain(d);
+        return 0;
 }
 
 /* Test only (tests/integration/test_systemd.c), never in production: with
@@ -510,26 +542,15 @@ int km_daemon_init(struct km_daemon *d, struct km_node_conf *n, struct km_conf *
         return 0;
 }
 
+/* After the loop: what the other threads still handed over, then everything into SQLite. */
 static void drain(struct km_daemon *d)
 {
-        struct timespec ts = { 0, 20 * 1000000L };
-        int64_t until = km_now_ms() + DRAIN_MS;
-
-        /* Ingest stops first so the spool stops growing, then in-flight messages get a
-         * moment to be acknowledged; whatever is left stays in the spool. */
-        d->stopping = true;
-        for (size_t i = 0; i < d->nstop; i++)
-                d->on_stop[i](d->on_stop_ud[i]);
-        for (;;) {
-                km_mailbox_run(&d->mb);
-                uint32_t inflight = 0;
-                for (size_t i = 0; i < d->nlinks; i++)
-                        if (d->links[i]->state == KM_LINK_UP)
-                                inflight += d->links[i]->inflight;
-                if (!inflight || km_now_ms() > until)
-                        break;
-                nanosleep(&ts, NULL);
+        if (!d->stopping) { /* the loop ended by itself (an error) */
+                d->stopping = true;
+                for (size_t i = 0; i < d->nstop; i++)
+                        d->on_stop[i](d->on_stop_ud[i]);
         }
+        km_mailbox_run(&d->mb);
         km_spool_checkpoint(d->spool);
 }
 
@@ -547,7 +568,6 @@ int km_daemon_run(struct km_daemon *d)
         KM_LOG(KM_LOG_NOTICE, "main", "node %s (%s) running; spool %s, sync %s", d->node.name, d->node.role,
                d->node.spool, d->node.sync);
         rc = sd_event_loop(d->ev);
-        sd_notify(0, "STOPPING=1");
         drain(d);
         sd_event_source_unref(stats);
         char line[512];

@@ -44,6 +44,7 @@ struct km_daemon {
         char *topic_prefix; /* of the first mqtt link: for the local link status topics */
         bool live;        /* print a counters line on stdout every second */
         bool stopping;
+        int64_t drain_until_mono; /* on stop: when to give up waiting for acks */
         int64_t started_ms;
         uint64_t unrouted, rejected, bad_config_reloads;
         uint64_t refused; /* messages a broker refused for good (loop thread) */
