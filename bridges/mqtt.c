@@ -731,7 +731,9 @@ static void up_failed_connect(void *ud, const char *why)
 
 static void up_acked(void *ud, uint32_t cookie)
 {
+        struct bridge *b = ud;
         on_acked(ud, cookie);
+        km_daemon_kick(b->d); /* the freed slot wants the next message */
 }
 
 static bool up_refused(void *ud, uint32_t cookie, int reason, const char *why)

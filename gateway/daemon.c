@@ -140,6 +140,11 @@ static void wake_loop(void *ud)
         km_mailbox_kick(&((struct km_daemon *)ud)->mb);
 }
 
+void km_daemon_kick(struct km_daemon *d)
+{
+        km_mailbox_kick(&d->mb);
+}
+
 int km_daemon_post(struct km_daemon *d, km_mail_fn fn, void *ud, uint64_t arg)
 {
         return km_mailbox_post(&d->mb, fn, ud, arg);

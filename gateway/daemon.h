@@ -102,6 +102,10 @@ int km_daemon_ingest_keyed(struct km_daemon *d, int dir, const char *topic, cons
 int km_daemon_relay(struct km_daemon *d, const char *topic, const char *route_topic, const void *payload, size_t len,
                     const char *origin, uint64_t oid);
 
+/* Any thread. Asks the loop for a turn soon (the scheduler refills the windows), as a
+ * post does; for work the loop did itself outside a turn (an ack read on an io source). */
+void km_daemon_kick(struct km_daemon *d);
+
 /* Any thread: queue fn(ud, arg) on the loop thread. */
 int km_daemon_post(struct km_daemon *d, km_mail_fn fn, void *ud, uint64_t arg);
 
