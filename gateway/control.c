@@ -509,10 +509,11 @@ static void put_links(struct km_control_buf *b, struct km_daemon *d, int64_t now
                 json_str(b, l->reason);
                 km_control_printf(b,
                                   ",\"since_ms\":%lld,\"since_s\":%.3f,\"order\":%ld,\"window\":%u,\"inflight\":%u,"
-                                  "\"sent\":%llu,\"acked\":%llu,\"failed\":%llu}",
+                                  "\"sent\":%llu,\"acked\":%llu,\"failed\":%llu,\"bytes_sent\":%llu,\"signal\":%d,"
+                                  "\"rate\":%.1f}",
                                   (long long)l->since_ms, age_s(now, l->since_ms), l->order, l->window, l->inflight,
                                   (unsigned long long)l->sent, (unsigned long long)l->acked,
-                                  (unsigned long long)l->failed);
+                                  (unsigned long long)l->failed, (unsigned long long)l->bytes_sent, l->signal, l->rate);
         }
         km_control_printf(b, "]");
 }

@@ -201,12 +201,15 @@ static void print_links(const cJSON *r)
         int w = width(links, "name", 4);
         char a[32];
 
-        printf("\n%-*s  %-4s  %-8s  %-7s  %8s  %8s  %9s  %s\n", w, "LINK", "DIR", "STATE", "SINCE", "SENT", "ACKED",
-               "IN-FLIGHT", "REASON");
+        printf("\n%-*s  %-4s  %-8s  %-7s  %8s  %8s  %9s  %7s  %6s  %s\n", w, "LINK", "DIR", "STATE", "SINCE", "SENT",
+               "ACKED", "IN-FLIGHT", "MSG/S", "SIGNAL", "REASON");
         cJSON_ArrayForEach(l, links) {
-                printf("%-*s  %-4s  %-8s  %-7s  %8.0f  %8.0f  %9.0f  %s\n", w, str(l, "name"), str(l, "direction"),
-                       str(l, "state"), age(num(l, "since_s"), a, sizeof(a)), num(l, "sent"), num(l, "acked"),
-                       num(l, "inflight"), str(l, "reason"));
+                char sig[8] = "-";
+                if (num(l, "signal") >= 0)
+                        snprintf(sig, sizeof(sig), "%.0f", num(l, "signal"));
+                printf("%-*s  %-4s  %-8s  %-7s  %8.0f  %8.0f  %9.0f  %7.1f  %6s  %s\n", w, str(l, "name"),
+                       str(l, "direction"), str(l, "state"), age(num(l, "since_s"), a, sizeof(a)), num(l, "sent"),
+                       num(l, "acked"), num(l, "inflight"), num(l, "rate"), sig, str(l, "reason"));
         }
 }
 

@@ -71,6 +71,16 @@ bool km_link_eligible(const struct km_link *l, int64_t now)
 
 void km_link_check(struct km_link *l, int64_t now)
 {
+        /* The rate operators read in kuimenctl: acknowledged messages over the last
+         * second (housekeeping calls this ten times a second). */
+        if (!l->rate_mono) {
+                l->rate_mono = now;
+                l->rate_acked = l->acked;
+        } else if (now - l->rate_mono >= 1000) {
+                l->rate = (double)(l->acked - l->rate_acked) * 1000.0 / (double)(now - l->rate_mono);
+                l->rate_mono = now;
+                l->rate_acked = l->acked;
+        }
         if (l->state != KM_LINK_UP || !l->inflight || !l->conf.ack_timeout_ms)
                 return;
         if (now - l->progress_mono < l->conf.ack_timeout_ms)

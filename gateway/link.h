@@ -70,6 +70,9 @@ struct km_link {
         uint64_t sent, acked, failed;
         uint64_t bytes_sent;
         int signal;            /* 0..100 from the driver, -1 unknown */
+        double rate;           /* acknowledged messages a second, over the last second or so */
+        uint64_t rate_acked;   /* acked when rate_mono was taken */
+        int64_t rate_mono;
         int64_t up_since_mono; /* CLOCK_MONOTONIC ms it last became UP */
         int64_t progress_mono; /* last ack, or when the window last went from empty */
         uint64_t transitions;

@@ -517,6 +517,11 @@ Test(control, positions_and_bad_input_by_reason)
                 }
         }
         cr_assert_eq(seen, 3);
+        /* Each link's figures for the operator: no signal on MQTT, a rate, bytes sent. */
+        cr_assert_str_eq(jstr(r, "links.0.name"), "center");
+        cr_assert_eq(jnum(r, "links.0.signal"), -1);
+        cr_assert(jnum(r, "links.0.rate") >= 0);
+        cr_assert(jnum(r, "links.0.bytes_sent") > 0, "the positions went up");
         const cJSON *g = jpath(r, "gnss");
         cr_assert(g && (g->type & 0xff) == cJSON_NULL, "no [gnss]: gnss is null");
         cj.del(r);
