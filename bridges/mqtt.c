@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* MQTT bridge on Paho's async client (MQTT v5): ingest, uplink link, downlink, local delivery. */
+/* MQTT bridge: ingest, downlink and local delivery on Paho's async client (MQTT v5); the links' uplink in uplink.c. */
 #include "mqtt.h"
 
 #include <MQTTAsync.h>
