@@ -78,6 +78,8 @@ struct km_link {
         uint64_t transitions;
         bool lost_once; /* it was UP and went down: hold applies from then on */
         int64_t budget_start; /* CLOCK_MONOTONIC ms the budget window began */
+        bool budget_at_device; /* the transport spends the budget itself (narrow links:
+                                  frames on the air); the scheduler does not count it */
         uint64_t budget_bytes_used, budget_msgs_used;
         /* Called on the loop thread after each state change. */
         void (*on_state)(struct km_link *l, void *ud);

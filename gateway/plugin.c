@@ -801,7 +801,7 @@ int km_plugin_link_start(struct km_daemon *d, struct km_conf *c, const char *sec
         h->bud_bytes = (uint64_t)l->conf.budget_bytes;
         h->bud_frames = (uint64_t)l->conf.budget_messages;
         h->bud_ms = l->conf.budget_interval_ms;
-        l->conf.budget_bytes = l->conf.budget_messages = 0;
+        l->budget_at_device = true;
         if (h->bud_bytes && h->bud_bytes < KM_FRAME_MTU_MIN)
                 KM_LOG(KM_LOG_ERR, "link", "%s: budget_bytes = %llu is below the smallest frame (%d B): it will carry nothing",
                        l->name, (unsigned long long)h->bud_bytes, KM_FRAME_MTU_MIN);

@@ -33,7 +33,7 @@ static bool carries_prio(const struct km_link *l, const struct km_route *route, 
 static bool budget_allows(struct km_link *l, size_t cost, int64_t now)
 {
         struct km_link_conf *c = &l->conf;
-        if (!c->budget_bytes && !c->budget_messages)
+        if (l->budget_at_device || (!c->budget_bytes && !c->budget_messages))
                 return true;
         if (now - l->budget_start >= c->budget_interval_ms) {
                 l->budget_start = now;
