@@ -46,13 +46,26 @@ static int ingest(struct km_daemon *d, int dir, const char *topic, const char *c
                   size_t len, bool retain, const char *ckey_suffix);
 static int ingest_ex(struct km_daemon *d, int dir, const char *topic, const char *cls_name, const void *payload,
                      size_t len, bool retain, const char *ckey_suffix, const struct ingest_extra *x);
+/* kuimen's own status JSON on local_topic (class status): upward as <local_topic>, and
+ * retained on the local broker as <topic_prefix>/<node>/<local_topic>, the topic the
+ * center sees. A center has no upward: its broker is where the status goes. */
+static void publish_own(struct km_daemon *d, const char *local_topic, const char *json, size_t n, bool retain_up)
+{
+        char topic[256];
+        if (strcmp(d->node.role, "center") != 0)
+                ingest(d, KM_DIR_UP, local_topic, "status", json, n, retain_up, NULL);
+        snprintf(topic, sizeof(topic), "%s/%s/%s", d->topic_prefix ? d->topic_prefix : "kuimen", d->node.name,
+                 local_topic);
+        ingest(d, KM_DIR_DOWN, topic, "status", json, n, true, NULL);
+}
+
 /* The node's own state, retained under <topic_prefix>/<node>/status on the local broker
  * and upward (class status): "online" with what an operator glances at first, at start
  * and every LINK_STATUS_US. The MQTT clients leave a will on the same topic that says
  * "offline" (bridges/mqtt.c), sent by the broker when kuimen dies or stops. */
 static void publish_node_status(struct km_daemon *d)
 {
-        char json[768], topic[256];
+        char json[768];
         struct km_spool_stats st;
         uint64_t fwd = 0;
         unsigned up = 0, links = 0;
@@ -83,10 +96,7 @@ static void publish_node_status(struct km_daemon *d)
                          (unsigned long long)__atomic_load_n(&d->bad_input, __ATOMIC_RELAXED));
         if (n < 0 || (size_t)n >= sizeof(json))
                 return;
-        if (strcmp(d->node.role, "center") != 0)
-                ingest(d, KM_DIR_UP, "status", "status", json, (size_t)n, true, NULL);
-        snprintf(topic, sizeof(topic), "%s/%s/status", d->topic_prefix ? d->topic_prefix : "kuimen", d->node.name);
-        ingest(d, KM_DIR_DOWN, topic, "status", json, (size_t)n, true, NULL);
+        publish_own(d, "status", json, (size_t)n, true);
 }
 
 static void on_link_state(struct km_link *l, void *ud);
@@ -276,13 +286,8 @@ static void publish_link_status(struct km_daemon *d, struct km_link *l)
                          (unsigned long long)link_backlog(d, l, &st));
         if (n < 0 || (size_t)n >= sizeof(json))
                 return;
-        /* A center has no upward: its broker is where the status goes. */
         snprintf(topic, sizeof(topic), "link/%s", l->name);
-        if (strcmp(d->node.role, "center") != 0)
-                ingest(d, KM_DIR_UP, topic, "status", json, (size_t)n, false, NULL);
-        snprintf(topic, sizeof(topic), "%s/%s/link/%s", d->topic_prefix ? d->topic_prefix : "kuimen", d->node.name,
-                 l->name);
-        ingest(d, KM_DIR_DOWN, topic, "status", json, (size_t)n, true, NULL);
+        publish_own(d, topic, json, (size_t)n, false);
 }
 
 static void on_link_state(struct km_link *l, void *ud)
