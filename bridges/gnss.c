@@ -138,11 +138,21 @@ static int64_t clock_ms(clockid_t id)
  */
 int km_gnss_clock(int64_t *gnss_now_ms)
 {
-        struct timex tx = { 0 };
-        int st = adjtimex(&tx); /* modes 0: read only */
-        if (st >= 0 && st != TIME_ERROR && !(tx.status & STA_UNSYNC))
-                return 0;
+        /* adjtimex is a real system call (no vDSO) and this runs for every message
+         * stamped; the kernel's sync state changes on NTP's time scale, so it is read
+         * at most once a second. */
+        static int64_t checked_mono = -1000; /* CLOCK_MONOTONIC starts at 0: the first call reads */
+        static int unsync;
         int64_t mono = clock_ms(CLOCK_MONOTONIC);
+        if (mono - __atomic_load_n(&checked_mono, __ATOMIC_ACQUIRE) >= 1000) {
+                struct timex tx = { 0 };
+                int st = adjtimex(&tx); /* modes 0: read only */
+                __atomic_store_n(&unsync, !(st >= 0 && st != TIME_ERROR && !(tx.status & STA_UNSYNC)),
+                                 __ATOMIC_RELAXED);
+                __atomic_store_n(&checked_mono, mono, __ATOMIC_RELEASE);
+        }
+        if (!__atomic_load_n(&unsync, __ATOMIC_RELAXED))
+                return 0;
         int ok = 0;
         pthread_mutex_lock(&gclock.mu);
         if (gclock.valid) {

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* MQTT bridge: ingest, downlink and local delivery on Paho's async client (MQTT v5); the links' uplink in uplink.c. */
+/* MQTT bridge: ingest and local delivery (mqttc.c), the links' uplink (uplink.c) and downlink (Paho). */
 #include "mqtt.h"
 
 #include <MQTTAsync.h>
@@ -8,13 +8,16 @@
 #include <string.h>
 #include <time.h>
 
+#include "bridges/mqttc.h"
 #include "bridges/position.h"
 #include "bridges/uplink.h"
 #include "gateway/log.h"
 
-/* Paho's callbacks run on Paho's threads. Message arrival is the one place that does
- * its work right there (the spool write must finish before the callback returns,
- * because Paho sends the PUBACK right after); every other callback posts to the loop. */
+/* The local broker is served by mqttc on the loop thread (ingest, commands out, the
+ * will). The downlink from the center is Paho's async client: its callbacks run on
+ * Paho's threads. Message arrival is the one place that does its work right there (the
+ * spool write must finish before the callback returns, because Paho sends the PUBACK
+ * right after); every other Paho callback posts to the loop. */
 
 struct mqtt_conf {
         char *uri, *client_id, *username, *password, *topic_prefix;
@@ -74,26 +77,24 @@ struct bridge {
         struct mqtt_conf conf;
         const struct km_conf_key *keys;
         struct km_link *link; /* owns this bridge */
-        struct client pub;    /* ingest (local) or uplink (center) */
+        struct km_mqttc *mc;  /* local: ingest and command delivery; a link on tcp://: its uplink */
         struct client sub;    /* downlink (center only) */
         char *down_prefix;    /* "<prefix>/<node>/" stripped from downlink topics */
         bool local;
         struct km_positions *positions; /* local only: terminal positions to canonical form */
         char *topic_buf;
         size_t topic_cap;
-        /* The will of pub: "offline" on <topic_prefix>/<node>/status, retained, which
-         * the broker sends when kuimen dies (or stops, see client_stop). */
+        /* The will of lc and up: "offline" on <topic_prefix>/<node>/status, retained,
+         * which the broker sends when kuimen dies (or stops). */
         char *will_topic, *will_msg;
-        struct km_uplink *up; /* the link's publishing side (libmosquitto); NULL on the local bridge */
-        bool no_will; /* the broker refused the will (atomic: set on Paho's thread) */
-};
-
-struct send_ctx {
-        struct bridge *b;
-        uint32_t cookie;
+        struct km_uplink *up; /* a link on ssl://: its uplink (libmosquitto) */
 };
 
 enum { EV_UP, EV_LOST, EV_CONNECT_FAILED };
+
+/* Inbound QoS 1 messages the local broker may have unacknowledged with us (MQTT v5
+ * Receive Maximum): the more, the more one read and one fsync carry. */
+#define INGEST_RECEIVE_MAX 1024
 
 static int connect_client(struct client *c);
 
@@ -128,20 +129,6 @@ static bool refused_for_good(struct bridge *b, uint32_t cookie, int reason)
         return true;
 }
 
-static void on_failed(void *ud, uint64_t arg)
-{
-        struct bridge *b = ud;
-        char why[128];
-        int code = (int16_t)(arg >> 32), reason = (int)(arg >> 48);
-        if (reason >= MQTTREASONCODE_UNSPECIFIED_ERROR && refused_for_good(b, (uint32_t)arg, reason))
-                return;
-        if (reason >= MQTTREASONCODE_UNSPECIFIED_ERROR)
-                snprintf(why, sizeof(why), "publish refused (%s)", MQTTReasonCode_toString(reason));
-        else
-                snprintf(why, sizeof(why), "publish failed (%s)", MQTTAsync_strerror(code));
-        km_link_failed(b->link, (uint32_t)arg, why);
-}
-
 static int on_retry(sd_event_source *s, uint64_t usec, void *ud)
 {
         (void)s, (void)usec;
@@ -153,24 +140,17 @@ static void client_event(void *ud, uint64_t ev)
 {
         struct client *c = ud;
         struct bridge *b = c->b;
-        bool is_link_client = c == &b->pub;
 
         switch (ev) {
         case EV_UP:
                 c->connected = true;
                 c->backoff_s = 1;
-                if (is_link_client)
-                        km_link_set_state(b->link, KM_LINK_UP, "connected");
                 break;
         case EV_LOST:
                 c->connected = false;
-                if (is_link_client)
-                        km_link_set_state(b->link, KM_LINK_DOWN, "connection lost");
                 break;
         case EV_CONNECT_FAILED:
                 c->connected = false;
-                if (is_link_client)
-                        km_link_set_state(b->link, KM_LINK_DOWN, "cannot connect");
                 /* Paho reconnects by itself only after a first success. */
                 if (!b->d->stopping) {
                         sd_event_source_unref(c->retry);
@@ -184,25 +164,6 @@ static void client_event(void *ud, uint64_t ev)
 }
 
 /* ---- Paho threads ---------------------------------------------------------------- */
-
-static void on_publish_ok(void *context, MQTTAsync_successData5 *r)
-{
-        struct send_ctx *x = context;
-        /* A PUBACK may carry a refusal (reason code >= 0x80) on either path. */
-        if (r && r->reasonCode >= MQTTREASONCODE_UNSPECIFIED_ERROR)
-                km_daemon_post(x->b->d, on_failed, x->b, (uint64_t)(uint16_t)r->reasonCode << 48 | x->cookie);
-        else
-                km_daemon_post(x->b->d, on_acked, x->b, x->cookie);
-        free(x);
-}
-
-static void on_publish_fail(void *context, MQTTAsync_failureData5 *r)
-{
-        struct send_ctx *x = context;
-        uint64_t code = (uint16_t)(r ? r->code : -1), reason = (uint16_t)(r ? r->reasonCode : 0);
-        km_daemon_post(x->b->d, on_failed, x->b, reason << 48 | code << 32 | x->cookie);
-        free(x);
-}
 
 static void on_subscribed(void *context, MQTTAsync_successData5 *r)
 {
@@ -269,14 +230,6 @@ static void on_connect_ok(void *context, MQTTAsync_successData5 *r)
 static void on_connect_fail(void *context, MQTTAsync_failureData5 *r)
 {
         struct client *c = context;
-        /* A broker whose ACL predates the node status refuses a will it may not
-         * publish, and with it the whole connection: ingest must not stop for a status
-         * topic. The next attempts go without the will. */
-        if (r && r->reasonCode == MQTTREASONCODE_NOT_AUTHORIZED && c == &c->b->pub && c->b->will_topic &&
-            !__atomic_exchange_n(&c->b->no_will, true, __ATOMIC_RELAXED))
-                KM_LOG(KM_LOG_ERR, "mqtt", "%s: %s refused the connection with the will on %s (not authorised: allow "
-                       "kuimen to write it in the broker's ACL); connecting without the will", c->role, c->b->conf.uri,
-                       c->b->will_topic);
         KM_LOG(KM_LOG_WARNING, "mqtt", "%s: cannot connect to %s: %s", c->role, c->b->conf.uri,
                r && r->message ? r->message : MQTTAsync_strerror(r ? r->code : -1));
         km_daemon_post(c->b->d, client_event, c, EV_CONNECT_FAILED);
@@ -298,17 +251,12 @@ static int on_message(void *context, char *topic, int topic_len, MQTTAsync_messa
 
         if (topic_len > 0 && topic[topic_len] != '\0' && !(t = strndup(topic, (size_t)topic_len)))
                 t = topic; /* cannot happen in practice: Paho NUL-terminates */
-        if (b->local) {
-                if (!km_positions_take(b->positions, t, msg->payload, (size_t)msg->payloadlen))
-                        km_daemon_ingest(b->d, KM_DIR_UP, t, msg->payload, (size_t)msg->payloadlen, msg->retained);
-        } else {
-                /* <prefix>/<node>/cmd/x arrives as cmd/x for the local side. */
-                size_t pl = strlen(b->down_prefix);
-                if (strncmp(t, b->down_prefix, pl) == 0)
-                        km_daemon_ingest(b->d, KM_DIR_DOWN, t + pl, msg->payload, (size_t)msg->payloadlen, false);
-                else
-                        KM_LOG(KM_LOG_WARNING, "mqtt", "down: unexpected topic '%s' ignored", t);
-        }
+        /* <prefix>/<node>/cmd/x arrives as cmd/x for the local side. */
+        size_t pl = strlen(b->down_prefix);
+        if (strncmp(t, b->down_prefix, pl) == 0)
+                km_daemon_ingest(b->d, KM_DIR_DOWN, t + pl, msg->payload, (size_t)msg->payloadlen, false);
+        else
+                KM_LOG(KM_LOG_WARNING, "mqtt", "down: unexpected topic '%s' ignored", t);
         if (t != topic)
                 free(t);
         MQTTAsync_freeMessage(&msg);
@@ -317,15 +265,68 @@ static int on_message(void *context, char *topic, int topic_len, MQTTAsync_messa
         return 1;
 }
 
+/* The broker's answer to a publish of ours (uplink or local), on the loop thread. */
+static void link_acked(void *ud, uint32_t cookie)
+{
+        struct bridge *b = ud;
+        on_acked(ud, cookie);
+        km_daemon_kick(b->d); /* the freed slot wants the next message */
+}
+
+static bool link_refused(void *ud, uint32_t cookie, int reason, const char *why)
+{
+        struct bridge *b = ud;
+        if (refused_for_good(b, cookie, reason))
+                return true;
+        km_link_failed(b->link, cookie, why);
+        return false;
+}
+
+/* ---- the local broker (mqttc, loop thread) -------------------------------------- */
+
+/* In sync = always, the messages of one read are pushed without waiting and settled
+ * with one fsync before their PUBACKs leave (km_spool_settle). */
+static int local_message(void *ud, const char *topic, const void *payload, size_t len, bool retain)
+{
+        struct bridge *b = ud;
+        km_spool_defer_sync(b->d->spool);
+        if (!km_positions_take(b->positions, topic, payload, len))
+                km_daemon_ingest(b->d, KM_DIR_UP, topic, payload, len, retain);
+        return 0;
+}
+
+static void local_settle(void *ud)
+{
+        struct bridge *b = ud;
+        km_spool_settle(b->d->spool);
+}
+
+static void local_up(void *ud)
+{
+        struct bridge *b = ud;
+        km_link_set_state(b->link, KM_LINK_UP, "connected");
+}
+
+static void local_lost(void *ud, const char *why)
+{
+        struct bridge *b = ud;
+        KM_LOG(KM_LOG_WARNING, "mqtt", "ingest: connection to %s lost: %s", b->conf.uri, why);
+        km_link_set_state(b->link, KM_LINK_DOWN, "connection lost");
+}
+
+static void local_failed_connect(void *ud, const char *why)
+{
+        struct bridge *b = ud;
+        KM_LOG(KM_LOG_WARNING, "mqtt", "ingest: cannot connect to %s: %s", b->conf.uri, why);
+        km_link_set_state(b->link, KM_LINK_DOWN, "cannot connect");
+}
+
 /* ---- sending --------------------------------------------------------------------- */
 
 static int send_msg(struct km_link *l, const struct km_msg *m, uint32_t cookie)
 {
         struct bridge *b = l->impl;
-        MQTTAsync_message pm = MQTTAsync_message_initializer;
-        MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
         const char *topic = m->topic;
-        char idbuf[24];
         int rc;
 
         /* A relayed message keeps the node and id it was born with. */
@@ -348,44 +349,10 @@ static int send_msg(struct km_link *l, const struct km_msg *m, uint32_t cookie)
                                        cookie);
                 return rc == -EAGAIN || rc == -ENOTCONN || rc == -ENOMEM ? rc : rc < 0 ? -EIO : 0;
         }
-        if (!b->local || m->origin) {
-                /* Subscribers drop duplicates by (origin, id): at-least-once means a
-                 * message may arrive twice after a reconnect. */
-                snprintf(idbuf, sizeof(idbuf), "%llu", (unsigned long long)oid);
-                MQTTProperty p = { .identifier = MQTTPROPERTY_CODE_USER_PROPERTY };
-                p.value.data.data = "kuimen-origin";
-                p.value.data.len = 13;
-                p.value.value.data = (char *)origin;
-                p.value.value.len = (int)strlen(origin);
-                MQTTProperties_add(&pm.properties, &p);
-                p.value.data.data = "kuimen-id";
-                p.value.data.len = 9;
-                p.value.value.data = idbuf;
-                p.value.value.len = (int)strlen(idbuf);
-                MQTTProperties_add(&pm.properties, &p);
-        }
-        struct send_ctx *x = malloc(sizeof(*x));
-        if (!x) {
-                MQTTProperties_free(&pm.properties);
-                return -ENOMEM;
-        }
-        *x = (struct send_ctx){ b, cookie };
-        pm.payload = (void *)m->payload;
-        pm.payloadlen = (int)m->len;
-        pm.qos = 1;
-        pm.retained = (m->flags & KM_MSG_RETAIN) != 0;
-        ro.onSuccess5 = on_publish_ok;
-        ro.onFailure5 = on_publish_fail;
-        ro.context = x;
-        rc = MQTTAsync_sendMessage(b->pub.cli, topic, &pm, &ro);
-        MQTTProperties_free(&pm.properties);
-        if (rc != MQTTASYNC_SUCCESS) {
-                free(x);
-                if (rc == MQTTASYNC_DISCONNECTED)
-                        return -ENOTCONN;
-                return rc == MQTTASYNC_MAX_BUFFERED_MESSAGES ? -EAGAIN : -EIO;
-        }
-        return 0;
+        /* Locally, only what a narrow link relayed (on a center) carries its origin. */
+        rc = km_mqttc_publish(b->mc, topic, m->payload, m->len, (m->flags & KM_MSG_RETAIN) != 0,
+                              !b->local || m->origin ? origin : NULL, oid, cookie);
+        return rc == -EAGAIN || rc == -ENOTCONN || rc == -ENOMEM ? rc : rc < 0 ? -EIO : 0;
 }
 
 /* ---- setup ----------------------------------------------------------------------- */
@@ -428,14 +395,6 @@ static int connect_client(struct client *c)
                 p.value.integer4 = (unsigned)(c->session_expiry_ms / 1000);
                 MQTTProperties_add(&props, &p);
                 co.connectProperties = &props;
-        }
-        MQTTAsync_willOptions will = MQTTAsync_willOptions_initializer;
-        if (c == &b->pub && b->will_topic && !__atomic_load_n(&b->no_will, __ATOMIC_RELAXED)) {
-                will.topicName = b->will_topic;
-                will.message = b->will_msg;
-                will.retained = 1;
-                will.qos = 1;
-                co.will = &will;
         }
         if (strncmp(b->conf.uri, "ssl://", 6) == 0 || strncmp(b->conf.uri, "mqtts://", 8) == 0) {
                 ssl.trustStore = b->conf.ca;
@@ -487,12 +446,8 @@ static void client_stop(struct client *c)
         if (MQTTAsync_isConnected(c->cli)) {
                 MQTTAsync_disconnectOptions o = MQTTAsync_disconnectOptions_initializer5;
                 o.timeout = 1000;
-                /* A stop is an absence too: the broker sends the will ("offline"). */
-                if (c == &c->b->pub && c->b->will_topic && !__atomic_load_n(&c->b->no_will, __ATOMIC_RELAXED))
-                        o.reasonCode = MQTTREASONCODE_DISCONNECT_WITH_WILL_MESSAGE;
-                /* The DISCONNECT goes out on Paho's thread; a destroy before it did would
-                 * send a plain one of its own (and the broker would drop the will), so
-                 * wait for it, as long as the disconnect's own timeout at most. */
+                /* The DISCONNECT goes out on Paho's thread: wait for it, as long as the
+                 * disconnect's own timeout at most. */
                 if (MQTTAsync_disconnect(c->cli, &o) == MQTTASYNC_SUCCESS) {
                         struct timespec ts = { 0, 10 * 1000000L };
                         for (int i = 0; i < 100 && MQTTAsync_isConnected(c->cli); i++)
@@ -515,7 +470,7 @@ static void bridge_stop(void *ud)
         /* Ingest stops taking messages; the uplink keeps running so the drain can
          * collect in-flight acks. */
         if (b->local)
-                client_stop(&b->pub);
+                km_mqttc_stop(b->mc);
         else
                 client_stop(&b->sub);
 }
@@ -527,9 +482,9 @@ static void bridge_destroy(struct km_link *l)
                 return;
         km_uplink_free(b->up); /* stops with the will: the center learns we are gone */
         b->up = NULL;
-        client_stop(&b->pub);
+        km_mqttc_free(b->mc); /* stops with the will */
+        b->mc = NULL;
         client_stop(&b->sub);
-        client_free(&b->pub);
         client_free(&b->sub);
         km_conf_release(b->keys, &b->conf);
         km_strv_free(&b->sub.filters);
@@ -542,36 +497,16 @@ static void bridge_destroy(struct km_link *l)
         l->impl = NULL;
 }
 
-static void on_reset_disconnected(void *context, MQTTAsync_successData5 *r)
-{
-        struct client *c = context;
-        (void)r;
-        km_daemon_post(c->b->d, client_event, c, EV_CONNECT_FAILED);
-}
-
-static void on_reset_failed(void *context, MQTTAsync_failureData5 *r)
-{
-        on_reset_disconnected(context, NULL);
-        (void)r;
-}
-
 /* The host saw no acknowledgements: the TCP connection may look alive (a silent cut
  * sends no FIN or RST) but is not. Drop it and connect afresh, through the same
  * backoff as a failed connect. */
 static void bridge_reset(struct km_link *l)
 {
         struct bridge *b = l->impl;
-        if (b->up) {
+        if (b->up)
                 km_uplink_reset(b->up);
-                return;
-        }
-        MQTTAsync_disconnectOptions o = MQTTAsync_disconnectOptions_initializer5;
-        o.timeout = 0;
-        o.onSuccess5 = on_reset_disconnected;
-        o.onFailure5 = on_reset_failed;
-        o.context = &b->pub;
-        if (MQTTAsync_disconnect(b->pub.cli, &o) != MQTTASYNC_SUCCESS)
-                client_event(&b->pub, EV_CONNECT_FAILED);
+        if (b->mc)
+                km_mqttc_reset(b->mc);
 }
 
 static const struct km_link_ops mqtt_ops = { .send = send_msg, .destroy = bridge_destroy, .reset = bridge_reset };
@@ -580,6 +515,11 @@ int km_mqtt_local_check(struct km_conf *c)
 {
         struct mqtt_conf m = { 0 };
         int bad = km_conf_apply(c, "local", local_keys, &m);
+        if (m.uri && strncmp(m.uri, "tcp://", 6) && strncmp(m.uri, "mqtt://", 7)) {
+                km_conf_error(c, "local", "uri", "'%s' is not tcp:// or mqtt://host:port (the local broker is reached "
+                              "without TLS)", m.uri);
+                bad++;
+        }
         for (size_t i = 0; i < m.subscribe.n; i++) {
                 const char *why = km_topic_filter_invalid(m.subscribe.v[i]);
                 if (why) {
@@ -695,23 +635,47 @@ int km_mqtt_local_start(struct km_daemon *d, struct km_conf *c)
                 id = NULL;
         if (!id)
                 return -ENOMEM;
-        /* A persistent session: while kuimen restarts, the broker keeps what arrives. */
-        rc = client_init(&b->pub, b, "ingest", id, false, b->conf.session_expiry_ms);
-        free(id);
-        if (rc < 0 || (d->node.link_status && (rc = set_will(b, first_link_prefix(c))) < 0))
+        if (d->node.link_status && (rc = set_will(b, first_link_prefix(c))) < 0) {
+                free(id);
                 return rc;
-        /* A center takes nothing from its broker: what it relays comes from narrow links. */
-        if (strcmp(d->node.role, "center") != 0)
-                b->pub.filters = b->conf.subscribe;
-        return connect_client(&b->pub);
+        }
+        /* A persistent session: while kuimen restarts, the broker keeps what arrives.
+         * A center takes nothing from its broker: what it relays comes from narrow links. */
+        bool center = strcmp(d->node.role, "center") == 0;
+        struct km_mqttc_opts o = {
+                .uri = b->conf.uri, .client_id = id, .username = b->conf.username, .password = b->conf.password,
+                .role = "ingest", .clean_start = false,
+                .session_expiry_s = (uint32_t)(b->conf.session_expiry_ms / 1000),
+                .keepalive_s = (unsigned)(b->conf.keepalive_ms / 1000), .window = (unsigned)b->conf.window,
+                .receive_max = INGEST_RECEIVE_MAX, .will_topic = b->will_topic, .will_msg = b->will_msg,
+                .filters = center ? NULL : (const char *const *)b->conf.subscribe.v,
+                .nfilters = center ? 0 : b->conf.subscribe.n,
+        };
+        struct km_mqttc_cb cb = { .up = local_up, .lost = local_lost, .failed_connect = local_failed_connect,
+                                  .message = local_message, .settle = local_settle, .acked = link_acked,
+                                  .refused = link_refused, .ud = b };
+        rc = km_mqttc_new(&b->mc, d->ev, &o, &cb);
+        free(id);
+        if (rc < 0)
+                KM_LOG(KM_LOG_ERR, "mqtt", "ingest: cannot start the client for %s: %s", b->conf.uri, strerror(-rc));
+        return rc;
 }
 
 /* ---- the uplink's reports (loop thread) ----------------------------------------- */
 
+/* The uplink subscribes to nothing: a message here is a broker's mistake. */
+static int up_message(void *ud, const char *topic, const void *payload, size_t len, bool retain)
+{
+        (void)ud, (void)payload, (void)len, (void)retain;
+        KM_LOG(KM_LOG_WARNING, "mqtt", "up: unexpected message on '%s' ignored", topic);
+        return 0;
+}
+
 static void up_up(void *ud)
 {
         struct bridge *b = ud;
-        KM_LOG(KM_LOG_NOTICE, "mqtt", "up: connected to %s", b->conf.uri);
+        if (b->up) /* mqttc says so itself */
+                KM_LOG(KM_LOG_NOTICE, "mqtt", "up: connected to %s", b->conf.uri);
         km_link_set_state(b->link, KM_LINK_UP, "connected");
 }
 
@@ -727,22 +691,6 @@ static void up_failed_connect(void *ud, const char *why)
         struct bridge *b = ud;
         KM_LOG(KM_LOG_WARNING, "mqtt", "up: cannot connect to %s: %s", b->conf.uri, why);
         km_link_set_state(b->link, KM_LINK_DOWN, "cannot connect");
-}
-
-static void up_acked(void *ud, uint32_t cookie)
-{
-        struct bridge *b = ud;
-        on_acked(ud, cookie);
-        km_daemon_kick(b->d); /* the freed slot wants the next message */
-}
-
-static bool up_refused(void *ud, uint32_t cookie, int reason, const char *why)
-{
-        struct bridge *b = ud;
-        if (refused_for_good(b, cookie, reason))
-                return true;
-        km_link_failed(b->link, cookie, why);
-        return false;
 }
 
 int km_mqtt_link_start(struct km_daemon *d, struct km_conf *c, const char *section)
@@ -767,15 +715,31 @@ int km_mqtt_link_start(struct km_daemon *d, struct km_conf *c, const char *secti
          * unacknowledged, and replays it in order after every reconnect. */
         if (d->node.link_status && (rc = set_will(b, b->conf.topic_prefix)) < 0)
                 goto out;
-        struct km_uplink_opts uo = {
-                .uri = b->conf.uri, .client_id = up, .username = b->conf.username, .password = b->conf.password,
-                .ca = b->conf.ca, .cert = b->conf.cert, .key = b->conf.key, .verify_hostname = b->conf.verify_hostname,
-                .keepalive_s = (int)(b->conf.keepalive_ms / 1000), .window = (unsigned)b->conf.window,
-                .will_topic = b->will_topic, .will_msg = b->will_msg,
-        };
-        struct km_uplink_cb ucb = { .up = up_up, .lost = up_lost, .failed_connect = up_failed_connect,
-                                    .acked = up_acked, .refused = up_refused, .ud = b };
-        if ((rc = km_uplink_new(&b->up, d->ev, &uo, &ucb)) < 0) {
+        /* Plain TCP goes through mqttc (a write per batch of publishes, a read per
+         * batch of PUBACKs); TLS through libmosquitto. */
+        if (strncmp(b->conf.uri, "tcp://", 6) == 0 || strncmp(b->conf.uri, "mqtt://", 7) == 0) {
+                struct km_mqttc_opts mo = {
+                        .uri = b->conf.uri, .client_id = up, .username = b->conf.username,
+                        .password = b->conf.password, .role = "up", .clean_start = true,
+                        .keepalive_s = (unsigned)(b->conf.keepalive_ms / 1000), .window = (unsigned)b->conf.window,
+                        .receive_max = 16, .will_topic = b->will_topic, .will_msg = b->will_msg,
+                };
+                struct km_mqttc_cb mcb = { .up = up_up, .lost = up_lost, .failed_connect = up_failed_connect,
+                                           .message = up_message, .acked = link_acked, .refused = link_refused,
+                                           .ud = b };
+                rc = km_mqttc_new(&b->mc, d->ev, &mo, &mcb);
+        } else {
+                struct km_uplink_opts uo = {
+                        .uri = b->conf.uri, .client_id = up, .username = b->conf.username,
+                        .password = b->conf.password, .ca = b->conf.ca, .cert = b->conf.cert, .key = b->conf.key,
+                        .verify_hostname = b->conf.verify_hostname, .keepalive_s = (int)(b->conf.keepalive_ms / 1000),
+                        .window = (unsigned)b->conf.window, .will_topic = b->will_topic, .will_msg = b->will_msg,
+                };
+                struct km_uplink_cb ucb = { .up = up_up, .lost = up_lost, .failed_connect = up_failed_connect,
+                                            .acked = link_acked, .refused = link_refused, .ud = b };
+                rc = km_uplink_new(&b->up, d->ev, &uo, &ucb);
+        }
+        if (rc < 0) {
                 KM_LOG(KM_LOG_ERR, "mqtt", "up: cannot start the uplink to %s: %s", b->conf.uri, strerror(-rc));
                 goto out;
         }

@@ -136,6 +136,8 @@ struct km_spool {
         bool sync_thread_started;
         pthread_t loop_thread;
         bool has_loop_thread;
+        bool defer_sync;     /* km_spool_defer_sync is in force */
+        uint64_t defer_seq;  /* the last record the loop pushed under it */
 };
 
 void km_spool_set_loop_thread(struct km_spool *sp)
@@ -443,7 +445,9 @@ int km_spool_push(struct km_spool *sp, struct km_msg *m)
         pthread_mutex_unlock(&sp->mu);
         if (wake)
                 sp->o.wake(sp->o.wake_ud);
-        if (sp->o.sync_always) {
+        if (sp->o.sync_always && is_loop && sp->defer_sync) {
+                sp->defer_seq = seq;
+        } else if (sp->o.sync_always) {
                 pthread_mutex_lock(&sp->mu);
                 wait_synced_locked(sp, seq);
                 pthread_mutex_unlock(&sp->mu);
@@ -453,6 +457,22 @@ out:
         if (rec != stackbuf)
                 free(rec);
         return rc;
+}
+
+void km_spool_defer_sync(struct km_spool *sp)
+{
+        sp->defer_sync = sp->o.sync_always;
+}
+
+void km_spool_settle(struct km_spool *sp)
+{
+        if (sp->defer_sync && sp->defer_seq) {
+                pthread_mutex_lock(&sp->mu);
+                wait_synced_locked(sp, sp->defer_seq);
+                pthread_mutex_unlock(&sp->mu);
+        }
+        sp->defer_sync = false;
+        sp->defer_seq = 0;
 }
 
 /* ---- SQLite ---------------------------------------------------------------------- */

@@ -62,6 +62,16 @@ int km_spool_next(struct km_spool *sp, int dir, int prio, uint64_t after, struct
 /* Loop thread. The message was delivered: it leaves the spool at the next commit. */
 int km_spool_ack(struct km_spool *sp, uint64_t id);
 
+/* Loop thread, sync = always. Until km_spool_settle, a push from the loop thread
+ * returns without waiting for its fsync: a client that reads many messages at once
+ * pushes them all, settles once, and only then acknowledges them (one fsync for the
+ * lot). No-op in batch mode. */
+void km_spool_defer_sync(struct km_spool *sp);
+
+/* Loop thread. Returns once every push deferred since km_spool_defer_sync is synced,
+ * and ends the deferral. */
+void km_spool_settle(struct km_spool *sp);
+
 /* Loop thread. Moves pending messages into SQLite, applies coalescing, expiry and the
  * space policy, writes acks, and commits. Cheap when there is nothing to do. */
 int km_spool_commit(struct km_spool *sp);

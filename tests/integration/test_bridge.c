@@ -515,6 +515,126 @@ Test(bridge, downlink_command_reaches_local_subscriber)
         cr_assert_eq(final_counter(&e, "delivered_local"), 1);
 }
 
+/* What the payload-size test's center subscriber saw: length and FNV-1a of each. */
+struct sized_rx {
+        pthread_mutex_t mu;
+        size_t n;
+        size_t len[16];
+        uint32_t hash[16];
+};
+
+static uint32_t fnv1a(const void *p, size_t n)
+{
+        uint32_t h = 2166136261u;
+        for (size_t i = 0; i < n; i++)
+                h = (h ^ ((const uint8_t *)p)[i]) * 16777619u;
+        return h;
+}
+
+static int sized_arrived(void *ctx, char *topic, int tlen, MQTTAsync_message *m)
+{
+        struct sized_rx *r = ctx;
+        (void)tlen;
+        pthread_mutex_lock(&r->mu);
+        if (r->n < 16) {
+                r->len[r->n] = (size_t)m->payloadlen;
+                r->hash[r->n] = fnv1a(m->payload, (size_t)m->payloadlen);
+                r->n++;
+        }
+        pthread_mutex_unlock(&r->mu);
+        MQTTAsync_freeMessage(&m);
+        MQTTAsync_free(topic);
+        return 1;
+}
+
+static char *sized_payload(size_t len)
+{
+        char *p = malloc(len + 1);
+        for (size_t i = 0; i < len; i++)
+                p[i] = (char)('a' + (i * 7 + len) % 26);
+        p[len] = 0;
+        return p;
+}
+
+/* Payloads on both sides of MQTT's length-field steps (127/128, 16383/16384 bytes),
+ * larger than kuimen's 64 KiB read, and empty, arrive byte for byte and in order; both
+ * brokers are given by name (localhost), so kuimen's name lookup runs too. */
+Test(bridge, payload_sizes_byte_exact_through_named_brokers)
+{
+        static const size_t sizes[] = { 0, 1, 127, 128, 16383, 16384, 70000, 1 << 20 };
+        const size_t n = sizeof(sizes) / sizeof(sizes[0]);
+        char dir[200], conf[300], klog[300], uri[64];
+        struct h_broker local, center;
+        struct h_proc k;
+        struct h_pub pub;
+        struct sized_rx rx = { .mu = PTHREAD_MUTEX_INITIALIZER };
+
+        h_tmpdir(dir, sizeof(dir), "sizes");
+        snprintf(conf, sizeof(conf), "%s/kuimen.conf", dir);
+        snprintf(klog, sizeof(klog), "%s/kuimen.log", dir);
+        h_broker_start(&local, dir, 0, NULL);
+        h_broker_start(&center, dir, 0, NULL);
+        FILE *f = fopen(conf, "w");
+        cr_assert(f);
+        fprintf(f, "[node]\nname = north\nspool = %s/state/spool.db\nstats_interval = 0\nlink_status = no\n"
+                   "[local]\nuri = tcp://localhost:%d\nsubscribe = sensors/#\n"
+                   "[link center]\ntype = mqtt\nuri = mqtt://localhost:%d\nkeepalive = 2s\n",
+                dir, local.port, center.port);
+        fclose(f);
+
+        MQTTAsync sub;
+        MQTTAsync_createOptions cro = MQTTAsync_createOptions_initializer5;
+        MQTTAsync_connectOptions co = MQTTAsync_connectOptions_initializer5;
+        MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+        snprintf(uri, sizeof(uri), "tcp://127.0.0.1:%d", center.port);
+        cr_assert_eq(MQTTAsync_createWithOptions(&sub, uri, "sized-sub", MQTTCLIENT_PERSISTENCE_NONE, NULL, &cro), 0);
+        MQTTAsync_setCallbacks(sub, &rx, NULL, sized_arrived, NULL);
+        cr_assert_eq(MQTTAsync_connect(sub, &co), 0);
+        for (int i = 0; i < 100 && !MQTTAsync_isConnected(sub); i++)
+                h_sleep_ms(50);
+        cr_assert_eq(MQTTAsync_subscribe(sub, "kuimen/north/sensors/#", 1, &ro), 0);
+        h_sleep_ms(200);
+
+        const char *args[] = { "--config", conf, NULL };
+        h_kuimen_start(&k, klog, args);
+        cr_assert(h_log_wait(&k, "ingest: connected to tcp://localhost", 10000), "ingest did not connect by name");
+        cr_assert(h_log_wait(&k, "up: connected to mqtt://localhost", 10000), "the uplink did not connect by name");
+        h_pub_start(&pub, local.port, "sized-pub");
+        for (size_t i = 0; i < n; i++) {
+                char *p = sized_payload(sizes[i]);
+                cr_assert_eq(h_pub_send(&pub, "sensors/sized", p), 0);
+                free(p);
+        }
+        cr_assert(h_pub_flush(&pub, 10000));
+        cr_assert_eq(pub.acked, n);
+        for (int i = 0; i < 200; i++) {
+                pthread_mutex_lock(&rx.mu);
+                size_t got = rx.n;
+                pthread_mutex_unlock(&rx.mu);
+                if (got >= n)
+                        break;
+                h_sleep_ms(50);
+        }
+        h_sleep_ms(300);
+        cr_assert_eq(rx.n, n, "received %zu of %zu", rx.n, n);
+        for (size_t i = 0; i < n; i++) {
+                char *p = sized_payload(sizes[i]);
+                cr_expect_eq(rx.len[i], sizes[i], "message %zu: %zu bytes, want %zu", i, rx.len[i], sizes[i]);
+                cr_expect_eq(rx.hash[i], fnv1a(p, sizes[i]), "message %zu (%zu bytes): content differs", i, sizes[i]);
+                free(p);
+        }
+        h_pub_stop(&pub);
+        MQTTAsync_disconnectOptions dopt = MQTTAsync_disconnectOptions_initializer5;
+        MQTTAsync_disconnect(sub, &dopt);
+        h_sleep_ms(100);
+        MQTTAsync_destroy(&sub);
+        int st = h_stop(&k, SIGTERM);
+        cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "kuimen exits 0 on SIGTERM (status %d)", st);
+        h_stop(&local.p, SIGTERM);
+        h_stop(&center.p, SIGTERM);
+        h_cleanup(dir);
+}
+
 static int run_capture(const char *const *args, char *out, size_t len)
 {
         int fds[2];

@@ -1,0 +1,73 @@
+/* SPDX-License-Identifier: MIT */
+/* A small MQTT v5 client on the daemon's event loop: QoS 1 in and out, acknowledged when the owner says. */
+#ifndef KM_MQTTC_H
+#define KM_MQTTC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <systemd/sd-event.h>
+
+struct km_mqttc;
+
+struct km_mqttc_opts {
+        const char *uri; /* tcp:// or mqtt://host[:port]; a name is resolved on the loop */
+        const char *client_id, *username, *password;
+        const char *role; /* in log lines: "ingest", "up" */
+        bool clean_start;
+        uint32_t session_expiry_s; /* with clean_start off: how long the broker keeps the session */
+        unsigned keepalive_s;
+        unsigned window;      /* our QoS 1 publishes in flight at most (and the broker's Receive Maximum) */
+        unsigned receive_max; /* inbound QoS 1 messages the broker may have unacknowledged with us */
+        const char *will_topic, *will_msg; /* NULL: no will; else retained, QoS 1 */
+        const char *const *filters;        /* subscribed at QoS 1 (no local, retained only when new) */
+        size_t nfilters;
+};
+
+/* What the client tells its owner, on the loop thread; strings only valid during the
+ * call. up: CONNACK accepted (the subscriptions are sent with it); lost: an
+ * established connection ended; failed_connect: an attempt did not reach CONNACK. The
+ * client connects again by itself after 1 to 5 s either way.
+ * message: an inbound PUBLISH (topic NUL-terminated, payload not). Return 0 once the
+ * message is safe: its PUBACK then goes out, after settle. Any other value: no PUBACK,
+ * and the connection is dropped so that the broker sends it again.
+ * settle: called once after the messages of one read, before their PUBACKs are
+ * written (the owner makes them power-safe there, in one sync for all). May be NULL.
+ * acked and refused: the broker's PUBACK for a cookie (refused: reason code >= 0x80;
+ * return true when the owner dropped the message for good, else the client drops the
+ * connection and the owner replays). */
+struct km_mqttc_cb {
+        void (*up)(void *ud);
+        void (*lost)(void *ud, const char *why);
+        void (*failed_connect)(void *ud, const char *why);
+        int (*message)(void *ud, const char *topic, const void *payload, size_t len, bool retain);
+        void (*settle)(void *ud);
+        void (*acked)(void *ud, uint32_t cookie);
+        bool (*refused)(void *ud, uint32_t cookie, int reason, const char *why);
+        void *ud;
+};
+
+/* Creates the client and starts its first connect; o's strings are copied. */
+int km_mqttc_new(struct km_mqttc **out, sd_event *ev, const struct km_mqttc_opts *o, const struct km_mqttc_cb *cb);
+
+/* Publishes at QoS 1; with origin, adds the user properties kuimen-origin and kuimen-id.
+ * The bytes leave at the end of the loop iteration, together with the iteration's
+ * other publishes. 0, or -ENOTCONN (not connected), -EAGAIN (window full), -EMSGSIZE
+ * (larger than the broker takes), -ENOMEM. */
+int km_mqttc_publish(struct km_mqttc *c, const char *topic, const void *payload, size_t len, bool retain,
+                     const char *origin, uint64_t id, uint32_t cookie);
+
+/* Drops the connection now and connects again after the back-off. */
+void km_mqttc_reset(struct km_mqttc *c);
+
+/* Disconnects (reason "with will" when there is a will: a stop is an absence too), and
+ * waits up to a second for the DISCONNECT to leave. No reconnect after this. */
+void km_mqttc_stop(struct km_mqttc *c);
+
+/* Stops and frees; NULL is a no-op. */
+void km_mqttc_free(struct km_mqttc *c);
+
+/* The reason code's name (MQTT v5), for log lines. */
+const char *km_mqttc_reason(int rc);
+
+#endif
