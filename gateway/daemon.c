@@ -145,14 +145,19 @@ static int64_t spool_clock(void *ud)
         return km_daemon_now(ud);
 }
 
-static void wake_loop(void *ud)
-{
-        km_mailbox_kick(&((struct km_daemon *)ud)->mb);
-}
-
 void km_daemon_kick(struct km_daemon *d)
 {
-        km_mailbox_kick(&d->mb);
+        /* On the loop thread (acks read by a client, ingest pushing) a turn is just an
+         * enabled defer source; other threads write the mailbox's eventfd. */
+        if (d->turn_src && pthread_equal(pthread_self(), d->loop_thread))
+                sd_event_source_set_enabled(d->turn_src, SD_EVENT_ONESHOT);
+        else
+                km_mailbox_kick(&d->mb);
+}
+
+static void wake_loop(void *ud)
+{
+        km_daemon_kick(ud);
 }
 
 int km_daemon_post(struct km_daemon *d, km_mail_fn fn, void *ud, uint64_t arg)
@@ -330,6 +335,13 @@ static void turn(struct km_daemon *d)
 static int on_mail(sd_event_source *s, int fd, uint32_t revents, void *ud)
 {
         (void)s, (void)fd, (void)revents;
+        turn(ud);
+        return 0;
+}
+
+static int on_turn(sd_event_source *s, void *ud)
+{
+        (void)s;
         turn(ud);
         return 0;
 }
@@ -546,6 +558,10 @@ int km_daemon_init(struct km_daemon *d, struct km_node_conf *n, struct km_conf *
                 return rc;
         if (test_hooks() && (rc = sd_event_add_signal(d->ev, NULL, SIGUSR2, on_test_stall, d)) < 0)
                 return rc;
+        if ((rc = sd_event_add_defer(d->ev, &d->turn_src, on_turn, d)) < 0 ||
+            (rc = sd_event_source_set_enabled(d->turn_src, SD_EVENT_OFF)) < 0)
+                return rc;
+        d->loop_thread = pthread_self();
         km_spool_set_loop_thread(d->spool);
         /* The watchdog is fed by the loop itself: a hung loop stops the pings. */
         sd_event_set_watchdog(d->ev, true);
@@ -593,6 +609,7 @@ void km_daemon_deinit(struct km_daemon *d)
                 free(d->links[i]);
         }
         km_spool_close(d->spool);
+        d->turn_src = sd_event_source_disable_unref(d->turn_src);
         sd_event_unref(d->ev);
         if (d->mb.fd > 0)
                 km_mailbox_deinit(&d->mb);

@@ -36,6 +36,8 @@ struct km_daemon {
         struct km_node_conf node;
         sd_event *ev;
         struct km_mailbox mb;
+        pthread_t loop_thread;
+        sd_event_source *turn_src; /* a turn asked for on the loop thread: no eventfd */
         struct km_spool *spool;
         pthread_rwlock_t route_lock; /* the ingest threads read routes while SIGHUP swaps */
         struct km_route route;

@@ -73,7 +73,14 @@ size_t km_mailbox_run(struct km_mailbox *mb)
         struct km_mail *q;
         size_t n;
 
-        (void)!read(mb->fd, &v, sizeof(v));
+        /* The eventfd is read only when a poster armed it: a turn the loop started for
+         * its own reasons costs no system call here. A poster arming it after this look
+         * leaves a count behind, which costs one idle turn later, never a lost item. */
+        pthread_mutex_lock(&mb->mu);
+        bool armed = mb->armed;
+        pthread_mutex_unlock(&mb->mu);
+        if (armed)
+                (void)!read(mb->fd, &v, sizeof(v));
         /* Swap the queue out so posters never wait for the work itself. */
         pthread_mutex_lock(&mb->mu);
         mb->armed = false;
