@@ -515,6 +515,23 @@ Test(bridge, downlink_command_reaches_local_subscriber)
         cr_assert_eq(final_counter(&e, "delivered_local"), 1);
 }
 
+/* mqttc keeps an idle connection alive with its own PINGREQs: with a 1 s keepalive
+ * and nothing to say for 5 s, neither broker drops kuimen (Mosquitto would after
+ * 1.5 s of silence), and a message after the pause goes straight through. */
+Test(bridge, idle_connections_kept_alive_by_pings)
+{
+        struct env e;
+        up(&e, "idle", "[local]\nkeepalive = 1s\n", true);
+        cr_assert(h_log_wait(&e.k, "up: connected", 10000));
+        h_sleep_ms(5000);
+        cr_assert_eq(h_log_count(&e.k, "lost"), 0, "a connection was dropped while idle");
+        cr_assert_eq(h_log_count(&e.k, "ingest: connected to"), 1, "ingest connected more than once");
+        cr_assert_eq(h_log_count(&e.k, "up: connected to"), 1, "the uplink connected more than once");
+        publish_seq(&e, 1, 1, 0);
+        cr_assert_eq(h_sub_wait(&e.sub, 1, 5000), 1);
+        down(&e);
+}
+
 /* What the payload-size test's center subscriber saw: length and FNV-1a of each. */
 struct sized_rx {
         pthread_mutex_t mu;
