@@ -14,14 +14,18 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <systemd/sd-event.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "bridges/mqttc.h"
 
 /*
  * Why: kuimen's CPU per message is mostly its MQTT client library (README,
  * Benchmarks). This measures the uplink's share alone, with each library driven the
  * way kuimen would drive it: Paho's async client (its own threads, a callback per
- * PUBACK) and libmosquitto on a caller's poll loop (no threads). Same broker, same
+ * PUBACK), libmosquitto on a caller's poll loop (no threads), and kuimen's own client
+ * (bridges/mqttc.c) on an sd-event loop, as kuimen runs it. Same broker, same
  * messages (200-byte payload, kuimen-origin and kuimen-id user properties, 10 topics),
  * same window of 64 in flight. CPU is this process's user + system time.
  *
@@ -222,6 +226,88 @@ static int run_mosquitto(int port, long n, struct result *r)
         return 0;
 }
 
+/* ---- kuimen's own client on sd-event ------------------------------------------- */
+
+static long mc_acked;
+static int mc_state;
+
+static void mc_up(void *ud)
+{
+        (void)ud;
+        mc_state = 1;
+}
+
+static void mc_down(void *ud, const char *why)
+{
+        (void)ud;
+        fprintf(stderr, "bench_clients: mqttc: %s\n", why);
+        mc_state = -1;
+}
+
+static int mc_message(void *ud, const char *topic, const void *p, size_t len, bool retain)
+{
+        (void)ud, (void)topic, (void)p, (void)len, (void)retain;
+        return 0;
+}
+
+static void mc_acked_cb(void *ud, uint32_t cookie)
+{
+        (void)ud, (void)cookie;
+        mc_acked++;
+}
+
+static bool mc_refused(void *ud, uint32_t cookie, int reason, const char *why)
+{
+        (void)ud, (void)cookie, (void)reason;
+        mc_down(NULL, why);
+        return true;
+}
+
+static int run_mqttc(int port, long n, struct result *r)
+{
+        sd_event *ev = NULL;
+        struct km_mqttc *c = NULL;
+        char uri[64];
+        int rc = -1;
+
+        snprintf(uri, sizeof(uri), "tcp://127.0.0.1:%d", port);
+        struct km_mqttc_opts o = { .uri = uri, .client_id = "bench-mqttc", .role = "bench", .clean_start = true,
+                                   .keepalive_s = 10, .window = WINDOW, .receive_max = 16 };
+        struct km_mqttc_cb cb = { .up = mc_up, .lost = mc_down, .failed_connect = mc_down, .message = mc_message,
+                                  .acked = mc_acked_cb, .refused = mc_refused };
+        mc_state = 0;
+        mc_acked = 0;
+        if (sd_event_new(&ev) < 0 || km_mqttc_new(&c, ev, &o, &cb) < 0)
+                goto out;
+        for (int i = 0; i < 100 && mc_state == 0; i++)
+                sd_event_run(ev, 100000);
+        if (mc_state != 1)
+                goto out;
+        long sent = 0;
+        double u0, s0, t0 = now_s();
+        cpu_s(&u0, &s0);
+        while (mc_acked < n && mc_state == 1) {
+                while (sent < n && sent - mc_acked < WINDOW) {
+                        char topic[64];
+                        snprintf(topic, sizeof(topic), "kuimen/north/sensors/t%ld", sent % 10);
+                        if (km_mqttc_publish(c, topic, payload, PAYLOAD, false, "north", (uint64_t)(1000000 + sent),
+                                             (uint32_t)sent) < 0)
+                                goto out;
+                        sent++;
+                }
+                if (sd_event_run(ev, 1000000) < 0)
+                        goto out;
+        }
+        if (mc_acked >= n) {
+                report("mqttc", n, t0, u0, s0, r);
+                rc = 0;
+        }
+out:
+        km_mqttc_free(c);
+        sd_event_unref(ev);
+        return rc;
+}
+
 /* ---- the broker ------------------------------------------------------------------ */
 
 static int free_port(void)
@@ -278,8 +364,8 @@ int main(int argc, char **argv)
 {
         long n = argc > 1 ? atol(argv[1]) : 100000;
         char dir[] = "/tmp/km-bench-clients-XXXXXX";
-        struct result p[3], q[3];
-        double pc[3], qc[3];
+        struct result p[3], q[3], k[3];
+        double pc[3], qc[3], kc[3];
 
         if (n <= 0 || !mkdtemp(dir))
                 return 2;
@@ -295,9 +381,10 @@ int main(int argc, char **argv)
                PAYLOAD, WINDOW);
         int rc = 0;
         for (int i = 0; i < 3 && rc == 0; i++) {
-                rc = run_paho(port, n, &p[i]) || run_mosquitto(port, n, &q[i]);
+                rc = run_paho(port, n, &p[i]) || run_mosquitto(port, n, &q[i]) || run_mqttc(port, n, &k[i]);
                 pc[i] = p[i].cpu_us;
                 qc[i] = q[i].cpu_us;
+                kc[i] = k[i].cpu_us;
         }
         kill(broker, SIGTERM);
         waitpid(broker, NULL, 0);
@@ -310,8 +397,10 @@ int main(int argc, char **argv)
         }
         qsort(pc, 3, sizeof(double), cmp);
         qsort(qc, 3, sizeof(double), cmp);
-        printf("median CPU per message: paho-async %.1f us, libmosquitto %.1f us (ratio %.1f)\n", pc[1], qc[1],
-               pc[1] / qc[1]);
+        qsort(kc, 3, sizeof(double), cmp);
+        printf("median CPU per message: paho-async %.1f us, libmosquitto %.1f us, mqttc %.1f us (paho/mqttc %.1f, "
+               "libmosquitto/mqttc %.1f)\n",
+               pc[1], qc[1], kc[1], pc[1] / kc[1], qc[1] / kc[1]);
         mosquitto_lib_cleanup();
         return 0;
 }
