@@ -1,0 +1,283 @@
+/* SPDX-License-Identifier: MIT */
+/* mqttc against a scripted broker on loopback: exact bytes out, bad bytes in. */
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <systemd/sd-event.h>
+#include <unistd.h>
+
+#include "bridges/mqttc.h"
+#include "gateway/log.h"
+
+/*
+ * A real broker never sends a malformed packet, so the integration tests cannot show
+ * what kuimen does with one. Here the test plays the broker on a loopback socket, in
+ * the same thread as the client's event loop: it reads what mqttc writes and answers
+ * with bytes of its choosing, one at a time when the test wants the parser to see
+ * every split.
+ */
+
+struct seen {
+        int up, lost, failed, acked, refused, refused_reason;
+        char why[256];
+        char topic[64];
+        uint8_t payload[64];
+        size_t len;
+        int messages;
+};
+
+static void s_up(void *ud)
+{
+        ((struct seen *)ud)->up++;
+}
+
+static void s_lost(void *ud, const char *why)
+{
+        struct seen *s = ud;
+        s->lost++;
+        snprintf(s->why, sizeof(s->why), "%s", why);
+}
+
+static void s_failed(void *ud, const char *why)
+{
+        struct seen *s = ud;
+        s->failed++;
+        snprintf(s->why, sizeof(s->why), "%s", why);
+}
+
+static int s_message(void *ud, const char *topic, const void *payload, size_t len, bool retain)
+{
+        struct seen *s = ud;
+        (void)retain;
+        snprintf(s->topic, sizeof(s->topic), "%s", topic);
+        s->len = len < sizeof(s->payload) ? len : sizeof(s->payload);
+        memcpy(s->payload, payload, s->len);
+        s->messages++;
+        return 0;
+}
+
+static void s_acked(void *ud, uint32_t cookie)
+{
+        (void)cookie;
+        ((struct seen *)ud)->acked++;
+}
+
+static bool s_refused(void *ud, uint32_t cookie, int reason, const char *why)
+{
+        struct seen *s = ud;
+        (void)cookie;
+        s->refused++;
+        s->refused_reason = reason;
+        snprintf(s->why, sizeof(s->why), "%s", why);
+        return true;
+}
+
+struct rig {
+        sd_event *ev;
+        struct km_mqttc *c;
+        struct seen seen;
+        int lfd, fd;
+        uint8_t in[4096];
+        size_t nin;
+};
+
+static void turn(struct rig *r, int ms)
+{
+        sd_event_run(r->ev, (uint64_t)ms * 1000);
+}
+
+/* Runs the client's loop until the scripted broker has a connection. */
+static void accept_client(struct rig *r)
+{
+        for (int i = 0; i < 600 && r->fd < 0; i++) {
+                turn(r, 5);
+                r->fd = accept4(r->lfd, NULL, NULL, SOCK_NONBLOCK);
+        }
+        cr_assert_geq(r->fd, 0, "mqttc did not connect");
+}
+
+/* Reads what the client sent until at least n bytes are in r->in. */
+static void read_at_least(struct rig *r, size_t n)
+{
+        for (int i = 0; i < 400 && r->nin < n; i++) {
+                turn(r, 5);
+                ssize_t k = read(r->fd, r->in + r->nin, sizeof(r->in) - r->nin);
+                if (k > 0)
+                        r->nin += (size_t)k;
+        }
+        cr_assert_geq(r->nin, n, "client sent %zu bytes, want %zu", r->nin, n);
+}
+
+static void send_bytes(struct rig *r, const void *b, size_t n, bool one_by_one)
+{
+        const uint8_t *p = b;
+        for (size_t i = 0; i < n;) {
+                size_t k = one_by_one ? 1 : n - i;
+                cr_assert_eq(write(r->fd, p + i, k), (ssize_t)k);
+                i += k;
+                turn(r, 1);
+        }
+        for (int i = 0; i < 20; i++)
+                turn(r, 2);
+}
+
+static void rig_up(struct rig *r, const char *will)
+{
+        struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        socklen_t al = sizeof(a);
+        char uri[64];
+        memset(r, 0, sizeof(*r));
+        r->fd = -1;
+        km_log_max_level = KM_LOG_ERR - 1; /* the drops below are the point, not noise */
+        r->lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        cr_assert(r->lfd >= 0 && bind(r->lfd, (struct sockaddr *)&a, sizeof(a)) == 0 && listen(r->lfd, 4) == 0);
+        getsockname(r->lfd, (struct sockaddr *)&a, &al);
+        snprintf(uri, sizeof(uri), "tcp://127.0.0.1:%d", ntohs(a.sin_port));
+        static const char *const filters[] = { "sensors/#" };
+        struct km_mqttc_opts o = { .uri = uri, .client_id = "t", .role = "test", .keepalive_s = 30, .window = 4,
+                                   .receive_max = 8, .will_topic = will, .will_msg = will ? "offline" : NULL,
+                                   .filters = filters, .nfilters = 1, .session_expiry_s = 60 };
+        struct km_mqttc_cb cb = { .up = s_up, .lost = s_lost, .failed_connect = s_failed, .message = s_message,
+                                  .acked = s_acked, .refused = s_refused, .ud = &r->seen };
+        cr_assert_eq(sd_event_new(&r->ev), 0);
+        cr_assert_eq(km_mqttc_new(&r->c, r->ev, &o, &cb), 0);
+        accept_client(r);
+}
+
+static void rig_down(struct rig *r)
+{
+        km_mqttc_free(r->c);
+        sd_event_unref(r->ev);
+        if (r->fd >= 0)
+                close(r->fd);
+        close(r->lfd);
+}
+
+/* The CONNECT (fixed header, "MQTT", level 5, flags) is what the spec says; returns its flags. */
+static uint8_t read_connect(struct rig *r)
+{
+        read_at_least(r, 2);
+        size_t total = 2 + r->in[1]; /* our CONNECT stays under 128 bytes */
+        read_at_least(r, total);
+        cr_assert_eq(r->in[0], 0x10);
+        cr_assert_eq(memcmp(r->in + 2, "\0\4MQTT\5", 7), 0);
+        uint8_t flags = r->in[9];
+        memmove(r->in, r->in + total, r->nin - total);
+        r->nin -= total;
+        return flags;
+}
+
+static void connack_ok(struct rig *r)
+{
+        static const uint8_t ack[] = { 0x20, 0x03, 0x00, 0x00, 0x00 };
+        send_bytes(r, ack, sizeof(ack), false);
+        cr_assert_eq(r->seen.up, 1);
+        /* Then the SUBSCRIBE: sensors/# at QoS 1, no local, retain handling 1. */
+        static const uint8_t sub[] = { 0x82, 0x0F, 0x00, 0x01, 0x00, 0x00, 0x09, 's', 'e', 'n', 's', 'o', 'r', 's', '/', '#', 0x15 };
+        read_at_least(r, sizeof(sub));
+        cr_assert_eq(memcmp(r->in, sub, sizeof(sub)), 0, "SUBSCRIBE bytes differ");
+        memmove(r->in, r->in + sizeof(sub), r->nin - sizeof(sub));
+        r->nin -= sizeof(sub);
+}
+
+TestSuite(mqttc, .timeout = 30);
+
+Test(mqttc, publish_split_byte_by_byte_is_taken_and_acknowledged)
+{
+        struct rig r;
+        rig_up(&r, NULL);
+        uint8_t flags = read_connect(&r);
+        cr_assert_eq(flags, 0x00, "no will, persistent session, no credentials: flags 0x%02x", flags);
+        connack_ok(&r);
+        /* PUBLISH QoS 1, topic "sensors/a", packet id 0x1234, one property (content
+         * type "t"), payload "hello". */
+        static const uint8_t pub[] = { 0x32, 0x17, 0x00, 0x09, 's', 'e', 'n', 's', 'o', 'r', 's', '/', 'a', 0x12,
+                                       0x34, 0x04, 0x03, 0x00, 0x01, 't', 'h', 'e', 'l', 'l', 'o' };
+        send_bytes(&r, pub, sizeof(pub), true);
+        cr_assert_eq(r.seen.messages, 1);
+        cr_assert_str_eq(r.seen.topic, "sensors/a");
+        cr_assert_eq(r.seen.len, 5);
+        cr_assert_eq(memcmp(r.seen.payload, "hello", 5), 0);
+        static const uint8_t puback[] = { 0x40, 0x02, 0x12, 0x34 };
+        read_at_least(&r, sizeof(puback));
+        cr_assert_eq(memcmp(r.in, puback, sizeof(puback)), 0, "PUBACK bytes differ");
+        cr_assert_eq(r.seen.lost, 0);
+        rig_down(&r);
+}
+
+Test(mqttc, malformed_length_drops_the_connection)
+{
+        struct rig r;
+        rig_up(&r, NULL);
+        read_connect(&r);
+        connack_ok(&r);
+        static const uint8_t bad[] = { 0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01 };
+        send_bytes(&r, bad, sizeof(bad), false);
+        cr_assert_eq(r.seen.lost, 1);
+        cr_assert_str_eq(r.seen.why, "malformed packet length from the broker");
+        cr_assert_eq(r.seen.messages, 0);
+        rig_down(&r);
+}
+
+Test(mqttc, unknown_property_is_a_protocol_error)
+{
+        struct rig r;
+        rig_up(&r, NULL);
+        read_connect(&r);
+        connack_ok(&r);
+        /* Property 0x7F does not exist: the packet cannot be parsed past it. */
+        static const uint8_t pub[] = { 0x30, 0x07, 0x00, 0x01, 'x', 0x02, 0x7F, 0x00, 'p' };
+        send_bytes(&r, pub, sizeof(pub), false);
+        cr_assert_eq(r.seen.messages, 0);
+        cr_assert_eq(r.seen.lost, 1);
+        cr_assert_str_eq(r.seen.why, "protocol error in a packet of type 3 from the broker");
+        rig_down(&r);
+}
+
+Test(mqttc, refused_will_is_left_out_on_the_next_connect)
+{
+        struct rig r;
+        rig_up(&r, "kuimen/n/status");
+        uint8_t flags = read_connect(&r);
+        cr_assert_eq(flags & 0x3C, 0x2C, "will, QoS 1, retained: flags 0x%02x", flags);
+        static const uint8_t refuse[] = { 0x20, 0x03, 0x00, 0x87, 0x00 };
+        send_bytes(&r, refuse, sizeof(refuse), false);
+        cr_assert_eq(r.seen.failed, 1);
+        cr_assert_str_eq(r.seen.why, "refused: not authorized");
+        close(r.fd);
+        r.fd = -1;
+        r.nin = 0;
+        accept_client(&r); /* the retry comes after 1 s */
+        flags = read_connect(&r);
+        cr_assert_eq(flags & 0x3C, 0x00, "no will the second time: flags 0x%02x", flags);
+        rig_down(&r);
+}
+
+Test(mqttc, puback_refusal_reaches_the_owner)
+{
+        struct rig r;
+        rig_up(&r, NULL);
+        read_connect(&r);
+        connack_ok(&r);
+        cr_assert_eq(km_mqttc_publish(r.c, "a/b", "x", 1, false, "north", 42, 7), 0);
+        /* PUBLISH QoS 1 "a/b" id 2 (1 went to the SUBSCRIBE), properties: kuimen-origin=north, kuimen-id=42. */
+        static const uint8_t want[] = { 0x32, 0x30, 0x00, 0x03, 'a', '/', 'b', 0x00, 0x02, 0x27, 0x26, 0x00, 0x0D,
+                                        'k', 'u', 'i', 'm', 'e', 'n', '-', 'o', 'r', 'i', 'g', 'i', 'n', 0x00, 0x05,
+                                        'n', 'o', 'r', 't', 'h', 0x26, 0x00, 0x09, 'k', 'u', 'i', 'm', 'e', 'n', '-',
+                                        'i', 'd', 0x00, 0x02, '4', '2', 'x' };
+        read_at_least(&r, sizeof(want));
+        cr_assert_eq(memcmp(r.in, want, sizeof(want)), 0, "PUBLISH bytes differ");
+        static const uint8_t refuse[] = { 0x40, 0x04, 0x00, 0x02, 0x87, 0x00 };
+        send_bytes(&r, refuse, sizeof(refuse), false);
+        cr_assert_eq(r.seen.refused, 1);
+        cr_assert_eq(r.seen.refused_reason, 0x87);
+        cr_assert_str_eq(r.seen.why, "publish refused (not authorized)");
+        cr_assert_eq(r.seen.acked, 0);
+        cr_assert_eq(r.seen.lost, 0, "a refusal the owner dropped keeps the connection");
+        rig_down(&r);
+}
