@@ -52,7 +52,7 @@ static const struct km_conf_key link_keys[] = {
         { "key", KM_CONF_STRING, NULL, OFF(key), "TLS: client private key file (PEM)", 0, 0, NULL },
         { "verify_hostname", KM_CONF_BOOL, "yes", OFF(verify_hostname), "TLS: check the broker's name against its certificate", 0, 0, NULL },
         { "keepalive", KM_CONF_DURATION, "10s", OFF(keepalive_ms), "MQTT keepalive: a dead peer is seen after 1.5 of these (the uplink's at least 5 s)", 1000, 3600000, NULL },
-        { "window", KM_CONF_INT, "64", OFF(window), "messages in flight awaiting PUBACK (keep it within the broker's receive maximum: Mosquitto's max_inflight_messages)", 1, 65535, NULL },
+        { "window", KM_CONF_INT, "256", OFF(window), "messages in flight awaiting PUBACK, at most the broker's receive maximum (Mosquitto's max_inflight_messages) whatever is set here", 1, 65535, NULL },
         { "downlink", KM_CONF_BOOL, "yes", OFF(downlink), "take commands from <topic_prefix>/<node>/cmd/#", 0, 0, NULL },
         { "session_expiry", KM_CONF_DURATION, "7d", OFF(session_expiry_ms), "how long the center keeps the downlink session", 0, 4294967295000.0, NULL },
         { NULL, 0, NULL, 0, NULL, 0, 0, NULL },

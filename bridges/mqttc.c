@@ -95,6 +95,7 @@ struct km_mqttc {
         bool ping_out;
         uint16_t *acks; /* PUBACKs owed for the read in progress */
         size_t nacks, capacks;
+        bool took; /* the read in progress handed a message to the owner: settle after it */
 };
 
 static const struct {
@@ -326,6 +327,10 @@ static void lookup_release(struct km_mqttc *c)
 
 static void close_conn(struct km_mqttc *c)
 {
+        /* A read cut short still settles what it handed over (without acknowledging). */
+        if (c->took && c->cb.settle)
+                c->cb.settle(c->cb.ud);
+        c->took = false;
         lookup_release(c);
         c->io = sd_event_source_disable_unref(c->io);
         c->ping = sd_event_source_disable_unref(c->ping);
@@ -758,6 +763,7 @@ static int handle_publish(struct km_mqttc *c, uint8_t flags, uint8_t *p, size_t 
         size_t body = i + (size_t)k + pl;
         int rc = c->cb.message(c->cb.ud, (const char *)p + 2, p + body, n - body, flags & 1);
         p[2 + tl] = saved;
+        c->took = true;
         if (rc != 0)
                 return 2; /* not accepted: the broker must send it again */
         if (qos) {
@@ -860,13 +866,15 @@ static int handle_packet(struct km_mqttc *c, uint8_t type, uint8_t *p, size_t n)
         }
 }
 
-/* The PUBACKs of this read, after the owner settled the messages. */
+/* The PUBACKs of this read, after the owner settled its messages (QoS 0 ones too: the
+ * owner's deferral must not outlive the read). */
 static int send_acks(struct km_mqttc *c)
 {
+        if (c->took && c->cb.settle)
+                c->cb.settle(c->cb.ud);
+        c->took = false;
         if (!c->nacks)
                 return 0;
-        if (c->cb.settle)
-                c->cb.settle(c->cb.ud);
         if (buf_reserve(&c->out, c->nacks * 4) < 0)
                 return -ENOMEM;
         uint8_t *p = buf_tail(&c->out);

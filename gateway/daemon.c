@@ -511,6 +511,9 @@ int km_daemon_init(struct km_daemon *d, struct km_node_conf *n, struct km_conf *
 {
         int rc;
 
+        /* First, so that deinit is safe whatever fails below. */
+        memset(d, 0, sizeof(*d));
+        d->mb.fd = -1;
         /* Blocked before any thread starts (the spool's, Paho's), so that only the
          * loop's signalfd ever sees them. */
         sigset_t ss;
@@ -520,14 +523,13 @@ int km_daemon_init(struct km_daemon *d, struct km_node_conf *n, struct km_conf *
         sigaddset(&ss, SIGHUP);
         if (test_hooks())
                 sigaddset(&ss, SIGUSR2);
+        pthread_rwlock_init(&d->route_lock, NULL);
+        km_status_init(&d->status);
         if (pthread_sigmask(SIG_BLOCK, &ss, NULL) != 0)
                 return -EINVAL;
-        memset(d, 0, sizeof(*d));
         d->node = *n;
         memset(n, 0, sizeof(*n));
         d->started_ms = km_now_ms();
-        pthread_rwlock_init(&d->route_lock, NULL);
-        km_status_init(&d->status);
         if (config_path && !(d->config_path = strdup(config_path)))
                 return -ENOMEM;
         if ((rc = km_route_load(&d->route, c)) < 0)
