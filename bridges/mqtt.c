@@ -11,6 +11,7 @@
 #include "bridges/position.h"
 #include "bridges/uplink.h"
 #include "gateway/log.h"
+#include "gateway/plugin.h"
 
 /* Paho's callbacks run on Paho's threads. Message arrival is the one place that does
  * its work right there (the spool write must finish before the callback returns,
@@ -86,6 +87,17 @@ struct bridge {
         char *will_topic, *will_msg;
         struct km_uplink *up; /* the link's publishing side (libmosquitto); NULL on the local bridge */
         bool no_will; /* the broker refused the will (atomic: set on Paho's thread) */
+        /* A center's local bridge: the bases whose commands go down its narrow links. */
+        struct watch *watch;
+        size_t nwatch;
+        bool own_filters; /* pub.filters are the watches', not conf.subscribe */
+};
+
+/* One base a center watches on its broker: <pfx>cmd/# and <pfx>status. */
+struct watch {
+        struct bridge *b;
+        char *pfx; /* "<topic_prefix>/<base>/" */
+        char *base;
 };
 
 struct send_ctx {
@@ -290,6 +302,55 @@ static void on_lost(void *context, char *cause)
         km_daemon_post(c->b->d, client_event, c, EV_LOST);
 }
 
+static void watch_state(void *ud, uint64_t arg)
+{
+        struct watch *w = ud;
+        km_daemon_peer_set_state(w->b->d, w->base, (int)arg - 1);
+}
+
+/* Whether msg came to this broker through a center's narrow link rather than from the
+ * base's own client: a base that reports "online" over its satellite link is not
+ * reachable over MQTT. */
+static bool relayed(MQTTAsync_message *msg)
+{
+        for (int i = 0; i < msg->properties.count; i++) {
+                const MQTTProperty *p = &msg->properties.array[i];
+                if (p->identifier == MQTTPROPERTY_CODE_USER_PROPERTY && p->value.data.len == 12 &&
+                    memcmp(p->value.data.data, "kuimen-relay", 12) == 0)
+                        return true;
+        }
+        return false;
+}
+
+/* A center's broker: a command for a base (spooled towards its narrow links, durable
+ * before the PUBACK as any ingest) or the base's status (whether its MQTT session takes
+ * the commands itself). */
+static void center_take(struct bridge *b, const char *t, MQTTAsync_message *msg)
+{
+        for (size_t i = 0; i < b->nwatch; i++) {
+                struct watch *w = &b->watch[i];
+                size_t pl = strlen(w->pfx);
+                if (strncmp(t, w->pfx, pl) != 0)
+                        continue;
+                const char *rest = t + pl;
+                if (strncmp(rest, "cmd/", 4) == 0) {
+                        km_daemon_ingest_routed(b->d, KM_DIR_UP, t, rest, msg->payload, (size_t)msg->payloadlen);
+                        return;
+                }
+                if (strcmp(rest, "status") != 0 || relayed(msg))
+                        return;
+                int st = KM_PEER_UNKNOWN;
+                size_t n = msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0;
+                if (memmem(msg->payload, n, "\"state\":\"online\"", 16))
+                        st = KM_PEER_ONLINE;
+                else if (memmem(msg->payload, n, "\"state\":\"offline\"", 17))
+                        st = KM_PEER_OFFLINE;
+                km_daemon_post(b->d, watch_state, w, (uint64_t)(st + 1));
+                return;
+        }
+        KM_LOG(KM_LOG_WARNING, "mqtt", "center: unexpected topic '%s' ignored", t);
+}
+
 static int on_message(void *context, char *topic, int topic_len, MQTTAsync_message *msg)
 {
         struct client *c = context;
@@ -298,14 +359,16 @@ static int on_message(void *context, char *topic, int topic_len, MQTTAsync_messa
 
         if (topic_len > 0 && topic[topic_len] != '\0' && !(t = strndup(topic, (size_t)topic_len)))
                 t = topic; /* cannot happen in practice: Paho NUL-terminates */
-        if (b->local) {
+        if (b->local && b->nwatch) {
+                center_take(b, t, msg);
+        } else if (b->local) {
                 if (!km_positions_take(b->positions, t, msg->payload, (size_t)msg->payloadlen))
                         km_daemon_ingest(b->d, KM_DIR_UP, t, msg->payload, (size_t)msg->payloadlen, msg->retained);
         } else {
                 /* <prefix>/<node>/cmd/x arrives as cmd/x for the local side. */
                 size_t pl = strlen(b->down_prefix);
                 if (strncmp(t, b->down_prefix, pl) == 0)
-                        km_daemon_ingest(b->d, KM_DIR_DOWN, t + pl, msg->payload, (size_t)msg->payloadlen, false);
+                        km_daemon_command(b->d, KM_CMD_MQTT, t + pl, msg->payload, (size_t)msg->payloadlen);
                 else
                         KM_LOG(KM_LOG_WARNING, "mqtt", "down: unexpected topic '%s' ignored", t);
         }
@@ -363,6 +426,14 @@ static int send_msg(struct km_link *l, const struct km_msg *m, uint32_t cookie)
                 p.value.value.data = idbuf;
                 p.value.value.len = (int)strlen(idbuf);
                 MQTTProperties_add(&pm.properties, &p);
+                if (b->local) {
+                        /* It came over a narrow link through this center (see center_take). */
+                        p.value.data.data = "kuimen-relay";
+                        p.value.data.len = 12;
+                        p.value.value.data = b->d->node.name;
+                        p.value.value.len = (int)strlen(b->d->node.name);
+                        MQTTProperties_add(&pm.properties, &p);
+                }
         }
         struct send_ctx *x = malloc(sizeof(*x));
         if (!x) {
@@ -533,6 +604,11 @@ static void bridge_destroy(struct km_link *l)
         client_free(&b->sub);
         km_conf_release(b->keys, &b->conf);
         km_strv_free(&b->sub.filters);
+        if (b->own_filters)
+                km_strv_free(&b->pub.filters); /* a center's own, see watch_base */
+        for (size_t i = 0; i < b->nwatch; i++)
+                free(b->watch[i].pfx), free(b->watch[i].base);
+        free(b->watch);
         km_positions_free(b->positions);
         free(b->down_prefix);
         free(b->topic_buf);
@@ -679,6 +755,38 @@ static const char *first_link_prefix(struct km_conf *c)
         return "kuimen";
 }
 
+/* Center: watch base under prefix (once per pair). */
+static int watch_base(void *ud, const char *prefix, const char *base)
+{
+        struct bridge *b = ud;
+        char *pfx, *f1 = NULL, *f2 = NULL;
+        if (asprintf(&pfx, "%s/%s/", prefix, base) < 0)
+                return -ENOMEM;
+        for (size_t i = 0; i < b->nwatch; i++)
+                if (strcmp(b->watch[i].pfx, pfx) == 0) {
+                        free(pfx);
+                        return 0;
+                }
+        struct watch *w = realloc(b->watch, (b->nwatch + 1) * sizeof(*w));
+        char **v = realloc(b->pub.filters.v, (b->pub.filters.n + 2) * sizeof(*v));
+        if (w)
+                b->watch = w;
+        if (v)
+                b->pub.filters.v = v, b->own_filters = true;
+        if (!w || !v || asprintf(&f1, "%scmd/#", pfx) < 0 || asprintf(&f2, "%sstatus", pfx) < 0) {
+                free(pfx);
+                free(f1);
+                return -ENOMEM;
+        }
+        b->watch[b->nwatch++] = (struct watch){ .b = b, .pfx = pfx, .base = strdup(base) };
+        b->pub.filters.v[b->pub.filters.n++] = f1;
+        b->pub.filters.v[b->pub.filters.n++] = f2;
+        if (!b->watch[b->nwatch - 1].base)
+                return -ENOMEM;
+        KM_LOG(KM_LOG_INFO, "mqtt", "center: commands on %scmd/# go down the narrow links to %s", pfx, base);
+        return 0;
+}
+
 int km_mqtt_local_start(struct km_daemon *d, struct km_conf *c)
 {
         struct bridge *b = bridge_new(d, c, "local", local_keys, "local", KM_DIR_DOWN);
@@ -700,9 +808,12 @@ int km_mqtt_local_start(struct km_daemon *d, struct km_conf *c)
         free(id);
         if (rc < 0 || (d->node.link_status && (rc = set_will(b, first_link_prefix(c))) < 0))
                 return rc;
-        /* A center takes nothing from its broker: what it relays comes from narrow links. */
+        /* A center takes from its broker only the commands (and the status) of the
+         * bases its narrow links reach: what it relays comes from narrow links. */
         if (strcmp(d->node.role, "center") != 0)
                 b->pub.filters = b->conf.subscribe;
+        else if ((rc = km_plugin_command_bases(c, first_link_prefix(c), watch_base, b)) < 0)
+                return rc;
         return connect_client(&b->pub);
 }
 

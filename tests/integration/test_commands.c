@@ -1,0 +1,342 @@
+/* SPDX-License-Identifier: MIT */
+/* Commands down to a base: center broker -> center kuimen -> sim narrow link -> base kuimen -> base broker, and the MQTT path beside it. */
+#include <criterion/criterion.h>
+#include <criterion/logging.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "harness.h"
+
+#define PMAX 256
+
+/* One command as the base's local broker delivered it: exact bytes. */
+struct got {
+        char topic[96];
+        unsigned char payload[PMAX];
+        int len;
+};
+
+/* Records every delivery on the base's local broker, duplicates included. */
+struct rec {
+        MQTTAsync c;
+        pthread_mutex_t mu;
+        struct got *g;
+        size_t n, cap;
+};
+
+struct cmdenv {
+        char dir[200], bconf[300], cconf[300], blog[300], clog[300];
+        struct h_broker local, center;
+        struct h_proc base, ctr;
+        struct rec rec;
+        MQTTAsync op; /* the operator at the center */
+        char bstop[2048], cstop[2048]; /* the "stopped:" counters lines */
+};
+
+static const char *plugin_dir(void)
+{
+        const char *d = getenv("KM_SIM_PLUGIN_DIR");
+        cr_assert_not_null(d, "KM_SIM_PLUGIN_DIR (meson sets it)");
+        return d;
+}
+
+static int rec_arrived(void *ctx, char *topic, int tlen, MQTTAsync_message *m)
+{
+        struct rec *r = ctx;
+        (void)tlen;
+        pthread_mutex_lock(&r->mu);
+        if (r->n == r->cap) {
+                r->cap = r->cap ? r->cap * 2 : 64;
+                r->g = realloc(r->g, r->cap * sizeof(*r->g));
+        }
+        struct got *g = &r->g[r->n++];
+        snprintf(g->topic, sizeof(g->topic), "%s", topic);
+        g->len = m->payloadlen;
+        memcpy(g->payload, m->payload, (size_t)(m->payloadlen < PMAX ? m->payloadlen : PMAX));
+        pthread_mutex_unlock(&r->mu);
+        MQTTAsync_freeMessage(&m);
+        MQTTAsync_free(topic);
+        return 1;
+}
+
+static MQTTAsync client(int port, const char *id, void *ctx, MQTTAsync_messageArrived *arrived)
+{
+        char uri[64];
+        MQTTAsync c;
+        MQTTAsync_createOptions cro = MQTTAsync_createOptions_initializer5;
+        MQTTAsync_connectOptions co = MQTTAsync_connectOptions_initializer5;
+        snprintf(uri, sizeof(uri), "tcp://127.0.0.1:%d", port);
+        cr_assert_eq(MQTTAsync_createWithOptions(&c, uri, id, MQTTCLIENT_PERSISTENCE_NONE, NULL, &cro), 0);
+        if (arrived)
+                MQTTAsync_setCallbacks(c, ctx, NULL, arrived, NULL);
+        co.cleanstart = 1;
+        co.keepAliveInterval = 5;
+        co.automaticReconnect = 1;
+        cr_assert_eq(MQTTAsync_connect(c, &co), 0);
+        int64_t until = h_now_ms() + 10000;
+        while (!MQTTAsync_isConnected(c) && h_now_ms() < until)
+                h_sleep_ms(10);
+        cr_assert(MQTTAsync_isConnected(c), "%s connects", id);
+        return c;
+}
+
+static size_t rec_n(struct rec *r)
+{
+        pthread_mutex_lock(&r->mu);
+        size_t n = r->n;
+        pthread_mutex_unlock(&r->mu);
+        return n;
+}
+
+static size_t rec_wait(struct rec *r, size_t want, int timeout_ms)
+{
+        int64_t until = h_now_ms() + timeout_ms;
+        while (rec_n(r) < want && h_now_ms() < until)
+                h_sleep_ms(20);
+        return rec_n(r);
+}
+
+/* Command i: exact bytes that a JSON compactor or a C string would change (blanks, a
+ * NUL, bytes above 0x7f), and repeats of the same command when repeat is set (the
+ * operator sending one command twice must see it twice). */
+static int command(int i, bool repeat, char *topic, size_t tn, unsigned char *p)
+{
+        int k = repeat ? i / 2 : i;
+        snprintf(topic, tn, "kuimen/north/cmd/%s", k % 3 == 0 ? "door" : k % 3 == 1 ? "pump/2" : "siren");
+        switch (k % 3) {
+        case 0:
+                return snprintf((char *)p, PMAX, "{\"open\":  true,\n \"seq\": %d }", k);
+        case 1:
+                p[0] = 0x00, p[1] = 0xff, p[2] = (unsigned char)k, p[3] = 0x7f, p[4] = ' ';
+                return 5;
+        default:
+                return snprintf((char *)p, PMAX, "sound %d", k);
+        }
+}
+
+/* Publishes at QoS 1 without waiting; returns the token to wait for. */
+static MQTTAsync_token publish(MQTTAsync op, const char *topic, const unsigned char *p, int len)
+{
+        MQTTAsync_message m = MQTTAsync_message_initializer;
+        MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+        m.payload = (void *)p;
+        m.payloadlen = len;
+        m.qos = 1;
+        cr_assert_eq(MQTTAsync_sendMessage(op, topic, &m, &ro), 0);
+        return ro.token;
+}
+
+/* fiber: NULL for no IP link, else a [link fiber] uri; link_extra goes to both ends'
+ * [link sat]; base_status: the base's link_status. */
+static void cmd_up(struct cmdenv *e, const char *tag, bool fiber_to_center, bool dead_fiber, const char *link_extra,
+                   bool base_status, const char *center_extra)
+{
+        memset(e, 0, sizeof(*e));
+        h_tmpdir(e->dir, sizeof(e->dir), tag);
+        h_broker_start(&e->local, e->dir, 0, NULL);
+        h_broker_start(&e->center, e->dir, 0, NULL);
+        pthread_mutex_init(&e->rec.mu, NULL);
+        e->rec.c = client(e->local.port, "base-terminal", &e->rec, rec_arrived);
+        MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+        cr_assert_eq(MQTTAsync_subscribe(e->rec.c, "cmd/#", 1, &ro), 0);
+        cr_assert_eq(MQTTAsync_waitForCompletion(e->rec.c, ro.token, 5000), 0);
+        int a = h_free_port(), b = h_free_port();
+        char fiber[200] = "";
+        if (fiber_to_center || dead_fiber)
+                snprintf(fiber, sizeof(fiber), "[link fiber]\ntype = mqtt\nuri = tcp://127.0.0.1:%d\norder = 1\n",
+                         fiber_to_center ? e->center.port : h_free_port());
+        snprintf(e->bconf, sizeof(e->bconf), "%s/base.conf", e->dir);
+        snprintf(e->cconf, sizeof(e->cconf), "%s/center.conf", e->dir);
+        snprintf(e->blog, sizeof(e->blog), "%s/base.log", e->dir);
+        snprintf(e->clog, sizeof(e->clog), "%s/center.log", e->dir);
+        FILE *f = fopen(e->bconf, "w");
+        fprintf(f,
+                "[node]\nname = north\nspool = %s/base/spool.db\nplugin_dir = %s\nstats_interval = 0\nlink_status = %s\n"
+                "[local]\nuri = tcp://127.0.0.1:%d\n%s"
+                "[link sat]\ntype = sim\norder = 3\nlisten = 127.0.0.1:%d\npeer = 127.0.0.1:%d\n%s\n",
+                e->dir, plugin_dir(), base_status ? "yes" : "no", e->local.port, fiber, a, b, link_extra);
+        fclose(f);
+        f = fopen(e->cconf, "w");
+        fprintf(f,
+                "[node]\nname = county\nrole = center\nspool = %s/center/spool.db\nplugin_dir = %s\nstats_interval = 0\n"
+                "[local]\nuri = tcp://127.0.0.1:%d\n"
+                "[link sat]\ntype = sim\nlisten = 127.0.0.1:%d\npeer = 127.0.0.1:%d\npeers = north\n%s\n%s\n",
+                e->dir, plugin_dir(), e->center.port, b, a, link_extra, center_extra ? center_extra : "");
+        fclose(f);
+        const char *cargs[] = { "--config", e->cconf, "--log-level", "debug", NULL };
+        const char *bargs[] = { "--config", e->bconf, "--log-level", "debug", NULL };
+        h_kuimen_start(&e->ctr, e->clog, cargs);
+        h_kuimen_start(&e->base, e->blog, bargs);
+        cr_assert(h_log_wait(&e->ctr, "ingest: connected", 10000), "the center is on its broker");
+        cr_assert(h_log_wait(&e->base, "ingest: connected", 10000), "the base is on its broker");
+        cr_assert(h_log_wait(&e->base, "sim", 10000));
+        e->op = client(e->center.port, "operator", NULL, NULL);
+}
+
+/* The counter name from a "stopped:" line, or -1. */
+static long counter(const char *line, const char *name)
+{
+        char key[64];
+        snprintf(key, sizeof(key), " %s=", name);
+        const char *p = strstr(line, key);
+        return p ? strtol(p + strlen(key), NULL, 10) : -1;
+}
+
+static void stopped_line(const char *log, char *out, size_t n)
+{
+        char line[2048];
+        FILE *f = fopen(log, "r");
+        cr_assert_geq(n, sizeof(line));
+        out[0] = 0;
+        if (!f)
+                return;
+        while (fgets(line, sizeof(line), f))
+                if (strstr(line, "stopped: "))
+                        memcpy(out, line, sizeof(line));
+        fclose(f);
+}
+
+static void cmd_down(struct cmdenv *e)
+{
+        MQTTAsync_disconnectOptions o = MQTTAsync_disconnectOptions_initializer5;
+        o.timeout = 500;
+        MQTTAsync_disconnect(e->op, &o);
+        int sb = h_stop(&e->base, SIGTERM), sc = h_stop(&e->ctr, SIGTERM);
+        cr_expect(WIFEXITED(sb) && WEXITSTATUS(sb) == 0, "base exits 0 (%d)", sb);
+        cr_expect(WIFEXITED(sc) && WEXITSTATUS(sc) == 0, "center exits 0 (%d)", sc);
+        stopped_line(e->blog, e->bstop, sizeof(e->bstop));
+        stopped_line(e->clog, e->cstop, sizeof(e->cstop));
+        cr_log_info("base: %s", e->bstop);
+        cr_log_info("center: %s", e->cstop);
+        MQTTAsync_disconnect(e->rec.c, &o);
+        h_sleep_ms(50);
+        MQTTAsync_destroy(&e->rec.c);
+        MQTTAsync_destroy(&e->op);
+        h_stop(&e->local.p, SIGTERM);
+        h_stop(&e->center.p, SIGTERM);
+}
+
+static void cmd_cleanup(struct cmdenv *e)
+{
+        free(e->rec.g);
+        if (!getenv("KM_KEEP_TMP")) /* a failure's logs, for a look by hand */
+                h_cleanup(e->dir);
+}
+
+/* Every command exactly once, in the order sent, byte for byte, as cmd/... */
+static void expect_exactly(struct cmdenv *e, int n, bool repeat)
+{
+        cr_assert_eq(e->rec.n, (size_t)n, "the base's broker got %zu commands, %d were sent", e->rec.n, n);
+        for (int i = 0; i < n; i++) {
+                char topic[96];
+                unsigned char p[PMAX];
+                int len = command(i, repeat, topic, sizeof(topic), p);
+                struct got *g = &e->rec.g[i];
+                cr_assert_str_eq(g->topic, topic + strlen("kuimen/north/"), "command %d's topic", i);
+                cr_assert_eq(g->len, len, "command %d: %d bytes, %d sent", i, g->len, len);
+                cr_assert_eq(memcmp(g->payload, p, (size_t)len), 0, "command %d's bytes", i);
+        }
+}
+
+/* The operator's n commands, as fast as the center broker takes them. */
+static void send_all(struct cmdenv *e, int n, bool repeat)
+{
+        MQTTAsync_token tok[n];
+        for (int i = 0; i < n; i++) {
+                char topic[96];
+                unsigned char p[PMAX];
+                int len = command(i, repeat, topic, sizeof(topic), p);
+                tok[i] = publish(e->op, topic, p, len);
+        }
+        for (int i = 0; i < n; i++)
+                cr_assert_eq(MQTTAsync_waitForCompletion(e->op, tok[i], 5000), 0, "the center broker takes command %d", i);
+}
+
+/* The base's IP link is dead: every command goes down the sim link, once each. */
+static void narrow_only(const char *tag, const char *link_extra, int n, int timeout_ms)
+{
+        struct cmdenv e;
+        cmd_up(&e, tag, false, true, link_extra, true, NULL);
+        int64_t t0 = h_now_ms();
+        send_all(&e, n, false);
+        size_t got = rec_wait(&e.rec, (size_t)n, timeout_ms);
+        int64_t took = h_now_ms() - t0;
+        h_sleep_ms(1500); /* nothing more may come */
+        cr_log_info("%s: %zu of %d commands down the narrow link in %lld ms", tag, got, n, (long long)took);
+        cmd_down(&e);
+        expect_exactly(&e, n, false);
+        cr_assert_eq(counter(e.cstop, "cmd_sent_narrow"), n, "the center sent each command narrow once");
+        cr_assert_eq(counter(e.cstop, "cmd_settled_mqtt"), 0);
+        cr_assert_eq(counter(e.bstop, "cmd_in_narrow"), n, "the base took each once");
+        cr_assert_eq(counter(e.bstop, "cmd_in_mqtt"), 0);
+        cr_assert_eq(counter(e.bstop, "cmd_duplicates"), 0);
+        cmd_cleanup(&e);
+}
+
+TestSuite(commands, .timeout = 120);
+
+Test(commands, narrow_when_ip_down)
+{
+        narrow_only("cmd-narrow", "mtu = 77", 30, 20000);
+}
+
+/* A BeiDou-sized link losing 5% of frames both ways (commands and their acks). */
+Test(commands, narrow_lossy_satellite)
+{
+        narrow_only("cmd-lossy", "mtu = 77\nbitrate = 9600\nloss = 0.05\nseed = 7\nrto = 1s", 30, 60000);
+}
+
+/* The base is online over MQTT: its session brings the commands; the center holds
+ * them for command_grace and then leaves them to MQTT, sending nothing narrow. */
+Test(commands, online_base_mqtt_only)
+{
+        struct cmdenv e;
+        const int n = 12;
+        cmd_up(&e, "cmd-online", true, false, "mtu = 77", true, "command_grace = 2s");
+        cr_assert(h_log_wait(&e.ctr, "north is online over MQTT", 15000), "the center sees the base's status");
+        cr_assert(h_log_wait(&e.base, "down: connected", 10000));
+        h_sleep_ms(500); /* the downlink's SUBACK */
+        send_all(&e, n, true);
+        cr_assert_eq(rec_wait(&e.rec, (size_t)n, 15000), (size_t)n);
+        int64_t until = h_now_ms() + 15000;
+        while (h_log_count(&e.ctr, "left to north's MQTT session") < n && h_now_ms() < until)
+                h_sleep_ms(100);
+        h_sleep_ms(1000);
+        cmd_down(&e);
+        expect_exactly(&e, n, true);
+        cr_assert_eq(counter(e.cstop, "cmd_sent_narrow"), 0, "nothing went narrow");
+        cr_assert_eq(counter(e.cstop, "cmd_settled_mqtt"), n);
+        cr_assert_eq(counter(e.bstop, "cmd_in_narrow"), 0);
+        cr_assert_eq(counter(e.bstop, "cmd_in_mqtt"), n);
+        cr_assert_eq(counter(e.bstop, "cmd_duplicates"), 0);
+        cmd_cleanup(&e);
+}
+
+/* Both paths bring every command (the center never learns the base is online: the base
+ * publishes no status): the base publishes each once, and a command the operator sent
+ * twice twice. */
+Test(commands, both_paths_published_once)
+{
+        struct cmdenv e;
+        const int n = 16;
+        cmd_up(&e, "cmd-both", true, false, "mtu = 77", false, NULL);
+        cr_assert(h_log_wait(&e.base, "down: connected", 10000));
+        h_sleep_ms(500); /* the downlink's SUBACK */
+        send_all(&e, n, true);
+        cr_assert_eq(rec_wait(&e.rec, (size_t)n, 20000), (size_t)n);
+        int64_t until = h_now_ms() + 20000;
+        while (h_log_count(&e.base, "not published again") < n && h_now_ms() < until)
+                h_sleep_ms(100);
+        h_sleep_ms(1000);
+        cmd_down(&e);
+        expect_exactly(&e, n, true);
+        cr_assert_eq(counter(e.cstop, "cmd_sent_narrow"), n);
+        cr_assert_eq(counter(e.bstop, "cmd_in_narrow"), n);
+        cr_assert_eq(counter(e.bstop, "cmd_in_mqtt"), n);
+        cr_assert_eq(counter(e.bstop, "cmd_duplicates"), n, "every second copy dropped");
+        cmd_cleanup(&e);
+}
