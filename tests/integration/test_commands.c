@@ -7,11 +7,131 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "harness.h"
 
 #define PMAX 256
+
+/* ---- a TCP proxy for the base's fiber: forwarding, or cut with FIN ------------------ */
+
+#define MAXC 16
+
+struct proxy {
+        int port, target, lfd;
+        volatile bool down, stop;
+        int a[MAXC], b[MAXC]; /* accepted side, broker side */
+        int n;
+        pthread_t t;
+};
+
+static int dial(int port)
+{
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+                close(fd);
+                return -1;
+        }
+        return fd;
+}
+
+static bool pump(int from, int to)
+{
+        char buf[65536];
+        ssize_t r = read(from, buf, sizeof(buf));
+        if (r <= 0)
+                return false;
+        for (ssize_t off = 0; off < r;) {
+                ssize_t w = write(to, buf + off, (size_t)(r - off));
+                if (w <= 0)
+                        return false;
+                off += w;
+        }
+        return true;
+}
+
+/* Down: every connection is closed (the broker sends the base's will at once) and new
+ * ones are closed as they come. */
+static void *proxy_main(void *arg)
+{
+        struct proxy *p = arg;
+        while (!p->stop) {
+                struct pollfd pf[1 + 2 * MAXC];
+                int n = 0;
+                if (p->down)
+                        while (p->n) {
+                                p->n--;
+                                close(p->a[p->n]);
+                                close(p->b[p->n]);
+                        }
+                pf[n++] = (struct pollfd){ .fd = p->lfd, .events = POLLIN };
+                for (int i = 0; i < p->n; i++) {
+                        pf[n++] = (struct pollfd){ .fd = p->a[i], .events = POLLIN };
+                        pf[n++] = (struct pollfd){ .fd = p->b[i], .events = POLLIN };
+                }
+                if (poll(pf, (nfds_t)n, 20) <= 0)
+                        continue;
+                if (pf[0].revents & POLLIN) {
+                        int c = accept(p->lfd, NULL, NULL);
+                        int s = c >= 0 && !p->down && p->n < MAXC ? dial(p->target) : -1;
+                        if (s < 0) {
+                                if (c >= 0)
+                                        close(c);
+                        } else {
+                                p->a[p->n] = c;
+                                p->b[p->n++] = s;
+                        }
+                }
+                for (int i = 0; i < p->n; i++) {
+                        bool ok = true;
+                        if (pf[1 + 2 * i].revents & (POLLIN | POLLHUP))
+                                ok = pump(p->a[i], p->b[i]);
+                        if (ok && pf[2 + 2 * i].revents & (POLLIN | POLLHUP))
+                                ok = pump(p->b[i], p->a[i]);
+                        if (!ok) {
+                                close(p->a[i]);
+                                close(p->b[i]);
+                                p->a[i] = p->a[p->n - 1];
+                                p->b[i] = p->b[p->n - 1];
+                                p->n--;
+                                break; /* the pollfd indexes moved */
+                        }
+                }
+        }
+        return NULL;
+}
+
+static void proxy_start(struct proxy *p, int target)
+{
+        memset(p, 0, sizeof(*p));
+        p->target = target;
+        p->lfd = socket(AF_INET, SOCK_STREAM, 0);
+        int one = 1;
+        setsockopt(p->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        cr_assert_eq(bind(p->lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+        socklen_t sl = sizeof(sa);
+        cr_assert_eq(getsockname(p->lfd, (struct sockaddr *)&sa, &sl), 0);
+        p->port = ntohs(sa.sin_port);
+        cr_assert_eq(listen(p->lfd, 16), 0);
+        cr_assert_eq(pthread_create(&p->t, NULL, proxy_main, p), 0);
+}
+
+static void proxy_stop(struct proxy *p)
+{
+        p->stop = true;
+        pthread_join(p->t, NULL);
+        for (int i = 0; i < p->n; i++)
+                close(p->a[i]), close(p->b[i]);
+        close(p->lfd);
+}
 
 /* One command as the base's local broker delivered it: exact bytes. */
 struct got {
@@ -130,9 +250,13 @@ static MQTTAsync_token publish(MQTTAsync op, const char *topic, const unsigned c
         return ro.token;
 }
 
-/* fiber: NULL for no IP link, else a [link fiber] uri; link_extra goes to both ends'
- * [link sat]; base_status: the base's link_status. */
-static void cmd_up(struct cmdenv *e, const char *tag, bool fiber_to_center, bool dead_fiber, const char *link_extra,
+#define TO_CENTER 0 /* fiber: the center broker itself */
+#define DEAD (-1)   /* fiber: nobody listens */
+#define PROXIED 1   /* fiber: through px to the center broker */
+
+/* fiber: where the base's [link fiber] goes (px is started for PROXIED); link_extra
+ * goes to both ends' [link sat]; base_status: the base's link_status. */
+static void cmd_up(struct cmdenv *e, const char *tag, int fiber, struct proxy *px, const char *link_extra,
                    bool base_status, const char *center_extra)
 {
         memset(e, 0, sizeof(*e));
@@ -145,10 +269,11 @@ static void cmd_up(struct cmdenv *e, const char *tag, bool fiber_to_center, bool
         cr_assert_eq(MQTTAsync_subscribe(e->rec.c, "cmd/#", 1, &ro), 0);
         cr_assert_eq(MQTTAsync_waitForCompletion(e->rec.c, ro.token, 5000), 0);
         int a = h_free_port(), b = h_free_port();
-        char fiber[200] = "";
-        if (fiber_to_center || dead_fiber)
-                snprintf(fiber, sizeof(fiber), "[link fiber]\ntype = mqtt\nuri = tcp://127.0.0.1:%d\norder = 1\n",
-                         fiber_to_center ? e->center.port : h_free_port());
+        char fiber_conf[200];
+        if (fiber == PROXIED)
+                proxy_start(px, e->center.port);
+        snprintf(fiber_conf, sizeof(fiber_conf), "[link fiber]\ntype = mqtt\nuri = tcp://127.0.0.1:%d\norder = 1\n",
+                 fiber == TO_CENTER ? e->center.port : fiber == DEAD ? h_free_port() : px->port);
         snprintf(e->bconf, sizeof(e->bconf), "%s/base.conf", e->dir);
         snprintf(e->cconf, sizeof(e->cconf), "%s/center.conf", e->dir);
         snprintf(e->blog, sizeof(e->blog), "%s/base.log", e->dir);
@@ -158,7 +283,7 @@ static void cmd_up(struct cmdenv *e, const char *tag, bool fiber_to_center, bool
                 "[node]\nname = north\nspool = %s/base/spool.db\nplugin_dir = %s\nstats_interval = 0\nlink_status = %s\n"
                 "[local]\nuri = tcp://127.0.0.1:%d\n%s"
                 "[link sat]\ntype = sim\norder = 3\nlisten = 127.0.0.1:%d\npeer = 127.0.0.1:%d\n%s\n",
-                e->dir, plugin_dir(), base_status ? "yes" : "no", e->local.port, fiber, a, b, link_extra);
+                e->dir, plugin_dir(), base_status ? "yes" : "no", e->local.port, fiber_conf, a, b, link_extra);
         fclose(f);
         f = fopen(e->cconf, "w");
         fprintf(f,
@@ -243,24 +368,47 @@ static void expect_exactly(struct cmdenv *e, int n, bool repeat)
 }
 
 /* The operator's n commands, as fast as the center broker takes them. */
-static void send_all(struct cmdenv *e, int n, bool repeat)
+static void send_some(struct cmdenv *e, int from, int to, bool repeat)
 {
-        MQTTAsync_token tok[n];
-        for (int i = 0; i < n; i++) {
+        MQTTAsync_token tok[to - from];
+        for (int i = from; i < to; i++) {
                 char topic[96];
                 unsigned char p[PMAX];
                 int len = command(i, repeat, topic, sizeof(topic), p);
-                tok[i] = publish(e->op, topic, p, len);
+                tok[i - from] = publish(e->op, topic, p, len);
         }
-        for (int i = 0; i < n; i++)
-                cr_assert_eq(MQTTAsync_waitForCompletion(e->op, tok[i], 5000), 0, "the center broker takes command %d", i);
+        for (int i = from; i < to; i++)
+                cr_assert_eq(MQTTAsync_waitForCompletion(e->op, tok[i - from], 5000), 0, "the center broker takes command %d", i);
 }
 
-/* The base's IP link is dead: every command goes down the sim link, once each. */
-static void narrow_only(const char *tag, const char *link_extra, int n, int timeout_ms)
+static void send_all(struct cmdenv *e, int n, bool repeat)
+{
+        send_some(e, 0, n, repeat);
+}
+
+/* Frames the sim link of log's kuimen dropped on purpose (its closing line), or -1. */
+static long sim_lost(const char *log)
+{
+        char line[2048];
+        long lost = -1;
+        FILE *f = fopen(log, "r");
+        while (f && fgets(line, sizeof(line), f)) {
+                const char *p = strstr(line, "closed; frames");
+                if (p && (p = strstr(p, " lost ")))
+                        lost = strtol(p + 6, NULL, 10);
+        }
+        if (f)
+                fclose(f);
+        return lost;
+}
+
+/* The base's IP link is dead: every command goes down the sim link, once each. lossy:
+ * the sim link must have lost frames both ways (else the run proved nothing about
+ * retransmission). */
+static void narrow_only(const char *tag, const char *link_extra, int n, int timeout_ms, bool lossy)
 {
         struct cmdenv e;
-        cmd_up(&e, tag, false, true, link_extra, true, NULL);
+        cmd_up(&e, tag, DEAD, NULL, link_extra, true, NULL);
         int64_t t0 = h_now_ms();
         send_all(&e, n, false);
         size_t got = rec_wait(&e.rec, (size_t)n, timeout_ms);
@@ -268,6 +416,14 @@ static void narrow_only(const char *tag, const char *link_extra, int n, int time
         h_sleep_ms(1500); /* nothing more may come */
         cr_log_info("%s: %zu of %d commands down the narrow link in %lld ms", tag, got, n, (long long)took);
         cmd_down(&e);
+        long lc = sim_lost(e.clog), lb = sim_lost(e.blog);
+        cr_log_info("%s: the sim link lost %ld command frames and %ld ack frames", tag, lc, lb);
+        if (lossy) {
+                cr_assert_gt(lc, 0, "frames with commands were lost");
+                cr_assert_gt(lb, 0, "acks were lost");
+        } else {
+                cr_assert_eq(lc, 0);
+        }
         expect_exactly(&e, n, false);
         cr_assert_eq(counter(e.cstop, "cmd_sent_narrow"), n, "the center sent each command narrow once");
         cr_assert_eq(counter(e.cstop, "cmd_settled_mqtt"), 0);
@@ -281,13 +437,13 @@ TestSuite(commands, .timeout = 120);
 
 Test(commands, narrow_when_ip_down)
 {
-        narrow_only("cmd-narrow", "mtu = 77", 30, 20000);
+        narrow_only("cmd-narrow", "mtu = 77", 30, 20000, false);
 }
 
 /* A BeiDou-sized link losing 5% of frames both ways (commands and their acks). */
 Test(commands, narrow_lossy_satellite)
 {
-        narrow_only("cmd-lossy", "mtu = 77\nbitrate = 9600\nloss = 0.05\nseed = 7\nrto = 1s", 30, 60000);
+        narrow_only("cmd-lossy", "mtu = 77\nbitrate = 9600\nloss = 0.05\nseed = 7\nrto = 1s", 60, 60000, true);
 }
 
 /* The base is online over MQTT: its session brings the commands; the center holds
@@ -296,7 +452,7 @@ Test(commands, online_base_mqtt_only)
 {
         struct cmdenv e;
         const int n = 12;
-        cmd_up(&e, "cmd-online", true, false, "mtu = 77", true, "command_grace = 2s");
+        cmd_up(&e, "cmd-online", TO_CENTER, NULL, "mtu = 77", true, "command_grace = 2s");
         cr_assert(h_log_wait(&e.ctr, "north is online over MQTT", 15000), "the center sees the base's status");
         cr_assert(h_log_wait(&e.base, "down: connected", 10000));
         h_sleep_ms(500); /* the downlink's SUBACK */
@@ -323,7 +479,7 @@ Test(commands, both_paths_published_once)
 {
         struct cmdenv e;
         const int n = 16;
-        cmd_up(&e, "cmd-both", true, false, "mtu = 77", false, NULL);
+        cmd_up(&e, "cmd-both", TO_CENTER, NULL, "mtu = 77", false, NULL);
         cr_assert(h_log_wait(&e.base, "down: connected", 10000));
         h_sleep_ms(500); /* the downlink's SUBACK */
         send_all(&e, n, true);
@@ -338,5 +494,45 @@ Test(commands, both_paths_published_once)
         cr_assert_eq(counter(e.bstop, "cmd_in_narrow"), n);
         cr_assert_eq(counter(e.bstop, "cmd_in_mqtt"), n);
         cr_assert_eq(counter(e.bstop, "cmd_duplicates"), n, "every second copy dropped");
+        cmd_cleanup(&e);
+}
+
+/* The brief's case: the base's fiber drops (its will says offline), so the commands the
+ * center held for it go narrow although its MQTT session had brought them, and the
+ * commands sent while it is away go narrow first and come again from its session when
+ * the fiber is back. Each is published once, in order. */
+Test(commands, offline_then_back_published_once)
+{
+        struct cmdenv e;
+        struct proxy fiber;
+        const int n1 = 6, n2 = 6;
+        int64_t until;
+        cmd_up(&e, "cmd-back", PROXIED, &fiber, "mtu = 77", true, "command_grace = 60s");
+        cr_assert(h_log_wait(&e.ctr, "north is online over MQTT", 15000), "the center sees the base's status");
+        cr_assert(h_log_wait(&e.base, "down: connected", 10000));
+        h_sleep_ms(500); /* the downlink's SUBACK */
+        send_some(&e, 0, n1, true);
+        cr_assert_eq(rec_wait(&e.rec, (size_t)n1, 15000), (size_t)n1, "the MQTT session brings the first ones");
+        fiber.down = true;
+        cr_assert(h_log_wait(&e.ctr, "north is offline over MQTT", 15000), "the will reaches the center");
+        send_some(&e, n1, n1 + n2, true);
+        cr_assert_eq(rec_wait(&e.rec, (size_t)(n1 + n2), 20000), (size_t)(n1 + n2), "the rest come down the sim link");
+        until = h_now_ms() + 20000;
+        while (h_log_count(&e.base, "not published again") < n1 && h_now_ms() < until)
+                h_sleep_ms(100);
+        cr_assert_eq(h_log_count(&e.base, "not published again"), n1, "the held ones came narrow too, and were dropped");
+        fiber.down = false;
+        until = h_now_ms() + 30000;
+        while (h_log_count(&e.base, "not published again") < n1 + n2 && h_now_ms() < until)
+                h_sleep_ms(100);
+        h_sleep_ms(1000);
+        cmd_down(&e);
+        proxy_stop(&fiber);
+        expect_exactly(&e, n1 + n2, true);
+        cr_assert_eq(counter(e.cstop, "cmd_sent_narrow"), n1 + n2);
+        cr_assert_eq(counter(e.cstop, "cmd_settled_mqtt"), 0);
+        cr_assert_eq(counter(e.bstop, "cmd_in_narrow"), n1 + n2);
+        cr_assert_eq(counter(e.bstop, "cmd_in_mqtt"), n1 + n2, "the session brought the away ones on reconnect");
+        cr_assert_eq(counter(e.bstop, "cmd_duplicates"), n1 + n2);
         cmd_cleanup(&e);
 }
