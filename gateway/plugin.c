@@ -955,18 +955,22 @@ int km_plugin_link_start(struct km_daemon *d, struct km_conf *c, const char *sec
                 rc = -EINVAL;
                 goto fail_link;
         }
-        if (h->center && h->nc.commands && h->peers.n) {
-                /* Its group is its peers: links that reach other bases do not compete
+        if (h->center) {
+                /* Every link of a center pulls from the upward queue, where only
+                 * commands are: each takes its own peers' (none with commands = no),
+                 * and its group is its peers, so links to other bases do not compete
                  * with it for the command priority. */
+                bool cmds = h->nc.commands && h->peers.n;
                 size_t gl = 1;
-                rc = -ENOMEM;
-                for (size_t i = 0; i < h->peers.n; i++)
+                for (size_t i = 0; cmds && i < h->peers.n; i++)
                         gl += strlen(h->peers.v[i]) + 1;
-                if (!(h->cmd_pfx = calloc(h->peers.n, sizeof(*h->cmd_pfx))) || !(h->group = calloc(1, gl)))
+                rc = -ENOMEM;
+                if (!(h->group = calloc(1, gl)) || (cmds && !(h->cmd_pfx = calloc(h->peers.n, sizeof(*h->cmd_pfx)))))
                         goto fail_link;
-                for (size_t i = 0; i < h->peers.n; i++) {
+                for (size_t i = 0; cmds && i < h->peers.n; i++) {
                         if (asprintf(&h->cmd_pfx[i], "%s/%s/", h->prefix, h->peers.v[i]) < 0) {
                                 h->cmd_pfx[i] = NULL;
+                                rc = -ENOMEM;
                                 goto fail_link;
                         }
                         if ((rc = km_daemon_peer_add(d, h->peers.v[i])) < 0)

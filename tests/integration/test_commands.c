@@ -256,8 +256,8 @@ static MQTTAsync_token publish(MQTTAsync op, const char *topic, const unsigned c
 
 /* fiber: where the base's [link fiber] goes (px is started for PROXIED); link_extra
  * goes to both ends' [link sat]; base_status: the base's link_status. */
-static void cmd_up(struct cmdenv *e, const char *tag, int fiber, struct proxy *px, const char *link_extra,
-                   bool base_status, const char *center_extra)
+static void cmd_up_ex(struct cmdenv *e, const char *tag, int fiber, struct proxy *px, const char *link_extra,
+                      bool base_status, const char *center_extra, const char *base_extra)
 {
         memset(e, 0, sizeof(*e));
         h_tmpdir(e->dir, sizeof(e->dir), tag);
@@ -282,8 +282,9 @@ static void cmd_up(struct cmdenv *e, const char *tag, int fiber, struct proxy *p
         fprintf(f,
                 "[node]\nname = north\nspool = %s/base/spool.db\nplugin_dir = %s\nstats_interval = 0\nlink_status = %s\n"
                 "[local]\nuri = tcp://127.0.0.1:%d\n%s"
-                "[link sat]\ntype = sim\norder = 3\nlisten = 127.0.0.1:%d\npeer = 127.0.0.1:%d\n%s\n",
-                e->dir, plugin_dir(), base_status ? "yes" : "no", e->local.port, fiber_conf, a, b, link_extra);
+                "[link sat]\ntype = sim\norder = 3\nlisten = 127.0.0.1:%d\npeer = 127.0.0.1:%d\n%s\n%s",
+                e->dir, plugin_dir(), base_status ? "yes" : "no", e->local.port, fiber_conf, a, b, link_extra,
+                base_extra ? base_extra : "");
         fclose(f);
         f = fopen(e->cconf, "w");
         fprintf(f,
@@ -300,6 +301,12 @@ static void cmd_up(struct cmdenv *e, const char *tag, int fiber, struct proxy *p
         cr_assert(h_log_wait(&e->base, "ingest: connected", 10000), "the base is on its broker");
         cr_assert(h_log_wait(&e->base, "sim", 10000));
         e->op = client(e->center.port, "operator", NULL, NULL);
+}
+
+static void cmd_up(struct cmdenv *e, const char *tag, int fiber, struct proxy *px, const char *link_extra,
+                   bool base_status, const char *center_extra)
+{
+        cmd_up_ex(e, tag, fiber, px, link_extra, base_status, center_extra, NULL);
 }
 
 /* The counter name from a "stopped:" line, or -1. */
@@ -386,14 +393,14 @@ static void send_all(struct cmdenv *e, int n, bool repeat)
         send_some(e, 0, n, repeat);
 }
 
-/* Frames the sim link of log's kuimen dropped on purpose (its closing line), or -1. */
+/* Frames the sim link "sat" of log's kuimen dropped on purpose (its closing line), or -1. */
 static long sim_lost(const char *log)
 {
         char line[2048];
         long lost = -1;
         FILE *f = fopen(log, "r");
         while (f && fgets(line, sizeof(line), f)) {
-                const char *p = strstr(line, "closed; frames");
+                const char *p = strstr(line, "link: sat: sim: closed; frames");
                 if (p && (p = strstr(p, " lost ")))
                         lost = strtol(p + 6, NULL, 10);
         }
@@ -408,7 +415,18 @@ static long sim_lost(const char *log)
 static void narrow_only(const char *tag, const char *link_extra, int n, int timeout_ms, bool lossy)
 {
         struct cmdenv e;
-        cmd_up(&e, tag, DEAD, NULL, link_extra, true, NULL);
+        char others[512], mesh[200];
+        /* The center's other narrow links, preferred by order: one to another base, and
+         * one that sends no commands although it reaches north too (whose kuimen would
+         * acknowledge and refuse a command that went that way). Neither may take
+         * north's commands. */
+        int m1 = h_free_port(), m2 = h_free_port();
+        snprintf(others, sizeof(others),
+                 "[link radio]\ntype = sim\norder = 1\nlisten = 127.0.0.1:%d\npeer = 127.0.0.1:%d\npeers = south\n"
+                 "[link mesh]\ntype = sim\norder = 0\nlisten = 127.0.0.1:%d\npeer = 127.0.0.1:%d\npeers = west\ncommands = no\n",
+                 h_free_port(), h_free_port(), m2, m1);
+        snprintf(mesh, sizeof(mesh), "[link mesh]\ntype = sim\norder = 4\nlisten = 127.0.0.1:%d\npeer = 127.0.0.1:%d\n", m1, m2);
+        cmd_up_ex(&e, tag, DEAD, NULL, link_extra, true, others, mesh);
         int64_t t0 = h_now_ms();
         send_all(&e, n, false);
         size_t got = rec_wait(&e.rec, (size_t)n, timeout_ms);
