@@ -309,6 +309,20 @@ static void cmd_up(struct cmdenv *e, const char *tag, int fiber, struct proxy *p
         cmd_up_ex(e, tag, fiber, px, link_extra, base_status, center_extra, NULL);
 }
 
+/* kuimenctl status of the center (its socket beside its spool), into out. */
+static void center_status(struct cmdenv *e, char *out, size_t n)
+{
+        char cmd[600];
+        const char *ctl = getenv("KM_KUIMENCTL");
+        cr_assert_not_null(ctl, "KM_KUIMENCTL (meson sets it)");
+        snprintf(cmd, sizeof(cmd), "%s --socket %s/center/kuimen.sock status", ctl, e->dir);
+        FILE *f = popen(cmd, "r");
+        cr_assert(f, "popen %s", cmd);
+        size_t len = fread(out, 1, n - 1, f);
+        out[len] = 0;
+        cr_assert_eq(pclose(f), 0, "%s", cmd);
+}
+
 /* The counter name from a "stopped:" line, or -1. */
 static long counter(const char *line, const char *name)
 {
@@ -480,6 +494,10 @@ Test(commands, online_base_mqtt_only)
         while (h_log_count(&e.ctr, "left to north's MQTT session") < n && h_now_ms() < until)
                 h_sleep_ms(100);
         h_sleep_ms(1000);
+        char st[8192];
+        center_status(&e, st, sizeof(st));
+        cr_assert(strstr(st, "north:online"), "kuimenctl status shows the base online:\n%s", st);
+        cr_assert(strstr(st, "settled_mqtt=12"), "and the commands left to MQTT:\n%s", st);
         cmd_down(&e);
         expect_exactly(&e, n, true);
         cr_assert_eq(counter(e.cstop, "cmd_sent_narrow"), 0, "nothing went narrow");
