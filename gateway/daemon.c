@@ -63,7 +63,15 @@ static void publish_own(struct km_daemon *d, const char *local_topic, const char
  * and upward (class status): "online" with what an operator glances at first, at start
  * and every LINK_STATUS_US. The MQTT clients leave a will on the same topic that says
  * "offline" (bridges/mqtt.c), sent by the broker when kuimen dies or stops. */
+static void node_status(struct km_daemon *d, bool local_too);
+
 static void publish_node_status(struct km_daemon *d)
+{
+        node_status(d, true);
+}
+
+/* local_too: also the retained copy on the local broker (false: upward only). */
+static void node_status(struct km_daemon *d, bool local_too)
 {
         char json[768];
         struct km_spool_stats st;
@@ -96,7 +104,10 @@ static void publish_node_status(struct km_daemon *d)
                          (unsigned long long)__atomic_load_n(&d->bad_input, __ATOMIC_RELAXED));
         if (n < 0 || (size_t)n >= sizeof(json))
                 return;
-        publish_own(d, "status", json, (size_t)n, true);
+        if (local_too)
+                publish_own(d, "status", json, (size_t)n, true);
+        else if (strcmp(d->node.role, "center") != 0)
+                ingest(d, KM_DIR_UP, "status", "status", json, (size_t)n, true, NULL);
 }
 
 static void on_link_state(struct km_link *l, void *ud);
@@ -367,9 +378,31 @@ static void publish_link_status(struct km_daemon *d, struct km_link *l)
         publish_own(d, topic, json, (size_t)n, false);
 }
 
+static int on_announce(sd_event_source *s, uint64_t usec, void *ud)
+{
+        (void)s, (void)usec;
+        node_status(ud, false);
+        return 0;
+}
+
 static void on_link_state(struct km_link *l, void *ud)
 {
-        publish_link_status(ud, l);
+        struct km_daemon *d = ud;
+        publish_link_status(d, l);
+        /* A center sends this base's commands down narrow links until its status says
+         * online over MQTT, and believes only a status that came over MQTT (not one
+         * relayed from a narrow link): say online again once an MQTT link may carry it
+         * (after hold, when it came back), instead of at the next LINK_STATUS_US. */
+        if (l->dir != KM_DIR_UP || l->state != KM_LINK_UP || !l->conf.type || strcmp(l->conf.type, "mqtt") != 0 ||
+            d->stopping || !d->node.link_status || strcmp(d->node.role, "center") == 0)
+                return;
+        uint64_t us = (uint64_t)((l->lost_once ? l->conf.hold_ms : 0) + 100) * 1000;
+        if (!d->announce_src)
+                sd_event_add_time_relative(d->ev, &d->announce_src, CLOCK_MONOTONIC, us, 10000, on_announce, d);
+        else {
+                sd_event_source_set_time_relative(d->announce_src, us);
+                sd_event_source_set_enabled(d->announce_src, SD_EVENT_ONESHOT);
+        }
 }
 
 void km_daemon_counters(struct km_daemon *d, char *buf, size_t len)
@@ -521,7 +554,8 @@ static int on_drain_check(sd_event_source *s, uint64_t usec, void *ud)
         (void)usec;
         for (size_t i = 0; i < d->nlinks; i++)
                 if (d->links[i]->state == KM_LINK_UP)
-                        inflight += d->links[i]->inflight;
+                        inflight += d->links[i]->inflight > d->links[i]->parked
+                                            ? d->links[i]->inflight - d->links[i]->parked : 0;
         if (!inflight || km_mono_ms() > d->drain_until_mono)
                 return sd_event_exit(sd_event_source_get_event(s), 0);
         return rearm(s, 20000);
@@ -676,6 +710,7 @@ void km_daemon_deinit(struct km_daemon *d)
                 km_link_deinit(d->links[i]);
                 free(d->links[i]);
         }
+        sd_event_source_disable_unref(d->announce_src);
         km_spool_close(d->spool);
         sd_event_unref(d->ev);
         if (d->mb.fd > 0)

@@ -78,6 +78,7 @@ struct km_daemon {
         uint64_t cmd_settled_mqtt; /* center: commands left to the base's MQTT session (loop) */
         struct km_peer peers[KM_MAX_PEERS]; /* center: the bases its narrow links serve (loop) */
         size_t npeers;
+        sd_event_source *announce_src; /* base: the node status again once an MQTT link is up */
 };
 
 /* The wall clock messages are stamped and expired by: d->clock when it answers, else

@@ -65,6 +65,8 @@ struct km_link {
          * cookie is slot | gen << 16; gen changes whenever the link leaves UP, so a
          * late answer from a dead connection is recognised and ignored. */
         uint32_t window, inflight;
+        uint32_t parked; /* of inflight, held back on purpose (a center's commands for a base
+                            online over MQTT): a stop does not wait for them */
         uint16_t gen;
         struct km_link_slot *slots;
         uint32_t *free;

@@ -297,13 +297,13 @@ static bool held_for_mqtt(const km_plugin_link *h, const struct qmsg *q)
 static bool settle_commands(km_plugin_link *h)
 {
         int64_t now = km_daemon_now(h->d);
-        bool held = false;
+        uint32_t held = 0;
         for (int i = 0; i < QMAX; i++) {
                 struct qmsg *q = &h->q[i];
                 if (!q->used || !held_for_mqtt(h, q))
                         continue;
                 if (now - q->created < h->nc.command_grace_ms) {
-                        held = true;
+                        held++;
                         continue;
                 }
                 uint64_t sid = km_link_acked(h->link, q->cookie);
@@ -318,7 +318,8 @@ static bool settle_commands(km_plugin_link *h)
         }
         if (held)
                 h->link->progress_mono = km_mono_ms();
-        return held;
+        h->link->parked = held <= h->link->inflight ? held : h->link->inflight;
+        return held > 0;
 }
 
 /* ---- faults the host sees ---------------------------------------------------------- */
