@@ -12,6 +12,7 @@
 #include "bridges/position.h"
 #include "bridges/uplink.h"
 #include "gateway/log.h"
+#include "gateway/plugin.h"
 
 /* The local broker is served by mqttc on the loop thread (ingest, commands out, the
  * will). The downlink from the center is Paho's async client: its callbacks run on
@@ -88,6 +89,18 @@ struct bridge {
          * which the broker sends when kuimen dies (or stops). */
         char *will_topic, *will_msg;
         struct km_uplink *up; /* a link on ssl://: its uplink (libmosquitto) */
+        /* A center's local bridge: the bases whose commands go down its narrow links,
+         * and the filters that take them (<pfx>cmd/#, <pfx>status for each). */
+        struct watch *watch;
+        size_t nwatch;
+        struct km_strv watch_filters;
+};
+
+/* One base a center watches on its broker: <pfx>cmd/# and <pfx>status. */
+struct watch {
+        struct bridge *b;
+        char *pfx; /* "<topic_prefix>/<base>/" */
+        char *base;
 };
 
 enum { EV_UP, EV_LOST, EV_CONNECT_FAILED };
@@ -254,7 +267,7 @@ static int on_message(void *context, char *topic, int topic_len, MQTTAsync_messa
         /* <prefix>/<node>/cmd/x arrives as cmd/x for the local side. */
         size_t pl = strlen(b->down_prefix);
         if (strncmp(t, b->down_prefix, pl) == 0)
-                km_daemon_ingest(b->d, KM_DIR_DOWN, t + pl, msg->payload, (size_t)msg->payloadlen, false);
+                km_daemon_command(b->d, KM_CMD_MQTT, t + pl, msg->payload, (size_t)msg->payloadlen);
         else
                 KM_LOG(KM_LOG_WARNING, "mqtt", "down: unexpected topic '%s' ignored", t);
         if (t != topic)
@@ -284,13 +297,47 @@ static bool link_refused(void *ud, uint32_t cookie, int reason, const char *why)
 
 /* ---- the local broker (mqttc, loop thread) -------------------------------------- */
 
+/* A center's broker: a command for a base (spooled towards its narrow links, durable
+ * before the PUBACK as any ingest) or the base's status (whether its MQTT session takes
+ * the commands itself). A status carrying kuimen-relay came to this broker through a
+ * center's narrow link rather than from the base's own client: a base that reports
+ * "online" over its satellite link is not reachable over MQTT. */
+static void center_take(struct bridge *b, const char *t, const void *payload, size_t len, const void *props,
+                        size_t plen)
+{
+        for (size_t i = 0; i < b->nwatch; i++) {
+                struct watch *w = &b->watch[i];
+                size_t pl = strlen(w->pfx);
+                if (strncmp(t, w->pfx, pl) != 0)
+                        continue;
+                const char *rest = t + pl;
+                if (strncmp(rest, "cmd/", 4) == 0) {
+                        km_daemon_ingest_routed(b->d, KM_DIR_UP, t, rest, payload, len);
+                        return;
+                }
+                if (strcmp(rest, "status") != 0 || km_mqttc_user_property(props, plen, "kuimen-relay", NULL, NULL))
+                        return;
+                int st = KM_PEER_UNKNOWN;
+                if (memmem(payload, len, "\"state\":\"online\"", 16))
+                        st = KM_PEER_ONLINE;
+                else if (memmem(payload, len, "\"state\":\"offline\"", 17))
+                        st = KM_PEER_OFFLINE;
+                km_daemon_peer_set_state(b->d, w->base, st);
+                return;
+        }
+        KM_LOG(KM_LOG_WARNING, "mqtt", "center: unexpected topic '%s' ignored", t);
+}
+
 /* In sync = always, the messages of one read are pushed without waiting and settled
  * with one fsync before their PUBACKs leave (km_spool_settle). */
-static int local_message(void *ud, const char *topic, const void *payload, size_t len, bool retain)
+static int local_message(void *ud, const char *topic, const void *payload, size_t len, bool retain,
+                         const void *props, size_t plen)
 {
         struct bridge *b = ud;
         km_spool_defer_sync(b->d->spool);
-        if (!km_positions_take(b->positions, topic, payload, len))
+        if (b->nwatch)
+                center_take(b, topic, payload, len, props, plen);
+        else if (!km_positions_take(b->positions, topic, payload, len))
                 km_daemon_ingest(b->d, KM_DIR_UP, topic, payload, len, retain);
         return 0;
 }
@@ -349,9 +396,11 @@ static int send_msg(struct km_link *l, const struct km_msg *m, uint32_t cookie)
                                        cookie);
                 return rc == -EAGAIN || rc == -ENOTCONN || rc == -ENOMEM ? rc : rc < 0 ? -EIO : 0;
         }
-        /* Locally, only what a narrow link relayed (on a center) carries its origin. */
+        /* Locally, only what a narrow link relayed (on a center) carries its origin, and
+         * says it came through this center (see center_take). */
         rc = km_mqttc_publish(b->mc, topic, m->payload, m->len, (m->flags & KM_MSG_RETAIN) != 0,
-                              !b->local || m->origin ? origin : NULL, oid, cookie);
+                              !b->local || m->origin ? origin : NULL, oid,
+                              b->local && m->origin ? b->d->node.name : NULL, cookie);
         return rc == -EAGAIN || rc == -ENOTCONN || rc == -ENOMEM ? rc : rc < 0 ? -EIO : 0;
 }
 
@@ -488,6 +537,10 @@ static void bridge_destroy(struct km_link *l)
         client_free(&b->sub);
         km_conf_release(b->keys, &b->conf);
         km_strv_free(&b->sub.filters);
+        km_strv_free(&b->watch_filters);
+        for (size_t i = 0; i < b->nwatch; i++)
+                free(b->watch[i].pfx), free(b->watch[i].base);
+        free(b->watch);
         km_positions_free(b->positions);
         free(b->down_prefix);
         free(b->topic_buf);
@@ -619,6 +672,38 @@ static const char *first_link_prefix(struct km_conf *c)
         return "kuimen";
 }
 
+/* Center: watch base under prefix (once per pair). */
+static int watch_base(void *ud, const char *prefix, const char *base)
+{
+        struct bridge *b = ud;
+        char *pfx, *f1 = NULL, *f2 = NULL;
+        if (asprintf(&pfx, "%s/%s/", prefix, base) < 0)
+                return -ENOMEM;
+        for (size_t i = 0; i < b->nwatch; i++)
+                if (strcmp(b->watch[i].pfx, pfx) == 0) {
+                        free(pfx);
+                        return 0;
+                }
+        struct watch *w = realloc(b->watch, (b->nwatch + 1) * sizeof(*w));
+        char **v = realloc(b->watch_filters.v, (b->watch_filters.n + 2) * sizeof(*v));
+        if (w)
+                b->watch = w;
+        if (v)
+                b->watch_filters.v = v;
+        if (!w || !v || asprintf(&f1, "%scmd/#", pfx) < 0 || asprintf(&f2, "%sstatus", pfx) < 0) {
+                free(pfx);
+                free(f1);
+                return -ENOMEM;
+        }
+        b->watch[b->nwatch++] = (struct watch){ .b = b, .pfx = pfx, .base = strdup(base) };
+        b->watch_filters.v[b->watch_filters.n++] = f1;
+        b->watch_filters.v[b->watch_filters.n++] = f2;
+        if (!b->watch[b->nwatch - 1].base)
+                return -ENOMEM;
+        KM_LOG(KM_LOG_INFO, "mqtt", "center: commands on %scmd/# go down the narrow links to %s", pfx, base);
+        return 0;
+}
+
 int km_mqtt_local_start(struct km_daemon *d, struct km_conf *c)
 {
         struct bridge *b = bridge_new(d, c, "local", local_keys, "local", KM_DIR_DOWN);
@@ -640,16 +725,21 @@ int km_mqtt_local_start(struct km_daemon *d, struct km_conf *c)
                 return rc;
         }
         /* A persistent session: while kuimen restarts, the broker keeps what arrives.
-         * A center takes nothing from its broker: what it relays comes from narrow links. */
+         * A center takes from its broker only the commands (and the status) of the
+         * bases its narrow links reach: what it relays comes from narrow links. */
         bool center = strcmp(d->node.role, "center") == 0;
+        if (center && (rc = km_plugin_command_bases(c, first_link_prefix(c), watch_base, b)) < 0) {
+                free(id);
+                return rc;
+        }
+        const struct km_strv *filters = center ? &b->watch_filters : &b->conf.subscribe;
         struct km_mqttc_opts o = {
                 .uri = b->conf.uri, .client_id = id, .username = b->conf.username, .password = b->conf.password,
                 .role = "ingest", .clean_start = false,
                 .session_expiry_s = (uint32_t)(b->conf.session_expiry_ms / 1000),
                 .keepalive_s = (unsigned)(b->conf.keepalive_ms / 1000), .window = (unsigned)b->conf.window,
                 .receive_max = INGEST_RECEIVE_MAX, .will_topic = b->will_topic, .will_msg = b->will_msg,
-                .filters = center ? NULL : (const char *const *)b->conf.subscribe.v,
-                .nfilters = center ? 0 : b->conf.subscribe.n,
+                .filters = (const char *const *)filters->v, .nfilters = filters->n,
         };
         struct km_mqttc_cb cb = { .up = local_up, .lost = local_lost, .failed_connect = local_failed_connect,
                                   .message = local_message, .settle = local_settle, .acked = link_acked,
@@ -664,9 +754,10 @@ int km_mqtt_local_start(struct km_daemon *d, struct km_conf *c)
 /* ---- the uplink's reports (loop thread) ----------------------------------------- */
 
 /* The uplink subscribes to nothing: a message here is a broker's mistake. */
-static int up_message(void *ud, const char *topic, const void *payload, size_t len, bool retain)
+static int up_message(void *ud, const char *topic, const void *payload, size_t len, bool retain, const void *props,
+                      size_t plen)
 {
-        (void)ud, (void)payload, (void)len, (void)retain;
+        (void)ud, (void)payload, (void)len, (void)retain, (void)props, (void)plen;
         KM_LOG(KM_LOG_WARNING, "mqtt", "up: unexpected message on '%s' ignored", topic);
         return 0;
 }

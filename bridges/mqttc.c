@@ -234,48 +234,54 @@ struct props {
         size_t reason_len;
 };
 
+/* The size of the value of property id at p[0..n), or -1 when malformed or unknown. */
+static int prop_size(uint32_t id, const uint8_t *p, size_t n, size_t *size)
+{
+        switch (id) {
+        case 0x01: case 0x17: case 0x19: case 0x24: case 0x25: case 0x28: case 0x29: case 0x2A:
+                *size = 1;
+                break;
+        case 0x13: case 0x21: case 0x22: case 0x23:
+                *size = 2;
+                break;
+        case 0x02: case 0x11: case 0x18: case 0x27:
+                *size = 4;
+                break;
+        case 0x0B: {
+                uint32_t v;
+                int k = get_varint(p, n, &v);
+                if (k <= 0)
+                        return -1;
+                *size = (size_t)k;
+                break;
+        }
+        case 0x03: case 0x08: case 0x09: case 0x12: case 0x15: case 0x16: case 0x1A: case 0x1C: case 0x1F:
+                if (n < 2)
+                        return -1;
+                *size = 2 + (size_t)get16(p);
+                break;
+        case 0x26:
+                if (n < 2 || 4 + (size_t)get16(p) > n)
+                        return -1;
+                *size = 4 + (size_t)get16(p) + get16(p + 2 + get16(p));
+                break;
+        default:
+                return -1;
+        }
+        return *size <= n ? 0 : -1;
+}
+
 static int parse_props(const uint8_t *p, size_t n, struct props *out)
 {
         size_t i = 0;
         while (i < n) {
                 uint32_t id;
+                size_t need;
                 int k = get_varint(p + i, n - i, &id);
                 if (k <= 0)
                         return -1;
                 i += (size_t)k;
-                size_t need;
-                switch (id) {
-                case 0x01: case 0x17: case 0x19: case 0x24: case 0x25: case 0x28: case 0x29: case 0x2A:
-                        need = 1;
-                        break;
-                case 0x13: case 0x21: case 0x22: case 0x23:
-                        need = 2;
-                        break;
-                case 0x02: case 0x11: case 0x18: case 0x27:
-                        need = 4;
-                        break;
-                case 0x0B: {
-                        uint32_t v;
-                        k = get_varint(p + i, n - i, &v);
-                        if (k <= 0)
-                                return -1;
-                        i += (size_t)k;
-                        continue;
-                }
-                case 0x03: case 0x08: case 0x09: case 0x12: case 0x15: case 0x16: case 0x1A: case 0x1C: case 0x1F:
-                        if (i + 2 > n)
-                                return -1;
-                        need = 2 + (size_t)get16(p + i);
-                        break;
-                case 0x26:
-                        if (i + 2 > n || i + 4 + get16(p + i) > n)
-                                return -1;
-                        need = 4 + (size_t)get16(p + i) + get16(p + i + 2 + get16(p + i));
-                        break;
-                default:
-                        return -1;
-                }
-                if (i + need > n)
+                if (prop_size(id, p + i, n - i, &need) < 0)
                         return -1;
                 if (out) {
                         if (id == 0x21)
@@ -761,7 +767,7 @@ static int handle_publish(struct km_mqttc *c, uint8_t flags, uint8_t *p, size_t 
         uint8_t saved = p[2 + tl];
         p[2 + tl] = 0;
         size_t body = i + (size_t)k + pl;
-        int rc = c->cb.message(c->cb.ud, (const char *)p + 2, p + body, n - body, flags & 1);
+        int rc = c->cb.message(c->cb.ud, (const char *)p + 2, p + body, n - body, flags & 1, p + i + k, pl);
         p[2 + tl] = saved;
         c->took = true;
         if (rc != 0)
@@ -1050,11 +1056,34 @@ fail:
         return rc;
 }
 
+bool km_mqttc_user_property(const void *props, size_t plen, const char *key, const char **val, size_t *vlen)
+{
+        const uint8_t *p = props;
+        size_t kl = strlen(key), i = 0;
+        while (i < plen) {
+                uint32_t id;
+                size_t need;
+                int k = get_varint(p + i, plen - i, &id);
+                if (k <= 0 || prop_size(id, p + i + k, plen - i - (size_t)k, &need) < 0)
+                        return false; /* checked on arrival: cannot happen */
+                i += (size_t)k;
+                if (id == 0x26 && get16(p + i) == kl && memcmp(p + i + 2, key, kl) == 0) {
+                        if (val)
+                                *val = (const char *)p + i + 4 + kl;
+                        if (vlen)
+                                *vlen = get16(p + i + 2 + kl);
+                        return true;
+                }
+                i += need;
+        }
+        return false;
+}
+
 int km_mqttc_publish(struct km_mqttc *c, const char *topic, const void *payload, size_t len, bool retain,
-                     const char *origin, uint64_t id, uint32_t cookie)
+                     const char *origin, uint64_t id, const char *relay, uint32_t cookie)
 {
         char idbuf[24];
-        size_t tl = strlen(topic), ol = 0, il = 0;
+        size_t tl = strlen(topic), ol = 0, il = 0, rl_ = relay ? strlen(relay) : 0;
 
         if (c->st != C_UP)
                 return -ENOTCONN;
@@ -1067,9 +1096,11 @@ int km_mqttc_publish(struct km_mqttc *c, const char *topic, const void *payload,
                 /* Subscribers drop duplicates by (origin, id): at least once means a
                  * message may arrive twice after a reconnect. */
                 props = (uint32_t)(1 + 2 + 13 + 2 + ol + 1 + 2 + 9 + 2 + il);
+                if (relay)
+                        props += (uint32_t)(1 + 2 + 12 + 2 + rl_);
         }
         uint64_t rl64 = 2 + (uint64_t)tl + 2 + varint_len(props) + props + len;
-        if (tl > 65535 || ol > 65535 || rl64 > MAX_PACKET - 1 || (c->max_packet && 1 + 4 + rl64 > c->max_packet))
+        if (tl > 65535 || ol > 65535 || rl_ > 65535 || rl64 > MAX_PACKET - 1 || (c->max_packet && 1 + 4 + rl64 > c->max_packet))
                 return -EMSGSIZE;
         uint32_t rl = (uint32_t)rl64;
         int mid = alloc_mid(c, MID_USED | cookie);
@@ -1092,6 +1123,11 @@ int km_mqttc_publish(struct km_mqttc *c, const char *topic, const void *payload,
                 *p++ = 0x26;
                 p = put_str(p, "kuimen-id", 9);
                 p = put_str(p, idbuf, il);
+                if (relay) {
+                        *p++ = 0x26;
+                        p = put_str(p, "kuimen-relay", 12);
+                        p = put_str(p, relay, rl_);
+                }
         }
         if (len)
                 memcpy(p, payload, len);

@@ -28,7 +28,8 @@ struct km_mqttc_opts {
  * call. up: CONNACK accepted (the subscriptions are sent with it); lost: an
  * established connection ended; failed_connect: an attempt did not reach CONNACK. The
  * client connects again by itself after 1 to 5 s either way.
- * message: an inbound PUBLISH (topic NUL-terminated, payload not). Return 0 once the
+ * message: an inbound PUBLISH (topic NUL-terminated, payload not; props, plen: its
+ * MQTT v5 property block, for km_mqttc_user_property). Return 0 once the
  * message is safe: its PUBACK then goes out, after settle. Any other value: no PUBACK,
  * and the connection is dropped so that the broker sends it again.
  * settle: called once after the messages of one read, before their PUBACKs are
@@ -40,7 +41,8 @@ struct km_mqttc_cb {
         void (*up)(void *ud);
         void (*lost)(void *ud, const char *why);
         void (*failed_connect)(void *ud, const char *why);
-        int (*message)(void *ud, const char *topic, const void *payload, size_t len, bool retain);
+        int (*message)(void *ud, const char *topic, const void *payload, size_t len, bool retain,
+                       const void *props, size_t plen);
         void (*settle)(void *ud);
         void (*acked)(void *ud, uint32_t cookie);
         bool (*refused)(void *ud, uint32_t cookie, int reason, const char *why);
@@ -50,12 +52,17 @@ struct km_mqttc_cb {
 /* Creates the client and starts its first connect; o's strings are copied. */
 int km_mqttc_new(struct km_mqttc **out, sd_event *ev, const struct km_mqttc_opts *o, const struct km_mqttc_cb *cb);
 
-/* Publishes at QoS 1; with origin, adds the user properties kuimen-origin and kuimen-id.
+/* Publishes at QoS 1; with origin, adds the user properties kuimen-origin and kuimen-id,
+ * and with relay also kuimen-relay (a center republishing what a narrow link brought).
  * The bytes leave at the end of the loop iteration, together with the iteration's
  * other publishes. 0, or -ENOTCONN (not connected), -EAGAIN (window full), -EMSGSIZE
  * (larger than the broker takes), -ENOMEM. */
 int km_mqttc_publish(struct km_mqttc *c, const char *topic, const void *payload, size_t len, bool retain,
-                     const char *origin, uint64_t id, uint32_t cookie);
+                     const char *origin, uint64_t id, const char *relay, uint32_t cookie);
+
+/* Whether the property block of a message (as the message callback got it) holds the
+ * user property key; its value in *val, *vlen (not NUL-terminated) when they are not NULL. */
+bool km_mqttc_user_property(const void *props, size_t plen, const char *key, const char **val, size_t *vlen);
 
 /* Drops the connection now and connects again after the back-off. */
 void km_mqttc_reset(struct km_mqttc *c);

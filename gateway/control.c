@@ -603,7 +603,9 @@ static void put_counters(struct km_control_buf *b, struct km_daemon *d, const st
                           "\"counters\":{\"in\":%llu,\"forwarded\":%llu,\"delivered_local\":%llu,\"dropped\":%llu,"
                           "\"expired\":%llu,\"coalesced\":%llu,\"bad_input\":%llu,\"unrouted\":%llu,"
                           "\"store_retries\":%llu,\"over_limit\":%llu,\"recovered\":%llu,\"moved_aside\":%llu,"
-                          "\"fsyncs\":%llu,\"bad_config_reloads\":%llu,\"refused\":%llu}",
+                          "\"fsyncs\":%llu,\"bad_config_reloads\":%llu,\"refused\":%llu,"
+                          "\"cmd_in_mqtt\":%llu,\"cmd_in_narrow\":%llu,\"cmd_duplicates\":%llu,"
+                          "\"cmd_sent_narrow\":%llu,\"cmd_settled_mqtt\":%llu}",
                           (unsigned long long)st->pushed, (unsigned long long)acked[KM_DIR_UP],
                           (unsigned long long)acked[KM_DIR_DOWN], (unsigned long long)st->dropped,
                           (unsigned long long)st->expired, (unsigned long long)st->coalesced,
@@ -612,7 +614,22 @@ static void put_counters(struct km_control_buf *b, struct km_daemon *d, const st
                           (unsigned long long)__atomic_load_n(&d->rejected, __ATOMIC_RELAXED),
                           (unsigned long long)st->over_limit, (unsigned long long)st->recovered,
                           (unsigned long long)st->moved_aside, (unsigned long long)st->fsyncs,
-                          (unsigned long long)d->bad_config_reloads, (unsigned long long)d->refused);
+                          (unsigned long long)d->bad_config_reloads, (unsigned long long)d->refused,
+                          (unsigned long long)__atomic_load_n(&d->cmd_in[KM_CMD_MQTT], __ATOMIC_RELAXED),
+                          (unsigned long long)__atomic_load_n(&d->cmd_in[KM_CMD_NARROW], __ATOMIC_RELAXED),
+                          (unsigned long long)__atomic_load_n(&d->cmd_duplicates, __ATOMIC_RELAXED),
+                          (unsigned long long)d->cmd_sent_narrow, (unsigned long long)d->cmd_settled_mqtt);
+        /* A center: what it knows of each base's MQTT path (where its commands go). */
+        if (d->npeers) {
+                static const char *const names[] = { "unknown", "offline", "online" };
+                km_control_printf(b, ",\"peers\":[");
+                for (size_t i = 0; i < d->npeers; i++) {
+                        km_control_printf(b, "%s{\"node\":", i ? "," : "");
+                        json_str(b, d->peers[i].name);
+                        km_control_printf(b, ",\"mqtt\":\"%s\"}", names[d->peers[i].state + 1]);
+                }
+                km_control_printf(b, "]");
+        }
 }
 
 static void put_node(struct km_control_buf *b, struct km_daemon *d, int64_t now)

@@ -63,7 +63,15 @@ static void publish_own(struct km_daemon *d, const char *local_topic, const char
  * and upward (class status): "online" with what an operator glances at first, at start
  * and every LINK_STATUS_US. The MQTT clients leave a will on the same topic that says
  * "offline" (bridges/mqtt.c), sent by the broker when kuimen dies or stops. */
+static void node_status(struct km_daemon *d, bool local_too);
+
 static void publish_node_status(struct km_daemon *d)
+{
+        node_status(d, true);
+}
+
+/* local_too: also the retained copy on the local broker (false: upward only). */
+static void node_status(struct km_daemon *d, bool local_too)
 {
         char json[768];
         struct km_spool_stats st;
@@ -96,7 +104,10 @@ static void publish_node_status(struct km_daemon *d)
                          (unsigned long long)__atomic_load_n(&d->bad_input, __ATOMIC_RELAXED));
         if (n < 0 || (size_t)n >= sizeof(json))
                 return;
-        publish_own(d, "status", json, (size_t)n, true);
+        if (local_too)
+                publish_own(d, "status", json, (size_t)n, true);
+        else if (strcmp(d->node.role, "center") != 0)
+                ingest(d, KM_DIR_UP, "status", "status", json, (size_t)n, true, NULL);
 }
 
 static void on_link_state(struct km_link *l, void *ud);
@@ -201,6 +212,83 @@ int km_daemon_relay(struct km_daemon *d, const char *topic, const char *route_to
         return ingest_ex(d, KM_DIR_DOWN, topic, NULL, payload, len, false, NULL, &x);
 }
 
+int km_daemon_ingest_routed(struct km_daemon *d, int dir, const char *topic, const char *route_topic,
+                            const void *payload, size_t len)
+{
+        struct ingest_extra x = { .route_topic = route_topic };
+        return ingest_ex(d, dir, topic, NULL, payload, len, false, NULL, &x);
+}
+
+#define CMD_DEDUPE_TTL_MAX_MS (24LL * 3600 * 1000) /* a command class that never expires */
+
+/* Both paths end here, so that the pairing sees every copy: the downlink on Paho's
+ * thread, narrow links on the loop. A copy dropped as the second of a pair is
+ * acknowledged like a spooled one: its twin is already durable. */
+int km_daemon_command(struct km_daemon *d, int path, const char *topic, const void *payload, size_t len)
+{
+        int64_t ttl = 0;
+        pthread_rwlock_rdlock(&d->route_lock);
+        const struct km_class *k = km_route_match(&d->route, topic);
+        if (k)
+                ttl = k->ttl_ms;
+        pthread_rwlock_unlock(&d->route_lock);
+        if (ttl <= 0 || ttl > CMD_DEDUPE_TTL_MAX_MS)
+                ttl = CMD_DEDUPE_TTL_MAX_MS;
+        __atomic_fetch_add(&d->cmd_in[path ? 1 : 0], 1, __ATOMIC_RELAXED);
+        if (km_dedupe_take(&d->cmd_dedupe, path, km_dedupe_hash(topic, payload, len), km_now_ms(), ttl)) {
+                uint64_t n = __atomic_add_fetch(&d->cmd_duplicates, 1, __ATOMIC_RELAXED);
+                KM_LOG(n <= 10 || n % 1000 == 0 ? KM_LOG_INFO : KM_LOG_DEBUG, "cmd",
+                       "'%s' came over %s after the other path brought it: not published again (%llu so far)", topic,
+                       path == KM_CMD_NARROW ? "a narrow link" : "MQTT", (unsigned long long)n);
+                return 0;
+        }
+        return ingest(d, KM_DIR_DOWN, topic, NULL, payload, len, false, NULL);
+}
+
+static struct km_peer *find_peer(const struct km_daemon *d, const char *name)
+{
+        for (size_t i = 0; i < d->npeers; i++)
+                if (strcmp(d->peers[i].name, name) == 0)
+                        return (struct km_peer *)&d->peers[i];
+        return NULL;
+}
+
+int km_daemon_peer_add(struct km_daemon *d, const char *name)
+{
+        if (find_peer(d, name))
+                return 0;
+        if (d->npeers == KM_MAX_PEERS)
+                return -ENOSPC;
+        struct km_peer *p = &d->peers[d->npeers];
+        if (!(p->name = strdup(name)))
+                return -ENOMEM;
+        p->state = KM_PEER_UNKNOWN;
+        p->since_ms = km_now_ms();
+        d->npeers++;
+        return 0;
+}
+
+int km_daemon_peer_state(const struct km_daemon *d, const char *name)
+{
+        const struct km_peer *p = find_peer(d, name);
+        return p ? p->state : KM_PEER_UNKNOWN;
+}
+
+void km_daemon_peer_set_state(struct km_daemon *d, const char *name, int state)
+{
+        static const char *const names[] = { "unknown", "offline", "online" };
+        struct km_peer *p = find_peer(d, name);
+        if (!p && (km_daemon_peer_add(d, name) < 0 || !(p = find_peer(d, name))))
+                return;
+        if (p->state == state)
+                return;
+        KM_LOG(KM_LOG_NOTICE, "cmd", "%s is %s over MQTT: its commands go %s", name, names[state + 1],
+               state == KM_PEER_ONLINE ? "through its MQTT session" : "down its narrow links");
+        p->state = state;
+        p->since_ms = km_now_ms();
+        km_daemon_kick(d); /* held commands may leave now */
+}
+
 /* Routes topic (or, with cls_name, takes that class) and pushes; see km_daemon_ingest. */
 static int ingest_ex(struct km_daemon *d, int dir, const char *topic, const char *cls_name, const void *payload,
                      size_t len, bool retain, const char *ckey_suffix, const struct ingest_extra *x)
@@ -295,9 +383,31 @@ static void publish_link_status(struct km_daemon *d, struct km_link *l)
         publish_own(d, topic, json, (size_t)n, false);
 }
 
+static int on_announce(sd_event_source *s, uint64_t usec, void *ud)
+{
+        (void)s, (void)usec;
+        node_status(ud, false);
+        return 0;
+}
+
 static void on_link_state(struct km_link *l, void *ud)
 {
-        publish_link_status(ud, l);
+        struct km_daemon *d = ud;
+        publish_link_status(d, l);
+        /* A center sends this base's commands down narrow links until its status says
+         * online over MQTT, and believes only a status that came over MQTT (not one
+         * relayed from a narrow link): say online again once an MQTT link may carry it
+         * (after hold, when it came back), instead of at the next LINK_STATUS_US. */
+        if (l->dir != KM_DIR_UP || l->state != KM_LINK_UP || !l->conf.type || strcmp(l->conf.type, "mqtt") != 0 ||
+            d->stopping || !d->node.link_status || strcmp(d->node.role, "center") == 0)
+                return;
+        uint64_t us = (uint64_t)((l->lost_once ? l->conf.hold_ms : 0) + 100) * 1000;
+        if (!d->announce_src)
+                sd_event_add_time_relative(d->ev, &d->announce_src, CLOCK_MONOTONIC, us, 10000, on_announce, d);
+        else {
+                sd_event_source_set_time_relative(d->announce_src, us);
+                sd_event_source_set_enabled(d->announce_src, SD_EVENT_ONESHOT);
+        }
 }
 
 void km_daemon_counters(struct km_daemon *d, char *buf, size_t len)
@@ -313,12 +423,17 @@ void km_daemon_counters(struct km_daemon *d, char *buf, size_t len)
                         down += d->links[i]->acked;
         }
         snprintf(buf, len,
-                 "in=%llu spooled=%llu forwarded=%llu delivered_local=%llu dropped=%llu expired=%llu coalesced=%llu bad_input=%llu refused=%llu spool_bytes=%llu",
+                 "in=%llu spooled=%llu forwarded=%llu delivered_local=%llu dropped=%llu expired=%llu coalesced=%llu bad_input=%llu refused=%llu spool_bytes=%llu"
+                 " cmd_in_mqtt=%llu cmd_in_narrow=%llu cmd_duplicates=%llu cmd_sent_narrow=%llu cmd_settled_mqtt=%llu",
                  (unsigned long long)st.pushed, (unsigned long long)(st.depth[KM_DIR_UP] + st.depth[KM_DIR_DOWN]),
                  (unsigned long long)up, (unsigned long long)down, (unsigned long long)st.dropped,
                  (unsigned long long)st.expired, (unsigned long long)st.coalesced,
                  (unsigned long long)__atomic_load_n(&d->bad_input, __ATOMIC_RELAXED), (unsigned long long)d->refused,
-                 (unsigned long long)st.bytes);
+                 (unsigned long long)st.bytes,
+                 (unsigned long long)__atomic_load_n(&d->cmd_in[KM_CMD_MQTT], __ATOMIC_RELAXED),
+                 (unsigned long long)__atomic_load_n(&d->cmd_in[KM_CMD_NARROW], __ATOMIC_RELAXED),
+                 (unsigned long long)__atomic_load_n(&d->cmd_duplicates, __ATOMIC_RELAXED),
+                 (unsigned long long)d->cmd_sent_narrow, (unsigned long long)d->cmd_settled_mqtt);
 }
 
 /* One turn of work: what the other threads handed over, then sends, then the spool's
@@ -384,7 +499,7 @@ static int on_expire(sd_event_source *s, uint64_t usec, void *ud)
 static int on_stats(sd_event_source *s, uint64_t usec, void *ud)
 {
         struct km_daemon *d = ud;
-        char line[512];
+        char line[768];
         (void)usec;
         km_daemon_counters(d, line, sizeof(line));
         if (d->live) {
@@ -451,7 +566,8 @@ static int on_drain_check(sd_event_source *s, uint64_t usec, void *ud)
         (void)usec;
         for (size_t i = 0; i < d->nlinks; i++)
                 if (d->links[i]->state == KM_LINK_UP)
-                        inflight += d->links[i]->inflight;
+                        inflight += d->links[i]->inflight > d->links[i]->parked
+                                            ? d->links[i]->inflight - d->links[i]->parked : 0;
         if (!inflight || km_mono_ms() > d->drain_until_mono)
                 return sd_event_exit(sd_event_source_get_event(s), 0);
         return rearm(s, 20000);
@@ -536,6 +652,8 @@ int km_daemon_init(struct km_daemon *d, struct km_node_conf *n, struct km_conf *
                 return rc;
         if ((rc = km_mailbox_init(&d->mb)) < 0)
                 return rc;
+        if ((rc = km_dedupe_init(&d->cmd_dedupe, 4096)) < 0)
+                return rc;
         struct km_spool_opts so = {
                 .path = d->node.spool,
                 .max_bytes = (int64_t)d->node.spool_max_mb << 20,
@@ -598,7 +716,7 @@ int km_daemon_run(struct km_daemon *d)
         rc = sd_event_loop(d->ev);
         drain(d);
         sd_event_source_unref(stats);
-        char line[512];
+        char line[768];
         km_daemon_counters(d, line, sizeof(line));
         KM_LOG(KM_LOG_NOTICE, "main", "stopped: %s", line);
         return rc < 0 ? 1 : 0;
@@ -610,6 +728,7 @@ void km_daemon_deinit(struct km_daemon *d)
                 km_link_deinit(d->links[i]);
                 free(d->links[i]);
         }
+        sd_event_source_disable_unref(d->announce_src);
         km_spool_close(d->spool);
         d->turn_src = sd_event_source_disable_unref(d->turn_src);
         sd_event_unref(d->ev);
@@ -618,6 +737,9 @@ void km_daemon_deinit(struct km_daemon *d)
         km_route_deinit(&d->route);
         pthread_rwlock_destroy(&d->route_lock);
         km_status_deinit(&d->status);
+        km_dedupe_deinit(&d->cmd_dedupe);
+        for (size_t i = 0; i < d->npeers; i++)
+                free(d->peers[i].name);
         km_node_conf_release(&d->node);
         free(d->config_path);
         free(d->topic_prefix);

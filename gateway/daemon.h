@@ -10,6 +10,7 @@
 #include <systemd/sd-event.h>
 
 #include "config.h"
+#include "dedupe.h"
 #include "link.h"
 #include "mailbox.h"
 #include "route.h"
@@ -30,6 +31,17 @@ struct km_node_conf {
 };
 
 #define KM_MAX_LINKS 16
+#define KM_MAX_PEERS 64
+
+/* What a center knows of a base's MQTT path, from the retained <topic_prefix>/<base>/status
+ * the base's own client published (or its will). */
+enum km_peer_state { KM_PEER_UNKNOWN = -1, KM_PEER_OFFLINE = 0, KM_PEER_ONLINE = 1 };
+
+struct km_peer {
+        char *name;
+        int state;        /* enum km_peer_state */
+        int64_t since_ms; /* unix ms of the last change */
+};
 
 struct km_daemon {
         char *config_path; /* NULL: the embedded default */
@@ -59,6 +71,16 @@ struct km_daemon {
         void (*on_stop[KM_MAX_LINKS + 2])(void *ud);
         void *on_stop_ud[KM_MAX_LINKS + 2];
         size_t nstop;
+        /* Commands down to a base over narrow links (docs/DESIGN.md). Base: the copies
+         * of each path, counted; center: what it sent and what it left to MQTT. */
+        struct km_dedupe cmd_dedupe;
+        uint64_t cmd_in[2];        /* base, per enum km_cmd_path (atomic: Paho's thread) */
+        uint64_t cmd_duplicates;   /* base: copies dropped, the other path brought them first (atomic) */
+        uint64_t cmd_sent_narrow;  /* center: commands a base acknowledged over a narrow link (loop) */
+        uint64_t cmd_settled_mqtt; /* center: commands left to the base's MQTT session (loop) */
+        struct km_peer peers[KM_MAX_PEERS]; /* center: the bases its narrow links serve (loop) */
+        size_t npeers;
+        sd_event_source *announce_src; /* base: the node status again once an MQTT link is up */
 };
 
 /* The wall clock messages are stamped and expired by: d->clock when it answers, else
@@ -103,6 +125,25 @@ int km_daemon_ingest_keyed(struct km_daemon *d, int dir, const char *topic, cons
  * its origin, keeping origin and oid. Durable when it returns, like km_daemon_ingest. */
 int km_daemon_relay(struct km_daemon *d, const char *topic, const char *route_topic, const void *payload, size_t len,
                     const char *origin, uint64_t oid);
+
+/* Any thread, on a center: a command taken from the center broker as topic (the full
+ * <topic_prefix>/<base>/cmd/...), routed by route_topic (cmd/...), spooled in dir, the
+ * way out over narrow links. Durable when it returns, like km_daemon_ingest. */
+int km_daemon_ingest_routed(struct km_daemon *d, int dir, const char *topic, const char *route_topic,
+                            const void *payload, size_t len);
+
+/* Any thread, on a base: a command for the local broker (topic cmd/...) that came by
+ * path (enum km_cmd_path). A copy the other path already brought is dropped (counted);
+ * otherwise it is spooled towards the local broker. Returns 0 once it is durable or
+ * dropped as a duplicate, else a negative errno as km_daemon_ingest. */
+int km_daemon_command(struct km_daemon *d, int path, const char *topic, const void *payload, size_t len);
+
+/* Loop thread, on a center. Registers base name (idempotent): its commands may go down
+ * a narrow link. Returns 0, -ENOSPC or -ENOMEM. */
+int km_daemon_peer_add(struct km_daemon *d, const char *name);
+/* Loop thread. What the center last learnt of base name's MQTT path (enum km_peer_state). */
+int km_daemon_peer_state(const struct km_daemon *d, const char *name);
+void km_daemon_peer_set_state(struct km_daemon *d, const char *name, int state);
 
 /* Any thread. Asks the loop for a turn soon (the scheduler refills the windows), as a
  * post does; for work the loop did itself outside a turn (an ack read on an io source). */

@@ -259,6 +259,21 @@ static void print_counters(const cJSON *r)
         for (int i = 0; keys[i]; i++)
                 printf(" %s=%.0f", keys[i], num(c, keys[i]));
         printf("\n");
+        /* Commands down to a base, once there are any (see docs/DESIGN.md). */
+        static const char *const cmd[] = { "cmd_in_mqtt", "cmd_in_narrow", "cmd_duplicates", "cmd_sent_narrow",
+                                           "cmd_settled_mqtt", NULL };
+        double any = 0;
+        for (int i = 0; cmd[i]; i++)
+                any += num(c, cmd[i]);
+        const cJSON *peers = cJSON_GetObjectItemCaseSensitive(r, "peers"), *p;
+        if (any || cJSON_GetArraySize(peers)) {
+                printf("commands:");
+                for (int i = 0; cmd[i]; i++)
+                        printf(" %s=%.0f", cmd[i] + 4, num(c, cmd[i]));
+                cJSON_ArrayForEach(p, peers)
+                        printf("  %s:%s", str(p, "node"), str(p, "mqtt"));
+                printf("\n");
+        }
 }
 
 /* Refusals by reason, each unit's last position and the box's own fix. */

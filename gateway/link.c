@@ -96,6 +96,7 @@ static void reset_window(struct km_link *l)
 {
         l->gen++;
         l->inflight = 0;
+        l->parked = 0;
         l->nfree = 0;
         for (uint32_t i = l->window; i-- > 0;) {
                 l->slots[i].used = false;

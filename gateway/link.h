@@ -35,6 +35,9 @@ struct km_link_ops {
         /* The host declared the link dead (no acknowledgements): drop the transport's
          * connection and start a fresh one. May be NULL. */
         void (*reset)(struct km_link *l);
+        /* Whether l carries m at all (a center's narrow link: only the commands of the
+         * bases it reaches). NULL: every message of the classes it may carry. */
+        bool (*wants)(struct km_link *l, const struct km_msg *m);
 };
 
 struct km_link_slot {
@@ -50,6 +53,10 @@ struct km_link {
         struct km_link_conf conf;
         const struct km_link_ops *ops;
         void *impl;
+        /* Links of different groups never compete for a priority (a center's narrow
+         * links to different bases each carry their own base's commands); NULL competes
+         * with every link. Borrowed from impl. */
+        const char *group;
         enum km_link_state state;
         char reason[160];
         int64_t since_ms; /* unix ms of the last state change */
@@ -58,6 +65,8 @@ struct km_link {
          * cookie is slot | gen << 16; gen changes whenever the link leaves UP, so a
          * late answer from a dead connection is recognised and ignored. */
         uint32_t window, inflight;
+        uint32_t parked; /* of inflight, held back on purpose (a center's commands for a base
+                            online over MQTT): a stop does not wait for them */
         uint16_t gen;
         struct km_link_slot *slots;
         uint32_t *free;

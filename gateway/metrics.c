@@ -147,6 +147,17 @@ static void put_messages(struct km_control_buf *b, struct km_daemon *d, const st
             "Messages a broker refused for good (not authorised, bad topic): dropped.", d->refused);
         one(b, "kuimen_bad_input_total", "counter", "Payloads a bridge refused as malformed.",
             __atomic_load_n(&d->bad_input, __ATOMIC_RELAXED));
+        one(b, "kuimen_commands_in_mqtt_total", "counter", "Base: commands its MQTT downlink took.",
+            __atomic_load_n(&d->cmd_in[KM_CMD_MQTT], __ATOMIC_RELAXED));
+        one(b, "kuimen_commands_in_narrow_total", "counter", "Base: commands its narrow links took.",
+            __atomic_load_n(&d->cmd_in[KM_CMD_NARROW], __ATOMIC_RELAXED));
+        one(b, "kuimen_commands_duplicates_total", "counter",
+            "Base: command copies dropped because the other path brought them first.",
+            __atomic_load_n(&d->cmd_duplicates, __ATOMIC_RELAXED));
+        one(b, "kuimen_commands_sent_narrow_total", "counter",
+            "Center: commands a base acknowledged over a narrow link.", d->cmd_sent_narrow);
+        one(b, "kuimen_commands_settled_mqtt_total", "counter",
+            "Center: commands left to a base's MQTT session (the base was online).", d->cmd_settled_mqtt);
 }
 
 static void put_spool(struct km_control_buf *b, struct km_daemon *d, const struct km_spool_stats *st, int64_t now)

@@ -5,6 +5,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +29,19 @@
  * pushes every complete message into its own spool before acknowledging the frame,
  * and its local link publishes them on the center broker as
  * <topic_prefix>/<origin>/<topic> with the origin's kuimen-origin and kuimen-id.
+ *
+ * Commands go the other way (issue 5, item 7): a center spools what its operators
+ * publish on <topic_prefix>/<base>/cmd/# for the bases in peers (bridges/mqtt.c takes
+ * them) in its upward queue, the one its narrow links pull from; narrow_wants lets a
+ * link take only its own bases' commands, and the frame carries them as cmd/...
+ * While the base is online over MQTT (its retained status, as bridges/mqtt.c last
+ * saw it) a command is held here, not framed: the base's MQTT session brings it.
+ * After command_grace it leaves the spool as settled by MQTT; if the base goes
+ * offline first, it is framed after all (a silent cut is seen only when the will
+ * arrives, 1.5 keepalives later, and what the operator sent meanwhile may still wait
+ * in the base's session at the center broker). The base pushes each command through
+ * km_daemon_command, which drops the second copy of a pair that came both ways,
+ * before it acknowledges the frame.
  *
  * A broken plugin must not take the gateway with it. The host believes the plugin's
  * reports, but also watches it: a hard error from send() (anything but -EAGAIN and
@@ -55,6 +69,12 @@
 #define BLOCK_MS 1000      /* a call into the plugin this long broke the never-block rule */
 #define RETRY_MIN_MS 1000  /* first retry of a link the host took down */
 #define RETRY_MAX_MS 60000
+#define HELD_CHECK_US 250000 /* center: how often held commands are looked at */
+
+struct narrow_conf {
+        bool commands;
+        int64_t command_grace_ms;
+};
 
 struct qmsg {
         bool used, framed;
@@ -65,6 +85,7 @@ struct qmsg {
         size_t len, frag_off;
         int64_t created;
         uint8_t cls;
+        int peer; /* center: the base it is for (index into peers) */
 };
 
 struct watch {
@@ -127,9 +148,21 @@ struct km_plugin_link {
         uint64_t bud_bytes, bud_frames, bud_bytes_used, bud_frames_used;
         int64_t bud_ms, bud_start;
         sd_event_source *bud_src;
+        /* Commands (see the top of this file). */
+        struct narrow_conf nc;
+        char **cmd_pfx;  /* center: "<prefix>/<peer>/" per peer */
+        char *group;     /* center: its peers, so that links to other bases do not compete */
+        uint64_t cmd_refused; /* base: messages for the local broker that were no command */
 };
 
 static const char *const narrow_keys[] = { "peers", "rto", "topic_prefix", NULL };
+
+#define NOFF(f) offsetof(struct narrow_conf, f)
+static const struct km_conf_key cmd_keys[] = {
+        { "commands", KM_CONF_BOOL, "yes", NOFF(commands), "center: take <topic_prefix>/<peer>/cmd/# from the center broker for each of peers and send it down this link while that base is not online over MQTT", 0, 0, NULL },
+        { "command_grace", KM_CONF_DURATION, "30s", NOFF(command_grace_ms), "center: a command for a base online over MQTT is left to its MQTT session after this long (sent down this link if the base goes offline sooner)", 0, 86400000, NULL },
+        { NULL, 0, NULL, 0, NULL, 0, 0, NULL },
+};
 
 static uint32_t node_id(const char *name)
 {
@@ -250,6 +283,45 @@ static void forget_queue(km_plugin_link *h)
 
 static void kick(km_plugin_link *h);
 
+/* Center: whether q waits for the base's MQTT session instead of this link. A message
+ * already partly framed is finished here whatever the base does meanwhile. */
+static bool held_for_mqtt(const km_plugin_link *h, const struct qmsg *q)
+{
+        return h->center && q->peer >= 0 && !q->framed && !q->frag_off &&
+               km_daemon_peer_state(h->d, h->peers.v[q->peer]) == KM_PEER_ONLINE;
+}
+
+/* Center: commands held for a base online over MQTT for command_grace leave the spool
+ * as delivered by its session. While any is held the link is not stuck: the ack clock
+ * (gateway/link.c) must not run. Returns whether some are still held. */
+static bool settle_commands(km_plugin_link *h)
+{
+        int64_t now = km_daemon_now(h->d);
+        uint32_t held = 0;
+        for (int i = 0; i < QMAX; i++) {
+                struct qmsg *q = &h->q[i];
+                if (!q->used || !held_for_mqtt(h, q))
+                        continue;
+                if (now - q->created < h->nc.command_grace_ms) {
+                        held++;
+                        continue;
+                }
+                uint64_t sid = km_link_acked(h->link, q->cookie);
+                if (sid)
+                        km_spool_ack(h->d->spool, sid);
+                h->d->cmd_settled_mqtt++;
+                KM_LOG(KM_LOG_DEBUG, "cmd", "%s: %s/%s left to %s's MQTT session", h->link->name,
+                       h->peers.v[q->peer], q->topic, h->peers.v[q->peer]);
+                free(q->topic);
+                free(q->payload);
+                *q = (struct qmsg){ 0 };
+        }
+        if (held)
+                h->link->progress_mono = km_mono_ms();
+        h->link->parked = held <= h->link->inflight ? held : h->link->inflight;
+        return held > 0;
+}
+
 /* ---- faults the host sees ---------------------------------------------------------- */
 
 static int on_retry(sd_event_source *s, uint64_t usec, void *ud);
@@ -364,11 +436,31 @@ static void ingest_delivered(km_plugin_link *h, const struct km_frame_msg *m, co
         km_daemon_relay(h->d, topic, m->topic ? m->topic : "", m->payload, m->len, origin, m->id);
 }
 
+/* A base: what a center sends down is commands for the local broker, nothing else
+ * (a center relays the rest of the world on its own broker). */
+static int deliver_command(km_plugin_link *h, const struct km_frame_msg *m)
+{
+        if (!m->topic || strncmp(m->topic, "cmd/", 4) != 0) {
+                /* Acknowledged all the same: sent again it would be refused again. */
+                if (h->cmd_refused++ % 100 == 0)
+                        KM_LOG(KM_LOG_WARNING, "link", "%s: message on '%s' from %08x is no command (cmd/...): not published (%llu so far)",
+                               h->link->name, m->topic ? m->topic : "(unknown topic)", m->origin,
+                               (unsigned long long)h->cmd_refused);
+                return 0;
+        }
+        int rc = km_daemon_command(h->d, KM_CMD_NARROW, m->topic, m->payload, m->len);
+        /* Only a stop is worth a retry (unacknowledged, the frame comes again after the
+         * restart); a command too large or unrouted would be refused again, logged. */
+        return rc < 0 && h->d->stopping ? rc : 0;
+}
+
 /* A complete message from the peer: durable in our spool before the frame is acked. */
 static int on_deliver(void *ctx, const struct km_frame_msg *m)
 {
         km_plugin_link *h = ctx;
         char name[32];
+        if (!h->center)
+                return deliver_command(h, m);
         const char *origin = NULL;
         for (size_t i = 0; i < h->peers.n && !origin; i++)
                 if (node_id(h->peers.v[i]) == m->origin)
@@ -389,6 +481,8 @@ static void on_done(void *ctx, uint64_t id)
                         uint64_t sid = km_link_acked(h->link, h->q[i].cookie);
                         if (sid)
                                 km_spool_ack(h->d->spool, sid);
+                        if (h->center)
+                                h->d->cmd_sent_narrow++;
                         h->retry_ms = 0; /* it carries: the next fault starts the back-off afresh */
                         free(h->q[i].topic);
                         free(h->q[i].payload);
@@ -578,11 +672,11 @@ static void kick(km_plugin_link *h)
                 struct km_frame_msg msgs[QMAX];
                 int idx[QMAX], k = 0, top = 255;
                 for (int i = 0; i < QMAX; i++)
-                        if (h->q[i].used && !h->q[i].framed && h->q[i].cls < top)
+                        if (h->q[i].used && !h->q[i].framed && h->q[i].cls < top && !held_for_mqtt(h, &h->q[i]))
                                 top = h->q[i].cls;
                 for (int i = 0; i < QMAX; i++) {
                         struct qmsg *q = &h->q[i];
-                        if (!q->used || q->framed || q->cls != top)
+                        if (!q->used || q->framed || q->cls != top || held_for_mqtt(h, q))
                                 continue;
                         msgs[k] = (struct km_frame_msg){ .id = q->id, .topic = q->topic, .payload = q->payload,
                                                          .len = q->len, .created_ms = q->created, .cls = q->cls,
@@ -621,20 +715,42 @@ static void kick(km_plugin_link *h)
 static int on_rto(sd_event_source *s, uint64_t usec, void *ud)
 {
         km_plugin_link *h = ud;
+        uint64_t next = (uint64_t)h->rto_ms * 250;
         (void)usec;
+        /* Held commands keep the ack clock from running: in time for ack_timeout. */
+        if (h->center && settle_commands(h) && next > HELD_CHECK_US)
+                next = HELD_CHECK_US;
         kick(h);
-        sd_event_source_set_time_relative(s, (uint64_t)h->rto_ms * 250);
+        sd_event_source_set_time_relative(s, next);
         return sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
+}
+
+/* Center: the peer whose command topic is <topic_prefix>/<peer>/cmd/..., or -1. */
+static int command_peer(const km_plugin_link *h, const char *topic)
+{
+        for (size_t i = 0; h->cmd_pfx && i < h->peers.n; i++) {
+                size_t n = strlen(h->cmd_pfx[i]);
+                if (strncmp(topic, h->cmd_pfx[i], n) == 0 && strncmp(topic + n, "cmd/", 4) == 0)
+                        return (int)i;
+        }
+        return -1;
+}
+
+static bool narrow_wants(struct km_link *l, const struct km_msg *m)
+{
+        return command_peer(l->impl, m->topic) >= 0;
 }
 
 static int narrow_send(struct km_link *l, const struct km_msg *m, uint32_t cookie)
 {
         km_plugin_link *h = l->impl;
+        int peer = h->center ? command_peer(h, m->topic) : -1;
         for (int i = 0; i < QMAX; i++) {
                 struct qmsg *q = &h->q[i];
                 if (q->used)
                         continue;
-                q->topic = strdup(m->topic);
+                /* The base publishes cmd/... as its MQTT downlink does. */
+                q->topic = strdup(peer >= 0 ? m->topic + strlen(h->cmd_pfx[peer]) : m->topic);
                 q->payload = malloc(m->len ? m->len : 1);
                 if (!q->topic || !q->payload) {
                         free(q->topic);
@@ -651,6 +767,7 @@ static int narrow_send(struct km_link *l, const struct km_msg *m, uint32_t cooki
                 q->frag_off = 0;
                 q->created = m->created_ms;
                 q->cls = m->prio < 8 ? m->prio : 7;
+                q->peer = peer;
                 kick(h);
                 return 0;
         }
@@ -688,6 +805,10 @@ static void narrow_destroy(struct km_link *l)
         for (size_t i = 0; i < h->nkv; i++)
                 free(h->kv[i].key), free(h->kv[i].value);
         free(h->kv);
+        for (size_t i = 0; h->cmd_pfx && i < h->peers.n; i++)
+                free(h->cmd_pfx[i]);
+        free(h->cmd_pfx);
+        free(h->group);
         km_strv_free(&h->peers);
         free(h->prefix);
         free(h->buf);
@@ -698,6 +819,9 @@ static void narrow_destroy(struct km_link *l)
 }
 
 static const struct km_link_ops narrow_ops = { .send = narrow_send, .destroy = narrow_destroy, .reset = narrow_reset };
+/* A center's link that sends commands: only those for its own bases. */
+static const struct km_link_ops center_ops = { .send = narrow_send, .destroy = narrow_destroy, .reset = narrow_reset,
+                                               .wants = narrow_wants };
 
 /* ---- loading -------------------------------------------------------------------- */
 
@@ -776,6 +900,8 @@ int km_plugin_check(struct km_conf *c, const char *section, const char *plugin_d
                 km_conf_error(c, section, "type", "%s", why);
                 return -EINVAL;
         }
+        struct narrow_conf nc = { 0 };
+        bad += km_conf_apply(c, section, cmd_keys, &nc) != 0;
         take_keys(c, section, desc, NULL, NULL);
         dlclose(dl);
         return bad ? -EINVAL : 0;
@@ -826,10 +952,42 @@ int km_plugin_link_start(struct km_daemon *d, struct km_conf *c, const char *sec
                 goto fail_link;
         }
         h->rto_ms = rto;
+        if (km_conf_apply(c, section, cmd_keys, &h->nc) != 0) {
+                rc = -EINVAL;
+                goto fail_link;
+        }
+        if (h->center) {
+                /* Every link of a center pulls from the upward queue, where only
+                 * commands are: each takes its own peers' (none with commands = no),
+                 * and its group is its peers, so links to other bases do not compete
+                 * with it for the command priority. */
+                bool cmds = h->nc.commands && h->peers.n;
+                size_t gl = 1;
+                for (size_t i = 0; cmds && i < h->peers.n; i++)
+                        gl += strlen(h->peers.v[i]) + 1;
+                rc = -ENOMEM;
+                if (!(h->group = calloc(1, gl)) || (cmds && !(h->cmd_pfx = calloc(h->peers.n, sizeof(*h->cmd_pfx)))))
+                        goto fail_link;
+                for (size_t i = 0; cmds && i < h->peers.n; i++) {
+                        if (asprintf(&h->cmd_pfx[i], "%s/%s/", h->prefix, h->peers.v[i]) < 0) {
+                                h->cmd_pfx[i] = NULL;
+                                rc = -ENOMEM;
+                                goto fail_link;
+                        }
+                        if ((rc = km_daemon_peer_add(d, h->peers.v[i])) < 0)
+                                goto fail_link;
+                        strcat(strcat(h->group, i ? "," : ""), h->peers.v[i]);
+                }
+                l->ops = &center_ops;
+                l->group = h->group;
+        }
         h->bufcap = KM_FRAME_MTU_MAX;
         h->buf = malloc(h->bufcap);
+        /* A center's frames carry commands: the base publishes them byte for byte, and
+         * pairs the two copies of one that also came over MQTT by their bytes. */
         struct km_frame_tx_cfg tc = { .origin = h->origin, .first_seq = (uint16_t)(km_now_ms() & 0xffff),
-                                      .window = FRAME_WINDOW, .mtu_max = KM_FRAME_MTU_MAX };
+                                      .window = FRAME_WINDOW, .mtu_max = KM_FRAME_MTU_MAX,
+                                      .no_compact_json = h->center };
         struct km_frame_rx_cfg rcfg = { 0 };
         if (!h->prefix || !h->buf || km_frame_tx_init(&h->tx, &tc) < 0 || km_frame_rx_init(&h->rx, &rcfg) < 0)
                 goto fail_link;
@@ -873,12 +1031,41 @@ fail:
         return rc;
 }
 
+int km_plugin_command_bases(struct km_conf *c, const char *default_prefix,
+                            int (*fn)(void *ud, const char *prefix, const char *base), void *ud)
+{
+        int rc = 0;
+        for (size_t i = 0; rc == 0 && i < c->nsections; i++) {
+                const char *sec = c->sections[i];
+                if (strncmp(sec, "link ", 5) != 0)
+                        continue;
+                const char *type = km_conf_get(c, sec, "type"), *peers = km_conf_get(c, sec, "peers");
+                if (!type || strcmp(type, "mqtt") == 0 || !peers)
+                        continue;
+                struct narrow_conf nc = { 0 };
+                struct km_strv v = { 0 };
+                if (km_conf_apply(c, sec, cmd_keys, &nc) != 0 || !nc.commands)
+                        continue;
+                if (km_strv_split(&v, peers) < 0)
+                        return -ENOMEM;
+                const char *prefix = km_conf_get(c, sec, "topic_prefix");
+                for (size_t k = 0; rc == 0 && k < v.n; k++)
+                        rc = fn(ud, prefix ? prefix : default_prefix, v.v[k]);
+                km_strv_free(&v);
+        }
+        return rc;
+}
+
 void km_plugin_print_help(FILE *out)
 {
         fputs("[link NAME (type = a plugin's name)]\n"
               "  the plugin's own keys (see its README), and for every narrow link:\n"
               "  peers            list     center: node names whose frames it receives [default: none]\n"
               "  rto              duration retransmit a frame not acknowledged this long [default: 3s]\n"
-              "  topic_prefix     string   center: republished topic = <topic_prefix>/<origin>/<topic> [default: kuimen]\n\n",
+              "  topic_prefix     string   center: republished topic = <topic_prefix>/<origin>/<topic> [default: kuimen]\n",
               out);
+        for (const struct km_conf_key *k = cmd_keys; k->name; k++)
+                fprintf(out, "  %-16s %-8s %s [default: %s]\n", k->name, k->type == KM_CONF_BOOL ? "boolean" : "duration",
+                        k->help, k->def);
+        fputs("\n", out);
 }

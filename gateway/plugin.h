@@ -18,6 +18,13 @@ int km_plugin_check(struct km_conf *c, const char *section, const char *plugin_d
  * origin's node and id. */
 int km_plugin_link_start(struct km_daemon *d, struct km_conf *c, const char *section);
 
+/* Center: calls fn(ud, prefix, base) for each base of each narrow link of c that
+ * sends commands down (peers, commands = yes), prefix being that link's topic_prefix
+ * or default_prefix; the same pair may come more than once. Stops at and returns fn's
+ * first negative return; else 0. */
+int km_plugin_command_bases(struct km_conf *c, const char *default_prefix,
+                            int (*fn)(void *ud, const char *prefix, const char *base), void *ud);
+
 void km_plugin_print_help(FILE *out);
 
 #endif

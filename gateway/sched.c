@@ -67,7 +67,7 @@ static int pump_link(struct km_link *l, struct km_spool *sp, const bool *mine, c
                                 if (rc == 0)
                                         break;
                                 looked++;
-                                if (!km_link_may_carry(l, m.cls)) {
+                                if (!km_link_may_carry(l, m.cls) || (l->ops->wants && !l->ops->wants(l, &m))) {
                                         l->cursor[prio] = m.id; /* another link's, or the fast link's later */
                                         continue;
                                 }
@@ -99,6 +99,29 @@ static int pump_link(struct km_link *l, struct km_spool *sp, const bool *mine, c
         return sent;
 }
 
+static bool compete(const struct km_link *a, const struct km_link *b)
+{
+        return !a->group || !b->group || strcmp(a->group, b->group) == 0;
+}
+
+/* Whether links[k] pulls prio: it is eligible and may carry it, and no competing link
+ * that may is preferred (lower order; the first in config order among equals). */
+static bool responsible(struct km_link *const *links, size_t n, size_t k, int dir, const struct km_route *route,
+                        int prio, int64_t now)
+{
+        const struct km_link *l = links[k];
+        if (!km_link_eligible(l, now) || !carries_prio(l, route, prio))
+                return false;
+        for (size_t j = 0; j < n; j++) {
+                const struct km_link *o = links[j];
+                if (j == k || o->dir != dir || !compete(l, o) || !km_link_eligible(o, now) || !carries_prio(o, route, prio))
+                        continue;
+                if (o->order < l->order || (o->order == l->order && j < k))
+                        return false;
+        }
+        return true;
+}
+
 int km_sched_pump_all(struct km_link *const *links, size_t n, struct km_spool *sp, const struct km_route *route)
 {
         uint8_t prios[KM_PRIO_COUNT];
@@ -109,30 +132,22 @@ int km_sched_pump_all(struct km_link *const *links, size_t n, struct km_spool *s
                 int np = km_spool_prios(sp, dir, prios);
                 if (!np)
                         continue;
-                /* responsible[prio] = index of the link that pulls it, or -1 */
-                int responsible[KM_PRIO_COUNT];
-                for (int i = 0; i < np; i++) {
-                        int prio = prios[i], best = -1;
-                        for (size_t k = 0; k < n; k++) {
-                                const struct km_link *l = links[k];
-                                if (l->dir != dir || !km_link_eligible(l, now) || !carries_prio(l, route, prio))
-                                        continue;
-                                if (best < 0 || l->order < links[best]->order)
-                                        best = (int)k;
-                        }
-                        responsible[prio] = best;
-                }
+                /* Decided for all links before any pumps: a link that fails while
+                 * pumping does not hand its priorities on within the same turn. */
+                bool mine[n ? n : 1][KM_PRIO_COUNT], any[n ? n : 1];
                 for (size_t k = 0; k < n; k++) {
+                        memset(mine[k], 0, sizeof(mine[k]));
+                        any[k] = false;
                         if (links[k]->dir != dir || links[k]->state != KM_LINK_UP)
                                 continue;
-                        bool mine[KM_PRIO_COUNT] = { false };
-                        bool any = false;
                         for (int i = 0; i < np; i++)
-                                if (responsible[prios[i]] == (int)k)
-                                        mine[prios[i]] = any = true;
-                        if (!any)
+                                if (responsible(links, n, k, dir, route, prios[i], now))
+                                        mine[k][prios[i]] = any[k] = true;
+                }
+                for (size_t k = 0; k < n; k++) {
+                        if (!any[k] || links[k]->dir != dir || links[k]->state != KM_LINK_UP)
                                 continue;
-                        int rc = pump_link(links[k], sp, mine, prios, np, now);
+                        int rc = pump_link(links[k], sp, mine[k], prios, np, now);
                         if (rc < 0)
                                 return rc;
                         total += rc;

@@ -244,9 +244,10 @@ static void mc_down(void *ud, const char *why)
         mc_state = -1;
 }
 
-static int mc_message(void *ud, const char *topic, const void *p, size_t len, bool retain)
+static int mc_message(void *ud, const char *topic, const void *p, size_t len, bool retain, const void *props,
+                      size_t plen)
 {
-        (void)ud, (void)topic, (void)p, (void)len, (void)retain;
+        (void)ud, (void)topic, (void)p, (void)len, (void)retain, (void)props, (void)plen;
         return 0;
 }
 
@@ -291,7 +292,7 @@ static int run_mqttc(int port, long n, struct result *r)
                         char topic[64];
                         snprintf(topic, sizeof(topic), "kuimen/north/sensors/t%ld", sent % 10);
                         if (km_mqttc_publish(c, topic, payload, PAYLOAD, false, "north", (uint64_t)(1000000 + sent),
-                                             (uint32_t)sent) < 0)
+                                             NULL, (uint32_t)sent) < 0)
                                 goto out;
                         sent++;
                 }

@@ -29,6 +29,7 @@ struct seen {
         uint8_t payload[64];
         size_t len;
         int messages;
+        char relay[16]; /* the kuimen-relay user property, "" when none */
 };
 
 static void s_up(void *ud)
@@ -50,10 +51,16 @@ static void s_failed(void *ud, const char *why)
         snprintf(s->why, sizeof(s->why), "%s", why);
 }
 
-static int s_message(void *ud, const char *topic, const void *payload, size_t len, bool retain)
+static int s_message(void *ud, const char *topic, const void *payload, size_t len, bool retain, const void *props,
+                     size_t plen)
 {
         struct seen *s = ud;
+        const char *v;
+        size_t vl;
         (void)retain;
+        s->relay[0] = 0;
+        if (km_mqttc_user_property(props, plen, "kuimen-relay", &v, &vl))
+                snprintf(s->relay, sizeof(s->relay), "%.*s", (int)vl, v);
         snprintf(s->topic, sizeof(s->topic), "%s", topic);
         s->len = len < sizeof(s->payload) ? len : sizeof(s->payload);
         memcpy(s->payload, payload, s->len);
@@ -194,15 +201,17 @@ Test(mqttc, publish_split_byte_by_byte_is_taken_and_acknowledged)
         uint8_t flags = read_connect(&r);
         cr_assert_eq(flags, 0x00, "no will, persistent session, no credentials: flags 0x%02x", flags);
         connack_ok(&r);
-        /* PUBLISH QoS 1, topic "sensors/a", packet id 0x1234, one property (content
-         * type "t"), payload "hello". */
-        static const uint8_t pub[] = { 0x32, 0x17, 0x00, 0x09, 's', 'e', 'n', 's', 'o', 'r', 's', '/', 'a', 0x12,
-                                       0x34, 0x04, 0x03, 0x00, 0x01, 't', 'h', 'e', 'l', 'l', 'o' };
+        /* PUBLISH QoS 1, topic "sensors/a", packet id 0x1234, two properties (content
+         * type "t", user property kuimen-relay = "c"), payload "hello". */
+        static const uint8_t pub[] = { 0x32, 0x29, 0x00, 0x09, 's', 'e', 'n', 's', 'o', 'r', 's', '/', 'a', 0x12, 0x34,
+                                       0x16, 0x03, 0x00, 0x01, 't', 0x26, 0x00, 0x0C, 'k', 'u', 'i', 'm', 'e', 'n',
+                                       '-', 'r', 'e', 'l', 'a', 'y', 0x00, 0x01, 'c', 'h', 'e', 'l', 'l', 'o' };
         send_bytes(&r, pub, sizeof(pub), true);
         cr_assert_eq(r.seen.messages, 1);
         cr_assert_str_eq(r.seen.topic, "sensors/a");
         cr_assert_eq(r.seen.len, 5);
         cr_assert_eq(memcmp(r.seen.payload, "hello", 5), 0);
+        cr_assert_str_eq(r.seen.relay, "c", "user property found past another property");
         static const uint8_t puback[] = { 0x40, 0x02, 0x12, 0x34 };
         read_at_least(&r, sizeof(puback));
         cr_assert_eq(memcmp(r.in, puback, sizeof(puback)), 0, "PUBACK bytes differ");
@@ -264,7 +273,7 @@ Test(mqttc, puback_refusal_reaches_the_owner)
         rig_up(&r, NULL);
         read_connect(&r);
         connack_ok(&r);
-        cr_assert_eq(km_mqttc_publish(r.c, "a/b", "x", 1, false, "north", 42, 7), 0);
+        cr_assert_eq(km_mqttc_publish(r.c, "a/b", "x", 1, false, "north", 42, NULL, 7), 0);
         /* PUBLISH QoS 1 "a/b" id 2 (1 went to the SUBSCRIBE), properties: kuimen-origin=north, kuimen-id=42. */
         static const uint8_t want[] = { 0x32, 0x30, 0x00, 0x03, 'a', '/', 'b', 0x00, 0x02, 0x27, 0x26, 0x00, 0x0D,
                                         'k', 'u', 'i', 'm', 'e', 'n', '-', 'o', 'r', 'i', 'g', 'i', 'n', 0x00, 0x05,
