@@ -828,8 +828,10 @@ int km_plugin_link_start(struct km_daemon *d, struct km_conf *c, const char *sec
         h->rto_ms = rto;
         h->bufcap = KM_FRAME_MTU_MAX;
         h->buf = malloc(h->bufcap);
+        /* Wire version 2 (slots): a reading names its topic's last one and deflates
+         * against it; a center answers each base in the version it speaks. */
         struct km_frame_tx_cfg tc = { .origin = h->origin, .first_seq = (uint16_t)(km_now_ms() & 0xffff),
-                                      .window = FRAME_WINDOW, .mtu_max = KM_FRAME_MTU_MAX };
+                                      .window = FRAME_WINDOW, .mtu_max = KM_FRAME_MTU_MAX, .version = 2 };
         struct km_frame_rx_cfg rcfg = { 0 };
         if (!h->prefix || !h->buf || km_frame_tx_init(&h->tx, &tc) < 0 || km_frame_rx_init(&h->rx, &rcfg) < 0)
                 goto fail_link;
