@@ -164,6 +164,7 @@
 
 #include "frame.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -963,6 +964,13 @@ static int place_msg(struct km_frame_tx *tx, struct enc *e,
 		su.k = slot_for(tx, m->topic, &hit);
 	size_t pl = build_prefix(e, m, &t, frag, code, len, def ? &su : NULL, tmp);
 
+	if (def && pl + rest > room) {
+		/* The slot byte is what does not fit: end the message here without
+		 * defining a slot rather than send a middle fragment that holds all
+		 * the rest (its receiver would wait for a last one forever). */
+		def = false;
+		pl = build_prefix(e, m, &t, frag, code, len, NULL, tmp);
+	}
 	if (pl + varint_len(rest) + rest <= room || pl + rest <= room) {
 		bool wl = pl + varint_len(rest) + rest <= room;
 		put_record(e, m, frag, tmp, pl, wl, data + off, rest);
@@ -984,6 +992,8 @@ static int place_msg(struct km_frame_tx *tx, struct enc *e,
 	pl = build_prefix(e, m, &t, frag, code, len, NULL, tmp);
 	if (pl + 1 > room)
 		return NO_ROOM;
+	/* A first or middle fragment is never a message's last byte. */
+	assert(room - pl < rest);
 	put_record(e, m, frag, tmp, pl, false, data + off, room - pl);
 	*sent_to = off + room - pl;
 	return PLACED_STOP;
