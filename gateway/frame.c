@@ -2087,6 +2087,7 @@ static int recs_deliver(struct km_frame_rx *rx, struct km_frame_rx_origin *o,
 			frag_first(rx, o->id, seq, &x);
 		} else {
 			rc = frag_more(rx, o, seq, &x, fn, ctx);
+			c.slots = o->slots;
 			touched |= x.slot;
 		}
 	}
