@@ -112,15 +112,18 @@
  * WIRE FORMAT, version 2 = version 1 (hdr version bits = 2) plus SLOTS.
  * Everything above holds, with these additions (bits reserved in 1):
  *
- *   rh bit 1 S: the record uses a slot. Whole records only.
- *   with S, after meta:
+ *   rh bit 1 S: the record uses a slot. Whole records and last fragments
+ *            only; on a last fragment R = Tr = 0 (the completed message
+ *            defines slot k, and slot k is unknown if it does not complete).
+ *   with S, after meta (last fragments: after rh):
  *            slot:u8 = R:1 (bit 7) | Tr:1 (bit 6) | k:6 (bits 5-0)
  *            R = 0: the record is as in version 1 and defines slot k.
  *            R = 1: the record refers to slot k's message and replaces it:
  *              its topic is that message's (no topic field, T = 0), its id
  *              is zz(id - slot id) even as the frame's first record, and
  *              enc 1 deflates against the slot's payload as the preset
- *              dictionary (RFC 1950 FDICT semantics on a raw stream).
+ *              dictionary (zlib's deflateSetDictionary on the raw stream;
+ *              no dictionary id on the wire: the slot names it).
  *            Tr = 1 (only with R and a timed record): time is zz seconds
  *              from the slot message's time instead of the frame's chain
  *              (it then continues the chain).
@@ -128,8 +131,8 @@
  *            topic and payload as delivered. A slot's topic is at most
  *            KM_FRAME_SLOT_TOPIC_MAX bytes, its payload at most
  *            KM_FRAME_SLOT_PAYLOAD_MAX; records with S stay within both.
- *   DATA flags bit 0 L, ACK flags bit 1 L: the (tail) ack says the receiver
- *            lost its slots for the acked origin.
+ *   DATA flags bit 0 L (only with an ack tail), ACK flags bit 1 L: the ack
+ *            says the receiver lost its slots for the acked origin.
  *
  * WHY slots. On a 77-byte frame a 64-byte reading cannot go whole in
  * version 1: the header, the 5-byte origin hash, an 8-byte id (spool ids
@@ -221,7 +224,6 @@ enum { CODE_RAW = 0, CODE_DEFLATE = 1, CODE_POSBATCH = 2 };
  * delivered it. The sender keeps its view of the receiver's slots. */
 struct km_frame_ref {
 	bool used, timed;
-	uint16_t def_seq;      /* tx: frame that defined it */
 	uint64_t id;
 	int64_t t;             /* unix seconds when timed */
 	uint64_t stamp;        /* tx: last use, for LRU */
@@ -835,7 +837,6 @@ static void slot_define(struct km_frame_tx *tx, struct enc *e, unsigned k,
 	r->timed = msg_timed(m);
 	r->t = m->created_ms / 1000;
 	r->id = m->id;
-	r->def_seq = tx->next_seq;
 	r->stamp = ++tx->ref_clock;
 	r->len = plen;
 	memcpy(r->data, plain, plen);
