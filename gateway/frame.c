@@ -1268,6 +1268,12 @@ int km_frame_tx_ack(struct km_frame_tx *tx, const struct km_frame_ack *ack,
 	}
 	tx->inflight -= c;
 	tx_sack(tx, ack);
+	/* Once the receiver holds a frame sent after our last answer, that
+	 * answer is spent; forgetting it keeps the 16-bit comparison in
+	 * tx_slots_lost from wrapping hours later. */
+	uint16_t past = (uint16_t)((uint16_t)(ack->cum + 1) - tx->lost_seq);
+	if (tx->lost_answered && past != 0 && past < 0x8000)
+		tx->lost_answered = false;
 	if (ack->slots_lost && tx->ref)
 		tx_slots_lost(tx, ack, restart, ctx);
 	return c;

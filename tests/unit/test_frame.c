@@ -1487,3 +1487,82 @@ Test(frame, v2_split_readings_every_mtu)
 		}
 	}
 }
+
+static unsigned restarted;
+static void count_restart(void *ctx, uint64_t id)
+{
+	(void)ctx, (void)id;
+	restarted++;
+}
+
+/* A receiver that lost its slots says so until the sender answered once:
+ * the sender abandons its window (handing its messages back) only for the
+ * first such ack, and the receiver skips the abandoned frames. */
+Test(frame, v2_slots_lost_answered_once)
+{
+	struct km_frame_tx tx;
+	struct km_frame_tx_cfg c = txcfg(4, 65530, 77);   /* across the 16-bit wrap */
+	c.version = 2;
+	cr_assert_eq(km_frame_tx_init(&tx, &c), 0);
+	struct km_frame_rx rx;
+	struct km_frame_rx_cfg rc = { .dict = &dict };
+	cr_assert_eq(km_frame_rx_init(&rx, &rc), 0);
+	struct sink s = { 0 };
+	char p[5][80];
+	uint8_t f[5][77];
+	int len[5];
+	struct km_frame_put put;
+	struct km_frame_ack a;
+	for (int i = 0; i < 3; i++) {
+		struct km_frame_msg m = mk(100 + (uint64_t)i, topics[0], p[i], reading(p[i], 1, (unsigned)i));
+		len[i] = km_frame_tx_encode(&tx, &m, 1, 77, NULL, NOW_MS, f[i], &put);
+		cr_assert_gt(len[i], 0);
+		if (i == 0) {
+			cr_assert_eq(km_frame_rx_input(&rx, f[0], (size_t)len[0], NOW_MS, sink_fn, &s, NULL), 0);
+			km_frame_rx_ack(&rx, 4, &a);
+			cr_assert_eq(km_frame_tx_ack(&tx, &a, NULL, NULL, NULL), 1);
+			km_frame_rx_deinit(&rx);   /* the receiver restarts */
+			cr_assert_eq(km_frame_rx_init(&rx, &rc), 0);
+		}
+	}
+	/* frames 1 and 2 name slot 0, which the new receiver does not hold */
+	cr_assert_eq(km_frame_rx_input(&rx, f[1], (size_t)len[1], NOW_MS, sink_fn, &s, NULL), 0);
+	cr_assert_eq(km_frame_rx_input(&rx, f[2], (size_t)len[2], NOW_MS, sink_fn, &s, NULL), 0);
+	cr_assert_eq(s.n, 1);
+	cr_assert_eq(rx.slot_misses, 1);
+	cr_assert_eq(km_frame_rx_ack(&rx, 4, &a), 0);
+	cr_assert(a.slots_lost);
+	uint8_t af[KM_FRAME_ACK_MAX];
+	int al = km_frame_ack_encode(&a, 9, af, sizeof(af));
+	struct km_frame_rx back;
+	cr_assert_eq(km_frame_rx_init(&back, &rc), 0);
+	struct km_frame_rx_info info;
+	cr_assert_eq(km_frame_rx_input(&back, af, (size_t)al, NOW_MS, NULL, NULL, &info), 0);
+	cr_assert(info.ack.slots_lost);
+	restarted = 0;
+	km_frame_tx_ack(&tx, &info.ack, NULL, count_restart, NULL);
+	cr_assert_eq(restarted, 2);
+	cr_assert_eq(tx.slot_resets, 1);
+	cr_assert_eq(km_frame_tx_inflight(&tx), 0);
+	km_frame_tx_ack(&tx, &info.ack, NULL, count_restart, NULL);   /* the same ack again */
+	cr_assert_eq(tx.slot_resets, 1);
+	/* the messages handed back go again, defining slot 0 afresh */
+	for (int i = 3; i < 5; i++) {
+		struct km_frame_msg m = mk(101 + (uint64_t)i - 3, topics[0], p[i - 2], strlen(p[i - 2]));
+		len[i] = km_frame_tx_encode(&tx, &m, 1, 77, NULL, NOW_MS, f[i], &put);
+		cr_assert_eq(km_frame_rx_input(&rx, f[i], (size_t)len[i], NOW_MS, sink_fn, &s, NULL), 0);
+	}
+	cr_assert_eq(s.n, 3);
+	cr_assert_eq(s.v[1].id, 101);
+	cr_assert_arr_eq(s.v[1].payload, p[1], strlen(p[1]));
+	cr_assert_eq(s.v[2].id, 102);
+	cr_assert_arr_eq(s.v[2].payload, p[2], strlen(p[2]));
+	cr_assert_eq(km_frame_rx_ack(&rx, 4, &a), 0);
+	cr_assert(!a.slots_lost);
+	cr_assert_eq(km_frame_tx_ack(&tx, &a, NULL, NULL, NULL), 2);
+	cr_assert(!tx.lost_answered);
+	sink_free(&s);
+	km_frame_tx_deinit(&tx);
+	km_frame_rx_deinit(&rx);
+	km_frame_rx_deinit(&back);
+}
