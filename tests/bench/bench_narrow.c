@@ -446,11 +446,14 @@ static int cmp_i64(const void *a, const void *b)
  * A base with links fiber (mqtt, order 1) and 4g (mqtt, order 2), each to its own
  * center broker through a proxy, all keys at their defaults (ack_timeout 3 s, hold
  * 2 s, keepalive 10 s). Per trial: traffic flows on the fiber, the fiber is cut
- * silently, and the trial measures the time from the cut to the first message that
- * arrives at the 4g center broker. Then the fiber returns and traffic goes back to it.
+ * silently (or, with kill, its center broker, reached without the proxy, is killed:
+ * the connection breaks at once), and the trial measures the
+ * time from the outage to the first message that arrives at the 4g center broker. Then
+ * the fiber returns (the broker restarts) and traffic goes back to it.
  */
-static void run_failover(int trials)
+static void run_failover(int trials, bool kill)
 {
+        const char *what = kill ? "the fiber's broker killed" : "a silent cut";
         struct h_broker local, c1, c2;
         struct proxy fiber, fourg;
         struct h_sub s1, s2;
@@ -462,7 +465,8 @@ static void run_failover(int trials)
 
         h_tmpdir(g_dir, sizeof(g_dir), "bench-failover");
         h_broker_start(&local, g_dir, 0, NULL);
-        h_broker_start(&c1, g_dir, 0, NULL);
+        /* Saved on every change, so that the subscriber's session survives the kill. */
+        h_broker_start(&c1, g_dir, 0, kill ? "autosave_interval 1\nautosave_on_changes true\n" : NULL);
         h_broker_start(&c2, g_dir, 0, NULL);
         proxy_start(&fiber, c1.port);
         proxy_start(&fourg, c2.port);
@@ -478,7 +482,7 @@ static void run_failover(int trials)
                 "[local]\nuri = tcp://127.0.0.1:%d\nsubscribe = sensors/#\n"
                 "[link fiber]\ntype = mqtt\nuri = tcp://127.0.0.1:%d\norder = 1\n"
                 "[link 4g]\ntype = mqtt\nuri = tcp://127.0.0.1:%d\norder = 2\ndownlink = no\n",
-                g_dir, local.port, fiber.port, fourg.port);
+                g_dir, local.port, kill ? c1.port : fiber.port, fourg.port);
         fclose(f);
         const char *args[] = { "--config", conf, NULL };
         h_kuimen_start(&k, klog, args);
@@ -492,15 +496,18 @@ static void run_failover(int trials)
         if (pthread_create(&tp, NULL, stream_main, &st) != 0)
                 die("cannot start the publisher thread");
 
-        printf("failover: %d trial(s), %d msg/s, fiber and 4g mqtt links with default keys (ack_timeout 3 s, hold 2 s)\n",
-               trials, FO_RATE);
+        printf("failover, %s: %d trial(s), %d msg/s, fiber and 4g mqtt links with default keys (ack_timeout 3 s, "
+               "hold 2 s)\n", what, trials, FO_RATE);
         for (int i = 0; i < trials; i++) {
                 if (!on_fiber(&s1, &s2, 30000))
                         dief("failover: traffic never settled on the fiber (trial %d, log %s)", i + 1, klog);
                 int ups = h_log_count(&k, "link: fiber: down -> up");
                 size_t before = sub_count(&s2);
                 int64_t cut = h_now_ms();
-                atomic_store(&fiber.cut, true);
+                if (kill)
+                        h_stop(&c1.p, SIGKILL);
+                else
+                        atomic_store(&fiber.cut, true);
                 while (sub_count(&s2) == before && h_now_ms() - cut < 30000)
                         h_sleep_ms(2);
                 fo[i] = sub_count(&s2) > before ? h_now_ms() - cut : -1;
@@ -508,7 +515,10 @@ static void run_failover(int trials)
                        fo[i] < 0 ? " (nothing over 4g within 30 s)" : "");
                 fflush(stdout);
                 h_sleep_ms(1000);
-                atomic_store(&fiber.cut, false); /* the fiber returns */
+                if (kill)
+                        h_broker_restart(&c1);
+                else
+                        atomic_store(&fiber.cut, false); /* the fiber returns */
                 for (int64_t until = h_now_ms() + 30000; h_log_count(&k, "link: fiber: down -> up") <= ups;
                      h_sleep_ms(50))
                         if (h_now_ms() > until)
@@ -523,8 +533,8 @@ static void run_failover(int trials)
                         sorted[ok++] = fo[i];
         qsort(sorted, (size_t)ok, sizeof(sorted[0]), cmp_i64);
         if (ok)
-                printf("failover after a silent cut, cut to first message over 4g: p50 %.2f s, max %.2f s (%d of %d trials)\n",
-                       (double)sorted[(ok - 1) / 2] / 1000.0, (double)sorted[ok - 1] / 1000.0, ok, trials);
+                printf("failover after %s, outage to first message over 4g: p50 %.3f s, max %.3f s (%d of %d trials)\n",
+                       what, (double)sorted[(ok - 1) / 2] / 1000.0, (double)sorted[ok - 1] / 1000.0, ok, trials);
         else
                 printf("failover: no trial delivered over 4g\n");
         h_pub_stop(&pub);
@@ -550,12 +560,13 @@ int main(int argc, char **argv)
 {
         int n = 200, runs = 3, trials = 10, mtu = 77, bitrate = 1200;
         double loss = 0;
+        bool short_run = false;
         const char *only = NULL;
 
         for (int i = 1; i < argc; i++) {
                 const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
                 if (strcmp(a, "--short") == 0)
-                        n = 24, runs = 1, trials = 2;
+                        n = 24, runs = 1, trials = 2, short_run = true;
                 else if (v && strcmp(a, "--only") == 0)
                         only = v, i++;
                 else if (v && strcmp(a, "--messages") == 0)
@@ -605,7 +616,10 @@ int main(int argc, char **argv)
                         }
                 printf("goodput (median of %d): %.1f%%\n", runs, pct[runs / 2]);
         }
-        if (!only || !strcmp(only, "failover"))
-                run_failover(trials);
+        if (!only || !strcmp(only, "failover")) {
+                run_failover(trials, false);
+                if (!short_run)
+                        run_failover(trials, true);
+        }
         return 0;
 }
