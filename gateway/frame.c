@@ -108,10 +108,66 @@
  * PER-ORIGIN ORDER. Frames are delivered in sequence order; messages in a
  * frame in record order. A frame the sender abandons (km_frame_tx_reset)
  * is skipped when a later frame's base passes it.
+ *
+ * WIRE FORMAT, version 2 = version 1 (hdr version bits = 2) plus SLOTS.
+ * Everything above holds, with these additions (bits reserved in 1):
+ *
+ *   rh bit 1 S: the record uses a slot. Whole records and last fragments
+ *            only; on a last fragment R = Tr = 0 (the completed message
+ *            defines slot k, and slot k is unknown if it does not complete).
+ *   with S, after meta (last fragments: after rh):
+ *            slot:u8 = R:1 (bit 7) | Tr:1 (bit 6) | k:6 (bits 5-0)
+ *            R = 0: the record is as in version 1 and defines slot k.
+ *            R = 1: the record refers to slot k's message and replaces it:
+ *              its topic is that message's (no topic field, T = 0), its id
+ *              is zz(id - slot id) even as the frame's first record, and
+ *              enc 1 deflates against the slot's payload as the preset
+ *              dictionary (zlib's deflateSetDictionary on the raw stream;
+ *              no dictionary id on the wire: the slot names it).
+ *            Tr = 1 (only with R and a timed record): time is zz seconds
+ *              from the slot message's time instead of the frame's chain
+ *              (it then continues the chain).
+ *            After the record is delivered, slot k holds its id, time,
+ *            topic and payload as delivered. A slot's topic is at most
+ *            KM_FRAME_SLOT_TOPIC_MAX bytes, its payload at most
+ *            KM_FRAME_SLOT_PAYLOAD_MAX; records with S stay within both.
+ *   DATA flags bit 0 L (only with an ack tail), ACK flags bit 1 L: the ack
+ *            says the receiver lost its slots for the acked origin.
+ *
+ * WHY slots. On a 77-byte frame a 64-byte reading cannot go whole in
+ * version 1: the header, the 5-byte origin hash, an 8-byte id (spool ids
+ * start from the clock in microseconds), 3 bytes of time and a topic take
+ * more than the frame has left, and a reading deflated alone barely
+ * shrinks. Readings on one topic repeat their keys and most digits, so
+ * naming the previous one (1 byte) and deflating against it brings a
+ * reading to a third or half of its size, and id and time deltas to a byte
+ * or two. Stateless alternatives (a fixed JSON dictionary) only help
+ * payloads that use the keys we guessed.
+ *
+ * WHY this is safe on a lossy link. Slots change only when a frame is
+ * processed, and the receiver processes each origin's frames once, in
+ * sequence order; so whatever frame refers to a slot sees the same
+ * definition the sender saw when it wrote the frame, whether or not that
+ * definition was acknowledged yet. Three things break that chain, and
+ * each makes both ends forget their slots:
+ *   - the sender abandons frames (km_frame_tx_reset): it forgets its
+ *     slots; the receiver forgets its own when it skips a frame, and drops
+ *     frames below the new base that name a slot it no longer holds;
+ *   - the receiver loses its state (restart, origin eviction) or stops a
+ *     frame half way (callback refusal, a payload that does not decode): it
+ *     forgets its slots, leaves the frame naming an unknown slot
+ *     undelivered and says L in its acks until a frame's base passes that
+ *     frame; the sender answers the first L ack that covers no frame sent
+ *     after its last answer by abandoning its window and forgetting its
+ *     slots, and hands the abandoned messages back (restart callback);
+ *   - a sender restart: SYN, the receiver forgets the origin.
+ * A version 1 receiver refuses version 2 frames (bad_version): upgrade the
+ * center first. The center answers each origin in the version it speaks.
  */
 
 #include "frame.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -133,6 +189,14 @@
 #define RH_L 0x20
 #define RH_T 0x10
 #define RH_ENC_SHIFT 2
+#define RH_S 0x02          /* version 2 */
+
+#define SLOT_R 0x80
+#define SLOT_TR 0x40
+#define SLOT_K 0x3f
+
+#define HDR_DATA_LOST 0x01 /* version 2: the ack tail says slots lost */
+#define HDR_ACK_LOST 0x02  /* version 2, ack frames */
 
 #define META_TIME 0x04
 
@@ -150,6 +214,24 @@ enum { CODE_RAW = 0, CODE_DEFLATE = 1, CODE_POSBATCH = 2 };
  * most KM_FRAME_RECS_MAX records t * 1000 stays far from overflow. */
 #define NOW_MAX (1LL << 50)
 #define TIME_DELTA_MAX (1LL << 41)
+/* Encoded size of a slot message: deflate of at most a slot's payload,
+ * with zlib's worst case for stored blocks. */
+#define SLOT_ENC_MAX (KM_FRAME_SLOT_PAYLOAD_MAX + 64)
+/* Internal: a record names a slot the receiver does not hold. */
+#define E_SLOT ESTALE
+
+/* One slot (version 2): the last message of a topic, as the receiver
+ * delivered it. The sender keeps its view of the receiver's slots. */
+struct km_frame_ref {
+	bool used, timed;
+	uint64_t id;
+	int64_t t;             /* unix seconds when timed */
+	uint64_t stamp;        /* tx: last use, for LRU */
+	uint32_t topic_idx;    /* rx: dictionary index, UINT32_MAX = literal */
+	size_t len;
+	uint8_t data[KM_FRAME_SLOT_PAYLOAD_MAX];
+	char topic[KM_FRAME_SLOT_TOPIC_MAX + 1];
+};
 
 struct km_frame_rx_origin {
 	bool used;
@@ -158,9 +240,14 @@ struct km_frame_rx_origin {
 	uint16_t syn_base;
 	uint16_t next;       /* first frame not yet delivered */
 	uint64_t seen;       /* rx tick when last heard */
+	uint8_t version;     /* of its last data frame: we ack in it */
+	bool slots_lost;     /* say L in acks until a base passes lost_seq */
+	uint16_t lost_seq;
+	struct km_frame_ref *slots;   /* KM_FRAME_SLOTS, owned, made on first use */
 	struct {
 		bool used;
 		uint16_t seq;
+		uint8_t version;
 		size_t len;
 		uint8_t *buf;    /* records region only, owned */
 	} ahead[RX_SLOTS];
@@ -440,14 +527,21 @@ int km_frame_tx_init(struct km_frame_tx *tx, const struct km_frame_tx_cfg *cfg)
 		tx->cfg.window = KM_FRAME_WINDOW_MAX;
 	if (!tx->cfg.deflate_min)
 		tx->cfg.deflate_min = DEF_DEFLATE_MIN;
-	if (tx->cfg.window > KM_FRAME_WINDOW_MAX ||
+	if (!tx->cfg.version)
+		tx->cfg.version = 1;
+	if (tx->cfg.window > KM_FRAME_WINDOW_MAX || tx->cfg.version > KM_FRAME_VERSION ||
 	    tx->cfg.mtu_max < KM_FRAME_MTU_MIN || tx->cfg.mtu_max > KM_FRAME_MTU_MAX)
 		return -EINVAL;
+	if (tx->cfg.version >= 2 && !(tx->ref = calloc(KM_FRAME_SLOTS, sizeof(*tx->ref))))
+		return -ENOMEM;
 	tx->next_seq = cfg->first_seq;
 	/* Level 9: CPU is cheap next to a 1 kbit/s link. Raw deflate: no zlib
 	 * header or Adler-32, our CRC covers the bytes. */
-	if (deflateInit2(&tx->zs, 9, Z_DEFLATED, -15, 9, Z_DEFAULT_STRATEGY) != Z_OK)
+	if (deflateInit2(&tx->zs, 9, Z_DEFLATED, -15, 9, Z_DEFAULT_STRATEGY) != Z_OK) {
+		free(tx->ref);
+		tx->ref = NULL;
 		return -ENOMEM;
+	}
 	tx->zs_ok = true;
 	return 0;
 }
@@ -465,6 +559,8 @@ void km_frame_tx_deinit(struct km_frame_tx *tx)
 	tx->zs_ok = false;
 	free(tx->enc_buf);
 	free(tx->cbuf);
+	free(tx->ref);
+	tx->ref = NULL;
 	tx->enc_buf = tx->cbuf = NULL;
 	tx->enc_cap = tx->cbuf_cap = 0;
 }
@@ -549,6 +645,7 @@ struct enc {
 	size_t last_rh;       /* position of the last record's rh */
 	size_t last_lpos;     /* position of its len varint, 0 = none */
 	size_t last_llen;
+	uint64_t touched;     /* slots (re)defined in this frame */
 };
 
 static bool msg_ok(const struct km_frame_msg *m)
@@ -590,34 +687,50 @@ static int topic_ref(const struct km_frame_tx *tx, const char *topic,
 	return 0;
 }
 
+/* How a whole record uses a slot (version 2); NULL for none. */
+struct slot_use {
+	unsigned k;
+	const struct km_frame_ref *ref;   /* R: the slot's message, else NULL */
+	bool trel;                        /* Tr */
+};
+
 /*
  * Build the record prefix (rh up to, not including, the len varint) into
  * tmp for a record of kind frag; returns its size. Ids and times are coded
- * against e's chain but e is not changed: the caller may still decide
- * the record does not fit.
+ * against e's chain (or slot su) but e is not changed: the caller may still
+ * decide the record does not fit.
  */
 static size_t build_prefix(const struct enc *e, const struct km_frame_msg *m,
 			   const struct topic_ref *t, int frag, uint8_t code,
-			   size_t total, uint8_t *tmp)
+			   size_t total, const struct slot_use *su, uint8_t *tmp)
 {
 	struct wbuf w = { .p = tmp, .cap = PREFIX_MAX };
 	bool head = frag == FRAG_WHOLE || frag == FRAG_FIRST;
 	uint8_t rh = (uint8_t)(frag << RH_FRAG_SHIFT);
+	const struct km_frame_ref *ref = su ? su->ref : NULL;
 
 	if (head)
-		rh |= (uint8_t)((t->lit ? RH_T : 0) | (code << RH_ENC_SHIFT));
+		rh |= (uint8_t)((t->lit && !ref ? RH_T : 0) | (code << RH_ENC_SHIFT));
+	if (su)
+		rh |= RH_S;
 	put_u8(&w, rh);
 	bool timed = head && msg_timed(m);
 	if (head)
 		put_u8(&w, (uint8_t)((m->cls << 5) | (m->qos << 3) |
 				     (timed ? META_TIME : 0)));
-	if (e->nrec == 0)
+	if (su)
+		put_u8(&w, (uint8_t)((ref ? SLOT_R : 0) | (su->trel ? SLOT_TR : 0) | su->k));
+	if (ref)
+		put_varint(&w, zz_enc((int64_t)(m->id - ref->id)));
+	else if (e->nrec == 0)
 		put_varint(&w, m->id);
 	else
 		put_varint(&w, zz_enc((int64_t)(m->id - e->prev_id)));
 	if (timed) {
 		int64_t s = m->created_ms / 1000;
-		if (!e->have_t) {
+		if (su && su->trel) {
+			put_varint(&w, zz_enc(s - ref->t));
+		} else if (!e->have_t) {
 			uint32_t v = (uint32_t)(s % TIME_MOD);
 			put_u8(&w, (uint8_t)(v >> 16));
 			put_u16(&w, (uint16_t)v);
@@ -625,7 +738,9 @@ static size_t build_prefix(const struct enc *e, const struct km_frame_msg *m,
 			put_varint(&w, zz_enc(s - e->prev_t));
 		}
 	}
-	if (head && t->lit) {
+	if (head && ref) {
+		/* the slot's topic */
+	} else if (head && t->lit) {
 		put_varint(&w, t->n);
 		put_bytes(&w, t->s, t->n);
 	} else if (head) {
@@ -673,7 +788,135 @@ static void strip_last_len(struct enc *e)
 }
 
 /* Outcome of placing one message in the frame being built. */
-enum place { PLACED = 0, PLACED_STOP = 1, NO_ROOM = 2 };
+enum place { PLACED = 0, PLACED_STOP = 1, NO_ROOM = 2, NEED_SPLIT = 3 };
+
+/* ---- slots (version 2) ---- */
+
+/* The payload as the receiver will deliver it (compacted JSON under AUTO),
+ * into out (KM_FRAME_SLOT_PAYLOAD_MAX bytes); the caller checked m->len. */
+static size_t plain_form(const struct km_frame_tx *tx, const struct km_frame_msg *m,
+			 uint8_t *out)
+{
+	bool auto_enc = m->enc == KM_FRAME_ENC_AUTO || m->enc == KM_FRAME_ENC_DEFLATE;
+	int c = auto_enc && !tx->cfg.no_compact_json && m->len ?
+		km_frame_json_compact(m->payload, m->len, out) : -EINVAL;
+
+	if (c >= 0)
+		return (size_t)c;
+	if (m->len)
+		memcpy(out, m->payload, m->len);
+	return m->len;
+}
+
+/* Deflate src against dict (may be NULL) into out (SLOT_ENC_MAX); returns
+ * the size, or 0 when zlib fails or it would not be smaller. */
+static size_t deflate_slot(struct km_frame_tx *tx, const uint8_t *dict, size_t dlen,
+			   const uint8_t *src, size_t n, uint8_t *out)
+{
+	if (deflateReset(&tx->zs) != Z_OK)
+		return 0;
+	if (dict && dlen && deflateSetDictionary(&tx->zs, dict, (uInt)dlen) != Z_OK)
+		return 0;
+	tx->zs.next_in = (Bytef *)(uintptr_t)src;
+	tx->zs.avail_in = (uInt)n;
+	tx->zs.next_out = out;
+	tx->zs.avail_out = SLOT_ENC_MAX;
+	if (deflate(&tx->zs, Z_FINISH) != Z_STREAM_END)
+		return 0;
+	size_t z = SLOT_ENC_MAX - tx->zs.avail_out;
+	return z < n ? z : 0;
+}
+
+/* The receiver's slot k now holds m as it will deliver it (plain). */
+static void slot_define(struct km_frame_tx *tx, struct enc *e, unsigned k,
+			const struct km_frame_msg *m, const uint8_t *plain, size_t plen)
+{
+	struct km_frame_ref *r = &tx->ref[k];
+
+	r->used = true;
+	r->timed = msg_timed(m);
+	r->t = m->created_ms / 1000;
+	r->id = m->id;
+	r->stamp = ++tx->ref_clock;
+	r->len = plen;
+	memcpy(r->data, plain, plen);
+	memcpy(r->topic, m->topic, strlen(m->topic) + 1);
+	e->touched |= 1ULL << k;
+}
+
+/* Whether m may live in a slot (version 2): bounded topic and payload. */
+static bool slot_fits(const struct km_frame_tx *tx, const struct km_frame_msg *m)
+{
+	return tx->ref && m->topic && m->topic[0] && m->len <= KM_FRAME_SLOT_PAYLOAD_MAX &&
+	       strlen(m->topic) <= KM_FRAME_SLOT_TOPIC_MAX;
+}
+
+/* The slot for topic: the one holding it (hit), else a free or the least
+ * recently used one. */
+static unsigned slot_for(const struct km_frame_tx *tx, const char *topic, bool *hit)
+{
+	unsigned pick = 0;
+
+	*hit = false;
+	for (unsigned k = 0; k < KM_FRAME_SLOTS; k++) {
+		const struct km_frame_ref *r = &tx->ref[k];
+		if (r->used && !strcmp(r->topic, topic)) {
+			*hit = true;
+			return k;
+		}
+		if (tx->ref[pick].used && (!r->used || r->stamp < tx->ref[pick].stamp))
+			pick = k;
+	}
+	return pick;
+}
+
+/*
+ * Version 2: put m whole as a slot record, naming the slot of its topic when
+ * there is one. Returns PLACED, PLACED_STOP, NO_ROOM (fits the next frame),
+ * NEED_SPLIT (too large for any frame as a whole record: the caller sends it
+ * as in version 1, because continuing fragments must re-encode to the same
+ * bytes and a slot may change in between) or a negative errno.
+ */
+static int place_slot(struct km_frame_tx *tx, struct enc *e, const struct km_frame_msg *m)
+{
+	uint8_t plain[KM_FRAME_SLOT_PAYLOAD_MAX], zbuf[SLOT_ENC_MAX], tmp[PREFIX_MAX];
+	struct topic_ref t = { 0 };
+	bool hit;
+	unsigned k = slot_for(tx, m->topic, &hit);
+	struct km_frame_ref *r = &tx->ref[k];
+	struct slot_use su = { .k = k, .ref = hit ? r : NULL,
+			       .trel = hit && r->timed && msg_timed(m) };
+	size_t plen = plain_form(tx, m, plain);
+	const uint8_t *data = plain;
+	size_t len = plen;
+	uint8_t code = m->enc == KM_FRAME_ENC_POSBATCH ? CODE_POSBATCH : CODE_RAW;
+	int rc;
+
+	if (!hit && (rc = topic_ref(tx, m->topic, &t)))
+		return rc;
+	if (m->enc == KM_FRAME_ENC_AUTO || m->enc == KM_FRAME_ENC_DEFLATE) {
+		/* Against a slot even a short reading shrinks; alone, only
+		 * from deflate_min. */
+		size_t z = hit || plen >= tx->cfg.deflate_min ?
+			   deflate_slot(tx, hit ? r->data : NULL, hit ? r->len : 0, plain, plen, zbuf) : 0;
+		if (z) {
+			data = zbuf;
+			len = z;
+			code = CODE_DEFLATE;
+		}
+	}
+	size_t pl = build_prefix(e, m, &t, FRAG_WHOLE, code, len, &su, tmp);
+	size_t room = e->w.cap - e->w.pos;
+	bool wl = pl + varint_len(len) + len <= room;
+
+	if (!wl && pl + len > room)
+		return pl + len <= e->w.cap - e->head_len ? NO_ROOM : NEED_SPLIT;
+	put_record(e, m, FRAG_WHOLE, tmp, pl, wl, data, len);
+	slot_define(tx, e, k, m, plain, plen);
+	if (hit)
+		tx->slot_refs++;
+	return wl ? PLACED : PLACED_STOP;
+}
 
 /*
  * Put as much of m as the rules allow: the rest of a split message, a whole
@@ -689,9 +932,20 @@ static int place_msg(struct km_frame_tx *tx, struct enc *e,
 	const uint8_t *data;
 	size_t len;
 	uint8_t code;
-	int rc = msg_ok(m) ? prepare(tx, m, &data, &len, &code) : -EINVAL;
+	int rc;
 
-	if (rc)
+	if (!msg_ok(m))
+		return -EINVAL;
+	if (m->frag_off == 0 && slot_fits(tx, m)) {
+		rc = place_slot(tx, e, m);
+		if (rc < 0 || rc == NO_ROOM)
+			return rc;
+		if (rc != NEED_SPLIT) {
+			*sent_to = *full = 1;
+			return rc;
+		}
+	}
+	if ((rc = prepare(tx, m, &data, &len, &code)))
 		return rc;
 	if (m->frag_off == 0 && (rc = topic_ref(tx, m->topic, &t)))
 		return rc;
@@ -701,11 +955,30 @@ static int place_msg(struct km_frame_tx *tx, struct enc *e,
 	size_t room = e->w.cap - e->w.pos;
 	size_t off = m->frag_off, rest = len - off;
 	int frag = off ? FRAG_LAST : FRAG_WHOLE;
-	size_t pl = build_prefix(e, m, &t, frag, code, len, tmp);
+	/* Version 2: a split message small enough for a slot defines one with
+	 * its last fragment (it was encoded without one, so every fragment
+	 * re-encodes to the same bytes). */
+	bool hit;
+	struct slot_use su = { 0 };
+	bool def = frag == FRAG_LAST && slot_fits(tx, m);
+	if (def)
+		su.k = slot_for(tx, m->topic, &hit);
+	size_t pl = build_prefix(e, m, &t, frag, code, len, def ? &su : NULL, tmp);
 
+	if (def && pl + rest > room) {
+		/* The slot byte is what does not fit: end the message here without
+		 * defining a slot rather than send a middle fragment that holds all
+		 * the rest (its receiver would wait for a last one forever). */
+		def = false;
+		pl = build_prefix(e, m, &t, frag, code, len, NULL, tmp);
+	}
 	if (pl + varint_len(rest) + rest <= room || pl + rest <= room) {
 		bool wl = pl + varint_len(rest) + rest <= room;
 		put_record(e, m, frag, tmp, pl, wl, data + off, rest);
+		if (def) {
+			uint8_t plain[KM_FRAME_SLOT_PAYLOAD_MAX];
+			slot_define(tx, e, su.k, m, plain, plain_form(tx, m, plain));
+		}
 		*sent_to = len;
 		return wl ? PLACED : PLACED_STOP;
 	}
@@ -717,9 +990,11 @@ static int place_msg(struct km_frame_tx *tx, struct enc *e,
 	} else {
 		frag = FRAG_MIDDLE;
 	}
-	pl = build_prefix(e, m, &t, frag, code, len, tmp);
+	pl = build_prefix(e, m, &t, frag, code, len, NULL, tmp);
 	if (pl + 1 > room)
 		return NO_ROOM;
+	/* A first or middle fragment is never a message's last byte. */
+	assert(room - pl < rest);
 	put_record(e, m, frag, tmp, pl, false, data + off, room - pl);
 	*sent_to = off + room - pl;
 	return PLACED_STOP;
@@ -774,7 +1049,7 @@ static int slot_ready(struct km_frame_slot *s, size_t mtu_max)
 /* Write hdr, origin, seq and back; returns nothing, w->err tells. */
 static void put_head(struct km_frame_tx *tx, struct wbuf *w, bool ack)
 {
-	uint8_t hdr = (uint8_t)((KM_FRAME_VERSION << HDR_VER_SHIFT) |
+	uint8_t hdr = (uint8_t)((tx->cfg.version << HDR_VER_SHIFT) |
 				(KM_FRAME_T_DATA << HDR_TYPE_SHIFT));
 
 	if (!tx->synced)
@@ -801,6 +1076,8 @@ static int fill_records(struct km_frame_tx *tx, struct enc *e,
 			return i == 0 ? -EMSGSIZE : 0;
 		if (sent_to < full) {
 			put->next_off = sent_to;
+			s->has_part = true;
+			s->part_id = msgs[i].id;
 			return 0;
 		}
 		s->done[s->n_done++] = msgs[i].id;
@@ -826,17 +1103,25 @@ int km_frame_tx_encode(struct km_frame_tx *tx, const struct km_frame_msg *msgs,
 		return rc;
 	*put = (struct km_frame_put){ .seq = tx->next_seq };
 	s->n_done = 0;
+	s->has_part = false;
 	/* Budget for the larger CRC when the frame may exceed 256 bytes. */
 	struct enc e = { .w = { .p = out, .cap = mtu - crc_size(mtu) } };
 	put_head(tx, &e.w, false);
 	e.head_len = e.w.pos;
-	if ((rc = fill_records(tx, &e, s, msgs, n, put)))
+	if ((rc = fill_records(tx, &e, s, msgs, n, put))) {
+		/* The frame is not sent: slots it (re)defined are unknown. */
+		for (unsigned k = 0; k < KM_FRAME_SLOTS && tx->ref; k++)
+			if (e.touched & (1ULL << k))
+				tx->ref[k].used = false;
 		return rc;
+	}
 	if (!e.nrec)
 		return -EMSGSIZE;
 	strip_last_len(&e);
 	if (ack && put_ack_tail(&e.w, ack)) {
 		out[0] |= HDR_ACK;
+		if (ack->slots_lost && tx->cfg.version >= 2)
+			out[0] |= HDR_DATA_LOST;
 		put->acked_piggy = true;
 	}
 	size_t len = crc_append(out, e.w.pos);
@@ -927,6 +1212,42 @@ static void tx_restart(struct km_frame_tx *tx, const struct km_frame_ack *a,
 		restart(ctx, id);
 }
 
+static void slots_forget(struct km_frame_tx *tx)
+{
+	if (tx->ref)
+		memset(tx->ref, 0, KM_FRAME_SLOTS * sizeof(*tx->ref));
+}
+
+/*
+ * The receiver lost its slots: frames in flight may name slots it no longer
+ * holds, and it will not deliver them. Abandon them all (the receiver skips
+ * them when our next frame's base passes) and hand their messages back.
+ * Answer once: the receiver repeats the flag until our base passes the frame
+ * it is stuck on, so ignore acks that cover nothing sent after the answer.
+ */
+static void tx_slots_lost(struct km_frame_tx *tx, const struct km_frame_ack *a,
+			  km_frame_done_fn restart, void *ctx)
+{
+	if (tx->lost_answered &&
+	    (uint16_t)(tx->lost_seq - (uint16_t)(a->cum + 1)) < 0x8000)
+		return;
+	uint16_t base = tx_base(tx);
+	for (unsigned i = 0; i < tx->inflight; i++) {
+		struct km_frame_slot *s = &tx->slot[(uint16_t)(base + i) % KM_FRAME_WINDOW_MAX];
+		for (size_t k = 0; restart && k < s->n_done; k++)
+			restart(ctx, s->done[k]);
+		if (restart && s->has_part)
+			restart(ctx, s->part_id);
+		s->used = false;
+	}
+	tx->inflight = 0;
+	tx->cache_ok = false;
+	slots_forget(tx);
+	tx->lost_answered = true;
+	tx->lost_seq = tx->next_seq;
+	tx->slot_resets++;
+}
+
 int km_frame_tx_ack(struct km_frame_tx *tx, const struct km_frame_ack *ack,
 		    km_frame_done_fn done, km_frame_done_fn restart, void *ctx)
 {
@@ -947,6 +1268,14 @@ int km_frame_tx_ack(struct km_frame_tx *tx, const struct km_frame_ack *ack,
 	}
 	tx->inflight -= c;
 	tx_sack(tx, ack);
+	/* Once the receiver holds a frame sent after our last answer, that
+	 * answer is spent; forgetting it keeps the 16-bit comparison in
+	 * tx_slots_lost from wrapping hours later. */
+	uint16_t past = (uint16_t)((uint16_t)(ack->cum + 1) - tx->lost_seq);
+	if (tx->lost_answered && past != 0 && past < 0x8000)
+		tx->lost_answered = false;
+	if (ack->slots_lost && tx->ref)
+		tx_slots_lost(tx, ack, restart, ctx);
 	return c;
 }
 
@@ -1006,6 +1335,10 @@ void km_frame_tx_reset(struct km_frame_tx *tx)
 		tx->slot[i].used = false;
 	tx->inflight = 0;
 	tx->cache_ok = false;
+	/* Abandoned frames may have redefined slots, and the receiver may or may
+	 * not process them (it delivers those it holds when it skips): start
+	 * the slots afresh. */
+	slots_forget(tx);
 }
 
 unsigned km_frame_tx_inflight(const struct km_frame_tx *tx)
@@ -1022,8 +1355,12 @@ int km_frame_ack_encode(const struct km_frame_ack *ack, uint32_t from,
 	struct wbuf w = { .p = tmp, .cap = sizeof(tmp) };
 	size_t nbm = bitmap_len(ack->bitmap), nr = restart_count(ack);
 
-	put_u8(&w, (uint8_t)((KM_FRAME_VERSION << HDR_VER_SHIFT) |
-			     (KM_FRAME_T_ACK << HDR_TYPE_SHIFT) | (nr ? 1 : 0)));
+	unsigned ver = ack->version ? ack->version : 1;
+
+	if (ver > KM_FRAME_VERSION)
+		ver = KM_FRAME_VERSION;
+	put_u8(&w, (uint8_t)((ver << HDR_VER_SHIFT) | (KM_FRAME_T_ACK << HDR_TYPE_SHIFT) |
+			     (ack->slots_lost && ver >= 2 ? HDR_ACK_LOST : 0) | (nr ? 1 : 0)));
 	put_varint(&w, from);
 	put_varint(&w, ack->origin);
 	put_u16(&w, ack->cum);
@@ -1093,6 +1430,9 @@ static void origin_clear(struct km_frame_rx *rx, struct km_frame_rx_origin *o)
 {
 	for (unsigned i = 0; i < RX_SLOTS; i++)
 		ahead_drop(rx, o, i);
+	if (o->slots)
+		memset(o->slots, 0, KM_FRAME_SLOTS * sizeof(*o->slots));
+	o->slots_lost = false;
 	for (unsigned i = 0; rx->part && i < rx->cfg.max_partials; i++) {
 		if (rx->part[i].used && rx->part[i].origin == o->id)
 			partial_drop(rx, &rx->part[i]);
@@ -1101,8 +1441,11 @@ static void origin_clear(struct km_frame_rx *rx, struct km_frame_rx_origin *o)
 
 void km_frame_rx_deinit(struct km_frame_rx *rx)
 {
-	for (unsigned i = 0; rx->org && i < rx->cfg.max_origins; i++)
+	for (unsigned i = 0; rx->org && i < rx->cfg.max_origins; i++) {
 		origin_clear(rx, &rx->org[i]);
+		free(rx->org[i].slots);
+		rx->org[i].slots = NULL;
+	}
 	for (unsigned i = 0; rx->part && i < rx->cfg.max_partials; i++) {
 		if (rx->part[i].used)
 			partial_drop(rx, &rx->part[i]);
@@ -1150,6 +1493,7 @@ static struct km_frame_rx_origin *origin_get(struct km_frame_rx *rx,
 		origin_clear(rx, o);
 		rx->origin_evictions++;
 	}
+	free(o->slots);
 	memset(o, 0, sizeof(*o));
 	o->used = true;
 	o->id = id;
@@ -1164,7 +1508,9 @@ int km_frame_rx_ack(const struct km_frame_rx *rx, uint32_t origin,
 
 	if (!o)
 		return -ENOENT;
-	*ack = (struct km_frame_ack){ .origin = origin, .cum = (uint16_t)(o->next - 1) };
+	*ack = (struct km_frame_ack){ .origin = origin, .cum = (uint16_t)(o->next - 1),
+				      .version = o->version,
+				      .slots_lost = o->slots_lost && o->version >= 2 };
 	for (unsigned i = 0; i < RX_SLOTS - 1; i++) {
 		uint16_t seq = (uint16_t)(o->next + 1 + i);
 		unsigned k = seq % RX_SLOTS;
@@ -1192,6 +1538,9 @@ struct rec {
 	uint64_t total;
 	const uint8_t *data;
 	size_t len;
+	bool slot;            /* S */
+	unsigned k;
+	struct km_frame_ref *ref;   /* R, resolved: slot k */
 };
 
 struct rcur {
@@ -1201,6 +1550,9 @@ struct rcur {
 	bool have_t;
 	int64_t prev_t;
 	int64_t now_ms;
+	unsigned version;
+	bool resolve;                 /* delivering: resolve slot references */
+	struct km_frame_ref *slots;   /* the origin's, may be NULL */
 };
 
 /* Pick the t = v (mod 2^24) nearest below now + TIME_AHEAD. */
@@ -1215,9 +1567,14 @@ static int64_t time_resolve(uint32_t v, int64_t now_ms)
 	return ref - back;
 }
 
-static int rec_time(struct rcur *c, struct rec *x)
+static int rec_time(struct rcur *c, struct rec *x, bool trel)
 {
-	if (!c->have_t) {
+	if (trel) {
+		int64_t d = zz_dec(get_varint(&c->r));
+		if (d > TIME_DELTA_MAX || d < -TIME_DELTA_MAX)
+			return -EPROTO;
+		x->t = x->ref ? x->ref->t + d : 0;
+	} else if (!c->have_t) {
 		x->t = time_resolve(get_u24(&c->r), c->now_ms);
 	} else {
 		int64_t d = zz_dec(get_varint(&c->r));
@@ -1251,7 +1608,7 @@ static int rec_topic(struct rcur *c, struct rec *x)
 		return 0;
 	}
 	uint64_t n = get_varint(&c->r);
-	if (n == 0 || n > KM_FRAME_TOPIC_MAX)
+	if (n == 0 || n > (x->slot ? KM_FRAME_SLOT_TOPIC_MAX : KM_FRAME_TOPIC_MAX))
 		return -EPROTO;
 	x->topic_len = (size_t)n;
 	x->topic = get_bytes(&c->r, x->topic_len);
@@ -1260,7 +1617,8 @@ static int rec_topic(struct rcur *c, struct rec *x)
 	return 0;
 }
 
-/* Parse the next record. Returns 1 with *x filled, 0 at the end, -EPROTO. */
+/* Parse the next record. Returns 1 with *x filled, 0 at the end, -EPROTO,
+ * or (resolving) -E_SLOT for a slot we do not hold. */
 static int rec_next(struct rcur *c, struct rec *x)
 {
 	if (c->r.pos == c->r.len)
@@ -1273,15 +1631,36 @@ static int rec_next(struct rcur *c, struct rec *x)
 	x->lit = rh & RH_T;
 	x->code = (rh >> RH_ENC_SHIFT) & 3;
 	bool head = x->frag == FRAG_WHOLE || x->frag == FRAG_FIRST;
-	if ((rh & 3) || x->code == 3 || (!head && (rh & (RH_T | (3 << RH_ENC_SHIFT)))))
+	x->slot = rh & RH_S;
+	uint8_t reserved = c->version >= 2 ? 1 : 3;
+	if ((rh & reserved) || x->code == 3 || (!head && (rh & (RH_T | (3 << RH_ENC_SHIFT)))) ||
+	    (x->slot && x->frag != FRAG_WHOLE && x->frag != FRAG_LAST))
 		return -EPROTO;
 	if (head && rec_head(c, x))
 		return -EPROTO;
+	bool refers = false, trel = false;
+	if (x->slot) {
+		uint8_t sb = get_u8(&c->r);
+		x->k = sb & SLOT_K;
+		refers = sb & SLOT_R;
+		trel = sb & SLOT_TR;
+		if ((refers && (x->lit || !head)) || (trel && (!refers || !x->timed)))
+			return -EPROTO;
+	}
 	uint64_t id = get_varint(&c->r);
-	x->id = c->nrec ? c->prev_id + (uint64_t)zz_dec(id) : id;
-	if (x->timed && rec_time(c, x))
+	if (refers && c->resolve) {
+		if (c->r.err)
+			return -EPROTO;
+		if (!c->slots || !c->slots[x->k].used)
+			return -E_SLOT;
+		x->ref = &c->slots[x->k];
+		x->id = x->ref->id + (uint64_t)zz_dec(id);
+	} else {
+		x->id = c->nrec && !refers ? c->prev_id + (uint64_t)zz_dec(id) : id;
+	}
+	if (x->timed && rec_time(c, x, trel))
 		return -EPROTO;
-	if (head && rec_topic(c, x))
+	if (head && !refers && rec_topic(c, x))
 		return -EPROTO;
 	if (x->frag == FRAG_FIRST)
 		x->total = get_varint(&c->r);
@@ -1300,9 +1679,9 @@ static int rec_next(struct rcur *c, struct rec *x)
 }
 
 /* Parse a whole records region without acting on it. */
-static int recs_check(const uint8_t *p, size_t n)
+static int recs_check(const uint8_t *p, size_t n, unsigned version)
 {
-	struct rcur c = { .r = { .p = p, .len = n } };
+	struct rcur c = { .r = { .p = p, .len = n }, .version = version };
 	struct rec x;
 	int rc;
 
@@ -1311,10 +1690,15 @@ static int recs_check(const uint8_t *p, size_t n)
 	return rc;
 }
 
-/* Inflate into rx->scratch; returns the size or a negative errno. */
-static long inflate_msg(struct km_frame_rx *rx, const uint8_t *p, size_t n)
+/* Inflate into rx->scratch, against dict when given; returns the size or a
+ * negative errno. */
+static long inflate_msg(struct km_frame_rx *rx, const uint8_t *p, size_t n,
+			const uint8_t *dict, size_t dlen)
 {
 	if (inflateReset(&rx->zs) != Z_OK)
+		return -EIO;
+	/* A raw stream takes its dictionary before the first inflate(). */
+	if (dict && dlen && inflateSetDictionary(&rx->zs, dict, (uInt)dlen) != Z_OK)
 		return -EIO;
 	rx->zs.next_in = (Bytef *)(uintptr_t)p;
 	rx->zs.avail_in = (uInt)n;
@@ -1345,7 +1729,7 @@ static int deliver(struct km_frame_rx *rx, const struct head *h,
 		   const uint8_t *p, size_t n, km_frame_deliver_fn fn, void *ctx)
 {
 	if (h->code == CODE_DEFLATE) {
-		long z = inflate_msg(rx, p, n);
+		long z = inflate_msg(rx, p, n, NULL, 0);
 		if (z == -E2BIG)
 			rx->oversize++;
 		else if (z < 0)
@@ -1539,13 +1923,109 @@ static void frag_first(struct km_frame_rx *rx, uint32_t origin, uint16_t seq,
 	p->got = x->len;
 }
 
+/*
+ * A message that (re)defines slot k, whole (x) or completed from fragments:
+ * decode it (against ref, the slot it names, if any), hand it over, then
+ * make it the slot's message. h carries the head, with h->topic already
+ * resolved; lit says the topic is literal. A payload that does not decode
+ * here is not one we may drop quietly: the sender's slot k would no longer
+ * match ours. Returns the callback's error or -E_SLOT.
+ */
+static int slot_deliver(struct km_frame_rx *rx, struct km_frame_rx_origin *o, unsigned k,
+			const struct head *h, bool lit, const uint8_t *p, size_t n,
+			const struct km_frame_ref *ref, km_frame_deliver_fn fn, void *ctx)
+{
+	char topic[KM_FRAME_SLOT_TOPIC_MAX + 1];
+
+	if (lit) {
+		/* Copied: the slot that holds the topic is rewritten below. */
+		size_t tl = strlen(h->topic);
+		if (tl > KM_FRAME_SLOT_TOPIC_MAX) {
+			rx->malformed++;
+			return -E_SLOT;
+		}
+		memcpy(topic, h->topic, tl + 1);
+	}
+	if (h->code == CODE_DEFLATE) {
+		long z = inflate_msg(rx, p, n, ref ? ref->data : NULL, ref ? ref->len : 0);
+		if (z < 0 || (size_t)z > KM_FRAME_SLOT_PAYLOAD_MAX) {
+			rx->bad_payload++;
+			return -E_SLOT;
+		}
+		p = rx->scratch;
+		n = (size_t)z;
+	} else if (n > KM_FRAME_SLOT_PAYLOAD_MAX) {
+		rx->malformed++;
+		return -E_SLOT;
+	}
+	if (!o->slots && !(o->slots = calloc(KM_FRAME_SLOTS, sizeof(*o->slots))))
+		return -E_SLOT;
+	struct km_frame_msg m = {
+		.id = h->id, .topic = lit ? topic : h->topic, .payload = p, .len = n,
+		.created_ms = h->created_ms, .origin = h->origin,
+		.topic_idx = h->topic_idx, .cls = h->cls, .qos = h->qos,
+		.enc = h->code == CODE_POSBATCH ? KM_FRAME_ENC_POSBATCH : KM_FRAME_ENC_RAW,
+	};
+	int rc = fn ? fn(ctx, &m) : 0;
+	if (rc)
+		return rc;
+	rx->delivered++;
+	struct km_frame_ref *s = &o->slots[k];
+	s->used = true;
+	s->id = h->id;
+	s->timed = h->created_ms > 0;
+	s->t = h->created_ms / 1000;
+	if (lit) {
+		memcpy(s->topic, topic, strlen(topic) + 1);
+		s->topic_idx = UINT32_MAX;
+	} else {
+		s->topic[0] = '\0';
+		s->topic_idx = h->topic_idx;
+	}
+	s->len = n;
+	memcpy(s->data, p, n);
+	return 0;
+}
+
+/* A whole record with S: its head comes from the record, or from the slot
+ * it names. */
+static int deliver_slot(struct km_frame_rx *rx, struct km_frame_rx_origin *o,
+			const struct rec *x, km_frame_deliver_fn fn, void *ctx)
+{
+	const struct km_frame_ref *r = x->ref;
+	struct head h;
+
+	if (!r) {
+		head_of(rx, o->id, x, &h);
+		return slot_deliver(rx, o, x->k, &h, x->lit, x->data, x->len, NULL, fn, ctx);
+	}
+	const struct km_frame_dict *d = rx->cfg.dict;
+	bool lit = r->topic_idx == UINT32_MAX;
+	h = (struct head){
+		.origin = o->id, .id = x->id, .cls = x->cls, .qos = x->qos,
+		.code = x->code, .created_ms = x->timed ? x->t * 1000 : 0,
+		.topic_idx = r->topic_idx, .topic = lit ? r->topic : NULL,
+	};
+	if (!lit && d && r->topic_idx < d->n && d->topics[r->topic_idx])
+		h.topic = d->topics[r->topic_idx];
+	else if (!lit)
+		rx->unknown_topics++;
+	return slot_deliver(rx, o, x->k, &h, lit, x->data, x->len, r, fn, ctx);
+}
+
 /* Middle or last fragment. A callback error keeps the partial as it was
  * before this fragment so that the frame can be processed again. */
-static int frag_more(struct km_frame_rx *rx, uint32_t origin, uint16_t seq,
+static int frag_more(struct km_frame_rx *rx, struct km_frame_rx_origin *o, uint16_t seq,
 		     const struct rec *x, km_frame_deliver_fn fn, void *ctx)
 {
+	uint32_t origin = o->id;
 	struct km_frame_partial *p = partial_find(rx, origin, x->id);
 
+	/* A last fragment with S defines slot k only if the message completes:
+	 * until then slot k is unknown here (the sender believes otherwise, so
+	 * naming it must miss, not decode against the old message). */
+	if (x->slot && o->slots)
+		o->slots[x->k].used = false;
 	if (!p) {
 		rx->orphan_frags++;
 		orphan_add(rx, origin, x->id, seq);
@@ -1570,7 +2050,9 @@ static int frag_more(struct km_frame_rx *rx, uint32_t origin, uint16_t seq,
 	const struct km_frame_dict *d = rx->cfg.dict;
 	if (!p->topic && d && p->topic_idx < d->n)
 		h.topic = d->topics[p->topic_idx];
-	int rc = deliver(rx, &h, p->buf, p->total, fn, ctx);
+	int rc = x->slot ? slot_deliver(rx, o, x->k, &h, p->topic != NULL, p->buf, p->total,
+					NULL, fn, ctx)
+			 : deliver(rx, &h, p->buf, p->total, fn, ctx);
 	if (rc)
 		p->got -= x->len;
 	else
@@ -1578,26 +2060,50 @@ static int frag_more(struct km_frame_rx *rx, uint32_t origin, uint16_t seq,
 	return rc;
 }
 
-/* Act on every record of in-order frame seq. */
-static int recs_deliver(struct km_frame_rx *rx, uint32_t origin, uint16_t seq,
-			const uint8_t *p, size_t n, int64_t now_ms,
-			km_frame_deliver_fn fn, void *ctx)
+static void slots_clear(struct km_frame_rx_origin *o)
 {
-	struct rcur c = { .r = { .p = p, .len = n }, .now_ms = now_ms };
+	if (o->slots)
+		memset(o->slots, 0, KM_FRAME_SLOTS * sizeof(*o->slots));
+}
+
+/* Act on every record of in-order frame seq. A frame that stops half way
+ * (a slot we do not hold: -E_SLOT; a callback error) leaves our slots out
+ * of step with the sender's, and the frame may be processed again: forget
+ * the slots so that every reference to them misses rather than decodes
+ * against the wrong message. */
+static int recs_deliver(struct km_frame_rx *rx, struct km_frame_rx_origin *o,
+			uint16_t seq, const uint8_t *p, size_t n, unsigned version,
+			int64_t now_ms, km_frame_deliver_fn fn, void *ctx)
+{
+	struct rcur c = { .r = { .p = p, .len = n }, .now_ms = now_ms,
+			  .version = version, .resolve = true, .slots = o->slots };
 	struct rec x;
 	struct head h;
-	int rc = 0;
+	int rc = 0, more = 0;
+	bool touched = false;
 
-	while (!rc && rec_next(&c, &x) == 1) {
-		if (x.frag == FRAG_WHOLE) {
-			head_of(rx, origin, &x, &h);
+	while (!rc && (more = rec_next(&c, &x)) == 1) {
+		if (x.slot && x.frag == FRAG_WHOLE) {
+			rc = deliver_slot(rx, o, &x, fn, ctx);
+			c.slots = o->slots;
+			touched = true;
+		} else if (x.frag == FRAG_WHOLE) {
+			head_of(rx, o->id, &x, &h);
 			rc = deliver(rx, &h, x.data, x.len, fn, ctx);
 		} else if (x.frag == FRAG_FIRST) {
-			frag_first(rx, origin, seq, &x);
+			frag_first(rx, o->id, seq, &x);
 		} else {
-			rc = frag_more(rx, origin, seq, &x, fn, ctx);
+			rc = frag_more(rx, o, seq, &x, fn, ctx);
+			c.slots = o->slots;
+			touched |= x.slot;
 		}
 	}
+	if (!rc && more == -E_SLOT) {
+		rc = -E_SLOT;
+		rx->slot_misses++;
+	}
+	if (rc == -E_SLOT || (rc && touched))
+		slots_clear(o);
 	return rc;
 }
 
@@ -1609,8 +2115,8 @@ static int drain(struct km_frame_rx *rx, struct km_frame_rx_origin *o,
 		unsigned k = o->next % RX_SLOTS;
 		if (!o->ahead[k].used || o->ahead[k].seq != o->next)
 			return 0;
-		int rc = recs_deliver(rx, o->id, o->next, o->ahead[k].buf,
-				      o->ahead[k].len, now_ms, fn, ctx);
+		int rc = recs_deliver(rx, o, o->next, o->ahead[k].buf, o->ahead[k].len,
+				      o->ahead[k].version, now_ms, fn, ctx);
 		if (rc)
 			return rc;
 		ahead_drop(rx, o, k);
@@ -1626,9 +2132,16 @@ static int skip_to(struct km_frame_rx *rx, struct km_frame_rx_origin *o,
 {
 	for (;;) {
 		int rc = drain(rx, o, now_ms, fn, ctx);
+		uint16_t d = (uint16_t)(base - o->next);
+		if (rc == -E_SLOT && d != 0 && d < 0x8000) {
+			/* An abandoned frame naming a slot we forgot: the sender
+			 * hands its messages over again. */
+			ahead_drop(rx, o, o->next % RX_SLOTS);
+			o->next++;
+			continue;
+		}
 		if (rc)
 			return rc;
-		uint16_t d = (uint16_t)(base - o->next);
 		if (d == 0 || d >= 0x8000)
 			return 0;   /* drained up to or past base */
 		rx->skipped_frames++;
@@ -1638,13 +2151,16 @@ static int skip_to(struct km_frame_rx *rx, struct km_frame_rx_origin *o,
 				rx->partial_evictions++;
 			}
 		}
+		/* The skipped frame may have redefined slots that later frames
+		 * name: forget them all (the sender did when it abandoned). */
+		slots_clear(o);
 		o->next++;
 	}
 }
 
 /* Keep a frame that arrived ahead of a gap, within the byte cap. */
 static void buffer_ahead(struct km_frame_rx *rx, struct km_frame_rx_origin *o,
-			 uint16_t seq, const uint8_t *p, size_t n)
+			 uint16_t seq, const uint8_t *p, size_t n, uint8_t version)
 {
 	unsigned k = seq % RX_SLOTS;
 
@@ -1660,6 +2176,7 @@ static void buffer_ahead(struct km_frame_rx *rx, struct km_frame_rx_origin *o,
 	}
 	memcpy(o->ahead[k].buf, p, n);
 	o->ahead[k].len = n;
+	o->ahead[k].version = version;
 	o->ahead[k].seq = seq;
 	o->ahead[k].used = true;
 	rx->buffered_bytes += n;
@@ -1671,6 +2188,7 @@ struct dframe {
 	uint32_t origin;
 	uint16_t seq, base;
 	bool syn;
+	uint8_t version;
 	const uint8_t *recs;
 	size_t nrecs;
 };
@@ -1696,6 +2214,17 @@ static int sync_origin(struct km_frame_rx *rx, struct km_frame_rx_origin *o,
 	return 0;
 }
 
+/* The frame at o->next names a slot we do not hold: it stays undelivered
+ * and our acks say L until the sender abandons it (its base passes it). */
+static int stuck(struct km_frame_rx_origin *o, int rc)
+{
+	if (rc != -E_SLOT)
+		return rc;
+	o->slots_lost = true;
+	o->lost_seq = o->next;
+	return 0;
+}
+
 static int data_in(struct km_frame_rx *rx, const struct dframe *f,
 		   int64_t now_ms, km_frame_deliver_fn fn, void *ctx)
 {
@@ -1704,25 +2233,29 @@ static int data_in(struct km_frame_rx *rx, const struct dframe *f,
 	int rc;
 
 	o->seen = ++rx->tick;
+	o->version = f->version;
 	orphan_expire(rx, f->origin, f->base);
-	if ((rc = sync_origin(rx, o, fresh, f, now_ms, fn, ctx)))
+	if ((rc = stuck(o, sync_origin(rx, o, fresh, f, now_ms, fn, ctx))))
 		return rc;
+	uint16_t past = (uint16_t)(f->base - o->lost_seq);
+	if (o->slots_lost && past != 0 && past < 0x8000)
+		o->slots_lost = false;   /* the sender answered: it abandoned that frame */
 	uint16_t d = (uint16_t)(f->seq - o->next);
 	if (d >= 0x8000) {
 		rx->duplicates++;   /* delivered already: the ack went missing */
 	} else if (d >= RX_SLOTS) {
 		rx->out_of_window++;
 	} else if (d > 0) {
-		buffer_ahead(rx, o, f->seq, f->recs, f->nrecs);
+		buffer_ahead(rx, o, f->seq, f->recs, f->nrecs, f->version);
 	} else {
-		if ((rc = recs_deliver(rx, o->id, f->seq, f->recs, f->nrecs, now_ms,
+		if ((rc = recs_deliver(rx, o, f->seq, f->recs, f->nrecs, f->version, now_ms,
 				       fn, ctx)))
-			return rc;
+			return stuck(o, rc);
 		rx->frames_ok++;
 		o->next++;
 		ahead_drop(rx, o, f->seq % RX_SLOTS);
 	}
-	return drain(rx, o, now_ms, fn, ctx);
+	return stuck(o, drain(rx, o, now_ms, fn, ctx));
 }
 
 /* Read restart ids from r until `end`; 1..KM_FRAME_RESTART_MAX of them. */
@@ -1766,9 +2299,10 @@ static int ack_tail(struct rbuf *r, struct km_frame_ack *a)
 	return 0;
 }
 
-static int ack_body(struct rbuf *r, bool rs, struct km_frame_ack *a)
+static int ack_body(struct rbuf *r, bool rs, bool lost, struct km_frame_ack *a)
 {
 	memset(a, 0, sizeof(*a));
+	a->slots_lost = lost;
 	uint64_t org = get_varint(r);
 
 	a->cum = get_u16(r);
@@ -1793,16 +2327,19 @@ static int parse_data(struct rbuf *r, uint8_t flags, struct dframe *f,
 {
 	f->seq = get_u16(r);
 	uint8_t back = get_u8(r);
-	if (r->err || back >= KM_FRAME_WINDOW_MAX || (flags & 1))
+	bool lost = flags & HDR_DATA_LOST;
+	if (r->err || back >= KM_FRAME_WINDOW_MAX ||
+	    (lost && (f->version < 2 || !(flags & HDR_ACK))))
 		return -EPROTO;
 	f->base = (uint16_t)(f->seq - back);
 	f->syn = flags & HDR_SYN;
 	if ((flags & HDR_ACK) && ack_tail(r, &info->ack))
 		return -EPROTO;
 	info->has_ack = flags & HDR_ACK;
+	info->ack.slots_lost = lost;
 	f->recs = r->p + r->pos;
 	f->nrecs = r->len - r->pos;
-	return recs_check(f->recs, f->nrecs);
+	return recs_check(f->recs, f->nrecs, f->version);
 }
 
 int km_frame_rx_input(struct km_frame_rx *rx, const uint8_t *buf, size_t len,
@@ -1820,7 +2357,8 @@ int km_frame_rx_input(struct km_frame_rx *rx, const uint8_t *buf, size_t len,
 	}
 	struct rbuf r = { .p = buf, .len = len - crc_size(len) };
 	uint8_t hdr = get_u8(&r);
-	if (hdr >> HDR_VER_SHIFT != KM_FRAME_VERSION) {
+	unsigned ver = hdr >> HDR_VER_SHIFT;
+	if (ver < 1 || ver > KM_FRAME_VERSION) {
 		rx->bad_version++;
 		return -EPROTONOSUPPORT;
 	}
@@ -1828,11 +2366,12 @@ int km_frame_rx_input(struct km_frame_rx *rx, const uint8_t *buf, size_t len,
 	info->type = (hdr >> HDR_TYPE_SHIFT) & 3;
 	info->origin = (uint32_t)org;
 	int rc = -EPROTO;
-	struct dframe f = { .origin = (uint32_t)org };
+	struct dframe f = { .origin = (uint32_t)org, .version = (uint8_t)ver };
 	if (r.err || org > UINT32_MAX)
 		goto bad;
 	if (info->type == KM_FRAME_T_ACK) {
-		if ((hdr & 6) || ack_body(&r, hdr & 1, &info->ack))
+		if ((hdr & (ver >= 2 ? 4 : 6)) ||
+		    ack_body(&r, hdr & 1, ver >= 2 && (hdr & HDR_ACK_LOST), &info->ack))
 			goto bad;
 		info->has_ack = true;
 		rx->acks_in++;

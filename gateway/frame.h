@@ -9,8 +9,15 @@
 
 #include <zlib.h>
 
-/* Wire format version written in every frame (see the comment atop frame.c). */
-#define KM_FRAME_VERSION 1
+/* Newest wire format version (see the comment atop frame.c). Receivers take
+ * every version up to this one; a sender writes the one its config asks for. */
+#define KM_FRAME_VERSION 2
+/* Version 2: per-origin slots holding the last message of a topic, so that
+ * the next one on that topic names the slot instead of its topic and id,
+ * and deflates against it. Bounds of what a slot holds: */
+#define KM_FRAME_SLOTS 64
+#define KM_FRAME_SLOT_PAYLOAD_MAX 256
+#define KM_FRAME_SLOT_TOPIC_MAX 128
 /* Smallest MTU the encoder accepts: header, CRC and a first fragment with a
  * dictionary topic still fit, with room for a few payload bytes. */
 #define KM_FRAME_MTU_MIN 32
@@ -79,6 +86,13 @@ struct km_frame_ack {
 	 * the sender must send them again from frag_off 0. */
 	uint8_t n_restart;
 	uint64_t restart[KM_FRAME_RESTART_MAX];
+	/* Version 2: the receiver lost its slots for this origin (it restarted,
+	 * or a frame stopped half way): the sender must abandon the frames in
+	 * flight and send their messages again without slot references. */
+	bool slots_lost;
+	/* Wire version an ack frame is written in: that of the origin's frames
+	 * (km_frame_rx_ack fills it), so an older sender understands it; 0 = 1. */
+	uint8_t version;
 };
 
 /* What km_frame_tx_encode() put in a frame. */
@@ -97,7 +111,10 @@ struct km_frame_tx_cfg {
 	const struct km_frame_dict *dict;   /* borrowed, may be NULL */
 	bool no_compact_json;               /* leave JSON whitespace alone */
 	size_t deflate_min;                 /* try deflate from this size, 0 = 24 */
+	unsigned version;                   /* wire version written: 0 or 1 = 1, 2 = with slots */
 };
+
+struct km_frame_ref;
 
 struct km_frame_slot {
 	bool used;
@@ -111,6 +128,8 @@ struct km_frame_slot {
 	unsigned tries;
 	size_t n_done;
 	uint64_t *done;       /* ids whose last byte is in this frame; owned */
+	bool has_part;
+	uint64_t part_id;     /* a split message with a fragment here, not its last */
 };
 
 /* Sender: frame numbering, the window of unacked frames, deflate state.
@@ -140,9 +159,17 @@ struct km_frame_tx {
 	uint64_t cache_id;
 	size_t cache_len;
 	const uint8_t *cache_src;
+	/* Version 2: what this sender believes the receiver's slots hold
+	 * (KM_FRAME_SLOTS entries, owned; NULL for version 1). */
+	struct km_frame_ref *ref;
+	uint64_t ref_clock;   /* LRU stamps of ref */
+	bool lost_answered;
+	uint16_t lost_seq;    /* next_seq when a slots_lost ack was last answered */
 	/* counters */
 	uint64_t frames_sent;
 	uint64_t frames_resent;
+	uint64_t slot_refs;   /* messages sent against a slot */
+	uint64_t slot_resets; /* slots_lost acks answered by abandoning the window */
 };
 
 /* Receiver limits. Zero fields take the defaults documented in frame.c. */
@@ -153,6 +180,8 @@ struct km_frame_rx_cfg {
 	unsigned max_partials;              /* messages being reassembled (8) */
 	size_t max_partial_bytes;           /* their bytes, all together (256 KiB) */
 	size_t max_msg;                     /* largest message, after inflate (128 KiB) */
+	/* Version 2 slots take about 28 KiB per origin that uses them, made on
+	 * first use: at most max_origins of them. */
 };
 
 struct km_frame_rx_origin;
@@ -196,6 +225,7 @@ struct km_frame_rx {
 	uint64_t bad_payload;        /* deflate stream that does not inflate */
 	uint64_t unknown_topics;     /* dictionary index beyond our dictionary */
 	uint64_t restarts_lost;      /* restart request dropped: list full (message lost) */
+	uint64_t slot_misses;        /* frame naming a slot we do not hold: asked to resend */
 	uint64_t delivered;          /* messages handed to the callback */
 };
 
@@ -250,6 +280,10 @@ int km_frame_tx_encode(struct km_frame_tx *tx, const struct km_frame_msg *msgs,
  * send order; mark frames the bitmap holds as not to be resent and earlier
  * unacked ones as lost. Acks for another origin or outside the window are
  * ignored. Either callback may be NULL. Returns the frames released.
+ * Last, an ack that says slots_lost (version 2) not yet answered abandons
+ * every frame still in flight, calling restart(ctx, id) for each message
+ * they carried (all of it or a fragment), and forgets the slots: those
+ * messages must be handed over again from frag_off 0.
  */
 int km_frame_tx_ack(struct km_frame_tx *tx, const struct km_frame_ack *ack,
 		    km_frame_done_fn done, km_frame_done_fn restart, void *ctx);

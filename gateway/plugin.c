@@ -983,11 +983,13 @@ int km_plugin_link_start(struct km_daemon *d, struct km_conf *c, const char *sec
         }
         h->bufcap = KM_FRAME_MTU_MAX;
         h->buf = malloc(h->bufcap);
-        /* A center's frames carry commands: the base publishes them byte for byte, and
-         * pairs the two copies of one that also came over MQTT by their bytes. */
+        /* Wire version 2 (slots): a reading names its topic's last one and deflates
+         * against it; a center answers each base in the version it speaks. A center's
+         * frames carry commands: the base publishes them byte for byte, and pairs the
+         * two copies of one that also came over MQTT by their bytes. */
         struct km_frame_tx_cfg tc = { .origin = h->origin, .first_seq = (uint16_t)(km_now_ms() & 0xffff),
                                       .window = FRAME_WINDOW, .mtu_max = KM_FRAME_MTU_MAX,
-                                      .no_compact_json = h->center };
+                                      .no_compact_json = h->center, .version = 2 };
         struct km_frame_rx_cfg rcfg = { 0 };
         if (!h->prefix || !h->buf || km_frame_tx_init(&h->tx, &tc) < 0 || km_frame_rx_init(&h->rx, &rcfg) < 0)
                 goto fail_link;

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* Benchmark: position payloads parsed per second (JSON, NMEA from real captures) and bytes per position, JSON vs compact. */
+/* Benchmark: position payloads parsed per second (JSON, NMEA from real captures), bytes per position, JSON vs compact, and positions per narrow-link message. */
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -10,6 +10,7 @@
 
 #include "bridges/position.h"
 #include "tests/common/nmea_epochs.h"
+#include "gateway/frame.h"
 #include "gateway/posrec.h"
 
 #ifndef KM_SOURCE_ROOT
@@ -70,6 +71,98 @@ static double parse_rate(const struct payloads *pl, size_t *ok)
 	return (double)done / t;
 }
 
+/* The wire carries the node name's 32-bit FNV-1a hash (gateway/plugin.c): 5 bytes. */
+#define ORIGIN 0xa4d2c6f1u
+#define FIRST_ID 1795931460729039ULL /* spool ids start from the clock in microseconds */
+
+/* One narrow-link message of at most mtu bytes: a whole version 2 frame. Returns its
+ * length, or 0 when rec does not go whole. */
+static int frame_whole(struct km_frame_tx *tx, struct km_frame_msg *m, size_t mtu, uint8_t *out)
+{
+	struct km_frame_put put;
+	int n = km_frame_tx_encode(tx, m, 1, mtu, NULL, m->created_ms, out, &put);
+	if (n <= 0 || put.n_full != 1) {
+		km_frame_tx_reset(tx);
+		return 0;
+	}
+	struct km_frame_ack a = { .origin = ORIGIN, .cum = put.seq };
+	km_frame_tx_ack(tx, &a, NULL, NULL, NULL);
+	return n;
+}
+
+/*
+ * Positions per message of mtu bytes (BeiDou 77 and 1750, Iridium 340): the longest
+ * compact batch of consecutive positions of one unit that goes whole in one frame
+ * (version 2: header, 5-byte origin, record, CRC), over the whole capture.
+ */
+static double per_message_compact(const struct km_pos *pos, size_t npos, size_t mtu, bool *all)
+{
+	struct km_frame_tx tx;
+	struct km_frame_tx_cfg c = { .origin = ORIGIN, .first_seq = 1, .mtu_max = mtu, .version = 2 };
+	static uint8_t batch[4096], out[4096];
+	size_t frames = 0;
+	uint64_t id = FIRST_ID;
+
+	if (km_frame_tx_init(&tx, &c))
+		return 0;
+	for (size_t off = 0; off < npos; frames++) {
+		size_t used = 0;
+		int len = 0, n = 0;
+		for (size_t cap = mtu; cap > 0 && !n; cap--) {
+			if ((len = km_posrec_encode_fit(pos + off, npos - off, batch, cap, &used)) <= 0)
+				break;
+			struct km_frame_msg m = { .id = id, .topic = "pos/unit-1", .payload = batch,
+						  .len = (size_t)len, .created_ms = pos[off].time_ms,
+						  .cls = 2, .qos = 1, .enc = KM_FRAME_ENC_POSBATCH };
+			n = frame_whole(&tx, &m, mtu, out);
+		}
+		if (!n) {
+			km_frame_tx_deinit(&tx);
+			return 0;
+		}
+		off += used;
+		id++;
+	}
+	km_frame_tx_deinit(&tx);
+	*all = frames == 1;
+	return (double)npos / (double)frames;
+}
+
+/* What the daemon sends today: each position as its canonical JSON, one message each,
+ * packed by the frame encoder (version 2: against the unit's previous position). */
+static double per_message_json(const struct km_pos *pos, size_t npos, size_t mtu)
+{
+	struct km_frame_tx tx;
+	struct km_frame_tx_cfg c = { .origin = ORIGIN, .first_seq = 1, .mtu_max = mtu, .version = 2 };
+	static char js[MAX_EPOCHS][512];
+	static struct km_frame_msg m[MAX_EPOCHS];
+	static uint8_t out[4096];
+	size_t frames = 0, head = 0;
+
+	if (km_frame_tx_init(&tx, &c))
+		return 0;
+	for (size_t i = 0; i < npos; i++) {
+		int n = km_posrec_to_json(&pos[i], js[i], sizeof(js[i]));
+		m[i] = (struct km_frame_msg){ .id = FIRST_ID + i, .topic = "pos/unit-1",
+					      .payload = (const uint8_t *)js[i], .len = n > 0 ? (size_t)n : 0,
+					      .created_ms = pos[i].time_ms, .cls = 2, .qos = 1 };
+	}
+	while (head < npos) {
+		struct km_frame_put put;
+		int n = km_frame_tx_encode(&tx, m + head, npos - head, mtu, NULL, 0, out, &put);
+		if (n <= 0)
+			break;
+		struct km_frame_ack a = { .origin = ORIGIN, .cum = put.seq };
+		km_frame_tx_ack(&tx, &a, NULL, NULL, NULL);
+		head += put.n_full;
+		if (head < npos)
+			m[head].frag_off = put.next_off;
+		frames++;
+	}
+	km_frame_tx_deinit(&tx);
+	return frames ? (double)npos / (double)frames : 0;
+}
+
 int main(void)
 {
 	static struct payloads nmea, json;
@@ -128,6 +221,14 @@ int main(void)
 		}
 		printf("  %3zu per batch: JSON %6.1f  compact %6.2f\n", per,
 		       (double)js / (double)npos, (double)compact / (double)npos);
+	}
+	printf("positions per narrow-link message (frame version 2 with its 5-byte origin, whole messages):\n");
+	static const size_t mtus[] = { 77, 340, 1750 };
+	for (size_t k = 0; k < 3; k++) {
+		bool all = false;
+		double c = per_message_compact(pos, npos, mtus[k], &all);
+		printf("  %4zu B: compact batches %s%6.1f%s   position JSON as sent today %5.2f\n", mtus[k],
+		       all ? ">=" : "  ", c, all ? " (the whole capture)" : "", per_message_json(pos, npos, mtus[k]));
 	}
 	return 0;
 }

@@ -629,7 +629,7 @@ Test(frame, version_and_structure_errors)
 	struct km_frame_rx rx;
 	struct km_frame_rx_cfg rc = { 0 };
 	cr_assert_eq(km_frame_rx_init(&rx, &rc), 0);
-	uint8_t f[8] = { 0x44, 0x01, 0x00, 0x00, 0x00, 0x00 };   /* version 2 */
+	uint8_t f[8] = { 0x64, 0x01, 0x00, 0x00, 0x00, 0x00 };   /* version 3 */
 	reseal(f, 8);
 	cr_assert_eq(km_frame_rx_input(&rx, f, 8, NOW_MS, NULL, NULL, NULL), -EPROTONOSUPPORT);
 	cr_assert_eq(rx.bad_version, 1);
@@ -1241,4 +1241,328 @@ Test(frame, bad_arguments)
 	cr_assert_eq(km_frame_tx_inflight(&tx), 0);
 	km_frame_tx_deinit(&tx);
 	km_frame_tx_deinit(&tx);   /* idempotent */
+}
+
+/* ---- version 2: slots ---- */
+
+/* A 64-byte sensor reading as a base's gas detector publishes it: the
+ * values drift, keys and unit ids stay. */
+static size_t reading(char *p, unsigned unit, unsigned i)
+{
+	int n = snprintf(p, 80, "{\"unit\":\"gas-%02u\",\"ch4\":%u.%02u,\"co\":%u,\"o2\":20.%u,\"ts\":%u}",
+			 unit, i % 3, (i * 37 + unit) % 100, 10 + (i * 7 + unit) % 30, i % 10,
+			 1763880000u + i * 10);
+	return (size_t)n;
+}
+
+static void net_init_v2(struct net *n, size_t mtu, unsigned loss, bool reorder)
+{
+	net_init(n, mtu, loss, reorder);
+	km_frame_tx_deinit(&n->tx);
+	struct km_frame_tx_cfg c = txcfg(21, (uint16_t)rnd(), mtu);
+	c.window = 32;
+	c.version = 2;
+	c.dict = NULL;   /* literal topics: slots must carry them */
+	cr_assert_eq(km_frame_tx_init(&n->tx, &c), 0);
+}
+
+Test(frame, v2_golden_slot_reference)
+{
+	struct km_frame_tx tx;
+	struct km_frame_tx_cfg c = txcfg(7, 0x1234, 77);
+	c.version = 2;
+	c.dict = NULL;
+	cr_assert_eq(km_frame_tx_init(&tx, &c), 0);
+	struct km_frame_msg m = mk(1000, "a/b", "hi", 2);
+	m.cls = 3;
+	m.created_ms = 1763880000999LL;
+	m.enc = KM_FRAME_ENC_RAW;
+	uint8_t f1[77], f2[77];
+	struct km_frame_put put;
+	/* defines slot 0: S, slot byte 0x00, then as version 1 */
+	static const uint8_t want1[] = {
+		0x44, 0x07, 0x12, 0x34, 0x00, 0x12, 0x6c, 0x00, 0xe8, 0x07,
+		0x22, 0xac, 0x40, 0x03, 'a', '/', 'b', 'h', 'i',
+	};
+	int n1 = km_frame_tx_encode(&tx, &m, 1, 77, NULL, 0, f1, &put);
+	cr_assert_eq(n1, (int)sizeof(want1) + 2);
+	cr_assert_arr_eq(f1, want1, sizeof(want1));
+	struct km_frame_rx rx;
+	struct km_frame_rx_cfg rc = { 0 };
+	cr_assert_eq(km_frame_rx_init(&rx, &rc), 0);
+	struct sink s = { 0 };
+	cr_assert_eq(km_frame_rx_input(&rx, f1, (size_t)n1, NOW_MS, sink_fn, &s, NULL), 0);
+	struct km_frame_ack a;
+	cr_assert_eq(km_frame_rx_ack(&rx, 7, &a), 0);
+	cr_assert_eq(a.version, 2);
+	cr_assert(!a.slots_lost);
+	cr_assert_eq(km_frame_tx_ack(&tx, &a, NULL, NULL, NULL), 1);
+
+	/* refers to slot 0: R|Tr, id +3, time +5 s, no topic */
+	m.id = 1003;
+	m.created_ms += 5000;
+	m.payload = (const uint8_t *)"ho";
+	static const uint8_t want2[] = { 0x40, 0x07, 0x12, 0x35, 0x00, 0x02, 0x6c, 0xc0, 0x06, 0x0a, 'h', 'o' };
+	int n2 = km_frame_tx_encode(&tx, &m, 1, 77, NULL, 0, f2, &put);
+	cr_assert_eq(n2, (int)sizeof(want2) + 2);
+	cr_assert_arr_eq(f2, want2, sizeof(want2));
+	cr_assert_eq(tx.slot_refs, 1);
+	cr_assert_eq(km_frame_rx_input(&rx, f2, (size_t)n2, NOW_MS, sink_fn, &s, NULL), 0);
+	cr_assert_eq(s.n, 2);
+	cr_assert_eq(s.v[1].id, 1003);
+	cr_assert_str_eq(s.v[1].topic, "a/b");
+	cr_assert_eq(s.v[1].topic_idx, UINT32_MAX);
+	cr_assert_eq(s.v[1].created_ms, 1763880005000LL);
+	cr_assert_eq(s.v[1].cls, 3);
+	cr_assert_arr_eq(s.v[1].payload, "ho", 2);
+
+	/* a version 2 ack frame says L in bit 1; a version 1 origin gets version 1 */
+	a = (struct km_frame_ack){ .origin = 7, .cum = 3, .slots_lost = true, .version = 2 };
+	uint8_t af[KM_FRAME_ACK_MAX];
+	int al = km_frame_ack_encode(&a, 9, af, sizeof(af));
+	cr_assert_eq(af[0], 0x4a);
+	struct km_frame_rx_info info;
+	cr_assert_eq(km_frame_rx_input(&rx, af, (size_t)al, NOW_MS, NULL, NULL, &info), 0);
+	cr_assert(info.ack.slots_lost);
+	a.version = 1;
+	al = km_frame_ack_encode(&a, 9, af, sizeof(af));
+	cr_assert_eq(af[0], 0x28);
+	cr_assert_eq(km_frame_rx_input(&rx, af, (size_t)al, NOW_MS, NULL, NULL, &info), 0);
+	cr_assert(!info.ack.slots_lost);
+	/* a version 1 frame must not use the slot bit */
+	uint8_t g[7 + 2] = { 0x20, 0x01, 0x00, 0x01, 0x00, 0x02, 0x00 };
+	reseal(g, 9);
+	cr_assert_eq(km_frame_rx_input(&rx, g, 9, NOW_MS, NULL, NULL, NULL), -EPROTO);
+	sink_free(&s);
+	km_frame_rx_deinit(&rx);
+	km_frame_tx_deinit(&tx);
+}
+
+/* Readings of a few units over a lossy, reordering 77-byte link: every one
+ * arrives once, in order, byte-exact, and most travel against a slot. */
+Test(frame, v2_slots_lossy_reordered)
+{
+	static struct net n;
+	static char pay[600][80];
+	static struct km_frame_msg m[600];
+	static const char *const tp[] = { "sensors/gas-01/air", "sensors/gas-02/air",
+					  "sensors/gas-03/air", "alert/gas-02/ch4" };
+	const uint8_t *want[600];
+	size_t wl[600];
+	size_t bytes = 0;
+
+	rng_state = 77;
+	net_init_v2(&n, 77, 15, true);
+	for (unsigned i = 0; i < 600; i++) {
+		size_t len = reading(pay[i], i % 3 + 1, i / 3);
+		m[i] = mk(1763880000000000ULL + i * 3, tp[i % 7 == 6 ? 3 : i % 3], pay[i], len);
+		m[i].created_ms = NOW_MS + i * 3333;
+		want[i] = (const uint8_t *)pay[i];
+		wl[i] = len;
+		bytes += len;
+	}
+	net_run(&n, m, 600);
+	net_check(&n, m, 600, want, wl);
+	cr_assert_gt(n.tx.slot_refs, 500);
+	cr_assert_eq(n.rx.slot_misses, 0);
+	cr_assert_eq(n.tx.slot_resets, 0);
+	/* less than the payload on the air, with 15 % loss and retransmissions */
+	cr_assert_lt(n.frame_bytes, bytes * 2 / 3, "%llu B for %zu", (unsigned long long)n.frame_bytes, bytes);
+	net_free(&n);
+}
+
+/* The receiver restarts while slots are in use: it asks, the sender
+ * abandons its window and sends those messages again; nothing is decoded
+ * against a slot the receiver no longer holds, and every message arrives. */
+Test(frame, v2_receiver_restart_loses_slots)
+{
+	static struct net n;
+	static char pay[300][80];
+	static struct km_frame_msg m[300];
+	static char big[3000];
+
+	rng_state = 5;
+	net_init_v2(&n, 77, 10, true);
+	n.rx_restart_at = 40;
+	for (unsigned i = 0; i < 300; i++) {
+		size_t len = reading(pay[i], i % 2, i);
+		m[i] = mk(9000000 + i, i % 2 ? "sensors/a" : "sensors/b", pay[i], len);
+	}
+	for (size_t i = 0; i < sizeof(big); i++)
+		big[i] = (char)('a' + rnd() % 26);
+	m[150] = mk(9000150, "file/x", big, sizeof(big));   /* split, not in a slot */
+	net_run(&n, m, 300);
+	cr_assert_geq(n.tx.slot_resets, 1);
+	cr_assert_geq(n.rx.slot_misses, 1);
+	cr_assert_eq(n.done.n, 300);
+	bool seen[300] = { false };
+	for (size_t i = 0; i < n.sink.n; i++) {
+		struct got *g = &n.sink.v[i];
+		cr_assert(g->id >= 9000000 && g->id < 9000300);
+		size_t j = (size_t)(g->id - 9000000);
+		cr_assert_str_eq(g->topic, m[j].topic);
+		cr_assert_eq(g->len, m[j].len, "id %llu", (unsigned long long)g->id);
+		cr_assert_arr_eq(g->payload, m[j].payload, m[j].len);
+		seen[j] = true;
+	}
+	for (size_t j = 0; j < 300; j++)
+		cr_assert(seen[j], "message %zu never arrived", j);
+	cr_assert_eq(n.rx.malformed + n.rx.bad_payload, 0);
+	net_free(&n);
+}
+
+/* The host abandons frames (link switched): the receiver skips them and
+ * must not decode a later frame against a slot one of them redefined. */
+Test(frame, v2_abandon_forgets_slots)
+{
+	struct km_frame_tx tx;
+	struct km_frame_tx_cfg c = txcfg(4, 500, 77);
+	c.version = 2;
+	cr_assert_eq(km_frame_tx_init(&tx, &c), 0);
+	struct km_frame_rx rx;
+	struct km_frame_rx_cfg rc = { .dict = &dict };
+	cr_assert_eq(km_frame_rx_init(&rx, &rc), 0);
+	struct sink s = { 0 };
+	char p[4][80];
+	uint8_t f[4][77];
+	int len[4];
+	struct km_frame_put put;
+	for (int i = 0; i < 4; i++) {
+		/* a dictionary topic: the first reading goes whole too */
+		struct km_frame_msg m = mk(100 + (uint64_t)i, topics[0], p[i], reading(p[i], 1, (unsigned)i));
+		len[i] = km_frame_tx_encode(&tx, &m, 1, 77, NULL, NOW_MS, f[i], &put);
+		cr_assert_gt(len[i], 0);
+		cr_assert_eq(put.n_full, 1);
+		if (i == 0) {
+			cr_assert_eq(km_frame_rx_input(&rx, f[0], (size_t)len[0], NOW_MS, sink_fn, &s, NULL), 0);
+			struct km_frame_ack a;
+			km_frame_rx_ack(&rx, 4, &a);
+			cr_assert_eq(km_frame_tx_ack(&tx, &a, NULL, NULL, NULL), 1);
+		}
+		if (i == 2)
+			km_frame_tx_reset(&tx);   /* frames 1 and 2 abandoned */
+	}
+	cr_assert_eq(tx.slot_refs, 2);      /* 1 and 2 named slot 0; 3 defined it again */
+	/* frame 2 arrives (held: frame 1 is missing), then frame 3 */
+	cr_assert_eq(km_frame_rx_input(&rx, f[2], (size_t)len[2], NOW_MS, sink_fn, &s, NULL), 0);
+	cr_assert_eq(km_frame_rx_input(&rx, f[3], (size_t)len[3], NOW_MS, sink_fn, &s, NULL), 0);
+	cr_assert_eq(s.n, 2);
+	cr_assert_eq(s.v[1].id, 103);
+	cr_assert_arr_eq(s.v[1].payload, p[3], strlen(p[3]));
+	cr_assert_eq(rx.skipped_frames, 1);
+	cr_assert_eq(rx.slot_misses, 1);    /* frame 2, dropped: its message comes again */
+	struct km_frame_ack a;
+	km_frame_rx_ack(&rx, 4, &a);
+	cr_assert(!a.slots_lost);
+	sink_free(&s);
+	km_frame_tx_deinit(&tx);
+	km_frame_rx_deinit(&rx);
+}
+
+/* Every MTU and topic length: a split reading whose last fragment has no room
+ * for the slot byte must still end as a last fragment (found on the sim link:
+ * a middle fragment held the whole rest and the message never completed). */
+Test(frame, v2_split_readings_every_mtu)
+{
+	static struct net n;
+	static char pay[24][80], tp[24][96];
+	static struct km_frame_msg m[24];
+	const uint8_t *want[24];
+	size_t wl[24];
+
+	for (size_t mtu = 40; mtu <= 140; mtu++) {
+		for (unsigned tl = 8; tl <= 40 && tl + 32 <= mtu; tl += 4) {
+			rng_state = mtu * 1000 + tl;
+			net_init_v2(&n, mtu, 0, false);
+			for (unsigned i = 0; i < 24; i++) {
+				snprintf(tp[i], sizeof(tp[i]), "s/%0*u", (int)tl - 2, i % 5);
+				wl[i] = reading(pay[i], i % 5, i);
+				m[i] = mk(1763880000000000ULL + i, tp[i], pay[i], wl[i]);
+				m[i].created_ms = NOW_MS + i * 1000;
+				want[i] = (const uint8_t *)pay[i];
+			}
+			net_run(&n, m, 24);
+			net_check(&n, m, 24, want, wl);
+			net_free(&n);
+		}
+	}
+}
+
+static unsigned restarted;
+static void count_restart(void *ctx, uint64_t id)
+{
+	(void)ctx, (void)id;
+	restarted++;
+}
+
+/* A receiver that lost its slots says so until the sender answered once:
+ * the sender abandons its window (handing its messages back) only for the
+ * first such ack, and the receiver skips the abandoned frames. */
+Test(frame, v2_slots_lost_answered_once)
+{
+	struct km_frame_tx tx;
+	struct km_frame_tx_cfg c = txcfg(4, 65530, 77);   /* across the 16-bit wrap */
+	c.version = 2;
+	cr_assert_eq(km_frame_tx_init(&tx, &c), 0);
+	struct km_frame_rx rx;
+	struct km_frame_rx_cfg rc = { .dict = &dict };
+	cr_assert_eq(km_frame_rx_init(&rx, &rc), 0);
+	struct sink s = { 0 };
+	char p[5][80];
+	uint8_t f[5][77];
+	int len[5];
+	struct km_frame_put put;
+	struct km_frame_ack a;
+	for (int i = 0; i < 3; i++) {
+		struct km_frame_msg m = mk(100 + (uint64_t)i, topics[0], p[i], reading(p[i], 1, (unsigned)i));
+		len[i] = km_frame_tx_encode(&tx, &m, 1, 77, NULL, NOW_MS, f[i], &put);
+		cr_assert_gt(len[i], 0);
+		if (i == 0) {
+			cr_assert_eq(km_frame_rx_input(&rx, f[0], (size_t)len[0], NOW_MS, sink_fn, &s, NULL), 0);
+			km_frame_rx_ack(&rx, 4, &a);
+			cr_assert_eq(km_frame_tx_ack(&tx, &a, NULL, NULL, NULL), 1);
+			km_frame_rx_deinit(&rx);   /* the receiver restarts */
+			cr_assert_eq(km_frame_rx_init(&rx, &rc), 0);
+		}
+	}
+	/* frames 1 and 2 name slot 0, which the new receiver does not hold */
+	cr_assert_eq(km_frame_rx_input(&rx, f[1], (size_t)len[1], NOW_MS, sink_fn, &s, NULL), 0);
+	cr_assert_eq(km_frame_rx_input(&rx, f[2], (size_t)len[2], NOW_MS, sink_fn, &s, NULL), 0);
+	cr_assert_eq(s.n, 1);
+	cr_assert_eq(rx.slot_misses, 1);
+	cr_assert_eq(km_frame_rx_ack(&rx, 4, &a), 0);
+	cr_assert(a.slots_lost);
+	uint8_t af[KM_FRAME_ACK_MAX];
+	int al = km_frame_ack_encode(&a, 9, af, sizeof(af));
+	struct km_frame_rx back;
+	cr_assert_eq(km_frame_rx_init(&back, &rc), 0);
+	struct km_frame_rx_info info;
+	cr_assert_eq(km_frame_rx_input(&back, af, (size_t)al, NOW_MS, NULL, NULL, &info), 0);
+	cr_assert(info.ack.slots_lost);
+	restarted = 0;
+	km_frame_tx_ack(&tx, &info.ack, NULL, count_restart, NULL);
+	cr_assert_eq(restarted, 2);
+	cr_assert_eq(tx.slot_resets, 1);
+	cr_assert_eq(km_frame_tx_inflight(&tx), 0);
+	km_frame_tx_ack(&tx, &info.ack, NULL, count_restart, NULL);   /* the same ack again */
+	cr_assert_eq(tx.slot_resets, 1);
+	/* the messages handed back go again, defining slot 0 afresh */
+	for (int i = 3; i < 5; i++) {
+		struct km_frame_msg m = mk(101 + (uint64_t)i - 3, topics[0], p[i - 2], strlen(p[i - 2]));
+		len[i] = km_frame_tx_encode(&tx, &m, 1, 77, NULL, NOW_MS, f[i], &put);
+		cr_assert_eq(km_frame_rx_input(&rx, f[i], (size_t)len[i], NOW_MS, sink_fn, &s, NULL), 0);
+	}
+	cr_assert_eq(s.n, 3);
+	cr_assert_eq(s.v[1].id, 101);
+	cr_assert_arr_eq(s.v[1].payload, p[1], strlen(p[1]));
+	cr_assert_eq(s.v[2].id, 102);
+	cr_assert_arr_eq(s.v[2].payload, p[2], strlen(p[2]));
+	cr_assert_eq(km_frame_rx_ack(&rx, 4, &a), 0);
+	cr_assert(!a.slots_lost);
+	cr_assert_eq(km_frame_tx_ack(&tx, &a, NULL, NULL, NULL), 2);
+	cr_assert(!tx.lost_answered);
+	sink_free(&s);
+	km_frame_tx_deinit(&tx);
+	km_frame_rx_deinit(&rx);
+	km_frame_rx_deinit(&back);
 }
