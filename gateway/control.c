@@ -505,7 +505,7 @@ static void put_links(struct km_control_buf *b, struct km_daemon *d, int64_t now
                 km_control_printf(b, "%s{\"name\":", i ? "," : "");
                 json_str(b, l->name);
                 km_control_printf(b, ",\"direction\":\"%s\",\"state\":\"%s\",\"reason\":", dir_name(l->dir),
-                                  km_link_state_name(l->state));
+                                  km_link_shown_state(l));
                 json_str(b, l->reason);
                 km_control_printf(b,
                                   ",\"since_ms\":%lld,\"since_s\":%.3f,\"order\":%ld,\"window\":%u,\"inflight\":%u,"

@@ -235,14 +235,21 @@ int km_daemon_command(struct km_daemon *d, int path, const char *topic, const vo
         if (ttl <= 0 || ttl > CMD_DEDUPE_TTL_MAX_MS)
                 ttl = CMD_DEDUPE_TTL_MAX_MS;
         __atomic_fetch_add(&d->cmd_in[path ? 1 : 0], 1, __ATOMIC_RELAXED);
+        /* Decision and push under one lock: otherwise the MQTT thread could decide to
+         * publish c0, the loop publish c1 (whose other copy it had not seen), and c0
+         * land behind c1. */
+        pthread_mutex_lock(&d->cmd_mu);
         if (km_dedupe_take(&d->cmd_dedupe, path, km_dedupe_hash(topic, payload, len), km_now_ms(), ttl)) {
+                pthread_mutex_unlock(&d->cmd_mu);
                 uint64_t n = __atomic_add_fetch(&d->cmd_duplicates, 1, __ATOMIC_RELAXED);
                 KM_LOG(n <= 10 || n % 1000 == 0 ? KM_LOG_INFO : KM_LOG_DEBUG, "cmd",
                        "'%s' came over %s after the other path brought it: not published again (%llu so far)", topic,
                        path == KM_CMD_NARROW ? "a narrow link" : "MQTT", (unsigned long long)n);
                 return 0;
         }
-        return ingest(d, KM_DIR_DOWN, topic, NULL, payload, len, false, NULL);
+        int rc = ingest(d, KM_DIR_DOWN, topic, NULL, payload, len, false, NULL);
+        pthread_mutex_unlock(&d->cmd_mu);
+        return rc;
 }
 
 static struct km_peer *find_peer(const struct km_daemon *d, const char *name)
@@ -373,7 +380,7 @@ static void publish_link_status(struct km_daemon *d, struct km_link *l)
                          "{\"link\":\"%s\",\"type\":\"%s\",\"state\":\"%s\",\"reason\":\"%s\",\"since\":\"%s\","
                          "\"order\":%ld,\"signal\":%d,\"sent\":%llu,\"acked\":%llu,\"inflight\":%u,"
                          "\"bytes_sent\":%llu,\"transitions\":%llu,\"backlog\":%llu}",
-                         l->name, l->conf.type ? l->conf.type : "", km_link_state_name(l->state), l->reason, since,
+                         l->name, l->conf.type ? l->conf.type : "", km_link_shown_state(l), l->reason, since,
                          l->order, l->signal, (unsigned long long)l->sent, (unsigned long long)l->acked, l->inflight,
                          (unsigned long long)l->bytes_sent, (unsigned long long)l->transitions,
                          (unsigned long long)link_backlog(d, l, &st));
@@ -630,6 +637,7 @@ int km_daemon_init(struct km_daemon *d, struct km_node_conf *n, struct km_conf *
         /* First, so that deinit is safe whatever fails below. */
         memset(d, 0, sizeof(*d));
         d->mb.fd = -1;
+        pthread_mutex_init(&d->cmd_mu, NULL);
         /* Blocked before any thread starts (the spool's, Paho's), so that only the
          * loop's signalfd ever sees them. */
         sigset_t ss;
@@ -738,6 +746,7 @@ void km_daemon_deinit(struct km_daemon *d)
         pthread_rwlock_destroy(&d->route_lock);
         km_status_deinit(&d->status);
         km_dedupe_deinit(&d->cmd_dedupe);
+        pthread_mutex_destroy(&d->cmd_mu);
         for (size_t i = 0; i < d->npeers; i++)
                 free(d->peers[i].name);
         km_node_conf_release(&d->node);

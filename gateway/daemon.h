@@ -74,6 +74,9 @@ struct km_daemon {
         /* Commands down to a base over narrow links (docs/DESIGN.md). Base: the copies
          * of each path, counted; center: what it sent and what it left to MQTT. */
         struct km_dedupe cmd_dedupe;
+        /* Held from the dedupe decision to the spool push, so that the two paths'
+         * threads publish commands in the order they first arrived. */
+        pthread_mutex_t cmd_mu;
         uint64_t cmd_in[2];        /* base, per enum km_cmd_path (atomic: Paho's thread) */
         uint64_t cmd_duplicates;   /* base: copies dropped, the other path brought them first (atomic) */
         uint64_t cmd_sent_narrow;  /* center: commands a base acknowledged over a narrow link (loop) */

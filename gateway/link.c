@@ -144,9 +144,18 @@ const char *km_link_state_name(enum km_link_state st)
         return st <= KM_LINK_UP ? names[st] : "?";
 }
 
+const char *km_link_shown_state(const struct km_link *l)
+{
+        return l->state == KM_LINK_UP && l->degraded ? "degraded" : km_link_state_name(l->state);
+}
+
 void km_link_set_state(struct km_link *l, enum km_link_state st, const char *reason)
 {
-        bool same = st == l->state && strcmp(reason, l->reason) == 0;
+        /* Degraded carries as UP does; only what operators see differs. */
+        bool degraded = st == KM_LINK_DEGRADED;
+        if (degraded)
+                st = KM_LINK_UP;
+        bool same = st == l->state && degraded == l->degraded && strcmp(reason, l->reason) == 0;
 
         if (l->state == KM_LINK_UP && st != KM_LINK_UP) {
                 reset_window(l);
@@ -154,11 +163,12 @@ void km_link_set_state(struct km_link *l, enum km_link_state st, const char *rea
         }
         if (same)
                 return;
-        KM_LOG(st == KM_LINK_UP ? KM_LOG_NOTICE : KM_LOG_WARNING, "link", "%s: %s -> %s (%s)", l->name,
-               km_link_state_name(l->state), km_link_state_name(st), reason);
+        KM_LOG(st == KM_LINK_UP && !degraded ? KM_LOG_NOTICE : KM_LOG_WARNING, "link", "%s: %s -> %s (%s)", l->name,
+               km_link_shown_state(l), degraded ? "degraded" : km_link_state_name(st), reason);
         if (st == KM_LINK_UP && l->state != KM_LINK_UP)
                 l->up_since_mono = l->progress_mono = km_mono_ms();
         l->state = st;
+        l->degraded = degraded;
         snprintf(l->reason, sizeof(l->reason), "%s", reason);
         l->since_ms = km_now_ms();
         l->transitions++;

@@ -9,6 +9,8 @@
 #include "config.h"
 #include "msg.h"
 
+/* DEGRADED (the driver says it carries, but badly) is UP for everything that sends; it
+ * lives in km_link.degraded and shows in status topics, kuimenctl and the log. */
 enum km_link_state { KM_LINK_DOWN, KM_LINK_DEGRADED, KM_LINK_UP };
 
 struct km_link;
@@ -57,7 +59,8 @@ struct km_link {
          * links to different bases each carry their own base's commands); NULL competes
          * with every link. Borrowed from impl. */
         const char *group;
-        enum km_link_state state;
+        enum km_link_state state; /* never KM_LINK_DEGRADED: see degraded */
+        bool degraded;            /* UP, and the driver says degraded */
         char reason[160];
         int64_t since_ms; /* unix ms of the last state change */
 
@@ -134,5 +137,8 @@ int64_t km_link_take_slot(struct km_link *l, uint64_t id);
 void km_link_put_slot(struct km_link *l, uint32_t cookie);
 
 const char *km_link_state_name(enum km_link_state st);
+
+/* What operators see: "up", "degraded" or "down". */
+const char *km_link_shown_state(const struct km_link *l);
 
 #endif

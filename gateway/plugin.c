@@ -126,6 +126,7 @@ struct km_plugin_link {
         struct km_frame_tx tx;
         struct km_frame_rx rx;
         bool busy;           /* the device said -EAGAIN: wait for ready() */
+        int64_t free_at;     /* CLOCK_MONOTONIC ms the device said it takes the next frame */
         bool ack_owed;       /* center: an ack frame waits for the device */
         uint32_t ack_to;     /* whose frames it acknowledges */
         struct qmsg q[QMAX];
@@ -139,6 +140,7 @@ struct km_plugin_link {
         uint64_t frames_in, frames_bad;
         /* The host's view beside the plugin's (see the top of this file). */
         enum km_link_state dev_state; /* the plugin's last report (degraded as up) */
+        bool dev_degraded;            /* ... which said degraded */
         bool faulted;                 /* a fault waits for on_fault */
         bool held;                    /* the host keeps the link down until on_retry */
         char fault[160];              /* the last fault, for the state's reason */
@@ -353,7 +355,7 @@ static int on_retry(sd_event_source *s, uint64_t usec, void *ud)
         if (h->open && h->dev_state == KM_LINK_UP && h->link->state != KM_LINK_UP) {
                 char why[200];
                 snprintf(why, sizeof(why), "retrying after: %s", h->fault);
-                km_link_set_state(h->link, KM_LINK_UP, why);
+                km_link_set_state(h->link, h->dev_degraded ? KM_LINK_DEGRADED : KM_LINK_UP, why);
                 kick(h);
         }
         return 0;
@@ -411,7 +413,10 @@ static void api_report(km_plugin_link *h, const struct km_plugin_report *r)
         if (r->mtu >= KM_FRAME_MTU_MIN && r->mtu <= h->bufcap)
                 h->mtu = r->mtu;
         h->link->signal = r->signal;
-        /* The scheduler sends only on UP links; a degraded device still carries. */
+        h->free_at = r->next_send_ms ? km_mono_ms() + r->next_send_ms : 0;
+        /* A degraded device still carries: UP to the scheduler, "degraded" to operators
+         * and the center (km_link_set_state keeps the two apart). */
+        h->dev_degraded = st == KM_LINK_DEGRADED;
         if (st == KM_LINK_DEGRADED)
                 st = KM_LINK_UP;
         enum km_link_state was = h->dev_state;
@@ -424,7 +429,8 @@ static void api_report(km_plugin_link *h, const struct km_plugin_report *r)
                 h->held = false;
         if (st != KM_LINK_UP && h->link->state == KM_LINK_UP)
                 forget_queue(h); /* the spool replays them on the next UP */
-        km_link_set_state(h->link, st, r->reason ? r->reason : km_link_state_name(st));
+        enum km_link_state shown = h->dev_degraded ? KM_LINK_DEGRADED : st;
+        km_link_set_state(h->link, shown, r->reason ? r->reason : km_link_state_name(shown));
         if (st == KM_LINK_UP)
                 kick(h);
 }
@@ -600,6 +606,13 @@ static bool device_send(km_plugin_link *h, const uint8_t *frame, size_t len)
         int rc = h->desc->ops->send(h->state, frame, len, ++token);
         check_block(h, "send()", t0);
         if (rc == -EAGAIN) {
+                /* A card that said when it takes the next frame (a BeiDou card's 60 s
+                 * service interval) is busy, not dead: the ack clock starts again from
+                 * then. One that said nothing keeps its clock running, so a device stuck
+                 * in -EAGAIN still takes the link down after ack_timeout. */
+                int64_t now = km_mono_ms();
+                if (!h->busy && h->free_at > now && h->link->progress_mono < h->free_at)
+                        h->link->progress_mono = h->free_at;
                 h->busy = true;
                 return false;
         }

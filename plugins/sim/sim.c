@@ -70,7 +70,7 @@ struct sim_conf {
         uint64_t interval_us, latency_us, setup_us, cycle_us;
         double loss;
         bool seed_set;
-        struct sim_sched outages, cuts;
+        struct sim_sched outages, cuts, degraded;
 };
 
 /* A frame in the latency line; its bytes live at qbuf + slot * mtu. */
@@ -107,7 +107,7 @@ struct sim {
 
         int tick_id, sched_id, bind_id;
         uint64_t tick_at_us;
-        bool outage, cut;
+        bool outage, cut, degraded;
 
         uint64_t n_taken, n_sent, n_lost, n_cut, n_refused, n_recv, n_rx_dropped, n_stranger, n_tx_err;
         struct sim_ratelimit rl_stranger, rl_tx, rl_rx;
@@ -179,10 +179,12 @@ static const struct sim_opt opts[] = {
         { "cycle", OPT_DURATION, "0", CONF(cycle_us), 0, SIM_MAX_DURATION_US,
           "repeat outages and cuts with this period, 0 = once" },
         { "queue", OPT_UINT, "64", CONF(queue), 1, 4096, "frames in flight through the latency line" },
+        { "degraded", OPT_SCHEDULE, "", CONF(degraded), 0, 0,
+          "announced degradation (report DEGRADED \"scheduled degradation\", frames still flow), same form" },
 };
 
 static const char *const keys[] = { "listen", "peer", "mtu",     "bitrate", "interval", "setup", "latency",
-                                    "loss",   "seed", "outages", "cuts",    "cycle",    "queue", NULL };
+                                    "loss",   "seed", "outages", "cuts",    "cycle",    "queue", "degraded", NULL };
 _Static_assert(sizeof(keys) / sizeof(keys[0]) == sizeof(opts) / sizeof(opts[0]) + 1, "keys[] mirrors opts[]");
 
 /* Each parser returns NULL or why the value is wrong (into why when it needs numbers). */
@@ -349,16 +351,17 @@ static const char *check_conf(const struct sim_conf *c, const char **key, char *
                 snprintf(why, n, "queue * mtu exceeds %u MiB", SIM_MAX_LINE_BYTES >> 20);
                 return why;
         }
-        const struct sim_sched *all[] = { &c->outages, &c->cuts };
-        for (unsigned k = 0; k < 2 && c->cycle_us; k++)
+        const struct sim_sched *all[] = { &c->outages, &c->cuts, &c->degraded };
+        static const char *const names[] = { "outages", "cuts", "degraded" };
+        for (unsigned k = 0; k < 3 && c->cycle_us; k++)
                 for (unsigned i = 0; i < all[k]->n; i++)
                         if (all[k]->w[i].start_us + all[k]->w[i].dur_us > c->cycle_us) {
-                                *key = k ? "cuts" : "outages";
+                                *key = names[k];
                                 snprintf(why, n, "window %u ends after the cycle of %gs", i + 1,
                                          (double)c->cycle_us / 1e6);
                                 return why;
                         }
-        if (c->cycle_us && !c->outages.n && !c->cuts.n) {
+        if (c->cycle_us && !c->outages.n && !c->cuts.n && !c->degraded.n) {
                 *key = "cycle";
                 return "set, but there are no outages or cuts to repeat";
         }
@@ -435,8 +438,8 @@ static void report(struct sim *s, uint64_t now)
                 r.state = KM_PLUGIN_DOWN;
                 r.reason = "scheduled outage";
         } else {
-                r.state = KM_PLUGIN_UP;
-                r.reason = "up";
+                r.state = s->degraded ? KM_PLUGIN_DEGRADED : KM_PLUGIN_UP;
+                r.reason = s->degraded ? "scheduled degradation" : "up";
                 /* Rounded up: a host that waits next_send_ms must find the card free. */
                 if (f > now)
                         r.next_send_ms = (uint32_t)((f - now + 999) / 1000);
@@ -560,9 +563,9 @@ static bool in_sched(const struct sim_sched *sc, uint64_t phase)
 static uint64_t next_edge(const struct sim_conf *c, uint64_t t)
 {
         uint64_t phase = c->cycle_us ? t % c->cycle_us : t, base = t - phase, best = UINT64_MAX;
-        const struct sim_sched *all[] = { &c->outages, &c->cuts };
+        const struct sim_sched *all[] = { &c->outages, &c->cuts, &c->degraded };
 
-        for (unsigned k = 0; k < 2; k++)
+        for (unsigned k = 0; k < 3; k++)
                 for (unsigned i = 0; i < all[k]->n; i++) {
                         uint64_t a = all[k]->w[i].start_us, b = a + all[k]->w[i].dur_us;
                         if (a > phase && a < best)
@@ -585,8 +588,14 @@ static void apply_sched(struct sim *s)
         uint64_t now = now_us(), t = now - s->t0_us;
         uint64_t phase = s->c.cycle_us ? t % s->c.cycle_us : t;
         bool outage = in_sched(&s->c.outages, phase), cut = in_sched(&s->c.cuts, phase);
+        bool degraded = in_sched(&s->c.degraded, phase);
 
         s->sched_id = 0;
+        if (degraded != s->degraded) {
+                s->degraded = degraded;
+                if (!s->outage && !outage)
+                        report(s, now);
+        }
         if (cut != s->cut) {
                 s->cut = cut;
                 s->api->log(s->h, KM_PLUGIN_LOG_INFO, "sim: silent cut %s", cut ? "begins" : "ends");
@@ -777,6 +786,7 @@ static int sim_open(km_plugin_link *h, const struct km_host_api *api, void **sta
         /* The schedule first, so an outage from 0 s makes the first report DOWN. */
         s->outage = in_sched(&s->c.outages, 0);
         s->cut = in_sched(&s->c.cuts, 0);
+        s->degraded = in_sched(&s->c.degraded, 0);
         report(s, now_us());
         apply_sched(s);
         *state = s;

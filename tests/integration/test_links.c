@@ -417,6 +417,28 @@ static size_t sub_count(struct h_sub *s)
         return n;
 }
 
+/* A card with a 5 s service interval (a BeiDou card's is 60 s) is busy, not dead: a
+ * message handed over while it waits leaves when the card is free, and the link is not
+ * declared dead meanwhile although that is longer than ack_timeout (3 s). A beam the
+ * driver reports degraded still carries, and operators see "degraded" with its reason. */
+Test(links, busy_card_and_degraded_beam, .timeout = 120)
+{
+        struct pair p;
+        pair_up(&p, "busy", "interval = 5s\ndegraded = 7s+5s", NULL);
+        cr_assert_eq(h_pub_send(&p.pub, "sensors/a", "one"), 0);
+        cr_assert_eq(h_sub_wait(&p.sub, 1, 10000), 1);
+        h_sleep_ms(500);
+        cr_assert_eq(h_pub_send(&p.pub, "sensors/a", "two"), 0); /* the card is busy for 4.5 s more */
+        cr_assert_eq(h_sub_wait(&p.sub, 2, 15000), 2);
+        cr_assert(h_log_wait(&p.base, "sat: up -> degraded (scheduled degradation)", 15000));
+        cr_assert_eq(h_pub_send(&p.pub, "sensors/a", "three"), 0);
+        cr_assert_eq(h_sub_wait(&p.sub, 3, 15000), 3, "a degraded link still carries");
+        cr_assert(h_log_wait(&p.base, "sat: degraded -> up", 15000));
+        cr_assert_eq(h_log_count(&p.base, "no acknowledgement"), 0, "a busy card was taken for a dead link");
+        cr_assert_eq(h_log_count(&p.base, "-> down"), 0, "the link went down");
+        pair_down(&p);
+}
+
 /* ---- 2. budgets --------------------------------------------------------------------- */
 
 #define BUDGET_MS 1500
