@@ -328,8 +328,8 @@ static void center_take(struct bridge *b, const char *t, const void *payload, si
         KM_LOG(KM_LOG_WARNING, "mqtt", "center: unexpected topic '%s' ignored", t);
 }
 
-/* In sync = always, the messages of one read are pushed without waiting and settled
- * with one fsync before their PUBACKs leave (km_spool_settle). */
+/* The messages of one read are staged and settled with one write (and in sync =
+ * always one fsync) before their PUBACKs leave (km_spool_settle). */
 static int local_message(void *ud, const char *topic, const void *payload, size_t len, bool retain,
                          const void *props, size_t plen)
 {
@@ -342,10 +342,10 @@ static int local_message(void *ud, const char *topic, const void *payload, size_
         return 0;
 }
 
-static void local_settle(void *ud)
+static int local_settle(void *ud)
 {
         struct bridge *b = ud;
-        km_spool_settle(b->d->spool);
+        return km_spool_settle(b->d->spool);
 }
 
 static void local_up(void *ud)

@@ -334,9 +334,10 @@ static void lookup_release(struct km_mqttc *c)
 static void close_conn(struct km_mqttc *c)
 {
         /* A read cut short still settles what it handed over (without acknowledging). */
-        if (c->took && c->cb.settle)
-                c->cb.settle(c->cb.ud);
+        bool took = c->took;
         c->took = false;
+        if (took && c->cb.settle)
+                c->cb.settle(c->cb.ud); /* not acknowledged: the broker sends them again */
         lookup_release(c);
         c->io = sd_event_source_disable_unref(c->io);
         c->ping = sd_event_source_disable_unref(c->ping);
@@ -876,9 +877,13 @@ static int handle_packet(struct km_mqttc *c, uint8_t type, uint8_t *p, size_t n)
  * owner's deferral must not outlive the read). */
 static int send_acks(struct km_mqttc *c)
 {
-        if (c->took && c->cb.settle)
-                c->cb.settle(c->cb.ud);
+        bool took = c->took;
         c->took = false;
+        if (took && c->cb.settle && c->cb.settle(c->cb.ud) < 0) {
+                c->nacks = 0;
+                drop(c, "the messages of a read could not be stored: not acknowledged");
+                return -EIO;
+        }
         if (!c->nacks)
                 return 0;
         if (buf_reserve(&c->out, c->nacks * 4) < 0)

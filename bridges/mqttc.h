@@ -33,7 +33,9 @@ struct km_mqttc_opts {
  * message is safe: its PUBACK then goes out, after settle. Any other value: no PUBACK,
  * and the connection is dropped so that the broker sends it again.
  * settle: called once after the messages of one read, before their PUBACKs are
- * written (the owner makes them power-safe there, in one sync for all). May be NULL.
+ * written (the owner makes them safe there, in one write and one sync for all). A
+ * negative return: no PUBACK for that read, and the connection is dropped so that the
+ * broker sends them again. May be NULL.
  * acked and refused: the broker's PUBACK for a cookie (refused: reason code >= 0x80;
  * return true when the owner dropped the message for good, else the client drops the
  * connection and the owner replays). */
@@ -43,7 +45,7 @@ struct km_mqttc_cb {
         void (*failed_connect)(void *ud, const char *why);
         int (*message)(void *ud, const char *topic, const void *payload, size_t len, bool retain,
                        const void *props, size_t plen);
-        void (*settle)(void *ud);
+        int (*settle)(void *ud);
         void (*acked)(void *ud, uint32_t cookie);
         bool (*refused)(void *ud, uint32_t cookie, int reason, const char *why);
         void *ud;

@@ -138,8 +138,11 @@ struct km_spool {
         bool sync_thread_started;
         pthread_t loop_thread;
         bool has_loop_thread;
-        bool defer_sync;     /* km_spool_defer_sync is in force */
-        uint64_t defer_seq;  /* the last record the loop pushed under it */
+        /* km_spool_defer_sync: the loop's records wait in stage for km_spool_settle.
+         * staging is read by other pushers under mu; stage is the loop's. */
+        bool staging;
+        uint8_t *stage;
+        size_t stage_len, stage_cap;
 };
 
 void km_spool_set_loop_thread(struct km_spool *sp)
@@ -418,9 +421,23 @@ int km_spool_push(struct km_spool *sp, struct km_msg *m)
                 }
                 pthread_cond_wait(&sp->cond, &sp->mu);
         }
+        /* The log stays in id order (recovery relies on it): while the loop stages a
+         * read's records, another thread's push waits for the settle (a read's worth,
+         * well under a millisecond). */
+        while (sp->staging && !is_loop && !sp->stopping)
+                pthread_cond_wait(&sp->cond, &sp->mu);
         m->id = sp->next_id++;
         size_t n = encode_msg(rec, m, cl, tl, kl, ol);
-        rc = write_all(sp->log_fd[sp->active], rec, n);
+        bool staged = false;
+        if (is_loop && sp->staging &&
+            grow((void **)&sp->stage, &sp->stage_cap, sp->stage_len + n, 1) == 0) {
+                memcpy(sp->stage + sp->stage_len, rec, n);
+                sp->stage_len += n;
+                staged = true;
+                rc = 0;
+        } else {
+                rc = write_all(sp->log_fd[sp->active], rec, n);
+        }
         if (rc < 0) {
                 /* A short write leaves a torn record that recovery stops at; cut it off
                  * so the next record is not lost behind it. */
@@ -430,8 +447,11 @@ int km_spool_push(struct km_spool *sp, struct km_msg *m)
                 KM_LOG(KM_LOG_ERR, "spool", "ingest log write: %s", strerror(-rc));
                 goto out;
         }
-        sp->log_bytes += n;
-        uint64_t seq = ++sp->written_seq;
+        uint64_t seq = 0;
+        if (!staged) {
+                sp->log_bytes += n;
+                seq = ++sp->written_seq;
+        }
         if (kl)
                 pend_coalesce(sp, m);
         rc = pend_add(sp, m, cl, tl, kl, ol);
@@ -447,9 +467,7 @@ int km_spool_push(struct km_spool *sp, struct km_msg *m)
         pthread_mutex_unlock(&sp->mu);
         if (wake)
                 sp->o.wake(sp->o.wake_ud);
-        if (sp->o.sync_always && is_loop && sp->defer_sync) {
-                sp->defer_seq = seq;
-        } else if (sp->o.sync_always) {
+        if (sp->o.sync_always && !staged) {
                 pthread_mutex_lock(&sp->mu);
                 wait_synced_locked(sp, seq);
                 pthread_mutex_unlock(&sp->mu);
@@ -463,18 +481,42 @@ out:
 
 void km_spool_defer_sync(struct km_spool *sp)
 {
-        sp->defer_sync = sp->o.sync_always;
+        if (sp->staging)
+                return;
+        pthread_mutex_lock(&sp->mu);
+        sp->staging = true;
+        pthread_mutex_unlock(&sp->mu);
 }
 
-void km_spool_settle(struct km_spool *sp)
+int km_spool_settle(struct km_spool *sp)
 {
-        if (sp->defer_sync && sp->defer_seq) {
-                pthread_mutex_lock(&sp->mu);
-                wait_synced_locked(sp, sp->defer_seq);
-                pthread_mutex_unlock(&sp->mu);
+        int rc = 0;
+        uint64_t seq = 0;
+
+        if (!sp->staging)
+                return 0;
+        pthread_mutex_lock(&sp->mu);
+        if (sp->stage_len) {
+                rc = write_all(sp->log_fd[sp->active], sp->stage, sp->stage_len);
+                if (rc < 0) {
+                        /* Cut a torn tail off, as push does. The messages stay pending
+                         * and flow; their caller must not acknowledge them, so the
+                         * broker sends them again (duplicates, never a loss). */
+                        if (ftruncate(sp->log_fd[sp->active], (off_t)sp->log_bytes) == 0)
+                                (void)lseek(sp->log_fd[sp->active], (off_t)sp->log_bytes, SEEK_SET);
+                        KM_LOG(KM_LOG_ERR, "spool", "ingest log write of %zu bytes: %s", sp->stage_len, strerror(-rc));
+                } else {
+                        sp->log_bytes += sp->stage_len;
+                        seq = ++sp->written_seq;
+                }
+                sp->stage_len = 0;
         }
-        sp->defer_sync = false;
-        sp->defer_seq = 0;
+        sp->staging = false;
+        pthread_cond_broadcast(&sp->cond);
+        if (seq && sp->o.sync_always)
+                wait_synced_locked(sp, seq);
+        pthread_mutex_unlock(&sp->mu);
+        return rc;
 }
 
 /* ---- SQLite ---------------------------------------------------------------------- */
@@ -1324,6 +1366,7 @@ void km_spool_close(struct km_spool *sp)
 {
         if (!sp)
                 return;
+        km_spool_settle(sp); /* nothing staged is left behind */
         pthread_mutex_lock(&sp->mu);
         sp->stopping = true;
         pthread_cond_broadcast(&sp->cond);
@@ -1356,6 +1399,7 @@ void km_spool_close(struct km_spool *sp)
         free(sp->pend);
         free(sp->dels);
         free(sp->acklog);
+        free(sp->stage);
         free(sp->cur.cls);
         free(sp->path);
         pthread_mutex_destroy(&sp->mu);

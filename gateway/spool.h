@@ -50,7 +50,7 @@ void km_spool_close(struct km_spool *sp);
 
 /* Any thread. Assigns m->id and appends m to the ingest log with one write(2); returns
  * 0 once the message survives a kill of the process (and, with sync_always, a power
- * cut). m's pointers are only read during the call. Negative errno on failure: the
+ * cut), or, while the loop thread stages (km_spool_defer_sync), once it is staged. m's pointers are only read during the call. Negative errno on failure: the
  * message is then NOT accepted. */
 int km_spool_push(struct km_spool *sp, struct km_msg *m);
 
@@ -62,15 +62,18 @@ int km_spool_next(struct km_spool *sp, int dir, int prio, uint64_t after, struct
 /* Loop thread. The message was delivered: it leaves the spool at the next commit. */
 int km_spool_ack(struct km_spool *sp, uint64_t id);
 
-/* Loop thread, sync = always. Until km_spool_settle, a push from the loop thread
- * returns without waiting for its fsync: a client that reads many messages at once
- * pushes them all, settles once, and only then acknowledges them (one fsync for the
- * lot). No-op in batch mode. */
+/* Loop thread. Until km_spool_settle, a push from the loop thread only stages its
+ * record: a client that reads many messages at once pushes them all, settles once
+ * (one write(2) of all the records and, with sync_always, one fsync), and only then
+ * acknowledges them. Other threads' pushes wait for the settle meanwhile, so that the
+ * log stays in id order. A message pushed this way is safe once settle returned 0. */
 void km_spool_defer_sync(struct km_spool *sp);
 
-/* Loop thread. Returns once every push deferred since km_spool_defer_sync is synced,
- * and ends the deferral. */
-void km_spool_settle(struct km_spool *sp);
+/* Loop thread. Writes what was staged since km_spool_defer_sync (and waits for its
+ * fsync with sync_always), and ends the staging. 0, or a negative errno: the staged
+ * messages are then NOT in the log (they are still delivered from memory), and must
+ * not be acknowledged to their sender. */
+int km_spool_settle(struct km_spool *sp);
 
 /* Loop thread. Moves pending messages into SQLite, applies coalescing, expiry and the
  * space policy, writes acks, and commits. Cheap when there is nothing to do. */
