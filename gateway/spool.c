@@ -113,6 +113,8 @@ struct km_spool {
         /* Everything below up to "loop only" is guarded by mu. */
         pthread_mutex_t mu;
         pthread_cond_t cond;
+        pthread_cond_t stage_cond; /* the loop's stage was written (not cond: that one
+                                      wakes the sync thread, which would fsync) */
         int log_fd[2];
         char *log_path[2];
         uint64_t log_gen[2];
@@ -425,7 +427,7 @@ int km_spool_push(struct km_spool *sp, struct km_msg *m)
          * read's records, another thread's push waits for the settle (a read's worth,
          * well under a millisecond). */
         while (sp->staging && !is_loop && !sp->stopping)
-                pthread_cond_wait(&sp->cond, &sp->mu);
+                pthread_cond_wait(&sp->stage_cond, &sp->mu);
         m->id = sp->next_id++;
         size_t n = encode_msg(rec, m, cl, tl, kl, ol);
         bool staged = false;
@@ -512,7 +514,7 @@ int km_spool_settle(struct km_spool *sp)
                 sp->stage_len = 0;
         }
         sp->staging = false;
-        pthread_cond_broadcast(&sp->cond);
+        pthread_cond_broadcast(&sp->stage_cond);
         if (seq && sp->o.sync_always)
                 wait_synced_locked(sp, seq);
         pthread_mutex_unlock(&sp->mu);
@@ -1307,6 +1309,7 @@ int km_spool_open(struct km_spool **out, const struct km_spool_opts *o)
         sp->log_fd[0] = sp->log_fd[1] = -1;
         pthread_mutex_init(&sp->mu, NULL);
         pthread_cond_init(&sp->cond, NULL);
+        pthread_cond_init(&sp->stage_cond, NULL);
         if (!(sp->path = strdup(o->path))) {
                 rc = -ENOMEM;
                 goto fail;
@@ -1370,6 +1373,7 @@ void km_spool_close(struct km_spool *sp)
         pthread_mutex_lock(&sp->mu);
         sp->stopping = true;
         pthread_cond_broadcast(&sp->cond);
+        pthread_cond_broadcast(&sp->stage_cond);
         pthread_mutex_unlock(&sp->mu);
         if (sp->sync_thread_started)
                 pthread_join(sp->sync_thread, NULL);
@@ -1404,6 +1408,7 @@ void km_spool_close(struct km_spool *sp)
         free(sp->path);
         pthread_mutex_destroy(&sp->mu);
         pthread_cond_destroy(&sp->cond);
+        pthread_cond_destroy(&sp->stage_cond);
         free(sp);
 }
 
