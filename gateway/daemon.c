@@ -456,8 +456,10 @@ static void turn(struct km_daemon *d)
 
 static int on_mail(sd_event_source *s, int fd, uint32_t revents, void *ud)
 {
+        struct km_daemon *d = ud;
         (void)s, (void)fd, (void)revents;
-        turn(ud);
+        km_mailbox_clear(&d->mb);
+        turn(d);
         return 0;
 }
 

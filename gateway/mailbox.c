@@ -67,6 +67,12 @@ void km_mailbox_kick(struct km_mailbox *mb)
                 wake(mb);
 }
 
+void km_mailbox_clear(struct km_mailbox *mb)
+{
+        uint64_t v;
+        (void)!read(mb->fd, &v, sizeof(v));
+}
+
 size_t km_mailbox_run(struct km_mailbox *mb)
 {
         uint64_t v;
@@ -74,8 +80,9 @@ size_t km_mailbox_run(struct km_mailbox *mb)
         size_t n;
 
         /* The eventfd is read only when a poster armed it: a turn the loop started for
-         * its own reasons costs no system call here. A poster arming it after this look
-         * leaves a count behind, which costs one idle turn later, never a lost item. */
+         * its own reasons costs no system call here. A count a poster leaves behind
+         * after this look (it writes after arming) is cleared by the fd's own handler
+         * (km_mailbox_clear): one idle turn, never a lost item, never a busy loop. */
         pthread_mutex_lock(&mb->mu);
         bool armed = mb->armed;
         pthread_mutex_unlock(&mb->mu);

@@ -32,6 +32,10 @@ int km_mailbox_post(struct km_mailbox *mb, km_mail_fn fn, void *ud, uint64_t arg
 /* Any thread: make the loop wake up (for work that lives elsewhere, e.g. the spool). */
 void km_mailbox_kick(struct km_mailbox *mb);
 
+/* Reads the eventfd's count: the fd's own event handler calls it before a run, so a
+ * level-triggered fd never fires again for a count nobody reads. */
+void km_mailbox_clear(struct km_mailbox *mb);
+
 /* Loop thread: runs everything queued so far, in order; returns how many ran. */
 size_t km_mailbox_run(struct km_mailbox *mb);
 
