@@ -431,15 +431,22 @@ int km_spool_push(struct km_spool *sp, struct km_msg *m)
         m->id = sp->next_id++;
         size_t n = encode_msg(rec, m, cl, tl, kl, ol);
         bool staged = false;
+        rc = 0;
         if (is_loop && sp->staging &&
             grow((void **)&sp->stage, &sp->stage_cap, sp->stage_len + n, 1) == 0) {
                 memcpy(sp->stage + sp->stage_len, rec, n);
                 sp->stage_len += n;
                 staged = true;
-                rc = 0;
-        } else {
-                rc = write_all(sp->log_fd[sp->active], rec, n);
+        } else if (is_loop && sp->staging && sp->stage_len) {
+                /* No memory to stage: what is staged goes first, so ids stay in order. */
+                rc = write_all(sp->log_fd[sp->active], sp->stage, sp->stage_len);
+                if (rc == 0) {
+                        sp->log_bytes += sp->stage_len;
+                        sp->stage_len = 0;
+                }
         }
+        if (!staged && rc == 0)
+                rc = write_all(sp->log_fd[sp->active], rec, n);
         if (rc < 0) {
                 /* A short write leaves a torn record that recovery stops at; cut it off
                  * so the next record is not lost behind it. */
