@@ -278,6 +278,30 @@ static int on_message(void *context, char *topic, int topic_len, MQTTAsync_messa
         return 1;
 }
 
+/* The connection of a bridge's client (local: ingest; a link: its uplink), on the loop
+ * thread: it is the bridge's link state. */
+static void link_up(void *ud)
+{
+        struct bridge *b = ud;
+        if (b->up) /* mqttc says so itself */
+                KM_LOG(KM_LOG_NOTICE, "mqtt", "up: connected to %s", b->conf.uri);
+        km_link_set_state(b->link, KM_LINK_UP, "connected");
+}
+
+static void link_lost(void *ud, const char *why)
+{
+        struct bridge *b = ud;
+        KM_LOG(KM_LOG_WARNING, "mqtt", "%s: connection to %s lost: %s", b->local ? "ingest" : "up", b->conf.uri, why);
+        km_link_set_state(b->link, KM_LINK_DOWN, "connection lost");
+}
+
+static void link_failed_connect(void *ud, const char *why)
+{
+        struct bridge *b = ud;
+        KM_LOG(KM_LOG_WARNING, "mqtt", "%s: cannot connect to %s: %s", b->local ? "ingest" : "up", b->conf.uri, why);
+        km_link_set_state(b->link, KM_LINK_DOWN, "cannot connect");
+}
+
 /* The broker's answer to a publish of ours (uplink or local), on the loop thread. */
 static void link_acked(void *ud, uint32_t cookie)
 {
@@ -346,26 +370,6 @@ static int local_settle(void *ud)
 {
         struct bridge *b = ud;
         return km_spool_settle(b->d->spool);
-}
-
-static void local_up(void *ud)
-{
-        struct bridge *b = ud;
-        km_link_set_state(b->link, KM_LINK_UP, "connected");
-}
-
-static void local_lost(void *ud, const char *why)
-{
-        struct bridge *b = ud;
-        KM_LOG(KM_LOG_WARNING, "mqtt", "ingest: connection to %s lost: %s", b->conf.uri, why);
-        km_link_set_state(b->link, KM_LINK_DOWN, "connection lost");
-}
-
-static void local_failed_connect(void *ud, const char *why)
-{
-        struct bridge *b = ud;
-        KM_LOG(KM_LOG_WARNING, "mqtt", "ingest: cannot connect to %s: %s", b->conf.uri, why);
-        km_link_set_state(b->link, KM_LINK_DOWN, "cannot connect");
 }
 
 /* ---- sending --------------------------------------------------------------------- */
@@ -741,7 +745,7 @@ int km_mqtt_local_start(struct km_daemon *d, struct km_conf *c)
                 .receive_max = INGEST_RECEIVE_MAX, .will_topic = b->will_topic, .will_msg = b->will_msg,
                 .filters = (const char *const *)filters->v, .nfilters = filters->n,
         };
-        struct km_mqttc_cb cb = { .up = local_up, .lost = local_lost, .failed_connect = local_failed_connect,
+        struct km_mqttc_cb cb = { .up = link_up, .lost = link_lost, .failed_connect = link_failed_connect,
                                   .message = local_message, .settle = local_settle, .acked = link_acked,
                                   .refused = link_refused, .ud = b };
         rc = km_mqttc_new(&b->mc, d->ev, &o, &cb);
@@ -760,28 +764,6 @@ static int up_message(void *ud, const char *topic, const void *payload, size_t l
         (void)ud, (void)payload, (void)len, (void)retain, (void)props, (void)plen;
         KM_LOG(KM_LOG_WARNING, "mqtt", "up: unexpected message on '%s' ignored", topic);
         return 0;
-}
-
-static void up_up(void *ud)
-{
-        struct bridge *b = ud;
-        if (b->up) /* mqttc says so itself */
-                KM_LOG(KM_LOG_NOTICE, "mqtt", "up: connected to %s", b->conf.uri);
-        km_link_set_state(b->link, KM_LINK_UP, "connected");
-}
-
-static void up_lost(void *ud, const char *why)
-{
-        struct bridge *b = ud;
-        KM_LOG(KM_LOG_WARNING, "mqtt", "up: connection to %s lost: %s", b->conf.uri, why);
-        km_link_set_state(b->link, KM_LINK_DOWN, "connection lost");
-}
-
-static void up_failed_connect(void *ud, const char *why)
-{
-        struct bridge *b = ud;
-        KM_LOG(KM_LOG_WARNING, "mqtt", "up: cannot connect to %s: %s", b->conf.uri, why);
-        km_link_set_state(b->link, KM_LINK_DOWN, "cannot connect");
 }
 
 int km_mqtt_link_start(struct km_daemon *d, struct km_conf *c, const char *section)
@@ -815,7 +797,7 @@ int km_mqtt_link_start(struct km_daemon *d, struct km_conf *c, const char *secti
                         .keepalive_s = (unsigned)(b->conf.keepalive_ms / 1000), .window = (unsigned)b->conf.window,
                         .receive_max = 16, .will_topic = b->will_topic, .will_msg = b->will_msg,
                 };
-                struct km_mqttc_cb mcb = { .up = up_up, .lost = up_lost, .failed_connect = up_failed_connect,
+                struct km_mqttc_cb mcb = { .up = link_up, .lost = link_lost, .failed_connect = link_failed_connect,
                                            .message = up_message, .acked = link_acked, .refused = link_refused,
                                            .ud = b };
                 rc = km_mqttc_new(&b->mc, d->ev, &mo, &mcb);
@@ -826,7 +808,7 @@ int km_mqtt_link_start(struct km_daemon *d, struct km_conf *c, const char *secti
                         .verify_hostname = b->conf.verify_hostname, .keepalive_s = (int)(b->conf.keepalive_ms / 1000),
                         .window = (unsigned)b->conf.window, .will_topic = b->will_topic, .will_msg = b->will_msg,
                 };
-                struct km_uplink_cb ucb = { .up = up_up, .lost = up_lost, .failed_connect = up_failed_connect,
+                struct km_uplink_cb ucb = { .up = link_up, .lost = link_lost, .failed_connect = link_failed_connect,
                                             .acked = link_acked, .refused = link_refused, .ud = b };
                 rc = km_uplink_new(&b->up, d->ev, &uo, &ucb);
         }

@@ -987,11 +987,13 @@ static char *dup_or_null(const char *s)
         return s ? strdup(s) : NULL;
 }
 
-/* "scheme://host:port" (host may be [v6]); the port defaults to 1883. */
-static int parse_uri(struct km_mqttc *c)
+int km_mqtt_uri_parse(const char *uri, char *host, size_t hostlen, int *port, bool *tls)
 {
-        const char *p = strstr(c->uri, "://");
-        if (!p || (strncmp(c->uri, "tcp://", 6) && strncmp(c->uri, "mqtt://", 7)))
+        const char *p = strstr(uri, "://");
+        if (!p)
+                return -EINVAL;
+        *tls = strncmp(uri, "ssl://", 6) == 0 || strncmp(uri, "mqtts://", 8) == 0;
+        if (!*tls && strncmp(uri, "tcp://", 6) && strncmp(uri, "mqtt://", 7))
                 return -EINVAL;
         p += 3;
         const char *colon, *hend;
@@ -1006,12 +1008,20 @@ static int parse_uri(struct km_mqttc *c)
                 hend = colon ? colon : p + strcspn(p, "/");
         }
         size_t n = (size_t)(hend - p);
-        if (!n || n >= sizeof(c->host))
+        if (!n || n >= hostlen)
                 return -EINVAL;
-        memcpy(c->host, p, n);
-        c->host[n] = '\0';
-        int port = colon ? atoi(colon + 1) : 1883;
-        if (port <= 0 || port > 65535)
+        memcpy(host, p, n);
+        host[n] = '\0';
+        *port = colon ? atoi(colon + 1) : (*tls ? 8883 : 1883);
+        return *port > 0 && *port < 65536 ? 0 : -EINVAL;
+}
+
+/* mqttc speaks plain TCP only. */
+static int parse_uri(struct km_mqttc *c)
+{
+        bool tls;
+        int port, rc = km_mqtt_uri_parse(c->uri, c->host, sizeof(c->host), &port, &tls);
+        if (rc < 0 || tls)
                 return -EINVAL;
         snprintf(c->port, sizeof(c->port), "%d", port);
         return 0;

@@ -76,6 +76,11 @@ void km_mqttc_stop(struct km_mqttc *c);
 /* Stops and frees; NULL is a no-op. */
 void km_mqttc_free(struct km_mqttc *c);
 
+/* Splits "scheme://host[:port]" (host may be [v6]; tcp, mqtt, ssl, mqtts) into host
+ * and port (default 1883, 8883 for TLS); *tls says whether the scheme wants TLS.
+ * 0 or -EINVAL. Shared with the TLS uplink (uplink.c). */
+int km_mqtt_uri_parse(const char *uri, char *host, size_t hostlen, int *port, bool *tls);
+
 /* The reason code's name (MQTT v5), for log lines. */
 const char *km_mqttc_reason(int rc);
 

@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bridges/mqttc.h"
 #include "gateway/log.h"
 
 /*
@@ -83,34 +84,6 @@ struct km_uplink {
 static char *dup_or_null(const char *s)
 {
         return s ? strdup(s) : NULL;
-}
-
-/* "scheme://host:port" (host may be [v6]); the port defaults by scheme. */
-static int parse_uri(struct km_uplink *u)
-{
-        const char *p = strstr(u->uri, "://");
-        if (!p)
-                return -EINVAL;
-        u->tls = strncmp(u->uri, "ssl://", 6) == 0 || strncmp(u->uri, "mqtts://", 8) == 0;
-        p += 3;
-        const char *colon, *hend;
-        if (*p == '[') {
-                hend = strchr(p, ']');
-                if (!hend)
-                        return -EINVAL;
-                colon = hend[1] == ':' ? hend + 1 : NULL;
-                p++;
-        } else {
-                colon = strrchr(p, ':');
-                hend = colon ? colon : p + strcspn(p, "/");
-        }
-        size_t n = (size_t)(hend - p);
-        if (!n || n >= sizeof(u->host))
-                return -EINVAL;
-        memcpy(u->host, p, n);
-        u->host[n] = '\0';
-        u->port = colon ? atoi(colon + 1) : (u->tls ? 8883 : 1883);
-        return u->port > 0 && u->port < 65536 ? 0 : -EINVAL;
 }
 
 /* ---- connection objects -------------------------------------------------------- */
@@ -486,7 +459,7 @@ int km_uplink_new(struct km_uplink **out, sd_event *ev, const struct km_uplink_o
         u->mids = calloc(MIDS, sizeof(*u->mids));
         if (!u->uri || !u->client_id || !u->mids || (o->will_topic && (!u->will_topic || !u->will_msg)))
                 goto fail;
-        if ((rc = parse_uri(u)) < 0)
+        if ((rc = km_mqtt_uri_parse(u->uri, u->host, sizeof(u->host), &u->port, &u->tls)) < 0)
                 goto fail;
         if ((rc = sd_event_add_defer(ev, &u->defer, on_defer, u)) < 0)
                 goto fail;
