@@ -24,7 +24,12 @@
  *            receiver restarts the origin's state when the base differs from
  *            the SYN base it knows), bit 1 ACK (an ack tail is present),
  *            bit 0 reserved = 0.
- *   DATA body = seq:u16  back:u8  rec+  [acktail]
+ *   DATA body = seq:u16  back:u8  rec*  [acktail]
+ *            A data frame without records is a PROBE: it takes a sequence
+ *            number and is acknowledged, retransmitted and skipped like any
+ *            other, so that an idle link can tell that its peer still hears
+ *            it. Receivers built before probes refuse it as malformed, as
+ *            version 1 receivers refuse version 2: upgrade centers first.
  *            back = seq - base, where base is the oldest frame the sender has
  *            not seen cumulatively acked (its window start); back < 64.
  *            A receiver waiting for a frame below base skips it: the sender
@@ -1088,6 +1093,25 @@ static int fill_records(struct km_frame_tx *tx, struct enc *e,
 	return 0;
 }
 
+/* The frame out[0..len) is written: CRC it, keep it in the window. */
+static int commit_frame(struct km_frame_tx *tx, struct km_frame_slot *s, uint8_t *out,
+			size_t len, int64_t now_ms)
+{
+	len = crc_append(out, len);
+	memcpy(s->buf, out, len);
+	s->len = len;
+	s->used = true;
+	s->sacked = s->lost = false;
+	s->seq = tx->next_seq;
+	s->sent_ms = now_ms;
+	s->stamp = ++tx->stamp;
+	s->tries = 1;
+	tx->next_seq++;
+	tx->inflight++;
+	tx->frames_sent++;
+	return (int)len;
+}
+
 int km_frame_tx_encode(struct km_frame_tx *tx, const struct km_frame_msg *msgs,
 		       size_t n, size_t mtu, const struct km_frame_ack *ack,
 		       int64_t now_ms, uint8_t *out, struct km_frame_put *put)
@@ -1124,19 +1148,36 @@ int km_frame_tx_encode(struct km_frame_tx *tx, const struct km_frame_msg *msgs,
 			out[0] |= HDR_DATA_LOST;
 		put->acked_piggy = true;
 	}
-	size_t len = crc_append(out, e.w.pos);
-	memcpy(s->buf, out, len);
-	s->len = len;
-	s->used = true;
-	s->sacked = s->lost = false;
-	s->seq = tx->next_seq;
-	s->sent_ms = now_ms;
-	s->stamp = ++tx->stamp;
-	s->tries = 1;
-	tx->next_seq++;
-	tx->inflight++;
-	tx->frames_sent++;
-	return (int)len;
+	return commit_frame(tx, s, out, e.w.pos, now_ms);
+}
+
+int km_frame_tx_probe(struct km_frame_tx *tx, size_t mtu, int64_t now_ms, uint8_t *out)
+{
+	if (!out || mtu < KM_FRAME_MTU_MIN || mtu > tx->cfg.mtu_max)
+		return -EINVAL;
+	if (tx->inflight >= tx->cfg.window)
+		return -EAGAIN;
+	struct km_frame_slot *s = &tx->slot[tx->next_seq % KM_FRAME_WINDOW_MAX];
+	int rc = slot_ready(s, tx->cfg.mtu_max);
+	if (rc)
+		return rc;
+	s->n_done = 0;
+	s->has_part = false;
+	struct wbuf w = { .p = out, .cap = mtu - crc_size(mtu) };
+	put_head(tx, &w, false);
+	return commit_frame(tx, s, out, w.pos, now_ms);
+}
+
+int km_frame_peek(const uint8_t *buf, size_t len, uint8_t *type, uint16_t *seq)
+{
+	if (!buf || len < 2)
+		return -EBADMSG;
+	struct rbuf r = { .p = buf, .len = len - crc_size(len) };
+	uint8_t hdr = get_u8(&r);
+	(void)get_varint(&r);
+	*type = (hdr >> HDR_TYPE_SHIFT) & 3;
+	*seq = *type == KM_FRAME_T_DATA ? get_u16(&r) : 0;
+	return r.err ? -EBADMSG : 0;
 }
 
 static uint16_t tx_base(const struct km_frame_tx *tx)
@@ -1622,7 +1663,7 @@ static int rec_topic(struct rcur *c, struct rec *x)
 static int rec_next(struct rcur *c, struct rec *x)
 {
 	if (c->r.pos == c->r.len)
-		return c->nrec ? 0 : -EPROTO;
+		return 0; /* no record at all: a probe */
 	if (c->nrec >= KM_FRAME_RECS_MAX)
 		return -EPROTO;
 	memset(x, 0, sizeof(*x));

@@ -272,6 +272,19 @@ int km_frame_tx_encode(struct km_frame_tx *tx, const struct km_frame_msg *msgs,
 		       int64_t now_ms, uint8_t *out, struct km_frame_put *put);
 
 /*
+ * Fill a PROBE into out (capacity >= mtu): a data frame without messages that
+ * the peer acknowledges like any other, so an idle link learns whether its
+ * peer still hears it. It takes a sequence number and a window place until
+ * acknowledged, and is retransmitted after rto like any frame. Returns its
+ * length, -EAGAIN when the window is full, -EINVAL, -ENOMEM.
+ */
+int km_frame_tx_probe(struct km_frame_tx *tx, size_t mtu, int64_t now_ms, uint8_t *out);
+
+/* The type (KM_FRAME_T_*) and, for a data frame, the sequence number of the
+ * frame buf[0..len) (one this end encoded: no CRC check). 0 or -EBADMSG. */
+int km_frame_peek(const uint8_t *buf, size_t len, uint8_t *type, uint16_t *seq);
+
+/*
  * Apply an ack for our frames. First, for each restart request not yet
  * answered, call restart(ctx, id): the caller must send that message again
  * from frag_off 0 (ids it no longer holds can be ignored); its earlier
