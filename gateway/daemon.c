@@ -376,16 +376,25 @@ static void publish_link_status(struct km_daemon *d, struct km_link *l)
         km_spool_stats(d->spool, &st);
         gmtime_r(&t, &tm);
         strftime(since, sizeof(since), "%Y-%m-%dT%H:%M:%SZ", &tm);
+        /* What it sent since the last status (every LINK_STATUS_US and at each change). */
+        int64_t now = km_mono_ms();
+        double interval = l->mark_mono ? (double)(now - l->mark_mono) / 1000 : 0;
         int n = snprintf(json, sizeof(json),
                          "{\"link\":\"%s\",\"type\":\"%s\",\"state\":\"%s\",\"reason\":\"%s\",\"since\":\"%s\","
                          "\"order\":%ld,\"signal\":%d,\"sent\":%llu,\"acked\":%llu,\"inflight\":%u,"
-                         "\"bytes_sent\":%llu,\"transitions\":%llu,\"backlog\":%llu}",
+                         "\"bytes_sent\":%llu,\"transitions\":%llu,\"backlog\":%llu,\"ack\":\"%s\",\"ack_ms\":%lld,"
+                         "\"interval_s\":%.1f,\"sent_interval\":%llu,\"bytes_interval\":%llu}",
                          l->name, l->conf.type ? l->conf.type : "", km_link_shown_state(l), l->reason, since,
                          l->order, l->signal, (unsigned long long)l->sent, (unsigned long long)l->acked, l->inflight,
                          (unsigned long long)l->bytes_sent, (unsigned long long)l->transitions,
-                         (unsigned long long)link_backlog(d, l, &st));
+                         (unsigned long long)link_backlog(d, l, &st), l->conf.ack ? l->conf.ack : "peer",
+                         (long long)l->ack_ms, interval, (unsigned long long)(l->sent - l->sent_mark),
+                         (unsigned long long)(l->bytes_sent - l->bytes_mark));
         if (n < 0 || (size_t)n >= sizeof(json))
                 return;
+        l->sent_mark = l->sent;
+        l->bytes_mark = l->bytes_sent;
+        l->mark_mono = now;
         snprintf(topic, sizeof(topic), "link/%s", l->name);
         publish_own(d, topic, json, (size_t)n, false);
 }

@@ -13,6 +13,7 @@
 #include "spool.h"
 
 #define OFF(f) offsetof(struct km_link_conf, f)
+static const char *const ack_modes[] = { "peer", "receipt", "none", NULL };
 static const struct km_conf_key common_keys[] = {
         { "type", KM_CONF_STRING, "mqtt", OFF(type), "mqtt (built in) or a plugin's name (<plugin_dir>/<type>.so)", 0, 0, NULL },
         { "order", KM_CONF_INT, "1", OFF(order), "preference: the lowest healthy link carries what it may", 0, 1000, NULL },
@@ -22,6 +23,7 @@ static const struct km_conf_key common_keys[] = {
         { "budget_bytes", KM_CONF_INT, "0", OFF(budget_bytes), "bytes it may send per budget_interval (0: no limit)", 0, 1e12, NULL },
         { "budget_messages", KM_CONF_INT, "0", OFF(budget_messages), "messages it may send per budget_interval (0: no limit)", 0, 1e12, NULL },
         { "budget_interval", KM_CONF_DURATION, "60s", OFF(budget_interval_ms), "the budget's window", 1000, 86400000, NULL },
+        { "ack", KM_CONF_STRING, "peer", OFF(ack), "what releases a message: peer (the far end acknowledges it), receipt (narrow links: the device's receipt for its frame, at most once beyond it) or none (narrow links: handed to the device; for one-way links). Set the same on both ends", 0, 0, ack_modes },
         { NULL, 0, NULL, 0, NULL, 0, 0, NULL },
 };
 
@@ -32,10 +34,29 @@ int64_t km_mono_ms(void)
         return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* An MQTT link's broker acknowledges every message (QoS 1): releasing on less would
+ * break the promise for nothing. Receipt and none are for equipment without a way back
+ * or with a receipt of its own. */
+static int check_ack(struct km_conf *c, const char *section, const struct km_link_conf *lc)
+{
+        if (!lc->ack || strcmp(lc->ack, "peer") == 0 || !lc->type || strcmp(lc->type, "mqtt") != 0)
+                return 0;
+        km_conf_error(c, section, "ack", "'%s' is for narrow links: an mqtt link is acknowledged by its broker (ack = peer)",
+                      lc->ack);
+        return 1;
+}
+
+static enum km_ack_mode ack_mode(const char *v)
+{
+        return !v || strcmp(v, "peer") == 0 ? KM_ACK_PEER : strcmp(v, "receipt") == 0 ? KM_ACK_RECEIPT : KM_ACK_NONE;
+}
+
 int km_link_configure(struct km_link *l, struct km_conf *c, const char *section)
 {
         int bad = km_conf_apply(c, section, common_keys, &l->conf);
+        bad += check_ack(c, section, &l->conf);
         l->order = l->conf.order;
+        l->ack_mode = ack_mode(l->conf.ack);
         return bad ? -EINVAL : 0;
 }
 
@@ -43,6 +64,7 @@ int km_link_check_common(struct km_conf *c, const char *section)
 {
         struct km_link_conf lc = { 0 };
         int bad = km_conf_apply(c, section, common_keys, &lc);
+        bad += check_ack(c, section, &lc);
         km_conf_release(common_keys, &lc);
         return bad ? -EINVAL : 0;
 }
@@ -120,6 +142,7 @@ int km_link_init(struct km_link *l, const char *name, int dir, uint32_t window)
         l->dir = dir;
         l->window = window;
         l->signal = -1;
+        l->ack_ms = -1;
         l->state = KM_LINK_DOWN;
         snprintf(l->reason, sizeof(l->reason), "starting");
         l->since_ms = km_now_ms();
@@ -181,10 +204,11 @@ int64_t km_link_take_slot(struct km_link *l, uint64_t id)
         if (!l->nfree)
                 return -EAGAIN;
         uint32_t s = l->free[--l->nfree];
-        l->slots[s] = (struct km_link_slot){ .id = id, .gen = l->gen, .used = true };
+        int64_t now = km_mono_ms();
+        l->slots[s] = (struct km_link_slot){ .id = id, .taken_mono = now, .gen = l->gen, .used = true };
         /* The ack clock starts when the window stops being empty. */
         if (!l->inflight++)
-                l->progress_mono = km_mono_ms();
+                l->progress_mono = now;
         return (int64_t)(s | (uint32_t)l->gen << 16);
 }
 
@@ -212,9 +236,11 @@ uint64_t km_link_acked(struct km_link *l, uint32_t cookie)
         if (!s)
                 return 0;
         uint64_t id = s->id;
+        int64_t now = km_mono_ms();
+        l->ack_ms = now - s->taken_mono;
         km_link_put_slot(l, cookie);
         l->acked++;
-        l->progress_mono = km_mono_ms();
+        l->progress_mono = now;
         return id;
 }
 

@@ -24,6 +24,14 @@ struct km_link_conf {
         int64_t hold_ms;
         long budget_bytes, budget_messages;
         int64_t budget_interval_ms;
+        char *ack; /* "peer", "receipt" or "none": see km_link_ack_mode */
+};
+
+/* What releases a message from the spool on this link (key `ack`). */
+enum km_ack_mode {
+        KM_ACK_PEER,    /* the far end acknowledges it (MQTT PUBACK, a frame ack) */
+        KM_ACK_RECEIPT, /* narrow links: the device's receipt for the frame carrying it */
+        KM_ACK_NONE,    /* narrow links: handed to the device */
 };
 
 struct km_link_ops {
@@ -44,6 +52,7 @@ struct km_link_ops {
 
 struct km_link_slot {
         uint64_t id;
+        int64_t taken_mono; /* for ack_ms */
         uint16_t gen;
         bool used;
 };
@@ -79,8 +88,16 @@ struct km_link {
          * replays the unacknowledged in order. */
         uint64_t cursor[KM_PRIO_COUNT];
 
+        enum km_ack_mode ack_mode;
         uint64_t sent, acked, failed;
+        /* Bytes this link put on its way: an MQTT link the message's topic and
+         * payload when handed over, a narrow link every frame on the air (data,
+         * retransmissions, acks, probes). */
         uint64_t bytes_sent;
+        /* sent and bytes_sent when the status was last published (its interval). */
+        uint64_t sent_mark, bytes_mark;
+        int64_t mark_mono;
+        int64_t ack_ms;        /* last hand-over to acknowledgement time, -1 none yet */
         int signal;            /* 0..100 from the driver, -1 unknown */
         double rate;           /* acknowledged messages a second, over the last second or so */
         uint64_t rate_acked;   /* acked when rate_mono was taken */

@@ -70,6 +70,7 @@
 #define RETRY_MIN_MS 1000  /* first retry of a link the host took down */
 #define RETRY_MAX_MS 60000
 #define HELD_CHECK_US 250000 /* center: how often held commands are looked at */
+#define PROBE_DEFAULT_MS 120000
 
 struct narrow_conf {
         bool commands;
@@ -123,6 +124,17 @@ struct km_plugin_link {
         struct km_strv peers;
         char *prefix;
         int64_t rto_ms;
+        int64_t probe_ms;    /* probe an idle link this often; 0 = never */
+        int64_t probe_at;    /* CLOCK_MONOTONIC ms the outstanding probe left, 0 = none */
+        bool probing;        /* the link stays down until the probe is acknowledged */
+        int64_t heard_mono;  /* the peer last acknowledged a frame of ours */
+        /* ack = receipt: the device's receipt (sent()) for a token stands for the
+         * peer's ack of the data frame that token carried. */
+        struct {
+                uint32_t token;
+                uint16_t seq;
+                bool used, receipted;
+        } rcpt[KM_FRAME_WINDOW_MAX];
         struct km_frame_tx tx;
         struct km_frame_rx rx;
         bool busy;           /* the device said -EAGAIN: wait for ready() */
@@ -138,6 +150,7 @@ struct km_plugin_link {
         size_t bufcap;
         uint32_t mtu;
         uint64_t frames_in, frames_bad;
+        uint64_t probes, probes_lost;
         /* The host's view beside the plugin's (see the top of this file). */
         enum km_link_state dev_state; /* the plugin's last report (degraded as up) */
         bool dev_degraded;            /* ... which said degraded */
@@ -157,7 +170,7 @@ struct km_plugin_link {
         uint64_t cmd_refused; /* base: messages for the local broker that were no command */
 };
 
-static const char *const narrow_keys[] = { "peers", "rto", "topic_prefix", NULL };
+static const char *const narrow_keys[] = { "peers", "rto", "probe", "topic_prefix", NULL };
 
 #define NOFF(f) offsetof(struct narrow_conf, f)
 static const struct km_conf_key cmd_keys[] = {
@@ -281,6 +294,8 @@ static void forget_queue(km_plugin_link *h)
                 h->q[i] = (struct qmsg){ 0 };
         }
         km_frame_tx_reset(&h->tx);
+        memset(h->rcpt, 0, sizeof(h->rcpt));
+        h->probe_at = 0;
 }
 
 static void kick(km_plugin_link *h);
@@ -327,10 +342,16 @@ static bool settle_commands(km_plugin_link *h)
 /* ---- faults the host sees ---------------------------------------------------------- */
 
 static int on_retry(sd_event_source *s, uint64_t usec, void *ud);
+static void send_probe(km_plugin_link *h);
+static void probe_answered(km_plugin_link *h);
 
 /* The host keeps the link down, and tries it again after the back-off. */
 static void hold_down(km_plugin_link *h)
 {
+        if (h->probing) {
+                h->probing = false;
+                forget_queue(h); /* the probe: the peer skips it */
+        }
         h->held = true;
         if (!h->retry_ms)
                 h->retry_ms = RETRY_MIN_MS;
@@ -354,6 +375,15 @@ static int on_retry(sd_event_source *s, uint64_t usec, void *ud)
         h->held = false;
         if (h->open && h->dev_state == KM_LINK_UP && h->link->state != KM_LINK_UP) {
                 char why[200];
+                if (h->probe_ms) {
+                        /* Traffic comes back only once the peer answers: a link still cut
+                         * would otherwise take messages for ack_timeout at every retry. */
+                        snprintf(why, sizeof(why), "probing after: %s", h->fault);
+                        km_link_set_state(h->link, KM_LINK_DOWN, why);
+                        h->probing = true;
+                        send_probe(h);
+                        return 0;
+                }
                 snprintf(why, sizeof(why), "retrying after: %s", h->fault);
                 km_link_set_state(h->link, h->dev_degraded ? KM_LINK_DEGRADED : KM_LINK_UP, why);
                 kick(h);
@@ -422,11 +452,16 @@ static void api_report(km_plugin_link *h, const struct km_plugin_report *r)
         enum km_link_state was = h->dev_state;
         h->dev_state = st;
         /* The host took the link down and the plugin still says UP, as it did: the
-         * retry decides. A plugin that went DOWN and came back UP is believed. */
-        if (h->held && st == KM_LINK_UP && was == KM_LINK_UP)
+         * retry (and its probe) decides. A plugin that went DOWN and came back UP is
+         * believed. */
+        if ((h->held || h->probing) && st == KM_LINK_UP && was == KM_LINK_UP)
                 return;
         if (st == KM_LINK_UP)
                 h->held = false;
+        if (h->probing) {
+                h->probing = false;
+                forget_queue(h); /* the probe too */
+        }
         if (st != KM_LINK_UP && h->link->state == KM_LINK_UP)
                 forget_queue(h); /* the spool replays them on the next UP */
         enum km_link_state shown = h->dev_degraded ? KM_LINK_DEGRADED : st;
@@ -516,20 +551,64 @@ static void api_received(km_plugin_link *h, const void *frame, size_t len)
                                strerror(-rc), (unsigned long long)h->frames_bad);
                 return;
         }
-        if (info.has_ack)
+        if (info.has_ack && info.ack.origin == h->origin) {
                 km_frame_tx_ack(&h->tx, &info.ack, on_done, on_restart, h);
-        if (info.ack_due) {
+                h->heard_mono = km_mono_ms();
+                if (h->probe_at && !km_frame_tx_inflight(&h->tx))
+                        probe_answered(h);
+        }
+        /* With ack = receipt or none the sender releases frames without us. */
+        if (info.ack_due && h->link->ack_mode == KM_ACK_PEER) {
                 h->ack_owed = true;
                 h->ack_to = info.origin;
         }
         kick(h);
 }
 
+/* Releases every frame in flight up to seq as if the peer had acknowledged it. */
+static void release_to(km_plugin_link *h, uint16_t seq)
+{
+        struct km_frame_ack a = { .origin = h->origin, .cum = seq, .version = (uint8_t)h->tx.cfg.version };
+        km_frame_tx_ack(&h->tx, &a, on_done, on_restart, h);
+}
+
 static void api_sent(km_plugin_link *h, uint32_t token, int status)
 {
-        (void)token;
         if (status < 0 && h->frames_bad++ % 100 == 0)
                 KM_LOG(KM_LOG_WARNING, "link", "%s: the device refused a frame (%s)", h->link->name, strerror(-status));
+        if (h->link->ack_mode != KM_ACK_RECEIPT)
+                return;
+        int k = -1;
+        for (int i = 0; i < KM_FRAME_WINDOW_MAX && k < 0; i++)
+                if (h->rcpt[i].used && h->rcpt[i].token == token)
+                        k = i;
+        if (k < 0)
+                return; /* an ack frame's, or from before a reset */
+        uint16_t seq = h->rcpt[k].seq;
+        if (status < 0) {
+                /* Not on the air: the frame goes again, first in line. */
+                h->rcpt[k].used = false;
+                for (unsigned i = 0; i < KM_FRAME_WINDOW_MAX; i++)
+                        if (h->tx.slot[i].used && h->tx.slot[i].seq == seq)
+                                h->tx.slot[i].lost = true;
+                kick(h);
+                return;
+        }
+        h->rcpt[k].receipted = true;
+        /* Receipts release in frame order: a frame whose receipt is still to come
+         * holds back those after it, as a cumulative ack would. */
+        uint16_t base = (uint16_t)(h->tx.next_seq - h->tx.inflight), next = base;
+        while (km_frame_tx_inflight(&h->tx) > (uint16_t)(next - base)) {
+                k = next % KM_FRAME_WINDOW_MAX;
+                if (!h->rcpt[k].used || !h->rcpt[k].receipted || h->rcpt[k].seq != next)
+                        break;
+                h->rcpt[k].used = false;
+                next++;
+        }
+        if (next != base) {
+                release_to(h, (uint16_t)(next - 1));
+                kick(h);
+        }
 }
 
 static void api_ready(km_plugin_link *h)
@@ -598,6 +677,26 @@ static void budget_wait(km_plugin_link *h)
         }
 }
 
+/* A data frame is on its way: with ack = none it is as good as delivered (every frame
+ * before it went first: a frame the device refused is the next one sent); with
+ * ack = receipt, note its token for api_sent. */
+static void sent_data(km_plugin_link *h, const uint8_t *frame, size_t len, uint32_t token)
+{
+        uint8_t type;
+        uint16_t seq;
+        if (h->link->ack_mode == KM_ACK_PEER || km_frame_peek(frame, len, &type, &seq) < 0 || type != KM_FRAME_T_DATA)
+                return;
+        if (h->link->ack_mode == KM_ACK_NONE) {
+                release_to(h, seq);
+                return;
+        }
+        int k = seq % KM_FRAME_WINDOW_MAX;
+        h->rcpt[k].token = token;
+        h->rcpt[k].seq = seq;
+        h->rcpt[k].used = true;
+        h->rcpt[k].receipted = false;
+}
+
 /* Hands one frame to the device; false when it is busy, in an outage or broken. */
 static bool device_send(km_plugin_link *h, const uint8_t *frame, size_t len)
 {
@@ -621,6 +720,8 @@ static bool device_send(km_plugin_link *h, const uint8_t *frame, size_t len)
                         h->bud_start = km_mono_ms();
                 h->bud_bytes_used += len;
                 h->bud_frames_used++;
+                h->link->bytes_sent += len;
+                sent_data(h, frame, len, token);
                 return true;
         }
         /* -ENOTCONN comes with a DOWN report (an announced outage); any other error
@@ -661,7 +762,7 @@ static void kick(km_plugin_link *h)
                         h->ack_owed = false;
                         continue;
                 }
-                if (h->link->state != KM_LINK_UP)
+                if (h->link->state != KM_LINK_UP && !h->probing)
                         return;
                 if (room < KM_FRAME_MTU_MIN) {
                         budget_wait(h);
@@ -680,6 +781,8 @@ static void kick(km_plugin_link *h)
                         }
                         continue;
                 }
+                if (h->probing)
+                        return; /* only the probe goes until it is answered */
                 /* One priority per frame, the highest waiting: an alert handed over
                  * behind queued telemetry leaves in the next frame, not after it. */
                 struct km_frame_msg msgs[QMAX];
@@ -725,6 +828,73 @@ static void kick(km_plugin_link *h)
         }
 }
 
+/* ---- probes ---------------------------------------------------------------------- */
+
+/* An idle link learns only from a probe whether its peer still hears it: a frame
+ * without messages that the peer acknowledges like any other (gateway/frame.c). It
+ * goes when nothing was acknowledged for probe_ms and nothing waits to be (traffic
+ * tests the link itself), and after a fault before the link carries again. An
+ * unanswered probe takes the link down after ack_timeout, as unanswered messages do. */
+static void send_probe(km_plugin_link *h)
+{
+        int64_t now = km_mono_ms();
+        if (!h->open || h->faulted || km_frame_tx_inflight(&h->tx))
+                return;
+        size_t room = budget_room(h), mtu = h->mtu;
+        if (room < mtu)
+                mtu = room;
+        int n = mtu >= KM_FRAME_MTU_MIN ? km_frame_tx_probe(&h->tx, mtu, km_now_ms(), h->buf) : -ENOSPC;
+        if (n < 0) {
+                if (n == -ENOSPC)
+                        budget_wait(h);
+                return;
+        }
+        /* A card busy until free_at sends it then: the clock runs from then. */
+        h->probe_at = h->free_at > now ? h->free_at : now;
+        h->probes++;
+        if (!device_send(h, h->buf, (size_t)n))
+                frame_unsent(h);
+}
+
+static void probe_answered(km_plugin_link *h)
+{
+        h->link->ack_ms = km_mono_ms() - h->probe_at;
+        h->probe_at = 0;
+        if (!h->probing)
+                return;
+        h->probing = false;
+        char why[200];
+        snprintf(why, sizeof(why), "probe answered after: %s", h->fault);
+        km_link_set_state(h->link, h->dev_degraded ? KM_LINK_DEGRADED : KM_LINK_UP, why);
+}
+
+static void probe_check(km_plugin_link *h)
+{
+        int64_t now = km_mono_ms();
+        if (!h->probe_ms || !h->open || h->faulted)
+                return;
+        if (h->probe_at) {
+                if (now - h->probe_at < h->link->conf.ack_timeout_ms)
+                        return;
+                h->probes_lost++;
+                char why[96];
+                snprintf(why, sizeof(why), "probe not acknowledged for %.1f s", (double)(now - h->probe_at) / 1000);
+                if (!h->probing) {
+                        host_fault(h, "%s", why); /* forgets the probe with the rest */
+                        return;
+                }
+                km_link_set_state(h->link, KM_LINK_DOWN, why);
+                snprintf(h->fault, sizeof(h->fault), "%s", why);
+                hold_down(h);
+                return;
+        }
+        if (h->probing || h->link->state != KM_LINK_UP || km_frame_tx_inflight(&h->tx) || h->link->inflight)
+                return;
+        int64_t quiet = h->heard_mono > h->link->up_since_mono ? h->heard_mono : h->link->up_since_mono;
+        if (now - quiet >= h->probe_ms)
+                send_probe(h);
+}
+
 static int on_rto(sd_event_source *s, uint64_t usec, void *ud)
 {
         km_plugin_link *h = ud;
@@ -733,6 +903,7 @@ static int on_rto(sd_event_source *s, uint64_t usec, void *ud)
         /* Held commands keep the ack clock from running: in time for ack_timeout. */
         if (h->center && settle_commands(h) && next > HELD_CHECK_US)
                 next = HELD_CHECK_US;
+        probe_check(h);
         kick(h);
         sd_event_source_set_time_relative(s, next);
         return sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
@@ -902,6 +1073,34 @@ static void take_keys(struct km_conf *c, const char *section, const struct km_pl
         }
 }
 
+/* rto and probe, whose defaults depend on the link's other keys: rto half of
+ * ack_timeout (a lost frame goes again well before the link is given up for it),
+ * probe every PROBE_DEFAULT_MS on a base (a center hears its bases' frames and
+ * probes only when told). Returns the number of errors, landed in c. */
+static int narrow_timing(struct km_conf *c, const char *section, bool center, int64_t ack_timeout_ms,
+                         int64_t *rto, int64_t *probe)
+{
+        const char *v, *ack = km_conf_get(c, section, "ack");
+        bool peer = !ack || strcmp(ack, "peer") == 0;
+        int bad = 0;
+        *rto = ack_timeout_ms / 2 > 100 ? ack_timeout_ms / 2 : 100;
+        if ((v = km_conf_get(c, section, "rto")) && (km_conf_parse_duration(v, rto) < 0 || *rto <= 0)) {
+                km_conf_error(c, section, "rto", "'%s' is not a duration above 0", v);
+                bad++;
+        }
+        *probe = center || !peer ? 0 : PROBE_DEFAULT_MS;
+        if ((v = km_conf_get(c, section, "probe"))) {
+                if (km_conf_parse_duration(v, probe) < 0 || *probe < 0) {
+                        km_conf_error(c, section, "probe", "'%s' is not a duration", v);
+                        bad++;
+                } else if (*probe && !peer) {
+                        km_conf_error(c, section, "probe", "needs ack = peer: with ack = %s nothing answers a probe", ack);
+                        bad++;
+                }
+        }
+        return bad;
+}
+
 int km_plugin_check(struct km_conf *c, const char *section, const char *plugin_dir)
 {
         const char *type = km_conf_get(c, section, "type");
@@ -915,6 +1114,11 @@ int km_plugin_check(struct km_conf *c, const char *section, const char *plugin_d
         }
         struct narrow_conf nc = { 0 };
         bad += km_conf_apply(c, section, cmd_keys, &nc) != 0;
+        int64_t rto, probe, ackt = 3000;
+        const char *role = km_conf_get(c, "node", "role"), *at = km_conf_get(c, section, "ack_timeout");
+        if (at)
+                km_conf_parse_duration(at, &ackt);
+        bad += narrow_timing(c, section, role && strcmp(role, "center") == 0, ackt, &rto, &probe);
         take_keys(c, section, desc, NULL, NULL);
         dlclose(dl);
         return bad ? -EINVAL : 0;
@@ -954,17 +1158,15 @@ int km_plugin_link_start(struct km_daemon *d, struct km_conf *c, const char *sec
         h->center = strcmp(d->node.role, "center") == 0;
         h->origin = node_id(d->node.name);
         const char *v = api_config(h, "peers");
+        rc = -ENOMEM;
         if (v && km_strv_split(&h->peers, v) < 0)
                 goto fail_link;
         v = api_config(h, "topic_prefix");
         h->prefix = strdup(v ? v : (d->topic_prefix ? d->topic_prefix : "kuimen"));
-        int64_t rto = 3000;
-        if ((v = api_config(h, "rto")) && km_conf_parse_duration(v, &rto) < 0) {
-                KM_LOG(KM_LOG_ERR, "link", "%s: rto = '%s' is not a duration", l->name, v);
+        if (narrow_timing(c, section, h->center, l->conf.ack_timeout_ms, &h->rto_ms, &h->probe_ms)) {
                 rc = -EINVAL;
                 goto fail_link;
         }
-        h->rto_ms = rto;
         if (km_conf_apply(c, section, cmd_keys, &h->nc) != 0) {
                 rc = -EINVAL;
                 goto fail_link;
@@ -999,11 +1201,16 @@ int km_plugin_link_start(struct km_daemon *d, struct km_conf *c, const char *sec
         /* Wire version 2 (slots): a reading names its topic's last one and deflates
          * against it; a center answers each base in the version it speaks. A center's
          * frames carry commands: the base publishes them byte for byte, and pairs the
-         * two copies of one that also came over MQTT by their bytes. */
+         * two copies of one that also came over MQTT by their bytes. Without the
+         * peer's acks (ack = receipt or none) a frame lost on the air is skipped, not
+         * sent again, and the far end would lose its slots with no ack to say so:
+         * such links write version 1. */
         struct km_frame_tx_cfg tc = { .origin = h->origin, .first_seq = (uint16_t)(km_now_ms() & 0xffff),
                                       .window = FRAME_WINDOW, .mtu_max = KM_FRAME_MTU_MAX,
-                                      .no_compact_json = h->center, .version = 2 };
+                                      .no_compact_json = h->center,
+                                      .version = l->ack_mode == KM_ACK_PEER ? 2 : 1 };
         struct km_frame_rx_cfg rcfg = { 0 };
+        rc = -ENOMEM;
         if (!h->prefix || !h->buf || km_frame_tx_init(&h->tx, &tc) < 0 || km_frame_rx_init(&h->rx, &rcfg) < 0)
                 goto fail_link;
         if ((rc = km_daemon_add_link(d, l)) < 0)
@@ -1076,7 +1283,8 @@ void km_plugin_print_help(FILE *out)
         fputs("[link NAME (type = a plugin's name)]\n"
               "  the plugin's own keys (see its README), and for every narrow link:\n"
               "  peers            list     center: node names whose frames it receives [default: none]\n"
-              "  rto              duration retransmit a frame not acknowledged this long [default: 3s]\n"
+              "  rto              duration retransmit a frame not acknowledged this long [default: half of ack_timeout]\n"
+              "  probe            duration base: send a probe (an empty frame the peer acknowledges) when nothing was acknowledged this long, and before a link the host took down carries again; 0 = never; needs ack = peer [default: 2min on a base, 0 on a center]\n"
               "  topic_prefix     string   center: republished topic = <topic_prefix>/<origin>/<topic> [default: kuimen]\n",
               out);
         for (const struct km_conf_key *k = cmd_keys; k->name; k++)

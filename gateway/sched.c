@@ -84,7 +84,8 @@ static int pump_link(struct km_link *l, struct km_spool *sp, const bool *mine, c
                                 }
                                 l->cursor[prio] = m.id;
                                 l->sent++;
-                                l->bytes_sent += cost;
+                                if (!l->budget_at_device)
+                                        l->bytes_sent += cost; /* else counted on the air */
                                 l->budget_bytes_used += cost;
                                 l->budget_msgs_used++;
                                 sent++;

@@ -175,6 +175,35 @@ void h_kuimen_start(struct h_proc *p, const char *log, const char *const *args)
         p->pid = spawn(log, argv);
 }
 
+int h_kuimen_run(const char *const *args, char *out, size_t len)
+{
+        int fds[2];
+        cr_assert_eq(pipe(fds), 0);
+        pid_t pid = fork();
+        if (pid == 0) {
+                dup2(fds[1], 1);
+                dup2(fds[1], 2);
+                char *argv[8];
+                int n = 0;
+                argv[n++] = getenv("KM_KUIMEN") ? getenv("KM_KUIMEN") : "kuimen";
+                for (; *args; args++)
+                        argv[n++] = (char *)*args;
+                argv[n] = NULL;
+                execv(argv[0], argv);
+                _exit(127);
+        }
+        close(fds[1]);
+        size_t got = 0;
+        ssize_t r;
+        while ((r = read(fds[0], out + got, len - 1 - got)) > 0)
+                got += (size_t)r;
+        out[got] = 0;
+        close(fds[0]);
+        int st;
+        waitpid(pid, &st, 0);
+        return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
 int h_stop(struct h_proc *p, int sig)
 {
         int status = -1;

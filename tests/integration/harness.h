@@ -39,6 +39,9 @@ void h_broker_restart(struct h_broker *b);
 
 /* Starts kuimen (KM_KUIMEN from meson) with args; its stderr goes to log. */
 void h_kuimen_start(struct h_proc *p, const char *log, const char *const *args);
+/* Runs kuimen with args to its end; its stdout and stderr into out (NUL-terminated).
+ * Returns its exit code, -1 when it did not exit. */
+int h_kuimen_run(const char *const *args, char *out, size_t len);
 /* Sends sig and waits; returns the exit status as waitpid's, or -1. */
 int h_stop(struct h_proc *p, int sig);
 /* Counts lines of p's log containing needle. */

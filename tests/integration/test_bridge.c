@@ -652,35 +652,6 @@ Test(bridge, payload_sizes_byte_exact_through_named_brokers)
         h_cleanup(dir);
 }
 
-static int run_capture(const char *const *args, char *out, size_t len)
-{
-        int fds[2];
-        cr_assert_eq(pipe(fds), 0);
-        pid_t pid = fork();
-        if (pid == 0) {
-                dup2(fds[1], 1);
-                dup2(fds[1], 2);
-                char *argv[8];
-                int n = 0;
-                argv[n++] = getenv("KM_KUIMEN");
-                for (; *args; args++)
-                        argv[n++] = (char *)*args;
-                argv[n] = NULL;
-                execv(argv[0], argv);
-                _exit(127);
-        }
-        close(fds[1]);
-        size_t got = 0;
-        ssize_t r;
-        while ((r = read(fds[0], out + got, len - 1 - got)) > 0)
-                got += (size_t)r;
-        out[got] = 0;
-        close(fds[0]);
-        int st;
-        waitpid(pid, &st, 0);
-        return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 Test(bridge, check_config_names_file_line_key)
 {
         char dir[200], path[300], out[4096];
@@ -693,7 +664,7 @@ Test(bridge, check_config_names_file_line_key)
               f);
         fclose(f);
         const char *args[] = { "--check-config", path, NULL };
-        cr_assert_eq(run_capture(args, out, sizeof(out)), 1);
+        cr_assert_eq(h_kuimen_run(args, out, sizeof(out)), 1);
         char want[4096];
         snprintf(want, sizeof(want),
                  "%s:3: spool_max_mb: not a whole number\n"
@@ -710,7 +681,7 @@ Test(bridge, check_config_names_file_line_key)
         f = fopen(path, "w");
         fputs("[node]\nname = north\n[link center]\nuri = tcp://127.0.0.1:1884\n", f);
         fclose(f);
-        cr_assert_eq(run_capture(args, out, sizeof(out)), 0);
+        cr_assert_eq(h_kuimen_run(args, out, sizeof(out)), 0);
         snprintf(want, sizeof(want), "%s: ok\n", path);
         cr_assert_str_eq(out, want);
         h_cleanup(dir);

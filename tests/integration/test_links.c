@@ -240,8 +240,10 @@ Test(links, broken_plugins_leave_the_rest_running, .timeout = 120)
         cr_assert_geq(count_status(&ss, "hung", "down", "no acknowledgement for "), 1, "hung: down for no acknowledgement");
         cr_assert_geq(count_status(&ss, "stuck", "down", "send() blocked the event loop for "), 1,
                       "stuck: down for blocking the loop");
-        /* ... and was tried again after a back-off. */
-        cr_assert_geq(count_status(&ss, "broken", "up", "retrying after: send: Input/output error"), 1);
+        /* ... and was tried again after a back-off, with a probe before any traffic
+         * (the probe's send fails as the messages' did: it stays down). */
+        cr_assert_geq(count_status(&ss, "broken", "down", "probing after: send: Input/output error"), 1);
+        cr_assert_eq(count_status(&ss, "broken", "up", "probe answered after: "), 0);
         cr_assert_eq(count_status(&ss, "center", "down", ""), 0, "the MQTT link never went down");
         /* The log says the same, with the blocked time. */
         cr_assert_geq(h_log_count(&k, "link: broken: up -> down (send: Input/output error)"), 1);
@@ -280,6 +282,8 @@ Test(links, broken_plugins_leave_the_rest_running, .timeout = 120)
 struct relay {
         int fd, port, base_port, center_port;
         volatile bool stop;
+        volatile bool cut; /* a silent cut: both ways dropped, the sockets stay */
+        size_t n_back;     /* datagrams the center sent the base */
         pthread_t t;
         pthread_mutex_t mu;
         int64_t at[MAXDG];
@@ -304,14 +308,16 @@ static void *relay_main(void *arg)
                 int dst = src == r->base_port ? r->center_port : src == r->center_port ? r->base_port : 0;
                 if (!dst)
                         continue;
-                if (src == r->base_port) {
-                        pthread_mutex_lock(&r->mu);
-                        if (r->n < MAXDG) {
-                                r->at[r->n] = h_now_ms();
-                                r->len[r->n++] = (size_t)n;
-                        }
-                        pthread_mutex_unlock(&r->mu);
+                pthread_mutex_lock(&r->mu);
+                if (src == r->base_port && r->n < MAXDG) {
+                        r->at[r->n] = h_now_ms();
+                        r->len[r->n++] = (size_t)n;
                 }
+                if (src == r->center_port)
+                        r->n_back++;
+                pthread_mutex_unlock(&r->mu);
+                if (r->cut)
+                        continue;
                 struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons((uint16_t)dst),
                                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
                 sendto(r->fd, buf, (size_t)n, 0, (struct sockaddr *)&to, sizeof(to));
@@ -640,4 +646,176 @@ Test(links, alert_first_on_sim, .timeout = 120)
         size_t got = h_sub_wait(&p.sub, SIM_TELE + 1, 60000);
         cr_assert_eq(got, SIM_TELE + 1, "everything arrived (%zu of %d)", got, SIM_TELE + 1);
         pair_down(&p);
+}
+
+/* ---- 5. probes and ack modes --------------------------------------------------------- */
+
+static size_t relay_count(struct relay *r, size_t *bytes, size_t *back)
+{
+        pthread_mutex_lock(&r->mu);
+        size_t n = r->n, b = 0;
+        for (size_t i = 0; i < r->n; i++)
+                b += r->len[i];
+        if (bytes)
+                *bytes = b;
+        if (back)
+                *back = r->n_back;
+        pthread_mutex_unlock(&r->mu);
+        return n;
+}
+
+/* Bytes of a probe from "north": hdr, the origin (FNV-1a of the name) as a varint,
+ * seq, back, CRC-16. */
+static size_t probe_len(void)
+{
+        uint32_t h = 2166136261u;
+        for (const char *c = "north"; *c; c++)
+                h = (h ^ (uint8_t)*c) * 16777619u;
+        size_t v = 1;
+        while (h >>= 7)
+                v++;
+        return 1 + v + 2 + 1 + 2;
+}
+
+static uint64_t ctl_num(const char *sock, const char *link, const char *key)
+{
+        cJSON *j = ctl_links(sock);
+        const cJSON *l = link_of(j, link), *v = l ? cJSON_GetObjectItem(l, key) : NULL;
+        cr_assert(cJSON_IsNumber(v), "kuimenctl links: %s.%s", link, key);
+        uint64_t n = (uint64_t)v->valuedouble;
+        cJSON_Delete(j);
+        return n;
+}
+
+/* An idle link is probed: nothing but probes on the air while nothing is sent, each
+ * acknowledged. A silent cut (nothing forwarded either way, no error anywhere) is seen
+ * by the next probe within probe + ack_timeout; while cut, the link stays down and
+ * only probes go, with back-off; once they are answered it carries again, and what
+ * waited meanwhile arrives. What the link counts as sent on the air is exactly what
+ * left it. */
+Test(links, idle_link_probed_and_silent_cut_seen, .timeout = 120)
+{
+        struct pair p;
+        char extra[400];
+        snprintf(extra, sizeof(extra), "probe = 1s\nack_timeout = 2s\n[control]\nsocket = /tmp/km-probe-%d.sock",
+                 (int)getpid());
+        const char *sock = strrchr(extra, '=') + 2;
+        pair_up(&p, "links-probe", "mtu = 77\nbitrate = 9600", extra);
+        size_t plen = probe_len();
+
+        h_sleep_ms(3500);
+        size_t bytes, n = relay_count(&p.relay, &bytes, NULL);
+        cr_assert_geq(n, 2, "an idle link is probed every second (%zu probes)", n);
+        pthread_mutex_lock(&p.relay.mu);
+        for (size_t i = 0; i < p.relay.n; i++)
+                cr_assert_eq(p.relay.len[i], plen, "datagram %zu is a probe (%zu B)", i, p.relay.len[i]);
+        pthread_mutex_unlock(&p.relay.mu);
+        cr_assert_eq(h_log_count(&p.base, "-> down"), 0, "answered probes keep the link up");
+
+        int64_t cut_at = h_now_ms();
+        p.relay.cut = true;
+        cr_assert(h_log_wait(&p.base, "link: sat: up -> down (probe not acknowledged for 2.", 8000),
+                  "a silent cut is seen by the probe");
+        int64_t seen = h_now_ms() - cut_at;
+        cr_assert_leq(seen, 1000 + 2000 + 1500, "seen within probe + ack_timeout (+ the timer's step): %lld ms",
+                      (long long)seen);
+        size_t before = relay_count(&p.relay, NULL, NULL);
+        cr_assert_eq(h_pub_send(&p.pub, "alert/gas", "{\"ch4\": 2.5}"), 0);
+        cr_assert(h_log_wait(&p.base, "link: sat: down -> down (probing after: probe not acknowledged", 8000),
+                  "the host probes again after the back-off");
+        h_sleep_ms(2500);
+        pthread_mutex_lock(&p.relay.mu);
+        for (size_t i = before; i < p.relay.n; i++)
+                cr_assert_eq(p.relay.len[i], plen, "while cut only probes go (datagram %zu: %zu B)", i, p.relay.len[i]);
+        pthread_mutex_unlock(&p.relay.mu);
+        cr_assert_eq(sub_count(&p.sub), 0);
+
+        p.relay.cut = false;
+        cr_assert(h_log_wait(&p.base, "-> up (probe answered after: probe not acknowledged for", 20000),
+                  "an answered probe brings it back");
+        cr_assert_eq(h_sub_wait(&p.sub, 1, 10000), 1, "the alert that waited arrives");
+        h_sleep_ms(300);
+        n = relay_count(&p.relay, &bytes, NULL);
+        cr_assert_eq(ctl_num(sock, "sat", "bytes_sent"), bytes, "bytes on the air: the link says %llu, %zu datagrams of "
+                     "%zu B left it", (unsigned long long)ctl_num(sock, "sat", "bytes_sent"), n, bytes);
+        pair_down(&p);
+        unlink(sock);
+}
+
+/* ack = receipt: the device's receipt releases a message, so a cut beyond the device
+ * loses it (at most once, as documented); the far end sends no ack frames at all. */
+static void unacked_mode(const char *mode)
+{
+        struct pair p;
+        char link[160], extra[200];
+        snprintf(link, sizeof(link), "mtu = 77\nbitrate = 9600\nack = %s", mode);
+        snprintf(extra, sizeof(extra), "[control]\nsocket = /tmp/km-ack-%s-%d.sock", mode, (int)getpid());
+        const char *sock = strrchr(extra, '=') + 2;
+        pair_up(&p, mode, link, extra);
+        p.relay.cut = true;
+        for (int i = 0; i < 5; i++) {
+                char pl[32];
+                snprintf(pl, sizeof(pl), "lost-%d", i);
+                cr_assert_eq(h_pub_send(&p.pub, "alert/gas", pl), 0);
+        }
+        int64_t until = h_now_ms() + 10000;
+        while (ctl_num(sock, "sat", "acked") < 5 && h_now_ms() < until)
+                h_sleep_ms(100);
+        cr_assert_eq(ctl_num(sock, "sat", "acked"), 5, "ack = %s: released without the peer", mode);
+        cr_assert_eq(ctl_num(sock, "sat", "inflight"), 0);
+        /* With none they may still be on the (sim's 9 600 bit/s) air: let them land
+         * in the cut before it heals. */
+        h_sleep_ms(1000);
+        p.relay.cut = false;
+        for (int i = 0; i < 3; i++) {
+                char pl[32];
+                snprintf(pl, sizeof(pl), "kept-%d", i);
+                cr_assert_eq(h_pub_send(&p.pub, "alert/gas", pl), 0);
+        }
+        cr_assert_eq(h_sub_wait(&p.sub, 3, 10000), 3);
+        h_sleep_ms(1000);
+        size_t back;
+        relay_count(&p.relay, NULL, &back);
+        pthread_mutex_lock(&p.sub.mu);
+        cr_assert_eq(p.sub.n, 3, "what the cut took is not sent again (%zu arrived)", p.sub.n);
+        for (size_t i = 0; i < p.sub.n; i++) {
+                char want[32];
+                snprintf(want, sizeof(want), "kept-%zu", i);
+                cr_assert_str_eq(p.sub.rx[i].payload, want);
+        }
+        pthread_mutex_unlock(&p.sub.mu);
+        cr_assert_eq(back, 0, "ack = %s: the center sends no ack frames (%zu)", mode, back);
+        cr_assert_eq(h_log_count(&p.base, "-> down"), 0);
+        pair_down(&p);
+        unlink(sock);
+}
+
+Test(links, ack_receipt_releases_on_the_device_receipt, .timeout = 60) { unacked_mode("receipt"); }
+Test(links, ack_none_releases_on_hand_over, .timeout = 60) { unacked_mode("none"); }
+
+/* The keys are checked before anything starts: an MQTT link is always acknowledged by
+ * its broker, and a probe needs a peer that answers. */
+Test(links, ack_and_probe_keys_checked)
+{
+        char dir[200], path[300], out[4096], want[4096];
+        h_tmpdir(dir, sizeof(dir), "links-ackconf");
+        snprintf(path, sizeof(path), "%s/bad.conf", dir);
+        FILE *f = fopen(path, "w");
+        fprintf(f,
+                "[node]\nname = north\nplugin_dir = %s\n[local]\nuri = tcp://127.0.0.1:1883\n"
+                "[link center]\ntype = mqtt\nuri = tcp://127.0.0.1:1884\nack = none\n"
+                "[link sat]\ntype = sim\nlisten = 127.0.0.1:1\npeer = 127.0.0.1:2\nack = receipt\nprobe = 10s\n"
+                "[link radio]\ntype = sim\nlisten = 127.0.0.1:3\npeer = 127.0.0.1:4\nack = maybe\nrto = soon\n",
+                env_dir("KM_SIM_PLUGIN_DIR"));
+        fclose(f);
+        const char *args[] = { "--check-config", path, NULL };
+        cr_assert_eq(h_kuimen_run(args, out, sizeof(out)), 1, "%s", out);
+        snprintf(want, sizeof(want),
+                 "%s:9: ack: 'none' is for narrow links: an mqtt link is acknowledged by its broker (ack = peer)\n"
+                 "%s:15: probe: needs ack = peer: with ack = receipt nothing answers a probe\n"
+                 "%s:20: ack: 'maybe' is not one of: peer receipt none\n"
+                 "%s:21: rto: 'soon' is not a duration above 0\n",
+                 path, path, path, path);
+        cr_assert_str_eq(out, want);
+        h_cleanup(dir);
 }
