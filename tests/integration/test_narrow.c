@@ -256,9 +256,10 @@ static void position_over_narrow(struct last_msg *l, const char *tag, const char
         pair_down(&p);
 }
 
-/* A BeiDou-sized link (77-byte frames, where the position's 174 bytes of JSON would be
- * split over three frames): the base sends the compact codec, the center publishes the
- * canonical JSON of the quantised record, with the base's origin and message id. */
+/* A BeiDou-sized link (77-byte frames, where a unit's first position, about 170 bytes
+ * of JSON with no slot to deflate against, would be split over three frames): the base
+ * sends the compact codec, the center publishes the canonical JSON of the quantised
+ * record, with the base's origin and message id. */
 Test(narrow, position_compact_codec, .timeout = 120)
 {
         struct last_msg l;
