@@ -1015,7 +1015,7 @@ int km_plugin_link_start(struct km_daemon *d, struct km_conf *c, const char *sec
         struct km_frame_tx_cfg tc = { .origin = h->origin, .first_seq = (uint16_t)(km_now_ms() & 0xffff),
                                       .window = FRAME_WINDOW, .mtu_max = KM_FRAME_MTU_MAX,
                                       .no_compact_json = h->center, .version = 2,
-                                      .pos_batch = !h->center && strcmp(h->nc.positions, "compact") == 0 };
+                                      .pos_batch = !h->center && h->nc.positions && strcmp(h->nc.positions, "compact") == 0 };
         struct km_frame_rx_cfg rcfg = { .pos_json = true };
         if (!h->prefix || !h->buf || km_frame_tx_init(&h->tx, &tc) < 0 || km_frame_rx_init(&h->rx, &rcfg) < 0)
                 goto fail_link;
