@@ -136,6 +136,17 @@
  *            topic and payload as delivered. A slot's topic is at most
  *            KM_FRAME_SLOT_TOPIC_MAX bytes, its payload at most
  *            KM_FRAME_SLOT_PAYLOAD_MAX; records with S stay within both.
+ *   rh enc 3 (reserved in version 1, and refused as malformed by version 2
+ *            receivers built before it had a meaning): a compact position
+ *            batch (gateway/posrec.c) in raw deflate, as enc 1, so against
+ *            the slot's payload when the record refers to a slot. It is
+ *            delivered as the batch, like enc 2.
+ *            A slot defined by a record of enc 2 or 3 holds the BATCH (for
+ *            enc 3 inflated), whatever the receiver then hands its user
+ *            (the center hands over the batch's position as JSON): the
+ *            sender's view of the slot is the batch it sent, and the JSON
+ *            is a function of the batch, so both ends agree without the
+ *            sender having to predict the receiver's use of it.
  *   DATA flags bit 0 L (only with an ack tail), ACK flags bit 1 L: the ack
  *            says the receiver lost its slots for the acked origin.
  *
@@ -148,6 +159,23 @@
  * reading to a third or half of its size, and id and time deltas to a byte
  * or two. Stateless alternatives (a fixed JSON dictionary) only help
  * payloads that use the keys we guessed.
+ *
+ * WHY positions as batches (enc 2 and 3 from a sender with pos_batch). A
+ * position message is canonical JSON of about 180 bytes (posrec's
+ * km_posrec_to_json); deflated against the unit's previous one it still
+ * takes about 36, because every digit after the fourth decimal moves. The
+ * codec's one-position batch takes 32 (16 of them the absolute record,
+ * the rest version, base time and the unit's name), and deflated against
+ * the unit's previous batch about 18: unit entry, record byte and the high
+ * bits of every field repeat (tests/bench/bench_frame: 25 bytes of frame a
+ * position against 45 as JSON, 39 as the batch not deflated). The sender takes the smallest of the JSON
+ * and the two batch forms, and a batch only when the payload is exactly
+ * canonical position JSON whose values the codec keeps to its resolution
+ * (km_posrec_json_batch); the receiver publishes km_posrec_to_json of the
+ * decoded record, i.e. the JSON's record quantised (lat/lon 1e-5 deg, alt
+ * 1 m, time 0.1 s, speed 0.1 m/s, heading 1 deg, battery 1 %). A batch
+ * record never splits (it goes whole or waits for the next frame); a
+ * position too large for any frame as a batch goes split, as JSON.
  *
  * WHY this is safe on a lossy link. Slots change only when a frame is
  * processed, and the receiver processes each origin's frames once, in
@@ -171,6 +199,7 @@
  */
 
 #include "frame.h"
+#include "posrec.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -206,7 +235,7 @@
 #define META_TIME 0x04
 
 enum { FRAG_WHOLE = 0, FRAG_FIRST = 1, FRAG_MIDDLE = 2, FRAG_LAST = 3 };
-enum { CODE_RAW = 0, CODE_DEFLATE = 1, CODE_POSBATCH = 2 };
+enum { CODE_RAW = 0, CODE_DEFLATE = 1, CODE_POSBATCH = 2, CODE_ZPOSBATCH = 3 };
 
 /* The receiver indexes out-of-order frames by seq mod this (it does not
  * know the sender's window, only its upper bound). */
@@ -875,6 +904,44 @@ static unsigned slot_for(const struct km_frame_tx *tx, const char *topic, bool *
 	return pick;
 }
 
+/* A position message's batch form (version 2, cfg.pos_batch): its bytes as
+ * the receiver delivers them and its slot holds, and the smaller of the
+ * batch as it is and deflated (against the slot's payload on a hit). */
+struct pos_form {
+	uint8_t batch[KM_FRAME_SLOT_PAYLOAD_MAX];
+	size_t blen;
+	uint8_t z[SLOT_ENC_MAX];
+	const uint8_t *data;
+	size_t len;
+	uint8_t code;
+};
+
+/* Whether m's payload, compacted (plain), is canonical position JSON the
+ * codec keeps to its resolution (km_posrec_json_batch), filling *f; false
+ * leaves m as JSON. */
+static bool pos_form(struct km_frame_tx *tx, const struct km_frame_msg *m,
+		     const uint8_t *plain, size_t plen, const struct km_frame_ref *ref,
+		     struct pos_form *f)
+{
+	if (!tx->cfg.pos_batch || (m->enc != KM_FRAME_ENC_AUTO && m->enc != KM_FRAME_ENC_DEFLATE) ||
+	    plen < 2 || plain[0] != '{')
+		return false;
+	int n = km_posrec_json_batch(plain, plen, f->batch, sizeof(f->batch));
+	if (n <= 0)
+		return false;
+	f->blen = (size_t)n;
+	f->data = f->batch;
+	f->len = f->blen;
+	f->code = CODE_POSBATCH;
+	size_t z = deflate_slot(tx, ref ? ref->data : NULL, ref ? ref->len : 0, f->batch, f->blen, f->z);
+	if (z) {
+		f->data = f->z;
+		f->len = z;
+		f->code = CODE_ZPOSBATCH;
+	}
+	return true;
+}
+
 /*
  * Version 2: put m whole as a slot record, naming the slot of its topic when
  * there is one. Returns PLACED, PLACED_STOP, NO_ROOM (fits the next frame),
@@ -885,6 +952,7 @@ static unsigned slot_for(const struct km_frame_tx *tx, const char *topic, bool *
 static int place_slot(struct km_frame_tx *tx, struct enc *e, const struct km_frame_msg *m)
 {
 	uint8_t plain[KM_FRAME_SLOT_PAYLOAD_MAX], zbuf[SLOT_ENC_MAX], tmp[PREFIX_MAX];
+	struct pos_form pf;
 	struct topic_ref t = { 0 };
 	bool hit;
 	unsigned k = slot_for(tx, m->topic, &hit);
@@ -892,7 +960,7 @@ static int place_slot(struct km_frame_tx *tx, struct enc *e, const struct km_fra
 	struct slot_use su = { .k = k, .ref = hit ? r : NULL,
 			       .trel = hit && r->timed && msg_timed(m) };
 	size_t plen = plain_form(tx, m, plain);
-	const uint8_t *data = plain;
+	const uint8_t *data = plain, *held = plain;
 	size_t len = plen;
 	uint8_t code = m->enc == KM_FRAME_ENC_POSBATCH ? CODE_POSBATCH : CODE_RAW;
 	int rc;
@@ -910,6 +978,16 @@ static int place_slot(struct km_frame_tx *tx, struct enc *e, const struct km_fra
 			code = CODE_DEFLATE;
 		}
 	}
+	/* A position goes as a batch only when that is smaller than its JSON
+	 * as the slots make it: the batch is quantised, JSON is not. */
+	bool as_batch = pos_form(tx, m, plain, plen, hit ? r : NULL, &pf) && pf.len < len;
+	if (as_batch) {
+		data = pf.data;
+		len = pf.len;
+		code = pf.code;
+		held = pf.batch;
+		plen = pf.blen;
+	}
 	size_t pl = build_prefix(e, m, &t, FRAG_WHOLE, code, len, &su, tmp);
 	size_t room = e->w.cap - e->w.pos;
 	bool wl = pl + varint_len(len) + len <= room;
@@ -917,9 +995,11 @@ static int place_slot(struct km_frame_tx *tx, struct enc *e, const struct km_fra
 	if (!wl && pl + len > room)
 		return pl + len <= e->w.cap - e->head_len ? NO_ROOM : NEED_SPLIT;
 	put_record(e, m, FRAG_WHOLE, tmp, pl, wl, data, len);
-	slot_define(tx, e, k, m, plain, plen);
+	slot_define(tx, e, k, m, held, plen);
 	if (hit)
 		tx->slot_refs++;
+	if (as_batch)
+		tx->pos_batches++;
 	return wl ? PLACED : PLACED_STOP;
 }
 
@@ -1674,7 +1754,7 @@ static int rec_next(struct rcur *c, struct rec *x)
 	bool head = x->frag == FRAG_WHOLE || x->frag == FRAG_FIRST;
 	x->slot = rh & RH_S;
 	uint8_t reserved = c->version >= 2 ? 1 : 3;
-	if ((rh & reserved) || x->code == 3 || (!head && (rh & (RH_T | (3 << RH_ENC_SHIFT)))) ||
+	if ((rh & reserved) || (x->code == CODE_ZPOSBATCH && c->version < 2) || (!head && (rh & (RH_T | (3 << RH_ENC_SHIFT)))) ||
 	    (x->slot && x->frag != FRAG_WHOLE && x->frag != FRAG_LAST))
 		return -EPROTO;
 	if (head && rec_head(c, x))
@@ -1763,13 +1843,35 @@ struct head {
 	const char *topic;
 };
 
+/*
+ * cfg.pos_json: hand a position batch over as its canonical JSON, in js
+ * (KM_FRAME_POS_JSON_MAX bytes). Returns 0 with *m converted or left alone
+ * (not a batch), or -EBADMSG for a batch that is not one good position
+ * (counted): the caller drops it, its frame still acknowledged, because
+ * the same bytes would fail again.
+ */
+static int pos_json(struct km_frame_rx *rx, struct km_frame_msg *m, char *js)
+{
+	if (!rx->cfg.pos_json || m->enc != KM_FRAME_ENC_POSBATCH)
+		return 0;
+	int n = km_posrec_batch_json(m->payload, m->len, js, KM_FRAME_POS_JSON_MAX);
+	if (n < 0) {
+		rx->bad_posbatch++;
+		return -EBADMSG;
+	}
+	m->payload = (const uint8_t *)js;
+	m->len = (size_t)n;
+	m->enc = KM_FRAME_ENC_RAW;
+	return 0;
+}
+
 /* Decode the payload if needed and hand the message over. Payload faults
  * are counted and the message is dropped: re-sending the frame would not
  * cure them, so the frame is still acknowledged. */
 static int deliver(struct km_frame_rx *rx, const struct head *h,
 		   const uint8_t *p, size_t n, km_frame_deliver_fn fn, void *ctx)
 {
-	if (h->code == CODE_DEFLATE) {
+	if (h->code == CODE_DEFLATE || h->code == CODE_ZPOSBATCH) {
 		long z = inflate_msg(rx, p, n, NULL, 0);
 		if (z == -E2BIG)
 			rx->oversize++;
@@ -1784,8 +1886,11 @@ static int deliver(struct km_frame_rx *rx, const struct head *h,
 		.id = h->id, .topic = h->topic, .payload = p, .len = n,
 		.created_ms = h->created_ms, .origin = h->origin,
 		.topic_idx = h->topic_idx, .cls = h->cls, .qos = h->qos,
-		.enc = h->code == CODE_POSBATCH ? KM_FRAME_ENC_POSBATCH : KM_FRAME_ENC_RAW,
+		.enc = h->code >= CODE_POSBATCH ? KM_FRAME_ENC_POSBATCH : KM_FRAME_ENC_RAW,
 	};
+	char js[KM_FRAME_POS_JSON_MAX];
+	if (pos_json(rx, &m, js))
+		return 0;
 	int rc = fn ? fn(ctx, &m) : 0;
 	if (!rc)
 		rx->delivered++;
@@ -1987,7 +2092,7 @@ static int slot_deliver(struct km_frame_rx *rx, struct km_frame_rx_origin *o, un
 		}
 		memcpy(topic, h->topic, tl + 1);
 	}
-	if (h->code == CODE_DEFLATE) {
+	if (h->code == CODE_DEFLATE || h->code == CODE_ZPOSBATCH) {
 		long z = inflate_msg(rx, p, n, ref ? ref->data : NULL, ref ? ref->len : 0);
 		if (z < 0 || (size_t)z > KM_FRAME_SLOT_PAYLOAD_MAX) {
 			rx->bad_payload++;
@@ -2005,12 +2110,17 @@ static int slot_deliver(struct km_frame_rx *rx, struct km_frame_rx_origin *o, un
 		.id = h->id, .topic = lit ? topic : h->topic, .payload = p, .len = n,
 		.created_ms = h->created_ms, .origin = h->origin,
 		.topic_idx = h->topic_idx, .cls = h->cls, .qos = h->qos,
-		.enc = h->code == CODE_POSBATCH ? KM_FRAME_ENC_POSBATCH : KM_FRAME_ENC_RAW,
+		.enc = h->code >= CODE_POSBATCH ? KM_FRAME_ENC_POSBATCH : KM_FRAME_ENC_RAW,
 	};
-	int rc = fn ? fn(ctx, &m) : 0;
+	/* The slot takes the batch, not the JSON the user gets: the sender's
+	 * view of it is the batch it sent. A bad batch still defines it. */
+	char js[KM_FRAME_POS_JSON_MAX];
+	int bad = pos_json(rx, &m, js);
+	int rc = !bad && fn ? fn(ctx, &m) : 0;
 	if (rc)
 		return rc;
-	rx->delivered++;
+	if (!bad)
+		rx->delivered++;
 	struct km_frame_ref *s = &o->slots[k];
 	s->used = true;
 	s->id = h->id;

@@ -36,12 +36,17 @@
 /* Longest ack frame: hdr, two 5-byte varints, cum, restart count and ids,
  * 8 bitmap bytes, CRC-16. */
 #define KM_FRAME_ACK_MAX (1 + 5 + 5 + 2 + 1 + 10 * KM_FRAME_RESTART_MAX + 8 + 2)
+/* Longest position JSON a receiver with cfg.pos_json hands over: a full
+ * record takes about 200 bytes and a 31-byte unit escaped 6 times that. */
+#define KM_FRAME_POS_JSON_MAX 512
 /* Split messages the receiver remembers having lost the start of. */
 #define KM_FRAME_ORPHANS_MAX 8
 
 /* Payload encodings. AUTO is for the encoder only: compact JSON, then raw
- * deflate when smaller. On decode the payload is always handed over
- * inflated, and enc says RAW or POSBATCH. */
+ * deflate when smaller (and, with cfg.pos_batch, a position batch when
+ * smaller still). On decode the payload is always handed over inflated,
+ * and enc says RAW or POSBATCH (RAW for a batch a receiver with
+ * cfg.pos_json hands over as JSON). */
 enum km_frame_enc {
 	KM_FRAME_ENC_AUTO = 0,     /* encoder picks RAW or DEFLATE */
 	KM_FRAME_ENC_RAW = 1,      /* bytes as given (compacted JSON is RAW) */
@@ -112,6 +117,11 @@ struct km_frame_tx_cfg {
 	bool no_compact_json;               /* leave JSON whitespace alone */
 	size_t deflate_min;                 /* try deflate from this size, 0 = 24 */
 	unsigned version;                   /* wire version written: 0 or 1 = 1, 2 = with slots */
+	/* Version 2: a message whose payload is canonical position JSON goes
+	 * as a compact position batch when that is smaller on the wire; the
+	 * receiver delivers the batch (enc POSBATCH), whose record is the
+	 * JSON's quantised to the codec's resolution (gateway/posrec.h). */
+	bool pos_batch;
 };
 
 struct km_frame_ref;
@@ -170,6 +180,7 @@ struct km_frame_tx {
 	uint64_t frames_resent;
 	uint64_t slot_refs;   /* messages sent against a slot */
 	uint64_t slot_resets; /* slots_lost acks answered by abandoning the window */
+	uint64_t pos_batches; /* position messages sent as a compact batch (cfg.pos_batch) */
 };
 
 /* Receiver limits. Zero fields take the defaults documented in frame.c. */
@@ -180,6 +191,12 @@ struct km_frame_rx_cfg {
 	unsigned max_partials;              /* messages being reassembled (8) */
 	size_t max_partial_bytes;           /* their bytes, all together (256 KiB) */
 	size_t max_msg;                     /* largest message, after inflate (128 KiB) */
+	/* Hand a compact position batch (enc POSBATCH) of one position over
+	 * as its canonical JSON (enc RAW, km_posrec_batch_json): what a
+	 * sender with cfg.pos_batch made of position JSON. A batch that is
+	 * not one good position is counted (bad_posbatch) and dropped, its
+	 * frame acknowledged (sent again it would fail again). */
+	bool pos_json;
 	/* Version 2 slots take about 28 KiB per origin that uses them, made on
 	 * first use: at most max_origins of them. */
 };
@@ -223,6 +240,7 @@ struct km_frame_rx {
 	uint64_t orphan_frags;       /* fragment whose message start is unknown */
 	uint64_t oversize;           /* message above max_msg, dropped */
 	uint64_t bad_payload;        /* deflate stream that does not inflate */
+	uint64_t bad_posbatch;       /* cfg.pos_json: batch that is not one good position, dropped */
 	uint64_t unknown_topics;     /* dictionary index beyond our dictionary */
 	uint64_t restarts_lost;      /* restart request dropped: list full (message lost) */
 	uint64_t slot_misses;        /* frame naming a slot we do not hold: asked to resend */

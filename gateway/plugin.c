@@ -75,6 +75,7 @@
 struct narrow_conf {
         bool commands;
         int64_t command_grace_ms;
+        char *positions; /* "compact" or "json" */
 };
 
 struct qmsg {
@@ -173,9 +174,11 @@ struct km_plugin_link {
 static const char *const narrow_keys[] = { "peers", "rto", "probe", "topic_prefix", NULL };
 
 #define NOFF(f) offsetof(struct narrow_conf, f)
+static const char *const position_forms[] = { "compact", "json", NULL };
 static const struct km_conf_key cmd_keys[] = {
         { "commands", KM_CONF_BOOL, "yes", NOFF(commands), "center: take <topic_prefix>/<peer>/cmd/# from the center broker for each of peers and send it down this link while that base is not online over MQTT", 0, 0, NULL },
         { "command_grace", KM_CONF_DURATION, "30s", NOFF(command_grace_ms), "center: a command for a base online over MQTT is left to its MQTT session after this long (sent down this link if the base goes offline sooner)", 0, 86400000, NULL },
+        { "positions", KM_CONF_STRING, "compact", NOFF(positions), "base: compact = a position message (the canonical JSON of pos/<unit>) crosses as the compact position codec when that is smaller, and the center publishes it quantised (lat/lon 1e-5 deg, alt 1 m, time 0.1 s, speed 0.1 m/s, heading 1 deg, battery 1 %); json = as its JSON, exact (for a center older than the codec in frames)", 0, 0, position_forms },
         { NULL, 0, NULL, 0, NULL, 0, 0, NULL },
 };
 
@@ -543,8 +546,13 @@ static void on_restart(void *ctx, uint64_t id)
 static void api_received(km_plugin_link *h, const void *frame, size_t len)
 {
         struct km_frame_rx_info info = { 0 };
+        uint64_t bad_pos = h->rx.bad_posbatch;
         int rc = km_frame_rx_input(&h->rx, frame, len, km_now_ms(), on_deliver, h, &info);
         h->frames_in++;
+        /* The first, then one line a hundred: a bad peer must not flood the log. */
+        if (h->rx.bad_posbatch != bad_pos && (bad_pos == 0 || bad_pos / 100 != h->rx.bad_posbatch / 100))
+                KM_LOG(KM_LOG_WARNING, "link", "%s: position batch from %08x that is not one good position: not published (%llu so far)",
+                       h->link->name, info.origin, (unsigned long long)h->rx.bad_posbatch);
         if (rc < 0) {
                 if (h->frames_bad++ % 100 == 0)
                         KM_LOG(KM_LOG_WARNING, "link", "%s: frame refused (%s); %llu so far", h->link->name,
@@ -986,6 +994,7 @@ static void narrow_destroy(struct km_link *l)
         forget_queue(h);
         km_frame_tx_deinit(&h->tx);
         km_frame_rx_deinit(&h->rx);
+        km_conf_release(cmd_keys, &h->nc);
         for (size_t i = 0; i < h->nkv; i++)
                 free(h->kv[i].key), free(h->kv[i].value);
         free(h->kv);
@@ -1119,6 +1128,7 @@ int km_plugin_check(struct km_conf *c, const char *section, const char *plugin_d
         if (at)
                 km_conf_parse_duration(at, &ackt);
         bad += narrow_timing(c, section, role && strcmp(role, "center") == 0, ackt, &rto, &probe);
+        km_conf_release(cmd_keys, &nc);
         take_keys(c, section, desc, NULL, NULL);
         dlclose(dl);
         return bad ? -EINVAL : 0;
@@ -1201,15 +1211,18 @@ int km_plugin_link_start(struct km_daemon *d, struct km_conf *c, const char *sec
         /* Wire version 2 (slots): a reading names its topic's last one and deflates
          * against it; a center answers each base in the version it speaks. A center's
          * frames carry commands: the base publishes them byte for byte, and pairs the
-         * two copies of one that also came over MQTT by their bytes. Without the
-         * peer's acks (ack = receipt or none) a frame lost on the air is skipped, not
-         * sent again, and the far end would lose its slots with no ack to say so:
-         * such links write version 1. */
+         * two copies of one that also came over MQTT by their bytes. A base's
+         * positions go as the compact codec (positions = compact), which the
+         * center publishes as JSON again (gateway/frame.h pos_batch, pos_json).
+         * Without the peer's acks (ack = receipt or none) a frame lost on the air
+         * is skipped, not sent again, and the far end would lose its slots with no
+         * ack to say so: such links write version 1. */
         struct km_frame_tx_cfg tc = { .origin = h->origin, .first_seq = (uint16_t)(km_now_ms() & 0xffff),
                                       .window = FRAME_WINDOW, .mtu_max = KM_FRAME_MTU_MAX,
                                       .no_compact_json = h->center,
-                                      .version = l->ack_mode == KM_ACK_PEER ? 2 : 1 };
-        struct km_frame_rx_cfg rcfg = { 0 };
+                                      .version = l->ack_mode == KM_ACK_PEER ? 2 : 1,
+                                      .pos_batch = !h->center && h->nc.positions && strcmp(h->nc.positions, "compact") == 0 };
+        struct km_frame_rx_cfg rcfg = { .pos_json = true };
         rc = -ENOMEM;
         if (!h->prefix || !h->buf || km_frame_tx_init(&h->tx, &tc) < 0 || km_frame_rx_init(&h->rx, &rcfg) < 0)
                 goto fail_link;
@@ -1266,7 +1279,9 @@ int km_plugin_command_bases(struct km_conf *c, const char *default_prefix,
                         continue;
                 struct narrow_conf nc = { 0 };
                 struct km_strv v = { 0 };
-                if (km_conf_apply(c, sec, cmd_keys, &nc) != 0 || !nc.commands)
+                int bad = km_conf_apply(c, sec, cmd_keys, &nc) != 0;
+                km_conf_release(cmd_keys, &nc);
+                if (bad || !nc.commands)
                         continue;
                 if (km_strv_split(&v, peers) < 0)
                         return -ENOMEM;
@@ -1288,7 +1303,8 @@ void km_plugin_print_help(FILE *out)
               "  topic_prefix     string   center: republished topic = <topic_prefix>/<origin>/<topic> [default: kuimen]\n",
               out);
         for (const struct km_conf_key *k = cmd_keys; k->name; k++)
-                fprintf(out, "  %-16s %-8s %s [default: %s]\n", k->name, k->type == KM_CONF_BOOL ? "boolean" : "duration",
+                fprintf(out, "  %-16s %-8s %s [default: %s]\n", k->name,
+                        k->type == KM_CONF_BOOL ? "boolean" : k->type == KM_CONF_STRING ? "string" : "duration",
                         k->help, k->def);
         fputs("\n", out);
 }

@@ -73,6 +73,7 @@
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -794,4 +795,198 @@ int km_posrec_decode(const uint8_t *in, size_t len, struct km_pos *out,
 	if (!in && len > 0)
 		return -EINVAL;
 	return decode_body(&r, out, cap, n_out);
+}
+
+/* ------------------------------------------ canonical JSON <-> one batch */
+
+/*
+ * Narrow links carry a position message as a one-position batch instead of
+ * its JSON (gateway/frame.c), and the center publishes the batch's record as
+ * JSON again. These functions are the two ends of that trip. The base takes
+ * only payloads that ARE canonical JSON (km_posrec_to_json's exact bytes),
+ * so nothing a terminal or another producer wrote differently is ever
+ * reinterpreted, and only records the codec keeps to its resolution (no
+ * value clamped); what the center publishes is then exactly
+ * km_posrec_to_json(km_posrec_quantise(record)), and the base proves it
+ * before it sends the batch by decoding it and comparing.
+ */
+
+/* Longest canonical JSON we take (a full record with a 31-byte unit is
+ * about 230 bytes). */
+#define CANON_MAX 320
+
+struct jr {
+	const char *p;
+	const char *end;
+};
+
+static bool jr_lit(struct jr *r, const char *s)
+{
+	size_t n = strlen(s);
+
+	if ((size_t)(r->end - r->p) < n || memcmp(r->p, s, n) != 0)
+		return false;
+	r->p += n;
+	return true;
+}
+
+/* A JSON number as km_posrec_to_json writes it: [-]digits[.digits]. The
+ * caller's buffer is NUL-terminated past end, so strtod stops in it. */
+static bool jr_num(struct jr *r, double *v)
+{
+	char *stop;
+	const char *q = r->p;
+
+	if (q < r->end && *q == '-')
+		q++;
+	if (q >= r->end || *q < '0' || *q > '9')
+		return false;
+	*v = strtod(r->p, &stop);
+	if (stop <= r->p || stop > r->end || !isfinite(*v))
+		return false;
+	r->p = stop;
+	return true;
+}
+
+/* A quoted string without escapes into out[cap]. */
+static bool jr_str(struct jr *r, char *out, size_t cap)
+{
+	const char *q = memchr(r->p, '"', (size_t)(r->end - r->p));
+
+	if (!q || (size_t)(q - r->p) >= cap || memchr(r->p, '\\', (size_t)(q - r->p)))
+		return false;
+	memcpy(out, r->p, (size_t)(q - r->p));
+	out[q - r->p] = '\0';
+	r->p = q + 1;
+	return true;
+}
+
+/* Days from 1970-01-01 to y-m-d (proleptic Gregorian). */
+static int64_t days_civil(int64_t y, int64_t m, int64_t d)
+{
+	y -= m <= 2;
+	int64_t era = floor_div(y, 400);
+	int64_t yoe = y - era * 400;
+	int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+	int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+
+	return era * 146097 + doe - 719468;
+}
+
+/* "YYYY-MM-DDTHH:MM:SS.mmmZ"; the round trip check catches impossible dates. */
+static bool jr_time(struct jr *r, int64_t *ms)
+{
+	int y, mo, d, h, mi, s, f, n = 0;
+
+	if ((size_t)(r->end - r->p) < 25 ||
+	    sscanf(r->p, "%4d-%2d-%2dT%2d:%2d:%2d.%3dZ\"%n", &y, &mo, &d, &h, &mi, &s, &f, &n) != 7 ||
+	    n != 25)
+		return false;
+	*ms = ((days_civil(y, mo, d) * 24 + h) * 60 + mi) * INT64_C(60000) + s * 1000 + f;
+	r->p += n;
+	return true;
+}
+
+static bool jr_int(struct jr *r, int *v)
+{
+	double d;
+
+	if (!jr_num(r, &d) || d != floor(d) || d < 0 || d > 99)
+		return false;
+	*v = (int)d;
+	return true;
+}
+
+int km_posrec_from_json(const void *json, size_t len, struct km_pos *out)
+{
+	char buf[CANON_MAX + 1], again[CANON_MAX + 1];
+	struct jr r = { buf, buf + len };
+	struct km_pos p;
+
+	if (!json || len < 2 || len > CANON_MAX)
+		return -EINVAL;
+	memcpy(buf, json, len);
+	buf[len] = '\0';
+	km_posrec_init(&p);
+	if (!jr_lit(&r, "{\"unit\":\"") || !jr_str(&r, p.unit, sizeof(p.unit)) ||
+	    !jr_lit(&r, ",\"lat\":") || !jr_num(&r, &p.lat) ||
+	    !jr_lit(&r, ",\"lon\":") || !jr_num(&r, &p.lon))
+		return -EINVAL;
+	if (jr_lit(&r, ",\"alt\":") && !jr_num(&r, &p.alt))
+		return -EINVAL;
+	if (jr_lit(&r, ",\"time\":\"") && !jr_time(&r, &p.time_ms))
+		return -EINVAL;
+	if (jr_lit(&r, ",\"speed\":") && !jr_num(&r, &p.speed))
+		return -EINVAL;
+	if (jr_lit(&r, ",\"heading\":") && !jr_num(&r, &p.heading))
+		return -EINVAL;
+	if (!jr_lit(&r, ",\"mode\":") || !jr_int(&r, &p.mode))
+		return -EINVAL;
+	if (jr_lit(&r, ",\"quality\":") && !jr_int(&r, &p.fix_quality))
+		return -EINVAL;
+	if (jr_lit(&r, ",\"kind\":\"") && !jr_str(&r, p.kind, sizeof(p.kind)))
+		return -EINVAL;
+	if (jr_lit(&r, ",\"battery\":") && !jr_num(&r, &p.battery))
+		return -EINVAL;
+	if (!jr_lit(&r, "}") || r.p != r.end)
+		return -EINVAL;
+	/* Canonical means byte for byte what we would write: this also refuses
+	 * "-0.0", missing decimals, a 1 ms time that does not exist, ... */
+	int n = km_posrec_to_json(&p, again, sizeof(again));
+	if (n < 0 || (size_t)n != len || memcmp(again, buf, len) != 0)
+		return -EINVAL;
+	*out = p;
+	return 0;
+}
+
+/* Whether q keeps every value of p to the codec's resolution: nothing was
+ * clamped into a code range (alt above 15882 m, speed above 204.6 m/s). */
+static bool within_resolution(const struct km_pos *p, const struct km_pos *q)
+{
+	const double e = 1e-9;
+	double dh = isnan(p->heading) ? 0 : fabs(fmod(p->heading - q->heading + 540.0, 360.0) - 180.0);
+
+	return fabs(p->lat - q->lat) <= 0.5e-5 + e && fabs(p->lon - q->lon) <= 0.5e-5 + e &&
+	       (isnan(p->alt) || fabs(p->alt - q->alt) <= 0.5 + e) &&
+	       (isnan(p->speed) || fabs(p->speed - q->speed) <= 0.05 + e) &&
+	       (isnan(p->battery) || fabs(p->battery - q->battery) <= 0.5 + e) &&
+	       (isnan(p->heading) || dh <= 0.5 + e) &&
+	       (p->time_ms == 0) == (q->time_ms == 0) &&
+	       llabs(p->time_ms - q->time_ms) <= 50;
+}
+
+int km_posrec_json_batch(const void *json, size_t len, uint8_t *out, size_t cap)
+{
+	struct km_pos p, q, d;
+	char want[CANON_MAX + 1], got[CANON_MAX + 1];
+	size_t n_out;
+	int rc, n;
+
+	if ((rc = km_posrec_from_json(json, len, &p)) < 0 || (rc = km_posrec_quantise(&p, &q)) < 0)
+		return rc;
+	if (!within_resolution(&p, &q))
+		return -ERANGE;
+	if ((n = km_posrec_encode(&q, 1, out, cap)) < 0)
+		return n;
+	/* The proof: what the center will publish is the quantised record. */
+	int a = km_posrec_to_json(&q, want, sizeof(want));
+	if (km_posrec_decode(out, (size_t)n, &d, 1, &n_out) < 0 || n_out != 1 || a < 0 ||
+	    km_posrec_to_json(&d, got, sizeof(got)) != a || memcmp(want, got, (size_t)a) != 0)
+		return -EINVAL;
+	return n;
+}
+
+int km_posrec_batch_json(const uint8_t *in, size_t len, char *out, size_t cap)
+{
+	struct km_pos p;
+	size_t n;
+	int rc = km_posrec_decode(in, len, &p, 1, &n);
+
+	if (rc == -ENOSPC)
+		return -E2BIG;
+	if (rc < 0)
+		return rc;
+	if (n != 1)
+		return -EBADMSG;
+	return km_posrec_to_json(&p, out, cap);
 }

@@ -90,4 +90,35 @@ int km_posrec_encode_fit(const struct km_pos *positions, size_t n,
 int km_posrec_decode(const uint8_t *in, size_t len, struct km_pos *out,
 		     size_t cap, size_t *n_out);
 
+/*
+ * Parse canonical position JSON (exactly the bytes km_posrec_to_json writes
+ * for some record) from json[0..len) (borrowed) into *out. Returns 0, or
+ * -EINVAL for anything else (other key order or spelling, whitespace,
+ * escapes, other number forms, another producer's extra keys).
+ */
+int km_posrec_from_json(const void *json, size_t len, struct km_pos *out);
+
+/*
+ * A narrow link's form of a position message: when json[0..len) is
+ * canonical position JSON whose values the codec keeps to its resolution
+ * (none clamped: alt -500..15882 m, speed up to 204.6 m/s, a time not
+ * within 50 ms of the epoch), encode its quantised record as a batch of one
+ * position into out[0..cap), having checked that the batch decodes to that
+ * record. What a receiver publishes for it (km_posrec_batch_json) is then
+ * exactly km_posrec_to_json(km_posrec_quantise(record)). Returns the batch
+ * length; -EINVAL when the payload is not canonical position JSON or the
+ * codec refuses the record (mode, quality, kind); -ERANGE when a value
+ * would be clamped; -ENOSPC when cap is too small.
+ */
+int km_posrec_json_batch(const void *json, size_t len, uint8_t *out, size_t cap);
+
+/*
+ * The receiving end: decode a batch of exactly one position from
+ * in[0..len) (borrowed) and write its canonical JSON into out[0..cap),
+ * NUL-terminated. Returns the JSON length; -EBADMSG for a malformed batch
+ * or one with no position; -E2BIG for one with more than one; -ENOTSUP for
+ * an unknown codec version; -ENOSPC when cap is too small.
+ */
+int km_posrec_batch_json(const uint8_t *in, size_t len, char *out, size_t cap);
+
 #endif /* KM_POSREC_H */

@@ -1,12 +1,15 @@
 /* SPDX-License-Identifier: MIT */
-/* Frame codec benchmark: goodput of 64-byte sensor readings at the real link MTUs, wire versions 1 and 2, and encode/decode rates. */
+/* Frame codec benchmark: goodput of 64-byte sensor readings at the real link MTUs, wire versions 1 and 2, encode/decode rates, and bytes per position as JSON and as the compact codec. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include <math.h>
+
 #include "gateway/frame.h"
+#include "gateway/posrec.h"
 
 #define NOW_MS 1763880000123LL
 #define NMSG 20000
@@ -142,6 +145,90 @@ static int run(size_t mtu, bool raw, bool literal, bool noise, unsigned version,
 	return cnt.msgs == NMSG && cnt.bytes == NMSG * 64UL ? 0 : -EIO;
 }
 
+/* Position i of a drone fleet, as the position bridge publishes it: canonical JSON
+ * of UNITS drones flying at 8 to 15 m/s, one fix each every 2 s (time with ms, as
+ * terminals stamp it), 7-decimal coordinates that move in every digit past the
+ * fourth, altitude, speed, heading and battery drifting. */
+static size_t position(char *p, unsigned i)
+{
+	static double lat[UNITS], lon[UNITS], alt[UNITS], hdg[UNITS], bat[UNITS];
+	unsigned u = i % UNITS;
+	struct km_pos q;
+	if (i < UNITS)
+		lat[u] = 30.80 + 0.013 * u, lon[u] = 108.40 + 0.011 * u, alt[u] = 300 + 20 * u,
+		hdg[u] = 45.0 * u, bat[u] = 99.0 - u;
+	double v = 8.0 + walk(0, 35, 0, 70) / 10.0;
+	hdg[u] = fmod(hdg[u] + walk(0, 50, -50, 50) / 10.0 + 360.0, 360.0);
+	lat[u] += 2 * v * cos(hdg[u] * M_PI / 180) / 111320.0;
+	lon[u] += 2 * v * sin(hdg[u] * M_PI / 180) / 95700.0;
+	alt[u] += walk(0, 15, -15, 15) / 10.0;
+	bat[u] -= 0.02;
+	km_posrec_init(&q);
+	snprintf(q.unit, sizeof(q.unit), "uav-%02u", u + 1);
+	strcpy(q.kind, "drone");
+	q.lat = lat[u], q.lon = lon[u], q.alt = alt[u], q.speed = v, q.heading = hdg[u];
+	q.battery = bat[u], q.mode = 3, q.fix_quality = 1;
+	q.time_ms = NOW_MS + (int64_t)(i / UNITS) * 2000 + 250 * u + walk(0, 40, 0, 80);
+	return (size_t)km_posrec_to_json(&q, p, 300);
+}
+
+#define NPOS 8000
+
+/* Send NPOS positions at mtu over version 2 (literal topics pos/uav-NN, as the daemon
+ * frames them), as JSON or with pos_batch; decode them at a pos_json receiver.
+ * r->payload_bytes says how many went as a batch. */
+static int run_pos(size_t mtu, bool batch, struct run *r, unsigned long *json_bytes)
+{
+	static uint8_t out[KM_FRAME_MTU_MAX];
+	static char pay[NPOS][300];
+	static char tps[UNITS][16];
+	static struct km_frame_msg m[NPOS];
+	struct km_frame_tx tx;
+	struct km_frame_tx_cfg c = { .origin = ORIGIN, .first_seq = 1, .mtu_max = mtu, .version = 2,
+				     .pos_batch = batch };
+	struct km_frame_rx rx;
+	struct km_frame_rx_cfg rc = { .pos_json = true };
+	struct counter cnt = { 0 };
+
+	memset(r, 0, sizeof(*r));
+	rng = 0x2545f4914f6cdd1dULL;
+	if (km_frame_tx_init(&tx, &c) || km_frame_rx_init(&rx, &rc))
+		return -ENOMEM;
+	*json_bytes = 0;
+	for (unsigned u = 0; u < UNITS; u++)
+		snprintf(tps[u], sizeof(tps[u]), "pos/uav-%02u", u + 1);
+	for (unsigned i = 0; i < NPOS; i++) {
+		size_t len = position(pay[i], i);
+		m[i] = (struct km_frame_msg){ .id = FIRST_ID + i * 1000, .topic = tps[i % UNITS],
+			.payload = (const uint8_t *)pay[i], .len = len, .created_ms = NOW_MS + i * 250LL,
+			.cls = 2, .qos = 1 };
+		*json_bytes += len;
+	}
+	size_t head = 0;
+	double t0 = now_s();
+	while (head < NPOS) {
+		struct km_frame_put put;
+		int n = km_frame_tx_encode(&tx, m + head, NPOS - head, mtu, NULL, NOW_MS, out, &put);
+		if (n <= 0)
+			return n;
+		struct km_frame_ack a = { .origin = ORIGIN, .cum = put.seq };
+		km_frame_tx_ack(&tx, &a, NULL, NULL, NULL);
+		if (km_frame_rx_input(&rx, out, (size_t)n, NOW_MS, count_fn, &cnt, NULL))
+			return -EIO;
+		r->frames++;
+		r->frame_bytes += (unsigned long)n;
+		head += put.n_full;
+		if (head < NPOS)
+			m[head].frag_off = put.next_off;
+	}
+	r->enc_s = now_s() - t0;
+	r->msgs = cnt.msgs;
+	r->payload_bytes = tx.pos_batches;
+	km_frame_tx_deinit(&tx);
+	km_frame_rx_deinit(&rx);
+	return cnt.msgs == NPOS && rx.bad_posbatch == 0 ? 0 : -EIO;
+}
+
 int main(void)
 {
 	static const size_t mtus[] = { 77, 340, 1750 };
@@ -170,6 +257,29 @@ int main(void)
 			       mtus[k], r.frames, (double)r.frame_bytes / (double)r.frames,
 			       100.0 * (double)r.payload_bytes / (double)r.frame_bytes,
 			       NMSG / r.enc_s, NMSG / r.dec_s);
+		}
+	}
+
+	printf("\n# %d positions of %d drones (canonical JSON as the position bridge writes it, see\n"
+	       "# position()), wire version 2, literal topics pos/uav-NN, 5-byte origin, microsecond\n"
+	       "# ids, every frame acked at once; B/position = frame bytes / positions\n", NPOS, UNITS);
+	printf("%-38s %5s %8s %12s %12s %9s\n", "case", "mtu", "frames", "B/position", "positions/fr",
+	       "as batch");
+	for (int b = 0; b < 2; b++) {
+		const char *name = b ? "v2 positions, compact codec" : "v2 positions, JSON (slots)";
+		for (size_t k = 0; k < 3; k++) {
+			struct run r;
+			unsigned long jb;
+			int rc = run_pos(mtus[k], b, &r, &jb);
+			if (rc) {
+				printf("%-38s %5zu error %d\n", name, mtus[k], rc);
+				continue;
+			}
+			if (k == 0 && !b)
+				printf("# JSON payload: %.1f B a position\n", (double)jb / NPOS);
+			printf("%-38s %5zu %8lu %12.1f %12.2f %8.0f%%\n", name, mtus[k], r.frames,
+			       (double)r.frame_bytes / NPOS, (double)NPOS / (double)r.frames,
+			       100.0 * (double)r.payload_bytes / NPOS);
 		}
 	}
 	return 0;

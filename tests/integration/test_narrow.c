@@ -168,3 +168,122 @@ Test(narrow, fragments_reassembled, .timeout = 120)
         cr_assert_eq(strncmp(p.sub.rx[0].payload, big, 63), 0, "the first bytes match");
         pair_down(&p);
 }
+
+/* ---- positions over a narrow link: the compact codec, and what the center publishes ---- */
+
+/* The whole payload and properties of the last message on one topic (the harness's
+ * subscriber keeps 63 bytes of a payload: a position is about 180). */
+struct last_msg {
+        pthread_mutex_t mu;
+        const char *topic;
+        char payload[512];
+        char origin[32], relay[32];
+        uint64_t id;
+        int count;
+};
+
+static int last_arrived(void *ctx, char *topic, int tlen, MQTTAsync_message *m)
+{
+        struct last_msg *l = ctx;
+        (void)tlen;
+        pthread_mutex_lock(&l->mu);
+        if (strcmp(topic, l->topic) == 0) {
+                snprintf(l->payload, sizeof(l->payload), "%.*s", m->payloadlen, (char *)m->payload);
+                for (int i = 0; i < m->properties.count; i++) {
+                        MQTTProperty *p = &m->properties.array[i];
+                        if (p->identifier != MQTTPROPERTY_CODE_USER_PROPERTY)
+                                continue;
+                        char k[64], v[64];
+                        snprintf(k, sizeof(k), "%.*s", p->value.data.len, p->value.data.data);
+                        snprintf(v, sizeof(v), "%.*s", p->value.value.len, p->value.value.data);
+                        if (strcmp(k, "kuimen-id") == 0)
+                                l->id = strtoull(v, NULL, 10);
+                        else if (strcmp(k, "kuimen-origin") == 0)
+                                snprintf(l->origin, sizeof(l->origin), "%.31s", v);
+                        else if (strcmp(k, "kuimen-relay") == 0)
+                                snprintf(l->relay, sizeof(l->relay), "%.31s", v);
+                }
+                l->count++;
+        }
+        pthread_mutex_unlock(&l->mu);
+        MQTTAsync_freeMessage(&m);
+        MQTTAsync_free(topic);
+        return 1;
+}
+
+/* A terminal publishes one fix at the base; returns what the center broker got on
+ * kuimen/north/pos/uav-07 in *l. link_extra as in pair_up. */
+static void position_over_narrow(struct last_msg *l, const char *tag, const char *link_extra)
+{
+        struct pair p;
+        MQTTAsync c;
+        MQTTAsync_createOptions cro = MQTTAsync_createOptions_initializer5;
+        MQTTAsync_connectOptions co = MQTTAsync_connectOptions_initializer5;
+        char uri[64];
+
+        memset(l, 0, sizeof(*l));
+        pthread_mutex_init(&l->mu, NULL);
+        l->topic = "kuimen/north/pos/uav-07";
+        pair_up(&p, tag, link_extra, "[positions]\ntrack_interval = 0");
+        snprintf(uri, sizeof(uri), "tcp://127.0.0.1:%d", p.center.port);
+        cr_assert_eq(MQTTAsync_createWithOptions(&c, uri, "pos-sub", MQTTCLIENT_PERSISTENCE_NONE, NULL, &cro), 0);
+        MQTTAsync_setCallbacks(c, l, NULL, last_arrived, NULL);
+        cr_assert_eq(MQTTAsync_connect(c, &co), 0);
+        for (int i = 0; i < 500 && !MQTTAsync_isConnected(c); i++)
+                h_sleep_ms(10);
+        cr_assert(MQTTAsync_isConnected(c));
+        MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+        cr_assert_eq(MQTTAsync_subscribe(c, l->topic, 1, &ro), 0);
+        h_sleep_ms(200);
+        h_pub_send(&p.pub, "pos/uav-07",
+                   "{\"lat\": 30.8123546, \"lon\": 108.4014343, \"alt\": 353.1, \"ts\": \"2025-11-23T06:40:02.151Z\","
+                   " \"speed\": 12.37, \"heading\": 86.9, \"fix\": 3, \"battery\": 81, \"kind\": \"drone\"}");
+        cr_assert(h_pub_flush(&p.pub, 5000));
+        for (int i = 0; i < 600; i++) {
+                pthread_mutex_lock(&l->mu);
+                int n = l->count;
+                pthread_mutex_unlock(&l->mu);
+                if (n)
+                        break;
+                h_sleep_ms(50);
+        }
+        h_sleep_ms(300); /* nothing else may follow */
+        MQTTAsync_disconnectOptions dopt = MQTTAsync_disconnectOptions_initializer5;
+        dopt.timeout = 500;
+        MQTTAsync_disconnect(c, &dopt);
+        h_sleep_ms(50);
+        MQTTAsync_destroy(&c);
+        pair_down(&p);
+}
+
+/* A BeiDou-sized link (77-byte frames, where a unit's first position, about 170 bytes
+ * of JSON with no slot to deflate against, would be split over three frames): the base
+ * sends the compact codec, the center publishes the canonical JSON of the quantised
+ * record, with the base's origin and message id. */
+Test(narrow, position_compact_codec, .timeout = 120)
+{
+        struct last_msg l;
+        position_over_narrow(&l, "poscompact", "mtu = 77\nloss = 0.05\nseed = 3\nrto = 1s");
+        cr_assert_eq(l.count, 1);
+        cr_assert_str_eq(l.payload,
+                         "{\"unit\":\"uav-07\",\"lat\":30.8123500,\"lon\":108.4014300,\"alt\":353.0,"
+                         "\"time\":\"2025-11-23T06:40:02.200Z\",\"speed\":12.40,\"heading\":87.0,\"mode\":3,"
+                         "\"kind\":\"drone\",\"battery\":81.0}");
+        cr_assert_str_eq(l.origin, "north");
+        cr_assert_str_eq(l.relay, "county");
+        cr_assert_neq(l.id, 0);
+}
+
+/* positions = json: the center publishes the base's canonical JSON exactly. */
+Test(narrow, position_json_exact, .timeout = 120)
+{
+        struct last_msg l;
+        position_over_narrow(&l, "posjson", "mtu = 77\nrto = 1s\npositions = json");
+        cr_assert_eq(l.count, 1);
+        cr_assert_str_eq(l.payload,
+                         "{\"unit\":\"uav-07\",\"lat\":30.8123546,\"lon\":108.4014343,\"alt\":353.1,"
+                         "\"time\":\"2025-11-23T06:40:02.151Z\",\"speed\":12.37,\"heading\":86.9,\"mode\":3,"
+                         "\"kind\":\"drone\",\"battery\":81.0}");
+        cr_assert_str_eq(l.origin, "north");
+        cr_assert_neq(l.id, 0);
+}

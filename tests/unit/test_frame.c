@@ -9,6 +9,7 @@
 #include <zlib.h>
 
 #include "gateway/frame.h"
+#include "gateway/posrec.h"
 
 #define NOW_MS 1763880000123LL /* 2025-11-23, the wire keeps whole seconds */
 
@@ -1632,4 +1633,399 @@ Test(frame, probe_is_acknowledged_and_delivers_nothing)
 	sink_free(&s);
 	km_frame_tx_deinit(&tx);
 	km_frame_rx_deinit(&rx);
+}
+
+/* ---- positions as compact batches (version 2, pos_batch) ---- */
+
+#define UAV_JSON "{\"unit\":\"uav-07\",\"lat\":30.8123546,\"lon\":108.4014343,\"alt\":353.1," \
+	"\"time\":\"2025-11-23T06:40:02.151Z\",\"speed\":12.37,\"heading\":86.9,\"mode\":3," \
+	"\"quality\":1,\"kind\":\"drone\",\"battery\":81.0}"
+#define UAV_JSON2 "{\"unit\":\"uav-07\",\"lat\":30.8123647,\"lon\":108.4016340,\"alt\":353.3," \
+	"\"time\":\"2025-11-23T06:40:04.163Z\",\"speed\":12.63,\"heading\":87.2,\"mode\":3," \
+	"\"quality\":1,\"kind\":\"drone\",\"battery\":80.9}"
+/* What the center publishes for UAV_JSON: its record at the codec's resolution. */
+#define UAV_QUANT "{\"unit\":\"uav-07\",\"lat\":30.8123500,\"lon\":108.4014300,\"alt\":353.0," \
+	"\"time\":\"2025-11-23T06:40:02.200Z\",\"speed\":12.40,\"heading\":87.0,\"mode\":3," \
+	"\"quality\":1,\"kind\":\"drone\",\"battery\":81.0}"
+#define UAV_QUANT2 "{\"unit\":\"uav-07\",\"lat\":30.8123600,\"lon\":108.4016300,\"alt\":353.0," \
+	"\"time\":\"2025-11-23T06:40:04.200Z\",\"speed\":12.60,\"heading\":87.0,\"mode\":3," \
+	"\"quality\":1,\"kind\":\"drone\",\"battery\":81.0}"
+
+/* UAV_JSON as a batch (tests/unit/test_posrec.c explains the bytes). */
+static const uint8_t uav_batch[] = {
+	0x01, 0xac, 0xea, 0xd5, 0xb5, 0x83, 0x01, 0x01, 0x26, 'u', 'a', 'v', '-', '0', '7',
+	0x01, 0x80, 0x5c, 0x2c, 0x29, 0xb7, 0x02, 0x19, 0xe1, 0xaa, 0x80, 0x00, 0x00, 0x1f,
+	0x0a, 0xf4, 0x71,
+};
+
+static void txinit_pos(struct km_frame_tx *tx, uint32_t origin, uint16_t seq, size_t mtu, bool pos)
+{
+	struct km_frame_tx_cfg c = txcfg(origin, seq, mtu);
+	c.version = 2;
+	c.dict = NULL;
+	c.pos_batch = pos;
+	cr_assert_eq(km_frame_tx_init(tx, &c), 0);
+}
+
+Test(frame, v2_position_goes_as_batch)
+{
+	struct km_frame_tx tx;
+	struct km_frame_rx rx, rxj;
+	struct km_frame_rx_cfg rc = { 0 }, rcj = { .pos_json = true };
+	struct sink s = { 0 }, sj = { 0 };
+	uint8_t f1[77], f2[77];
+	struct km_frame_put put;
+
+	txinit_pos(&tx, 7, 0x1234, 77, true);
+	cr_assert_eq(km_frame_rx_init(&rx, &rc), 0);
+	cr_assert_eq(km_frame_rx_init(&rxj, &rcj), 0);
+	struct km_frame_msg m = mk(1000, "pos/uav-07", UAV_JSON, strlen(UAV_JSON));
+	m.cls = 2;
+	m.created_ms = 1763880002151LL;
+	/* 178 bytes of JSON would not fit a 77-byte frame whole; the batch does:
+	 * rh = S | T | enc 2, slot byte 0 (defines slot 0), then as version 1. */
+	static const uint8_t want1[] = {
+		0x44, 0x07, 0x12, 0x34, 0x00,       /* hdr v2 SYN, origin 7, seq, back */
+		0x1a, 0x4c, 0x00,                   /* rh, meta (cls 2, qos 1, time), slot */
+		0xe8, 0x07, 0x22, 0xac, 0x42,       /* id 1000, time 1763880002 mod 2^24 */
+		0x0a, 'p', 'o', 's', '/', 'u', 'a', 'v', '-', '0', '7',
+	};
+	int n1 = km_frame_tx_encode(&tx, &m, 1, 77, NULL, 0, f1, &put);
+	cr_assert_eq(n1, (int)(sizeof(want1) + sizeof(uav_batch) + 2));
+	cr_assert_arr_eq(f1, want1, sizeof(want1));
+	cr_assert_arr_eq(f1 + sizeof(want1), uav_batch, sizeof(uav_batch));
+	cr_assert_eq(put.n_full, 1);
+	cr_assert_eq(tx.pos_batches, 1);
+
+	/* The next position of the unit names slot 0 and deflates its batch
+	 * against the slot's: R | Tr, id +3, time +2 s, enc 3. */
+	m = mk(1003, "pos/uav-07", UAV_JSON2, strlen(UAV_JSON2));
+	m.cls = 2;
+	m.created_ms = 1763880004163LL;
+	int n2 = km_frame_tx_encode(&tx, &m, 1, 77, NULL, 0, f2, &put);
+	static const uint8_t want2[] = { 0x44, 0x07, 0x12, 0x35, 0x01, 0x0e, 0x4c, 0xc0, 0x06, 0x04 };
+	cr_assert_arr_eq(f2, want2, sizeof(want2));
+	size_t zlen = (size_t)n2 - sizeof(want2) - 2;
+	cr_assert_lt(zlen, 24, "%zu bytes of deflated batch", zlen);
+	cr_assert_eq(tx.pos_batches, 2);
+	cr_assert_eq(tx.slot_refs, 1);
+
+	/* A receiver without pos_json gets the batches, inflated. */
+	uint8_t b2[64];
+	int bl2 = km_posrec_json_batch(UAV_JSON2, strlen(UAV_JSON2), b2, sizeof(b2));
+	cr_assert_gt(bl2, 0);
+	cr_assert_eq(km_frame_rx_input(&rx, f1, (size_t)n1, NOW_MS, sink_fn, &s, NULL), 0);
+	cr_assert_eq(km_frame_rx_input(&rx, f2, (size_t)n2, NOW_MS, sink_fn, &s, NULL), 0);
+	cr_assert_eq(s.n, 2);
+	cr_assert_eq(s.v[0].enc, KM_FRAME_ENC_POSBATCH);
+	cr_assert_eq(s.v[0].len, sizeof(uav_batch));
+	cr_assert_arr_eq(s.v[0].payload, uav_batch, sizeof(uav_batch));
+	cr_assert_eq(s.v[1].enc, KM_FRAME_ENC_POSBATCH);
+	cr_assert_eq(s.v[1].len, (size_t)bl2);
+	cr_assert_arr_eq(s.v[1].payload, b2, (size_t)bl2);
+	cr_assert_str_eq(s.v[1].topic, "pos/uav-07");
+	cr_assert_eq(s.v[1].id, 1003);
+	cr_assert_eq(s.v[1].created_ms, 1763880004000LL);
+
+	/* One with pos_json (the center) gets the quantised canonical JSON. */
+	cr_assert_eq(km_frame_rx_input(&rxj, f1, (size_t)n1, NOW_MS, sink_fn, &sj, NULL), 0);
+	cr_assert_eq(km_frame_rx_input(&rxj, f2, (size_t)n2, NOW_MS, sink_fn, &sj, NULL), 0);
+	cr_assert_eq(sj.n, 2);
+	cr_assert_eq(sj.v[0].enc, KM_FRAME_ENC_RAW);
+	cr_assert_eq(sj.v[0].len, strlen(UAV_QUANT));
+	cr_assert_arr_eq(sj.v[0].payload, UAV_QUANT, strlen(UAV_QUANT));
+	cr_assert_eq(sj.v[1].len, strlen(UAV_QUANT2));
+	cr_assert_arr_eq(sj.v[1].payload, UAV_QUANT2, strlen(UAV_QUANT2));
+	cr_assert_eq(rxj.bad_posbatch, 0);
+
+	/* Version 1 keeps enc 3 reserved. */
+	uint8_t g[77];
+	memcpy(g, f2, (size_t)n2);
+	g[0] = (uint8_t)((g[0] & 0x1f) | 0x20);
+	g[5] &= (uint8_t)~0x02;   /* no S either */
+	reseal(g, (size_t)n2);
+	cr_assert_eq(km_frame_rx_input(&rx, g, (size_t)n2, NOW_MS, NULL, NULL, NULL), -EPROTO);
+	sink_free(&s);
+	sink_free(&sj);
+	km_frame_rx_deinit(&rx);
+	km_frame_rx_deinit(&rxj);
+	km_frame_tx_deinit(&tx);
+}
+
+/* Send m alone in a frame to rx; returns the record's enc code. */
+static unsigned pos_send(struct km_frame_tx *tx, struct km_frame_rx *rx, struct km_frame_msg *m,
+			 struct sink *s)
+{
+	uint8_t f[340];
+	struct km_frame_put put;
+	int n = km_frame_tx_encode(tx, m, 1, sizeof(f), NULL, 0, f, &put);
+
+	cr_assert_gt(n, 0);
+	cr_assert_eq(put.n_full, 1);
+	cr_assert_eq(km_frame_rx_input(rx, f, (size_t)n, NOW_MS, sink_fn, s, NULL), 0);
+	struct km_frame_ack a;
+	cr_assert_eq(km_frame_rx_ack(rx, tx->cfg.origin, &a), 0);
+	km_frame_tx_ack(tx, &a, NULL, NULL, NULL);
+	return (f[5] >> 2) & 3;   /* the frame's first rh (origin < 128) */
+}
+
+/* JSON stays JSON when it is not canonical position JSON, when the codec
+ * would clamp a value, when the slot makes the JSON smaller, or when the
+ * sender does not batch positions at all. */
+Test(frame, v2_position_json_when_not_smaller_or_not_canonical)
+{
+	struct km_frame_tx tx;
+	struct km_frame_rx rx;
+	struct km_frame_rx_cfg rc = { .pos_json = true };
+	struct sink s = { 0 };
+	struct km_pos p;
+	char hi[300], lo[300];
+
+	txinit_pos(&tx, 3, 10, 340, true);
+	cr_assert_eq(km_frame_rx_init(&rx, &rc), 0);
+	km_posrec_init(&p);
+	strcpy(p.unit, "balloon-1");
+	p.lat = 30.5;
+	p.lon = 109.4;
+	p.alt = 20000.0;   /* above the codec's 15882 m */
+	p.mode = 3;
+	p.time_ms = 1763880002151LL;
+	km_posrec_to_json(&p, hi, sizeof(hi));
+	p.alt = 15000.0;
+	km_posrec_to_json(&p, lo, sizeof(lo));
+
+	struct km_frame_msg m = mk(1, "pos/balloon-1", hi, strlen(hi));
+	cr_assert_neq(pos_send(&tx, &rx, &m, &s), 2);
+	cr_assert_eq(tx.pos_batches, 0);
+	/* The slot holds that JSON: the next, 5 km lower, deflates to fewer
+	 * bytes against it than any batch. */
+	m = mk(2, "pos/balloon-1", lo, strlen(lo));
+	cr_assert_eq(pos_send(&tx, &rx, &m, &s), 1);
+	cr_assert_eq(tx.pos_batches, 0);
+	/* The box's own fix has more keys: not a position record. */
+	const char *gnss = "{\"unit\":\"north\",\"lat\":30.5000000,\"lon\":109.4000000,\"mode\":3,\"sats_used\":9}";
+	m = mk(3, "gnss", gnss, strlen(gnss));
+	cr_assert_neq(pos_send(&tx, &rx, &m, &s), 2);
+	/* Blanks are compacted away first: then it is canonical, and a batch. */
+	const char *spaced = "{ \"unit\": \"u1\", \"lat\": 30.5000000, \"lon\": 109.4000000, \"mode\": 3 }";
+	m = mk(4, "pos/u1", spaced, strlen(spaced));
+	cr_assert_eq(pos_send(&tx, &rx, &m, &s), 2);
+	cr_assert_eq(tx.pos_batches, 1);
+	cr_assert_eq(s.n, 4);
+	const char *want[5] = { hi, lo, gnss, "{\"unit\":\"u1\",\"lat\":30.5000000,\"lon\":109.4000000,\"mode\":3}",
+				UAV_JSON };
+	for (size_t i = 0; i < 4; i++) {
+		cr_assert_eq(s.v[i].enc, KM_FRAME_ENC_RAW);
+		cr_assert_eq(s.v[i].len, strlen(want[i]), "message %zu", i);
+		cr_assert_arr_eq(s.v[i].payload, want[i], strlen(want[i]));
+	}
+	km_frame_tx_deinit(&tx);
+
+	/* Without pos_batch a position is JSON, slot-deflated. */
+	txinit_pos(&tx, 4, 10, 340, false);
+	m = mk(5, "pos/uav-07", UAV_JSON, strlen(UAV_JSON));
+	cr_assert_eq(pos_send(&tx, &rx, &m, &s), 1);
+	cr_assert_eq(tx.pos_batches, 0);
+	cr_assert_eq(s.v[4].len, strlen(want[4]));
+	cr_assert_arr_eq(s.v[4].payload, want[4], strlen(want[4]));
+	sink_free(&s);
+	km_frame_rx_deinit(&rx);
+	km_frame_tx_deinit(&tx);
+}
+
+/* A moving unit's position i: canonical JSON in p (300 bytes). Every
+ * high-th (0: none) flies above the codec's altitude range, so it goes as
+ * JSON (split at 77 bytes) and the unit's slot switches between a batch
+ * and JSON. */
+static size_t track(char *p, unsigned unit, unsigned i, unsigned high)
+{
+	struct km_pos q;
+
+	km_posrec_init(&q);
+	snprintf(q.unit, sizeof(q.unit), "uav-%02u", unit);
+	strcpy(q.kind, "drone");
+	q.lat = 30.8 + unit * 0.01 + i * 0.0001834 + (i * 7919 % 97) * 1e-7;
+	q.lon = 108.4 - unit * 0.01 + i * 0.0002113 + (i * 104729 % 89) * 1e-7;
+	q.alt = high && i % high == high - 1 ? 16000.0 + i : 350.0 + (i % 13) * 0.7;
+	q.time_ms = 1763880000000LL + unit * 311 + i * 2013LL;
+	q.speed = 12.0 + (i % 17) * 0.13;
+	q.heading = 40.0 + (i % 23) * 0.9;
+	q.mode = 3;
+	q.fix_quality = 1;
+	q.battery = 95.0 - i * 0.05;
+	int n = km_posrec_to_json(&q, p, 300);
+	cr_assert_gt(n, 0);
+	return (size_t)n;
+}
+
+/* What a pos_json receiver delivers for position JSON js: the quantised
+ * JSON when it goes as a batch, else js. */
+static size_t delivered_form(const char *js, char *out)
+{
+	uint8_t b[64];
+	int n = km_posrec_json_batch(js, strlen(js), b, sizeof(b));
+
+	if (n < 0) {
+		strcpy(out, js);
+		return strlen(js);
+	}
+	int k = km_posrec_batch_json(b, (size_t)n, out, 300);
+	cr_assert_gt(k, 0);
+	return (size_t)k;
+}
+
+/* Positions of three units and readings between them, over a lossy,
+ * reordering 77-byte link: every message arrives once, in order, as the
+ * JSON the center publishes, slots never miss though a unit's slot holds a
+ * batch or JSON by turns, and the same messages take fewer bytes than as
+ * JSON. */
+Test(frame, v2_positions_lossy_reordered)
+{
+	static struct net n;
+	static char pay[450][300], out[450][300];
+	static struct km_frame_msg m[450];
+	static const char *const tp[] = { "pos/uav-01", "pos/uav-02", "pos/uav-03", "sensors/gas-01/air" };
+	const uint8_t *want[450];
+	size_t wl[450];
+	unsigned batches = 0, sent_as_batch = 0;
+	uint64_t bytes[2];
+
+	for (int pos = 1; pos >= 0; pos--) {
+		rng_state = 4242;
+		net_init_v2(&n, 77, 15, true);
+		km_frame_tx_deinit(&n.tx);
+		txinit_pos(&n.tx, 21, (uint16_t)rnd(), 77, pos);
+		n.rx.cfg.pos_json = true;
+		batches = 0;
+		for (unsigned i = 0; i < 450; i++) {
+			unsigned u = i % 4;
+			size_t len = u == 3 ? reading(pay[i], 1, i) : track(pay[i], u + 1, i / 4, 13);
+			m[i] = mk(1763880000000000ULL + i * 5, tp[u], pay[i], len);
+			m[i].created_ms = NOW_MS + i * 500;
+			if (u < 3 && pos) {
+				wl[i] = delivered_form(pay[i], out[i]);
+				batches += strcmp(out[i], pay[i]) != 0;
+				want[i] = (const uint8_t *)out[i];
+			} else {
+				want[i] = (const uint8_t *)pay[i];
+				wl[i] = len;
+			}
+		}
+		net_run(&n, m, 450);
+		net_check(&n, m, 450, want, wl);
+		cr_assert_eq(n.tx.pos_batches, pos ? batches : 0);
+		cr_assert_eq(n.rx.slot_misses, 0);
+		cr_assert_eq(n.rx.bad_payload + n.rx.bad_posbatch, 0);
+		cr_assert_eq(n.tx.slot_resets, 0);
+		cr_assert_gt(n.tx.frames_resent, 0);
+		bytes[pos] = n.frame_bytes;
+		sent_as_batch += batches;
+		net_free(&n);
+	}
+	cr_assert_gt(sent_as_batch, 250, "%u", sent_as_batch);
+	/* 21 kB against 27 kB: the positions that must stay JSON (one in 13),
+	 * split over three 77-byte frames each, take most of the 21. */
+	cr_assert_lt(bytes[1], bytes[0] * 4 / 5, "%llu B as batches, %llu B as JSON",
+		     (unsigned long long)bytes[1], (unsigned long long)bytes[0]);
+}
+
+/* The receiver restarts while positions travel against slots: it asks, the
+ * sender abandons its window and sends again, and every position arrives
+ * as the JSON it stands for; none decodes against a lost slot. (No split
+ * messages here: the harness answers a restart request by sending again
+ * from that message on, which would report later ones done twice.) */
+Test(frame, v2_positions_receiver_restart)
+{
+	static struct net n;
+	static char pay[240][300], out[240][300];
+	static struct km_frame_msg m[240];
+	static const char *const tp[] = { "pos/uav-01", "pos/uav-02" };
+
+	rng_state = 17;
+	net_init_v2(&n, 77, 10, true);
+	km_frame_tx_deinit(&n.tx);
+	txinit_pos(&n.tx, 21, (uint16_t)rnd(), 77, true);
+	n.rx.cfg.pos_json = true;
+	n.rx_restart_at = 30;
+	for (unsigned i = 0; i < 240; i++) {
+		size_t len = track(pay[i], i % 2 + 1, i / 2, 0);
+		m[i] = mk(5000000 + i, tp[i % 2], pay[i], len);
+		delivered_form(pay[i], out[i]);
+	}
+	net_run(&n, m, 240);
+	cr_assert_geq(n.tx.slot_resets, 1);
+	cr_assert_geq(n.rx.slot_misses, 1);
+	cr_assert_eq(n.done.n, 240);
+	bool seen[240] = { false };
+	for (size_t i = 0; i < n.sink.n; i++) {
+		struct got *g = &n.sink.v[i];
+		size_t j = (size_t)(g->id - 5000000);
+		cr_assert_lt(j, 240);
+		cr_assert_str_eq(g->topic, m[j].topic);
+		cr_assert_eq(g->len, strlen(out[j]), "id %llu", (unsigned long long)g->id);
+		cr_assert_arr_eq(g->payload, out[j], g->len);
+		seen[j] = true;
+	}
+	for (size_t j = 0; j < 240; j++)
+		cr_assert(seen[j], "position %zu never arrived", j);
+	cr_assert_eq(n.rx.malformed + n.rx.bad_payload + n.rx.bad_posbatch, 0);
+	net_free(&n);
+}
+
+/* Batches that are not one good position reach a pos_json receiver: each is
+ * counted and dropped, its frame acknowledged, and the slot it defined still
+ * serves the next record, which the receiver decodes. */
+Test(frame, v2_bad_position_batch_counted_and_acked)
+{
+	struct km_frame_tx tx;
+	struct km_frame_rx rx;
+	struct km_frame_rx_cfg rc = { .pos_json = true };
+	struct sink s = { 0 };
+	struct km_pos two[2];
+	uint8_t b2[64], b1[64], f[3][77];
+	int len[3];
+	struct km_frame_put put;
+
+	txinit_pos(&tx, 9, 300, 77, false);
+	cr_assert_eq(km_frame_rx_init(&rx, &rc), 0);
+	km_posrec_init(&two[0]);
+	strcpy(two[0].unit, "u1");
+	two[0].lat = 30.5, two[0].lon = 109.4, two[0].mode = 3;
+	two[1] = two[0];
+	two[1].lat = 30.6;
+	int n2 = km_posrec_encode(two, 2, b2, sizeof(b2));
+	int n1 = km_posrec_encode(two + 1, 1, b1, sizeof(b1));
+	cr_assert_gt(n2, 0);
+	cr_assert_gt(n1, 0);
+	struct km_frame_msg m[3] = {
+		mk(70, "pos/u1", b2, (size_t)n2),          /* two positions: not one message */
+		mk(71, "pos/u1", "\x01\xff\x00", 3),        /* garbage */
+		mk(72, "pos/u1", b1, (size_t)n1),           /* good, against the slot */
+	};
+	for (int i = 0; i < 3; i++) {
+		m[i].enc = KM_FRAME_ENC_POSBATCH;
+		len[i] = km_frame_tx_encode(&tx, &m[i], 1, 77, NULL, NOW_MS, f[i], &put);
+		cr_assert_gt(len[i], 0);
+		cr_assert_eq(km_frame_rx_input(&rx, f[i], (size_t)len[i], NOW_MS, sink_fn, &s, NULL), 0);
+	}
+	cr_assert_eq(tx.slot_refs, 2);
+	cr_assert_eq(rx.bad_posbatch, 2);
+	cr_assert_eq(rx.slot_misses, 0);
+	cr_assert_eq(s.n, 1);
+	cr_assert_eq(s.v[0].id, 72);
+	cr_assert_str_eq(s.v[0].topic, "pos/u1");
+	const char *want = "{\"unit\":\"u1\",\"lat\":30.6000000,\"lon\":109.4000000,\"mode\":3}";
+	cr_assert_eq(s.v[0].len, strlen(want));
+	cr_assert_arr_eq(s.v[0].payload, want, strlen(want));
+	/* all three frames acknowledged: nothing comes again */
+	struct km_frame_ack a;
+	cr_assert_eq(km_frame_rx_ack(&rx, 9, &a), 0);
+	cr_assert_eq(a.cum, 302);
+	cr_assert(!a.slots_lost);
+	struct done d = { 0 };
+	cr_assert_eq(km_frame_tx_ack(&tx, &a, done_fn, NULL, &d), 3);
+	cr_assert_eq(d.n, 3);
+	sink_free(&s);
+	km_frame_rx_deinit(&rx);
+	km_frame_tx_deinit(&tx);
 }

@@ -430,3 +430,133 @@ Test(posrec, decoder_survives_garbage_truncation_and_bit_flips)
 			cr_assert(fabs(out[i].lat) <= 90 && fabs(out[i].lon) <= 180);
 	}
 }
+
+/* ------------------------------------------ canonical JSON <-> one batch */
+
+#define UAV_JSON "{\"unit\":\"uav-07\",\"lat\":30.8123546,\"lon\":108.4014343,\"alt\":353.1," \
+	"\"time\":\"2025-11-23T06:40:02.151Z\",\"speed\":12.37,\"heading\":86.9,\"mode\":3," \
+	"\"quality\":1,\"kind\":\"drone\",\"battery\":81.0}"
+/* What the center publishes for it: the record at the codec's resolution. */
+#define UAV_QUANT "{\"unit\":\"uav-07\",\"lat\":30.8123500,\"lon\":108.4014300,\"alt\":353.0," \
+	"\"time\":\"2025-11-23T06:40:02.200Z\",\"speed\":12.40,\"heading\":87.0,\"mode\":3," \
+	"\"quality\":1,\"kind\":\"drone\",\"battery\":81.0}"
+
+Test(posrec, from_json_takes_exactly_canonical_json)
+{
+	struct km_pos p, q;
+	char js[512];
+
+	cr_assert_eq(km_posrec_from_json(UAV_JSON, strlen(UAV_JSON), &p), 0);
+	cr_assert_str_eq(p.unit, "uav-07");
+	cr_assert_str_eq(p.kind, "drone");
+	cr_assert_eq(p.time_ms, INT64_C(1763880002151));
+	cr_assert_eq(p.mode, 3);
+	cr_assert_eq(p.fix_quality, 1);
+	cr_assert_eq(km_posrec_to_json(&p, js, sizeof(js)), (int)strlen(UAV_JSON));
+	cr_assert_str_eq(js, UAV_JSON);
+
+	/* Every canonical record round-trips: minimal, negative, before 1970. */
+	q = mk("a", -33.8688197, -151.2092955, -86400000 * 400LL + 5);
+	q.mode = 0;
+	cr_assert_gt(km_posrec_to_json(&q, js, sizeof(js)), 0);
+	cr_assert_eq(km_posrec_from_json(js, strlen(js), &p), 0, "%s", js);
+	cr_assert_eq(p.time_ms, q.time_ms);
+	cr_assert(isnan(p.alt) && isnan(p.speed) && isnan(p.heading) && isnan(p.battery));
+	cr_assert_eq(p.lat, -33.8688197);
+
+	static const char *const refused[] = {
+		"{\"unit\":\"u\",\"lat\":1.0000000,\"lon\":2.0000000}",            /* no mode */
+		"{\"unit\":\"u\", \"lat\":1.0000000,\"lon\":2.0000000,\"mode\":3}", /* a blank */
+		"{\"unit\":\"u\",\"lat\":1.00000,\"lon\":2.0000000,\"mode\":3}",    /* 5 decimals */
+		"{\"unit\":\"u\",\"lon\":2.0000000,\"lat\":1.0000000,\"mode\":3}",  /* order */
+		"{\"unit\":\"u\",\"lat\":1e0,\"lon\":2.0000000,\"mode\":3}",
+		"{\"unit\":\"u\",\"lat\":0x1p0,\"lon\":2.0000000,\"mode\":3}",
+		"{\"unit\":\"u\\\"\",\"lat\":1.0000000,\"lon\":2.0000000,\"mode\":3}",
+		"{\"unit\":\"u\",\"lat\":1.0000000,\"lon\":2.0000000,\"mode\":3,\"sats_used\":9}",
+		"{\"unit\":\"u\",\"lat\":1.0000000,\"lon\":2.0000000,\"time\":\"2025-02-30T00:00:00.000Z\",\"mode\":3}",
+		"{\"unit\":\"u\",\"lat\":-0.0000000,\"lon\":2.0000000,\"mode\":3}",
+		"{\"unit\":\"u\",\"lat\":1.0000000,\"lon\":2.0000000,\"mode\":3}x",
+		"{\"lat\":30.5,\"lon\":109.4,\"fix\":3}",                            /* a terminal's */
+		"",
+	};
+	for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++)
+		cr_assert_eq(km_posrec_from_json(refused[i], strlen(refused[i]), &p), -EINVAL, "%s", refused[i]);
+	const char *ok = "{\"unit\":\"u\",\"lat\":1.0000000,\"lon\":2.0000000,\"mode\":3}";
+	cr_assert_eq(km_posrec_from_json(ok, strlen(ok), &p), 0);
+	cr_assert_eq(km_posrec_from_json(ok, strlen(ok) - 1, &p), -EINVAL);
+}
+
+Test(posrec, json_batch_exact_bytes_and_what_the_center_publishes)
+{
+	static const uint8_t want[] = {
+		0x01, 0xac, 0xea, 0xd5, 0xb5, 0x83, 0x01,  /* version, base tick 17638800022 */
+		0x01, 0x26, 'u', 'a', 'v', '-', '0', '7',  /* one unit: drone, 6 bytes */
+		0x01,                                      /* one record, absolute: */
+		0x80, 0x5c, 0x2c, 0x29, 0xb7, 0x02, 0x19, 0xe1,
+		0xaa, 0x80, 0x00, 0x00, 0x1f, 0x0a, 0xf4, 0x71,
+	};
+	uint8_t b[64];
+	char js[512];
+
+	int n = km_posrec_json_batch(UAV_JSON, strlen(UAV_JSON), b, sizeof(b));
+	cr_assert_eq(n, (int)sizeof(want));
+	cr_assert_arr_eq(b, want, sizeof(want));
+	cr_assert_eq(km_posrec_batch_json(b, (size_t)n, js, sizeof(js)), (int)strlen(UAV_QUANT));
+	cr_assert_str_eq(js, UAV_QUANT);
+	/* The quantised JSON is canonical too, and a fixed point. */
+	cr_assert_eq(km_posrec_json_batch(UAV_QUANT, strlen(UAV_QUANT), b, sizeof(b)), n);
+	cr_assert_arr_eq(b, want, sizeof(want));
+	cr_assert_eq(km_posrec_json_batch(UAV_JSON, strlen(UAV_JSON), b, 31), -ENOSPC);
+}
+
+Test(posrec, json_batch_refuses_what_the_codec_would_clamp)
+{
+	struct km_pos p = mk("uav-07", 30.5, 109.4, INT64_C(1763880002151));
+	uint8_t b[64];
+	char js[512];
+
+	p.alt = 15882.4;   /* the codec's top: kept */
+	cr_assert_gt(km_posrec_to_json(&p, js, sizeof(js)), 0);
+	cr_assert_gt(km_posrec_json_batch(js, strlen(js), b, sizeof(b)), 0);
+	p.alt = 20000.0;   /* a balloon: clamped, so it travels as JSON */
+	cr_assert_gt(km_posrec_to_json(&p, js, sizeof(js)), 0);
+	cr_assert_eq(km_posrec_json_batch(js, strlen(js), b, sizeof(b)), -ERANGE);
+	p.alt = NAN;
+	p.speed = 250.0;   /* a jet: above 204.6 m/s */
+	cr_assert_gt(km_posrec_to_json(&p, js, sizeof(js)), 0);
+	cr_assert_eq(km_posrec_json_batch(js, strlen(js), b, sizeof(b)), -ERANGE);
+	p.speed = NAN;
+	p.time_ms = 20;    /* rounds to the epoch tick, which reads back unknown */
+	cr_assert_gt(km_posrec_to_json(&p, js, sizeof(js)), 0);
+	cr_assert_eq(km_posrec_json_batch(js, strlen(js), b, sizeof(b)), -ERANGE);
+	p.time_ms = 0;
+	p.heading = 359.7; /* 0 degrees: the same direction, kept */
+	cr_assert_gt(km_posrec_to_json(&p, js, sizeof(js)), 0);
+	int n = km_posrec_json_batch(js, strlen(js), b, sizeof(b));
+	cr_assert_gt(n, 0);
+	cr_assert_gt(km_posrec_batch_json(b, (size_t)n, js, sizeof(js)), 0);
+	cr_assert_str_eq(js, "{\"unit\":\"uav-07\",\"lat\":30.5000000,\"lon\":109.4000000,\"heading\":0.0,\"mode\":3}");
+	p.fix_quality = 16; /* beyond the codec's 4 bits */
+	cr_assert_gt(km_posrec_to_json(&p, js, sizeof(js)), 0);
+	cr_assert_eq(km_posrec_json_batch(js, strlen(js), b, sizeof(b)), -EINVAL);
+}
+
+Test(posrec, batch_json_refuses_all_but_one_good_position)
+{
+	struct km_pos two[2] = { mk("a", 1, 2, 1000), mk("b", 3, 4, 2000) };
+	uint8_t b[64];
+	char js[512];
+	int n = km_posrec_encode(two, 2, b, sizeof(b));
+
+	cr_assert_gt(n, 0);
+	cr_assert_eq(km_posrec_batch_json(b, (size_t)n, js, sizeof(js)), -E2BIG);
+	n = km_posrec_encode(two, 0, b, sizeof(b));
+	cr_assert_eq(km_posrec_batch_json(b, (size_t)n, js, sizeof(js)), -EBADMSG);
+	n = km_posrec_encode(two, 1, b, sizeof(b));
+	cr_assert_eq(km_posrec_batch_json(b, (size_t)n - 1, js, sizeof(js)), -EBADMSG);
+	cr_assert_eq(km_posrec_batch_json((const uint8_t *)"\x01\xff", 2, js, sizeof(js)), -EBADMSG);
+	b[0] = 2;
+	cr_assert_eq(km_posrec_batch_json(b, (size_t)n, js, sizeof(js)), -ENOTSUP);
+	b[0] = 1;
+	cr_assert_eq(km_posrec_batch_json(b, (size_t)n, js, 10), -ENOSPC);
+}
