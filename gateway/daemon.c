@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "plugin.h"
 #include "sched.h"
 
 #define HOUSEKEEPING_US 100000ULL  /* flush pending, retry pumps */
@@ -376,14 +377,20 @@ static void publish_link_status(struct km_daemon *d, struct km_link *l)
         km_spool_stats(d->spool, &st);
         gmtime_r(&t, &tm);
         strftime(since, sizeof(since), "%Y-%m-%dT%H:%M:%SZ", &tm);
+        /* A narrow link's dictionary, so that the center sees whether each base reads
+         * the same list as its own end (gateway/dict.c). */
+        struct km_narrow_stats ns;
+        char dict[48] = "";
+        if (km_plugin_link_frames(l, &ns) == 0 && ns.dict_topics)
+                snprintf(dict, sizeof(dict), ",\"dictionary\":\"%08x/%zu\"", (unsigned)ns.dict_fingerprint, ns.dict_topics);
         int n = snprintf(json, sizeof(json),
                          "{\"link\":\"%s\",\"type\":\"%s\",\"state\":\"%s\",\"reason\":\"%s\",\"since\":\"%s\","
                          "\"order\":%ld,\"signal\":%d,\"sent\":%llu,\"acked\":%llu,\"inflight\":%u,"
-                         "\"bytes_sent\":%llu,\"transitions\":%llu,\"backlog\":%llu}",
+                         "\"bytes_sent\":%llu,\"transitions\":%llu,\"backlog\":%llu%s}",
                          l->name, l->conf.type ? l->conf.type : "", km_link_shown_state(l), l->reason, since,
                          l->order, l->signal, (unsigned long long)l->sent, (unsigned long long)l->acked, l->inflight,
                          (unsigned long long)l->bytes_sent, (unsigned long long)l->transitions,
-                         (unsigned long long)link_backlog(d, l, &st));
+                         (unsigned long long)link_backlog(d, l, &st), dict);
         if (n < 0 || (size_t)n >= sizeof(json))
                 return;
         snprintf(topic, sizeof(topic), "link/%s", l->name);

@@ -211,6 +211,13 @@ static void print_links(const cJSON *r)
                        str(l, "direction"), str(l, "state"), age(num(l, "since_s"), a, sizeof(a)), num(l, "sent"),
                        num(l, "acked"), num(l, "inflight"), num(l, "rate"), sig, str(l, "reason"));
         }
+        /* Narrow links: what their frames carry and how they fared. */
+        cJSON_ArrayForEach(l, links) {
+                const cJSON *dict = cJSON_GetObjectItemCaseSensitive(l, "dictionary");
+                if (!dict)
+                        continue;
+                printf("%s: dictionary %s\n", str(l, "name"), cJSON_IsString(dict) ? dict->valuestring : "none");
+        }
 }
 
 static void print_spool(const cJSON *sp)

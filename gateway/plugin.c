@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "daemon.h"
+#include "dict.h"
 #include "frame.h"
 #include "link.h"
 #include "log.h"
@@ -125,6 +126,8 @@ struct km_plugin_link {
         int64_t rto_ms;
         struct km_frame_tx tx;
         struct km_frame_rx rx;
+        struct km_dict dict;          /* dictionary = FILE, else zeroed */
+        struct km_dict_fallback fb;   /* between rx and on_deliver: indexes beyond dict */
         bool busy;           /* the device said -EAGAIN: wait for ready() */
         int64_t free_at;     /* CLOCK_MONOTONIC ms the device said it takes the next frame */
         bool ack_owed;       /* center: an ack frame waits for the device */
@@ -157,7 +160,7 @@ struct km_plugin_link {
         uint64_t cmd_refused; /* base: messages for the local broker that were no command */
 };
 
-static const char *const narrow_keys[] = { "peers", "rto", "topic_prefix", NULL };
+static const char *const narrow_keys[] = { "peers", "rto", "topic_prefix", "dictionary", NULL };
 
 #define NOFF(f) offsetof(struct narrow_conf, f)
 static const struct km_conf_key cmd_keys[] = {
@@ -508,7 +511,7 @@ static void on_restart(void *ctx, uint64_t id)
 static void api_received(km_plugin_link *h, const void *frame, size_t len)
 {
         struct km_frame_rx_info info = { 0 };
-        int rc = km_frame_rx_input(&h->rx, frame, len, km_now_ms(), on_deliver, h, &info);
+        int rc = km_frame_rx_input(&h->rx, frame, len, km_now_ms(), km_dict_fallback_deliver, &h->fb, &info);
         h->frames_in++;
         if (rc < 0) {
                 if (h->frames_bad++ % 100 == 0)
@@ -815,6 +818,7 @@ static void narrow_destroy(struct km_link *l)
         forget_queue(h);
         km_frame_tx_deinit(&h->tx);
         km_frame_rx_deinit(&h->rx);
+        km_dict_deinit(&h->dict);
         for (size_t i = 0; i < h->nkv; i++)
                 free(h->kv[i].key), free(h->kv[i].value);
         free(h->kv);
@@ -916,6 +920,13 @@ int km_plugin_check(struct km_conf *c, const char *section, const char *plugin_d
         struct narrow_conf nc = { 0 };
         bad += km_conf_apply(c, section, cmd_keys, &nc) != 0;
         take_keys(c, section, desc, NULL, NULL);
+        const char *dict = km_conf_get(c, section, "dictionary");
+        struct km_dict kd;
+        if (dict && km_dict_load(&kd, dict, c->file, why, sizeof(why)) < 0) {
+                km_conf_error(c, section, "dictionary", "%s", why);
+                bad++;
+        } else if (dict)
+                km_dict_deinit(&kd);
         dlclose(dl);
         return bad ? -EINVAL : 0;
 }
@@ -1004,6 +1015,20 @@ int km_plugin_link_start(struct km_daemon *d, struct km_conf *c, const char *sec
                                       .window = FRAME_WINDOW, .mtu_max = KM_FRAME_MTU_MAX,
                                       .no_compact_json = h->center, .version = 2 };
         struct km_frame_rx_cfg rcfg = { 0 };
+        /* Topics by index both ways (gateway/dict.c); a message beyond our list still
+         * arrives, on the fallback topic. */
+        if ((v = api_config(h, "dictionary"))) {
+                if ((rc = km_dict_load(&h->dict, v, c->file, why, sizeof(why))) < 0) {
+                        KM_LOG(KM_LOG_ERR, "link", "%s: dictionary: %s", l->name, why);
+                        goto fail_link;
+                }
+                tc.dict = rcfg.dict = &h->dict.frame;
+                KM_LOG(KM_LOG_NOTICE, "link", "%s: dictionary %s: %zu topics, fingerprint %08x", l->name, h->dict.path,
+                       h->dict.n, h->dict.fingerprint);
+        }
+        h->fb = (struct km_dict_fallback){ .next = on_deliver, .ctx = h, .link = l->name, .dict = &h->dict,
+                                           .peers = &h->peers };
+        rc = -ENOMEM;
         if (!h->prefix || !h->buf || km_frame_tx_init(&h->tx, &tc) < 0 || km_frame_rx_init(&h->rx, &rcfg) < 0)
                 goto fail_link;
         if ((rc = km_daemon_add_link(d, l)) < 0)
@@ -1077,10 +1102,30 @@ void km_plugin_print_help(FILE *out)
               "  the plugin's own keys (see its README), and for every narrow link:\n"
               "  peers            list     center: node names whose frames it receives [default: none]\n"
               "  rto              duration retransmit a frame not acknowledged this long [default: 3s]\n"
-              "  topic_prefix     string   center: republished topic = <topic_prefix>/<origin>/<topic> [default: kuimen]\n",
+              "  topic_prefix     string   center: republished topic = <topic_prefix>/<origin>/<topic> [default: kuimen]\n"
+              "  dictionary       path     file of topics, one a line, sent as their index; the same file at both ends, append only\n"
+              "                            (relative to the config's directory; see README) [default: none]\n",
               out);
         for (const struct km_conf_key *k = cmd_keys; k->name; k++)
                 fprintf(out, "  %-16s %-8s %s [default: %s]\n", k->name, k->type == KM_CONF_BOOL ? "boolean" : "duration",
                         k->help, k->def);
         fputs("\n", out);
+}
+
+int km_plugin_link_frames(const struct km_link *l, struct km_narrow_stats *out)
+{
+        if (!l || (l->ops != &narrow_ops && l->ops != &center_ops) || !l->impl)
+                return -ENOENT;
+        const km_plugin_link *h = l->impl;
+        *out = (struct km_narrow_stats){
+                .frames_in = h->frames_in, .frames_bad = h->frames_bad,
+                .frames_sent = h->tx.frames_sent, .frames_resent = h->tx.frames_resent,
+                .slot_refs = h->tx.slot_refs, .slot_resets = h->tx.slot_resets,
+                .frames_ok = h->rx.frames_ok, .acks_in = h->rx.acks_in, .crc_errors = h->rx.crc_errors,
+                .bad_version = h->rx.bad_version, .malformed = h->rx.malformed, .duplicates = h->rx.duplicates,
+                .slot_misses = h->rx.slot_misses, .unknown_topics = h->rx.unknown_topics,
+                .delivered = h->rx.delivered,
+                .dict_topics = h->dict.n, .dict_fingerprint = h->dict.fingerprint,
+        };
+        return 0;
 }
