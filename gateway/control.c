@@ -495,7 +495,8 @@ static size_t links_sorted(struct km_daemon *d, struct km_link **out)
         return n;
 }
 
-/* A narrow link's dictionary as "fingerprint/topics" (null without one). */
+/* A narrow link's dictionary as "fingerprint/topics" (null without one), and its frame
+ * counters under their names in struct km_narrow_stats. */
 static void put_narrow(struct km_control_buf *b, const struct km_link *l)
 {
         struct km_narrow_stats ns;
@@ -505,6 +506,16 @@ static void put_narrow(struct km_control_buf *b, const struct km_link *l)
                 km_control_printf(b, ",\"dictionary\":\"%08x/%zu\"", (unsigned)ns.dict_fingerprint, ns.dict_topics);
         else
                 km_control_printf(b, ",\"dictionary\":null");
+#define U(f) (unsigned long long)ns.f
+        km_control_printf(b,
+                          ",\"frames\":{\"frames_in\":%llu,\"frames_bad\":%llu,\"frames_sent\":%llu,\"frames_resent\":%llu,"
+                          "\"slot_refs\":%llu,\"slot_resets\":%llu,\"frames_ok\":%llu,\"acks_in\":%llu,\"crc_errors\":%llu,"
+                          "\"bad_version\":%llu,\"malformed\":%llu,\"duplicates\":%llu,\"slot_misses\":%llu,"
+                          "\"unknown_topics\":%llu,\"delivered\":%llu}",
+                          U(frames_in), U(frames_bad), U(frames_sent), U(frames_resent), U(slot_refs), U(slot_resets),
+                          U(frames_ok), U(acks_in), U(crc_errors), U(bad_version), U(malformed), U(duplicates),
+                          U(slot_misses), U(unknown_topics), U(delivered));
+#undef U
 }
 
 static void put_links(struct km_control_buf *b, struct km_daemon *d, int64_t now)

@@ -217,6 +217,13 @@ static void print_links(const cJSON *r)
                 if (!dict)
                         continue;
                 printf("%s: dictionary %s\n", str(l, "name"), cJSON_IsString(dict) ? dict->valuestring : "none");
+                const cJSON *fr = cJSON_GetObjectItemCaseSensitive(l, "frames"), *c;
+                if (!cJSON_IsObject(fr))
+                        continue;
+                printf("%s: frames", str(l, "name"));
+                cJSON_ArrayForEach(c, fr)
+                        printf(" %s=%.0f", c->string, cJSON_IsNumber(c) ? c->valuedouble : 0);
+                printf("\n");
         }
 }
 
