@@ -13,6 +13,7 @@
 
 #include "daemon.h"
 #include "log.h"
+#include "plugin.h"
 
 #define MAX_CONN 8                     /* per server; more are closed at once */
 #define CONN_TIMEOUT_US 5000000ULL     /* a connection lives at most this long */
@@ -494,6 +495,29 @@ static size_t links_sorted(struct km_daemon *d, struct km_link **out)
         return n;
 }
 
+/* A narrow link's dictionary as "fingerprint/topics" (null without one), and its frame
+ * counters under their names in struct km_narrow_stats. */
+static void put_narrow(struct km_control_buf *b, const struct km_link *l)
+{
+        struct km_narrow_stats ns;
+        if (km_plugin_link_frames(l, &ns) < 0)
+                return;
+        if (ns.dict_topics)
+                km_control_printf(b, ",\"dictionary\":\"%08x/%zu\"", (unsigned)ns.dict_fingerprint, ns.dict_topics);
+        else
+                km_control_printf(b, ",\"dictionary\":null");
+#define U(f) (unsigned long long)ns.f
+        km_control_printf(b,
+                          ",\"frames\":{\"frames_in\":%llu,\"frames_bad\":%llu,\"frames_sent\":%llu,\"frames_resent\":%llu,"
+                          "\"slot_refs\":%llu,\"slot_resets\":%llu,\"frames_ok\":%llu,\"acks_in\":%llu,\"crc_errors\":%llu,"
+                          "\"bad_version\":%llu,\"malformed\":%llu,\"duplicates\":%llu,\"slot_misses\":%llu,"
+                          "\"unknown_topics\":%llu,\"delivered\":%llu}",
+                          U(frames_in), U(frames_bad), U(frames_sent), U(frames_resent), U(slot_refs), U(slot_resets),
+                          U(frames_ok), U(acks_in), U(crc_errors), U(bad_version), U(malformed), U(duplicates),
+                          U(slot_misses), U(unknown_topics), U(delivered));
+#undef U
+}
+
 static void put_links(struct km_control_buf *b, struct km_daemon *d, int64_t now)
 {
         struct km_link *ls[KM_MAX_LINKS];
@@ -510,10 +534,12 @@ static void put_links(struct km_control_buf *b, struct km_daemon *d, int64_t now
                 km_control_printf(b,
                                   ",\"since_ms\":%lld,\"since_s\":%.3f,\"order\":%ld,\"window\":%u,\"inflight\":%u,"
                                   "\"sent\":%llu,\"acked\":%llu,\"failed\":%llu,\"bytes_sent\":%llu,\"signal\":%d,"
-                                  "\"rate\":%.1f}",
+                                  "\"rate\":%.1f",
                                   (long long)l->since_ms, age_s(now, l->since_ms), l->order, l->window, l->inflight,
                                   (unsigned long long)l->sent, (unsigned long long)l->acked,
                                   (unsigned long long)l->failed, (unsigned long long)l->bytes_sent, l->signal, l->rate);
+                put_narrow(b, l);
+                km_control_printf(b, "}");
         }
         km_control_printf(b, "]");
 }

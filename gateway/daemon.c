@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "plugin.h"
 #include "sched.h"
 
 #define HOUSEKEEPING_US 100000ULL  /* flush pending, retry pumps */
@@ -366,7 +367,7 @@ static uint64_t link_backlog(struct km_daemon *d, const struct km_link *l, const
  * <topic_prefix>/<node>/link/<name>, the same topic the center sees. */
 static void publish_link_status(struct km_daemon *d, struct km_link *l)
 {
-        char json[768], topic[256], since[32];
+        char json[1024], topic[256], since[32];
         struct km_spool_stats st;
         time_t t = (time_t)(l->since_ms / 1000);
         struct tm tm;
@@ -376,20 +377,26 @@ static void publish_link_status(struct km_daemon *d, struct km_link *l)
         km_spool_stats(d->spool, &st);
         gmtime_r(&t, &tm);
         strftime(since, sizeof(since), "%Y-%m-%dT%H:%M:%SZ", &tm);
-        /* What it sent since the last status (every LINK_STATUS_US and at each change). */
+        /* What it sent since the last status (every LINK_STATUS_US and at each change),
+         * and a narrow link's dictionary, so that the center sees whether each base
+         * reads the same list as its own end (gateway/dict.c). */
         int64_t now = km_mono_ms();
         double interval = l->mark_mono ? (double)(now - l->mark_mono) / 1000 : 0;
+        struct km_narrow_stats ns;
+        char dict[48] = "";
+        if (km_plugin_link_frames(l, &ns) == 0 && ns.dict_topics)
+                snprintf(dict, sizeof(dict), ",\"dictionary\":\"%08x/%zu\"", (unsigned)ns.dict_fingerprint, ns.dict_topics);
         int n = snprintf(json, sizeof(json),
                          "{\"link\":\"%s\",\"type\":\"%s\",\"state\":\"%s\",\"reason\":\"%s\",\"since\":\"%s\","
                          "\"order\":%ld,\"signal\":%d,\"sent\":%llu,\"acked\":%llu,\"inflight\":%u,"
                          "\"bytes_sent\":%llu,\"transitions\":%llu,\"backlog\":%llu,\"ack\":\"%s\",\"ack_ms\":%lld,"
-                         "\"interval_s\":%.1f,\"sent_interval\":%llu,\"bytes_interval\":%llu}",
+                         "\"interval_s\":%.1f,\"sent_interval\":%llu,\"bytes_interval\":%llu%s}",
                          l->name, l->conf.type ? l->conf.type : "", km_link_shown_state(l), l->reason, since,
                          l->order, l->signal, (unsigned long long)l->sent, (unsigned long long)l->acked, l->inflight,
                          (unsigned long long)l->bytes_sent, (unsigned long long)l->transitions,
                          (unsigned long long)link_backlog(d, l, &st), l->conf.ack ? l->conf.ack : "peer",
                          (long long)l->ack_ms, interval, (unsigned long long)(l->sent - l->sent_mark),
-                         (unsigned long long)(l->bytes_sent - l->bytes_mark));
+                         (unsigned long long)(l->bytes_sent - l->bytes_mark), dict);
         if (n < 0 || (size_t)n >= sizeof(json))
                 return;
         l->sent_mark = l->sent;

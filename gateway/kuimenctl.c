@@ -211,6 +211,20 @@ static void print_links(const cJSON *r)
                        str(l, "direction"), str(l, "state"), age(num(l, "since_s"), a, sizeof(a)), num(l, "sent"),
                        num(l, "acked"), num(l, "inflight"), num(l, "rate"), sig, str(l, "reason"));
         }
+        /* Narrow links: what their frames carry and how they fared. */
+        cJSON_ArrayForEach(l, links) {
+                const cJSON *dict = cJSON_GetObjectItemCaseSensitive(l, "dictionary");
+                if (!dict)
+                        continue;
+                printf("%s: dictionary %s\n", str(l, "name"), cJSON_IsString(dict) ? dict->valuestring : "none");
+                const cJSON *fr = cJSON_GetObjectItemCaseSensitive(l, "frames"), *c;
+                if (!cJSON_IsObject(fr))
+                        continue;
+                printf("%s: frames", str(l, "name"));
+                cJSON_ArrayForEach(c, fr)
+                        printf(" %s=%.0f", c->string, cJSON_IsNumber(c) ? c->valuedouble : 0);
+                printf("\n");
+        }
 }
 
 static void print_spool(const cJSON *sp)

@@ -13,6 +13,7 @@
 #include "control.h"
 #include "daemon.h"
 #include "log.h"
+#include "plugin.h"
 
 #define MAX_REQUEST 8192 /* request line and headers; Prometheus sends a few hundred bytes */
 
@@ -220,6 +221,60 @@ static void put_links(struct km_control_buf *b, struct km_daemon *d)
         per_link(b, d, "kuimen_link_inflight_messages", "gauge", "Messages sent and not yet acknowledged.", 4);
 }
 
+/* Narrow links' frame counters (struct km_narrow_stats, named as there): one family
+ * each, a series per narrow link; MQTT links have no frames and no series. */
+static const struct {
+        const char *name, *help;
+        size_t off;
+} frame_families[] = {
+#define F(n, f, h) { n, h, offsetof(struct km_narrow_stats, f) }
+        F("kuimen_link_frames_in_total", frames_in, "Datagrams the narrow link's device handed up (any frame, good or not)."),
+        F("kuimen_link_frames_bad_total", frames_bad,
+          "Datagrams refused (CRC, version, structure) and frames the device reported it could not send."),
+        F("kuimen_link_frames_sent_total", frames_sent, "Data frames sent for the first time."),
+        F("kuimen_link_frames_resent_total", frames_resent, "Data frames sent again (not acknowledged within rto, or lost)."),
+        F("kuimen_link_frames_ok_total", frames_ok, "Data frames accepted from the peer (first copy)."),
+        F("kuimen_link_frame_acks_in_total", acks_in, "Ack frames received from the peer."),
+        F("kuimen_link_frame_crc_errors_total", crc_errors, "Datagrams whose CRC did not match, or too short to hold one."),
+        F("kuimen_link_frame_bad_version_total", bad_version, "Frames with a good CRC in a wire version this kuimen does not know."),
+        F("kuimen_link_frame_malformed_total", malformed, "Frames with a good CRC and a bad structure."),
+        F("kuimen_link_frame_duplicates_total", duplicates, "Data frames received again (already delivered or held)."),
+        F("kuimen_link_frame_slot_refs_total", slot_refs, "Messages sent against a slot (the topic's previous message)."),
+        F("kuimen_link_frame_slot_misses_total", slot_misses, "Frames naming a slot this end does not hold (asked to resend)."),
+        F("kuimen_link_frame_slot_resets_total", slot_resets, "Times the peer lost its slots and the window was sent again."),
+        F("kuimen_link_frame_unknown_topics_total", unknown_topics,
+          "Messages naming a dictionary index beyond this end's dictionary (delivered on unknown-topic/<index>)."),
+        F("kuimen_link_frame_delivered_total", delivered, "Messages delivered from the peer's frames."),
+#undef F
+};
+
+static void put_frames(struct km_control_buf *b, struct km_daemon *d)
+{
+        struct km_narrow_stats ns;
+        char num[32];
+
+        for (size_t k = 0; k < sizeof(frame_families) / sizeof(frame_families[0]); k++) {
+                family(b, frame_families[k].name, "counter", frame_families[k].help);
+                for (size_t i = 0; i < d->nlinks; i++) {
+                        if (km_plugin_link_frames(d->links[i], &ns) < 0)
+                                continue;
+                        uint64_t v;
+                        memcpy(&v, (const char *)&ns + frame_families[k].off, sizeof(v));
+                        snprintf(num, sizeof(num), "%llu", (unsigned long long)v);
+                        labelled(b, frame_families[k].name, "link", d->links[i]->name, num);
+                }
+        }
+        family(b, "kuimen_link_dictionary_topics", "gauge",
+               "Topics in a narrow link's dictionary; fingerprint (CRC-32) is equal at two ends with one list.");
+        for (size_t i = 0; i < d->nlinks; i++) {
+                if (km_plugin_link_frames(d->links[i], &ns) < 0 || !ns.dict_topics)
+                        continue;
+                km_control_printf(b, "kuimen_link_dictionary_topics{link=\"");
+                escaped(b, d->links[i]->name);
+                km_control_printf(b, "\",fingerprint=\"%08x\"} %zu\n", (unsigned)ns.dict_fingerprint, ns.dict_topics);
+        }
+}
+
 struct board_ctx {
         struct km_control_buf *b;
         int64_t now;
@@ -267,6 +322,7 @@ static void put_all(struct km_control_buf *b, struct km_daemon *d)
         put_messages(b, d, &st);
         put_spool(b, d, &st, now);
         put_links(b, d);
+        put_frames(b, d);
         put_board(b, d, now);
         one(b, "kuimen_config_reload_failures_total", "counter", "Reloads refused because the config had errors.",
             d->bad_config_reloads);

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "daemon.h"
+#include "dict.h"
 #include "frame.h"
 #include "link.h"
 #include "log.h"
@@ -138,6 +139,8 @@ struct km_plugin_link {
         } rcpt[KM_FRAME_WINDOW_MAX];
         struct km_frame_tx tx;
         struct km_frame_rx rx;
+        struct km_dict dict;          /* dictionary = FILE, else zeroed */
+        struct km_dict_fallback fb;   /* between rx and on_deliver: indexes beyond dict */
         bool busy;           /* the device said -EAGAIN: wait for ready() */
         int64_t free_at;     /* CLOCK_MONOTONIC ms the device said it takes the next frame */
         bool ack_owed;       /* center: an ack frame waits for the device */
@@ -171,7 +174,7 @@ struct km_plugin_link {
         uint64_t cmd_refused; /* base: messages for the local broker that were no command */
 };
 
-static const char *const narrow_keys[] = { "peers", "rto", "probe", "topic_prefix", NULL };
+static const char *const narrow_keys[] = { "peers", "rto", "probe", "topic_prefix", "dictionary", NULL };
 
 #define NOFF(f) offsetof(struct narrow_conf, f)
 static const char *const position_forms[] = { "compact", "json", NULL };
@@ -547,7 +550,7 @@ static void api_received(km_plugin_link *h, const void *frame, size_t len)
 {
         struct km_frame_rx_info info = { 0 };
         uint64_t bad_pos = h->rx.bad_posbatch;
-        int rc = km_frame_rx_input(&h->rx, frame, len, km_now_ms(), on_deliver, h, &info);
+        int rc = km_frame_rx_input(&h->rx, frame, len, km_now_ms(), km_dict_fallback_deliver, &h->fb, &info);
         h->frames_in++;
         /* The first, then one line a hundred: a bad peer must not flood the log. */
         if (h->rx.bad_posbatch != bad_pos && (bad_pos == 0 || bad_pos / 100 != h->rx.bad_posbatch / 100))
@@ -995,6 +998,7 @@ static void narrow_destroy(struct km_link *l)
         km_frame_tx_deinit(&h->tx);
         km_frame_rx_deinit(&h->rx);
         km_conf_release(cmd_keys, &h->nc);
+        km_dict_deinit(&h->dict);
         for (size_t i = 0; i < h->nkv; i++)
                 free(h->kv[i].key), free(h->kv[i].value);
         free(h->kv);
@@ -1130,6 +1134,13 @@ int km_plugin_check(struct km_conf *c, const char *section, const char *plugin_d
         bad += narrow_timing(c, section, role && strcmp(role, "center") == 0, ackt, &rto, &probe);
         km_conf_release(cmd_keys, &nc);
         take_keys(c, section, desc, NULL, NULL);
+        const char *dict = km_conf_get(c, section, "dictionary");
+        struct km_dict kd;
+        if (dict && km_dict_load(&kd, dict, c->file, why, sizeof(why)) < 0) {
+                km_conf_error(c, section, "dictionary", "%s", why);
+                bad++;
+        } else if (dict)
+                km_dict_deinit(&kd);
         dlclose(dl);
         return bad ? -EINVAL : 0;
 }
@@ -1223,6 +1234,19 @@ int km_plugin_link_start(struct km_daemon *d, struct km_conf *c, const char *sec
                                       .version = l->ack_mode == KM_ACK_PEER ? 2 : 1,
                                       .pos_batch = !h->center && h->nc.positions && strcmp(h->nc.positions, "compact") == 0 };
         struct km_frame_rx_cfg rcfg = { .pos_json = true };
+        /* Topics by index both ways (gateway/dict.c); a message beyond our list still
+         * arrives, on the fallback topic. */
+        if ((v = api_config(h, "dictionary"))) {
+                if ((rc = km_dict_load(&h->dict, v, c->file, why, sizeof(why))) < 0) {
+                        KM_LOG(KM_LOG_ERR, "link", "%s: dictionary: %s", l->name, why);
+                        goto fail_link;
+                }
+                tc.dict = rcfg.dict = &h->dict.frame;
+                KM_LOG(KM_LOG_NOTICE, "link", "%s: dictionary %s: %zu topics, fingerprint %08x", l->name, h->dict.path,
+                       h->dict.n, h->dict.fingerprint);
+        }
+        h->fb = (struct km_dict_fallback){ .next = on_deliver, .ctx = h, .link = l->name, .dict = &h->dict,
+                                           .peers = &h->peers };
         rc = -ENOMEM;
         if (!h->prefix || !h->buf || km_frame_tx_init(&h->tx, &tc) < 0 || km_frame_rx_init(&h->rx, &rcfg) < 0)
                 goto fail_link;
@@ -1300,11 +1324,31 @@ void km_plugin_print_help(FILE *out)
               "  peers            list     center: node names whose frames it receives [default: none]\n"
               "  rto              duration retransmit a frame not acknowledged this long [default: half of ack_timeout]\n"
               "  probe            duration base: send a probe (an empty frame the peer acknowledges) when nothing was acknowledged this long, and before a link the host took down carries again; 0 = never; needs ack = peer [default: 2min on a base, 0 on a center]\n"
-              "  topic_prefix     string   center: republished topic = <topic_prefix>/<origin>/<topic> [default: kuimen]\n",
+              "  topic_prefix     string   center: republished topic = <topic_prefix>/<origin>/<topic> [default: kuimen]\n"
+              "  dictionary       path     file of topics, one a line, sent as their index; the same file at both ends, append only\n"
+              "                            (relative to the config's directory; see README) [default: none]\n",
               out);
         for (const struct km_conf_key *k = cmd_keys; k->name; k++)
                 fprintf(out, "  %-16s %-8s %s [default: %s]\n", k->name,
                         k->type == KM_CONF_BOOL ? "boolean" : k->type == KM_CONF_STRING ? "string" : "duration",
                         k->help, k->def);
         fputs("\n", out);
+}
+
+int km_plugin_link_frames(const struct km_link *l, struct km_narrow_stats *out)
+{
+        if (!l || (l->ops != &narrow_ops && l->ops != &center_ops) || !l->impl)
+                return -ENOENT;
+        const km_plugin_link *h = l->impl;
+        *out = (struct km_narrow_stats){
+                .frames_in = h->frames_in, .frames_bad = h->frames_bad,
+                .frames_sent = h->tx.frames_sent, .frames_resent = h->tx.frames_resent,
+                .slot_refs = h->tx.slot_refs, .slot_resets = h->tx.slot_resets,
+                .frames_ok = h->rx.frames_ok, .acks_in = h->rx.acks_in, .crc_errors = h->rx.crc_errors,
+                .bad_version = h->rx.bad_version, .malformed = h->rx.malformed, .duplicates = h->rx.duplicates,
+                .slot_misses = h->rx.slot_misses, .unknown_topics = h->rx.unknown_topics,
+                .delivered = h->rx.delivered,
+                .dict_topics = h->dict.n, .dict_fingerprint = h->dict.fingerprint,
+        };
+        return 0;
 }

@@ -3,11 +3,13 @@
 #ifndef KM_PLUGIN_H
 #define KM_PLUGIN_H
 
+#include <stdint.h>
 #include <stdio.h>
 
 #include "config.h"
 
 struct km_daemon;
+struct km_link;
 
 /* Validates [link NAME] of a plugin type: the plugin must load and accept the keys. */
 int km_plugin_check(struct km_conf *c, const char *section, const char *plugin_dir);
@@ -26,5 +28,25 @@ int km_plugin_command_bases(struct km_conf *c, const char *default_prefix,
                             int (*fn)(void *ud, const char *prefix, const char *base), void *ud);
 
 void km_plugin_print_help(FILE *out);
+
+/* What a narrow link's frames did, for kuimenctl, /metrics and the link's status. The
+ * names are those of the counters they come from (struct km_frame_tx, km_frame_rx). */
+struct km_narrow_stats {
+        /* the host: datagrams the device handed up; those refused (crc_errors,
+         * bad_version, malformed) plus frames the device reported it could not send */
+        uint64_t frames_in, frames_bad;
+        /* sending */
+        uint64_t frames_sent, frames_resent, slot_refs, slot_resets;
+        /* receiving */
+        uint64_t frames_ok, acks_in, crc_errors, bad_version, malformed, duplicates, slot_misses, unknown_topics,
+                delivered;
+        /* the dictionary (dict_topics = 0: none) */
+        size_t dict_topics;
+        uint32_t dict_fingerprint;
+};
+
+/* Fills *out for l. Returns 0, or -ENOENT when l is not a narrow link (MQTT links
+ * have no frames). */
+int km_plugin_link_frames(const struct km_link *l, struct km_narrow_stats *out);
 
 #endif

@@ -26,8 +26,19 @@ static const char *plugin_dir(void)
         return d;
 }
 
-/* link_extra: keys added to both ends' [link sat]. */
-static void pair_up(struct pair *p, const char *tag, const char *link_extra, const char *base_extra)
+static void write_text(const char *path, const char *text)
+{
+        FILE *f = fopen(path, "w");
+        cr_assert_not_null(f, "%s", path);
+        fputs(text, f);
+        fclose(f);
+}
+
+/* link_extra: keys added to both ends' [link sat]. base_dict, center_dict: the text of
+ * each end's dictionary file (NULL: none), named relative to its config; with a base
+ * dictionary the base publishes its link status. */
+static void pair_up_dict(struct pair *p, const char *tag, const char *link_extra, const char *base_extra,
+                         const char *base_dict, const char *center_dict)
 {
         memset(p, 0, sizeof(*p));
         h_tmpdir(p->dir, sizeof(p->dir), tag);
@@ -46,10 +57,13 @@ static void pair_up(struct pair *p, const char *tag, const char *link_extra, con
         snprintf(p->clog, sizeof(p->clog), "%s/center.log", p->dir);
         FILE *f = fopen(p->bconf, "w");
         fprintf(f,
-                "[node]\nname = north\nspool = %s/base/spool.db\nplugin_dir = %s\nstats_interval = 0\nlink_status = no\n%s\n"
+                "[node]\nname = north\nspool = %s/base/spool.db\nplugin_dir = %s\nstats_interval = 0\nlink_status = %s\n%s\n"
                 "[local]\nuri = tcp://127.0.0.1:%d\n"
                 "[link sat]\ntype = sim\nlisten = 127.0.0.1:%d\npeer = 127.0.0.1:%d\n%s\n",
-                p->dir, plugin_dir(), base_extra ? base_extra : "", p->local.port, a, b, link_extra);
+                p->dir, plugin_dir(), base_dict ? "yes" : "no", base_extra ? base_extra : "", p->local.port, a, b,
+                link_extra);
+        if (base_dict)
+                fprintf(f, "[link sat]\ndictionary = base.dict\n");
         fclose(f);
         f = fopen(p->cconf, "w");
         fprintf(f,
@@ -57,7 +71,18 @@ static void pair_up(struct pair *p, const char *tag, const char *link_extra, con
                 "[local]\nuri = tcp://127.0.0.1:%d\n"
                 "[link sat]\ntype = sim\nlisten = 127.0.0.1:%d\npeer = 127.0.0.1:%d\npeers = north, south\n%s\n",
                 p->dir, plugin_dir(), p->center.port, b, a, link_extra);
+        if (center_dict)
+                fprintf(f, "[link sat]\ndictionary = center.dict\n");
         fclose(f);
+        char path[300];
+        if (base_dict) {
+                snprintf(path, sizeof(path), "%s/base.dict", p->dir);
+                write_text(path, base_dict);
+        }
+        if (center_dict) {
+                snprintf(path, sizeof(path), "%s/center.dict", p->dir);
+                write_text(path, center_dict);
+        }
         const char *cargs[] = { "--config", p->cconf, "--log-level", "debug", NULL };
         const char *bargs[] = { "--config", p->bconf, "--log-level", "debug", NULL };
         h_kuimen_start(&p->ctr, p->clog, cargs);
@@ -65,6 +90,11 @@ static void pair_up(struct pair *p, const char *tag, const char *link_extra, con
         cr_assert(h_log_wait(&p->base, "sim", 10000));
         cr_assert(h_log_wait(&p->base, "ingest: connected", 10000));
         h_pub_start(&p->pub, p->local.port, "terminals");
+}
+
+static void pair_up(struct pair *p, const char *tag, const char *link_extra, const char *base_extra)
+{
+        pair_up_dict(p, tag, link_extra, base_extra, NULL, NULL);
 }
 
 static void pair_down(struct pair *p)
@@ -286,4 +316,166 @@ Test(narrow, position_json_exact, .timeout = 120)
                          "\"kind\":\"drone\",\"battery\":81.0}");
         cr_assert_str_eq(l.origin, "north");
         cr_assert_neq(l.id, 0);
+}
+
+/* ---- the topic dictionary ------------------------------------------------------- */
+
+#define DICT3 "# north base <-> county, append only\nalert/gas/zone3\n\nsensors/water/level\nalert/gas/zone9\n"
+#define DICT2 "# north base <-> county, append only\nalert/gas/zone3\n\nsensors/water/level\n"
+
+/* The index of the message received on topic, or -1. */
+static int find_rx(struct h_sub *s, const char *topic)
+{
+        int at = -1;
+        pthread_mutex_lock(&s->mu);
+        for (size_t i = 0; i < s->n && at < 0; i++)
+                if (strcmp(s->rx[i].topic, topic) == 0)
+                        at = (int)i;
+        pthread_mutex_unlock(&s->mu);
+        return at;
+}
+
+/* The fingerprint a kuimen logged for its dictionary ("... N topics, fingerprint X"). */
+static void logged_dict(const struct h_proc *k, int topics, char *fp)
+{
+        char want[64], line[512];
+        snprintf(want, sizeof(want), ": %d topics, fingerprint ", topics);
+        cr_assert(h_log_wait(k, want, 5000), "%s: no '%s'", k->log, want);
+        FILE *f = fopen(k->log, "r");
+        fp[0] = '\0';
+        while (f && fgets(line, sizeof(line), f))
+                if (strstr(line, want) && strstr(line, "sat: dictionary "))
+                        sscanf(strstr(line, want) + strlen(want), "%8s", fp);
+        if (f)
+                fclose(f);
+        cr_assert_eq(strlen(fp), 8, "fingerprint in %s", k->log);
+}
+
+/* Runs cmd (a shell command line) and returns its output. */
+static void run_out(const char *cmd, char *out, size_t n)
+{
+        FILE *f = popen(cmd, "r");
+        cr_assert_not_null(f, "%s", cmd);
+        size_t len = fread(out, 1, n - 1, f);
+        out[len] = '\0';
+        pclose(f);
+}
+
+/* The retained link status a kuimen published on a broker. */
+static void link_status(int port, const char *topic, char *out, size_t n)
+{
+        char cmd[300];
+        snprintf(cmd, sizeof(cmd), "mosquitto_sub -h 127.0.0.1 -p %d -t '%s' -C 1 -W 10 2>&1", port, topic);
+        run_out(cmd, out, n);
+}
+
+/* Both ends read one list: topics go by index and arrive as themselves; a topic not in
+ * it goes literally. */
+Test(narrow, shared_dictionary, .timeout = 120)
+{
+        struct pair p;
+        char fb[16], fc[16];
+        pair_up_dict(&p, "dict", "mtu = 77\nrto = 1s", NULL, DICT3, DICT3);
+        logged_dict(&p.base, 3, fb);
+        logged_dict(&p.ctr, 3, fc);
+        cr_assert_str_eq(fb, fc, "one list, one fingerprint");
+        h_pub_send(&p.pub, "alert/gas/zone9", "Z9");
+        h_pub_send(&p.pub, "sensors/water/level", "{\"m\":3.2}");
+        h_pub_send(&p.pub, "alert/gas/other", "OT");
+        cr_assert(h_pub_flush(&p.pub, 5000));
+        cr_assert_eq(h_sub_wait(&p.sub, 3, 30000), 3);
+        int i = find_rx(&p.sub, "kuimen/north/alert/gas/zone9");
+        cr_assert_geq(i, 0, "alert/gas/zone9 arrives on its own topic");
+        cr_assert_str_eq(p.sub.rx[i].payload, "Z9");
+        cr_assert_str_eq(p.sub.rx[i].origin, "north");
+        i = find_rx(&p.sub, "kuimen/north/sensors/water/level");
+        cr_assert_geq(i, 0);
+        cr_assert_str_eq(p.sub.rx[i].payload, "{\"m\":3.2}");
+        i = find_rx(&p.sub, "kuimen/north/alert/gas/other");
+        cr_assert_geq(i, 0, "a topic not in the dictionary goes literally");
+        cr_assert_str_eq(p.sub.rx[i].payload, "OT");
+        cr_assert_eq(h_log_count(&p.ctr, "names dictionary index"), 0);
+        /* the link status messages show the list: the base's on its broker, the center's on its own */
+        char st[1024], want[64];
+        snprintf(want, sizeof(want), "\"dictionary\":\"%s/3\"}", fb);
+        link_status(p.local.port, "kuimen/north/link/sat", st, sizeof(st));
+        cr_assert(strstr(st, want), "base link status: %s", st);
+        link_status(p.center.port, "kuimen/county/link/sat", st, sizeof(st));
+        cr_assert(strstr(st, want), "center link status: %s", st);
+        pair_down(&p);
+}
+
+/* The base's list was appended to and the center's not yet: the message on the new
+ * topic is not lost but arrives on <prefix>/<origin>/unknown-topic/<index>, and the
+ * center says why. */
+Test(narrow, center_dictionary_shorter, .timeout = 120)
+{
+        struct pair p;
+        char fb[16], fc[16];
+        pair_up_dict(&p, "dictshort", "mtu = 77\nrto = 1s", NULL, DICT3, DICT2);
+        MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+        cr_assert_eq(MQTTAsync_subscribe(p.sub.c, "kuimen/north/unknown-topic/#", 1, &ro), 0);
+        h_sleep_ms(300);
+        logged_dict(&p.base, 3, fb);
+        logged_dict(&p.ctr, 2, fc);
+        cr_assert_str_neq(fb, fc, "the two lists show different fingerprints");
+        h_pub_send(&p.pub, "alert/gas/zone3", "Z3");
+        h_pub_send(&p.pub, "alert/gas/zone9", "Z9");
+        cr_assert(h_pub_flush(&p.pub, 5000));
+        cr_assert_eq(h_sub_wait(&p.sub, 2, 30000), 2);
+        int i = find_rx(&p.sub, "kuimen/north/alert/gas/zone3");
+        cr_assert_geq(i, 0, "index 0 is known at both ends");
+        cr_assert_str_eq(p.sub.rx[i].payload, "Z3");
+        i = find_rx(&p.sub, "kuimen/north/unknown-topic/2");
+        cr_assert_geq(i, 0, "index 2 arrives on the fallback topic");
+        cr_assert_str_eq(p.sub.rx[i].payload, "Z9");
+        cr_assert_str_eq(p.sub.rx[i].origin, "north");
+        cr_assert_neq(p.sub.rx[i].id, 0);
+        char want[400];
+        snprintf(want, sizeof(want), "from north names dictionary index 2, beyond the 2 topics of %s/center.dict (fingerprint %s)",
+                 p.dir, fc);
+        cr_assert(h_log_wait(&p.ctr, want, 5000), "the center says why: %s", want);
+        cr_assert_eq(h_log_count(&p.ctr, "names dictionary index"), 1);
+        /* kuimenctl shows each end's list */
+        char out[4096], cmd[700];
+        snprintf(cmd, sizeof(cmd), "'%s' --socket '%s/center/kuimen.sock' links 2>&1", getenv("KM_KUIMENCTL"), p.dir);
+        run_out(cmd, out, sizeof(out));
+        snprintf(want, sizeof(want), "\nsat: dictionary %s/2\n", fc);
+        cr_assert(strstr(out, want), "kuimenctl links: %s", out);
+        pair_down(&p);
+}
+
+/* A bad dictionary stops the config check (and so the start) with its file and line. */
+Test(narrow, bad_dictionary_refused_by_check_config, .timeout = 30)
+{
+        char dir[200], conf[300], dict[300], cmd[1200], out[2048], want[1024];
+        h_tmpdir(dir, sizeof(dir), "dictbad");
+        snprintf(conf, sizeof(conf), "%s/base.conf", dir);
+        snprintf(dict, sizeof(dict), "%s/topics.txt", dir);
+        write_text(dict, "alert/gas/zone3\n# sensors\nsensors/+/level\n");
+        char text[800];
+        snprintf(text, sizeof(text),
+                 "[node]\nname = north\nspool = %s/spool.db\nplugin_dir = %s\n[local]\nuri = tcp://127.0.0.1:1\n"
+                 "[link sat]\ntype = sim\nlisten = 127.0.0.1:1\npeer = 127.0.0.1:2\ndictionary = topics.txt\n",
+                 dir, plugin_dir());
+        write_text(conf, text);
+        snprintf(cmd, sizeof(cmd), "'%s' --check-config '%s' 2>&1", getenv("KM_KUIMEN"), conf);
+        FILE *f = popen(cmd, "r");
+        size_t n = fread(out, 1, sizeof(out) - 1, f);
+        out[n] = '\0';
+        int st = pclose(f);
+        cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "exit 1 (%d): %s", st, out);
+        snprintf(want, sizeof(want),
+                 "%s:11: dictionary: %s:3: wildcard '+' in topic 'sensors/+/level': a dictionary lists topics, not filters\n",
+                 conf, dict);
+        cr_assert_str_eq(out, want);
+        write_text(dict, "alert/gas/zone3\n# sensors\nsensors/water/level\n");
+        f = popen(cmd, "r");
+        n = fread(out, 1, sizeof(out) - 1, f);
+        out[n] = '\0';
+        st = pclose(f);
+        snprintf(want, sizeof(want), "%s: ok\n", conf);
+        cr_assert_str_eq(out, want);
+        cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+        h_cleanup(dir);
 }
