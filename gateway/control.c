@@ -452,7 +452,7 @@ int km_control_classes(struct km_daemon *d, const struct km_spool_stats *st, str
 
 /* ---- JSON ------------------------------------------------------------------------ */
 
-static void json_str(struct km_control_buf *b, const char *s)
+void km_control_json_str(struct km_control_buf *b, const char *s)
 {
         buf_add(b, "\"", 1);
         for (const char *run = s;; s++) {
@@ -527,10 +527,10 @@ static void put_links(struct km_control_buf *b, struct km_daemon *d, int64_t now
         for (size_t i = 0; i < n; i++) {
                 const struct km_link *l = ls[i];
                 km_control_printf(b, "%s{\"name\":", i ? "," : "");
-                json_str(b, l->name);
+                km_control_json_str(b, l->name);
                 km_control_printf(b, ",\"direction\":\"%s\",\"state\":\"%s\",\"reason\":", dir_name(l->dir),
                                   km_link_shown_state(l));
-                json_str(b, l->reason);
+                km_control_json_str(b, l->reason);
                 km_control_printf(b,
                                   ",\"since_ms\":%lld,\"since_s\":%.3f,\"order\":%ld,\"window\":%u,\"inflight\":%u,"
                                   "\"sent\":%llu,\"acked\":%llu,\"failed\":%llu,\"bytes_sent\":%llu,\"signal\":%d,"
@@ -554,7 +554,7 @@ static void put_classes(struct km_control_buf *b, struct km_daemon *d, const str
         km_control_printf(b, ",\"classes\":[");
         for (int i = 0; i < n; i++) {
                 km_control_printf(b, "%s{\"name\":", i ? "," : "");
-                json_str(b, k[i].name);
+                km_control_json_str(b, k[i].name);
                 km_control_printf(b, ",\"priority\":%d,\"depth\":%llu,\"oldest_age_s\":%.3f}", k[i].prio,
                                   (unsigned long long)k[i].depth, age_s(now, k[i].oldest_ms));
         }
@@ -610,9 +610,9 @@ static void put_head(struct km_control_buf *b, struct km_daemon *d, const struct
         for (int i = 0; i < n; i++) {
                 km_control_printf(b, "%s{\"id\":%llu,\"direction\":\"%s\",\"priority\":%d,\"class\":", i ? "," : "",
                                   (unsigned long long)pk[i].id, dir_name(dir), prio);
-                json_str(b, pk[i].cls);
+                km_control_json_str(b, pk[i].cls);
                 km_control_printf(b, ",\"topic\":");
-                json_str(b, pk[i].topic);
+                km_control_json_str(b, pk[i].topic);
                 km_control_printf(b, ",\"age_s\":%.3f,\"bytes\":%u,\"in_flight\":%s}", age_s(now, pk[i].created_ms),
                                   pk[i].len, in_flight(d, dir, prio, pk[i].id) ? "true" : "false");
         }
@@ -651,7 +651,7 @@ static void put_counters(struct km_control_buf *b, struct km_daemon *d, const st
                 km_control_printf(b, ",\"peers\":[");
                 for (size_t i = 0; i < d->npeers; i++) {
                         km_control_printf(b, "%s{\"node\":", i ? "," : "");
-                        json_str(b, d->peers[i].name);
+                        km_control_json_str(b, d->peers[i].name);
                         km_control_printf(b, ",\"mqtt\":\"%s\"}", names[d->peers[i].state + 1]);
                 }
                 km_control_printf(b, "]");
@@ -661,9 +661,9 @@ static void put_counters(struct km_control_buf *b, struct km_daemon *d, const st
 static void put_node(struct km_control_buf *b, struct km_daemon *d, int64_t now)
 {
         km_control_printf(b, "{\"node\":");
-        json_str(b, d->node.name);
+        km_control_json_str(b, d->node.name);
         km_control_printf(b, ",\"role\":");
-        json_str(b, d->node.role);
+        km_control_json_str(b, d->node.role);
         km_control_printf(b, ",\"version\":\"%s\",\"pid\":%ld,\"now_ms\":%lld,\"uptime_s\":%.3f,", KM_VERSION,
                           (long)getpid(), (long long)now, age_s(now, d->started_ms));
 }
@@ -680,7 +680,7 @@ static void put_reason(void *ud, const char *reason, uint64_t n)
 {
         struct board_ctx *x = ud;
         km_control_printf(x->b, "%s", x->n++ ? "," : "");
-        json_str(x->b, reason);
+        km_control_json_str(x->b, reason);
         km_control_printf(x->b, ":%llu", (unsigned long long)n);
 }
 
@@ -689,7 +689,7 @@ static void put_position(void *ud, const struct km_status_unit *u)
 {
         struct board_ctx *x = ud;
         km_control_printf(x->b, "%s{\"unit\":", x->n++ ? "," : "");
-        json_str(x->b, u->unit);
+        km_control_json_str(x->b, u->unit);
         km_control_printf(x->b, ",\"age_s\":%.3f,\"position\":%s}", age_s(x->now, u->at_ms), u->json);
 }
 
@@ -753,13 +753,13 @@ static void reload_errors(struct km_daemon *d, struct km_control_buf *b)
 
         km_control_printf(b, ",\"errors\":[");
         if (km_conf_load(&c, d->config_path, NULL) < 0) {
-                json_str(b, "cannot read the config file");
+                km_control_json_str(b, "cannot read the config file");
         } else {
                 if (c.nerrors == 0 && km_route_load(&r, &c) != -ENOMEM)
                         km_route_deinit(&r); /* also after -EINVAL: it holds what it built */
                 for (size_t i = 0; i < c.nerrors; i++) {
                         km_control_printf(b, "%s", i ? "," : "");
-                        json_str(b, c.errors[i]);
+                        km_control_json_str(b, c.errors[i]);
                 }
         }
         km_conf_deinit(&c);
@@ -772,7 +772,7 @@ static void reply_reload(struct km_daemon *d, struct km_control_buf *b)
 
         km_control_printf(b, "{\"reload\":\"%s\",\"config\":", rc == 0 ? "ok" : "failed");
         if (d->config_path)
-                json_str(b, d->config_path);
+                km_control_json_str(b, d->config_path);
         else
                 km_control_printf(b, "null");
         if (rc == 0)
@@ -785,7 +785,7 @@ static void reply_reload(struct km_daemon *d, struct km_control_buf *b)
 static void reply_error(struct km_control_buf *b, const char *msg)
 {
         km_control_printf(b, "{\"error\":");
-        json_str(b, msg);
+        km_control_json_str(b, msg);
         km_control_printf(b, "}\n");
 }
 

@@ -35,6 +35,8 @@ struct km_control_buf {
 
 /* Appends to b (kept NUL-terminated). */
 void km_control_printf(struct km_control_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Appends s as a quoted JSON string (", \\ and control characters escaped). */
+void km_control_json_str(struct km_control_buf *b, const char *s);
 /* Frees b's text and empties it; b itself is the caller's. */
 void km_control_buf_free(struct km_control_buf *b);
 

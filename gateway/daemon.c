@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "control.h"
 #include "log.h"
 #include "plugin.h"
 #include "sched.h"
@@ -386,17 +387,22 @@ static void publish_link_status(struct km_daemon *d, struct km_link *l)
         char dict[48] = "";
         if (km_plugin_link_frames(l, &ns) == 0 && ns.dict_topics)
                 snprintf(dict, sizeof(dict), ",\"dictionary\":\"%08x/%zu\"", (unsigned)ns.dict_fingerprint, ns.dict_topics);
+        /* A reason may hold a plugin's or a peer's words: quoted as JSON. */
+        struct km_control_buf why = { 0 };
+        km_control_json_str(&why, l->reason);
         int n = snprintf(json, sizeof(json),
-                         "{\"link\":\"%s\",\"type\":\"%s\",\"state\":\"%s\",\"reason\":\"%s\",\"since\":\"%s\","
+                         "{\"link\":\"%s\",\"type\":\"%s\",\"state\":\"%s\",\"reason\":%s,\"since\":\"%s\","
                          "\"order\":%ld,\"signal\":%d,\"sent\":%llu,\"acked\":%llu,\"inflight\":%u,"
                          "\"bytes_sent\":%llu,\"transitions\":%llu,\"backlog\":%llu,\"ack\":\"%s\",\"ack_ms\":%lld,"
                          "\"interval_s\":%.1f,\"sent_interval\":%llu,\"bytes_interval\":%llu%s}",
-                         l->name, l->conf.type ? l->conf.type : "", km_link_shown_state(l), l->reason, since,
+                         l->name, l->conf.type ? l->conf.type : "", km_link_shown_state(l),
+                         why.p && !why.failed ? why.p : "\"\"", since,
                          l->order, l->signal, (unsigned long long)l->sent, (unsigned long long)l->acked, l->inflight,
                          (unsigned long long)l->bytes_sent, (unsigned long long)l->transitions,
                          (unsigned long long)link_backlog(d, l, &st), l->conf.ack ? l->conf.ack : "peer",
                          (long long)l->ack_ms, interval, (unsigned long long)(l->sent - l->sent_mark),
                          (unsigned long long)(l->bytes_sent - l->bytes_mark), dict);
+        km_control_buf_free(&why);
         if (n < 0 || (size_t)n >= sizeof(json))
                 return;
         l->sent_mark = l->sent;

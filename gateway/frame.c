@@ -1275,7 +1275,9 @@ static void tx_sack(struct km_frame_tx *tx, const struct km_frame_ack *a)
 	for (unsigned i = 0; i < tx->inflight; i++) {
 		struct km_frame_slot *s = &tx->slot[(uint16_t)(base + i) % KM_FRAME_WINDOW_MAX];
 		uint16_t off = (uint16_t)(s->seq - (uint16_t)(a->cum + 2));
+		bool was = s->sacked;
 		s->sacked = off < 64 && ((a->bitmap >> off) & 1);
+		tx->frames_sacked += s->sacked && !was;
 		if (s->sacked && s->stamp > newest)
 			newest = s->stamp;
 	}

@@ -180,6 +180,7 @@ struct km_frame_tx {
 	uint64_t frames_resent;
 	uint64_t slot_refs;   /* messages sent against a slot */
 	uint64_t slot_resets; /* slots_lost acks answered by abandoning the window */
+	uint64_t frames_sacked; /* frames an ack newly said the receiver holds out of order */
 	uint64_t pos_batches; /* position messages sent as a compact batch (cfg.pos_batch) */
 };
 

@@ -563,8 +563,15 @@ static void api_received(km_plugin_link *h, const void *frame, size_t len)
                 return;
         }
         if (info.has_ack && info.ack.origin == h->origin) {
+                uint64_t sacked = h->tx.frames_sacked;
                 km_frame_tx_ack(&h->tx, &info.ack, on_done, on_restart, h);
                 h->heard_mono = km_mono_ms();
+                /* The peer holds a frame it did not have: the path works while a lost one
+                 * is sent again, so the ack clock (gateway/link.c) restarts. A peer that
+                 * holds frames and never releases any still goes down: once the window
+                 * is full nothing new can be held. */
+                if (h->tx.frames_sacked != sacked && h->link->inflight)
+                        h->link->progress_mono = h->heard_mono;
                 if (h->probe_at && !km_frame_tx_inflight(&h->tx))
                         probe_answered(h);
         }

@@ -844,6 +844,9 @@ Test(frame, ack_bitmap_and_selective_retransmit)
 	cr_assert_eq(d.n, 1);
 	cr_assert_eq(d.ids[0], 100);
 	cr_assert_eq(km_frame_tx_inflight(&p.tx), 5);
+	cr_assert_eq(p.tx.frames_sacked, 3);   /* newly held: 65535, 0, 2 */
+	cr_assert_eq(km_frame_tx_ack(&p.tx, &a, done_fn, NULL, &d), 0);
+	cr_assert_eq(p.tx.frames_sacked, 3);   /* the same ack again holds nothing new */
 	/* lost ones first, in order, without waiting for the timeout */
 	uint8_t r[340];
 	cr_assert_eq(p.f[1][0], 0x24);   /* first sent with SYN, back 1 */
