@@ -203,15 +203,6 @@ int km_dict_load(struct km_dict *d, const char *path, const char *conf_file, cha
         return rc;
 }
 
-/* The numeric node id the wire carries (gateway/plugin.c's node_id: FNV-1a). */
-static uint32_t node_hash(const char *name)
-{
-        uint32_t h = 2166136261u;
-        while (*name)
-                h = (h ^ (uint8_t)*name++) * 16777619u;
-        return h;
-}
-
 #define FALLBACK_LOG_MS 10000
 
 int km_dict_fallback_deliver(void *ctx, const struct km_frame_msg *m)
@@ -237,7 +228,7 @@ int km_dict_fallback_deliver(void *ctx, const struct km_frame_msg *m)
         }
         snprintf(origin, sizeof(origin), "node-%08x", m->origin);
         for (size_t i = 0; fb->peers && i < fb->peers->n; i++)
-                if (node_hash(fb->peers->v[i]) == m->origin)
+                if (km_frame_node_id(fb->peers->v[i]) == m->origin)
                         snprintf(origin, sizeof(origin), "%s", fb->peers->v[i]);
         if (fb->dict && fb->dict->path)
                 KM_LOG(KM_LOG_WARNING, "link",

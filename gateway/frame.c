@@ -2540,3 +2540,11 @@ bad:
 	rx->malformed++;
 	return rc;
 }
+
+uint32_t km_frame_node_id(const char *name)
+{
+	uint32_t h = 2166136261u;
+	while (*name)
+		h = (h ^ (uint8_t)*name++) * 16777619u;
+	return h;
+}

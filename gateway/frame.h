@@ -369,6 +369,9 @@ int km_frame_ack_encode(const struct km_frame_ack *ack, uint32_t from,
  * when in does not look like a JSON object or array (out is then garbage). */
 int km_frame_json_compact(const uint8_t *in, size_t len, uint8_t *out);
 
+/* The origin a node's frames carry: the 32-bit FNV-1a hash of its name. */
+uint32_t km_frame_node_id(const char *name);
+
 /* CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF) as used on the wire. */
 uint16_t km_frame_crc16(const uint8_t *p, size_t n);
 

@@ -185,14 +185,6 @@ static const struct km_conf_key cmd_keys[] = {
         { NULL, 0, NULL, 0, NULL, 0, 0, NULL },
 };
 
-static uint32_t node_id(const char *name)
-{
-        uint32_t h = 2166136261u;
-        while (*name)
-                h = (h ^ (uint8_t)*name++) * 16777619u;
-        return h;
-}
-
 /* ---- host API ------------------------------------------------------------------- */
 
 static void api_log(km_plugin_link *h, int level, const char *fmt, ...)
@@ -510,7 +502,7 @@ static int on_deliver(void *ctx, const struct km_frame_msg *m)
                 return deliver_command(h, m);
         const char *origin = NULL;
         for (size_t i = 0; i < h->peers.n && !origin; i++)
-                if (node_id(h->peers.v[i]) == m->origin)
+                if (km_frame_node_id(h->peers.v[i]) == m->origin)
                         origin = h->peers.v[i];
         if (!origin) {
                 snprintf(name, sizeof(name), "node-%08x", m->origin);
@@ -1184,7 +1176,7 @@ int km_plugin_link_start(struct km_daemon *d, struct km_conf *c, const char *sec
         }
         take_keys(c, section, h->desc, &h->kv, &h->nkv);
         h->center = strcmp(d->node.role, "center") == 0;
-        h->origin = node_id(d->node.name);
+        h->origin = km_frame_node_id(d->node.name);
         const char *v = api_config(h, "peers");
         rc = -ENOMEM;
         if (v && km_strv_split(&h->peers, v) < 0)
