@@ -511,10 +511,12 @@ static void put_narrow(struct km_control_buf *b, const struct km_link *l)
                           ",\"frames\":{\"frames_in\":%llu,\"frames_bad\":%llu,\"frames_sent\":%llu,\"frames_resent\":%llu,"
                           "\"slot_refs\":%llu,\"slot_resets\":%llu,\"frames_ok\":%llu,\"acks_in\":%llu,\"crc_errors\":%llu,"
                           "\"bad_version\":%llu,\"malformed\":%llu,\"duplicates\":%llu,\"slot_misses\":%llu,"
-                          "\"unknown_topics\":%llu,\"delivered\":%llu}",
+                          "\"unknown_topics\":%llu,\"delivered\":%llu,\"probes\":%llu,\"probes_lost\":%llu,"
+                          "\"frames_sacked\":%llu,\"pos_batches\":%llu,\"bad_posbatch\":%llu}",
                           U(frames_in), U(frames_bad), U(frames_sent), U(frames_resent), U(slot_refs), U(slot_resets),
                           U(frames_ok), U(acks_in), U(crc_errors), U(bad_version), U(malformed), U(duplicates),
-                          U(slot_misses), U(unknown_topics), U(delivered));
+                          U(slot_misses), U(unknown_topics), U(delivered), U(probes), U(probes_lost), U(frames_sacked),
+                          U(pos_batches), U(bad_posbatch));
 #undef U
 }
 

@@ -233,16 +233,18 @@ int km_dict_fallback_deliver(void *ctx, const struct km_frame_msg *m)
         if (fb->dict && fb->dict->path)
                 KM_LOG(KM_LOG_WARNING, "link",
                        "%s: message %" PRIu64 " from %s names dictionary index %" PRIu32 ", beyond the %zu topics of %s"
-                       " (fingerprint %08x): delivered on %s; the sender's dictionary is longer or different"
+                       " (fingerprint %08x): %s%s; the sender's dictionary is longer or different"
                        " (%llu so far, %llu not logged since the last line)",
-                       fb->link, m->id, origin, m->topic_idx, fb->dict->n, fb->dict->path, fb->dict->fingerprint, topic,
+                       fb->link, m->id, origin, m->topic_idx, fb->dict->n, fb->dict->path, fb->dict->fingerprint,
+                       fb->fate ? fb->fate : "delivered on ", fb->fate ? "" : topic,
                        (unsigned long long)fb->unknown, (unsigned long long)fb->quiet);
         else
                 KM_LOG(KM_LOG_WARNING, "link",
                        "%s: message %" PRIu64 " from %s names dictionary index %" PRIu32 ", and this link has no"
-                       " dictionary: delivered on %s; set the same dictionary at both ends"
+                       " dictionary: %s%s; set the same dictionary at both ends"
                        " (%llu so far, %llu not logged since the last line)",
-                       fb->link, m->id, origin, m->topic_idx, topic, (unsigned long long)fb->unknown,
+                       fb->link, m->id, origin, m->topic_idx, fb->fate ? fb->fate : "delivered on ",
+                       fb->fate ? "" : topic, (unsigned long long)fb->unknown,
                        (unsigned long long)fb->quiet);
         fb->log_ms = now;
         fb->quiet = 0;

@@ -245,6 +245,12 @@ static const struct {
         F("kuimen_link_frame_unknown_topics_total", unknown_topics,
           "Messages naming a dictionary index beyond this end's dictionary (delivered on unknown-topic/<index>)."),
         F("kuimen_link_frame_delivered_total", delivered, "Messages delivered from the peer's frames."),
+        F("kuimen_link_probes_total", probes, "Probes (empty frames) sent on an idle link or before a retried link carries."),
+        F("kuimen_link_probes_lost_total", probes_lost, "Probes not acknowledged within ack_timeout."),
+        F("kuimen_link_frames_sacked_total", frames_sacked, "Frames an ack newly said the peer holds out of order."),
+        F("kuimen_link_frame_pos_batches_total", pos_batches, "Position messages sent as a compact batch."),
+        F("kuimen_link_frame_bad_posbatch_total", bad_posbatch,
+          "Position batches received that were not one good position (dropped, acknowledged)."),
 #undef F
 };
 

@@ -128,6 +128,7 @@ struct km_plugin_link {
         int64_t rto_ms;
         int64_t probe_ms;    /* probe an idle link this often; 0 = never */
         int64_t probe_at;    /* CLOCK_MONOTONIC ms the outstanding probe left, 0 = none */
+        uint16_t probe_seq;  /* its frame */
         bool probing;        /* the link stays down until the probe is acknowledged */
         int64_t heard_mono;  /* the peer last acknowledged a frame of ours */
         /* ack = receipt: the device's receipt (sent()) for a token stands for the
@@ -181,7 +182,7 @@ static const char *const position_forms[] = { "compact", "json", NULL };
 static const struct km_conf_key cmd_keys[] = {
         { "commands", KM_CONF_BOOL, "yes", NOFF(commands), "center: take <topic_prefix>/<peer>/cmd/# from the center broker for each of peers and send it down this link while that base is not online over MQTT", 0, 0, NULL },
         { "command_grace", KM_CONF_DURATION, "30s", NOFF(command_grace_ms), "center: a command for a base online over MQTT is left to its MQTT session after this long (sent down this link if the base goes offline sooner)", 0, 86400000, NULL },
-        { "positions", KM_CONF_STRING, "compact", NOFF(positions), "base: compact = a position message (the canonical JSON of pos/<unit>) crosses as the compact position codec when that is smaller, and the center publishes it quantised (lat/lon 1e-5 deg, alt 1 m, time 0.1 s, speed 0.1 m/s, heading 1 deg, battery 1 %); json = as its JSON, exact (for a center older than the codec in frames)", 0, 0, position_forms },
+        { "positions", KM_CONF_STRING, "compact", NOFF(positions), "base: compact = a position message (the canonical JSON of pos/<unit>) crosses as the compact position codec when that is smaller, and the center publishes it quantised (lat/lon 1e-5 deg, alt 1 m, time 0.1 s, speed 0.1 m/s, heading 1 deg, battery 1 %); json = as its JSON, exact (for a center older than the codec in frames). Links with ack = receipt or none write frame version 1 and send JSON", 0, 0, position_forms },
         { NULL, 0, NULL, 0, NULL, 0, 0, NULL },
 };
 
@@ -479,6 +480,8 @@ static void ingest_delivered(km_plugin_link *h, const struct km_frame_msg *m, co
  * (a center relays the rest of the world on its own broker). */
 static int deliver_command(km_plugin_link *h, const struct km_frame_msg *m)
 {
+        if (m->topic && strncmp(m->topic, KM_DICT_FALLBACK "/", sizeof(KM_DICT_FALLBACK)) == 0)
+                return 0; /* acknowledged: sent again it is as unknown; dict.c logs and counts it */
         if (!m->topic || strncmp(m->topic, "cmd/", 4) != 0) {
                 /* Acknowledged all the same: sent again it would be refused again. */
                 if (h->cmd_refused++ % 100 == 0)
@@ -564,7 +567,10 @@ static void api_received(km_plugin_link *h, const void *frame, size_t len)
                  * is full nothing new can be held. */
                 if (h->tx.frames_sacked != sacked && h->link->inflight)
                         h->link->progress_mono = h->heard_mono;
-                if (h->probe_at && !km_frame_tx_inflight(&h->tx))
+                /* Answered once the window has moved past it: frames sent after it may
+                 * still be in flight (a message came while it waited for the card). */
+                uint16_t past = (uint16_t)(h->tx.next_seq - h->tx.inflight - h->probe_seq - 1);
+                if (h->probe_at && past < 0x8000)
                         probe_answered(h);
         }
         /* With ack = receipt or none the sender releases frames without us. */
@@ -778,8 +784,11 @@ static void kick(km_plugin_link *h)
                         budget_wait(h);
                         return;
                 }
-                /* A frame longer than room stays put (-ENOSPC, not stamped). */
-                int n = km_frame_tx_due(&h->tx, now, h->rto_ms, h->buf, room < h->bufcap ? room : h->bufcap);
+                /* A frame longer than room stays put (-ENOSPC, not stamped). Without the
+                 * peer's acks nothing is sent again for time alone: only a frame the
+                 * device refused or did not take (marked lost) goes again. */
+                int64_t rto = h->link->ack_mode == KM_ACK_PEER ? h->rto_ms : INT64_MAX / 4;
+                int n = km_frame_tx_due(&h->tx, now, rto, h->buf, room < h->bufcap ? room : h->bufcap);
                 if (n == -ENOSPC) {
                         budget_wait(h);
                         return;
@@ -861,6 +870,7 @@ static void send_probe(km_plugin_link *h)
         }
         /* A card busy until free_at sends it then: the clock runs from then. */
         h->probe_at = h->free_at > now ? h->free_at : now;
+        h->probe_seq = (uint16_t)(h->tx.next_seq - 1);
         h->probes++;
         if (!device_send(h, h->buf, (size_t)n))
                 frame_unsent(h);
@@ -870,6 +880,7 @@ static void probe_answered(km_plugin_link *h)
 {
         h->link->ack_ms = km_mono_ms() - h->probe_at;
         h->probe_at = 0;
+        h->retry_ms = 0; /* the path works: the next fault starts the back-off afresh */
         if (!h->probing)
                 return;
         h->probing = false;
@@ -883,6 +894,10 @@ static void probe_check(km_plugin_link *h)
         int64_t now = km_mono_ms();
         if (!h->probe_ms || !h->open || h->faulted)
                 return;
+        if (h->probing && !h->probe_at) {
+                send_probe(h); /* the budget or memory held it back: try again */
+                return;
+        }
         if (h->probe_at) {
                 if (now - h->probe_at < h->link->conf.ack_timeout_ms)
                         return;
@@ -1245,7 +1260,8 @@ int km_plugin_link_start(struct km_daemon *d, struct km_conf *c, const char *sec
                        h->dict.n, h->dict.fingerprint);
         }
         h->fb = (struct km_dict_fallback){ .next = on_deliver, .ctx = h, .link = l->name, .dict = &h->dict,
-                                           .peers = &h->peers };
+                                           .peers = &h->peers,
+                                           .fate = h->center ? NULL : "a command whose topic is unknown here: not published" };
         rc = -ENOMEM;
         if (!h->prefix || !h->buf || km_frame_tx_init(&h->tx, &tc) < 0 || km_frame_rx_init(&h->rx, &rcfg) < 0)
                 goto fail_link;
@@ -1322,7 +1338,7 @@ void km_plugin_print_help(FILE *out)
               "  the plugin's own keys (see its README), and for every narrow link:\n"
               "  peers            list     center: node names whose frames it receives [default: none]\n"
               "  rto              duration retransmit a frame not acknowledged this long [default: half of ack_timeout]\n"
-              "  probe            duration base: send a probe (an empty frame the peer acknowledges) when nothing was acknowledged this long, and before a link the host took down carries again; 0 = never; needs ack = peer [default: 2min on a base, 0 on a center]\n"
+              "  probe            duration base: send a probe (an empty frame the peer acknowledges) when nothing was acknowledged this long, and before a link the host took down carries again; 0 = never; needs ack = peer [default: 2min on a base with ack = peer, else 0]\n"
               "  topic_prefix     string   center: republished topic = <topic_prefix>/<origin>/<topic> [default: kuimen]\n"
               "  dictionary       path     file of topics, one a line, sent as their index; the same file at both ends, append only\n"
               "                            (relative to the config's directory; see README) [default: none]\n",
@@ -1347,6 +1363,8 @@ int km_plugin_link_frames(const struct km_link *l, struct km_narrow_stats *out)
                 .bad_version = h->rx.bad_version, .malformed = h->rx.malformed, .duplicates = h->rx.duplicates,
                 .slot_misses = h->rx.slot_misses, .unknown_topics = h->rx.unknown_topics,
                 .delivered = h->rx.delivered,
+                .probes = h->probes, .probes_lost = h->probes_lost, .frames_sacked = h->tx.frames_sacked,
+                .pos_batches = h->tx.pos_batches, .bad_posbatch = h->rx.bad_posbatch,
                 .dict_topics = h->dict.n, .dict_fingerprint = h->dict.fingerprint,
         };
         return 0;

@@ -40,6 +40,10 @@ struct km_narrow_stats {
         /* receiving */
         uint64_t frames_ok, acks_in, crc_errors, bad_version, malformed, duplicates, slot_misses, unknown_topics,
                 delivered;
+        /* health and payloads: probes sent and left unanswered, frames an ack newly said
+         * the peer holds, positions sent as a compact batch, batches received that were
+         * not one good position */
+        uint64_t probes, probes_lost, frames_sacked, pos_batches, bad_posbatch;
         /* the dictionary (dict_topics = 0: none) */
         size_t dict_topics;
         uint32_t dict_fingerprint;
