@@ -1,9 +1,5 @@
 /* SPDX-License-Identifier: MIT */
 /* Narrow-link and failover benchmark on real brokers and kuimen processes: goodput of a sim link against its raw capacity, and failover time after a silent cut. */
-#include <arpa/inet.h>
-#include <errno.h>
-#include <netinet/in.h>
-#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -13,8 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <MQTTAsync.h>
 
@@ -283,113 +277,6 @@ static void run_goodput(int n, int mtu, int bitrate, double loss, struct goodput
 
 /* ---- failover ------------------------------------------------------------------------ */
 
-/* A TCP proxy that can stop forwarding without closing anything: a silent cut, no FIN
- * or RST to either end (as tests/integration/test_failover.c). */
-#define MAXC 32
-
-struct proxy {
-        int port, target, lfd;
-        atomic_bool cut, stop;
-        int a[MAXC], b[MAXC];
-        int n;
-        pthread_t t;
-};
-
-static int dial(int port)
-{
-        int fd = socket(AF_INET, SOCK_STREAM, 0);
-        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-        if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-                close(fd);
-                return -1;
-        }
-        return fd;
-}
-
-static bool pump(int from, int to)
-{
-        char buf[65536];
-        ssize_t r = read(from, buf, sizeof(buf));
-        if (r <= 0)
-                return false;
-        for (ssize_t off = 0; off < r;) {
-                ssize_t w = write(to, buf + off, (size_t)(r - off));
-                if (w <= 0)
-                        return false;
-                off += w;
-        }
-        return true;
-}
-
-static void *proxy_main(void *arg)
-{
-        struct proxy *p = arg;
-        while (!atomic_load(&p->stop)) {
-                struct pollfd pf[1 + 2 * MAXC];
-                bool cut = atomic_load(&p->cut);
-                int n = 0;
-                pf[n++] = (struct pollfd){ .fd = p->lfd, .events = cut ? 0 : POLLIN };
-                for (int i = 0; i < p->n; i++) {
-                        pf[n++] = (struct pollfd){ .fd = p->a[i], .events = cut ? 0 : POLLIN };
-                        pf[n++] = (struct pollfd){ .fd = p->b[i], .events = cut ? 0 : POLLIN };
-                }
-                if (poll(pf, (nfds_t)n, 20) <= 0)
-                        continue;
-                if ((pf[0].revents & POLLIN) && p->n < MAXC) {
-                        int c = accept(p->lfd, NULL, NULL);
-                        int s = c >= 0 ? dial(p->target) : -1;
-                        if (s < 0) {
-                                if (c >= 0)
-                                        close(c);
-                        } else {
-                                p->a[p->n] = c;
-                                p->b[p->n++] = s;
-                        }
-                }
-                for (int i = 0; i < p->n; i++) {
-                        bool ok = true;
-                        if (pf[1 + 2 * i].revents & (POLLIN | POLLHUP))
-                                ok = pump(p->a[i], p->b[i]);
-                        if (ok && (pf[2 + 2 * i].revents & (POLLIN | POLLHUP)))
-                                ok = pump(p->b[i], p->a[i]);
-                        if (!ok) {
-                                close(p->a[i]);
-                                close(p->b[i]);
-                                p->a[i] = p->a[p->n - 1];
-                                p->b[i] = p->b[p->n - 1];
-                                p->n--;
-                                break; /* the pollfd indexes moved */
-                        }
-                }
-        }
-        return NULL;
-}
-
-static void proxy_start(struct proxy *p, int target)
-{
-        memset(p, 0, sizeof(*p));
-        p->target = target;
-        p->port = h_free_port();
-        p->lfd = socket(AF_INET, SOCK_STREAM, 0);
-        int one = 1;
-        setsockopt(p->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)p->port),
-                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-        if (bind(p->lfd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(p->lfd, 16) < 0 ||
-            pthread_create(&p->t, NULL, proxy_main, p) != 0)
-                die("cannot start the proxy");
-}
-
-static void proxy_stop(struct proxy *p)
-{
-        atomic_store(&p->stop, true);
-        pthread_join(p->t, NULL);
-        for (int i = 0; i < p->n; i++)
-                close(p->a[i]), close(p->b[i]);
-        close(p->lfd);
-}
-
 #define FO_RATE 50 /* messages a second on the base's broker */
 
 struct stream {
@@ -455,7 +342,7 @@ static void run_failover(int trials, bool kill)
 {
         const char *what = kill ? "the fiber's broker killed" : "a silent cut";
         struct h_broker local, c1, c2;
-        struct proxy fiber, fourg;
+        struct h_proxy fiber, fourg;
         struct h_sub s1, s2;
         struct h_pub pub;
         struct h_proc k;
@@ -468,8 +355,8 @@ static void run_failover(int trials, bool kill)
         /* Saved on every change, so that the subscriber's session survives the kill. */
         h_broker_start(&c1, g_dir, 0, kill ? "autosave_interval 1\nautosave_on_changes true\n" : NULL);
         h_broker_start(&c2, g_dir, 0, NULL);
-        proxy_start(&fiber, c1.port);
-        proxy_start(&fourg, c2.port);
+        h_proxy_start(&fiber, c1.port);
+        h_proxy_start(&fourg, c2.port);
         h_sub_start(&s1, c1.port, "center1-sub", "kuimen/north/sensors/#", true);
         h_sub_start(&s2, c2.port, "center2-sub", "kuimen/north/sensors/#", true);
         snprintf(conf, sizeof(conf), "%s/kuimen.conf", g_dir);
@@ -541,8 +428,8 @@ static void run_failover(int trials, bool kill)
         h_stop(&k, SIGTERM);
         h_sub_stop(&s1);
         h_sub_stop(&s2);
-        proxy_stop(&fiber);
-        proxy_stop(&fourg);
+        h_proxy_stop(&fiber);
+        h_proxy_stop(&fourg);
         h_stop(&local.p, SIGTERM);
         h_stop(&c1.p, SIGTERM);
         h_stop(&c2.p, SIGTERM);

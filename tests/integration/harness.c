@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -560,4 +561,126 @@ void h_pub_stop(struct h_pub *p)
         MQTTAsync_destroy(&p->c);
         free(p->acked_payloads);
         pthread_mutex_destroy(&p->mu);
+}
+
+/* ---- TCP proxy ------------------------------------------------------------------- */
+
+/* A socket of type bound to a free loopback port, into *port: h_free_port's port can be
+ * taken by someone else before the bind, so try again. */
+static int bound_socket(int type, int *port)
+{
+        int fd = socket(AF_INET, type, 0);
+        H_REQUIRE(fd >= 0, "socket: %s", strerror(errno));
+        if (type == SOCK_STREAM) {
+                int one = 1;
+                setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        }
+        for (int tries = 0; tries < 50; tries++) {
+                *port = h_free_port();
+                struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)*port),
+                                         .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+                if (bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0)
+                        return fd;
+        }
+        H_REQUIRE(false, "no port to bind: %s", strerror(errno));
+        return -1;
+}
+
+static int dial(int port)
+{
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+                close(fd);
+                return -1;
+        }
+        return fd;
+}
+
+static bool pump(int from, int to)
+{
+        char buf[65536];
+        ssize_t r = read(from, buf, sizeof(buf));
+        if (r <= 0)
+                return false;
+        for (ssize_t off = 0; off < r;) {
+                ssize_t w = write(to, buf + off, (size_t)(r - off));
+                if (w <= 0)
+                        return false;
+                off += w;
+        }
+        return true;
+}
+
+static void proxy_drop(struct h_proxy *p, int i)
+{
+        close(p->a[i]);
+        close(p->b[i]);
+        p->a[i] = p->a[p->n - 1];
+        p->b[i] = p->b[p->n - 1];
+        p->n--;
+}
+
+/* Cut: nothing polled, so nothing read, written, accepted or closed. Down: connections
+ * closed at once, and new ones as they come. A full table leaves new connections in the
+ * listen backlog. */
+static void *proxy_main(void *arg)
+{
+        struct h_proxy *p = arg;
+        while (!atomic_load(&p->stop)) {
+                struct pollfd pf[1 + 2 * H_PROXY_MAXC];
+                bool cut = atomic_load(&p->cut), down = atomic_load(&p->down);
+                int n = 0;
+                while (down && p->n)
+                        proxy_drop(p, p->n - 1);
+                pf[n++] = (struct pollfd){ .fd = p->lfd, .events = cut || p->n == H_PROXY_MAXC ? 0 : POLLIN };
+                for (int i = 0; i < p->n; i++) {
+                        pf[n++] = (struct pollfd){ .fd = p->a[i], .events = cut ? 0 : POLLIN };
+                        pf[n++] = (struct pollfd){ .fd = p->b[i], .events = cut ? 0 : POLLIN };
+                }
+                if (poll(pf, (nfds_t)n, 20) <= 0)
+                        continue;
+                if (pf[0].revents & POLLIN) {
+                        int c = accept(p->lfd, NULL, NULL);
+                        int s = c >= 0 && !atomic_load(&p->down) ? dial(p->target) : -1;
+                        if (s < 0) {
+                                if (c >= 0)
+                                        close(c);
+                        } else {
+                                p->a[p->n] = c;
+                                p->b[p->n++] = s;
+                        }
+                }
+                for (int i = 0; i < p->n; i++) {
+                        bool ok = true;
+                        if (pf[1 + 2 * i].revents & (POLLIN | POLLHUP))
+                                ok = pump(p->a[i], p->b[i]);
+                        if (ok && (pf[2 + 2 * i].revents & (POLLIN | POLLHUP)))
+                                ok = pump(p->b[i], p->a[i]);
+                        if (!ok) {
+                                proxy_drop(p, i);
+                                break; /* the pollfd indexes moved */
+                        }
+                }
+        }
+        return NULL;
+}
+
+void h_proxy_start(struct h_proxy *p, int target)
+{
+        memset(p, 0, sizeof(*p));
+        p->target = target;
+        p->lfd = bound_socket(SOCK_STREAM, &p->port);
+        H_REQUIRE(listen(p->lfd, 16) == 0, "proxy: listen: %s", strerror(errno));
+        H_REQUIRE(pthread_create(&p->t, NULL, proxy_main, p) == 0, "proxy: no thread");
+}
+
+void h_proxy_stop(struct h_proxy *p)
+{
+        atomic_store(&p->stop, true);
+        pthread_join(p->t, NULL);
+        for (int i = 0; i < p->n; i++)
+                close(p->a[i]), close(p->b[i]);
+        close(p->lfd);
 }

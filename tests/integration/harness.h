@@ -5,6 +5,7 @@
 
 #include <MQTTAsync.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -103,5 +104,28 @@ int64_t h_now_ms(void);
 /* Checks per-topic order of "seq" payloads ("<topic-index>:<seq>"): returns the number
  * of out-of-order first deliveries (0 is right). */
 size_t h_order_violations(struct h_sub *s);
+
+/* ---- a TCP proxy: a fiber that can fail ---------------------------------------------- */
+
+#define H_PROXY_MAXC 32
+
+/* Forwards connections on port to 127.0.0.1:target from a thread of its own, so that a
+ * test can break the path under a live connection: set cut for a silent cut (nothing is
+ * read, written, accepted or closed, so to both ends the path just goes quiet, no FIN
+ * or RST, as a cut fiber), or down for a loud one (every connection closed, new ones
+ * closed as they come: the broker sends the client's will at once). Clear either and
+ * it forwards again, the old connections too. */
+struct h_proxy {
+        int port, target, lfd;
+        atomic_bool cut, down, stop;
+        int a[H_PROXY_MAXC], b[H_PROXY_MAXC]; /* accepted side, target side */
+        int n;
+        pthread_t t;
+};
+
+/* Listens on a free loopback port (p->port) and forwards to target. */
+void h_proxy_start(struct h_proxy *p, int target);
+/* Stops the thread and closes every socket. */
+void h_proxy_stop(struct h_proxy *p);
 
 #endif

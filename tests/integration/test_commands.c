@@ -7,131 +7,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
-#include <unistd.h>
 
 #include "harness.h"
 
 #define PMAX 256
-
-/* ---- a TCP proxy for the base's fiber: forwarding, or cut with FIN ------------------ */
-
-#define MAXC 16
-
-struct proxy {
-        int port, target, lfd;
-        volatile bool down, stop;
-        int a[MAXC], b[MAXC]; /* accepted side, broker side */
-        int n;
-        pthread_t t;
-};
-
-static int dial(int port)
-{
-        int fd = socket(AF_INET, SOCK_STREAM, 0);
-        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-                close(fd);
-                return -1;
-        }
-        return fd;
-}
-
-static bool pump(int from, int to)
-{
-        char buf[65536];
-        ssize_t r = read(from, buf, sizeof(buf));
-        if (r <= 0)
-                return false;
-        for (ssize_t off = 0; off < r;) {
-                ssize_t w = write(to, buf + off, (size_t)(r - off));
-                if (w <= 0)
-                        return false;
-                off += w;
-        }
-        return true;
-}
-
-/* Down: every connection is closed (the broker sends the base's will at once) and new
- * ones are closed as they come. */
-static void *proxy_main(void *arg)
-{
-        struct proxy *p = arg;
-        while (!p->stop) {
-                struct pollfd pf[1 + 2 * MAXC];
-                int n = 0;
-                if (p->down)
-                        while (p->n) {
-                                p->n--;
-                                close(p->a[p->n]);
-                                close(p->b[p->n]);
-                        }
-                pf[n++] = (struct pollfd){ .fd = p->lfd, .events = POLLIN };
-                for (int i = 0; i < p->n; i++) {
-                        pf[n++] = (struct pollfd){ .fd = p->a[i], .events = POLLIN };
-                        pf[n++] = (struct pollfd){ .fd = p->b[i], .events = POLLIN };
-                }
-                if (poll(pf, (nfds_t)n, 20) <= 0)
-                        continue;
-                if (pf[0].revents & POLLIN) {
-                        int c = accept(p->lfd, NULL, NULL);
-                        int s = c >= 0 && !p->down && p->n < MAXC ? dial(p->target) : -1;
-                        if (s < 0) {
-                                if (c >= 0)
-                                        close(c);
-                        } else {
-                                p->a[p->n] = c;
-                                p->b[p->n++] = s;
-                        }
-                }
-                for (int i = 0; i < p->n; i++) {
-                        bool ok = true;
-                        if (pf[1 + 2 * i].revents & (POLLIN | POLLHUP))
-                                ok = pump(p->a[i], p->b[i]);
-                        if (ok && pf[2 + 2 * i].revents & (POLLIN | POLLHUP))
-                                ok = pump(p->b[i], p->a[i]);
-                        if (!ok) {
-                                close(p->a[i]);
-                                close(p->b[i]);
-                                p->a[i] = p->a[p->n - 1];
-                                p->b[i] = p->b[p->n - 1];
-                                p->n--;
-                                break; /* the pollfd indexes moved */
-                        }
-                }
-        }
-        return NULL;
-}
-
-static void proxy_start(struct proxy *p, int target)
-{
-        memset(p, 0, sizeof(*p));
-        p->target = target;
-        p->lfd = socket(AF_INET, SOCK_STREAM, 0);
-        int one = 1;
-        setsockopt(p->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-        cr_assert_eq(bind(p->lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-        socklen_t sl = sizeof(sa);
-        cr_assert_eq(getsockname(p->lfd, (struct sockaddr *)&sa, &sl), 0);
-        p->port = ntohs(sa.sin_port);
-        cr_assert_eq(listen(p->lfd, 16), 0);
-        cr_assert_eq(pthread_create(&p->t, NULL, proxy_main, p), 0);
-}
-
-static void proxy_stop(struct proxy *p)
-{
-        p->stop = true;
-        pthread_join(p->t, NULL);
-        for (int i = 0; i < p->n; i++)
-                close(p->a[i]), close(p->b[i]);
-        close(p->lfd);
-}
 
 /* One command as the base's local broker delivered it: exact bytes. */
 struct got {
@@ -258,7 +138,7 @@ static MQTTAsync_token publish(MQTTAsync op, const char *topic, const unsigned c
 
 /* fiber: where the base's [link fiber] goes (px is started for PROXIED); link_extra
  * goes to both ends' [link sat]; base_status: the base's link_status. */
-static void cmd_up_ex(struct cmdenv *e, const char *tag, int fiber, struct proxy *px, const char *link_extra,
+static void cmd_up_ex(struct cmdenv *e, const char *tag, int fiber, struct h_proxy *px, const char *link_extra,
                       bool base_status, const char *center_extra, const char *base_extra)
 {
         memset(e, 0, sizeof(*e));
@@ -273,7 +153,7 @@ static void cmd_up_ex(struct cmdenv *e, const char *tag, int fiber, struct proxy
         int a = h_free_port(), b = h_free_port();
         char fiber_conf[200];
         if (fiber == PROXIED)
-                proxy_start(px, e->center.port);
+                h_proxy_start(px, e->center.port);
         snprintf(fiber_conf, sizeof(fiber_conf), "[link fiber]\ntype = mqtt\nuri = tcp://127.0.0.1:%d\norder = 1\n",
                  fiber == TO_CENTER ? e->center.port : fiber == DEAD ? h_free_port() : px->port);
         snprintf(e->bconf, sizeof(e->bconf), "%s/base.conf", e->dir);
@@ -305,7 +185,7 @@ static void cmd_up_ex(struct cmdenv *e, const char *tag, int fiber, struct proxy
         e->op = client(e->center.port, "operator", NULL, NULL);
 }
 
-static void cmd_up(struct cmdenv *e, const char *tag, int fiber, struct proxy *px, const char *link_extra,
+static void cmd_up(struct cmdenv *e, const char *tag, int fiber, struct h_proxy *px, const char *link_extra,
                    bool base_status, const char *center_extra)
 {
         cmd_up_ex(e, tag, fiber, px, link_extra, base_status, center_extra, NULL);
@@ -555,7 +435,7 @@ Test(commands, both_paths_published_once)
 Test(commands, offline_then_back_published_once)
 {
         struct cmdenv e;
-        struct proxy fiber;
+        struct h_proxy fiber;
         const int n1 = 6, n2 = 6;
         int64_t until;
         cmd_up(&e, "cmd-back", PROXIED, &fiber, "mtu = 77", true, "command_grace = 60s");
@@ -578,7 +458,7 @@ Test(commands, offline_then_back_published_once)
                 h_sleep_ms(100);
         h_sleep_ms(1000);
         cmd_down(&e);
-        proxy_stop(&fiber);
+        h_proxy_stop(&fiber);
         expect_exactly(&e, n1 + n2, true);
         cr_assert_eq(counter(e.cstop, "cmd_sent_narrow"), n1 + n2);
         cr_assert_eq(counter(e.cstop, "cmd_settled_mqtt"), 0);
