@@ -684,3 +684,82 @@ void h_proxy_stop(struct h_proxy *p)
                 close(p->a[i]), close(p->b[i]);
         close(p->lfd);
 }
+
+/* ---- UDP relay ------------------------------------------------------------------- */
+
+static struct sockaddr_in loopback(int port)
+{
+        return (struct sockaddr_in){ .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                                     .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+}
+
+static void *relay_main(void *arg)
+{
+        struct h_relay *r = arg;
+        uint8_t buf[65536];
+        while (!atomic_load(&r->stop)) {
+                struct pollfd pf = { .fd = r->fd, .events = POLLIN };
+                if (poll(&pf, 1, 20) <= 0)
+                        continue;
+                struct sockaddr_in from;
+                socklen_t fl = sizeof(from);
+                ssize_t n = recvfrom(r->fd, buf, sizeof(buf), 0, (struct sockaddr *)&from, &fl);
+                if (n <= 0)
+                        continue;
+                int src = ntohs(from.sin_port);
+                int dst = src == r->base_port ? r->center_port : src == r->center_port ? r->base_port : 0;
+                if (!dst)
+                        continue;
+                pthread_mutex_lock(&r->mu);
+                if (src == r->base_port && r->n < H_RELAY_MAXDG) {
+                        r->at[r->n] = h_now_ms();
+                        r->len[r->n++] = (size_t)n;
+                }
+                if (src == r->center_port)
+                        r->n_back++;
+                pthread_mutex_unlock(&r->mu);
+                if (atomic_load(&r->cut))
+                        continue;
+                struct sockaddr_in to = loopback(dst);
+                if (sendto(r->fd, buf, (size_t)n, 0, (struct sockaddr *)&to, sizeof(to)) == n)
+                        atomic_fetch_add(dst == r->center_port ? &r->up : &r->down, 1);
+        }
+        return NULL;
+}
+
+void h_relay_start(struct h_relay *r, int base_port, int center_port)
+{
+        memset(r, 0, sizeof(*r));
+        pthread_mutex_init(&r->mu, NULL);
+        r->base_port = base_port, r->center_port = center_port;
+        r->fd = bound_socket(SOCK_DGRAM, &r->port);
+        H_REQUIRE(pthread_create(&r->t, NULL, relay_main, r) == 0, "relay: no thread");
+}
+
+size_t h_relay_count(struct h_relay *r, size_t *bytes, size_t *back)
+{
+        pthread_mutex_lock(&r->mu);
+        size_t n = r->n, b = 0;
+        for (size_t i = 0; i < r->n; i++)
+                b += r->len[i];
+        if (bytes)
+                *bytes = b;
+        if (back)
+                *back = r->n_back;
+        pthread_mutex_unlock(&r->mu);
+        return n;
+}
+
+ssize_t h_relay_to_center(struct h_relay *r, const void *buf, size_t len)
+{
+        struct sockaddr_in to = loopback(r->center_port);
+        return sendto(r->fd, buf, len, 0, (struct sockaddr *)&to, sizeof(to));
+}
+
+void h_relay_stop(struct h_relay *r)
+{
+        atomic_store(&r->stop, true);
+        pthread_join(r->t, NULL);
+        close(r->fd);
+        pthread_mutex_destroy(&r->mu);
+}

@@ -128,4 +128,35 @@ void h_proxy_start(struct h_proxy *p, int target);
 /* Stops the thread and closes every socket. */
 void h_proxy_stop(struct h_proxy *p);
 
+/* ---- a UDP relay between two sim ends ------------------------------------------------ */
+
+#define H_RELAY_MAXDG 4096
+
+/* One UDP socket in the middle of a sim link, so that a test sees and breaks the air:
+ * each end takes the relay (port) as its peer; the relay forwards base -> center and
+ * center -> base by the sender's port and records what the base put on the air. cut is
+ * a silent cut: both ways dropped (still recorded), no socket closed. */
+struct h_relay {
+        int fd, port, base_port, center_port;
+        atomic_bool cut, stop;
+        atomic_ulong up, down; /* datagrams forwarded base -> center, center -> base */
+        pthread_t t;
+        pthread_mutex_t mu; /* guards what follows */
+        int64_t at[H_RELAY_MAXDG]; /* h_now_ms() of each of the base's datagrams (the first MAXDG) */
+        size_t len[H_RELAY_MAXDG];
+        size_t n;      /* of the base's datagrams recorded */
+        size_t n_back; /* datagrams the center sent the base */
+};
+
+/* Binds a free loopback port (r->port) between the sim ends listening on base_port
+ * and center_port. */
+void h_relay_start(struct h_relay *r, int base_port, int center_port);
+/* Datagrams recorded from the base, their bytes in *bytes and the center's count in
+ * *back (either may be NULL). */
+size_t h_relay_count(struct h_relay *r, size_t *bytes, size_t *back);
+/* Puts len bytes on the air to the center from its peer's address, as if from the
+ * base; returns sendto's result. */
+ssize_t h_relay_to_center(struct h_relay *r, const void *buf, size_t len);
+void h_relay_stop(struct h_relay *r);
+
 #endif

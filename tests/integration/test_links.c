@@ -2,17 +2,12 @@
 /* Links under stress: broken plugins beside a working link, budgets measured on the air, alerts overtaking a backlog. */
 #include <criterion/criterion.h>
 #include <criterion/logging.h>
-#include <arpa/inet.h>
 #include <cjson/cJSON.h>
-#include <errno.h>
-#include <netinet/in.h>
-#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -275,89 +270,13 @@ Test(links, broken_plugins_leave_the_rest_running, .timeout = 120)
 
 /* ---- a base and a center kuimen over a sim link, through a recording relay --------- */
 
-#define MAXDG 4096
-
-/* One UDP socket between the two sim ends: each end's peer is the relay, which
- * forwards base -> center and center -> base and records what the base put on the air. */
-struct relay {
-        int fd, port, base_port, center_port;
-        volatile bool stop;
-        volatile bool cut; /* a silent cut: both ways dropped, the sockets stay */
-        size_t n_back;     /* datagrams the center sent the base */
-        pthread_t t;
-        pthread_mutex_t mu;
-        int64_t at[MAXDG];
-        size_t len[MAXDG];
-        size_t n;
-};
-
-static void *relay_main(void *arg)
-{
-        struct relay *r = arg;
-        uint8_t buf[65536];
-        while (!r->stop) {
-                struct pollfd pf = { .fd = r->fd, .events = POLLIN };
-                if (poll(&pf, 1, 20) <= 0)
-                        continue;
-                struct sockaddr_in from;
-                socklen_t fl = sizeof(from);
-                ssize_t n = recvfrom(r->fd, buf, sizeof(buf), 0, (struct sockaddr *)&from, &fl);
-                if (n <= 0)
-                        continue;
-                int src = ntohs(from.sin_port);
-                int dst = src == r->base_port ? r->center_port : src == r->center_port ? r->base_port : 0;
-                if (!dst)
-                        continue;
-                pthread_mutex_lock(&r->mu);
-                if (src == r->base_port && r->n < MAXDG) {
-                        r->at[r->n] = h_now_ms();
-                        r->len[r->n++] = (size_t)n;
-                }
-                if (src == r->center_port)
-                        r->n_back++;
-                pthread_mutex_unlock(&r->mu);
-                if (r->cut)
-                        continue;
-                struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons((uint16_t)dst),
-                                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-                sendto(r->fd, buf, (size_t)n, 0, (struct sockaddr *)&to, sizeof(to));
-        }
-        return NULL;
-}
-
-static void relay_start(struct relay *r, int base_port, int center_port)
-{
-        memset(r, 0, sizeof(*r));
-        pthread_mutex_init(&r->mu, NULL);
-        r->base_port = base_port, r->center_port = center_port;
-        r->fd = socket(AF_INET, SOCK_DGRAM, 0);
-        for (int tries = 0; tries < 50; tries++) {
-                r->port = h_free_port();
-                struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)r->port),
-                                         .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-                if (bind(r->fd, (struct sockaddr *)&a, sizeof(a)) == 0)
-                        break;
-                r->port = 0;
-        }
-        cr_assert_neq(r->port, 0);
-        cr_assert_eq(pthread_create(&r->t, NULL, relay_main, r), 0);
-}
-
-static void relay_stop(struct relay *r)
-{
-        r->stop = true;
-        pthread_join(r->t, NULL);
-        close(r->fd);
-        pthread_mutex_destroy(&r->mu);
-}
-
 struct pair {
         char dir[200], bconf[300], cconf[300], blog[300], clog[300];
         struct h_broker local, center;
         struct h_proc base, ctr;
         struct h_sub sub;
         struct h_pub pub;
-        struct relay relay;
+        struct h_relay relay;
 };
 
 /* link_extra goes into both ends' [link sat]; base_extra into the base's [link sat]. */
@@ -372,7 +291,7 @@ static void pair_up(struct pair *p, const char *tag, const char *link_extra, con
         cr_assert_eq(MQTTAsync_subscribe(p->sub.c, "kuimen/north/alert/#", 1, &ro), 0);
         h_sleep_ms(200);
         int a = h_free_port(), b = h_free_port();
-        relay_start(&p->relay, a, b);
+        h_relay_start(&p->relay, a, b);
         snprintf(p->bconf, sizeof(p->bconf), "%s/base.conf", p->dir);
         snprintf(p->cconf, sizeof(p->cconf), "%s/center.conf", p->dir);
         snprintf(p->blog, sizeof(p->blog), "%s/base.log", p->dir);
@@ -409,7 +328,7 @@ static void pair_down(struct pair *p)
         cr_expect(WIFEXITED(sb) && WEXITSTATUS(sb) == 0, "base exits 0 (%d)", sb);
         cr_expect(WIFEXITED(sc) && WEXITSTATUS(sc) == 0, "center exits 0 (%d)", sc);
         h_sub_stop(&p->sub);
-        relay_stop(&p->relay);
+        h_relay_stop(&p->relay);
         h_stop(&p->local.p, SIGTERM);
         h_stop(&p->center.p, SIGTERM);
         h_cleanup(p->dir);
@@ -650,20 +569,6 @@ Test(links, alert_first_on_sim, .timeout = 120)
 
 /* ---- 5. probes and ack modes --------------------------------------------------------- */
 
-static size_t relay_count(struct relay *r, size_t *bytes, size_t *back)
-{
-        pthread_mutex_lock(&r->mu);
-        size_t n = r->n, b = 0;
-        for (size_t i = 0; i < r->n; i++)
-                b += r->len[i];
-        if (bytes)
-                *bytes = b;
-        if (back)
-                *back = r->n_back;
-        pthread_mutex_unlock(&r->mu);
-        return n;
-}
-
 /* Bytes of a probe from "north": hdr, the origin (FNV-1a of the name) as a varint,
  * seq, back, CRC-16. */
 static size_t probe_len(void)
@@ -704,7 +609,7 @@ Test(links, idle_link_probed_and_silent_cut_seen, .timeout = 120)
         size_t plen = probe_len();
 
         h_sleep_ms(3500);
-        size_t bytes, n = relay_count(&p.relay, &bytes, NULL);
+        size_t bytes, n = h_relay_count(&p.relay, &bytes, NULL);
         cr_assert_geq(n, 2, "an idle link is probed every second (%zu probes)", n);
         pthread_mutex_lock(&p.relay.mu);
         for (size_t i = 0; i < p.relay.n; i++)
@@ -719,7 +624,7 @@ Test(links, idle_link_probed_and_silent_cut_seen, .timeout = 120)
         int64_t seen = h_now_ms() - cut_at;
         cr_assert_leq(seen, 1000 + 2000 + 1500, "seen within probe + ack_timeout (+ the timer's step): %lld ms",
                       (long long)seen);
-        size_t before = relay_count(&p.relay, NULL, NULL);
+        size_t before = h_relay_count(&p.relay, NULL, NULL);
         cr_assert_eq(h_pub_send(&p.pub, "alert/gas", "{\"ch4\": 2.5}"), 0);
         cr_assert(h_log_wait(&p.base, "link: sat: down -> down (probing after: probe not acknowledged", 8000),
                   "the host probes again after the back-off");
@@ -735,7 +640,7 @@ Test(links, idle_link_probed_and_silent_cut_seen, .timeout = 120)
                   "an answered probe brings it back");
         cr_assert_eq(h_sub_wait(&p.sub, 1, 10000), 1, "the alert that waited arrives");
         h_sleep_ms(300);
-        n = relay_count(&p.relay, &bytes, NULL);
+        n = h_relay_count(&p.relay, &bytes, NULL);
         cr_assert_eq(ctl_num(sock, "sat", "bytes_sent"), bytes, "bytes on the air: the link says %llu, %zu datagrams of "
                      "%zu B left it", (unsigned long long)ctl_num(sock, "sat", "bytes_sent"), n, bytes);
         pair_down(&p);
@@ -775,7 +680,7 @@ static void unacked_mode(const char *mode)
         cr_assert_eq(h_sub_wait(&p.sub, 3, 10000), 3);
         h_sleep_ms(1000);
         size_t back;
-        relay_count(&p.relay, NULL, &back);
+        h_relay_count(&p.relay, NULL, &back);
         pthread_mutex_lock(&p.sub.mu);
         cr_assert_eq(p.sub.n, 3, "what the cut took is not sent again (%zu arrived)", p.sub.n);
         for (size_t i = 0; i < p.sub.n; i++) {
