@@ -49,14 +49,6 @@ __attribute__((format(printf, 1, 2))) static void dief(const char *fmt, ...)
         die(msg);
 }
 
-static const char *plugin_dir(void)
-{
-        const char *d = getenv("KM_SIM_PLUGIN_DIR");
-        if (!d)
-                die("KM_SIM_PLUGIN_DIR is not set (the directory of sim.so; tests/bench/run sets it)");
-        return d;
-}
-
 /* ---- readings ------------------------------------------------------------------------ */
 
 struct unit_state {
@@ -90,8 +82,8 @@ static void reading(char *out, struct unit_state *s, unsigned n)
 /* ---- a center subscriber that checks every byte ------------------------------------- */
 
 struct arrivals {
-        MQTTAsync c;
-        pthread_mutex_t mu;
+        struct h_rec rec;
+        size_t done; /* rec.m[] tallied */
         int n_want, n_got, bad, dups;
         char (*want)[READING_LEN + 1];
         char (*topic)[64];
@@ -99,71 +91,50 @@ struct arrivals {
         int64_t last;
 };
 
-static int arr_msg(void *ctx, char *topic, int tlen, MQTTAsync_message *m)
-{
-        struct arrivals *a = ctx;
-        int64_t now = h_now_ms();
-        unsigned n;
-        (void)tlen;
-        pthread_mutex_lock(&a->mu);
-        if (m->payloadlen == READING_LEN && sscanf(m->payload, "{\"n\":%4u", &n) == 1 && (int)n < a->n_want &&
-            memcmp(m->payload, a->want[n], READING_LEN) == 0 && strcmp(topic, a->topic[n]) == 0) {
-                if (a->at[n]) {
-                        a->dups++;
-                } else {
-                        a->at[n] = now;
-                        a->n_got++;
-                        a->last = now;
-                }
-        } else {
-                a->bad++;
-        }
-        pthread_mutex_unlock(&a->mu);
-        MQTTAsync_freeMessage(&m);
-        MQTTAsync_free(topic);
-        return 1;
-}
-
 static void arr_start(struct arrivals *a, int port, int n)
 {
-        char uri[64];
-        MQTTAsync_createOptions cro = MQTTAsync_createOptions_initializer5;
-        MQTTAsync_connectOptions co = MQTTAsync_connectOptions_initializer5;
         memset(a, 0, sizeof(*a));
-        pthread_mutex_init(&a->mu, NULL);
         a->n_want = n;
         a->want = calloc((size_t)n, sizeof(*a->want));
         a->topic = calloc((size_t)n, sizeof(*a->topic));
         a->at = calloc((size_t)n, sizeof(*a->at));
         if (!a->want || !a->topic || !a->at)
                 die("out of memory");
-        snprintf(uri, sizeof(uri), "tcp://127.0.0.1:%d", port);
-        if (MQTTAsync_createWithOptions(&a->c, uri, "goodput-sub", MQTTCLIENT_PERSISTENCE_NONE, NULL, &cro) != 0)
-                die("subscriber: cannot create the client");
-        MQTTAsync_setCallbacks(a->c, a, NULL, arr_msg, NULL);
-        co.cleanstart = 1;
-        if (MQTTAsync_connect(a->c, &co) != 0)
-                die("subscriber: connect refused");
-        for (int64_t until = h_now_ms() + 10000; !MQTTAsync_isConnected(a->c); h_sleep_ms(10))
-                if (h_now_ms() > until)
-                        die("subscriber did not connect to the center broker");
-        MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
-        if (MQTTAsync_subscribe(a->c, "kuimen/north/#", 1, &ro) != 0)
-                die("subscriber: subscribe refused");
-        h_sleep_ms(200);
+        h_rec_start(&a->rec, port, "goodput-sub", "kuimen/north/#");
+}
+
+/* Tallies what arrived since the last call: a byte-exact reading counts once (at its
+ * first arrival), a copy as a duplicate, anything else as bad. Returns n_got. */
+static int arr_tally(struct arrivals *a)
+{
+        pthread_mutex_lock(&a->rec.mu);
+        for (; a->done < a->rec.n; a->done++) {
+                const struct h_msg *m = &a->rec.m[a->done];
+                unsigned n;
+                if (m->len == READING_LEN && sscanf(m->payload, "{\"n\":%4u", &n) == 1 && (int)n < a->n_want &&
+                    memcmp(m->payload, a->want[n], READING_LEN) == 0 && strcmp(m->topic, a->topic[n]) == 0) {
+                        if (a->at[n]) {
+                                a->dups++;
+                        } else {
+                                a->at[n] = m->at;
+                                a->n_got++;
+                                a->last = m->at;
+                        }
+                } else {
+                        a->bad++;
+                }
+        }
+        pthread_mutex_unlock(&a->rec.mu);
+        return a->n_got;
 }
 
 static void arr_stop(struct arrivals *a)
 {
-        MQTTAsync_disconnectOptions o = MQTTAsync_disconnectOptions_initializer5;
-        o.timeout = 500;
-        MQTTAsync_disconnect(a->c, &o);
-        h_sleep_ms(50);
-        MQTTAsync_destroy(&a->c);
+        h_rec_stop(&a->rec);
+        h_rec_free(&a->rec);
         free(a->want);
         free(a->topic);
         free(a->at);
-        pthread_mutex_destroy(&a->mu);
 }
 
 /* ---- goodput ------------------------------------------------------------------------- */
@@ -185,46 +156,22 @@ static void wait_up(struct h_proc *p, const char *link)
  * loss (no latency, no setup time), n readings published at once on the base. */
 static void run_goodput(int n, int mtu, int bitrate, double loss, struct goodput *g)
 {
-        struct h_broker local, center;
-        struct h_proc base, ctr;
+        struct h_pair k;
         struct h_pub pub;
         struct arrivals a;
-        char bconf[300], cconf[300], blog[300], clog[300];
+        char keys[160];
 
-        h_tmpdir(g_dir, sizeof(g_dir), "bench-narrow");
-        h_broker_start(&local, g_dir, 0, NULL);
-        h_broker_start(&center, g_dir, 0, NULL);
-        arr_start(&a, center.port, n);
-        int pa = h_free_port(), pb = h_free_port();
-        snprintf(bconf, sizeof(bconf), "%s/base.conf", g_dir);
-        snprintf(cconf, sizeof(cconf), "%s/center.conf", g_dir);
-        snprintf(blog, sizeof(blog), "%s/base.log", g_dir);
-        snprintf(clog, sizeof(clog), "%s/center.log", g_dir);
-        FILE *f = fopen(bconf, "w");
-        if (!f)
-                die("cannot write the base config");
-        fprintf(f,
-                "[node]\nname = north\nspool = %s/base/spool.db\nplugin_dir = %s\nstats_interval = 0\nlink_status = no\n"
-                "[local]\nuri = tcp://127.0.0.1:%d\nsubscribe = sensors/#\n"
-                "[link radio]\ntype = sim\nlisten = 127.0.0.1:%d\npeer = 127.0.0.1:%d\nmtu = %d\nbitrate = %d\nloss = %g\n",
-                g_dir, plugin_dir(), local.port, pa, pb, mtu, bitrate, loss);
-        fclose(f);
-        if (!(f = fopen(cconf, "w")))
-                die("cannot write the center config");
-        fprintf(f,
-                "[node]\nname = county\nrole = center\nspool = %s/center/spool.db\nplugin_dir = %s\nstats_interval = 0\n"
-                "link_status = no\n[local]\nuri = tcp://127.0.0.1:%d\n"
-                "[link radio]\ntype = sim\nlisten = 127.0.0.1:%d\npeer = 127.0.0.1:%d\nmtu = %d\nbitrate = %d\nloss = %g\n"
-                "peers = north\n",
-                g_dir, plugin_dir(), center.port, pb, pa, mtu, bitrate, loss);
-        fclose(f);
-        const char *cargs[] = { "--config", cconf, NULL };
-        const char *bargs[] = { "--config", bconf, NULL };
-        h_kuimen_start(&ctr, clog, cargs);
-        h_kuimen_start(&base, blog, bargs);
-        wait_up(&base, "radio");
-        if (!h_log_wait(&base, "ingest: connected", 10000))
-                dief("the base never connected to its broker (log %s)", blog);
+        snprintf(keys, sizeof(keys), "mtu = %d\nbitrate = %d\nloss = %g", mtu, bitrate, loss);
+        struct h_pair_conf conf = { .link = "radio",
+                                    .link_keys = keys,
+                                    .base_node = "link_status = no",
+                                    .base_local = "subscribe = sensors/#",
+                                    .center_node = "link_status = no" };
+        h_pair_init(&k, "bench-narrow");
+        snprintf(g_dir, sizeof(g_dir), "%s", k.dir);
+        arr_start(&a, k.center.port, n);
+        h_pair_start(&k, &conf);
+        wait_up(&k.base, "radio");
         h_sleep_ms(2500); /* past the link's hold time */
 
         struct unit_state us[UNITS];
@@ -234,7 +181,7 @@ static void run_goodput(int n, int mtu, int bitrate, double loss, struct goodput
                 reading(a.want[i], &us[i % UNITS], (unsigned)i);
                 snprintf(a.topic[i], sizeof(a.topic[i]), "kuimen/north/sensors/gas-%02d/air", i % UNITS + 1);
         }
-        h_pub_start(&pub, local.port, "detectors");
+        h_pub_start(&pub, k.local.port, "detectors");
         int64_t t0 = h_now_ms();
         for (int i = 0; i < n; i++) {
                 char topic[64];
@@ -246,9 +193,7 @@ static void run_goodput(int n, int mtu, int bitrate, double loss, struct goodput
         int64_t last_progress = h_now_ms();
         while (got < n) {
                 h_sleep_ms(20);
-                pthread_mutex_lock(&a.mu);
-                int now_got = a.n_got;
-                pthread_mutex_unlock(&a.mu);
+                int now_got = arr_tally(&a);
                 if (now_got > got)
                         got = now_got, last_progress = h_now_ms();
                 if (h_now_ms() - last_progress > STALL_MS) {
@@ -260,17 +205,13 @@ static void run_goodput(int n, int mtu, int bitrate, double loss, struct goodput
                              got, n, miss, a.bad, (unsigned long long)pub.acked, (unsigned long long)pub.sent, g_dir);
                 }
         }
-        pthread_mutex_lock(&a.mu);
+        arr_tally(&a);
         *g = (struct goodput){ .n = n, .got = a.n_got, .bad = a.bad, .dups = a.dups,
                                .secs = (double)(a.last - t0) / 1000.0 };
-        pthread_mutex_unlock(&a.mu);
         g->pct = 100.0 * (double)n * READING_LEN * 8.0 / ((double)bitrate * g->secs);
         h_pub_stop(&pub);
-        h_stop(&base, SIGTERM);
-        h_stop(&ctr, SIGTERM);
         arr_stop(&a);
-        h_stop(&local.p, SIGTERM);
-        h_stop(&center.p, SIGTERM);
+        h_pair_stop(&k);
         h_cleanup(g_dir);
         g_dir[0] = '\0';
 }

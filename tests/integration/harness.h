@@ -82,6 +82,34 @@ void h_sub_start(struct h_sub *s, int port, const char *id, const char *filter, 
 size_t h_sub_wait(struct h_sub *s, size_t want, int timeout_ms);
 void h_sub_stop(struct h_sub *s);
 
+/* One message as the broker delivered it: what h_sub keeps 63 bytes of, whole. */
+struct h_msg {
+        char *topic;
+        char *payload; /* len bytes, and a NUL after them */
+        int len;
+        uint64_t id;                /* kuimen-id, 0 when there is none */
+        char origin[32], relay[32]; /* kuimen-origin, kuimen-relay */
+        int64_t at;                 /* h_now_ms() on arrival */
+};
+
+/* A subscriber that keeps every delivery whole, in arrival order, duplicates included:
+ * for tests that compare exact bytes or long payloads. Read m[] under mu while it runs. */
+struct h_rec {
+        MQTTAsync c;
+        pthread_mutex_t mu;
+        struct h_msg *m;
+        size_t n, cap;
+};
+
+/* Connects (clean session) and subscribes to filter at QoS 1, SUBACK awaited. */
+void h_rec_start(struct h_rec *r, int port, const char *id, const char *filter);
+size_t h_rec_count(struct h_rec *r);
+/* Waits until want messages arrived or timeout; returns how many did. */
+size_t h_rec_wait(struct h_rec *r, size_t want, int timeout_ms);
+/* Disconnects; what was recorded stays readable until h_rec_free. */
+void h_rec_stop(struct h_rec *r);
+void h_rec_free(struct h_rec *r);
+
 /* A QoS 1 publisher that counts PUBACKs; automatic reconnect. */
 struct h_pub {
         MQTTAsync c;
@@ -158,5 +186,45 @@ size_t h_relay_count(struct h_relay *r, size_t *bytes, size_t *back);
  * base; returns sendto's result. */
 ssize_t h_relay_to_center(struct h_relay *r, const void *buf, size_t len);
 void h_relay_stop(struct h_relay *r);
+
+/* ---- a base and a center kuimen over a sim link ---------------------------------------- */
+
+/* What differs between pairs; NULL and false take the default. Each string is config
+ * text put where its name says, so that a pair needs no key twice. */
+struct h_pair_conf {
+        const char *link;         /* the sim link's name: "sat" */
+        const char *link_keys;    /* keys of both ends' [link <link>] */
+        const char *base_node;    /* keys of the base's [node] (e.g. link_status) */
+        const char *base_local;   /* keys of the base's [local], then any sections before its sim link */
+        const char *base_extra;   /* more keys of the base's sim link, then any sections */
+        const char *center_node;  /* keys of the center's [node] */
+        const char *center_extra; /* more keys of the center's sim link, then any sections */
+        const char *peers;        /* the center's peers: "north" */
+        bool relay;               /* the sim ends talk through p->relay */
+        bool debug;               /* both kuimen with --log-level debug */
+};
+
+/* A base "north" and a center "county", each with its broker, joined by a sim link:
+ * the setup of every narrow-link test, written once. */
+struct h_pair {
+        char dir[200], bconf[300], cconf[300], blog[300], clog[300];
+        char link[32];
+        struct h_broker local, center;
+        struct h_proc base, ctr;
+        struct h_relay relay; /* with conf->relay */
+        bool relayed;
+        int base_exit, ctr_exit; /* waitpid statuses from h_pair_stop, -1 if stopped before */
+};
+
+/* A directory for tag and both brokers started: a test subscribes, and writes the
+ * files its configs name, before h_pair_start. */
+void h_pair_init(struct h_pair *p, const char *tag);
+/* Writes both configs (plugin_dir from KM_SIM_PLUGIN_DIR), starts the relay if conf
+ * asks, the center and then the base kuimen, and waits until both are on their brokers
+ * and both sim links are open. */
+void h_pair_start(struct h_pair *p, const struct h_pair_conf *conf);
+/* Stops what still runs: the base and then the center kuimen (SIGTERM), the relay, both
+ * brokers. The directory stays for the caller's h_cleanup. */
+void h_pair_stop(struct h_pair *p);
 
 #endif
