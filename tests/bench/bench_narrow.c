@@ -243,22 +243,14 @@ static void *stream_main(void *arg)
         return NULL;
 }
 
-static size_t sub_count(struct h_sub *s)
-{
-        pthread_mutex_lock(&s->mu);
-        size_t n = s->n;
-        pthread_mutex_unlock(&s->mu);
-        return n;
-}
-
 /* Waits until s1 gains messages and s2 none for a while: traffic is on the fiber. */
 static bool on_fiber(struct h_sub *s1, struct h_sub *s2, int timeout_ms)
 {
         int64_t until = h_now_ms() + timeout_ms;
         while (h_now_ms() < until) {
-                size_t a1 = sub_count(s1), a2 = sub_count(s2);
+                size_t a1 = h_sub_count(s1), a2 = h_sub_count(s2);
                 h_sleep_ms(1000);
-                if (sub_count(s1) >= a1 + FO_RATE / 2 && sub_count(s2) == a2)
+                if (h_sub_count(s1) >= a1 + FO_RATE / 2 && h_sub_count(s2) == a2)
                         return true;
         }
         return false;
@@ -330,15 +322,15 @@ static void run_failover(int trials, bool kill)
                 if (!on_fiber(&s1, &s2, 30000))
                         dief("failover: traffic never settled on the fiber (trial %d, log %s)", i + 1, klog);
                 int ups = h_log_count(&k, "link: fiber: down -> up");
-                size_t before = sub_count(&s2);
+                size_t before = h_sub_count(&s2);
                 int64_t cut = h_now_ms();
                 if (kill)
                         h_stop(&c1.p, SIGKILL);
                 else
                         atomic_store(&fiber.cut, true);
-                while (sub_count(&s2) == before && h_now_ms() - cut < 30000)
+                while (h_sub_count(&s2) == before && h_now_ms() - cut < 30000)
                         h_sleep_ms(2);
-                fo[i] = sub_count(&s2) > before ? h_now_ms() - cut : -1;
+                fo[i] = h_sub_count(&s2) > before ? h_now_ms() - cut : -1;
                 printf("  trial %2d: %6lld ms%s\n", i + 1, (long long)fo[i],
                        fo[i] < 0 ? " (nothing over 4g within 30 s)" : "");
                 fflush(stdout);

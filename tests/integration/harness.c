@@ -261,6 +261,14 @@ void h_write_conf(const char *path, const char *node, const char *dir, int local
         fclose(f);
 }
 
+void h_write_text(const char *path, const char *text)
+{
+        FILE *f = fopen(path, "w");
+        H_REQUIRE(f, "%s: %s", path, strerror(errno));
+        fputs(text, f);
+        fclose(f);
+}
+
 /* ---- subscriber ------------------------------------------------------------------ */
 
 static bool seen_insert(struct h_sub *s, uint64_t id)
@@ -395,25 +403,45 @@ static int connect_v5(MQTTAsync c, bool clean, int expiry_s)
         return rc;
 }
 
-void h_sub_start(struct h_sub *s, int port, const char *id, const char *filter, bool persistent)
+/* A Paho v5 client of the broker on port; what names it in failures ("subscriber"). */
+static void client_create(MQTTAsync *c, int port, const char *id, const char *what)
 {
         char uri[64];
         MQTTAsync_createOptions cro = MQTTAsync_createOptions_initializer5;
+        snprintf(uri, sizeof(uri), "tcp://127.0.0.1:%d", port);
+        H_REQUIRE(MQTTAsync_createWithOptions(c, uri, id, MQTTCLIENT_PERSISTENCE_NONE, NULL, &cro) == 0,
+                  "%s %s: cannot create the client", what, id);
+}
+
+/* Connects c (its callbacks set) and waits up to 10 s for the CONNACK. */
+static void client_connect(MQTTAsync c, bool clean, int expiry_s, const char *id, const char *what)
+{
+        H_REQUIRE(connect_v5(c, clean, expiry_s) == 0, "%s %s: connect refused", what, id);
+        int64_t until = h_now_ms() + 10000;
+        while (!MQTTAsync_isConnected(c) && h_now_ms() < until)
+                h_sleep_ms(10);
+        H_REQUIRE(MQTTAsync_isConnected(c), "%s %s did not connect", what, id);
+}
+
+void h_sub_start(struct h_sub *s, int port, const char *id, const char *filter, bool persistent)
+{
         memset(s, 0, sizeof(*s));
         pthread_mutex_init(&s->mu, NULL);
-        snprintf(uri, sizeof(uri), "tcp://127.0.0.1:%d", port);
-        H_REQUIRE(MQTTAsync_createWithOptions(&s->c, uri, id, MQTTCLIENT_PERSISTENCE_NONE, NULL, &cro) == 0,
-                  "subscriber %s: cannot create the client", id);
+        client_create(&s->c, port, id, "subscriber");
         MQTTAsync_setCallbacks(s->c, s, sub_lost, sub_arrived, NULL);
         MQTTAsync_setConnected(s->c, s, sub_connected);
-        H_REQUIRE(connect_v5(s->c, !persistent, 3600) == 0, "subscriber %s: connect refused", id);
-        int64_t until = h_now_ms() + 10000;
-        while (!MQTTAsync_isConnected(s->c) && h_now_ms() < until)
-                h_sleep_ms(10);
-        H_REQUIRE(MQTTAsync_isConnected(s->c), "subscriber %s did not connect", id);
+        client_connect(s->c, !persistent, 3600, id, "subscriber");
         MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
         H_REQUIRE(MQTTAsync_subscribe(s->c, filter, 1, &ro) == 0, "subscriber %s: subscribe refused", id);
         h_sleep_ms(200); /* the SUBACK */
+}
+
+size_t h_sub_count(struct h_sub *s)
+{
+        pthread_mutex_lock(&s->mu);
+        size_t n = s->n;
+        pthread_mutex_unlock(&s->mu);
+        return n;
 }
 
 size_t h_sub_wait(struct h_sub *s, size_t want, int timeout_ms)
@@ -493,19 +521,11 @@ static int rec_arrived(void *ctx, char *topic, int tlen, MQTTAsync_message *m)
 
 void h_rec_start(struct h_rec *r, int port, const char *id, const char *filter)
 {
-        char uri[64];
-        MQTTAsync_createOptions cro = MQTTAsync_createOptions_initializer5;
         memset(r, 0, sizeof(*r));
         pthread_mutex_init(&r->mu, NULL);
-        snprintf(uri, sizeof(uri), "tcp://127.0.0.1:%d", port);
-        H_REQUIRE(MQTTAsync_createWithOptions(&r->c, uri, id, MQTTCLIENT_PERSISTENCE_NONE, NULL, &cro) == 0,
-                  "recorder %s: cannot create the client", id);
+        client_create(&r->c, port, id, "recorder");
         MQTTAsync_setCallbacks(r->c, r, NULL, rec_arrived, NULL);
-        H_REQUIRE(connect_v5(r->c, true, 0) == 0, "recorder %s: connect refused", id);
-        int64_t until = h_now_ms() + 10000;
-        while (!MQTTAsync_isConnected(r->c) && h_now_ms() < until)
-                h_sleep_ms(10);
-        H_REQUIRE(MQTTAsync_isConnected(r->c), "recorder %s did not connect", id);
+        client_connect(r->c, true, 0, id, "recorder");
         MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
         H_REQUIRE(MQTTAsync_subscribe(r->c, filter, 1, &ro) == 0, "recorder %s: subscribe refused", id);
         H_REQUIRE(MQTTAsync_waitForCompletion(r->c, ro.token, 5000) == 0, "recorder %s: no SUBACK", id);
@@ -580,18 +600,10 @@ static void pub_fail(void *ctx, MQTTAsync_failureData5 *r)
 
 void h_pub_start(struct h_pub *p, int port, const char *id)
 {
-        char uri[64];
-        MQTTAsync_createOptions cro = MQTTAsync_createOptions_initializer5;
         memset(p, 0, sizeof(*p));
         pthread_mutex_init(&p->mu, NULL);
-        snprintf(uri, sizeof(uri), "tcp://127.0.0.1:%d", port);
-        H_REQUIRE(MQTTAsync_createWithOptions(&p->c, uri, id, MQTTCLIENT_PERSISTENCE_NONE, NULL, &cro) == 0,
-                  "publisher %s: cannot create the client", id);
-        H_REQUIRE(connect_v5(p->c, true, 0) == 0, "publisher %s: connect refused", id);
-        int64_t until = h_now_ms() + 10000;
-        while (!MQTTAsync_isConnected(p->c) && h_now_ms() < until)
-                h_sleep_ms(10);
-        H_REQUIRE(MQTTAsync_isConnected(p->c), "publisher %s did not connect", id);
+        client_create(&p->c, port, id, "publisher");
+        client_connect(p->c, true, 0, id, "publisher");
 }
 
 int h_pub_send(struct h_pub *p, const char *topic, const char *payload)

@@ -54,6 +54,9 @@ bool h_log_wait(const struct h_proc *p, const char *needle, int timeout_ms);
 void h_write_conf(const char *path, const char *node, const char *dir, int local_port, int center_port,
                   const char *extra);
 
+/* Writes text to path (a dictionary, a config): one helper rather than one per test file. */
+void h_write_text(const char *path, const char *text);
+
 /* A subscriber that records every message (deduplicated by kuimen-id). */
 struct h_rx {
         char topic[96];
@@ -79,6 +82,8 @@ struct h_sub {
 };
 
 void h_sub_start(struct h_sub *s, int port, const char *id, const char *filter, bool persistent);
+/* Distinct payloads so far (s->n, read under its lock). */
+size_t h_sub_count(struct h_sub *s);
 size_t h_sub_wait(struct h_sub *s, size_t want, int timeout_ms);
 void h_sub_stop(struct h_sub *s);
 

@@ -593,14 +593,6 @@ Test(control, node_status_online_then_offline)
 
 /* ---- narrow links: frame counters and the dictionary ----------------------------- */
 
-static void write_text(const char *path, const char *text)
-{
-        FILE *f = fopen(path, "w");
-        cr_assert_not_null(f, "%s", path);
-        fputs(text, f);
-        fclose(f);
-}
-
 /* A base and a center kuimen over a sim link through the relay, both with a control
  * socket and metrics; the base's dictionary is one topic longer than the center's. A
  * datagram with a bad CRC put on the air as the base counts exactly once, and every
@@ -616,9 +608,9 @@ Test(control, narrow_frame_counters_and_dictionary)
         h_pair_init(&k, "frames");
         int mport = h_free_port();
         snprintf(path, sizeof(path), "%s/base.dict", k.dir);
-        write_text(path, "alert/gas/zone3\nalert/gas/zone9\n");
+        h_write_text(path, "alert/gas/zone3\nalert/gas/zone9\n");
         snprintf(path, sizeof(path), "%s/center.dict", k.dir);
-        write_text(path, "alert/gas/zone3\n");
+        h_write_text(path, "alert/gas/zone3\n");
         snprintf(bsock, sizeof(bsock), "%s/base.sock", k.dir);
         snprintf(csock, sizeof(csock), "%s/center.sock", k.dir);
         snprintf(bcontrol, sizeof(bcontrol), "[control]\nsocket = %s", bsock);

@@ -305,14 +305,6 @@ static void pair_down(struct pair *p)
         h_cleanup(p->k.dir);
 }
 
-static size_t sub_count(struct h_sub *s)
-{
-        pthread_mutex_lock(&s->mu);
-        size_t n = s->n;
-        pthread_mutex_unlock(&s->mu);
-        return n;
-}
-
 /* A card with a 5 s service interval (a BeiDou card's is 60 s) is busy, not dead: a
  * message handed over while it waits leaves when the card is free, and the link is not
  * declared dead meanwhile although that is longer than ack_timeout (3 s). A beam the
@@ -365,7 +357,7 @@ static void budget_run(const char *tag, size_t bytes, size_t frames)
                 if (enough)
                         break;
         }
-        size_t arrived = sub_count(&p.sub);
+        size_t arrived = h_sub_count(&p.sub);
 
         /* Bursts: frames less than half a window apart belong together. */
         pthread_mutex_lock(&p.k.relay.mu);
@@ -513,7 +505,7 @@ Test(links, alert_first_on_sim, .timeout = 120)
         }
         cr_assert(h_pub_flush(&p.pub, 10000));
         cr_assert_geq(h_sub_wait(&p.sub, 10, 30000), 10, "the backlog starts to drain");
-        size_t before = sub_count(&p.sub);
+        size_t before = h_sub_count(&p.sub);
         h_pub_send(&p.pub, "alert/gas", "ALERT");
         cr_assert(h_pub_flush(&p.pub, 10000));
         long at = -1;
@@ -524,7 +516,7 @@ Test(links, alert_first_on_sim, .timeout = 120)
                                 at = (long)i;
                 pthread_mutex_unlock(&p.sub.mu);
         }
-        size_t now_n = sub_count(&p.sub);
+        size_t now_n = h_sub_count(&p.sub);
         cr_log_info("sim: %zu telemetry had arrived when the alert was published; it arrived at position %ld; "
                     "%zu messages in by then, of %d telemetry",
                     before, at, now_n, SIM_TELE);
@@ -604,7 +596,7 @@ Test(links, idle_link_probed_and_silent_cut_seen, .timeout = 120)
         for (size_t i = before; i < p.k.relay.n; i++)
                 cr_assert_eq(p.k.relay.len[i], plen, "while cut only probes go (datagram %zu: %zu B)", i, p.k.relay.len[i]);
         pthread_mutex_unlock(&p.k.relay.mu);
-        cr_assert_eq(sub_count(&p.sub), 0);
+        cr_assert_eq(h_sub_count(&p.sub), 0);
 
         p.k.relay.cut = false;
         cr_assert(h_log_wait(&p.k.base, "-> up (probe answered after: probe not acknowledged for", 20000),

@@ -24,14 +24,6 @@ static const char *plugin_dir(void)
         return d;
 }
 
-static void write_text(const char *path, const char *text)
-{
-        FILE *f = fopen(path, "w");
-        cr_assert_not_null(f, "%s", path);
-        fputs(text, f);
-        fclose(f);
-}
-
 /* link_extra: keys added to both ends' [link sat]. base_dict, center_dict: the text of
  * each end's dictionary file (NULL: none), named relative to its config; with a base
  * dictionary the base publishes its link status. */
@@ -57,11 +49,11 @@ static void pair_up_dict(struct pair *p, const char *tag, const char *link_extra
         h_sleep_ms(200);
         if (base_dict) {
                 snprintf(path, sizeof(path), "%s/base.dict", p->k.dir);
-                write_text(path, base_dict);
+                h_write_text(path, base_dict);
         }
         if (center_dict) {
                 snprintf(path, sizeof(path), "%s/center.dict", p->k.dir);
-                write_text(path, center_dict);
+                h_write_text(path, center_dict);
         }
         h_pair_start(&p->k, &conf);
         h_pub_start(&p->pub, p->k.local.port, "terminals");
@@ -362,13 +354,13 @@ Test(narrow, bad_dictionary_refused_by_check_config, .timeout = 30)
         h_tmpdir(dir, sizeof(dir), "dictbad");
         snprintf(conf, sizeof(conf), "%s/base.conf", dir);
         snprintf(dict, sizeof(dict), "%s/topics.txt", dir);
-        write_text(dict, "alert/gas/zone3\n# sensors\nsensors/+/level\n");
+        h_write_text(dict, "alert/gas/zone3\n# sensors\nsensors/+/level\n");
         char text[800];
         snprintf(text, sizeof(text),
                  "[node]\nname = north\nspool = %s/spool.db\nplugin_dir = %s\n[local]\nuri = tcp://127.0.0.1:1\n"
                  "[link sat]\ntype = sim\nlisten = 127.0.0.1:1\npeer = 127.0.0.1:2\ndictionary = topics.txt\n",
                  dir, plugin_dir());
-        write_text(conf, text);
+        h_write_text(conf, text);
         snprintf(cmd, sizeof(cmd), "'%s' --check-config '%s' 2>&1", getenv("KM_KUIMEN"), conf);
         FILE *f = popen(cmd, "r");
         size_t n = fread(out, 1, sizeof(out) - 1, f);
@@ -379,7 +371,7 @@ Test(narrow, bad_dictionary_refused_by_check_config, .timeout = 30)
                  "%s:11: dictionary: %s:3: wildcard '+' in topic 'sensors/+/level': a dictionary lists topics, not filters\n",
                  conf, dict);
         cr_assert_str_eq(out, want);
-        write_text(dict, "alert/gas/zone3\n# sensors\nsensors/water/level\n");
+        h_write_text(dict, "alert/gas/zone3\n# sensors\nsensors/water/level\n");
         f = popen(cmd, "r");
         n = fread(out, 1, sizeof(out) - 1, f);
         out[n] = '\0';
