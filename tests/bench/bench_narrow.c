@@ -1,9 +1,5 @@
 /* SPDX-License-Identifier: MIT */
 /* Narrow-link and failover benchmark on real brokers and kuimen processes: goodput of a sim link against its raw capacity, and failover time after a silent cut. */
-#include <arpa/inet.h>
-#include <errno.h>
-#include <netinet/in.h>
-#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -13,8 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <MQTTAsync.h>
 
@@ -55,14 +49,6 @@ __attribute__((format(printf, 1, 2))) static void dief(const char *fmt, ...)
         die(msg);
 }
 
-static const char *plugin_dir(void)
-{
-        const char *d = getenv("KM_SIM_PLUGIN_DIR");
-        if (!d)
-                die("KM_SIM_PLUGIN_DIR is not set (the directory of sim.so; tests/bench/run sets it)");
-        return d;
-}
-
 /* ---- readings ------------------------------------------------------------------------ */
 
 struct unit_state {
@@ -96,8 +82,8 @@ static void reading(char *out, struct unit_state *s, unsigned n)
 /* ---- a center subscriber that checks every byte ------------------------------------- */
 
 struct arrivals {
-        MQTTAsync c;
-        pthread_mutex_t mu;
+        struct h_rec rec;
+        size_t done; /* rec.m[] tallied */
         int n_want, n_got, bad, dups;
         char (*want)[READING_LEN + 1];
         char (*topic)[64];
@@ -105,71 +91,50 @@ struct arrivals {
         int64_t last;
 };
 
-static int arr_msg(void *ctx, char *topic, int tlen, MQTTAsync_message *m)
-{
-        struct arrivals *a = ctx;
-        int64_t now = h_now_ms();
-        unsigned n;
-        (void)tlen;
-        pthread_mutex_lock(&a->mu);
-        if (m->payloadlen == READING_LEN && sscanf(m->payload, "{\"n\":%4u", &n) == 1 && (int)n < a->n_want &&
-            memcmp(m->payload, a->want[n], READING_LEN) == 0 && strcmp(topic, a->topic[n]) == 0) {
-                if (a->at[n]) {
-                        a->dups++;
-                } else {
-                        a->at[n] = now;
-                        a->n_got++;
-                        a->last = now;
-                }
-        } else {
-                a->bad++;
-        }
-        pthread_mutex_unlock(&a->mu);
-        MQTTAsync_freeMessage(&m);
-        MQTTAsync_free(topic);
-        return 1;
-}
-
 static void arr_start(struct arrivals *a, int port, int n)
 {
-        char uri[64];
-        MQTTAsync_createOptions cro = MQTTAsync_createOptions_initializer5;
-        MQTTAsync_connectOptions co = MQTTAsync_connectOptions_initializer5;
         memset(a, 0, sizeof(*a));
-        pthread_mutex_init(&a->mu, NULL);
         a->n_want = n;
         a->want = calloc((size_t)n, sizeof(*a->want));
         a->topic = calloc((size_t)n, sizeof(*a->topic));
         a->at = calloc((size_t)n, sizeof(*a->at));
         if (!a->want || !a->topic || !a->at)
                 die("out of memory");
-        snprintf(uri, sizeof(uri), "tcp://127.0.0.1:%d", port);
-        if (MQTTAsync_createWithOptions(&a->c, uri, "goodput-sub", MQTTCLIENT_PERSISTENCE_NONE, NULL, &cro) != 0)
-                die("subscriber: cannot create the client");
-        MQTTAsync_setCallbacks(a->c, a, NULL, arr_msg, NULL);
-        co.cleanstart = 1;
-        if (MQTTAsync_connect(a->c, &co) != 0)
-                die("subscriber: connect refused");
-        for (int64_t until = h_now_ms() + 10000; !MQTTAsync_isConnected(a->c); h_sleep_ms(10))
-                if (h_now_ms() > until)
-                        die("subscriber did not connect to the center broker");
-        MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
-        if (MQTTAsync_subscribe(a->c, "kuimen/north/#", 1, &ro) != 0)
-                die("subscriber: subscribe refused");
-        h_sleep_ms(200);
+        h_rec_start(&a->rec, port, "goodput-sub", "kuimen/north/#");
+}
+
+/* Tallies what arrived since the last call: a byte-exact reading counts once (at its
+ * first arrival), a copy as a duplicate, anything else as bad. Returns n_got. */
+static int arr_tally(struct arrivals *a)
+{
+        pthread_mutex_lock(&a->rec.mu);
+        for (; a->done < a->rec.n; a->done++) {
+                const struct h_msg *m = &a->rec.m[a->done];
+                unsigned n;
+                if (m->len == READING_LEN && sscanf(m->payload, "{\"n\":%4u", &n) == 1 && (int)n < a->n_want &&
+                    memcmp(m->payload, a->want[n], READING_LEN) == 0 && strcmp(m->topic, a->topic[n]) == 0) {
+                        if (a->at[n]) {
+                                a->dups++;
+                        } else {
+                                a->at[n] = m->at;
+                                a->n_got++;
+                                a->last = m->at;
+                        }
+                } else {
+                        a->bad++;
+                }
+        }
+        pthread_mutex_unlock(&a->rec.mu);
+        return a->n_got;
 }
 
 static void arr_stop(struct arrivals *a)
 {
-        MQTTAsync_disconnectOptions o = MQTTAsync_disconnectOptions_initializer5;
-        o.timeout = 500;
-        MQTTAsync_disconnect(a->c, &o);
-        h_sleep_ms(50);
-        MQTTAsync_destroy(&a->c);
+        h_rec_stop(&a->rec);
+        h_rec_free(&a->rec);
         free(a->want);
         free(a->topic);
         free(a->at);
-        pthread_mutex_destroy(&a->mu);
 }
 
 /* ---- goodput ------------------------------------------------------------------------- */
@@ -191,46 +156,22 @@ static void wait_up(struct h_proc *p, const char *link)
  * loss (no latency, no setup time), n readings published at once on the base. */
 static void run_goodput(int n, int mtu, int bitrate, double loss, struct goodput *g)
 {
-        struct h_broker local, center;
-        struct h_proc base, ctr;
+        struct h_pair k;
         struct h_pub pub;
         struct arrivals a;
-        char bconf[300], cconf[300], blog[300], clog[300];
+        char keys[160];
 
-        h_tmpdir(g_dir, sizeof(g_dir), "bench-narrow");
-        h_broker_start(&local, g_dir, 0, NULL);
-        h_broker_start(&center, g_dir, 0, NULL);
-        arr_start(&a, center.port, n);
-        int pa = h_free_port(), pb = h_free_port();
-        snprintf(bconf, sizeof(bconf), "%s/base.conf", g_dir);
-        snprintf(cconf, sizeof(cconf), "%s/center.conf", g_dir);
-        snprintf(blog, sizeof(blog), "%s/base.log", g_dir);
-        snprintf(clog, sizeof(clog), "%s/center.log", g_dir);
-        FILE *f = fopen(bconf, "w");
-        if (!f)
-                die("cannot write the base config");
-        fprintf(f,
-                "[node]\nname = north\nspool = %s/base/spool.db\nplugin_dir = %s\nstats_interval = 0\nlink_status = no\n"
-                "[local]\nuri = tcp://127.0.0.1:%d\nsubscribe = sensors/#\n"
-                "[link radio]\ntype = sim\nlisten = 127.0.0.1:%d\npeer = 127.0.0.1:%d\nmtu = %d\nbitrate = %d\nloss = %g\n",
-                g_dir, plugin_dir(), local.port, pa, pb, mtu, bitrate, loss);
-        fclose(f);
-        if (!(f = fopen(cconf, "w")))
-                die("cannot write the center config");
-        fprintf(f,
-                "[node]\nname = county\nrole = center\nspool = %s/center/spool.db\nplugin_dir = %s\nstats_interval = 0\n"
-                "link_status = no\n[local]\nuri = tcp://127.0.0.1:%d\n"
-                "[link radio]\ntype = sim\nlisten = 127.0.0.1:%d\npeer = 127.0.0.1:%d\nmtu = %d\nbitrate = %d\nloss = %g\n"
-                "peers = north\n",
-                g_dir, plugin_dir(), center.port, pb, pa, mtu, bitrate, loss);
-        fclose(f);
-        const char *cargs[] = { "--config", cconf, NULL };
-        const char *bargs[] = { "--config", bconf, NULL };
-        h_kuimen_start(&ctr, clog, cargs);
-        h_kuimen_start(&base, blog, bargs);
-        wait_up(&base, "radio");
-        if (!h_log_wait(&base, "ingest: connected", 10000))
-                dief("the base never connected to its broker (log %s)", blog);
+        snprintf(keys, sizeof(keys), "mtu = %d\nbitrate = %d\nloss = %g", mtu, bitrate, loss);
+        struct h_pair_conf conf = { .link = "radio",
+                                    .link_keys = keys,
+                                    .base_node = "link_status = no",
+                                    .base_local = "subscribe = sensors/#",
+                                    .center_node = "link_status = no" };
+        h_pair_init(&k, "bench-narrow");
+        snprintf(g_dir, sizeof(g_dir), "%s", k.dir);
+        arr_start(&a, k.center.port, n);
+        h_pair_start(&k, &conf);
+        wait_up(&k.base, "radio");
         h_sleep_ms(2500); /* past the link's hold time */
 
         struct unit_state us[UNITS];
@@ -240,7 +181,7 @@ static void run_goodput(int n, int mtu, int bitrate, double loss, struct goodput
                 reading(a.want[i], &us[i % UNITS], (unsigned)i);
                 snprintf(a.topic[i], sizeof(a.topic[i]), "kuimen/north/sensors/gas-%02d/air", i % UNITS + 1);
         }
-        h_pub_start(&pub, local.port, "detectors");
+        h_pub_start(&pub, k.local.port, "detectors");
         int64_t t0 = h_now_ms();
         for (int i = 0; i < n; i++) {
                 char topic[64];
@@ -252,9 +193,7 @@ static void run_goodput(int n, int mtu, int bitrate, double loss, struct goodput
         int64_t last_progress = h_now_ms();
         while (got < n) {
                 h_sleep_ms(20);
-                pthread_mutex_lock(&a.mu);
-                int now_got = a.n_got;
-                pthread_mutex_unlock(&a.mu);
+                int now_got = arr_tally(&a);
                 if (now_got > got)
                         got = now_got, last_progress = h_now_ms();
                 if (h_now_ms() - last_progress > STALL_MS) {
@@ -266,129 +205,18 @@ static void run_goodput(int n, int mtu, int bitrate, double loss, struct goodput
                              got, n, miss, a.bad, (unsigned long long)pub.acked, (unsigned long long)pub.sent, g_dir);
                 }
         }
-        pthread_mutex_lock(&a.mu);
+        arr_tally(&a);
         *g = (struct goodput){ .n = n, .got = a.n_got, .bad = a.bad, .dups = a.dups,
                                .secs = (double)(a.last - t0) / 1000.0 };
-        pthread_mutex_unlock(&a.mu);
         g->pct = 100.0 * (double)n * READING_LEN * 8.0 / ((double)bitrate * g->secs);
         h_pub_stop(&pub);
-        h_stop(&base, SIGTERM);
-        h_stop(&ctr, SIGTERM);
         arr_stop(&a);
-        h_stop(&local.p, SIGTERM);
-        h_stop(&center.p, SIGTERM);
+        h_pair_stop(&k);
         h_cleanup(g_dir);
         g_dir[0] = '\0';
 }
 
 /* ---- failover ------------------------------------------------------------------------ */
-
-/* A TCP proxy that can stop forwarding without closing anything: a silent cut, no FIN
- * or RST to either end (as tests/integration/test_failover.c). */
-#define MAXC 32
-
-struct proxy {
-        int port, target, lfd;
-        atomic_bool cut, stop;
-        int a[MAXC], b[MAXC];
-        int n;
-        pthread_t t;
-};
-
-static int dial(int port)
-{
-        int fd = socket(AF_INET, SOCK_STREAM, 0);
-        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-        if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-                close(fd);
-                return -1;
-        }
-        return fd;
-}
-
-static bool pump(int from, int to)
-{
-        char buf[65536];
-        ssize_t r = read(from, buf, sizeof(buf));
-        if (r <= 0)
-                return false;
-        for (ssize_t off = 0; off < r;) {
-                ssize_t w = write(to, buf + off, (size_t)(r - off));
-                if (w <= 0)
-                        return false;
-                off += w;
-        }
-        return true;
-}
-
-static void *proxy_main(void *arg)
-{
-        struct proxy *p = arg;
-        while (!atomic_load(&p->stop)) {
-                struct pollfd pf[1 + 2 * MAXC];
-                bool cut = atomic_load(&p->cut);
-                int n = 0;
-                pf[n++] = (struct pollfd){ .fd = p->lfd, .events = cut ? 0 : POLLIN };
-                for (int i = 0; i < p->n; i++) {
-                        pf[n++] = (struct pollfd){ .fd = p->a[i], .events = cut ? 0 : POLLIN };
-                        pf[n++] = (struct pollfd){ .fd = p->b[i], .events = cut ? 0 : POLLIN };
-                }
-                if (poll(pf, (nfds_t)n, 20) <= 0)
-                        continue;
-                if ((pf[0].revents & POLLIN) && p->n < MAXC) {
-                        int c = accept(p->lfd, NULL, NULL);
-                        int s = c >= 0 ? dial(p->target) : -1;
-                        if (s < 0) {
-                                if (c >= 0)
-                                        close(c);
-                        } else {
-                                p->a[p->n] = c;
-                                p->b[p->n++] = s;
-                        }
-                }
-                for (int i = 0; i < p->n; i++) {
-                        bool ok = true;
-                        if (pf[1 + 2 * i].revents & (POLLIN | POLLHUP))
-                                ok = pump(p->a[i], p->b[i]);
-                        if (ok && (pf[2 + 2 * i].revents & (POLLIN | POLLHUP)))
-                                ok = pump(p->b[i], p->a[i]);
-                        if (!ok) {
-                                close(p->a[i]);
-                                close(p->b[i]);
-                                p->a[i] = p->a[p->n - 1];
-                                p->b[i] = p->b[p->n - 1];
-                                p->n--;
-                                break; /* the pollfd indexes moved */
-                        }
-                }
-        }
-        return NULL;
-}
-
-static void proxy_start(struct proxy *p, int target)
-{
-        memset(p, 0, sizeof(*p));
-        p->target = target;
-        p->port = h_free_port();
-        p->lfd = socket(AF_INET, SOCK_STREAM, 0);
-        int one = 1;
-        setsockopt(p->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)p->port),
-                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-        if (bind(p->lfd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(p->lfd, 16) < 0 ||
-            pthread_create(&p->t, NULL, proxy_main, p) != 0)
-                die("cannot start the proxy");
-}
-
-static void proxy_stop(struct proxy *p)
-{
-        atomic_store(&p->stop, true);
-        pthread_join(p->t, NULL);
-        for (int i = 0; i < p->n; i++)
-                close(p->a[i]), close(p->b[i]);
-        close(p->lfd);
-}
 
 #define FO_RATE 50 /* messages a second on the base's broker */
 
@@ -415,22 +243,14 @@ static void *stream_main(void *arg)
         return NULL;
 }
 
-static size_t sub_count(struct h_sub *s)
-{
-        pthread_mutex_lock(&s->mu);
-        size_t n = s->n;
-        pthread_mutex_unlock(&s->mu);
-        return n;
-}
-
 /* Waits until s1 gains messages and s2 none for a while: traffic is on the fiber. */
 static bool on_fiber(struct h_sub *s1, struct h_sub *s2, int timeout_ms)
 {
         int64_t until = h_now_ms() + timeout_ms;
         while (h_now_ms() < until) {
-                size_t a1 = sub_count(s1), a2 = sub_count(s2);
+                size_t a1 = h_sub_count(s1), a2 = h_sub_count(s2);
                 h_sleep_ms(1000);
-                if (sub_count(s1) >= a1 + FO_RATE / 2 && sub_count(s2) == a2)
+                if (h_sub_count(s1) >= a1 + FO_RATE / 2 && h_sub_count(s2) == a2)
                         return true;
         }
         return false;
@@ -455,7 +275,7 @@ static void run_failover(int trials, bool kill)
 {
         const char *what = kill ? "the fiber's broker killed" : "a silent cut";
         struct h_broker local, c1, c2;
-        struct proxy fiber, fourg;
+        struct h_proxy fiber, fourg;
         struct h_sub s1, s2;
         struct h_pub pub;
         struct h_proc k;
@@ -468,8 +288,8 @@ static void run_failover(int trials, bool kill)
         /* Saved on every change, so that the subscriber's session survives the kill. */
         h_broker_start(&c1, g_dir, 0, kill ? "autosave_interval 1\nautosave_on_changes true\n" : NULL);
         h_broker_start(&c2, g_dir, 0, NULL);
-        proxy_start(&fiber, c1.port);
-        proxy_start(&fourg, c2.port);
+        h_proxy_start(&fiber, c1.port);
+        h_proxy_start(&fourg, c2.port);
         h_sub_start(&s1, c1.port, "center1-sub", "kuimen/north/sensors/#", true);
         h_sub_start(&s2, c2.port, "center2-sub", "kuimen/north/sensors/#", true);
         snprintf(conf, sizeof(conf), "%s/kuimen.conf", g_dir);
@@ -502,15 +322,15 @@ static void run_failover(int trials, bool kill)
                 if (!on_fiber(&s1, &s2, 30000))
                         dief("failover: traffic never settled on the fiber (trial %d, log %s)", i + 1, klog);
                 int ups = h_log_count(&k, "link: fiber: down -> up");
-                size_t before = sub_count(&s2);
+                size_t before = h_sub_count(&s2);
                 int64_t cut = h_now_ms();
                 if (kill)
                         h_stop(&c1.p, SIGKILL);
                 else
                         atomic_store(&fiber.cut, true);
-                while (sub_count(&s2) == before && h_now_ms() - cut < 30000)
+                while (h_sub_count(&s2) == before && h_now_ms() - cut < 30000)
                         h_sleep_ms(2);
-                fo[i] = sub_count(&s2) > before ? h_now_ms() - cut : -1;
+                fo[i] = h_sub_count(&s2) > before ? h_now_ms() - cut : -1;
                 printf("  trial %2d: %6lld ms%s\n", i + 1, (long long)fo[i],
                        fo[i] < 0 ? " (nothing over 4g within 30 s)" : "");
                 fflush(stdout);
@@ -541,8 +361,8 @@ static void run_failover(int trials, bool kill)
         h_stop(&k, SIGTERM);
         h_sub_stop(&s1);
         h_sub_stop(&s2);
-        proxy_stop(&fiber);
-        proxy_stop(&fourg);
+        h_proxy_stop(&fiber);
+        h_proxy_stop(&fourg);
         h_stop(&local.p, SIGTERM);
         h_stop(&c1.p, SIGTERM);
         h_stop(&c2.p, SIGTERM);

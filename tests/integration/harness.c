@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -260,6 +261,14 @@ void h_write_conf(const char *path, const char *node, const char *dir, int local
         fclose(f);
 }
 
+void h_write_text(const char *path, const char *text)
+{
+        FILE *f = fopen(path, "w");
+        H_REQUIRE(f, "%s: %s", path, strerror(errno));
+        fputs(text, f);
+        fclose(f);
+}
+
 /* ---- subscriber ------------------------------------------------------------------ */
 
 static bool seen_insert(struct h_sub *s, uint64_t id)
@@ -320,6 +329,26 @@ static bool payload_insert(struct h_sub *s, const struct h_rx *rx)
         return true;
 }
 
+/* The user properties kuimen adds (kuimen-id, -origin, -relay); relay may be NULL.
+ * origin and relay hold 32 bytes. */
+static void kuimen_props(const MQTTProperties *props, uint64_t *id, char *origin, char *relay)
+{
+        for (int i = 0; i < props->count; i++) {
+                const MQTTProperty *p = &props->array[i];
+                if (p->identifier != MQTTPROPERTY_CODE_USER_PROPERTY)
+                        continue;
+                char k[64], v[64];
+                snprintf(k, sizeof(k), "%.*s", p->value.data.len, p->value.data.data);
+                snprintf(v, sizeof(v), "%.*s", p->value.value.len, p->value.value.data);
+                if (strcmp(k, "kuimen-id") == 0)
+                        *id = strtoull(v, NULL, 10);
+                else if (strcmp(k, "kuimen-origin") == 0)
+                        snprintf(origin, 32, "%.31s", v);
+                else if (relay && strcmp(k, "kuimen-relay") == 0)
+                        snprintf(relay, 32, "%.31s", v);
+        }
+}
+
 static int sub_arrived(void *ctx, char *topic, int tlen, MQTTAsync_message *m)
 {
         struct h_sub *s = ctx;
@@ -327,18 +356,7 @@ static int sub_arrived(void *ctx, char *topic, int tlen, MQTTAsync_message *m)
         (void)tlen;
         snprintf(rx.topic, sizeof(rx.topic), "%s", topic);
         snprintf(rx.payload, sizeof(rx.payload), "%.*s", m->payloadlen < 63 ? m->payloadlen : 63, (char *)m->payload);
-        for (int i = 0; i < m->properties.count; i++) {
-                MQTTProperty *p = &m->properties.array[i];
-                if (p->identifier != MQTTPROPERTY_CODE_USER_PROPERTY)
-                        continue;
-                char k[64], v[64];
-                snprintf(k, sizeof(k), "%.*s", p->value.data.len, p->value.data.data);
-                snprintf(v, sizeof(v), "%.*s", p->value.value.len, p->value.value.data);
-                if (strcmp(k, "kuimen-id") == 0)
-                        rx.id = strtoull(v, NULL, 10);
-                else if (strcmp(k, "kuimen-origin") == 0)
-                        snprintf(rx.origin, sizeof(rx.origin), "%.31s", v);
-        }
+        kuimen_props(&m->properties, &rx.id, rx.origin, NULL);
         pthread_mutex_lock(&s->mu);
         s->total++;
         if (rx.id && !seen_insert(s, rx.id))
@@ -385,25 +403,45 @@ static int connect_v5(MQTTAsync c, bool clean, int expiry_s)
         return rc;
 }
 
-void h_sub_start(struct h_sub *s, int port, const char *id, const char *filter, bool persistent)
+/* A Paho v5 client of the broker on port; what names it in failures ("subscriber"). */
+static void client_create(MQTTAsync *c, int port, const char *id, const char *what)
 {
         char uri[64];
         MQTTAsync_createOptions cro = MQTTAsync_createOptions_initializer5;
+        snprintf(uri, sizeof(uri), "tcp://127.0.0.1:%d", port);
+        H_REQUIRE(MQTTAsync_createWithOptions(c, uri, id, MQTTCLIENT_PERSISTENCE_NONE, NULL, &cro) == 0,
+                  "%s %s: cannot create the client", what, id);
+}
+
+/* Connects c (its callbacks set) and waits up to 10 s for the CONNACK. */
+static void client_connect(MQTTAsync c, bool clean, int expiry_s, const char *id, const char *what)
+{
+        H_REQUIRE(connect_v5(c, clean, expiry_s) == 0, "%s %s: connect refused", what, id);
+        int64_t until = h_now_ms() + 10000;
+        while (!MQTTAsync_isConnected(c) && h_now_ms() < until)
+                h_sleep_ms(10);
+        H_REQUIRE(MQTTAsync_isConnected(c), "%s %s did not connect", what, id);
+}
+
+void h_sub_start(struct h_sub *s, int port, const char *id, const char *filter, bool persistent)
+{
         memset(s, 0, sizeof(*s));
         pthread_mutex_init(&s->mu, NULL);
-        snprintf(uri, sizeof(uri), "tcp://127.0.0.1:%d", port);
-        H_REQUIRE(MQTTAsync_createWithOptions(&s->c, uri, id, MQTTCLIENT_PERSISTENCE_NONE, NULL, &cro) == 0,
-                  "subscriber %s: cannot create the client", id);
+        client_create(&s->c, port, id, "subscriber");
         MQTTAsync_setCallbacks(s->c, s, sub_lost, sub_arrived, NULL);
         MQTTAsync_setConnected(s->c, s, sub_connected);
-        H_REQUIRE(connect_v5(s->c, !persistent, 3600) == 0, "subscriber %s: connect refused", id);
-        int64_t until = h_now_ms() + 10000;
-        while (!MQTTAsync_isConnected(s->c) && h_now_ms() < until)
-                h_sleep_ms(10);
-        H_REQUIRE(MQTTAsync_isConnected(s->c), "subscriber %s did not connect", id);
+        client_connect(s->c, !persistent, 3600, id, "subscriber");
         MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
         H_REQUIRE(MQTTAsync_subscribe(s->c, filter, 1, &ro) == 0, "subscriber %s: subscribe refused", id);
         h_sleep_ms(200); /* the SUBACK */
+}
+
+size_t h_sub_count(struct h_sub *s)
+{
+        pthread_mutex_lock(&s->mu);
+        size_t n = s->n;
+        pthread_mutex_unlock(&s->mu);
+        return n;
 }
 
 size_t h_sub_wait(struct h_sub *s, size_t want, int timeout_ms)
@@ -452,6 +490,80 @@ size_t h_order_violations(struct h_sub *s)
         return bad;
 }
 
+/* ---- whole-message recorder ----------------------------------------------------- */
+
+static int rec_arrived(void *ctx, char *topic, int tlen, MQTTAsync_message *m)
+{
+        struct h_rec *r = ctx;
+        struct h_msg x = { .len = m->payloadlen, .at = h_now_ms() };
+        (void)tlen;
+        x.topic = strdup(topic);
+        x.payload = malloc((size_t)m->payloadlen + 1);
+        if (x.topic && x.payload) {
+                memcpy(x.payload, m->payload, (size_t)m->payloadlen);
+                x.payload[m->payloadlen] = '\0';
+        }
+        kuimen_props(&m->properties, &x.id, x.origin, x.relay);
+        pthread_mutex_lock(&r->mu);
+        if (r->n == r->cap) {
+                r->cap = r->cap ? r->cap * 2 : 256;
+                r->m = realloc(r->m, r->cap * sizeof(*r->m));
+        }
+        if (r->m && x.topic && x.payload)
+                r->m[r->n++] = x;
+        else /* no memory: a test that counts sees one missing */
+                free(x.topic), free(x.payload);
+        pthread_mutex_unlock(&r->mu);
+        MQTTAsync_freeMessage(&m);
+        MQTTAsync_free(topic);
+        return 1;
+}
+
+void h_rec_start(struct h_rec *r, int port, const char *id, const char *filter)
+{
+        memset(r, 0, sizeof(*r));
+        pthread_mutex_init(&r->mu, NULL);
+        client_create(&r->c, port, id, "recorder");
+        MQTTAsync_setCallbacks(r->c, r, NULL, rec_arrived, NULL);
+        client_connect(r->c, true, 0, id, "recorder");
+        MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+        H_REQUIRE(MQTTAsync_subscribe(r->c, filter, 1, &ro) == 0, "recorder %s: subscribe refused", id);
+        H_REQUIRE(MQTTAsync_waitForCompletion(r->c, ro.token, 5000) == 0, "recorder %s: no SUBACK", id);
+}
+
+size_t h_rec_count(struct h_rec *r)
+{
+        pthread_mutex_lock(&r->mu);
+        size_t n = r->n;
+        pthread_mutex_unlock(&r->mu);
+        return n;
+}
+
+size_t h_rec_wait(struct h_rec *r, size_t want, int timeout_ms)
+{
+        int64_t until = h_now_ms() + timeout_ms;
+        while (h_rec_count(r) < want && h_now_ms() < until)
+                h_sleep_ms(20);
+        return h_rec_count(r);
+}
+
+void h_rec_stop(struct h_rec *r)
+{
+        MQTTAsync_disconnectOptions o = MQTTAsync_disconnectOptions_initializer5;
+        o.timeout = 500;
+        MQTTAsync_disconnect(r->c, &o);
+        h_sleep_ms(50);
+        MQTTAsync_destroy(&r->c);
+}
+
+void h_rec_free(struct h_rec *r)
+{
+        for (size_t i = 0; i < r->n; i++)
+                free(r->m[i].topic), free(r->m[i].payload);
+        free(r->m);
+        pthread_mutex_destroy(&r->mu);
+}
+
 /* ---- publisher ------------------------------------------------------------------- */
 
 struct pub_ctx {
@@ -488,18 +600,10 @@ static void pub_fail(void *ctx, MQTTAsync_failureData5 *r)
 
 void h_pub_start(struct h_pub *p, int port, const char *id)
 {
-        char uri[64];
-        MQTTAsync_createOptions cro = MQTTAsync_createOptions_initializer5;
         memset(p, 0, sizeof(*p));
         pthread_mutex_init(&p->mu, NULL);
-        snprintf(uri, sizeof(uri), "tcp://127.0.0.1:%d", port);
-        H_REQUIRE(MQTTAsync_createWithOptions(&p->c, uri, id, MQTTCLIENT_PERSISTENCE_NONE, NULL, &cro) == 0,
-                  "publisher %s: cannot create the client", id);
-        H_REQUIRE(connect_v5(p->c, true, 0) == 0, "publisher %s: connect refused", id);
-        int64_t until = h_now_ms() + 10000;
-        while (!MQTTAsync_isConnected(p->c) && h_now_ms() < until)
-                h_sleep_ms(10);
-        H_REQUIRE(MQTTAsync_isConnected(p->c), "publisher %s did not connect", id);
+        client_create(&p->c, port, id, "publisher");
+        client_connect(p->c, true, 0, id, "publisher");
 }
 
 int h_pub_send(struct h_pub *p, const char *topic, const char *payload)
@@ -560,4 +664,284 @@ void h_pub_stop(struct h_pub *p)
         MQTTAsync_destroy(&p->c);
         free(p->acked_payloads);
         pthread_mutex_destroy(&p->mu);
+}
+
+/* ---- TCP proxy ------------------------------------------------------------------- */
+
+/* A socket of type bound to a free loopback port, into *port: h_free_port's port can be
+ * taken by someone else before the bind, so try again. */
+static int bound_socket(int type, int *port)
+{
+        int fd = socket(AF_INET, type, 0);
+        H_REQUIRE(fd >= 0, "socket: %s", strerror(errno));
+        if (type == SOCK_STREAM) {
+                int one = 1;
+                setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        }
+        for (int tries = 0; tries < 50; tries++) {
+                *port = h_free_port();
+                struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)*port),
+                                         .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+                if (bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0)
+                        return fd;
+        }
+        H_REQUIRE(false, "no port to bind: %s", strerror(errno));
+        return -1;
+}
+
+static int dial(int port)
+{
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+                close(fd);
+                return -1;
+        }
+        return fd;
+}
+
+static bool pump(int from, int to)
+{
+        char buf[65536];
+        ssize_t r = read(from, buf, sizeof(buf));
+        if (r <= 0)
+                return false;
+        for (ssize_t off = 0; off < r;) {
+                ssize_t w = write(to, buf + off, (size_t)(r - off));
+                if (w <= 0)
+                        return false;
+                off += w;
+        }
+        return true;
+}
+
+static void proxy_drop(struct h_proxy *p, int i)
+{
+        close(p->a[i]);
+        close(p->b[i]);
+        p->a[i] = p->a[p->n - 1];
+        p->b[i] = p->b[p->n - 1];
+        p->n--;
+}
+
+/* Cut: nothing polled, so nothing read, written, accepted or closed. Down: connections
+ * closed at once, and new ones as they come. A full table leaves new connections in the
+ * listen backlog. */
+static void *proxy_main(void *arg)
+{
+        struct h_proxy *p = arg;
+        while (!atomic_load(&p->stop)) {
+                struct pollfd pf[1 + 2 * H_PROXY_MAXC];
+                bool cut = atomic_load(&p->cut), down = atomic_load(&p->down);
+                int n = 0;
+                while (down && p->n)
+                        proxy_drop(p, p->n - 1);
+                pf[n++] = (struct pollfd){ .fd = p->lfd, .events = cut || p->n == H_PROXY_MAXC ? 0 : POLLIN };
+                for (int i = 0; i < p->n; i++) {
+                        pf[n++] = (struct pollfd){ .fd = p->a[i], .events = cut ? 0 : POLLIN };
+                        pf[n++] = (struct pollfd){ .fd = p->b[i], .events = cut ? 0 : POLLIN };
+                }
+                if (poll(pf, (nfds_t)n, 20) <= 0)
+                        continue;
+                if (pf[0].revents & POLLIN) {
+                        int c = accept(p->lfd, NULL, NULL);
+                        int s = c >= 0 && !atomic_load(&p->down) ? dial(p->target) : -1;
+                        if (s < 0) {
+                                if (c >= 0)
+                                        close(c);
+                        } else {
+                                p->a[p->n] = c;
+                                p->b[p->n++] = s;
+                        }
+                }
+                for (int i = 0; i < p->n; i++) {
+                        bool ok = true;
+                        if (pf[1 + 2 * i].revents & (POLLIN | POLLHUP))
+                                ok = pump(p->a[i], p->b[i]);
+                        if (ok && (pf[2 + 2 * i].revents & (POLLIN | POLLHUP)))
+                                ok = pump(p->b[i], p->a[i]);
+                        if (!ok) {
+                                proxy_drop(p, i);
+                                break; /* the pollfd indexes moved */
+                        }
+                }
+        }
+        return NULL;
+}
+
+void h_proxy_start(struct h_proxy *p, int target)
+{
+        memset(p, 0, sizeof(*p));
+        p->target = target;
+        p->lfd = bound_socket(SOCK_STREAM, &p->port);
+        H_REQUIRE(listen(p->lfd, 16) == 0, "proxy: listen: %s", strerror(errno));
+        H_REQUIRE(pthread_create(&p->t, NULL, proxy_main, p) == 0, "proxy: no thread");
+}
+
+void h_proxy_stop(struct h_proxy *p)
+{
+        atomic_store(&p->stop, true);
+        pthread_join(p->t, NULL);
+        for (int i = 0; i < p->n; i++)
+                close(p->a[i]), close(p->b[i]);
+        close(p->lfd);
+}
+
+/* ---- UDP relay ------------------------------------------------------------------- */
+
+static struct sockaddr_in loopback(int port)
+{
+        return (struct sockaddr_in){ .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                                     .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+}
+
+static void *relay_main(void *arg)
+{
+        struct h_relay *r = arg;
+        uint8_t buf[65536];
+        while (!atomic_load(&r->stop)) {
+                struct pollfd pf = { .fd = r->fd, .events = POLLIN };
+                if (poll(&pf, 1, 20) <= 0)
+                        continue;
+                struct sockaddr_in from;
+                socklen_t fl = sizeof(from);
+                ssize_t n = recvfrom(r->fd, buf, sizeof(buf), 0, (struct sockaddr *)&from, &fl);
+                if (n <= 0)
+                        continue;
+                int src = ntohs(from.sin_port);
+                int dst = src == r->base_port ? r->center_port : src == r->center_port ? r->base_port : 0;
+                if (!dst)
+                        continue;
+                pthread_mutex_lock(&r->mu);
+                if (src == r->base_port && r->n < H_RELAY_MAXDG) {
+                        r->at[r->n] = h_now_ms();
+                        r->len[r->n++] = (size_t)n;
+                }
+                if (src == r->center_port)
+                        r->n_back++;
+                pthread_mutex_unlock(&r->mu);
+                if (atomic_load(&r->cut))
+                        continue;
+                struct sockaddr_in to = loopback(dst);
+                if (sendto(r->fd, buf, (size_t)n, 0, (struct sockaddr *)&to, sizeof(to)) == n)
+                        atomic_fetch_add(dst == r->center_port ? &r->up : &r->down, 1);
+        }
+        return NULL;
+}
+
+void h_relay_start(struct h_relay *r, int base_port, int center_port)
+{
+        memset(r, 0, sizeof(*r));
+        pthread_mutex_init(&r->mu, NULL);
+        r->base_port = base_port, r->center_port = center_port;
+        r->fd = bound_socket(SOCK_DGRAM, &r->port);
+        H_REQUIRE(pthread_create(&r->t, NULL, relay_main, r) == 0, "relay: no thread");
+}
+
+size_t h_relay_count(struct h_relay *r, size_t *bytes, size_t *back)
+{
+        pthread_mutex_lock(&r->mu);
+        size_t n = r->n, b = 0;
+        for (size_t i = 0; i < r->n; i++)
+                b += r->len[i];
+        if (bytes)
+                *bytes = b;
+        if (back)
+                *back = r->n_back;
+        pthread_mutex_unlock(&r->mu);
+        return n;
+}
+
+ssize_t h_relay_to_center(struct h_relay *r, const void *buf, size_t len)
+{
+        struct sockaddr_in to = loopback(r->center_port);
+        return sendto(r->fd, buf, len, 0, (struct sockaddr *)&to, sizeof(to));
+}
+
+void h_relay_stop(struct h_relay *r)
+{
+        atomic_store(&r->stop, true);
+        pthread_join(r->t, NULL);
+        close(r->fd);
+        pthread_mutex_destroy(&r->mu);
+}
+
+/* ---- base and center pair -------------------------------------------------------- */
+
+static const char *or_empty(const char *s)
+{
+        return s ? s : "";
+}
+
+void h_pair_init(struct h_pair *p, const char *tag)
+{
+        memset(p, 0, sizeof(*p));
+        h_tmpdir(p->dir, sizeof(p->dir), tag);
+        h_broker_start(&p->local, p->dir, 0, NULL);
+        h_broker_start(&p->center, p->dir, 0, NULL);
+        snprintf(p->bconf, sizeof(p->bconf), "%s/base.conf", p->dir);
+        snprintf(p->cconf, sizeof(p->cconf), "%s/center.conf", p->dir);
+        snprintf(p->blog, sizeof(p->blog), "%s/base.log", p->dir);
+        snprintf(p->clog, sizeof(p->clog), "%s/center.log", p->dir);
+}
+
+static void pair_write(struct h_pair *p, const struct h_pair_conf *conf)
+{
+        const char *plugins = getenv("KM_SIM_PLUGIN_DIR");
+        H_REQUIRE(plugins, "KM_SIM_PLUGIN_DIR is not set (the directory of sim.so: meson and tests/bench/run set it)");
+        int a = h_free_port(), b = h_free_port();
+        int base_peer = b, center_peer = a;
+        if (conf->relay) {
+                h_relay_start(&p->relay, a, b);
+                p->relayed = true;
+                base_peer = center_peer = p->relay.port;
+        }
+        FILE *f = fopen(p->bconf, "w");
+        H_REQUIRE(f, "%s: %s", p->bconf, strerror(errno));
+        fprintf(f,
+                "[node]\nname = north\nspool = %s/base/spool.db\nplugin_dir = %s\nstats_interval = 0\n%s\n"
+                "[local]\nuri = tcp://127.0.0.1:%d\n%s\n"
+                "[link %s]\ntype = sim\nlisten = 127.0.0.1:%d\npeer = 127.0.0.1:%d\n%s\n%s\n",
+                p->dir, plugins, or_empty(conf->base_node), p->local.port, or_empty(conf->base_local), p->link, a,
+                base_peer, or_empty(conf->link_keys), or_empty(conf->base_extra));
+        fclose(f);
+        f = fopen(p->cconf, "w");
+        H_REQUIRE(f, "%s: %s", p->cconf, strerror(errno));
+        fprintf(f,
+                "[node]\nname = county\nrole = center\nspool = %s/center/spool.db\nplugin_dir = %s\nstats_interval = 0\n%s\n"
+                "[local]\nuri = tcp://127.0.0.1:%d\n"
+                "[link %s]\ntype = sim\nlisten = 127.0.0.1:%d\npeer = 127.0.0.1:%d\npeers = %s\n%s\n%s\n",
+                p->dir, plugins, or_empty(conf->center_node), p->center.port, p->link, b, center_peer,
+                conf->peers ? conf->peers : "north", or_empty(conf->link_keys), or_empty(conf->center_extra));
+        fclose(f);
+}
+
+void h_pair_start(struct h_pair *p, const struct h_pair_conf *conf)
+{
+        const char *cargs[] = { "--config", p->cconf, "--log-level", "debug", NULL };
+        const char *bargs[] = { "--config", p->bconf, "--log-level", "debug", NULL };
+        char opened[64];
+        snprintf(p->link, sizeof(p->link), "%s", conf->link ? conf->link : "sat");
+        pair_write(p, conf);
+        if (!conf->debug)
+                cargs[2] = bargs[2] = NULL;
+        h_kuimen_start(&p->ctr, p->clog, cargs);
+        h_kuimen_start(&p->base, p->blog, bargs);
+        H_REQUIRE(h_log_wait(&p->ctr, "ingest: connected", 10000), "the center is not on its broker (%s)", p->clog);
+        H_REQUIRE(h_log_wait(&p->base, "ingest: connected", 10000), "the base is not on its broker (%s)", p->blog);
+        snprintf(opened, sizeof(opened), "link: %s: sim: mtu ", p->link);
+        H_REQUIRE(h_log_wait(&p->ctr, opened, 10000), "the center's sim link did not open (%s)", p->clog);
+        H_REQUIRE(h_log_wait(&p->base, opened, 10000), "the base's sim link did not open (%s)", p->blog);
+}
+
+void h_pair_stop(struct h_pair *p)
+{
+        p->base_exit = h_stop(&p->base, SIGTERM);
+        p->ctr_exit = h_stop(&p->ctr, SIGTERM);
+        if (p->relayed)
+                h_relay_stop(&p->relay);
+        p->relayed = false;
+        h_stop(&p->local.p, SIGTERM);
+        h_stop(&p->center.p, SIGTERM);
 }

@@ -5,6 +5,7 @@
 
 #include <MQTTAsync.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -53,6 +54,9 @@ bool h_log_wait(const struct h_proc *p, const char *needle, int timeout_ms);
 void h_write_conf(const char *path, const char *node, const char *dir, int local_port, int center_port,
                   const char *extra);
 
+/* Writes text to path (a dictionary, a config): one helper rather than one per test file. */
+void h_write_text(const char *path, const char *text);
+
 /* A subscriber that records every message (deduplicated by kuimen-id). */
 struct h_rx {
         char topic[96];
@@ -78,8 +82,38 @@ struct h_sub {
 };
 
 void h_sub_start(struct h_sub *s, int port, const char *id, const char *filter, bool persistent);
+/* Distinct payloads so far (s->n, read under its lock). */
+size_t h_sub_count(struct h_sub *s);
 size_t h_sub_wait(struct h_sub *s, size_t want, int timeout_ms);
 void h_sub_stop(struct h_sub *s);
+
+/* One message as the broker delivered it: what h_sub keeps 63 bytes of, whole. */
+struct h_msg {
+        char *topic;
+        char *payload; /* len bytes, and a NUL after them */
+        int len;
+        uint64_t id;                /* kuimen-id, 0 when there is none */
+        char origin[32], relay[32]; /* kuimen-origin, kuimen-relay */
+        int64_t at;                 /* h_now_ms() on arrival */
+};
+
+/* A subscriber that keeps every delivery whole, in arrival order, duplicates included:
+ * for tests that compare exact bytes or long payloads. Read m[] under mu while it runs. */
+struct h_rec {
+        MQTTAsync c;
+        pthread_mutex_t mu;
+        struct h_msg *m;
+        size_t n, cap;
+};
+
+/* Connects (clean session) and subscribes to filter at QoS 1, SUBACK awaited. */
+void h_rec_start(struct h_rec *r, int port, const char *id, const char *filter);
+size_t h_rec_count(struct h_rec *r);
+/* Waits until want messages arrived or timeout; returns how many did. */
+size_t h_rec_wait(struct h_rec *r, size_t want, int timeout_ms);
+/* Disconnects; what was recorded stays readable until h_rec_free. */
+void h_rec_stop(struct h_rec *r);
+void h_rec_free(struct h_rec *r);
 
 /* A QoS 1 publisher that counts PUBACKs; automatic reconnect. */
 struct h_pub {
@@ -103,5 +137,99 @@ int64_t h_now_ms(void);
 /* Checks per-topic order of "seq" payloads ("<topic-index>:<seq>"): returns the number
  * of out-of-order first deliveries (0 is right). */
 size_t h_order_violations(struct h_sub *s);
+
+/* ---- a TCP proxy: a fiber that can fail ---------------------------------------------- */
+
+#define H_PROXY_MAXC 32
+
+/* Forwards connections on port to 127.0.0.1:target from a thread of its own, so that a
+ * test can break the path under a live connection: set cut for a silent cut (nothing is
+ * read, written, accepted or closed, so to both ends the path just goes quiet, no FIN
+ * or RST, as a cut fiber), or down for a loud one (every connection closed, new ones
+ * closed as they come: the broker sends the client's will at once). Clear either and
+ * it forwards again, the old connections too. */
+struct h_proxy {
+        int port, target, lfd;
+        atomic_bool cut, down, stop;
+        int a[H_PROXY_MAXC], b[H_PROXY_MAXC]; /* accepted side, target side */
+        int n;
+        pthread_t t;
+};
+
+/* Listens on a free loopback port (p->port) and forwards to target. */
+void h_proxy_start(struct h_proxy *p, int target);
+/* Stops the thread and closes every socket. */
+void h_proxy_stop(struct h_proxy *p);
+
+/* ---- a UDP relay between two sim ends ------------------------------------------------ */
+
+#define H_RELAY_MAXDG 4096
+
+/* One UDP socket in the middle of a sim link, so that a test sees and breaks the air:
+ * each end takes the relay (port) as its peer; the relay forwards base -> center and
+ * center -> base by the sender's port and records what the base put on the air. cut is
+ * a silent cut: both ways dropped (still recorded), no socket closed. */
+struct h_relay {
+        int fd, port, base_port, center_port;
+        atomic_bool cut, stop;
+        atomic_ulong up, down; /* datagrams forwarded base -> center, center -> base */
+        pthread_t t;
+        pthread_mutex_t mu; /* guards what follows */
+        int64_t at[H_RELAY_MAXDG]; /* h_now_ms() of each of the base's datagrams (the first MAXDG) */
+        size_t len[H_RELAY_MAXDG];
+        size_t n;      /* of the base's datagrams recorded */
+        size_t n_back; /* datagrams the center sent the base */
+};
+
+/* Binds a free loopback port (r->port) between the sim ends listening on base_port
+ * and center_port. */
+void h_relay_start(struct h_relay *r, int base_port, int center_port);
+/* Datagrams recorded from the base, their bytes in *bytes and the center's count in
+ * *back (either may be NULL). */
+size_t h_relay_count(struct h_relay *r, size_t *bytes, size_t *back);
+/* Puts len bytes on the air to the center from its peer's address, as if from the
+ * base; returns sendto's result. */
+ssize_t h_relay_to_center(struct h_relay *r, const void *buf, size_t len);
+void h_relay_stop(struct h_relay *r);
+
+/* ---- a base and a center kuimen over a sim link ---------------------------------------- */
+
+/* What differs between pairs; NULL and false take the default. Each string is config
+ * text put where its name says, so that a pair needs no key twice. */
+struct h_pair_conf {
+        const char *link;         /* the sim link's name: "sat" */
+        const char *link_keys;    /* keys of both ends' [link <link>] */
+        const char *base_node;    /* keys of the base's [node] (e.g. link_status) */
+        const char *base_local;   /* keys of the base's [local], then any sections before its sim link */
+        const char *base_extra;   /* more keys of the base's sim link, then any sections */
+        const char *center_node;  /* keys of the center's [node] */
+        const char *center_extra; /* more keys of the center's sim link, then any sections */
+        const char *peers;        /* the center's peers: "north" */
+        bool relay;               /* the sim ends talk through p->relay */
+        bool debug;               /* both kuimen with --log-level debug */
+};
+
+/* A base "north" and a center "county", each with its broker, joined by a sim link:
+ * the setup of every narrow-link test, written once. */
+struct h_pair {
+        char dir[200], bconf[300], cconf[300], blog[300], clog[300];
+        char link[32];
+        struct h_broker local, center;
+        struct h_proc base, ctr;
+        struct h_relay relay; /* with conf->relay */
+        bool relayed;
+        int base_exit, ctr_exit; /* waitpid statuses from h_pair_stop, -1 if stopped before */
+};
+
+/* A directory for tag and both brokers started: a test subscribes, and writes the
+ * files its configs name, before h_pair_start. */
+void h_pair_init(struct h_pair *p, const char *tag);
+/* Writes both configs (plugin_dir from KM_SIM_PLUGIN_DIR), starts the relay if conf
+ * asks, the center and then the base kuimen, and waits until both are on their brokers
+ * and both sim links are open. */
+void h_pair_start(struct h_pair *p, const struct h_pair_conf *conf);
+/* Stops what still runs: the base and then the center kuimen (SIGTERM), the relay, both
+ * brokers. The directory stays for the caller's h_cleanup. */
+void h_pair_stop(struct h_pair *p);
 
 #endif

@@ -7,185 +7,22 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
-#include <unistd.h>
 
 #include "harness.h"
 
 #define PMAX 256
 
-/* ---- a TCP proxy for the base's fiber: forwarding, or cut with FIN ------------------ */
-
-#define MAXC 16
-
-struct proxy {
-        int port, target, lfd;
-        volatile bool down, stop;
-        int a[MAXC], b[MAXC]; /* accepted side, broker side */
-        int n;
-        pthread_t t;
-};
-
-static int dial(int port)
-{
-        int fd = socket(AF_INET, SOCK_STREAM, 0);
-        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-                close(fd);
-                return -1;
-        }
-        return fd;
-}
-
-static bool pump(int from, int to)
-{
-        char buf[65536];
-        ssize_t r = read(from, buf, sizeof(buf));
-        if (r <= 0)
-                return false;
-        for (ssize_t off = 0; off < r;) {
-                ssize_t w = write(to, buf + off, (size_t)(r - off));
-                if (w <= 0)
-                        return false;
-                off += w;
-        }
-        return true;
-}
-
-/* Down: every connection is closed (the broker sends the base's will at once) and new
- * ones are closed as they come. */
-static void *proxy_main(void *arg)
-{
-        struct proxy *p = arg;
-        while (!p->stop) {
-                struct pollfd pf[1 + 2 * MAXC];
-                int n = 0;
-                if (p->down)
-                        while (p->n) {
-                                p->n--;
-                                close(p->a[p->n]);
-                                close(p->b[p->n]);
-                        }
-                pf[n++] = (struct pollfd){ .fd = p->lfd, .events = POLLIN };
-                for (int i = 0; i < p->n; i++) {
-                        pf[n++] = (struct pollfd){ .fd = p->a[i], .events = POLLIN };
-                        pf[n++] = (struct pollfd){ .fd = p->b[i], .events = POLLIN };
-                }
-                if (poll(pf, (nfds_t)n, 20) <= 0)
-                        continue;
-                if (pf[0].revents & POLLIN) {
-                        int c = accept(p->lfd, NULL, NULL);
-                        int s = c >= 0 && !p->down && p->n < MAXC ? dial(p->target) : -1;
-                        if (s < 0) {
-                                if (c >= 0)
-                                        close(c);
-                        } else {
-                                p->a[p->n] = c;
-                                p->b[p->n++] = s;
-                        }
-                }
-                for (int i = 0; i < p->n; i++) {
-                        bool ok = true;
-                        if (pf[1 + 2 * i].revents & (POLLIN | POLLHUP))
-                                ok = pump(p->a[i], p->b[i]);
-                        if (ok && pf[2 + 2 * i].revents & (POLLIN | POLLHUP))
-                                ok = pump(p->b[i], p->a[i]);
-                        if (!ok) {
-                                close(p->a[i]);
-                                close(p->b[i]);
-                                p->a[i] = p->a[p->n - 1];
-                                p->b[i] = p->b[p->n - 1];
-                                p->n--;
-                                break; /* the pollfd indexes moved */
-                        }
-                }
-        }
-        return NULL;
-}
-
-static void proxy_start(struct proxy *p, int target)
-{
-        memset(p, 0, sizeof(*p));
-        p->target = target;
-        p->lfd = socket(AF_INET, SOCK_STREAM, 0);
-        int one = 1;
-        setsockopt(p->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-        cr_assert_eq(bind(p->lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-        socklen_t sl = sizeof(sa);
-        cr_assert_eq(getsockname(p->lfd, (struct sockaddr *)&sa, &sl), 0);
-        p->port = ntohs(sa.sin_port);
-        cr_assert_eq(listen(p->lfd, 16), 0);
-        cr_assert_eq(pthread_create(&p->t, NULL, proxy_main, p), 0);
-}
-
-static void proxy_stop(struct proxy *p)
-{
-        p->stop = true;
-        pthread_join(p->t, NULL);
-        for (int i = 0; i < p->n; i++)
-                close(p->a[i]), close(p->b[i]);
-        close(p->lfd);
-}
-
-/* One command as the base's local broker delivered it: exact bytes. */
-struct got {
-        char topic[96];
-        unsigned char payload[PMAX];
-        int len;
-};
-
-/* Records every delivery on the base's local broker, duplicates included. */
-struct rec {
-        MQTTAsync c;
-        pthread_mutex_t mu;
-        struct got *g;
-        size_t n, cap;
-};
-
 struct cmdenv {
-        char dir[200], bconf[300], cconf[300], blog[300], clog[300];
-        struct h_broker local, center;
-        struct h_proc base, ctr;
-        struct rec rec;
+        struct h_pair k;
+        struct h_rec rec; /* every delivery on the base's local broker, duplicates included */
         MQTTAsync op; /* the operator at the center */
         char bstop[2048], cstop[2048]; /* the "stopped:" counters lines */
         int64_t ctr_stop_ms; /* how long the center took to stop */
         bool center_first;   /* stop the center before the base */
 };
 
-static const char *plugin_dir(void)
-{
-        const char *d = getenv("KM_SIM_PLUGIN_DIR");
-        cr_assert_not_null(d, "KM_SIM_PLUGIN_DIR (meson sets it)");
-        return d;
-}
-
-static int rec_arrived(void *ctx, char *topic, int tlen, MQTTAsync_message *m)
-{
-        struct rec *r = ctx;
-        (void)tlen;
-        pthread_mutex_lock(&r->mu);
-        if (r->n == r->cap) {
-                r->cap = r->cap ? r->cap * 2 : 64;
-                r->g = realloc(r->g, r->cap * sizeof(*r->g));
-        }
-        struct got *g = &r->g[r->n++];
-        snprintf(g->topic, sizeof(g->topic), "%s", topic);
-        g->len = m->payloadlen;
-        memcpy(g->payload, m->payload, (size_t)(m->payloadlen < PMAX ? m->payloadlen : PMAX));
-        pthread_mutex_unlock(&r->mu);
-        MQTTAsync_freeMessage(&m);
-        MQTTAsync_free(topic);
-        return 1;
-}
-
-static MQTTAsync client(int port, const char *id, void *ctx, MQTTAsync_messageArrived *arrived)
+static MQTTAsync client(int port, const char *id)
 {
         char uri[64];
         MQTTAsync c;
@@ -193,8 +30,6 @@ static MQTTAsync client(int port, const char *id, void *ctx, MQTTAsync_messageAr
         MQTTAsync_connectOptions co = MQTTAsync_connectOptions_initializer5;
         snprintf(uri, sizeof(uri), "tcp://127.0.0.1:%d", port);
         cr_assert_eq(MQTTAsync_createWithOptions(&c, uri, id, MQTTCLIENT_PERSISTENCE_NONE, NULL, &cro), 0);
-        if (arrived)
-                MQTTAsync_setCallbacks(c, ctx, NULL, arrived, NULL);
         co.cleanstart = 1;
         co.keepAliveInterval = 5;
         co.automaticReconnect = 1;
@@ -204,22 +39,6 @@ static MQTTAsync client(int port, const char *id, void *ctx, MQTTAsync_messageAr
                 h_sleep_ms(10);
         cr_assert(MQTTAsync_isConnected(c), "%s connects", id);
         return c;
-}
-
-static size_t rec_n(struct rec *r)
-{
-        pthread_mutex_lock(&r->mu);
-        size_t n = r->n;
-        pthread_mutex_unlock(&r->mu);
-        return n;
-}
-
-static size_t rec_wait(struct rec *r, size_t want, int timeout_ms)
-{
-        int64_t until = h_now_ms() + timeout_ms;
-        while (rec_n(r) < want && h_now_ms() < until)
-                h_sleep_ms(20);
-        return rec_n(r);
 }
 
 /* Command i: exact bytes that a JSON compactor or a C string would change (blanks, a
@@ -258,54 +77,29 @@ static MQTTAsync_token publish(MQTTAsync op, const char *topic, const unsigned c
 
 /* fiber: where the base's [link fiber] goes (px is started for PROXIED); link_extra
  * goes to both ends' [link sat]; base_status: the base's link_status. */
-static void cmd_up_ex(struct cmdenv *e, const char *tag, int fiber, struct proxy *px, const char *link_extra,
+static void cmd_up_ex(struct cmdenv *e, const char *tag, int fiber, struct h_proxy *px, const char *link_extra,
                       bool base_status, const char *center_extra, const char *base_extra)
 {
+        char fiber_conf[200], bextra[600];
         memset(e, 0, sizeof(*e));
-        h_tmpdir(e->dir, sizeof(e->dir), tag);
-        h_broker_start(&e->local, e->dir, 0, NULL);
-        h_broker_start(&e->center, e->dir, 0, NULL);
-        pthread_mutex_init(&e->rec.mu, NULL);
-        e->rec.c = client(e->local.port, "base-terminal", &e->rec, rec_arrived);
-        MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
-        cr_assert_eq(MQTTAsync_subscribe(e->rec.c, "cmd/#", 1, &ro), 0);
-        cr_assert_eq(MQTTAsync_waitForCompletion(e->rec.c, ro.token, 5000), 0);
-        int a = h_free_port(), b = h_free_port();
-        char fiber_conf[200];
+        h_pair_init(&e->k, tag);
+        h_rec_start(&e->rec, e->k.local.port, "base-terminal", "cmd/#");
         if (fiber == PROXIED)
-                proxy_start(px, e->center.port);
+                h_proxy_start(px, e->k.center.port);
         snprintf(fiber_conf, sizeof(fiber_conf), "[link fiber]\ntype = mqtt\nuri = tcp://127.0.0.1:%d\norder = 1\n",
-                 fiber == TO_CENTER ? e->center.port : fiber == DEAD ? h_free_port() : px->port);
-        snprintf(e->bconf, sizeof(e->bconf), "%s/base.conf", e->dir);
-        snprintf(e->cconf, sizeof(e->cconf), "%s/center.conf", e->dir);
-        snprintf(e->blog, sizeof(e->blog), "%s/base.log", e->dir);
-        snprintf(e->clog, sizeof(e->clog), "%s/center.log", e->dir);
-        FILE *f = fopen(e->bconf, "w");
-        fprintf(f,
-                "[node]\nname = north\nspool = %s/base/spool.db\nplugin_dir = %s\nstats_interval = 0\nlink_status = %s\n"
-                "[local]\nuri = tcp://127.0.0.1:%d\n%s"
-                "[link sat]\ntype = sim\norder = 3\nlisten = 127.0.0.1:%d\npeer = 127.0.0.1:%d\n%s\n%s",
-                e->dir, plugin_dir(), base_status ? "yes" : "no", e->local.port, fiber_conf, a, b, link_extra,
-                base_extra ? base_extra : "");
-        fclose(f);
-        f = fopen(e->cconf, "w");
-        fprintf(f,
-                "[node]\nname = county\nrole = center\nspool = %s/center/spool.db\nplugin_dir = %s\nstats_interval = 0\n"
-                "[local]\nuri = tcp://127.0.0.1:%d\n"
-                "[link sat]\ntype = sim\nlisten = 127.0.0.1:%d\npeer = 127.0.0.1:%d\npeers = north\n%s\n%s\n",
-                e->dir, plugin_dir(), e->center.port, b, a, link_extra, center_extra ? center_extra : "");
-        fclose(f);
-        const char *cargs[] = { "--config", e->cconf, "--log-level", "debug", NULL };
-        const char *bargs[] = { "--config", e->bconf, "--log-level", "debug", NULL };
-        h_kuimen_start(&e->ctr, e->clog, cargs);
-        h_kuimen_start(&e->base, e->blog, bargs);
-        cr_assert(h_log_wait(&e->ctr, "ingest: connected", 10000), "the center is on its broker");
-        cr_assert(h_log_wait(&e->base, "ingest: connected", 10000), "the base is on its broker");
-        cr_assert(h_log_wait(&e->base, "sim", 10000));
-        e->op = client(e->center.port, "operator", NULL, NULL);
+                 fiber == TO_CENTER ? e->k.center.port : fiber == DEAD ? h_free_port() : px->port);
+        snprintf(bextra, sizeof(bextra), "order = 3\n%s", base_extra ? base_extra : "");
+        struct h_pair_conf conf = { .link_keys = link_extra,
+                                    .base_node = base_status ? "link_status = yes" : "link_status = no",
+                                    .base_local = fiber_conf,
+                                    .base_extra = bextra,
+                                    .center_extra = center_extra,
+                                    .debug = true };
+        h_pair_start(&e->k, &conf);
+        e->op = client(e->k.center.port, "operator");
 }
 
-static void cmd_up(struct cmdenv *e, const char *tag, int fiber, struct proxy *px, const char *link_extra,
+static void cmd_up(struct cmdenv *e, const char *tag, int fiber, struct h_proxy *px, const char *link_extra,
                    bool base_status, const char *center_extra)
 {
         cmd_up_ex(e, tag, fiber, px, link_extra, base_status, center_extra, NULL);
@@ -317,7 +111,7 @@ static void center_status(struct cmdenv *e, char *out, size_t n)
         char cmd[600];
         const char *ctl = getenv("KM_KUIMENCTL");
         cr_assert_not_null(ctl, "KM_KUIMENCTL (meson sets it)");
-        snprintf(cmd, sizeof(cmd), "%s --socket %s/center/kuimen.sock status", ctl, e->dir);
+        snprintf(cmd, sizeof(cmd), "%s --socket %s/center/kuimen.sock status", ctl, e->k.dir);
         FILE *f = popen(cmd, "r");
         cr_assert(f, "popen %s", cmd);
         size_t len = fread(out, 1, n - 1, f);
@@ -353,31 +147,28 @@ static void cmd_down(struct cmdenv *e)
         MQTTAsync_disconnectOptions o = MQTTAsync_disconnectOptions_initializer5;
         o.timeout = 500;
         MQTTAsync_disconnect(e->op, &o);
-        int sb = e->center_first ? 0 : h_stop(&e->base, SIGTERM);
+        int sb = e->center_first ? 0 : h_stop(&e->k.base, SIGTERM);
         int64_t t0 = h_now_ms();
-        int sc = h_stop(&e->ctr, SIGTERM);
+        int sc = h_stop(&e->k.ctr, SIGTERM);
         e->ctr_stop_ms = h_now_ms() - t0;
         if (e->center_first)
-                sb = h_stop(&e->base, SIGTERM);
+                sb = h_stop(&e->k.base, SIGTERM);
         cr_expect(WIFEXITED(sb) && WEXITSTATUS(sb) == 0, "base exits 0 (%d)", sb);
         cr_expect(WIFEXITED(sc) && WEXITSTATUS(sc) == 0, "center exits 0 (%d)", sc);
-        stopped_line(e->blog, e->bstop, sizeof(e->bstop));
-        stopped_line(e->clog, e->cstop, sizeof(e->cstop));
+        stopped_line(e->k.blog, e->bstop, sizeof(e->bstop));
+        stopped_line(e->k.clog, e->cstop, sizeof(e->cstop));
         cr_log_info("base: %s", e->bstop);
         cr_log_info("center: %s (stopped in %lld ms)", e->cstop, (long long)e->ctr_stop_ms);
-        MQTTAsync_disconnect(e->rec.c, &o);
-        h_sleep_ms(50);
-        MQTTAsync_destroy(&e->rec.c);
+        h_rec_stop(&e->rec);
         MQTTAsync_destroy(&e->op);
-        h_stop(&e->local.p, SIGTERM);
-        h_stop(&e->center.p, SIGTERM);
+        h_pair_stop(&e->k);
 }
 
 static void cmd_cleanup(struct cmdenv *e)
 {
-        free(e->rec.g);
+        h_rec_free(&e->rec);
         if (!getenv("KM_KEEP_TMP")) /* a failure's logs, for a look by hand */
-                h_cleanup(e->dir);
+                h_cleanup(e->k.dir);
 }
 
 /* Every command exactly once, in the order sent, byte for byte, as cmd/... */
@@ -388,7 +179,7 @@ static void expect_exactly(struct cmdenv *e, int n, bool repeat)
                 char topic[96];
                 unsigned char p[PMAX];
                 int len = command(i, repeat, topic, sizeof(topic), p);
-                struct got *g = &e->rec.g[i];
+                const struct h_msg *g = &e->rec.m[i];
                 cr_assert_str_eq(g->topic, topic + strlen("kuimen/north/"), "command %d's topic", i);
                 cr_assert_eq(g->len, len, "command %d: %d bytes, %d sent", i, g->len, len);
                 cr_assert_eq(memcmp(g->payload, p, (size_t)len), 0, "command %d's bytes", i);
@@ -450,12 +241,12 @@ static void narrow_only(const char *tag, const char *link_extra, int n, int time
         cmd_up_ex(&e, tag, DEAD, NULL, link_extra, true, others, mesh);
         int64_t t0 = h_now_ms();
         send_all(&e, n, false);
-        size_t got = rec_wait(&e.rec, (size_t)n, timeout_ms);
+        size_t got = h_rec_wait(&e.rec, (size_t)n, timeout_ms);
         int64_t took = h_now_ms() - t0;
         h_sleep_ms(1500); /* nothing more may come */
         cr_log_info("%s: %zu of %d commands down the narrow link in %lld ms", tag, got, n, (long long)took);
         cmd_down(&e);
-        long lc = sim_lost(e.clog), lb = sim_lost(e.blog);
+        long lc = sim_lost(e.k.clog), lb = sim_lost(e.k.blog);
         cr_log_info("%s: the sim link lost %ld command frames and %ld ack frames", tag, lc, lb);
         if (lossy) {
                 cr_assert_gt(lc, 0, "frames with commands were lost");
@@ -492,13 +283,13 @@ Test(commands, online_base_mqtt_only)
         struct cmdenv e;
         const int n = 12;
         cmd_up(&e, "cmd-online", TO_CENTER, NULL, "mtu = 77", true, "command_grace = 2s");
-        cr_assert(h_log_wait(&e.ctr, "north is online over MQTT", 15000), "the center sees the base's status");
-        cr_assert(h_log_wait(&e.base, "down: connected", 10000));
+        cr_assert(h_log_wait(&e.k.ctr, "north is online over MQTT", 15000), "the center sees the base's status");
+        cr_assert(h_log_wait(&e.k.base, "down: connected", 10000));
         h_sleep_ms(500); /* the downlink's SUBACK */
         send_all(&e, n, true);
-        cr_assert_eq(rec_wait(&e.rec, (size_t)n, 15000), (size_t)n);
+        cr_assert_eq(h_rec_wait(&e.rec, (size_t)n, 15000), (size_t)n);
         int64_t until = h_now_ms() + 15000;
-        while (h_log_count(&e.ctr, "left to north's MQTT session") < n && h_now_ms() < until)
+        while (h_log_count(&e.k.ctr, "left to north's MQTT session") < n && h_now_ms() < until)
                 h_sleep_ms(100);
         h_sleep_ms(1000);
         char st[8192];
@@ -509,7 +300,7 @@ Test(commands, online_base_mqtt_only)
          * for them as it waits for frames in flight (up to 3 s). The base stays: once
          * its will said offline they would go narrow. */
         send_some(&e, n, n + 4, true);
-        cr_assert_eq(rec_wait(&e.rec, (size_t)n + 4, 15000), (size_t)n + 4);
+        cr_assert_eq(h_rec_wait(&e.rec, (size_t)n + 4, 15000), (size_t)n + 4);
         e.center_first = true;
         cmd_down(&e);
         cr_assert_lt(e.ctr_stop_ms, 1500, "the center stopped in %lld ms", (long long)e.ctr_stop_ms);
@@ -531,12 +322,12 @@ Test(commands, both_paths_published_once)
         struct cmdenv e;
         const int n = 16;
         cmd_up(&e, "cmd-both", TO_CENTER, NULL, "mtu = 77", false, NULL);
-        cr_assert(h_log_wait(&e.base, "down: connected", 10000));
+        cr_assert(h_log_wait(&e.k.base, "down: connected", 10000));
         h_sleep_ms(500); /* the downlink's SUBACK */
         send_all(&e, n, true);
-        cr_assert_eq(rec_wait(&e.rec, (size_t)n, 20000), (size_t)n);
+        cr_assert_eq(h_rec_wait(&e.rec, (size_t)n, 20000), (size_t)n);
         int64_t until = h_now_ms() + 20000;
-        while (h_log_count(&e.base, "not published again") < n && h_now_ms() < until)
+        while (h_log_count(&e.k.base, "not published again") < n && h_now_ms() < until)
                 h_sleep_ms(100);
         h_sleep_ms(1000);
         cmd_down(&e);
@@ -555,30 +346,30 @@ Test(commands, both_paths_published_once)
 Test(commands, offline_then_back_published_once)
 {
         struct cmdenv e;
-        struct proxy fiber;
+        struct h_proxy fiber;
         const int n1 = 6, n2 = 6;
         int64_t until;
         cmd_up(&e, "cmd-back", PROXIED, &fiber, "mtu = 77", true, "command_grace = 60s");
-        cr_assert(h_log_wait(&e.ctr, "north is online over MQTT", 15000), "the center sees the base's status");
-        cr_assert(h_log_wait(&e.base, "down: connected", 10000));
+        cr_assert(h_log_wait(&e.k.ctr, "north is online over MQTT", 15000), "the center sees the base's status");
+        cr_assert(h_log_wait(&e.k.base, "down: connected", 10000));
         h_sleep_ms(500); /* the downlink's SUBACK */
         send_some(&e, 0, n1, true);
-        cr_assert_eq(rec_wait(&e.rec, (size_t)n1, 15000), (size_t)n1, "the MQTT session brings the first ones");
+        cr_assert_eq(h_rec_wait(&e.rec, (size_t)n1, 15000), (size_t)n1, "the MQTT session brings the first ones");
         fiber.down = true;
-        cr_assert(h_log_wait(&e.ctr, "north is offline over MQTT", 15000), "the will reaches the center");
+        cr_assert(h_log_wait(&e.k.ctr, "north is offline over MQTT", 15000), "the will reaches the center");
         send_some(&e, n1, n1 + n2, true);
-        cr_assert_eq(rec_wait(&e.rec, (size_t)(n1 + n2), 20000), (size_t)(n1 + n2), "the rest come down the sim link");
+        cr_assert_eq(h_rec_wait(&e.rec, (size_t)(n1 + n2), 20000), (size_t)(n1 + n2), "the rest come down the sim link");
         until = h_now_ms() + 20000;
-        while (h_log_count(&e.base, "not published again") < n1 && h_now_ms() < until)
+        while (h_log_count(&e.k.base, "not published again") < n1 && h_now_ms() < until)
                 h_sleep_ms(100);
-        cr_assert_eq(h_log_count(&e.base, "not published again"), n1, "the held ones came narrow too, and were dropped");
+        cr_assert_eq(h_log_count(&e.k.base, "not published again"), n1, "the held ones came narrow too, and were dropped");
         fiber.down = false;
         until = h_now_ms() + 30000;
-        while (h_log_count(&e.base, "not published again") < n1 + n2 && h_now_ms() < until)
+        while (h_log_count(&e.k.base, "not published again") < n1 + n2 && h_now_ms() < until)
                 h_sleep_ms(100);
         h_sleep_ms(1000);
         cmd_down(&e);
-        proxy_stop(&fiber);
+        h_proxy_stop(&fiber);
         expect_exactly(&e, n1 + n2, true);
         cr_assert_eq(counter(e.cstop, "cmd_sent_narrow"), n1 + n2);
         cr_assert_eq(counter(e.cstop, "cmd_settled_mqtt"), 0);

@@ -6,7 +6,6 @@
 #include <dlfcn.h>
 #include <libgen.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -594,114 +593,41 @@ Test(control, node_status_online_then_offline)
 
 /* ---- narrow links: frame counters and the dictionary ----------------------------- */
 
-/* The test in the middle of a sim link: it forwards every datagram between base and
- * center, counting them, and can put its own on the air as the center's peer. */
-struct relay {
-        int to_base, to_center; /* bound to the address each end takes as its peer */
-        struct sockaddr_in base, center;
-        pthread_t th;
-        volatile int stop;
-        unsigned long up, down; /* datagrams forwarded base -> center, center -> base */
-};
-
-static int udp_bound(int port)
-{
-        struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-        int fd = socket(AF_INET, SOCK_DGRAM, 0);
-        cr_assert(fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0, "bind udp %d", port);
-        return fd;
-}
-
-static void *relay_run(void *ud)
-{
-        struct relay *r = ud;
-        uint8_t buf[4096];
-        while (!r->stop) {
-                struct pollfd p[2] = { { r->to_base, POLLIN, 0 }, { r->to_center, POLLIN, 0 } };
-                if (poll(p, 2, 50) <= 0)
-                        continue;
-                ssize_t n;
-                /* from the base (it sends to its peer, to_base) on to the center, from the
-                 * center's peer address; and back */
-                if ((p[0].revents & POLLIN) && (n = recv(r->to_base, buf, sizeof(buf), 0)) > 0 &&
-                    sendto(r->to_center, buf, (size_t)n, 0, (struct sockaddr *)&r->center, sizeof(r->center)) == n)
-                        __atomic_fetch_add(&r->up, 1, __ATOMIC_SEQ_CST);
-                if ((p[1].revents & POLLIN) && (n = recv(r->to_center, buf, sizeof(buf), 0)) > 0 &&
-                    sendto(r->to_base, buf, (size_t)n, 0, (struct sockaddr *)&r->base, sizeof(r->base)) == n)
-                        __atomic_fetch_add(&r->down, 1, __ATOMIC_SEQ_CST);
-        }
-        return NULL;
-}
-
-static void write_text(const char *path, const char *text)
-{
-        FILE *f = fopen(path, "w");
-        cr_assert_not_null(f, "%s", path);
-        fputs(text, f);
-        fclose(f);
-}
-
 /* A base and a center kuimen over a sim link through the relay, both with a control
  * socket and metrics; the base's dictionary is one topic longer than the center's. A
  * datagram with a bad CRC put on the air as the base counts exactly once, and every
  * datagram the center took lands in exactly one counter. */
 Test(control, narrow_frame_counters_and_dictionary)
 {
-        char dir[200], bconf[300], cconf[300], blog[300], clog[300], bsock[300], csock[300], path[300];
+        char bsock[300], csock[300], path[300], bcontrol[400], cextra[500];
         char text[1200], out[1 << 14];
-        struct h_broker local, center;
-        struct h_proc base, ctr;
+        struct h_pair k;
         struct h_pub pub;
-        struct relay r = { 0 };
-        const char *pdir = getenv("KM_SIM_PLUGIN_DIR");
 
-        cr_assert_not_null(pdir);
         cj_load();
-        h_tmpdir(dir, sizeof(dir), "frames");
-        h_broker_start(&local, dir, 0, NULL);
-        h_broker_start(&center, dir, 0, NULL);
-        int pa = h_free_port(), pb = h_free_port(), ra = h_free_port(), rb = h_free_port();
+        h_pair_init(&k, "frames");
         int mport = h_free_port();
-        r.to_base = udp_bound(ra);
-        r.to_center = udp_bound(rb);
-        r.base = (struct sockaddr_in){ .sin_family = AF_INET, .sin_port = htons((uint16_t)pa),
-                                       .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-        r.center = r.base;
-        r.center.sin_port = htons((uint16_t)pb);
-        cr_assert_eq(pthread_create(&r.th, NULL, relay_run, &r), 0);
-
-        snprintf(path, sizeof(path), "%s/base.dict", dir);
-        write_text(path, "alert/gas/zone3\nalert/gas/zone9\n");
-        snprintf(path, sizeof(path), "%s/center.dict", dir);
-        write_text(path, "alert/gas/zone3\n");
-        snprintf(bconf, sizeof(bconf), "%s/base.conf", dir);
-        snprintf(cconf, sizeof(cconf), "%s/center.conf", dir);
-        snprintf(blog, sizeof(blog), "%s/base.log", dir);
-        snprintf(clog, sizeof(clog), "%s/center.log", dir);
-        snprintf(bsock, sizeof(bsock), "%s/base.sock", dir);
-        snprintf(csock, sizeof(csock), "%s/center.sock", dir);
-        snprintf(text, sizeof(text),
-                 "[node]\nname = north\nspool = %s/base/spool.db\nplugin_dir = %s\nstats_interval = 0\nlink_status = no\n"
-                 "[local]\nuri = tcp://127.0.0.1:%d\n[control]\nsocket = %s\n"
-                 "[link sat]\ntype = sim\nlisten = 127.0.0.1:%d\npeer = 127.0.0.1:%d\nmtu = 77\nrto = 1s\ndictionary = base.dict\n",
-                 dir, pdir, local.port, bsock, pa, ra);
-        write_text(bconf, text);
-        snprintf(text, sizeof(text),
-                 "[node]\nname = county\nrole = center\nspool = %s/center/spool.db\nplugin_dir = %s\nstats_interval = 0\n"
-                 "[local]\nuri = tcp://127.0.0.1:%d\n[control]\nsocket = %s\n[metrics]\nlisten = 127.0.0.1:%d\n"
-                 "[link sat]\ntype = sim\nlisten = 127.0.0.1:%d\npeer = 127.0.0.1:%d\npeers = north\nmtu = 77\nrto = 1s\n"
-                 "dictionary = center.dict\n",
-                 dir, pdir, center.port, csock, mport, pb, rb);
-        write_text(cconf, text);
-        const char *cargs[] = { "--config", cconf, NULL }, *bargs[] = { "--config", bconf, NULL };
-        h_kuimen_start(&ctr, clog, cargs);
-        h_kuimen_start(&base, blog, bargs);
-        cr_assert(h_log_wait(&ctr, "control: listening on", 10000));
-        cr_assert(h_log_wait(&base, "ingest: connected", 10000));
+        snprintf(path, sizeof(path), "%s/base.dict", k.dir);
+        h_write_text(path, "alert/gas/zone3\nalert/gas/zone9\n");
+        snprintf(path, sizeof(path), "%s/center.dict", k.dir);
+        h_write_text(path, "alert/gas/zone3\n");
+        snprintf(bsock, sizeof(bsock), "%s/base.sock", k.dir);
+        snprintf(csock, sizeof(csock), "%s/center.sock", k.dir);
+        snprintf(bcontrol, sizeof(bcontrol), "[control]\nsocket = %s", bsock);
+        snprintf(cextra, sizeof(cextra), "dictionary = center.dict\n[control]\nsocket = %s\n[metrics]\nlisten = 127.0.0.1:%d",
+                 csock, mport);
+        struct h_pair_conf conf = { .link_keys = "mtu = 77\nrto = 1s",
+                                    .base_node = "link_status = no",
+                                    .base_local = bcontrol,
+                                    .base_extra = "dictionary = base.dict",
+                                    .center_extra = cextra,
+                                    .relay = true };
+        h_pair_start(&k, &conf);
+        struct h_relay *r = &k.relay;
+        cr_assert(h_log_wait(&k.ctr, "control: listening on", 10000));
 
         /* three readings on the shared topic, one on the topic only the base lists */
-        h_pub_start(&pub, local.port, "sensor-pub");
+        h_pub_start(&pub, k.local.port, "sensor-pub");
         h_pub_send(&pub, "alert/gas/zone3", "Z3a");
         h_pub_send(&pub, "alert/gas/zone3", "Z3b");
         h_pub_send(&pub, "alert/gas/zone9", "Z9");
@@ -728,13 +654,12 @@ Test(control, narrow_frame_counters_and_dictionary)
 
         /* a datagram with a bad CRC, from the address the center takes as its peer */
         uint8_t junk[20] = { 0x48, 0x04, 0x00, 0x01, 0x00, 0x00, 0x11, 0x22, 0x33, 0x44 };
-        cr_assert_eq(sendto(r.to_center, junk, sizeof(junk), 0, (struct sockaddr *)&r.center, sizeof(r.center)),
-                     (ssize_t)sizeof(junk));
-        cr_assert(h_log_wait(&ctr, "frame refused", 5000));
+        cr_assert_eq(h_relay_to_center(r, junk, sizeof(junk)), (ssize_t)sizeof(junk));
+        cr_assert(h_log_wait(&k.ctr, "frame refused", 5000));
         h_sleep_ms(300);
 
         char *m = http_get(mport, "/metrics");
-        unsigned long up = __atomic_load_n(&r.up, __ATOMIC_SEQ_CST);
+        unsigned long up = atomic_load(&r->up);
         cr_assert_eq(metric(m, "kuimen_link_frame_crc_errors_total{link=\"sat\"}"), 1, "%s", m);
         cr_assert_eq(metric(m, "kuimen_link_frames_bad_total{link=\"sat\"}"), 1);
         cr_assert_eq(metric(m, "kuimen_link_frames_in_total{link=\"sat\"}"), up + 1, "%lu relayed", up);
@@ -774,7 +699,7 @@ Test(control, narrow_frame_counters_and_dictionary)
         cJSON *j = cj.parse(out);
         cr_assert(j, "%s", out);
         cr_assert_str_eq(jstr(j, "links.0.dictionary"), "29b136bc/2");
-        unsigned long down = __atomic_load_n(&r.down, __ATOMIC_SEQ_CST);
+        unsigned long down = atomic_load(&r->down);
         cr_assert_eq(jnum(j, "links.0.frames.frames_in"), down);
         cr_assert_eq(jnum(j, "links.0.frames.acks_in"), down, "the center sends only acks");
         cr_assert_geq(jnum(j, "links.0.frames.frames_sent"), 1);
@@ -783,14 +708,8 @@ Test(control, narrow_frame_counters_and_dictionary)
         cj.del(j);
 
         h_pub_stop(&pub);
-        int sb = h_stop(&base, SIGTERM), sc = h_stop(&ctr, SIGTERM);
-        cr_expect(WIFEXITED(sb) && WEXITSTATUS(sb) == 0);
-        cr_expect(WIFEXITED(sc) && WEXITSTATUS(sc) == 0);
-        r.stop = 1;
-        pthread_join(r.th, NULL);
-        close(r.to_base);
-        close(r.to_center);
-        h_stop(&local.p, SIGTERM);
-        h_stop(&center.p, SIGTERM);
-        h_cleanup(dir);
+        h_pair_stop(&k);
+        cr_expect(WIFEXITED(k.base_exit) && WEXITSTATUS(k.base_exit) == 0);
+        cr_expect(WIFEXITED(k.ctr_exit) && WEXITSTATUS(k.ctr_exit) == 0);
+        h_cleanup(k.dir);
 }

@@ -2,131 +2,14 @@
 /* Failover between links: a silent cut of the fiber (no FIN, no RST), its return, and a killed broker. */
 #include <criterion/criterion.h>
 #include <criterion/logging.h>
-#include <arpa/inet.h>
-#include <errno.h>
-#include <netinet/in.h>
-#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
-#include <unistd.h>
 
 #include "harness.h"
-
-/* ---- a TCP proxy that can stop forwarding without closing anything ---------------- */
-
-#define MAXC 32
-
-struct proxy {
-        int port, target, lfd;
-        volatile bool cut, stop;
-        int a[MAXC], b[MAXC]; /* accepted side, broker side */
-        int n;
-        pthread_t t;
-};
-
-static int dial(int port)
-{
-        int fd = socket(AF_INET, SOCK_STREAM, 0);
-        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-                close(fd);
-                return -1;
-        }
-        return fd;
-}
-
-static void pump(int from, int to, int *dead)
-{
-        char buf[65536];
-        ssize_t r = read(from, buf, sizeof(buf));
-        if (r <= 0) {
-                *dead = 1;
-                return;
-        }
-        for (ssize_t off = 0; off < r;) {
-                ssize_t w = write(to, buf + off, (size_t)(r - off));
-                if (w <= 0) {
-                        *dead = 1;
-                        return;
-                }
-                off += w;
-        }
-}
-
-/* While cut, nothing is read or written and no connection is closed or accepted into
- * forwarding: to both ends the path just goes quiet, as a cut fiber does. */
-static void *proxy_main(void *arg)
-{
-        struct proxy *p = arg;
-        while (!p->stop) {
-                struct pollfd pf[1 + 2 * MAXC];
-                int n = 0;
-                pf[n++] = (struct pollfd){ .fd = p->lfd, .events = p->cut ? 0 : POLLIN };
-                for (int i = 0; i < p->n; i++) {
-                        pf[n++] = (struct pollfd){ .fd = p->a[i], .events = p->cut ? 0 : POLLIN };
-                        pf[n++] = (struct pollfd){ .fd = p->b[i], .events = p->cut ? 0 : POLLIN };
-                }
-                if (poll(pf, (nfds_t)n, 20) <= 0)
-                        continue;
-                if (pf[0].revents & POLLIN && p->n < MAXC) {
-                        int c = accept(p->lfd, NULL, NULL);
-                        int s = c >= 0 ? dial(p->target) : -1;
-                        if (s < 0) {
-                                if (c >= 0)
-                                        close(c);
-                        } else {
-                                p->a[p->n] = c;
-                                p->b[p->n++] = s;
-                        }
-                }
-                for (int i = 0; i < p->n; i++) {
-                        int dead = 0;
-                        if (pf[1 + 2 * i].revents & (POLLIN | POLLHUP))
-                                pump(p->a[i], p->b[i], &dead);
-                        if (!dead && pf[2 + 2 * i].revents & (POLLIN | POLLHUP))
-                                pump(p->b[i], p->a[i], &dead);
-                        if (dead) {
-                                close(p->a[i]);
-                                close(p->b[i]);
-                                p->a[i] = p->a[p->n - 1];
-                                p->b[i] = p->b[p->n - 1];
-                                p->n--;
-                                break; /* the pollfd indexes moved */
-                        }
-                }
-        }
-        return NULL;
-}
-
-static void proxy_start(struct proxy *p, int target)
-{
-        memset(p, 0, sizeof(*p));
-        p->target = target;
-        p->port = h_free_port();
-        p->lfd = socket(AF_INET, SOCK_STREAM, 0);
-        int one = 1;
-        setsockopt(p->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)p->port),
-                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-        cr_assert_eq(bind(p->lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-        cr_assert_eq(listen(p->lfd, 16), 0);
-        cr_assert_eq(pthread_create(&p->t, NULL, proxy_main, p), 0);
-}
-
-static void proxy_stop(struct proxy *p)
-{
-        p->stop = true;
-        pthread_join(p->t, NULL);
-        for (int i = 0; i < p->n; i++)
-                close(p->a[i]), close(p->b[i]);
-        close(p->lfd);
-}
 
 /* ---- the stream ------------------------------------------------------------------ */
 
@@ -242,7 +125,7 @@ Test(failover, silent_cut_and_return, .timeout = 240)
 {
         char dir[200], conf[300], klog[300];
         struct h_broker local, center;
-        struct proxy fiber, fourg;
+        struct h_proxy fiber, fourg;
         struct h_sub sub;
         struct h_pub pub;
         struct h_proc k;
@@ -256,8 +139,8 @@ Test(failover, silent_cut_and_return, .timeout = 240)
         snprintf(extra, sizeof(extra), "listener %d 127.0.0.1\n", p2);
         h_broker_start(&center, dir, 0, extra);
         cr_assert(h_wait_port(p2, 5000));
-        proxy_start(&fiber, center.port);
-        proxy_start(&fourg, p2);
+        h_proxy_start(&fiber, center.port);
+        h_proxy_start(&fourg, p2);
         h_sub_start(&sub, center.port, "center-sub", "kuimen/north/sensors/#", true);
         snprintf(conf, sizeof(conf), "%s/kuimen.conf", dir);
         snprintf(klog, sizeof(klog), "%s/kuimen.log", dir);
@@ -306,8 +189,8 @@ Test(failover, silent_cut_and_return, .timeout = 240)
         int stc = h_stop(&k, SIGTERM);
         cr_expect(WIFEXITED(stc) && WEXITSTATUS(stc) == 0);
         h_sub_stop(&sub);
-        proxy_stop(&fiber);
-        proxy_stop(&fourg);
+        h_proxy_stop(&fiber);
+        h_proxy_stop(&fourg);
         h_stop(&local.p, SIGTERM);
         h_stop(&center.p, SIGTERM);
         h_cleanup(dir);

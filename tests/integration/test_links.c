@@ -2,17 +2,12 @@
 /* Links under stress: broken plugins beside a working link, budgets measured on the air, alerts overtaking a backlog. */
 #include <criterion/criterion.h>
 #include <criterion/logging.h>
-#include <arpa/inet.h>
 #include <cjson/cJSON.h>
-#include <errno.h>
-#include <netinet/in.h>
-#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -275,152 +270,39 @@ Test(links, broken_plugins_leave_the_rest_running, .timeout = 120)
 
 /* ---- a base and a center kuimen over a sim link, through a recording relay --------- */
 
-#define MAXDG 4096
-
-/* One UDP socket between the two sim ends: each end's peer is the relay, which
- * forwards base -> center and center -> base and records what the base put on the air. */
-struct relay {
-        int fd, port, base_port, center_port;
-        volatile bool stop;
-        volatile bool cut; /* a silent cut: both ways dropped, the sockets stay */
-        size_t n_back;     /* datagrams the center sent the base */
-        pthread_t t;
-        pthread_mutex_t mu;
-        int64_t at[MAXDG];
-        size_t len[MAXDG];
-        size_t n;
-};
-
-static void *relay_main(void *arg)
-{
-        struct relay *r = arg;
-        uint8_t buf[65536];
-        while (!r->stop) {
-                struct pollfd pf = { .fd = r->fd, .events = POLLIN };
-                if (poll(&pf, 1, 20) <= 0)
-                        continue;
-                struct sockaddr_in from;
-                socklen_t fl = sizeof(from);
-                ssize_t n = recvfrom(r->fd, buf, sizeof(buf), 0, (struct sockaddr *)&from, &fl);
-                if (n <= 0)
-                        continue;
-                int src = ntohs(from.sin_port);
-                int dst = src == r->base_port ? r->center_port : src == r->center_port ? r->base_port : 0;
-                if (!dst)
-                        continue;
-                pthread_mutex_lock(&r->mu);
-                if (src == r->base_port && r->n < MAXDG) {
-                        r->at[r->n] = h_now_ms();
-                        r->len[r->n++] = (size_t)n;
-                }
-                if (src == r->center_port)
-                        r->n_back++;
-                pthread_mutex_unlock(&r->mu);
-                if (r->cut)
-                        continue;
-                struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons((uint16_t)dst),
-                                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-                sendto(r->fd, buf, (size_t)n, 0, (struct sockaddr *)&to, sizeof(to));
-        }
-        return NULL;
-}
-
-static void relay_start(struct relay *r, int base_port, int center_port)
-{
-        memset(r, 0, sizeof(*r));
-        pthread_mutex_init(&r->mu, NULL);
-        r->base_port = base_port, r->center_port = center_port;
-        r->fd = socket(AF_INET, SOCK_DGRAM, 0);
-        for (int tries = 0; tries < 50; tries++) {
-                r->port = h_free_port();
-                struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)r->port),
-                                         .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-                if (bind(r->fd, (struct sockaddr *)&a, sizeof(a)) == 0)
-                        break;
-                r->port = 0;
-        }
-        cr_assert_neq(r->port, 0);
-        cr_assert_eq(pthread_create(&r->t, NULL, relay_main, r), 0);
-}
-
-static void relay_stop(struct relay *r)
-{
-        r->stop = true;
-        pthread_join(r->t, NULL);
-        close(r->fd);
-        pthread_mutex_destroy(&r->mu);
-}
-
 struct pair {
-        char dir[200], bconf[300], cconf[300], blog[300], clog[300];
-        struct h_broker local, center;
-        struct h_proc base, ctr;
+        struct h_pair k; /* through k.relay, which records what the base puts on the air */
         struct h_sub sub;
         struct h_pub pub;
-        struct relay relay;
 };
 
 /* link_extra goes into both ends' [link sat]; base_extra into the base's [link sat]. */
 static void pair_up(struct pair *p, const char *tag, const char *link_extra, const char *base_extra)
 {
+        struct h_pair_conf conf = { .link_keys = link_extra,
+                                    .base_node = "link_status = no",
+                                    .base_local = "subscribe = sensors/#, alert/#",
+                                    .base_extra = base_extra,
+                                    .relay = true };
         memset(p, 0, sizeof(*p));
-        h_tmpdir(p->dir, sizeof(p->dir), tag);
-        h_broker_start(&p->local, p->dir, 0, NULL);
-        h_broker_start(&p->center, p->dir, 0, NULL);
-        h_sub_start(&p->sub, p->center.port, "center-sub", "kuimen/north/sensors/#", true);
+        h_pair_init(&p->k, tag);
+        h_sub_start(&p->sub, p->k.center.port, "center-sub", "kuimen/north/sensors/#", true);
         MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
         cr_assert_eq(MQTTAsync_subscribe(p->sub.c, "kuimen/north/alert/#", 1, &ro), 0);
         h_sleep_ms(200);
-        int a = h_free_port(), b = h_free_port();
-        relay_start(&p->relay, a, b);
-        snprintf(p->bconf, sizeof(p->bconf), "%s/base.conf", p->dir);
-        snprintf(p->cconf, sizeof(p->cconf), "%s/center.conf", p->dir);
-        snprintf(p->blog, sizeof(p->blog), "%s/base.log", p->dir);
-        snprintf(p->clog, sizeof(p->clog), "%s/center.log", p->dir);
-        FILE *f = fopen(p->bconf, "w");
-        fprintf(f,
-                "[node]\nname = north\nspool = %s/base/spool.db\nplugin_dir = %s\nstats_interval = 0\nlink_status = no\n"
-                "[local]\nuri = tcp://127.0.0.1:%d\nsubscribe = sensors/#, alert/#\n"
-                "[link sat]\ntype = sim\nlisten = 127.0.0.1:%d\npeer = 127.0.0.1:%d\n%s\n%s\n",
-                p->dir, env_dir("KM_SIM_PLUGIN_DIR"), p->local.port, a, p->relay.port, link_extra,
-                base_extra ? base_extra : "");
-        fclose(f);
-        f = fopen(p->cconf, "w");
-        fprintf(f,
-                "[node]\nname = county\nrole = center\nspool = %s/center/spool.db\nplugin_dir = %s\nstats_interval = 0\n"
-                "[local]\nuri = tcp://127.0.0.1:%d\n"
-                "[link sat]\ntype = sim\nlisten = 127.0.0.1:%d\npeer = 127.0.0.1:%d\npeers = north\n%s\n",
-                p->dir, env_dir("KM_SIM_PLUGIN_DIR"), p->center.port, b, p->relay.port, link_extra);
-        fclose(f);
-        const char *cargs[] = { "--config", p->cconf, NULL };
-        const char *bargs[] = { "--config", p->bconf, NULL };
-        h_kuimen_start(&p->ctr, p->clog, cargs);
-        h_kuimen_start(&p->base, p->blog, bargs);
-        cr_assert(h_log_wait(&p->base, "link: sat: sim", 10000));
-        cr_assert(h_log_wait(&p->ctr, "link: sat: sim", 10000));
-        cr_assert(h_log_wait(&p->base, "ingest: connected", 10000));
-        h_pub_start(&p->pub, p->local.port, "terminals");
+        h_pair_start(&p->k, &conf);
+        h_pub_start(&p->pub, p->k.local.port, "terminals");
 }
 
 static void pair_down(struct pair *p)
 {
         h_pub_stop(&p->pub);
-        int sb = h_stop(&p->base, SIGTERM), sc = h_stop(&p->ctr, SIGTERM);
+        h_sub_stop(&p->sub);
+        h_pair_stop(&p->k);
+        int sb = p->k.base_exit, sc = p->k.ctr_exit;
         cr_expect(WIFEXITED(sb) && WEXITSTATUS(sb) == 0, "base exits 0 (%d)", sb);
         cr_expect(WIFEXITED(sc) && WEXITSTATUS(sc) == 0, "center exits 0 (%d)", sc);
-        h_sub_stop(&p->sub);
-        relay_stop(&p->relay);
-        h_stop(&p->local.p, SIGTERM);
-        h_stop(&p->center.p, SIGTERM);
-        h_cleanup(p->dir);
-}
-
-static size_t sub_count(struct h_sub *s)
-{
-        pthread_mutex_lock(&s->mu);
-        size_t n = s->n;
-        pthread_mutex_unlock(&s->mu);
-        return n;
+        h_cleanup(p->k.dir);
 }
 
 /* A card with a 5 s service interval (a BeiDou card's is 60 s) is busy, not dead: a
@@ -436,12 +318,12 @@ Test(links, busy_card_and_degraded_beam, .timeout = 120)
         h_sleep_ms(500);
         cr_assert_eq(h_pub_send(&p.pub, "sensors/a", "two"), 0); /* the card is busy for 4.5 s more */
         cr_assert_eq(h_sub_wait(&p.sub, 2, 15000), 2);
-        cr_assert(h_log_wait(&p.base, "sat: up -> degraded (scheduled degradation)", 15000));
+        cr_assert(h_log_wait(&p.k.base, "sat: up -> degraded (scheduled degradation)", 15000));
         cr_assert_eq(h_pub_send(&p.pub, "sensors/a", "three"), 0);
         cr_assert_eq(h_sub_wait(&p.sub, 3, 15000), 3, "a degraded link still carries");
-        cr_assert(h_log_wait(&p.base, "sat: degraded -> up", 15000));
-        cr_assert_eq(h_log_count(&p.base, "no acknowledgement"), 0, "a busy card was taken for a dead link");
-        cr_assert_eq(h_log_count(&p.base, "-> down"), 0, "the link went down");
+        cr_assert(h_log_wait(&p.k.base, "sat: degraded -> up", 15000));
+        cr_assert_eq(h_log_count(&p.k.base, "no acknowledgement"), 0, "a busy card was taken for a dead link");
+        cr_assert_eq(h_log_count(&p.k.base, "-> down"), 0, "the link went down");
         pair_down(&p);
 }
 
@@ -469,22 +351,22 @@ static void budget_run(const char *tag, size_t bytes, size_t frames)
         cr_assert(h_pub_flush(&p.pub, 10000));
         /* The first window and 3 more. */
         for (int64_t until = h_now_ms() + 30000; h_now_ms() < until; h_sleep_ms(50)) {
-                pthread_mutex_lock(&p.relay.mu);
-                bool enough = p.relay.n && h_now_ms() - p.relay.at[0] > 3 * BUDGET_MS + 700;
-                pthread_mutex_unlock(&p.relay.mu);
+                pthread_mutex_lock(&p.k.relay.mu);
+                bool enough = p.k.relay.n && h_now_ms() - p.k.relay.at[0] > 3 * BUDGET_MS + 700;
+                pthread_mutex_unlock(&p.k.relay.mu);
                 if (enough)
                         break;
         }
-        size_t arrived = sub_count(&p.sub);
+        size_t arrived = h_sub_count(&p.sub);
 
         /* Bursts: frames less than half a window apart belong together. */
-        pthread_mutex_lock(&p.relay.mu);
-        size_t n = p.relay.n, bursts = 0, fr = 0, by = 0, max_fr = 0, max_by = 0;
+        pthread_mutex_lock(&p.k.relay.mu);
+        size_t n = p.k.relay.n, bursts = 0, fr = 0, by = 0, max_fr = 0, max_by = 0;
         int64_t min_gap = INT64_MAX, burst_start = 0;
         char line[512];
         size_t ll = 0;
         for (size_t i = 0; i <= n; i++) {
-                bool new_burst = i == n || i == 0 || p.relay.at[i] - p.relay.at[i - 1] > BUDGET_MS / 2;
+                bool new_burst = i == n || i == 0 || p.k.relay.at[i] - p.k.relay.at[i - 1] > BUDGET_MS / 2;
                 if (new_burst && i > 0) {
                         bursts++;
                         max_fr = fr > max_fr ? fr : max_fr;
@@ -496,14 +378,14 @@ static void budget_run(const char *tag, size_t bytes, size_t frames)
                 if (i == n)
                         break;
                 if (new_burst) {
-                        if (i > 0 && p.relay.at[i] - burst_start < min_gap)
-                                min_gap = p.relay.at[i] - burst_start;
-                        burst_start = p.relay.at[i];
+                        if (i > 0 && p.k.relay.at[i] - burst_start < min_gap)
+                                min_gap = p.k.relay.at[i] - burst_start;
+                        burst_start = p.k.relay.at[i];
                 }
                 fr++;
-                by += p.relay.len[i];
+                by += p.k.relay.len[i];
         }
-        pthread_mutex_unlock(&p.relay.mu);
+        pthread_mutex_unlock(&p.k.relay.mu);
         cr_log_info("budget %zu B / %zu frames per %d ms: %zu bursts (frames/bytes):%s; least gap between bursts "
                     "%lld ms; %zu of %d messages arrived",
                     bytes, frames, BUDGET_MS, bursts, line, (long long)min_gap, arrived, BACKLOG);
@@ -515,7 +397,7 @@ static void budget_run(const char *tag, size_t bytes, size_t frames)
         cr_assert_geq(min_gap, BUDGET_MS - 100, "one burst per window (least gap %lld ms)", (long long)min_gap);
         cr_assert_gt(arrived, 0, "the budget lets traffic through");
         cr_assert_lt(arrived, BACKLOG, "the backlog still waits (%zu of %d arrived)", arrived, BACKLOG);
-        cr_assert_eq(h_log_count(&p.base, "link: sat: up -> down"), 0, "waiting for the budget is not a dead link");
+        cr_assert_eq(h_log_count(&p.k.base, "link: sat: up -> down"), 0, "waiting for the budget is not a dead link");
         pair_down(&p);
 }
 
@@ -623,7 +505,7 @@ Test(links, alert_first_on_sim, .timeout = 120)
         }
         cr_assert(h_pub_flush(&p.pub, 10000));
         cr_assert_geq(h_sub_wait(&p.sub, 10, 30000), 10, "the backlog starts to drain");
-        size_t before = sub_count(&p.sub);
+        size_t before = h_sub_count(&p.sub);
         h_pub_send(&p.pub, "alert/gas", "ALERT");
         cr_assert(h_pub_flush(&p.pub, 10000));
         long at = -1;
@@ -634,7 +516,7 @@ Test(links, alert_first_on_sim, .timeout = 120)
                                 at = (long)i;
                 pthread_mutex_unlock(&p.sub.mu);
         }
-        size_t now_n = sub_count(&p.sub);
+        size_t now_n = h_sub_count(&p.sub);
         cr_log_info("sim: %zu telemetry had arrived when the alert was published; it arrived at position %ld; "
                     "%zu messages in by then, of %d telemetry",
                     before, at, now_n, SIM_TELE);
@@ -649,20 +531,6 @@ Test(links, alert_first_on_sim, .timeout = 120)
 }
 
 /* ---- 5. probes and ack modes --------------------------------------------------------- */
-
-static size_t relay_count(struct relay *r, size_t *bytes, size_t *back)
-{
-        pthread_mutex_lock(&r->mu);
-        size_t n = r->n, b = 0;
-        for (size_t i = 0; i < r->n; i++)
-                b += r->len[i];
-        if (bytes)
-                *bytes = b;
-        if (back)
-                *back = r->n_back;
-        pthread_mutex_unlock(&r->mu);
-        return n;
-}
 
 /* Bytes of a probe from "north": hdr, the origin (FNV-1a of the name) as a varint,
  * seq, back, CRC-16. */
@@ -704,38 +572,38 @@ Test(links, idle_link_probed_and_silent_cut_seen, .timeout = 120)
         size_t plen = probe_len();
 
         h_sleep_ms(3500);
-        size_t bytes, n = relay_count(&p.relay, &bytes, NULL);
+        size_t bytes, n = h_relay_count(&p.k.relay, &bytes, NULL);
         cr_assert_geq(n, 2, "an idle link is probed every second (%zu probes)", n);
-        pthread_mutex_lock(&p.relay.mu);
-        for (size_t i = 0; i < p.relay.n; i++)
-                cr_assert_eq(p.relay.len[i], plen, "datagram %zu is a probe (%zu B)", i, p.relay.len[i]);
-        pthread_mutex_unlock(&p.relay.mu);
-        cr_assert_eq(h_log_count(&p.base, "-> down"), 0, "answered probes keep the link up");
+        pthread_mutex_lock(&p.k.relay.mu);
+        for (size_t i = 0; i < p.k.relay.n; i++)
+                cr_assert_eq(p.k.relay.len[i], plen, "datagram %zu is a probe (%zu B)", i, p.k.relay.len[i]);
+        pthread_mutex_unlock(&p.k.relay.mu);
+        cr_assert_eq(h_log_count(&p.k.base, "-> down"), 0, "answered probes keep the link up");
 
         int64_t cut_at = h_now_ms();
-        p.relay.cut = true;
-        cr_assert(h_log_wait(&p.base, "link: sat: up -> down (probe not acknowledged for 2.", 8000),
+        p.k.relay.cut = true;
+        cr_assert(h_log_wait(&p.k.base, "link: sat: up -> down (probe not acknowledged for 2.", 8000),
                   "a silent cut is seen by the probe");
         int64_t seen = h_now_ms() - cut_at;
         cr_assert_leq(seen, 1000 + 2000 + 1500, "seen within probe + ack_timeout (+ the timer's step): %lld ms",
                       (long long)seen);
-        size_t before = relay_count(&p.relay, NULL, NULL);
+        size_t before = h_relay_count(&p.k.relay, NULL, NULL);
         cr_assert_eq(h_pub_send(&p.pub, "alert/gas", "{\"ch4\": 2.5}"), 0);
-        cr_assert(h_log_wait(&p.base, "link: sat: down -> down (probing after: probe not acknowledged", 8000),
+        cr_assert(h_log_wait(&p.k.base, "link: sat: down -> down (probing after: probe not acknowledged", 8000),
                   "the host probes again after the back-off");
         h_sleep_ms(2500);
-        pthread_mutex_lock(&p.relay.mu);
-        for (size_t i = before; i < p.relay.n; i++)
-                cr_assert_eq(p.relay.len[i], plen, "while cut only probes go (datagram %zu: %zu B)", i, p.relay.len[i]);
-        pthread_mutex_unlock(&p.relay.mu);
-        cr_assert_eq(sub_count(&p.sub), 0);
+        pthread_mutex_lock(&p.k.relay.mu);
+        for (size_t i = before; i < p.k.relay.n; i++)
+                cr_assert_eq(p.k.relay.len[i], plen, "while cut only probes go (datagram %zu: %zu B)", i, p.k.relay.len[i]);
+        pthread_mutex_unlock(&p.k.relay.mu);
+        cr_assert_eq(h_sub_count(&p.sub), 0);
 
-        p.relay.cut = false;
-        cr_assert(h_log_wait(&p.base, "-> up (probe answered after: probe not acknowledged for", 20000),
+        p.k.relay.cut = false;
+        cr_assert(h_log_wait(&p.k.base, "-> up (probe answered after: probe not acknowledged for", 20000),
                   "an answered probe brings it back");
         cr_assert_eq(h_sub_wait(&p.sub, 1, 10000), 1, "the alert that waited arrives");
         h_sleep_ms(300);
-        n = relay_count(&p.relay, &bytes, NULL);
+        n = h_relay_count(&p.k.relay, &bytes, NULL);
         cr_assert_eq(ctl_num(sock, "sat", "bytes_sent"), bytes, "bytes on the air: the link says %llu, %zu datagrams of "
                      "%zu B left it", (unsigned long long)ctl_num(sock, "sat", "bytes_sent"), n, bytes);
         pair_down(&p);
@@ -752,7 +620,7 @@ static void unacked_mode(const char *mode)
         snprintf(extra, sizeof(extra), "[control]\nsocket = /tmp/km-ack-%s-%d.sock", mode, (int)getpid());
         const char *sock = strrchr(extra, '=') + 2;
         pair_up(&p, mode, link, extra);
-        p.relay.cut = true;
+        p.k.relay.cut = true;
         for (int i = 0; i < 5; i++) {
                 char pl[32];
                 snprintf(pl, sizeof(pl), "lost-%d", i);
@@ -766,7 +634,7 @@ static void unacked_mode(const char *mode)
         /* With none they may still be on the (sim's 9 600 bit/s) air: let them land
          * in the cut before it heals. */
         h_sleep_ms(1000);
-        p.relay.cut = false;
+        p.k.relay.cut = false;
         for (int i = 0; i < 3; i++) {
                 char pl[32];
                 snprintf(pl, sizeof(pl), "kept-%d", i);
@@ -775,7 +643,7 @@ static void unacked_mode(const char *mode)
         cr_assert_eq(h_sub_wait(&p.sub, 3, 10000), 3);
         h_sleep_ms(1000);
         size_t back;
-        relay_count(&p.relay, NULL, &back);
+        h_relay_count(&p.k.relay, NULL, &back);
         pthread_mutex_lock(&p.sub.mu);
         cr_assert_eq(p.sub.n, 3, "what the cut took is not sent again (%zu arrived)", p.sub.n);
         for (size_t i = 0; i < p.sub.n; i++) {
@@ -785,7 +653,7 @@ static void unacked_mode(const char *mode)
         }
         pthread_mutex_unlock(&p.sub.mu);
         cr_assert_eq(back, 0, "ack = %s: the center sends no ack frames (%zu)", mode, back);
-        cr_assert_eq(h_log_count(&p.base, "-> down"), 0);
+        cr_assert_eq(h_log_count(&p.k.base, "-> down"), 0);
         pair_down(&p);
         unlink(sock);
 }

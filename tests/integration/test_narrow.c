@@ -12,11 +12,9 @@
 #include "harness.h"
 
 struct pair {
-        char dir[200], bconf[300], cconf[300], blog[300], clog[300];
-        struct h_broker local, center;
-        struct h_proc base, ctr;
-        struct h_sub sub;
-        struct h_pub pub;
+        struct h_pair k;
+        struct h_sub sub; /* at the center: alerts, positions, sensors */
+        struct h_pub pub; /* at the base */
 };
 
 static const char *plugin_dir(void)
@@ -26,70 +24,39 @@ static const char *plugin_dir(void)
         return d;
 }
 
-static void write_text(const char *path, const char *text)
-{
-        FILE *f = fopen(path, "w");
-        cr_assert_not_null(f, "%s", path);
-        fputs(text, f);
-        fclose(f);
-}
-
 /* link_extra: keys added to both ends' [link sat]. base_dict, center_dict: the text of
  * each end's dictionary file (NULL: none), named relative to its config; with a base
  * dictionary the base publishes its link status. */
 static void pair_up_dict(struct pair *p, const char *tag, const char *link_extra, const char *base_extra,
                          const char *base_dict, const char *center_dict)
 {
+        char bextra[600], path[300];
+        snprintf(bextra, sizeof(bextra), "%s\n%s", base_extra ? base_extra : "",
+                 base_dict ? "[link sat]\ndictionary = base.dict\n" : "");
+        struct h_pair_conf conf = { .link_keys = link_extra,
+                                    .base_node = base_dict ? "link_status = yes" : "link_status = no",
+                                    .base_extra = bextra,
+                                    .center_extra = center_dict ? "[link sat]\ndictionary = center.dict" : NULL,
+                                    .peers = "north, south",
+                                    .debug = true };
         memset(p, 0, sizeof(*p));
-        h_tmpdir(p->dir, sizeof(p->dir), tag);
-        h_broker_start(&p->local, p->dir, 0, NULL);
-        h_broker_start(&p->center, p->dir, 0, NULL);
-        h_sub_start(&p->sub, p->center.port, "center-sub", "kuimen/north/alert/#", true);
+        h_pair_init(&p->k, tag);
+        h_sub_start(&p->sub, p->k.center.port, "center-sub", "kuimen/north/alert/#", true);
         MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
         cr_assert_eq(MQTTAsync_subscribe(p->sub.c, "kuimen/north/pos/#", 1, &ro), 0);
         MQTTAsync_responseOptions ro2 = MQTTAsync_responseOptions_initializer;
         cr_assert_eq(MQTTAsync_subscribe(p->sub.c, "kuimen/north/sensors/#", 1, &ro2), 0);
         h_sleep_ms(200);
-        int a = h_free_port(), b = h_free_port();
-        snprintf(p->bconf, sizeof(p->bconf), "%s/base.conf", p->dir);
-        snprintf(p->cconf, sizeof(p->cconf), "%s/center.conf", p->dir);
-        snprintf(p->blog, sizeof(p->blog), "%s/base.log", p->dir);
-        snprintf(p->clog, sizeof(p->clog), "%s/center.log", p->dir);
-        FILE *f = fopen(p->bconf, "w");
-        fprintf(f,
-                "[node]\nname = north\nspool = %s/base/spool.db\nplugin_dir = %s\nstats_interval = 0\nlink_status = %s\n%s\n"
-                "[local]\nuri = tcp://127.0.0.1:%d\n"
-                "[link sat]\ntype = sim\nlisten = 127.0.0.1:%d\npeer = 127.0.0.1:%d\n%s\n",
-                p->dir, plugin_dir(), base_dict ? "yes" : "no", base_extra ? base_extra : "", p->local.port, a, b,
-                link_extra);
-        if (base_dict)
-                fprintf(f, "[link sat]\ndictionary = base.dict\n");
-        fclose(f);
-        f = fopen(p->cconf, "w");
-        fprintf(f,
-                "[node]\nname = county\nrole = center\nspool = %s/center/spool.db\nplugin_dir = %s\nstats_interval = 0\n"
-                "[local]\nuri = tcp://127.0.0.1:%d\n"
-                "[link sat]\ntype = sim\nlisten = 127.0.0.1:%d\npeer = 127.0.0.1:%d\npeers = north, south\n%s\n",
-                p->dir, plugin_dir(), p->center.port, b, a, link_extra);
-        if (center_dict)
-                fprintf(f, "[link sat]\ndictionary = center.dict\n");
-        fclose(f);
-        char path[300];
         if (base_dict) {
-                snprintf(path, sizeof(path), "%s/base.dict", p->dir);
-                write_text(path, base_dict);
+                snprintf(path, sizeof(path), "%s/base.dict", p->k.dir);
+                h_write_text(path, base_dict);
         }
         if (center_dict) {
-                snprintf(path, sizeof(path), "%s/center.dict", p->dir);
-                write_text(path, center_dict);
+                snprintf(path, sizeof(path), "%s/center.dict", p->k.dir);
+                h_write_text(path, center_dict);
         }
-        const char *cargs[] = { "--config", p->cconf, "--log-level", "debug", NULL };
-        const char *bargs[] = { "--config", p->bconf, "--log-level", "debug", NULL };
-        h_kuimen_start(&p->ctr, p->clog, cargs);
-        h_kuimen_start(&p->base, p->blog, bargs);
-        cr_assert(h_log_wait(&p->base, "sim", 10000));
-        cr_assert(h_log_wait(&p->base, "ingest: connected", 10000));
-        h_pub_start(&p->pub, p->local.port, "terminals");
+        h_pair_start(&p->k, &conf);
+        h_pub_start(&p->pub, p->k.local.port, "terminals");
 }
 
 static void pair_up(struct pair *p, const char *tag, const char *link_extra, const char *base_extra)
@@ -100,13 +67,12 @@ static void pair_up(struct pair *p, const char *tag, const char *link_extra, con
 static void pair_down(struct pair *p)
 {
         h_pub_stop(&p->pub);
-        int sb = h_stop(&p->base, SIGTERM), sc = h_stop(&p->ctr, SIGTERM);
+        h_sub_stop(&p->sub);
+        h_pair_stop(&p->k);
+        int sb = p->k.base_exit, sc = p->k.ctr_exit;
         cr_expect(WIFEXITED(sb) && WEXITSTATUS(sb) == 0, "base exits 0 (%d)", sb);
         cr_expect(WIFEXITED(sc) && WEXITSTATUS(sc) == 0, "center exits 0 (%d)", sc);
-        h_sub_stop(&p->sub);
-        h_stop(&p->local.p, SIGTERM);
-        h_stop(&p->center.p, SIGTERM);
-        h_cleanup(p->dir);
+        h_cleanup(p->k.dir);
 }
 
 /* A BeiDou-sized link: 77-byte frames, 1 200 bit/s, 5% of frames lost. Every alert and
@@ -201,88 +167,22 @@ Test(narrow, fragments_reassembled, .timeout = 120)
 
 /* ---- positions over a narrow link: the compact codec, and what the center publishes ---- */
 
-/* The whole payload and properties of the last message on one topic (the harness's
- * subscriber keeps 63 bytes of a payload: a position is about 180). */
-struct last_msg {
-        pthread_mutex_t mu;
-        const char *topic;
-        char payload[512];
-        char origin[32], relay[32];
-        uint64_t id;
-        int count;
-};
-
-static int last_arrived(void *ctx, char *topic, int tlen, MQTTAsync_message *m)
-{
-        struct last_msg *l = ctx;
-        (void)tlen;
-        pthread_mutex_lock(&l->mu);
-        if (strcmp(topic, l->topic) == 0) {
-                snprintf(l->payload, sizeof(l->payload), "%.*s", m->payloadlen, (char *)m->payload);
-                for (int i = 0; i < m->properties.count; i++) {
-                        MQTTProperty *p = &m->properties.array[i];
-                        if (p->identifier != MQTTPROPERTY_CODE_USER_PROPERTY)
-                                continue;
-                        char k[64], v[64];
-                        snprintf(k, sizeof(k), "%.*s", p->value.data.len, p->value.data.data);
-                        snprintf(v, sizeof(v), "%.*s", p->value.value.len, p->value.value.data);
-                        if (strcmp(k, "kuimen-id") == 0)
-                                l->id = strtoull(v, NULL, 10);
-                        else if (strcmp(k, "kuimen-origin") == 0)
-                                snprintf(l->origin, sizeof(l->origin), "%.31s", v);
-                        else if (strcmp(k, "kuimen-relay") == 0)
-                                snprintf(l->relay, sizeof(l->relay), "%.31s", v);
-                }
-                l->count++;
-        }
-        pthread_mutex_unlock(&l->mu);
-        MQTTAsync_freeMessage(&m);
-        MQTTAsync_free(topic);
-        return 1;
-}
-
-/* A terminal publishes one fix at the base; returns what the center broker got on
- * kuimen/north/pos/uav-07 in *l. link_extra as in pair_up. */
-static void position_over_narrow(struct last_msg *l, const char *tag, const char *link_extra)
+/* A terminal publishes one fix at the base; what the center broker got on
+ * kuimen/north/pos/uav-07, whole (h_sub keeps 63 bytes of a payload: a position is
+ * about 180), is in r, stopped; the caller frees it. link_extra as in pair_up. */
+static void position_over_narrow(struct h_rec *r, const char *tag, const char *link_extra)
 {
         struct pair p;
-        MQTTAsync c;
-        MQTTAsync_createOptions cro = MQTTAsync_createOptions_initializer5;
-        MQTTAsync_connectOptions co = MQTTAsync_connectOptions_initializer5;
-        char uri[64];
 
-        memset(l, 0, sizeof(*l));
-        pthread_mutex_init(&l->mu, NULL);
-        l->topic = "kuimen/north/pos/uav-07";
         pair_up(&p, tag, link_extra, "[positions]\ntrack_interval = 0");
-        snprintf(uri, sizeof(uri), "tcp://127.0.0.1:%d", p.center.port);
-        cr_assert_eq(MQTTAsync_createWithOptions(&c, uri, "pos-sub", MQTTCLIENT_PERSISTENCE_NONE, NULL, &cro), 0);
-        MQTTAsync_setCallbacks(c, l, NULL, last_arrived, NULL);
-        cr_assert_eq(MQTTAsync_connect(c, &co), 0);
-        for (int i = 0; i < 500 && !MQTTAsync_isConnected(c); i++)
-                h_sleep_ms(10);
-        cr_assert(MQTTAsync_isConnected(c));
-        MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
-        cr_assert_eq(MQTTAsync_subscribe(c, l->topic, 1, &ro), 0);
-        h_sleep_ms(200);
+        h_rec_start(r, p.k.center.port, "pos-sub", "kuimen/north/pos/uav-07");
         h_pub_send(&p.pub, "pos/uav-07",
                    "{\"lat\": 30.8123546, \"lon\": 108.4014343, \"alt\": 353.1, \"ts\": \"2025-11-23T06:40:02.151Z\","
                    " \"speed\": 12.37, \"heading\": 86.9, \"fix\": 3, \"battery\": 81, \"kind\": \"drone\"}");
         cr_assert(h_pub_flush(&p.pub, 5000));
-        for (int i = 0; i < 600; i++) {
-                pthread_mutex_lock(&l->mu);
-                int n = l->count;
-                pthread_mutex_unlock(&l->mu);
-                if (n)
-                        break;
-                h_sleep_ms(50);
-        }
+        h_rec_wait(r, 1, 30000);
         h_sleep_ms(300); /* nothing else may follow */
-        MQTTAsync_disconnectOptions dopt = MQTTAsync_disconnectOptions_initializer5;
-        dopt.timeout = 500;
-        MQTTAsync_disconnect(c, &dopt);
-        h_sleep_ms(50);
-        MQTTAsync_destroy(&c);
+        h_rec_stop(r);
         pair_down(&p);
 }
 
@@ -292,30 +192,32 @@ static void position_over_narrow(struct last_msg *l, const char *tag, const char
  * record, with the base's origin and message id. */
 Test(narrow, position_compact_codec, .timeout = 120)
 {
-        struct last_msg l;
+        struct h_rec l;
         position_over_narrow(&l, "poscompact", "mtu = 77\nloss = 0.05\nseed = 3\nrto = 1s");
-        cr_assert_eq(l.count, 1);
-        cr_assert_str_eq(l.payload,
+        cr_assert_eq(l.n, 1);
+        cr_assert_str_eq(l.m[0].payload,
                          "{\"unit\":\"uav-07\",\"lat\":30.8123500,\"lon\":108.4014300,\"alt\":353.0,"
                          "\"time\":\"2025-11-23T06:40:02.200Z\",\"speed\":12.40,\"heading\":87.0,\"mode\":3,"
                          "\"kind\":\"drone\",\"battery\":81.0}");
-        cr_assert_str_eq(l.origin, "north");
-        cr_assert_str_eq(l.relay, "county");
-        cr_assert_neq(l.id, 0);
+        cr_assert_str_eq(l.m[0].origin, "north");
+        cr_assert_str_eq(l.m[0].relay, "county");
+        cr_assert_neq(l.m[0].id, 0);
+        h_rec_free(&l);
 }
 
 /* positions = json: the center publishes the base's canonical JSON exactly. */
 Test(narrow, position_json_exact, .timeout = 120)
 {
-        struct last_msg l;
+        struct h_rec l;
         position_over_narrow(&l, "posjson", "mtu = 77\nrto = 1s\npositions = json");
-        cr_assert_eq(l.count, 1);
-        cr_assert_str_eq(l.payload,
+        cr_assert_eq(l.n, 1);
+        cr_assert_str_eq(l.m[0].payload,
                          "{\"unit\":\"uav-07\",\"lat\":30.8123546,\"lon\":108.4014343,\"alt\":353.1,"
                          "\"time\":\"2025-11-23T06:40:02.151Z\",\"speed\":12.37,\"heading\":86.9,\"mode\":3,"
                          "\"kind\":\"drone\",\"battery\":81.0}");
-        cr_assert_str_eq(l.origin, "north");
-        cr_assert_neq(l.id, 0);
+        cr_assert_str_eq(l.m[0].origin, "north");
+        cr_assert_neq(l.m[0].id, 0);
+        h_rec_free(&l);
 }
 
 /* ---- the topic dictionary ------------------------------------------------------- */
@@ -376,8 +278,8 @@ Test(narrow, shared_dictionary, .timeout = 120)
         struct pair p;
         char fb[16], fc[16];
         pair_up_dict(&p, "dict", "mtu = 77\nrto = 1s", NULL, DICT3, DICT3);
-        logged_dict(&p.base, 3, fb);
-        logged_dict(&p.ctr, 3, fc);
+        logged_dict(&p.k.base, 3, fb);
+        logged_dict(&p.k.ctr, 3, fc);
         cr_assert_str_eq(fb, fc, "one list, one fingerprint");
         h_pub_send(&p.pub, "alert/gas/zone9", "Z9");
         h_pub_send(&p.pub, "sensors/water/level", "{\"m\":3.2}");
@@ -394,13 +296,13 @@ Test(narrow, shared_dictionary, .timeout = 120)
         i = find_rx(&p.sub, "kuimen/north/alert/gas/other");
         cr_assert_geq(i, 0, "a topic not in the dictionary goes literally");
         cr_assert_str_eq(p.sub.rx[i].payload, "OT");
-        cr_assert_eq(h_log_count(&p.ctr, "names dictionary index"), 0);
+        cr_assert_eq(h_log_count(&p.k.ctr, "names dictionary index"), 0);
         /* the link status messages show the list: the base's on its broker, the center's on its own */
         char st[1024], want[64];
         snprintf(want, sizeof(want), "\"dictionary\":\"%s/3\"}", fb);
-        link_status(p.local.port, "kuimen/north/link/sat", st, sizeof(st));
+        link_status(p.k.local.port, "kuimen/north/link/sat", st, sizeof(st));
         cr_assert(strstr(st, want), "base link status: %s", st);
-        link_status(p.center.port, "kuimen/county/link/sat", st, sizeof(st));
+        link_status(p.k.center.port, "kuimen/county/link/sat", st, sizeof(st));
         cr_assert(strstr(st, want), "center link status: %s", st);
         pair_down(&p);
 }
@@ -416,8 +318,8 @@ Test(narrow, center_dictionary_shorter, .timeout = 120)
         MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
         cr_assert_eq(MQTTAsync_subscribe(p.sub.c, "kuimen/north/unknown-topic/#", 1, &ro), 0);
         h_sleep_ms(300);
-        logged_dict(&p.base, 3, fb);
-        logged_dict(&p.ctr, 2, fc);
+        logged_dict(&p.k.base, 3, fb);
+        logged_dict(&p.k.ctr, 2, fc);
         cr_assert_str_neq(fb, fc, "the two lists show different fingerprints");
         h_pub_send(&p.pub, "alert/gas/zone3", "Z3");
         h_pub_send(&p.pub, "alert/gas/zone9", "Z9");
@@ -433,12 +335,12 @@ Test(narrow, center_dictionary_shorter, .timeout = 120)
         cr_assert_neq(p.sub.rx[i].id, 0);
         char want[400];
         snprintf(want, sizeof(want), "from north names dictionary index 2, beyond the 2 topics of %s/center.dict (fingerprint %s)",
-                 p.dir, fc);
-        cr_assert(h_log_wait(&p.ctr, want, 5000), "the center says why: %s", want);
-        cr_assert_eq(h_log_count(&p.ctr, "names dictionary index"), 1);
+                 p.k.dir, fc);
+        cr_assert(h_log_wait(&p.k.ctr, want, 5000), "the center says why: %s", want);
+        cr_assert_eq(h_log_count(&p.k.ctr, "names dictionary index"), 1);
         /* kuimenctl shows each end's list */
         char out[4096], cmd[700];
-        snprintf(cmd, sizeof(cmd), "'%s' --socket '%s/center/kuimen.sock' links 2>&1", getenv("KM_KUIMENCTL"), p.dir);
+        snprintf(cmd, sizeof(cmd), "'%s' --socket '%s/center/kuimen.sock' links 2>&1", getenv("KM_KUIMENCTL"), p.k.dir);
         run_out(cmd, out, sizeof(out));
         snprintf(want, sizeof(want), "\nsat: dictionary %s/2\n", fc);
         cr_assert(strstr(out, want), "kuimenctl links: %s", out);
@@ -452,13 +354,13 @@ Test(narrow, bad_dictionary_refused_by_check_config, .timeout = 30)
         h_tmpdir(dir, sizeof(dir), "dictbad");
         snprintf(conf, sizeof(conf), "%s/base.conf", dir);
         snprintf(dict, sizeof(dict), "%s/topics.txt", dir);
-        write_text(dict, "alert/gas/zone3\n# sensors\nsensors/+/level\n");
+        h_write_text(dict, "alert/gas/zone3\n# sensors\nsensors/+/level\n");
         char text[800];
         snprintf(text, sizeof(text),
                  "[node]\nname = north\nspool = %s/spool.db\nplugin_dir = %s\n[local]\nuri = tcp://127.0.0.1:1\n"
                  "[link sat]\ntype = sim\nlisten = 127.0.0.1:1\npeer = 127.0.0.1:2\ndictionary = topics.txt\n",
                  dir, plugin_dir());
-        write_text(conf, text);
+        h_write_text(conf, text);
         snprintf(cmd, sizeof(cmd), "'%s' --check-config '%s' 2>&1", getenv("KM_KUIMEN"), conf);
         FILE *f = popen(cmd, "r");
         size_t n = fread(out, 1, sizeof(out) - 1, f);
@@ -469,7 +371,7 @@ Test(narrow, bad_dictionary_refused_by_check_config, .timeout = 30)
                  "%s:11: dictionary: %s:3: wildcard '+' in topic 'sensors/+/level': a dictionary lists topics, not filters\n",
                  conf, dict);
         cr_assert_str_eq(out, want);
-        write_text(dict, "alert/gas/zone3\n# sensors\nsensors/water/level\n");
+        h_write_text(dict, "alert/gas/zone3\n# sensors\nsensors/water/level\n");
         f = popen(cmd, "r");
         n = fread(out, 1, sizeof(out) - 1, f);
         out[n] = '\0';
