@@ -687,3 +687,51 @@ Test(links, ack_and_probe_keys_checked)
         cr_assert_str_eq(out, want);
         h_cleanup(dir);
 }
+
+/* A probe out when traffic starts: frames sent after it share the window, and the
+ * peer's acks release the probe while they are still in flight. That answers the
+ * probe; before the fix its clock ran on and took the healthy link down. */
+Test(links, probe_answered_while_traffic_in_flight, .timeout = 120)
+{
+        struct pair p;
+        pair_up(&p, "links-probe-traffic", "mtu = 77\nbitrate = 9600\nlatency = 700ms", "probe = 1s\nack_timeout = 2s");
+        int sent = 0;
+        for (int cycle = 0; cycle < 2; cycle++) {
+                h_sleep_ms(3500 + 230 * cycle); /* idle: probes go and are answered */
+                for (int64_t until = h_now_ms() + 4000; h_now_ms() < until; h_sleep_ms(400)) {
+                        char pl[32];
+                        snprintf(pl, sizeof(pl), "{\"v\":%d}", sent++);
+                        cr_assert_eq(h_pub_send(&p.pub, "sensors/a", pl), 0);
+                }
+        }
+        cr_assert_eq(h_sub_wait(&p.sub, (size_t)sent, 15000), (size_t)sent);
+        size_t probes = 0, plen = probe_len();
+        pthread_mutex_lock(&p.k.relay.mu);
+        for (size_t i = 0; i < p.k.relay.n; i++)
+                probes += p.k.relay.len[i] == plen;
+        pthread_mutex_unlock(&p.k.relay.mu);
+        cr_assert_geq(probes, 2, "probes went while idle (%zu)", probes);
+        cr_assert_eq(h_log_count(&p.k.base, "probe not acknowledged"), 0, "a probe answered by the window's acks timed out");
+        cr_assert_eq(h_log_count(&p.k.base, "-> down"), 0);
+        pair_down(&p);
+}
+
+/* A link retried after a cut whose probe finds the budget spent: the probe goes when
+ * the budget's window rolls over (before the fix it never went, and the link stayed
+ * down for good), and what waited arrives. */
+Test(links, probe_waits_for_the_budget, .timeout = 120)
+{
+        struct pair p;
+        pair_up(&p, "links-probe-budget", "mtu = 77\nbitrate = 9600",
+                "probe = 1s\nack_timeout = 2s\nbudget_messages = 2\nbudget_interval = 4s");
+        h_sleep_ms(1500);
+        p.k.relay.cut = true;
+        /* Two probes spent the first window: the next goes when it rolls over. */
+        cr_assert(h_log_wait(&p.k.base, "probe not acknowledged", 20000));
+        h_sleep_ms(6000);
+        p.k.relay.cut = false;
+        cr_assert_eq(h_pub_send(&p.pub, "alert/gas", "{\"x\":1}"), 0);
+        cr_assert(h_log_wait(&p.k.base, "-> up (probe answered after: ", 30000), "the retried link came back");
+        cr_assert_eq(h_sub_wait(&p.sub, 1, 15000), 1, "the alert that waited arrives");
+        pair_down(&p);
+}
