@@ -1192,12 +1192,11 @@ static int commit_frame(struct km_frame_tx *tx, struct km_frame_slot *s, uint8_t
 	return (int)len;
 }
 
-int km_frame_tx_encode(struct km_frame_tx *tx, const struct km_frame_msg *msgs,
-		       size_t n, size_t mtu, const struct km_frame_ack *ack,
-		       int64_t now_ms, uint8_t *out, struct km_frame_put *put)
+/* The window place of the next frame, emptied; 0, -EINVAL, -EAGAIN or -ENOMEM. */
+static int frame_begin(struct km_frame_tx *tx, size_t mtu, const uint8_t *out,
+		       struct km_frame_slot **sp)
 {
-	if (!n || !msgs || !out || !put || mtu < KM_FRAME_MTU_MIN ||
-	    mtu > tx->cfg.mtu_max)
+	if (!out || mtu < KM_FRAME_MTU_MIN || mtu > tx->cfg.mtu_max)
 		return -EINVAL;
 	if (tx->inflight >= tx->cfg.window)
 		return -EAGAIN;
@@ -1205,9 +1204,23 @@ int km_frame_tx_encode(struct km_frame_tx *tx, const struct km_frame_msg *msgs,
 	int rc = slot_ready(s, tx->cfg.mtu_max);
 	if (rc)
 		return rc;
-	*put = (struct km_frame_put){ .seq = tx->next_seq };
 	s->n_done = 0;
 	s->has_part = false;
+	*sp = s;
+	return 0;
+}
+
+int km_frame_tx_encode(struct km_frame_tx *tx, const struct km_frame_msg *msgs,
+		       size_t n, size_t mtu, const struct km_frame_ack *ack,
+		       int64_t now_ms, uint8_t *out, struct km_frame_put *put)
+{
+	struct km_frame_slot *s;
+	if (!n || !msgs || !put)
+		return -EINVAL;
+	int rc = frame_begin(tx, mtu, out, &s);
+	if (rc)
+		return rc;
+	*put = (struct km_frame_put){ .seq = tx->next_seq };
 	/* Budget for the larger CRC when the frame may exceed 256 bytes. */
 	struct enc e = { .w = { .p = out, .cap = mtu - crc_size(mtu) } };
 	put_head(tx, &e.w, false);
@@ -1233,16 +1246,10 @@ int km_frame_tx_encode(struct km_frame_tx *tx, const struct km_frame_msg *msgs,
 
 int km_frame_tx_probe(struct km_frame_tx *tx, size_t mtu, int64_t now_ms, uint8_t *out)
 {
-	if (!out || mtu < KM_FRAME_MTU_MIN || mtu > tx->cfg.mtu_max)
-		return -EINVAL;
-	if (tx->inflight >= tx->cfg.window)
-		return -EAGAIN;
-	struct km_frame_slot *s = &tx->slot[tx->next_seq % KM_FRAME_WINDOW_MAX];
-	int rc = slot_ready(s, tx->cfg.mtu_max);
+	struct km_frame_slot *s;
+	int rc = frame_begin(tx, mtu, out, &s);
 	if (rc)
 		return rc;
-	s->n_done = 0;
-	s->has_part = false;
 	struct wbuf w = { .p = out, .cap = mtu - crc_size(mtu) };
 	put_head(tx, &w, false);
 	return commit_frame(tx, s, out, w.pos, now_ms);
