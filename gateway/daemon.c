@@ -40,6 +40,7 @@ static const struct km_conf_key node_keys[] = {
 
 struct ingest_extra {
         const char *route_topic; /* classify by this topic instead */
+        int prio;                /* >= 0: classify by this priority instead */
         const char *origin;
         uint64_t oid;
 };
@@ -207,17 +208,18 @@ static int ingest(struct km_daemon *d, int dir, const char *topic, const char *c
         return ingest_ex(d, dir, topic, cls_name, payload, len, retain, ckey_suffix, NULL);
 }
 
-int km_daemon_relay(struct km_daemon *d, const char *topic, const char *route_topic, const void *payload, size_t len,
-                    const char *origin, uint64_t oid)
+int km_daemon_relay(struct km_daemon *d, const char *topic, const char *route_topic, int prio, const void *payload,
+                    size_t len, const char *origin, uint64_t oid)
 {
-        struct ingest_extra x = { .route_topic = route_topic, .origin = origin, .oid = oid };
+        struct ingest_extra x = { .route_topic = route_topic, .prio = route_topic ? -1 : prio, .origin = origin,
+                                  .oid = oid };
         return ingest_ex(d, KM_DIR_DOWN, topic, NULL, payload, len, false, NULL, &x);
 }
 
 int km_daemon_ingest_routed(struct km_daemon *d, int dir, const char *topic, const char *route_topic,
                             const void *payload, size_t len)
 {
-        struct ingest_extra x = { .route_topic = route_topic };
+        struct ingest_extra x = { .route_topic = route_topic, .prio = -1 };
         return ingest_ex(d, dir, topic, NULL, payload, len, false, NULL, &x);
 }
 
@@ -312,7 +314,9 @@ static int ingest_ex(struct km_daemon *d, int dir, const char *topic, const char
         int rc;
 
         pthread_rwlock_rdlock(&d->route_lock);
-        const struct km_class *k = cls_name ? km_route_find(&d->route, cls_name) : km_route_match(&d->route, rt);
+        const struct km_class *k = cls_name          ? km_route_find(&d->route, cls_name)
+                                   : x && x->prio >= 0 ? km_route_by_priority(&d->route, x->prio)
+                                                       : km_route_match(&d->route, rt);
         if (k) {
                 snprintf(cls, sizeof(cls), "%s", k->name);
                 m.prio = (uint8_t)k->priority;

@@ -473,7 +473,10 @@ static void ingest_delivered(km_plugin_link *h, const struct km_frame_msg *m, co
 {
         char topic[KM_FRAME_TOPIC_MAX + 128];
         snprintf(topic, sizeof(topic), "%s/%s/%s", h->prefix, origin, m->topic ? m->topic : "unknown");
-        km_daemon_relay(h->d, topic, m->topic ? m->topic : "", m->payload, m->len, origin, m->id);
+        /* A topic beyond our dictionary (unknown-topic/N) has no class here: the frame
+         * says how urgent it was at the base (an alert stays an alert). */
+        bool unknown = !m->topic || strncmp(m->topic, KM_DICT_FALLBACK "/", sizeof(KM_DICT_FALLBACK)) == 0;
+        km_daemon_relay(h->d, topic, unknown ? NULL : m->topic, m->cls, m->payload, m->len, origin, m->id);
 }
 
 /* A base: what a center sends down is commands for the local broker, nothing else

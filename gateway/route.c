@@ -235,6 +235,14 @@ const struct km_class *km_route_match(const struct km_route *r, const char *topi
         return NULL;
 }
 
+const struct km_class *km_route_by_priority(const struct km_route *r, long prio)
+{
+        for (size_t i = 0; i < r->n; i++)
+                if (r->cls[i].priority >= prio)
+                        return &r->cls[i];
+        return r->n ? &r->cls[r->n - 1] : NULL;
+}
+
 const struct km_class *km_route_find(const struct km_route *r, const char *name)
 {
         for (size_t i = 0; i < r->n; i++)

@@ -35,6 +35,11 @@ void km_route_deinit(struct km_route *r);
  * narrows bulk yields NULL). The pointer is valid until the route is reloaded. */
 const struct km_class *km_route_match(const struct km_route *r, const char *topic);
 
+/* The first class, in priority order, whose priority is prio or less urgent (the last
+ * class when none is); NULL only for an empty table. For a message whose topic is not
+ * known here but whose priority is (a narrow link's unknown dictionary index). */
+const struct km_class *km_route_by_priority(const struct km_route *r, long prio);
+
 /* Class by name or NULL. */
 const struct km_class *km_route_find(const struct km_route *r, const char *name);
 

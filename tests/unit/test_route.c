@@ -91,3 +91,18 @@ Test(route, errors_name_file_line_key)
         km_route_deinit(&r);
         km_conf_deinit(&c);
 }
+
+/* A relayed message whose topic the center cannot name (an unknown dictionary index)
+ * keeps its urgency: the first class of its priority, or the next less urgent. */
+Test(route, by_priority)
+{
+        struct km_conf c;
+        struct km_route r = load("[class drill]\npriority = 7\nmatch = drill/#\n[class urgent]\npriority = 0\nmatch = x/#\n",
+                                 &c, 0);
+        cr_assert_str_eq(km_route_by_priority(&r, 0)->name, "alert"); /* "alert" before "urgent" */
+        cr_assert_str_eq(km_route_by_priority(&r, 1)->name, "command");
+        cr_assert_str_eq(km_route_by_priority(&r, 6)->name, "drill");
+        cr_assert_str_eq(km_route_by_priority(&r, 9)->name, "drill");
+        km_route_deinit(&r);
+        km_conf_deinit(&c);
+}
