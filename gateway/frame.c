@@ -1100,6 +1100,16 @@ static size_t restart_count(const struct km_frame_ack *a)
 }
 
 /* The ack tail goes last and only where the messages left room. */
+/* Bytes the ack tail of a takes. */
+static size_t ack_tail_len(const struct km_frame_ack *a)
+{
+	size_t nr = restart_count(a), rlen = 0;
+
+	for (size_t i = 0; i < nr; i++)
+		rlen += varint_len(a->restart[i]);
+	return varint_len(a->origin) + 2 + (nr ? rlen + 1 : 0) + bitmap_len(a->bitmap) + 1;
+}
+
 static bool put_ack_tail(struct wbuf *w, const struct km_frame_ack *a)
 {
 	size_t nbm = bitmap_len(a->bitmap), ol = varint_len(a->origin);
@@ -1107,7 +1117,7 @@ static bool put_ack_tail(struct wbuf *w, const struct km_frame_ack *a)
 
 	for (size_t i = 0; i < nr; i++)
 		rlen += varint_len(a->restart[i]);
-	if (w->cap - w->pos < ol + 2 + (nr ? rlen + 1 : 0) + nbm + 1)
+	if (w->cap - w->pos < ack_tail_len(a))
 		return false;
 	put_varint(w, a->origin);
 	put_u16(w, a->cum);
@@ -1221,8 +1231,12 @@ int km_frame_tx_encode(struct km_frame_tx *tx, const struct km_frame_msg *msgs,
 	if (rc)
 		return rc;
 	*put = (struct km_frame_put){ .seq = tx->next_seq };
-	/* Budget for the larger CRC when the frame may exceed 256 bytes. */
-	struct enc e = { .w = { .p = out, .cap = mtu - crc_size(mtu) } };
+	/* Budget for the larger CRC when the frame may exceed 256 bytes; with ack_room,
+	 * the messages leave the ack's bytes free (while half the frame stays theirs). */
+	size_t cap = mtu - crc_size(mtu), tail = ack && tx->cfg.ack_room ? ack_tail_len(ack) : 0;
+	if (tail > cap / 2)
+		tail = 0;
+	struct enc e = { .w = { .p = out, .cap = cap - tail } };
 	put_head(tx, &e.w, false);
 	e.head_len = e.w.pos;
 	if ((rc = fill_records(tx, &e, s, msgs, n, put))) {
@@ -1235,6 +1249,7 @@ int km_frame_tx_encode(struct km_frame_tx *tx, const struct km_frame_msg *msgs,
 	if (!e.nrec)
 		return -EMSGSIZE;
 	strip_last_len(&e);
+	e.w.cap = cap;
 	if (ack && put_ack_tail(&e.w, ack)) {
 		out[0] |= HDR_ACK;
 		if (ack->slots_lost && tx->cfg.version >= 2)

@@ -117,6 +117,9 @@ struct km_frame_tx_cfg {
 	bool no_compact_json;               /* leave JSON whitespace alone */
 	size_t deflate_min;                 /* try deflate from this size, 0 = 24 */
 	unsigned version;                   /* wire version written: 0 or 1 = 1, 2 = with slots */
+	bool ack_room;                      /* an ack given to km_frame_tx_encode always rides: the
+					       messages leave its bytes free (unless that is over
+					       half the frame); false: only when they left room */
 	/* Version 2: a message whose payload is canonical position JSON goes
 	 * as a compact position batch when that is smaller on the wire; the
 	 * receiver delivers the batch (enc POSBATCH), whose record is the
@@ -279,7 +282,7 @@ void km_frame_tx_deinit(struct km_frame_tx *tx);
  * split. Messages go whole when they fit; one that would fit a fresh frame
  * waits for the next frame rather than being split; larger ones are split,
  * continuing the next frame from put->next_off. ack (may be NULL) is
- * piggybacked when room is left. The frame is kept in the window until
+ * piggybacked when room is left (with cfg.ack_room, room is kept for it). The frame is kept in the window until
  * acknowledged. now_ms stamps it for retransmission.
  * Returns the frame length (> 0); -EAGAIN when the window is full; -EMSGSIZE
  * when msgs[0] cannot go even in an empty frame (topic too long for mtu);

@@ -144,7 +144,8 @@ struct km_plugin_link {
         struct km_dict_fallback fb;   /* between rx and on_deliver: indexes beyond dict */
         bool busy;           /* the device said -EAGAIN: wait for ready() */
         int64_t free_at;     /* CLOCK_MONOTONIC ms the device said it takes the next frame */
-        bool ack_owed;       /* center: an ack frame waits for the device */
+        bool ack_owed;       /* an ack for the peer's frames waits for the device */
+        bool ack_tried;      /* ... and a data frame was offered to carry it */
         uint32_t ack_to;     /* whose frames it acknowledges */
         struct qmsg q[QMAX];
         struct watch w[MAXFD];
@@ -579,6 +580,7 @@ static void api_received(km_plugin_link *h, const void *frame, size_t len)
         /* With ack = receipt or none the sender releases frames without us. */
         if (info.ack_due && h->link->ack_mode == KM_ACK_PEER) {
                 h->ack_owed = true;
+                h->ack_tried = false;
                 h->ack_to = info.origin;
         }
         kick(h);
@@ -760,14 +762,28 @@ static void frame_unsent(km_plugin_link *h)
                         h->tx.slot[i].lost = true;
 }
 
-/* Feeds the device while it takes frames: an owed ack, retransmissions, new frames. */
+/* Whether a new data frame would go now (what kick frames). */
+static bool data_waiting(km_plugin_link *h)
+{
+        if (h->link->state != KM_LINK_UP || h->probing || km_frame_tx_inflight(&h->tx) >= FRAME_WINDOW)
+                return false;
+        for (int i = 0; i < QMAX; i++)
+                if (h->q[i].used && !h->q[i].framed && !held_for_mqtt(h, &h->q[i]))
+                        return true;
+        return false;
+}
+
+/* Feeds the device while it takes frames: an owed ack, retransmissions, new frames. An
+ * ack rides in the tail of a data frame about to go when it fits (a base answering a
+ * center's command frames while it sends its own: on a budgeted card every frame
+ * counts); else it goes alone, once that frame is sent. */
 static void kick(km_plugin_link *h)
 {
         int64_t now = km_now_ms();
 
         while (!h->busy && h->open && !h->faulted) {
                 size_t room = budget_room(h);
-                if (h->ack_owed) {
+                if (h->ack_owed && (h->ack_tried || !data_waiting(h))) {
                         struct km_frame_ack ack;
                         if (km_frame_rx_ack(&h->rx, h->ack_to, &ack) == 0) {
                                 int n = km_frame_ack_encode(&ack, h->origin, h->buf, h->bufcap);
@@ -832,13 +848,22 @@ static void kick(km_plugin_link *h)
                                 idx[b] = idx[b - 1], idx[b - 1] = ti;
                         }
                 struct km_frame_put put;
-                n = km_frame_tx_encode(&h->tx, msgs, (size_t)k, room < h->mtu ? room : h->mtu, NULL, now, h->buf, &put);
+                struct km_frame_ack ack;
+                const struct km_frame_ack *piggy = NULL;
+                if (h->ack_owed && !h->ack_tried && km_frame_rx_ack(&h->rx, h->ack_to, &ack) == 0)
+                        piggy = &ack;
+                h->ack_tried = h->ack_owed;
+                n = km_frame_tx_encode(&h->tx, msgs, (size_t)k, room < h->mtu ? room : h->mtu, piggy, now, h->buf, &put);
                 if (n < 0) {
                         if (n != -EAGAIN)
                                 KM_LOG(KM_LOG_ERR, "link", "%s: cannot frame message %llu: %s", h->link->name,
                                        (unsigned long long)msgs[0].id, strerror(-n));
+                        if (h->ack_owed)
+                                continue; /* the ack goes alone */
                         return;
                 }
+                if (put.acked_piggy)
+                        h->ack_owed = false;
                 for (size_t i = 0; i < put.n_full; i++)
                         h->q[idx[i]].framed = true;
                 if (put.n_full < (size_t)k)
@@ -1248,7 +1273,7 @@ int km_plugin_link_start(struct km_daemon *d, struct km_conf *c, const char *sec
         struct km_frame_tx_cfg tc = { .origin = h->origin, .first_seq = (uint16_t)(km_now_ms() & 0xffff),
                                       .window = FRAME_WINDOW, .mtu_max = KM_FRAME_MTU_MAX,
                                       .no_compact_json = h->center,
-                                      .version = l->ack_mode == KM_ACK_PEER ? 2 : 1,
+                                      .version = l->ack_mode == KM_ACK_PEER ? 2 : 1, .ack_room = true,
                                       .pos_batch = !h->center && h->nc.positions && strcmp(h->nc.positions, "compact") == 0 };
         struct km_frame_rx_cfg rcfg = { .pos_json = true };
         /* Topics by index both ways (gateway/dict.c); a message beyond our list still

@@ -816,6 +816,7 @@ static void *relay_main(void *arg)
                 pthread_mutex_lock(&r->mu);
                 if (src == r->base_port && r->n < H_RELAY_MAXDG) {
                         r->at[r->n] = h_now_ms();
+                        r->hdr[r->n] = buf[0];
                         r->len[r->n++] = (size_t)n;
                 }
                 if (src == r->center_port)

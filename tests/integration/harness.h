@@ -177,6 +177,7 @@ struct h_relay {
         pthread_mutex_t mu; /* guards what follows */
         int64_t at[H_RELAY_MAXDG]; /* h_now_ms() of each of the base's datagrams (the first MAXDG) */
         size_t len[H_RELAY_MAXDG];
+        uint8_t hdr[H_RELAY_MAXDG]; /* each one's first byte (a frame's version and type) */
         size_t n;      /* of the base's datagrams recorded */
         size_t n_back; /* datagrams the center sent the base */
 };

@@ -735,3 +735,49 @@ Test(links, probe_waits_for_the_budget, .timeout = 120)
         cr_assert_eq(h_sub_wait(&p.sub, 1, 15000), 1, "the alert that waited arrives");
         pair_down(&p);
 }
+
+/* Commands come down while the base has a backlog going up: the base's acks for the
+ * center's frames ride in its data frames (each keeps their bytes free) instead of
+ * taking frames of their own, which on a budgeted card each cost a send. */
+Test(links, acks_ride_in_data_frames, .timeout = 120)
+{
+        struct pair p;
+        struct h_sub cmds;
+        struct h_pub op;
+        pair_up(&p, "links-piggy", "mtu = 77\nbitrate = 2400", NULL);
+        h_sub_start(&cmds, p.k.local.port, "unit", "cmd/#", false);
+        h_pub_start(&op, p.k.center.port, "operator");
+        for (int i = 0; i < 80; i++) {
+                char pl[64];
+                snprintf(pl, sizeof(pl), "{\"seq\":%d,\"ch4\":%d.%02d,\"o2\":20.%d}", i, i % 5, (i * 37) % 100, i % 10);
+                cr_assert_eq(h_pub_send(&p.pub, "sensors/gas", pl), 0);
+        }
+        cr_assert(h_pub_flush(&p.pub, 5000));
+        while (h_relay_count(&p.k.relay, NULL, NULL) < 3)
+                h_sleep_ms(20);
+        for (int i = 0; i < 5; i++) {
+                char pl[32];
+                snprintf(pl, sizeof(pl), "{\"go\":%d}", i);
+                cr_assert_eq(h_pub_send(&op, "kuimen/north/cmd/pump", pl), 0);
+        }
+        cr_assert(h_pub_flush(&op, 5000));
+        cr_assert_eq(h_sub_wait(&cmds, 5, 20000), 5, "the commands reach the base's broker");
+        size_t got = h_sub_wait(&p.sub, 80, 60000);
+        cr_assert_eq(got, 80);
+        size_t acks = 0, data = 0, back;
+        h_relay_count(&p.k.relay, NULL, &back);
+        pthread_mutex_lock(&p.k.relay.mu);
+        cr_assert_lt(p.k.relay.n, H_RELAY_MAXDG);
+        for (size_t i = 0; i < p.k.relay.n; i++) {
+                acks += ((p.k.relay.hdr[i] >> 3) & 3) == 1;
+                data += ((p.k.relay.hdr[i] >> 3) & 3) == 0;
+        }
+        pthread_mutex_unlock(&p.k.relay.mu);
+        cr_log_info("piggyback: %zu data frames, %zu ack frames from the base; %zu datagrams from the center", data,
+                    acks, back);
+        cr_assert_geq(back, 1, "the center sent its command frames");
+        cr_assert_eq(acks, 0, "the base sent %zu ack frames of their own while its data frames went", acks);
+        h_pub_stop(&op);
+        h_sub_stop(&cmds);
+        pair_down(&p);
+}

@@ -953,6 +953,23 @@ Test(frame, piggybacked_ack)
 	cr_assert_eq(n, 77);
 	cr_assert(!put.acked_piggy);
 	cr_assert_gt(put.next_off, 0);
+	size_t off = put.next_off;
+	/* ... unless the sender keeps room for it: the next fragment leaves the tail's 6
+	 * bytes (compared with the same fragment, without an ack, from a twin sender) */
+	struct km_frame_tx twin;
+	cr_assert_eq(km_frame_tx_init(&twin, &c), 0);
+	b.frag_off = 0;
+	cr_assert_eq(km_frame_tx_encode(&twin, &b, 1, 77, NULL, NOW_MS, f, &put), 77);
+	cr_assert_eq(put.next_off, off);
+	b.frag_off = off;
+	cr_assert_eq(km_frame_tx_encode(&twin, &b, 1, 77, NULL, NOW_MS, f, &put), 77);
+	size_t plain = put.next_off - off;
+	tx.cfg.ack_room = true;
+	n = km_frame_tx_encode(&tx, &b, 1, 77, &a, NOW_MS, f, &put);
+	cr_assert_eq(n, 77);
+	cr_assert(put.acked_piggy);
+	cr_assert_eq(put.next_off - off, plain - 6, "%zu without the ack, %zu with", plain, put.next_off - off);
+	km_frame_tx_deinit(&twin);
 	sink_free(&s);
 	km_frame_rx_deinit(&rx);
 	km_frame_tx_deinit(&tx);
