@@ -179,13 +179,17 @@ void h_kuimen_start(struct h_proc *p, const char *log, const char *const *args)
 int h_kuimen_run(const char *const *args, char *out, size_t len)
 {
         int fds[2];
-        cr_assert_eq(pipe(fds), 0);
+        char *argv[16];
+        size_t n = 0;
+        while (args[n])
+                n++;
+        H_REQUIRE(n + 2 <= sizeof(argv) / sizeof(argv[0]), "h_kuimen_run: %zu arguments, at most 14", n);
+        H_REQUIRE(pipe(fds) == 0, "pipe: %s", strerror(errno));
         pid_t pid = fork();
         if (pid == 0) {
                 dup2(fds[1], 1);
                 dup2(fds[1], 2);
-                char *argv[8];
-                int n = 0;
+                n = 0;
                 argv[n++] = getenv("KM_KUIMEN") ? getenv("KM_KUIMEN") : "kuimen";
                 for (; *args; args++)
                         argv[n++] = (char *)*args;

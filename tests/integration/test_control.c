@@ -3,7 +3,6 @@
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
-#include <dlfcn.h>
 #include <libgen.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -21,37 +20,13 @@
 
 /* ---- cJSON ----------------------------------------------------------------------- */
 
-/* Through dlopen while tests/integration/meson.build does not link libcjson into the
- * suites; with cjson in their dependencies these become plain calls. */
-static struct {
-        cJSON *(*parse)(const char *);
-        void (*del)(cJSON *);
-        cJSON *(*get)(const cJSON *, const char *);
-        cJSON *(*item)(const cJSON *, int);
-        int (*size)(const cJSON *);
-} cj;
-
-static void cj_load(void)
-{
-        if (cj.parse)
-                return;
-        void *h = dlopen("libcjson.so.1", RTLD_NOW | RTLD_LOCAL);
-        cr_assert(h, "libcjson.so.1: %s", dlerror());
-        *(void **)&cj.parse = dlsym(h, "cJSON_Parse");
-        *(void **)&cj.del = dlsym(h, "cJSON_Delete");
-        *(void **)&cj.get = dlsym(h, "cJSON_GetObjectItemCaseSensitive");
-        *(void **)&cj.item = dlsym(h, "cJSON_GetArrayItem");
-        *(void **)&cj.size = dlsym(h, "cJSON_GetArraySize");
-        cr_assert(cj.parse && cj.del && cj.get && cj.item && cj.size, "cJSON symbols missing");
-}
-
 /* A JSON path like "links.0.name" (numbers index arrays); NULL when absent. */
 static const cJSON *jpath(const cJSON *j, const char *path)
 {
         char buf[128], *save = NULL;
         snprintf(buf, sizeof(buf), "%s", path);
         for (char *t = strtok_r(buf, ".", &save); j && t; t = strtok_r(NULL, ".", &save))
-                j = (*t >= '0' && *t <= '9') ? cj.item(j, atoi(t)) : cj.get(j, t);
+                j = (*t >= '0' && *t <= '9') ? cJSON_GetArrayItem(j, atoi(t)) : cJSON_GetObjectItemCaseSensitive(j, t);
         return j;
 }
 
@@ -73,9 +48,9 @@ static double jnum(const cJSON *j, const char *path)
 static double class_depth(const cJSON *r, const char *name)
 {
         const cJSON *cls = jpath(r, "spool.classes");
-        for (int i = 0; cls && i < cj.size(cls); i++)
-                if (strcmp(jstr(cj.item(cls, i), "name"), name) == 0)
-                        return jnum(cj.item(cls, i), "depth");
+        for (int i = 0; cls && i < cJSON_GetArraySize(cls); i++)
+                if (strcmp(jstr(cJSON_GetArrayItem(cls, i), "name"), name) == 0)
+                        return jnum(cJSON_GetArrayItem(cls, i), "depth");
         return -1;
 }
 
@@ -125,7 +100,7 @@ static cJSON *ctl_json(struct env *e, const char *what)
         snprintf(args, sizeof(args), "%s --json", what);
         int rc = ctl(e->sock, args, out, sizeof(out));
         cr_assert_eq(rc, 0, "kuimenctl %s: exit %d: %s", args, rc, out);
-        cJSON *r = cj.parse(out);
+        cJSON *r = cJSON_Parse(out);
         cr_assert(r, "not JSON: %s", out);
         return r;
 }
@@ -137,7 +112,7 @@ static bool wait_link(struct env *e, const char *state, bool is, int timeout_ms)
         while (h_now_ms() < until) {
                 cJSON *r = ctl_json(e, "status");
                 bool match = (strcmp(jstr(r, "links.0.state"), state) == 0) == is;
-                cj.del(r);
+                cJSON_Delete(r);
                 if (match)
                         return true;
                 h_sleep_ms(50);
@@ -153,7 +128,7 @@ static bool wait_empty(struct env *e, int timeout_ms)
         for (;;) {
                 cJSON *r = ctl_json(e, "status");
                 double depth = jnum(r, "spool.depth"), inflight = jnum(r, "links.0.inflight");
-                cj.del(r);
+                cJSON_Delete(r);
                 if (!depth && !inflight)
                         return true;
                 if (h_now_ms() > until)
@@ -176,7 +151,6 @@ static void up(struct env *e, const char *tag)
 {
         char extra[600];
         memset(e, 0, sizeof(*e));
-        cj_load();
         h_tmpdir(e->dir, sizeof(e->dir), tag);
         snprintf(e->conf, sizeof(e->conf), "%s/kuimen.conf", e->dir);
         snprintf(e->klog, sizeof(e->klog), "%s/kuimen.log", e->dir);
@@ -297,10 +271,10 @@ Test(control, status_links_spool_and_backlog)
         cr_assert_str_eq(jstr(r, "links.1.name"), "local");
         cr_assert_eq(jnum(r, "spool.depth"), 0);
         cr_assert_eq(jnum(r, "spool.oldest_age_s"), 0);
-        cr_assert_eq(cj.size(jpath(r, "positions")), 0);
+        cr_assert_eq(cJSON_GetArraySize(jpath(r, "positions")), 0);
         cr_assert_eq(jpath(r, "gnss")->type & 0xff, cJSON_NULL);
         cr_assert_eq(class_depth(r, "telemetry"), 0);
-        cj.del(r);
+        cJSON_Delete(r);
 
         /* A backlog of known size: the center away, 20 readings and one alert. */
         h_stop(&e.center.p, SIGTERM);
@@ -312,7 +286,7 @@ Test(control, status_links_spool_and_backlog)
                 r = ctl_json(&e, "spool");
                 if ((class_depth(r, "telemetry") == 20 && class_depth(r, "alert") == 1) || h_now_ms() > until)
                         break;
-                cj.del(r);
+                cJSON_Delete(r);
                 h_sleep_ms(50);
         }
         cr_assert_eq(class_depth(r, "telemetry"), 20);
@@ -321,19 +295,19 @@ Test(control, status_links_spool_and_backlog)
          * sum of the classes, and holds our 21. */
         double sum = 0;
         const cJSON *cls = jpath(r, "spool.classes");
-        for (int i = 0; i < cj.size(cls); i++)
-                sum += jnum(cj.item(cls, i), "depth");
+        for (int i = 0; i < cJSON_GetArraySize(cls); i++)
+                sum += jnum(cJSON_GetArrayItem(cls, i), "depth");
         cr_assert_eq(jnum(r, "spool.depth"), sum);
         cr_assert_eq(jnum(r, "spool.depth"), 21 + class_depth(r, "status"));
         cr_assert(jnum(r, "spool.bytes") > 0);
         cr_assert(jnum(r, "spool.oldest_age_s") > 0);
         /* The head: the alert leaves first. */
-        cr_assert_eq(cj.size(jpath(r, "spool.head")), 1);
+        cr_assert_eq(cJSON_GetArraySize(jpath(r, "spool.head")), 1);
         cr_assert_str_eq(jstr(r, "spool.head.0.class"), "alert");
         cr_assert_str_eq(jstr(r, "spool.head.0.topic"), "alert/a0");
         cr_assert_eq(jnum(r, "spool.head.0.bytes"), 2);
         cr_assert_eq(jnum(r, "spool.head.0.priority"), 0);
-        cj.del(r);
+        cJSON_Delete(r);
         cr_assert_eq(ctl(e.sock, "spool", out, sizeof(out)), 0, "%s", out);
         cr_assert(strstr(out, "\nnext to leave (up, priority 0):\n"), "%s", out);
         cr_assert(strstr(out, "  alert/a0\n"), "%s", out);
@@ -362,13 +336,13 @@ Test(control, reload_and_socket_gone_on_stop)
         fputs("[class drill]\nmatch = drill/#\npriority = 6\n", f);
         fclose(f);
         cr_assert_eq(ctl(e.sock, "reload --json", out, sizeof(out)), 0, "%s", out);
-        cJSON *r = cj.parse(out);
+        cJSON *r = cJSON_Parse(out);
         cr_assert_str_eq(jstr(r, "reload"), "ok");
         cr_assert_eq(jnum(r, "classes"), 7);
-        cj.del(r);
+        cJSON_Delete(r);
         r = ctl_json(&e, "status");
         cr_assert_str_eq(jstr(r, "spool.classes.6.name"), "drill");
-        cj.del(r);
+        cJSON_Delete(r);
 
         /* A config with errors is refused and says why; the routes stay. */
         f = fopen(e.conf, "a");
@@ -381,7 +355,7 @@ Test(control, reload_and_socket_gone_on_stop)
         cr_assert_eq(h_log_count(&e.k, "reloaded routes and classes"), 2);
         r = ctl_json(&e, "status");
         cr_assert_eq(jnum(r, "counters.bad_config_reloads"), 1);
-        cj.del(r);
+        cJSON_Delete(r);
 
         /* Stopped, the socket goes: kuimenctl says so at once. The exit status also
          * tells, under the sanitizers, that the reloads leaked nothing. */
@@ -397,7 +371,6 @@ Test(control, reload_and_socket_gone_on_stop)
 Test(control, not_running)
 {
         static char out[4096], want[600], dir[200], sock[300];
-        cj_load();
         h_tmpdir(dir, sizeof(dir), "ctlnone");
         snprintf(sock, sizeof(sock), "%s/kuimen.sock", dir);
 
@@ -492,19 +465,19 @@ Test(control, positions_and_bad_input_by_reason)
         for (;;) {
                 r = ctl_json(&e, "status");
                 const cJSON *p = jpath(r, "positions");
-                if ((p && cj.size(p) == 2) || h_now_ms() > until)
+                if ((p && cJSON_GetArraySize(p) == 2) || h_now_ms() > until)
                         break;
-                cj.del(r);
+                cJSON_Delete(r);
                 h_sleep_ms(100);
         }
         cr_assert_eq(jnum(r, "counters.bad_input"), 3);
         cr_assert_eq(jnum(r, "bad_input_reasons.bad_checksum"), 2);
         cr_assert_eq(jnum(r, "bad_input_reasons.out_of_range"), 1);
         const cJSON *pos = jpath(r, "positions");
-        cr_assert(pos && cj.size(pos) == 2, "two units' positions");
+        cr_assert(pos && cJSON_GetArraySize(pos) == 2, "two units' positions");
         int seen = 0;
         for (int i = 0; i < 2; i++) {
-                const cJSON *u = cj.item(pos, i);
+                const cJSON *u = cJSON_GetArrayItem(pos, i);
                 const char *unit = jstr(u, "unit");
                 cr_assert(jnum(u, "age_s") >= 0 && jnum(u, "age_s") < 30);
                 cr_assert_str_eq(jstr(u, "position.unit"), unit);
@@ -529,7 +502,7 @@ Test(control, positions_and_bad_input_by_reason)
         cr_assert(jnum(r, "links.0.bytes_sent") > 0, "the positions went up");
         const cJSON *g = jpath(r, "gnss");
         cr_assert(g && (g->type & 0xff) == cJSON_NULL, "no [gnss]: gnss is null");
-        cj.del(r);
+        cJSON_Delete(r);
 
         cr_assert_eq(ctl(e.sock, "status", out, sizeof(out)), 0);
         cr_assert(strstr(out, "bad input by reason: bad_checksum=2 out_of_range=1\n"), "%s", out);
@@ -604,7 +577,6 @@ Test(control, narrow_frame_counters_and_dictionary)
         struct h_pair k;
         struct h_pub pub;
 
-        cj_load();
         h_pair_init(&k, "frames");
         int mport = h_free_port();
         snprintf(path, sizeof(path), "%s/base.dict", k.dir);
@@ -641,10 +613,10 @@ Test(control, narrow_frame_counters_and_dictionary)
                 size_t n = fread(out, 1, sizeof(out) - 1, f);
                 out[n] = '\0';
                 pclose(f);
-                st = cj.parse(out);
+                st = cJSON_Parse(out);
                 bool done = st && jnum(st, "spool.depth") == 0 && jnum(st, "links.0.inflight") == 0 &&
                             jnum(st, "links.0.acked") == 4;
-                cj.del(st);
+                cJSON_Delete(st);
                 if (done)
                         break;
                 cr_assert(h_now_ms() < until, "the base's spool did not empty: %s", out);
@@ -696,7 +668,7 @@ Test(control, narrow_frame_counters_and_dictionary)
         n = fread(out, 1, sizeof(out) - 1, f);
         out[n] = '\0';
         pclose(f);
-        cJSON *j = cj.parse(out);
+        cJSON *j = cJSON_Parse(out);
         cr_assert(j, "%s", out);
         cr_assert_str_eq(jstr(j, "links.0.dictionary"), "29b136bc/2");
         unsigned long down = atomic_load(&r->down);
@@ -705,7 +677,7 @@ Test(control, narrow_frame_counters_and_dictionary)
         cr_assert_geq(jnum(j, "links.0.frames.frames_sent"), 1);
         cr_assert_eq(jnum(j, "links.0.frames.crc_errors"), 0);
         cr_assert_geq(jnum(j, "links.0.frames.slot_refs"), 1, "Z3b and Z3c name Z3a's slot");
-        cj.del(j);
+        cJSON_Delete(j);
 
         h_pub_stop(&pub);
         h_pair_stop(&k);
