@@ -24,7 +24,7 @@ struct km_link_conf {
         int64_t hold_ms;
         long budget_bytes, budget_messages;
         int64_t budget_interval_ms;
-        char *ack; /* "peer", "receipt" or "none": see km_link_ack_mode */
+        char *ack; /* "peer", "receipt" or "none": enum km_ack_mode, in km_link.ack_mode */
 };
 
 /* What releases a message from the spool on this link (key `ack`). */
