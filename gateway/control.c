@@ -512,11 +512,13 @@ static void put_narrow(struct km_control_buf *b, const struct km_link *l)
                           "\"slot_refs\":%llu,\"slot_resets\":%llu,\"frames_ok\":%llu,\"acks_in\":%llu,\"crc_errors\":%llu,"
                           "\"bad_version\":%llu,\"malformed\":%llu,\"duplicates\":%llu,\"slot_misses\":%llu,"
                           "\"unknown_topics\":%llu,\"delivered\":%llu,\"probes\":%llu,\"probes_lost\":%llu,"
-                          "\"frames_sacked\":%llu,\"pos_batches\":%llu,\"bad_posbatch\":%llu}",
+                          "\"frames_sacked\":%llu,\"pos_batches\":%llu,\"bad_posbatch\":%llu,\"out_of_window\":%llu,"
+                          "\"dropped_nomem\":%llu,\"oversize\":%llu,\"bad_payload\":%llu,\"restarts_lost\":%llu}",
                           U(frames_in), U(frames_bad), U(frames_sent), U(frames_resent), U(slot_refs), U(slot_resets),
                           U(frames_ok), U(acks_in), U(crc_errors), U(bad_version), U(malformed), U(duplicates),
                           U(slot_misses), U(unknown_topics), U(delivered), U(probes), U(probes_lost), U(frames_sacked),
-                          U(pos_batches), U(bad_posbatch));
+                          U(pos_batches), U(bad_posbatch), U(out_of_window), U(dropped_nomem), U(oversize),
+                          U(bad_payload), U(restarts_lost));
 #undef U
 }
 

@@ -251,6 +251,13 @@ static const struct {
         F("kuimen_link_frame_pos_batches_total", pos_batches, "Position messages sent as a compact batch."),
         F("kuimen_link_frame_bad_posbatch_total", bad_posbatch,
           "Position batches received that were not one good position (dropped, acknowledged)."),
+        F("kuimen_link_frame_out_of_window_total", out_of_window, "Data frames beyond the reorder window (the peer sends them again)."),
+        F("kuimen_link_frame_dropped_nomem_total", dropped_nomem,
+          "Out-of-order frames not held for want of buffer space (the peer sends them again)."),
+        F("kuimen_link_frame_oversize_total", oversize, "Messages larger than the receiver takes: dropped."),
+        F("kuimen_link_frame_bad_payload_total", bad_payload, "Messages whose deflated payload does not inflate: dropped."),
+        F("kuimen_link_frame_restarts_lost_total", restarts_lost,
+          "Split messages whose restart could not be asked for (more than 8 pending): lost."),
 #undef F
 };
 

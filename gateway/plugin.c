@@ -1393,6 +1393,8 @@ int km_plugin_link_frames(const struct km_link *l, struct km_narrow_stats *out)
                 .delivered = h->rx.delivered,
                 .probes = h->probes, .probes_lost = h->probes_lost, .frames_sacked = h->tx.frames_sacked,
                 .pos_batches = h->tx.pos_batches, .bad_posbatch = h->rx.bad_posbatch,
+                .out_of_window = h->rx.out_of_window, .dropped_nomem = h->rx.dropped_nomem,
+                .oversize = h->rx.oversize, .bad_payload = h->rx.bad_payload, .restarts_lost = h->rx.restarts_lost,
                 .dict_topics = h->dict.n, .dict_fingerprint = h->dict.fingerprint,
         };
         return 0;

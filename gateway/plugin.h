@@ -44,6 +44,9 @@ struct km_narrow_stats {
          * the peer holds, positions sent as a compact batch, batches received that were
          * not one good position */
         uint64_t probes, probes_lost, frames_sacked, pos_batches, bad_posbatch;
+        /* what the receiver let go: frames beyond its window or its buffer, messages too
+         * large or that do not inflate, restarts it could not ask for */
+        uint64_t out_of_window, dropped_nomem, oversize, bad_payload, restarts_lost;
         /* the dictionary (dict_topics = 0: none) */
         size_t dict_topics;
         uint32_t dict_fingerprint;

@@ -661,7 +661,7 @@ Test(control, narrow_frame_counters_and_dictionary)
         cr_assert(strstr(out, "\nsat: frames frames_in="), "%s", out);
         cr_assert(strstr(out, " crc_errors=1 "), "%s", out);
         cr_assert(strstr(out, " unknown_topics=1 delivered=4 probes=0 probes_lost=0 frames_sacked=0 pos_batches=0"
-                              " bad_posbatch=0\n"),
+                              " bad_posbatch=0 out_of_window=0 dropped_nomem=0 oversize=0 bad_payload=0 restarts_lost=0\n"),
                   "%s", out);
         snprintf(text, sizeof(text), "'%s' --socket '%s' links --json 2>&1", ctl_path(), bsock);
         f = popen(text, "r");
