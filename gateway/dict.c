@@ -215,7 +215,7 @@ int km_dict_fallback_deliver(void *ctx, const struct km_frame_msg *m)
         struct km_frame_msg c = *m;
         snprintf(topic, sizeof(topic), KM_DICT_FALLBACK "/%" PRIu32, m->topic_idx);
         c.topic = topic;
-        int rc = fb->next(fb->ctx, &c);
+        int rc = fb->fate ? 0 : fb->next(fb->ctx, &c);
         if (rc < 0)
                 return rc; /* the frame comes again: count it then */
         fb->unknown++;

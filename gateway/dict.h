@@ -69,8 +69,9 @@ struct km_dict_fallback {
         const char *link;            /* the link's name, for the log */
         const struct km_dict *dict;  /* this end's dictionary, or NULL */
         const struct km_strv *peers; /* node names, to name an origin; may be NULL */
-        /* What becomes of such a message here, for the log: "delivered on <topic>"
-         * when NULL (a center), else this text (a base publishes no unknown command). */
+        /* NULL (a center): such a message goes on to next on the fallback topic. Else
+         * (a base, which publishes no command it cannot name) it stops here, counted,
+         * acknowledged, and logged with this text. */
         const char *fate;
         uint64_t unknown;            /* messages handed on with the fallback topic */
         int64_t log_ms;              /* CLOCK_MONOTONIC ms of the last log line */

@@ -484,8 +484,6 @@ static void ingest_delivered(km_plugin_link *h, const struct km_frame_msg *m, co
  * (a center relays the rest of the world on its own broker). */
 static int deliver_command(km_plugin_link *h, const struct km_frame_msg *m)
 {
-        if (m->topic && strncmp(m->topic, KM_DICT_FALLBACK "/", sizeof(KM_DICT_FALLBACK)) == 0)
-                return 0; /* acknowledged: sent again it is as unknown; dict.c logs and counts it */
         if (!m->topic || strncmp(m->topic, "cmd/", 4) != 0) {
                 /* Acknowledged all the same: sent again it would be refused again. */
                 if (h->cmd_refused++ % 100 == 0)
