@@ -241,8 +241,15 @@ int km_daemon_command(struct km_daemon *d, int path, const char *topic, const vo
         __atomic_fetch_add(&d->cmd_in[path ? 1 : 0], 1, __ATOMIC_RELAXED);
         /* Decision and push under one lock: otherwise the MQTT thread could decide to
          * publish c0, the loop publish c1 (whose other copy it had not seen), and c0
-         * land behind c1. */
-        pthread_mutex_lock(&d->cmd_mu);
+         * land behind c1. The MQTT thread may hold it while its push waits for the loop
+         * to flush the spool (pending full): the loop, waiting for it, flushes. */
+        if (path == KM_CMD_NARROW)
+                while (pthread_mutex_trylock(&d->cmd_mu) != 0) {
+                        km_spool_commit(d->spool);
+                        usleep(1000);
+                }
+        else
+                pthread_mutex_lock(&d->cmd_mu);
         if (km_dedupe_take(&d->cmd_dedupe, path, km_dedupe_hash(topic, payload, len), km_now_ms(), ttl)) {
                 pthread_mutex_unlock(&d->cmd_mu);
                 uint64_t n = __atomic_add_fetch(&d->cmd_duplicates, 1, __ATOMIC_RELAXED);
