@@ -309,8 +309,8 @@ static bool held_for_mqtt(const km_plugin_link *h, const struct qmsg *q)
 }
 
 /* Center: commands held for a base online over MQTT for command_grace leave the spool
- * as delivered by its session. While any is held the link is not stuck: the ack clock
- * (gateway/link.c) must not run. Returns whether some are still held. */
+ * as delivered by its session. Held ones count as parked, which the ack clock
+ * (gateway/link.c) does not wait for. Returns whether some are still held. */
 static bool settle_commands(km_plugin_link *h)
 {
         int64_t now = km_daemon_now(h->d);
@@ -333,8 +333,6 @@ static bool settle_commands(km_plugin_link *h)
                 free(q->payload);
                 *q = (struct qmsg){ 0 };
         }
-        if (held)
-                h->link->progress_mono = km_mono_ms();
         h->link->parked = held <= h->link->inflight ? held : h->link->inflight;
         return held > 0;
 }
@@ -951,7 +949,7 @@ static int on_rto(sd_event_source *s, uint64_t usec, void *ud)
         km_plugin_link *h = ud;
         uint64_t next = (uint64_t)h->rto_ms * 250;
         (void)usec;
-        /* Held commands keep the ack clock from running: in time for ack_timeout. */
+        /* parked must be true well within ack_timeout while commands are held. */
         if (h->center && settle_commands(h) && next > HELD_CHECK_US)
                 next = HELD_CHECK_US;
         probe_check(h);
