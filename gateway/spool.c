@@ -145,6 +145,7 @@ struct km_spool {
         bool staging;
         uint8_t *stage;
         size_t stage_len, stage_cap;
+        uint64_t stage_first; /* id of the first staged record */
 };
 
 void km_spool_set_loop_thread(struct km_spool *sp)
@@ -396,6 +397,33 @@ static void pend_coalesce(struct km_spool *sp, const struct km_msg *m)
         }
 }
 
+/* Writes what the loop staged (mu held), with one write(2). On failure the torn tail
+ * is cut off and the staged messages are forgotten: they are not durable, their
+ * PUBACKs are withheld and the broker sends them again, so the in-memory copies must
+ * not be forwarded as well (they would arrive twice for every retry). Nothing hands
+ * them out between push and settle: the scheduler does not run inside the read. */
+static int stage_write_locked(struct km_spool *sp, uint64_t *seq)
+{
+        if (!sp->stage_len)
+                return 0;
+        int rc = write_all(sp->log_fd[sp->active], sp->stage, sp->stage_len);
+        if (rc < 0) {
+                if (ftruncate(sp->log_fd[sp->active], (off_t)sp->log_bytes) == 0)
+                        (void)lseek(sp->log_fd[sp->active], (off_t)sp->log_bytes, SEEK_SET);
+                KM_LOG(KM_LOG_ERR, "spool", "ingest log write of %zu bytes: %s", sp->stage_len, strerror(-rc));
+                for (size_t i = pend_after(sp, sp->stage_first - 1); i < sp->npend; i++)
+                        if (!sp->pend[i].gone)
+                                pend_forget(sp, &sp->pend[i]);
+        } else {
+                sp->log_bytes += sp->stage_len;
+                uint64_t s = ++sp->written_seq;
+                if (seq)
+                        *seq = s;
+        }
+        sp->stage_len = 0;
+        return rc;
+}
+
 int km_spool_push(struct km_spool *sp, struct km_msg *m)
 {
         size_t cl = strlen(m->cls), tl = strlen(m->topic), kl = m->ckey ? strlen(m->ckey) : 0;
@@ -434,16 +462,14 @@ int km_spool_push(struct km_spool *sp, struct km_msg *m)
         rc = 0;
         if (is_loop && sp->staging &&
             grow((void **)&sp->stage, &sp->stage_cap, sp->stage_len + n, 1) == 0) {
+                if (!sp->stage_len)
+                        sp->stage_first = m->id;
                 memcpy(sp->stage + sp->stage_len, rec, n);
                 sp->stage_len += n;
                 staged = true;
-        } else if (is_loop && sp->staging && sp->stage_len) {
+        } else if (is_loop && sp->staging) {
                 /* No memory to stage: what is staged goes first, so ids stay in order. */
-                rc = write_all(sp->log_fd[sp->active], sp->stage, sp->stage_len);
-                if (rc == 0) {
-                        sp->log_bytes += sp->stage_len;
-                        sp->stage_len = 0;
-                }
+                rc = stage_write_locked(sp, NULL);
         }
         if (!staged && rc == 0)
                 rc = write_all(sp->log_fd[sp->active], rec, n);
@@ -505,21 +531,7 @@ int km_spool_settle(struct km_spool *sp)
         if (!sp->staging)
                 return 0;
         pthread_mutex_lock(&sp->mu);
-        if (sp->stage_len) {
-                rc = write_all(sp->log_fd[sp->active], sp->stage, sp->stage_len);
-                if (rc < 0) {
-                        /* Cut a torn tail off, as push does. The messages stay pending
-                         * and flow; their caller must not acknowledge them, so the
-                         * broker sends them again (duplicates, never a loss). */
-                        if (ftruncate(sp->log_fd[sp->active], (off_t)sp->log_bytes) == 0)
-                                (void)lseek(sp->log_fd[sp->active], (off_t)sp->log_bytes, SEEK_SET);
-                        KM_LOG(KM_LOG_ERR, "spool", "ingest log write of %zu bytes: %s", sp->stage_len, strerror(-rc));
-                } else {
-                        sp->log_bytes += sp->stage_len;
-                        seq = ++sp->written_seq;
-                }
-                sp->stage_len = 0;
-        }
+        rc = stage_write_locked(sp, &seq);
         sp->staging = false;
         pthread_cond_broadcast(&sp->stage_cond);
         if (seq && sp->o.sync_always)

@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -224,6 +226,66 @@ Test(spool, staged_pushes_settle_in_id_order)
         cr_assert_str_eq(got[0], "a");
         cr_assert_str_eq(got[1], "b");
         cr_assert_str_eq(got[2], "side");
+        km_spool_close(sp);
+}
+
+/* A settle whose write fails (a full disk: here the file size limit) withholds the
+ * read's PUBACKs, so the broker sends those messages again: their in-memory copies
+ * must go too, or each retry would forward them once more. */
+Test(spool, failed_settle_forgets_the_staged)
+{
+        pid_t pid = fork();
+        if (pid == 0) {
+                struct km_spool_opts o = { .path = path, .max_bytes = 1 << 20, .wake = nowake };
+                struct km_spool *sp = NULL;
+                char logp[160], got[8][32];
+                struct stat st;
+                struct rlimit was, lim;
+                if (km_spool_open(&sp, &o) < 0)
+                        _exit(2);
+                km_spool_set_loop_thread(sp);
+                struct km_msg m = { .dir = KM_DIR_UP, .prio = 4, .qos = 1, .cls = "telemetry", .topic = "s/x",
+                                    .payload = "before", .len = 6 };
+                if (km_spool_push(sp, &m) < 0)
+                        _exit(3);
+                snprintf(logp, sizeof(logp), "%s-ingest.0", path);
+                signal(SIGXFSZ, SIG_IGN);
+                if (stat(logp, &st) < 0 || getrlimit(RLIMIT_FSIZE, &was) < 0)
+                        _exit(4);
+                lim = was;
+                lim.rlim_cur = (rlim_t)st.st_size;
+                if (setrlimit(RLIMIT_FSIZE, &lim) < 0)
+                        _exit(5);
+                km_spool_defer_sync(sp);
+                m.payload = "lost-a", m.len = 6;
+                if (km_spool_push(sp, &m) < 0)
+                        _exit(6);
+                m.payload = "lost-b";
+                if (km_spool_push(sp, &m) < 0)
+                        _exit(7);
+                if (km_spool_settle(sp) >= 0)
+                        _exit(8); /* the write had to fail */
+                if (setrlimit(RLIMIT_FSIZE, &was) < 0)
+                        _exit(9);
+                m.payload = "after", m.len = 5;
+                if (km_spool_push(sp, &m) < 0)
+                        _exit(10);
+                struct km_msg q;
+                int n = 0;
+                for (uint64_t after = 0; n < 8 && km_spool_next(sp, KM_DIR_UP, 4, after, &q) == 1; after = q.id)
+                        snprintf(got[n++], 32, "%.*s", (int)q.len, (const char *)q.payload);
+                if (n != 2 || strcmp(got[0], "before") != 0 || strcmp(got[1], "after") != 0)
+                        _exit(11); /* the staged ones would be forwarded, and again on resend */
+                _exit(0);
+        }
+        int status;
+        cr_assert_eq(waitpid(pid, &status, 0), pid);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child step %d failed", WEXITSTATUS(status));
+        struct km_spool *sp = open_spool(1 << 20);
+        char got[8][32];
+        cr_assert_eq(drain(sp, 4, got, 8, false), 2);
+        cr_assert_str_eq(got[0], "before");
+        cr_assert_str_eq(got[1], "after");
         km_spool_close(sp);
 }
 
