@@ -75,20 +75,13 @@ void km_mailbox_clear(struct km_mailbox *mb)
 
 size_t km_mailbox_run(struct km_mailbox *mb)
 {
-        uint64_t v;
         struct km_mail *q;
         size_t n;
 
-        /* The eventfd is read only when a poster armed it: a turn the loop started for
-         * its own reasons costs no system call here. A count a poster leaves behind
-         * after this look (it writes after arming) is cleared by the fd's own handler
-         * (km_mailbox_clear): one idle turn, never a lost item, never a busy loop. */
-        pthread_mutex_lock(&mb->mu);
-        bool armed = mb->armed;
-        pthread_mutex_unlock(&mb->mu);
-        if (armed)
-                (void)!read(mb->fd, &v, sizeof(v));
-        /* Swap the queue out so posters never wait for the work itself. */
+        /* The eventfd is read only by its own handler (km_mailbox_clear), which runs
+         * whenever a poster wrote it: a turn costs no system call here, and a count
+         * left behind is cleared there (one idle turn, never a lost item, never a busy
+         * loop). Swap the queue out so posters never wait for the work itself. */
         pthread_mutex_lock(&mb->mu);
         mb->armed = false;
         q = mb->q;
