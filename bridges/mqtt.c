@@ -98,7 +98,6 @@ struct bridge {
 
 /* One base a center watches on its broker: <pfx>cmd/# and <pfx>status. */
 struct watch {
-        struct bridge *b;
         char *pfx; /* "<topic_prefix>/<base>/" */
         char *base;
 };
@@ -699,7 +698,7 @@ static int watch_base(void *ud, const char *prefix, const char *base)
                 free(f1);
                 return -ENOMEM;
         }
-        b->watch[b->nwatch++] = (struct watch){ .b = b, .pfx = pfx, .base = strdup(base) };
+        b->watch[b->nwatch++] = (struct watch){ .pfx = pfx, .base = strdup(base) };
         b->watch_filters.v[b->watch_filters.n++] = f1;
         b->watch_filters.v[b->watch_filters.n++] = f2;
         if (!b->watch[b->nwatch - 1].base)

@@ -651,12 +651,11 @@ static void put_counters(struct km_control_buf *b, struct km_daemon *d, const st
                           (unsigned long long)d->cmd_sent_narrow, (unsigned long long)d->cmd_settled_mqtt);
         /* A center: what it knows of each base's MQTT path (where its commands go). */
         if (d->npeers) {
-                static const char *const names[] = { "unknown", "offline", "online" };
                 km_control_printf(b, ",\"peers\":[");
                 for (size_t i = 0; i < d->npeers; i++) {
                         km_control_printf(b, "%s{\"node\":", i ? "," : "");
                         km_control_json_str(b, d->peers[i].name);
-                        km_control_printf(b, ",\"mqtt\":\"%s\"}", names[d->peers[i].state + 1]);
+                        km_control_printf(b, ",\"mqtt\":\"%s\"}", km_peer_state_name(d->peers[i].state));
                 }
                 km_control_printf(b, "]");
         }

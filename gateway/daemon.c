@@ -281,7 +281,6 @@ int km_daemon_peer_add(struct km_daemon *d, const char *name)
         if (!(p->name = strdup(name)))
                 return -ENOMEM;
         p->state = KM_PEER_UNKNOWN;
-        p->since_ms = km_now_ms();
         d->npeers++;
         return 0;
 }
@@ -292,18 +291,22 @@ int km_daemon_peer_state(const struct km_daemon *d, const char *name)
         return p ? p->state : KM_PEER_UNKNOWN;
 }
 
-void km_daemon_peer_set_state(struct km_daemon *d, const char *name, int state)
+const char *km_peer_state_name(int state)
 {
         static const char *const names[] = { "unknown", "offline", "online" };
+        return state >= KM_PEER_UNKNOWN && state <= KM_PEER_ONLINE ? names[state + 1] : "?";
+}
+
+void km_daemon_peer_set_state(struct km_daemon *d, const char *name, int state)
+{
         struct km_peer *p = find_peer(d, name);
         if (!p && (km_daemon_peer_add(d, name) < 0 || !(p = find_peer(d, name))))
                 return;
         if (p->state == state)
                 return;
-        KM_LOG(KM_LOG_NOTICE, "cmd", "%s is %s over MQTT: its commands go %s", name, names[state + 1],
+        KM_LOG(KM_LOG_NOTICE, "cmd", "%s is %s over MQTT: its commands go %s", name, km_peer_state_name(state),
                state == KM_PEER_ONLINE ? "through its MQTT session" : "down its narrow links");
         p->state = state;
-        p->since_ms = km_now_ms();
         km_daemon_kick(d); /* held commands may leave now */
 }
 

@@ -40,7 +40,6 @@ enum km_peer_state { KM_PEER_UNKNOWN = -1, KM_PEER_OFFLINE = 0, KM_PEER_ONLINE =
 struct km_peer {
         char *name;
         int state;        /* enum km_peer_state */
-        int64_t since_ms; /* unix ms of the last change */
 };
 
 struct km_daemon {
@@ -148,6 +147,8 @@ int km_daemon_command(struct km_daemon *d, int path, const char *topic, const vo
 int km_daemon_peer_add(struct km_daemon *d, const char *name);
 /* Loop thread. What the center last learnt of base name's MQTT path (enum km_peer_state). */
 int km_daemon_peer_state(const struct km_daemon *d, const char *name);
+/* "unknown", "offline" or "online". */
+const char *km_peer_state_name(int state);
 void km_daemon_peer_set_state(struct km_daemon *d, const char *name, int state);
 
 /* Any thread. Asks the loop for a turn soon (the scheduler refills the windows), as a
