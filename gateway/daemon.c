@@ -320,7 +320,6 @@ static int ingest_ex(struct km_daemon *d, int dir, const char *topic, const char
                             .payload = payload, .len = len, .cls = cls, .ckey = ckey,
                             .origin = x ? x->origin : NULL, .oid = x ? x->oid : 0 };
         const char *rt = x && x->route_topic ? x->route_topic : topic;
-        unsigned backoff_ms = 10;
         int rc;
 
         pthread_rwlock_rdlock(&d->route_lock);
@@ -344,18 +343,13 @@ static int ingest_ex(struct km_daemon *d, int dir, const char *topic, const char
                                (unsigned long long)d->unrouted + 1);
                 return -ENOENT;
         }
-        /* The caller acknowledges to its broker when this returns, so it may return
-         * only once the message is durable: a full disk or a broken file makes ingest
-         * wait (the broker keeps the message) rather than lose it. */
-        while ((rc = km_spool_push(d->spool, &m)) < 0 && rc != -EMSGSIZE && !d->stopping) {
-                if (__atomic_fetch_add(&d->rejected, 1, __ATOMIC_RELAXED) % 100 == 0)
-                        KM_LOG(KM_LOG_ERR, "spool", "cannot store a message for '%s' (%s): retrying", topic,
-                               strerror(-rc));
-                struct timespec ts = { 0, (long)backoff_ms * 1000000L };
-                nanosleep(&ts, NULL);
-                if (backoff_ms < 1000)
-                        backoff_ms *= 2;
-        }
+        /* The caller acknowledges to its broker only when this returns 0. A storage
+         * fault refuses at once (the spool retries the disk by itself): the broker keeps
+         * the message, and no thread, the loop least of all, waits for the disk. */
+        rc = km_spool_push(d->spool, &m);
+        if (rc < 0 && rc != -EMSGSIZE && __atomic_fetch_add(&d->rejected, 1, __ATOMIC_RELAXED) % 1000 == 0)
+                KM_LOG(KM_LOG_WARNING, "spool", "not stored, not acknowledged: a message on '%s' (%s; %llu so far)", topic,
+                       strerror(-rc), (unsigned long long)__atomic_load_n(&d->rejected, __ATOMIC_RELAXED));
         if (rc == -EMSGSIZE)
                 KM_LOG(KM_LOG_ERR, "spool", "message on '%s' too large (%zu bytes): not stored", topic, len);
         return rc;
@@ -486,8 +480,7 @@ static void turn(struct km_daemon *d)
         km_mailbox_run(&d->mb);
         if (!d->stopping) /* a drain waits for acks; it sends nothing new */
                 km_sched_pump_all(d->links, d->nlinks, d->spool, &d->route);
-        if (km_spool_commit(d->spool) < 0)
-                KM_LOG(KM_LOG_ERR, "spool", "commit failed; will retry");
+        km_spool_commit(d->spool); /* a failure is the spool's storage fault: it logs and retries */
 }
 
 static int on_mail(sd_event_source *s, int fd, uint32_t revents, void *ud)

@@ -32,6 +32,11 @@ struct km_spool_stats {
         uint64_t dropped, expired, coalesced, over_limit;
         uint64_t recovered, moved_aside;
         uint64_t fsyncs;
+        uint64_t storage_faults;  /* storage faults begun (ENOSPC, EIO, failed commits) */
+        uint64_t refused_storage; /* pushes refused during one */
+        int storage_err;          /* the fault in force: 0, or a negative errno */
+        char storage_why[192];    /* what it is, "" when none */
+        int64_t storage_since_ms; /* how long it has lasted, ms */
         uint64_t depth_prio[KM_DIR_COUNT][KM_PRIO_COUNT];
         int64_t oldest_ms[KM_DIR_COUNT]; /* created time of the oldest queued, 0 if none */
 };
@@ -95,6 +100,9 @@ int km_spool_prios(struct km_spool *sp, int dir, uint8_t prios[KM_PRIO_COUNT]);
 
 /* Loop thread. Counters and depths (a consistent snapshot). */
 void km_spool_stats(struct km_spool *sp, struct km_spool_stats *st);
+
+/* Any thread. False while a storage fault is in force (pushes are refused). */
+bool km_spool_storage_ok(struct km_spool *sp);
 
 /* Unix time in ms (CLOCK_REALTIME). */
 int64_t km_now_ms(void);
