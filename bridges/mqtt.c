@@ -272,8 +272,10 @@ static int on_message(void *context, char *topic, int topic_len, MQTTAsync_messa
                 KM_LOG(KM_LOG_WARNING, "mqtt", "down: unexpected topic '%s' ignored", t);
         if (t != topic)
                 free(t);
-        if (rc < 0 && !km_spool_storage_ok(b->d->spool) && !b->d->stopping) {
-                /* Not stored: returning 0 makes Paho keep the message and call again
+        if ((rc == -EAGAIN || (rc < 0 && !km_spool_storage_ok(b->d->spool))) &&
+            !__atomic_load_n(&b->d->stopping, __ATOMIC_ACQUIRE)) {
+                /* Not stored (a storage fault, or pending full until the loop's next
+                 * flush): returning 0 makes Paho keep the message and call again
                  * (it sends its PUBACK regardless: tests/integration/test_paho.c, so a
                  * kill -9 during a storage fault can lose such a command; the mailbox and
                  * one client model of issue 11 item 5 close that). The pause bounds how

@@ -241,16 +241,11 @@ int km_daemon_command(struct km_daemon *d, int path, const char *topic, const vo
         __atomic_fetch_add(&d->cmd_in[path ? 1 : 0], 1, __ATOMIC_RELAXED);
         /* Decision and push under one lock: otherwise the MQTT thread could decide to
          * publish c0, the loop publish c1 (whose other copy it had not seen), and c0
-         * land behind c1. The MQTT thread may hold it while its push waits for the loop
-         * to flush the spool (pending full): the loop, waiting for it, flushes. */
-        if (path == KM_CMD_NARROW)
-                while (pthread_mutex_trylock(&d->cmd_mu) != 0) {
-                        km_spool_commit(d->spool);
-                        usleep(1000);
-                }
-        else
-                pthread_mutex_lock(&d->cmd_mu);
-        if (km_dedupe_take(&d->cmd_dedupe, path, km_dedupe_hash(topic, payload, len), km_now_ms(), ttl)) {
+         * land behind c1. Neither holds it long: a push from another thread than the
+         * loop never waits for the loop (km_spool_push refuses with -EAGAIN instead). */
+        pthread_mutex_lock(&d->cmd_mu);
+        uint64_t hash = km_dedupe_hash(topic, payload, len);
+        if (km_dedupe_take(&d->cmd_dedupe, path, hash, km_now_ms(), ttl)) {
                 pthread_mutex_unlock(&d->cmd_mu);
                 uint64_t n = __atomic_add_fetch(&d->cmd_duplicates, 1, __ATOMIC_RELAXED);
                 KM_LOG(n <= 10 || n % 1000 == 0 ? KM_LOG_INFO : KM_LOG_DEBUG, "cmd",
@@ -259,6 +254,8 @@ int km_daemon_command(struct km_daemon *d, int path, const char *topic, const vo
                 return 0;
         }
         int rc = ingest(d, KM_DIR_DOWN, topic, NULL, payload, len, false, NULL);
+        if (rc < 0)
+                km_dedupe_untake(&d->cmd_dedupe, path, hash); /* it comes again */
         pthread_mutex_unlock(&d->cmd_mu);
         return rc;
 }
@@ -614,7 +611,7 @@ static int on_drain_check(sd_event_source *s, uint64_t usec, void *ud)
 static void start_drain(struct km_daemon *d)
 {
         sd_notify(0, "STOPPING=1");
-        d->stopping = true;
+        __atomic_store_n(&d->stopping, true, __ATOMIC_RELEASE); /* Paho's thread reads it */
         d->drain_until_mono = km_mono_ms() + DRAIN_MS;
         for (size_t i = 0; i < d->nstop; i++)
                 d->on_stop[i](d->on_stop_ud[i]);
@@ -731,7 +728,7 @@ int km_daemon_init(struct km_daemon *d, struct km_node_conf *n, struct km_conf *
 static void drain(struct km_daemon *d)
 {
         if (!d->stopping) { /* the loop ended by itself (an error) */
-                d->stopping = true;
+                __atomic_store_n(&d->stopping, true, __ATOMIC_RELEASE);
                 for (size_t i = 0; i < d->nstop; i++)
                         d->on_stop[i](d->on_stop_ud[i]);
         }

@@ -587,18 +587,19 @@ int km_spool_push(struct km_spool *sp, struct km_msg *m)
                 goto out;
         }
         pthread_mutex_lock(&sp->mu);
-        /* Back-pressure: when the loop cannot keep up, the MQTT client thread waits here
-         * and TCP flow control holds the broker back; nothing is dropped. */
+        /* Back-pressure: past the cap another thread (Paho's, holding Paho's lock) is
+         * refused rather than made to wait for the loop's flush, which could be waiting
+         * for Paho's lock; its message is not acknowledged and comes again. The loop
+         * itself never waits: the flush it would wait for is its own. */
         bool is_loop = sp->has_loop_thread && pthread_equal(pthread_self(), sp->loop_thread);
-        while (sp->npend >= PEND_HARD_CAP && !sp->stopping && !is_loop && !sp->fault) {
+        if (sp->npend >= PEND_HARD_CAP && !is_loop) {
                 if (!sp->wake_armed) {
                         sp->wake_armed = true;
-                        pthread_mutex_unlock(&sp->mu);
-                        sp->o.wake(sp->o.wake_ud);
-                        pthread_mutex_lock(&sp->mu);
-                        continue;
+                        wake = true;
                 }
-                pthread_cond_wait(&sp->cond, &sp->mu);
+                pthread_mutex_unlock(&sp->mu);
+                rc = -EAGAIN;
+                goto out;
         }
         /* The log stays in id order (recovery relies on it): while the loop stages a
          * read's records, another thread's push waits for the settle (a read's worth,
@@ -662,6 +663,8 @@ int km_spool_push(struct km_spool *sp, struct km_msg *m)
         if (wake)
                 sp->o.wake(sp->o.wake_ud);
 out:
+        if (rc == -EAGAIN && wake)
+                sp->o.wake(sp->o.wake_ud);
         free(pb);
         if (rec != stackbuf)
                 free(rec);

@@ -55,8 +55,12 @@ void km_spool_close(struct km_spool *sp);
 
 /* Any thread. Assigns m->id and appends m to the ingest log with one write(2); returns
  * 0 once the message survives a kill of the process (and, with sync_always, a power
- * cut), or, while the loop thread stages (km_spool_defer_sync), once it is staged. m's pointers are only read during the call. Negative errno on failure: the
- * message is then NOT accepted. */
+ * cut), or, while the loop thread stages (km_spool_defer_sync), once it is staged. m's
+ * pointers are only read during the call. Negative errno on failure: the message is then
+ * NOT accepted and must not be acknowledged: -EMSGSIZE (never fits), -ENOMEM, the
+ * storage fault's errno (-ENOSPC, -EIO...: refused at once while it lasts), or, from
+ * another thread than the loop, -EAGAIN when pending is full until the loop's next
+ * flush (such a push never waits for the loop). */
 int km_spool_push(struct km_spool *sp, struct km_msg *m);
 
 /* Loop thread. The next queued message of dir and prio with id > after, expired ones
