@@ -78,7 +78,7 @@
 #define REC_ACK 2
 #define MSG_FIXED 48          /* fixed part of a MSG record body */
 #define ROW_OVERHEAD 48       /* counted per message on top of its strings and payload */
-#define ROTATE_BYTES (16u << 20)
+#define ROTATE_BYTES (16u << 20) /* at most; less on a small file system (open) */
 #define FLUSH_LIVE 4096       /* pending messages not yet delivered before a flush */
 #define FLUSH_AGE_MS 500      /* oldest undelivered pending before a flush */
 #define PEND_HARD_CAP 65536   /* push waits for the loop past this many */
@@ -128,6 +128,9 @@ struct km_spool {
         struct km_spool_opts o;
         char *path;
         int lock_fd;
+        uint64_t rotate_bytes; /* a log this large rotates */
+        uint64_t fs_bytes;     /* the size of the spool's file system */
+        int64_t space_logged, limit_logged; /* CLOCK_MONOTONIC ms */
         sqlite3 *db;
         sqlite3_stmt *st[S_COUNT];
         bool in_tx;
@@ -852,11 +855,61 @@ static int insert_pend(struct km_spool *sp, const struct pend *p)
 }
 
 /* Drops the oldest droppable messages of the lowest class until the spool fits. */
+/* What the file system leaves kuimen, SQLite's free pages included (they are reused
+ * before the file grows). */
+static uint64_t space_free(struct km_spool *sp)
+{
+        struct statvfs v;
+        sqlite3_stmt *s;
+        uint64_t n = 0;
+
+        if (statvfs(sp->path, &v) < 0)
+                return UINT64_MAX;
+        n = (uint64_t)v.f_bavail * v.f_frsize;
+        if (sqlite3_prepare_v2(sp->db, "SELECT freelist_count * page_size FROM pragma_freelist_count, pragma_page_size",
+                               -1, &s, NULL) == SQLITE_OK) {
+                if (sqlite3_step(s) == SQLITE_ROW)
+                        n += (uint64_t)sqlite3_column_int64(s, 0);
+                sqlite3_finalize(s);
+        }
+        return n;
+}
+
+/* The bound the space policy keeps to: spool_max_mb, or less when the file system is
+ * nearly full, so that drops (oldest of the lowest droppable class first) make room
+ * before the disk is full rather than a storage fault after. The reserve is what the
+ * spool needs to go on working: both ingest logs at their rotation size and room for
+ * the WAL. */
+static uint64_t space_limit(struct km_spool *sp)
+{
+        uint64_t limit = (uint64_t)sp->o.max_bytes;
+        uint64_t wal = sp->fs_bytes / 16 < (4u << 20) ? sp->fs_bytes / 16 : (4u << 20);
+        uint64_t reserve = 2 * sp->rotate_bytes + wal, avail = space_free(sp);
+
+        if (avail >= reserve)
+                return limit;
+        uint64_t deficit = reserve - avail, cap = sp->bytes > deficit ? sp->bytes - deficit : 0;
+        if (cap >= limit)
+                return limit;
+        int64_t now = mono_ms();
+        if (!sp->space_logged || now - sp->space_logged >= 60000) {
+                sp->space_logged = now;
+                KM_LOG(KM_LOG_WARNING, "spool",
+                       "the file system of %s is nearly full (%llu bytes free, %llu kept in reserve): the spool keeps to %llu bytes",
+                       sp->path, (unsigned long long)avail, (unsigned long long)reserve, (unsigned long long)cap);
+        }
+        return cap;
+}
+
+/* Drops the oldest droppable messages of the lowest class until the spool fits. */
 static int enforce_limit(struct km_spool *sp)
 {
-        for (int prio = KM_PRIO_COUNT - 1; prio >= 0 && sp->bytes > (uint64_t)sp->o.max_bytes; prio--) {
-                for (int dir = 0; dir < KM_DIR_COUNT && sp->bytes > (uint64_t)sp->o.max_bytes; dir++) {
-                        while (sp->depth_db[dir][prio] && sp->bytes > (uint64_t)sp->o.max_bytes) {
+        uint64_t limit = space_limit(sp);
+        int rc;
+
+        for (int prio = KM_PRIO_COUNT - 1; prio >= 0 && sp->bytes > limit; prio--) {
+                for (int dir = 0; dir < KM_DIR_COUNT && sp->bytes > limit; dir++) {
+                        while (sp->depth_db[dir][prio] && sp->bytes > limit) {
                                 sqlite3_stmt *s = sp->st[S_DROP_SEL];
                                 uint64_t ids[256];
                                 size_t n = 0;
@@ -868,21 +921,26 @@ static int enforce_limit(struct km_spool *sp)
                                 if (!n)
                                         break;
                                 uint64_t before = sp->c.dropped;
-                                for (size_t i = 0; i < n && sp->bytes > (uint64_t)sp->o.max_bytes; i++)
-                                        if (delete_id(sp, ids[i], &sp->c.dropped) < 0)
-                                                return -EIO;
+                                for (size_t i = 0; i < n && sp->bytes > limit; i++)
+                                        if ((rc = delete_id(sp, ids[i], &sp->c.dropped)) < 0)
+                                                return rc;
                                 KM_LOG(KM_LOG_WARNING, "spool",
-                                       "spool full (%llu of %lld bytes): dropped %llu oldest messages of priority %d",
-                                       (unsigned long long)sp->bytes, (long long)sp->o.max_bytes,
+                                       "spool full (%llu of %llu bytes): dropped %llu oldest messages of priority %d",
+                                       (unsigned long long)sp->bytes, (unsigned long long)limit,
                                        (unsigned long long)(sp->c.dropped - before), prio);
                         }
                 }
         }
-        if (sp->bytes > (uint64_t)sp->o.max_bytes) {
+        if (sp->bytes > limit) {
                 /* Only never-drop classes (alert, command) are left: keep them. */
                 sp->c.over_limit++;
-                KM_LOG(KM_LOG_ERR, "spool", "spool over its limit with messages that are never dropped (%llu of %lld bytes)",
-                       (unsigned long long)sp->bytes, (long long)sp->o.max_bytes);
+                int64_t now = mono_ms();
+                if (!sp->limit_logged || now - sp->limit_logged >= 10000) {
+                        sp->limit_logged = now;
+                        KM_LOG(KM_LOG_ERR, "spool",
+                               "spool over its limit with messages that are never dropped (%llu of %llu bytes)",
+                               (unsigned long long)sp->bytes, (unsigned long long)limit);
+                }
         }
         return 0;
 }
@@ -1138,7 +1196,7 @@ int km_spool_commit(struct km_spool *sp)
                         oldest = sp->pend[i].queued;
                         break;
                 }
-        rotate = sp->log_bytes > ROTATE_BYTES;
+        rotate = sp->log_bytes > sp->rotate_bytes;
         do_flush = rotate || sp->live >= FLUSH_LIVE || sp->npend >= PEND_HARD_CAP / 2 ||
                    (sp->live && mono_ms() - oldest > FLUSH_AGE_MS);
         /* During a storage fault only its probe flushes (once a second), not every turn. */
@@ -1476,7 +1534,8 @@ static int db_open(struct km_spool *sp)
          * -shm file, and no transaction takes or drops file locks (two fcntl calls per
          * statement outside a transaction, which the drain runs per message). Only this
          * process uses the spool: the flock in km_spool_open says so. */
-        if (sqlite3_exec(sp->db, "PRAGMA locking_mode=EXCLUSIVE; PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        if (sqlite3_exec(sp->db, "PRAGMA locking_mode=EXCLUSIVE; PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+                         " PRAGMA journal_size_limit=4194304;",
                          NULL, NULL, NULL) != SQLITE_OK)
                 return sql_fail(sp, "setting WAL mode");
         if (sqlite3_prepare_v2(sp->db, "PRAGMA quick_check", -1, &s, NULL) != SQLITE_OK)
@@ -1869,6 +1928,15 @@ int km_spool_open(struct km_spool **out, const struct km_spool_opts *o)
         if ((rc = logs_open(sp, &max_id)) < 0)
                 goto fail;
         (void)sync_dir(sp->path); /* spool.db and the logs may be new */
+        /* A log may take a sixteenth of the file system, between 256 KiB and 16 MiB:
+         * on a small card the logs must not fill it before they rotate. */
+        struct statvfs fsv;
+        sp->fs_bytes = statvfs(sp->path, &fsv) == 0 ? (uint64_t)fsv.f_blocks * fsv.f_frsize : (uint64_t)1 << 40;
+        sp->rotate_bytes = sp->fs_bytes / 16;
+        if (sp->rotate_bytes > ROTATE_BYTES)
+                sp->rotate_bytes = ROTATE_BYTES;
+        if (sp->rotate_bytes < (256u << 10))
+                sp->rotate_bytes = 256u << 10;
         if (sp->c.recovered)
                 KM_LOG(KM_LOG_NOTICE, "spool", "recovered %llu messages from the ingest log",
                        (unsigned long long)sp->c.recovered);
