@@ -120,10 +120,12 @@ static void on_acked(void *ud, uint64_t cookie)
                 km_spool_ack(b->d->spool, id);
 }
 
-/* A broker refused one message for good (not authorised, bad topic name, bad payload):
- * sending it again would only block the link. It leaves the spool, counted and
- * logged (first ten, then every thousandth), and the link carries on. Returns false for
- * a reason worth retrying (quota, server busy ...), which fails the link instead. */
+/* A broker refused one message for good (not authorised, bad topic name, bad payload,
+ * too large): sending it again would only block the link. It is set aside into the
+ * spool's dead letters (counted there as set_aside, and here as refused; the spool logs
+ * it, rate-limited), and the link carries on. Returns false for a reason worth retrying
+ * (quota, server busy ...), which fails the link instead: the client reconnects and the
+ * message is sent again from the spool. */
 static bool refused_for_good(struct bridge *b, uint32_t cookie, int reason)
 {
         if (reason != MQTTREASONCODE_NOT_AUTHORIZED && reason != MQTTREASONCODE_TOPIC_NAME_INVALID &&
@@ -132,12 +134,12 @@ static bool refused_for_good(struct bridge *b, uint32_t cookie, int reason)
         uint64_t id = km_link_acked(b->link, cookie);
         if (!id)
                 return true;
-        km_spool_ack(b->d->spool, id);
-        uint64_t n = ++b->d->refused;
-        if (n <= 10 || n % 1000 == 0)
-                KM_LOG(KM_LOG_ERR, "mqtt", "%s: %s refused message %llu for good (%s): dropped (%llu so far)",
-                       b->link->name, b->conf.uri, (unsigned long long)id, MQTTReasonCode_toString(reason),
-                       (unsigned long long)n);
+        char why[200];
+        snprintf(why, sizeof(why), "%s refused it on link %s (%s)", b->conf.uri, b->link->name,
+                 MQTTReasonCode_toString(reason));
+        ++b->d->refused;
+        if (km_spool_set_aside(b->d->spool, id, why) == 0)
+                b->link->set_aside++;
         return true;
 }
 
@@ -233,10 +235,24 @@ static void on_connected(void *context, char *cause)
 }
 
 /* Paho 1.3 calls the connected callback for the first connect as well as for
- * reconnects, so that one does the work. */
+ * reconnects, so that one does the work. Here only the broker's limits are looked at:
+ * the downlink sends nothing but CONNECT, one SUBSCRIBE of one filter, PUBACKs, pings
+ * and DISCONNECT (it publishes nothing, so Receive Maximum and Topic Alias Maximum do
+ * not apply); Paho does not check the broker's Maximum Packet Size itself, so a
+ * SUBSCRIBE that would exceed it (a topic prefix and node name of hundreds of bytes)
+ * is said in the log rather than found out by a dropped connection. */
 static void on_connect_ok(void *context, MQTTAsync_successData5 *r)
 {
-        (void)context, (void)r;
+        struct client *c = context;
+        if (!r || !MQTTProperties_hasProperty(&r->properties, MQTTPROPERTY_CODE_MAXIMUM_PACKET_SIZE))
+                return;
+        int max = MQTTProperties_getNumericValue(&r->properties, MQTTPROPERTY_CODE_MAXIMUM_PACKET_SIZE);
+        size_t rl = 2 + 1;
+        for (size_t i = 0; i < c->filters.n; i++)
+                rl += 2 + strlen(c->filters.v[i]) + 1;
+        if (max > 0 && 1 + (rl < 128 ? 1 : rl < 16384 ? 2 : 3) + rl > (size_t)max)
+                KM_LOG(KM_LOG_ERR, "mqtt", "%s: the broker takes packets of %d bytes at most: the SUBSCRIBE of %zu "
+                       "bytes will be refused (shorten topic_prefix or the node name)", c->role, max, 1 + 2 + rl);
 }
 
 static void on_connect_fail(void *context, MQTTAsync_failureData5 *r)
@@ -284,6 +300,15 @@ static void link_up(void *ud)
         struct bridge *b = ud;
         if (b->up) /* mqttc says so itself */
                 KM_LOG(KM_LOG_NOTICE, "mqtt", "up: connected to %s", b->conf.uri);
+        /* What the daemon fits its own status messages to (km_link_room): the peer's
+         * limit, and what a packet of ours adds to a message's topic and payload: the
+         * fixed header (5), topic length and packet id (4), and on the uplink the
+         * bridged topic's "<prefix>/<node>/" and the kuimen-origin and kuimen-id user
+         * properties (a 20-digit id; 2 bytes of property length). */
+        b->link->max_packet = b->up ? km_uplink_max_packet(b->up) : km_mqttc_max_packet(b->mc);
+        size_t props = 2 + (1 + 2 + 13 + 2 + strlen(b->d->node.name)) + (1 + 2 + 9 + 2 + 20);
+        b->link->packet_overhead = (uint32_t)(9 + (b->local ? (b->nwatch ? props + 1 + 2 + 12 + 2 + strlen(b->d->node.name) : 1)
+                                                            : props + strlen(b->conf.topic_prefix) + strlen(b->d->node.name) + 2));
         km_link_set_state(b->link, KM_LINK_UP, "connected");
 }
 
@@ -397,14 +422,15 @@ static int send_msg(struct km_link *l, const struct km_msg *m, uint32_t cookie)
         if (b->up) {
                 rc = km_uplink_publish(b->up, topic, m->payload, m->len, (m->flags & KM_MSG_RETAIN) != 0, origin, oid,
                                        cookie);
-                return rc == -EAGAIN || rc == -ENOTCONN || rc == -ENOMEM ? rc : rc < 0 ? -EIO : 0;
+                return rc == -EAGAIN || rc == -ENOTCONN || rc == -ENOMEM || rc == -EMSGSIZE ? rc : rc < 0 ? -EIO : 0;
         }
         /* Locally, only what a narrow link relayed (on a center) carries its origin, and
          * says it came through this center (see center_take). */
         rc = km_mqttc_publish(b->mc, topic, m->payload, m->len, (m->flags & KM_MSG_RETAIN) != 0,
                               !b->local || m->origin ? origin : NULL, oid,
                               b->local && m->origin ? b->d->node.name : NULL, cookie);
-        return rc == -EAGAIN || rc == -ENOTCONN || rc == -ENOMEM ? rc : rc < 0 ? -EIO : 0;
+        /* -EMSGSIZE: over the broker's Maximum Packet Size; the scheduler sets it aside. */
+        return rc == -EAGAIN || rc == -ENOTCONN || rc == -ENOMEM || rc == -EMSGSIZE ? rc : rc < 0 ? -EIO : 0;
 }
 
 /* ---- setup ----------------------------------------------------------------------- */

@@ -467,7 +467,8 @@ void km_daemon_counters(struct km_daemon *d, char *buf, size_t len)
         }
         snprintf(buf, len,
                  "in=%llu spooled=%llu forwarded=%llu delivered_local=%llu dropped=%llu expired=%llu coalesced=%llu bad_input=%llu refused=%llu spool_bytes=%llu"
-                 " cmd_in_mqtt=%llu cmd_in_narrow=%llu cmd_duplicates=%llu cmd_sent_narrow=%llu cmd_settled_mqtt=%llu",
+                 " cmd_in_mqtt=%llu cmd_in_narrow=%llu cmd_duplicates=%llu cmd_sent_narrow=%llu cmd_settled_mqtt=%llu"
+                 " set_aside=%llu set_aside_held=%llu",
                  (unsigned long long)st.pushed, (unsigned long long)(st.depth[KM_DIR_UP] + st.depth[KM_DIR_DOWN]),
                  (unsigned long long)up, (unsigned long long)down, (unsigned long long)st.dropped,
                  (unsigned long long)st.expired, (unsigned long long)st.coalesced,
@@ -476,7 +477,8 @@ void km_daemon_counters(struct km_daemon *d, char *buf, size_t len)
                  (unsigned long long)__atomic_load_n(&d->cmd_in[KM_CMD_MQTT], __ATOMIC_RELAXED),
                  (unsigned long long)__atomic_load_n(&d->cmd_in[KM_CMD_NARROW], __ATOMIC_RELAXED),
                  (unsigned long long)__atomic_load_n(&d->cmd_duplicates, __ATOMIC_RELAXED),
-                 (unsigned long long)d->cmd_sent_narrow, (unsigned long long)d->cmd_settled_mqtt);
+                 (unsigned long long)d->cmd_sent_narrow, (unsigned long long)d->cmd_settled_mqtt,
+                 (unsigned long long)st.set_aside, (unsigned long long)st.dead);
 }
 
 /* One turn of work: what the other threads handed over, then sends, then the spool's

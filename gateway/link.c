@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -258,4 +259,12 @@ void km_link_failed(struct km_link *l, uint32_t cookie, const char *why)
         /* The cursor has moved past this message: only a fresh connection replays it
          * in order, so a failed send takes the link down. */
         km_link_set_state(l, KM_LINK_DOWN, why);
+}
+
+size_t km_link_room(const struct km_link *l, size_t topic_len)
+{
+        if (!l->max_packet)
+                return SIZE_MAX;
+        size_t cost = (size_t)l->packet_overhead + topic_len;
+        return cost < l->max_packet ? l->max_packet - cost : 0;
 }
