@@ -94,6 +94,18 @@ struct bridge {
         struct watch *watch;
         size_t nwatch;
         struct km_strv watch_filters;
+        /* A message that brings the connection down whenever it is sent (a broker that
+         * answers an ACL refusal by closing the connection, as Mosquitto 2.0.11 does,
+         * or whose PUBACK the reset loses; a size limit it does not announce): see
+         * link_lost. */
+        uint64_t suspect;
+        int strikes;
+        bool transient; /* the coming loss follows a refusal worth retrying */
+        /* Careful: after a connection the broker ended, one message at a time until
+         * what was in flight then (ids up to careful_until, careful_left of them) is
+         * answered, or careful_budget acks have passed. */
+        uint64_t careful_until;
+        uint32_t careful_left, careful_budget;
 };
 
 /* One base a center watches on its broker: <pfx>cmd/# and <pfx>status. */
@@ -112,12 +124,33 @@ static int connect_client(struct client *c);
 
 /* ---- loop side ------------------------------------------------------------------- */
 
+/* Message id was answered (acknowledged, or refused and set aside): it was not what
+ * ended the connections, and careful mode may end. */
+static void answered(struct bridge *b, uint64_t id)
+{
+        if (id == b->suspect)
+                b->suspect = 0, b->strikes = 0;
+        if (!b->careful_until)
+                return;
+        if (id <= b->careful_until && b->careful_left)
+                b->careful_left--;
+        if (b->careful_budget)
+                b->careful_budget--;
+        if (!b->careful_left || !b->careful_budget) {
+                b->careful_until = 0;
+                b->suspect = 0, b->strikes = 0;
+                km_daemon_kick(b->d); /* the whole window again */
+        }
+}
+
 static void on_acked(void *ud, uint64_t cookie)
 {
         struct bridge *b = ud;
         uint64_t id = km_link_acked(b->link, (uint32_t)cookie);
         if (id)
                 km_spool_ack(b->d->spool, id);
+        if (id)
+                answered(b, id);
 }
 
 /* A broker refused one message for good (not authorised, bad topic name, bad payload,
@@ -140,6 +173,7 @@ static bool refused_for_good(struct bridge *b, uint32_t cookie, int reason)
         ++b->d->refused;
         if (km_spool_set_aside(b->d->spool, id, why) == 0)
                 b->link->set_aside++;
+        answered(b, id);
         return true;
 }
 
@@ -312,11 +346,61 @@ static void link_up(void *ud)
         km_link_set_state(b->link, KM_LINK_UP, "connected");
 }
 
+/* A connection the broker ended. Some brokers end it instead of, or right after,
+ * answering a message: Mosquitto 2.0.11 sends PUBACK 0x87 for an ACL refusal and then
+ * closes the connection, and while more of our publishes wait unread on its side the
+ * close is a reset that takes that PUBACK and the ones just before it along; a broker
+ * that does not announce its size limit just closes. Replaying the window from its head
+ * would hit the same message at every connection, for ever. So after such a loss the
+ * link is careful: one message at a time (send_msg) until what was in flight is
+ * answered; alone, a refusal's PUBACK arrives (nothing unread makes the close a reset)
+ * and the message is set aside as refused. If instead the connection ends again with
+ * the same message alone in flight, within SUSPECT_MS of sending it, SUSPECT_STRIKES
+ * times, it is set aside as the cause. A broker crash loop would have to end the
+ * connection within a second of our sending, every time, to be mistaken for that, and
+ * even then the message is held and listed for an operator, not lost. A refusal worth
+ * retrying (quota, busy) ends the connection on purpose: no suspicion. */
+#define SUSPECT_STRIKES 3
+#define SUSPECT_MS 1000
+
 static void link_lost(void *ud, const char *why)
 {
         struct bridge *b = ud;
+        int64_t taken = 0;
+        uint64_t last = 0, head = km_link_head(b->link, &taken, &last);
+        uint32_t inflight = b->link->inflight;
+        bool alone = inflight == 1 && km_mono_ms() - taken <= SUSPECT_MS;
         KM_LOG(KM_LOG_WARNING, "mqtt", "%s: connection to %s lost: %s", b->local ? "ingest" : "up", b->conf.uri, why);
         km_link_set_state(b->link, KM_LINK_DOWN, "connection lost");
+        if (b->transient || !head) {
+                b->transient = false;
+                return;
+        }
+        if (!b->careful_until)
+                KM_LOG(KM_LOG_NOTICE, "mqtt", "%s: the broker ended the connection with %u messages in flight: "
+                       "sending one at a time until they are answered", b->link->name, inflight);
+        if (last > b->careful_until)
+                b->careful_until = last;
+        b->careful_left = inflight;
+        /* Bounded: a broker that was killed or restarted also ends connections, and
+         * what was in flight may be acknowledged on another link; past 64 acks the
+         * whole window again (a message that ends the connection is then met again a
+         * window later, and the link is careful again from there). */
+        b->careful_budget = 64;
+        if (head != b->suspect || !alone) {
+                b->suspect = head;
+                b->strikes = alone;
+                return;
+        }
+        if (++b->strikes < SUSPECT_STRIKES)
+                return;
+        char w[200];
+        snprintf(w, sizeof(w), "%s closed the connection on link %s each time it was sent alone (%d times)",
+                 b->conf.uri, b->link->name, b->strikes);
+        if (km_spool_set_aside(b->d->spool, head, w) == 0)
+                b->link->set_aside++;
+        b->suspect = 0, b->strikes = 0;
+        answered(b, head);
 }
 
 static void link_failed_connect(void *ud, const char *why)
@@ -339,6 +423,7 @@ static bool link_refused(void *ud, uint32_t cookie, int reason, const char *why)
         struct bridge *b = ud;
         if (refused_for_good(b, cookie, reason))
                 return true;
+        b->transient = true; /* the client drops the connection now: not the message's doing */
         km_link_failed(b->link, cookie, why);
         return false;
 }
@@ -404,6 +489,9 @@ static int send_msg(struct km_link *l, const struct km_msg *m, uint32_t cookie)
         const char *topic = m->topic;
         int rc;
 
+        /* Careful (link_lost): one message at a time. */
+        if (b->careful_until && l->inflight > 1)
+                return -EAGAIN;
         /* A relayed message keeps the node and id it was born with. */
         const char *origin = m->origin ? m->origin : b->d->node.name;
         uint64_t oid = m->oid ? m->oid : m->id;

@@ -93,6 +93,7 @@ struct km_mqttc {
         unsigned ka_s;       /* the keepalive in force (the broker may set its own) */
         int64_t last_tx_ms, last_rx_ms;
         bool ping_out;
+        bool reset_seen; /* a write found the connection reset: read what is left, then drop */
         uint16_t *acks; /* PUBACKs owed for the read in progress */
         size_t nacks, capacks;
         bool took; /* the read in progress handed a message to the owner: settle after it */
@@ -353,6 +354,7 @@ static void close_conn(struct km_mqttc *c)
         c->inflight = 0;
         c->nacks = 0;
         c->ping_out = false;
+        c->reset_seen = false;
 }
 
 /* The connection is over: tell the owner and try again, unless stopped. Everything in
@@ -384,12 +386,28 @@ static void want_write(struct km_mqttc *c, bool on)
 /* Writes what is queued; the rest waits for EPOLLOUT. 0, or -EIO (dropped). */
 static int flush_out(struct km_mqttc *c)
 {
+        if (c->reset_seen) {
+                c->out.off = c->out.len = 0; /* the connection is ending: see below */
+                return 0;
+        }
         while (c->out.len) {
                 ssize_t n = send(c->fd, c->out.p + c->out.off, c->out.len, MSG_NOSIGNAL);
                 if (n < 0 && errno == EINTR)
                         continue;
                 if (n < 0 && errno == EAGAIN) {
                         want_write(c, true);
+                        return 0;
+                }
+                if (n < 0 && (errno == ECONNRESET || errno == EPIPE) && c->st == C_UP && !c->reset_seen) {
+                        /* The broker closed the connection, and may have said why just
+                         * before: PUBACKs (one refusing a message for good) wait in the
+                         * receive buffer. Read them first; the read ends the connection
+                         * (EOF after them). What is queued to write is lost with the
+                         * connection and replayed by the owner, as on any drop. */
+                        c->reset_seen = true;
+                        c->out.off = c->out.len = 0;
+                        if (c->io)
+                                sd_event_source_set_io_events(c->io, EPOLLIN);
                         return 0;
                 }
                 if (n <= 0) {

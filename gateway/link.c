@@ -268,3 +268,23 @@ size_t km_link_room(const struct km_link *l, size_t topic_len)
         size_t cost = (size_t)l->packet_overhead + topic_len;
         return cost < l->max_packet ? l->max_packet - cost : 0;
 }
+
+uint64_t km_link_head(const struct km_link *l, int64_t *taken_mono, uint64_t *last)
+{
+        uint64_t id = 0, hi = 0;
+        for (uint32_t i = 0; i < l->window && l->inflight; i++) {
+                const struct km_link_slot *s = &l->slots[i];
+                if (!s->used || s->gen != l->gen)
+                        continue;
+                if (s->id > hi)
+                        hi = s->id;
+                if (!id || s->id < id) {
+                        id = s->id;
+                        if (taken_mono)
+                                *taken_mono = s->taken_mono;
+                }
+        }
+        if (last)
+                *last = hi;
+        return id;
+}

@@ -160,6 +160,11 @@ int64_t km_link_take_slot(struct km_link *l, uint64_t id);
 /* Gives back the slot of cookie after the transport refused it synchronously. */
 void km_link_put_slot(struct km_link *l, uint32_t cookie);
 
+/* The oldest message in l's window (lowest id; 0 when none), and when it was handed to
+ * the transport (CLOCK_MONOTONIC ms) in *taken_mono and the newest (highest id) in
+ * *last, each when not NULL. */
+uint64_t km_link_head(const struct km_link *l, int64_t *taken_mono, uint64_t *last);
+
 /* The largest payload a message on topic (of topic_len bytes) may have to fit l's peer
  * (SIZE_MAX when it states no limit). */
 size_t km_link_room(const struct km_link *l, size_t topic_len);
