@@ -682,6 +682,10 @@ static void start_connect(struct km_mqttc *c)
 
         if (c->st == C_STOPPED)
                 return;
+        if (c->cb.may_connect && !c->cb.may_connect(c->cb.ud)) {
+                schedule_retry(c, 1);
+                return;
+        }
         c->st = C_RESOLVING;
         /* Both the lookup and the TCP connect are bounded by the CONNECT timeout. */
         if ((rc = sd_event_add_time_relative(c->ev, &c->connack, CLOCK_MONOTONIC, CONNACK_TIMEOUT_US, 100000,

@@ -48,6 +48,8 @@ struct km_mqttc_cb {
         int (*settle)(void *ud);
         void (*acked)(void *ud, uint32_t cookie);
         bool (*refused)(void *ud, uint32_t cookie, int reason, const char *why);
+        /* Optional: false holds the next connect back (asked again each second). */
+        bool (*may_connect)(void *ud);
         void *ud;
 };
 

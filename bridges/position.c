@@ -903,7 +903,9 @@ int km_positions_take(struct km_positions *p, const char *topic, const void *pay
 	char bucket[24] = "";
 	if (p->conf.track_interval_ms > 0)
 		snprintf(bucket, sizeof(bucket), "%lld", (long long)(pos.time_ms / p->conf.track_interval_ms));
-	km_daemon_ingest_keyed(p->d, KM_DIR_UP, out_topic, json, (size_t)n, false, bucket[0] ? bucket : NULL);
+	rc = km_daemon_ingest_keyed(p->d, KM_DIR_UP, out_topic, json, (size_t)n, false, bucket[0] ? bucket : NULL);
+	if (rc < 0 && rc != -EMSGSIZE && rc != -ENOENT)
+		return rc; /* not stored (a storage fault): not acknowledged, sent again */
 	km_status_position(&p->d->status, pos.unit, json, (size_t)n, now);
 	return 1;
 }

@@ -94,7 +94,8 @@ void km_positions_free(struct km_positions *p);
 /* Any thread. When topic matches [positions] match, parses payload into the canonical
  * record, hands its JSON to the daemon as pos/<unit> and returns 1 (a bad payload is
  * counted per reason, logged at most once a minute per unit, and dropped); returns 0
- * for other topics. */
+ * for other topics, or the negative errno of a push the spool refused (a storage
+ * fault: the caller must not acknowledge the message). */
 int km_positions_take(struct km_positions *p, const char *topic, const void *payload, size_t len);
 
 /* Bad payloads so far, all reasons; by reason with km_positions_bad_by. */

@@ -636,7 +636,8 @@ static void put_counters(struct km_control_buf *b, struct km_daemon *d, const st
                           "\"store_retries\":%llu,\"over_limit\":%llu,\"recovered\":%llu,\"moved_aside\":%llu,"
                           "\"fsyncs\":%llu,\"bad_config_reloads\":%llu,\"refused\":%llu,"
                           "\"cmd_in_mqtt\":%llu,\"cmd_in_narrow\":%llu,\"cmd_duplicates\":%llu,"
-                          "\"cmd_sent_narrow\":%llu,\"cmd_settled_mqtt\":%llu,\"set_aside\":%llu,\"set_aside_held\":%llu}",
+                          "\"cmd_sent_narrow\":%llu,\"cmd_settled_mqtt\":%llu,"
+                          "\"storage_faults\":%llu,\"refused_storage\":%llu,\"set_aside\":%llu,\"set_aside_held\":%llu}",
                           (unsigned long long)st->pushed, (unsigned long long)acked[KM_DIR_UP],
                           (unsigned long long)acked[KM_DIR_DOWN], (unsigned long long)st->dropped,
                           (unsigned long long)st->expired, (unsigned long long)st->coalesced,
@@ -650,6 +651,7 @@ static void put_counters(struct km_control_buf *b, struct km_daemon *d, const st
                           (unsigned long long)__atomic_load_n(&d->cmd_in[KM_CMD_NARROW], __ATOMIC_RELAXED),
                           (unsigned long long)__atomic_load_n(&d->cmd_duplicates, __ATOMIC_RELAXED),
                           (unsigned long long)d->cmd_sent_narrow, (unsigned long long)d->cmd_settled_mqtt,
+                          (unsigned long long)st->storage_faults, (unsigned long long)st->refused_storage,
                           (unsigned long long)st->set_aside, (unsigned long long)st->dead);
         /* A center: what it knows of each base's MQTT path (where its commands go). */
         if (d->npeers) {
@@ -731,6 +733,11 @@ static void reply_status(struct km_daemon *d, struct km_control_buf *b, bool wit
         km_spool_stats(d->spool, &st);
         put_node(b, d, now);
         put_links(b, d, now);
+        /* "ok", or what keeps the spool from storing (then nothing is taken in). */
+        km_control_printf(b, ",\"storage\":");
+        km_control_json_str(b, st.storage_err ? st.storage_why : "ok");
+        if (st.storage_err)
+                km_control_printf(b, ",\"storage_for_s\":%.1f", (double)st.storage_since_ms / 1000);
         km_control_printf(b, ",");
         put_spool(b, d, &st, now);
         if (with_head)

@@ -300,16 +300,11 @@ int km_daemon_command(struct km_daemon *d, int path, const char *topic, const vo
         __atomic_fetch_add(&d->cmd_in[path ? 1 : 0], 1, __ATOMIC_RELAXED);
         /* Decision and push under one lock: otherwise the MQTT thread could decide to
          * publish c0, the loop publish c1 (whose other copy it had not seen), and c0
-         * land behind c1. The MQTT thread may hold it while its push waits for the loop
-         * to flush the spool (pending full): the loop, waiting for it, flushes. */
-        if (path == KM_CMD_NARROW)
-                while (pthread_mutex_trylock(&d->cmd_mu) != 0) {
-                        km_spool_commit(d->spool);
-                        usleep(1000);
-                }
-        else
-                pthread_mutex_lock(&d->cmd_mu);
-        if (km_dedupe_take(&d->cmd_dedupe, path, km_dedupe_hash(topic, payload, len), km_now_ms(), ttl)) {
+         * land behind c1. Neither holds it long: a push from another thread than the
+         * loop never waits for the loop (km_spool_push refuses with -EAGAIN instead). */
+        pthread_mutex_lock(&d->cmd_mu);
+        uint64_t hash = km_dedupe_hash(topic, payload, len);
+        if (km_dedupe_take(&d->cmd_dedupe, path, hash, km_now_ms(), ttl)) {
                 pthread_mutex_unlock(&d->cmd_mu);
                 uint64_t n = __atomic_add_fetch(&d->cmd_duplicates, 1, __ATOMIC_RELAXED);
                 KM_LOG(n <= 10 || n % 1000 == 0 ? KM_LOG_INFO : KM_LOG_DEBUG, "cmd",
@@ -318,6 +313,8 @@ int km_daemon_command(struct km_daemon *d, int path, const char *topic, const vo
                 return 0;
         }
         int rc = ingest(d, KM_DIR_DOWN, topic, NULL, payload, len, false, NULL);
+        if (rc < 0)
+                km_dedupe_untake(&d->cmd_dedupe, path, hash); /* it comes again */
         pthread_mutex_unlock(&d->cmd_mu);
         return rc;
 }
@@ -379,7 +376,6 @@ static int ingest_ex(struct km_daemon *d, int dir, const char *topic, const char
                             .payload = payload, .len = len, .cls = cls, .ckey = ckey,
                             .origin = x ? x->origin : NULL, .oid = x ? x->oid : 0 };
         const char *rt = x && x->route_topic ? x->route_topic : topic;
-        unsigned backoff_ms = 10;
         int rc;
 
         pthread_rwlock_rdlock(&d->route_lock);
@@ -403,18 +399,13 @@ static int ingest_ex(struct km_daemon *d, int dir, const char *topic, const char
                                (unsigned long long)d->unrouted + 1);
                 return -ENOENT;
         }
-        /* The caller acknowledges to its broker when this returns, so it may return
-         * only once the message is durable: a full disk or a broken file makes ingest
-         * wait (the broker keeps the message) rather than lose it. */
-        while ((rc = km_spool_push(d->spool, &m)) < 0 && rc != -EMSGSIZE && !d->stopping) {
-                if (__atomic_fetch_add(&d->rejected, 1, __ATOMIC_RELAXED) % 100 == 0)
-                        KM_LOG(KM_LOG_ERR, "spool", "cannot store a message for '%s' (%s): retrying", topic,
-                               strerror(-rc));
-                struct timespec ts = { 0, (long)backoff_ms * 1000000L };
-                nanosleep(&ts, NULL);
-                if (backoff_ms < 1000)
-                        backoff_ms *= 2;
-        }
+        /* The caller acknowledges to its broker only when this returns 0. A storage
+         * fault refuses at once (the spool retries the disk by itself): the broker keeps
+         * the message, and no thread, the loop least of all, waits for the disk. */
+        rc = km_spool_push(d->spool, &m);
+        if (rc < 0 && rc != -EMSGSIZE && __atomic_fetch_add(&d->rejected, 1, __ATOMIC_RELAXED) % 1000 == 0)
+                KM_LOG(KM_LOG_WARNING, "spool", "not stored, not acknowledged: a message on '%s' (%s; %llu so far)", topic,
+                       strerror(-rc), (unsigned long long)__atomic_load_n(&d->rejected, __ATOMIC_RELAXED));
         if (rc == -EMSGSIZE)
                 KM_LOG(KM_LOG_ERR, "spool", "message on '%s' too large (%zu bytes): not stored", topic, len);
         return rc;
@@ -547,8 +538,7 @@ static void turn(struct km_daemon *d)
         km_mailbox_run(&d->mb);
         if (!d->stopping) /* a drain waits for acks; it sends nothing new */
                 km_sched_pump_all(d->links, d->nlinks, d->spool, &d->route);
-        if (km_spool_commit(d->spool) < 0)
-                KM_LOG(KM_LOG_ERR, "spool", "commit failed; will retry");
+        km_spool_commit(d->spool); /* a failure is the spool's storage fault: it logs and retries */
 }
 
 static int on_mail(sd_event_source *s, int fd, uint32_t revents, void *ud)
@@ -682,7 +672,7 @@ static int on_drain_check(sd_event_source *s, uint64_t usec, void *ud)
 static void start_drain(struct km_daemon *d)
 {
         sd_notify(0, "STOPPING=1");
-        d->stopping = true;
+        __atomic_store_n(&d->stopping, true, __ATOMIC_RELEASE); /* Paho's thread reads it */
         d->drain_until_mono = km_mono_ms() + DRAIN_MS;
         for (size_t i = 0; i < d->nstop; i++)
                 d->on_stop[i](d->on_stop_ud[i]);
@@ -799,7 +789,7 @@ int km_daemon_init(struct km_daemon *d, struct km_node_conf *n, struct km_conf *
 static void drain(struct km_daemon *d)
 {
         if (!d->stopping) { /* the loop ended by itself (an error) */
-                d->stopping = true;
+                __atomic_store_n(&d->stopping, true, __ATOMIC_RELEASE);
                 for (size_t i = 0; i < d->nstop; i++)
                         d->on_stop[i](d->on_stop_ud[i]);
         }

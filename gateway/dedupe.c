@@ -87,3 +87,18 @@ bool km_dedupe_take(struct km_dedupe *dd, int path, uint64_t hash, int64_t now_m
         pthread_mutex_unlock(&dd->mu);
         return false;
 }
+
+void km_dedupe_untake(struct km_dedupe *dd, int path, uint64_t hash)
+{
+        struct km_dedupe_entry *newest = NULL;
+
+        pthread_mutex_lock(&dd->mu);
+        for (size_t i = 0; i < dd->cap; i++) {
+                struct km_dedupe_entry *e = &dd->e[i];
+                if (e->expires_ms && e->hash == hash && e->path == path && (!newest || e->seq > newest->seq))
+                        newest = e;
+        }
+        if (newest)
+                newest->expires_ms = 0;
+        pthread_mutex_unlock(&dd->mu);
+}

@@ -45,4 +45,8 @@ uint64_t km_dedupe_hash(const char *topic, const void *payload, size_t len);
  * it. So an operator's command sent twice is published twice, each once. */
 bool km_dedupe_take(struct km_dedupe *dd, int path, uint64_t hash, int64_t now_ms, int64_t ttl_ms);
 
+/* Any thread. Forgets the copy km_dedupe_take just remembered for path (its message was
+ * not stored after all: it comes again, and must not cancel the other path's copy). */
+void km_dedupe_untake(struct km_dedupe *dd, int path, uint64_t hash);
+
 #endif

@@ -186,7 +186,7 @@ static void put_spool(struct km_control_buf *b, struct km_daemon *d, const struc
                           oldest && now > oldest ? (double)(now - oldest) / 1000.0 : 0.0);
         one(b, "kuimen_spool_over_limit_total", "counter",
             "Commits that left the spool over its bound with only never-dropped classes.", st->over_limit);
-        one(b, "kuimen_spool_store_retries_total", "counter", "Failed attempts to store a message (retried).",
+        one(b, "kuimen_spool_store_retries_total", "counter", "Messages the spool did not store (not acknowledged: their sender retries).",
             __atomic_load_n(&d->rejected, __ATOMIC_RELAXED));
         one(b, "kuimen_spool_recovered_messages_total", "counter",
             "Messages recovered from the ingest log at start.", st->recovered);
@@ -202,6 +202,11 @@ static void put_spool(struct km_control_buf *b, struct km_daemon *d, const struc
         one(b, "kuimen_spool_set_aside_dropped_total", "counter",
             "Set-aside messages dropped (by an operator, or the oldest past 10 000 held).", st->dead_dropped);
         one(b, "kuimen_fsyncs_total", "counter", "fdatasync calls on the ingest log.", st->fsyncs);
+        one(b, "kuimen_storage_ok", "gauge", "1 while the spool can store; 0 during a storage fault (ENOSPC, EIO).",
+            st->storage_err ? 0 : 1);
+        one(b, "kuimen_storage_faults_total", "counter", "Storage faults begun.", st->storage_faults);
+        one(b, "kuimen_spool_refused_storage_total", "counter",
+            "Messages refused (not acknowledged) during a storage fault.", st->refused_storage);
 }
 
 /* One family over every link. */

@@ -468,14 +468,17 @@ static void api_report(km_plugin_link *h, const struct km_plugin_report *r)
                 kick(h);
 }
 
-static void ingest_delivered(km_plugin_link *h, const struct km_frame_msg *m, const char *origin)
+static int ingest_delivered(km_plugin_link *h, const struct km_frame_msg *m, const char *origin)
 {
         char topic[KM_FRAME_TOPIC_MAX + 128];
         snprintf(topic, sizeof(topic), "%s/%s/%s", h->prefix, origin, m->topic ? m->topic : "unknown");
         /* A topic beyond our dictionary (unknown-topic/N) has no class here: the frame
          * says how urgent it was at the base (an alert stays an alert). */
         bool unknown = !m->topic || strncmp(m->topic, KM_DICT_FALLBACK "/", sizeof(KM_DICT_FALLBACK)) == 0;
-        km_daemon_relay(h->d, topic, unknown ? NULL : m->topic, m->cls, m->payload, m->len, origin, m->id);
+        int rc = km_daemon_relay(h->d, topic, unknown ? NULL : m->topic, m->cls, m->payload, m->len, origin, m->id);
+        /* Not stored (a storage fault): the frame is not acknowledged and comes again.
+         * Too large or of no class would be refused again: acknowledged (logged). */
+        return rc < 0 && rc != -EMSGSIZE && rc != -ENOENT ? rc : 0;
 }
 
 /* A base: what a center sends down is commands for the local broker, nothing else
@@ -491,9 +494,9 @@ static int deliver_command(km_plugin_link *h, const struct km_frame_msg *m)
                 return 0;
         }
         int rc = km_daemon_command(h->d, KM_CMD_NARROW, m->topic, m->payload, m->len);
-        /* Only a stop is worth a retry (unacknowledged, the frame comes again after the
-         * restart); a command too large or unrouted would be refused again, logged. */
-        return rc < 0 && h->d->stopping ? rc : 0;
+        /* A stop or a storage fault is worth a retry (unacknowledged, the frame comes
+         * again); a command too large or unrouted would be refused again, logged. */
+        return rc < 0 && (h->d->stopping || !km_spool_storage_ok(h->d->spool)) ? rc : 0;
 }
 
 /* A complete message from the peer: durable in our spool before the frame is acked. */
@@ -511,8 +514,7 @@ static int on_deliver(void *ctx, const struct km_frame_msg *m)
                 snprintf(name, sizeof(name), "node-%08x", m->origin);
                 origin = name;
         }
-        ingest_delivered(h, m, origin);
-        return 0;
+        return ingest_delivered(h, m, origin);
 }
 
 static void on_done(void *ctx, uint64_t id)

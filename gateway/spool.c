@@ -3,6 +3,7 @@
 #include "spool.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
@@ -10,7 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -20,9 +23,9 @@
 /*
  * The durability contract (what is synced when, and why no acknowledged message is lost)
  *
- * The MQTT client acknowledges a QoS 1 PUBLISH as soon as its message callback returns,
- * so km_spool_push() must make the message survive a kill of the process before it
- * returns. A SQLite commit per message costs ~36 us of CPU here (measured), more than the
+ * The MQTT client acknowledges a QoS 1 PUBLISH once km_spool_push (or, for a read's
+ * worth, km_spool_settle) returned 0, so by then the message must survive a kill of the
+ * process. A SQLite commit per message costs ~36 us of CPU here (measured), more than the
  * whole per-message budget, so push does one write(2) of a CRC-framed record to an
  * append-only ingest log instead: once write() returns, the bytes are in the kernel's
  * page cache and survive SIGKILL of kuimen.
@@ -31,21 +34,38 @@
  * started after its write has finished; concurrent pushers share one fsync (group commit,
  * leader/follower below). sync = batch: a sync thread fdatasyncs the log every
  * sync_interval, so a power cut loses at most the messages acknowledged in the last
- * interval.
+ * interval. A failed write or fdatasync means "not durable": the push fails (no PUBACK;
+ * the broker keeps the message), and the storage fault below starts.
  *
  * Pushed messages also sit in memory ("pending") until the loop either sees them
  * delivered (then only an ACK record goes to the log) or moves them into SQLite in one
- * transaction (group commit; synchronous=NORMAL, so a commit costs no fsync). The
- * SQLite meta row applied_id says which log records SQLite already holds.
+ * transaction (synchronous=NORMAL: the commit costs no fsync, so after a power cut the
+ * WAL may end before it; rows and the meta row applied_id, which says which log records
+ * SQLite holds, are in the same transaction and vanish together). A flush whose insert or
+ * commit fails is rolled back and its batch goes back to pending: nothing counts as
+ * moved until its commit succeeded.
  *
- * A log is emptied only after a SQLite commit with synchronous=FULL has made everything
- * it holds durable there. Two logs alternate so that pushes never wait for that commit:
- * rotation fsyncs the active log, switches to the other (empty) one, flushes all
- * pending into SQLite with FULL, and only then truncates the old one.
+ * A log is emptied only after a "FULL" commit (synchronous=FULL: the WAL is fsynced
+ * before the commit returns) that made everything the log holds durable in SQLite. Such
+ * a commit always writes the meta row, so it is never empty (SQLite skips the sync of a
+ * transaction that changed nothing). After a successful FULL flush of everything pending,
+ * the inactive log holds nothing that SQLite does not hold durably: only then is it
+ * truncated. Rotation (at ROTATE_BYTES) needs an empty inactive log: it fsyncs the active
+ * one, switches, flushes all pending with FULL and then empties the old one.
  *
  * Recovery: every log record with id > applied_id, minus those an ACK record names, is
- * put back into SQLite. A torn record at a log's tail (CRC or length wrong) ends that
- * log: it was never acknowledged, because push had not returned.
+ * put back into pending. A torn record at a log's tail (CRC or length wrong) ends that
+ * log: it was never acknowledged, because push had not returned; the tail is cut off
+ * before anything is appended behind it. The recovered records then go to SQLite in a
+ * FULL commit before either log is emptied.
+ *
+ * Storage faults (ENOSPC, EIO, a failed commit): the spool refuses pushes (callers do
+ * not acknowledge; the local broker keeps the messages), keeps handing out and
+ * deleting what it holds, and every second tries a FULL flush and a synced write to the
+ * log; when both succeed the fault is over. The loop never waits for the disk to mend.
+ *
+ * One process per spool: an exclusive flock on <spool>.lock, taken before anything else
+ * is opened. SQLite runs in exclusive locking mode as well.
  *
  * Ids: next id = max(ids seen in SQLite, applied_id, the logs, now in us) + 1; the time
  * floor keeps ids growing even when a damaged spool had to be moved aside.
@@ -58,12 +78,14 @@
 #define REC_ACK 2
 #define MSG_FIXED 48          /* fixed part of a MSG record body */
 #define ROW_OVERHEAD 48       /* counted per message on top of its strings and payload */
-#define ROTATE_BYTES (16u << 20)
+#define ROTATE_BYTES (16u << 20) /* at most; less on a small file system (open) */
 #define FLUSH_LIVE 4096       /* pending messages not yet delivered before a flush */
 #define FLUSH_AGE_MS 500      /* oldest undelivered pending before a flush */
 #define PEND_HARD_CAP 65536   /* push waits for the loop past this many */
 #define COMMIT_EVERY_MS 50    /* a SQLite write transaction stays open this long at most */
 #define SCHEMA_VERSION 2
+#define FAULT_PROBE_MS 1000   /* a storage fault is retried this often */
+#define FAULT_LOG_MS 10000    /* and repeated in the log at most this often */
 
 struct pend {
         uint64_t id;
@@ -80,7 +102,7 @@ struct pend {
 
 enum stmt {
         S_BEGIN, S_COMMIT, S_INSERT, S_DEL_ID, S_DEL_CKEY, S_NEXT, S_HEAD, S_DROP_SEL,
-        S_META_GET, S_META_SET, S_SYNC_FULL, S_SYNC_NORMAL, S_OLDEST, S_COUNT,
+        S_META_GET, S_META_SET, S_SYNC_FULL, S_SYNC_NORMAL, S_OLDEST, S_ROLLBACK, S_COUNT,
 };
 
 static const char *const stmt_sql[S_COUNT] = {
@@ -99,11 +121,16 @@ static const char *const stmt_sql[S_COUNT] = {
         [S_SYNC_FULL] = "PRAGMA synchronous=FULL",
         [S_SYNC_NORMAL] = "PRAGMA synchronous=NORMAL",
         [S_OLDEST] = "SELECT created FROM msg WHERE dir=? AND prio=? ORDER BY id LIMIT 1",
+        [S_ROLLBACK] = "ROLLBACK",
 };
 
 struct km_spool {
         struct km_spool_opts o;
         char *path;
+        int lock_fd;
+        uint64_t rotate_bytes; /* a log this large rotates */
+        uint64_t fs_bytes;     /* the size of the spool's file system */
+        int64_t space_logged, limit_logged; /* CLOCK_MONOTONIC ms */
         sqlite3 *db;
         sqlite3_stmt *st[S_COUNT];
         bool in_tx;
@@ -126,6 +153,12 @@ struct km_spool {
         bool wake_armed;
         uint64_t written_seq, synced_seq;
         bool syncing, stopping;
+        uint64_t sync_err_seq; /* the newest record a failed fdatasync covered */
+        uint64_t other_bytes;  /* the inactive log's size: it must be empty to rotate */
+        /* The storage fault in force: 0, or the negative errno that started it. */
+        int fault;
+        char fault_why[192];
+        int64_t fault_since, fault_logged, fault_probed; /* CLOCK_MONOTONIC ms */
         uint64_t depth_pend[KM_DIR_COUNT][KM_PRIO_COUNT];
         uint64_t bytes;
         struct km_spool_stats c; /* counters; depths are filled in on demand */
@@ -168,10 +201,37 @@ static int64_t spool_now(const struct km_spool *sp)
         return sp->o.now ? sp->o.now(sp->o.now_ud) : km_now_ms();
 }
 
+/* SQLite's primary result code as an errno: a full disk and an I/O error are storage
+ * faults, damage is damage, a lock held elsewhere or a file we may not write is neither. */
+static int sql_errno(int code)
+{
+        switch (code & 0xff) {
+        case SQLITE_FULL:
+                return -ENOSPC;
+        case SQLITE_CORRUPT:
+        case SQLITE_NOTADB:
+                return -EBADMSG;
+        case SQLITE_BUSY:
+        case SQLITE_LOCKED:
+                return -EBUSY;
+        case SQLITE_READONLY:
+                return -EROFS;
+        case SQLITE_PERM:
+        case SQLITE_AUTH:
+        case SQLITE_CANTOPEN:
+                return -EACCES;
+        case SQLITE_NOMEM:
+                return -ENOMEM;
+        default:
+                return -EIO;
+        }
+}
+
 static int sql_fail(struct km_spool *sp, const char *what)
 {
-        KM_LOG(KM_LOG_ERR, "spool", "%s: %s: %s", sp->path, what, sqlite3_errmsg(sp->db));
-        return -EIO;
+        if (!__atomic_load_n(&sp->fault, __ATOMIC_RELAXED))
+                KM_LOG(KM_LOG_ERR, "spool", "%s: %s: %s", sp->path, what, sqlite3_errmsg(sp->db));
+        return sql_errno(sqlite3_errcode(sp->db));
 }
 
 static int grow(void **v, size_t *cap, size_t need, size_t elem)
@@ -196,6 +256,37 @@ static int64_t mono_ms(void)
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
         return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Starts (or, rate-limited, repeats) the storage fault. Call with mu held. */
+static void fault_set_locked(struct km_spool *sp, int err, const char *fmt, ...)
+{
+        char why[sizeof(sp->fault_why)];
+        va_list ap;
+        int64_t now = mono_ms();
+
+        va_start(ap, fmt);
+        vsnprintf(why, sizeof(why), fmt, ap);
+        va_end(ap);
+        if (!sp->fault) {
+                sp->fault = err < 0 ? err : -EIO;
+                snprintf(sp->fault_why, sizeof(sp->fault_why), "%s", why);
+                sp->fault_since = sp->fault_logged = sp->fault_probed = now;
+                sp->c.storage_faults++;
+                KM_LOG(KM_LOG_ERR, "spool", "storage: %s: not taking messages until it clears (retried every %d s)", why,
+                       FAULT_PROBE_MS / 1000);
+        } else if (now - sp->fault_logged >= FAULT_LOG_MS) {
+                sp->fault_logged = now;
+                KM_LOG(KM_LOG_ERR, "spool", "storage: %s: still not taking messages (for %lld s)", why,
+                       (long long)((now - sp->fault_since) / 1000));
+        }
+}
+
+static void fault_set(struct km_spool *sp, int err, const char *what)
+{
+        pthread_mutex_lock(&sp->mu);
+        fault_set_locked(sp, err, "%s: %s", what, strerror(-err));
+        pthread_mutex_unlock(&sp->mu);
 }
 
 static uint32_t msg_size(const struct km_msg *m)
@@ -263,23 +354,69 @@ static int write_all(int fd, const void *buf, size_t n)
         return 0;
 }
 
+/* Empties log i and gives it a header of generation gen (mu held, or before any other
+ * thread runs). If the power goes after the ftruncate and before the header is on disk,
+ * the log reads as empty (generation 0): the caller empties a log only when SQLite holds
+ * everything it held durably, so nothing is lost either way. */
 static int log_reset(struct km_spool *sp, int i, uint64_t gen)
 {
         uint8_t hdr[LOG_HDR];
 
         memcpy(hdr, LOG_MAGIC, 8);
         put64(hdr + 8, gen);
-        if (ftruncate(sp->log_fd[i], 0) < 0 || lseek(sp->log_fd[i], 0, SEEK_SET) < 0)
+        if (ftruncate(sp->log_fd[i], 0) < 0)
                 return -errno;
         sp->log_gen[i] = gen;
-        return write_all(sp->log_fd[i], hdr, sizeof(hdr));
+        if (i == sp->active)
+                sp->log_bytes = 0;
+        int rc = write_all(sp->log_fd[i], hdr, sizeof(hdr));
+        if (rc == 0 && i == sp->active)
+                sp->log_bytes = LOG_HDR;
+        return rc;
+}
+
+/* Appends n bytes to the active log with one write(2) (mu held). A log emptied earlier
+ * gets its header first. A short write is cut off again, so that recovery does not stop
+ * at a torn record in front of later, acknowledged ones; if even that fails, the log
+ * may not be appended to any more: a storage fault, mended by emptying it once SQLite
+ * holds everything. */
+static int log_append_locked(struct km_spool *sp, const void *buf, size_t n)
+{
+        int fd = sp->log_fd[sp->active];
+        int rc = 0;
+
+        if (sp->fault)
+                return sp->fault;
+        if (sp->log_bytes < LOG_HDR) {
+                rc = log_reset(sp, sp->active, sp->log_gen[sp->active] ? sp->log_gen[sp->active] : 1);
+                if (rc < 0) {
+                        fault_set_locked(sp, rc, "writing the header of %s: %s", sp->log_path[sp->active], strerror(-rc));
+                        return rc;
+                }
+        }
+        rc = write_all(fd, buf, n);
+        if (rc < 0) {
+                /* O_APPEND: the next write goes to the end, wherever the cut left it. */
+                if (ftruncate(fd, (off_t)sp->log_bytes) < 0)
+                        fault_set_locked(sp, -errno, "cutting a torn record off %s: %s", sp->log_path[sp->active],
+                                         strerror(errno));
+                fault_set_locked(sp, rc, "writing %zu bytes to %s: %s", n, sp->log_path[sp->active], strerror(-rc));
+                return rc;
+        }
+        sp->log_bytes += n;
+        return 0;
 }
 
 /* Group commit: waits until an fdatasync that began after record seq was written has
- * finished. The first waiter syncs for everyone queued behind it. Call with mu held. */
-static void wait_synced_locked(struct km_spool *sp, uint64_t seq)
+ * finished. The first waiter syncs for everyone queued behind it. Call with mu held.
+ * Returns 0, or -EIO when the fdatasync that covered seq failed: after a failed
+ * fdatasync Linux may have dropped the dirty pages, so those records are not durable
+ * (a second fdatasync would succeed and prove nothing). */
+static int wait_synced_locked(struct km_spool *sp, uint64_t seq)
 {
         while (sp->synced_seq < seq) {
+                if (sp->sync_err_seq >= seq)
+                        return -EIO;
                 if (sp->syncing) {
                         pthread_cond_wait(&sp->cond, &sp->mu);
                         continue;
@@ -288,16 +425,20 @@ static void wait_synced_locked(struct km_spool *sp, uint64_t seq)
                 uint64_t target = sp->written_seq;
                 int fd = sp->log_fd[sp->active];
                 pthread_mutex_unlock(&sp->mu);
-                int rc = fdatasync(fd);
+                int rc = fdatasync(fd), e = errno;
                 pthread_mutex_lock(&sp->mu);
-                if (rc < 0)
-                        KM_LOG(KM_LOG_ERR, "spool", "fdatasync of the ingest log: %s", strerror(errno));
-                if (target > sp->synced_seq)
+                if (rc < 0) {
+                        if (target > sp->sync_err_seq)
+                                sp->sync_err_seq = target;
+                        fault_set_locked(sp, -e, "fdatasync of the ingest log: %s", strerror(e));
+                } else if (target > sp->synced_seq) {
                         sp->synced_seq = target;
+                }
                 sp->syncing = false;
                 sp->c.fsyncs++;
                 pthread_cond_broadcast(&sp->cond);
         }
+        return 0;
 }
 
 static void *sync_main(void *arg)
@@ -312,8 +453,8 @@ static void *sync_main(void *arg)
                 until.tv_sec += ns / 1000000000;
                 until.tv_nsec = ns % 1000000000;
                 pthread_cond_timedwait(&sp->cond, &sp->mu, &until);
-                if (sp->written_seq > sp->synced_seq)
-                        wait_synced_locked(sp, sp->written_seq);
+                if (sp->written_seq > sp->synced_seq && sp->written_seq > sp->sync_err_seq)
+                        (void)wait_synced_locked(sp, sp->written_seq); /* a failure is the fault's */
         }
         pthread_mutex_unlock(&sp->mu);
         return NULL;
@@ -343,13 +484,16 @@ static void pend_forget(struct km_spool *sp, struct pend *p)
         sp->bytes -= p->size;
 }
 
-static int pend_add(struct km_spool *sp, const struct km_msg *m, size_t cl, size_t tl, size_t kl, size_t ol)
+static size_t pend_need(const struct km_msg *m, size_t cl, size_t tl, size_t kl, size_t ol)
 {
-        if (grow((void **)&sp->pend, &sp->cappend, sp->npend + 1, sizeof(*sp->pend)) < 0)
-                return -ENOMEM;
-        char *b = malloc(cl + tl + kl + ol + 4 + m->len + 1);
-        if (!b)
-                return -ENOMEM;
+        return cl + tl + kl + ol + 4 + m->len + 1;
+}
+
+/* Fills the next pending entry from m into b (pend_need bytes, taken over). The caller
+ * grew sp->pend first (mu held throughout), so this cannot fail: memory is found before
+ * the record is written, never after. */
+static void pend_add(struct km_spool *sp, const struct km_msg *m, char *b, size_t cl, size_t tl, size_t kl, size_t ol)
+{
         struct pend *p = &sp->pend[sp->npend];
         p->id = m->id;
         p->created = m->created_ms;
@@ -382,7 +526,16 @@ static int pend_add(struct km_spool *sp, const struct km_msg *m, size_t cl, size
         sp->live++;
         sp->depth_pend[p->dir][p->prio]++;
         sp->bytes += p->size;
-        return 0;
+}
+
+/* Forgets the pending messages with ids first..last (mu held): their records did not
+ * become durable, so their senders get no acknowledgement and send them again; the
+ * copies in memory must not be forwarded as well. */
+static void pend_forget_range(struct km_spool *sp, uint64_t first, uint64_t last)
+{
+        for (size_t i = pend_after(sp, first - 1); i < sp->npend && sp->pend[i].id <= last; i++)
+                if (!sp->pend[i].gone)
+                        pend_forget(sp, &sp->pend[i]);
 }
 
 /* A newer message with the same key replaces undelivered older ones in memory; older
@@ -398,25 +551,19 @@ static void pend_coalesce(struct km_spool *sp, const struct km_msg *m)
         }
 }
 
-/* Writes what the loop staged (mu held), with one write(2). On failure the torn tail
- * is cut off and the staged messages are forgotten: they are not durable, their
- * PUBACKs are withheld and the broker sends them again, so the in-memory copies must
- * not be forwarded as well (they would arrive twice for every retry). Nothing hands
- * them out between push and settle: the scheduler does not run inside the read. */
+/* Writes what the loop staged (mu held), with one write(2). On failure the staged
+ * messages are forgotten: they are not durable, their PUBACKs are withheld and the
+ * broker sends them again, so the in-memory copies must not be forwarded as well (they
+ * would arrive twice for every retry). Nothing hands them out between push and settle:
+ * the scheduler does not run inside the read. */
 static int stage_write_locked(struct km_spool *sp, uint64_t *seq)
 {
         if (!sp->stage_len)
                 return 0;
-        int rc = write_all(sp->log_fd[sp->active], sp->stage, sp->stage_len);
+        int rc = log_append_locked(sp, sp->stage, sp->stage_len);
         if (rc < 0) {
-                if (ftruncate(sp->log_fd[sp->active], (off_t)sp->log_bytes) == 0)
-                        (void)lseek(sp->log_fd[sp->active], (off_t)sp->log_bytes, SEEK_SET);
-                KM_LOG(KM_LOG_ERR, "spool", "ingest log write of %zu bytes: %s", sp->stage_len, strerror(-rc));
-                for (size_t i = pend_after(sp, sp->stage_first - 1); i < sp->npend; i++)
-                        if (!sp->pend[i].gone)
-                                pend_forget(sp, &sp->pend[i]);
+                pend_forget_range(sp, sp->stage_first, UINT64_MAX);
         } else {
-                sp->log_bytes += sp->stage_len;
                 uint64_t s = ++sp->written_seq;
                 if (seq)
                         *seq = s;
@@ -431,6 +578,7 @@ int km_spool_push(struct km_spool *sp, struct km_msg *m)
         size_t ol = m->origin ? strlen(m->origin) : 0;
         size_t need = REC_HDR + MSG_FIXED + cl + tl + kl + ol + m->len;
         uint8_t stackbuf[1024], *rec = stackbuf;
+        char *pb = NULL;
         bool wake = false;
         int rc;
 
@@ -438,25 +586,43 @@ int km_spool_push(struct km_spool *sp, struct km_msg *m)
                 return -EMSGSIZE;
         if (need > sizeof(stackbuf) && !(rec = malloc(need)))
                 return -ENOMEM;
+        if (!(pb = malloc(pend_need(m, cl, tl, kl, ol)))) {
+                rc = -ENOMEM;
+                goto out;
+        }
         pthread_mutex_lock(&sp->mu);
-        /* Back-pressure: when the loop cannot keep up, the MQTT client thread waits here
-         * and TCP flow control holds the broker back; nothing is dropped. */
+        /* Back-pressure: past the cap another thread (Paho's, holding Paho's lock) is
+         * refused rather than made to wait for the loop's flush, which could be waiting
+         * for Paho's lock; its message is not acknowledged and comes again. The loop
+         * itself never waits: the flush it would wait for is its own. */
         bool is_loop = sp->has_loop_thread && pthread_equal(pthread_self(), sp->loop_thread);
-        while (sp->npend >= PEND_HARD_CAP && !sp->stopping && !is_loop) {
+        if (sp->npend >= PEND_HARD_CAP && !is_loop) {
                 if (!sp->wake_armed) {
                         sp->wake_armed = true;
-                        pthread_mutex_unlock(&sp->mu);
-                        sp->o.wake(sp->o.wake_ud);
-                        pthread_mutex_lock(&sp->mu);
-                        continue;
+                        wake = true;
                 }
-                pthread_cond_wait(&sp->cond, &sp->mu);
+                pthread_mutex_unlock(&sp->mu);
+                rc = -EAGAIN;
+                goto out;
         }
         /* The log stays in id order (recovery relies on it): while the loop stages a
          * read's records, another thread's push waits for the settle (a read's worth,
          * well under a millisecond). */
-        while (sp->staging && !is_loop && !sp->stopping)
+        while (sp->staging && !is_loop && !sp->stopping && !sp->fault)
                 pthread_cond_wait(&sp->stage_cond, &sp->mu);
+        /* A storage fault refuses at once: the caller withholds the acknowledgement and
+         * its broker keeps the message until the fault clears. */
+        if (sp->fault) {
+                rc = sp->fault;
+                sp->c.refused_storage++;
+                pthread_mutex_unlock(&sp->mu);
+                goto out;
+        }
+        if (grow((void **)&sp->pend, &sp->cappend, sp->npend + 1, sizeof(*sp->pend)) < 0) {
+                rc = -ENOMEM;
+                pthread_mutex_unlock(&sp->mu);
+                goto out;
+        }
         m->id = sp->next_id++;
         size_t n = encode_msg(rec, m, cl, tl, kl, ol);
         bool staged = false;
@@ -473,43 +639,37 @@ int km_spool_push(struct km_spool *sp, struct km_msg *m)
                 rc = stage_write_locked(sp, NULL);
         }
         if (!staged && rc == 0)
-                rc = write_all(sp->log_fd[sp->active], rec, n);
+                rc = log_append_locked(sp, rec, n);
         if (rc < 0) {
-                /* A short write leaves a torn record that recovery stops at; cut it off
-                 * so the next record is not lost behind it. */
-                if (ftruncate(sp->log_fd[sp->active], (off_t)sp->log_bytes) == 0)
-                        (void)lseek(sp->log_fd[sp->active], (off_t)sp->log_bytes, SEEK_SET);
                 pthread_mutex_unlock(&sp->mu);
-                KM_LOG(KM_LOG_ERR, "spool", "ingest log write: %s", strerror(-rc));
                 goto out;
         }
         uint64_t seq = 0;
-        if (!staged) {
-                sp->log_bytes += n;
+        if (!staged)
                 seq = ++sp->written_seq;
-        }
         if (kl)
                 pend_coalesce(sp, m);
-        rc = pend_add(sp, m, cl, tl, kl, ol);
-        if (rc < 0) {
-                /* The record is in the log: recovery will bring it back. */
-                KM_LOG(KM_LOG_ERR, "spool", "out of memory holding message %llu", (unsigned long long)m->id);
-        }
+        pend_add(sp, m, pb, cl, tl, kl, ol);
+        pb = NULL;
         sp->c.pushed++;
         if (!sp->wake_armed) {
                 sp->wake_armed = true;
                 wake = true;
         }
+        if (sp->o.sync_always && !staged && (rc = wait_synced_locked(sp, seq)) < 0) {
+                /* Not durable: not accepted. If it replaced older messages of its
+                 * key in memory, those stay replaced: their newer value comes again
+                 * from the broker. */
+                pend_forget_range(sp, m->id, m->id);
+                sp->c.pushed--;
+        }
         pthread_mutex_unlock(&sp->mu);
         if (wake)
                 sp->o.wake(sp->o.wake_ud);
-        if (sp->o.sync_always && !staged) {
-                pthread_mutex_lock(&sp->mu);
-                wait_synced_locked(sp, seq);
-                pthread_mutex_unlock(&sp->mu);
-        }
-        rc = 0;
 out:
+        if (rc == -EAGAIN && wake)
+                sp->o.wake(sp->o.wake_ud);
+        free(pb);
         if (rec != stackbuf)
                 free(rec);
         return rc;
@@ -532,11 +692,13 @@ int km_spool_settle(struct km_spool *sp)
         if (!sp->staging)
                 return 0;
         pthread_mutex_lock(&sp->mu);
+        uint64_t first = sp->stage_first, last = sp->next_id - 1; /* others wait: ours are the newest */
+        bool any = sp->stage_len > 0;
         rc = stage_write_locked(sp, &seq);
         sp->staging = false;
         pthread_cond_broadcast(&sp->stage_cond);
-        if (seq && sp->o.sync_always)
-                wait_synced_locked(sp, seq);
+        if (seq && sp->o.sync_always && (rc = wait_synced_locked(sp, seq)) < 0 && any)
+                pend_forget_range(sp, first, last);
         pthread_mutex_unlock(&sp->mu);
         return rc;
 }
@@ -560,12 +722,26 @@ static int tx_begin(struct km_spool *sp)
         return rc;
 }
 
+/* Ends a transaction that failed: SQLite rolls some back by itself (a full disk, an
+ * I/O error), others stay open until told. */
+static void tx_abort(struct km_spool *sp)
+{
+        if (!sqlite3_get_autocommit(sp->db)) {
+                sqlite3_step(sp->st[S_ROLLBACK]);
+                sqlite3_reset(sp->st[S_ROLLBACK]);
+        }
+        sp->in_tx = false;
+}
+
 static int tx_commit(struct km_spool *sp)
 {
         if (!sp->in_tx)
                 return 0;
         sp->in_tx = false;
-        return exec(sp, S_COMMIT);
+        int rc = exec(sp, S_COMMIT);
+        if (rc < 0)
+                tx_abort(sp);
+        return rc;
 }
 
 /* Starts a transaction whose commit fsyncs (synchronous=FULL): SQLite takes the level
@@ -581,7 +757,8 @@ static int tx_begin_full(struct km_spool *sp)
 static int tx_end_full(struct km_spool *sp)
 {
         int rc = tx_commit(sp);
-        exec(sp, S_SYNC_NORMAL);
+        if (exec(sp, S_SYNC_NORMAL) < 0)
+                KM_LOG(KM_LOG_WARNING, "spool", "%s: back to synchronous=NORMAL failed: commits stay FULL", sp->path);
         return rc;
 }
 
@@ -628,7 +805,8 @@ static int64_t delete_rows(struct km_spool *sp, sqlite3_stmt *s, uint64_t *count
 static int delete_id(struct km_spool *sp, uint64_t id, uint64_t *counter)
 {
         sqlite3_bind_int64(sp->st[S_DEL_ID], 1, (int64_t)id);
-        return delete_rows(sp, sp->st[S_DEL_ID], counter) < 0 ? -EIO : 0;
+        int64_t n = delete_rows(sp, sp->st[S_DEL_ID], counter);
+        return n < 0 ? (int)n : 0;
 }
 
 static int insert_pend(struct km_spool *sp, const struct pend *p)
@@ -678,11 +856,61 @@ static int insert_pend(struct km_spool *sp, const struct pend *p)
 }
 
 /* Drops the oldest droppable messages of the lowest class until the spool fits. */
+/* What the file system leaves kuimen, SQLite's free pages included (they are reused
+ * before the file grows). */
+static uint64_t space_free(struct km_spool *sp)
+{
+        struct statvfs v;
+        sqlite3_stmt *s;
+        uint64_t n = 0;
+
+        if (statvfs(sp->path, &v) < 0)
+                return UINT64_MAX;
+        n = (uint64_t)v.f_bavail * v.f_frsize;
+        if (sqlite3_prepare_v2(sp->db, "SELECT freelist_count * page_size FROM pragma_freelist_count, pragma_page_size",
+                               -1, &s, NULL) == SQLITE_OK) {
+                if (sqlite3_step(s) == SQLITE_ROW)
+                        n += (uint64_t)sqlite3_column_int64(s, 0);
+                sqlite3_finalize(s);
+        }
+        return n;
+}
+
+/* The bound the space policy keeps to: spool_max_mb, or less when the file system is
+ * nearly full, so that drops (oldest of the lowest droppable class first) make room
+ * before the disk is full rather than a storage fault after. The reserve is what the
+ * spool needs to go on working: both ingest logs at their rotation size and room for
+ * the WAL. */
+static uint64_t space_limit(struct km_spool *sp)
+{
+        uint64_t limit = (uint64_t)sp->o.max_bytes;
+        uint64_t wal = sp->fs_bytes / 16 < (4u << 20) ? sp->fs_bytes / 16 : (4u << 20);
+        uint64_t reserve = 2 * sp->rotate_bytes + wal, avail = space_free(sp);
+
+        if (avail >= reserve)
+                return limit;
+        uint64_t deficit = reserve - avail, cap = sp->bytes > deficit ? sp->bytes - deficit : 0;
+        if (cap >= limit)
+                return limit;
+        int64_t now = mono_ms();
+        if (!sp->space_logged || now - sp->space_logged >= 60000) {
+                sp->space_logged = now;
+                KM_LOG(KM_LOG_WARNING, "spool",
+                       "the file system of %s is nearly full (%llu bytes free, %llu kept in reserve): the spool keeps to %llu bytes",
+                       sp->path, (unsigned long long)avail, (unsigned long long)reserve, (unsigned long long)cap);
+        }
+        return cap;
+}
+
+/* Drops the oldest droppable messages of the lowest class until the spool fits. */
 static int enforce_limit(struct km_spool *sp)
 {
-        for (int prio = KM_PRIO_COUNT - 1; prio >= 0 && sp->bytes > (uint64_t)sp->o.max_bytes; prio--) {
-                for (int dir = 0; dir < KM_DIR_COUNT && sp->bytes > (uint64_t)sp->o.max_bytes; dir++) {
-                        while (sp->depth_db[dir][prio] && sp->bytes > (uint64_t)sp->o.max_bytes) {
+        uint64_t limit = space_limit(sp);
+        int rc;
+
+        for (int prio = KM_PRIO_COUNT - 1; prio >= 0 && sp->bytes > limit; prio--) {
+                for (int dir = 0; dir < KM_DIR_COUNT && sp->bytes > limit; dir++) {
+                        while (sp->depth_db[dir][prio] && sp->bytes > limit) {
                                 sqlite3_stmt *s = sp->st[S_DROP_SEL];
                                 uint64_t ids[256];
                                 size_t n = 0;
@@ -694,77 +922,182 @@ static int enforce_limit(struct km_spool *sp)
                                 if (!n)
                                         break;
                                 uint64_t before = sp->c.dropped;
-                                for (size_t i = 0; i < n && sp->bytes > (uint64_t)sp->o.max_bytes; i++)
-                                        if (delete_id(sp, ids[i], &sp->c.dropped) < 0)
-                                                return -EIO;
+                                for (size_t i = 0; i < n && sp->bytes > limit; i++)
+                                        if ((rc = delete_id(sp, ids[i], &sp->c.dropped)) < 0)
+                                                return rc;
                                 KM_LOG(KM_LOG_WARNING, "spool",
-                                       "spool full (%llu of %lld bytes): dropped %llu oldest messages of priority %d",
-                                       (unsigned long long)sp->bytes, (long long)sp->o.max_bytes,
+                                       "spool full (%llu of %llu bytes): dropped %llu oldest messages of priority %d",
+                                       (unsigned long long)sp->bytes, (unsigned long long)limit,
                                        (unsigned long long)(sp->c.dropped - before), prio);
                         }
                 }
         }
-        if (sp->bytes > (uint64_t)sp->o.max_bytes) {
+        if (sp->bytes > limit) {
                 /* Only never-drop classes (alert, command) are left: keep them. */
                 sp->c.over_limit++;
-                KM_LOG(KM_LOG_ERR, "spool", "spool over its limit with messages that are never dropped (%llu of %lld bytes)",
-                       (unsigned long long)sp->bytes, (long long)sp->o.max_bytes);
+                int64_t now = mono_ms();
+                if (!sp->limit_logged || now - sp->limit_logged >= 10000) {
+                        sp->limit_logged = now;
+                        KM_LOG(KM_LOG_ERR, "spool",
+                               "spool over its limit with messages that are never dropped (%llu of %llu bytes)",
+                               (unsigned long long)sp->bytes, (unsigned long long)limit);
+                }
         }
         return 0;
 }
 
-/* Moves every pending message into SQLite (committing with fsync when full); with
- * rotate, also switches the ingest log and empties the old one once SQLite's commit is
- * durable. */
+/* Depths and bytes from what SQLite holds and what is pending, after a rollback undid
+ * inserts and deletes whose accounting had already moved. */
+static void recount(struct km_spool *sp)
+{
+        uint64_t depth[KM_DIR_COUNT][KM_PRIO_COUNT] = { { 0 } }, bytes = 0;
+        sqlite3_stmt *s;
+
+        if (sqlite3_prepare_v2(sp->db, "SELECT dir, prio, count(*), sum(size) FROM msg GROUP BY dir, prio", -1, &s,
+                               NULL) != SQLITE_OK)
+                return;
+        while (sqlite3_step(s) == SQLITE_ROW) {
+                int d = sqlite3_column_int(s, 0), p = sqlite3_column_int(s, 1);
+                if (d >= 0 && d < KM_DIR_COUNT && p >= 0 && p < KM_PRIO_COUNT) {
+                        depth[d][p] = (uint64_t)sqlite3_column_int64(s, 2);
+                        bytes += (uint64_t)sqlite3_column_int64(s, 3);
+                }
+        }
+        sqlite3_finalize(s);
+        memcpy(sp->depth_db, depth, sizeof(depth));
+        pthread_mutex_lock(&sp->mu);
+        for (size_t i = 0; i < sp->npend; i++)
+                if (!sp->pend[i].gone)
+                        bytes += sp->pend[i].size;
+        sp->bytes = bytes;
+        pthread_mutex_unlock(&sp->mu);
+}
+
+/* Puts a batch whose flush was rolled back in front of what was pushed meanwhile (its
+ * ids are all lower). */
+static void pend_restore(struct km_spool *sp, struct pend *batch, size_t n)
+{
+        size_t keep = 0;
+
+        for (size_t i = 0; i < n; i++) {
+                if (batch[i].gone)
+                        free(batch[i].cls);
+                else
+                        batch[keep++] = batch[i];
+        }
+        pthread_mutex_lock(&sp->mu);
+        struct pend *v = realloc(batch, (keep + sp->npend + 1) * sizeof(*v));
+        if (!v) {
+                /* The only copy in this process is gone; the logs still hold every
+                 * record (no log is emptied after a failed flush), and a restart
+                 * replays them. Going on would forward nothing of them until then. */
+                KM_LOG(KM_LOG_ERR, "spool", "out of memory putting %zu messages back after a failed flush: "
+                       "stopping so that recovery replays them from the ingest log", keep);
+                abort();
+        }
+        if (sp->npend)
+                memcpy(v + keep, sp->pend, sp->npend * sizeof(*v));
+        free(sp->pend);
+        for (size_t i = 0; i < keep; i++) {
+                sp->live++;
+                sp->depth_pend[v[i].dir][v[i].prio]++;
+        }
+        sp->pend = v;
+        sp->npend += keep;
+        sp->cappend = sp->npend + 1;
+        pthread_mutex_unlock(&sp->mu);
+}
+
+/* Moves every pending message into SQLite in one transaction. full: the commit fsyncs
+ * the WAL and is never empty; then the inactive log holds nothing that SQLite does not
+ * hold durably, and it is emptied. rotate: the active log is fsynced and the other,
+ * empty one takes over first, so this very flush empties the old one. On failure the
+ * transaction is rolled back, the batch goes back to pending, applied_id stays, no log is
+ * emptied, and the storage fault begins: nothing is lost. */
 static int flush(struct km_spool *sp, bool rotate, bool full)
 {
         struct pend *batch;
         size_t n;
-        int old = -1, rc = 0;
+        uint64_t applied = sp->applied_id;
+        int rc = 0;
 
+        if (rotate && sp->other_bytes) {
+                /* The other log still holds records SQLite may lack: empty it first. */
+                if ((rc = flush(sp, false, true)) < 0)
+                        return rc;
+                if (sp->other_bytes)
+                        return -EIO;
+        }
         pthread_mutex_lock(&sp->mu);
+        if (rotate) {
+                /* Everything written so far becomes durable now, so the group-commit
+                 * bookkeeping stays true across the switch. */
+                int old = sp->active;
+                uint64_t old_bytes = sp->log_bytes;
+                if (fdatasync(sp->log_fd[old]) < 0) {
+                        rc = -errno;
+                        sp->sync_err_seq = sp->written_seq;
+                        fault_set_locked(sp, rc, "fdatasync of %s: %s", sp->log_path[old], strerror(-rc));
+                        pthread_mutex_unlock(&sp->mu);
+                        return rc;
+                }
+                sp->synced_seq = sp->written_seq;
+                sp->active ^= 1;
+                if ((rc = log_reset(sp, sp->active, sp->log_gen[old] + 1)) < 0) {
+                        sp->active = old;
+                        sp->log_bytes = old_bytes;
+                        fault_set_locked(sp, rc, "starting %s: %s", sp->log_path[old ^ 1], strerror(-rc));
+                        pthread_mutex_unlock(&sp->mu);
+                        return rc;
+                }
+                sp->other_bytes = old_bytes;
+        }
         batch = sp->pend;
         n = sp->npend;
         sp->pend = NULL;
         sp->npend = sp->cappend = sp->live = 0;
         memset(sp->depth_pend, 0, sizeof(sp->depth_pend));
-        if (rotate) {
-                /* Everything written so far becomes durable now, so the group-commit
-                 * bookkeeping stays true across the switch. */
-                if (fdatasync(sp->log_fd[sp->active]) < 0)
-                        KM_LOG(KM_LOG_ERR, "spool", "fdatasync of the ingest log: %s", strerror(errno));
-                sp->synced_seq = sp->written_seq;
-                old = sp->active;
-                sp->active ^= 1;
-                rc = log_reset(sp, sp->active, sp->log_gen[old] + 1);
-                sp->log_bytes = LOG_HDR;
-        }
         pthread_cond_broadcast(&sp->cond);
         pthread_mutex_unlock(&sp->mu);
-        if (rc < 0)
-                KM_LOG(KM_LOG_ERR, "spool", "ingest log reset: %s", strerror(-rc));
 
         /* The pending bytes move with their rows: insert adds nothing to sp->bytes. */
-        rc = rotate || full ? tx_begin_full(sp) : tx_begin(sp);
+        rc = full ? tx_begin_full(sp) : tx_begin(sp);
         for (size_t i = 0; i < n && rc == 0; i++) {
                 if (!batch[i].gone)
                         rc = insert_pend(sp, &batch[i]);
                 if (batch[i].id > sp->applied_id)
                         sp->applied_id = batch[i].id;
         }
-        if (rc == 0 && n)
+        if (rc == 0 && (n || full))
                 rc = meta_set(sp, "applied_id", (int64_t)sp->applied_id);
         if (rc == 0)
                 rc = enforce_limit(sp);
         if (rc == 0)
-                rc = rotate || full ? tx_end_full(sp) : tx_commit(sp);
+                rc = full ? tx_end_full(sp) : tx_commit(sp);
+        if (rc < 0) {
+                tx_abort(sp);
+                if (full)
+                        (void)exec(sp, S_SYNC_NORMAL);
+                sp->applied_id = applied;
+                pend_restore(sp, batch, n);
+                recount(sp);
+                fault_set(sp, rc, "moving messages into SQLite");
+                return rc;
+        }
         for (size_t i = 0; i < n; i++)
                 free(batch[i].cls);
         free(batch);
-        if (rc == 0 && old >= 0) {
+        if (full && sp->other_bytes) {
+                /* What if the power goes now: the truncation is not on disk yet and the
+                 * old log replays records whose ids are at most applied_id (skipped), or
+                 * it is, and SQLite holds them: either way nothing is lost. */
                 pthread_mutex_lock(&sp->mu);
-                if (ftruncate(sp->log_fd[old], 0) < 0)
-                        KM_LOG(KM_LOG_ERR, "spool", "truncate %s: %s", sp->log_path[old], strerror(errno));
+                if (ftruncate(sp->log_fd[sp->active ^ 1], 0) == 0) {
+                        sp->other_bytes = 0;
+                } else {
+                        rc = -errno;
+                        fault_set_locked(sp, rc, "emptying %s: %s", sp->log_path[sp->active ^ 1], strerror(-rc));
+                }
                 pthread_mutex_unlock(&sp->mu);
         }
         return rc;
@@ -798,12 +1131,54 @@ static int write_acks(struct km_spool *sp)
         put32(b, (uint32_t)body);
         put32(b + 4, (uint32_t)crc32(0, b + REC_HDR, (uInt)body));
         pthread_mutex_lock(&sp->mu);
-        rc = write_all(sp->log_fd[sp->active], b, REC_HDR + body);
-        if (rc == 0)
-                sp->log_bytes += REC_HDR + body;
+        /* Lost (a storage fault) it costs nothing but a second copy after a crash. */
+        rc = log_append_locked(sp, b, REC_HDR + body);
         pthread_mutex_unlock(&sp->mu);
         free(b);
         sp->nacklog = 0;
+        return rc;
+}
+
+/* A storage fault ends when a FULL flush of everything pending and a synced write to a
+ * fresh log both succeed. Pushes are refused while it lasts, so after that flush SQLite
+ * holds every record of both logs and both may be emptied. Tried every FAULT_PROBE_MS,
+ * from the loop, never waiting for anything but this one attempt. */
+static void fault_probe(struct km_spool *sp)
+{
+        int64_t now = mono_ms();
+
+        pthread_mutex_lock(&sp->mu);
+        bool due = sp->fault && now - sp->fault_probed >= FAULT_PROBE_MS;
+        if (due)
+                sp->fault_probed = now;
+        pthread_mutex_unlock(&sp->mu);
+        if (!due || flush(sp, false, true) < 0)
+                return;
+        pthread_mutex_lock(&sp->mu);
+        int i = sp->active;
+        int rc = log_reset(sp, i, sp->log_gen[i] + 1);
+        if (rc == 0 && fdatasync(sp->log_fd[i]) < 0)
+                rc = -errno;
+        if (rc == 0) {
+                sp->synced_seq = sp->written_seq;
+                KM_LOG(KM_LOG_NOTICE, "spool", "storage: recovered after %lld s (%s): taking messages again",
+                       (long long)((now - sp->fault_since) / 1000), sp->fault_why);
+                sp->fault = 0;
+                sp->fault_why[0] = 0;
+                pthread_cond_broadcast(&sp->cond);
+                pthread_cond_broadcast(&sp->stage_cond);
+        } else {
+                fault_set_locked(sp, rc, "starting %s afresh: %s", sp->log_path[i], strerror(-rc));
+        }
+        pthread_mutex_unlock(&sp->mu);
+}
+
+/* A statement or commit of the loop's open transaction failed: undo, recount, fault. */
+static int tx_failed(struct km_spool *sp, int rc, const char *what)
+{
+        tx_abort(sp);
+        recount(sp);
+        fault_set(sp, rc, what);
         return rc;
 }
 
@@ -822,9 +1197,13 @@ int km_spool_commit(struct km_spool *sp)
                         oldest = sp->pend[i].queued;
                         break;
                 }
-        rotate = sp->log_bytes > ROTATE_BYTES;
+        rotate = sp->log_bytes > sp->rotate_bytes;
         do_flush = rotate || sp->live >= FLUSH_LIVE || sp->npend >= PEND_HARD_CAP / 2 ||
                    (sp->live && mono_ms() - oldest > FLUSH_AGE_MS);
+        /* During a storage fault only its probe flushes (once a second), not every turn. */
+        bool fault = sp->fault != 0;
+        if (fault)
+                do_flush = rotate = false;
         pthread_mutex_unlock(&sp->mu);
 
         if (sp->ndels) {
@@ -832,8 +1211,10 @@ int km_spool_commit(struct km_spool *sp)
                 for (size_t i = 0; i < sp->ndels && rc == 0; i++)
                         rc = delete_id(sp, sp->dels[i], &sp->c.acked);
                 sp->ndels = 0;
+                if (rc < 0)
+                        tx_failed(sp, rc, "deleting delivered messages");
         }
-        if (sp->nacklog && !do_flush && rc == 0)
+        if (sp->nacklog && !do_flush && rc == 0 && !fault)
                 rc = write_acks(sp);
         sp->nacklog = 0;
         if (do_flush && rc == 0)
@@ -844,8 +1225,10 @@ int km_spool_commit(struct km_spool *sp)
          * drain's CPU). Nothing depends on these commits being prompt: the ingest log
          * keeps every record until a synchronous=FULL commit at rotation, and a delete
          * lost to a crash only sends its message again (at least once). */
-        if (rc == 0 && sp->in_tx && mono_ms() - sp->tx_since >= COMMIT_EVERY_MS)
-                rc = tx_commit(sp);
+        if (rc == 0 && sp->in_tx && mono_ms() - sp->tx_since >= COMMIT_EVERY_MS && (rc = tx_commit(sp)) < 0)
+                tx_failed(sp, rc, "committing deletes");
+        if (fault)
+                fault_probe(sp);
         return rc;
 }
 
@@ -853,6 +1236,14 @@ int km_spool_checkpoint(struct km_spool *sp)
 {
         int rc = km_spool_commit(sp);
         return rc < 0 ? rc : flush(sp, false, true);
+}
+
+bool km_spool_storage_ok(struct km_spool *sp)
+{
+        pthread_mutex_lock(&sp->mu);
+        bool ok = !sp->fault;
+        pthread_mutex_unlock(&sp->mu);
+        return ok;
 }
 
 bool km_spool_dirty(struct km_spool *sp)
@@ -965,8 +1356,11 @@ static int next_db(struct km_spool *sp, int dir, int prio, uint64_t after, int64
                 };
                 if (p.expires && p.expires <= now) {
                         sqlite3_reset(s);
-                        if (tx_begin(sp) < 0 || delete_id(sp, p.id, &sp->c.expired) < 0)
-                                return -EIO;
+                        int drc = tx_begin(sp);
+                        if (drc == 0)
+                                drc = delete_id(sp, p.id, &sp->c.expired);
+                        if (drc < 0)
+                                return tx_failed(sp, drc, "deleting an expired message");
                         after = p.id;
                         continue;
                 }
@@ -1030,11 +1424,11 @@ int km_spool_expire(struct km_spool *sp, int64_t now)
                                 ids[n++] = (uint64_t)sqlite3_column_int64(s, 0);
                         }
                         sqlite3_reset(s);
-                        if (n && tx_begin(sp) < 0)
-                                return -EIO;
-                        for (size_t i = 0; i < n; i++)
-                                if (delete_id(sp, ids[i], &sp->c.expired) < 0)
-                                        return -EIO;
+                        int rc = n ? tx_begin(sp) : 0;
+                        for (size_t i = 0; i < n && rc == 0; i++)
+                                rc = delete_id(sp, ids[i], &sp->c.expired);
+                        if (rc < 0)
+                                return tx_failed(sp, rc, "deleting expired messages");
                 }
         pthread_mutex_lock(&sp->mu);
         for (size_t i = 0; i < sp->npend; i++) {
@@ -1045,7 +1439,8 @@ int km_spool_expire(struct km_spool *sp, int64_t now)
                 }
         }
         pthread_mutex_unlock(&sp->mu);
-        return tx_commit(sp);
+        int rc = tx_commit(sp);
+        return rc < 0 ? tx_failed(sp, rc, "committing expiry") : 0;
 }
 
 int km_spool_prios(struct km_spool *sp, int dir, uint8_t prios[KM_PRIO_COUNT])
@@ -1064,6 +1459,9 @@ void km_spool_stats(struct km_spool *sp, struct km_spool_stats *st)
         pthread_mutex_lock(&sp->mu);
         *st = sp->c;
         st->bytes = sp->bytes;
+        st->storage_err = sp->fault;
+        snprintf(st->storage_why, sizeof(st->storage_why), "%s", sp->fault_why);
+        st->storage_since_ms = sp->fault ? mono_ms() - sp->fault_since : 0;
         for (int d = 0; d < KM_DIR_COUNT; d++) {
                 st->depth[d] = 0;
                 st->oldest_ms[d] = 0;
@@ -1118,88 +1516,239 @@ static void db_close(struct km_spool *sp)
         sp->db = NULL;
 }
 
-/* Opens and checks the SQLite file; returns 0, -EBADMSG when it is damaged or of an
- * unknown schema, or another negative errno. */
+/* Opens and checks the SQLite file; returns 0, -EBADMSG when it is damaged (fails
+ * quick_check, is no database, or has an unknown schema), or another negative errno: a
+ * file kuimen may not write, an I/O error or a lock held elsewhere is not damage, and
+ * moving it aside would hide its messages from the next start. */
 static int db_open(struct km_spool *sp)
 {
         sqlite3_stmt *s = NULL;
         int rc, ver = -1;
-        bool ok = false;
+        char *ck = NULL;
 
         rc = sqlite3_open_v2(sp->path, &sp->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
         if (rc != SQLITE_OK)
-                return rc == SQLITE_CANTOPEN ? -EACCES : -EBADMSG;
+                return sql_fail(sp, "open");
         sqlite3_extended_result_codes(sp->db, 0);
-        sqlite3_busy_timeout(sp->db, 5000);
+        sqlite3_busy_timeout(sp->db, 1000);
         /* Exclusive before WAL: the WAL index lives in our heap instead of a shared
          * -shm file, and no transaction takes or drops file locks (two fcntl calls per
          * statement outside a transaction, which the drain runs per message). Only this
-         * process uses the spool; a second kuimen on the same file is refused. */
-        if (sqlite3_exec(sp->db, "PRAGMA locking_mode=EXCLUSIVE; PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+         * process uses the spool: the flock in km_spool_open says so. */
+        if (sqlite3_exec(sp->db, "PRAGMA locking_mode=EXCLUSIVE; PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+                         " PRAGMA journal_size_limit=4194304;",
                          NULL, NULL, NULL) != SQLITE_OK)
-                return -EBADMSG;
-        if (sqlite3_prepare_v2(sp->db, "PRAGMA quick_check", -1, &s, NULL) == SQLITE_OK &&
-            sqlite3_step(s) == SQLITE_ROW)
-                ok = strcmp((const char *)sqlite3_column_text(s, 0), "ok") == 0;
+                return sql_fail(sp, "setting WAL mode");
+        if (sqlite3_prepare_v2(sp->db, "PRAGMA quick_check", -1, &s, NULL) != SQLITE_OK)
+                return sql_fail(sp, "quick_check");
+        rc = sqlite3_step(s);
+        if (rc == SQLITE_ROW)
+                ck = strdup((const char *)sqlite3_column_text(s, 0));
+        else
+                rc = sql_fail(sp, "quick_check");
         sqlite3_finalize(s);
-        if (!ok)
+        if (rc < 0)
+                return rc;
+        if (!ck || strcmp(ck, "ok") != 0) {
+                KM_LOG(KM_LOG_ERR, "spool", "%s: quick_check: %s", sp->path, ck ? ck : "no answer");
+                free(ck);
                 return -EBADMSG;
+        }
+        free(ck);
         if (sqlite3_prepare_v2(sp->db, "PRAGMA user_version", -1, &s, NULL) == SQLITE_OK &&
             sqlite3_step(s) == SQLITE_ROW)
                 ver = sqlite3_column_int(s, 0);
         sqlite3_finalize(s);
-        if (ver != 0 && ver != 1 && ver != SCHEMA_VERSION)
+        if (ver != 0 && ver != 1 && ver != SCHEMA_VERSION) {
+                KM_LOG(KM_LOG_ERR, "spool", "%s: unknown schema version %d", sp->path, ver);
                 return -EBADMSG;
+        }
         /* 1 -> 2: relayed messages keep their origin node and id. */
         if (ver == 1 && sqlite3_exec(sp->db, "ALTER TABLE msg ADD COLUMN origin TEXT;"
                                              "ALTER TABLE msg ADD COLUMN oid INTEGER NOT NULL DEFAULT 0;",
                                      NULL, NULL, NULL) != SQLITE_OK)
-                return -EBADMSG;
+                return sql_fail(sp, "schema 1 to 2");
         if (sqlite3_exec(sp->db, schema, NULL, NULL, NULL) != SQLITE_OK ||
             sqlite3_exec(sp->db, "PRAGMA user_version=2", NULL, NULL, NULL) != SQLITE_OK)
-                return -EBADMSG;
+                return sql_fail(sp, "schema");
         for (int i = 0; i < S_COUNT; i++)
                 if (sqlite3_prepare_v3(sp->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &sp->st[i], NULL) != SQLITE_OK)
                         return sql_fail(sp, stmt_sql[i]);
         return 0;
 }
 
-static void move_aside(struct km_spool *sp)
+/* fsync of the directory that holds path: a created or renamed file's name is durable
+ * only then. */
+static int sync_dir(const char *path)
 {
-        char to[PATH_MAX];
+        char dir[PATH_MAX];
+        snprintf(dir, sizeof(dir), "%s", path);
+        char *slash = strrchr(dir, '/');
+        if (slash == dir)
+                slash[1] = 0;
+        else if (slash)
+                *slash = 0;
+        else
+                snprintf(dir, sizeof(dir), ".");
+        int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        int rc = fsync(fd) < 0 ? -errno : 0;
+        close(fd);
+        return rc;
+}
+
+/* Renames the damaged file (and its WAL) to <spool>.damaged-<UTC time>; the name it
+ * got goes to aside. Fails, and nothing starts over it, when the rename fails. */
+static int move_aside(struct km_spool *sp, char *aside, size_t len)
+{
         static const char *const sfx[] = { "", "-wal", "-shm" };
         time_t t = time(NULL);
         struct tm tm;
 
         gmtime_r(&t, &tm);
-        for (int i = 0; i < 3; i++) {
-                char from[PATH_MAX];
-                snprintf(from, sizeof(from), "%s%s", sp->path, sfx[i]);
-                snprintf(to, sizeof(to), "%s.damaged-%04d%02d%02dT%02d%02d%02d%s", sp->path, tm.tm_year + 1900,
-                         tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, sfx[i]);
-                if (rename(from, to) < 0 && errno != ENOENT)
-                        KM_LOG(KM_LOG_ERR, "spool", "cannot move %s aside: %s", from, strerror(errno));
-        }
-        snprintf(to, sizeof(to), "%s.damaged-%04d%02d%02dT%02d%02d%02d", sp->path, tm.tm_year + 1900, tm.tm_mon + 1,
+        snprintf(aside, len, "%s.damaged-%04d%02d%02dT%02d%02d%02d", sp->path, tm.tm_year + 1900, tm.tm_mon + 1,
                  tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
-        KM_LOG(KM_LOG_ERR, "spool", "%s is damaged: moved aside to %s, starting a fresh spool", sp->path, to);
+        for (int i = 0; i < 3; i++) {
+                char from[PATH_MAX], to[PATH_MAX + 8];
+                snprintf(from, sizeof(from), "%s%s", sp->path, sfx[i]);
+                snprintf(to, sizeof(to), "%s%s", aside, sfx[i]);
+                if (rename(from, to) < 0 && (errno != ENOENT || i == 0)) {
+                        int e = errno;
+                        KM_LOG(KM_LOG_ERR, "spool", "%s is damaged and cannot be moved aside to %s: %s; not starting over it",
+                               from, to, strerror(e));
+                        return -e;
+                }
+        }
+        /* What if the power goes now: the rename is lost and the damaged file is found
+         * again at the next start; the fsync makes the new name stick before a fresh
+         * spool.db takes the old one. */
+        (void)sync_dir(sp->path);
         sp->c.moved_aside++;
+        return 0;
 }
 
-/* Reads one log into pending (records with id > applied_id); ACK records cancel. */
-static void replay_log(struct km_spool *sp, int i, uint64_t *max_id)
+/* Reads the rows still readable in a damaged spool file into the fresh one (same ids):
+ * forward from the start, and backward from the end, to get past one bad page. Returns
+ * how many were imported; *readable says how many rows the file claims (-1: unknown). */
+static long import_aside(struct km_spool *sp, const char *aside, long *readable)
+{
+        static const char *const q[2] = {
+                "SELECT id,dir,prio,flags,qos,created,expires,size,cls,topic,ckey,payload,origin,oid FROM msg"
+                " WHERE id>? ORDER BY id",
+                "SELECT id,dir,prio,flags,qos,created,expires,size,cls,topic,ckey,payload,origin,oid FROM msg"
+                " WHERE id>? ORDER BY id DESC",
+        };
+        sqlite3 *old = NULL;
+        sqlite3_stmt *s = NULL;
+        long n = 0;
+        int64_t last = 0;
+
+        *readable = -1;
+        if (sqlite3_open_v2(aside, &old, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
+                sqlite3_close(old);
+                return 0;
+        }
+        if (sqlite3_prepare_v2(old, "SELECT count(*) FROM msg", -1, &s, NULL) == SQLITE_OK && sqlite3_step(s) == SQLITE_ROW)
+                *readable = (long)sqlite3_column_int64(s, 0);
+        sqlite3_finalize(s);
+        if (tx_begin(sp) < 0) {
+                sqlite3_close(old);
+                return 0;
+        }
+        for (int pass = 0; pass < 2; pass++) {
+                if (sqlite3_prepare_v2(old, q[pass], -1, &s, NULL) != SQLITE_OK)
+                        break;
+                sqlite3_bind_int64(s, 1, pass ? last : 0);
+                while (sqlite3_step(s) == SQLITE_ROW) {
+                        int64_t id = sqlite3_column_int64(s, 0);
+                        if (!pass)
+                                last = id;
+                        sqlite3_stmt *ins = sp->st[S_INSERT];
+                        for (int c = 0; c < 14; c++)
+                                sqlite3_bind_value(ins, c + 1, sqlite3_column_value(s, c));
+                        if (sqlite3_step(ins) == SQLITE_DONE)
+                                n++;
+                        sqlite3_reset(ins);
+                }
+                sqlite3_finalize(s);
+        }
+        if (sqlite3_prepare_v2(old, "SELECT v FROM meta WHERE k='applied_id'", -1, &s, NULL) == SQLITE_OK &&
+            sqlite3_step(s) == SQLITE_ROW)
+                meta_set(sp, "applied_id", sqlite3_column_int64(s, 0));
+        sqlite3_finalize(s);
+        sqlite3_close(old);
+        return tx_commit(sp) < 0 ? 0 : n;
+}
+
+/* Refuses a spool file or directory kuimen may not write, naming it, before SQLite
+ * opens it read-only behind our back or a log cannot be created. */
+static int check_writable(const char *path)
+{
+        char dir[PATH_MAX];
+        snprintf(dir, sizeof(dir), "%s", path);
+        char *slash = strrchr(dir, '/');
+        if (slash && slash != dir)
+                *slash = 0;
+        else
+                snprintf(dir, sizeof(dir), "%s", slash ? "/" : ".");
+        const char *bad = NULL;
+        if (access(dir, W_OK | X_OK) < 0)
+                bad = dir;
+        else if (access(path, R_OK | W_OK) < 0 && errno != ENOENT)
+                bad = path;
+        if (!bad)
+                return 0;
+        int e = errno;
+        KM_LOG(KM_LOG_ERR, "spool", "%s is not writable by uid %u: %s", bad, (unsigned)geteuid(), strerror(e));
+        return -e;
+}
+
+/* One kuimen per spool: an exclusive flock on <spool>.lock holding the owner's pid. The
+ * lock goes with the process (a kill -9 too); the file stays. */
+static int lock_spool(struct km_spool *sp)
+{
+        char lp[PATH_MAX], buf[32];
+
+        snprintf(lp, sizeof(lp), "%s.lock", sp->path);
+        sp->lock_fd = open(lp, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (sp->lock_fd < 0) {
+                int e = errno;
+                KM_LOG(KM_LOG_ERR, "spool", "cannot open %s: %s", lp, strerror(e));
+                return -e;
+        }
+        if (flock(sp->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+                int e = errno;
+                ssize_t n = pread(sp->lock_fd, buf, sizeof(buf) - 1, 0);
+                buf[n > 0 ? n : 0] = 0;
+                if (e == EWOULDBLOCK)
+                        KM_LOG(KM_LOG_ERR, "spool", "spool %s is in use by pid %ld", sp->path, strtol(buf, NULL, 10));
+                else
+                        KM_LOG(KM_LOG_ERR, "spool", "cannot lock %s: %s", lp, strerror(e));
+                return e == EWOULDBLOCK ? -EBUSY : -e;
+        }
+        int n = snprintf(buf, sizeof(buf), "%ld\n", (long)getpid());
+        if (ftruncate(sp->lock_fd, 0) < 0 || pwrite(sp->lock_fd, buf, (size_t)n, 0) != n)
+                KM_LOG(KM_LOG_WARNING, "spool", "cannot write the pid into %s: %s", lp, strerror(errno));
+        return 0;
+}
+
+/* Reads one log into pending (records with id > applied_id); ACK records cancel.
+ * Returns 0, or -ENOMEM (nothing may be emptied then). */
+static int replay_log(struct km_spool *sp, int i, uint64_t *max_id)
 {
         struct stat stt;
         uint8_t *buf = NULL;
         size_t off = LOG_HDR, good = LOG_HDR;
 
         if (fstat(sp->log_fd[i], &stt) < 0 || stt.st_size <= LOG_HDR)
-                return;
+                return 0;
         buf = malloc((size_t)stt.st_size);
         if (!buf || pread(sp->log_fd[i], buf, (size_t)stt.st_size, 0) != stt.st_size) {
-                KM_LOG(KM_LOG_ERR, "spool", "cannot read %s", sp->log_path[i]);
+                int e = buf ? errno ? -errno : -EIO : -ENOMEM;
+                KM_LOG(KM_LOG_ERR, "spool", "cannot read %s: %s", sp->log_path[i], strerror(-e));
                 free(buf);
-                return;
+                return e;
         }
         size_t size = (size_t)stt.st_size;
         while (off + REC_HDR <= size) {
@@ -1225,12 +1774,24 @@ static void replay_log(struct km_spool *sp, int i, uint64_t *max_id)
                                             .payload = b + MSG_FIXED + cl + tl + kl + ol, .len = pl };
                         if (m.id > *max_id)
                                 *max_id = m.id;
-                        if (topic && ckey && m.id > sp->applied_id && m.dir < KM_DIR_COUNT &&
+                        char *pb = NULL;
+                        if (m.id > sp->applied_id && m.dir < KM_DIR_COUNT &&
                             (sp->npend == 0 || m.id > sp->pend[sp->npend - 1].id)) {
+                                /* Without memory for it, the logs must not be emptied:
+                                 * opening fails and the next start tries again. */
+                                if (!topic || !ckey || !(pb = malloc(pend_need(&m, cl, tl, kl, ol))) ||
+                                    grow((void **)&sp->pend, &sp->cappend, sp->npend + 1, sizeof(*sp->pend)) < 0) {
+                                        free(pb);
+                                        free(topic);
+                                        free(ckey);
+                                        free(buf);
+                                        KM_LOG(KM_LOG_ERR, "spool", "out of memory replaying %s", sp->log_path[i]);
+                                        return -ENOMEM;
+                                }
                                 if (kl)
                                         pend_coalesce(sp, &m);
-                                if (pend_add(sp, &m, cl, tl, kl, ol) == 0)
-                                        sp->c.recovered++;
+                                pend_add(sp, &m, pb, cl, tl, kl, ol);
+                                sp->c.recovered++;
                         }
                         free(topic);
                         free(ckey);
@@ -1254,6 +1815,7 @@ static void replay_log(struct km_spool *sp, int i, uint64_t *max_id)
                 KM_LOG(KM_LOG_NOTICE, "spool", "%s: torn tail of %zu bytes after offset %zu ignored (never acknowledged)",
                        sp->log_path[i], size - good, good);
         free(buf);
+        return 0;
 }
 
 static int logs_open(struct km_spool *sp, uint64_t *max_id)
@@ -1276,8 +1838,11 @@ static int logs_open(struct km_spool *sp, uint64_t *max_id)
         /* Older generation first, so ids come in increasing order. */
         if (sp->log_gen[1] < sp->log_gen[0])
                 order[0] = 1, order[1] = 0;
-        for (int k = 0; k < 2; k++)
-                replay_log(sp, order[k], max_id);
+        for (int k = 0; k < 2; k++) {
+                int rc = replay_log(sp, order[k], max_id);
+                if (rc < 0)
+                        return rc;
+        }
         return 0;
 }
 
@@ -1327,6 +1892,7 @@ int km_spool_open(struct km_spool **out, const struct km_spool_opts *o)
                 return -ENOMEM;
         sp->o = *o;
         sp->log_fd[0] = sp->log_fd[1] = -1;
+        sp->lock_fd = -1;
         pthread_mutex_init(&sp->mu, NULL);
         pthread_cond_init(&sp->cond, NULL);
         pthread_cond_init(&sp->stage_cond, NULL);
@@ -1338,14 +1904,24 @@ int km_spool_open(struct km_spool **out, const struct km_spool_opts *o)
                 KM_LOG(KM_LOG_ERR, "spool", "cannot create the directory of %s: %s", sp->path, strerror(-rc));
                 goto fail;
         }
+        /* The lock first: nothing of a spool another kuimen runs on may be touched. */
+        if ((rc = lock_spool(sp)) < 0 || (rc = check_writable(sp->path)) < 0)
+                goto fail;
         rc = db_open(sp);
         if (rc == -EBADMSG) {
+                char aside[PATH_MAX];
+                long readable = -1, imported;
                 db_close(sp);
-                move_aside(sp);
-                rc = db_open(sp);
+                if ((rc = move_aside(sp, aside, sizeof(aside))) < 0 || (rc = db_open(sp)) < 0)
+                        goto fail;
+                imported = import_aside(sp, aside, &readable);
+                KM_LOG(KM_LOG_ERR, "spool",
+                       "%s is damaged: moved aside to %s, starting a fresh spool; %ld of its messages imported (it counted %ld%s)",
+                       sp->path, aside, imported, readable,
+                       readable < 0 || imported < readable ? "; the rest could not be read" : "");
         }
         if (rc < 0) {
-                KM_LOG(KM_LOG_ERR, "spool", "cannot open %s: %s", sp->path, rc == -EBADMSG ? "damaged" : strerror(-rc));
+                KM_LOG(KM_LOG_ERR, "spool", "cannot open %s: %s", sp->path, strerror(-rc));
                 goto fail;
         }
         sp->applied_id = (uint64_t)meta_get(sp, "applied_id");
@@ -1354,6 +1930,16 @@ int km_spool_open(struct km_spool **out, const struct km_spool_opts *o)
                 goto fail;
         if ((rc = logs_open(sp, &max_id)) < 0)
                 goto fail;
+        (void)sync_dir(sp->path); /* spool.db and the logs may be new */
+        /* A log may take a sixteenth of the file system, between 256 KiB and 16 MiB:
+         * on a small card the logs must not fill it before they rotate. */
+        struct statvfs fsv;
+        sp->fs_bytes = statvfs(sp->path, &fsv) == 0 ? (uint64_t)fsv.f_blocks * fsv.f_frsize : (uint64_t)1 << 40;
+        sp->rotate_bytes = sp->fs_bytes / 16;
+        if (sp->rotate_bytes > ROTATE_BYTES)
+                sp->rotate_bytes = ROTATE_BYTES;
+        if (sp->rotate_bytes < (256u << 10))
+                sp->rotate_bytes = 256u << 10;
         if (sp->c.recovered)
                 KM_LOG(KM_LOG_NOTICE, "spool", "recovered %llu messages from the ingest log",
                        (unsigned long long)sp->c.recovered);
@@ -1364,17 +1950,24 @@ int km_spool_open(struct km_spool **out, const struct km_spool_opts *o)
                 sp->next_id = sp->applied_id + 1;
         if (floor_id > sp->next_id)
                 sp->next_id = floor_id;
-        /* Recovered records go to SQLite durably before either log is reused. */
+        /* Recovered records go to SQLite in a FULL commit before either log is emptied:
+         * a restart after kill -9 must not empty a log whose records sit only in a WAL
+         * that was never synced. If that fails (a full disk at start), kuimen still runs:
+         * it forwards what it holds, takes nothing, and the fault's probe retries. */
         sp->active = sp->log_gen[0] <= sp->log_gen[1] ? 0 : 1;
         uint64_t gen = (sp->log_gen[0] > sp->log_gen[1] ? sp->log_gen[0] : sp->log_gen[1]) + 1;
-        if ((rc = flush(sp, false, true)) < 0)
-                goto fail;
-        if ((rc = log_reset(sp, sp->active, gen)) < 0 || ftruncate(sp->log_fd[sp->active ^ 1], 0) < 0) {
-                KM_LOG(KM_LOG_ERR, "spool", "cannot reset the ingest logs: %s", strerror(rc < 0 ? -rc : errno));
-                rc = rc < 0 ? rc : -errno;
-                goto fail;
+        struct stat stt;
+        sp->other_bytes = fstat(sp->log_fd[sp->active ^ 1], &stt) == 0 ? (uint64_t)stt.st_size : 1;
+        sp->log_bytes = fstat(sp->log_fd[sp->active], &stt) == 0 ? (uint64_t)stt.st_size : 0;
+        sp->log_gen[sp->active] = gen - 1; /* the fault's probe starts it with gen */
+        if (flush(sp, false, true) == 0) {
+                /* Both logs' records are durable in SQLite now (nothing was pushed yet):
+                 * the inactive one was emptied by the flush, the active one starts over. */
+                pthread_mutex_lock(&sp->mu);
+                if ((rc = log_reset(sp, sp->active, gen)) < 0)
+                        fault_set_locked(sp, rc, "starting %s: %s", sp->log_path[sp->active], strerror(-rc));
+                pthread_mutex_unlock(&sp->mu);
         }
-        sp->log_bytes = LOG_HDR;
         if (!o->sync_always && o->sync_interval_ms > 0) {
                 if ((rc = -pthread_create(&sp->sync_thread, NULL, sync_main, sp)) < 0)
                         goto fail;
@@ -1405,11 +1998,11 @@ void km_spool_close(struct km_spool *sp)
                         if (tx_begin(sp) == 0)
                                 delete_id(sp, sp->dels[i], &sp->c.acked);
                 sp->ndels = 0;
-                if (flush(sp, true, true) == 0) {
-                        for (int i = 0; i < 2; i++)
-                                if (ftruncate(sp->log_fd[i], 0) < 0)
-                                        KM_LOG(KM_LOG_ERR, "spool", "truncate %s: %s", sp->log_path[i], strerror(errno));
-                }
+                /* After a FULL flush of everything pending, neither log holds a record
+                 * SQLite lacks (nothing is pushed any more). A failed flush empties
+                 * nothing: the next start replays the logs. */
+                if (flush(sp, false, true) == 0 && ftruncate(sp->log_fd[sp->active], 0) < 0)
+                        KM_LOG(KM_LOG_ERR, "spool", "truncate %s: %s", sp->log_path[sp->active], strerror(errno));
         }
         if (sp->db) {
                 tx_commit(sp);
@@ -1428,6 +2021,8 @@ void km_spool_close(struct km_spool *sp)
         free(sp->stage);
         free(sp->cur.cls);
         free(sp->path);
+        if (sp->lock_fd >= 0)
+                close(sp->lock_fd); /* last: the spool is someone else's only now */
         pthread_mutex_destroy(&sp->mu);
         pthread_cond_destroy(&sp->cond);
         pthread_cond_destroy(&sp->stage_cond);

@@ -32,6 +32,11 @@ struct km_spool_stats {
         uint64_t dropped, expired, coalesced, over_limit;
         uint64_t recovered, moved_aside;
         uint64_t fsyncs;
+        uint64_t storage_faults;  /* storage faults begun (ENOSPC, EIO, failed commits) */
+        uint64_t refused_storage; /* pushes refused during one */
+        int storage_err;          /* the fault in force: 0, or a negative errno */
+        char storage_why[192];    /* what it is, "" when none */
+        int64_t storage_since_ms; /* how long it has lasted, ms */
         /* Dead letters (messages a peer can never take): set aside so far, held now
          * (a gauge), sent back to the queue by an operator, dropped (by an operator, or
          * the oldest past KM_SPOOL_DEAD_MAX). */
@@ -54,8 +59,12 @@ void km_spool_close(struct km_spool *sp);
 
 /* Any thread. Assigns m->id and appends m to the ingest log with one write(2); returns
  * 0 once the message survives a kill of the process (and, with sync_always, a power
- * cut), or, while the loop thread stages (km_spool_defer_sync), once it is staged. m's pointers are only read during the call. Negative errno on failure: the
- * message is then NOT accepted. */
+ * cut), or, while the loop thread stages (km_spool_defer_sync), once it is staged. m's
+ * pointers are only read during the call. Negative errno on failure: the message is then
+ * NOT accepted and must not be acknowledged: -EMSGSIZE (never fits), -ENOMEM, the
+ * storage fault's errno (-ENOSPC, -EIO...: refused at once while it lasts), or, from
+ * another thread than the loop, -EAGAIN when pending is full until the loop's next
+ * flush (such a push never waits for the loop). */
 int km_spool_push(struct km_spool *sp, struct km_msg *m);
 
 /* Loop thread. The next queued message of dir and prio with id > after, expired ones
@@ -99,6 +108,9 @@ int km_spool_prios(struct km_spool *sp, int dir, uint8_t prios[KM_PRIO_COUNT]);
 
 /* Loop thread. Counters and depths (a consistent snapshot). */
 void km_spool_stats(struct km_spool *sp, struct km_spool_stats *st);
+
+/* Any thread. False while a storage fault is in force (pushes are refused). */
+bool km_spool_storage_ok(struct km_spool *sp);
 
 /* Unix time in ms (CLOCK_REALTIME). */
 int64_t km_now_ms(void);

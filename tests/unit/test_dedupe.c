@@ -67,3 +67,14 @@ Test(dedupe, full_forgets_the_oldest)
         cr_assert(km_dedupe_take(&small, KM_CMD_NARROW, h3, 1004, 60000));
         km_dedupe_deinit(&small);
 }
+
+/* A copy whose push the spool refused (a full disk) is forgotten: the other path's copy
+ * must still be published, and the refused one comes again as a copy of its own. */
+Test(dedupe, a_copy_not_stored_cancels_nothing)
+{
+        uint64_t h = km_dedupe_hash("cmd/door", "open", 4);
+        cr_assert_not(km_dedupe_take(&dd, KM_CMD_MQTT, h, 1000, 60000));
+        km_dedupe_untake(&dd, KM_CMD_MQTT, h);
+        cr_assert_not(km_dedupe_take(&dd, KM_CMD_NARROW, h, 1001, 60000), "published: its MQTT twin never was");
+        cr_assert(km_dedupe_take(&dd, KM_CMD_MQTT, h, 1002, 60000), "MQTT's copy, sent again, is the twin now");
+}
