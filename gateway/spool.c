@@ -2121,13 +2121,15 @@ int km_spool_peek(struct km_spool *sp, int dir, int prio, struct km_spool_peek *
  * dead|retry|drop).
  *
  * Why nothing is lost on the way. From SQLite: the INSERT into dead and the DELETE from
- * msg are one transaction. From pending (memory and the ingest log): the row goes into
- * dead in the open transaction and the pending entry is forgotten WITHOUT an ACK record,
- * so until a later commit of this same database advances applied_id past it, a crash
- * replays the log record back into the queue (sent again, set aside again: at least
- * once), and once it did, the dead row is committed too (one WAL, commits in order).
- * Back: a retry pushes a copy through km_spool_push (the ingest log, a new id) before
- * the dead row is deleted; a crash in between leaves both (a duplicate, not a loss).
+ * msg are one transaction, committed at once (a rollback restores both and the
+ * accounting is recounted). From pending (memory and the ingest log): the row goes into
+ * dead and is committed, and only then is the pending entry forgotten, WITHOUT an ACK
+ * record: until a later commit of this same database advances applied_id past it, a
+ * power cut that loses the dead row (a NORMAL commit) replays the log record back into
+ * the queue (sent again, set aside again: at least once); a commit that advances
+ * applied_id comes after the dead row's in the same WAL. Back: a retry pushes a copy
+ * through km_spool_push (the ingest log, a new id) before the dead row is deleted; a
+ * failure in between leaves both (a duplicate, not a loss).
  *
  * The schema version stays 2: an older kuimen never reads dead and leaves it alone.
  * Statements are prepared per call, as km_spool_peek's: this is the rare path (a peer's
@@ -2185,11 +2187,17 @@ static int dead_bound(struct km_spool *sp)
         if (dead_sql(sp, "DELETE FROM dead WHERE id IN (SELECT id FROM dead ORDER BY at, id LIMIT ?)", &s) < 0)
                 return -EIO;
         sqlite3_bind_int64(s, 1, over);
+        if (tx_begin(sp) < 0) {
+                sqlite3_finalize(s);
+                return -EIO;
+        }
         int rc = sqlite3_step(s);
         int64_t n = sqlite3_changes(sp->db);
         sqlite3_finalize(s);
-        if (rc != SQLITE_DONE)
+        if (rc != SQLITE_DONE || tx_commit(sp) < 0) {
+                tx_abort(sp);
                 return sql_fail(sp, "bound the dead letters");
+        }
         dead_count(sp, &sp->c.dead_dropped, -n);
         KM_LOG(KM_LOG_ERR, "spool", "more than %d messages set aside: dropped the %lld oldest", KM_SPOOL_DEAD_MAX,
                (long long)n);
@@ -2257,21 +2265,36 @@ int km_spool_set_aside(struct km_spool *sp, uint64_t id, const char *why)
         if ((rc = tx_begin(sp)) < 0)
                 return rc;
         /* Pending: copied under mu (another thread's push may grow the array), written
-         * to SQLite outside it. */
+         * to SQLite outside it, and forgotten only once that commit holds. */
         pthread_mutex_lock(&sp->mu);
         size_t i = pend_after(sp, id - 1);
-        struct pend *p = i < sp->npend && sp->pend[i].id == id && !sp->pend[i].gone ? &sp->pend[i] : NULL;
-        if (p && (rc = set_cur(sp, p)) == 0)
-                pend_forget(sp, p); /* no ACK record: see above */
+        bool pend = i < sp->npend && sp->pend[i].id == id && !sp->pend[i].gone;
+        if (pend)
+                rc = set_cur(sp, &sp->pend[i]);
         pthread_mutex_unlock(&sp->mu);
-        if (p && rc < 0)
+        if (rc < 0)
                 return rc;
-        if (p)
+        if (pend)
                 rc = dead_insert_pend(sp, &sp->cur, why, at);
         else if ((rc = dead_move_row(sp, id, why, at)) == 0)
                 return -ENOENT;
-        if (rc < 0)
+        /* Committed now, not with the next batch: a flush that fails rolls its whole
+         * transaction back, and the row must not go while the message is gone from
+         * memory (a later flush would move applied_id past its log record). */
+        if (rc >= 0)
+                rc = tx_commit(sp);
+        if (rc < 0) {
+                tx_abort(sp);
+                recount(sp); /* a rolled-back delete from msg had moved the accounting */
                 return rc;
+        }
+        if (pend) {
+                pthread_mutex_lock(&sp->mu);
+                i = pend_after(sp, id - 1);
+                if (i < sp->npend && sp->pend[i].id == id && !sp->pend[i].gone)
+                        pend_forget(sp, &sp->pend[i]); /* no ACK record: see above */
+                pthread_mutex_unlock(&sp->mu);
+        }
         dead_count(sp, &sp->c.set_aside, 1);
         uint64_t n = ++logged;
         if (n <= 10 || n % 100 == 0)
@@ -2365,6 +2388,8 @@ int km_spool_dead_retry(struct km_spool *sp, uint64_t id)
         sqlite3_finalize(s);
         if (rc != SQLITE_DONE && rc != SQLITE_ROW)
                 KM_LOG(KM_LOG_ERR, "spool", "%s: list the dead letters: %s", sp->path, sqlite3_errmsg(sp->db));
+        /* A failure here leaves a row that was queued again: held and queued both, a
+         * duplicate at worst. */
         rc = tx_begin(sp);
         for (size_t i = 0; i < nids && rc == 0; i++) {
                 int64_t k = dead_delete(sp, ids[i]);
@@ -2373,9 +2398,15 @@ int km_spool_dead_retry(struct km_spool *sp, uint64_t id)
                 else
                         n += (int)k;
         }
+        if (rc == 0)
+                rc = tx_commit(sp);
+        else
+                tx_abort(sp);
         free(ids);
+        if (rc < 0)
+                return rc;
         dead_count(sp, &sp->c.dead_retried, -n);
-        return rc < 0 ? rc : n;
+        return n;
 }
 
 int km_spool_dead_drop(struct km_spool *sp, uint64_t id)
@@ -2384,8 +2415,12 @@ int km_spool_dead_drop(struct km_spool *sp, uint64_t id)
         if (rc < 0)
                 return rc;
         int64_t n = dead_delete(sp, id);
-        if (n < 0)
+        if (n >= 0 && (rc = tx_commit(sp)) < 0)
+                n = rc;
+        if (n < 0) {
+                tx_abort(sp);
                 return (int)n;
+        }
         dead_count(sp, &sp->c.dead_dropped, -n);
         if (n)
                 KM_LOG(KM_LOG_NOTICE, "spool", "dropped %lld set-aside message%s", (long long)n, n == 1 ? "" : "s");
