@@ -650,3 +650,77 @@ Test(spool, set_aside_survives_a_kill)
                   (unsigned long long)st.dead, (unsigned long long)st.depth[KM_DIR_UP]);
         km_spool_close(sp);
 }
+
+/* A set-aside whose commit fails (the disk full under the WAL) changes nothing: the
+ * message stays queued and counted, nothing is held; once the disk has room it is set
+ * aside. */
+Test(spool, set_aside_that_cannot_commit_changes_nothing)
+{
+        pid_t pid = fork();
+        if (pid == 0) {
+                struct km_spool_opts o = { .path = path, .max_bytes = 1 << 20, .wake = nowake };
+                struct km_spool *sp = NULL;
+                char walp[160];
+                struct stat st;
+                struct rlimit was, lim;
+                uint64_t ids[20];
+                if (km_spool_open(&sp, &o) < 0)
+                        _exit(2);
+                km_spool_set_loop_thread(sp);
+                for (int i = 0; i < 20; i++) {
+                        char p[16];
+                        snprintf(p, sizeof(p), "m%02d", i);
+                        struct km_msg m = { .dir = KM_DIR_UP, .prio = 4, .qos = 1, .cls = "telemetry", .topic = "s/x",
+                                            .payload = p, .len = strlen(p) };
+                        if (km_spool_push(sp, &m) < 0)
+                                _exit(3);
+                        ids[i] = m.id;
+                }
+                if (km_spool_checkpoint(sp) < 0) /* m00..m19 in SQLite */
+                        _exit(4);
+                struct km_msg m = { .dir = KM_DIR_UP, .prio = 4, .qos = 1, .cls = "telemetry", .topic = "s/x",
+                                    .payload = "pending", .len = 7 };
+                if (km_spool_push(sp, &m) < 0)
+                        _exit(5);
+                snprintf(walp, sizeof(walp), "%s-wal", path);
+                signal(SIGXFSZ, SIG_IGN);
+                if (stat(walp, &st) < 0 || getrlimit(RLIMIT_FSIZE, &was) < 0)
+                        _exit(6);
+                lim = was;
+                lim.rlim_cur = (rlim_t)st.st_size;
+                if (setrlimit(RLIMIT_FSIZE, &lim) < 0)
+                        _exit(7);
+                struct km_spool_stats ss;
+                km_spool_stats(sp, &ss);
+                uint64_t bytes = ss.bytes;
+                if (km_spool_set_aside(sp, m.id, "x") >= 0 || km_spool_set_aside(sp, ids[3], "x") >= 0)
+                        _exit(8); /* both commits had to fail */
+                km_spool_stats(sp, &ss);
+                if (ss.dead || ss.set_aside || ss.depth[KM_DIR_UP] != 21 || ss.bytes != bytes)
+                        _exit(9);
+                struct km_msg q;
+                int n = 0;
+                for (uint64_t after = 0; km_spool_next(sp, KM_DIR_UP, 4, after, &q) == 1; after = q.id)
+                        n++;
+                if (n != 21)
+                        _exit(10);
+                if (setrlimit(RLIMIT_FSIZE, &was) < 0)
+                        _exit(11);
+                if (km_spool_set_aside(sp, m.id, "x") < 0 || km_spool_set_aside(sp, ids[3], "x") < 0)
+                        _exit(12);
+                km_spool_stats(sp, &ss);
+                if (ss.dead != 2 || ss.set_aside != 2 || ss.depth[KM_DIR_UP] != 19)
+                        _exit(13);
+                km_spool_close(sp);
+                _exit(0);
+        }
+        int status;
+        cr_assert_eq(waitpid(pid, &status, 0), pid);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child step %d failed", WEXITSTATUS(status));
+        struct km_spool *sp = open_spool(1 << 20);
+        struct km_spool_stats st;
+        km_spool_stats(sp, &st);
+        cr_assert_eq(st.dead, 2);
+        cr_assert_eq(st.depth[KM_DIR_UP], 19);
+        km_spool_close(sp);
+}
