@@ -487,6 +487,12 @@ static void on_link_state(struct km_link *l, void *ud)
 {
         struct km_daemon *d = ud;
         publish_link_status(d, l);
+        /* The local broker states a packet limit: the retained node status spooled for
+         * it before the limit was known may not fit (it is then set aside); say it again,
+         * trimmed to fit, rather than leave the retained copy missing until the next
+         * LINK_STATUS_US. */
+        if (l->dir == KM_DIR_DOWN && l->state == KM_LINK_UP && l->max_packet && !d->stopping)
+                publish_node_status(d);
         /* A center sends this base's commands down narrow links until its status says
          * online over MQTT, and believes only a status that came over MQTT (not one
          * relayed from a narrow link): say online again once an MQTT link may carry it

@@ -294,7 +294,7 @@ static void make_certs(const char *dir)
 static void up(struct env *e, const char *tag, const char *local_extra, const char *center_extra, bool tls,
                struct cproxy *via)
 {
-        char uri[64], tlsconf[600] = "", cextra[1200];
+        char uri[64], tlsconf[800] = "", cextra[1200];
         memset(e, 0, sizeof(*e));
         h_tmpdir(e->dir, sizeof(e->dir), tag);
         snprintf(e->conf, sizeof(e->conf), "%s/kuimen.conf", e->dir);
@@ -610,6 +610,17 @@ Test(limits, local_max_packet_size)
         cr_assert_eq(link_num(&e, "local", "set_aside"), n);
         cJSON_Delete(r);
         cr_assert_eq(metric(e.mport, "kuimen_spool_set_aside_total"), n);
+        /* The local broker holds kuimen's retained node status, trimmed to fit. */
+        struct h_rec st;
+        h_rec_start(&st, e.local.port, "status-reader", "kuimen/north/status");
+        cr_assert_eq(h_rec_wait(&st, 1, 5000), 1, "no retained node status on the local broker");
+        pthread_mutex_lock(&st.mu);
+        cr_assert(strncmp(st.m[0].payload, "{\"state\":\"online\",\"node\":\"north\",\"role\":\"base\"", 46) == 0,
+                  "%s", st.m[0].payload);
+        cr_assert_leq(st.m[0].len, 256 - 10 - 19, "fits with its topic in 256 bytes");
+        pthread_mutex_unlock(&st.mu);
+        h_rec_stop(&st);
+        h_rec_free(&st);
 
         h_pub_stop(&center_pub);
         h_sub_stop(&term);
