@@ -93,6 +93,7 @@ struct km_mqttc {
         unsigned ka_s;       /* the keepalive in force (the broker may set its own) */
         int64_t last_tx_ms, last_rx_ms;
         bool ping_out;
+        bool reset_seen; /* a write found the connection reset: read what is left, then drop */
         uint16_t *acks; /* PUBACKs owed for the read in progress */
         size_t nacks, capacks;
         bool took; /* the read in progress handed a message to the owner: settle after it */
@@ -228,7 +229,7 @@ static uint32_t get32(const uint8_t *p)
 /* Walks a property block p[0..n): fills what the client uses, skips the rest. Returns
  * 0 or -1 when malformed. */
 struct props {
-        int receive_max, server_keepalive;
+        int receive_max, server_keepalive, topic_alias_max;
         uint32_t max_packet;
         const uint8_t *reason_str;
         size_t reason_len;
@@ -290,6 +291,8 @@ static int parse_props(const uint8_t *p, size_t n, struct props *out)
                                 out->server_keepalive = get16(p + i);
                         else if (id == 0x27)
                                 out->max_packet = get32(p + i);
+                        else if (id == 0x22)
+                                out->topic_alias_max = get16(p + i);
                         else if (id == 0x1F) {
                                 out->reason_str = p + i + 2;
                                 out->reason_len = need - 2;
@@ -351,6 +354,7 @@ static void close_conn(struct km_mqttc *c)
         c->inflight = 0;
         c->nacks = 0;
         c->ping_out = false;
+        c->reset_seen = false;
 }
 
 /* The connection is over: tell the owner and try again, unless stopped. Everything in
@@ -382,12 +386,28 @@ static void want_write(struct km_mqttc *c, bool on)
 /* Writes what is queued; the rest waits for EPOLLOUT. 0, or -EIO (dropped). */
 static int flush_out(struct km_mqttc *c)
 {
+        if (c->reset_seen) {
+                c->out.off = c->out.len = 0; /* the connection is ending: see below */
+                return 0;
+        }
         while (c->out.len) {
                 ssize_t n = send(c->fd, c->out.p + c->out.off, c->out.len, MSG_NOSIGNAL);
                 if (n < 0 && errno == EINTR)
                         continue;
                 if (n < 0 && errno == EAGAIN) {
                         want_write(c, true);
+                        return 0;
+                }
+                if (n < 0 && (errno == ECONNRESET || errno == EPIPE) && c->st == C_UP && !c->reset_seen) {
+                        /* The broker closed the connection, and may have said why just
+                         * before: PUBACKs (one refusing a message for good) wait in the
+                         * receive buffer. Read them first; the read ends the connection
+                         * (EOF after them). What is queued to write is lost with the
+                         * connection and replayed by the owner, as on any drop. */
+                        c->reset_seen = true;
+                        c->out.off = c->out.len = 0;
+                        if (c->io)
+                                sd_event_source_set_io_events(c->io, EPOLLIN);
                         return 0;
                 }
                 if (n <= 0) {
@@ -475,13 +495,23 @@ static int alloc_mid(struct km_mqttc *c, uint64_t tag)
         return -EAGAIN;
 }
 
-static int send_subscribe(struct km_mqttc *c)
+/* The SUBSCRIBE of filters [from, to): its remaining length. */
+static uint32_t subscribe_rl(const struct km_mqttc *c, size_t from, size_t to)
 {
-        if (!c->nfilters)
-                return 0;
         uint32_t rl = 2 + 1;
-        for (size_t i = 0; i < c->nfilters; i++)
+        for (size_t i = from; i < to; i++)
                 rl += 2 + (uint32_t)strlen(c->filters[i]) + 1;
+        return rl;
+}
+
+static bool fits(const struct km_mqttc *c, uint32_t rl)
+{
+        return !c->max_packet || 1 + varint_len(rl) + (uint64_t)rl <= c->max_packet;
+}
+
+static int send_subscribe_of(struct km_mqttc *c, size_t from, size_t to)
+{
+        uint32_t rl = subscribe_rl(c, from, to);
         int mid = alloc_mid(c, MID_SUB);
         if (mid < 0 || buf_reserve(&c->out, 5 + rl) < 0)
                 return -ENOMEM;
@@ -490,13 +520,37 @@ static int send_subscribe(struct km_mqttc *c)
         p = put_varint(p, rl);
         p = put16(p, (uint16_t)mid);
         *p++ = 0; /* properties */
-        for (size_t i = 0; i < c->nfilters; i++) {
+        for (size_t i = from; i < to; i++) {
                 p = put_str(p, c->filters[i], strlen(c->filters[i]));
                 /* QoS 1; no local: what we publish locally never comes back in; retain
                  * handling 1: retained messages only on a new subscription. */
                 *p++ = 0x01 | 0x04 | 0x10;
         }
         c->out.len += (size_t)(p - start);
+        return 0;
+}
+
+/* Every filter, in as few SUBSCRIBEs as the broker's Maximum Packet Size allows (a
+ * center watching many bases has many); a filter that cannot fit alone is logged and
+ * left out, never sent (the broker would drop the connection, again at each connect). */
+static int send_subscribe(struct km_mqttc *c)
+{
+        size_t from = 0;
+        while (from < c->nfilters) {
+                size_t to = from;
+                while (to < c->nfilters && fits(c, subscribe_rl(c, from, to + 1)))
+                        to++;
+                if (to == from) {
+                        KM_LOG(KM_LOG_ERR, "mqtt", "%s: the subscription to '%s' does not fit the broker's maximum "
+                               "packet size (%u bytes): not subscribed", c->role, c->filters[from], c->max_packet);
+                        from++;
+                        continue;
+                }
+                int rc = send_subscribe_of(c, from, to);
+                if (rc < 0)
+                        return rc;
+                from = to;
+        }
         return 0;
 }
 
@@ -733,7 +787,14 @@ static int handle_connack(struct km_mqttc *c, const uint8_t *p, size_t n)
         c->send_max = c->window < (unsigned)pr.receive_max ? c->window : (unsigned)pr.receive_max;
         if (!c->send_max)
                 c->send_max = 1;
+        /* The broker's limits (MQTT v5 CONNACK): publishes in flight at most Receive
+         * Maximum (above), no packet over Maximum Packet Size (publish, subscribe), and
+         * no Topic Alias at all: this client never sends one, so any Topic Alias
+         * Maximum, 0 included, is kept. */
         c->max_packet = pr.max_packet;
+        if (pr.max_packet || pr.receive_max < 65535)
+                KM_LOG(KM_LOG_INFO, "mqtt", "%s: %s takes packets of %u bytes at most, %d publishes in flight (topic aliases: %d, none used)",
+                       c->role, c->uri, pr.max_packet, pr.receive_max, pr.topic_alias_max);
         c->ka_s = pr.server_keepalive >= 0 ? (unsigned)pr.server_keepalive : c->keepalive_s;
         c->st = C_UP;
         c->backoff_s = 1;
@@ -1119,7 +1180,7 @@ int km_mqttc_publish(struct km_mqttc *c, const char *topic, const void *payload,
                         props += (uint32_t)(1 + 2 + 12 + 2 + rl_);
         }
         uint64_t rl64 = 2 + (uint64_t)tl + 2 + varint_len(props) + props + len;
-        if (tl > 65535 || ol > 65535 || rl_ > 65535 || rl64 > MAX_PACKET - 1 || (c->max_packet && 1 + 4 + rl64 > c->max_packet))
+        if (tl > 65535 || ol > 65535 || rl_ > 65535 || rl64 > MAX_PACKET - 1 || !fits(c, (uint32_t)rl64))
                 return -EMSGSIZE;
         uint32_t rl = (uint32_t)rl64;
         int mid = alloc_mid(c, MID_USED | cookie);
@@ -1158,6 +1219,11 @@ int km_mqttc_publish(struct km_mqttc *c, const char *topic, const void *payload,
                 return flush_out(c) < 0 ? -ENOTCONN : 0;
         schedule_flush(c);
         return 0;
+}
+
+uint32_t km_mqttc_max_packet(const struct km_mqttc *c)
+{
+        return c->max_packet;
 }
 
 void km_mqttc_reset(struct km_mqttc *c)

@@ -68,6 +68,10 @@ int km_mqttc_publish(struct km_mqttc *c, const char *topic, const void *payload,
  * user property key; its value in *val, *vlen (not NUL-terminated) when they are not NULL. */
 bool km_mqttc_user_property(const void *props, size_t plen, const char *key, const char **val, size_t *vlen);
 
+/* The broker's Maximum Packet Size from the last CONNACK (0: none stated). Publishes
+ * that would exceed it are refused with -EMSGSIZE, never sent. */
+uint32_t km_mqttc_max_packet(const struct km_mqttc *c);
+
 /* Drops the connection now and connects again after the back-off. */
 void km_mqttc_reset(struct km_mqttc *c);
 

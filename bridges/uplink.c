@@ -77,6 +77,8 @@ struct km_uplink {
         unsigned backoff_s;
         uint64_t *mids; /* mid -> 1 << 32 | cookie while in flight */
         unsigned inflight;
+        unsigned send_max;   /* window, or the broker's Receive Maximum when lower */
+        uint32_t max_packet; /* the broker's Maximum Packet Size, 0: none stated */
         bool drop_pending, drop_was_refusal;
         char drop_why[384];
 };
@@ -308,7 +310,9 @@ static void on_connect(struct mosquitto *m, void *ud, int rc, int flags, const m
 {
         struct conn *c = ud;
         struct km_uplink *u = c->u;
-        (void)m, (void)flags, (void)props;
+        uint16_t rmax = 65535, amax = 0;
+        uint32_t pmax = 0;
+        (void)m, (void)flags;
         if (!u || u->c != c)
                 return;
         if (rc != 0) {
@@ -317,6 +321,23 @@ static void on_connect(struct mosquitto *m, void *ud, int rc, int flags, const m
                 drop_later(u, why);
                 return;
         }
+        /* The broker's limits. libmosquitto 2.0.11 keeps them too: it holds back
+         * publishes past Receive Maximum in a queue of its own, and refuses one over
+         * Maximum Packet Size with MOSQ_ERR_OVERSIZE_PACKET. Our window stops at Receive
+         * Maximum, so that the link's ack clock counts only what is on the wire, and
+         * km_uplink_publish checks the size itself. It never sends a Topic Alias (only
+         * when the caller adds the property), so Topic Alias Maximum is kept whatever
+         * it is. */
+        mosquitto_property_read_int16(props, MQTT_PROP_RECEIVE_MAXIMUM, &rmax, false);
+        mosquitto_property_read_int32(props, MQTT_PROP_MAXIMUM_PACKET_SIZE, &pmax, false);
+        mosquitto_property_read_int16(props, MQTT_PROP_TOPIC_ALIAS_MAXIMUM, &amax, false);
+        u->send_max = u->window < rmax ? u->window : rmax;
+        if (!u->send_max)
+                u->send_max = 1;
+        u->max_packet = pmax;
+        if (pmax || rmax < 65535)
+                KM_LOG(KM_LOG_INFO, "mqtt", "up: %s takes packets of %u bytes at most, %u publishes in flight (topic aliases: %u, none used)",
+                       u->uri, pmax, rmax, amax);
         u->connack = sd_event_source_disable_unref(u->connack);
         u->st = U_UP;
         u->backoff_s = 1;
@@ -481,11 +502,18 @@ int km_uplink_publish(struct km_uplink *u, const char *topic, const void *payloa
 
         if (u->st != U_UP || u->drop_pending)
                 return -ENOTCONN;
-        if (u->inflight >= u->window)
+        if (u->inflight >= u->send_max)
                 return -EAGAIN;
         if (len > (size_t)INT32_MAX)
                 return -EMSGSIZE;
         snprintf(idbuf, sizeof(idbuf), "%llu", (unsigned long long)id);
+        /* The whole PUBLISH, as libmosquitto will write it: never one over the
+         * broker's limit (the broker would drop the connection, and the link would
+         * send it again at each connect). */
+        uint64_t pl = 2 * (1 + 2 + 2) + 13 + strlen(origin) + 9 + strlen(idbuf);
+        uint64_t rl = 2 + strlen(topic) + 2 + (pl < 128 ? 1 : 2) + pl + len;
+        if (u->max_packet && 1 + (rl < 128 ? 1 : rl < 16384 ? 2 : rl < 2097152 ? 3 : 4) + rl > u->max_packet)
+                return -EMSGSIZE;
         /* Subscribers drop duplicates by (origin, id): at least once means a message may
          * arrive twice after a reconnect. */
         if (mosquitto_property_add_string_pair(&props, MQTT_PROP_USER_PROPERTY, "kuimen-origin", origin) ||
@@ -500,11 +528,11 @@ int km_uplink_publish(struct km_uplink *u, const char *topic, const void *payloa
                 break;
         case MOSQ_ERR_NOMEM:
                 return -ENOMEM;
-        case MOSQ_ERR_OVERSIZE_PACKET:
+        case MOSQ_ERR_OVERSIZE_PACKET: /* over the broker's Maximum Packet Size */
         case MOSQ_ERR_PAYLOAD_SIZE:
-        case MOSQ_ERR_MALFORMED_UTF8:
+        case MOSQ_ERR_MALFORMED_UTF8: /* a topic no broker takes */
         case MOSQ_ERR_INVAL:
-                return -EIO;
+                return -EMSGSIZE; /* this message never fits: the link sets it aside */
         default: {
                 /* The write failed: the connection is gone. Not dropped here: the
                  * scheduler is in the middle of its pump. */
@@ -521,6 +549,11 @@ int km_uplink_publish(struct km_uplink *u, const char *topic, const void *payloa
         }
         update_events(u);
         return 0;
+}
+
+uint32_t km_uplink_max_packet(const struct km_uplink *u)
+{
+        return u->max_packet;
 }
 
 void km_uplink_reset(struct km_uplink *u)

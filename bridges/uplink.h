@@ -38,9 +38,14 @@ struct km_uplink_cb {
 int km_uplink_new(struct km_uplink **out, sd_event *ev, const struct km_uplink_opts *o, const struct km_uplink_cb *cb);
 
 /* Publishes at QoS 1 with the user properties kuimen-origin and kuimen-id. 0, or
- * -ENOTCONN (not connected), -EAGAIN (window full), -ENOMEM, -EIO. */
+ * -ENOTCONN (not connected), -EAGAIN (window, or the broker's Receive Maximum, full),
+ * -ENOMEM, -EMSGSIZE (this message can never be sent to this broker: over its Maximum
+ * Packet Size, or a topic it cannot take). */
 int km_uplink_publish(struct km_uplink *u, const char *topic, const void *payload, size_t len, bool retain,
                       const char *origin, uint64_t id, uint32_t cookie);
+
+/* The broker's Maximum Packet Size from the last CONNACK (0: none stated). */
+uint32_t km_uplink_max_packet(const struct km_uplink *u);
 
 /* Drops the connection now (a silent cut was seen) and connects again after the back-off. */
 void km_uplink_reset(struct km_uplink *u);

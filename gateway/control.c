@@ -538,10 +538,11 @@ static void put_links(struct km_control_buf *b, struct km_daemon *d, int64_t now
                 km_control_printf(b,
                                   ",\"since_ms\":%lld,\"since_s\":%.3f,\"order\":%ld,\"window\":%u,\"inflight\":%u,"
                                   "\"sent\":%llu,\"acked\":%llu,\"failed\":%llu,\"bytes_sent\":%llu,\"signal\":%d,"
-                                  "\"rate\":%.1f",
+                                  "\"rate\":%.1f,\"transitions\":%llu,\"set_aside\":%llu,\"max_packet\":%u",
                                   (long long)l->since_ms, age_s(now, l->since_ms), l->order, l->window, l->inflight,
                                   (unsigned long long)l->sent, (unsigned long long)l->acked,
-                                  (unsigned long long)l->failed, (unsigned long long)l->bytes_sent, l->signal, l->rate);
+                                  (unsigned long long)l->failed, (unsigned long long)l->bytes_sent, l->signal, l->rate,
+                                  (unsigned long long)l->transitions, (unsigned long long)l->set_aside, l->max_packet);
                 put_narrow(b, l);
                 km_control_printf(b, "}");
         }
@@ -636,7 +637,7 @@ static void put_counters(struct km_control_buf *b, struct km_daemon *d, const st
                           "\"fsyncs\":%llu,\"bad_config_reloads\":%llu,\"refused\":%llu,"
                           "\"cmd_in_mqtt\":%llu,\"cmd_in_narrow\":%llu,\"cmd_duplicates\":%llu,"
                           "\"cmd_sent_narrow\":%llu,\"cmd_settled_mqtt\":%llu,"
-                          "\"storage_faults\":%llu,\"refused_storage\":%llu}",
+                          "\"storage_faults\":%llu,\"refused_storage\":%llu,\"set_aside\":%llu,\"set_aside_held\":%llu}",
                           (unsigned long long)st->pushed, (unsigned long long)acked[KM_DIR_UP],
                           (unsigned long long)acked[KM_DIR_DOWN], (unsigned long long)st->dropped,
                           (unsigned long long)st->expired, (unsigned long long)st->coalesced,
@@ -650,7 +651,8 @@ static void put_counters(struct km_control_buf *b, struct km_daemon *d, const st
                           (unsigned long long)__atomic_load_n(&d->cmd_in[KM_CMD_NARROW], __ATOMIC_RELAXED),
                           (unsigned long long)__atomic_load_n(&d->cmd_duplicates, __ATOMIC_RELAXED),
                           (unsigned long long)d->cmd_sent_narrow, (unsigned long long)d->cmd_settled_mqtt,
-                          (unsigned long long)st->storage_faults, (unsigned long long)st->refused_storage);
+                          (unsigned long long)st->storage_faults, (unsigned long long)st->refused_storage,
+                          (unsigned long long)st->set_aside, (unsigned long long)st->dead);
         /* A center: what it knows of each base's MQTT path (where its commands go). */
         if (d->npeers) {
                 km_control_printf(b, ",\"peers\":[");
@@ -799,6 +801,88 @@ static void reply_error(struct km_control_buf *b, const char *msg)
         km_control_printf(b, "}\n");
 }
 
+/* ---- the dead letters: spool dead | retry ID|all | drop ID|all ------------------- */
+
+#define DEAD_LIST 1000 /* shown by "spool dead" at most (oldest first), out of dead_held */
+
+static void reply_dead(struct km_daemon *d, struct km_control_buf *b)
+{
+        struct km_spool_stats st;
+        struct km_spool_dead *v = calloc(DEAD_LIST, sizeof(*v));
+        int64_t now = km_now_ms();
+        int n;
+
+        if (!v || (n = km_spool_dead_list(d->spool, v, DEAD_LIST)) < 0) {
+                free(v);
+                reply_error(b, "cannot read the set-aside messages");
+                return;
+        }
+        km_spool_stats(d->spool, &st);
+        put_node(b, d, now);
+        km_control_printf(b, "\"set_aside\":%llu,\"held\":%llu,\"dead\":[", (unsigned long long)st.set_aside,
+                          (unsigned long long)st.dead);
+        for (int i = 0; i < n; i++) {
+                km_control_printf(b, "%s{\"id\":%llu,\"direction\":\"%s\",\"priority\":%d,\"class\":", i ? "," : "",
+                                  (unsigned long long)v[i].id, dir_name(v[i].dir), v[i].prio);
+                km_control_json_str(b, v[i].cls);
+                km_control_printf(b, ",\"topic\":");
+                km_control_json_str(b, v[i].topic);
+                km_control_printf(b, ",\"bytes\":%u,\"why\":", v[i].len);
+                km_control_json_str(b, v[i].why);
+                km_control_printf(b, ",\"at_ms\":%lld,\"age_s\":%.3f}", (long long)v[i].at_ms, age_s(now, v[i].at_ms));
+        }
+        km_control_printf(b, "]}\n");
+        free(v);
+}
+
+/* retry or drop: arg is a message id or "all". */
+static void reply_dead_op(struct km_daemon *d, struct km_control_buf *b, bool retry, const char *arg)
+{
+        char *end;
+        uint64_t id = 0;
+        if (strncmp(arg, "all", 3) != 0 || (arg[3] && !strchr(" \t\r\n", arg[3]))) {
+                errno = 0;
+                unsigned long long v = strtoull(arg, &end, 10);
+                if (errno || end == arg || (*end && !strchr(" \t\r\n", *end)) || !v) {
+                        reply_error(b, "spool retry|drop takes a message id or all");
+                        return;
+                }
+                id = v;
+        }
+        int n = retry ? km_spool_dead_retry(d->spool, id) : km_spool_dead_drop(d->spool, id);
+        if (n < 0) {
+                reply_error(b, retry ? "cannot send set-aside messages back" : "cannot drop set-aside messages");
+                return;
+        }
+        if (n == 0 && id) {
+                reply_error(b, "no set-aside message has that id (kuimenctl spool dead)");
+                return;
+        }
+        if (retry && n)
+                km_daemon_kick(d);
+        km_control_printf(b, "{\"%s\":%d}\n", retry ? "retried" : "dropped", n);
+}
+
+/* "spool" alone is the queue; "spool dead|retry|drop ..." the dead letters. */
+static void reply_spool(struct km_daemon *d, struct km_control_buf *b, const char *args)
+{
+        char sub[16];
+        args += strspn(args, " \t");
+        size_t n = strcspn(args, " \t\r\n");
+        if (!n) {
+                reply_status(d, b, true);
+                return;
+        }
+        snprintf(sub, sizeof(sub), "%.*s", (int)(n < sizeof(sub) ? n : sizeof(sub) - 1), args);
+        const char *arg = args + n + strspn(args + n, " \t");
+        if (strcmp(sub, "dead") == 0)
+                reply_dead(d, b);
+        else if (strcmp(sub, "retry") == 0 || strcmp(sub, "drop") == 0)
+                reply_dead_op(d, b, sub[1] == 'e', arg);
+        else
+                reply_error(b, "unknown spool request (spool, spool dead, spool retry ID|all, spool drop ID|all)");
+}
+
 static bool control_complete(const char *req, size_t len)
 {
         return memchr(req, '\n', len) != NULL;
@@ -818,7 +902,7 @@ static void control_answer(struct km_daemon *d, const char *req, size_t len, boo
         if (strcmp(cmd, "status") == 0)
                 reply_status(d, out, false);
         else if (strcmp(cmd, "spool") == 0)
-                reply_status(d, out, true);
+                reply_spool(d, out, req + n);
         else if (strcmp(cmd, "links") == 0)
                 reply_links(d, out);
         else if (strcmp(cmd, "reload") == 0)

@@ -49,17 +49,74 @@ static int ingest(struct km_daemon *d, int dir, const char *topic, const char *c
                   size_t len, bool retain, const char *ckey_suffix);
 static int ingest_ex(struct km_daemon *d, int dir, const char *topic, const char *cls_name, const void *payload,
                      size_t len, bool retain, const char *ckey_suffix, const struct ingest_extra *x);
+/* The largest payload on topic that every link of dir can carry (SIZE_MAX: no limit
+ * known): the least room of their peers' Maximum Packet Size (km_link_room). */
+static size_t status_room(const struct km_daemon *d, int dir, const char *topic)
+{
+        size_t room = SIZE_MAX, tl = strlen(topic);
+        for (size_t i = 0; i < d->nlinks; i++)
+                if (d->links[i]->dir == dir) {
+                        size_t r = km_link_room(d->links[i], tl);
+                        if (r < room)
+                                room = r;
+                }
+        return room;
+}
+
+/* Trims a flat JSON object of our own (json[0..n), NUL-terminated, room for it) to at
+ * most room bytes by dropping its last members, keeping the first keep (the ones a
+ * reader needs: what it is and its state). Strings may hold commas and braces; nothing
+ * is nested. Returns the new length, still over room when the first keep do not fit. */
+static size_t json_trim(char *json, size_t n, size_t room, int keep)
+{
+        while (n > room) {
+                size_t last = 0;
+                int members = 1;
+                bool str = false;
+                for (size_t i = 1; i + 1 < n; i++) {
+                        if (str) {
+                                if (json[i] == '\\')
+                                        i++;
+                                else if (json[i] == '"')
+                                        str = false;
+                        } else if (json[i] == '"') {
+                                str = true;
+                        } else if (json[i] == ',') {
+                                last = i;
+                                members++;
+                        }
+                }
+                if (members <= keep || !last)
+                        break;
+                json[last] = '}';
+                json[last + 1] = '\0';
+                n = last + 1;
+        }
+        return n;
+}
+
 /* kuimen's own status JSON on local_topic (class status): upward as <local_topic>, and
  * retained on the local broker as <topic_prefix>/<node>/<local_topic>, the topic the
- * center sees. A center has no upward: its broker is where the status goes. */
-static void publish_own(struct km_daemon *d, const char *local_topic, const char *json, size_t n, bool retain_up)
+ * center sees. A center has no upward: its broker is where the status goes. Each copy
+ * is trimmed to what the peers of its direction take (optional members dropped from
+ * the end, the first keep stay); one whose minimum still does not fit is spooled all
+ * the same, and the link sets it aside (kuimenctl spool dead) instead of wedging. */
+static void publish_own(struct km_daemon *d, const char *local_topic, const char *json, size_t n, bool retain_up,
+                        int keep)
 {
-        char topic[256];
-        if (strcmp(d->node.role, "center") != 0)
-                ingest(d, KM_DIR_UP, local_topic, "status", json, n, retain_up, NULL);
+        char topic[256], fit[1024];
+        if (n >= sizeof(fit))
+                return;
+        if (strcmp(d->node.role, "center") != 0) {
+                memcpy(fit, json, n + 1);
+                size_t m = json_trim(fit, n, status_room(d, KM_DIR_UP, local_topic), keep);
+                ingest(d, KM_DIR_UP, local_topic, "status", fit, m, retain_up, NULL);
+        }
         snprintf(topic, sizeof(topic), "%s/%s/%s", d->topic_prefix ? d->topic_prefix : "kuimen", d->node.name,
                  local_topic);
-        ingest(d, KM_DIR_DOWN, topic, "status", json, n, true, NULL);
+        memcpy(fit, json, n + 1);
+        size_t m = json_trim(fit, n, status_room(d, KM_DIR_DOWN, topic), keep);
+        ingest(d, KM_DIR_DOWN, topic, "status", fit, m, true, NULL);
 }
 
 /* The node's own state, retained under <topic_prefix>/<node>/status on the local broker
@@ -107,10 +164,12 @@ static void node_status(struct km_daemon *d, bool local_too)
                          (unsigned long long)__atomic_load_n(&d->bad_input, __ATOMIC_RELAXED));
         if (n < 0 || (size_t)n >= sizeof(json))
                 return;
+        /* state, node, role stay whatever the peers' limits: a center reads state. */
         if (local_too)
-                publish_own(d, "status", json, (size_t)n, true);
+                publish_own(d, "status", json, (size_t)n, true, 3);
         else if (strcmp(d->node.role, "center") != 0)
-                ingest(d, KM_DIR_UP, "status", "status", json, (size_t)n, true, NULL);
+                ingest(d, KM_DIR_UP, "status", "status", json,
+                       json_trim(json, (size_t)n, status_room(d, KM_DIR_UP, "status"), 3), true, NULL);
 }
 
 static void on_link_state(struct km_link *l, void *ud);
@@ -414,7 +473,7 @@ static void publish_link_status(struct km_daemon *d, struct km_link *l)
         l->bytes_mark = l->bytes_sent;
         l->mark_mono = now;
         snprintf(topic, sizeof(topic), "link/%s", l->name);
-        publish_own(d, topic, json, (size_t)n, false);
+        publish_own(d, topic, json, (size_t)n, false, 3); /* link, type, state stay */
 }
 
 static int on_announce(sd_event_source *s, uint64_t usec, void *ud)
@@ -428,6 +487,12 @@ static void on_link_state(struct km_link *l, void *ud)
 {
         struct km_daemon *d = ud;
         publish_link_status(d, l);
+        /* The local broker states a packet limit: the retained node status spooled for
+         * it before the limit was known may not fit (it is then set aside); say it again,
+         * trimmed to fit, rather than leave the retained copy missing until the next
+         * LINK_STATUS_US. */
+        if (l->dir == KM_DIR_DOWN && l->state == KM_LINK_UP && l->max_packet && !d->stopping)
+                publish_node_status(d);
         /* A center sends this base's commands down narrow links until its status says
          * online over MQTT, and believes only a status that came over MQTT (not one
          * relayed from a narrow link): say online again once an MQTT link may carry it
@@ -458,7 +523,8 @@ void km_daemon_counters(struct km_daemon *d, char *buf, size_t len)
         }
         snprintf(buf, len,
                  "in=%llu spooled=%llu forwarded=%llu delivered_local=%llu dropped=%llu expired=%llu coalesced=%llu bad_input=%llu refused=%llu spool_bytes=%llu"
-                 " cmd_in_mqtt=%llu cmd_in_narrow=%llu cmd_duplicates=%llu cmd_sent_narrow=%llu cmd_settled_mqtt=%llu",
+                 " cmd_in_mqtt=%llu cmd_in_narrow=%llu cmd_duplicates=%llu cmd_sent_narrow=%llu cmd_settled_mqtt=%llu"
+                 " set_aside=%llu set_aside_held=%llu",
                  (unsigned long long)st.pushed, (unsigned long long)(st.depth[KM_DIR_UP] + st.depth[KM_DIR_DOWN]),
                  (unsigned long long)up, (unsigned long long)down, (unsigned long long)st.dropped,
                  (unsigned long long)st.expired, (unsigned long long)st.coalesced,
@@ -467,7 +533,8 @@ void km_daemon_counters(struct km_daemon *d, char *buf, size_t len)
                  (unsigned long long)__atomic_load_n(&d->cmd_in[KM_CMD_MQTT], __ATOMIC_RELAXED),
                  (unsigned long long)__atomic_load_n(&d->cmd_in[KM_CMD_NARROW], __ATOMIC_RELAXED),
                  (unsigned long long)__atomic_load_n(&d->cmd_duplicates, __ATOMIC_RELAXED),
-                 (unsigned long long)d->cmd_sent_narrow, (unsigned long long)d->cmd_settled_mqtt);
+                 (unsigned long long)d->cmd_sent_narrow, (unsigned long long)d->cmd_settled_mqtt,
+                 (unsigned long long)st.set_aside, (unsigned long long)st.dead);
 }
 
 /* One turn of work: what the other threads handed over, then sends, then the spool's

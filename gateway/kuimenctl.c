@@ -22,9 +22,13 @@
 static void usage(FILE *out)
 {
         fputs("usage: kuimenctl [--socket PATH] status|links|spool|reload [--json]\n"
+              "       kuimenctl [--socket PATH] spool dead|retry ID|all|drop ID|all [--json]\n"
               "  status   node, links, spool by class, counters\n"
               "  links    the links with state, reason and counts\n"
               "  spool    depth, bytes and oldest by class, and the next messages to leave\n"
+              "  spool dead          messages set aside because a peer can never take them\n"
+              "  spool retry ID|all  send set-aside messages back to the queue (at its tail)\n"
+              "  spool drop ID|all   delete set-aside messages\n"
               "  reload   reload routes and classes (as SIGHUP)\n"
               "  --json   print the daemon's JSON reply as it is\n"
               "The socket is --socket, else the first that exists of $RUNTIME_DIRECTORY/kuimen.sock,\n"
@@ -95,7 +99,7 @@ static int dial(const char *path)
  * (caller frees) or NULL, having said why. */
 static char *ask(int fd, const char *cmd)
 {
-        char line[64];
+        char line[128];
         size_t len = 0, cap = 0;
         char *buf = NULL;
         int n = snprintf(line, sizeof(line), "%s\n", cmd);
@@ -266,7 +270,7 @@ static void print_head(const cJSON *sp)
 static void print_counters(const cJSON *r)
 {
         static const char *const keys[] = { "in", "forwarded", "delivered_local", "dropped", "expired", "coalesced",
-                                            "bad_input", "refused", "unrouted", "fsyncs", NULL };
+                                            "bad_input", "refused", "unrouted", "fsyncs", "set_aside", NULL };
         const cJSON *c = cJSON_GetObjectItemCaseSensitive(r, "counters");
 
         printf("\ncounters:");
@@ -328,6 +332,24 @@ static void print_board(const cJSON *r)
         }
 }
 
+/* spool dead: what is set aside, oldest first. */
+static void print_dead(const cJSON *r)
+{
+        const cJSON *dead = cJSON_GetObjectItemCaseSensitive(r, "dead"), *m;
+        char a[32];
+
+        printf("set aside: %.0f held, %.0f so far\n", num(r, "held"), num(r, "set_aside"));
+        if (!cJSON_GetArraySize(dead))
+                return;
+        printf("%-17s  %-4s  %8s  %-7s  %-32s  %s\n", "ID", "DIR", "BYTES", "WHEN", "TOPIC", "WHY");
+        cJSON_ArrayForEach(m, dead) {
+                printf("%-17.0f  %-4s  %8.0f  %-7s  %-32s  %s\n", num(m, "id"), str(m, "direction"), num(m, "bytes"),
+                       age(num(m, "age_s"), a, sizeof(a)), str(m, "topic"), str(m, "why"));
+        }
+        if (num(r, "held") > cJSON_GetArraySize(dead))
+                printf("(the oldest %d shown)\n", cJSON_GetArraySize(dead));
+}
+
 /* Prints the reply of cmd; returns the exit code. */
 static int print_reply(const char *cmd, const cJSON *r)
 {
@@ -336,6 +358,16 @@ static int print_reply(const char *cmd, const cJSON *r)
         if (cJSON_IsString(err)) {
                 fprintf(stderr, "kuimen: %s\n", err->valuestring);
                 return EXIT_FAILED;
+        }
+        if (cJSON_GetObjectItemCaseSensitive(r, "dead")) {
+                print_dead(r);
+                return 0;
+        }
+        const cJSON *n = cJSON_GetObjectItemCaseSensitive(r, "retried");
+        if (cJSON_IsNumber(n) || cJSON_IsNumber(n = cJSON_GetObjectItemCaseSensitive(r, "dropped"))) {
+                printf("%s %.0f set-aside message%s\n", strcmp(n->string, "retried") == 0 ? "sent back" : "dropped",
+                       n->valuedouble, n->valuedouble == 1 ? "" : "s");
+                return 0;
         }
         if (strcmp(cmd, "reload") == 0) {
                 if (strcmp(str(r, "reload"), "ok") == 0) {
@@ -401,17 +433,26 @@ int main(int argc, char **argv)
                 default: usage(stderr); return EXIT_USAGE;
                 }
         }
-        const char *cmd = optind == argc - 1 ? argv[optind] : NULL;
-        if (!is_command(cmd)) {
+        const char *cmd = optind < argc ? argv[optind] : NULL;
+        char req[96];
+        /* spool dead, spool retry ID|all, spool drop ID|all: one request line. */
+        int more = argc - optind - 1;
+        bool dead = cmd && strcmp(cmd, "spool") == 0 && more >= 1 &&
+                    ((strcmp(argv[optind + 1], "dead") == 0 && more == 1) ||
+                     ((strcmp(argv[optind + 1], "retry") == 0 || strcmp(argv[optind + 1], "drop") == 0) && more == 2 &&
+                      strlen(argv[optind + 2]) < 24));
+        if (!is_command(cmd) || (more && !dead)) {
                 usage(stderr);
                 return EXIT_USAGE;
         }
+        snprintf(req, sizeof(req), "%s%s%s%s%s", cmd, more ? " " : "", more ? argv[optind + 1] : "",
+                 more == 2 ? " " : "", more == 2 ? argv[optind + 2] : "");
         if (!*path)
                 default_socket(path, sizeof(path));
         int fd = dial(path);
         if (fd < 0)
                 return -fd;
-        char *reply = ask(fd, cmd);
+        char *reply = ask(fd, req);
         close(fd);
         if (!reply)
                 return EXIT_FAILED;

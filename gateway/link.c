@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -258,4 +259,32 @@ void km_link_failed(struct km_link *l, uint32_t cookie, const char *why)
         /* The cursor has moved past this message: only a fresh connection replays it
          * in order, so a failed send takes the link down. */
         km_link_set_state(l, KM_LINK_DOWN, why);
+}
+
+size_t km_link_room(const struct km_link *l, size_t topic_len)
+{
+        if (!l->max_packet)
+                return SIZE_MAX;
+        size_t cost = (size_t)l->packet_overhead + topic_len;
+        return cost < l->max_packet ? l->max_packet - cost : 0;
+}
+
+uint64_t km_link_head(const struct km_link *l, int64_t *taken_mono, uint64_t *last)
+{
+        uint64_t id = 0, hi = 0;
+        for (uint32_t i = 0; i < l->window && l->inflight; i++) {
+                const struct km_link_slot *s = &l->slots[i];
+                if (!s->used || s->gen != l->gen)
+                        continue;
+                if (s->id > hi)
+                        hi = s->id;
+                if (!id || s->id < id) {
+                        id = s->id;
+                        if (taken_mono)
+                                *taken_mono = s->taken_mono;
+                }
+        }
+        if (last)
+                *last = hi;
+        return id;
 }

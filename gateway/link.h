@@ -110,6 +110,13 @@ struct km_link {
         bool budget_at_device; /* the transport spends the budget itself (narrow links:
                                   frames on the air); the scheduler does not count it */
         uint64_t budget_bytes_used, budget_msgs_used;
+        /* The peer's limit on a packet (MQTT v5 Maximum Packet Size, from its CONNACK;
+         * 0: none known), kept while the link is down (the next connection most likely
+         * reaches the same broker), and what a packet costs beyond the message's topic
+         * and payload on this transport (a bridged topic's prefix, user properties,
+         * headers): km_link_room. Set by the transport. */
+        uint32_t max_packet, packet_overhead;
+        uint64_t set_aside; /* messages it could never carry, moved to the dead letters */
         /* Called on the loop thread after each state change. */
         void (*on_state)(struct km_link *l, void *ud);
         void *on_state_ud;
@@ -152,6 +159,15 @@ int64_t km_link_take_slot(struct km_link *l, uint64_t id);
 
 /* Gives back the slot of cookie after the transport refused it synchronously. */
 void km_link_put_slot(struct km_link *l, uint32_t cookie);
+
+/* The oldest message in l's window (lowest id; 0 when none), and when it was handed to
+ * the transport (CLOCK_MONOTONIC ms) in *taken_mono and the newest (highest id) in
+ * *last, each when not NULL. */
+uint64_t km_link_head(const struct km_link *l, int64_t *taken_mono, uint64_t *last);
+
+/* The largest payload a message on topic (of topic_len bytes) may have to fit l's peer
+ * (SIZE_MAX when it states no limit). */
+size_t km_link_room(const struct km_link *l, size_t topic_len);
 
 const char *km_link_state_name(enum km_link_state st);
 

@@ -145,7 +145,7 @@ static void put_messages(struct km_control_buf *b, struct km_daemon *d, const st
         one(b, "kuimen_messages_unrouted_total", "counter", "Messages no class matched (not forwarded).",
             __atomic_load_n(&d->unrouted, __ATOMIC_RELAXED));
         one(b, "kuimen_messages_refused_total", "counter",
-            "Messages a broker refused for good (not authorised, bad topic): dropped.", d->refused);
+            "Messages a broker refused for good (not authorised, bad topic): set aside.", d->refused);
         one(b, "kuimen_bad_input_total", "counter", "Payloads a bridge refused as malformed.",
             __atomic_load_n(&d->bad_input, __ATOMIC_RELAXED));
         one(b, "kuimen_commands_in_mqtt_total", "counter", "Base: commands its MQTT downlink took.",
@@ -192,6 +192,15 @@ static void put_spool(struct km_control_buf *b, struct km_daemon *d, const struc
             "Messages recovered from the ingest log at start.", st->recovered);
         one(b, "kuimen_spool_moved_aside_total", "counter", "Damaged spool files moved aside at start.",
             st->moved_aside);
+        one(b, "kuimen_spool_set_aside_total", "counter",
+            "Messages a peer can never take (over its maximum packet size, refused for good): set aside.",
+            st->set_aside);
+        one(b, "kuimen_spool_set_aside_messages", "gauge", "Messages held set aside now (kuimenctl spool dead).",
+            st->dead);
+        one(b, "kuimen_spool_set_aside_retried_total", "counter", "Set-aside messages an operator sent back.",
+            st->dead_retried);
+        one(b, "kuimen_spool_set_aside_dropped_total", "counter",
+            "Set-aside messages dropped (by an operator, or the oldest past 10 000 held).", st->dead_dropped);
         one(b, "kuimen_fsyncs_total", "counter", "fdatasync calls on the ingest log.", st->fsyncs);
         one(b, "kuimen_storage_ok", "gauge", "1 while the spool can store; 0 during a storage fault (ENOSPC, EIO).",
             st->storage_err ? 0 : 1);

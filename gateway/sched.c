@@ -3,6 +3,7 @@
 #include "sched.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "log.h"
@@ -47,6 +48,26 @@ static bool budget_allows(struct km_link *l, size_t cost, int64_t now)
         return true;
 }
 
+/* The transport says m can never fit its peer (its packet is over the peer's maximum
+ * packet size, or its topic is one the transport cannot send): retrying it would block
+ * its queue for good. It goes to the spool's dead letters instead, and the link carries
+ * on. m is not valid after this. 0 or a negative errno (from the spool). */
+static int set_aside(struct km_link *l, struct km_spool *sp, const struct km_msg *m)
+{
+        char why[200];
+        uint64_t id = m->id;
+        if (l->max_packet)
+                snprintf(why, sizeof(why), "too large for link %s: %zu bytes of topic and payload, the peer takes packets of %u bytes at most",
+                         l->name, km_sched_cost(m), l->max_packet);
+        else
+                snprintf(why, sizeof(why), "link %s cannot send it (%zu bytes of topic and payload)", l->name,
+                         km_sched_cost(m));
+        int rc = km_spool_set_aside(sp, id, why);
+        if (rc == 0)
+                l->set_aside++;
+        return rc == -ENOENT ? 0 : rc;
+}
+
 /* Fills l's window from the priorities it is responsible for (mask). */
 static int pump_link(struct km_link *l, struct km_spool *sp, const bool *mine, const uint8_t *prios, int np,
                      int64_t now)
@@ -76,10 +97,24 @@ static int pump_link(struct km_link *l, struct km_spool *sp, const bool *mine, c
                                         return sent;
                                 int64_t cookie = km_link_take_slot(l, m.id);
                                 rc = l->ops->send(l, &m, (uint32_t)cookie);
+                                if (rc == -EMSGSIZE) {
+                                        km_link_put_slot(l, (uint32_t)cookie);
+                                        l->cursor[prio] = m.id;
+                                        if ((rc = set_aside(l, sp, &m)) < 0)
+                                                return rc;
+                                        continue;
+                                }
                                 if (rc < 0) {
                                         km_link_put_slot(l, (uint32_t)cookie);
-                                        if (rc != -EAGAIN)
-                                                km_link_set_state(l, KM_LINK_DOWN, "send refused by the transport");
+                                        if (rc == -EAGAIN)
+                                                return sent;
+                                        km_link_set_state(l, KM_LINK_DOWN, "send refused by the transport");
+                                        /* Not connected: the transport's own drop and
+                                         * reconnect follow. Anything else (no memory): a
+                                         * fresh connection, never a link left down on a
+                                         * transport that is up. */
+                                        if (rc != -ENOTCONN && l->ops->reset)
+                                                l->ops->reset(l);
                                         return sent;
                                 }
                                 l->cursor[prio] = m.id;

@@ -180,6 +180,7 @@ struct km_spool {
         size_t stage_len, stage_cap;
         uint64_t stage_first; /* id of the first staged record */
 };
+static int dead_open(struct km_spool *sp); /* dead letters: the section at the end */
 
 void km_spool_set_loop_thread(struct km_spool *sp)
 {
@@ -1925,6 +1926,8 @@ int km_spool_open(struct km_spool **out, const struct km_spool_opts *o)
         }
         sp->applied_id = (uint64_t)meta_get(sp, "applied_id");
         count_depths(sp);
+        if ((rc = dead_open(sp)) < 0)
+                goto fail;
         if ((rc = logs_open(sp, &max_id)) < 0)
                 goto fail;
         (void)sync_dir(sp->path); /* spool.db and the logs may be new */
@@ -2106,4 +2109,320 @@ int km_spool_peek(struct km_spool *sp, int dir, int prio, struct km_spool_peek *
                 out[n++] = j >= b || (i < a && tmp[i].id < tmp[max + j].id) ? tmp[i++] : tmp[max + j++];
         free(tmp);
         return n;
+}
+
+/* ---- dead letters ---------------------------------------------------------------- */
+
+/*
+ * A message a peer can never take would otherwise be retried at the head of its queue
+ * for ever, and everything behind it with it. It is set aside instead: moved into the
+ * table dead (msg's columns, plus why and when) in the same SQLite file, so it survives
+ * restarts and an operator can look at it, send it back or drop it (kuimenctl spool
+ * dead|retry|drop).
+ *
+ * Why nothing is lost on the way. From SQLite: the INSERT into dead and the DELETE from
+ * msg are one transaction, committed at once (a rollback restores both and the
+ * accounting is recounted). From pending (memory and the ingest log): the row goes into
+ * dead and is committed, and only then is the pending entry forgotten, WITHOUT an ACK
+ * record: until a later commit of this same database advances applied_id past it, a
+ * power cut that loses the dead row (a NORMAL commit) replays the log record back into
+ * the queue (sent again, set aside again: at least once); a commit that advances
+ * applied_id comes after the dead row's in the same WAL. Back: a retry pushes a copy
+ * through km_spool_push (the ingest log, a new id) before the dead row is deleted; a
+ * failure in between leaves both (a duplicate, not a loss).
+ *
+ * The schema version stays 2: an older kuimen never reads dead and leaves it alone.
+ * Statements are prepared per call, as km_spool_peek's: this is the rare path (a peer's
+ * refusal, an operator's command), and it keeps the section out of the spool's open
+ * and close.
+ */
+
+#define DEAD_COLS "id,dir,prio,flags,qos,created,expires,size,cls,topic,ckey,payload,origin,oid"
+
+static int dead_sql(struct km_spool *sp, const char *sql, sqlite3_stmt **s)
+{
+        return sqlite3_prepare_v2(sp->db, sql, -1, s, NULL) == SQLITE_OK ? 0 : sql_fail(sp, sql);
+}
+
+/* Creates the table and counts what the last run left in it (from km_spool_open). */
+static int dead_open(struct km_spool *sp)
+{
+        sqlite3_stmt *s;
+        if (sqlite3_exec(sp->db,
+                         "CREATE TABLE IF NOT EXISTS dead(id INTEGER PRIMARY KEY, dir INTEGER NOT NULL,"
+                         " prio INTEGER NOT NULL, flags INTEGER NOT NULL, qos INTEGER NOT NULL,"
+                         " created INTEGER NOT NULL, expires INTEGER NOT NULL, size INTEGER NOT NULL,"
+                         " cls TEXT NOT NULL, topic TEXT NOT NULL, ckey TEXT, payload BLOB NOT NULL,"
+                         " origin TEXT, oid INTEGER NOT NULL DEFAULT 0, why TEXT, at INTEGER)",
+                         NULL, NULL, NULL) != SQLITE_OK)
+                return sql_fail(sp, "create the dead letters");
+        if (dead_sql(sp, "SELECT count(*) FROM dead", &s) < 0)
+                return -EIO;
+        if (sqlite3_step(s) == SQLITE_ROW)
+                sp->c.dead = (uint64_t)sqlite3_column_int64(s, 0);
+        sqlite3_finalize(s);
+        if (sp->c.dead)
+                KM_LOG(KM_LOG_WARNING, "spool", "%llu messages are set aside (kuimenctl spool dead)",
+                       (unsigned long long)sp->c.dead);
+        return 0;
+}
+
+static void dead_count(struct km_spool *sp, uint64_t *counter, int64_t delta)
+{
+        pthread_mutex_lock(&sp->mu);
+        sp->c.dead = (uint64_t)((int64_t)sp->c.dead + delta);
+        if (counter)
+                *counter += (uint64_t)(delta < 0 ? -delta : delta);
+        pthread_mutex_unlock(&sp->mu);
+}
+
+/* Past KM_SPOOL_DEAD_MAX the oldest held go: a peer refusing a whole topic must not
+ * fill the disk behind the spool's bound. */
+static int dead_bound(struct km_spool *sp)
+{
+        sqlite3_stmt *s;
+        if (sp->c.dead <= KM_SPOOL_DEAD_MAX)
+                return 0;
+        int64_t over = (int64_t)(sp->c.dead - KM_SPOOL_DEAD_MAX);
+        if (dead_sql(sp, "DELETE FROM dead WHERE id IN (SELECT id FROM dead ORDER BY at, id LIMIT ?)", &s) < 0)
+                return -EIO;
+        sqlite3_bind_int64(s, 1, over);
+        if (tx_begin(sp) < 0) {
+                sqlite3_finalize(s);
+                return -EIO;
+        }
+        int rc = sqlite3_step(s);
+        int64_t n = sqlite3_changes(sp->db);
+        sqlite3_finalize(s);
+        if (rc != SQLITE_DONE || tx_commit(sp) < 0) {
+                tx_abort(sp);
+                return sql_fail(sp, "bound the dead letters");
+        }
+        dead_count(sp, &sp->c.dead_dropped, -n);
+        KM_LOG(KM_LOG_ERR, "spool", "more than %d messages set aside: dropped the %lld oldest", KM_SPOOL_DEAD_MAX,
+               (long long)n);
+        return 0;
+}
+
+/* A pending entry into dead (the open transaction). */
+static int dead_insert_pend(struct km_spool *sp, const struct pend *p, const char *why, int64_t at)
+{
+        sqlite3_stmt *s;
+        if (dead_sql(sp, "INSERT OR REPLACE INTO dead(" DEAD_COLS ",why,at) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                     &s) < 0)
+                return -EIO;
+        sqlite3_bind_int64(s, 1, (int64_t)p->id);
+        sqlite3_bind_int(s, 2, p->dir);
+        sqlite3_bind_int(s, 3, p->prio);
+        sqlite3_bind_int(s, 4, p->flags);
+        sqlite3_bind_int(s, 5, p->qos);
+        sqlite3_bind_int64(s, 6, p->created);
+        sqlite3_bind_int64(s, 7, p->expires);
+        sqlite3_bind_int(s, 8, (int)p->size);
+        sqlite3_bind_text(s, 9, p->cls, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 10, p->topic, -1, SQLITE_STATIC);
+        if (*p->ckey)
+                sqlite3_bind_text(s, 11, p->ckey, -1, SQLITE_STATIC);
+        sqlite3_bind_blob(s, 12, p->payload, (int)p->len, SQLITE_STATIC);
+        if (*p->origin)
+                sqlite3_bind_text(s, 13, p->origin, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 14, (int64_t)p->oid);
+        sqlite3_bind_text(s, 15, why, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 16, at);
+        int rc = sqlite3_step(s);
+        sqlite3_finalize(s);
+        return rc == SQLITE_DONE ? 0 : sql_fail(sp, "set aside");
+}
+
+/* A row of msg into dead; 1 when there was one. */
+static int dead_move_row(struct km_spool *sp, uint64_t id, const char *why, int64_t at)
+{
+        sqlite3_stmt *s;
+        if (dead_sql(sp, "INSERT OR REPLACE INTO dead(" DEAD_COLS ",why,at) SELECT " DEAD_COLS ",?,? FROM msg WHERE id=?",
+                     &s) < 0)
+                return -EIO;
+        sqlite3_bind_text(s, 1, why, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 2, at);
+        sqlite3_bind_int64(s, 3, (int64_t)id);
+        int rc = sqlite3_step(s);
+        int moved = sqlite3_changes(sp->db) > 0;
+        sqlite3_finalize(s);
+        if (rc != SQLITE_DONE)
+                return sql_fail(sp, "set aside");
+        if (moved && delete_id(sp, id, NULL) < 0)
+                return -EIO;
+        return moved;
+}
+
+int km_spool_set_aside(struct km_spool *sp, uint64_t id, const char *why)
+{
+        static uint64_t logged;
+        int64_t at = km_now_ms();
+        int rc;
+
+        if (!why)
+                why = "refused";
+        if ((rc = tx_begin(sp)) < 0)
+                return rc;
+        /* Pending: copied under mu (another thread's push may grow the array), written
+         * to SQLite outside it, and forgotten only once that commit holds. */
+        pthread_mutex_lock(&sp->mu);
+        size_t i = pend_after(sp, id - 1);
+        bool pend = i < sp->npend && sp->pend[i].id == id && !sp->pend[i].gone;
+        if (pend)
+                rc = set_cur(sp, &sp->pend[i]);
+        pthread_mutex_unlock(&sp->mu);
+        if (rc < 0)
+                return rc;
+        if (pend)
+                rc = dead_insert_pend(sp, &sp->cur, why, at);
+        else if ((rc = dead_move_row(sp, id, why, at)) == 0)
+                return -ENOENT;
+        /* Committed now, not with the next batch: a flush that fails rolls its whole
+         * transaction back, and the row must not go while the message is gone from
+         * memory (a later flush would move applied_id past its log record). */
+        if (rc >= 0)
+                rc = tx_commit(sp);
+        if (rc < 0) {
+                tx_abort(sp);
+                recount(sp); /* a rolled-back delete from msg had moved the accounting */
+                return rc;
+        }
+        if (pend) {
+                pthread_mutex_lock(&sp->mu);
+                i = pend_after(sp, id - 1);
+                if (i < sp->npend && sp->pend[i].id == id && !sp->pend[i].gone)
+                        pend_forget(sp, &sp->pend[i]); /* no ACK record: see above */
+                pthread_mutex_unlock(&sp->mu);
+        }
+        dead_count(sp, &sp->c.set_aside, 1);
+        uint64_t n = ++logged;
+        if (n <= 10 || n % 100 == 0)
+                KM_LOG(KM_LOG_WARNING, "spool", "message %llu set aside: %s (%llu so far; kuimenctl spool dead)",
+                       (unsigned long long)id, why, (unsigned long long)n);
+        return dead_bound(sp);
+}
+
+int km_spool_dead_list(struct km_spool *sp, struct km_spool_dead *out, int max)
+{
+        sqlite3_stmt *s;
+        int n = 0, rc = SQLITE_DONE;
+
+        if (max <= 0)
+                return 0;
+        if (dead_sql(sp, "SELECT id,created,at,dir,prio,length(payload),cls,topic,why FROM dead ORDER BY at, id LIMIT ?",
+                     &s) < 0)
+                return -EIO;
+        sqlite3_bind_int(s, 1, max);
+        while (n < max && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+                struct km_spool_dead *d = &out[n++];
+                const char *cls = (const char *)sqlite3_column_text(s, 6);
+                const char *topic = (const char *)sqlite3_column_text(s, 7);
+                const char *why = (const char *)sqlite3_column_text(s, 8);
+                d->id = (uint64_t)sqlite3_column_int64(s, 0);
+                d->created_ms = sqlite3_column_int64(s, 1);
+                d->at_ms = sqlite3_column_int64(s, 2);
+                d->dir = (uint8_t)sqlite3_column_int(s, 3);
+                d->prio = (uint8_t)sqlite3_column_int(s, 4);
+                d->len = (uint32_t)sqlite3_column_int64(s, 5);
+                snprintf(d->cls, sizeof(d->cls), "%s", cls ? cls : "");
+                snprintf(d->topic, sizeof(d->topic), "%s", topic ? topic : "");
+                snprintf(d->why, sizeof(d->why), "%s", why ? why : "");
+        }
+        sqlite3_finalize(s);
+        return rc == SQLITE_ROW || rc == SQLITE_DONE ? n : sql_fail(sp, "list the dead letters");
+}
+
+/* Deletes dead row id (0: all); the count of rows. */
+static int64_t dead_delete(struct km_spool *sp, uint64_t id)
+{
+        sqlite3_stmt *s;
+        if (dead_sql(sp, id ? "DELETE FROM dead WHERE id=?" : "DELETE FROM dead", &s) < 0)
+                return -EIO;
+        if (id)
+                sqlite3_bind_int64(s, 1, (int64_t)id);
+        int rc = sqlite3_step(s);
+        int64_t n = sqlite3_changes(sp->db);
+        sqlite3_finalize(s);
+        return rc == SQLITE_DONE ? n : sql_fail(sp, "delete a dead letter");
+}
+
+int km_spool_dead_retry(struct km_spool *sp, uint64_t id)
+{
+        sqlite3_stmt *s;
+        uint64_t *ids = NULL;
+        size_t nids = 0, cap = 0;
+        int n = 0, rc;
+
+        if (dead_sql(sp, id ? "SELECT " DEAD_COLS " FROM dead WHERE id=?" : "SELECT " DEAD_COLS " FROM dead ORDER BY id",
+                     &s) < 0)
+                return -EIO;
+        if (id)
+                sqlite3_bind_int64(s, 1, (int64_t)id);
+        /* Each goes back through the ingest log, as if it had just arrived (a new id,
+         * at the tail: in order among what follows, and durable before its dead row
+         * goes); it keeps its created and expires, and its origin id. */
+        while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+                uint64_t old = (uint64_t)sqlite3_column_int64(s, 0), oid = (uint64_t)sqlite3_column_int64(s, 13);
+                const char *ckey = (const char *)sqlite3_column_text(s, 10);
+                const char *origin = (const char *)sqlite3_column_text(s, 12);
+                struct km_msg m = {
+                        .dir = (uint8_t)sqlite3_column_int(s, 1), .prio = (uint8_t)sqlite3_column_int(s, 2),
+                        .flags = (uint8_t)sqlite3_column_int(s, 3), .qos = (uint8_t)sqlite3_column_int(s, 4),
+                        .created_ms = sqlite3_column_int64(s, 5), .expires_ms = sqlite3_column_int64(s, 6),
+                        .cls = (const char *)sqlite3_column_text(s, 8), .topic = (const char *)sqlite3_column_text(s, 9),
+                        .ckey = ckey && *ckey ? ckey : NULL, .payload = sqlite3_column_blob(s, 11),
+                        .len = (size_t)sqlite3_column_bytes(s, 11), .origin = origin && *origin ? origin : NULL,
+                        .oid = oid ? oid : old,
+                };
+                if (!m.cls || !m.topic || m.dir >= KM_DIR_COUNT || (rc = km_spool_push(sp, &m)) < 0) {
+                        KM_LOG(KM_LOG_ERR, "spool", "cannot send set-aside message %llu back: %s", (unsigned long long)old,
+                               strerror(m.cls && m.topic && m.dir < KM_DIR_COUNT ? -rc : EINVAL));
+                        continue;
+                }
+                if (grow((void **)&ids, &cap, nids + 1, sizeof(*ids)) == 0)
+                        ids[nids++] = old;
+                KM_LOG(KM_LOG_NOTICE, "spool", "set-aside message %llu is queued again as %llu", (unsigned long long)old,
+                       (unsigned long long)m.id);
+        }
+        sqlite3_finalize(s);
+        if (rc != SQLITE_DONE && rc != SQLITE_ROW)
+                KM_LOG(KM_LOG_ERR, "spool", "%s: list the dead letters: %s", sp->path, sqlite3_errmsg(sp->db));
+        /* A failure here leaves a row that was queued again: held and queued both, a
+         * duplicate at worst. */
+        rc = tx_begin(sp);
+        for (size_t i = 0; i < nids && rc == 0; i++) {
+                int64_t k = dead_delete(sp, ids[i]);
+                if (k < 0)
+                        rc = (int)k;
+                else
+                        n += (int)k;
+        }
+        if (rc == 0)
+                rc = tx_commit(sp);
+        else
+                tx_abort(sp);
+        free(ids);
+        if (rc < 0)
+                return rc;
+        dead_count(sp, &sp->c.dead_retried, -n);
+        return n;
+}
+
+int km_spool_dead_drop(struct km_spool *sp, uint64_t id)
+{
+        int rc = tx_begin(sp);
+        if (rc < 0)
+                return rc;
+        int64_t n = dead_delete(sp, id);
+        if (n >= 0 && (rc = tx_commit(sp)) < 0)
+                n = rc;
+        if (n < 0) {
+                tx_abort(sp);
+                return (int)n;
+        }
+        dead_count(sp, &sp->c.dead_dropped, -n);
+        if (n)
+                KM_LOG(KM_LOG_NOTICE, "spool", "dropped %lld set-aside message%s", (long long)n, n == 1 ? "" : "s");
+        return (int)n;
 }

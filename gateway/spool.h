@@ -37,6 +37,10 @@ struct km_spool_stats {
         int storage_err;          /* the fault in force: 0, or a negative errno */
         char storage_why[192];    /* what it is, "" when none */
         int64_t storage_since_ms; /* how long it has lasted, ms */
+        /* Dead letters (messages a peer can never take): set aside so far, held now
+         * (a gauge), sent back to the queue by an operator, dropped (by an operator, or
+         * the oldest past KM_SPOOL_DEAD_MAX). */
+        uint64_t set_aside, dead, dead_retried, dead_dropped;
         uint64_t depth_prio[KM_DIR_COUNT][KM_PRIO_COUNT];
         int64_t oldest_ms[KM_DIR_COUNT]; /* created time of the oldest queued, 0 if none */
 };
@@ -127,5 +131,45 @@ struct km_spool_peek {
  * the send path: it prepares its statement on each call. Returns how many, or a
  * negative errno. */
 int km_spool_peek(struct km_spool *sp, int dir, int prio, struct km_spool_peek *out, int max);
+
+/* ---- dead letters ----
+ * A message a peer can never take (its packet is over the peer's maximum packet size,
+ * or the peer refused it for good: not authorised, invalid topic or payload, too large)
+ * is set aside rather than retried at the head of its queue forever: it moves to a
+ * table of its own in the same SQLite file, counted and logged, and stays there until
+ * an operator sends it back (kuimenctl spool retry) or drops it. Held messages are not
+ * in the depths or bytes, and are never handed out by km_spool_next. */
+
+#define KM_SPOOL_DEAD_MAX 10000 /* held at most; past it the oldest is dropped (counted) */
+
+/* What km_spool_dead_list shows of one held message (no payload). */
+struct km_spool_dead {
+        uint64_t id;
+        int64_t created_ms, at_ms; /* unix ms: created, and set aside */
+        uint8_t dir, prio;
+        uint32_t len;    /* payload bytes */
+        char cls[64];
+        char topic[256]; /* truncated when longer */
+        char why[160];
+};
+
+/* Loop thread. Moves message id out of the queue (from memory or SQLite) into the dead
+ * letters, with why (copied); logs it (rate-limited). 0, -ENOENT when the spool does
+ * not hold it (acknowledged or expired meanwhile), or a negative errno. */
+int km_spool_set_aside(struct km_spool *sp, uint64_t id, const char *why);
+
+/* Loop thread; read-only. Copies up to max held messages, oldest set aside first.
+ * Returns how many, or a negative errno. */
+int km_spool_dead_list(struct km_spool *sp, struct km_spool_dead *out, int max);
+
+/* Loop thread. Puts held message id (0: all) back at the tail of its queue under a NEW
+ * id: the links' cursors are past the old one, so it would wait for the next
+ * reconnect. kuimen-id (the origin id subscribers drop duplicates by) stays the old
+ * one. Returns how many went back, or a negative errno. */
+int km_spool_dead_retry(struct km_spool *sp, uint64_t id);
+
+/* Loop thread. Deletes held message id (0: all), counted in dead_dropped. Returns how
+ * many, or a negative errno. */
+int km_spool_dead_drop(struct km_spool *sp, uint64_t id);
 
 #endif

@@ -670,7 +670,7 @@ Test(tls, kuimen_bridges_through_the_base_acl)
 
 /* A broker that refuses one of kuimen's messages for good must not hold the link down:
  * with topic_prefix "field", which the shipped ACL does not let kuimen write, the base
- * broker refuses the retained link and node status (PUBACK 0x87). They are dropped,
+ * broker refuses the retained link and node status (PUBACK 0x87). They are set aside,
  * counted and logged, and the center's commands still reach their unit. */
 Test(tls, refused_messages_do_not_block_the_local_link)
 {
@@ -699,7 +699,7 @@ Test(tls, refused_messages_do_not_block_the_local_link)
         h_kuimen_start(&k, klog, args);
         cr_assert(h_log_wait(&k, "ingest: connected", 10000));
         cr_assert(h_log_wait(&k, "down: connected", 10000));
-        cr_assert(h_log_wait(&k, "refused message", 10000), "the refused status is logged");
+        cr_assert(h_log_wait(&k, "refused it on link local (Not authorized)", 10000), "the refused status is logged");
 
         cr_assert_eq(cli_connect(&unit7, base.port, "unit7-term", "unit7", "u7pass"), 0);
         cr_assert_eq(cli_sub(&unit7, "cmd/unit7/#"), 1);
@@ -722,6 +722,8 @@ Test(tls, refused_messages_do_not_block_the_local_link)
         cr_assert_eq(grep2(base.p.log, "Denied PUBLISH from kuimen-north", "'field/north/link/center'"), 1);
         cr_assert_eq(grep2(base.p.log, "Denied PUBLISH from kuimen-north", "'field/north/status'"), 1);
         cr_assert_eq(final_counter(klog, "refused"), 2);
+        cr_assert_eq(final_counter(klog, "set_aside"), 2);
+        cr_assert_eq(final_counter(klog, "set_aside_held"), 2);
         cr_assert_eq(final_counter(klog, "spooled"), 0);
         h_cleanup(dir);
 }

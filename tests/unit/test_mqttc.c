@@ -290,3 +290,77 @@ Test(mqttc, puback_refusal_reaches_the_owner)
         cr_assert_eq(r.seen.lost, 0, "a refusal the owner dropped keeps the connection");
         rig_down(&r);
 }
+
+/* The broker's CONNACK says Maximum Packet Size 50 and Receive Maximum 2 (the client's
+ * window is 4): a PUBLISH of exactly 50 bytes goes, one of 51 is refused with -EMSGSIZE
+ * and never written, and a third in flight waits (-EAGAIN) until a PUBACK. */
+Test(mqttc, connack_limits_are_kept)
+{
+        struct rig r;
+        rig_up(&r, NULL);
+        read_connect(&r);
+        static const uint8_t ack[] = { 0x20, 0x0B, 0x00, 0x00, 0x08, 0x27, 0x00, 0x00, 0x00, 0x32, 0x21, 0x00, 0x02 };
+        send_bytes(&r, ack, sizeof(ack), false);
+        cr_assert_eq(r.seen.up, 1);
+        cr_assert_eq(km_mqttc_max_packet(r.c), 50);
+        read_at_least(&r, 17); /* the SUBSCRIBE, as in connack_ok */
+        r.nin -= 17;
+        memmove(r.in, r.in + 17, r.nin);
+        cr_assert_eq(km_mqttc_publish(r.c, "a/b", "xy", 2, false, "north", 42, NULL, 7), -EMSGSIZE, "51 bytes");
+        cr_assert_eq(km_mqttc_publish(r.c, "a/b", "x", 1, false, "north", 42, NULL, 7), 0, "50 bytes");
+        cr_assert_eq(km_mqttc_publish(r.c, "a/b", "y", 1, false, "north", 43, NULL, 8), 0);
+        cr_assert_eq(km_mqttc_publish(r.c, "a/b", "z", 1, false, "north", 44, NULL, 9), -EAGAIN, "Receive Maximum 2");
+        read_at_least(&r, 100);
+        for (int i = 0; i < 10; i++)
+                turn(&r, 5);
+        cr_assert_eq(read(r.fd, r.in + r.nin, sizeof(r.in) - r.nin), -1, "nothing more was written");
+        cr_assert_eq(r.in[0], 0x32);
+        cr_assert_eq(r.in[1], 0x30, "the first PUBLISH is 50 bytes");
+        static const uint8_t puback[] = { 0x40, 0x02, 0x00, 0x02 };
+        send_bytes(&r, puback, sizeof(puback), false);
+        cr_assert_eq(r.seen.acked, 1);
+        cr_assert_eq(km_mqttc_publish(r.c, "a/b", "z", 1, false, "north", 44, NULL, 9), 0, "room again");
+        cr_assert_eq(r.seen.lost, 0);
+        rig_down(&r);
+}
+
+/* A broker whose Maximum Packet Size is below one SUBSCRIBE of every filter gets them
+ * in several; a filter that cannot fit alone is left out (logged), never sent. */
+Test(mqttc, subscribe_is_split_to_fit)
+{
+        struct rig r;
+        struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        socklen_t al = sizeof(a);
+        char uri[64];
+        memset(&r, 0, sizeof(r));
+        r.fd = -1;
+        km_log_max_level = KM_LOG_ERR - 1;
+        r.lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        cr_assert(r.lfd >= 0 && bind(r.lfd, (struct sockaddr *)&a, sizeof(a)) == 0 && listen(r.lfd, 4) == 0);
+        getsockname(r.lfd, (struct sockaddr *)&a, &al);
+        snprintf(uri, sizeof(uri), "tcp://127.0.0.1:%d", ntohs(a.sin_port));
+        /* Each alone: 2 + 1 + 2 + 9 + 1 = 15 of remaining length, 17 bytes; two: 29. */
+        static const char *const filters[] = { "sensors/#", "alerts/ab", "a-filter-far-too-long-to-fit/#" };
+        struct km_mqttc_opts o = { .uri = uri, .client_id = "t", .role = "test", .keepalive_s = 30, .window = 4,
+                                   .receive_max = 8, .filters = filters, .nfilters = 3 };
+        struct km_mqttc_cb cb = { .up = s_up, .lost = s_lost, .failed_connect = s_failed, .message = s_message,
+                                  .acked = s_acked, .refused = s_refused, .ud = &r.seen };
+        cr_assert_eq(sd_event_new(&r.ev), 0);
+        cr_assert_eq(km_mqttc_new(&r.c, r.ev, &o, &cb), 0);
+        accept_client(&r);
+        read_connect(&r);
+        static const uint8_t ack[] = { 0x20, 0x08, 0x00, 0x00, 0x05, 0x27, 0x00, 0x00, 0x00, 0x1C }; /* max 28 */
+        send_bytes(&r, ack, sizeof(ack), false);
+        cr_assert_eq(r.seen.up, 1);
+        static const uint8_t sub1[] = { 0x82, 0x0F, 0x00, 0x01, 0x00, 0x00, 0x09, 's', 'e', 'n', 's', 'o', 'r', 's', '/', '#', 0x15 };
+        static const uint8_t sub2[] = { 0x82, 0x0F, 0x00, 0x02, 0x00, 0x00, 0x09, 'a', 'l', 'e', 'r', 't', 's', '/', 'a', 'b', 0x15 };
+        read_at_least(&r, sizeof(sub1) + sizeof(sub2));
+        for (int i = 0; i < 10; i++)
+                turn(&r, 5);
+        cr_assert_eq(read(r.fd, r.in + r.nin, sizeof(r.in) - r.nin), -1, "the long filter was not sent");
+        cr_assert_eq(r.nin, sizeof(sub1) + sizeof(sub2));
+        cr_assert_eq(memcmp(r.in, sub1, sizeof(sub1)), 0);
+        cr_assert_eq(memcmp(r.in + sizeof(sub1), sub2, sizeof(sub2)), 0);
+        cr_assert_eq(r.seen.lost, 0);
+        rig_down(&r);
+}
