@@ -102,7 +102,7 @@ struct pend {
 
 enum stmt {
         S_BEGIN, S_COMMIT, S_INSERT, S_DEL_ID, S_DEL_CKEY, S_NEXT, S_HEAD, S_DROP_SEL,
-        S_META_GET, S_META_SET, S_SYNC_FULL, S_SYNC_NORMAL, S_OLDEST, S_ROLLBACK, S_COUNT,
+        S_META_GET, S_META_SET, S_OLDEST, S_ROLLBACK, S_COUNT,
 };
 
 static const char *const stmt_sql[S_COUNT] = {
@@ -118,8 +118,6 @@ static const char *const stmt_sql[S_COUNT] = {
         [S_DROP_SEL] = "SELECT id FROM msg WHERE dir=? AND prio=? AND flags&1 ORDER BY id LIMIT 256",
         [S_META_GET] = "SELECT v FROM meta WHERE k=?",
         [S_META_SET] = "INSERT INTO meta(k,v) VALUES(?,?) ON CONFLICT(k) DO UPDATE SET v=excluded.v",
-        [S_SYNC_FULL] = "PRAGMA synchronous=FULL",
-        [S_SYNC_NORMAL] = "PRAGMA synchronous=NORMAL",
         [S_OLDEST] = "SELECT created FROM msg WHERE dir=? AND prio=? ORDER BY id LIMIT 1",
         [S_ROLLBACK] = "ROLLBACK",
 };
@@ -744,20 +742,31 @@ static int tx_commit(struct km_spool *sp)
         return rc;
 }
 
+/* PRAGMA synchronous takes effect when the statement is compiled, not when it is
+ * stepped: a prepared copy stepped again changes nothing (the connection stayed at the
+ * level prepared last, NORMAL, and no "FULL" commit synced the WAL: the power-cut drill
+ * lost thousands of acknowledged messages to it). So it is compiled each time. */
+static int set_sync(struct km_spool *sp, const char *level)
+{
+        char sql[40];
+        snprintf(sql, sizeof(sql), "PRAGMA synchronous=%s", level);
+        return sqlite3_exec(sp->db, sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : sql_fail(sp, sql);
+}
+
 /* Starts a transaction whose commit fsyncs (synchronous=FULL): SQLite takes the level
  * only outside a transaction, so what is open commits first. End with tx_end_full. */
 static int tx_begin_full(struct km_spool *sp)
 {
         int rc = tx_commit(sp);
         if (rc == 0)
-                rc = exec(sp, S_SYNC_FULL);
+                rc = set_sync(sp, "FULL");
         return rc < 0 ? rc : tx_begin(sp);
 }
 
 static int tx_end_full(struct km_spool *sp)
 {
         int rc = tx_commit(sp);
-        if (exec(sp, S_SYNC_NORMAL) < 0)
+        if (set_sync(sp, "NORMAL") < 0)
                 KM_LOG(KM_LOG_WARNING, "spool", "%s: back to synchronous=NORMAL failed: commits stay FULL", sp->path);
         return rc;
 }
@@ -1077,7 +1086,7 @@ static int flush(struct km_spool *sp, bool rotate, bool full)
         if (rc < 0) {
                 tx_abort(sp);
                 if (full)
-                        (void)exec(sp, S_SYNC_NORMAL);
+                        (void)set_sync(sp, "NORMAL");
                 sp->applied_id = applied;
                 pend_restore(sp, batch, n);
                 recount(sp);
