@@ -127,10 +127,14 @@ static void tmpfs(const char *at, int kib)
         cr_assert_eq(mount("tmpfs", at, "tmpfs", MS_NOSUID | MS_NODEV, o), 0, "mount tmpfs at %s: %s", at, strerror(errno));
 }
 
+/* The running test's setup, for fini when an assertion ended the test early. */
+static struct env *current;
+
 static void up(struct env *e, const char *tag, const struct opts *o)
 {
         char extra[1024], path[400], ctl[300];
         memset(e, 0, sizeof(*e));
+        current = e;
         e->kenv = o->kenv;
         e->as_nobody = o->as_nobody;
         h_tmpdir(e->dir, sizeof(e->dir), tag);
@@ -213,6 +217,22 @@ static void down(struct env *e)
                 h_stop(&e->center.p, SIGTERM);
         unmount_all(e);
         h_cleanup(e->dir);
+        current = NULL;
+}
+
+/* A failed assertion leaves the test before down(): the processes would die with the
+ * test process anyway, but the directory would stay. */
+static void fini(void)
+{
+        struct env *e = current;
+        if (!e)
+                return;
+        h_stop(&e->k, SIGKILL);
+        h_stop(&e->local.p, SIGKILL);
+        h_stop(&e->center.p, SIGKILL);
+        unmount_all(e);
+        h_cleanup(e->dir);
+        current = NULL;
 }
 
 /* ---- publishing and counting ------------------------------------------------------- */
@@ -567,8 +587,8 @@ static void unfill(struct env *e)
  * (the logs live on a big tmpfs bound into the spool directory). */
 static void disk_full_drill(const char *name, bool sqlite_only)
 {
-        struct env e;
-        struct stream s;
+        static struct env e; /* static: fini may read it after an assertion left the test */
+        static struct stream s; /* its thread may outlive a failed assertion */
         struct under u = { 0 };
         const int n = (sqlite_only ? 8000 : 20000) * scale(), rate = 1000;
         up(&e, sqlite_only ? "full-db" : "full-log",
@@ -619,7 +639,7 @@ static void disk_full_drill(const char *name, bool sqlite_only)
 }
 
 /* No timeout of its own: meson gives --timeout=300, tests/drills/faults a longer one. */
-TestSuite(faults);
+TestSuite(faults, .fini = fini);
 
 Test(faults, disk_full_at_ingest_log_write)
 {
@@ -651,8 +671,8 @@ Test(faults, io_errors_mid_stream)
         snprintf(shim, sizeof(shim), "%s/tests/integration/eio_shim.so", root);
         cr_assert_eq(access(shim, R_OK), 0, "no %s", shim);
         const char *name = "I/O errors";
-        struct env e;
-        struct stream s;
+        static struct env e; /* static: fini may read it after an assertion left the test */
+        static struct stream s; /* its thread may outlive a failed assertion */
         struct under u = { 0 };
         const int n = 8000 * scale(), rate = 1000;
         char countp[300];
@@ -838,7 +858,7 @@ static bool damage_line_counts(struct env *e, size_t n)
 
 static void damaged_drill(const char *name, enum damage how)
 {
-        struct env e;
+        static struct env e; /* static: fini may read it after an assertion left the test */
         const int m = 3000 * scale();
         up(&e, "damaged", &(struct opts){ 0 });
         publish(&e, m, 0);
@@ -956,7 +976,7 @@ static int wait_exit(struct h_proc *p, int timeout_ms, int64_t *took)
 
 Test(faults, second_instance_refused)
 {
-        struct env e;
+        static struct env e; /* static: fini may read it after an assertion left the test */
         const int b = 2000 * scale();
         up(&e, "second", &(struct opts){ 0 });
         publish(&e, b, 0);
@@ -1061,7 +1081,7 @@ static void spool_files(struct env *e, uid_t uid, mode_t mode)
  * root (unreadable too) or by nobody but read-only. */
 static void unwritable_drill(const char *name, bool root_owned)
 {
-        struct env e;
+        static struct env e; /* static: fini may read it after an assertion left the test */
         const int m = 1000 * scale();
         up(&e, "perm", &(struct opts){ .as_nobody = true });
         publish(&e, m / 2, 0);
