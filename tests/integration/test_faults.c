@@ -584,7 +584,9 @@ static void unfill(struct env *e)
 
 /* 20 000 readings at 1 000/s with the center down, into a spool whose disk fills: the
  * ingest log's write hits ENOSPC first (sqlite_only false), or only SQLite's commit does
- * (the logs live on a big tmpfs bound into the spool directory). */
+ * (the logs live on a big tmpfs bound into the spool directory). The local broker
+ * (harness: max_queued_messages 0, persistence) holds what kuimen does not acknowledge
+ * in kuimen's persistent ingest session, so each reading it acknowledged must arrive. */
 static void disk_full_drill(const char *name, bool sqlite_only)
 {
         static struct env e; /* static: fini may read it after an assertion left the test */
