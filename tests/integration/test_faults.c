@@ -135,6 +135,9 @@ static struct env *current;
 static void up(struct env *e, const char *tag, const struct opts *o)
 {
         char extra[1024], path[400], ctl[300];
+        /* tmpfs mounts, chown and setpriv: only root can stage these faults. */
+        if (geteuid() != 0)
+                cr_skip_test("the fault drills need root (tmpfs mounts in a mount namespace, setpriv)");
         memset(e, 0, sizeof(*e));
         current = e;
         e->kenv = o->kenv;
