@@ -950,3 +950,28 @@ void h_pair_stop(struct h_pair *p)
         h_stop(&p->local.p, SIGTERM);
         h_stop(&p->center.p, SIGTERM);
 }
+
+/* ---- any program, as kuimen is started --------------------------------------------- */
+
+void h_spawn(struct h_proc *p, const char *log, char *const argv[], const char *const *env)
+{
+        snprintf(p->log, sizeof(p->log), "%s", log);
+        p->pid = fork();
+        H_REQUIRE(p->pid >= 0, "fork: %s", strerror(errno));
+        if (p->pid == 0) {
+                prctl(PR_SET_PDEATHSIG, SIGKILL);
+                int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+                if (fd >= 0) {
+                        dup2(fd, 1);
+                        dup2(fd, 2);
+                }
+                close_range(3, ~0U, 0);
+                sigset_t none;
+                sigemptyset(&none);
+                sigprocmask(SIG_SETMASK, &none, NULL);
+                for (; env && *env; env++)
+                        putenv((char *)*env);
+                execvp(argv[0], argv);
+                _exit(127);
+        }
+}

@@ -233,4 +233,12 @@ void h_pair_start(struct h_pair *p, const struct h_pair_conf *conf);
  * brokers. The directory stays for the caller's h_cleanup. */
 void h_pair_stop(struct h_pair *p);
 
+/* ---- any program, as kuimen is started --------------------------------------------- */
+
+/* Starts argv (argv[0] looked up in PATH) as h_kuimen_start starts kuimen: stdout and
+ * stderr appended to log, killed with the test; env (NULL, or NULL-terminated
+ * "KEY=value" strings) is added to its environment. For kuimen under a wrapper
+ * (setpriv) or with an LD_PRELOAD. */
+void h_spawn(struct h_proc *p, const char *log, char *const argv[], const char *const *env);
+
 #endif
