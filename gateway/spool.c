@@ -128,7 +128,8 @@ struct km_spool {
         int lock_fd;
         uint64_t rotate_bytes; /* a log this large rotates */
         uint64_t fs_bytes;     /* the size of the spool's file system */
-        int64_t space_logged, limit_logged; /* CLOCK_MONOTONIC ms */
+        int64_t space_logged, limit_logged, drop_logged; /* CLOCK_MONOTONIC ms */
+        uint64_t drop_unlogged;
         sqlite3 *db;
         sqlite3_stmt *st[S_COUNT];
         bool in_tx;
@@ -269,10 +270,15 @@ static void fault_set_locked(struct km_spool *sp, int err, const char *fmt, ...)
         if (!sp->fault) {
                 sp->fault = err < 0 ? err : -EIO;
                 snprintf(sp->fault_why, sizeof(sp->fault_why), "%s", why);
-                sp->fault_since = sp->fault_logged = sp->fault_probed = now;
+                sp->fault_since = sp->fault_probed = now;
                 sp->c.storage_faults++;
-                KM_LOG(KM_LOG_ERR, "spool", "storage: %s: not taking messages until it clears (retried every %d s)", why,
-                       FAULT_PROBE_MS / 1000);
+                /* A disk that another program keeps filling can make faults come and
+                 * go: the rate limit holds across them. */
+                if (!sp->fault_logged || now - sp->fault_logged >= FAULT_LOG_MS) {
+                        sp->fault_logged = now;
+                        KM_LOG(KM_LOG_ERR, "spool", "storage: %s: not taking messages until it clears (retried every %d s)",
+                               why, FAULT_PROBE_MS / 1000);
+                }
         } else if (now - sp->fault_logged >= FAULT_LOG_MS) {
                 sp->fault_logged = now;
                 KM_LOG(KM_LOG_ERR, "spool", "storage: %s: still not taking messages (for %lld s)", why,
@@ -371,6 +377,17 @@ static int log_reset(struct km_spool *sp, int i, uint64_t gen)
         if (rc == 0 && i == sp->active)
                 sp->log_bytes = LOG_HDR;
         return rc;
+}
+
+/* Reserves the blocks log i will grow into up to its rotation size, without changing
+ * its size (so appends and recovery see no difference): a full disk then shows at the
+ * reservation, not in the middle of a read being settled. -EOPNOTSUPP where the file
+ * system cannot. */
+static int log_reserve(struct km_spool *sp, int i)
+{
+        if (fallocate(sp->log_fd[i], FALLOC_FL_KEEP_SIZE, 0, (off_t)sp->rotate_bytes) == 0)
+                return 0;
+        return errno == ENOSYS ? -EOPNOTSUPP : -errno;
 }
 
 /* Appends n bytes to the active log with one write(2) (mu held). A log emptied earlier
@@ -934,10 +951,17 @@ static int enforce_limit(struct km_spool *sp)
                                 for (size_t i = 0; i < n && sp->bytes > limit; i++)
                                         if ((rc = delete_id(sp, ids[i], &sp->c.dropped)) < 0)
                                                 return rc;
-                                KM_LOG(KM_LOG_WARNING, "spool",
-                                       "spool full (%llu of %llu bytes): dropped %llu oldest messages of priority %d",
-                                       (unsigned long long)sp->bytes, (unsigned long long)limit,
-                                       (unsigned long long)(sp->c.dropped - before), prio);
+                                /* Said at most every 10 s, with what went since. */
+                                sp->drop_unlogged += sp->c.dropped - before;
+                                int64_t now = mono_ms();
+                                if (!sp->drop_logged || now - sp->drop_logged >= 10000) {
+                                        sp->drop_logged = now;
+                                        KM_LOG(KM_LOG_WARNING, "spool",
+                                               "spool full (%llu of %llu bytes): dropped %llu oldest messages, down to priority %d",
+                                               (unsigned long long)sp->bytes, (unsigned long long)limit,
+                                               (unsigned long long)sp->drop_unlogged, prio);
+                                        sp->drop_unlogged = 0;
+                                }
                         }
                 }
         }
@@ -1060,6 +1084,7 @@ static int flush(struct km_spool *sp, bool rotate, bool full)
                         return rc;
                 }
                 sp->other_bytes = old_bytes;
+                (void)log_reserve(sp, sp->active); /* best effort: a full disk shows at the next write */
         }
         batch = sp->pend;
         n = sp->npend;
@@ -1166,12 +1191,18 @@ static void fault_probe(struct km_spool *sp)
         pthread_mutex_lock(&sp->mu);
         int i = sp->active;
         int rc = log_reset(sp, i, sp->log_gen[i] + 1);
+        /* Recovered only with room for a whole log: a header fits in the space the
+         * reset just freed, and without the reservation the fault would be back with the
+         * next read (another program filling the disk takes the rest). */
+        if (rc == 0 && (rc = log_reserve(sp, i)) < 0)
+                rc = rc == -EOPNOTSUPP ? 0 : rc;
         if (rc == 0 && fdatasync(sp->log_fd[i]) < 0)
                 rc = -errno;
         if (rc == 0) {
                 sp->synced_seq = sp->written_seq;
-                KM_LOG(KM_LOG_NOTICE, "spool", "storage: recovered after %lld s (%s): taking messages again",
-                       (long long)((now - sp->fault_since) / 1000), sp->fault_why);
+                if (now - sp->fault_logged >= FAULT_LOG_MS || now - sp->fault_since >= FAULT_LOG_MS)
+                        KM_LOG(KM_LOG_NOTICE, "spool", "storage: recovered after %lld s (%s): taking messages again",
+                               (long long)((now - sp->fault_since) / 1000), sp->fault_why);
                 sp->fault = 0;
                 sp->fault_why[0] = 0;
                 pthread_cond_broadcast(&sp->cond);
@@ -1658,6 +1689,9 @@ static long import_aside(struct km_spool *sp, const char *aside, long *readable)
                 sqlite3_close(old);
                 return 0;
         }
+        /* A file cut short is refused whole unless the schema is taken as it is (the
+         * connection is read-only: nothing is written through it). */
+        (void)sqlite3_exec(old, "PRAGMA writable_schema=ON", NULL, NULL, NULL);
         if (sqlite3_prepare_v2(old, "SELECT count(*) FROM msg", -1, &s, NULL) == SQLITE_OK && sqlite3_step(s) == SQLITE_ROW)
                 *readable = (long)sqlite3_column_int64(s, 0);
         sqlite3_finalize(s);
@@ -1913,8 +1947,9 @@ int km_spool_open(struct km_spool **out, const struct km_spool_opts *o)
                 KM_LOG(KM_LOG_ERR, "spool", "cannot create the directory of %s: %s", sp->path, strerror(-rc));
                 goto fail;
         }
-        /* The lock first: nothing of a spool another kuimen runs on may be touched. */
-        if ((rc = lock_spool(sp)) < 0 || (rc = check_writable(sp->path)) < 0)
+        /* The lock before anything is opened: nothing of a spool another kuimen runs on
+         * may be touched (the writability check before it only asks access(2)). */
+        if ((rc = check_writable(sp->path)) < 0 || (rc = lock_spool(sp)) < 0)
                 goto fail;
         rc = db_open(sp);
         if (rc == -EBADMSG) {
@@ -1940,15 +1975,15 @@ int km_spool_open(struct km_spool **out, const struct km_spool_opts *o)
         if ((rc = logs_open(sp, &max_id)) < 0)
                 goto fail;
         (void)sync_dir(sp->path); /* spool.db and the logs may be new */
-        /* A log may take a sixteenth of the file system, between 256 KiB and 16 MiB:
+        /* A log may take a sixteenth of the file system, between 64 KiB and 16 MiB:
          * on a small card the logs must not fill it before they rotate. */
         struct statvfs fsv;
         sp->fs_bytes = statvfs(sp->path, &fsv) == 0 ? (uint64_t)fsv.f_blocks * fsv.f_frsize : (uint64_t)1 << 40;
         sp->rotate_bytes = sp->fs_bytes / 16;
         if (sp->rotate_bytes > ROTATE_BYTES)
                 sp->rotate_bytes = ROTATE_BYTES;
-        if (sp->rotate_bytes < (256u << 10))
-                sp->rotate_bytes = 256u << 10;
+        if (sp->rotate_bytes < (64u << 10))
+                sp->rotate_bytes = 64u << 10;
         if (sp->c.recovered)
                 KM_LOG(KM_LOG_NOTICE, "spool", "recovered %llu messages from the ingest log",
                        (unsigned long long)sp->c.recovered);
@@ -1975,6 +2010,8 @@ int km_spool_open(struct km_spool **out, const struct km_spool_opts *o)
                 pthread_mutex_lock(&sp->mu);
                 if ((rc = log_reset(sp, sp->active, gen)) < 0)
                         fault_set_locked(sp, rc, "starting %s: %s", sp->log_path[sp->active], strerror(-rc));
+                else
+                        (void)log_reserve(sp, sp->active);
                 pthread_mutex_unlock(&sp->mu);
         }
         if (!o->sync_always && o->sync_interval_ms > 0) {
