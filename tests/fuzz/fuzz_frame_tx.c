@@ -17,7 +17,7 @@
  * Three messages with that payload go down a version 2 link with pos_batch, frame by
  * frame, each frame into the receiver and its ack back. Each message must arrive
  * once, in order, on its topic, and as the payload, its compacted JSON, or (a
- * position) its quantised canonical JSON.
+ * payload whose compacted JSON is canonical position JSON) that record quantised.
  */
 
 #define REQUIRE(cond)                   \
@@ -97,9 +97,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	int cl = km_frame_json_compact(payload, len, compact);
 	if (cl >= 0)
 		w.compact = compact, w.compact_len = (size_t)cl;
-	/* A position goes as a batch when that is smaller; the center publishes the
-	 * quantised record's JSON. */
-	int bl = km_posrec_json_batch(payload, len, batch, sizeof(batch));
+	/* A position (the payload compacted is canonical position JSON) goes as a
+	 * batch when that is smaller; the center publishes the quantised record's JSON. */
+	int bl = cl >= 0 ? km_posrec_json_batch(compact, (size_t)cl, batch, sizeof(batch)) : -EINVAL;
 	if (bl > 0) {
 		int jl = km_posrec_batch_json(batch, (size_t)bl, posjs, sizeof(posjs));
 		REQUIRE(jl > 0);
