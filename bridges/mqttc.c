@@ -964,6 +964,8 @@ static int send_acks(struct km_mqttc *c)
         return flush_out(c);
 }
 
+static void take_packets(struct km_mqttc *c);
+
 static void read_packets(struct km_mqttc *c)
 {
         char why[160];
@@ -981,6 +983,14 @@ static void read_packets(struct km_mqttc *c)
         }
         c->in.len += (size_t)n;
         c->last_rx_ms = mono_ms();
+        take_packets(c);
+}
+
+/* Handles the complete packets in c->in (a read just added to it), then sends the
+ * PUBACKs of the read. */
+static void take_packets(struct km_mqttc *c)
+{
+        char why[160];
         for (;;) {
                 uint8_t *p = c->in.p + c->in.off;
                 uint32_t rl;
@@ -1042,6 +1052,23 @@ static int on_io(sd_event_source *s, int fd, uint32_t revents, void *ud)
                 read_packets(c);
         if (c->fd >= 0 && (revents & EPOLLOUT))
                 flush_out(c);
+        return 0;
+}
+
+/* For the fuzz target (tests/fuzz/fuzz_mqttc.c): bytes as one read(2) of the connection
+ * returned them, through what a read runs after the read. */
+int km_mqttc_feed(struct km_mqttc *c, const void *bytes, size_t len)
+{
+        if (c->fd < 0 || (c->st != C_WAIT_CONNACK && c->st != C_UP))
+                return -ENOTCONN;
+        if (!len)
+                return 0;
+        if (buf_reserve(&c->in, len) < 0)
+                return -ENOMEM;
+        memcpy(buf_tail(&c->in), bytes, len);
+        c->in.len += len;
+        c->last_rx_ms = mono_ms();
+        take_packets(c);
         return 0;
 }
 

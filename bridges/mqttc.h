@@ -87,6 +87,12 @@ void km_mqttc_free(struct km_mqttc *c);
  * 0 or -EINVAL. Shared with the TLS uplink (uplink.c). */
 int km_mqtt_uri_parse(const char *uri, char *host, size_t hostlen, int *port, bool *tls);
 
+/* For the fuzz target (tests/fuzz/fuzz_mqttc.c): handles bytes[0..len) (borrowed) as if
+ * a read(2) of the connection had returned them, through the same code: packets,
+ * callbacks, PUBACKs. The connection must be waiting for its CONNACK or up. 0, or
+ * -ENOTCONN (no connection: it was never made or was dropped), -ENOMEM. */
+int km_mqttc_feed(struct km_mqttc *c, const void *bytes, size_t len);
+
 /* The reason code's name (MQTT v5), for log lines. */
 const char *km_mqttc_reason(int rc);
 

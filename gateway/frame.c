@@ -248,6 +248,12 @@ enum { CODE_RAW = 0, CODE_DEFLATE = 1, CODE_POSBATCH = 2, CODE_ZPOSBATCH = 3 };
  * most KM_FRAME_RECS_MAX records t * 1000 stays far from overflow. */
 #define NOW_MAX (1LL << 50)
 #define TIME_DELTA_MAX (1LL << 41)
+/* A slot carries its message's time into later frames (Tr), so deltas can
+ * add up across frames without the bound above: a decoded time (seconds)
+ * beyond this is no sender's (they stay within NOW_MAX, plus one 2^24 s
+ * epoch of the first record's resolution), and stopping there keeps t and
+ * t * 1000 far from overflow. */
+#define TIME_LIMIT (4 * (NOW_MAX / 1000))
 /* Encoded size of a slot message: deflate of at most a slot's payload,
  * with zlib's worst case for stored blocks. */
 #define SLOT_ENC_MAX (KM_FRAME_SLOT_PAYLOAD_MAX + 64)
@@ -1727,6 +1733,8 @@ static int rec_time(struct rcur *c, struct rec *x, bool trel)
 			return -EPROTO;
 		x->t = c->prev_t + d;
 	}
+	if (x->t > TIME_LIMIT || x->t < -TIME_LIMIT)
+		return -ERANGE;
 	c->have_t = true;
 	c->prev_t = x->t;
 	return 0;
@@ -1803,8 +1811,13 @@ static int rec_next(struct rcur *c, struct rec *x)
 	} else {
 		x->id = c->nrec && !refers ? c->prev_id + (uint64_t)zz_dec(id) : id;
 	}
-	if (x->timed && rec_time(c, x, trel))
-		return -EPROTO;
+	/* Out of range while resolving, when the check without slots passed: the
+	 * time came from a slot (Tr, or the chain after one), which the sender
+	 * cannot have meant; as for a slot we do not hold, the frame waits and
+	 * the sender is asked to send it again without slots. */
+	int trc = x->timed ? rec_time(c, x, trel) : 0;
+	if (trc)
+		return trc == -ERANGE && c->resolve ? -E_SLOT : -EPROTO;
 	if (head && !refers && rec_topic(c, x))
 		return -EPROTO;
 	if (x->frag == FRAG_FIRST)

@@ -900,13 +900,17 @@ static bool jr_int(struct jr *r, int *v)
 int km_posrec_from_json(const void *json, size_t len, struct km_pos *out)
 {
 	char buf[CANON_MAX + 1], again[CANON_MAX + 1];
-	struct jr r = { buf, buf + len };
+	struct jr r;
 	struct km_pos p;
 
+	/* len is checked before buf + len is formed: past the array's end that
+	 * pointer is undefined behaviour even if never read through. */
 	if (!json || len < 2 || len > CANON_MAX)
 		return -EINVAL;
 	memcpy(buf, json, len);
 	buf[len] = '\0';
+	r.p = buf;
+	r.end = buf + len;
 	km_posrec_init(&p);
 	if (!jr_lit(&r, "{\"unit\":\"") || !jr_str(&r, p.unit, sizeof(p.unit)) ||
 	    !jr_lit(&r, ",\"lat\":") || !jr_num(&r, &p.lat) ||

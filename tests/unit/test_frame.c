@@ -2049,3 +2049,87 @@ Test(frame, v2_bad_position_batch_counted_and_acked)
 	km_frame_rx_deinit(&rx);
 	km_frame_tx_deinit(&tx);
 }
+
+/* ---- hostile frames ---- */
+
+static size_t put_varint_t(uint8_t *p, uint64_t v)
+{
+	size_t n = 0;
+	do {
+		p[n] = (uint8_t)(v & 0x7f) | (v >> 7 ? 0x80 : 0);
+		v >>= 7;
+		n++;
+	} while (v);
+	return n;
+}
+
+struct times {
+	size_t n, bad;
+	int64_t worst;
+};
+
+static int times_fn(void *ctx, const struct km_frame_msg *m)
+{
+	struct times *t = ctx;
+
+	t->n++;
+	if (m->created_ms <= 0 || m->created_ms > 4 * (1LL << 50)) {
+		t->bad++;
+		t->worst = m->created_ms;
+	}
+	return 0;
+}
+
+/* Frames whose every record names slot 0 with a time 2^41 s after the slot's (Tr):
+ * each delta is within the wire's bound, but a slot carries its time into the next
+ * frame, so over 33 frames the sum passed what t * 1000 holds (UBSan: signed
+ * overflow in deliver_slot; without UBSan, times far beyond any sender's). No sender
+ * writes such times: the frame naming one now waits as for a slot we do not hold
+ * (tests/fuzz/corpus/frame/slot-time-overflow). */
+Test(frame, slot_time_deltas_cannot_add_up_across_frames)
+{
+	struct km_frame_rx rx;
+	struct km_frame_rx_cfg rc = { .dict = &dict };
+	struct times t = { 0 };
+	uint8_t f[2048];
+
+	cr_assert_eq(km_frame_rx_init(&rx, &rc), 0);
+	for (int fr = 0; fr < 40; fr++) {
+		size_t n = 0;
+		f[n++] = (2 << 5) | (fr == 0 ? 0x04 : 0);          /* v2 data, SYN first */
+		f[n++] = 5;                                         /* origin */
+		f[n++] = (uint8_t)((1000 + fr) >> 8);
+		f[n++] = (uint8_t)(1000 + fr);
+		f[n++] = 0;                                         /* back */
+		int recs = 0;
+		if (fr == 0) {
+			/* defines slot 0: whole, L, S; cls 1, qos 1, timed; id 1; u24 time; topic 0 */
+			uint32_t u = (uint32_t)((NOW_MS / 1000) % (1 << 24));
+			uint8_t r[] = { 0x22, 0x2c, 0x00, 1, (uint8_t)(u >> 16), (uint8_t)(u >> 8), (uint8_t)u,
+					0, 1, 'a' };
+			memcpy(f + n, r, sizeof(r));
+			n += sizeof(r);
+			recs++;
+		}
+		for (; recs < 128; recs++) {
+			f[n++] = 0x22;
+			f[n++] = 0x2c;
+			f[n++] = 0xc0;                                 /* R, Tr, slot 0 */
+			n += put_varint_t(f + n, 2);                   /* id: slot's + 1 */
+			n += put_varint_t(f + n, (uint64_t)1 << 42);   /* zz(+2^41) s */
+			f[n++] = 1;
+			f[n++] = 'b';
+		}
+		uLong c = crc32(0L, f, (uInt)n);
+		for (int i = 0; i < 4; i++)
+			f[n++] = (uint8_t)(c >> (24 - 8 * i));
+		cr_assert_eq(km_frame_rx_input(&rx, f, n, NOW_MS, times_fn, &t, NULL), 0);
+	}
+	cr_assert_eq(t.bad, 0, "%zu of %zu messages with created_ms out of range, e.g. %lld", t.bad, t.n,
+		     (long long)t.worst);
+	cr_assert_geq(rx.slot_misses, 1);
+	struct km_frame_ack a;
+	cr_assert_eq(km_frame_rx_ack(&rx, 5, &a), 0);
+	cr_assert(a.slots_lost);
+	km_frame_rx_deinit(&rx);
+}

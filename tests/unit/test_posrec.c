@@ -486,6 +486,23 @@ Test(posrec, from_json_takes_exactly_canonical_json)
 	cr_assert_eq(km_posrec_from_json(ok, strlen(ok) - 1, &p), -EINVAL);
 }
 
+/* A payload longer than any canonical record is refused before its length is
+ * used at all: the old code formed buf + len first, past the end of a 321-byte
+ * array. Caught by clang's UBSan (-fsanitize=array-bounds: the fuzz build, or a
+ * clang build-asan), not by gcc's; tests/fuzz/corpus/posrec_json/oversize-322. */
+Test(posrec, from_json_refuses_oversize_before_using_its_length)
+{
+	static char big[1024];
+	struct km_pos p;
+
+	memset(big, ' ', sizeof(big));
+	memcpy(big, UAV_JSON, strlen(UAV_JSON));
+	cr_assert_eq(km_posrec_from_json(big, 321, &p), -EINVAL);
+	cr_assert_eq(km_posrec_from_json(big, 322, &p), -EINVAL);
+	cr_assert_eq(km_posrec_from_json(big, sizeof(big), &p), -EINVAL);
+	cr_assert_eq(km_posrec_from_json(big, SIZE_MAX, &p), -EINVAL);
+}
+
 Test(posrec, json_batch_exact_bytes_and_what_the_center_publishes)
 {
 	static const uint8_t want[] = {
