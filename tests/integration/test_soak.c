@@ -116,6 +116,8 @@ struct soak {
         int64_t kill_at, restart_at, kill_recover_ms;
         uint64_t g_kill, g_restart; /* published at the kill, at the restart */
         int unexpected_exits, ctl_failures;
+        int ready_lines; /* "ingest: connected" lines in kuimen's log when it was last started */
+        bool starting;   /* started and not yet on its broker: no samples */
         int64_t last_disturbance;
         bool cutting;
         /* verdicts */
@@ -123,6 +125,7 @@ struct soak {
 };
 
 static struct soak *S; /* Paho's callbacks find it here */
+
 
 static const char *topic_name(int t, char *buf, size_t n)
 {
@@ -362,8 +365,19 @@ static void client_stop(MQTTAsync *c)
 static void kuimen_start(void)
 {
         const char *args[] = { "--config", S->conf, NULL };
+        S->ready_lines = h_log_count(&S->k, "ingest: connected");
         h_kuimen_start(&S->k, S->klog, args);
         S->last_disturbance = t_ms();
+        S->starting = true;
+}
+
+/* A (re)started kuimen answers kuimenctl once it is on its broker (its socket comes
+ * first): until then the timeline takes no sample. */
+static bool kuimen_ready(void)
+{
+        if (S->starting && S->k.pid && h_log_count(&S->k, "ingest: connected") > S->ready_lines)
+                S->starting = false;
+        return S->k.pid && !S->starting;
 }
 
 static long proc_rss_kb(pid_t pid)
@@ -406,7 +420,7 @@ static bool ctl_status(struct sample *s)
         const char *ctl = getenv("KM_KUIMENCTL") ? getenv("KM_KUIMENCTL") : "kuimenctl";
         char cmd[800];
         static char out[1 << 16];
-        snprintf(cmd, sizeof(cmd), "timeout 5 '%s' --socket '%s' status --json 2>/dev/null", ctl, S->sock);
+        snprintf(cmd, sizeof(cmd), "timeout 5 '%s' --socket '%s' status --json 2>&1", ctl, S->sock);
         FILE *f = popen(cmd, "r");
         if (!f)
                 return false;
@@ -414,8 +428,12 @@ static bool ctl_status(struct sample *s)
         out[n] = 0;
         int rc = pclose(f);
         cJSON *j = rc == 0 ? cJSON_Parse(out) : NULL;
-        if (!j)
+        if (!j) {
+                fprintf(stderr, "soak: %.1f s: kuimenctl status failed (exit %d%s), pid %d: %.200s\n", (double)t_ms() / 1000,
+                        WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, WIFEXITED(rc) && WEXITSTATUS(rc) == 124 ? ": no answer in 5 s" : "",
+                        (int)S->k.pid, out);
                 return false;
+        }
         const cJSON *spool = cJSON_GetObjectItemCaseSensitive(j, "spool");
         const cJSON *counters = cJSON_GetObjectItemCaseSensitive(j, "counters");
         const cJSON *links = cJSON_GetObjectItemCaseSensitive(j, "links");
@@ -708,7 +726,7 @@ Test(soak, drill)
                 if (s.g_restart && s.kill_recover_ms < 0 && wm >= s.g_restart)
                         s.kill_recover_ms = t_ms() - s.restart_at;
                 /* samples */
-                if (now >= next_sample && s.k.pid) {
+                if (now >= next_sample && kuimen_ready()) {
                         struct sample *x = take_sample();
                         if (s.cutting && x->depth > s.cuts[s.ncuts - 1].depth_max)
                                 s.cuts[s.ncuts - 1].depth_max = x->depth;
