@@ -8,12 +8,14 @@
  * same test for hours), and a subscriber at the center that records every delivery.
  *
  * The timeline, T the duration and S the cut interval (KM_SOAK_CUT, default 60):
- *   - at min(T/10, S/4): kill -9 of kuimen, restarted 1 s later (RestartSec=1 of the
- *     unit), while the publisher goes on; the local broker queues meanwhile;
  *   - at S/2, S/2 + S, S/2 + 2S, ...: the fiber is cut for 20 to min(60, S/2) s
  *     (seeded by KM_SOAK_SEED, printed), alternately silent (h_proxy cut: nothing
  *     forwarded, connections kept open) and loud (h_proxy down: connections closed,
  *     new ones refused), then restored; a cut that would not end by T is not made;
+ *   - at min(S/2 + 10 s, T/2), inside the first cut with thousands of messages in the
+ *     spool: kill -9 of kuimen, restarted 1 s later (RestartSec=1 of the units), while
+ *     the publisher goes on; the local broker queues meanwhile. It comes early so that
+ *     the samples compared for leaks are one process's;
  *   - every 5 s: kuimen's VmRSS and open fds from /proc, and `kuimenctl status --json`
  *     (spool depth, the link's state, counters).
  *
@@ -40,8 +42,9 @@
  *   - RSS flat: among the samples of the process that ran after the kill, the median
  *     of the last fifth is at most 1.2 x the median of the second fifth + 2 MiB;
  *   - fds flat: the same fifths over the quiet samples only (link up, no cut, 10 s or
- *     more since the last restore or restart, so no reconnect in progress): the last
- *     fifth's median is not above the second fifth's.
+ *     more since the last restore or restart, so no reconnect in progress; and the
+ *     sample right before each cut, link up): the last fifth's median is not above the
+ *     second fifth's.
  */
 #include <criterion/criterion.h>
 #include <criterion/logging.h>
@@ -652,7 +655,7 @@ Test(soak, drill)
         srand(s.seed);
         const int64_t T = (int64_t)s.seconds * 1000, SI = (int64_t)s.cut_s * 1000;
         const int64_t max_cut = SI / 2 < 60000 ? SI / 2 : 60000;
-        s.kill_at = T / 10 < SI / 4 ? T / 10 : SI / 4;
+        s.kill_at = SI / 2 + 10000 < T / 2 ? SI / 2 + 10000 : T / 2; /* inside the first cut */
         s.kill_recover_ms = -1;
         int64_t next_cut = SI / 2, next_sample = 0;
         s.t0 = h_now_ms();
@@ -668,8 +671,8 @@ Test(soak, drill)
                 /* the kill and the restart */
                 if (s.kill_at >= 0 && now >= s.kill_at && !s.restart_at) {
                         s.g_kill = atomic_load(&s.published);
-                        fprintf(stderr, "soak: %.1f s: kill -9 of kuimen (pid %d), %" PRIu64 " published\n",
-                                (double)now / 1000, (int)s.k.pid, s.g_kill);
+                        fprintf(stderr, "soak: %.1f s: kill -9 of kuimen (pid %d), %" PRIu64 " published, spool depth %ld at the last sample\n",
+                                (double)now / 1000, (int)s.k.pid, s.g_kill, s.ns ? s.s[s.ns - 1].depth : -1);
                         h_stop(&s.k, SIGKILL);
                         s.restart_at = now + 1000;
                         s.last_disturbance = now;
@@ -686,6 +689,7 @@ Test(soak, drill)
                         if (now + len <= T && s.ncuts < (int)(sizeof(s.cuts) / sizeof(s.cuts[0]))) {
                                 struct cut *c = &s.cuts[s.ncuts];
                                 struct sample *before = take_sample(); /* the quiet moment before it */
+                                before->quiet = before->link_up && before->pid == s.k.pid && kuimen_ready();
                                 c->fds_before = before->fds;
                                 c->silent = s.ncuts % 2 == 0;
                                 c->start = t_ms();
