@@ -618,7 +618,8 @@ static void setup(struct soak *s)
         s->seconds = env_int("KM_SOAK_SECONDS", 180);
         s->rate = env_int("KM_SOAK_RATE", 200);
         s->cut_s = env_int("KM_SOAK_CUT", 60);
-        s->seed = (unsigned)env_int("KM_SOAK_SEED", (int)(time(NULL) ^ getpid()));
+        const char *seed = getenv("KM_SOAK_SEED");
+        s->seed = seed && *seed ? (unsigned)strtoul(seed, NULL, 10) : (unsigned)time(NULL) ^ (unsigned)getpid();
         cr_assert(s->seconds >= 30 && s->rate >= 1 && s->cut_s >= 20, "KM_SOAK_SECONDS >= 30, KM_SOAK_RATE >= 1, KM_SOAK_CUT >= 20");
         s->cap = (uint64_t)s->seconds * (uint64_t)s->rate + 1000;
         s->topic = calloc(s->cap, 1);
