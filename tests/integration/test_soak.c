@@ -804,6 +804,8 @@ Test(soak, drill)
                         topic_name(S->topic[first_lost[i]], tn, sizeof(tn)), S->ts[first_lost[i]]);
         }
         fprintf(stderr, "soak: drained %.1f s after the publisher stopped\n", (double)(drained_at - pub_end) / 1000);
+        fprintf(stderr, "soak: kuimen's counters since the restart: in %ld, forwarded %ld, coalesced %ld, dropped %ld, expired %ld, spool depth %ld\n",
+                fin->in, fin->forwarded, fin->coalesced, fin->dropped, fin->expired, fin->depth);
         fprintf(stderr, "soak: kill -9 at %.1f s (%" PRIu64 " published), restart 1 s later (%" PRIu64
                         " published): all of that at the center %.1f s after the restart\n",
                 (double)s.kill_at / 1000, s.g_kill, s.g_restart, (double)s.kill_recover_ms / 1000);
