@@ -81,7 +81,7 @@
 #define ROTATE_BYTES (16u << 20) /* at most; less on a small file system (open) */
 #define FLUSH_LIVE 4096       /* pending messages not yet delivered before a flush */
 #define FLUSH_AGE_MS 500      /* oldest undelivered pending before a flush */
-#define PEND_HARD_CAP 65536   /* push waits for the loop past this many */
+#define PEND_HARD_CAP 65536   /* past this many, another thread's push is refused (-EAGAIN) */
 #define COMMIT_EVERY_MS 50    /* a SQLite write transaction stays open this long at most */
 #define SCHEMA_VERSION 2
 #define FAULT_PROBE_MS 1000   /* a storage fault is retried this often */
@@ -881,7 +881,6 @@ static int insert_pend(struct km_spool *sp, const struct pend *p)
         return 0;
 }
 
-/* Drops the oldest droppable messages of the lowest class until the spool fits. */
 /* What the file system leaves kuimen, SQLite's free pages included (they are reused
  * before the file grows). */
 static uint64_t space_free(struct km_spool *sp)
