@@ -520,6 +520,11 @@ static void put_narrow(struct km_control_buf *b, const struct km_link *l)
                           U(pos_batches), U(bad_posbatch), U(out_of_window), U(dropped_nomem), U(oversize),
                           U(bad_payload), U(restarts_lost));
 #undef U
+        km_control_printf(b, ",\"refused\":{");
+        for (int r = 1; r < KM_REFUSE_N; r++)
+                km_control_printf(b, "%s\"%s\":%llu", r > 1 ? "," : "", km_inbound_reason_name(r),
+                                  (unsigned long long)ns.refused[r]);
+        km_control_printf(b, "}");
 }
 
 static void put_links(struct km_control_buf *b, struct km_daemon *d, int64_t now)

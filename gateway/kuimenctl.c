@@ -228,6 +228,13 @@ static void print_links(const cJSON *r)
                 cJSON_ArrayForEach(c, fr)
                         printf(" %s=%.0f", c->string, cJSON_IsNumber(c) ? c->valuedouble : 0);
                 printf("\n");
+                const cJSON *rf = cJSON_GetObjectItemCaseSensitive(l, "refused");
+                if (!cJSON_IsObject(rf))
+                        continue;
+                printf("%s: refused", str(l, "name"));
+                cJSON_ArrayForEach(c, rf)
+                        printf(" %s=%.0f", c->string, cJSON_IsNumber(c) ? c->valuedouble : 0);
+                printf("\n");
         }
 }
 

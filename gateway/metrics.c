@@ -291,6 +291,19 @@ static void put_frames(struct km_control_buf *b, struct km_daemon *d)
                         labelled(b, frame_families[k].name, "link", d->links[i]->name, num);
                 }
         }
+        family(b, "kuimen_link_refused_total", "counter",
+               "Messages from a narrow link's peer that can never be published (refused, acknowledged), by reason:"
+               " origin (frames from outside peers), topic, wildcard, direction, size.");
+        for (size_t i = 0; i < d->nlinks; i++) {
+                if (km_plugin_link_frames(d->links[i], &ns) < 0)
+                        continue;
+                for (int r = 1; r < KM_REFUSE_N; r++) {
+                        km_control_printf(b, "kuimen_link_refused_total{link=\"");
+                        escaped(b, d->links[i]->name);
+                        km_control_printf(b, "\",reason=\"%s\"} %llu\n", km_inbound_reason_name(r),
+                                          (unsigned long long)ns.refused[r]);
+                }
+        }
         family(b, "kuimen_link_dictionary_topics", "gauge",
                "Topics in a narrow link's dictionary; fingerprint (CRC-32) is equal at two ends with one list.");
         for (size_t i = 0; i < d->nlinks; i++) {

@@ -14,6 +14,7 @@
 #include "daemon.h"
 #include "dict.h"
 #include "frame.h"
+#include "inbound.h"
 #include "link.h"
 #include "log.h"
 #include "plugins/kuimen-plugin.h"
@@ -72,6 +73,7 @@
 #define RETRY_MAX_MS 60000
 #define HELD_CHECK_US 250000 /* center: how often held commands are looked at */
 #define PROBE_DEFAULT_MS 120000
+#define REFUSED_LOG_MS 10000 /* a peer (or a forger) can send refused messages as fast as the link goes */
 
 struct narrow_conf {
         bool commands;
@@ -173,7 +175,11 @@ struct km_plugin_link {
         struct narrow_conf nc;
         char **cmd_pfx;  /* center: "<prefix>/<peer>/" per peer */
         char *group;     /* center: its peers, so that links to other bases do not compete */
-        uint64_t cmd_refused; /* base: messages for the local broker that were no command */
+        /* What came from the peer and can never be published (gateway/inbound.c), by
+         * reason; logged at most every REFUSED_LOG_MS, saying how many went unlogged. */
+        uint64_t refused[KM_REFUSE_N];
+        int64_t refused_log_ms[KM_REFUSE_N];
+        uint64_t refused_quiet[KM_REFUSE_N];
 };
 
 static const char *const narrow_keys[] = { "peers", "rto", "probe", "topic_prefix", "dictionary", NULL };
@@ -481,38 +487,96 @@ static int ingest_delivered(km_plugin_link *h, const struct km_frame_msg *m, con
         return rc < 0 && rc != -EMSGSIZE && rc != -ENOENT ? rc : 0;
 }
 
+/* s as printable ASCII into out (cap >= 4), at most 64 characters of it: a refused topic
+ * is whatever a forger chose, and goes to the journal. */
+static const char *printable(const char *s, char *out, size_t cap)
+{
+        size_t o = 0;
+        if (!s)
+                return "(unknown topic)";
+        for (size_t i = 0; s[i] && i < 64 && o + 5 < cap; i++) {
+                unsigned char c = (unsigned char)s[i];
+                if (c >= 0x20 && c < 0x7f && c != '\\')
+                        out[o++] = (char)c;
+                else
+                        o += (size_t)snprintf(out + o, cap - o, "\\x%02x", c);
+        }
+        out[o] = '\0';
+        return out;
+}
+
+/* A message (topic set) or a frame (topic NULL, reason origin) from the peer that can
+ * never be published: counted by reason; its frame is acknowledged all the same (sent
+ * again it would be refused again), so it never holds up what follows. Logged per
+ * reason, so that a flood of one kind does not hide the first of another. */
+static void refuse(km_plugin_link *h, enum km_refuse r, const char *why, const char *topic, uint32_t origin)
+{
+        h->refused[r]++;
+        int64_t now = km_mono_ms();
+        if (h->refused_log_ms[r] && now - h->refused_log_ms[r] < REFUSED_LOG_MS) {
+                h->refused_quiet[r]++;
+                return;
+        }
+        char t[400], from[48];
+        snprintf(from, sizeof(from), "%08x", origin);
+        for (size_t i = 0; i < h->peers.n; i++)
+                if (km_frame_node_id(h->peers.v[i]) == origin)
+                        snprintf(from, sizeof(from), "%s", h->peers.v[i]);
+        if (r == KM_REFUSE_ORIGIN && !topic)
+                KM_LOG(KM_LOG_WARNING, "link", "%s: frame from origin %s, not one of peers: dropped (refused_origin %llu, %llu not logged since the last line)",
+                       h->link->name, from, (unsigned long long)h->refused[r], (unsigned long long)h->refused_quiet[r]);
+        else
+                KM_LOG(KM_LOG_WARNING, "link", "%s: message on '%s' from %s refused: %s; not published (refused_%s %llu, %llu not logged since the last line)",
+                       h->link->name, printable(topic, t, sizeof(t)), from, why, km_inbound_reason_name(r),
+                       (unsigned long long)h->refused[r], (unsigned long long)h->refused_quiet[r]);
+        h->refused_log_ms[r] = now;
+        h->refused_quiet[r] = 0;
+}
+
+/* The frame receiver's origin filter (gateway/frame.h origin_ok): a center takes frames
+ * only from its peers, and so does a base that names its center in peers (one that
+ * names none takes any: it cannot know its center's name). */
+static bool origin_ok(void *ctx, uint32_t origin)
+{
+        const km_plugin_link *h = ctx;
+        if (!h->peers.n)
+                return !h->center;
+        for (size_t i = 0; i < h->peers.n; i++)
+                if (km_frame_node_id(h->peers.v[i]) == origin)
+                        return true;
+        return false;
+}
+
 /* A base: what a center sends down is commands for the local broker, nothing else
- * (a center relays the rest of the world on its own broker). */
+ * (a center relays the rest of the world on its own broker); on_deliver checked it. */
 static int deliver_command(km_plugin_link *h, const struct km_frame_msg *m)
 {
-        if (!m->topic || strncmp(m->topic, "cmd/", 4) != 0) {
-                /* Acknowledged all the same: sent again it would be refused again. */
-                if (h->cmd_refused++ % 100 == 0)
-                        KM_LOG(KM_LOG_WARNING, "link", "%s: message on '%s' from %08x is no command (cmd/...): not published (%llu so far)",
-                               h->link->name, m->topic ? m->topic : "(unknown topic)", m->origin,
-                               (unsigned long long)h->cmd_refused);
-                return 0;
-        }
         int rc = km_daemon_command(h->d, KM_CMD_NARROW, m->topic, m->payload, m->len);
         /* A stop or a storage fault is worth a retry (unacknowledged, the frame comes
          * again); a command too large or unrouted would be refused again, logged. */
         return rc < 0 && (h->d->stopping || !km_spool_storage_ok(h->d->spool)) ? rc : 0;
 }
 
-/* A complete message from the peer: durable in our spool before the frame is acked. */
+/* A complete message from the peer: checked (gateway/inbound.c), then durable in our
+ * spool before the frame is acked. */
 static int on_deliver(void *ctx, const struct km_frame_msg *m)
 {
         km_plugin_link *h = ctx;
-        char name[32];
+        const char *why = NULL;
+        enum km_refuse r = km_inbound_check(m->topic, m->len, h->center, &why);
+        if (r != KM_REFUSE_NONE) {
+                refuse(h, r, why, m->topic, m->origin);
+                return 0;
+        }
         if (!h->center)
                 return deliver_command(h, m);
         const char *origin = NULL;
         for (size_t i = 0; i < h->peers.n && !origin; i++)
                 if (km_frame_node_id(h->peers.v[i]) == m->origin)
                         origin = h->peers.v[i];
-        if (!origin) {
-                snprintf(name, sizeof(name), "node-%08x", m->origin);
-                origin = name;
+        if (!origin) { /* origin_ok let no such frame in: kept as a second lock */
+                refuse(h, KM_REFUSE_ORIGIN, "origin not in peers", m->topic, m->origin);
+                return 0;
         }
         return ingest_delivered(h, m, origin);
 }
@@ -553,6 +617,11 @@ static void api_received(km_plugin_link *h, const void *frame, size_t len)
         if (h->rx.bad_posbatch != bad_pos && (bad_pos == 0 || bad_pos / 100 != h->rx.bad_posbatch / 100))
                 KM_LOG(KM_LOG_WARNING, "link", "%s: position batch from %08x that is not one good position: not published (%llu so far)",
                        h->link->name, info.origin, (unsigned long long)h->rx.bad_posbatch);
+        if (rc == -EPERM) { /* origin_ok: nothing of the frame was acted on */
+                h->frames_bad++;
+                refuse(h, KM_REFUSE_ORIGIN, NULL, NULL, info.origin);
+                return;
+        }
         if (rc < 0) {
                 if (h->frames_bad++ % 100 == 0)
                         KM_LOG(KM_LOG_WARNING, "link", "%s: frame refused (%s); %llu so far", h->link->name,
@@ -1273,7 +1342,7 @@ int km_plugin_link_start(struct km_daemon *d, struct km_conf *c, const char *sec
                                       .no_compact_json = h->center,
                                       .version = l->ack_mode == KM_ACK_PEER ? 2 : 1, .ack_room = true,
                                       .pos_batch = !h->center && h->nc.positions && strcmp(h->nc.positions, "compact") == 0 };
-        struct km_frame_rx_cfg rcfg = { .pos_json = true };
+        struct km_frame_rx_cfg rcfg = { .pos_json = true, .origin_ok = origin_ok, .origin_ctx = h };
         /* Topics by index both ways (gateway/dict.c); a message beyond our list still
          * arrives, on the fallback topic. */
         if ((v = api_config(h, "dictionary"))) {
@@ -1395,5 +1464,7 @@ int km_plugin_link_frames(const struct km_link *l, struct km_narrow_stats *out)
                 .oversize = h->rx.oversize, .bad_payload = h->rx.bad_payload, .restarts_lost = h->rx.restarts_lost,
                 .dict_topics = h->dict.n, .dict_fingerprint = h->dict.fingerprint,
         };
+        for (int r = 0; r < KM_REFUSE_N; r++)
+                out->refused[r] = h->refused[r];
         return 0;
 }

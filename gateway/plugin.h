@@ -7,6 +7,7 @@
 #include <stdio.h>
 
 #include "config.h"
+#include "inbound.h"
 
 struct km_daemon;
 struct km_link;
@@ -47,6 +48,9 @@ struct km_narrow_stats {
         /* what the receiver let go: frames beyond its window or its buffer, messages too
          * large or that do not inflate, restarts it could not ask for */
         uint64_t out_of_window, dropped_nomem, oversize, bad_payload, restarts_lost;
+        /* messages (and frames, for origin) from the peer that can never be published,
+         * by enum km_refuse (gateway/inbound.h); [KM_REFUSE_NONE] stays 0 */
+        uint64_t refused[KM_REFUSE_N];
         /* the dictionary (dict_topics = 0: none) */
         size_t dict_topics;
         uint32_t dict_fingerprint;

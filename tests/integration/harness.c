@@ -864,6 +864,12 @@ ssize_t h_relay_to_center(struct h_relay *r, const void *buf, size_t len)
         return sendto(r->fd, buf, len, 0, (struct sockaddr *)&to, sizeof(to));
 }
 
+ssize_t h_relay_to_base(struct h_relay *r, const void *buf, size_t len)
+{
+        struct sockaddr_in to = loopback(r->base_port);
+        return sendto(r->fd, buf, len, 0, (struct sockaddr *)&to, sizeof(to));
+}
+
 void h_relay_stop(struct h_relay *r)
 {
         atomic_store(&r->stop, true);

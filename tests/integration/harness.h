@@ -191,6 +191,8 @@ size_t h_relay_count(struct h_relay *r, size_t *bytes, size_t *back);
 /* Puts len bytes on the air to the center from its peer's address, as if from the
  * base; returns sendto's result. */
 ssize_t h_relay_to_center(struct h_relay *r, const void *buf, size_t len);
+/* The same towards the base, as if from the center. */
+ssize_t h_relay_to_base(struct h_relay *r, const void *buf, size_t len);
 void h_relay_stop(struct h_relay *r);
 
 /* ---- a base and a center kuimen over a sim link ---------------------------------------- */
