@@ -348,6 +348,11 @@ static size_t crc_append(uint8_t *p, size_t n)
 	return n + 4;
 }
 
+size_t km_frame_crc_append(uint8_t *p, size_t n)
+{
+	return crc_append(p, n);
+}
+
 static bool crc_ok(const uint8_t *p, size_t len)
 {
 	size_t k = crc_size(len);

@@ -383,6 +383,11 @@ int km_frame_json_compact(const uint8_t *in, size_t len, uint8_t *out);
 /* The origin a node's frames carry: the 32-bit FNV-1a hash of its name. */
 uint32_t km_frame_node_id(const char *name);
 
+/* Appends the CRC the wire format gives a frame of n + CRC bytes to p[0..n) (room
+ * for 4 more bytes); returns the frame's length. For gateway/auth.c, which hands the
+ * frame receiver the plain frame of a sealed one. */
+size_t km_frame_crc_append(uint8_t *p, size_t n);
+
 /* CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF) as used on the wire. */
 uint16_t km_frame_crc16(const uint8_t *p, size_t n);
 
