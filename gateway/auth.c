@@ -43,8 +43,8 @@
  * message length, and a one-time key per frame is what makes it safe). On a 77-byte
  * frame 16 bytes are a fifth of the air; a truncated HMAC tag of T bytes leaves a
  * forger a chance of 2^-8T per frame tried (8 bytes: 2^-64; 4 bytes: 2^-32, which a
- * BeiDou card sending one frame a minute would need 8 000 years of air time to reach
- * at one chance in two), and HMAC-SHA-256 truncated keeps that bound (RFC 2104 sec 5,
+ * BeiDou card sending one frame a minute would need about 4 000 years of air time to
+ * reach at even odds), and HMAC-SHA-256 truncated keeps that bound (RFC 2104 sec 5,
  * NIST SP 800-107). Encryption first, MAC over the ciphertext: a frame that fails is
  * never decrypted, and nothing of it reaches the frame codec.
  *
@@ -452,11 +452,18 @@ int km_auth_open(struct km_auth *a, const uint8_t *in, size_t len, uint8_t *out,
                 *peer = NULL;
         if (origin)
                 *origin = 0;
-        if (!in || len < 1 || (in[0] >> 5) != KM_AUTH_WIRE_VERSION)
-                return -EPROTONOSUPPORT;
+        if (!in || len < 1) {
+                a->auth_failures++;
+                return -EBADMSG;
+        }
+        /* Plain frames carry the origin at the same place: named in the log too. */
         size_t ol = origin_at(in + 1, len - 1, &org);
         if (origin)
                 *origin = org;
+        if ((in[0] >> 5) != KM_AUTH_WIRE_VERSION) {
+                a->auth_failures++;
+                return -EPROTONOSUPPORT;
+        }
         if (!ol || (in[0] & 0x1f) || len < 1 + ol + 4 + 1 + a->tag) {
                 a->auth_failures++;
                 return -EBADMSG;

@@ -110,7 +110,8 @@ int km_auth_seal(struct km_auth *a, struct km_auth_peer *p, const uint8_t *plain
  * with its CRC, for km_frame_rx_input. Nothing changes on failure. *peer (may be
  * NULL) gets the peer, *origin the claimed origin (for the log). Returns the plain
  * length; -EPROTONOSUPPORT (not a sealed frame), -EBADMSG (runt), -ENOKEY (no key for
- * that origin), -EBADE (tag), -EALREADY (replay or older than the window).
+ * that origin), -EBADE (tag), -EALREADY (replay or older than the window). Every
+ * failure but -ENOKEY (unknown_key) and -EALREADY (replays) counts in auth_failures.
  */
 int km_auth_open(struct km_auth *a, const uint8_t *in, size_t len, uint8_t *out, size_t cap,
                  struct km_auth_peer **peer, uint32_t *origin);

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "auth.h"
 #include "daemon.h"
 #include "dict.h"
 #include "frame.h"
@@ -79,6 +80,10 @@ struct narrow_conf {
         bool commands;
         int64_t command_grace_ms;
         char *positions; /* "compact" or "json" */
+        /* frame authentication (gateway/auth.c) */
+        char *key_file, *key_file_next;
+        char *auth;      /* "on", "off", NULL = on when key_file is set */
+        long tag_bytes;
 };
 
 struct qmsg {
@@ -180,16 +185,32 @@ struct km_plugin_link {
         uint64_t refused[KM_REFUSE_N];
         int64_t refused_log_ms[KM_REFUSE_N];
         uint64_t refused_quiet[KM_REFUSE_N];
+        /* Frame authentication (gateway/auth.c, see "AUTHENTICATION" below). */
+        bool auth_on;                 /* frames sealed and only sealed ones taken */
+        bool auth_off;                /* auth = off said by the operator (status says so) */
+        struct km_auth auth;
+        struct km_auth_peer *seal_to; /* the peer the frame being sent is for (NULL: the first) */
+        struct km_auth_peer *rx_peer; /* the peer the frame being received came from */
+        size_t ovh;                   /* bytes sealing adds (0 without auth) */
+        uint8_t *sbuf, *obuf;         /* a frame sealed, a frame opened: bufcap + 32 bytes each */
+        char *conf_file;              /* key files are relative to it */
+        int64_t auth_log_ms, auth_saved_ms;
+        uint64_t auth_quiet;
 };
 
 static const char *const narrow_keys[] = { "peers", "rto", "probe", "topic_prefix", "dictionary", NULL };
 
 #define NOFF(f) offsetof(struct narrow_conf, f)
 static const char *const position_forms[] = { "compact", "json", NULL };
+static const char *const auth_modes[] = { "on", "off", NULL };
 static const struct km_conf_key cmd_keys[] = {
         { "commands", KM_CONF_BOOL, "yes", NOFF(commands), "center: take <topic_prefix>/<peer>/cmd/# from the center broker for each of peers and send it down this link while that base is not online over MQTT", 0, 0, NULL },
         { "command_grace", KM_CONF_DURATION, "30s", NOFF(command_grace_ms), "center: a command for a base online over MQTT is left to its MQTT session after this long (sent down this link if the base goes offline sooner)", 0, 86400000, NULL },
         { "positions", KM_CONF_STRING, "compact", NOFF(positions), "base: compact = a position message (the canonical JSON of pos/<unit>) crosses as the compact position codec when that is smaller, and the center publishes it quantised (lat/lon 1e-5 deg, alt 1 m, time 0.1 s, speed 0.1 m/s, heading 1 deg, battery 1 %); json = as its JSON, exact (for a center older than the codec in frames). Links with ack = receipt or none write frame version 1 and send JSON", 0, 0, position_forms },
+        { "key_file", KM_CONF_STRING, NULL, NOFF(key_file), "frame authentication key: a base, one base64 key (a line KEY or NAME = KEY); a center, a line PEER = KEY for each of peers; mode 0600 or stricter, relative to this file; kuimenctl key new makes a key", 0, 0, NULL },
+        { "key_file_next", KM_CONF_STRING, NULL, NOFF(key_file_next), "during a rotation, the next key (same form): frames under either key are taken, sent under key_file's", 0, 0, NULL },
+        { "auth", KM_CONF_STRING, NULL, NOFF(auth), "on = frames are sealed and only sealed ones taken (the default with key_file); off = neither, with a warning at start and in status", 0, 0, auth_modes },
+        { "tag_bytes", KM_CONF_INT, "8", NOFF(tag_bytes), "bytes of the truncated HMAC-SHA-256 tag on each frame, the same at both ends: a forged frame passes with odds 2^-(8 x tag_bytes)", KM_AUTH_TAG_MIN, KM_AUTH_TAG_MAX, NULL },
         { NULL, 0, NULL, 0, NULL, 0, 0, NULL },
 };
 
@@ -444,7 +465,7 @@ static void api_report(km_plugin_link *h, const struct km_plugin_report *r)
 {
         static const enum km_link_state map[] = { KM_LINK_DOWN, KM_LINK_DEGRADED, KM_LINK_UP };
         enum km_link_state st = r->state <= KM_PLUGIN_UP ? map[r->state] : KM_LINK_DOWN;
-        if (r->mtu >= KM_FRAME_MTU_MIN && r->mtu <= h->bufcap)
+        if (r->mtu >= KM_FRAME_MTU_MIN + h->ovh && r->mtu <= h->bufcap)
                 h->mtu = r->mtu;
         h->link->signal = r->signal;
         h->free_at = r->next_send_ms ? km_mono_ms() + r->next_send_ms : 0;
@@ -552,6 +573,12 @@ static bool origin_ok(void *ctx, uint32_t origin)
 static int deliver_command(km_plugin_link *h, const struct km_frame_msg *m)
 {
         int rc = km_daemon_command(h->d, KM_CMD_NARROW, m->topic, m->payload, m->len);
+        /* Who may have sent it: every command taken says its path and, sealed, its key. */
+        const struct km_auth_peer *p = h->auth_on ? h->rx_peer : NULL;
+        KM_LOG(rc < 0 ? KM_LOG_WARNING : KM_LOG_NOTICE, "cmd", "'%s' (%zu bytes) from narrow link %s, %s%s%s: %s",
+               m->topic, m->len, h->link->name, p ? "authenticated, key id " : "",
+               p ? (p->last_key == 2 ? p->next.id : p->key.id) : h->auth_off ? "NOT authenticated (auth = off)" : "NOT authenticated (no key_file)",
+               p ? (p->last_key == 2 ? " (key_file_next)" : " (key_file)") : "", rc < 0 ? strerror(-rc) : "taken");
         /* A stop or a storage fault is worth a retry (unacknowledged, the frame comes
          * again); a command too large or unrouted would be refused again, logged. */
         return rc < 0 && (h->d->stopping || !km_spool_storage_ok(h->d->spool)) ? rc : 0;
@@ -607,8 +634,199 @@ static void on_restart(void *ctx, uint64_t id)
                         h->q[i].framed = false, h->q[i].frag_off = 0;
 }
 
+/* ---- authentication ------------------------------------------------------------------
+ *
+ * With a key (key_file), every frame this link sends is sealed (gateway/auth.c: wire
+ * version 3, encrypt-then-MAC, a counter) and every frame it receives is opened
+ * before the frame receiver sees a byte of it: a frame that fails (tag, replay, no key
+ * for its origin, a plain frame) is counted and dropped, so no ack in it is applied,
+ * no SYN honoured, no slot or reorder state touched, nothing delivered. A base thus
+ * executes a command from this link only if its frame was sealed under its center's
+ * key. A center seals its acks under the key of the base acknowledged; its data frames
+ * (commands) go to one base per link, so a center link that sends commands under
+ * authentication has exactly one peer (checked at start).
+ */
+
+static const char *const key_names[] = { "none", "key_file", "key_file_next" };
+static const struct km_link_ops narrow_ops, center_ops; /* defined with the link ops below */
+
+static struct km_auth_peer *auth_peer_of(km_plugin_link *h, uint32_t origin)
+{
+        for (size_t i = 0; i < h->auth.npeers; i++)
+                if (h->auth.peer[i].origin == origin || h->auth.any_peer)
+                        return &h->auth.peer[i];
+        return NULL;
+}
+
+/* A frame that did not open: counted in gateway/auth.c, logged here at most every
+ * REFUSED_LOG_MS (a forger sends as fast as the link goes). */
+static void auth_refused(km_plugin_link *h, int rc, uint32_t origin, size_t len)
+{
+        int64_t now = km_mono_ms();
+        if (h->auth_log_ms && now - h->auth_log_ms < REFUSED_LOG_MS) {
+                h->auth_quiet++;
+                return;
+        }
+        const char *why = rc == -EALREADY ? "a replay (counter already taken or older than the window)"
+                        : rc == -EBADE ? "its tag does not verify under the peer's key(s)"
+                        : rc == -ENOKEY ? "no key for that origin"
+                        : rc == -EPROTONOSUPPORT ? "not sealed (an unauthenticated frame on an authenticated link)"
+                                                 : strerror(-rc);
+        char from[48];
+        snprintf(from, sizeof(from), "%08x", origin);
+        for (size_t i = 0; i < h->peers.n; i++)
+                if (km_frame_node_id(h->peers.v[i]) == origin)
+                        snprintf(from, sizeof(from), "%s", h->peers.v[i]);
+        KM_LOG(KM_LOG_WARNING, "link", "%s: %zu-byte frame claiming origin %s dropped: %s (auth_failures %llu, replays %llu, %llu not logged since the last line)",
+               h->link->name, len, from, why, (unsigned long long)(h->auth.auth_failures + h->auth.unknown_key),
+               (unsigned long long)h->auth.replays, (unsigned long long)h->auth_quiet);
+        h->auth_log_ms = now;
+        h->auth_quiet = 0;
+}
+
+/* path relative to the config file's directory, as the dictionary is. Owned. */
+static char *conf_relative(const char *conf_file, const char *path)
+{
+        const char *slash = conf_file ? strrchr(conf_file, '/') : NULL;
+        char *full = NULL;
+        if (path[0] != '/' && slash) {
+                if (asprintf(&full, "%.*s/%s", (int)(slash - conf_file), conf_file, path) < 0)
+                        return NULL;
+                return full;
+        }
+        return strdup(path);
+}
+
+/* Reads key_file (and key_file_next) for every peer of the link: at start (add: the
+ * peers are made) and on reload (their keys replaced, counters kept). All or nothing:
+ * on an error no key changes. Returns 0 or a negative errno, why naming the file. */
+static int auth_keys_load(km_plugin_link *h, bool add, char *why, size_t wl)
+{
+        size_t n = h->center || h->peers.n ? h->peers.n : 1;
+        struct km_auth_key *k = calloc(n, sizeof(*k)), *nx = calloc(n, sizeof(*nx));
+        char *kf = conf_relative(h->conf_file, h->nc.key_file);
+        char *nf = h->nc.key_file_next ? conf_relative(h->conf_file, h->nc.key_file_next) : NULL;
+        int rc = -ENOMEM;
+        if (!k || !nx || !kf || (h->nc.key_file_next && !nf))
+                goto out;
+        for (size_t i = 0; i < n; i++) {
+                const char *name = h->center ? h->peers.v[i] : NULL;
+                if ((rc = km_auth_key_load(kf, name, &k[i], why, wl)) < 0)
+                        goto out;
+                if (nf && (rc = km_auth_key_load(nf, name, &nx[i], why, wl)) < 0 && rc != -ENOENT)
+                        goto out;
+                rc = 0;
+        }
+        for (size_t i = 0; i < n; i++) {
+                if (add) {
+                        const char *name = h->peers.n ? h->peers.v[i] : "*";
+                        if (!km_auth_peer_add(&h->auth, name, &k[i], &nx[i])) {
+                                snprintf(why, wl, "more than %d peers", KM_AUTH_PEERS_MAX);
+                                rc = -ENOSPC;
+                                goto out;
+                        }
+                } else {
+                        h->auth.peer[i].key = k[i];
+                        h->auth.peer[i].next = nx[i];
+                }
+        }
+out:
+        if (k)
+                explicit_bzero(k, n * sizeof(*k));
+        if (nx)
+                explicit_bzero(nx, n * sizeof(*nx));
+        free(k);
+        free(nx);
+        free(kf);
+        free(nf);
+        return rc;
+}
+
+/* Sets up authentication from the link's keys. Returns 0 or a negative errno (logged). */
+static int auth_setup(km_plugin_link *h, const char *spool)
+{
+        char why[4608], *state = NULL;
+        const char *name = h->link->name;
+        bool off = h->nc.auth && strcmp(h->nc.auth, "off") == 0;
+        bool on = h->nc.auth ? !off : h->nc.key_file != NULL;
+        if (off) {
+                h->auth_off = true;
+                KM_LOG(KM_LOG_WARNING, "link", "%s: auth = off: frames are NEITHER AUTHENTICATED NOR ENCRYPTED; anyone who can send on this link can forge %s, acks and sequence resets",
+                       name, h->center ? "messages under a base's name" : "commands");
+                return 0;
+        }
+        if (!on) {
+                KM_LOG(KM_LOG_WARNING, "link", "%s: no key_file: frames are not authenticated (set key_file at both ends, or auth = off to say so)", name);
+                return 0;
+        }
+        if (!h->nc.key_file) {
+                KM_LOG(KM_LOG_ERR, "link", "%s: auth = on needs key_file", name);
+                return -EINVAL;
+        }
+        if (h->center && !h->peers.n) {
+                KM_LOG(KM_LOG_ERR, "link", "%s: a center's key_file holds a key per peer: set peers", name);
+                return -EINVAL;
+        }
+        if (h->center && h->nc.commands && h->peers.n > 1) {
+                KM_LOG(KM_LOG_ERR, "link", "%s: with key_file, a center link that sends commands has one peer (a link per base), or commands = no", name);
+                return -EINVAL;
+        }
+        /* The counters beside the spool: a restart starts above anything sent. */
+        const char *slash = spool ? strrchr(spool, '/') : NULL;
+        if (asprintf(&state, "%.*s%sauth-%s.state", slash ? (int)(slash - spool) : 1, slash ? spool : ".", "/", name) < 0)
+                return -ENOMEM;
+        int rc = km_auth_init(&h->auth, (unsigned)h->nc.tag_bytes, h->center ? KM_AUTH_DOWN : KM_AUTH_UP, h->origin,
+                              state);
+        if (rc < 0) {
+                KM_LOG(KM_LOG_ERR, "link", "%s: %s: %s", name, state, strerror(-rc));
+                free(state);
+                return rc;
+        }
+        free(state);
+        if ((rc = auth_keys_load(h, true, why, sizeof(why))) < 0) {
+                KM_LOG(KM_LOG_ERR, "link", "%s: %s", name, why);
+                return rc;
+        }
+        /* Each link numbers its frames on its own: two links of this node under one key
+         * would use a nonce twice (gateway/auth.c), so each has its own key. */
+        for (size_t i = 0; i < h->d->nlinks; i++) {
+                const struct km_link *o = h->d->links[i];
+                const km_plugin_link *oh = (o->ops == &narrow_ops || o->ops == &center_ops) ? o->impl : NULL;
+                for (size_t a = 0; oh && oh->auth_on && a < oh->auth.npeers; a++)
+                        for (size_t b = 0; b < h->auth.npeers; b++)
+                                if (strcmp(oh->auth.peer[a].key.id, h->auth.peer[b].key.id) == 0) {
+                                        KM_LOG(KM_LOG_ERR, "link", "%s: key %s is also link %s's: each link needs a key of its own (its frame counter is its own)",
+                                               name, h->auth.peer[b].key.id, o->name);
+                                        return -EINVAL;
+                                }
+        }
+        h->auth_on = true;
+        h->ovh = KM_AUTH_OVERHEAD(h->auth.tag);
+        for (size_t i = 0; i < h->auth.npeers; i++) {
+                struct km_auth_peer *p = &h->auth.peer[i];
+                KM_LOG(KM_LOG_NOTICE, "link", "%s: frames to and from %s authenticated: key %s%s%s, tag %u bytes, %zu bytes a frame",
+                       name, strcmp(p->name, "*") ? p->name : "the center", p->key.id, p->next.set ? ", next key " : "",
+                       p->next.set ? p->next.id : "", h->auth.tag, h->ovh);
+        }
+        return 0;
+}
+
 static void api_received(km_plugin_link *h, const void *frame, size_t len)
 {
+        if (h->auth_on) {
+                uint32_t org = 0;
+                struct km_auth_peer *p = NULL;
+                int n = km_auth_open(&h->auth, frame, len, h->obuf, h->bufcap + 32, &p, &org);
+                if (n < 0) {
+                        h->frames_in++;
+                        h->frames_bad++;
+                        auth_refused(h, n, org, len);
+                        return;
+                }
+                frame = h->obuf;
+                len = (size_t)n;
+                h->rx_peer = p;
+        }
         struct km_frame_rx_info info = { 0 };
         uint64_t bad_pos = h->rx.bad_posbatch;
         int rc = km_frame_rx_input(&h->rx, frame, len, km_now_ms(), km_dict_fallback_deliver, &h->fb, &info);
@@ -789,8 +1007,21 @@ static void sent_data(km_plugin_link *h, const uint8_t *frame, size_t len, uint3
 static bool device_send(km_plugin_link *h, const uint8_t *frame, size_t len)
 {
         static uint32_t token;
+        const uint8_t *wire = frame;
+        size_t wlen = len;
+        if (h->auth_on) {
+                struct km_auth_peer *p = h->seal_to ? h->seal_to : &h->auth.peer[0];
+                int n = km_auth_seal(&h->auth, p, frame, len, h->sbuf, h->bufcap + 32);
+                if (n < 0) {
+                        /* Nothing leaves without a durable counter (gateway/auth.c). */
+                        host_fault(h, "cannot seal a frame: %s", strerror(-n));
+                        return false;
+                }
+                wire = h->sbuf;
+                wlen = (size_t)n;
+        }
         int64_t t0 = km_mono_ms();
-        int rc = h->desc->ops->send(h->state, frame, len, ++token);
+        int rc = h->desc->ops->send(h->state, wire, wlen, ++token);
         check_block(h, "send()", t0);
         if (rc == -EAGAIN) {
                 /* A card that said when it takes the next frame (a BeiDou card's 60 s
@@ -806,9 +1037,9 @@ static bool device_send(km_plugin_link *h, const uint8_t *frame, size_t len)
         if (rc == 0) {
                 if (!h->bud_start)
                         h->bud_start = km_mono_ms();
-                h->bud_bytes_used += len;
+                h->bud_bytes_used += wlen;
                 h->bud_frames_used++;
-                h->link->bytes_sent += len;
+                h->link->bytes_sent += wlen;
                 sent_data(h, frame, len, token);
                 return true;
         }
@@ -850,6 +1081,7 @@ static void kick(km_plugin_link *h)
 
         while (!h->busy && h->open && !h->faulted) {
                 size_t room = budget_room(h);
+                room = room > h->ovh ? room - h->ovh : 0; /* what sealing adds is on the air too */
                 if (h->ack_owed && (h->ack_tried || !data_waiting(h))) {
                         struct km_frame_ack ack;
                         if (km_frame_rx_ack(&h->rx, h->ack_to, &ack) == 0) {
@@ -858,7 +1090,10 @@ static void kick(km_plugin_link *h)
                                         budget_wait(h);
                                         return;
                                 }
-                                if (n > 0 && !device_send(h, h->buf, (size_t)n))
+                                h->seal_to = h->auth_on ? auth_peer_of(h, h->ack_to) : NULL;
+                                bool sent = n <= 0 || device_send(h, h->buf, (size_t)n);
+                                h->seal_to = NULL;
+                                if (!sent)
                                         return;
                         }
                         h->ack_owed = false;
@@ -920,7 +1155,8 @@ static void kick(km_plugin_link *h)
                 if (h->ack_owed && !h->ack_tried && km_frame_rx_ack(&h->rx, h->ack_to, &ack) == 0)
                         piggy = &ack;
                 h->ack_tried = h->ack_owed;
-                n = km_frame_tx_encode(&h->tx, msgs, (size_t)k, room < h->mtu ? room : h->mtu, piggy, now, h->buf, &put);
+                size_t fmtu = h->mtu - h->ovh;
+                n = km_frame_tx_encode(&h->tx, msgs, (size_t)k, room < fmtu ? room : fmtu, piggy, now, h->buf, &put);
                 if (n < 0) {
                         if (n != -EAGAIN)
                                 KM_LOG(KM_LOG_ERR, "link", "%s: cannot frame message %llu: %s", h->link->name,
@@ -954,7 +1190,8 @@ static void send_probe(km_plugin_link *h)
         int64_t now = km_mono_ms();
         if (!h->open || h->faulted || km_frame_tx_inflight(&h->tx))
                 return;
-        size_t room = budget_room(h), mtu = h->mtu;
+        size_t room = budget_room(h), mtu = h->mtu - h->ovh;
+        room = room > h->ovh ? room - h->ovh : 0;
         if (room < mtu)
                 mtu = room;
         int n = mtu >= KM_FRAME_MTU_MIN ? km_frame_tx_probe(&h->tx, mtu, km_now_ms(), h->buf) : -ENOSPC;
@@ -1025,6 +1262,15 @@ static int on_rto(sd_event_source *s, uint64_t usec, void *ud)
                 next = HELD_CHECK_US;
         probe_check(h);
         kick(h);
+        /* The receive counters on disk at most every second (gateway/auth.c). */
+        int64_t now = km_mono_ms();
+        if (h->auth_on && h->auth.dirty && now - h->auth_saved_ms >= 1000) {
+                int rc = km_auth_save(&h->auth);
+                if (rc < 0 && now - h->auth_saved_ms >= 60000)
+                        KM_LOG(KM_LOG_ERR, "link", "%s: cannot save the frame counters: %s", h->link->name, strerror(-rc));
+                if (rc == 0 || now - h->auth_saved_ms >= 60000)
+                        h->auth_saved_ms = now;
+        }
         sd_event_source_set_time_relative(s, next);
         return sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
 }
@@ -1106,6 +1352,11 @@ static void narrow_destroy(struct km_link *l)
         forget_queue(h);
         km_frame_tx_deinit(&h->tx);
         km_frame_rx_deinit(&h->rx);
+        if (h->auth_on)
+                km_auth_deinit(&h->auth); /* saves the receive counters */
+        free(h->sbuf);
+        free(h->obuf);
+        free(h->conf_file);
         km_conf_release(cmd_keys, &h->nc);
         km_dict_deinit(&h->dict);
         for (size_t i = 0; i < h->nkv; i++)
@@ -1328,6 +1579,15 @@ int km_plugin_link_start(struct km_daemon *d, struct km_conf *c, const char *sec
         }
         h->bufcap = KM_FRAME_MTU_MAX;
         h->buf = malloc(h->bufcap);
+        h->sbuf = malloc(h->bufcap + 32);
+        h->obuf = malloc(h->bufcap + 32);
+        h->conf_file = c->file ? strdup(c->file) : NULL;
+        if (!h->buf || !h->sbuf || !h->obuf) {
+                rc = -ENOMEM;
+                goto fail_link;
+        }
+        if ((rc = auth_setup(h, d->node.spool)) < 0)
+                goto fail_link;
         /* Wire version 2 (slots): a reading names its topic's last one and deflates
          * against it; a center answers each base in the version it speaks. A center's
          * frames carry commands: the base publishes them byte for byte, and pairs the
@@ -1374,8 +1634,8 @@ int km_plugin_link_start(struct km_daemon *d, struct km_conf *c, const char *sec
         }
         h->open = true;
         h->mtu = h->desc->ops->mtu(h->state);
-        if (h->mtu < KM_FRAME_MTU_MIN || h->mtu > h->bufcap) {
-                KM_LOG(KM_LOG_ERR, "link", "%s: MTU %u outside %d..%zu", l->name, h->mtu, KM_FRAME_MTU_MIN, h->bufcap);
+        if (h->mtu < KM_FRAME_MTU_MIN + h->ovh || h->mtu > h->bufcap) {
+                KM_LOG(KM_LOG_ERR, "link", "%s: MTU %u outside %zu..%zu", l->name, h->mtu, KM_FRAME_MTU_MIN + h->ovh, h->bufcap);
                 km_link_set_state(l, KM_LINK_DOWN, "MTU out of range");
                 return 0;
         }
@@ -1466,5 +1726,44 @@ int km_plugin_link_frames(const struct km_link *l, struct km_narrow_stats *out)
         };
         for (int r = 0; r < KM_REFUSE_N; r++)
                 out->refused[r] = h->refused[r];
+        out->auth = h->auth_on ? 1 : h->auth_off ? 2 : 0;
+        out->tag_bytes = h->auth_on ? h->auth.tag : 0;
+        out->auth_failures = h->auth.auth_failures + h->auth.unknown_key;
+        out->replays = h->auth.replays;
+        out->frames_authenticated = h->auth.opened;
         return 0;
+}
+
+int km_plugin_link_auth_peer(const struct km_link *l, size_t i, const char **name, const char **key,
+                             const char **key_id)
+{
+        if (!l || (l->ops != &narrow_ops && l->ops != &center_ops) || !l->impl)
+                return -ENOENT;
+        const km_plugin_link *h = l->impl;
+        if (!h->auth_on || i >= h->auth.npeers)
+                return -ENOENT;
+        const struct km_auth_peer *p = &h->auth.peer[i];
+        *name = strcmp(p->name, "*") ? p->name : "center";
+        *key = key_names[p->last_key];
+        *key_id = p->last_key == 2 ? p->next.id : p->key.id;
+        return 0;
+}
+
+void km_plugin_reload_keys(struct km_daemon *d)
+{
+        char why[4608];
+        for (size_t i = 0; i < d->nlinks; i++) {
+                struct km_link *l = d->links[i];
+                if ((l->ops != &narrow_ops && l->ops != &center_ops) || !l->impl)
+                        continue;
+                km_plugin_link *h = l->impl;
+                if (!h->auth_on)
+                        continue;
+                if (auth_keys_load(h, false, why, sizeof(why)) < 0)
+                        KM_LOG(KM_LOG_ERR, "link", "%s: reload: %s: keeping the keys in use", l->name, why);
+                else
+                        KM_LOG(KM_LOG_NOTICE, "link", "%s: reload: keys read again (%s: key %s%s%s)", l->name,
+                               h->auth.peer[0].name, h->auth.peer[0].key.id, h->auth.peer[0].next.set ? ", next " : "",
+                               h->auth.peer[0].next.set ? h->auth.peer[0].next.id : "");
+        }
 }

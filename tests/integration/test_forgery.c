@@ -6,8 +6,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
+#include "gateway/auth.h"
 #include "gateway/frame.h"
 #include "harness.h"
 
@@ -108,22 +110,30 @@ struct fpair {
         struct h_pub pub; /* the base's terminals */
 };
 
-static void fpair_start(struct fpair *p, const char *tag, const char *base_extra)
+static void fpair_start_ex(struct fpair *p, const char *tag, const char *base_extra, const char *center_extra,
+                           const char *peers, void (*before)(struct fpair *))
 {
-        char bl[400], ce[400];
+        char bl[400], ce[800];
         memset(p, 0, sizeof(*p));
         h_pair_init(&p->k, tag);
         snprintf(p->bsock, sizeof(p->bsock), "%s/base.sock", p->k.dir);
         snprintf(p->csock, sizeof(p->csock), "%s/center.sock", p->k.dir);
         snprintf(bl, sizeof(bl), "[control]\nsocket = %s", p->bsock);
-        snprintf(ce, sizeof(ce), "[control]\nsocket = %s", p->csock);
+        snprintf(ce, sizeof(ce), "%s\n[control]\nsocket = %s", center_extra ? center_extra : "", p->csock);
         struct h_pair_conf conf = { .link_keys = "mtu = 400\nrto = 1s", .base_node = "link_status = no",
                                     .base_local = bl, .base_extra = base_extra, .center_extra = ce,
-                                    .peers = "north, south", .relay = true };
+                                    .peers = peers, .relay = true };
+        if (before)
+                before(p);
         h_pair_start(&p->k, &conf);
         cr_assert(h_log_wait(&p->k.ctr, "control: listening on", 10000));
         cr_assert(h_log_wait(&p->k.base, "control: listening on", 10000));
         h_pub_start(&p->pub, p->k.local.port, "terminals");
+}
+
+static void fpair_start(struct fpair *p, const char *tag, const char *base_extra)
+{
+        fpair_start_ex(p, tag, base_extra, NULL, "north, south", NULL);
 }
 
 static void fpair_stop(struct fpair *p)
@@ -238,4 +248,303 @@ Test(forgery, invalid_commands_at_the_base, .timeout = 120)
         h_rec_stop(&ctr);
         h_rec_free(&ctr);
         fpair_stop(&p);
+}
+
+/* ---- authenticated links ------------------------------------------------------------- */
+
+#define KEY_A "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA="
+#define KEY_B "YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXp7fH1+f4A="
+
+static void write_key(const struct fpair *p, const char *name, const char *text, mode_t mode)
+{
+        char path[400];
+        snprintf(path, sizeof(path), "%s/%s", p->k.dir, name);
+        h_write_text(path, text);
+        cr_assert_eq(chmod(path, mode), 0);
+}
+
+static void keys_same(struct fpair *p)
+{
+        write_key(p, "base.key", "# north's key for the county center\n" KEY_A "\n", 0600);
+        write_key(p, "center.key", "north = " KEY_A "\n", 0600);
+}
+
+/* The center's link: one peer (it sends commands) and the key file. */
+#define CENTER_AUTH "key_file = center.key"
+#define BASE_AUTH "key_file = base.key"
+
+/* links.0.auth.<field> of a `links --json` reply. */
+static double auth_num(const cJSON *j, const char *field)
+{
+        const cJSON *l = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(j, "links"), 0);
+        const cJSON *a = cJSON_GetObjectItemCaseSensitive(l, "auth");
+        cr_assert(cJSON_IsObject(a), "links.0.auth missing");
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(a, field);
+        cr_assert(cJSON_IsNumber(v), "links.0.auth.%s missing", field);
+        return v->valuedouble;
+}
+
+/* links.0.auth.peers.0.<field>. */
+static const char *auth_peer(const cJSON *j, const char *field)
+{
+        const cJSON *l = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(j, "links"), 0);
+        const cJSON *pe = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(l, "auth"), "peers"), 0);
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(pe, field);
+        cr_assert(cJSON_IsString(v), "links.0.auth.peers.0.%s missing", field);
+        return v->valuestring;
+}
+
+static double ctl_num(const char *sock, double (*f)(const cJSON *, const char *), const char *field)
+{
+        cJSON *j = ctl_json(sock, "links --json");
+        double v = f(j, field);
+        cJSON_Delete(j);
+        return v;
+}
+
+static double link_num(const char *sock, const char *field)
+{
+        cJSON *j = ctl_json(sock, "links --json");
+        const cJSON *l = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(j, "links"), 0);
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(l, field);
+        cr_assert(cJSON_IsNumber(v), "links.0.%s missing", field);
+        double d = v->valuedouble;
+        cJSON_Delete(j);
+        return d;
+}
+
+/* Waits until f(sock, field) reaches want; returns the last value. */
+static double auth_wait(const char *sock, const char *field, double want, int timeout_ms)
+{
+        int64_t until = h_now_ms() + timeout_ms;
+        double v;
+        while ((v = ctl_num(sock, auth_num, field)) < want && h_now_ms() < until)
+                h_sleep_ms(100);
+        return v;
+}
+
+/* A frame from `from` sealed under a key the forger made up. */
+static size_t forge_sealed(uint8_t *out, const char *from, enum km_auth_dir dir, const char *topic, const char *payload)
+{
+        uint8_t plain[400], secret[32];
+        struct km_auth a;
+        struct km_auth_key k;
+        for (int i = 0; i < 32; i++)
+                secret[i] = (uint8_t)(0xa5 ^ i);
+        km_auth_key_from_secret(&k, secret);
+        const char *t[] = { topic }, *pl[] = { payload };
+        size_t n = forge(plain, 380, from, t, pl, 1);
+        cr_assert_eq(km_auth_init(&a, 8, dir, km_frame_node_id(from), NULL), 0);
+        struct km_auth_peer *pe = km_auth_peer_add(&a, "*", &k, NULL);
+        int s = km_auth_seal(&a, pe, plain, n, out, 400);
+        cr_assert_gt(s, 0);
+        km_auth_deinit(&a);
+        return (size_t)s;
+}
+
+/* A plain ack frame from the center saying it holds everything of north's up to cum
+ * and the 64 frames after it: what released 203 spooled messages on main. */
+static size_t forge_ack(uint8_t *out, uint16_t cum)
+{
+        struct km_frame_ack a = { .origin = km_frame_node_id("north"), .cum = cum, .bitmap = ~0ULL, .version = 2 };
+        int n = km_frame_ack_encode(&a, km_frame_node_id("county"), out, KM_FRAME_ACK_MAX);
+        cr_assert_gt(n, 0);
+        return (size_t)n;
+}
+
+/* An authenticated pair under attack: unauthenticated data, SYN, ack and command
+ * frames, frames sealed under a made-up key, recorded genuine frames replayed both
+ * ways, a recorded frame with one bit flipped in its tag and one in its body. Each is
+ * refused with its counter, nothing forged is published, the forged acks release
+ * nothing from the base's spool while the path is cut, and the genuine alerts and a
+ * genuine command flow, each exactly once. */
+Test(forgery, authenticated_link_refuses_forgeries, .timeout = 180)
+{
+        struct fpair p;
+        struct h_rec rec, local;
+        struct h_pub cpub;
+        uint8_t f[400];
+        size_t n;
+        fpair_start_ex(&p, "forge-auth", BASE_AUTH, CENTER_AUTH, "north", keys_same);
+        struct h_relay *r = &p.k.relay;
+        h_rec_start(&rec, p.k.center.port, "center-rec", "kuimen/#");
+        h_rec_start(&local, p.k.local.port, "terminal-rec", "cmd/#");
+        h_pub_start(&cpub, p.k.center.port, "operator");
+
+        genuine_alerts(&p, 5);
+        cr_assert_eq(rec_wait(&rec, "kuimen/north/alert/gas", NULL, 5, 30000), 5);
+        h_pub_send(&cpub, "kuimen/north/cmd/u1/go", "GO");
+        cr_assert(h_pub_flush(&cpub, 5000));
+        cr_assert_eq(rec_wait(&local, "cmd/u1/go", "GO", 1, 30000), 1, "a genuine command crosses");
+        cr_assert(h_log_wait(&p.k.base, "'cmd/u1/go' (2 bytes) from narrow link sat, authenticated, key id ", 5000));
+        h_sleep_ms(1500); /* the last acks settle */
+
+        /* unauthenticated: a data frame with SYN under north's name, a command and an
+         * ack in the center's name */
+        const char *t1[] = { "alert/gas" }, *p1[] = { "FORGED-DATA" };
+        n = forge(f, 380, "north", t1, p1, 1);
+        cr_assert_eq(h_relay_to_center(r, f, n), (ssize_t)n);
+        const char *t2[] = { "cmd/u1/evacuate" }, *p2[] = { "FORGED-CMD" };
+        n = forge(f, 380, "county", t2, p2, 1);
+        cr_assert_eq(h_relay_to_base(r, f, n), (ssize_t)n);
+        n = forge_ack(f, 1);
+        cr_assert_eq(h_relay_to_base(r, f, n), (ssize_t)n);
+        /* sealed under a made-up key */
+        n = forge_sealed(f, "north", KM_AUTH_UP, "alert/gas", "FORGED-SEALED");
+        cr_assert_eq(h_relay_to_center(r, f, n), (ssize_t)n);
+        n = forge_sealed(f, "county", KM_AUTH_DOWN, "cmd/u1/evacuate", "FORGED-SEALED-CMD");
+        cr_assert_eq(h_relay_to_base(r, f, n), (ssize_t)n);
+
+        /* the recorded session replayed both ways; one bit flipped in a tag, one in a body */
+        pthread_mutex_lock(&r->mu);
+        size_t nup = r->n_kept_up, ndown = r->n_kept_down;
+        pthread_mutex_unlock(&r->mu);
+        cr_assert_geq(nup, 2);
+        cr_assert_geq(ndown, 2);
+        for (size_t i = 0; i < nup; i++)
+                cr_assert_eq(h_relay_to_center(r, r->kept_up[i], r->kept_up_len[i]), (ssize_t)r->kept_up_len[i]);
+        for (size_t i = 0; i < ndown; i++)
+                cr_assert_eq(h_relay_to_base(r, r->kept_down[i], r->kept_down_len[i]), (ssize_t)r->kept_down_len[i]);
+        memcpy(f, r->kept_up[0], r->kept_up_len[0]);
+        f[r->kept_up_len[0] - 1] ^= 0x01;
+        cr_assert_eq(h_relay_to_center(r, f, r->kept_up_len[0]), (ssize_t)r->kept_up_len[0]);
+        memcpy(f, r->kept_up[0], r->kept_up_len[0]);
+        f[8] ^= 0x10;
+        cr_assert_eq(h_relay_to_center(r, f, r->kept_up_len[0]), (ssize_t)r->kept_up_len[0]);
+
+        cr_assert_eq(auth_wait(p.csock, "auth_failures", 4, 5000), 4, "center: plain, made-up key, 2 bit flips");
+        cr_assert_eq(auth_wait(p.csock, "replays", (double)nup, 5000), (double)nup);
+        cr_assert_eq(auth_wait(p.bsock, "auth_failures", 3, 5000), 3, "base: plain command, plain ack, made-up key");
+        cr_assert_eq(auth_wait(p.bsock, "replays", (double)ndown, 5000), (double)ndown);
+
+        /* forged acks while the path is cut release nothing */
+        double acked = link_num(p.bsock, "acked");
+        atomic_store(&r->cut, true);
+        genuine_alerts(&p, 5);
+        h_sleep_ms(500);
+        for (int c = 0; c < 8; c++) {
+                n = forge_ack(f, (uint16_t)(c * 8192));
+                cr_assert_eq(h_relay_to_base(r, f, n), (ssize_t)n);
+        }
+        cr_assert_eq(auth_wait(p.bsock, "auth_failures", 11, 5000), 11);
+        h_sleep_ms(500);
+        cr_assert_eq(link_num(p.bsock, "acked"), acked, "no forged ack released a message");
+        atomic_store(&r->cut, false);
+        cr_assert_eq(rec_wait(&rec, "kuimen/north/alert/gas", NULL, 10, 30000), 10, "all of them once the path is back");
+
+        h_sleep_ms(1000);
+        cr_assert_eq(rec_count(&rec, "kuimen/north/alert/gas", NULL), 10, "each genuine alert once");
+        cr_assert_eq(rec_count(&rec, "kuimen/north/alert/gas", "FORGED-DATA") + rec_count(&rec, "kuimen/north/alert/gas", "FORGED-SEALED"), 0);
+        cr_assert_eq(rec_count(&local, "", NULL), 1, "only the genuine command, once");
+        cJSON *j = ctl_json(p.csock, "links --json");
+        cr_assert_str_eq(auth_peer(j, "name"), "north");
+        cr_assert_str_eq(auth_peer(j, "key"), "key_file");
+        cJSON_Delete(j);
+        cr_assert_eq(h_log_count(&p.k.ctr, "frame claiming origin north dropped: not sealed"), 1,
+                     "the first failure logged with its claimed origin, the rest within 10 s counted only");
+
+        h_pub_stop(&cpub);
+        h_rec_stop(&rec);
+        h_rec_free(&rec);
+        h_rec_stop(&local);
+        h_rec_free(&local);
+        fpair_stop(&p);
+}
+
+/* "An hour later": a session recorded on the air and replayed after the center
+ * restarted is refused (the center saved its counters at its stop), and genuine
+ * traffic still flows afterwards. */
+Test(forgery, replay_after_center_restart, .timeout = 180)
+{
+        struct fpair p;
+        struct h_rec rec;
+        fpair_start_ex(&p, "forge-restart", BASE_AUTH, CENTER_AUTH, "north", keys_same);
+        struct h_relay *r = &p.k.relay;
+        h_rec_start(&rec, p.k.center.port, "center-rec", "kuimen/north/alert/#");
+        genuine_alerts(&p, 5);
+        cr_assert_eq(rec_wait(&rec, "kuimen/north/alert/gas", NULL, 5, 30000), 5);
+        h_sleep_ms(1500);
+        pthread_mutex_lock(&r->mu);
+        size_t nup = r->n_kept_up;
+        pthread_mutex_unlock(&r->mu);
+
+        cr_assert_eq(h_stop(&p.k.ctr, SIGTERM) & 0xffff, 0, "the center stops cleanly");
+        const char *cargs[] = { "--config", p.k.cconf, NULL };
+        int opened = h_log_count(&p.k.ctr, "link: sat: sim: mtu ");
+        h_kuimen_start(&p.k.ctr, p.k.clog, cargs);
+        int64_t until = h_now_ms() + 10000;
+        while (h_log_count(&p.k.ctr, "link: sat: sim: mtu ") <= opened && h_now_ms() < until)
+                h_sleep_ms(50);
+        h_sleep_ms(500);
+        for (size_t i = 0; i < nup; i++)
+                cr_assert_eq(h_relay_to_center(r, r->kept_up[i], r->kept_up_len[i]), (ssize_t)r->kept_up_len[i]);
+        cr_assert_eq(auth_wait(p.csock, "replays", (double)nup, 10000), (double)nup, "every recorded frame refused");
+        cr_assert_eq(ctl_num(p.csock, auth_num, "frames_authenticated"), 0, "none taken");
+        genuine_alerts(&p, 5);
+        cr_assert_eq(rec_wait(&rec, "kuimen/north/alert/gas", NULL, 10, 30000), 10);
+        h_sleep_ms(1000);
+        cr_assert_eq(rec_count(&rec, "kuimen/north/alert/gas", NULL), 10, "nothing published twice");
+        h_rec_stop(&rec);
+        h_rec_free(&rec);
+        fpair_stop(&p);
+}
+
+static void keys_rotating(struct fpair *p)
+{
+        /* step 2 of a rotation: the center still sends under A and takes B; the base
+         * already sends under B and takes A */
+        write_key(p, "center.key", "north = " KEY_A "\n", 0600);
+        write_key(p, "center.next", "north = " KEY_B "\n", 0600);
+        write_key(p, "base.key", KEY_B "\n", 0600);
+        write_key(p, "base.next", KEY_A "\n", 0600);
+}
+
+/* A rotation with both keys live: each end sends under its key_file and takes either;
+ * the status says which key each peer uses. */
+Test(forgery, rotation_both_keys_live, .timeout = 120)
+{
+        struct fpair p;
+        struct h_rec rec;
+        fpair_start_ex(&p, "forge-rotate", BASE_AUTH "\nkey_file_next = base.next",
+                       CENTER_AUTH "\nkey_file_next = center.next", "north", keys_rotating);
+        h_rec_start(&rec, p.k.center.port, "center-rec", "kuimen/north/alert/#");
+        genuine_alerts(&p, 5);
+        cr_assert_eq(rec_wait(&rec, "kuimen/north/alert/gas", NULL, 5, 30000), 5);
+        h_sleep_ms(1500);
+        cJSON *j = ctl_json(p.csock, "links --json");
+        cr_assert_str_eq(auth_peer(j, "key"), "key_file_next", "north sends under the center's next key");
+        cr_assert_eq(auth_num(j, "auth_failures"), 0);
+        cJSON_Delete(j);
+        j = ctl_json(p.bsock, "links --json");
+        cr_assert_str_eq(auth_peer(j, "name"), "center");
+        cr_assert_str_eq(auth_peer(j, "key"), "key_file_next", "the center's acks under the base's next key");
+        cr_assert_eq(auth_num(j, "auth_failures"), 0);
+        cr_assert_eq(link_num(p.bsock, "acked"), 5);
+        cJSON_Delete(j);
+        h_rec_stop(&rec);
+        h_rec_free(&rec);
+        fpair_stop(&p);
+}
+
+/* A key file others may read stops the start, naming the file. */
+Test(forgery, key_file_mode_refused, .timeout = 60)
+{
+        char dir[200], conf[300], out[8192], text[1200];
+        h_tmpdir(dir, sizeof(dir), "forge-mode");
+        const char *plugins = getenv("KM_SIM_PLUGIN_DIR");
+        cr_assert(plugins);
+        snprintf(text, sizeof(text), "%s/base.key", dir);
+        h_write_text(text, KEY_A "\n");
+        chmod(text, 0644);
+        snprintf(conf, sizeof(conf), "%s/base.conf", dir);
+        snprintf(text, sizeof(text),
+                 "[node]\nname = north\nspool = %s/spool.db\nplugin_dir = %s\n[local]\nuri = tcp://127.0.0.1:%d\n"
+                 "[link sat]\ntype = sim\nlisten = 127.0.0.1:%d\npeer = 127.0.0.1:%d\nkey_file = base.key\n",
+                 dir, plugins, h_free_port(), h_free_port(), h_free_port());
+        h_write_text(conf, text);
+        const char *args[] = { "--config", conf, NULL };
+        int rc = h_kuimen_run(args, out, sizeof(out));
+        cr_assert_neq(rc, 0, "started with a world-readable key: %s", out);
+        cr_assert(strstr(out, "base.key: mode 0644"), "%s", out);
+        h_cleanup(dir);
 }
