@@ -9,6 +9,9 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+
+#include "log.h"
 
 /* inih's handler gets no line number in Debian's build (INI_HANDLER_LINENO is 0), so the
  * reader counts the lines it hands to inih: inih calls it once per physical line. */
@@ -125,6 +128,25 @@ static int on_entry(void *user, const char *section, const char *key, const char
         return 1;
 }
 
+/* A broker password in a file others can read is a password anyone on the box has
+ * (issue 12): said at every load, naming the file and its mode. Not refused: a
+ * config installed root:kuimen 0640 is common, and refusing would stop a gateway that
+ * ran yesterday; the narrow links' key files, new, are refused (gateway/auth.c). */
+static void password_check(const struct km_conf *c, const char *text)
+{
+        struct stat st;
+        if (text || !c->file || stat(c->file, &st) < 0 || !(st.st_mode & 077))
+                return;
+        for (size_t i = 0; i < c->n; i++)
+                if (strcmp(c->e[i].key, "password") == 0) {
+                        KM_LOG(st.st_mode & 004 ? KM_LOG_WARNING : KM_LOG_NOTICE, "config",
+                               "%s:%d: [%s] password in a file of mode %04o that %s can read: chmod 600 (or 640 with group kuimen only)",
+                               c->file, c->e[i].line, c->e[i].section, (unsigned)(st.st_mode & 07777),
+                               st.st_mode & 004 ? "every user" : "its group");
+                        return;
+                }
+}
+
 int km_conf_load(struct km_conf *c, const char *path, const char *text)
 {
         struct reader r = { .text = text, .c = c };
@@ -142,6 +164,7 @@ int km_conf_load(struct km_conf *c, const char *path, const char *text)
                 errorf(c, rc, NULL, "syntax error (expected [section], key = value or comment)");
         else if (rc < 0)
                 return -ENOMEM;
+        password_check(c, text);
         return 0;
 }
 
