@@ -1487,6 +1487,34 @@ int km_plugin_check(struct km_conf *c, const char *section, const char *plugin_d
         }
         struct narrow_conf nc = { 0 };
         bad += km_conf_apply(c, section, cmd_keys, &nc) != 0;
+        /* The key files as the start reads them: mode, syntax, a key per peer. */
+        const char *role_ = km_conf_get(c, "node", "role"), *pv = km_conf_get(c, section, "peers");
+        bool ctr_ = role_ && strcmp(role_, "center") == 0;
+        struct km_strv peers = { 0 };
+        if (pv)
+                km_strv_split(&peers, pv);
+        const char *files[2] = { nc.key_file, nc.key_file_next }, *fkeys[2] = { "key_file", "key_file_next" };
+        for (int fi = 0; fi < 2; fi++) {
+                if (!files[fi])
+                        continue;
+                char *full = conf_relative(c->file, files[fi]);
+                struct km_auth_key k;
+                for (size_t i = 0; full && i < (ctr_ ? peers.n : 1); i++) {
+                        int krc = km_auth_key_load(full, ctr_ ? peers.v[i] : NULL, &k, why, sizeof(why));
+                        explicit_bzero(&k, sizeof(k));
+                        if (krc < 0 && !(fi == 1 && krc == -ENOENT)) {
+                                km_conf_error(c, section, fkeys[fi], "%s", why);
+                                bad++;
+                                break;
+                        }
+                }
+                free(full);
+        }
+        if (nc.auth && strcmp(nc.auth, "on") == 0 && !nc.key_file) {
+                km_conf_error(c, section, "auth", "auth = on needs key_file");
+                bad++;
+        }
+        km_strv_free(&peers);
         int64_t rto, probe, ackt = 3000;
         const char *role = km_conf_get(c, "node", "role"), *at = km_conf_get(c, section, "ack_timeout");
         if (at)
@@ -1700,8 +1728,11 @@ void km_plugin_print_help(FILE *out)
               out);
         for (const struct km_conf_key *k = cmd_keys; k->name; k++)
                 fprintf(out, "  %-16s %-8s %s [default: %s]\n", k->name,
-                        k->type == KM_CONF_BOOL ? "boolean" : k->type == KM_CONF_STRING ? "string" : "duration",
-                        k->help, k->def);
+                        k->type == KM_CONF_BOOL     ? "boolean"
+                        : k->type == KM_CONF_STRING ? "string"
+                        : k->type == KM_CONF_INT    ? "integer"
+                                                    : "duration",
+                        k->help, k->def ? k->def : "none");
         fputs("\n", out);
 }
 

@@ -3,6 +3,7 @@
 #include <criterion/criterion.h>
 #include <cjson/cJSON.h>
 #include <libgen.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -547,4 +548,63 @@ Test(forgery, key_file_mode_refused, .timeout = 60)
         cr_assert_neq(rc, 0, "started with a world-readable key: %s", out);
         cr_assert(strstr(out, "base.key: mode 0644"), "%s", out);
         h_cleanup(dir);
+}
+
+/* auth = off at both ends: traffic flows as before, and the log, kuimenctl and the
+ * status say loudly that frames can be forged. */
+Test(forgery, auth_off_is_said, .timeout = 120)
+{
+        struct fpair p;
+        struct h_rec rec;
+        fpair_start_ex(&p, "forge-off", "auth = off", "auth = off", "north", NULL);
+        h_rec_start(&rec, p.k.center.port, "center-rec", "kuimen/north/alert/#");
+        cr_assert_eq(h_log_count(&p.k.base, "auth = off: frames are NEITHER AUTHENTICATED NOR ENCRYPTED"), 1);
+        cr_assert_eq(h_log_count(&p.k.ctr, "auth = off: frames are NEITHER AUTHENTICATED NOR ENCRYPTED"), 1);
+        genuine_alerts(&p, 3);
+        cr_assert_eq(rec_wait(&rec, "kuimen/north/alert/gas", NULL, 3, 30000), 3);
+        cJSON *j = ctl_json(p.csock, "links --json");
+        const cJSON *l = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(j, "links"), 0);
+        const cJSON *m = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(l, "auth"), "mode");
+        cr_assert(cJSON_IsString(m) && strcmp(m->valuestring, "off") == 0);
+        cJSON_Delete(j);
+        char cmd[600], out[8192];
+        snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' links 2>&1", ctl_path(), p.csock);
+        FILE *f = popen(cmd, "r");
+        size_t n = fread(out, 1, sizeof(out) - 1, f);
+        out[n] = '\0';
+        pclose(f);
+        cr_assert(strstr(out, "sat: auth off tag_bytes=0") && strstr(out, "WARNING: auth = off, frames can be forged"), "%s",
+                  out);
+        h_rec_stop(&rec);
+        h_rec_free(&rec);
+        fpair_stop(&p);
+}
+
+/* SIGHUP reads the key files again: a file that became readable by others is refused
+ * (the keys in use stay, traffic flows); a new key in its place is taken, and the
+ * base's frames, still under the old key, then fail. */
+Test(forgery, reload_reads_keys_again, .timeout = 120)
+{
+        struct fpair p;
+        struct h_rec rec;
+        char path[400];
+        fpair_start_ex(&p, "forge-reload", BASE_AUTH, CENTER_AUTH, "north", keys_same);
+        h_rec_start(&rec, p.k.center.port, "center-rec", "kuimen/north/alert/#");
+        snprintf(path, sizeof(path), "%s/center.key", p.k.dir);
+        cr_assert_eq(chmod(path, 0644), 0);
+        kill(p.k.ctr.pid, SIGHUP);
+        cr_assert(h_log_wait(&p.k.ctr, "reload: ", 5000));
+        cr_assert(h_log_wait(&p.k.ctr, "center.key: mode 0644 lets others read or write the key: chmod 600 it: keeping the keys in use", 5000));
+        genuine_alerts(&p, 3);
+        cr_assert_eq(rec_wait(&rec, "kuimen/north/alert/gas", NULL, 3, 30000), 3, "the keys in use stayed");
+        h_sleep_ms(1500);
+        write_key(&p, "center.key", "north = " KEY_B "\n", 0600);
+        kill(p.k.ctr.pid, SIGHUP);
+        cr_assert(h_log_wait(&p.k.ctr, "reload: keys read again", 5000));
+        genuine_alerts(&p, 1);
+        cr_assert_geq(auth_wait(p.csock, "auth_failures", 1, 10000), 1, "the base's old key no longer verifies");
+        cr_assert_eq(rec_count(&rec, "kuimen/north/alert/gas", NULL), 3);
+        h_rec_stop(&rec);
+        h_rec_free(&rec);
+        fpair_stop(&p);
 }
