@@ -785,6 +785,7 @@ static int auth_setup(km_plugin_link *h, const char *spool)
         free(state);
         if ((rc = auth_keys_load(h, true, why, sizeof(why))) < 0) {
                 KM_LOG(KM_LOG_ERR, "link", "%s: %s", name, why);
+                km_auth_deinit(&h->auth);
                 return rc;
         }
         /* Each link numbers its frames on its own: two links of this node under one key
@@ -797,6 +798,7 @@ static int auth_setup(km_plugin_link *h, const char *spool)
                                 if (strcmp(oh->auth.peer[a].key.id, h->auth.peer[b].key.id) == 0) {
                                         KM_LOG(KM_LOG_ERR, "link", "%s: key %s is also link %s's: each link needs a key of its own (its frame counter is its own)",
                                                name, h->auth.peer[b].key.id, o->name);
+                                        km_auth_deinit(&h->auth);
                                         return -EINVAL;
                                 }
         }
