@@ -828,6 +828,13 @@ static void api_received(km_plugin_link *h, const void *frame, size_t len)
                 frame = h->obuf;
                 len = (size_t)n;
                 h->rx_peer = p;
+                /* The counter on disk before the frame is acted on, unless it was saved
+                 * less than a second ago: on a slow link (a card's frame a minute) no
+                 * frame taken can be replayed after a crash; on a fast one, at most
+                 * the last second's (on_rto saves those). */
+                int64_t now = km_mono_ms();
+                if (h->auth.dirty && now - h->auth_saved_ms >= 1000 && km_auth_save(&h->auth) == 0)
+                        h->auth_saved_ms = now;
         }
         struct km_frame_rx_info info = { 0 };
         uint64_t bad_pos = h->rx.bad_posbatch;
