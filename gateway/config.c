@@ -9,6 +9,9 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+
+#include "log.h"
 
 /* inih's handler gets no line number in Debian's build (INI_HANDLER_LINENO is 0), so the
  * reader counts the lines it hands to inih: inih calls it once per physical line. */
@@ -125,6 +128,101 @@ static int on_entry(void *user, const char *section, const char *key, const char
         return 1;
 }
 
+/*
+ * Secrets out of the config file (issue 12): in any section, `password_file = PATH`
+ * (relative to the config's directory; a regular file of mode 0640 or stricter, not
+ * writable by others) or `password_credential = NAME` (systemd's LoadCredential=
+ * or SetCredentialEncrypted=: $CREDENTIALS_DIRECTORY/NAME) stands for `password =`
+ * the file's first line. The loader resolves it here, so every section's table sees a
+ * plain `password` and nothing else changes; the secret never sits in a file that
+ * must be readable by whoever reads the config. Both, or either with `password`, in
+ * one section is an error.
+ */
+static void password_indirect(struct km_conf *c)
+{
+        for (size_t i = 0; i < c->n; i++) {
+                struct km_conf_entry *e = &c->e[i];
+                bool file = strcmp(e->key, "password_file") == 0, cred = strcmp(e->key, "password_credential") == 0;
+                if (!file && !cred)
+                        continue;
+                for (size_t j = 0; j < c->n; j++)
+                        if (j != i && strcmp(c->e[j].section, e->section) == 0 &&
+                            (strcmp(c->e[j].key, "password") == 0 || strcmp(c->e[j].key, "password_file") == 0 ||
+                             strcmp(c->e[j].key, "password_credential") == 0)) {
+                                if (j > i || strcmp(c->e[j].key, "password") == 0)
+                                        errorf(c, c->e[j].line, c->e[j].key, "[%s] has %s too (line %d): give one",
+                                               e->section, e->key, e->line);
+                                goto next;
+                        }
+                char *path = NULL;
+                const char *slash = strrchr(c->file, '/'), *creds = getenv("CREDENTIALS_DIRECTORY");
+                int n;
+                if (cred && (!creds || !*creds || strchr(e->value, '/'))) {
+                        errorf(c, e->line, e->key, "%s", !creds || !*creds ? "no $CREDENTIALS_DIRECTORY (not started by systemd with LoadCredential=?)"
+                                                                          : "a credential name has no '/'");
+                        continue;
+                }
+                if (cred)
+                        n = asprintf(&path, "%s/%s", creds, e->value);
+                else if (e->value[0] != '/' && slash)
+                        n = asprintf(&path, "%.*s/%s", (int)(slash - c->file), c->file, e->value);
+                else
+                        n = asprintf(&path, "%s", e->value);
+                if (n < 0)
+                        continue;
+                struct stat st;
+                FILE *f = fopen(path, "re");
+                char line[1024];
+                if (!f || fstat(fileno(f), &st) < 0) {
+                        errorf(c, e->line, e->key, "%s: %s", path, strerror(errno));
+                } else if (!S_ISREG(st.st_mode)) {
+                        errorf(c, e->line, e->key, "%s: not a regular file", path);
+                } else if (file && (st.st_mode & 027)) {
+                        errorf(c, e->line, e->key, "%s: mode %04o: others may read or anyone but the owner may write it: chmod 600 (or 640 for group kuimen)",
+                               path, (unsigned)(st.st_mode & 07777));
+                } else if (!fgets(line, sizeof(line), f)) {
+                        errorf(c, e->line, e->key, "%s: empty", path);
+                } else {
+                        line[strcspn(line, "\r\n")] = '\0';
+                        char *v = strdup(line), *k = strdup("password");
+                        if (v && k) {
+                                free(e->key);
+                                explicit_bzero(e->value, strlen(e->value));
+                                free(e->value);
+                                e->key = k;
+                                e->value = v;
+                        } else {
+                                free(v);
+                                free(k);
+                        }
+                        explicit_bzero(line, sizeof(line));
+                }
+                if (f)
+                        fclose(f);
+                free(path);
+        next:;
+        }
+}
+
+/* A broker password in a file others can read is a password anyone on the box has
+ * (issue 12): said at every load, naming the file and its mode. Not refused: a
+ * config installed root:kuimen 0640 is common, and refusing would stop a gateway that
+ * ran yesterday; the narrow links' key files, new, are refused (gateway/auth.c). */
+static void password_check(const struct km_conf *c, const char *text)
+{
+        struct stat st;
+        if (text || !c->file || stat(c->file, &st) < 0 || !(st.st_mode & 077))
+                return;
+        for (size_t i = 0; i < c->n; i++)
+                if (strcmp(c->e[i].key, "password") == 0) {
+                        KM_LOG(st.st_mode & 004 ? KM_LOG_WARNING : KM_LOG_NOTICE, "config",
+                               "%s:%d: [%s] password in a file of mode %04o that %s can read: chmod 600 (or 640 with group kuimen only)",
+                               c->file, c->e[i].line, c->e[i].section, (unsigned)(st.st_mode & 07777),
+                               st.st_mode & 004 ? "every user" : "its group");
+                        return;
+                }
+}
+
 int km_conf_load(struct km_conf *c, const char *path, const char *text)
 {
         struct reader r = { .text = text, .c = c };
@@ -142,6 +240,9 @@ int km_conf_load(struct km_conf *c, const char *path, const char *text)
                 errorf(c, rc, NULL, "syntax error (expected [section], key = value or comment)");
         else if (rc < 0)
                 return -ENOMEM;
+        password_check(c, text);
+        if (!text)
+                password_indirect(c);
         return 0;
 }
 

@@ -520,6 +520,23 @@ static void put_narrow(struct km_control_buf *b, const struct km_link *l)
                           U(pos_batches), U(bad_posbatch), U(out_of_window), U(dropped_nomem), U(oversize),
                           U(bad_payload), U(restarts_lost));
 #undef U
+        km_control_printf(b, ",\"refused\":{");
+        for (int r = 1; r < KM_REFUSE_N; r++)
+                km_control_printf(b, "%s\"%s\":%llu", r > 1 ? "," : "", km_inbound_reason_name(r),
+                                  (unsigned long long)ns.refused[r]);
+        km_control_printf(b, "}");
+        km_control_printf(b, ",\"auth\":{\"mode\":\"%s\",\"tag_bytes\":%u,\"auth_failures\":%llu,\"replays\":%llu,"
+                          "\"frames_authenticated\":%llu,\"peers\":[",
+                          ns.auth == 1 ? "on" : ns.auth == 2 ? "off" : "none", ns.tag_bytes,
+                          (unsigned long long)ns.auth_failures, (unsigned long long)ns.replays,
+                          (unsigned long long)ns.frames_authenticated);
+        const char *pn, *pk, *pid;
+        for (size_t i = 0; km_plugin_link_auth_peer(l, i, &pn, &pk, &pid) == 0; i++) {
+                km_control_printf(b, "%s{\"name\":", i ? "," : "");
+                km_control_json_str(b, pn);
+                km_control_printf(b, ",\"key\":\"%s\",\"key_id\":\"%s\"}", pk, pid);
+        }
+        km_control_printf(b, "]}");
 }
 
 static void put_links(struct km_control_buf *b, struct km_daemon *d, int64_t now)

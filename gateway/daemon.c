@@ -316,6 +316,11 @@ int km_daemon_command(struct km_daemon *d, int path, const char *topic, const vo
         if (rc < 0)
                 km_dedupe_untake(&d->cmd_dedupe, path, hash); /* it comes again */
         pthread_mutex_unlock(&d->cmd_mu);
+        /* Every command taken says its path; a narrow link logs its own line with its
+         * name and key (gateway/plugin.c deliver_command). */
+        if (path == KM_CMD_MQTT)
+                KM_LOG(rc < 0 ? KM_LOG_WARNING : KM_LOG_NOTICE, "cmd", "'%s' (%zu bytes) over mqtt, the center broker's session: %s",
+                       topic, len, rc < 0 ? strerror(-rc) : "taken");
         return rc;
 }
 
@@ -649,6 +654,7 @@ static int reload(struct km_daemon *d)
         km_route_deinit(&old);
         km_conf_deinit(&c);
         KM_LOG(KM_LOG_NOTICE, "config", "reloaded routes and classes from %s (%zu classes)", d->config_path, r.n);
+        km_plugin_reload_keys(d);
         return 0;
 }
 

@@ -348,6 +348,11 @@ static size_t crc_append(uint8_t *p, size_t n)
 	return n + 4;
 }
 
+size_t km_frame_crc_append(uint8_t *p, size_t n)
+{
+	return crc_append(p, n);
+}
+
 static bool crc_ok(const uint8_t *p, size_t len)
 {
 	size_t k = crc_size(len);
@@ -2557,6 +2562,10 @@ int km_frame_rx_input(struct km_frame_rx *rx, const uint8_t *buf, size_t len,
 	struct dframe f = { .origin = (uint32_t)org, .version = (uint8_t)ver };
 	if (r.err || org > UINT32_MAX)
 		goto bad;
+	if (rx->cfg.origin_ok && !rx->cfg.origin_ok(rx->cfg.origin_ctx, (uint32_t)org)) {
+		rx->foreign++;
+		return -EPERM;
+	}
 	if (info->type == KM_FRAME_T_ACK) {
 		if ((hdr & (ver >= 2 ? 4 : 6)) ||
 		    ack_body(&r, hdr & 1, ver >= 2 && (hdr & HDR_ACK_LOST), &info->ack))

@@ -201,6 +201,12 @@ struct km_frame_rx_cfg {
 	 * not one good position is counted (bad_posbatch) and dropped, its
 	 * frame acknowledged (sent again it would fail again). */
 	bool pos_json;
+	/* Which origins this receiver takes (NULL: any). Asked before anything of
+	 * the frame is acted on (no origin state made or evicted, no ack taken): a
+	 * frame whose origin it refuses is counted (foreign) and dropped with
+	 * -EPERM. ctx is origin_ctx, borrowed. */
+	bool (*origin_ok)(void *ctx, uint32_t origin);
+	void *origin_ctx;
 	/* Version 2 slots take about 28 KiB per origin that uses them, made on
 	 * first use: at most max_origins of them. */
 };
@@ -249,6 +255,7 @@ struct km_frame_rx {
 	uint64_t restarts_lost;      /* restart request dropped: list full (message lost) */
 	uint64_t slot_misses;        /* frame naming a slot we do not hold: asked to resend */
 	uint64_t delivered;          /* messages handed to the callback */
+	uint64_t foreign;            /* good CRC, origin refused by cfg.origin_ok: -EPERM */
 };
 
 /* What km_frame_rx_input() learnt from a frame besides the messages. */
@@ -350,8 +357,9 @@ void km_frame_rx_deinit(struct km_frame_rx *rx);
  * their complete messages through deliver(ctx, m) in send order per origin;
  * both frame types fill *info (may be NULL). now_ms (unix ms) resolves the
  * 24-bit wire time. Returns 0; -EBADMSG for a CRC mismatch or runt;
- * -EPROTONOSUPPORT for another version; -EPROTO for a malformed frame with
- * a good CRC; or the callback's error. Counters in rx say which.
+ * -EPROTONOSUPPORT for another version; -EPERM for an origin cfg.origin_ok
+ * refuses; -EPROTO for a malformed frame with a good CRC; or the callback's
+ * error. Counters in rx say which.
  */
 int km_frame_rx_input(struct km_frame_rx *rx, const uint8_t *buf, size_t len,
 		      int64_t now_ms, km_frame_deliver_fn deliver, void *ctx,
@@ -374,6 +382,11 @@ int km_frame_json_compact(const uint8_t *in, size_t len, uint8_t *out);
 
 /* The origin a node's frames carry: the 32-bit FNV-1a hash of its name. */
 uint32_t km_frame_node_id(const char *name);
+
+/* Appends the CRC the wire format gives a frame of n + CRC bytes to p[0..n) (room
+ * for 4 more bytes); returns the frame's length. For gateway/auth.c, which hands the
+ * frame receiver the plain frame of a sealed one. */
+size_t km_frame_crc_append(uint8_t *p, size_t n);
 
 /* CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF) as used on the wire. */
 uint16_t km_frame_crc16(const uint8_t *p, size_t n);

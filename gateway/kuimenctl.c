@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* kuimenctl: asks a running kuimen over its control socket and prints tables (or the raw JSON). */
 #include <cjson/cJSON.h>
+#include <sodium.h>
 #include <errno.h>
 #include <getopt.h>
 #include <stdbool.h>
@@ -22,6 +23,7 @@
 static void usage(FILE *out)
 {
         fputs("usage: kuimenctl [--socket PATH] status|links|spool|reload [--json]\n"
+              "       kuimenctl key new\n"
               "       kuimenctl [--socket PATH] spool dead|retry ID|all|drop ID|all [--json]\n"
               "  status   node, links, spool by class, counters\n"
               "  links    the links with state, reason and counts\n"
@@ -29,7 +31,9 @@ static void usage(FILE *out)
               "  spool dead          messages set aside because a peer can never take them\n"
               "  spool retry ID|all  send set-aside messages back to the queue (at its tail)\n"
               "  spool drop ID|all   delete set-aside messages\n"
-              "  reload   reload routes and classes (as SIGHUP)\n"
+              "  reload   reload routes and classes, and read narrow links' key files again (as SIGHUP)\n"
+              "  key new  print a fresh random narrow-link key (32 bytes, base64) for key_file;\n"
+              "           the daemon is not asked\n"
               "  --json   print the daemon's JSON reply as it is\n"
               "The socket is --socket, else the first that exists of $RUNTIME_DIRECTORY/kuimen.sock,\n"
               "/run/kuimen/kuimen.sock, $STATE_DIRECTORY/kuimen.sock, ./kuimen-state/kuimen.sock.\n"
@@ -228,6 +232,22 @@ static void print_links(const cJSON *r)
                 cJSON_ArrayForEach(c, fr)
                         printf(" %s=%.0f", c->string, cJSON_IsNumber(c) ? c->valuedouble : 0);
                 printf("\n");
+                const cJSON *rf = cJSON_GetObjectItemCaseSensitive(l, "refused");
+                if (!cJSON_IsObject(rf))
+                        continue;
+                printf("%s: refused", str(l, "name"));
+                cJSON_ArrayForEach(c, rf)
+                        printf(" %s=%.0f", c->string, cJSON_IsNumber(c) ? c->valuedouble : 0);
+                printf("\n");
+                const cJSON *au = cJSON_GetObjectItemCaseSensitive(l, "auth"), *pe;
+                if (!cJSON_IsObject(au))
+                        continue;
+                printf("%s: auth %s tag_bytes=%.0f auth_failures=%.0f replays=%.0f frames_authenticated=%.0f",
+                       str(l, "name"), str(au, "mode"), num(au, "tag_bytes"), num(au, "auth_failures"),
+                       num(au, "replays"), num(au, "frames_authenticated"));
+                cJSON_ArrayForEach(pe, cJSON_GetObjectItemCaseSensitive(au, "peers"))
+                        printf(" %s=%s(%s)", str(pe, "name"), str(pe, "key"), str(pe, "key_id"));
+                printf("%s\n", strcmp(str(au, "mode"), "off") == 0 ? "  WARNING: auth = off, frames can be forged" : "");
         }
 }
 
@@ -435,6 +455,22 @@ int main(int argc, char **argv)
         }
         const char *cmd = optind < argc ? argv[optind] : NULL;
         char req[96];
+        /* key new: a key for key_file (gateway/auth.c), from the kernel's generator. */
+        if (cmd && strcmp(cmd, "key") == 0) {
+                unsigned char k[32];
+                char b64[sodium_base64_ENCODED_LEN(32, sodium_base64_VARIANT_ORIGINAL)];
+                if (argc - optind != 2 || strcmp(argv[optind + 1], "new") != 0) {
+                        usage(stderr);
+                        return EXIT_USAGE;
+                }
+                if (sodium_init() < 0)
+                        return EXIT_FAILED;
+                randombytes_buf(k, sizeof(k));
+                sodium_bin2base64(b64, sizeof(b64), k, sizeof(k), sodium_base64_VARIANT_ORIGINAL);
+                sodium_memzero(k, sizeof(k));
+                printf("%s\n", b64);
+                return 0;
+        }
         /* spool dead, spool retry ID|all, spool drop ID|all: one request line. */
         int more = argc - optind - 1;
         bool dead = cmd && strcmp(cmd, "spool") == 0 && more >= 1 &&

@@ -272,6 +272,10 @@ static const struct {
         F("kuimen_link_frame_bad_payload_total", bad_payload, "Messages whose deflated payload does not inflate: dropped."),
         F("kuimen_link_frame_restarts_lost_total", restarts_lost,
           "Split messages whose restart could not be asked for (more than 8 pending): lost."),
+        F("kuimen_link_auth_failures_total", auth_failures,
+          "Frames dropped before the frame receiver: tag did not verify, not sealed on an authenticated link, or no key for the origin."),
+        F("kuimen_link_auth_replays_total", replays, "Sealed frames dropped as replays (counter taken, or older than the window)."),
+        F("kuimen_link_frames_authenticated_total", frames_authenticated, "Sealed frames that verified and were opened."),
 #undef F
 };
 
@@ -289,6 +293,29 @@ static void put_frames(struct km_control_buf *b, struct km_daemon *d)
                         memcpy(&v, (const char *)&ns + frame_families[k].off, sizeof(v));
                         snprintf(num, sizeof(num), "%llu", (unsigned long long)v);
                         labelled(b, frame_families[k].name, "link", d->links[i]->name, num);
+                }
+        }
+        family(b, "kuimen_link_auth", "gauge",
+               "1 for each narrow link, with its frame authentication: mode on, off (auth = off) or none (no key), and tag_bytes.");
+        for (size_t i = 0; i < d->nlinks; i++) {
+                if (km_plugin_link_frames(d->links[i], &ns) < 0)
+                        continue;
+                km_control_printf(b, "kuimen_link_auth{link=\"");
+                escaped(b, d->links[i]->name);
+                km_control_printf(b, "\",mode=\"%s\",tag_bytes=\"%u\"} 1\n",
+                                  ns.auth == 1 ? "on" : ns.auth == 2 ? "off" : "none", ns.tag_bytes);
+        }
+        family(b, "kuimen_link_refused_total", "counter",
+               "Messages from a narrow link's peer that can never be published (refused, acknowledged), by reason:"
+               " origin (frames from outside peers), topic, wildcard, direction, size.");
+        for (size_t i = 0; i < d->nlinks; i++) {
+                if (km_plugin_link_frames(d->links[i], &ns) < 0)
+                        continue;
+                for (int r = 1; r < KM_REFUSE_N; r++) {
+                        km_control_printf(b, "kuimen_link_refused_total{link=\"");
+                        escaped(b, d->links[i]->name);
+                        km_control_printf(b, "\",reason=\"%s\"} %llu\n", km_inbound_reason_name(r),
+                                          (unsigned long long)ns.refused[r]);
                 }
         }
         family(b, "kuimen_link_dictionary_topics", "gauge",

@@ -11,9 +11,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "auth.h"
 #include "daemon.h"
 #include "dict.h"
 #include "frame.h"
+#include "inbound.h"
 #include "link.h"
 #include "log.h"
 #include "plugins/kuimen-plugin.h"
@@ -72,11 +74,16 @@
 #define RETRY_MAX_MS 60000
 #define HELD_CHECK_US 250000 /* center: how often held commands are looked at */
 #define PROBE_DEFAULT_MS 120000
+#define REFUSED_LOG_MS 10000 /* a peer (or a forger) can send refused messages as fast as the link goes */
 
 struct narrow_conf {
         bool commands;
         int64_t command_grace_ms;
         char *positions; /* "compact" or "json" */
+        /* frame authentication (gateway/auth.c) */
+        char *key_file, *key_file_next;
+        char *auth;      /* "on", "off", NULL = on when key_file is set */
+        long tag_bytes;
 };
 
 struct qmsg {
@@ -173,17 +180,37 @@ struct km_plugin_link {
         struct narrow_conf nc;
         char **cmd_pfx;  /* center: "<prefix>/<peer>/" per peer */
         char *group;     /* center: its peers, so that links to other bases do not compete */
-        uint64_t cmd_refused; /* base: messages for the local broker that were no command */
+        /* What came from the peer and can never be published (gateway/inbound.c), by
+         * reason; logged at most every REFUSED_LOG_MS, saying how many went unlogged. */
+        uint64_t refused[KM_REFUSE_N];
+        int64_t refused_log_ms[KM_REFUSE_N];
+        uint64_t refused_quiet[KM_REFUSE_N];
+        /* Frame authentication (gateway/auth.c, see "AUTHENTICATION" below). */
+        bool auth_on;                 /* frames sealed and only sealed ones taken */
+        bool auth_off;                /* auth = off said by the operator (status says so) */
+        struct km_auth auth;
+        struct km_auth_peer *seal_to; /* the peer the frame being sent is for (NULL: the first) */
+        struct km_auth_peer *rx_peer; /* the peer the frame being received came from */
+        size_t ovh;                   /* bytes sealing adds (0 without auth) */
+        uint8_t *sbuf, *obuf;         /* a frame sealed, a frame opened: bufcap + 32 bytes each */
+        char *conf_file;              /* key files are relative to it */
+        int64_t auth_log_ms, auth_saved_ms;
+        uint64_t auth_quiet;
 };
 
 static const char *const narrow_keys[] = { "peers", "rto", "probe", "topic_prefix", "dictionary", NULL };
 
 #define NOFF(f) offsetof(struct narrow_conf, f)
 static const char *const position_forms[] = { "compact", "json", NULL };
+static const char *const auth_modes[] = { "on", "off", NULL };
 static const struct km_conf_key cmd_keys[] = {
         { "commands", KM_CONF_BOOL, "yes", NOFF(commands), "center: take <topic_prefix>/<peer>/cmd/# from the center broker for each of peers and send it down this link while that base is not online over MQTT", 0, 0, NULL },
         { "command_grace", KM_CONF_DURATION, "30s", NOFF(command_grace_ms), "center: a command for a base online over MQTT is left to its MQTT session after this long (sent down this link if the base goes offline sooner)", 0, 86400000, NULL },
         { "positions", KM_CONF_STRING, "compact", NOFF(positions), "base: compact = a position message (the canonical JSON of pos/<unit>) crosses as the compact position codec when that is smaller, and the center publishes it quantised (lat/lon 1e-5 deg, alt 1 m, time 0.1 s, speed 0.1 m/s, heading 1 deg, battery 1 %); json = as its JSON, exact (for a center older than the codec in frames). Links with ack = receipt or none write frame version 1 and send JSON", 0, 0, position_forms },
+        { "key_file", KM_CONF_STRING, NULL, NOFF(key_file), "frame authentication key: a base, one base64 key (a line KEY or NAME = KEY); a center, a line PEER = KEY for each of peers; mode 0600 or stricter, relative to this file; kuimenctl key new makes a key", 0, 0, NULL },
+        { "key_file_next", KM_CONF_STRING, NULL, NOFF(key_file_next), "during a rotation, the next key (same form): frames under either key are taken, sent under key_file's", 0, 0, NULL },
+        { "auth", KM_CONF_STRING, NULL, NOFF(auth), "on = frames are sealed and only sealed ones taken (the default with key_file); off = neither, with a warning at start and in status", 0, 0, auth_modes },
+        { "tag_bytes", KM_CONF_INT, "8", NOFF(tag_bytes), "bytes of the truncated HMAC-SHA-256 tag on each frame, the same at both ends: a forged frame passes with odds 2^-(8 x tag_bytes)", KM_AUTH_TAG_MIN, KM_AUTH_TAG_MAX, NULL },
         { NULL, 0, NULL, 0, NULL, 0, 0, NULL },
 };
 
@@ -438,7 +465,7 @@ static void api_report(km_plugin_link *h, const struct km_plugin_report *r)
 {
         static const enum km_link_state map[] = { KM_LINK_DOWN, KM_LINK_DEGRADED, KM_LINK_UP };
         enum km_link_state st = r->state <= KM_PLUGIN_UP ? map[r->state] : KM_LINK_DOWN;
-        if (r->mtu >= KM_FRAME_MTU_MIN && r->mtu <= h->bufcap)
+        if (r->mtu >= KM_FRAME_MTU_MIN + h->ovh && r->mtu <= h->bufcap)
                 h->mtu = r->mtu;
         h->link->signal = r->signal;
         h->free_at = r->next_send_ms ? km_mono_ms() + r->next_send_ms : 0;
@@ -481,38 +508,102 @@ static int ingest_delivered(km_plugin_link *h, const struct km_frame_msg *m, con
         return rc < 0 && rc != -EMSGSIZE && rc != -ENOENT ? rc : 0;
 }
 
+/* s as printable ASCII into out (cap >= 4), at most 64 characters of it: a refused topic
+ * is whatever a forger chose, and goes to the journal. */
+static const char *printable(const char *s, char *out, size_t cap)
+{
+        size_t o = 0;
+        if (!s)
+                return "(unknown topic)";
+        for (size_t i = 0; s[i] && i < 64 && o + 5 < cap; i++) {
+                unsigned char c = (unsigned char)s[i];
+                if (c >= 0x20 && c < 0x7f && c != '\\')
+                        out[o++] = (char)c;
+                else
+                        o += (size_t)snprintf(out + o, cap - o, "\\x%02x", c);
+        }
+        out[o] = '\0';
+        return out;
+}
+
+/* A message (topic set) or a frame (topic NULL, reason origin) from the peer that can
+ * never be published: counted by reason; its frame is acknowledged all the same (sent
+ * again it would be refused again), so it never holds up what follows. Logged per
+ * reason, so that a flood of one kind does not hide the first of another. */
+static void refuse(km_plugin_link *h, enum km_refuse r, const char *why, const char *topic, uint32_t origin)
+{
+        h->refused[r]++;
+        int64_t now = km_mono_ms();
+        if (h->refused_log_ms[r] && now - h->refused_log_ms[r] < REFUSED_LOG_MS) {
+                h->refused_quiet[r]++;
+                return;
+        }
+        char t[400], from[48];
+        snprintf(from, sizeof(from), "%08x", origin);
+        for (size_t i = 0; i < h->peers.n; i++)
+                if (km_frame_node_id(h->peers.v[i]) == origin)
+                        snprintf(from, sizeof(from), "%s", h->peers.v[i]);
+        if (r == KM_REFUSE_ORIGIN && !topic)
+                KM_LOG(KM_LOG_WARNING, "link", "%s: frame from origin %s, not one of peers: dropped (refused_origin %llu, %llu not logged since the last line)",
+                       h->link->name, from, (unsigned long long)h->refused[r], (unsigned long long)h->refused_quiet[r]);
+        else
+                KM_LOG(KM_LOG_WARNING, "link", "%s: message on '%s' from %s refused: %s; not published (refused_%s %llu, %llu not logged since the last line)",
+                       h->link->name, printable(topic, t, sizeof(t)), from, why, km_inbound_reason_name(r),
+                       (unsigned long long)h->refused[r], (unsigned long long)h->refused_quiet[r]);
+        h->refused_log_ms[r] = now;
+        h->refused_quiet[r] = 0;
+}
+
+/* The frame receiver's origin filter (gateway/frame.h origin_ok): a center takes frames
+ * only from its peers, and so does a base that names its center in peers (one that
+ * names none takes any: it cannot know its center's name). */
+static bool origin_ok(void *ctx, uint32_t origin)
+{
+        const km_plugin_link *h = ctx;
+        if (!h->peers.n)
+                return !h->center;
+        for (size_t i = 0; i < h->peers.n; i++)
+                if (km_frame_node_id(h->peers.v[i]) == origin)
+                        return true;
+        return false;
+}
+
 /* A base: what a center sends down is commands for the local broker, nothing else
- * (a center relays the rest of the world on its own broker). */
+ * (a center relays the rest of the world on its own broker); on_deliver checked it. */
 static int deliver_command(km_plugin_link *h, const struct km_frame_msg *m)
 {
-        if (!m->topic || strncmp(m->topic, "cmd/", 4) != 0) {
-                /* Acknowledged all the same: sent again it would be refused again. */
-                if (h->cmd_refused++ % 100 == 0)
-                        KM_LOG(KM_LOG_WARNING, "link", "%s: message on '%s' from %08x is no command (cmd/...): not published (%llu so far)",
-                               h->link->name, m->topic ? m->topic : "(unknown topic)", m->origin,
-                               (unsigned long long)h->cmd_refused);
-                return 0;
-        }
         int rc = km_daemon_command(h->d, KM_CMD_NARROW, m->topic, m->payload, m->len);
+        /* Who may have sent it: every command taken says its path and, sealed, its key. */
+        const struct km_auth_peer *p = h->auth_on ? h->rx_peer : NULL;
+        KM_LOG(rc < 0 ? KM_LOG_WARNING : KM_LOG_NOTICE, "cmd", "'%s' (%zu bytes) from narrow link %s, %s%s%s: %s",
+               m->topic, m->len, h->link->name, p ? "authenticated, key id " : "",
+               p ? (p->last_key == 2 ? p->next.id : p->key.id) : h->auth_off ? "NOT authenticated (auth = off)" : "NOT authenticated (no key_file)",
+               p ? (p->last_key == 2 ? " (key_file_next)" : " (key_file)") : "", rc < 0 ? strerror(-rc) : "taken");
         /* A stop or a storage fault is worth a retry (unacknowledged, the frame comes
          * again); a command too large or unrouted would be refused again, logged. */
         return rc < 0 && (h->d->stopping || !km_spool_storage_ok(h->d->spool)) ? rc : 0;
 }
 
-/* A complete message from the peer: durable in our spool before the frame is acked. */
+/* A complete message from the peer: checked (gateway/inbound.c), then durable in our
+ * spool before the frame is acked. */
 static int on_deliver(void *ctx, const struct km_frame_msg *m)
 {
         km_plugin_link *h = ctx;
-        char name[32];
+        const char *why = NULL;
+        enum km_refuse r = km_inbound_check(m->topic, m->len, h->center, &why);
+        if (r != KM_REFUSE_NONE) {
+                refuse(h, r, why, m->topic, m->origin);
+                return 0;
+        }
         if (!h->center)
                 return deliver_command(h, m);
         const char *origin = NULL;
         for (size_t i = 0; i < h->peers.n && !origin; i++)
                 if (km_frame_node_id(h->peers.v[i]) == m->origin)
                         origin = h->peers.v[i];
-        if (!origin) {
-                snprintf(name, sizeof(name), "node-%08x", m->origin);
-                origin = name;
+        if (!origin) { /* origin_ok let no such frame in: kept as a second lock */
+                refuse(h, KM_REFUSE_ORIGIN, "origin not in peers", m->topic, m->origin);
+                return 0;
         }
         return ingest_delivered(h, m, origin);
 }
@@ -543,8 +634,208 @@ static void on_restart(void *ctx, uint64_t id)
                         h->q[i].framed = false, h->q[i].frag_off = 0;
 }
 
+/* ---- authentication ------------------------------------------------------------------
+ *
+ * With a key (key_file), every frame this link sends is sealed (gateway/auth.c: wire
+ * version 3, encrypt-then-MAC, a counter) and every frame it receives is opened
+ * before the frame receiver sees a byte of it: a frame that fails (tag, replay, no key
+ * for its origin, a plain frame) is counted and dropped, so no ack in it is applied,
+ * no SYN honoured, no slot or reorder state touched, nothing delivered. A base thus
+ * executes a command from this link only if its frame was sealed under its center's
+ * key. A center seals its acks under the key of the base acknowledged; its data frames
+ * (commands) go to one base per link, so a center link that sends commands under
+ * authentication has exactly one peer (checked at start).
+ */
+
+static const char *const key_names[] = { "none", "key_file", "key_file_next" };
+static const struct km_link_ops narrow_ops, center_ops; /* defined with the link ops below */
+
+static struct km_auth_peer *auth_peer_of(km_plugin_link *h, uint32_t origin)
+{
+        for (size_t i = 0; i < h->auth.npeers; i++)
+                if (h->auth.peer[i].origin == origin || h->auth.any_peer)
+                        return &h->auth.peer[i];
+        return NULL;
+}
+
+/* A frame that did not open: counted in gateway/auth.c, logged here at most every
+ * REFUSED_LOG_MS (a forger sends as fast as the link goes). */
+static void auth_refused(km_plugin_link *h, int rc, uint32_t origin, size_t len)
+{
+        int64_t now = km_mono_ms();
+        if (h->auth_log_ms && now - h->auth_log_ms < REFUSED_LOG_MS) {
+                h->auth_quiet++;
+                return;
+        }
+        const char *why = rc == -EALREADY ? "a replay (counter already taken or older than the window)"
+                        : rc == -EBADE ? "its tag does not verify under the peer's key(s)"
+                        : rc == -ENOKEY ? "no key for that origin"
+                        : rc == -EPROTONOSUPPORT ? "not sealed (an unauthenticated frame on an authenticated link)"
+                                                 : strerror(-rc);
+        char from[48];
+        snprintf(from, sizeof(from), "%08x", origin);
+        for (size_t i = 0; i < h->peers.n; i++)
+                if (km_frame_node_id(h->peers.v[i]) == origin)
+                        snprintf(from, sizeof(from), "%s", h->peers.v[i]);
+        KM_LOG(KM_LOG_WARNING, "link", "%s: %zu-byte frame claiming origin %s dropped: %s (auth_failures %llu, replays %llu, %llu not logged since the last line)",
+               h->link->name, len, from, why, (unsigned long long)(h->auth.auth_failures + h->auth.unknown_key),
+               (unsigned long long)h->auth.replays, (unsigned long long)h->auth_quiet);
+        h->auth_log_ms = now;
+        h->auth_quiet = 0;
+}
+
+/* path relative to the config file's directory, as the dictionary is. Owned. */
+static char *conf_relative(const char *conf_file, const char *path)
+{
+        const char *slash = conf_file ? strrchr(conf_file, '/') : NULL;
+        char *full = NULL;
+        if (path[0] != '/' && slash) {
+                if (asprintf(&full, "%.*s/%s", (int)(slash - conf_file), conf_file, path) < 0)
+                        return NULL;
+                return full;
+        }
+        return strdup(path);
+}
+
+/* Reads key_file (and key_file_next) for every peer of the link: at start (add: the
+ * peers are made) and on reload (their keys replaced, counters kept). All or nothing:
+ * on an error no key changes. Returns 0 or a negative errno, why naming the file. */
+static int auth_keys_load(km_plugin_link *h, bool add, char *why, size_t wl)
+{
+        size_t n = h->center || h->peers.n ? h->peers.n : 1;
+        struct km_auth_key *k = calloc(n, sizeof(*k)), *nx = calloc(n, sizeof(*nx));
+        char *kf = conf_relative(h->conf_file, h->nc.key_file);
+        char *nf = h->nc.key_file_next ? conf_relative(h->conf_file, h->nc.key_file_next) : NULL;
+        int rc = -ENOMEM;
+        if (!k || !nx || !kf || (h->nc.key_file_next && !nf))
+                goto out;
+        for (size_t i = 0; i < n; i++) {
+                const char *name = h->center ? h->peers.v[i] : NULL;
+                if ((rc = km_auth_key_load(kf, name, &k[i], why, wl)) < 0)
+                        goto out;
+                if (nf && (rc = km_auth_key_load(nf, name, &nx[i], why, wl)) < 0 && rc != -ENOENT)
+                        goto out;
+                rc = 0;
+        }
+        for (size_t i = 0; i < n; i++) {
+                if (add) {
+                        const char *name = h->peers.n ? h->peers.v[i] : "*";
+                        if (!km_auth_peer_add(&h->auth, name, &k[i], &nx[i])) {
+                                snprintf(why, wl, "more than %d peers", KM_AUTH_PEERS_MAX);
+                                rc = -ENOSPC;
+                                goto out;
+                        }
+                } else {
+                        h->auth.peer[i].key = k[i];
+                        h->auth.peer[i].next = nx[i];
+                }
+        }
+out:
+        if (k)
+                explicit_bzero(k, n * sizeof(*k));
+        if (nx)
+                explicit_bzero(nx, n * sizeof(*nx));
+        free(k);
+        free(nx);
+        free(kf);
+        free(nf);
+        return rc;
+}
+
+/* Sets up authentication from the link's keys. Returns 0 or a negative errno (logged). */
+static int auth_setup(km_plugin_link *h, const char *spool)
+{
+        char why[4608], *state = NULL;
+        const char *name = h->link->name;
+        bool off = h->nc.auth && strcmp(h->nc.auth, "off") == 0;
+        bool on = h->nc.auth ? !off : h->nc.key_file != NULL;
+        if (off) {
+                h->auth_off = true;
+                KM_LOG(KM_LOG_WARNING, "link", "%s: auth = off: frames are NEITHER AUTHENTICATED NOR ENCRYPTED; anyone who can send on this link can forge %s, acks and sequence resets",
+                       name, h->center ? "messages under a base's name" : "commands");
+                return 0;
+        }
+        if (!on) {
+                KM_LOG(KM_LOG_WARNING, "link", "%s: no key_file: frames are not authenticated (set key_file at both ends, or auth = off to say so)", name);
+                return 0;
+        }
+        if (!h->nc.key_file) {
+                KM_LOG(KM_LOG_ERR, "link", "%s: auth = on needs key_file", name);
+                return -EINVAL;
+        }
+        if (h->center && !h->peers.n) {
+                KM_LOG(KM_LOG_ERR, "link", "%s: a center's key_file holds a key per peer: set peers", name);
+                return -EINVAL;
+        }
+        if (h->center && h->nc.commands && h->peers.n > 1) {
+                KM_LOG(KM_LOG_ERR, "link", "%s: with key_file, a center link that sends commands has one peer (a link per base), or commands = no", name);
+                return -EINVAL;
+        }
+        /* The counters beside the spool: a restart starts above anything sent. */
+        const char *slash = spool ? strrchr(spool, '/') : NULL;
+        if (asprintf(&state, "%.*s%sauth-%s.state", slash ? (int)(slash - spool) : 1, slash ? spool : ".", "/", name) < 0)
+                return -ENOMEM;
+        int rc = km_auth_init(&h->auth, (unsigned)h->nc.tag_bytes, h->center ? KM_AUTH_DOWN : KM_AUTH_UP, h->origin,
+                              state);
+        if (rc < 0) {
+                KM_LOG(KM_LOG_ERR, "link", "%s: %s: %s", name, state, strerror(-rc));
+                free(state);
+                return rc;
+        }
+        free(state);
+        if ((rc = auth_keys_load(h, true, why, sizeof(why))) < 0) {
+                KM_LOG(KM_LOG_ERR, "link", "%s: %s", name, why);
+                km_auth_deinit(&h->auth);
+                return rc;
+        }
+        /* Each link numbers its frames on its own: two links of this node under one key
+         * would use a nonce twice (gateway/auth.c), so each has its own key. */
+        for (size_t i = 0; i < h->d->nlinks; i++) {
+                const struct km_link *o = h->d->links[i];
+                const km_plugin_link *oh = (o->ops == &narrow_ops || o->ops == &center_ops) ? o->impl : NULL;
+                for (size_t a = 0; oh && oh->auth_on && a < oh->auth.npeers; a++)
+                        for (size_t b = 0; b < h->auth.npeers; b++)
+                                if (strcmp(oh->auth.peer[a].key.id, h->auth.peer[b].key.id) == 0) {
+                                        KM_LOG(KM_LOG_ERR, "link", "%s: key %s is also link %s's: each link needs a key of its own (its frame counter is its own)",
+                                               name, h->auth.peer[b].key.id, o->name);
+                                        km_auth_deinit(&h->auth);
+                                        return -EINVAL;
+                                }
+        }
+        h->auth_on = true;
+        h->ovh = KM_AUTH_OVERHEAD(h->auth.tag);
+        for (size_t i = 0; i < h->auth.npeers; i++) {
+                struct km_auth_peer *p = &h->auth.peer[i];
+                KM_LOG(KM_LOG_NOTICE, "link", "%s: frames to and from %s authenticated: key %s%s%s, tag %u bytes, %zu bytes a frame",
+                       name, strcmp(p->name, "*") ? p->name : "the center", p->key.id, p->next.set ? ", next key " : "",
+                       p->next.set ? p->next.id : "", h->auth.tag, h->ovh);
+        }
+        return 0;
+}
+
 static void api_received(km_plugin_link *h, const void *frame, size_t len)
 {
+        if (h->auth_on) {
+                uint32_t org = 0;
+                struct km_auth_peer *p = NULL;
+                int n = km_auth_open(&h->auth, frame, len, h->obuf, h->bufcap + 32, &p, &org);
+                if (n < 0) {
+                        h->frames_in++;
+                        h->frames_bad++;
+                        auth_refused(h, n, org, len);
+                        return;
+                }
+                frame = h->obuf;
+                len = (size_t)n;
+                h->rx_peer = p;
+                /* The counter on disk before the frame is acted on, unless it was saved
+                 * less than a second ago: on a slow link (a card's frame a minute) no
+                 * frame taken can be replayed after a crash; on a fast one, at most
+                 * the last second's (on_rto saves those). */
+                int64_t now = km_mono_ms();
+                if (h->auth.dirty && now - h->auth_saved_ms >= 1000 && km_auth_save(&h->auth) == 0)
+                        h->auth_saved_ms = now;
+        }
         struct km_frame_rx_info info = { 0 };
         uint64_t bad_pos = h->rx.bad_posbatch;
         int rc = km_frame_rx_input(&h->rx, frame, len, km_now_ms(), km_dict_fallback_deliver, &h->fb, &info);
@@ -553,6 +844,11 @@ static void api_received(km_plugin_link *h, const void *frame, size_t len)
         if (h->rx.bad_posbatch != bad_pos && (bad_pos == 0 || bad_pos / 100 != h->rx.bad_posbatch / 100))
                 KM_LOG(KM_LOG_WARNING, "link", "%s: position batch from %08x that is not one good position: not published (%llu so far)",
                        h->link->name, info.origin, (unsigned long long)h->rx.bad_posbatch);
+        if (rc == -EPERM) { /* origin_ok: nothing of the frame was acted on */
+                h->frames_bad++;
+                refuse(h, KM_REFUSE_ORIGIN, NULL, NULL, info.origin);
+                return;
+        }
         if (rc < 0) {
                 if (h->frames_bad++ % 100 == 0)
                         KM_LOG(KM_LOG_WARNING, "link", "%s: frame refused (%s); %llu so far", h->link->name,
@@ -720,8 +1016,21 @@ static void sent_data(km_plugin_link *h, const uint8_t *frame, size_t len, uint3
 static bool device_send(km_plugin_link *h, const uint8_t *frame, size_t len)
 {
         static uint32_t token;
+        const uint8_t *wire = frame;
+        size_t wlen = len;
+        if (h->auth_on) {
+                struct km_auth_peer *p = h->seal_to ? h->seal_to : &h->auth.peer[0];
+                int n = km_auth_seal(&h->auth, p, frame, len, h->sbuf, h->bufcap + 32);
+                if (n < 0) {
+                        /* Nothing leaves without a durable counter (gateway/auth.c). */
+                        host_fault(h, "cannot seal a frame: %s", strerror(-n));
+                        return false;
+                }
+                wire = h->sbuf;
+                wlen = (size_t)n;
+        }
         int64_t t0 = km_mono_ms();
-        int rc = h->desc->ops->send(h->state, frame, len, ++token);
+        int rc = h->desc->ops->send(h->state, wire, wlen, ++token);
         check_block(h, "send()", t0);
         if (rc == -EAGAIN) {
                 /* A card that said when it takes the next frame (a BeiDou card's 60 s
@@ -737,9 +1046,9 @@ static bool device_send(km_plugin_link *h, const uint8_t *frame, size_t len)
         if (rc == 0) {
                 if (!h->bud_start)
                         h->bud_start = km_mono_ms();
-                h->bud_bytes_used += len;
+                h->bud_bytes_used += wlen;
                 h->bud_frames_used++;
-                h->link->bytes_sent += len;
+                h->link->bytes_sent += wlen;
                 sent_data(h, frame, len, token);
                 return true;
         }
@@ -781,6 +1090,7 @@ static void kick(km_plugin_link *h)
 
         while (!h->busy && h->open && !h->faulted) {
                 size_t room = budget_room(h);
+                room = room > h->ovh ? room - h->ovh : 0; /* what sealing adds is on the air too */
                 if (h->ack_owed && (h->ack_tried || !data_waiting(h))) {
                         struct km_frame_ack ack;
                         if (km_frame_rx_ack(&h->rx, h->ack_to, &ack) == 0) {
@@ -789,7 +1099,10 @@ static void kick(km_plugin_link *h)
                                         budget_wait(h);
                                         return;
                                 }
-                                if (n > 0 && !device_send(h, h->buf, (size_t)n))
+                                h->seal_to = h->auth_on ? auth_peer_of(h, h->ack_to) : NULL;
+                                bool sent = n <= 0 || device_send(h, h->buf, (size_t)n);
+                                h->seal_to = NULL;
+                                if (!sent)
                                         return;
                         }
                         h->ack_owed = false;
@@ -851,7 +1164,8 @@ static void kick(km_plugin_link *h)
                 if (h->ack_owed && !h->ack_tried && km_frame_rx_ack(&h->rx, h->ack_to, &ack) == 0)
                         piggy = &ack;
                 h->ack_tried = h->ack_owed;
-                n = km_frame_tx_encode(&h->tx, msgs, (size_t)k, room < h->mtu ? room : h->mtu, piggy, now, h->buf, &put);
+                size_t fmtu = h->mtu - h->ovh;
+                n = km_frame_tx_encode(&h->tx, msgs, (size_t)k, room < fmtu ? room : fmtu, piggy, now, h->buf, &put);
                 if (n < 0) {
                         if (n != -EAGAIN)
                                 KM_LOG(KM_LOG_ERR, "link", "%s: cannot frame message %llu: %s", h->link->name,
@@ -885,7 +1199,8 @@ static void send_probe(km_plugin_link *h)
         int64_t now = km_mono_ms();
         if (!h->open || h->faulted || km_frame_tx_inflight(&h->tx))
                 return;
-        size_t room = budget_room(h), mtu = h->mtu;
+        size_t room = budget_room(h), mtu = h->mtu - h->ovh;
+        room = room > h->ovh ? room - h->ovh : 0;
         if (room < mtu)
                 mtu = room;
         int n = mtu >= KM_FRAME_MTU_MIN ? km_frame_tx_probe(&h->tx, mtu, km_now_ms(), h->buf) : -ENOSPC;
@@ -956,6 +1271,15 @@ static int on_rto(sd_event_source *s, uint64_t usec, void *ud)
                 next = HELD_CHECK_US;
         probe_check(h);
         kick(h);
+        /* The receive counters on disk at most every second (gateway/auth.c). */
+        int64_t now = km_mono_ms();
+        if (h->auth_on && h->auth.dirty && now - h->auth_saved_ms >= 1000) {
+                int rc = km_auth_save(&h->auth);
+                if (rc < 0 && now - h->auth_saved_ms >= 60000)
+                        KM_LOG(KM_LOG_ERR, "link", "%s: cannot save the frame counters: %s", h->link->name, strerror(-rc));
+                if (rc == 0 || now - h->auth_saved_ms >= 60000)
+                        h->auth_saved_ms = now;
+        }
         sd_event_source_set_time_relative(s, next);
         return sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
 }
@@ -1037,6 +1361,11 @@ static void narrow_destroy(struct km_link *l)
         forget_queue(h);
         km_frame_tx_deinit(&h->tx);
         km_frame_rx_deinit(&h->rx);
+        if (h->auth_on)
+                km_auth_deinit(&h->auth); /* saves the receive counters */
+        free(h->sbuf);
+        free(h->obuf);
+        free(h->conf_file);
         km_conf_release(cmd_keys, &h->nc);
         km_dict_deinit(&h->dict);
         for (size_t i = 0; i < h->nkv; i++)
@@ -1167,6 +1496,34 @@ int km_plugin_check(struct km_conf *c, const char *section, const char *plugin_d
         }
         struct narrow_conf nc = { 0 };
         bad += km_conf_apply(c, section, cmd_keys, &nc) != 0;
+        /* The key files as the start reads them: mode, syntax, a key per peer. */
+        const char *role_ = km_conf_get(c, "node", "role"), *pv = km_conf_get(c, section, "peers");
+        bool ctr_ = role_ && strcmp(role_, "center") == 0;
+        struct km_strv peers = { 0 };
+        if (pv)
+                km_strv_split(&peers, pv);
+        const char *files[2] = { nc.key_file, nc.key_file_next }, *fkeys[2] = { "key_file", "key_file_next" };
+        for (int fi = 0; fi < 2; fi++) {
+                if (!files[fi])
+                        continue;
+                char *full = conf_relative(c->file, files[fi]);
+                struct km_auth_key k;
+                for (size_t i = 0; full && i < (ctr_ ? peers.n : 1); i++) {
+                        int krc = km_auth_key_load(full, ctr_ ? peers.v[i] : NULL, &k, why, sizeof(why));
+                        explicit_bzero(&k, sizeof(k));
+                        if (krc < 0 && !(fi == 1 && krc == -ENOENT)) {
+                                km_conf_error(c, section, fkeys[fi], "%s", why);
+                                bad++;
+                                break;
+                        }
+                }
+                free(full);
+        }
+        if (nc.auth && strcmp(nc.auth, "on") == 0 && !nc.key_file) {
+                km_conf_error(c, section, "auth", "auth = on needs key_file");
+                bad++;
+        }
+        km_strv_free(&peers);
         int64_t rto, probe, ackt = 3000;
         const char *role = km_conf_get(c, "node", "role"), *at = km_conf_get(c, section, "ack_timeout");
         if (at)
@@ -1259,6 +1616,15 @@ int km_plugin_link_start(struct km_daemon *d, struct km_conf *c, const char *sec
         }
         h->bufcap = KM_FRAME_MTU_MAX;
         h->buf = malloc(h->bufcap);
+        h->sbuf = malloc(h->bufcap + 32);
+        h->obuf = malloc(h->bufcap + 32);
+        h->conf_file = c->file ? strdup(c->file) : NULL;
+        if (!h->buf || !h->sbuf || !h->obuf) {
+                rc = -ENOMEM;
+                goto fail_link;
+        }
+        if ((rc = auth_setup(h, d->node.spool)) < 0)
+                goto fail_link;
         /* Wire version 2 (slots): a reading names its topic's last one and deflates
          * against it; a center answers each base in the version it speaks. A center's
          * frames carry commands: the base publishes them byte for byte, and pairs the
@@ -1273,7 +1639,7 @@ int km_plugin_link_start(struct km_daemon *d, struct km_conf *c, const char *sec
                                       .no_compact_json = h->center,
                                       .version = l->ack_mode == KM_ACK_PEER ? 2 : 1, .ack_room = true,
                                       .pos_batch = !h->center && h->nc.positions && strcmp(h->nc.positions, "compact") == 0 };
-        struct km_frame_rx_cfg rcfg = { .pos_json = true };
+        struct km_frame_rx_cfg rcfg = { .pos_json = true, .origin_ok = origin_ok, .origin_ctx = h };
         /* Topics by index both ways (gateway/dict.c); a message beyond our list still
          * arrives, on the fallback topic. */
         if ((v = api_config(h, "dictionary"))) {
@@ -1305,8 +1671,8 @@ int km_plugin_link_start(struct km_daemon *d, struct km_conf *c, const char *sec
         }
         h->open = true;
         h->mtu = h->desc->ops->mtu(h->state);
-        if (h->mtu < KM_FRAME_MTU_MIN || h->mtu > h->bufcap) {
-                KM_LOG(KM_LOG_ERR, "link", "%s: MTU %u outside %d..%zu", l->name, h->mtu, KM_FRAME_MTU_MIN, h->bufcap);
+        if (h->mtu < KM_FRAME_MTU_MIN + h->ovh || h->mtu > h->bufcap) {
+                KM_LOG(KM_LOG_ERR, "link", "%s: MTU %u outside %zu..%zu", l->name, h->mtu, KM_FRAME_MTU_MIN + h->ovh, h->bufcap);
                 km_link_set_state(l, KM_LINK_DOWN, "MTU out of range");
                 return 0;
         }
@@ -1371,8 +1737,11 @@ void km_plugin_print_help(FILE *out)
               out);
         for (const struct km_conf_key *k = cmd_keys; k->name; k++)
                 fprintf(out, "  %-16s %-8s %s [default: %s]\n", k->name,
-                        k->type == KM_CONF_BOOL ? "boolean" : k->type == KM_CONF_STRING ? "string" : "duration",
-                        k->help, k->def);
+                        k->type == KM_CONF_BOOL     ? "boolean"
+                        : k->type == KM_CONF_STRING ? "string"
+                        : k->type == KM_CONF_INT    ? "integer"
+                                                    : "duration",
+                        k->help, k->def ? k->def : "none");
         fputs("\n", out);
 }
 
@@ -1395,5 +1764,46 @@ int km_plugin_link_frames(const struct km_link *l, struct km_narrow_stats *out)
                 .oversize = h->rx.oversize, .bad_payload = h->rx.bad_payload, .restarts_lost = h->rx.restarts_lost,
                 .dict_topics = h->dict.n, .dict_fingerprint = h->dict.fingerprint,
         };
+        for (int r = 0; r < KM_REFUSE_N; r++)
+                out->refused[r] = h->refused[r];
+        out->auth = h->auth_on ? 1 : h->auth_off ? 2 : 0;
+        out->tag_bytes = h->auth_on ? h->auth.tag : 0;
+        out->auth_failures = h->auth.auth_failures + h->auth.unknown_key;
+        out->replays = h->auth.replays;
+        out->frames_authenticated = h->auth.opened;
         return 0;
+}
+
+int km_plugin_link_auth_peer(const struct km_link *l, size_t i, const char **name, const char **key,
+                             const char **key_id)
+{
+        if (!l || (l->ops != &narrow_ops && l->ops != &center_ops) || !l->impl)
+                return -ENOENT;
+        const km_plugin_link *h = l->impl;
+        if (!h->auth_on || i >= h->auth.npeers)
+                return -ENOENT;
+        const struct km_auth_peer *p = &h->auth.peer[i];
+        *name = strcmp(p->name, "*") ? p->name : "center";
+        *key = key_names[p->last_key];
+        *key_id = p->last_key == 2 ? p->next.id : p->key.id;
+        return 0;
+}
+
+void km_plugin_reload_keys(struct km_daemon *d)
+{
+        char why[4608];
+        for (size_t i = 0; i < d->nlinks; i++) {
+                struct km_link *l = d->links[i];
+                if ((l->ops != &narrow_ops && l->ops != &center_ops) || !l->impl)
+                        continue;
+                km_plugin_link *h = l->impl;
+                if (!h->auth_on)
+                        continue;
+                if (auth_keys_load(h, false, why, sizeof(why)) < 0)
+                        KM_LOG(KM_LOG_ERR, "link", "%s: reload: %s: keeping the keys in use", l->name, why);
+                else
+                        KM_LOG(KM_LOG_NOTICE, "link", "%s: reload: keys read again (%s: key %s%s%s)", l->name,
+                               h->auth.peer[0].name, h->auth.peer[0].key.id, h->auth.peer[0].next.set ? ", next " : "",
+                               h->auth.peer[0].next.set ? h->auth.peer[0].next.id : "");
+        }
 }

@@ -7,6 +7,7 @@
 #include <stdio.h>
 
 #include "config.h"
+#include "inbound.h"
 
 struct km_daemon;
 struct km_link;
@@ -47,6 +48,15 @@ struct km_narrow_stats {
         /* what the receiver let go: frames beyond its window or its buffer, messages too
          * large or that do not inflate, restarts it could not ask for */
         uint64_t out_of_window, dropped_nomem, oversize, bad_payload, restarts_lost;
+        /* messages (and frames, for origin) from the peer that can never be published,
+         * by enum km_refuse (gateway/inbound.h); [KM_REFUSE_NONE] stays 0 */
+        uint64_t refused[KM_REFUSE_N];
+        /* frame authentication: auth 0 none configured, 1 on, 2 off (auth = off); frames
+         * dropped before the receiver: tag or not sealed or no key (auth_failures),
+         * counter already taken (replays); frames that opened */
+        int auth;
+        unsigned tag_bytes;
+        uint64_t auth_failures, replays, frames_authenticated;
         /* the dictionary (dict_topics = 0: none) */
         size_t dict_topics;
         uint32_t dict_fingerprint;
@@ -55,5 +65,16 @@ struct km_narrow_stats {
 /* Fills *out for l. Returns 0, or -ENOENT when l is not a narrow link (MQTT links
  * have no frames). */
 int km_plugin_link_frames(const struct km_link *l, struct km_narrow_stats *out);
+
+/* Peer i of an authenticated narrow link: its name ("center" on a base that names
+ * none), the key it last authenticated under ("key_file", "key_file_next", "none" =
+ * nothing heard yet) and that key's id. Borrowed strings. 0, or -ENOENT past the end
+ * or without authentication. */
+int km_plugin_link_auth_peer(const struct km_link *l, size_t i, const char **name, const char **key,
+                             const char **key_id);
+
+/* SIGHUP: every authenticated narrow link reads its key files again (keeping the
+ * keys in use when one fails, logged); counters and windows stay. */
+void km_plugin_reload_keys(struct km_daemon *d);
 
 #endif

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <MQTTAsync.h>
 
@@ -154,8 +155,9 @@ static void wait_up(struct h_proc *p, const char *link)
 
 /* One run: a base and a center kuimen joined by a sim link of mtu, bitrate and frame
  * loss (no latency, no setup time), n readings published at once on the base. */
-static void run_goodput(int n, int mtu, int bitrate, double loss, struct goodput *g)
+static void run_goodput(int n, int mtu, int bitrate, double loss, int tag, struct goodput *g)
 {
+        char bkeys[160], ckeys[160], path[400];
         struct h_pair k;
         struct h_pub pub;
         struct arrivals a;
@@ -168,6 +170,19 @@ static void run_goodput(int n, int mtu, int bitrate, double loss, struct goodput
                                     .base_local = "subscribe = sensors/#",
                                     .center_node = "link_status = no" };
         h_pair_init(&k, "bench-narrow");
+        /* tag > 0: an authenticated link (gateway/auth.c), tag_bytes = tag */
+        if (tag) {
+                snprintf(path, sizeof(path), "%s/base.key", k.dir);
+                h_write_text(path, "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=\n");
+                chmod(path, 0600);
+                snprintf(path, sizeof(path), "%s/center.key", k.dir);
+                h_write_text(path, "north = AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=\n");
+                chmod(path, 0600);
+                snprintf(bkeys, sizeof(bkeys), "key_file = base.key\ntag_bytes = %d", tag);
+                snprintf(ckeys, sizeof(ckeys), "key_file = center.key\ntag_bytes = %d", tag);
+                conf.base_extra = bkeys;
+                conf.center_extra = ckeys;
+        }
         snprintf(g_dir, sizeof(g_dir), "%s", k.dir);
         arr_start(&a, k.center.port, n);
         h_pair_start(&k, &conf);
@@ -373,12 +388,12 @@ static void run_failover(int trials, bool kill)
 static void usage(void)
 {
         fprintf(stderr, "usage: bench_narrow [--short] [--only goodput|failover] [--messages N] [--runs N] [--trials N]\n"
-                        "                    [--mtu B] [--bitrate BITS] [--loss P]\n");
+                        "                    [--mtu B] [--bitrate BITS] [--loss P] [--tag 0|4..16]\n");
 }
 
 int main(int argc, char **argv)
 {
-        int n = 200, runs = 3, trials = 10, mtu = 77, bitrate = 1200;
+        int n = 200, runs = 3, trials = 10, mtu = 77, bitrate = 1200, tag = 0;
         double loss = 0;
         bool short_run = false;
         const char *only = NULL;
@@ -401,27 +416,29 @@ int main(int argc, char **argv)
                         bitrate = atoi(v), i++;
                 else if (v && strcmp(a, "--loss") == 0)
                         loss = atof(v), i++;
+                else if (v && strcmp(a, "--tag") == 0)
+                        tag = atoi(v), i++;
                 else {
                         usage();
                         return 2;
                 }
         }
         if (n < 1 || n > 9999 || runs < 1 || runs > 9 || trials < 1 || trials > 32 || mtu < 32 || bitrate < 1 ||
-            loss < 0 || loss >= 1) {
+            loss < 0 || loss >= 1 || (tag && (tag < 4 || tag > 16))) {
                 usage();
                 return 2;
         }
         h_fail_hook = die;
         signal(SIGPIPE, SIG_IGN);
         if (!only || !strcmp(only, "goodput")) {
-                printf("narrow-link goodput: sim link, MTU %d, %d bit/s, frame loss %g; %d readings of %d B JSON on %d topics "
+                printf("narrow-link goodput: sim link, MTU %d, %d bit/s, frame loss %g, %s%.0d; %d readings of %d B JSON on %d topics "
                        "published at once; goodput = payload bytes / (bitrate * T / 8), T = first publish to last "
                        "arrival at the center\n",
-                       mtu, bitrate, loss, n, READING_LEN, UNITS);
+                       mtu, bitrate, loss, tag ? "authenticated, tag_bytes " : "unauthenticated", tag, n, READING_LEN, UNITS);
                 double pct[9];
                 for (int r = 0; r < runs; r++) {
                         struct goodput g;
-                        run_goodput(n, mtu, bitrate, loss, &g);
+                        run_goodput(n, mtu, bitrate, loss, tag, &g);
                         pct[r] = g.pct;
                         printf("  run %d: %d/%d delivered byte-exact (%d bad, %d duplicates) in %.2f s: goodput %.1f%%\n",
                                r + 1, g.got, g.n, g.bad, g.dups, g.secs, g.pct);

@@ -825,6 +825,14 @@ static void *relay_main(void *arg)
                 }
                 if (src == r->center_port)
                         r->n_back++;
+                if (src == r->base_port && r->n_kept_up < H_RELAY_KEEP && n <= H_RELAY_KEEP_BYTES) {
+                        memcpy(r->kept_up[r->n_kept_up], buf, (size_t)n);
+                        r->kept_up_len[r->n_kept_up++] = (size_t)n;
+                }
+                if (src == r->center_port && r->n_kept_down < H_RELAY_KEEP && n <= H_RELAY_KEEP_BYTES) {
+                        memcpy(r->kept_down[r->n_kept_down], buf, (size_t)n);
+                        r->kept_down_len[r->n_kept_down++] = (size_t)n;
+                }
                 pthread_mutex_unlock(&r->mu);
                 if (atomic_load(&r->cut))
                         continue;
@@ -840,6 +848,9 @@ void h_relay_start(struct h_relay *r, int base_port, int center_port)
         memset(r, 0, sizeof(*r));
         pthread_mutex_init(&r->mu, NULL);
         r->base_port = base_port, r->center_port = center_port;
+        r->kept_up = calloc(H_RELAY_KEEP, H_RELAY_KEEP_BYTES);
+        r->kept_down = calloc(H_RELAY_KEEP, H_RELAY_KEEP_BYTES);
+        H_REQUIRE(r->kept_up && r->kept_down, "relay: no memory");
         r->fd = bound_socket(SOCK_DGRAM, &r->port);
         H_REQUIRE(pthread_create(&r->t, NULL, relay_main, r) == 0, "relay: no thread");
 }
@@ -864,11 +875,20 @@ ssize_t h_relay_to_center(struct h_relay *r, const void *buf, size_t len)
         return sendto(r->fd, buf, len, 0, (struct sockaddr *)&to, sizeof(to));
 }
 
+ssize_t h_relay_to_base(struct h_relay *r, const void *buf, size_t len)
+{
+        struct sockaddr_in to = loopback(r->base_port);
+        return sendto(r->fd, buf, len, 0, (struct sockaddr *)&to, sizeof(to));
+}
+
 void h_relay_stop(struct h_relay *r)
 {
         atomic_store(&r->stop, true);
         pthread_join(r->t, NULL);
         close(r->fd);
+        free(r->kept_up);
+        free(r->kept_down);
+        r->kept_up = r->kept_down = NULL;
         pthread_mutex_destroy(&r->mu);
 }
 

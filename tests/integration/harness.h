@@ -164,6 +164,8 @@ void h_proxy_stop(struct h_proxy *p);
 /* ---- a UDP relay between two sim ends ------------------------------------------------ */
 
 #define H_RELAY_MAXDG 4096
+#define H_RELAY_KEEP 256
+#define H_RELAY_KEEP_BYTES 2048
 
 /* One UDP socket in the middle of a sim link, so that a test sees and breaks the air:
  * each end takes the relay (port) as its peer; the relay forwards base -> center and
@@ -180,6 +182,10 @@ struct h_relay {
         uint8_t hdr[H_RELAY_MAXDG]; /* each one's first byte (a frame's version and type) */
         size_t n;      /* of the base's datagrams recorded */
         size_t n_back; /* datagrams the center sent the base */
+        /* the bytes of the first H_RELAY_KEEP datagrams each way, for replays */
+        uint8_t (*kept_up)[H_RELAY_KEEP_BYTES], (*kept_down)[H_RELAY_KEEP_BYTES];
+        size_t kept_up_len[H_RELAY_KEEP], kept_down_len[H_RELAY_KEEP];
+        size_t n_kept_up, n_kept_down;
 };
 
 /* Binds a free loopback port (r->port) between the sim ends listening on base_port
@@ -191,6 +197,8 @@ size_t h_relay_count(struct h_relay *r, size_t *bytes, size_t *back);
 /* Puts len bytes on the air to the center from its peer's address, as if from the
  * base; returns sendto's result. */
 ssize_t h_relay_to_center(struct h_relay *r, const void *buf, size_t len);
+/* The same towards the base, as if from the center. */
+ssize_t h_relay_to_base(struct h_relay *r, const void *buf, size_t len);
 void h_relay_stop(struct h_relay *r);
 
 /* ---- a base and a center kuimen over a sim link ---------------------------------------- */

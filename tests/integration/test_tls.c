@@ -727,3 +727,55 @@ Test(tls, refused_messages_do_not_block_the_local_link)
         cr_assert_eq(final_counter(klog, "spooled"), 0);
         h_cleanup(dir);
 }
+
+/* The center broker with config/mosquitto-center.acl as shipped (issue 12, item 4):
+ * base north publishes only under kuimen/north/ and reads only kuimen/north/cmd/;
+ * the center's kuimen relays under any base's name and reads every base's commands. */
+Test(tls, center_acl_base_speaks_only_for_itself)
+{
+        char dir[200];
+        struct h_broker b;
+        struct cli north, ctr, ops, north_cmds, north_all;
+        memset(&b, 0, sizeof(b));
+        h_tmpdir(dir, sizeof(dir), "aclcenter");
+        b.port = h_free_port();
+        snprintf(b.dir, sizeof(b.dir), "%s", dir);
+        snprintf(b.conf, sizeof(b.conf), "%s/center.conf", dir);
+        snprintf(b.p.log, sizeof(b.p.log), "%s/center.log", dir);
+        run("mosquitto_passwd -c -b '%s/center.passwd' north npass && mosquitto_passwd -b '%s/center.passwd' south spass"
+            " && mosquitto_passwd -b '%s/center.passwd' kuimen-center cpass && mosquitto_passwd -b '%s/center.passwd' ops-console opass",
+            dir, dir, dir, dir);
+        FILE *f = fopen(b.conf, "w");
+        cr_assert(f);
+        fprintf(f, "listener %d 127.0.0.1\nallow_anonymous false\npassword_file %s/center.passwd\n"
+                   "acl_file %s/config/mosquitto-center.acl\npersistence false\nuser root\nlog_type all\n",
+                b.port, dir, src_root());
+        fclose(f);
+        h_broker_restart(&b);
+        cr_assert_eq(cli_connect(&north, b.port, "north", "north", "npass"), 0);
+        cr_assert_eq(cli_connect(&north_cmds, b.port, "north-cmds", "north", "npass"), 0);
+        cr_assert_eq(cli_connect(&north_all, b.port, "north-all", "north", "npass"), 0);
+        cr_assert_eq(cli_connect(&ctr, b.port, "kuimen-center", "kuimen-center", "cpass"), 0);
+        cr_assert_eq(cli_connect(&ops, b.port, "ops", "ops-console", "opass"), 0);
+        cr_assert_eq(cli_sub(&north_cmds, "kuimen/north/cmd/#"), 1);
+        cr_assert_eq(cli_sub(&north_all, "kuimen/#"), 1);
+
+        cr_assert(RC_OK(cli_pub(&north, "kuimen/north/alert/gas", "mine")));
+        cr_assert_eq(cli_pub(&north, "kuimen/south/alert/gas", "forged"), MQTTREASONCODE_NOT_AUTHORIZED);
+        cr_assert_eq(cli_pub(&north, "kuimen/south/cmd/evacuate", "forged"), MQTTREASONCODE_NOT_AUTHORIZED);
+        cr_assert_eq(cli_pub(&north, "other/north/x", "forged"), MQTTREASONCODE_NOT_AUTHORIZED);
+        cr_assert(RC_OK(cli_pub(&ctr, "kuimen/south/alert/gas", "relayed")), "the center relays under a base's name");
+        cr_assert(RC_OK(cli_pub(&ops, "kuimen/north/cmd/u1/go", "1")));
+        cr_assert(RC_OK(cli_pub(&ops, "kuimen/south/cmd/u1/go", "2")));
+        h_sleep_ms(500);
+        cr_assert_eq(cli_count(&north_cmds), 1);
+        cr_assert_str_eq(north_cmds.topics[0], "kuimen/north/cmd/u1/go");
+        cr_assert_eq(cli_count(&north_all), 1, "north on kuimen/# reads only its own commands (%d)", cli_count(&north_all));
+        cli_close(&north);
+        cli_close(&north_cmds);
+        cli_close(&north_all);
+        cli_close(&ctr);
+        cli_close(&ops);
+        h_stop(&b.p, SIGTERM);
+        h_cleanup(dir);
+}

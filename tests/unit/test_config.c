@@ -3,7 +3,11 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "gateway/config.h"
 
@@ -91,4 +95,52 @@ Test(config, durations)
         cr_assert_eq(ms, 7200000);
         cr_assert_eq(km_conf_parse_duration("-1s", &ms), -EINVAL);
         cr_assert_eq(km_conf_parse_duration("s", &ms), -EINVAL);
+}
+
+/* Writes text to dir/name with mode; returns the path in out. */
+static void put(char *out, size_t n, const char *dir, const char *name, const char *text, mode_t mode)
+{
+        snprintf(out, n, "%s/%s", dir, name);
+        FILE *f = fopen(out, "w");
+        cr_assert(f);
+        fputs(text, f);
+        fclose(f);
+        cr_assert_eq(chmod(out, mode), 0);
+}
+
+/* password_file and password_credential stand for password (issue 12): the secret is
+ * read from its own file, which must not be readable by others. */
+Test(config, password_from_a_file_or_credential)
+{
+        char dir[] = "/tmp/km-conf-XXXXXX", conf[128], pw[128], cred[128];
+        struct km_conf c;
+        cr_assert(mkdtemp(dir));
+        put(pw, sizeof(pw), dir, "center.pw", "s3cret\n", 0600);
+        put(conf, sizeof(conf), dir, "k.conf", "[link center]\nusername = north\npassword_file = center.pw\n", 0644);
+        cr_assert_eq(km_conf_load(&c, conf, NULL), 0);
+        cr_assert_eq(c.nerrors, 0, "%s", c.nerrors ? c.errors[0] : "");
+        cr_assert_str_eq(km_conf_get(&c, "link center", "password"), "s3cret");
+        cr_assert_null(km_conf_get(&c, "link center", "password_file"));
+        km_conf_deinit(&c);
+
+        chmod(pw, 0644);
+        cr_assert_eq(km_conf_load(&c, conf, NULL), 0);
+        cr_assert_eq(c.nerrors, 1);
+        cr_assert(strstr(c.errors[0], "center.pw: mode 0644"), "%s", c.errors[0]);
+        km_conf_deinit(&c);
+
+        put(conf, sizeof(conf), dir, "k.conf", "[local]\npassword_credential = mqtt-local\n[x]\npassword = a\npassword_file = center.pw\n", 0644);
+        put(cred, sizeof(cred), dir, "mqtt-local", "from-systemd", 0400);
+        setenv("CREDENTIALS_DIRECTORY", dir, 1);
+        cr_assert_eq(km_conf_load(&c, conf, NULL), 0);
+        cr_assert_str_eq(km_conf_get(&c, "local", "password"), "from-systemd");
+        cr_assert_eq(c.nerrors, 1, "password and password_file in [x]");
+        cr_assert(strstr(c.errors[0], "give one"), "%s", c.errors[0]);
+        km_conf_deinit(&c);
+        unsetenv("CREDENTIALS_DIRECTORY");
+        cr_assert_eq(km_conf_load(&c, conf, NULL), 0);
+        cr_assert_geq(c.nerrors, 1);
+        cr_assert(strstr(c.errors[0], "CREDENTIALS_DIRECTORY"), "%s", c.errors[0]);
+        km_conf_deinit(&c);
+        unlink(pw), unlink(cred), unlink(conf), rmdir(dir);
 }
