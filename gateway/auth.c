@@ -2,6 +2,8 @@
 /* Narrow-link frame authentication: per-peer keys, sealing (encrypt-then-MAC) and opening of frames, counters that make a replay fail. */
 #include "auth.h"
 
+#include "spool.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -206,25 +208,6 @@ static int state_read(struct km_auth *a)
         return 0;
 }
 
-static int fsync_dir(const char *path)
-{
-        char dir[4096];
-        snprintf(dir, sizeof(dir), "%s", path);
-        char *sl = strrchr(dir, '/');
-        if (sl == dir)
-                sl[1] = '\0';
-        else if (sl)
-                *sl = '\0';
-        else
-                snprintf(dir, sizeof(dir), ".");
-        int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (fd < 0)
-                return -errno;
-        int rc = fsync(fd) < 0 ? -errno : 0;
-        close(fd);
-        return rc;
-}
-
 /* Writes tx_reserved (to be) = reserve and every peer's max: .new, fsync, rename,
  * fsync the directory (STYLE.md, durable state). */
 static int state_write(struct km_auth *a, uint64_t reserve)
@@ -252,7 +235,7 @@ static int state_write(struct km_auth *a, uint64_t reserve)
         if (!rc && rename(tmp, a->state_path) < 0)
                 rc = -errno;
         if (!rc)
-                rc = fsync_dir(a->state_path);
+                rc = km_fsync_dir(a->state_path);
         if (rc < 0) {
                 unlink(tmp);
                 return rc;

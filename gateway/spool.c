@@ -1616,9 +1616,7 @@ static int db_open(struct km_spool *sp)
         return 0;
 }
 
-/* fsync of the directory that holds path: a created or renamed file's name is durable
- * only then. */
-static int sync_dir(const char *path)
+int km_fsync_dir(const char *path)
 {
         char dir[PATH_MAX];
         snprintf(dir, sizeof(dir), "%s", path);
@@ -1662,7 +1660,7 @@ static int move_aside(struct km_spool *sp, char *aside, size_t len)
         /* What if the power goes now: the rename is lost and the damaged file is found
          * again at the next start; the fsync makes the new name stick before a fresh
          * spool.db takes the old one. */
-        (void)sync_dir(sp->path);
+        (void)km_fsync_dir(sp->path);
         sp->c.moved_aside++;
         return 0;
 }
@@ -1973,7 +1971,7 @@ int km_spool_open(struct km_spool **out, const struct km_spool_opts *o)
                 goto fail;
         if ((rc = logs_open(sp, &max_id)) < 0)
                 goto fail;
-        (void)sync_dir(sp->path); /* spool.db and the logs may be new */
+        (void)km_fsync_dir(sp->path); /* spool.db and the logs may be new */
         /* A log may take a sixteenth of the file system, between 64 KiB and 16 MiB:
          * on a small card the logs must not fill it before they rotate. */
         struct statvfs fsv;

@@ -112,6 +112,10 @@ void km_spool_stats(struct km_spool *sp, struct km_spool_stats *st);
 /* Any thread. False while a storage fault is in force (pushes are refused). */
 bool km_spool_storage_ok(struct km_spool *sp);
 
+/* fsync of the directory that holds path: a created or renamed file's name is durable
+ * only then (STYLE: write .new, fsync, rename, fsync the directory). 0 or -errno. */
+int km_fsync_dir(const char *path);
+
 /* Unix time in ms (CLOCK_REALTIME). */
 int64_t km_now_ms(void);
 
