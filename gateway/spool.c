@@ -835,18 +835,9 @@ static int delete_id(struct km_spool *sp, uint64_t id, uint64_t *counter)
         return n < 0 ? (int)n : 0;
 }
 
-static int insert_pend(struct km_spool *sp, const struct pend *p)
+/* Binds a message's 14 columns, msg's order (id .. oid), to parameters 1..14 of s. */
+static void bind_pend(sqlite3_stmt *s, const struct pend *p)
 {
-        sqlite3_stmt *s = sp->st[S_INSERT];
-
-        if (*p->ckey) {
-                sqlite3_stmt *d = sp->st[S_DEL_CKEY];
-                sqlite3_bind_text(d, 1, p->ckey, -1, SQLITE_STATIC);
-                sqlite3_bind_int(d, 2, p->dir);
-                sqlite3_bind_int64(d, 3, (int64_t)p->id);
-                if (delete_rows(sp, d, &sp->c.coalesced) < 0)
-                        return -EIO;
-        }
         sqlite3_bind_int64(s, 1, (int64_t)p->id);
         sqlite3_bind_int(s, 2, p->dir);
         sqlite3_bind_int(s, 3, p->prio);
@@ -867,6 +858,21 @@ static int insert_pend(struct km_spool *sp, const struct pend *p)
         else
                 sqlite3_bind_null(s, 13);
         sqlite3_bind_int64(s, 14, (int64_t)p->oid);
+}
+
+static int insert_pend(struct km_spool *sp, const struct pend *p)
+{
+        sqlite3_stmt *s = sp->st[S_INSERT];
+
+        if (*p->ckey) {
+                sqlite3_stmt *d = sp->st[S_DEL_CKEY];
+                sqlite3_bind_text(d, 1, p->ckey, -1, SQLITE_STATIC);
+                sqlite3_bind_int(d, 2, p->dir);
+                sqlite3_bind_int64(d, 3, (int64_t)p->id);
+                if (delete_rows(sp, d, &sp->c.coalesced) < 0)
+                        return -EIO;
+        }
+        bind_pend(s, p);
         int rc = sqlite3_step(s);
         sqlite3_reset(s);
         if (rc == SQLITE_CONSTRAINT) { /* already there: a replay of a record SQLite holds */
@@ -2254,22 +2260,7 @@ static int dead_insert_pend(struct km_spool *sp, const struct pend *p, const cha
         if (dead_sql(sp, "INSERT OR REPLACE INTO dead(" DEAD_COLS ",why,at) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                      &s) < 0)
                 return -EIO;
-        sqlite3_bind_int64(s, 1, (int64_t)p->id);
-        sqlite3_bind_int(s, 2, p->dir);
-        sqlite3_bind_int(s, 3, p->prio);
-        sqlite3_bind_int(s, 4, p->flags);
-        sqlite3_bind_int(s, 5, p->qos);
-        sqlite3_bind_int64(s, 6, p->created);
-        sqlite3_bind_int64(s, 7, p->expires);
-        sqlite3_bind_int(s, 8, (int)p->size);
-        sqlite3_bind_text(s, 9, p->cls, -1, SQLITE_STATIC);
-        sqlite3_bind_text(s, 10, p->topic, -1, SQLITE_STATIC);
-        if (*p->ckey)
-                sqlite3_bind_text(s, 11, p->ckey, -1, SQLITE_STATIC);
-        sqlite3_bind_blob(s, 12, p->payload, (int)p->len, SQLITE_STATIC);
-        if (*p->origin)
-                sqlite3_bind_text(s, 13, p->origin, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(s, 14, (int64_t)p->oid);
+        bind_pend(s, p);
         sqlite3_bind_text(s, 15, why, -1, SQLITE_STATIC);
         sqlite3_bind_int64(s, 16, at);
         int rc = sqlite3_step(s);
