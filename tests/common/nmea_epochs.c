@@ -20,9 +20,6 @@ const char *km_test_nmea_dir(void)
 	if (env && *env)
 		return env;
 	snprintf(path, sizeof(path), "%s/tests/data/nmea", KM_SOURCE_ROOT);
-	if (access(path, R_OK) == 0)
-		return path;
-	snprintf(path, sizeof(path), "%s/../shared/data/nmea", KM_SOURCE_ROOT);
 	return path;
 }
 

@@ -5,8 +5,7 @@
 
 #include <stddef.h>
 
-/* The captures' directory: $KM_NMEA_DIR, else KM_SOURCE_ROOT/tests/data/nmea, else
- * KM_SOURCE_ROOT/../shared/data/nmea. */
+/* The captures' directory: $KM_NMEA_DIR, else KM_SOURCE_ROOT/tests/data/nmea. */
 const char *km_test_nmea_dir(void);
 
 /* Calls fn(ud, payload, len) for each epoch of capture file: the consecutive position

@@ -20,8 +20,8 @@
 #include "harness.h"
 
 /*
- * Environment: KM_NMEA_DIR (the captures; else $KM_SOURCE_ROOT/../shared/data/nmea,
- * else the same path beside this source file), KM_GPSFAKE (/usr/bin/gpsfake),
+ * Environment: KM_NMEA_DIR (the captures; else $KM_SOURCE_ROOT/tests/data/nmea,
+ * else ./tests/data/nmea), KM_GPSFAKE (/usr/bin/gpsfake),
  * KM_PYTHON3 (/usr/bin/python3: gpsfake needs Debian's python with python3-gps),
  * KM_GPSD (gpsd binary; gpsfake finds it through GPSD_HOME, else on PATH).
  *
@@ -286,25 +286,10 @@ static void nmea_dir(char *out, size_t len)
 {
         const char *d = getenv("KM_NMEA_DIR");
         char probe[600];
-        if (d) {
+        if (d)
                 snprintf(out, len, "%s", d);
-        } else if ((d = getenv("KM_SOURCE_ROOT"))) {
-                snprintf(out, len, "%s/../shared/data/nmea", d);
-        } else {
-                /* The shared tree beside the source tree, from this file's path:
-                 * absolute, or relative to the build directory, which may be some
-                 * levels above the test's working directory. */
-                static const char *const ups[] = { "", "../", "../../", "../../../" };
-                char src[512];
-                snprintf(src, sizeof(src), "%s", __FILE__);
-                const char *dir = dirname(src);
-                for (size_t i = 0; i < sizeof(ups) / sizeof(ups[0]); i++) {
-                        snprintf(out, len, "%s%s/../../../shared/data/nmea", dir[0] == '/' ? "" : ups[i], dir);
-                        snprintf(probe, sizeof(probe), "%s/beidou-bd.log", out);
-                        if (access(probe, R_OK) == 0 || dir[0] == '/')
-                                break;
-                }
-        }
+        else
+                snprintf(out, len, "%s/tests/data/nmea", (d = getenv("KM_SOURCE_ROOT")) ? d : ".");
         snprintf(probe, sizeof(probe), "%s/beidou-bd.log", out);
         cr_assert_eq(access(probe, R_OK), 0,
                      "NMEA captures not found at %s: set KM_NMEA_DIR (or KM_SOURCE_ROOT)", out);
