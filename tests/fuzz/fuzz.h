@@ -36,6 +36,22 @@ static inline void fuzz_quiet(void)
 	km_log_max_level = 0;
 }
 
+/* A broken promise of the code under test is a crash: the fuzzer keeps the input. */
+#define REQUIRE(cond)                   \
+	do {                            \
+		if (!(cond))            \
+			__builtin_trap(); \
+	} while (0)
+
+/* The initializer of a target with nothing else to set up. */
+#define FUZZ_QUIET_INIT                                         \
+	int LLVMFuzzerInitialize(int *argc, char ***argv)       \
+	{                                                       \
+		(void)argc, (void)argv;                         \
+		fuzz_quiet();                                   \
+		return 0;                                       \
+	}
+
 /* Reads every byte of p[0..n) so that ASan checks what a callback was handed. */
 static inline uint8_t fuzz_touch(const void *p, size_t n)
 {

@@ -8,18 +8,7 @@
 #include "gateway/frame.h"
 #include "tests/fuzz/fuzz.h"
 
-#define REQUIRE(cond)                   \
-	do {                            \
-		if (!(cond))            \
-			__builtin_trap(); \
-	} while (0)
-
-int LLVMFuzzerInitialize(int *argc, char ***argv)
-{
-	(void)argc, (void)argv;
-	fuzz_quiet();
-	return 0;
-}
+FUZZ_QUIET_INIT
 
 static int deliver(void *ctx, const struct km_frame_msg *m)
 {

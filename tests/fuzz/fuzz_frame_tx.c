@@ -20,12 +20,6 @@
  * payload whose compacted JSON is canonical position JSON) that record quantised.
  */
 
-#define REQUIRE(cond)                   \
-	do {                            \
-		if (!(cond))            \
-			__builtin_trap(); \
-	} while (0)
-
 #define N_MSGS 3
 
 static const char *const topics[] = {
@@ -57,12 +51,7 @@ static int deliver(void *ctx, const struct km_frame_msg *m)
 	return 0;
 }
 
-int LLVMFuzzerInitialize(int *argc, char ***argv)
-{
-	(void)argc, (void)argv;
-	fuzz_quiet();
-	return 0;
-}
+FUZZ_QUIET_INIT
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

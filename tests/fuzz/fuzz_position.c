@@ -8,18 +8,7 @@
 #include "gateway/posrec.h"
 #include "tests/fuzz/fuzz.h"
 
-#define REQUIRE(cond)                   \
-	do {                            \
-		if (!(cond))            \
-			__builtin_trap(); \
-	} while (0)
-
-int LLVMFuzzerInitialize(int *argc, char ***argv)
-{
-	(void)argc, (void)argv;
-	fuzz_quiet();
-	return 0;
-}
+FUZZ_QUIET_INIT
 
 /* The bridge (km_positions_take) publishes the record's canonical JSON, and a base's
  * narrow link may send that as a batch: a record the parser accepts is one those take. */

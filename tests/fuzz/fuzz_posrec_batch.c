@@ -7,21 +7,10 @@
 #include "gateway/posrec.h"
 #include "tests/fuzz/fuzz.h"
 
-#define REQUIRE(cond)                   \
-	do {                            \
-		if (!(cond))            \
-			__builtin_trap(); \
-	} while (0)
-
 /* A frame holds at most KM_FRAME_MTU_MAX bytes; a record takes 2 at least. */
 #define CAP 2048
 
-int LLVMFuzzerInitialize(int *argc, char ***argv)
-{
-	(void)argc, (void)argv;
-	fuzz_quiet();
-	return 0;
-}
+FUZZ_QUIET_INIT
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
