@@ -867,6 +867,10 @@ static void reply_dead_op(struct km_daemon *d, struct km_control_buf *b, bool re
                 id = v;
         }
         int n = retry ? km_spool_dead_retry(d->spool, id) : km_spool_dead_drop(d->spool, id);
+        if (n == -EPERM) {
+                reply_error(b, "that message was refused on arrival and can never be published: drop it");
+                return;
+        }
         if (n < 0) {
                 reply_error(b, retry ? "cannot send set-aside messages back" : "cannot drop set-aside messages");
                 return;

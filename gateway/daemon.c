@@ -275,6 +275,22 @@ int km_daemon_relay(struct km_daemon *d, const char *topic, const char *route_to
         return ingest_ex(d, KM_DIR_DOWN, topic, NULL, payload, len, false, NULL, &x);
 }
 
+int km_daemon_put_aside(struct km_daemon *d, const char *topic, int prio, const void *payload, size_t len,
+                        const char *origin, uint64_t oid, const char *why)
+{
+        char cls[64] = "none";
+        struct km_msg m = { .created_ms = km_daemon_now(d), .dir = KM_DIR_DOWN, .qos = 1, .topic = topic, .cls = cls,
+                            .payload = payload, .len = len, .origin = origin, .oid = oid };
+        pthread_rwlock_rdlock(&d->route_lock);
+        const struct km_class *k = prio >= 0 ? km_route_by_priority(&d->route, prio) : NULL;
+        if (k) {
+                snprintf(cls, sizeof(cls), "%s", k->name);
+                m.prio = (uint8_t)k->priority;
+        }
+        pthread_rwlock_unlock(&d->route_lock);
+        return km_spool_put_aside(d->spool, &m, why);
+}
+
 int km_daemon_ingest_routed(struct km_daemon *d, int dir, const char *topic, const char *route_topic,
                             const void *payload, size_t len)
 {

@@ -130,6 +130,13 @@ int km_daemon_ingest_keyed(struct km_daemon *d, int dir, const char *topic, cons
 int km_daemon_relay(struct km_daemon *d, const char *topic, const char *route_topic, int prio, const void *payload,
                     size_t len, const char *origin, uint64_t oid);
 
+/* Loop thread (narrow links): a message that arrived but can never be published
+ * (refused by gateway/inbound.c, too large, of no class) goes to the spool's dead
+ * letters with why, as topic (printable, escaped), in the class of priority prio when
+ * there is one, so an operator can see what came and drop it. 0 or a negative errno. */
+int km_daemon_put_aside(struct km_daemon *d, const char *topic, int prio, const void *payload, size_t len,
+                        const char *origin, uint64_t oid, const char *why);
+
 /* Any thread, on a center: a command taken from the center broker as topic (the full
  * <topic_prefix>/<base>/cmd/...), routed by route_topic (cmd/...), spooled in dir, the
  * way out over narrow links. Durable when it returns, like km_daemon_ingest. */

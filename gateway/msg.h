@@ -15,6 +15,7 @@ enum km_dir {
 enum {
         KM_MSG_DROPPABLE = 1 << 0, /* may be dropped for space */
         KM_MSG_RETAIN = 1 << 1,    /* published with the retain flag */
+        KM_MSG_REFUSED = 1 << 2,   /* refused on arrival (a dead letter only): never queued again */
 };
 
 #define KM_PRIO_COUNT 256

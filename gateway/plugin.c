@@ -495,6 +495,8 @@ static void api_report(km_plugin_link *h, const struct km_plugin_report *r)
                 kick(h);
 }
 
+static int put_aside(km_plugin_link *h, const struct km_frame_msg *m, const char *why);
+
 static int ingest_delivered(km_plugin_link *h, const struct km_frame_msg *m, const char *origin)
 {
         char topic[KM_FRAME_TOPIC_MAX + 128];
@@ -504,18 +506,20 @@ static int ingest_delivered(km_plugin_link *h, const struct km_frame_msg *m, con
         bool unknown = !m->topic || strncmp(m->topic, KM_DICT_FALLBACK "/", sizeof(KM_DICT_FALLBACK)) == 0;
         int rc = km_daemon_relay(h->d, topic, unknown ? NULL : m->topic, m->cls, m->payload, m->len, origin, m->id);
         /* Not stored (a storage fault): the frame is not acknowledged and comes again.
-         * Too large or of no class would be refused again: acknowledged (logged). */
-        return rc < 0 && rc != -EMSGSIZE && rc != -ENOENT ? rc : 0;
+         * Too large or of no class would be refused again: set aside, acknowledged. */
+        if (rc == -EMSGSIZE || rc == -ENOENT)
+                return put_aside(h, m, rc == -EMSGSIZE ? "too large to store" : "no class takes it");
+        return rc < 0 ? rc : 0;
 }
 
-/* s as printable ASCII into out (cap >= 4), at most 64 characters of it: a refused topic
- * is whatever a forger chose, and goes to the journal. */
-static const char *printable(const char *s, char *out, size_t cap)
+/* s as printable ASCII into out (cap >= 5), at most max characters of it: a refused
+ * topic is whatever a forger chose, and goes to the journal and the dead letters. */
+static const char *printable(const char *s, char *out, size_t cap, size_t max)
 {
         size_t o = 0;
         if (!s)
                 return "(unknown topic)";
-        for (size_t i = 0; s[i] && i < 64 && o + 5 < cap; i++) {
+        for (size_t i = 0; s[i] && i < max && o + 5 < cap; i++) {
                 unsigned char c = (unsigned char)s[i];
                 if (c >= 0x20 && c < 0x7f && c != '\\')
                         out[o++] = (char)c;
@@ -524,6 +528,32 @@ static const char *printable(const char *s, char *out, size_t cap)
         }
         out[o] = '\0';
         return out;
+}
+
+/* The peer's name for origin, else its number in hex. */
+static const char *origin_name(const km_plugin_link *h, uint32_t origin, char *out, size_t cap)
+{
+        snprintf(out, cap, "%08x", origin);
+        for (size_t i = 0; i < h->peers.n; i++)
+                if (km_frame_node_id(h->peers.v[i]) == origin)
+                        snprintf(out, cap, "%s", h->peers.v[i]);
+        return out;
+}
+
+/* A message from the peer that can never be published goes to the dead letters, so an
+ * operator sees what came (kuimenctl spool dead) while what follows flows on. Only a
+ * storage fault is worth the frame again (not acknowledged: it comes again). */
+static int put_aside(km_plugin_link *h, const struct km_frame_msg *m, const char *why)
+{
+        char topic[4 * KM_FRAME_TOPIC_MAX + 8], from[48], w[160];
+        origin_name(h, m->origin, from, sizeof(from));
+        snprintf(w, sizeof(w), "refused on arrival over %s from %s: %s", h->link->name, from, why);
+        int rc = km_daemon_put_aside(h->d, printable(m->topic, topic, sizeof(topic), KM_FRAME_TOPIC_MAX), m->cls,
+                                     m->payload, m->len, from, m->id, w);
+        if (rc < 0)
+                KM_LOG(KM_LOG_ERR, "link", "%s: cannot set aside a refused message from %s: %s", h->link->name, from,
+                       strerror(-rc));
+        return rc < 0 && !km_spool_storage_ok(h->d->spool) ? rc : 0;
 }
 
 /* A message (topic set) or a frame (topic NULL, reason origin) from the peer that can
@@ -539,16 +569,13 @@ static void refuse(km_plugin_link *h, enum km_refuse r, const char *why, const c
                 return;
         }
         char t[400], from[48];
-        snprintf(from, sizeof(from), "%08x", origin);
-        for (size_t i = 0; i < h->peers.n; i++)
-                if (km_frame_node_id(h->peers.v[i]) == origin)
-                        snprintf(from, sizeof(from), "%s", h->peers.v[i]);
+        origin_name(h, origin, from, sizeof(from));
         if (r == KM_REFUSE_ORIGIN && !topic)
                 KM_LOG(KM_LOG_WARNING, "link", "%s: frame from origin %s, not one of peers: dropped (refused_origin %llu, %llu not logged since the last line)",
                        h->link->name, from, (unsigned long long)h->refused[r], (unsigned long long)h->refused_quiet[r]);
         else
                 KM_LOG(KM_LOG_WARNING, "link", "%s: message on '%s' from %s refused: %s; not published (refused_%s %llu, %llu not logged since the last line)",
-                       h->link->name, printable(topic, t, sizeof(t)), from, why, km_inbound_reason_name(r),
+                       h->link->name, printable(topic, t, sizeof(t), 64), from, why, km_inbound_reason_name(r),
                        (unsigned long long)h->refused[r], (unsigned long long)h->refused_quiet[r]);
         h->refused_log_ms[r] = now;
         h->refused_quiet[r] = 0;
@@ -580,8 +607,10 @@ static int deliver_command(km_plugin_link *h, const struct km_frame_msg *m)
                p ? (p->last_key == 2 ? p->next.id : p->key.id) : h->auth_off ? "NOT authenticated (auth = off)" : "NOT authenticated (no key_file)",
                p ? (p->last_key == 2 ? " (key_file_next)" : " (key_file)") : "", rc < 0 ? strerror(-rc) : "taken");
         /* A stop or a storage fault is worth a retry (unacknowledged, the frame comes
-         * again); a command too large or unrouted would be refused again, logged. */
-        return rc < 0 && (h->d->stopping || !km_spool_storage_ok(h->d->spool)) ? rc : 0;
+         * again); a command too large or unrouted would be refused again: set aside. */
+        if (rc < 0 && (h->d->stopping || !km_spool_storage_ok(h->d->spool)))
+                return rc;
+        return rc < 0 ? put_aside(h, m, rc == -EMSGSIZE ? "too large to store" : strerror(-rc)) : 0;
 }
 
 /* A complete message from the peer: checked (gateway/inbound.c), then durable in our
@@ -593,7 +622,7 @@ static int on_deliver(void *ctx, const struct km_frame_msg *m)
         enum km_refuse r = km_inbound_check(m->topic, m->len, h->center, &why);
         if (r != KM_REFUSE_NONE) {
                 refuse(h, r, why, m->topic, m->origin);
-                return 0;
+                return put_aside(h, m, why);
         }
         if (!h->center)
                 return deliver_command(h, m);

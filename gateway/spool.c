@@ -2210,6 +2210,13 @@ static int dead_open(struct km_spool *sp)
         if (sqlite3_step(s) == SQLITE_ROW)
                 sp->c.dead = (uint64_t)sqlite3_column_int64(s, 0);
         sqlite3_finalize(s);
+        /* A message refused on arrival took an id from the sequence and lives only
+         * here: the sequence must go on past it after a restart. */
+        if (dead_sql(sp, "SELECT max(id) FROM dead", &s) < 0)
+                return -EIO;
+        if (sqlite3_step(s) == SQLITE_ROW && (uint64_t)sqlite3_column_int64(s, 0) >= sp->next_id)
+                sp->next_id = (uint64_t)sqlite3_column_int64(s, 0) + 1;
+        sqlite3_finalize(s);
         if (sp->c.dead)
                 KM_LOG(KM_LOG_WARNING, "spool", "%llu messages are set aside (kuimenctl spool dead)",
                        (unsigned long long)sp->c.dead);
@@ -2288,9 +2295,21 @@ static int dead_move_row(struct km_spool *sp, uint64_t id, const char *why, int6
         return moved;
 }
 
-int km_spool_set_aside(struct km_spool *sp, uint64_t id, const char *why)
+/* A message is held now: counted, logged (the first ten, then every hundredth) and
+ * the table kept within its bound. */
+static int dead_held(struct km_spool *sp, uint64_t id, const char *why)
 {
         static uint64_t logged;
+        dead_count(sp, &sp->c.set_aside, 1);
+        uint64_t n = ++logged;
+        if (n <= 10 || n % 100 == 0)
+                KM_LOG(KM_LOG_WARNING, "spool", "message %llu set aside: %s (%llu so far; kuimenctl spool dead)",
+                       (unsigned long long)id, why, (unsigned long long)n);
+        return dead_bound(sp);
+}
+
+int km_spool_set_aside(struct km_spool *sp, uint64_t id, const char *why)
+{
         int64_t at = km_now_ms();
         int rc;
 
@@ -2329,12 +2348,35 @@ int km_spool_set_aside(struct km_spool *sp, uint64_t id, const char *why)
                         pend_forget(sp, &sp->pend[i]); /* no ACK record: see above */
                 pthread_mutex_unlock(&sp->mu);
         }
-        dead_count(sp, &sp->c.set_aside, 1);
-        uint64_t n = ++logged;
-        if (n <= 10 || n % 100 == 0)
-                KM_LOG(KM_LOG_WARNING, "spool", "message %llu set aside: %s (%llu so far; kuimenctl spool dead)",
-                       (unsigned long long)id, why, (unsigned long long)n);
-        return dead_bound(sp);
+        return dead_held(sp, id, why);
+}
+
+int km_spool_put_aside(struct km_spool *sp, struct km_msg *m, const char *why)
+{
+        int rc;
+
+        if (!why)
+                why = "refused";
+        pthread_mutex_lock(&sp->mu);
+        m->id = sp->next_id++;
+        pthread_mutex_unlock(&sp->mu);
+        m->flags |= KM_MSG_REFUSED;
+        /* Borrowed for the insert only: a pend's strings are plain char *. */
+        struct pend p = {
+                .id = m->id, .created = m->created_ms, .expires = m->expires_ms, .dir = m->dir, .prio = m->prio,
+                .qos = m->qos, .flags = m->flags, .size = (uint32_t)m->len, .cls = (char *)(m->cls ? m->cls : ""),
+                .topic = (char *)(m->topic ? m->topic : ""), .ckey = (char *)"", .origin = (char *)(m->origin ? m->origin : ""),
+                .payload = (void *)m->payload, .len = m->len, .oid = m->oid,
+        };
+        if ((rc = tx_begin(sp)) < 0)
+                return rc;
+        if ((rc = dead_insert_pend(sp, &p, why, km_now_ms())) >= 0)
+                rc = tx_commit(sp);
+        if (rc < 0) {
+                tx_abort(sp);
+                return rc;
+        }
+        return dead_held(sp, m->id, why);
 }
 
 int km_spool_dead_list(struct km_spool *sp, struct km_spool_dead *out, int max)
@@ -2387,6 +2429,7 @@ int km_spool_dead_retry(struct km_spool *sp, uint64_t id)
         uint64_t *ids = NULL;
         size_t nids = 0, cap = 0;
         int n = 0, rc;
+        bool refused = false;
 
         if (dead_sql(sp, id ? "SELECT " DEAD_COLS " FROM dead WHERE id=?" : "SELECT " DEAD_COLS " FROM dead ORDER BY id",
                      &s) < 0)
@@ -2409,6 +2452,12 @@ int km_spool_dead_retry(struct km_spool *sp, uint64_t id)
                         .len = (size_t)sqlite3_column_bytes(s, 11), .origin = origin && *origin ? origin : NULL,
                         .oid = oid ? oid : old,
                 };
+                if (m.flags & KM_MSG_REFUSED) {
+                        KM_LOG(KM_LOG_WARNING, "spool", "set-aside message %llu was refused on arrival (%s): it stays held, to be dropped",
+                               (unsigned long long)old, m.topic ? m.topic : "?");
+                        refused = true;
+                        continue;
+                }
                 if (!m.cls || !m.topic || m.dir >= KM_DIR_COUNT || (rc = km_spool_push(sp, &m)) < 0) {
                         KM_LOG(KM_LOG_ERR, "spool", "cannot send set-aside message %llu back: %s", (unsigned long long)old,
                                strerror(m.cls && m.topic && m.dir < KM_DIR_COUNT ? -rc : EINVAL));
@@ -2440,7 +2489,7 @@ int km_spool_dead_retry(struct km_spool *sp, uint64_t id)
         if (rc < 0)
                 return rc;
         dead_count(sp, &sp->c.dead_retried, -n);
-        return n;
+        return id && refused ? -EPERM : n;
 }
 
 int km_spool_dead_drop(struct km_spool *sp, uint64_t id)

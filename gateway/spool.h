@@ -162,14 +162,22 @@ struct km_spool_dead {
  * not hold it (acknowledged or expired meanwhile), or a negative errno. */
 int km_spool_set_aside(struct km_spool *sp, uint64_t id, const char *why);
 
+/* Loop thread. Holds m, which arrived (a narrow link's message) but can never be
+ * published, straight in the dead letters with why (copied), flagged KM_MSG_REFUSED
+ * (m->flags gets it; m->id gets an id of the spool's sequence): an operator can look
+ * at it and drop it, not queue it again. Counted in set_aside and logged as
+ * km_spool_set_aside. 0 or a negative errno. */
+int km_spool_put_aside(struct km_spool *sp, struct km_msg *m, const char *why);
+
 /* Loop thread; read-only. Copies up to max held messages, oldest set aside first.
  * Returns how many, or a negative errno. */
 int km_spool_dead_list(struct km_spool *sp, struct km_spool_dead *out, int max);
 
-/* Loop thread. Puts held message id (0: all) back at the tail of its queue under a NEW
- * id: the links' cursors are past the old one, so it would wait for the next
+/* Loop thread. Puts held message id (0: all; those refused on arrival stay) back at
+ * the tail of its queue under a NEW id: the links' cursors are past the old one, so it would wait for the next
  * reconnect. kuimen-id (the origin id subscribers drop duplicates by) stays the old
- * one. Returns how many went back, or a negative errno. */
+ * one. Returns how many went back, -EPERM when id names one refused on arrival, or a
+ * negative errno. */
 int km_spool_dead_retry(struct km_spool *sp, uint64_t id);
 
 /* Loop thread. Deletes held message id (0: all), counted in dead_dropped. Returns how

@@ -157,6 +157,43 @@ static void genuine_alerts(struct fpair *p, int n)
         cr_assert(h_pub_flush(&p->pub, 5000));
 }
 
+/* Messages refused on arrival are held in the spool's dead letters (kuimenctl spool
+ * dead), each saying where it came from and why, and stay held: they can be dropped,
+ * never queued again. want_topic is one held topic as stored (escaped). */
+static void held_refused(const char *sock, double want, const char *from, const char *want_topic)
+{
+        cJSON *j = ctl_json(sock, "spool dead --json");
+        const cJSON *held = cJSON_GetObjectItemCaseSensitive(j, "held");
+        cr_assert(cJSON_IsNumber(held) && held->valuedouble == want, "held %g, want %g",
+                  cJSON_IsNumber(held) ? held->valuedouble : -1, want);
+        const cJSON *m;
+        char tag[64];
+        snprintf(tag, sizeof(tag), " from %s: ", from);
+        int seen = 0;
+        cJSON_ArrayForEach(m, cJSON_GetObjectItemCaseSensitive(j, "dead")) {
+                const char *why = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(m, "why"));
+                const char *topic = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(m, "topic"));
+                cr_assert(why && strncmp(why, "refused on arrival over ", 24) == 0 && strstr(why, tag), "why: %s", why);
+                seen += topic && strcmp(topic, want_topic) == 0;
+        }
+        cr_assert_eq(seen, 1, "'%s' held once", want_topic);
+        cJSON *first = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(j, "dead"), 0);
+        char args[64];
+        snprintf(args, sizeof(args), "spool retry %.0f --json",
+                 cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(first, "id")));
+        cJSON_Delete(j);
+        j = ctl_json(sock, "spool retry all --json");
+        cr_assert_eq(cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(j, "retried")), 0, "none goes back");
+        cJSON_Delete(j);
+        j = ctl_json(sock, args);
+        const char *err = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "error"));
+        cr_assert(err && strstr(err, "refused on arrival"), "retry of one: %s", err ? err : "(no error)");
+        cJSON_Delete(j);
+        j = ctl_json(sock, "spool drop all --json");
+        cr_assert_eq(cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(j, "dropped")), want);
+        cJSON_Delete(j);
+}
+
 /* ---- the center end ----------------------------------------------------------------- */
 
 /* Frames in a peer's name (south, which runs nowhere) whose topics no broker takes or
@@ -199,6 +236,7 @@ Test(forgery, invalid_topics_at_the_center, .timeout = 120)
         cJSON_Delete(j);
         cr_assert_eq(h_log_count(&p.k.ctr, "not one of peers: dropped"), 1);
         cr_assert_eq(h_log_count(&p.k.ctr, "refused: wildcard"), 1, "the first of a reason logged, then quiet for 10 s");
+        held_refused(p.csock, 5, "south", "sensors/\\x01x");
 
         h_rec_stop(&rec);
         h_rec_free(&rec);
@@ -243,6 +281,7 @@ Test(forgery, invalid_commands_at_the_base, .timeout = 120)
         cr_assert_eq(refused(j, "topic"), 1);
         cr_assert_eq(refused(j, "origin"), 1);
         cJSON_Delete(j);
+        held_refused(p.bsock, 4, "county", "cmd/+/evacuate");
 
         h_rec_stop(&local);
         h_rec_free(&local);
