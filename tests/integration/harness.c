@@ -138,6 +138,11 @@ static pid_t spawn(const char *log, char *const argv[])
 
 void h_broker_start(struct h_broker *b, const char *dir, int port, const char *extra)
 {
+        h_broker_start_ex(b, dir, port, NULL, extra);
+}
+
+void h_broker_start_ex(struct h_broker *b, const char *dir, int port, const char *head, const char *extra)
+{
         memset(b, 0, sizeof(*b));
         b->port = port ? port : h_free_port();
         snprintf(b->dir, sizeof(b->dir), "%s", dir);
@@ -147,6 +152,7 @@ void h_broker_start(struct h_broker *b, const char *dir, int port, const char *e
         H_REQUIRE(f, "%s: %s", b->conf, strerror(errno));
         /* user root: as root mosquitto would drop to the mosquitto user and could not
          * write its persistence file in our directory. */
+        fprintf(f, "%s\n", head ? head : "");
         fprintf(f,
                 "listener %d 127.0.0.1\nallow_anonymous true\nuser root\n"
                 "persistence true\npersistence_location %s/\npersistence_file mosquitto-%d.db\n"

@@ -36,6 +36,9 @@ bool h_wait_port(int port, int timeout_ms);
 /* Starts mosquitto on port (0: pick) with persistence in dir; extra is appended to
  * its config. Restart with the same struct to keep port and persistence. */
 void h_broker_start(struct h_broker *b, const char *dir, int port, const char *extra);
+/* As h_broker_start, with head (may be NULL) before the first listener: global options
+ * that must come first (per_listener_settings). */
+void h_broker_start_ex(struct h_broker *b, const char *dir, int port, const char *head, const char *extra);
 void h_broker_restart(struct h_broker *b);
 
 /* Starts kuimen (KM_KUIMEN from meson) with args; its stderr goes to log. */

@@ -82,6 +82,7 @@ static void run(const char *fmt, ...)
  *   server    CN localhost, SAN IP:127.0.0.1 + DNS:localhost, by ca
  *   other     CN/SAN other.example, by ca (a valid chain with the wrong name)
  *   client    CN north, by ca (kuimen's client certificate)
+ *   south     CN south, by ca (another base's certificate)
  *   rogue-ca  an unrelated CA; rogue: CN north, by rogue-ca */
 static void make_certs(const char *dir)
 {
@@ -97,6 +98,7 @@ static void make_certs(const char *dir)
             "leaf server ca localhost 'subjectAltName=IP:127.0.0.1,DNS:localhost';"
             "leaf other ca other.example 'subjectAltName=DNS:other.example';"
             "leaf client ca north 'extendedKeyUsage=clientAuth';"
+            "leaf south ca south 'extendedKeyUsage=clientAuth';"
             "leaf rogue rogue-ca north 'extendedKeyUsage=clientAuth';"
             "openssl verify -CAfile ca.crt server.crt other.crt client.crt >/dev/null;"
             "! openssl verify -CAfile ca.crt rogue.crt >/dev/null 2>&1",
@@ -141,8 +143,10 @@ struct tenv {
 };
 
 /* Local broker, center broker with a plain listener (for the test's subscriber) and a
- * TLS listener that requires a client certificate (server certificate `server`),
- * kuimen with link uri ssl://127.0.0.1:<tls port> and client certificate `client`. */
+ * TLS listener that requires a client certificate (server certificate `server`) and
+ * applies config/mosquitto-center.acl as shipped (the certificate's CN is the user
+ * name), kuimen with link uri ssl://127.0.0.1:<tls port> and client certificate
+ * `client`. */
 static void tls_up(struct tenv *e, const char *tag, const char *server, const char *client, const char *link_extra)
 {
         char extra[1024], uri[64];
@@ -161,9 +165,9 @@ static void tls_up(struct tenv *e, const char *tag, const char *server, const ch
          * the broker log shows who the certificate says kuimen is. */
         snprintf(extra, sizeof(extra),
                  "listener %d 127.0.0.1\ncafile %s/ca.crt\ncertfile %s/%s.crt\nkeyfile %s/%s.key\n"
-                 "require_certificate true\nuse_identity_as_username true\n",
-                 e->tls_port, e->dir, e->dir, server, e->dir, server);
-        h_broker_start(&e->center, e->dir, plain, extra);
+                 "require_certificate true\nuse_identity_as_username true\nacl_file %s/config/mosquitto-center.acl\n",
+                 e->tls_port, e->dir, e->dir, server, e->dir, server, src_root());
+        h_broker_start_ex(&e->center, e->dir, plain, "per_listener_settings true", extra);
         cr_assert(h_wait_port(e->tls_port, 5000), "the center's TLS listener did not open");
         h_sub_start(&e->sub, e->center.port, "center-sub", "kuimen/north/sensors/#", false);
 
@@ -268,7 +272,24 @@ Test(tls, mutual_tls_both_ways)
         h_pub_stop(&center_pub);
         h_sub_stop(&cmds);
 
+        /* Over the same TLS listener and ACL, another base's certificate (CN south)
+         * cannot speak for north nor read north's commands: mosquitto_pub exits 0 on a
+         * refused QoS 1 publish only when the broker acknowledged it, so what counts is
+         * the center subscriber's tally and the broker's log. */
+        h_sub_start(&cmds, e.center.port, "center-cmds", "kuimen/+/cmd/#", false);
+        char tls[1000];
+        snprintf(tls, sizeof(tls), "-V 5 -q 1 -h 127.0.0.1 -p %d --cafile '%s/ca.crt' --cert '%s/south.crt' --key '%s/south.key'",
+                 e.tls_port, e.dir, e.dir, e.dir);
+        run("mosquitto_pub %s -i south-forger -t kuimen/north/sensors/gas -m forged >/dev/null 2>&1;"
+            "mosquitto_pub %s -i south-forger -t kuimen/north/cmd/unit7/go -m forged >/dev/null 2>&1;"
+            "mosquitto_pub %s -i south-own -t kuimen/south/cmd/unit7/ok -m own", tls, tls, tls);
+        cr_assert_eq(count_after(&cmds, 1, 5000, 500), 1, "south's own topic passes the ACL, nothing of north's");
+        cr_assert_str_eq(cmds.rx[0].topic, "kuimen/south/cmd/unit7/ok");
+        cr_assert_geq(h_log_count(&e.center.p, "Denied PUBLISH from south-forger"), 2, "the center broker denied both");
+        h_sub_stop(&cmds);
+
         tls_down(&e);
+        cr_assert_eq(e.sub.n, 300, "nothing forged reached kuimen/north/sensors/#");
         cr_assert_eq(final_counter(e.klog, "forwarded"), 300);
         cr_assert_eq(final_counter(e.klog, "spooled"), 0);
         h_cleanup(e.dir);
