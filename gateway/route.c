@@ -21,7 +21,10 @@ static const struct km_conf_key class_keys[] = {
 };
 
 /* The defaults of DESIGN.md: alert and command are never dropped for space; positions
- * and status coalesce per topic (one unit, one link) so an outage keeps the latest. */
+ * and status coalesce per topic (one unit, one link) so an outage keeps the latest.
+ * Only pos/<unit> (what the position bridge publishes, checked) is a position: a
+ * terminal's pos/<unit>/<more> is not parsed and travels as telemetry, so garbage
+ * there never takes a position's place in the queue. */
 static const struct {
         const char *name, *match, *ttl, *coalesce;
         long priority;
@@ -29,9 +32,9 @@ static const struct {
 } defaults[] = {
         { "alert", "alert/#", "7d", "none", 0, false },
         { "command", "cmd/#", "1d", "none", 1, false },
-        { "position", "pos/#, gnss", "1d", "topic", 2, true },
+        { "position", "pos/+, gnss", "1d", "topic", 2, true },
         { "status", "status/#, link/#", "1d", "topic", 3, true },
-        { "telemetry", "sensors/#", "1d", "none", 4, true },
+        { "telemetry", "sensors/#, pos/#", "1d", "none", 4, true },
         { "bulk", "#", "1d", "none", 5, true },
 };
 

@@ -40,6 +40,8 @@ Test(route, defaults)
         cr_assert_str_eq(km_route_match(&r, "alert/gas/1")->name, "alert");
         cr_assert_str_eq(km_route_match(&r, "cmd/x")->name, "command");
         cr_assert_str_eq(km_route_match(&r, "pos/u1")->name, "position");
+        cr_assert_str_eq(km_route_match(&r, "gnss")->name, "position");
+        cr_assert_str_eq(km_route_match(&r, "pos/u12/extra")->name, "telemetry", "not parsed: not a position");
         cr_assert_str_eq(km_route_match(&r, "sensors/t")->name, "telemetry");
         cr_assert_str_eq(km_route_match(&r, "other")->name, "bulk");
         const struct km_class *a = km_route_find(&r, "alert");
