@@ -1762,7 +1762,7 @@ void km_plugin_print_help(FILE *out)
               "  probe            duration base: send a probe (an empty frame the peer acknowledges) when nothing was acknowledged this long, and before a link the host took down carries again; 0 = never; needs ack = peer [default: 2min on a base with ack = peer, else 0]\n"
               "  topic_prefix     string   center: republished topic = <topic_prefix>/<origin>/<topic> [default: kuimen]\n"
               "  dictionary       path     file of topics, one a line, sent as their index; the same file at both ends, append only\n"
-              "                            (relative to the config's directory; see README) [default: none]\n",
+              "                            (relative to the config's directory; see docs/narrow-links.md) [default: none]\n",
               out);
         for (const struct km_conf_key *k = cmd_keys; k->name; k++)
                 fprintf(out, "  %-16s %-8s %s [default: %s]\n", k->name,
