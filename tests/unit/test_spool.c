@@ -622,6 +622,46 @@ Test(spool, set_aside_retry_and_drop)
         km_spool_close(sp);
 }
 
+/* A message refused on arrival goes straight to the dead letters, never to the queue:
+ * held across a restart, listed, never sent back (retry of it: -EPERM; retry all leaves
+ * it), dropped on request. */
+Test(spool, put_aside_is_held_never_queued)
+{
+        struct km_spool *sp = open_spool(1 << 20);
+        struct km_spool_stats st;
+        uint64_t a = push(sp, 4, "s/a", "a", NULL, 0, true);
+        struct km_msg r = { .created_ms = 1, .dir = KM_DIR_DOWN, .prio = 1, .qos = 1, .cls = "command",
+                            .topic = "cmd/\\xc0", .payload = "evacuate", .len = 8, .origin = "county", .oid = 77 };
+        cr_assert_eq(km_spool_put_aside(sp, &r, "refused on arrival over sat from county: not UTF-8"), 0);
+        cr_assert_gt(r.id, a, "an id of the spool's sequence");
+        cr_assert(r.flags & KM_MSG_REFUSED);
+        km_spool_close(sp);
+        sp = open_spool(1 << 20);
+        km_spool_stats(sp, &st);
+        cr_assert_eq(st.dead, 1);
+        cr_assert_eq(st.set_aside, 0, "set_aside counts this run's");
+        cr_assert_eq(st.depth[KM_DIR_DOWN], 0, "never queued");
+        struct km_spool_dead d[2];
+        cr_assert_eq(km_spool_dead_list(sp, d, 2), 1);
+        cr_assert_eq(d[0].id, r.id);
+        cr_assert_eq(d[0].dir, KM_DIR_DOWN);
+        cr_assert_str_eq(d[0].topic, "cmd/\\xc0");
+        cr_assert_str_eq(d[0].cls, "command");
+        cr_assert_eq(d[0].len, 8);
+        cr_assert_str_eq(d[0].why, "refused on arrival over sat from county: not UTF-8");
+        cr_assert_eq(km_spool_dead_retry(sp, r.id), -EPERM);
+        cr_assert_eq(km_spool_dead_retry(sp, 0), 0);
+        km_spool_stats(sp, &st);
+        cr_assert_eq(st.dead, 1);
+        cr_assert_eq(st.depth[KM_DIR_DOWN], 0);
+        uint64_t b = push(sp, 4, "s/b", "b", NULL, 0, true);
+        cr_assert_gt(b, r.id, "the sequence goes on past it");
+        cr_assert_eq(km_spool_dead_drop(sp, r.id), 1);
+        km_spool_stats(sp, &st);
+        cr_assert_eq(st.dead, 0);
+        km_spool_close(sp);
+}
+
 /* A kill right after a set-aside from memory: the message is held or queued again,
  * never lost. */
 Test(spool, set_aside_survives_a_kill)
