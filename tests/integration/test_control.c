@@ -265,8 +265,11 @@ Test(control, status_links_spool_and_backlog)
         cr_assert(strstr(out, "\ncenter  up    up "), "no center line:\n%s", out);
         cr_assert(strstr(out, "\ntelemetry  "), "no telemetry class:\n%s", out);
         cr_assert(strstr(out, "\ncounters: in="), "%s", out);
+        cr_assert(!strstr(out, "\ncenter: sent="), "the counters of each link are in links:\n%s", out);
         cr_assert_eq(ctl(e.sock, "links", out, sizeof(out)), 0, "%s", out);
         cr_assert(strstr(out, "\ncenter  up    up "), "%s", out);
+        cr_assert(strstr(out, "\ncenter: sent="), "%s", out);
+        cr_assert(strstr(out, " signal=- transitions="), "%s", out);
         cr_assert(!strstr(out, "spool:"), "links shows only links:\n%s", out);
 
         cJSON *r = ctl_json(&e, "status");
@@ -592,7 +595,8 @@ Test(control, metrics_move_with_messages)
                 "kuimen_spool_messages gauge", "kuimen_spool_bytes gauge", "kuimen_spool_oldest_age_seconds gauge",
                 "kuimen_link_up gauge", "kuimen_link_messages_sent_total counter",
                 "kuimen_link_messages_acked_total counter", "kuimen_link_inflight_messages gauge",
-                "kuimen_uptime_seconds gauge", "kuimen_fsyncs_total counter", NULL,
+                "kuimen_uptime_seconds gauge", "kuimen_fsyncs_total counter", "kuimen_link_backlog_messages gauge",
+                "kuimen_spool_drain_rate gauge", "kuimen_spool_drain_eta_seconds gauge", NULL,
         };
 
         char *m = http_get(e.mport, "/metrics");
@@ -625,6 +629,8 @@ Test(control, metrics_move_with_messages)
         cr_assert_eq(metric(m, "kuimen_messages_in_total") - in0, 50);
         cr_assert_eq(metric(m, "kuimen_link_messages_acked_total{link=\"center\"}") - acked0, 50);
         cr_assert_eq(metric(m, "kuimen_link_inflight_messages{link=\"center\"}"), 0);
+        cr_assert_eq(metric(m, "kuimen_link_backlog_messages{link=\"center\"}"), 0);
+        cr_assert_eq(metric(m, "kuimen_link_backlog_messages{link=\"local\"}"), 0);
         cr_assert_eq(metric(m, "kuimen_spool_messages{class=\"telemetry\"}"), 0);
         cr_assert_eq(metric(m, "kuimen_spool_oldest_age_seconds"), 0);
         cr_assert_eq(metric(m, "kuimen_messages_dropped_total"), 0);
