@@ -1189,8 +1189,17 @@ static void live_links(struct wrap *w, struct km_daemon *d, const struct km_spoo
                 snprintf(line, sizeof(line), "  %-*s  %-4s  %-8s  %6s  backlog %-6llu", nw, l->name, dir_name(l->dir),
                          km_link_shown_state(l), span(age_s(now, l->since_ms), since, sizeof(since)),
                          (unsigned long long)km_control_link_backlog(d, l, st));
+                size_t len = strlen(line);
+                bool below = w->width && len + 1 + strlen(l->reason) > (size_t)w->width;
+                if (below) {
+                        /* The whole reason below the row, its words wrapped there. */
+                        while (len && line[len - 1] == ' ')
+                                line[--len] = '\0';
+                        fprintf(w->out, "%s\n", line);
+                        snprintf(line, sizeof(line), "%*s", w->cont, "");
+                }
                 wrap_start(w, line);
-                w->fresh = false;
+                w->fresh = below; /* else a space between the columns and the reason */
                 wrap_text(w, l->reason);
                 wrap_end(w);
         }
@@ -1226,7 +1235,7 @@ static void live_spool(struct wrap *w, struct km_daemon *d, const struct km_spoo
         if (!depth) {
                 wrap_word(w, "empty");
         } else {
-                snprintf(word, sizeof(word), "%llu messages, %s, oldest %s", (unsigned long long)depth,
+                snprintf(word, sizeof(word), "%llu message%s, %s, oldest %s", (unsigned long long)depth, depth == 1 ? "" : "s",
                          bytes_text(st->bytes, size, sizeof(size)), span(age_s(now, oldest_any(st)), age, sizeof(age)));
                 wrap_text(w, word);
         }

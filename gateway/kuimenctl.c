@@ -228,13 +228,11 @@ static void print_links(const cJSON *r, bool detail)
         printf("\n%-*s  %-4s  %-8s  %6s  %7s  %9s  %6s  %s\n", w, "LINK", "DIR", "STATE", "SINCE", "BACKLOG",
                "IN-FLIGHT", "MSG/S", "REASON");
         cJSON_ArrayForEach(l, links) {
-                int n = printf("%-*s  %-4s  %-8s  %6s  %7.0f  %9.0f  %6.1f  ", w, str(l, "name"), str(l, "direction"),
+                int n = printf("%-*s  %-4s  %-8s  %6s  %7.0f  %9.0f  %6.1f", w, str(l, "name"), str(l, "direction"),
                                str(l, "state"), age(num(l, "since_s"), a, sizeof(a)), num(l, "backlog"),
                                num(l, "inflight"), num(l, "rate"));
                 const char *why = str(l, "reason");
-                if (cols && n + (int)strlen(why) > cols)
-                        printf("\n    ");
-                printf("%s\n", why);
+                printf("%s%s\n", cols && n + 2 + (int)strlen(why) > cols ? "\n    " : "  ", why);
         }
         if (detail)
                 cJSON_ArrayForEach(l, links) {
