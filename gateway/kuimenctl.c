@@ -228,9 +228,12 @@ static void print_links(const cJSON *r, bool detail)
         printf("\n%-*s  %-4s  %-8s  %6s  %7s  %9s  %6s  %s\n", w, "LINK", "DIR", "STATE", "SINCE", "BACKLOG",
                "IN-FLIGHT", "MSG/S", "REASON");
         cJSON_ArrayForEach(l, links) {
-                int n = printf("%-*s  %-4s  %-8s  %6s  %7.0f  %9.0f  %6.1f", w, str(l, "name"), str(l, "direction"),
-                               str(l, "state"), age(num(l, "since_s"), a, sizeof(a)), num(l, "backlog"),
-                               num(l, "inflight"), num(l, "rate"));
+                char backlog[24] = "-"; /* a kuimen older than the field */
+                if (cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(l, "backlog")))
+                        snprintf(backlog, sizeof(backlog), "%.0f", num(l, "backlog"));
+                int n = printf("%-*s  %-4s  %-8s  %6s  %7s  %9.0f  %6.1f", w, str(l, "name"), str(l, "direction"),
+                               str(l, "state"), age(num(l, "since_s"), a, sizeof(a)), backlog, num(l, "inflight"),
+                               num(l, "rate"));
                 const char *why = str(l, "reason");
                 printf("%s%s\n", cols && n + 2 + (int)strlen(why) > cols ? "\n    " : "  ", why);
         }

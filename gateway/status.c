@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* Status board: what the bridges last saw, kept for kuimenctl status and /metrics. */
+/* Status board: what the bridges last saw, and how a backlog drains, kept for kuimenctl status, /metrics and --live. */
 #include "status.h"
 
 #include <stdio.h>

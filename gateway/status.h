@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* Status board: what the bridges last saw (positions, the GNSS fix, bad input by reason), for kuimenctl and metrics. */
+/* Status board: what the bridges last saw (positions, the GNSS fix, bad input by reason) and the drain estimate, for kuimenctl, metrics and --live. */
 #ifndef KM_STATUS_H
 #define KM_STATUS_H
 
