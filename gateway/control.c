@@ -6,9 +6,11 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "daemon.h"
@@ -450,6 +452,89 @@ int km_control_classes(struct km_daemon *d, const struct km_spool_stats *st, str
         return n;
 }
 
+uint64_t km_control_link_backlog(struct km_daemon *d, const struct km_link *l, const struct km_spool_stats *st)
+{
+        bool named[KM_PRIO_COUNT] = { false }, carried[KM_PRIO_COUNT] = { false };
+        uint64_t n = 0;
+
+        for (size_t i = 0; i < d->route.n; i++) {
+                const struct km_class *k = &d->route.cls[i];
+                if (k->priority >= KM_PRIO_COUNT)
+                        continue;
+                named[k->priority] = true;
+                if (km_link_may_carry(l, k->name))
+                        carried[k->priority] = true;
+        }
+        /* A priority no class has any more (after a reload) still leaves by the links
+         * that carry everything. */
+        for (int p = 0; p < KM_PRIO_COUNT; p++)
+                if (carried[p] || (!named[p] && !l->conf.classes.n))
+                        n += st->depth_prio[l->dir][p];
+        return n;
+}
+
+/* ---- the drain ------------------------------------------------------------------- */
+
+#define SAMPLE_US 1000000ULL
+
+void km_control_sample(struct km_daemon *d)
+{
+        struct km_drain_sample s[KM_DIR_COUNT];
+        struct km_spool_stats st;
+        int64_t now = km_mono_ms();
+
+        km_spool_stats(d->spool, &st);
+        memset(s, 0, sizeof(s));
+        for (int dir = 0; dir < KM_DIR_COUNT; dir++)
+                s[dir].depth = st.depth[dir];
+        for (size_t i = 0; i < d->nlinks; i++) {
+                const struct km_link *l = d->links[i];
+                int dir = l->dir == KM_DIR_UP ? KM_DIR_UP : KM_DIR_DOWN;
+                s[dir].acked += l->acked;
+                s[dir].inflight += l->inflight;
+                s[dir].carrying |= km_link_eligible(l, now);
+        }
+        for (int i = 0; i < KM_DIR_COUNT; i++) {
+                s[i].mono_ms = now;
+                km_status_drain_add(&d->status.drain[i], &s[i]);
+        }
+}
+
+void km_control_drain(struct km_daemon *d, int dir, struct km_drain_est *out)
+{
+        struct km_drain_est e[KM_DIR_COUNT];
+
+        if (dir >= 0 && dir < KM_DIR_COUNT) {
+                km_status_drain_estimate(&d->status.drain[dir], out);
+                return;
+        }
+        for (int i = 0; i < KM_DIR_COUNT; i++)
+                km_status_drain_estimate(&d->status.drain[i], &e[i]);
+        km_status_drain_sum(e, KM_DIR_COUNT, out);
+}
+
+static int on_sample(sd_event_source *s, uint64_t usec, void *ud)
+{
+        (void)usec;
+        km_control_sample(ud);
+        sd_event_source_set_time_relative(s, SAMPLE_US);
+        return sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
+}
+
+/* The operator's view of a drain must not depend on the control socket (metrics, --live
+ * read it too): the timer belongs to the loop and goes with it. */
+static int sample_start(struct km_daemon *d)
+{
+        sd_event_source *src;
+        int rc = sd_event_add_time_relative(d->ev, &src, CLOCK_MONOTONIC, SAMPLE_US, 50000, on_sample, d);
+        if (rc < 0)
+                return rc;
+        sd_event_source_set_floating(src, 1);
+        sd_event_source_unref(src);
+        km_control_sample(d);
+        return 0;
+}
+
 /* ---- JSON ------------------------------------------------------------------------ */
 
 void km_control_json_str(struct km_control_buf *b, const char *s)
@@ -539,7 +624,7 @@ static void put_narrow(struct km_control_buf *b, const struct km_link *l)
         km_control_printf(b, "]}");
 }
 
-static void put_links(struct km_control_buf *b, struct km_daemon *d, int64_t now)
+static void put_links(struct km_control_buf *b, struct km_daemon *d, const struct km_spool_stats *st, int64_t now)
 {
         struct km_link *ls[KM_MAX_LINKS];
         size_t n = links_sorted(d, ls);
@@ -560,6 +645,7 @@ static void put_links(struct km_control_buf *b, struct km_daemon *d, int64_t now
                                   (unsigned long long)l->sent, (unsigned long long)l->acked,
                                   (unsigned long long)l->failed, (unsigned long long)l->bytes_sent, l->signal, l->rate,
                                   (unsigned long long)l->transitions, (unsigned long long)l->set_aside, l->max_packet);
+                km_control_printf(b, ",\"backlog\":%llu", (unsigned long long)km_control_link_backlog(d, l, st));
                 put_narrow(b, l);
                 km_control_printf(b, "}");
         }
@@ -593,14 +679,33 @@ static int64_t oldest_any(const struct km_spool_stats *st)
         return o;
 }
 
+/* The drain estimate's fields (km_status_drain_estimate). */
+static void put_drain(struct km_control_buf *b, struct km_daemon *d, int dir)
+{
+        struct km_drain_est e;
+
+        km_control_drain(d, dir, &e);
+        km_control_printf(b, ",\"draining\":%s,\"drain_rate\":%.1f,\"drain_eta_s\":", e.draining ? "true" : "false",
+                          e.rate);
+        if (e.eta_s >= 0)
+                km_control_printf(b, "%.1f", e.eta_s);
+        else
+                km_control_printf(b, "null");
+        km_control_printf(b, ",\"backlog_rate\":%.1f", e.backlog_rate);
+}
+
 static void put_spool(struct km_control_buf *b, struct km_daemon *d, const struct km_spool_stats *st, int64_t now)
 {
         km_control_printf(b, "\"spool\":{\"depth\":%llu,\"bytes\":%llu,\"oldest_age_s\":%.3f",
                           (unsigned long long)(st->depth[KM_DIR_UP] + st->depth[KM_DIR_DOWN]),
                           (unsigned long long)st->bytes, age_s(now, oldest_any(st)));
-        for (int dir = 0; dir < KM_DIR_COUNT; dir++)
-                km_control_printf(b, ",\"%s\":{\"depth\":%llu,\"oldest_age_s\":%.3f}", dir_name(dir),
+        for (int dir = 0; dir < KM_DIR_COUNT; dir++) {
+                km_control_printf(b, ",\"%s\":{\"depth\":%llu,\"oldest_age_s\":%.3f", dir_name(dir),
                                   (unsigned long long)st->depth[dir], age_s(now, st->oldest_ms[dir]));
+                put_drain(b, d, dir);
+                km_control_printf(b, "}");
+        }
+        put_drain(b, d, -1);
         put_classes(b, d, st, now);
 }
 
@@ -749,7 +854,7 @@ static void reply_status(struct km_daemon *d, struct km_control_buf *b, bool wit
 
         km_spool_stats(d->spool, &st);
         put_node(b, d, now);
-        put_links(b, d, now);
+        put_links(b, d, &st, now);
         /* "ok", or what keeps the spool from storing (then nothing is taken in). */
         km_control_printf(b, ",\"storage\":");
         km_control_json_str(b, st.storage_err ? st.storage_why : "ok");
@@ -767,9 +872,12 @@ static void reply_status(struct km_daemon *d, struct km_control_buf *b, bool wit
 
 static void reply_links(struct km_daemon *d, struct km_control_buf *b)
 {
+        struct km_spool_stats st;
         int64_t now = km_now_ms();
+
+        km_spool_stats(d->spool, &st);
         put_node(b, d, now);
-        put_links(b, d, now);
+        put_links(b, d, &st, now);
         km_control_printf(b, "}\n");
 }
 
@@ -939,6 +1047,245 @@ static const struct km_control_proto control_proto = {
         .answer = control_answer,
 };
 
+/* ---- kuimen --live ---------------------------------------------------------------- */
+
+/* Lines built word by word and broken before width (0: never); a continuation is
+ * indented by cont spaces. What a terminal of 80 columns shows without its own wrap
+ * cutting a number in two. */
+struct wrap {
+        FILE *out;
+        int width, cont, col;
+        bool fresh; /* the next word starts the line's text: no space before it */
+};
+
+/* Starts a line with prefix (columns kept as they are). */
+static void wrap_start(struct wrap *w, const char *prefix)
+{
+        fputs(prefix, w->out);
+        w->col = (int)strlen(prefix);
+        w->fresh = true;
+}
+
+static void wrap_word(struct wrap *w, const char *word)
+{
+        int len = (int)strlen(word);
+        if (!w->fresh && w->width && w->col + 1 + len > w->width) {
+                fprintf(w->out, "\n%*s", w->cont, "");
+                w->col = w->cont;
+        } else if (!w->fresh) {
+                fputc(' ', w->out);
+                w->col++;
+        }
+        fputs(word, w->out);
+        w->col += len;
+        w->fresh = false;
+}
+
+/* Each space-separated word of text. */
+static void wrap_text(struct wrap *w, const char *text)
+{
+        char word[200];
+        while (*text) {
+                text += strspn(text, " ");
+                size_t n = strcspn(text, " ");
+                if (!n)
+                        break;
+                snprintf(word, sizeof(word), "%.*s", (int)n, text);
+                wrap_word(w, word);
+                text += n;
+        }
+}
+
+static void wrap_end(struct wrap *w)
+{
+        fputc('\n', w->out);
+        w->col = 0;
+        w->fresh = true;
+}
+
+static int live_width(FILE *out)
+{
+        struct winsize ws;
+        const char *cols = getenv("COLUMNS");
+        if (isatty(fileno(out)) && ioctl(fileno(out), TIOCGWINSZ, &ws) == 0 && ws.ws_col >= 20)
+                return ws.ws_col;
+        if (cols && atoi(cols) >= 20)
+                return atoi(cols);
+        return 0;
+}
+
+/* 0.4s, 12s, 3m05s, 2h07m, 3d04h: kuimenctl's SINCE column. */
+static const char *span(double s, char *buf, size_t n)
+{
+        long t = (long)s;
+        if (s < 10)
+                snprintf(buf, n, "%.1fs", s);
+        else if (t < 60)
+                snprintf(buf, n, "%lds", t);
+        else if (t < 3600)
+                snprintf(buf, n, "%ldm%02lds", t / 60, t % 60);
+        else if (t < 86400)
+                snprintf(buf, n, "%ldh%02ldm", t / 3600, t % 3600 / 60);
+        else
+                snprintf(buf, n, "%ldd%02ldh", t / 86400, t % 86400 / 3600);
+        return buf;
+}
+
+static void live_counters(struct wrap *w, struct km_daemon *d, const struct km_spool_stats *st)
+{
+        uint64_t acked[KM_DIR_COUNT] = { 0, 0 };
+        char word[64], clock[16];
+        time_t t = time(NULL);
+        struct tm tm;
+
+        for (size_t i = 0; i < d->nlinks; i++)
+                acked[d->links[i]->dir == KM_DIR_UP ? KM_DIR_UP : KM_DIR_DOWN] += d->links[i]->acked;
+        /* The names of the log's stats line (km_daemon_counters); the first three always,
+         * the rest once they are not 0: a column of zeros hides the one that moved.
+         * spool_bytes is in the spool's line, as a size. */
+        const struct {
+                const char *name;
+                uint64_t v;
+        } c[] = {
+                { "in", st->pushed },
+                { "spooled", st->depth[KM_DIR_UP] + st->depth[KM_DIR_DOWN] },
+                { "forwarded", acked[KM_DIR_UP] },
+                { "delivered_local", acked[KM_DIR_DOWN] },
+                { "dropped", st->dropped },
+                { "expired", st->expired },
+                { "coalesced", st->coalesced },
+                { "bad_input", __atomic_load_n(&d->bad_input, __ATOMIC_RELAXED) },
+                { "refused", d->refused },
+                { "cmd_in_mqtt", __atomic_load_n(&d->cmd_in[KM_CMD_MQTT], __ATOMIC_RELAXED) },
+                { "cmd_in_narrow", __atomic_load_n(&d->cmd_in[KM_CMD_NARROW], __ATOMIC_RELAXED) },
+                { "cmd_duplicates", __atomic_load_n(&d->cmd_duplicates, __ATOMIC_RELAXED) },
+                { "cmd_sent_narrow", d->cmd_sent_narrow },
+                { "cmd_settled_mqtt", d->cmd_settled_mqtt },
+                { "set_aside", st->set_aside },
+                { "set_aside_held", st->dead },
+        };
+        localtime_r(&t, &tm);
+        strftime(clock, sizeof(clock), "%H:%M:%S", &tm);
+        wrap_start(w, "");
+        wrap_word(w, clock);
+        for (size_t i = 0; i < sizeof(c) / sizeof(c[0]); i++) {
+                if (i >= 3 && !c[i].v)
+                        continue;
+                snprintf(word, sizeof(word), "%s=%llu", c[i].name, (unsigned long long)c[i].v);
+                wrap_word(w, word);
+        }
+        wrap_end(w);
+}
+
+static void live_links(struct wrap *w, struct km_daemon *d, const struct km_spool_stats *st, int64_t now)
+{
+        struct km_link *ls[KM_MAX_LINKS];
+        size_t n = links_sorted(d, ls);
+        int nw = 4;
+        char line[200], since[32];
+
+        for (size_t i = 0; i < n; i++)
+                if ((int)strlen(ls[i]->name) > nw)
+                        nw = (int)strlen(ls[i]->name);
+        for (size_t i = 0; i < n; i++) {
+                const struct km_link *l = ls[i];
+                /* The columns as one word: the wrap breaks only inside the reason. */
+                snprintf(line, sizeof(line), "  %-*s  %-4s  %-8s  %6s  backlog %-6llu", nw, l->name, dir_name(l->dir),
+                         km_link_shown_state(l), span(age_s(now, l->since_ms), since, sizeof(since)),
+                         (unsigned long long)km_control_link_backlog(d, l, st));
+                size_t len = strlen(line);
+                bool below = w->width && len + 1 + strlen(l->reason) > (size_t)w->width;
+                if (below) {
+                        /* The whole reason below the row, its words wrapped there. */
+                        while (len && line[len - 1] == ' ')
+                                line[--len] = '\0';
+                        fprintf(w->out, "%s\n", line);
+                        snprintf(line, sizeof(line), "%*s", w->cont, "");
+                }
+                wrap_start(w, line);
+                w->fresh = below; /* else a space between the columns and the reason */
+                wrap_text(w, l->reason);
+                wrap_end(w);
+        }
+}
+
+/* 460 B, 1.2 KiB, 3.4 MiB. */
+static const char *bytes_text(uint64_t b, char *buf, size_t n)
+{
+        if (b < 1024)
+                snprintf(buf, n, "%llu B", (unsigned long long)b);
+        else if (b < 1024 * 1024)
+                snprintf(buf, n, "%.1f KiB", (double)b / 1024);
+        else if (b < 1024ULL * 1024 * 1024)
+                snprintf(buf, n, "%.1f MiB", (double)b / (1024 * 1024));
+        else
+                snprintf(buf, n, "%.1f GiB", (double)b / (1024.0 * 1024 * 1024));
+        return buf;
+}
+
+static void live_spool(struct wrap *w, struct km_daemon *d, const struct km_spool_stats *st, int64_t now)
+{
+        struct km_control_class *k = calloc(KM_PRIO_COUNT, sizeof(*k));
+        int n = k ? km_control_classes(d, st, k, KM_PRIO_COUNT) : 0, last = -1;
+        uint64_t depth = st->depth[KM_DIR_UP] + st->depth[KM_DIR_DOWN];
+        char word[160], size[32], age[32];
+
+        if (!k)
+                n = 0;
+        for (int i = 0; i < n; i++)
+                if (k[i].depth)
+                        last = i;
+        wrap_start(w, "  spool: ");
+        if (!depth) {
+                wrap_word(w, "empty");
+        } else {
+                snprintf(word, sizeof(word), "%llu message%s, %s, oldest %s", (unsigned long long)depth, depth == 1 ? "" : "s",
+                         bytes_text(st->bytes, size, sizeof(size)), span(age_s(now, oldest_any(st)), age, sizeof(age)));
+                wrap_text(w, word);
+        }
+        wrap_end(w);
+        if (last >= 0) {
+                wrap_start(w, "  by class: ");
+                for (int i = 0; i <= last; i++) {
+                        if (!k[i].depth)
+                                continue;
+                        snprintf(word, sizeof(word), "%s %llu%s", k[i].name, (unsigned long long)k[i].depth,
+                                 i < last ? "," : "");
+                        wrap_word(w, word); /* a class and its count stay on one line */
+                }
+                wrap_end(w);
+        }
+        free(k);
+        if (st->storage_err) {
+                wrap_start(w, "  storage: ");
+                wrap_text(w, st->storage_why);
+                wrap_end(w);
+        }
+}
+
+void km_control_live(struct km_daemon *d, FILE *out)
+{
+        struct km_spool_stats st;
+        struct km_drain_est e;
+        char text[160];
+        struct wrap w = { out, live_width(out), 4, 0, true };
+
+        int64_t now = km_now_ms();
+
+        km_spool_stats(d->spool, &st);
+        live_counters(&w, d, &st);
+        live_links(&w, d, &st, now);
+        live_spool(&w, d, &st, now);
+        km_control_drain(d, -1, &e);
+        km_status_drain_text(&e, text, sizeof(text));
+        if (*text) {
+                wrap_start(&w, "  ");
+                wrap_text(&w, text);
+                wrap_end(&w);
+        }
+        fflush(out);
+}
+
 /* ---- the socket ------------------------------------------------------------------ */
 
 /* A socket file left by a kuimen that died is replaced; one another kuimen answers on,
@@ -988,6 +1335,8 @@ int km_control_start(struct km_daemon *d, struct km_conf *c)
         char *path;
         int fd, rc;
 
+        if ((rc = sample_start(d)) < 0)
+                return rc;
         km_conf_apply(c, "control", control_keys, &cc);
         path = socket_path(&cc, d->node.spool);
         km_conf_release(control_keys, &cc);

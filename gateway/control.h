@@ -19,7 +19,9 @@ int km_control_check(struct km_conf *c);
 /* Listens on [control] socket in the loop; the default is $RUNTIME_DIRECTORY/kuimen.sock,
  * else kuimen.sock in the spool's directory. A socket file nobody answers on is
  * replaced; when the socket cannot be set up, the error is logged and kuimen runs
- * without it (forwarding matters more than the operator's view). Returns 0 or -ENOMEM. */
+ * without it (forwarding matters more than the operator's view). Also arms the drain
+ * sampler (km_control_sample) that status, /metrics and --live read. Returns 0 or a
+ * negative errno (-ENOMEM, or the timer's). */
 int km_control_start(struct km_daemon *d, struct km_conf *c);
 
 /* Prints the [control] keys for --help-config. */
@@ -69,5 +71,28 @@ struct km_control_class {
 
 /* Loop thread. Fills out (up to max) in priority order from st; returns how many. */
 int km_control_classes(struct km_daemon *d, const struct km_spool_stats *st, struct km_control_class *out, int max);
+
+struct km_link;
+
+/* Loop thread. A link's backlog: the messages queued in its direction (in flight
+ * included) of the priorities of the classes it may carry (every priority when its
+ * `classes` is empty). A center's narrow link counts every base's commands, not only
+ * those of its peers. */
+uint64_t km_control_link_backlog(struct km_daemon *d, const struct km_link *l, const struct km_spool_stats *st);
+
+/* Loop thread. Takes the drain sample of each direction into d->status (km_status_drain_add);
+ * km_control_start arms a timer that does it every second. */
+void km_control_sample(struct km_daemon *d);
+
+/* Loop thread. The drain estimate of direction dir (enum km_dir), or of both when dir
+ * is -1 (km_status_drain_sum). */
+struct km_drain_est;
+void km_control_drain(struct km_daemon *d, int dir, struct km_drain_est *out);
+
+/* Loop thread. kuimen --live: a block each second of the counters that matter (the
+ * rest when not zero), each link's state, since when, backlog and reason, the backlog
+ * by class, and while draining the rate and time left; wrapped to the terminal's width
+ * (stdout a terminal: its width, else $COLUMNS, else not wrapped). */
+void km_control_live(struct km_daemon *d, FILE *out);
 
 #endif

@@ -625,10 +625,8 @@ static int on_stats(sd_event_source *s, uint64_t usec, void *ud)
         char line[768];
         (void)usec;
         km_daemon_counters(d, line, sizeof(line));
-        if (d->live) {
-                printf("%s\n", line);
-                fflush(stdout);
-        }
+        if (d->live)
+                km_control_live(d, stdout);
         if (d->node.stats_interval_ms > 0 && (!d->live || d->node.stats_interval_ms <= 1000))
                 KM_LOG(KM_LOG_INFO, "stats", "%s", line);
         return rearm(s, d->live ? 1000000ULL : (uint64_t)d->node.stats_interval_ms * 1000);

@@ -55,7 +55,7 @@ struct km_daemon {
         struct km_link *links[KM_MAX_LINKS];
         size_t nlinks;
         char *topic_prefix; /* of the first mqtt link: for the local link status topics */
-        bool live;        /* print a counters line on stdout every second */
+        bool live;        /* print the live view on stdout every second (km_control_live) */
         bool stopping;
         int64_t drain_until_mono; /* on stop: when to give up waiting for acks */
         int64_t started_ms;

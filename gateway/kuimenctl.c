@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -203,22 +204,49 @@ static void print_node(const cJSON *r)
                num(r, "pid"), str(r, "version"));
 }
 
-static void print_links(const cJSON *r)
+/* The width to keep to: a terminal's, else $COLUMNS, else none (a pipe, a script). */
+static int out_width(void)
+{
+        struct winsize ws;
+        const char *cols = getenv("COLUMNS");
+        if (isatty(STDOUT_FILENO) && ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col >= 20)
+                return ws.ws_col;
+        if (cols && atoi(cols) >= 20)
+                return atoi(cols);
+        return 0;
+}
+
+/* One row per link, to read at a glance in 80 columns: a reason too long for the row
+ * goes on a line of its own below it. detail (kuimenctl links) adds each link's
+ * counters on a line of their own. */
+static void print_links(const cJSON *r, bool detail)
 {
         const cJSON *links = cJSON_GetObjectItemCaseSensitive(r, "links"), *l;
-        int w = width(links, "name", 4);
+        int w = width(links, "name", 4), cols = out_width();
         char a[32];
 
-        printf("\n%-*s  %-4s  %-8s  %-7s  %8s  %8s  %9s  %7s  %6s  %s\n", w, "LINK", "DIR", "STATE", "SINCE", "SENT",
-               "ACKED", "IN-FLIGHT", "MSG/S", "SIGNAL", "REASON");
+        printf("\n%-*s  %-4s  %-8s  %6s  %7s  %9s  %6s  %s\n", w, "LINK", "DIR", "STATE", "SINCE", "BACKLOG",
+               "IN-FLIGHT", "MSG/S", "REASON");
         cJSON_ArrayForEach(l, links) {
-                char sig[8] = "-";
-                if (num(l, "signal") >= 0)
-                        snprintf(sig, sizeof(sig), "%.0f", num(l, "signal"));
-                printf("%-*s  %-4s  %-8s  %-7s  %8.0f  %8.0f  %9.0f  %7.1f  %6s  %s\n", w, str(l, "name"),
-                       str(l, "direction"), str(l, "state"), age(num(l, "since_s"), a, sizeof(a)), num(l, "sent"),
-                       num(l, "acked"), num(l, "inflight"), num(l, "rate"), sig, str(l, "reason"));
+                char backlog[24] = "-"; /* a kuimen older than the field */
+                if (cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(l, "backlog")))
+                        snprintf(backlog, sizeof(backlog), "%.0f", num(l, "backlog"));
+                int n = printf("%-*s  %-4s  %-8s  %6s  %7s  %9.0f  %6.1f", w, str(l, "name"), str(l, "direction"),
+                               str(l, "state"), age(num(l, "since_s"), a, sizeof(a)), backlog, num(l, "inflight"),
+                               num(l, "rate"));
+                const char *why = str(l, "reason");
+                printf("%s%s\n", cols && n + 2 + (int)strlen(why) > cols ? "\n    " : "  ", why);
         }
+        if (detail)
+                cJSON_ArrayForEach(l, links) {
+                        char sig[8] = "-";
+                        if (num(l, "signal") >= 0)
+                                snprintf(sig, sizeof(sig), "%.0f", num(l, "signal"));
+                        printf("%s: sent=%.0f acked=%.0f failed=%.0f bytes_sent=%.0f signal=%s transitions=%.0f"
+                               " set_aside=%.0f\n",
+                               str(l, "name"), num(l, "sent"), num(l, "acked"), num(l, "failed"), num(l, "bytes_sent"),
+                               sig, num(l, "transitions"), num(l, "set_aside"));
+                }
         /* Narrow links: what their frames carry and how they fared. */
         cJSON_ArrayForEach(l, links) {
                 const cJSON *dict = cJSON_GetObjectItemCaseSensitive(l, "dictionary");
@@ -251,6 +279,40 @@ static void print_links(const cJSON *r)
         }
 }
 
+/* 12 s, 3m05s, 2h07m, 3d04h: a time left (gateway/status.c says it the same way). */
+static const char *left(double s, char *buf, size_t n)
+{
+        long t = (long)(s + 0.5);
+        if (t < 100)
+                snprintf(buf, n, "%ld s", t);
+        else if (t < 3600)
+                snprintf(buf, n, "%ldm%02lds", t / 60, t % 60);
+        else if (t < 86400)
+                snprintf(buf, n, "%ldh%02ldm", t / 3600, t % 3600 / 60);
+        else
+                snprintf(buf, n, "%ldd%02ldh", t / 86400, t % 86400 / 3600);
+        return buf;
+}
+
+/* "draining 498 msg/s, ~6 s left" while the backlog drains (--live says the same);
+ * nothing otherwise. */
+static void print_drain(const cJSON *sp)
+{
+        const cJSON *eta = cJSON_GetObjectItemCaseSensitive(sp, "drain_eta_s");
+        double rate = num(sp, "drain_rate"), grow = num(sp, "backlog_rate");
+        char a[32];
+
+        if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(sp, "draining")))
+                return;
+        printf(rate < 10 ? "draining %.1f msg/s, " : "draining %.0f msg/s, ", rate);
+        if (cJSON_IsNumber(eta))
+                printf("~%s left\n", left(eta->valuedouble, a, sizeof(a)));
+        else if (grow > 0)
+                printf(grow < 10 ? "backlog growing by %.1f msg/s\n" : "backlog growing by %.0f msg/s\n", grow);
+        else
+                printf("backlog steady\n");
+}
+
 static void print_spool(const cJSON *sp)
 {
         const cJSON *classes = cJSON_GetObjectItemCaseSensitive(sp, "classes"), *k;
@@ -259,6 +321,7 @@ static void print_spool(const cJSON *sp)
 
         printf("\nspool: %.0f messages, %s, oldest %s\n", num(sp, "depth"), size(num(sp, "bytes"), b, sizeof(b)),
                num(sp, "depth") ? age(num(sp, "oldest_age_s"), a, sizeof(a)) : "-");
+        print_drain(sp);
         printf("%-*s  %4s  %8s  %s\n", w, "CLASS", "PRIO", "QUEUED", "OLDEST");
         cJSON_ArrayForEach(k, classes) {
                 printf("%-*s  %4.0f  %8.0f  %s\n", w, str(k, "name"), num(k, "priority"), num(k, "depth"),
@@ -293,9 +356,18 @@ static void print_counters(const cJSON *r)
                                             "bad_input", "refused", "unrouted", "fsyncs", "set_aside", NULL };
         const cJSON *c = cJSON_GetObjectItemCaseSensitive(r, "counters");
 
+        int cols = out_width(), col = 9;
         printf("\ncounters:");
-        for (int i = 0; keys[i]; i++)
-                printf(" %s=%.0f", keys[i], num(c, keys[i]));
+        for (int i = 0; keys[i]; i++) {
+                char word[64];
+                int n = snprintf(word, sizeof(word), " %s=%.0f", keys[i], num(c, keys[i]));
+                if (cols && col + n > cols) {
+                        printf("\n   ");
+                        col = 3;
+                }
+                fputs(word, stdout);
+                col += n;
+        }
         printf("\n");
         /* Commands down to a base, once there are any (see docs/DESIGN.md). */
         static const char *const cmd[] = { "cmd_in_mqtt", "cmd_in_narrow", "cmd_duplicates", "cmd_sent_narrow",
@@ -401,7 +473,7 @@ static int print_reply(const char *cmd, const cJSON *r)
                 return EXIT_FAILED;
         }
         print_node(r);
-        print_links(r);
+        print_links(r, strcmp(cmd, "links") == 0);
         if (strcmp(cmd, "links") == 0)
                 return 0;
         const cJSON *sp = cJSON_GetObjectItemCaseSensitive(r, "spool");

@@ -161,6 +161,22 @@ static void put_messages(struct km_control_buf *b, struct km_daemon *d, const st
             "Center: commands left to a base's MQTT session (the base was online).", d->cmd_settled_mqtt);
 }
 
+/* The drain of both directions together (kuimenctl's "draining N msg/s, ~M s left"):
+ * the time left only while it is known, a missing series being Prometheus' "no value". */
+static void put_drain(struct km_control_buf *b, struct km_daemon *d)
+{
+        struct km_drain_est e;
+
+        km_control_drain(d, -1, &e);
+        family(b, "kuimen_spool_drain_rate", "gauge",
+               "Messages acknowledged a second over the last seconds while a backlog drains, else 0.");
+        km_control_printf(b, "kuimen_spool_drain_rate %.1f\n", e.rate);
+        family(b, "kuimen_spool_drain_eta_seconds", "gauge",
+               "Seconds until the backlog is gone at its recent pace (only while it drains and shrinks).");
+        if (e.eta_s >= 0)
+                km_control_printf(b, "kuimen_spool_drain_eta_seconds %.1f\n", e.eta_s);
+}
+
 static void put_spool(struct km_control_buf *b, struct km_daemon *d, const struct km_spool_stats *st, int64_t now)
 {
         struct km_control_class *k = calloc(KM_PRIO_COUNT, sizeof(*k));
@@ -207,6 +223,7 @@ static void put_spool(struct km_control_buf *b, struct km_daemon *d, const struc
         one(b, "kuimen_storage_faults_total", "counter", "Storage faults begun.", st->storage_faults);
         one(b, "kuimen_spool_refused_storage_total", "counter",
             "Messages refused (not acknowledged) during a storage fault.", st->refused_storage);
+        put_drain(b, d);
 }
 
 /* One family over every link. */
@@ -225,14 +242,21 @@ static void per_link(struct km_control_buf *b, struct km_daemon *d, const char *
         }
 }
 
-static void put_links(struct km_control_buf *b, struct km_daemon *d)
+static void put_links(struct km_control_buf *b, struct km_daemon *d, const struct km_spool_stats *st)
 {
+        char num[32];
         per_link(b, d, "kuimen_link_up", "gauge", "1 when the link is up, else 0.", 0);
         per_link(b, d, "kuimen_link_messages_sent_total", "counter",
                  "Messages handed to the link's transport (replays after a reconnect included).", 1);
         per_link(b, d, "kuimen_link_messages_acked_total", "counter", "Messages the link's peer acknowledged.", 2);
         per_link(b, d, "kuimen_link_messages_failed_total", "counter", "Sends the transport reported failed.", 3);
         per_link(b, d, "kuimen_link_inflight_messages", "gauge", "Messages sent and not yet acknowledged.", 4);
+        family(b, "kuimen_link_backlog_messages", "gauge",
+               "Messages queued in the link's direction of the classes it may carry (in flight included).");
+        for (size_t i = 0; i < d->nlinks; i++) {
+                snprintf(num, sizeof(num), "%llu", (unsigned long long)km_control_link_backlog(d, d->links[i], st));
+                labelled(b, "kuimen_link_backlog_messages", "link", d->links[i]->name, num);
+        }
 }
 
 /* Narrow links' frame counters (struct km_narrow_stats, named as there): one family
@@ -375,7 +399,7 @@ static void put_all(struct km_control_buf *b, struct km_daemon *d)
         km_control_printf(b, "kuimen_uptime_seconds %.3f\n", (double)(now - d->started_ms) / 1000.0);
         put_messages(b, d, &st);
         put_spool(b, d, &st, now);
-        put_links(b, d);
+        put_links(b, d, &st);
         put_frames(b, d);
         put_board(b, d, now);
         one(b, "kuimen_config_reload_failures_total", "counter", "Reloads refused because the config had errors.",

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
-/* Status board: what the bridges last saw, kept for kuimenctl status and /metrics. */
+/* Status board: what the bridges last saw, and how a backlog drains, kept for kuimenctl status, /metrics and --live. */
 #include "status.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -124,4 +125,122 @@ void km_status_gnss(struct km_status *s,
         fn(ud, s->gnss_state_ms ? s->gnss_state : NULL, s->gnss_state_ms, s->gnss_fix_ms ? s->gnss_fix : NULL,
            s->gnss_fix_ms);
         pthread_mutex_unlock(&s->mu);
+}
+
+/* ---- the drain ------------------------------------------------------------------- */
+
+#define DRAIN_WINDOW_MS 5000  /* "the last seconds" */
+#define DRAIN_LONGEST_MS 60000
+#define DRAIN_MIN_ACKS 5      /* fewer in the window: look further back */
+
+void km_status_drain_add(struct km_drain *dr, const struct km_drain_sample *s)
+{
+        dr->s[dr->next] = *s;
+        dr->next = (dr->next + 1) % KM_DRAIN_SAMPLES;
+        if (dr->n < KM_DRAIN_SAMPLES)
+                dr->n++;
+}
+
+/* The k-th newest sample (0: the newest); k < dr->n. */
+static const struct km_drain_sample *back(const struct km_drain *dr, unsigned k)
+{
+        return &dr->s[(dr->next + KM_DRAIN_SAMPLES - 1 - k) % KM_DRAIN_SAMPLES];
+}
+
+void km_status_drain_estimate(const struct km_drain *dr, struct km_drain_est *out)
+{
+        memset(out, 0, sizeof(*out));
+        out->eta_s = -1;
+        if (dr->n < 2)
+                return;
+        const struct km_drain_sample *now = back(dr, 0), *start = NULL;
+        out->depth = now->depth;
+        if (!now->carrying)
+                return;
+        for (unsigned k = 1; k < dr->n; k++) {
+                start = back(dr, k);
+                int64_t span = now->mono_ms - start->mono_ms;
+                /* No ack could come while nothing carried: the window begins there. */
+                if (!start->carrying || span >= DRAIN_LONGEST_MS)
+                        break;
+                if (span >= DRAIN_WINDOW_MS && now->acked - start->acked >= DRAIN_MIN_ACKS)
+                        break;
+        }
+        int64_t dt = now->mono_ms - start->mono_ms;
+        if (dt <= 0)
+                return;
+        double acked = now->acked > start->acked ? (double)(now->acked - start->acked) : 0;
+        out->window_s = (double)dt / 1000.0;
+        out->backlog_rate = ((double)now->depth - (double)start->depth) * 1000.0 / (double)dt;
+        /* Everything queued being in flight is a link keeping up, not a backlog: a
+         * reading a second with one in flight at the sample is no drain. */
+        out->draining = acked > 0 && now->depth > now->inflight;
+        if (!out->draining)
+                return;
+        out->rate = acked * 1000.0 / (double)dt;
+        /* The depth's own trend, not the ack rate alone: what still comes in, expires
+         * or coalesces meanwhile moves the end as much as what leaves. */
+        if (out->backlog_rate < 0)
+                out->eta_s = (double)now->depth / -out->backlog_rate;
+}
+
+void km_status_drain_sum(const struct km_drain_est *e, size_t n, struct km_drain_est *out)
+{
+        memset(out, 0, sizeof(*out));
+        out->eta_s = -1;
+        for (size_t i = 0; i < n; i++) {
+                out->depth += e[i].depth;
+                if (e[i].window_s > out->window_s)
+                        out->window_s = e[i].window_s;
+                if (!e[i].draining)
+                        continue;
+                out->rate += e[i].rate;
+                out->backlog_rate += e[i].backlog_rate;
+                if (!out->draining)
+                        out->eta_s = e[i].eta_s;
+                else if (out->eta_s >= 0 && (e[i].eta_s < 0 || e[i].eta_s > out->eta_s))
+                        out->eta_s = e[i].eta_s;
+                out->draining = true;
+        }
+}
+
+/* 12 s, 3m05s, 2h07m, 3d04h. */
+static void span_text(double s, char *buf, size_t n)
+{
+        long t = (long)(s + 0.5);
+        if (t < 100)
+                snprintf(buf, n, "%ld s", t);
+        else if (t < 3600)
+                snprintf(buf, n, "%ldm%02lds", t / 60, t % 60);
+        else if (t < 86400)
+                snprintf(buf, n, "%ldh%02ldm", t / 3600, t % 3600 / 60);
+        else
+                snprintf(buf, n, "%ldd%02ldh", t / 86400, t % 86400 / 3600);
+}
+
+/* A rate as an operator reads it: whole messages, tenths below 10 (a narrow link). */
+static void rate_text(double r, char *buf, size_t n)
+{
+        snprintf(buf, n, r < 10 ? "%.1f" : "%.0f", r);
+}
+
+void km_status_drain_text(const struct km_drain_est *e, char *buf, size_t n)
+{
+        char rate[32], more[32];
+
+        if (!n)
+                return;
+        buf[0] = '\0';
+        if (!e->draining)
+                return;
+        rate_text(e->rate, rate, sizeof(rate));
+        if (e->eta_s >= 0) {
+                span_text(e->eta_s, more, sizeof(more));
+                snprintf(buf, n, "draining %s msg/s, ~%s left", rate, more);
+        } else if (e->backlog_rate > 0) {
+                rate_text(e->backlog_rate, more, sizeof(more));
+                snprintf(buf, n, "draining %s msg/s, backlog growing by %s msg/s", rate, more);
+        } else {
+                snprintf(buf, n, "draining %s msg/s, backlog steady", rate);
+        }
 }

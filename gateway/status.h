@@ -1,11 +1,14 @@
 /* SPDX-License-Identifier: MIT */
-/* Status board: what the bridges last saw (positions, the GNSS fix, bad input by reason), for kuimenctl and metrics. */
+/* Status board: what the bridges last saw (positions, the GNSS fix, bad input by reason) and the drain estimate, for kuimenctl, metrics and --live. */
 #ifndef KM_STATUS_H
 #define KM_STATUS_H
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "msg.h"
 
 #define KM_STATUS_REASONS 32   /* distinct bad-input reasons counted apart */
 #define KM_STATUS_UNITS 256    /* units whose last position is kept; the stalest goes first */
@@ -24,6 +27,54 @@ struct km_status_unit {
  * are a position per terminal report and a counter per refused payload, far below
  * what would make the lock matter. Nothing here is durable: it is a view.
  */
+/* ---- the drain: how fast a backlog leaves, and when it will be gone ----
+ * The loop samples each direction's acknowledged count and depth once a second
+ * (gateway/control.c); the estimate reads the last seconds of them. A link that sends
+ * one message a minute (a BeiDou card) shows no ack in five seconds, so the window
+ * grows until it holds a few acks, up to a minute. It never reaches back past a moment
+ * when no link could carry: the seconds of a cut would halve the rate of a drain that
+ * has just begun. */
+#define KM_DRAIN_SAMPLES 64 /* one a second: a minute and a bit */
+
+struct km_drain_sample {
+        int64_t mono_ms;   /* CLOCK_MONOTONIC ms it was taken */
+        uint64_t acked;    /* acknowledged by the direction's links so far (a counter) */
+        uint64_t depth;    /* queued in the direction, in flight included */
+        uint64_t inflight; /* of depth, handed to a link and not yet acknowledged */
+        bool carrying;     /* some link of the direction may send (km_link_eligible) */
+};
+
+struct km_drain {
+        struct km_drain_sample s[KM_DRAIN_SAMPLES];
+        unsigned next, n; /* ring: the next slot to write, and how many are held */
+};
+
+struct km_drain_est {
+        bool draining;       /* acks flow and more waits than is in flight */
+        double rate;         /* acknowledged messages a second over the window; 0 unless draining */
+        double backlog_rate; /* the depth's change a second over the window (< 0: shrinking) */
+        double eta_s;        /* depth / -backlog_rate while draining and shrinking, else -1 */
+        double window_s;     /* the seconds the estimate covers (0: none yet) */
+        uint64_t depth;      /* at the newest sample */
+};
+
+/* Adds one sample (copied); the oldest of a full ring goes. */
+void km_status_drain_add(struct km_drain *dr, const struct km_drain_sample *s);
+
+/* The estimate from dr's samples into out (all zero and eta_s -1 with fewer than two
+ * samples, or when no link carries at the newest). */
+void km_status_drain_estimate(const struct km_drain *dr, struct km_drain_est *out);
+
+/* Several directions' estimates as one (both ways of the spool): draining when one
+ * is, the rates of those that drain added up, the time left the longest of theirs (-1
+ * when one of them does not shrink). Acks one way never drain the other's backlog, so
+ * the directions are estimated apart and only then put together. */
+void km_status_drain_sum(const struct km_drain_est *e, size_t n, struct km_drain_est *out);
+
+/* "draining 1520 msg/s, ~12 s left" (or "..., backlog growing by 30 msg/s") into buf;
+ * "" when not draining. */
+void km_status_drain_text(const struct km_drain_est *e, char *buf, size_t n);
+
 struct km_status {
         pthread_mutex_t mu;
         struct {
@@ -35,6 +86,8 @@ struct km_status {
         size_t nunits, capunits;
         char gnss_state[KM_STATUS_JSON_MAX], gnss_fix[KM_STATUS_JSON_MAX];
         int64_t gnss_state_ms, gnss_fix_ms;
+        /* Per direction (enum km_dir). Loop thread only: outside mu. */
+        struct km_drain drain[KM_DIR_COUNT];
 };
 
 void km_status_init(struct km_status *s);

@@ -147,9 +147,10 @@ static void stale_socket(const char *path)
         close(fd);
 }
 
-static void up(struct env *e, const char *tag)
+/* up() with link_keys added to [link center] and, when live, kuimen --live. */
+static void up_with(struct env *e, const char *tag, const char *link_keys, bool live)
 {
-        char extra[600];
+        char extra[800];
         memset(e, 0, sizeof(*e));
         h_tmpdir(e->dir, sizeof(e->dir), tag);
         snprintf(e->conf, sizeof(e->conf), "%s/kuimen.conf", e->dir);
@@ -158,11 +159,12 @@ static void up(struct env *e, const char *tag)
         h_broker_start(&e->local, e->dir, 0, NULL);
         int cport = h_free_port();
         e->mport = h_free_port();
-        snprintf(extra, sizeof(extra), "[control]\nsocket = %s\n[metrics]\nlisten = 127.0.0.1:%d\n", e->sock, e->mport);
+        snprintf(extra, sizeof(extra), "%s[control]\nsocket = %s\n[metrics]\nlisten = 127.0.0.1:%d\n", link_keys, e->sock,
+                 e->mport);
         h_write_conf(e->conf, "north", e->dir, e->local.port, cport, extra);
         h_broker_start(&e->center, e->dir, cport, NULL);
         stale_socket(e->sock);
-        const char *args[] = { "--config", e->conf, NULL };
+        const char *args[] = { "--config", e->conf, live ? "--live" : NULL, NULL };
         h_kuimen_start(&e->k, e->klog, args);
         cr_assert(h_log_wait(&e->k, "control: listening on", 10000), "no control socket");
         cr_assert(wait_link(e, "up", true, 10000), "the center link did not come up");
@@ -172,6 +174,11 @@ static void up(struct env *e, const char *tag)
         h_sleep_ms(300);
         cr_assert(wait_empty(e, 10000), "the spool did not empty after the announce");
         h_pub_start(&e->pub, e->local.port, "sensor-pub");
+}
+
+static void up(struct env *e, const char *tag)
+{
+        up_with(e, tag, "", false);
 }
 
 static void down(struct env *e)
@@ -258,8 +265,11 @@ Test(control, status_links_spool_and_backlog)
         cr_assert(strstr(out, "\ncenter  up    up "), "no center line:\n%s", out);
         cr_assert(strstr(out, "\ntelemetry  "), "no telemetry class:\n%s", out);
         cr_assert(strstr(out, "\ncounters: in="), "%s", out);
+        cr_assert(!strstr(out, "\ncenter: sent="), "the counters of each link are in links:\n%s", out);
         cr_assert_eq(ctl(e.sock, "links", out, sizeof(out)), 0, "%s", out);
         cr_assert(strstr(out, "\ncenter  up    up "), "%s", out);
+        cr_assert(strstr(out, "\ncenter: sent="), "%s", out);
+        cr_assert(strstr(out, " signal=- transitions="), "%s", out);
         cr_assert(!strstr(out, "spool:"), "links shows only links:\n%s", out);
 
         cJSON *r = ctl_json(&e, "status");
@@ -318,6 +328,194 @@ Test(control, status_links_spool_and_backlog)
         cr_assert(wait_link(&e, "up", true, 15000));
         cr_assert(wait_empty(&e, 10000), "the backlog did not drain");
         down(&e);
+}
+
+/* ---- a drain an operator can follow (issue 13, item 6) ---------------------------- */
+
+/* The line of out that starts with prefix (copied into line), or false. */
+static bool line_of(const char *out, const char *prefix, char *line, size_t n)
+{
+        for (const char *p = out; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL)
+                if (strncmp(p, prefix, strlen(prefix)) == 0) {
+                        snprintf(line, n, "%.*s", (int)strcspn(p, "\n"), p);
+                        return true;
+                }
+        return false;
+}
+
+struct drain_seen {
+        double depth, rate, eta; /* eta -1: null */
+        bool draining;
+};
+
+/* A backlog of 2 000 readings with the center cut, then the center back behind a budget
+ * of 500 messages a second (about 4 s of drain): status says why the link is down and
+ * what waits by class and by link; while it drains, the rate and the time left, and
+ * they agree with the budget and the backlog; nothing once it is drained. kuimen --live
+ * says the same, in 80 columns. */
+Test(control, drain_rate_time_left_and_live_view)
+{
+        static char out[1 << 16];
+        static struct drain_seen seen[400];
+        char line[300];
+        size_t nseen = 0;
+        struct env e;
+        const int N = 2000;
+
+        setenv("COLUMNS", "80", 1); /* kuimen's stdout is its log, no terminal: wrap as on one */
+        up_with(&e, "drain", "hold = 500ms\nbudget_messages = 500\nbudget_interval = 1s\n", true);
+        int64_t t_start = h_now_ms();
+        cr_assert(h_log_wait(&e.k, "  center  up    up ", 5000), "--live shows the link");
+
+        h_stop(&e.center.p, SIGTERM);
+        cr_assert(wait_link(&e, "down", true, 10000), "the center link stayed up");
+        publish(&e, "sensors/d", N);
+        cJSON *r = NULL;
+        int64_t until = h_now_ms() + 10000;
+        for (;;) {
+                r = ctl_json(&e, "status");
+                if (class_depth(r, "telemetry") == N || h_now_ms() > until)
+                        break;
+                cJSON_Delete(r);
+                h_sleep_ms(50);
+        }
+        /* The link's state, why, and since when; the backlog by class and by link. */
+        cr_assert_eq(class_depth(r, "telemetry"), N);
+        cr_assert_str_eq(jstr(r, "links.0.state"), "down");
+        char reason[200];
+        snprintf(reason, sizeof(reason), "%s", jstr(r, "links.0.reason"));
+        cr_assert(strcmp(reason, "connection lost") == 0 || strcmp(reason, "cannot connect") == 0, "reason %s", reason);
+        cr_assert(jnum(r, "links.0.since_s") > 0);
+        double up_depth = jnum(r, "spool.up.depth");
+        cr_assert_eq(up_depth, N + class_depth(r, "status"));
+        cr_assert_eq(jnum(r, "links.0.backlog"), up_depth, "the center link may carry every class");
+        cr_assert_str_eq(jstr(r, "links.1.name"), "local");
+        cr_assert_eq(jnum(r, "links.1.backlog"), 0);
+        cr_assert(cJSON_IsFalse(jpath(r, "spool.draining")), "no drain while the link is down");
+        cr_assert_eq(jnum(r, "spool.drain_rate"), 0);
+        cr_assert(cJSON_IsNull(jpath(r, "spool.drain_eta_s")));
+        cr_assert(cJSON_IsFalse(jpath(r, "spool.up.draining")));
+        cJSON_Delete(r);
+        cr_assert_eq(ctl(e.sock, "status", out, sizeof(out)), 0, "%s", out);
+        cr_assert(line_of(out, "center  up    down ", line, sizeof(line)), "%s", out);
+        cr_assert(strstr(line, reason), "the reason on the link's row: %s", line);
+        cr_assert(line_of(out, "telemetry     4      2000  ", line, sizeof(line)), "%s", out);
+        cr_assert(!strstr(out, "draining"), "%s", out);
+        /* --live: the link down with its backlog, the backlog by class. */
+        cr_assert(h_log_wait(&e.k, "  center  up    down ", 3000), "--live shows the link down");
+        cr_assert(h_log_wait(&e.k, "telemetry 2000", 3000), "--live shows the backlog by class");
+
+        /* The center back: follow the drain. */
+        int64_t t_cut = h_now_ms();
+        h_broker_restart(&e.center);
+        int64_t t0 = h_now_ms();
+        bool text_checked = false, metrics_checked = false;
+        until = h_now_ms() + 30000;
+        for (;;) {
+                r = ctl_json(&e, "status");
+                struct drain_seen d = { jnum(r, "spool.depth"), jnum(r, "spool.drain_rate"), -1,
+                                        cJSON_IsTrue(jpath(r, "spool.draining")) };
+                if (cJSON_IsNumber(jpath(r, "spool.drain_eta_s")))
+                        d.eta = jnum(r, "spool.drain_eta_s");
+                cJSON_Delete(r);
+                if (nseen < sizeof(seen) / sizeof(seen[0]))
+                        seen[nseen++] = d;
+                if (d.draining && d.depth >= 1000 && !text_checked) {
+                        /* The operator's words for the same, from the same daemon. */
+                        double rate = 0, left = -1;
+                        cr_assert_eq(ctl(e.sock, "status", out, sizeof(out)), 0, "%s", out);
+                        cr_assert(line_of(out, "draining ", line, sizeof(line)), "no drain line:\n%s", out);
+                        cr_assert_eq(sscanf(line, "draining %lf msg/s, ~%lf s left", &rate, &left), 2, "%s", line);
+                        cr_assert(rate >= 200 && rate <= 1000, "%s", line);
+                        cr_assert(left >= 0 && left <= N / 200.0, "%s", line);
+                        cr_assert(line_of(out, "center  up    up ", line, sizeof(line)), "%s", out);
+                        text_checked = true;
+                }
+                if (d.draining && d.depth >= 1000 && !metrics_checked) {
+                        char *m = http_get(e.mport, "/metrics");
+                        cr_assert(metric(m, "kuimen_spool_drain_rate") > 0);
+                        cr_assert(metric(m, "kuimen_spool_drain_eta_seconds") >= 0);
+                        double lb = metric(m, "kuimen_link_backlog_messages{link=\"center\"}");
+                        cr_assert(lb > 0 && lb <= up_depth, "backlog %f", lb);
+                        cr_assert_eq(metric(m, "kuimen_link_backlog_messages{link=\"local\"}"), 0);
+                        free(m);
+                        metrics_checked = true;
+                }
+                if (d.depth == 0)
+                        break;
+                cr_assert(h_now_ms() < until, "the backlog did not drain (%.0f left)", d.depth);
+                h_sleep_ms(200);
+        }
+        double took = (double)(h_now_ms() - t0) / 1000.0;
+        fprintf(stderr, "drain: cut and backlog %.1f s, reconnect and drain %.1f s\n", (double)(t_cut - t_start) / 1000.0,
+                took);
+        cr_assert(text_checked && metrics_checked, "no status while it drained (%zu samples in %.1f s)", nseen, took);
+
+        /* The rate is the budget's (500 a budget_interval of at least a second), and the
+         * time left agrees with the backlog at that rate and shrinks as it drains. */
+        double rates[400], first_eta = -1, last_eta = -1;
+        size_t nd = 0;
+        for (size_t i = 0; i < nseen; i++) {
+                if (!seen[i].draining)
+                        continue;
+                cr_assert(seen[i].rate > 0);
+                rates[nd++] = seen[i].rate;
+                if (seen[i].depth >= 500) {
+                        cr_assert(seen[i].eta >= 0, "no time left at depth %.0f", seen[i].depth);
+                        cr_assert(seen[i].eta >= seen[i].depth / 1000 - 1 && seen[i].eta <= seen[i].depth / 200 + 1,
+                                  "%.1f s left for %.0f messages", seen[i].eta, seen[i].depth);
+                        if (first_eta < 0)
+                                first_eta = seen[i].eta;
+                        last_eta = seen[i].eta;
+                }
+        }
+        cr_assert_geq(nd, 5, "draining shown in %zu of %zu samples over %.1f s", nd, nseen, took);
+        for (size_t i = 1; i < nd; i++) /* sort, for the median */
+                for (size_t j = i; j > 0 && rates[j - 1] > rates[j]; j--) {
+                        double t = rates[j];
+                        rates[j] = rates[j - 1], rates[j - 1] = t;
+                }
+        cr_assert(rates[nd / 2] >= 300 && rates[nd / 2] <= 650, "median drain rate %.1f msg/s", rates[nd / 2]);
+        cr_assert(first_eta > last_eta, "time left %.1f s, then %.1f s", first_eta, last_eta);
+
+        /* Drained: nothing said of a drain (the sampler looks once a second). */
+        until = h_now_ms() + 5000;
+        for (;;) {
+                r = ctl_json(&e, "status");
+                bool quiet = cJSON_IsFalse(jpath(r, "spool.draining"));
+                if (quiet || h_now_ms() > until)
+                        break;
+                cJSON_Delete(r);
+                h_sleep_ms(200);
+        }
+        cr_assert(cJSON_IsFalse(jpath(r, "spool.draining")));
+        cr_assert_eq(jnum(r, "spool.drain_rate"), 0);
+        cr_assert(cJSON_IsNull(jpath(r, "spool.drain_eta_s")));
+        cr_assert_eq(jnum(r, "links.0.backlog"), jnum(r, "spool.up.depth"));
+        cJSON_Delete(r);
+        cr_assert_eq(ctl(e.sock, "status", out, sizeof(out)), 0, "%s", out);
+        cr_assert(!strstr(out, "draining"), "%s", out);
+        char *m = http_get(e.mport, "/metrics");
+        cr_assert_eq(metric(m, "kuimen_spool_drain_rate"), 0);
+        cr_assert(!strstr(m, "\nkuimen_spool_drain_eta_seconds "), "no time left when not draining");
+        free(m);
+
+        /* --live said it too, and kept to 80 columns (its lines, not the log's "<N>"). */
+        cr_assert(h_log_wait(&e.k, "  center  up    up ", 3000));
+        cr_assert(h_log_count(&e.k, " msg/s, ~") >= 1, "--live showed no drain");
+        FILE *f = fopen(e.klog, "r");
+        cr_assert(f);
+        int live_lines = 0;
+        while (fgets(line, sizeof(line), f)) {
+                if (line[0] == '<')
+                        continue;
+                live_lines++;
+                cr_assert_leq(strlen(line) - 1, 80, "a --live line over 80 columns: %s", line);
+        }
+        fclose(f);
+        cr_assert_geq(live_lines, 10);
+        down(&e);
+        unsetenv("COLUMNS");
 }
 
 Test(control, reload_and_socket_gone_on_stop)
@@ -401,7 +599,8 @@ Test(control, metrics_move_with_messages)
                 "kuimen_spool_messages gauge", "kuimen_spool_bytes gauge", "kuimen_spool_oldest_age_seconds gauge",
                 "kuimen_link_up gauge", "kuimen_link_messages_sent_total counter",
                 "kuimen_link_messages_acked_total counter", "kuimen_link_inflight_messages gauge",
-                "kuimen_uptime_seconds gauge", "kuimen_fsyncs_total counter", NULL,
+                "kuimen_uptime_seconds gauge", "kuimen_fsyncs_total counter", "kuimen_link_backlog_messages gauge",
+                "kuimen_spool_drain_rate gauge", "kuimen_spool_drain_eta_seconds gauge", NULL,
         };
 
         char *m = http_get(e.mport, "/metrics");
@@ -434,6 +633,8 @@ Test(control, metrics_move_with_messages)
         cr_assert_eq(metric(m, "kuimen_messages_in_total") - in0, 50);
         cr_assert_eq(metric(m, "kuimen_link_messages_acked_total{link=\"center\"}") - acked0, 50);
         cr_assert_eq(metric(m, "kuimen_link_inflight_messages{link=\"center\"}"), 0);
+        cr_assert_eq(metric(m, "kuimen_link_backlog_messages{link=\"center\"}"), 0);
+        cr_assert_eq(metric(m, "kuimen_link_backlog_messages{link=\"local\"}"), 0);
         cr_assert_eq(metric(m, "kuimen_spool_messages{class=\"telemetry\"}"), 0);
         cr_assert_eq(metric(m, "kuimen_spool_oldest_age_seconds"), 0);
         cr_assert_eq(metric(m, "kuimen_messages_dropped_total"), 0);
