@@ -347,3 +347,54 @@ Test(config_cli, version_and_help_on_both)
                 cr_assert(strstr(out, "usage: "), "%s", out);
         }
 }
+
+/* ---- install ----------------------------------------------------------------------- */
+
+/* meson install wrote the config 0644 and a reinstall overwrote an operator's config
+ * (issue 13): now an existing config stays and the default goes beside it as
+ * kuimen.conf.example; a config holding a password in clear is never world-readable. */
+Test(config_cli, install_keeps_the_operators_config)
+{
+        char dir[200], cmd[2400], out[OUT_MAX], conf[600], example[640], src[400];
+        struct stat st;
+        h_tmpdir(dir, sizeof(dir), "cfg-install");
+        snprintf(cmd, sizeof(cmd), "meson install -C '%s' --no-rebuild --destdir '%s/root' --quiet 2>&1",
+                 getenv("KM_BUILD_ROOT"), dir);
+        snprintf(conf, sizeof(conf), "%s/root%s/kuimen/kuimen.conf", dir, getenv("KM_SYSCONFDIR"));
+        snprintf(example, sizeof(example), "%s.example", conf);
+        cr_assert_eq(sh(cmd, out, sizeof(out)), 0, "%s", out);
+        cr_assert(stat(conf, &st) == 0 && S_ISREG(st.st_mode), "%s", conf);
+        cr_assert_eq(st.st_mode & 07777, 0644, "the default holds no secret: %o", st.st_mode & 07777);
+        cr_assert_neq(access(example, F_OK), 0);
+
+        /* The operator's own config, with a password: a reinstall leaves it be. */
+        FILE *f = fopen(conf, "a");
+        cr_assert(f);
+        fputs("; the operator's\n", f);
+        fclose(f);
+        chmod(conf, 0600);
+        cr_assert_eq(sh(cmd, out, sizeof(out)), 0, "%s", out);
+        cr_assert(stat(conf, &st) == 0);
+        cr_assert_eq(st.st_mode & 07777, 0600);
+        snprintf(cmd, sizeof(cmd), "tail -n 1 '%s'", conf);
+        cr_assert_eq(sh(cmd, out, sizeof(out)), 0);
+        cr_assert_str_eq(out, "; the operator's\n");
+        cr_assert(stat(example, &st) == 0 && S_ISREG(st.st_mode), "no %s", example);
+        snprintf(cmd, sizeof(cmd), "cmp '%s' '%s/config/kuimen.conf'", example, getenv("KM_SOURCE_ROOT"));
+        cr_assert_eq(sh(cmd, out, sizeof(out)), 0, "%s", out);
+
+        /* A config with a password in clear goes in 0640, the default and the example alike. */
+        snprintf(src, sizeof(src), "%s/kuimen.conf", dir);
+        h_write_text(src, "[link center]\nuri = tcp://c:1883\npassword = s3cret\n");
+        snprintf(cmd, sizeof(cmd), "DESTDIR='%s/two' sh '%s/config/install-config.sh' '%s' /etc/kuimen 2>&1; "
+                                   "DESTDIR='%s/two' sh '%s/config/install-config.sh' '%s' /etc/kuimen 2>&1",
+                 dir, getenv("KM_SOURCE_ROOT"), src, dir, getenv("KM_SOURCE_ROOT"), src);
+        cr_assert_eq(sh(cmd, out, sizeof(out)), 0, "%s", out);
+        snprintf(conf, sizeof(conf), "%s/two/etc/kuimen/kuimen.conf", dir);
+        cr_assert(stat(conf, &st) == 0);
+        cr_assert_eq(st.st_mode & 07777, 0640, "%o", st.st_mode & 07777);
+        snprintf(example, sizeof(example), "%s.example", conf);
+        cr_assert(stat(example, &st) == 0);
+        cr_assert_eq(st.st_mode & 07777, 0640, "%o", st.st_mode & 07777);
+        h_cleanup(dir);
+}
