@@ -278,17 +278,22 @@ static void password_indirect(struct km_conf *c)
  * (issue 12): said at every load, naming the file and its mode. Not refused: a
  * config installed root:kuimen 0640 is common, and refusing would stop a gateway that
  * ran yesterday; the narrow links' key files, new, are refused (gateway/auth.c). */
-static void password_check(const struct km_conf *c, const char *text)
+static void password_check(struct km_conf *c, const char *text)
 {
         struct stat st;
         if (text || !c->file || stat(c->file, &st) < 0 || !(st.st_mode & 077))
                 return;
         for (size_t i = 0; i < c->n; i++)
                 if (strcmp(c->e[i].key, "password") == 0) {
-                        KM_LOG(st.st_mode & 004 ? KM_LOG_WARNING : KM_LOG_NOTICE, "config",
-                               "%s:%d: [%s] password in a file of mode %04o that %s can read: chmod 600 (or 640 with group kuimen only)",
-                               c->file, c->e[i].line, c->e[i].section, (unsigned)(st.st_mode & 07777),
-                               st.st_mode & 004 ? "every user" : "its group");
+                        /* A warning --check-config prints too; a group may be meant. */
+                        if (st.st_mode & 004)
+                                km_conf_warn(c, c->e[i].section, "password",
+                                             "[%s] password in a file of mode %04o that every user can read: chmod 600 (or 640 with group kuimen only)",
+                                             c->e[i].section, (unsigned)(st.st_mode & 07777));
+                        else
+                                KM_LOG(KM_LOG_NOTICE, "config",
+                                       "%s:%d: [%s] password in a file of mode %04o that its group can read: chmod 600 (or 640 with group kuimen only)",
+                                       c->file, c->e[i].line, c->e[i].section, (unsigned)(st.st_mode & 07777));
                         return;
                 }
 }

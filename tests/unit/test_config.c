@@ -287,3 +287,25 @@ Test(config, changes_between_two_loads)
         km_conf_deinit(&b);
         km_conf_deinit(&copy);
 }
+
+/* A password in clear in a config every user can read is a warning with its line
+ * (--check-config prints it); readable by the group only, it is not. */
+Test(config, password_in_a_readable_config_is_a_warning)
+{
+        char dir[] = "/tmp/km-conf-XXXXXX", conf[128], want[300];
+        struct km_conf c;
+        cr_assert(mkdtemp(dir));
+        put(conf, sizeof(conf), dir, "k.conf", "[local]\nuri = tcp://a:1\n[link center]\npassword = s3cret\n", 0644);
+        cr_assert_eq(km_conf_load(&c, conf, NULL), 0);
+        cr_assert_eq(c.nerrors, 0);
+        cr_assert_eq(c.nwarnings, 1);
+        snprintf(want, sizeof(want), "%s:4: password: warning: [link center] password in a file of mode 0644 that every user "
+                                     "can read: chmod 600 (or 640 with group kuimen only)", conf);
+        cr_assert_str_eq(c.warnings[0], want);
+        km_conf_deinit(&c);
+        chmod(conf, 0640);
+        cr_assert_eq(km_conf_load(&c, conf, NULL), 0);
+        cr_assert_eq(c.nwarnings, 0);
+        km_conf_deinit(&c);
+        unlink(conf), rmdir(dir);
+}
