@@ -45,6 +45,20 @@ int km_control_check(struct km_conf *c)
                 km_conf_error(c, "control", "socket", "'%s' must be a path of 1 to %zu bytes", cc.socket,
                               sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
                 bad++;
+        } else if (cc.socket) {
+                /* The start runs on without a socket it cannot make (kuimenctl then says
+                 * "not running"): worth a word before it happens. */
+                char dir[sizeof(((struct sockaddr_un *)0)->sun_path)];
+                struct stat st;
+                const char *slash = strrchr(cc.socket, '/');
+                snprintf(dir, sizeof(dir), "%.*s", slash ? (int)(slash == cc.socket ? 1 : slash - cc.socket) : 1,
+                         slash ? cc.socket : ".");
+                int rc = stat(dir, &st);
+                const char *spool = km_conf_get(c, "node", "spool"); /* whose directory the start makes */
+                bool made = spool && strncmp(spool, dir, strlen(dir)) == 0 && spool[strlen(dir)] == '/';
+                if (!made && (rc < 0 || !S_ISDIR(st.st_mode)))
+                        km_conf_warn(c, "control", "socket", "%s: %s: kuimen would run without its control socket", dir,
+                                     rc < 0 ? strerror(errno) : "not a directory");
         }
         km_conf_release(control_keys, &cc);
         return bad ? -EINVAL : 0;

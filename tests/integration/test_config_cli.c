@@ -181,6 +181,13 @@ Test(config_cli, warnings_do_not_refuse)
                                       "bulk (no link's classes name them): their messages stay in the spool until their ttl"),
                   "%s", out);
 
+        /* A control socket where none can be made: the start runs on without it. */
+        base_conf(text, sizeof(text), dir, NULL, NULL, "[control]\nsocket = /proc/nope/kuimen.sock\n");
+        cr_assert_eq(check(dir, text, out, path), 0, "%s", out);
+        cr_assert(has_line(out, path, "9: socket: warning: /proc/nope: No such file or directory: kuimen would run without "
+                                      "its control socket"),
+                  "%s", out);
+
         /* A TLS private key others can read. */
         const char *names[] = { "ca.pem", "cert.pem", "key.pem" };
         for (int i = 0; i < 3; i++) {
