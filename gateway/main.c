@@ -43,9 +43,9 @@ static bool is_section(const char *s, const char *prefix)
 
 /*
  * What the spool needs, tried the way the start would use it but leaving nothing
- * behind: the file read-write if it exists, else a file made and removed in its
- * directory, else a directory made and removed in the nearest one that exists (the
- * start makes the missing ones). access() is not enough: root passes it for /proc.
+ * behind: the file opened read-write if it exists, else a file made and removed in the
+ * nearest directory of its path that exists (the start makes the missing ones below
+ * it). access() is not enough: root passes it for /proc, where nothing can be made.
  */
 static void check_spool(struct km_conf *c, const char *path)
 {
@@ -66,8 +66,10 @@ static void check_spool(struct km_conf *c, const char *path)
         char *slash = strrchr(dir, '/');
         if (!slash)
                 snprintf(dir, sizeof(dir), ".");
+        else if (slash == dir)
+                slash[1] = '\0';
         else
-                *slash = slash == dir ? (slash[1] = '\0', '/') : '\0';
+                *slash = '\0';
         /* Up to the nearest directory that exists ("." or "/" at the top). */
         while (stat(dir, &st) < 0) {
                 if (errno != ENOENT) {
@@ -81,7 +83,7 @@ static void check_spool(struct km_conf *c, const char *path)
                 else
                         *slash = '\0';
         }
-        if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
+        if (!S_ISDIR(st.st_mode)) {
                 km_conf_error(c, "node", "spool", "%s: not a directory", dir);
                 return;
         }
