@@ -51,6 +51,10 @@ struct km_conf {
         size_t nerrors;
         char **warnings; /* "FILE:LINE: key: warning: why": said, not refused */
         size_t nwarnings;
+        /* Set by the daemon's reload before its checks: what the reload handles on its
+         * own (the narrow links' key files, read again with the keys in use kept when
+         * one is bad) is left out of them. */
+        bool reloading;
 };
 
 /* Reads an INI file (path) or, when text is non-NULL, a string named path in messages.

@@ -653,6 +653,7 @@ static int reload(struct km_daemon *d)
         }
         bool routed = false; /* r holds memory: km_route_load frees only on -ENOMEM */
         rc = km_conf_load(&c, d->config_path, NULL);
+        c.reloading = true;
         if (rc == 0 && c.nerrors == 0 && d->check_config)
                 d->check_config(&c);
         if (rc == 0 && c.nerrors == 0) {

@@ -1548,7 +1548,10 @@ int km_plugin_check(struct km_conf *c, const char *section, const char *plugin_d
                 km_strv_split(&peers, pv);
         const char *files[2] = { nc.key_file, nc.key_file_next }, *fkeys[2] = { "key_file", "key_file_next" };
         for (int fi = 0; fi < 2; fi++) {
-                if (!files[fi])
+                /* On reload, km_plugin_reload_keys reads them and keeps the keys in use
+                 * when a file is bad: a key file made readable must not refuse the
+                 * routes too. */
+                if (!files[fi] || c->reloading)
                         continue;
                 char *full = conf_relative(c->file, files[fi]);
                 struct km_auth_key k;
