@@ -22,8 +22,8 @@
  * holds each physical line whole (getline) and feeds it to inih in the pieces inih asks
  * for, so it knows where every line starts: inih's handler gets no line number in
  * Debian's build (INI_HANDLER_LINENO is 0), and errors must name the real line. A line
- * longer than KM_CONF_MAX_LINE (far beyond any config) is refused with its line,
- * never split.
+ * longer than KM_CONF_MAX_LINE (far beyond any config), or holding a NUL, is refused
+ * with its line, never split.
  */
 #define KM_CONF_MAX_LINE (16 << 20)
 
@@ -53,9 +53,14 @@ static char *read_line(char *str, int num, void *stream)
                         return NULL;
                 }
                 r->line++;
-                if (r->len > KM_CONF_MAX_LINE - 3) {
-                        errorf(r->c, r->line, NULL, "line of %zd bytes, longer than %d: not read", r->len,
-                               KM_CONF_MAX_LINE - 3);
+                /* inih sees a line up to its first NUL and would take what follows as a
+                 * line of its own: such a line is refused whole, as an overlong one. */
+                if (r->len > KM_CONF_MAX_LINE - 3 || memchr(r->buf, '\0', (size_t)r->len)) {
+                        if (r->len > KM_CONF_MAX_LINE - 3)
+                                errorf(r->c, r->line, NULL, "line of %zd bytes, longer than %d: not read", r->len,
+                                       KM_CONF_MAX_LINE - 3);
+                        else
+                                errorf(r->c, r->line, NULL, "a NUL byte in the line: not read");
                         r->buf[0] = '\n';
                         r->len = 1;
                 }

@@ -215,6 +215,20 @@ Test(config, long_lines_stay_whole)
         cr_assert_eq(c.e[0].line, 3);
         km_conf_deinit(&c);
         free(text);
+
+        /* A NUL ends the line for inih: what follows it must not become a line. */
+        f = fopen(path, "w");
+        cr_assert(f);
+        fwrite("[s]\n; x\0name = sneaky\nn = 3\n", 1, 28, f);
+        fclose(f);
+        cr_assert_eq(km_conf_load(&c, path, NULL), 0);
+        cr_assert_eq(c.nerrors, 1);
+        snprintf(want, sizeof(want), "%s:2: -: a NUL byte in the line: not read", path);
+        cr_assert_str_eq(c.errors[0], want);
+        cr_assert_null(km_conf_get(&c, "s", "name"));
+        cr_assert_str_eq(km_conf_get(&c, "s", "n"), "3");
+        cr_assert_eq(c.e[0].line, 3);
+        km_conf_deinit(&c);
         unlink(path), rmdir(dir);
 }
 
