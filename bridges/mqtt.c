@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "bridges/mqttc.h"
@@ -704,6 +705,50 @@ static void bridge_reset(struct km_link *l)
 
 static const struct km_link_ops mqtt_ops = { .send = send_msg, .destroy = bridge_destroy, .reset = bridge_reset };
 
+/* The URI as the start parses it (host, port 1..65535): a port out of range failed only
+ * at the start, with no FILE:LINE (issue 13). */
+static int check_uri(struct km_conf *c, const char *section, const char *uri)
+{
+        char host[256];
+        int port;
+        bool tls;
+        if (km_mqtt_uri_parse(uri, host, sizeof(host), &port, &tls) == 0)
+                return 0;
+        km_conf_error(c, section, "uri", "'%s': not scheme://host[:port] with a port from 1 to 65535", uri);
+        return 1;
+}
+
+/* The TLS files as the start hands them to libmosquitto and Paho, which say only
+ * "Invalid function arguments" and retry for ever when one is missing. */
+static int check_tls_files(struct km_conf *c, const char *section, const struct mqtt_conf *m)
+{
+        const char *files[] = { m->ca, m->cert, m->key }, *keys[] = { "ca", "cert", "key" };
+        int bad = 0;
+        for (int i = 0; i < 3; i++) {
+                struct stat st;
+                FILE *f = files[i] ? fopen(files[i], "re") : NULL;
+                if (!files[i])
+                        continue;
+                if (!f || fstat(fileno(f), &st) < 0) {
+                        km_conf_error(c, section, keys[i], "%s: %s", files[i], strerror(errno));
+                        bad++;
+                } else if (!S_ISREG(st.st_mode)) {
+                        km_conf_error(c, section, keys[i], "%s: not a regular file", files[i]);
+                        bad++;
+                } else if (i == 2 && (st.st_mode & 077)) {
+                        km_conf_warn(c, section, keys[i], "%s: mode %04o: a private key %s can read: chmod 600 (or 640 for group kuimen)",
+                                     files[i], (unsigned)(st.st_mode & 07777), st.st_mode & 004 ? "every user" : "its group");
+                }
+                if (f)
+                        fclose(f);
+        }
+        if (!m->cert != !m->key) {
+                km_conf_error(c, section, m->cert ? "cert" : "key", "cert and key go together: give both or neither");
+                bad++;
+        }
+        return bad;
+}
+
 int km_mqtt_local_check(struct km_conf *c)
 {
         struct mqtt_conf m = { 0 };
@@ -712,6 +757,8 @@ int km_mqtt_local_check(struct km_conf *c)
                 km_conf_error(c, "local", "uri", "'%s' is not tcp:// or mqtt://host:port (the local broker is reached "
                               "without TLS)", m.uri);
                 bad++;
+        } else if (m.uri) {
+                bad += check_uri(c, "local", m.uri);
         }
         for (size_t i = 0; i < m.subscribe.n; i++) {
                 const char *why = km_topic_filter_invalid(m.subscribe.v[i]);
@@ -735,7 +782,10 @@ int km_mqtt_link_check(struct km_conf *c, const char *section)
                    strncmp(m.uri, "mqtts://", 8)) {
                 km_conf_error(c, section, "uri", "'%s' is not tcp://, ssl://, mqtt:// or mqtts://host:port", m.uri);
                 bad++;
+        } else {
+                bad += check_uri(c, section, m.uri);
         }
+        bad += check_tls_files(c, section, &m);
         if (m.topic_prefix && (!*m.topic_prefix || strpbrk(m.topic_prefix, "+#"))) {
                 km_conf_error(c, section, "topic_prefix", "'%s' must be non-empty and hold no '+' or '#'", m.topic_prefix);
                 bad++;

@@ -1104,8 +1104,14 @@ int km_mqtt_uri_parse(const char *uri, char *host, size_t hostlen, int *port, bo
                 return -EINVAL;
         memcpy(host, p, n);
         host[n] = '\0';
-        *port = colon ? atoi(colon + 1) : (*tls ? 8883 : 1883);
-        return *port > 0 && *port < 65536 ? 0 : -EINVAL;
+        /* Whole digits only: atoi took "1883x" as 1883 and "99999999999" as anything. */
+        char *end;
+        errno = 0;
+        long pn = colon ? strtol(colon + 1, &end, 10) : (*tls ? 8883 : 1883);
+        if (colon && (end == colon + 1 || (*end && *end != '/') || errno))
+                return -EINVAL;
+        *port = pn > 0 && pn < 65536 ? (int)pn : 0;
+        return *port ? 0 : -EINVAL;
 }
 
 /* mqttc speaks plain TCP only. */

@@ -9,39 +9,68 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdint.h>
 #include <sys/stat.h>
 
 #include "log.h"
 
-/* inih's handler gets no line number in Debian's build (INI_HANDLER_LINENO is 0), so the
- * reader counts the lines it hands to inih: inih calls it once per physical line. */
+/*
+ * Lines of any length (issue 13): Debian's inih reads into a fixed 200-byte buffer by
+ * default and hands the rest of a longer line back as a line of its own, so a long
+ * comment ending in `name = sneaky` renamed the node. Its build has the options as
+ * variables: a heap buffer that grows (doubling) up to ini_max_line. The reader below
+ * holds each physical line whole (getline) and feeds it to inih in the pieces inih asks
+ * for, so it knows where every line starts: inih's handler gets no line number in
+ * Debian's build (INI_HANDLER_LINENO is 0), and errors must name the real line. A line
+ * longer than KM_CONF_MAX_LINE (far beyond any config), or holding a NUL, is refused
+ * with its line, never split.
+ */
+#define KM_CONF_MAX_LINE (16 << 20)
+
 struct reader {
         FILE *f;
-        const char *text;
-        int line;
+        char *buf;      /* the current physical line (getline's) */
+        size_t cap;
+        ssize_t len, off; /* its length and how much of it inih has */
+        int line;       /* of the line being handed to inih */
+        int err;        /* a read error (errno), reported by km_conf_load */
         struct km_conf *c;
 };
+
+static void errorf(struct km_conf *c, int line, const char *key, const char *fmt, ...)
+        __attribute__((format(printf, 4, 5)));
 
 static char *read_line(char *str, int num, void *stream)
 {
         struct reader *r = stream;
 
-        if (r->f) {
-                if (!fgets(str, num, r->f))
+        if (r->off >= r->len) {
+                errno = 0;
+                r->len = getline(&r->buf, &r->cap, r->f);
+                r->off = 0;
+                if (r->len < 0) {
+                        r->err = errno;
                         return NULL;
-        } else {
-                if (!*r->text)
-                        return NULL;
-                size_t n = strcspn(r->text, "\n");
-                if (n + 1 < (size_t)num && r->text[n] == '\n')
-                        n++;
-                if (n > (size_t)num - 1)
-                        n = (size_t)num - 1;
-                memcpy(str, r->text, n);
-                str[n] = '\0';
-                r->text += n;
+                }
+                r->line++;
+                /* inih sees a line up to its first NUL and would take what follows as a
+                 * line of its own: such a line is refused whole, as an overlong one. */
+                if (r->len > KM_CONF_MAX_LINE - 3 || memchr(r->buf, '\0', (size_t)r->len)) {
+                        if (r->len > KM_CONF_MAX_LINE - 3)
+                                errorf(r->c, r->line, NULL, "line of %zd bytes, longer than %d: not read", r->len,
+                                       KM_CONF_MAX_LINE - 3);
+                        else
+                                errorf(r->c, r->line, NULL, "a NUL byte in the line: not read");
+                        r->buf[0] = '\n';
+                        r->len = 1;
+                }
         }
-        r->line++;
+        size_t n = (size_t)(r->len - r->off);
+        if (n > (size_t)num - 1)
+                n = (size_t)num - 1;
+        memcpy(str, r->buf + r->off, n);
+        str[n] = '\0';
+        r->off += (ssize_t)n;
         return str;
 }
 
@@ -89,6 +118,42 @@ static int note_section(struct km_conf *c, const char *section)
         return 0;
 }
 
+/* Well-formed UTF-8 (RFC 3629: no overlongs, no surrogates, at most U+10FFFF) without
+ * control characters. Names and topics become MQTT topics and status JSON, which a
+ * broker refuses (closing the connection) when they are not UTF-8; the same test as
+ * gateway/inbound.c's for relayed topics. */
+static bool utf8_ok(const unsigned char *s)
+{
+        while (*s) {
+                unsigned char b = *s;
+                uint32_t cp;
+                int n;
+                if (b < 0x80) {
+                        if (b < 0x20 && b != '\t')
+                                return false;
+                        s++;
+                        continue;
+                }
+                if (b >= 0xc2 && b <= 0xdf)
+                        n = 1, cp = b & 0x1f;
+                else if (b >= 0xe0 && b <= 0xef)
+                        n = 2, cp = b & 0x0f;
+                else if (b >= 0xf0 && b <= 0xf4)
+                        n = 3, cp = b & 0x07;
+                else
+                        return false;
+                for (int i = 1; i <= n; i++) {
+                        if ((s[i] & 0xc0) != 0x80)
+                                return false;
+                        cp = cp << 6 | (s[i] & 0x3f);
+                }
+                if ((n == 2 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) || (n == 3 && (cp < 0x10000 || cp > 0x10ffff)))
+                        return false;
+                s += n + 1;
+        }
+        return true;
+}
+
 static int on_entry(void *user, const char *section, const char *key, const char *value)
 {
         struct reader *r = user;
@@ -96,6 +161,16 @@ static int on_entry(void *user, const char *section, const char *key, const char
 
         if (!*section) {
                 errorf(c, r->line, key, "key outside any [section]");
+                return 1;
+        }
+        /* A password is bytes to MQTT; everything else ends up in topics, JSON, logs
+         * or file names, where bytes that are not UTF-8 break the reader. */
+        if (!utf8_ok((const unsigned char *)section) || !utf8_ok((const unsigned char *)key) ||
+            (strcmp(key, "password") != 0 && !utf8_ok((const unsigned char *)value))) {
+                bool sec_ok = utf8_ok((const unsigned char *)section);
+                errorf(c, r->line, sec_ok && utf8_ok((const unsigned char *)key) ? key : NULL,
+                       "not valid UTF-8, or holds a control character%s%s%s", sec_ok ? " (in [" : " (a section name)",
+                       sec_ok ? section : "", sec_ok ? "])" : "");
                 return 1;
         }
         for (size_t i = 0; i < c->n; i++)
@@ -208,38 +283,68 @@ static void password_indirect(struct km_conf *c)
  * (issue 12): said at every load, naming the file and its mode. Not refused: a
  * config installed root:kuimen 0640 is common, and refusing would stop a gateway that
  * ran yesterday; the narrow links' key files, new, are refused (gateway/auth.c). */
-static void password_check(const struct km_conf *c, const char *text)
+static void password_check(struct km_conf *c, const char *text)
 {
         struct stat st;
         if (text || !c->file || stat(c->file, &st) < 0 || !(st.st_mode & 077))
                 return;
         for (size_t i = 0; i < c->n; i++)
                 if (strcmp(c->e[i].key, "password") == 0) {
-                        KM_LOG(st.st_mode & 004 ? KM_LOG_WARNING : KM_LOG_NOTICE, "config",
-                               "%s:%d: [%s] password in a file of mode %04o that %s can read: chmod 600 (or 640 with group kuimen only)",
-                               c->file, c->e[i].line, c->e[i].section, (unsigned)(st.st_mode & 07777),
-                               st.st_mode & 004 ? "every user" : "its group");
+                        /* A warning --check-config prints too; a group may be meant. */
+                        if (st.st_mode & 004)
+                                km_conf_warn(c, c->e[i].section, "password",
+                                             "[%s] password in a file of mode %04o that every user can read: chmod 600 (or 640 with group kuimen only)",
+                                             c->e[i].section, (unsigned)(st.st_mode & 07777));
+                        else
+                                KM_LOG(KM_LOG_NOTICE, "config",
+                                       "%s:%d: [%s] password in a file of mode %04o that its group can read: chmod 600 (or 640 with group kuimen only)",
+                                       c->file, c->e[i].line, c->e[i].section, (unsigned)(st.st_mode & 07777));
                         return;
                 }
 }
 
 int km_conf_load(struct km_conf *c, const char *path, const char *text)
 {
-        struct reader r = { .text = text, .c = c };
+        struct reader r = { .c = c };
+        struct stat st;
         int rc;
 
         memset(c, 0, sizeof(*c));
         if (!(c->file = strdup(path)))
                 return -ENOMEM;
-        if (!text && !(r.f = fopen(path, "re")))
+        if (text)
+                r.f = *text ? fmemopen((void *)text, strlen(text), "r") : NULL;
+        else
+                r.f = fopen(path, "re");
+        if (!r.f && (!text || *text))
                 return -errno;
-        rc = ini_parse_stream(read_line, &r, on_entry, &r);
+        /* A directory opens for reading and then reads nothing: it was taken for an
+         * empty config. */
+        if (!text && fstat(fileno(r.f), &st) == 0 && !S_ISREG(st.st_mode)) {
+                fclose(r.f);
+                return S_ISDIR(st.st_mode) ? -EISDIR : -EINVAL;
+        }
+        ini_use_stack = false;
+        ini_allow_realloc = true;
+        ini_max_line = KM_CONF_MAX_LINE;
+        rc = r.f ? ini_parse_stream(read_line, &r, on_entry, &r) : 0;
         if (r.f)
                 fclose(r.f);
+        free(r.buf);
+        if (r.err)
+                return -r.err;
         if (rc > 0)
                 errorf(c, rc, NULL, "syntax error (expected [section], key = value or comment)");
         else if (rc < 0)
                 return -ENOMEM;
+        /* An empty file ran as node "base" with no link, taking the demo's broker
+         * session, while messages piled up with no way out (issue 13). */
+        if (c->n == 0 && c->nerrors == 0) {
+                char *msg;
+                if (asprintf(&msg, "%s: empty: no key in any [section] (kuimen --print-default-config shows a config)",
+                             c->file) >= 0)
+                        push_error(c, msg);
+        }
         password_check(c, text);
         if (!text)
                 password_indirect(c);
@@ -257,6 +362,9 @@ void km_conf_deinit(struct km_conf *c)
                 free(c->sections[i]);
         for (size_t i = 0; i < c->nerrors; i++)
                 free(c->errors[i]);
+        for (size_t i = 0; i < c->nwarnings; i++)
+                free(c->warnings[i]);
+        free(c->warnings);
         free(c->e);
         free(c->sections);
         free(c->errors);
@@ -474,6 +582,111 @@ void km_conf_error(struct km_conf *c, const char *section, const char *key, cons
         va_start(ap, fmt);
         add_error(c, line, key, fmt, ap);
         va_end(ap);
+}
+
+void km_conf_warn(struct km_conf *c, const char *section, const char *key, const char *fmt, ...)
+{
+        int line = 0;
+        char why[512], *msg;
+        va_list ap;
+
+        for (size_t i = 0; i < c->n; i++)
+                if (strcmp(c->e[i].section, section) == 0 && (!key || strcmp(c->e[i].key, key) == 0)) {
+                        line = c->e[i].line;
+                        break;
+                }
+        va_start(ap, fmt);
+        vsnprintf(why, sizeof(why), fmt, ap);
+        va_end(ap);
+        if (asprintf(&msg, "%s:%d: %s: warning: %s", c->file, line, key ? key : "-", why) < 0)
+                return;
+        char **n = realloc(c->warnings, (c->nwarnings + 1) * sizeof(*n));
+        if (!n) {
+                free(msg);
+                return;
+        }
+        c->warnings = n;
+        c->warnings[c->nwarnings++] = msg;
+}
+
+int km_conf_copy(struct km_conf *dst, const struct km_conf *src)
+{
+        memset(dst, 0, sizeof(*dst));
+        if (!(dst->file = strdup(src->file)) || (src->n && !(dst->e = calloc(src->n, sizeof(*dst->e)))) ||
+            (src->nsections && !(dst->sections = calloc(src->nsections, sizeof(*dst->sections)))))
+                goto oom;
+        dst->cap = src->n;
+        for (; dst->n < src->n; dst->n++) {
+                struct km_conf_entry *d = &dst->e[dst->n];
+                const struct km_conf_entry *e = &src->e[dst->n];
+                *d = (struct km_conf_entry){ strdup(e->section), strdup(e->key), strdup(e->value), e->line, e->used };
+                if (!d->section || !d->key || !d->value) {
+                        dst->n++;
+                        goto oom;
+                }
+        }
+        for (; dst->nsections < src->nsections; dst->nsections++)
+                if (!(dst->sections[dst->nsections] = strdup(src->sections[dst->nsections])))
+                        goto oom;
+        return 0;
+oom:
+        km_conf_deinit(dst);
+        return -ENOMEM;
+}
+
+static const char *value_of(const struct km_conf *c, const char *section, const char *key)
+{
+        for (size_t i = 0; i < c->n; i++)
+                if (strcmp(c->e[i].section, section) == 0 && strcmp(c->e[i].key, key) == 0)
+                        return c->e[i].value;
+        return NULL;
+}
+
+/* Adds key to the line of section in out ("[section] k1, k2"); each (section, key) comes
+ * once, as a config holds a key once per section. */
+static int note_change(struct km_strv *out, const char *section, const char *key)
+{
+        size_t sl = strlen(section);
+        for (size_t i = 0; i < out->n; i++) {
+                char *l = out->v[i];
+                if (l[0] != '[' || strncmp(l + 1, section, sl) != 0 || strncmp(l + 1 + sl, "] ", 2) != 0)
+                        continue;
+                char *n;
+                if (asprintf(&n, "%s, %s", l, key) < 0)
+                        return -ENOMEM;
+                free(l);
+                out->v[i] = n;
+                return 0;
+        }
+        char **v = realloc(out->v, (out->n + 2) * sizeof(*v));
+        if (!v)
+                return -ENOMEM;
+        out->v = v;
+        if (asprintf(&v[out->n], "[%s] %s", section, key) < 0)
+                return -ENOMEM;
+        v[++out->n] = NULL;
+        return 0;
+}
+
+int km_conf_changes(const struct km_conf *was, const struct km_conf *now,
+                    bool (*applied)(const char *section, const char *key), struct km_strv *out)
+{
+        const struct km_conf *side[2] = { was, now };
+        out->v = NULL;
+        out->n = 0;
+        for (int s = 0; s < 2; s++)
+                for (size_t i = 0; i < side[s]->n; i++) {
+                        const struct km_conf_entry *e = &side[s]->e[i];
+                        const char *other = value_of(side[!s], e->section, e->key);
+                        if ((other && strcmp(other, e->value) == 0) || (s == 1 && other) ||
+                            (applied && applied(e->section, e->key)))
+                                continue;
+                        if (note_change(out, e->section, e->key) < 0) {
+                                km_strv_free(out);
+                                return -ENOMEM;
+                        }
+                }
+        return (int)out->n;
 }
 
 bool km_conf_has_section(const struct km_conf *c, const char *section)

@@ -49,11 +49,18 @@ struct km_conf {
         size_t nsections;
         char **errors; /* "FILE:LINE: key: why" */
         size_t nerrors;
+        char **warnings; /* "FILE:LINE: key: warning: why": said, not refused */
+        size_t nwarnings;
+        /* Set by the daemon's reload before its checks: what the reload handles on its
+         * own (the narrow links' key files, read again with the keys in use kept when
+         * one is bad) is left out of them. */
+        bool reloading;
 };
 
 /* Reads an INI file (path) or, when text is non-NULL, a string named path in messages.
- * Returns 0, or a negative errno when the file cannot be read; syntax errors land in
- * c->errors. The caller km_conf_deinit()s c in every case. */
+ * Lines may be of any length. Returns 0, or a negative errno when the file cannot be
+ * read (-EISDIR for a directory); syntax errors, values that are not UTF-8 and a config
+ * with no key at all land in c->errors. The caller km_conf_deinit()s c in every case. */
 int km_conf_load(struct km_conf *c, const char *path, const char *text);
 void km_conf_deinit(struct km_conf *c);
 
@@ -71,6 +78,22 @@ void km_conf_check_unused(struct km_conf *c);
 /* Adds a formatted error, tied to section/key's line when found. */
 void km_conf_error(struct km_conf *c, const char *section, const char *key, const char *fmt, ...)
         __attribute__((format(printf, 4, 5)));
+
+/* Adds a formatted warning (c->warnings), tied to section/key's line when found: a
+ * config that works but probably not as meant. */
+void km_conf_warn(struct km_conf *c, const char *section, const char *key, const char *fmt, ...)
+        __attribute__((format(printf, 4, 5)));
+
+/* Copies src's entries and sections into dst (not its errors or warnings), for a later
+ * km_conf_changes. 0 or -ENOMEM (dst then empty). km_conf_deinit(dst) after. */
+int km_conf_copy(struct km_conf *dst, const struct km_conf *src);
+
+/* What differs between was and now (a key added, removed or given another value),
+ * leaving out the keys applied() says a reload applies (NULL: none). out gets one line
+ * per section, "[link center] uri, window", in the order the keys first appear (was's,
+ * then now's new ones); the caller km_strv_free()s it. Returns out->n or -ENOMEM. */
+int km_conf_changes(const struct km_conf *was, const struct km_conf *now,
+                    bool (*applied)(const char *section, const char *key), struct km_strv *out);
 
 /* Whether the config has the section (exact name). */
 bool km_conf_has_section(const struct km_conf *c, const char *section);

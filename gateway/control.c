@@ -47,6 +47,20 @@ int km_control_check(struct km_conf *c)
                 km_conf_error(c, "control", "socket", "'%s' must be a path of 1 to %zu bytes", cc.socket,
                               sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
                 bad++;
+        } else if (cc.socket) {
+                /* The start runs on without a socket it cannot make (kuimenctl then says
+                 * "not running"): worth a word before it happens. */
+                char dir[sizeof(((struct sockaddr_un *)0)->sun_path)];
+                struct stat st;
+                const char *slash = strrchr(cc.socket, '/');
+                snprintf(dir, sizeof(dir), "%.*s", slash ? (int)(slash == cc.socket ? 1 : slash - cc.socket) : 1,
+                         slash ? cc.socket : ".");
+                int rc = stat(dir, &st);
+                const char *spool = km_conf_get(c, "node", "spool"); /* whose directory the start makes */
+                bool made = spool && strncmp(spool, dir, strlen(dir)) == 0 && spool[strlen(dir)] == '/';
+                if (!made && (rc < 0 || !S_ISDIR(st.st_mode)))
+                        km_conf_warn(c, "control", "socket", "%s: %s: kuimen would run without its control socket", dir,
+                                     rc < 0 ? strerror(errno) : "not a directory");
         }
         km_conf_release(control_keys, &cc);
         return bad ? -EINVAL : 0;
@@ -881,28 +895,18 @@ static void reply_links(struct km_daemon *d, struct km_control_buf *b)
         km_control_printf(b, "}\n");
 }
 
-/* The errors a failed reload logged, again, for the operator who asked: the same two
- * steps as the daemon's reload (read the file, build the routes). */
-static void reload_errors(struct km_daemon *d, struct km_control_buf *b)
+static void put_strv(struct km_control_buf *b, const char *name, const struct km_strv *v)
 {
-        struct km_conf c;
-        struct km_route r;
-
-        km_control_printf(b, ",\"errors\":[");
-        if (km_conf_load(&c, d->config_path, NULL) < 0) {
-                km_control_json_str(b, "cannot read the config file");
-        } else {
-                if (c.nerrors == 0 && km_route_load(&r, &c) != -ENOMEM)
-                        km_route_deinit(&r); /* also after -EINVAL: it holds what it built */
-                for (size_t i = 0; i < c.nerrors; i++) {
-                        km_control_printf(b, "%s", i ? "," : "");
-                        km_control_json_str(b, c.errors[i]);
-                }
+        km_control_printf(b, ",\"%s\":[", name);
+        for (size_t i = 0; i < v->n; i++) {
+                km_control_printf(b, "%s", i ? "," : "");
+                km_control_json_str(b, v->v[i]);
         }
-        km_conf_deinit(&c);
         km_control_printf(b, "]");
 }
 
+/* The reload's outcome as the daemon logged it: its errors when refused; when taken,
+ * the changed keys that only a restart applies (kuimenctl exits non-zero on either). */
 static void reply_reload(struct km_daemon *d, struct km_control_buf *b)
 {
         int rc = km_daemon_reload(d);
@@ -912,10 +916,12 @@ static void reply_reload(struct km_daemon *d, struct km_control_buf *b)
                 km_control_json_str(b, d->config_path);
         else
                 km_control_printf(b, "null");
-        if (rc == 0)
+        if (rc == 0) {
                 km_control_printf(b, ",\"classes\":%zu", d->route.n);
-        else
-                reload_errors(d, b);
+                put_strv(b, "restart_needed", &d->reload_restart);
+        } else {
+                put_strv(b, "errors", &d->reload_errors);
+        }
         km_control_printf(b, "}\n");
 }
 

@@ -632,18 +632,44 @@ static int on_stats(sd_event_source *s, uint64_t usec, void *ud)
         return rearm(s, d->live ? 1000000ULL : (uint64_t)d->node.stats_interval_ms * 1000);
 }
 
+/* What a reload applies: the classes and routes ([class NAME]). The narrow links' key
+ * files are read again too, but under the paths they started with, so a changed
+ * key_file is a restart like any other key. */
+static bool reload_applies(const char *section, const char *key)
+{
+        (void)key;
+        return strncmp(section, "class ", 6) == 0;
+}
+
+static int strv_add(struct km_strv *v, const char *s)
+{
+        char **n = realloc(v->v, (v->n + 2) * sizeof(*n));
+        if (!n)
+                return -ENOMEM;
+        v->v = n;
+        if (!(n[v->n] = strdup(s)))
+                return -ENOMEM;
+        n[++v->n] = NULL;
+        return 0;
+}
+
 static int reload(struct km_daemon *d)
 {
         struct km_conf c;
         struct km_route r;
         int rc;
 
+        km_strv_free(&d->reload_errors);
+        km_strv_free(&d->reload_restart);
         if (!d->config_path) {
                 KM_LOG(KM_LOG_NOTICE, "config", "reload: running on the embedded default, nothing to reload");
                 return 0;
         }
         bool routed = false; /* r holds memory: km_route_load frees only on -ENOMEM */
         rc = km_conf_load(&c, d->config_path, NULL);
+        c.reloading = true;
+        if (rc == 0 && c.nerrors == 0 && d->check_config)
+                d->check_config(&c);
         if (rc == 0 && c.nerrors == 0) {
                 rc = km_route_load(&r, &c);
                 routed = rc != -ENOMEM;
@@ -651,23 +677,37 @@ static int reload(struct km_daemon *d)
                 rc = -EINVAL;
         }
         if (rc < 0 || c.nerrors) {
-                for (size_t i = 0; i < c.nerrors; i++)
+                for (size_t i = 0; i < c.nerrors; i++) {
                         KM_LOG(KM_LOG_ERR, "config", "%s", c.errors[i]);
+                        strv_add(&d->reload_errors, c.errors[i]);
+                }
+                if (rc < 0 && !c.nerrors) {
+                        char why[600];
+                        snprintf(why, sizeof(why), "%s: %s", d->config_path, strerror(-rc));
+                        strv_add(&d->reload_errors, why);
+                }
                 KM_LOG(KM_LOG_ERR, "config", "reload of %s failed (%s): keeping the running routes", d->config_path,
-                       rc < 0 ? strerror(-rc) : "errors above");
+                       rc < 0 && !c.nerrors ? strerror(-rc) : "errors above");
                 if (routed)
                         km_route_deinit(&r);
                 km_conf_deinit(&c);
                 d->bad_config_reloads++;
                 return -EINVAL;
         }
+        for (size_t i = 0; i < c.nwarnings; i++)
+                KM_LOG(KM_LOG_WARNING, "config", "%s", c.warnings[i]);
         pthread_rwlock_wrlock(&d->route_lock);
         struct km_route old = d->route;
         d->route = r;
         pthread_rwlock_unlock(&d->route_lock);
         km_route_deinit(&old);
+        /* Said, not refused: the routes did change, and refusing them because a link's
+         * uri changed too would keep an operator from fixing a class until a restart. */
+        km_conf_changes(&d->started_conf, &c, reload_applies, &d->reload_restart);
         km_conf_deinit(&c);
         KM_LOG(KM_LOG_NOTICE, "config", "reloaded routes and classes from %s (%zu classes)", d->config_path, r.n);
+        for (size_t i = 0; i < d->reload_restart.n; i++)
+                KM_LOG(KM_LOG_WARNING, "config", "reload: restart needed: %s (changed, not applied)", d->reload_restart.v[i]);
         km_plugin_reload_keys(d);
         return 0;
 }
@@ -771,6 +811,8 @@ int km_daemon_init(struct km_daemon *d, struct km_node_conf *n, struct km_conf *
         d->started_ms = km_now_ms();
         if (config_path && !(d->config_path = strdup(config_path)))
                 return -ENOMEM;
+        if ((rc = km_conf_copy(&d->started_conf, c)) < 0)
+                return rc;
         if ((rc = km_route_load(&d->route, c)) < 0)
                 return rc;
         if ((rc = km_mailbox_init(&d->mb)) < 0)
@@ -865,6 +907,9 @@ void km_daemon_deinit(struct km_daemon *d)
         for (size_t i = 0; i < d->npeers; i++)
                 free(d->peers[i].name);
         km_node_conf_release(&d->node);
+        km_conf_deinit(&d->started_conf);
+        km_strv_free(&d->reload_errors);
+        km_strv_free(&d->reload_restart);
         free(d->config_path);
         free(d->topic_prefix);
 }

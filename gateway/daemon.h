@@ -44,6 +44,15 @@ struct km_peer {
 
 struct km_daemon {
         char *config_path; /* NULL: the embedded default */
+        /* The config the daemon started with (entries only): a reload names every key
+         * it cannot apply by comparing the file with this. */
+        struct km_conf started_conf;
+        /* Every check the start runs (gateway/main.c sets it: the bridges' checks live
+         * outside gateway/); a reload refuses a config it fails. NULL: routes only. */
+        int (*check_config)(struct km_conf *c);
+        /* The last reload's outcome, for the control socket's reply: its errors, or the
+         * changed keys it could not apply ("[link center] uri"). Loop thread. */
+        struct km_strv reload_errors, reload_restart;
         struct km_node_conf node;
         sd_event *ev;
         struct km_mailbox mb;
@@ -173,8 +182,10 @@ int km_daemon_run(struct km_daemon *d);
 void km_daemon_counters(struct km_daemon *d, char *buf, size_t len);
 
 /* Loop thread. What SIGHUP does: reloads routes and classes from the config file (a
- * config with errors is refused and the running routes stay). Returns 0 (also when
- * running on the embedded default: nothing to reload) or -EINVAL. */
+ * config that fails any check the start runs is refused and the running routes stay:
+ * d->reload_errors). Every other key that changed since the start needs a restart: they
+ * are logged and listed in d->reload_restart. Returns 0 (also when running on the
+ * embedded default: nothing to reload) or -EINVAL. */
 int km_daemon_reload(struct km_daemon *d);
 
 #endif

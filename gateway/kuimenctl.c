@@ -18,12 +18,14 @@
 #define EXIT_FAILED 1      /* the daemon answered with an error, or a reload was refused */
 #define EXIT_USAGE 2
 #define EXIT_NOT_RUNNING 3 /* as LSB's "program is not running" */
+#define EXIT_RESTART 4     /* reloaded, but changed keys only a restart applies */
 #define REPLY_MAX (16u << 20)
 #define TIMEOUT_S 10       /* a reload reads the config; everything else answers at once */
 
 static void usage(FILE *out)
 {
         fputs("usage: kuimenctl [--socket PATH] status|links|spool|reload [--json]\n"
+              "       kuimenctl --version | --help\n"
               "       kuimenctl key new\n"
               "       kuimenctl [--socket PATH] spool dead|retry ID|all|drop ID|all [--json]\n"
               "  status   node, links, spool by class, counters\n"
@@ -32,13 +34,18 @@ static void usage(FILE *out)
               "  spool dead          messages set aside because a peer can never take them\n"
               "  spool retry ID|all  send set-aside messages back to the queue (at its tail)\n"
               "  spool drop ID|all   delete set-aside messages\n"
-              "  reload   reload routes and classes, and read narrow links' key files again (as SIGHUP)\n"
+              "  reload   reload routes and classes, and read narrow links' key files again (as SIGHUP);\n"
+              "           lists each changed key that needs a restart (\"restart needed: [link center] uri\")\n"
               "  key new  print a fresh random narrow-link key (32 bytes, base64) for key_file;\n"
               "           the daemon is not asked\n"
-              "  --json   print the daemon's JSON reply as it is\n"
+              "  -s, --socket PATH  the daemon's control socket (see below)\n"
+              "  -j, --json         print the daemon's JSON reply as it is\n"
+              "  -V, --version      print the version\n"
+              "  -h, --help         this text\n"
               "The socket is --socket, else the first that exists of $RUNTIME_DIRECTORY/kuimen.sock,\n"
               "/run/kuimen/kuimen.sock, $STATE_DIRECTORY/kuimen.sock, ./kuimen-state/kuimen.sock.\n"
-              "Exit: 0 ok, 1 the request failed, 2 usage, 3 kuimen is not running.\n",
+              "Exit: 0 ok, 1 the request failed, 2 usage, 3 kuimen is not running,\n"
+              "4 reloaded, but changed keys need a restart.\n",
               out);
 }
 
@@ -463,9 +470,12 @@ static int print_reply(const char *cmd, const cJSON *r)
         }
         if (strcmp(cmd, "reload") == 0) {
                 if (strcmp(str(r, "reload"), "ok") == 0) {
+                        const cJSON *rn = cJSON_GetObjectItemCaseSensitive(r, "restart_needed");
                         printf("reloaded routes and classes from %s (%.0f classes)\n",
                                *str(r, "config") ? str(r, "config") : "the embedded default", num(r, "classes"));
-                        return 0;
+                        cJSON_ArrayForEach(e, rn)
+                                fprintf(stderr, "restart needed: %s\n", cJSON_IsString(e) ? e->valuestring : "?");
+                        return cJSON_GetArraySize(rn) > 0 ? EXIT_RESTART : 0;
                 }
                 fprintf(stderr, "reload refused, the running routes stay:\n");
                 cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(r, "errors"))
@@ -493,7 +503,9 @@ static int json_exit(const cJSON *r)
         if (cJSON_IsString(cJSON_GetObjectItemCaseSensitive(r, "error")))
                 return EXIT_FAILED;
         const cJSON *rl = cJSON_GetObjectItemCaseSensitive(r, "reload");
-        return cJSON_IsString(rl) && strcmp(rl->valuestring, "ok") != 0 ? EXIT_FAILED : 0;
+        if (cJSON_IsString(rl) && strcmp(rl->valuestring, "ok") != 0)
+                return EXIT_FAILED;
+        return cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(r, "restart_needed")) > 0 ? EXIT_RESTART : 0;
 }
 
 static bool is_command(const char *cmd)
@@ -511,17 +523,19 @@ int main(int argc, char **argv)
                 { "socket", required_argument, NULL, 's' },
                 { "json", no_argument, NULL, 'j' },
                 { "help", no_argument, NULL, 'h' },
+                { "version", no_argument, NULL, 'V' },
                 { NULL, 0, NULL, 0 },
         };
         char path[512] = "";
         bool json = false;
         int o, rc;
 
-        while ((o = getopt_long(argc, argv, "s:jh", opts, NULL)) != -1) {
+        while ((o = getopt_long(argc, argv, "s:jhV", opts, NULL)) != -1) {
                 switch (o) {
                 case 's': snprintf(path, sizeof(path), "%s", optarg); break;
                 case 'j': json = true; break;
                 case 'h': usage(stdout); return 0;
+                case 'V': puts("kuimenctl " KM_VERSION); return 0;
                 default: usage(stderr); return EXIT_USAGE;
                 }
         }

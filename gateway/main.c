@@ -1,10 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /* kuimen: parses arguments, loads and checks the config, starts the bridges and runs the loop. */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "control.h"
@@ -20,7 +22,16 @@ static void usage(FILE *out)
 {
         fputs("usage: kuimen [--config FILE] [--live] [--log-level LEVEL]\n"
               "       kuimen --check-config FILE\n"
-              "       kuimen --help-config\n"
+              "       kuimen --help-config | --print-default-config | --version | --help\n"
+              "  -c, --config FILE         run with FILE (else the embedded default)\n"
+              "      --live                print a counters line on stdout every second\n"
+              "      --log-level LEVEL     err, warning, notice, info or debug (over [node] log_level)\n"
+              "      --check-config FILE   run every check the start runs on FILE, print FILE: ok or\n"
+              "                            each error as FILE:LINE: key: why; exit 0 ok, 1 errors\n"
+              "      --help-config         every config key, its type, default and meaning\n"
+              "      --print-default-config  the embedded default config\n"
+              "  -V, --version             print the version\n"
+              "  -h, --help                this text\n"
               "With no --config, kuimen runs its embedded default (kuimen --print-default-config).\n",
               out);
 }
@@ -30,14 +41,130 @@ static bool is_section(const char *s, const char *prefix)
         return strncmp(s, prefix, strlen(prefix)) == 0;
 }
 
-/* Validates everything; errors land in c->errors. On success n is filled. */
+/*
+ * What the spool needs, tried the way the start would use it but leaving nothing
+ * behind: the file opened read-write if it exists, else a file made and removed in the
+ * nearest directory of its path that exists (the start makes the missing ones below
+ * it). access() is not enough: root passes it for /proc, where nothing can be made.
+ */
+static void check_spool(struct km_conf *c, const char *path)
+{
+        char dir[4096], probe[4200];
+        struct stat st;
+        int fd;
+
+        if (stat(path, &st) == 0) {
+                if (!S_ISREG(st.st_mode))
+                        km_conf_error(c, "node", "spool", "%s: not a regular file", path);
+                else if ((fd = open(path, O_RDWR | O_CLOEXEC)) < 0)
+                        km_conf_error(c, "node", "spool", "%s: %s", path, strerror(errno));
+                else
+                        close(fd);
+                return;
+        }
+        snprintf(dir, sizeof(dir), "%s", path);
+        char *slash = strrchr(dir, '/');
+        if (!slash)
+                snprintf(dir, sizeof(dir), ".");
+        else if (slash == dir)
+                slash[1] = '\0';
+        else
+                *slash = '\0';
+        /* Up to the nearest directory that exists ("." or "/" at the top). */
+        while (stat(dir, &st) < 0) {
+                if (errno != ENOENT) {
+                        km_conf_error(c, "node", "spool", "%s: %s", dir, strerror(errno));
+                        return;
+                }
+                if (!(slash = strrchr(dir, '/')))
+                        snprintf(dir, sizeof(dir), ".");
+                else if (slash == dir)
+                        slash[1] = '\0';
+                else
+                        *slash = '\0';
+        }
+        if (!S_ISDIR(st.st_mode)) {
+                km_conf_error(c, "node", "spool", "%s: not a directory", dir);
+                return;
+        }
+        snprintf(probe, sizeof(probe), "%s/.kuimen-check-XXXXXX", dir);
+        if ((fd = mkstemp(probe)) >= 0) {
+                close(fd);
+                unlink(probe);
+        } else {
+                km_conf_error(c, "node", "spool", "%s: cannot write in %s: %s", path, dir, strerror(errno));
+        }
+}
+
+/* The links as the start would run them, on a base: at least one (else messages pile up
+ * with no way out), every name in a link's classes a class of the route, and each class
+ * carried by some link (a warning: a class may be meant to stay at the base). */
+static void check_links(struct km_conf *c, const struct km_node_conf *n, const struct km_route *r)
+{
+        const char *first_restricted = NULL;
+        bool carried[256] = { false }, any = false;
+
+        for (size_t i = 0; i < c->nsections; i++) {
+                const char *s = c->sections[i];
+                if (!is_section(s, "link ") || !s[5])
+                        continue;
+                any = true;
+                const char *v = km_conf_get(c, s, "classes");
+                struct km_strv cl = { 0 };
+                if (v && km_strv_split(&cl, v) < 0)
+                        continue;
+                if (!cl.n) {
+                        memset(carried, 1, sizeof(carried));
+                        continue;
+                }
+                if (!first_restricted)
+                        first_restricted = s;
+                for (size_t k = 0; k < cl.n; k++) {
+                        size_t j;
+                        for (j = 0; j < r->n && strcmp(r->cls[j].name, cl.v[k]) != 0; j++)
+                                ;
+                        if (j < r->n) {
+                                carried[j < 256 ? j : 255] = true;
+                                continue;
+                        }
+                        char known[512] = "";
+                        for (size_t q = 0, o = 0; q < r->n && o < sizeof(known); q++)
+                                o += (size_t)snprintf(known + o, sizeof(known) - o, "%s%s", q ? ", " : "", r->cls[q].name);
+                        km_conf_error(c, s, "classes", "'%s' is not a class (the classes: %s)", cl.v[k], known);
+                }
+                km_strv_free(&cl);
+        }
+        if (!n->role || strcmp(n->role, "base") != 0)
+                return;
+        if (!any) {
+                km_conf_error(c, "node", NULL, "a base needs a [link NAME]: without one its messages are spooled with no way out");
+                return;
+        }
+        char none[512] = "";
+        size_t o = 0, nn = 0;
+        for (size_t j = 0; j < r->n && j < 256 && o < sizeof(none); j++)
+                if (!carried[j])
+                        o += (size_t)snprintf(none + o, sizeof(none) - o, "%s%s", nn++ ? ", " : "", r->cls[j].name);
+        if (nn)
+                km_conf_warn(c, first_restricted, "classes",
+                             "no link may carry class%s %s (no link's classes name %s): %s messages stay in the spool until their ttl",
+                             nn > 1 ? "es" : "", none, nn > 1 ? "them" : "it", nn > 1 ? "their" : "its");
+}
+
+/* Validates everything the start uses; errors land in c->errors, warnings in
+ * c->warnings. On success n is filled. */
 static int check_all(struct km_conf *c, struct km_node_conf *n)
 {
         struct km_route r;
+        int rrc;
 
         km_node_conf_load(n, c);
-        if (km_route_load(&r, c) != -ENOMEM)
+        if ((rrc = km_route_load(&r, c)) != -ENOMEM) {
+                check_links(c, n, &r);
                 km_route_deinit(&r);
+        }
+        if (n->spool)
+                check_spool(c, n->spool);
         km_mqtt_local_check(c);
         for (size_t i = 0; i < c->nsections; i++) {
                 const char *s = c->sections[i];
@@ -65,17 +192,34 @@ static int check_all(struct km_conf *c, struct km_node_conf *n)
         return c->nerrors ? -EINVAL : 0;
 }
 
-static int load(struct km_conf *c, struct km_node_conf *n, const char *path)
+/* The daemon's reload runs the same checks (gateway/ cannot call the bridges). */
+static int check_config(struct km_conf *c)
+{
+        struct km_node_conf n = { 0 };
+        int rc = check_all(c, &n);
+        km_node_conf_release(&n);
+        return rc;
+}
+
+/* Loads and checks path (NULL: the embedded default), printing errors and warnings:
+ * plain for --check-config (check), with their priority for the journal at the start. */
+static int load(struct km_conf *c, struct km_node_conf *n, const char *path, bool check)
 {
         int rc = km_conf_load(c, path ? path : "<embedded default>", path ? NULL : km_default_config);
         if (rc < 0) {
-                fprintf(stderr, "%s: %s\n", path, strerror(-rc));
+                fprintf(stderr, "%s: %s%s\n", path, strerror(-rc), rc == -EISDIR ? ": a config is a file" : "");
                 return rc;
         }
         if (c->nerrors == 0)
                 check_all(c, n);
         for (size_t i = 0; i < c->nerrors; i++)
                 fprintf(stderr, "%s\n", c->errors[i]);
+        for (size_t i = 0; i < c->nwarnings; i++) {
+                if (check)
+                        fprintf(stderr, "%s\n", c->warnings[i]);
+                else
+                        KM_LOG(KM_LOG_WARNING, "config", "%s", c->warnings[i]);
+        }
         return c->nerrors ? -EINVAL : 0;
 }
 
@@ -126,14 +270,14 @@ int main(int argc, char **argv)
         struct km_conf c;
         struct km_node_conf n = { 0 };
         if (check) {
-                int rc = load(&c, &n, check);
+                int rc = load(&c, &n, check, true);
                 if (rc == 0)
                         printf("%s: ok\n", check);
                 km_node_conf_release(&n);
                 km_conf_deinit(&c);
                 return rc == 0 ? 0 : 1;
         }
-        if (load(&c, &n, path) < 0) {
+        if (load(&c, &n, path, false) < 0) {
                 km_node_conf_release(&n);
                 km_conf_deinit(&c);
                 return 1;
@@ -148,6 +292,7 @@ int main(int argc, char **argv)
         struct km_daemon d;
         int rc = km_daemon_init(&d, &n, &c, path);
         d.live = live;
+        d.check_config = check_config;
         d.clock = km_gnss_clock;
         if (rc == 0)
                 rc = km_mqtt_local_start(&d, &c);

@@ -1512,6 +1512,50 @@ static int narrow_timing(struct km_conf *c, const char *section, bool center, in
         return bad;
 }
 
+static void check_log(km_plugin_link *h, int level, const char *fmt, ...)
+{
+        char msg[512];
+        va_list ap;
+        (void)h;
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof(msg), fmt, ap);
+        va_end(ap);
+        KM_LOG(level, "link", "check: %s", msg);
+}
+
+/* The plugin's own keys: their names here (take_keys), their values by the plugin's
+ * check op (ABI 1.1), which reads them as its open() would and opens nothing. Before
+ * it, a bad value passed --check-config and stopped the start. Returns errors added. */
+static int plugin_keys_check(struct km_conf *c, const char *section, const struct km_plugin_desc *desc)
+{
+        static const struct km_host_api check_api = {
+                .abi_major = KM_PLUGIN_ABI_MAJOR,
+                .abi_minor = KM_PLUGIN_ABI_MINOR,
+                .struct_size = sizeof(struct km_host_api),
+                .log = check_log,
+                .config = api_config,
+        };
+        if (desc->abi_minor < 1 || !desc->ops->check) {
+                take_keys(c, section, desc, NULL, NULL);
+                return 0;
+        }
+        km_plugin_link *h = calloc(1, sizeof(*h));
+        if (!h)
+                return 0;
+        take_keys(c, section, desc, &h->kv, &h->nkv);
+        const char *key = NULL;
+        char why[512] = "";
+        int bad = desc->ops->check(h, &check_api, &key, why, sizeof(why)) < 0;
+        if (bad)
+                km_conf_error(c, section, key && km_conf_get(c, section, key) ? key : NULL, "%s",
+                              *why ? why : "the plugin refused the link's keys");
+        for (size_t i = 0; i < h->nkv; i++)
+                free(h->kv[i].key), free(h->kv[i].value);
+        free(h->kv);
+        free(h);
+        return bad;
+}
+
 int km_plugin_check(struct km_conf *c, const char *section, const char *plugin_dir)
 {
         const char *type = km_conf_get(c, section, "type");
@@ -1533,7 +1577,10 @@ int km_plugin_check(struct km_conf *c, const char *section, const char *plugin_d
                 km_strv_split(&peers, pv);
         const char *files[2] = { nc.key_file, nc.key_file_next }, *fkeys[2] = { "key_file", "key_file_next" };
         for (int fi = 0; fi < 2; fi++) {
-                if (!files[fi])
+                /* On reload, km_plugin_reload_keys reads them and keeps the keys in use
+                 * when a file is bad: a key file made readable must not refuse the
+                 * routes too. */
+                if (!files[fi] || c->reloading)
                         continue;
                 char *full = conf_relative(c->file, files[fi]);
                 struct km_auth_key k;
@@ -1559,7 +1606,7 @@ int km_plugin_check(struct km_conf *c, const char *section, const char *plugin_d
                 km_conf_parse_duration(at, &ackt);
         bad += narrow_timing(c, section, role && strcmp(role, "center") == 0, ackt, &rto, &probe);
         km_conf_release(cmd_keys, &nc);
-        take_keys(c, section, desc, NULL, NULL);
+        bad += plugin_keys_check(c, section, desc);
         const char *dict = km_conf_get(c, section, "dictionary");
         struct km_dict kd;
         if (dict && km_dict_load(&kd, dict, c->file, why, sizeof(why)) < 0) {

@@ -41,7 +41,7 @@
  */
 
 #define KM_PLUGIN_ABI_MAJOR 1
-#define KM_PLUGIN_ABI_MINOR 0
+#define KM_PLUGIN_ABI_MINOR 1
 
 #define KM_PLUGIN_EXPORT __attribute__((visibility("default")))
 
@@ -109,7 +109,14 @@ struct km_plugin_ops {
         int (*send)(void *state, const void *frame, size_t len, uint32_t token);
         /* The largest frame the device takes now. */
         uint32_t (*mtu)(void *state);
-        void *reserved[8];
+        /* ABI 1.1, optional (NULL: the host checks only the key names). Checks this
+         * link's keys as open() would read them, through api->config, opening and
+         * starting nothing: kuimen --check-config and the start run it, so a bad value
+         * names its FILE:LINE before anything runs. In api only log and config are set.
+         * Returns 0, or -EINVAL with *key the key at fault (NULL: the section) and why
+         * (len bytes) filled. */
+        int (*check)(km_plugin_link *h, const struct km_host_api *api, const char **key, char *why, size_t len);
+        void *reserved[7];
 };
 
 struct km_plugin_desc {

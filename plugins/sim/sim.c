@@ -368,11 +368,13 @@ static const char *check_conf(const struct sim_conf *c, const char **key, char *
         return NULL;
 }
 
-/* Reads every key through the host; logs "key = 'value': why" once and returns
- * -EINVAL on the first bad one. */
-static int read_conf(km_plugin_link *h, const struct km_host_api *api, struct sim_conf *c)
+/* Reads every key through the host. On the first bad one returns -EINVAL with *key
+ * the key and why "key = 'value': reason (help)" (or "key: reason"), for open() to log
+ * and check() to hand back. */
+static int read_conf(km_plugin_link *h, const struct km_host_api *api, struct sim_conf *c, const char **key,
+                     char *why, size_t wn)
 {
-        char why[128];
+        char buf[128];
         *c = (struct sim_conf){ 0 };
         for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++) {
                 const struct sim_opt *o = &opts[i];
@@ -383,26 +385,28 @@ static int read_conf(km_plugin_link *h, const struct km_host_api *api, struct si
                 if (!v) {
                         if (o->off == CONF(seed))
                                 continue;
-                        api->log(h, KM_PLUGIN_LOG_ERR, "sim: %s: missing (%s)", o->key, o->help);
+                        *key = o->key;
+                        snprintf(why, wn, "sim: %s: missing (%s)", o->key, o->help);
                         return -EINVAL;
                 }
                 switch (o->type) {
                 case OPT_ADDR: bad = parse_addr(v, dst); break;
-                case OPT_UINT: bad = parse_uint(v, dst, o->min, o->max, why, sizeof(why)); break;
-                case OPT_DURATION: bad = parse_duration(v, dst, o->min, o->max, why, sizeof(why)); break;
+                case OPT_UINT: bad = parse_uint(v, dst, o->min, o->max, buf, sizeof(buf)); break;
+                case OPT_DURATION: bad = parse_duration(v, dst, o->min, o->max, buf, sizeof(buf)); break;
                 case OPT_PROB: bad = parse_prob(v, dst); break;
-                case OPT_SCHEDULE: bad = parse_schedule(v, dst, why, sizeof(why)); break;
+                case OPT_SCHEDULE: bad = parse_schedule(v, dst, buf, sizeof(buf)); break;
                 }
                 if (bad) {
-                        api->log(h, KM_PLUGIN_LOG_ERR, "sim: %s = '%s': %s (%s)", o->key, v, bad, o->help);
+                        *key = o->key;
+                        snprintf(why, wn, "sim: %s = '%s': %s (%s)", o->key, v, bad, o->help);
                         return -EINVAL;
                 }
                 if (o->off == CONF(seed))
                         c->seed_set = true;
         }
-        const char *key = NULL, *bad = check_conf(c, &key, why, sizeof(why));
+        const char *bad = check_conf(c, key, buf, sizeof(buf));
         if (bad) {
-                api->log(h, KM_PLUGIN_LOG_ERR, "sim: %s: %s", key, bad);
+                snprintf(why, wn, "sim: %s: %s", *key, bad);
                 return -EINVAL;
         }
         return 0;
@@ -739,9 +743,13 @@ static int sim_open(km_plugin_link *h, const struct km_host_api *api, void **sta
 
         if (!api || api->abi_major != KM_PLUGIN_ABI_MAJOR || api->struct_size < offsetof(struct km_host_api, reserved))
                 return -EPROTO;
-        r = read_conf(h, api, &c);
-        if (r < 0)
+        const char *key = NULL;
+        char why[512];
+        r = read_conf(h, api, &c, &key, why, sizeof(why));
+        if (r < 0) {
+                api->log(h, KM_PLUGIN_LOG_ERR, "%s", why);
                 return r;
+        }
 
         struct sim *s = calloc(1, sizeof(*s));
         if (!s)
@@ -878,11 +886,19 @@ static uint32_t sim_mtu(void *state)
         return (uint32_t)s->c.mtu;
 }
 
+/* kuimen --check-config: the keys as open() reads them, and nothing opened. */
+static int sim_check(km_plugin_link *h, const struct km_host_api *api, const char **key, char *why, size_t len)
+{
+        struct sim_conf c;
+        return read_conf(h, api, &c, key, why, len);
+}
+
 static const struct km_plugin_ops ops = {
         .open = sim_open,
         .close = sim_close,
         .send = sim_send,
         .mtu = sim_mtu,
+        .check = sim_check,
 };
 
 static const struct km_plugin_desc desc = {
