@@ -49,13 +49,13 @@ static bool is_section(const char *s, const char *prefix)
  */
 static void check_spool(struct km_conf *c, const char *path)
 {
-        char dir[4096], probe[4200];
+        char dir[4096], probe[4200], why[4200];
         struct stat st;
         int fd;
 
         if (stat(path, &st) == 0) {
-                if (!S_ISREG(st.st_mode))
-                        km_conf_error(c, "node", "spool", "%s: not a regular file", path);
+                if (km_spool_foreign(path, why, sizeof(why)) < 0)
+                        km_conf_error(c, "node", "spool", "%s: %s", path, why);
                 else if ((fd = open(path, O_RDWR | O_CLOEXEC)) < 0)
                         km_conf_error(c, "node", "spool", "%s: %s", path, strerror(errno));
                 else
