@@ -793,8 +793,9 @@ static int handle_connack(struct km_mqttc *c, const uint8_t *p, size_t n)
          * Maximum, 0 included, is kept. */
         c->max_packet = pr.max_packet;
         if (pr.max_packet || pr.receive_max < 65535)
-                KM_LOG(KM_LOG_INFO, "mqtt", "%s: %s takes packets of %u bytes at most, %d publishes in flight (topic aliases: %d, none used)",
-                       c->role, c->uri, pr.max_packet, pr.receive_max, pr.topic_alias_max);
+                KM_LOG(KM_LOG_INFO, "mqtt", "%s: %s takes packets of %s, %d publishes in flight (topic aliases: %d, none used)",
+                       c->role, c->uri, km_packet_limit(pr.max_packet, (char[32]){ 0 }, 32), pr.receive_max,
+                       pr.topic_alias_max);
         c->ka_s = pr.server_keepalive >= 0 ? (unsigned)pr.server_keepalive : c->keepalive_s;
         c->st = C_UP;
         c->backoff_s = 1;
@@ -1316,4 +1317,12 @@ void km_mqttc_free(struct km_mqttc *c)
         free(c->in.p);
         free(c->out.p);
         free(c);
+}
+
+const char *km_packet_limit(uint32_t max_packet, char *buf, size_t len)
+{
+        if (!max_packet)
+                return "any size";
+        snprintf(buf, len, "%u bytes at most", (unsigned)max_packet);
+        return buf;
 }

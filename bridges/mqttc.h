@@ -95,5 +95,7 @@ int km_mqttc_feed(struct km_mqttc *c, const void *bytes, size_t len);
 
 /* The reason code's name (MQTT v5), for log lines. */
 const char *km_mqttc_reason(int rc);
+/* "N bytes at most" for a CONNACK's Maximum Packet Size, "any size" for 0 (absent). */
+const char *km_packet_limit(uint32_t max_packet, char *buf, size_t len);
 
 #endif

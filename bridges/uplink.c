@@ -336,8 +336,8 @@ static void on_connect(struct mosquitto *m, void *ud, int rc, int flags, const m
                 u->send_max = 1;
         u->max_packet = pmax;
         if (pmax || rmax < 65535)
-                KM_LOG(KM_LOG_INFO, "mqtt", "up: %s takes packets of %u bytes at most, %u publishes in flight (topic aliases: %u, none used)",
-                       u->uri, pmax, rmax, amax);
+                KM_LOG(KM_LOG_INFO, "mqtt", "up: %s takes packets of %s, %u publishes in flight (topic aliases: %u, none used)",
+                       u->uri, km_packet_limit(pmax, (char[32]){ 0 }, 32), rmax, amax);
         u->connack = sd_event_source_disable_unref(u->connack);
         u->st = U_UP;
         u->backoff_s = 1;
