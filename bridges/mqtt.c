@@ -236,19 +236,21 @@ static void client_event(void *ud, uint64_t ev)
                  * connect, so the uplink's finding that the same broker refuses 5
                  * counts too. Paho fixes the version when the client is created: a
                  * new client. */
+                unsigned delay_s = c->backoff_s;
                 if (conf_version(&b->conf) == KM_MQTT_AUTO && c->level == 5 && !b->d->stopping &&
                     (ev == EV_REFUSED_V5 || bridge_version(b) == 4)) {
                         MQTTAsync_destroy(&c->cli);
                         if (client_create(c, 4) == 0)
                                 KM_LOG(KM_LOG_NOTICE, "mqtt", "%s: %s refuses MQTT 5: the downlink speaks 3.1.1 until "
                                        "kuimen restarts (protocol = auto)", c->role, b->conf.uri);
+                        delay_s = 0; /* not an outage: the broker answered, in another version */
                 }
                 /* Paho reconnects by itself only after a first success. */
                 if (!b->d->stopping) {
                         sd_event_source_unref(c->retry);
-                        sd_event_add_time_relative(b->d->ev, &c->retry, CLOCK_MONOTONIC, c->backoff_s * 1000000ULL,
+                        sd_event_add_time_relative(b->d->ev, &c->retry, CLOCK_MONOTONIC, delay_s * 1000000ULL,
                                                    100000, on_retry, c);
-                        if (c->backoff_s < 5)
+                        if (delay_s && c->backoff_s < 5)
                                 c->backoff_s++;
                 }
                 break;

@@ -386,6 +386,10 @@ static void drop(struct km_mqttc *c, const char *why)
         if (was_up) {
                 c->cb.lost(c->cb.ud, why);
                 schedule_retry(c, 1); /* an outage's end is used at once */
+        } else if (c->try311) {
+                /* Not an outage: the broker answered, in another version. */
+                c->cb.failed_connect(c->cb.ud, why);
+                schedule_retry(c, 0);
         } else {
                 c->cb.failed_connect(c->cb.ud, why);
                 schedule_retry(c, c->backoff_s);

@@ -229,6 +229,10 @@ static void drop(struct km_uplink *u, const char *why)
         if (was_up) {
                 u->cb.lost(u->cb.ud, why);
                 schedule_retry(u, 1); /* an outage's end is used at once */
+        } else if (u->try311) {
+                /* Not an outage: the broker answered, in another version. */
+                u->cb.failed_connect(u->cb.ud, why);
+                schedule_retry(u, 0);
         } else {
                 u->cb.failed_connect(u->cb.ud, why);
                 schedule_retry(u, u->backoff_s);

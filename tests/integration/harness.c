@@ -816,6 +816,8 @@ static int gate_check(struct h_proxy *p, int i)
 {
         uint8_t h[16];
         ssize_t n = recv(p->a[i], h, sizeof(h), MSG_PEEK | MSG_DONTWAIT);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+                return 0;
         if (n <= 0)
                 return 1; /* EOF or error: pump() sees it */
         size_t k = 1;
@@ -869,6 +871,9 @@ static void *proxy_main(void *arg)
                                 p->a[p->n] = c;
                                 p->checked[p->n] = !atomic_load(&p->v311_only);
                                 p->b[p->n++] = s;
+                                /* Its pollfds are not in pf yet: the others' events
+                                 * wait for the next poll (level-triggered). */
+                                continue;
                         }
                 }
                 for (int i = 0; i < p->n; i++) {
