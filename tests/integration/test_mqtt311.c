@@ -385,23 +385,48 @@ Test(mqtt311, center_role_on_a_311_broker)
 
 struct rabbit {
         struct h_proc epmd, node;
-        int mqtt_port;
+        int mqtt_port, tls_port;
 };
+
+/* A CA and a server certificate for 127.0.0.1 (EC P-256: fast), in dir. */
+static void make_certs(const char *dir)
+{
+        char cmd[2048];
+        snprintf(cmd, sizeof(cmd),
+                 "cd '%s' && set -e; exec 2>certs.log;"
+                 "key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out $1.key; };"
+                 "key ca; openssl req -x509 -new -key ca.key -out ca.crt -days 2 -subj /CN=kuimen-test-ca"
+                 "  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign;"
+                 "key server; openssl req -new -key server.key -out server.csr -subj /CN=localhost;"
+                 "printf '%%s\\n' 'subjectAltName=IP:127.0.0.1,DNS:localhost' 'basicConstraints=CA:FALSE' > server.ext;"
+                 "openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -out server.crt"
+                 "  -extfile server.ext",
+                 dir);
+        cr_assert_eq(system(cmd), 0, "certificates in %s (certs.log)", dir);
+}
 
 /* One RabbitMQ node with the MQTT plugin on a free loopback port, with its own epmd,
  * node name, distribution port and mnesia, log and plugin directories under dir. */
 static void rabbit_start(struct rabbit *r, const char *dir)
 {
-        char conf[256], plugins[256], log[300], path[300];
+        char conf[256], plugins[256], log[300];
         struct stat st;
         cr_assert(stat(RABBIT, &st) == 0, RABBIT " is missing: config/deps.sh installs rabbitmq-server for the tests");
         int epmd = h_free_port(), dist = h_free_port(), amqp = h_free_port();
         r->mqtt_port = h_free_port();
+        r->tls_port = h_free_port();
+        make_certs(dir);
         snprintf(conf, sizeof(conf), "%s/rabbitmq.conf", dir);
         snprintf(plugins, sizeof(plugins), "%s/enabled_plugins", dir);
-        snprintf(path, sizeof(path), "listeners.tcp = none\nmqtt.listeners.tcp.default = 127.0.0.1:%d\n"
-                 "mqtt.allow_anonymous = true\nloopback_users = none\n", r->mqtt_port);
-        h_write_text(conf, path);
+        char text[2048];
+        snprintf(text, sizeof(text),
+                 "listeners.tcp = none\nmqtt.listeners.tcp.default = 127.0.0.1:%d\n"
+                 "mqtt.listeners.ssl.default = 127.0.0.1:%d\nssl_options.cacertfile = %s/ca.crt\n"
+                 "ssl_options.certfile = %s/server.crt\nssl_options.keyfile = %s/server.key\n"
+                 "ssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n"
+                 "mqtt.allow_anonymous = true\nloopback_users = none\n",
+                 r->mqtt_port, r->tls_port, dir, dir, dir);
+        h_write_text(conf, text);
         h_write_text(plugins, "[rabbitmq_mqtt].\n");
         char eport[16];
         snprintf(eport, sizeof(eport), "%d", epmd);
@@ -433,6 +458,7 @@ static void rabbit_start(struct rabbit *r, const char *dir)
         snprintf(log, sizeof(log), "%s/rabbitmq.log", dir);
         h_spawn(&r->node, log, argv, envp);
         cr_assert(h_wait_port(r->mqtt_port, 30000), "RabbitMQ's MQTT listener on %d (%s)", r->mqtt_port, log);
+        cr_assert(h_wait_port(r->tls_port, 5000), "RabbitMQ's MQTT TLS listener on %d (%s)", r->tls_port, log);
 }
 
 /* Killed: its state dies with the test's directory, and a clean stop takes seconds. */
@@ -444,8 +470,10 @@ static void rabbit_stop(struct rabbit *r)
 
 /* The center is RabbitMQ: it closes the socket on an MQTT 5 CONNECT. protocol = auto:
  * 3 000 messages once each and in order to a 3.1.1 subscriber of RabbitMQ, with origin
- * and id, and a command from RabbitMQ down to the base's terminals. */
-Test(mqtt311, rabbitmq_center, .timeout = 60)
+ * and id, and a command from RabbitMQ down to the base's terminals. Beside it a base
+ * "south" reaches RabbitMQ over TLS (the libmosquitto uplink, Paho's downlink over TLS):
+ * the same fallback, its messages and a command. */
+Test(rabbitmq, a_311_center_over_tcp_and_tls, .timeout = 60)
 {
         struct env e;
         struct rabbit r = { 0 };
@@ -454,6 +482,21 @@ Test(mqtt311, rabbitmq_center, .timeout = 60)
         h_tmpdir(dir, sizeof(dir), "m311-rabbit");
         rabbit_start(&r, dir);
         env_start(&e, "m311-rabbit-k", 0, r.mqtt_port, NULL);
+        /* south, over TLS */
+        struct h_broker slocal;
+        struct h_proc south;
+        char sconf[300], slog[300], text[1024];
+        h_broker_start(&slocal, dir, 0, NULL);
+        snprintf(sconf, sizeof(sconf), "%s/south.conf", dir);
+        snprintf(slog, sizeof(slog), "%s/south.log", dir);
+        snprintf(text, sizeof(text),
+                 "[node]\nname = south\nspool = %s/south/spool.db\nstats_interval = 0\n"
+                 "[local]\nuri = tcp://127.0.0.1:%d\nsubscribe = sensors/#\n"
+                 "[link center]\ntype = mqtt\nuri = ssl://127.0.0.1:%d\nca = %s/ca.crt\nkeepalive = 2s\n",
+                 dir, slocal.port, r.tls_port, dir);
+        h_write_text(sconf, text);
+        const char *sargs[] = { "--config", sconf, NULL };
+        h_kuimen_start(&south, slog, sargs);
         h_mqtt_version = 4; /* RabbitMQ's own clients */
         h_sub_start(&sub, r.mqtt_port, "console", "kuimen/north/sensors/#", false);
         cr_assert(h_log_wait(&e.k, "up: connected to", 15000), "the uplink connected (%s)", e.klog);
@@ -468,6 +511,35 @@ Test(mqtt311, rabbitmq_center, .timeout = 60)
         cr_assert_str_eq(field(link_of(st, "local"), "protocol"), "5");
         cJSON_Delete(st);
         h_sub_stop(&sub);
+
+        /* south: its uplink over TLS found 3.1.1 too; 200 readings and a command */
+        cr_assert(h_log_wait(&south, "up: connected to ssl://", 15000), "south's TLS uplink connected (%s)", slog);
+        cr_assert(h_log_count(&south, "refuses MQTT 5 and takes 3.1.1") >= 1, "%s", slog);
+        cr_assert(h_log_wait(&south, "down: connected to ssl://", 15000), "south's TLS downlink connected (%s)", slog);
+        h_sub_start(&sub, r.mqtt_port, "console-south", "kuimen/south/sensors/#", false);
+        h_mqtt_version = 5;
+        struct h_pub sp;
+        h_pub_start(&sp, slocal.port, "south-terminals");
+        for (int i = 0; i < 200; i++) {
+                char pl[16];
+                snprintf(pl, sizeof(pl), "0:%d", i);
+                while (h_pub_send(&sp, "sensors/flow", pl) != 0)
+                        h_sleep_ms(5);
+        }
+        cr_assert(h_pub_flush(&sp, 10000));
+        h_pub_stop(&sp);
+        h_mqtt_version = 4;
+        cr_assert_eq(h_sub_wait(&sub, 200, 15000), 200, "south's readings over TLS (%s)", slog);
+        pthread_mutex_lock(&sub.mu);
+        cr_assert_eq(sub.dups, 0);
+        cr_assert_eq(h_order_violations(&sub), 0);
+        for (size_t i = 0; i < sub.n; i++)
+                cr_assert(sub.rx[i].id && strcmp(sub.rx[i].origin, "south") == 0, "south's reading %zu: origin %s",
+                          i, sub.rx[i].origin);
+        pthread_mutex_unlock(&sub.mu);
+        h_sub_stop(&sub);
+        h_stop(&south, SIGTERM);
+        h_stop(&slocal.p, SIGTERM);
         h_mqtt_version = 5;
         env_stop(&e);
         rabbit_stop(&r);
