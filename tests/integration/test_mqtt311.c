@@ -227,6 +227,13 @@ Test(mqtt311, auto_forwards_to_a_311_center)
         cr_assert_str_eq(field(link_of(r, "center"), "protocol_down"), "3.1.1");
         cr_assert_str_eq(field(link_of(r, "local"), "protocol"), "5");
         cJSON_Delete(r);
+        char cmd[700], out[8192];
+        snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' status 2>&1", ctl_path(), e.sock);
+        FILE *f = popen(cmd, "r");
+        size_t len = fread(out, 1, sizeof(out) - 1, f);
+        out[len] = '\0';
+        pclose(f);
+        cr_assert(strstr(out, "\ncenter: MQTT 3.1.1\n") && strstr(out, "\nlocal: MQTT 5\n"), "kuimenctl status: %s", out);
         char *m = metrics(e.mport);
         cr_assert(strstr(m, "\nkuimen_link_mqtt_protocol{link=\"center\",connection=\"up\"} 4\n"), "%s", m);
         cr_assert(strstr(m, "\nkuimen_link_mqtt_protocol{link=\"center\",connection=\"down\"} 4\n"), "%s", m);
