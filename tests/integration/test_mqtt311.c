@@ -261,12 +261,14 @@ Test(mqtt311, connack_rc1_and_explicit_311)
 {
         struct env e;
         struct h_sub sub;
-        env_start(&e, "m311-rc1", 2, 0, "downlink = no");
+        env_start(&e, "m311-rc1", 2, 0, NULL);
         h_sub_start(&sub, e.center.port, "console", "kuimen/north/sensors/#", false);
         cr_assert(h_log_wait(&e.k, "up: connected to", 15000), "the uplink connected (%s)", e.klog);
         cr_assert(h_log_count(&e.k, "refuses MQTT 5 (CONNACK return code 1, unacceptable protocol version)") >= 1,
                   "the refusal's reason logged (%s)", e.klog);
-        cr_assert_eq(atomic_load(&e.gate.refused_v5), 1);
+        cr_assert(h_log_wait(&e.k, "down: connected to", 15000), "the downlink connected (%s)", e.klog);
+        cr_assert_eq(h_log_count(&e.k, "(MQTT 3.1.1)"), 2, "uplink and downlink on 3.1.1 (%s)", e.klog);
+        cr_assert_eq(atomic_load(&e.gate.refused_v5), 2, "each refused once");
         struct h_pub pub;
         h_pub_start(&pub, e.local.port, "terminal");
         cr_assert_eq(h_pub_send(&pub, "sensors/x", "0:1"), 0);
