@@ -435,8 +435,7 @@ static int on_message(void *context, char *topic, int topic_len, MQTTAsync_messa
 static void link_up(void *ud)
 {
         struct bridge *b = ud;
-        if (b->up) /* mqttc says so itself */
-                KM_LOG(KM_LOG_NOTICE, "mqtt", "up: connected to %s", b->conf.uri);
+        /* mqttc and uplink.c say so themselves, with the MQTT version. */
         /* What the daemon fits its own status messages to (km_link_room): the peer's
          * limit, and what a packet of ours adds to a message's topic and payload: the
          * fixed header (5), topic length and packet id (4), and on the uplink the
