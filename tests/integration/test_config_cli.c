@@ -158,6 +158,14 @@ Test(config_cli, check_config_runs_the_start_checks)
         replace(text, sizeof(text), "loss = 2", "loss = 0.5");
         cr_assert_eq(check(dir, text, out, path), 0, "%s", out);
 
+        /* An MQTT version, and a 3.1.1 meta form, that do not exist (issue 15). */
+        base_conf(text, sizeof(text), dir, NULL, "protocol = 4\nv311_meta = suffix\n", NULL);
+        cr_assert_eq(check(dir, text, out, path), 1, "%s", out);
+        cr_assert(has_line(out, path, "8: protocol: '4' is not one of: auto 5 3.1.1"), "%s", out);
+        cr_assert(has_line(out, path, "9: v311_meta: 'suffix' is not one of: envelope none"), "%s", out);
+        base_conf(text, sizeof(text), dir, NULL, "protocol = 3.1.1\nv311_meta = none\n", NULL);
+        cr_assert_eq(check(dir, text, out, path), 0, "%s", out);
+
         /* A link's classes name a class that does not exist. */
         base_conf(text, sizeof(text), dir, NULL, "classes = alert, nonsense\n", NULL);
         cr_assert_eq(check(dir, text, out, path), 1, "%s", out);
