@@ -156,8 +156,9 @@ struct sbd_opt {
 static const struct sbd_opt opts[] = {
         { "device", OPT_PATH, NULL, CONF(device), 0, 0, "serial port of the modem, e.g. /dev/ttyUSB0" },
         { "baud", OPT_BAUD, "19200", CONF(baud), 0, 0, "serial speed (the 9602/9603 default is 19200)" },
-        { "mtu", OPT_UINT, "340", CONF(mtu), 64, SBD_MO_MAX,
-          "largest frame: 340 (MO limit); 270 when the far end is a modem too (its MT limit)" },
+        { "mtu", OPT_UINT, "270", CONF(mtu), 64, SBD_MO_MAX,
+          "largest frame: 270, the far modem's MT limit; up to 340 (the MO limit) only when nothing "
+          "on the far side is a modem" },
         { "at_timeout", OPT_DURATION, "20s", CONF(at_timeout_us), 100000, US(600),
           "how long the modem may take to answer a command other than a session" },
         { "session_timeout", OPT_DURATION, "60s", CONF(session_timeout_us), 100000, US(3600),
@@ -446,7 +447,9 @@ static int open_port(struct sbd *s)
         cfmakeraw(&t);
         t.c_cflag |= CLOCAL | CREAD;
         t.c_cflag &= ~(tcflag_t)(CRTSCTS | CSTOPB | PARENB);
-        t.c_cc[VMIN] = 0;
+        /* VMIN 1: with 0, a non-blocking read of an idle port returns 0, which is how
+         * a hang-up reads; with 1 it is EAGAIN. */
+        t.c_cc[VMIN] = 1;
         t.c_cc[VTIME] = 0;
         cfsetispeed(&t, speed_of(s->c.baud));
         cfsetospeed(&t, speed_of(s->c.baud));
