@@ -78,7 +78,10 @@ void sbd_rx_feed(struct sbd_rx *rx, const uint8_t *p, size_t n, sbd_rx_cb cb, vo
                                 bool good = sbd_checksum(rx->buf + 2, len) == sum;
                                 rx->block = false;
                                 rx->bhave = rx->bwant = 0;
-                                cb(ud, good ? SBD_RX_BLOCK : SBD_RX_BADBLOCK, rx->buf + 2, len);
+                                if (good)
+                                        cb(ud, SBD_RX_BLOCK, rx->buf + 2, len);
+                                else
+                                        cb(ud, SBD_RX_BADBLOCK, NULL, 0);
                         }
                         continue;
                 }
