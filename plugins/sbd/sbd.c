@@ -757,6 +757,12 @@ static void session_done(struct sbd *s)
                         s->api->log(s->h, KM_PLUGIN_LOG_DEBUG, "sbd: MO %zu B sent, MOMSN %ld", s->mo_len, v[1]);
                         s->mo_dirty = true;
                 }
+                /* The MO went but the mailbox check failed: the mailbox is tried
+                 * again after a back-off, not in a tight loop. */
+                if (v[2] == 2 && s->mt_wait) {
+                        s->fails++;
+                        arm_retry(s, backoff_us(s, 0));
+                }
                 report(s);
                 if (carried)
                         give_back(s, 0);
@@ -950,8 +956,11 @@ static void on_line(struct sbd *s, const char *line, size_t len)
                 }
                 if (s->inited)
                         report(s);
-                if (s->state == KM_PLUGIN_DOWN && s->mo_have && !s->mo_written && s->cmd == C_NONE)
+                /* DOWN tells the host to replay elsewhere: a frame waiting here (for
+                 * its write or out a back-off) goes back now, not after a session. */
+                if (s->state == KM_PLUGIN_DOWN && s->mo_have && s->cmd == C_NONE)
                         give_back(s, -ENOTCONN);
+                maybe_ready(s);
                 return;
         case SBD_K_RING:
                 s->mt_wait = true;
