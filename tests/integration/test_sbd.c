@@ -372,21 +372,36 @@ Test(sbd, mt_queue_drained, .timeout = 60)
 }
 
 /* The USB adapter pulled and plugged back: DOWN with the reason, reopened on the
- * timer, initialised, and traffic flows again. */
-Test(sbd, device_unplugged, .timeout = 60)
+ * timer, initialised, and traffic flows again. Then the sky: a weak signal (+CIEV
+ * CSQ 1) is DEGRADED, lost service (+CIEV service 0) is DOWN and holds traffic, and
+ * the message waiting crosses once service is back. */
+Test(sbd, unplugged_and_signal_lost, .timeout = 60)
 {
         struct sbd_pair p;
         pair_up(&p, "sbd-unplug", NULL, NULL);
         sim_ctl(&p, "unplug base 800", NULL, 0);
         cr_assert(h_log_wait(&p.base, "sat: up -> down (device gone", 5000), "%s", p.blog);
-        cr_assert(h_log_wait(&p.base, "sbd: modem ready", 5000));
         int64_t until = h_now_ms() + 5000;
         while (h_log_count(&p.base, "sbd: modem ready") < 2 && h_now_ms() < until)
                 h_sleep_ms(50);
         cr_assert_eq(h_log_count(&p.base, "sbd: modem ready"), 2, "%s", p.blog);
-        static const char *const want[] = { "after" };
+        static const char *const want[] = { "after", "held" };
         send_one(&p, "sensors/d", want[0]);
         expect_crossed(&p, want, 1);
+
+        sim_ctl(&p, "csq base 1", NULL, 0);
+        cr_assert(h_log_wait(&p.base, "sat: up -> degraded (weak signal (CSQ 1))", 5000), "%s", p.blog);
+        sim_ctl(&p, "service base 0", NULL, 0);
+        cr_assert(h_log_wait(&p.base, "-> down (no network service (+CIEV))", 5000), "%s", p.blog);
+        long mo = sim_stat(&p, "base", "mo");
+        cr_assert_eq(h_pub_send(&p.pub, "sensors/d", want[1]), 0);
+        h_sleep_ms(700);
+        cr_assert_eq(sim_stat(&p, "base", "mo"), mo, "nothing is sent without service");
+        cr_assert_eq(h_sub_count(&p.sub), 1);
+        sim_ctl(&p, "csq base 5", NULL, 0);
+        sim_ctl(&p, "service base 1", NULL, 0);
+        expect_crossed(&p, want, 2);
+        cr_assert(h_log_wait(&p.base, "sat: down -> up (up)", 5000), "%s", p.blog);
         pair_down(&p);
 }
 
