@@ -69,7 +69,7 @@ static struct radio radios[NRADIO];
 static unsigned nradios;
 static struct event evs[NEV];
 static uint16_t tmp_port, rrs_port;
-static uint64_t preamble_us = 300000, block_us = 60000, busy_until;
+static uint64_t preamble_us = 300000, block_us = 60000, busy_until, reg_retry_us = 2000000;
 static size_t text_max = 67;
 static int ctl_fd = -1;
 static volatile sig_atomic_t stop;
@@ -85,7 +85,7 @@ static void say(const struct radio *r, const char *fmt, ...)
 {
         va_list ap;
         va_start(ap, fmt);
-        printf("pdtsim: %s: ", r ? r->name : "-");
+        printf("pdtsim: %.3f %s: ", (double)(now_us() % 1000000000ull) / 1e6, r ? r->name : "-");
         vprintf(fmt, ap);
         putchar('\n');
         fflush(stdout);
@@ -350,7 +350,7 @@ static void on_signal(int sig)
 static void usage(void)
 {
         fprintf(stderr, "usage: pdtsim --radio NAME=RADIO_IP,PC_IP,ID --radio ... --tmp-port P --rrs-port P --control P\n"
-                        "              [--preamble MS] [--block MS] [--text-max BYTES]\n");
+                        "              [--preamble MS] [--block MS] [--text-max BYTES] [--reg-retry MS]\n");
         exit(2);
 }
 
@@ -379,6 +379,8 @@ int main(int argc, char **argv)
                         preamble_us = strtoull(v, NULL, 10) * 1000;
                 else if (strcmp(a, "--block") == 0)
                         block_us = strtoull(v, NULL, 10) * 1000;
+                else if (strcmp(a, "--reg-retry") == 0)
+                        reg_retry_us = strtoull(v, NULL, 10) * 1000;
                 else if (strcmp(a, "--text-max") == 0)
                         text_max = strtoull(v, NULL, 10);
                 else
@@ -440,7 +442,7 @@ int main(int argc, char **argv)
                         if (r->on && now >= r->next_reg_us) {
                                 r->regs++;
                                 rrs_send(r, RRS_REGISTER, NULL, 0);
-                                r->next_reg_us = now + 2000000; /* again until acked */
+                                r->next_reg_us = now + reg_retry_us; /* again until acked */
                         }
                 }
                 for (int i = 0; i < NEV; i++)
