@@ -120,7 +120,8 @@ int tmp_encode(uint8_t *out, size_t cap, const struct tmp_msg *m)
         } else {
                 if (m->text_len + 12 > sizeof(pl))
                         return -EMSGSIZE;
-                memcpy(pl + 12, m->text, m->text_len);
+                if (m->text_len)
+                        memcpy(pl + 12, m->text, m->text_len);
                 len += m->text_len;
         }
         return hdap_encode(out, cap, HDAP_TMP, false, m->ack_wanted ? 0x00 : TMP_NO_ACK, m->type, pl, len);
@@ -221,5 +222,6 @@ int text_decode(const uint8_t *t, size_t len, uint8_t *f, size_t cap)
                 }
                 acc &= (1u << bits) - 1;
         }
-        return o == (size_t)n ? n : -EBADMSG;
+        /* The padding is zero, as text_encode writes it: one frame, one text. */
+        return o == (size_t)n && acc == 0 ? n : -EBADMSG;
 }

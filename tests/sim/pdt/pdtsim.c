@@ -114,7 +114,8 @@ static void rrs_send(struct radio *r, uint8_t type, const uint8_t *extra, size_t
         uint8_t pl[16], pdu[32];
         uint32_t ip = radio_ip(10, r->id);
         pl[0] = (uint8_t)(ip >> 24), pl[1] = (uint8_t)(ip >> 16), pl[2] = (uint8_t)(ip >> 8), pl[3] = (uint8_t)ip;
-        memcpy(pl + 4, extra, elen);
+        if (elen)
+                memcpy(pl + 4, extra, elen);
         int n = hdap_encode(pdu, sizeof(pdu), HDAP_RRS, false, 0, type, pl, 4 + elen);
         if (n > 0)
                 to_pc(r, r->rrs_fd, rrs_port, pdu, (size_t)n);
