@@ -380,9 +380,10 @@ static void cancel(struct sbd *s, int *id)
         *id = 0;
 }
 
-/* Forgets the modem: nothing in flight, init from the start. A frame it held in its
- * MO buffer is handed back with err (0: keep it, it was never written). */
-static void forget_modem(struct sbd *s, int err)
+/* Forgets the modem: nothing in flight, init from the start. The caller reports and
+ * then hands a held frame back (down_and_give_back): the host must see DOWN before it
+ * can send again from inside sent(). */
+static void forget_modem(struct sbd *s)
 {
         cancel(s, &s->cmd_timer);
         cancel(s, &s->retry_timer);
@@ -394,8 +395,15 @@ static void forget_modem(struct sbd *s, int err)
         s->retry_wait = false;
         s->csq = s->svc = -1;
         sbd_rx_reset(&s->rx);
-        if (s->mo_have && (s->mo_written || err))
-                give_back(s, err ? err : -EIO);
+}
+
+/* Reports, and when that says DOWN hands a held frame back with err: the host replays
+ * its messages elsewhere, and a frame kept here would go a second time later. */
+static void down_and_give_back(struct sbd *s, int err)
+{
+        report(s);
+        if (s->state == KM_PLUGIN_DOWN && s->mo_have)
+                give_back(s, err);
 }
 
 static void arm_reopen(struct sbd *s)
@@ -413,10 +421,10 @@ static void port_lost(struct sbd *s, const char *why)
                     (double)s->c.reopen_us / 1e6);
         snprintf(s->dev_reason, sizeof(s->dev_reason), "%s", why);
         close_port(s);
-        forget_modem(s, -ENOTCONN);
+        forget_modem(s);
         s->init_fails = 0;
-        report(s);
         arm_reopen(s);
+        down_and_give_back(s, -ENOTCONN);
 }
 
 static speed_t speed_of(uint64_t baud)
@@ -597,7 +605,7 @@ static void next(struct sbd *s)
                 start_cmd(s, C_RB, "AT+SBDRB", s->c.at_timeout_us);
                 return;
         }
-        if (s->mo_have && !s->mo_written && !s->probing && !(s->fail_down && s->fail_reason[0])) {
+        if (s->mo_have && !s->mo_written && !s->retry_wait && !s->probing && !(s->fail_down && s->fail_reason[0])) {
                 start_wb(s);
                 return;
         }
@@ -687,15 +695,14 @@ static void on_cmd_timeout(void *ud)
         s->api->log(s->h, KM_PLUGIN_LOG_WARNING, "sbd: no answer to %s within %.1f s", s->cmd_text,
                     (double)(s->cmd == C_IX ? s->c.session_timeout_us : s->c.at_timeout_us) / 1e6);
         bool was_init = s->cmd == C_INIT;
-        forget_modem(s, 0);
+        forget_modem(s);
         if (was_init) {
                 s->init_fails++;
-                report(s);
                 arm_reopen(s); /* init again after reopen, not at once: a dead modem is not flooded */
-                maybe_ready(s);
+                down_and_give_back(s, -EIO);
                 return;
         }
-        report(s);
+        down_and_give_back(s, -EIO);
         next(s);
 }
 
@@ -705,8 +712,8 @@ static void modem_reset(struct sbd *s)
         s->n_resets++;
         s->api->log(s->h, KM_PLUGIN_LOG_WARNING, "sbd: the modem was reset (it echoes commands again); initialising it%s",
                     s->mo_have && s->mo_written ? ", the frame in its MO buffer goes again" : "");
-        forget_modem(s, 0);
-        report(s);
+        forget_modem(s);
+        down_and_give_back(s, -EIO);
         next(s);
 }
 
@@ -773,19 +780,19 @@ static void session_done(struct sbd *s)
 
         s->fails++;
         snprintf(s->fail_reason, sizeof(s->fail_reason), "%s (MO status %ld)", text, v[0]);
-        if (cls == SBD_MO_FATAL) {
+        if (cls == SBD_MO_FATAL && carried) {
                 s->api->log(s->h, KM_PLUGIN_LOG_WARNING, "sbd: session failed: %s: the frame of %zu B is refused",
                             s->fail_reason, s->mo_len);
                 s->fail_reason[0] = '\0'; /* about this frame, not the link */
                 s->fails = 0;
                 s->mo_dirty = true;
                 report(s);
-                if (carried)
-                        give_back(s, -EMSGSIZE);
+                give_back(s, -EMSGSIZE);
                 maybe_ready(s);
                 next(s);
                 return;
         }
+        /* 12 and 14 are about an MO message: without one they are taken as transient. */
         uint64_t b = backoff_us(s, v[0]);
         s->fail_down = cls == SBD_MO_DOWN;
         if (cls == SBD_MO_DOWN) {
@@ -954,12 +961,13 @@ static void on_line(struct sbd *s, const char *line, size_t len)
                                 kick(s);
                         }
                 }
-                if (s->inited)
-                        report(s);
                 /* DOWN tells the host to replay elsewhere: a frame waiting here (for
-                 * its write or out a back-off) goes back now, not after a session. */
-                if (s->state == KM_PLUGIN_DOWN && s->mo_have && s->cmd == C_NONE)
-                        give_back(s, -ENOTCONN);
+                 * its write or out a back-off) goes back now. One in a session waits
+                 * for the session's MO status. */
+                if (s->inited && s->cmd == C_NONE)
+                        down_and_give_back(s, -ENOTCONN);
+                else if (s->inited)
+                        report(s);
                 maybe_ready(s);
                 return;
         case SBD_K_RING:

@@ -118,7 +118,7 @@ static void say(const struct modem *m, const char *fmt, ...)
 {
         va_list ap;
         va_start(ap, fmt);
-        printf("sbdsim: %s: ", m ? m->name : "-");
+        printf("sbdsim: %.3f %s: ", (double)(now_us() % 1000000000ull) / 1e6, m ? m->name : "-");
         vprintf(fmt, ap);
         putchar('\n');
         fflush(stdout);
