@@ -206,6 +206,11 @@ enum sbd_kind sbd_at_parse(const char *s, size_t len, struct sbd_resp *r)
                                 r->msstm = t;
                         }
                 }
+        } else if (starts(s, len, "HARDWARE FAILURE:", &rest)) {
+                /* An unsolicited code of the 9602 (seen parsed in an open driver as
+                 * "HARDWARE FAILURE: %d, %d"). */
+                if (numbers(rest, end, r->v, 2))
+                        r->kind = SBD_K_HWFAIL;
         } else if (len >= 2 && (s[0] == 'A' || s[0] == 'a') && (s[1] == 'T' || s[1] == 't')) {
                 r->kind = SBD_K_ECHO;
         } else if (len > 0 && len <= 2 && numbers(s, end, r->v, 1)) {

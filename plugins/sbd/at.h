@@ -65,6 +65,7 @@ enum sbd_kind {
         SBD_K_CIEV,    /* v[0]: 0 signal / 1 service, v[1]: its value */
         SBD_K_RING,    /* SBDRING */
         SBD_K_MSSTM,   /* v[0]: 1 and time set, 0 "no network service" */
+        SBD_K_HWFAIL,  /* "HARDWARE FAILURE: <subsystem>, <error>": v[0], v[1] */
         SBD_K_ECHO,    /* a line starting "AT": the modem echoes (it was reset, or before ATE0) */
         SBD_K_INFO,    /* digits only longer than a result (IMEI) or a known informational text */
         SBD_K_BAD,     /* nothing a 9602/9603 says */

@@ -981,6 +981,14 @@ static void on_line(struct sbd *s, const char *line, size_t len)
                         s->api->log(s->h, KM_PLUGIN_LOG_INFO, "sbd: Iridium system time %s%08x",
                                     r.v[0] ? "0x" : "unknown (no network service)", r.v[0] ? r.msstm : 0);
                 return;
+        case SBD_K_HWFAIL:
+                s->n_resets++;
+                s->api->log(s->h, KM_PLUGIN_LOG_ERR, "sbd: the modem reports HARDWARE FAILURE: %ld, %ld; initialising it again",
+                            r.v[0], r.v[1]);
+                forget_modem(s);
+                down_and_give_back(s, -EIO);
+                kick(s);
+                return;
         case SBD_K_ECHO:
                 if (s->inited) {
                         modem_reset(s);

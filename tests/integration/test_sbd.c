@@ -312,7 +312,8 @@ Test(sbd, every_mo_failure_code, .timeout = 60)
 
 /* A module reset behind the driver's back, twice: a long one while a frame sits in the
  * MO buffer (the modem stops answering: the frame goes again after init), and a short
- * one seen by the echo that comes back with the factory settings. */
+ * one seen by the echo that comes back with the factory settings; then the modem's own
+ * HARDWARE FAILURE code. */
 Test(sbd, module_reset, .timeout = 60)
 {
         struct sbd_pair p;
@@ -330,6 +331,7 @@ Test(sbd, module_reset, .timeout = 60)
         expect_crossed(&p, want, 2);
         cr_assert_eq(h_log_count(&p.base, "sbd: modem ready"), 2, "initialised again after the reset");
 
+        int64_t until;
         sim_ctl(&p, "reset base 20", NULL, 0);
         cr_assert(h_log_wait(&p.base, "the modem was reset (it echoes commands again)", 5000), "%s", p.blog);
         cr_assert(h_log_wait(&p.base, "sat: sbd: modem ready", 5000));
@@ -338,6 +340,14 @@ Test(sbd, module_reset, .timeout = 60)
         send_one(&p, "sensors/a", want[2]);
         expect_crossed(&p, want, 3);
         cr_assert_eq(sim_stat(&p, "base", "resets"), 2);
+
+        /* The 9602's unsolicited HARDWARE FAILURE: init again. */
+        sim_ctl(&p, "hwfail base", NULL, 0);
+        cr_assert(h_log_wait(&p.base, "the modem reports HARDWARE FAILURE: 4, 2; initialising it again", 5000), "%s", p.blog);
+        until = h_now_ms() + 5000;
+        while (h_log_count(&p.base, "sbd: modem ready") < 4 && h_now_ms() < until)
+                h_sleep_ms(20);
+        cr_assert_eq(h_log_count(&p.base, "sbd: modem ready"), 4);
         pair_down(&p);
 }
 

@@ -565,6 +565,9 @@ static void control(void)
                 char *t = strtok_r(NULL, " \n", &save);
                 garble(m, t ? (unsigned)atoi(t) : 1);
                 snprintf(ans, sizeof(ans), "ok");
+        } else if (is(verb, "hwfail")) {
+                line(m, "HARDWARE FAILURE: 4, 2");
+                snprintf(ans, sizeof(ans), "ok");
         } else if (is(verb, "csq")) {
                 char *t = strtok_r(NULL, " \n", &save);
                 m->csq = t ? atoi(t) : 5;
@@ -611,6 +614,7 @@ static void usage(void)
                 "  reset NAME [MS]           module reset: settings and buffers gone, silent MS ms (500)\n"
                 "  unplug NAME [MS]          the pty disappears for MS ms (1000), then a new one behind LINK\n"
                 "  garble NAME [N]           N junk lines on NAME's serial line now\n"
+                "  hwfail NAME               the unsolicited HARDWARE FAILURE: 4, 2\n"
                 "  csq NAME N                CSQ fixed at N (the walk stops)\n"
                 "  service NAME 0|1          network service (0: sessions end in MO status 32)\n"
                 "  hold NAME 0|1             1: no SBDRING for NAME (MT messages queue at the gateway)\n");
