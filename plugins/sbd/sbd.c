@@ -20,7 +20,7 @@
  * outstanding, with its own timeout, and the next is chosen when its answer (OK or
  * ERROR) is in. In order of preference the next command is
  *
- *   init (AT, ATE0, AT&K0, AT+SBDMTA=1, AT+SBDAREG=1, AT+CIER=1,1,1, AT+CGSN, AT-MSSTM)
+ *   init (AT, ATV1, ATE0, AT&K0, AT+SBDMTA=1, AT+SBDAREG=1, AT+CIER=1,1,1, AT+CGSN, AT-MSSTM)
  *   AT+SBDRB    an MT message waits in the modem's buffer (the last session said so)
  *   AT+SBDWB=n  a frame from the host, not yet in the MO buffer
  *   AT+SBDIX    the MO buffer holds it: a session (AT+SBDIXA when answering SBDRING)
@@ -539,7 +539,9 @@ static void put(struct sbd *s, const void *p, size_t n)
 
 /* ---- the state machine -------------------------------------------------------- */
 
-static const char *const init_cmds[] = { "AT",           "ATE0",           "AT&K0", "AT+SBDMTA=1",
+/* ATV1 early: a modem left in numeric mode (ATV0) answers "0\r" for OK and "4\r" for
+ * ERROR, which init takes as such until ATV1 makes answers verbose. */
+static const char *const init_cmds[] = { "AT",           "ATV1",          "ATE0",    "AT&K0",   "AT+SBDMTA=1",
                                          "AT+SBDAREG=1", "AT+CIER=1,1,1", "AT+CGSN", "AT-MSSTM" };
 #define N_INIT (sizeof(init_cmds) / sizeof(init_cmds[0]))
 
@@ -930,6 +932,10 @@ static void on_line(struct sbd *s, const char *line, size_t len)
                 }
                 break;
         case SBD_K_RESULT:
+                if (s->cmd == C_INIT && s->init_step <= 1 && (r.v[0] == 0 || r.v[0] == 4)) {
+                        cmd_done(s, r.v[0] == 0); /* ATV0: numeric OK / ERROR */
+                        return;
+                }
                 if (s->cmd == C_WDATA || s->cmd == C_CLEAR) {
                         s->res = r;
                         s->got_result = true;

@@ -313,7 +313,7 @@ Test(sbd, every_mo_failure_code, .timeout = 60)
 /* A module reset behind the driver's back, twice: a long one while a frame sits in the
  * MO buffer (the modem stops answering: the frame goes again after init), and a short
  * one seen by the echo that comes back with the factory settings; then the modem's own
- * HARDWARE FAILURE code. */
+ * HARDWARE FAILURE code, and a reset into numeric answers (ATV0). */
 Test(sbd, module_reset, .timeout = 60)
 {
         struct sbd_pair p;
@@ -348,6 +348,15 @@ Test(sbd, module_reset, .timeout = 60)
         while (h_log_count(&p.base, "sbd: modem ready") < 4 && h_now_ms() < until)
                 h_sleep_ms(20);
         cr_assert_eq(h_log_count(&p.base, "sbd: modem ready"), 4);
+
+        /* A modem whose stored profile answers numerically (ATV0) after a reset: init
+         * takes "0" for OK and sets ATV1. */
+        sim_ctl(&p, "atv0 base", NULL, 0);
+        sim_ctl(&p, "reset base 20", NULL, 0);
+        until = h_now_ms() + 5000;
+        while (h_log_count(&p.base, "sbd: modem ready") < 5 && h_now_ms() < until)
+                h_sleep_ms(20);
+        cr_assert_eq(h_log_count(&p.base, "sbd: modem ready"), 5, "%s", p.blog);
         pair_down(&p);
 }
 

@@ -60,6 +60,7 @@ struct modem {
 
         /* settings a reset clears */
         bool echo, mta, areg, cier, cier_sig, cier_svc, registered;
+        bool verbose; /* ATV1; like a stored profile, a reset keeps it */
         /* buffers */
         uint8_t mo[MO_MAX];
         size_t mo_len;
@@ -155,10 +156,29 @@ static void outs(struct modem *m, const char *fmt, ...)
         out(m, buf, (size_t)n);
 }
 
-/* An answer or an unsolicited code, framed as the modem frames them. */
+static void line(struct modem *m, const char *text);
+
+static void linef(struct modem *m, const char *fmt, ...)
+{
+        char buf[256];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(buf, sizeof(buf), fmt, ap);
+        va_end(ap);
+        line(m, buf);
+}
+
+/* An answer or an unsolicited code, framed as the modem frames them: verbose (ATV1)
+ * "\r\n<text>\r\n"; numeric (ATV0) result codes as numbers ("0\r" OK, "4\r" ERROR,
+ * "126\r" SBDRING) and other text as "<text>\r", as isbd-emu frames them. */
 static void line(struct modem *m, const char *text)
 {
-        outs(m, "\r\n%s\r\n", text);
+        if (m->verbose) {
+                outs(m, "\r\n%s\r\n", text);
+                return;
+        }
+        const char *code = strcmp(text, "OK") == 0 ? "0" : strcmp(text, "ERROR") == 0 ? "4" : strcmp(text, "SBDRING") == 0 ? "126" : text;
+        outs(m, "%s\r", code);
 }
 
 static void ok(struct modem *m)
@@ -319,7 +339,7 @@ static void end_session(struct modem *m, uint64_t now)
         }
         say(m, "session %lu: MO status %d (MO %zu B), MT status %d, %u B, %u queued", m->sessions, st, m->mo_len, mt_st,
             mt_len, queued);
-        outs(m, "\r\n+SBDIX: %d, %u, %d, %u, %u, %u\r\n", st, m->momsn, mt_st, mt_st == 1 ? m->mtmsn : 0, mt_len, queued);
+        linef(m, "+SBDIX: %d, %u, %d, %u, %u, %u", st, m->momsn, mt_st, mt_st == 1 ? m->mtmsn : 0, mt_len, queued);
         ok(m);
 }
 
@@ -350,7 +370,10 @@ static void command(struct modem *m, char *c, uint64_t now)
         const char *a = c + 2;
         long n;
         char *end;
-        if (*a == '\0' || is(a, "&K0") || is(a, "&K3") || is(a, "&D0") || is(a, "V1") || is(a, "&F0")) {
+        if (*a == '\0' || is(a, "&K0") || is(a, "&K3") || is(a, "&D0") || is(a, "&F0")) {
+                ok(m);
+        } else if (is(a, "V0") || is(a, "V1")) {
+                m->verbose = a[1] == '1';
                 ok(m);
         } else if (is(a, "E0") || is(a, "E1") || is(a, "E")) {
                 m->echo = a[1] == '1';
@@ -388,7 +411,7 @@ static void command(struct modem *m, char *c, uint64_t now)
                 line(m, "0");
                 ok(m);
         } else if (is(a, "+CSQ") || is(a, "+CSQF")) {
-                outs(m, "\r\n+CSQ%s:%d\r\n", a[4] == 'F' ? "F" : "", m->csq);
+                linef(m, "+CSQ%s:%d", a[4] == 'F' ? "F" : "", m->csq);
                 ok(m);
         } else if (strncmp(a, "+CIER=", 6) == 0) {
                 int v[4] = { 0, 0, 0, 0 };
@@ -402,9 +425,9 @@ static void command(struct modem *m, char *c, uint64_t now)
                 m->cier_svc = v[2] == 1;
                 ok(m);
                 if (m->cier && m->cier_sig)
-                        outs(m, "\r\n+CIEV:0,%d\r\n", m->csq);
+                        linef(m, "+CIEV:0,%d", m->csq);
                 if (m->cier && m->cier_svc)
-                        outs(m, "\r\n+CIEV:1,%d\r\n", m->service);
+                        linef(m, "+CIEV:1,%d", m->service);
         } else if (strncmp(a, "+SBDMTA=", 8) == 0 && (a[8] == '0' || a[8] == '1') && !a[9]) {
                 m->mta = a[8] == '1';
                 ok(m);
@@ -417,7 +440,7 @@ static void command(struct modem *m, char *c, uint64_t now)
                 clock_gettime(CLOCK_REALTIME, &ts);
                 uint64_t ticks = ((uint64_t)ts.tv_sec - 1399818235ull) * 1000 / 90;
                 if (m->service && m->csq > 0)
-                        outs(m, "\r\n-MSSTM: %08x\r\n", (unsigned)ticks);
+                        linef(m, "-MSSTM: %08x", (unsigned)ticks);
                 else
                         line(m, "-MSSTM: no network service");
                 ok(m);
@@ -565,6 +588,9 @@ static void control(void)
                 char *t = strtok_r(NULL, " \n", &save);
                 garble(m, t ? (unsigned)atoi(t) : 1);
                 snprintf(ans, sizeof(ans), "ok");
+        } else if (is(verb, "atv0")) {
+                m->verbose = false;
+                snprintf(ans, sizeof(ans), "ok");
         } else if (is(verb, "hwfail")) {
                 line(m, "HARDWARE FAILURE: 4, 2");
                 snprintf(ans, sizeof(ans), "ok");
@@ -573,13 +599,13 @@ static void control(void)
                 m->csq = t ? atoi(t) : 5;
                 m->walk = false;
                 if (m->cier && m->cier_sig && m->in == IN_CMD && m->mfd >= 0 && !m->dead_until)
-                        outs(m, "\r\n+CIEV:0,%d\r\n", m->csq);
+                        linef(m, "+CIEV:0,%d", m->csq);
                 snprintf(ans, sizeof(ans), "ok");
         } else if (is(verb, "service")) {
                 char *t = strtok_r(NULL, " \n", &save);
                 m->service = t ? atoi(t) != 0 : 1;
                 if (m->cier && m->cier_svc && m->in == IN_CMD && m->mfd >= 0 && !m->dead_until)
-                        outs(m, "\r\n+CIEV:1,%d\r\n", m->service);
+                        linef(m, "+CIEV:1,%d", m->service);
                 snprintf(ans, sizeof(ans), "ok");
         } else if (is(verb, "hold")) {
                 char *t = strtok_r(NULL, " \n", &save);
@@ -615,6 +641,7 @@ static void usage(void)
                 "  unplug NAME [MS]          the pty disappears for MS ms (1000), then a new one behind LINK\n"
                 "  garble NAME [N]           N junk lines on NAME's serial line now\n"
                 "  hwfail NAME               the unsolicited HARDWARE FAILURE: 4, 2\n"
+                "  atv0 NAME                 numeric answers from now on, resets included (a stored ATV0)\n"
                 "  csq NAME N                CSQ fixed at N (the walk stops)\n"
                 "  service NAME 0|1          network service (0: sessions end in MO status 32)\n"
                 "  hold NAME 0|1             1: no SBDRING for NAME (MT messages queue at the gateway)\n");
@@ -681,6 +708,7 @@ int main(int argc, char **argv)
                 m->mfd = m->sfd = -1;
                 m->csq = csq_start;
                 m->service = 1;
+                m->verbose = true;
                 m->walk = walk_us > 0;
                 power_on(m);
                 if (make_pty(m) < 0)
@@ -785,7 +813,7 @@ int main(int argc, char **argv)
                                         m->csq = 5;
                                 if (m->csq != was && m->cier && m->cier_sig && m->in == IN_CMD && !m->cmdlen &&
                                     m->mfd >= 0 && !m->dead_until)
-                                        outs(m, "\r\n+CIEV:0,%d\r\n", m->csq);
+                                        linef(m, "+CIEV:0,%d", m->csq);
                         }
                 }
         }
