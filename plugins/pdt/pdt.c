@@ -523,10 +523,10 @@ static void on_rrs_pdu(struct pdt *s, const uint8_t *p, size_t n)
         default: bad_pdu(s, "RRS", "unknown type"); return;
         }
         report(s);
+        if (!s->heard)
+                finish(s, -ENOTCONN);
         if (!was && s->heard)
                 maybe_ready(s);
-        if (!s->heard && s->have && !s->on_air)
-                finish(s, -ENOTCONN);
 }
 
 static void on_readable(void *ud, int fd, uint32_t revents)
@@ -569,9 +569,10 @@ static void on_check(void *ud)
                 s->heard = false;
                 s->registered = false;
                 s->api->log(s->h, KM_PLUGIN_LOG_WARNING, "pdt: the radio does not answer online checks");
-                if (s->have && !s->on_air)
-                        finish(s, -ENOTCONN);
+                /* DOWN first, then the frame back (on the air or not: a late ack is a
+                 * stray): the host must not send into a link about to go down. */
                 report(s);
+                finish(s, -ENOTCONN);
         }
         if (s->rrs_fd >= 0) {
                 pl[0] = (uint8_t)(ip >> 24), pl[1] = (uint8_t)(ip >> 16), pl[2] = (uint8_t)(ip >> 8), pl[3] = (uint8_t)ip;
