@@ -326,7 +326,7 @@ Test(sbd, module_reset, .timeout = 60)
         sim_ctl(&p, "fail base 13 13 13", NULL, 0);
         cr_assert_eq(pub(&p, "sensors/a", want[1]), 0);
         cr_assert(h_log_wait(&p.base, "session failed: session did not complete (MO status 13)", 5000));
-        sim_ctl(&p, "reset base 1000", NULL, 0);
+        sim_ctl(&p, "reset base 700", NULL, 0);
         cr_assert(h_log_wait(&p.base, "sbd: no answer to", 5000), "the silent modem is noticed (%s)", p.blog);
         expect_crossed(&p, want, 2);
         cr_assert_eq(h_log_count(&p.base, "sbd: modem ready"), 2, "initialised again after the reset");
@@ -388,6 +388,23 @@ Test(sbd, garbled_input, .timeout = 60)
         h_cleanup(p.dir);
 }
 
+/* A frame that keeps failing goes back to the host after give_up (sent -ETIMEDOUT),
+ * which sends it again; it crosses once when the sky clears. */
+Test(sbd, give_up_hands_the_frame_back, .timeout = 60)
+{
+        struct sbd_pair p;
+        pair_up(&p, "sbd-giveup", NULL, "give_up = 300ms\n");
+        sim_ctl(&p, "fail base 13 13 13 13 13 13 13 13 13 13", NULL, 0);
+        static const char *const want[] = { "persistent" };
+        cr_assert_eq(pub(&p, "sensors/f", want[0]), 0);
+        cr_assert(h_log_wait(&p.base, "session failed: session did not complete (MO status 13); giving the frame back after", 5000),
+                  "%s", p.blog);
+        expect_crossed(&p, want, 1);
+        cr_assert_eq(sim_stat(&p, "base", "mo_failed"), 10);
+        cr_assert_eq(sim_stat(&p, "base", "mo"), 1);
+        pair_down(&p);
+}
+
 /* Several MT messages wait at the gateway (the center heard no ring); one SBDRING and
  * the driver drains the queue, one session per message, as MT queued counts down. */
 Test(sbd, mt_queue_drained, .timeout = 60)
@@ -419,7 +436,7 @@ Test(sbd, unplugged_and_signal_lost, .timeout = 60)
 {
         struct sbd_pair p;
         pair_up(&p, "sbd-unplug", NULL, NULL);
-        sim_ctl(&p, "unplug base 800", NULL, 0);
+        sim_ctl(&p, "unplug base 400", NULL, 0);
         cr_assert(h_log_wait(&p.base, "sat: up -> down (device gone", 5000), "%s", p.blog);
         int64_t until = h_now_ms() + 5000;
         while (h_log_count(&p.base, "sbd: modem ready") < 2 && h_now_ms() < until)
@@ -435,7 +452,7 @@ Test(sbd, unplugged_and_signal_lost, .timeout = 60)
         cr_assert(h_log_wait(&p.base, "-> down (no network service (+CIEV))", 5000), "%s", p.blog);
         long mo = sim_stat(&p, "base", "mo");
         cr_assert_eq(pub(&p, "sensors/d", want[1]), 0);
-        h_sleep_ms(700);
+        h_sleep_ms(400);
         cr_assert_eq(sim_stat(&p, "base", "mo"), mo, "nothing is sent without service");
         cr_assert_eq(h_sub_count(&p.sub), 1);
         sim_ctl(&p, "csq base 5", NULL, 0);
