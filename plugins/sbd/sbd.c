@@ -99,7 +99,7 @@ struct sbd {
         enum sbd_cmd cmd;
         char cmd_text[24];
         int cmd_timer;
-        bool got_result, got_ix, got_csq, got_block, answering_ring;
+        bool got_result, got_ix, got_block, answering_ring;
         struct sbd_resp res;
         unsigned rb_tries;
 
@@ -552,7 +552,7 @@ static void start_cmd(struct sbd *s, enum sbd_cmd cmd, const char *text, uint64_
         char line[40];
         s->cmd = cmd;
         snprintf(s->cmd_text, sizeof(s->cmd_text), "%s", text);
-        s->got_result = s->got_ix = s->got_csq = s->got_block = false;
+        s->got_result = s->got_ix = s->got_block = false;
         memset(&s->res, 0, sizeof(s->res));
         int n = snprintf(line, sizeof(line), "%s\r", text);
         put(s, line, (size_t)n);
