@@ -300,3 +300,39 @@ Test(pdt, radio_off_and_on, .timeout = 60)
         cr_assert_eq(h_log_count(&p.base, "pdt: radio 111111 registered"), 2, "%s", p.blog);
         pair_down(&p);
 }
+
+/* Bad keys name themselves before anything starts. */
+Test(pdt, keys_checked, .timeout = 30)
+{
+        char dir[200], conf[300], out[8192];
+        h_tmpdir(dir, sizeof(dir), "pdt-keys");
+        snprintf(conf, sizeof(conf), "%s/k.conf", dir);
+        static const struct {
+                const char *keys, *want;
+        } cases[] = {
+                { "radio_id = 1\npeer_id = 2\nradio = 192.168.10", "radio = '192.168.10': not a numeric IPv4 address" },
+                { "radio_id = 1\npeer_id = 1", "peer_id: the same as radio_id" },
+                { "radio_id = 1\npeer_id = 2\ntext_max = 20", "text_max: a frame needs at least 32 bytes, 20 text bytes carry 15" },
+                { "radio_id = 16777216\npeer_id = 2", "radio_id = '16777216': out of range 1..16777215" },
+                { "peer_id = 2", "radio_id: missing" },
+                { "radio_id = 1\npeer_id = 2\nrrs_port = 3004", "rrs_port: the same as tmp_port" },
+                { "radio_id = 1\npeer_id = 2", NULL },
+        };
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                char text[1024];
+                snprintf(text, sizeof(text),
+                         "[node]\nname = north\nspool = %s/spool.db\nplugin_dir = %s\n[local]\nuri = tcp://127.0.0.1:1\n"
+                         "[link radio]\ntype = pdt\n%s\n",
+                         dir, env_dir("KM_SIM_PLUGIN_DIR"), cases[i].keys);
+                h_write_text(conf, text);
+                const char *args[] = { "--check-config", conf, NULL };
+                int rc = h_kuimen_run(args, out, sizeof(out));
+                if (cases[i].want) {
+                        cr_expect_neq(rc, 0, "%s accepted", cases[i].keys);
+                        cr_expect(strstr(out, cases[i].want), "'%s' not in: %s", cases[i].want, out);
+                } else {
+                        cr_expect_eq(rc, 0, "a good config refused: %s", out);
+                }
+        }
+        h_cleanup(dir);
+}
