@@ -119,9 +119,9 @@ static const char *link_keys =
         "ack = receipt\nretry = 20ms\nretry_max = 100ms\nsession_timeout = 1500ms\nat_timeout = 1s\nreopen = 200ms\n"
         "csq_interval = 500ms\nregistration_wait = 300ms\n";
 
-/* Starts the simulator (sim_args after the defaults), both brokers and both kuimen,
- * and waits until both modems are initialised. */
-static void pair_up(struct sbd_pair *p, const char *tag, const char *sim_args, const char *extra)
+/* Starts the simulator, both brokers and both kuimen (base_extra and center_extra
+ * go into their [link sat]), and waits until both modems are initialised. */
+static void pair_up(struct sbd_pair *p, const char *tag, const char *base_extra, const char *center_extra)
 {
         memset(p, 0, sizeof(*p));
         h_tmpdir(p->dir, sizeof(p->dir), tag);
@@ -143,8 +143,8 @@ static void pair_up(struct sbd_pair *p, const char *tag, const char *sim_args, c
         snprintf(bdev, sizeof(bdev), "base=%s/base.tty", p->dir);
         snprintf(cdev, sizeof(cdev), "center=%s/center.tty", p->dir);
         snprintf(port, sizeof(port), "%d", p->ctl_port);
-        snprintf(cmd, sizeof(cmd), "exec '%s' --modem %s --modem %s --control %s --session 60 --csq 5 %s",
-                 env_dir("KM_SBD_SIM"), bdev, cdev, port, sim_args ? sim_args : "");
+        snprintf(cmd, sizeof(cmd), "exec '%s' --modem %s --modem %s --control %s --session 60 --csq 5",
+                 env_dir("KM_SBD_SIM"), bdev, cdev, port);
         char *argv[] = { "sh", "-c", cmd, NULL };
         h_spawn(&p->sim, p->slog, argv, NULL);
         cr_assert(h_log_wait(&p->sim, "ready:", 5000), "sbdsim did not start (%s)", p->slog);
@@ -156,15 +156,15 @@ static void pair_up(struct sbd_pair *p, const char *tag, const char *sim_args, c
                 "[node]\nname = north\nspool = %s/base/spool.db\nplugin_dir = %s\nstats_interval = 0\nlink_status = no\n"
                 "[local]\nuri = tcp://127.0.0.1:%d\nsubscribe = sensors/#, alert/#\n"
                 "[link sat]\ntype = sbd\ndevice = %s/base.tty\n%s%s\n",
-                p->dir, plugins, p->local.port, p->dir, link_keys, extra ? extra : "");
+                p->dir, plugins, p->local.port, p->dir, link_keys, base_extra ? base_extra : "");
         fclose(f);
         f = fopen(p->cconf, "w");
         cr_assert(f);
         fprintf(f,
                 "[node]\nname = county\nrole = center\nspool = %s/center/spool.db\nplugin_dir = %s\nstats_interval = 0\n"
                 "[local]\nuri = tcp://127.0.0.1:%d\n"
-                "[link sat]\ntype = sbd\ndevice = %s/center.tty\npeers = north\n%s\n",
-                p->dir, plugins, p->center.port, p->dir, link_keys);
+                "[link sat]\ntype = sbd\ndevice = %s/center.tty\npeers = north\n%s%s\n",
+                p->dir, plugins, p->center.port, p->dir, link_keys, center_extra ? center_extra : "");
         fclose(f);
 
         h_sub_start(&p->sub, p->center.port, "center-sub", "kuimen/north/#", true);
@@ -361,11 +361,13 @@ Test(sbd, module_reset, .timeout = 60)
 }
 
 /* Junk on both serial lines (short lines of random bytes, overlong lines) while
- * traffic flows: each junk line is counted, logging is rate-limited, nothing is lost. */
-Test(sbd, garbled_input, .timeout = 60)
+ * traffic flows: each junk line is counted, logging is rate-limited, nothing is lost.
+ * The center hears no SBDRING here: its mailbox_check sessions fetch every message. */
+Test(sbd, garbled_input_and_mailbox_checks, .timeout = 60)
 {
         struct sbd_pair p;
-        pair_up(&p, "sbd-garble", NULL, NULL);
+        pair_up(&p, "sbd-garble", NULL, "mailbox_check = 300ms\n");
+        sim_ctl(&p, "hold center 1", NULL, 0);
         static const char *const want[] = { "g0", "g1", "g2", "g3" };
         for (int i = 0; i < 4; i++) {
                 sim_ctl(&p, "garble base 10", NULL, 0);
@@ -374,6 +376,8 @@ Test(sbd, garbled_input, .timeout = 60)
         }
         expect_crossed(&p, want, 4);
         cr_assert_eq(sim_stat(&p, "base", "garbled"), 40);
+        cr_assert_eq(sim_stat(&p, "center", "rings"), 0, "no ring: the mailbox checks fetched them");
+        cr_assert_eq(sim_stat(&p, "center", "mt"), 4);
         h_sub_stop(&p.sub);
         h_stop(&p.base, SIGTERM);
         h_stop(&p.ctr, SIGTERM);
@@ -393,7 +397,7 @@ Test(sbd, garbled_input, .timeout = 60)
 Test(sbd, give_up_hands_the_frame_back, .timeout = 60)
 {
         struct sbd_pair p;
-        pair_up(&p, "sbd-giveup", NULL, "give_up = 300ms\n");
+        pair_up(&p, "sbd-giveup", "give_up = 300ms\n", NULL);
         sim_ctl(&p, "fail base 13 13 13 13 13 13 13 13 13 13", NULL, 0);
         static const char *const want[] = { "persistent" };
         cr_assert_eq(pub(&p, "sensors/f", want[0]), 0);
