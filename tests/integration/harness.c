@@ -453,6 +453,56 @@ static int connect_v5(MQTTAsync c, bool clean, int expiry_s)
         return rc;
 }
 
+/*
+ * Paho's async client (1.3.12, Debian 12) connects the first client of a process at
+ * once and every later one in about 2 s: its receive thread sleeps up to 1 s in
+ * select() on the sockets it had, twice, before it looks at a new one (Paho issue
+ * #1430, fixed after 1.3.12). The tests connect a subscriber and a publisher or more
+ * in each test, so that was seconds per test. The waker, the first client of the
+ * process, publishes to itself on a '$' topic (which no '#' subscription, kuimen's
+ * included, matches) while a later client connects: each delivery ends that select()
+ * at once. Where it cannot (its broker gone, or an ACL refuses the topic) a connect
+ * takes its 2 s as before.
+ */
+static MQTTAsync waker;
+static char waker_topic[64];
+
+static int waker_arrived(void *ctx, char *topic, int tlen, MQTTAsync_message *m)
+{
+        (void)ctx;
+        (void)tlen;
+        MQTTAsync_freeMessage(&m);
+        MQTTAsync_free(topic);
+        return 1;
+}
+
+static void waker_start(const char *uri, MQTTAsync_createOptions *cro)
+{
+        char id[48];
+        snprintf(id, sizeof(id), "h-waker-%ld", (long)getpid());
+        snprintf(waker_topic, sizeof(waker_topic), "$kuimen-test/waker/%ld", (long)getpid());
+        if (MQTTAsync_createWithOptions(&waker, uri, id, MQTTCLIENT_PERSISTENCE_NONE, NULL, cro) != 0) {
+                waker = NULL;
+                return;
+        }
+        MQTTAsync_setCallbacks(waker, NULL, NULL, waker_arrived, NULL);
+        if (connect_v5(waker, true, 0) != 0)
+                return;
+        for (int64_t until = h_now_ms() + 2000; !MQTTAsync_isConnected(waker) && h_now_ms() < until;)
+                h_sleep_ms(5);
+        MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+        if (MQTTAsync_isConnected(waker))
+                MQTTAsync_subscribe(waker, waker_topic, 0, &ro);
+}
+
+static void waker_poke(void)
+{
+        if (!waker || !MQTTAsync_isConnected(waker))
+                return;
+        MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+        MQTTAsync_send(waker, waker_topic, 1, "w", 0, 0, &ro);
+}
+
 /* A Paho v5 client of the broker on port; what names it in failures ("subscriber"). */
 static void client_create(MQTTAsync *c, int port, const char *id, const char *what)
 {
@@ -461,6 +511,8 @@ static void client_create(MQTTAsync *c, int port, const char *id, const char *wh
         if (h_mqtt_version == 4)
                 cro.MQTTVersion = MQTTVERSION_3_1_1;
         snprintf(uri, sizeof(uri), "tcp://127.0.0.1:%d", port);
+        if (!waker)
+                waker_start(uri, &cro);
         H_REQUIRE(MQTTAsync_createWithOptions(c, uri, id, MQTTCLIENT_PERSISTENCE_NONE, NULL, &cro) == 0,
                   "%s %s: cannot create the client", what, id);
 }
@@ -470,8 +522,10 @@ static void client_connect(MQTTAsync c, bool clean, int expiry_s, const char *id
 {
         H_REQUIRE(connect_v5(c, clean, expiry_s) == 0, "%s %s: connect refused", what, id);
         int64_t until = h_now_ms() + 10000;
-        while (!MQTTAsync_isConnected(c) && h_now_ms() < until)
-                h_sleep_ms(10);
+        while (!MQTTAsync_isConnected(c) && h_now_ms() < until) {
+                waker_poke();
+                h_sleep_ms(5);
+        }
         H_REQUIRE(MQTTAsync_isConnected(c), "%s %s did not connect", what, id);
 }
 
