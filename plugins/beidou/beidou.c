@@ -109,6 +109,7 @@ struct bd {
         uint64_t next_ok;
         bool want_ready;
         bool battery_low;
+        bool weak_refused; /* "power not locked": a weak beam is not tried again */
 
         char hold_reason[96];
         uint64_t hold_until;
@@ -116,7 +117,7 @@ struct bd {
         /* the last report */
         bool reported;
         enum km_plugin_state r_state;
-        char r_reason[128];
+        char r_reason[400];
         int r_signal;
         uint32_t r_mtu;
 
@@ -429,6 +430,12 @@ static void put_fmt(struct bd *s, const char *fmt, ...)
                 put_line(s, buf, (size_t)n);
 }
 
+/* A card not read yet, or not there, is asked for again this often. */
+static uint64_t card_retry_us(const struct bd *s)
+{
+        return s->c.card_poll_us < BD_CARD_RETRY_US ? s->c.card_poll_us : BD_CARD_RETRY_US;
+}
+
 /* Asks for the card, and on 2.1 for the beam reports; in auto both dialects. */
 static void query_card(struct bd *s)
 {
@@ -439,7 +446,7 @@ static void query_card(struct bd *s)
                 put_fmt(s, "CCRMO,BSI,2,1");
                 put_fmt(s, "CCICA,0,00");
         }
-        s->card_query_at = now + (s->card_known && s->card.id ? s->c.card_poll_us : BD_CARD_RETRY_US);
+        s->card_query_at = now + (s->card_known && s->card.id ? s->c.card_poll_us : card_retry_us(s));
 }
 
 static void dev_open(struct bd *s)
@@ -466,7 +473,9 @@ static void dev_open(struct bd *s)
         cfmakeraw(&t);
         t.c_cflag |= CLOCAL | CREAD;
         t.c_cflag &= ~(CRTSCTS | CSTOPB);
-        t.c_cc[VMIN] = 0;
+        /* VMIN 1: with O_NONBLOCK an empty line reads as EAGAIN, and 0 means hang-up
+         * (VMIN 0 would read 0 bytes whenever nothing waits). */
+        t.c_cc[VMIN] = 1;
         t.c_cc[VTIME] = 0;
         cfsetispeed(&t, sp);
         cfsetospeed(&t, sp);
@@ -568,6 +577,10 @@ static enum km_plugin_state state_now(struct bd *s, uint64_t now, char *reason, 
                 snprintf(reason, n, "no beam");
                 return KM_PLUGIN_DOWN;
         case BEAM_WEAK:
+                if (s->weak_refused) {
+                        snprintf(reason, n, "weak signal: power not locked");
+                        return KM_PLUGIN_DOWN;
+                }
                 snprintf(reason, n, "weak beam");
                 return KM_PLUGIN_DEGRADED;
         case BEAM_GOOD:
@@ -586,7 +599,7 @@ static enum km_plugin_state state_now(struct bd *s, uint64_t now, char *reason, 
 static void report(struct bd *s, bool force)
 {
         uint64_t now = now_us();
-        char reason[128];
+        char reason[400];
         int signal;
         enum km_plugin_state st = state_now(s, now, reason, sizeof(reason), &signal);
         uint32_t mtu = s->card_known && s->card.id && s->card_mtu >= BD_FRAME_MIN ? s->card_mtu : 0;
@@ -624,6 +637,8 @@ static void beam_update(struct bd *s, uint64_t now, enum bd_beam raw)
                                     s->beams.above, s->beams.best);
                 s->beam = raw;
         }
+        if (s->beam == BEAM_GOOD)
+                s->weak_refused = false;
 }
 
 static void hold(struct bd *s, uint64_t now, uint64_t dur, const char *why)
@@ -651,7 +666,7 @@ static void on_card(struct bd *s, const struct rdss_card *c)
         s->card = *c;
         s->card_mtu = mtu;
         s->card_known = true;
-        s->card_query_at = now_us() + (c->id ? s->c.card_poll_us : BD_CARD_RETRY_US);
+        s->card_query_at = now_us() + (c->id ? s->c.card_poll_us : card_retry_us(s));
 }
 
 static void on_fki(struct bd *s, const struct rdss_fki *k, uint64_t now)
@@ -715,7 +730,18 @@ static void on_fki(struct bd *s, const struct rdss_fki *k, uint64_t now)
                 switch (k->code) {
                 case 2: why = "transmission suppressed"; err = -EBUSY; break;
                 case 3: why = "radio silence"; err = -EBUSY; break;
-                case 4: why = "weak signal: power not locked"; err = -ENETDOWN; dur = s->c.settle_us; break;
+                case 4:
+                        /* Not again on this beam: only a good one, held for a settle. */
+                        why = "weak signal: power not locked";
+                        err = -ENETDOWN;
+                        dur = s->c.settle_us;
+                        s->weak_refused = true;
+                        if (s->beam == BEAM_GOOD) {
+                                s->beam = BEAM_WEAK;
+                                s->beam_raw = BEAM_WEAK;
+                                s->beam_raw_since = now;
+                        }
+                        break;
                 case 5: why = "no IC card"; err = -ENODEV; break;
                 case 6: why = "no permission to send"; err = -EACCES; break;
                 case 11: why = "checksum errors at the module"; err = -EIO; dur = s->c.settle_us; break;
@@ -726,7 +752,7 @@ static void on_fki(struct bd *s, const struct rdss_fki *k, uint64_t now)
                     k->v21 ? "2.1 suppression" : "BDS-3 reason", k->code);
         if (!k->v21 && k->code == 5) {
                 s->card.id = 0; /* DOWN until the card reads back */
-                s->card_query_at = now + BD_CARD_RETRY_US;
+                s->card_query_at = now + card_retry_us(s);
         } else {
                 hold(s, now, dur ? dur : 1, why);
         }

@@ -1,0 +1,427 @@
+/* SPDX-License-Identifier: MIT */
+/* Suite beidou: base kuimen -> beidou.so -> simulated module (pty) -> "satellite" (UDP) -> simulated module -> beidou.so -> center kuimen -> center broker. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+/*
+ * Two tests/sim/beidou_sim processes stand in for the base's and the center's
+ * terminals: the base's card 4238473 sends to 4238474 and back. The sims run at a
+ * 1 s service interval (real cards: 60 s; the interval comes from the card, so the
+ * driver takes whatever the sim says), with 50 ms to the feedback and 100 ms on the
+ * air. Faults go in through each sim's control FIFO; what the driver made of them is
+ * read from kuimen's log ("link: sat: up -> down (REASON)") and the sims' logs.
+ */
+
+static int64_t t_start;
+#define T(x) fprintf(stderr, "T %6lld %s\n", (long long)(h_now_ms() - t_start), x)
+#define BASE_CARD "4238473"
+#define CENTER_CARD "4238474"
+
+struct bdenv {
+        char dir[200], bconf[300], cconf[300], blog[300], clog[300];
+        char dev_a[300], dev_b[300], ctl_a[300], ctl_b[300], slog_a[300], slog_b[300];
+        struct h_broker local, center;
+        struct h_proc base, ctr, sim_a, sim_b;
+        struct h_pub pub, cpub;
+};
+
+struct bdconf {
+        const char *proto;       /* of the sims: "bds3" or "2.1" */
+        const char *level;       /* the cards' communication level */
+        const char *base_proto;  /* protocol = at the base */
+        const char *ctr_proto;   /* at the center */
+        const char *base_extra;  /* more keys of the base's [link sat], then sections */
+};
+
+static void start_sim(struct bdenv *e, struct h_proc *p, const char *log, const char *dev, const char *ctl,
+                      const char *card, int udp, int peer, const struct bdconf *c)
+{
+        const char *sim = getenv("KM_BEIDOU_SIM");
+        cr_assert(sim, "KM_BEIDOU_SIM is not set (meson sets it)");
+        char u[16], pr[16];
+        snprintf(u, sizeof(u), "%d", udp);
+        snprintf(pr, sizeof(pr), "%d", peer);
+        char *argv[] = { (char *)sim, "--protocol", (char *)c->proto, "--card", (char *)card, "--interval", "1",
+                         "--level", (char *)c->level, "--link", (char *)dev, "--control", (char *)ctl, "--udp", u,
+                         "--peer", pr, "--boot-ms", "200", "--notime-ms", "200", "--fki-ms", "50", "--latency-ms",
+                         "100", "--seed", udp % 2 ? "7" : "11", NULL };
+        h_spawn(p, log, argv, NULL);
+        cr_assert(h_log_wait(p, "booted", 5000), "the simulator did not start (%s)", log);
+        (void)e;
+}
+
+/* The timings every link here shares: quick to notice and quick to come back. */
+#define LINK_COMMON                                                                                            \
+        "classes = alert, command, position\nsettle = 500ms\ncard_poll = 500ms\nrefusal_retry = 500ms\n"     \
+        "reopen = 200ms\nsilence = 2s\nfeedback_timeout = 3s\nhold = 0\n"
+
+static void bd_up(struct bdenv *e, const char *tag, const struct bdconf *c)
+{
+        memset(e, 0, sizeof(*e));
+        t_start = h_now_ms();
+        h_tmpdir(e->dir, sizeof(e->dir), tag);
+        h_broker_start(&e->local, e->dir, 0, NULL);
+        h_broker_start(&e->center, e->dir, 0, NULL);
+#define P(f, name) snprintf(e->f, sizeof(e->f), "%s/" name, e->dir)
+        P(bconf, "base.conf");
+        P(cconf, "center.conf");
+        P(blog, "base.log");
+        P(clog, "center.log");
+        P(dev_a, "bd-base");
+        P(dev_b, "bd-center");
+        P(ctl_a, "sim-base.ctl");
+        P(ctl_b, "sim-center.ctl");
+        P(slog_a, "sim-base.log");
+        P(slog_b, "sim-center.log");
+#undef P
+        T("brokers");
+        int ua = h_free_port(), ub = h_free_port();
+        start_sim(e, &e->sim_a, e->slog_a, e->dev_a, e->ctl_a, BASE_CARD, ua, ub, c);
+        start_sim(e, &e->sim_b, e->slog_b, e->dev_b, e->ctl_b, CENTER_CARD, ub, ua, c);
+
+        const char *plugins = getenv("KM_SIM_PLUGIN_DIR");
+        cr_assert(plugins, "KM_SIM_PLUGIN_DIR is not set");
+        FILE *f = fopen(e->bconf, "w");
+        cr_assert(f);
+        fprintf(f,
+                "[node]\nname = north\nspool = %s/base/spool.db\nplugin_dir = %s\nstats_interval = 0\n"
+                "[local]\nuri = tcp://127.0.0.1:%d\n"
+                "[link sat]\ntype = beidou\ndevice = %s\nprotocol = %s\npeer_card = " CENTER_CARD "\n" LINK_COMMON "%s\n"
+                "[positions]\ntrack_interval = 0\n",
+                e->dir, plugins, e->local.port, e->dev_a, c->base_proto, c->base_extra ? c->base_extra : "");
+        fclose(f);
+        f = fopen(e->cconf, "w");
+        cr_assert(f);
+        fprintf(f,
+                "[node]\nname = county\nrole = center\nspool = %s/center/spool.db\nplugin_dir = %s\nstats_interval = 0\n"
+                "[local]\nuri = tcp://127.0.0.1:%d\n"
+                "[link sat]\ntype = beidou\ndevice = %s\nprotocol = %s\npeer_card = " BASE_CARD "\npeers = north\n" LINK_COMMON,
+                e->dir, plugins, e->center.port, e->dev_b, c->ctr_proto);
+        fclose(f);
+        T("sims");
+        const char *cargs[] = { "--config", e->cconf, NULL }, *bargs[] = { "--config", e->bconf, NULL };
+        h_kuimen_start(&e->ctr, e->clog, cargs);
+        h_kuimen_start(&e->base, e->blog, bargs);
+        cr_assert(h_log_wait(&e->ctr, "sat: down -> up (card " CENTER_CARD " ready)", 10000),
+                  "the center's link did not come up (%s)", e->clog);
+        cr_assert(h_log_wait(&e->base, "sat: down -> up (card " BASE_CARD " ready)", 10000),
+                  "the base's link did not come up (%s)", e->blog);
+        cr_assert(h_log_wait(&e->base, "ingest: connected", 10000));
+        T("up");
+        h_pub_start(&e->pub, e->local.port, "terminal");
+        h_pub_start(&e->cpub, e->center.port, "operator");
+}
+
+static void bd_down(struct bdenv *e)
+{
+        h_pub_stop(&e->pub);
+        h_pub_stop(&e->cpub);
+        h_stop(&e->base, SIGTERM);
+        h_stop(&e->ctr, SIGTERM);
+        h_stop(&e->sim_a, SIGTERM);
+        h_stop(&e->sim_b, SIGTERM);
+        h_stop(&e->local.p, SIGTERM);
+        h_stop(&e->center.p, SIGTERM);
+}
+
+/* One line to a sim's control FIFO. */
+static void fault(const char *ctl, const char *cmd)
+{
+        int fd = open(ctl, O_WRONLY | O_NONBLOCK);
+        cr_assert(fd >= 0, "%s: %s", ctl, strerror(errno));
+        char line[256];
+        int n = snprintf(line, sizeof(line), "%s\n", cmd);
+        cr_assert_eq(write(fd, line, (size_t)n), n);
+        close(fd);
+}
+
+static bool wait_count(const struct h_proc *p, const char *needle, int n, int timeout_ms)
+{
+        int64_t until = h_now_ms() + timeout_ms;
+        while (h_now_ms() < until) {
+                if (h_log_count(p, needle) >= n)
+                        return true;
+                h_sleep_ms(20);
+        }
+        return false;
+}
+
+static bool has_payload(struct h_sub *r, const char *pl)
+{
+        bool yes = false;
+        pthread_mutex_lock(&r->mu);
+        for (size_t i = 0; i < r->n && !yes; i++)
+                yes = strcmp(r->rx[i].payload, pl) == 0;
+        pthread_mutex_unlock(&r->mu);
+        return yes;
+}
+
+/* Messages r got on topics starting with prefix. */
+static size_t count_topic(struct h_sub *r, const char *prefix)
+{
+        size_t n = 0;
+        pthread_mutex_lock(&r->mu);
+        for (size_t i = 0; i < r->n; i++)
+                n += strncmp(r->rx[i].topic, prefix, strlen(prefix)) == 0;
+        pthread_mutex_unlock(&r->mu);
+        return n;
+}
+
+/* Whether the last message on a topic starting with prefix contains needle. */
+static bool last_on(struct h_sub *r, const char *prefix, const char *needle)
+{
+        const char *last = NULL;
+        pthread_mutex_lock(&r->mu);
+        for (size_t i = 0; i < r->n; i++)
+                if (strncmp(r->rx[i].topic, prefix, strlen(prefix)) == 0)
+                        last = r->rx[i].payload;
+        bool yes = last && strstr(last, needle);
+        pthread_mutex_unlock(&r->mu);
+        return yes;
+}
+
+static bool wait_payload(struct h_sub *r, const char *pl, int timeout_ms)
+{
+        int64_t until = h_now_ms() + timeout_ms;
+        while (h_now_ms() < until) {
+                if (has_payload(r, pl))
+                        return true;
+                h_sleep_ms(20);
+        }
+        return false;
+}
+
+/* Distinct payloads (h_sub keeps each once; every payload here is unique). */
+static size_t distinct(struct h_sub *r)
+{
+        return h_sub_count(r);
+}
+
+static const struct bdconf bds3 = { .proto = "bds3", .level = "2", .base_proto = "bds3", .ctr_proto = "bds3" };
+
+/* Alerts, commands and the latest position cross; sensor readings do not (the link's
+ * classes); the link never leaves UP, and the driver never sends inside the card's
+ * interval (the module refused nothing). */
+Test(beidou, end_to_end_classes_interval, .timeout = 60)
+{
+        struct bdenv e;
+        struct h_sub ctr, cmds;
+        char pl[200];
+
+        bd_up(&e, "bd-e2e", &bds3);
+        cr_assert(h_log_count(&e.base, "beidou: card " BASE_CARD " (bds3), class 3, service interval 1 s, level 2: "
+                                        "frames of 124 B (mixed coding), to card " CENTER_CARD) == 1,
+                  "the card's figures are not in %s", e.blog);
+        h_sub_start(&ctr, e.center.port, "center-all", "kuimen/north/#", false);
+        h_sub_start(&cmds, e.local.port, "base-cmd", "cmd/#", false);
+        T("subs");
+        for (int i = 1; i <= 6; i++) {
+                snprintf(pl, sizeof(pl), "A%d", i);
+                h_pub_send(&e.pub, "alert/gas/zone3", pl);
+                snprintf(pl, sizeof(pl), "{\"m\":%d.5}", i);
+                h_pub_send(&e.pub, "sensors/water/level", pl);
+        }
+        for (int i = 1; i <= 5; i++) {
+                snprintf(pl, sizeof(pl), "{\"lat\":30.81%d,\"lon\":108.4,\"ts\":\"2026-12-07T12:00:0%dZ\"}", i, i);
+                h_pub_send(&e.pub, "pos/uav-07", pl);
+        }
+        for (int i = 1; i <= 3; i++) {
+                snprintf(pl, sizeof(pl), "C%d", i);
+                h_pub_send(&e.cpub, "kuimen/north/cmd/siren", pl);
+        }
+        cr_assert(h_pub_flush(&e.pub, 5000));
+        cr_assert(h_pub_flush(&e.cpub, 5000));
+        T("published");
+        cr_assert(wait_payload(&cmds, "C3", 15000), "commands did not reach the base");
+        int64_t t = h_now_ms();
+        while (h_now_ms() - t < 15000 && (count_topic(&ctr, "kuimen/north/alert/") < 6 || !last_on(&ctr, "kuimen/north/pos/", "30.815")))
+                h_sleep_ms(50);
+        T("arrived");
+        h_sleep_ms(1200); /* what else may come */
+        cr_assert_eq(count_topic(&ctr, "kuimen/north/alert/"), 6, "alerts: %zu of 6", count_topic(&ctr, "kuimen/north/alert/"));
+        for (int i = 1; i <= 6; i++) {
+                snprintf(pl, sizeof(pl), "A%d", i);
+                cr_assert(has_payload(&ctr, pl), "%s missing", pl);
+        }
+        cr_assert_eq(distinct(&cmds), 3, "commands: %zu of 3", distinct(&cmds));
+        size_t npos = count_topic(&ctr, "kuimen/north/pos/");
+        cr_assert(npos >= 1 && npos <= 5, "%zu positions", npos);
+        cr_assert(last_on(&ctr, "kuimen/north/pos/", "30.815"), "the latest position is not the last");
+        cr_assert_eq(count_topic(&ctr, "kuimen/north/sensors/"), 0, "a sensor reading crossed a link without that class");
+        cr_assert_eq(count_topic(&ctr, "kuimen/north/"), 6 + npos + 3 /* the operator's commands */, "something else crossed");
+        h_sub_stop(&ctr);
+        h_sub_stop(&cmds);
+
+        fault(e.ctl_a, "stats");
+        fault(e.ctl_b, "stats");
+        cr_assert(h_log_wait(&e.sim_a, "stats:", 2000));
+        cr_assert(h_log_wait(&e.sim_b, "stats:", 2000));
+        bd_down(&e);
+        /* The base's sim accepted frames and refused none for the interval: the driver
+         * keeps the card's pace by itself. */
+        cr_assert(h_log_count(&e.sim_a, "refused 1:0 2:0 3:0 4:0 5:0 6:0 11:0 0:0") >= 1, "the base's module refused a send (%s)", e.slog_a);
+        cr_assert(h_log_count(&e.sim_b, "refused 1:0 2:0 3:0 4:0 5:0 6:0 11:0 0:0") >= 1, "the center's module refused a send (%s)", e.slog_b);
+        cr_assert(h_log_count(&e.sim_a, "accepted") >= 2);
+        cr_assert_eq(h_log_count(&e.base, "sat: up -> "), 0, "the base's link flapped (%s)", e.blog);
+        cr_assert_eq(h_log_count(&e.ctr, "sat: up -> "), 0, "the center's link flapped (%s)", e.clog);
+        cr_assert_eq(h_log_count(&e.base, "beidou: garbled"), 0);
+        h_cleanup(e.dir);
+}
+
+/* Each refusal of the module becomes its reason, the link comes back after it, and
+ * nothing published meanwhile is lost. */
+Test(beidou, every_refusal_code_bds3, .timeout = 60)
+{
+        struct bdenv e;
+        struct h_sub alerts;
+        static const struct {
+                const char *on, *off, *reason;
+        } codes[] = {
+                { "suppress on", "suppress off", "sat: up -> down (transmission suppressed)" },
+                { "silence on", "silence off", "sat: up -> down (radio silence)" },
+                { "permission off", "permission on", "sat: up -> down (no permission to send)" },
+                { "weak on", "weak off", "-> down (weak signal: power not locked)" },
+                { "fki-error 3", NULL, "sat: up -> down (checksum errors at the module)" },
+                { "card out", "card in", "-> down (no IC card)" },
+        };
+        char pl[32];
+        int n = 0, ups = 1;
+
+        bd_up(&e, "bd-refuse", &bds3);
+        h_sub_start(&alerts, e.center.port, "a", "kuimen/north/alert/#", false);
+        for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {
+                fault(e.ctl_a, codes[i].on);
+                h_sleep_ms(50);
+                snprintf(pl, sizeof(pl), "R%zu", i);
+                h_pub_send(&e.pub, "alert/test", pl);
+                n++;
+                cr_assert(h_log_wait(&e.base, codes[i].reason, 5000), "no \"%s\" in %s", codes[i].reason, e.blog);
+                if (codes[i].off)
+                        fault(e.ctl_a, codes[i].off);
+                cr_assert(wait_count(&e.base, "-> up (card " BASE_CARD " ready)", ++ups, 5000), "not up again after %s (%s)",
+                          codes[i].on, e.blog);
+                cr_assert(wait_payload(&alerts, pl, 8000), "%s did not arrive after %s", pl, codes[i].on);
+        }
+        /* Interval not elapsed (the card's clock ahead of ours): the same frame goes
+         * again when the time left is over, and the link stays up. */
+        int downs = h_log_count(&e.base, "sat: up -> down");
+        h_sleep_ms(1100);
+        fault(e.ctl_a, "gate 2");
+        h_pub_send(&e.pub, "alert/test", "GATE");
+        n++;
+        cr_assert(h_log_wait(&e.base, "the card's service interval has not elapsed; the frame goes again in 2 s", 5000));
+        cr_assert(wait_payload(&alerts, "GATE", 8000));
+        cr_assert_eq(h_log_count(&e.base, "sat: up -> down"), downs, "an early send took the link down");
+        cr_assert_eq(distinct(&alerts), (size_t)n);
+        h_sub_stop(&alerts);
+        fault(e.ctl_a, "stats");
+        cr_assert(h_log_wait(&e.sim_a, "stats:", 2000));
+        /* Each code was answered by the module, not guessed by the driver. */
+        cr_assert(h_log_count(&e.sim_a, "refused code 2 ") >= 1);
+        cr_assert(h_log_count(&e.sim_a, "refused code 3 ") >= 1);
+        cr_assert(h_log_count(&e.sim_a, "refused code 6 ") >= 1);
+        cr_assert(h_log_count(&e.sim_a, "refused code 4 ") >= 1);
+        cr_assert_eq(h_log_count(&e.sim_a, "refused code 11 "), 3, "two resends, then given back");
+        cr_assert(h_log_count(&e.sim_a, "refused code 1 wait 2") >= 1);
+        bd_down(&e);
+        h_cleanup(e.dir);
+}
+
+/* Garbled lines are counted and logged once, a module reset and an unplugged adapter
+ * take the link down with their reason and it comes back by itself; nothing is lost. */
+Test(beidou, garbled_reset_unplug, .timeout = 60)
+{
+        struct bdenv e;
+        struct h_sub alerts;
+
+        bd_up(&e, "bd-faults", &bds3);
+        h_sub_start(&alerts, e.center.port, "a", "kuimen/north/alert/#", false);
+
+        fault(e.ctl_a, "garble 8");
+        h_pub_send(&e.pub, "alert/test", "G1");
+        cr_assert(wait_payload(&alerts, "G1", 8000));
+        cr_assert(h_log_wait(&e.base, "beidou: garbled line from the module (checksum mismatch)", 2000));
+        cr_assert_eq(h_log_count(&e.base, "beidou: garbled line"), 1, "garbled lines are logged once per 10 s");
+
+        fault(e.ctl_a, "reset 400");
+        cr_assert(h_log_wait(&e.base, "beidou: the module restarted", 5000), "%s", e.blog);
+        cr_assert(h_log_wait(&e.base, "sat: up -> down (module has no time yet)", 2000));
+        h_pub_send(&e.pub, "alert/test", "G2");
+        cr_assert(wait_count(&e.base, "-> up (card " BASE_CARD " ready)", 2, 5000));
+        cr_assert(wait_payload(&alerts, "G2", 8000));
+
+        fault(e.ctl_a, "unplug");
+        cr_assert(h_log_wait(&e.base, "sat: up -> down (device ", 3000), "%s", e.blog);
+        h_pub_send(&e.pub, "alert/test", "G3");
+        h_sleep_ms(600);
+        cr_assert(!has_payload(&alerts, "G3"));
+        fault(e.ctl_a, "plug");
+        cr_assert(wait_count(&e.base, "-> up (card " BASE_CARD " ready)", 3, 6000), "%s", e.blog);
+        cr_assert(wait_payload(&alerts, "G3", 8000));
+        cr_assert_eq(distinct(&alerts), 3);
+        h_sub_stop(&alerts);
+        bd_down(&e);
+        cr_assert_eq(h_log_count(&e.base, ", garbled 8,"), 1, "the driver did not count 8 garbled lines (%s)", e.blog);
+        h_cleanup(e.dir);
+}
+
+/* The 2.1 dialect end to end, the center finding it by itself (protocol = auto);
+ * level-3 cards give 77-byte frames; 2.1's refusals become their reasons. */
+Test(beidou, v21_end_to_end_and_refusals, .timeout = 60)
+{
+        struct bdenv e;
+        struct h_sub alerts, cmds;
+        const struct bdconf v21 = { .proto = "2.1", .level = "3", .base_proto = "2.1", .ctr_proto = "auto" };
+
+        bd_up(&e, "bd-v21", &v21);
+        cr_assert(h_log_count(&e.base, "beidou: card " BASE_CARD " (2.1), class 3, service interval 1 s, level 3: "
+                                        "frames of 77 B (mixed coding)") == 1, "%s", e.blog);
+        cr_assert(h_log_count(&e.ctr, "beidou: card " CENTER_CARD " (2.1)") == 1, "auto did not find 2.1 (%s)", e.clog);
+        h_sub_start(&alerts, e.center.port, "a", "kuimen/north/alert/#", false);
+        h_sub_start(&cmds, e.local.port, "c", "cmd/#", false);
+        h_pub_send(&e.pub, "alert/a", "V1");
+        h_pub_send(&e.pub, "alert/a", "V2");
+        h_pub_send(&e.cpub, "kuimen/north/cmd/pump", "K1");
+        cr_assert(wait_payload(&alerts, "V2", 10000));
+        cr_assert(wait_payload(&cmds, "K1", 10000));
+
+        static const struct {
+                const char *on, *off, *reason;
+        } codes[] = {
+                { "suppress on", "suppress off", "sat: up -> down (transmission suppressed)" },
+                { "battery on", "battery off", "sat: up -> down (battery low)" },
+                { "silence on", "silence off", "sat: up -> down (radio silence)" },
+                { "card out", "card in", "-> down (no IC card)" },
+        };
+        char pl[32];
+        int ups = 1;
+        for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {
+                fault(e.ctl_a, codes[i].on);
+                h_sleep_ms(50);
+                snprintf(pl, sizeof(pl), "W%zu", i);
+                h_pub_send(&e.pub, "alert/test", pl);
+                cr_assert(h_log_wait(&e.base, codes[i].reason, 5000), "no \"%s\" in %s", codes[i].reason, e.blog);
+                fault(e.ctl_a, codes[i].off);
+                cr_assert(wait_count(&e.base, "-> up (card " BASE_CARD " ready)", ++ups, 5000), "%s", e.blog);
+                cr_assert(wait_payload(&alerts, pl, 8000), "%s did not arrive after %s", pl, codes[i].on);
+        }
+        h_sleep_ms(1100);
+        fault(e.ctl_a, "gate 2");
+        h_pub_send(&e.pub, "alert/test", "GATE");
+        cr_assert(h_log_wait(&e.base, "the card's service interval has not elapsed; the frame goes again in 2 s", 5000));
+        cr_assert(wait_payload(&alerts, "GATE", 8000));
+        cr_assert_eq(distinct(&alerts), 7);
+        h_sub_stop(&alerts);
+        h_sub_stop(&cmds);
+        bd_down(&e);
+        h_cleanup(e.dir);
+}
