@@ -572,6 +572,8 @@ static void command(char *c)
                 ok = onoff(a, &beams_on);
         else if (strcmp(w, "weak") == 0) {
                 ok = onoff(a, &weak);
+                if (!weak) /* the obstruction gone: the beams are back at once */
+                        memcpy(s2c, (int[]){ 48, 45, 42, 50 }, sizeof(s2c));
                 step_beams(); /* at once, not at the next report */
         }
         else if (strcmp(w, "card") == 0) {
