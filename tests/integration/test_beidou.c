@@ -451,3 +451,40 @@ Test(beidou, v21_refusals, .timeout = 60)
         };
         run_refusals(&v21, "bd-v21r", codes, 4, true);
 }
+
+/* --check-config runs the plugin's own checks: 4.0 is refused by name, as are a bad
+ * card number and an unknown coding, each naming its line; a device that is not there
+ * is no config error (the link starts DOWN and retries). */
+Test(beidou, check_config, .timeout = 30)
+{
+        char dir[200], conf[300], out[4096];
+        const char *plugins = getenv("KM_SIM_PLUGIN_DIR");
+        cr_assert(plugins);
+        h_tmpdir(dir, sizeof(dir), "bd-check");
+        snprintf(conf, sizeof(conf), "%s/k.conf", dir);
+        static const struct {
+                const char *keys, *want;
+        } cases[] = {
+                { "protocol = 4.0\npeer_card = 4238474\n",
+                  "k.conf:10: protocol: protocol = 4.0: 4.0 (the binary $TXSQ/$FKXX/$TXXX set) is not implemented in this "
+                  "version: use bds3 or 2.1 if the module speaks it, or auto" },
+                { "peer_card = 42384741234\n", "k.conf:10: peer_card: peer_card = 42384741234: expected a card number of 1 to 8 digits, not 0" },
+                { "peer_card = 4238474\ncoding = base64\n", "k.conf:11: coding: coding = base64: expected mixed or code" },
+                { "protocol = bds3\n", "peer_card: required" },
+                { "peer_card = 4238474\nbaud = 12345\n", "k.conf:11: baud: baud = 12345: not a line speed" },
+                { "peer_card = 4238474\n", "k.conf: ok" },
+        };
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                char text[1024];
+                snprintf(text, sizeof(text),
+                         "[node]\nname = north\nspool = %s/spool.db\nplugin_dir = %s\n[local]\nuri = tcp://127.0.0.1:1\n"
+                         "[link sat]\ntype = beidou\ndevice = %s/no-such-tty\n%s",
+                         dir, plugins, dir, cases[i].keys);
+                h_write_text(conf, text);
+                const char *args[] = { "--check-config", conf, NULL };
+                int rc = h_kuimen_run(args, out, sizeof(out));
+                cr_assert(strstr(out, cases[i].want), "case %zu: want \"%s\" in:\n%s", i, cases[i].want, out);
+                cr_assert_eq(rc, strcmp(cases[i].want, "k.conf: ok") == 0 ? 0 : 1, "case %zu: exit %d", i, rc);
+        }
+        h_cleanup(dir);
+}
