@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -153,8 +154,10 @@ static void bd_down(struct bdenv *e)
         h_sub_stop(&e->cmds);
         h_pub_stop(&e->pub);
         h_pub_stop(&e->cpub);
-        h_stop(&e->base, SIGTERM);
-        h_stop(&e->ctr, SIGTERM);
+        /* Under ASan a leak or an error in kuimen or beidou.so shows as a non-zero exit. */
+        int sb = h_stop(&e->base, SIGTERM), sc = h_stop(&e->ctr, SIGTERM);
+        cr_expect(WIFEXITED(sb) && WEXITSTATUS(sb) == 0, "the base exits 0 on SIGTERM (status %d, %s)", sb, e->blog);
+        cr_expect(WIFEXITED(sc) && WEXITSTATUS(sc) == 0, "the center exits 0 on SIGTERM (status %d, %s)", sc, e->clog);
         h_stop(&e->sim_a, SIGTERM);
         h_stop(&e->sim_b, SIGTERM);
         h_stop(&e->local.p, SIGTERM);
