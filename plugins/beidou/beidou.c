@@ -53,7 +53,7 @@
 #define BD_CARD_RETRY_US 2000000ull
 #define BD_MAX_RESENDS 2
 
-enum bd_proto { P_BDS3, P_V21, P_AUTO };
+enum bd_proto { P_BDS3, P_V21, P_AUTO, P_40 };
 enum bd_beam { BEAM_UNKNOWN, BEAM_NONE, BEAM_WEAK, BEAM_GOOD };
 
 struct bd_conf {
@@ -167,12 +167,12 @@ struct bd_opt {
 static const struct bd_opt opts[] = {
         { "device", OPT_PATH, NULL, CONF(device), 0, 0, "serial port of the module, e.g. /dev/ttyUSB0" },
         { "baud", OPT_BAUD, "115200", CONF(baud), 0, 0, "line speed, 8N1" },
-        { "protocol", OPT_PROTO, "auto", CONF(proto), 0, 0, "bds3, 2.1 or auto (4.0 is not implemented)" },
+        { "protocol", OPT_PROTO, "auto", CONF(proto), 0, 0, "bds3, 2.1, 4.0 (binary) or auto (bds3 or 2.1)" },
         { "peer_card", OPT_CARD, NULL, CONF(peer), 0, 0, "card number (1 to 8 digits) that frames are sent to" },
         { "coding", OPT_CODING, "mixed", CONF(mixed), 0, 0, "mixed (A4 + hex of the bytes) or code (hex nibbles)" },
         { "mtu", OPT_UINT, "0", CONF(mtu_cap), 0, BD_FRAME_MAX, "cap on the frame size below the card's, 0 = the card's" },
         { "min_s2c", OPT_UINT, "40", CONF(min_s2c), 0, 99, "BDS-3: a beam counts when its S2C_d (dB-Hz) is at least this" },
-        { "min_power", OPT_UINT, "1", CONF(min_power), 0, 4, "2.1: a beam counts when its power (0..4) is at least this" },
+        { "min_power", OPT_UINT, "1", CONF(min_power), 0, 4, "2.1 and 4.0: a beam counts when its power (0..4) is at least this" },
         { "freq_point", OPT_UINT, "2", CONF(freq_point), 1, 5, "BDS-3 $CCTCQ frequency point (1..5 = Lf0..Lf4)" },
         { "reopen", OPT_DURATION, "2s", CONF(reopen_us), 100000, US(3600), "retry a missing or lost device this often" },
         { "feedback_timeout", OPT_DURATION, "10s", CONF(fki_us), 500000, US(600),
@@ -267,10 +267,9 @@ static const char *parse_opt(const struct bd_opt *o, const char *v, struct bd_co
                 else if (strcmp(v, "auto") == 0)
                         *(enum bd_proto *)at = P_AUTO;
                 else if (strcmp(v, "4.0") == 0)
-                        return "4.0 (the binary $TXSQ/$FKXX/$TXXX set) is not implemented in this version: "
-                               "use bds3 or 2.1 if the module speaks it, or auto";
+                        *(enum bd_proto *)at = P_40;
                 else
-                        return "expected bds3, 2.1 or auto";
+                        return "expected bds3, 2.1, 4.0 or auto";
                 return NULL;
         case OPT_CARD:
                 if (rdss_parse_card(v, at) < 0 || *(uint32_t *)at == 0)
@@ -437,9 +436,24 @@ static uint64_t card_retry_us(const struct bd *s)
 }
 
 /* Asks for the card, and on 2.1 for the beam reports; in auto both dialects. */
+static void put_bin(struct bd *s, const char *id, uint32_t addr, const uint8_t *body, size_t blen)
+{
+        uint8_t f[RDSS40_MAX];
+        ssize_t n = rdss40_build(f, sizeof(f), id, addr, body, blen);
+        if (n > 0)
+                put_line(s, (const char *)f, (size_t)n);
+}
+
 static void query_card(struct bd *s)
 {
         uint64_t now = now_us();
+        if (s->proto == P_40) {
+                /* $ICJC frame 0 -> $ICXX; $GLJC every 1 s -> $GLZK beam powers. */
+                put_bin(s, "ICJC", 0, (const uint8_t[]){ 0 }, 1);
+                put_bin(s, "GLJC", 0, (const uint8_t[]){ 1 }, 1);
+                s->card_query_at = now + (s->card_known && s->card.id ? s->c.card_poll_us : card_retry_us(s));
+                return;
+        }
         if (s->proto != P_V21)
                 put_fmt(s, "CCICR,0,00");
         if (s->proto != P_BDS3) {
@@ -510,13 +524,19 @@ static void dev_open(struct bd *s)
 
 static uint32_t card_mtu(const struct bd *s, const struct rdss_card *c)
 {
-        unsigned bits = s->proto == P_V21 ? rdss_v21_bits(c->level, c->encrypted) : rdss_bds3_bits(c->level);
+        /* 4.0 cards are BDS-2 cards: the 2.1 table. */
+        unsigned bits = s->proto != P_BDS3 ? rdss_v21_bits(c->level, c->encrypted) : rdss_bds3_bits(c->level);
         uint32_t m = rdss_bytes_for_bits(bits, s->c.mixed);
         if (m > BD_FRAME_MAX)
                 m = BD_FRAME_MAX;
         if (s->c.mtu_cap && m > s->c.mtu_cap)
                 m = (uint32_t)s->c.mtu_cap;
         return m;
+}
+
+static const char *proto_name(enum bd_proto p)
+{
+        return p == P_BDS3 ? "bds3" : p == P_V21 ? "2.1" : p == P_40 ? "4.0" : "auto";
 }
 
 static bool can_send(const struct bd *s, uint64_t now)
@@ -658,7 +678,7 @@ static void on_card(struct bd *s, const struct rdss_card *c)
                         s->api->log(s->h, KM_PLUGIN_LOG_INFO,
                                     "beidou: card %07u (%s), class %u, service interval %u s, level %u%s: frames of %u B "
                                     "(%s coding), to card %07u",
-                                    c->id, s->proto == P_V21 ? "2.1" : "bds3", c->cls, c->interval_s, c->level,
+                                    c->id, proto_name(s->proto), c->cls, c->interval_s, c->level,
                                     c->encrypted ? ", encrypted" : "", mtu, s->c.mixed ? "mixed" : "code", s->c.peer);
                 else if (was || !s->card_known)
                         s->api->log(s->h, KM_PLUGIN_LOG_WARNING, "beidou: no IC card in the module");
@@ -671,7 +691,7 @@ static void on_card(struct bd *s, const struct rdss_card *c)
 
 static void on_fki(struct bd *s, const struct rdss_fki *k, uint64_t now)
 {
-        const char *want = s->proto == P_V21 ? "TXA" : "TCQ";
+        const char *want = s->proto == P_V21 ? "TXA" : s->proto == P_40 ? "TXSQ" : "TCQ";
         if (!s->pending || s->resend_at || strcmp(k->cmd, want) != 0) {
                 s->n_unexpected++;
                 return;
@@ -691,7 +711,7 @@ static void on_fki(struct bd *s, const struct rdss_fki *k, uint64_t now)
         }
         /* Refused. Which of the 2.1 fields says "interval not elapsed" is not in the
          * sources [U]: a wait with no suppression is read as the time left. */
-        bool early = k->v21 ? k->code == 0 && k->wait_s > 0 : k->code == 1;
+        bool early = k->v21 ? k->code == 0 && k->wait_s > 0 : k->v40 ? k->code == 4 : k->code == 1;
         if (early) {
                 uint64_t w = US(k->wait_s ? k->wait_s : 1);
                 s->n_early++;
@@ -702,7 +722,7 @@ static void on_fki(struct bd *s, const struct rdss_fki *k, uint64_t now)
                 report(s, true);
                 return;
         }
-        if (!k->v21 && k->code == 11 && s->resends < BD_MAX_RESENDS) {
+        if (((!k->v21 && !k->v40 && k->code == 11) || (k->v40 && k->code == 6)) && s->resends < BD_MAX_RESENDS) {
                 /* The module saw a bad checksum: the line was hit on the way. */
                 s->resends++;
                 s->resend_at = now + 1;
@@ -711,7 +731,33 @@ static void on_fki(struct bd *s, const struct rdss_fki *k, uint64_t now)
         const char *why;
         int err;
         uint64_t dur = s->c.refusal_us;
-        if (k->v21) {
+        if (k->v40) {
+                switch (k->code) {
+                case 2:
+                        why = "weak signal: power not locked";
+                        err = -ENETDOWN;
+                        dur = s->c.settle_us;
+                        s->weak_refused = true;
+                        if (s->beam == BEAM_GOOD) {
+                                s->beam = s->beam_raw = BEAM_WEAK;
+                                s->beam_raw_since = now;
+                        }
+                        break;
+                case 3: why = "battery low"; err = -EBUSY; break;
+                case 5: why = "encryption error at the module"; err = -EIO; dur = s->c.settle_us; break;
+                case 6: why = "checksum errors at the module"; err = -EIO; dur = s->c.settle_us; break;
+                case 7: why = "transmission suppressed"; err = -EBUSY; break;
+                default:
+                        /* 1 "failed" says no more: read the card again (no card reads as
+                         * address 0) and wait a settle. */
+                        why = "refused by the module";
+                        err = -EIO;
+                        dur = s->c.settle_us;
+                        s->card_known = false;
+                        query_card(s);
+                        break;
+                }
+        } else if (k->v21) {
                 switch (k->code) {
                 case 1: why = "transmission suppressed"; err = -EBUSY; break;
                 case 2: why = "battery low"; err = -EBUSY; break;
@@ -748,9 +794,9 @@ static void on_fki(struct bd *s, const struct rdss_fki *k, uint64_t now)
                 default: why = "refused by the module"; err = -EIO; dur = s->c.settle_us; break;
                 }
         }
-        s->api->log(s->h, KM_PLUGIN_LOG_WARNING, "beidou: the module refused a frame: %s (%s code %u)", why,
-                    k->v21 ? "2.1 suppression" : "BDS-3 reason", k->code);
-        if (!k->v21 && k->code == 5) {
+        s->api->log(s->h, KM_PLUGIN_LOG_WARNING, "beidou: the module refused a frame: %s (%s %u)", why,
+                    k->v21 ? "2.1 suppression code" : k->v40 ? "4.0 FKXX flag" : "BDS-3 reason code", k->code);
+        if (!k->v21 && !k->v40 && k->code == 5) {
                 s->card.id = 0; /* DOWN until the card reads back */
                 s->card_query_at = now + card_retry_us(s);
         } else {
@@ -763,7 +809,7 @@ static void on_fki(struct bd *s, const struct rdss_fki *k, uint64_t now)
 static void on_message(struct bd *s, const struct rdss_msg *m)
 {
         ssize_t n = rdss_hex_decode(s->frame, sizeof(s->frame), m->hex);
-        bool mixed = s->proto == P_V21 ? m->coding == 2 : m->coding == 3;
+        bool mixed = s->proto == P_V21 ? m->coding == 2 : s->proto == P_40 ? s->c.mixed : m->coding == 3;
         if (n < 0) {
                 s->n_rx_bad++;
                 long sup = ratelimit(&s->rl_rx, now_us());
@@ -899,6 +945,103 @@ bad:
         garbled(s, d, len, r);
 }
 
+/* One binary frame of the 4.0 set. */
+static void on_frame40(struct bd *s, const struct rdss40 *f)
+{
+        uint64_t now = now_us();
+        const uint8_t *b = f->body;
+        s->n_lines++;
+        s->last_line_at = now;
+        if (s->silent) {
+                s->silent = false;
+                s->card_known = false;
+                s->api->log(s->h, KM_PLUGIN_LOG_INFO, "beidou: the module speaks again; reading the card");
+                query_card(s);
+        }
+        if (strcmp(f->id, "ICXX") == 0 && f->blen >= 11) {
+                /* frame no, broadcast id u24, user type, interval u16, level, encryption,
+                 * subordinates u16 [B11, B12]; the card is the header's address. */
+                struct rdss_card c = { .id = f->addr, .cls = b[4], .interval_s = (unsigned)b[5] << 8 | b[6],
+                                       .level = b[7], .encrypted = b[8] != 0 };
+                on_card(s, &c);
+        } else if (strcmp(f->id, "GLZK") == 0 && f->blen >= 6) {
+                struct rdss_beams bm = { .has_time = true };
+                for (int i = 0; i < 6; i++) {
+                        bm.n++;
+                        if (b[i] > bm.best)
+                                bm.best = b[i];
+                        if (b[i] >= s->c.min_power)
+                                bm.above++;
+                }
+                s->beams = bm;
+                s->last_beam_at = now;
+                beam_update(s, now, bm.above ? BEAM_GOOD : bm.best ? BEAM_WEAK : BEAM_NONE);
+        } else if (strcmp(f->id, "FKXX") == 0 && f->blen >= 5) {
+                /* flag + 4 extra bytes; flag 4 has the seconds left in extra[3] [B12]. */
+                struct rdss_fki k = { .v40 = true, .exec = b[0] == 0, .freq_ok = true, .code = b[0],
+                                      .wait_s = b[0] == 4 ? b[4] : 0 };
+                memcpy(k.cmd, "TXSQ", 5);
+                if (b[0] == 8) /* suppression released: news, not an answer */
+                        s->hold_until = 0;
+                else
+                        on_fki(s, &k, now);
+        } else if (strcmp(f->id, "TXXX") == 0 && f->blen >= 9) {
+                /* class, sender u24, hour, minute, bits u16, data, CRC flag [B11] */
+                size_t bits = (size_t)b[6] << 8 | b[7], n = (bits + 7) / 8;
+                if (9 + n > f->blen || b[8 + n] != 0) {
+                        s->n_rx_bad++;
+                        long sup = ratelimit(&s->rl_rx, now);
+                        if (sup >= 0)
+                                s->api->log(s->h, KM_PLUGIN_LOG_WARNING,
+                                            "beidou: a $TXXX with a CRC error or a bad length; dropped (%ld more suppressed)", sup);
+                } else {
+                        const uint8_t *p = b + 8;
+                        if (s->c.mixed && n && p[0] == 0xA4) {
+                                p++;
+                                n--;
+                        }
+                        s->n_rx++;
+                        if (n)
+                                s->api->received(s->h, p, n);
+                }
+        }
+        report(s, false);
+}
+
+static void on_bytes40(struct bd *s)
+{
+        size_t off = 0;
+        while (off < s->rxlen && s->fd >= 0) {
+                const uint8_t *p = (const uint8_t *)s->rx + off;
+                size_t left = s->rxlen - off;
+                if (p[0] != '$') {
+                        const uint8_t *d = memchr(p, '$', left);
+                        size_t skip = d ? (size_t)(d - p) : left;
+                        garbled(s, (const char *)p, skip, RDSS_E_FORMAT);
+                        off += skip;
+                        continue;
+                }
+                struct rdss40 f;
+                ssize_t r = rdss40_parse(p, left, &f);
+                if (r == 0)
+                        break;
+                if (r < 0) {
+                        /* Not a frame here: skip the "$" and look for the next one. */
+                        const uint8_t *d = memchr(p + 1, '$', left - 1);
+                        size_t skip = d ? (size_t)(d - p) : left;
+                        garbled(s, (const char *)p, skip, (int)r);
+                        off += skip;
+                        continue;
+                }
+                on_frame40(s, &f);
+                off += (size_t)r;
+        }
+        if (s->fd < 0)
+                return;
+        memmove(s->rx, s->rx + off, s->rxlen - off);
+        s->rxlen -= off;
+}
+
 static void on_readable(struct bd *s)
 {
         for (int burst = 0; burst < 16 && s->fd >= 0; burst++) {
@@ -912,6 +1055,11 @@ static void on_readable(struct bd *s)
                         snprintf(why, sizeof(why), "read: %s", n < 0 ? strerror(errno) : "end of file (unplugged?)");
                         dev_lost(s, why);
                         return;
+                }
+                if (s->proto == P_40) {
+                        s->rxlen += (size_t)n;
+                        on_bytes40(s);
+                        continue;
                 }
                 size_t len = s->rxlen + (size_t)n, start = 0;
                 for (size_t i = s->rxlen; i < len; i++) {
@@ -963,6 +1111,10 @@ static void tick(struct bd *s)
                         s->api->log(s->h, KM_PLUGIN_LOG_WARNING, "beidou: the module has said nothing for %.1f s",
                                     (double)(now - s->last_line_at) / 1e6);
                         give_back(s, -ETIMEDOUT);
+                        /* Ask again now and every 2 s: a 2.1 or 4.0 module that restarted
+                         * reports beams only when asked. */
+                        s->card_known = false;
+                        s->card_query_at = now;
                 }
                 /* Beam reports stopped while other lines come: as good as no beam. */
                 if (s->last_beam_at && now - s->last_beam_at >= s->c.silence_us && s->beam != BEAM_NONE) {
@@ -1032,7 +1184,7 @@ static int bd_open(km_plugin_link *h, const struct km_host_api *api, void **stat
         s->proto = c.proto;
         s->r_signal = -1;
         api->log(h, KM_PLUGIN_LOG_INFO, "beidou: %s at %u baud, protocol %s, to card %07u, %s coding", c.device, c.baud,
-                 c.proto == P_BDS3 ? "bds3" : c.proto == P_V21 ? "2.1" : "auto", c.peer, c.mixed ? "mixed" : "code");
+                 proto_name(c.proto), c.peer, c.mixed ? "mixed" : "code");
         dev_open(s);
         int id = api->timer(h, BD_TICK_US, on_tick, s);
         if (id <= 0) {
@@ -1092,6 +1244,26 @@ static int bd_send(void *state, const void *frame, size_t len, uint32_t token)
                 s->want_ready = true;
                 return -EAGAIN;
         }
+        if (s->proto == P_40) {
+                /* class 0x46 (normal, code/mixed), dest u24, bit length u16, ack 0, data */
+                uint8_t body[16 + BD_FRAME_MAX];
+                size_t k = 0, dl = len + (s->c.mixed ? 1 : 0);
+                body[k++] = 0x46;
+                body[k++] = (uint8_t)(s->c.peer >> 16);
+                body[k++] = (uint8_t)(s->c.peer >> 8);
+                body[k++] = (uint8_t)s->c.peer;
+                body[k++] = (uint8_t)((dl * 8) >> 8);
+                body[k++] = (uint8_t)(dl * 8);
+                body[k++] = 0;
+                if (s->c.mixed)
+                        body[k++] = 0xA4;
+                memcpy(body + k, frame, len);
+                ssize_t fl = rdss40_build((uint8_t *)s->line, sizeof(s->line), "TXSQ", s->card.id, body, k + len);
+                if (fl < 0)
+                        return -EMSGSIZE;
+                s->linelen = (int)fl;
+                goto write;
+        }
         size_t off = 0;
         if (s->c.mixed) {
                 memcpy(hex, "A4", 2);
@@ -1107,7 +1279,8 @@ static int bd_send(void *state, const void *frame, size_t len, uint32_t token)
         if (n < 0)
                 return -EMSGSIZE;
         s->linelen = n;
-        if (!put_line(s, s->line, (size_t)n)) {
+write:
+        if (!put_line(s, s->line, (size_t)s->linelen)) {
                 s->want_ready = true;
                 return -ENOTCONN;
         }

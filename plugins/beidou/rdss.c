@@ -373,3 +373,51 @@ unsigned rdss_bds3_bits(unsigned level)
                 return 0;
         return bits[level - 1];
 }
+
+ssize_t rdss40_parse(const uint8_t *buf, size_t n, struct rdss40 *f)
+{
+        if (n == 0 || buf[0] != '$')
+                return RDSS_E_FORMAT;
+        for (size_t i = 1; i < 5 && i < n; i++)
+                if (!is_upper((char)buf[i]))
+                        return RDSS_E_FORMAT;
+        if (n < 7)
+                return 0;
+        size_t len = (size_t)buf[5] << 8 | buf[6];
+        if (len < RDSS40_HDR + 1 || len > RDSS40_MAX)
+                return RDSS_E_FORMAT;
+        if (n < len)
+                return 0;
+        uint8_t x = 0;
+        for (size_t i = 0; i < len - 1; i++)
+                x ^= buf[i];
+        if (x != buf[len - 1])
+                return RDSS_E_CHECKSUM;
+        memcpy(f->id, buf + 1, 4);
+        f->id[4] = '\0';
+        f->addr = (uint32_t)buf[7] << 16 | (uint32_t)buf[8] << 8 | buf[9];
+        f->body = buf + RDSS40_HDR;
+        f->blen = len - RDSS40_HDR - 1;
+        return (ssize_t)len;
+}
+
+ssize_t rdss40_build(uint8_t *out, size_t cap, const char *id, uint32_t addr, const uint8_t *body, size_t blen)
+{
+        size_t len = RDSS40_HDR + blen + 1;
+        if (strlen(id) != 4 || len > cap || len > RDSS40_MAX || addr > 0xFFFFFF)
+                return -1;
+        out[0] = '$';
+        memcpy(out + 1, id, 4);
+        out[5] = (uint8_t)(len >> 8);
+        out[6] = (uint8_t)len;
+        out[7] = (uint8_t)(addr >> 16);
+        out[8] = (uint8_t)(addr >> 8);
+        out[9] = (uint8_t)addr;
+        if (blen)
+                memcpy(out + RDSS40_HDR, body, blen);
+        uint8_t x = 0;
+        for (size_t i = 0; i < len - 1; i++)
+                x ^= out[i];
+        out[len - 1] = x;
+        return (ssize_t)len;
+}

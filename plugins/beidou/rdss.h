@@ -86,6 +86,7 @@ int rdss_parse_bsi(const struct rdss_sentence *s, unsigned min_power, struct rds
  * 2.1: $BDFKI,<cmd>,<exec Y/N>,<freq Y/N>,<suppress 0..3>,<wait mmss>. */
 struct rdss_fki {
         bool v21;
+        bool v40;        /* made by beidou.so from a 4.0 $FKXX: code is its flag */
         char cmd[8];     /* "TCQ", "TXA" ... */
         bool exec;       /* Y */
         bool freq_ok;    /* 2.1 field 3; true on BDS-3 */
@@ -118,3 +119,25 @@ unsigned rdss_v21_bits(unsigned level, bool encrypted);
 unsigned rdss_bds3_bits(unsigned level);
 
 #endif
+
+/* ---- the binary "4.0" set ($TXSQ/$FKXX/$TXXX/$ICJC/$GLJC) ------------------------
+ * A frame: "$" + 4 ASCII letters + length u16 BE (the whole frame, "$" and checksum
+ * included) + user address u24 BE + body + XOR of every byte before it (§1.4). */
+
+#define RDSS40_HDR 10    /* "$", id, length, address */
+#define RDSS40_MAX 1024  /* longest frame taken: a 1 680-bit TXSQ is 229 bytes */
+
+struct rdss40 {
+        char id[5];
+        uint32_t addr;
+        const uint8_t *body; /* into the buffer parsed */
+        size_t blen;
+};
+
+/* One frame at buf[0] ("$"). Returns its length when it is whole and valid (*f set),
+ * 0 when more bytes are needed, RDSS_E_CHECKSUM on a bad XOR, RDSS_E_FORMAT when buf
+ * does not start a frame (the caller skips a byte and looks for the next "$"). */
+ssize_t rdss40_parse(const uint8_t *buf, size_t n, struct rdss40 *f);
+
+/* Builds a frame of id (4 letters) for addr around body; returns its length or -1. */
+ssize_t rdss40_build(uint8_t *out, size_t cap, const char *id, uint32_t addr, const uint8_t *body, size_t blen);

@@ -310,7 +310,8 @@ struct refusal {
 
 /* Runs codes over the base's link; then, with gate, the interval-not-elapsed case.
  * Every alert arrives once. */
-static void run_refusals(const struct bdconf *c, const char *tag, const struct refusal *codes, size_t n, bool gate)
+static void run_refusals(const struct bdconf *c, const char *tag, const struct refusal *codes, size_t n, bool gate,
+                         const char *card_log)
 {
         struct bdenv e;
         struct h_sub *alerts = &e.sub;
@@ -318,6 +319,10 @@ static void run_refusals(const struct bdconf *c, const char *tag, const struct r
         int ups = 1;
 
         bd_up(&e, tag, c);
+        if (card_log)
+                cr_assert(h_log_count(&e.base, card_log) == 1, "no \"%s\" in %s", card_log, e.blog);
+        /* A command down while the faults come and go: it arrives once. */
+        h_pub_send(&e.cpub, "kuimen/north/cmd/pump", "K1");
         for (size_t i = 0; i < n; i++) {
                 fault(e.ctl_a, codes[i].on);
                 h_sleep_ms(50);
@@ -344,9 +349,12 @@ static void run_refusals(const struct bdconf *c, const char *tag, const struct r
                           "%s", e.blog);
                 cr_assert(wait_payload(alerts, "GATE", 8000));
                 cr_assert_eq(h_log_count(&e.base, "sat: up -> down"), downs, "an early send took the link down");
-                cr_assert(h_log_count(&e.sim_a, "refused code 1 wait 2") + h_log_count(&e.sim_a, "refused code 0 wait 2") >= 1);
+                cr_assert(h_log_count(&e.sim_a, "refused code 1 wait 2") + h_log_count(&e.sim_a, "refused code 0 wait 2") +
+                                  h_log_count(&e.sim_a, "refused code 4 wait 2") >= 1);
         }
         cr_assert_eq(count_topic(alerts, "kuimen/north/alert/"), n + gate, "alerts: %zu of %zu", count_topic(alerts, "kuimen/north/alert/"), n + gate);
+        cr_assert(wait_payload(&e.cmds, "K1", 8000), "the command did not reach the base");
+        cr_assert_eq(distinct(&e.cmds), 1);
         bd_down(&e);
         h_cleanup(e.dir);
 }
@@ -360,7 +368,7 @@ Test(beidou, bds3_refusals_suppress_silence_permission_interval, .timeout = 60)
                 { "silence on", "silence off", "sat: up -> down (radio silence)", "refused code 3 " },
                 { "permission off", "permission on", "sat: up -> down (no permission to send)", "refused code 6 " },
         };
-        run_refusals(&bds3, "bd-refuse1", codes, 3, true);
+        run_refusals(&bds3, "bd-refuse1", codes, 3, true, NULL);
 }
 
 Test(beidou, bds3_refusals_weak_checksum_card, .timeout = 60)
@@ -375,7 +383,7 @@ Test(beidou, bds3_refusals_weak_checksum_card, .timeout = 60)
         /* The card is read every 30 s here, so the send finds it gone (reason 5);
          * once gone it is asked for every 2 s. */
         const struct bdconf c = { .proto = "bds3", .level = "2", .base_proto = "bds3", .ctr_proto = "bds3", .card_poll = "30s" };
-        run_refusals(&c, "bd-refuse2", codes, 3, false);
+        run_refusals(&c, "bd-refuse2", codes, 3, false, NULL);
 }
 
 /* Garbled lines are counted and logged once, a module reset and an unplugged adapter
@@ -455,11 +463,11 @@ Test(beidou, v21_refusals, .timeout = 60)
          * reads as all zeros (card_poll 30 s: the send comes first). */
         struct bdconf c = v21;
         c.card_poll = "30s";
-        run_refusals(&c, "bd-v21r", codes, 4, true);
+        run_refusals(&c, "bd-v21r", codes, 4, true, NULL);
 }
 
-/* --check-config runs the plugin's own checks: 4.0 is refused by name, as are a bad
- * card number and an unknown coding, each naming its line; a device that is not there
+/* --check-config runs the plugin's own checks: an unknown protocol, a bad card number,
+ * an unknown coding and line speed are refused, each naming its line; a device that is not there
  * is no config error (the link starts DOWN and retries). */
 Test(beidou, check_config, .timeout = 30)
 {
@@ -471,9 +479,7 @@ Test(beidou, check_config, .timeout = 30)
         static const struct {
                 const char *keys, *want;
         } cases[] = {
-                { "protocol = 4.0\npeer_card = 4238474\n",
-                  "k.conf:10: protocol: protocol = 4.0: 4.0 (the binary $TXSQ/$FKXX/$TXXX set) is not implemented in this "
-                  "version: use bds3 or 2.1 if the module speaks it, or auto" },
+                { "protocol = 5.0\npeer_card = 4238474\n", "k.conf:10: protocol: protocol = 5.0: expected bds3, 2.1, 4.0 or auto" },
                 { "peer_card = 42384741234\n", "k.conf:10: peer_card: peer_card = 42384741234: expected a card number of 1 to 8 digits, not 0" },
                 { "peer_card = 4238474\ncoding = base64\n", "k.conf:11: coding: coding = base64: expected mixed or code" },
                 { "protocol = bds3\n", "peer_card: required" },
@@ -493,4 +499,20 @@ Test(beidou, check_config, .timeout = 30)
                 cr_assert_eq(rc, strcmp(cases[i].want, "k.conf: ok") == 0 ? 0 : 1, "case %zu: exit %d", i, rc);
         }
         h_cleanup(dir);
+}
+
+/* The binary 4.0 set end to end ($ICJC/$ICXX, $GLJC/$GLZK, $TXSQ/$FKXX, $TXXX): a
+ * level-3 card gives 77-byte frames; each $FKXX flag becomes its reason (4.0 has no
+ * flag for a missing card: flag 1 makes the driver read the card, which says address 0). */
+Test(beidou, v40_end_to_end_and_refusals, .timeout = 60)
+{
+        static const struct refusal codes[] = {
+                { "suppress on", "suppress off", "sat: up -> down (transmission suppressed)", "refused code 7 " },
+                { "battery on", "battery off", "sat: up -> down (battery low)", "refused code 3 " },
+                { "fki-error 3", NULL, "sat: up -> down (checksum errors at the module)", "refused code 6 " },
+                { "card out", "card in", "-> down (no IC card)", "refused code 1 " },
+        };
+        const struct bdconf v40 = { .proto = "4.0", .level = "3", .base_proto = "4.0", .ctr_proto = "4.0", .card_poll = "30s" };
+        run_refusals(&v40, "bd-v40", codes, 4, true,
+                     "beidou: card " BASE_CARD " (4.0), class 3, service interval 1 s, level 3: frames of 77 B (mixed coding)");
 }

@@ -49,13 +49,15 @@
 #define MAX_INBOX 64
 #define LINE 8192
 
-enum proto { BDS3, V21 };
+enum proto { BDS3, V21, V40 };
 enum phase { BOOT, NO_TIME, READY };
 
 struct ev {
         uint64_t at;
-        int kind; /* 0: emit line to the host; 1: start the card's interval now; 2: deliver an inbound */
+        int kind; /* 0: bytes to the host; 1: the card's interval starts; 2: deliver an inbound;
+                   * 3: onto the satellite; 4: a control command */
         char *text;
+        size_t len; /* of text, for kind 0 (binary 4.0 frames hold NULs) */
 };
 
 struct opt {
@@ -80,6 +82,7 @@ static enum phase phase;
 static uint64_t phase_at, next_beam_at, gate_until, t0;
 static bool card_in = true, beams_on = true, weak, suppressed, silenced, battery, permitted = true, unplugged;
 static bool bsi_on, sending;
+static unsigned glzk_every; /* 4.0: $GLJC's period, 0 = off */
 static unsigned bsi_every = 1, garble_left, fki_error_left, garble_mode;
 static int s2c[4] = { 48, 45, 42, 50 };
 static const int beam_id[4] = { 2, 4, 11, 16 };
@@ -226,13 +229,37 @@ static void emit(const char *fmt, ...)
                 emit_raw(buf, (size_t)n);
 }
 
-static void schedule(uint64_t at, int kind, const char *text)
+static void schedule_bytes(uint64_t at, int kind, const void *data, size_t len)
 {
         if (nev == MAX_EVENTS) {
                 logf_("event queue full; dropped");
                 return;
         }
-        evs[nev++] = (struct ev){ .at = at, .kind = kind, .text = text ? strdup(text) : NULL };
+        char *copy = NULL;
+        if (data) {
+                copy = malloc(len + 1);
+                memcpy(copy, data, len);
+                copy[len] = '\0';
+        }
+        evs[nev++] = (struct ev){ .at = at, .kind = kind, .text = copy, .len = len };
+}
+
+static void schedule(uint64_t at, int kind, const char *text)
+{
+        schedule_bytes(at, kind, text, text ? strlen(text) : 0);
+}
+
+/* A binary 4.0 frame, now or after delay_ms. */
+static void bin_frame(uint64_t delay_ms, const char *id, uint32_t addr, const uint8_t *body, size_t blen)
+{
+        uint8_t f[RDSS40_MAX];
+        ssize_t n = rdss40_build(f, sizeof(f), id, addr, body, blen);
+        if (n < 0)
+                return;
+        if (delay_ms)
+                schedule_bytes(now_ms() + delay_ms, 0, f, (size_t)n);
+        else
+                emit_raw((const char *)f, (size_t)n);
 }
 
 static void later_line(uint64_t delay_ms, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -254,6 +281,7 @@ static void boot(unsigned ms)
         phase = BOOT;
         phase_at = now_ms() + ms;
         bsi_on = false;
+        glzk_every = 0;
         sending = false;
         /* Lines the module had queued for the host die with it. */
         size_t k = 0;
@@ -305,6 +333,15 @@ static void beam_report(void)
                 emit("BDPWI,%s.00,00,04%s", hms, b);
                 return;
         }
+        if (o.proto == V40) {
+                uint8_t p[6];
+                if (!glzk_every)
+                        return;
+                for (int i = 0; i < 6; i++)
+                        p[i] = beams_on ? (uint8_t)power[i] : 0;
+                bin_frame(0, "GLZK", card_in ? o.card : 0, p, 6);
+                return;
+        }
         if (!bsi_on)
                 return;
         for (int i = 0; i < 10; i++)
@@ -316,7 +353,7 @@ static bool beam_ok(void)
 {
         if (!beams_on)
                 return false;
-        for (int i = 0; i < (o.proto == BDS3 ? 4 : 10); i++)
+        for (int i = 0; i < (o.proto == BDS3 ? 4 : o.proto == V40 ? 6 : 10); i++)
                 if (o.proto == BDS3 ? s2c[i] >= (int)o.min_s2c : power[i] >= 1)
                         return true;
         return false;
@@ -324,12 +361,21 @@ static bool beam_ok(void)
 
 static unsigned max_bits(void)
 {
-        return o.proto == V21 ? rdss_v21_bits(o.level, o.encrypted) : rdss_bds3_bits(o.level);
+        return o.proto != BDS3 ? rdss_v21_bits(o.level, o.encrypted) : rdss_bds3_bits(o.level);
 }
 
 static void answer_card(void)
 {
         uint32_t id = card_in ? o.card : 0;
+        if (o.proto == V40) {
+                /* frame 0, broadcast id, user type, interval u16, level, encryption, subordinates */
+                uint8_t b[11] = { 0, 0, 0, 0, (uint8_t)o.cls, (uint8_t)(o.interval >> 8), (uint8_t)o.interval,
+                                  (uint8_t)o.level, o.encrypted, 0, 0 };
+                if (!id)
+                        memset(b, 0, sizeof(b));
+                bin_frame(0, "ICXX", id, b, sizeof(b));
+                return;
+        }
         if (o.proto == BDS3) {
                 if (!id)
                         emit("BDICP,0,0,0,0,0,N,0,N,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0");
@@ -350,7 +396,12 @@ static int refuse(unsigned code, unsigned wait_s)
 {
         char hms[16];
         st.refused[code < 16 ? code : 15]++;
-        if (o.proto == BDS3) {
+        if (o.proto == V40) {
+                uint8_t b[5] = { (uint8_t)code, 'T', 'X', 'S', 'Q' };
+                if (code == 4)
+                        b[1] = b[2] = b[3] = 0, b[4] = (uint8_t)(wait_s > 255 ? 255 : wait_s);
+                bin_frame(o.fki_ms, "FKXX", o.card, b, 5);
+        } else if (o.proto == BDS3) {
                 utc_hms(hms, sizeof(hms));
                 later_line(o.fki_ms, "BDFKI,%s,TCQ,N,%u,%u", hms, code, wait_s);
         } else {
@@ -381,21 +432,32 @@ static int on_send(const char *dest_s, unsigned coding, const char *hex)
                 logf_("bad destination %s", dest_s);
                 return -1;
         }
-        if (o.proto == BDS3 && fki_error_left) {
+        if (o.proto != V21 && fki_error_left) {
                 fki_error_left--;
-                return refuse(11, 0);
+                return refuse(o.proto == V40 ? 6 : 11, 0);
         }
+        /* 4.0 flags [B12]: 1 failed, 2 signal not locked, 3 battery low, 4 interval, 6
+         * CRC error, 7 suppression; no card and silence have no flag of their own. */
         if (!card_in) {
-                return refuse(o.proto == BDS3 ? 5 : 0, 0);
+                return refuse(o.proto == BDS3 ? 5 : o.proto == V40 ? 1 : 0, 0);
         }
         if (sending) {
-                return refuse(o.proto == BDS3 ? 1 : 0, 1);
+                return refuse(o.proto == BDS3 ? 1 : o.proto == V40 ? 4 : 0, 1);
         }
         if (now < gate_until) {
                 unsigned left = (unsigned)((gate_until - now + 999) / 1000);
-                return refuse(o.proto == BDS3 ? 1 : 0, left);
+                return refuse(o.proto == BDS3 ? 1 : o.proto == V40 ? 4 : 0, left);
         }
-        if (o.proto == BDS3) {
+        if (o.proto == V40) {
+                if (suppressed || silenced)
+                        return refuse(7, 0);
+                if (battery)
+                        return refuse(3, 0);
+                if (!permitted)
+                        return refuse(1, 0);
+                if (!beam_ok())
+                        return refuse(2, 0);
+        } else if (o.proto == BDS3) {
                 if (suppressed)
                         return refuse(2, 0);
                 if (silenced)
@@ -416,12 +478,14 @@ static int on_send(const char *dest_s, unsigned coding, const char *hex)
         }
         if (content_bits(coding, hex) > max_bits()) {
                 logf_("content of %u bits over the level's %u", content_bits(coding, hex), max_bits());
-                return refuse(o.proto == BDS3 ? 6 : 0, 0);
+                return refuse(o.proto == BDS3 ? 6 : o.proto == V40 ? 1 : 0, 0);
         }
         char hms[16], msg[LINE];
         utc_hms(hms, sizeof(hms));
         sending = true;
-        if (o.proto == BDS3)
+        if (o.proto == V40)
+                bin_frame(o.fki_ms, "FKXX", o.card, (const uint8_t *)"\0TXSQ", 5);
+        else if (o.proto == BDS3)
                 later_line(o.fki_ms, "BDFKI,%s,TCQ,Y,0,0", hms);
         else
                 later_line(o.fki_ms, "BDFKI,TXA,Y,Y,0,%02u%02u", o.interval / 60 % 100, o.interval % 60);
@@ -473,6 +537,46 @@ static int on_host_line(char *line, size_t n)
         return 0;
 }
 
+/* The 4.0 host frames in inbuf: $ICJC, $GLJC, $TXSQ; a bad XOR is ignored, as a
+ * module does. */
+static void on_host_bytes40(void)
+{
+        size_t off = 0;
+        while (off < inlen) {
+                struct rdss40 f;
+                const uint8_t *p = (const uint8_t *)inbuf + off;
+                ssize_t r = p[0] == '$' ? rdss40_parse(p, inlen - off, &f) : RDSS_E_FORMAT;
+                if (r == 0)
+                        break;
+                if (r < 0) {
+                        st.bad_in++;
+                        off++;
+                        continue;
+                }
+                off += (size_t)r;
+                st.lines_in++;
+                if (phase == BOOT)
+                        continue;
+                if (strcmp(f.id, "ICJC") == 0)
+                        answer_card();
+                else if (strcmp(f.id, "GLJC") == 0 && f.blen >= 1)
+                        glzk_every = f.body[0];
+                else if (strcmp(f.id, "TXSQ") == 0 && f.blen >= 7) {
+                        char dest[16], hex[LINE];
+                        const uint8_t *b = f.body;
+                        snprintf(dest, sizeof(dest), "%u", (unsigned)b[1] << 16 | (unsigned)b[2] << 8 | b[3]);
+                        size_t bytes = ((size_t)b[4] << 8 | b[5]) / 8;
+                        if (7 + bytes > f.blen)
+                                bytes = f.blen - 7;
+                        rdss_hex_encode(hex, b + 7, bytes);
+                        on_send(dest, 2, hex);
+                } else
+                        logf_("unknown frame $%s", f.id);
+        }
+        memmove(inbuf, inbuf + off, inlen - off);
+        inlen -= off;
+}
+
 /* ---- the satellite -------------------------------------------------------------- */
 
 static void sat_send(const char *msg)
@@ -504,7 +608,22 @@ static void deliver(const char *msg)
         }
         utc_hms(hms, sizeof(hms));
         st.delivered++;
-        if (o.proto == BDS3)
+        if (o.proto == V40) {
+                /* class (bit 5: code), sender u24, hour, minute, bits u16, data, CRC flag */
+                static uint8_t b[RDSS40_MAX];
+                time_t t = time(NULL);
+                struct tm tm;
+                gmtime_r(&t, &tm);
+                b[0] = 0x60;
+                b[1] = (uint8_t)(from >> 16), b[2] = (uint8_t)(from >> 8), b[3] = (uint8_t)from;
+                b[4] = (uint8_t)tm.tm_hour, b[5] = (uint8_t)tm.tm_min;
+                ssize_t n = rdss_hex_decode(b + 8, sizeof(b) - 32, hex);
+                if (n < 0)
+                        return;
+                b[6] = (uint8_t)((n * 8) >> 8), b[7] = (uint8_t)(n * 8);
+                b[8 + n] = 0;
+                bin_frame(0, "TXXX", o.card, b, 9 + (size_t)n);
+        } else if (o.proto == BDS3)
                 emit("BDTCI,%07u,%07u,2,%s,%u,0,%s", from, to, hms, coding, hex);
         else
                 emit("BDTXR,1,%07u,%u,,%s", from, coding, hex);
@@ -642,7 +761,7 @@ static void run_events(uint64_t now)
                 switch (e.kind) {
                 case 0:
                         if (phase != BOOT)
-                                emit_raw(e.text, strlen(e.text));
+                                emit_raw(e.text, e.len);
                         break;
                 case 1:
                         sending = false;
@@ -675,7 +794,7 @@ static void on_stop(int sig)
 static void usage(void)
 {
         fprintf(stderr,
-                "usage: beidou_sim [--protocol bds3|2.1] [--card N] [--class N] [--interval S] [--level L] [--encrypted]\n"
+                "usage: beidou_sim [--protocol bds3|2.1|4.0] [--card N] [--class N] [--interval S] [--level L] [--encrypted]\n"
                 "                  [--link PATH] [--udp PORT] [--peer PORT] [--control FIFO] [--schedule 'T:CMD; ...']\n"
                 "                  [--boot-ms MS] [--notime-ms MS] [--fki-ms MS] [--latency-ms MS] [--min-s2c N] [--seed N]\n");
         exit(2);
@@ -698,6 +817,8 @@ int main(int argc, char **argv)
                                 o.proto = BDS3;
                         else if (strcmp(optarg, "2.1") == 0)
                                 o.proto = V21;
+                        else if (strcmp(optarg, "4.0") == 0)
+                                o.proto = V40;
                         else
                                 usage();
                         break;
@@ -756,7 +877,7 @@ int main(int argc, char **argv)
         if (o.schedule)
                 load_schedule(o.schedule);
         logf_("card %07u (%s), class %u, interval %u s, level %u (%u bits), udp %d -> %d", o.card,
-              o.proto == BDS3 ? "bds3" : "2.1", o.cls, o.interval, o.level, max_bits(), o.udp, o.peer);
+              o.proto == BDS3 ? "bds3" : o.proto == V21 ? "2.1" : "4.0", o.cls, o.interval, o.level, max_bits(), o.udp, o.peer);
         boot(o.boot_ms);
 
         while (!stop) {
@@ -773,7 +894,7 @@ int main(int argc, char **argv)
                 }
                 if (phase != BOOT && now >= next_beam_at) {
                         beam_report();
-                        next_beam_at = now + (o.proto == BDS3 ? 1000u : 1000u * bsi_every);
+                        next_beam_at = now + (o.proto == BDS3 ? 1000u : o.proto == V40 ? 1000u * (glzk_every ? glzk_every : 1) : 1000u * bsi_every);
                 }
                 run_events(now);
 
@@ -782,7 +903,13 @@ int main(int argc, char **argv)
                 int r = poll(p, 3, 20);
                 if (r <= 0)
                         continue;
-                if (master >= 0 && (p[0].revents & POLLIN)) {
+                if (master >= 0 && (p[0].revents & POLLIN) && o.proto == V40) {
+                        ssize_t n = read(master, inbuf + inlen, sizeof(inbuf) - inlen);
+                        if (n > 0) {
+                                inlen += (size_t)n;
+                                on_host_bytes40();
+                        }
+                } else if (master >= 0 && (p[0].revents & POLLIN)) {
                         ssize_t n = read(master, inbuf + inlen, sizeof(inbuf) - inlen);
                         if (n > 0) {
                                 inlen += (size_t)n;
