@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* Fuzz target: the BeiDou RDSS sentence codec (plugins/beidou/rdss.c), as beidou.so runs it on every line from the serial port. */
+/* Fuzz target: the BeiDou RDSS sentence codec (plugins/beidou/rdss.c), as beidou.so runs it on every line (ASCII sets) and every frame (binary 4.0) from the serial port. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,8 +62,31 @@ static void take(void)
 	}
 }
 
+/* The 4.0 reader as beidou.so runs it: a frame at each "$", else skip a byte; a frame
+ * that parses builds back to the same bytes. */
+static void binary(const uint8_t *data, size_t size)
+{
+	static uint8_t again40[RDSS40_MAX];
+	size_t off = 0;
+	while (off < size) {
+		struct rdss40 f;
+		ssize_t r = data[off] == '$' ? rdss40_parse(data + off, size - off, &f) : RDSS_E_FORMAT;
+		if (r == 0)
+			break;
+		if (r < 0) {
+			off++;
+			continue;
+		}
+		REQUIRE((size_t)r == RDSS40_HDR + f.blen + 1 && f.addr <= 0xFFFFFF);
+		REQUIRE(rdss40_build(again40, sizeof(again40), f.id, f.addr, f.body, f.blen) == r);
+		REQUIRE(memcmp(again40, data + off, (size_t)r) == 0);
+		off += (size_t)r;
+	}
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+	binary(data, size);
 	/* Lines as the driver cuts them: at "\n", from the last "$" on. */
 	size_t start = 0;
 	for (size_t i = 0; i <= size; i++) {
