@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* beidou_sim: a BeiDou RDSS module with its card on a pty, speaking the BDS-3 or 2.1 sentences byte-exactly; a loopback UDP "satellite" joins two of them. */
+/* beidou_sim: a BeiDou RDSS module with its card on a pty, speaking the BDS-3 or 2.1 sentences or the binary 4.0 frames byte-exactly; a loopback UDP "satellite" joins two of them. */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -25,9 +25,14 @@
  *   OFF -> BOOT (silent, --boot-ms) -> NO_TIME (BDS-3: $BDPWI,000000.00,00,00 each
  *   second, --notime-ms) -> READY (BDS-3: $BDPWI each second with 4 beams whose S2C_d
  *   random-walk between --s2c-lo and --s2c-hi; 2.1: $BDBSI each second once
- *   $CCRMO,BSI,2,n asked for it).
+ *   $CCRMO,BSI,2,n asked for it; 4.0: $GLZK every n s once $GLJC n asked for it).
  *
- * $CCICR/$CCICA answer $BDICP/$BDICI (all zeros without a card). $CCTCQ/$CCTXA pass
+ * 4.0 ($ICJC -> $ICXX, $TXSQ -> $FKXX, $TXXX) has flags where the ASCII sets have
+ * reasons: 1 failed (also for a missing card: 4.0 has no flag for it), 2 signal not
+ * locked, 3 battery low, 4 interval (seconds left in the last extra byte), 6 CRC
+ * error, 7 suppression (also for radio silence).
+ *
+ * $CCICR/$CCICA/$ICJC answer $BDICP/$BDICI/$ICXX (all zeros without a card). $CCTCQ/$CCTXA pass
  * the gates in the order of the notes: no card (5), interval not elapsed (1, with the
  * seconds left), suppression / silence / battery (2 / 3 / 2.1's 2), permission (6),
  * no beam at or above --min-s2c (4), longer than the level allows (6). A send that
