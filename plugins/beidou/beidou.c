@@ -98,7 +98,7 @@ struct bd {
         struct rdss_beams beams;
         bool had_time;
         enum bd_beam beam_raw, beam;
-        uint64_t beam_raw_since;
+        uint64_t beam_raw_since, beam_ask_at;
 
         bool pending;
         uint32_t token;
@@ -1116,11 +1116,20 @@ static void tick(struct bd *s)
                         s->card_known = false;
                         s->card_query_at = now;
                 }
-                /* Beam reports stopped while other lines come: as good as no beam. */
-                if (s->last_beam_at && now - s->last_beam_at >= s->c.silence_us && s->beam != BEAM_NONE) {
-                        s->last_beam_at = now;
+                /* Beam reports stopped while other lines come (a 2.1 or 4.0 module that
+                 * restarted and forgot $CCRMO/$GLJC while messages still arrive): as
+                 * good as no beam, and ask for them again every 2 s. */
+                if (s->last_beam_at && now - s->last_beam_at >= s->c.silence_us) {
                         s->beams = (struct rdss_beams){ .has_time = s->beams.has_time };
                         beam_update(s, now, BEAM_NONE);
+                        if (now >= s->beam_ask_at) {
+                                if (!s->beam_ask_at || now - s->beam_ask_at > card_retry_us(s))
+                                        s->api->log(s->h, KM_PLUGIN_LOG_WARNING,
+                                                    "beidou: no beam report for %.1f s; asking the module again",
+                                                    (double)(now - s->last_beam_at) / 1e6);
+                                s->beam_ask_at = now + card_retry_us(s);
+                                query_card(s);
+                        }
                 }
                 if (s->pending && s->resend_at && now >= s->resend_at) {
                         s->resend_at = 0;

@@ -526,3 +526,54 @@ Test(beidou, v40_end_to_end_and_refusals, .timeout = 60)
         run_refusals(&v40, "bd-v40", codes, 4, true,
                      "beidou: card " BASE_CARD " (4.0), class 3, service interval 1 s, level 3: frames of 77 B (mixed coding)");
 }
+
+/* The binary reader under noise (bytes flipped, cut frames that the next one runs
+ * into, junk before a "$"), a restarted 4.0 module (silent until asked again) and an
+ * unplugged adapter: the link comes back by itself each time; nothing is lost. */
+Test(beidou, v40_garbled_reset_unplug, .timeout = 60)
+{
+        struct bdenv e;
+        struct h_sub *alerts = &e.sub;
+        /* card_poll 30 s: a poll every 500 ms would ask for $GLZK again before anything
+         * could notice the restart. */
+        const struct bdconf v40 = { .proto = "4.0", .level = "3", .base_proto = "4.0", .ctr_proto = "4.0", .card_poll = "30s" };
+
+        bd_up(&e, "bd-v40f", &v40);
+        fault(e.ctl_a, "garble 8");
+        h_pub_send(&e.pub, "alert/test", "B1");
+        cr_assert(wait_payload(alerts, "B1", 8000));
+        cr_assert(h_log_wait(&e.base, "beidou: garbled line from the module", 2000), "%s", e.blog);
+        cr_assert_eq(h_log_count(&e.base, "sat: up -> "), 0, "noise took the link down (%s)", e.blog);
+
+        /* A 4.0 module forgets $GLJC when it restarts: no beam reports until the driver
+         * asks again, which it does before the missing reports settle into "no beam". */
+        fault(e.ctl_a, "reset 300");
+        cr_assert(h_log_wait(&e.base, "beidou: no beam report for ", 5000), "%s", e.blog);
+        h_pub_send(&e.pub, "alert/test", "B2");
+        cr_assert(wait_payload(alerts, "B2", 8000));
+        int ups = h_log_count(&e.base, "-> up (card " BASE_CARD " ready)");
+
+        fault(e.ctl_a, "unplug");
+        cr_assert(h_log_wait(&e.base, "sat: up -> down (device ", 3000), "%s", e.blog);
+        h_pub_send(&e.pub, "alert/test", "B3");
+        fault(e.ctl_a, "plug");
+        cr_assert(wait_count(&e.base, "-> up (card " BASE_CARD " ready)", ups + 1, 6000), "%s", e.blog);
+        cr_assert(wait_payload(alerts, "B3", 8000));
+        cr_assert_eq(count_topic(alerts, "kuimen/north/alert/"), 3);
+        bd_down(&e);
+        /* The burst is flip, noise, cut, lost checksum, twice. The reader skips from a
+         * bad "$" to the next one, so a flipped frame and the noise before the next
+         * frame are one drop (6 for the 8); a read that ends inside noise splits one. */
+        FILE *f = fopen(e.blog, "r");
+        cr_assert(f);
+        char line[2048];
+        unsigned long g = 0;
+        while (fgets(line, sizeof(line), f)) {
+                char *at = strstr(line, ", garbled ");
+                if (at && strstr(line, "beidou: closed"))
+                        g = strtoul(at + 10, NULL, 10);
+        }
+        fclose(f);
+        cr_assert(g >= 6 && g <= 10, "the driver counted %lu drops for 8 garbled frames (%s)", g, e.blog);
+        h_cleanup(e.dir);
+}
