@@ -539,9 +539,9 @@ static const char *proto_name(enum bd_proto p)
         return p == P_BDS3 ? "bds3" : p == P_V21 ? "2.1" : p == P_40 ? "4.0" : "auto";
 }
 
-static bool can_send(const struct bd *s, uint64_t now)
+/* What the host was last told: a DOWN link gets its ready() from the UP report. */
+static bool can_send(const struct bd *s)
 {
-        (void)now;
         return s->r_state != KM_PLUGIN_DOWN;
 }
 
@@ -1148,7 +1148,7 @@ static void tick(struct bd *s)
                         query_card(s);
         }
         report(s, false);
-        if (s->want_ready && !s->pending && now >= s->next_ok && can_send(s, now)) {
+        if (s->want_ready && !s->pending && now >= s->next_ok && can_send(s)) {
                 s->want_ready = false;
                 s->api->ready(s->h);
         }
