@@ -100,7 +100,8 @@ static void start_sim(struct bdenv *e, struct h_proc *p, const char *log, const 
  * and a margin), shortened as the interval is. */
 static int ack_s(const struct bdconf *c)
 {
-        return 2 * (c->interval > 0 ? c->interval : 1) + 4;
+        int i = c->interval > 0 ? c->interval : 1;
+        return 2 * i + (i >= 30 ? 30 : 4);
 }
 
 static void bd_up(struct bdenv *e, const char *tag, const struct bdconf *c)

@@ -24,7 +24,7 @@
  *
  *   OFF -> BOOT (silent, --boot-ms) -> NO_TIME (BDS-3: $BDPWI,000000.00,00,00 each
  *   second, --notime-ms) -> READY (BDS-3: $BDPWI each second with 4 beams whose S2C_d
- *   random-walk between --s2c-lo and --s2c-hi; 2.1: $BDBSI each second once
+ *   random-walk around their means between --s2c-lo and --s2c-hi; 2.1: $BDBSI each second once
  *   $CCRMO,BSI,2,n asked for it; 4.0: $GLZK every n s once $GLJC n asked for it).
  *
  * 4.0 ($ICJC -> $ICXX, $TXSQ -> $FKXX, $TXXX) has flags where the ASCII sets have
@@ -300,10 +300,20 @@ static void boot(unsigned ms)
         nev = k;
 }
 
+/* Each beam walks around its own mean (a clear sky's S2C_d), pulled back by 1 dB-Hz a
+ * step once 3 away from it: within 30..52 as the notes say, and the best of the four
+ * stays above 40. A walk with no pull drifts all four below 40 within minutes, which
+ * is a model of nothing but a flapping link; dropouts are faults (beams off, weak on). */
+static const int s2c_mean[4] = { 48, 45, 42, 50 };
+
 static void step_beams(void)
 {
         for (int i = 0; i < 4; i++) {
                 int d = s2c[i] + (int)(rnd() % 5) - 2;
+                if (d - s2c_mean[i] >= 3)
+                        d--;
+                else if (s2c_mean[i] - d >= 3)
+                        d++;
                 int lo = weak ? (int)o.s2c_lo : (int)o.s2c_lo, hi = weak ? (int)o.min_s2c - 1 : (int)o.s2c_hi;
                 if (d < lo)
                         d = lo;
@@ -697,7 +707,7 @@ static void command(char *c)
         else if (strcmp(w, "weak") == 0) {
                 ok = onoff(a, &weak);
                 if (!weak) /* the obstruction gone: the beams are back at once */
-                        memcpy(s2c, (int[]){ 48, 45, 42, 50 }, sizeof(s2c));
+                        memcpy(s2c, s2c_mean, sizeof(s2c));
                 step_beams(); /* at once, not at the next report */
         }
         else if (strcmp(w, "card") == 0) {
