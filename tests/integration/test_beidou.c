@@ -600,3 +600,58 @@ Test(beidou, v40_garbled_reset_unplug, .timeout = 60)
         cr_assert(g >= 6 && g <= 10, "the driver counted %lu drops for 8 garbled frames (%s)", g, e.blog);
         h_cleanup(e.dir);
 }
+
+/* One beidou.so drives two links in one kuimen, each with its own module and card: a
+ * card pulled from one takes that link down and leaves the other up (no state shared
+ * between links). */
+Test(beidou, two_links_one_plugin, .timeout = 30)
+{
+        struct bdenv e;
+        struct h_proc k;
+        char conf[300], log[300], dev2[300], ctl2[300], slog2[300];
+        const char *plugins = getenv("KM_SIM_PLUGIN_DIR");
+
+        memset(&e, 0, sizeof(e));
+        h_tmpdir(e.dir, sizeof(e.dir), "bd-two");
+        h_broker_start(&e.local, e.dir, 0, NULL);
+        snprintf(e.dev_a, sizeof(e.dev_a), "%s/bd-a", e.dir);
+        snprintf(e.ctl_a, sizeof(e.ctl_a), "%s/sim-a.ctl", e.dir);
+        snprintf(e.slog_a, sizeof(e.slog_a), "%s/sim-a.log", e.dir);
+        snprintf(dev2, sizeof(dev2), "%s/bd-b", e.dir);
+        snprintf(ctl2, sizeof(ctl2), "%s/sim-b.ctl", e.dir);
+        snprintf(slog2, sizeof(slog2), "%s/sim-b.log", e.dir);
+        snprintf(conf, sizeof(conf), "%s/k.conf", e.dir);
+        snprintf(log, sizeof(log), "%s/k.log", e.dir);
+        int ua = h_free_port(), ub = h_free_port();
+        start_sim(&e, &e.sim_a, e.slog_a, e.dev_a, e.ctl_a, BASE_CARD, ua, ub, &bds3);
+        const struct bdconf v21 = { .proto = "2.1", .level = "3" };
+        start_sim(&e, &e.sim_b, slog2, dev2, ctl2, "0166166", ub, ua, &v21);
+        char text[2048];
+        snprintf(text, sizeof(text),
+                 "[node]\nname = north\nspool = %s/spool.db\nplugin_dir = %s\nstats_interval = 0\n"
+                 "[local]\nuri = tcp://127.0.0.1:%d\n"
+                 "[link one]\ntype = beidou\ndevice = %s\nprotocol = bds3\npeer_card = 0166166\ncard_poll = 500ms\n"
+                 "settle = 500ms\n"
+                 "[link two]\ntype = beidou\ndevice = %s\nprotocol = auto\npeer_card = " BASE_CARD "\ncard_poll = 500ms\n"
+                 "settle = 500ms\norder = 2\n",
+                 e.dir, plugins, e.local.port, e.dev_a, dev2);
+        h_write_text(conf, text);
+        const char *args[] = { "--config", conf, NULL };
+        h_kuimen_start(&k, log, args);
+        cr_assert(h_log_wait(&k, "link: one: down -> up (card " BASE_CARD " ready)", 10000), "%s", log);
+        cr_assert(h_log_wait(&k, "link: two: down -> up (card 0166166 ready)", 10000), "%s", log);
+        cr_assert_eq(h_log_count(&k, "beidou: card " BASE_CARD " (bds3)"), 1);
+        cr_assert_eq(h_log_count(&k, "beidou: card 0166166 (2.1)"), 1);
+        fault(ctl2, "card out");
+        cr_assert(h_log_wait(&k, "link: two: up -> down (no IC card)", 5000), "%s", log);
+        h_sleep_ms(700);
+        cr_assert_eq(h_log_count(&k, "link: one: up -> "), 0, "the other link moved (%s)", log);
+        fault(ctl2, "card in");
+        cr_assert(h_log_wait(&k, "link: two: down -> up (card 0166166 ready)", 5000), "%s", log);
+        int st = h_stop(&k, SIGTERM);
+        cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "kuimen exits 0 (%d)", st);
+        h_stop(&e.sim_a, SIGTERM);
+        h_stop(&e.sim_b, SIGTERM);
+        h_stop(&e.local.p, SIGTERM);
+        h_cleanup(e.dir);
+}
