@@ -18,7 +18,7 @@
  */
 
 #define RDSS_LINE_MAX 4096 /* a BDS-3 level-5 message (1 750 B) is about 3 530 characters */
-#define RDSS_FIELDS_MAX 64
+#define RDSS_FIELDS_MAX 128 /* a $BDPWI with 30 beams of 4 values */
 
 enum rdss_err {
         RDSS_E_FORMAT = -1,   /* no "$", no "*hh", or a talker/id that is not letters */
