@@ -12,6 +12,7 @@
 #include "bridges/mqttc.h"
 #include "bridges/position.h"
 #include "bridges/uplink.h"
+#include "gateway/calls.h"
 #include "gateway/log.h"
 #include "gateway/plugin.h"
 
@@ -150,6 +151,8 @@ static void on_acked(void *ud, uint64_t cookie)
         uint64_t id = km_link_acked(b->link, (uint32_t)cookie);
         if (id)
                 km_spool_ack(b->d->spool, id);
+        if (id && b->local && b->d->calls)
+                km_calls_acked(b->d->calls, id); /* a call reached the local broker */
         if (id)
                 answered(b, id);
 }
@@ -484,6 +487,8 @@ static int local_message(void *ud, const char *topic, const void *payload, size_
         km_spool_defer_sync(b->d->spool);
         if (b->nwatch)
                 rc = center_take(b, topic, payload, len, props, plen);
+        else if (b->d->calls && km_calls_answer(b->d->calls, topic, payload, len))
+                rc = 0; /* an answer to a call: its change goes upstream as the call's */
         else if ((rc = km_positions_take(b->positions, topic, payload, len)) == 0)
                 rc = km_daemon_ingest(b->d, KM_DIR_UP, topic, payload, len, retain);
         /* Refused by the spool (a storage fault): no PUBACK, the broker keeps it. Too
@@ -499,10 +504,33 @@ static bool local_may_connect(void *ud)
         return km_spool_storage_ok(b->d->spool);
 }
 
+/* The answers a read brought are written after the spool's settle (their upstream
+ * changes are in the ingest log first) and before the PUBACKs leave. */
 static int local_settle(void *ud)
 {
         struct bridge *b = ud;
-        return km_spool_settle(b->d->spool);
+        int rc = km_spool_settle(b->d->spool);
+        if (rc == 0 && b->d->calls)
+                rc = km_calls_flush(b->d->calls, true);
+        return rc;
+}
+
+/* A call command (cmd/call) is the calls engine's, not the local broker's: it is taken
+ * out of the spool as the broker would take it, acknowledged once the call is stored,
+ * so a kill in between brings it again (known by its id, taken once). */
+static void call_taken(void *ud, uint64_t cookie)
+{
+        on_acked(ud, cookie);
+        km_daemon_kick(((struct bridge *)ud)->d);
+}
+
+static int take_call(struct bridge *b, const struct km_msg *m, uint32_t cookie)
+{
+        char err[256];
+        int rc = km_calls_command(b->d->calls, m->payload, m->len, err, sizeof(err));
+        if (rc < 0)
+                return -EAGAIN; /* not stored (a storage fault): offered again */
+        return km_daemon_post(b->d, call_taken, b, cookie) < 0 ? -ENOMEM : 0;
 }
 
 /* ---- sending --------------------------------------------------------------------- */
@@ -516,6 +544,8 @@ static int send_msg(struct km_link *l, const struct km_msg *m, uint32_t cookie)
         /* Careful (link_lost): one message at a time. */
         if (b->careful_until && l->inflight > 1)
                 return -EAGAIN;
+        if (b->local && b->d->calls && strcmp(m->topic, "cmd/call") == 0)
+                return take_call(b, m, cookie);
         /* A relayed message keeps the node and id it was born with. */
         const char *origin = m->origin ? m->origin : b->d->node.name;
         uint64_t oid = m->oid ? m->oid : m->id;
@@ -921,6 +951,21 @@ int km_mqtt_local_start(struct km_daemon *d, struct km_conf *c)
         if (center && (rc = km_plugin_command_bases(c, first_link_prefix(c), watch_base, b)) < 0) {
                 free(id);
                 return rc;
+        }
+        /* A base takes its terminals' answers to calls (gateway/calls.c). */
+        bool have = false;
+        for (size_t i = 0; i < b->conf.subscribe.n; i++)
+                have |= strcmp(b->conf.subscribe.v[i], "call/+/answer") == 0;
+        if (!center && !have) {
+                char **v = realloc(b->conf.subscribe.v, (b->conf.subscribe.n + 2) * sizeof(*v));
+                if (!v || !(v[b->conf.subscribe.n] = strdup("call/+/answer"))) {
+                        if (v)
+                                b->conf.subscribe.v = v;
+                        free(id);
+                        return -ENOMEM;
+                }
+                b->conf.subscribe.v = v;
+                v[++b->conf.subscribe.n] = NULL;
         }
         const struct km_strv *filters = center ? &b->watch_filters : &b->conf.subscribe;
         struct km_mqttc_opts o = {
