@@ -287,14 +287,15 @@ int km_calls_conf_load(struct km_calls_conf *conf, struct km_conf *c)
                         }
                         continue;
                 }
+                struct level_raw r = { 0 };
+                bad += km_conf_apply(c, s, level_keys, &r);
                 int l = level_of(s + 12);
                 if (l < 0) {
                         km_conf_error(c, s, NULL, "'%s' is not a level (blue, yellow, orange or red)", s + 12);
+                        km_conf_release(level_keys, &r);
                         bad++;
                         continue;
                 }
-                struct level_raw r = { 0 };
-                bad += km_conf_apply(c, s, level_keys, &r);
                 struct km_calls_level_conf *lc = &conf->level[l];
                 if (km_conf_get(c, s, "respond_within"))
                         lc->respond_within_ms = r.respond_within_ms;
@@ -447,9 +448,10 @@ static void emit_call(struct km_calls *cs, const struct call *c, int64_t now, co
                         cJSON_AddStringToObject(o, "text", c->text);
                 } else {
                         cJSON_AddNumberToObject(o, "t", (double)since(c, now));
-                        if (c->state == C_ESCALATED && nto) {
+                        if (c->state == C_ESCALATED && to) { /* an escalation step (not its close) */
                                 cJSON_AddNumberToObject(o, "step", c->esc_done);
-                                cJSON_AddItemToObject(o, "to", strv_json(to, nto));
+                                if (nto)
+                                        cJSON_AddItemToObject(o, "to", strv_json(to, nto));
                         }
                 }
         }
@@ -962,8 +964,8 @@ static int raise_call(struct km_calls *cs, struct call *c, struct km_strv *to, i
                 send_rcpt(cs, c, &c->r[i], now);
         c->dirty = true;
         cs->st.calls++;
-        KM_LOG(KM_LOG_NOTICE, "calls", "call %s (%s, %zu recipients) raised by %s", c->id, level_names[c->level], c->nr,
-               c->local ? "kuimenctl" : "the center");
+        KM_LOG(KM_LOG_NOTICE, "calls", "call %s (%s, %zu recipient%s) raised by %s", c->id, level_names[c->level], c->nr,
+               c->nr == 1 ? "" : "s", c->local ? "kuimenctl" : "the center");
         return 0;
 }
 
@@ -1068,8 +1070,6 @@ static int command(struct km_calls *cs, const void *payload, size_t len, bool lo
         /* Stored before the command is let go of (the caller acknowledges after). */
         rc = km_calls_flush(cs, true);
 out:
-        if (rc == -EINVAL)
-                bad(cs, &cs->st.bad_commands, "call command refused: %s", err && errlen ? err : "bad input");
         if (c && c->r && find_call(cs, c->id) == c)
                 c = NULL;
         call_free(c);
@@ -1083,6 +1083,8 @@ int km_calls_command(struct km_calls *cs, const void *payload, size_t len, char 
 {
         char e[256] = "";
         int rc = command(cs, payload, len, false, e, sizeof(e));
+        if (rc == -EINVAL)
+                bad(cs, &cs->st.bad_commands, "call command refused: %s", e);
         if (err && errlen)
                 snprintf(err, errlen, "%s", e);
         /* Refused for good: acknowledged, it would be refused again. */
@@ -1244,7 +1246,8 @@ static void tick_call(struct km_calls *cs, struct call *c, int64_t now)
                 c->esc_done++;
                 c->state = C_ESCALATED;
                 cs->st.escalations++;
-                emit_call(cs, c, now, (const char *const *)added.v, added.n);
+                static const char *const none[] = { NULL };
+                emit_call(cs, c, now, added.v ? (const char *const *)added.v : none, added.n);
                 KM_LOG(KM_LOG_NOTICE, "calls", "call %s escalated (step %d) to %zu more units", c->id, c->esc_done, added.n);
                 km_strv_free(&added);
                 for (size_t i = first; i < c->nr; i++)
@@ -1352,6 +1355,8 @@ void km_calls_control(struct km_calls *cs, const char *args, struct km_control_b
         }
         if (*args == '{') {
                 int rc = command(cs, args, n, true, err, sizeof(err));
+                if (rc == -EINVAL)
+                        bad(cs, &cs->st.bad_commands, "call refused: %s", err);
                 if (rc < 0)
                         reply_err(out, rc == -EINVAL ? err : strerror(-rc));
                 else
