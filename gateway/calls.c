@@ -406,6 +406,8 @@ static void emit_json(struct km_calls *cs, const struct call *c, cJSON *o)
         }
         snprintf(topic, sizeof(topic), "call/%s", c->id);
         int rc = cs->io.emit(cs->io.ud, topic, s, strlen(s));
+        if (rc == 0)
+                cs->st.changes++;
         if (rc < 0)
                 KM_LOG(KM_LOG_ERR, "calls", "call %s: state change not spooled upstream (%s): %s", c->id, strerror(-rc), s);
         free(s);
@@ -1204,25 +1206,39 @@ void km_calls_acked(struct km_calls *cs, uint64_t id)
         }
 }
 
+/* A repeat is due on the grid of the first copy (first + k x repeat_every), so the tick
+ * does not add up into drift; a copy held back (its broker away) is followed by the
+ * next one no sooner than half an interval after it, not by a burst. */
+static bool repeat_due(const struct call *c, const struct rcpt *r, int64_t now)
+{
+        if (c->repeat_ms <= 0 || r->spool_id || !r->sends)
+                return false;
+        return now >= r->first_ms + (int64_t)r->sends * c->repeat_ms && now >= r->sent_ms + c->repeat_ms / 2;
+}
+
 static void tick_call(struct km_calls *cs, struct call *c, int64_t now)
 {
         for (size_t i = 0; i < c->nr; i++) {
                 struct rcpt *r = &c->r[i];
+                bool changed = false;
                 if (answered(r->state))
                         continue;
+                if (!r->sends) { /* its first send failed: again */
+                        if (send_rcpt(cs, c, r, now) == 0)
+                                mark(cs, c);
+                        continue;
+                }
                 if (r->state != R_OVERDUE && c->respond_ms > 0 && now >= r->first_ms + c->respond_ms) {
                         r->state = R_OVERDUE;
-                        emit_rcpt(cs, c, r, now);
-                        mark(cs, c);
+                        changed = true;
                 }
-                /* A copy still on its way to the broker is not followed by another. */
-                if (c->repeat_ms > 0 && !r->spool_id && r->sends && now >= r->sent_ms + c->repeat_ms) {
-                        if (send_rcpt(cs, c, r, now) == 0) {
-                                cs->st.repeats++;
-                                emit_rcpt(cs, c, r, now);
-                                mark(cs, c);
-                        }
-                } else if (!r->sends && send_rcpt(cs, c, r, now) == 0) { /* a send that failed */
+                if (repeat_due(c, r, now) && send_rcpt(cs, c, r, now) == 0) {
+                        cs->st.repeats++;
+                        changed = true;
+                }
+                /* One change upstream for both when they fall in one tick. */
+                if (changed) {
+                        emit_rcpt(cs, c, r, now);
                         mark(cs, c);
                 }
         }
@@ -1402,9 +1418,9 @@ void km_calls_control(struct km_calls *cs, const char *args, struct km_control_b
                                 km_control_printf(out, ",");
                         call_json(out, cs->c[i], false);
                 }
-                km_control_printf(out, "],\"open\":%zu,\"answers\":%llu,\"repeats\":%llu,\"escalations\":%llu,"
-                                       "\"bad_commands\":%llu,\"bad_answers\":%llu}\n",
-                                  open_calls(cs), (unsigned long long)cs->st.answers,
+                km_control_printf(out, "],\"open\":%zu,\"changes\":%llu,\"answers\":%llu,\"repeats\":%llu,"
+                                       "\"escalations\":%llu,\"bad_commands\":%llu,\"bad_answers\":%llu}\n",
+                                  open_calls(cs), (unsigned long long)cs->st.changes, (unsigned long long)cs->st.answers,
                                   (unsigned long long)cs->st.repeats, (unsigned long long)cs->st.escalations,
                                   (unsigned long long)cs->st.bad_commands, (unsigned long long)cs->st.bad_answers);
                 return;

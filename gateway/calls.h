@@ -105,6 +105,7 @@ int km_calls_flush(struct km_calls *cs, bool full);
 /* Counters. */
 struct km_calls_stats {
         uint64_t calls, open, answers, repeats, escalations, bad_commands, bad_answers;
+        uint64_t changes; /* changes spooled upstream */
 };
 void km_calls_stats(const struct km_calls *cs, struct km_calls_stats *st);
 
