@@ -13,6 +13,7 @@
 #include "bridges/position.h"
 #include "bridges/uplink.h"
 #include "gateway/calls.h"
+#include "gateway/incidents.h"
 #include "gateway/log.h"
 #include "gateway/plugin.h"
 
@@ -512,10 +513,12 @@ static int local_settle(void *ud)
         int rc = km_spool_settle(b->d->spool);
         if (rc == 0 && b->d->calls)
                 rc = km_calls_flush(b->d->calls, true);
+        if (rc == 0 && b->d->incidents)
+                rc = km_incidents_flush(b->d->incidents, true);
         return rc;
 }
 
-/* A call command (cmd/call) is the calls engine's, not the local broker's: it is taken
+/* A call command (cmd/call; cmd/incident alike) is the calls engine's, not the local broker's: it is taken
  * out of the spool as the broker would take it, acknowledged once the call is stored,
  * so a kill in between brings it again (known by its id, taken once). */
 static void call_taken(void *ud, uint64_t cookie)
@@ -527,7 +530,9 @@ static void call_taken(void *ud, uint64_t cookie)
 static int take_call(struct bridge *b, const struct km_msg *m, uint32_t cookie)
 {
         char err[256];
-        int rc = km_calls_command(b->d->calls, m->payload, m->len, err, sizeof(err));
+        int rc = strcmp(m->topic, "cmd/call") == 0
+                         ? km_calls_command(b->d->calls, m->payload, m->len, err, sizeof(err))
+                         : km_incidents_command(b->d->incidents, m->payload, m->len, err, sizeof(err));
         if (rc < 0)
                 return -EAGAIN; /* not stored (a storage fault): offered again */
         return km_daemon_post(b->d, call_taken, b, cookie) < 0 ? -ENOMEM : 0;
@@ -544,7 +549,8 @@ static int send_msg(struct km_link *l, const struct km_msg *m, uint32_t cookie)
         /* Careful (link_lost): one message at a time. */
         if (b->careful_until && l->inflight > 1)
                 return -EAGAIN;
-        if (b->local && b->d->calls && strcmp(m->topic, "cmd/call") == 0)
+        if (b->local && ((b->d->calls && strcmp(m->topic, "cmd/call") == 0) ||
+                         (b->d->incidents && strcmp(m->topic, "cmd/incident") == 0)))
                 return take_call(b, m, cookie);
         /* A relayed message keeps the node and id it was born with. */
         const char *origin = m->origin ? m->origin : b->d->node.name;

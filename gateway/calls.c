@@ -11,6 +11,7 @@
 
 #include "control.h"
 #include "daemon.h"
+#include "incidents.h"
 #include "log.h"
 #include "spool.h"
 
@@ -1167,6 +1168,8 @@ int km_calls_answer(struct km_calls *cs, const char *topic, const void *payload,
                         r->spool_id = 0;
                         cs->st.answers++;
                         emit_rcpt(cs, c, r, now);
+                        if (cs->io.answered)
+                                cs->io.answered(cs->io.ud, c->id, unit, rstate_names[st]);
                         if (!was)
                                 refresh_unit(cs, unit);
                         mark(cs, c);
@@ -1448,6 +1451,13 @@ static int64_t d_now(void *ud)
         return km_daemon_now(cs->d);
 }
 
+static void d_answered(void *ud, const char *call_id, const char *unit, const char *status)
+{
+        struct km_calls *cs = ud;
+        if (cs->d->incidents)
+                km_incidents_answer(cs->d->incidents, call_id, unit, status);
+}
+
 static int on_flush(sd_event_source *s, void *ud)
 {
         struct km_calls *cs = ud;
@@ -1481,7 +1491,8 @@ int km_calls_start(struct km_daemon *d, struct km_conf *c)
                 km_calls_conf_release(&conf);
                 return rc;
         }
-        struct km_calls_io io = { .publish = d_publish, .emit = d_emit, .now = d_now, .dirty = d_dirty };
+        struct km_calls_io io = { .publish = d_publish, .emit = d_emit, .now = d_now, .dirty = d_dirty,
+                                  .answered = d_answered };
         if ((rc = km_calls_new(&cs, d->spool, &conf, &io)) < 0) {
                 km_calls_conf_release(&conf);
                 return rc;

@@ -66,6 +66,8 @@ struct km_calls_io {
         int64_t (*now)(void *ud);
         /* Something changed that wants a km_calls_flush soon (a timer's, an ack's work). */
         void (*dirty)(void *ud);
+        /* A recipient answered (NULL: nobody listens): the incidents' timelines. */
+        void (*answered)(void *ud, const char *call_id, const char *unit, const char *status);
         void *ud;
 };
 

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "calls.h"
+#include "incidents.h"
 #include "daemon.h"
 #include "log.h"
 #include "plugin.h"
@@ -1045,8 +1046,10 @@ static void control_answer(struct km_daemon *d, const char *req, size_t len, boo
                 reply_reload(d, out);
         else if (strcmp(cmd, "call") == 0)
                 km_calls_control(d->calls, req + n, out);
+        else if (strcmp(cmd, "incident") == 0)
+                km_incidents_control(d->incidents, req + n, out);
         else
-                reply_error(out, "unknown request (status, links, spool, reload or call)");
+                reply_error(out, "unknown request (status, links, spool, reload, call or incident)");
 }
 
 static const struct km_control_proto control_proto = {

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "calls.h"
+#include "incidents.h"
 #include "control.h"
 #include "log.h"
 #include "plugin.h"
@@ -908,7 +909,8 @@ void km_daemon_deinit(struct km_daemon *d)
                 free(d->links[i]);
         }
         sd_event_source_disable_unref(d->announce_src);
-        km_calls_free(d->calls); /* its tables live in the spool's file */
+        km_calls_free(d->calls); /* their tables live in the spool's file */
+        km_incidents_free(d->incidents);
         km_spool_close(d->spool);
         d->turn_src = sd_event_source_disable_unref(d->turn_src);
         sd_event_unref(d->ev);

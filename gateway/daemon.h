@@ -38,6 +38,7 @@ struct km_node_conf {
 enum km_peer_state { KM_PEER_UNKNOWN = -1, KM_PEER_OFFLINE = 0, KM_PEER_ONLINE = 1 };
 
 struct km_calls;
+struct km_incidents;
 
 struct km_peer {
         char *name;
@@ -95,6 +96,7 @@ struct km_daemon {
         size_t npeers;
         sd_event_source *announce_src; /* base: the node status again once an MQTT link is up */
         struct km_calls *calls; /* base: calls (gateway/calls.c); NULL on a center */
+        struct km_incidents *incidents; /* base: response timelines (gateway/incidents.c) */
 };
 
 /* The wall clock messages are stamped and expired by: d->clock when it answers, else
