@@ -5,9 +5,11 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <sqlite3.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <systemd/sd-event.h>
+#include <time.h>
 
 #include "control.h"
 #include "daemon.h"

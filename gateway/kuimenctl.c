@@ -572,8 +572,8 @@ static void print_calls(const cJSON *r)
                                num(x, "sends"), shown_time(x, "delivered"), shown_time(x, "answered"), str(x, "answer"));
                 return;
         }
-        printf("%.0f open calls; %.0f answers, %.0f repeats, %.0f escalations; refused: %.0f commands, %.0f answers\n",
-               num(r, "open"), num(r, "answers"), num(r, "repeats"), num(r, "escalations"), num(r, "bad_commands"),
+        printf("%.0f open call%s; %.0f answers, %.0f repeats, %.0f escalations; refused: %.0f commands, %.0f answers\n",
+               num(r, "open"), num(r, "open") == 1 ? "" : "s", num(r, "answers"), num(r, "repeats"), num(r, "escalations"), num(r, "bad_commands"),
                num(r, "bad_answers"));
         const cJSON *all = cJSON_GetObjectItemCaseSensitive(r, "calls");
         if (!cJSON_GetArraySize(all))
