@@ -1010,7 +1010,7 @@ static int command(struct km_calls *cs, const void *payload, size_t len, bool lo
                 goto out;
         }
         if (old) { /* the same command again (a redelivery, the other path): taken once */
-                KM_LOG(KM_LOG_INFO, "calls", "call %s is known already: not raised again", old->id);
+                KM_LOG(KM_LOG_DEBUG, "calls", "call %s is known already: not raised again", old->id);
                 rc = km_calls_flush(cs, true); /* it may be the store that failed last time */
                 goto out;
         }
