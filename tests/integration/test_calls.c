@@ -445,13 +445,13 @@ Test(calls, uplink_down_whole_call, .timeout = 40)
         const char *units[] = { "u1", "u2", "u3", "u4", "u5", "chief" };
         for (int i = 0; i < 5; i++)
                 cr_assert(wait_copies(&e, units[i], "c9", 1, 10000), "%s got the call", units[i]);
-        h_sleep_ms(200);
+        h_sleep_ms(100);
         answer(&e, "u1", "c9", "acting", NULL);
         answer(&e, "u2", "c9", "done", NULL);
         answer(&e, "u3", "c9", "cannot", "no fuel");
         cr_assert(wait_copies(&e, "chief", "c9", 2, 8000), "escalated and repeated while cut off");
         cr_assert_eq(ctl(&e, out, sizeof(out), "call close c9"), 0, "%s", out);
-        h_sleep_ms(300);
+        h_sleep_ms(100);
         cr_expect_eq(events(&e, "c9", ev, MAXEV), 0, "nothing reached the center while cut off");
         /* What the base sent upstream while cut off: the center must see all of it. */
         cr_assert_eq(ctl(&e, out, sizeof(out), "call show --json"), 0, "%s", out);
