@@ -395,15 +395,17 @@ static int rec_count_json(struct h_rec *r, const char *topic, const char *needle
 }
 
 /* The base's only way out is a 77-byte link at 2 400 bit/s losing 5% of its frames: a
- * call from the center comes down it, the terminals answer (3 of 5), and every change
- * goes up it, in order, none missing (each recipient's change fits one frame:
+ * call from the center comes down it; then the air is cut for the whole call while the
+ * terminals answer (3 of 5), repeats and the escalation run; once it is back every
+ * change goes up it, in order, none missing (each recipient's change fits one frame:
  * docs/calls.md). */
 Test(narrow, calls_over_77_byte_link, .timeout = 120)
 {
         struct h_pair k;
         struct h_rec term, ctr;
         char cmd[600], out[4096];
-        struct h_pair_conf conf = { .link_keys = "mtu = 77\nbitrate = 2400\nloss = 0.05\nseed = 5\nrto = 1s",
+        struct h_pair_conf conf = { .link_keys = "mtu = 77\nbitrate = 2400\nloss = 0.05\nseed = 5\nrto = 1s\nack_timeout = 2s",
+                                    .relay = true,
                                     .base_extra = "[calls]\ntick = 50ms\n[calls level red]\nrespond_within = 2s\n"
                                                   "repeat_every = 1s\nescalate_to = chief\n",
                                     .debug = true };
@@ -422,6 +424,10 @@ Test(narrow, calls_over_77_byte_link, .timeout = 120)
         while (rec_count_json(&term, "call/u5", "\"id\":\"n1\"") < 1 && h_now_ms() < until)
                 h_sleep_ms(20);
         cr_assert_geq(rec_count_json(&term, "call/u5", "\"id\":\"n1\""), 1, "the center's call came down the narrow link");
+        h_sleep_ms(300); /* the open change and the deliveries leave */
+        k.relay.cut = true;
+        h_sleep_ms(200); /* what crossed before the cut reaches the center's broker */
+        size_t at_cut = rec_count_json(&ctr, "kuimen/north/call/n1", NULL);
         const char *ans[][2] = { { "u1", "acting" }, { "u2", "done" }, { "u3", "cannot" } };
         for (int i = 0; i < 3; i++) {
                 char topic[32], p[96];
@@ -443,6 +449,8 @@ Test(narrow, calls_over_77_byte_link, .timeout = 120)
         size_t len = fread(out, 1, sizeof(out) - 1, f);
         out[len] = 0;
         cr_assert_eq(pclose(f), 0, "%s", out);
+        cr_assert_eq(rec_count_json(&ctr, "kuimen/north/call/n1", NULL), (int)at_cut, "nothing crosses the cut air");
+        k.relay.cut = false;
         const char *ch = strstr(out, "\"changes\":");
         cr_assert_not_null(ch, "%s", out);
         int want = atoi(ch + 10);
