@@ -1199,10 +1199,11 @@ void km_calls_acked(struct km_calls *cs, uint64_t id)
                         if (r->spool_id != id)
                                 continue;
                         r->spool_id = 0;
-                        if (r->state == R_PENDING) {
-                                int64_t now = cs->io.now(cs->io.ud);
-                                r->state = R_DELIVERED;
+                        int64_t now = cs->io.now(cs->io.ud);
+                        if (!r->delivered_ms) /* also when it was overdue first (its broker was away) */
                                 r->delivered_ms = now;
+                        if (r->state == R_PENDING) {
+                                r->state = R_DELIVERED;
                                 emit_rcpt(cs, c, r, now);
                         }
                         mark(cs, c);
