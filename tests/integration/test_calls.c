@@ -361,6 +361,19 @@ Test(calls, five_terminals_three_answer, .timeout = 40)
         cr_expect_eq(cJSON_GetObjectItemCaseSensitive(c, "answered_n")->valueint, 3);
         cr_expect_eq(cJSON_GetObjectItemCaseSensitive(c, "recipients_n")->valueint, 6);
         cJSON_Delete(j);
+        /* The counters (kuimenctl call show, and /metrics's kuimen_calls_*). */
+        cr_assert_eq(ctl(&e, out, sizeof(out), "call show --json"), 0, "%s", out);
+        j = cJSON_Parse(out);
+        int repeats = 0;
+        for (int i = 3; i < 5; i++)
+                repeats += copies(&e, units[i], "f1", NULL, NULL, 0) - 1;
+        repeats += copies(&e, "chief", "f1", NULL, NULL, 0) - 1;
+        cr_expect_eq(cJSON_GetObjectItemCaseSensitive(j, "answers")->valueint, 3);
+        cr_expect_eq(cJSON_GetObjectItemCaseSensitive(j, "escalations")->valueint, 1);
+        cr_expect_eq(cJSON_GetObjectItemCaseSensitive(j, "repeats")->valueint, repeats);
+        cr_expect_eq(cJSON_GetObjectItemCaseSensitive(j, "open")->valueint, 0);
+        cr_expect_eq(cJSON_GetObjectItemCaseSensitive(j, "changes")->valueint, events(&e, "f1", ev, MAXEV));
+        cJSON_Delete(j);
         pthread_mutex_lock(&e.ctr.mu); /* the timeline, for docs/calls.md */
         for (size_t q = 0; q < e.ctr.n; q++)
                 fprintf(stderr, "# %+6lld ms %s %s\n", (long long)(e.ctr.m[q].at - t0), e.ctr.m[q].topic + 13,
