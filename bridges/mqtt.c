@@ -97,6 +97,7 @@ struct bridge {
         struct watch *watch;
         size_t nwatch;
         struct km_strv watch_filters;
+        char *heard_pfx; /* a center: "<topic_prefix>/", under which bases' incident/<id> are heard */
         /* A message that brings the connection down whenever it is sent (a broker that
          * answers an ACL refusal by closing the connection, as Mosquitto 2.0.11 does,
          * or whose PUBACK the reset loses; a size limit it does not announce): see
@@ -480,13 +481,33 @@ static int center_take(struct bridge *b, const char *t, const void *payload, siz
 
 /* The messages of one read are staged and settled with one write (and in sync =
  * always one fsync) before their PUBACKs leave (km_spool_settle). */
+/* A center: <topic_prefix>/<base>/incident/<id>, a base's incident timeline (over MQTT;
+ * the narrow links' come through km_daemon_relay). Returns whether it was one. */
+static bool heard_incident(struct bridge *b, const char *t, const void *payload, size_t len)
+{
+        char base[64];
+        size_t pl = b->heard_pfx ? strlen(b->heard_pfx) : 0;
+        if (!pl || strncmp(t, b->heard_pfx, pl) != 0)
+                return false;
+        const char *rest = t + pl, *slash = strchr(rest, '/');
+        if (!slash || (size_t)(slash - rest) >= sizeof(base) || strncmp(slash, "/incident/", 10) != 0 ||
+            strchr(slash + 10, '/'))
+                return false;
+        memcpy(base, rest, (size_t)(slash - rest));
+        base[slash - rest] = '\0';
+        km_incidents_heard(b->d->incidents, base, slash + 10, payload, len);
+        return true;
+}
+
 static int local_message(void *ud, const char *topic, const void *payload, size_t len, bool retain,
                          const void *props, size_t plen)
 {
         struct bridge *b = ud;
         int rc;
         km_spool_defer_sync(b->d->spool);
-        if (b->nwatch)
+        if (b->heard_pfx && b->d->incidents && heard_incident(b, topic, payload, len))
+                rc = 0;
+        else if (b->nwatch)
                 rc = center_take(b, topic, payload, len, props, plen);
         else if (b->d->calls && km_calls_answer(b->d->calls, topic, payload, len))
                 rc = 0; /* an answer to a call: its change goes upstream as the call's */
@@ -720,6 +741,7 @@ static void bridge_destroy(struct km_link *l)
         free(b->watch);
         km_positions_free(b->positions);
         free(b->down_prefix);
+        free(b->heard_pfx);
         free(b->topic_buf);
         free(b->will_topic);
         free(b->will_msg);
@@ -972,6 +994,18 @@ int km_mqtt_local_start(struct km_daemon *d, struct km_conf *c)
                 }
                 b->conf.subscribe.v = v;
                 v[++b->conf.subscribe.n] = NULL;
+        }
+        /* A center keeps the incident timelines of every base it hears (gateway/incidents.c). */
+        if (center) {
+                char **v = realloc(b->watch_filters.v, (b->watch_filters.n + 2) * sizeof(*v));
+                if (v)
+                        b->watch_filters.v = v;
+                if (!v || asprintf(&b->heard_pfx, "%s/", first_link_prefix(c)) < 0 ||
+                    asprintf(&v[b->watch_filters.n], "%s+/incident/+", b->heard_pfx) < 0) {
+                        free(id);
+                        return -ENOMEM;
+                }
+                v[++b->watch_filters.n] = NULL;
         }
         const struct km_strv *filters = center ? &b->watch_filters : &b->conf.subscribe;
         struct km_mqttc_opts o = {

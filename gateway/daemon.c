@@ -275,7 +275,12 @@ int km_daemon_relay(struct km_daemon *d, const char *topic, const char *route_to
 {
         struct ingest_extra x = { .route_topic = route_topic, .prio = route_topic ? -1 : prio, .origin = origin,
                                   .oid = oid };
-        return ingest_ex(d, KM_DIR_DOWN, topic, NULL, payload, len, false, NULL, &x);
+        int rc = ingest_ex(d, KM_DIR_DOWN, topic, NULL, payload, len, false, NULL, &x);
+        /* A center keeps the timelines it hears (its own broker does not send it back
+         * what it publishes: the MQTT path is bridges/mqtt.c's). */
+        if (rc == 0 && d->incidents && origin && route_topic && strncmp(route_topic, "incident/", 9) == 0)
+                km_incidents_heard(d->incidents, origin, route_topic + 9, payload, len);
+        return rc;
 }
 
 int km_daemon_put_aside(struct km_daemon *d, const char *topic, int prio, const void *payload, size_t len,

@@ -58,7 +58,18 @@ struct incident {
         size_t nu;
 };
 
+/* A base's timeline as a center heard it. */
+struct heard {
+        char key[72]; /* base/id */
+        char *json;   /* the base's JSON, id replaced by key */
+        int known;    /* times set, and closed: a copy that knows less is older */
+        bool dirty;
+};
+
 struct km_incidents {
+        struct heard *h;
+        size_t nh;
+        sqlite3_stmt *put_heard;
         struct km_incidents_conf conf;
         struct km_incidents_io io;
         struct km_spool *sp;
@@ -133,6 +144,8 @@ static void incident_free(struct incident *x)
                 free(x->u);
         free(x);
 }
+
+static int known(const cJSON *o);
 
 static void touch(struct km_incidents *in, struct incident *x, bool changed)
 {
@@ -280,6 +293,8 @@ int km_incidents_flush(struct km_incidents *in, bool full)
                         publish(in, in->v[i]);
                 any |= in->v[i]->dirty;
         }
+        for (size_t i = 0; i < in->nh; i++)
+                any |= in->h[i].dirty;
         if (!any)
                 return 0;
         int rc = km_spool_tx_begin(in->sp, full);
@@ -302,10 +317,21 @@ int km_incidents_flush(struct km_incidents *in, bool full)
                 sqlite3_reset(in->put);
                 free(s);
         }
+        for (size_t i = 0; i < in->nh && rc == 0; i++) {
+                if (!in->h[i].dirty)
+                        continue;
+                sqlite3_bind_text(in->put_heard, 1, in->h[i].key, -1, SQLITE_STATIC);
+                sqlite3_bind_text(in->put_heard, 2, in->h[i].json, -1, SQLITE_STATIC);
+                rc = sqlite3_step(in->put_heard) == SQLITE_DONE ? 0 : -EIO;
+                sqlite3_reset(in->put_heard);
+        }
         rc = km_spool_tx_end(in->sp, full, rc == 0, "writing incidents");
-        if (rc == 0)
+        if (rc == 0) {
                 for (size_t i = 0; i < in->n; i++)
                         in->v[i]->dirty = false;
+                for (size_t i = 0; i < in->nh; i++)
+                        in->h[i].dirty = false;
+        }
         return rc;
 }
 
@@ -326,6 +352,10 @@ int km_incidents_new(struct km_incidents **out, struct km_spool *sp, const struc
                                SQLITE_PREPARE_PERSISTENT, &in->put, NULL) != SQLITE_OK ||
             sqlite3_prepare_v3(in->db, "DELETE FROM incidents WHERE id=?", -1, SQLITE_PREPARE_PERSISTENT, &in->del,
                                NULL) != SQLITE_OK ||
+            sqlite3_exec(in->db, "CREATE TABLE IF NOT EXISTS incidents_heard(key TEXT PRIMARY KEY, state TEXT NOT NULL)",
+                         NULL, NULL, NULL) != SQLITE_OK ||
+            sqlite3_prepare_v3(in->db, "INSERT OR REPLACE INTO incidents_heard(key,state) VALUES(?,?)", -1,
+                               SQLITE_PREPARE_PERSISTENT, &in->put_heard, NULL) != SQLITE_OK ||
             sqlite3_prepare_v2(in->db, "SELECT state FROM incidents ORDER BY rowid", -1, &s, NULL) != SQLITE_OK) {
                 KM_LOG(KM_LOG_ERR, "incidents", "the incidents table: %s", sqlite3_errmsg(in->db));
                 km_incidents_free(in);
@@ -342,6 +372,26 @@ int km_incidents_new(struct km_incidents **out, struct km_spool *sp, const struc
                 in->v[in->n++] = x;
         }
         sqlite3_finalize(s);
+        if (sqlite3_prepare_v2(in->db, "SELECT key, state FROM incidents_heard ORDER BY rowid", -1, &s, NULL) == SQLITE_OK) {
+                while (sqlite3_step(s) == SQLITE_ROW) {
+                        struct heard *nh = realloc(in->h, (in->nh + 1) * sizeof(*nh));
+                        if (!nh)
+                                break;
+                        in->h = nh;
+                        struct heard *h = &in->h[in->nh];
+                        memset(h, 0, sizeof(*h));
+                        snprintf(h->key, sizeof(h->key), "%s", (const char *)sqlite3_column_text(s, 0));
+                        if (!(h->json = strdup((const char *)sqlite3_column_text(s, 1))))
+                                break;
+                        in->nh++;
+                }
+                sqlite3_finalize(s);
+        }
+        for (size_t i = 0; i < in->nh; i++) {
+                cJSON *o = cJSON_Parse(in->h[i].json);
+                in->h[i].known = o ? known(o) : -1;
+                cJSON_Delete(o);
+        }
         *out = in;
         return 0;
 }
@@ -355,6 +405,10 @@ void km_incidents_free(struct km_incidents *in)
         sd_event_source_disable_unref(in->flush_src);
         sqlite3_finalize(in->put);
         sqlite3_finalize(in->del);
+        sqlite3_finalize(in->put_heard);
+        for (size_t i = 0; i < in->nh; i++)
+                free(in->h[i].json);
+        free(in->h);
         for (size_t i = 0; i < in->n; i++)
                 incident_free(in->v[i]);
         free(in->v);
@@ -548,6 +602,67 @@ void km_incidents_answer(struct km_incidents *in, const char *call_id, const cha
         }
 }
 
+/* What a timeline knows: its times set, and whether it is closed. */
+static int known(const cJSON *o)
+{
+        const cJSON *u;
+        int k = cJSON_IsString(cJSON_GetObjectItemCaseSensitive(o, "state")) &&
+                strcmp(cJSON_GetObjectItemCaseSensitive(o, "state")->valuestring, "closed") == 0;
+        static const char *const times[] = { "reacted", "turned_out", "arrived", "withdrew" };
+        cJSON_ArrayForEach(u, cJSON_GetObjectItemCaseSensitive(o, "units"))
+                for (int i = 0; i < 4; i++)
+                        k += cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(u, times[i]));
+        return k;
+}
+
+void km_incidents_heard(struct km_incidents *in, const char *base, const char *id, const void *payload, size_t len)
+{
+        char key[72];
+        if (!name_ok(base, 31) || !name_ok(id, 32)) {
+                in->bad++;
+                return;
+        }
+        snprintf(key, sizeof(key), "%s/%s", base, id);
+        cJSON *o = cJSON_ParseWithLength(payload, len);
+        if (!cJSON_IsObject(o) || !cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(o, "units"))) {
+                in->bad++;
+                KM_LOG(KM_LOG_WARNING, "incidents", "timeline of %s: not an incident's JSON: dropped", key);
+                cJSON_Delete(o);
+                return;
+        }
+        cJSON_ReplaceItemInObjectCaseSensitive(o, "id", cJSON_CreateString(key));
+        int k = known(o);
+        struct heard *h = NULL;
+        for (size_t i = 0; i < in->nh && !h; i++)
+                if (strcmp(in->h[i].key, key) == 0)
+                        h = &in->h[i];
+        if (h && h->known > k) { /* an older copy, late */
+                cJSON_Delete(o);
+                return;
+        }
+        char *s = cJSON_PrintUnformatted(o);
+        cJSON_Delete(o);
+        if (!s)
+                return;
+        if (!h) {
+                struct heard *nh = realloc(in->h, (in->nh + 1) * sizeof(*nh));
+                if (!nh) {
+                        free(s);
+                        return;
+                }
+                in->h = nh;
+                h = &in->h[in->nh++];
+                memset(h, 0, sizeof(*h));
+                snprintf(h->key, sizeof(h->key), "%s", key);
+        }
+        free(h->json);
+        h->json = s;
+        h->known = k;
+        h->dirty = true;
+        if (in->io.dirty)
+                in->io.dirty(in->io.ud);
+}
+
 /* ---- control ------------------------------------------------------------------------------ */
 
 static void reply_err(struct km_control_buf *b, const char *why)
@@ -570,7 +685,7 @@ static void reply_json(struct km_control_buf *b, const char *key, cJSON *o)
 
 void km_incidents_control(struct km_incidents *in, const char *args, struct km_control_buf *out)
 {
-        char err[200] = "", id[40] = "";
+        char err[200] = "", id[72] = "";
         if (!in) {
                 reply_err(out, "incidents run on a base only");
                 return;
@@ -608,6 +723,11 @@ void km_incidents_control(struct km_incidents *in, const char *args, struct km_c
                 return;
         }
         if (vl == 4 && strncmp(args, "show", 4) == 0) {
+                for (size_t i = 0; *id && !x && i < in->nh; i++)
+                        if (strcmp(in->h[i].key, id) == 0) {
+                                km_control_printf(out, "{\"incident\":%s}\n", in->h[i].json);
+                                return;
+                        }
                 if (*id) {
                         if (!x) {
                                 reply_err(out, "no such incident (kuimenctl incident show)");
@@ -621,6 +741,8 @@ void km_incidents_control(struct km_incidents *in, const char *args, struct km_c
                 cJSON *a = cJSON_CreateArray();
                 for (size_t i = 0; a && i < in->n; i++)
                         cJSON_AddItemToArray(a, to_json(in->v[i], false));
+                for (size_t i = 0; a && i < in->nh; i++) /* a center: the bases' */
+                        cJSON_AddItemToArray(a, cJSON_Parse(in->h[i].json));
                 reply_json(out, "incidents", a);
                 cJSON_Delete(a);
                 return;

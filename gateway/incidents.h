@@ -54,13 +54,20 @@ void km_incidents_position(struct km_incidents *in, const char *unit, double lat
 /* Loop thread. A unit answered call call_id with status (received, acting, done, cannot). */
 void km_incidents_answer(struct km_incidents *in, const char *call_id, const char *unit, const char *status);
 
+/* Loop thread, on a center. The timeline base published on incident/<id> (payload, its
+ * JSON), heard over MQTT or relayed from a narrow link: kept under "base/id" for
+ * kuimenctl incident show. A timeline only grows (times are set once), so a copy that
+ * knows less than the one kept (an older one arriving late by the other path) is
+ * ignored. */
+void km_incidents_heard(struct km_incidents *in, const char *base, const char *id, const void *payload, size_t len);
+
 /* Loop thread. Writes what changed; full: fsynced before it returns. */
 int km_incidents_flush(struct km_incidents *in, bool full);
 
 /* Loop thread. "incident JSON" opens, "incident close ID", "incident show [ID]". */
 void km_incidents_control(struct km_incidents *in, const char *args, struct km_control_buf *out);
 
-/* Daemon glue: on a base, into d->incidents. */
+/* Daemon glue: into d->incidents (a base runs incidents, a center keeps what it hears). */
 int km_incidents_start(struct km_daemon *d, struct km_conf *c);
 
 #endif

@@ -302,7 +302,7 @@ int main(int argc, char **argv)
         d.clock = km_gnss_clock;
         if (rc == 0 && strcmp(d.node.role, "base") == 0)
                 rc = km_calls_start(&d, &c);
-        if (rc == 0 && strcmp(d.node.role, "base") == 0)
+        if (rc == 0)
                 rc = km_incidents_start(&d, &c);
         if (rc == 0)
                 rc = km_mqtt_local_start(&d, &c);

@@ -58,9 +58,9 @@ static double north(int u, int k, unsigned *seed)
 }
 
 struct env {
-        char dir[200], conf[300], klog[300], sock[300];
+        char dir[200], conf[300], klog[300], sock[300], cconf[300], clog[300], csock[300];
         struct h_broker local, center;
-        struct h_proc k;
+        struct h_proc k, ctr_k; /* the base's kuimen; the center's (role = center) */
         struct h_rec term, ctr;
 };
 
@@ -92,16 +92,21 @@ static MQTTAsync_token send_nowait(struct h_rec *r, const char *topic, const cha
         return ro.token;
 }
 
-static int ctl(struct env *e, char *out, size_t n, const char *args)
+static int ctl_at(const char *sock, char *out, size_t n, const char *args)
 {
         char cmd[1200];
-        snprintf(cmd, sizeof(cmd), "%s --socket %s %s", getenv("KM_KUIMENCTL"), e->sock, args);
+        snprintf(cmd, sizeof(cmd), "%s --socket %s %s", getenv("KM_KUIMENCTL"), sock, args);
         FILE *f = popen(cmd, "r");
         cr_assert(f);
         size_t len = fread(out, 1, n - 1, f);
         out[len] = 0;
         int st = pclose(f);
         return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int ctl(struct env *e, char *out, size_t n, const char *args)
+{
+        return ctl_at(e->sock, out, n, args);
 }
 
 /* What the rule says for unit u's fixes d[0..n) (metres from the centre) at times t:
@@ -151,6 +156,19 @@ Test(incidents, replayed_track_one_arrival_one_withdrawal, .timeout = 60)
         h_write_conf(e.conf, "north", e.dir, e.local.port, e.center.port, extra);
         h_rec_start(&e.term, e.local.port, "terminals", "call/+");
         h_rec_start(&e.ctr, e.center.port, "center-app", "kuimen/north/incident/#");
+        /* The center's kuimen on the center broker: it keeps what the bases publish. */
+        snprintf(e.cconf, sizeof(e.cconf), "%s/center.conf", e.dir);
+        snprintf(e.clog, sizeof(e.clog), "%s/center.log", e.dir);
+        snprintf(e.csock, sizeof(e.csock), "%s/center.sock", e.dir);
+        char ctext[1200];
+        snprintf(ctext, sizeof(ctext),
+                 "[node]\nname = county\nrole = center\nspool = %s/center/spool.db\nstats_interval = 0\n"
+                 "[local]\nuri = tcp://127.0.0.1:%d\n[control]\nsocket = %s\n",
+                 e.dir, e.center.port, e.csock);
+        h_write_text(e.cconf, ctext);
+        const char *cargs[] = { "--config", e.cconf, NULL };
+        h_kuimen_start(&e.ctr_k, e.clog, cargs);
+        cr_assert(h_log_wait(&e.ctr_k, "control: listening on", 10000), "the center kuimen (%s)", e.clog);
         const char *args[] = { "--config", e.conf, NULL };
         h_kuimen_start(&e.k, e.klog, args);
         cr_assert(h_log_wait(&e.k, "control: listening on", 10000));
@@ -274,12 +292,29 @@ Test(incidents, replayed_track_one_arrival_one_withdrawal, .timeout = 60)
                 ctl(&e, out, sizeof(out), "incident show i2 --json");
         } while (!strstr(out, "\"id\":\"i2\"") && h_now_ms() < until);
         cr_assert(strstr(out, "\"units\":[{\"unit\":\"u3\",\"reacted\":null"), "%s", out);
+        /* The center's kuimen kept north's timeline as it heard it. */
+        char want_a[64], want_w[64];
+        snprintf(want_a, sizeof(want_a), "\"arrived\":%lld", (long long)(arr[0] / 1000));
+        snprintf(want_w, sizeof(want_w), "\"withdrew\":%lld", (long long)(wd[1] / 1000));
+        until = h_now_ms() + 5000;
+        do {
+                ctl_at(e.csock, out, sizeof(out), "incident show north/i1 --json");
+                if (strstr(out, want_a) && strstr(out, want_w))
+                        break;
+                h_sleep_ms(100);
+        } while (h_now_ms() < until);
+        cr_assert(strstr(out, "\"incident\":{\"id\":\"north/i1\""), "%s", out);
+        cr_assert(strstr(out, want_a) && strstr(out, want_w), "the center has north's arrivals and withdrawals: %s", out);
+        cr_assert_eq(ctl_at(e.csock, out, sizeof(out), "incident show north/i1 --csv"), 0, "%s", out);
+        cr_assert(strstr(out, "\nnorth/i1,u2,"), "%s", out);
         /* The registry as CSV, one line a unit. */
         cr_assert_eq(ctl(&e, out, sizeof(out), "incident show i1 --csv"), 0, "%s", out);
         cr_assert(strncmp(out, "incident,unit,reacted,turned_out,arrived,withdrew\ni1,u1,", 56) == 0, "%s", out);
         cr_assert(strstr(out, "\ni1,u2,"), "%s", out);
         st = h_stop(&e.k, SIGTERM);
         cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+        st = h_stop(&e.ctr_k, SIGTERM);
+        cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the center kuimen exits 0 (%d)", st);
         h_rec_stop(&e.term);
         h_rec_stop(&e.ctr);
         h_rec_free(&e.term);

@@ -487,6 +487,21 @@ Test(narrow, calls_over_77_byte_link, .timeout = 120)
         cr_assert_eq(rec_count_json(&ctr, "kuimen/north/call/n1", "{\"unit\":\"u3\",\"state\":\"cannot\""), 1);
         cr_assert_eq(rec_count_json(&ctr, "kuimen/north/call/n1", "\"state\":\"escalated\""), 1);
         cr_log_info("calls over a 77-byte link: %zu changes", n);
+        /* An incident's timeline crosses too, and the center's kuimen keeps it. */
+        snprintf(cmd, sizeof(cmd), "%s --socket %s/base/kuimen.sock incident open --call n1 -- i5 30.5 109.4 100 u1,u2",
+                 ctl, k.dir);
+        cr_assert_eq(system(cmd), 0, "%s", cmd);
+        until = h_now_ms() + 30000;
+        do {
+                h_sleep_ms(200);
+                snprintf(cmd, sizeof(cmd), "%s --socket %s/center/kuimen.sock incident show north/i5 --json", ctl, k.dir);
+                f = popen(cmd, "r");
+                len = fread(out, 1, sizeof(out) - 1, f);
+                out[len] = 0;
+                pclose(f);
+        } while (!strstr(out, "\"id\":\"north/i5\"") && h_now_ms() < until);
+        cr_assert(strstr(out, "\"incident\":{\"id\":\"north/i5\",\"state\":\"open\""), "%s", out);
+        cr_assert(strstr(out, "{\"unit\":\"u2\",\"reacted\":null"), "%s", out);
         h_rec_stop(&term);
         h_rec_stop(&ctr);
         h_rec_free(&term);
