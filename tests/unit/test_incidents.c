@@ -210,3 +210,44 @@ Test(incidents, timeline_survives_a_reopen)
         km_incidents_free(in);
         km_spool_close(sp);
 }
+
+/* A center keeps what it hears; a copy that knows less (an older one, late by the other
+ * path) does not replace it; bad ones are dropped. */
+Test(incidents, a_center_keeps_the_timeline_that_knows_more)
+{
+        struct km_incidents *in = open_in();
+        const char *older = "{\"id\":\"i1\",\"state\":\"open\",\"units\":[{\"unit\":\"u1\",\"reacted\":5,\"turned_out\":null,"
+                            "\"arrived\":null,\"withdrew\":null}]}";
+        const char *newer = "{\"id\":\"i1\",\"state\":\"open\",\"units\":[{\"unit\":\"u1\",\"reacted\":5,\"turned_out\":6,"
+                            "\"arrived\":9,\"withdrew\":null}]}";
+        km_incidents_heard(in, "north", "i1", newer, strlen(newer));
+        km_incidents_heard(in, "north", "i1", older, strlen(older));
+        km_incidents_heard(in, "north", "i2", "garbage", 7);
+        km_incidents_heard(in, "no/rth", "i3", newer, strlen(newer));
+        cr_assert_eq(km_incidents_flush(in, true), 0);
+        struct km_control_buf b = { 0 };
+        km_incidents_control(in, "show north/i1", &b);
+        cr_assert(strstr(b.p, "{\"incident\":{\"id\":\"north/i1\""), "%s", b.p);
+        cr_assert(strstr(b.p, "\"arrived\":9"), "the newer copy stays: %s", b.p);
+        km_control_buf_free(&b);
+        km_incidents_control(in, "show north/i2", &b);
+        cr_assert(strstr(b.p, "\"error\""), "%s", b.p);
+        km_control_buf_free(&b);
+        km_incidents_control(in, "show", &b);
+        cr_assert(strstr(b.p, "\"id\":\"north/i1\""), "%s", b.p);
+        cr_assert_null(strstr(b.p, "i3"), "%s", b.p);
+        km_control_buf_free(&b);
+        km_incidents_free(in);
+        km_spool_close(sp);
+        /* And after a restart. */
+        in = open_in();
+        km_incidents_control(in, "show north/i1", &b);
+        cr_assert(strstr(b.p, "\"arrived\":9"), "%s", b.p);
+        km_control_buf_free(&b);
+        km_incidents_heard(in, "north", "i1", older, strlen(older));
+        km_incidents_control(in, "show north/i1", &b);
+        cr_assert(strstr(b.p, "\"arrived\":9"), "what it knew is reloaded with it: %s", b.p);
+        km_control_buf_free(&b);
+        km_incidents_free(in);
+        km_spool_close(sp);
+}
