@@ -479,8 +479,6 @@ static int center_take(struct bridge *b, const char *t, const void *payload, siz
         return 0;
 }
 
-/* The messages of one read are staged and settled with one write (and in sync =
- * always one fsync) before their PUBACKs leave (km_spool_settle). */
 /* A center: <topic_prefix>/<base>/incident/<id>, a base's incident timeline (over MQTT;
  * the narrow links' come through km_daemon_relay). Returns whether it was one. */
 static bool heard_incident(struct bridge *b, const char *t, const void *payload, size_t len)
@@ -499,6 +497,8 @@ static bool heard_incident(struct bridge *b, const char *t, const void *payload,
         return true;
 }
 
+/* The messages of one read are staged and settled with one write (and in sync =
+ * always one fsync) before their PUBACKs leave (km_spool_settle). */
 static int local_message(void *ud, const char *topic, const void *payload, size_t len, bool retain,
                          const void *props, size_t plen)
 {
@@ -539,9 +539,10 @@ static int local_settle(void *ud)
         return rc;
 }
 
-/* A call command (cmd/call; cmd/incident alike) is the calls engine's, not the local broker's: it is taken
- * out of the spool as the broker would take it, acknowledged once the call is stored,
- * so a kill in between brings it again (known by its id, taken once). */
+/* A call command (cmd/call; cmd/incident alike) is the calls engine's, not the local
+ * broker's: it is taken out of the spool as the broker would take it, acknowledged once
+ * the call is stored, so a kill in between brings it again (known by its id, taken
+ * once). */
 static void call_taken(void *ud, uint64_t cookie)
 {
         on_acked(ud, cookie);
