@@ -24,13 +24,16 @@
  * right after); every other Paho callback posts to the loop. */
 
 struct mqtt_conf {
-        char *uri, *client_id, *username, *password, *topic_prefix;
+        char *uri, *client_id, *username, *password, *topic_prefix, *protocol, *v311_meta;
         char *ca, *cert, *key;
         struct km_strv subscribe;
         bool verify_hostname, downlink;
         long window;
         int64_t keepalive_ms, session_expiry_ms;
 };
+
+static const char *const protocols[] = { "auto", "5", "3.1.1", NULL };
+static const char *const metas[] = { "envelope", "none", NULL };
 
 #define OFF(f) offsetof(struct mqtt_conf, f)
 static const struct km_conf_key local_keys[] = {
@@ -42,6 +45,8 @@ static const struct km_conf_key local_keys[] = {
         { "session_expiry", KM_CONF_DURATION, "1d", OFF(session_expiry_ms), "how long the broker keeps our session while kuimen is away", 0, 4294967295000.0, NULL },
         { "keepalive", KM_CONF_DURATION, "10s", OFF(keepalive_ms), "MQTT keepalive", 1000, 3600000, NULL },
         { "window", KM_CONF_INT, "64", OFF(window), "commands in flight to the local broker", 1, 65535, NULL },
+        { "protocol", KM_CONF_STRING, "auto", OFF(protocol), "MQTT version: auto (5, and 3.1.1 once the broker refuses 5, until a restart), 5 or 3.1.1", 0, 0, protocols },
+        { "v311_meta", KM_CONF_STRING, "envelope", OFF(v311_meta), "on MQTT 3.1.1 (no user properties), how a center's relayed messages carry kuimen-origin, -id and -relay: envelope (a JSON line before the payload, docs/topics.md) or none", 0, 0, metas },
         { NULL, 0, NULL, 0, NULL, 0, 0, NULL },
 };
 
@@ -59,6 +64,8 @@ static const struct km_conf_key link_keys[] = {
         { "window", KM_CONF_INT, "256", OFF(window), "messages in flight awaiting PUBACK, at most the broker's receive maximum (Mosquitto's max_inflight_messages) whatever is set here", 1, 65535, NULL },
         { "downlink", KM_CONF_BOOL, "yes", OFF(downlink), "take commands from <topic_prefix>/<node>/cmd/#", 0, 0, NULL },
         { "session_expiry", KM_CONF_DURATION, "7d", OFF(session_expiry_ms), "how long the center keeps the downlink session", 0, 4294967295000.0, NULL },
+        { "protocol", KM_CONF_STRING, "auto", OFF(protocol), "MQTT version of the uplink and downlink: auto (5, and 3.1.1 once the broker refuses 5, until a restart), 5 or 3.1.1", 0, 0, protocols },
+        { "v311_meta", KM_CONF_STRING, "envelope", OFF(v311_meta), "on MQTT 3.1.1 (no user properties), how kuimen-origin and kuimen-id reach the center: envelope (a JSON line before the payload, docs/topics.md) or none (subscribers cannot drop duplicates)", 0, 0, metas },
         { NULL, 0, NULL, 0, NULL, 0, 0, NULL },
 };
 
@@ -67,6 +74,8 @@ struct client {
         MQTTAsync cli;
         struct bridge *b;
         const char *role; /* "ingest", "up", "down": in log lines */
+        char *id;
+        int level;      /* MQTT protocol level the client was created for: 5 or 4 (3.1.1) */
         bool clean;
         struct km_strv filters; /* subscribed after every connect */
         int64_t session_expiry_ms;
@@ -118,13 +127,32 @@ struct watch {
         char *base;
 };
 
-enum { EV_UP, EV_LOST, EV_CONNECT_FAILED };
+enum { EV_UP, EV_LOST, EV_CONNECT_FAILED, EV_REFUSED_V5 };
 
 /* Inbound QoS 1 messages the local broker may have unacknowledged with us (MQTT v5
  * Receive Maximum): the more, the more one read and one fsync carry. */
 #define INGEST_RECEIVE_MAX 1024
 
 static int connect_client(struct client *c);
+static int client_create(struct client *c, int level);
+
+static int conf_version(const struct mqtt_conf *m)
+{
+        if (!m->protocol || strcmp(m->protocol, "auto") == 0)
+                return KM_MQTT_AUTO;
+        return strcmp(m->protocol, "5") == 0 ? KM_MQTT_V5 : KM_MQTT_V311;
+}
+
+static int conf_meta(const struct mqtt_conf *m)
+{
+        return m->v311_meta && strcmp(m->v311_meta, "none") == 0 ? KM_META_NONE : KM_META_ENVELOPE;
+}
+
+/* The protocol level of a bridge's own connection (local: ingest; a link: its uplink). */
+static int bridge_version(const struct bridge *b)
+{
+        return b->up ? km_uplink_version(b->up) : b->mc ? km_mqttc_version(b->mc) : 0;
+}
 
 /* ---- loop side ------------------------------------------------------------------- */
 
@@ -199,18 +227,35 @@ static void client_event(void *ud, uint64_t ev)
         case EV_UP:
                 c->connected = true;
                 c->backoff_s = 1;
+                b->link->mqtt_version_down = (uint8_t)c->level;
                 break;
         case EV_LOST:
                 c->connected = false;
                 break;
+        case EV_REFUSED_V5:
         case EV_CONNECT_FAILED:
                 c->connected = false;
+                /* auto: the downlink is a connection of its own and decides its
+                 * version itself, from the broker's refusal of 5; a broker that just
+                 * closes the socket (RabbitMQ 3.10) looks to Paho like any failed
+                 * connect, so the uplink's finding that the same broker refuses 5
+                 * counts too. Paho fixes the version when the client is created: a
+                 * new client. */
+                unsigned delay_s = c->backoff_s;
+                if (conf_version(&b->conf) == KM_MQTT_AUTO && c->level == 5 && !b->d->stopping &&
+                    (ev == EV_REFUSED_V5 || bridge_version(b) == 4)) {
+                        MQTTAsync_destroy(&c->cli);
+                        if (client_create(c, 4) == 0)
+                                KM_LOG(KM_LOG_NOTICE, "mqtt", "%s: %s refuses MQTT 5: the downlink speaks 3.1.1 until "
+                                       "kuimen restarts (protocol = auto)", c->role, b->conf.uri);
+                        delay_s = 0; /* not an outage: the broker answered, in another version */
+                }
                 /* Paho reconnects by itself only after a first success. */
                 if (!b->d->stopping) {
                         sd_event_source_unref(c->retry);
-                        sd_event_add_time_relative(b->d->ev, &c->retry, CLOCK_MONOTONIC, c->backoff_s * 1000000ULL,
+                        sd_event_add_time_relative(b->d->ev, &c->retry, CLOCK_MONOTONIC, delay_s * 1000000ULL,
                                                    100000, on_retry, c);
-                        if (c->backoff_s < 5)
+                        if (delay_s && c->backoff_s < 5)
                                 c->backoff_s++;
                 }
                 break;
@@ -242,11 +287,39 @@ static void on_subscribe_fail(void *context, MQTTAsync_failureData5 *r)
                r && r->message ? r->message : MQTTAsync_strerror(r ? r->code : -1));
 }
 
+static void on_subscribed311(void *context, MQTTAsync_successData *r)
+{
+        struct client *c = context;
+        /* 3.1.1: a SUBACK return code 0x80 is a refusal (one filter: in alt.qos). */
+        if (r && c->filters.n == 1 && r->alt.qos == 0x80)
+                KM_LOG(KM_LOG_ERR, "mqtt", "%s: broker refused subscription to '%s'", c->role, c->filters.v[0]);
+}
+
+static void on_subscribe_fail311(void *context, MQTTAsync_failureData *r)
+{
+        struct client *c = context;
+        KM_LOG(KM_LOG_ERR, "mqtt", "%s: subscribe failed: %s", c->role,
+               r && r->message ? r->message : MQTTAsync_strerror(r ? r->code : -1));
+}
+
 static void subscribe_all(struct client *c)
 {
         if (!c->filters.n)
                 return;
         MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+        if (c->level != 5) {
+                /* 3.1.1 has no subscription options (no local, retain handling). */
+                int qos[c->filters.n];
+                for (size_t i = 0; i < c->filters.n; i++)
+                        qos[i] = 1;
+                ro.onSuccess = on_subscribed311;
+                ro.onFailure = on_subscribe_fail311;
+                ro.context = c;
+                int rc = MQTTAsync_subscribeMany(c->cli, (int)c->filters.n, c->filters.v, qos, &ro);
+                if (rc != MQTTASYNC_SUCCESS)
+                        KM_LOG(KM_LOG_ERR, "mqtt", "%s: subscribe: %s", c->role, MQTTAsync_strerror(rc));
+                return;
+        }
         MQTTSubscribe_options so[c->filters.n];
         int qos[c->filters.n];
         for (size_t i = 0; i < c->filters.n; i++) {
@@ -269,7 +342,8 @@ static void on_connected(void *context, char *cause)
 {
         struct client *c = context;
         (void)cause;
-        KM_LOG(KM_LOG_NOTICE, "mqtt", "%s: connected to %s", c->role, c->b->conf.uri);
+        KM_LOG(KM_LOG_NOTICE, "mqtt", "%s: connected to %s (MQTT %s)", c->role, c->b->conf.uri,
+               km_mqtt_version_name(c->level));
         subscribe_all(c);
         km_daemon_post(c->b->d, client_event, c, EV_UP);
 }
@@ -296,6 +370,21 @@ static void on_connect_ok(void *context, MQTTAsync_successData5 *r)
 }
 
 static void on_connect_fail(void *context, MQTTAsync_failureData5 *r)
+{
+        struct client *c = context;
+        /* Paho reports a v5 CONNACK's reason in reasonCode, a 3.1.1 CONNACK's return
+         * code (1: unacceptable protocol version) in code. */
+        bool refused = r && (r->reasonCode == MQTTREASONCODE_UNSUPPORTED_PROTOCOL_VERSION || r->code == 1);
+        if (refused)
+                KM_LOG(KM_LOG_WARNING, "mqtt", "%s: cannot connect to %s: " KM_MQTT_REFUSES_V5 "%s", c->role,
+                       c->b->conf.uri, conf_version(&c->b->conf) == KM_MQTT_AUTO ? "" : ": set protocol = auto or 3.1.1");
+        else
+                KM_LOG(KM_LOG_WARNING, "mqtt", "%s: cannot connect to %s: %s", c->role, c->b->conf.uri,
+                       r && r->message ? r->message : MQTTAsync_strerror(r ? r->code : -1));
+        km_daemon_post(c->b->d, client_event, c, refused ? EV_REFUSED_V5 : EV_CONNECT_FAILED);
+}
+
+static void on_connect_fail311(void *context, MQTTAsync_failureData *r)
 {
         struct client *c = context;
         KM_LOG(KM_LOG_WARNING, "mqtt", "%s: cannot connect to %s: %s", c->role, c->b->conf.uri,
@@ -351,15 +440,17 @@ static int on_message(void *context, char *topic, int topic_len, MQTTAsync_messa
 static void link_up(void *ud)
 {
         struct bridge *b = ud;
-        if (b->up) /* mqttc says so itself */
-                KM_LOG(KM_LOG_NOTICE, "mqtt", "up: connected to %s", b->conf.uri);
+        /* mqttc and uplink.c say so themselves, with the MQTT version. */
         /* What the daemon fits its own status messages to (km_link_room): the peer's
          * limit, and what a packet of ours adds to a message's topic and payload: the
          * fixed header (5), topic length and packet id (4), and on the uplink the
          * bridged topic's "<prefix>/<node>/" and the kuimen-origin and kuimen-id user
          * properties (a 20-digit id; 2 bytes of property length). */
         b->link->max_packet = b->up ? km_uplink_max_packet(b->up) : km_mqttc_max_packet(b->mc);
+        b->link->mqtt_version = (uint8_t)bridge_version(b);
         size_t props = 2 + (1 + 2 + 13 + 2 + strlen(b->d->node.name)) + (1 + 2 + 9 + 2 + 20);
+        if (b->link->mqtt_version != 5) /* 3.1.1: the envelope instead (MQTT 3.1.1 states no limit anyway) */
+                props = conf_meta(&b->conf) == KM_META_NONE ? 0 : km_mqtt_envelope(NULL, 0, b->d->node.name, UINT64_MAX, b->d->node.name);
         b->link->packet_overhead = (uint32_t)(9 + (b->local ? (b->nwatch ? props + 1 + 2 + 12 + 2 + strlen(b->d->node.name) : 1)
                                                             : props + strlen(b->conf.topic_prefix) + strlen(b->d->node.name) + 2));
         km_link_set_state(b->link, KM_LINK_UP, "connected");
@@ -426,7 +517,12 @@ static void link_failed_connect(void *ud, const char *why)
 {
         struct bridge *b = ud;
         KM_LOG(KM_LOG_WARNING, "mqtt", "%s: cannot connect to %s: %s", b->local ? "ingest" : "up", b->conf.uri, why);
-        km_link_set_state(b->link, KM_LINK_DOWN, "cannot connect");
+        b->link->mqtt_version = (uint8_t)bridge_version(b);
+        /* A broker that refuses MQTT 5 to protocol = 5 is the operator's to fix: said
+         * where the link's state is read. */
+        bool v5 = strncmp(why, KM_MQTT_REFUSES_V5, strlen(KM_MQTT_REFUSES_V5)) == 0 &&
+                  conf_version(&b->conf) == KM_MQTT_V5;
+        km_link_set_state(b->link, KM_LINK_DOWN, v5 ? why : "cannot connect");
 }
 
 /* The broker's answer to a publish of ours (uplink or local), on the loop thread. */
@@ -466,6 +562,11 @@ static int center_take(struct bridge *b, const char *t, const void *payload, siz
                 if (strncmp(rest, "cmd/", 4) == 0)
                         return km_daemon_ingest_routed(b->d, KM_DIR_UP, t, rest, payload, len);
                 if (strcmp(rest, "status") != 0 || km_mqttc_user_property(props, plen, "kuimen-relay", NULL, NULL))
+                        return 0;
+                /* Over MQTT 3.1.1 (this broker, or the base's or relaying center's
+                 * connection to it) kuimen-relay is in the envelope. */
+                struct km_mqtt_meta_in meta;
+                if (km_mqtt_envelope_parse(payload, len, &meta) && meta.relay[0])
                         return 0;
                 int st = KM_PEER_UNKNOWN;
                 if (memmem(payload, len, "\"state\":\"online\"", 16))
@@ -622,10 +723,14 @@ static int connect_client(struct client *c)
 {
         struct bridge *b = c->b;
         MQTTAsync_connectOptions co = MQTTAsync_connectOptions_initializer5;
+        MQTTAsync_connectOptions co3 = MQTTAsync_connectOptions_initializer;
         MQTTAsync_SSLOptions ssl = MQTTAsync_SSLOptions_initializer;
         MQTTProperties props = MQTTProperties_initializer;
         MQTTProperty p = { .identifier = MQTTPROPERTY_CODE_SESSION_EXPIRY_INTERVAL };
         int rc;
+
+        if (!c->cli && client_create(c, c->level) < 0)
+                return -EIO;
 
         co.keepAliveInterval = (int)(b->conf.keepalive_ms / 1000);
         co.cleanstart = c->clean;
@@ -654,7 +759,25 @@ static int connect_client(struct client *c)
                 ssl.ssl_error_context = c;
                 co.ssl = &ssl;
         }
-        rc = MQTTAsync_connect(c->cli, &co);
+        if (c->level != 5) {
+                /* 3.1.1: Clean Session 0 keeps the session until the broker's own
+                 * expiry (no session expiry to send), no properties. */
+                co3.MQTTVersion = MQTTVERSION_3_1_1;
+                co3.cleansession = c->clean;
+                co3.keepAliveInterval = co.keepAliveInterval;
+                co3.automaticReconnect = 1;
+                co3.minRetryInterval = co.minRetryInterval;
+                co3.maxRetryInterval = co.maxRetryInterval;
+                co3.connectTimeout = co.connectTimeout;
+                co3.maxInflight = co.maxInflight;
+                co3.username = co.username;
+                co3.password = co.password;
+                co3.onSuccess = NULL;
+                co3.onFailure = on_connect_fail311;
+                co3.context = c;
+                co3.ssl = co.ssl;
+        }
+        rc = MQTTAsync_connect(c->cli, c->level != 5 ? &co3 : &co);
         MQTTProperties_free(&props);
         if (rc != MQTTASYNC_SUCCESS) {
                 KM_LOG(KM_LOG_ERR, "mqtt", "%s: connect to %s: %s", c->role, b->conf.uri, MQTTAsync_strerror(rc));
@@ -663,27 +786,39 @@ static int connect_client(struct client *c)
         return 0;
 }
 
-static int client_init(struct client *c, struct bridge *b, const char *role, const char *id, bool clean,
-                       int64_t expiry_ms)
+/* A Paho client for protocol level (5 or 4): Paho fixes the version at creation. */
+static int client_create(struct client *c, int level)
 {
         MQTTAsync_createOptions cro = MQTTAsync_createOptions_initializer5;
         int rc;
 
-        c->b = b;
-        c->role = role;
-        c->clean = clean;
-        c->session_expiry_ms = expiry_ms;
-        c->backoff_s = 1;
         cro.sendWhileDisconnected = 0;
-        rc = MQTTAsync_createWithOptions(&c->cli, b->conf.uri, id, MQTTCLIENT_PERSISTENCE_NONE, NULL, &cro);
+        if (level != 5)
+                cro.MQTTVersion = MQTTVERSION_3_1_1;
+        c->level = level;
+        rc = MQTTAsync_createWithOptions(&c->cli, c->b->conf.uri, c->id, MQTTCLIENT_PERSISTENCE_NONE, NULL, &cro);
         if (rc != MQTTASYNC_SUCCESS) {
-                KM_LOG(KM_LOG_ERR, "mqtt", "%s: cannot create a client for %s: %s", role, b->conf.uri,
+                KM_LOG(KM_LOG_ERR, "mqtt", "%s: cannot create a client for %s: %s", c->role, c->b->conf.uri,
                        MQTTAsync_strerror(rc));
+                c->cli = NULL;
                 return -EINVAL;
         }
         MQTTAsync_setCallbacks(c->cli, c, on_lost, on_message, NULL);
         MQTTAsync_setConnected(c->cli, c, on_connected);
         return 0;
+}
+
+static int client_init(struct client *c, struct bridge *b, const char *role, const char *id, bool clean,
+                       int64_t expiry_ms)
+{
+        c->b = b;
+        c->role = role;
+        c->clean = clean;
+        c->session_expiry_ms = expiry_ms;
+        c->backoff_s = 1;
+        if (!(c->id = strdup(id)))
+                return -ENOMEM;
+        return client_create(c, conf_version(&b->conf) == KM_MQTT_V311 ? 4 : 5);
 }
 
 static void client_stop(struct client *c)
@@ -693,6 +828,8 @@ static void client_stop(struct client *c)
         c->retry = sd_event_source_unref(c->retry);
         if (MQTTAsync_isConnected(c->cli)) {
                 MQTTAsync_disconnectOptions o = MQTTAsync_disconnectOptions_initializer5;
+                if (c->level != 5)
+                        o = (MQTTAsync_disconnectOptions)MQTTAsync_disconnectOptions_initializer;
                 o.timeout = 1000;
                 /* The DISCONNECT goes out on Paho's thread: wait for it, as long as the
                  * disconnect's own timeout at most. */
@@ -706,6 +843,8 @@ static void client_stop(struct client *c)
 
 static void client_free(struct client *c)
 {
+        free(c->id);
+        c->id = NULL;
         if (!c->cli)
                 return;
         c->retry = sd_event_source_unref(c->retry);
@@ -1016,6 +1155,7 @@ int km_mqtt_local_start(struct km_daemon *d, struct km_conf *c)
                 .keepalive_s = (unsigned)(b->conf.keepalive_ms / 1000), .window = (unsigned)b->conf.window,
                 .receive_max = INGEST_RECEIVE_MAX, .will_topic = b->will_topic, .will_msg = b->will_msg,
                 .filters = (const char *const *)filters->v, .nfilters = filters->n,
+                .version = conf_version(&b->conf), .v311_meta = conf_meta(&b->conf),
         };
         struct km_mqttc_cb cb = { .up = link_up, .lost = link_lost, .failed_connect = link_failed_connect,
                                   .message = local_message, .settle = local_settle,
@@ -1069,6 +1209,7 @@ int km_mqtt_link_start(struct km_daemon *d, struct km_conf *c, const char *secti
                         .password = b->conf.password, .role = "up", .clean_start = true,
                         .keepalive_s = (unsigned)(b->conf.keepalive_ms / 1000), .window = (unsigned)b->conf.window,
                         .receive_max = 16, .will_topic = b->will_topic, .will_msg = b->will_msg,
+                        .version = conf_version(&b->conf), .v311_meta = conf_meta(&b->conf),
                 };
                 struct km_mqttc_cb mcb = { .up = link_up, .lost = link_lost, .failed_connect = link_failed_connect,
                                            .message = up_message, .acked = link_acked, .refused = link_refused,
@@ -1080,6 +1221,7 @@ int km_mqtt_link_start(struct km_daemon *d, struct km_conf *c, const char *secti
                         .password = b->conf.password, .ca = b->conf.ca, .cert = b->conf.cert, .key = b->conf.key,
                         .verify_hostname = b->conf.verify_hostname, .keepalive_s = (int)(b->conf.keepalive_ms / 1000),
                         .window = (unsigned)b->conf.window, .will_topic = b->will_topic, .will_msg = b->will_msg,
+                        .version = conf_version(&b->conf), .v311_meta = conf_meta(&b->conf),
                 };
                 struct km_uplink_cb ucb = { .up = link_up, .lost = link_lost, .failed_connect = link_failed_connect,
                                             .acked = link_acked, .refused = link_refused, .ud = b };

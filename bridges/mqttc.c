@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* A small MQTT v5 client on the daemon's event loop: QoS 1 in and out, acknowledged when the owner says. */
+/* A small MQTT client (v5, or 3.1.1 where the broker refuses 5) on the daemon's event loop: QoS 1 in and out, acknowledged when the owner says. */
 #include "mqttc.h"
 
 #include <arpa/inet.h>
@@ -34,12 +34,24 @@
  * write(2). Outbound publishes are gathered the same way and written once per loop
  * iteration.
  *
- * Scope: MQTT v5 over TCP, QoS 0 and 1 in (subscriptions are QoS 1, so a QoS 2
+ * Scope: MQTT v5, or 3.1.1 (below), over TCP, QoS 0 and 1 in (subscriptions are QoS 1, so a QoS 2
  * publisher arrives at QoS 1), QoS 1 out, a will, keepalive pings, reconnect with
  * back-off. No TLS: the local broker is reached over loopback; the center links that
  * need TLS stay on libmosquitto (uplink.c). A host name is looked up on a short-lived
  * thread (getaddrinfo blocks, and a center whose DNS is cut must not stall the loop);
  * the TCP connect itself is non-blocking.
+ *
+ * MQTT 3.1.1: a broker that speaks only 3.1.1 (RabbitMQ 3.10, many platforms) answers a
+ * v5 CONNECT with CONNACK return code 1 (the 3.1.1 spec), reason 0x84 (a v5 broker
+ * configured so), or by closing the socket (RabbitMQ). With protocol = auto the next
+ * attempt is 3.1.1, and once one is accepted the connection stays 3.1.1 until kuimen
+ * restarts: the same broker refuses 5 again at every reconnect, and a refused attempt
+ * per outage would cost a second of the reconnect each time. On 3.1.1 there are no
+ * properties: no Receive Maximum (our window holds), no Maximum Packet Size, no reason
+ * codes in PUBACK or SUBACK beyond 0x80; the session is clean_start without a session
+ * expiry, else persistent; a stop with a will closes the socket without DISCONNECT
+ * (3.1.1's DISCONNECT discards the will), and origin and id travel in the envelope
+ * (km_mqtt_envelope) unless v311_meta is none.
  */
 
 #define CONNACK_TIMEOUT_US 5000000ULL
@@ -76,6 +88,7 @@ struct km_mqttc {
         bool clean_start;
         uint32_t session_expiry_s;
         unsigned keepalive_s, window, receive_max;
+        int version, meta; /* enum km_mqtt_version, enum km_mqtt_meta */
         char host[256];
         char port[8];
 
@@ -83,6 +96,10 @@ struct km_mqttc {
         int fd;
         struct lookup *lk;
         bool no_will; /* the broker refused the will: connect without it */
+        uint8_t level;    /* protocol level of this connection (attempt): 5 or 4 */
+        bool try311;      /* auto: the broker refused 5, the next attempt is 3.1.1 */
+        bool trying311;   /* this attempt is that one */
+        bool learned311;  /* auto: a 3.1.1 attempt after a refusal of 5 was accepted */
         sd_event_source *io, *ping, *connack, *retry, *flush, *lk_src;
         unsigned backoff_s;
         struct buf in, out;
@@ -369,6 +386,10 @@ static void drop(struct km_mqttc *c, const char *why)
         if (was_up) {
                 c->cb.lost(c->cb.ud, why);
                 schedule_retry(c, 1); /* an outage's end is used at once */
+        } else if (c->try311) {
+                /* Not an outage: the broker answered, in another version. */
+                c->cb.failed_connect(c->cb.ud, why);
+                schedule_retry(c, 0);
         } else {
                 c->cb.failed_connect(c->cb.ud, why);
                 schedule_retry(c, c->backoff_s);
@@ -440,14 +461,17 @@ static void schedule_flush(struct km_mqttc *c)
 
 static int send_connect(struct km_mqttc *c)
 {
-        bool will = c->will_topic && !c->no_will;
+        bool will = c->will_topic && !c->no_will, v5 = c->level == 5;
         size_t idl = strlen(c->client_id), ul = c->username ? strlen(c->username) : 0;
         size_t pl = c->password ? strlen(c->password) : 0;
         size_t wtl = will ? strlen(c->will_topic) : 0, wml = will ? strlen(c->will_msg) : 0;
         uint32_t props = (c->clean_start ? 0 : 5) + 3; /* session expiry, receive maximum */
-        uint32_t rl = 10 + (uint32_t)varint_len(props) + props + 2 + (uint32_t)idl;
+        uint32_t rl = 10 + (v5 ? (uint32_t)varint_len(props) + props : 0) + 2 + (uint32_t)idl;
+        /* 3.1.1 has no session expiry: a session that outlives the connection is
+         * Clean Session 0 (kept until the broker's own expiry), one that does not 1. */
+        bool clean = c->clean_start || (!v5 && !c->session_expiry_s);
         if (will)
-                rl += 1 + 2 + (uint32_t)wtl + 2 + (uint32_t)wml;
+                rl += (v5 ? 1 : 0) + 2 + (uint32_t)wtl + 2 + (uint32_t)wml;
         if (c->username)
                 rl += 2 + (uint32_t)ul;
         if (c->password)
@@ -458,20 +482,23 @@ static int send_connect(struct km_mqttc *c)
         *p++ = 0x10;
         p = put_varint(p, rl);
         p = put_str(p, "MQTT", 4);
-        *p++ = 5;
+        *p++ = c->level;
         *p++ = (uint8_t)((c->username ? 0x80 : 0) | (c->password ? 0x40 : 0) | (will ? 0x20 | 0x08 | 0x04 : 0) |
-                         (c->clean_start ? 0x02 : 0));
+                         (clean ? 0x02 : 0));
         p = put16(p, (uint16_t)c->keepalive_s);
-        p = put_varint(p, props);
-        if (!c->clean_start) {
-                *p++ = 0x11;
-                p = put32(p, c->session_expiry_s);
+        if (v5) {
+                p = put_varint(p, props);
+                if (!c->clean_start) {
+                        *p++ = 0x11;
+                        p = put32(p, c->session_expiry_s);
+                }
+                *p++ = 0x21;
+                p = put16(p, (uint16_t)c->receive_max);
         }
-        *p++ = 0x21;
-        p = put16(p, (uint16_t)c->receive_max);
         p = put_str(p, c->client_id, idl);
         if (will) {
-                *p++ = 0; /* will properties */
+                if (v5)
+                        *p++ = 0; /* will properties */
                 p = put_str(p, c->will_topic, wtl);
                 p = put_str(p, c->will_msg, wml);
         }
@@ -498,7 +525,7 @@ static int alloc_mid(struct km_mqttc *c, uint64_t tag)
 /* The SUBSCRIBE of filters [from, to): its remaining length. */
 static uint32_t subscribe_rl(const struct km_mqttc *c, size_t from, size_t to)
 {
-        uint32_t rl = 2 + 1;
+        uint32_t rl = 2 + (c->level == 5 ? 1 : 0);
         for (size_t i = from; i < to; i++)
                 rl += 2 + (uint32_t)strlen(c->filters[i]) + 1;
         return rl;
@@ -519,12 +546,16 @@ static int send_subscribe_of(struct km_mqttc *c, size_t from, size_t to)
         *p++ = 0x82;
         p = put_varint(p, rl);
         p = put16(p, (uint16_t)mid);
-        *p++ = 0; /* properties */
+        if (c->level == 5)
+                *p++ = 0; /* properties */
         for (size_t i = from; i < to; i++) {
                 p = put_str(p, c->filters[i], strlen(c->filters[i]));
                 /* QoS 1; no local: what we publish locally never comes back in; retain
-                 * handling 1: retained messages only on a new subscription. */
-                *p++ = 0x01 | 0x04 | 0x10;
+                 * handling 1: retained messages only on a new subscription. 3.1.1 has
+                 * neither (its other bits are reserved): a center's own relayed
+                 * status comes back and is ignored (kuimen-relay), and retained
+                 * messages come at each connect. */
+                *p++ = c->level == 5 ? 0x01 | 0x04 | 0x10 : 0x01;
         }
         c->out.len += (size_t)(p - start);
         return 0;
@@ -686,6 +717,9 @@ static void start_connect(struct km_mqttc *c)
                 schedule_retry(c, 1);
                 return;
         }
+        c->trying311 = c->try311;
+        c->try311 = false;
+        c->level = c->version == KM_MQTT_V311 || c->learned311 || c->trying311 ? 4 : 5;
         c->st = C_RESOLVING;
         /* Both the lookup and the TCP connect are bounded by the CONNECT timeout. */
         if ((rc = sd_event_add_time_relative(c->ev, &c->connack, CLOCK_MONOTONIC, CONNACK_TIMEOUT_US, 100000,
@@ -755,6 +789,27 @@ static void reason_text(const struct props *pr, int code, char *out, size_t len)
                 snprintf(out, len, "%s", km_mqttc_reason(code));
 }
 
+/* A 3.1.1 CONNACK's return code as the v5 reason code that means the same. */
+static int v311_reason(int rc)
+{
+        static const uint8_t map[] = { 0x00, 0x84, 0x85, 0x88, 0x86, 0x87 };
+        return rc >= 0 && rc < (int)sizeof(map) ? map[rc] : 0x80;
+}
+
+/* The broker refused MQTT 5 (how: a CONNACK's code, or a close before any). With
+ * auto the next attempt, after the usual back-off, is 3.1.1. */
+static void refused_v5(struct km_mqttc *c, const char *how)
+{
+        char why[320];
+        if (c->version == KM_MQTT_AUTO) {
+                c->try311 = true;
+                snprintf(why, sizeof(why), KM_MQTT_REFUSES_V5 " (%s): trying MQTT 3.1.1", how);
+        } else {
+                snprintf(why, sizeof(why), KM_MQTT_REFUSES_V5 " (%s): set protocol = auto or 3.1.1", how);
+        }
+        drop(c, why);
+}
+
 static int handle_connack(struct km_mqttc *c, const uint8_t *p, size_t n)
 {
         struct props pr = { .receive_max = 65535, .server_keepalive = -1 };
@@ -764,21 +819,41 @@ static int handle_connack(struct km_mqttc *c, const uint8_t *p, size_t n)
 
         if (c->st != C_WAIT_CONNACK || n < 2)
                 return -1;
-        if (n > 2 && ((k = get_varint(p + 2, n - 2, &pl)) <= 0 || 2 + (size_t)k + pl > n ||
-                      parse_props(p + 2 + k, pl, &pr) < 0))
+        int code = p[1];
+        if (c->level == 5 && n == 2 && p[1] >= 1 && p[1] <= 5) {
+                /* No property length: a 3.1.1 CONNACK, which a v5 one never is. */
+                if (p[1] == 1) {
+                        refused_v5(c, "CONNACK return code 1, unacceptable protocol version");
+                        return 1;
+                }
+                snprintf(why, sizeof(why), "refused (a 3.1.1 CONNACK to MQTT 5): %s", km_mqttc_reason(v311_reason(p[1])));
+                drop(c, why);
+                return 1;
+        }
+        if (c->level == 5 && p[1] == 0x84) {
+                refused_v5(c, "CONNACK unsupported protocol version");
+                return 1;
+        }
+        if (c->level != 5) {
+                if (n != 2 || (p[0] & 0xFE) || p[1] > 5)
+                        return -1;
+                code = v311_reason(p[1]); /* below, a v5 reason as any */
+        } else if (n > 2 && ((k = get_varint(p + 2, n - 2, &pl)) <= 0 || 2 + (size_t)k + pl > n ||
+                             parse_props(p + 2 + k, pl, &pr) < 0)) {
                 return -1;
-        if (p[1] >= 0x80) {
+        }
+        if (code >= 0x80) {
                 /* A broker whose ACL predates the node status refuses a will it may not
                  * publish, and with it the whole connection: ingest must not stop for a
                  * status topic. The next attempts go without the will. */
-                if (p[1] == 0x87 && c->will_topic && !c->no_will) {
+                if (code == 0x87 && c->will_topic && !c->no_will) {
                         c->no_will = true;
                         KM_LOG(KM_LOG_ERR, "mqtt", "%s: %s refused the connection with the will on %s (not authorised: "
                                "allow kuimen to write it in the broker's ACL); connecting without the will",
                                c->role, c->uri, c->will_topic);
                 }
                 char r[256];
-                reason_text(&pr, p[1], r, sizeof(r));
+                reason_text(&pr, code, r, sizeof(r));
                 snprintf(why, sizeof(why), "refused: %s", r);
                 drop(c, why);
                 return 1;
@@ -793,11 +868,17 @@ static int handle_connack(struct km_mqttc *c, const uint8_t *p, size_t n)
          * Maximum, 0 included, is kept. */
         c->max_packet = pr.max_packet;
         if (pr.max_packet || pr.receive_max < 65535)
-                KM_LOG(KM_LOG_INFO, "mqtt", "%s: %s takes packets of %u bytes at most, %d publishes in flight (topic aliases: %d, none used)",
-                       c->role, c->uri, pr.max_packet, pr.receive_max, pr.topic_alias_max);
+                KM_LOG(KM_LOG_INFO, "mqtt", "%s: %s takes packets of %s, %d publishes in flight (topic aliases: %d, none used)",
+                       c->role, c->uri, km_packet_limit(pr.max_packet, (char[32]){ 0 }, 32), pr.receive_max,
+                       pr.topic_alias_max);
         c->ka_s = pr.server_keepalive >= 0 ? (unsigned)pr.server_keepalive : c->keepalive_s;
         c->st = C_UP;
         c->backoff_s = 1;
+        if (c->trying311 && !c->learned311) {
+                c->learned311 = true;
+                KM_LOG(KM_LOG_NOTICE, "mqtt", "%s: %s refuses MQTT 5 and takes 3.1.1: this connection speaks 3.1.1 "
+                       "until kuimen restarts (protocol = auto)", c->role, c->uri);
+        }
         if (send_subscribe(c) < 0) {
                 drop(c, "SUBSCRIBE: out of memory");
                 return 1;
@@ -805,7 +886,8 @@ static int handle_connack(struct km_mqttc *c, const uint8_t *p, size_t n)
         if (c->ka_s && sd_event_add_time_relative(c->ev, &c->ping, CLOCK_MONOTONIC, (uint64_t)c->ka_s * 250000, 50000,
                                                   on_ping, c) < 0)
                 KM_LOG(KM_LOG_ERR, "mqtt", "%s: cannot arm the keepalive timer", c->role);
-        KM_LOG(KM_LOG_NOTICE, "mqtt", "%s: connected to %s%s", c->role, c->uri, p[0] & 1 ? " (session resumed)" : "");
+        KM_LOG(KM_LOG_NOTICE, "mqtt", "%s: connected to %s (MQTT %s)%s", c->role, c->uri, km_mqtt_version_name(c->level),
+               p[0] & 1 ? " (session resumed)" : "");
         c->cb.up(c->cb.ud);
         if (c->st == C_UP)
                 schedule_flush(c);
@@ -827,7 +909,9 @@ static int handle_publish(struct km_mqttc *c, uint8_t flags, uint8_t *p, size_t 
                 mid = get16(p + i);
                 i += 2;
         }
-        if ((k = get_varint(p + i, n - i, &pl)) <= 0 || i + (size_t)k + pl > n || parse_props(p + i + k, pl, NULL) < 0)
+        if (c->level != 5)
+                k = 0, pl = 0; /* 3.1.1: no properties */
+        else if ((k = get_varint(p + i, n - i, &pl)) <= 0 || i + (size_t)k + pl > n || parse_props(p + i + k, pl, NULL) < 0)
                 return -1;
         /* The topic is NUL-terminated in place over the byte after it (already read). */
         uint8_t saved = p[2 + tl];
@@ -885,9 +969,9 @@ static int handle_puback(struct km_mqttc *c, const uint8_t *p, size_t n)
 
 static int handle_suback(struct km_mqttc *c, const uint8_t *p, size_t n)
 {
-        uint32_t pl;
-        int k;
-        if (n < 3 || (k = get_varint(p + 2, n - 2, &pl)) <= 0 || 2 + (size_t)k + pl > n)
+        uint32_t pl = 0;
+        int k = 0;
+        if (n < 3 || (c->level == 5 && ((k = get_varint(p + 2, n - 2, &pl)) <= 0 || 2 + (size_t)k + pl > n)))
                 return -1;
         uint16_t mid = get16(p);
         if (c->mids[mid] == MID_SUB)
@@ -976,6 +1060,11 @@ static void read_packets(struct km_mqttc *c)
         ssize_t n = recv(c->fd, buf_tail(&c->in), c->in.cap - c->in.off - c->in.len, 0);
         if (n < 0 && (errno == EAGAIN || errno == EINTR))
                 return;
+        if (n <= 0 && c->st == C_WAIT_CONNACK && c->level == 5 && (n == 0 || errno == ECONNRESET)) {
+                /* Before any CONNACK: how RabbitMQ 3.10 refuses MQTT 5. */
+                refused_v5(c, "it closed the connection without a CONNACK");
+                return;
+        }
         if (n <= 0) {
                 snprintf(why, sizeof(why), "%s", n < 0 ? strerror(errno) : "closed by the broker");
                 drop(c, why);
@@ -1143,6 +1232,9 @@ int km_mqttc_new(struct km_mqttc **out, sd_event *ev, const struct km_mqttc_opts
         c->will_topic = dup_or_null(o->will_topic);
         c->will_msg = dup_or_null(o->will_msg);
         c->clean_start = o->clean_start;
+        c->version = o->version;
+        c->meta = o->v311_meta;
+        c->level = o->version == KM_MQTT_V311 ? 4 : 5;
         c->session_expiry_s = o->session_expiry_s;
         c->keepalive_s = o->keepalive_s > 65535 ? 65535 : o->keepalive_s;
         c->window = o->window ? o->window : 1;
@@ -1203,7 +1295,12 @@ int km_mqttc_publish(struct km_mqttc *c, const char *topic, const void *payload,
         if (c->inflight >= c->send_max)
                 return -EAGAIN;
         uint32_t props = 0;
-        if (origin) {
+        size_t env = 0; /* 3.1.1: the envelope's length */
+        bool v5 = c->level == 5;
+        if (origin && !v5) {
+                if (c->meta == KM_META_ENVELOPE)
+                        env = km_mqtt_envelope(NULL, 0, origin, id, relay);
+        } else if (origin) {
                 ol = strlen(origin);
                 il = (size_t)snprintf(idbuf, sizeof(idbuf), "%llu", (unsigned long long)id);
                 /* Subscribers drop duplicates by (origin, id): at least once means a
@@ -1212,7 +1309,7 @@ int km_mqttc_publish(struct km_mqttc *c, const char *topic, const void *payload,
                 if (relay)
                         props += (uint32_t)(1 + 2 + 12 + 2 + rl_);
         }
-        uint64_t rl64 = 2 + (uint64_t)tl + 2 + varint_len(props) + props + len;
+        uint64_t rl64 = 2 + (uint64_t)tl + 2 + (v5 ? varint_len(props) + props : 0) + env + len;
         if (tl > 65535 || ol > 65535 || rl_ > 65535 || rl64 > MAX_PACKET - 1 || !fits(c, (uint32_t)rl64))
                 return -EMSGSIZE;
         uint32_t rl = (uint32_t)rl64;
@@ -1228,8 +1325,11 @@ int km_mqttc_publish(struct km_mqttc *c, const char *topic, const void *payload,
         p = put_varint(p, rl);
         p = put_str(p, topic, tl);
         p = put16(p, (uint16_t)mid);
-        p = put_varint(p, props);
-        if (origin) {
+        if (v5)
+                p = put_varint(p, props);
+        if (env)
+                p += km_mqtt_envelope((char *)p, env, origin, id, relay);
+        if (origin && v5) {
                 *p++ = 0x26;
                 p = put_str(p, "kuimen-origin", 13);
                 p = put_str(p, origin, ol);
@@ -1259,6 +1359,111 @@ uint32_t km_mqttc_max_packet(const struct km_mqttc *c)
         return c->max_packet;
 }
 
+int km_mqttc_version(const struct km_mqttc *c)
+{
+        return c->level;
+}
+
+const char *km_mqtt_version_name(int level)
+{
+        return level == 5 ? "5" : level == 4 ? "3.1.1" : "";
+}
+
+/* ---- the 3.1.1 envelope ---------------------------------------------------------- */
+
+/* s as the inside of a JSON string ('"' and '\\' escaped; node names hold no control
+ * characters) at out + n when it fits cap; returns n plus its length. */
+static size_t env_str(char *out, size_t cap, size_t n, const char *s)
+{
+        for (; *s; s++) {
+                if (*s == '"' || *s == '\\') {
+                        if (out && n < cap)
+                                out[n] = '\\';
+                        n++;
+                }
+                if (out && n < cap)
+                        out[n] = *s;
+                n++;
+        }
+        return n;
+}
+
+static size_t env_lit(char *out, size_t cap, size_t n, const char *lit)
+{
+        size_t l = strlen(lit);
+        if (out && n + l <= cap)
+                memcpy(out + n, lit, l);
+        return n + l;
+}
+
+size_t km_mqtt_envelope(char *out, size_t cap, const char *origin, uint64_t id, const char *relay)
+{
+        char idbuf[24];
+        snprintf(idbuf, sizeof(idbuf), "%llu", (unsigned long long)id);
+        size_t n = env_lit(out, cap, 0, "{\"kuimen-origin\":\"");
+        n = env_str(out, cap, n, origin);
+        n = env_lit(out, cap, n, "\",\"kuimen-id\":\"");
+        n = env_lit(out, cap, n, idbuf);
+        if (relay) {
+                n = env_lit(out, cap, n, "\",\"kuimen-relay\":\"");
+                n = env_str(out, cap, n, relay);
+        }
+        return env_lit(out, cap, n, "\"}\n");
+}
+
+/* Matches lit at p[*i..len): advances *i past it. */
+static bool env_take(const char *p, size_t len, size_t *i, const char *lit)
+{
+        size_t l = strlen(lit);
+        if (*i + l > len || memcmp(p + *i, lit, l) != 0)
+                return false;
+        *i += l;
+        return true;
+}
+
+/* A JSON string's inside up to its closing '"' (consumed), unescaped into out. */
+static bool env_get_str(const char *p, size_t len, size_t *i, char *out, size_t cap)
+{
+        size_t o = 0;
+        while (*i < len && p[*i] != '"') {
+                char ch = p[*i];
+                if ((unsigned char)ch < 0x20)
+                        return false;
+                if (ch == '\\') {
+                        if (++*i >= len || (p[*i] != '"' && p[*i] != '\\'))
+                                return false;
+                        ch = p[*i];
+                }
+                if (o + 1 >= cap)
+                        return false;
+                out[o++] = ch;
+                ++*i;
+        }
+        if (*i >= len || !o)
+                return false;
+        out[o] = '\0';
+        ++*i;
+        return true;
+}
+
+size_t km_mqtt_envelope_parse(const void *payload, size_t len, struct km_mqtt_meta_in *m)
+{
+        const char *p = payload;
+        size_t i = 0;
+        char idbuf[24];
+        if (!p || !env_take(p, len, &i, "{\"kuimen-origin\":\"") || !env_get_str(p, len, &i, m->origin, sizeof(m->origin)) ||
+            !env_take(p, len, &i, ",\"kuimen-id\":\"") || !env_get_str(p, len, &i, idbuf, sizeof(idbuf)))
+                return 0;
+        char *end;
+        errno = 0;
+        if (idbuf[0] < '0' || idbuf[0] > '9' || (m->id = strtoull(idbuf, &end, 10), *end) || errno)
+                return 0;
+        m->relay[0] = '\0';
+        if (env_take(p, len, &i, ",\"kuimen-relay\":\"") && !env_get_str(p, len, &i, m->relay, sizeof(m->relay)))
+                return 0;
+        return env_take(p, len, &i, "}\n") ? i : 0;
+}
+
 void km_mqttc_reset(struct km_mqttc *c)
 {
         if (c->st == C_WAIT_CONNACK || c->st == C_UP || c->st == C_CONNECTING || c->st == C_RESOLVING) {
@@ -1273,11 +1478,18 @@ void km_mqttc_stop(struct km_mqttc *c)
                 return;
         c->retry = sd_event_source_disable_unref(c->retry);
         if (c->fd >= 0 && c->st == C_UP && buf_reserve(&c->out, 3) == 0) {
+                bool will = c->will_topic && !c->no_will;
                 uint8_t *p = buf_tail(&c->out);
-                p[0] = 0xE0;
-                p[1] = 1;
-                p[2] = c->will_topic && !c->no_will ? 0x04 : 0x00; /* the broker sends the will */
-                c->out.len += 3;
+                if (c->level == 5) {
+                        p[0] = 0xE0;
+                        p[1] = 1;
+                        p[2] = will ? 0x04 : 0x00; /* the broker sends the will */
+                        c->out.len += 3;
+                } else if (!will) {
+                        p[0] = 0xE0;
+                        p[1] = 0;
+                        c->out.len += 2;
+                } /* else 3.1.1: a DISCONNECT would discard the will; the close sends it */
                 for (int i = 0; i < 100 && c->out.len; i++) {
                         ssize_t n = send(c->fd, c->out.p + c->out.off, c->out.len, MSG_NOSIGNAL);
                         if (n > 0) {
@@ -1316,4 +1528,12 @@ void km_mqttc_free(struct km_mqttc *c)
         free(c->in.p);
         free(c->out.p);
         free(c);
+}
+
+const char *km_packet_limit(uint32_t max_packet, char *buf, size_t len)
+{
+        if (!max_packet)
+                return "any size";
+        snprintf(buf, len, "%u bytes at most", (unsigned)max_packet);
+        return buf;
 }

@@ -36,6 +36,11 @@
  * owns it after. Each connection gets a fresh object, so nothing libmosquitto queued
  * for the last one is sent again behind our back: what was in flight is replayed from
  * the spool, in order, by the link.
+ *
+ * MQTT 3.1.1 as in mqttc.c: with protocol = auto, a broker's refusal of 5 (reason 0x84,
+ * which libmosquitto also reports for a 3.1.1 CONNACK return code 1, or a close before
+ * any CONNACK) makes the next attempt 3.1.1, and once one is accepted the uplink stays
+ * on 3.1.1 until kuimen restarts.
  */
 
 #define CONNACK_TIMEOUT_US 5000000ULL /* an answer to CONNECT within this, or retry */
@@ -68,6 +73,11 @@ struct km_uplink {
         bool verify_hostname, tls;
         int keepalive_s;
         unsigned window;
+        int version, meta;                  /* enum km_mqtt_version, enum km_mqtt_meta */
+        int level;                          /* of this connection (attempt): 5 or 4 */
+        bool try311, trying311, learned311; /* as in mqttc.c */
+        char *env;                          /* 3.1.1: envelope and payload, built per publish */
+        size_t envcap;
         char host[256];
         int port;
 
@@ -134,7 +144,7 @@ static struct conn *conn_new(struct km_uplink *u, char *why, size_t wl)
                 snprintf(why, wl, "cannot create a client: %s", strerror(errno));
                 goto fail;
         }
-        mosquitto_int_option(c->m, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V5);
+        mosquitto_int_option(c->m, MOSQ_OPT_PROTOCOL_VERSION, u->level == 5 ? MQTT_PROTOCOL_V5 : MQTT_PROTOCOL_V311);
         mosquitto_int_option(c->m, MOSQ_OPT_SEND_MAXIMUM, (int)(u->window > 65535 ? 65535 : u->window));
         mosquitto_int_option(c->m, MOSQ_OPT_TCP_NODELAY, 1);
         mosquitto_log_callback_set(c->m, on_log);
@@ -219,6 +229,10 @@ static void drop(struct km_uplink *u, const char *why)
         if (was_up) {
                 u->cb.lost(u->cb.ud, why);
                 schedule_retry(u, 1); /* an outage's end is used at once */
+        } else if (u->try311) {
+                /* Not an outage: the broker answered, in another version. */
+                u->cb.failed_connect(u->cb.ud, why);
+                schedule_retry(u, 0);
         } else {
                 u->cb.failed_connect(u->cb.ud, why);
                 schedule_retry(u, u->backoff_s);
@@ -234,6 +248,19 @@ static void drop_later(struct km_uplink *u, const char *why)
                 return;
         u->drop_pending = true;
         snprintf(u->drop_why, sizeof(u->drop_why), "%s", why);
+}
+
+/* The broker refused MQTT 5 (how); with auto the next attempt is 3.1.1. */
+static void refused_v5(struct km_uplink *u, const char *how)
+{
+        char why[320];
+        if (u->version == KM_MQTT_AUTO) {
+                u->try311 = true;
+                snprintf(why, sizeof(why), KM_MQTT_REFUSES_V5 " (%s): trying MQTT 3.1.1", how);
+        } else {
+                snprintf(why, sizeof(why), KM_MQTT_REFUSES_V5 " (%s): set protocol = auto or 3.1.1", how);
+        }
+        drop_later(u, why);
 }
 
 static void drop_if_pending(struct km_uplink *u)
@@ -272,6 +299,8 @@ static int on_io(sd_event_source *s, int fd, uint32_t revents, void *ud)
                 rc = mosquitto_loop_read(u->c->m, 1);
         if (rc == MOSQ_ERR_SUCCESS && !u->drop_pending && (revents & EPOLLOUT))
                 rc = mosquitto_loop_write(u->c->m, 1);
+        if (rc == MOSQ_ERR_CONN_LOST && !u->drop_pending && u->st == U_WAIT_CONNACK && u->level == 5)
+                refused_v5(u, "it closed the connection without a CONNACK"); /* as RabbitMQ 3.10 */
         if (rc != MOSQ_ERR_SUCCESS && !u->drop_pending) {
                 describe(u, rc, errno, why, sizeof(why));
                 drop_later(u, why);
@@ -315,9 +344,15 @@ static void on_connect(struct mosquitto *m, void *ud, int rc, int flags, const m
         (void)m, (void)flags;
         if (!u || u->c != c)
                 return;
+        if (rc == MQTT_RC_UNSUPPORTED_PROTOCOL_VERSION && u->level == 5) {
+                refused_v5(u, "CONNACK unsupported protocol version");
+                return;
+        }
         if (rc != 0) {
                 char why[160];
-                snprintf(why, sizeof(why), "refused: %s", mosquitto_reason_string(rc));
+                /* libmosquitto reports a 3.1.1 CONNACK's return code as it is (1 to 5). */
+                snprintf(why, sizeof(why), "refused: %s",
+                         u->level == 5 ? mosquitto_reason_string(rc) : mosquitto_connack_string(rc));
                 drop_later(u, why);
                 return;
         }
@@ -336,11 +371,17 @@ static void on_connect(struct mosquitto *m, void *ud, int rc, int flags, const m
                 u->send_max = 1;
         u->max_packet = pmax;
         if (pmax || rmax < 65535)
-                KM_LOG(KM_LOG_INFO, "mqtt", "up: %s takes packets of %u bytes at most, %u publishes in flight (topic aliases: %u, none used)",
-                       u->uri, pmax, rmax, amax);
+                KM_LOG(KM_LOG_INFO, "mqtt", "up: %s takes packets of %s, %u publishes in flight (topic aliases: %u, none used)",
+                       u->uri, km_packet_limit(pmax, (char[32]){ 0 }, 32), rmax, amax);
         u->connack = sd_event_source_disable_unref(u->connack);
         u->st = U_UP;
         u->backoff_s = 1;
+        if (u->trying311 && !u->learned311) {
+                u->learned311 = true;
+                KM_LOG(KM_LOG_NOTICE, "mqtt", "up: %s refuses MQTT 5 and takes 3.1.1: this connection speaks 3.1.1 "
+                       "until kuimen restarts (protocol = auto)", u->uri);
+        }
+        KM_LOG(KM_LOG_NOTICE, "mqtt", "up: connected to %s (MQTT %s)", u->uri, km_mqtt_version_name(u->level));
         u->cb.up(u->cb.ud);
 }
 
@@ -405,6 +446,9 @@ static void start_connect(struct km_uplink *u)
 
         if (u->st == U_STOPPED)
                 return;
+        u->trying311 = u->try311;
+        u->try311 = false;
+        u->level = u->version == KM_MQTT_V311 || u->learned311 || u->trying311 ? 4 : 5;
         struct conn *c = conn_new(u, why, sizeof(why));
         if (!c) {
                 u->st = U_CONNECTING; /* so that drop reports a failed connect */
@@ -476,6 +520,9 @@ int km_uplink_new(struct km_uplink **out, sd_event *ev, const struct km_uplink_o
         u->verify_hostname = o->verify_hostname;
         u->keepalive_s = o->keepalive_s;
         u->window = o->window;
+        u->version = o->version;
+        u->meta = o->v311_meta;
+        u->level = o->version == KM_MQTT_V311 ? 4 : 5;
         u->backoff_s = 1;
         u->mids = calloc(MIDS, sizeof(*u->mids));
         if (!u->uri || !u->client_id || !u->mids || (o->will_topic && (!u->will_topic || !u->will_msg)))
@@ -493,6 +540,33 @@ fail:
         return rc;
 }
 
+static int published(struct km_uplink *u, int rc, int mid, uint32_t cookie);
+
+/* 3.1.1: no properties; origin and id in the envelope before the payload. */
+static int publish311(struct km_uplink *u, const char *topic, const void *payload, size_t len, bool retain,
+                      const char *origin, uint64_t id, uint32_t cookie)
+{
+        int mid = 0;
+        size_t env = u->meta == KM_META_ENVELOPE ? km_mqtt_envelope(NULL, 0, origin, id, NULL) : 0;
+        if (len + env > (size_t)INT32_MAX)
+                return -EMSGSIZE;
+        if (env) {
+                if (env + len > u->envcap) {
+                        char *p = realloc(u->env, env + len);
+                        if (!p)
+                                return -ENOMEM;
+                        u->env = p;
+                        u->envcap = env + len;
+                }
+                km_mqtt_envelope(u->env, env, origin, id, NULL);
+                if (len)
+                        memcpy(u->env + env, payload, len);
+                payload = u->env;
+        }
+        int rc = mosquitto_publish(u->c->m, &mid, topic, (int)(len + env), payload, 1, retain);
+        return published(u, rc, mid, cookie);
+}
+
 int km_uplink_publish(struct km_uplink *u, const char *topic, const void *payload, size_t len, bool retain,
                       const char *origin, uint64_t id, uint32_t cookie)
 {
@@ -506,6 +580,8 @@ int km_uplink_publish(struct km_uplink *u, const char *topic, const void *payloa
                 return -EAGAIN;
         if (len > (size_t)INT32_MAX)
                 return -EMSGSIZE;
+        if (u->level != 5)
+                return publish311(u, topic, payload, len, retain, origin, id, cookie);
         snprintf(idbuf, sizeof(idbuf), "%llu", (unsigned long long)id);
         /* The whole PUBLISH, as libmosquitto will write it: never one over the
          * broker's limit (the broker would drop the connection, and the link would
@@ -523,6 +599,12 @@ int km_uplink_publish(struct km_uplink *u, const char *topic, const void *payloa
         }
         rc = mosquitto_publish_v5(u->c->m, &mid, topic, (int)len, payload, 1, retain, props);
         mosquitto_property_free_all(&props);
+        return published(u, rc, mid, cookie);
+}
+
+/* What a publish call said: the message in flight, or why not. */
+static int published(struct km_uplink *u, int rc, int mid, uint32_t cookie)
+{
         switch (rc) {
         case MOSQ_ERR_SUCCESS:
                 break;
@@ -556,6 +638,11 @@ uint32_t km_uplink_max_packet(const struct km_uplink *u)
         return u->max_packet;
 }
 
+int km_uplink_version(const struct km_uplink *u)
+{
+        return u->level;
+}
+
 void km_uplink_reset(struct km_uplink *u)
 {
         if (u->st == U_WAIT_CONNACK || u->st == U_UP) {
@@ -571,7 +658,9 @@ void km_uplink_stop(struct km_uplink *u)
         u->retry = sd_event_source_disable_unref(u->retry);
         if (u->c && (u->st == U_UP || u->st == U_WAIT_CONNACK)) {
                 struct mosquitto *m = u->c->m;
-                if (mosquitto_disconnect_v5(m, MQTT_RC_DISCONNECT_WITH_WILL_MSG, NULL) == MOSQ_ERR_SUCCESS) {
+                /* 3.1.1's DISCONNECT discards the will: with one, the close sends it. */
+                bool say = u->level == 5 || !u->will_topic;
+                if (say && mosquitto_disconnect_v5(m, MQTT_RC_DISCONNECT_WITH_WILL_MSG, NULL) == MOSQ_ERR_SUCCESS) {
                         for (int i = 0; i < 100 && mosquitto_want_write(m); i++) {
                                 struct pollfd pf = { mosquitto_socket(m), POLLOUT, 0 };
                                 if (poll(&pf, 1, 10) > 0 && mosquitto_loop_write(m, 1) != MOSQ_ERR_SUCCESS)
@@ -619,5 +708,6 @@ void km_uplink_free(struct km_uplink *u)
         free(u->will_topic);
         free(u->will_msg);
         free(u->mids);
+        free(u->env);
         free(u);
 }

@@ -18,6 +18,8 @@ struct km_uplink_opts {
         int keepalive_s;
         unsigned window;                    /* in flight at most (MQTT send maximum) */
         const char *will_topic, *will_msg;  /* NULL: no will */
+        int version;   /* enum km_mqtt_version (bridges/mqttc.h) */
+        int v311_meta; /* enum km_mqtt_meta: what a publish carries on 3.1.1 */
 };
 
 /* What the uplink tells its owner, on the loop thread. why is only valid during the
@@ -37,7 +39,8 @@ struct km_uplink_cb {
 /* Creates the uplink and starts its first connect; o's strings are copied. */
 int km_uplink_new(struct km_uplink **out, sd_event *ev, const struct km_uplink_opts *o, const struct km_uplink_cb *cb);
 
-/* Publishes at QoS 1 with the user properties kuimen-origin and kuimen-id. 0, or
+/* Publishes at QoS 1 with the user properties kuimen-origin and kuimen-id (on 3.1.1 in
+ * the envelope, unless v311_meta is none). 0, or
  * -ENOTCONN (not connected), -EAGAIN (window, or the broker's Receive Maximum, full),
  * -ENOMEM, -EMSGSIZE (this message can never be sent to this broker: over its Maximum
  * Packet Size, or a topic it cannot take). */
@@ -46,6 +49,9 @@ int km_uplink_publish(struct km_uplink *u, const char *topic, const void *payloa
 
 /* The broker's Maximum Packet Size from the last CONNACK (0: none stated). */
 uint32_t km_uplink_max_packet(const struct km_uplink *u);
+
+/* The protocol level of the connection, or of the attempt under way: 5 or 4 (3.1.1). */
+int km_uplink_version(const struct km_uplink *u);
 
 /* Drops the connection now (a silent cut was seen) and connects again after the back-off. */
 void km_uplink_reset(struct km_uplink *u);

@@ -6,7 +6,7 @@ set -eu
 build="meson ninja-build pkg-config gcc libc6-dev libpaho-mqtt-dev libsqlite3-dev libinih-dev
        libsystemd-dev zlib1g-dev libsodium-dev libcjson-dev libgps-dev libmosquitto-dev mosquitto mosquitto-clients"
 test="libcriterion-dev gpsd gpsd-clients python3-gps valgrind systemd user-mode-linux clang-14 libclang-rt-14-dev
-      sqlite3 dmsetup e2fsprogs groff-base"
+      sqlite3 dmsetup e2fsprogs groff-base rabbitmq-server"
 want=$build
 [ "${1:-run}" = test ] && want="$build $test"
 missing=""

@@ -662,6 +662,11 @@ static void put_links(struct km_control_buf *b, struct km_daemon *d, const struc
                                   (unsigned long long)l->failed, (unsigned long long)l->bytes_sent, l->signal, l->rate,
                                   (unsigned long long)l->transitions, (unsigned long long)l->set_aside, l->max_packet);
                 km_control_printf(b, ",\"backlog\":%llu", (unsigned long long)km_control_link_backlog(d, l, st));
+                /* An MQTT link's version: of its connection, and of its downlink. */
+                if (l->mqtt_version)
+                        km_control_printf(b, ",\"protocol\":\"%s\"", l->mqtt_version == 5 ? "5" : "3.1.1");
+                if (l->mqtt_version_down)
+                        km_control_printf(b, ",\"protocol_down\":\"%s\"", l->mqtt_version_down == 5 ? "5" : "3.1.1");
                 put_narrow(b, l);
                 km_control_printf(b, "}");
         }

@@ -275,6 +275,19 @@ static void print_links(const cJSON *r, bool detail)
                                str(l, "name"), num(l, "sent"), num(l, "acked"), num(l, "failed"), num(l, "bytes_sent"),
                                sig, num(l, "transitions"), num(l, "set_aside"));
                 }
+        /* MQTT links: the version each connection speaks (protocol = auto decides it). */
+        const char *sep = "MQTT: ";
+        cJSON_ArrayForEach(l, links) {
+                const char *pr = str(l, "protocol"), *pd = str(l, "protocol_down");
+                if (!*pr)
+                        continue;
+                printf("%s%s %s", sep, str(l, "name"), pr);
+                if (*pd && strcmp(pd, pr) != 0)
+                        printf(" (downlink %s)", pd);
+                sep = ", ";
+        }
+        if (*sep == ',')
+                printf("\n");
         /* Narrow links: what their frames carry and how they fared. */
         cJSON_ArrayForEach(l, links) {
                 const cJSON *dict = cJSON_GetObjectItemCaseSensitive(l, "dictionary");

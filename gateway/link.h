@@ -117,6 +117,10 @@ struct km_link {
          * headers): km_link_room. Set by the transport. */
         uint32_t max_packet, packet_overhead;
         uint64_t set_aside; /* messages it could never carry, moved to the dead letters */
+        /* An MQTT link's protocol level (5, or 4 for 3.1.1) of its connection (the
+         * uplink; the local broker's for "local") and of its downlink; 0: not MQTT, or
+         * none yet. Set by the transport on the loop thread. */
+        uint8_t mqtt_version, mqtt_version_down;
         /* Called on the loop thread after each state change. */
         void (*on_state)(struct km_link *l, void *ud);
         void *on_state_ud;

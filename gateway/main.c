@@ -26,7 +26,8 @@ static void usage(FILE *out)
               "       kuimen --check-config FILE\n"
               "       kuimen --help-config | --print-default-config | --version | --help\n"
               "  -c, --config FILE         run with FILE (else the embedded default)\n"
-              "      --live                print a counters line on stdout every second\n"
+              "      --live                print the counters that moved, the links and the spool on\n"
+              "                            stdout every second\n"
               "      --log-level LEVEL     err, warning, notice, info or debug (over [node] log_level)\n"
               "      --check-config FILE   run every check the start runs on FILE, print FILE: ok or\n"
               "                            each error as FILE:LINE: key: why; exit 0 ok, 1 errors\n"
@@ -51,13 +52,13 @@ static bool is_section(const char *s, const char *prefix)
  */
 static void check_spool(struct km_conf *c, const char *path)
 {
-        char dir[4096], probe[4200];
+        char dir[4096], probe[4200], why[4200];
         struct stat st;
         int fd;
 
         if (stat(path, &st) == 0) {
-                if (!S_ISREG(st.st_mode))
-                        km_conf_error(c, "node", "spool", "%s: not a regular file", path);
+                if (km_spool_foreign(path, why, sizeof(why)) < 0)
+                        km_conf_error(c, "node", "spool", "%s: %s", path, why);
                 else if ((fd = open(path, O_RDWR | O_CLOEXEC)) < 0)
                         km_conf_error(c, "node", "spool", "%s: %s", path, strerror(errno));
                 else

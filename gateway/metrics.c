@@ -258,6 +258,21 @@ static void put_links(struct km_control_buf *b, struct km_daemon *d, const struc
                 snprintf(num, sizeof(num), "%llu", (unsigned long long)km_control_link_backlog(d, d->links[i], st));
                 labelled(b, "kuimen_link_backlog_messages", "link", d->links[i]->name, num);
         }
+        /* The level a CONNECT carries, so that a 3.1.1 connection is a number: 5 or 4. */
+        family(b, "kuimen_link_mqtt_protocol", "gauge",
+               "MQTT protocol level of an MQTT link's connection (connection: up, the uplink or the local broker's "
+               "client; down, the downlink): 5 for MQTT 5, 4 for 3.1.1.");
+        for (size_t i = 0; i < d->nlinks; i++) {
+                const struct km_link *l = d->links[i];
+                for (int k = 0; k < 2; k++) {
+                        uint8_t v = k ? l->mqtt_version_down : l->mqtt_version;
+                        if (!v)
+                                continue;
+                        km_control_printf(b, "kuimen_link_mqtt_protocol{link=\"");
+                        escaped(b, l->name);
+                        km_control_printf(b, "\",connection=\"%s\"} %u\n", k ? "down" : "up", v);
+                }
+        }
 }
 
 /* Narrow links' frame counters (struct km_narrow_stats, named as there): one family

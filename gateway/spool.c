@@ -1750,6 +1750,37 @@ static int check_writable(const char *path)
         return -e;
 }
 
+int km_spool_foreign(const char *path, char *why, size_t len)
+{
+        static const char magic[16] = "SQLite format 3";
+        char head[sizeof(magic)], lp[PATH_MAX];
+        struct stat st;
+
+        if (stat(path, &st) < 0)
+                return errno == ENOENT ? 0 : (snprintf(why, len, "%s", strerror(errno)), -errno);
+        if (!S_ISREG(st.st_mode)) {
+                snprintf(why, len, "not a regular file");
+                return -ENOTSUP;
+        }
+        if (st.st_size == 0)
+                return 0;
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+                int e = errno;
+                snprintf(why, len, "%s", strerror(e));
+                return -e;
+        }
+        ssize_t n = pread(fd, head, sizeof(head), 0);
+        close(fd);
+        if (n == (ssize_t)sizeof(head) && memcmp(head, magic, sizeof(magic)) == 0)
+                return 0;
+        snprintf(lp, sizeof(lp), "%s.lock", path);
+        if (access(lp, F_OK) == 0)
+                return 0;
+        snprintf(why, len, "not a Kuimen spool (no SQLite header, no %s beside it); kuimen will not touch it", lp);
+        return -ENOTSUP;
+}
+
 /* One kuimen per spool: an exclusive flock on <spool>.lock holding the owner's pid. The
  * lock goes with the process (a kill -9 too); the file stays. */
 static int lock_spool(struct km_spool *sp)
@@ -1952,6 +1983,11 @@ int km_spool_open(struct km_spool **out, const struct km_spool_opts *o)
         }
         /* The lock before anything is opened: nothing of a spool another kuimen runs on
          * may be touched (the writability check before it only asks access(2)). */
+        char why[PATH_MAX + 96];
+        if ((rc = km_spool_foreign(sp->path, why, sizeof(why))) < 0) {
+                KM_LOG(KM_LOG_ERR, "spool", "%s: %s", sp->path, why);
+                goto fail;
+        }
         if ((rc = check_writable(sp->path)) < 0 || (rc = lock_spool(sp)) < 0)
                 goto fail;
         rc = db_open(sp);

@@ -115,6 +115,11 @@ bool km_spool_storage_ok(struct km_spool *sp);
 /* fsync of the directory that holds path: a created or renamed file's name is durable
  * only then (STYLE: write .new, fsync, rename, fsync the directory). 0 or -errno. */
 int km_fsync_dir(const char *path);
+/* 0 when path may be a spool: missing, empty, an SQLite file, or a file beside the
+ * <path>.lock an earlier kuimen left (a spool damaged past its header). Else -ENOTSUP
+ * (or the stat/open errno) with why filled: kuimen touches no such file, since damage
+ * recovery would rename it aside (spool = /etc/passwd must not move that file). */
+int km_spool_foreign(const char *path, char *why, size_t len);
 
 /* Unix time in ms (CLOCK_REALTIME). */
 int64_t km_now_ms(void);

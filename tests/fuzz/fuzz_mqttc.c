@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* Fuzz target: what the local broker sends kuimen's MQTT v5 client (bridges/mqttc.c), from its CONNACK on, through the code a socket read runs. */
+/* Fuzz target: what the local broker sends kuimen's MQTT client (bridges/mqttc.c, v5 or 3.1.1), from its CONNACK on, through the code a socket read runs. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -14,8 +14,10 @@
 #include "tests/fuzz/fuzz.h"
 
 /*
- * Input: split:u8, then the broker's bytes. split 0: they arrive in one read; else in
- * reads of split bytes each (packets cut anywhere, as TCP may).
+ * Input: mode:u8, then the broker's bytes. mode bit 7: the client speaks MQTT 3.1.1
+ * (protocol = 3.1.1: its CONNACK, PUBLISH, SUBACK decoders without properties) instead
+ * of 5. mode & 0x7F is the split: 0, the bytes arrive in one read; else in reads of
+ * split bytes each (packets cut anywhere, as TCP may).
  *
  * Each input gets a new client with a real loopback TCP connection to a listener of
  * this process (so that drops, PUBACKs and the DISCONNECT go where they would), brought
@@ -60,9 +62,15 @@ static int message(void *ud, const char *topic, const void *payload, size_t len,
 	(void)retain;
 	x->msgs++;
 	x->x ^= fuzz_touch(topic, strlen(topic)) ^ fuzz_touch(payload, len) ^ fuzz_touch(props, plen);
-	/* What the center's bridge asks of a status message's properties. */
+	/* What the center's bridge asks of a status message's properties, and of its
+	 * payload (the 3.1.1 envelope). */
 	if (km_mqttc_user_property(props, plen, "kuimen-relay", &v, &vl))
 		x->x ^= fuzz_touch(v, vl);
+	struct km_mqtt_meta_in meta;
+	size_t head = km_mqtt_envelope_parse(payload, len, &meta);
+	if (head)
+		x->x ^= fuzz_touch(meta.origin, strlen(meta.origin)) ^ fuzz_touch(meta.relay, strlen(meta.relay)) ^
+			fuzz_touch((const char *)payload + head, len - head);
 	km_mqttc_user_property(props, plen, "kuimen-origin", NULL, NULL);
 	/* An owner that cannot take a message: no PUBACK, the connection is dropped. */
 	return len == 13 ? -ENOSPC : 0;
@@ -134,13 +142,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (size < 1)
 		return 0;
+	o.version = data[0] & 0x80 ? KM_MQTT_V311 : KM_MQTT_V5;
 	if (km_mqttc_new(&x.c, ev, &o, &cb) < 0)
 		abort();
 	if ((afd = accept(lfd, NULL, NULL)) < 0 || wait_connect(afd) < 0) {
 		perror("fuzz_mqttc: the client did not connect");
 		abort();
 	}
-	size_t split = data[0] ? data[0] : size;
+	size_t split = data[0] & 0x7F ? data[0] & 0x7F : size;
 	for (size_t i = 1; i < size; i += split) {
 		size_t n = size - i < split ? size - i : split;
 		/* One read's bytes, exactly: ASan sees a read past them. */

@@ -3,6 +3,7 @@
 #include "harness.h"
 
 #include <arpa/inet.h>
+#include <cjson/cJSON.h>
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -359,14 +360,43 @@ static void kuimen_props(const MQTTProperties *props, uint64_t *id, char *origin
         }
 }
 
+int h_mqtt_version = 5;
+
+/* Over MQTT 3.1.1 kuimen puts origin and id in an envelope: a JSON object on the first
+ * line of the payload (docs/topics.md). Read as any subscriber would, with a JSON
+ * parser: when the payload has one (and no user property said the id), its fields go
+ * to id, origin, relay and *skip is the envelope's length. */
+static void kuimen_envelope(const char *payload, int len, uint64_t *id, char *origin, char *relay, int *skip)
+{
+        const char *nl = len > 0 ? memchr(payload, '\n', (size_t)len) : NULL;
+        *skip = 0;
+        if (*id || !nl || payload[0] != '{')
+                return;
+        cJSON *j = cJSON_ParseWithLength(payload, (size_t)(nl - payload));
+        const cJSON *o = cJSON_GetObjectItemCaseSensitive(j, "kuimen-origin"),
+                    *i = cJSON_GetObjectItemCaseSensitive(j, "kuimen-id"),
+                    *r = cJSON_GetObjectItemCaseSensitive(j, "kuimen-relay");
+        if (cJSON_IsString(o) && cJSON_IsString(i)) {
+                *id = strtoull(i->valuestring, NULL, 10);
+                snprintf(origin, 32, "%.31s", o->valuestring);
+                if (relay && cJSON_IsString(r))
+                        snprintf(relay, 32, "%.31s", r->valuestring);
+                *skip = (int)(nl - payload) + 1;
+        }
+        cJSON_Delete(j);
+}
+
 static int sub_arrived(void *ctx, char *topic, int tlen, MQTTAsync_message *m)
 {
         struct h_sub *s = ctx;
         struct h_rx rx = { 0 };
+        int skip;
         (void)tlen;
         snprintf(rx.topic, sizeof(rx.topic), "%s", topic);
-        snprintf(rx.payload, sizeof(rx.payload), "%.*s", m->payloadlen < 63 ? m->payloadlen : 63, (char *)m->payload);
         kuimen_props(&m->properties, &rx.id, rx.origin, NULL);
+        kuimen_envelope(m->payload, m->payloadlen, &rx.id, rx.origin, NULL, &skip);
+        int pl = m->payloadlen - skip;
+        snprintf(rx.payload, sizeof(rx.payload), "%.*s", pl < 63 ? pl : 63, (char *)m->payload + skip);
         pthread_mutex_lock(&s->mu);
         s->total++;
         if (rx.id && !seen_insert(s, rx.id))
@@ -396,6 +426,16 @@ static void sub_lost(void *ctx, char *cause)
 static int connect_v5(MQTTAsync c, bool clean, int expiry_s)
 {
         MQTTAsync_connectOptions co = MQTTAsync_connectOptions_initializer5;
+        if (h_mqtt_version == 4) {
+                MQTTAsync_connectOptions co3 = MQTTAsync_connectOptions_initializer;
+                co3.MQTTVersion = MQTTVERSION_3_1_1;
+                co3.cleansession = clean;
+                co3.automaticReconnect = 1;
+                co3.minRetryInterval = 1;
+                co3.maxRetryInterval = 1;
+                co3.keepAliveInterval = 5;
+                return MQTTAsync_connect(c, &co3);
+        }
         MQTTProperties props = MQTTProperties_initializer;
         MQTTProperty p = { .identifier = MQTTPROPERTY_CODE_SESSION_EXPIRY_INTERVAL };
         co.cleanstart = clean;
@@ -418,6 +458,8 @@ static void client_create(MQTTAsync *c, int port, const char *id, const char *wh
 {
         char uri[64];
         MQTTAsync_createOptions cro = MQTTAsync_createOptions_initializer5;
+        if (h_mqtt_version == 4)
+                cro.MQTTVersion = MQTTVERSION_3_1_1;
         snprintf(uri, sizeof(uri), "tcp://127.0.0.1:%d", port);
         H_REQUIRE(MQTTAsync_createWithOptions(c, uri, id, MQTTCLIENT_PERSISTENCE_NONE, NULL, &cro) == 0,
                   "%s %s: cannot create the client", what, id);
@@ -471,6 +513,8 @@ size_t h_sub_wait(struct h_sub *s, size_t want, int timeout_ms)
 void h_sub_stop(struct h_sub *s)
 {
         MQTTAsync_disconnectOptions o = MQTTAsync_disconnectOptions_initializer5;
+        if (h_mqtt_version == 4)
+                o = (MQTTAsync_disconnectOptions)MQTTAsync_disconnectOptions_initializer;
         o.timeout = 500;
         MQTTAsync_disconnect(s->c, &o);
         h_sleep_ms(50);
@@ -507,13 +551,16 @@ static int rec_arrived(void *ctx, char *topic, int tlen, MQTTAsync_message *m)
         struct h_rec *r = ctx;
         struct h_msg x = { .len = m->payloadlen, .at = h_now_ms() };
         (void)tlen;
-        x.topic = strdup(topic);
-        x.payload = malloc((size_t)m->payloadlen + 1);
-        if (x.topic && x.payload) {
-                memcpy(x.payload, m->payload, (size_t)m->payloadlen);
-                x.payload[m->payloadlen] = '\0';
-        }
+        int skip;
         kuimen_props(&m->properties, &x.id, x.origin, x.relay);
+        kuimen_envelope(m->payload, m->payloadlen, &x.id, x.origin, x.relay, &skip);
+        x.len -= skip;
+        x.topic = strdup(topic);
+        x.payload = malloc((size_t)x.len + 1);
+        if (x.topic && x.payload) {
+                memcpy(x.payload, (char *)m->payload + skip, (size_t)x.len);
+                x.payload[x.len] = '\0';
+        }
         pthread_mutex_lock(&r->mu);
         if (r->n == r->cap) {
                 r->cap = r->cap ? r->cap * 2 : 256;
@@ -560,6 +607,8 @@ size_t h_rec_wait(struct h_rec *r, size_t want, int timeout_ms)
 void h_rec_stop(struct h_rec *r)
 {
         MQTTAsync_disconnectOptions o = MQTTAsync_disconnectOptions_initializer5;
+        if (h_mqtt_version == 4)
+                o = (MQTTAsync_disconnectOptions)MQTTAsync_disconnectOptions_initializer;
         o.timeout = 500;
         MQTTAsync_disconnect(r->c, &o);
         h_sleep_ms(50);
@@ -608,10 +657,26 @@ static void pub_fail(void *ctx, MQTTAsync_failureData5 *r)
         free(x);
 }
 
+/* A 3.1.1 client takes the callbacks without 5. */
+static void pub_ok3(void *ctx, MQTTAsync_successData *r)
+{
+        (void)r;
+        pub_ok(ctx, NULL);
+}
+
+static void pub_fail3(void *ctx, MQTTAsync_failureData *r)
+{
+        MQTTAsync_failureData5 r5 = MQTTAsync_failureData5_initializer;
+        if (r)
+                r5.code = r->code, r5.message = r->message;
+        pub_fail(ctx, &r5);
+}
+
 void h_pub_start(struct h_pub *p, int port, const char *id)
 {
         memset(p, 0, sizeof(*p));
         pthread_mutex_init(&p->mu, NULL);
+        p->version = h_mqtt_version;
         client_create(&p->c, port, id, "publisher");
         client_connect(p->c, true, 0, id, "publisher");
 }
@@ -636,8 +701,13 @@ int h_pub_send(struct h_pub *p, const char *topic, const char *payload)
         m.payload = (void *)payload;
         m.payloadlen = (int)strlen(payload);
         m.qos = 1;
-        ro.onSuccess5 = pub_ok;
-        ro.onFailure5 = pub_fail;
+        if (p->version == 4) {
+                ro.onSuccess = pub_ok3;
+                ro.onFailure = pub_fail3;
+        } else {
+                ro.onSuccess5 = pub_ok;
+                ro.onFailure5 = pub_fail;
+        }
         ro.context = x;
         int rc = MQTTAsync_sendMessage(p->c, topic, &m, &ro);
         if (rc != MQTTASYNC_SUCCESS) {
@@ -668,6 +738,8 @@ bool h_pub_flush(struct h_pub *p, int timeout_ms)
 void h_pub_stop(struct h_pub *p)
 {
         MQTTAsync_disconnectOptions o = MQTTAsync_disconnectOptions_initializer5;
+        if (p->version == 4)
+                o = (MQTTAsync_disconnectOptions)MQTTAsync_disconnectOptions_initializer;
         o.timeout = 500;
         MQTTAsync_disconnect(p->c, &o);
         h_sleep_ms(50);
@@ -732,7 +804,42 @@ static void proxy_drop(struct h_proxy *p, int i)
         close(p->b[i]);
         p->a[i] = p->a[p->n - 1];
         p->b[i] = p->b[p->n - 1];
+        p->checked[i] = p->checked[p->n - 1];
         p->n--;
+}
+
+/* The gate (v311_only): looks at the client's CONNECT before a byte of it reaches the
+ * broker. Its protocol level is the byte after the fixed header, the variable-length
+ * remaining length and the protocol name ("MQTT", length-prefixed). 1: pass (3.1.1 or
+ * 3.1), 0: not all there yet, -1: an MQTT 5 CONNECT, refused as v311_only says. */
+static int gate_check(struct h_proxy *p, int i)
+{
+        uint8_t h[16];
+        ssize_t n = recv(p->a[i], h, sizeof(h), MSG_PEEK | MSG_DONTWAIT);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+                return 0;
+        if (n <= 0)
+                return 1; /* EOF or error: pump() sees it */
+        size_t k = 1;
+        while (k < (size_t)n && k < 5 && (h[k] & 0x80))
+                k++;
+        k++; /* past the remaining length */
+        if ((size_t)n < k + 2 + 4 + 1)
+                return 0;
+        if (h[k + 6] < 5)
+                return 1;
+        atomic_fetch_add(&p->refused_v5, 1);
+        /* Read the CONNECT, as a broker does before it answers: the close is then a FIN,
+         * not a reset for unread bytes. */
+        while (recv(p->a[i], h, sizeof(h), MSG_DONTWAIT) > 0)
+                ;
+        if (atomic_load(&p->v311_only) == 2) {
+                /* The 3.1.1 spec: CONNACK return code 1 (unacceptable protocol level),
+                 * then the close. */
+                static const uint8_t connack[] = { 0x20, 0x02, 0x00, 0x01 };
+                (void)!write(p->a[i], connack, sizeof(connack));
+        }
+        return -1; /* RabbitMQ 3.10: the close alone */
 }
 
 /* Cut: nothing polled, so nothing read, written, accepted or closed. Down: connections
@@ -762,12 +869,23 @@ static void *proxy_main(void *arg)
                                         close(c);
                         } else {
                                 p->a[p->n] = c;
+                                p->checked[p->n] = !atomic_load(&p->v311_only);
                                 p->b[p->n++] = s;
+                                /* Its pollfds are not in pf yet: the others' events
+                                 * wait for the next poll (level-triggered). */
+                                continue;
                         }
                 }
                 for (int i = 0; i < p->n; i++) {
                         bool ok = true;
-                        if (pf[1 + 2 * i].revents & (POLLIN | POLLHUP))
+                        if (!p->checked[i] && (pf[1 + 2 * i].revents & (POLLIN | POLLHUP))) {
+                                int g = gate_check(p, i);
+                                if (g == 0)
+                                        continue; /* the rest of the CONNECT is on its way */
+                                ok = g > 0;
+                                p->checked[i] = ok;
+                        }
+                        if (ok && (pf[1 + 2 * i].revents & (POLLIN | POLLHUP)))
                                 ok = pump(p->a[i], p->b[i]);
                         if (ok && (pf[2 + 2 * i].revents & (POLLIN | POLLHUP)))
                                 ok = pump(p->b[i], p->a[i]);
@@ -941,9 +1059,11 @@ static void pair_write(struct h_pair *p, const struct h_pair_conf *conf)
         H_REQUIRE(f, "%s: %s", p->cconf, strerror(errno));
         fprintf(f,
                 "[node]\nname = county\nrole = center\nspool = %s/center/spool.db\nplugin_dir = %s\nstats_interval = 0\n%s\n"
-                "[local]\nuri = tcp://127.0.0.1:%d\n"
+                "[local]\nuri = tcp://127.0.0.1:%d\n%s\n"
                 "[link %s]\ntype = sim\nlisten = 127.0.0.1:%d\npeer = 127.0.0.1:%d\npeers = %s\n%s\n%s\n",
-                p->dir, plugins, or_empty(conf->center_node), p->center.port, p->link, b, center_peer,
+                p->dir, plugins, or_empty(conf->center_node),
+                conf->center_local_port ? conf->center_local_port : p->center.port, or_empty(conf->center_local),
+                p->link, b, center_peer,
                 conf->peers ? conf->peers : "north", or_empty(conf->link_keys), or_empty(conf->center_extra));
         fclose(f);
 }

@@ -60,6 +60,12 @@ void h_write_conf(const char *path, const char *node, const char *dir, int local
 /* Writes text to path (a dictionary, a config): one helper rather than one per test file. */
 void h_write_text(const char *path, const char *text);
 
+/* The MQTT version of the Paho clients made from now on (h_sub, h_rec, h_pub): 5 (the
+ * default) or 4 (3.1.1, for a broker that speaks only that). Subscribers read origin
+ * and id from the user properties, or else from kuimen's 3.1.1 envelope (stripped from
+ * the payload they keep). */
+extern int h_mqtt_version;
+
 /* A subscriber that records every message (deduplicated by kuimen-id). */
 struct h_rx {
         char topic[96];
@@ -124,6 +130,7 @@ struct h_pub {
         pthread_mutex_t mu;
         uint64_t sent, acked, failed;
         char (*acked_payloads)[64]; /* payloads whose PUBACK came back */
+        int version; /* h_mqtt_version when it started */
         size_t cap;
 };
 
@@ -154,7 +161,15 @@ size_t h_order_violations(struct h_sub *s);
 struct h_proxy {
         int port, target, lfd;
         atomic_bool cut, down, stop;
+        /* A broker that speaks only MQTT 3.1.1 in front of a real one (Mosquitto has no
+         * option for that: its protocol options are per bridge): set before a client
+         * connects, 1 refuses an MQTT 5 CONNECT as RabbitMQ 3.10 does (the socket
+         * closed, no CONNACK), 2 as the 3.1.1 spec says (CONNACK return code 1, then
+         * the close); a 3.1.1 CONNECT and all after it pass. refused_v5 counts. */
+        atomic_int v311_only;
+        atomic_ulong refused_v5;
         int a[H_PROXY_MAXC], b[H_PROXY_MAXC]; /* accepted side, target side */
+        bool checked[H_PROXY_MAXC];           /* its CONNECT went through the gate */
         int n;
         pthread_t t;
 };
@@ -217,6 +232,9 @@ struct h_pair_conf {
         const char *center_node;  /* keys of the center's [node] */
         const char *center_extra; /* more keys of the center's sim link, then any sections */
         const char *peers;        /* the center's peers: "north" */
+        const char *center_local; /* keys of the center's [local] */
+        int center_local_port;    /* the port the center kuimen takes for its broker (a gate
+                                     in front of p->center); 0: p->center's */
         bool relay;               /* the sim ends talk through p->relay */
         bool debug;               /* both kuimen with --log-level debug */
 };

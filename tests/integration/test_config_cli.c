@@ -56,7 +56,7 @@ static int check(const char *dir, const char *text, char *out, char *path)
 /* out has a line that is exactly "<path>:<rest>". */
 static bool has_line(const char *out, const char *path, const char *rest)
 {
-        char want[1200];
+        char want[1600];
         snprintf(want, sizeof(want), "%s:%s\n", path, rest);
         for (const char *p = out; (p = strstr(p, want)); p++)
                 if (p == out || p[-1] == '\n')
@@ -82,7 +82,7 @@ Test(config_cli, a_good_base_is_ok)
  * start (issue 13, "What was measured", 3). */
 Test(config_cli, check_config_runs_the_start_checks)
 {
-        char dir[200], text[2048], out[OUT_MAX], path[300], line[600];
+        char dir[200], text[2048], out[OUT_MAX], path[300], line[1200];
         h_tmpdir(dir, sizeof(dir), "cfg-check");
 
         /* A port out of range: FILE:LINE, from --check-config and from the start alike. */
@@ -124,6 +124,28 @@ Test(config_cli, check_config_runs_the_start_checks)
         cr_assert_eq(check(dir, text, out, path), 1, "%s", out);
         cr_assert(strstr(out, ":3: spool: /proc/kuimen/spool.db: cannot write in /proc: "), "%s", out);
 
+        /* A file that is no spool (spool = /etc/passwd): damage recovery would have
+         * renamed it aside, as root. Refused by the check and by the start, untouched. */
+        char foreign[300], lock[320], buf[64];
+        snprintf(foreign, sizeof(foreign), "%s/passwd", dir);
+        h_write_text(foreign, "root:x:0:0:root:/root:/bin/bash\n");
+        snprintf(line, sizeof(line), "spool = %s\n; ", foreign);
+        base_conf(text, sizeof(text), dir, NULL, NULL, NULL);
+        replace(text, sizeof(text), "spool = ", line);
+        snprintf(line, sizeof(line),
+                 "3: spool: %s: not a Kuimen spool (no SQLite header, no %s.lock beside it); kuimen will not touch it",
+                 foreign, foreign);
+        cr_assert_eq(check(dir, text, out, path), 1, "%s", out);
+        cr_assert(has_line(out, path, line), "%s", out);
+        cr_assert_eq(run_conf(dir, "--config", text, out, sizeof(out), path, sizeof(path)), 1, "%s", out);
+        cr_assert(has_line(out, path, line), "%s", out);
+        snprintf(lock, sizeof(lock), "%s.lock", foreign);
+        cr_assert_neq(access(lock, F_OK), 0, "kuimen made %s", lock);
+        FILE *f = fopen(foreign, "r");
+        cr_assert(f && fgets(buf, sizeof(buf), f));
+        fclose(f);
+        cr_assert_str_eq(buf, "root:x:0:0:root:/root:/bin/bash\n");
+
         /* A plugin's own key with a value its open() refuses (the plugin's check op). */
         char node[400], sat[200];
         snprintf(node, sizeof(node), "plugin_dir = %s\n", getenv("KM_SIM_PLUGIN_DIR"));
@@ -134,6 +156,14 @@ Test(config_cli, check_config_runs_the_start_checks)
         cr_assert(has_line(out, path, "13: loss: sim: loss = '2': not a probability 0..1 (probability 0..1 that a frame is lost)"),
                   "%s", out);
         replace(text, sizeof(text), "loss = 2", "loss = 0.5");
+        cr_assert_eq(check(dir, text, out, path), 0, "%s", out);
+
+        /* An MQTT version, and a 3.1.1 meta form, that do not exist (issue 15). */
+        base_conf(text, sizeof(text), dir, NULL, "protocol = 4\nv311_meta = suffix\n", NULL);
+        cr_assert_eq(check(dir, text, out, path), 1, "%s", out);
+        cr_assert(has_line(out, path, "8: protocol: '4' is not one of: auto 5 3.1.1"), "%s", out);
+        cr_assert(has_line(out, path, "9: v311_meta: 'suffix' is not one of: envelope none"), "%s", out);
+        base_conf(text, sizeof(text), dir, NULL, "protocol = 3.1.1\nv311_meta = none\n", NULL);
         cr_assert_eq(check(dir, text, out, path), 0, "%s", out);
 
         /* A link's classes name a class that does not exist. */

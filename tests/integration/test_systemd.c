@@ -152,7 +152,7 @@ Test(install, files_in_place)
                 { "KM_UNITDIR", "kuimen.service", false },
                 { "KM_UNITDIR", "kuimen-center.service", false },
                 { "KM_SYSCONFDIR", "kuimen/kuimen.conf", false },
-                { "KM_DOCDIR", "operations.md", false },
+                { "KM_DOCDIR", "docs/operations.md", false },
                 { "KM_DOCDIR", "README.md", false },
         };
         for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
@@ -191,6 +191,13 @@ Test(install, files_in_place)
         cr_assert_eq(run(cmd, out, sizeof(out)), 0, "%s:\n%s", cmd, out);
         snprintf(p, sizeof(p), "%s/kuimen", env("KM_LIBDIR"));
         cr_assert(strstr(out, p), "--help-config does not name the installed plugin dir %s:\n%s", p, out);
+
+        /* The installed README and pages link to each other where they were installed
+         * (the same check as test doc-links, on the installed tree). */
+        destpath(p, sizeof(p), dir, "KM_DOCDIR", "");
+        snprintf(cmd, sizeof(cmd), "/usr/bin/python3 '%s/docs/check-links.py' '%s'", env("KM_SOURCE_ROOT"), p);
+        cr_assert_eq(run(cmd, out, sizeof(out)), 0, "%s:\n%s", cmd, out);
+        cr_assert(strstr(out, ", 0 broken"), "%s:\n%s", cmd, out);
         h_cleanup(dir);
 }
 

@@ -133,7 +133,14 @@ static void send_bytes(struct rig *r, const void *b, size_t n, bool one_by_one)
                 turn(r, 2);
 }
 
+static void rig_up_v(struct rig *r, const char *will, int version);
+
 static void rig_up(struct rig *r, const char *will)
+{
+        rig_up_v(r, will, KM_MQTT_AUTO);
+}
+
+static void rig_up_v(struct rig *r, const char *will, int version)
 {
         struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
         socklen_t al = sizeof(a);
@@ -148,7 +155,7 @@ static void rig_up(struct rig *r, const char *will)
         static const char *const filters[] = { "sensors/#" };
         struct km_mqttc_opts o = { .uri = uri, .client_id = "t", .role = "test", .keepalive_s = 30, .window = 4,
                                    .receive_max = 8, .will_topic = will, .will_msg = will ? "offline" : NULL,
-                                   .filters = filters, .nfilters = 1, .session_expiry_s = 60 };
+                                   .filters = filters, .nfilters = 1, .session_expiry_s = 60, .version = version };
         struct km_mqttc_cb cb = { .up = s_up, .lost = s_lost, .failed_connect = s_failed, .message = s_message,
                                   .acked = s_acked, .refused = s_refused, .ud = &r->seen };
         cr_assert_eq(sd_event_new(&r->ev), 0);
@@ -165,18 +172,34 @@ static void rig_down(struct rig *r)
         close(r->lfd);
 }
 
-/* The CONNECT (fixed header, "MQTT", level 5, flags) is what the spec says; returns its flags. */
-static uint8_t read_connect(struct rig *r)
+/* The CONNECT (fixed header, "MQTT", protocol level, flags) is what the spec says;
+ * returns its flags. */
+static uint8_t read_connect_level(struct rig *r, uint8_t level)
 {
         read_at_least(r, 2);
         size_t total = 2 + r->in[1]; /* our CONNECT stays under 128 bytes */
         read_at_least(r, total);
         cr_assert_eq(r->in[0], 0x10);
-        cr_assert_eq(memcmp(r->in + 2, "\0\4MQTT\5", 7), 0);
+        cr_assert_eq(memcmp(r->in + 2, "\0\4MQTT", 6), 0);
+        cr_assert_eq(r->in[8], level, "protocol level %u, want %u", r->in[8], level);
         uint8_t flags = r->in[9];
         memmove(r->in, r->in + total, r->nin - total);
         r->nin -= total;
         return flags;
+}
+
+static uint8_t read_connect(struct rig *r)
+{
+        return read_connect_level(r, 5);
+}
+
+/* The broker closes our connection; the client's next one is accepted. */
+static void reconnect(struct rig *r)
+{
+        close(r->fd);
+        r->fd = -1;
+        r->nin = 0;
+        accept_client(r);
 }
 
 static void connack_ok(struct rig *r)
@@ -363,4 +386,210 @@ Test(mqttc, subscribe_is_split_to_fit)
         cr_assert_eq(memcmp(r.in + sizeof(sub1), sub2, sizeof(sub2)), 0);
         cr_assert_eq(r.seen.lost, 0);
         rig_down(&r);
+}
+
+/* ---- MQTT 3.1.1 ------------------------------------------------------------------- */
+
+/* protocol = 3.1.1: CONNECT level 4 without properties (Clean Session 0 for a session
+ * with an expiry), CONNACK of 2 bytes, SUBSCRIBE without properties or v5 options,
+ * PUBLISH with origin and id in the envelope, PUBLISH in and PUBACK out without
+ * properties, SUBACK without properties; a stop with a will sends no DISCONNECT. */
+Test(mqttc, v311_bytes_out_and_in)
+{
+        struct rig r;
+        rig_up_v(&r, NULL, KM_MQTT_V311);
+        read_at_least(&r, 15);
+        static const uint8_t connect[] = { 0x10, 0x0D, 0x00, 0x04, 'M', 'Q', 'T', 'T', 0x04, 0x00, 0x00, 0x1E, 0x00, 0x01, 't' };
+        cr_assert_eq(r.nin, sizeof(connect));
+        cr_assert_eq(memcmp(r.in, connect, sizeof(connect)), 0, "CONNECT bytes differ");
+        r.nin = 0;
+        cr_assert_eq(km_mqttc_version(r.c), 4);
+        static const uint8_t ack[] = { 0x20, 0x02, 0x00, 0x00 };
+        send_bytes(&r, ack, sizeof(ack), true);
+        cr_assert_eq(r.seen.up, 1);
+        static const uint8_t sub[] = { 0x82, 0x0E, 0x00, 0x01, 0x00, 0x09, 's', 'e', 'n', 's', 'o', 'r', 's', '/', '#', 0x01 };
+        read_at_least(&r, sizeof(sub));
+        cr_assert_eq(memcmp(r.in, sub, sizeof(sub)), 0, "SUBSCRIBE bytes differ");
+        r.nin = 0;
+        static const uint8_t suback[] = { 0x90, 0x03, 0x00, 0x01, 0x01 };
+        send_bytes(&r, suback, sizeof(suback), true);
+        cr_assert_eq(r.seen.lost, 0, "a 3.1.1 SUBACK is no protocol error");
+
+        cr_assert_eq(km_mqttc_publish(r.c, "a/b", "x", 1, false, "no\"rth", 42, "cen\\ter", 7), 0);
+        const char env[] = "{\"kuimen-origin\":\"no\\\"rth\",\"kuimen-id\":\"42\",\"kuimen-relay\":\"cen\\\\ter\"}\n";
+        uint8_t want[128];
+        size_t el = sizeof(env) - 1, n = 0;
+        want[n++] = 0x32;
+        want[n++] = (uint8_t)(2 + 3 + 2 + el + 1);
+        memcpy(want + n, "\0\3a/b\0\2", 7);
+        n += 7;
+        memcpy(want + n, env, el);
+        n += el;
+        want[n++] = 'x';
+        read_at_least(&r, n);
+        cr_assert_eq(r.nin, n);
+        cr_assert_eq(memcmp(r.in, want, n), 0, "PUBLISH bytes differ: %.*s", (int)r.nin, r.in);
+        r.nin = 0;
+        static const uint8_t puback[] = { 0x40, 0x02, 0x00, 0x02 };
+        send_bytes(&r, puback, sizeof(puback), false);
+        cr_assert_eq(r.seen.acked, 1);
+
+        /* PUBLISH QoS 1 "sensors/a" id 0x1234, no property length, payload "hi". */
+        static const uint8_t pub[] = { 0x32, 0x0F, 0x00, 0x09, 's', 'e', 'n', 's', 'o', 'r', 's', '/', 'a', 0x12, 0x34, 'h', 'i' };
+        send_bytes(&r, pub, sizeof(pub), true);
+        cr_assert_eq(r.seen.messages, 1);
+        cr_assert_str_eq(r.seen.topic, "sensors/a");
+        cr_assert_eq(r.seen.len, 2);
+        cr_assert_eq(memcmp(r.seen.payload, "hi", 2), 0, "the whole rest is the payload");
+        static const uint8_t ours[] = { 0x40, 0x02, 0x12, 0x34 };
+        read_at_least(&r, sizeof(ours));
+        cr_assert_eq(memcmp(r.in, ours, sizeof(ours)), 0, "PUBACK bytes differ");
+        r.nin = 0;
+        km_mqttc_stop(r.c);
+        static const uint8_t disc[] = { 0xE0, 0x00 };
+        read_at_least(&r, sizeof(disc));
+        cr_assert_eq(memcmp(r.in, disc, sizeof(disc)), 0, "DISCONNECT without a reason code");
+        cr_assert_eq(r.seen.lost, 0);
+        rig_down(&r);
+
+        /* With a will: 3.1.1's DISCONNECT would discard it; the close alone. */
+        rig_up_v(&r, "kuimen/n/status", KM_MQTT_V311);
+        uint8_t flags = read_connect_level(&r, 4);
+        cr_assert_eq(flags, 0x2C, "will, QoS 1, retained, Clean Session 0: flags 0x%02x", flags);
+        send_bytes(&r, ack, sizeof(ack), false);
+        cr_assert_eq(r.seen.up, 1);
+        read_at_least(&r, sizeof(sub));
+        r.nin = 0;
+        km_mqttc_stop(r.c);
+        for (int i = 0; i < 10; i++)
+                turn(&r, 2);
+        cr_assert_eq(read(r.fd, r.in, sizeof(r.in)), 0, "closed without a DISCONNECT");
+        rig_down(&r);
+}
+
+/* auto: a 3.1.1 CONNACK with return code 1 to our MQTT 5 CONNECT; the next attempt (at
+ * once) is 3.1.1, and once it was accepted every later one is too. */
+Test(mqttc, auto_falls_back_on_connack_rc1_and_keeps_it)
+{
+        struct rig r;
+        rig_up(&r, NULL);
+        read_connect_level(&r, 5);
+        static const uint8_t rc1[] = { 0x20, 0x02, 0x00, 0x01 };
+        send_bytes(&r, rc1, sizeof(rc1), false);
+        cr_assert_eq(r.seen.failed, 1);
+        cr_assert_str_eq(r.seen.why, "the broker refuses MQTT 5 (CONNACK return code 1, unacceptable protocol version): "
+                                     "trying MQTT 3.1.1");
+        reconnect(&r);
+        read_connect_level(&r, 4);
+        static const uint8_t ack[] = { 0x20, 0x02, 0x00, 0x00 };
+        send_bytes(&r, ack, sizeof(ack), false);
+        cr_assert_eq(r.seen.up, 1);
+        cr_assert_eq(km_mqttc_version(r.c), 4);
+        reconnect(&r);
+        cr_assert_eq(r.seen.lost, 1);
+        read_connect_level(&r, 4); /* learnt: no second try of 5 */
+        rig_down(&r);
+}
+
+/* auto: the broker closes the socket after our CONNECT without a CONNACK (RabbitMQ
+ * 3.10); 3.1.1 next. A 3.1.1 attempt that fails too does not stick: 5 again after. */
+Test(mqttc, auto_falls_back_on_a_close_without_connack)
+{
+        struct rig r;
+        rig_up(&r, NULL);
+        read_connect_level(&r, 5);
+        reconnect(&r);
+        cr_assert_eq(r.seen.failed, 1);
+        cr_assert_str_eq(r.seen.why, "the broker refuses MQTT 5 (it closed the connection without a CONNACK): "
+                                     "trying MQTT 3.1.1");
+        read_connect_level(&r, 4);
+        static const uint8_t bad_user[] = { 0x20, 0x02, 0x00, 0x04 };
+        send_bytes(&r, bad_user, sizeof(bad_user), false);
+        cr_assert_eq(r.seen.failed, 2);
+        cr_assert_str_eq(r.seen.why, "refused: bad user name or password", "a 3.1.1 return code as its v5 reason");
+        reconnect(&r); /* after the 1 s back-off */
+        read_connect_level(&r, 5);
+        rig_down(&r);
+}
+
+/* protocol = 5: a refusal of 5 is said, with what to do, and 5 is tried again. */
+Test(mqttc, v5_only_says_why_and_stays_on_5)
+{
+        struct rig r;
+        rig_up_v(&r, NULL, KM_MQTT_V5);
+        read_connect_level(&r, 5);
+        static const uint8_t refuse[] = { 0x20, 0x03, 0x00, 0x84, 0x00 };
+        send_bytes(&r, refuse, sizeof(refuse), false);
+        cr_assert_eq(r.seen.failed, 1);
+        cr_assert_str_eq(r.seen.why, "the broker refuses MQTT 5 (CONNACK unsupported protocol version): "
+                                     "set protocol = auto or 3.1.1");
+        reconnect(&r);
+        read_connect_level(&r, 5);
+        rig_down(&r);
+}
+
+/* A 3.1.1 CONNACK longer than 2 bytes, or with flags or a code 3.1.1 does not have, is
+ * a protocol error; so is a PUBLISH too short for its packet id. */
+Test(mqttc, v311_malformed_packets_drop_the_connection)
+{
+        struct rig r;
+        rig_up_v(&r, NULL, KM_MQTT_V311);
+        read_connect_level(&r, 4);
+        static const uint8_t long_ack[] = { 0x20, 0x03, 0x00, 0x00, 0x00 };
+        send_bytes(&r, long_ack, sizeof(long_ack), false);
+        cr_assert_eq(r.seen.failed, 1);
+        cr_assert_str_eq(r.seen.why, "protocol error in a packet of type 2 from the broker");
+        reconnect(&r);
+        read_connect_level(&r, 4);
+        static const uint8_t code6[] = { 0x20, 0x02, 0x00, 0x06 };
+        send_bytes(&r, code6, sizeof(code6), false);
+        cr_assert_eq(r.seen.failed, 2);
+        reconnect(&r);
+        read_connect_level(&r, 4);
+        static const uint8_t ack[] = { 0x20, 0x02, 0x01, 0x00 };
+        send_bytes(&r, ack, sizeof(ack), false);
+        cr_assert_eq(r.seen.up, 1, "session present is a 3.1.1 flag");
+        static const uint8_t pub[] = { 0x32, 0x04, 0x00, 0x01, 'x', 0x00 };
+        send_bytes(&r, pub, sizeof(pub), false);
+        cr_assert_eq(r.seen.messages, 0);
+        cr_assert_eq(r.seen.lost, 1);
+        rig_down(&r);
+}
+
+/* The envelope as written and as read: escapes, the relay, and what is not one. */
+Test(mqttc, envelope_round_trip)
+{
+        char buf[256];
+        struct km_mqtt_meta_in m;
+        size_t n = km_mqtt_envelope(buf, sizeof(buf), "north", 18446744073709551615ULL, NULL);
+        const char want[] = "{\"kuimen-origin\":\"north\",\"kuimen-id\":\"18446744073709551615\"}\n";
+        cr_assert_eq(n, sizeof(want) - 1);
+        cr_assert_eq(memcmp(buf, want, n), 0);
+        cr_assert_eq(km_mqtt_envelope(NULL, 0, "north", 18446744073709551615ULL, NULL), n, "the length alone");
+        memcpy(buf + n, "payload", 7);
+        cr_assert_eq(km_mqtt_envelope_parse(buf, n + 7, &m), n);
+        cr_assert_str_eq(m.origin, "north");
+        cr_assert_eq(m.id, 18446744073709551615ULL, "64-bit ids exact (a string: JSON numbers stop at 2^53)");
+        cr_assert_str_eq(m.relay, "");
+
+        n = km_mqtt_envelope(buf, sizeof(buf), "a\"b\\c", 7, "county");
+        cr_assert_eq(km_mqtt_envelope_parse(buf, n, &m), n);
+        cr_assert_str_eq(m.origin, "a\"b\\c");
+        cr_assert_str_eq(m.relay, "county");
+        cr_assert_eq(m.id, 7);
+        for (size_t cut = 0; cut < n; cut++)
+                cr_assert_eq(km_mqtt_envelope_parse(buf, cut, &m), 0, "cut at %zu", cut);
+
+        static const char *const not_one[] = {
+                "{\"state\":\"online\"}\n",
+                "{\"kuimen-origin\":\"n\",\"kuimen-id\":\"x1\"}\n",
+                "{\"kuimen-origin\":\"n\",\"kuimen-id\":\"99999999999999999999\"}\n",
+                "{\"kuimen-origin\":\"n\",\"kuimen-id\":\"1\"}",
+                "{\"kuimen-origin\":\"\",\"kuimen-id\":\"1\"}\n",
+                "{\"kuimen-origin\":\"n\\x\",\"kuimen-id\":\"1\"}\n",
+                "{\"kuimen-origin\":\"n\",\"kuimen-id\":\"1\",\"other\":\"z\"}\n",
+                "{ \"kuimen-origin\":\"n\",\"kuimen-id\":\"1\"}\n",
+        };
+        for (size_t i = 0; i < sizeof(not_one) / sizeof(not_one[0]); i++)
+                cr_assert_eq(km_mqtt_envelope_parse(not_one[i], strlen(not_one[i]), &m), 0, "%s", not_one[i]);
 }

@@ -1,0 +1,747 @@
+/* SPDX-License-Identifier: MIT */
+/* pdt: a Hytera PDT/DMR data radio on its USB network as a narrow link (HDAP TMP text messages, RRS). */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "plugins/kuimen-plugin.h"
+#include "plugins/pdt/hdap.h"
+
+/*
+ * The radio shows up as a USB network interface ("Forward to PC" in its codeplug) and
+ * offers its services as UDP ports (RRS 3002, TMP 3004). This driver binds the same
+ * ports on the PC's address and speaks HDAP (plugins/pdt/hdap.h):
+ *
+ *   send()  -> TMP private message (0xA1, ack wanted) to peer_id, the frame as text
+ *           <- TMP private message ack (0xA2) from our radio, with the air's result
+ *   radio   -> TMP private message from the far radio: the frame, handed up; acked
+ *   radio   -> RRS registration: answered with valid_time; RRS online check every
+ *              check_interval, answered by the radio (its absence takes the link down)
+ *
+ * The channel is half duplex and one message is on the air at a time: the driver holds
+ * one frame until the radio's ack, so send() says -EAGAIN meanwhile. The ack's result
+ * decides: 0 the frame went (sent 0); channel busy (4), no ack from the target (8) and
+ * the other transient results retry after a back-off, DEGRADED with the reason; tx
+ * denied (11), receive-only (5) and PLL unlock (7) hand the frame back (sent
+ * -ENOTCONN) and report DOWN until the back-off ends; invalid parameters (3) refuse
+ * the frame (sent -EINVAL). No ack at all within ack_timeout retries the same way.
+ */
+
+#define PDT_LOG_EVERY_US 10000000ull
+
+struct pdt_conf {
+        struct in_addr radio, listen;
+        uint64_t tmp_port, rrs_port, radio_id, peer_id, subnet, text_max;
+        uint64_t ack_timeout_us, retry_us, retry_max_us, give_up_us, check_interval_us, valid_time;
+};
+
+struct pdt_ratelimit {
+        uint64_t last_us;
+        unsigned long suppressed;
+};
+
+struct pdt {
+        km_plugin_link *h;
+        const struct km_host_api *api;
+        struct pdt_conf c;
+        size_t mtu;
+
+        int tmp_fd, rrs_fd;
+        char down_reason[128];
+        int bind_timer;
+
+        /* the radio */
+        bool heard;         /* an RRS message from the radio since the last silence */
+        unsigned unanswered; /* online checks in a row without an answer */
+        bool registered;
+        int check_timer;
+
+        /* the frame on the air */
+        bool have, on_air, retry_wait, want_ready;
+        uint8_t frame[HDAP_MAX];
+        size_t len;
+        uint32_t token, req;
+        uint64_t first_us;
+        unsigned fails;
+        int ack_timer, retry_timer, kick_timer;
+
+        enum km_plugin_state state;
+        char reason[160], fail_reason[128];
+        bool fail_down;
+
+        unsigned long n_sent, n_failed, n_rx, n_bad, n_text, n_stray;
+        struct pdt_ratelimit rl_bad, rl_text;
+        uint8_t buf[HDAP_MAX];
+};
+
+static uint64_t now_us(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* ---- configuration ---------------------------------------------------------- */
+
+enum pdt_opt_type { OPT_IP4, OPT_UINT, OPT_DURATION };
+
+struct pdt_opt {
+        const char *key;
+        enum pdt_opt_type type;
+        const char *def;
+        size_t off;
+        uint64_t min, max;
+        const char *help;
+};
+
+#define CONF(f) offsetof(struct pdt_conf, f)
+#define US(s) ((uint64_t)(s) * 1000000ull)
+
+static const struct pdt_opt opts[] = {
+        { "radio", OPT_IP4, "192.168.10.1", CONF(radio), 0, 0, "IPv4 address of the radio on its USB network" },
+        { "listen", OPT_IP4, "0.0.0.0", CONF(listen), 0, 0, "IPv4 address of this end (where the radio sends)" },
+        { "tmp_port", OPT_UINT, "3004", CONF(tmp_port), 1, 65535, "UDP port of the text message service (TMP)" },
+        { "rrs_port", OPT_UINT, "3002", CONF(rrs_port), 1, 65535, "UDP port of the registration service (RRS)" },
+        { "radio_id", OPT_UINT, NULL, CONF(radio_id), 1, 0xFFFFFF, "this radio's id (24 bits)" },
+        { "peer_id", OPT_UINT, NULL, CONF(peer_id), 1, 0xFFFFFF, "the far radio's id, where frames go" },
+        { "subnet", OPT_UINT, "10", CONF(subnet), 1, 255, "first byte of the radio IPs (the codeplug's radio network)" },
+        { "text_max", OPT_UINT, "67", CONF(text_max), 8, 1024,
+          "bytes of UTF-16LE text in one message: 67 on Hytera PDT (PDP_MAX); the frame gets 14 bits a character" },
+        { "ack_timeout", OPT_DURATION, "10s", CONF(ack_timeout_us), 10000, US(600),
+          "how long the radio may take to say how a message went (airtime, channel access, the target's ack)" },
+        { "retry", OPT_DURATION, "2s", CONF(retry_us), 10000, US(3600), "back-off after the first failed message" },
+        { "retry_max", OPT_DURATION, "60s", CONF(retry_max_us), 10000, US(86400), "longest back-off (doubling)" },
+        { "give_up", OPT_DURATION, "300s", CONF(give_up_us), 10000, US(86400),
+          "after this long failing, a frame goes back to the host (sent -ETIMEDOUT)" },
+        { "check_interval", OPT_DURATION, "30s", CONF(check_interval_us), 10000, US(3600),
+          "RRS online check of the radio this often; two unanswered take the link down" },
+        { "valid_time", OPT_UINT, "600", CONF(valid_time), 10, 86400,
+          "seconds the radio's registration holds (told to the radio in the registration ack)" },
+};
+
+static const char *const keys[] = { "radio",    "listen",      "tmp_port", "rrs_port", "radio_id",
+                                    "peer_id",  "subnet",      "text_max", "ack_timeout", "retry",
+                                    "retry_max", "give_up", "check_interval", "valid_time", NULL };
+_Static_assert(sizeof(keys) / sizeof(keys[0]) == sizeof(opts) / sizeof(opts[0]) + 1, "keys[] mirrors opts[]");
+
+static const char *parse_uint(const char *v, uint64_t *out, uint64_t min, uint64_t max, char *why, size_t n)
+{
+        char *end;
+        if (*v < '0' || *v > '9')
+                return "not a whole number";
+        errno = 0;
+        unsigned long long x = strtoull(v, &end, 10);
+        if (*end != '\0')
+                return "not a whole number";
+        if (errno == ERANGE || x < min || x > max) {
+                snprintf(why, n, "out of range %llu..%llu", (unsigned long long)min, (unsigned long long)max);
+                return why;
+        }
+        *out = x;
+        return NULL;
+}
+
+static const char *parse_duration(const char *v, uint64_t *out, uint64_t min, uint64_t max, char *why, size_t n)
+{
+        char *end;
+        if (!((*v >= '0' && *v <= '9') || *v == '.'))
+                return "not a duration (e.g. 200ms, 1.5s, 2m)";
+        double x = strtod(v, &end);
+        if (end == v)
+                return "not a duration (e.g. 200ms, 1.5s, 2m)";
+        if (strcmp(end, "ms") == 0)
+                x /= 1000.0;
+        else if (strcmp(end, "m") == 0)
+                x *= 60.0;
+        else if (strcmp(end, "s") != 0 && *end != '\0')
+                return "unknown unit (use ms, s or m)";
+        if (!isfinite(x) || x < 0 || x * 1e6 > (double)max + 0.5 || llround(x * 1e6) < (long long)min) {
+                snprintf(why, n, "out of range %gs..%gs", (double)min / 1e6, (double)max / 1e6);
+                return why;
+        }
+        *out = (uint64_t)llround(x * 1e6);
+        return NULL;
+}
+
+static int read_conf(km_plugin_link *h, const struct km_host_api *api, struct pdt_conf *c, const char **key, char *why,
+                     size_t wn)
+{
+        char buf[128];
+        *c = (struct pdt_conf){ 0 };
+        for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++) {
+                const struct pdt_opt *o = &opts[i];
+                const char *v = api->config(h, o->key), *bad = NULL;
+                void *dst = (char *)c + o->off;
+                if (!v)
+                        v = o->def;
+                if (!v) {
+                        *key = o->key;
+                        snprintf(why, wn, "pdt: %s: missing (%s)", o->key, o->help);
+                        return -EINVAL;
+                }
+                switch (o->type) {
+                case OPT_IP4:
+                        if (inet_pton(AF_INET, v, dst) != 1)
+                                bad = "not a numeric IPv4 address";
+                        break;
+                case OPT_UINT: bad = parse_uint(v, dst, o->min, o->max, buf, sizeof(buf)); break;
+                case OPT_DURATION: bad = parse_duration(v, dst, o->min, o->max, buf, sizeof(buf)); break;
+                }
+                if (bad) {
+                        *key = o->key;
+                        snprintf(why, wn, "pdt: %s = '%s': %s (%s)", o->key, v, bad, o->help);
+                        return -EINVAL;
+                }
+        }
+        if (c->tmp_port == c->rrs_port) {
+                *key = "rrs_port";
+                snprintf(why, wn, "pdt: rrs_port: the same as tmp_port");
+                return -EINVAL;
+        }
+        if (c->radio_id == c->peer_id) {
+                *key = "peer_id";
+                snprintf(why, wn, "pdt: peer_id: the same as radio_id");
+                return -EINVAL;
+        }
+        if (text_frame_max(c->text_max) < 32) {
+                *key = "text_max";
+                snprintf(why, wn, "pdt: text_max: a frame needs at least 32 bytes, %llu text bytes carry %zu",
+                         (unsigned long long)c->text_max, text_frame_max(c->text_max));
+                return -EINVAL;
+        }
+        if (c->retry_max_us < c->retry_us) {
+                *key = "retry_max";
+                snprintf(why, wn, "pdt: retry_max: shorter than retry");
+                return -EINVAL;
+        }
+        return 0;
+}
+
+/* ---- reports ---------------------------------------------------------------- */
+
+static long ratelimit(struct pdt_ratelimit *rl, uint64_t now)
+{
+        if (rl->last_us && now - rl->last_us < PDT_LOG_EVERY_US) {
+                rl->suppressed++;
+                return -1;
+        }
+        long n = (long)rl->suppressed;
+        rl->last_us = now ? now : 1;
+        rl->suppressed = 0;
+        return n;
+}
+
+static void report(struct pdt *s)
+{
+        struct km_plugin_report r = { .struct_size = sizeof(r), .signal = -1, .mtu = (uint32_t)s->mtu };
+        char why[160];
+        if (s->tmp_fd < 0) {
+                r.state = KM_PLUGIN_DOWN;
+                snprintf(why, sizeof(why), "%s", s->down_reason);
+        } else if (!s->heard) {
+                r.state = KM_PLUGIN_DOWN;
+                snprintf(why, sizeof(why), "%s", s->unanswered >= 2 ? "radio not answering (RRS online check)" : "waiting for the radio");
+        } else if (s->fail_reason[0]) {
+                r.state = s->fail_down ? KM_PLUGIN_DOWN : KM_PLUGIN_DEGRADED;
+                snprintf(why, sizeof(why), "%s", s->fail_reason);
+        } else {
+                r.state = KM_PLUGIN_UP;
+                snprintf(why, sizeof(why), "up");
+        }
+        if (r.state == s->state && strcmp(why, s->reason) == 0)
+                return;
+        s->state = r.state;
+        snprintf(s->reason, sizeof(s->reason), "%s", why);
+        r.reason = s->reason;
+        s->api->report(s->h, &r);
+}
+
+static void cancel(struct pdt *s, int *id)
+{
+        if (*id > 0)
+                s->api->cancel_timer(s->h, *id);
+        *id = 0;
+}
+
+static int arm(struct pdt *s, int *id, uint64_t us, km_plugin_timer_cb cb)
+{
+        cancel(s, id);
+        int r = s->api->timer(s->h, us, cb, s);
+        *id = r > 0 ? r : 0;
+        return r;
+}
+
+/* The frame goes back (err < 0) or is receipted (0); state settled first, as the host
+ * may send from inside sent(). */
+static void finish(struct pdt *s, int err)
+{
+        if (!s->have)
+                return;
+        s->have = false;
+        s->on_air = false;
+        cancel(s, &s->ack_timer);
+        if (err)
+                s->n_failed++;
+        else
+                s->n_sent++;
+        s->api->sent(s->h, s->token, err);
+}
+
+static void maybe_ready(struct pdt *s)
+{
+        if (s->want_ready && !s->have && s->state != KM_PLUGIN_DOWN) {
+                s->want_ready = false;
+                s->api->ready(s->h);
+        }
+}
+
+/* ---- sending ------------------------------------------------------------------- */
+
+static void on_ack_timeout(void *ud);
+static void on_retry(void *ud);
+
+static void sendto_radio(struct pdt *s, int fd, uint64_t port, const uint8_t *p, size_t n)
+{
+        struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr = s->c.radio };
+        if (sendto(fd, p, n, MSG_DONTWAIT | MSG_NOSIGNAL, (struct sockaddr *)&to, sizeof(to)) < 0) {
+                long sup = ratelimit(&s->rl_bad, now_us());
+                if (sup >= 0)
+                        s->api->log(s->h, KM_PLUGIN_LOG_WARNING, "pdt: sendto the radio: %s (%ld more suppressed)",
+                                    strerror(errno), sup);
+        }
+}
+
+static void transmit(struct pdt *s)
+{
+        uint8_t text[HDAP_MAX], pdu[HDAP_MAX];
+        if (!s->have || s->on_air || s->retry_wait || s->tmp_fd < 0)
+                return;
+        int tl = text_encode(s->frame, s->len, text, sizeof(text));
+        struct tmp_msg m = { .ack_wanted = true, .type = TMP_PRIVATE, .req = ++s->req,
+                             .dst = radio_ip((uint8_t)s->c.subnet, (uint32_t)s->c.peer_id),
+                             .src = radio_ip((uint8_t)s->c.subnet, (uint32_t)s->c.radio_id), .text = text,
+                             .text_len = tl > 0 ? (size_t)tl : 0 };
+        int n = tl > 0 ? tmp_encode(pdu, sizeof(pdu), &m) : tl;
+        if (n < 0) {
+                finish(s, -EMSGSIZE);
+                return;
+        }
+        s->on_air = true;
+        sendto_radio(s, s->tmp_fd, s->c.tmp_port, pdu, (size_t)n);
+        arm(s, &s->ack_timer, s->c.ack_timeout_us, on_ack_timeout);
+}
+
+static void on_kick(void *ud)
+{
+        struct pdt *s = ud;
+        s->kick_timer = 0;
+        transmit(s);
+}
+
+static uint64_t backoff(const struct pdt *s)
+{
+        uint64_t b = s->c.retry_us;
+        for (unsigned i = 1; i < s->fails && b < s->c.retry_max_us; i++)
+                b *= 2;
+        return b > s->c.retry_max_us ? s->c.retry_max_us : b;
+}
+
+/* A message did not go: its result (or -1: no answer) decides what follows. */
+static void failed(struct pdt *s, int result)
+{
+        uint64_t now = now_us();
+        s->on_air = false;
+        cancel(s, &s->ack_timer);
+        s->fails++;
+        if (result < 0)
+                snprintf(s->fail_reason, sizeof(s->fail_reason), "no answer from the radio to a TMP message");
+        else
+                snprintf(s->fail_reason, sizeof(s->fail_reason), "%s (TMP result %d)", tmp_result_text(result), result);
+        uint64_t b = backoff(s);
+        if (result == 3) {
+                s->api->log(s->h, KM_PLUGIN_LOG_WARNING, "pdt: %s: the frame of %zu B is refused", s->fail_reason, s->len);
+                s->fail_reason[0] = '\0';
+                s->fails = 0;
+                finish(s, -EINVAL);
+                maybe_ready(s);
+                return;
+        }
+        s->fail_down = result == 5 || result == 7 || result == 11;
+        arm(s, &s->retry_timer, b, on_retry);
+        s->retry_wait = s->retry_timer > 0;
+        if (s->fail_down) {
+                s->api->log(s->h, KM_PLUGIN_LOG_WARNING, "pdt: message failed: %s; the frame goes back, retry in %.1f s",
+                            s->fail_reason, (double)b / 1e6);
+                report(s);
+                finish(s, -ENOTCONN);
+                return;
+        }
+        if (now - s->first_us >= s->c.give_up_us) {
+                s->api->log(s->h, KM_PLUGIN_LOG_WARNING, "pdt: message failed: %s; giving the frame back after %.0f s",
+                            s->fail_reason, (double)(now - s->first_us) / 1e6);
+                report(s);
+                finish(s, -ETIMEDOUT);
+                maybe_ready(s);
+                return;
+        }
+        s->api->log(s->h, KM_PLUGIN_LOG_INFO, "pdt: message failed: %s; retry %u in %.1f s", s->fail_reason, s->fails,
+                    (double)b / 1e6);
+        report(s);
+}
+
+static void on_ack_timeout(void *ud)
+{
+        struct pdt *s = ud;
+        s->ack_timer = 0;
+        failed(s, -1);
+}
+
+static void on_retry(void *ud)
+{
+        struct pdt *s = ud;
+        s->retry_timer = 0;
+        s->retry_wait = false;
+        if (s->fail_down) {
+                /* The radio refused to transmit: try again, as a probe would. */
+                s->fail_down = false;
+                s->fail_reason[0] = '\0';
+                report(s);
+                maybe_ready(s);
+        }
+        transmit(s);
+}
+
+/* ---- receiving ------------------------------------------------------------------ */
+
+static void bad_pdu(struct pdt *s, const char *what, const char *why)
+{
+        s->n_bad++;
+        long sup = ratelimit(&s->rl_bad, now_us());
+        if (sup >= 0)
+                s->api->log(s->h, KM_PLUGIN_LOG_WARNING, "pdt: bad %s PDU from the radio: %s (%lu bad so far, %ld not logged)",
+                            what, why, s->n_bad, sup);
+}
+
+static void on_tmp_pdu(struct pdt *s, const uint8_t *p, size_t n)
+{
+        struct hdap h;
+        struct tmp_msg m;
+        const char *why;
+        if (hdap_decode(p, n, &h, &why) < 0 || tmp_decode(&h, &m, &why) < 0) {
+                bad_pdu(s, "TMP", why);
+                return;
+        }
+        if (m.type == TMP_PRIVATE_ACK) {
+                if (!s->on_air || m.req != s->req) {
+                        s->n_stray++;
+                        return; /* the ack of a message given up on */
+                }
+                if (m.result != 0) {
+                        failed(s, m.result);
+                        return;
+                }
+                s->fails = 0;
+                s->fail_reason[0] = '\0';
+                s->fail_down = false;
+                report(s);
+                finish(s, 0);
+                maybe_ready(s);
+                return;
+        }
+        /* A message from the air. The radio wants our ack when it asked for one. */
+        if (m.ack_wanted) {
+                uint8_t pdu[64];
+                struct tmp_msg a = { .ack_wanted = false, .type = TMP_PRIVATE_ACK, .req = m.req, .dst = m.src, .src = m.dst };
+                int k = tmp_encode(pdu, sizeof(pdu), &a);
+                if (k > 0)
+                        sendto_radio(s, s->tmp_fd, s->c.tmp_port, pdu, (size_t)k);
+        }
+        int fl = text_decode(m.text, m.text_len, s->buf, sizeof(s->buf));
+        if (fl < 0) {
+                /* A person typed it on a radio: not ours to carry, but worth a line. */
+                s->n_text++;
+                long sup = ratelimit(&s->rl_text, now_us());
+                if (sup >= 0)
+                        s->api->log(s->h, KM_PLUGIN_LOG_INFO,
+                                    "pdt: a text message from radio %u (%zu B) is not a frame: ignored (%ld more not logged)",
+                                    m.src & 0xFFFFFF, m.text_len, sup);
+                return;
+        }
+        s->n_rx++;
+        s->api->received(s->h, s->buf, (size_t)fl);
+}
+
+static void on_rrs_pdu(struct pdt *s, const uint8_t *p, size_t n)
+{
+        struct hdap h;
+        const char *why;
+        if (hdap_decode(p, n, &h, &why) < 0) {
+                bad_pdu(s, "RRS", why);
+                return;
+        }
+        if (h.service != HDAP_RRS || h.len < 4) {
+                bad_pdu(s, "RRS", "not an RRS PDU");
+                return;
+        }
+        bool was = s->heard;
+        switch (h.op_lo) {
+        case RRS_REGISTER: {
+                uint8_t pl[9], pdu[32];
+                memcpy(pl, h.payload, 4);
+                pl[4] = 0; /* result: ok */
+                uint32_t vt = (uint32_t)s->c.valid_time;
+                pl[5] = (uint8_t)(vt >> 24), pl[6] = (uint8_t)(vt >> 16), pl[7] = (uint8_t)(vt >> 8), pl[8] = (uint8_t)vt;
+                int k = hdap_encode(pdu, sizeof(pdu), HDAP_RRS, false, 0, RRS_REGISTER_ACK, pl, sizeof(pl));
+                if (k > 0)
+                        sendto_radio(s, s->rrs_fd, s->c.rrs_port, pdu, (size_t)k);
+                if (!s->registered)
+                        s->api->log(s->h, KM_PLUGIN_LOG_INFO, "pdt: radio %u registered",
+                                    (unsigned)((uint32_t)h.payload[1] << 16 | h.payload[2] << 8 | h.payload[3]));
+                s->registered = true;
+                s->heard = true;
+                s->unanswered = 0;
+                break;
+        }
+        case RRS_CHECK_ACK:
+                s->heard = true;
+                s->unanswered = 0;
+                break;
+        case RRS_DEREGISTER:
+                s->api->log(s->h, KM_PLUGIN_LOG_WARNING, "pdt: the radio deregistered");
+                s->registered = false;
+                s->heard = false;
+                break;
+        default: bad_pdu(s, "RRS", "unknown type"); return;
+        }
+        report(s);
+        if (!s->heard)
+                finish(s, -ENOTCONN);
+        if (!was && s->heard)
+                maybe_ready(s);
+}
+
+static void on_readable(void *ud, int fd, uint32_t revents)
+{
+        struct pdt *s = ud;
+        uint8_t buf[HDAP_MAX + 1];
+        (void)revents;
+        for (int i = 0; i < 64; i++) {
+                struct sockaddr_in from;
+                socklen_t fl = sizeof(from);
+                ssize_t n = recvfrom(fd, buf, sizeof(buf), MSG_DONTWAIT, (struct sockaddr *)&from, &fl);
+                if (n < 0)
+                        return;
+                if (from.sin_addr.s_addr != s->c.radio.s_addr) {
+                        bad_pdu(s, "", "from a host that is not the radio");
+                        continue;
+                }
+                if ((size_t)n > HDAP_MAX) {
+                        bad_pdu(s, "", "longer than any HDAP PDU");
+                        continue;
+                }
+                if (fd == s->tmp_fd)
+                        on_tmp_pdu(s, buf, (size_t)n);
+                else
+                        on_rrs_pdu(s, buf, (size_t)n);
+                if (s->tmp_fd < 0)
+                        return;
+        }
+}
+
+/* ---- the radio's presence --------------------------------------------------------- */
+
+static void on_check(void *ud)
+{
+        struct pdt *s = ud;
+        uint8_t pl[4], pdu[16];
+        uint32_t ip = radio_ip((uint8_t)s->c.subnet, (uint32_t)s->c.radio_id);
+        s->check_timer = 0;
+        if (s->unanswered >= 2 && s->heard) {
+                s->heard = false;
+                s->registered = false;
+                s->api->log(s->h, KM_PLUGIN_LOG_WARNING, "pdt: the radio does not answer online checks");
+                /* DOWN first, then the frame back (on the air or not: a late ack is a
+                 * stray): the host must not send into a link about to go down. */
+                report(s);
+                finish(s, -ENOTCONN);
+        }
+        if (s->rrs_fd >= 0) {
+                pl[0] = (uint8_t)(ip >> 24), pl[1] = (uint8_t)(ip >> 16), pl[2] = (uint8_t)(ip >> 8), pl[3] = (uint8_t)ip;
+                int k = hdap_encode(pdu, sizeof(pdu), HDAP_RRS, false, 0, RRS_CHECK, pl, 4);
+                if (k > 0)
+                        sendto_radio(s, s->rrs_fd, s->c.rrs_port, pdu, (size_t)k);
+                s->unanswered++;
+        }
+        arm(s, &s->check_timer, s->c.check_interval_us, on_check);
+}
+
+static int bind_one(struct pdt *s, uint64_t port, int *out)
+{
+        struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr = s->c.listen };
+        int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return -errno;
+        if (bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
+                int e = errno;
+                close(fd);
+                snprintf(s->down_reason, sizeof(s->down_reason), "bind port %llu: %s", (unsigned long long)port, strerror(e));
+                return -e;
+        }
+        int r = s->api->watch_fd(s->h, fd, EPOLLIN, on_readable, s);
+        if (r < 0) {
+                close(fd);
+                return r;
+        }
+        *out = fd;
+        return 0;
+}
+
+static void close_socks(struct pdt *s)
+{
+        int *fds[] = { &s->tmp_fd, &s->rrs_fd };
+        for (int i = 0; i < 2; i++)
+                if (*fds[i] >= 0) {
+                        s->api->unwatch_fd(s->h, *fds[i]);
+                        close(*fds[i]);
+                        *fds[i] = -1;
+                }
+}
+
+static void on_bind(void *ud)
+{
+        struct pdt *s = ud;
+        s->bind_timer = 0;
+        if (bind_one(s, s->c.tmp_port, &s->tmp_fd) < 0 || bind_one(s, s->c.rrs_port, &s->rrs_fd) < 0) {
+                close_socks(s);
+                report(s);
+                arm(s, &s->bind_timer, 1000000, on_bind);
+                return;
+        }
+        s->down_reason[0] = '\0';
+        report(s);
+        on_check(s);
+}
+
+/* ---- the ops ------------------------------------------------------------------ */
+
+static void pdt_close(void *state);
+
+static int pdt_open(km_plugin_link *h, const struct km_host_api *api, void **state)
+{
+        struct pdt_conf c;
+        const char *key = NULL;
+        char why[512];
+        if (!api || api->abi_major != KM_PLUGIN_ABI_MAJOR || api->struct_size < offsetof(struct km_host_api, reserved))
+                return -EPROTO;
+        int r = read_conf(h, api, &c, &key, why, sizeof(why));
+        if (r < 0) {
+                api->log(h, KM_PLUGIN_LOG_ERR, "%s", why);
+                return r;
+        }
+        struct pdt *s = calloc(1, sizeof(*s));
+        if (!s)
+                return -ENOMEM;
+        s->h = h;
+        s->api = api;
+        s->c = c;
+        s->tmp_fd = s->rrs_fd = -1;
+        s->state = (enum km_plugin_state)-1;
+        s->mtu = text_frame_max(c.text_max);
+        snprintf(s->down_reason, sizeof(s->down_reason), "not bound yet");
+        char ip[INET_ADDRSTRLEN];
+        inet_ntop(AF_INET, &c.radio, ip, sizeof(ip));
+        api->log(h, KM_PLUGIN_LOG_INFO, "pdt: mtu %zu B (%llu text bytes), radio %s (TMP %llu, RRS %llu), id %llu -> %llu",
+                 s->mtu, (unsigned long long)c.text_max, ip, (unsigned long long)c.tmp_port,
+                 (unsigned long long)c.rrs_port, (unsigned long long)c.radio_id, (unsigned long long)c.peer_id);
+        on_bind(s);
+        *state = s;
+        return 0;
+}
+
+static void pdt_close(void *state)
+{
+        struct pdt *s = state;
+        if (!s)
+                return;
+        int *timers[] = { &s->bind_timer, &s->check_timer, &s->ack_timer, &s->retry_timer, &s->kick_timer };
+        for (size_t i = 0; i < sizeof(timers) / sizeof(timers[0]); i++)
+                cancel(s, timers[i]);
+        close_socks(s);
+        s->api->log(s->h, KM_PLUGIN_LOG_INFO,
+                    "pdt: closed; messages sent %lu, failed %lu, frames received %lu, other texts %lu, bad PDUs %lu, "
+                    "stray acks %lu",
+                    s->n_sent, s->n_failed, s->n_rx, s->n_text, s->n_bad, s->n_stray);
+        free(s);
+}
+
+static int pdt_send(void *state, const void *frame, size_t len, uint32_t token)
+{
+        struct pdt *s = state;
+        if (!frame || len == 0)
+                return -EINVAL;
+        if (len > s->mtu)
+                return -EMSGSIZE;
+        if (s->state == KM_PLUGIN_DOWN) {
+                s->want_ready = true;
+                return -ENOTCONN;
+        }
+        if (s->have) {
+                s->want_ready = true;
+                return -EAGAIN;
+        }
+        memcpy(s->frame, frame, len);
+        s->len = len;
+        s->token = token;
+        s->have = true;
+        s->first_us = now_us();
+        if (s->kick_timer <= 0) {
+                int id = s->api->timer(s->h, 0, on_kick, s);
+                s->kick_timer = id > 0 ? id : 0;
+        }
+        return 0;
+}
+
+static uint32_t pdt_mtu(void *state)
+{
+        const struct pdt *s = state;
+        return (uint32_t)s->mtu;
+}
+
+static int pdt_check(km_plugin_link *h, const struct km_host_api *api, const char **key, char *why, size_t len)
+{
+        struct pdt_conf c;
+        return read_conf(h, api, &c, key, why, len);
+}
+
+static const struct km_plugin_ops ops = {
+        .open = pdt_open,
+        .close = pdt_close,
+        .send = pdt_send,
+        .mtu = pdt_mtu,
+        .check = pdt_check,
+};
+
+static const struct km_plugin_desc desc = {
+        .abi_major = KM_PLUGIN_ABI_MAJOR,
+        .abi_minor = KM_PLUGIN_ABI_MINOR,
+        .struct_size = sizeof(struct km_plugin_desc),
+        .name = "pdt",
+        .version = "1.0",
+        .ops = &ops,
+        .keys = keys,
+};
+
+KM_PLUGIN_EXPORT const struct km_plugin_desc *kuimen_plugin(uint32_t host_abi_major, uint32_t host_abi_minor)
+{
+        (void)host_abi_minor;
+        return host_abi_major == KM_PLUGIN_ABI_MAJOR ? &desc : NULL;
+}

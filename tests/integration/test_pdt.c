@@ -1,0 +1,338 @@
+/* SPDX-License-Identifier: MIT */
+/* The PDT/DMR radio link end to end: base kuimen -> pdt.so -> pdtsim (two Hytera radios on one channel) -> pdt.so -> center kuimen. */
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+/*
+ * Both kuimen load the pdt plugin and talk HDAP over loopback UDP to a simulated radio
+ * each (tests/sim/pdt/pdtsim.c): base's radio on 127.0.0.2 with its PC on 127.0.0.4,
+ * center's on 127.0.0.3 and 127.0.0.5, the same TMP and RRS ports everywhere, as on a
+ * radio's USB network. The radios share one half-duplex channel. Airtime is shrunk
+ * (100 ms preamble, 20 ms a block) to keep the suite within its 20 s.
+ */
+
+struct pdt_pair {
+        char dir[200], bconf[300], cconf[300], blog[300], clog[300], slog[300];
+        struct h_broker local, center;
+        struct h_proc base, ctr, sim;
+        int ctl_port, ctl_fd;
+        struct h_sub sub;
+};
+
+static const char *env_dir(const char *name)
+{
+        const char *d = getenv(name);
+        cr_assert_not_null(d, "%s (meson sets it)", name);
+        return d;
+}
+
+
+/* Publishes at QoS 1 with mosquitto_pub, as a terminal would: each Paho client beyond a
+ * process's first takes about 2 s to connect here, and the suite has 20 s. Returns
+ * mosquitto_pub's exit code. */
+static int pub_at(int port, const char *topic, const char *payload)
+{
+        char ps[16];
+        snprintf(ps, sizeof(ps), "%d", port);
+        pid_t pid = fork();
+        cr_assert(pid >= 0);
+        if (pid == 0) {
+                execlp("mosquitto_pub", "mosquitto_pub", "-h", "127.0.0.1", "-p", ps, "-q", "1", "-i", "terminal", "-t",
+                       topic, "-m", payload, (char *)NULL);
+                _exit(127);
+        }
+        int st;
+        waitpid(pid, &st, 0);
+        return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int pub(struct pdt_pair *p, const char *topic, const char *payload)
+{
+        return pub_at(p->local.port, topic, payload);
+}
+
+/* One command to the simulator, its answer in ans. */
+static void sim_ctl(struct pdt_pair *p, const char *cmd, char *ans, size_t n)
+{
+        struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons((uint16_t)p->ctl_port),
+                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        char tmp[2048];
+        if (!ans) {
+                ans = tmp;
+                n = sizeof(tmp);
+        }
+        for (int tries = 0; tries < 20; tries++) {
+                cr_assert(sendto(p->ctl_fd, cmd, strlen(cmd), 0, (struct sockaddr *)&to, sizeof(to)) > 0);
+                ssize_t k = recv(p->ctl_fd, ans, n - 1, 0);
+                if (k > 0) {
+                        ans[k] = '\0';
+                        cr_assert(strncmp(ans, "error", 5) != 0, "pdtsim: %s: %s", cmd, ans);
+                        return;
+                }
+        }
+        cr_assert_fail("pdtsim does not answer %s (%s)", cmd, p->slog);
+}
+
+/* The counter key of modem name from "stats". */
+static long sim_stat(struct pdt_pair *p, const char *name, const char *key)
+{
+        char ans[2048], want[64];
+        sim_ctl(p, "stats", ans, sizeof(ans));
+        for (char *save, *l = strtok_r(ans, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+                if (strncmp(l, name, strlen(name)) != 0 || l[strlen(name)] != ' ')
+                        continue;
+                snprintf(want, sizeof(want), " %s=", key);
+                char *v = strstr(l, want);
+                cr_assert(v, "no %s in %s", key, l);
+                return strtol(v + strlen(want), NULL, 10);
+        }
+        cr_assert_fail("no modem %s", name);
+        return -1;
+}
+
+
+/* The payloads that reached the center broker, each exactly want[i], in order. */
+static void expect_crossed(struct pdt_pair *p, const char *const *want, size_t n)
+{
+        cr_assert_eq(h_sub_wait(&p->sub, n, 15000), n, "%zu of %zu crossed (%s, %s, %s)", h_sub_count(&p->sub), n,
+                     p->blog, p->clog, p->slog);
+        h_sleep_ms(300);
+        pthread_mutex_lock(&p->sub.mu);
+        cr_assert_eq(p->sub.n, n, "exactly %zu arrive (%zu)", n, p->sub.n);
+        for (size_t i = 0; i < n; i++)
+                cr_assert_str_eq(p->sub.rx[i].payload, want[i]);
+        pthread_mutex_unlock(&p->sub.mu);
+}
+
+static const char *link_keys =
+        "ack = receipt\nack_timeout = 3s\nretry = 100ms\nretry_max = 400ms\ncheck_interval = 300ms\n";
+
+static void pair_up(struct pdt_pair *p, const char *tag)
+{
+        memset(p, 0, sizeof(*p));
+        h_tmpdir(p->dir, sizeof(p->dir), tag);
+        h_broker_start(&p->local, p->dir, 0, NULL);
+        h_broker_start(&p->center, p->dir, 0, NULL);
+        snprintf(p->bconf, sizeof(p->bconf), "%s/base.conf", p->dir);
+        snprintf(p->cconf, sizeof(p->cconf), "%s/center.conf", p->dir);
+        snprintf(p->blog, sizeof(p->blog), "%s/base.log", p->dir);
+        snprintf(p->clog, sizeof(p->clog), "%s/center.log", p->dir);
+        snprintf(p->slog, sizeof(p->slog), "%s/sim.log", p->dir);
+
+        p->ctl_port = h_free_port();
+        int tmp = h_free_port(), rrs = h_free_port();
+        while (rrs == tmp)
+                rrs = h_free_port();
+        p->ctl_fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        cr_assert(p->ctl_fd >= 0);
+        struct timeval tv = { .tv_sec = 0, .tv_usec = 250000 };
+        setsockopt(p->ctl_fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+
+        char cmd[1024];
+        snprintf(cmd, sizeof(cmd),
+                 "exec '%s' --radio base=127.0.0.2,127.0.0.4,111111 --radio center=127.0.0.3,127.0.0.5,222222 "
+                 "--tmp-port %d --rrs-port %d --control %d --preamble 100 --block 20 --reg-retry 300",
+                 env_dir("KM_PDT_SIM"), tmp, rrs, p->ctl_port);
+        char *argv[] = { "sh", "-c", cmd, NULL };
+        h_spawn(&p->sim, p->slog, argv, NULL);
+        cr_assert(h_log_wait(&p->sim, "ready:", 5000), "pdtsim did not start (%s)", p->slog);
+
+        const char *plugins = env_dir("KM_SIM_PLUGIN_DIR");
+        FILE *f = fopen(p->bconf, "w");
+        cr_assert(f);
+        fprintf(f,
+                "[node]\nname = north\nspool = %s/base/spool.db\nplugin_dir = %s\nstats_interval = 0\nlink_status = no\n"
+                "[local]\nuri = tcp://127.0.0.1:%d\nsubscribe = sensors/#, alert/#\n"
+                "[link radio]\ntype = pdt\nradio = 127.0.0.2\nlisten = 127.0.0.4\ntmp_port = %d\nrrs_port = %d\n"
+                "radio_id = 111111\npeer_id = 222222\n%s\n",
+                p->dir, plugins, p->local.port, tmp, rrs, link_keys);
+        fclose(f);
+        f = fopen(p->cconf, "w");
+        cr_assert(f);
+        fprintf(f,
+                "[node]\nname = county\nrole = center\nspool = %s/center/spool.db\nplugin_dir = %s\nstats_interval = 0\n"
+                "[local]\nuri = tcp://127.0.0.1:%d\n"
+                "[link radio]\ntype = pdt\nradio = 127.0.0.3\nlisten = 127.0.0.5\ntmp_port = %d\nrrs_port = %d\n"
+                "radio_id = 222222\npeer_id = 111111\npeers = north\n%s\n",
+                p->dir, plugins, p->center.port, tmp, rrs, link_keys);
+        fclose(f);
+
+        h_sub_start(&p->sub, p->center.port, "center-sub", "kuimen/north/#", true);
+        const char *cargs[] = { "--config", p->cconf, "--log-level", "debug", NULL };
+        const char *bargs[] = { "--config", p->bconf, "--log-level", "debug", NULL };
+        h_kuimen_start(&p->ctr, p->clog, cargs);
+        h_kuimen_start(&p->base, p->blog, bargs);
+        cr_assert(h_log_wait(&p->ctr, "radio: pdt: radio 222222 registered", 10000), "center radio (%s)", p->clog);
+        cr_assert(h_log_wait(&p->base, "radio: pdt: radio 111111 registered", 10000), "base radio (%s)", p->blog);
+        cr_assert(h_log_wait(&p->base, "radio: down -> up (up)", 10000), "base link up (%s)", p->blog);
+        cr_assert(h_log_wait(&p->base, "ingest: connected", 10000), "base broker (%s)", p->blog);
+}
+
+static void pair_down(struct pdt_pair *p)
+{
+        h_sub_stop(&p->sub);
+        int sb = h_stop(&p->base, SIGTERM), sc = h_stop(&p->ctr, SIGTERM);
+        h_stop(&p->sim, SIGTERM);
+        h_stop(&p->local.p, SIGTERM);
+        h_stop(&p->center.p, SIGTERM);
+        close(p->ctl_fd);
+        cr_expect(WIFEXITED(sb) && WEXITSTATUS(sb) == 0, "base exits 0 (%d)", sb);
+        cr_expect(WIFEXITED(sc) && WEXITSTATUS(sc) == 0, "center exits 0 (%d)", sc);
+        h_cleanup(p->dir);
+}
+
+/* Readings cross base -> center as TMP private messages, released by the radio's ack
+ * (result 0); a command crosses back; a person's text and broken PDUs are counted and
+ * carry nothing. */
+Test(pdt, end_to_end, .timeout = 60)
+{
+        struct pdt_pair p;
+        struct h_sub cmds;
+        pair_up(&p, "pdt-e2e");
+        h_sub_start(&cmds, p.local.port, "unit", "cmd/#", true);
+        static const char *const want[] = { "{\"ch4\":0.1}", "{\"ch4\":0.2}", "{\"ch4\":0.3}" };
+        for (int i = 0; i < 3; i++)
+                cr_assert_eq(pub(&p, "sensors/gas", want[i]), 0);
+        expect_crossed(&p, want, 3);
+        long msgs = sim_stat(&p, "base", "msgs"), ok = sim_stat(&p, "base", "ok");
+        cr_assert(msgs >= 1 && msgs <= 3, "3 readings in 1..3 messages (%ld)", msgs);
+        cr_assert_eq(ok, msgs, "every message went (%ld of %ld)", ok, msgs);
+        cr_assert_eq(sim_stat(&p, "center", "delivered"), msgs);
+        cr_assert_eq(sim_stat(&p, "center", "acks_from_pc"), msgs, "the center acked each message its radio handed it");
+
+        sim_ctl(&p, "text center HELLO FROM UNIT 7", NULL, 0);
+        sim_ctl(&p, "garble center 3", NULL, 0);
+        cr_assert_eq(pub_at(p.center.port, "kuimen/north/cmd/pump", "start"), 0);
+        cr_assert_eq(h_sub_wait(&cmds, 1, 10000), 1, "the command crossed to the base (%s, %s)", p.clog, p.blog);
+        pthread_mutex_lock(&cmds.mu);
+        cr_assert_str_eq(cmds.rx[0].topic, "cmd/pump");
+        cr_assert_str_eq(cmds.rx[0].payload, "start");
+        pthread_mutex_unlock(&cmds.mu);
+        cr_assert(h_log_wait(&p.ctr, "a text message from radio 4242 (34 B) is not a frame", 3000), "%s", p.clog);
+        cr_assert(h_log_wait(&p.ctr, "pdt: bad TMP PDU from the radio: bad checksum", 3000), "%s", p.clog);
+        h_sub_stop(&cmds);
+        h_sub_stop(&p.sub);
+        h_stop(&p.ctr, SIGTERM);
+        cr_assert_eq(h_log_count(&p.ctr, "other texts 1, bad PDUs 3,"), 1, "%s", p.clog);
+        cr_assert_eq(h_log_count(&p.base, "up -> down"), 0);
+        h_stop(&p.base, SIGTERM);
+        h_stop(&p.sim, SIGTERM);
+        h_stop(&p.local.p, SIGTERM);
+        h_stop(&p.center.p, SIGTERM);
+        close(p.ctl_fd);
+        h_cleanup(p.dir);
+}
+
+/* Every TMP result from the air becomes its reason and a retry: transient ones
+ * (DEGRADED) resend after the back-off; tx denied, receive-only and PLL unlock hand the
+ * frame back (DOWN) until the back-off ends; invalid parameters refuse it; a channel
+ * another radio holds (half duplex) answers busy until it is free. One message crosses,
+ * once. */
+Test(pdt, results_as_reasons, .timeout = 60)
+{
+        static const struct {
+                int r;
+                const char *line;
+        } codes[] = {
+                { 4, "message failed: channel busy (TMP result 4); retry" },
+                { 8, "message failed: no ack from the target radio (TMP result 8); retry" },
+                { 9, "message failed: repeater wake-up failed (TMP result 9); retry" },
+                { 10, "message failed: no contact (TMP result 10); retry" },
+                { 12, "message failed: tx interrupted (TMP result 12); retry" },
+                { 1, "message failed: failed (TMP result 1); retry" },
+                { 6, "message failed: low battery (TMP result 6); retry" },
+                { 11, "message failed: tx denied (TMP result 11); the frame goes back" },
+                { 5, "message failed: radio is receive-only (TMP result 5); the frame goes back" },
+                { 7, "message failed: PLL unlocked (TMP result 7); the frame goes back" },
+                { 3, "invalid parameters (TMP result 3): the frame of" },
+        };
+        const size_t n = sizeof(codes) / sizeof(codes[0]);
+        struct pdt_pair p;
+        char cmd[256] = "fail base";
+        pair_up(&p, "pdt-codes");
+        for (size_t i = 0; i < n; i++)
+                snprintf(cmd + strlen(cmd), sizeof(cmd) - strlen(cmd), " %d", codes[i].r);
+        sim_ctl(&p, cmd, NULL, 0);
+        static const char *const want[] = { "{\"level\":3.2}", "after the busy channel" };
+        cr_assert_eq(pub(&p, "sensors/water", want[0]), 0);
+        expect_crossed(&p, want, 1);
+        for (size_t i = 0; i < n; i++)
+                cr_expect_eq(h_log_count(&p.base, codes[i].line), 1, "one '%s' (%s)", codes[i].line, p.blog);
+        cr_assert_eq(h_log_count(&p.base, "radio: up -> degraded (channel busy (TMP result 4))"), 1, "%s", p.blog);
+        cr_assert_eq(h_log_count(&p.base, "-> down (tx denied (TMP result 11))"), 1, "%s", p.blog);
+        cr_assert_eq(sim_stat(&p, "base", "ok"), 1);
+        cr_assert_eq(sim_stat(&p, "center", "delivered"), 1);
+
+        /* Someone else holds the channel for 1 s: busy answers, then it goes. */
+        sim_ctl(&p, "busy 1000", NULL, 0);
+        cr_assert_eq(pub(&p, "sensors/water", want[1]), 0);
+        expect_crossed(&p, want, 2);
+        cr_assert_geq(sim_stat(&p, "base", "busy"), 1, "the channel was busy");
+        cr_assert(h_log_wait(&p.base, "-> up (up)", 2000));
+        pair_down(&p);
+}
+
+/* The radio switched off: its online checks go unanswered, the link goes DOWN and
+ * holds traffic; switched on, it registers, the link is UP and the reading crosses. */
+Test(pdt, radio_off_and_on, .timeout = 60)
+{
+        struct pdt_pair p;
+        pair_up(&p, "pdt-off");
+        sim_ctl(&p, "power base 0", NULL, 0);
+        cr_assert(h_log_wait(&p.base, "radio: up -> down (radio not answering (RRS online check))", 5000), "%s", p.blog);
+        static const char *const want[] = { "held" };
+        cr_assert_eq(pub(&p, "sensors/e", want[0]), 0);
+        h_sleep_ms(700);
+        cr_assert_eq(sim_stat(&p, "base", "msgs"), 0, "nothing went to a radio that is off");
+        sim_ctl(&p, "power base 1", NULL, 0);
+        expect_crossed(&p, want, 1);
+        cr_assert_eq(h_log_count(&p.base, "pdt: radio 111111 registered"), 2, "%s", p.blog);
+        pair_down(&p);
+}
+
+/* Bad keys name themselves before anything starts. */
+Test(pdt, keys_checked, .timeout = 30)
+{
+        char dir[200], conf[300], out[8192];
+        h_tmpdir(dir, sizeof(dir), "pdt-keys");
+        snprintf(conf, sizeof(conf), "%s/k.conf", dir);
+        static const struct {
+                const char *keys, *want;
+        } cases[] = {
+                { "radio_id = 1\npeer_id = 2\nradio = 192.168.10", "radio = '192.168.10': not a numeric IPv4 address" },
+                { "radio_id = 1\npeer_id = 1", "peer_id: the same as radio_id" },
+                { "radio_id = 1\npeer_id = 2\ntext_max = 20", "text_max: a frame needs at least 32 bytes, 20 text bytes carry 15" },
+                { "radio_id = 16777216\npeer_id = 2", "radio_id = '16777216': out of range 1..16777215" },
+                { "peer_id = 2", "radio_id: missing" },
+                { "radio_id = 1\npeer_id = 2\nrrs_port = 3004", "rrs_port: the same as tmp_port" },
+                { "radio_id = 1\npeer_id = 2", NULL },
+        };
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                char text[1024];
+                snprintf(text, sizeof(text),
+                         "[node]\nname = north\nspool = %s/spool.db\nplugin_dir = %s\n[local]\nuri = tcp://127.0.0.1:1\n"
+                         "[link radio]\ntype = pdt\n%s\n",
+                         dir, env_dir("KM_SIM_PLUGIN_DIR"), cases[i].keys);
+                h_write_text(conf, text);
+                const char *args[] = { "--check-config", conf, NULL };
+                int rc = h_kuimen_run(args, out, sizeof(out));
+                if (cases[i].want) {
+                        cr_expect_neq(rc, 0, "%s accepted", cases[i].keys);
+                        cr_expect(strstr(out, cases[i].want), "'%s' not in: %s", cases[i].want, out);
+                } else {
+                        cr_expect_eq(rc, 0, "a good config refused: %s", out);
+                }
+        }
+        h_cleanup(dir);
+}
