@@ -12,6 +12,8 @@
 #include "bridges/mqttc.h"
 #include "bridges/position.h"
 #include "bridges/uplink.h"
+#include "gateway/calls.h"
+#include "gateway/incidents.h"
 #include "gateway/log.h"
 #include "gateway/plugin.h"
 
@@ -104,6 +106,7 @@ struct bridge {
         struct watch *watch;
         size_t nwatch;
         struct km_strv watch_filters;
+        char *heard_pfx; /* a center: "<topic_prefix>/", under which bases' incident/<id> are heard */
         /* A message that brings the connection down whenever it is sent (a broker that
          * answers an ACL refusal by closing the connection, as Mosquitto 2.0.11 does,
          * or whose PUBACK the reset loses; a size limit it does not announce): see
@@ -178,6 +181,8 @@ static void on_acked(void *ud, uint64_t cookie)
         uint64_t id = km_link_acked(b->link, (uint32_t)cookie);
         if (id)
                 km_spool_ack(b->d->spool, id);
+        if (id && b->local && b->d->calls)
+                km_calls_acked(b->d->calls, id); /* a call reached the local broker */
         if (id)
                 answered(b, id);
 }
@@ -575,6 +580,24 @@ static int center_take(struct bridge *b, const char *t, const void *payload, siz
         return 0;
 }
 
+/* A center: <topic_prefix>/<base>/incident/<id>, a base's incident timeline (over MQTT;
+ * the narrow links' come through km_daemon_relay). Returns whether it was one. */
+static bool heard_incident(struct bridge *b, const char *t, const void *payload, size_t len)
+{
+        char base[64];
+        size_t pl = b->heard_pfx ? strlen(b->heard_pfx) : 0;
+        if (!pl || strncmp(t, b->heard_pfx, pl) != 0)
+                return false;
+        const char *rest = t + pl, *slash = strchr(rest, '/');
+        if (!slash || (size_t)(slash - rest) >= sizeof(base) || strncmp(slash, "/incident/", 10) != 0 ||
+            strchr(slash + 10, '/'))
+                return false;
+        memcpy(base, rest, (size_t)(slash - rest));
+        base[slash - rest] = '\0';
+        km_incidents_heard(b->d->incidents, base, slash + 10, payload, len);
+        return true;
+}
+
 /* The messages of one read are staged and settled with one write (and in sync =
  * always one fsync) before their PUBACKs leave (km_spool_settle). */
 static int local_message(void *ud, const char *topic, const void *payload, size_t len, bool retain,
@@ -583,8 +606,12 @@ static int local_message(void *ud, const char *topic, const void *payload, size_
         struct bridge *b = ud;
         int rc;
         km_spool_defer_sync(b->d->spool);
-        if (b->nwatch)
+        if (b->heard_pfx && b->d->incidents && heard_incident(b, topic, payload, len))
+                rc = 0;
+        else if (b->nwatch)
                 rc = center_take(b, topic, payload, len, props, plen);
+        else if (b->d->calls && km_calls_answer(b->d->calls, topic, payload, len))
+                rc = 0; /* an answer to a call: its change goes upstream as the call's */
         else if ((rc = km_positions_take(b->positions, topic, payload, len)) == 0)
                 rc = km_daemon_ingest(b->d, KM_DIR_UP, topic, payload, len, retain);
         /* Refused by the spool (a storage fault): no PUBACK, the broker keeps it. Too
@@ -600,10 +627,38 @@ static bool local_may_connect(void *ud)
         return km_spool_storage_ok(b->d->spool);
 }
 
+/* The answers a read brought are written after the spool's settle (their upstream
+ * changes are in the ingest log first) and before the PUBACKs leave. */
 static int local_settle(void *ud)
 {
         struct bridge *b = ud;
-        return km_spool_settle(b->d->spool);
+        int rc = km_spool_settle(b->d->spool);
+        if (rc == 0 && b->d->calls)
+                rc = km_calls_flush(b->d->calls, true);
+        if (rc == 0 && b->d->incidents)
+                rc = km_incidents_flush(b->d->incidents, true);
+        return rc;
+}
+
+/* A call command (cmd/call; cmd/incident alike) is the calls engine's, not the local
+ * broker's: it is taken out of the spool as the broker would take it, acknowledged once
+ * the call is stored, so a kill in between brings it again (known by its id, taken
+ * once). */
+static void call_taken(void *ud, uint64_t cookie)
+{
+        on_acked(ud, cookie);
+        km_daemon_kick(((struct bridge *)ud)->d);
+}
+
+static int take_call(struct bridge *b, const struct km_msg *m, uint32_t cookie)
+{
+        char err[256];
+        int rc = strcmp(m->topic, "cmd/call") == 0
+                         ? km_calls_command(b->d->calls, m->payload, m->len, err, sizeof(err))
+                         : km_incidents_command(b->d->incidents, m->payload, m->len, err, sizeof(err));
+        if (rc < 0)
+                return -EAGAIN; /* not stored (a storage fault): offered again */
+        return km_daemon_post(b->d, call_taken, b, cookie) < 0 ? -ENOMEM : 0;
 }
 
 /* ---- sending --------------------------------------------------------------------- */
@@ -617,6 +672,9 @@ static int send_msg(struct km_link *l, const struct km_msg *m, uint32_t cookie)
         /* Careful (link_lost): one message at a time. */
         if (b->careful_until && l->inflight > 1)
                 return -EAGAIN;
+        if (b->local && ((b->d->calls && strcmp(m->topic, "cmd/call") == 0) ||
+                         (b->d->incidents && strcmp(m->topic, "cmd/incident") == 0)))
+                return take_call(b, m, cookie);
         /* A relayed message keeps the node and id it was born with. */
         const char *origin = m->origin ? m->origin : b->d->node.name;
         uint64_t oid = m->oid ? m->oid : m->id;
@@ -823,6 +881,7 @@ static void bridge_destroy(struct km_link *l)
         free(b->watch);
         km_positions_free(b->positions);
         free(b->down_prefix);
+        free(b->heard_pfx);
         free(b->topic_buf);
         free(b->will_topic);
         free(b->will_msg);
@@ -1060,6 +1119,33 @@ int km_mqtt_local_start(struct km_daemon *d, struct km_conf *c)
         if (center && (rc = km_plugin_command_bases(c, first_link_prefix(c), watch_base, b)) < 0) {
                 free(id);
                 return rc;
+        }
+        /* A base takes its terminals' answers to calls (gateway/calls.c). */
+        bool have = false;
+        for (size_t i = 0; i < b->conf.subscribe.n; i++)
+                have |= strcmp(b->conf.subscribe.v[i], "call/+/answer") == 0;
+        if (!center && !have) {
+                char **v = realloc(b->conf.subscribe.v, (b->conf.subscribe.n + 2) * sizeof(*v));
+                if (!v || !(v[b->conf.subscribe.n] = strdup("call/+/answer"))) {
+                        if (v)
+                                b->conf.subscribe.v = v;
+                        free(id);
+                        return -ENOMEM;
+                }
+                b->conf.subscribe.v = v;
+                v[++b->conf.subscribe.n] = NULL;
+        }
+        /* A center keeps the incident timelines of every base it hears (gateway/incidents.c). */
+        if (center) {
+                char **v = realloc(b->watch_filters.v, (b->watch_filters.n + 2) * sizeof(*v));
+                if (v)
+                        b->watch_filters.v = v;
+                if (!v || asprintf(&b->heard_pfx, "%s/", first_link_prefix(c)) < 0 ||
+                    asprintf(&v[b->watch_filters.n], "%s+/incident/+", b->heard_pfx) < 0) {
+                        free(id);
+                        return -ENOMEM;
+                }
+                v[++b->watch_filters.n] = NULL;
         }
         const struct km_strv *filters = center ? &b->watch_filters : &b->conf.subscribe;
         struct km_mqttc_opts o = {

@@ -43,6 +43,7 @@
 #include <time.h>
 
 #include "gateway/daemon.h"
+#include "gateway/incidents.h"
 #include "gateway/log.h"
 
 #define NMEA_MAX_SENTENCE 120
@@ -907,6 +908,8 @@ int km_positions_take(struct km_positions *p, const char *topic, const void *pay
 	if (rc < 0 && rc != -EMSGSIZE && rc != -ENOENT)
 		return rc; /* not stored (a storage fault): not acknowledged, sent again */
 	km_status_position(&p->d->status, pos.unit, json, (size_t)n, now);
+	if (p->d->incidents) /* the response timelines of the incidents it is assigned to */
+		km_incidents_position(p->d->incidents, pos.unit, pos.lat, pos.lon, pos.time_ms);
 	return 1;
 }
 

@@ -13,6 +13,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "calls.h"
+#include "incidents.h"
 #include "daemon.h"
 #include "log.h"
 #include "plugin.h"
@@ -20,7 +22,7 @@
 #define MAX_CONN 8                     /* per server; more are closed at once */
 #define CONN_TIMEOUT_US 5000000ULL     /* a connection lives at most this long */
 #define ACCEPT_RETRY_US 1000000ULL     /* after accept fails for want of fds */
-#define CONTROL_MAX_REQUEST 256
+#define CONTROL_MAX_REQUEST 8192 /* a call (kuimenctl call) is one line of JSON */
 #define HEAD_PEEK 10                   /* messages "spool" shows of the queue head */
 #define SOCKET_NAME "kuimen.sock"
 
@@ -1047,8 +1049,12 @@ static void control_answer(struct km_daemon *d, const char *req, size_t len, boo
                 reply_links(d, out);
         else if (strcmp(cmd, "reload") == 0)
                 reply_reload(d, out);
+        else if (strcmp(cmd, "call") == 0)
+                km_calls_control(d->calls, req + n, out);
+        else if (strcmp(cmd, "incident") == 0)
+                km_incidents_control(d->incidents, req + n, out);
         else
-                reply_error(out, "unknown request (status, links, spool or reload)");
+                reply_error(out, "unknown request (status, links, spool, reload, call or incident)");
 }
 
 static const struct km_control_proto control_proto = {

@@ -10,6 +10,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "calls.h"
+#include "incidents.h"
 #include "control.h"
 #include "log.h"
 #include "plugin.h"
@@ -43,6 +45,7 @@ struct ingest_extra {
         int prio;                /* >= 0: classify by this priority instead */
         const char *origin;
         uint64_t oid;
+        uint64_t *id_out; /* the spool id it got */
 };
 
 static int ingest(struct km_daemon *d, int dir, const char *topic, const char *cls_name, const void *payload,
@@ -272,7 +275,12 @@ int km_daemon_relay(struct km_daemon *d, const char *topic, const char *route_to
 {
         struct ingest_extra x = { .route_topic = route_topic, .prio = route_topic ? -1 : prio, .origin = origin,
                                   .oid = oid };
-        return ingest_ex(d, KM_DIR_DOWN, topic, NULL, payload, len, false, NULL, &x);
+        int rc = ingest_ex(d, KM_DIR_DOWN, topic, NULL, payload, len, false, NULL, &x);
+        /* A center keeps the timelines it hears (its own broker does not send it back
+         * what it publishes: the MQTT path is bridges/mqtt.c's). */
+        if (rc == 0 && d->incidents && origin && route_topic && strncmp(route_topic, "incident/", 9) == 0)
+                km_incidents_heard(d->incidents, origin, route_topic + 9, payload, len);
+        return rc;
 }
 
 int km_daemon_put_aside(struct km_daemon *d, const char *topic, int prio, const void *payload, size_t len,
@@ -424,12 +432,24 @@ static int ingest_ex(struct km_daemon *d, int dir, const char *topic, const char
          * fault refuses at once (the spool retries the disk by itself): the broker keeps
          * the message, and no thread, the loop least of all, waits for the disk. */
         rc = km_spool_push(d->spool, &m);
+        if (rc == 0 && x && x->id_out)
+                *x->id_out = m.id;
         if (rc < 0 && rc != -EMSGSIZE && __atomic_fetch_add(&d->rejected, 1, __ATOMIC_RELAXED) % 1000 == 0)
                 KM_LOG(KM_LOG_WARNING, "spool", "not stored, not acknowledged: a message on '%s' (%s; %llu so far)", topic,
                        strerror(-rc), (unsigned long long)__atomic_load_n(&d->rejected, __ATOMIC_RELAXED));
         if (rc == -EMSGSIZE)
                 KM_LOG(KM_LOG_ERR, "spool", "message on '%s' too large (%zu bytes): not stored", topic, len);
         return rc;
+}
+
+int km_daemon_ingest_class(struct km_daemon *d, int dir, const char *topic, const char *cls, const void *payload,
+                           size_t len, bool retain, uint64_t *id)
+{
+        struct ingest_extra x = { .prio = -1, .id_out = id };
+        pthread_rwlock_rdlock(&d->route_lock);
+        bool known = km_route_find(&d->route, cls) != NULL;
+        pthread_rwlock_unlock(&d->route_lock);
+        return ingest_ex(d, dir, topic, known ? cls : NULL, payload, len, retain, NULL, &x);
 }
 
 int km_daemon_ingest_keyed(struct km_daemon *d, int dir, const char *topic, const void *payload, size_t len,
@@ -894,6 +914,8 @@ void km_daemon_deinit(struct km_daemon *d)
                 free(d->links[i]);
         }
         sd_event_source_disable_unref(d->announce_src);
+        km_calls_free(d->calls); /* their tables live in the spool's file */
+        km_incidents_free(d->incidents);
         km_spool_close(d->spool);
         d->turn_src = sd_event_source_disable_unref(d->turn_src);
         sd_event_unref(d->ev);

@@ -37,6 +37,9 @@ struct km_node_conf {
  * the base's own client published (or its will). */
 enum km_peer_state { KM_PEER_UNKNOWN = -1, KM_PEER_OFFLINE = 0, KM_PEER_ONLINE = 1 };
 
+struct km_calls;
+struct km_incidents;
+
 struct km_peer {
         char *name;
         int state;        /* enum km_peer_state */
@@ -92,6 +95,8 @@ struct km_daemon {
         struct km_peer peers[KM_MAX_PEERS]; /* center: the bases its narrow links serve (loop) */
         size_t npeers;
         sd_event_source *announce_src; /* base: the node status again once an MQTT link is up */
+        struct km_calls *calls; /* base: calls (gateway/calls.c); NULL on a center */
+        struct km_incidents *incidents; /* base: response timelines (gateway/incidents.c) */
 };
 
 /* The wall clock messages are stamped and expired by: d->clock when it answers, else
@@ -130,6 +135,12 @@ int km_daemon_ingest(struct km_daemon *d, int dir, const char *topic, const void
  * and time bucket, which thins a track instead of keeping only its end. */
 int km_daemon_ingest_keyed(struct km_daemon *d, int dir, const char *topic, const void *payload, size_t len,
                            bool retain, const char *ckey_suffix);
+
+/* Loop thread: kuimen's own message on topic in class cls (by the route when there is
+ * no such class), durable when it returns 0 as km_daemon_ingest; *id (may be NULL)
+ * gets its spool id. */
+int km_daemon_ingest_class(struct km_daemon *d, int dir, const char *topic, const char *cls, const void *payload,
+                           size_t len, bool retain, uint64_t *id);
 
 /* Loop thread (narrow links on a center): a message another node sent over a narrow
  * link, to be published on the local broker as topic, in the class route_topic has at

@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #define EXIT_FAILED 1      /* the daemon answered with an error, or a reload was refused */
@@ -28,18 +29,34 @@ static void usage(FILE *out)
               "       kuimenctl --version | --help\n"
               "       kuimenctl key new\n"
               "       kuimenctl [--socket PATH] spool dead|retry ID|all|drop ID|all [--json]\n"
+              "       kuimenctl [--socket PATH] call ID LEVEL TEXT RECIPIENT[,RECIPIENT...] [--respond-within S]\n"
+              "                 [--repeat-every S] [--escalate-to R[,R...]] [--escalate-after S]\n"
+              "       kuimenctl [--socket PATH] call show [ID] [--json] | call close ID\n"
+              "       kuimenctl [--socket PATH] incident open ID LAT LON RADIUS UNIT[,UNIT...] [--call CALLID]\n"
+              "       kuimenctl [--socket PATH] incident show [ID] [--json|--csv] | incident close ID\n"
               "  status   node, links, spool by class, counters\n"
               "  links    the links with state, reason and counts\n"
               "  spool    depth, bytes and oldest by class, and the next messages to leave\n"
               "  spool dead          messages set aside because a peer can never take them\n"
               "  spool retry ID|all  send set-aside messages back to the queue (at its tail)\n"
               "  spool drop ID|all   delete set-aside messages\n"
+              "  call ID LEVEL TEXT RECIPIENTS  raise a call (docs/calls.md): LEVEL blue|yellow|orange|red,\n"
+              "           RECIPIENTS units or [calls group] names, comma-separated; unset deadlines take\n"
+              "           the level's from [calls level LEVEL]\n"
+              "  call show [ID]  the calls (open and recently closed), or one with each recipient\n"
+              "  call close ID   close a call: its retained copies are taken off the terminals' topics\n"
+              "  incident open ID LAT LON RADIUS UNITS  open an incident: its place (RADIUS in m) and\n"
+              "           assigned units; --call names the call that dispatched them\n"
+              "  incident show [ID]  the incidents, or one's timeline per unit: reacted, turned out,\n"
+              "           arrived, withdrew (--csv: one line a unit)\n"
+              "  incident close ID   close an incident: its timeline stops\n"
               "  reload   reload routes and classes, and read narrow links' key files again (as SIGHUP);\n"
               "           lists each changed key that needs a restart (\"restart needed: [link center] uri\")\n"
               "  key new  print a fresh random narrow-link key (32 bytes, base64) for key_file;\n"
               "           the daemon is not asked\n"
               "  -s, --socket PATH  the daemon's control socket (see below)\n"
               "  -j, --json         print the daemon's JSON reply as it is\n"
+              "      --csv          incident show ID: the timeline as CSV\n"
               "  -V, --version      print the version\n"
               "  -h, --help         this text\n"
               "The socket is --socket, else the first that exists of $RUNTIME_DIRECTORY/kuimen.sock,\n"
@@ -111,11 +128,15 @@ static int dial(const char *path)
  * (caller frees) or NULL, having said why. */
 static char *ask(int fd, const char *cmd)
 {
-        char line[128];
+        char line[8200];
         size_t len = 0, cap = 0;
         char *buf = NULL;
         int n = snprintf(line, sizeof(line), "%s\n", cmd);
 
+        if (n >= (int)sizeof(line)) {
+                fputs("kuimenctl: request too long\n", stderr);
+                return NULL;
+        }
         if (send(fd, line, (size_t)n, MSG_NOSIGNAL) != n) {
                 perror("kuimenctl: send");
                 return NULL;
@@ -462,6 +483,11 @@ static void print_dead(const cJSON *r)
                 printf("(the oldest %d shown)\n", cJSON_GetArraySize(dead));
 }
 
+static void print_calls(const cJSON *r);
+static void print_incidents(const cJSON *r, bool csv);
+
+static bool csv_out;
+
 /* Prints the reply of cmd; returns the exit code. */
 static int print_reply(const char *cmd, const cJSON *r)
 {
@@ -470,6 +496,14 @@ static int print_reply(const char *cmd, const cJSON *r)
         if (cJSON_IsString(err)) {
                 fprintf(stderr, "kuimen: %s\n", err->valuestring);
                 return EXIT_FAILED;
+        }
+        if (strcmp(cmd, "call") == 0) {
+                print_calls(r);
+                return 0;
+        }
+        if (strcmp(cmd, "incident") == 0) {
+                print_incidents(r, csv_out);
+                return 0;
         }
         if (cJSON_GetObjectItemCaseSensitive(r, "dead")) {
                 print_dead(r);
@@ -521,9 +555,200 @@ static int json_exit(const cJSON *r)
         return cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(r, "restart_needed")) > 0 ? EXIT_RESTART : 0;
 }
 
+/* ---- calls ------------------------------------------------------------------------- */
+
+static const char *shown_time(const cJSON *o, const char *key)
+{
+        const char *s = str(o, key);
+        return *s ? s : "-";
+}
+
+static void print_calls(const cJSON *r)
+{
+        const cJSON *c, *one = cJSON_GetObjectItemCaseSensitive(r, "call"), *x;
+        if (cJSON_IsString(one)) {
+                printf("call %s\n", one->valuestring);
+                return;
+        }
+        if (cJSON_IsObject(one)) {
+                printf("call %s  %s  %s (from %s)  raised %s%s%s\n", str(one, "id"), str(one, "level"), str(one, "state"),
+                       str(one, "from"), shown_time(one, "created"), *str(one, "closed") ? "  closed " : "",
+                       str(one, "closed"));
+                printf("  respond within %.0f s, repeat every %.0f s, escalate after %.0f s (%.0f escalations)\n",
+                       num(one, "respond_within"), num(one, "repeat_every"), num(one, "escalate_after"),
+                       num(one, "escalations"));
+                printf("  text: %s\n", str(one, "text"));
+                printf("%-12s  %-9s  %4s  %5s  %-24s  %-24s  %s\n", "UNIT", "STATE", "STEP", "SENDS", "DELIVERED",
+                       "ANSWERED", "ANSWER");
+                cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(one, "recipients"))
+                        printf("%-12s  %-9s  %4.0f  %5.0f  %-24s  %-24s  %s\n", str(x, "unit"), str(x, "state"), num(x, "step"),
+                               num(x, "sends"), shown_time(x, "delivered"), shown_time(x, "answered"), str(x, "answer"));
+                return;
+        }
+        printf("%.0f open call%s; %.0f answers, %.0f repeats, %.0f escalations; refused: %.0f commands, %.0f answers\n",
+               num(r, "open"), num(r, "open") == 1 ? "" : "s", num(r, "answers"), num(r, "repeats"), num(r, "escalations"), num(r, "bad_commands"),
+               num(r, "bad_answers"));
+        const cJSON *all = cJSON_GetObjectItemCaseSensitive(r, "calls");
+        if (!cJSON_GetArraySize(all))
+                return;
+        printf("%-20s  %-6s  %-9s  %-6s  %-24s  %8s  %s\n", "ID", "LEVEL", "STATE", "FROM", "RAISED", "ANSWERED", "TEXT");
+        cJSON_ArrayForEach(c, all) {
+                char ans[32];
+                snprintf(ans, sizeof(ans), "%.0f/%.0f", num(c, "answered_n"), num(c, "recipients_n"));
+                printf("%-20s  %-6s  %-9s  %-6s  %-24s  %8s  %.60s\n", str(c, "id"), str(c, "level"), str(c, "state"),
+                       str(c, "from"), shown_time(c, "created"), ans, str(c, "text"));
+        }
+}
+
+/* ---- incidents ------------------------------------------------------------------------ */
+
+static const char *iso(const cJSON *o, const char *key, char *buf, size_t n)
+{
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+        if (!cJSON_IsNumber(v))
+                return "";
+        time_t t = (time_t)v->valuedouble;
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        strftime(buf, n, "%Y-%m-%dT%H:%M:%SZ", &tm);
+        return buf;
+}
+
+static void print_incidents(const cJSON *r, bool csv)
+{
+        char a[4][32];
+        const cJSON *x = cJSON_GetObjectItemCaseSensitive(r, "incident"), *u;
+        if (cJSON_IsString(x)) {
+                printf("incident %s\n", x->valuestring);
+                return;
+        }
+        if (cJSON_IsObject(x)) {
+                if (csv)
+                        printf("incident,unit,reacted,turned_out,arrived,withdrew\n");
+                else
+                        printf("incident %s  %s  %.6f, %.6f  radius %.0f m  opened %s%s%s\n%-12s  %-20s  %-20s  %-20s  %s\n",
+                               str(x, "id"), str(x, "state"), num(x, "lat"), num(x, "lon"), num(x, "radius"),
+                               iso(x, "opened", a[0], sizeof(a[0])), *str(x, "call") ? "  call " : "", str(x, "call"),
+                               "UNIT", "REACTED", "TURNED OUT", "ARRIVED", "WITHDREW");
+                cJSON_ArrayForEach(u, cJSON_GetObjectItemCaseSensitive(x, "units")) {
+                        iso(u, "reacted", a[0], sizeof(a[0]));
+                        iso(u, "turned_out", a[1], sizeof(a[1]));
+                        iso(u, "arrived", a[2], sizeof(a[2]));
+                        iso(u, "withdrew", a[3], sizeof(a[3]));
+                        const char *r0 = cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(u, "reacted")) ? a[0] : "";
+                        const char *r1 = cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(u, "turned_out")) ? a[1] : "";
+                        const char *r2 = cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(u, "arrived")) ? a[2] : "";
+                        const char *r3 = cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(u, "withdrew")) ? a[3] : "";
+                        if (csv)
+                                printf("%s,%s,%s,%s,%s,%s\n", str(x, "id"), str(u, "unit"), r0, r1, r2, r3);
+                        else
+                                printf("%-12s  %-20s  %-20s  %-20s  %s\n", str(u, "unit"), *r0 ? r0 : "-", *r1 ? r1 : "-",
+                                       *r2 ? r2 : "-", *r3 ? r3 : "-");
+                }
+                return;
+        }
+        printf("%-16s  %-6s  %-24s  %8s  %s\n", "ID", "STATE", "OPENED", "UNITS", "PLACE");
+        cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(r, "incidents"))
+                printf("%-16s  %-6s  %-24s  %8d  %.6f, %.6f, %.0f m\n", str(x, "id"), str(x, "state"),
+                       iso(x, "opened", a[0], sizeof(a[0])), cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(x, "units")),
+                       num(x, "lat"), num(x, "lon"), num(x, "radius"));
+}
+
+/* kuimenctl incident open ID LAT LON RADIUS UNITS [--call ID]. */
+static int incident_request(char *req, size_t n, char **pos, int npos, const char *call)
+{
+        cJSON *o = cJSON_CreateObject(), *a;
+        char *end;
+        double v[3];
+        if (npos != 5 || !o)
+                goto usage;
+        for (int k = 0; k < 3; k++) {
+                v[k] = strtod(pos[1 + k], &end);
+                if (end == pos[1 + k] || *end) {
+                        fprintf(stderr, "kuimenctl: '%s' is not a number\n", pos[1 + k]);
+                        cJSON_Delete(o);
+                        return EXIT_USAGE;
+                }
+        }
+        cJSON_AddStringToObject(o, "id", pos[0]);
+        cJSON_AddNumberToObject(o, "lat", v[0]);
+        cJSON_AddNumberToObject(o, "lon", v[1]);
+        cJSON_AddNumberToObject(o, "radius", v[2]);
+        a = cJSON_AddArrayToObject(o, "units");
+        char buf[2048];
+        snprintf(buf, sizeof(buf), "%s", pos[4]);
+        char *save = NULL;
+        for (char *t = strtok_r(buf, ", ", &save); t; t = strtok_r(NULL, ", ", &save))
+                cJSON_AddItemToArray(a, cJSON_CreateString(t));
+        if (call)
+                cJSON_AddStringToObject(o, "call", call);
+        char *j = cJSON_PrintUnformatted(o);
+        cJSON_Delete(o);
+        if (!j || snprintf(req, n, "incident %s", j) >= (int)n) {
+                fputs("kuimenctl: incident too long\n", stderr);
+                free(j);
+                return EXIT_USAGE;
+        }
+        free(j);
+        return 0;
+usage:
+        cJSON_Delete(o);
+        usage(stderr);
+        return EXIT_USAGE;
+}
+
+/* kuimenctl call ID LEVEL TEXT RECIPIENTS [options]: the call as one line of JSON. */
+static int call_request(char *req, size_t n, char **pos, int npos, const char *respond, const char *repeat,
+                        const char *esc_to, const char *esc_after)
+{
+        cJSON *o = cJSON_CreateObject(), *a;
+        const char *nums[3][2] = { { "respond_within", respond }, { "repeat_every", repeat }, { "escalate_after", esc_after } };
+        if (npos != 4 || !o)
+                goto usage;
+        cJSON_AddStringToObject(o, "id", pos[0]);
+        cJSON_AddStringToObject(o, "level", pos[1]);
+        cJSON_AddStringToObject(o, "text", pos[2]);
+        for (int k = 0; k < 2; k++) {
+                const char *list = k ? esc_to : pos[3];
+                if (!list)
+                        continue;
+                a = cJSON_AddArrayToObject(o, k ? "escalate_to" : "recipients");
+                char buf[2048];
+                snprintf(buf, sizeof(buf), "%s", list);
+                char *save = NULL;
+                for (char *t = strtok_r(buf, ", ", &save); t; t = strtok_r(NULL, ", ", &save))
+                        cJSON_AddItemToArray(a, cJSON_CreateString(t));
+        }
+        for (int k = 0; k < 3; k++) {
+                if (!nums[k][1])
+                        continue;
+                char *end;
+                double v = strtod(nums[k][1], &end);
+                if (end == nums[k][1] || *end || v < 0) {
+                        fprintf(stderr, "kuimenctl: --%s: '%s' is not a number of seconds\n", nums[k][0], nums[k][1]);
+                        cJSON_Delete(o);
+                        return EXIT_USAGE;
+                }
+                cJSON_AddNumberToObject(o, nums[k][0], v);
+        }
+        char *j = cJSON_PrintUnformatted(o);
+        cJSON_Delete(o);
+        if (!j || snprintf(req, n, "call %s", j) >= (int)n) {
+                fputs("kuimenctl: call too long\n", stderr);
+                free(j);
+                return EXIT_USAGE;
+        }
+        free(j);
+        return 0;
+usage:
+        cJSON_Delete(o);
+        usage(stderr);
+        return EXIT_USAGE;
+}
+
 static bool is_command(const char *cmd)
 {
-        static const char *const cmds[] = { "status", "links", "spool", "reload", NULL };
+        static const char *const cmds[] = { "status", "links", "spool", "reload", "call", "incident", NULL };
         for (int i = 0; cmd && cmds[i]; i++)
                 if (strcmp(cmd, cmds[i]) == 0)
                         return true;
@@ -537,8 +762,15 @@ int main(int argc, char **argv)
                 { "json", no_argument, NULL, 'j' },
                 { "help", no_argument, NULL, 'h' },
                 { "version", no_argument, NULL, 'V' },
+                { "respond-within", required_argument, NULL, 'r' },
+                { "repeat-every", required_argument, NULL, 'e' },
+                { "escalate-to", required_argument, NULL, 't' },
+                { "escalate-after", required_argument, NULL, 'a' },
+                { "call", required_argument, NULL, 'C' },
+                { "csv", no_argument, NULL, 'v' },
                 { NULL, 0, NULL, 0 },
         };
+        const char *respond = NULL, *repeat = NULL, *esc_to = NULL, *esc_after = NULL, *inc_call = NULL;
         char path[512] = "";
         bool json = false;
         int o, rc;
@@ -549,11 +781,17 @@ int main(int argc, char **argv)
                 case 'j': json = true; break;
                 case 'h': usage(stdout); return 0;
                 case 'V': puts("kuimenctl " KM_VERSION); return 0;
+                case 'r': respond = optarg; break;
+                case 'e': repeat = optarg; break;
+                case 't': esc_to = optarg; break;
+                case 'a': esc_after = optarg; break;
+                case 'C': inc_call = optarg; break;
+                case 'v': csv_out = true; break;
                 default: usage(stderr); return EXIT_USAGE;
                 }
         }
         const char *cmd = optind < argc ? argv[optind] : NULL;
-        char req[96];
+        char req[8192];
         /* key new: a key for key_file (gateway/auth.c), from the kernel's generator. */
         if (cmd && strcmp(cmd, "key") == 0) {
                 unsigned char k[32];
@@ -576,12 +814,42 @@ int main(int argc, char **argv)
                     ((strcmp(argv[optind + 1], "dead") == 0 && more == 1) ||
                      ((strcmp(argv[optind + 1], "retry") == 0 || strcmp(argv[optind + 1], "drop") == 0) && more == 2 &&
                       strlen(argv[optind + 2]) < 24));
-        if (!is_command(cmd) || (more && !dead)) {
+        bool call = cmd && strcmp(cmd, "call") == 0;
+        bool call_op = call && more >= 1 &&
+                       ((strcmp(argv[optind + 1], "show") == 0 && more <= 2) ||
+                        (strcmp(argv[optind + 1], "close") == 0 && more == 2));
+        if ((respond || repeat || esc_to || esc_after) && (!call || call_op)) {
                 usage(stderr);
                 return EXIT_USAGE;
         }
-        snprintf(req, sizeof(req), "%s%s%s%s%s", cmd, more ? " " : "", more ? argv[optind + 1] : "",
-                 more == 2 ? " " : "", more == 2 ? argv[optind + 2] : "");
+        bool inc = cmd && strcmp(cmd, "incident") == 0;
+        bool inc_open = inc && more >= 1 && strcmp(argv[optind + 1], "open") == 0;
+        bool inc_op = inc && more >= 1 &&
+                      ((strcmp(argv[optind + 1], "show") == 0 && more <= 2) ||
+                       (strcmp(argv[optind + 1], "close") == 0 && more == 2));
+        if ((inc_call && !inc_open) || (csv_out && !(inc_op && more == 2 && argv[optind + 1][0] == 's'))) {
+                usage(stderr);
+                return EXIT_USAGE;
+        }
+        if (inc_open) {
+                if ((rc = incident_request(req, sizeof(req), argv + optind + 2, more - 1, inc_call)))
+                        return rc;
+        } else if (inc && !inc_op) {
+                usage(stderr);
+                return EXIT_USAGE;
+        } else if (inc) {
+                snprintf(req, sizeof(req), "incident %s%s%.100s", argv[optind + 1], more == 2 ? " " : "",
+                         more == 2 ? argv[optind + 2] : "");
+        } else if (call && !call_op) {
+                if ((rc = call_request(req, sizeof(req), argv + optind + 1, more, respond, repeat, esc_to, esc_after)))
+                        return rc;
+        } else if (!is_command(cmd) || (more && !dead && !call_op) || (call && !more)) {
+                usage(stderr);
+                return EXIT_USAGE;
+        } else {
+                snprintf(req, sizeof(req), "%s%s%s%s%.100s", cmd, more ? " " : "", more ? argv[optind + 1] : "",
+                         more == 2 ? " " : "", more == 2 ? argv[optind + 2] : "");
+        }
         if (!*path)
                 default_socket(path, sizeof(path));
         int fd = dial(path);

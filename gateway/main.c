@@ -9,6 +9,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "calls.h"
+#include "incidents.h"
 #include "control.h"
 #include "daemon.h"
 #include "log.h"
@@ -170,8 +172,8 @@ static int check_all(struct km_conf *c, struct km_node_conf *n)
         for (size_t i = 0; i < c->nsections; i++) {
                 const char *s = c->sections[i];
                 if (strcmp(s, "node") == 0 || strcmp(s, "local") == 0 || strcmp(s, "gnss") == 0 || strcmp(s, "positions") == 0 ||
-                    strcmp(s, "control") == 0 || strcmp(s, "metrics") == 0 ||
-                    is_section(s, "class "))
+                    strcmp(s, "control") == 0 || strcmp(s, "metrics") == 0 || strcmp(s, "calls") == 0 ||
+                    strcmp(s, "incidents") == 0 || is_section(s, "calls ") || is_section(s, "class "))
                         continue;
                 if (is_section(s, "link ") && s[5]) {
                         const char *type = km_conf_get(c, s, "type");
@@ -189,6 +191,8 @@ static int check_all(struct km_conf *c, struct km_node_conf *n)
         km_positions_check(c);
         km_control_check(c);
         km_metrics_check(c);
+        km_calls_check(c);
+        km_incidents_check(c);
         km_conf_check_unused(c);
         return c->nerrors ? -EINVAL : 0;
 }
@@ -255,6 +259,8 @@ int main(int argc, char **argv)
                         km_positions_print_help(stdout);
                         km_control_print_help(stdout);
                         km_metrics_print_help(stdout);
+                        km_calls_print_help(stdout);
+                        km_incidents_print_help(stdout);
                         km_route_print_help(stdout);
                         return 0;
                 case 'P': fputs(km_default_config, stdout); return 0;
@@ -295,6 +301,10 @@ int main(int argc, char **argv)
         d.live = live;
         d.check_config = check_config;
         d.clock = km_gnss_clock;
+        if (rc == 0 && strcmp(d.node.role, "base") == 0)
+                rc = km_calls_start(&d, &c);
+        if (rc == 0)
+                rc = km_incidents_start(&d, &c);
         if (rc == 0)
                 rc = km_mqtt_local_start(&d, &c);
         /* mqtt links first: a narrow link on a center takes their topic prefix. */

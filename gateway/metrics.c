@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "calls.h"
 #include "control.h"
 #include "daemon.h"
 #include "log.h"
@@ -419,6 +420,18 @@ static void put_all(struct km_control_buf *b, struct km_daemon *d)
         put_board(b, d, now);
         one(b, "kuimen_config_reload_failures_total", "counter", "Reloads refused because the config had errors.",
             d->bad_config_reloads);
+        if (d->calls) { /* a base */
+                struct km_calls_stats cs;
+                km_calls_stats(d->calls, &cs);
+                one(b, "kuimen_calls_open", "gauge", "Calls open (not closed).", cs.open);
+                one(b, "kuimen_calls_answers_total", "counter", "Answers taken from terminals (changes only).", cs.answers);
+                one(b, "kuimen_calls_repeats_total", "counter", "Copies of calls sent again to unanswered recipients.",
+                    cs.repeats);
+                one(b, "kuimen_calls_escalations_total", "counter", "Escalation steps taken.", cs.escalations);
+                one(b, "kuimen_calls_changes_total", "counter", "Changes of calls spooled upstream.", cs.changes);
+                one(b, "kuimen_calls_refused_total", "counter", "Call commands and answers refused as bad input.",
+                    cs.bad_commands + cs.bad_answers);
+        }
 }
 
 /* ---- HTTP/1.0 -------------------------------------------------------------------- */

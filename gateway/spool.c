@@ -2545,3 +2545,56 @@ int km_spool_dead_drop(struct km_spool *sp, uint64_t id)
                 KM_LOG(KM_LOG_NOTICE, "spool", "dropped %lld set-aside message%s", (long long)n, n == 1 ? "" : "s");
         return (int)n;
 }
+
+/* ---- tables of other modules ------------------------------------------------------
+ *
+ * Other modules keep small tables in the spool's SQLite file (gateway/calls.c: calls
+ * and their recipients), so that one file holds everything a kill or a power cut must
+ * not take, under the one connection and its exclusive lock. They write between the
+ * spool's own calls, on the loop thread, inside km_spool_tx_begin/km_spool_tx_end: the
+ * spool's open transaction (its deletes, at most COMMIT_EVERY_MS old) commits first or
+ * with theirs, which is what its own commit would have done a little later. A failed
+ * write rolls back theirs and the spool's deletes alike (a delete lost only sends its
+ * message again) and starts the storage fault as any failed commit does.
+ */
+
+struct sqlite3 *km_spool_sqlite(struct km_spool *sp)
+{
+        return sp->db;
+}
+
+int km_spool_tx_begin(struct km_spool *sp, bool full)
+{
+        return full ? tx_begin_full(sp) : tx_begin(sp);
+}
+
+int km_spool_tx_end(struct km_spool *sp, bool full, bool commit, const char *what)
+{
+        int rc = 0;
+        if (commit)
+                rc = full ? tx_end_full(sp) : tx_commit(sp);
+        else
+                rc = -EIO;
+        if (rc < 0) {
+                tx_failed(sp, rc, what);
+                if (full && set_sync(sp, "NORMAL") < 0)
+                        KM_LOG(KM_LOG_WARNING, "spool", "%s: back to synchronous=NORMAL failed", sp->path);
+        }
+        return rc;
+}
+
+bool km_spool_holds(struct km_spool *sp, uint64_t id)
+{
+        bool held = false;
+        sqlite3_stmt *s;
+        pthread_mutex_lock(&sp->mu);
+        for (size_t i = 0; i < sp->npend && !held; i++)
+                held = sp->pend[i].id == id && !sp->pend[i].gone;
+        pthread_mutex_unlock(&sp->mu);
+        if (held || sqlite3_prepare_v2(sp->db, "SELECT 1 FROM msg WHERE id=?", -1, &s, NULL) != SQLITE_OK)
+                return held;
+        sqlite3_bind_int64(s, 1, (int64_t)id);
+        held = sqlite3_step(s) == SQLITE_ROW;
+        sqlite3_finalize(s);
+        return held;
+}

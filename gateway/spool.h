@@ -189,4 +189,27 @@ int km_spool_dead_retry(struct km_spool *sp, uint64_t id);
  * many, or a negative errno. */
 int km_spool_dead_drop(struct km_spool *sp, uint64_t id);
 
+/* ---- tables of other modules (gateway/calls.c) ----
+ * Loop thread only. A module keeps its own tables in the spool's SQLite file and
+ * writes them between km_spool_tx_begin and km_spool_tx_end, never across another
+ * spool call. */
+struct sqlite3;
+
+/* The spool's connection (borrowed; valid until km_spool_close). */
+struct sqlite3 *km_spool_sqlite(struct km_spool *sp);
+
+/* Opens a write transaction (joining the spool's open one, which then commits with
+ * it). full: its commit fsyncs the WAL (synchronous=FULL) before it returns, for state
+ * an acknowledgement is about to vouch for. 0 or a negative errno. */
+int km_spool_tx_begin(struct km_spool *sp, bool full);
+
+/* Ends it: commit (true) or roll back; what (static text) names the work in the log
+ * when it failed. A failure starts the spool's storage fault as a failed commit of its
+ * own does. Pass the full given to km_spool_tx_begin. 0 or a negative errno. */
+int km_spool_tx_end(struct km_spool *sp, bool full, bool commit, const char *what);
+
+/* Loop thread. Whether message id is still queued (pending or in SQLite): not yet
+ * acknowledged, expired or set aside. */
+bool km_spool_holds(struct km_spool *sp, uint64_t id);
+
 #endif

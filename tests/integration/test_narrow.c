@@ -381,3 +381,132 @@ Test(narrow, bad_dictionary_refused_by_check_config, .timeout = 30)
         cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
         h_cleanup(dir);
 }
+
+/* ---- calls (issue 14) over a BeiDou-sized link ---------------------------------------- */
+
+static int rec_count_json(struct h_rec *r, const char *topic, const char *needle)
+{
+        int k = 0;
+        pthread_mutex_lock(&r->mu);
+        for (size_t i = 0; i < r->n; i++)
+                k += strcmp(r->m[i].topic, topic) == 0 && (!needle || strstr(r->m[i].payload, needle));
+        pthread_mutex_unlock(&r->mu);
+        return k;
+}
+
+/* The base's only way out is a 77-byte link at 2 400 bit/s losing 5% of its frames: a
+ * call from the center comes down it; then the air is cut for the whole call while the
+ * terminals answer (3 of 5), repeats and the escalation run; once it is back every
+ * change goes up it, in order, none missing (each recipient's change fits one frame:
+ * docs/calls.md). */
+Test(narrow, calls_over_77_byte_link, .timeout = 120)
+{
+        struct h_pair k;
+        struct h_rec term, ctr;
+        char cmd[600], out[4096];
+        struct h_pair_conf conf = { .link_keys = "mtu = 77\nbitrate = 2400\nloss = 0.05\nseed = 5\nrto = 1s\nack_timeout = 2s",
+                                    .relay = true,
+                                    .base_extra = "[calls]\ntick = 50ms\n[calls level red]\nrespond_within = 2s\n"
+                                                  "repeat_every = 1s\nescalate_to = chief\n",
+                                    .debug = true };
+        h_pair_init(&k, "narrow-calls");
+        h_rec_start(&term, k.local.port, "terminals", "call/+");
+        h_rec_start(&ctr, k.center.port, "center-app", "kuimen/north/call/#");
+        h_pair_start(&k, &conf);
+        MQTTAsync_message m = MQTTAsync_message_initializer;
+        MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+        const char *call = "{\"id\":\"n1\",\"level\":\"red\",\"text\":\"Flash flood\",\"recipients\":[\"u1\",\"u2\",\"u3\",\"u4\",\"u5\"]}";
+        m.payload = (void *)call;
+        m.payloadlen = (int)strlen(call);
+        m.qos = 1;
+        cr_assert_eq(MQTTAsync_sendMessage(ctr.c, "kuimen/north/cmd/call", &m, &ro), 0);
+        int64_t until = h_now_ms() + 30000;
+        while (rec_count_json(&term, "call/u5", "\"id\":\"n1\"") < 1 && h_now_ms() < until)
+                h_sleep_ms(20);
+        cr_assert_geq(rec_count_json(&term, "call/u5", "\"id\":\"n1\""), 1, "the center's call came down the narrow link");
+        h_sleep_ms(300); /* the open change and the deliveries leave */
+        k.relay.cut = true;
+        h_sleep_ms(200); /* what crossed before the cut reaches the center's broker */
+        size_t at_cut = rec_count_json(&ctr, "kuimen/north/call/n1", NULL);
+        const char *ans[][2] = { { "u1", "acting" }, { "u2", "done" }, { "u3", "cannot" } };
+        for (int i = 0; i < 3; i++) {
+                char topic[32], p[96];
+                MQTTAsync_message a = MQTTAsync_message_initializer;
+                MQTTAsync_responseOptions aro = MQTTAsync_responseOptions_initializer;
+                snprintf(topic, sizeof(topic), "call/%s/answer", ans[i][0]);
+                snprintf(p, sizeof(p), "{\"id\":\"n1\",\"status\":\"%s\"}", ans[i][1]);
+                a.payload = p;
+                a.payloadlen = (int)strlen(p);
+                a.qos = 1;
+                cr_assert_eq(MQTTAsync_sendMessage(term.c, topic, &a, &aro), 0);
+                cr_assert_eq(MQTTAsync_waitForCompletion(term.c, aro.token, 5000), 0);
+        }
+        h_sleep_ms(2600); /* repeats, overdue, escalation */
+        const char *ctl = getenv("KM_KUIMENCTL");
+        snprintf(cmd, sizeof(cmd), "%s --socket %s/base/kuimen.sock call close n1 && %s --socket %s/base/kuimen.sock call show --json",
+                 ctl, k.dir, ctl, k.dir);
+        FILE *f = popen(cmd, "r");
+        size_t len = fread(out, 1, sizeof(out) - 1, f);
+        out[len] = 0;
+        cr_assert_eq(pclose(f), 0, "%s", out);
+        cr_assert_eq(rec_count_json(&ctr, "kuimen/north/call/n1", NULL), (int)at_cut, "nothing crosses the cut air");
+        k.relay.cut = false;
+        const char *ch = strstr(out, "\"changes\":");
+        cr_assert_not_null(ch, "%s", out);
+        int want = atoi(ch + 10);
+        cr_assert_geq(want, 1 + 5 + 3 + 2 + 1 + 1 + 1, "open, 5 deliveries, 3 answers, 2 overdue, escalation, chief, close");
+        until = h_now_ms() + 60000;
+        while (rec_count_json(&ctr, "kuimen/north/call/n1", NULL) < want && h_now_ms() < until)
+                h_sleep_ms(50);
+        h_sleep_ms(500);
+        /* Every change once (the link acknowledges end to end: a frame sent again is
+         * not a message published twice), in order. */
+        pthread_mutex_lock(&ctr.mu);
+        size_t n = ctr.n;
+        int last_t = 0;
+        uint64_t last_id = 0;
+        for (size_t i = 0; i < n; i++) {
+                const struct h_msg *x = &ctr.m[i];
+                cr_assert_str_eq(x->topic, "kuimen/north/call/n1");
+                cr_assert_str_eq(x->origin, "north");
+                cr_assert_gt(x->id, last_id, "in order: kuimen-id %llu after %llu", (unsigned long long)x->id,
+                             (unsigned long long)last_id);
+                last_id = x->id;
+                const char *t = strstr(x->payload, "\"t\":");
+                if (t) {
+                        cr_assert_geq(atoi(t + 4), last_t, "in order: %s", x->payload);
+                        last_t = atoi(t + 4);
+                }
+        }
+        cr_assert(strstr(ctr.m[0].payload, "\"state\":\"open\""), "%s", ctr.m[0].payload);
+        cr_assert(strstr(ctr.m[n - 1].payload, "\"state\":\"closed\""), "%s", ctr.m[n - 1].payload);
+        pthread_mutex_unlock(&ctr.mu);
+        cr_assert_eq((int)n, want, "every change crossed the narrow link: %zu of %d", n, want);
+        cr_assert_eq(rec_count_json(&ctr, "kuimen/north/call/n1", "{\"unit\":\"u1\",\"state\":\"acting\""), 1);
+        cr_assert_eq(rec_count_json(&ctr, "kuimen/north/call/n1", "{\"unit\":\"u2\",\"state\":\"done\""), 1);
+        cr_assert_eq(rec_count_json(&ctr, "kuimen/north/call/n1", "{\"unit\":\"u3\",\"state\":\"cannot\""), 1);
+        cr_assert_eq(rec_count_json(&ctr, "kuimen/north/call/n1", "\"state\":\"escalated\""), 1);
+        cr_log_info("calls over a 77-byte link: %zu changes", n);
+        /* An incident's timeline crosses too, and the center's kuimen keeps it. */
+        snprintf(cmd, sizeof(cmd), "%s --socket %s/base/kuimen.sock incident open --call n1 -- i5 30.5 109.4 100 u1,u2",
+                 ctl, k.dir);
+        cr_assert_eq(system(cmd), 0, "%s", cmd);
+        until = h_now_ms() + 30000;
+        do {
+                h_sleep_ms(200);
+                snprintf(cmd, sizeof(cmd), "%s --socket %s/center/kuimen.sock incident show north/i5 --json", ctl, k.dir);
+                f = popen(cmd, "r");
+                len = fread(out, 1, sizeof(out) - 1, f);
+                out[len] = 0;
+                pclose(f);
+        } while (!strstr(out, "\"id\":\"north/i5\"") && h_now_ms() < until);
+        cr_assert(strstr(out, "\"incident\":{\"id\":\"north/i5\",\"state\":\"open\""), "%s", out);
+        cr_assert(strstr(out, "{\"unit\":\"u2\",\"reacted\":null"), "%s", out);
+        h_rec_stop(&term);
+        h_rec_stop(&ctr);
+        h_rec_free(&term);
+        h_rec_free(&ctr);
+        h_pair_stop(&k);
+        cr_expect(WIFEXITED(k.base_exit) && WEXITSTATUS(k.base_exit) == 0, "base exits 0 (%d)", k.base_exit);
+        h_cleanup(k.dir);
+}

@@ -518,21 +518,24 @@ Test(tls, unit_publishes_only_its_own_topics)
         struct h_broker b;
         struct cli kuimen, unit7, unit8;
         static const char *const allowed[] = { "pos/unit7", "sensors/unit7/gas", "sensors/unit7/gas/ch4",
-                                               "alert/unit7/sos" };
+                                               "alert/unit7/sos", "call/unit7/answer" };
         static const char *const denied[] = { "pos/unit8",       "pos/unit7/x", "sensors/unit8/gas",
                                               "alert/unit8/sos", "status/unit7", "cmd/unit8/stop",
-                                              "cmd/unit7/ack",   "sensors" };
+                                              "cmd/unit7/ack",   "sensors",     "call/unit8/answer",
+                                              "call/unit7",      "call/unit8" };
         const int na = sizeof(allowed) / sizeof(*allowed), nd = sizeof(denied) / sizeof(*denied);
         h_tmpdir(dir, sizeof(dir), "aclpub");
         base_broker_start(&b, dir);
         cr_assert_eq(cli_connect(&kuimen, b.port, "kuimen-north", "kuimen", "kpass"), 0);
         cr_assert_eq(cli_connect(&unit7, b.port, "unit7-term", "unit7", "u7pass"), 0);
         cr_assert_eq(cli_connect(&unit8, b.port, "unit8-term", "unit8", "u8pass"), 0);
-        /* What kuimen reads (its [local] subscribe), and unit8's own commands. */
-        const char *const filters[] = { "sensors/#", "pos/#", "alert/#", "status/#" };
-        for (int i = 0; i < 4; i++)
+        /* What kuimen reads (its [local] subscribe, and the answers to calls), and unit8's
+         * own commands and calls. */
+        const char *const filters[] = { "sensors/#", "pos/#", "alert/#", "status/#", "call/+/answer" };
+        for (int i = 0; i < 5; i++)
                 cr_assert_eq(cli_sub(&kuimen, filters[i]), 1, "SUBACK for %s (granted QoS 1)", filters[i]);
         cr_assert_eq(cli_sub(&unit8, "cmd/unit8/#"), 1);
+        cr_assert_eq(cli_sub(&unit8, "call/unit8"), 1);
 
         for (int i = 0; i < na; i++) {
                 int rc = cli_pub(&unit7, allowed[i], "ok");
@@ -546,7 +549,7 @@ Test(tls, unit_publishes_only_its_own_topics)
         cr_assert_eq(cli_count(&kuimen), na, "kuimen received %d, want exactly the %d allowed", cli_count(&kuimen), na);
         for (int i = 0; i < na; i++)
                 cr_assert_str_eq(kuimen.topics[i], allowed[i]);
-        cr_assert_eq(cli_count(&unit8), 0, "a forged command reached unit8");
+        cr_assert_eq(cli_count(&unit8), 0, "a forged command or call reached unit8");
         cr_assert_eq(grep2(b.p.log, "Denied PUBLISH from unit7-term", NULL), nd, "broker log: %s", b.p.log);
         cli_close(&unit7);
         cli_close(&unit8);
@@ -587,6 +590,22 @@ Test(tls, unit_reads_only_its_own_commands)
         cr_assert_str_eq(wild.topics[0], "cmd/unit7/go");
         cr_assert_eq(cli_count(&readings), 0, "unit7 read another unit's readings");
         cr_assert_eq(cli_count(&unit8), 2);
+        /* Calls alike: unit7 on call/+ gets its own call only; kuimen reads answers. */
+        struct cli calls7, answers;
+        cr_assert_eq(cli_connect(&calls7, b.port, "unit7-calls", "unit7", "u7pass"), 0);
+        cr_assert_eq(cli_connect(&answers, b.port, "kuimen-answers", "kuimen", "kpass"), 0);
+        cr_assert_eq(cli_sub(&calls7, "call/+"), 1);
+        cr_assert_eq(cli_sub(&answers, "call/+/answer"), 1);
+        cr_assert(RC_OK(cli_pub(&kuimen, "call/unit7", "{\"id\":\"c1\"}")));
+        cr_assert(RC_OK(cli_pub(&kuimen, "call/unit8", "{\"id\":\"c1\"}")));
+        cr_assert(RC_OK(cli_pub(&unit8, "call/unit8/answer", "{\"id\":\"c1\",\"status\":\"done\"}")));
+        h_sleep_ms(500);
+        cr_assert_eq(cli_count(&calls7), 1, "unit7 on call/+ got %d calls, want only its own", cli_count(&calls7));
+        cr_assert_str_eq(calls7.topics[0], "call/unit7");
+        cr_assert_eq(cli_count(&answers), 1);
+        cr_assert_str_eq(answers.topics[0], "call/unit8/answer");
+        cli_close(&calls7);
+        cli_close(&answers);
         cli_close(&own);
         cli_close(&snoop);
         cli_close(&wild);

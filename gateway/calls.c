@@ -1,0 +1,1514 @@
+/* SPDX-License-Identifier: MIT */
+/* Calls (一叫四应): a warning to named units, answered, repeated, escalated; every state change upstream. */
+#include "calls.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <sqlite3.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <systemd/sd-event.h>
+#include <time.h>
+
+#include "control.h"
+#include "daemon.h"
+#include "incidents.h"
+#include "log.h"
+#include "spool.h"
+
+/*
+ * What a call is (docs/calls.md has the topics and JSON for terminal and center
+ * developers). The center (cmd/call) or an operator (kuimenctl call) raises a call:
+ * an id, a level, a text and recipients (units, or groups from [calls group NAME]).
+ * Each recipient gets it retained on call/<unit> at QoS 1 and answers on
+ * call/<unit>/answer with received, acting, done or cannot. A recipient not answered
+ * gets it again every repeat_every (only once the last copy reached the broker: a
+ * broker that is away gets one copy, not a pile); past respond_within it is overdue;
+ * from escalate_after on, while someone has not answered or answered cannot, each step
+ * of the escalation chain (escalate_to) is called in turn, one step every
+ * escalate_after. Every change goes upstream on call/<id> as class alert, so it takes
+ * whatever link is up, narrow ones included, in the order it happened.
+ *
+ * Durability. State lives in memory and in two tables of the spool's SQLite file,
+ * written by km_calls_flush. What an acknowledgement vouches for is written first: a
+ * command is stored (a synchronous=FULL commit) before the spool lets go of cmd/call;
+ * an answer is stored before its PUBACK (the MQTT bridge flushes in its settle, after
+ * the spool's, so the upstream change is in the ingest log first). Everything else (a
+ * delivery, a repeat, an escalation) is flushed at the end of the loop's turn: lost to
+ * a kill, it is done again after the restart (a repeat or an escalation sent twice, a
+ * delivery seen again), never left undone. Upstream changes are pushed before the
+ * state that caused them is written, so a crash in between repeats a change, never
+ * loses one (the center sees it twice: at least once, as everything upstream).
+ *
+ * Time: the daemon's wall clock (GNSS time while the system clock is not synchronised),
+ * so that deadlines stored before a restart mean the same after it. "t" upstream is
+ * whole seconds since the call was raised.
+ */
+
+enum rstate { R_PENDING, R_DELIVERED, R_OVERDUE, R_RECEIVED, R_ACTING, R_DONE, R_CANNOT, R_N };
+static const char *const rstate_names[R_N] = { "pending", "delivered", "overdue", "received", "acting", "done", "cannot" };
+
+enum cstate { C_OPEN, C_ESCALATED, C_CLOSED, C_N };
+static const char *const cstate_names[C_N] = { "open", "escalated", "closed" };
+
+static const char *const level_names[KM_CALL_LEVELS + 1] = { "blue", "yellow", "orange", "red", NULL };
+
+/* Built-in per level: respond_within, repeat_every (escalate_after = respond_within). */
+static const struct {
+        const char *respond, *repeat;
+} level_defaults[KM_CALL_LEVELS] = {
+        { "30m", "10m" }, { "10m", "5m" }, { "5m", "2m" }, { "2m", "30s" },
+};
+
+struct rcpt {
+        char unit[KM_CALLS_UNIT_MAX + 1];
+        uint8_t state; /* enum rstate */
+        uint8_t step;  /* 0: called first; k: by escalation step k */
+        uint32_t sends;
+        int64_t first_ms, sent_ms, delivered_ms, answered_ms;
+        uint64_t spool_id; /* the copy the broker has not acknowledged yet, 0: none */
+        char *answer;      /* the answer's text, or NULL */
+};
+
+struct call {
+        char id[KM_CALLS_ID_MAX + 1];
+        uint8_t level, state; /* enum km_call_level, enum cstate */
+        uint8_t esc_done;     /* escalation steps taken */
+        bool local;           /* raised by kuimenctl, not by the center */
+        bool dirty;
+        char *text;
+        int64_t created_ms, closed_ms;
+        int64_t respond_ms, repeat_ms, esc_after_ms;
+        struct km_strv steps[KM_CALLS_STEPS];
+        size_t nsteps;
+        struct rcpt *r;
+        size_t nr;
+};
+
+struct km_calls {
+        struct km_calls_conf conf;
+        struct km_calls_io io;
+        struct km_spool *sp;
+        sqlite3 *db;
+        sqlite3_stmt *put_call, *put_rcpt, *del_call, *del_rcpt;
+        struct call **c;
+        size_t n, cap;
+        struct km_calls_stats st;
+        int64_t bad_logged_ms;
+        uint64_t bad_quiet;
+        /* daemon glue */
+        struct km_daemon *d;
+        sd_event_source *tick, *flush;
+};
+
+const char *km_call_level_name(int level)
+{
+        return level >= 0 && level < KM_CALL_LEVELS ? level_names[level] : NULL;
+}
+
+static int level_of(const char *s)
+{
+        for (int i = 0; i < KM_CALL_LEVELS; i++)
+                if (strcmp(s, level_names[i]) == 0)
+                        return i;
+        return -1;
+}
+
+static bool answered(int s)
+{
+        return s >= R_RECEIVED;
+}
+
+/* Unanswered, or answered that it cannot: someone else must be called. */
+static bool needs_help(int s)
+{
+        return s < R_RECEIVED || s == R_CANNOT;
+}
+
+/* A call id or a unit id: they become MQTT topic levels and JSON strings. */
+static bool name_ok(const char *s, size_t max)
+{
+        size_t n = strlen(s);
+        if (!n || n > max)
+                return false;
+        for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+                if (*p <= ' ' || *p >= 0x7f || strchr("/+#\"\\", *p))
+                        return false;
+        return true;
+}
+
+/* ---- config ---------------------------------------------------------------------- */
+
+struct top_conf {
+        int64_t keep_closed_ms, tick_ms;
+};
+struct level_raw {
+        int64_t respond_within_ms, repeat_every_ms, escalate_after_ms;
+        char *escalate_to;
+};
+struct group_raw {
+        struct km_strv units;
+};
+
+#define TOFF(f) offsetof(struct top_conf, f)
+static const struct km_conf_key top_keys[] = {
+        { "keep_closed", KM_CONF_DURATION, "7d", TOFF(keep_closed_ms), "closed calls stay this long for kuimenctl call show", 0, 0, NULL },
+        { "tick", KM_CONF_DURATION, "200ms", TOFF(tick_ms), "how often repeats, deadlines and escalations are looked at", 10, 10000, NULL },
+        { NULL, 0, NULL, 0, NULL, 0, 0, NULL },
+};
+#define LOFF(f) offsetof(struct level_raw, f)
+static const struct km_conf_key level_keys[] = {
+        { "respond_within", KM_CONF_DURATION, NULL, LOFF(respond_within_ms), "a recipient not answered by then is overdue (0: never; default blue 30m, yellow 10m, orange 5m, red 2m)", 0, 0, NULL },
+        { "repeat_every", KM_CONF_DURATION, NULL, LOFF(repeat_every_ms), "an unanswered recipient is called again this often (0: never; default blue 10m, yellow 5m, orange 2m, red 30s)", 0, 0, NULL },
+        { "escalate_after", KM_CONF_DURATION, NULL, LOFF(escalate_after_ms), "each escalation step this long after the last, while someone has not answered or cannot (default: respond_within)", 0, 0, NULL },
+        { "escalate_to", KM_CONF_STRING, NULL, LOFF(escalate_to), "the escalation chain: recipients (units or groups) a step, steps separated by '>' (\"leads > county-duty\")", 0, 0, NULL },
+        { NULL, 0, NULL, 0, NULL, 0, 0, NULL },
+};
+#define GOFF(f) offsetof(struct group_raw, f)
+static const struct km_conf_key group_keys[] = {
+        { "units", KM_CONF_LIST, NULL, GOFF(units), "the units of the group (unit ids, comma-separated)", 0, 0, NULL },
+        { NULL, 0, NULL, 0, NULL, 0, 0, NULL },
+};
+
+/* "a, b > c": steps of names; 0 or -EINVAL with why. */
+static int split_steps(const char *s, struct km_strv *steps, size_t *nsteps, const char **why)
+{
+        char buf[1024];
+        *nsteps = 0;
+        if (strlen(s) >= sizeof(buf)) {
+                *why = "too long";
+                return -EINVAL;
+        }
+        snprintf(buf, sizeof(buf), "%s", s);
+        char *save = NULL;
+        for (char *tok = strtok_r(buf, ">", &save); tok; tok = strtok_r(NULL, ">", &save)) {
+                if (*nsteps == KM_CALLS_STEPS) {
+                        *why = "more than 4 steps";
+                        return -EINVAL;
+                }
+                struct km_strv *v = &steps[*nsteps];
+                memset(v, 0, sizeof(*v));
+                if (km_strv_split(v, tok) < 0)
+                        return -ENOMEM;
+                (*nsteps)++;
+                if (!v->n) {
+                        *why = "an empty step";
+                        return -EINVAL;
+                }
+                for (size_t i = 0; i < v->n; i++)
+                        if (!name_ok(v->v[i], KM_CALLS_UNIT_MAX)) {
+                                *why = "a name that is not a unit or group id (1 to 31 printable bytes, no blank, '/', '+', '#', '\"' or '\\')";
+                                return -EINVAL;
+                        }
+        }
+        if (!*nsteps) {
+                *why = "no recipient";
+                return -EINVAL;
+        }
+        return 0;
+}
+
+static void steps_free(struct km_strv *steps, size_t n)
+{
+        for (size_t i = 0; i < n; i++)
+                km_strv_free(&steps[i]);
+}
+
+void km_calls_conf_release(struct km_calls_conf *conf)
+{
+        for (int l = 0; l < KM_CALL_LEVELS; l++)
+                steps_free(conf->level[l].steps, conf->level[l].nsteps);
+        for (size_t i = 0; i < conf->ngroups; i++) {
+                free(conf->groups[i].name);
+                km_strv_free(&conf->groups[i].units);
+        }
+        free(conf->groups);
+        memset(conf, 0, sizeof(*conf));
+}
+
+static const struct km_calls_group *find_group(const struct km_calls_conf *conf, const char *name)
+{
+        for (size_t i = 0; i < conf->ngroups; i++)
+                if (strcmp(conf->groups[i].name, name) == 0)
+                        return &conf->groups[i];
+        return NULL;
+}
+
+int km_calls_conf_load(struct km_calls_conf *conf, struct km_conf *c)
+{
+        int bad = 0;
+        struct top_conf top = { 0 };
+
+        memset(conf, 0, sizeof(*conf));
+        bad += km_conf_apply(c, "calls", top_keys, &top);
+        conf->keep_closed_ms = top.keep_closed_ms;
+        conf->tick_ms = top.tick_ms;
+        for (int l = 0; l < KM_CALL_LEVELS; l++) {
+                km_conf_parse_duration(level_defaults[l].respond, &conf->level[l].respond_within_ms);
+                km_conf_parse_duration(level_defaults[l].repeat, &conf->level[l].repeat_every_ms);
+                conf->level[l].escalate_after_ms = -1;
+        }
+        /* Groups first: a level's chain names them. */
+        for (size_t i = 0; i < c->nsections; i++) {
+                const char *s = c->sections[i];
+                if (strncmp(s, "calls group ", 12) != 0)
+                        continue;
+                const char *name = s + 12;
+                struct group_raw g = { 0 };
+                bad += km_conf_apply(c, s, group_keys, &g);
+                if (!name_ok(name, KM_CALLS_UNIT_MAX)) {
+                        km_conf_error(c, s, NULL, "'%s' is not a group name (1 to 31 printable bytes, no blank, '/', '+', '#', '\"' or '\\')", name);
+                        bad++;
+                } else if (!g.units.n) {
+                        km_conf_error(c, s, "units", "a group needs units");
+                        bad++;
+                }
+                for (size_t k = 0; k < g.units.n; k++)
+                        if (!name_ok(g.units.v[k], KM_CALLS_UNIT_MAX)) {
+                                km_conf_error(c, s, "units", "'%s' is not a unit id (1 to 31 printable bytes, no blank, '/', '+', '#', '\"' or '\\')", g.units.v[k]);
+                                bad++;
+                        }
+                struct km_calls_group *ng = realloc(conf->groups, (conf->ngroups + 1) * sizeof(*ng));
+                if (!ng || !(name = strdup(name))) {
+                        km_conf_release(group_keys, &g);
+                        if (ng)
+                                conf->groups = ng;
+                        return -ENOMEM;
+                }
+                conf->groups = ng;
+                ng[conf->ngroups++] = (struct km_calls_group){ .name = (char *)name, .units = g.units };
+        }
+        for (size_t i = 0; i < c->nsections; i++) {
+                const char *s = c->sections[i];
+                if (strcmp(s, "calls") == 0 || strncmp(s, "calls group ", 12) == 0)
+                        continue;
+                if (strncmp(s, "calls level ", 12) != 0) {
+                        if (strncmp(s, "calls ", 6) == 0) {
+                                km_conf_error(c, s, NULL, "unknown section [%s] (calls sections: [calls], [calls level blue|yellow|orange|red], [calls group NAME])", s);
+                                bad++;
+                        }
+                        continue;
+                }
+                struct level_raw r = { 0 };
+                bad += km_conf_apply(c, s, level_keys, &r);
+                int l = level_of(s + 12);
+                if (l < 0) {
+                        km_conf_error(c, s, NULL, "'%s' is not a level (blue, yellow, orange or red)", s + 12);
+                        km_conf_release(level_keys, &r);
+                        bad++;
+                        continue;
+                }
+                struct km_calls_level_conf *lc = &conf->level[l];
+                if (km_conf_get(c, s, "respond_within"))
+                        lc->respond_within_ms = r.respond_within_ms;
+                if (km_conf_get(c, s, "repeat_every"))
+                        lc->repeat_every_ms = r.repeat_every_ms;
+                if (km_conf_get(c, s, "escalate_after"))
+                        lc->escalate_after_ms = r.escalate_after_ms;
+                if (r.escalate_to) {
+                        const char *why = NULL;
+                        int rc = split_steps(r.escalate_to, lc->steps, &lc->nsteps, &why);
+                        if (rc == -ENOMEM) {
+                                km_conf_release(level_keys, &r);
+                                return rc;
+                        }
+                        if (rc < 0) {
+                                km_conf_error(c, s, "escalate_to", "'%s': %s", r.escalate_to, why);
+                                bad++;
+                        }
+                }
+                if (lc->nsteps && lc->escalate_after_ms == 0 && lc->respond_within_ms == 0) {
+                        km_conf_error(c, s, "escalate_after", "an escalation chain needs escalate_after or respond_within above 0");
+                        bad++;
+                }
+                km_conf_release(level_keys, &r);
+        }
+        for (int l = 0; l < KM_CALL_LEVELS; l++)
+                if (conf->level[l].escalate_after_ms < 0)
+                        conf->level[l].escalate_after_ms = conf->level[l].respond_within_ms;
+        return bad ? -EINVAL : 0;
+}
+
+int km_calls_check(struct km_conf *c)
+{
+        struct km_calls_conf conf;
+        int rc = km_calls_conf_load(&conf, c);
+        km_calls_conf_release(&conf);
+        return rc;
+}
+
+void km_calls_print_help(FILE *out)
+{
+        km_conf_print_help(out, "calls", top_keys);
+        km_conf_print_help(out, "calls level blue|yellow|orange|red", level_keys);
+        km_conf_print_help(out, "calls group NAME", group_keys);
+}
+
+/* ---- the engine's state ------------------------------------------------------------ */
+
+static void call_free(struct call *c)
+{
+        if (!c)
+                return;
+        for (size_t i = 0; i < c->nr; i++)
+                free(c->r[i].answer);
+        free(c->r);
+        free(c->text);
+        steps_free(c->steps, c->nsteps);
+        free(c);
+}
+
+static struct call *find_call(const struct km_calls *cs, const char *id)
+{
+        for (size_t i = 0; i < cs->n; i++)
+                if (strcmp(cs->c[i]->id, id) == 0)
+                        return cs->c[i];
+        return NULL;
+}
+
+static struct rcpt *find_rcpt(struct call *c, const char *unit)
+{
+        for (size_t i = 0; i < c->nr; i++)
+                if (strcmp(c->r[i].unit, unit) == 0)
+                        return &c->r[i];
+        return NULL;
+}
+
+static void mark(struct km_calls *cs, struct call *c)
+{
+        c->dirty = true;
+        if (cs->io.dirty)
+                cs->io.dirty(cs->io.ud);
+}
+
+static size_t open_calls(const struct km_calls *cs)
+{
+        size_t n = 0;
+        for (size_t i = 0; i < cs->n; i++)
+                n += cs->c[i]->state != C_CLOSED;
+        return n;
+}
+
+/* Whole seconds since the call was raised: "t" upstream. */
+static long long since(const struct call *c, int64_t now)
+{
+        return now > c->created_ms ? (long long)((now - c->created_ms) / 1000) : 0;
+}
+
+/* ---- upstream: call/<id>, class alert ------------------------------------------------ */
+
+static void emit_json(struct km_calls *cs, const struct call *c, cJSON *o)
+{
+        char topic[8 + KM_CALLS_ID_MAX];
+        char *s = o ? cJSON_PrintUnformatted(o) : NULL;
+        cJSON_Delete(o);
+        if (!s) {
+                KM_LOG(KM_LOG_ERR, "calls", "call %s: out of memory: a state change not sent upstream", c->id);
+                return;
+        }
+        snprintf(topic, sizeof(topic), "call/%s", c->id);
+        int rc = cs->io.emit(cs->io.ud, topic, s, strlen(s));
+        if (rc == 0)
+                cs->st.changes++;
+        if (rc < 0)
+                KM_LOG(KM_LOG_ERR, "calls", "call %s: state change not spooled upstream (%s): %s", c->id, strerror(-rc), s);
+        free(s);
+}
+
+/* One recipient's change, as compact as the narrow links need it: unit, state, t, and
+ * n (copies sent) when above 1, answer when it has a text. */
+static void emit_rcpt(struct km_calls *cs, const struct call *c, const struct rcpt *r, int64_t now)
+{
+        cJSON *o = cJSON_CreateObject();
+        if (o) {
+                cJSON_AddStringToObject(o, "unit", r->unit);
+                cJSON_AddStringToObject(o, "state", rstate_names[r->state]);
+                cJSON_AddNumberToObject(o, "t", (double)since(c, now));
+                if (r->sends > 1)
+                        cJSON_AddNumberToObject(o, "n", r->sends);
+                if (r->answer && answered(r->state))
+                        cJSON_AddStringToObject(o, "answer", r->answer);
+        }
+        emit_json(cs, c, o);
+}
+
+static cJSON *strv_json(const char *const *v, size_t n)
+{
+        cJSON *a = cJSON_CreateArray();
+        for (size_t i = 0; a && i < n; i++)
+                cJSON_AddItemToArray(a, cJSON_CreateString(v[i]));
+        return a;
+}
+
+static void emit_call(struct km_calls *cs, const struct call *c, int64_t now, const char *const *to, size_t nto)
+{
+        cJSON *o = cJSON_CreateObject();
+        if (o) {
+                cJSON_AddStringToObject(o, "state", cstate_names[c->state]);
+                if (c->state == C_OPEN && !c->esc_done) {
+                        cJSON_AddStringToObject(o, "level", level_names[c->level]);
+                        cJSON_AddNumberToObject(o, "at", (double)(c->created_ms / 1000));
+                        cJSON_AddItemToObject(o, "recipients", strv_json(to, nto));
+                        cJSON_AddStringToObject(o, "text", c->text);
+                } else {
+                        cJSON_AddNumberToObject(o, "t", (double)since(c, now));
+                        if (c->state == C_ESCALATED && to) { /* an escalation step (not its close) */
+                                cJSON_AddNumberToObject(o, "step", c->esc_done);
+                                if (nto)
+                                        cJSON_AddItemToObject(o, "to", strv_json(to, nto));
+                        }
+                }
+        }
+        emit_json(cs, c, o);
+}
+
+/* ---- down: call/<unit>, retained until answered ---------------------------------------- */
+
+static int publish_call(struct km_calls *cs, const struct call *c, const struct rcpt *r, uint64_t *id)
+{
+        char topic[8 + KM_CALLS_UNIT_MAX];
+        cJSON *o = cJSON_CreateObject();
+        if (!o)
+                return -ENOMEM;
+        cJSON_AddStringToObject(o, "id", c->id);
+        cJSON_AddStringToObject(o, "level", level_names[c->level]);
+        cJSON_AddStringToObject(o, "text", c->text);
+        cJSON_AddNumberToObject(o, "at", (double)(c->created_ms / 1000));
+        cJSON_AddNumberToObject(o, "respond_within", (double)(c->respond_ms / 1000));
+        cJSON_AddNumberToObject(o, "n", r->sends);
+        char *s = cJSON_PrintUnformatted(o);
+        cJSON_Delete(o);
+        if (!s)
+                return -ENOMEM;
+        snprintf(topic, sizeof(topic), "call/%s", r->unit);
+        int rc = cs->io.publish(cs->io.ud, topic, s, strlen(s), true, id);
+        free(s);
+        return rc;
+}
+
+/* Sends r its call (again): a new copy, counted. */
+static int send_rcpt(struct km_calls *cs, struct call *c, struct rcpt *r, int64_t now)
+{
+        uint64_t id = 0;
+        r->sends++;
+        int rc = publish_call(cs, c, r, &id);
+        if (rc < 0) {
+                r->sends--;
+                KM_LOG(KM_LOG_ERR, "calls", "call %s to %s not spooled (%s): tried again at the next tick", c->id,
+                       r->unit, strerror(-rc));
+                return rc;
+        }
+        r->spool_id = id;
+        r->sent_ms = now;
+        return 0;
+}
+
+/* What call/<unit> holds once r no longer needs its call: the newest other call that
+ * still waits for the unit's answer, else nothing (an empty retained message deletes
+ * the broker's retained copy). */
+static void refresh_unit(struct km_calls *cs, const char *unit)
+{
+        struct call *best = NULL;
+        struct rcpt *br = NULL;
+        for (size_t i = 0; i < cs->n; i++) {
+                struct call *c = cs->c[i];
+                struct rcpt *r;
+                if (c->state == C_CLOSED || !(r = find_rcpt(c, unit)) || answered(r->state))
+                        continue;
+                if (!best || c->created_ms >= best->created_ms)
+                        best = c, br = r;
+        }
+        if (best) {
+                uint64_t id;
+                publish_call(cs, best, br, &id);
+                return;
+        }
+        char topic[8 + KM_CALLS_UNIT_MAX];
+        uint64_t id;
+        snprintf(topic, sizeof(topic), "call/%s", unit);
+        int rc = cs->io.publish(cs->io.ud, topic, "", 0, true, &id);
+        if (rc < 0)
+                KM_LOG(KM_LOG_ERR, "calls", "retained call on %s not cleared (%s)", topic, strerror(-rc));
+}
+
+/* Units of names (groups expanded, duplicates and units already in c left out),
+ * appended to c as recipients of step. Returns how many were added, or -ENOMEM/-E2BIG. */
+static int add_rcpts(struct km_calls *cs, struct call *c, const char *const *names, size_t n, int step, int64_t now,
+                     struct km_strv *added)
+{
+        int k = 0;
+        for (size_t i = 0; i < n; i++) {
+                const struct km_calls_group *g = find_group(&cs->conf, names[i]);
+                size_t nu = g ? g->units.n : 1;
+                for (size_t j = 0; j < nu; j++) {
+                        const char *u = g ? g->units.v[j] : names[i];
+                        if (find_rcpt(c, u))
+                                continue;
+                        if (c->nr == KM_CALLS_RCPT_MAX)
+                                return -E2BIG;
+                        struct rcpt *nr = realloc(c->r, (c->nr + 1) * sizeof(*nr));
+                        if (!nr)
+                                return -ENOMEM;
+                        c->r = nr;
+                        nr[c->nr] = (struct rcpt){ .step = (uint8_t)step, .first_ms = now };
+                        snprintf(nr[c->nr].unit, sizeof(nr[c->nr].unit), "%s", u);
+                        c->nr++;
+                        if (added) {
+                                char **v = realloc(added->v, (added->n + 2) * sizeof(*v));
+                                if (!v)
+                                        return -ENOMEM;
+                                added->v = v;
+                                if (!(v[added->n] = strdup(u)))
+                                        return -ENOMEM;
+                                v[++added->n] = NULL;
+                        }
+                        k++;
+                }
+        }
+        return k;
+}
+
+/* ---- SQLite ------------------------------------------------------------------------ */
+
+static const char schema[] =
+        "CREATE TABLE IF NOT EXISTS calls(id TEXT PRIMARY KEY, level INTEGER NOT NULL, state INTEGER NOT NULL,"
+        " esc_done INTEGER NOT NULL, local INTEGER NOT NULL, text TEXT NOT NULL, created INTEGER NOT NULL,"
+        " closed INTEGER NOT NULL, respond INTEGER NOT NULL, rep INTEGER NOT NULL, esc_after INTEGER NOT NULL,"
+        " steps TEXT NOT NULL);"
+        "CREATE TABLE IF NOT EXISTS call_rcpt(call TEXT NOT NULL, ord INTEGER NOT NULL, unit TEXT NOT NULL,"
+        " state INTEGER NOT NULL, step INTEGER NOT NULL, sends INTEGER NOT NULL, first INTEGER NOT NULL,"
+        " sent INTEGER NOT NULL, delivered INTEGER NOT NULL, answered INTEGER NOT NULL, spool_id INTEGER NOT NULL,"
+        " answer TEXT, PRIMARY KEY(call, ord));";
+
+/* steps as text: "a,b>c". */
+static char *steps_text(const struct call *c)
+{
+        size_t len = 1;
+        for (size_t s = 0; s < c->nsteps; s++)
+                for (size_t i = 0; i < c->steps[s].n; i++)
+                        len += strlen(c->steps[s].v[i]) + 1;
+        char *t = malloc(len), *p = t;
+        if (!t)
+                return NULL;
+        *p = '\0';
+        for (size_t s = 0; s < c->nsteps; s++) {
+                if (s)
+                        *p++ = '>';
+                for (size_t i = 0; i < c->steps[s].n; i++)
+                        p += sprintf(p, "%s%s", i ? "," : "", c->steps[s].v[i]);
+        }
+        return t;
+}
+
+static int write_call(struct km_calls *cs, struct call *c)
+{
+        sqlite3_stmt *s = cs->put_call;
+        char *st = steps_text(c);
+        if (!st)
+                return -ENOMEM;
+        sqlite3_bind_text(s, 1, c->id, -1, SQLITE_STATIC);
+        sqlite3_bind_int(s, 2, c->level);
+        sqlite3_bind_int(s, 3, c->state);
+        sqlite3_bind_int(s, 4, c->esc_done);
+        sqlite3_bind_int(s, 5, c->local);
+        sqlite3_bind_text(s, 6, c->text, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 7, c->created_ms);
+        sqlite3_bind_int64(s, 8, c->closed_ms);
+        sqlite3_bind_int64(s, 9, c->respond_ms);
+        sqlite3_bind_int64(s, 10, c->repeat_ms);
+        sqlite3_bind_int64(s, 11, c->esc_after_ms);
+        sqlite3_bind_text(s, 12, st, -1, SQLITE_STATIC);
+        int rc = sqlite3_step(s);
+        sqlite3_reset(s);
+        sqlite3_clear_bindings(s);
+        free(st);
+        if (rc != SQLITE_DONE)
+                return -EIO;
+        for (size_t i = 0; i < c->nr; i++) {
+                const struct rcpt *r = &c->r[i];
+                s = cs->put_rcpt;
+                sqlite3_bind_text(s, 1, c->id, -1, SQLITE_STATIC);
+                sqlite3_bind_int64(s, 2, (int64_t)i);
+                sqlite3_bind_text(s, 3, r->unit, -1, SQLITE_STATIC);
+                sqlite3_bind_int(s, 4, r->state);
+                sqlite3_bind_int(s, 5, r->step);
+                sqlite3_bind_int64(s, 6, r->sends);
+                sqlite3_bind_int64(s, 7, r->first_ms);
+                sqlite3_bind_int64(s, 8, r->sent_ms);
+                sqlite3_bind_int64(s, 9, r->delivered_ms);
+                sqlite3_bind_int64(s, 10, r->answered_ms);
+                sqlite3_bind_int64(s, 11, (int64_t)r->spool_id);
+                if (r->answer)
+                        sqlite3_bind_text(s, 12, r->answer, -1, SQLITE_STATIC);
+                else
+                        sqlite3_bind_null(s, 12);
+                rc = sqlite3_step(s);
+                sqlite3_reset(s);
+                sqlite3_clear_bindings(s);
+                if (rc != SQLITE_DONE)
+                        return -EIO;
+        }
+        return 0;
+}
+
+static int delete_call(struct km_calls *cs, const char *id)
+{
+        int ok = 1;
+        sqlite3_stmt *d[2] = { cs->del_rcpt, cs->del_call };
+        for (int i = 0; i < 2; i++) {
+                sqlite3_bind_text(d[i], 1, id, -1, SQLITE_STATIC);
+                ok &= sqlite3_step(d[i]) == SQLITE_DONE;
+                sqlite3_reset(d[i]);
+        }
+        return ok ? 0 : -EIO;
+}
+
+int km_calls_flush(struct km_calls *cs, bool full)
+{
+        bool any = false;
+        for (size_t i = 0; i < cs->n && !any; i++)
+                any = cs->c[i]->dirty;
+        if (!any)
+                return 0;
+        int rc = km_spool_tx_begin(cs->sp, full);
+        if (rc < 0)
+                return rc;
+        for (size_t i = 0; i < cs->n && rc == 0; i++)
+                if (cs->c[i]->dirty)
+                        rc = write_call(cs, cs->c[i]);
+        if (rc < 0)
+                KM_LOG(KM_LOG_ERR, "calls", "writing calls: %s", sqlite3_errmsg(cs->db));
+        rc = km_spool_tx_end(cs->sp, full, rc == 0, "writing calls");
+        if (rc == 0)
+                for (size_t i = 0; i < cs->n; i++)
+                        cs->c[i]->dirty = false;
+        return rc;
+}
+
+static int load(struct km_calls *cs)
+{
+        sqlite3_stmt *s = NULL, *r = NULL;
+        int rc = -EIO;
+        if (sqlite3_prepare_v2(cs->db,
+                               "SELECT id,level,state,esc_done,local,text,created,closed,respond,rep,esc_after,steps"
+                               " FROM calls ORDER BY created, id", -1, &s, NULL) != SQLITE_OK ||
+            sqlite3_prepare_v2(cs->db,
+                               "SELECT unit,state,step,sends,first,sent,delivered,answered,spool_id,answer"
+                               " FROM call_rcpt WHERE call=? ORDER BY ord", -1, &r, NULL) != SQLITE_OK)
+                goto out;
+        while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+                struct call *c = calloc(1, sizeof(*c));
+                const char *steps = (const char *)sqlite3_column_text(s, 11);
+                if (!c)
+                        goto nomem;
+                snprintf(c->id, sizeof(c->id), "%s", (const char *)sqlite3_column_text(s, 0));
+                c->level = (uint8_t)sqlite3_column_int(s, 1);
+                c->state = (uint8_t)sqlite3_column_int(s, 2);
+                c->esc_done = (uint8_t)sqlite3_column_int(s, 3);
+                c->local = sqlite3_column_int(s, 4) != 0;
+                c->text = strdup((const char *)sqlite3_column_text(s, 5));
+                c->created_ms = sqlite3_column_int64(s, 6);
+                c->closed_ms = sqlite3_column_int64(s, 7);
+                c->respond_ms = sqlite3_column_int64(s, 8);
+                c->repeat_ms = sqlite3_column_int64(s, 9);
+                c->esc_after_ms = sqlite3_column_int64(s, 10);
+                const char *why;
+                if (steps && *steps && split_steps(steps, c->steps, &c->nsteps, &why) < 0)
+                        c->nsteps = 0;
+                if (c->level >= KM_CALL_LEVELS || c->state >= C_N || !c->text) {
+                        call_free(c);
+                        continue;
+                }
+                sqlite3_bind_text(r, 1, c->id, -1, SQLITE_STATIC);
+                while (sqlite3_step(r) == SQLITE_ROW) {
+                        struct rcpt *nr = realloc(c->r, (c->nr + 1) * sizeof(*nr));
+                        if (!nr) {
+                                call_free(c);
+                                goto nomem;
+                        }
+                        c->r = nr;
+                        struct rcpt *x = &nr[c->nr++];
+                        memset(x, 0, sizeof(*x));
+                        snprintf(x->unit, sizeof(x->unit), "%s", (const char *)sqlite3_column_text(r, 0));
+                        x->state = (uint8_t)sqlite3_column_int(r, 1);
+                        if (x->state >= R_N)
+                                x->state = R_PENDING;
+                        x->step = (uint8_t)sqlite3_column_int(r, 2);
+                        x->sends = (uint32_t)sqlite3_column_int64(r, 3);
+                        x->first_ms = sqlite3_column_int64(r, 4);
+                        x->sent_ms = sqlite3_column_int64(r, 5);
+                        x->delivered_ms = sqlite3_column_int64(r, 6);
+                        x->answered_ms = sqlite3_column_int64(r, 7);
+                        x->spool_id = (uint64_t)sqlite3_column_int64(r, 8);
+                        if (sqlite3_column_type(r, 9) != SQLITE_NULL)
+                                x->answer = strdup((const char *)sqlite3_column_text(r, 9));
+                        /* Acknowledged before the kill, its write lost: no copy is on
+                         * its way any more, and repeats may go on. */
+                        if (x->spool_id && !km_spool_holds(cs->sp, x->spool_id))
+                                x->spool_id = 0;
+                }
+                sqlite3_reset(r);
+                if (cs->n == cs->cap) {
+                        size_t cap = cs->cap ? cs->cap * 2 : 16;
+                        struct call **nc = realloc(cs->c, cap * sizeof(*nc));
+                        if (!nc) {
+                                call_free(c);
+                                goto nomem;
+                        }
+                        cs->c = nc;
+                        cs->cap = cap;
+                }
+                cs->c[cs->n++] = c;
+        }
+        rc = rc == SQLITE_DONE ? 0 : -EIO;
+        goto out;
+nomem:
+        rc = -ENOMEM;
+out:
+        sqlite3_finalize(s);
+        sqlite3_finalize(r);
+        return rc;
+}
+
+int km_calls_new(struct km_calls **out, struct km_spool *sp, struct km_calls_conf *conf, const struct km_calls_io *io)
+{
+        struct km_calls *cs = calloc(1, sizeof(*cs));
+        int rc = -EIO;
+        if (!cs)
+                return -ENOMEM;
+        cs->conf = *conf;
+        memset(conf, 0, sizeof(*conf));
+        cs->io = *io;
+        cs->sp = sp;
+        cs->db = km_spool_sqlite(sp);
+        if (sqlite3_exec(cs->db, schema, NULL, NULL, NULL) != SQLITE_OK) {
+                KM_LOG(KM_LOG_ERR, "calls", "creating the call tables: %s", sqlite3_errmsg(cs->db));
+                goto fail;
+        }
+        if (sqlite3_prepare_v3(cs->db,
+                               "INSERT OR REPLACE INTO calls(id,level,state,esc_done,local,text,created,closed,respond,rep,"
+                               "esc_after,steps) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)", -1, SQLITE_PREPARE_PERSISTENT,
+                               &cs->put_call, NULL) != SQLITE_OK ||
+            sqlite3_prepare_v3(cs->db,
+                               "INSERT OR REPLACE INTO call_rcpt(call,ord,unit,state,step,sends,first,sent,delivered,"
+                               "answered,spool_id,answer) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)", -1,
+                               SQLITE_PREPARE_PERSISTENT, &cs->put_rcpt, NULL) != SQLITE_OK ||
+            sqlite3_prepare_v3(cs->db, "DELETE FROM calls WHERE id=?", -1, SQLITE_PREPARE_PERSISTENT, &cs->del_call,
+                               NULL) != SQLITE_OK ||
+            sqlite3_prepare_v3(cs->db, "DELETE FROM call_rcpt WHERE call=?", -1, SQLITE_PREPARE_PERSISTENT,
+                               &cs->del_rcpt, NULL) != SQLITE_OK) {
+                KM_LOG(KM_LOG_ERR, "calls", "preparing statements: %s", sqlite3_errmsg(cs->db));
+                goto fail;
+        }
+        if ((rc = load(cs)) < 0) {
+                KM_LOG(KM_LOG_ERR, "calls", "reading the calls: %s", rc == -ENOMEM ? "out of memory" : sqlite3_errmsg(cs->db));
+                goto fail;
+        }
+        cs->st.calls = cs->n;
+        cs->st.open = open_calls(cs);
+        if (cs->st.open)
+                KM_LOG(KM_LOG_NOTICE, "calls", "%zu open calls resumed (kuimenctl call show)", (size_t)cs->st.open);
+        *out = cs;
+        return 0;
+fail:
+        km_calls_free(cs);
+        return rc;
+}
+
+void km_calls_free(struct km_calls *cs)
+{
+        if (!cs)
+                return;
+        if (cs->db)
+                km_calls_flush(cs, true);
+        sd_event_source_disable_unref(cs->tick);
+        sd_event_source_disable_unref(cs->flush);
+        sqlite3_finalize(cs->put_call);
+        sqlite3_finalize(cs->put_rcpt);
+        sqlite3_finalize(cs->del_call);
+        sqlite3_finalize(cs->del_rcpt);
+        for (size_t i = 0; i < cs->n; i++)
+                call_free(cs->c[i]);
+        free(cs->c);
+        km_calls_conf_release(&cs->conf);
+        free(cs);
+}
+
+void km_calls_stats(const struct km_calls *cs, struct km_calls_stats *st)
+{
+        *st = cs->st;
+        st->open = open_calls(cs);
+}
+
+/* ---- the state machine --------------------------------------------------------------- */
+
+static void close_call(struct km_calls *cs, struct call *c, int64_t now)
+{
+        c->state = C_CLOSED;
+        c->closed_ms = now;
+        emit_call(cs, c, now, NULL, 0);
+        for (size_t i = 0; i < c->nr; i++)
+                if (!answered(c->r[i].state))
+                        refresh_unit(cs, c->r[i].unit);
+        mark(cs, c);
+        KM_LOG(KM_LOG_NOTICE, "calls", "call %s closed after %lld s", c->id, since(c, now));
+}
+
+/* Bad input from outside: logged at most every 10 s, counted. */
+static void bad(struct km_calls *cs, uint64_t *counter, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void bad(struct km_calls *cs, uint64_t *counter, const char *fmt, ...)
+{
+        char msg[400];
+        va_list ap;
+        (*counter)++;
+        int64_t now = cs->io.now(cs->io.ud);
+        if (now - cs->bad_logged_ms < 10000 && now >= cs->bad_logged_ms) {
+                cs->bad_quiet++;
+                return;
+        }
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof(msg), fmt, ap);
+        va_end(ap);
+        KM_LOG(KM_LOG_WARNING, "calls", "%s (%llu more not logged)", msg, (unsigned long long)cs->bad_quiet);
+        cs->bad_logged_ms = now;
+        cs->bad_quiet = 0;
+}
+
+static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+{
+        va_list ap;
+        if (err && errlen) {
+                va_start(ap, fmt);
+                vsnprintf(err, errlen, fmt, ap);
+                va_end(ap);
+        }
+        return -EINVAL;
+}
+
+/* Seconds (a JSON number, 0 to 30 days) into *ms; absent leaves *ms. */
+static int seconds(const cJSON *o, const char *key, int64_t *ms, char *err, size_t errlen)
+{
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+        if (!v || cJSON_IsNull(v))
+                return 0;
+        if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble > 30 * 86400.0)
+                return fail(err, errlen, "%s: not a number of seconds from 0 to 2592000", key);
+        *ms = (int64_t)(v->valuedouble * 1000);
+        return 0;
+}
+
+/* A JSON array of names (or one name) into v. */
+static int names(const cJSON *o, const char *key, struct km_strv *v, bool required, char *err, size_t errlen)
+{
+        const cJSON *a = cJSON_GetObjectItemCaseSensitive(o, key), *e;
+        if (!a || cJSON_IsNull(a))
+                return required ? fail(err, errlen, "%s: missing", key) : 0;
+        if (cJSON_IsString(a))
+                return km_strv_split(v, a->valuestring) < 0 ? -ENOMEM : 0;
+        if (!cJSON_IsArray(a))
+                return fail(err, errlen, "%s: not an array of unit or group ids", key);
+        cJSON_ArrayForEach(e, a) {
+                if (!cJSON_IsString(e) || !name_ok(e->valuestring, KM_CALLS_UNIT_MAX))
+                        return fail(err, errlen, "%s: an item that is not a unit or group id (1 to 31 printable bytes, no blank, '/', '+', '#', '\"' or '\\')", key);
+                char **nv = realloc(v->v, (v->n + 2) * sizeof(*nv));
+                if (!nv)
+                        return -ENOMEM;
+                v->v = nv;
+                if (!(nv[v->n] = strdup(e->valuestring)))
+                        return -ENOMEM;
+                nv[++v->n] = NULL;
+        }
+        if (required && !v->n)
+                return fail(err, errlen, "%s: empty", key);
+        return 0;
+}
+
+static bool utf8_valid(const char *s)
+{
+        const unsigned char *p = (const unsigned char *)s;
+        while (*p) {
+                int n = *p < 0x80 ? 0 : (*p & 0xe0) == 0xc0 ? 1 : (*p & 0xf0) == 0xe0 ? 2 : (*p & 0xf8) == 0xf0 ? 3 : -1;
+                if (n < 0)
+                        return false;
+                for (int i = 1; i <= n; i++)
+                        if ((p[i] & 0xc0) != 0x80)
+                                return false;
+                p += n + 1;
+        }
+        return true;
+}
+
+/* Raises call c (new, filled): stored, then sent, then said upstream. */
+static int raise_call(struct km_calls *cs, struct call *c, struct km_strv *to, int64_t now, char *err, size_t errlen)
+{
+        int rc = add_rcpts(cs, c, (const char *const *)to->v, to->n, 0, now, NULL);
+        if (rc == -E2BIG)
+                return fail(err, errlen, "recipients: more than %d units", KM_CALLS_RCPT_MAX);
+        if (rc < 0)
+                return rc;
+        if (cs->n == cs->cap) {
+                size_t cap = cs->cap ? cs->cap * 2 : 16;
+                struct call **nc = realloc(cs->c, cap * sizeof(*nc));
+                if (!nc)
+                        return -ENOMEM;
+                cs->c = nc;
+                cs->cap = cap;
+        }
+        cs->c[cs->n++] = c;
+        /* Upstream first (see the durability note): the center learns of the call
+         * before any recipient's change. */
+        char **units = calloc(c->nr + 1, sizeof(*units));
+        if (units)
+                for (size_t i = 0; i < c->nr; i++)
+                        units[i] = c->r[i].unit;
+        emit_call(cs, c, now, (const char *const *)units, units ? c->nr : 0);
+        free(units);
+        for (size_t i = 0; i < c->nr; i++)
+                send_rcpt(cs, c, &c->r[i], now);
+        c->dirty = true;
+        cs->st.calls++;
+        KM_LOG(KM_LOG_NOTICE, "calls", "call %s (%s, %zu recipient%s) raised by %s", c->id, level_names[c->level], c->nr,
+               c->nr == 1 ? "" : "s", c->local ? "kuimenctl" : "the center");
+        return 0;
+}
+
+static int command(struct km_calls *cs, const void *payload, size_t len, bool local, char *err, size_t errlen)
+{
+        char buf[8192];
+        int rc;
+        if (len >= sizeof(buf))
+                return fail(err, errlen, "larger than %zu bytes", sizeof(buf) - 1);
+        memcpy(buf, payload, len);
+        buf[len] = '\0';
+        cJSON *o = cJSON_ParseWithLength(buf, len);
+        if (!o || !cJSON_IsObject(o)) {
+                cJSON_Delete(o);
+                return fail(err, errlen, "not a JSON object");
+        }
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(o, "id");
+        const cJSON *level = cJSON_GetObjectItemCaseSensitive(o, "level");
+        const cJSON *text = cJSON_GetObjectItemCaseSensitive(o, "text");
+        const cJSON *close = cJSON_GetObjectItemCaseSensitive(o, "close");
+        struct km_strv to = { 0 }, esc = { 0 };
+        struct call *c = NULL;
+        int64_t now = cs->io.now(cs->io.ud);
+
+        if (!cJSON_IsString(id) || !name_ok(id->valuestring, KM_CALLS_ID_MAX)) {
+                rc = fail(err, errlen, "id: missing, or not 1 to 32 printable bytes without blank, '/', '+', '#', '\"' or '\\'");
+                goto out;
+        }
+        struct call *old = find_call(cs, id->valuestring);
+        if (cJSON_IsTrue(close)) {
+                if (!old)
+                        rc = fail(err, errlen, "no call %s", id->valuestring);
+                else if (old->state != C_CLOSED)
+                        close_call(cs, old, now), rc = 0;
+                else
+                        rc = 0;
+                goto out;
+        }
+        if (old) { /* the same command again (a redelivery, the other path): taken once */
+                KM_LOG(KM_LOG_DEBUG, "calls", "call %s is known already: not raised again", old->id);
+                rc = km_calls_flush(cs, true); /* it may be the store that failed last time */
+                goto out;
+        }
+        int lv = cJSON_IsString(level) ? level_of(level->valuestring) : -1;
+        if (lv < 0) {
+                rc = fail(err, errlen, "level: missing, or not blue, yellow, orange or red");
+                goto out;
+        }
+        if (!cJSON_IsString(text) || !*text->valuestring || strlen(text->valuestring) > KM_CALLS_TEXT_MAX ||
+            !utf8_valid(text->valuestring)) {
+                rc = fail(err, errlen, "text: missing, empty, not UTF-8 or over %d bytes", KM_CALLS_TEXT_MAX);
+                goto out;
+        }
+        if (open_calls(cs) >= KM_CALLS_OPEN_MAX) {
+                rc = fail(err, errlen, "%d calls are open already: close some first", KM_CALLS_OPEN_MAX);
+                goto out;
+        }
+        if (!(c = calloc(1, sizeof(*c))) || !(c->text = strdup(text->valuestring))) {
+                rc = -ENOMEM;
+                goto out;
+        }
+        snprintf(c->id, sizeof(c->id), "%s", id->valuestring);
+        c->level = (uint8_t)lv;
+        c->local = local;
+        c->created_ms = now;
+        const struct km_calls_level_conf *lc = &cs->conf.level[lv];
+        c->respond_ms = lc->respond_within_ms;
+        c->repeat_ms = lc->repeat_every_ms;
+        c->esc_after_ms = -1;
+        if ((rc = seconds(o, "respond_within", &c->respond_ms, err, errlen)) < 0 ||
+            (rc = seconds(o, "repeat_every", &c->repeat_ms, err, errlen)) < 0 ||
+            (rc = seconds(o, "escalate_after", &c->esc_after_ms, err, errlen)) < 0 ||
+            (rc = names(o, "recipients", &to, true, err, errlen)) < 0 ||
+            (rc = names(o, "escalate_to", &esc, false, err, errlen)) < 0)
+                goto out;
+        if (c->esc_after_ms < 0)
+                c->esc_after_ms = cJSON_GetObjectItemCaseSensitive(o, "respond_within") ? c->respond_ms
+                                                                                         : lc->escalate_after_ms;
+        if (esc.n) { /* the command's escalate_to is one step */
+                c->steps[0] = esc;
+                memset(&esc, 0, sizeof(esc));
+                c->nsteps = 1;
+        } else {
+                for (size_t s = 0; s < lc->nsteps; s++) {
+                        for (size_t i = 0; i < lc->steps[s].n; i++) {
+                                char **nv = realloc(c->steps[s].v, (c->steps[s].n + 2) * sizeof(*nv));
+                                if (!nv || !(nv[c->steps[s].n] = strdup(lc->steps[s].v[i]))) {
+                                        if (nv)
+                                                c->steps[s].v = nv;
+                                        rc = -ENOMEM;
+                                        goto out;
+                                }
+                                c->steps[s].v = nv;
+                                nv[++c->steps[s].n] = NULL;
+                        }
+                        c->nsteps = s + 1;
+                }
+        }
+        if ((rc = raise_call(cs, c, &to, now, err, errlen)) < 0)
+                goto out;
+        c = NULL; /* cs has it */
+        /* Stored before the command is let go of (the caller acknowledges after). */
+        rc = km_calls_flush(cs, true);
+out:
+        if (c && c->r && find_call(cs, c->id) == c)
+                c = NULL;
+        call_free(c);
+        km_strv_free(&to);
+        km_strv_free(&esc);
+        cJSON_Delete(o);
+        return rc;
+}
+
+int km_calls_command(struct km_calls *cs, const void *payload, size_t len, char *err, size_t errlen)
+{
+        char e[256] = "";
+        int rc = command(cs, payload, len, false, e, sizeof(e));
+        if (rc == -EINVAL)
+                bad(cs, &cs->st.bad_commands, "call command refused: %s", e);
+        if (err && errlen)
+                snprintf(err, errlen, "%s", e);
+        /* Refused for good: acknowledged, it would be refused again. */
+        return rc == -EINVAL ? 0 : rc;
+}
+
+/* The answer's text cut to KM_CALLS_ANSWER_MAX at a character boundary. */
+static char *answer_text(const char *s)
+{
+        size_t n = strlen(s);
+        if (n > KM_CALLS_ANSWER_MAX) {
+                n = KM_CALLS_ANSWER_MAX;
+                while (n && ((unsigned char)s[n] & 0xc0) == 0x80)
+                        n--;
+        }
+        return strndup(s, n);
+}
+
+int km_calls_answer(struct km_calls *cs, const char *topic, const void *payload, size_t len)
+{
+        char unit[KM_CALLS_UNIT_MAX + 1], buf[2048];
+        size_t tl = strlen(topic);
+        if (strncmp(topic, "call/", 5) != 0 || tl < 5 + 7 || strcmp(topic + tl - 7, "/answer") != 0)
+                return 0;
+        size_t ul = tl - 5 - 7;
+        if (ul > KM_CALLS_UNIT_MAX || memchr(topic + 5, '/', ul)) {
+                bad(cs, &cs->st.bad_answers, "answer on '%s': not call/<unit>/answer", topic);
+                return 1;
+        }
+        memcpy(unit, topic + 5, ul);
+        unit[ul] = '\0';
+        if (len >= sizeof(buf)) {
+                bad(cs, &cs->st.bad_answers, "answer from %s: larger than %zu bytes", unit, sizeof(buf) - 1);
+                return 1;
+        }
+        memcpy(buf, payload, len);
+        buf[len] = '\0';
+        cJSON *o = cJSON_ParseWithLength(buf, len);
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(o, "id");
+        const cJSON *status = cJSON_GetObjectItemCaseSensitive(o, "status");
+        const cJSON *text = cJSON_GetObjectItemCaseSensitive(o, "text");
+        int st = -1;
+        for (int s = R_RECEIVED; cJSON_IsString(status) && s < R_N; s++)
+                if (strcmp(status->valuestring, rstate_names[s]) == 0)
+                        st = s;
+        struct call *c = cJSON_IsString(id) ? find_call(cs, id->valuestring) : NULL;
+        struct rcpt *r = c ? find_rcpt(c, unit) : NULL;
+        if (!cJSON_IsObject(o))
+                bad(cs, &cs->st.bad_answers, "answer from %s: not a JSON object", unit);
+        else if (!cJSON_IsString(id))
+                bad(cs, &cs->st.bad_answers, "answer from %s: no call id", unit);
+        else if (st < 0)
+                bad(cs, &cs->st.bad_answers, "answer from %s to call %.40s: status not received, acting, done or cannot", unit,
+                    id->valuestring);
+        else if (text && !cJSON_IsNull(text) && (!cJSON_IsString(text) || !utf8_valid(text->valuestring)))
+                bad(cs, &cs->st.bad_answers, "answer from %s to call %.40s: text not a UTF-8 string", unit, id->valuestring);
+        else if (!c)
+                bad(cs, &cs->st.bad_answers, "answer from %s to call %.40s: no such call", unit, id->valuestring);
+        else if (!r)
+                bad(cs, &cs->st.bad_answers, "answer from %s to call %s: not one of its recipients", unit, c->id);
+        else if (c->state == C_CLOSED)
+                bad(cs, &cs->st.bad_answers, "answer from %s to call %s: the call is closed", unit, c->id);
+        else {
+                const char *t = cJSON_IsString(text) && *text->valuestring ? text->valuestring : NULL;
+                char *cut = t ? answer_text(t) : NULL;
+                bool same = r->state == st && ((!cut && !r->answer) || (cut && r->answer && strcmp(cut, r->answer) == 0));
+                if (same) { /* the same answer again (a terminal's retry): one change */
+                        free(cut);
+                } else {
+                        int64_t now = cs->io.now(cs->io.ud);
+                        bool was = answered(r->state);
+                        free(r->answer);
+                        r->answer = cut;
+                        r->state = (uint8_t)st;
+                        r->answered_ms = now;
+                        if (!r->delivered_ms)
+                                r->delivered_ms = now;
+                        r->spool_id = 0;
+                        cs->st.answers++;
+                        emit_rcpt(cs, c, r, now);
+                        if (cs->io.answered)
+                                cs->io.answered(cs->io.ud, c->id, unit, rstate_names[st]);
+                        if (!was)
+                                refresh_unit(cs, unit);
+                        mark(cs, c);
+                        bool all_done = true;
+                        for (size_t i = 0; i < c->nr && all_done; i++)
+                                all_done = c->r[i].state == R_DONE;
+                        if (all_done)
+                                close_call(cs, c, now);
+                }
+        }
+        cJSON_Delete(o);
+        return 1;
+}
+
+void km_calls_acked(struct km_calls *cs, uint64_t id)
+{
+        if (!id)
+                return;
+        for (size_t i = 0; i < cs->n; i++) {
+                struct call *c = cs->c[i];
+                if (c->state == C_CLOSED)
+                        continue;
+                for (size_t k = 0; k < c->nr; k++) {
+                        struct rcpt *r = &c->r[k];
+                        if (r->spool_id != id)
+                                continue;
+                        r->spool_id = 0;
+                        int64_t now = cs->io.now(cs->io.ud);
+                        if (!r->delivered_ms) /* also when it was overdue first (its broker was away) */
+                                r->delivered_ms = now;
+                        if (r->state == R_PENDING) {
+                                r->state = R_DELIVERED;
+                                emit_rcpt(cs, c, r, now);
+                        }
+                        mark(cs, c);
+                        return;
+                }
+        }
+}
+
+/* A repeat is due on the grid of the first copy (first + k x repeat_every), so the tick
+ * does not add up into drift; a copy held back (its broker away) is followed by the
+ * next one no sooner than half an interval after it, not by a burst. */
+static bool repeat_due(const struct call *c, const struct rcpt *r, int64_t now)
+{
+        if (c->repeat_ms <= 0 || r->spool_id || !r->sends)
+                return false;
+        return now >= r->first_ms + (int64_t)r->sends * c->repeat_ms && now >= r->sent_ms + c->repeat_ms / 2;
+}
+
+static void tick_call(struct km_calls *cs, struct call *c, int64_t now)
+{
+        for (size_t i = 0; i < c->nr; i++) {
+                struct rcpt *r = &c->r[i];
+                bool changed = false;
+                if (answered(r->state))
+                        continue;
+                if (!r->sends) { /* its first send failed: again */
+                        if (send_rcpt(cs, c, r, now) == 0)
+                                mark(cs, c);
+                        continue;
+                }
+                if (r->state != R_OVERDUE && c->respond_ms > 0 && now >= r->first_ms + c->respond_ms) {
+                        r->state = R_OVERDUE;
+                        changed = true;
+                }
+                if (repeat_due(c, r, now) && send_rcpt(cs, c, r, now) == 0) {
+                        cs->st.repeats++;
+                        changed = true;
+                }
+                /* One change upstream for both when they fall in one tick. */
+                if (changed) {
+                        emit_rcpt(cs, c, r, now);
+                        mark(cs, c);
+                }
+        }
+        int64_t every = c->esc_after_ms;
+        while (c->esc_done < c->nsteps && every > 0 && now >= c->created_ms + every * (c->esc_done + 1)) {
+                bool help = false;
+                for (size_t i = 0; i < c->nr && !help; i++)
+                        help = needs_help(c->r[i].state);
+                if (!help)
+                        break;
+                struct km_strv added = { 0 };
+                size_t first = c->nr;
+                int k = add_rcpts(cs, c, (const char *const *)c->steps[c->esc_done].v, c->steps[c->esc_done].n,
+                                  c->esc_done + 1, now, &added);
+                if (k < 0) {
+                        km_strv_free(&added);
+                        KM_LOG(KM_LOG_ERR, "calls", "call %s: escalation step %d: %s", c->id, c->esc_done + 1,
+                               k == -E2BIG ? "too many recipients" : "out of memory");
+                        break;
+                }
+                c->esc_done++;
+                c->state = C_ESCALATED;
+                cs->st.escalations++;
+                static const char *const none[] = { NULL };
+                emit_call(cs, c, now, added.v ? (const char *const *)added.v : none, added.n);
+                KM_LOG(KM_LOG_NOTICE, "calls", "call %s escalated (step %d) to %zu more units", c->id, c->esc_done, added.n);
+                km_strv_free(&added);
+                for (size_t i = first; i < c->nr; i++)
+                        send_rcpt(cs, c, &c->r[i], now);
+                mark(cs, c);
+        }
+}
+
+void km_calls_tick(struct km_calls *cs)
+{
+        int64_t now = cs->io.now(cs->io.ud);
+        for (size_t i = 0; i < cs->n; i++)
+                if (cs->c[i]->state != C_CLOSED)
+                        tick_call(cs, cs->c[i], now);
+        /* Closed calls past keep_closed leave memory and the file. */
+        for (size_t i = 0; i < cs->n;) {
+                struct call *c = cs->c[i];
+                if (c->state != C_CLOSED || now < c->closed_ms + cs->conf.keep_closed_ms || c->dirty) {
+                        i++;
+                        continue;
+                }
+                if (km_spool_tx_begin(cs->sp, false) < 0)
+                        break;
+                int rc = delete_call(cs, c->id);
+                if (km_spool_tx_end(cs->sp, false, rc == 0, "deleting an old call") < 0)
+                        break;
+                call_free(c);
+                memmove(&cs->c[i], &cs->c[i + 1], (cs->n - i - 1) * sizeof(*cs->c));
+                cs->n--;
+        }
+}
+
+/* ---- the control socket --------------------------------------------------------------- */
+
+static void reply_err(struct km_control_buf *b, const char *why)
+{
+        km_control_printf(b, "{\"error\":");
+        km_control_json_str(b, why);
+        km_control_printf(b, "}\n");
+}
+
+static void time_str(int64_t ms, char *out, size_t n)
+{
+        if (!ms) {
+                snprintf(out, n, "null");
+                return;
+        }
+        time_t t = (time_t)(ms / 1000);
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        size_t k = strftime(out, n, "\"%Y-%m-%dT%H:%M:%S", &tm);
+        snprintf(out + k, n - k, ".%03dZ\"", (int)(ms % 1000));
+}
+
+static void call_json(struct km_control_buf *b, const struct call *c, bool full)
+{
+        char t1[40], t2[40], t3[40];
+        size_t ans = 0, pend = 0;
+        for (size_t i = 0; i < c->nr; i++) {
+                ans += answered(c->r[i].state);
+                pend += !answered(c->r[i].state);
+        }
+        time_str(c->created_ms, t1, sizeof(t1));
+        time_str(c->closed_ms, t2, sizeof(t2));
+        km_control_printf(b, "{\"id\":");
+        km_control_json_str(b, c->id);
+        km_control_printf(b, ",\"level\":\"%s\",\"state\":\"%s\",\"from\":\"%s\",\"created\":%s,\"closed\":%s,"
+                             "\"respond_within\":%lld,\"repeat_every\":%lld,\"escalate_after\":%lld,\"escalations\":%d,"
+                             "\"recipients_n\":%zu,\"answered_n\":%zu,\"unanswered_n\":%zu,\"text\":",
+                          level_names[c->level], cstate_names[c->state], c->local ? "local" : "center", t1, t2,
+                          (long long)(c->respond_ms / 1000), (long long)(c->repeat_ms / 1000),
+                          (long long)(c->esc_after_ms / 1000), c->esc_done, c->nr, ans, pend);
+        km_control_json_str(b, c->text);
+        if (full) {
+                km_control_printf(b, ",\"recipients\":[");
+                for (size_t i = 0; i < c->nr; i++) {
+                        const struct rcpt *r = &c->r[i];
+                        time_str(r->sent_ms, t1, sizeof(t1));
+                        time_str(r->delivered_ms, t2, sizeof(t2));
+                        time_str(r->answered_ms, t3, sizeof(t3));
+                        km_control_printf(b, "%s{\"unit\":", i ? "," : "");
+                        km_control_json_str(b, r->unit);
+                        km_control_printf(b, ",\"state\":\"%s\",\"step\":%d,\"sends\":%u,\"last_sent\":%s,\"delivered\":%s,"
+                                             "\"answered\":%s,\"answer\":",
+                                          rstate_names[r->state], r->step, r->sends, t1, t2, t3);
+                        if (r->answer)
+                                km_control_json_str(b, r->answer);
+                        else
+                                km_control_printf(b, "null");
+                        km_control_printf(b, "}");
+                }
+                km_control_printf(b, "]");
+        }
+        km_control_printf(b, "}");
+}
+
+void km_calls_control(struct km_calls *cs, const char *args, struct km_control_buf *out)
+{
+        char err[256] = "";
+        args += strspn(args, " \t");
+        size_t n = strcspn(args, "\r\n");
+        if (!cs) {
+                reply_err(out, "calls run on a base only");
+                return;
+        }
+        if (*args == '{') {
+                int rc = command(cs, args, n, true, err, sizeof(err));
+                if (rc == -EINVAL)
+                        bad(cs, &cs->st.bad_commands, "call refused: %s", err);
+                if (rc < 0)
+                        reply_err(out, rc == -EINVAL ? err : strerror(-rc));
+                else
+                        km_control_printf(out, "{\"call\":\"raised\"}\n");
+                return;
+        }
+        size_t vl = strcspn(args, " \t\r\n");
+        const char *arg = args + vl + strspn(args + vl, " \t");
+        char id[KM_CALLS_ID_MAX + 2] = "";
+        size_t il = strcspn(arg, " \t\r\n");
+        if (il < sizeof(id))
+                memcpy(id, arg, il), id[il] = '\0';
+        if (vl == 5 && strncmp(args, "close", 5) == 0) {
+                struct call *c = *id ? find_call(cs, id) : NULL;
+                if (!c) {
+                        reply_err(out, "no such call (kuimenctl call show)");
+                        return;
+                }
+                if (c->state != C_CLOSED)
+                        close_call(cs, c, cs->io.now(cs->io.ud));
+                int rc = km_calls_flush(cs, true);
+                if (rc < 0)
+                        reply_err(out, strerror(-rc));
+                else
+                        km_control_printf(out, "{\"call\":\"closed\"}\n");
+                return;
+        }
+        if (vl == 4 && strncmp(args, "show", 4) == 0) {
+                if (*id) {
+                        struct call *c = find_call(cs, id);
+                        if (!c) {
+                                reply_err(out, "no such call (kuimenctl call show)");
+                                return;
+                        }
+                        km_control_printf(out, "{\"call\":");
+                        call_json(out, c, true);
+                        km_control_printf(out, "}\n");
+                        return;
+                }
+                km_control_printf(out, "{\"calls\":[");
+                for (size_t i = 0; i < cs->n; i++) {
+                        if (i)
+                                km_control_printf(out, ",");
+                        call_json(out, cs->c[i], false);
+                }
+                km_control_printf(out, "],\"open\":%zu,\"changes\":%llu,\"answers\":%llu,\"repeats\":%llu,"
+                                       "\"escalations\":%llu,\"bad_commands\":%llu,\"bad_answers\":%llu}\n",
+                                  open_calls(cs), (unsigned long long)cs->st.changes, (unsigned long long)cs->st.answers,
+                                  (unsigned long long)cs->st.repeats, (unsigned long long)cs->st.escalations,
+                                  (unsigned long long)cs->st.bad_commands, (unsigned long long)cs->st.bad_answers);
+                return;
+        }
+        reply_err(out, "unknown call request (call JSON, call show [ID], call close ID)");
+}
+
+/* ---- daemon glue ---------------------------------------------------------------------- */
+
+static int d_publish(void *ud, const char *topic, const char *payload, size_t len, bool retain, uint64_t *id)
+{
+        struct km_calls *cs = ud;
+        return km_daemon_ingest_class(cs->d, KM_DIR_DOWN, topic, "alert", payload, len, retain, id);
+}
+
+static int d_emit(void *ud, const char *topic, const char *payload, size_t len)
+{
+        struct km_calls *cs = ud;
+        return km_daemon_ingest_class(cs->d, KM_DIR_UP, topic, "alert", payload, len, false, NULL);
+}
+
+static int64_t d_now(void *ud)
+{
+        struct km_calls *cs = ud;
+        return km_daemon_now(cs->d);
+}
+
+static void d_answered(void *ud, const char *call_id, const char *unit, const char *status)
+{
+        struct km_calls *cs = ud;
+        if (cs->d->incidents)
+                km_incidents_answer(cs->d->incidents, call_id, unit, status);
+}
+
+static int on_flush(sd_event_source *s, void *ud)
+{
+        struct km_calls *cs = ud;
+        (void)s;
+        km_calls_flush(cs, false); /* a failure is the spool's storage fault: the next change tries again */
+        return 0;
+}
+
+static void d_dirty(void *ud)
+{
+        struct km_calls *cs = ud;
+        if (cs->flush)
+                sd_event_source_set_enabled(cs->flush, SD_EVENT_ONESHOT);
+}
+
+static int on_tick(sd_event_source *s, uint64_t usec, void *ud)
+{
+        struct km_calls *cs = ud;
+        (void)usec;
+        km_calls_tick(cs);
+        sd_event_source_set_time_relative(s, (uint64_t)cs->conf.tick_ms * 1000);
+        return sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
+}
+
+int km_calls_start(struct km_daemon *d, struct km_conf *c)
+{
+        struct km_calls_conf conf;
+        struct km_calls *cs;
+        int rc = km_calls_conf_load(&conf, c);
+        if (rc < 0) {
+                km_calls_conf_release(&conf);
+                return rc;
+        }
+        struct km_calls_io io = { .publish = d_publish, .emit = d_emit, .now = d_now, .dirty = d_dirty,
+                                  .answered = d_answered };
+        if ((rc = km_calls_new(&cs, d->spool, &conf, &io)) < 0) {
+                km_calls_conf_release(&conf);
+                return rc;
+        }
+        cs->io.ud = cs;
+        cs->d = d;
+        if ((rc = sd_event_add_defer(d->ev, &cs->flush, on_flush, cs)) < 0 ||
+            (rc = sd_event_source_set_enabled(cs->flush, SD_EVENT_OFF)) < 0 ||
+            (rc = sd_event_add_time_relative(d->ev, &cs->tick, CLOCK_MONOTONIC, (uint64_t)cs->conf.tick_ms * 1000,
+                                             (uint64_t)cs->conf.tick_ms * 100, on_tick, cs)) < 0) {
+                km_calls_free(cs);
+                return rc;
+        }
+        d->calls = cs;
+        return 0;
+}
