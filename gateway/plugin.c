@@ -1109,24 +1109,10 @@ static bool data_waiting(km_plugin_link *h)
         return false;
 }
 
-/* Whether a frame in flight is to go again now (what km_frame_tx_due picks). */
-static bool resend_waiting(km_plugin_link *h, int64_t now, int64_t rto)
-{
-        for (unsigned i = 0; i < KM_FRAME_WINDOW_MAX; i++) {
-                const struct km_frame_slot *s = &h->tx.slot[i];
-                if (s->used && !s->sacked && (s->lost || now - s->sent_ms >= rto))
-                        return true;
-        }
-        return false;
-}
-
 /* Feeds the device while it takes frames: an owed ack, retransmissions, new frames. An
  * ack rides in the tail of a data frame about to go when it fits (a base answering a
  * center's command frames while it sends its own: on a budgeted card every frame
- * counts); else it goes alone, once that frame is sent. A frame to send again counts
- * as one about to go: on a card that takes one frame a slot, with a peer that sends
- * every slot, an ack owed anew each slot went alone every time and the frame the card
- * had refused waited until ack_timeout took the link down (the BeiDou 60 s drill). */
+ * counts); else it goes alone, once that frame is sent. */
 static void kick(km_plugin_link *h)
 {
         int64_t now = km_now_ms();
@@ -1134,8 +1120,7 @@ static void kick(km_plugin_link *h)
         while (!h->busy && h->open && !h->faulted) {
                 size_t room = budget_room(h);
                 room = room > h->ovh ? room - h->ovh : 0; /* what sealing adds is on the air too */
-                int64_t rto = h->link->ack_mode == KM_ACK_PEER ? h->rto_ms : INT64_MAX / 4;
-                if (h->ack_owed && (h->ack_tried || !(data_waiting(h) || resend_waiting(h, now, rto)))) {
+                if (h->ack_owed && (h->ack_tried || !data_waiting(h))) {
                         struct km_frame_ack ack;
                         if (km_frame_rx_ack(&h->rx, h->ack_to, &ack) == 0) {
                                 int n = km_frame_ack_encode(&ack, h->origin, h->buf, h->bufcap);
@@ -1161,6 +1146,7 @@ static void kick(km_plugin_link *h)
                 /* A frame longer than room stays put (-ENOSPC, not stamped). Without the
                  * peer's acks nothing is sent again for time alone: only a frame the
                  * device refused or did not take (marked lost) goes again. */
+                int64_t rto = h->link->ack_mode == KM_ACK_PEER ? h->rto_ms : INT64_MAX / 4;
                 int n = km_frame_tx_due(&h->tx, now, rto, h->buf, room < h->bufcap ? room : h->bufcap);
                 if (n == -ENOSPC) {
                         budget_wait(h);
