@@ -73,12 +73,22 @@ struct kmp_opt_table {
 int kmp_read_opts(const struct kmp_opt_table *t, km_plugin_link *h, const struct km_host_api *api, void *conf,
                   size_t conf_size, const char **key, char *why, size_t wn);
 
-/* The one exported symbol: the descriptor, or NULL for a host of another major ABI. */
-#define KMP_PLUGIN_ENTRY(desc)                                                                                   \
+/* The plugin's descriptor (ops and the keys it reads) and the one exported symbol,
+ * which hands it to a host of this major ABI and NULL to any other. */
+#define KMP_PLUGIN_ENTRY(plugin_name, plugin_version, plugin_ops, plugin_keys)                                  \
+        static const struct km_plugin_desc kmp_desc = {                                                         \
+                .abi_major = KM_PLUGIN_ABI_MAJOR,                                                               \
+                .abi_minor = KM_PLUGIN_ABI_MINOR,                                                               \
+                .struct_size = sizeof(struct km_plugin_desc),                                                   \
+                .name = (plugin_name),                                                                          \
+                .version = (plugin_version),                                                                    \
+                .ops = &(plugin_ops),                                                                           \
+                .keys = (plugin_keys),                                                                          \
+        };                                                                                                      \
         KM_PLUGIN_EXPORT const struct km_plugin_desc *kuimen_plugin(uint32_t host_abi_major, uint32_t host_abi_minor) \
-        {                                                                                                        \
-                (void)host_abi_minor;                                                                            \
-                return host_abi_major == KM_PLUGIN_ABI_MAJOR ? &(desc) : NULL;                                   \
+        {                                                                                                       \
+                (void)host_abi_minor;                                                                           \
+                return host_abi_major == KM_PLUGIN_ABI_MAJOR ? &kmp_desc : NULL;                                \
         }
 
 #endif

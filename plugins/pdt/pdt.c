@@ -645,15 +645,4 @@ static const struct km_plugin_ops ops = {
         .check = pdt_check,
 };
 
-static const struct km_plugin_desc desc = {
-        .abi_major = KM_PLUGIN_ABI_MAJOR,
-        .abi_minor = KM_PLUGIN_ABI_MINOR,
-        .struct_size = sizeof(struct km_plugin_desc),
-        .name = "pdt",
-        .version = "1.0",
-        .ops = &ops,
-        .keys = keys,
-};
-
-/* The one exported symbol: the descriptor, or NULL for a host of another major ABI. */
-KMP_PLUGIN_ENTRY(desc)
+KMP_PLUGIN_ENTRY("pdt", "1.0", ops, keys)

@@ -1089,14 +1089,4 @@ static const struct km_plugin_ops ops = {
         .check = sbd_check,
 };
 
-static const struct km_plugin_desc desc = {
-        .abi_major = KM_PLUGIN_ABI_MAJOR,
-        .abi_minor = KM_PLUGIN_ABI_MINOR,
-        .struct_size = sizeof(struct km_plugin_desc),
-        .name = "sbd",
-        .version = "1.0",
-        .ops = &ops,
-        .keys = keys,
-};
-
-KMP_PLUGIN_ENTRY(desc)
+KMP_PLUGIN_ENTRY("sbd", "1.0", ops, keys)

@@ -813,14 +813,4 @@ static const struct km_plugin_ops ops = {
         .check = sim_check,
 };
 
-static const struct km_plugin_desc desc = {
-        .abi_major = KM_PLUGIN_ABI_MAJOR,
-        .abi_minor = KM_PLUGIN_ABI_MINOR,
-        .struct_size = sizeof(struct km_plugin_desc),
-        .name = "sim",
-        .version = "1.0",
-        .ops = &ops,
-        .keys = keys,
-};
-
-KMP_PLUGIN_ENTRY(desc)
+KMP_PLUGIN_ENTRY("sim", "1.0", ops, keys)
