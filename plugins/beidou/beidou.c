@@ -222,25 +222,23 @@ static const char *parse_opt(const struct kmp_opt *o, const char *v, void *conf,
         return "unknown option type";
 }
 
-/* The errors keep the form configs and tests already know: "key = value: why". */
-static const struct kmp_opt_table opt_table = {
-        .name = "beidou", .opts = opts, .n = sizeof(opts) / sizeof(opts[0]), .parse = parse_opt, .terse = true
-};
-
-/* Reads every key through api->config. On error *key names it and why says why. */
-static int read_conf(km_plugin_link *h, const struct km_host_api *api, struct bd_conf *c, const char **key, char *why,
-                     size_t len)
+/* The checks across keys, once each key has parsed on its own. */
+static int check_keys(void *conf, const char **key, char *why, size_t wn)
 {
-        int r = kmp_read_opts(&opt_table, h, api, c, sizeof(*c), key, why, len);
-        if (r < 0)
-                return r;
+        struct bd_conf *c = conf;
         if (c->mtu_cap && c->mtu_cap < BD_FRAME_MIN) {
                 *key = "mtu";
-                snprintf(why, len, "mtu: at least %d (a frame's minimum), or 0 for the card's", BD_FRAME_MIN);
+                snprintf(why, wn, "mtu: at least %d (a frame's minimum), or 0 for the card's", BD_FRAME_MIN);
                 return -EINVAL;
         }
         return 0;
 }
+
+/* The errors keep the form configs and tests already know: "key = value: why". */
+static const struct kmp_opt_table opt_table = {
+        .name = "beidou", .opts = opts, .n = sizeof(opts) / sizeof(opts[0]),
+        .check_keys = check_keys, .parse = parse_opt, .terse = true
+};
 
 /* ---- the device --------------------------------------------------------------- */
 
@@ -1091,16 +1089,9 @@ static void bd_close(void *state);
 static int bd_open(km_plugin_link *h, const struct km_host_api *api, void **state)
 {
         struct bd_conf c;
-        const char *key = NULL;
-        char why[512];
-
-        if (!api || api->abi_major != KM_PLUGIN_ABI_MAJOR || api->struct_size < offsetof(struct km_host_api, reserved))
-                return -EPROTO;
-        int r = read_conf(h, api, &c, &key, why, sizeof(why));
-        if (r < 0) {
-                api->log(h, KM_PLUGIN_LOG_ERR, "beidou: %s", why);
+        int r = kmp_open_conf(&opt_table, h, api, &c, sizeof(c));
+        if (r < 0)
                 return r;
-        }
         struct bd *s = calloc(1, sizeof(*s));
         if (!s)
                 return -ENOMEM;
@@ -1222,7 +1213,7 @@ write:
 static int bd_check(km_plugin_link *h, const struct km_host_api *api, const char **key, char *why, size_t len)
 {
         struct bd_conf c;
-        return read_conf(h, api, &c, key, why, len);
+        return kmp_read_opts(&opt_table, h, api, &c, sizeof(c), key, why, len);
 }
 
 static const struct km_plugin_ops ops = {

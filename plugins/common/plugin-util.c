@@ -119,5 +119,18 @@ int kmp_read_opts(const struct kmp_opt_table *t, km_plugin_link *h, const struct
                         return -EINVAL;
                 }
         }
-        return 0;
+        return t->check_keys ? t->check_keys(conf, key, why, wn) : 0;
+}
+
+int kmp_open_conf(const struct kmp_opt_table *t, km_plugin_link *h, const struct km_host_api *api, void *conf,
+                  size_t conf_size)
+{
+        const char *key = NULL;
+        char why[512];
+        if (!api || api->abi_major != KM_PLUGIN_ABI_MAJOR || api->struct_size < offsetof(struct km_host_api, reserved))
+                return -EPROTO;
+        int r = kmp_read_opts(t, h, api, conf, conf_size, &key, why, sizeof(why));
+        if (r < 0)
+                api->log(h, KM_PLUGIN_LOG_ERR, "%s%s%s", t->terse ? t->name : "", t->terse ? ": " : "", why);
+        return r;
 }

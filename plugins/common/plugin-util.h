@@ -64,14 +64,22 @@ struct kmp_opt_table {
         /* BeiDou's older form, kept for the configs and tests that know it:
          * "key: required (help)" and "key = value: why", without the name. */
         bool terse;
+        /* The checks across keys, once every key has parsed: 0, or -EINVAL with *key
+         * and the whole of why (the plugin's own texts). NULL: none. */
+        int (*check_keys)(void *conf, const char **key, char *why, size_t wn);
 };
 
 /* Zeroes conf (of conf_size bytes) and reads every key of t through api->config. On
  * the first bad one returns -EINVAL with *key the key and why "name: key = 'value':
  * reason (help)" or "name: key: missing (help)", for open() to log and check() to
- * hand back. The checks across keys stay with the plugin. */
+ * hand back; then t->check_keys. */
 int kmp_read_opts(const struct kmp_opt_table *t, km_plugin_link *h, const struct km_host_api *api, void *conf,
                   size_t conf_size, const char **key, char *why, size_t wn);
+
+/* open()'s start: refuses a host of another ABI (-EPROTO), then reads conf as above and
+ * logs why at KM_PLUGIN_LOG_ERR (-EINVAL). */
+int kmp_open_conf(const struct kmp_opt_table *t, km_plugin_link *h, const struct km_host_api *api, void *conf,
+                  size_t conf_size);
 
 /* The plugin's descriptor (ops and the keys it reads) and the one exported symbol,
  * which hands it to a host of this major ABI and NULL to any other. */

@@ -119,16 +119,10 @@ static const char *parse_ip4(const struct kmp_opt *o, const char *v, void *conf,
         return inet_pton(AF_INET, v, (char *)conf + o->off) == 1 ? NULL : "not a numeric IPv4 address";
 }
 
-static const struct kmp_opt_table opt_table = {
-        .name = "pdt", .opts = opts, .n = sizeof(opts) / sizeof(opts[0]), .parse = parse_ip4
-};
-
-static int read_conf(km_plugin_link *h, const struct km_host_api *api, struct pdt_conf *c, const char **key, char *why,
-                     size_t wn)
+/* The checks across keys, once each key has parsed on its own. */
+static int check_keys(void *conf, const char **key, char *why, size_t wn)
 {
-        int r = kmp_read_opts(&opt_table, h, api, c, sizeof(*c), key, why, wn);
-        if (r < 0)
-                return r;
+        struct pdt_conf *c = conf;
         if (c->tmp_port == c->rrs_port) {
                 *key = "rrs_port";
                 snprintf(why, wn, "pdt: rrs_port: the same as tmp_port");
@@ -152,6 +146,11 @@ static int read_conf(km_plugin_link *h, const struct km_host_api *api, struct pd
         }
         return 0;
 }
+
+static const struct kmp_opt_table opt_table = {
+        .name = "pdt", .opts = opts, .n = sizeof(opts) / sizeof(opts[0]),
+        .check_keys = check_keys, .parse = parse_ip4
+};
 
 /* ---- reports ---------------------------------------------------------------- */
 
@@ -553,15 +552,9 @@ static void pdt_close(void *state);
 static int pdt_open(km_plugin_link *h, const struct km_host_api *api, void **state)
 {
         struct pdt_conf c;
-        const char *key = NULL;
-        char why[512];
-        if (!api || api->abi_major != KM_PLUGIN_ABI_MAJOR || api->struct_size < offsetof(struct km_host_api, reserved))
-                return -EPROTO;
-        int r = read_conf(h, api, &c, &key, why, sizeof(why));
-        if (r < 0) {
-                api->log(h, KM_PLUGIN_LOG_ERR, "%s", why);
+        int r = kmp_open_conf(&opt_table, h, api, &c, sizeof(c));
+        if (r < 0)
                 return r;
-        }
         struct pdt *s = calloc(1, sizeof(*s));
         if (!s)
                 return -ENOMEM;
@@ -634,7 +627,7 @@ static uint32_t pdt_mtu(void *state)
 static int pdt_check(km_plugin_link *h, const struct km_host_api *api, const char **key, char *why, size_t len)
 {
         struct pdt_conf c;
-        return read_conf(h, api, &c, key, why, len);
+        return kmp_read_opts(&opt_table, h, api, &c, sizeof(c), key, why, len);
 }
 
 static const struct km_plugin_ops ops = {

@@ -196,17 +196,10 @@ static const char *parse_custom(const struct kmp_opt *o, const char *v, void *co
         return bad;
 }
 
-static const struct kmp_opt_table opt_table = {
-        .name = "sbd", .opts = opts, .n = sizeof(opts) / sizeof(opts[0]), .parse = parse_custom
-};
-
-/* Reads every key through the host; on the first bad one -EINVAL, *key and why. */
-static int read_conf(km_plugin_link *h, const struct km_host_api *api, struct sbd_conf *c, const char **key, char *why,
-                     size_t wn)
+/* The checks across keys, once each key has parsed on its own. */
+static int check_keys(void *conf, const char **key, char *why, size_t wn)
 {
-        int r = kmp_read_opts(&opt_table, h, api, c, sizeof(*c), key, why, wn);
-        if (r < 0)
-                return r;
+        struct sbd_conf *c = conf;
         if (c->retry_max_us < c->retry_us) {
                 *key = "retry_max";
                 snprintf(why, wn, "sbd: retry_max: shorter than retry");
@@ -214,6 +207,11 @@ static int read_conf(km_plugin_link *h, const struct km_host_api *api, struct sb
         }
         return 0;
 }
+
+static const struct kmp_opt_table opt_table = {
+        .name = "sbd", .opts = opts, .n = sizeof(opts) / sizeof(opts[0]),
+        .check_keys = check_keys, .parse = parse_custom
+};
 
 /* ---- reports ---------------------------------------------------------------- */
 
@@ -989,16 +987,9 @@ static void sbd_close(void *state);
 static int sbd_open(km_plugin_link *h, const struct km_host_api *api, void **state)
 {
         struct sbd_conf c;
-        const char *key = NULL;
-        char why[512];
-
-        if (!api || api->abi_major != KM_PLUGIN_ABI_MAJOR || api->struct_size < offsetof(struct km_host_api, reserved))
-                return -EPROTO;
-        int r = read_conf(h, api, &c, &key, why, sizeof(why));
-        if (r < 0) {
-                api->log(h, KM_PLUGIN_LOG_ERR, "%s", why);
+        int r = kmp_open_conf(&opt_table, h, api, &c, sizeof(c));
+        if (r < 0)
                 return r;
-        }
         struct sbd *s = calloc(1, sizeof(*s));
         if (!s)
                 return -ENOMEM;
@@ -1078,7 +1069,7 @@ static uint32_t sbd_mtu(void *state)
 static int sbd_check(km_plugin_link *h, const struct km_host_api *api, const char **key, char *why, size_t len)
 {
         struct sbd_conf c;
-        return read_conf(h, api, &c, key, why, len);
+        return kmp_read_opts(&opt_table, h, api, &c, sizeof(c), key, why, len);
 }
 
 static const struct km_plugin_ops ops = {

@@ -302,20 +302,11 @@ static const char *parse_custom(const struct kmp_opt *o, const char *v, void *co
         return "unknown option type";
 }
 
-static const struct kmp_opt_table opt_table = {
-        .name = "sim", .opts = opts, .n = sizeof(opts) / sizeof(opts[0]), .parse = parse_custom
-};
-
-/* Reads every key through the host. On the first bad one returns -EINVAL with *key
- * the key and why "key = 'value': reason (help)" (or "key: reason"), for open() to log
- * and check() to hand back. */
-static int read_conf(km_plugin_link *h, const struct km_host_api *api, struct sim_conf *c, const char **key,
-                     char *why, size_t wn)
+/* The checks across keys, once each key has parsed on its own. */
+static int check_keys(void *conf, const char **key, char *why, size_t wn)
 {
+        struct sim_conf *c = conf;
         char buf[128];
-        int r = kmp_read_opts(&opt_table, h, api, c, sizeof(*c), key, why, wn);
-        if (r < 0)
-                return r;
         const char *bad = check_conf(c, key, buf, sizeof(buf));
         if (bad) {
                 snprintf(why, wn, "sim: %s: %s", *key, bad);
@@ -323,6 +314,11 @@ static int read_conf(km_plugin_link *h, const struct km_host_api *api, struct si
         }
         return 0;
 }
+
+static const struct kmp_opt_table opt_table = {
+        .name = "sim", .opts = opts, .n = sizeof(opts) / sizeof(opts[0]),
+        .check_keys = check_keys, .parse = parse_custom
+};
 
 /* ---- link state and reports ------------------------------------------------- */
 
@@ -651,17 +647,9 @@ static void sim_close(void *state);
 static int sim_open(km_plugin_link *h, const struct km_host_api *api, void **state)
 {
         struct sim_conf c;
-        int r;
-
-        if (!api || api->abi_major != KM_PLUGIN_ABI_MAJOR || api->struct_size < offsetof(struct km_host_api, reserved))
-                return -EPROTO;
-        const char *key = NULL;
-        char why[512];
-        r = read_conf(h, api, &c, &key, why, sizeof(why));
-        if (r < 0) {
-                api->log(h, KM_PLUGIN_LOG_ERR, "%s", why);
+        int r = kmp_open_conf(&opt_table, h, api, &c, sizeof(c));
+        if (r < 0)
                 return r;
-        }
 
         struct sim *s = calloc(1, sizeof(*s));
         if (!s)
@@ -802,7 +790,7 @@ static uint32_t sim_mtu(void *state)
 static int sim_check(km_plugin_link *h, const struct km_host_api *api, const char **key, char *why, size_t len)
 {
         struct sim_conf c;
-        return read_conf(h, api, &c, key, why, len);
+        return kmp_read_opts(&opt_table, h, api, &c, sizeof(c), key, why, len);
 }
 
 static const struct km_plugin_ops ops = {
