@@ -2,14 +2,12 @@
 /* beidou: a BeiDou RDSS short-message terminal on a serial port (BDS-3 and BDS-2 "2.1" ASCII sentences) as a narrow link. */
 #include <errno.h>
 #include <fcntl.h>
-#include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <termios.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "plugins/beidou/rdss.h"

@@ -2,7 +2,6 @@
 /* pdt: a Hytera PDT/DMR data radio on its USB network as a narrow link (HDAP TMP text messages, RRS). */
 #include <arpa/inet.h>
 #include <errno.h>
-#include <math.h>
 #include <netinet/in.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -10,7 +9,6 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "plugins/common/plugin-util.h"

@@ -2,14 +2,12 @@
 /* sbd: an Iridium 9602/9603/RockBLOCK modem on a serial port as a narrow link (AT+SBDWB, +SBDIX, +SBDRB). */
 #include <errno.h>
 #include <fcntl.h>
-#include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <termios.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "plugins/common/plugin-util.h"

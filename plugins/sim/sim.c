@@ -2,7 +2,6 @@
 /* sim: a narrow link over loopback UDP with a set MTU, bit rate, send interval, latency, loss and outages. */
 #include <arpa/inet.h>
 #include <errno.h>
-#include <math.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdbool.h>
@@ -12,7 +11,6 @@
 #include <sys/epoll.h>
 #include <sys/random.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "plugins/common/plugin-util.h"
