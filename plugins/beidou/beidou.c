@@ -2,17 +2,16 @@
 /* beidou: a BeiDou RDSS short-message terminal on a serial port (BDS-3 and BDS-2 "2.1" ASCII sentences) as a narrow link. */
 #include <errno.h>
 #include <fcntl.h>
-#include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <termios.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "plugins/beidou/rdss.h"
+#include "plugins/common/plugin-util.h"
 #include "plugins/kuimen-plugin.h"
 
 /*
@@ -47,7 +46,6 @@
 
 #define BD_TICK_US 200000ull
 #define BD_OUT_MAX 16384
-#define BD_LOG_EVERY_US 10000000ull
 #define BD_FRAME_MIN 32  /* KM_FRAME_MTU_MIN: a card that carries less cannot be a link */
 #define BD_FRAME_MAX 4096 /* KM_FRAME_MTU_MAX */
 #define BD_CARD_RETRY_US 2000000ull
@@ -64,11 +62,6 @@ struct bd_conf {
         bool mixed;
         uint64_t mtu_cap, min_s2c, min_power, freq_point;
         uint64_t reopen_us, fki_us, silence_us, settle_us, card_poll_us, refusal_us;
-};
-
-struct bd_rl {
-        uint64_t last_us;
-        unsigned suppressed;
 };
 
 struct bd {
@@ -122,49 +115,27 @@ struct bd {
         uint32_t r_mtu;
 
         uint64_t n_lines, n_garbled, n_sent, n_refused, n_early, n_rx, n_rx_bad, n_unexpected, n_out_dropped;
-        struct bd_rl rl_garbled, rl_rx, rl_out;
+        struct kmp_ratelimit rl_garbled, rl_rx, rl_out;
         struct rdss_sentence sen; /* big: kept here, not on the stack */
         uint8_t frame[RDSS_LINE_MAX / 2];
 };
 
-static uint64_t now_us(void)
-{
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
-/* What a peer (or line noise) can trigger is logged once per 10 s with the count of
- * what was swallowed; returns that count, or -1 to stay quiet. */
-static long ratelimit(struct bd_rl *rl, uint64_t now)
-{
-        if (rl->last_us && now - rl->last_us < BD_LOG_EVERY_US) {
-                rl->suppressed++;
-                return -1;
-        }
-        long n = rl->suppressed;
-        rl->last_us = now ? now : 1;
-        rl->suppressed = 0;
-        return n;
-}
-
 /* ---- configuration ---------------------------------------------------------- */
 
-enum bd_opt_type { OPT_PATH, OPT_BAUD, OPT_PROTO, OPT_CARD, OPT_CODING, OPT_UINT, OPT_DURATION };
-
-struct bd_opt {
-        const char *key;
-        enum bd_opt_type type;
-        const char *def; /* NULL: required */
-        size_t off;
-        uint64_t min, max;
-        const char *help;
+enum {
+        OPT_UINT = KMP_OPT_UINT,
+        OPT_DURATION = KMP_OPT_DURATION,
+        OPT_PATH = KMP_OPT_CUSTOM,
+        OPT_BAUD,
+        OPT_PROTO,
+        OPT_CARD,
+        OPT_CODING,
 };
 
 #define CONF(f) offsetof(struct bd_conf, f)
 #define US(s) ((uint64_t)(s) * 1000000ull)
 
-static const struct bd_opt opts[] = {
+static const struct kmp_opt opts[] = {
         { "device", OPT_PATH, NULL, CONF(device), 0, 0, "serial port of the module, e.g. /dev/ttyUSB0" },
         { "baud", OPT_BAUD, "115200", CONF(baud), 0, 0, "line speed, 8N1" },
         { "protocol", OPT_PROTO, "auto", CONF(proto), 0, 0, "bds3, 2.1, 4.0 (binary) or auto (bds3 or 2.1)" },
@@ -197,49 +168,11 @@ static const struct {
               { 57600, B57600 },   { 115200, B115200 }, { 230400, B230400 }, { 460800, B460800 },
               { 921600, B921600 } };
 
-static const char *parse_uint(const char *v, uint64_t *out, uint64_t min, uint64_t max, char *why, size_t n)
+/* The types of its own; the numbers and durations are the reader's. */
+static const char *parse_opt(const struct kmp_opt *o, const char *v, void *conf, char *why, size_t n)
 {
-        char *end;
-        if (*v < '0' || *v > '9')
-                return "not a whole number";
-        errno = 0;
-        unsigned long long x = strtoull(v, &end, 10);
-        if (*end != '\0')
-                return "not a whole number";
-        if (errno == ERANGE || x < min || x > max) {
-                snprintf(why, n, "out of range %llu..%llu", (unsigned long long)min, (unsigned long long)max);
-                return why;
-        }
-        *out = x;
-        return NULL;
-}
-
-/* "200ms", "1.5s", "2m", or a bare number of seconds. */
-static const char *parse_duration(const char *v, uint64_t *out, uint64_t min, uint64_t max, char *why, size_t n)
-{
-        char *end;
-        if (!((*v >= '0' && *v <= '9') || *v == '.'))
-                return "not a duration (e.g. 200ms, 1.5s, 2m)";
-        double x = strtod(v, &end);
-        if (end == v)
-                return "not a duration (e.g. 200ms, 1.5s, 2m)";
-        if (strcmp(end, "ms") == 0)
-                x /= 1000.0;
-        else if (strcmp(end, "m") == 0)
-                x *= 60.0;
-        else if (strcmp(end, "s") != 0 && *end != '\0')
-                return "unknown unit (use ms, s or m)";
-        if (!isfinite(x) || x * 1e6 > (double)max + 0.5 || llround(x * 1e6) < (long long)min) {
-                snprintf(why, n, "out of range %gs..%gs", (double)min / 1e6, (double)max / 1e6);
-                return why;
-        }
-        *out = (uint64_t)llround(x * 1e6);
-        return NULL;
-}
-
-static const char *parse_opt(const struct bd_opt *o, const char *v, struct bd_conf *c, char *why, size_t n)
-{
-        void *at = (char *)c + o->off;
+        struct bd_conf *c = conf;
+        void *at = (char *)conf + o->off;
         switch (o->type) {
         case OPT_PATH:
                 if (!*v)
@@ -250,7 +183,7 @@ static const char *parse_opt(const struct bd_opt *o, const char *v, struct bd_co
                 return NULL;
         case OPT_BAUD: {
                 uint64_t b;
-                if (parse_uint(v, &b, 1, 10000000, why, n))
+                if (kmp_parse_uint(v, &b, 1, 10000000, why, n))
                         return "not a line speed (4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)";
                 for (size_t i = 0; i < sizeof(bauds) / sizeof(bauds[0]); i++)
                         if (bauds[i].baud == b) {
@@ -283,46 +216,27 @@ static const char *parse_opt(const struct bd_opt *o, const char *v, struct bd_co
                 else
                         return "expected mixed or code";
                 return NULL;
-        case OPT_UINT:
-                return parse_uint(v, at, o->min, o->max, why, n);
-        case OPT_DURATION:
-                return parse_duration(v, at, o->min, o->max, why, n);
         }
         return "unknown option type";
 }
 
-/* Reads every key through api->config. On error *key names it and why says why. */
-static int read_conf(km_plugin_link *h, const struct km_host_api *api, struct bd_conf *c, const char **key, char *why,
-                     size_t len)
+/* The checks across keys, once each key has parsed on its own. */
+static int check_keys(void *conf, const char **key, char *why, size_t wn)
 {
-        memset(c, 0, sizeof(*c));
-        for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++) {
-                const struct bd_opt *o = &opts[i];
-                const char *v = api->config(h, o->key);
-                if (!v)
-                        v = o->def;
-                if (!v) {
-                        *key = o->key;
-                        snprintf(why, len, "%s: required (%s)", o->key, o->help);
-                        return -EINVAL;
-                }
-                char inner[160];
-                const char *bad = parse_opt(o, v, c, inner, sizeof(inner));
-                if (bad) {
-                        char copy[200];
-                        snprintf(copy, sizeof(copy), "%s", bad);
-                        *key = o->key;
-                        snprintf(why, len, "%s = %s: %s", o->key, v, copy);
-                        return -EINVAL;
-                }
-        }
+        struct bd_conf *c = conf;
         if (c->mtu_cap && c->mtu_cap < BD_FRAME_MIN) {
                 *key = "mtu";
-                snprintf(why, len, "mtu: at least %d (a frame's minimum), or 0 for the card's", BD_FRAME_MIN);
+                snprintf(why, wn, "mtu: at least %d (a frame's minimum), or 0 for the card's", BD_FRAME_MIN);
                 return -EINVAL;
         }
         return 0;
 }
+
+/* The errors keep the form configs and tests already know: "key = value: why". */
+static const struct kmp_opt_table opt_table = {
+        .name = "beidou", .opts = opts, .n = sizeof(opts) / sizeof(opts[0]),
+        .check_keys = check_keys, .parse = parse_opt, .terse = true
+};
 
 /* ---- the device --------------------------------------------------------------- */
 
@@ -354,7 +268,7 @@ static void dev_close(struct bd *s)
 /* The device went away or never was: DOWN with why, and a reopen after `reopen`. */
 static void dev_lost(struct bd *s, const char *why)
 {
-        uint64_t now = now_us();
+        uint64_t now = kmp_now_us();
         if (strcmp(why, s->dev_err) != 0)
                 s->api->log(s->h, KM_PLUGIN_LOG_WARNING, "beidou: %s: %s; retrying every %.1f s", s->c.device, why,
                             (double)s->c.reopen_us / 1e6);
@@ -405,7 +319,7 @@ static bool put_line(struct bd *s, const char *line, size_t n)
         if (s->outlen + n > sizeof(s->out)) {
                 /* The module takes nothing (flow control stuck, a wedged adapter). */
                 s->n_out_dropped++;
-                long sup = ratelimit(&s->rl_out, now_us());
+                long sup = kmp_ratelimit(&s->rl_out, kmp_now_us());
                 if (sup >= 0)
                         s->api->log(s->h, KM_PLUGIN_LOG_WARNING,
                                     "beidou: the module takes no input; a sentence was dropped (%ld more suppressed)", sup);
@@ -446,7 +360,7 @@ static void put_bin(struct bd *s, const char *id, uint32_t addr, const uint8_t *
 
 static void query_card(struct bd *s)
 {
-        uint64_t now = now_us();
+        uint64_t now = kmp_now_us();
         if (s->proto == P_40) {
                 /* $ICJC frame 0 -> $ICXX; $GLJC every 1 s -> $GLZK beam powers. */
                 put_bin(s, "ICJC", 0, (const uint8_t[]){ 0 }, 1);
@@ -510,7 +424,7 @@ static void dev_open(struct bd *s)
         if (s->dev_err[0])
                 s->api->log(s->h, KM_PLUGIN_LOG_INFO, "beidou: %s open again", s->c.device);
         s->dev_err[0] = '\0';
-        s->opened_at = s->last_line_at = now_us();
+        s->opened_at = s->last_line_at = kmp_now_us();
         s->silent = false;
         s->card_known = false;
         s->beam = s->beam_raw = BEAM_UNKNOWN;
@@ -618,7 +532,7 @@ static enum km_plugin_state state_now(struct bd *s, uint64_t now, char *reason, 
  * force: also when only next_send_ms is news. */
 static void report(struct bd *s, bool force)
 {
-        uint64_t now = now_us();
+        uint64_t now = kmp_now_us();
         char reason[400];
         int signal;
         enum km_plugin_state st = state_now(s, now, reason, sizeof(reason), &signal);
@@ -686,7 +600,7 @@ static void on_card(struct bd *s, const struct rdss_card *c)
         s->card = *c;
         s->card_mtu = mtu;
         s->card_known = true;
-        s->card_query_at = now_us() + (c->id ? s->c.card_poll_us : card_retry_us(s));
+        s->card_query_at = kmp_now_us() + (c->id ? s->c.card_poll_us : card_retry_us(s));
 }
 
 static void on_fki(struct bd *s, const struct rdss_fki *k, uint64_t now)
@@ -812,7 +726,7 @@ static void on_message(struct bd *s, const struct rdss_msg *m)
         bool mixed = s->proto == P_V21 ? m->coding == 2 : s->proto == P_40 ? s->c.mixed : m->coding == 3;
         if (n < 0) {
                 s->n_rx_bad++;
-                long sup = ratelimit(&s->rl_rx, now_us());
+                long sup = kmp_ratelimit(&s->rl_rx, kmp_now_us());
                 if (sup >= 0)
                         s->api->log(s->h, KM_PLUGIN_LOG_WARNING,
                                     "beidou: a message from card %07u has an odd hex length; dropped (%ld more suppressed)",
@@ -834,7 +748,7 @@ static void garbled(struct bd *s, const char *line, size_t len, int err)
         char show[48];
         size_t k = 0;
         s->n_garbled++;
-        long sup = ratelimit(&s->rl_garbled, now_us());
+        long sup = kmp_ratelimit(&s->rl_garbled, kmp_now_us());
         if (sup < 0)
                 return;
         for (size_t i = 0; i < len && k + 5 < sizeof(show) && i < 40; i++) {
@@ -851,7 +765,7 @@ static void garbled(struct bd *s, const char *line, size_t len, int err)
 
 static void on_line(struct bd *s, const char *line, size_t len)
 {
-        uint64_t now = now_us();
+        uint64_t now = kmp_now_us();
         /* A sentence has one "$": what comes before the last one is the rest of a line
          * cut short. */
         const char *d = NULL;
@@ -948,7 +862,7 @@ bad:
 /* One binary frame of the 4.0 set. */
 static void on_frame40(struct bd *s, const struct rdss40 *f)
 {
-        uint64_t now = now_us();
+        uint64_t now = kmp_now_us();
         const uint8_t *b = f->body;
         s->n_lines++;
         s->last_line_at = now;
@@ -990,7 +904,7 @@ static void on_frame40(struct bd *s, const struct rdss40 *f)
                 size_t bits = (size_t)b[6] << 8 | b[7], n = (bits + 7) / 8;
                 if (9 + n > f->blen || b[8 + n] != 0) {
                         s->n_rx_bad++;
-                        long sup = ratelimit(&s->rl_rx, now);
+                        long sup = kmp_ratelimit(&s->rl_rx, now);
                         if (sup >= 0)
                                 s->api->log(s->h, KM_PLUGIN_LOG_WARNING,
                                             "beidou: a $TXXX with a CRC error or a bad length; dropped (%ld more suppressed)", sup);
@@ -1101,7 +1015,7 @@ static void on_tick(void *ud);
 
 static void tick(struct bd *s)
 {
-        uint64_t now = now_us();
+        uint64_t now = kmp_now_us();
         if (s->fd < 0) {
                 if (now >= s->reopen_at)
                         dev_open(s);
@@ -1173,16 +1087,9 @@ static void bd_close(void *state);
 static int bd_open(km_plugin_link *h, const struct km_host_api *api, void **state)
 {
         struct bd_conf c;
-        const char *key = NULL;
-        char why[512];
-
-        if (!api || api->abi_major != KM_PLUGIN_ABI_MAJOR || api->struct_size < offsetof(struct km_host_api, reserved))
-                return -EPROTO;
-        int r = read_conf(h, api, &c, &key, why, sizeof(why));
-        if (r < 0) {
-                api->log(h, KM_PLUGIN_LOG_ERR, "beidou: %s", why);
+        int r = kmp_open_conf(&opt_table, h, api, &c, sizeof(c));
+        if (r < 0)
                 return r;
-        }
         struct bd *s = calloc(1, sizeof(*s));
         if (!s)
                 return -ENOMEM;
@@ -1238,7 +1145,7 @@ static uint32_t bd_mtu(void *state)
 static int bd_send(void *state, const void *frame, size_t len, uint32_t token)
 {
         struct bd *s = state;
-        uint64_t now = now_us();
+        uint64_t now = kmp_now_us();
         char hex[2 * BD_FRAME_MAX + 4];
 
         if (!frame || len == 0)
@@ -1304,7 +1211,7 @@ write:
 static int bd_check(km_plugin_link *h, const struct km_host_api *api, const char **key, char *why, size_t len)
 {
         struct bd_conf c;
-        return read_conf(h, api, &c, key, why, len);
+        return kmp_read_opts(&opt_table, h, api, &c, sizeof(c), key, why, len);
 }
 
 static const struct km_plugin_ops ops = {
@@ -1315,19 +1222,4 @@ static const struct km_plugin_ops ops = {
         .check = bd_check,
 };
 
-static const struct km_plugin_desc desc = {
-        .abi_major = KM_PLUGIN_ABI_MAJOR,
-        .abi_minor = KM_PLUGIN_ABI_MINOR,
-        .struct_size = sizeof(struct km_plugin_desc),
-        .name = "beidou",
-        .version = "1.0",
-        .ops = &ops,
-        .keys = keys,
-};
-
-/* The one exported symbol: the descriptor, or NULL for a host of another major ABI. */
-KM_PLUGIN_EXPORT const struct km_plugin_desc *kuimen_plugin(uint32_t host_abi_major, uint32_t host_abi_minor)
-{
-        (void)host_abi_minor;
-        return host_abi_major == KM_PLUGIN_ABI_MAJOR ? &desc : NULL;
-}
+KMP_PLUGIN_ENTRY("beidou", "1.0", ops, keys)

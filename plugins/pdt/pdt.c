@@ -2,7 +2,6 @@
 /* pdt: a Hytera PDT/DMR data radio on its USB network as a narrow link (HDAP TMP text messages, RRS). */
 #include <arpa/inet.h>
 #include <errno.h>
-#include <math.h>
 #include <netinet/in.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -10,9 +9,9 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "plugins/common/plugin-util.h"
 #include "plugins/kuimen-plugin.h"
 #include "plugins/pdt/hdap.h"
 
@@ -36,17 +35,10 @@
  * the frame (sent -EINVAL). No ack at all within ack_timeout retries the same way.
  */
 
-#define PDT_LOG_EVERY_US 10000000ull
-
 struct pdt_conf {
         struct in_addr radio, listen;
         uint64_t tmp_port, rrs_port, radio_id, peer_id, subnet, text_max;
         uint64_t ack_timeout_us, retry_us, retry_max_us, give_up_us, check_interval_us, valid_time;
-};
-
-struct pdt_ratelimit {
-        uint64_t last_us;
-        unsigned long suppressed;
 };
 
 struct pdt {
@@ -79,34 +71,18 @@ struct pdt {
         bool fail_down;
 
         unsigned long n_sent, n_failed, n_rx, n_bad, n_text, n_stray;
-        struct pdt_ratelimit rl_bad, rl_text;
+        struct kmp_ratelimit rl_bad, rl_text;
         uint8_t buf[HDAP_MAX];
 };
 
-static uint64_t now_us(void)
-{
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
 /* ---- configuration ---------------------------------------------------------- */
 
-enum pdt_opt_type { OPT_IP4, OPT_UINT, OPT_DURATION };
-
-struct pdt_opt {
-        const char *key;
-        enum pdt_opt_type type;
-        const char *def;
-        size_t off;
-        uint64_t min, max;
-        const char *help;
-};
+enum { OPT_UINT = KMP_OPT_UINT, OPT_DURATION = KMP_OPT_DURATION, OPT_IP4 = KMP_OPT_CUSTOM };
 
 #define CONF(f) offsetof(struct pdt_conf, f)
 #define US(s) ((uint64_t)(s) * 1000000ull)
 
-static const struct pdt_opt opts[] = {
+static const struct kmp_opt opts[] = {
         { "radio", OPT_IP4, "192.168.10.1", CONF(radio), 0, 0, "IPv4 address of the radio on its USB network" },
         { "listen", OPT_IP4, "0.0.0.0", CONF(listen), 0, 0, "IPv4 address of this end (where the radio sends)" },
         { "tmp_port", OPT_UINT, "3004", CONF(tmp_port), 1, 65535, "UDP port of the text message service (TMP)" },
@@ -133,75 +109,18 @@ static const char *const keys[] = { "radio",    "listen",      "tmp_port", "rrs_
                                     "retry_max", "give_up", "check_interval", "valid_time", NULL };
 _Static_assert(sizeof(keys) / sizeof(keys[0]) == sizeof(opts) / sizeof(opts[0]) + 1, "keys[] mirrors opts[]");
 
-static const char *parse_uint(const char *v, uint64_t *out, uint64_t min, uint64_t max, char *why, size_t n)
+/* OPT_IP4, the one type of its own: the radio's USB network is numeric IPv4. */
+static const char *parse_ip4(const struct kmp_opt *o, const char *v, void *conf, char *why, size_t n)
 {
-        char *end;
-        if (*v < '0' || *v > '9')
-                return "not a whole number";
-        errno = 0;
-        unsigned long long x = strtoull(v, &end, 10);
-        if (*end != '\0')
-                return "not a whole number";
-        if (errno == ERANGE || x < min || x > max) {
-                snprintf(why, n, "out of range %llu..%llu", (unsigned long long)min, (unsigned long long)max);
-                return why;
-        }
-        *out = x;
-        return NULL;
+        (void)why;
+        (void)n;
+        return inet_pton(AF_INET, v, (char *)conf + o->off) == 1 ? NULL : "not a numeric IPv4 address";
 }
 
-static const char *parse_duration(const char *v, uint64_t *out, uint64_t min, uint64_t max, char *why, size_t n)
+/* The checks across keys, once each key has parsed on its own. */
+static int check_keys(void *conf, const char **key, char *why, size_t wn)
 {
-        char *end;
-        if (!((*v >= '0' && *v <= '9') || *v == '.'))
-                return "not a duration (e.g. 200ms, 1.5s, 2m)";
-        double x = strtod(v, &end);
-        if (end == v)
-                return "not a duration (e.g. 200ms, 1.5s, 2m)";
-        if (strcmp(end, "ms") == 0)
-                x /= 1000.0;
-        else if (strcmp(end, "m") == 0)
-                x *= 60.0;
-        else if (strcmp(end, "s") != 0 && *end != '\0')
-                return "unknown unit (use ms, s or m)";
-        if (!isfinite(x) || x < 0 || x * 1e6 > (double)max + 0.5 || llround(x * 1e6) < (long long)min) {
-                snprintf(why, n, "out of range %gs..%gs", (double)min / 1e6, (double)max / 1e6);
-                return why;
-        }
-        *out = (uint64_t)llround(x * 1e6);
-        return NULL;
-}
-
-static int read_conf(km_plugin_link *h, const struct km_host_api *api, struct pdt_conf *c, const char **key, char *why,
-                     size_t wn)
-{
-        char buf[128];
-        *c = (struct pdt_conf){ 0 };
-        for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++) {
-                const struct pdt_opt *o = &opts[i];
-                const char *v = api->config(h, o->key), *bad = NULL;
-                void *dst = (char *)c + o->off;
-                if (!v)
-                        v = o->def;
-                if (!v) {
-                        *key = o->key;
-                        snprintf(why, wn, "pdt: %s: missing (%s)", o->key, o->help);
-                        return -EINVAL;
-                }
-                switch (o->type) {
-                case OPT_IP4:
-                        if (inet_pton(AF_INET, v, dst) != 1)
-                                bad = "not a numeric IPv4 address";
-                        break;
-                case OPT_UINT: bad = parse_uint(v, dst, o->min, o->max, buf, sizeof(buf)); break;
-                case OPT_DURATION: bad = parse_duration(v, dst, o->min, o->max, buf, sizeof(buf)); break;
-                }
-                if (bad) {
-                        *key = o->key;
-                        snprintf(why, wn, "pdt: %s = '%s': %s (%s)", o->key, v, bad, o->help);
-                        return -EINVAL;
-                }
-        }
+        struct pdt_conf *c = conf;
         if (c->tmp_port == c->rrs_port) {
                 *key = "rrs_port";
                 snprintf(why, wn, "pdt: rrs_port: the same as tmp_port");
@@ -226,19 +145,12 @@ static int read_conf(km_plugin_link *h, const struct km_host_api *api, struct pd
         return 0;
 }
 
-/* ---- reports ---------------------------------------------------------------- */
+static const struct kmp_opt_table opt_table = {
+        .name = "pdt", .opts = opts, .n = sizeof(opts) / sizeof(opts[0]),
+        .check_keys = check_keys, .parse = parse_ip4
+};
 
-static long ratelimit(struct pdt_ratelimit *rl, uint64_t now)
-{
-        if (rl->last_us && now - rl->last_us < PDT_LOG_EVERY_US) {
-                rl->suppressed++;
-                return -1;
-        }
-        long n = (long)rl->suppressed;
-        rl->last_us = now ? now : 1;
-        rl->suppressed = 0;
-        return n;
-}
+/* ---- reports ---------------------------------------------------------------- */
 
 static void report(struct pdt *s)
 {
@@ -313,7 +225,7 @@ static void sendto_radio(struct pdt *s, int fd, uint64_t port, const uint8_t *p,
 {
         struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr = s->c.radio };
         if (sendto(fd, p, n, MSG_DONTWAIT | MSG_NOSIGNAL, (struct sockaddr *)&to, sizeof(to)) < 0) {
-                long sup = ratelimit(&s->rl_bad, now_us());
+                long sup = kmp_ratelimit(&s->rl_bad, kmp_now_us());
                 if (sup >= 0)
                         s->api->log(s->h, KM_PLUGIN_LOG_WARNING, "pdt: sendto the radio: %s (%ld more suppressed)",
                                     strerror(errno), sup);
@@ -358,7 +270,7 @@ static uint64_t backoff(const struct pdt *s)
 /* A message did not go: its result (or -1: no answer) decides what follows. */
 static void failed(struct pdt *s, int result)
 {
-        uint64_t now = now_us();
+        uint64_t now = kmp_now_us();
         s->on_air = false;
         cancel(s, &s->ack_timer);
         s->fails++;
@@ -425,7 +337,7 @@ static void on_retry(void *ud)
 static void bad_pdu(struct pdt *s, const char *what, const char *why)
 {
         s->n_bad++;
-        long sup = ratelimit(&s->rl_bad, now_us());
+        long sup = kmp_ratelimit(&s->rl_bad, kmp_now_us());
         if (sup >= 0)
                 s->api->log(s->h, KM_PLUGIN_LOG_WARNING, "pdt: bad %s PDU from the radio: %s (%lu bad so far, %ld not logged)",
                             what, why, s->n_bad, sup);
@@ -469,7 +381,7 @@ static void on_tmp_pdu(struct pdt *s, const uint8_t *p, size_t n)
         if (fl < 0) {
                 /* A person typed it on a radio: not ours to carry, but worth a line. */
                 s->n_text++;
-                long sup = ratelimit(&s->rl_text, now_us());
+                long sup = kmp_ratelimit(&s->rl_text, kmp_now_us());
                 if (sup >= 0)
                         s->api->log(s->h, KM_PLUGIN_LOG_INFO,
                                     "pdt: a text message from radio %u (%zu B) is not a frame: ignored (%ld more not logged)",
@@ -638,15 +550,9 @@ static void pdt_close(void *state);
 static int pdt_open(km_plugin_link *h, const struct km_host_api *api, void **state)
 {
         struct pdt_conf c;
-        const char *key = NULL;
-        char why[512];
-        if (!api || api->abi_major != KM_PLUGIN_ABI_MAJOR || api->struct_size < offsetof(struct km_host_api, reserved))
-                return -EPROTO;
-        int r = read_conf(h, api, &c, &key, why, sizeof(why));
-        if (r < 0) {
-                api->log(h, KM_PLUGIN_LOG_ERR, "%s", why);
+        int r = kmp_open_conf(&opt_table, h, api, &c, sizeof(c));
+        if (r < 0)
                 return r;
-        }
         struct pdt *s = calloc(1, sizeof(*s));
         if (!s)
                 return -ENOMEM;
@@ -702,7 +608,7 @@ static int pdt_send(void *state, const void *frame, size_t len, uint32_t token)
         s->len = len;
         s->token = token;
         s->have = true;
-        s->first_us = now_us();
+        s->first_us = kmp_now_us();
         if (s->kick_timer <= 0) {
                 int id = s->api->timer(s->h, 0, on_kick, s);
                 s->kick_timer = id > 0 ? id : 0;
@@ -719,7 +625,7 @@ static uint32_t pdt_mtu(void *state)
 static int pdt_check(km_plugin_link *h, const struct km_host_api *api, const char **key, char *why, size_t len)
 {
         struct pdt_conf c;
-        return read_conf(h, api, &c, key, why, len);
+        return kmp_read_opts(&opt_table, h, api, &c, sizeof(c), key, why, len);
 }
 
 static const struct km_plugin_ops ops = {
@@ -730,18 +636,4 @@ static const struct km_plugin_ops ops = {
         .check = pdt_check,
 };
 
-static const struct km_plugin_desc desc = {
-        .abi_major = KM_PLUGIN_ABI_MAJOR,
-        .abi_minor = KM_PLUGIN_ABI_MINOR,
-        .struct_size = sizeof(struct km_plugin_desc),
-        .name = "pdt",
-        .version = "1.0",
-        .ops = &ops,
-        .keys = keys,
-};
-
-KM_PLUGIN_EXPORT const struct km_plugin_desc *kuimen_plugin(uint32_t host_abi_major, uint32_t host_abi_minor)
-{
-        (void)host_abi_minor;
-        return host_abi_major == KM_PLUGIN_ABI_MAJOR ? &desc : NULL;
-}
+KMP_PLUGIN_ENTRY("pdt", "1.0", ops, keys)

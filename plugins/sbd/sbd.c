@@ -2,16 +2,15 @@
 /* sbd: an Iridium 9602/9603/RockBLOCK modem on a serial port as a narrow link (AT+SBDWB, +SBDIX, +SBDRB). */
 #include <errno.h>
 #include <fcntl.h>
-#include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <termios.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "plugins/common/plugin-util.h"
 #include "plugins/kuimen-plugin.h"
 #include "plugins/sbd/at.h"
 
@@ -49,7 +48,6 @@
  * which the ABI forbids inside send().
  */
 
-#define SBD_LOG_EVERY_US 10000000ull
 #define SBD_MAX_DURATION_US (86400ull * 1000000ull)
 #define SBD_RB_TRIES 3
 
@@ -69,11 +67,6 @@ enum sbd_cmd {
         C_RB,    /* AT+SBDRB */
         C_CLEAR, /* AT+SBDD0 */
         C_CSQ,   /* AT+CSQ */
-};
-
-struct sbd_ratelimit {
-        uint64_t last_us;
-        unsigned long suppressed;
 };
 
 struct sbd {
@@ -126,34 +119,17 @@ struct sbd {
         bool fail_down;
 
         unsigned long n_sessions, n_mo, n_mo_failed, n_mt, n_mt_bad, n_garbled, n_resets, n_timeouts;
-        struct sbd_ratelimit rl_garbled;
+        struct kmp_ratelimit rl_garbled;
 };
-
-static uint64_t now_us(void)
-{
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
 
 /* ---- configuration ---------------------------------------------------------- */
 
-enum sbd_opt_type { OPT_PATH, OPT_BAUD, OPT_UINT, OPT_DURATION };
-
-/* One key: the table parses, validates and documents it (STYLE.md rule 6). */
-struct sbd_opt {
-        const char *key;
-        enum sbd_opt_type type;
-        const char *def; /* NULL: required */
-        size_t off;
-        uint64_t min, max;
-        const char *help;
-};
+enum { OPT_UINT = KMP_OPT_UINT, OPT_DURATION = KMP_OPT_DURATION, OPT_PATH = KMP_OPT_CUSTOM, OPT_BAUD };
 
 #define CONF(f) offsetof(struct sbd_conf, f)
 #define US(s) ((uint64_t)(s) * 1000000ull)
 
-static const struct sbd_opt opts[] = {
+static const struct kmp_opt opts[] = {
         { "device", OPT_PATH, NULL, CONF(device), 0, 0, "serial port of the modem, e.g. /dev/ttyUSB0" },
         { "baud", OPT_BAUD, "19200", CONF(baud), 0, 0, "serial speed (the 9602/9603 default is 19200)" },
         { "mtu", OPT_UINT, "270", CONF(mtu), 64, SBD_MO_MAX,
@@ -188,91 +164,40 @@ static const struct {
 } bauds[] = { { 1200, B1200 },   { 2400, B2400 },   { 4800, B4800 },     { 9600, B9600 },    { 19200, B19200 },
               { 38400, B38400 }, { 57600, B57600 }, { 115200, B115200 }, { 230400, B230400 } };
 
-static const char *parse_uint(const char *v, uint64_t *out, uint64_t min, uint64_t max, char *why, size_t n)
+/* The device path and the line speed; the numbers and durations are the reader's. */
+static const char *parse_custom(const struct kmp_opt *o, const char *v, void *conf, char *why, size_t n)
 {
-        char *end;
-        if (*v < '0' || *v > '9')
-                return "not a whole number";
-        errno = 0;
-        unsigned long long x = strtoull(v, &end, 10);
-        if (*end != '\0')
-                return "not a whole number";
-        if (errno == ERANGE || x < min || x > max) {
-                snprintf(why, n, "out of range %llu..%llu", (unsigned long long)min, (unsigned long long)max);
-                return why;
+        struct sbd_conf *c = conf;
+        void *dst = (char *)conf + o->off;
+        const char *bad = NULL;
+        switch (o->type) {
+        case OPT_PATH:
+                if (*v != '/')
+                        bad = "not an absolute path";
+                else if (strlen(v) >= sizeof(c->device))
+                        bad = "too long";
+                else
+                        strcpy(dst, v);
+                break;
+        case OPT_BAUD:
+                bad = kmp_parse_uint(v, dst, 1, 10000000, why, n);
+                if (!bad) {
+                        bool known = false;
+                        for (size_t k = 0; k < sizeof(bauds) / sizeof(bauds[0]); k++)
+                                known |= bauds[k].baud == *(uint64_t *)dst;
+                        if (!known)
+                                bad = "not a serial speed (1200 .. 230400, e.g. 19200)";
+                }
+                break;
+        default: bad = "unknown option type"; break;
         }
-        *out = x;
-        return NULL;
+        return bad;
 }
 
-/* "200ms", "1.5s", "2m", or a bare number of seconds (as the sim link reads them). */
-static const char *parse_duration(const char *v, uint64_t *out, uint64_t min, uint64_t max, char *why, size_t n)
+/* The checks across keys, once each key has parsed on its own. */
+static int check_keys(void *conf, const char **key, char *why, size_t wn)
 {
-        char *end;
-        if (!((*v >= '0' && *v <= '9') || *v == '.'))
-                return "not a duration (e.g. 200ms, 1.5s, 2m)";
-        double x = strtod(v, &end);
-        if (end == v)
-                return "not a duration (e.g. 200ms, 1.5s, 2m)";
-        if (strcmp(end, "ms") == 0)
-                x /= 1000.0;
-        else if (strcmp(end, "m") == 0)
-                x *= 60.0;
-        else if (strcmp(end, "s") != 0 && *end != '\0')
-                return "unknown unit (use ms, s or m)";
-        if (!isfinite(x) || x < 0 || x * 1e6 > (double)max + 0.5 || (x > 0 || min > 0 ? llround(x * 1e6) < (long long)min : false)) {
-                snprintf(why, n, "out of range %gs..%gs", (double)min / 1e6, (double)max / 1e6);
-                return why;
-        }
-        *out = (uint64_t)llround(x * 1e6);
-        return NULL;
-}
-
-/* Reads every key through the host; on the first bad one -EINVAL, *key and why. */
-static int read_conf(km_plugin_link *h, const struct km_host_api *api, struct sbd_conf *c, const char **key, char *why,
-                     size_t wn)
-{
-        char buf[128];
-        *c = (struct sbd_conf){ 0 };
-        for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++) {
-                const struct sbd_opt *o = &opts[i];
-                const char *v = api->config(h, o->key), *bad = NULL;
-                void *dst = (char *)c + o->off;
-                if (!v)
-                        v = o->def;
-                if (!v) {
-                        *key = o->key;
-                        snprintf(why, wn, "sbd: %s: missing (%s)", o->key, o->help);
-                        return -EINVAL;
-                }
-                switch (o->type) {
-                case OPT_PATH:
-                        if (*v != '/')
-                                bad = "not an absolute path";
-                        else if (strlen(v) >= sizeof(c->device))
-                                bad = "too long";
-                        else
-                                strcpy(dst, v);
-                        break;
-                case OPT_BAUD:
-                        bad = parse_uint(v, dst, 1, 10000000, buf, sizeof(buf));
-                        if (!bad) {
-                                bool known = false;
-                                for (size_t k = 0; k < sizeof(bauds) / sizeof(bauds[0]); k++)
-                                        known |= bauds[k].baud == *(uint64_t *)dst;
-                                if (!known)
-                                        bad = "not a serial speed (1200 .. 230400, e.g. 19200)";
-                        }
-                        break;
-                case OPT_UINT: bad = parse_uint(v, dst, o->min, o->max, buf, sizeof(buf)); break;
-                case OPT_DURATION: bad = parse_duration(v, dst, o->min, o->max, buf, sizeof(buf)); break;
-                }
-                if (bad) {
-                        *key = o->key;
-                        snprintf(why, wn, "sbd: %s = '%s': %s (%s)", o->key, v, bad, o->help);
-                        return -EINVAL;
-                }
-        }
+        struct sbd_conf *c = conf;
         if (c->retry_max_us < c->retry_us) {
                 *key = "retry_max";
                 snprintf(why, wn, "sbd: retry_max: shorter than retry");
@@ -281,19 +206,12 @@ static int read_conf(km_plugin_link *h, const struct km_host_api *api, struct sb
         return 0;
 }
 
-/* ---- reports ---------------------------------------------------------------- */
+static const struct kmp_opt_table opt_table = {
+        .name = "sbd", .opts = opts, .n = sizeof(opts) / sizeof(opts[0]),
+        .check_keys = check_keys, .parse = parse_custom
+};
 
-static long ratelimit(struct sbd_ratelimit *rl, uint64_t now)
-{
-        if (rl->last_us && now - rl->last_us < SBD_LOG_EVERY_US) {
-                rl->suppressed++;
-                return -1;
-        }
-        long n = (long)rl->suppressed;
-        rl->last_us = now ? now : 1;
-        rl->suppressed = 0;
-        return n;
-}
+/* ---- reports ---------------------------------------------------------------- */
 
 /* The link's health from what the driver knows now, told to the host on a change. */
 static void report(struct sbd *s)
@@ -724,7 +642,7 @@ static void garbled(struct sbd *s, const char *what, const uint8_t *p, size_t n)
         char shown[80];
         size_t o = 0;
         s->n_garbled++;
-        long sup = ratelimit(&s->rl_garbled, now_us());
+        long sup = kmp_ratelimit(&s->rl_garbled, kmp_now_us());
         if (sup < 0)
                 return;
         for (size_t i = 0; i < n && o + 5 < sizeof(shown); i++)
@@ -741,7 +659,7 @@ static void session_done(struct sbd *s)
         bool carried = s->mo_have && s->mo_written;
         enum sbd_mo_class cls;
         const char *text = sbd_mo_text(v[0], &cls);
-        uint64_t now = now_us();
+        uint64_t now = kmp_now_us();
 
         s->n_sessions++;
         if (s->answering_ring)
@@ -1067,16 +985,9 @@ static void sbd_close(void *state);
 static int sbd_open(km_plugin_link *h, const struct km_host_api *api, void **state)
 {
         struct sbd_conf c;
-        const char *key = NULL;
-        char why[512];
-
-        if (!api || api->abi_major != KM_PLUGIN_ABI_MAJOR || api->struct_size < offsetof(struct km_host_api, reserved))
-                return -EPROTO;
-        int r = read_conf(h, api, &c, &key, why, sizeof(why));
-        if (r < 0) {
-                api->log(h, KM_PLUGIN_LOG_ERR, "%s", why);
+        int r = kmp_open_conf(&opt_table, h, api, &c, sizeof(c));
+        if (r < 0)
                 return r;
-        }
         struct sbd *s = calloc(1, sizeof(*s));
         if (!s)
                 return -ENOMEM;
@@ -1142,7 +1053,7 @@ static int sbd_send(void *state, const void *frame, size_t len, uint32_t token)
         s->token = token;
         s->mo_have = true;
         s->mo_written = false;
-        s->mo_first_us = now_us();
+        s->mo_first_us = kmp_now_us();
         kick(s);
         return 0;
 }
@@ -1156,7 +1067,7 @@ static uint32_t sbd_mtu(void *state)
 static int sbd_check(km_plugin_link *h, const struct km_host_api *api, const char **key, char *why, size_t len)
 {
         struct sbd_conf c;
-        return read_conf(h, api, &c, key, why, len);
+        return kmp_read_opts(&opt_table, h, api, &c, sizeof(c), key, why, len);
 }
 
 static const struct km_plugin_ops ops = {
@@ -1167,19 +1078,4 @@ static const struct km_plugin_ops ops = {
         .check = sbd_check,
 };
 
-static const struct km_plugin_desc desc = {
-        .abi_major = KM_PLUGIN_ABI_MAJOR,
-        .abi_minor = KM_PLUGIN_ABI_MINOR,
-        .struct_size = sizeof(struct km_plugin_desc),
-        .name = "sbd",
-        .version = "1.0",
-        .ops = &ops,
-        .keys = keys,
-};
-
-/* The one exported symbol: the descriptor, or NULL for a host of another major ABI. */
-KM_PLUGIN_EXPORT const struct km_plugin_desc *kuimen_plugin(uint32_t host_abi_major, uint32_t host_abi_minor)
-{
-        (void)host_abi_minor;
-        return host_abi_major == KM_PLUGIN_ABI_MAJOR ? &desc : NULL;
-}
+KMP_PLUGIN_ENTRY("sbd", "1.0", ops, keys)

@@ -2,7 +2,6 @@
 /* sim: a narrow link over loopback UDP with a set MTU, bit rate, send interval, latency, loss and outages. */
 #include <arpa/inet.h>
 #include <errno.h>
-#include <math.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdbool.h>
@@ -12,9 +11,9 @@
 #include <sys/epoll.h>
 #include <sys/random.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "plugins/common/plugin-util.h"
 #include "plugins/kuimen-plugin.h"
 
 /*
@@ -47,7 +46,6 @@
 #define SIM_MAX_LINE_BYTES (64u << 20)              /* queue * mtu */
 #define SIM_RX_BURST 64                             /* datagrams per readable event */
 #define SIM_BIND_RETRY_US 1000000ull
-#define SIM_LOG_EVERY_US 10000000ull
 
 struct sim_addr {
         struct sockaddr_storage ss;
@@ -79,11 +77,6 @@ struct sim_frame {
         uint64_t due_us; /* when it leaves through sendto */
 };
 
-struct sim_ratelimit {
-        uint64_t last_us;
-        unsigned suppressed;
-};
-
 struct sim {
         km_plugin_link *h;
         const struct km_host_api *api;
@@ -110,16 +103,9 @@ struct sim {
         bool outage, cut, degraded;
 
         uint64_t n_taken, n_sent, n_lost, n_cut, n_refused, n_recv, n_rx_dropped, n_stranger, n_tx_err;
-        struct sim_ratelimit rl_stranger, rl_tx, rl_rx;
+        struct kmp_ratelimit rl_stranger, rl_tx, rl_rx;
         uint8_t rxbuf[65536];
 };
-
-static uint64_t now_us(void)
-{
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
 
 /* splitmix64: tiny, and the same seed gives the same losses on every machine. */
 static uint64_t rng_next(uint64_t *x)
@@ -130,38 +116,21 @@ static uint64_t rng_next(uint64_t *x)
         return z ^ (z >> 31);
 }
 
-/* A bad peer can make these fire per datagram: one line per 10 s, with the count
- * of what was swallowed since. Returns how many were suppressed, or -1 to stay quiet. */
-static long ratelimit(struct sim_ratelimit *rl, uint64_t now)
-{
-        if (rl->last_us && now - rl->last_us < SIM_LOG_EVERY_US) {
-                rl->suppressed++;
-                return -1;
-        }
-        long n = rl->suppressed;
-        rl->last_us = now ? now : 1;
-        rl->suppressed = 0;
-        return n;
-}
-
 /* ---- configuration ---------------------------------------------------------- */
 
-enum sim_opt_type { OPT_ADDR, OPT_UINT, OPT_DURATION, OPT_PROB, OPT_SCHEDULE };
-
-/* One key: the table parses, validates and documents it (STYLE.md rule 6). */
-struct sim_opt {
-        const char *key;
-        enum sim_opt_type type;
-        const char *def; /* NULL: required (or, for seed, random) */
-        size_t off;
-        uint64_t min, max; /* OPT_UINT and OPT_DURATION (microseconds) bounds */
-        const char *help;
+enum {
+        OPT_UINT = KMP_OPT_UINT,
+        OPT_DURATION = KMP_OPT_DURATION,
+        OPT_PROB = KMP_OPT_PROB,
+        OPT_ADDR = KMP_OPT_CUSTOM,
+        OPT_SCHEDULE,
+        OPT_SEED, /* a whole number; when left out the seed is random */
 };
 
 #define CONF(f) offsetof(struct sim_conf, f)
 #define US(s) ((uint64_t)(s) * 1000000ull)
 
-static const struct sim_opt opts[] = {
+static const struct kmp_opt opts[] = {
         { "listen", OPT_ADDR, NULL, CONF(listen), 0, 0, "address:port where this end receives frames" },
         { "peer", OPT_ADDR, NULL, CONF(peer), 0, 0, "address:port where the other end receives" },
         { "mtu", OPT_UINT, "1024", CONF(mtu), 1, SIM_MAX_UDP, "largest frame in bytes" },
@@ -172,7 +141,7 @@ static const struct sim_opt opts[] = {
           "fixed busy time per frame before its bits go out (an SBD session, a DMR preamble)" },
         { "latency", OPT_DURATION, "0", CONF(latency_us), 0, US(3600), "one-way delay of each frame" },
         { "loss", OPT_PROB, "0", CONF(loss), 0, 0, "probability 0..1 that a frame is lost" },
-        { "seed", OPT_UINT, NULL, CONF(seed), 0, UINT64_MAX, "seed of the loss generator, default random" },
+        { "seed", OPT_SEED | KMP_OPT_OPTIONAL, NULL, CONF(seed), 0, UINT64_MAX, "seed of the loss generator, default random" },
         { "outages", OPT_SCHEDULE, "", CONF(outages), 0, 0,
           "announced outages after open, START+LENGTH[, ...], e.g. 10s+5s, 60s+30s" },
         { "cuts", OPT_SCHEDULE, "", CONF(cuts), 0, 0, "silent cuts (report stays UP, frames vanish), same form" },
@@ -186,59 +155,6 @@ static const struct sim_opt opts[] = {
 static const char *const keys[] = { "listen", "peer", "mtu",     "bitrate", "interval", "setup", "latency",
                                     "loss",   "seed", "outages", "cuts",    "cycle",    "queue", "degraded", NULL };
 _Static_assert(sizeof(keys) / sizeof(keys[0]) == sizeof(opts) / sizeof(opts[0]) + 1, "keys[] mirrors opts[]");
-
-/* Each parser returns NULL or why the value is wrong (into why when it needs numbers). */
-static const char *parse_uint(const char *v, uint64_t *out, uint64_t min, uint64_t max, char *why, size_t n)
-{
-        char *end;
-        if (*v < '0' || *v > '9')
-                return "not a whole number";
-        errno = 0;
-        unsigned long long x = strtoull(v, &end, 10);
-        if (*end != '\0')
-                return "not a whole number";
-        if (errno == ERANGE || x < min || x > max) {
-                snprintf(why, n, "out of range %llu..%llu", (unsigned long long)min, (unsigned long long)max);
-                return why;
-        }
-        *out = x;
-        return NULL;
-}
-
-/* "200ms", "1.5s", "2m", or a bare number of seconds. */
-static const char *parse_duration(const char *v, uint64_t *out, uint64_t min, uint64_t max, char *why, size_t n)
-{
-        char *end;
-        if (!((*v >= '0' && *v <= '9') || *v == '.'))
-                return "not a duration (e.g. 200ms, 1.5s, 2m)";
-        double x = strtod(v, &end);
-        if (end == v)
-                return "not a duration (e.g. 200ms, 1.5s, 2m)";
-        if (strcmp(end, "ms") == 0)
-                x /= 1000.0;
-        else if (strcmp(end, "m") == 0)
-                x *= 60.0;
-        else if (strcmp(end, "s") != 0 && *end != '\0')
-                return "unknown unit (use ms, s or m)";
-        if (!isfinite(x) || x * 1e6 > (double)max + 0.5 || llround(x * 1e6) < (long long)min) {
-                snprintf(why, n, "out of range %gs..%gs", (double)min / 1e6, (double)max / 1e6);
-                return why;
-        }
-        *out = (uint64_t)llround(x * 1e6);
-        return NULL;
-}
-
-static const char *parse_prob(const char *v, double *out)
-{
-        char *end;
-        if (!((*v >= '0' && *v <= '9') || *v == '.'))
-                return "not a probability 0..1";
-        double x = strtod(v, &end);
-        if (end == v || *end != '\0' || !isfinite(x) || x < 0.0 || x > 1.0)
-                return "not a probability 0..1";
-        *out = x;
-        return NULL;
-}
 
 /* "[v6]:port" or "v4:port", numeric only: a sim never waits on DNS. */
 static const char *parse_addr(const char *v, struct sim_addr *a)
@@ -314,9 +230,9 @@ static const char *parse_schedule(const char *v, struct sim_sched *s, char *why,
                         return why;
                 }
                 struct sim_window *w = &s->w[s->n];
-                const char *bad = parse_duration(item, &w->start_us, 0, SIM_MAX_DURATION_US, why, n);
+                const char *bad = kmp_parse_duration(item, &w->start_us, 0, SIM_MAX_DURATION_US, why, n);
                 if (!bad)
-                        bad = parse_duration(plus + 1, &w->dur_us, 1000, SIM_MAX_DURATION_US, why, n);
+                        bad = kmp_parse_duration(plus + 1, &w->dur_us, 1000, SIM_MAX_DURATION_US, why, n);
                 if (bad) {
                         char inner[96];
                         snprintf(inner, sizeof(inner), "%s", bad);
@@ -368,42 +284,27 @@ static const char *check_conf(const struct sim_conf *c, const char **key, char *
         return NULL;
 }
 
-/* Reads every key through the host. On the first bad one returns -EINVAL with *key
- * the key and why "key = 'value': reason (help)" (or "key: reason"), for open() to log
- * and check() to hand back. */
-static int read_conf(km_plugin_link *h, const struct km_host_api *api, struct sim_conf *c, const char **key,
-                     char *why, size_t wn)
+static const char *parse_custom(const struct kmp_opt *o, const char *v, void *conf, char *why, size_t n)
 {
-        char buf[128];
-        *c = (struct sim_conf){ 0 };
-        for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++) {
-                const struct sim_opt *o = &opts[i];
-                const char *v = api->config(h, o->key), *bad = NULL;
-                void *dst = (char *)c + o->off;
-                if (!v)
-                        v = o->def;
-                if (!v) {
-                        if (o->off == CONF(seed))
-                                continue;
-                        *key = o->key;
-                        snprintf(why, wn, "sim: %s: missing (%s)", o->key, o->help);
-                        return -EINVAL;
-                }
-                switch (o->type) {
-                case OPT_ADDR: bad = parse_addr(v, dst); break;
-                case OPT_UINT: bad = parse_uint(v, dst, o->min, o->max, buf, sizeof(buf)); break;
-                case OPT_DURATION: bad = parse_duration(v, dst, o->min, o->max, buf, sizeof(buf)); break;
-                case OPT_PROB: bad = parse_prob(v, dst); break;
-                case OPT_SCHEDULE: bad = parse_schedule(v, dst, buf, sizeof(buf)); break;
-                }
-                if (bad) {
-                        *key = o->key;
-                        snprintf(why, wn, "sim: %s = '%s': %s (%s)", o->key, v, bad, o->help);
-                        return -EINVAL;
-                }
-                if (o->off == CONF(seed))
-                        c->seed_set = true;
+        struct sim_conf *c = conf;
+        void *dst = (char *)conf + o->off;
+        switch (o->type & ~KMP_OPT_OPTIONAL) {
+        case OPT_ADDR: return parse_addr(v, dst);
+        case OPT_SCHEDULE: return parse_schedule(v, dst, why, n);
+        case OPT_SEED: {
+                const char *bad = kmp_parse_uint(v, dst, o->min, o->max, why, n);
+                c->seed_set = !bad;
+                return bad;
         }
+        }
+        return "unknown option type";
+}
+
+/* The checks across keys, once each key has parsed on its own. */
+static int check_keys(void *conf, const char **key, char *why, size_t wn)
+{
+        struct sim_conf *c = conf;
+        char buf[128];
         const char *bad = check_conf(c, key, buf, sizeof(buf));
         if (bad) {
                 snprintf(why, wn, "sim: %s: %s", *key, bad);
@@ -411,6 +312,11 @@ static int read_conf(km_plugin_link *h, const struct km_host_api *api, struct si
         }
         return 0;
 }
+
+static const struct kmp_opt_table opt_table = {
+        .name = "sim", .opts = opts, .n = sizeof(opts) / sizeof(opts[0]),
+        .check_keys = check_keys, .parse = parse_custom
+};
 
 /* ---- link state and reports ------------------------------------------------- */
 
@@ -474,7 +380,7 @@ static void deliver(struct sim *s, uint64_t now)
                 /* On loopback this is a full socket buffer: the air ate the frame. */
                 int e = errno;
                 s->n_tx_err++;
-                long sup = ratelimit(&s->rl_tx, now);
+                long sup = kmp_ratelimit(&s->rl_tx, now);
                 if (sup >= 0)
                         s->api->log(s->h, KM_PLUGIN_LOG_WARNING, "sim: sendto: %s (%ld more suppressed)",
                                     strerror(e), sup);
@@ -503,7 +409,7 @@ static void maybe_ready(struct sim *s, uint64_t now)
 static void on_tick(void *ud)
 {
         struct sim *s = ud;
-        uint64_t now = now_us();
+        uint64_t now = kmp_now_us();
 
         s->tick_id = 0;
         if (s->tx_busy && s->tx_end_us <= now) {
@@ -542,7 +448,7 @@ static int arm_tick(struct sim *s)
         s->tick_id = 0;
         if (due == UINT64_MAX)
                 return 0;
-        uint64_t now = now_us();
+        uint64_t now = kmp_now_us();
         int id = s->api->timer(s->h, due > now ? due - now : 0, on_tick, s);
         if (id <= 0) {
                 s->api->log(s->h, KM_PLUGIN_LOG_ERR, "sim: timer: %s", strerror(id < 0 ? -id : ENOMEM));
@@ -589,7 +495,7 @@ static void on_sched(void *ud);
  * that fires early just finds no change and re-arms for the same edge. */
 static void apply_sched(struct sim *s)
 {
-        uint64_t now = now_us(), t = now - s->t0_us;
+        uint64_t now = kmp_now_us(), t = now - s->t0_us;
         uint64_t phase = s->c.cycle_us ? t % s->c.cycle_us : t;
         bool outage = in_sched(&s->c.outages, phase), cut = in_sched(&s->c.cuts, phase);
         bool degraded = in_sched(&s->c.degraded, phase);
@@ -657,7 +563,7 @@ static void on_readable(void *ud, int fd, uint32_t revents)
                                 return;
                         if (errno == EINTR)
                                 continue;
-                        long sup = ratelimit(&s->rl_rx, now_us());
+                        long sup = kmp_ratelimit(&s->rl_rx, kmp_now_us());
                         if (sup >= 0)
                                 s->api->log(s->h, KM_PLUGIN_LOG_WARNING, "sim: recvfrom: %s (%ld more suppressed)",
                                             strerror(errno), sup);
@@ -666,7 +572,7 @@ static void on_readable(void *ud, int fd, uint32_t revents)
                 if (!addr_equal(&from, &s->c.peer.ss)) {
                         /* Only the peer is on this "air"; anything else is a stray. */
                         s->n_stranger++;
-                        long sup = ratelimit(&s->rl_stranger, now_us());
+                        long sup = kmp_ratelimit(&s->rl_stranger, kmp_now_us());
                         if (sup >= 0)
                                 s->api->log(s->h, KM_PLUGIN_LOG_WARNING,
                                             "sim: dropped a datagram from a host that is not the peer (%ld more suppressed)",
@@ -718,7 +624,7 @@ static int try_bind(struct sim *s)
 static void on_bind_retry(void *ud)
 {
         struct sim *s = ud;
-        uint64_t now = now_us();
+        uint64_t now = kmp_now_us();
 
         s->bind_id = 0;
         if (try_bind(s) == 0) {
@@ -739,17 +645,9 @@ static void sim_close(void *state);
 static int sim_open(km_plugin_link *h, const struct km_host_api *api, void **state)
 {
         struct sim_conf c;
-        int r;
-
-        if (!api || api->abi_major != KM_PLUGIN_ABI_MAJOR || api->struct_size < offsetof(struct km_host_api, reserved))
-                return -EPROTO;
-        const char *key = NULL;
-        char why[512];
-        r = read_conf(h, api, &c, &key, why, sizeof(why));
-        if (r < 0) {
-                api->log(h, KM_PLUGIN_LOG_ERR, "%s", why);
+        int r = kmp_open_conf(&opt_table, h, api, &c, sizeof(c));
+        if (r < 0)
                 return r;
-        }
 
         struct sim *s = calloc(1, sizeof(*s));
         if (!s)
@@ -765,9 +663,9 @@ static int sim_open(km_plugin_link *h, const struct km_host_api *api, void **sta
                 return -ENOMEM;
         }
         if (!c.seed_set && getrandom(&s->c.seed, sizeof(s->c.seed), GRND_NONBLOCK) != sizeof(s->c.seed))
-                s->c.seed = now_us() ^ ((uint64_t)getpid() << 32);
+                s->c.seed = kmp_now_us() ^ ((uint64_t)getpid() << 32);
         s->rng = s->c.seed;
-        s->t0_us = now_us();
+        s->t0_us = kmp_now_us();
 
         api->log(h, KM_PLUGIN_LOG_INFO,
                  "sim: mtu %llu B, bitrate %llu bit/s, interval %.3f s, setup %.3f s, latency %.3f s, loss %g, "
@@ -795,7 +693,7 @@ static int sim_open(km_plugin_link *h, const struct km_host_api *api, void **sta
         s->outage = in_sched(&s->c.outages, 0);
         s->cut = in_sched(&s->c.cuts, 0);
         s->degraded = in_sched(&s->c.degraded, 0);
-        report(s, now_us());
+        report(s, kmp_now_us());
         apply_sched(s);
         *state = s;
         return 0;
@@ -835,7 +733,7 @@ static void sim_close(void *state)
 static int sim_send(void *state, const void *frame, size_t len, uint32_t token)
 {
         struct sim *s = state;
-        uint64_t now = now_us();
+        uint64_t now = kmp_now_us();
 
         if (len == 0 || !frame)
                 return -EINVAL;
@@ -890,7 +788,7 @@ static uint32_t sim_mtu(void *state)
 static int sim_check(km_plugin_link *h, const struct km_host_api *api, const char **key, char *why, size_t len)
 {
         struct sim_conf c;
-        return read_conf(h, api, &c, key, why, len);
+        return kmp_read_opts(&opt_table, h, api, &c, sizeof(c), key, why, len);
 }
 
 static const struct km_plugin_ops ops = {
@@ -901,19 +799,4 @@ static const struct km_plugin_ops ops = {
         .check = sim_check,
 };
 
-static const struct km_plugin_desc desc = {
-        .abi_major = KM_PLUGIN_ABI_MAJOR,
-        .abi_minor = KM_PLUGIN_ABI_MINOR,
-        .struct_size = sizeof(struct km_plugin_desc),
-        .name = "sim",
-        .version = "1.0",
-        .ops = &ops,
-        .keys = keys,
-};
-
-/* The one exported symbol: the descriptor, or NULL for a host of another major ABI. */
-KM_PLUGIN_EXPORT const struct km_plugin_desc *kuimen_plugin(uint32_t host_abi_major, uint32_t host_abi_minor)
-{
-        (void)host_abi_minor;
-        return host_abi_major == KM_PLUGIN_ABI_MAJOR ? &desc : NULL;
-}
+KMP_PLUGIN_ENTRY("sim", "1.0", ops, keys)

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "plugins/common/plugin-util.h"
 #include "plugins/kuimen-plugin.h"
 
 /*
@@ -125,18 +126,5 @@ static uint32_t faulty_mtu(void *state)
 
 static const struct km_plugin_ops ops = { .open = faulty_open, .close = faulty_close, .send = faulty_send, .mtu = faulty_mtu };
 
-static const struct km_plugin_desc desc = {
-        .abi_major = KM_PLUGIN_ABI_MAJOR,
-        .abi_minor = KM_PLUGIN_ABI_MINOR,
-        .struct_size = sizeof(struct km_plugin_desc),
-        .name = "faulty",
-        .version = "test",
-        .ops = &ops,
-        .keys = keys,
-};
-
-KM_PLUGIN_EXPORT const struct km_plugin_desc *kuimen_plugin(uint32_t host_abi_major, uint32_t host_abi_minor)
-{
-        (void)host_abi_minor;
-        return host_abi_major == KM_PLUGIN_ABI_MAJOR ? &desc : NULL;
-}
+/* The macro alone (no plugin-util.c): a test plugin links nothing of ours. */
+KMP_PLUGIN_ENTRY("faulty", "test", ops, keys)

@@ -1,0 +1,136 @@
+/* SPDX-License-Identifier: MIT */
+/* The helpers every link plugin compiles in (plugin-util.h). */
+#include "plugins/common/plugin-util.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+uint64_t kmp_now_us(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+long kmp_ratelimit(struct kmp_ratelimit *rl, uint64_t now)
+{
+        if (rl->last_us && now - rl->last_us < KMP_LOG_EVERY_US) {
+                rl->suppressed++;
+                return -1;
+        }
+        long n = (long)rl->suppressed;
+        rl->last_us = now ? now : 1; /* 0 means "never logged" */
+        rl->suppressed = 0;
+        return n;
+}
+
+const char *kmp_parse_uint(const char *v, uint64_t *out, uint64_t min, uint64_t max, char *why, size_t n)
+{
+        char *end;
+        /* strtoull would take " 5", "+5" and "-5" (as a huge number) */
+        if (*v < '0' || *v > '9')
+                return "not a whole number";
+        errno = 0;
+        unsigned long long x = strtoull(v, &end, 10);
+        if (*end != '\0')
+                return "not a whole number";
+        if (errno == ERANGE || x < min || x > max) {
+                snprintf(why, n, "out of range %llu..%llu", (unsigned long long)min, (unsigned long long)max);
+                return why;
+        }
+        *out = x;
+        return NULL;
+}
+
+const char *kmp_parse_duration(const char *v, uint64_t *out, uint64_t min, uint64_t max, char *why, size_t n)
+{
+        char *end;
+        /* a leading digit or dot: no sign, no "inf" or "nan", so x is never negative */
+        if (!((*v >= '0' && *v <= '9') || *v == '.'))
+                return "not a duration (e.g. 200ms, 1.5s, 2m)";
+        double x = strtod(v, &end);
+        if (end == v)
+                return "not a duration (e.g. 200ms, 1.5s, 2m)";
+        if (strcmp(end, "ms") == 0)
+                x /= 1000.0;
+        else if (strcmp(end, "m") == 0)
+                x *= 60.0;
+        else if (strcmp(end, "s") != 0 && *end != '\0')
+                return "unknown unit (use ms, s or m)";
+        /* the upper bound first: llround of a huge x is undefined */
+        if (!isfinite(x) || x * 1e6 > (double)max + 0.5 || llround(x * 1e6) < (long long)min) {
+                snprintf(why, n, "out of range %gs..%gs", (double)min / 1e6, (double)max / 1e6);
+                return why;
+        }
+        *out = (uint64_t)llround(x * 1e6);
+        return NULL;
+}
+
+const char *kmp_parse_prob(const char *v, double *out)
+{
+        char *end;
+        if (!((*v >= '0' && *v <= '9') || *v == '.'))
+                return "not a probability 0..1";
+        double x = strtod(v, &end);
+        if (end == v || *end != '\0' || !isfinite(x) || x < 0.0 || x > 1.0)
+                return "not a probability 0..1";
+        *out = x;
+        return NULL;
+}
+
+int kmp_read_opts(const struct kmp_opt_table *t, km_plugin_link *h, const struct km_host_api *api, void *conf,
+                  size_t conf_size, const char **key, char *why, size_t wn)
+{
+        char buf[160];
+        memset(conf, 0, conf_size);
+        for (size_t i = 0; i < t->n; i++) {
+                const struct kmp_opt *o = &t->opts[i];
+                int type = o->type & ~KMP_OPT_OPTIONAL;
+                const char *v = api->config(h, o->key), *bad = NULL;
+                void *dst = (char *)conf + o->off;
+                if (!v)
+                        v = o->def;
+                if (!v) {
+                        if (o->type & KMP_OPT_OPTIONAL)
+                                continue;
+                        *key = o->key;
+                        if (t->terse)
+                                snprintf(why, wn, "%s: required (%s)", o->key, o->help);
+                        else
+                                snprintf(why, wn, "%s: %s: missing (%s)", t->name, o->key, o->help);
+                        return -EINVAL;
+                }
+                switch (type) {
+                case KMP_OPT_UINT: bad = kmp_parse_uint(v, dst, o->min, o->max, buf, sizeof(buf)); break;
+                case KMP_OPT_DURATION: bad = kmp_parse_duration(v, dst, o->min, o->max, buf, sizeof(buf)); break;
+                case KMP_OPT_PROB: bad = kmp_parse_prob(v, dst); break;
+                default: bad = t->parse ? t->parse(o, v, conf, buf, sizeof(buf)) : "unknown option type"; break;
+                }
+                if (bad) {
+                        *key = o->key;
+                        if (t->terse)
+                                snprintf(why, wn, "%s = %s: %s", o->key, v, bad);
+                        else
+                                snprintf(why, wn, "%s: %s = '%s': %s (%s)", t->name, o->key, v, bad, o->help);
+                        return -EINVAL;
+                }
+        }
+        return t->check_keys ? t->check_keys(conf, key, why, wn) : 0;
+}
+
+int kmp_open_conf(const struct kmp_opt_table *t, km_plugin_link *h, const struct km_host_api *api, void *conf,
+                  size_t conf_size)
+{
+        const char *key = NULL;
+        char why[512];
+        if (!api || api->abi_major != KM_PLUGIN_ABI_MAJOR || api->struct_size < offsetof(struct km_host_api, reserved))
+                return -EPROTO;
+        int r = kmp_read_opts(t, h, api, conf, conf_size, &key, why, sizeof(why));
+        if (r < 0)
+                api->log(h, KM_PLUGIN_LOG_ERR, "%s%s%s", t->terse ? t->name : "", t->terse ? ": " : "", why);
+        return r;
+}
