@@ -1175,3 +1175,56 @@ void h_spawn(struct h_proc *p, const char *log, char *const argv[], const char *
                 _exit(127);
         }
 }
+
+int h_mosquitto_pub(int port, const char *topic, const char *payload)
+{
+        char ps[16];
+        snprintf(ps, sizeof(ps), "%d", port);
+        pid_t pid = fork();
+        cr_assert(pid >= 0);
+        if (pid == 0) {
+                execlp("mosquitto_pub", "mosquitto_pub", "-h", "127.0.0.1", "-p", ps, "-q", "1", "-i", "terminal", "-t",
+                       topic, "-m", payload, (char *)NULL);
+                _exit(127);
+        }
+        int st;
+        waitpid(pid, &st, 0);
+        return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+void h_sim_ctl(int fd, int port, const char *sim, const char *log, const char *cmd, char *ans, size_t n)
+{
+        struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        char tmp[2048];
+        if (!ans) {
+                ans = tmp;
+                n = sizeof(tmp);
+        }
+        for (int tries = 0; tries < 20; tries++) {
+                cr_assert(sendto(fd, cmd, strlen(cmd), 0, (struct sockaddr *)&to, sizeof(to)) > 0);
+                ssize_t k = recv(fd, ans, n - 1, 0);
+                if (k > 0) {
+                        ans[k] = '\0';
+                        cr_assert(strncmp(ans, "error", 5) != 0, "%s: %s: %s", sim, cmd, ans);
+                        return;
+                }
+        }
+        cr_assert_fail("%s does not answer %s (%s)", sim, cmd, log);
+}
+
+long h_sim_stat(int fd, int port, const char *sim, const char *log, const char *name, const char *key)
+{
+        char ans[2048], want[64];
+        h_sim_ctl(fd, port, sim, log, "stats", ans, sizeof(ans));
+        for (char *save, *l = strtok_r(ans, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+                if (strncmp(l, name, strlen(name)) != 0 || l[strlen(name)] != ' ')
+                        continue;
+                snprintf(want, sizeof(want), " %s=", key);
+                char *v = strstr(l, want);
+                cr_assert(v, "no %s in %s", key, l);
+                return strtol(v + strlen(want), NULL, 10);
+        }
+        cr_assert_fail("no device %s in the %s stats", name, sim);
+        return -1;
+}

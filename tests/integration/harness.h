@@ -31,6 +31,16 @@ extern void (*h_fail_hook)(const char *msg);
 void h_tmpdir(char *out, size_t n, const char *tag);
 void h_cleanup(const char *dir);
 int h_free_port(void);
+/* Publishes payload on topic at QoS 1 with mosquitto_pub (client id "terminal"), as a
+ * terminal would; returns its exit code. */
+int h_mosquitto_pub(int port, const char *topic, const char *payload);
+/* A device simulator's UDP control port (tests/sim): sends cmd from fd to 127.0.0.1:port
+ * and puts the answer in ans (n bytes; ans NULL: discarded), retrying while the
+ * simulator does not answer; fails the test on "error..." or silence, naming sim and
+ * its log. */
+void h_sim_ctl(int fd, int port, const char *sim, const char *log, const char *cmd, char *ans, size_t n);
+/* The counter key of the simulated device name in the simulator's "stats" answer. */
+long h_sim_stat(int fd, int port, const char *sim, const char *log, const char *name, const char *key);
 bool h_wait_port(int port, int timeout_ms);
 
 /* Starts mosquitto on port (0: pick) with persistence in dir; extra is appended to

@@ -38,67 +38,20 @@ static const char *env_dir(const char *name)
 }
 
 
-/* Publishes at QoS 1 with mosquitto_pub, as a terminal would: each Paho client beyond a
- * process's first takes about 2 s to connect here, and the suite has 20 s. Returns
- * mosquitto_pub's exit code. */
-static int pub_at(int port, const char *topic, const char *payload)
-{
-        char ps[16];
-        snprintf(ps, sizeof(ps), "%d", port);
-        pid_t pid = fork();
-        cr_assert(pid >= 0);
-        if (pid == 0) {
-                execlp("mosquitto_pub", "mosquitto_pub", "-h", "127.0.0.1", "-p", ps, "-q", "1", "-i", "terminal", "-t",
-                       topic, "-m", payload, (char *)NULL);
-                _exit(127);
-        }
-        int st;
-        waitpid(pid, &st, 0);
-        return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
+/* Terminals publish with mosquitto_pub; the simulator answers on its UDP control port. */
 static int pub(struct pdt_pair *p, const char *topic, const char *payload)
 {
-        return pub_at(p->local.port, topic, payload);
+        return h_mosquitto_pub(p->local.port, topic, payload);
 }
 
-/* One command to the simulator, its answer in ans. */
 static void sim_ctl(struct pdt_pair *p, const char *cmd, char *ans, size_t n)
 {
-        struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons((uint16_t)p->ctl_port),
-                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-        char tmp[2048];
-        if (!ans) {
-                ans = tmp;
-                n = sizeof(tmp);
-        }
-        for (int tries = 0; tries < 20; tries++) {
-                cr_assert(sendto(p->ctl_fd, cmd, strlen(cmd), 0, (struct sockaddr *)&to, sizeof(to)) > 0);
-                ssize_t k = recv(p->ctl_fd, ans, n - 1, 0);
-                if (k > 0) {
-                        ans[k] = '\0';
-                        cr_assert(strncmp(ans, "error", 5) != 0, "pdtsim: %s: %s", cmd, ans);
-                        return;
-                }
-        }
-        cr_assert_fail("pdtsim does not answer %s (%s)", cmd, p->slog);
+        h_sim_ctl(p->ctl_fd, p->ctl_port, "pdtsim", p->slog, cmd, ans, n);
 }
 
-/* The counter key of modem name from "stats". */
 static long sim_stat(struct pdt_pair *p, const char *name, const char *key)
 {
-        char ans[2048], want[64];
-        sim_ctl(p, "stats", ans, sizeof(ans));
-        for (char *save, *l = strtok_r(ans, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
-                if (strncmp(l, name, strlen(name)) != 0 || l[strlen(name)] != ' ')
-                        continue;
-                snprintf(want, sizeof(want), " %s=", key);
-                char *v = strstr(l, want);
-                cr_assert(v, "no %s in %s", key, l);
-                return strtol(v + strlen(want), NULL, 10);
-        }
-        cr_assert_fail("no modem %s", name);
-        return -1;
+        return h_sim_stat(p->ctl_fd, p->ctl_port, "pdtsim", p->slog, name, key);
 }
 
 
@@ -213,7 +166,7 @@ Test(pdt, end_to_end, .timeout = 60)
 
         sim_ctl(&p, "text center HELLO FROM UNIT 7", NULL, 0);
         sim_ctl(&p, "garble center 3", NULL, 0);
-        cr_assert_eq(pub_at(p.center.port, "kuimen/north/cmd/pump", "start"), 0);
+        cr_assert_eq(h_mosquitto_pub(p.center.port, "kuimen/north/cmd/pump", "start"), 0);
         cr_assert_eq(h_sub_wait(&cmds, 1, 10000), 1, "the command crossed to the base (%s, %s)", p.clog, p.blog);
         pthread_mutex_lock(&cmds.mu);
         cr_assert_str_eq(cmds.rx[0].topic, "cmd/pump");
