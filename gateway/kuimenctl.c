@@ -654,10 +654,34 @@ static void print_incidents(const cJSON *r, bool csv)
                        num(x, "lat"), num(x, "lon"), num(x, "radius"));
 }
 
+/* "u1,u2 u3" as the JSON array key of o. */
+static void add_list(cJSON *o, const char *key, const char *list)
+{
+        cJSON *a = cJSON_AddArrayToObject(o, key);
+        char buf[2048], *save = NULL;
+        snprintf(buf, sizeof(buf), "%s", list);
+        for (char *t = strtok_r(buf, ", ", &save); t; t = strtok_r(NULL, ", ", &save))
+                cJSON_AddItemToArray(a, cJSON_CreateString(t));
+}
+
+/* The request line "verb <o as JSON>" into req (n bytes); takes o. */
+static int finish_request(char *req, size_t n, const char *verb, cJSON *o)
+{
+        char *j = cJSON_PrintUnformatted(o);
+        cJSON_Delete(o);
+        if (!j || snprintf(req, n, "%s %s", verb, j) >= (int)n) {
+                fprintf(stderr, "kuimenctl: %s too long\n", verb);
+                free(j);
+                return EXIT_USAGE;
+        }
+        free(j);
+        return 0;
+}
+
 /* kuimenctl incident open ID LAT LON RADIUS UNITS [--call ID]. */
 static int incident_request(char *req, size_t n, char **pos, int npos, const char *call)
 {
-        cJSON *o = cJSON_CreateObject(), *a;
+        cJSON *o = cJSON_CreateObject();
         char *end;
         double v[3];
         if (npos != 5 || !o)
@@ -674,23 +698,10 @@ static int incident_request(char *req, size_t n, char **pos, int npos, const cha
         cJSON_AddNumberToObject(o, "lat", v[0]);
         cJSON_AddNumberToObject(o, "lon", v[1]);
         cJSON_AddNumberToObject(o, "radius", v[2]);
-        a = cJSON_AddArrayToObject(o, "units");
-        char buf[2048];
-        snprintf(buf, sizeof(buf), "%s", pos[4]);
-        char *save = NULL;
-        for (char *t = strtok_r(buf, ", ", &save); t; t = strtok_r(NULL, ", ", &save))
-                cJSON_AddItemToArray(a, cJSON_CreateString(t));
+        add_list(o, "units", pos[4]);
         if (call)
                 cJSON_AddStringToObject(o, "call", call);
-        char *j = cJSON_PrintUnformatted(o);
-        cJSON_Delete(o);
-        if (!j || snprintf(req, n, "incident %s", j) >= (int)n) {
-                fputs("kuimenctl: incident too long\n", stderr);
-                free(j);
-                return EXIT_USAGE;
-        }
-        free(j);
-        return 0;
+        return finish_request(req, n, "incident", o);
 usage:
         cJSON_Delete(o);
         usage(stderr);
@@ -701,7 +712,7 @@ usage:
 static int call_request(char *req, size_t n, char **pos, int npos, const char *respond, const char *repeat,
                         const char *esc_to, const char *esc_after)
 {
-        cJSON *o = cJSON_CreateObject(), *a;
+        cJSON *o = cJSON_CreateObject();
         const char *nums[3][2] = { { "respond_within", respond }, { "repeat_every", repeat }, { "escalate_after", esc_after } };
         if (npos != 4 || !o)
                 goto usage;
@@ -712,12 +723,7 @@ static int call_request(char *req, size_t n, char **pos, int npos, const char *r
                 const char *list = k ? esc_to : pos[3];
                 if (!list)
                         continue;
-                a = cJSON_AddArrayToObject(o, k ? "escalate_to" : "recipients");
-                char buf[2048];
-                snprintf(buf, sizeof(buf), "%s", list);
-                char *save = NULL;
-                for (char *t = strtok_r(buf, ", ", &save); t; t = strtok_r(NULL, ", ", &save))
-                        cJSON_AddItemToArray(a, cJSON_CreateString(t));
+                add_list(o, k ? "escalate_to" : "recipients", list);
         }
         for (int k = 0; k < 3; k++) {
                 if (!nums[k][1])
@@ -731,15 +737,7 @@ static int call_request(char *req, size_t n, char **pos, int npos, const char *r
                 }
                 cJSON_AddNumberToObject(o, nums[k][0], v);
         }
-        char *j = cJSON_PrintUnformatted(o);
-        cJSON_Delete(o);
-        if (!j || snprintf(req, n, "call %s", j) >= (int)n) {
-                fputs("kuimenctl: call too long\n", stderr);
-                free(j);
-                return EXIT_USAGE;
-        }
-        free(j);
-        return 0;
+        return finish_request(req, n, "call", o);
 usage:
         cJSON_Delete(o);
         usage(stderr);
