@@ -1098,10 +1098,14 @@ static void frame_unsent(km_plugin_link *h)
                         h->tx.slot[i].lost = true;
 }
 
-/* Whether a new data frame would go now (what kick frames). */
-static bool data_waiting(km_plugin_link *h)
+/* Whether a data frame would go now (what kick sends): one to send again, or a new one. */
+static bool data_waiting(km_plugin_link *h, int64_t now, int64_t rto)
 {
-        if (h->link->state != KM_LINK_UP || h->probing || km_frame_tx_inflight(&h->tx) >= FRAME_WINDOW)
+        if (h->link->state != KM_LINK_UP && !h->probing)
+                return false;
+        if (km_frame_tx_pending(&h->tx, now, rto))
+                return true;
+        if (h->probing || km_frame_tx_inflight(&h->tx) >= FRAME_WINDOW)
                 return false;
         for (int i = 0; i < QMAX; i++)
                 if (h->q[i].used && !h->q[i].framed && !held_for_mqtt(h, &h->q[i]))
@@ -1117,10 +1121,14 @@ static void kick(km_plugin_link *h)
 {
         int64_t now = km_now_ms();
 
+        /* Without the peer's acks nothing is sent again for time alone: only a frame
+         * the device refused or did not take (marked lost) goes again. */
+        int64_t rto = h->link->ack_mode == KM_ACK_PEER ? h->rto_ms : INT64_MAX / 4;
+
         while (!h->busy && h->open && !h->faulted) {
                 size_t room = budget_room(h);
                 room = room > h->ovh ? room - h->ovh : 0; /* what sealing adds is on the air too */
-                if (h->ack_owed && (h->ack_tried || !data_waiting(h))) {
+                if (h->ack_owed && (h->ack_tried || !data_waiting(h, now, rto))) {
                         struct km_frame_ack ack;
                         if (km_frame_rx_ack(&h->rx, h->ack_to, &ack) == 0) {
                                 int n = km_frame_ack_encode(&ack, h->origin, h->buf, h->bufcap);
@@ -1143,16 +1151,32 @@ static void kick(km_plugin_link *h)
                         budget_wait(h);
                         return;
                 }
-                /* A frame longer than room stays put (-ENOSPC, not stamped). Without the
-                 * peer's acks nothing is sent again for time alone: only a frame the
-                 * device refused or did not take (marked lost) goes again. */
-                int64_t rto = h->link->ack_mode == KM_ACK_PEER ? h->rto_ms : INT64_MAX / 4;
-                int n = km_frame_tx_due(&h->tx, now, rto, h->buf, room < h->bufcap ? room : h->bufcap);
+                /* A frame longer than room stays put (-ENOSPC, not stamped). A frame sent
+                 * again carries the owed ack as a new one would: on a card with one
+                 * frame a slot, an ack sent alone first would take the slot, and a
+                 * peer that sends every slot is owed one each time, so the frame
+                 * would wait until ack_timeout. */
+                struct km_frame_ack ack;
+                const struct km_frame_ack *piggy = NULL;
+                if (h->ack_owed && !h->ack_tried && km_frame_rx_ack(&h->rx, h->ack_to, &ack) == 0)
+                        piggy = &ack;
+                /* The ack may lengthen the frame up to the MTU, not past it; a frame
+                 * framed before the MTU shrank is offered as it is. */
+                size_t fmtu = h->mtu - h->ovh, cap = room < h->bufcap ? room : h->bufcap;
+                size_t plen = piggy ? km_frame_tx_pending(&h->tx, now, rto) : 0;
+                if (piggy && cap > (fmtu > plen ? fmtu : plen))
+                        cap = fmtu > plen ? fmtu : plen;
+                bool rode = false;
+                int n = km_frame_tx_due_ack(&h->tx, now, rto, piggy, h->buf, cap, &rode);
                 if (n == -ENOSPC) {
                         budget_wait(h);
                         return;
                 }
                 if (n > 0) {
+                        if (rode)
+                                h->ack_owed = false;
+                        else if (piggy)
+                                h->ack_tried = true; /* no room: it goes alone next */
                         if (!device_send(h, h->buf, (size_t)n)) {
                                 frame_unsent(h);
                                 return;
@@ -1188,12 +1212,10 @@ static void kick(km_plugin_link *h)
                                 idx[b] = idx[b - 1], idx[b - 1] = ti;
                         }
                 struct km_frame_put put;
-                struct km_frame_ack ack;
-                const struct km_frame_ack *piggy = NULL;
+                piggy = NULL;
                 if (h->ack_owed && !h->ack_tried && km_frame_rx_ack(&h->rx, h->ack_to, &ack) == 0)
                         piggy = &ack;
                 h->ack_tried = h->ack_owed;
-                size_t fmtu = h->mtu - h->ovh;
                 n = km_frame_tx_encode(&h->tx, msgs, (size_t)k, room < fmtu ? room : fmtu, piggy, now, h->buf, &put);
                 if (n < 0) {
                         if (n != -EAGAIN)
