@@ -423,8 +423,8 @@ static int on_message(void *context, char *topic, int topic_len, MQTTAsync_messa
                 /* Not stored (a storage fault, or pending full until the loop's next
                  * flush): returning 0 makes Paho keep the message and call again
                  * (it sends its PUBACK regardless: tests/integration/test_paho.c, so a
-                 * kill -9 during a storage fault can lose such a command; the mailbox and
-                 * one client model of issue 11 item 5 close that). The pause bounds how
+                 * kill -9 during a storage fault can lose such a command; on tcp:// the
+                 * downlink runs on mqttc, which does not). The pause bounds how
                  * often it calls while the disk is full; Paho's lock is held meanwhile,
                  * and the loop calls Paho only to connect, stop and ask isConnected. */
                 usleep(200 * 1000);
