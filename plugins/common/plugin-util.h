@@ -32,6 +32,14 @@ const char *kmp_parse_uint(const char *v, uint64_t *out, uint64_t min, uint64_t 
 const char *kmp_parse_duration(const char *v, uint64_t *out, uint64_t min, uint64_t max, char *why, size_t n);
 const char *kmp_parse_prob(const char *v, double *out);
 
+/* A serial port: the line speeds a termios port takes, and the port opened raw 8N1,
+ * non-blocking, without flow control, VMIN 1 (so an idle port reads EAGAIN and a
+ * hang-up reads 0), its queues flushed. kmp_serial_open returns the fd or -errno with
+ * why ("open: ...", "not a serial port: ...", "tcsetattr: ..."). */
+#define KMP_BAUDS "1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600"
+bool kmp_baud_known(uint64_t baud);
+int kmp_serial_open(const char *path, uint64_t baud, char *why, size_t n);
+
 /* The types the reader parses itself; a plugin numbers its own from KMP_OPT_CUSTOM and
  * parses them in its kmp_opt_parse_fn. KMP_OPT_OPTIONAL or'ed in: a key without a
  * default that may be left out (the reader then leaves the field zero). */

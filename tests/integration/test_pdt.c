@@ -20,6 +20,9 @@
  * center's on 127.0.0.3 and 127.0.0.5, the same TMP and RRS ports everywhere, as on a
  * radio's USB network. The radios share one half-duplex channel. Airtime is shrunk
  * (100 ms preamble, 20 ms a block) to keep the suite within its 20 s.
+ *
+ * The hrnp_ tests put the base's radio on a pty instead (transport = hrnp): the same
+ * PDUs in HRNP packets on a serial line, while the center stays on UDP.
  */
 
 struct pdt_pair {
@@ -71,7 +74,7 @@ static void expect_crossed(struct pdt_pair *p, const char *const *want, size_t n
 static const char *link_keys =
         "ack = receipt\nack_timeout = 3s\nretry = 100ms\nretry_max = 400ms\ncheck_interval = 300ms\n";
 
-static void pair_up(struct pdt_pair *p, const char *tag)
+static void pair_up_on(struct pdt_pair *p, const char *tag, bool hrnp)
 {
         memset(p, 0, sizeof(*p));
         h_tmpdir(p->dir, sizeof(p->dir), tag);
@@ -92,11 +95,18 @@ static void pair_up(struct pdt_pair *p, const char *tag)
         struct timeval tv = { .tv_sec = 0, .tv_usec = 250000 };
         setsockopt(p->ctl_fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 
-        char cmd[1024];
+        char cmd[1024], base_radio[400], base_keys[400];
+        if (hrnp) {
+                snprintf(base_radio, sizeof(base_radio), "--hrnp base=%s/base-radio,111111", p->dir);
+                snprintf(base_keys, sizeof(base_keys), "transport = hrnp\ndevice = %s/base-radio\nbaud = 115200", p->dir);
+        } else {
+                snprintf(base_radio, sizeof(base_radio), "--radio base=127.0.0.2,127.0.0.4,111111");
+                snprintf(base_keys, sizeof(base_keys), "radio = 127.0.0.2\nlisten = 127.0.0.4");
+        }
         snprintf(cmd, sizeof(cmd),
-                 "exec '%s' --radio base=127.0.0.2,127.0.0.4,111111 --radio center=127.0.0.3,127.0.0.5,222222 "
+                 "exec '%s' %s --radio center=127.0.0.3,127.0.0.5,222222 "
                  "--tmp-port %d --rrs-port %d --control %d --preamble 100 --block 20 --reg-retry 300",
-                 env_dir("KM_PDT_SIM"), tmp, rrs, p->ctl_port);
+                 env_dir("KM_PDT_SIM"), base_radio, tmp, rrs, p->ctl_port);
         char *argv[] = { "sh", "-c", cmd, NULL };
         h_spawn(&p->sim, p->slog, argv, NULL);
         cr_assert(h_log_wait(&p->sim, "ready:", 5000), "pdtsim did not start (%s)", p->slog);
@@ -107,9 +117,9 @@ static void pair_up(struct pdt_pair *p, const char *tag)
         fprintf(f,
                 "[node]\nname = north\nspool = %s/base/spool.db\nplugin_dir = %s\nstats_interval = 0\nlink_status = no\n"
                 "[local]\nuri = tcp://127.0.0.1:%d\nsubscribe = sensors/#, alert/#\n"
-                "[link radio]\ntype = pdt\nradio = 127.0.0.2\nlisten = 127.0.0.4\ntmp_port = %d\nrrs_port = %d\n"
+                "[link radio]\ntype = pdt\n%s\ntmp_port = %d\nrrs_port = %d\n"
                 "radio_id = 111111\npeer_id = 222222\n%s\n",
-                p->dir, plugins, p->local.port, tmp, rrs, link_keys);
+                p->dir, plugins, p->local.port, base_keys, tmp, rrs, link_keys);
         fclose(f);
         f = fopen(p->cconf, "w");
         cr_assert(f);
@@ -130,6 +140,11 @@ static void pair_up(struct pdt_pair *p, const char *tag)
         cr_assert(h_log_wait(&p->base, "radio: pdt: radio 111111 registered", 10000), "base radio (%s)", p->blog);
         cr_assert(h_log_wait(&p->base, "radio: down -> up (up)", 10000), "base link up (%s)", p->blog);
         cr_assert(h_log_wait(&p->base, "ingest: connected", 10000), "base broker (%s)", p->blog);
+}
+
+static void pair_up(struct pdt_pair *p, const char *tag)
+{
+        pair_up_on(p, tag, false);
 }
 
 static void pair_down(struct pdt_pair *p)
@@ -192,7 +207,7 @@ Test(pdt, end_to_end, .timeout = 60)
  * frame back (DOWN) until the back-off ends; invalid parameters refuse it; a channel
  * another radio holds (half duplex) answers busy until it is free. One message crosses,
  * once. */
-Test(pdt, results_as_reasons, .timeout = 60)
+static void results_as_reasons(bool hrnp)
 {
         static const struct {
                 int r;
@@ -213,7 +228,7 @@ Test(pdt, results_as_reasons, .timeout = 60)
         const size_t n = sizeof(codes) / sizeof(codes[0]);
         struct pdt_pair p;
         char cmd[256] = "fail base";
-        pair_up(&p, "pdt-codes");
+        pair_up_on(&p, hrnp ? "pdt-hrnp-codes" : "pdt-codes", hrnp);
         for (size_t i = 0; i < n; i++)
                 snprintf(cmd + strlen(cmd), sizeof(cmd) - strlen(cmd), " %d", codes[i].r);
         sim_ctl(&p, cmd, NULL, 0);
@@ -233,6 +248,88 @@ Test(pdt, results_as_reasons, .timeout = 60)
         expect_crossed(&p, want, 2);
         cr_assert_geq(sim_stat(&p, "base", "busy"), 1, "the channel was busy");
         cr_assert(h_log_wait(&p.base, "-> up (up)", 2000));
+        pair_down(&p);
+}
+
+Test(pdt, results_as_reasons, .timeout = 60)
+{
+        results_as_reasons(false);
+}
+
+/* The same results, each carried to the base in an HRNP packet from a radio on its
+ * serial port. */
+Test(pdt, hrnp_results_as_reasons, .timeout = 60)
+{
+        results_as_reasons(true);
+}
+
+/* Over HRNP: the base connects once, its readings cross in data packets each acked by
+ * the radio, a command comes back the same way, and broken packets on the line (a bad
+ * checksum, line noise, an unknown version, a bad PDU inside a good packet) are each
+ * one counted error that loses nothing. */
+Test(pdt, hrnp_end_to_end, .timeout = 60)
+{
+        struct pdt_pair p;
+        struct h_sub cmds;
+        pair_up_on(&p, "pdt-hrnp-e2e", true);
+        cr_assert_eq(h_log_count(&p.base, "pdt: HRNP connection accepted by the radio on"), 1, "%s", p.blog);
+        h_sub_start(&cmds, p.local.port, "unit", "cmd/#", true);
+        sim_ctl(&p, "garble base 4", NULL, 0);
+        static const char *const want[] = { "{\"ch4\":0.1}", "{\"ch4\":0.2}", "{\"ch4\":0.3}" };
+        for (int i = 0; i < 3; i++)
+                cr_assert_eq(pub(&p, "sensors/gas", want[i]), 0);
+        expect_crossed(&p, want, 3);
+        long msgs = sim_stat(&p, "base", "msgs");
+        cr_assert(msgs >= 1 && msgs <= 3, "3 readings in 1..3 messages (%ld)", msgs);
+        cr_assert_eq(sim_stat(&p, "base", "ok"), msgs, "every message went");
+        cr_assert_eq(sim_stat(&p, "center", "delivered"), msgs);
+        cr_assert_eq(sim_stat(&p, "base", "connects"), 1);
+        cr_assert_eq(sim_stat(&p, "base", "hrnp_bad"), 0, "every packet of the PC checked out at the radio");
+        cr_assert_eq(sim_stat(&p, "base", "unconnected"), 0);
+
+        cr_assert_eq(h_mosquitto_pub(p.center.port, "kuimen/north/cmd/pump", "start"), 0);
+        cr_assert_eq(h_sub_wait(&cmds, 1, 10000), 1, "the command crossed to the base (%s, %s)", p.clog, p.blog);
+        pthread_mutex_lock(&cmds.mu);
+        cr_assert_str_eq(cmds.rx[0].topic, "cmd/pump");
+        cr_assert_str_eq(cmds.rx[0].payload, "start");
+        pthread_mutex_unlock(&cmds.mu);
+        cr_assert_eq(sim_stat(&p, "base", "acks_from_pc"), 1, "the base acked the command's message (TMP)");
+        /* The first of the four is logged, the rest rate-limited into the counts. */
+        cr_assert_eq(h_log_count(&p.base, "pdt: bad HRNP PDU from the radio: bytes outside a packet (1 bad so far, 0 not logged)"), 1,
+                     "%s", p.blog);
+        h_sub_stop(&cmds);
+        h_sub_stop(&p.sub);
+        h_stop(&p.base, SIGTERM);
+        cr_assert_eq(h_log_count(&p.base, "bad PDUs 4,"), 1, "%s", p.blog);
+        cr_assert_eq(h_log_count(&p.base, "pdt: HRNP: bad packets 3, "), 1, "%s", p.blog);
+        cr_assert_eq(h_log_count(&p.base, "up -> down"), 0);
+        h_stop(&p.ctr, SIGTERM);
+        h_stop(&p.sim, SIGTERM);
+        h_stop(&p.local.p, SIGTERM);
+        h_stop(&p.center.p, SIGTERM);
+        close(p.ctl_fd);
+        h_cleanup(p.dir);
+}
+
+/* The radio on the serial port reboots: it forgets the HRNP connection and answers
+ * nothing, so the online checks go unanswered and the link goes DOWN holding traffic;
+ * the driver connects again, the radio registers, the held reading crosses once. */
+Test(pdt, hrnp_radio_reset, .timeout = 60)
+{
+        struct pdt_pair p;
+        pair_up_on(&p, "pdt-hrnp-reset", true);
+        sim_ctl(&p, "reset base 800", NULL, 0);
+        cr_assert(h_log_wait(&p.base, "radio: up -> down (radio not answering (RRS online check); connecting (HRNP))", 5000),
+                  "%s", p.blog);
+        static const char *const want[] = { "held over the reboot" };
+        cr_assert_eq(pub(&p, "sensors/e", want[0]), 0);
+        expect_crossed(&p, want, 1);
+        cr_assert_eq(sim_stat(&p, "base", "msgs"), 1, "one message, after the reboot");
+        cr_assert_eq(sim_stat(&p, "base", "connects"), 2, "connected again once");
+        cr_assert_eq(h_log_count(&p.base, "pdt: HRNP connection accepted by the radio on"), 2, "%s", p.blog);
+        cr_assert_eq(h_log_count(&p.base, "pdt: radio 111111 registered"), 2, "%s", p.blog);
+        cr_assert_eq(h_log_count(&p.base, "bad HRNP PDU from the radio: bytes outside a packet"), 1,
+                     "the boot noise is one error (%s)", p.blog);
         pair_down(&p);
 }
 
@@ -269,6 +366,10 @@ Test(pdt, keys_checked, .timeout = 30)
                 { "radio_id = 16777216\npeer_id = 2", "radio_id = '16777216': out of range 1..16777215" },
                 { "peer_id = 2", "radio_id: missing" },
                 { "radio_id = 1\npeer_id = 2\nrrs_port = 3004", "rrs_port: the same as tmp_port" },
+                { "radio_id = 1\npeer_id = 2\ntransport = serial", "transport = 'serial': not udp or hrnp" },
+                { "radio_id = 1\npeer_id = 2\ntransport = hrnp\nbaud = 12345", "baud = '12345': not a line speed" },
+                { "radio_id = 1\npeer_id = 2\ntransport = hrnp\ndevice = ttyUSB0", "device = 'ttyUSB0': not an absolute path" },
+                { "radio_id = 1\npeer_id = 2\ntransport = hrnp\ndevice = /dev/ttyS1\nbaud = 9600", NULL },
                 { "radio_id = 1\npeer_id = 2", NULL },
         };
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
