@@ -138,7 +138,7 @@ enum {
 static const struct kmp_opt opts[] = {
         { "device", OPT_PATH, NULL, CONF(device), 0, 0, "serial port of the module, e.g. /dev/ttyUSB0" },
         { "baud", OPT_BAUD, "115200", CONF(baud), 0, 0, "line speed, 8N1" },
-        { "protocol", OPT_PROTO, "auto", CONF(proto), 0, 0, "bds3, 2.1, 4.0 (binary) or auto (bds3 or 2.1)" },
+        { "protocol", OPT_PROTO, "auto", CONF(proto), 0, 0, "bds3, 2.1, 4.0 (binary) or auto (whichever the module answers in)" },
         { "peer_card", OPT_CARD, NULL, CONF(peer), 0, 0, "card number (1 to 8 digits) that frames are sent to" },
         { "coding", OPT_CODING, "mixed", CONF(mixed), 0, 0, "mixed (A4 + hex of the bytes) or code (hex nibbles)" },
         { "mtu", OPT_UINT, "0", CONF(mtu_cap), 0, BD_FRAME_MAX, "cap on the frame size below the card's, 0 = the card's" },
@@ -373,6 +373,16 @@ static void query_card(struct bd *s)
         if (s->proto != P_BDS3) {
                 put_fmt(s, "CCRMO,BSI,2,1");
                 put_fmt(s, "CCICA,0,00");
+        }
+        if (s->proto == P_AUTO) {
+                /* The 4.0 questions too, each ended by a CR LF: an ASCII module takes
+                 * the frame for a line with a bad checksum and drops it, and the next
+                 * sentence starts on a line of its own; a 4.0 module skips the CR LF
+                 * (and the ASCII lines) looking for the next "$". */
+                put_bin(s, "ICJC", 0, (const uint8_t[]){ 0 }, 1);
+                put_line(s, "\r\n", 2);
+                put_bin(s, "GLJC", 0, (const uint8_t[]){ 1 }, 1);
+                put_line(s, "\r\n", 2);
         }
         s->card_query_at = now + (s->card_known && s->card.id ? s->c.card_poll_us : card_retry_us(s));
 }
@@ -956,6 +966,41 @@ static void on_bytes40(struct bd *s)
         s->rxlen -= off;
 }
 
+static bool answer40(const char *id)
+{
+        return !strcmp(id, "ICXX") || !strcmp(id, "GLZK") || !strcmp(id, "FKXX") || !strcmp(id, "TXXX") ||
+               !strcmp(id, "ZJXX");
+}
+
+/*
+ * protocol = auto: a whole 4.0 frame from the module among the first len bytes of rx
+ * settles the dialect as 4.0, and the bytes from it on go to the binary reader.
+ * Returns how far the bytes may be cut into ASCII lines: up to a "$" that may start a
+ * frame whose rest has not come yet (an ASCII sentence never can: its bytes 5 and 6,
+ * the frame's length, are printable, > RDSS40_MAX), else all of them.
+ */
+static size_t auto_scan40(struct bd *s, size_t len)
+{
+        for (size_t i = 0; i < len; i++) {
+                if (s->rx[i] != '$')
+                        continue;
+                struct rdss40 f;
+                ssize_t r = rdss40_parse((const uint8_t *)s->rx + i, len - i, &f);
+                if (r == 0)
+                        return i;
+                if (r < 0 || !answer40(f.id))
+                        continue;
+                s->api->log(s->h, KM_PLUGIN_LOG_INFO, "beidou: the module answers in the binary 4.0 set ($%s)", f.id);
+                s->proto = P_40;
+                memmove(s->rx, s->rx + i, len - i);
+                s->rxlen = len - i;
+                query_card(s);
+                on_bytes40(s);
+                return 0;
+        }
+        return len;
+}
+
 static void on_readable(struct bd *s)
 {
         for (int burst = 0; burst < 16 && s->fd >= 0; burst++) {
@@ -975,8 +1020,14 @@ static void on_readable(struct bd *s)
                         on_bytes40(s);
                         continue;
                 }
-                size_t len = s->rxlen + (size_t)n, start = 0;
-                for (size_t i = s->rxlen; i < len; i++) {
+                size_t len = s->rxlen + (size_t)n, start = 0, upto = len, from = s->rxlen;
+                if (s->proto == P_AUTO) {
+                        upto = auto_scan40(s, len);
+                        if (s->proto == P_40)
+                                continue;
+                        from = 0; /* bytes held back last time as a possible frame */
+                }
+                for (size_t i = from; i < upto; i++) {
                         if (s->rx[i] != '\n')
                                 continue;
                         if (!s->rx_skip)

@@ -550,6 +550,37 @@ Test(beidou, v40_end_to_end_and_refusals, .timeout = 60)
                      "beidou: card " BASE_CARD " (4.0), class 3, service interval 1 s, level 3: frames of 77 B (mixed coding)");
 }
 
+/* protocol = auto finds the binary 4.0 set at both ends: the module answers the
+ * $ICJC probe (it skips the ASCII questions), the driver switches to the binary reader
+ * and reads a level-3 card; alerts and commands cross, and the link never flaps. */
+Test(beidou, v40_end_to_end_auto, .timeout = 60)
+{
+        struct bdenv e;
+        struct h_sub *alerts = &e.sub, *cmds = &e.cmds;
+        const struct bdconf v40 = { .proto = "4.0", .level = "3", .base_proto = "auto", .ctr_proto = "auto" };
+
+        bd_up(&e, "bd-v40a", &v40);
+        cr_assert_eq(h_log_count(&e.base, "beidou: the module answers in the binary 4.0 set ($"), 1, "%s", e.blog);
+        cr_assert_eq(h_log_count(&e.ctr, "beidou: the module answers in the binary 4.0 set ($"), 1, "%s", e.clog);
+        cr_assert(h_log_count(&e.base, "beidou: card " BASE_CARD " (4.0), class 3, service interval 1 s, level 3: "
+                                        "frames of 77 B (mixed coding)") == 1, "%s", e.blog);
+        cr_assert(h_log_count(&e.ctr, "beidou: card " CENTER_CARD " (4.0)") == 1, "auto did not find 4.0 (%s)", e.clog);
+        h_pub_send(&e.pub, "alert/a", "F1");
+        h_pub_send(&e.pub, "alert/a", "F2");
+        h_pub_send(&e.cpub, "kuimen/north/cmd/pump", "Q1");
+        h_pub_send(&e.cpub, "kuimen/north/cmd/pump", "Q2");
+        cr_assert(wait_payload(alerts, "F2", 10000));
+        cr_assert(wait_payload(cmds, "Q2", 10000));
+        h_sleep_ms(500);
+        cr_assert_eq(count_topic(alerts, "kuimen/north/alert/"), 2);
+        cr_assert_eq(distinct(cmds), 2);
+        bd_down(&e);
+        cr_assert_eq(h_log_count(&e.base, "sat: up -> "), 0, "the base's link flapped (%s)", e.blog);
+        cr_assert_eq(h_log_count(&e.base, "beidou: garbled line from the module"), 0,
+                     "the ASCII questions' answers are not taken for garbage (%s)", e.blog);
+        h_cleanup(e.dir);
+}
+
 /* The binary reader under noise (bytes flipped, cut frames that the next one runs
  * into, junk before a "$"), a restarted 4.0 module (silent until asked again) and an
  * unplugged adapter: the link comes back by itself each time; nothing is lost. */
