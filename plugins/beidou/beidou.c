@@ -54,11 +54,23 @@
 enum bd_proto { P_BDS3, P_V21, P_AUTO, P_40 };
 enum bd_beam { BEAM_UNKNOWN, BEAM_NONE, BEAM_WEAK, BEAM_GOOD };
 
+#define BD_PEERS_MAX 16
+
+/* peer_cards: the card of each of a center's bases, by the base's name. */
+struct bd_peer_cards {
+        unsigned n;
+        struct {
+                char name[64];
+                uint32_t card;
+        } v[BD_PEERS_MAX];
+};
+
 struct bd_conf {
         char device[256];
         unsigned baud;
         enum bd_proto proto;
         uint32_t peer;
+        struct bd_peer_cards peer_cards;
         bool mixed;
         uint64_t mtu_cap, min_s2c, min_power, freq_point;
         uint64_t reopen_us, fki_us, silence_us, settle_us, card_poll_us, refusal_us;
@@ -115,7 +127,7 @@ struct bd {
         uint32_t r_mtu;
 
         uint64_t n_lines, n_garbled, n_sent, n_refused, n_early, n_rx, n_rx_bad, n_unexpected, n_out_dropped;
-        struct kmp_ratelimit rl_garbled, rl_rx, rl_out;
+        struct kmp_ratelimit rl_garbled, rl_rx, rl_out, rl_peer;
         struct rdss_sentence sen; /* big: kept here, not on the stack */
         uint8_t frame[RDSS_LINE_MAX / 2];
 };
@@ -130,6 +142,7 @@ enum {
         OPT_PROTO,
         OPT_CARD,
         OPT_CODING,
+        OPT_CARDS,
 };
 
 #define CONF(f) offsetof(struct bd_conf, f)
@@ -140,6 +153,9 @@ static const struct kmp_opt opts[] = {
         { "baud", OPT_BAUD, "115200", CONF(baud), 0, 0, "line speed, 8N1" },
         { "protocol", OPT_PROTO, "auto", CONF(proto), 0, 0, "bds3, 2.1, 4.0 (binary) or auto (whichever the module answers in)" },
         { "peer_card", OPT_CARD, NULL, CONF(peer), 0, 0, "card number (1 to 8 digits) that frames are sent to" },
+        { "peer_cards", OPT_CARDS | KMP_OPT_OPTIONAL, NULL, CONF(peer_cards), 0, 0,
+          "a center's bases on this one card: NAME:CARD, ... (NAME as in peers); each base's acks go to its card, "
+          "the rest to peer_card" },
         { "coding", OPT_CODING, "mixed", CONF(mixed), 0, 0, "mixed (A4 + hex of the bytes) or code (hex nibbles)" },
         { "mtu", OPT_UINT, "0", CONF(mtu_cap), 0, BD_FRAME_MAX, "cap on the frame size below the card's, 0 = the card's" },
         { "min_s2c", OPT_UINT, "40", CONF(min_s2c), 0, 99, "BDS-3: a beam counts when its S2C_d (dB-Hz) is at least this" },
@@ -156,7 +172,7 @@ static const struct kmp_opt opts[] = {
           "after a suppression, radio silence, battery or permission refusal, try again after this long" },
 };
 
-static const char *const keys[] = { "device", "baud",   "protocol", "peer_card",        "coding",
+static const char *const keys[] = { "device", "baud",   "protocol", "peer_card", "peer_cards",        "coding",
                                     "mtu",    "min_s2c", "min_power", "freq_point",      "reopen",
                                     "feedback_timeout", "silence", "settle", "card_poll", "refusal_retry", NULL };
 _Static_assert(sizeof(keys) / sizeof(keys[0]) == sizeof(opts) / sizeof(opts[0]) + 1, "keys[] mirrors opts[]");
@@ -173,7 +189,7 @@ static const char *parse_opt(const struct kmp_opt *o, const char *v, void *conf,
 {
         struct bd_conf *c = conf;
         void *at = (char *)conf + o->off;
-        switch (o->type) {
+        switch (o->type & ~KMP_OPT_OPTIONAL) {
         case OPT_PATH:
                 if (!*v)
                         return "empty";
@@ -208,6 +224,29 @@ static const char *parse_opt(const struct kmp_opt *o, const char *v, void *conf,
                 if (rdss_parse_card(v, at) < 0 || *(uint32_t *)at == 0)
                         return "expected a card number of 1 to 8 digits, not 0";
                 return NULL;
+        case OPT_CARDS: {
+                struct bd_peer_cards *pc = at;
+                for (const char *p = v; *p;) {
+                        while (*p == ' ' || *p == ',')
+                                p++;
+                        if (!*p)
+                                break;
+                        const char *colon = strchr(p, ':'), *end = p + strcspn(p, ", ");
+                        char card[16];
+                        if (!colon || colon > end || colon == p || (size_t)(colon - p) >= sizeof(pc->v[0].name) ||
+                            (size_t)(end - colon - 1) >= sizeof(card))
+                                return "expected NAME:CARD, ... (a base's name as in peers, its card number)";
+                        if (pc->n == BD_PEERS_MAX)
+                                return "more than 16 cards";
+                        snprintf(pc->v[pc->n].name, sizeof(pc->v[0].name), "%.*s", (int)(colon - p), p);
+                        snprintf(card, sizeof(card), "%.*s", (int)(end - colon - 1), colon + 1);
+                        if (rdss_parse_card(card, &pc->v[pc->n].card) < 0 || pc->v[pc->n].card == 0)
+                                return "expected NAME:CARD, ... with card numbers of 1 to 8 digits, not 0";
+                        pc->n++;
+                        p = end;
+                }
+                return NULL;
+        }
         case OPT_CODING:
                 if (strcmp(v, "mixed") == 0)
                         *(bool *)at = true;
@@ -1193,9 +1232,9 @@ static uint32_t bd_mtu(void *state)
         return s->c.mtu_cap && s->c.mtu_cap < m ? (uint32_t)s->c.mtu_cap : m;
 }
 
-static int bd_send(void *state, const void *frame, size_t len, uint32_t token)
+/* One frame to the card dest. */
+static int send_card(struct bd *s, uint32_t dest, const void *frame, size_t len, uint32_t token)
 {
-        struct bd *s = state;
         uint64_t now = kmp_now_us();
         char hex[2 * BD_FRAME_MAX + 4];
 
@@ -1216,9 +1255,9 @@ static int bd_send(void *state, const void *frame, size_t len, uint32_t token)
                 uint8_t body[16 + BD_FRAME_MAX];
                 size_t k = 0, dl = len + (s->c.mixed ? 1 : 0);
                 body[k++] = 0x46;
-                body[k++] = (uint8_t)(s->c.peer >> 16);
-                body[k++] = (uint8_t)(s->c.peer >> 8);
-                body[k++] = (uint8_t)s->c.peer;
+                body[k++] = (uint8_t)(dest >> 16);
+                body[k++] = (uint8_t)(dest >> 8);
+                body[k++] = (uint8_t)dest;
                 body[k++] = (uint8_t)((dl * 8) >> 8);
                 body[k++] = (uint8_t)(dl * 8);
                 body[k++] = 0;
@@ -1239,9 +1278,9 @@ static int bd_send(void *state, const void *frame, size_t len, uint32_t token)
         rdss_hex_encode(hex + off, frame, len);
         int n;
         if (s->proto == P_V21)
-                n = rdss_format(s->line, sizeof(s->line), "CCTXA,%07u,1,%d,%s", s->c.peer, s->c.mixed ? 2 : 1, hex);
+                n = rdss_format(s->line, sizeof(s->line), "CCTXA,%07u,1,%d,%s", dest, s->c.mixed ? 2 : 1, hex);
         else
-                n = rdss_format(s->line, sizeof(s->line), "CCTCQ,%07u,%u,1,%d,%s,0", s->c.peer, (unsigned)s->c.freq_point,
+                n = rdss_format(s->line, sizeof(s->line), "CCTCQ,%07u,%u,1,%d,%s,0", dest, (unsigned)s->c.freq_point,
                                 s->c.mixed ? 3 : 2, hex);
         if (n < 0)
                 return -EMSGSIZE;
@@ -1259,6 +1298,33 @@ write:
         return 0;
 }
 
+static int bd_send(void *state, const void *frame, size_t len, uint32_t token)
+{
+        struct bd *s = state;
+        return send_card(s, s->c.peer, frame, len, token);
+}
+
+/* ABI 1.2: a center's acks to the card of the base they are for (peer_cards). */
+static int bd_send_to(void *state, const char *peer, const void *frame, size_t len, uint32_t token)
+{
+        struct bd *s = state;
+        uint32_t dest = s->c.peer;
+        bool found = false;
+        for (unsigned i = 0; peer && i < s->c.peer_cards.n && !found; i++)
+                if (strcmp(s->c.peer_cards.v[i].name, peer) == 0) {
+                        dest = s->c.peer_cards.v[i].card;
+                        found = true;
+                }
+        if (peer && !found && s->c.peer_cards.n) {
+                long sup = kmp_ratelimit(&s->rl_peer, kmp_now_us());
+                if (sup >= 0)
+                        s->api->log(s->h, KM_PLUGIN_LOG_WARNING,
+                                    "beidou: no card for peer %s in peer_cards: sent to peer_card %07u (%ld more suppressed)",
+                                    peer, s->c.peer, sup);
+        }
+        return send_card(s, dest, frame, len, token);
+}
+
 static int bd_check(km_plugin_link *h, const struct km_host_api *api, const char **key, char *why, size_t len)
 {
         struct bd_conf c;
@@ -1271,6 +1337,7 @@ static const struct km_plugin_ops ops = {
         .send = bd_send,
         .mtu = bd_mtu,
         .check = bd_check,
+        .send_to = bd_send_to,
 };
 
-KMP_PLUGIN_ENTRY("beidou", "1.0", ops, keys)
+KMP_PLUGIN_ENTRY("beidou", "1.1", ops, keys)
