@@ -1,13 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /* beidou: a BeiDou RDSS short-message terminal on a serial port (BDS-3 and BDS-2 "2.1" ASCII sentences) as a narrow link. */
 #include <errno.h>
-#include <fcntl.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <termios.h>
 #include <unistd.h>
 
 #include "plugins/beidou/rdss.h"
@@ -177,13 +175,6 @@ static const char *const keys[] = { "device", "baud",   "protocol", "peer_card",
                                     "feedback_timeout", "silence", "settle", "card_poll", "refusal_retry", NULL };
 _Static_assert(sizeof(keys) / sizeof(keys[0]) == sizeof(opts) / sizeof(opts[0]) + 1, "keys[] mirrors opts[]");
 
-static const struct {
-        unsigned baud;
-        speed_t speed;
-} bauds[] = { { 4800, B4800 },     { 9600, B9600 },     { 19200, B19200 },   { 38400, B38400 },
-              { 57600, B57600 },   { 115200, B115200 }, { 230400, B230400 }, { 460800, B460800 },
-              { 921600, B921600 } };
-
 /* The types of its own; the numbers and durations are the reader's. */
 static const char *parse_opt(const struct kmp_opt *o, const char *v, void *conf, char *why, size_t n)
 {
@@ -199,14 +190,10 @@ static const char *parse_opt(const struct kmp_opt *o, const char *v, void *conf,
                 return NULL;
         case OPT_BAUD: {
                 uint64_t b;
-                if (kmp_parse_uint(v, &b, 1, 10000000, why, n))
-                        return "not a line speed (4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)";
-                for (size_t i = 0; i < sizeof(bauds) / sizeof(bauds[0]); i++)
-                        if (bauds[i].baud == b) {
-                                *(unsigned *)at = (unsigned)b;
-                                return NULL;
-                        }
-                return "not a line speed (4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)";
+                if (kmp_parse_uint(v, &b, 1, 10000000, why, n) || !kmp_baud_known(b))
+                        return "not a line speed (" KMP_BAUDS ")";
+                *(unsigned *)at = (unsigned)b;
+                return NULL;
         }
         case OPT_PROTO:
                 if (strcmp(v, "bds3") == 0)
@@ -429,40 +416,11 @@ static void query_card(struct bd *s)
 static void dev_open(struct bd *s)
 {
         char why[160];
-        speed_t sp = B115200;
-        struct termios t;
-
-        int fd = open(s->c.device, O_RDWR | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
+        int fd = kmp_serial_open(s->c.device, s->c.baud, why, sizeof(why));
         if (fd < 0) {
-                snprintf(why, sizeof(why), "open: %s", strerror(errno));
                 dev_lost(s, why);
                 return;
         }
-        for (size_t i = 0; i < sizeof(bauds) / sizeof(bauds[0]); i++)
-                if (bauds[i].baud == s->c.baud)
-                        sp = bauds[i].speed;
-        if (tcgetattr(fd, &t) < 0) {
-                snprintf(why, sizeof(why), "not a serial port (tcgetattr: %s)", strerror(errno));
-                close(fd);
-                dev_lost(s, why);
-                return;
-        }
-        cfmakeraw(&t);
-        t.c_cflag |= CLOCAL | CREAD;
-        t.c_cflag &= ~(CRTSCTS | CSTOPB);
-        /* VMIN 1: with O_NONBLOCK an empty line reads as EAGAIN, and 0 means hang-up
-         * (VMIN 0 would read 0 bytes whenever nothing waits). */
-        t.c_cc[VMIN] = 1;
-        t.c_cc[VTIME] = 0;
-        cfsetispeed(&t, sp);
-        cfsetospeed(&t, sp);
-        if (tcsetattr(fd, TCSANOW, &t) < 0) {
-                snprintf(why, sizeof(why), "tcsetattr: %s", strerror(errno));
-                close(fd);
-                dev_lost(s, why);
-                return;
-        }
-        tcflush(fd, TCIOFLUSH);
         s->fd = fd;
         int r = watch(s);
         if (r < 0) {

@@ -456,6 +456,27 @@ Test(beidou, garbled_reset_unplug, .timeout = 60)
         h_cleanup(e.dir);
 }
 
+/* Two alerts up (payloads A1, A2 for a = "A") and two commands down (C1, C2), each
+ * exactly once; then both ends stop, and the base's link never left UP. */
+static void two_each_way(struct bdenv *e, const char *a, const char *c)
+{
+        char p[4][8];
+        for (int i = 0; i < 2; i++) {
+                snprintf(p[i], sizeof(p[i]), "%s%d", a, i + 1);
+                snprintf(p[2 + i], sizeof(p[2 + i]), "%s%d", c, i + 1);
+                h_pub_send(&e->pub, "alert/a", p[i]);
+        }
+        h_pub_send(&e->cpub, "kuimen/north/cmd/pump", p[2]);
+        h_pub_send(&e->cpub, "kuimen/north/cmd/pump", p[3]);
+        cr_assert(wait_payload(&e->sub, p[1], 10000));
+        cr_assert(wait_payload(&e->cmds, p[3], 10000));
+        h_sleep_ms(500);
+        cr_assert_eq(count_topic(&e->sub, "kuimen/north/alert/"), 2);
+        cr_assert_eq(distinct(&e->cmds), 2);
+        bd_down(e);
+        cr_assert_eq(h_log_count(&e->base, "sat: up -> "), 0, "the base's link flapped (%s)", e->blog);
+}
+
 static const struct bdconf v21 = { .proto = "2.1", .level = "3", .base_proto = "2.1", .ctr_proto = "auto" };
 
 /* The 2.1 dialect end to end, the center finding it by itself (protocol = auto);
@@ -463,23 +484,12 @@ static const struct bdconf v21 = { .proto = "2.1", .level = "3", .base_proto = "
 Test(beidou, v21_end_to_end_auto, .timeout = 60)
 {
         struct bdenv e;
-        struct h_sub *alerts = &e.sub, *cmds = &e.cmds;
 
         bd_up(&e, "bd-v21", &v21);
         cr_assert(h_log_count(&e.base, "beidou: card " BASE_CARD " (2.1), class 3, service interval 1 s, level 3: "
                                         "frames of 77 B (mixed coding)") == 1, "%s", e.blog);
         cr_assert(h_log_count(&e.ctr, "beidou: card " CENTER_CARD " (2.1)") == 1, "auto did not find 2.1 (%s)", e.clog);
-        h_pub_send(&e.pub, "alert/a", "V1");
-        h_pub_send(&e.pub, "alert/a", "V2");
-        h_pub_send(&e.cpub, "kuimen/north/cmd/pump", "K1");
-        h_pub_send(&e.cpub, "kuimen/north/cmd/pump", "K2");
-        cr_assert(wait_payload(alerts, "V2", 10000));
-        cr_assert(wait_payload(cmds, "K2", 10000));
-        h_sleep_ms(500);
-        cr_assert_eq(count_topic(alerts, "kuimen/north/alert/"), 2);
-        cr_assert_eq(distinct(cmds), 2);
-        bd_down(&e);
-        cr_assert_eq(h_log_count(&e.base, "sat: up -> "), 0, "the base's link flapped (%s)", e.blog);
+        two_each_way(&e, "V", "K");
         h_cleanup(e.dir);
 }
 
@@ -560,7 +570,6 @@ Test(beidou, v40_end_to_end_and_refusals, .timeout = 60)
 Test(beidou, v40_end_to_end_auto, .timeout = 60)
 {
         struct bdenv e;
-        struct h_sub *alerts = &e.sub, *cmds = &e.cmds;
         const struct bdconf v40 = { .proto = "4.0", .level = "3", .base_proto = "auto", .ctr_proto = "auto" };
 
         bd_up(&e, "bd-v40a", &v40);
@@ -569,17 +578,7 @@ Test(beidou, v40_end_to_end_auto, .timeout = 60)
         cr_assert(h_log_count(&e.base, "beidou: card " BASE_CARD " (4.0), class 3, service interval 1 s, level 3: "
                                         "frames of 77 B (mixed coding)") == 1, "%s", e.blog);
         cr_assert(h_log_count(&e.ctr, "beidou: card " CENTER_CARD " (4.0)") == 1, "auto did not find 4.0 (%s)", e.clog);
-        h_pub_send(&e.pub, "alert/a", "F1");
-        h_pub_send(&e.pub, "alert/a", "F2");
-        h_pub_send(&e.cpub, "kuimen/north/cmd/pump", "Q1");
-        h_pub_send(&e.cpub, "kuimen/north/cmd/pump", "Q2");
-        cr_assert(wait_payload(alerts, "F2", 10000));
-        cr_assert(wait_payload(cmds, "Q2", 10000));
-        h_sleep_ms(500);
-        cr_assert_eq(count_topic(alerts, "kuimen/north/alert/"), 2);
-        cr_assert_eq(distinct(cmds), 2);
-        bd_down(&e);
-        cr_assert_eq(h_log_count(&e.base, "sat: up -> "), 0, "the base's link flapped (%s)", e.blog);
+        two_each_way(&e, "F", "Q");
         cr_assert_eq(h_log_count(&e.base, "beidou: garbled line from the module"), 0,
                      "the ASCII questions' answers are not taken for garbage (%s)", e.blog);
         h_cleanup(e.dir);

@@ -147,17 +147,34 @@ static void pair_up(struct pdt_pair *p, const char *tag)
         pair_up_on(p, tag, false);
 }
 
-static void pair_down(struct pdt_pair *p)
+/* The simulator, the brokers and the control socket: what every test stops last. */
+static void pair_rest_down(struct pdt_pair *p)
 {
-        h_sub_stop(&p->sub);
-        int sb = h_stop(&p->base, SIGTERM), sc = h_stop(&p->ctr, SIGTERM);
         h_stop(&p->sim, SIGTERM);
         h_stop(&p->local.p, SIGTERM);
         h_stop(&p->center.p, SIGTERM);
         close(p->ctl_fd);
+        h_cleanup(p->dir);
+}
+
+static void pair_down(struct pdt_pair *p)
+{
+        h_sub_stop(&p->sub);
+        int sb = h_stop(&p->base, SIGTERM), sc = h_stop(&p->ctr, SIGTERM);
         cr_expect(WIFEXITED(sb) && WEXITSTATUS(sb) == 0, "base exits 0 (%d)", sb);
         cr_expect(WIFEXITED(sc) && WEXITSTATUS(sc) == 0, "center exits 0 (%d)", sc);
-        h_cleanup(p->dir);
+        pair_rest_down(p);
+}
+
+/* An operator's command at the center crosses to the base's broker (cmds: its cmd/#). */
+static void command_crosses(struct pdt_pair *p, struct h_sub *cmds)
+{
+        cr_assert_eq(h_mosquitto_pub(p->center.port, "kuimen/north/cmd/pump", "start"), 0);
+        cr_assert_eq(h_sub_wait(cmds, 1, 10000), 1, "the command crossed to the base (%s, %s)", p->clog, p->blog);
+        pthread_mutex_lock(&cmds->mu);
+        cr_assert_str_eq(cmds->rx[0].topic, "cmd/pump");
+        cr_assert_str_eq(cmds->rx[0].payload, "start");
+        pthread_mutex_unlock(&cmds->mu);
 }
 
 /* Readings cross base -> center as TMP private messages, released by the radio's ack
@@ -181,12 +198,7 @@ Test(pdt, end_to_end, .timeout = 60)
 
         sim_ctl(&p, "text center HELLO FROM UNIT 7", NULL, 0);
         sim_ctl(&p, "garble center 3", NULL, 0);
-        cr_assert_eq(h_mosquitto_pub(p.center.port, "kuimen/north/cmd/pump", "start"), 0);
-        cr_assert_eq(h_sub_wait(&cmds, 1, 10000), 1, "the command crossed to the base (%s, %s)", p.clog, p.blog);
-        pthread_mutex_lock(&cmds.mu);
-        cr_assert_str_eq(cmds.rx[0].topic, "cmd/pump");
-        cr_assert_str_eq(cmds.rx[0].payload, "start");
-        pthread_mutex_unlock(&cmds.mu);
+        command_crosses(&p, &cmds);
         cr_assert(h_log_wait(&p.ctr, "a text message from radio 4242 (34 B) is not a frame", 3000), "%s", p.clog);
         cr_assert(h_log_wait(&p.ctr, "pdt: bad TMP PDU from the radio: bad checksum", 3000), "%s", p.clog);
         h_sub_stop(&cmds);
@@ -195,11 +207,7 @@ Test(pdt, end_to_end, .timeout = 60)
         cr_assert_eq(h_log_count(&p.ctr, "other texts 1, bad PDUs 3,"), 1, "%s", p.clog);
         cr_assert_eq(h_log_count(&p.base, "up -> down"), 0);
         h_stop(&p.base, SIGTERM);
-        h_stop(&p.sim, SIGTERM);
-        h_stop(&p.local.p, SIGTERM);
-        h_stop(&p.center.p, SIGTERM);
-        close(p.ctl_fd);
-        h_cleanup(p.dir);
+        pair_rest_down(&p);
 }
 
 /* Every TMP result from the air becomes its reason and a retry: transient ones
@@ -287,12 +295,7 @@ Test(pdt, hrnp_end_to_end, .timeout = 60)
         cr_assert_eq(sim_stat(&p, "base", "hrnp_bad"), 0, "every packet of the PC checked out at the radio");
         cr_assert_eq(sim_stat(&p, "base", "unconnected"), 0);
 
-        cr_assert_eq(h_mosquitto_pub(p.center.port, "kuimen/north/cmd/pump", "start"), 0);
-        cr_assert_eq(h_sub_wait(&cmds, 1, 10000), 1, "the command crossed to the base (%s, %s)", p.clog, p.blog);
-        pthread_mutex_lock(&cmds.mu);
-        cr_assert_str_eq(cmds.rx[0].topic, "cmd/pump");
-        cr_assert_str_eq(cmds.rx[0].payload, "start");
-        pthread_mutex_unlock(&cmds.mu);
+        command_crosses(&p, &cmds);
         cr_assert_eq(sim_stat(&p, "base", "acks_from_pc"), 1, "the base acked the command's message (TMP)");
         /* The first of the four is logged, the rest rate-limited into the counts. */
         cr_assert_eq(h_log_count(&p.base, "pdt: bad HRNP PDU from the radio: bytes outside a packet (1 bad so far, 0 not logged)"), 1,
@@ -304,11 +307,7 @@ Test(pdt, hrnp_end_to_end, .timeout = 60)
         cr_assert_eq(h_log_count(&p.base, "pdt: HRNP: bad packets 3, "), 1, "%s", p.blog);
         cr_assert_eq(h_log_count(&p.base, "up -> down"), 0);
         h_stop(&p.ctr, SIGTERM);
-        h_stop(&p.sim, SIGTERM);
-        h_stop(&p.local.p, SIGTERM);
-        h_stop(&p.center.p, SIGTERM);
-        close(p.ctl_fd);
-        h_cleanup(p.dir);
+        pair_rest_down(&p);
 }
 
 /* The radio on the serial port reboots: it forgets the HRNP connection and answers
