@@ -2,6 +2,7 @@
 /* The PDT/DMR radio link end to end: base kuimen -> pdt.so -> pdtsim (two Hytera radios on one channel) -> pdt.so -> center kuimen. */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
@@ -74,8 +75,13 @@ static void expect_crossed(struct pdt_pair *p, const char *const *want, size_t n
 static const char *link_keys =
         "ack = receipt\nack_timeout = 3s\nretry = 100ms\nretry_max = 400ms\ncheck_interval = 300ms\n";
 
-static void pair_up_on(struct pdt_pair *p, const char *tag, bool hrnp)
+/* The base's radio: on UDP, on HRNP, or on HRNP with the base's device path
+ * (DIR/late-radio) not there yet: the test plugs it in (a symlink to the pty). */
+enum base_radio { ON_UDP, ON_HRNP, ON_HRNP_LATE };
+
+static void pair_up_as(struct pdt_pair *p, const char *tag, enum base_radio how)
 {
+        bool hrnp = how != ON_UDP;
         memset(p, 0, sizeof(*p));
         h_tmpdir(p->dir, sizeof(p->dir), tag);
         h_broker_start(&p->local, p->dir, 0, NULL);
@@ -98,7 +104,8 @@ static void pair_up_on(struct pdt_pair *p, const char *tag, bool hrnp)
         char cmd[1024], base_radio[400], base_keys[400];
         if (hrnp) {
                 snprintf(base_radio, sizeof(base_radio), "--hrnp base=%s/base-radio,111111", p->dir);
-                snprintf(base_keys, sizeof(base_keys), "transport = hrnp\ndevice = %s/base-radio\nbaud = 115200", p->dir);
+                snprintf(base_keys, sizeof(base_keys), "transport = hrnp\ndevice = %s/%s\nbaud = 115200", p->dir,
+                         how == ON_HRNP_LATE ? "late-radio" : "base-radio");
         } else {
                 snprintf(base_radio, sizeof(base_radio), "--radio base=127.0.0.2,127.0.0.4,111111");
                 snprintf(base_keys, sizeof(base_keys), "radio = 127.0.0.2\nlisten = 127.0.0.4");
@@ -137,14 +144,21 @@ static void pair_up_on(struct pdt_pair *p, const char *tag, bool hrnp)
         h_kuimen_start(&p->ctr, p->clog, cargs);
         h_kuimen_start(&p->base, p->blog, bargs);
         cr_assert(h_log_wait(&p->ctr, "radio: pdt: radio 222222 registered", 10000), "center radio (%s)", p->clog);
+        if (how == ON_HRNP_LATE)
+                return;
         cr_assert(h_log_wait(&p->base, "radio: pdt: radio 111111 registered", 10000), "base radio (%s)", p->blog);
         cr_assert(h_log_wait(&p->base, "radio: down -> up (up)", 10000), "base link up (%s)", p->blog);
         cr_assert(h_log_wait(&p->base, "ingest: connected", 10000), "base broker (%s)", p->blog);
 }
 
+static void pair_up_on(struct pdt_pair *p, const char *tag, bool hrnp)
+{
+        pair_up_as(p, tag, hrnp ? ON_HRNP : ON_UDP);
+}
+
 static void pair_up(struct pdt_pair *p, const char *tag)
 {
-        pair_up_on(p, tag, false);
+        pair_up_as(p, tag, ON_UDP);
 }
 
 /* The simulator, the brokers and the control socket: what every test stops last. */
@@ -347,6 +361,34 @@ Test(pdt, radio_off_and_on, .timeout = 60)
         sim_ctl(&p, "power base 1", NULL, 0);
         expect_crossed(&p, want, 1);
         cr_assert_eq(h_log_count(&p.base, "pdt: radio 111111 registered"), 2, "%s", p.blog);
+        pair_down(&p);
+}
+
+/* The radio's cable plugged in after the start: the port cannot be opened, the link is
+ * DOWN with the error and the driver tries again every second; once the device is
+ * there it opens it, connects, the radio registers and a held reading crosses. */
+Test(pdt, hrnp_device_late, .timeout = 60)
+{
+        struct pdt_pair p;
+        char late[300], real[300];
+        pair_up_as(&p, "pdt-hrnp-late", ON_HRNP_LATE);
+        snprintf(late, sizeof(late), "%s/late-radio", p.dir);
+        snprintf(real, sizeof(real), "%s/base-radio", p.dir);
+        cr_assert(h_log_wait(&p.base, "late-radio: open: No such file or directory", 5000), "%s", p.blog);
+        cr_assert(h_log_wait(&p.base, "ingest: connected", 10000), "%s", p.blog);
+        static const char *const want[] = { "before the cable" };
+        cr_assert_eq(pub(&p, "sensors/e", want[0]), 0);
+        h_sleep_ms(1500);
+        char needle[400];
+        snprintf(needle, sizeof(needle), "radio: pdt: %s: open: No such file or directory", late);
+        cr_assert_eq(h_log_count(&p.base, needle), 1,
+                     "the same error is logged once, however often it is retried (%s)", p.blog);
+        cr_assert_eq(sim_stat(&p, "base", "connects"), 0);
+        cr_assert_eq(symlink(real, late), 0, "%s", strerror(errno));
+        cr_assert(h_log_wait(&p.base, "pdt: HRNP connection accepted by the radio on", 5000), "%s", p.blog);
+        cr_assert(h_log_wait(&p.base, "radio: down -> up (up)", 5000), "%s", p.blog);
+        expect_crossed(&p, want, 1);
+        cr_assert_eq(sim_stat(&p, "base", "connects"), 1);
         pair_down(&p);
 }
 
