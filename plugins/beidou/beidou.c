@@ -52,23 +52,12 @@
 enum bd_proto { P_BDS3, P_V21, P_AUTO, P_40 };
 enum bd_beam { BEAM_UNKNOWN, BEAM_NONE, BEAM_WEAK, BEAM_GOOD };
 
-#define BD_PEERS_MAX 16
-
-/* peer_cards: the card of each of a center's bases, by the base's name. */
-struct bd_peer_cards {
-        unsigned n;
-        struct {
-                char name[64];
-                uint32_t card;
-        } v[BD_PEERS_MAX];
-};
-
 struct bd_conf {
         char device[256];
         unsigned baud;
         enum bd_proto proto;
         uint32_t peer;
-        struct bd_peer_cards peer_cards;
+        struct kmp_peer_map peer_cards;
         bool mixed;
         uint64_t mtu_cap, min_s2c, min_power, freq_point;
         uint64_t reopen_us, fki_us, silence_us, settle_us, card_poll_us, refusal_us;
@@ -175,6 +164,13 @@ static const char *const keys[] = { "device", "baud",   "protocol", "peer_card",
                                     "feedback_timeout", "silence", "settle", "card_poll", "refusal_retry", NULL };
 _Static_assert(sizeof(keys) / sizeof(keys[0]) == sizeof(opts) / sizeof(opts[0]) + 1, "keys[] mirrors opts[]");
 
+static const char *parse_card(const char *v, uint32_t *card)
+{
+        if (rdss_parse_card(v, card) < 0 || *card == 0)
+                return "expected NAME:CARD, ... with card numbers of 1 to 8 digits, not 0";
+        return NULL;
+}
+
 /* The types of its own; the numbers and durations are the reader's. */
 static const char *parse_opt(const struct kmp_opt *o, const char *v, void *conf, char *why, size_t n)
 {
@@ -211,29 +207,9 @@ static const char *parse_opt(const struct kmp_opt *o, const char *v, void *conf,
                 if (rdss_parse_card(v, at) < 0 || *(uint32_t *)at == 0)
                         return "expected a card number of 1 to 8 digits, not 0";
                 return NULL;
-        case OPT_CARDS: {
-                struct bd_peer_cards *pc = at;
-                for (const char *p = v; *p;) {
-                        while (*p == ' ' || *p == ',')
-                                p++;
-                        if (!*p)
-                                break;
-                        const char *colon = strchr(p, ':'), *end = p + strcspn(p, ", ");
-                        char card[16];
-                        if (!colon || colon > end || colon == p || (size_t)(colon - p) >= sizeof(pc->v[0].name) ||
-                            (size_t)(end - colon - 1) >= sizeof(card))
-                                return "expected NAME:CARD, ... (a base's name as in peers, its card number)";
-                        if (pc->n == BD_PEERS_MAX)
-                                return "more than 16 cards";
-                        snprintf(pc->v[pc->n].name, sizeof(pc->v[0].name), "%.*s", (int)(colon - p), p);
-                        snprintf(card, sizeof(card), "%.*s", (int)(end - colon - 1), colon + 1);
-                        if (rdss_parse_card(card, &pc->v[pc->n].card) < 0 || pc->v[pc->n].card == 0)
-                                return "expected NAME:CARD, ... with card numbers of 1 to 8 digits, not 0";
-                        pc->n++;
-                        p = end;
-                }
-                return NULL;
-        }
+        case OPT_CARDS:
+                return kmp_peer_map_parse(v, at, "expected NAME:CARD, ... (a base's name as in peers, its card number)",
+                                          parse_card);
         case OPT_CODING:
                 if (strcmp(v, "mixed") == 0)
                         *(bool *)at = true;
@@ -1266,13 +1242,8 @@ static int bd_send(void *state, const void *frame, size_t len, uint32_t token)
 static int bd_send_to(void *state, const char *peer, const void *frame, size_t len, uint32_t token)
 {
         struct bd *s = state;
-        uint32_t dest = s->c.peer;
-        bool found = false;
-        for (unsigned i = 0; peer && i < s->c.peer_cards.n && !found; i++)
-                if (strcmp(s->c.peer_cards.v[i].name, peer) == 0) {
-                        dest = s->c.peer_cards.v[i].card;
-                        found = true;
-                }
+        bool found;
+        uint32_t dest = kmp_peer_map_get(&s->c.peer_cards, peer, s->c.peer, &found);
         if (peer && !found && s->c.peer_cards.n) {
                 long sup = kmp_ratelimit(&s->rl_peer, kmp_now_us());
                 if (sup >= 0)

@@ -197,3 +197,49 @@ int kmp_serial_open(const char *path, uint64_t baud, char *why, size_t n)
         tcflush(fd, TCIOFLUSH);
         return fd;
 }
+
+/* The next NAME:VALUE of a list: 1 and *pp past it, 0 at the end, -1 malformed. */
+static int next_pair(const char **pp, char *name, size_t nn, char *val, size_t vn)
+{
+        const char *p = *pp;
+        while (*p == ' ' || *p == ',')
+                p++;
+        if (!*p)
+                return 0;
+        const char *colon = strchr(p, ':'), *end = p + strcspn(p, ", ");
+        if (!colon || colon > end || colon == p || colon + 1 == end || (size_t)(colon - p) >= nn ||
+            (size_t)(end - colon - 1) >= vn)
+                return -1;
+        snprintf(name, nn, "%.*s", (int)(colon - p), p);
+        snprintf(val, vn, "%.*s", (int)(end - colon - 1), colon + 1);
+        *pp = end;
+        return 1;
+}
+
+const char *kmp_peer_map_parse(const char *v, struct kmp_peer_map *m, const char *malformed,
+                               const char *(*addr)(const char *v, uint32_t *out))
+{
+        char name[sizeof(m->v[0].name)], val[32];
+        for (int r; (r = next_pair(&v, name, sizeof(name), val, sizeof(val))) != 0;) {
+                if (r < 0)
+                        return malformed;
+                if (m->n == KMP_PEERS_MAX)
+                        return "more than 16";
+                const char *bad = addr(val, &m->v[m->n].addr);
+                if (bad)
+                        return bad;
+                memcpy(m->v[m->n++].name, name, sizeof(name));
+        }
+        return NULL;
+}
+
+uint32_t kmp_peer_map_get(const struct kmp_peer_map *m, const char *peer, uint32_t dflt, bool *found)
+{
+        *found = false;
+        for (unsigned i = 0; peer && i < m->n; i++)
+                if (strcmp(m->v[i].name, peer) == 0) {
+                        *found = true;
+                        return m->v[i].addr;
+                }
+        return dflt;
+}

@@ -40,6 +40,24 @@ const char *kmp_parse_prob(const char *v, double *out);
 bool kmp_baud_known(uint64_t baud);
 int kmp_serial_open(const char *path, uint64_t baud, char *why, size_t n);
 
+/* A center's bases on its one device (ABI 1.2 send_to): each base's name, as in the
+ * link's peers, and its address on the device (a card number, a radio id). */
+#define KMP_PEERS_MAX 16
+struct kmp_peer_map {
+        unsigned n;
+        struct {
+                char name[64];
+                uint32_t addr;
+        } v[KMP_PEERS_MAX];
+};
+/* Reads "NAME:ADDR, NAME:ADDR ..." into m (zeroed by the key reader); addr parses one
+ * address (NULL or why). Returns NULL, malformed for a pair that is not NAME:ADDR or
+ * too long, addr's why, or "more than 16". */
+const char *kmp_peer_map_parse(const char *v, struct kmp_peer_map *m, const char *malformed,
+                               const char *(*addr)(const char *v, uint32_t *out));
+/* The address of peer in m, or dflt when peer is NULL or not in m (*found says). */
+uint32_t kmp_peer_map_get(const struct kmp_peer_map *m, const char *peer, uint32_t dflt, bool *found);
+
 /* The types the reader parses itself; a plugin numbers its own from KMP_OPT_CUSTOM and
  * parses them in its kmp_opt_parse_fn. KMP_OPT_OPTIONAL or'ed in: a key without a
  * default that may be left out (the reader then leaves the field zero). */

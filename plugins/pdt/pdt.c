@@ -22,6 +22,7 @@
  * ports on the PC's address and speaks HDAP (plugins/pdt/hdap.h):
  *
  *   send()  -> TMP private message (0xA1, ack wanted) to peer_id, the frame as text
+ *              (send_to(): to the base's radio in peer_ids, for a center's acks)
  *           <- TMP private message ack (0xA2) from our radio, with the air's result
  *   radio   -> TMP private message from the far radio: the frame, handed up; acked
  *   radio   -> RRS registration: answered with valid_time; RRS online check every
@@ -52,6 +53,7 @@ struct pdt_conf {
         uint64_t baud;
         struct in_addr radio, listen;
         uint64_t tmp_port, rrs_port, radio_id, peer_id, subnet, text_max;
+        struct kmp_peer_map peer_ids;
         uint64_t ack_timeout_us, retry_us, retry_max_us, give_up_us, check_interval_us, valid_time;
 };
 
@@ -84,7 +86,7 @@ struct pdt {
         bool have, on_air, retry_wait, want_ready;
         uint8_t frame[HDAP_MAX];
         size_t len;
-        uint32_t token, req;
+        uint32_t token, req, dest;
         uint64_t first_us;
         unsigned fails;
         int ack_timer, retry_timer, kick_timer;
@@ -94,13 +96,14 @@ struct pdt {
         bool fail_down;
 
         unsigned long n_sent, n_failed, n_rx, n_bad, n_text, n_stray;
-        struct kmp_ratelimit rl_bad, rl_text;
+        struct kmp_ratelimit rl_bad, rl_text, rl_peer;
         uint8_t buf[HDAP_MAX];
 };
 
 /* ---- configuration ---------------------------------------------------------- */
 
-enum { OPT_UINT = KMP_OPT_UINT, OPT_DURATION = KMP_OPT_DURATION, OPT_IP4 = KMP_OPT_CUSTOM, OPT_TRANSPORT, OPT_PATH, OPT_BAUD };
+enum { OPT_UINT = KMP_OPT_UINT, OPT_DURATION = KMP_OPT_DURATION, OPT_IP4 = KMP_OPT_CUSTOM, OPT_TRANSPORT, OPT_PATH, OPT_BAUD,
+       OPT_IDS };
 
 #define CONF(f) offsetof(struct pdt_conf, f)
 #define US(s) ((uint64_t)(s) * 1000000ull)
@@ -116,6 +119,9 @@ static const struct kmp_opt opts[] = {
         { "rrs_port", OPT_UINT, "3002", CONF(rrs_port), 1, 65535, "UDP port of the registration service (RRS)" },
         { "radio_id", OPT_UINT, NULL, CONF(radio_id), 1, 0xFFFFFF, "this radio's id (24 bits)" },
         { "peer_id", OPT_UINT, NULL, CONF(peer_id), 1, 0xFFFFFF, "the far radio's id, where frames go" },
+        { "peer_ids", OPT_IDS | KMP_OPT_OPTIONAL, NULL, CONF(peer_ids), 0, 0,
+          "a center's bases on this one radio: NAME:ID, ... (NAME as in peers); each base's acks go to its radio, "
+          "the rest to peer_id" },
         { "subnet", OPT_UINT, "10", CONF(subnet), 1, 255, "first byte of the radio IPs (the codeplug's radio network)" },
         { "text_max", OPT_UINT, "67", CONF(text_max), 8, 1024,
           "bytes of UTF-16LE text in one message: 67 on Hytera PDT (PDP_MAX); the frame gets 14 bits a character" },
@@ -132,16 +138,26 @@ static const struct kmp_opt opts[] = {
 };
 
 static const char *const keys[] = { "transport", "device", "baud", "radio",    "listen",      "tmp_port", "rrs_port", "radio_id",
-                                    "peer_id",  "subnet",      "text_max", "ack_timeout", "retry",
+                                    "peer_id",  "peer_ids", "subnet",      "text_max", "ack_timeout", "retry",
                                     "retry_max", "give_up", "check_interval", "valid_time", NULL };
 _Static_assert(sizeof(keys) / sizeof(keys[0]) == sizeof(opts) / sizeof(opts[0]) + 1, "keys[] mirrors opts[]");
+
+static const char *parse_id(const char *v, uint32_t *id)
+{
+        uint64_t x;
+        char why[64];
+        if (kmp_parse_uint(v, &x, 1, 0xFFFFFF, why, sizeof(why)))
+                return "expected NAME:ID, ... with radio ids of 1 to 16777215";
+        *id = (uint32_t)x;
+        return NULL;
+}
 
 /* The types of its own: the radio's USB network is numeric IPv4; the transport, the
  * serial port and its speed. */
 static const char *parse_custom(const struct kmp_opt *o, const char *v, void *conf, char *why, size_t n)
 {
         void *at = (char *)conf + o->off;
-        switch (o->type) {
+        switch (o->type & ~KMP_OPT_OPTIONAL) {
         case OPT_IP4: return inet_pton(AF_INET, v, at) == 1 ? NULL : "not a numeric IPv4 address";
         case OPT_TRANSPORT:
                 if (strcmp(v, "udp") == 0)
@@ -162,6 +178,9 @@ static const char *parse_custom(const struct kmp_opt *o, const char *v, void *co
                 const char *bad = kmp_parse_uint(v, at, 1, 10000000, why, n);
                 return bad ? bad : kmp_baud_known(*(uint64_t *)at) ? NULL : "not a line speed (" KMP_BAUDS ")";
         }
+        case OPT_IDS:
+                return kmp_peer_map_parse(v, at, "expected NAME:ID, ... (a base's name as in peers, its radio id)",
+                                          parse_id);
         default: return "unknown option type";
         }
 }
@@ -308,7 +327,7 @@ static void transmit(struct pdt *s)
                 return;
         int tl = text_encode(s->frame, s->len, text, sizeof(text));
         struct tmp_msg m = { .ack_wanted = true, .type = TMP_PRIVATE, .req = ++s->req,
-                             .dst = radio_ip((uint8_t)s->c.subnet, (uint32_t)s->c.peer_id),
+                             .dst = radio_ip((uint8_t)s->c.subnet, s->dest),
                              .src = radio_ip((uint8_t)s->c.subnet, (uint32_t)s->c.radio_id), .text = text,
                              .text_len = tl > 0 ? (size_t)tl : 0 };
         int n = tl > 0 ? tmp_encode(pdu, sizeof(pdu), &m) : tl;
@@ -867,9 +886,9 @@ static void pdt_close(void *state)
         free(s);
 }
 
-static int pdt_send(void *state, const void *frame, size_t len, uint32_t token)
+/* One frame to the radio dest. */
+static int send_id(struct pdt *s, uint32_t dest, const void *frame, size_t len, uint32_t token)
 {
-        struct pdt *s = state;
         if (!frame || len == 0)
                 return -EINVAL;
         if (len > s->mtu)
@@ -884,6 +903,7 @@ static int pdt_send(void *state, const void *frame, size_t len, uint32_t token)
         }
         memcpy(s->frame, frame, len);
         s->len = len;
+        s->dest = dest;
         s->token = token;
         s->have = true;
         s->first_us = kmp_now_us();
@@ -892,6 +912,28 @@ static int pdt_send(void *state, const void *frame, size_t len, uint32_t token)
                 s->kick_timer = id > 0 ? id : 0;
         }
         return 0;
+}
+
+static int pdt_send(void *state, const void *frame, size_t len, uint32_t token)
+{
+        struct pdt *s = state;
+        return send_id(s, (uint32_t)s->c.peer_id, frame, len, token);
+}
+
+/* ABI 1.2: a center's acks to the radio of the base they are for (peer_ids). */
+static int pdt_send_to(void *state, const char *peer, const void *frame, size_t len, uint32_t token)
+{
+        struct pdt *s = state;
+        bool found;
+        uint32_t dest = kmp_peer_map_get(&s->c.peer_ids, peer, (uint32_t)s->c.peer_id, &found);
+        if (peer && !found && s->c.peer_ids.n) {
+                long sup = kmp_ratelimit(&s->rl_peer, kmp_now_us());
+                if (sup >= 0)
+                        s->api->log(s->h, KM_PLUGIN_LOG_WARNING,
+                                    "pdt: no radio for peer %s in peer_ids: sent to peer_id %u (%ld more suppressed)", peer,
+                                    dest, sup);
+        }
+        return send_id(s, dest, frame, len, token);
 }
 
 static uint32_t pdt_mtu(void *state)
@@ -912,6 +954,7 @@ static const struct km_plugin_ops ops = {
         .send = pdt_send,
         .mtu = pdt_mtu,
         .check = pdt_check,
+        .send_to = pdt_send_to,
 };
 
-KMP_PLUGIN_ENTRY("pdt", "1.0", ops, keys)
+KMP_PLUGIN_ENTRY("pdt", "1.1", ops, keys)

@@ -392,6 +392,97 @@ Test(pdt, hrnp_device_late, .timeout = 60)
         pair_down(&p);
 }
 
+/*
+ * A center whose one radio (222222) terminates two bases (ABI 1.2 send_to): north's
+ * radio 111111 and south's 333333 both send to it, and the center addresses each
+ * base's acknowledgements (ack = peer here: the far kuimen's acks release the frames)
+ * to that base's radio (peer_ids). Without the addressed send every ack would go to
+ * peer_id (north): south's radio would never be handed one and south's link would go
+ * down after ack_timeout.
+ */
+Test(pdt, center_two_bases_one_radio, .timeout = 60)
+{
+        char dir[200], conf[3][300], log[3][300], slog[300], cmd[1024], text[2048];
+        static const char *const name[3] = { "north", "south", "county" };
+        static const char *const rip[3] = { "127.0.0.2", "127.0.0.6", "127.0.0.3" }, *const pip[3] = { "127.0.0.4", "127.0.0.7", "127.0.0.5" };
+        static const unsigned id[3] = { 111111, 333333, 222222 };
+        struct h_broker br[3];
+        struct h_proc k[3], sim;
+        struct h_sub sub;
+        const char *keys = "ack = peer\nack_timeout = 3s\nretry = 100ms\nretry_max = 400ms\ncheck_interval = 300ms\n";
+
+        memset(br, 0, sizeof(br));
+        h_tmpdir(dir, sizeof(dir), "pdt-2bases");
+        snprintf(slog, sizeof(slog), "%s/sim.log", dir);
+        int ctl_port = h_free_port(), tmp = h_free_port(), rrs = h_free_port();
+        while (rrs == tmp)
+                rrs = h_free_port();
+        int ctl_fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        cr_assert(ctl_fd >= 0);
+        struct timeval tv = { .tv_sec = 0, .tv_usec = 250000 };
+        setsockopt(ctl_fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        snprintf(cmd, sizeof(cmd),
+                 "exec '%s' --radio north=%s,%s,%u --radio south=%s,%s,%u --radio center=%s,%s,%u "
+                 "--tmp-port %d --rrs-port %d --control %d --preamble 100 --block 20 --reg-retry 300",
+                 env_dir("KM_PDT_SIM"), rip[0], pip[0], id[0], rip[1], pip[1], id[1], rip[2], pip[2], id[2], tmp, rrs, ctl_port);
+        char *argv[] = { "sh", "-c", cmd, NULL };
+        h_spawn(&sim, slog, argv, NULL);
+        cr_assert(h_log_wait(&sim, "ready:", 5000), "pdtsim did not start (%s)", slog);
+        for (int i = 0; i < 3; i++) {
+                h_broker_start(&br[i], dir, 0, NULL);
+                snprintf(conf[i], sizeof(conf[i]), "%s/%s.conf", dir, name[i]);
+                snprintf(log[i], sizeof(log[i]), "%s/%s.log", dir, name[i]);
+                snprintf(text, sizeof(text),
+                         "[node]\nname = %s\n%sspool = %s/%s/spool.db\nplugin_dir = %s\nstats_interval = 0\nlink_status = no\n"
+                         "[local]\nuri = tcp://127.0.0.1:%d\nsubscribe = alert/#\n"
+                         "[link radio]\ntype = pdt\nradio = %s\nlisten = %s\ntmp_port = %d\nrrs_port = %d\nradio_id = %u\n"
+                         "peer_id = %u\n%s%s",
+                         name[i], i == 2 ? "role = center\n" : "", dir, name[i], env_dir("KM_SIM_PLUGIN_DIR"), br[i].port,
+                         rip[i], pip[i], tmp, rrs, id[i], i == 2 ? id[0] : id[2],
+                         i == 2 ? "peer_ids = north:111111, south:333333\npeers = north, south\ncommands = no\n" : "", keys);
+                h_write_text(conf[i], text);
+        }
+        h_sub_start(&sub, br[2].port, "center-sub", "kuimen/#", true);
+        for (int i = 2; i >= 0; i--) {
+                const char *args[] = { "--config", conf[i], "--log-level", "debug", NULL };
+                h_kuimen_start(&k[i], log[i], args);
+        }
+        for (int i = 0; i < 3; i++)
+                cr_assert(h_log_wait(&k[i], "radio: down -> up (up)", 10000), "%s", log[i]);
+        for (int i = 0; i < 2; i++)
+                cr_assert(h_log_wait(&k[i], "ingest: connected", 10000), "%s", log[i]);
+        /* The base subscribes right after it connects, and nothing logs the SUBACK: a
+         * message published before it lands is not the base's to take. */
+        h_sleep_ms(500);
+
+        cr_assert_eq(h_mosquitto_pub(br[0].port, "alert/a", "N1"), 0);
+        cr_assert_eq(h_mosquitto_pub(br[1].port, "alert/a", "S1"), 0);
+        cr_assert_eq(h_sub_wait(&sub, 2, 10000), 2, "%s", log[2]);
+        cr_assert_eq(h_mosquitto_pub(br[0].port, "alert/a", "N2"), 0);
+        cr_assert_eq(h_mosquitto_pub(br[1].port, "alert/a", "S2"), 0);
+        cr_assert_eq(h_sub_wait(&sub, 4, 10000), 4, "%s", log[2]);
+        /* Each base's radio was handed the center's acks. */
+        cr_assert_geq(h_sim_stat(ctl_fd, ctl_port, "pdtsim", slog, "north", "delivered"), 1, "%s", slog);
+        cr_assert_geq(h_sim_stat(ctl_fd, ctl_port, "pdtsim", slog, "south", "delivered"), 1, "south got no ack (%s)", slog);
+        /* Longer than ack_timeout: an unacknowledged frame would take its base's link down. */
+        h_sleep_ms(4000);
+        cr_assert_eq(h_sub_count(&sub), 4, "each alert once");
+        /* Three radios share the channel: DEGRADED for a busy channel is fine, DOWN is not. */
+        for (int i = 0; i < 3; i++)
+                cr_assert_eq(h_log_count(&k[i], "up -> down") + h_log_count(&k[i], "degraded -> down"), 0,
+                             "a link went down (%s)", log[i]);
+        cr_assert_eq(h_log_count(&k[2], "no radio for peer"), 0, "%s", log[2]);
+        h_sub_stop(&sub);
+        for (int i = 0; i < 3; i++) {
+                int st = h_stop(&k[i], SIGTERM);
+                cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s exits 0 (%d)", name[i], st);
+                h_stop(&br[i].p, SIGTERM);
+        }
+        h_stop(&sim, SIGTERM);
+        close(ctl_fd);
+        h_cleanup(dir);
+}
+
 /* Bad keys name themselves before anything starts. */
 Test(pdt, keys_checked, .timeout = 30)
 {
@@ -411,6 +502,9 @@ Test(pdt, keys_checked, .timeout = 30)
                 { "radio_id = 1\npeer_id = 2\ntransport = hrnp\nbaud = 12345", "baud = '12345': not a line speed" },
                 { "radio_id = 1\npeer_id = 2\ntransport = hrnp\ndevice = ttyUSB0", "device = 'ttyUSB0': not an absolute path" },
                 { "radio_id = 1\npeer_id = 2\ntransport = hrnp\ndevice = /dev/ttyS1\nbaud = 9600", NULL },
+                { "radio_id = 1\npeer_id = 2\npeer_ids = north", "peer_ids = 'north': expected NAME:ID" },
+                { "radio_id = 1\npeer_id = 2\npeer_ids = north:2, south:16777216", "peer_ids = 'north:2, south:16777216': expected NAME:ID, ... with radio ids" },
+                { "radio_id = 1\npeer_id = 2\npeer_ids = north:2, south:3", NULL },
                 { "radio_id = 1\npeer_id = 2", NULL },
         };
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {

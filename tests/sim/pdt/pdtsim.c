@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* pdtsim: two Hytera PDT/DMR radios on one half-duplex channel, each speaking HDAP (TMP, RRS) to its PC over UDP or in HRNP on a pty. */
+/* pdtsim: two or three Hytera PDT/DMR radios on one half-duplex channel, each speaking HDAP (TMP, RRS) to its PC over UDP or in HRNP on a pty. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -49,7 +49,7 @@
  *   forgotten, two bytes of boot noise on the line when it comes back)
  */
 
-#define NRADIO 2
+#define NRADIO 3
 #define NEV 128
 
 struct radio {
@@ -500,7 +500,7 @@ static void on_signal(int sig)
 
 static void usage(void)
 {
-        fprintf(stderr, "usage: pdtsim --radio NAME=RADIO_IP,PC_IP,ID | --hrnp NAME=PTY_LINK,ID (twice)\n"
+        fprintf(stderr, "usage: pdtsim --radio NAME=RADIO_IP,PC_IP,ID | --hrnp NAME=PTY_LINK,ID (2 or 3 of them)\n"
                         "              --tmp-port P --rrs-port P --control P\n"
                         "              [--preamble MS] [--block MS] [--text-max BYTES] [--reg-retry MS]\n");
         exit(2);
