@@ -1041,6 +1041,22 @@ static void sent_data(km_plugin_link *h, const uint8_t *frame, size_t len, uint3
         h->rcpt[k].receipted = false;
 }
 
+/* ABI 1.2: the peer a frame is for, where the plugin can address one (send_to). An
+ * ack frame acknowledges one origin's frames (kick builds it for ack_to): it goes to
+ * that base. A data frame goes to the plugin's default peer (NULL): one sequence
+ * space per link cannot serve several bases' commands (docs/DESIGN.md). */
+static const char *frame_peer(const km_plugin_link *h, const uint8_t *frame, size_t len)
+{
+        uint8_t type;
+        uint16_t seq;
+        if (km_frame_peek(frame, len, &type, &seq) < 0 || type != KM_FRAME_T_ACK)
+                return NULL;
+        for (size_t i = 0; i < h->peers.n; i++)
+                if (km_frame_node_id(h->peers.v[i]) == h->ack_to)
+                        return h->peers.v[i];
+        return NULL;
+}
+
 /* Hands one frame to the device; false when it is busy, in an outage or broken. */
 static bool device_send(km_plugin_link *h, const uint8_t *frame, size_t len)
 {
@@ -1059,7 +1075,10 @@ static bool device_send(km_plugin_link *h, const uint8_t *frame, size_t len)
                 wlen = (size_t)n;
         }
         int64_t t0 = km_mono_ms();
-        int rc = h->desc->ops->send(h->state, wire, wlen, ++token);
+        const struct km_plugin_ops *ops = h->desc->ops;
+        int rc = h->desc->abi_minor >= 2 && ops->send_to
+                         ? ops->send_to(h->state, frame_peer(h, frame, len), wire, wlen, ++token)
+                         : ops->send(h->state, wire, wlen, ++token);
         check_block(h, "send()", t0);
         if (rc == -EAGAIN) {
                 /* A card that said when it takes the next frame (a BeiDou card's 60 s
