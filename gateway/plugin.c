@@ -72,6 +72,13 @@
 #define BLOCK_MS 1000      /* a call into the plugin this long broke the never-block rule */
 #define RETRY_MIN_MS 1000  /* first retry of a link the host took down */
 #define RETRY_MAX_MS 60000
+/* A command frame names no base: the base that hears it publishes it. Commands for
+ * several bases down one link would reach whichever base hears that link (one card,
+ * one radio channel, one peer address), so a center link sending commands has one
+ * peer. Data from several bases over one link is fine (ABI 1.2 addresses the acks). */
+#define SHARED_COMMANDS                                                                                      \
+        "a center link that sends commands has one peer: a command for one base would reach whichever "  \
+        "base hears the link; set commands = no here (and a link per base for commands), or one peer"
 #define HELD_CHECK_US 250000 /* center: how often held commands are looked at */
 #define PROBE_DEFAULT_MS 120000
 #define REFUSED_LOG_MS 10000 /* a peer (or a forger) can send refused messages as fast as the link goes */
@@ -794,10 +801,6 @@ static int auth_setup(km_plugin_link *h, const char *spool)
         }
         if (h->center && !h->peers.n) {
                 KM_LOG(KM_LOG_ERR, "link", "%s: a center's key_file holds a key per peer: set peers", name);
-                return -EINVAL;
-        }
-        if (h->center && h->nc.commands && h->peers.n > 1) {
-                KM_LOG(KM_LOG_ERR, "link", "%s: with key_file, a center link that sends commands has one peer (a link per base), or commands = no", name);
                 return -EINVAL;
         }
         /* The counters beside the spool: a restart starts above anything sent. */
@@ -1640,6 +1643,10 @@ int km_plugin_check(struct km_conf *c, const char *section, const char *plugin_d
                 km_conf_error(c, section, "auth", "auth = on needs key_file");
                 bad++;
         }
+        if (ctr_ && nc.commands && peers.n > 1) {
+                km_conf_error(c, section, "peers", "%s", SHARED_COMMANDS);
+                bad++;
+        }
         km_strv_free(&peers);
         int64_t rto, probe, ackt = 3000;
         const char *role = km_conf_get(c, "node", "role"), *at = km_conf_get(c, section, "ack_timeout");
@@ -1703,6 +1710,11 @@ int km_plugin_link_start(struct km_daemon *d, struct km_conf *c, const char *sec
                 goto fail_link;
         }
         if (km_conf_apply(c, section, cmd_keys, &h->nc) != 0) {
+                rc = -EINVAL;
+                goto fail_link;
+        }
+        if (h->center && h->nc.commands && h->peers.n > 1) {
+                KM_LOG(KM_LOG_ERR, "link", "%s: peers: %s", l->name, SHARED_COMMANDS);
                 rc = -EINVAL;
                 goto fail_link;
         }

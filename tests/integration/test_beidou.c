@@ -739,7 +739,7 @@ Test(beidou, center_two_bases_one_card, .timeout = 60)
                  "[node]\nname = county\nrole = center\nspool = %s/county/spool.db\nplugin_dir = %s\nstats_interval = 0\n"
                  "[local]\nuri = tcp://127.0.0.1:%d\n"
                  "[link sat]\ntype = beidou\ndevice = %s\nprotocol = bds3\npeer_card = " BASE_CARD "\n"
-                 "peer_cards = north:" BASE_CARD ", south:" SOUTH_CARD "\npeers = north, south\n" LINK_COMMON
+                 "peer_cards = north:" BASE_CARD ", south:" SOUTH_CARD "\npeers = north, south\ncommands = no\n" LINK_COMMON
                  "ack_timeout = %ds\ncard_poll = 500ms\n",
                  dir, plugins, br[2].port, dev[2], ack_s(&c));
         h_write_text(conf[2], text);
