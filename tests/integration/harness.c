@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -113,6 +114,13 @@ bool h_wait_port(int port, int timeout_ms)
         return false;
 }
 
+/* Where this run's lines of log begin. */
+static long log_size(const char *log)
+{
+        struct stat st;
+        return stat(log, &st) == 0 ? (long)st.st_size : 0;
+}
+
 static pid_t spawn(const char *log, char *const argv[])
 {
         pid_t pid = fork();
@@ -167,6 +175,7 @@ void h_broker_restart(struct h_broker *b)
 {
         const char *bin = getenv("KM_MOSQUITTO") ? getenv("KM_MOSQUITTO") : "mosquitto";
         char *argv[] = { (char *)bin, "-c", b->conf, NULL };
+        b->p.from = log_size(b->p.log);
         b->p.pid = spawn(b->p.log, argv);
         H_REQUIRE(h_wait_port(b->port, 10000), "mosquitto on port %d did not answer", b->port);
 }
@@ -180,6 +189,7 @@ void h_kuimen_start(struct h_proc *p, const char *log, const char *const *args)
                 argv[n++] = (char *)*args;
         argv[n] = NULL;
         snprintf(p->log, sizeof(p->log), "%s", log);
+        p->from = log_size(log);
         p->pid = spawn(log, argv);
 }
 
@@ -248,11 +258,26 @@ int h_log_count(const struct h_proc *p, const char *needle)
         return n;
 }
 
+static bool log_has_since(const struct h_proc *p, const char *needle)
+{
+        FILE *f = fopen(p->log, "r");
+        char line[2048];
+        bool found = false;
+        if (!f)
+                return false;
+        if (p->from > 0 && fseek(f, p->from, SEEK_SET) != 0)
+                rewind(f);
+        while (!found && fgets(line, sizeof(line), f))
+                found = strstr(line, needle) != NULL;
+        fclose(f);
+        return found;
+}
+
 bool h_log_wait(const struct h_proc *p, const char *needle, int timeout_ms)
 {
         int64_t until = h_now_ms() + timeout_ms;
         while (h_now_ms() < until) {
-                if (h_log_count(p, needle))
+                if (log_has_since(p, needle))
                         return true;
                 h_sleep_ms(20);
         }
@@ -1156,6 +1181,7 @@ void h_pair_stop(struct h_pair *p)
 void h_spawn(struct h_proc *p, const char *log, char *const argv[], const char *const *env)
 {
         snprintf(p->log, sizeof(p->log), "%s", log);
+        p->from = log_size(log);
         p->pid = fork();
         H_REQUIRE(p->pid >= 0, "fork: %s", strerror(errno));
         if (p->pid == 0) {

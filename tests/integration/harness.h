@@ -13,6 +13,7 @@
 struct h_proc {
         pid_t pid;
         char log[256];
+        long from; /* the log's size when this run of the process started (h_log_wait) */
 };
 
 struct h_broker {
@@ -60,7 +61,9 @@ int h_kuimen_run(const char *const *args, char *out, size_t len);
 int h_stop(struct h_proc *p, int sig);
 /* Counts lines of p's log containing needle. */
 int h_log_count(const struct h_proc *p, const char *needle);
-/* Waits until p's log contains needle. */
+/* Waits until p's log contains needle, written since the process was last started
+ * (a restarted process appends to the same log: a line of its earlier run is no
+ * answer). h_log_count counts the whole log. */
 bool h_log_wait(const struct h_proc *p, const char *needle, int timeout_ms);
 
 /* Writes a kuimen config for node with local and center broker ports and extra lines. */

@@ -231,7 +231,8 @@ Test(bridge, sigkill_kuimen_during_stream)
         cr_assert_eq(h_order_violations(&e.sub), 0);
         cr_log_info("kill drill: %d kills, %d messages, %zu duplicates by id, %zu redelivered under a new id", kills,
                     total, e.sub.dups, e.sub.redelivered);
-        cr_assert_leq(e.sub.redelivered, (size_t)kills * 2, "redeliveries stay within the messages a kill interrupts");
+        cr_assert_leq(e.sub.redelivered, (size_t)kills * 2, "redeliveries stay within the messages a kill interrupts: %zu after %d kills",
+                      e.sub.redelivered, kills);
         down(&e);
 }
 
