@@ -671,7 +671,12 @@ int km_calls_flush(struct km_calls *cs, bool full)
                 any = cs->c[i]->dirty;
         if (!any)
                 return 0;
-        int rc = km_spool_tx_begin(cs->sp, full);
+        /* A FULL commit vouches for an acknowledgement: the changes it says were sent
+         * upstream must be on the device first, or a power cut in sync = batch keeps
+         * the answer and loses its change (the power-cut drill's call). */
+        int rc = full ? km_spool_sync(cs->sp) : 0;
+        if (rc == 0)
+                rc = km_spool_tx_begin(cs->sp, full);
         if (rc < 0)
                 return rc;
         for (size_t i = 0; i < cs->n && rc == 0; i++)

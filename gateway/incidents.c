@@ -297,7 +297,11 @@ int km_incidents_flush(struct km_incidents *in, bool full)
                 any |= in->h[i].dirty;
         if (!any)
                 return 0;
-        int rc = km_spool_tx_begin(in->sp, full);
+        /* As km_calls_flush: the timeline published above is on the device before a
+         * FULL commit vouches for what changed it. */
+        int rc = full ? km_spool_sync(in->sp) : 0;
+        if (rc == 0)
+                rc = km_spool_tx_begin(in->sp, full);
         if (rc < 0)
                 return rc;
         for (size_t i = 0; i < in->n && rc == 0; i++) {

@@ -718,6 +718,14 @@ int km_spool_settle(struct km_spool *sp)
         return rc;
 }
 
+int km_spool_sync(struct km_spool *sp)
+{
+        pthread_mutex_lock(&sp->mu);
+        int rc = wait_synced_locked(sp, sp->written_seq);
+        pthread_mutex_unlock(&sp->mu);
+        return rc;
+}
+
 /* ---- SQLite ---------------------------------------------------------------------- */
 
 static int exec(struct km_spool *sp, enum stmt s)
