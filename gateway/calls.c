@@ -282,6 +282,17 @@ void km_calls_stats(const struct km_calls *cs, struct km_calls_stats *st)
 {
         *st = cs->st;
         st->open = km_calls_open_n(cs);
+        st->unanswered = st->overdue = st->escalated = 0;
+        for (size_t i = 0; i < cs->n; i++) {
+                const struct call *c = cs->c[i];
+                if (c->state == C_CLOSED)
+                        continue;
+                st->escalated += c->state == C_ESCALATED;
+                for (size_t k = 0; k < c->nr; k++) {
+                        st->unanswered += !answered(c->r[k].state);
+                        st->overdue += c->r[k].state == R_OVERDUE;
+                }
+        }
 }
 
 /* ---- the state machine --------------------------------------------------------------- */

@@ -339,6 +339,21 @@ int km_incidents_flush(struct km_incidents *in, bool full)
         return rc;
 }
 
+void km_incidents_stats(const struct km_incidents *in, struct km_incidents_stats *st)
+{
+        memset(st, 0, sizeof(*st));
+        st->heard = in->nh;
+        st->bad = in->bad;
+        for (size_t i = 0; i < in->n; i++) {
+                const struct incident *x = in->v[i];
+                if (x->closed_ms)
+                        continue;
+                st->open++;
+                for (size_t k = 0; k < x->nu; k++)
+                        st->not_arrived += !x->u[k].arrived && !x->u[k].withdrew; /* withdrew: reported done */
+        }
+}
+
 int km_incidents_new(struct km_incidents **out, struct km_spool *sp, const struct km_incidents_conf *conf,
                      const struct km_incidents_io *io)
 {
@@ -434,6 +449,8 @@ static int command(struct km_incidents *in, const char *buf, size_t len, char *e
         int rc;
         if (!cJSON_IsObject(o)) {
                 cJSON_Delete(o);
+                in->bad++; /* counted and logged as every other refusal */
+                KM_LOG(KM_LOG_WARNING, "incidents", "incident command refused: not a JSON object");
                 return fail(err, errlen, "not a JSON object");
         }
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(o, "id");
