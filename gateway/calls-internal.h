@@ -4,6 +4,9 @@
 #ifndef KM_CALLS_INTERNAL_H
 #define KM_CALLS_INTERNAL_H
 
+/* Changes held back while the spool refuses them; beyond this the oldest are dropped. */
+#define KM_CALLS_HELD_MAX 4096
+
 #include <sqlite3.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -55,6 +58,12 @@ struct km_calls {
         struct call **c;
         size_t n, cap;
         struct km_calls_stats st;
+        /* Changes the spool refused (a storage fault), in order, sent before any newer
+         * one once it takes them again (km_calls_tick). */
+        struct held {
+                char *topic, *payload;
+        } *held;
+        size_t nheld, held_cap;
         int64_t bad_logged_ms;
         uint64_t bad_quiet;
         /* daemon glue */

@@ -274,6 +274,13 @@ void km_calls_free(struct km_calls *cs)
         sqlite3_finalize(cs->del_rcpt);
         for (size_t i = 0; i < cs->n; i++)
                 km_calls_call_free(cs->c[i]);
+        if (cs->nheld)
+                KM_LOG(KM_LOG_ERR, "calls", "%zu state changes held back (the spool refused them) not sent", cs->nheld);
+        for (size_t i = 0; i < cs->nheld; i++) {
+                free(cs->held[i].topic);
+                free(cs->held[i].payload);
+        }
+        free(cs->held);
         free(cs->c);
         km_calls_conf_release(&cs->conf);
         free(cs);

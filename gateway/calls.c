@@ -107,6 +107,35 @@ static long long since(const struct call *c, int64_t now)
 
 /* ---- upstream: call/<id>, class alert ------------------------------------------------ */
 
+/* Keeps a change the spool refused (takes payload) for send_held. */
+static void hold(struct km_calls *cs, const char *topic, char *payload)
+{
+        if (cs->nheld == KM_CALLS_HELD_MAX) {
+                KM_LOG(KM_LOG_ERR, "calls", "more than %d state changes held: the oldest dropped (%s %s)", KM_CALLS_HELD_MAX,
+                       cs->held[0].topic, cs->held[0].payload);
+                free(cs->held[0].topic);
+                free(cs->held[0].payload);
+                memmove(cs->held, cs->held + 1, (cs->nheld - 1) * sizeof(*cs->held));
+                cs->nheld--;
+        }
+        if (cs->nheld == cs->held_cap) {
+                size_t cap = cs->held_cap ? cs->held_cap * 2 : 16;
+                struct held *h = realloc(cs->held, cap * sizeof(*h));
+                if (!h)
+                        goto nomem;
+                cs->held = h;
+                cs->held_cap = cap;
+        }
+        char *t = strdup(topic);
+        if (!t)
+                goto nomem;
+        cs->held[cs->nheld++] = (struct held){ t, payload };
+        return;
+nomem:
+        KM_LOG(KM_LOG_ERR, "calls", "out of memory: a state change dropped (%s %s)", topic, payload);
+        free(payload);
+}
+
 static void emit_json(struct km_calls *cs, const struct call *c, cJSON *o)
 {
         char topic[8 + KM_CALLS_ID_MAX];
@@ -117,12 +146,36 @@ static void emit_json(struct km_calls *cs, const struct call *c, cJSON *o)
                 return;
         }
         snprintf(topic, sizeof(topic), "call/%s", c->id);
-        int rc = cs->io.emit(cs->io.ud, topic, s, strlen(s));
-        if (rc == 0)
+        /* Behind changes held back, a change waits its turn: the center gets them in order. */
+        int rc = cs->nheld ? -EAGAIN : cs->io.emit(cs->io.ud, topic, s, strlen(s));
+        if (rc == 0) {
                 cs->st.changes++;
-        if (rc < 0)
-                KM_LOG(KM_LOG_ERR, "calls", "call %s: state change not spooled upstream (%s): %s", c->id, strerror(-rc), s);
-        free(s);
+                free(s);
+                return;
+        }
+        if (!cs->nheld)
+                KM_LOG(KM_LOG_ERR, "calls", "call %s: state change not spooled upstream (%s): held, sent once the spool takes it",
+                       c->id, strerror(-rc));
+        hold(cs, topic, s);
+}
+
+/* Sends the changes held back, oldest first, until the spool refuses one. */
+static void send_held(struct km_calls *cs)
+{
+        size_t k = 0;
+        while (k < cs->nheld && cs->io.emit(cs->io.ud, cs->held[k].topic, cs->held[k].payload,
+                                            strlen(cs->held[k].payload)) == 0) {
+                free(cs->held[k].topic);
+                free(cs->held[k].payload);
+                cs->st.changes++;
+                k++;
+        }
+        if (!k)
+                return;
+        memmove(cs->held, cs->held + k, (cs->nheld - k) * sizeof(*cs->held));
+        cs->nheld -= k;
+        if (!cs->nheld)
+                KM_LOG(KM_LOG_NOTICE, "calls", "%zu held state changes spooled upstream", k);
 }
 
 /* One recipient's change, as compact as the narrow links need it: unit, state, t, and
@@ -734,6 +787,8 @@ static void tick_call(struct km_calls *cs, struct call *c, int64_t now)
 void km_calls_tick(struct km_calls *cs)
 {
         int64_t now = cs->io.now(cs->io.ud);
+        if (cs->nheld)
+                send_held(cs);
         for (size_t i = 0; i < cs->n; i++)
                 if (cs->c[i]->state != C_CLOSED)
                         tick_call(cs, cs->c[i], now);

@@ -280,9 +280,12 @@ static void publish(struct km_incidents *in, struct incident *x)
         snprintf(topic, sizeof(topic), "incident/%s", x->id);
         int rc = in->io.emit(in->io.ud, topic, s, strlen(s));
         if (rc < 0)
-                KM_LOG(KM_LOG_ERR, "incidents", "incident %s: timeline not spooled upstream (%s)", x->id, strerror(-rc));
+                KM_LOG(KM_LOG_ERR, "incidents", "incident %s: timeline not spooled upstream (%s): sent again at the next flush",
+                       x->id, strerror(-rc));
         free(s);
-        x->changed = false;
+        /* Refused (a storage fault): still changed, the next flush tries again (the
+         * newest timeline is all the center needs). */
+        x->changed = rc < 0;
 }
 
 int km_incidents_flush(struct km_incidents *in, bool full)
