@@ -33,7 +33,9 @@
  * written by km_calls_flush. What an acknowledgement vouches for is written first: a
  * command is stored (a synchronous=FULL commit) before the spool lets go of cmd/call;
  * an answer is stored before its PUBACK (the MQTT bridge flushes in its settle, after
- * the spool's, so the upstream change is in the ingest log first). Everything else (a
+ * the spool's, so the upstream change is in the ingest log first; a FULL flush syncs
+ * that log before its commit, so with sync = batch a power cut cannot keep the answer
+ * and lose its change: the power-cut drill's call). Everything else (a
  * delivery, a repeat, an escalation) is flushed at the end of the loop's turn: lost to
  * a kill, it is done again after the restart (a repeat or an escalation sent twice, a
  * delivery seen again), never left undone. Upstream changes are pushed before the
