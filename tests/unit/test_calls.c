@@ -303,6 +303,33 @@ Test(calls, state_survives_a_reopen)
         now_ms = 1765000000000LL;
 }
 
+/* sync = batch: the commit that vouches for a call (or an answer) first syncs the
+ * ingest log, where its upstream change is, so a power cut cannot keep the call and
+ * lose the change (the power-cut drill's call). No sync thread (sync_interval 0): every
+ * fsync of the log counted here is the commit's. */
+Test(calls, full_flush_syncs_the_ingest_log)
+{
+        struct km_spool_opts o = { .path = path, .max_bytes = 1 << 24, .sync_interval_ms = 0, .wake = nowake };
+        struct km_calls_conf cc = { .tick_ms = 200, .keep_closed_ms = 1000 };
+        struct km_calls_io io = { .publish = t_publish, .emit = t_emit, .now = t_now };
+        struct km_calls *cs = NULL;
+        struct km_spool_stats st;
+        cr_assert_eq(km_spool_open(&sp, &o), 0);
+        km_spool_set_loop_thread(sp);
+        cr_assert_eq(km_calls_new(&cs, sp, &cc, &io), 0);
+        km_spool_stats(sp, &st);
+        uint64_t before = st.fsyncs;
+        struct km_msg m = { .dir = KM_DIR_UP, .prio = 0, .qos = 1, .cls = "alert", .topic = "call/s",
+                            .payload = "{\"state\":\"open\"}", .len = 16 };
+        cr_assert_eq(km_spool_push(sp, &m), 0); /* the change, as the daemon's emit spools it */
+        km_spool_stats(sp, &st);
+        cr_assert_eq(st.fsyncs, before, "batch: the push alone is not synced yet");
+        cmd(cs, "{\"id\":\"s\",\"level\":\"red\",\"text\":\"Dam\",\"recipients\":[\"u1\"]}");
+        km_spool_stats(sp, &st);
+        cr_assert_gt(st.fsyncs, before, "the call's FULL commit synced the ingest log first");
+        close_calls(cs);
+}
+
 /* A spool file found damaged is moved aside and what can be read of it imported into a
  * fresh one: the calls and their recipients too, not only the messages (here the
  * messages' table is the damaged part: its root page zeroed). */
