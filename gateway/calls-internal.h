@@ -65,6 +65,8 @@ struct km_calls {
         } *held;
         size_t nheld, held_cap;
         int64_t bad_logged_ms;
+        int64_t send_fail_logged_ms; /* a copy the spool refused: logged at most every 10 s */
+        uint64_t send_fail_quiet;
         uint64_t bad_quiet;
         /* daemon glue */
         struct km_daemon *d;

@@ -259,8 +259,15 @@ static int send_rcpt(struct km_calls *cs, struct call *c, struct rcpt *r, int64_
         int rc = publish_call(cs, c, r, &id);
         if (rc < 0) {
                 r->sends--;
-                KM_LOG(KM_LOG_ERR, "calls", "call %s to %s not spooled (%s): tried again at the next tick", c->id,
-                       r->unit, strerror(-rc));
+                /* Every tick meets it again while the spool refuses: once every 10 s. */
+                if (now - cs->send_fail_logged_ms >= 10000) {
+                        KM_LOG(KM_LOG_ERR, "calls", "call %s to %s not spooled (%s): tried again every tick (%llu more like it)",
+                               c->id, r->unit, strerror(-rc), (unsigned long long)cs->send_fail_quiet);
+                        cs->send_fail_logged_ms = now;
+                        cs->send_fail_quiet = 0;
+                } else {
+                        cs->send_fail_quiet++;
+                }
                 return rc;
         }
         r->spool_id = id;
