@@ -1,17 +1,16 @@
 /* SPDX-License-Identifier: MIT */
-/* Calls (一叫四应): a warning to named units, answered, repeated, escalated; every state change upstream. */
+/* Calls (一叫四应): the engine: a warning to named units, answered, repeated, escalated; every state change upstream. */
 #include "calls.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
-#include <sqlite3.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <systemd/sd-event.h>
 #include <time.h>
 
-#include "control.h"
+#include "calls-internal.h"
 #include "daemon.h"
 #include "incidents.h"
 #include "log.h"
@@ -34,7 +33,9 @@
  * written by km_calls_flush. What an acknowledgement vouches for is written first: a
  * command is stored (a synchronous=FULL commit) before the spool lets go of cmd/call;
  * an answer is stored before its PUBACK (the MQTT bridge flushes in its settle, after
- * the spool's, so the upstream change is in the ingest log first). Everything else (a
+ * the spool's, so the upstream change is in the ingest log first; a FULL flush syncs
+ * that log before its commit, so with sync = batch a power cut cannot keep the answer
+ * and lose its change: the power-cut drill's call). Everything else (a
  * delivery, a repeat, an escalation) is flushed at the end of the loop's turn: lost to
  * a kill, it is done again after the restart (a repeat or an escalation sent twice, a
  * delivery seen again), never left undone. Upstream changes are pushed before the
@@ -44,310 +45,20 @@
  * Time: the daemon's wall clock (GNSS time while the system clock is not synchronised),
  * so that deadlines stored before a restart mean the same after it. "t" upstream is
  * whole seconds since the call was raised.
+ *
+ * The files: this one is the engine (commands, answers, acknowledgements, deadlines)
+ * and the daemon's glue; calls-store.c the two tables, calls-conf.c the [calls ...]
+ * sections, calls-control.c kuimenctl's requests.
  */
-
-enum rstate { R_PENDING, R_DELIVERED, R_OVERDUE, R_RECEIVED, R_ACTING, R_DONE, R_CANNOT, R_N };
-static const char *const rstate_names[R_N] = { "pending", "delivered", "overdue", "received", "acting", "done", "cannot" };
-
-enum cstate { C_OPEN, C_ESCALATED, C_CLOSED, C_N };
-static const char *const cstate_names[C_N] = { "open", "escalated", "closed" };
-
-static const char *const level_names[KM_CALL_LEVELS + 1] = { "blue", "yellow", "orange", "red", NULL };
-
-/* Built-in per level: respond_within, repeat_every (escalate_after = respond_within). */
-static const struct {
-        const char *respond, *repeat;
-} level_defaults[KM_CALL_LEVELS] = {
-        { "30m", "10m" }, { "10m", "5m" }, { "5m", "2m" }, { "2m", "30s" },
-};
-
-struct rcpt {
-        char unit[KM_CALLS_UNIT_MAX + 1];
-        uint8_t state; /* enum rstate */
-        uint8_t step;  /* 0: called first; k: by escalation step k */
-        uint32_t sends;
-        int64_t first_ms, sent_ms, delivered_ms, answered_ms;
-        uint64_t spool_id; /* the copy the broker has not acknowledged yet, 0: none */
-        char *answer;      /* the answer's text, or NULL */
-};
-
-struct call {
-        char id[KM_CALLS_ID_MAX + 1];
-        uint8_t level, state; /* enum km_call_level, enum cstate */
-        uint8_t esc_done;     /* escalation steps taken */
-        bool local;           /* raised by kuimenctl, not by the center */
-        bool dirty;
-        char *text;
-        int64_t created_ms, closed_ms;
-        int64_t respond_ms, repeat_ms, esc_after_ms;
-        struct km_strv steps[KM_CALLS_STEPS];
-        size_t nsteps;
-        struct rcpt *r;
-        size_t nr;
-};
-
-struct km_calls {
-        struct km_calls_conf conf;
-        struct km_calls_io io;
-        struct km_spool *sp;
-        sqlite3 *db;
-        sqlite3_stmt *put_call, *put_rcpt, *del_call, *del_rcpt;
-        struct call **c;
-        size_t n, cap;
-        struct km_calls_stats st;
-        int64_t bad_logged_ms;
-        uint64_t bad_quiet;
-        /* daemon glue */
-        struct km_daemon *d;
-        sd_event_source *tick, *flush;
-};
 
 const char *km_call_level_name(int level)
 {
         return level >= 0 && level < KM_CALL_LEVELS ? level_names[level] : NULL;
 }
 
-static int level_of(const char *s)
-{
-        for (int i = 0; i < KM_CALL_LEVELS; i++)
-                if (strcmp(s, level_names[i]) == 0)
-                        return i;
-        return -1;
-}
-
-static bool answered(int s)
-{
-        return s >= R_RECEIVED;
-}
-
-/* Unanswered, or answered that it cannot: someone else must be called. */
-static bool needs_help(int s)
-{
-        return s < R_RECEIVED || s == R_CANNOT;
-}
-
-/* A call id or a unit id: they become MQTT topic levels and JSON strings. */
-static bool name_ok(const char *s, size_t max)
-{
-        size_t n = strlen(s);
-        if (!n || n > max)
-                return false;
-        for (const unsigned char *p = (const unsigned char *)s; *p; p++)
-                if (*p <= ' ' || *p >= 0x7f || strchr("/+#\"\\", *p))
-                        return false;
-        return true;
-}
-
-/* ---- config ---------------------------------------------------------------------- */
-
-struct top_conf {
-        int64_t keep_closed_ms, tick_ms;
-};
-struct level_raw {
-        int64_t respond_within_ms, repeat_every_ms, escalate_after_ms;
-        char *escalate_to;
-};
-struct group_raw {
-        struct km_strv units;
-};
-
-#define TOFF(f) offsetof(struct top_conf, f)
-static const struct km_conf_key top_keys[] = {
-        { "keep_closed", KM_CONF_DURATION, "7d", TOFF(keep_closed_ms), "closed calls stay this long for kuimenctl call show", 0, 0, NULL },
-        { "tick", KM_CONF_DURATION, "200ms", TOFF(tick_ms), "how often repeats, deadlines and escalations are looked at", 10, 10000, NULL },
-        { NULL, 0, NULL, 0, NULL, 0, 0, NULL },
-};
-#define LOFF(f) offsetof(struct level_raw, f)
-static const struct km_conf_key level_keys[] = {
-        { "respond_within", KM_CONF_DURATION, NULL, LOFF(respond_within_ms), "a recipient not answered by then is overdue (0: never; default blue 30m, yellow 10m, orange 5m, red 2m)", 0, 0, NULL },
-        { "repeat_every", KM_CONF_DURATION, NULL, LOFF(repeat_every_ms), "an unanswered recipient is called again this often (0: never; default blue 10m, yellow 5m, orange 2m, red 30s)", 0, 0, NULL },
-        { "escalate_after", KM_CONF_DURATION, NULL, LOFF(escalate_after_ms), "each escalation step this long after the last, while someone has not answered or cannot (default: respond_within)", 0, 0, NULL },
-        { "escalate_to", KM_CONF_STRING, NULL, LOFF(escalate_to), "the escalation chain: recipients (units or groups) a step, steps separated by '>' (\"leads > county-duty\")", 0, 0, NULL },
-        { NULL, 0, NULL, 0, NULL, 0, 0, NULL },
-};
-#define GOFF(f) offsetof(struct group_raw, f)
-static const struct km_conf_key group_keys[] = {
-        { "units", KM_CONF_LIST, NULL, GOFF(units), "the units of the group (unit ids, comma-separated)", 0, 0, NULL },
-        { NULL, 0, NULL, 0, NULL, 0, 0, NULL },
-};
-
-/* "a, b > c": steps of names; 0 or -EINVAL with why. */
-static int split_steps(const char *s, struct km_strv *steps, size_t *nsteps, const char **why)
-{
-        char buf[1024];
-        *nsteps = 0;
-        if (strlen(s) >= sizeof(buf)) {
-                *why = "too long";
-                return -EINVAL;
-        }
-        snprintf(buf, sizeof(buf), "%s", s);
-        char *save = NULL;
-        for (char *tok = strtok_r(buf, ">", &save); tok; tok = strtok_r(NULL, ">", &save)) {
-                if (*nsteps == KM_CALLS_STEPS) {
-                        *why = "more than 4 steps";
-                        return -EINVAL;
-                }
-                struct km_strv *v = &steps[*nsteps];
-                memset(v, 0, sizeof(*v));
-                if (km_strv_split(v, tok) < 0)
-                        return -ENOMEM;
-                (*nsteps)++;
-                if (!v->n) {
-                        *why = "an empty step";
-                        return -EINVAL;
-                }
-                for (size_t i = 0; i < v->n; i++)
-                        if (!name_ok(v->v[i], KM_CALLS_UNIT_MAX)) {
-                                *why = "a name that is not a unit or group id (1 to 31 printable bytes, no blank, '/', '+', '#', '\"' or '\\')";
-                                return -EINVAL;
-                        }
-        }
-        if (!*nsteps) {
-                *why = "no recipient";
-                return -EINVAL;
-        }
-        return 0;
-}
-
-static void steps_free(struct km_strv *steps, size_t n)
-{
-        for (size_t i = 0; i < n; i++)
-                km_strv_free(&steps[i]);
-}
-
-void km_calls_conf_release(struct km_calls_conf *conf)
-{
-        for (int l = 0; l < KM_CALL_LEVELS; l++)
-                steps_free(conf->level[l].steps, conf->level[l].nsteps);
-        for (size_t i = 0; i < conf->ngroups; i++) {
-                free(conf->groups[i].name);
-                km_strv_free(&conf->groups[i].units);
-        }
-        free(conf->groups);
-        memset(conf, 0, sizeof(*conf));
-}
-
-static const struct km_calls_group *find_group(const struct km_calls_conf *conf, const char *name)
-{
-        for (size_t i = 0; i < conf->ngroups; i++)
-                if (strcmp(conf->groups[i].name, name) == 0)
-                        return &conf->groups[i];
-        return NULL;
-}
-
-int km_calls_conf_load(struct km_calls_conf *conf, struct km_conf *c)
-{
-        int bad = 0;
-        struct top_conf top = { 0 };
-
-        memset(conf, 0, sizeof(*conf));
-        bad += km_conf_apply(c, "calls", top_keys, &top);
-        conf->keep_closed_ms = top.keep_closed_ms;
-        conf->tick_ms = top.tick_ms;
-        for (int l = 0; l < KM_CALL_LEVELS; l++) {
-                km_conf_parse_duration(level_defaults[l].respond, &conf->level[l].respond_within_ms);
-                km_conf_parse_duration(level_defaults[l].repeat, &conf->level[l].repeat_every_ms);
-                conf->level[l].escalate_after_ms = -1;
-        }
-        /* Groups first: a level's chain names them. */
-        for (size_t i = 0; i < c->nsections; i++) {
-                const char *s = c->sections[i];
-                if (strncmp(s, "calls group ", 12) != 0)
-                        continue;
-                const char *name = s + 12;
-                struct group_raw g = { 0 };
-                bad += km_conf_apply(c, s, group_keys, &g);
-                if (!name_ok(name, KM_CALLS_UNIT_MAX)) {
-                        km_conf_error(c, s, NULL, "'%s' is not a group name (1 to 31 printable bytes, no blank, '/', '+', '#', '\"' or '\\')", name);
-                        bad++;
-                } else if (!g.units.n) {
-                        km_conf_error(c, s, "units", "a group needs units");
-                        bad++;
-                }
-                for (size_t k = 0; k < g.units.n; k++)
-                        if (!name_ok(g.units.v[k], KM_CALLS_UNIT_MAX)) {
-                                km_conf_error(c, s, "units", "'%s' is not a unit id (1 to 31 printable bytes, no blank, '/', '+', '#', '\"' or '\\')", g.units.v[k]);
-                                bad++;
-                        }
-                struct km_calls_group *ng = realloc(conf->groups, (conf->ngroups + 1) * sizeof(*ng));
-                if (!ng || !(name = strdup(name))) {
-                        km_conf_release(group_keys, &g);
-                        if (ng)
-                                conf->groups = ng;
-                        return -ENOMEM;
-                }
-                conf->groups = ng;
-                ng[conf->ngroups++] = (struct km_calls_group){ .name = (char *)name, .units = g.units };
-        }
-        for (size_t i = 0; i < c->nsections; i++) {
-                const char *s = c->sections[i];
-                if (strcmp(s, "calls") == 0 || strncmp(s, "calls group ", 12) == 0)
-                        continue;
-                if (strncmp(s, "calls level ", 12) != 0) {
-                        if (strncmp(s, "calls ", 6) == 0) {
-                                km_conf_error(c, s, NULL, "unknown section [%s] (calls sections: [calls], [calls level blue|yellow|orange|red], [calls group NAME])", s);
-                                bad++;
-                        }
-                        continue;
-                }
-                struct level_raw r = { 0 };
-                bad += km_conf_apply(c, s, level_keys, &r);
-                int l = level_of(s + 12);
-                if (l < 0) {
-                        km_conf_error(c, s, NULL, "'%s' is not a level (blue, yellow, orange or red)", s + 12);
-                        km_conf_release(level_keys, &r);
-                        bad++;
-                        continue;
-                }
-                struct km_calls_level_conf *lc = &conf->level[l];
-                if (km_conf_get(c, s, "respond_within"))
-                        lc->respond_within_ms = r.respond_within_ms;
-                if (km_conf_get(c, s, "repeat_every"))
-                        lc->repeat_every_ms = r.repeat_every_ms;
-                if (km_conf_get(c, s, "escalate_after"))
-                        lc->escalate_after_ms = r.escalate_after_ms;
-                if (r.escalate_to) {
-                        const char *why = NULL;
-                        int rc = split_steps(r.escalate_to, lc->steps, &lc->nsteps, &why);
-                        if (rc == -ENOMEM) {
-                                km_conf_release(level_keys, &r);
-                                return rc;
-                        }
-                        if (rc < 0) {
-                                km_conf_error(c, s, "escalate_to", "'%s': %s", r.escalate_to, why);
-                                bad++;
-                        }
-                }
-                if (lc->nsteps && lc->escalate_after_ms == 0 && lc->respond_within_ms == 0) {
-                        km_conf_error(c, s, "escalate_after", "an escalation chain needs escalate_after or respond_within above 0");
-                        bad++;
-                }
-                km_conf_release(level_keys, &r);
-        }
-        for (int l = 0; l < KM_CALL_LEVELS; l++)
-                if (conf->level[l].escalate_after_ms < 0)
-                        conf->level[l].escalate_after_ms = conf->level[l].respond_within_ms;
-        return bad ? -EINVAL : 0;
-}
-
-int km_calls_check(struct km_conf *c)
-{
-        struct km_calls_conf conf;
-        int rc = km_calls_conf_load(&conf, c);
-        km_calls_conf_release(&conf);
-        return rc;
-}
-
-void km_calls_print_help(FILE *out)
-{
-        km_conf_print_help(out, "calls", top_keys);
-        km_conf_print_help(out, "calls level blue|yellow|orange|red", level_keys);
-        km_conf_print_help(out, "calls group NAME", group_keys);
-}
-
 /* ---- the engine's state ------------------------------------------------------------ */
 
-static void call_free(struct call *c)
+void km_calls_call_free(struct call *c)
 {
         if (!c)
                 return;
@@ -355,11 +66,11 @@ static void call_free(struct call *c)
                 free(c->r[i].answer);
         free(c->r);
         free(c->text);
-        steps_free(c->steps, c->nsteps);
+        km_calls_steps_free(c->steps, c->nsteps);
         free(c);
 }
 
-static struct call *find_call(const struct km_calls *cs, const char *id)
+struct call *km_calls_find(const struct km_calls *cs, const char *id)
 {
         for (size_t i = 0; i < cs->n; i++)
                 if (strcmp(cs->c[i]->id, id) == 0)
@@ -382,7 +93,7 @@ static void mark(struct km_calls *cs, struct call *c)
                 cs->io.dirty(cs->io.ud);
 }
 
-static size_t open_calls(const struct km_calls *cs)
+size_t km_calls_open_n(const struct km_calls *cs)
 {
         size_t n = 0;
         for (size_t i = 0; i < cs->n; i++)
@@ -398,6 +109,35 @@ static long long since(const struct call *c, int64_t now)
 
 /* ---- upstream: call/<id>, class alert ------------------------------------------------ */
 
+/* Keeps a change the spool refused (takes payload) for send_held. */
+static void hold(struct km_calls *cs, const char *topic, char *payload)
+{
+        if (cs->nheld == KM_CALLS_HELD_MAX) {
+                KM_LOG(KM_LOG_ERR, "calls", "more than %d state changes held: the oldest dropped (%s %s)", KM_CALLS_HELD_MAX,
+                       cs->held[0].topic, cs->held[0].payload);
+                free(cs->held[0].topic);
+                free(cs->held[0].payload);
+                memmove(cs->held, cs->held + 1, (cs->nheld - 1) * sizeof(*cs->held));
+                cs->nheld--;
+        }
+        if (cs->nheld == cs->held_cap) {
+                size_t cap = cs->held_cap ? cs->held_cap * 2 : 16;
+                struct held *h = realloc(cs->held, cap * sizeof(*h));
+                if (!h)
+                        goto nomem;
+                cs->held = h;
+                cs->held_cap = cap;
+        }
+        char *t = strdup(topic);
+        if (!t)
+                goto nomem;
+        cs->held[cs->nheld++] = (struct held){ t, payload };
+        return;
+nomem:
+        KM_LOG(KM_LOG_ERR, "calls", "out of memory: a state change dropped (%s %s)", topic, payload);
+        free(payload);
+}
+
 static void emit_json(struct km_calls *cs, const struct call *c, cJSON *o)
 {
         char topic[8 + KM_CALLS_ID_MAX];
@@ -408,12 +148,36 @@ static void emit_json(struct km_calls *cs, const struct call *c, cJSON *o)
                 return;
         }
         snprintf(topic, sizeof(topic), "call/%s", c->id);
-        int rc = cs->io.emit(cs->io.ud, topic, s, strlen(s));
-        if (rc == 0)
+        /* Behind changes held back, a change waits its turn: the center gets them in order. */
+        int rc = cs->nheld ? -EAGAIN : cs->io.emit(cs->io.ud, topic, s, strlen(s));
+        if (rc == 0) {
                 cs->st.changes++;
-        if (rc < 0)
-                KM_LOG(KM_LOG_ERR, "calls", "call %s: state change not spooled upstream (%s): %s", c->id, strerror(-rc), s);
-        free(s);
+                free(s);
+                return;
+        }
+        if (!cs->nheld)
+                KM_LOG(KM_LOG_ERR, "calls", "call %s: state change not spooled upstream (%s): held, sent once the spool takes it",
+                       c->id, strerror(-rc));
+        hold(cs, topic, s);
+}
+
+/* Sends the changes held back, oldest first, until the spool refuses one. */
+static void send_held(struct km_calls *cs)
+{
+        size_t k = 0;
+        while (k < cs->nheld && cs->io.emit(cs->io.ud, cs->held[k].topic, cs->held[k].payload,
+                                            strlen(cs->held[k].payload)) == 0) {
+                free(cs->held[k].topic);
+                free(cs->held[k].payload);
+                cs->st.changes++;
+                k++;
+        }
+        if (!k)
+                return;
+        memmove(cs->held, cs->held + k, (cs->nheld - k) * sizeof(*cs->held));
+        cs->nheld -= k;
+        if (!cs->nheld)
+                KM_LOG(KM_LOG_NOTICE, "calls", "%zu held state changes spooled upstream", k);
 }
 
 /* One recipient's change, as compact as the narrow links need it: unit, state, t, and
@@ -495,8 +259,15 @@ static int send_rcpt(struct km_calls *cs, struct call *c, struct rcpt *r, int64_
         int rc = publish_call(cs, c, r, &id);
         if (rc < 0) {
                 r->sends--;
-                KM_LOG(KM_LOG_ERR, "calls", "call %s to %s not spooled (%s): tried again at the next tick", c->id,
-                       r->unit, strerror(-rc));
+                /* Every tick meets it again while the spool refuses: once every 10 s. */
+                if (now - cs->send_fail_logged_ms >= 10000) {
+                        KM_LOG(KM_LOG_ERR, "calls", "call %s to %s not spooled (%s): tried again every tick (%llu more like it)",
+                               c->id, r->unit, strerror(-rc), (unsigned long long)cs->send_fail_quiet);
+                        cs->send_fail_logged_ms = now;
+                        cs->send_fail_quiet = 0;
+                } else {
+                        cs->send_fail_quiet++;
+                }
                 return rc;
         }
         r->spool_id = id;
@@ -539,7 +310,7 @@ static int add_rcpts(struct km_calls *cs, struct call *c, const char *const *nam
 {
         int k = 0;
         for (size_t i = 0; i < n; i++) {
-                const struct km_calls_group *g = find_group(&cs->conf, names[i]);
+                const struct km_calls_group *g = km_calls_find_group(&cs->conf, names[i]);
                 size_t nu = g ? g->units.n : 1;
                 for (size_t j = 0; j < nu; j++) {
                         const char *u = g ? g->units.v[j] : names[i];
@@ -569,281 +340,26 @@ static int add_rcpts(struct km_calls *cs, struct call *c, const char *const *nam
         return k;
 }
 
-/* ---- SQLite ------------------------------------------------------------------------ */
-
-static const char schema[] =
-        "CREATE TABLE IF NOT EXISTS calls(id TEXT PRIMARY KEY, level INTEGER NOT NULL, state INTEGER NOT NULL,"
-        " esc_done INTEGER NOT NULL, local INTEGER NOT NULL, text TEXT NOT NULL, created INTEGER NOT NULL,"
-        " closed INTEGER NOT NULL, respond INTEGER NOT NULL, rep INTEGER NOT NULL, esc_after INTEGER NOT NULL,"
-        " steps TEXT NOT NULL);"
-        "CREATE TABLE IF NOT EXISTS call_rcpt(call TEXT NOT NULL, ord INTEGER NOT NULL, unit TEXT NOT NULL,"
-        " state INTEGER NOT NULL, step INTEGER NOT NULL, sends INTEGER NOT NULL, first INTEGER NOT NULL,"
-        " sent INTEGER NOT NULL, delivered INTEGER NOT NULL, answered INTEGER NOT NULL, spool_id INTEGER NOT NULL,"
-        " answer TEXT, PRIMARY KEY(call, ord));";
-
-/* steps as text: "a,b>c". */
-static char *steps_text(const struct call *c)
-{
-        size_t len = 1;
-        for (size_t s = 0; s < c->nsteps; s++)
-                for (size_t i = 0; i < c->steps[s].n; i++)
-                        len += strlen(c->steps[s].v[i]) + 1;
-        char *t = malloc(len), *p = t;
-        if (!t)
-                return NULL;
-        *p = '\0';
-        for (size_t s = 0; s < c->nsteps; s++) {
-                if (s)
-                        *p++ = '>';
-                for (size_t i = 0; i < c->steps[s].n; i++)
-                        p += sprintf(p, "%s%s", i ? "," : "", c->steps[s].v[i]);
-        }
-        return t;
-}
-
-static int write_call(struct km_calls *cs, struct call *c)
-{
-        sqlite3_stmt *s = cs->put_call;
-        char *st = steps_text(c);
-        if (!st)
-                return -ENOMEM;
-        sqlite3_bind_text(s, 1, c->id, -1, SQLITE_STATIC);
-        sqlite3_bind_int(s, 2, c->level);
-        sqlite3_bind_int(s, 3, c->state);
-        sqlite3_bind_int(s, 4, c->esc_done);
-        sqlite3_bind_int(s, 5, c->local);
-        sqlite3_bind_text(s, 6, c->text, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(s, 7, c->created_ms);
-        sqlite3_bind_int64(s, 8, c->closed_ms);
-        sqlite3_bind_int64(s, 9, c->respond_ms);
-        sqlite3_bind_int64(s, 10, c->repeat_ms);
-        sqlite3_bind_int64(s, 11, c->esc_after_ms);
-        sqlite3_bind_text(s, 12, st, -1, SQLITE_STATIC);
-        int rc = sqlite3_step(s);
-        sqlite3_reset(s);
-        sqlite3_clear_bindings(s);
-        free(st);
-        if (rc != SQLITE_DONE)
-                return -EIO;
-        for (size_t i = 0; i < c->nr; i++) {
-                const struct rcpt *r = &c->r[i];
-                s = cs->put_rcpt;
-                sqlite3_bind_text(s, 1, c->id, -1, SQLITE_STATIC);
-                sqlite3_bind_int64(s, 2, (int64_t)i);
-                sqlite3_bind_text(s, 3, r->unit, -1, SQLITE_STATIC);
-                sqlite3_bind_int(s, 4, r->state);
-                sqlite3_bind_int(s, 5, r->step);
-                sqlite3_bind_int64(s, 6, r->sends);
-                sqlite3_bind_int64(s, 7, r->first_ms);
-                sqlite3_bind_int64(s, 8, r->sent_ms);
-                sqlite3_bind_int64(s, 9, r->delivered_ms);
-                sqlite3_bind_int64(s, 10, r->answered_ms);
-                sqlite3_bind_int64(s, 11, (int64_t)r->spool_id);
-                if (r->answer)
-                        sqlite3_bind_text(s, 12, r->answer, -1, SQLITE_STATIC);
-                else
-                        sqlite3_bind_null(s, 12);
-                rc = sqlite3_step(s);
-                sqlite3_reset(s);
-                sqlite3_clear_bindings(s);
-                if (rc != SQLITE_DONE)
-                        return -EIO;
-        }
-        return 0;
-}
-
-static int delete_call(struct km_calls *cs, const char *id)
-{
-        int ok = 1;
-        sqlite3_stmt *d[2] = { cs->del_rcpt, cs->del_call };
-        for (int i = 0; i < 2; i++) {
-                sqlite3_bind_text(d[i], 1, id, -1, SQLITE_STATIC);
-                ok &= sqlite3_step(d[i]) == SQLITE_DONE;
-                sqlite3_reset(d[i]);
-        }
-        return ok ? 0 : -EIO;
-}
-
-int km_calls_flush(struct km_calls *cs, bool full)
-{
-        bool any = false;
-        for (size_t i = 0; i < cs->n && !any; i++)
-                any = cs->c[i]->dirty;
-        if (!any)
-                return 0;
-        int rc = km_spool_tx_begin(cs->sp, full);
-        if (rc < 0)
-                return rc;
-        for (size_t i = 0; i < cs->n && rc == 0; i++)
-                if (cs->c[i]->dirty)
-                        rc = write_call(cs, cs->c[i]);
-        if (rc < 0)
-                KM_LOG(KM_LOG_ERR, "calls", "writing calls: %s", sqlite3_errmsg(cs->db));
-        rc = km_spool_tx_end(cs->sp, full, rc == 0, "writing calls");
-        if (rc == 0)
-                for (size_t i = 0; i < cs->n; i++)
-                        cs->c[i]->dirty = false;
-        return rc;
-}
-
-static int load(struct km_calls *cs)
-{
-        sqlite3_stmt *s = NULL, *r = NULL;
-        int rc = -EIO;
-        if (sqlite3_prepare_v2(cs->db,
-                               "SELECT id,level,state,esc_done,local,text,created,closed,respond,rep,esc_after,steps"
-                               " FROM calls ORDER BY created, id", -1, &s, NULL) != SQLITE_OK ||
-            sqlite3_prepare_v2(cs->db,
-                               "SELECT unit,state,step,sends,first,sent,delivered,answered,spool_id,answer"
-                               " FROM call_rcpt WHERE call=? ORDER BY ord", -1, &r, NULL) != SQLITE_OK)
-                goto out;
-        while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-                struct call *c = calloc(1, sizeof(*c));
-                const char *steps = (const char *)sqlite3_column_text(s, 11);
-                if (!c)
-                        goto nomem;
-                snprintf(c->id, sizeof(c->id), "%s", (const char *)sqlite3_column_text(s, 0));
-                c->level = (uint8_t)sqlite3_column_int(s, 1);
-                c->state = (uint8_t)sqlite3_column_int(s, 2);
-                c->esc_done = (uint8_t)sqlite3_column_int(s, 3);
-                c->local = sqlite3_column_int(s, 4) != 0;
-                c->text = strdup((const char *)sqlite3_column_text(s, 5));
-                c->created_ms = sqlite3_column_int64(s, 6);
-                c->closed_ms = sqlite3_column_int64(s, 7);
-                c->respond_ms = sqlite3_column_int64(s, 8);
-                c->repeat_ms = sqlite3_column_int64(s, 9);
-                c->esc_after_ms = sqlite3_column_int64(s, 10);
-                const char *why;
-                if (steps && *steps && split_steps(steps, c->steps, &c->nsteps, &why) < 0)
-                        c->nsteps = 0;
-                if (c->level >= KM_CALL_LEVELS || c->state >= C_N || !c->text) {
-                        call_free(c);
-                        continue;
-                }
-                sqlite3_bind_text(r, 1, c->id, -1, SQLITE_STATIC);
-                while (sqlite3_step(r) == SQLITE_ROW) {
-                        struct rcpt *nr = realloc(c->r, (c->nr + 1) * sizeof(*nr));
-                        if (!nr) {
-                                call_free(c);
-                                goto nomem;
-                        }
-                        c->r = nr;
-                        struct rcpt *x = &nr[c->nr++];
-                        memset(x, 0, sizeof(*x));
-                        snprintf(x->unit, sizeof(x->unit), "%s", (const char *)sqlite3_column_text(r, 0));
-                        x->state = (uint8_t)sqlite3_column_int(r, 1);
-                        if (x->state >= R_N)
-                                x->state = R_PENDING;
-                        x->step = (uint8_t)sqlite3_column_int(r, 2);
-                        x->sends = (uint32_t)sqlite3_column_int64(r, 3);
-                        x->first_ms = sqlite3_column_int64(r, 4);
-                        x->sent_ms = sqlite3_column_int64(r, 5);
-                        x->delivered_ms = sqlite3_column_int64(r, 6);
-                        x->answered_ms = sqlite3_column_int64(r, 7);
-                        x->spool_id = (uint64_t)sqlite3_column_int64(r, 8);
-                        if (sqlite3_column_type(r, 9) != SQLITE_NULL)
-                                x->answer = strdup((const char *)sqlite3_column_text(r, 9));
-                        /* Acknowledged before the kill, its write lost: no copy is on
-                         * its way any more, and repeats may go on. */
-                        if (x->spool_id && !km_spool_holds(cs->sp, x->spool_id))
-                                x->spool_id = 0;
-                }
-                sqlite3_reset(r);
-                if (cs->n == cs->cap) {
-                        size_t cap = cs->cap ? cs->cap * 2 : 16;
-                        struct call **nc = realloc(cs->c, cap * sizeof(*nc));
-                        if (!nc) {
-                                call_free(c);
-                                goto nomem;
-                        }
-                        cs->c = nc;
-                        cs->cap = cap;
-                }
-                cs->c[cs->n++] = c;
-        }
-        rc = rc == SQLITE_DONE ? 0 : -EIO;
-        goto out;
-nomem:
-        rc = -ENOMEM;
-out:
-        sqlite3_finalize(s);
-        sqlite3_finalize(r);
-        return rc;
-}
-
-int km_calls_new(struct km_calls **out, struct km_spool *sp, struct km_calls_conf *conf, const struct km_calls_io *io)
-{
-        struct km_calls *cs = calloc(1, sizeof(*cs));
-        int rc = -EIO;
-        if (!cs)
-                return -ENOMEM;
-        cs->conf = *conf;
-        memset(conf, 0, sizeof(*conf));
-        cs->io = *io;
-        cs->sp = sp;
-        cs->db = km_spool_sqlite(sp);
-        if (sqlite3_exec(cs->db, schema, NULL, NULL, NULL) != SQLITE_OK) {
-                KM_LOG(KM_LOG_ERR, "calls", "creating the call tables: %s", sqlite3_errmsg(cs->db));
-                goto fail;
-        }
-        if (sqlite3_prepare_v3(cs->db,
-                               "INSERT OR REPLACE INTO calls(id,level,state,esc_done,local,text,created,closed,respond,rep,"
-                               "esc_after,steps) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)", -1, SQLITE_PREPARE_PERSISTENT,
-                               &cs->put_call, NULL) != SQLITE_OK ||
-            sqlite3_prepare_v3(cs->db,
-                               "INSERT OR REPLACE INTO call_rcpt(call,ord,unit,state,step,sends,first,sent,delivered,"
-                               "answered,spool_id,answer) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)", -1,
-                               SQLITE_PREPARE_PERSISTENT, &cs->put_rcpt, NULL) != SQLITE_OK ||
-            sqlite3_prepare_v3(cs->db, "DELETE FROM calls WHERE id=?", -1, SQLITE_PREPARE_PERSISTENT, &cs->del_call,
-                               NULL) != SQLITE_OK ||
-            sqlite3_prepare_v3(cs->db, "DELETE FROM call_rcpt WHERE call=?", -1, SQLITE_PREPARE_PERSISTENT,
-                               &cs->del_rcpt, NULL) != SQLITE_OK) {
-                KM_LOG(KM_LOG_ERR, "calls", "preparing statements: %s", sqlite3_errmsg(cs->db));
-                goto fail;
-        }
-        if ((rc = load(cs)) < 0) {
-                KM_LOG(KM_LOG_ERR, "calls", "reading the calls: %s", rc == -ENOMEM ? "out of memory" : sqlite3_errmsg(cs->db));
-                goto fail;
-        }
-        cs->st.calls = cs->n;
-        cs->st.open = open_calls(cs);
-        if (cs->st.open)
-                KM_LOG(KM_LOG_NOTICE, "calls", "%zu open calls resumed (kuimenctl call show)", (size_t)cs->st.open);
-        *out = cs;
-        return 0;
-fail:
-        km_calls_free(cs);
-        return rc;
-}
-
-void km_calls_free(struct km_calls *cs)
-{
-        if (!cs)
-                return;
-        if (cs->db)
-                km_calls_flush(cs, true);
-        sd_event_source_disable_unref(cs->tick);
-        sd_event_source_disable_unref(cs->flush);
-        sqlite3_finalize(cs->put_call);
-        sqlite3_finalize(cs->put_rcpt);
-        sqlite3_finalize(cs->del_call);
-        sqlite3_finalize(cs->del_rcpt);
-        for (size_t i = 0; i < cs->n; i++)
-                call_free(cs->c[i]);
-        free(cs->c);
-        km_calls_conf_release(&cs->conf);
-        free(cs);
-}
-
 void km_calls_stats(const struct km_calls *cs, struct km_calls_stats *st)
 {
         *st = cs->st;
-        st->open = open_calls(cs);
+        st->open = km_calls_open_n(cs);
+        st->unanswered = st->overdue = st->escalated = 0;
+        for (size_t i = 0; i < cs->n; i++) {
+                const struct call *c = cs->c[i];
+                if (c->state == C_CLOSED)
+                        continue;
+                st->escalated += c->state == C_ESCALATED;
+                for (size_t k = 0; k < c->nr; k++) {
+                        st->unanswered += !answered(c->r[k].state);
+                        st->overdue += c->r[k].state == R_OVERDUE;
+                }
+        }
 }
 
 /* ---- the state machine --------------------------------------------------------------- */
 
-static void close_call(struct km_calls *cs, struct call *c, int64_t now)
+void km_calls_close(struct km_calls *cs, struct call *c, int64_t now)
 {
         c->state = C_CLOSED;
         c->closed_ms = now;
@@ -856,8 +372,7 @@ static void close_call(struct km_calls *cs, struct call *c, int64_t now)
 }
 
 /* Bad input from outside: logged at most every 10 s, counted. */
-static void bad(struct km_calls *cs, uint64_t *counter, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void bad(struct km_calls *cs, uint64_t *counter, const char *fmt, ...)
+void km_calls_bad(struct km_calls *cs, uint64_t *counter, const char *fmt, ...)
 {
         char msg[400];
         va_list ap;
@@ -974,7 +489,7 @@ static int raise_call(struct km_calls *cs, struct call *c, struct km_strv *to, i
         return 0;
 }
 
-static int command(struct km_calls *cs, const void *payload, size_t len, bool local, char *err, size_t errlen)
+int km_calls_do_command(struct km_calls *cs, const void *payload, size_t len, bool local, char *err, size_t errlen)
 {
         char buf[8192];
         int rc;
@@ -999,12 +514,12 @@ static int command(struct km_calls *cs, const void *payload, size_t len, bool lo
                 rc = fail(err, errlen, "id: missing, or not 1 to 32 printable bytes without blank, '/', '+', '#', '\"' or '\\'");
                 goto out;
         }
-        struct call *old = find_call(cs, id->valuestring);
+        struct call *old = km_calls_find(cs, id->valuestring);
         if (cJSON_IsTrue(close)) {
                 if (!old)
                         rc = fail(err, errlen, "no call %s", id->valuestring);
                 else if (old->state != C_CLOSED)
-                        close_call(cs, old, now), rc = 0;
+                        km_calls_close(cs, old, now), rc = 0;
                 else
                         rc = 0;
                 goto out;
@@ -1024,7 +539,7 @@ static int command(struct km_calls *cs, const void *payload, size_t len, bool lo
                 rc = fail(err, errlen, "text: missing, empty, not UTF-8 or over %d bytes", KM_CALLS_TEXT_MAX);
                 goto out;
         }
-        if (open_calls(cs) >= KM_CALLS_OPEN_MAX) {
+        if (km_calls_open_n(cs) >= KM_CALLS_OPEN_MAX) {
                 rc = fail(err, errlen, "%d calls are open already: close some first", KM_CALLS_OPEN_MAX);
                 goto out;
         }
@@ -1075,9 +590,9 @@ static int command(struct km_calls *cs, const void *payload, size_t len, bool lo
         /* Stored before the command is let go of (the caller acknowledges after). */
         rc = km_calls_flush(cs, true);
 out:
-        if (c && c->r && find_call(cs, c->id) == c)
+        if (c && c->r && km_calls_find(cs, c->id) == c)
                 c = NULL;
-        call_free(c);
+        km_calls_call_free(c);
         km_strv_free(&to);
         km_strv_free(&esc);
         cJSON_Delete(o);
@@ -1087,9 +602,9 @@ out:
 int km_calls_command(struct km_calls *cs, const void *payload, size_t len, char *err, size_t errlen)
 {
         char e[256] = "";
-        int rc = command(cs, payload, len, false, e, sizeof(e));
+        int rc = km_calls_do_command(cs, payload, len, false, e, sizeof(e));
         if (rc == -EINVAL)
-                bad(cs, &cs->st.bad_commands, "call command refused: %s", e);
+                km_calls_bad(cs, &cs->st.bad_commands, "call command refused: %s", e);
         if (err && errlen)
                 snprintf(err, errlen, "%s", e);
         /* Refused for good: acknowledged, it would be refused again. */
@@ -1116,13 +631,13 @@ int km_calls_answer(struct km_calls *cs, const char *topic, const void *payload,
                 return 0;
         size_t ul = tl - 5 - 7;
         if (ul > KM_CALLS_UNIT_MAX || memchr(topic + 5, '/', ul)) {
-                bad(cs, &cs->st.bad_answers, "answer on '%s': not call/<unit>/answer", topic);
+                km_calls_bad(cs, &cs->st.bad_answers, "answer on '%s': not call/<unit>/answer", topic);
                 return 1;
         }
         memcpy(unit, topic + 5, ul);
         unit[ul] = '\0';
         if (len >= sizeof(buf)) {
-                bad(cs, &cs->st.bad_answers, "answer from %s: larger than %zu bytes", unit, sizeof(buf) - 1);
+                km_calls_bad(cs, &cs->st.bad_answers, "answer from %s: larger than %zu bytes", unit, sizeof(buf) - 1);
                 return 1;
         }
         memcpy(buf, payload, len);
@@ -1135,23 +650,23 @@ int km_calls_answer(struct km_calls *cs, const char *topic, const void *payload,
         for (int s = R_RECEIVED; cJSON_IsString(status) && s < R_N; s++)
                 if (strcmp(status->valuestring, rstate_names[s]) == 0)
                         st = s;
-        struct call *c = cJSON_IsString(id) ? find_call(cs, id->valuestring) : NULL;
+        struct call *c = cJSON_IsString(id) ? km_calls_find(cs, id->valuestring) : NULL;
         struct rcpt *r = c ? find_rcpt(c, unit) : NULL;
         if (!cJSON_IsObject(o))
-                bad(cs, &cs->st.bad_answers, "answer from %s: not a JSON object", unit);
+                km_calls_bad(cs, &cs->st.bad_answers, "answer from %s: not a JSON object", unit);
         else if (!cJSON_IsString(id))
-                bad(cs, &cs->st.bad_answers, "answer from %s: no call id", unit);
+                km_calls_bad(cs, &cs->st.bad_answers, "answer from %s: no call id", unit);
         else if (st < 0)
-                bad(cs, &cs->st.bad_answers, "answer from %s to call %.40s: status not received, acting, done or cannot", unit,
+                km_calls_bad(cs, &cs->st.bad_answers, "answer from %s to call %.40s: status not received, acting, done or cannot", unit,
                     id->valuestring);
         else if (text && !cJSON_IsNull(text) && (!cJSON_IsString(text) || !utf8_valid(text->valuestring)))
-                bad(cs, &cs->st.bad_answers, "answer from %s to call %.40s: text not a UTF-8 string", unit, id->valuestring);
+                km_calls_bad(cs, &cs->st.bad_answers, "answer from %s to call %.40s: text not a UTF-8 string", unit, id->valuestring);
         else if (!c)
-                bad(cs, &cs->st.bad_answers, "answer from %s to call %.40s: no such call", unit, id->valuestring);
+                km_calls_bad(cs, &cs->st.bad_answers, "answer from %s to call %.40s: no such call", unit, id->valuestring);
         else if (!r)
-                bad(cs, &cs->st.bad_answers, "answer from %s to call %s: not one of its recipients", unit, c->id);
+                km_calls_bad(cs, &cs->st.bad_answers, "answer from %s to call %s: not one of its recipients", unit, c->id);
         else if (c->state == C_CLOSED)
-                bad(cs, &cs->st.bad_answers, "answer from %s to call %s: the call is closed", unit, c->id);
+                km_calls_bad(cs, &cs->st.bad_answers, "answer from %s to call %s: the call is closed", unit, c->id);
         else {
                 const char *t = cJSON_IsString(text) && *text->valuestring ? text->valuestring : NULL;
                 char *cut = t ? answer_text(t) : NULL;
@@ -1179,7 +694,7 @@ int km_calls_answer(struct km_calls *cs, const char *topic, const void *payload,
                         for (size_t i = 0; i < c->nr && all_done; i++)
                                 all_done = c->r[i].state == R_DONE;
                         if (all_done)
-                                close_call(cs, c, now);
+                                km_calls_close(cs, c, now);
                 }
         }
         cJSON_Delete(o);
@@ -1281,6 +796,8 @@ static void tick_call(struct km_calls *cs, struct call *c, int64_t now)
 void km_calls_tick(struct km_calls *cs)
 {
         int64_t now = cs->io.now(cs->io.ud);
+        if (cs->nheld)
+                send_held(cs);
         for (size_t i = 0; i < cs->n; i++)
                 if (cs->c[i]->state != C_CLOSED)
                         tick_call(cs, cs->c[i], now);
@@ -1293,145 +810,13 @@ void km_calls_tick(struct km_calls *cs)
                 }
                 if (km_spool_tx_begin(cs->sp, false) < 0)
                         break;
-                int rc = delete_call(cs, c->id);
+                int rc = km_calls_delete(cs, c->id);
                 if (km_spool_tx_end(cs->sp, false, rc == 0, "deleting an old call") < 0)
                         break;
-                call_free(c);
+                km_calls_call_free(c);
                 memmove(&cs->c[i], &cs->c[i + 1], (cs->n - i - 1) * sizeof(*cs->c));
                 cs->n--;
         }
-}
-
-/* ---- the control socket --------------------------------------------------------------- */
-
-static void reply_err(struct km_control_buf *b, const char *why)
-{
-        km_control_printf(b, "{\"error\":");
-        km_control_json_str(b, why);
-        km_control_printf(b, "}\n");
-}
-
-static void time_str(int64_t ms, char *out, size_t n)
-{
-        if (!ms) {
-                snprintf(out, n, "null");
-                return;
-        }
-        time_t t = (time_t)(ms / 1000);
-        struct tm tm;
-        gmtime_r(&t, &tm);
-        size_t k = strftime(out, n, "\"%Y-%m-%dT%H:%M:%S", &tm);
-        snprintf(out + k, n - k, ".%03dZ\"", (int)(ms % 1000));
-}
-
-static void call_json(struct km_control_buf *b, const struct call *c, bool full)
-{
-        char t1[40], t2[40], t3[40];
-        size_t ans = 0, pend = 0;
-        for (size_t i = 0; i < c->nr; i++) {
-                ans += answered(c->r[i].state);
-                pend += !answered(c->r[i].state);
-        }
-        time_str(c->created_ms, t1, sizeof(t1));
-        time_str(c->closed_ms, t2, sizeof(t2));
-        km_control_printf(b, "{\"id\":");
-        km_control_json_str(b, c->id);
-        km_control_printf(b, ",\"level\":\"%s\",\"state\":\"%s\",\"from\":\"%s\",\"created\":%s,\"closed\":%s,"
-                             "\"respond_within\":%lld,\"repeat_every\":%lld,\"escalate_after\":%lld,\"escalations\":%d,"
-                             "\"recipients_n\":%zu,\"answered_n\":%zu,\"unanswered_n\":%zu,\"text\":",
-                          level_names[c->level], cstate_names[c->state], c->local ? "local" : "center", t1, t2,
-                          (long long)(c->respond_ms / 1000), (long long)(c->repeat_ms / 1000),
-                          (long long)(c->esc_after_ms / 1000), c->esc_done, c->nr, ans, pend);
-        km_control_json_str(b, c->text);
-        if (full) {
-                km_control_printf(b, ",\"recipients\":[");
-                for (size_t i = 0; i < c->nr; i++) {
-                        const struct rcpt *r = &c->r[i];
-                        time_str(r->sent_ms, t1, sizeof(t1));
-                        time_str(r->delivered_ms, t2, sizeof(t2));
-                        time_str(r->answered_ms, t3, sizeof(t3));
-                        km_control_printf(b, "%s{\"unit\":", i ? "," : "");
-                        km_control_json_str(b, r->unit);
-                        km_control_printf(b, ",\"state\":\"%s\",\"step\":%d,\"sends\":%u,\"last_sent\":%s,\"delivered\":%s,"
-                                             "\"answered\":%s,\"answer\":",
-                                          rstate_names[r->state], r->step, r->sends, t1, t2, t3);
-                        if (r->answer)
-                                km_control_json_str(b, r->answer);
-                        else
-                                km_control_printf(b, "null");
-                        km_control_printf(b, "}");
-                }
-                km_control_printf(b, "]");
-        }
-        km_control_printf(b, "}");
-}
-
-void km_calls_control(struct km_calls *cs, const char *args, struct km_control_buf *out)
-{
-        char err[256] = "";
-        args += strspn(args, " \t");
-        size_t n = strcspn(args, "\r\n");
-        if (!cs) {
-                reply_err(out, "calls run on a base only");
-                return;
-        }
-        if (*args == '{') {
-                int rc = command(cs, args, n, true, err, sizeof(err));
-                if (rc == -EINVAL)
-                        bad(cs, &cs->st.bad_commands, "call refused: %s", err);
-                if (rc < 0)
-                        reply_err(out, rc == -EINVAL ? err : strerror(-rc));
-                else
-                        km_control_printf(out, "{\"call\":\"raised\"}\n");
-                return;
-        }
-        size_t vl = strcspn(args, " \t\r\n");
-        const char *arg = args + vl + strspn(args + vl, " \t");
-        char id[KM_CALLS_ID_MAX + 2] = "";
-        size_t il = strcspn(arg, " \t\r\n");
-        if (il < sizeof(id))
-                memcpy(id, arg, il), id[il] = '\0';
-        if (vl == 5 && strncmp(args, "close", 5) == 0) {
-                struct call *c = *id ? find_call(cs, id) : NULL;
-                if (!c) {
-                        reply_err(out, "no such call (kuimenctl call show)");
-                        return;
-                }
-                if (c->state != C_CLOSED)
-                        close_call(cs, c, cs->io.now(cs->io.ud));
-                int rc = km_calls_flush(cs, true);
-                if (rc < 0)
-                        reply_err(out, strerror(-rc));
-                else
-                        km_control_printf(out, "{\"call\":\"closed\"}\n");
-                return;
-        }
-        if (vl == 4 && strncmp(args, "show", 4) == 0) {
-                if (*id) {
-                        struct call *c = find_call(cs, id);
-                        if (!c) {
-                                reply_err(out, "no such call (kuimenctl call show)");
-                                return;
-                        }
-                        km_control_printf(out, "{\"call\":");
-                        call_json(out, c, true);
-                        km_control_printf(out, "}\n");
-                        return;
-                }
-                km_control_printf(out, "{\"calls\":[");
-                for (size_t i = 0; i < cs->n; i++) {
-                        if (i)
-                                km_control_printf(out, ",");
-                        call_json(out, cs->c[i], false);
-                }
-                km_control_printf(out, "],\"open\":%zu,\"changes\":%llu,\"answers\":%llu,\"repeats\":%llu,"
-                                       "\"escalations\":%llu,\"bad_commands\":%llu,\"bad_answers\":%llu}\n",
-                                  open_calls(cs), (unsigned long long)cs->st.changes, (unsigned long long)cs->st.answers,
-                                  (unsigned long long)cs->st.repeats, (unsigned long long)cs->st.escalations,
-                                  (unsigned long long)cs->st.bad_commands, (unsigned long long)cs->st.bad_answers);
-                return;
-        }
-        reply_err(out, "unknown call request (call JSON, call show [ID], call close ID)");
 }
 
 /* ---- daemon glue ---------------------------------------------------------------------- */

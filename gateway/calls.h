@@ -104,10 +104,13 @@ void km_calls_tick(struct km_calls *cs);
  * may then rely on it). */
 int km_calls_flush(struct km_calls *cs, bool full);
 
-/* Counters. */
+/* Counters, and (open, unanswered, overdue, escalated) what the open calls are now. */
 struct km_calls_stats {
         uint64_t calls, open, answers, repeats, escalations, bad_commands, bad_answers;
-        uint64_t changes; /* changes spooled upstream */
+        uint64_t changes;    /* changes spooled upstream */
+        uint64_t unanswered; /* recipients of open calls with no answer yet (pending, delivered or overdue) */
+        uint64_t overdue;    /* of those, past respond_within */
+        uint64_t escalated;  /* open calls that took an escalation step */
 };
 void km_calls_stats(const struct km_calls *cs, struct km_calls_stats *st);
 

@@ -275,7 +275,12 @@ int km_daemon_relay(struct km_daemon *d, const char *topic, const char *route_to
 {
         struct ingest_extra x = { .route_topic = route_topic, .prio = route_topic ? -1 : prio, .origin = origin,
                                   .oid = oid };
-        int rc = ingest_ex(d, KM_DIR_DOWN, topic, NULL, payload, len, false, NULL, &x);
+        /* A narrow frame carries no retain flag (its record has no bit for it, and old
+         * receivers refuse one). A base publishes an incident's timeline retained and
+         * nothing else on incident/<id> (gateway/incidents.c), so the topic says it:
+         * the center's subscribers get the latest timeline as over MQTT. */
+        bool retain = route_topic && strncmp(route_topic, "incident/", 9) == 0 && !strchr(route_topic + 9, '/');
+        int rc = ingest_ex(d, KM_DIR_DOWN, topic, NULL, payload, len, retain, NULL, &x);
         /* A center keeps the timelines it hears (its own broker does not send it back
          * what it publishes: the MQTT path is bridges/mqtt.c's). */
         if (rc == 0 && d->incidents && origin && route_topic && strncmp(route_topic, "incident/", 9) == 0)

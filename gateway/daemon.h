@@ -145,8 +145,8 @@ int km_daemon_ingest_class(struct km_daemon *d, int dir, const char *topic, cons
 /* Loop thread (narrow links on a center): a message another node sent over a narrow
  * link, to be published on the local broker as topic, in the class route_topic has at
  * its origin (route_topic NULL: the first class of priority prio or less urgent, for a
- * topic not known here), keeping origin and oid. Durable when it returns, like
- * km_daemon_ingest. */
+ * topic not known here), keeping origin and oid; an incident's timeline
+ * (incident/<id>) retained. Durable when it returns, like km_daemon_ingest. */
 int km_daemon_relay(struct km_daemon *d, const char *topic, const char *route_topic, int prio, const void *payload,
                     size_t len, const char *origin, uint64_t oid);
 

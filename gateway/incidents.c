@@ -280,9 +280,12 @@ static void publish(struct km_incidents *in, struct incident *x)
         snprintf(topic, sizeof(topic), "incident/%s", x->id);
         int rc = in->io.emit(in->io.ud, topic, s, strlen(s));
         if (rc < 0)
-                KM_LOG(KM_LOG_ERR, "incidents", "incident %s: timeline not spooled upstream (%s)", x->id, strerror(-rc));
+                KM_LOG(KM_LOG_ERR, "incidents", "incident %s: timeline not spooled upstream (%s): sent again at the next flush",
+                       x->id, strerror(-rc));
         free(s);
-        x->changed = false;
+        /* Refused (a storage fault): still changed, the next flush tries again (the
+         * newest timeline is all the center needs). */
+        x->changed = rc < 0;
 }
 
 int km_incidents_flush(struct km_incidents *in, bool full)
@@ -297,7 +300,11 @@ int km_incidents_flush(struct km_incidents *in, bool full)
                 any |= in->h[i].dirty;
         if (!any)
                 return 0;
-        int rc = km_spool_tx_begin(in->sp, full);
+        /* As km_calls_flush: the timeline published above is on the device before a
+         * FULL commit vouches for what changed it. */
+        int rc = full ? km_spool_sync(in->sp) : 0;
+        if (rc == 0)
+                rc = km_spool_tx_begin(in->sp, full);
         if (rc < 0)
                 return rc;
         for (size_t i = 0; i < in->n && rc == 0; i++) {
@@ -333,6 +340,21 @@ int km_incidents_flush(struct km_incidents *in, bool full)
                         in->h[i].dirty = false;
         }
         return rc;
+}
+
+void km_incidents_stats(const struct km_incidents *in, struct km_incidents_stats *st)
+{
+        memset(st, 0, sizeof(*st));
+        st->heard = in->nh;
+        st->bad = in->bad;
+        for (size_t i = 0; i < in->n; i++) {
+                const struct incident *x = in->v[i];
+                if (x->closed_ms)
+                        continue;
+                st->open++;
+                for (size_t k = 0; k < x->nu; k++)
+                        st->not_arrived += !x->u[k].arrived && !x->u[k].withdrew; /* withdrew: reported done */
+        }
 }
 
 int km_incidents_new(struct km_incidents **out, struct km_spool *sp, const struct km_incidents_conf *conf,
@@ -430,6 +452,8 @@ static int command(struct km_incidents *in, const char *buf, size_t len, char *e
         int rc;
         if (!cJSON_IsObject(o)) {
                 cJSON_Delete(o);
+                in->bad++; /* counted and logged as every other refusal */
+                KM_LOG(KM_LOG_WARNING, "incidents", "incident command refused: not a JSON object");
                 return fail(err, errlen, "not a JSON object");
         }
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(o, "id");

@@ -64,6 +64,14 @@ void km_incidents_heard(struct km_incidents *in, const char *base, const char *i
 /* Loop thread. Writes what changed; full: fsynced before it returns. */
 int km_incidents_flush(struct km_incidents *in, bool full);
 
+/* What the incidents are now: open ones and their units neither arrived nor withdrawn
+ * (reported done) yet (a base), the
+ * bases' timelines kept (a center), and commands refused as bad input. */
+struct km_incidents_stats {
+        uint64_t open, not_arrived, heard, bad;
+};
+void km_incidents_stats(const struct km_incidents *in, struct km_incidents_stats *st);
+
 /* Loop thread. "incident JSON" opens, "incident close ID", "incident show [ID]". */
 void km_incidents_control(struct km_incidents *in, const char *args, struct km_control_buf *out);
 

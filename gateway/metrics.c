@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "calls.h"
+#include "incidents.h"
 #include "control.h"
 #include "daemon.h"
 #include "log.h"
@@ -431,6 +432,20 @@ static void put_all(struct km_control_buf *b, struct km_daemon *d)
                 one(b, "kuimen_calls_changes_total", "counter", "Changes of calls spooled upstream.", cs.changes);
                 one(b, "kuimen_calls_refused_total", "counter", "Call commands and answers refused as bad input.",
                     cs.bad_commands + cs.bad_answers);
+                one(b, "kuimen_calls_unanswered", "gauge", "Recipients of open calls that have not answered yet.",
+                    cs.unanswered);
+                one(b, "kuimen_calls_overdue", "gauge", "Recipients of open calls past respond_within without an answer.",
+                    cs.overdue);
+                one(b, "kuimen_calls_escalated", "gauge", "Open calls that took an escalation step.", cs.escalated);
+        }
+        if (d->incidents) {
+                struct km_incidents_stats is;
+                km_incidents_stats(d->incidents, &is);
+                one(b, "kuimen_incidents_open", "gauge", "Incidents open on this base.", is.open);
+                one(b, "kuimen_incidents_units_not_arrived", "gauge",
+                    "Units assigned to open incidents that have neither arrived nor withdrawn yet.", is.not_arrived);
+                one(b, "kuimen_incidents_heard", "gauge", "Bases' incident timelines a center keeps.", is.heard);
+                one(b, "kuimen_incidents_refused_total", "counter", "Incident commands refused as bad input.", is.bad);
         }
 }
 

@@ -718,6 +718,14 @@ int km_spool_settle(struct km_spool *sp)
         return rc;
 }
 
+int km_spool_sync(struct km_spool *sp)
+{
+        pthread_mutex_lock(&sp->mu);
+        int rc = wait_synced_locked(sp, sp->written_seq);
+        pthread_mutex_unlock(&sp->mu);
+        return rc;
+}
+
 /* ---- SQLite ---------------------------------------------------------------------- */
 
 static int exec(struct km_spool *sp, enum stmt s)
@@ -1671,10 +1679,90 @@ static int move_aside(struct km_spool *sp, char *aside, size_t len)
         return 0;
 }
 
+/* Copies one table of a damaged file (not msg or meta: calls, call_rcpt, incidents, set-
+ * aside messages: whatever other modules keep here) into the fresh one, made from the old
+ * file's own CREATE statement: forward by rowid, then backward to get past a bad page,
+ * as the messages are. Inside the caller's transaction. Returns the rows imported. */
+static long import_table(struct km_spool *sp, sqlite3 *old, const char *name, const char *create)
+{
+        char q[2][200], *ins_sql = NULL;
+        sqlite3_stmt *s = NULL, *ins = NULL;
+        long n = 0;
+        int64_t last = 0;
+        int ncol = 0;
+
+        if (sqlite3_exec(sp->db, create, NULL, NULL, NULL) != SQLITE_OK) {
+                /* made already (a module's CREATE ran first): the rows go in all the same */
+                if (!strstr(sqlite3_errmsg(sp->db), "already exists"))
+                        return 0;
+        }
+        snprintf(q[0], sizeof(q[0]), "SELECT rowid,* FROM \"%s\" WHERE rowid>? ORDER BY rowid", name);
+        snprintf(q[1], sizeof(q[1]), "SELECT rowid,* FROM \"%s\" WHERE rowid>? ORDER BY rowid DESC", name);
+        for (int pass = 0; pass < 2; pass++) {
+                if (sqlite3_prepare_v2(old, q[pass], -1, &s, NULL) != SQLITE_OK)
+                        break;
+                sqlite3_bind_int64(s, 1, pass ? last : 0);
+                if (!ins) {
+                        ncol = sqlite3_column_count(s) - 1;
+                        size_t len = strlen(name) + 64 + 2 * (size_t)ncol;
+                        if (ncol < 1 || !(ins_sql = malloc(len))) {
+                                sqlite3_finalize(s);
+                                break;
+                        }
+                        int k = snprintf(ins_sql, len, "INSERT OR IGNORE INTO \"%s\" VALUES(?", name);
+                        for (int c = 1; c < ncol; c++)
+                                k += snprintf(ins_sql + k, len - (size_t)k, ",?");
+                        snprintf(ins_sql + k, len - (size_t)k, ")");
+                        if (sqlite3_prepare_v2(sp->db, ins_sql, -1, &ins, NULL) != SQLITE_OK) {
+                                sqlite3_finalize(s);
+                                break;
+                        }
+                }
+                while (sqlite3_step(s) == SQLITE_ROW) {
+                        if (!pass)
+                                last = sqlite3_column_int64(s, 0);
+                        for (int c = 0; c < ncol; c++)
+                                sqlite3_bind_value(ins, c + 1, sqlite3_column_value(s, c + 1));
+                        if (sqlite3_step(ins) == SQLITE_DONE && sqlite3_changes(sp->db) > 0)
+                                n++;
+                        sqlite3_reset(ins);
+                }
+                sqlite3_finalize(s);
+        }
+        sqlite3_finalize(ins);
+        free(ins_sql);
+        return n;
+}
+
+/* The other modules' tables of a damaged file (import_table); their names into names
+ * (comma-separated, for the log). Returns the rows imported. */
+static long import_tables(struct km_spool *sp, sqlite3 *old, char *names, size_t len)
+{
+        sqlite3_stmt *s = NULL;
+        long n = 0;
+        size_t k = 0;
+        names[0] = '\0';
+        if (sqlite3_prepare_v2(old, "SELECT name,sql FROM sqlite_master WHERE type='table' AND sql IS NOT NULL"
+                                    " AND name NOT IN ('msg','meta') AND name NOT LIKE 'sqlite_%'", -1, &s, NULL) != SQLITE_OK)
+                return 0;
+        while (sqlite3_step(s) == SQLITE_ROW) {
+                const char *name = (const char *)sqlite3_column_text(s, 0), *create = (const char *)sqlite3_column_text(s, 1);
+                if (!name || !create || strchr(name, '"'))
+                        continue;
+                long r = import_table(sp, old, name, create);
+                n += r;
+                if (k < len)
+                        k += (size_t)snprintf(names + k, len - k, "%s%s %ld", k ? ", " : "", name, r);
+        }
+        sqlite3_finalize(s);
+        return n;
+}
+
 /* Reads the rows still readable in a damaged spool file into the fresh one (same ids):
  * forward from the start, and backward from the end, to get past one bad page. Returns
  * how many were imported; *readable says how many rows the file claims (-1: unknown). */
-static long import_aside(struct km_spool *sp, const char *aside, long *readable)
+static long import_aside(struct km_spool *sp, const char *aside, long *readable, long *others, char *names,
+                         size_t nlen)
 {
         static const char *const q[2] = {
                 "SELECT id,dir,prio,flags,qos,created,expires,size,cls,topic,ckey,payload,origin,oid FROM msg"
@@ -1688,6 +1776,8 @@ static long import_aside(struct km_spool *sp, const char *aside, long *readable)
         int64_t last = 0;
 
         *readable = -1;
+        *others = 0;
+        names[0] = '\0';
         if (sqlite3_open_v2(aside, &old, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
                 sqlite3_close(old);
                 return 0;
@@ -1723,8 +1813,11 @@ static long import_aside(struct km_spool *sp, const char *aside, long *readable)
             sqlite3_step(s) == SQLITE_ROW)
                 meta_set(sp, "applied_id", sqlite3_column_int64(s, 0));
         sqlite3_finalize(s);
+        *others = import_tables(sp, old, names, nlen);
         sqlite3_close(old);
-        return tx_commit(sp) < 0 ? 0 : n;
+        if (tx_commit(sp) < 0)
+                *others = 0, n = 0;
+        return n;
 }
 
 /* Refuses a spool file or directory kuimen may not write, naming it, before SQLite
@@ -1993,15 +2086,17 @@ int km_spool_open(struct km_spool **out, const struct km_spool_opts *o)
         rc = db_open(sp);
         if (rc == -EBADMSG) {
                 char aside[PATH_MAX];
-                long readable = -1, imported;
+                char names[256];
+                long readable = -1, imported, others;
                 db_close(sp);
                 if ((rc = move_aside(sp, aside, sizeof(aside))) < 0 || (rc = db_open(sp)) < 0)
                         goto fail;
-                imported = import_aside(sp, aside, &readable);
+                imported = import_aside(sp, aside, &readable, &others, names, sizeof(names));
                 KM_LOG(KM_LOG_ERR, "spool",
-                       "%s is damaged: moved aside to %s, starting a fresh spool; %ld of its messages imported (it counted %ld%s)",
+                       "%s is damaged: moved aside to %s, starting a fresh spool; %ld of its messages imported (it counted %ld%s); "
+                       "other tables: %s",
                        sp->path, aside, imported, readable,
-                       readable < 0 || imported < readable ? "; the rest could not be read" : "");
+                       readable < 0 || imported < readable ? "; the rest could not be read" : "", *names ? names : "none");
         }
         if (rc < 0) {
                 KM_LOG(KM_LOG_ERR, "spool", "cannot open %s: %s", sp->path, strerror(-rc));

@@ -88,6 +88,12 @@ void km_spool_defer_sync(struct km_spool *sp);
  * not be acknowledged to their sender. */
 int km_spool_settle(struct km_spool *sp);
 
+/* Loop thread. Waits until everything pushed so far is on the device (an fdatasync of
+ * the ingest log unless the sync thread already did it): for state written with a
+ * "FULL" commit that says an upstream change was sent, so that a power cut cannot
+ * keep the state and lose the change (sync = batch). 0 or a negative errno. */
+int km_spool_sync(struct km_spool *sp);
+
 /* Loop thread. Moves pending messages into SQLite, applies coalescing, expiry and the
  * space policy, writes acks, and commits. Cheap when there is nothing to do. */
 int km_spool_commit(struct km_spool *sp);

@@ -3,7 +3,11 @@
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
 #include <criterion/logging.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +17,7 @@
 
 struct env {
         char dir[200], conf[300], klog[300], sock[300];
+        int mport; /* /metrics */
         struct h_broker local, center;
         struct h_proxy px;
         bool proxied;
@@ -56,7 +61,9 @@ static void up(struct env *e, const char *tag, const char *calls_conf, bool prox
         e->proxied = proxied;
         if (proxied)
                 h_proxy_start(&e->px, e->center.port);
-        snprintf(extra, sizeof(extra), "[control]\nsocket = %s\n[calls]\ntick = 50ms\n%s", e->sock, calls_conf);
+        e->mport = h_free_port();
+        snprintf(extra, sizeof(extra), "[control]\nsocket = %s\n[metrics]\nlisten = 127.0.0.1:%d\n[calls]\ntick = 50ms\n%s",
+                 e->sock, e->mport, calls_conf);
         h_write_conf(e->conf, "north", e->dir, e->local.port, proxied ? e->px.port : e->center.port, extra);
         h_rec_start(&e->term, e->local.port, "terminals", "call/+");
         h_rec_start(&e->ctr, e->center.port, "center-app", "kuimen/north/call/#");
@@ -104,6 +111,29 @@ static void answer(struct env *e, const char *unit, const char *id, const char *
         else
                 snprintf(p, sizeof(p), "{\"id\":\"%s\",\"status\":\"%s\"}", id, status);
         cr_assert_eq(send_via(&e->term, topic, p), 0);
+}
+
+/* The value of one series of kuimen's /metrics; asserts it is there exactly once. */
+static double metric(struct env *e, const char *series)
+{
+        struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)e->mport),
+                                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        static char buf[1 << 17];
+        const char req[] = "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+        size_t len = 0;
+        char key[128];
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        cr_assert(connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0, "connect to /metrics on port %d", e->mport);
+        cr_assert_eq(send(fd, req, sizeof(req) - 1, 0), (ssize_t)sizeof(req) - 1);
+        for (ssize_t r; len + 1 < sizeof(buf) && (r = recv(fd, buf + len, sizeof(buf) - 1 - len, 0)) > 0;)
+                len += (size_t)r;
+        close(fd);
+        buf[len] = '\0';
+        snprintf(key, sizeof(key), "\n%s ", series);
+        const char *p = strstr(buf, key);
+        cr_assert(p, "no series %s in /metrics", series);
+        cr_assert(!strstr(p + 1, key), "series %s twice", series);
+        return strtod(p + strlen(key), NULL);
 }
 
 /* ---- what the terminals got ----------------------------------------------------------- */
@@ -280,6 +310,16 @@ Test(calls, five_terminals_three_answer, .timeout = 40)
         int64_t now = h_now_ms();
         if (now < t0 + 3400)
                 h_sleep_ms((int)(t0 + 3400 - now));
+        /* What an operator sees mid-call (3.4 s; chief, called at 2 s, is overdue at 4 s):
+         * one open call, escalated, u4, u5 and chief unanswered, u4 and u5 overdue. */
+        cr_expect_eq(metric(&e, "kuimen_calls_open"), 1);
+        cr_expect_eq(metric(&e, "kuimen_calls_unanswered"), 3);
+        cr_expect_eq(metric(&e, "kuimen_calls_overdue"), 2);
+        cr_expect_eq(metric(&e, "kuimen_calls_escalated"), 1);
+        cr_expect_eq(metric(&e, "kuimen_calls_answers_total"), 3);
+        cr_expect_eq(metric(&e, "kuimen_calls_escalations_total"), 1);
+        cr_expect_eq(metric(&e, "kuimen_calls_refused_total"), 0);
+        cr_expect_eq(metric(&e, "kuimen_incidents_open"), 0);
         for (int i = 0; i < 3; i++) {
                 cr_expect_eq(copies(&e, units[i], "f1", NULL, NULL, 0), 1, "%s answered: not called again", units[i]);
                 cr_expect_eq(clears(&e, units[i]), 1, "%s answered: its retained call taken off", units[i]);
@@ -374,6 +414,12 @@ Test(calls, five_terminals_three_answer, .timeout = 40)
         cr_expect_eq(cJSON_GetObjectItemCaseSensitive(j, "open")->valueint, 0);
         cr_expect_eq(cJSON_GetObjectItemCaseSensitive(j, "changes")->valueint, events(&e, "f1", ev, MAXEV));
         cJSON_Delete(j);
+        cr_expect_eq(metric(&e, "kuimen_calls_open"), 0, "closed");
+        cr_expect_eq(metric(&e, "kuimen_calls_unanswered"), 0, "a closed call waits for nobody");
+        cr_expect_eq(metric(&e, "kuimen_calls_overdue"), 0);
+        cr_expect_eq(metric(&e, "kuimen_calls_escalated"), 0);
+        cr_expect_eq(metric(&e, "kuimen_calls_repeats_total"), repeats);
+        cr_expect_eq(metric(&e, "kuimen_calls_changes_total"), events(&e, "f1", ev, MAXEV));
         pthread_mutex_lock(&e.ctr.mu); /* the timeline, for docs/calls.md */
         for (size_t q = 0; q < e.ctr.n; q++)
                 fprintf(stderr, "# %+6lld ms %s %s\n", (long long)(e.ctr.m[q].at - t0), e.ctr.m[q].topic + 13,

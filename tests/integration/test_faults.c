@@ -1260,3 +1260,115 @@ Test(faults, readonly_spool_files_refuse_start)
 {
         unwritable_drill("spool files read-only, 0400", false);
 }
+
+/* ---- 6. a storage fault during a call ---------------------------------------------- */
+
+/* Publishes at QoS 1 through a recorder's client and waits for the PUBACK. */
+static int send_via(struct h_rec *r, const char *topic, const char *payload)
+{
+        MQTTAsync_message m = MQTTAsync_message_initializer;
+        MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+        m.payload = (void *)payload;
+        m.payloadlen = (int)strlen(payload);
+        m.qos = 1;
+        int rc = MQTTAsync_sendMessage(r->c, topic, &m, &ro);
+        return rc ? rc : MQTTAsync_waitForCompletion(r->c, ro.token, 5000);
+}
+
+/* Changes the center got on kuimen/north/call/f1 holding needle. */
+static int center_changes(struct h_rec *r, const char *needle)
+{
+        int n = 0;
+        pthread_mutex_lock(&r->mu);
+        for (size_t i = 0; i < r->n; i++)
+                n += strstr(r->m[i].payload, needle) != NULL;
+        pthread_mutex_unlock(&r->mu);
+        return n;
+}
+
+static bool wait_change(struct h_rec *r, const char *needle, int timeout_ms)
+{
+        int64_t until = h_now_ms() + timeout_ms;
+        while (center_changes(r, needle) == 0 && h_now_ms() < until)
+                h_sleep_ms(50);
+        return center_changes(r, needle) > 0;
+}
+
+/* A call under way when the spool's disk fails (EIO from the shim from 0.8 to about 3.5
+ * s of the call): u2's overdue (2 s) and the escalation to chief (3 s) happen during the
+ * fault, when the spool refuses their changes. The engine holds them, and once the fault
+ * clears the center gets them, after what came before and before what comes after, and
+ * chief is called. */
+Test(faults, call_change_after_storage_fault)
+{
+        static char shim[300], preload[340], flag[340], where[340];
+        const char *root = getenv("KM_BUILD_ROOT");
+        cr_assert(root, "KM_BUILD_ROOT is not set (meson sets it)");
+        snprintf(shim, sizeof(shim), "%s/tests/integration/eio_shim.so", root);
+        cr_assert_eq(access(shim, R_OK), 0, "no %s", shim);
+        static struct env e;
+        static const char *kenv[4];
+        char out[8192];
+        kenv[0] = preload, kenv[1] = flag, kenv[2] = where, kenv[3] = NULL;
+        up(&e, "call-fault",
+           &(struct opts){ .center_up = true, .no_start = true, .kenv = kenv,
+                           .conf = "[calls]\ntick = 50ms\n[calls level red]\nrespond_within = 2s\nrepeat_every = 1s\n"
+                                   "escalate_after = 3s\nescalate_to = chief\n" });
+        snprintf(preload, sizeof(preload), "LD_PRELOAD=%s", shim);
+        snprintf(flag, sizeof(flag), "KM_EIO_FLAG=%s", e.flag);
+        snprintf(where, sizeof(where), "KM_EIO_PATH=%s/", e.state);
+        struct h_rec term, ctr;
+        h_rec_start(&term, e.local.port, "terminals", "call/+");
+        h_rec_start(&ctr, e.cport, "center-app", "kuimen/north/call/#");
+        kuimen_start(&e);
+        cr_assert(h_log_wait(&e.k, "ingest: connected", 10000), "kuimen did not start with the shim (%s)", e.klog);
+        cr_assert(h_log_wait(&e.k, "up: connected", 10000), "kuimen did not reach the center");
+
+        cr_assert_eq(ctl(&e, "call f1 red 'Flood at the weir' u1,u2", out, sizeof(out), NULL), 0, "%s", out);
+        int64_t t0 = h_now_ms();
+        cr_assert(wait_change(&ctr, "{\"unit\":\"u2\",\"state\":\"delivered\"", 5000), "u2's delivery at the center");
+        cr_assert_eq(send_via(&term, "call/u1/answer", "{\"id\":\"f1\",\"status\":\"acting\"}"), 0);
+        cr_assert(wait_change(&ctr, "{\"unit\":\"u1\",\"state\":\"acting\"", 5000), "u1's answer at the center");
+        int64_t now = h_now_ms();
+        cr_assert_lt(now - t0, 1500, "the call's start took %lld ms: the fault would miss the deadlines",
+                     (long long)(now - t0));
+        eio_on(&e);
+        h_sleep_ms((int)(t0 + 3600 - h_now_ms()));
+        /* During the fault: overdue and escalated happened at the base, not at the center. */
+        cr_expect_eq(center_changes(&ctr, "\"state\":\"overdue\""), 0, "nothing gets past a failed spool");
+        cr_expect_eq(center_changes(&ctr, "\"state\":\"escalated\""), 0);
+        cr_assert(h_log_wait(&e.k, "state change not spooled upstream", 1000), "the engine met the fault (%s)", e.klog);
+        cr_assert_eq(ctl(&e, "call show f1 --json", out, sizeof(out), NULL), 0, "%s", out);
+        cr_expect(strstr(out, "\"unit\":\"u2\",\"state\":\"overdue\""), "u2 overdue at the base: %s", out);
+        cr_expect(strstr(out, "\"state\":\"escalated\""), "escalated at the base: %s", out);
+        eio_off(&e);
+        int64_t cleared = h_now_ms();
+        cr_assert(wait_change(&ctr, "\"state\":\"escalated\"", 15000), "the escalation reaches the center after the fault");
+        cr_assert(wait_change(&ctr, "{\"unit\":\"u2\",\"state\":\"overdue\"", 5000), "u2's overdue reaches the center");
+        cr_assert(wait_change(&ctr, "{\"unit\":\"chief\",\"state\":\"delivered\"", 10000), "chief called after the fault");
+        cr_assert(h_log_wait(&e.k, "held state changes spooled upstream", 1000), "%s", e.klog);
+        fprintf(stderr, "faults: call under a storage fault: held changes at the center %lld ms after it cleared\n",
+                (long long)(h_now_ms() - cleared));
+        /* In order: each change's t never goes back, the open first. */
+        pthread_mutex_lock(&ctr.mu);
+        int last_t = -1, esc = 0;
+        cr_expect(strstr(ctr.m[0].payload, "\"state\":\"open\""), "first: %s", ctr.m[0].payload);
+        for (size_t i = 0; i < ctr.n; i++) {
+                cJSON *j = cJSON_Parse(ctr.m[i].payload);
+                const cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "t");
+                const cJSON *st = cJSON_GetObjectItemCaseSensitive(j, "state");
+                if (cJSON_IsNumber(t)) {
+                        cr_expect_geq(t->valueint, last_t, "change %zu out of order: %s", i, ctr.m[i].payload);
+                        last_t = t->valueint;
+                }
+                esc += cJSON_IsString(st) && strcmp(st->valuestring, "escalated") == 0;
+                cJSON_Delete(j);
+        }
+        pthread_mutex_unlock(&ctr.mu);
+        cr_expect_eq(esc, 1, "one escalation at the center");
+        h_rec_stop(&term);
+        h_rec_stop(&ctr);
+        h_rec_free(&term);
+        h_rec_free(&ctr);
+        down(&e);
+}

@@ -502,6 +502,15 @@ Test(narrow, calls_over_77_byte_link, .timeout = 120)
         } while (!strstr(out, "\"id\":\"north/i5\"") && h_now_ms() < until);
         cr_assert(strstr(out, "\"incident\":{\"id\":\"north/i5\",\"state\":\"open\""), "%s", out);
         cr_assert(strstr(out, "{\"unit\":\"u2\",\"reacted\":null"), "%s", out);
+        /* The center's broker keeps the timeline retained, as over MQTT: a subscriber
+         * that comes after it was published gets it at once. */
+        struct h_rec late;
+        h_rec_start(&late, k.center.port, "center-late", "kuimen/north/incident/#");
+        cr_assert_geq(h_rec_wait(&late, 1, 3000), 1, "the timeline retained at the center");
+        cr_expect_str_eq(late.m[0].topic, "kuimen/north/incident/i5");
+        cr_expect(strstr(late.m[0].payload, "\"id\":\"i5\",\"state\":\"open\""), "%s", late.m[0].payload);
+        h_rec_stop(&late);
+        h_rec_free(&late);
         h_rec_stop(&term);
         h_rec_stop(&ctr);
         h_rec_free(&term);

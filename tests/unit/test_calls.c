@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Calls: the state machine on a clock of the test's, its tables across a reopen, bad input, and what a change costs on a 77-byte frame. */
 #include <criterion/criterion.h>
+#include <sqlite3.h>
 #include <criterion/logging.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +12,7 @@
 #include "gateway/calls.h"
 #include "gateway/control.h"
 #include "gateway/frame.h"
+#include "gateway/incidents.h"
 #include "gateway/spool.h"
 
 static char dir[64], path[128];
@@ -298,6 +300,109 @@ Test(calls, state_survives_a_reopen)
         km_calls_free(again);
         km_spool_close(sp);
         sp = NULL;
+        now_ms = 1765000000000LL;
+}
+
+/* sync = batch: the commit that vouches for a call (or an answer) first syncs the
+ * ingest log, where its upstream change is, so a power cut cannot keep the call and
+ * lose the change (the power-cut drill's call). No sync thread (sync_interval 0): every
+ * fsync of the log counted here is the commit's. */
+Test(calls, full_flush_syncs_the_ingest_log)
+{
+        struct km_spool_opts o = { .path = path, .max_bytes = 1 << 24, .sync_interval_ms = 0, .wake = nowake };
+        struct km_calls_conf cc = { .tick_ms = 200, .keep_closed_ms = 1000 };
+        struct km_calls_io io = { .publish = t_publish, .emit = t_emit, .now = t_now };
+        struct km_calls *cs = NULL;
+        struct km_spool_stats st;
+        cr_assert_eq(km_spool_open(&sp, &o), 0);
+        km_spool_set_loop_thread(sp);
+        cr_assert_eq(km_calls_new(&cs, sp, &cc, &io), 0);
+        km_spool_stats(sp, &st);
+        uint64_t before = st.fsyncs;
+        struct km_msg m = { .dir = KM_DIR_UP, .prio = 0, .qos = 1, .cls = "alert", .topic = "call/s",
+                            .payload = "{\"state\":\"open\"}", .len = 16 };
+        cr_assert_eq(km_spool_push(sp, &m), 0); /* the change, as the daemon's emit spools it */
+        km_spool_stats(sp, &st);
+        cr_assert_eq(st.fsyncs, before, "batch: the push alone is not synced yet");
+        cmd(cs, "{\"id\":\"s\",\"level\":\"red\",\"text\":\"Dam\",\"recipients\":[\"u1\"]}");
+        km_spool_stats(sp, &st);
+        cr_assert_gt(st.fsyncs, before, "the call's FULL commit synced the ingest log first");
+        close_calls(cs);
+}
+
+/* A spool file found damaged is moved aside and what can be read of it imported into a
+ * fresh one: the calls and their recipients too, not only the messages (here the
+ * messages' table is the damaged part: its root page zeroed). */
+Test(calls, damaged_spool_keeps_its_calls)
+{
+        struct km_calls *cs = open_calls(conf);
+        char pl[256];
+        for (int i = 0; i < 300; i++) { /* the msg table over many pages */
+                snprintf(pl, sizeof(pl), "%03d-%0200d", i, 0);
+                struct km_msg m = { .dir = KM_DIR_UP, .prio = 4, .qos = 1, .cls = "telemetry", .topic = "s/x",
+                                    .payload = pl, .len = strlen(pl) };
+                cr_assert_eq(km_spool_push(sp, &m), 0);
+        }
+        cmd(cs, "{\"id\":\"d\",\"level\":\"red\",\"text\":\"Dam\",\"recipients\":[\"u1\",\"u2\",\"u3\"]}");
+        km_calls_acked(cs, down[0].id);
+        km_calls_acked(cs, down[1].id);
+        ans(cs, "u1", "{\"id\":\"d\",\"status\":\"acting\",\"text\":\"on my way\"}");
+        cr_assert_eq(km_calls_flush(cs, true), 0);
+        /* An incident's timeline lives beside them. */
+        struct km_incidents_conf ic = { .dwell_ms = 5000, .hysteresis_m = 20, .base_m = 200 };
+        struct km_incidents_io iio = { .emit = t_emit, .now = t_now };
+        struct km_incidents *in = NULL;
+        const char *inc = "{\"id\":\"i1\",\"lat\":30.5,\"lon\":109.4,\"radius\":100,\"units\":[\"u1\",\"u2\"],\"call\":\"d\"}";
+        cr_assert_eq(km_incidents_new(&in, sp, &ic, &iio), 0);
+        cr_assert_eq(km_incidents_command(in, inc, strlen(inc), NULL, 0), 0);
+        km_incidents_answer(in, "d", "u1", "acting");
+        cr_assert_eq(km_incidents_flush(in, true), 0);
+        km_incidents_free(in);
+        cr_assert_eq(km_spool_checkpoint(sp), 0);
+        close_calls(cs);
+
+        sqlite3 *db;
+        sqlite3_stmt *s;
+        int root = 0;
+        cr_assert_eq(sqlite3_open(path, &db), SQLITE_OK);
+        cr_assert_eq(sqlite3_prepare_v2(db, "SELECT rootpage FROM sqlite_master WHERE name='msg'", -1, &s, NULL), SQLITE_OK);
+        cr_assert_eq(sqlite3_step(s), SQLITE_ROW);
+        root = sqlite3_column_int(s, 0);
+        sqlite3_finalize(s);
+        sqlite3_close(db);
+        cr_assert_gt(root, 1);
+        FILE *f = fopen(path, "r+");
+        cr_assert_not_null(f);
+        cr_assert_eq(fseek(f, (long)(root - 1) * 4096, SEEK_SET), 0);
+        for (int i = 0; i < 4096; i++)
+                fputc(0, f);
+        fclose(f);
+
+        ndown = nup = 0;
+        cs = open_calls(conf);
+        struct km_spool_stats st;
+        km_spool_stats(sp, &st);
+        cr_assert_eq(st.moved_aside, 1, "the damaged file was moved aside");
+        struct km_control_buf b = { 0 };
+        km_calls_control(cs, "show d", &b);
+        cr_assert(strstr(b.p, "\"state\":\"open\""), "the call is back: %s", b.p);
+        cr_assert(strstr(b.p, "\"unit\":\"u1\",\"state\":\"acting\",\"step\":0,\"sends\":1"), "%s", b.p);
+        cr_assert(strstr(b.p, "\"answer\":\"on my way\""), "%s", b.p);
+        cr_assert(strstr(b.p, "\"unit\":\"u2\",\"state\":\"delivered\",\"step\":0,\"sends\":1"), "%s", b.p);
+        cr_assert(strstr(b.p, "\"unit\":\"u3\",\"state\":\"pending\",\"step\":0,\"sends\":1"), "%s", b.p);
+        km_control_buf_free(&b);
+        cr_assert_eq(km_incidents_new(&in, sp, &ic, &iio), 0);
+        km_incidents_control(in, "show i1", &b);
+        cr_assert(strstr(b.p, "\"unit\":\"u1\",\"reacted\":1765000000"), "the timeline is back: %s", b.p);
+        km_control_buf_free(&b);
+        km_incidents_free(in);
+        /* And it goes on: u2 and u3 are called again on the grid, u1 is not. */
+        now_ms += 3000;
+        km_calls_tick(cs);
+        cr_assert_eq(count_down("call/u2", false), 1);
+        cr_assert_eq(count_down("call/u3", false), 1);
+        cr_assert_eq(count_down("call/u1", false), 0);
+        close_calls(cs);
         now_ms = 1765000000000LL;
 }
 

@@ -116,10 +116,18 @@ static const struct {
 Test(incidents, edge_jitter_makes_one_arrival_and_one_withdrawal)
 {
         struct km_incidents *in = open_in();
+        struct km_incidents_stats st;
         open_i1(in);
+        km_incidents_stats(in, &st);
+        cr_assert_eq(st.open, 1);
+        cr_assert_eq(st.not_arrived, 2, "u1 and u2 on their way");
         int crossings = 0;
         for (size_t i = 0; i < sizeof(track) / sizeof(track[0]); i++) {
                 fix(in, "u1", track[i].north, track[i].s);
+                if (track[i].s == 10) { /* arrived at 5, dwell 5 s */
+                        km_incidents_stats(in, &st);
+                        cr_assert_eq(st.not_arrived, 1, "u1 arrived: u2 still on its way");
+                }
                 if (i && (track[i].north <= 100) != (track[i - 1].north <= 100))
                         crossings++;
                 cr_assert_eq(km_incidents_flush(in, false), 0);
@@ -145,6 +153,10 @@ Test(incidents, edge_jitter_makes_one_arrival_and_one_withdrawal)
         cr_assert_eq(field("u2", "reacted"), 1765000100LL);
         cr_assert_eq(field("u2", "turned_out"), 1765000110LL);
         cr_assert_eq(field("u2", "withdrew"), 1765000120LL);
+        km_incidents_stats(in, &st);
+        cr_assert_eq(st.not_arrived, 0, "u2 reported done: nobody on the way any more");
+        cr_assert_eq(st.open, 1);
+        cr_assert_eq(st.bad, 0);
         now_ms = 1765000000000LL;
         km_incidents_free(in);
         km_spool_close(sp);
@@ -168,6 +180,9 @@ Test(incidents, bad_commands_refused)
                 cr_assert(strstr(err, bad[i][1]), "%s: '%s', want '%s'", bad[i][0], err, bad[i][1]);
         }
         cr_assert_eq(nemit, 0);
+        struct km_incidents_stats st;
+        km_incidents_stats(in, &st);
+        cr_assert_eq(st.bad, sizeof(bad) / sizeof(bad[0]), "each refused command counted");
         km_incidents_free(in);
         km_spool_close(sp);
 }
