@@ -89,6 +89,15 @@ void km_control_sample(struct km_daemon *d);
 struct km_drain_est;
 void km_control_drain(struct km_daemon *d, int dir, struct km_drain_est *out);
 
+/* Loop thread. The JSON views the control socket and the web page (gateway/http.c)
+ * both serve, one producer each, appended to b as one line ending in \n:
+ * status (kuimenctl status; with_head adds the queue's head, as "spool"), units (each
+ * unit's last position and track, the box's own GNSS fix) and bases (on a center, every
+ * base it hears, with its links and units). */
+void km_control_status(struct km_daemon *d, struct km_control_buf *b, bool with_head);
+void km_control_units(struct km_daemon *d, struct km_control_buf *b);
+void km_control_bases(struct km_daemon *d, struct km_control_buf *b);
+
 /* Loop thread. kuimen --live: a block each second of the counters that matter (the
  * rest when not zero), each link's state, since when, backlog and reason, the backlog
  * by class, and while draining the rate and time left; wrapped to the terminal's width

@@ -13,6 +13,7 @@
 #include "calls.h"
 #include "control.h"
 #include "daemon.h"
+#include "http.h"
 #include "log.h"
 #include "plugin.h"
 
@@ -32,45 +33,6 @@ static const struct km_conf_key metrics_keys[] = {
 
 /* ---- config ---------------------------------------------------------------------- */
 
-/* Parses "127.0.0.1:9464", "[::1]:9464" or "localhost:9464" into sa. Numeric only (and
- * localhost): a check of the config must not wait for DNS. Returns NULL or why not. */
-static const char *parse_listen(const char *s, struct sockaddr_storage *sa, socklen_t *salen)
-{
-        char host[64];
-        const char *colon = strrchr(s, ':');
-        char *end;
-
-        if (!colon || colon == s)
-                return "expected HOST:PORT";
-        long port = strtol(colon + 1, &end, 10);
-        if (!colon[1] || *end || port < 1 || port > 65535)
-                return "port must be 1 to 65535";
-        size_t hl = (size_t)(colon - s);
-        if (s[0] == '[' && hl >= 2 && s[hl - 1] == ']')
-                s++, hl -= 2;
-        if (hl >= sizeof(host))
-                return "host too long";
-        memcpy(host, s, hl);
-        host[hl] = '\0';
-        memset(sa, 0, sizeof(*sa));
-        struct sockaddr_in *v4 = (struct sockaddr_in *)sa;
-        struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)sa;
-        if (strcmp(host, "localhost") == 0)
-                snprintf(host, sizeof(host), "127.0.0.1");
-        if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
-                v4->sin_family = AF_INET;
-                v4->sin_port = htons((uint16_t)port);
-                *salen = sizeof(*v4);
-        } else if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
-                v6->sin6_family = AF_INET6;
-                v6->sin6_port = htons((uint16_t)port);
-                *salen = sizeof(*v6);
-        } else {
-                return "host must be an IPv4 address, [IPv6 address] or localhost";
-        }
-        return NULL;
-}
-
 int km_metrics_check(struct km_conf *c)
 {
         struct metrics_conf mc = { 0 };
@@ -79,7 +41,7 @@ int km_metrics_check(struct km_conf *c)
         int bad = km_conf_apply(c, "metrics", metrics_keys, &mc);
         const char *why;
 
-        if (mc.listen && (why = parse_listen(mc.listen, &sa, &salen))) {
+        if (mc.listen && (why = km_http_parse_listen(mc.listen, &sa, &salen))) {
                 km_conf_error(c, "metrics", "listen", "'%s': %s", mc.listen, why);
                 bad++;
         }
@@ -516,7 +478,7 @@ int km_metrics_start(struct km_daemon *d, struct km_conf *c)
         int fd, rc = 0;
 
         km_conf_apply(c, "metrics", metrics_keys, &mc);
-        if (!mc.listen || parse_listen(mc.listen, &sa, &salen))
+        if (!mc.listen || km_http_parse_listen(mc.listen, &sa, &salen))
                 goto out;
         /* Like the control socket: a busy port costs the operator's view, not forwarding. */
         if ((fd = listen_tcp(&sa, salen)) < 0) {
