@@ -144,8 +144,9 @@ function niceDistance(m) {
 }
 
 function colourOf(name) {
-  let h = 0;
-  for (const c of name) h = (h * 31 + c.charCodeAt(0)) >>> 0;
+  let h = 2166136261;
+  for (const c of name) h = Math.imul(h ^ c.charCodeAt(0), 16777619);
+  h = Math.imul(h ^ (h >>> 15), 2246822507) >>> 0; // names differing in one letter far apart
   return `hsl(${h % 360},65%,40%)`;
 }
 
@@ -183,7 +184,9 @@ function drawTiles(g, view, W, H) {
 
 function renderMap() {
   const map = $('map');
-  const W = 800, H = 450;
+  // The drawing is in CSS pixels of the map as laid out: no letterbox, labels stay legible.
+  const W = Math.round(map.clientWidth) || 800, H = Math.round(map.clientHeight) || 450;
+  map.setAttribute('viewBox', `0 0 ${W} ${H}`);
   const units = allUnits();
   const incidents = (state.incidents && state.incidents.incidents) || [];
   const pts = [];
@@ -225,11 +228,12 @@ function renderMap() {
     groups[1].appendChild(svg('line', { x1: 0, x2: W, y1: y.toFixed(1), y2: y.toFixed(1), class: 'grid' }));
     groups[1].appendChild(svg('text', { x: 2, y: (y - 2).toFixed(1), class: 'gridlabel' }, lat.toFixed(dec) + '°'));
   }
-  const lonStep = step;
+  const lonStep = niceDistance(degPerPx / kx * 120);
+  const lonDec = Math.max(0, -Math.floor(Math.log10(lonStep)));
   for (let lon = Math.ceil((lon0 - W / 2 * degPerPx / kx) / lonStep) * lonStep; lon < lon0 + W / 2 * degPerPx / kx; lon += lonStep) {
     const x = project(view, lat0, lon)[0];
     groups[1].appendChild(svg('line', { x1: x.toFixed(1), x2: x.toFixed(1), y1: 0, y2: H, class: 'grid' }));
-    groups[1].appendChild(svg('text', { x: (x + 2).toFixed(1), y: H - 4, class: 'gridlabel' }, lon.toFixed(dec) + '°'));
+    groups[1].appendChild(svg('text', { x: (x + 2).toFixed(1), y: H - 4, class: 'gridlabel' }, lon.toFixed(lonDec) + '°'));
   }
   for (const x of incidents) {
     if (typeof x.lat !== 'number') continue;
@@ -417,6 +421,12 @@ function connect() {
   es.onopen = () => { $('live').textContent = 'live'; $('live').className = 'live on'; };
   es.onerror = () => { $('live').textContent = 'reconnecting'; $('live').className = 'live off'; };
 }
+
+let resizeTimer = null;
+window.addEventListener('resize', () => {
+  clearTimeout(resizeTimer);
+  resizeTimer = setTimeout(() => render('units'), 100);
+});
 
 fetch('api/config').then((r) => r.json()).then((c) => {
   state.config = c;
