@@ -36,30 +36,32 @@
 #define STREAM_MAX_BYTES (1 << 20) /* a stream this far behind is closed: the client reconnects */
 #define MAX_CONNECTIONS 64
 #define MAX_PER_IP 16
-#define MAX_USERS 32
-#define MAX_PASSWORD_FILE (64 << 10)
+#define MAX_PEM (256 << 10) /* a certificate chain, a key or a CA bundle */
 #define ID_MAX 72 /* "base/id" of an incident a center heard */
 
 /* ---- config ---------------------------------------------------------------------- */
 
 struct http_conf {
-        char *listen, *cert, *key, *client_ca, *password_file, *tiles;
+        char *listen, *cert, *key, *client_ca, *user, *password, *tiles;
 };
 
 #define OFF(f) offsetof(struct http_conf, f)
 static const struct km_conf_key http_keys[] = {
         { "listen", KM_CONF_STRING, NULL, OFF(listen),
           "HOST:PORT of the command post page and its JSON API, e.g. 127.0.0.1:8080 (off unless set); an address "
-          "other than loopback needs cert and key, and password_file or client_ca",
+          "other than loopback needs cert and key, and a password (password_file) or client_ca",
           0, 0, NULL },
         { "cert", KM_CONF_STRING, NULL, OFF(cert), "PEM certificate (chain) file: serve HTTPS", 0, 0, NULL },
         { "key", KM_CONF_STRING, NULL, OFF(key), "PEM private key file of cert", 0, 0, NULL },
         { "client_ca", KM_CONF_STRING, NULL, OFF(client_ca),
           "PEM CA file: ask browsers for a client certificate and let in only those this CA signed (needs cert)", 0,
           0, NULL },
-        { "password_file", KM_CONF_STRING, NULL, OFF(password_file),
-          "file of USER:PASSWORD lines: HTTP basic authentication for every page and API (keep it mode 0600)", 0, 0,
+        { "user", KM_CONF_STRING, "kuimen", OFF(user), "user name of HTTP basic authentication (with password)", 0, 0,
           NULL },
+        { "password", KM_CONF_STRING, NULL, OFF(password),
+          "HTTP basic authentication for every page and API; better password_file = PATH (mode 0600) or "
+          "password_credential = NAME, which stand for it",
+          0, 0, NULL },
         { "tiles", KM_CONF_STRING, NULL, OFF(tiles),
           "base map tile URL with {z}, {x} and {y} (a local tile server, e.g. http://10.0.0.2:8081/{z}/{x}/{y}.png); "
           "without it the map is a plain lat/lon grid that needs nothing from outside",
@@ -111,78 +113,6 @@ bool km_http_is_loopback(const struct sockaddr_storage *sa)
         return sa->ss_family == AF_INET6 && IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)sa)->sin6_addr);
 }
 
-struct user {
-        char *name, *password;
-};
-
-static void users_free(struct user *u, size_t n)
-{
-        for (size_t i = 0; i < n; i++) {
-                sodium_memzero(u[i].password, strlen(u[i].password));
-                free(u[i].name);
-                free(u[i].password);
-        }
-        free(u);
-}
-
-/* Reads USER:PASSWORD lines (blank lines and # comments skipped). Returns how many
- * users, or -1 with why (and the line) in err. */
-static int users_read(const char *path, struct user **out, char *err, size_t errlen)
-{
-        FILE *f = fopen(path, "re");
-        char line[512];
-        int n = 0, lineno = 0;
-        struct user *u = calloc(MAX_USERS, sizeof(*u));
-
-        *out = NULL;
-        if (!f || !u) {
-                snprintf(err, errlen, "cannot read: %s", strerror(f ? ENOMEM : errno));
-                goto fail;
-        }
-        while (fgets(line, sizeof(line), f)) {
-                lineno++;
-                size_t len = strcspn(line, "\r\n");
-                if (!line[len] && !feof(f)) {
-                        snprintf(err, errlen, "line %d: longer than %zu bytes", lineno, sizeof(line) - 2);
-                        goto fail;
-                }
-                line[len] = '\0';
-                if (!line[strspn(line, " \t")] || line[strspn(line, " \t")] == '#')
-                        continue;
-                char *colon = strchr(line, ':');
-                if (!colon || colon == line || !colon[1]) {
-                        snprintf(err, errlen, "line %d: expected USER:PASSWORD", lineno);
-                        goto fail;
-                }
-                if (n == MAX_USERS) {
-                        snprintf(err, errlen, "line %d: more than %d users", lineno, MAX_USERS);
-                        goto fail;
-                }
-                *colon = '\0';
-                if (!(u[n].name = strdup(line)) || !(u[n].password = strdup(colon + 1))) {
-                        free(u[n].name);
-                        snprintf(err, errlen, "out of memory");
-                        goto fail;
-                }
-                n++;
-                sodium_memzero(line, sizeof(line));
-        }
-        if (!n) {
-                snprintf(err, errlen, "no USER:PASSWORD line");
-                goto fail;
-        }
-        fclose(f);
-        *out = u;
-        return n;
-fail:
-        sodium_memzero(line, sizeof(line));
-        if (f)
-                fclose(f);
-        if (u)
-                users_free(u, (size_t)n);
-        return -1;
-}
-
 static bool readable(struct km_conf *c, const char *key, const char *path)
 {
         if (path && access(path, R_OK) != 0) {
@@ -199,7 +129,6 @@ int km_http_check(struct km_conf *c)
         socklen_t salen;
         int bad = km_conf_apply(c, "http", http_keys, &hc);
         const char *why;
-        char err[200];
 
         if (hc.listen && (why = km_http_parse_listen(hc.listen, &sa, &salen))) {
                 km_conf_error(c, "http", "listen", "'%s': %s", hc.listen, why);
@@ -214,19 +143,13 @@ int km_http_check(struct km_conf *c)
                 bad++;
         }
         bad += !readable(c, "cert", hc.cert) + !readable(c, "key", hc.key) + !readable(c, "client_ca", hc.client_ca);
-        if (hc.password_file) {
-                struct user *u;
-                struct stat st;
-                int n = users_read(hc.password_file, &u, err, sizeof(err));
-                if (n < 0) {
-                        km_conf_error(c, "http", "password_file", "'%s': %s", hc.password_file, err);
-                        bad++;
-                } else {
-                        users_free(u, (size_t)n);
-                        if (stat(hc.password_file, &st) == 0 && (st.st_mode & S_IROTH))
-                                km_conf_warn(c, "http", "password_file", "'%s' is readable by everyone: chmod 600",
-                                             hc.password_file);
-                }
+        if (hc.password && (!*hc.password || strlen(hc.password) > 256)) {
+                km_conf_error(c, "http", "password", "must be 1 to 256 bytes");
+                bad++;
+        }
+        if (hc.user && (!*hc.user || strchr(hc.user, ':'))) {
+                km_conf_error(c, "http", "user", "'%s': must be a name without ':'", hc.user);
+                bad++;
         }
         /* Off loopback the page shows where every unit is and what the center asked:
          * never in clear text, never to whoever can reach the port. */
@@ -235,7 +158,7 @@ int km_http_check(struct km_conf *c)
                         km_conf_error(c, "http", "listen", "'%s' is not loopback: set cert and key (HTTPS)", hc.listen);
                         bad++;
                 }
-                if (!hc.password_file && !hc.client_ca) {
+                if (!hc.password && !hc.client_ca) {
                         km_conf_error(c, "http", "listen",
                                       "'%s' is not loopback: set password_file or client_ca (who may look)", hc.listen);
                         bad++;
@@ -279,8 +202,7 @@ struct http {
         struct MHD_Daemon *mhd;
         sd_event_source *io, *timer, *push, *hist_src;
         bool stopped;
-        struct user *users;
-        size_t nusers;
+        char *user, *password; /* basic authentication when password is set */
         bool client_certs;
         char *tiles;
         char *csp;
@@ -621,13 +543,14 @@ static enum MHD_Result open_stream(struct http *h, struct MHD_Connection *c)
 
 /* ---- requests ---------------------------------------------------------------------- */
 
+/* Constant time in the secret's bytes: a length differing is said at once, which
+ * tells an attacker only the length. */
 static bool user_ok(struct http *h, const char *name, const char *pass)
 {
-        bool ok = false;
         size_t nl = strlen(name), pl = strlen(pass);
-        for (size_t i = 0; i < h->nusers; i++)
-                ok |= strlen(h->users[i].name) == nl && strlen(h->users[i].password) == pl &&
-                      sodium_memcmp(h->users[i].name, name, nl) == 0 && sodium_memcmp(h->users[i].password, pass, pl) == 0;
+        bool ok = strlen(h->user) == nl && strlen(h->password) == pl;
+        ok &= sodium_memcmp(h->user, name, ok ? nl : 0) == 0;
+        ok &= sodium_memcmp(h->password, pass, ok ? pl : 0) == 0;
         return ok;
 }
 
@@ -710,7 +633,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 
         if (h->client_certs && !cert_ok(c))
                 return reply_text(h, c, MHD_HTTP_FORBIDDEN, "a client certificate signed by client_ca is needed\n");
-        if (h->nusers) {
+        if (h->password) {
                 char *pass = NULL;
                 char *user = MHD_basic_auth_get_username_password(c, &pass);
                 bool ok = user && pass && user_ok(h, user, pass);
@@ -776,7 +699,10 @@ static void http_free(struct http *h)
         if (!h)
                 return;
         http_stop(h);
-        users_free(h->users, h->nusers);
+        if (h->password)
+                sodium_memzero(h->password, strlen(h->password));
+        free(h->password);
+        free(h->user);
         free(h->tiles);
         free(h->csp);
         free(h->cert_pem);
@@ -802,9 +728,9 @@ static char *read_file(const char *path)
         size_t len = 0;
         if (!f)
                 return NULL;
-        p = malloc(MAX_PASSWORD_FILE * 4 + 1);
+        p = malloc(MAX_PEM + 1);
         if (p)
-                len = fread(p, 1, MAX_PASSWORD_FILE * 4, f);
+                len = fread(p, 1, MAX_PEM, f);
         fclose(f);
         if (p)
                 p[len] = '\0';
@@ -830,7 +756,6 @@ int km_http_start(struct km_daemon *d, struct km_conf *c)
         struct sockaddr_storage sa;
         socklen_t salen;
         struct http *h = NULL;
-        char err[200];
         int rc = 0;
 
         km_conf_apply(c, "http", http_keys, &hc);
@@ -852,14 +777,9 @@ int km_http_start(struct km_daemon *d, struct km_conf *c)
         }
         free(origin);
         rc = 0;
-        /* What the check passed may have changed since: said, and the page stays off. */
-        if (hc.password_file) {
-                int n = users_read(hc.password_file, &h->users, err, sizeof(err));
-                if (n < 0) {
-                        KM_LOG(KM_LOG_ERR, "http", "password_file %s: %s; running without the page", hc.password_file, err);
-                        goto out;
-                }
-                h->nusers = (size_t)n;
+        if (hc.password && (!(h->password = strdup(hc.password)) || !(h->user = strdup(hc.user)))) {
+                rc = -ENOMEM;
+                goto out;
         }
         if (hc.cert && (!(h->cert_pem = read_file(hc.cert)) || !(h->key_pem = read_file(hc.key)) ||
                         (hc.client_ca && !(h->ca_pem = read_file(hc.client_ca))))) {
@@ -909,7 +829,7 @@ int km_http_start(struct km_daemon *d, struct km_conf *c)
         km_daemon_on_stop(d, http_stop, h);
         http_arm(h);
         KM_LOG(KM_LOG_INFO, "http", "serving %s://%s/%s", hc.cert ? "https" : "http", hc.listen,
-               h->nusers ? " (password)" : h->client_certs ? " (client certificates)" : "");
+               h->password ? " (password)" : h->client_certs ? " (client certificates)" : "");
         h = NULL;
 out:
         if (h && h->io) {
