@@ -487,7 +487,7 @@ def main():
         if not failed:
             shutil.rmtree(w.dir, ignore_errors=True)
     print('# %.1f s' % (time.time() - t_start))
-    print('%d passed, %d failed' % (passed, failed))
+    print('# %d passed, %d failed' % (passed, failed))
     return 1 if failed else 0
 
 
