@@ -42,10 +42,10 @@ void km_control_json_str(struct km_control_buf *b, const char *s);
 /* Frees b's text and empties it; b itself is the caller's. */
 void km_control_buf_free(struct km_control_buf *b);
 
-/* One request, one reply, then close: the shape both the control socket and the
- * metrics page use. */
+/* One request, one reply, then close: the control socket's shape (the metrics and the
+ * web page are HTTP, gateway/http.c). */
 struct km_control_proto {
-        const char *tag;    /* log subsystem: "control", "metrics" */
+        const char *tag;    /* log subsystem: "control" */
         size_t max_request; /* a longer request gets answer(too_long = true) */
         /* Whether req[0..len) is a whole request (req is NUL-terminated). */
         bool (*complete)(const char *req, size_t len);

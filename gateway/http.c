@@ -199,6 +199,9 @@ struct hist_sample {
 
 struct http {
         struct km_daemon *d;
+        const char *tag; /* log subsystem: "http", "metrics" */
+        /* The metrics server: GET /metrics answers this, nothing else is served. */
+        void (*metrics)(struct km_daemon *d, struct km_control_buf *b);
         struct MHD_Daemon *mhd;
         sd_event_source *io, *timer, *push, *hist_src;
         bool stopped;
@@ -625,12 +628,55 @@ static enum MHD_Result route(struct http *h, struct MHD_Connection *c, const cha
         return reply_json(h, c, &b);
 }
 
+/* ---- /metrics ----------------------------------------------------------------------- */
+
+/* HTTP/1.0 answers, as the hand-written server before gave (scrapers and tests read
+ * them so); the body is taken over when owned. */
+static enum MHD_Result metrics_reply(struct MHD_Connection *c, unsigned status, const char *type, char *body,
+                                     size_t len, bool owned)
+{
+        struct MHD_Response *r = owned ? MHD_create_response_from_buffer_with_free_callback(len, body, free)
+                                       : MHD_create_response_from_buffer(len, body, MHD_RESPMEM_PERSISTENT);
+        if (!r) {
+                if (owned)
+                        free(body);
+                return MHD_NO;
+        }
+        MHD_set_response_options(r, MHD_RF_HTTP_1_0_COMPATIBLE_STRICT | MHD_RF_HTTP_1_0_SERVER, MHD_RO_END);
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+        if (status == MHD_HTTP_METHOD_NOT_ALLOWED)
+                MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
+        enum MHD_Result rc = MHD_queue_response(c, status, r);
+        MHD_destroy_response(r);
+        return rc;
+}
+
+static enum MHD_Result metrics_request(struct http *h, struct MHD_Connection *c, const char *url, const char *method)
+{
+        static const char text[] = "text/plain; charset=utf-8";
+        static char only_get[] = "only GET\n", not_found[] = "not found; metrics are at /metrics\n";
+
+        if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
+                return metrics_reply(c, MHD_HTTP_METHOD_NOT_ALLOWED, text, only_get, sizeof(only_get) - 1, false);
+        if (strcmp(url, "/metrics") != 0)
+                return metrics_reply(c, MHD_HTTP_NOT_FOUND, text, not_found, sizeof(not_found) - 1, false);
+        struct km_control_buf b = { 0 };
+        h->metrics(h->d, &b);
+        if (b.failed || !b.p) {
+                km_control_buf_free(&b);
+                return MHD_NO; /* nothing rather than half an exposition */
+        }
+        return metrics_reply(c, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", b.p, b.len, true);
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                                   const char *version, const char *upload, size_t *upload_size, void **req)
 {
         struct http *h = cls;
         (void)version, (void)upload, (void)upload_size, (void)req;
 
+        if (h->metrics)
+                return metrics_request(h, c, url, method);
         if (h->client_certs && !cert_ok(c))
                 return reply_text(h, c, MHD_HTTP_FORBIDDEN, "a client certificate signed by client_ca is needed\n");
         if (h->password) {
@@ -661,10 +707,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
         char line[300];
-        (void)cls;
+        const struct http *h = cls;
         vsnprintf(line, sizeof(line), fmt, ap);
         line[strcspn(line, "\n")] = '\0';
-        KM_LOG(KM_LOG_DEBUG, "http", "%s", line);
+        KM_LOG(KM_LOG_DEBUG, h ? h->tag : "http", "%s", line);
 }
 
 /* ---- lifetime ---------------------------------------------------------------------- */
@@ -750,6 +796,59 @@ static char *tiles_origin(const char *tiles)
         return o;
 }
 
+/* Starts h's MHD on sa with flags and opts (TLS), and joins it to the loop; the page's
+ * server also gets its push and history timers. 0 on success (the loop then owns h),
+ * 1 when it could not start (logged: kuimen runs without it), or -ENOMEM. h is the
+ * caller's unless 0 is returned. */
+static int serve(struct http *h, const struct sockaddr_storage *sa, unsigned flags, struct MHD_OptionItem *opts,
+                 const char *listen, unsigned max_conn, unsigned per_ip, unsigned timeout_s)
+{
+        struct km_daemon *d = h->d;
+        int rc;
+        const char *what = h->metrics ? "metrics" : "the page";
+
+        flags |= MHD_USE_EPOLL | MHD_USE_ERROR_LOG | (sa->ss_family == AF_INET6 ? MHD_USE_IPv6 : 0);
+        h->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h,
+                                  MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)sa, MHD_OPTION_LISTENING_ADDRESS_REUSE,
+                                  1, MHD_OPTION_CONNECTION_LIMIT, max_conn, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+                                  per_ip, MHD_OPTION_CONNECTION_TIMEOUT, timeout_s,
+                                  MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
+        /* A busy port costs the operator's view, not forwarding. */
+        if (!h->mhd) {
+                KM_LOG(KM_LOG_ERR, h->tag, "cannot serve on %s (port taken, or TLS files not usable); running without %s",
+                       listen, what);
+                return 1;
+        }
+        const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_EPOLL_FD);
+        rc = di ? 0 : -EIO;
+        if (rc == 0)
+                rc = sd_event_add_io(d->ev, &h->io, di->epoll_fd, EPOLLIN, on_io, h);
+        if (rc >= 0)
+                rc = sd_event_add_time_relative(d->ev, &h->timer, CLOCK_MONOTONIC, 0, 1000, on_timer, h);
+        if (rc >= 0 && !h->metrics)
+                rc = sd_event_add_time_relative(d->ev, &h->push, CLOCK_MONOTONIC, PUSH_CHECK_US, 50000, on_push, h);
+        if (rc >= 0 && !h->metrics)
+                rc = sd_event_add_time_relative(d->ev, &h->hist_src, CLOCK_MONOTONIC, HISTORY_EVERY_US, 500000,
+                                                on_hist, h);
+        if (rc < 0) {
+                KM_LOG(KM_LOG_ERR, h->tag, "%s: %s; running without %s", listen, strerror(-rc), what);
+                if (h->io)
+                        h->io = sd_event_source_disable_unref(h->io);
+                return rc == -ENOMEM ? rc : 1;
+        }
+        sd_event_source_set_enabled(h->timer, SD_EVENT_OFF);
+        if (!h->metrics)
+                hist_take(h);
+        /* From here the loop owns the server through the IO source's destroy callback,
+         * as the control socket's (it goes when the daemon frees the loop). */
+        sd_event_source_set_destroy_callback(h->io, http_destroy);
+        sd_event_source_set_floating(h->io, 1);
+        sd_event_source_unref(h->io);
+        km_daemon_on_stop(d, http_stop, h);
+        http_arm(h);
+        return 0;
+}
+
 int km_http_start(struct km_daemon *d, struct km_conf *c)
 {
         struct http_conf hc = { 0 };
@@ -765,6 +864,7 @@ int km_http_start(struct km_daemon *d, struct km_conf *c)
         if (!(h = calloc(1, sizeof(*h))) || !(h->hist = calloc(HISTORY_SAMPLES, sizeof(*h->hist))))
                 goto out;
         h->d = d;
+        h->tag = "http";
         char *origin = hc.tiles ? tiles_origin(hc.tiles) : NULL;
         if ((hc.tiles && (!origin || !(h->tiles = strdup(hc.tiles)))) ||
             asprintf(&h->csp,
@@ -776,11 +876,10 @@ int km_http_start(struct km_daemon *d, struct km_conf *c)
                 goto out;
         }
         free(origin);
-        rc = 0;
-        if (hc.password && (!(h->password = strdup(hc.password)) || !(h->user = strdup(hc.user)))) {
-                rc = -ENOMEM;
+        if (hc.password && (!(h->password = strdup(hc.password)) || !(h->user = strdup(hc.user))))
                 goto out;
-        }
+        rc = 0;
+        /* What the check passed may have changed since: said, and the page stays off. */
         if (hc.cert && (!(h->cert_pem = read_file(hc.cert)) || !(h->key_pem = read_file(hc.key)) ||
                         (hc.client_ca && !(h->ca_pem = read_file(hc.client_ca))))) {
                 KM_LOG(KM_LOG_ERR, "http", "cannot read the TLS files (cert, key, client_ca): %s; running without the page",
@@ -788,9 +887,7 @@ int km_http_start(struct km_daemon *d, struct km_conf *c)
                 goto out;
         }
         h->client_certs = hc.client_ca != NULL;
-        unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG |
-                         (sa.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0) | (hc.cert ? MHD_USE_TLS : 0);
-        struct MHD_OptionItem tls[4] = { { MHD_OPTION_END, 0, NULL } };
+        struct MHD_OptionItem tls[4];
         int nt = 0;
         if (hc.cert) {
                 tls[nt++] = (struct MHD_OptionItem){ MHD_OPTION_HTTPS_MEM_CERT, 0, h->cert_pem };
@@ -799,44 +896,38 @@ int km_http_start(struct km_daemon *d, struct km_conf *c)
                         tls[nt++] = (struct MHD_OptionItem){ MHD_OPTION_HTTPS_MEM_TRUST, 0, h->ca_pem };
         }
         tls[nt] = (struct MHD_OptionItem){ MHD_OPTION_END, 0, NULL };
-        h->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
-                                  MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1,
-                                  MHD_OPTION_CONNECTION_LIMIT, MAX_CONNECTIONS, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
-                                  MAX_PER_IP, MHD_OPTION_CONNECTION_TIMEOUT, 30, MHD_OPTION_ARRAY, tls, MHD_OPTION_END);
-        /* Like the metrics port: a busy port costs the operator's view, not forwarding. */
-        if (!h->mhd) {
-                KM_LOG(KM_LOG_ERR, "http", "cannot serve on %s (port taken, or TLS files not usable); running without the page",
-                       hc.listen);
-                goto out;
+        rc = serve(h, &sa, MHD_ALLOW_SUSPEND_RESUME | (hc.cert ? MHD_USE_TLS : 0), tls, hc.listen, MAX_CONNECTIONS, MAX_PER_IP, 30);
+        if (rc == 0) {
+                KM_LOG(KM_LOG_INFO, "http", "serving %s://%s/%s", hc.cert ? "https" : "http", hc.listen,
+                       h->password ? " (password)" : h->client_certs ? " (client certificates)" : "");
+                h = NULL;
         }
-        const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_EPOLL_FD);
-        if (!di || (rc = sd_event_add_io(d->ev, &h->io, di->epoll_fd, EPOLLIN, on_io, h)) < 0 ||
-            (rc = sd_event_add_time_relative(d->ev, &h->timer, CLOCK_MONOTONIC, 0, 1000, on_timer, h)) < 0 ||
-            (rc = sd_event_add_time_relative(d->ev, &h->push, CLOCK_MONOTONIC, PUSH_CHECK_US, 50000, on_push, h)) < 0 ||
-            (rc = sd_event_add_time_relative(d->ev, &h->hist_src, CLOCK_MONOTONIC, HISTORY_EVERY_US, 500000, on_hist, h)) < 0) {
-                rc = rc < 0 ? rc : -EIO;
-                KM_LOG(KM_LOG_ERR, "http", "%s: %s; running without the page", hc.listen, strerror(-rc));
-                rc = rc == -ENOMEM ? rc : 0;
-                goto out;
-        }
-        sd_event_source_set_enabled(h->timer, SD_EVENT_OFF);
-        hist_take(h);
-        /* From here the loop owns the server through the IO source's destroy callback,
-         * as the control socket's (it goes when the daemon frees the loop). */
-        sd_event_source_set_destroy_callback(h->io, http_destroy);
-        sd_event_source_set_floating(h->io, 1);
-        sd_event_source_unref(h->io);
-        km_daemon_on_stop(d, http_stop, h);
-        http_arm(h);
-        KM_LOG(KM_LOG_INFO, "http", "serving %s://%s/%s", hc.cert ? "https" : "http", hc.listen,
-               h->password ? " (password)" : h->client_certs ? " (client certificates)" : "");
-        h = NULL;
 out:
-        if (h && h->io) {
-                sd_event_source_disable_unref(h->io);
-                h->io = NULL;
-        }
         http_free(h);
         km_conf_release(http_keys, &hc);
+        return rc == -ENOMEM ? rc : 0;
+}
+
+int km_http_metrics_start(struct km_daemon *d, const char *listen, void (*produce)(struct km_daemon *d, struct km_control_buf *b))
+{
+        struct sockaddr_storage sa;
+        socklen_t salen;
+        struct MHD_OptionItem none[1] = { { MHD_OPTION_END, 0, NULL } };
+        struct http *h = calloc(1, sizeof(*h));
+
+        if (!h || km_http_parse_listen(listen, &sa, &salen)) {
+                free(h);
+                return h ? 0 : -ENOMEM;
+        }
+        h->d = d;
+        h->tag = "metrics";
+        h->metrics = produce;
+        /* Prometheus asks every few seconds, one scraper or two: a few connections, and
+         * none kept longer than it takes (the old server's 5 s). */
+        int rc = serve(h, &sa, 0, none, listen, 8, 8, 5);
+        if (rc == 0)
+                KM_LOG(KM_LOG_INFO, "metrics", "serving http://%s/metrics", listen);
+        else
+                http_free(h);
         return rc == -ENOMEM ? rc : 0;
 }

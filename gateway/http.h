@@ -27,6 +27,15 @@ int km_http_check(struct km_conf *c);
  * without the page. Returns 0 or -ENOMEM. */
 int km_http_start(struct km_daemon *d, struct km_conf *c);
 
+struct km_control_buf;
+
+/* Serves GET /metrics on listen (already checked) with the text produce writes, on the
+ * same loop integration as the page, no TLS and no authentication ([metrics] is for a
+ * local scraper). A port that cannot be bound is logged and kuimen runs without
+ * metrics. Returns 0 or -ENOMEM. */
+int km_http_metrics_start(struct km_daemon *d, const char *listen,
+                          void (*produce)(struct km_daemon *d, struct km_control_buf *b));
+
 /* Prints the [http] keys for --help-config. */
 void km_http_print_help(FILE *out);
 

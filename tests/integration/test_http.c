@@ -120,30 +120,13 @@ static void down(struct env *e)
         h_cleanup(e->dir);
 }
 
-static const char *ctl_path(void)
-{
-        static char path[512];
-        if (getenv("KM_KUIMENCTL"))
-                return getenv("KM_KUIMENCTL");
-        char k[480];
-        snprintf(k, sizeof(k), "%s", getenv("KM_KUIMEN") ? getenv("KM_KUIMEN") : "./kuimen");
-        snprintf(path, sizeof(path), "%s/kuimenctl", dirname(k));
-        return path;
-}
-
 /* kuimenctl --json ARGS, parsed. */
 static cJSON *ctl_json(struct env *e, const char *args)
 {
         static char out[1 << 18];
-        char cmd[1024];
-        size_t len = 0;
-        snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' %s --json 2>&1", ctl_path(), e->sock, args);
-        FILE *f = popen(cmd, "r");
-        cr_assert(f);
-        while (len + 1 < sizeof(out) && !feof(f))
-                len += fread(out + len, 1, sizeof(out) - 1 - len, f);
-        out[len] = '\0';
-        pclose(f);
+        char a[256];
+        snprintf(a, sizeof(a), "%s --json", args);
+        cr_assert_eq(h_kuimenctl(e->sock, a, out, sizeof(out)), 0, "kuimenctl %s: %s", args, out);
         cJSON *j = cJSON_Parse(out);
         cr_assert(j, "kuimenctl %s: %s", args, out);
         return j;
