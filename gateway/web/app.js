@@ -58,8 +58,10 @@ function sparkline(points, w, h) {
   if (!points || !points.length) return s;
   const n = points.length, bw = w / n;
   const colours = ['#c62828', '#b7791f', '#1a7f37'];
+  // An interval with a state change in it shows amber even if it ended up: a flap
+  // shorter than the 10 s sample would otherwise leave no trace.
   points.forEach((p, i) => s.appendChild(svg('rect', { x: (i * bw).toFixed(2), y: h - 4, width: Math.max(bw, 0.5).toFixed(2),
-    height: 4, fill: colours[p[1]] || '#667085' })));
+    height: 4, fill: p[4] > 0 && p[1] === 2 ? colours[1] : colours[p[1]] || '#667085' })));
   const max = Math.max(1, ...points.map((p) => p[2]));
   const line = points.map((p, i) => `${(i * bw + bw / 2).toFixed(1)},${(h - 6 - (p[2] / max) * (h - 8)).toFixed(1)}`);
   s.appendChild(svg('polyline', { points: line.join(' '), fill: 'none', stroke: '#1f5fbf', 'stroke-width': 1 }));
@@ -83,7 +85,7 @@ function renderLinks() {
     tr.appendChild(el('td', {}, last ? `${last[2]} msg, ${bytes(last[3])}` : '–'));
     tr.appendChild(el('td', { class: 'backlog' }, l.backlog));
     const sp = el('td');
-    sp.appendChild(sparkline(hist ? hist.points : [], 120, 22));
+    sp.appendChild(sparkline(hist ? hist.points : [], 96, 22));
     tr.appendChild(sp);
     tb.appendChild(tr);
   }
@@ -433,6 +435,7 @@ fetch('api/config').then((r) => r.json()).then((c) => {
   $('node').textContent = c.node;
   $('role').textContent = c.role + ' · ' + c.version;
   document.title = 'Kuimen ' + c.node;
+  document.body.classList.add(c.role === 'center' ? 'center' : 'base');
   loadHistory();
   setInterval(loadHistory, Math.max(5, c.history_interval_s) * 1000);
   connect();

@@ -381,6 +381,20 @@ def center_page(w):
     w.shot('center')
 
 
+def t_calls_who_has_not_answered(w):
+    out = subprocess.run([KUIMENCTL, '--socket', w.sock, 'call', 'c1', 'orange', 'Rockfall at K7: go', 'u1,u2'],
+                         capture_output=True, text=True, timeout=10)
+    assert out.returncode == 0, out.stdout + out.stderr
+    pub(w.local.port, 'call/u1/answer', '{"id":"c1","status":"received"}')
+
+    def shown():
+        return js(w, "const c = document.querySelector('#calls .call[data-call=\"c1\"]');"
+                     "return c ? c.textContent : '';")
+    ok = wait_until(lambda: '1/2 answered' in shown() and 'not answered: u2' in shown(), 10)
+    assert ok, 'the call shows: %r' % shown()
+    assert 'orange' in shown() and 'Rockfall at K7: go' in shown()
+
+
 def t_cut_shows_within_2s(w):
     t0 = time.time()
     stop(w.center.p, signal.SIGKILL)
@@ -446,7 +460,7 @@ def t_laptop_and_phone_widths(w):
 
 
 TESTS = [t_loads_without_console_error, t_links_states, t_units_at_their_coordinates, t_center_hears_the_base,
-         t_cut_shows_within_2s, t_backlog_drains_with_time_left, t_laptop_and_phone_widths]
+         t_calls_who_has_not_answered, t_cut_shows_within_2s, t_backlog_drains_with_time_left, t_laptop_and_phone_widths]
 
 
 def main():
