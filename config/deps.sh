@@ -8,7 +8,7 @@ build="meson ninja-build pkg-config gcc libc6-dev libpaho-mqtt-dev libsqlite3-de
        libmicrohttpd-dev libgnutls28-dev"
 test="libcriterion-dev gpsd gpsd-clients python3-gps valgrind systemd user-mode-linux clang-14 libclang-rt-14-dev
       sqlite3 dmsetup e2fsprogs groff-base rabbitmq-server
-      chromium chromium-driver python3-selenium"
+      chromium chromium-driver python3-selenium openssl curl"
 want=$build
 [ "${1:-run}" = test ] && want="$build $test"
 missing=""
