@@ -254,8 +254,16 @@ class World:
         self.browser.save_screenshot(os.path.join(SHOTS, name + '.png'))
 
     def close(self):
+        # Everything is told to stop at once: each kuimen waits up to 3 s for acks.
+        for p in procs:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
         try:
-            self.browser.quit()
+            if self.browser:
+                self.browser.quit()
         except Exception:
             pass
         for p in reversed(procs):
@@ -302,13 +310,18 @@ def t_units_at_their_coordinates(w):
     for rnd in range(2):
         if rnd:
             time.sleep(2.2)
+        pubs = []
         for i in range(N_UNITS):
             payload, fix = shifted(epochs[i * 7 + rnd][0], (i * 90 + rnd * 30) / 111320.0,
                                    i * 60 / (111320.0 * 0.6728))
             assert fix, 'no GGA in epoch %d' % (i * 7 + rnd)
             unit = 'u%d' % (i + 1)
-            pub(w.local.port, 'pos/' + unit, payload)
+            # the terminals publish side by side, as they would
+            pubs.append(subprocess.Popen(['mosquitto_pub', '-p', str(w.local.port), '-q', '1', '-i', 'terminal-' + unit,
+                                          '-t', 'pos/' + unit, '-m', payload]))
             want[unit] = fix
+        for p in pubs:
+            assert p.wait(10) == 0, 'mosquitto_pub failed'
 
     def drawn():
         return js(w, """return Array.from(document.querySelectorAll('#map-units circle.unit')).map(c =>
