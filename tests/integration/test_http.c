@@ -4,6 +4,7 @@
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
 #include <libgen.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -439,4 +440,54 @@ Test(http, check_config)
         h_write_text(conf, text);
         cr_assert_eq(h_kuimen_run(args, out, sizeof(out)), 0, "%s", out);
         h_cleanup(dir);
+}
+
+/* A center hears a base over a narrow link only (no MQTT path between them): the base's
+ * unit and node status reach its board of bases marked "narrow", as /api/bases and
+ * kuimenctl bases show them. */
+Test(http, center_hears_a_base_over_a_narrow_link)
+{
+        struct h_pair p;
+        char extra[600], sock[300], out[1 << 16];
+        int hport = h_free_port();
+        h_pair_init(&p, "http-narrow");
+        snprintf(sock, sizeof(sock), "%s/center.sock", p.dir);
+        snprintf(extra, sizeof(extra), "[control]\nsocket = %s\n[http]\nlisten = 127.0.0.1:%d\n", sock, hport);
+        struct h_pair_conf conf = { .center_extra = extra };
+        h_pair_start(&p, &conf);
+        cr_assert_eq(h_mosquitto_pub(p.local.port, "pos/u9", "{\"lat\":30.61,\"lon\":109.47,\"kind\":\"radio\"}"), 0);
+        cJSON *north = NULL, *j = NULL;
+        int64_t until = h_now_ms() + 20000;
+        while (!north && h_now_ms() < until) {
+                cJSON_Delete(j);
+                j = get_json(hport, "/api/bases");
+                cJSON *b = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "bases"), 0);
+                if (b && cJSON_GetArraySize(cJSON_GetObjectItem(b, "units")) == 1 &&
+                    cJSON_IsObject(cJSON_GetObjectItem(b, "status")))
+                        north = b;
+                else
+                        h_sleep_ms(100);
+        }
+        cr_assert(north, "the center's board: %s", cJSON_PrintUnformatted(j));
+        keys_are(north, "base,mqtt,status,status_age_s,status_via,links,units", "a base");
+        cr_assert_str_eq(cJSON_GetObjectItem(north, "base")->valuestring, "north");
+        cr_assert_str_eq(cJSON_GetObjectItem(north, "mqtt")->valuestring, "unknown", "no MQTT status from north");
+        cr_assert_str_eq(cJSON_GetObjectItem(north, "status_via")->valuestring, "narrow");
+        cr_assert_str_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(north, "status"), "state")->valuestring, "online");
+        cJSON *u = cJSON_GetArrayItem(cJSON_GetObjectItem(north, "units"), 0);
+        keys_are(u, "unit,age_s,via,position", "a base's unit");
+        cr_assert_str_eq(cJSON_GetObjectItem(u, "unit")->valuestring, "u9");
+        cr_assert_str_eq(cJSON_GetObjectItem(u, "via")->valuestring, "narrow");
+        cJSON *pos = cJSON_GetObjectItem(u, "position");
+        /* quantised on the narrow link (docs/narrow-links.md): within a metre */
+        cr_assert(fabs(cJSON_GetObjectItem(pos, "lat")->valuedouble - 30.61) < 1e-5, "%s", cJSON_PrintUnformatted(pos));
+        cr_assert(fabs(cJSON_GetObjectItem(pos, "lon")->valuedouble - 109.47) < 1e-5, "%s", cJSON_PrintUnformatted(pos));
+        cJSON_Delete(j);
+        /* kuimenctl bases says the same in words */
+        cr_assert_eq(h_kuimenctl(sock, "bases", out, sizeof(out)), 0, "%s", out);
+        cr_assert(strncmp(out, "north  online (", 15) == 0 && strstr(out, " over narrow)  mqtt unknown  1 unit(s)\n"),
+                  "%s", out);
+        h_pair_stop(&p);
+        cr_assert(WIFEXITED(p.ctr_exit) && WEXITSTATUS(p.ctr_exit) == 0, "the center's exit %d", p.ctr_exit);
+        h_cleanup(p.dir);
 }
