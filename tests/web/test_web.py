@@ -175,6 +175,14 @@ def pub(port, topic, payload=None, lines=None):
 
 class World:
     def __init__(self):
+        self.browser = None
+        try:
+            self.start()
+        except BaseException:
+            self.close()  # nothing of a half-started world is left running
+            raise
+
+    def start(self):
         t0 = time.time()
         self.dir = tempfile.mkdtemp(prefix='kuimen-web-')
         os.makedirs(SHOTS, exist_ok=True)
@@ -188,6 +196,7 @@ class World:
                 browser_err.append(e)
         bt = threading.Thread(target=browser_start)
         bt.start()
+        self._bt = bt
         self.local = Broker(self.dir, 'local')
         self.center = Broker(self.dir, 'center')
         self.gpsd_port = free_port()
@@ -261,6 +270,8 @@ class World:
                     os.killpg(p.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
+        if getattr(self, '_bt', None):
+            self._bt.join(60)  # a browser still starting is quit too
         try:
             if self.browser:
                 self.browser.quit()
