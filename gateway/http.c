@@ -143,6 +143,10 @@ int km_http_check(struct km_conf *c)
                 bad++;
         }
         bad += !readable(c, "cert", hc.cert) + !readable(c, "key", hc.key) + !readable(c, "client_ca", hc.client_ca);
+        struct stat st;
+        if (hc.key && stat(hc.key, &st) == 0 && (st.st_mode & S_IROTH))
+                km_conf_warn(c, "http", "key", "'%s' (a private key) is readable by every user: chmod 600 (or 640 with group kuimen)",
+                             hc.key);
         if (hc.password && (!*hc.password || strlen(hc.password) > 256)) {
                 km_conf_error(c, "http", "password", "must be 1 to 256 bytes");
                 bad++;
