@@ -186,6 +186,9 @@ class World:
         t0 = time.time()
         self.dir = tempfile.mkdtemp(prefix='kuimen-web-')
         os.makedirs(SHOTS, exist_ok=True)
+        for old in os.listdir(SHOTS):  # this run's pictures only
+            if old.endswith('.png'):
+                os.unlink(os.path.join(SHOTS, old))
         # The browser starts while the rest comes up: its start is the longest part.
         self.browser, browser_err = None, []
 
