@@ -277,7 +277,10 @@ function renderMap() {
 function renderUnitTable(units) {
   const tb = $('units').tBodies[0];
   clear(tb);
-  for (const u of units) {
+  // By base, then unit (u2 before u10); the box's own fix last.
+  const sorted = units.slice().sort((a, b) => (a.own ? 1 : 0) - (b.own ? 1 : 0) || a.base.localeCompare(b.base) ||
+    a.unit.localeCompare(b.unit, undefined, { numeric: true }));
+  for (const u of sorted) {
     const p = u.pos;
     const tr = el('tr', { 'data-unit': u.unit, 'data-base': u.base });
     const sats = p.sats_used !== undefined ? `${p.sats_used}/${p.sats_seen}` + (p.sats_beidou !== undefined ? ` (BDS ${p.sats_beidou})` : '') : '–';
