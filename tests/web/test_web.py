@@ -408,7 +408,7 @@ def center_page(w):
     w.shot('center')
 
 
-def t_calls_who_has_not_answered(w):
+def t_calls_and_incidents(w):
     out = subprocess.run([KUIMENCTL, '--socket', w.sock, 'call', 'c1', 'orange', 'Rockfall at K7: go', 'u1,u2'],
                          capture_output=True, text=True, timeout=10)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -420,6 +420,18 @@ def t_calls_who_has_not_answered(w):
     ok = wait_until(lambda: '1/2 answered' in shown() and 'not answered: u2' in shown(), 10)
     assert ok, 'the call shows: %r' % shown()
     assert 'orange' in shown() and 'Rockfall at K7: go' in shown()
+    # An incident at u1's place: its card with each unit's timeline, its radius on the map.
+    lat, lon = [float(v) for v in js(w, "const c = document.querySelector('#map-units circle[data-unit=\"u1\"]');"
+                                         "return [c.getAttribute('data-lat'), c.getAttribute('data-lon')];")]
+    out = subprocess.run([KUIMENCTL, '--socket', w.sock, 'incident', 'open', '--call', 'c1', '--', 'i1', '%.7f' % lat,
+                          '%.7f' % lon, '150', 'u1,u2'], capture_output=True, text=True, timeout=10)
+    assert out.returncode == 0, out.stdout + out.stderr
+    card = wait_until(lambda: js(w, "const c = document.querySelector('#incidents .incident-card[data-incident=\"i1\"]');"
+                                    "return c && c.querySelectorAll('tr').length === 3 && c.textContent;"), 10)
+    assert card and 'call c1' in card, 'the incident shows: %r' % card
+    r = js(w, "const c = document.querySelector('#map-incidents circle[data-incident=\"i1\"]');"
+              "return c && [+c.getAttribute('r'), +document.getElementById('map').getAttribute('data-k')];")
+    assert r and abs(r[0] - 150 / 111320 * r[1]) < 0.1, 'the incident\'s radius on the map: %s' % r
 
 
 def t_cut_shows_within_2s(w):
@@ -487,7 +499,7 @@ def t_laptop_and_phone_widths(w):
 
 
 TESTS = [t_loads_without_console_error, t_links_states, t_units_at_their_coordinates, t_center_hears_the_base,
-         t_calls_who_has_not_answered, t_cut_shows_within_2s, t_backlog_drains_with_time_left, t_laptop_and_phone_widths]
+         t_calls_and_incidents, t_cut_shows_within_2s, t_backlog_drains_with_time_left, t_laptop_and_phone_widths]
 
 
 def main():
