@@ -91,7 +91,8 @@ struct bridge {
         const struct km_conf_key *keys;
         struct km_link *link; /* owns this bridge */
         struct km_mqttc *mc;  /* local: ingest and command delivery; a link on tcp://: its uplink */
-        struct client sub;    /* downlink (center only) */
+        struct client sub;    /* downlink on ssl:// (Paho) */
+        struct km_mqttc *down; /* downlink on tcp:// */
         char *down_prefix;    /* "<prefix>/<node>/" stripped from downlink topics */
         bool local;
         struct km_positions *positions; /* local only: terminal positions to canonical form */
@@ -422,8 +423,8 @@ static int on_message(void *context, char *topic, int topic_len, MQTTAsync_messa
                 /* Not stored (a storage fault, or pending full until the loop's next
                  * flush): returning 0 makes Paho keep the message and call again
                  * (it sends its PUBACK regardless: tests/integration/test_paho.c, so a
-                 * kill -9 during a storage fault can lose such a command; the mailbox and
-                 * one client model of issue 11 item 5 close that). The pause bounds how
+                 * kill -9 during a storage fault can lose such a command; on tcp:// the
+                 * downlink runs on mqttc, which does not). The pause bounds how
                  * often it calls while the disk is full; Paho's lock is held meanwhile,
                  * and the loop calls Paho only to connect, stop and ask isConnected. */
                 usleep(200 * 1000);
@@ -897,6 +898,8 @@ static void bridge_stop(void *ud)
          * collect in-flight acks. */
         if (b->local)
                 km_mqttc_stop(b->mc);
+        else if (b->down)
+                km_mqttc_stop(b->down);
         else
                 client_stop(&b->sub);
 }
@@ -910,6 +913,8 @@ static void bridge_destroy(struct km_link *l)
         b->up = NULL;
         km_mqttc_free(b->mc); /* stops with the will */
         b->mc = NULL;
+        km_mqttc_free(b->down);
+        b->down = NULL;
         client_stop(&b->sub);
         client_free(&b->sub);
         km_conf_release(b->keys, &b->conf);
@@ -1220,6 +1225,43 @@ int km_mqtt_local_start(struct km_daemon *d, struct km_conf *c)
 /* ---- the uplink's reports (loop thread) ----------------------------------------- */
 
 /* The uplink subscribes to nothing: a message here is a broker's mistake. */
+/* The downlink on tcp:// (mqttc): a command is staged in the spool, the read's commands
+ * are settled together, and only then do their PUBACKs leave; while the spool cannot
+ * store, the connection stays closed and the center's broker keeps them in the session.
+ * (Paho, which the downlink keeps on ssl://, acknowledges whatever the callback says.) */
+static int down_message(void *ud, const char *topic, const void *payload, size_t len, bool retain,
+                        const void *props, size_t plen)
+{
+        struct bridge *b = ud;
+        size_t pl = strlen(b->down_prefix);
+        (void)retain, (void)props, (void)plen;
+        if (strncmp(topic, b->down_prefix, pl) != 0) {
+                KM_LOG(KM_LOG_WARNING, "mqtt", "down: unexpected topic '%s' ignored", topic);
+                return 0;
+        }
+        km_spool_defer_sync(b->d->spool);
+        int rc = km_daemon_command(b->d, KM_CMD_MQTT, topic + pl, payload, len);
+        /* Too large or of no class: acknowledged, it would be refused again (logged). */
+        return rc < 0 && rc != -EMSGSIZE && rc != -ENOENT ? rc : 0;
+}
+
+static int down_settle(void *ud)
+{
+        struct bridge *b = ud;
+        return km_spool_settle(b->d->spool);
+}
+
+static void down_up(void *ud)
+{
+        struct bridge *b = ud;
+        b->link->mqtt_version_down = (uint8_t)km_mqttc_version(b->down);
+}
+
+static void down_gone(void *ud, const char *why)
+{
+        (void)ud, (void)why; /* mqttc logs it and connects again by itself */
+}
+
 static int up_message(void *ud, const char *topic, const void *payload, size_t len, bool retain, const void *props,
                       size_t plen)
 {
@@ -1289,8 +1331,22 @@ int km_mqtt_link_start(struct km_daemon *d, struct km_conf *c, const char *secti
                 free(filter);
                 /* The downlink keeps a session so commands sent while the base is away
                  * wait at the center. */
-                if ((rc = client_init(&b->sub, b, "down", down, false, b->conf.session_expiry_ms)) < 0 ||
-                    (rc = connect_client(&b->sub)) < 0)
+                if (b->mc) {
+                        struct km_mqttc_opts mo = {
+                                .uri = b->conf.uri, .client_id = down, .username = b->conf.username,
+                                .password = b->conf.password, .role = "down", .clean_start = false,
+                                .session_expiry_s = (uint32_t)(b->conf.session_expiry_ms / 1000),
+                                .keepalive_s = (unsigned)(b->conf.keepalive_ms / 1000), .window = 1, .receive_max = 16,
+                                .filters = (const char *const *)b->sub.filters.v, .nfilters = b->sub.filters.n, .version = conf_version(&b->conf),
+                                .v311_meta = conf_meta(&b->conf),
+                        };
+                        struct km_mqttc_cb mcb = { .up = down_up, .lost = down_gone, .failed_connect = down_gone,
+                                                   .message = down_message, .settle = down_settle,
+                                                   .may_connect = local_may_connect, .ud = b };
+                        if ((rc = km_mqttc_new(&b->down, d->ev, &mo, &mcb)) < 0)
+                                goto out;
+                } else if ((rc = client_init(&b->sub, b, "down", down, false, b->conf.session_expiry_ms)) < 0 ||
+                           (rc = connect_client(&b->sub)) < 0)
                         goto out;
         }
         rc = 0;

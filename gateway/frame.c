@@ -1196,8 +1196,9 @@ static int fill_records(struct km_frame_tx *tx, struct enc *e,
 
 /* The frame out[0..len) is written: CRC it, keep it in the window. */
 static int commit_frame(struct km_frame_tx *tx, struct km_frame_slot *s, uint8_t *out,
-			size_t len, int64_t now_ms)
+			size_t body, size_t len, int64_t now_ms)
 {
+	s->body = body;
 	len = crc_append(out, len);
 	memcpy(s->buf, out, len);
 	s->len = len;
@@ -1261,13 +1262,14 @@ int km_frame_tx_encode(struct km_frame_tx *tx, const struct km_frame_msg *msgs,
 		return -EMSGSIZE;
 	strip_last_len(&e);
 	e.w.cap = cap;
+	size_t body = e.w.pos;
 	if (ack && put_ack_tail(&e.w, ack)) {
 		out[0] |= HDR_ACK;
 		if (ack->slots_lost && tx->cfg.version >= 2)
 			out[0] |= HDR_DATA_LOST;
 		put->acked_piggy = true;
 	}
-	return commit_frame(tx, s, out, e.w.pos, now_ms);
+	return commit_frame(tx, s, out, body, e.w.pos, now_ms);
 }
 
 int km_frame_tx_probe(struct km_frame_tx *tx, size_t mtu, int64_t now_ms, uint8_t *out)
@@ -1278,7 +1280,7 @@ int km_frame_tx_probe(struct km_frame_tx *tx, size_t mtu, int64_t now_ms, uint8_
 		return rc;
 	struct wbuf w = { .p = out, .cap = mtu - crc_size(mtu) };
 	put_head(tx, &w, false);
-	return commit_frame(tx, s, out, w.pos, now_ms);
+	return commit_frame(tx, s, out, w.pos, w.pos, now_ms);
 }
 
 int km_frame_peek(const uint8_t *buf, size_t len, uint8_t *type, uint16_t *seq)
@@ -1452,22 +1454,44 @@ static void restamp(const struct km_frame_tx *tx, struct km_frame_slot *s)
 	crc_append(s->buf, body);
 }
 
+/* The frame to send again now: a lost one first, then the oldest past rto. */
+static struct km_frame_slot *due_slot(const struct km_frame_tx *tx, int64_t now_ms, int64_t rto_ms)
+{
+	uint16_t base = tx_base(tx);
+
+	for (unsigned i = 0; i < tx->inflight; i++) {
+		struct km_frame_slot *s = (struct km_frame_slot *)&tx->slot[(uint16_t)(base + i) % KM_FRAME_WINDOW_MAX];
+		if (!s->sacked && s->lost)
+			return s;
+	}
+	for (unsigned i = 0; i < tx->inflight; i++) {
+		struct km_frame_slot *s = (struct km_frame_slot *)&tx->slot[(uint16_t)(base + i) % KM_FRAME_WINDOW_MAX];
+		if (!s->sacked && now_ms - s->sent_ms >= rto_ms)
+			return s;
+	}
+	return NULL;
+}
+
+size_t km_frame_tx_pending(const struct km_frame_tx *tx, int64_t now_ms, int64_t rto_ms)
+{
+	const struct km_frame_slot *s = due_slot(tx, now_ms, rto_ms);
+	return s ? s->len : 0;
+}
+
 int km_frame_tx_due(struct km_frame_tx *tx, int64_t now_ms, int64_t rto_ms,
 		    uint8_t *out, size_t cap)
 {
-	struct km_frame_slot *pick = NULL;
-	uint16_t base = tx_base(tx);
+	return km_frame_tx_due_ack(tx, now_ms, rto_ms, NULL, out, cap, NULL);
+}
 
-	for (unsigned i = 0; i < tx->inflight && !pick; i++) {
-		struct km_frame_slot *s = &tx->slot[(uint16_t)(base + i) % KM_FRAME_WINDOW_MAX];
-		if (!s->sacked && s->lost)
-			pick = s;
-	}
-	for (unsigned i = 0; i < tx->inflight && !pick; i++) {
-		struct km_frame_slot *s = &tx->slot[(uint16_t)(base + i) % KM_FRAME_WINDOW_MAX];
-		if (!s->sacked && now_ms - s->sent_ms >= rto_ms)
-			pick = s;
-	}
+int km_frame_tx_due_ack(struct km_frame_tx *tx, int64_t now_ms, int64_t rto_ms,
+			const struct km_frame_ack *ack, uint8_t *out, size_t cap,
+			bool *acked)
+{
+	struct km_frame_slot *pick = due_slot(tx, now_ms, rto_ms);
+
+	if (acked)
+		*acked = false;
 	if (!pick)
 		return 0;
 	if (cap < pick->len)
@@ -1477,12 +1501,27 @@ int km_frame_tx_due(struct km_frame_tx *tx, int64_t now_ms, int64_t rto_ms,
 	 * release, and old ones are ignored. */
 	restamp(tx, pick);
 	memcpy(out, pick->buf, pick->len);
+	size_t len = pick->len;
+	if (ack) {
+		/* The records stay byte for byte; only the tail and the CRC change. The
+		 * CRC is budgeted at its larger size when the frame may cross to it. */
+		size_t lim = cap > tx->cfg.mtu_max ? tx->cfg.mtu_max : cap;
+		struct wbuf w = { .p = out, .pos = pick->body, .cap = lim - crc_size(lim) };
+		if (put_ack_tail(&w, ack)) {
+			out[0] = (uint8_t)((out[0] & ~(HDR_ACK | HDR_DATA_LOST)) | HDR_ACK);
+			if (ack->slots_lost && tx->cfg.version >= 2)
+				out[0] |= HDR_DATA_LOST;
+			len = crc_append(out, w.pos);
+			if (acked)
+				*acked = true;
+		}
+	}
 	pick->sent_ms = now_ms;
 	pick->stamp = ++tx->stamp;
 	pick->lost = false;
 	pick->tries++;
 	tx->frames_resent++;
-	return (int)pick->len;
+	return (int)len;
 }
 
 void km_frame_tx_reset(struct km_frame_tx *tx)

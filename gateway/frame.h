@@ -135,6 +135,7 @@ struct km_frame_slot {
 	bool lost;            /* a later frame got through: resend now */
 	uint16_t seq;
 	size_t len;
+	size_t body;          /* header and records: the bytes before an ack tail */
 	uint8_t *buf;         /* owned, cfg.mtu_max bytes */
 	int64_t sent_ms;
 	uint64_t stamp;       /* send order, for loss detection */
@@ -338,6 +339,17 @@ int km_frame_tx_ack(struct km_frame_tx *tx, const struct km_frame_ack *ack,
  */
 int km_frame_tx_due(struct km_frame_tx *tx, int64_t now_ms, int64_t rto_ms,
 		    uint8_t *out, size_t cap);
+
+/* km_frame_tx_due, with ack (may be NULL) in place of the tail the frame was
+ * framed with, when it fits in cap; *acked says whether it went in. On a card
+ * that sends one frame a slot, a frame sent again must carry the owed ack, or
+ * the two wait for each other's slot until ack_timeout. */
+int km_frame_tx_due_ack(struct km_frame_tx *tx, int64_t now_ms, int64_t rto_ms,
+			const struct km_frame_ack *ack, uint8_t *out, size_t cap,
+			bool *acked);
+
+/* The length of the frame km_frame_tx_due would return now, or 0. */
+size_t km_frame_tx_pending(const struct km_frame_tx *tx, int64_t now_ms, int64_t rto_ms);
 
 /* Abandon every unacked frame (link switched, messages go elsewhere): their
  * messages stay undelivered in the caller's spool and split messages must be

@@ -72,6 +72,13 @@
 #define BLOCK_MS 1000      /* a call into the plugin this long broke the never-block rule */
 #define RETRY_MIN_MS 1000  /* first retry of a link the host took down */
 #define RETRY_MAX_MS 60000
+/* A command frame names no base: the base that hears it publishes it. Commands for
+ * several bases down one link would reach whichever base hears that link (one card,
+ * one radio channel, one peer address), so a center link sending commands has one
+ * peer. Data from several bases over one link is fine (ABI 1.2 addresses the acks). */
+#define SHARED_COMMANDS                                                                                      \
+        "a center link that sends commands has one peer: a command for one base would reach whichever "  \
+        "base hears the link; set commands = no here (and a link per base for commands), or one peer"
 #define HELD_CHECK_US 250000 /* center: how often held commands are looked at */
 #define PROBE_DEFAULT_MS 120000
 #define REFUSED_LOG_MS 10000 /* a peer (or a forger) can send refused messages as fast as the link goes */
@@ -796,10 +803,6 @@ static int auth_setup(km_plugin_link *h, const char *spool)
                 KM_LOG(KM_LOG_ERR, "link", "%s: a center's key_file holds a key per peer: set peers", name);
                 return -EINVAL;
         }
-        if (h->center && h->nc.commands && h->peers.n > 1) {
-                KM_LOG(KM_LOG_ERR, "link", "%s: with key_file, a center link that sends commands has one peer (a link per base), or commands = no", name);
-                return -EINVAL;
-        }
         /* The counters beside the spool: a restart starts above anything sent. */
         const char *slash = spool ? strrchr(spool, '/') : NULL;
         if (asprintf(&state, "%.*s%sauth-%s.state", slash ? (int)(slash - spool) : 1, slash ? spool : ".", "/", name) < 0)
@@ -1041,6 +1044,22 @@ static void sent_data(km_plugin_link *h, const uint8_t *frame, size_t len, uint3
         h->rcpt[k].receipted = false;
 }
 
+/* ABI 1.2: the peer a frame is for, where the plugin can address one (send_to). An
+ * ack frame acknowledges one origin's frames (kick builds it for ack_to): it goes to
+ * that base. A data frame goes to the plugin's default peer (NULL): one sequence
+ * space per link cannot serve several bases' commands (docs/DESIGN.md). */
+static const char *frame_peer(const km_plugin_link *h, const uint8_t *frame, size_t len)
+{
+        uint8_t type;
+        uint16_t seq;
+        if (km_frame_peek(frame, len, &type, &seq) < 0 || type != KM_FRAME_T_ACK)
+                return NULL;
+        for (size_t i = 0; i < h->peers.n; i++)
+                if (km_frame_node_id(h->peers.v[i]) == h->ack_to)
+                        return h->peers.v[i];
+        return NULL;
+}
+
 /* Hands one frame to the device; false when it is busy, in an outage or broken. */
 static bool device_send(km_plugin_link *h, const uint8_t *frame, size_t len)
 {
@@ -1059,7 +1078,10 @@ static bool device_send(km_plugin_link *h, const uint8_t *frame, size_t len)
                 wlen = (size_t)n;
         }
         int64_t t0 = km_mono_ms();
-        int rc = h->desc->ops->send(h->state, wire, wlen, ++token);
+        const struct km_plugin_ops *ops = h->desc->ops;
+        int rc = h->desc->abi_minor >= 2 && ops->send_to
+                         ? ops->send_to(h->state, frame_peer(h, frame, len), wire, wlen, ++token)
+                         : ops->send(h->state, wire, wlen, ++token);
         check_block(h, "send()", t0);
         if (rc == -EAGAIN) {
                 /* A card that said when it takes the next frame (a BeiDou card's 60 s
@@ -1098,10 +1120,14 @@ static void frame_unsent(km_plugin_link *h)
                         h->tx.slot[i].lost = true;
 }
 
-/* Whether a new data frame would go now (what kick frames). */
-static bool data_waiting(km_plugin_link *h)
+/* Whether a data frame would go now (what kick sends): one to send again, or a new one. */
+static bool data_waiting(km_plugin_link *h, int64_t now, int64_t rto)
 {
-        if (h->link->state != KM_LINK_UP || h->probing || km_frame_tx_inflight(&h->tx) >= FRAME_WINDOW)
+        if (h->link->state != KM_LINK_UP && !h->probing)
+                return false;
+        if (km_frame_tx_pending(&h->tx, now, rto))
+                return true;
+        if (h->probing || km_frame_tx_inflight(&h->tx) >= FRAME_WINDOW)
                 return false;
         for (int i = 0; i < QMAX; i++)
                 if (h->q[i].used && !h->q[i].framed && !held_for_mqtt(h, &h->q[i]))
@@ -1117,10 +1143,14 @@ static void kick(km_plugin_link *h)
 {
         int64_t now = km_now_ms();
 
+        /* Without the peer's acks nothing is sent again for time alone: only a frame
+         * the device refused or did not take (marked lost) goes again. */
+        int64_t rto = h->link->ack_mode == KM_ACK_PEER ? h->rto_ms : INT64_MAX / 4;
+
         while (!h->busy && h->open && !h->faulted) {
                 size_t room = budget_room(h);
                 room = room > h->ovh ? room - h->ovh : 0; /* what sealing adds is on the air too */
-                if (h->ack_owed && (h->ack_tried || !data_waiting(h))) {
+                if (h->ack_owed && (h->ack_tried || !data_waiting(h, now, rto))) {
                         struct km_frame_ack ack;
                         if (km_frame_rx_ack(&h->rx, h->ack_to, &ack) == 0) {
                                 int n = km_frame_ack_encode(&ack, h->origin, h->buf, h->bufcap);
@@ -1143,16 +1173,32 @@ static void kick(km_plugin_link *h)
                         budget_wait(h);
                         return;
                 }
-                /* A frame longer than room stays put (-ENOSPC, not stamped). Without the
-                 * peer's acks nothing is sent again for time alone: only a frame the
-                 * device refused or did not take (marked lost) goes again. */
-                int64_t rto = h->link->ack_mode == KM_ACK_PEER ? h->rto_ms : INT64_MAX / 4;
-                int n = km_frame_tx_due(&h->tx, now, rto, h->buf, room < h->bufcap ? room : h->bufcap);
+                /* A frame longer than room stays put (-ENOSPC, not stamped). A frame sent
+                 * again carries the owed ack as a new one would: on a card with one
+                 * frame a slot, an ack sent alone first would take the slot, and a
+                 * peer that sends every slot is owed one each time, so the frame
+                 * would wait until ack_timeout. */
+                struct km_frame_ack ack;
+                const struct km_frame_ack *piggy = NULL;
+                if (h->ack_owed && !h->ack_tried && km_frame_rx_ack(&h->rx, h->ack_to, &ack) == 0)
+                        piggy = &ack;
+                /* The ack may lengthen the frame up to the MTU, not past it; a frame
+                 * framed before the MTU shrank is offered as it is. */
+                size_t fmtu = h->mtu - h->ovh, cap = room < h->bufcap ? room : h->bufcap;
+                size_t plen = piggy ? km_frame_tx_pending(&h->tx, now, rto) : 0;
+                if (piggy && cap > (fmtu > plen ? fmtu : plen))
+                        cap = fmtu > plen ? fmtu : plen;
+                bool rode = false;
+                int n = km_frame_tx_due_ack(&h->tx, now, rto, piggy, h->buf, cap, &rode);
                 if (n == -ENOSPC) {
                         budget_wait(h);
                         return;
                 }
                 if (n > 0) {
+                        if (rode)
+                                h->ack_owed = false;
+                        else if (piggy)
+                                h->ack_tried = true; /* no room: it goes alone next */
                         if (!device_send(h, h->buf, (size_t)n)) {
                                 frame_unsent(h);
                                 return;
@@ -1188,12 +1234,10 @@ static void kick(km_plugin_link *h)
                                 idx[b] = idx[b - 1], idx[b - 1] = ti;
                         }
                 struct km_frame_put put;
-                struct km_frame_ack ack;
-                const struct km_frame_ack *piggy = NULL;
+                piggy = NULL;
                 if (h->ack_owed && !h->ack_tried && km_frame_rx_ack(&h->rx, h->ack_to, &ack) == 0)
                         piggy = &ack;
                 h->ack_tried = h->ack_owed;
-                size_t fmtu = h->mtu - h->ovh;
                 n = km_frame_tx_encode(&h->tx, msgs, (size_t)k, room < fmtu ? room : fmtu, piggy, now, h->buf, &put);
                 if (n < 0) {
                         if (n != -EAGAIN)
@@ -1599,6 +1643,10 @@ int km_plugin_check(struct km_conf *c, const char *section, const char *plugin_d
                 km_conf_error(c, section, "auth", "auth = on needs key_file");
                 bad++;
         }
+        if (ctr_ && nc.commands && peers.n > 1) {
+                km_conf_error(c, section, "peers", "%s", SHARED_COMMANDS);
+                bad++;
+        }
         km_strv_free(&peers);
         int64_t rto, probe, ackt = 3000;
         const char *role = km_conf_get(c, "node", "role"), *at = km_conf_get(c, section, "ack_timeout");
@@ -1662,6 +1710,11 @@ int km_plugin_link_start(struct km_daemon *d, struct km_conf *c, const char *sec
                 goto fail_link;
         }
         if (km_conf_apply(c, section, cmd_keys, &h->nc) != 0) {
+                rc = -EINVAL;
+                goto fail_link;
+        }
+        if (h->center && h->nc.commands && h->peers.n > 1) {
+                KM_LOG(KM_LOG_ERR, "link", "%s: peers: %s", l->name, SHARED_COMMANDS);
                 rc = -EINVAL;
                 goto fail_link;
         }

@@ -41,7 +41,7 @@
  */
 
 #define KM_PLUGIN_ABI_MAJOR 1
-#define KM_PLUGIN_ABI_MINOR 1
+#define KM_PLUGIN_ABI_MINOR 2
 
 #define KM_PLUGIN_EXPORT __attribute__((visibility("default")))
 
@@ -116,7 +116,16 @@ struct km_plugin_ops {
          * Returns 0, or -EINVAL with *key the key at fault (NULL: the section) and why
          * (len bytes) filled. */
         int (*check)(km_plugin_link *h, const struct km_host_api *api, const char **key, char *why, size_t len);
-        void *reserved[7];
+        /* ABI 1.2, optional (NULL: every frame goes through send() to the one peer the
+         * plugin's keys name). send() with a destination: peer is the name of one of
+         * the link's peers (the [link] key peers: a center's bases), or NULL for the
+         * plugin's own default peer. A center link whose one device terminates several
+         * bases (a BeiDou card, a radio) addresses each base's acknowledgements to that
+         * base this way. The plugin maps the name to a device address from its own
+         * keys, and sends a name it cannot map to its default peer. Same returns and
+         * receipts as send(). */
+        int (*send_to)(void *state, const char *peer, const void *frame, size_t len, uint32_t token);
+        void *reserved[6];
 };
 
 struct km_plugin_desc {

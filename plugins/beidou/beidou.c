@@ -1,13 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /* beidou: a BeiDou RDSS short-message terminal on a serial port (BDS-3 and BDS-2 "2.1" ASCII sentences) as a narrow link. */
 #include <errno.h>
-#include <fcntl.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <termios.h>
 #include <unistd.h>
 
 #include "plugins/beidou/rdss.h"
@@ -59,6 +57,7 @@ struct bd_conf {
         unsigned baud;
         enum bd_proto proto;
         uint32_t peer;
+        struct kmp_peer_map peer_cards;
         bool mixed;
         uint64_t mtu_cap, min_s2c, min_power, freq_point;
         uint64_t reopen_us, fki_us, silence_us, settle_us, card_poll_us, refusal_us;
@@ -115,7 +114,7 @@ struct bd {
         uint32_t r_mtu;
 
         uint64_t n_lines, n_garbled, n_sent, n_refused, n_early, n_rx, n_rx_bad, n_unexpected, n_out_dropped;
-        struct kmp_ratelimit rl_garbled, rl_rx, rl_out;
+        struct kmp_ratelimit rl_garbled, rl_rx, rl_out, rl_peer;
         struct rdss_sentence sen; /* big: kept here, not on the stack */
         uint8_t frame[RDSS_LINE_MAX / 2];
 };
@@ -130,6 +129,7 @@ enum {
         OPT_PROTO,
         OPT_CARD,
         OPT_CODING,
+        OPT_CARDS,
 };
 
 #define CONF(f) offsetof(struct bd_conf, f)
@@ -138,8 +138,11 @@ enum {
 static const struct kmp_opt opts[] = {
         { "device", OPT_PATH, NULL, CONF(device), 0, 0, "serial port of the module, e.g. /dev/ttyUSB0" },
         { "baud", OPT_BAUD, "115200", CONF(baud), 0, 0, "line speed, 8N1" },
-        { "protocol", OPT_PROTO, "auto", CONF(proto), 0, 0, "bds3, 2.1, 4.0 (binary) or auto (bds3 or 2.1)" },
+        { "protocol", OPT_PROTO, "auto", CONF(proto), 0, 0, "bds3, 2.1, 4.0 (binary) or auto (whichever the module answers in)" },
         { "peer_card", OPT_CARD, NULL, CONF(peer), 0, 0, "card number (1 to 8 digits) that frames are sent to" },
+        { "peer_cards", OPT_CARDS | KMP_OPT_OPTIONAL, NULL, CONF(peer_cards), 0, 0,
+          "a center's bases on this one card: NAME:CARD, ... (NAME as in peers); each base's acks go to its card, "
+          "the rest to peer_card" },
         { "coding", OPT_CODING, "mixed", CONF(mixed), 0, 0, "mixed (A4 + hex of the bytes) or code (hex nibbles)" },
         { "mtu", OPT_UINT, "0", CONF(mtu_cap), 0, BD_FRAME_MAX, "cap on the frame size below the card's, 0 = the card's" },
         { "min_s2c", OPT_UINT, "40", CONF(min_s2c), 0, 99, "BDS-3: a beam counts when its S2C_d (dB-Hz) is at least this" },
@@ -156,24 +159,24 @@ static const struct kmp_opt opts[] = {
           "after a suppression, radio silence, battery or permission refusal, try again after this long" },
 };
 
-static const char *const keys[] = { "device", "baud",   "protocol", "peer_card",        "coding",
+static const char *const keys[] = { "device", "baud",   "protocol", "peer_card", "peer_cards",        "coding",
                                     "mtu",    "min_s2c", "min_power", "freq_point",      "reopen",
                                     "feedback_timeout", "silence", "settle", "card_poll", "refusal_retry", NULL };
 _Static_assert(sizeof(keys) / sizeof(keys[0]) == sizeof(opts) / sizeof(opts[0]) + 1, "keys[] mirrors opts[]");
 
-static const struct {
-        unsigned baud;
-        speed_t speed;
-} bauds[] = { { 4800, B4800 },     { 9600, B9600 },     { 19200, B19200 },   { 38400, B38400 },
-              { 57600, B57600 },   { 115200, B115200 }, { 230400, B230400 }, { 460800, B460800 },
-              { 921600, B921600 } };
+static const char *parse_card(const char *v, uint32_t *card)
+{
+        if (rdss_parse_card(v, card) < 0 || *card == 0)
+                return "expected NAME:CARD, ... with card numbers of 1 to 8 digits, not 0";
+        return NULL;
+}
 
 /* The types of its own; the numbers and durations are the reader's. */
 static const char *parse_opt(const struct kmp_opt *o, const char *v, void *conf, char *why, size_t n)
 {
         struct bd_conf *c = conf;
         void *at = (char *)conf + o->off;
-        switch (o->type) {
+        switch (o->type & ~KMP_OPT_OPTIONAL) {
         case OPT_PATH:
                 if (!*v)
                         return "empty";
@@ -183,14 +186,10 @@ static const char *parse_opt(const struct kmp_opt *o, const char *v, void *conf,
                 return NULL;
         case OPT_BAUD: {
                 uint64_t b;
-                if (kmp_parse_uint(v, &b, 1, 10000000, why, n))
-                        return "not a line speed (4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)";
-                for (size_t i = 0; i < sizeof(bauds) / sizeof(bauds[0]); i++)
-                        if (bauds[i].baud == b) {
-                                *(unsigned *)at = (unsigned)b;
-                                return NULL;
-                        }
-                return "not a line speed (4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)";
+                if (kmp_parse_uint(v, &b, 1, 10000000, why, n) || !kmp_baud_known(b))
+                        return "not a line speed (" KMP_BAUDS ")";
+                *(unsigned *)at = (unsigned)b;
+                return NULL;
         }
         case OPT_PROTO:
                 if (strcmp(v, "bds3") == 0)
@@ -208,6 +207,9 @@ static const char *parse_opt(const struct kmp_opt *o, const char *v, void *conf,
                 if (rdss_parse_card(v, at) < 0 || *(uint32_t *)at == 0)
                         return "expected a card number of 1 to 8 digits, not 0";
                 return NULL;
+        case OPT_CARDS:
+                return kmp_peer_map_parse(v, at, "expected NAME:CARD, ... (a base's name as in peers, its card number)",
+                                          parse_card);
         case OPT_CODING:
                 if (strcmp(v, "mixed") == 0)
                         *(bool *)at = true;
@@ -374,46 +376,27 @@ static void query_card(struct bd *s)
                 put_fmt(s, "CCRMO,BSI,2,1");
                 put_fmt(s, "CCICA,0,00");
         }
+        if (s->proto == P_AUTO) {
+                /* The 4.0 questions too, each ended by a CR LF: an ASCII module takes
+                 * the frame for a line with a bad checksum and drops it, and the next
+                 * sentence starts on a line of its own; a 4.0 module skips the CR LF
+                 * (and the ASCII lines) looking for the next "$". */
+                put_bin(s, "ICJC", 0, (const uint8_t[]){ 0 }, 1);
+                put_line(s, "\r\n", 2);
+                put_bin(s, "GLJC", 0, (const uint8_t[]){ 1 }, 1);
+                put_line(s, "\r\n", 2);
+        }
         s->card_query_at = now + (s->card_known && s->card.id ? s->c.card_poll_us : card_retry_us(s));
 }
 
 static void dev_open(struct bd *s)
 {
         char why[160];
-        speed_t sp = B115200;
-        struct termios t;
-
-        int fd = open(s->c.device, O_RDWR | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
+        int fd = kmp_serial_open(s->c.device, s->c.baud, why, sizeof(why));
         if (fd < 0) {
-                snprintf(why, sizeof(why), "open: %s", strerror(errno));
                 dev_lost(s, why);
                 return;
         }
-        for (size_t i = 0; i < sizeof(bauds) / sizeof(bauds[0]); i++)
-                if (bauds[i].baud == s->c.baud)
-                        sp = bauds[i].speed;
-        if (tcgetattr(fd, &t) < 0) {
-                snprintf(why, sizeof(why), "not a serial port (tcgetattr: %s)", strerror(errno));
-                close(fd);
-                dev_lost(s, why);
-                return;
-        }
-        cfmakeraw(&t);
-        t.c_cflag |= CLOCAL | CREAD;
-        t.c_cflag &= ~(CRTSCTS | CSTOPB);
-        /* VMIN 1: with O_NONBLOCK an empty line reads as EAGAIN, and 0 means hang-up
-         * (VMIN 0 would read 0 bytes whenever nothing waits). */
-        t.c_cc[VMIN] = 1;
-        t.c_cc[VTIME] = 0;
-        cfsetispeed(&t, sp);
-        cfsetospeed(&t, sp);
-        if (tcsetattr(fd, TCSANOW, &t) < 0) {
-                snprintf(why, sizeof(why), "tcsetattr: %s", strerror(errno));
-                close(fd);
-                dev_lost(s, why);
-                return;
-        }
-        tcflush(fd, TCIOFLUSH);
         s->fd = fd;
         int r = watch(s);
         if (r < 0) {
@@ -956,6 +939,41 @@ static void on_bytes40(struct bd *s)
         s->rxlen -= off;
 }
 
+static bool answer40(const char *id)
+{
+        return !strcmp(id, "ICXX") || !strcmp(id, "GLZK") || !strcmp(id, "FKXX") || !strcmp(id, "TXXX") ||
+               !strcmp(id, "ZJXX");
+}
+
+/*
+ * protocol = auto: a whole 4.0 frame from the module among the first len bytes of rx
+ * settles the dialect as 4.0, and the bytes from it on go to the binary reader.
+ * Returns how far the bytes may be cut into ASCII lines: up to a "$" that may start a
+ * frame whose rest has not come yet (an ASCII sentence never can: its bytes 5 and 6,
+ * the frame's length, are printable, > RDSS40_MAX), else all of them.
+ */
+static size_t auto_scan40(struct bd *s, size_t len)
+{
+        for (size_t i = 0; i < len; i++) {
+                if (s->rx[i] != '$')
+                        continue;
+                struct rdss40 f;
+                ssize_t r = rdss40_parse((const uint8_t *)s->rx + i, len - i, &f);
+                if (r == 0)
+                        return i;
+                if (r < 0 || !answer40(f.id))
+                        continue;
+                s->api->log(s->h, KM_PLUGIN_LOG_INFO, "beidou: the module answers in the binary 4.0 set ($%s)", f.id);
+                s->proto = P_40;
+                memmove(s->rx, s->rx + i, len - i);
+                s->rxlen = len - i;
+                query_card(s);
+                on_bytes40(s);
+                return 0;
+        }
+        return len;
+}
+
 static void on_readable(struct bd *s)
 {
         for (int burst = 0; burst < 16 && s->fd >= 0; burst++) {
@@ -975,8 +993,14 @@ static void on_readable(struct bd *s)
                         on_bytes40(s);
                         continue;
                 }
-                size_t len = s->rxlen + (size_t)n, start = 0;
-                for (size_t i = s->rxlen; i < len; i++) {
+                size_t len = s->rxlen + (size_t)n, start = 0, upto = len, from = s->rxlen;
+                if (s->proto == P_AUTO) {
+                        upto = auto_scan40(s, len);
+                        if (s->proto == P_40)
+                                continue;
+                        from = 0; /* bytes held back last time as a possible frame */
+                }
+                for (size_t i = from; i < upto; i++) {
                         if (s->rx[i] != '\n')
                                 continue;
                         if (!s->rx_skip)
@@ -1142,9 +1166,9 @@ static uint32_t bd_mtu(void *state)
         return s->c.mtu_cap && s->c.mtu_cap < m ? (uint32_t)s->c.mtu_cap : m;
 }
 
-static int bd_send(void *state, const void *frame, size_t len, uint32_t token)
+/* One frame to the card dest. */
+static int send_card(struct bd *s, uint32_t dest, const void *frame, size_t len, uint32_t token)
 {
-        struct bd *s = state;
         uint64_t now = kmp_now_us();
         char hex[2 * BD_FRAME_MAX + 4];
 
@@ -1165,9 +1189,9 @@ static int bd_send(void *state, const void *frame, size_t len, uint32_t token)
                 uint8_t body[16 + BD_FRAME_MAX];
                 size_t k = 0, dl = len + (s->c.mixed ? 1 : 0);
                 body[k++] = 0x46;
-                body[k++] = (uint8_t)(s->c.peer >> 16);
-                body[k++] = (uint8_t)(s->c.peer >> 8);
-                body[k++] = (uint8_t)s->c.peer;
+                body[k++] = (uint8_t)(dest >> 16);
+                body[k++] = (uint8_t)(dest >> 8);
+                body[k++] = (uint8_t)dest;
                 body[k++] = (uint8_t)((dl * 8) >> 8);
                 body[k++] = (uint8_t)(dl * 8);
                 body[k++] = 0;
@@ -1188,9 +1212,9 @@ static int bd_send(void *state, const void *frame, size_t len, uint32_t token)
         rdss_hex_encode(hex + off, frame, len);
         int n;
         if (s->proto == P_V21)
-                n = rdss_format(s->line, sizeof(s->line), "CCTXA,%07u,1,%d,%s", s->c.peer, s->c.mixed ? 2 : 1, hex);
+                n = rdss_format(s->line, sizeof(s->line), "CCTXA,%07u,1,%d,%s", dest, s->c.mixed ? 2 : 1, hex);
         else
-                n = rdss_format(s->line, sizeof(s->line), "CCTCQ,%07u,%u,1,%d,%s,0", s->c.peer, (unsigned)s->c.freq_point,
+                n = rdss_format(s->line, sizeof(s->line), "CCTCQ,%07u,%u,1,%d,%s,0", dest, (unsigned)s->c.freq_point,
                                 s->c.mixed ? 3 : 2, hex);
         if (n < 0)
                 return -EMSGSIZE;
@@ -1208,6 +1232,28 @@ write:
         return 0;
 }
 
+static int bd_send(void *state, const void *frame, size_t len, uint32_t token)
+{
+        struct bd *s = state;
+        return send_card(s, s->c.peer, frame, len, token);
+}
+
+/* ABI 1.2: a center's acks to the card of the base they are for (peer_cards). */
+static int bd_send_to(void *state, const char *peer, const void *frame, size_t len, uint32_t token)
+{
+        struct bd *s = state;
+        bool found;
+        uint32_t dest = kmp_peer_map_get(&s->c.peer_cards, peer, s->c.peer, &found);
+        if (peer && !found && s->c.peer_cards.n) {
+                long sup = kmp_ratelimit(&s->rl_peer, kmp_now_us());
+                if (sup >= 0)
+                        s->api->log(s->h, KM_PLUGIN_LOG_WARNING,
+                                    "beidou: no card for peer %s in peer_cards: sent to peer_card %07u (%ld more suppressed)",
+                                    peer, s->c.peer, sup);
+        }
+        return send_card(s, dest, frame, len, token);
+}
+
 static int bd_check(km_plugin_link *h, const struct km_host_api *api, const char **key, char *why, size_t len)
 {
         struct bd_conf c;
@@ -1220,6 +1266,7 @@ static const struct km_plugin_ops ops = {
         .send = bd_send,
         .mtu = bd_mtu,
         .check = bd_check,
+        .send_to = bd_send_to,
 };
 
-KMP_PLUGIN_ENTRY("beidou", "1.0", ops, keys)
+KMP_PLUGIN_ENTRY("beidou", "1.1", ops, keys)

@@ -3,11 +3,14 @@
 #include "plugins/common/plugin-util.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <termios.h>
 #include <time.h>
+#include <unistd.h>
 
 uint64_t kmp_now_us(void)
 {
@@ -133,4 +136,110 @@ int kmp_open_conf(const struct kmp_opt_table *t, km_plugin_link *h, const struct
         if (r < 0)
                 api->log(h, KM_PLUGIN_LOG_ERR, "%s%s%s", t->terse ? t->name : "", t->terse ? ": " : "", why);
         return r;
+}
+
+static const struct {
+        unsigned baud;
+        speed_t speed;
+} bauds[] = { { 1200, B1200 },     { 2400, B2400 },     { 4800, B4800 },     { 9600, B9600 },
+              { 19200, B19200 },   { 38400, B38400 },   { 57600, B57600 },   { 115200, B115200 },
+              { 230400, B230400 }, { 460800, B460800 }, { 921600, B921600 } };
+
+static int speed_of(uint64_t baud, speed_t *sp)
+{
+        for (size_t i = 0; i < sizeof(bauds) / sizeof(bauds[0]); i++)
+                if (bauds[i].baud == baud) {
+                        *sp = bauds[i].speed;
+                        return 0;
+                }
+        return -EINVAL;
+}
+
+bool kmp_baud_known(uint64_t baud)
+{
+        speed_t sp;
+        return speed_of(baud, &sp) == 0;
+}
+
+int kmp_serial_open(const char *path, uint64_t baud, char *why, size_t n)
+{
+        struct termios t;
+        speed_t sp;
+        if (speed_of(baud, &sp) < 0) {
+                snprintf(why, n, "not a line speed: %llu", (unsigned long long)baud);
+                return -EINVAL;
+        }
+        int fd = open(path, O_RDWR | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
+        if (fd < 0) {
+                int e = errno;
+                snprintf(why, n, "open: %s", strerror(e));
+                return -e;
+        }
+        if (tcgetattr(fd, &t) < 0) {
+                int e = errno;
+                close(fd);
+                snprintf(why, n, "not a serial port: %s", strerror(e));
+                return -e;
+        }
+        cfmakeraw(&t);
+        t.c_cflag |= CLOCAL | CREAD;
+        t.c_cflag &= ~(tcflag_t)(CRTSCTS | CSTOPB | PARENB);
+        t.c_cc[VMIN] = 1;
+        t.c_cc[VTIME] = 0;
+        cfsetispeed(&t, sp);
+        cfsetospeed(&t, sp);
+        if (tcsetattr(fd, TCSANOW, &t) < 0) {
+                int e = errno;
+                close(fd);
+                snprintf(why, n, "tcsetattr: %s", strerror(e));
+                return -e;
+        }
+        tcflush(fd, TCIOFLUSH);
+        return fd;
+}
+
+/* The next NAME:VALUE of a list: 1 and *pp past it, 0 at the end, -1 malformed. */
+static int next_pair(const char **pp, char *name, size_t nn, char *val, size_t vn)
+{
+        const char *p = *pp;
+        while (*p == ' ' || *p == ',')
+                p++;
+        if (!*p)
+                return 0;
+        const char *colon = strchr(p, ':'), *end = p + strcspn(p, ", ");
+        if (!colon || colon > end || colon == p || colon + 1 == end || (size_t)(colon - p) >= nn ||
+            (size_t)(end - colon - 1) >= vn)
+                return -1;
+        snprintf(name, nn, "%.*s", (int)(colon - p), p);
+        snprintf(val, vn, "%.*s", (int)(end - colon - 1), colon + 1);
+        *pp = end;
+        return 1;
+}
+
+const char *kmp_peer_map_parse(const char *v, struct kmp_peer_map *m, const char *malformed,
+                               const char *(*addr)(const char *v, uint32_t *out))
+{
+        char name[sizeof(m->v[0].name)], val[32];
+        for (int r; (r = next_pair(&v, name, sizeof(name), val, sizeof(val))) != 0;) {
+                if (r < 0)
+                        return malformed;
+                if (m->n == KMP_PEERS_MAX)
+                        return "more than 16";
+                const char *bad = addr(val, &m->v[m->n].addr);
+                if (bad)
+                        return bad;
+                memcpy(m->v[m->n++].name, name, sizeof(name));
+        }
+        return NULL;
+}
+
+uint32_t kmp_peer_map_get(const struct kmp_peer_map *m, const char *peer, uint32_t dflt, bool *found)
+{
+        *found = false;
+        for (unsigned i = 0; peer && i < m->n; i++)
+                if (strcmp(m->v[i].name, peer) == 0) {
+                        *found = true;
+                        return m->v[i].addr;
+                }
+        return dflt;
 }

@@ -32,6 +32,32 @@ const char *kmp_parse_uint(const char *v, uint64_t *out, uint64_t min, uint64_t 
 const char *kmp_parse_duration(const char *v, uint64_t *out, uint64_t min, uint64_t max, char *why, size_t n);
 const char *kmp_parse_prob(const char *v, double *out);
 
+/* A serial port: the line speeds a termios port takes, and the port opened raw 8N1,
+ * non-blocking, without flow control, VMIN 1 (so an idle port reads EAGAIN and a
+ * hang-up reads 0), its queues flushed. kmp_serial_open returns the fd or -errno with
+ * why ("open: ...", "not a serial port: ...", "tcsetattr: ..."). */
+#define KMP_BAUDS "1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600"
+bool kmp_baud_known(uint64_t baud);
+int kmp_serial_open(const char *path, uint64_t baud, char *why, size_t n);
+
+/* A center's bases on its one device (ABI 1.2 send_to): each base's name, as in the
+ * link's peers, and its address on the device (a card number, a radio id). */
+#define KMP_PEERS_MAX 16
+struct kmp_peer_map {
+        unsigned n;
+        struct {
+                char name[64];
+                uint32_t addr;
+        } v[KMP_PEERS_MAX];
+};
+/* Reads "NAME:ADDR, NAME:ADDR ..." into m (zeroed by the key reader); addr parses one
+ * address (NULL or why). Returns NULL, malformed for a pair that is not NAME:ADDR or
+ * too long, addr's why, or "more than 16". */
+const char *kmp_peer_map_parse(const char *v, struct kmp_peer_map *m, const char *malformed,
+                               const char *(*addr)(const char *v, uint32_t *out));
+/* The address of peer in m, or dflt when peer is NULL or not in m (*found says). */
+uint32_t kmp_peer_map_get(const struct kmp_peer_map *m, const char *peer, uint32_t dflt, bool *found);
+
 /* The types the reader parses itself; a plugin numbers its own from KMP_OPT_CUSTOM and
  * parses them in its kmp_opt_parse_fn. KMP_OPT_OPTIONAL or'ed in: a key without a
  * default that may be left out (the reader then leaves the field zero). */

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* pdt: a Hytera PDT/DMR data radio on its USB network as a narrow link (HDAP TMP text messages, RRS). */
+/* pdt: a Hytera PDT/DMR data radio on its USB network or its serial port as a narrow link (HDAP TMP text messages, RRS; HRNP on serial). */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -14,6 +14,7 @@
 #include "plugins/common/plugin-util.h"
 #include "plugins/kuimen-plugin.h"
 #include "plugins/pdt/hdap.h"
+#include "plugins/pdt/hrnp.h"
 
 /*
  * The radio shows up as a USB network interface ("Forward to PC" in its codeplug) and
@@ -21,6 +22,7 @@
  * ports on the PC's address and speaks HDAP (plugins/pdt/hdap.h):
  *
  *   send()  -> TMP private message (0xA1, ack wanted) to peer_id, the frame as text
+ *              (send_to(): to the base's radio in peer_ids, for a center's acks)
  *           <- TMP private message ack (0xA2) from our radio, with the air's result
  *   radio   -> TMP private message from the far radio: the frame, handed up; acked
  *   radio   -> RRS registration: answered with valid_time; RRS online check every
@@ -33,11 +35,25 @@
  * denied (11), receive-only (5) and PLL unlock (7) hand the frame back (sent
  * -ENOTCONN) and report DOWN until the back-off ends; invalid parameters (3) refuse
  * the frame (sent -EINVAL). No ack at all within ack_timeout retries the same way.
+ *
+ * transport = hrnp: the same PDUs travel inside HRNP packets (plugins/pdt/hrnp.h) on
+ * the radio's serial port instead of UDP datagrams; everything above is shared, only
+ * to_radio() and the reading differ. The PC connects (every second until the radio
+ * accepts), acks each data packet of the radio and the radio acks ours. A radio that
+ * resets forgets the connection and stops answering: the online checks going unanswered
+ * take the link DOWN and connecting starts over, as does a close from the radio or the
+ * port going away (reopened every second).
  */
 
+enum { T_UDP, T_HRNP };
+
 struct pdt_conf {
+        int transport;
+        char device[256];
+        uint64_t baud;
         struct in_addr radio, listen;
         uint64_t tmp_port, rrs_port, radio_id, peer_id, subnet, text_max;
+        struct kmp_peer_map peer_ids;
         uint64_t ack_timeout_us, retry_us, retry_max_us, give_up_us, check_interval_us, valid_time;
 };
 
@@ -48,8 +64,17 @@ struct pdt {
         size_t mtu;
 
         int tmp_fd, rrs_fd;
-        char down_reason[128];
+        char down_reason[320];
         int bind_timer;
+
+        /* transport = hrnp */
+        int ser_fd;
+        bool connected;
+        uint16_t pn, rx_pn;
+        bool rx_pn_valid;
+        struct hrnp_rx hrx;
+        int conn_timer;
+        unsigned long n_hrnp_bad, n_data_acks, n_dups, n_other, n_write_fail;
 
         /* the radio */
         bool heard;         /* an RRS message from the radio since the last silence */
@@ -61,34 +86,42 @@ struct pdt {
         bool have, on_air, retry_wait, want_ready;
         uint8_t frame[HDAP_MAX];
         size_t len;
-        uint32_t token, req;
+        uint32_t token, req, dest;
         uint64_t first_us;
         unsigned fails;
         int ack_timer, retry_timer, kick_timer;
 
         enum km_plugin_state state;
-        char reason[160], fail_reason[128];
+        char reason[320], fail_reason[128];
         bool fail_down;
 
         unsigned long n_sent, n_failed, n_rx, n_bad, n_text, n_stray;
-        struct kmp_ratelimit rl_bad, rl_text;
+        struct kmp_ratelimit rl_bad, rl_text, rl_peer;
         uint8_t buf[HDAP_MAX];
 };
 
 /* ---- configuration ---------------------------------------------------------- */
 
-enum { OPT_UINT = KMP_OPT_UINT, OPT_DURATION = KMP_OPT_DURATION, OPT_IP4 = KMP_OPT_CUSTOM };
+enum { OPT_UINT = KMP_OPT_UINT, OPT_DURATION = KMP_OPT_DURATION, OPT_IP4 = KMP_OPT_CUSTOM, OPT_TRANSPORT, OPT_PATH, OPT_BAUD,
+       OPT_IDS };
 
 #define CONF(f) offsetof(struct pdt_conf, f)
 #define US(s) ((uint64_t)(s) * 1000000ull)
 
 static const struct kmp_opt opts[] = {
+        { "transport", OPT_TRANSPORT, "udp", CONF(transport), 0, 0,
+          "udp: HDAP over the radio's USB network; hrnp: HDAP in HRNP packets on its serial port" },
+        { "device", OPT_PATH, "/dev/ttyUSB0", CONF(device), 0, 0, "serial port of the radio (transport = hrnp)" },
+        { "baud", OPT_BAUD, "115200", CONF(baud), 0, 0, "line speed of the serial port, 8N1 (transport = hrnp)" },
         { "radio", OPT_IP4, "192.168.10.1", CONF(radio), 0, 0, "IPv4 address of the radio on its USB network" },
         { "listen", OPT_IP4, "0.0.0.0", CONF(listen), 0, 0, "IPv4 address of this end (where the radio sends)" },
         { "tmp_port", OPT_UINT, "3004", CONF(tmp_port), 1, 65535, "UDP port of the text message service (TMP)" },
         { "rrs_port", OPT_UINT, "3002", CONF(rrs_port), 1, 65535, "UDP port of the registration service (RRS)" },
         { "radio_id", OPT_UINT, NULL, CONF(radio_id), 1, 0xFFFFFF, "this radio's id (24 bits)" },
         { "peer_id", OPT_UINT, NULL, CONF(peer_id), 1, 0xFFFFFF, "the far radio's id, where frames go" },
+        { "peer_ids", OPT_IDS | KMP_OPT_OPTIONAL, NULL, CONF(peer_ids), 0, 0,
+          "a center's bases on this one radio: NAME:ID, ... (NAME as in peers); each base's acks go to its radio, "
+          "the rest to peer_id" },
         { "subnet", OPT_UINT, "10", CONF(subnet), 1, 255, "first byte of the radio IPs (the codeplug's radio network)" },
         { "text_max", OPT_UINT, "67", CONF(text_max), 8, 1024,
           "bytes of UTF-16LE text in one message: 67 on Hytera PDT (PDP_MAX); the frame gets 14 bits a character" },
@@ -104,17 +137,52 @@ static const struct kmp_opt opts[] = {
           "seconds the radio's registration holds (told to the radio in the registration ack)" },
 };
 
-static const char *const keys[] = { "radio",    "listen",      "tmp_port", "rrs_port", "radio_id",
-                                    "peer_id",  "subnet",      "text_max", "ack_timeout", "retry",
+static const char *const keys[] = { "transport", "device", "baud", "radio",    "listen",      "tmp_port", "rrs_port", "radio_id",
+                                    "peer_id",  "peer_ids", "subnet",      "text_max", "ack_timeout", "retry",
                                     "retry_max", "give_up", "check_interval", "valid_time", NULL };
 _Static_assert(sizeof(keys) / sizeof(keys[0]) == sizeof(opts) / sizeof(opts[0]) + 1, "keys[] mirrors opts[]");
 
-/* OPT_IP4, the one type of its own: the radio's USB network is numeric IPv4. */
-static const char *parse_ip4(const struct kmp_opt *o, const char *v, void *conf, char *why, size_t n)
+static const char *parse_id(const char *v, uint32_t *id)
 {
-        (void)why;
-        (void)n;
-        return inet_pton(AF_INET, v, (char *)conf + o->off) == 1 ? NULL : "not a numeric IPv4 address";
+        uint64_t x;
+        char why[64];
+        if (kmp_parse_uint(v, &x, 1, 0xFFFFFF, why, sizeof(why)))
+                return "expected NAME:ID, ... with radio ids of 1 to 16777215";
+        *id = (uint32_t)x;
+        return NULL;
+}
+
+/* The types of its own: the radio's USB network is numeric IPv4; the transport, the
+ * serial port and its speed. */
+static const char *parse_custom(const struct kmp_opt *o, const char *v, void *conf, char *why, size_t n)
+{
+        void *at = (char *)conf + o->off;
+        switch (o->type & ~KMP_OPT_OPTIONAL) {
+        case OPT_IP4: return inet_pton(AF_INET, v, at) == 1 ? NULL : "not a numeric IPv4 address";
+        case OPT_TRANSPORT:
+                if (strcmp(v, "udp") == 0)
+                        *(int *)at = T_UDP;
+                else if (strcmp(v, "hrnp") == 0)
+                        *(int *)at = T_HRNP;
+                else
+                        return "not udp or hrnp";
+                return NULL;
+        case OPT_PATH:
+                if (*v != '/')
+                        return "not an absolute path";
+                if (strlen(v) >= sizeof(((struct pdt_conf *)0)->device))
+                        return "too long";
+                strcpy(at, v);
+                return NULL;
+        case OPT_BAUD: {
+                const char *bad = kmp_parse_uint(v, at, 1, 10000000, why, n);
+                return bad ? bad : kmp_baud_known(*(uint64_t *)at) ? NULL : "not a line speed (" KMP_BAUDS ")";
+        }
+        case OPT_IDS:
+                return kmp_peer_map_parse(v, at, "expected NAME:ID, ... (a base's name as in peers, its radio id)",
+                                          parse_id);
+        default: return "unknown option type";
+        }
 }
 
 /* The checks across keys, once each key has parsed on its own. */
@@ -147,16 +215,23 @@ static int check_keys(void *conf, const char **key, char *why, size_t wn)
 
 static const struct kmp_opt_table opt_table = {
         .name = "pdt", .opts = opts, .n = sizeof(opts) / sizeof(opts[0]),
-        .check_keys = check_keys, .parse = parse_ip4
+        .check_keys = check_keys, .parse = parse_custom
 };
 
 /* ---- reports ---------------------------------------------------------------- */
 
+/* The way to the radio is there: the ports bound, or the serial port open and the
+ * HRNP connection accepted. */
+static bool io_up(const struct pdt *s)
+{
+        return s->c.transport == T_HRNP ? s->ser_fd >= 0 && s->connected : s->tmp_fd >= 0;
+}
+
 static void report(struct pdt *s)
 {
         struct km_plugin_report r = { .struct_size = sizeof(r), .signal = -1, .mtu = (uint32_t)s->mtu };
-        char why[160];
-        if (s->tmp_fd < 0) {
+        char why[320];
+        if (!io_up(s)) {
                 r.state = KM_PLUGIN_DOWN;
                 snprintf(why, sizeof(why), "%s", s->down_reason);
         } else if (!s->heard) {
@@ -221,10 +296,23 @@ static void maybe_ready(struct pdt *s)
 static void on_ack_timeout(void *ud);
 static void on_retry(void *ud);
 
-static void sendto_radio(struct pdt *s, int fd, uint64_t port, const uint8_t *p, size_t n)
+static void hrnp_put(struct pdt *s, uint8_t opcode, uint16_t pn, const uint8_t *data, size_t len);
+
+/* One HDAP PDU to the radio: a datagram to the port of its service, or an HRNP data
+ * packet on the serial port. A PDU lost here is one the radio never acks: the ack
+ * timeout retries it. */
+static void to_radio(struct pdt *s, const uint8_t *p, size_t n)
 {
-        struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr = s->c.radio };
-        if (sendto(fd, p, n, MSG_DONTWAIT | MSG_NOSIGNAL, (struct sockaddr *)&to, sizeof(to)) < 0) {
+        if (s->c.transport == T_HRNP) {
+                if (s->ser_fd >= 0 && s->connected)
+                        hrnp_put(s, HRNP_DATA, s->pn++, p, n);
+                return;
+        }
+        bool rrs = (p[0] & 0x7F) == HDAP_RRS;
+        int fd = rrs ? s->rrs_fd : s->tmp_fd;
+        struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons((uint16_t)(rrs ? s->c.rrs_port : s->c.tmp_port)),
+                                  .sin_addr = s->c.radio };
+        if (fd >= 0 && sendto(fd, p, n, MSG_DONTWAIT | MSG_NOSIGNAL, (struct sockaddr *)&to, sizeof(to)) < 0) {
                 long sup = kmp_ratelimit(&s->rl_bad, kmp_now_us());
                 if (sup >= 0)
                         s->api->log(s->h, KM_PLUGIN_LOG_WARNING, "pdt: sendto the radio: %s (%ld more suppressed)",
@@ -235,11 +323,11 @@ static void sendto_radio(struct pdt *s, int fd, uint64_t port, const uint8_t *p,
 static void transmit(struct pdt *s)
 {
         uint8_t text[HDAP_MAX], pdu[HDAP_MAX];
-        if (!s->have || s->on_air || s->retry_wait || s->tmp_fd < 0)
+        if (!s->have || s->on_air || s->retry_wait || !io_up(s))
                 return;
         int tl = text_encode(s->frame, s->len, text, sizeof(text));
         struct tmp_msg m = { .ack_wanted = true, .type = TMP_PRIVATE, .req = ++s->req,
-                             .dst = radio_ip((uint8_t)s->c.subnet, (uint32_t)s->c.peer_id),
+                             .dst = radio_ip((uint8_t)s->c.subnet, s->dest),
                              .src = radio_ip((uint8_t)s->c.subnet, (uint32_t)s->c.radio_id), .text = text,
                              .text_len = tl > 0 ? (size_t)tl : 0 };
         int n = tl > 0 ? tmp_encode(pdu, sizeof(pdu), &m) : tl;
@@ -248,7 +336,7 @@ static void transmit(struct pdt *s)
                 return;
         }
         s->on_air = true;
-        sendto_radio(s, s->tmp_fd, s->c.tmp_port, pdu, (size_t)n);
+        to_radio(s, pdu, (size_t)n);
         arm(s, &s->ack_timer, s->c.ack_timeout_us, on_ack_timeout);
 }
 
@@ -375,7 +463,7 @@ static void on_tmp_pdu(struct pdt *s, const uint8_t *p, size_t n)
                 struct tmp_msg a = { .ack_wanted = false, .type = TMP_PRIVATE_ACK, .req = m.req, .dst = m.src, .src = m.dst };
                 int k = tmp_encode(pdu, sizeof(pdu), &a);
                 if (k > 0)
-                        sendto_radio(s, s->tmp_fd, s->c.tmp_port, pdu, (size_t)k);
+                        to_radio(s, pdu, (size_t)k);
         }
         int fl = text_decode(m.text, m.text_len, s->buf, sizeof(s->buf));
         if (fl < 0) {
@@ -414,7 +502,7 @@ static void on_rrs_pdu(struct pdt *s, const uint8_t *p, size_t n)
                 pl[5] = (uint8_t)(vt >> 24), pl[6] = (uint8_t)(vt >> 16), pl[7] = (uint8_t)(vt >> 8), pl[8] = (uint8_t)vt;
                 int k = hdap_encode(pdu, sizeof(pdu), HDAP_RRS, false, 0, RRS_REGISTER_ACK, pl, sizeof(pl));
                 if (k > 0)
-                        sendto_radio(s, s->rrs_fd, s->c.rrs_port, pdu, (size_t)k);
+                        to_radio(s, pdu, (size_t)k);
                 if (!s->registered)
                         s->api->log(s->h, KM_PLUGIN_LOG_INFO, "pdt: radio %u registered",
                                     (unsigned)((uint32_t)h.payload[1] << 16 | h.payload[2] << 8 | h.payload[3]));
@@ -441,6 +529,15 @@ static void on_rrs_pdu(struct pdt *s, const uint8_t *p, size_t n)
                 maybe_ready(s);
 }
 
+/* One HDAP PDU from the radio, whichever way it came. */
+static void on_pdu(struct pdt *s, const uint8_t *p, size_t n, bool rrs)
+{
+        if (rrs)
+                on_rrs_pdu(s, p, n);
+        else
+                on_tmp_pdu(s, p, n);
+}
+
 static void on_readable(void *ud, int fd, uint32_t revents)
 {
         struct pdt *s = ud;
@@ -460,10 +557,7 @@ static void on_readable(void *ud, int fd, uint32_t revents)
                         bad_pdu(s, "", "longer than any HDAP PDU");
                         continue;
                 }
-                if (fd == s->tmp_fd)
-                        on_tmp_pdu(s, buf, (size_t)n);
-                else
-                        on_rrs_pdu(s, buf, (size_t)n);
+                on_pdu(s, buf, (size_t)n, fd != s->tmp_fd);
                 if (s->tmp_fd < 0)
                         return;
         }
@@ -471,13 +565,19 @@ static void on_readable(void *ud, int fd, uint32_t revents)
 
 /* ---- the radio's presence --------------------------------------------------------- */
 
+static void hrnp_lost(struct pdt *s, const char *why);
+
 static void on_check(void *ud)
 {
         struct pdt *s = ud;
         uint8_t pl[4], pdu[16];
         uint32_t ip = radio_ip((uint8_t)s->c.subnet, (uint32_t)s->c.radio_id);
         s->check_timer = 0;
-        if (s->unanswered >= 2 && s->heard) {
+        if (s->c.transport == T_HRNP && s->unanswered >= 2 && s->connected) {
+                /* A radio that reset has forgotten the connection: make a new one. */
+                s->api->log(s->h, KM_PLUGIN_LOG_WARNING, "pdt: the radio does not answer online checks; connecting again");
+                hrnp_lost(s, "radio not answering (RRS online check); connecting (HRNP)");
+        } else if (s->unanswered >= 2 && s->heard) {
                 s->heard = false;
                 s->registered = false;
                 s->api->log(s->h, KM_PLUGIN_LOG_WARNING, "pdt: the radio does not answer online checks");
@@ -486,11 +586,11 @@ static void on_check(void *ud)
                 report(s);
                 finish(s, -ENOTCONN);
         }
-        if (s->rrs_fd >= 0) {
+        if (io_up(s)) {
                 pl[0] = (uint8_t)(ip >> 24), pl[1] = (uint8_t)(ip >> 16), pl[2] = (uint8_t)(ip >> 8), pl[3] = (uint8_t)ip;
                 int k = hdap_encode(pdu, sizeof(pdu), HDAP_RRS, false, 0, RRS_CHECK, pl, 4);
                 if (k > 0)
-                        sendto_radio(s, s->rrs_fd, s->c.rrs_port, pdu, (size_t)k);
+                        to_radio(s, pdu, (size_t)k);
                 s->unanswered++;
         }
         arm(s, &s->check_timer, s->c.check_interval_us, on_check);
@@ -543,6 +643,188 @@ static void on_bind(void *ud)
         on_check(s);
 }
 
+/* ---- HRNP on the serial port ------------------------------------------------------ */
+
+static void on_serial(void *ud, int fd, uint32_t revents);
+
+static void hrnp_put(struct pdt *s, uint8_t opcode, uint16_t pn, const uint8_t *data, size_t len)
+{
+        uint8_t pkt[HRNP_MAX];
+        int n = hrnp_encode(pkt, sizeof(pkt), opcode, HRNP_PC, HRNP_RADIO, pn, data, len);
+        if (n < 0 || s->ser_fd < 0)
+                return;
+        /* A whole packet or nothing useful: the port's queue holds several kB, and what
+         * does not go is retried above (connect again, the ack timeout). */
+        ssize_t w = write(s->ser_fd, pkt, (size_t)n);
+        if (w != n) {
+                s->n_write_fail++;
+                long sup = kmp_ratelimit(&s->rl_bad, kmp_now_us());
+                if (sup >= 0)
+                        s->api->log(s->h, KM_PLUGIN_LOG_WARNING, "pdt: %s: write: %s (%ld more suppressed)", s->c.device,
+                                    w < 0 ? strerror(errno) : "short write", sup);
+        }
+}
+
+static void on_connect(void *ud)
+{
+        struct pdt *s = ud;
+        s->conn_timer = 0;
+        if (s->ser_fd < 0 || s->connected)
+                return;
+        hrnp_put(s, HRNP_CONNECT, 0, NULL, 0);
+        arm(s, &s->conn_timer, 1000000, on_connect);
+}
+
+/* The connection is gone (why: the reason DOWN reports): the frame goes back and
+ * connecting starts over. */
+static void hrnp_lost(struct pdt *s, const char *why)
+{
+        s->connected = false;
+        s->heard = false;
+        s->registered = false;
+        s->unanswered = 0;
+        snprintf(s->down_reason, sizeof(s->down_reason), "%s", why);
+        report(s);
+        finish(s, -ENOTCONN);
+        arm(s, &s->conn_timer, 0, on_connect);
+}
+
+static void on_reopen(void *ud);
+
+static void close_serial(struct pdt *s, const char *why)
+{
+        if (s->ser_fd >= 0) {
+                s->api->unwatch_fd(s->h, s->ser_fd);
+                close(s->ser_fd);
+                s->ser_fd = -1;
+        }
+        s->api->log(s->h, KM_PLUGIN_LOG_WARNING, "pdt: %s: %s", s->c.device, why);
+        hrnp_lost(s, why);
+        cancel(s, &s->conn_timer);
+        arm(s, &s->bind_timer, 1000000, on_reopen);
+}
+
+static void on_hrnp(struct pdt *s, const struct hrnp_pkt *k)
+{
+        switch (k->opcode) {
+        case HRNP_ACCEPT:
+                if (!s->connected) {
+                        s->api->log(s->h, KM_PLUGIN_LOG_INFO, "pdt: HRNP connection accepted by the radio on %s", s->c.device);
+                        s->connected = true;
+                        s->pn = 1;
+                        s->rx_pn_valid = false;
+                        s->down_reason[0] = '\0';
+                        cancel(s, &s->conn_timer);
+                        report(s);
+                }
+                return;
+        case HRNP_REJECT:
+                s->api->log(s->h, KM_PLUGIN_LOG_WARNING, "pdt: the radio rejected the HRNP connection; again in 1 s");
+                snprintf(s->down_reason, sizeof(s->down_reason), "the radio rejected the HRNP connection");
+                report(s);
+                return;
+        case HRNP_CLOSE:
+                hrnp_put(s, HRNP_CLOSE_ACK, k->pn, NULL, 0);
+                if (s->connected) {
+                        s->api->log(s->h, KM_PLUGIN_LOG_WARNING, "pdt: the radio closed the HRNP connection");
+                        hrnp_lost(s, "the radio closed the HRNP connection; connecting (HRNP)");
+                }
+                return;
+        case HRNP_DATA_ACK: s->n_data_acks++; return;
+        case HRNP_CLOSE_ACK: return;
+        case HRNP_DATA: break;
+        default: bad_pdu(s, "HRNP", "unknown opcode"); return;
+        }
+        if (!s->connected) {
+                bad_pdu(s, "HRNP", "data before the connection was accepted");
+                return;
+        }
+        hrnp_put(s, HRNP_DATA_ACK, k->pn, NULL, 0);
+        /* Our data ack lost on the line: the radio sends the packet again. */
+        if (s->rx_pn_valid && k->pn == s->rx_pn) {
+                s->n_dups++;
+                return;
+        }
+        s->rx_pn = k->pn;
+        s->rx_pn_valid = true;
+        if (k->len == 0) {
+                bad_pdu(s, "HRNP", "data packet without a PDU");
+                return;
+        }
+        uint8_t service = k->data[0] & 0x7F;
+        if (service != HDAP_TMP && service != HDAP_RRS) {
+                s->n_other++; /* RCP, LP, ... broadcasts this link does not use */
+                return;
+        }
+        on_pdu(s, k->data, k->len, service == HDAP_RRS);
+}
+
+static void on_serial(void *ud, int fd, uint32_t revents)
+{
+        struct pdt *s = ud;
+        uint8_t buf[512];
+        (void)fd;
+        for (int i = 0; i < 16 && s->ser_fd >= 0; i++) {
+                ssize_t n = read(s->ser_fd, buf, sizeof(buf));
+                if (n < 0 && (errno == EAGAIN || errno == EINTR))
+                        return;
+                if (n <= 0) {
+                        char why[160];
+                        snprintf(why, sizeof(why), "%s", n == 0 ? "hang-up" : strerror(errno));
+                        close_serial(s, why);
+                        return;
+                }
+                uint64_t now = kmp_now_us();
+                for (size_t off = 0; off < (size_t)n && s->ser_fd >= 0;) {
+                        off += hrnp_rx_feed(&s->hrx, buf + off, (size_t)n - off, now);
+                        struct hrnp_pkt k;
+                        const char *why;
+                        int r;
+                        while (s->ser_fd >= 0 && (r = hrnp_rx_next(&s->hrx, &k, &why)) != 0) {
+                                if (r > 0) {
+                                        on_hrnp(s, &k);
+                                } else {
+                                        s->n_hrnp_bad++;
+                                        bad_pdu(s, "HRNP", why);
+                                }
+                        }
+                }
+        }
+        (void)revents;
+}
+
+static void on_reopen(void *ud)
+{
+        struct pdt *s = ud;
+        char why[160];
+        s->bind_timer = 0;
+        int fd = kmp_serial_open(s->c.device, s->c.baud, why, sizeof(why));
+        int r = fd >= 0 ? s->api->watch_fd(s->h, fd, EPOLLIN, on_serial, s) : fd;
+        if (r < 0) {
+                if (fd >= 0) {
+                        close(fd);
+                        snprintf(why, sizeof(why), "watch_fd: %s", strerror(-r));
+                }
+                char was[sizeof(s->down_reason)];
+                snprintf(was, sizeof(was), "%s", s->down_reason);
+                snprintf(s->down_reason, sizeof(s->down_reason), "%.150s: %.150s", s->c.device, why);
+                if (strcmp(was, s->down_reason) != 0)
+                        s->api->log(s->h, KM_PLUGIN_LOG_WARNING, "pdt: %s", s->down_reason);
+                report(s);
+                arm(s, &s->bind_timer, 1000000, on_reopen);
+                return;
+        }
+        s->ser_fd = fd;
+        hrnp_rx_reset(&s->hrx);
+        s->api->log(s->h, KM_PLUGIN_LOG_INFO, "pdt: %s opened at %llu baud; connecting (HRNP)", s->c.device,
+                    (unsigned long long)s->c.baud);
+        snprintf(s->down_reason, sizeof(s->down_reason), "connecting to the radio (HRNP)");
+        report(s);
+        on_connect(s);
+        if (s->check_timer <= 0)
+                on_check(s);
+}
+
 /* ---- the ops ------------------------------------------------------------------ */
 
 static void pdt_close(void *state);
@@ -559,16 +841,23 @@ static int pdt_open(km_plugin_link *h, const struct km_host_api *api, void **sta
         s->h = h;
         s->api = api;
         s->c = c;
-        s->tmp_fd = s->rrs_fd = -1;
+        s->tmp_fd = s->rrs_fd = s->ser_fd = -1;
         s->state = (enum km_plugin_state)-1;
         s->mtu = text_frame_max(c.text_max);
         snprintf(s->down_reason, sizeof(s->down_reason), "not bound yet");
-        char ip[INET_ADDRSTRLEN];
+        char ip[INET_ADDRSTRLEN], where[300];
         inet_ntop(AF_INET, &c.radio, ip, sizeof(ip));
-        api->log(h, KM_PLUGIN_LOG_INFO, "pdt: mtu %zu B (%llu text bytes), radio %s (TMP %llu, RRS %llu), id %llu -> %llu",
-                 s->mtu, (unsigned long long)c.text_max, ip, (unsigned long long)c.tmp_port,
-                 (unsigned long long)c.rrs_port, (unsigned long long)c.radio_id, (unsigned long long)c.peer_id);
-        on_bind(s);
+        if (c.transport == T_HRNP)
+                snprintf(where, sizeof(where), "HRNP on %s at %llu baud", c.device, (unsigned long long)c.baud);
+        else
+                snprintf(where, sizeof(where), "radio %s (TMP %llu, RRS %llu)", ip, (unsigned long long)c.tmp_port,
+                         (unsigned long long)c.rrs_port);
+        api->log(h, KM_PLUGIN_LOG_INFO, "pdt: mtu %zu B (%llu text bytes), %s, id %llu -> %llu", s->mtu,
+                 (unsigned long long)c.text_max, where, (unsigned long long)c.radio_id, (unsigned long long)c.peer_id);
+        if (c.transport == T_HRNP)
+                on_reopen(s);
+        else
+                on_bind(s);
         *state = s;
         return 0;
 }
@@ -578,20 +867,28 @@ static void pdt_close(void *state)
         struct pdt *s = state;
         if (!s)
                 return;
-        int *timers[] = { &s->bind_timer, &s->check_timer, &s->ack_timer, &s->retry_timer, &s->kick_timer };
+        int *timers[] = { &s->bind_timer, &s->check_timer, &s->ack_timer, &s->retry_timer, &s->kick_timer, &s->conn_timer };
         for (size_t i = 0; i < sizeof(timers) / sizeof(timers[0]); i++)
                 cancel(s, timers[i]);
         close_socks(s);
+        if (s->ser_fd >= 0) {
+                s->api->unwatch_fd(s->h, s->ser_fd);
+                close(s->ser_fd);
+        }
         s->api->log(s->h, KM_PLUGIN_LOG_INFO,
                     "pdt: closed; messages sent %lu, failed %lu, frames received %lu, other texts %lu, bad PDUs %lu, "
                     "stray acks %lu",
                     s->n_sent, s->n_failed, s->n_rx, s->n_text, s->n_bad, s->n_stray);
+        if (s->c.transport == T_HRNP)
+                s->api->log(s->h, KM_PLUGIN_LOG_INFO,
+                            "pdt: HRNP: bad packets %lu, data acks %lu, duplicates %lu, other services %lu, failed writes %lu",
+                            s->n_hrnp_bad, s->n_data_acks, s->n_dups, s->n_other, s->n_write_fail);
         free(s);
 }
 
-static int pdt_send(void *state, const void *frame, size_t len, uint32_t token)
+/* One frame to the radio dest. */
+static int send_id(struct pdt *s, uint32_t dest, const void *frame, size_t len, uint32_t token)
 {
-        struct pdt *s = state;
         if (!frame || len == 0)
                 return -EINVAL;
         if (len > s->mtu)
@@ -606,6 +903,7 @@ static int pdt_send(void *state, const void *frame, size_t len, uint32_t token)
         }
         memcpy(s->frame, frame, len);
         s->len = len;
+        s->dest = dest;
         s->token = token;
         s->have = true;
         s->first_us = kmp_now_us();
@@ -614,6 +912,28 @@ static int pdt_send(void *state, const void *frame, size_t len, uint32_t token)
                 s->kick_timer = id > 0 ? id : 0;
         }
         return 0;
+}
+
+static int pdt_send(void *state, const void *frame, size_t len, uint32_t token)
+{
+        struct pdt *s = state;
+        return send_id(s, (uint32_t)s->c.peer_id, frame, len, token);
+}
+
+/* ABI 1.2: a center's acks to the radio of the base they are for (peer_ids). */
+static int pdt_send_to(void *state, const char *peer, const void *frame, size_t len, uint32_t token)
+{
+        struct pdt *s = state;
+        bool found;
+        uint32_t dest = kmp_peer_map_get(&s->c.peer_ids, peer, (uint32_t)s->c.peer_id, &found);
+        if (peer && !found && s->c.peer_ids.n) {
+                long sup = kmp_ratelimit(&s->rl_peer, kmp_now_us());
+                if (sup >= 0)
+                        s->api->log(s->h, KM_PLUGIN_LOG_WARNING,
+                                    "pdt: no radio for peer %s in peer_ids: sent to peer_id %u (%ld more suppressed)", peer,
+                                    dest, sup);
+        }
+        return send_id(s, dest, frame, len, token);
 }
 
 static uint32_t pdt_mtu(void *state)
@@ -634,6 +954,7 @@ static const struct km_plugin_ops ops = {
         .send = pdt_send,
         .mtu = pdt_mtu,
         .check = pdt_check,
+        .send_to = pdt_send_to,
 };
 
-KMP_PLUGIN_ENTRY("pdt", "1.0", ops, keys)
+KMP_PLUGIN_ENTRY("pdt", "1.1", ops, keys)

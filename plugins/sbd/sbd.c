@@ -1,13 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /* sbd: an Iridium 9602/9603/RockBLOCK modem on a serial port as a narrow link (AT+SBDWB, +SBDIX, +SBDRB). */
 #include <errno.h>
-#include <fcntl.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <termios.h>
 #include <unistd.h>
 
 #include "plugins/common/plugin-util.h"
@@ -158,12 +156,6 @@ static const char *const keys[] = { "device", "baud", "mtu", "at_timeout", "sess
                                     "give_up", "reopen", "csq_interval", "mailbox_check", "registration_wait", NULL };
 _Static_assert(sizeof(keys) / sizeof(keys[0]) == sizeof(opts) / sizeof(opts[0]) + 1, "keys[] mirrors opts[]");
 
-static const struct {
-        unsigned baud;
-        speed_t speed;
-} bauds[] = { { 1200, B1200 },   { 2400, B2400 },   { 4800, B4800 },     { 9600, B9600 },    { 19200, B19200 },
-              { 38400, B38400 }, { 57600, B57600 }, { 115200, B115200 }, { 230400, B230400 } };
-
 /* The device path and the line speed; the numbers and durations are the reader's. */
 static const char *parse_custom(const struct kmp_opt *o, const char *v, void *conf, char *why, size_t n)
 {
@@ -181,13 +173,8 @@ static const char *parse_custom(const struct kmp_opt *o, const char *v, void *co
                 break;
         case OPT_BAUD:
                 bad = kmp_parse_uint(v, dst, 1, 10000000, why, n);
-                if (!bad) {
-                        bool known = false;
-                        for (size_t k = 0; k < sizeof(bauds) / sizeof(bauds[0]); k++)
-                                known |= bauds[k].baud == *(uint64_t *)dst;
-                        if (!known)
-                                bad = "not a serial speed (1200 .. 230400, e.g. 19200)";
-                }
+                if (!bad && !kmp_baud_known(*(uint64_t *)dst))
+                        bad = "not a serial speed (" KMP_BAUDS ")";
                 break;
         default: bad = "unknown option type"; break;
         }
@@ -345,47 +332,13 @@ static void port_lost(struct sbd *s, const char *why)
         down_and_give_back(s, -ENOTCONN);
 }
 
-static speed_t speed_of(uint64_t baud)
-{
-        for (size_t k = 0; k < sizeof(bauds) / sizeof(bauds[0]); k++)
-                if (bauds[k].baud == baud)
-                        return bauds[k].speed;
-        return B19200;
-}
-
 /* Opens and sets up the port (raw 8N1, no flow control: the init sends AT&K0 to
  * match). Returns 0 or -errno with dev_reason set. */
 static int open_port(struct sbd *s)
 {
-        struct termios t;
-        int fd = open(s->c.device, O_RDWR | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
-        if (fd < 0) {
-                int e = errno;
-                snprintf(s->dev_reason, sizeof(s->dev_reason), "open: %s", strerror(e));
-                return -e;
-        }
-        if (tcgetattr(fd, &t) < 0) {
-                int e = errno;
-                close(fd);
-                snprintf(s->dev_reason, sizeof(s->dev_reason), "not a serial port: %s", strerror(e));
-                return -e;
-        }
-        cfmakeraw(&t);
-        t.c_cflag |= CLOCAL | CREAD;
-        t.c_cflag &= ~(tcflag_t)(CRTSCTS | CSTOPB | PARENB);
-        /* VMIN 1: with 0, a non-blocking read of an idle port returns 0, which is how
-         * a hang-up reads; with 1 it is EAGAIN. */
-        t.c_cc[VMIN] = 1;
-        t.c_cc[VTIME] = 0;
-        cfsetispeed(&t, speed_of(s->c.baud));
-        cfsetospeed(&t, speed_of(s->c.baud));
-        if (tcsetattr(fd, TCSANOW, &t) < 0) {
-                int e = errno;
-                close(fd);
-                snprintf(s->dev_reason, sizeof(s->dev_reason), "tcsetattr: %s", strerror(e));
-                return -e;
-        }
-        tcflush(fd, TCIOFLUSH);
+        int fd = kmp_serial_open(s->c.device, s->c.baud, s->dev_reason, sizeof(s->dev_reason));
+        if (fd < 0)
+                return fd;
         int r = s->api->watch_fd(s->h, fd, EPOLLIN, on_io, s);
         if (r < 0) {
                 close(fd);

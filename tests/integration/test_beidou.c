@@ -72,18 +72,19 @@ static int drill_interval(void)
 }
 
 static void start_sim(struct bdenv *e, struct h_proc *p, const char *log, const char *dev, const char *ctl,
-                      const char *card, int udp, int peer, const struct bdconf *c)
+                      const char *card, int udp, int peer, int peer2, const struct bdconf *c)
 {
         const char *sim = getenv("KM_BEIDOU_SIM");
         cr_assert(sim, "KM_BEIDOU_SIM is not set (meson sets it)");
-        char u[16], pr[16], iv[16];
+        char u[16], pr[16], pr2[16], iv[16];
         snprintf(iv, sizeof(iv), "%d", c->interval > 0 ? c->interval : 1);
         snprintf(u, sizeof(u), "%d", udp);
         snprintf(pr, sizeof(pr), "%d", peer);
+        snprintf(pr2, sizeof(pr2), "%d", peer2);
         char *argv[] = { (char *)sim, "--protocol", (char *)c->proto, "--card", (char *)card, "--interval", iv,
                          "--level", (char *)c->level, "--link", (char *)dev, "--control", (char *)ctl, "--udp", u,
                          "--peer", pr, "--boot-ms", "200", "--notime-ms", "200", "--fki-ms", "50", "--latency-ms",
-                         "100", "--seed", udp % 2 ? "7" : "11", NULL };
+                         "100", "--seed", udp % 2 ? "7" : "11", peer2 ? "--peer" : NULL, pr2, NULL };
         h_spawn(p, log, argv, NULL);
         cr_assert(h_log_wait(p, "booted", 5000), "the simulator did not start (%s)", log);
         (void)e;
@@ -123,8 +124,8 @@ static void bd_up(struct bdenv *e, const char *tag, const struct bdconf *c)
         P(slog_b, "sim-center.log");
 #undef P
         int ua = h_free_port(), ub = h_free_port();
-        start_sim(e, &e->sim_a, e->slog_a, e->dev_a, e->ctl_a, BASE_CARD, ua, ub, c);
-        start_sim(e, &e->sim_b, e->slog_b, e->dev_b, e->ctl_b, CENTER_CARD, ub, ua, c);
+        start_sim(e, &e->sim_a, e->slog_a, e->dev_a, e->ctl_a, BASE_CARD, ua, ub, 0, c);
+        start_sim(e, &e->sim_b, e->slog_b, e->dev_b, e->ctl_b, CENTER_CARD, ub, ua, 0, c);
 
         const char *plugins = getenv("KM_SIM_PLUGIN_DIR");
         cr_assert(plugins, "KM_SIM_PLUGIN_DIR is not set");
@@ -455,6 +456,27 @@ Test(beidou, garbled_reset_unplug, .timeout = 60)
         h_cleanup(e.dir);
 }
 
+/* Two alerts up (payloads A1, A2 for a = "A") and two commands down (C1, C2), each
+ * exactly once; then both ends stop, and the base's link never left UP. */
+static void two_each_way(struct bdenv *e, const char *a, const char *c)
+{
+        char p[4][8];
+        for (int i = 0; i < 2; i++) {
+                snprintf(p[i], sizeof(p[i]), "%s%d", a, i + 1);
+                snprintf(p[2 + i], sizeof(p[2 + i]), "%s%d", c, i + 1);
+                h_pub_send(&e->pub, "alert/a", p[i]);
+        }
+        h_pub_send(&e->cpub, "kuimen/north/cmd/pump", p[2]);
+        h_pub_send(&e->cpub, "kuimen/north/cmd/pump", p[3]);
+        cr_assert(wait_payload(&e->sub, p[1], 10000));
+        cr_assert(wait_payload(&e->cmds, p[3], 10000));
+        h_sleep_ms(500);
+        cr_assert_eq(count_topic(&e->sub, "kuimen/north/alert/"), 2);
+        cr_assert_eq(distinct(&e->cmds), 2);
+        bd_down(e);
+        cr_assert_eq(h_log_count(&e->base, "sat: up -> "), 0, "the base's link flapped (%s)", e->blog);
+}
+
 static const struct bdconf v21 = { .proto = "2.1", .level = "3", .base_proto = "2.1", .ctr_proto = "auto" };
 
 /* The 2.1 dialect end to end, the center finding it by itself (protocol = auto);
@@ -462,23 +484,12 @@ static const struct bdconf v21 = { .proto = "2.1", .level = "3", .base_proto = "
 Test(beidou, v21_end_to_end_auto, .timeout = 60)
 {
         struct bdenv e;
-        struct h_sub *alerts = &e.sub, *cmds = &e.cmds;
 
         bd_up(&e, "bd-v21", &v21);
         cr_assert(h_log_count(&e.base, "beidou: card " BASE_CARD " (2.1), class 3, service interval 1 s, level 3: "
                                         "frames of 77 B (mixed coding)") == 1, "%s", e.blog);
         cr_assert(h_log_count(&e.ctr, "beidou: card " CENTER_CARD " (2.1)") == 1, "auto did not find 2.1 (%s)", e.clog);
-        h_pub_send(&e.pub, "alert/a", "V1");
-        h_pub_send(&e.pub, "alert/a", "V2");
-        h_pub_send(&e.cpub, "kuimen/north/cmd/pump", "K1");
-        h_pub_send(&e.cpub, "kuimen/north/cmd/pump", "K2");
-        cr_assert(wait_payload(alerts, "V2", 10000));
-        cr_assert(wait_payload(cmds, "K2", 10000));
-        h_sleep_ms(500);
-        cr_assert_eq(count_topic(alerts, "kuimen/north/alert/"), 2);
-        cr_assert_eq(distinct(cmds), 2);
-        bd_down(&e);
-        cr_assert_eq(h_log_count(&e.base, "sat: up -> "), 0, "the base's link flapped (%s)", e.blog);
+        two_each_way(&e, "V", "K");
         h_cleanup(e.dir);
 }
 
@@ -500,7 +511,7 @@ Test(beidou, v21_refusals, .timeout = 60)
 }
 
 /* --check-config runs the plugin's own checks: an unknown protocol, a bad card number,
- * an unknown coding and line speed are refused, each naming its line; a device that is not there
+ * an unknown coding and line speed, a bad peer_cards list are refused, each naming its line; a device that is not there
  * is no config error (the link starts DOWN and retries). */
 Test(beidou, check_config, .timeout = 30)
 {
@@ -517,6 +528,9 @@ Test(beidou, check_config, .timeout = 30)
                 { "peer_card = 4238474\ncoding = base64\n", "k.conf:11: coding: coding = base64: expected mixed or code" },
                 { "protocol = bds3\n", "peer_card: required" },
                 { "peer_card = 4238474\nbaud = 12345\n", "k.conf:11: baud: baud = 12345: not a line speed" },
+                { "peer_card = 4238474\npeer_cards = north\n", "k.conf:11: peer_cards: peer_cards = north: expected NAME:CARD" },
+                { "peer_card = 4238474\npeer_cards = north:0\n", "k.conf:11: peer_cards: peer_cards = north:0: expected NAME:CARD, ... with card numbers" },
+                { "peer_card = 4238474\npeer_cards = north:4238473, south:4238475\n", "k.conf: ok" },
                 { "peer_card = 4238474\n", "k.conf: ok" },
         };
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -548,6 +562,26 @@ Test(beidou, v40_end_to_end_and_refusals, .timeout = 60)
         const struct bdconf v40 = { .proto = "4.0", .level = "3", .base_proto = "4.0", .ctr_proto = "4.0", .card_poll = "30s" };
         run_refusals(&v40, "bd-v40", codes, 4, true,
                      "beidou: card " BASE_CARD " (4.0), class 3, service interval 1 s, level 3: frames of 77 B (mixed coding)");
+}
+
+/* protocol = auto finds the binary 4.0 set at both ends: the module answers the
+ * $ICJC probe (it skips the ASCII questions), the driver switches to the binary reader
+ * and reads a level-3 card; alerts and commands cross, and the link never flaps. */
+Test(beidou, v40_end_to_end_auto, .timeout = 60)
+{
+        struct bdenv e;
+        const struct bdconf v40 = { .proto = "4.0", .level = "3", .base_proto = "auto", .ctr_proto = "auto" };
+
+        bd_up(&e, "bd-v40a", &v40);
+        cr_assert_eq(h_log_count(&e.base, "beidou: the module answers in the binary 4.0 set ($"), 1, "%s", e.blog);
+        cr_assert_eq(h_log_count(&e.ctr, "beidou: the module answers in the binary 4.0 set ($"), 1, "%s", e.clog);
+        cr_assert(h_log_count(&e.base, "beidou: card " BASE_CARD " (4.0), class 3, service interval 1 s, level 3: "
+                                        "frames of 77 B (mixed coding)") == 1, "%s", e.blog);
+        cr_assert(h_log_count(&e.ctr, "beidou: card " CENTER_CARD " (4.0)") == 1, "auto did not find 4.0 (%s)", e.clog);
+        two_each_way(&e, "F", "Q");
+        cr_assert_eq(h_log_count(&e.base, "beidou: garbled line from the module"), 0,
+                     "the ASCII questions' answers are not taken for garbage (%s)", e.blog);
+        h_cleanup(e.dir);
 }
 
 /* The binary reader under noise (bytes flipped, cut frames that the next one runs
@@ -623,9 +657,9 @@ Test(beidou, two_links_one_plugin, .timeout = 30)
         snprintf(conf, sizeof(conf), "%s/k.conf", e.dir);
         snprintf(log, sizeof(log), "%s/k.log", e.dir);
         int ua = h_free_port(), ub = h_free_port();
-        start_sim(&e, &e.sim_a, e.slog_a, e.dev_a, e.ctl_a, BASE_CARD, ua, ub, &bds3);
+        start_sim(&e, &e.sim_a, e.slog_a, e.dev_a, e.ctl_a, BASE_CARD, ua, ub, 0, &bds3);
         const struct bdconf v21 = { .proto = "2.1", .level = "3" };
-        start_sim(&e, &e.sim_b, slog2, dev2, ctl2, "0166166", ub, ua, &v21);
+        start_sim(&e, &e.sim_b, slog2, dev2, ctl2, "0166166", ub, ua, 0, &v21);
         char text[2048];
         snprintf(text, sizeof(text),
                  "[node]\nname = north\nspool = %s/spool.db\nplugin_dir = %s\nstats_interval = 0\n"
@@ -654,4 +688,103 @@ Test(beidou, two_links_one_plugin, .timeout = 30)
         h_stop(&e.sim_b, SIGTERM);
         h_stop(&e.local.p, SIGTERM);
         h_cleanup(e.dir);
+}
+
+/*
+ * A center whose one card terminates two bases (ABI 1.2 send_to): north's card
+ * 4238473 and south's card 4238475 both send to the center's 4238474, and the center
+ * addresses each base's acknowledgements to that base's card (peer_cards). The
+ * "satellite" hands every message of the center's card to both base simulators, each
+ * keeping what is for its own card. Without the addressed send every ack would go to
+ * peer_card (north): south's simulator would never be handed a message, south's
+ * frames would stay unacknowledged and its link would go down after ack_timeout.
+ */
+#define SOUTH_CARD "4238475"
+
+Test(beidou, center_two_bases_one_card, .timeout = 60)
+{
+        char dir[200], conf[3][300], log[3][300], dev[3][300], ctl[3][300], slog[3][300], text[2048];
+        struct h_broker br[3]; /* north's, south's, the center's */
+        struct h_proc k[3], sim[3];
+        struct h_sub sub;
+        static const char *const name[3] = { "north", "south", "county" }, *const card[3] = { BASE_CARD, SOUTH_CARD, CENTER_CARD };
+        const char *plugins = getenv("KM_SIM_PLUGIN_DIR");
+        const struct bdconf c = { .proto = "bds3", .level = "2" };
+
+        memset(br, 0, sizeof(br));
+        h_tmpdir(dir, sizeof(dir), "bd-2bases");
+        int udp[3];
+        for (int i = 0; i < 3; i++) {
+                h_broker_start(&br[i], dir, 0, NULL);
+                snprintf(conf[i], sizeof(conf[i]), "%s/%s.conf", dir, name[i]);
+                snprintf(log[i], sizeof(log[i]), "%s/%s.log", dir, name[i]);
+                snprintf(dev[i], sizeof(dev[i]), "%s/bd-%s", dir, name[i]);
+                snprintf(ctl[i], sizeof(ctl[i]), "%s/sim-%s.ctl", dir, name[i]);
+                snprintf(slog[i], sizeof(slog[i]), "%s/sim-%s.log", dir, name[i]);
+                udp[i] = h_free_port();
+        }
+        start_sim(NULL, &sim[0], slog[0], dev[0], ctl[0], card[0], udp[0], udp[2], 0, &c);
+        start_sim(NULL, &sim[1], slog[1], dev[1], ctl[1], card[1], udp[1], udp[2], 0, &c);
+        start_sim(NULL, &sim[2], slog[2], dev[2], ctl[2], card[2], udp[2], udp[0], udp[1], &c);
+        for (int i = 0; i < 2; i++) {
+                snprintf(text, sizeof(text),
+                         "[node]\nname = %s\nspool = %s/%s/spool.db\nplugin_dir = %s\nstats_interval = 0\n"
+                         "[local]\nuri = tcp://127.0.0.1:%d\n"
+                         "[link sat]\ntype = beidou\ndevice = %s\nprotocol = bds3\npeer_card = " CENTER_CARD "\n" LINK_COMMON
+                         "ack_timeout = %ds\ncard_poll = 500ms\n[positions]\ntrack_interval = 0\n",
+                         name[i], dir, name[i], plugins, br[i].port, dev[i], ack_s(&c));
+                h_write_text(conf[i], text);
+        }
+        snprintf(text, sizeof(text),
+                 "[node]\nname = county\nrole = center\nspool = %s/county/spool.db\nplugin_dir = %s\nstats_interval = 0\n"
+                 "[local]\nuri = tcp://127.0.0.1:%d\n"
+                 "[link sat]\ntype = beidou\ndevice = %s\nprotocol = bds3\npeer_card = " BASE_CARD "\n"
+                 "peer_cards = north:" BASE_CARD ", south:" SOUTH_CARD "\npeers = north, south\ncommands = no\n" LINK_COMMON
+                 "ack_timeout = %ds\ncard_poll = 500ms\n",
+                 dir, plugins, br[2].port, dev[2], ack_s(&c));
+        h_write_text(conf[2], text);
+        for (int i = 2; i >= 0; i--) {
+                const char *args[] = { "--config", conf[i], "--log-level", "debug", NULL };
+                h_kuimen_start(&k[i], log[i], args);
+        }
+        h_sub_start(&sub, br[2].port, "center-sub", "kuimen/#", false);
+        for (int i = 0; i < 3; i++) {
+                char up[64];
+                snprintf(up, sizeof(up), "sat: down -> up (card %s ready)", card[i]);
+                cr_assert(h_log_wait(&k[i], up, 10000), "%s", log[i]);
+        }
+        for (int i = 0; i < 2; i++)
+                cr_assert(h_log_wait(&k[i], "ingest: connected", 10000), "%s", log[i]);
+        /* The base subscribes right after it connects, and nothing logs the SUBACK: a
+         * message published before it lands is not the base's to take. */
+        h_sleep_ms(500);
+
+        cr_assert_eq(h_mosquitto_pub(br[0].port, "alert/a", "N1"), 0);
+        cr_assert_eq(h_mosquitto_pub(br[1].port, "alert/a", "S1"), 0);
+        cr_assert(wait_payload(&sub, "N1", 10000), "%s", log[2]);
+        cr_assert(wait_payload(&sub, "S1", 10000), "%s", log[2]);
+        cr_assert_eq(h_mosquitto_pub(br[0].port, "alert/a", "N2"), 0);
+        cr_assert_eq(h_mosquitto_pub(br[1].port, "alert/a", "S2"), 0);
+        cr_assert(wait_payload(&sub, "N2", 10000), "%s", log[2]);
+        cr_assert(wait_payload(&sub, "S2", 10000), "%s", log[2]);
+        /* Each base's simulator was handed the center's acks (its own card's messages). */
+        cr_assert(wait_count(&sim[0], "delivered ", 1, 5000), "north got no ack (%s)", slog[0]);
+        cr_assert(wait_count(&sim[1], "delivered ", 1, 5000), "south got no ack (%s)", slog[1]);
+        /* Long enough for an unacknowledged frame to take its base's link down. */
+        h_sleep_ms((ack_s(&c) + 1) * 1000);
+        cr_assert_eq(count_topic(&sub, "kuimen/north/alert/"), 2);
+        cr_assert_eq(count_topic(&sub, "kuimen/south/alert/"), 2);
+        for (int i = 0; i < 3; i++)
+                cr_assert_eq(h_log_count(&k[i], "sat: up -> "), 0, "a link went down (%s)", log[i]);
+        cr_assert_eq(h_log_count(&k[2], "no card for peer"), 0, "%s", log[2]);
+        h_sub_stop(&sub);
+        for (int i = 0; i < 3; i++) {
+                int st = h_stop(&k[i], SIGTERM);
+                cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s exits 0 (%d)", name[i], st);
+        }
+        for (int i = 0; i < 3; i++) {
+                h_stop(&sim[i], SIGTERM);
+                h_stop(&br[i].p, SIGTERM);
+        }
+        h_cleanup(dir);
 }

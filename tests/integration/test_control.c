@@ -4,6 +4,7 @@
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
 #include <libgen.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
@@ -426,8 +427,17 @@ Test(control, drain_rate_time_left_and_live_view)
                         cr_assert_eq(ctl(e.sock, "status", out, sizeof(out)), 0, "%s", out);
                         cr_assert(line_of(out, "draining ", line, sizeof(line)), "no drain line:\n%s", out);
                         cr_assert_eq(sscanf(line, "draining %lf msg/s, ~%lf s left", &rate, &left), 2, "%s", line);
-                        cr_assert(rate >= 200 && rate <= 1000, "%s", line);
-                        cr_assert(left >= 0 && left <= N / 200.0, "%s", line);
+                        /* The rate is the machine's (148 msg/s seen under ASan on a loaded
+                         * machine), bounded by the link's 500/s; the time left must be the
+                         * backlog at that rate. */
+                        cr_assert(rate > 0 && rate <= 1000, "%s", line);
+                        char sl[200];
+                        double depth = -1;
+                        cr_assert(line_of(out, "spool: ", sl, sizeof(sl)) && sscanf(sl, "spool: %lf messages", &depth) == 1,
+                                  "%s", out);
+                        double want = depth / rate;
+                        cr_assert(left >= 0 && fabs(left - want) <= (want > 4 ? want / 2 : 2),
+                                  "%s: %g messages at %g msg/s is %g s", line, depth, rate, want);
                         cr_assert(line_of(out, "center  up    up ", line, sizeof(line)), "%s", out);
                         text_checked = true;
                 }

@@ -769,6 +769,57 @@ Test(faults, io_errors_mid_stream)
         down(&e);
 }
 
+/* A command from the center while the spool cannot store, then kill -9 before the fault
+ * clears: the downlink must not have acknowledged it (the center's broker keeps it in the
+ * base's session), so it reaches the base's terminals once kuimen is back. */
+Test(faults, command_under_storage_fault_survives_kill)
+{
+        static char shim[300], preload[340], flag[340], where[340], count[340];
+        const char *root = getenv("KM_BUILD_ROOT");
+        cr_assert(root, "KM_BUILD_ROOT is not set (meson sets it)");
+        snprintf(shim, sizeof(shim), "%s/tests/integration/eio_shim.so", root);
+        static struct env e;
+        static struct h_rec term;
+        static const char *kenv[5];
+        kenv[0] = preload, kenv[1] = flag, kenv[2] = where, kenv[3] = count, kenv[4] = NULL;
+        up(&e, "cmd-eio", &(struct opts){ .center_up = true, .no_start = true, .kenv = kenv });
+        snprintf(preload, sizeof(preload), "LD_PRELOAD=%s", shim);
+        snprintf(flag, sizeof(flag), "KM_EIO_FLAG=%s", e.flag);
+        snprintf(where, sizeof(where), "KM_EIO_PATH=%s/", e.state);
+        snprintf(count, sizeof(count), "KM_EIO_COUNT=%s/eio.count", e.dir);
+        kuimen_start(&e);
+        cr_assert(h_log_wait(&e.k, "down: connected", 10000), "the downlink did not connect (%s)", e.klog);
+        h_rec_start(&term, e.local.port, "base-terminal", "cmd/#");
+
+        eio_on(&e);
+        int faults = h_log_count(&e.k, "storage:");
+        cr_assert_eq(h_mosquitto_pub(e.cport, "kuimen/north/cmd/siren", "evacuate-zone-3"), 0);
+        int64_t t0 = h_now_ms();
+        while (h_log_count(&e.k, "storage:") == faults && h_now_ms() - t0 < 10000)
+                h_sleep_ms(50);
+        cr_assert_gt(h_log_count(&e.k, "storage:"), faults, "the command met no storage fault (%s)", e.klog);
+        h_sleep_ms(1000);
+        h_stop(&e.k, SIGKILL);
+        eio_off(&e);
+        kuimen_start(&e);
+        cr_assert(h_log_wait(&e.k, "ingest: connected", 10000), "kuimen did not start again (%s)", e.klog);
+        /* Delivered from memory during the fault and again from the session after the
+         * kill is allowed (at least once); none is the loss this test is about. */
+        size_t got = h_rec_wait(&term, 1, 15000);
+        h_sleep_ms(500);
+        got = h_rec_count(&term);
+        cr_assert(got >= 1 && got <= 2, "the command arrived %zu times (%s)", got, e.klog);
+        pthread_mutex_lock(&term.mu);
+        for (size_t i = 0; i < term.n; i++) {
+                cr_assert_str_eq(term.m[i].topic, "cmd/siren");
+                cr_assert_str_eq(term.m[i].payload, "evacuate-zone-3");
+        }
+        pthread_mutex_unlock(&term.mu);
+        h_rec_stop(&term);
+        h_rec_free(&term);
+        down(&e);
+}
+
 /* ---- 3. a damaged spool ------------------------------------------------------------ */
 
 /* Runs a shell command; its stdout into out. Returns the exit code. */

@@ -134,7 +134,9 @@ static void fpair_start_ex(struct fpair *p, const char *tag, const char *base_ex
 
 static void fpair_start(struct fpair *p, const char *tag, const char *base_extra)
 {
-        fpair_start_ex(p, tag, base_extra, NULL, "north, south", NULL);
+        /* Two peers: south's frames are forged. A link with two peers sends no commands
+         * (a command frame names no base). */
+        fpair_start_ex(p, tag, base_extra, "[link sat]\ncommands = no", "north, south", NULL);
 }
 
 static void fpair_stop(struct fpair *p)

@@ -37,7 +37,7 @@ static void pair_up_dict(struct pair *p, const char *tag, const char *link_extra
                                     .base_node = base_dict ? "link_status = yes" : "link_status = no",
                                     .base_extra = bextra,
                                     .center_extra = center_dict ? "[link sat]\ndictionary = center.dict" : NULL,
-                                    .peers = "north, south",
+                                    .peers = "north",
                                     .debug = true };
         memset(p, 0, sizeof(*p));
         h_pair_init(&p->k, tag);

@@ -37,7 +37,8 @@
  * seconds left), suppression / silence / battery (2 / 3 / 2.1's 2), permission (6),
  * no beam at or above --min-s2c (4), longer than the level allows (6). A send that
  * passes gets $BDFKI Y after --fki-ms; the interval starts then, and the message goes
- * to the peer simulator over UDP, which emits $BDTCI/$BDTXR after --latency-ms (held
+ * to the peer simulators over UDP (--peer, up to 4 times: every peer hears every
+ * message and keeps those for its own card, as a satellite beam does), which emits $BDTCI/$BDTXR after --latency-ms (held
  * while its card is out, as the system's centre would). A message to our own card
  * loops back. A bad checksum from the host is ignored, as a module does.
  *
@@ -71,7 +72,8 @@ struct opt {
         unsigned cls, interval, level;
         bool encrypted;
         const char *link, *control, *schedule;
-        int udp, peer;
+        int udp, peer[4];
+        unsigned npeer;
         unsigned boot_ms, notime_ms, fki_ms, latency_ms, min_s2c, s2c_lo, s2c_hi;
         uint64_t seed;
 };
@@ -596,15 +598,18 @@ static void on_host_bytes40(void)
 
 static void sat_send(const char *msg)
 {
-        struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)o.peer),
+        struct sockaddr_in a = { .sin_family = AF_INET,
                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
         uint32_t from, to;
         if (sscanf(msg, "MSG %u %u", &from, &to) == 2 && to == o.card) {
                 schedule(now_ms() + o.latency_ms, 2, msg); /* to ourselves */
                 return;
         }
-        if (o.peer > 0 && sendto(udp, msg, strlen(msg), 0, (struct sockaddr *)&a, sizeof(a)) < 0)
-                logf_("sendto: %s", strerror(errno));
+        for (unsigned i = 0; i < o.npeer; i++) {
+                a.sin_port = htons((uint16_t)o.peer[i]);
+                if (o.peer[i] > 0 && sendto(udp, msg, strlen(msg), 0, (struct sockaddr *)&a, sizeof(a)) < 0)
+                        logf_("sendto: %s", strerror(errno));
+        }
 }
 
 static void deliver(const char *msg)
@@ -844,7 +849,10 @@ int main(int argc, char **argv)
                 case 'e': o.encrypted = true; break;
                 case 'L': o.link = optarg; break;
                 case 'u': o.udp = atoi(optarg); break;
-                case 'P': o.peer = atoi(optarg); break;
+                case 'P':
+                        if (o.npeer < 4)
+                                o.peer[o.npeer++] = atoi(optarg);
+                        break;
                 case 'C': o.control = optarg; break;
                 case 'S': o.schedule = optarg; break;
                 case 'b': o.boot_ms = (unsigned)atoi(optarg); break;
@@ -892,7 +900,7 @@ int main(int argc, char **argv)
         if (o.schedule)
                 load_schedule(o.schedule);
         logf_("card %07u (%s), class %u, interval %u s, level %u (%u bits), udp %d -> %d", o.card,
-              o.proto == BDS3 ? "bds3" : o.proto == V21 ? "2.1" : "4.0", o.cls, o.interval, o.level, max_bits(), o.udp, o.peer);
+              o.proto == BDS3 ? "bds3" : o.proto == V21 ? "2.1" : "4.0", o.cls, o.interval, o.level, max_bits(), o.udp, o.npeer ? o.peer[0] : 0);
         boot(o.boot_ms);
 
         while (!stop) {

@@ -975,6 +975,54 @@ Test(frame, piggybacked_ack)
 	km_frame_tx_deinit(&tx);
 }
 
+/* A frame sent again takes the ack owed now in place of the one it was framed with,
+ * its records byte for byte; where the ack does not fit, the frame goes as it was. */
+Test(frame, resent_frame_carries_the_owed_ack)
+{
+	struct km_frame_tx tx;
+	struct km_frame_tx_cfg c = txcfg(2, 10, 77);
+	cr_assert_eq(km_frame_tx_init(&tx, &c), 0);
+	struct km_frame_msg m = mk(1, topics[0], "ok", 2);
+	struct km_frame_ack old = { .origin = 7, .cum = 300, .bitmap = 0x1 };
+	uint8_t f[77], g[77], plain[77];
+	struct km_frame_put put;
+	int n = km_frame_tx_encode(&tx, &m, 1, 77, &old, NOW_MS, f, &put);
+	cr_assert_eq(n, 16 + 1 + 2 + 1 + 1);
+	cr_assert_eq(km_frame_tx_pending(&tx, NOW_MS + 10, 3000), 0);
+	cr_assert_eq(km_frame_tx_pending(&tx, NOW_MS + 3000, 3000), (size_t)n);
+	/* no ack owed: the frame as framed, the old tail in it */
+	int p = km_frame_tx_due(&tx, NOW_MS + 3000, 3000, plain, sizeof(plain));
+	cr_assert_eq(p, n);
+	struct km_frame_ack now = { .origin = 7, .cum = 305, .bitmap = 0x10005 };
+	bool acked = false;
+	int r = km_frame_tx_due_ack(&tx, NOW_MS + 6000, 3000, &now, g, sizeof(g), &acked);
+	cr_assert(acked);
+	cr_assert_eq(r, 16 + 1 + 2 + 3 + 1, "%d", r);
+	cr_assert_arr_eq(g + 1, plain + 1, 16 - 2 - 1, "the records change");
+	struct km_frame_rx rx;
+	struct km_frame_rx_cfg rc = { .dict = &dict };
+	cr_assert_eq(km_frame_rx_init(&rx, &rc), 0);
+	struct sink s = { 0 };
+	struct km_frame_rx_info info;
+	cr_assert_eq(km_frame_rx_input(&rx, g, (size_t)r, NOW_MS, sink_fn, &s, &info), 0);
+	cr_assert_eq(s.n, 1);
+	cr_assert_arr_eq(s.v[0].payload, "ok", 2);
+	cr_assert(info.has_ack);
+	cr_assert_eq(info.ack.origin, 7);
+	cr_assert_eq(info.ack.cum, 305);
+	cr_assert_eq(info.ack.bitmap, 0x10005);
+	/* no room for the new tail in cap: the frame goes as framed */
+	acked = true;
+	r = km_frame_tx_due_ack(&tx, NOW_MS + 9000, 3000, &now, g, (size_t)n + 1, &acked);
+	cr_assert(!acked);
+	cr_assert_eq(r, n);
+	cr_assert_arr_eq(g + 1, plain + 1, (size_t)n - 1);
+	cr_assert_eq(km_frame_tx_due_ack(&tx, NOW_MS + 9001, 3000, &now, g, sizeof(g), &acked), 0);
+	sink_free(&s);
+	km_frame_rx_deinit(&rx);
+	km_frame_tx_deinit(&tx);
+}
+
 /* ---- sessions and abandonment ---- */
 
 static int send_one(struct km_frame_tx *tx, uint64_t id, uint8_t *f)

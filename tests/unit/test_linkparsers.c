@@ -2,9 +2,11 @@
 /* The equipment parsers of the sbd and pdt plugins against published examples: AT lines of Iridium 9602/9603 modems, HDAP PDUs of Hytera radios. */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "plugins/pdt/hdap.h"
+#include "plugins/pdt/hrnp.h"
 #include "plugins/sbd/at.h"
 
 static enum sbd_kind parse(const char *line, struct sbd_resp *r)
@@ -200,4 +202,103 @@ Test(hdap, frame_text_round_trip)
         cr_assert_eq(text_units_for(56) * 2, 66);
         /* A person's text is not a frame. */
         cr_assert_eq(text_decode((const uint8_t *)"h\0i\0", 4, back, sizeof(back)), -EBADMSG);
+}
+
+static size_t unhex(const char *h, uint8_t *out)
+{
+        size_t n = 0;
+        for (; h[0] && h[1]; h += 2) {
+                unsigned v;
+                sscanf(h, "%2x", &v);
+                out[n++] = (uint8_t)v;
+        }
+        return n;
+}
+
+/* The seven HRNP packets of OK-DMR ok-dmrlib's test_hrnp.py (connect v4 and v3,
+ * accept, RCP and LP data both ways): each checksum is the RFC 1071 sum, and each
+ * comes out of the deframer whole, with its fields. */
+Test(hrnp, okdmr_test_vectors)
+{
+        static const struct {
+                const char *hex;
+                uint8_t opcode, src, dst;
+                uint16_t pn;
+        } v[] = {
+                { "7e0400fe20100000000c60e1", HRNP_CONNECT, 0x20, 0x10, 0 },
+                { "7e0300fe20100000000c60e2", HRNP_CONNECT, 0x20, 0x10, 0 },
+                { "7e0400002010000100189b6002040005006400000001c403", HRNP_DATA, 0x20, 0x10, 1 },
+                { "7e040000102000010019d6240204800600000f690600012903", HRNP_DATA, 0x10, 0x20, 1 },
+                { "7e0400fd10200000000c70d2", HRNP_ACCEPT, 0x10, 0x20, 0 },
+                { "7e030000201000000018fefe02c910050002000101014f03", HRNP_DATA, 0x20, 0x10, 0 },
+                { "7E04000020100000001873890241080500006F0000007503", HRNP_DATA, 0x20, 0x10, 0 },
+        };
+        static struct hrnp_rx rx;
+        hrnp_rx_reset(&rx);
+        for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+                uint8_t b[64];
+                size_t n = unhex(v[i].hex, b);
+                cr_assert_eq(hrnp_checksum(b, n), (uint16_t)(b[10] << 8 | b[11]), "vector %zu", i);
+                cr_assert_eq(hrnp_rx_feed(&rx, b, n, 1000), n);
+                struct hrnp_pkt k;
+                const char *why = NULL;
+                cr_assert_eq(hrnp_rx_next(&rx, &k, &why), 1, "vector %zu: %s", i, why ? why : "");
+                cr_assert_eq(k.opcode, v[i].opcode);
+                cr_assert_eq(k.src, v[i].src);
+                cr_assert_eq(k.dst, v[i].dst);
+                cr_assert_eq(k.pn, v[i].pn);
+                cr_assert_eq(k.len, n - HRNP_HDR);
+                /* RCP and LP inside (little-endian RCP lengths: not hdap_decode's), each
+                 * ending in the HDAP end byte. */
+                if (k.opcode == HRNP_DATA)
+                        cr_assert_eq(k.data[k.len - 1], 0x03, "vector %zu", i);
+                if (b[1] == HRNP_VERSION) {
+                        uint8_t again[64];
+                        int m = hrnp_encode(again, sizeof(again), k.opcode, k.src, k.dst, k.pn, k.data, k.len);
+                        cr_assert_eq(m, (int)n);
+                        cr_assert_arr_eq(again, b, n, "vector %zu encodes to itself", i);
+                }
+                cr_assert_eq(hrnp_rx_next(&rx, &k, &why), 0);
+        }
+}
+
+/* Noise, a bad checksum, an unknown version and a cut packet are one error each; the
+ * packets between them still come out. */
+Test(hrnp, resync_after_garbage)
+{
+        uint8_t line[256], acc[16], bad[32];
+        size_t n = 0, an = unhex("7e0400fd10200000000c70d2", acc), bn = unhex("7e0400002010000100189b6002040005006400000001c403", bad);
+        bad[11] ^= 0x5A;
+        memcpy(line + n, "\x01\x02noise", 7), n += 7;
+        memcpy(line + n, acc, an), n += an;
+        memcpy(line + n, bad, bn), n += bn;
+        memcpy(line + n, acc, an), n += an;
+        memcpy(line + n, "\x7e\x09xx", 4), n += 4;
+        memcpy(line + n, acc, an), n += an;
+        static struct hrnp_rx rx;
+        hrnp_rx_reset(&rx);
+        cr_assert_eq(hrnp_rx_feed(&rx, line, n, 1000), n);
+        const char *whys[8];
+        unsigned got = 0, errs = 0;
+        struct hrnp_pkt k;
+        const char *why;
+        int r;
+        while ((r = hrnp_rx_next(&rx, &k, &why)) != 0)
+                if (r > 0)
+                        got++;
+                else
+                        whys[errs++] = why;
+        cr_assert_eq(got, 3);
+        cr_assert_eq(errs, 3);
+        cr_assert_str_eq(whys[0], "bytes outside a packet");
+        cr_assert_str_eq(whys[1], "bad checksum");
+        cr_assert_str_eq(whys[2], "unknown HRNP version");
+        /* Half a packet, then a silence longer than HRNP_GAP_US, then a whole one. */
+        cr_assert_eq(hrnp_rx_feed(&rx, acc, 5, 2000000), 5);
+        cr_assert_eq(hrnp_rx_next(&rx, &k, &why), 0);
+        cr_assert_eq(hrnp_rx_feed(&rx, acc, an, 2000000 + HRNP_GAP_US + 1), an);
+        cr_assert_eq(hrnp_rx_next(&rx, &k, &why), -EBADMSG);
+        cr_assert_str_eq(why, "packet cut short");
+        cr_assert_eq(hrnp_rx_next(&rx, &k, &why), 1);
+        cr_assert_eq(k.opcode, HRNP_ACCEPT);
 }

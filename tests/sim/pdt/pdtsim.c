@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
-/* pdtsim: two Hytera PDT/DMR radios on one half-duplex channel, each speaking HDAP (TMP, RRS) over UDP to its PC. */
+/* pdtsim: two or three Hytera PDT/DMR radios on one half-duplex channel, each speaking HDAP (TMP, RRS) to its PC over UDP or in HRNP on a pty. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -12,10 +13,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "plugins/pdt/hdap.h"
+#include "plugins/pdt/hrnp.h"
 
 /*
  * Each radio binds its TMP and RRS ports on its own loopback address (--radio
@@ -32,13 +35,21 @@
  *   (its id is the destination) forwards the message to its PC, and the sender's PC gets
  *   0xA2 with result 0, or 8 when the far radio is off.
  *
+ * A radio given as --hrnp NAME=LINK,ID speaks to its PC on a pty instead (the master
+ * here, the slave reached through the symlink LINK), every PDU inside an HRNP packet
+ * (plugins/pdt/hrnp.h): it accepts the PC's connect (answering nothing before one),
+ * acks each data packet, closes on a close, and registers once connected. A packet with
+ * a bad checksum or header is dropped and counted, as is data before a connect.
+ *
  * Faults over UDP on 127.0.0.1:--control, one command a datagram, answered:
  *   stats | fail NAME R [R...] (results of NAME's next messages) | busy MS |
- *   power NAME 0|1 | garble NAME N (N bad PDUs to NAME's PC) | text NAME STRING (a
- *   person's message from the far radio)
+ *   power NAME 0|1 | garble NAME N (N bad PDUs, or on HRNP bad packets, to NAME's
+ *   PC) | text NAME STRING (a person's message from the far radio) |
+ *   reset NAME MS (the radio reboots: silent for MS, the connection and registration
+ *   forgotten, two bytes of boot noise on the line when it comes back)
  */
 
-#define NRADIO 2
+#define NRADIO 3
 #define NEV 128
 
 struct radio {
@@ -51,6 +62,15 @@ struct radio {
         int fail[64];
         unsigned nfail;
         unsigned long msgs, delivered, busy, results[16], bad, checks, regs, acks_from_pc, garbled;
+
+        /* --hrnp */
+        bool hrnp, connected;
+        char link[256];
+        int mfd, sfd;
+        uint16_t pn;
+        struct hrnp_rx rx;
+        uint64_t reset_until;
+        unsigned long connects, hrnp_bad, unconnected, data_acks, resets;
 };
 
 enum ev_type { EV_DELIVER };
@@ -92,8 +112,21 @@ static void say(const struct radio *r, const char *fmt, ...)
         va_end(ap);
 }
 
+static void hrnp_out(struct radio *r, uint8_t opcode, uint16_t pn, const uint8_t *p, size_t n)
+{
+        uint8_t pkt[HRNP_MAX];
+        int k = hrnp_encode(pkt, sizeof(pkt), opcode, HRNP_RADIO, HRNP_PC, pn, p, n);
+        if (k > 0 && write(r->mfd, pkt, (size_t)k) != k)
+                say(r, "pty write: %s", strerror(errno));
+}
+
 static void to_pc(struct radio *r, int fd, uint16_t port, const uint8_t *p, size_t n)
 {
+        if (r->hrnp) {
+                if (r->connected)
+                        hrnp_out(r, HRNP_DATA, r->pn++, p, n);
+                return;
+        }
         struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons(port), .sin_addr = r->pc };
         sendto(fd, p, n, MSG_DONTWAIT, (struct sockaddr *)&to, sizeof(to));
 }
@@ -243,14 +276,40 @@ static void on_rrs(struct radio *r, const uint8_t *p, size_t n, uint64_t now)
 static void power(struct radio *r, bool on, uint64_t now)
 {
         r->on = on;
+        r->connected = false;
         r->registered = false;
         r->next_reg_us = now;
         say(r, "power %s", on ? "on" : "off");
 }
 
+/* One of four broken things on the serial line, in turn: bytes outside any packet, a
+ * bad HRNP checksum, an unknown HRNP version, and a good packet around a PDU with a bad
+ * HDAP checksum. Each is one error to the PC (noise right after a broken packet would
+ * be part of that packet's error: the deframer resyncs on the next 0x7E). */
+static void garble_hrnp(struct radio *r, unsigned i)
+{
+        uint8_t pdu[64], pkt[128];
+        struct tmp_msg m = { .ack_wanted = true, .type = TMP_PRIVATE, .req = 9000 + i, .dst = radio_ip(10, r->id),
+                             .src = radio_ip(10, 1), .text = (const uint8_t *)"h\0i\0", .text_len = 4 };
+        int k = tmp_encode(pdu, sizeof(pdu), &m);
+        if (i % 4 == 3)
+                pdu[k - 2] ^= 0x5A;
+        int n = hrnp_encode(pkt, sizeof(pkt), HRNP_DATA, HRNP_RADIO, HRNP_PC, r->pn++, pdu, (size_t)k);
+        switch (i % 4) {
+        case 0: n = snprintf((char *)pkt, sizeof(pkt), "\x01\x02 line noise\r\n"); break;
+        case 1: pkt[11] ^= 0x5A; break;
+        case 2: pkt[1] = 0x09; break;
+        }
+        if (write(r->mfd, pkt, (size_t)n) != n)
+                say(r, "pty write: %s", strerror(errno));
+        r->garbled++;
+}
+
 static void garble(struct radio *r, unsigned n)
 {
-        for (unsigned i = 0; i < n; i++) {
+        for (unsigned i = 0; i < n && r->hrnp; i++)
+                garble_hrnp(r, i);
+        for (unsigned i = 0; i < n && !r->hrnp; i++) {
                 uint8_t pdu[64];
                 struct tmp_msg m = { .ack_wanted = true, .type = TMP_PRIVATE, .req = 9000 + i, .dst = radio_ip(10, r->id),
                                      .src = radio_ip(10, 1), .text = (const uint8_t *)"h\0i\0", .text_len = 4 };
@@ -300,9 +359,11 @@ static void control(uint64_t now)
                         struct radio *x = &radios[i];
                         o += (size_t)snprintf(ans + o, sizeof(ans) - o,
                                               "%s msgs=%lu delivered=%lu busy=%lu ok=%lu noack=%lu bad=%lu checks=%lu "
-                                              "acks_from_pc=%lu registered=%d\n",
+                                              "acks_from_pc=%lu registered=%d connects=%lu hrnp_bad=%lu unconnected=%lu "
+                                              "data_acks=%lu\n",
                                               x->name, x->msgs, x->delivered, x->busy, x->results[0], x->results[8],
-                                              x->bad, x->checks, x->acks_from_pc, x->registered);
+                                              x->bad, x->checks, x->acks_from_pc, x->registered, x->connects,
+                                              x->hrnp_bad, x->unconnected, x->data_acks);
                 }
         } else if (verb && strcmp(verb, "busy") == 0 && arg) {
                 busy_until = now + strtoull(arg, NULL, 10) * 1000;
@@ -316,6 +377,12 @@ static void control(uint64_t now)
         } else if (strcmp(verb, "power") == 0) {
                 char *t = strtok_r(NULL, " \n", &save);
                 power(r, !t || atoi(t) != 0, now);
+                snprintf(ans, sizeof(ans), "ok");
+        } else if (strcmp(verb, "reset") == 0) {
+                char *t = strtok_r(NULL, " \n", &save);
+                power(r, false, now);
+                r->resets++;
+                r->reset_until = now + (t ? strtoull(t, NULL, 10) : 1000) * 1000;
                 snprintf(ans, sizeof(ans), "ok");
         } else if (strcmp(verb, "garble") == 0) {
                 char *t = strtok_r(NULL, " \n", &save);
@@ -342,6 +409,89 @@ static int bind_udp(struct in_addr ip, uint16_t port)
         return fd;
 }
 
+/* The radio's serial port: a pty whose slave the PC opens through r->link. The slave
+ * stays open here too, set raw before the PC comes: with ECHO on, the line discipline
+ * would echo the radio's own packets back, and a PC closing it would hang the master up. */
+static void make_pty(struct radio *r)
+{
+        int fd = posix_openpt(O_RDWR | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
+        if (fd < 0 || grantpt(fd) < 0 || unlockpt(fd) < 0) {
+                perror("pdtsim: posix_openpt");
+                exit(1);
+        }
+        const char *slave = ptsname(fd);
+        struct termios t;
+        int sfd = open(slave, O_RDWR | O_NOCTTY | O_CLOEXEC);
+        if (sfd < 0 || tcgetattr(sfd, &t) < 0) {
+                perror("pdtsim: slave");
+                exit(1);
+        }
+        cfmakeraw(&t);
+        tcsetattr(sfd, TCSANOW, &t);
+        unlink(r->link);
+        if (symlink(slave, r->link) < 0) {
+                perror("pdtsim: symlink");
+                exit(1);
+        }
+        r->mfd = fd;
+        r->sfd = sfd;
+        hrnp_rx_reset(&r->rx);
+        say(r, "HRNP on %s (%s)", r->link, slave);
+}
+
+static void on_hrnp(struct radio *r, const struct hrnp_pkt *k, uint64_t now)
+{
+        switch (k->opcode) {
+        case HRNP_CONNECT:
+                r->connects++;
+                r->connected = true;
+                r->pn = 1;
+                r->registered = false;
+                r->next_reg_us = now; /* a radio registers as soon as its PC is there */
+                hrnp_out(r, HRNP_ACCEPT, 0, NULL, 0);
+                say(r, "HRNP connect accepted");
+                return;
+        case HRNP_CLOSE:
+                hrnp_out(r, HRNP_CLOSE_ACK, k->pn, NULL, 0);
+                r->connected = false;
+                return;
+        case HRNP_DATA_ACK: r->data_acks++; return;
+        case HRNP_DATA: break;
+        default: return;
+        }
+        if (!r->connected) {
+                r->unconnected++;
+                return;
+        }
+        hrnp_out(r, HRNP_DATA_ACK, k->pn, NULL, 0);
+        if (k->len && (k->data[0] & 0x7F) == HDAP_RRS)
+                on_rrs(r, k->data, k->len, now);
+        else
+                on_tmp(r, k->data, k->len, now);
+}
+
+static void on_pty(struct radio *r, uint64_t now)
+{
+        uint8_t buf[512];
+        ssize_t n = read(r->mfd, buf, sizeof(buf));
+        if (n <= 0 || !r->on)
+                return; /* a radio switched off or rebooting hears nothing */
+        for (size_t off = 0; off < (size_t)n;) {
+                off += hrnp_rx_feed(&r->rx, buf + off, (size_t)n - off, now);
+                struct hrnp_pkt k;
+                const char *why;
+                int rc;
+                while ((rc = hrnp_rx_next(&r->rx, &k, &why)) != 0) {
+                        if (rc > 0) {
+                                on_hrnp(r, &k, now);
+                        } else {
+                                r->hrnp_bad++;
+                                say(r, "bad HRNP packet from the PC: %s", why);
+                        }
+                }
+        }
+}
+
 static void on_signal(int sig)
 {
         (void)sig;
@@ -350,7 +500,8 @@ static void on_signal(int sig)
 
 static void usage(void)
 {
-        fprintf(stderr, "usage: pdtsim --radio NAME=RADIO_IP,PC_IP,ID --radio ... --tmp-port P --rrs-port P --control P\n"
+        fprintf(stderr, "usage: pdtsim --radio NAME=RADIO_IP,PC_IP,ID | --hrnp NAME=PTY_LINK,ID (2 or 3 of them)\n"
+                        "              --tmp-port P --rrs-port P --control P\n"
                         "              [--preamble MS] [--block MS] [--text-max BYTES] [--reg-retry MS]\n");
         exit(2);
 }
@@ -370,6 +521,17 @@ int main(int argc, char **argv)
                                 usage();
                         snprintf(r->name, sizeof(r->name), "%.*s", (int)(eq - v), v);
                         r->id = id;
+                        r->tmp_fd = r->rrs_fd = r->mfd = r->sfd = -1;
+                } else if (strcmp(a, "--hrnp") == 0 && nradios < NRADIO) {
+                        struct radio *r = &radios[nradios++];
+                        const char *eq = strchr(v, '='), *comma = strrchr(v, ',');
+                        if (!eq || eq - v >= 16 || !comma || comma < eq || (size_t)(comma - eq - 1) >= sizeof(r->link))
+                                usage();
+                        snprintf(r->name, sizeof(r->name), "%.*s", (int)(eq - v), v);
+                        snprintf(r->link, sizeof(r->link), "%.*s", (int)(comma - eq - 1), eq + 1);
+                        r->id = (uint32_t)strtoul(comma + 1, NULL, 10);
+                        r->hrnp = true;
+                        r->tmp_fd = r->rrs_fd = r->mfd = r->sfd = -1;
                 } else if (strcmp(a, "--tmp-port") == 0)
                         tmp_port = (uint16_t)atoi(v);
                 else if (strcmp(a, "--rrs-port") == 0)
@@ -395,15 +557,19 @@ int main(int argc, char **argv)
         ctl_fd = bind_udp(lo, (uint16_t)cport);
         uint64_t now = now_us();
         for (unsigned i = 0; i < nradios; i++) {
-                radios[i].tmp_fd = bind_udp(radios[i].ip, tmp_port);
-                radios[i].rrs_fd = bind_udp(radios[i].ip, rrs_port);
+                if (radios[i].hrnp) {
+                        make_pty(&radios[i]);
+                } else {
+                        radios[i].tmp_fd = bind_udp(radios[i].ip, tmp_port);
+                        radios[i].rrs_fd = bind_udp(radios[i].ip, rrs_port);
+                }
                 power(&radios[i], true, now);
         }
         say(NULL, "ready: preamble %llu ms, block %llu ms, text max %zu B", (unsigned long long)(preamble_us / 1000),
             (unsigned long long)(block_us / 1000), text_max);
 
         while (!stop) {
-                struct pollfd pf[1 + 2 * NRADIO];
+                struct pollfd pf[1 + 3 * NRADIO];
                 nfds_t np = 0;
                 now = now_us();
                 uint64_t due = now + 1000000;
@@ -411,8 +577,11 @@ int main(int argc, char **argv)
                 for (unsigned i = 0; i < nradios; i++) {
                         pf[np++] = (struct pollfd){ .fd = radios[i].tmp_fd, .events = POLLIN };
                         pf[np++] = (struct pollfd){ .fd = radios[i].rrs_fd, .events = POLLIN };
+                        pf[np++] = (struct pollfd){ .fd = radios[i].mfd, .events = POLLIN };
                         if (radios[i].on && radios[i].next_reg_us < due)
                                 due = radios[i].next_reg_us;
+                        if (radios[i].reset_until && radios[i].reset_until < due)
+                                due = radios[i].reset_until;
                 }
                 for (int i = 0; i < NEV; i++)
                         if (evs[i].used && evs[i].due < due)
@@ -425,8 +594,16 @@ int main(int argc, char **argv)
                         control(now);
                 for (unsigned i = 0; i < nradios; i++) {
                         struct radio *r = &radios[i];
+                        if (pf[1 + 3 * i + 2].revents & POLLIN)
+                                on_pty(r, now);
+                        if (r->reset_until && now >= r->reset_until) {
+                                r->reset_until = 0;
+                                power(r, true, now);
+                                if (r->hrnp && write(r->mfd, "\0\377", 2) != 2) /* boot noise */
+                                        say(r, "pty write: %s", strerror(errno));
+                        }
                         for (int k = 0; k < 2; k++) {
-                                struct pollfd *p = &pf[1 + 2 * i + (unsigned)k];
+                                struct pollfd *p = &pf[1 + 3 * i + (unsigned)k];
                                 if (!(p->revents & POLLIN))
                                         continue;
                                 uint8_t buf[HDAP_MAX + 16];
@@ -440,7 +617,7 @@ int main(int argc, char **argv)
                                 else
                                         on_rrs(r, buf, (size_t)n, now);
                         }
-                        if (r->on && now >= r->next_reg_us) {
+                        if (r->on && (!r->hrnp || r->connected) && now >= r->next_reg_us) {
                                 r->regs++;
                                 rrs_send(r, RRS_REGISTER, NULL, 0);
                                 r->next_reg_us = now + reg_retry_us; /* again until acked */
@@ -450,6 +627,9 @@ int main(int argc, char **argv)
                         if (evs[i].used && evs[i].due <= now)
                                 end_air(&evs[i]);
         }
+        for (unsigned i = 0; i < nradios; i++)
+                if (radios[i].hrnp)
+                        unlink(radios[i].link);
         say(NULL, "stopped");
         return 0;
 }
