@@ -599,6 +599,43 @@ static bool heard_incident(struct bridge *b, const char *t, const void *payload,
         return true;
 }
 
+/* A center: <topic_prefix>/<base>/status, link/<name> or pos/<unit>, what a base says
+ * of itself, onto the board of bases (km_control_bases). Over MQTT 3.1.1 the payload
+ * may start with the envelope's line. Returns whether it was one. */
+static bool heard_board(struct bridge *b, const char *t, const void *payload, size_t len)
+{
+        char base[KM_STATUS_UNIT_MAX];
+        size_t pl = b->heard_pfx ? strlen(b->heard_pfx) : 0;
+        if (!pl || strncmp(t, b->heard_pfx, pl) != 0)
+                return false;
+        const char *rest = t + pl, *slash = strchr(rest, '/');
+        if (!slash || (size_t)(slash - rest) >= sizeof(base))
+                return false;
+        const char *what = slash + 1;
+        if (strcmp(what, "status") != 0 && strncmp(what, "link/", 5) != 0 && strncmp(what, "pos/", 4) != 0)
+                return false;
+        memcpy(base, rest, (size_t)(slash - rest));
+        base[slash - rest] = '\0';
+        const char *p = payload;
+        static const char env[] = "{\"kuimen-origin\":\"";
+        const char *nl = len > sizeof(env) && memcmp(p, env, sizeof(env) - 1) == 0 ? memchr(p, '\n', len) : NULL;
+        if (nl) {
+                len -= (size_t)(nl + 1 - p);
+                p = nl + 1;
+        }
+        km_status_heard(&b->d->status, base, what, p, len, false, km_now_ms());
+        return true;
+}
+
+/* Whether t is under the prefix of a base a narrow link serves (center_take's). */
+static bool watched(const struct bridge *b, const char *t)
+{
+        for (size_t i = 0; i < b->nwatch; i++)
+                if (strncmp(t, b->watch[i].pfx, strlen(b->watch[i].pfx)) == 0)
+                        return true;
+        return false;
+}
+
 /* The messages of one read are staged and settled with one write (and in sync =
  * always one fsync) before their PUBACKs leave (km_spool_settle). */
 static int local_message(void *ud, const char *topic, const void *payload, size_t len, bool retain,
@@ -608,6 +645,8 @@ static int local_message(void *ud, const char *topic, const void *payload, size_
         int rc;
         km_spool_defer_sync(b->d->spool);
         if (b->heard_pfx && b->d->incidents && heard_incident(b, topic, payload, len))
+                rc = 0;
+        else if (b->heard_pfx && heard_board(b, topic, payload, len) && !watched(b, topic))
                 rc = 0;
         else if (b->nwatch)
                 rc = center_take(b, topic, payload, len, props, plen);
@@ -1142,15 +1181,25 @@ int km_mqtt_local_start(struct km_daemon *d, struct km_conf *c)
         }
         /* A center keeps the incident timelines of every base it hears (gateway/incidents.c). */
         if (center) {
-                char **v = realloc(b->watch_filters.v, (b->watch_filters.n + 2) * sizeof(*v));
+                /* and what every base says of itself, its links and its units (the
+                 * board of bases: kuimenctl bases, the web page). */
+                static const char *const heard[] = { "+/incident/+", "+/status", "+/link/+", "+/pos/+" };
+                size_t nh = sizeof(heard) / sizeof(heard[0]);
+                char **v = realloc(b->watch_filters.v, (b->watch_filters.n + nh + 1) * sizeof(*v));
                 if (v)
                         b->watch_filters.v = v;
-                if (!v || asprintf(&b->heard_pfx, "%s/", first_link_prefix(c)) < 0 ||
-                    asprintf(&v[b->watch_filters.n], "%s+/incident/+", b->heard_pfx) < 0) {
+                if (!v || asprintf(&b->heard_pfx, "%s/", first_link_prefix(c)) < 0) {
                         free(id);
                         return -ENOMEM;
                 }
-                v[++b->watch_filters.n] = NULL;
+                for (size_t i = 0; i < nh; i++) {
+                        if (asprintf(&v[b->watch_filters.n], "%s%s", b->heard_pfx, heard[i]) < 0) {
+                                v[b->watch_filters.n] = NULL;
+                                free(id);
+                                return -ENOMEM;
+                        }
+                        v[++b->watch_filters.n] = NULL;
+                }
         }
         const struct km_strv *filters = center ? &b->watch_filters : &b->conf.subscribe;
         struct km_mqttc_opts o = {

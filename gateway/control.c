@@ -867,8 +867,111 @@ static void put_board(struct km_control_buf *b, struct km_daemon *d, int64_t now
         km_status_gnss(&d->status, put_gnss, &x);
 }
 
+/* ---- units and bases: the map's data --------------------------------------------- */
+
+static void put_unit(void *ud, const struct km_status_unit *u)
+{
+        struct board_ctx *x = ud;
+        km_control_printf(x->b, "%s{\"unit\":", x->n++ ? "," : "");
+        km_control_json_str(x->b, u->unit);
+        km_control_printf(x->b, ",\"age_s\":%.3f,\"position\":%s,\"track\":[", age_s(x->now, u->at_ms), u->json);
+        for (unsigned i = 0; i < u->ntrack; i++) {
+                const struct km_status_fix *f = &u->track[(u->track_first + i) % KM_STATUS_TRACK];
+                km_control_printf(x->b, "%s[%.7f,%.7f,%.3f]", i ? "," : "", f->lat, f->lon, age_s(x->now, f->at_ms));
+        }
+        km_control_printf(x->b, "]}");
+}
+
+void km_control_units(struct km_daemon *d, struct km_control_buf *b)
+{
+        int64_t now = km_now_ms();
+        struct board_ctx x = { b, now, 0 };
+        put_node(b, d, now);
+        km_control_printf(b, "\"units\":[");
+        km_status_each_position(&d->status, put_unit, &x);
+        km_control_printf(b, "],\"gnss\":");
+        km_status_gnss(&d->status, put_gnss, &x);
+        km_control_printf(b, "}\n");
+}
+
+static void put_heard(struct km_control_buf *b, const char *key, const struct km_status_heard *h, int64_t now,
+                      const char *what)
+{
+        km_control_printf(b, "{\"%s\":", key);
+        km_control_json_str(b, h->name);
+        km_control_printf(b, ",\"age_s\":%.3f,\"via\":\"%s\",\"%s\":%s}", age_s(now, h->at_ms),
+                          h->narrow ? "narrow" : "mqtt", what, h->json);
+}
+
+struct bases_ctx {
+        struct board_ctx x;
+        struct km_daemon *d;
+        bool *shown; /* d->peers already written */
+};
+
+static const char *peer_mqtt(struct bases_ctx *c, const char *name)
+{
+        for (size_t i = 0; i < c->d->npeers; i++)
+                if (strcmp(c->d->peers[i].name, name) == 0) {
+                        c->shown[i] = true;
+                        return km_peer_state_name(c->d->peers[i].state);
+                }
+        return NULL;
+}
+
+static void put_base(void *ud, const struct km_status_base *base)
+{
+        struct bases_ctx *c = ud;
+        struct km_control_buf *b = c->x.b;
+        const char *mqtt = peer_mqtt(c, base->name);
+        km_control_printf(b, "%s{\"base\":", c->x.n++ ? "," : "");
+        km_control_json_str(b, base->name);
+        km_control_printf(b, ",\"mqtt\":");
+        if (mqtt)
+                km_control_printf(b, "\"%s\"", mqtt);
+        else
+                km_control_printf(b, "null");
+        km_control_printf(b, ",\"status\":");
+        if (base->status.at_ms)
+                km_control_printf(b, "%s,\"status_age_s\":%.3f,\"status_via\":\"%s\"", base->status.json,
+                                  age_s(c->x.now, base->status.at_ms), base->status.narrow ? "narrow" : "mqtt");
+        else
+                km_control_printf(b, "null");
+        km_control_printf(b, ",\"links\":[");
+        for (size_t i = 0; i < base->nlinks; i++) {
+                km_control_printf(b, "%s", i ? "," : "");
+                put_heard(b, "link", &base->links[i], c->x.now, "status");
+        }
+        km_control_printf(b, "],\"units\":[");
+        for (size_t i = 0; i < base->nunits; i++) {
+                km_control_printf(b, "%s", i ? "," : "");
+                put_heard(b, "unit", &base->units[i], c->x.now, "position");
+        }
+        km_control_printf(b, "]}");
+}
+
+void km_control_bases(struct km_daemon *d, struct km_control_buf *b)
+{
+        int64_t now = km_now_ms();
+        bool shown[KM_MAX_PEERS] = { false };
+        struct bases_ctx c = { { b, now, 0 }, d, shown };
+        put_node(b, d, now);
+        km_control_printf(b, "\"bases\":[");
+        km_status_each_base(&d->status, put_base, &c);
+        /* A narrow link's peer not heard from yet is a base the center expects. */
+        for (size_t i = 0; i < d->npeers; i++) {
+                if (shown[i])
+                        continue;
+                km_control_printf(b, "%s{\"base\":", c.x.n++ ? "," : "");
+                km_control_json_str(b, d->peers[i].name);
+                km_control_printf(b, ",\"mqtt\":\"%s\",\"status\":null,\"links\":[],\"units\":[]}",
+                                  km_peer_state_name(d->peers[i].state));
+        }
+        km_control_printf(b, "]}\n");
+}
+
 /* status: everything an operator looks at first, the bridges' latest sightings too. */
-static void reply_status(struct km_daemon *d, struct km_control_buf *b, bool with_head)
+void km_control_status(struct km_daemon *d, struct km_control_buf *b, bool with_head)
 {
         struct km_spool_stats st;
         int64_t now = km_now_ms();
@@ -1012,7 +1115,7 @@ static void reply_spool(struct km_daemon *d, struct km_control_buf *b, const cha
         args += strspn(args, " \t");
         size_t n = strcspn(args, " \t\r\n");
         if (!n) {
-                reply_status(d, b, true);
+                km_control_status(d, b, true);
                 return;
         }
         snprintf(sub, sizeof(sub), "%.*s", (int)(n < sizeof(sub) ? n : sizeof(sub) - 1), args);
@@ -1042,11 +1145,15 @@ static void control_answer(struct km_daemon *d, const char *req, size_t len, boo
         }
         snprintf(cmd, sizeof(cmd), "%.*s", (int)(n < sizeof(cmd) ? n : sizeof(cmd) - 1), req);
         if (strcmp(cmd, "status") == 0)
-                reply_status(d, out, false);
+                km_control_status(d, out, false);
         else if (strcmp(cmd, "spool") == 0)
                 reply_spool(d, out, req + n);
         else if (strcmp(cmd, "links") == 0)
                 reply_links(d, out);
+        else if (strcmp(cmd, "units") == 0)
+                km_control_units(d, out);
+        else if (strcmp(cmd, "bases") == 0)
+                km_control_bases(d, out);
         else if (strcmp(cmd, "reload") == 0)
                 reply_reload(d, out);
         else if (strcmp(cmd, "call") == 0)
@@ -1054,7 +1161,7 @@ static void control_answer(struct km_daemon *d, const char *req, size_t len, boo
         else if (strcmp(cmd, "incident") == 0)
                 km_incidents_control(d->incidents, req + n, out);
         else
-                reply_error(out, "unknown request (status, links, spool, reload, call or incident)");
+                reply_error(out, "unknown request (status, links, units, bases, spool, reload, call or incident)");
 }
 
 static const struct km_control_proto control_proto = {

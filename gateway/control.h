@@ -42,10 +42,10 @@ void km_control_json_str(struct km_control_buf *b, const char *s);
 /* Frees b's text and empties it; b itself is the caller's. */
 void km_control_buf_free(struct km_control_buf *b);
 
-/* One request, one reply, then close: the shape both the control socket and the
- * metrics page use. */
+/* One request, one reply, then close: the control socket's shape (the metrics and the
+ * web page are HTTP, gateway/http.c). */
 struct km_control_proto {
-        const char *tag;    /* log subsystem: "control", "metrics" */
+        const char *tag;    /* log subsystem: "control" */
         size_t max_request; /* a longer request gets answer(too_long = true) */
         /* Whether req[0..len) is a whole request (req is NUL-terminated). */
         bool (*complete)(const char *req, size_t len);
@@ -88,6 +88,15 @@ void km_control_sample(struct km_daemon *d);
  * is -1 (km_status_drain_sum). */
 struct km_drain_est;
 void km_control_drain(struct km_daemon *d, int dir, struct km_drain_est *out);
+
+/* Loop thread. The JSON views the control socket and the web page (gateway/http.c)
+ * both serve, one producer each, appended to b as one line ending in \n:
+ * status (kuimenctl status; with_head adds the queue's head, as "spool"), units (each
+ * unit's last position and track, the box's own GNSS fix) and bases (on a center, every
+ * base it hears, with its links and units). */
+void km_control_status(struct km_daemon *d, struct km_control_buf *b, bool with_head);
+void km_control_units(struct km_daemon *d, struct km_control_buf *b);
+void km_control_bases(struct km_daemon *d, struct km_control_buf *b);
 
 /* Loop thread. kuimen --live: a block each second of the counters that matter (the
  * rest when not zero), each link's state, since when, backlog and reason, the backlog

@@ -285,6 +285,9 @@ int km_daemon_relay(struct km_daemon *d, const char *topic, const char *route_to
          * what it publishes: the MQTT path is bridges/mqtt.c's). */
         if (rc == 0 && d->incidents && origin && route_topic && strncmp(route_topic, "incident/", 9) == 0)
                 km_incidents_heard(d->incidents, origin, route_topic + 9, payload, len);
+        /* and the board of the bases it hears (status, links, units: the web page's). */
+        if (rc == 0 && origin && route_topic)
+                km_status_heard(&d->status, origin, route_topic, payload, len, true, km_now_ms());
         return rc;
 }
 

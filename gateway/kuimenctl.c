@@ -25,7 +25,7 @@
 
 static void usage(FILE *out)
 {
-        fputs("usage: kuimenctl [--socket PATH] status|links|spool|reload [--json]\n"
+        fputs("usage: kuimenctl [--socket PATH] status|links|spool|units|bases|reload [--json]\n"
               "       kuimenctl --version | --help\n"
               "       kuimenctl key new\n"
               "       kuimenctl [--socket PATH] spool dead|retry ID|all|drop ID|all [--json]\n"
@@ -37,6 +37,8 @@ static void usage(FILE *out)
               "  status   node, links, spool by class, counters\n"
               "  links    the links with state, reason and counts\n"
               "  spool    depth, bytes and oldest by class, and the next messages to leave\n"
+              "  units    each unit's last position, its age and fix (the web page's map)\n"
+              "  bases    on a center: every base it hears, with its links and units\n"
               "  spool dead          messages set aside because a peer can never take them\n"
               "  spool retry ID|all  send set-aside messages back to the queue (at its tail)\n"
               "  spool drop ID|all   delete set-aside messages\n"
@@ -486,6 +488,45 @@ static void print_dead(const cJSON *r)
 static void print_calls(const cJSON *r);
 static void print_incidents(const cJSON *r, bool csv);
 
+/* units: one line a unit (the box's own fix last). */
+static void print_units(const cJSON *r)
+{
+        const cJSON *u, *g = cJSON_GetObjectItemCaseSensitive(r, "gnss");
+        char a[32];
+        printf("%-16s  %-12s  %-13s  %7s  %-4s  %s\n", "UNIT", "LAT", "LON", "AGE", "FIX", "KIND");
+        cJSON_ArrayForEach(u, cJSON_GetObjectItemCaseSensitive(r, "units")) {
+                const cJSON *p = cJSON_GetObjectItemCaseSensitive(u, "position");
+                printf("%-16s  %-12.7f  %-13.7f  %7s  %-4.0f  %s\n", str(u, "unit"), num(p, "lat"), num(p, "lon"),
+                       age(num(u, "age_s"), a, sizeof(a)), num(p, "mode"), *str(p, "kind") ? str(p, "kind") : "-");
+        }
+        const cJSON *f = cJSON_GetObjectItemCaseSensitive(g, "fix");
+        if (cJSON_IsObject(f))
+                printf("%-16s  %-12.7f  %-13.7f  %7s  %-4.0f  sats %.0f/%.0f\n", "(this box)", num(f, "lat"), num(f, "lon"),
+                       age(num(g, "fix_age_s"), a, sizeof(a)), num(f, "mode"), num(f, "sats_used"), num(f, "sats_seen"));
+}
+
+/* bases: a center's view of every base it hears. */
+static void print_bases(const cJSON *r)
+{
+        const cJSON *b, *l;
+        char a[32];
+        if (!cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(r, "bases")))
+                printf("no base heard\n");
+        cJSON_ArrayForEach(b, cJSON_GetObjectItemCaseSensitive(r, "bases")) {
+                const cJSON *st = cJSON_GetObjectItemCaseSensitive(b, "status");
+                printf("%s  %s", str(b, "base"), cJSON_IsObject(st) ? str(st, "state") : "not heard");
+                if (cJSON_IsObject(st))
+                        printf(" (%s ago over %s)", age(num(b, "status_age_s"), a, sizeof(a)), str(b, "status_via"));
+                if (*str(b, "mqtt"))
+                        printf("  mqtt %s", str(b, "mqtt"));
+                printf("  %d unit(s)\n", cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(b, "units")));
+                cJSON_ArrayForEach(l, cJSON_GetObjectItemCaseSensitive(b, "links")) {
+                        const cJSON *ls = cJSON_GetObjectItemCaseSensitive(l, "status");
+                        printf("  %-10s  %-8s  %s\n", str(l, "link"), str(ls, "state"), str(ls, "reason"));
+                }
+        }
+}
+
 static bool csv_out;
 
 /* Prints the reply of cmd; returns the exit code. */
@@ -503,6 +544,10 @@ static int print_reply(const char *cmd, const cJSON *r)
         }
         if (strcmp(cmd, "incident") == 0) {
                 print_incidents(r, csv_out);
+                return 0;
+        }
+        if (strcmp(cmd, "units") == 0 || strcmp(cmd, "bases") == 0) {
+                (cmd[0] == 'u' ? print_units : print_bases)(r);
                 return 0;
         }
         if (cJSON_GetObjectItemCaseSensitive(r, "dead")) {
@@ -746,7 +791,7 @@ usage:
 
 static bool is_command(const char *cmd)
 {
-        static const char *const cmds[] = { "status", "links", "spool", "reload", "call", "incident", NULL };
+        static const char *const cmds[] = { "status", "links", "spool", "units", "bases", "reload", "call", "incident", NULL };
         for (int i = 0; cmd && cmds[i]; i++)
                 if (strcmp(cmd, cmds[i]) == 0)
                         return true;

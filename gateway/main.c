@@ -14,6 +14,7 @@
 #include "control.h"
 #include "daemon.h"
 #include "log.h"
+#include "http.h"
 #include "metrics.h"
 #include "plugin.h"
 #include "bridges/gnss.h"
@@ -172,7 +173,7 @@ static int check_all(struct km_conf *c, struct km_node_conf *n)
         for (size_t i = 0; i < c->nsections; i++) {
                 const char *s = c->sections[i];
                 if (strcmp(s, "node") == 0 || strcmp(s, "local") == 0 || strcmp(s, "gnss") == 0 || strcmp(s, "positions") == 0 ||
-                    strcmp(s, "control") == 0 || strcmp(s, "metrics") == 0 || strcmp(s, "calls") == 0 ||
+                    strcmp(s, "control") == 0 || strcmp(s, "metrics") == 0 || strcmp(s, "http") == 0 || strcmp(s, "calls") == 0 ||
                     strcmp(s, "incidents") == 0 || is_section(s, "calls ") || is_section(s, "class "))
                         continue;
                 if (is_section(s, "link ") && s[5]) {
@@ -191,6 +192,7 @@ static int check_all(struct km_conf *c, struct km_node_conf *n)
         km_positions_check(c);
         km_control_check(c);
         km_metrics_check(c);
+        km_http_check(c);
         km_calls_check(c);
         km_incidents_check(c);
         km_conf_check_unused(c);
@@ -259,6 +261,7 @@ int main(int argc, char **argv)
                         km_positions_print_help(stdout);
                         km_control_print_help(stdout);
                         km_metrics_print_help(stdout);
+                        km_http_print_help(stdout);
                         km_calls_print_help(stdout);
                         km_incidents_print_help(stdout);
                         km_route_print_help(stdout);
@@ -324,6 +327,8 @@ int main(int argc, char **argv)
                 rc = km_control_start(&d, &c);
         if (rc == 0)
                 rc = km_metrics_start(&d, &c);
+        if (rc == 0)
+                rc = km_http_start(&d, &c);
         km_conf_deinit(&c);
         if (rc < 0) {
                 KM_LOG(KM_LOG_ERR, "main", "cannot start: %s", strerror(-rc));

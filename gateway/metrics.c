@@ -1,23 +1,20 @@
 /* SPDX-License-Identifier: MIT */
-/* Metrics: GET /metrics in Prometheus text format 0.0.4 from a minimal HTTP/1.0 responder in the loop. */
+/* Metrics: GET /metrics in Prometheus text format 0.0.4, served by libmicrohttpd on the loop (gateway/http.c). */
 #include "metrics.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
-#include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <unistd.h>
 
 #include "calls.h"
 #include "incidents.h"
 #include "control.h"
 #include "daemon.h"
+#include "http.h"
 #include "log.h"
 #include "plugin.h"
 
-#define MAX_REQUEST 8192 /* request line and headers; Prometheus sends a few hundred bytes */
 
 struct metrics_conf {
         char *listen;
@@ -33,45 +30,6 @@ static const struct km_conf_key metrics_keys[] = {
 
 /* ---- config ---------------------------------------------------------------------- */
 
-/* Parses "127.0.0.1:9464", "[::1]:9464" or "localhost:9464" into sa. Numeric only (and
- * localhost): a check of the config must not wait for DNS. Returns NULL or why not. */
-static const char *parse_listen(const char *s, struct sockaddr_storage *sa, socklen_t *salen)
-{
-        char host[64];
-        const char *colon = strrchr(s, ':');
-        char *end;
-
-        if (!colon || colon == s)
-                return "expected HOST:PORT";
-        long port = strtol(colon + 1, &end, 10);
-        if (!colon[1] || *end || port < 1 || port > 65535)
-                return "port must be 1 to 65535";
-        size_t hl = (size_t)(colon - s);
-        if (s[0] == '[' && hl >= 2 && s[hl - 1] == ']')
-                s++, hl -= 2;
-        if (hl >= sizeof(host))
-                return "host too long";
-        memcpy(host, s, hl);
-        host[hl] = '\0';
-        memset(sa, 0, sizeof(*sa));
-        struct sockaddr_in *v4 = (struct sockaddr_in *)sa;
-        struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)sa;
-        if (strcmp(host, "localhost") == 0)
-                snprintf(host, sizeof(host), "127.0.0.1");
-        if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
-                v4->sin_family = AF_INET;
-                v4->sin_port = htons((uint16_t)port);
-                *salen = sizeof(*v4);
-        } else if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
-                v6->sin6_family = AF_INET6;
-                v6->sin6_port = htons((uint16_t)port);
-                *salen = sizeof(*v6);
-        } else {
-                return "host must be an IPv4 address, [IPv6 address] or localhost";
-        }
-        return NULL;
-}
-
 int km_metrics_check(struct km_conf *c)
 {
         struct metrics_conf mc = { 0 };
@@ -80,7 +38,7 @@ int km_metrics_check(struct km_conf *c)
         int bad = km_conf_apply(c, "metrics", metrics_keys, &mc);
         const char *why;
 
-        if (mc.listen && (why = parse_listen(mc.listen, &sa, &salen))) {
+        if (mc.listen && (why = km_http_parse_listen(mc.listen, &sa, &salen))) {
                 km_conf_error(c, "metrics", "listen", "'%s': %s", mc.listen, why);
                 bad++;
         }
@@ -449,102 +407,23 @@ static void put_all(struct km_control_buf *b, struct km_daemon *d)
         }
 }
 
-/* ---- HTTP/1.0 -------------------------------------------------------------------- */
-
-static bool http_complete(const char *req, size_t len)
+static void exposition(struct km_daemon *d, struct km_control_buf *b)
 {
-        (void)len;
-        return strstr(req, "\r\n\r\n") || strstr(req, "\n\n");
+        put_all(b, d);
 }
 
-static void respond(struct km_control_buf *out, const char *status, const char *type, const char *body, size_t len,
-                    bool head)
-{
-        km_control_printf(out, "HTTP/1.0 %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\nConnection: close\r\n%s\r\n",
-                          status, type, len, strncmp(status, "405", 3) == 0 ? "Allow: GET, HEAD\r\n" : "");
-        if (!head && len)
-                km_control_printf(out, "%.*s", (int)len, body);
-}
-
-static void http_answer(struct km_daemon *d, const char *req, size_t len, bool too_long, struct km_control_buf *out)
-{
-        const char *text = "text/plain; charset=utf-8";
-        char method[8] = "", path[128] = "";
-        (void)len;
-
-        if (too_long) {
-                respond(out, "431 Request Header Fields Too Large", text, "request too large\n", 18, false);
-                return;
-        }
-        if (sscanf(req, "%7s %127s", method, path) != 2) {
-                respond(out, "400 Bad Request", text, "bad request\n", 12, false);
-                return;
-        }
-        bool head = strcmp(method, "HEAD") == 0;
-        if (!head && strcmp(method, "GET") != 0) {
-                respond(out, "405 Method Not Allowed", text, "only GET\n", 9, false);
-                return;
-        }
-        path[strcspn(path, "?")] = '\0';
-        if (strcmp(path, "/metrics") != 0) {
-                respond(out, "404 Not Found", text, "not found; metrics are at /metrics\n", 35, head);
-                return;
-        }
-        struct km_control_buf body = { 0 };
-        put_all(&body, d);
-        if (body.failed)
-                out->failed = true;
-        else
-                respond(out, "200 OK", "text/plain; version=0.0.4; charset=utf-8", body.p, body.len, head);
-        km_control_buf_free(&body);
-}
-
-static const struct km_control_proto http_proto = {
-        .tag = "metrics",
-        .max_request = MAX_REQUEST,
-        .complete = http_complete,
-        .answer = http_answer,
-};
-
-static int listen_tcp(const struct sockaddr_storage *sa, socklen_t salen)
-{
-        int one = 1, rc;
-        int fd = socket(sa->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-
-        if (fd < 0)
-                return -errno;
-        /* A restarted kuimen binds again at once, past the old connections' TIME_WAIT. */
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        if (bind(fd, (const struct sockaddr *)sa, salen) < 0 || listen(fd, 16) < 0) {
-                rc = -errno;
-                close(fd);
-                return rc;
-        }
-        return fd;
-}
+/* ---- serving -------------------------------------------------------------------- */
 
 int km_metrics_start(struct km_daemon *d, struct km_conf *c)
 {
         struct metrics_conf mc = { 0 };
-        struct sockaddr_storage sa;
-        socklen_t salen;
-        int fd, rc = 0;
+        int rc = 0;
 
         km_conf_apply(c, "metrics", metrics_keys, &mc);
-        if (!mc.listen || parse_listen(mc.listen, &sa, &salen))
-                goto out;
-        /* Like the control socket: a busy port costs the operator's view, not forwarding. */
-        if ((fd = listen_tcp(&sa, salen)) < 0) {
-                KM_LOG(KM_LOG_ERR, "metrics", "listen on %s: %s; running without metrics", mc.listen, strerror(-fd));
-                goto out;
-        }
-        if ((rc = km_control_serve(d, fd, &http_proto, NULL)) < 0) {
-                KM_LOG(KM_LOG_ERR, "metrics", "%s: %s; running without metrics", mc.listen, strerror(-rc));
-                close(fd);
-        } else {
-                KM_LOG(KM_LOG_INFO, "metrics", "serving http://%s/metrics", mc.listen);
-        }
-out:
+        /* libmicrohttpd on the loop, as the page (gateway/http.c): like the control
+         * socket, a busy port costs the operator's view, not forwarding. */
+        if (mc.listen)
+                rc = km_http_metrics_start(d, mc.listen, exposition);
         km_conf_release(metrics_keys, &mc);
-        return rc == -ENOMEM ? rc : 0;
+        return rc;
 }

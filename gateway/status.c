@@ -2,6 +2,7 @@
 /* Status board: what the bridges last saw, and how a backlog drains, kept for kuimenctl status, /metrics and --live. */
 #include "status.h"
 
+#include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,11 @@ void km_status_deinit(struct km_status *s)
 {
         free(s->units);
         s->units = NULL;
+        for (size_t i = 0; i < s->nbases; i++)
+                free(s->bases[i]);
+        free(s->bases);
+        s->bases = NULL;
+        s->nbases = 0;
         s->nunits = s->capunits = 0;
         pthread_mutex_destroy(&s->mu);
 }
@@ -51,6 +57,37 @@ static int copy_json(char *out, const char *json, size_t len)
         return 1;
 }
 
+/* The number after "key": in our own canonical JSON (gateway/posrec.c writes it). */
+static bool json_number(const char *json, const char *key, double *out)
+{
+        const char *p = strstr(json, key);
+        char *end;
+        if (!p)
+                return false;
+        *out = strtod(p + strlen(key), &end);
+        return end != p + strlen(key);
+}
+
+/* A unit publishing at 10 Hz would fill the track in seconds: fixes closer together
+ * than KM_STATUS_TRACK_GAP_MS replace the newest instead, so the track covers minutes. */
+static void track_add(struct km_status_unit *u, const char *json, int64_t now_ms)
+{
+        struct km_status_fix f = { .at_ms = now_ms };
+        if (!json_number(json, "\"lat\":", &f.lat) || !json_number(json, "\"lon\":", &f.lon))
+                return;
+        if (u->ntrack) {
+                struct km_status_fix *last = &u->track[(u->track_first + u->ntrack - 1) % KM_STATUS_TRACK];
+                if (now_ms - last->at_ms < KM_STATUS_TRACK_GAP_MS) {
+                        *last = f;
+                        return;
+                }
+        }
+        if (u->ntrack < KM_STATUS_TRACK)
+                u->track[(u->track_first + u->ntrack++) % KM_STATUS_TRACK] = f;
+        else
+                u->track[u->track_first] = f, u->track_first = (u->track_first + 1) % KM_STATUS_TRACK;
+}
+
 void km_status_position(struct km_status *s, const char *unit, const char *json, size_t len, int64_t now_ms)
 {
         if (strlen(unit) >= KM_STATUS_UNIT_MAX || len >= KM_STATUS_JSON_MAX)
@@ -79,10 +116,88 @@ void km_status_position(struct km_status *s, const char *unit, const char *json,
                                 u = &s->units[i];
         }
         if (u) {
+                if (strcmp(u->unit, unit) != 0)
+                        u->ntrack = u->track_first = 0; /* a new unit, or one that gave way */
                 memcpy(u->unit, unit, strlen(unit) + 1);
                 copy_json(u->json, json, len);
                 u->at_ms = now_ms;
+                track_add(u, json, now_ms);
         }
+        pthread_mutex_unlock(&s->mu);
+}
+
+/* The slot for name in v[0..*n) (max): the same name, a free one, else the stalest. */
+static struct km_status_heard *heard_slot(struct km_status_heard *v, size_t *n, size_t max, const char *name)
+{
+        struct km_status_heard *h = NULL;
+        for (size_t i = 0; i < *n && !h; i++)
+                if (strcmp(v[i].name, name) == 0)
+                        h = &v[i];
+        if (!h && *n < max)
+                h = &v[(*n)++];
+        if (h || !*n)
+                return h;
+        h = &v[0];
+        for (size_t i = 1; i < *n; i++)
+                if (v[i].at_ms < h->at_ms)
+                        h = &v[i];
+        return h;
+}
+
+void km_status_heard(struct km_status *s, const char *base, const char *what, const char *json, size_t len,
+                     bool narrow, int64_t now_ms)
+{
+        const char *name = "";
+        bool is_link = strncmp(what, "link/", 5) == 0, is_pos = strncmp(what, "pos/", 4) == 0;
+        if (is_link || is_pos)
+                name = what + (is_link ? 5 : 4);
+        else if (strcmp(what, "status") != 0)
+                return;
+        if (!*base || strlen(base) >= KM_STATUS_UNIT_MAX || strlen(name) >= KM_STATUS_UNIT_MAX ||
+            ((is_link || is_pos) && (!*name || strchr(name, '/'))))
+                return;
+        /* Anyone who may publish on the center's broker reaches here: only a JSON
+         * object is embedded in what the control socket and the web page serve. */
+        cJSON *o = cJSON_ParseWithLength(json, len);
+        char *text = cJSON_IsObject(o) ? cJSON_PrintUnformatted(o) : NULL;
+        cJSON_Delete(o);
+        if (!text || strlen(text) >= KM_STATUS_JSON_MAX) {
+                free(text);
+                return;
+        }
+        pthread_mutex_lock(&s->mu);
+        struct km_status_base *b = NULL;
+        for (size_t i = 0; i < s->nbases && !b; i++)
+                if (strcmp(s->bases[i]->name, base) == 0)
+                        b = s->bases[i];
+        if (!b && s->nbases < KM_STATUS_BASES) {
+                struct km_status_base **v = realloc(s->bases, (s->nbases + 1) * sizeof(*v));
+                if (v)
+                        s->bases = v;
+                if (v && (b = calloc(1, sizeof(*b)))) {
+                        snprintf(b->name, sizeof(b->name), "%s", base);
+                        s->bases[s->nbases++] = b;
+                }
+        }
+        struct km_status_heard *h = !b ? NULL
+                                    : is_link ? heard_slot(b->links, &b->nlinks, KM_STATUS_BASE_LINKS, name)
+                                    : is_pos  ? heard_slot(b->units, &b->nunits, KM_STATUS_BASE_UNITS, name)
+                                              : &b->status;
+        if (h) {
+                snprintf(h->name, sizeof(h->name), "%s", name);
+                snprintf(h->json, sizeof(h->json), "%s", text);
+                h->at_ms = now_ms;
+                h->narrow = narrow;
+        }
+        pthread_mutex_unlock(&s->mu);
+        free(text);
+}
+
+void km_status_each_base(struct km_status *s, void (*fn)(void *ud, const struct km_status_base *b), void *ud)
+{
+        pthread_mutex_lock(&s->mu);
+        for (size_t i = 0; i < s->nbases; i++)
+                fn(ud, s->bases[i]);
         pthread_mutex_unlock(&s->mu);
 }
 

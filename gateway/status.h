@@ -14,11 +14,43 @@
 #define KM_STATUS_UNITS 256    /* units whose last position is kept; the stalest goes first */
 #define KM_STATUS_UNIT_MAX 32
 #define KM_STATUS_JSON_MAX 640
+#define KM_STATUS_TRACK 64     /* fixes of a unit's track kept for the map */
+#define KM_STATUS_TRACK_GAP_MS 2000 /* a fix closer than this to the previous replaces it */
+
+struct km_status_fix {
+        double lat, lon;
+        int64_t at_ms;
+};
 
 struct km_status_unit {
         char unit[KM_STATUS_UNIT_MAX];
         char json[KM_STATUS_JSON_MAX];
         int64_t at_ms; /* system time it was heard */
+        /* The last fixes, oldest first from track_first (a ring of ntrack). */
+        struct km_status_fix track[KM_STATUS_TRACK];
+        unsigned ntrack, track_first;
+};
+
+/* A center: what it heard from one base (over MQTT on its broker, or relayed from a
+ * narrow link): the base's node status, each link's status and each unit's position,
+ * as the base published them (JSON checked and kept unformatted). */
+#define KM_STATUS_BASES 64
+#define KM_STATUS_BASE_LINKS 16
+#define KM_STATUS_BASE_UNITS 64
+
+struct km_status_heard {
+        char name[KM_STATUS_UNIT_MAX]; /* the link or unit; "" for the node status */
+        char json[KM_STATUS_JSON_MAX];
+        int64_t at_ms;
+        bool narrow; /* last heard through a narrow link */
+};
+
+struct km_status_base {
+        char name[KM_STATUS_UNIT_MAX];
+        struct km_status_heard status;
+        struct km_status_heard links[KM_STATUS_BASE_LINKS];
+        struct km_status_heard units[KM_STATUS_BASE_UNITS];
+        size_t nlinks, nunits;
 };
 
 /*
@@ -86,6 +118,8 @@ struct km_status {
         size_t nunits, capunits;
         char gnss_state[KM_STATUS_JSON_MAX], gnss_fix[KM_STATUS_JSON_MAX];
         int64_t gnss_state_ms, gnss_fix_ms;
+        struct km_status_base **bases; /* a center's: KM_STATUS_BASES at most */
+        size_t nbases;
         /* Per direction (enum km_dir). Loop thread only: outside mu. */
         struct km_drain drain[KM_DIR_COUNT];
 };
@@ -103,6 +137,15 @@ void km_status_position(struct km_status *s, const char *unit, const char *json,
 /* The GNSS bridge's latest status JSON and latest published fix JSON (copied). */
 void km_status_gnss_state(struct km_status *s, const char *json, size_t len, int64_t now_ms);
 void km_status_gnss_fix(struct km_status *s, const char *json, size_t len, int64_t now_ms);
+
+/* A center heard base publish what (the topic below <topic_prefix>/<base>/: "status",
+ * "link/<name>" or "pos/<unit>"; anything else is ignored) with payload json (copied
+ * once it parses as a JSON object and fits). narrow: relayed from a narrow link. */
+void km_status_heard(struct km_status *s, const char *base, const char *what, const char *json, size_t len,
+                     bool narrow, int64_t now_ms);
+
+/* Calls fn for each base heard, in the order first heard, under the lock. */
+void km_status_each_base(struct km_status *s, void (*fn)(void *ud, const struct km_status_base *b), void *ud);
 
 /* Readers: call fn for each entry under the lock (fn must not call back into s). */
 void km_status_each_bad(struct km_status *s, void (*fn)(void *ud, const char *reason, uint64_t n), void *ud);

@@ -1254,3 +1254,19 @@ long h_sim_stat(int fd, int port, const char *sim, const char *log, const char *
         cr_assert_fail("no device %s in the %s stats", name, sim);
         return -1;
 }
+
+int h_kuimenctl(const char *sock, const char *args, char *out, size_t n)
+{
+        char cmd[1024];
+        size_t len = 0;
+        const char *ctl = getenv("KM_KUIMENCTL");
+        H_REQUIRE(ctl, "KM_KUIMENCTL is not set (meson sets it)");
+        snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' %s 2>&1", ctl, sock, args);
+        FILE *f = popen(cmd, "r");
+        H_REQUIRE(f, "popen %s: %s", cmd, strerror(errno));
+        while (len + 1 < n && !feof(f) && !ferror(f))
+                len += fread(out + len, 1, n - 1 - len, f);
+        out[len] = '\0';
+        int st = pclose(f);
+        return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}

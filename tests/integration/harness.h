@@ -283,4 +283,9 @@ void h_pair_stop(struct h_pair *p);
  * (setpriv) or with an LD_PRELOAD. */
 void h_spawn(struct h_proc *p, const char *log, char *const argv[], const char *const *env);
 
+/* Runs kuimenctl (KM_KUIMENCTL from meson) --socket sock with args (a shell word list);
+ * its stdout and stderr into out (NUL-terminated). Returns its exit code, -1 when it
+ * did not exit. */
+int h_kuimenctl(const char *sock, const char *args, char *out, size_t n);
+
 #endif

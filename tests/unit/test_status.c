@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* Status: the drain estimate (rate and time left) from the loop's once-a-second samples. */
+/* Status: the drain estimate (rate and time left) from the loop's once-a-second samples; units' tracks; a center's board of bases. */
 #include <criterion/criterion.h>
 #include <string.h>
 
@@ -193,4 +193,103 @@ Test(status, directions_add_up)
         cr_assert(!sum.draining);
         cr_assert_eq(sum.eta_s, -1);
         cr_assert_eq(sum.rate, 0);
+}
+
+/* ---- a unit's track and a center's board of bases ------------------------------------ */
+
+static const struct km_status_unit *found;
+
+static void find_u1(void *ud, const struct km_status_unit *u)
+{
+        if (strcmp(u->unit, ud) == 0)
+                found = u;
+}
+
+static void pos(struct km_status *s, const char *unit, double lat, double lon, int64_t at)
+{
+        char json[200];
+        int n = snprintf(json, sizeof(json), "{\"unit\":\"%s\",\"lat\":%.7f,\"lon\":%.7f,\"mode\":3}", unit, lat, lon);
+        km_status_position(s, unit, json, (size_t)n, at);
+}
+
+/* The last KM_STATUS_TRACK fixes, oldest first; one closer than the gap to the newest
+ * replaces it, so a 10 Hz terminal does not fill the track in seconds. */
+Test(status, track_keeps_the_last_fixes_apart)
+{
+        struct km_status s;
+        km_status_init(&s);
+        for (int i = 0; i < KM_STATUS_TRACK + 10; i++)
+                pos(&s, "u1", 30.0 + i * 0.001, 109.0, 1000000 + (int64_t)i * 5000);
+        pos(&s, "u1", 31.5, 109.5, 1000000 + (int64_t)(KM_STATUS_TRACK + 9) * 5000 + 500); /* 0.5 s after */
+        found = NULL;
+        km_status_each_position(&s, find_u1, "u1");
+        cr_assert(found);
+        cr_assert_eq(found->ntrack, KM_STATUS_TRACK);
+        const struct km_status_fix *first = &found->track[found->track_first];
+        cr_assert_float_eq(first->lat, 30.010, 1e-9, "the 10 oldest went");
+        const struct km_status_fix *last = &found->track[(found->track_first + KM_STATUS_TRACK - 1) % KM_STATUS_TRACK];
+        cr_assert_float_eq(last->lat, 31.5, 1e-9, "the fix 0.5 s later replaced the newest");
+        cr_assert_float_eq(last->lon, 109.5, 1e-9);
+        km_status_deinit(&s);
+}
+
+struct seen {
+        int n;
+        char names[8][64];
+        char json[8][KM_STATUS_JSON_MAX];
+};
+
+static void each_base(void *ud, const struct km_status_base *b)
+{
+        struct seen *x = ud;
+        snprintf(x->names[x->n], sizeof(x->names[0]), "%s:%zu:%zu", b->name, b->nlinks, b->nunits);
+        snprintf(x->json[x->n], sizeof(x->json[0]), "%s", b->status.json);
+        x->n++;
+}
+
+/* What a base says of itself is kept once it is a JSON object (anyone on the center's
+ * broker can publish there), under status, link/NAME or pos/UNIT only. */
+Test(status, heard_bases_take_only_json_objects)
+{
+        struct km_status s;
+        struct seen x = { 0 };
+        km_status_init(&s);
+        static const char st[] = "{ \"state\" : \"online\", \"node\":\"north\" }";
+        km_status_heard(&s, "north", "status", st, sizeof(st) - 1, false, 1000);
+        km_status_heard(&s, "north", "link/center", "{\"state\":\"up\"}", 14, true, 1000);
+        km_status_heard(&s, "north", "pos/u1", "{\"lat\":1}", 9, false, 1000);
+        km_status_heard(&s, "north", "pos/u1", "{\"lat\":2}", 9, false, 2000); /* the same unit again */
+        km_status_heard(&s, "north", "link/x", "<script>", 8, false, 1000);  /* not JSON */
+        km_status_heard(&s, "north", "link/y", "[1,2]", 5, false, 1000);     /* not an object */
+        km_status_heard(&s, "north", "pos/a/b", "{}", 2, false, 1000);      /* not a unit */
+        km_status_heard(&s, "north", "sensors/t", "{}", 2, false, 1000);    /* not what a base says of itself */
+        km_status_heard(&s, "", "status", "{}", 2, false, 1000);
+        km_status_heard(&s, "south", "link/center", "{\"state\":\"down\"}", 16, false, 1000);
+        km_status_each_base(&s, each_base, &x);
+        cr_assert_eq(x.n, 2);
+        cr_assert_str_eq(x.names[0], "north:1:1");
+        cr_assert_str_eq(x.json[0], "{\"state\":\"online\",\"node\":\"north\"}", "kept unformatted");
+        cr_assert_str_eq(x.names[1], "south:1:0");
+        km_status_deinit(&s);
+}
+
+/* A base's units past KM_STATUS_BASE_UNITS: the one heard longest ago gives way. */
+Test(status, heard_units_stalest_goes)
+{
+        struct km_status s;
+        km_status_init(&s);
+        char unit[32];
+        for (int i = 0; i <= KM_STATUS_BASE_UNITS; i++) {
+                snprintf(unit, sizeof(unit), "pos/u%d", i);
+                km_status_heard(&s, "north", unit, "{}", 2, false, i == 0 ? 5000000 : 1000 + i);
+        }
+        const struct km_status_base *b = s.bases[0];
+        cr_assert_eq(b->nunits, KM_STATUS_BASE_UNITS);
+        bool u0 = false, u1 = false;
+        for (size_t i = 0; i < b->nunits; i++) {
+                u0 |= strcmp(b->units[i].name, "u0") == 0;
+                u1 |= strcmp(b->units[i].name, "u1") == 0;
+        }
+        cr_assert(u0 && !u1, "u1 was the stalest");
+        km_status_deinit(&s);
 }
