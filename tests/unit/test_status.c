@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Status: the drain estimate (rate and time left) from the loop's once-a-second samples; units' tracks; a center's board of bases. */
 #include <criterion/criterion.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "gateway/status.h"
