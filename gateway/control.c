@@ -715,8 +715,11 @@ static void put_drain(struct km_control_buf *b, struct km_daemon *d, int dir)
         km_control_printf(b, ",\"backlog_rate\":%.1f", e.backlog_rate);
 }
 
-static void put_spool(struct km_control_buf *b, struct km_daemon *d, const struct km_spool_stats *st, int64_t now)
+static void put_spool(struct km_control_buf *b, struct km_daemon *d, const struct km_spool_stats *st)
 {
+        /* Messages are stamped by the daemon's clock (GNSS time while the system clock is
+         * not synchronised): their ages are taken on the same clock. */
+        int64_t now = km_daemon_now(d);
         km_control_printf(b, "\"spool\":{\"depth\":%llu,\"bytes\":%llu,\"oldest_age_s\":%.3f",
                           (unsigned long long)(st->depth[KM_DIR_UP] + st->depth[KM_DIR_DOWN]),
                           (unsigned long long)st->bytes, age_s(now, oldest_any(st)));
@@ -985,7 +988,7 @@ void km_control_status(struct km_daemon *d, struct km_control_buf *b, bool with_
         if (st.storage_err)
                 km_control_printf(b, ",\"storage_for_s\":%.1f", (double)st.storage_since_ms / 1000);
         km_control_printf(b, ",");
-        put_spool(b, d, &st, now);
+        put_spool(b, d, &st);
         if (with_head)
                 put_head(b, d, &st, now);
         km_control_printf(b, "},");
@@ -1347,7 +1350,7 @@ static const char *bytes_text(uint64_t b, char *buf, size_t n)
         return buf;
 }
 
-static void live_spool(struct wrap *w, struct km_daemon *d, const struct km_spool_stats *st, int64_t now)
+static void live_spool(struct wrap *w, struct km_daemon *d, const struct km_spool_stats *st)
 {
         struct km_control_class *k = calloc(KM_PRIO_COUNT, sizeof(*k));
         int n = k ? km_control_classes(d, st, k, KM_PRIO_COUNT) : 0, last = -1;
@@ -1364,7 +1367,8 @@ static void live_spool(struct wrap *w, struct km_daemon *d, const struct km_spoo
                 wrap_word(w, "empty");
         } else {
                 snprintf(word, sizeof(word), "%llu message%s, %s, oldest %s", (unsigned long long)depth, depth == 1 ? "" : "s",
-                         bytes_text(st->bytes, size, sizeof(size)), span(age_s(now, oldest_any(st)), age, sizeof(age)));
+                         bytes_text(st->bytes, size, sizeof(size)),
+                         span(age_s(km_daemon_now(d), oldest_any(st)), age, sizeof(age)));
                 wrap_text(w, word);
         }
         wrap_end(w);
@@ -1399,7 +1403,7 @@ void km_control_live(struct km_daemon *d, FILE *out)
         km_spool_stats(d->spool, &st);
         live_counters(&w, d, &st);
         live_links(&w, d, &st, now);
-        live_spool(&w, d, &st, now);
+        live_spool(&w, d, &st);
         km_control_drain(d, -1, &e);
         km_status_drain_text(&e, text, sizeof(text));
         if (*text) {

@@ -373,7 +373,7 @@ static void put_all(struct km_control_buf *b, struct km_daemon *d)
         family(b, "kuimen_uptime_seconds", "gauge", "Seconds since kuimen started.");
         km_control_printf(b, "kuimen_uptime_seconds %.3f\n", (double)(now - d->started_ms) / 1000.0);
         put_messages(b, d, &st);
-        put_spool(b, d, &st, now);
+        put_spool(b, d, &st, km_daemon_now(d)); /* the clock messages are stamped by */
         put_links(b, d, &st);
         put_frames(b, d);
         put_board(b, d, now);
