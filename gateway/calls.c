@@ -671,7 +671,16 @@ int km_calls_answer(struct km_calls *cs, const char *topic, const void *payload,
                 const char *t = cJSON_IsString(text) && *text->valuestring ? text->valuestring : NULL;
                 char *cut = t ? answer_text(t) : NULL;
                 bool same = r->state == st && ((!cut && !r->answer) || (cut && r->answer && strcmp(cut, r->answer) == 0));
+                /* Answers come at least once and may come out of order (a terminal's
+                 * retry after a cut, a copy that waited at its broker): an older step
+                 * does not undo a newer one. "received" follows no answer, and "done"
+                 * is final; acting and cannot may follow each other (plans change). */
+                bool stale = (st == R_RECEIVED && answered(r->state)) || (r->state == R_DONE && st != R_DONE);
                 if (same) { /* the same answer again (a terminal's retry): one change */
+                        free(cut);
+                } else if (stale) {
+                        KM_LOG(KM_LOG_INFO, "calls", "answer %s from %s to call %s after %s: older, not taken",
+                               rstate_names[st], unit, c->id, rstate_names[r->state]);
                         free(cut);
                 } else {
                         int64_t now = cs->io.now(cs->io.ud);

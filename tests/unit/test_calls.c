@@ -200,6 +200,34 @@ Test(calls, deliver_answer_repeat_overdue_escalate_close)
         close_calls(cs);
 }
 
+/* An answer older than the one held (a terminal's "received" retried after its
+ * "acting" got through, anything after "done") changes nothing. */
+Test(calls, an_older_answer_does_not_undo_a_newer_one)
+{
+        struct km_calls *cs = open_calls(conf);
+        cmd(cs, "{\"id\":\"c2\",\"level\":\"red\",\"text\":\"Slide\",\"recipients\":[\"u1\",\"u2\"]}");
+        ans(cs, "u1", "{\"id\":\"c2\",\"status\":\"acting\"}");
+        ans(cs, "u1", "{\"id\":\"c2\",\"status\":\"received\"}");
+        cr_assert_eq(count_up("\"unit\":\"u1\",\"state\":\"acting\""), 1);
+        cr_assert_eq(count_up("\"unit\":\"u1\",\"state\":\"received\""), 0, "received after acting was taken");
+        /* Plans change: cannot after acting, and acting again after cannot, are news. */
+        ans(cs, "u1", "{\"id\":\"c2\",\"status\":\"cannot\",\"text\":\"road cut\"}");
+        ans(cs, "u1", "{\"id\":\"c2\",\"status\":\"acting\",\"text\":\"by the river\"}");
+        cr_assert_eq(count_up("\"unit\":\"u1\",\"state\":\"cannot\""), 1);
+        cr_assert_eq(count_up("\"unit\":\"u1\",\"state\":\"acting\""), 2);
+        ans(cs, "u1", "{\"id\":\"c2\",\"status\":\"done\"}");
+        ans(cs, "u1", "{\"id\":\"c2\",\"status\":\"acting\"}");
+        ans(cs, "u1", "{\"id\":\"c2\",\"status\":\"cannot\"}");
+        cr_assert_eq(count_up("\"unit\":\"u1\",\"state\":\"done\""), 1);
+        cr_assert_eq(count_up("\"unit\":\"u1\",\"state\":\"acting\""), 2, "acting after done was taken");
+        cr_assert_eq(count_up("\"unit\":\"u1\",\"state\":\"cannot\""), 1, "cannot after done was taken");
+        struct km_calls_stats st;
+        km_calls_stats(cs, &st);
+        cr_assert_eq(st.answers, 4);
+        cr_assert_eq(st.open, 1, "u2 has not answered");
+        close_calls(cs);
+}
+
 /* Bad input is refused with why, counted, and changes nothing. */
 Test(calls, bad_commands_and_answers)
 {
