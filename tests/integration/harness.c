@@ -702,6 +702,17 @@ void h_rec_free(struct h_rec *r)
         pthread_mutex_destroy(&r->mu);
 }
 
+int h_rec_send(struct h_rec *r, const char *topic, const char *payload)
+{
+        MQTTAsync_message m = MQTTAsync_message_initializer;
+        MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+        m.payload = (void *)payload;
+        m.payloadlen = (int)strlen(payload);
+        m.qos = 1;
+        int rc = MQTTAsync_sendMessage(r->c, topic, &m, &ro);
+        return rc ? rc : MQTTAsync_waitForCompletion(r->c, ro.token, 5000);
+}
+
 /* ---- publisher ------------------------------------------------------------------- */
 
 struct pub_ctx {

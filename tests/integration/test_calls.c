@@ -26,19 +26,6 @@ struct env {
         struct h_rec ctr;  /* the center: kuimen/north/call/# */
 };
 
-/* Publishes at QoS 1 through a recorder's client (one connection less to set up: Paho
- * takes most of a second for each) and waits for the PUBACK. */
-static int send_via(struct h_rec *r, const char *topic, const char *payload)
-{
-        MQTTAsync_message m = MQTTAsync_message_initializer;
-        MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
-        m.payload = (void *)payload;
-        m.payloadlen = (int)strlen(payload);
-        m.qos = 1;
-        int rc = MQTTAsync_sendMessage(r->c, topic, &m, &ro);
-        return rc ? rc : MQTTAsync_waitForCompletion(r->c, ro.token, 5000);
-}
-
 static void start_kuimen(struct env *e)
 {
         const char *args[] = { "--config", e->conf, "--log-level", "debug", NULL };
@@ -110,7 +97,7 @@ static void answer(struct env *e, const char *unit, const char *id, const char *
                 snprintf(p, sizeof(p), "{\"id\":\"%s\",\"status\":\"%s\",\"text\":\"%s\"}", id, status, text);
         else
                 snprintf(p, sizeof(p), "{\"id\":\"%s\",\"status\":\"%s\"}", id, status);
-        cr_assert_eq(send_via(&e->term, topic, p), 0);
+        cr_assert_eq(h_rec_send(&e->term, topic, p), 0);
 }
 
 /* The value of one series of kuimen's /metrics; asserts it is there exactly once. */
@@ -293,7 +280,7 @@ Test(calls, five_terminals_three_answer, .timeout = 40)
            "[calls group field]\nunits = u4, u5\n",
            false);
         cr_assert(h_log_wait(&e.center.p, "kuimen/north/cmd/#", 10000), "the downlink subscribed");
-        cr_assert_eq(send_via(&e.ctr, "kuimen/north/cmd/call",
+        cr_assert_eq(h_rec_send(&e.ctr, "kuimen/north/cmd/call",
                                 "{\"id\":\"f1\",\"level\":\"red\",\"text\":\"Landslide at K12: evacuate\","
                                 "\"recipients\":[\"u1\",\"u2\",\"u3\",\"field\"]}"),
                      0);
@@ -446,7 +433,7 @@ Test(calls, kill9_resumes, .timeout = 40)
         cr_assert(wait_event(&e, "k1", "u2", "done", 5000), "u2's answer upstream");
         /* On their way at the kill: an answer and a new call from the center. */
         answer(&e, "u3", "k1", "received", NULL);
-        cr_assert_eq(send_via(&e.ctr, "kuimen/north/cmd/call",
+        cr_assert_eq(h_rec_send(&e.ctr, "kuimen/north/cmd/call",
                                 "{\"id\":\"k2\",\"level\":\"yellow\",\"text\":\"Road cut\",\"recipients\":[\"u6\"]}"),
                      0);
         h_sleep_ms(30);

@@ -1263,18 +1263,6 @@ Test(faults, readonly_spool_files_refuse_start)
 
 /* ---- 6. a storage fault during a call ---------------------------------------------- */
 
-/* Publishes at QoS 1 through a recorder's client and waits for the PUBACK. */
-static int send_via(struct h_rec *r, const char *topic, const char *payload)
-{
-        MQTTAsync_message m = MQTTAsync_message_initializer;
-        MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
-        m.payload = (void *)payload;
-        m.payloadlen = (int)strlen(payload);
-        m.qos = 1;
-        int rc = MQTTAsync_sendMessage(r->c, topic, &m, &ro);
-        return rc ? rc : MQTTAsync_waitForCompletion(r->c, ro.token, 5000);
-}
-
 /* Changes the center got on kuimen/north/call/f1 holding needle. */
 static int center_changes(struct h_rec *r, const char *needle)
 {
@@ -1327,7 +1315,7 @@ Test(faults, call_change_after_storage_fault)
         cr_assert_eq(ctl(&e, "call f1 red 'Flood at the weir' u1,u2", out, sizeof(out), NULL), 0, "%s", out);
         int64_t t0 = h_now_ms();
         cr_assert(wait_change(&ctr, "{\"unit\":\"u2\",\"state\":\"delivered\"", 5000), "u2's delivery at the center");
-        cr_assert_eq(send_via(&term, "call/u1/answer", "{\"id\":\"f1\",\"status\":\"acting\"}"), 0);
+        cr_assert_eq(h_rec_send(&term, "call/u1/answer", "{\"id\":\"f1\",\"status\":\"acting\"}"), 0);
         cr_assert(wait_change(&ctr, "{\"unit\":\"u1\",\"state\":\"acting\"", 5000), "u1's answer at the center");
         int64_t now = h_now_ms();
         cr_assert_lt(now - t0, 1500, "the call's start took %lld ms: the fault would miss the deadlines",

@@ -64,18 +64,7 @@ struct env {
         struct h_rec term, ctr;
 };
 
-static int send_via(struct h_rec *r, const char *topic, const char *payload)
-{
-        MQTTAsync_message m = MQTTAsync_message_initializer;
-        MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
-        m.payload = (void *)payload;
-        m.payloadlen = (int)strlen(payload);
-        m.qos = 1;
-        int rc = MQTTAsync_sendMessage(r->c, topic, &m, &ro);
-        return rc ? rc : MQTTAsync_waitForCompletion(r->c, ro.token, 5000);
-}
-
-/* The same without waiting for the PUBACK (in order all the same: one client, QoS 1);
+/* h_rec_send without waiting for the PUBACK (in order all the same: one client, QoS 1);
  * returns the token to wait for. */
 static MQTTAsync_token send_nowait(struct h_rec *r, const char *topic, const char *payload)
 {
@@ -180,8 +169,8 @@ Test(incidents, replayed_track_one_arrival_one_withdrawal, .timeout = 60)
         /* "--": a western longitude is negative, not an option */
         snprintf(cmd, sizeof(cmd), "incident open --call d1 -- i1 %.7f %.7f %.0f u1,u2", clat, clon, R);
         cr_assert_eq(ctl(&e, out, sizeof(out), cmd), 0, "%s", out);
-        cr_assert_eq(send_via(&e.term, "call/u1/answer", "{\"id\":\"d1\",\"status\":\"received\"}"), 0);
-        cr_assert_eq(send_via(&e.term, "call/u2/answer", "{\"id\":\"d1\",\"status\":\"acting\"}"), 0);
+        cr_assert_eq(h_rec_send(&e.term, "call/u1/answer", "{\"id\":\"d1\",\"status\":\"received\"}"), 0);
+        cr_assert_eq(h_rec_send(&e.term, "call/u2/answer", "{\"id\":\"d1\",\"status\":\"acting\"}"), 0);
 
         /* The replay: each unit's fix = the capture's fix moved north by north(). */
         static double d[2][EP_MAX];
@@ -285,7 +274,7 @@ Test(incidents, replayed_track_one_arrival_one_withdrawal, .timeout = 60)
         cr_assert(h_log_wait(&e.center.p, "kuimen/north/cmd/#", 10000), "the downlink subscribed");
         char cj[300];
         snprintf(cj, sizeof(cj), "{\"id\":\"i2\",\"lat\":%.6f,\"lon\":%.6f,\"radius\":50,\"units\":[\"u3\"]}", clat, clon);
-        cr_assert_eq(send_via(&e.ctr, "kuimen/north/cmd/incident", cj), 0);
+        cr_assert_eq(h_rec_send(&e.ctr, "kuimen/north/cmd/incident", cj), 0);
         until = h_now_ms() + 10000;
         do {
                 h_sleep_ms(50);
