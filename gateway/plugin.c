@@ -1200,6 +1200,10 @@ static void kick(km_plugin_link *h)
                         else if (piggy)
                                 h->ack_tried = true; /* no room: it goes alone next */
                         if (!device_send(h, h->buf, (size_t)n)) {
+                                /* The window keeps the frame as it was framed, not with
+                                 * this tail: the ack is owed still. */
+                                if (rode)
+                                        h->ack_owed = true;
                                 frame_unsent(h);
                                 return;
                         }
