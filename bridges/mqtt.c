@@ -616,14 +616,9 @@ static bool heard_board(struct bridge *b, const char *t, const void *payload, si
                 return false;
         memcpy(base, rest, (size_t)(slash - rest));
         base[slash - rest] = '\0';
-        const char *p = payload;
-        static const char env[] = "{\"kuimen-origin\":\"";
-        const char *nl = len > sizeof(env) && memcmp(p, env, sizeof(env) - 1) == 0 ? memchr(p, '\n', len) : NULL;
-        if (nl) {
-                len -= (size_t)(nl + 1 - p);
-                p = nl + 1;
-        }
-        km_status_heard(&b->d->status, base, what, p, len, false, km_now_ms());
+        struct km_mqtt_meta_in meta;
+        size_t skip = km_mqtt_envelope_parse(payload, len, &meta);
+        km_status_heard(&b->d->status, base, what, (const char *)payload + skip, len - skip, false, km_now_ms());
         return true;
 }
 
