@@ -51,7 +51,7 @@ static const struct km_conf_key local_keys[] = {
 };
 
 static const struct km_conf_key link_keys[] = {
-        { "uri", KM_CONF_STRING, NULL, OFF(uri), "center broker: tcp://host:port or ssl://host:port", 0, 0, NULL },
+        { "uri", KM_CONF_STRING, NULL, OFF(uri), "center broker: tcp://host:port or ssl://host:port, or a list of them separated by commas (the nodes of a cluster): the uplink moves to the next on a failed connect or a lost connection and stays where it is connected; the downlink tries them from the first at each connect", 0, 0, NULL },
         { "topic_prefix", KM_CONF_STRING, "kuimen", OFF(topic_prefix), "bridged topic = <topic_prefix>/<node>/<local topic>", 0, 0, NULL },
         { "client_id", KM_CONF_STRING, NULL, OFF(client_id), "MQTT client id stem (default kuimen-<node>-<link>; -up and -down are added)", 0, 0, NULL },
         { "username", KM_CONF_STRING, NULL, OFF(username), "user name at the center broker", 0, 0, NULL },
@@ -93,6 +93,8 @@ struct bridge {
         struct km_mqttc *mc;  /* local: ingest and command delivery; a link on tcp://: its uplink */
         struct client sub;    /* downlink (center only) */
         char *down_prefix;    /* "<prefix>/<node>/" stripped from downlink topics */
+        char **uris;          /* uri as a list (km_mqtt_uri_list), for Paho's serverURIs */
+        size_t nuris;
         bool local;
         struct km_positions *positions; /* local only: terminal positions to canonical form */
         char *topic_buf;
@@ -435,6 +437,16 @@ static int on_message(void *context, char *topic, int topic_len, MQTTAsync_messa
         return 1;
 }
 
+/* Which of the link's URIs its connection (or attempt) is on, for status and kuimenctl. */
+static void show_uri(struct bridge *b)
+{
+        size_t i = 0, n = 1;
+        const char *u = b->up ? km_uplink_uri(b->up, &i, &n) : km_mqttc_uri(b->mc, &i, &n);
+        snprintf(b->link->uri, sizeof(b->link->uri), "%s", u);
+        b->link->uri_index = (uint16_t)i;
+        b->link->nuris = (uint16_t)n;
+}
+
 /* The connection of a bridge's client (local: ingest; a link: its uplink), on the loop
  * thread: it is the bridge's link state. */
 static void link_up(void *ud)
@@ -446,6 +458,7 @@ static void link_up(void *ud)
          * fixed header (5), topic length and packet id (4), and on the uplink the
          * bridged topic's "<prefix>/<node>/" and the kuimen-origin and kuimen-id user
          * properties (a 20-digit id; 2 bytes of property length). */
+        show_uri(b);
         b->link->max_packet = b->up ? km_uplink_max_packet(b->up) : km_mqttc_max_packet(b->mc);
         b->link->mqtt_version = (uint8_t)bridge_version(b);
         size_t props = 2 + (1 + 2 + 13 + 2 + strlen(b->d->node.name)) + (1 + 2 + 9 + 2 + 20);
@@ -480,7 +493,8 @@ static void link_lost(void *ud, const char *why)
         uint64_t last = 0, head = km_link_head(b->link, &taken, &last);
         uint32_t inflight = b->link->inflight;
         bool alone = inflight == 1 && km_mono_ms() - taken <= SUSPECT_MS;
-        KM_LOG(KM_LOG_WARNING, "mqtt", "%s: connection to %s lost: %s", b->local ? "ingest" : "up", b->conf.uri, why);
+        show_uri(b);
+        KM_LOG(KM_LOG_WARNING, "mqtt", "%s: connection to %s lost: %s", b->local ? "ingest" : "up", b->link->uri, why);
         km_link_set_state(b->link, KM_LINK_DOWN, "connection lost");
         if (b->transient || !head) {
                 b->transient = false;
@@ -516,7 +530,8 @@ static void link_lost(void *ud, const char *why)
 static void link_failed_connect(void *ud, const char *why)
 {
         struct bridge *b = ud;
-        KM_LOG(KM_LOG_WARNING, "mqtt", "%s: cannot connect to %s: %s", b->local ? "ingest" : "up", b->conf.uri, why);
+        show_uri(b);
+        KM_LOG(KM_LOG_WARNING, "mqtt", "%s: cannot connect to %s: %s", b->local ? "ingest" : "up", b->link->uri, why);
         b->link->mqtt_version = (uint8_t)bridge_version(b);
         /* A broker that refuses MQTT 5 to protocol = 5 is the operator's to fix: said
          * where the link's state is read. */
@@ -744,6 +759,12 @@ static int connect_client(struct client *c)
         co.onSuccess5 = on_connect_ok;
         co.onFailure5 = on_connect_fail;
         co.context = c;
+        /* A list: Paho tries each in turn from the first, at every connect and
+         * reconnect; a v5 CONNECT a node closes (RabbitMQ) moves it to the next too. */
+        if (b->nuris > 1) {
+                co.serverURIs = b->uris;
+                co.serverURIcount = (int)b->nuris;
+        }
         if (!c->clean) {
                 p.value.integer4 = (unsigned)(c->session_expiry_ms / 1000);
                 MQTTProperties_add(&props, &p);
@@ -776,6 +797,8 @@ static int connect_client(struct client *c)
                 co3.onFailure = on_connect_fail311;
                 co3.context = c;
                 co3.ssl = co.ssl;
+                co3.serverURIs = co.serverURIs;
+                co3.serverURIcount = co.serverURIcount;
         }
         rc = MQTTAsync_connect(c->cli, c->level != 5 ? &co3 : &co);
         MQTTProperties_free(&props);
@@ -796,7 +819,7 @@ static int client_create(struct client *c, int level)
         if (level != 5)
                 cro.MQTTVersion = MQTTVERSION_3_1_1;
         c->level = level;
-        rc = MQTTAsync_createWithOptions(&c->cli, c->b->conf.uri, c->id, MQTTCLIENT_PERSISTENCE_NONE, NULL, &cro);
+        rc = MQTTAsync_createWithOptions(&c->cli, c->b->nuris ? c->b->uris[0] : c->b->conf.uri, c->id, MQTTCLIENT_PERSISTENCE_NONE, NULL, &cro);
         if (rc != MQTTASYNC_SUCCESS) {
                 KM_LOG(KM_LOG_ERR, "mqtt", "%s: cannot create a client for %s: %s", c->role, c->b->conf.uri,
                        MQTTAsync_strerror(rc));
@@ -818,6 +841,8 @@ static int client_init(struct client *c, struct bridge *b, const char *role, con
         c->backoff_s = 1;
         if (!(c->id = strdup(id)))
                 return -ENOMEM;
+        if (!b->uris && km_mqtt_uri_list(b->conf.uri, &b->uris, &b->nuris) < 0)
+                return -EINVAL;
         return client_create(c, conf_version(&b->conf) == KM_MQTT_V311 ? 4 : 5);
 }
 
@@ -881,6 +906,7 @@ static void bridge_destroy(struct km_link *l)
         free(b->watch);
         km_positions_free(b->positions);
         free(b->down_prefix);
+        km_mqtt_uri_list_free(b->uris, b->nuris);
         free(b->heard_pfx);
         free(b->topic_buf);
         free(b->will_topic);
@@ -914,6 +940,44 @@ static int check_uri(struct km_conf *c, const char *section, const char *uri)
                 return 0;
         km_conf_error(c, section, "uri", "'%s': not scheme://host[:port] with a port from 1 to 65535", uri);
         return 1;
+}
+
+/* uri as a list (km_mqtt_uri_list): each entry as check_uri, local ones without TLS, and
+ * one transport for all (TLS for all or for none: the uplink's client is chosen by it). */
+static int check_uri_list(struct km_conf *c, const char *section, const char *list, bool local)
+{
+        char **v, host[256];
+        size_t n;
+        int bad = 0, port, tls_n = 0;
+        bool tls;
+        if (km_mqtt_uri_list(list, &v, &n) < 0) {
+                km_conf_error(c, section, "uri", "'%s': an empty entry (URIs are separated by single commas)", list);
+                return 1;
+        }
+        for (size_t i = 0; i < n; i++) {
+                if (strncmp(v[i], "tcp://", 6) && strncmp(v[i], "mqtt://", 7) &&
+                    (local || (strncmp(v[i], "ssl://", 6) && strncmp(v[i], "mqtts://", 8)))) {
+                        if (local)
+                                km_conf_error(c, section, "uri", "'%s' is not tcp:// or mqtt://host:port (the local "
+                                              "broker is reached without TLS)", v[i]);
+                        else
+                                km_conf_error(c, section, "uri", "'%s' is not tcp://, ssl://, mqtt:// or mqtts://host:port", v[i]);
+                        bad++;
+                        continue;
+                }
+                if (check_uri(c, section, v[i])) {
+                        bad++;
+                        continue;
+                }
+                km_mqtt_uri_parse(v[i], host, sizeof(host), &port, &tls);
+                tls_n += tls;
+        }
+        if (!bad && tls_n && tls_n != (int)n) {
+                km_conf_error(c, section, "uri", "'%s': TLS (ssl://, mqtts://) for every URI of the list or for none", list);
+                bad++;
+        }
+        km_mqtt_uri_list_free(v, n);
+        return bad;
 }
 
 /* The TLS files as the start hands them to libmosquitto and Paho, which say only
@@ -951,13 +1015,8 @@ int km_mqtt_local_check(struct km_conf *c)
 {
         struct mqtt_conf m = { 0 };
         int bad = km_conf_apply(c, "local", local_keys, &m);
-        if (m.uri && strncmp(m.uri, "tcp://", 6) && strncmp(m.uri, "mqtt://", 7)) {
-                km_conf_error(c, "local", "uri", "'%s' is not tcp:// or mqtt://host:port (the local broker is reached "
-                              "without TLS)", m.uri);
-                bad++;
-        } else if (m.uri) {
-                bad += check_uri(c, "local", m.uri);
-        }
+        if (m.uri)
+                bad += check_uri_list(c, "local", m.uri, true);
         for (size_t i = 0; i < m.subscribe.n; i++) {
                 const char *why = km_topic_filter_invalid(m.subscribe.v[i]);
                 if (why) {
@@ -976,12 +1035,8 @@ int km_mqtt_link_check(struct km_conf *c, const char *section)
         if (!m.uri) {
                 km_conf_error(c, section, NULL, "[%s] needs a uri", section);
                 bad++;
-        } else if (strncmp(m.uri, "tcp://", 6) && strncmp(m.uri, "ssl://", 6) && strncmp(m.uri, "mqtt://", 7) &&
-                   strncmp(m.uri, "mqtts://", 8)) {
-                km_conf_error(c, section, "uri", "'%s' is not tcp://, ssl://, mqtt:// or mqtts://host:port", m.uri);
-                bad++;
         } else {
-                bad += check_uri(c, section, m.uri);
+                bad += check_uri_list(c, section, m.uri, false);
         }
         bad += check_tls_files(c, section, &m);
         if (m.topic_prefix && (!*m.topic_prefix || strpbrk(m.topic_prefix, "+#"))) {

@@ -390,13 +390,6 @@ Test(mqtt311, center_role_on_a_311_broker)
 
 /* ---- RabbitMQ 3.10 (Debian) with its MQTT plugin -------------------------------------- */
 
-#define RABBIT "/usr/lib/rabbitmq/bin/rabbitmq-server"
-
-struct rabbit {
-        struct h_proc epmd, node;
-        int mqtt_port, tls_port;
-};
-
 /* A CA and a server certificate for 127.0.0.1 (EC P-256: fast), in dir. */
 static void make_certs(const char *dir)
 {
@@ -414,69 +407,6 @@ static void make_certs(const char *dir)
         cr_assert_eq(system(cmd), 0, "certificates in %s (certs.log)", dir);
 }
 
-/* One RabbitMQ node with the MQTT plugin on a free loopback port, with its own epmd,
- * node name, distribution port and mnesia, log and plugin directories under dir. */
-static void rabbit_start(struct rabbit *r, const char *dir)
-{
-        char conf[256], plugins[256], log[300];
-        struct stat st;
-        cr_assert(stat(RABBIT, &st) == 0, RABBIT " is missing: config/deps.sh installs rabbitmq-server for the tests");
-        int epmd = h_free_port(), dist = h_free_port(), amqp = h_free_port();
-        r->mqtt_port = h_free_port();
-        r->tls_port = h_free_port();
-        make_certs(dir);
-        snprintf(conf, sizeof(conf), "%s/rabbitmq.conf", dir);
-        snprintf(plugins, sizeof(plugins), "%s/enabled_plugins", dir);
-        char text[2048];
-        snprintf(text, sizeof(text),
-                 "listeners.tcp = none\nmqtt.listeners.tcp.default = 127.0.0.1:%d\n"
-                 "mqtt.listeners.ssl.default = 127.0.0.1:%d\nssl_options.cacertfile = %s/ca.crt\n"
-                 "ssl_options.certfile = %s/server.crt\nssl_options.keyfile = %s/server.key\n"
-                 "ssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n"
-                 "mqtt.allow_anonymous = true\nloopback_users = none\n",
-                 r->mqtt_port, r->tls_port, dir, dir, dir);
-        h_write_text(conf, text);
-        h_write_text(plugins, "[rabbitmq_mqtt].\n");
-        char eport[16];
-        snprintf(eport, sizeof(eport), "%d", epmd);
-        /* epmd in the foreground as our child: rabbitmq would start it as a daemon that
-         * outlives the test. */
-        char *eargv[] = { "epmd", "-port", eport, NULL };
-        snprintf(log, sizeof(log), "%s/epmd.log", dir);
-        h_spawn(&r->epmd, log, eargv, NULL);
-        cr_assert(h_wait_port(epmd, 5000), "epmd on %d", epmd);
-        static char env[12][320];
-        snprintf(env[0], sizeof(env[0]), "HOME=%s", dir);
-        snprintf(env[1], sizeof(env[1]), "RABBITMQ_NODENAME=km%d@localhost", r->mqtt_port);
-        snprintf(env[2], sizeof(env[2]), "RABBITMQ_NODE_PORT=%d", amqp);
-        snprintf(env[3], sizeof(env[3]), "RABBITMQ_DIST_PORT=%d", dist);
-        snprintf(env[4], sizeof(env[4]), "ERL_EPMD_PORT=%d", epmd);
-        snprintf(env[5], sizeof(env[5]), "RABBITMQ_MNESIA_BASE=%s/mnesia", dir);
-        snprintf(env[6], sizeof(env[6]), "RABBITMQ_LOG_BASE=%s/rabbit-log", dir);
-        snprintf(env[7], sizeof(env[7]), "RABBITMQ_ENABLED_PLUGINS_FILE=%s", plugins);
-        snprintf(env[8], sizeof(env[8]), "RABBITMQ_CONFIG_FILE=%s", conf);
-        snprintf(env[9], sizeof(env[9]), "RABBITMQ_PLUGINS_EXPAND_DIR=%s/plugins-expand", dir);
-        /* exec the VM itself (no shell in between): the test's kill reaches it */
-        snprintf(env[10], sizeof(env[10]), "RUNNING_UNDER_SYSTEMD=1");
-        snprintf(env[11], sizeof(env[11]), "RABBITMQ_NODE_IP_ADDRESS=127.0.0.1");
-        const char *envp[13];
-        for (int i = 0; i < 12; i++)
-                envp[i] = env[i];
-        envp[12] = NULL;
-        char *argv[] = { RABBIT, NULL };
-        snprintf(log, sizeof(log), "%s/rabbitmq.log", dir);
-        h_spawn(&r->node, log, argv, envp);
-        cr_assert(h_wait_port(r->mqtt_port, 30000), "RabbitMQ's MQTT listener on %d (%s)", r->mqtt_port, log);
-        cr_assert(h_wait_port(r->tls_port, 5000), "RabbitMQ's MQTT TLS listener on %d (%s)", r->tls_port, log);
-}
-
-/* Killed: its state dies with the test's directory, and a clean stop takes seconds. */
-static void rabbit_stop(struct rabbit *r)
-{
-        h_stop(&r->node, SIGKILL);
-        h_stop(&r->epmd, SIGTERM);
-}
-
 /* The center is RabbitMQ: it closes the socket on an MQTT 5 CONNECT. protocol = auto:
  * 3 000 messages once each and in order to a 3.1.1 subscriber of RabbitMQ, with origin
  * and id, and a command from RabbitMQ down to the base's terminals. Beside it a base
@@ -485,11 +415,13 @@ static void rabbit_stop(struct rabbit *r)
 Test(rabbitmq, a_311_center_over_tcp_and_tls, .timeout = 60)
 {
         struct env e;
-        struct rabbit r = { 0 };
+        struct h_rabbit_cluster rc;
         struct h_sub sub;
         char dir[200];
         h_tmpdir(dir, sizeof(dir), "m311-rabbit");
-        rabbit_start(&r, dir);
+        make_certs(dir);
+        h_rabbit_start(&rc, dir, 1, true, NULL);
+        const struct h_rabbit r = rc.node[0];
         env_start(&e, "m311-rabbit-k", 0, r.mqtt_port, NULL);
         /* south, over TLS */
         struct h_broker slocal;
@@ -551,7 +483,7 @@ Test(rabbitmq, a_311_center_over_tcp_and_tls, .timeout = 60)
         h_stop(&slocal.p, SIGTERM);
         h_mqtt_version = 5;
         env_stop(&e);
-        rabbit_stop(&r);
+        h_rabbit_stop(&rc);
         h_cleanup(e.dir);
         h_cleanup(dir);
 }
