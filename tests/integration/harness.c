@@ -7,6 +7,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -1273,6 +1274,13 @@ static void rabbit_node(struct h_rabbit_cluster *c, int i, bool tls)
         snprintf(plugins, sizeof(plugins), "%s/enabled_plugins", r->dir);
         int k = snprintf(text, sizeof(text), "listeners.tcp = none\nmqtt.listeners.tcp.default = 127.0.0.1:%d\n"
                          "mqtt.allow_anonymous = true\nloopback_users = none\n", r->mqtt_port);
+        /* Nodes 2..n join node 1 as they boot (RabbitMQ's classic config peer
+         * discovery): a join with rabbitmqctl afterwards restarts the app, 15 to 20 s
+         * more here; it remains the fallback (h_rabbit_start). */
+        if (i > 0)
+                k += snprintf(text + k, sizeof(text) - (size_t)k,
+                              "cluster_formation.peer_discovery_backend = classic_config\n"
+                              "cluster_formation.classic_config.nodes.1 = %s\n", c->node[0].name);
         if (tls)
                 snprintf(text + k, sizeof(text) - (size_t)k,
                          "mqtt.listeners.ssl.default = 127.0.0.1:%d\nssl_options.cacertfile = %s/ca.crt\n"
@@ -1343,10 +1351,18 @@ void h_rabbit_start(struct h_rabbit_cluster *c, const char *dir, int n, bool tls
                 rabbit_wait(c, i, 90000);
         c->boot_ms = h_now_ms() - t0;
         t0 = h_now_ms();
-        /* Each join is three rabbitmqctl calls (a second or two of Elixir each): the
-         * nodes join side by side, from a shell each. */
+        /* Who runs in node 1's cluster; a node that booted alone (it found node 1 not
+         * yet up) joins with rabbitmqctl: three calls of a second or two of Elixir
+         * each, the nodes side by side, from a shell each. */
+        H_REQUIRE(h_rabbitmqctl(c, 0, "cluster_status --formatter json", out, sizeof(out)) == 0,
+                  "rabbitmqctl cluster_status: %s", out);
+        const char *running = strstr(out, "\"running_nodes\"");
         pid_t pids[H_RABBIT_MAX] = { 0 };
         for (int i = 1; i < n; i++) {
+                char q[80];
+                snprintf(q, sizeof(q), "\"%s\"", c->node[i].name);
+                if (running && strstr(running, q) && (!strchr(running, ']') || strstr(running, q) < strchr(running, ']')))
+                        continue;
                 char cmd[2048];
                 const char *ctl = RABBIT_BIN "rabbitmqctl";
                 snprintf(cmd, sizeof(cmd),
@@ -1363,6 +1379,9 @@ void h_rabbit_start(struct h_rabbit_cluster *c, const char *dir, int n, bool tls
         }
         for (int i = 1; i < n; i++) {
                 int ws;
+                if (!pids[i])
+                        continue;
+                c->joined_by_ctl++;
                 waitpid(pids[i], &ws, 0);
                 H_REQUIRE(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "RabbitMQ %s did not join %s (%s/join.log)",
                           c->node[i].name, c->node[0].name, c->node[i].dir);
@@ -1388,4 +1407,63 @@ void h_rabbit_stop(struct h_rabbit_cluster *c)
         if (c->epmd.pid)
                 h_stop(&c->epmd, SIGTERM);
         c->epmd.pid = 0;
+}
+
+/* ---- kuimenctl ---------------------------------------------------------------------- */
+
+const char *h_ctl_path(void)
+{
+        static char path[512];
+        if (getenv("KM_KUIMENCTL"))
+                return getenv("KM_KUIMENCTL");
+        char k[480];
+        snprintf(k, sizeof(k), "%s", getenv("KM_KUIMEN") ? getenv("KM_KUIMEN") : "./kuimen");
+        snprintf(path, sizeof(path), "%s/kuimenctl", dirname(k));
+        return path;
+}
+
+cJSON *h_status_json(const char *sock)
+{
+        static char out[1 << 16];
+        char cmd[1024];
+        size_t len = 0;
+        snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' status --json 2>&1", h_ctl_path(), sock);
+        FILE *f = popen(cmd, "r");
+        H_REQUIRE(f, "popen %s", cmd);
+        while (len + 1 < sizeof(out) && !feof(f)) {
+                size_t r = fread(out + len, 1, sizeof(out) - 1 - len, f);
+                if (!r)
+                        break;
+                len += r;
+        }
+        out[len] = '\0';
+        int st = pclose(f);
+        H_REQUIRE(WIFEXITED(st) && WEXITSTATUS(st) == 0, "kuimenctl status: %s", out);
+        cJSON *r = cJSON_Parse(out);
+        H_REQUIRE(r, "not JSON: %s", out);
+        return r;
+}
+
+const cJSON *h_status_link(const cJSON *r, const char *name)
+{
+        const cJSON *l;
+        cJSON_ArrayForEach(l, cJSON_GetObjectItemCaseSensitive(r, "links")) {
+                const cJSON *n = cJSON_GetObjectItemCaseSensitive(l, "name");
+                if (cJSON_IsString(n) && strcmp(n->valuestring, name) == 0)
+                        return l;
+        }
+        H_REQUIRE(false, "no link %s in the status", name);
+        return NULL;
+}
+
+const char *h_json_str(const cJSON *o, const char *key)
+{
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+        return cJSON_IsString(v) ? v->valuestring : "(none)";
+}
+
+double h_json_num(const cJSON *o, const char *key)
+{
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+        return cJSON_IsNumber(v) ? v->valuedouble : -1;
 }

@@ -280,6 +280,19 @@ void h_pair_stop(struct h_pair *p);
  * (setpriv) or with an LD_PRELOAD. */
 void h_spawn(struct h_proc *p, const char *log, char *const argv[], const char *const *env);
 
+/* ---- kuimenctl ---------------------------------------------------------------------- */
+/* The kuimenctl beside KM_KUIMEN (or KM_KUIMENCTL). */
+const char *h_ctl_path(void);
+/* kuimenctl status --json on the control socket sock, parsed (the test fails on an
+ * error); the caller deletes it. */
+struct cJSON *h_status_json(const char *sock);
+/* The link named name in a status reply (the test fails without one). */
+const struct cJSON *h_status_link(const struct cJSON *status, const char *name);
+/* A string member of o, "(none)" when absent. */
+const char *h_json_str(const struct cJSON *o, const char *key);
+/* A number member of o, -1 when absent. */
+double h_json_num(const struct cJSON *o, const char *key);
+
 /* ---- RabbitMQ 3.10 (Debian) with its MQTT plugin: one node or a cluster ----------- */
 #define H_RABBIT_MAX 3
 struct h_rabbit {
@@ -298,10 +311,12 @@ struct h_rabbit_cluster {
         char dir[200];
         struct h_rabbit node[H_RABBIT_MAX];
         int64_t boot_ms, join_ms; /* how long the nodes took to listen, and to join */
+        int joined_by_ctl;        /* nodes that had booted alone and joined with rabbitmqctl */
 };
 /* Starts the n nodes at once (Erlang is slow to boot: in parallel, each with one
- * scheduler that does not spin), waits for their MQTT listeners, joins nodes 2..n to
- * node 1 with rabbitmqctl (stop_app, join_cluster, start_app, the nodes in parallel) and
+ * scheduler that does not spin), nodes 2..n set to join node 1 as they boot (classic
+ * config peer discovery), waits for their MQTT listeners, joins any node that booted
+ * alone to node 1 with rabbitmqctl (stop_app, join_cluster, start_app, in parallel) and
  * sets the policy that mirrors the MQTT plugin's subscription queues on every node
  * (policy; NULL: none), and waits until every listener is back. Fails the test with the
  * node's log when something does not come up. */

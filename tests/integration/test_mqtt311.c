@@ -39,55 +39,6 @@ struct env {
         struct h_proc k;
 };
 
-static const char *ctl_path(void)
-{
-        static char path[512];
-        if (getenv("KM_KUIMENCTL"))
-                return getenv("KM_KUIMENCTL");
-        char k[480];
-        snprintf(k, sizeof(k), "%s", getenv("KM_KUIMEN") ? getenv("KM_KUIMEN") : "./kuimen");
-        snprintf(path, sizeof(path), "%s/kuimenctl", dirname(k));
-        return path;
-}
-
-/* kuimenctl status --json, parsed; the caller deletes it. */
-static cJSON *status_json(const char *sock)
-{
-        static char out[1 << 16];
-        char cmd[1024];
-        size_t len = 0;
-        snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' status --json 2>&1", ctl_path(), sock);
-        FILE *f = popen(cmd, "r");
-        cr_assert(f, "popen %s", cmd);
-        while (len + 1 < sizeof(out) && !feof(f))
-                len += fread(out + len, 1, sizeof(out) - 1 - len, f);
-        out[len] = '\0';
-        int st = pclose(f);
-        cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "kuimenctl status: %s", out);
-        cJSON *r = cJSON_Parse(out);
-        cr_assert(r, "not JSON: %s", out);
-        return r;
-}
-
-/* The link named name in a status reply. */
-static const cJSON *link_of(const cJSON *r, const char *name)
-{
-        const cJSON *l;
-        cJSON_ArrayForEach(l, cJSON_GetObjectItemCaseSensitive(r, "links")) {
-                const cJSON *n = cJSON_GetObjectItemCaseSensitive(l, "name");
-                if (cJSON_IsString(n) && strcmp(n->valuestring, name) == 0)
-                        return l;
-        }
-        cr_assert_fail("no link %s in the status", name);
-        return NULL;
-}
-
-static const char *field(const cJSON *l, const char *key)
-{
-        const cJSON *v = cJSON_GetObjectItemCaseSensitive(l, key);
-        return cJSON_IsString(v) ? v->valuestring : "(none)";
-}
-
 /* GET /metrics; the caller frees it. */
 static char *metrics(int port)
 {
@@ -222,13 +173,13 @@ Test(mqtt311, auto_forwards_to_a_311_center)
         assert_all_once(&sub, "auto via the gate");
         assert_command_down(&e, e.center.port);
 
-        cJSON *r = status_json(e.sock);
-        cr_assert_str_eq(field(link_of(r, "center"), "protocol"), "3.1.1");
-        cr_assert_str_eq(field(link_of(r, "center"), "protocol_down"), "3.1.1");
-        cr_assert_str_eq(field(link_of(r, "local"), "protocol"), "5");
+        cJSON *r = h_status_json(e.sock);
+        cr_assert_str_eq(h_json_str(h_status_link(r, "center"), "protocol"), "3.1.1");
+        cr_assert_str_eq(h_json_str(h_status_link(r, "center"), "protocol_down"), "3.1.1");
+        cr_assert_str_eq(h_json_str(h_status_link(r, "local"), "protocol"), "5");
         cJSON_Delete(r);
         char cmd[700], out[8192];
-        snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' status 2>&1", ctl_path(), e.sock);
+        snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' status 2>&1", h_ctl_path(), e.sock);
         FILE *f = popen(cmd, "r");
         size_t len = fread(out, 1, sizeof(out) - 1, f);
         out[len] = '\0';
@@ -284,8 +235,8 @@ Test(mqtt311, connack_rc1_and_explicit_311)
         env_start(&e, "m311-explicit", 2, 0, "downlink = no\nprotocol = 3.1.1");
         cr_assert(h_log_wait(&e.k, "up: connected to", 15000), "the uplink connected (%s)", e.klog);
         cr_assert_eq(atomic_load(&e.gate.refused_v5), 0, "protocol = 3.1.1 never tries 5");
-        cJSON *r = status_json(e.sock);
-        cr_assert_str_eq(field(link_of(r, "center"), "protocol"), "3.1.1");
+        cJSON *r = h_status_json(e.sock);
+        cr_assert_str_eq(h_json_str(h_status_link(r, "center"), "protocol"), "3.1.1");
         cJSON_Delete(r);
         env_stop(&e);
         h_cleanup(e.dir);
@@ -299,12 +250,12 @@ Test(mqtt311, protocol_5_is_refused_with_a_reason)
         env_start(&e, "m311-v5", 1, 0, "protocol = 5");
         cr_assert(h_log_wait(&e.k, "the broker refuses MQTT 5", 10000), "%s", e.klog);
         h_sleep_ms(200);
-        cJSON *r = status_json(e.sock);
-        const cJSON *l = link_of(r, "center");
-        cr_assert_str_eq(field(l, "state"), "down");
-        cr_assert(strstr(field(l, "reason"), "the broker refuses MQTT 5") &&
-                  strstr(field(l, "reason"), "set protocol = auto or 3.1.1"), "reason: %s", field(l, "reason"));
-        cr_assert_str_eq(field(l, "protocol"), "5");
+        cJSON *r = h_status_json(e.sock);
+        const cJSON *l = h_status_link(r, "center");
+        cr_assert_str_eq(h_json_str(l, "state"), "down");
+        cr_assert(strstr(h_json_str(l, "reason"), "the broker refuses MQTT 5") &&
+                  strstr(h_json_str(l, "reason"), "set protocol = auto or 3.1.1"), "reason: %s", h_json_str(l, "reason"));
+        cr_assert_str_eq(h_json_str(l, "protocol"), "5");
         cJSON_Delete(r);
         cr_assert_eq(h_log_count(&e.k, "(MQTT 3.1.1)"), 0, "no 3.1.1 connection with protocol = 5");
         env_stop(&e);
@@ -446,10 +397,10 @@ Test(rabbitmq, a_311_center_over_tcp_and_tls, .timeout = 60)
         publish_all(&e);
         assert_all_once(&sub, "auto to RabbitMQ");
         assert_command_down(&e, r.mqtt_port);
-        cJSON *st = status_json(e.sock);
-        cr_assert_str_eq(field(link_of(st, "center"), "protocol"), "3.1.1");
-        cr_assert_str_eq(field(link_of(st, "center"), "protocol_down"), "3.1.1");
-        cr_assert_str_eq(field(link_of(st, "local"), "protocol"), "5");
+        cJSON *st = h_status_json(e.sock);
+        cr_assert_str_eq(h_json_str(h_status_link(st, "center"), "protocol"), "3.1.1");
+        cr_assert_str_eq(h_json_str(h_status_link(st, "center"), "protocol_down"), "3.1.1");
+        cr_assert_str_eq(h_json_str(h_status_link(st, "local"), "protocol"), "5");
         cJSON_Delete(st);
         h_sub_stop(&sub);
 

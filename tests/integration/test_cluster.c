@@ -1,0 +1,287 @@
+/* SPDX-License-Identifier: MIT */
+/* A link with a list of center brokers: a 3-node RabbitMQ cluster with a node killed mid-stream, and a list of a 3.1.1-only and an MQTT 5 broker. */
+#include <criterion/criterion.h>
+#include <criterion/logging.h>
+#include <cjson/cJSON.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+
+/*
+ * Suite cluster: Debian's RabbitMQ 3.10 as three nodes on loopback ports of their own
+ * (their own epmd, node names and distribution ports), joined with rabbitmqctl, with
+ * the MQTT plugin's subscription queues mirrored on every node (classic mirrored
+ * queues: RabbitMQ 3.10's MQTT plugin declares classic queues, and a classic queue
+ * lives on one node unless a policy mirrors it). The plugin answers a QoS 1 PUBLISH
+ * only after the queues it was routed to confirmed it, and a mirrored queue confirms
+ * once every mirror holds it, so a PUBACK kuimen got stands for a message on every
+ * node. A base's link lists the three nodes; the node it is on is killed (SIGKILL)
+ * mid-stream: what was in flight and unacknowledged is sent again through the next
+ * node (duplicates, same kuimen-id, counted), nothing is lost, and each topic's order
+ * holds. Its downlink session, a queue mirrored the same way, survives the node too.
+ *
+ * Suite urilist: a center whose brokers differ, one speaking only 3.1.1 (the harness's
+ * gate in front of a Mosquitto, as in test_mqtt311.c) and one MQTT 5 (that Mosquitto
+ * itself): the version is learnt per URI, so after the move the link speaks 5 again.
+ * And the key's checks.
+ */
+
+#define N_MSGS 3000
+#define N_TOPICS 10
+#define KILL_AT 1000
+
+struct base {
+        char dir[200], conf[300], log[300], sock[300];
+        struct h_broker local;
+        struct h_proc k;
+};
+
+/* A base "north" whose [link center] has uri = uris, with its own local Mosquitto. */
+static void base_start(struct base *b, const char *tag, const char *uris)
+{
+        char text[2048];
+        memset(b, 0, sizeof(*b));
+        h_tmpdir(b->dir, sizeof(b->dir), tag);
+        h_broker_start(&b->local, b->dir, 0, NULL);
+        snprintf(b->conf, sizeof(b->conf), "%s/kuimen.conf", b->dir);
+        snprintf(b->log, sizeof(b->log), "%s/kuimen.log", b->dir);
+        snprintf(b->sock, sizeof(b->sock), "%s/kuimen.sock", b->dir);
+        snprintf(text, sizeof(text),
+                 "[node]\nname = north\nspool = %s/state/spool.db\nstats_interval = 0\n"
+                 "[local]\nuri = tcp://127.0.0.1:%d\nsubscribe = sensors/#\n"
+                 "[link center]\ntype = mqtt\nuri = %s\nkeepalive = 2s\n[control]\nsocket = %s\n",
+                 b->dir, b->local.port, uris, b->sock);
+        h_write_text(b->conf, text);
+        const char *args[] = { "--config", b->conf, NULL };
+        h_kuimen_start(&b->k, b->log, args);
+        cr_assert(h_log_wait(&b->k, "ingest: connected", 10000), "kuimen not on its local broker (%s)", b->log);
+}
+
+static void base_stop(struct base *b)
+{
+        h_stop(&b->k, SIGTERM);
+        h_stop(&b->local.p, SIGTERM);
+}
+
+/* N_MSGS messages "<t>:<seq>" on sensors/t<t> of the base's local broker at about
+ * 1 000 a second; at message KILL_AT, cut() runs (a node killed, a gate shut). */
+static void stream(struct base *b, void (*cut)(void *), void *ud)
+{
+        struct h_pub pub;
+        char topic[32], payload[32];
+        int v = h_mqtt_version;
+        h_mqtt_version = 5; /* the local broker is Mosquitto */
+        h_pub_start(&pub, b->local.port, "terminals");
+        for (int i = 0; i < N_MSGS; i++) {
+                if (i == KILL_AT)
+                        cut(ud);
+                snprintf(topic, sizeof(topic), "sensors/t%d", i % N_TOPICS);
+                snprintf(payload, sizeof(payload), "%d:%d", i % N_TOPICS, i / N_TOPICS);
+                while (h_pub_send(&pub, topic, payload) != 0)
+                        h_sleep_ms(5);
+                if (i % 10 == 9)
+                        h_sleep_ms(10);
+        }
+        cr_assert(h_pub_flush(&pub, 20000), "the local broker acknowledged every message");
+        h_pub_stop(&pub);
+        h_mqtt_version = v;
+}
+
+/* Every message at least once, each first copy in its topic's order, with origin and id;
+ * copies of an id are counted (at least once), never under a new id. Returns the copies. */
+static size_t assert_all(struct h_sub *s, const char *what, const char *log)
+{
+        size_t n = h_sub_wait(s, N_MSGS, 30000);
+        pthread_mutex_lock(&s->mu);
+        cr_assert_eq(n, N_MSGS, "%s: %zu of %d messages arrived (lost %zu; %s)", what, n, N_MSGS, N_MSGS - n, log);
+        cr_assert_eq(s->redelivered, 0, "%s: %zu copies under a new id", what, s->redelivered);
+        cr_assert_eq(h_order_violations(s), 0, "%s: per-topic order kept", what);
+        for (size_t i = 0; i < s->n; i++) {
+                cr_assert(s->rx[i].id != 0, "%s: message %zu (%s) came with its kuimen-id", what, i, s->rx[i].payload);
+                cr_assert_str_eq(s->rx[i].origin, "north", "%s: message %zu came with its kuimen-origin", what, i);
+        }
+        size_t dups = s->dups;
+        pthread_mutex_unlock(&s->mu);
+        return dups;
+}
+
+/* A command an operator publishes on port reaches the base's terminals as cmd/... */
+static void assert_command_down(struct base *b, int port, const char *payload)
+{
+        struct h_rec rec;
+        struct h_pub op;
+        int v = h_mqtt_version;
+        h_mqtt_version = 5;
+        h_rec_start(&rec, b->local.port, "terminal", "cmd/#");
+        h_mqtt_version = v;
+        h_pub_start(&op, port, "operator");
+        cr_assert_eq(h_pub_send(&op, "kuimen/north/cmd/valve", payload), 0);
+        cr_assert(h_pub_flush(&op, 5000));
+        cr_assert_eq(h_rec_wait(&rec, 1, 15000), 1, "the command reached the base's local broker (%s)", b->log);
+        cr_assert_str_eq(rec.m[0].topic, "cmd/valve");
+        cr_assert_str_eq(rec.m[0].payload, payload, "the command's payload exactly");
+        h_pub_stop(&op);
+        h_rec_stop(&rec);
+        h_rec_free(&rec);
+}
+
+/* The link's broker in use, as status says it. */
+static void assert_on(struct base *b, const char *uri, int index, int n, const char *protocol)
+{
+        cJSON *r = h_status_json(b->sock);
+        const cJSON *l = h_status_link(r, "center");
+        cr_assert_str_eq(h_json_str(l, "state"), "up", "%s", b->log);
+        cr_assert_str_eq(h_json_str(l, "uri"), uri, "the link says which broker it is on");
+        cr_assert_eq((int)h_json_num(l, "uri_index"), index);
+        cr_assert_eq((int)h_json_num(l, "uris"), n);
+        cr_assert_str_eq(h_json_str(l, "protocol"), protocol);
+        cJSON_Delete(r);
+}
+
+/* ---- a 3-node RabbitMQ cluster ----------------------------------------------------- */
+
+#define MIRROR_POLICY                                                                                            \
+        "set_policy --apply-to queues ha-mqtt '^mqtt-subscription-' "                                            \
+        "'{\"ha-mode\":\"all\",\"ha-sync-mode\":\"automatic\"}'"
+
+static void kill_node(void *ud)
+{
+        struct h_rabbit_cluster *c = ud;
+        h_rabbit_kill(c, 0);
+}
+
+Test(cluster, node_killed_mid_stream, .timeout = 150)
+{
+        struct h_rabbit_cluster rc;
+        struct base b;
+        struct h_sub sub;
+        char dir[200], uris[300], uri[3][64], want[128], out[4096];
+        h_tmpdir(dir, sizeof(dir), "cluster-rabbit");
+        int64_t t0 = h_now_ms();
+        h_rabbit_start(&rc, dir, 3, false, MIRROR_POLICY);
+        cr_log_info("RabbitMQ 3 nodes: listening after %.1f s, clustered and mirrored %.1f s later (%d joined by rabbitmqctl)",
+                    rc.boot_ms / 1000.0, rc.join_ms / 1000.0, rc.joined_by_ctl);
+        cr_assert_eq(h_rabbitmqctl(&rc, 2, "cluster_status --formatter json", out, sizeof(out)), 0, "%s", out);
+        const char *running = strstr(out, "\"running_nodes\"");
+        cr_assert(running, "%s", out);
+        for (int i = 0; i < 3; i++) {
+                snprintf(want, sizeof(want), "\"%s\"", rc.node[i].name);
+                cr_assert(strstr(running, want) && strstr(running, want) < strchr(running, ']'),
+                          "%s runs in the cluster: %s", rc.node[i].name, out);
+                snprintf(uri[i], sizeof(uri[i]), "tcp://127.0.0.1:%d", rc.node[i].mqtt_port);
+        }
+        snprintf(uris, sizeof(uris), "%s, %s,%s", uri[0], uri[1], uri[2]);
+        base_start(&b, "cluster-base", uris);
+        /* The console is on node 3 with a persistent session: its queue is there and
+         * mirrored on 1 and 2. */
+        h_mqtt_version = 4;
+        h_sub_start(&sub, rc.node[2].mqtt_port, "console", "kuimen/north/sensors/#", true);
+        snprintf(want, sizeof(want), "up: connected to %s (MQTT 3.1.1)", uri[0]);
+        cr_assert(h_log_wait(&b.k, want, 20000), "the uplink on the list's first node (%s)", b.log);
+        cr_assert(h_log_wait(&b.k, "down: connected to", 20000), "the downlink connected (%s)", b.log);
+        assert_on(&b, uri[0], 0, 3, "3.1.1");
+
+        stream(&b, kill_node, &rc);
+        snprintf(want, sizeof(want), "up: connection to %s lost", uri[0]);
+        cr_assert(h_log_wait(&b.k, want, 10000), "the uplink saw its node die (%s)", b.log);
+        snprintf(want, sizeof(want), "up: connected to %s (MQTT 3.1.1)", uri[1]);
+        cr_assert(h_log_wait(&b.k, want, 20000), "the uplink moved to the next node (%s)", b.log);
+        size_t dups = assert_all(&sub, "a node killed mid-stream", b.log);
+        cr_log_info("node killed mid-stream: %d of %d messages, 0 lost, %zu duplicates (by kuimen-id), %.1f s in all",
+                    N_MSGS, N_MSGS, dups, (h_now_ms() - t0) / 1000.0);
+        assert_on(&b, uri[1], 1, 3, "3.1.1");
+        /* The downlink's session (its queue was on node 1, mirrored) and a command from
+         * node 3. */
+        assert_command_down(&b, rc.node[2].mqtt_port, "{\"open\":7}");
+        cr_assert_eq(h_log_count(&b.k, "set aside"), 0, "%s", b.log);
+        h_sub_stop(&sub);
+        h_mqtt_version = 5;
+        base_stop(&b);
+        h_rabbit_stop(&rc);
+        h_cleanup(b.dir);
+        h_cleanup(dir);
+}
+
+/* ---- a 3.1.1-only broker and an MQTT 5 one in one list ------------------------------ */
+
+static void shut_gate(void *ud)
+{
+        struct h_proxy *g = ud;
+        atomic_store(&g->down, true);
+}
+
+Test(urilist, v311_node_then_v5_node)
+{
+        struct h_broker center;
+        struct h_proxy gate;
+        struct base b;
+        struct h_sub sub;
+        char dir[200], uris[200], u0[64], u1[64], want[128];
+        h_tmpdir(dir, sizeof(dir), "urilist");
+        h_broker_start(&center, dir, 0, NULL);
+        h_proxy_start(&gate, center.port);
+        atomic_store(&gate.v311_only, 1); /* closes on a v5 CONNECT, as RabbitMQ 3.10 */
+        snprintf(u0, sizeof(u0), "tcp://127.0.0.1:%d", gate.port);
+        snprintf(u1, sizeof(u1), "tcp://127.0.0.1:%d", center.port);
+        snprintf(uris, sizeof(uris), "%s,%s", u0, u1);
+        h_sub_start(&sub, center.port, "console", "kuimen/north/sensors/#", false);
+        base_start(&b, "urilist-base", uris);
+        snprintf(want, sizeof(want), "up: connected to %s (MQTT 3.1.1)", u0);
+        cr_assert(h_log_wait(&b.k, want, 15000), "the uplink on the 3.1.1 broker first (%s)", b.log);
+        cr_assert(h_log_count(&b.k, "it closed the connection without a CONNACK") >= 1, "%s", b.log);
+        assert_on(&b, u0, 0, 2, "3.1.1");
+
+        stream(&b, shut_gate, &gate);
+        snprintf(want, sizeof(want), "up: connected to %s (MQTT 5)", u1);
+        cr_assert(h_log_wait(&b.k, want, 10000), "the next broker in MQTT 5: learnt per URI (%s)", b.log);
+        size_t dups = assert_all(&sub, "3.1.1 broker shut mid-stream", b.log);
+        cr_log_info("3.1.1 node shut mid-stream, on to an MQTT 5 node: 0 lost, %zu duplicates", dups);
+        assert_on(&b, u1, 1, 2, "5");
+        /* The downlink tries the list from its head, the gate (shut), then the broker. */
+        assert_command_down(&b, center.port, "{\"open\":9}");
+        h_sub_stop(&sub);
+        base_stop(&b);
+        h_proxy_stop(&gate);
+        h_stop(&center.p, SIGTERM);
+        h_cleanup(b.dir);
+        h_cleanup(dir);
+}
+
+/* The list's checks: an empty entry, TLS on some URIs only, a bad one named. */
+Test(urilist, checked)
+{
+        char dir[200], conf[300], text[1024], out[4096];
+        h_tmpdir(dir, sizeof(dir), "urilist-check");
+        snprintf(conf, sizeof(conf), "%s/kuimen.conf", dir);
+        const struct {
+                const char *uri, *error;
+        } cases[] = {
+                { "tcp://127.0.0.1:1883,,tcp://127.0.0.1:1884", "an empty entry (URIs are separated by single commas)" },
+                { "tcp://127.0.0.1:1883,", "an empty entry" },
+                { "tcp://127.0.0.1:1883, ssl://127.0.0.1:8883", "TLS (ssl://, mqtts://) for every URI of the list or for none" },
+                { "tcp://127.0.0.1:1883, tcp://127.0.0.1:99999", "'tcp://127.0.0.1:99999': not scheme://host[:port] with a port from 1 to 65535" },
+                { "tcp://127.0.0.1:1883, http://x", "'http://x' is not tcp://, ssl://, mqtt:// or mqtts://host:port" },
+        };
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                snprintf(text, sizeof(text),
+                         "[node]\nname = north\nspool = %s/spool.db\n[local]\nuri = tcp://127.0.0.1:1883\n"
+                         "[link center]\ntype = mqtt\nuri = %s\n",
+                         dir, cases[i].uri);
+                h_write_text(conf, text);
+                const char *args[] = { "--check-config", conf, NULL };
+                cr_assert_eq(h_kuimen_run(args, out, sizeof(out)), 1, "'%s' refused: %s", cases[i].uri, out);
+                cr_assert(strstr(out, cases[i].error), "'%s': %s", cases[i].uri, out);
+                cr_assert(strstr(out, "kuimen.conf:"), "FILE:LINE named: %s", out);
+        }
+        snprintf(text, sizeof(text),
+                 "[node]\nname = north\nspool = %s/spool.db\n[local]\nuri = tcp://127.0.0.1:1883\n"
+                 "[link center]\ntype = mqtt\nuri = tcp://127.0.0.1:1883 , tcp://[::1]:1884,mqtt://localhost\n",
+                 dir);
+        h_write_text(conf, text);
+        const char *args[] = { "--check-config", conf, NULL };
+        cr_assert_eq(h_kuimen_run(args, out, sizeof(out)), 0, "a good list passes: %s", out);
+        h_cleanup(dir);
+}
