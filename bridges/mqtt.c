@@ -25,7 +25,7 @@
 
 struct mqtt_conf {
         char *uri, *client_id, *username, *password, *topic_prefix, *protocol, *v311_meta;
-        char *ca, *cert, *key;
+        char *ca, *cert, *key, *center_group;
         struct km_strv subscribe;
         bool verify_hostname, downlink;
         long window;
@@ -47,6 +47,7 @@ static const struct km_conf_key local_keys[] = {
         { "window", KM_CONF_INT, "64", OFF(window), "commands in flight to the local broker", 1, 65535, NULL },
         { "protocol", KM_CONF_STRING, "auto", OFF(protocol), "MQTT version: auto (5, and 3.1.1 once the broker refuses 5, until a restart), 5 or 3.1.1", 0, 0, protocols },
         { "v311_meta", KM_CONF_STRING, "envelope", OFF(v311_meta), "on MQTT 3.1.1 (no user properties), how a center's relayed messages carry kuimen-origin, -id and -relay: envelope (a JSON line before the payload, docs/topics.md) or none", 0, 0, metas },
+        { "center_group", KM_CONF_STRING, NULL, OFF(center_group), "a center run as several processes (each its own node name): the name they share their bases' commands under, as the MQTT 5 shared subscription $share/<group>/<topic_prefix>/<base>/cmd/#, so that the broker hands each command to one of them (the broker must have shared subscriptions: Mosquitto 2 has, RabbitMQ 3.10 has not)", 0, 0, NULL },
         { NULL, 0, NULL, 0, NULL, 0, 0, NULL },
 };
 
@@ -1017,6 +1018,11 @@ int km_mqtt_local_check(struct km_conf *c)
         int bad = km_conf_apply(c, "local", local_keys, &m);
         if (m.uri)
                 bad += check_uri_list(c, "local", m.uri, true);
+        if (m.center_group && (!*m.center_group || strpbrk(m.center_group, "/+#"))) {
+                km_conf_error(c, "local", "center_group", "'%s' must be non-empty and hold no '/', '+' or '#'",
+                              m.center_group);
+                bad++;
+        }
         for (size_t i = 0; i < m.subscribe.n; i++) {
                 const char *why = km_topic_filter_invalid(m.subscribe.v[i]);
                 if (why) {
@@ -1133,7 +1139,13 @@ static int watch_base(void *ud, const char *prefix, const char *base)
                 b->watch = w;
         if (v)
                 b->watch_filters.v = v;
-        if (!w || !v || asprintf(&f1, "%scmd/#", pfx) < 0 || asprintf(&f2, "%sstatus", pfx) < 0) {
+        /* Several center processes: each command to one of them (shared); the status
+         * to each (every one decides whether the base's MQTT session takes commands). */
+        int r1 = b->conf.center_group ? asprintf(&f1, "$share/%s/%scmd/#", b->conf.center_group, pfx)
+                                      : asprintf(&f1, "%scmd/#", pfx);
+        if (r1 < 0)
+                f1 = NULL;
+        if (!w || !v || !f1 || asprintf(&f2, "%sstatus", pfx) < 0) {
                 free(pfx);
                 free(f1);
                 return -ENOMEM;

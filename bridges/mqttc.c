@@ -580,8 +580,9 @@ static int send_subscribe_of(struct km_mqttc *c, size_t from, size_t to)
                  * handling 1: retained messages only on a new subscription. 3.1.1 has
                  * neither (its other bits are reserved): a center's own relayed
                  * status comes back and is ignored (kuimen-relay), and retained
-                 * messages come at each connect. */
-                *p++ = c->level == 5 ? 0x01 | 0x04 | 0x10 : 0x01;
+                 * messages come at each connect. A shared subscription must not set
+                 * no local (MQTT 5 3.8.3.1: a protocol error). */
+                *p++ = c->level != 5 ? 0x01 : strncmp(c->filters[i], "$share/", 7) == 0 ? 0x01 | 0x10 : 0x01 | 0x04 | 0x10;
         }
         c->out.len += (size_t)(p - start);
         return 0;

@@ -285,3 +285,223 @@ Test(urilist, checked)
         cr_assert_eq(h_kuimen_run(args, out, sizeof(out)), 0, "a good list passes: %s", out);
         h_cleanup(dir);
 }
+
+/* ---- a center-role kuimen as two processes (issue 15 item 3) ------------------------ */
+
+/*
+ * Two bases, north and south, each with a narrow link to each of two center processes,
+ * county-a and county-b, on one center broker (Mosquitto); no IP link, so everything
+ * crosses the narrow links. A base is assigned to one center process by its links'
+ * order (north prefers a, south b) and fails over to the other by the scheduler, as
+ * any base fails over between links; the centers share the bases' commands through
+ * the MQTT 5 shared subscription of [local] center_group, so each command is framed by
+ * one of them. county-a is killed (SIGKILL) mid-stream and started again 4 s later (as
+ * systemd would).
+ */
+
+#define C_MSGS 600
+#define C_CMDS 20
+
+struct centers {
+        char dir[200], plugins[300];
+        struct h_broker center, local[2];
+        struct h_proc base[2], ctr[2];
+        char bconf[2][300], cconf[2][300], blog[2][300], clog[2][300];
+};
+
+static const char *const bases[2] = { "north", "south" }, *const ctrs[2] = { "county-a", "county-b" };
+
+static void centers_start_center(struct centers *e, int c)
+{
+        const char *args[] = { "--config", e->cconf[c], NULL };
+        h_kuimen_start(&e->ctr[c], e->clog[c], args);
+        cr_assert(h_log_wait(&e->ctr[c], "ingest: connected", 10000), "%s on its broker (%s)", ctrs[c], e->clog[c]);
+}
+
+static void centers_start(struct centers *e)
+{
+        int port[2][2][2]; /* [base][center][0: the base's end, 1: the center's end] */
+        char text[4096];
+        memset(e, 0, sizeof(*e));
+        const char *plugins = getenv("KM_SIM_PLUGIN_DIR");
+        cr_assert(plugins, "KM_SIM_PLUGIN_DIR is not set");
+        snprintf(e->plugins, sizeof(e->plugins), "%s", plugins);
+        h_tmpdir(e->dir, sizeof(e->dir), "centers");
+        char dir[200];
+        memcpy(dir, e->dir, sizeof(dir));
+        h_broker_start(&e->center, dir, 0, NULL);
+        for (int b = 0; b < 2; b++)
+                for (int c = 0; c < 2; c++)
+                        for (int k = 0; k < 2; k++)
+                                port[b][c][k] = h_free_port();
+        for (int c = 0; c < 2; c++) {
+                int n = snprintf(text, sizeof(text),
+                                 "[node]\nname = %s\nrole = center\nspool = %s/%s/spool.db\nplugin_dir = %s\nstats_interval = 0\n"
+                                 "[local]\nuri = tcp://127.0.0.1:%d\ncenter_group = county\n",
+                                 ctrs[c], e->dir, ctrs[c], plugins, e->center.port);
+                for (int b = 0; b < 2; b++)
+                        n += snprintf(text + n, sizeof(text) - (size_t)n,
+                                      "[link sat-%s]\ntype = sim\nlisten = 127.0.0.1:%d\npeer = 127.0.0.1:%d\npeers = %s\n",
+                                      bases[b], port[b][c][1], port[b][c][0], bases[b]);
+                snprintf(e->cconf[c], sizeof(e->cconf[c]), "%s/%s.conf", dir, ctrs[c]);
+                snprintf(e->clog[c], sizeof(e->clog[c]), "%s/%s.log", dir, ctrs[c]);
+                h_write_text(e->cconf[c], text);
+        }
+        for (int b = 0; b < 2; b++) {
+                h_broker_start(&e->local[b], e->dir, 0, NULL);
+                int n = snprintf(text, sizeof(text),
+                                 "[node]\nname = %s\nspool = %s/%s/spool.db\nplugin_dir = %s\nstats_interval = 0\n"
+                                 "[local]\nuri = tcp://127.0.0.1:%d\nsubscribe = sensors/#\n",
+                                 bases[b], e->dir, bases[b], plugins, e->local[b].port);
+                for (int c = 0; c < 2; c++) /* north prefers county-a, south county-b */
+                        n += snprintf(text + n, sizeof(text) - (size_t)n,
+                                      "[link sat-%s]\ntype = sim\nlisten = 127.0.0.1:%d\npeer = 127.0.0.1:%d\norder = %d\n",
+                                      ctrs[c], port[b][c][0], port[b][c][1], c == b ? 1 : 2);
+                snprintf(e->bconf[b], sizeof(e->bconf[b]), "%s/%s.conf", dir, bases[b]);
+                snprintf(e->blog[b], sizeof(e->blog[b]), "%s/%s.log", dir, bases[b]);
+                h_write_text(e->bconf[b], text);
+        }
+        for (int c = 0; c < 2; c++)
+                centers_start_center(e, c);
+        for (int b = 0; b < 2; b++) {
+                const char *args[] = { "--config", e->bconf[b], NULL };
+                h_kuimen_start(&e->base[b], e->blog[b], args);
+                cr_assert(h_log_wait(&e->base[b], "ingest: connected", 10000), "%s on its broker (%s)", bases[b],
+                          e->blog[b]);
+        }
+}
+
+static void centers_stop(struct centers *e)
+{
+        for (int b = 0; b < 2; b++)
+                h_stop(&e->base[b], SIGTERM);
+        for (int c = 0; c < 2; c++)
+                h_stop(&e->ctr[c], SIGTERM);
+        for (int b = 0; b < 2; b++)
+                h_stop(&e->local[b].p, SIGTERM);
+        h_stop(&e->center.p, SIGTERM);
+}
+
+Test(centers, two_processes_one_killed, .timeout = 120)
+{
+        struct centers e;
+        struct h_sub sub[2];
+        struct h_rec term[2];
+        struct h_pub pub[2], op;
+        char topic[64], payload[64];
+        centers_start(&e);
+        for (int b = 0; b < 2; b++) {
+                snprintf(topic, sizeof(topic), "kuimen/%s/sensors/#", bases[b]);
+                snprintf(payload, sizeof(payload), "console-%s", bases[b]);
+                h_sub_start(&sub[b], e.center.port, payload, topic, true);
+                snprintf(payload, sizeof(payload), "terminal-%s", bases[b]);
+                h_rec_start(&term[b], e.local[b].port, payload, "cmd/#");
+                snprintf(payload, sizeof(payload), "terminals-%s", bases[b]);
+                h_pub_start(&pub[b], e.local[b].port, payload);
+        }
+        h_pub_start(&op, e.center.port, "operator");
+        struct h_rec all;
+        h_rec_start(&all, e.center.port, "recorder", "kuimen/+/sensors/#");
+        int64_t killed_at = 0;
+        for (int i = 0; i < C_MSGS; i++) {
+                if (i == C_MSGS / 3) {
+                        h_stop(&e.ctr[0], SIGKILL);
+                        killed_at = h_now_ms();
+                }
+                if (killed_at && e.ctr[0].pid == 0 && h_now_ms() - killed_at >= 4000)
+                        centers_start_center(&e, 0);
+                for (int b = 0; b < 2; b++) {
+                        snprintf(topic, sizeof(topic), "sensors/t%d", i % N_TOPICS);
+                        snprintf(payload, sizeof(payload), "%d:%d", i % N_TOPICS, i / N_TOPICS);
+                        while (h_pub_send(&pub[b], topic, payload) != 0)
+                                h_sleep_ms(5);
+                }
+                if (i % (C_MSGS / C_CMDS) == 0) /* a command for each base, some while county-a is dead */
+                        for (int b = 0; b < 2; b++) {
+                                snprintf(topic, sizeof(topic), "kuimen/%s/cmd/valve", bases[b]);
+                                snprintf(payload, sizeof(payload), "{\"n\":%d}", i / (C_MSGS / C_CMDS));
+                                cr_assert_eq(h_pub_send(&op, topic, payload), 0);
+                        }
+                h_sleep_ms(15); /* about 65 a second from each base: some 9 s of stream */
+        }
+        while (e.ctr[0].pid == 0) {
+                h_sleep_ms(50);
+                if (h_now_ms() - killed_at >= 4000)
+                        centers_start_center(&e, 0);
+        }
+        for (int b = 0; b < 2; b++)
+                cr_assert(h_pub_flush(&pub[b], 10000));
+        cr_assert(h_pub_flush(&op, 10000));
+        for (int b = 0; b < 2; b++) {
+                size_t n = h_sub_wait(&sub[b], C_MSGS, 40000);
+                pthread_mutex_lock(&sub[b].mu);
+                cr_assert_eq(n, C_MSGS, "%s: %zu of %d arrived (%s, %s, %s)", bases[b], n, C_MSGS, e.blog[b], e.clog[0],
+                             e.clog[1]);
+                cr_assert_eq(sub[b].redelivered, 0, "%s: %zu copies under a new id", bases[b], sub[b].redelivered);
+                cr_assert_eq(h_order_violations(&sub[b]), 0, "%s: per-topic order", bases[b]);
+                size_t dups = sub[b].dups;
+                pthread_mutex_unlock(&sub[b].mu);
+                /* Published by both processes: what the scale-out must never do. Published
+                 * again by the killed process after its restart (what it had in flight to
+                 * the broker when killed; the same kuimen-id): at least once, as any kuimen
+                 * killed mid-publish. */
+                size_t both = 0, again = 0, by[2] = { 0, 0 };
+                pthread_mutex_lock(&all.mu);
+                for (size_t i = 0; i < all.n; i++)
+                        for (int c = 0; c < 2; c++)
+                                by[c] += strcmp(all.m[i].origin, bases[b]) == 0 && strcmp(all.m[i].relay, ctrs[c]) == 0;
+                for (size_t i = 0; i < all.n; i++)
+                        for (size_t j = i + 1; j < all.n; j++) {
+                                struct h_msg *x = &all.m[i], *y = &all.m[j];
+                                if (x->id != y->id || strcmp(x->origin, bases[b]) || strcmp(y->origin, bases[b]))
+                                        continue;
+                                if (strcmp(x->relay, y->relay) != 0) {
+                                        both++;
+                                        cr_log_error("%s %s id %llu published by %s and by %s", bases[b], x->payload,
+                                                     (unsigned long long)x->id, x->relay, y->relay);
+                                } else {
+                                        again++;
+                                }
+                        }
+                pthread_mutex_unlock(&all.mu);
+                cr_log_info("%s: %d messages through two center processes, one killed: 0 lost, %zu by both processes, "
+                            "%zu again by the killed one after its restart", bases[b], C_MSGS, both, again);
+                cr_assert_eq(both, 0, "%s: %zu messages published by both center processes", bases[b], both);
+                /* north's county-a was killed: county-b took over; south stayed on county-b,
+                 * and county-a relays at least the status it was restarted into. */
+                if (b == 0)
+                        cr_assert(by[0] > 0 && by[1] > 0, "north went through both: %zu by county-a, %zu by county-b",
+                                  by[0], by[1]);
+                cr_log_info("%s: %zu relayed by county-a, %zu by county-b", bases[b], by[0], by[1]);
+                cr_assert_eq(again, dups, "%s: every copy is the killed process's own replay", bases[b]);
+        }
+        /* Each command once at its base: none lost in the dead process's session, none
+         * framed by both. */
+        for (int b = 0; b < 2; b++) {
+                size_t n = h_rec_wait(&term[b], C_CMDS, 30000);
+                h_sleep_ms(n == C_CMDS ? 1500 : 0); /* a second copy would come by now */
+                pthread_mutex_lock(&term[b].mu);
+                bool seen[C_CMDS] = { false };
+                for (size_t i = 0; i < term[b].n; i++) {
+                        int k = -1;
+                        sscanf(term[b].m[i].payload, "{\"n\":%d}", &k);
+                        cr_assert(k >= 0 && k < C_CMDS, "%s: command %s", bases[b], term[b].m[i].payload);
+                        cr_assert(!seen[k], "%s: command %d framed twice", bases[b], k);
+                        seen[k] = true;
+                }
+                cr_assert_eq(term[b].n, C_CMDS, "%s: %zu of %d commands (%s, %s)", bases[b], term[b].n, C_CMDS,
+                             e.clog[0], e.clog[1]);
+                pthread_mutex_unlock(&term[b].mu);
+        }
+        for (int b = 0; b < 2; b++) {
+                h_sub_stop(&sub[b]);
+                h_pub_stop(&pub[b]);
+                h_rec_stop(&term[b]);
+                h_rec_free(&term[b]);
+        }
+        h_pub_stop(&op);
+        h_rec_stop(&all);
+        h_rec_free(&all);
+        centers_stop(&e);
+        h_cleanup(e.dir);
+}
