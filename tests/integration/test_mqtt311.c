@@ -381,11 +381,14 @@ Test(rabbitmq, a_311_center_over_tcp_and_tls, .timeout = 60)
         h_broker_start(&slocal, dir, 0, NULL);
         snprintf(sconf, sizeof(sconf), "%s/south.conf", dir);
         snprintf(slog, sizeof(slog), "%s/south.log", dir);
+        /* Its uri a list whose head listens nowhere: the TLS uplink (libmosquitto)
+         * moves to the next. */
+        int nowhere = h_free_port();
         snprintf(text, sizeof(text),
                  "[node]\nname = south\nspool = %s/south/spool.db\nstats_interval = 0\n"
                  "[local]\nuri = tcp://127.0.0.1:%d\nsubscribe = sensors/#\n"
-                 "[link center]\ntype = mqtt\nuri = ssl://127.0.0.1:%d\nca = %s/ca.crt\nkeepalive = 2s\n",
-                 dir, slocal.port, r.tls_port, dir);
+                 "[link center]\ntype = mqtt\nuri = ssl://127.0.0.1:%d, ssl://127.0.0.1:%d\nca = %s/ca.crt\nkeepalive = 2s\n",
+                 dir, slocal.port, nowhere, r.tls_port, dir);
         h_write_text(sconf, text);
         const char *sargs[] = { "--config", sconf, NULL };
         h_kuimen_start(&south, slog, sargs);
@@ -405,7 +408,11 @@ Test(rabbitmq, a_311_center_over_tcp_and_tls, .timeout = 60)
         h_sub_stop(&sub);
 
         /* south: its uplink over TLS found 3.1.1 too; 200 readings and a command */
-        cr_assert(h_log_wait(&south, "up: connected to ssl://", 15000), "south's TLS uplink connected (%s)", slog);
+        char want[96];
+        snprintf(want, sizeof(want), "up: connected to ssl://127.0.0.1:%d (MQTT 3.1.1)", r.tls_port);
+        cr_assert(h_log_wait(&south, want, 15000), "south's TLS uplink connected to the list's second (%s)", slog);
+        snprintf(want, sizeof(want), "up: cannot connect to ssl://127.0.0.1:%d:", nowhere);
+        cr_assert(h_log_count(&south, want) >= 1, "the list's head was tried first (%s)", slog);
         cr_assert(h_log_count(&south, "refuses MQTT 5 and takes 3.1.1") >= 1, "%s", slog);
         cr_assert(h_log_wait(&south, "down: connected to ssl://", 15000), "south's TLS downlink connected (%s)", slog);
         h_sub_start(&sub, r.mqtt_port, "console-south", "kuimen/south/sensors/#", false);
