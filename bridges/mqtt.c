@@ -204,8 +204,8 @@ static bool refused_for_good(struct bridge *b, uint32_t cookie, int reason)
         uint64_t id = km_link_acked(b->link, cookie);
         if (!id)
                 return true;
-        char why[200];
-        snprintf(why, sizeof(why), "%s refused it on link %s (%s)", b->conf.uri, b->link->name,
+        char why[400];
+        snprintf(why, sizeof(why), "%s refused it on link %s (%s)", b->link->uri[0] ? b->link->uri : b->conf.uri, b->link->name,
                  MQTTReasonCode_toString(reason));
         ++b->d->refused;
         if (km_spool_set_aside(b->d->spool, id, why) == 0)
@@ -519,9 +519,9 @@ static void link_lost(void *ud, const char *why)
         }
         if (++b->strikes < SUSPECT_STRIKES)
                 return;
-        char w[200];
+        char w[400];
         snprintf(w, sizeof(w), "%s closed the connection on link %s each time it was sent alone (%d times)",
-                 b->conf.uri, b->link->name, b->strikes);
+                 b->link->uri[0] ? b->link->uri : b->conf.uri, b->link->name, b->strikes);
         if (km_spool_set_aside(b->d->spool, head, w) == 0)
                 b->link->set_aside++;
         b->suspect = 0, b->strikes = 0;
