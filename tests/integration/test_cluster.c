@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #include "harness.h"
 
@@ -62,7 +63,8 @@ static void base_start(struct base *b, const char *tag, const char *uris)
 
 static void base_stop(struct base *b)
 {
-        h_stop(&b->k, SIGTERM);
+        int st = h_stop(&b->k, SIGTERM);
+        cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "kuimen exits 0 (%d; %s)", st, b->log);
         h_stop(&b->local.p, SIGTERM);
 }
 
@@ -373,10 +375,14 @@ static void centers_start(struct centers *e)
 
 static void centers_stop(struct centers *e)
 {
-        for (int b = 0; b < 2; b++)
-                h_stop(&e->base[b], SIGTERM);
-        for (int c = 0; c < 2; c++)
-                h_stop(&e->ctr[c], SIGTERM);
+        for (int b = 0; b < 2; b++) {
+                int st = h_stop(&e->base[b], SIGTERM);
+                cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s exits 0 (%d; %s)", bases[b], st, e->blog[b]);
+        }
+        for (int c = 0; c < 2; c++) {
+                int st = h_stop(&e->ctr[c], SIGTERM);
+                cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s exits 0 (%d; %s)", ctrs[c], st, e->clog[c]);
+        }
         for (int b = 0; b < 2; b++)
                 h_stop(&e->local[b].p, SIGTERM);
         h_stop(&e->center.p, SIGTERM);
