@@ -40,8 +40,8 @@ struct base {
         struct h_proc k;
 };
 
-/* A base "north" whose [link center] has uri = uris, with its own local Mosquitto. */
-static void base_start(struct base *b, const char *tag, const char *uris)
+/* A base named name whose [link center] has uri = uris, with its own local Mosquitto. */
+static void base_start(struct base *b, const char *tag, const char *name, const char *uris)
 {
         char text[2048];
         memset(b, 0, sizeof(*b));
@@ -51,10 +51,10 @@ static void base_start(struct base *b, const char *tag, const char *uris)
         snprintf(b->log, sizeof(b->log), "%s/kuimen.log", b->dir);
         snprintf(b->sock, sizeof(b->sock), "%s/kuimen.sock", b->dir);
         snprintf(text, sizeof(text),
-                 "[node]\nname = north\nspool = %s/state/spool.db\nstats_interval = 0\n"
+                 "[node]\nname = %s\nspool = %s/state/spool.db\nstats_interval = 0\n"
                  "[local]\nuri = tcp://127.0.0.1:%d\nsubscribe = sensors/#\n"
                  "[link center]\ntype = mqtt\nuri = %s\nkeepalive = 2s\n[control]\nsocket = %s\n",
-                 b->dir, b->local.port, uris, b->sock);
+                 name, b->dir, b->local.port, uris, b->sock);
         h_write_text(b->conf, text);
         const char *args[] = { "--config", b->conf, NULL };
         h_kuimen_start(&b->k, b->log, args);
@@ -70,31 +70,40 @@ static void base_stop(struct base *b)
 
 /* N_MSGS messages "<t>:<seq>" on sensors/t<t> of the base's local broker at about
  * 1 000 a second; at message KILL_AT, cut() runs (a node killed, a gate shut). */
-static void stream(struct base *b, void (*cut)(void *), void *ud)
+static void stream_n(struct base **b, int nb, void (*cut)(void *), void *ud)
 {
-        struct h_pub pub;
+        struct h_pub pub[2];
         char topic[32], payload[32];
         int v = h_mqtt_version;
         h_mqtt_version = 5; /* the local broker is Mosquitto */
-        h_pub_start(&pub, b->local.port, "terminals");
+        for (int k = 0; k < nb; k++)
+                h_pub_start(&pub[k], b[k]->local.port, "terminals");
         for (int i = 0; i < N_MSGS; i++) {
                 if (i == KILL_AT)
                         cut(ud);
                 snprintf(topic, sizeof(topic), "sensors/t%d", i % N_TOPICS);
                 snprintf(payload, sizeof(payload), "%d:%d", i % N_TOPICS, i / N_TOPICS);
-                while (h_pub_send(&pub, topic, payload) != 0)
-                        h_sleep_ms(5);
+                for (int k = 0; k < nb; k++)
+                        while (h_pub_send(&pub[k], topic, payload) != 0)
+                                h_sleep_ms(5);
                 if (i % 10 == 9)
                         h_sleep_ms(10);
         }
-        cr_assert(h_pub_flush(&pub, 20000), "the local broker acknowledged every message");
-        h_pub_stop(&pub);
+        for (int k = 0; k < nb; k++) {
+                cr_assert(h_pub_flush(&pub[k], 20000), "the local broker acknowledged every message");
+                h_pub_stop(&pub[k]);
+        }
         h_mqtt_version = v;
+}
+
+static void stream(struct base *b, void (*cut)(void *), void *ud)
+{
+        stream_n(&b, 1, cut, ud);
 }
 
 /* Every message at least once, each first copy in its topic's order, with origin and id;
  * copies of an id are counted (at least once), never under a new id. Returns the copies. */
-static size_t assert_all(struct h_sub *s, const char *what, const char *log)
+static size_t assert_all(struct h_sub *s, const char *what, const char *log, const char *origin)
 {
         size_t n = h_sub_wait(s, N_MSGS, 30000);
         pthread_mutex_lock(&s->mu);
@@ -103,11 +112,48 @@ static size_t assert_all(struct h_sub *s, const char *what, const char *log)
         cr_assert_eq(h_order_violations(s), 0, "%s: per-topic order kept", what);
         for (size_t i = 0; i < s->n; i++) {
                 cr_assert(s->rx[i].id != 0, "%s: message %zu (%s) came with its kuimen-id", what, i, s->rx[i].payload);
-                cr_assert_str_eq(s->rx[i].origin, "north", "%s: message %zu came with its kuimen-origin", what, i);
+                cr_assert_str_eq(s->rx[i].origin, origin, "%s: message %zu came with its kuimen-origin", what, i);
         }
         size_t dups = s->dups;
         pthread_mutex_unlock(&s->mu);
         return dups;
+}
+
+/* Every message of origin at least once across two brokers' subscribers (a link that
+ * moved from one to the other), each subscriber's first copies in order, none under a
+ * new id. Returns the copies (on one broker, or on both). */
+static size_t assert_union(struct h_sub *a, struct h_sub *b, const char *origin, const char *log)
+{
+        static bool got[N_MSGS];
+        struct h_sub *s2[2] = { a, b };
+        size_t copies = 0, n = 0;
+        memset(got, 0, sizeof(got));
+        int64_t until = h_now_ms() + 30000;
+        while (h_now_ms() < until && h_sub_count(a) + h_sub_count(b) < N_MSGS)
+                h_sleep_ms(50);
+        h_sleep_ms(300);
+        for (int k = 0; k < 2; k++) {
+                struct h_sub *s = s2[k];
+                pthread_mutex_lock(&s->mu);
+                cr_assert_eq(s->redelivered, 0, "%s: copies under a new id", origin);
+                cr_assert_eq(h_order_violations(s), 0, "%s: per-topic order on broker %d", origin, k + 1);
+                copies += s->dups;
+                for (size_t i = 0; i < s->n; i++) {
+                        int t = -1, q = -1;
+                        sscanf(s->rx[i].payload, "%d:%d", &t, &q);
+                        cr_assert(t >= 0 && t < N_TOPICS && q >= 0 && q * N_TOPICS + t < N_MSGS, "%s", s->rx[i].payload);
+                        cr_assert(s->rx[i].id && strcmp(s->rx[i].origin, origin) == 0, "%s: origin %s id %llu", origin,
+                                  s->rx[i].origin, (unsigned long long)s->rx[i].id);
+                        if (got[q * N_TOPICS + t])
+                                copies++;
+                        else
+                                n++;
+                        got[q * N_TOPICS + t] = true;
+                }
+                pthread_mutex_unlock(&s->mu);
+        }
+        cr_assert_eq(n, N_MSGS, "%s: %zu of %d messages arrived on the two brokers (%s)", origin, n, N_MSGS, log);
+        return copies;
 }
 
 /* A command an operator publishes on port reaches the base's terminals as cmd/... */
@@ -149,10 +195,17 @@ static void assert_on(struct base *b, const char *uri, int index, int n, const c
         "set_policy --apply-to queues ha-mqtt '^mqtt-subscription-' "                                            \
         "'{\"ha-mode\":\"all\",\"ha-sync-mode\":\"automatic\"}'"
 
+struct cut {
+        struct h_rabbit_cluster *rc;
+        struct h_proxy *to_node2; /* east's way to node 2 */
+};
+
+/* Node 1 dies (north's); east's way to node 2 closes (as if that node went away). */
 static void kill_node(void *ud)
 {
-        struct h_rabbit_cluster *c = ud;
-        h_rabbit_kill(c, 0);
+        struct cut *c = ud;
+        h_rabbit_kill(c->rc, 0);
+        atomic_store(&c->to_node2->down, true);
 }
 
 Test(cluster, node_killed_mid_stream, .timeout = 150)
@@ -176,25 +229,58 @@ Test(cluster, node_killed_mid_stream, .timeout = 150)
                 snprintf(uri[i], sizeof(uri[i]), "tcp://127.0.0.1:%d", rc.node[i].mqtt_port);
         }
         snprintf(uris, sizeof(uris), "%s, %s,%s", uri[0], uri[1], uri[2]);
-        base_start(&b, "cluster-base", uris);
-        /* The console is on node 3 with a persistent session: its queue is there and
-         * mirrored on 1 and 2. */
+        base_start(&b, "cluster-base", "north", uris);
+        /* east: a RabbitMQ node (3.1.1 only; through a proxy, so that the test can take
+         * it away without killing a second node: two of three must stay for the
+         * cluster to take connections) and a Mosquitto (MQTT 5) in one list. */
+        struct h_broker mosq;
+        struct h_proxy to2;
+        struct base east;
+        struct h_sub sub_er, sub_em;
+        char eu[2][64], euris[160];
+        h_broker_start(&mosq, dir, 0, NULL);
+        h_proxy_start(&to2, rc.node[1].mqtt_port);
+        snprintf(eu[0], sizeof(eu[0]), "tcp://127.0.0.1:%d", to2.port);
+        snprintf(eu[1], sizeof(eu[1]), "tcp://127.0.0.1:%d", mosq.port);
+        snprintf(euris, sizeof(euris), "%s, %s", eu[0], eu[1]);
+        /* The consoles are on node 3 with persistent sessions: their queues are there
+         * and mirrored on 1 and 2. */
+        h_sub_start(&sub_em, mosq.port, "console-east", "kuimen/east/sensors/#", false);
         h_mqtt_version = 4;
         h_sub_start(&sub, rc.node[2].mqtt_port, "console", "kuimen/north/sensors/#", true);
+        h_sub_start(&sub_er, rc.node[2].mqtt_port, "console-east", "kuimen/east/sensors/#", true);
+        base_start(&east, "cluster-east", "east", euris);
         snprintf(want, sizeof(want), "up: connected to %s (MQTT 3.1.1)", uri[0]);
         cr_assert(h_log_wait(&b.k, want, 20000), "the uplink on the list's first node (%s)", b.log);
         cr_assert(h_log_wait(&b.k, "down: connected to", 20000), "the downlink connected (%s)", b.log);
         assert_on(&b, uri[0], 0, 3, "3.1.1");
 
-        stream(&b, kill_node, &rc);
+        snprintf(want, sizeof(want), "up: connected to %s (MQTT 3.1.1)", eu[0]);
+        cr_assert(h_log_wait(&east.k, want, 20000), "east on the RabbitMQ node first (%s)", east.log);
+        assert_on(&east, eu[0], 0, 2, "3.1.1");
+        struct cut cut = { &rc, &to2 };
+        struct base *both[2] = { &b, &east };
+        stream_n(both, 2, kill_node, &cut);
         snprintf(want, sizeof(want), "up: connection to %s lost", uri[0]);
         cr_assert(h_log_wait(&b.k, want, 10000), "the uplink saw its node die (%s)", b.log);
         snprintf(want, sizeof(want), "up: connected to %s (MQTT 3.1.1)", uri[1]);
         cr_assert(h_log_wait(&b.k, want, 20000), "the uplink moved to the next node (%s)", b.log);
-        size_t dups = assert_all(&sub, "a node killed mid-stream", b.log);
+        size_t dups = assert_all(&sub, "a node killed mid-stream", b.log, "north");
         cr_log_info("node killed mid-stream: %d of %d messages, 0 lost, %zu duplicates (by kuimen-id), %.1f s in all",
                     N_MSGS, N_MSGS, dups, (h_now_ms() - t0) / 1000.0);
         assert_on(&b, uri[1], 1, 3, "3.1.1");
+        /* east: on to the Mosquitto, in MQTT 5 (learnt per URI) */
+        snprintf(want, sizeof(want), "up: connected to %s (MQTT 5)", eu[1]);
+        cr_assert(h_log_wait(&east.k, want, 10000), "east moved to the Mosquitto in MQTT 5 (%s)", east.log);
+        size_t edups = assert_union(&sub_er, &sub_em, "east", east.log);
+        cr_log_info("east, a RabbitMQ node (3.1.1) then a Mosquitto (5): 0 lost, %zu copies", edups);
+        assert_on(&east, eu[1], 1, 2, "5");
+        h_sub_stop(&sub_er);
+        h_sub_stop(&sub_em);
+        base_stop(&east);
+        h_proxy_stop(&to2);
+        h_stop(&mosq.p, SIGTERM);
+        h_cleanup(east.dir);
         /* The downlink's session (its queue was on node 1, mirrored) and a command from
          * node 3. */
         assert_command_down(&b, rc.node[2].mqtt_port, "{\"open\":7}");
@@ -230,7 +316,7 @@ Test(urilist, v311_node_then_v5_node)
         snprintf(u1, sizeof(u1), "tcp://127.0.0.1:%d", center.port);
         snprintf(uris, sizeof(uris), "%s,%s", u0, u1);
         h_sub_start(&sub, center.port, "console", "kuimen/north/sensors/#", false);
-        base_start(&b, "urilist-base", uris);
+        base_start(&b, "urilist-base", "north", uris);
         snprintf(want, sizeof(want), "up: connected to %s (MQTT 3.1.1)", u0);
         cr_assert(h_log_wait(&b.k, want, 15000), "the uplink on the 3.1.1 broker first (%s)", b.log);
         cr_assert(h_log_count(&b.k, "it closed the connection without a CONNACK") >= 1, "%s", b.log);
@@ -239,7 +325,7 @@ Test(urilist, v311_node_then_v5_node)
         stream(&b, shut_gate, &gate);
         snprintf(want, sizeof(want), "up: connected to %s (MQTT 5)", u1);
         cr_assert(h_log_wait(&b.k, want, 10000), "the next broker in MQTT 5: learnt per URI (%s)", b.log);
-        size_t dups = assert_all(&sub, "3.1.1 broker shut mid-stream", b.log);
+        size_t dups = assert_all(&sub, "3.1.1 broker shut mid-stream", b.log, "north");
         cr_log_info("3.1.1 node shut mid-stream, on to an MQTT 5 node: 0 lost, %zu duplicates", dups);
         assert_on(&b, u1, 1, 2, "5");
         /* The downlink tries the list from its head, the gate (shut), then the broker. */
