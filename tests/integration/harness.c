@@ -1276,7 +1276,13 @@ static void rabbit_node(struct h_rabbit_cluster *c, int i, bool tls)
                          "mqtt.allow_anonymous = true\nloopback_users = none\n", r->mqtt_port);
         /* Nodes 2..n join node 1 as they boot (RabbitMQ's classic config peer
          * discovery): a join with rabbitmqctl afterwards restarts the app, 15 to 20 s
-         * more here; it remains the fallback (h_rabbit_start). */
+         * more here; it remains the fallback (h_rabbit_start). Known flake: the MQTT
+         * plugin's client-id registry is a Raft group (mqtt_node), and once in about
+         * eight runs here two nodes started it each seeing one peer and no leader was
+         * ever elected ("mqtt_node: leader call - leader not known", no MQTT listener:
+         * the test fails on the 90 s wait, naming the node's log). Enabling the plugin
+         * on nodes 2..n only after they joined, at once or one at a time, was worse
+         * (three of four runs stalled 100 s or for good), so it was not kept. */
         if (i > 0)
                 k += snprintf(text + k, sizeof(text) - (size_t)k,
                               "cluster_formation.peer_discovery_backend = classic_config\n"
