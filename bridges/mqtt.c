@@ -25,7 +25,7 @@
 
 struct mqtt_conf {
         char *uri, *client_id, *username, *password, *topic_prefix, *protocol, *v311_meta;
-        char *ca, *cert, *key;
+        char *ca, *cert, *key, *center_group;
         struct km_strv subscribe;
         bool verify_hostname, downlink;
         long window;
@@ -47,11 +47,12 @@ static const struct km_conf_key local_keys[] = {
         { "window", KM_CONF_INT, "64", OFF(window), "commands in flight to the local broker", 1, 65535, NULL },
         { "protocol", KM_CONF_STRING, "auto", OFF(protocol), "MQTT version: auto (5, and 3.1.1 once the broker refuses 5, until a restart), 5 or 3.1.1", 0, 0, protocols },
         { "v311_meta", KM_CONF_STRING, "envelope", OFF(v311_meta), "on MQTT 3.1.1 (no user properties), how a center's relayed messages carry kuimen-origin, -id and -relay: envelope (a JSON line before the payload, docs/topics.md) or none", 0, 0, metas },
+        { "center_group", KM_CONF_STRING, NULL, OFF(center_group), "a center run as several processes (each its own node name): the name they share their bases' commands under, as the MQTT 5 shared subscription $share/<group>/<topic_prefix>/<base>/cmd/#, so that the broker hands each command to one of them (the broker must have shared subscriptions: Mosquitto 2 has, RabbitMQ 3.10 has not)", 0, 0, NULL },
         { NULL, 0, NULL, 0, NULL, 0, 0, NULL },
 };
 
 static const struct km_conf_key link_keys[] = {
-        { "uri", KM_CONF_STRING, NULL, OFF(uri), "center broker: tcp://host:port or ssl://host:port", 0, 0, NULL },
+        { "uri", KM_CONF_STRING, NULL, OFF(uri), "center broker: tcp://host:port or ssl://host:port, or a list of them separated by commas (the nodes of a cluster): the uplink moves to the next on a failed connect or a lost connection and stays where it is connected; the downlink tries them from the first at each connect", 0, 0, NULL },
         { "topic_prefix", KM_CONF_STRING, "kuimen", OFF(topic_prefix), "bridged topic = <topic_prefix>/<node>/<local topic>", 0, 0, NULL },
         { "client_id", KM_CONF_STRING, NULL, OFF(client_id), "MQTT client id stem (default kuimen-<node>-<link>; -up and -down are added)", 0, 0, NULL },
         { "username", KM_CONF_STRING, NULL, OFF(username), "user name at the center broker", 0, 0, NULL },
@@ -94,6 +95,8 @@ struct bridge {
         struct client sub;    /* downlink on ssl:// (Paho) */
         struct km_mqttc *down; /* downlink on tcp:// */
         char *down_prefix;    /* "<prefix>/<node>/" stripped from downlink topics */
+        char **uris;          /* uri as a list (km_mqtt_uri_list), for Paho's serverURIs */
+        size_t nuris;
         bool local;
         struct km_positions *positions; /* local only: terminal positions to canonical form */
         char *topic_buf;
@@ -202,8 +205,8 @@ static bool refused_for_good(struct bridge *b, uint32_t cookie, int reason)
         uint64_t id = km_link_acked(b->link, cookie);
         if (!id)
                 return true;
-        char why[200];
-        snprintf(why, sizeof(why), "%s refused it on link %s (%s)", b->conf.uri, b->link->name,
+        char why[400];
+        snprintf(why, sizeof(why), "%s refused it on link %s (%s)", b->link->uri[0] ? b->link->uri : b->conf.uri, b->link->name,
                  MQTTReasonCode_toString(reason));
         ++b->d->refused;
         if (km_spool_set_aside(b->d->spool, id, why) == 0)
@@ -436,6 +439,16 @@ static int on_message(void *context, char *topic, int topic_len, MQTTAsync_messa
         return 1;
 }
 
+/* Which of the link's URIs its connection (or attempt) is on, for status and kuimenctl. */
+static void show_uri(struct bridge *b)
+{
+        size_t i = 0, n = 1;
+        const char *u = b->up ? km_uplink_uri(b->up, &i, &n) : km_mqttc_uri(b->mc, &i, &n);
+        snprintf(b->link->uri, sizeof(b->link->uri), "%s", u);
+        b->link->uri_index = (uint16_t)i;
+        b->link->nuris = (uint16_t)n;
+}
+
 /* The connection of a bridge's client (local: ingest; a link: its uplink), on the loop
  * thread: it is the bridge's link state. */
 static void link_up(void *ud)
@@ -447,6 +460,7 @@ static void link_up(void *ud)
          * fixed header (5), topic length and packet id (4), and on the uplink the
          * bridged topic's "<prefix>/<node>/" and the kuimen-origin and kuimen-id user
          * properties (a 20-digit id; 2 bytes of property length). */
+        show_uri(b);
         b->link->max_packet = b->up ? km_uplink_max_packet(b->up) : km_mqttc_max_packet(b->mc);
         b->link->mqtt_version = (uint8_t)bridge_version(b);
         size_t props = 2 + (1 + 2 + 13 + 2 + strlen(b->d->node.name)) + (1 + 2 + 9 + 2 + 20);
@@ -481,7 +495,8 @@ static void link_lost(void *ud, const char *why)
         uint64_t last = 0, head = km_link_head(b->link, &taken, &last);
         uint32_t inflight = b->link->inflight;
         bool alone = inflight == 1 && km_mono_ms() - taken <= SUSPECT_MS;
-        KM_LOG(KM_LOG_WARNING, "mqtt", "%s: connection to %s lost: %s", b->local ? "ingest" : "up", b->conf.uri, why);
+        show_uri(b);
+        KM_LOG(KM_LOG_WARNING, "mqtt", "%s: connection to %s lost: %s", b->local ? "ingest" : "up", b->link->uri, why);
         km_link_set_state(b->link, KM_LINK_DOWN, "connection lost");
         if (b->transient || !head) {
                 b->transient = false;
@@ -505,9 +520,9 @@ static void link_lost(void *ud, const char *why)
         }
         if (++b->strikes < SUSPECT_STRIKES)
                 return;
-        char w[200];
+        char w[400];
         snprintf(w, sizeof(w), "%s closed the connection on link %s each time it was sent alone (%d times)",
-                 b->conf.uri, b->link->name, b->strikes);
+                 b->link->uri[0] ? b->link->uri : b->conf.uri, b->link->name, b->strikes);
         if (km_spool_set_aside(b->d->spool, head, w) == 0)
                 b->link->set_aside++;
         b->suspect = 0, b->strikes = 0;
@@ -517,7 +532,8 @@ static void link_lost(void *ud, const char *why)
 static void link_failed_connect(void *ud, const char *why)
 {
         struct bridge *b = ud;
-        KM_LOG(KM_LOG_WARNING, "mqtt", "%s: cannot connect to %s: %s", b->local ? "ingest" : "up", b->conf.uri, why);
+        show_uri(b);
+        KM_LOG(KM_LOG_WARNING, "mqtt", "%s: cannot connect to %s: %s", b->local ? "ingest" : "up", b->link->uri, why);
         b->link->mqtt_version = (uint8_t)bridge_version(b);
         /* A broker that refuses MQTT 5 to protocol = 5 is the operator's to fix: said
          * where the link's state is read. */
@@ -779,6 +795,12 @@ static int connect_client(struct client *c)
         co.onSuccess5 = on_connect_ok;
         co.onFailure5 = on_connect_fail;
         co.context = c;
+        /* A list: Paho tries each in turn from the first, at every connect and
+         * reconnect; a v5 CONNECT a node closes (RabbitMQ) moves it to the next too. */
+        if (b->nuris > 1) {
+                co.serverURIs = b->uris;
+                co.serverURIcount = (int)b->nuris;
+        }
         if (!c->clean) {
                 p.value.integer4 = (unsigned)(c->session_expiry_ms / 1000);
                 MQTTProperties_add(&props, &p);
@@ -811,6 +833,8 @@ static int connect_client(struct client *c)
                 co3.onFailure = on_connect_fail311;
                 co3.context = c;
                 co3.ssl = co.ssl;
+                co3.serverURIs = co.serverURIs;
+                co3.serverURIcount = co.serverURIcount;
         }
         rc = MQTTAsync_connect(c->cli, c->level != 5 ? &co3 : &co);
         MQTTProperties_free(&props);
@@ -831,7 +855,7 @@ static int client_create(struct client *c, int level)
         if (level != 5)
                 cro.MQTTVersion = MQTTVERSION_3_1_1;
         c->level = level;
-        rc = MQTTAsync_createWithOptions(&c->cli, c->b->conf.uri, c->id, MQTTCLIENT_PERSISTENCE_NONE, NULL, &cro);
+        rc = MQTTAsync_createWithOptions(&c->cli, c->b->nuris ? c->b->uris[0] : c->b->conf.uri, c->id, MQTTCLIENT_PERSISTENCE_NONE, NULL, &cro);
         if (rc != MQTTASYNC_SUCCESS) {
                 KM_LOG(KM_LOG_ERR, "mqtt", "%s: cannot create a client for %s: %s", c->role, c->b->conf.uri,
                        MQTTAsync_strerror(rc));
@@ -853,6 +877,8 @@ static int client_init(struct client *c, struct bridge *b, const char *role, con
         c->backoff_s = 1;
         if (!(c->id = strdup(id)))
                 return -ENOMEM;
+        if (!b->uris && km_mqtt_uri_list(b->conf.uri, &b->uris, &b->nuris) < 0)
+                return -EINVAL;
         return client_create(c, conf_version(&b->conf) == KM_MQTT_V311 ? 4 : 5);
 }
 
@@ -920,6 +946,7 @@ static void bridge_destroy(struct km_link *l)
         free(b->watch);
         km_positions_free(b->positions);
         free(b->down_prefix);
+        km_mqtt_uri_list_free(b->uris, b->nuris);
         free(b->heard_pfx);
         free(b->topic_buf);
         free(b->will_topic);
@@ -953,6 +980,44 @@ static int check_uri(struct km_conf *c, const char *section, const char *uri)
                 return 0;
         km_conf_error(c, section, "uri", "'%s': not scheme://host[:port] with a port from 1 to 65535", uri);
         return 1;
+}
+
+/* uri as a list (km_mqtt_uri_list): each entry as check_uri, local ones without TLS, and
+ * one transport for all (TLS for all or for none: the uplink's client is chosen by it). */
+static int check_uri_list(struct km_conf *c, const char *section, const char *list, bool local)
+{
+        char **v, host[256];
+        size_t n;
+        int bad = 0, port, tls_n = 0;
+        bool tls;
+        if (km_mqtt_uri_list(list, &v, &n) < 0) {
+                km_conf_error(c, section, "uri", "'%s': an empty entry (URIs are separated by single commas)", list);
+                return 1;
+        }
+        for (size_t i = 0; i < n; i++) {
+                if (strncmp(v[i], "tcp://", 6) && strncmp(v[i], "mqtt://", 7) &&
+                    (local || (strncmp(v[i], "ssl://", 6) && strncmp(v[i], "mqtts://", 8)))) {
+                        if (local)
+                                km_conf_error(c, section, "uri", "'%s' is not tcp:// or mqtt://host:port (the local "
+                                              "broker is reached without TLS)", v[i]);
+                        else
+                                km_conf_error(c, section, "uri", "'%s' is not tcp://, ssl://, mqtt:// or mqtts://host:port", v[i]);
+                        bad++;
+                        continue;
+                }
+                if (check_uri(c, section, v[i])) {
+                        bad++;
+                        continue;
+                }
+                km_mqtt_uri_parse(v[i], host, sizeof(host), &port, &tls);
+                tls_n += tls;
+        }
+        if (!bad && tls_n && tls_n != (int)n) {
+                km_conf_error(c, section, "uri", "'%s': TLS (ssl://, mqtts://) for every URI of the list or for none", list);
+                bad++;
+        }
+        km_mqtt_uri_list_free(v, n);
+        return bad;
 }
 
 /* The TLS files as the start hands them to libmosquitto and Paho, which say only
@@ -990,12 +1055,12 @@ int km_mqtt_local_check(struct km_conf *c)
 {
         struct mqtt_conf m = { 0 };
         int bad = km_conf_apply(c, "local", local_keys, &m);
-        if (m.uri && strncmp(m.uri, "tcp://", 6) && strncmp(m.uri, "mqtt://", 7)) {
-                km_conf_error(c, "local", "uri", "'%s' is not tcp:// or mqtt://host:port (the local broker is reached "
-                              "without TLS)", m.uri);
+        if (m.uri)
+                bad += check_uri_list(c, "local", m.uri, true);
+        if (m.center_group && (!*m.center_group || strpbrk(m.center_group, "/+#"))) {
+                km_conf_error(c, "local", "center_group", "'%s' must be non-empty and hold no '/', '+' or '#'",
+                              m.center_group);
                 bad++;
-        } else if (m.uri) {
-                bad += check_uri(c, "local", m.uri);
         }
         for (size_t i = 0; i < m.subscribe.n; i++) {
                 const char *why = km_topic_filter_invalid(m.subscribe.v[i]);
@@ -1015,12 +1080,8 @@ int km_mqtt_link_check(struct km_conf *c, const char *section)
         if (!m.uri) {
                 km_conf_error(c, section, NULL, "[%s] needs a uri", section);
                 bad++;
-        } else if (strncmp(m.uri, "tcp://", 6) && strncmp(m.uri, "ssl://", 6) && strncmp(m.uri, "mqtt://", 7) &&
-                   strncmp(m.uri, "mqtts://", 8)) {
-                km_conf_error(c, section, "uri", "'%s' is not tcp://, ssl://, mqtt:// or mqtts://host:port", m.uri);
-                bad++;
         } else {
-                bad += check_uri(c, section, m.uri);
+                bad += check_uri_list(c, section, m.uri, false);
         }
         bad += check_tls_files(c, section, &m);
         if (m.topic_prefix && (!*m.topic_prefix || strpbrk(m.topic_prefix, "+#"))) {
@@ -1117,7 +1178,13 @@ static int watch_base(void *ud, const char *prefix, const char *base)
                 b->watch = w;
         if (v)
                 b->watch_filters.v = v;
-        if (!w || !v || asprintf(&f1, "%scmd/#", pfx) < 0 || asprintf(&f2, "%sstatus", pfx) < 0) {
+        /* Several center processes: each command to one of them (shared); the status
+         * to each (every one decides whether the base's MQTT session takes commands). */
+        int r1 = b->conf.center_group ? asprintf(&f1, "$share/%s/%scmd/#", b->conf.center_group, pfx)
+                                      : asprintf(&f1, "%scmd/#", pfx);
+        if (r1 < 0)
+                f1 = NULL;
+        if (!w || !v || !f1 || asprintf(&f2, "%sstatus", pfx) < 0) {
                 free(pfx);
                 free(f1);
                 return -ENOMEM;

@@ -82,7 +82,13 @@ struct buf {
 struct km_mqttc {
         sd_event *ev;
         struct km_mqttc_cb cb;
-        char *uri, *client_id, *username, *password, *role, *will_topic, *will_msg;
+        char *client_id, *username, *password, *role, *will_topic, *will_msg;
+        /* The broker's URIs (key uri: a list, km_mqtt_uri_list) and the one in use, uri. */
+        char **uris;
+        size_t nuris, cur;
+        const char *uri;
+        bool *learned;    /* per URI: auto found it refuses 5 and takes 3.1.1 */
+        size_t failed_in_round; /* connects failed since the last success (on any URI) */
         char **filters;
         size_t nfilters;
         bool clean_start;
@@ -99,7 +105,6 @@ struct km_mqttc {
         uint8_t level;    /* protocol level of this connection (attempt): 5 or 4 */
         bool try311;      /* auto: the broker refused 5, the next attempt is 3.1.1 */
         bool trying311;   /* this attempt is that one */
-        bool learned311;  /* auto: a 3.1.1 attempt after a refusal of 5 was accepted */
         sd_event_source *io, *ping, *connack, *retry, *flush, *lk_src;
         unsigned backoff_s;
         struct buf in, out;
@@ -374,6 +379,19 @@ static void close_conn(struct km_mqttc *c)
         c->reset_seen = false;
 }
 
+static int parse_uri(struct km_mqttc *c);
+
+/* A list of URIs: moves to the next (after the last, the first); false with one. */
+static bool next_uri(struct km_mqttc *c)
+{
+        if (c->nuris < 2)
+                return false;
+        c->cur = (c->cur + 1) % c->nuris;
+        c->uri = c->uris[c->cur];
+        parse_uri(c); /* checked when the client was made */
+        return true;
+}
+
 /* The connection is over: tell the owner and try again, unless stopped. Everything in
  * flight is forgotten; the owner replays it from its spool. */
 static void drop(struct km_mqttc *c, const char *why)
@@ -385,13 +403,21 @@ static void drop(struct km_mqttc *c, const char *why)
         c->st = C_IDLE;
         if (was_up) {
                 c->cb.lost(c->cb.ud, why);
-                schedule_retry(c, 1); /* an outage's end is used at once */
+                /* A list: the next broker at once (this one just went away); one broker:
+                 * an outage's end is used at once. */
+                schedule_retry(c, next_uri(c) ? 0 : 1);
         } else if (c->try311) {
                 /* Not an outage: the broker answered, in another version. */
                 c->cb.failed_connect(c->cb.ud, why);
                 schedule_retry(c, 0);
         } else {
                 c->cb.failed_connect(c->cb.ud, why);
+                /* The rest of the list at once; a whole round failed: the back-off. */
+                if (next_uri(c) && ++c->failed_in_round < c->nuris) {
+                        schedule_retry(c, 0);
+                        return;
+                }
+                c->failed_in_round = 0;
                 schedule_retry(c, c->backoff_s);
                 if (c->backoff_s < BACKOFF_MAX_S)
                         c->backoff_s++;
@@ -554,8 +580,9 @@ static int send_subscribe_of(struct km_mqttc *c, size_t from, size_t to)
                  * handling 1: retained messages only on a new subscription. 3.1.1 has
                  * neither (its other bits are reserved): a center's own relayed
                  * status comes back and is ignored (kuimen-relay), and retained
-                 * messages come at each connect. */
-                *p++ = c->level == 5 ? 0x01 | 0x04 | 0x10 : 0x01;
+                 * messages come at each connect. A shared subscription must not set
+                 * no local (MQTT 5 3.8.3.1: a protocol error). */
+                *p++ = c->level != 5 ? 0x01 : strncmp(c->filters[i], "$share/", 7) == 0 ? 0x01 | 0x10 : 0x01 | 0x04 | 0x10;
         }
         c->out.len += (size_t)(p - start);
         return 0;
@@ -719,7 +746,7 @@ static void start_connect(struct km_mqttc *c)
         }
         c->trying311 = c->try311;
         c->try311 = false;
-        c->level = c->version == KM_MQTT_V311 || c->learned311 || c->trying311 ? 4 : 5;
+        c->level = c->version == KM_MQTT_V311 || c->learned[c->cur] || c->trying311 ? 4 : 5;
         c->st = C_RESOLVING;
         /* Both the lookup and the TCP connect are bounded by the CONNECT timeout. */
         if ((rc = sd_event_add_time_relative(c->ev, &c->connack, CLOCK_MONOTONIC, CONNACK_TIMEOUT_US, 100000,
@@ -874,8 +901,9 @@ static int handle_connack(struct km_mqttc *c, const uint8_t *p, size_t n)
         c->ka_s = pr.server_keepalive >= 0 ? (unsigned)pr.server_keepalive : c->keepalive_s;
         c->st = C_UP;
         c->backoff_s = 1;
-        if (c->trying311 && !c->learned311) {
-                c->learned311 = true;
+        c->failed_in_round = 0;
+        if (c->trying311 && !c->learned[c->cur]) {
+                c->learned[c->cur] = true;
                 KM_LOG(KM_LOG_NOTICE, "mqtt", "%s: %s refuses MQTT 5 and takes 3.1.1: this connection speaks 3.1.1 "
                        "until kuimen restarts (protocol = auto)", c->role, c->uri);
         }
@@ -1203,6 +1231,55 @@ int km_mqtt_uri_parse(const char *uri, char *host, size_t hostlen, int *port, bo
         return *port ? 0 : -EINVAL;
 }
 
+void km_mqtt_uri_list_free(char **v, size_t n)
+{
+        for (size_t i = 0; i < n; i++)
+                free(v[i]);
+        free(v);
+}
+
+int km_mqtt_uri_list(const char *list, char ***out, size_t *n)
+{
+        char **v = NULL;
+        size_t k = 0;
+        const char *p = list;
+        *out = NULL;
+        *n = 0;
+        if (!list)
+                return -EINVAL;
+        for (;;) {
+                p += strspn(p, " \t");
+                size_t len = strcspn(p, ",");
+                const char *next = p[len] ? p + len + 1 : NULL;
+                while (len && (p[len - 1] == ' ' || p[len - 1] == '\t'))
+                        len--;
+                char **w = len ? realloc(v, (k + 1) * sizeof(*v)) : NULL;
+                if (!len || !w || !(w[k] = strndup(p, len))) {
+                        if (w)
+                                v = w;
+                        km_mqtt_uri_list_free(v, k);
+                        return len ? -ENOMEM : -EINVAL; /* an empty entry: "a,,b" or a trailing comma */
+                }
+                v = w;
+                k++;
+                if (!next)
+                        break;
+                p = next;
+        }
+        *out = v;
+        *n = k;
+        return 0;
+}
+
+const char *km_mqttc_uri(const struct km_mqttc *c, size_t *index, size_t *n)
+{
+        if (index)
+                *index = c->cur;
+        if (n)
+                *n = c->nuris;
+        return c->uri;
+}
+
 /* mqttc speaks plain TCP only. */
 static int parse_uri(struct km_mqttc *c)
 {
@@ -1224,7 +1301,10 @@ int km_mqttc_new(struct km_mqttc **out, sd_event *ev, const struct km_mqttc_opts
         c->ev = ev;
         c->cb = *cb;
         c->fd = -1;
-        c->uri = dup_or_null(o->uri);
+        if ((rc = km_mqtt_uri_list(o->uri, &c->uris, &c->nuris)) < 0)
+                goto fail;
+        rc = -ENOMEM;
+        c->uri = c->uris[0];
         c->client_id = dup_or_null(o->client_id);
         c->username = dup_or_null(o->username);
         c->password = dup_or_null(o->password);
@@ -1241,15 +1321,20 @@ int km_mqttc_new(struct km_mqttc **out, sd_event *ev, const struct km_mqttc_opts
         c->receive_max = o->receive_max ? (o->receive_max > 65535 ? 65535 : o->receive_max) : 256;
         c->backoff_s = 1;
         c->mids = calloc(MIDS, sizeof(*c->mids));
+        c->learned = calloc(c->nuris, sizeof(*c->learned));
         if (o->nfilters && !(c->filters = calloc(o->nfilters, sizeof(*c->filters))))
                 goto fail;
         for (size_t i = 0; i < o->nfilters; i++, c->nfilters++)
                 if (!(c->filters[i] = strdup(o->filters[i])))
                         goto fail;
-        if (!c->uri || !c->client_id || !c->role || !c->mids || (o->will_topic && (!c->will_topic || !c->will_msg)))
+        if (!c->learned || !c->client_id || !c->role || !c->mids || (o->will_topic && (!c->will_topic || !c->will_msg)))
                 goto fail;
-        if ((rc = parse_uri(c)) < 0)
-                goto fail;
+        for (c->cur = c->nuris; c->cur-- > 0;) { /* each of them, ending on the first */
+                c->uri = c->uris[c->cur];
+                if ((rc = parse_uri(c)) < 0)
+                        goto fail;
+        }
+        c->cur = 0;
         if ((rc = sd_event_add_defer(ev, &c->flush, on_flush, c)) < 0)
                 goto fail;
         sd_event_source_set_enabled(c->flush, SD_EVENT_OFF);
@@ -1516,7 +1601,8 @@ void km_mqttc_free(struct km_mqttc *c)
         for (size_t i = 0; i < c->nfilters; i++)
                 free(c->filters[i]);
         free(c->filters);
-        free(c->uri);
+        km_mqtt_uri_list_free(c->uris, c->nuris);
+        free(c->learned);
         free(c->client_id);
         free(c->username);
         free(c->password);

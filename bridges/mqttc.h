@@ -25,7 +25,8 @@ enum km_mqtt_meta { KM_META_ENVELOPE = 0, KM_META_NONE = 1 };
 #define KM_MQTT_REFUSES_V5 "the broker refuses MQTT 5"
 
 struct km_mqttc_opts {
-        const char *uri; /* tcp:// or mqtt://host[:port]; a name is resolved on the loop */
+        const char *uri; /* tcp:// or mqtt://host[:port], or a list of them (km_mqtt_uri_list): on a
+                          * failed connect or a lost connection the next; a name is resolved on the loop */
         const char *client_id, *username, *password;
         const char *role; /* in log lines: "ingest", "up" */
         bool clean_start;
@@ -127,6 +128,17 @@ void km_mqttc_free(struct km_mqttc *c);
  * and port (default 1883, 8883 for TLS); *tls says whether the scheme wants TLS.
  * 0 or -EINVAL. Shared with the TLS uplink (uplink.c). */
 int km_mqtt_uri_parse(const char *uri, char *host, size_t hostlen, int *port, bool *tls);
+
+/* The key uri of an mqtt link (and of [local]) takes a list: URIs separated by commas,
+ * blanks around each ignored ("tcp://a:1883, tcp://b:1883"). The list in *out (n
+ * strings; km_mqtt_uri_list_free), not checked beyond that: -EINVAL for an empty
+ * entry, -ENOMEM. */
+int km_mqtt_uri_list(const char *list, char ***out, size_t *n);
+void km_mqtt_uri_list_free(char **v, size_t n);
+
+/* The URI in use (or being tried), its place in the list (from 0) and the list's length
+ * when index and n are not NULL. */
+const char *km_mqttc_uri(const struct km_mqttc *c, size_t *index, size_t *n);
 
 /* For the fuzz target (tests/fuzz/fuzz_mqttc.c): handles bytes[0..len) (borrowed) as if
  * a read(2) of the connection had returned them, through the same code: packets,

@@ -69,13 +69,17 @@ enum ustate { U_IDLE, U_CONNECTING, U_WAIT_CONNACK, U_UP, U_STOPPED };
 struct km_uplink {
         sd_event *ev;
         struct km_uplink_cb cb;
-        char *uri, *client_id, *username, *password, *ca, *cert, *key, *will_topic, *will_msg;
+        char **uris; /* the list (km_mqtt_uri_list), uri the one in use, as in mqttc.c */
+        size_t nuris, cur, failed_in_round;
+        bool *learned; /* per URI */
+        const char *uri;
+        char *client_id, *username, *password, *ca, *cert, *key, *will_topic, *will_msg;
         bool verify_hostname, tls;
         int keepalive_s;
         unsigned window;
         int version, meta;                  /* enum km_mqtt_version, enum km_mqtt_meta */
         int level;                          /* of this connection (attempt): 5 or 4 */
-        bool try311, trying311, learned311; /* as in mqttc.c */
+        bool try311, trying311; /* as in mqttc.c */
         char *env;                          /* 3.1.1: envelope and payload, built per publish */
         size_t envcap;
         char host[256];
@@ -213,6 +217,18 @@ static void stop_sources(struct km_uplink *u)
         u->efd_src = sd_event_source_disable_unref(u->efd_src);
 }
 
+/* A list: the next URI (after the last, the first); false with one. */
+static bool next_uri(struct km_uplink *u)
+{
+        bool tls;
+        if (u->nuris < 2)
+                return false;
+        u->cur = (u->cur + 1) % u->nuris;
+        u->uri = u->uris[u->cur];
+        km_mqtt_uri_parse(u->uri, u->host, sizeof(u->host), &u->port, &tls); /* checked at the start */
+        return true;
+}
+
 /* The connection is over: tell the owner and try again, unless stopped. */
 static void drop(struct km_uplink *u, const char *why)
 {
@@ -228,13 +244,18 @@ static void drop(struct km_uplink *u, const char *why)
         u->st = U_IDLE;
         if (was_up) {
                 u->cb.lost(u->cb.ud, why);
-                schedule_retry(u, 1); /* an outage's end is used at once */
+                schedule_retry(u, next_uri(u) ? 0 : 1); /* the next broker, or this one's return, at once */
         } else if (u->try311) {
                 /* Not an outage: the broker answered, in another version. */
                 u->cb.failed_connect(u->cb.ud, why);
                 schedule_retry(u, 0);
         } else {
                 u->cb.failed_connect(u->cb.ud, why);
+                if (next_uri(u) && ++u->failed_in_round < u->nuris) {
+                        schedule_retry(u, 0); /* the rest of the list at once, then the back-off */
+                        return;
+                }
+                u->failed_in_round = 0;
                 schedule_retry(u, u->backoff_s);
                 if (u->backoff_s < BACKOFF_MAX_S)
                         u->backoff_s++;
@@ -376,8 +397,9 @@ static void on_connect(struct mosquitto *m, void *ud, int rc, int flags, const m
         u->connack = sd_event_source_disable_unref(u->connack);
         u->st = U_UP;
         u->backoff_s = 1;
-        if (u->trying311 && !u->learned311) {
-                u->learned311 = true;
+        u->failed_in_round = 0;
+        if (u->trying311 && !u->learned[u->cur]) {
+                u->learned[u->cur] = true;
                 KM_LOG(KM_LOG_NOTICE, "mqtt", "up: %s refuses MQTT 5 and takes 3.1.1: this connection speaks 3.1.1 "
                        "until kuimen restarts (protocol = auto)", u->uri);
         }
@@ -448,7 +470,7 @@ static void start_connect(struct km_uplink *u)
                 return;
         u->trying311 = u->try311;
         u->try311 = false;
-        u->level = u->version == KM_MQTT_V311 || u->learned311 || u->trying311 ? 4 : 5;
+        u->level = u->version == KM_MQTT_V311 || u->learned[u->cur] || u->trying311 ? 4 : 5;
         struct conn *c = conn_new(u, why, sizeof(why));
         if (!c) {
                 u->st = U_CONNECTING; /* so that drop reports a failed connect */
@@ -508,7 +530,11 @@ int km_uplink_new(struct km_uplink **out, sd_event *ev, const struct km_uplink_o
                 return -ENOMEM;
         u->ev = ev;
         u->cb = *cb;
-        u->uri = dup_or_null(o->uri);
+        if (km_mqtt_uri_list(o->uri, &u->uris, &u->nuris) < 0) {
+                free(u);
+                return -EINVAL;
+        }
+        u->uri = u->uris[0];
         u->client_id = dup_or_null(o->client_id);
         u->username = dup_or_null(o->username);
         u->password = dup_or_null(o->password);
@@ -525,10 +551,12 @@ int km_uplink_new(struct km_uplink **out, sd_event *ev, const struct km_uplink_o
         u->level = o->version == KM_MQTT_V311 ? 4 : 5;
         u->backoff_s = 1;
         u->mids = calloc(MIDS, sizeof(*u->mids));
-        if (!u->uri || !u->client_id || !u->mids || (o->will_topic && (!u->will_topic || !u->will_msg)))
+        u->learned = calloc(u->nuris, sizeof(*u->learned));
+        if (!u->learned || !u->client_id || !u->mids || (o->will_topic && (!u->will_topic || !u->will_msg)))
                 goto fail;
-        if ((rc = km_mqtt_uri_parse(u->uri, u->host, sizeof(u->host), &u->port, &u->tls)) < 0)
-                goto fail;
+        for (size_t i = u->nuris; i-- > 0;) /* each of them, ending on the first */
+                if ((rc = km_mqtt_uri_parse(u->uris[i], u->host, sizeof(u->host), &u->port, &u->tls)) < 0)
+                        goto fail;
         if ((rc = sd_event_add_defer(ev, &u->defer, on_defer, u)) < 0)
                 goto fail;
         sd_event_source_set_enabled(u->defer, SD_EVENT_OFF);
@@ -638,6 +666,15 @@ uint32_t km_uplink_max_packet(const struct km_uplink *u)
         return u->max_packet;
 }
 
+const char *km_uplink_uri(const struct km_uplink *u, size_t *index, size_t *n)
+{
+        if (index)
+                *index = u->cur;
+        if (n)
+                *n = u->nuris;
+        return u->uri;
+}
+
 int km_uplink_version(const struct km_uplink *u)
 {
         return u->level;
@@ -698,7 +735,8 @@ void km_uplink_free(struct km_uplink *u)
         }
         sd_event_source_disable_unref(u->retry);
         sd_event_source_disable_unref(u->defer);
-        free(u->uri);
+        km_mqtt_uri_list_free(u->uris, u->nuris);
+        free(u->learned);
         free(u->client_id);
         free(u->username);
         free(u->password);

@@ -11,7 +11,8 @@
 struct km_uplink;
 
 struct km_uplink_opts {
-        const char *uri; /* tcp://, mqtt://, ssl:// or mqtts://host[:port] */
+        const char *uri; /* tcp://, mqtt://, ssl:// or mqtts://host[:port], or a list of them
+                          * (km_mqtt_uri_list): the next on a failed connect or a loss */
         const char *client_id, *username, *password;
         const char *ca, *cert, *key; /* TLS (PEM files); ca NULL: the system's CAs */
         bool verify_hostname;
@@ -49,6 +50,9 @@ int km_uplink_publish(struct km_uplink *u, const char *topic, const void *payloa
 
 /* The broker's Maximum Packet Size from the last CONNACK (0: none stated). */
 uint32_t km_uplink_max_packet(const struct km_uplink *u);
+
+/* The URI in use (or being tried), its place in the list and the list's length. */
+const char *km_uplink_uri(const struct km_uplink *u, size_t *index, size_t *n);
 
 /* The protocol level of the connection, or of the attempt under way: 5 or 4 (3.1.1). */
 int km_uplink_version(const struct km_uplink *u);

@@ -667,6 +667,12 @@ static void put_links(struct km_control_buf *b, struct km_daemon *d, const struc
                         km_control_printf(b, ",\"protocol\":\"%s\"", l->mqtt_version == 5 ? "5" : "3.1.1");
                 if (l->mqtt_version_down)
                         km_control_printf(b, ",\"protocol_down\":\"%s\"", l->mqtt_version_down == 5 ? "5" : "3.1.1");
+                /* Which of its brokers (uri may be a list) it is on. */
+                if (l->uri[0]) {
+                        km_control_printf(b, ",\"uri\":");
+                        km_control_json_str(b, l->uri);
+                        km_control_printf(b, ",\"uri_index\":%u,\"uris\":%u", l->uri_index, l->nuris);
+                }
                 put_narrow(b, l);
                 km_control_printf(b, "}");
         }

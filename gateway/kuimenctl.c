@@ -290,6 +290,12 @@ static void print_links(const cJSON *r, bool detail)
         }
         if (*sep == ',')
                 printf("\n");
+        /* An MQTT link with a list of brokers (the nodes of a cluster): which it is on. */
+        cJSON_ArrayForEach(l, links) {
+                if (num(l, "uris") > 1)
+                        printf("%s: broker %s (%.0f of %.0f)\n", str(l, "name"), str(l, "uri"), num(l, "uri_index") + 1,
+                               num(l, "uris"));
+        }
         /* Narrow links: what their frames carry and how they fared. */
         cJSON_ArrayForEach(l, links) {
                 const cJSON *dict = cJSON_GetObjectItemCaseSensitive(l, "dictionary");

@@ -121,6 +121,10 @@ struct km_link {
          * uplink; the local broker's for "local") and of its downlink; 0: not MQTT, or
          * none yet. Set by the transport on the loop thread. */
         uint8_t mqtt_version, mqtt_version_down;
+        /* An MQTT link's URI in use (of its connection, or of the last attempt), its
+         * place in the key uri's list (from 0) and the list's length; "" / 0: not MQTT. */
+        char uri[256];
+        uint16_t uri_index, nuris;
         /* Called on the loop thread after each state change. */
         void (*on_state)(struct km_link *l, void *ud);
         void *on_state_ud;

@@ -7,6 +7,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -1270,9 +1271,7 @@ int h_kuimenctl(const char *sock, const char *args, char *out, size_t n)
 {
         char cmd[1024];
         size_t len = 0;
-        const char *ctl = getenv("KM_KUIMENCTL");
-        H_REQUIRE(ctl, "KM_KUIMENCTL is not set (meson sets it)");
-        snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' %s 2>&1", ctl, sock, args);
+        snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' %s 2>&1", h_ctl_path(), sock, args);
         FILE *f = popen(cmd, "r");
         H_REQUIRE(f, "popen %s: %s", cmd, strerror(errno));
         while (len + 1 < n && !feof(f) && !ferror(f))
@@ -1280,4 +1279,247 @@ int h_kuimenctl(const char *sock, const char *args, char *out, size_t n)
         out[len] = '\0';
         int st = pclose(f);
         return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* ---- RabbitMQ ---------------------------------------------------------------------- */
+
+#define RABBIT_BIN "/usr/lib/rabbitmq/bin/"
+
+int h_rabbitmqctl(const struct h_rabbit_cluster *c, int i, const char *args, char *out, size_t len)
+{
+        char cmd[1024];
+        snprintf(cmd, sizeof(cmd), "HOME='%s' ERL_EPMD_PORT=%d " RABBIT_BIN "rabbitmqctl -n '%s' %s 2>&1", c->dir,
+                 c->epmd_port, c->node[i].name, args);
+        FILE *f = popen(cmd, "r");
+        H_REQUIRE(f, "popen %s", cmd);
+        size_t n = 0;
+        char sink[4096];
+        if (!out)
+                out = sink, len = sizeof(sink);
+        while (n + 1 < len && !feof(f)) {
+                size_t r = fread(out + n, 1, len - 1 - n, f);
+                if (!r)
+                        break;
+                n += r;
+        }
+        out[n] = '\0';
+        while (fread(sink, 1, sizeof(sink), f) > 0)
+                ;
+        int st = pclose(f);
+        return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void rabbit_node(struct h_rabbit_cluster *c, int i, bool tls)
+{
+        struct h_rabbit *r = &c->node[i];
+        char conf[300], plugins[300], log[300], text[2048];
+        r->mqtt_port = h_free_port();
+        r->tls_port = tls ? h_free_port() : 0;
+        r->amqp_port = h_free_port();
+        r->dist_port = h_free_port();
+        snprintf(r->name, sizeof(r->name), "km%d-%d@localhost", i + 1, r->mqtt_port);
+        snprintf(r->dir, sizeof(r->dir), "%s/node%d", c->dir, i + 1);
+        H_REQUIRE(mkdir(r->dir, 0700) == 0, "mkdir %s: %s", r->dir, strerror(errno));
+        snprintf(conf, sizeof(conf), "%s/rabbitmq.conf", r->dir);
+        snprintf(plugins, sizeof(plugins), "%s/enabled_plugins", r->dir);
+        int k = snprintf(text, sizeof(text), "listeners.tcp = none\nmqtt.listeners.tcp.default = 127.0.0.1:%d\n"
+                         "mqtt.allow_anonymous = true\nloopback_users = none\n", r->mqtt_port);
+        /* Nodes 2..n join node 1 as they boot (RabbitMQ's classic config peer
+         * discovery): a join with rabbitmqctl afterwards restarts the app, 15 to 20 s
+         * more here; it remains the fallback (h_rabbit_start). Known flake: the MQTT
+         * plugin's client-id registry is a Raft group (mqtt_node), and once in about
+         * eight runs here two nodes started it each seeing one peer and no leader was
+         * ever elected ("mqtt_node: leader call - leader not known", no MQTT listener:
+         * the test fails on the 90 s wait, naming the node's log). Enabling the plugin
+         * on nodes 2..n only after they joined, at once or one at a time, was worse
+         * (three of four runs stalled 100 s or for good), so it was not kept. */
+        if (i > 0)
+                k += snprintf(text + k, sizeof(text) - (size_t)k,
+                              "cluster_formation.peer_discovery_backend = classic_config\n"
+                              "cluster_formation.classic_config.nodes.1 = %s\n", c->node[0].name);
+        if (tls)
+                snprintf(text + k, sizeof(text) - (size_t)k,
+                         "mqtt.listeners.ssl.default = 127.0.0.1:%d\nssl_options.cacertfile = %s/ca.crt\n"
+                         "ssl_options.certfile = %s/server.crt\nssl_options.keyfile = %s/server.key\n"
+                         "ssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n",
+                         r->tls_port, c->dir, c->dir, c->dir);
+        h_write_text(conf, text);
+        h_write_text(plugins, "[rabbitmq_mqtt].\n");
+        static char env[H_RABBIT_MAX][13][600];
+        char (*e)[600] = env[i];
+        snprintf(e[0], sizeof(e[0]), "HOME=%s", c->dir); /* the cluster's one .erlang.cookie */
+        snprintf(e[1], sizeof(e[1]), "RABBITMQ_NODENAME=%s", r->name);
+        snprintf(e[2], sizeof(e[2]), "RABBITMQ_NODE_PORT=%d", r->amqp_port);
+        snprintf(e[3], sizeof(e[3]), "RABBITMQ_DIST_PORT=%d", r->dist_port);
+        snprintf(e[4], sizeof(e[4]), "ERL_EPMD_PORT=%d", c->epmd_port);
+        snprintf(e[5], sizeof(e[5]), "RABBITMQ_MNESIA_BASE=%s/mnesia", r->dir);
+        snprintf(e[6], sizeof(e[6]), "RABBITMQ_LOG_BASE=%s/log", r->dir);
+        snprintf(e[7], sizeof(e[7]), "RABBITMQ_ENABLED_PLUGINS_FILE=%s", plugins);
+        snprintf(e[8], sizeof(e[8]), "RABBITMQ_CONFIG_FILE=%s", conf);
+        snprintf(e[9], sizeof(e[9]), "RABBITMQ_PLUGINS_EXPAND_DIR=%s/plugins-expand", r->dir);
+        /* exec the VM itself (no shell in between): the test's kill reaches it */
+        snprintf(e[10], sizeof(e[10]), "RUNNING_UNDER_SYSTEMD=1");
+        snprintf(e[11], sizeof(e[11]), "RABBITMQ_NODE_IP_ADDRESS=127.0.0.1");
+        /* Three VMs boot at once on a CI machine of 2 cores: one scheduler each, and no
+         * busy waiting (it burns what the others need), took a boot from 37 to 26 s. */
+        snprintf(e[12], sizeof(e[12]), "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=+S 1:1 +sbwt none +sbwtdcpu none +sbwtdio none");
+        const char *envp[14];
+        for (int j = 0; j < 13; j++)
+                envp[j] = e[j];
+        envp[13] = NULL;
+        char *argv[] = { RABBIT_BIN "rabbitmq-server", NULL };
+        snprintf(log, sizeof(log), "%s/rabbitmq.log", r->dir);
+        h_spawn(&r->node, log, argv, envp);
+}
+
+static void rabbit_wait(struct h_rabbit_cluster *c, int i, int timeout_ms)
+{
+        struct h_rabbit *r = &c->node[i];
+        H_REQUIRE(h_wait_port(r->mqtt_port, timeout_ms), "RabbitMQ %s: no MQTT listener on %d (%s)", r->name,
+                  r->mqtt_port, r->node.log);
+        H_REQUIRE(!r->tls_port || h_wait_port(r->tls_port, 5000), "RabbitMQ %s: no MQTT TLS listener on %d (%s)",
+                  r->name, r->tls_port, r->node.log);
+}
+
+void h_rabbit_start(struct h_rabbit_cluster *c, const char *dir, int n, bool tls, const char *policy)
+{
+        struct stat st;
+        char log[300], eport[16], cookie[300], out[4096];
+        memset(c, 0, sizeof(*c));
+        H_REQUIRE(n >= 1 && n <= H_RABBIT_MAX, "h_rabbit_start: %d nodes", n);
+        H_REQUIRE(stat(RABBIT_BIN "rabbitmq-server", &st) == 0,
+                  RABBIT_BIN "rabbitmq-server is missing: config/deps.sh installs rabbitmq-server for the tests");
+        snprintf(c->dir, sizeof(c->dir), "%s", dir);
+        c->n = n;
+        snprintf(cookie, sizeof(cookie), "%s/.erlang.cookie", dir);
+        h_write_text(cookie, "KUIMENTESTCLUSTERCOOKIE");
+        chmod(cookie, 0400);
+        c->epmd_port = h_free_port();
+        snprintf(eport, sizeof(eport), "%d", c->epmd_port);
+        char *eargv[] = { "epmd", "-port", eport, NULL };
+        snprintf(log, sizeof(log), "%s/epmd.log", dir);
+        h_spawn(&c->epmd, log, eargv, NULL);
+        H_REQUIRE(h_wait_port(c->epmd_port, 5000), "epmd on %d", c->epmd_port);
+        int64_t t0 = h_now_ms();
+        for (int i = 0; i < n; i++)
+                rabbit_node(c, i, tls);
+        for (int i = 0; i < n; i++)
+                rabbit_wait(c, i, 90000);
+        c->boot_ms = h_now_ms() - t0;
+        t0 = h_now_ms();
+        /* Who runs in node 1's cluster; a node that booted alone (it found node 1 not
+         * yet up) joins with rabbitmqctl: three calls of a second or two of Elixir
+         * each, the nodes side by side, from a shell each. */
+        H_REQUIRE(h_rabbitmqctl(c, 0, "cluster_status --formatter json", out, sizeof(out)) == 0,
+                  "rabbitmqctl cluster_status: %s", out);
+        const char *running = strstr(out, "\"running_nodes\"");
+        pid_t pids[H_RABBIT_MAX] = { 0 };
+        for (int i = 1; i < n; i++) {
+                char q[80];
+                snprintf(q, sizeof(q), "\"%s\"", c->node[i].name);
+                if (running && strstr(running, q) && (!strchr(running, ']') || strstr(running, q) < strchr(running, ']')))
+                        continue;
+                char cmd[2048];
+                const char *ctl = RABBIT_BIN "rabbitmqctl";
+                snprintf(cmd, sizeof(cmd),
+                         "export HOME='%s' ERL_EPMD_PORT=%d; exec >>'%s/join.log' 2>&1; %s -n '%s' stop_app && "
+                         "%s -n '%s' join_cluster '%s' && %s -n '%s' start_app",
+                         dir, c->epmd_port, c->node[i].dir, ctl, c->node[i].name, ctl, c->node[i].name, c->node[0].name,
+                         ctl, c->node[i].name);
+                pids[i] = fork();
+                H_REQUIRE(pids[i] >= 0, "fork: %s", strerror(errno));
+                if (pids[i] == 0) {
+                        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+                        _exit(127);
+                }
+        }
+        for (int i = 1; i < n; i++) {
+                int ws;
+                if (!pids[i])
+                        continue;
+                c->joined_by_ctl++;
+                waitpid(pids[i], &ws, 0);
+                H_REQUIRE(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "RabbitMQ %s did not join %s (%s/join.log)",
+                          c->node[i].name, c->node[0].name, c->node[i].dir);
+        }
+        if (policy)
+                H_REQUIRE(h_rabbitmqctl(c, 0, policy, out, sizeof(out)) == 0, "rabbitmqctl %s: %s", policy, out);
+        for (int i = 0; i < n; i++)
+                rabbit_wait(c, i, 30000);
+        c->join_ms = h_now_ms() - t0;
+}
+
+void h_rabbit_kill(struct h_rabbit_cluster *c, int i)
+{
+        if (c->node[i].node.pid)
+                h_stop(&c->node[i].node, SIGKILL);
+        c->node[i].node.pid = 0;
+}
+
+void h_rabbit_stop(struct h_rabbit_cluster *c)
+{
+        for (int i = 0; i < c->n; i++)
+                h_rabbit_kill(c, i);
+        if (c->epmd.pid)
+                h_stop(&c->epmd, SIGTERM);
+        c->epmd.pid = 0;
+}
+
+/* ---- kuimenctl ---------------------------------------------------------------------- */
+
+const char *h_ctl_path(void)
+{
+        static char path[512];
+        if (getenv("KM_KUIMENCTL"))
+                return getenv("KM_KUIMENCTL");
+        char k[480];
+        snprintf(k, sizeof(k), "%s", getenv("KM_KUIMEN") ? getenv("KM_KUIMEN") : "./kuimen");
+        snprintf(path, sizeof(path), "%s/kuimenctl", dirname(k));
+        return path;
+}
+
+cJSON *h_status_json(const char *sock)
+{
+        static char out[1 << 16];
+        char cmd[1024];
+        size_t len = 0;
+        snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' status --json 2>&1", h_ctl_path(), sock);
+        FILE *f = popen(cmd, "r");
+        H_REQUIRE(f, "popen %s", cmd);
+        while (len + 1 < sizeof(out) && !feof(f)) {
+                size_t r = fread(out + len, 1, sizeof(out) - 1 - len, f);
+                if (!r)
+                        break;
+                len += r;
+        }
+        out[len] = '\0';
+        int st = pclose(f);
+        H_REQUIRE(WIFEXITED(st) && WEXITSTATUS(st) == 0, "kuimenctl status: %s", out);
+        cJSON *r = cJSON_Parse(out);
+        H_REQUIRE(r, "not JSON: %s", out);
+        return r;
+}
+
+const cJSON *h_status_link(const cJSON *r, const char *name)
+{
+        const cJSON *l;
+        cJSON_ArrayForEach(l, cJSON_GetObjectItemCaseSensitive(r, "links")) {
+                const cJSON *n = cJSON_GetObjectItemCaseSensitive(l, "name");
+                if (cJSON_IsString(n) && strcmp(n->valuestring, name) == 0)
+                        return l;
+        }
+        H_REQUIRE(false, "no link %s in the status", name);
+        return NULL;
+}
+
+const char *h_json_str(const cJSON *o, const char *key)
+{
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+        return cJSON_IsString(v) ? v->valuestring : "(none)";
+}
+
+double h_json_num(const cJSON *o, const char *key)
+{
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+        return cJSON_IsNumber(v) ? v->valuedouble : -1;
 }

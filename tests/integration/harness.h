@@ -291,4 +291,54 @@ void h_spawn(struct h_proc *p, const char *log, char *const argv[], const char *
  * did not exit. */
 int h_kuimenctl(const char *sock, const char *args, char *out, size_t n);
 
+/* ---- kuimenctl ---------------------------------------------------------------------- */
+/* The kuimenctl beside KM_KUIMEN (or KM_KUIMENCTL). */
+const char *h_ctl_path(void);
+/* kuimenctl status --json on the control socket sock, parsed (the test fails on an
+ * error); the caller deletes it. */
+struct cJSON *h_status_json(const char *sock);
+/* The link named name in a status reply (the test fails without one). */
+const struct cJSON *h_status_link(const struct cJSON *status, const char *name);
+/* A string member of o, "(none)" when absent. */
+const char *h_json_str(const struct cJSON *o, const char *key);
+/* A number member of o, -1 when absent. */
+double h_json_num(const struct cJSON *o, const char *key);
+
+/* ---- RabbitMQ 3.10 (Debian) with its MQTT plugin: one node or a cluster ----------- */
+#define H_RABBIT_MAX 3
+struct h_rabbit {
+        struct h_proc node;
+        int mqtt_port, tls_port, amqp_port, dist_port;
+        char name[64]; /* kmN<port>@localhost */
+        char dir[256];
+};
+/* n nodes (1 to H_RABBIT_MAX) on free loopback ports, with an epmd of their own (the
+ * test's child, not a daemon that outlives it), one Erlang cookie, node names, mnesia,
+ * log and plugin directories under dir. With tls, each node also listens for MQTT over
+ * TLS with dir/ca.crt, dir/server.crt and dir/server.key, which the caller makes. */
+struct h_rabbit_cluster {
+        struct h_proc epmd;
+        int epmd_port, n;
+        char dir[200];
+        struct h_rabbit node[H_RABBIT_MAX];
+        int64_t boot_ms, join_ms; /* how long the nodes took to listen, and to join */
+        int joined_by_ctl;        /* nodes that had booted alone and joined with rabbitmqctl */
+};
+/* Starts the n nodes at once (Erlang is slow to boot: in parallel, each with one
+ * scheduler that does not spin), nodes 2..n set to join node 1 as they boot (classic
+ * config peer discovery), waits for their MQTT listeners, joins any node that booted
+ * alone to node 1 with rabbitmqctl (stop_app, join_cluster, start_app, in parallel) and
+ * sets the policy that mirrors the MQTT plugin's subscription queues on every node
+ * (policy; NULL: none), and waits until every listener is back. Fails the test with the
+ * node's log when something does not come up. */
+void h_rabbit_start(struct h_rabbit_cluster *c, const char *dir, int n, bool tls, const char *policy);
+/* rabbitmqctl -n <node i> args... (a shell word list, quoted by the caller); its output
+ * in out. Returns its exit code. */
+int h_rabbitmqctl(const struct h_rabbit_cluster *c, int i, const char *args, char *out, size_t len);
+/* SIGKILL to node i (a node that dies, not one that leaves). */
+void h_rabbit_kill(struct h_rabbit_cluster *c, int i);
+/* Kills every node (their state dies with the test's directory; a clean stop takes
+ * seconds) and the epmd. */
+void h_rabbit_stop(struct h_rabbit_cluster *c);
+
 #endif

@@ -39,55 +39,6 @@ struct env {
         struct h_proc k;
 };
 
-static const char *ctl_path(void)
-{
-        static char path[512];
-        if (getenv("KM_KUIMENCTL"))
-                return getenv("KM_KUIMENCTL");
-        char k[480];
-        snprintf(k, sizeof(k), "%s", getenv("KM_KUIMEN") ? getenv("KM_KUIMEN") : "./kuimen");
-        snprintf(path, sizeof(path), "%s/kuimenctl", dirname(k));
-        return path;
-}
-
-/* kuimenctl status --json, parsed; the caller deletes it. */
-static cJSON *status_json(const char *sock)
-{
-        static char out[1 << 16];
-        char cmd[1024];
-        size_t len = 0;
-        snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' status --json 2>&1", ctl_path(), sock);
-        FILE *f = popen(cmd, "r");
-        cr_assert(f, "popen %s", cmd);
-        while (len + 1 < sizeof(out) && !feof(f))
-                len += fread(out + len, 1, sizeof(out) - 1 - len, f);
-        out[len] = '\0';
-        int st = pclose(f);
-        cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "kuimenctl status: %s", out);
-        cJSON *r = cJSON_Parse(out);
-        cr_assert(r, "not JSON: %s", out);
-        return r;
-}
-
-/* The link named name in a status reply. */
-static const cJSON *link_of(const cJSON *r, const char *name)
-{
-        const cJSON *l;
-        cJSON_ArrayForEach(l, cJSON_GetObjectItemCaseSensitive(r, "links")) {
-                const cJSON *n = cJSON_GetObjectItemCaseSensitive(l, "name");
-                if (cJSON_IsString(n) && strcmp(n->valuestring, name) == 0)
-                        return l;
-        }
-        cr_assert_fail("no link %s in the status", name);
-        return NULL;
-}
-
-static const char *field(const cJSON *l, const char *key)
-{
-        const cJSON *v = cJSON_GetObjectItemCaseSensitive(l, key);
-        return cJSON_IsString(v) ? v->valuestring : "(none)";
-}
-
 /* GET /metrics; the caller frees it. */
 static char *metrics(int port)
 {
@@ -222,13 +173,13 @@ Test(mqtt311, auto_forwards_to_a_311_center)
         assert_all_once(&sub, "auto via the gate");
         assert_command_down(&e, e.center.port);
 
-        cJSON *r = status_json(e.sock);
-        cr_assert_str_eq(field(link_of(r, "center"), "protocol"), "3.1.1");
-        cr_assert_str_eq(field(link_of(r, "center"), "protocol_down"), "3.1.1");
-        cr_assert_str_eq(field(link_of(r, "local"), "protocol"), "5");
+        cJSON *r = h_status_json(e.sock);
+        cr_assert_str_eq(h_json_str(h_status_link(r, "center"), "protocol"), "3.1.1");
+        cr_assert_str_eq(h_json_str(h_status_link(r, "center"), "protocol_down"), "3.1.1");
+        cr_assert_str_eq(h_json_str(h_status_link(r, "local"), "protocol"), "5");
         cJSON_Delete(r);
         char cmd[700], out[8192];
-        snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' status 2>&1", ctl_path(), e.sock);
+        snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' status 2>&1", h_ctl_path(), e.sock);
         FILE *f = popen(cmd, "r");
         size_t len = fread(out, 1, sizeof(out) - 1, f);
         out[len] = '\0';
@@ -284,8 +235,8 @@ Test(mqtt311, connack_rc1_and_explicit_311)
         env_start(&e, "m311-explicit", 2, 0, "downlink = no\nprotocol = 3.1.1");
         cr_assert(h_log_wait(&e.k, "up: connected to", 15000), "the uplink connected (%s)", e.klog);
         cr_assert_eq(atomic_load(&e.gate.refused_v5), 0, "protocol = 3.1.1 never tries 5");
-        cJSON *r = status_json(e.sock);
-        cr_assert_str_eq(field(link_of(r, "center"), "protocol"), "3.1.1");
+        cJSON *r = h_status_json(e.sock);
+        cr_assert_str_eq(h_json_str(h_status_link(r, "center"), "protocol"), "3.1.1");
         cJSON_Delete(r);
         env_stop(&e);
         h_cleanup(e.dir);
@@ -299,12 +250,12 @@ Test(mqtt311, protocol_5_is_refused_with_a_reason)
         env_start(&e, "m311-v5", 1, 0, "protocol = 5");
         cr_assert(h_log_wait(&e.k, "the broker refuses MQTT 5", 10000), "%s", e.klog);
         h_sleep_ms(200);
-        cJSON *r = status_json(e.sock);
-        const cJSON *l = link_of(r, "center");
-        cr_assert_str_eq(field(l, "state"), "down");
-        cr_assert(strstr(field(l, "reason"), "the broker refuses MQTT 5") &&
-                  strstr(field(l, "reason"), "set protocol = auto or 3.1.1"), "reason: %s", field(l, "reason"));
-        cr_assert_str_eq(field(l, "protocol"), "5");
+        cJSON *r = h_status_json(e.sock);
+        const cJSON *l = h_status_link(r, "center");
+        cr_assert_str_eq(h_json_str(l, "state"), "down");
+        cr_assert(strstr(h_json_str(l, "reason"), "the broker refuses MQTT 5") &&
+                  strstr(h_json_str(l, "reason"), "set protocol = auto or 3.1.1"), "reason: %s", h_json_str(l, "reason"));
+        cr_assert_str_eq(h_json_str(l, "protocol"), "5");
         cJSON_Delete(r);
         cr_assert_eq(h_log_count(&e.k, "(MQTT 3.1.1)"), 0, "no 3.1.1 connection with protocol = 5");
         env_stop(&e);
@@ -390,13 +341,6 @@ Test(mqtt311, center_role_on_a_311_broker)
 
 /* ---- RabbitMQ 3.10 (Debian) with its MQTT plugin -------------------------------------- */
 
-#define RABBIT "/usr/lib/rabbitmq/bin/rabbitmq-server"
-
-struct rabbit {
-        struct h_proc epmd, node;
-        int mqtt_port, tls_port;
-};
-
 /* A CA and a server certificate for 127.0.0.1 (EC P-256: fast), in dir. */
 static void make_certs(const char *dir)
 {
@@ -414,69 +358,6 @@ static void make_certs(const char *dir)
         cr_assert_eq(system(cmd), 0, "certificates in %s (certs.log)", dir);
 }
 
-/* One RabbitMQ node with the MQTT plugin on a free loopback port, with its own epmd,
- * node name, distribution port and mnesia, log and plugin directories under dir. */
-static void rabbit_start(struct rabbit *r, const char *dir)
-{
-        char conf[256], plugins[256], log[300];
-        struct stat st;
-        cr_assert(stat(RABBIT, &st) == 0, RABBIT " is missing: config/deps.sh installs rabbitmq-server for the tests");
-        int epmd = h_free_port(), dist = h_free_port(), amqp = h_free_port();
-        r->mqtt_port = h_free_port();
-        r->tls_port = h_free_port();
-        make_certs(dir);
-        snprintf(conf, sizeof(conf), "%s/rabbitmq.conf", dir);
-        snprintf(plugins, sizeof(plugins), "%s/enabled_plugins", dir);
-        char text[2048];
-        snprintf(text, sizeof(text),
-                 "listeners.tcp = none\nmqtt.listeners.tcp.default = 127.0.0.1:%d\n"
-                 "mqtt.listeners.ssl.default = 127.0.0.1:%d\nssl_options.cacertfile = %s/ca.crt\n"
-                 "ssl_options.certfile = %s/server.crt\nssl_options.keyfile = %s/server.key\n"
-                 "ssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n"
-                 "mqtt.allow_anonymous = true\nloopback_users = none\n",
-                 r->mqtt_port, r->tls_port, dir, dir, dir);
-        h_write_text(conf, text);
-        h_write_text(plugins, "[rabbitmq_mqtt].\n");
-        char eport[16];
-        snprintf(eport, sizeof(eport), "%d", epmd);
-        /* epmd in the foreground as our child: rabbitmq would start it as a daemon that
-         * outlives the test. */
-        char *eargv[] = { "epmd", "-port", eport, NULL };
-        snprintf(log, sizeof(log), "%s/epmd.log", dir);
-        h_spawn(&r->epmd, log, eargv, NULL);
-        cr_assert(h_wait_port(epmd, 5000), "epmd on %d", epmd);
-        static char env[12][320];
-        snprintf(env[0], sizeof(env[0]), "HOME=%s", dir);
-        snprintf(env[1], sizeof(env[1]), "RABBITMQ_NODENAME=km%d@localhost", r->mqtt_port);
-        snprintf(env[2], sizeof(env[2]), "RABBITMQ_NODE_PORT=%d", amqp);
-        snprintf(env[3], sizeof(env[3]), "RABBITMQ_DIST_PORT=%d", dist);
-        snprintf(env[4], sizeof(env[4]), "ERL_EPMD_PORT=%d", epmd);
-        snprintf(env[5], sizeof(env[5]), "RABBITMQ_MNESIA_BASE=%s/mnesia", dir);
-        snprintf(env[6], sizeof(env[6]), "RABBITMQ_LOG_BASE=%s/rabbit-log", dir);
-        snprintf(env[7], sizeof(env[7]), "RABBITMQ_ENABLED_PLUGINS_FILE=%s", plugins);
-        snprintf(env[8], sizeof(env[8]), "RABBITMQ_CONFIG_FILE=%s", conf);
-        snprintf(env[9], sizeof(env[9]), "RABBITMQ_PLUGINS_EXPAND_DIR=%s/plugins-expand", dir);
-        /* exec the VM itself (no shell in between): the test's kill reaches it */
-        snprintf(env[10], sizeof(env[10]), "RUNNING_UNDER_SYSTEMD=1");
-        snprintf(env[11], sizeof(env[11]), "RABBITMQ_NODE_IP_ADDRESS=127.0.0.1");
-        const char *envp[13];
-        for (int i = 0; i < 12; i++)
-                envp[i] = env[i];
-        envp[12] = NULL;
-        char *argv[] = { RABBIT, NULL };
-        snprintf(log, sizeof(log), "%s/rabbitmq.log", dir);
-        h_spawn(&r->node, log, argv, envp);
-        cr_assert(h_wait_port(r->mqtt_port, 30000), "RabbitMQ's MQTT listener on %d (%s)", r->mqtt_port, log);
-        cr_assert(h_wait_port(r->tls_port, 5000), "RabbitMQ's MQTT TLS listener on %d (%s)", r->tls_port, log);
-}
-
-/* Killed: its state dies with the test's directory, and a clean stop takes seconds. */
-static void rabbit_stop(struct rabbit *r)
-{
-        h_stop(&r->node, SIGKILL);
-        h_stop(&r->epmd, SIGTERM);
-}
-
 /* The center is RabbitMQ: it closes the socket on an MQTT 5 CONNECT. protocol = auto:
  * 3 000 messages once each and in order to a 3.1.1 subscriber of RabbitMQ, with origin
  * and id, and a command from RabbitMQ down to the base's terminals. Beside it a base
@@ -485,11 +366,13 @@ static void rabbit_stop(struct rabbit *r)
 Test(rabbitmq, a_311_center_over_tcp_and_tls, .timeout = 60)
 {
         struct env e;
-        struct rabbit r = { 0 };
+        struct h_rabbit_cluster rc;
         struct h_sub sub;
         char dir[200];
         h_tmpdir(dir, sizeof(dir), "m311-rabbit");
-        rabbit_start(&r, dir);
+        make_certs(dir);
+        h_rabbit_start(&rc, dir, 1, true, NULL);
+        const struct h_rabbit r = rc.node[0];
         env_start(&e, "m311-rabbit-k", 0, r.mqtt_port, NULL);
         /* south, over TLS */
         struct h_broker slocal;
@@ -498,11 +381,14 @@ Test(rabbitmq, a_311_center_over_tcp_and_tls, .timeout = 60)
         h_broker_start(&slocal, dir, 0, NULL);
         snprintf(sconf, sizeof(sconf), "%s/south.conf", dir);
         snprintf(slog, sizeof(slog), "%s/south.log", dir);
+        /* Its uri a list whose head listens nowhere: the TLS uplink (libmosquitto)
+         * moves to the next. */
+        int nowhere = h_free_port();
         snprintf(text, sizeof(text),
                  "[node]\nname = south\nspool = %s/south/spool.db\nstats_interval = 0\n"
                  "[local]\nuri = tcp://127.0.0.1:%d\nsubscribe = sensors/#\n"
-                 "[link center]\ntype = mqtt\nuri = ssl://127.0.0.1:%d\nca = %s/ca.crt\nkeepalive = 2s\n",
-                 dir, slocal.port, r.tls_port, dir);
+                 "[link center]\ntype = mqtt\nuri = ssl://127.0.0.1:%d, ssl://127.0.0.1:%d\nca = %s/ca.crt\nkeepalive = 2s\n",
+                 dir, slocal.port, nowhere, r.tls_port, dir);
         h_write_text(sconf, text);
         const char *sargs[] = { "--config", sconf, NULL };
         h_kuimen_start(&south, slog, sargs);
@@ -514,15 +400,19 @@ Test(rabbitmq, a_311_center_over_tcp_and_tls, .timeout = 60)
         publish_all(&e);
         assert_all_once(&sub, "auto to RabbitMQ");
         assert_command_down(&e, r.mqtt_port);
-        cJSON *st = status_json(e.sock);
-        cr_assert_str_eq(field(link_of(st, "center"), "protocol"), "3.1.1");
-        cr_assert_str_eq(field(link_of(st, "center"), "protocol_down"), "3.1.1");
-        cr_assert_str_eq(field(link_of(st, "local"), "protocol"), "5");
+        cJSON *st = h_status_json(e.sock);
+        cr_assert_str_eq(h_json_str(h_status_link(st, "center"), "protocol"), "3.1.1");
+        cr_assert_str_eq(h_json_str(h_status_link(st, "center"), "protocol_down"), "3.1.1");
+        cr_assert_str_eq(h_json_str(h_status_link(st, "local"), "protocol"), "5");
         cJSON_Delete(st);
         h_sub_stop(&sub);
 
         /* south: its uplink over TLS found 3.1.1 too; 200 readings and a command */
-        cr_assert(h_log_wait(&south, "up: connected to ssl://", 15000), "south's TLS uplink connected (%s)", slog);
+        char want[96];
+        snprintf(want, sizeof(want), "up: connected to ssl://127.0.0.1:%d (MQTT 3.1.1)", r.tls_port);
+        cr_assert(h_log_wait(&south, want, 15000), "south's TLS uplink connected to the list's second (%s)", slog);
+        snprintf(want, sizeof(want), "up: cannot connect to ssl://127.0.0.1:%d:", nowhere);
+        cr_assert(h_log_count(&south, want) >= 1, "the list's head was tried first (%s)", slog);
         cr_assert(h_log_count(&south, "refuses MQTT 5 and takes 3.1.1") >= 1, "%s", slog);
         cr_assert(h_log_wait(&south, "down: connected to ssl://", 15000), "south's TLS downlink connected (%s)", slog);
         h_sub_start(&sub, r.mqtt_port, "console-south", "kuimen/south/sensors/#", false);
@@ -551,7 +441,7 @@ Test(rabbitmq, a_311_center_over_tcp_and_tls, .timeout = 60)
         h_stop(&slocal.p, SIGTERM);
         h_mqtt_version = 5;
         env_stop(&e);
-        rabbit_stop(&r);
+        h_rabbit_stop(&rc);
         h_cleanup(e.dir);
         h_cleanup(dir);
 }

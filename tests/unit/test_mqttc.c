@@ -593,3 +593,24 @@ Test(mqttc, envelope_round_trip)
         for (size_t i = 0; i < sizeof(not_one) / sizeof(not_one[0]); i++)
                 cr_assert_eq(km_mqtt_envelope_parse(not_one[i], strlen(not_one[i]), &m), 0, "%s", not_one[i]);
 }
+
+/* The key uri as a list: commas, blanks around each entry dropped, no empty entry. */
+Test(mqttc, uri_list_is_split_on_commas)
+{
+        char **v;
+        size_t n;
+        cr_assert_eq(km_mqtt_uri_list(" tcp://a:1883 ,tcp://b:1884,\ttcp://[::1]:1885 ", &v, &n), 0);
+        cr_assert_eq(n, 3);
+        cr_assert_str_eq(v[0], "tcp://a:1883");
+        cr_assert_str_eq(v[1], "tcp://b:1884");
+        cr_assert_str_eq(v[2], "tcp://[::1]:1885");
+        km_mqtt_uri_list_free(v, n);
+        cr_assert_eq(km_mqtt_uri_list("tcp://a:1883", &v, &n), 0);
+        cr_assert(n == 1 && strcmp(v[0], "tcp://a:1883") == 0);
+        km_mqtt_uri_list_free(v, n);
+        const char *bad[] = { "", " ", "tcp://a:1,,tcp://b:2", "tcp://a:1,", ",tcp://a:1", "tcp://a:1, ,tcp://b:2" };
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                cr_assert_eq(km_mqtt_uri_list(bad[i], &v, &n), -EINVAL, "'%s' has an empty entry", bad[i]);
+                cr_assert(v == NULL && n == 0);
+        }
+}
