@@ -1318,7 +1318,7 @@ static void rabbit_node(struct h_rabbit_cluster *c, int i, bool tls)
         r->amqp_port = h_free_port();
         r->dist_port = h_free_port();
         snprintf(r->name, sizeof(r->name), "km%d-%d@localhost", i + 1, r->mqtt_port);
-        snprintf(r->dir, sizeof(r->dir), "%s/node%d", c->dir, i + 1);
+        snprintf(r->dir, sizeof(r->dir), "%s/node%d%s", c->dir, i + 1, c->tries > 1 ? "-again" : "");
         H_REQUIRE(mkdir(r->dir, 0700) == 0, "mkdir %s: %s", r->dir, strerror(errno));
         snprintf(conf, sizeof(conf), "%s/rabbitmq.conf", r->dir);
         snprintf(plugins, sizeof(plugins), "%s/enabled_plugins", r->dir);
@@ -1394,17 +1394,37 @@ void h_rabbit_start(struct h_rabbit_cluster *c, const char *dir, int n, bool tls
         snprintf(cookie, sizeof(cookie), "%s/.erlang.cookie", dir);
         h_write_text(cookie, "KUIMENTESTCLUSTERCOOKIE");
         chmod(cookie, 0400);
-        c->epmd_port = h_free_port();
-        snprintf(eport, sizeof(eport), "%d", c->epmd_port);
-        char *eargv[] = { "epmd", "-port", eport, NULL };
-        snprintf(log, sizeof(log), "%s/epmd.log", dir);
-        h_spawn(&c->epmd, log, eargv, NULL);
-        H_REQUIRE(h_wait_port(c->epmd_port, 5000), "epmd on %d", c->epmd_port);
         int64_t t0 = h_now_ms();
+        /* The known flake (rabbit_node): a node whose Raft group elects no leader never
+         * opens its MQTT port. That is RabbitMQ's start, not what the test is about:
+         * the whole cluster starts again once, afresh, on new ports. */
+        int stalled = -1;
+        for (c->tries = 1; c->tries <= 2; c->tries++) {
+                c->epmd_port = h_free_port();
+                snprintf(eport, sizeof(eport), "%d", c->epmd_port);
+                char *eargv[] = { "epmd", "-port", eport, NULL };
+                snprintf(log, sizeof(log), "%s/epmd.log", dir);
+                h_spawn(&c->epmd, log, eargv, NULL);
+                H_REQUIRE(h_wait_port(c->epmd_port, 5000), "epmd on %d", c->epmd_port);
+                for (int i = 0; i < n; i++)
+                        rabbit_node(c, i, tls);
+                int64_t until = h_now_ms() + (c->tries == 1 ? 60000 : 90000);
+                stalled = -1;
+                for (int i = 0; i < n && stalled < 0; i++)
+                        if (!h_wait_port(c->node[i].mqtt_port, (int)(until > h_now_ms() ? until - h_now_ms() : 1)))
+                                stalled = i;
+                if (stalled < 0)
+                        break;
+                fprintf(stderr, "h_rabbit_start: RabbitMQ %s has no MQTT listener after %lld s (%s)%s\n",
+                        c->node[stalled].name, (long long)(h_now_ms() - t0) / 1000, c->node[stalled].node.log,
+                        c->tries == 1 ? ": the cluster starts again, once" : "");
+                if (c->tries == 1)
+                        h_rabbit_stop(c);
+        }
+        H_REQUIRE(stalled < 0, "RabbitMQ %s: no MQTT listener on %d, twice (%s)", c->node[stalled].name,
+                  c->node[stalled].mqtt_port, c->node[stalled].node.log);
         for (int i = 0; i < n; i++)
-                rabbit_node(c, i, tls);
-        for (int i = 0; i < n; i++)
-                rabbit_wait(c, i, 90000);
+                rabbit_wait(c, i, 5000); /* and its TLS listener */
         c->boot_ms = h_now_ms() - t0;
         t0 = h_now_ms();
         /* Who runs in node 1's cluster; a node that booted alone (it found node 1 not

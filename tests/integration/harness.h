@@ -323,14 +323,16 @@ struct h_rabbit_cluster {
         struct h_rabbit node[H_RABBIT_MAX];
         int64_t boot_ms, join_ms; /* how long the nodes took to listen, and to join */
         int joined_by_ctl;        /* nodes that had booted alone and joined with rabbitmqctl */
+        int tries;                /* 2: the first start stalled (no MQTT listener) and was redone */
 };
 /* Starts the n nodes at once (Erlang is slow to boot: in parallel, each with one
  * scheduler that does not spin), nodes 2..n set to join node 1 as they boot (classic
  * config peer discovery), waits for their MQTT listeners, joins any node that booted
  * alone to node 1 with rabbitmqctl (stop_app, join_cluster, start_app, in parallel) and
  * sets the policy that mirrors the MQTT plugin's subscription queues on every node
- * (policy; NULL: none), and waits until every listener is back. Fails the test with the
- * node's log when something does not come up. */
+ * (policy; NULL: none), and waits until every listener is back. A node with no MQTT
+ * listener after 60 s (RabbitMQ's own start stalled: rabbit_node) starts the cluster
+ * again once, afresh. Fails the test with the node's log when something does not come up. */
 void h_rabbit_start(struct h_rabbit_cluster *c, const char *dir, int n, bool tls, const char *policy);
 /* rabbitmqctl -n <node i> args... (a shell word list, quoted by the caller); its output
  * in out. Returns its exit code. */

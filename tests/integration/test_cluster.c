@@ -208,7 +208,7 @@ static void kill_node(void *ud)
         atomic_store(&c->to_node2->down, true);
 }
 
-Test(cluster, node_killed_mid_stream, .timeout = 150)
+Test(cluster, node_killed_mid_stream, .timeout = 240)
 {
         struct h_rabbit_cluster rc;
         struct base b;
@@ -217,8 +217,8 @@ Test(cluster, node_killed_mid_stream, .timeout = 150)
         h_tmpdir(dir, sizeof(dir), "cluster-rabbit");
         int64_t t0 = h_now_ms();
         h_rabbit_start(&rc, dir, 3, false, MIRROR_POLICY);
-        cr_log_info("RabbitMQ 3 nodes: listening after %.1f s, clustered and mirrored %.1f s later (%d joined by rabbitmqctl)",
-                    rc.boot_ms / 1000.0, rc.join_ms / 1000.0, rc.joined_by_ctl);
+        cr_log_info("RabbitMQ 3 nodes: listening after %.1f s (start %d), clustered and mirrored %.1f s later (%d joined by rabbitmqctl)",
+                    rc.boot_ms / 1000.0, rc.tries, rc.join_ms / 1000.0, rc.joined_by_ctl);
         cr_assert_eq(h_rabbitmqctl(&rc, 2, "cluster_status --formatter json", out, sizeof(out)), 0, "%s", out);
         const char *running = strstr(out, "\"running_nodes\"");
         cr_assert(running, "%s", out);
