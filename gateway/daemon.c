@@ -477,8 +477,10 @@ static uint64_t link_backlog(struct km_daemon *d, const struct km_link *l, const
 }
 
 /* A link's state as JSON: upward on link/<name> (class status, coalesced per link, so
- * the center learns it), and retained on the local broker as
- * <topic_prefix>/<node>/link/<name>, the same topic the center sees. */
+ * the center learns it), retained, so that a center (its page, its board of bases)
+ * started after the base knows the base's links at once and not at the next status;
+ * and retained on the local broker as <topic_prefix>/<node>/link/<name>, the same topic
+ * the center sees. */
 static void publish_link_status(struct km_daemon *d, struct km_link *l)
 {
         char json[1024], topic[256], since[32];
@@ -522,7 +524,7 @@ static void publish_link_status(struct km_daemon *d, struct km_link *l)
         l->bytes_mark = l->bytes_sent;
         l->mark_mono = now;
         snprintf(topic, sizeof(topic), "link/%s", l->name);
-        publish_own(d, topic, json, (size_t)n, false, 3); /* link, type, state stay */
+        publish_own(d, topic, json, (size_t)n, true, 3); /* link, type, state stay */
 }
 
 static int on_announce(sd_event_source *s, uint64_t usec, void *ud)

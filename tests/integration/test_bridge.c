@@ -455,9 +455,17 @@ Test(bridge, link_status_topics)
         h_sleep_ms(500);
         h_broker_restart(&e.center);
         h_sub_stop(&st);
-        /* The session of status-sub ended with it: the center broker's retained copy is
-         * the one to read (kuimen publishes upward without retain; the local copy is
-         * retained). */
+        /* Retained at the center too: a subscriber that comes after the status went
+         * (a center started after its bases) reads the link's state at once, not at the
+         * next status a minute later. */
+        cr_assert(h_log_wait(&e.k, "center: down -> up", 10000), "kuimen did not reconnect (%s)", e.k.log);
+        h_sleep_ms(1500); /* the "up" status reaches the center */
+        struct h_sub late;
+        h_sub_start(&late, e.center.port, "late-status", "kuimen/north/link/#", false);
+        cr_assert_geq(h_sub_wait(&late, 1, 2000), 1, "no retained link status at the center");
+        cr_assert_str_eq(late.rx[0].topic, "kuimen/north/link/center");
+        cr_assert(strstr(late.rx[0].payload, "\"state\":\"up\""), "%s", late.rx[0].payload);
+        h_sub_stop(&late);
         h_sub_start(&local, e.local.port, "local-status", "kuimen/north/link/#", false);
         cr_assert_geq(h_sub_wait(&local, 1, 10000), 1, "a retained link status on the local broker");
         cr_assert_str_eq(local.rx[0].topic, "kuimen/north/link/center");
