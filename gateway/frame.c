@@ -1507,7 +1507,7 @@ int km_frame_tx_due_ack(struct km_frame_tx *tx, int64_t now_ms, int64_t rto_ms,
 		 * CRC is budgeted at its larger size when the frame may cross to it. */
 		size_t lim = cap > tx->cfg.mtu_max ? tx->cfg.mtu_max : cap;
 		struct wbuf w = { .p = out, .pos = pick->body, .cap = lim - crc_size(lim) };
-		if (put_ack_tail(&w, ack)) {
+		if (w.cap >= w.pos + ack_tail_len(ack) && put_ack_tail(&w, ack) && !w.err) {
 			out[0] = (uint8_t)((out[0] & ~(HDR_ACK | HDR_DATA_LOST)) | HDR_ACK);
 			if (ack->slots_lost && tx->cfg.version >= 2)
 				out[0] |= HDR_DATA_LOST;
