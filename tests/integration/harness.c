@@ -425,7 +425,9 @@ static int sub_arrived(void *ctx, char *topic, int tlen, MQTTAsync_message *m)
         snprintf(rx.payload, sizeof(rx.payload), "%.*s", pl < 63 ? pl : 63, (char *)m->payload + skip);
         pthread_mutex_lock(&s->mu);
         s->total++;
-        if (rx.id && !seen_insert(s, rx.id))
+        /* A kuimen-id is unique per origin only: two bases' first messages may share
+         * one (a center relaying both). */
+        if (rx.id && !seen_insert(s, (uint64_t)fnv(rx.origin) << 32 ^ rx.id))
                 s->dups++;
         else if (!payload_insert(s, &rx))
                 s->redelivered++;

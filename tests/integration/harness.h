@@ -96,7 +96,7 @@ struct h_sub {
         pthread_mutex_t mu;
         struct h_rx *rx;
         size_t n, cap, dups, redelivered, total;
-        uint64_t *seen; /* sorted ids */
+        uint64_t *seen; /* sorted (origin, kuimen-id) keys */
         size_t nseen;
         uint32_t *set; /* open-addressing hash set of rx indexes + 1, by payload */
         size_t setcap;
