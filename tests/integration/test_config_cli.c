@@ -1,7 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* The strict config path (issue 13): what --check-config refuses, what the start refuses alike, what a reload cannot apply, and both binaries' --version and --help. */
 #include <criterion/criterion.h>
-#include <libgen.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -272,17 +271,12 @@ Test(config_cli, a_long_comment_sets_nothing)
 
 /* ---- reload ---------------------------------------------------------------------- */
 
-static const char *ctl_path(void)
-{
-        return getenv("KM_KUIMENCTL");
-}
-
 /* Runs kuimenctl with args; stdout into out, stderr into err; returns its exit code. */
 static int ctl(const char *sock, const char *args, char *out, char *err, size_t n)
 {
         char cmd[1024], errpath[300];
         snprintf(errpath, sizeof(errpath), "%s.err", sock);
-        snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' %s 2>'%s'", ctl_path(), sock, args, errpath);
+        snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' %s 2>'%s'", h_ctl_path(), sock, args, errpath);
         FILE *f = popen(cmd, "r");
         cr_assert(f, "popen %s", cmd);
         size_t len = fread(out, 1, n - 1, f);

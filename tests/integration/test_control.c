@@ -3,7 +3,6 @@
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
-#include <libgen.h>
 #include <math.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -65,24 +64,12 @@ struct env {
         struct h_pub pub;
 };
 
-static const char *ctl_path(void)
-{
-        static char path[512];
-        if (getenv("KM_KUIMENCTL"))
-                return getenv("KM_KUIMENCTL");
-        /* Until meson passes KM_KUIMENCTL: it is built beside kuimen. */
-        char k[480];
-        snprintf(k, sizeof(k), "%s", getenv("KM_KUIMEN") ? getenv("KM_KUIMEN") : "./kuimen");
-        snprintf(path, sizeof(path), "%s/kuimenctl", dirname(k));
-        return path;
-}
-
 /* Runs kuimenctl with args (stdout and stderr into out); returns its exit code. */
 static int ctl(const char *sock, const char *args, char *out, size_t n)
 {
         char cmd[1024];
         size_t len = 0;
-        snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' %s 2>&1", ctl_path(), sock, args);
+        snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' %s 2>&1", h_ctl_path(), sock, args);
         FILE *f = popen(cmd, "r");
         cr_assert(f, "popen %s", cmd);
         while (len + 1 < n && !feof(f))
@@ -819,7 +806,7 @@ Test(control, narrow_frame_counters_and_dictionary)
         int64_t until = h_now_ms() + 20000;
         for (;;) {
                 cJSON *st = NULL;
-                snprintf(text, sizeof(text), "'%s' --socket '%s' status --json 2>&1", ctl_path(), bsock);
+                snprintf(text, sizeof(text), "'%s' --socket '%s' status --json 2>&1", h_ctl_path(), bsock);
                 FILE *f = popen(text, "r");
                 size_t n = fread(out, 1, sizeof(out) - 1, f);
                 out[n] = '\0';
@@ -863,7 +850,7 @@ Test(control, narrow_frame_counters_and_dictionary)
         free(m);
 
         /* kuimenctl: the same numbers, and the base's side of them */
-        snprintf(text, sizeof(text), "'%s' --socket '%s' links 2>&1", ctl_path(), csock);
+        snprintf(text, sizeof(text), "'%s' --socket '%s' links 2>&1", h_ctl_path(), csock);
         FILE *f = popen(text, "r");
         size_t n = fread(out, 1, sizeof(out) - 1, f);
         out[n] = '\0';
@@ -874,7 +861,7 @@ Test(control, narrow_frame_counters_and_dictionary)
         cr_assert(strstr(out, " unknown_topics=1 delivered=4 probes=0 probes_lost=0 frames_sacked=0 pos_batches=0"
                               " bad_posbatch=0 out_of_window=0 dropped_nomem=0 oversize=0 bad_payload=0 restarts_lost=0\n"),
                   "%s", out);
-        snprintf(text, sizeof(text), "'%s' --socket '%s' links --json 2>&1", ctl_path(), bsock);
+        snprintf(text, sizeof(text), "'%s' --socket '%s' links --json 2>&1", h_ctl_path(), bsock);
         f = popen(text, "r");
         n = fread(out, 1, sizeof(out) - 1, f);
         out[n] = '\0';

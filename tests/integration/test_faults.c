@@ -352,17 +352,12 @@ static void report(const char *name, const struct tally *t)
 
 /* ---- kuimenctl and /metrics -------------------------------------------------------- */
 
-static const char *ctl_path(void)
-{
-        return getenv("KM_KUIMENCTL") ? getenv("KM_KUIMENCTL") : "kuimenctl";
-}
-
 /* kuimenctl --socket S args, bounded by 10 s; its output in out, its time in *ms. */
 static int ctl(struct env *e, const char *args, char *out, size_t n, int64_t *ms)
 {
         char cmd[1024];
         size_t len = 0;
-        snprintf(cmd, sizeof(cmd), "timeout 10 '%s' --socket '%s' %s 2>&1", ctl_path(), e->sock, args);
+        snprintf(cmd, sizeof(cmd), "timeout 10 '%s' --socket '%s' %s 2>&1", h_ctl_path(), e->sock, args);
         int64_t t0 = h_now_ms();
         FILE *f = popen(cmd, "r");
         cr_assert(f, "popen %s", cmd);

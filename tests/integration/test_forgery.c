@@ -2,7 +2,6 @@
 /* Forged and invalid frames on a narrow link (issue 12): refused with a counter, nothing published, genuine traffic flowing. */
 #include <criterion/criterion.h>
 #include <cjson/cJSON.h>
-#include <libgen.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,22 +24,11 @@
 
 /* ---- helpers ----------------------------------------------------------------------- */
 
-static const char *ctl_path(void)
-{
-        static char path[512];
-        if (getenv("KM_KUIMENCTL"))
-                return getenv("KM_KUIMENCTL");
-        char k[480];
-        snprintf(k, sizeof(k), "%s", getenv("KM_KUIMEN") ? getenv("KM_KUIMEN") : "./kuimen");
-        snprintf(path, sizeof(path), "%s/kuimenctl", dirname(k));
-        return path;
-}
-
 /* kuimenctl's reply to args on sock, parsed. */
 static cJSON *ctl_json(const char *sock, const char *args)
 {
         char cmd[800], out[1 << 15];
-        snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' %s 2>&1", ctl_path(), sock, args);
+        snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' %s 2>&1", h_ctl_path(), sock, args);
         FILE *f = popen(cmd, "r");
         cr_assert(f);
         size_t n = fread(out, 1, sizeof(out) - 1, f);
@@ -614,7 +602,7 @@ Test(forgery, auth_off_is_said, .timeout = 120)
         cr_assert(cJSON_IsString(m) && strcmp(m->valuestring, "off") == 0);
         cJSON_Delete(j);
         char cmd[600], out[8192];
-        snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' links 2>&1", ctl_path(), p.csock);
+        snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' links 2>&1", h_ctl_path(), p.csock);
         FILE *f = popen(cmd, "r");
         size_t n = fread(out, 1, sizeof(out) - 1, f);
         out[n] = '\0';

@@ -3,7 +3,6 @@
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
-#include <libgen.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
@@ -43,23 +42,12 @@ static double jnum(const cJSON *j, const char *path)
         return v->valuedouble;
 }
 
-static const char *ctl_path(void)
-{
-        static char path[512];
-        if (getenv("KM_KUIMENCTL"))
-                return getenv("KM_KUIMENCTL");
-        char k[480];
-        snprintf(k, sizeof(k), "%s", getenv("KM_KUIMEN") ? getenv("KM_KUIMEN") : "./kuimen");
-        snprintf(path, sizeof(path), "%s/kuimenctl", dirname(k));
-        return path;
-}
-
 /* Runs kuimenctl with args (stdout and stderr into out); returns its exit code. */
 static int ctl(const char *sock, const char *args, char *out, size_t n)
 {
         char cmd[1024];
         size_t len = 0;
-        snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' %s 2>&1", ctl_path(), sock, args);
+        snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' %s 2>&1", h_ctl_path(), sock, args);
         FILE *f = popen(cmd, "r");
         cr_assert(f, "popen %s", cmd);
         while (len + 1 < n && !feof(f))
