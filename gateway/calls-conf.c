@@ -72,7 +72,7 @@ int km_calls_split_steps(const char *s, struct km_strv *steps, size_t *nsteps, c
                         return -EINVAL;
                 }
                 for (size_t i = 0; i < v->n; i++)
-                        if (!name_ok(v->v[i], KM_CALLS_UNIT_MAX)) {
+                        if (!km_calls_name_ok(v->v[i], KM_CALLS_UNIT_MAX)) {
                                 *why = "a name that is not a unit or group id (1 to 31 printable bytes, no blank, '/', '+', '#', '\"' or '\\')";
                                 return -EINVAL;
                         }
@@ -132,7 +132,7 @@ int km_calls_conf_load(struct km_calls_conf *conf, struct km_conf *c)
                 const char *name = s + 12;
                 struct group_raw g = { 0 };
                 bad += km_conf_apply(c, s, group_keys, &g);
-                if (!name_ok(name, KM_CALLS_UNIT_MAX)) {
+                if (!km_calls_name_ok(name, KM_CALLS_UNIT_MAX)) {
                         km_conf_error(c, s, NULL, "'%s' is not a group name (1 to 31 printable bytes, no blank, '/', '+', '#', '\"' or '\\')", name);
                         bad++;
                 } else if (!g.units.n) {
@@ -140,7 +140,7 @@ int km_calls_conf_load(struct km_calls_conf *conf, struct km_conf *c)
                         bad++;
                 }
                 for (size_t k = 0; k < g.units.n; k++)
-                        if (!name_ok(g.units.v[k], KM_CALLS_UNIT_MAX)) {
+                        if (!km_calls_name_ok(g.units.v[k], KM_CALLS_UNIT_MAX)) {
                                 km_conf_error(c, s, "units", "'%s' is not a unit id (1 to 31 printable bytes, no blank, '/', '+', '#', '\"' or '\\')", g.units.v[k]);
                                 bad++;
                         }

@@ -92,18 +92,6 @@ static inline bool needs_help(int s)
         return s < R_RECEIVED || s == R_CANNOT;
 }
 
-/* A call id or a unit id: they become MQTT topic levels and JSON strings. */
-static inline bool name_ok(const char *s, size_t max)
-{
-        size_t n = strlen(s);
-        if (!n || n > max)
-                return false;
-        for (const unsigned char *p = (const unsigned char *)s; *p; p++)
-                if (*p <= ' ' || *p >= 0x7f || strchr("/+#\"\\", *p))
-                        return false;
-        return true;
-}
-
 /* calls-conf.c */
 /* "a, b > c": steps of names; 0, -ENOMEM, or -EINVAL with why. */
 int km_calls_split_steps(const char *s, struct km_strv *steps, size_t *nsteps, const char **why);

@@ -425,7 +425,7 @@ static int names(const cJSON *o, const char *key, struct km_strv *v, bool requir
         if (!cJSON_IsArray(a))
                 return fail(err, errlen, "%s: not an array of unit or group ids", key);
         cJSON_ArrayForEach(e, a) {
-                if (!cJSON_IsString(e) || !name_ok(e->valuestring, KM_CALLS_UNIT_MAX))
+                if (!cJSON_IsString(e) || !km_calls_name_ok(e->valuestring, KM_CALLS_UNIT_MAX))
                         return fail(err, errlen, "%s: an item that is not a unit or group id (1 to 31 printable bytes, no blank, '/', '+', '#', '\"' or '\\')", key);
                 char **nv = realloc(v->v, (v->n + 2) * sizeof(*nv));
                 if (!nv)
@@ -510,7 +510,7 @@ int km_calls_do_command(struct km_calls *cs, const void *payload, size_t len, bo
         struct call *c = NULL;
         int64_t now = cs->io.now(cs->io.ud);
 
-        if (!cJSON_IsString(id) || !name_ok(id->valuestring, KM_CALLS_ID_MAX)) {
+        if (!cJSON_IsString(id) || !km_calls_name_ok(id->valuestring, KM_CALLS_ID_MAX)) {
                 rc = fail(err, errlen, "id: missing, or not 1 to 32 printable bytes without blank, '/', '+', '#', '\"' or '\\'");
                 goto out;
         }
@@ -621,6 +621,17 @@ static char *answer_text(const char *s)
                         n--;
         }
         return strndup(s, n);
+}
+
+bool km_calls_name_ok(const char *s, size_t max)
+{
+        size_t n = strlen(s);
+        if (!n || n > max)
+                return false;
+        for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+                if (*p <= ' ' || *p >= 0x7f || strchr("/+#\"\\", *p))
+                        return false;
+        return true;
 }
 
 int km_calls_answer(struct km_calls *cs, const char *topic, const void *payload, size_t len)

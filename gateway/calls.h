@@ -125,4 +125,8 @@ const char *km_call_level_name(int level);
  * loop (a timer every tick), into d->calls. 0 or a negative errno. */
 int km_calls_start(struct km_daemon *d, struct km_conf *c);
 
+/* A call, incident or unit id: it becomes an MQTT topic level and a JSON string, so
+ * 1..max bytes of printable ASCII without / + # " \\ or a blank. */
+bool km_calls_name_ok(const char *s, size_t max);
+
 #endif

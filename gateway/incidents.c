@@ -11,6 +11,7 @@
 #include <systemd/sd-event.h>
 #include <time.h>
 
+#include "calls.h"
 #include "control.h"
 #include "daemon.h"
 #include "log.h"
@@ -110,17 +111,6 @@ void km_incidents_print_help(FILE *out)
 }
 
 /* ---- state ------------------------------------------------------------------------ */
-
-static bool name_ok(const char *s, size_t max)
-{
-        size_t n = strlen(s);
-        if (!n || n > max)
-                return false;
-        for (const unsigned char *p = (const unsigned char *)s; *p; p++)
-                if (*p <= ' ' || *p >= 0x7f || strchr("/+#\"\\", *p))
-                        return false;
-        return true;
-}
 
 static struct incident *find(const struct km_incidents *in, const char *id)
 {
@@ -462,7 +452,7 @@ static int command(struct km_incidents *in, const char *buf, size_t len, char *e
         const cJSON *call = cJSON_GetObjectItemCaseSensitive(o, "call");
         int64_t now = in->io.now(in->io.ud);
         struct incident *x = NULL;
-        if (!cJSON_IsString(id) || !name_ok(id->valuestring, 32)) {
+        if (!cJSON_IsString(id) || !km_calls_name_ok(id->valuestring, 32)) {
                 rc = fail(err, errlen, "id: missing, or not 1 to 32 printable bytes without blank, '/', '+', '#', '\"' or '\\'");
                 goto out;
         }
@@ -496,7 +486,7 @@ static int command(struct km_incidents *in, const char *buf, size_t len, char *e
                 rc = fail(err, errlen, "units: not an array of 1 to 64 unit ids");
                 goto out;
         }
-        if (call && !cJSON_IsNull(call) && (!cJSON_IsString(call) || !name_ok(call->valuestring, 32))) {
+        if (call && !cJSON_IsNull(call) && (!cJSON_IsString(call) || !km_calls_name_ok(call->valuestring, 32))) {
                 rc = fail(err, errlen, "call: not a call id");
                 goto out;
         }
@@ -512,7 +502,7 @@ static int command(struct km_incidents *in, const char *buf, size_t len, char *e
                 goto out;
         }
         cJSON_ArrayForEach(e, units) {
-                if (!cJSON_IsString(e) || !name_ok(e->valuestring, 31)) {
+                if (!cJSON_IsString(e) || !km_calls_name_ok(e->valuestring, 31)) {
                         rc = fail(err, errlen, "units: an item that is not a unit id");
                         goto out;
                 }
@@ -642,7 +632,7 @@ static int known(const cJSON *o)
 void km_incidents_heard(struct km_incidents *in, const char *base, const char *id, const void *payload, size_t len)
 {
         char key[72];
-        if (!name_ok(base, 31) || !name_ok(id, 32)) {
+        if (!km_calls_name_ok(base, 31) || !km_calls_name_ok(id, 32)) {
                 in->bad++;
                 return;
         }
