@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "calls.h"
+#include "log.h"
 
 struct sd_event_source;
 
@@ -64,10 +65,8 @@ struct km_calls {
                 char *topic, *payload;
         } *held;
         size_t nheld, held_cap;
-        int64_t bad_logged_ms;
-        int64_t send_fail_logged_ms; /* a copy the spool refused: logged at most every 10 s */
-        uint64_t send_fail_quiet;
-        uint64_t bad_quiet;
+        struct km_log_limit bad_log;
+        struct km_log_limit send_fail_log; /* a copy the spool refused: logged at most every 10 s */
         /* daemon glue */
         struct km_daemon *d;
         struct sd_event_source *tick, *flush;

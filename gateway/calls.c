@@ -260,14 +260,10 @@ static int send_rcpt(struct km_calls *cs, struct call *c, struct rcpt *r, int64_
         if (rc < 0) {
                 r->sends--;
                 /* Every tick meets it again while the spool refuses: once every 10 s. */
-                if (now - cs->send_fail_logged_ms >= 10000) {
+                uint64_t quiet;
+                if (km_log_limit_pass(&cs->send_fail_log, now, 10000, &quiet))
                         KM_LOG(KM_LOG_ERR, "calls", "call %s to %s not spooled (%s): tried again every tick (%llu more like it)",
-                               c->id, r->unit, strerror(-rc), (unsigned long long)cs->send_fail_quiet);
-                        cs->send_fail_logged_ms = now;
-                        cs->send_fail_quiet = 0;
-                } else {
-                        cs->send_fail_quiet++;
-                }
+                               c->id, r->unit, strerror(-rc), (unsigned long long)quiet);
                 return rc;
         }
         r->spool_id = id;
@@ -376,18 +372,14 @@ void km_calls_bad(struct km_calls *cs, uint64_t *counter, const char *fmt, ...)
 {
         char msg[400];
         va_list ap;
+        uint64_t quiet;
         (*counter)++;
-        int64_t now = cs->io.now(cs->io.ud);
-        if (now - cs->bad_logged_ms < 10000 && now >= cs->bad_logged_ms) {
-                cs->bad_quiet++;
+        if (!km_log_limit_pass(&cs->bad_log, cs->io.now(cs->io.ud), 10000, &quiet))
                 return;
-        }
         va_start(ap, fmt);
         vsnprintf(msg, sizeof(msg), fmt, ap);
         va_end(ap);
-        KM_LOG(KM_LOG_WARNING, "calls", "%s (%llu more not logged)", msg, (unsigned long long)cs->bad_quiet);
-        cs->bad_logged_ms = now;
-        cs->bad_quiet = 0;
+        KM_LOG(KM_LOG_WARNING, "calls", "%s (%llu more not logged)", msg, (unsigned long long)quiet);
 }
 
 static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

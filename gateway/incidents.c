@@ -5,6 +5,7 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
+#include <stdarg.h>
 #include <sqlite3.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,6 +80,7 @@ struct km_incidents {
         struct incident **v;
         size_t n;
         uint64_t bad;
+        struct km_log_limit bad_log;
         struct km_daemon *d;
         sd_event_source *flush_src;
 };
@@ -436,14 +438,29 @@ static int fail(char *err, size_t errlen, const char *why)
         return -EINVAL;
 }
 
+/* Bad input from outside: counted, logged at most every 10 s. */
+static void refused(struct km_incidents *in, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void refused(struct km_incidents *in, const char *fmt, ...)
+{
+        char msg[400];
+        uint64_t quiet;
+        va_list ap;
+        in->bad++;
+        if (!km_log_limit_pass(&in->bad_log, in->io.now(in->io.ud), 10000, &quiet))
+                return;
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof(msg), fmt, ap);
+        va_end(ap);
+        KM_LOG(KM_LOG_WARNING, "incidents", "%s (%llu more not logged)", msg, (unsigned long long)quiet);
+}
+
 static int command(struct km_incidents *in, const char *buf, size_t len, char *err, size_t errlen)
 {
         cJSON *o = cJSON_ParseWithLength(buf, len), *e;
         int rc;
         if (!cJSON_IsObject(o)) {
                 cJSON_Delete(o);
-                in->bad++; /* counted and logged as every other refusal */
-                KM_LOG(KM_LOG_WARNING, "incidents", "incident command refused: not a JSON object");
+                refused(in, "incident command refused: not a JSON object");
                 return fail(err, errlen, "not a JSON object");
         }
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(o, "id");
@@ -529,10 +546,8 @@ static int command(struct km_incidents *in, const char *buf, size_t len, char *e
         x = NULL;
         rc = km_incidents_flush(in, true);
 out:
-        if (rc == -EINVAL) {
-                in->bad++;
-                KM_LOG(KM_LOG_WARNING, "incidents", "incident command refused: %s", err ? err : "");
-        }
+        if (rc == -EINVAL)
+                refused(in, "incident command refused: %s", err ? err : "");
         incident_free(x);
         cJSON_Delete(o);
         return rc;
@@ -639,8 +654,7 @@ void km_incidents_heard(struct km_incidents *in, const char *base, const char *i
         snprintf(key, sizeof(key), "%s/%s", base, id);
         cJSON *o = cJSON_ParseWithLength(payload, len);
         if (!cJSON_IsObject(o) || !cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(o, "units"))) {
-                in->bad++;
-                KM_LOG(KM_LOG_WARNING, "incidents", "timeline of %s: not an incident's JSON: dropped", key);
+                refused(in, "timeline of %s: not an incident's JSON: dropped", key);
                 cJSON_Delete(o);
                 return;
         }

@@ -25,6 +25,18 @@ void km_log_write(int level, const char *tag, const char *fmt, ...)
         (void)!write(STDERR_FILENO, line, (size_t)n);
 }
 
+bool km_log_limit_pass(struct km_log_limit *l, int64_t now_ms, int64_t every_ms, uint64_t *quiet)
+{
+        if (l->last_ms && now_ms >= l->last_ms && now_ms - l->last_ms < every_ms) {
+                l->quiet++;
+                return false;
+        }
+        *quiet = l->quiet;
+        l->quiet = 0;
+        l->last_ms = now_ms ? now_ms : 1;
+        return true;
+}
+
 int km_log_parse_level(const char *name)
 {
         static const char *const names[] = { [KM_LOG_ERR] = "err", [KM_LOG_WARNING] = "warning",

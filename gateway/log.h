@@ -4,6 +4,8 @@
 #define KM_LOG_H
 
 #include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
 
 enum km_log_level {
         KM_LOG_ERR = 3,
@@ -25,6 +27,18 @@ void km_log_write(int level, const char *tag, const char *fmt, ...)
                 if ((level) <= km_log_max_level)                                   \
                         km_log_write((level), (tag), __VA_ARGS__);                 \
         } while (0)
+
+/* Bad input from outside comes as fast as a peer sends it: a limiter lets one line
+ * through per interval and counts the ones it held back, which the next line says. */
+struct km_log_limit {
+        int64_t last_ms; /* when a line last went through; 0: never */
+        uint64_t quiet;  /* held back since */
+};
+
+/* true: write the line now; *quiet is then how many were held back before it (and the
+ * count starts again). false: held back and counted. A clock that went back lets the
+ * line through. */
+bool km_log_limit_pass(struct km_log_limit *l, int64_t now_ms, int64_t every_ms, uint64_t *quiet);
 
 /* Parses "err", "warning", "notice", "info", "debug"; returns the level or -EINVAL. */
 int km_log_parse_level(const char *name);

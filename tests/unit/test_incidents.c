@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Incidents: arrival and withdrawal through jitter at the edge, reactions from answers, bad commands, the table across a reopen. */
 #include <criterion/criterion.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -183,6 +184,43 @@ Test(incidents, bad_commands_refused)
         struct km_incidents_stats st;
         km_incidents_stats(in, &st);
         cr_assert_eq(st.bad, sizeof(bad) / sizeof(bad[0]), "each refused command counted");
+        km_incidents_free(in);
+        km_spool_close(sp);
+}
+
+/* A peer can send refused commands as fast as its link goes: every one is counted, one
+ * line per 10 s is logged, and that line says how many were not. */
+Test(incidents, a_flood_of_bad_commands_logs_one_line_per_10_s)
+{
+        struct km_incidents *in = open_in();
+        char logf[300], line[512], err[200];
+        snprintf(logf, sizeof(logf), "%s/stderr", dir);
+        fflush(stderr);
+        int saved = dup(STDERR_FILENO), fd = open(logf, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        cr_assert(saved >= 0 && fd >= 0);
+        dup2(fd, STDERR_FILENO);
+        for (int i = 0; i < 500; i++)
+                km_incidents_command(in, "[1]", 3, err, sizeof(err));
+        now_ms += 10000;
+        km_incidents_command(in, "{\"id\":\"i\",\"close\":true}", 26, err, sizeof(err));
+        dup2(saved, STDERR_FILENO);
+        close(saved);
+        close(fd);
+        struct km_incidents_stats st;
+        km_incidents_stats(in, &st);
+        cr_assert_eq(st.bad, 501);
+        FILE *f = fopen(logf, "r");
+        cr_assert_not_null(f);
+        int lines = 0, first = 0, second = 0;
+        while (fgets(line, sizeof(line), f)) {
+                lines += strstr(line, "incidents: ") != NULL;
+                first += strstr(line, "incident command refused: not a JSON object (0 more not logged)") != NULL;
+                second += strstr(line, "incident command refused: no such incident (499 more not logged)") != NULL;
+        }
+        fclose(f);
+        cr_assert_eq(lines, 2, "%d lines", lines);
+        cr_assert_eq(first, 1);
+        cr_assert_eq(second, 1);
         km_incidents_free(in);
         km_spool_close(sp);
 }
