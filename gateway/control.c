@@ -1099,7 +1099,8 @@ static void reply_dead_op(struct km_daemon *d, struct km_control_buf *b, bool re
                 }
                 id = v;
         }
-        int n = retry ? km_spool_dead_retry(d->spool, id) : km_spool_dead_drop(d->spool, id);
+        int sup = 0;
+        int n = retry ? km_spool_dead_retry(d->spool, id, &sup) : km_spool_dead_drop(d->spool, id);
         if (n == -EPERM) {
                 reply_error(b, "that message was refused on arrival and can never be published: drop it");
                 return;
@@ -1108,13 +1109,16 @@ static void reply_dead_op(struct km_daemon *d, struct km_control_buf *b, bool re
                 reply_error(b, retry ? "cannot send set-aside messages back" : "cannot drop set-aside messages");
                 return;
         }
-        if (n == 0 && id) {
+        if (n == 0 && !sup && id) {
                 reply_error(b, "no set-aside message has that id (kuimenctl spool dead)");
                 return;
         }
         if (retry && n)
                 km_daemon_kick(d);
-        km_control_printf(b, "{\"%s\":%d}\n", retry ? "retried" : "dropped", n);
+        if (retry)
+                km_control_printf(b, "{\"retried\":%d,\"superseded\":%d}\n", n, sup);
+        else
+                km_control_printf(b, "{\"dropped\":%d}\n", n);
 }
 
 /* "spool" alone is the queue; "spool dead|retry|drop ..." the dead letters. */

@@ -564,6 +564,8 @@ static int print_reply(const char *cmd, const cJSON *r)
         if (cJSON_IsNumber(n) || cJSON_IsNumber(n = cJSON_GetObjectItemCaseSensitive(r, "dropped"))) {
                 printf("%s %.0f set-aside message%s\n", strcmp(n->string, "retried") == 0 ? "sent back" : "dropped",
                        n->valuedouble, n->valuedouble == 1 ? "" : "s");
+                if (num(r, "superseded") > 0)
+                        printf("dropped %.0f that a newer value on the same coalesce key replaced\n", num(r, "superseded"));
                 return 0;
         }
         if (strcmp(cmd, "reload") == 0) {

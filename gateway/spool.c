@@ -2554,12 +2554,35 @@ static int64_t dead_delete(struct km_spool *sp, uint64_t id)
         return rc == SQLITE_DONE ? n : sql_fail(sp, "delete a dead letter");
 }
 
-int km_spool_dead_retry(struct km_spool *sp, uint64_t id)
+/* Whether the queue holds a message on key ckey created after created_ms: one that a
+ * set-aside message sent back would wrongly replace (the latest value per key wins by
+ * order, and the one sent back goes to the tail). */
+static bool newer_on_key(struct km_spool *sp, uint8_t dir, const char *ckey, int64_t created_ms)
+{
+        bool newer = false;
+        pthread_mutex_lock(&sp->mu);
+        for (size_t i = 0; i < sp->npend && !newer; i++)
+                newer = !sp->pend[i].gone && sp->pend[i].dir == dir && sp->pend[i].created > created_ms &&
+                        strcmp(sp->pend[i].ckey, ckey) == 0;
+        pthread_mutex_unlock(&sp->mu);
+        sqlite3_stmt *s;
+        if (newer || sqlite3_prepare_v2(sp->db, "SELECT 1 FROM msg WHERE ckey=? AND dir=? AND created>? LIMIT 1", -1,
+                                        &s, NULL) != SQLITE_OK)
+                return newer;
+        sqlite3_bind_text(s, 1, ckey, -1, SQLITE_STATIC);
+        sqlite3_bind_int(s, 2, dir);
+        sqlite3_bind_int64(s, 3, created_ms);
+        newer = sqlite3_step(s) == SQLITE_ROW;
+        sqlite3_finalize(s);
+        return newer;
+}
+
+int km_spool_dead_retry(struct km_spool *sp, uint64_t id, int *superseded)
 {
         sqlite3_stmt *s;
         uint64_t *ids = NULL;
         size_t nids = 0, cap = 0;
-        int n = 0, rc;
+        int n = 0, rc, nsup = 0;
         bool refused = false;
 
         if (dead_sql(sp, id ? "SELECT " DEAD_COLS " FROM dead WHERE id=?" : "SELECT " DEAD_COLS " FROM dead ORDER BY id",
@@ -2587,6 +2610,15 @@ int km_spool_dead_retry(struct km_spool *sp, uint64_t id)
                         KM_LOG(KM_LOG_WARNING, "spool", "set-aside message %llu was refused on arrival (%s): it stays held, to be dropped",
                                (unsigned long long)old, m.topic ? m.topic : "?");
                         refused = true;
+                        continue;
+                }
+                if (m.ckey && m.dir < KM_DIR_COUNT && newer_on_key(sp, m.dir, m.ckey, m.created_ms)) {
+                        if (grow((void **)&ids, &cap, nids + 1, sizeof(*ids)) == 0) {
+                                ids[nids++] = old;
+                                nsup++;
+                        }
+                        KM_LOG(KM_LOG_NOTICE, "spool", "set-aside message %llu (%s) is not sent back: a newer one on its coalesce key is queued; dropped",
+                               (unsigned long long)old, m.topic ? m.topic : "?");
                         continue;
                 }
                 if (!m.cls || !m.topic || m.dir >= KM_DIR_COUNT || (rc = km_spool_push(sp, &m)) < 0) {
@@ -2619,8 +2651,16 @@ int km_spool_dead_retry(struct km_spool *sp, uint64_t id)
         free(ids);
         if (rc < 0)
                 return rc;
-        dead_count(sp, &sp->c.dead_retried, -n);
-        return id && refused ? -EPERM : n;
+        /* What left the dead letters superseded was replaced by a newer value, as the
+         * queue would have replaced it (counted so, not as retried). */
+        if (nsup > n)
+                nsup = n;
+        dead_count(sp, &sp->c.dead_retried, -(n - nsup));
+        if (nsup)
+                dead_count(sp, &sp->c.coalesced, -nsup);
+        if (superseded)
+                *superseded = nsup;
+        return id && refused ? -EPERM : n - nsup;
 }
 
 int km_spool_dead_drop(struct km_spool *sp, uint64_t id)

@@ -187,9 +187,11 @@ int km_spool_dead_list(struct km_spool *sp, struct km_spool_dead *out, int max);
 /* Loop thread. Puts held message id (0: all; those refused on arrival stay) back at
  * the tail of its queue under a NEW id: the links' cursors are past the old one, so it would wait for the next
  * reconnect. kuimen-id (the origin id subscribers drop duplicates by) stays the old
- * one. Returns how many went back, -EPERM when id names one refused on arrival, or a
- * negative errno. */
-int km_spool_dead_retry(struct km_spool *sp, uint64_t id);
+ * one. One with a coalesce key on which a newer message is queued is dropped instead
+ * (at the tail it would replace the newer value), counted in coalesced and in
+ * *superseded (may be NULL). Returns how many went back, -EPERM when id names one
+ * refused on arrival, or a negative errno. */
+int km_spool_dead_retry(struct km_spool *sp, uint64_t id, int *superseded);
 
 /* Loop thread. Deletes held message id (0: all), counted in dead_dropped. Returns how
  * many, or a negative errno. */

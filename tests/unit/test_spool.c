@@ -602,8 +602,8 @@ Test(spool, set_aside_retry_and_drop)
         cr_assert_str_eq(d[1].why, "not authorized");
         cr_assert_gt(d[1].at_ms, 0);
         /* Back at the tail, under a new id; its origin id is the old one. */
-        cr_assert_eq(km_spool_dead_retry(sp, b), 1);
-        cr_assert_eq(km_spool_dead_retry(sp, b), 0, "gone from the dead letters");
+        cr_assert_eq(km_spool_dead_retry(sp, b, NULL), 1);
+        cr_assert_eq(km_spool_dead_retry(sp, b, NULL), 0, "gone from the dead letters");
         struct km_msg m;
         cr_assert_eq(km_spool_next(sp, KM_DIR_UP, 4, 0, &m), 1);
         cr_assert_str_eq(m.topic, "s/a");
@@ -619,6 +619,43 @@ Test(spool, set_aside_retry_and_drop)
         cr_assert_eq(st.dead_dropped, 1);
         cr_assert_eq(st.depth[KM_DIR_UP], 2);
         cr_assert_eq(km_spool_dead_list(sp, d, 4), 0);
+        km_spool_close(sp);
+}
+
+/* A set-aside message with a coalesce key sent back goes to the tail, where it would
+ * replace a newer value on its key (latest wins by order): when one is queued, in
+ * SQLite or still in memory, it is dropped instead, counted as coalesced. */
+Test(spool, a_set_aside_value_does_not_replace_a_newer_one)
+{
+        struct km_spool *sp = open_spool(1 << 20);
+        struct km_spool_stats st0, st;
+        uint64_t a = push(sp, 4, "pos/a", "a-old", "pos/a", 0, true);
+        uint64_t b = push(sp, 4, "pos/b", "b-old", "pos/b", 0, true);
+        uint64_t c = push(sp, 4, "pos/c", "c-only", "pos/c", 0, true);
+        cr_assert_eq(km_spool_set_aside(sp, a, "too large"), 0);
+        cr_assert_eq(km_spool_set_aside(sp, b, "too large"), 0);
+        cr_assert_eq(km_spool_set_aside(sp, c, "too large"), 0);
+        usleep(3000); /* created a later millisecond */
+        push(sp, 4, "pos/a", "a-new", "pos/a", 0, true);
+        cr_assert_eq(km_spool_checkpoint(sp), 0); /* a-new in SQLite */
+        push(sp, 4, "pos/b", "b-new", "pos/b", 0, true); /* b-new in memory */
+        km_spool_stats(sp, &st0);
+        int sup = -1;
+        cr_assert_eq(km_spool_dead_retry(sp, a, &sup), 0);
+        cr_assert_eq(sup, 1, "a newer value in SQLite");
+        cr_assert_eq(km_spool_dead_retry(sp, b, &sup), 0);
+        cr_assert_eq(sup, 1, "a newer value in memory");
+        cr_assert_eq(km_spool_dead_retry(sp, 0, &sup), 1, "nothing newer on pos/c: sent back");
+        cr_assert_eq(sup, 0);
+        km_spool_stats(sp, &st);
+        cr_assert_eq(st.dead, 0);
+        cr_assert_eq(st.dead_retried, st0.dead_retried + 1);
+        cr_assert_eq(st.coalesced, st0.coalesced + 2);
+        char got[8][32];
+        cr_assert_eq(drain(sp, 4, got, 8, false), 3);
+        cr_assert_str_eq(got[0], "a-new");
+        cr_assert_str_eq(got[1], "b-new");
+        cr_assert_str_eq(got[2], "c-only");
         km_spool_close(sp);
 }
 
@@ -649,8 +686,8 @@ Test(spool, put_aside_is_held_never_queued)
         cr_assert_str_eq(d[0].cls, "command");
         cr_assert_eq(d[0].len, 8);
         cr_assert_str_eq(d[0].why, "refused on arrival over sat from county: not UTF-8");
-        cr_assert_eq(km_spool_dead_retry(sp, r.id), -EPERM);
-        cr_assert_eq(km_spool_dead_retry(sp, 0), 0);
+        cr_assert_eq(km_spool_dead_retry(sp, r.id, NULL), -EPERM);
+        cr_assert_eq(km_spool_dead_retry(sp, 0, NULL), 0);
         km_spool_stats(sp, &st);
         cr_assert_eq(st.dead, 1);
         cr_assert_eq(st.depth[KM_DIR_DOWN], 0);
