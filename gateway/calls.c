@@ -370,16 +370,11 @@ void km_calls_close(struct km_calls *cs, struct call *c, int64_t now)
 /* Bad input from outside: logged at most every 10 s, counted. */
 void km_calls_bad(struct km_calls *cs, uint64_t *counter, const char *fmt, ...)
 {
-        char msg[400];
         va_list ap;
-        uint64_t quiet;
         (*counter)++;
-        if (!km_log_limit_pass(&cs->bad_log, cs->io.now(cs->io.ud), 10000, &quiet))
-                return;
         va_start(ap, fmt);
-        vsnprintf(msg, sizeof(msg), fmt, ap);
+        km_log_vlimited(&cs->bad_log, cs->io.now(cs->io.ud), 10000, KM_LOG_WARNING, "calls", fmt, ap);
         va_end(ap);
-        KM_LOG(KM_LOG_WARNING, "calls", "%s (%llu more not logged)", msg, (unsigned long long)quiet);
 }
 
 static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

@@ -442,16 +442,11 @@ static int fail(char *err, size_t errlen, const char *why)
 static void refused(struct km_incidents *in, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void refused(struct km_incidents *in, const char *fmt, ...)
 {
-        char msg[400];
-        uint64_t quiet;
         va_list ap;
         in->bad++;
-        if (!km_log_limit_pass(&in->bad_log, in->io.now(in->io.ud), 10000, &quiet))
-                return;
         va_start(ap, fmt);
-        vsnprintf(msg, sizeof(msg), fmt, ap);
+        km_log_vlimited(&in->bad_log, in->io.now(in->io.ud), 10000, KM_LOG_WARNING, "incidents", fmt, ap);
         va_end(ap);
-        KM_LOG(KM_LOG_WARNING, "incidents", "%s (%llu more not logged)", msg, (unsigned long long)quiet);
 }
 
 static int command(struct km_incidents *in, const char *buf, size_t len, char *err, size_t errlen)

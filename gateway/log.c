@@ -37,6 +37,17 @@ bool km_log_limit_pass(struct km_log_limit *l, int64_t now_ms, int64_t every_ms,
         return true;
 }
 
+void km_log_vlimited(struct km_log_limit *l, int64_t now_ms, int64_t every_ms, int level, const char *tag,
+                     const char *fmt, va_list ap)
+{
+        char msg[800];
+        uint64_t quiet;
+        if (!km_log_limit_pass(l, now_ms, every_ms, &quiet) || level > km_log_max_level)
+                return;
+        vsnprintf(msg, sizeof(msg), fmt, ap);
+        km_log_write(level, tag, "%s (%llu more not logged)", msg, (unsigned long long)quiet);
+}
+
 int km_log_parse_level(const char *name)
 {
         static const char *const names[] = { [KM_LOG_ERR] = "err", [KM_LOG_WARNING] = "warning",

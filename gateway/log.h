@@ -40,6 +40,10 @@ struct km_log_limit {
  * line through. */
 bool km_log_limit_pass(struct km_log_limit *l, int64_t now_ms, int64_t every_ms, uint64_t *quiet);
 
+/* Writes the line if the limiter lets it through, ending it with "(N more not logged)". */
+void km_log_vlimited(struct km_log_limit *l, int64_t now_ms, int64_t every_ms, int level, const char *tag,
+                     const char *fmt, va_list ap) __attribute__((format(printf, 6, 0)));
+
 /* Parses "err", "warning", "notice", "info", "debug"; returns the level or -EINVAL. */
 int km_log_parse_level(const char *name);
 
