@@ -623,12 +623,15 @@ static int flush_out(struct km_mqttc *c)
                         want_write(c, true);
                         return 0;
                 }
-                if (n < 0 && (errno == ECONNRESET || errno == EPIPE) && c->st == C_UP && !c->reset_seen) {
+                if (n < 0 && (errno == ECONNRESET || errno == EPIPE) &&
+                    (c->st == C_UP || (c->ssl && c->st == C_WAIT_CONNACK)) && !c->reset_seen) {
                         /* The broker closed the connection, and may have said why just
                          * before: PUBACKs (one refusing a message for good) wait in the
-                         * receive buffer. Read them first; the read ends the connection
-                         * (EOF after them). What is queued to write is lost with the
-                         * connection and replayed by the owner, as on any drop. */
+                         * receive buffer, or on TLS 1.3 the alert that refuses our client
+                         * certificate (sent after our side of the handshake was done, so
+                         * the CONNECT met a closed socket). Read them first; the read ends
+                         * the connection (EOF after them). What is queued to write is lost
+                         * with the connection and replayed by the owner, as on any drop. */
                         c->reset_seen = true;
                         c->out.off = c->out.len = 0;
                         if (c->io)
