@@ -4,6 +4,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -11,7 +12,6 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <poll.h>
-#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -620,6 +620,9 @@ static int flush_out(struct km_mqttc *c)
                 if (n < 0 && errno == EINTR)
                         continue;
                 if (n < 0 && errno == EAGAIN) {
+                        /* On TLS an SSL_write may want to read first (a renegotiation,
+                         * which TLS 1.3 has not): EPOLLOUT then fires until the socket is
+                         * readable too, and the read runs on the same wake-up. */
                         want_write(c, true);
                         return 0;
                 }
@@ -647,7 +650,7 @@ static int flush_out(struct km_mqttc *c)
                 buf_consume(&c->out, (size_t)n);
                 c->last_tx_ms = mono_ms();
         }
-        want_write(c, false);
+        want_write(c, c->read_wants_write);
         return 0;
 }
 
@@ -1353,6 +1356,8 @@ static void read_packets(struct km_mqttc *c)
                 ssize_t k;
                 while ((size_t)n < room && (k = conn_recv(c, buf_tail(&c->in) + n, room - (size_t)n)) > 0)
                         n += k;
+                if (c->read_wants_write)
+                        want_write(c, true);
         }
         if (n <= 0 && c->st == C_WAIT_CONNACK && c->level == 5 && (n == 0 || errno == ECONNRESET)) {
                 /* Before any CONNACK: how RabbitMQ 3.10 refuses MQTT 5. */
@@ -1448,7 +1453,7 @@ static int on_io(sd_event_source *s, int fd, uint32_t revents, void *ud)
          * the socket no more readable: taken now. */
         while (c->ssl && (c->st == C_WAIT_CONNACK || c->st == C_UP) && SSL_pending(c->ssl) > 0)
                 read_packets(c);
-        if (c->fd >= 0 && (revents & EPOLLOUT || c->read_wants_write))
+        if (c->fd >= 0 && (revents & EPOLLOUT))
                 flush_out(c);
         return 0;
 }
