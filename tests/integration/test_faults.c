@@ -778,10 +778,8 @@ Test(faults, io_errors_mid_stream)
 
 /* A command from the center while the spool cannot store, then kill -9 before the fault
  * clears: the downlink must not have acknowledged it (the center's broker keeps it in the
- * base's session), so it reaches the base's terminals once kuimen is back. */
-/* A command from the center (the downlink) meets a storage fault: it is not acknowledged
- * to the center, and a kill -9 during the fault does not lose it (the center's broker
- * sends it again from kuimen's session after the restart). */
+ * base's session), so it reaches the base's terminals once kuimen is back. tls: the link
+ * to the center is ssl://. */
 static void command_survives(const char *tag, bool tls)
 {
         static char shim[300], preload[340], flag[340], where[340], count[340];
