@@ -105,7 +105,7 @@ struct gnss {
 
 /*
  * The one piece of module state: what km_gnss_clock needs. The daemon's ingest calls
- * km_gnss_clock on Paho's threads and holds no handle to this bridge, and there is one
+ * km_gnss_clock (from whichever thread ingests) and holds no handle to this bridge, and there is one
  * receiver per box, so the clock is process-wide. It holds values, not a pointer to
  * struct gnss, so a reader racing the bridge's shutdown never touches freed memory.
  */

@@ -1,13 +1,11 @@
 /* SPDX-License-Identifier: MIT */
-/* MQTT bridge: ingest and local delivery (mqttc.c), the links' uplink (uplink.c) and downlink (Paho). */
+/* MQTT bridge: ingest and local delivery, the links' downlink and TCP uplink (mqttc.c), their TLS uplink (uplink.c). */
 #include "mqtt.h"
 
-#include <MQTTAsync.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 
 #include "bridges/mqttc.h"
 #include "bridges/position.h"
@@ -17,11 +15,11 @@
 #include "gateway/log.h"
 #include "gateway/plugin.h"
 
-/* The local broker is served by mqttc on the loop thread (ingest, commands out, the
- * will). The downlink from the center is Paho's async client: its callbacks run on
- * Paho's threads. Message arrival is the one place that does its work right there (the
- * spool write must finish before the callback returns, because Paho sends the PUBACK
- * right after); every other Paho callback posts to the loop. */
+/* Two MQTT client models, both on the loop thread: mqttc (mqttc.c) for the local broker
+ * (ingest, commands out, the will), for every downlink from a center (tcp:// and
+ * ssl://: a command is in the spool before its PUBACK leaves, and while the spool
+ * cannot store the downlink does not connect) and for the uplink over TCP;
+ * libmosquitto (uplink.c) for the uplink over TLS. */
 
 struct mqtt_conf {
         char *uri, *client_id, *username, *password, *topic_prefix, *protocol, *v311_meta;
@@ -52,7 +50,7 @@ static const struct km_conf_key local_keys[] = {
 };
 
 static const struct km_conf_key link_keys[] = {
-        { "uri", KM_CONF_STRING, NULL, OFF(uri), "center broker: tcp://host:port or ssl://host:port, or a list of them separated by commas (the nodes of a cluster): the uplink moves to the next on a failed connect or a lost connection and stays where it is connected; the downlink tries them from the first at each connect", 0, 0, NULL },
+        { "uri", KM_CONF_STRING, NULL, OFF(uri), "center broker: tcp://host:port or ssl://host:port, or a list of them separated by commas (the nodes of a cluster): the uplink and the downlink each move to the next on a failed connect or a lost connection and stay where they are connected", 0, 0, NULL },
         { "topic_prefix", KM_CONF_STRING, "kuimen", OFF(topic_prefix), "bridged topic = <topic_prefix>/<node>/<local topic>", 0, 0, NULL },
         { "client_id", KM_CONF_STRING, NULL, OFF(client_id), "MQTT client id stem (default kuimen-<node>-<link>; -up and -down are added)", 0, 0, NULL },
         { "username", KM_CONF_STRING, NULL, OFF(username), "user name at the center broker", 0, 0, NULL },
@@ -70,33 +68,17 @@ static const struct km_conf_key link_keys[] = {
         { NULL, 0, NULL, 0, NULL, 0, 0, NULL },
 };
 
-/* One Paho client and what the loop knows of it. */
-struct client {
-        MQTTAsync cli;
-        struct bridge *b;
-        const char *role; /* "ingest", "up", "down": in log lines */
-        char *id;
-        int level;      /* MQTT protocol level the client was created for: 5 or 4 (3.1.1) */
-        bool clean;
-        struct km_strv filters; /* subscribed after every connect */
-        int64_t session_expiry_ms;
-        sd_event_source *retry;
-        unsigned backoff_s;
-        bool connected;
-        int64_t ssl_logged_ms;
-};
-
 struct bridge {
         struct km_daemon *d;
         struct mqtt_conf conf;
         const struct km_conf_key *keys;
         struct km_link *link; /* owns this bridge */
         struct km_mqttc *mc;  /* local: ingest and command delivery; a link on tcp://: its uplink */
-        struct client sub;    /* downlink on ssl:// (Paho) */
-        struct km_mqttc *down; /* downlink on tcp:// */
+        struct km_mqttc *down; /* a link's downlink (tcp:// and ssl://) */
+        struct km_strv down_filters; /* its subscription: <prefix>/<node>/cmd/# */
         char *down_prefix;    /* "<prefix>/<node>/" stripped from downlink topics */
-        char **uris;          /* uri as a list (km_mqtt_uri_list), for Paho's serverURIs */
-        size_t nuris;
+        int64_t down_logged_ms; /* the last failed connect of the downlink logged (rate limit) */
+        char down_why[160];     /* and its reason */
         bool local;
         struct km_positions *positions; /* local only: terminal positions to canonical form */
         char *topic_buf;
@@ -131,14 +113,9 @@ struct watch {
         char *base;
 };
 
-enum { EV_UP, EV_LOST, EV_CONNECT_FAILED, EV_REFUSED_V5 };
-
 /* Inbound QoS 1 messages the local broker may have unacknowledged with us (MQTT v5
  * Receive Maximum): the more, the more one read and one fsync carry. */
 #define INGEST_RECEIVE_MAX 1024
-
-static int connect_client(struct client *c);
-static int client_create(struct client *c, int level);
 
 static int conf_version(const struct mqtt_conf *m)
 {
@@ -197,246 +174,40 @@ static void on_acked(void *ud, uint64_t cookie)
  * it, rate-limited), and the link carries on. Returns false for a reason worth retrying
  * (quota, server busy ...), which fails the link instead: the client reconnects and the
  * message is sent again from the spool. */
+/* The reasons a broker refuses one message for good, with the names the log has always
+ * given them (Paho's, which tests and operators' filters know). */
+static const char *for_good_name(int reason)
+{
+        switch (reason) {
+        case 0x87:
+                return "Not authorized";
+        case 0x90:
+                return "Topic name invalid";
+        case 0x95:
+                return "Packet too large";
+        case 0x99:
+                return "Payload format invalid";
+        default:
+                return NULL;
+        }
+}
+
 static bool refused_for_good(struct bridge *b, uint32_t cookie, int reason)
 {
-        if (reason != MQTTREASONCODE_NOT_AUTHORIZED && reason != MQTTREASONCODE_TOPIC_NAME_INVALID &&
-            reason != MQTTREASONCODE_PAYLOAD_FORMAT_INVALID && reason != MQTTREASONCODE_PACKET_TOO_LARGE)
+        const char *name = for_good_name(reason);
+        if (!name)
                 return false;
         uint64_t id = km_link_acked(b->link, cookie);
         if (!id)
                 return true;
         char why[400];
         snprintf(why, sizeof(why), "%s refused it on link %s (%s)", b->link->uri[0] ? b->link->uri : b->conf.uri, b->link->name,
-                 MQTTReasonCode_toString(reason));
+                 name);
         ++b->d->refused;
         if (km_spool_set_aside(b->d->spool, id, why) == 0)
                 b->link->set_aside++;
         answered(b, id);
         return true;
-}
-
-static int on_retry(sd_event_source *s, uint64_t usec, void *ud)
-{
-        (void)s, (void)usec;
-        connect_client(ud);
-        return 0;
-}
-
-static void client_event(void *ud, uint64_t ev)
-{
-        struct client *c = ud;
-        struct bridge *b = c->b;
-
-        switch (ev) {
-        case EV_UP:
-                c->connected = true;
-                c->backoff_s = 1;
-                b->link->mqtt_version_down = (uint8_t)c->level;
-                break;
-        case EV_LOST:
-                c->connected = false;
-                break;
-        case EV_REFUSED_V5:
-        case EV_CONNECT_FAILED:
-                c->connected = false;
-                /* auto: the downlink is a connection of its own and decides its
-                 * version itself, from the broker's refusal of 5; a broker that just
-                 * closes the socket (RabbitMQ 3.10) looks to Paho like any failed
-                 * connect, so the uplink's finding that the same broker refuses 5
-                 * counts too. Paho fixes the version when the client is created: a
-                 * new client. */
-                unsigned delay_s = c->backoff_s;
-                if (conf_version(&b->conf) == KM_MQTT_AUTO && c->level == 5 && !b->d->stopping &&
-                    (ev == EV_REFUSED_V5 || bridge_version(b) == 4)) {
-                        MQTTAsync_destroy(&c->cli);
-                        if (client_create(c, 4) == 0)
-                                KM_LOG(KM_LOG_NOTICE, "mqtt", "%s: %s refuses MQTT 5: the downlink speaks 3.1.1 until "
-                                       "kuimen restarts (protocol = auto)", c->role, b->conf.uri);
-                        delay_s = 0; /* not an outage: the broker answered, in another version */
-                }
-                /* Paho reconnects by itself only after a first success. */
-                if (!b->d->stopping) {
-                        sd_event_source_unref(c->retry);
-                        sd_event_add_time_relative(b->d->ev, &c->retry, CLOCK_MONOTONIC, delay_s * 1000000ULL,
-                                                   100000, on_retry, c);
-                        if (delay_s && c->backoff_s < 5)
-                                c->backoff_s++;
-                }
-                break;
-        }
-}
-
-/* ---- Paho threads ---------------------------------------------------------------- */
-
-static void on_subscribed(void *context, MQTTAsync_successData5 *r)
-{
-        struct client *c = context;
-        /* A refused filter comes back as a reason code >= 0x80 in the SUBACK. Paho fills
-         * the array only for more than one filter; a single one is in reasonCode. */
-        int n = r && c->filters.n > 1 ? r->alt.sub.reasonCodeCount : 0;
-        for (int i = 0; i < n; i++)
-                if (r->alt.sub.reasonCodes[i] >= MQTTREASONCODE_UNSPECIFIED_ERROR)
-                        KM_LOG(KM_LOG_ERR, "mqtt", "%s: broker refused subscription to '%s' (%s)", c->role,
-                               i < (int)c->filters.n ? c->filters.v[i] : "?",
-                               MQTTReasonCode_toString(r->alt.sub.reasonCodes[i]));
-        if (r && c->filters.n == 1 && r->reasonCode >= MQTTREASONCODE_UNSPECIFIED_ERROR)
-                KM_LOG(KM_LOG_ERR, "mqtt", "%s: broker refused subscription to '%s' (%s)", c->role, c->filters.v[0],
-                       MQTTReasonCode_toString(r->reasonCode));
-}
-
-static void on_subscribe_fail(void *context, MQTTAsync_failureData5 *r)
-{
-        struct client *c = context;
-        KM_LOG(KM_LOG_ERR, "mqtt", "%s: subscribe failed: %s", c->role,
-               r && r->message ? r->message : MQTTAsync_strerror(r ? r->code : -1));
-}
-
-static void on_subscribed311(void *context, MQTTAsync_successData *r)
-{
-        struct client *c = context;
-        /* 3.1.1: a SUBACK return code 0x80 is a refusal (one filter: in alt.qos). */
-        if (r && c->filters.n == 1 && r->alt.qos == 0x80)
-                KM_LOG(KM_LOG_ERR, "mqtt", "%s: broker refused subscription to '%s'", c->role, c->filters.v[0]);
-}
-
-static void on_subscribe_fail311(void *context, MQTTAsync_failureData *r)
-{
-        struct client *c = context;
-        KM_LOG(KM_LOG_ERR, "mqtt", "%s: subscribe failed: %s", c->role,
-               r && r->message ? r->message : MQTTAsync_strerror(r ? r->code : -1));
-}
-
-static void subscribe_all(struct client *c)
-{
-        if (!c->filters.n)
-                return;
-        MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
-        if (c->level != 5) {
-                /* 3.1.1 has no subscription options (no local, retain handling). */
-                int qos[c->filters.n];
-                for (size_t i = 0; i < c->filters.n; i++)
-                        qos[i] = 1;
-                ro.onSuccess = on_subscribed311;
-                ro.onFailure = on_subscribe_fail311;
-                ro.context = c;
-                int rc = MQTTAsync_subscribeMany(c->cli, (int)c->filters.n, c->filters.v, qos, &ro);
-                if (rc != MQTTASYNC_SUCCESS)
-                        KM_LOG(KM_LOG_ERR, "mqtt", "%s: subscribe: %s", c->role, MQTTAsync_strerror(rc));
-                return;
-        }
-        MQTTSubscribe_options so[c->filters.n];
-        int qos[c->filters.n];
-        for (size_t i = 0; i < c->filters.n; i++) {
-                so[i] = (MQTTSubscribe_options)MQTTSubscribe_options_initializer;
-                so[i].noLocal = 1;        /* what we publish locally never comes back in */
-                so[i].retainHandling = 1; /* retained messages only on a new subscription */
-                qos[i] = 1;
-        }
-        ro.onSuccess5 = on_subscribed;
-        ro.onFailure5 = on_subscribe_fail;
-        ro.context = c;
-        ro.subscribeOptionsList = so;
-        ro.subscribeOptionsCount = (int)c->filters.n;
-        int rc = MQTTAsync_subscribeMany(c->cli, (int)c->filters.n, c->filters.v, qos, &ro);
-        if (rc != MQTTASYNC_SUCCESS)
-                KM_LOG(KM_LOG_ERR, "mqtt", "%s: subscribe: %s", c->role, MQTTAsync_strerror(rc));
-}
-
-static void on_connected(void *context, char *cause)
-{
-        struct client *c = context;
-        (void)cause;
-        KM_LOG(KM_LOG_NOTICE, "mqtt", "%s: connected to %s (MQTT %s)", c->role, c->b->conf.uri,
-               km_mqtt_version_name(c->level));
-        subscribe_all(c);
-        km_daemon_post(c->b->d, client_event, c, EV_UP);
-}
-
-/* Paho 1.3 calls the connected callback for the first connect as well as for
- * reconnects, so that one does the work. Here only the broker's limits are looked at:
- * the downlink sends nothing but CONNECT, one SUBSCRIBE of one filter, PUBACKs, pings
- * and DISCONNECT (it publishes nothing, so Receive Maximum and Topic Alias Maximum do
- * not apply); Paho does not check the broker's Maximum Packet Size itself, so a
- * SUBSCRIBE that would exceed it (a topic prefix and node name of hundreds of bytes)
- * is said in the log rather than found out by a dropped connection. */
-static void on_connect_ok(void *context, MQTTAsync_successData5 *r)
-{
-        struct client *c = context;
-        if (!r || !MQTTProperties_hasProperty(&r->properties, MQTTPROPERTY_CODE_MAXIMUM_PACKET_SIZE))
-                return;
-        int max = MQTTProperties_getNumericValue(&r->properties, MQTTPROPERTY_CODE_MAXIMUM_PACKET_SIZE);
-        size_t rl = 2 + 1;
-        for (size_t i = 0; i < c->filters.n; i++)
-                rl += 2 + strlen(c->filters.v[i]) + 1;
-        if (max > 0 && 1 + (rl < 128 ? 1 : rl < 16384 ? 2 : 3) + rl > (size_t)max)
-                KM_LOG(KM_LOG_ERR, "mqtt", "%s: the broker takes packets of %d bytes at most: the SUBSCRIBE of %zu "
-                       "bytes will be refused (shorten topic_prefix or the node name)", c->role, max, 1 + 2 + rl);
-}
-
-static void on_connect_fail(void *context, MQTTAsync_failureData5 *r)
-{
-        struct client *c = context;
-        /* Paho reports a v5 CONNACK's reason in reasonCode, a 3.1.1 CONNACK's return
-         * code (1: unacceptable protocol version) in code. */
-        bool refused = r && (r->reasonCode == MQTTREASONCODE_UNSUPPORTED_PROTOCOL_VERSION || r->code == 1);
-        if (refused)
-                KM_LOG(KM_LOG_WARNING, "mqtt", "%s: cannot connect to %s: " KM_MQTT_REFUSES_V5 "%s", c->role,
-                       c->b->conf.uri, conf_version(&c->b->conf) == KM_MQTT_AUTO ? "" : ": set protocol = auto or 3.1.1");
-        else
-                KM_LOG(KM_LOG_WARNING, "mqtt", "%s: cannot connect to %s: %s", c->role, c->b->conf.uri,
-                       r && r->message ? r->message : MQTTAsync_strerror(r ? r->code : -1));
-        km_daemon_post(c->b->d, client_event, c, refused ? EV_REFUSED_V5 : EV_CONNECT_FAILED);
-}
-
-static void on_connect_fail311(void *context, MQTTAsync_failureData *r)
-{
-        struct client *c = context;
-        KM_LOG(KM_LOG_WARNING, "mqtt", "%s: cannot connect to %s: %s", c->role, c->b->conf.uri,
-               r && r->message ? r->message : MQTTAsync_strerror(r ? r->code : -1));
-        km_daemon_post(c->b->d, client_event, c, EV_CONNECT_FAILED);
-}
-
-static void on_lost(void *context, char *cause)
-{
-        struct client *c = context;
-        KM_LOG(KM_LOG_WARNING, "mqtt", "%s: connection to %s lost%s%s", c->role, c->b->conf.uri, cause ? ": " : "",
-               cause ? cause : "");
-        km_daemon_post(c->b->d, client_event, c, EV_LOST);
-}
-
-static int on_message(void *context, char *topic, int topic_len, MQTTAsync_message *msg)
-{
-        struct client *c = context;
-        struct bridge *b = c->b;
-        char *t = topic;
-
-        if (topic_len > 0 && topic[topic_len] != '\0' && !(t = strndup(topic, (size_t)topic_len)))
-                t = topic; /* cannot happen in practice: Paho NUL-terminates */
-        /* <prefix>/<node>/cmd/x arrives as cmd/x for the local side. */
-        size_t pl = strlen(b->down_prefix);
-        int rc = 0;
-        if (strncmp(t, b->down_prefix, pl) == 0)
-                rc = km_daemon_command(b->d, KM_CMD_MQTT, t + pl, msg->payload, (size_t)msg->payloadlen);
-        else
-                KM_LOG(KM_LOG_WARNING, "mqtt", "down: unexpected topic '%s' ignored", t);
-        if (t != topic)
-                free(t);
-        if ((rc == -EAGAIN || (rc < 0 && !km_spool_storage_ok(b->d->spool))) &&
-            !__atomic_load_n(&b->d->stopping, __ATOMIC_ACQUIRE)) {
-                /* Not stored (a storage fault, or pending full until the loop's next
-                 * flush): returning 0 makes Paho keep the message and call again
-                 * (it sends its PUBACK regardless: tests/integration/test_paho.c, so a
-                 * kill -9 during a storage fault can lose such a command; on tcp:// the
-                 * downlink runs on mqttc, which does not). The pause bounds how
-                 * often it calls while the disk is full; Paho's lock is held meanwhile,
-                 * and the loop calls Paho only to connect, stop and ask isConnected. */
-                usleep(200 * 1000);
-                return 0;
-        }
-        MQTTAsync_freeMessage(&msg);
-        MQTTAsync_free(topic);
-        /* Never 0: Paho would keep the message in memory and PUBACK it anyway. */
-        return 1;
 }
 
 /* Which of the link's URIs its connection (or attempt) is on, for status and kuimenctl. */
@@ -757,161 +528,6 @@ static int send_msg(struct km_link *l, const struct km_msg *m, uint32_t cookie)
 
 /* ---- setup ----------------------------------------------------------------------- */
 
-/* OpenSSL's own reason (unknown CA, wrong name) instead of Paho's "connect failure";
- * a peer retried every few seconds must not flood the log: once a minute. */
-static int on_ssl_error(const char *str, size_t len, void *u)
-{
-        struct client *c = u;
-        int64_t now = km_now_ms();
-        if (now - c->ssl_logged_ms >= 60000) {
-                c->ssl_logged_ms = now;
-                KM_LOG(KM_LOG_WARNING, "mqtt", "%s: TLS: %.*s", c->role, (int)len, str);
-        }
-        return 0;
-}
-
-static int connect_client(struct client *c)
-{
-        struct bridge *b = c->b;
-        MQTTAsync_connectOptions co = MQTTAsync_connectOptions_initializer5;
-        MQTTAsync_connectOptions co3 = MQTTAsync_connectOptions_initializer;
-        MQTTAsync_SSLOptions ssl = MQTTAsync_SSLOptions_initializer;
-        MQTTProperties props = MQTTProperties_initializer;
-        MQTTProperty p = { .identifier = MQTTPROPERTY_CODE_SESSION_EXPIRY_INTERVAL };
-        int rc;
-
-        if (!c->cli && client_create(c, c->level) < 0)
-                return -EIO;
-
-        co.keepAliveInterval = (int)(b->conf.keepalive_ms / 1000);
-        co.cleanstart = c->clean;
-        co.automaticReconnect = 1;
-        co.minRetryInterval = 1; /* an outage's end is used at once ... */
-        co.maxRetryInterval = 5; /* ... and seen within seconds */
-        co.connectTimeout = 5;
-        co.maxInflight = (int)b->conf.window;
-        co.username = b->conf.username;
-        co.password = b->conf.password;
-        co.onSuccess5 = on_connect_ok;
-        co.onFailure5 = on_connect_fail;
-        co.context = c;
-        /* A list: Paho tries each in turn from the first, at every connect and
-         * reconnect; a v5 CONNECT a node closes (RabbitMQ) moves it to the next too. */
-        if (b->nuris > 1) {
-                co.serverURIs = b->uris;
-                co.serverURIcount = (int)b->nuris;
-        }
-        if (!c->clean) {
-                p.value.integer4 = (unsigned)(c->session_expiry_ms / 1000);
-                MQTTProperties_add(&props, &p);
-                co.connectProperties = &props;
-        }
-        if (strncmp(b->conf.uri, "ssl://", 6) == 0 || strncmp(b->conf.uri, "mqtts://", 8) == 0) {
-                ssl.trustStore = b->conf.ca;
-                ssl.keyStore = b->conf.cert;
-                ssl.privateKey = b->conf.key;
-                ssl.enableServerCertAuth = 1;
-                ssl.verify = b->conf.verify_hostname;
-                ssl.ssl_error_cb = on_ssl_error;
-                ssl.ssl_error_context = c;
-                co.ssl = &ssl;
-        }
-        if (c->level != 5) {
-                /* 3.1.1: Clean Session 0 keeps the session until the broker's own
-                 * expiry (no session expiry to send), no properties. */
-                co3.MQTTVersion = MQTTVERSION_3_1_1;
-                co3.cleansession = c->clean;
-                co3.keepAliveInterval = co.keepAliveInterval;
-                co3.automaticReconnect = 1;
-                co3.minRetryInterval = co.minRetryInterval;
-                co3.maxRetryInterval = co.maxRetryInterval;
-                co3.connectTimeout = co.connectTimeout;
-                co3.maxInflight = co.maxInflight;
-                co3.username = co.username;
-                co3.password = co.password;
-                co3.onSuccess = NULL;
-                co3.onFailure = on_connect_fail311;
-                co3.context = c;
-                co3.ssl = co.ssl;
-                co3.serverURIs = co.serverURIs;
-                co3.serverURIcount = co.serverURIcount;
-        }
-        rc = MQTTAsync_connect(c->cli, c->level != 5 ? &co3 : &co);
-        MQTTProperties_free(&props);
-        if (rc != MQTTASYNC_SUCCESS) {
-                KM_LOG(KM_LOG_ERR, "mqtt", "%s: connect to %s: %s", c->role, b->conf.uri, MQTTAsync_strerror(rc));
-                return -EIO;
-        }
-        return 0;
-}
-
-/* A Paho client for protocol level (5 or 4): Paho fixes the version at creation. */
-static int client_create(struct client *c, int level)
-{
-        MQTTAsync_createOptions cro = MQTTAsync_createOptions_initializer5;
-        int rc;
-
-        cro.sendWhileDisconnected = 0;
-        if (level != 5)
-                cro.MQTTVersion = MQTTVERSION_3_1_1;
-        c->level = level;
-        rc = MQTTAsync_createWithOptions(&c->cli, c->b->nuris ? c->b->uris[0] : c->b->conf.uri, c->id, MQTTCLIENT_PERSISTENCE_NONE, NULL, &cro);
-        if (rc != MQTTASYNC_SUCCESS) {
-                KM_LOG(KM_LOG_ERR, "mqtt", "%s: cannot create a client for %s: %s", c->role, c->b->conf.uri,
-                       MQTTAsync_strerror(rc));
-                c->cli = NULL;
-                return -EINVAL;
-        }
-        MQTTAsync_setCallbacks(c->cli, c, on_lost, on_message, NULL);
-        MQTTAsync_setConnected(c->cli, c, on_connected);
-        return 0;
-}
-
-static int client_init(struct client *c, struct bridge *b, const char *role, const char *id, bool clean,
-                       int64_t expiry_ms)
-{
-        c->b = b;
-        c->role = role;
-        c->clean = clean;
-        c->session_expiry_ms = expiry_ms;
-        c->backoff_s = 1;
-        if (!(c->id = strdup(id)))
-                return -ENOMEM;
-        if (!b->uris && km_mqtt_uri_list(b->conf.uri, &b->uris, &b->nuris) < 0)
-                return -EINVAL;
-        return client_create(c, conf_version(&b->conf) == KM_MQTT_V311 ? 4 : 5);
-}
-
-static void client_stop(struct client *c)
-{
-        if (!c->cli)
-                return;
-        c->retry = sd_event_source_unref(c->retry);
-        if (MQTTAsync_isConnected(c->cli)) {
-                MQTTAsync_disconnectOptions o = MQTTAsync_disconnectOptions_initializer5;
-                if (c->level != 5)
-                        o = (MQTTAsync_disconnectOptions)MQTTAsync_disconnectOptions_initializer;
-                o.timeout = 1000;
-                /* The DISCONNECT goes out on Paho's thread: wait for it, as long as the
-                 * disconnect's own timeout at most. */
-                if (MQTTAsync_disconnect(c->cli, &o) == MQTTASYNC_SUCCESS) {
-                        struct timespec ts = { 0, 10 * 1000000L };
-                        for (int i = 0; i < 100 && MQTTAsync_isConnected(c->cli); i++)
-                                nanosleep(&ts, NULL);
-                }
-        }
-}
-
-static void client_free(struct client *c)
-{
-        free(c->id);
-        c->id = NULL;
-        if (!c->cli)
-                return;
-        c->retry = sd_event_source_unref(c->retry);
-        MQTTAsync_destroy(&c->cli);
-}
-
 static void bridge_stop(void *ud)
 {
         struct bridge *b = ud;
@@ -921,8 +537,6 @@ static void bridge_stop(void *ud)
                 km_mqttc_stop(b->mc);
         else if (b->down)
                 km_mqttc_stop(b->down);
-        else
-                client_stop(&b->sub);
 }
 
 static void bridge_destroy(struct km_link *l)
@@ -936,17 +550,14 @@ static void bridge_destroy(struct km_link *l)
         b->mc = NULL;
         km_mqttc_free(b->down);
         b->down = NULL;
-        client_stop(&b->sub);
-        client_free(&b->sub);
         km_conf_release(b->keys, &b->conf);
-        km_strv_free(&b->sub.filters);
+        km_strv_free(&b->down_filters);
         km_strv_free(&b->watch_filters);
         for (size_t i = 0; i < b->nwatch; i++)
                 free(b->watch[i].pfx), free(b->watch[i].base);
         free(b->watch);
         km_positions_free(b->positions);
         free(b->down_prefix);
-        km_mqtt_uri_list_free(b->uris, b->nuris);
         free(b->heard_pfx);
         free(b->topic_buf);
         free(b->will_topic);
@@ -1020,8 +631,8 @@ static int check_uri_list(struct km_conf *c, const char *section, const char *li
         return bad;
 }
 
-/* The TLS files as the start hands them to libmosquitto and Paho, which say only
- * "Invalid function arguments" and retry for ever when one is missing. */
+/* The TLS files as the start hands them to libmosquitto (which says only "Invalid
+ * function arguments" and retries for ever when one is missing) and mqttc. */
 static int check_tls_files(struct km_conf *c, const char *section, const struct mqtt_conf *m)
 {
         const char *files[] = { m->ca, m->cert, m->key }, *keys[] = { "ca", "cert", "key" };
@@ -1287,10 +898,11 @@ int km_mqtt_local_start(struct km_daemon *d, struct km_conf *c)
 /* ---- the uplink's reports (loop thread) ----------------------------------------- */
 
 /* The uplink subscribes to nothing: a message here is a broker's mistake. */
-/* The downlink on tcp:// (mqttc): a command is staged in the spool, the read's commands
- * are settled together, and only then do their PUBACKs leave; while the spool cannot
- * store, the connection stays closed and the center's broker keeps them in the session.
- * (Paho, which the downlink keeps on ssl://, acknowledges whatever the callback says.) */
+/* The downlink (mqttc, tcp:// and ssl:// alike): a command is staged in the spool, the
+ * read's commands are settled together, and only then do their PUBACKs leave; while the
+ * spool cannot store, the connection stays closed and the center's broker keeps them in
+ * the session. (Paho, which carried the downlink over TLS before, acknowledged whatever
+ * its callback said: a kill -9 during a storage fault lost such a command.) */
 static int down_message(void *ud, const char *topic, const void *payload, size_t len, bool retain,
                         const void *props, size_t plen)
 {
@@ -1319,9 +931,25 @@ static void down_up(void *ud)
         b->link->mqtt_version_down = (uint8_t)km_mqttc_version(b->down);
 }
 
-static void down_gone(void *ud, const char *why)
+/* mqttc connects again by itself; the link's state is the uplink's. Said in the log, a
+ * reason that repeats at every attempt (a refused certificate, a broker away) once a
+ * minute: the uplink already says each of its own. */
+static void down_failed(void *ud, const char *why)
 {
-        (void)ud, (void)why; /* mqttc logs it and connects again by itself */
+        struct bridge *b = ud;
+        int64_t now = km_mono_ms();
+        if (strcmp(why, b->down_why) == 0 && now - b->down_logged_ms < 60000)
+                return;
+        snprintf(b->down_why, sizeof(b->down_why), "%s", why);
+        b->down_logged_ms = now;
+        KM_LOG(KM_LOG_WARNING, "mqtt", "down: cannot connect to %s: %s", km_mqttc_uri(b->down, NULL, NULL), why);
+}
+
+static void down_lost(void *ud, const char *why)
+{
+        struct bridge *b = ud;
+        b->down_why[0] = '\0';
+        KM_LOG(KM_LOG_WARNING, "mqtt", "down: connection to %s lost: %s", km_mqttc_uri(b->down, NULL, NULL), why);
 }
 
 static int up_message(void *ud, const char *topic, const void *payload, size_t len, bool retain, const void *props,
@@ -1386,30 +1014,30 @@ int km_mqtt_link_start(struct km_daemon *d, struct km_conf *c, const char *secti
         }
         if (b->conf.downlink) {
                 char *filter;
-                if (asprintf(&filter, "%scmd/#", b->down_prefix) < 0 || km_strv_split(&b->sub.filters, filter) < 0) {
+                if (asprintf(&filter, "%scmd/#", b->down_prefix) < 0 || km_strv_split(&b->down_filters, filter) < 0) {
                         rc = -ENOMEM;
                         goto out;
                 }
                 free(filter);
                 /* The downlink keeps a session so commands sent while the base is away
                  * wait at the center. */
-                if (b->mc) {
-                        struct km_mqttc_opts mo = {
-                                .uri = b->conf.uri, .client_id = down, .username = b->conf.username,
-                                .password = b->conf.password, .role = "down", .clean_start = false,
-                                .session_expiry_s = (uint32_t)(b->conf.session_expiry_ms / 1000),
-                                .keepalive_s = (unsigned)(b->conf.keepalive_ms / 1000), .window = 1, .receive_max = 16,
-                                .filters = (const char *const *)b->sub.filters.v, .nfilters = b->sub.filters.n, .version = conf_version(&b->conf),
-                                .v311_meta = conf_meta(&b->conf),
-                        };
-                        struct km_mqttc_cb mcb = { .up = down_up, .lost = down_gone, .failed_connect = down_gone,
-                                                   .message = down_message, .settle = down_settle,
-                                                   .may_connect = local_may_connect, .ud = b };
-                        if ((rc = km_mqttc_new(&b->down, d->ev, &mo, &mcb)) < 0)
-                                goto out;
-                } else if ((rc = client_init(&b->sub, b, "down", down, false, b->conf.session_expiry_ms)) < 0 ||
-                           (rc = connect_client(&b->sub)) < 0)
+                struct km_mqttc_opts mo = {
+                        .uri = b->conf.uri, .client_id = down, .username = b->conf.username,
+                        .password = b->conf.password, .ca = b->conf.ca, .cert = b->conf.cert, .key = b->conf.key,
+                        .verify_hostname = b->conf.verify_hostname, .role = "down", .clean_start = false,
+                        .session_expiry_s = (uint32_t)(b->conf.session_expiry_ms / 1000),
+                        .keepalive_s = (unsigned)(b->conf.keepalive_ms / 1000), .window = 1, .receive_max = 16,
+                        .filters = (const char *const *)b->down_filters.v, .nfilters = b->down_filters.n,
+                        .version = conf_version(&b->conf), .v311_meta = conf_meta(&b->conf),
+                };
+                struct km_mqttc_cb mcb = { .up = down_up, .lost = down_lost, .failed_connect = down_failed,
+                                           .message = down_message, .settle = down_settle,
+                                           .may_connect = local_may_connect, .ud = b };
+                if ((rc = km_mqttc_new(&b->down, d->ev, &mo, &mcb)) < 0) {
+                        KM_LOG(KM_LOG_ERR, "mqtt", "down: cannot start the downlink to %s: %s", b->conf.uri,
+                               strerror(-rc));
                         goto out;
+                }
         }
         rc = 0;
 out:

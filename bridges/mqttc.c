@@ -4,9 +4,13 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -34,12 +38,22 @@
  * write(2). Outbound publishes are gathered the same way and written once per loop
  * iteration.
  *
- * Scope: MQTT v5, or 3.1.1 (below), over TCP, QoS 0 and 1 in (subscriptions are QoS 1, so a QoS 2
- * publisher arrives at QoS 1), QoS 1 out, a will, keepalive pings, reconnect with
- * back-off. No TLS: the local broker is reached over loopback; the center links that
- * need TLS stay on libmosquitto (uplink.c). A host name is looked up on a short-lived
- * thread (getaddrinfo blocks, and a center whose DNS is cut must not stall the loop);
- * the TCP connect itself is non-blocking.
+ * Scope: MQTT v5, or 3.1.1 (below), over TCP or TLS, QoS 0 and 1 in (subscriptions are QoS
+ * 1, so a QoS 2 publisher arrives at QoS 1), QoS 1 out, a will, keepalive pings,
+ * reconnect with back-off. A host name is looked up on a short-lived thread
+ * (getaddrinfo blocks, and a center whose DNS is cut must not stall the loop); the TCP
+ * connect itself is non-blocking.
+ *
+ * TLS (ssl:// and mqtts://, the downlink to a center; the TLS uplink is libmosquitto's,
+ * uplink.c) is OpenSSL on the same loop: after the TCP connect, SSL_connect is driven by
+ * its WANT_READ/WANT_WRITE, and the handshake counts against the CONNACK timeout; then
+ * SSL_read and SSL_write stand where recv and send stand on TCP, so that the PUBACK
+ * rule above holds over TLS too (Paho, which carried the TLS downlink before, sends its
+ * PUBACK whatever its callback says). The keys mean what they mean to libmosquitto in
+ * uplink.c: no CA file is the system's store (/etc/ssl/certs), a client certificate and
+ * key when given, the broker's name (or IP address) checked against its certificate
+ * unless verify_hostname is off. The context is made afresh at each connect, so that
+ * renewed certificate files are taken at the next reconnect, as libmosquitto does.
  *
  * MQTT 3.1.1: a broker that speaks only 3.1.1 (RabbitMQ 3.10, many platforms) answers a
  * v5 CONNECT with CONNACK return code 1 (the 3.1.1 spec), reason 0x84 (a v5 broker
@@ -62,7 +76,7 @@
 #define MID_USED (1ULL << 32)
 #define MID_SUB (1ULL << 33)
 
-enum cstate { C_IDLE, C_RESOLVING, C_CONNECTING, C_WAIT_CONNACK, C_UP, C_STOPPED };
+enum cstate { C_IDLE, C_RESOLVING, C_CONNECTING, C_HANDSHAKE, C_WAIT_CONNACK, C_UP, C_STOPPED };
 
 /* One name lookup: the thread owns it until done; then the loop, unless the client
  * went away first (abandoned): then the thread frees it. */
@@ -97,9 +111,16 @@ struct km_mqttc {
         int version, meta; /* enum km_mqtt_version, enum km_mqtt_meta */
         char host[256];
         char port[8];
+        char *ca, *cert, *key; /* TLS files (NULL: none; no ca: the system's store) */
+        bool verify_hostname;
+        bool tls; /* the URI in use wants TLS */
 
         enum cstate st;
         int fd;
+        SSL_CTX *ctx; /* TLS: this connection's, made at its connect */
+        SSL *ssl;
+        bool read_wants_write; /* an SSL_read needs the socket writable before it goes on */
+        char tls_why[200];     /* the last TLS error, for the reason of a drop */
         struct lookup *lk;
         bool no_will; /* the broker refused the will: connect without it */
         uint8_t level;    /* protocol level of this connection (attempt): 5 or 4 */
@@ -356,6 +377,158 @@ static void lookup_release(struct km_mqttc *c)
                 lookup_free(lk);
 }
 
+/* ---- TLS ------------------------------------------------------------------------- */
+
+/* OpenSSL's socket BIO writes with write(2), and a broker's reset would then raise
+ * SIGPIPE and end the daemon (nothing else in it ignores the signal for sure); this BIO
+ * is the socket BIO with send(MSG_NOSIGNAL), as the plain path sends. */
+static int bio_write(BIO *b, const char *buf, int len)
+{
+        BIO_clear_retry_flags(b);
+        ssize_t n = send((int)(intptr_t)BIO_get_data(b), buf, (size_t)len, MSG_NOSIGNAL);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+                BIO_set_retry_write(b);
+        return (int)n;
+}
+
+static int bio_read(BIO *b, char *buf, int len)
+{
+        BIO_clear_retry_flags(b);
+        ssize_t n = recv((int)(intptr_t)BIO_get_data(b), buf, (size_t)len, 0);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+                BIO_set_retry_read(b);
+        return (int)n;
+}
+
+static long bio_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+        (void)b, (void)num, (void)ptr;
+        return cmd == BIO_CTRL_FLUSH; /* nothing is buffered here */
+}
+
+static int bio_create(BIO *b)
+{
+        BIO_set_init(b, 1);
+        return 1;
+}
+
+static BIO_METHOD *the_bio_method;
+
+static void bio_method_init(void)
+{
+        BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "mqttc socket");
+        if (m && BIO_meth_set_write(m, bio_write) && BIO_meth_set_read(m, bio_read) && BIO_meth_set_ctrl(m, bio_ctrl) &&
+            BIO_meth_set_create(m, bio_create))
+                the_bio_method = m;
+        else
+                BIO_meth_free(m);
+}
+
+/* OpenSSL's reason for what failed: "certificate verify failed: hostname mismatch". */
+static void tls_err_text(struct km_mqttc *c, const char *what, char *out, size_t n)
+{
+        unsigned long e = ERR_peek_last_error();
+        const char *r = e ? ERR_reason_error_string(e) : NULL;
+        long v = c->ssl ? SSL_get_verify_result(c->ssl) : X509_V_OK;
+        if (v != X509_V_OK)
+                snprintf(out, n, "%s: %s: %s", what, r ? r : "certificate verify failed", X509_verify_cert_error_string(v));
+        else
+                snprintf(out, n, "%s: %s", what, r ? r : "error");
+        ERR_clear_error();
+}
+
+/* The context of one connection: the CA (the system's store without one), the client
+ * certificate and key. 0, or -1 with the reason in why. */
+static int tls_ctx(struct km_mqttc *c, char *why, size_t wl)
+{
+        const char *what = "TLS setup";
+        ERR_clear_error();
+        if (!(c->ctx = SSL_CTX_new(TLS_client_method())))
+                goto fail;
+        SSL_CTX_set_min_proto_version(c->ctx, TLS1_2_VERSION);
+        SSL_CTX_set_verify(c->ctx, SSL_VERIFY_PEER, NULL);
+        /* An EOF without close_notify is a close, as on TCP (MQTT frames its own packets:
+         * no truncation to fear); a broker that refuses MQTT 5 so is recognised. */
+        SSL_CTX_set_options(c->ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
+        /* flush_out hands what fits and may move its buffer before the rest. */
+        SSL_CTX_set_mode(c->ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+        what = c->ca ? "TLS setup: ca" : "TLS setup: the system's CA store";
+        if (SSL_CTX_load_verify_locations(c->ctx, c->ca, c->ca ? NULL : "/etc/ssl/certs") != 1)
+                goto fail;
+        what = "TLS setup: cert";
+        if (c->cert && SSL_CTX_use_certificate_chain_file(c->ctx, c->cert) != 1)
+                goto fail;
+        what = "TLS setup: key";
+        if (c->key && (SSL_CTX_use_PrivateKey_file(c->ctx, c->key, SSL_FILETYPE_PEM) != 1 ||
+                       SSL_CTX_check_private_key(c->ctx) != 1))
+                goto fail;
+        return 0;
+fail:
+        tls_err_text(c, what, why, wl);
+        return -1;
+}
+
+/* What an SSL_read or SSL_write that returned r <= 0 means, as recv(2) and send(2)
+ * would say it: 0 (closed), or -1 with errno (EAGAIN: wait for the socket; EPROTO: a
+ * TLS error, its text in c->tls_why). */
+static ssize_t tls_io_error(struct km_mqttc *c, int r, const char *what, bool reading)
+{
+        int saved = errno;
+        switch (SSL_get_error(c->ssl, r)) {
+        case SSL_ERROR_WANT_READ:
+                errno = EAGAIN;
+                return -1;
+        case SSL_ERROR_WANT_WRITE:
+                /* A read that must write first (a key update): go on when writable. */
+                if (reading)
+                        c->read_wants_write = true;
+                errno = EAGAIN;
+                return -1;
+        case SSL_ERROR_ZERO_RETURN:
+                return 0;
+        case SSL_ERROR_SYSCALL:
+                if (ERR_peek_error() == 0) {
+                        if (!saved)
+                                return 0; /* EOF */
+                        errno = saved;
+                        return -1;
+                }
+                /* fall through */
+        default:
+                tls_err_text(c, what, c->tls_why, sizeof(c->tls_why));
+                errno = EPROTO;
+                return -1;
+        }
+}
+
+/* send(2) on TCP, SSL_write on TLS, with send's return and errno. */
+static ssize_t conn_send(struct km_mqttc *c, const void *p, size_t n)
+{
+        if (!c->ssl)
+                return send(c->fd, p, n, MSG_NOSIGNAL);
+        ERR_clear_error();
+        errno = 0;
+        int r = SSL_write(c->ssl, p, n > INT_MAX ? INT_MAX : (int)n);
+        return r > 0 ? r : tls_io_error(c, r, "TLS write", false);
+}
+
+/* recv(2) on TCP, SSL_read on TLS, with recv's return and errno. */
+static ssize_t conn_recv(struct km_mqttc *c, void *p, size_t n)
+{
+        if (!c->ssl)
+                return recv(c->fd, p, n, 0);
+        ERR_clear_error();
+        errno = 0;
+        int r = SSL_read(c->ssl, p, n > INT_MAX ? INT_MAX : (int)n);
+        return r > 0 ? r : tls_io_error(c, r, "TLS read", true);
+}
+
+/* The text of an errno from conn_send or conn_recv. */
+static const char *io_why(const struct km_mqttc *c, int err)
+{
+        return err == EPROTO && c->tls_why[0] ? c->tls_why : strerror(err);
+}
+
 static void close_conn(struct km_mqttc *c)
 {
         /* A read cut short still settles what it handed over (without acknowledging). */
@@ -367,6 +540,11 @@ static void close_conn(struct km_mqttc *c)
         c->io = sd_event_source_disable_unref(c->io);
         c->ping = sd_event_source_disable_unref(c->ping);
         c->connack = sd_event_source_disable_unref(c->connack);
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+        SSL_CTX_free(c->ctx);
+        c->ctx = NULL;
+        c->read_wants_write = false;
         if (c->fd >= 0)
                 close(c->fd);
         c->fd = -1;
@@ -438,19 +616,25 @@ static int flush_out(struct km_mqttc *c)
                 return 0;
         }
         while (c->out.len) {
-                ssize_t n = send(c->fd, c->out.p + c->out.off, c->out.len, MSG_NOSIGNAL);
+                ssize_t n = conn_send(c, c->out.p + c->out.off, c->out.len);
                 if (n < 0 && errno == EINTR)
                         continue;
                 if (n < 0 && errno == EAGAIN) {
+                        /* On TLS an SSL_write may want to read first (a renegotiation,
+                         * which TLS 1.3 has not): EPOLLOUT then fires until the socket is
+                         * readable too, and the read runs on the same wake-up. */
                         want_write(c, true);
                         return 0;
                 }
-                if (n < 0 && (errno == ECONNRESET || errno == EPIPE) && c->st == C_UP && !c->reset_seen) {
+                if (n < 0 && (errno == ECONNRESET || errno == EPIPE) &&
+                    (c->st == C_UP || (c->ssl && c->st == C_WAIT_CONNACK)) && !c->reset_seen) {
                         /* The broker closed the connection, and may have said why just
                          * before: PUBACKs (one refusing a message for good) wait in the
-                         * receive buffer. Read them first; the read ends the connection
-                         * (EOF after them). What is queued to write is lost with the
-                         * connection and replayed by the owner, as on any drop. */
+                         * receive buffer, or on TLS 1.3 the alert that refuses our client
+                         * certificate (sent after our side of the handshake was done, so
+                         * the CONNECT met a closed socket). Read them first; the read ends
+                         * the connection (EOF after them). What is queued to write is lost
+                         * with the connection and replayed by the owner, as on any drop. */
                         c->reset_seen = true;
                         c->out.off = c->out.len = 0;
                         if (c->io)
@@ -458,15 +642,15 @@ static int flush_out(struct km_mqttc *c)
                         return 0;
                 }
                 if (n <= 0) {
-                        char why[128];
-                        snprintf(why, sizeof(why), "write: %s", n < 0 ? strerror(errno) : "closed");
+                        char why[256];
+                        snprintf(why, sizeof(why), "write: %s", n < 0 ? io_why(c, errno) : "closed");
                         drop(c, why);
                         return -EIO;
                 }
                 buf_consume(&c->out, (size_t)n);
                 c->last_tx_ms = mono_ms();
         }
-        want_write(c, false);
+        want_write(c, c->read_wants_write);
         return 0;
 }
 
@@ -474,7 +658,7 @@ static int on_flush(sd_event_source *s, void *ud)
 {
         struct km_mqttc *c = ud;
         (void)s;
-        if (c->fd >= 0 && c->st != C_CONNECTING)
+        if (c->fd >= 0 && c->st != C_CONNECTING && c->st != C_HANDSHAKE)
                 flush_out(c);
         return 0;
 }
@@ -620,6 +804,7 @@ static int on_connack_timeout(sd_event_source *s, uint64_t usec, void *ud)
         (void)s, (void)usec;
         drop(c, c->st == C_RESOLVING    ? "name lookup took over 5 s"
                 : c->st == C_CONNECTING ? "TCP connect took over 5 s"
+                : c->st == C_HANDSHAKE  ? "TLS handshake took over 5 s"
                                         : "no answer to CONNECT within 5 s");
         return 0;
 }
@@ -664,6 +849,69 @@ static void connected_tcp(struct km_mqttc *c)
                 return;
         }
         flush_out(c);
+}
+
+/* TLS: one step of the handshake, again at each readiness it asked for; CONNECT
+ * once it is done. */
+static void tls_step(struct km_mqttc *c)
+{
+        char why[320];
+        ERR_clear_error();
+        errno = 0;
+        int r = SSL_connect(c->ssl);
+        if (r == 1) {
+                want_write(c, false);
+                connected_tcp(c);
+                return;
+        }
+        int e = SSL_get_error(c->ssl, r);
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+                want_write(c, e == SSL_ERROR_WANT_WRITE);
+                return;
+        }
+        if (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0)
+                snprintf(why, sizeof(why), "TLS handshake: %s", errno ? strerror(errno) : "closed by the broker");
+        else
+                tls_err_text(c, "TLS handshake", why, sizeof(why));
+        drop(c, why);
+}
+
+/* TCP is connected to a TLS URI: the handshake, with SNI (a name, not an address: RFC
+ * 6066) and, with verify_hostname, the name or address checked by OpenSSL's own
+ * verification (a mismatch fails it as "hostname mismatch"). */
+static void tls_start(struct km_mqttc *c)
+{
+        static pthread_once_t once = PTHREAD_ONCE_INIT;
+        char why[320];
+        struct in6_addr a;
+        BIO *bio = NULL;
+
+        pthread_once(&once, bio_method_init);
+        if (tls_ctx(c, why, sizeof(why)) < 0) {
+                drop(c, why);
+                return;
+        }
+        if (!the_bio_method || !(c->ssl = SSL_new(c->ctx)) || !(bio = BIO_new(the_bio_method))) {
+                drop(c, "TLS setup: out of memory");
+                return;
+        }
+        BIO_set_data(bio, (void *)(intptr_t)c->fd);
+        SSL_set_bio(c->ssl, bio, bio);
+        bool ip = inet_pton(AF_INET, c->host, &a) == 1 || inet_pton(AF_INET6, c->host, &a) == 1;
+        if (!ip && SSL_set_tlsext_host_name(c->ssl, c->host) != 1) {
+                drop(c, "TLS setup: the server name is not valid for SNI");
+                return;
+        }
+        if (c->verify_hostname) {
+                X509_VERIFY_PARAM *vp = SSL_get0_param(c->ssl);
+                X509_VERIFY_PARAM_set_hostflags(vp, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+                if ((ip ? X509_VERIFY_PARAM_set1_ip_asc(vp, c->host) : X509_VERIFY_PARAM_set1_host(vp, c->host, 0)) != 1) {
+                        drop(c, "TLS setup: the broker's name cannot be checked");
+                        return;
+                }
+        }
+        c->st = C_HANDSHAKE;
+        tls_step(c);
 }
 
 /* The address is known: a non-blocking TCP connect. */
@@ -751,6 +999,7 @@ static void start_connect(struct km_mqttc *c)
         c->try311 = false;
         c->level = c->version == KM_MQTT_V311 || c->learned[c->cur] || c->trying311 ? 4 : 5;
         c->st = C_RESOLVING;
+        c->tls_why[0] = '\0';
         /* Both the lookup and the TCP connect are bounded by the CONNECT timeout. */
         if ((rc = sd_event_add_time_relative(c->ev, &c->connack, CLOCK_MONOTONIC, CONNACK_TIMEOUT_US, 100000,
                                              on_connack_timeout, c)) < 0) {
@@ -1088,21 +1337,35 @@ static void take_packets(struct km_mqttc *c);
 
 static void read_packets(struct km_mqttc *c)
 {
-        char why[160];
+        char why[256];
         if (buf_reserve(&c->in, READ_CHUNK) < 0) {
                 drop(c, "out of memory");
                 return;
         }
-        ssize_t n = recv(c->fd, buf_tail(&c->in), c->in.cap - c->in.off - c->in.len, 0);
-        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        size_t room = c->in.cap - c->in.off - c->in.len;
+        ssize_t n = conn_recv(c, buf_tail(&c->in), room);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+                if (c->read_wants_write)
+                        want_write(c, true);
                 return;
+        }
+        if (n > 0 && c->ssl) {
+                /* An SSL_read gives one record (16 KiB at most): what has arrived, up to
+                 * a chunk, is one read as on TCP, so that its messages settle together.
+                 * An error after them comes again at the next read. */
+                ssize_t k;
+                while ((size_t)n < room && (k = conn_recv(c, buf_tail(&c->in) + n, room - (size_t)n)) > 0)
+                        n += k;
+                if (c->read_wants_write)
+                        want_write(c, true);
+        }
         if (n <= 0 && c->st == C_WAIT_CONNACK && c->level == 5 && (n == 0 || errno == ECONNRESET)) {
                 /* Before any CONNACK: how RabbitMQ 3.10 refuses MQTT 5. */
                 refused_v5(c, "it closed the connection without a CONNACK");
                 return;
         }
         if (n <= 0) {
-                snprintf(why, sizeof(why), "%s", n < 0 ? strerror(errno) : "closed by the broker");
+                snprintf(why, sizeof(why), "%s", n < 0 ? io_why(c, errno) : "closed by the broker");
                 drop(c, why);
                 return;
         }
@@ -1170,10 +1433,25 @@ static int on_io(sd_event_source *s, int fd, uint32_t revents, void *ud)
                         return 0;
                 }
                 want_write(c, false);
-                connected_tcp(c);
+                if (c->tls)
+                        tls_start(c);
+                else
+                        connected_tcp(c);
                 return 0;
         }
+        if (c->st == C_HANDSHAKE) {
+                tls_step(c);
+                return 0;
+        }
+        if (c->read_wants_write && (revents & EPOLLOUT)) {
+                c->read_wants_write = false;
+                revents |= EPOLLIN;
+        }
         if (revents & (EPOLLIN | EPOLLERR | EPOLLHUP))
+                read_packets(c);
+        /* TLS: what a read left decrypted in OpenSSL's buffer (the chunk was full) makes
+         * the socket no more readable: taken now. */
+        while (c->ssl && (c->st == C_WAIT_CONNACK || c->st == C_UP) && SSL_pending(c->ssl) > 0)
                 read_packets(c);
         if (c->fd >= 0 && (revents & EPOLLOUT))
                 flush_out(c);
@@ -1288,12 +1566,11 @@ const char *km_mqttc_uri(const struct km_mqttc *c, size_t *index, size_t *n)
         return c->uri;
 }
 
-/* mqttc speaks plain TCP only. */
+/* Host, port and transport of the URI in use. */
 static int parse_uri(struct km_mqttc *c)
 {
-        bool tls;
-        int port, rc = km_mqtt_uri_parse(c->uri, c->host, sizeof(c->host), &port, &tls);
-        if (rc < 0 || tls)
+        int port, rc = km_mqtt_uri_parse(c->uri, c->host, sizeof(c->host), &port, &c->tls);
+        if (rc < 0)
                 return -EINVAL;
         snprintf(c->port, sizeof(c->port), "%d", port);
         return 0;
@@ -1319,6 +1596,10 @@ int km_mqttc_new(struct km_mqttc **out, sd_event *ev, const struct km_mqttc_opts
         c->role = dup_or_null(o->role ? o->role : "mqtt");
         c->will_topic = dup_or_null(o->will_topic);
         c->will_msg = dup_or_null(o->will_msg);
+        c->ca = dup_or_null(o->ca);
+        c->cert = dup_or_null(o->cert);
+        c->key = dup_or_null(o->key);
+        c->verify_hostname = o->verify_hostname;
         c->clean_start = o->clean_start;
         c->version = o->version;
         c->meta = o->v311_meta;
@@ -1335,7 +1616,8 @@ int km_mqttc_new(struct km_mqttc **out, sd_event *ev, const struct km_mqttc_opts
         for (size_t i = 0; i < o->nfilters; i++, c->nfilters++)
                 if (!(c->filters[i] = strdup(o->filters[i])))
                         goto fail;
-        if (!c->learned || !c->client_id || !c->role || !c->mids || (o->will_topic && (!c->will_topic || !c->will_msg)))
+        if (!c->learned || !c->client_id || !c->role || !c->mids || (o->will_topic && (!c->will_topic || !c->will_msg)) ||
+            (o->ca && !c->ca) || (o->cert && !c->cert) || (o->key && !c->key))
                 goto fail;
         for (c->cur = c->nuris; c->cur-- > 0;) { /* each of them, ending on the first */
                 c->uri = c->uris[c->cur];
@@ -1584,7 +1866,7 @@ void km_mqttc_stop(struct km_mqttc *c)
                         c->out.len += 2;
                 } /* else 3.1.1: a DISCONNECT would discard the will; the close sends it */
                 for (int i = 0; i < 100 && c->out.len; i++) {
-                        ssize_t n = send(c->fd, c->out.p + c->out.off, c->out.len, MSG_NOSIGNAL);
+                        ssize_t n = conn_send(c, c->out.p + c->out.off, c->out.len);
                         if (n > 0) {
                                 buf_consume(&c->out, (size_t)n);
                                 continue;
@@ -1593,6 +1875,10 @@ void km_mqttc_stop(struct km_mqttc *c)
                                 break;
                         struct pollfd pf = { c->fd, POLLOUT, 0 };
                         poll(&pf, 1, 10);
+                }
+                if (c->ssl && !c->out.len) {
+                        SSL_shutdown(c->ssl); /* close_notify, once: the broker closes anyway */
+                        ERR_clear_error();
                 }
         }
         c->st = C_STOPPED;
@@ -1617,6 +1903,9 @@ void km_mqttc_free(struct km_mqttc *c)
         free(c->role);
         free(c->will_topic);
         free(c->will_msg);
+        free(c->ca);
+        free(c->cert);
+        free(c->key);
         free(c->mids);
         free(c->acks);
         free(c->in.p);

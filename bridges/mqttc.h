@@ -25,8 +25,14 @@ enum km_mqtt_meta { KM_META_ENVELOPE = 0, KM_META_NONE = 1 };
 #define KM_MQTT_REFUSES_V5 "the broker refuses MQTT 5"
 
 struct km_mqttc_opts {
-        const char *uri; /* tcp:// or mqtt://host[:port], or a list of them (km_mqtt_uri_list): on a
-                          * failed connect or a lost connection the next; a name is resolved on the loop */
+        const char *uri; /* tcp://, mqtt://, ssl:// or mqtts://host[:port], or a list of them
+                          * (km_mqtt_uri_list): on a failed connect or a lost connection the next; a
+                          * name is resolved on the loop */
+        /* TLS (ssl://, mqtts://), as the keys of a [link NAME] say: the CA file (PEM; NULL: the
+         * system's store, /etc/ssl/certs), the client certificate and its key (NULL: none),
+         * and whether the broker's name (or IP address) must match its certificate. */
+        const char *ca, *cert, *key;
+        bool verify_hostname;
         const char *client_id, *username, *password;
         const char *role; /* in log lines: "ingest", "up" */
         bool clean_start;
@@ -43,7 +49,9 @@ struct km_mqttc_opts {
 
 /* What the client tells its owner, on the loop thread; strings only valid during the
  * call. up: CONNACK accepted (the subscriptions are sent with it); lost: an
- * established connection ended; failed_connect: an attempt did not reach CONNACK. The
+ * established connection ended; failed_connect: an attempt did not reach CONNACK (on
+ * TLS a failed handshake too, why saying OpenSSL's reason: "TLS handshake: certificate
+ * verify failed: hostname mismatch"). The
  * client connects again by itself after 1 to 5 s either way.
  * message: an inbound PUBLISH (topic NUL-terminated, payload not; props, plen: its
  * MQTT v5 property block, for km_mqttc_user_property; empty on 3.1.1). Return 0 once the

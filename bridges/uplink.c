@@ -18,14 +18,14 @@
 #include "gateway/log.h"
 
 /*
- * Why libmosquitto here, and Paho elsewhere. The uplink is kuimen's hottest path: a
- * publish and a PUBACK per message. Paho's async client spends 56 to 94 us of CPU on
- * that (its own send and receive threads, a wake-up per message, tracked allocations in
- * Debian's build); libmosquitto driven from our loop spends about 17
- * (tests/bench/bench_clients). Ingest and the downlink stay on Paho: libmosquitto 2.0
- * acknowledges an inbound QoS 1 message before its callback runs, and there the
- * acknowledgement must wait for the spool. The uplink's promise rests on the center's
- * PUBACK alone, which libmosquitto reports after it arrived.
+ * Why libmosquitto here (the uplink over TLS; over TCP it is mqttc). The uplink is
+ * kuimen's hottest path: a publish and a PUBACK per message. Paho's async client spends
+ * 56 to 94 us of CPU on that (its own send and receive threads, a wake-up per message,
+ * tracked allocations in Debian's build); libmosquitto driven from our loop spends about
+ * 17 (tests/bench/bench_clients). Ingest and the downlink are mqttc's (over TLS too):
+ * libmosquitto 2.0 acknowledges an inbound QoS 1 message before its callback runs, and
+ * there the acknowledgement must wait for the spool. The uplink's promise rests on the
+ * center's PUBACK alone, which libmosquitto reports after it arrived.
  *
  * How. libmosquitto's loop functions (read, write, misc) run on our sd-event loop, so
  * there is no thread and no wake-up per message: a publish is written at once, acks

@@ -316,8 +316,8 @@ int km_daemon_ingest_routed(struct km_daemon *d, int dir, const char *topic, con
 
 #define CMD_DEDUPE_TTL_MAX_MS (24LL * 3600 * 1000) /* a command class that never expires */
 
-/* Both paths end here, so that the pairing sees every copy: the downlink on Paho's
- * thread, narrow links on the loop. A copy dropped as the second of a pair is
+/* Both paths end here, so that the pairing sees every copy: the downlink (mqttc) and
+ * narrow links, both on the loop thread since the downlink left Paho. A copy dropped as the second of a pair is
  * acknowledged like a spooled one: its twin is already durable. */
 int km_daemon_command(struct km_daemon *d, int path, const char *topic, const void *payload, size_t len)
 {
@@ -768,7 +768,7 @@ static int on_drain_check(sd_event_source *s, uint64_t usec, void *ud)
 static void start_drain(struct km_daemon *d)
 {
         sd_notify(0, "STOPPING=1");
-        __atomic_store_n(&d->stopping, true, __ATOMIC_RELEASE); /* Paho's thread reads it */
+        __atomic_store_n(&d->stopping, true, __ATOMIC_RELEASE); /* atomic: any thread may read it */
         d->drain_until_mono = km_mono_ms() + DRAIN_MS;
         for (size_t i = 0; i < d->nstop; i++)
                 d->on_stop[i](d->on_stop_ud[i]);
@@ -823,7 +823,7 @@ int km_daemon_init(struct km_daemon *d, struct km_node_conf *n, struct km_conf *
         memset(d, 0, sizeof(*d));
         d->mb.fd = -1;
         pthread_mutex_init(&d->cmd_mu, NULL);
-        /* Blocked before any thread starts (the spool's, Paho's), so that only the
+        /* Blocked before any thread starts (the spool's, a name lookup's), so that only the
          * loop's signalfd ever sees them. */
         sigset_t ss;
         sigemptyset(&ss);

@@ -88,7 +88,7 @@ struct km_daemon {
         /* Held from the dedupe decision to the spool push, so that the two paths'
          * threads publish commands in the order they first arrived. */
         pthread_mutex_t cmd_mu;
-        uint64_t cmd_in[2];        /* base, per enum km_cmd_path (atomic: Paho's thread) */
+        uint64_t cmd_in[2];        /* base, per enum km_cmd_path (atomic: read by control and metrics) */
         uint64_t cmd_duplicates;   /* base: copies dropped, the other path brought them first (atomic) */
         uint64_t cmd_sent_narrow;  /* center: commands a base acknowledged over a narrow link (loop) */
         uint64_t cmd_settled_mqtt; /* center: commands left to the base's MQTT session (loop) */
@@ -124,7 +124,7 @@ int km_daemon_add_link(struct km_daemon *d, struct km_link *l);
 /* Registers fn(ud) to run when the daemon stops, before links are freed. */
 void km_daemon_on_stop(struct km_daemon *d, void (*fn)(void *ud), void *ud);
 
-/* Any thread (Paho's): routes a message to its class and makes it durable. Returns
+/* Any thread: routes a message to its class and makes it durable. Returns
  * only when the spool holds it; retries while the spool cannot write, so the caller's
  * acknowledgement never covers a lost message. dir is where it goes. */
 int km_daemon_ingest(struct km_daemon *d, int dir, const char *topic, const void *payload, size_t len,

@@ -17,7 +17,7 @@ enum km_log_level {
 
 extern int km_log_max_level;
 
-/* Writes "<N>tag: message\n" to stderr in one write(2) so lines from Paho's threads
+/* Writes "<N>tag: message\n" to stderr in one write(2) so lines from other threads
  * and the loop never interleave. */
 void km_log_write(int level, const char *tag, const char *fmt, ...)
         __attribute__((format(printf, 3, 4)));

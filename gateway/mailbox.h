@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* Mailbox: hands work from other threads (Paho's) to the loop thread through an eventfd. */
+/* Mailbox: hands work from other threads to the loop thread through an eventfd. */
 #ifndef KM_MAILBOX_H
 #define KM_MAILBOX_H
 

@@ -606,10 +606,12 @@ int km_spool_push(struct km_spool *sp, struct km_msg *m)
                 goto out;
         }
         pthread_mutex_lock(&sp->mu);
-        /* Back-pressure: past the cap another thread (Paho's, holding Paho's lock) is
-         * refused rather than made to wait for the loop's flush, which could be waiting
-         * for Paho's lock; its message is not acknowledged and comes again. The loop
-         * itself never waits: the flush it would wait for is its own. */
+        /* Back-pressure: past the cap another thread is refused rather than made to
+         * wait for the loop's flush, which could be waiting for a lock that thread
+         * holds (it was Paho's, inside its callback, before the downlink moved to
+         * mqttc on the loop; kuimen's own modules push from the loop now); its message
+         * is not acknowledged and comes again. The loop itself never waits: the flush
+         * it would wait for is its own. */
         bool is_loop = sp->has_loop_thread && pthread_equal(pthread_self(), sp->loop_thread);
         if (sp->npend >= PEND_HARD_CAP && !is_loop) {
                 if (!sp->wake_armed) {

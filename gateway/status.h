@@ -54,7 +54,7 @@ struct km_status_base {
 };
 
 /*
- * Bridges write from their own threads (Paho's, the loop's); the control socket and
+ * Bridges write from their own threads (the loop's, and any other that reports); the control socket and
  * the metrics endpoint read on the loop. Everything is behind one mutex: the writes
  * are a position per terminal report and a counter per refused payload, far below
  * what would make the lock matter. Nothing here is durable: it is a view.

@@ -285,17 +285,82 @@ bool h_log_wait(const struct h_proc *p, const char *needle, int timeout_ms)
         return false;
 }
 
-void h_write_conf(const char *path, const char *node, const char *dir, int local_port, int center_port,
-                  const char *extra)
+/* h_write_conf with the link's uri and TLS keys (tls: NULL for none) given. */
+static void write_conf(const char *path, const char *node, const char *dir, int local_port, const char *uri,
+                       const char *tls, const char *extra)
 {
         FILE *f = fopen(path, "w");
         H_REQUIRE(f, "%s: %s", path, strerror(errno));
         fprintf(f,
                 "[node]\nname = %s\nspool = %s/state/spool.db\nstats_interval = 0\n"
                 "[local]\nuri = tcp://127.0.0.1:%d\nsubscribe = sensors/#, pos/#, alert/#, status/#\n"
-                "[link center]\ntype = mqtt\nuri = tcp://127.0.0.1:%d\ntopic_prefix = kuimen\nkeepalive = 2s\n%s\n",
-                node, dir, local_port, center_port, extra ? extra : "");
+                "[link center]\ntype = mqtt\nuri = %s\ntopic_prefix = kuimen\nkeepalive = 2s\n%s%s\n",
+                node, dir, local_port, uri, tls ? tls : "", extra ? extra : "");
         fclose(f);
+}
+
+void h_write_conf(const char *path, const char *node, const char *dir, int local_port, int center_port,
+                  const char *extra)
+{
+        char uri[64];
+        snprintf(uri, sizeof(uri), "tcp://127.0.0.1:%d", center_port);
+        write_conf(path, node, dir, local_port, uri, NULL, extra);
+}
+
+void h_write_conf_tls(const char *path, const char *node, const char *dir, int local_port, int tls_port,
+                      const char *client, const char *extra)
+{
+        char uri[64], tls[800];
+        snprintf(uri, sizeof(uri), "ssl://127.0.0.1:%d", tls_port);
+        snprintf(tls, sizeof(tls), "ca = %s/ca.crt\ncert = %s/%s.crt\nkey = %s/%s.key\n", dir, dir, client, dir, client);
+        write_conf(path, node, dir, local_port, uri, tls, extra);
+}
+
+/* ---- a center broker over TLS ------------------------------------------------------- */
+
+void h_make_certs(const char *dir)
+{
+        char cmd[4096];
+        snprintf(cmd, sizeof(cmd),
+                 "cd '%s' && set -e; exec 2>certs.log;"
+                 "key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out $1.key; };"
+                 "ca() { key $1; openssl req -x509 -new -key $1.key -out $1.crt -days 2 -subj /CN=$2"
+                 "  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign; };"
+                 "leaf() { key $1; openssl req -new -key $1.key -out $1.csr -subj /CN=$3;"
+                 "  printf '%%s\\n' \"$4\" 'basicConstraints=CA:FALSE' > $1.ext;"
+                 "  openssl x509 -req -in $1.csr -CA $2.crt -CAkey $2.key -CAcreateserial -days 2 -out $1.crt"
+                 "  -extfile $1.ext; };"
+                 "ca ca kuimen-test-ca; ca rogue-ca kuimen-rogue-ca;"
+                 "leaf server ca localhost 'subjectAltName=IP:127.0.0.1,DNS:localhost';"
+                 "leaf other ca other.example 'subjectAltName=DNS:other.example';"
+                 "leaf client ca north 'extendedKeyUsage=clientAuth';"
+                 "leaf south ca south 'extendedKeyUsage=clientAuth';"
+                 "leaf rogue rogue-ca north 'extendedKeyUsage=clientAuth';"
+                 "openssl verify -CAfile ca.crt server.crt other.crt client.crt >/dev/null;"
+                 "! openssl verify -CAfile ca.crt rogue.crt >/dev/null 2>&1",
+                 dir);
+        int rc = system(cmd);
+        H_REQUIRE(rc == 0, "making the test certificates failed (%d): see %s/certs.log", rc, dir);
+}
+
+void h_broker_start_tls(struct h_broker *b, const char *dir, int port, const char *server, const char *tls_extra,
+                        int *tls_port)
+{
+        char extra[1400];
+        if (!port)
+                do
+                        port = h_free_port();
+                while (port == *tls_port);
+        while (!*tls_port || *tls_port == port)
+                *tls_port = h_free_port();
+        /* use_identity_as_username: the certificate's CN is the client's user name, so
+         * the broker log shows who the certificate says the client is. */
+        snprintf(extra, sizeof(extra),
+                 "listener %d 127.0.0.1\ncafile %s/ca.crt\ncertfile %s/%s.crt\nkeyfile %s/%s.key\n"
+                 "require_certificate true\nuse_identity_as_username true\n%s\n",
+                 *tls_port, dir, dir, server, dir, server, tls_extra ? tls_extra : "");
+        h_broker_start_ex(b, dir, port, "per_listener_settings true", extra);
+        H_REQUIRE(h_wait_port(*tls_port, 5000), "the center's TLS listener on port %d did not open", *tls_port);
 }
 
 void h_write_text(const char *path, const char *text)

@@ -70,6 +70,27 @@ bool h_log_wait(const struct h_proc *p, const char *needle, int timeout_ms);
 void h_write_conf(const char *path, const char *node, const char *dir, int local_port, int center_port,
                   const char *extra);
 
+/* h_write_conf for a center over TLS: the link's uri ssl://127.0.0.1:<tls_port>, with
+ * ca = dir/ca.crt, cert and key dir/<client>.crt and .key (h_make_certs). */
+void h_write_conf_tls(const char *path, const char *node, const char *dir, int local_port, int tls_port,
+                      const char *client, const char *extra);
+
+/* Certificates for one test, made with openssl in dir (EC P-256: fast):
+ *   ca        the center's CA (trusted by kuimen and by the center broker)
+ *   server    CN localhost, SAN IP:127.0.0.1 + DNS:localhost, by ca
+ *   other     CN/SAN other.example, by ca (a valid chain with the wrong name)
+ *   client    CN north, by ca (kuimen's client certificate)
+ *   south     CN south, by ca (another base's certificate)
+ *   rogue-ca  an unrelated CA; rogue: CN north, by rogue-ca */
+void h_make_certs(const char *dir);
+/* A center broker with two listeners: port (0: pick) plain, for the test's own clients,
+ * and *tls_port (0: pick; the port taken is written back) TLS with certificate
+ * dir/<server>.crt, requiring a client certificate by dir/ca.crt whose CN becomes the
+ * user name; tls_extra (NULL: none) is added to the TLS listener (an acl_file). Needs
+ * h_make_certs(dir) first. h_broker_restart restarts both. */
+void h_broker_start_tls(struct h_broker *b, const char *dir, int port, const char *server, const char *tls_extra,
+                        int *tls_port);
+
 /* Writes text to path (a dictionary, a config): one helper rather than one per test file. */
 void h_write_text(const char *path, const char *text);
 

@@ -338,6 +338,41 @@ Test(urilist, v311_node_then_v5_node)
         h_cleanup(dir);
 }
 
+/* Over TLS both connections follow the list as on TCP (the downlink is mqttc there too,
+ * since Paho left): the head listens nowhere, the uplink (libmosquitto) and the
+ * downlink each move on to the second, and a command comes down. */
+Test(urilist, tls_list_followed_by_both_connections)
+{
+        struct h_broker center;
+        struct base b;
+        char dir[200], link[1200], u0[64], u1[64], want[160];
+        int tls_port = 0, nowhere;
+        h_tmpdir(dir, sizeof(dir), "urilist-tls");
+        h_make_certs(dir);
+        h_broker_start_tls(&center, dir, 0, "server", NULL, &tls_port);
+        do
+                nowhere = h_free_port();
+        while (nowhere == tls_port || nowhere == center.port);
+        snprintf(u0, sizeof(u0), "ssl://127.0.0.1:%d", nowhere);
+        snprintf(u1, sizeof(u1), "ssl://127.0.0.1:%d", tls_port);
+        /* The link's TLS keys follow its uri line. */
+        snprintf(link, sizeof(link), "%s, %s\nca = %s/ca.crt\ncert = %s/client.crt\nkey = %s/client.key", u0, u1, dir,
+                 dir, dir);
+        base_start(&b, "urilist-tls-base", "north", link);
+        snprintf(want, sizeof(want), "up: connected to %s", u1);
+        cr_assert(h_log_wait(&b.k, want, 15000), "the uplink on the list's second (%s)", b.log);
+        snprintf(want, sizeof(want), "down: connected to %s", u1);
+        cr_assert(h_log_wait(&b.k, want, 15000), "the downlink on the list's second (%s)", b.log);
+        snprintf(want, sizeof(want), "down: cannot connect to %s: connect: Connection refused", u0);
+        cr_assert_geq(h_log_count(&b.k, want), 1, "the downlink tried the head first (%s)", b.log);
+        assert_on(&b, u1, 1, 2, "5");
+        assert_command_down(&b, center.port, "{\"open\":7}");
+        base_stop(&b);
+        h_stop(&center.p, SIGTERM);
+        h_cleanup(b.dir);
+        h_cleanup(dir);
+}
+
 /* The list's checks: an empty entry, TLS on some URIs only, a bad one named. */
 Test(urilist, checked)
 {

@@ -56,6 +56,7 @@ struct env {
         char dir[200], state[300], logs[300], conf[300], klog[300], sock[320], spool[320], flag[300];
         const char *small; /* the tmpfs that fills: state or logs */
         int mport, cport;
+        int tls_port; /* with opts tls: the center's TLS listener, kuimen's link */
         struct h_broker local, center;
         struct h_proc k;
         struct h_sub sub;
@@ -73,6 +74,7 @@ struct opts {
         bool center_up;
         bool as_nobody;
         bool no_start;
+        bool tls; /* the link to the center over TLS (h_broker_start_tls; certificates in dir) */
         const char *const *kenv;
         const char *conf; /* more config */
 };
@@ -184,10 +186,20 @@ static void up(struct env *e, const char *tag, const struct opts *o)
         e->mport = h_free_port();
         snprintf(extra, sizeof(extra), "[node]\nlink_status = no\n[control]\nsocket = %s\n[metrics]\nlisten = 127.0.0.1:%d\n%s",
                  e->sock, e->mport, o->conf ? o->conf : "");
-        h_write_conf(e->conf, "north", e->dir, e->local.port, e->cport, extra);
+        if (o->tls) {
+                h_make_certs(e->dir);
+                while (!e->tls_port || e->tls_port == e->cport || e->tls_port == e->mport)
+                        e->tls_port = h_free_port();
+                h_write_conf_tls(e->conf, "north", e->dir, e->local.port, e->tls_port, "client", extra);
+        } else {
+                h_write_conf(e->conf, "north", e->dir, e->local.port, e->cport, extra);
+        }
         chmod(e->conf, 0644);
         /* The center subscriber's session exists before any outage, as at a real center. */
-        h_broker_start(&e->center, e->dir, e->cport, NULL);
+        if (o->tls)
+                h_broker_start_tls(&e->center, e->dir, e->cport, "server", NULL, &e->tls_port);
+        else
+                h_broker_start(&e->center, e->dir, e->cport, NULL);
         h_sub_start(&e->sub, e->cport, "center-sub", "kuimen/north/sensors/#", true);
         h_sleep_ms(200);
         if (!o->center_up)
@@ -766,8 +778,9 @@ Test(faults, io_errors_mid_stream)
 
 /* A command from the center while the spool cannot store, then kill -9 before the fault
  * clears: the downlink must not have acknowledged it (the center's broker keeps it in the
- * base's session), so it reaches the base's terminals once kuimen is back. */
-Test(faults, command_under_storage_fault_survives_kill)
+ * base's session), so it reaches the base's terminals once kuimen is back. tls: the link
+ * to the center is ssl://. */
+static void command_survives(const char *tag, bool tls)
 {
         static char shim[300], preload[340], flag[340], where[340], count[340];
         const char *root = getenv("KM_BUILD_ROOT");
@@ -777,13 +790,14 @@ Test(faults, command_under_storage_fault_survives_kill)
         static struct h_rec term;
         static const char *kenv[5];
         kenv[0] = preload, kenv[1] = flag, kenv[2] = where, kenv[3] = count, kenv[4] = NULL;
-        up(&e, "cmd-eio", &(struct opts){ .center_up = true, .no_start = true, .kenv = kenv });
+        up(&e, tag, &(struct opts){ .center_up = true, .no_start = true, .kenv = kenv, .tls = tls });
         snprintf(preload, sizeof(preload), "LD_PRELOAD=%s", shim);
         snprintf(flag, sizeof(flag), "KM_EIO_FLAG=%s", e.flag);
         snprintf(where, sizeof(where), "KM_EIO_PATH=%s/", e.state);
         snprintf(count, sizeof(count), "KM_EIO_COUNT=%s/eio.count", e.dir);
         kuimen_start(&e);
-        cr_assert(h_log_wait(&e.k, "down: connected", 10000), "the downlink did not connect (%s)", e.klog);
+        cr_assert(h_log_wait(&e.k, tls ? "down: connected to ssl://" : "down: connected", 10000),
+                  "the downlink did not connect (%s)", e.klog);
         h_rec_start(&term, e.local.port, "base-terminal", "cmd/#");
 
         eio_on(&e);
@@ -813,6 +827,18 @@ Test(faults, command_under_storage_fault_survives_kill)
         h_rec_stop(&term);
         h_rec_free(&term);
         down(&e);
+}
+
+Test(faults, command_under_storage_fault_survives_kill)
+{
+        command_survives("cmd-eio", false);
+}
+
+/* The same over ssl://, the realistic deployment: the downlink over TLS ran on Paho,
+ * which acknowledged the command whatever its callback said, and the kill lost it. */
+Test(faults, command_under_storage_fault_survives_kill_over_tls)
+{
+        command_survives("cmd-eio-tls", true);
 }
 
 /* ---- 3. a damaged spool ------------------------------------------------------------ */

@@ -361,7 +361,7 @@ static void make_certs(const char *dir)
 /* The center is RabbitMQ: it closes the socket on an MQTT 5 CONNECT. protocol = auto:
  * 3 000 messages once each and in order to a 3.1.1 subscriber of RabbitMQ, with origin
  * and id, and a command from RabbitMQ down to the base's terminals. Beside it a base
- * "south" reaches RabbitMQ over TLS (the libmosquitto uplink, Paho's downlink over TLS):
+ * "south" reaches RabbitMQ over TLS (the libmosquitto uplink, mqttc's downlink over TLS):
  * the same fallback, its messages and a command. */
 Test(rabbitmq, a_311_center_over_tcp_and_tls, .timeout = 60)
 {

@@ -77,34 +77,6 @@ static void run(const char *fmt, ...)
         cr_assert(rc == 0, "command failed (%d): %s", rc, cmd);
 }
 
-/* Certificates for one test, made with openssl in dir (EC P-256: fast):
- *   ca        the center's CA (trusted by kuimen and by the center broker)
- *   server    CN localhost, SAN IP:127.0.0.1 + DNS:localhost, by ca
- *   other     CN/SAN other.example, by ca (a valid chain with the wrong name)
- *   client    CN north, by ca (kuimen's client certificate)
- *   south     CN south, by ca (another base's certificate)
- *   rogue-ca  an unrelated CA; rogue: CN north, by rogue-ca */
-static void make_certs(const char *dir)
-{
-        run("cd '%s' && set -e; exec 2>certs.log;"
-            "key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out $1.key; };"
-            "ca() { key $1; openssl req -x509 -new -key $1.key -out $1.crt -days 2 -subj /CN=$2"
-            "  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign; };"
-            "leaf() { key $1; openssl req -new -key $1.key -out $1.csr -subj /CN=$3;"
-            "  printf '%%s\\n' \"$4\" 'basicConstraints=CA:FALSE' > $1.ext;"
-            "  openssl x509 -req -in $1.csr -CA $2.crt -CAkey $2.key -CAcreateserial -days 2 -out $1.crt"
-            "  -extfile $1.ext; };"
-            "ca ca kuimen-test-ca; ca rogue-ca kuimen-rogue-ca;"
-            "leaf server ca localhost 'subjectAltName=IP:127.0.0.1,DNS:localhost';"
-            "leaf other ca other.example 'subjectAltName=DNS:other.example';"
-            "leaf client ca north 'extendedKeyUsage=clientAuth';"
-            "leaf south ca south 'extendedKeyUsage=clientAuth';"
-            "leaf rogue rogue-ca north 'extendedKeyUsage=clientAuth';"
-            "openssl verify -CAfile ca.crt server.crt other.crt client.crt >/dev/null;"
-            "! openssl verify -CAfile ca.crt rogue.crt >/dev/null 2>&1",
-            dir);
-}
-
 /* A counter from kuimen's final "stopped:" line. */
 static long final_counter(const char *log, const char *name)
 {
@@ -149,26 +121,16 @@ struct tenv {
  * `client`. */
 static void tls_up(struct tenv *e, const char *tag, const char *server, const char *client, const char *link_extra)
 {
-        char extra[1024], uri[64];
+        char uri[64];
         memset(e, 0, sizeof(*e));
         h_tmpdir(e->dir, sizeof(e->dir), tag);
-        make_certs(e->dir);
+        h_make_certs(e->dir);
         snprintf(e->conf, sizeof(e->conf), "%s/kuimen.conf", e->dir);
         snprintf(e->klog, sizeof(e->klog), "%s/kuimen.log", e->dir);
         h_broker_start(&e->local, e->dir, 0, NULL);
-        int plain;
-        do {
-                e->tls_port = h_free_port();
-                plain = h_free_port();
-        } while (plain == e->tls_port || e->tls_port == e->local.port || plain == e->local.port);
-        /* use_identity_as_username: the certificate's CN is the client's user name, so
-         * the broker log shows who the certificate says kuimen is. */
-        snprintf(extra, sizeof(extra),
-                 "listener %d 127.0.0.1\ncafile %s/ca.crt\ncertfile %s/%s.crt\nkeyfile %s/%s.key\n"
-                 "require_certificate true\nuse_identity_as_username true\nacl_file %s/config/mosquitto-center.acl\n",
-                 e->tls_port, e->dir, e->dir, server, e->dir, server, src_root());
-        h_broker_start_ex(&e->center, e->dir, plain, "per_listener_settings true", extra);
-        cr_assert(h_wait_port(e->tls_port, 5000), "the center's TLS listener did not open");
+        char acl[PATH_MAX + 16];
+        snprintf(acl, sizeof(acl), "acl_file %s/config/mosquitto-center.acl", src_root());
+        h_broker_start_tls(&e->center, e->dir, 0, server, acl, &e->tls_port);
         h_sub_start(&e->sub, e->center.port, "center-sub", "kuimen/north/sensors/#", false);
 
         snprintf(uri, sizeof(uri), "ssl://127.0.0.1:%d", e->tls_port);

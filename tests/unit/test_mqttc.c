@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* mqttc against a scripted broker on loopback: exact bytes out, bad bytes in. */
+/* mqttc against a scripted broker on loopback (exact bytes out, bad bytes in), and over TLS against a real mosquitto. */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -13,6 +13,7 @@
 
 #include "bridges/mqttc.h"
 #include "gateway/log.h"
+#include "tests/integration/harness.h"
 
 /*
  * A real broker never sends a malformed packet, so the integration tests cannot show
@@ -27,7 +28,7 @@ struct seen {
         char why[256];
         char topic[64];
         uint8_t payload[64];
-        size_t len;
+        size_t len, whole; /* len: of payload[] kept; whole: the message's */
         int messages;
         char relay[16]; /* the kuimen-relay user property, "" when none */
 };
@@ -63,6 +64,7 @@ static int s_message(void *ud, const char *topic, const void *payload, size_t le
                 snprintf(s->relay, sizeof(s->relay), "%.*s", (int)vl, v);
         snprintf(s->topic, sizeof(s->topic), "%s", topic);
         s->len = len < sizeof(s->payload) ? len : sizeof(s->payload);
+        s->whole = len;
         memcpy(s->payload, payload, s->len);
         s->messages++;
         return 0;
@@ -613,4 +615,146 @@ Test(mqttc, uri_list_is_split_on_commas)
                 cr_assert_eq(km_mqtt_uri_list(bad[i], &v, &n), -EINVAL, "'%s' has an empty entry", bad[i]);
                 cr_assert(v == NULL && n == 0);
         }
+}
+
+/* ---- TLS, against a real mosquitto ------------------------------------------------- */
+
+/* A mosquitto with a TLS listener (server certificate server, a client certificate
+ * required: h_broker_start_tls) and a plain one for the test's own publisher. */
+struct tls_rig {
+        char dir[200];
+        struct h_broker b;
+        int tls_port;
+        sd_event *ev;
+        struct km_mqttc *c;
+        struct seen seen;
+};
+
+static void tls_rig_up(struct tls_rig *t, const char *tag, const char *server)
+{
+        memset(t, 0, sizeof(*t));
+        km_log_max_level = KM_LOG_ERR - 1;
+        h_tmpdir(t->dir, sizeof(t->dir), tag);
+        h_make_certs(t->dir);
+        h_broker_start_tls(&t->b, t->dir, 0, server, NULL, &t->tls_port);
+        cr_assert_eq(sd_event_new(&t->ev), 0);
+}
+
+/* A client of the TLS listener trusting dir/<ca>.crt, with the client certificate
+ * "client" (CN north) unless cert is false, subscribed to t/#. */
+static void tls_client(struct tls_rig *t, const char *ca, bool cert, bool verify_hostname)
+{
+        char uri[64], caf[300], crt[300], key[300];
+        static const char *const filters[] = { "t/#" };
+        snprintf(uri, sizeof(uri), "ssl://127.0.0.1:%d", t->tls_port);
+        snprintf(caf, sizeof(caf), "%s/%s.crt", t->dir, ca);
+        snprintf(crt, sizeof(crt), "%s/client.crt", t->dir);
+        snprintf(key, sizeof(key), "%s/client.key", t->dir);
+        struct km_mqttc_opts o = { .uri = uri, .client_id = "tls-unit", .role = "test", .keepalive_s = 30,
+                                   .window = 8, .receive_max = 16, .filters = filters, .nfilters = 1,
+                                   .clean_start = true, .version = KM_MQTT_V5, .ca = caf,
+                                   .cert = cert ? crt : NULL, .key = cert ? key : NULL,
+                                   .verify_hostname = verify_hostname };
+        struct km_mqttc_cb cb = { .up = s_up, .lost = s_lost, .failed_connect = s_failed, .message = s_message,
+                                  .acked = s_acked, .refused = s_refused, .ud = &t->seen };
+        memset(&t->seen, 0, sizeof(t->seen));
+        cr_assert_eq(km_mqttc_new(&t->c, t->ev, &o, &cb), 0);
+}
+
+/* Runs the loop until *counter reaches want or ms pass; returns *counter. */
+static int tls_wait(struct tls_rig *t, const int *counter, int want, int ms)
+{
+        int64_t until = h_now_ms() + ms;
+        while (*counter < want && h_now_ms() < until)
+                sd_event_run(t->ev, 10000);
+        return *counter;
+}
+
+static void tls_rig_down(struct tls_rig *t)
+{
+        km_mqttc_free(t->c);
+        sd_event_unref(t->ev);
+        h_stop(&t->b.p, SIGTERM);
+        h_cleanup(t->dir);
+}
+
+Test(mqttc, tls_handshake_publish_and_receive)
+{
+        struct tls_rig t;
+        tls_rig_up(&t, "mqttc-tls", "server");
+        tls_client(&t, "ca", true, true);
+        cr_assert_eq(tls_wait(&t, &t.seen.up, 1, 5000), 1, "no TLS connection: %s", t.seen.why);
+        /* Out: QoS 1 publishes acknowledged over TLS. */
+        for (uint32_t i = 0; i < 5; i++)
+                cr_assert_eq(km_mqttc_publish(t.c, "u/x", "hello", 5, false, NULL, 0, NULL, i), 0);
+        cr_assert_eq(tls_wait(&t, &t.seen.acked, 5, 5000), 5);
+        /* In (the SUBACK went before the publishes' PUBACKs came back). */
+        cr_assert_eq(h_mosquitto_pub(t.b.port, "t/in", "hi"), 0);
+        cr_assert_eq(tls_wait(&t, &t.seen.messages, 1, 5000), 1);
+        cr_assert_str_eq(t.seen.topic, "t/in");
+        cr_assert_eq(t.seen.whole, 2);
+        cr_assert_eq(memcmp(t.seen.payload, "hi", 2), 0);
+        cr_assert_eq(t.seen.lost + t.seen.failed, 0, "%s", t.seen.why);
+        /* The broker saw the client certificate: its CN is the user name. */
+        cr_assert_eq(h_log_count(&t.b.p, "as tls-unit (p5, c1, k30, u'north')"), 1, "broker log %s", t.b.p.log);
+        tls_rig_down(&t);
+}
+
+Test(mqttc, tls_large_message_arrives_whole)
+{
+        struct tls_rig t;
+        tls_rig_up(&t, "mqttc-tlsbig", "server");
+        tls_client(&t, "ca", true, true);
+        cr_assert_eq(tls_wait(&t, &t.seen.up, 1, 5000), 1, "no TLS connection: %s", t.seen.why);
+        sd_event_run(t.ev, 200000); /* the SUBACK */
+        static char big[100001];
+        memset(big, 'x', sizeof(big) - 1);
+        big[0] = 'B';
+        cr_assert_eq(h_mosquitto_pub(t.b.port, "t/in", big), 0);
+        cr_assert_eq(tls_wait(&t, &t.seen.messages, 1, 5000), 1);
+        cr_assert_str_eq(t.seen.topic, "t/in");
+        cr_assert_eq(t.seen.whole, sizeof(big) - 1);
+        cr_assert_eq(t.seen.payload[0], 'B');
+        tls_rig_down(&t);
+}
+
+Test(mqttc, tls_wrong_ca_is_refused_with_the_verify_error)
+{
+        struct tls_rig t;
+        tls_rig_up(&t, "mqttc-tlsca", "server");
+        tls_client(&t, "rogue-ca", true, true);
+        cr_assert_eq(tls_wait(&t, &t.seen.failed, 1, 5000), 1);
+        /* mosquitto sends its CA with its certificate: the chain ends in a CA not ours. */
+        cr_assert_str_eq(t.seen.why, "TLS handshake: certificate verify failed: self-signed certificate in certificate chain");
+        cr_assert_eq(t.seen.up, 0);
+        tls_rig_down(&t);
+}
+
+/* The broker's certificate is for other.example: refused at 127.0.0.1 when the name is
+ * checked (an address: OpenSSL's "IP address mismatch"), taken when it is not. */
+Test(mqttc, tls_hostname_mismatch_refused_unless_verify_hostname_off)
+{
+        struct tls_rig t;
+        tls_rig_up(&t, "mqttc-tlsname", "other");
+        tls_client(&t, "ca", true, true);
+        cr_assert_eq(tls_wait(&t, &t.seen.failed, 1, 5000), 1);
+        cr_assert_str_eq(t.seen.why, "TLS handshake: certificate verify failed: IP address mismatch");
+        cr_assert_eq(t.seen.up, 0);
+        km_mqttc_free(t.c);
+        tls_client(&t, "ca", true, false);
+        cr_assert_eq(tls_wait(&t, &t.seen.up, 1, 5000), 1, "verify_hostname off: %s", t.seen.why);
+        tls_rig_down(&t);
+}
+
+/* A broker that requires a client certificate refuses a client without one; over TLS
+ * 1.3 it says so after the client's handshake is done, at the first read. */
+Test(mqttc, tls_missing_client_certificate_is_refused)
+{
+        struct tls_rig t;
+        tls_rig_up(&t, "mqttc-tlsnocert", "server");
+        tls_client(&t, "ca", false, true);
+        cr_assert_eq(tls_wait(&t, &t.seen.failed, 1, 5000), 1);
+        cr_assert_str_eq(t.seen.why, "TLS read: tlsv13 alert certificate required");
+        cr_assert_eq(t.seen.up, 0);
+        tls_rig_down(&t);
 }
