@@ -320,8 +320,12 @@ static int on_io(sd_event_source *s, int fd, uint32_t revents, void *ud)
                 rc = mosquitto_loop_read(u->c->m, 1);
         if (rc == MOSQ_ERR_SUCCESS && !u->drop_pending && (revents & EPOLLOUT))
                 rc = mosquitto_loop_write(u->c->m, 1);
-        if (rc == MOSQ_ERR_CONN_LOST && !u->drop_pending && u->st == U_WAIT_CONNACK && u->level == 5)
-                refused_v5(u, "it closed the connection without a CONNACK"); /* as RabbitMQ 3.10 */
+        /* A close before the CONNACK is RabbitMQ 3.10 refusing 5, unless TLS said why:
+         * TLS 1.3 ends the client's handshake before the broker checks its certificate,
+         * so a refused certificate's alert also comes where the CONNACK was awaited. */
+        if (rc == MOSQ_ERR_CONN_LOST && !u->drop_pending && u->st == U_WAIT_CONNACK && u->level == 5 &&
+            !u->c->logerr[0])
+                refused_v5(u, "it closed the connection without a CONNACK");
         if (rc != MOSQ_ERR_SUCCESS && !u->drop_pending) {
                 describe(u, rc, errno, why, sizeof(why));
                 drop_later(u, why);
