@@ -574,10 +574,18 @@ static bool cert_ok(struct MHD_Connection *c)
 
 /* "/api/calls/ID" → "show ID", when ID is a plain id (a center's "base/id" for
  * incidents); NULL otherwise. */
-static const char *show_arg(const char *id, char *out, size_t n)
+/* "show <id>" for a url of prefix + id; slash: a center's relayed incidents are named
+ * <base>/<id>, calls never have one. */
+static const char *show_arg(const char *url, const char *prefix, bool slash, char *out, size_t n)
 {
+        size_t plen = strlen(prefix);
+        if (strncmp(url, prefix, plen) != 0)
+                return NULL;
+        const char *id = url + plen;
         size_t len = strlen(id);
-        if (!len || len >= ID_MAX || strspn(id, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-/") != len)
+        if (!len || len >= ID_MAX ||
+            strspn(id, slash ? "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-/"
+                             : "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") != len)
                 return NULL;
         snprintf(out, n, "show %s", id);
         return out;
@@ -619,11 +627,11 @@ static enum MHD_Result route(struct http *h, struct MHD_Connection *c, const cha
                                   d->incidents ? "true" : "false");
         } else if (strcmp(url, "/api/calls") == 0) {
                 km_calls_control(d->calls, "show", &b);
-        } else if (strncmp(url, "/api/calls/", 11) == 0 && show_arg(url + 11, arg, sizeof(arg)) && !strchr(url + 11, '/')) {
+        } else if (show_arg(url, "/api/calls/", false, arg, sizeof(arg))) {
                 km_calls_control(d->calls, arg, &b);
         } else if (strcmp(url, "/api/incidents") == 0) {
                 km_incidents_control(d->incidents, "show", &b);
-        } else if (strncmp(url, "/api/incidents/", 15) == 0 && show_arg(url + 15, arg, sizeof(arg))) {
+        } else if (show_arg(url, "/api/incidents/", true, arg, sizeof(arg))) {
                 km_incidents_control(d->incidents, arg, &b);
         } else {
                 km_control_printf(&b, "{\"error\":\"not found: the API is /api/status, /api/units, /api/bases, "

@@ -341,23 +341,6 @@ Test(mqtt311, center_role_on_a_311_broker)
 
 /* ---- RabbitMQ 3.10 (Debian) with its MQTT plugin -------------------------------------- */
 
-/* A CA and a server certificate for 127.0.0.1 (EC P-256: fast), in dir. */
-static void make_certs(const char *dir)
-{
-        char cmd[2048];
-        snprintf(cmd, sizeof(cmd),
-                 "cd '%s' && set -e; exec 2>certs.log;"
-                 "key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out $1.key; };"
-                 "key ca; openssl req -x509 -new -key ca.key -out ca.crt -days 2 -subj /CN=kuimen-test-ca"
-                 "  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign;"
-                 "key server; openssl req -new -key server.key -out server.csr -subj /CN=localhost;"
-                 "printf '%%s\\n' 'subjectAltName=IP:127.0.0.1,DNS:localhost' 'basicConstraints=CA:FALSE' > server.ext;"
-                 "openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -out server.crt"
-                 "  -extfile server.ext",
-                 dir);
-        cr_assert_eq(system(cmd), 0, "certificates in %s (certs.log)", dir);
-}
-
 /* The center is RabbitMQ: it closes the socket on an MQTT 5 CONNECT. protocol = auto:
  * 3 000 messages once each and in order to a 3.1.1 subscriber of RabbitMQ, with origin
  * and id, and a command from RabbitMQ down to the base's terminals. Beside it a base
@@ -370,7 +353,7 @@ Test(rabbitmq, a_311_center_over_tcp_and_tls, .timeout = 60)
         struct h_sub sub;
         char dir[200];
         h_tmpdir(dir, sizeof(dir), "m311-rabbit");
-        make_certs(dir);
+        h_make_certs(dir);
         h_rabbit_start(&rc, dir, 1, true, NULL);
         const struct h_rabbit r = rc.node[0];
         env_start(&e, "m311-rabbit-k", 0, r.mqtt_port, NULL);
