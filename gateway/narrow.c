@@ -48,12 +48,15 @@
  * The device under it (the plugin, its faults and budget) is gateway/plugin.c.
  */
 
-/* A command frame names no base: the base that hears it publishes it. Commands for
- * several bases down one link would reach whichever base hears that link (one card,
- * one radio channel, one peer address), so a center link sending commands has one
- * peer. Data from several bases over one link is fine (ABI 1.2 addresses the acks). */
+/* A command frame names no base: the base that hears it publishes it. A plugin that
+ * addresses frames (ABI 1.2 send_to) sends each base's frames to that base alone, in
+ * a sequence space of its own (struct narrow_peer); through one that cannot, commands
+ * for several bases down one link would reach whichever base hears that link (one
+ * card, one radio channel, one peer address), so such a center link sending commands
+ * has one peer. Data from several bases over one link is fine either way. */
 #define SHARED_COMMANDS                                                                                      \
-        "a center link that sends commands has one peer: a command for one base would reach whichever "  \
+        "a center link that sends commands to several bases needs a plugin that addresses frames "       \
+        "(send_to, ABI 1.2: beidou, pdt); through this one a command for one base would reach whichever " \
         "base hears the link; set commands = no here (and a link per base for commands), or one peer"
 #define HELD_CHECK_US 250000 /* center: how often held commands are looked at */
 #define PROBE_DEFAULT_MS 120000
@@ -82,9 +85,12 @@ void km_narrow_forget(km_plugin_link *h)
                 free(h->q[i].payload);
                 h->q[i] = (struct qmsg){ 0 };
         }
-        km_frame_tx_reset(&h->tx);
-        memset(h->rcpt, 0, sizeof(h->rcpt));
-        h->probe_at = 0;
+        for (size_t i = 0; i < h->npp; i++) {
+                struct narrow_peer *p = &h->pp[i];
+                km_frame_tx_reset(&p->tx);
+                memset(p->rcpt, 0, sizeof(p->rcpt));
+                p->probe_at = 0;
+        }
 }
 
 
@@ -301,13 +307,25 @@ static void on_restart(void *ctx, uint64_t id)
  * for its origin, a plain frame) is counted and dropped, so no ack in it is applied,
  * no SYN honoured, no slot or reorder state touched, nothing delivered. A base thus
  * executes a command from this link only if its frame was sealed under its center's
- * key. A center seals its acks under the key of the base acknowledged; its data frames
- * (commands) go to one base per link, so a center link that sends commands under
- * authentication has exactly one peer (checked at start).
+ * key. A center seals its acks under the key of the base acknowledged, and its data
+ * frames (commands, probes) under the key of the base whose sending side framed them
+ * (struct narrow_peer): a frame for south that reached north would not open there.
  */
 
 static const char *const key_names[] = { "none", "key_file", "key_file_next" };
-static void probe_answered(km_plugin_link *h);
+static void probe_answered(km_plugin_link *h, struct narrow_peer *p);
+
+/* The sending side whose frames origin acknowledges, and that owes it acks: a
+ * center's to that base, else the one there is. NULL: none (not a peer). */
+static struct narrow_peer *peer_of_origin(km_plugin_link *h, uint32_t origin)
+{
+        if (h->npp == 1 && h->pp[0].idx < 0)
+                return &h->pp[0];
+        for (size_t i = 0; i < h->npp; i++)
+                if (h->pp[i].origin == origin)
+                        return &h->pp[i];
+        return NULL;
+}
 
 static struct km_auth_peer *auth_peer_of(km_plugin_link *h, uint32_t origin)
 {
@@ -510,36 +528,37 @@ void km_narrow_received(km_plugin_link *h, const void *frame, size_t len)
                                strerror(-rc), (unsigned long long)h->frames_bad);
                 return;
         }
-        if (info.has_ack && info.ack.origin == h->origin) {
-                uint64_t sacked = h->tx.frames_sacked;
-                km_frame_tx_ack(&h->tx, &info.ack, on_done, on_restart, h);
-                h->heard_mono = km_mono_ms();
+        struct narrow_peer *from = peer_of_origin(h, info.origin);
+        if (info.has_ack && info.ack.origin == h->origin && from) {
+                uint64_t sacked = from->tx.frames_sacked;
+                km_frame_tx_ack(&from->tx, &info.ack, on_done, on_restart, h);
+                h->heard_mono = from->heard_mono = km_mono_ms();
                 /* The peer holds a frame it did not have: the path works while a lost one
                  * is sent again, so the ack clock (gateway/link.c) restarts. A peer that
                  * holds frames and never releases any still goes down: once the window
                  * is full nothing new can be held. */
-                if (h->tx.frames_sacked != sacked && h->link->inflight)
+                if (from->tx.frames_sacked != sacked && h->link->inflight)
                         h->link->progress_mono = h->heard_mono;
                 /* Answered once the window has moved past it: frames sent after it may
                  * still be in flight (a message came while it waited for the card). */
-                uint16_t past = (uint16_t)(h->tx.next_seq - h->tx.inflight - h->probe_seq - 1);
-                if (h->probe_at && past < 0x8000)
-                        probe_answered(h);
+                uint16_t past = (uint16_t)(from->tx.next_seq - from->tx.inflight - from->probe_seq - 1);
+                if (from->probe_at && past < 0x8000)
+                        probe_answered(h, from);
         }
         /* With ack = receipt or none the sender releases frames without us. */
-        if (info.ack_due && h->link->ack_mode == KM_ACK_PEER) {
-                h->ack_owed = true;
-                h->ack_tried = false;
-                h->ack_to = info.origin;
+        if (info.ack_due && h->link->ack_mode == KM_ACK_PEER && from) {
+                from->ack_owed = true;
+                from->ack_tried = false;
+                from->ack_to = info.origin;
         }
         km_narrow_kick(h);
 }
 
-/* Releases every frame in flight up to seq as if the peer had acknowledged it. */
-static void release_to(km_plugin_link *h, uint16_t seq)
+/* Releases every frame to p in flight up to seq as if p had acknowledged it. */
+static void release_to(km_plugin_link *h, struct narrow_peer *p, uint16_t seq)
 {
-        struct km_frame_ack a = { .origin = h->origin, .cum = seq, .version = (uint8_t)h->tx.cfg.version };
-        km_frame_tx_ack(&h->tx, &a, on_done, on_restart, h);
+        struct km_frame_ack a = { .origin = h->origin, .cum = seq, .version = (uint8_t)p->tx.cfg.version };
+        km_frame_tx_ack(&p->tx, &a, on_done, on_restart, h);
 }
 
 void km_narrow_sent(km_plugin_link *h, uint32_t token, int status)
@@ -549,83 +568,84 @@ void km_narrow_sent(km_plugin_link *h, uint32_t token, int status)
         if (h->link->ack_mode != KM_ACK_RECEIPT)
                 return;
         int k = -1;
-        for (int i = 0; i < KM_FRAME_WINDOW_MAX && k < 0; i++)
-                if (h->rcpt[i].used && h->rcpt[i].token == token)
-                        k = i;
+        struct narrow_peer *p = NULL;
+        for (size_t j = 0; j < h->npp && k < 0; j++)
+                for (int i = 0; i < KM_FRAME_WINDOW_MAX && k < 0; i++)
+                        if (h->pp[j].rcpt[i].used && h->pp[j].rcpt[i].token == token)
+                                k = i, p = &h->pp[j];
         if (k < 0)
                 return; /* an ack frame's, or from before a reset */
-        uint16_t seq = h->rcpt[k].seq;
+        uint16_t seq = p->rcpt[k].seq;
         if (status < 0) {
                 /* Not on the air: the frame goes again, first in line. */
-                h->rcpt[k].used = false;
+                p->rcpt[k].used = false;
                 for (unsigned i = 0; i < KM_FRAME_WINDOW_MAX; i++)
-                        if (h->tx.slot[i].used && h->tx.slot[i].seq == seq)
-                                h->tx.slot[i].lost = true;
+                        if (p->tx.slot[i].used && p->tx.slot[i].seq == seq)
+                                p->tx.slot[i].lost = true;
                 km_narrow_kick(h);
                 return;
         }
-        h->rcpt[k].receipted = true;
+        p->rcpt[k].receipted = true;
         /* Receipts release in frame order: a frame whose receipt is still to come
          * holds back those after it, as a cumulative ack would. */
-        uint16_t base = (uint16_t)(h->tx.next_seq - h->tx.inflight), next = base;
-        while (km_frame_tx_inflight(&h->tx) > (uint16_t)(next - base)) {
+        uint16_t base = (uint16_t)(p->tx.next_seq - p->tx.inflight), next = base;
+        while (km_frame_tx_inflight(&p->tx) > (uint16_t)(next - base)) {
                 k = next % KM_FRAME_WINDOW_MAX;
-                if (!h->rcpt[k].used || !h->rcpt[k].receipted || h->rcpt[k].seq != next)
+                if (!p->rcpt[k].used || !p->rcpt[k].receipted || p->rcpt[k].seq != next)
                         break;
-                h->rcpt[k].used = false;
+                p->rcpt[k].used = false;
                 next++;
         }
         if (next != base) {
-                release_to(h, (uint16_t)(next - 1));
+                release_to(h, p, (uint16_t)(next - 1));
                 km_narrow_kick(h);
         }
 }
 
-/* A data frame is on its way: with ack = none it is as good as delivered (every frame
- * before it went first: a frame the device refused is the next one sent); with
- * ack = receipt, note its token for api_sent. */
-static void sent_data(km_plugin_link *h, const uint8_t *frame, size_t len, uint32_t token)
+/* A data frame to p is on its way: with ack = none it is as good as delivered (every
+ * frame before it went first: a frame the device refused is the next one sent); with
+ * ack = receipt, note its token for km_narrow_sent. */
+static void sent_data(km_plugin_link *h, struct narrow_peer *p, const uint8_t *frame, size_t len, uint32_t token)
 {
         uint8_t type;
         uint16_t seq;
         if (h->link->ack_mode == KM_ACK_PEER || km_frame_peek(frame, len, &type, &seq) < 0 || type != KM_FRAME_T_DATA)
                 return;
         if (h->link->ack_mode == KM_ACK_NONE) {
-                release_to(h, seq);
+                release_to(h, p, seq);
                 return;
         }
         int k = seq % KM_FRAME_WINDOW_MAX;
-        h->rcpt[k].token = token;
-        h->rcpt[k].seq = seq;
-        h->rcpt[k].used = true;
-        h->rcpt[k].receipted = false;
+        p->rcpt[k].token = token;
+        p->rcpt[k].seq = seq;
+        p->rcpt[k].used = true;
+        p->rcpt[k].receipted = false;
 }
 
 /* ABI 1.2: the peer a frame is for, where the plugin can address one (send_to). An
- * ack frame acknowledges one origin's frames (kick builds it for ack_to): it goes to
- * that base. A data frame goes to the plugin's default peer (NULL): one sequence
- * space per link cannot serve several bases' commands (docs/DESIGN.md). */
-static const char *frame_peer(const km_plugin_link *h, const uint8_t *frame, size_t len)
+ * ack frame acknowledges one origin's frames (kick builds it for p->ack_to): it goes
+ * to that base. A data frame goes to the base of its sending side on a center's link
+ * to several bases (each has its own sequence space, docs/DESIGN.md), else to the
+ * plugin's default peer (NULL), as before ABI 1.2. */
+static const char *frame_peer(const km_plugin_link *h, const struct narrow_peer *p, bool ack)
 {
-        uint8_t type;
-        uint16_t seq;
-        if (km_frame_peek(frame, len, &type, &seq) < 0 || type != KM_FRAME_T_ACK)
-                return NULL;
+        if (!ack)
+                return p->idx >= 0 ? h->peers.v[p->idx] : NULL;
         for (size_t i = 0; i < h->peers.n; i++)
-                if (km_frame_node_id(h->peers.v[i]) == h->ack_to)
+                if (km_frame_node_id(h->peers.v[i]) == p->ack_to)
                         return h->peers.v[i];
         return NULL;
 }
 
-/* Hands one frame to the device, sealed under its peer's key on an authenticated
- * link; false when it is busy, in an outage or broken. */
-static bool device_send(km_plugin_link *h, const uint8_t *frame, size_t len)
+/* Hands one frame for p (an ack frame when ack) to the device, sealed under that
+ * peer's key on an authenticated link; false when it is busy, in an outage or broken. */
+static bool device_send(km_plugin_link *h, struct narrow_peer *p, bool ack, const uint8_t *frame, size_t len)
 {
         const uint8_t *wire = frame;
         size_t wlen = len;
         if (h->auth_on) {
-                struct km_auth_peer *p = h->seal_to ? h->seal_to : &h->auth.peer[0];
-                int n = km_auth_seal(&h->auth, p, frame, len, h->sbuf, h->bufcap + 32);
+                struct km_auth_peer *ap = ack ? auth_peer_of(h, p->ack_to) : p->idx >= 0 ? auth_peer_of(h, p->origin) : NULL;
+                int n = km_auth_seal(&h->auth, ap ? ap : &h->auth.peer[0], frame, len, h->sbuf, h->bufcap + 32);
                 if (n < 0) {
                         /* Nothing leaves without a durable counter (gateway/auth.c). */
                         km_plugin_fault(h, "cannot seal a frame: %s", strerror(-n));
@@ -635,41 +655,58 @@ static bool device_send(km_plugin_link *h, const uint8_t *frame, size_t len)
                 wlen = (size_t)n;
         }
         uint32_t token;
-        if (!km_plugin_dev_send(h, frame_peer(h, frame, len), wire, wlen, &token))
+        if (!km_plugin_dev_send(h, frame_peer(h, p, ack), wire, wlen, &token))
                 return false;
-        sent_data(h, frame, len, token);
+        sent_data(h, p, frame, len, token);
         return true;
 }
 
-/* The device did not take the frame just stamped (busy, an outage): mark it for
+/* The device did not take the frame to p just stamped (busy, an outage): mark it for
  * km_frame_tx_due to pick first when the device is ready, rather than after rto, so
  * at most this one frame was framed ahead of what arrives meanwhile (an alert). */
-static void frame_unsent(km_plugin_link *h)
+static void frame_unsent(struct narrow_peer *p)
 {
         for (unsigned i = 0; i < KM_FRAME_WINDOW_MAX; i++)
-                if (h->tx.slot[i].used && h->tx.slot[i].stamp == h->tx.stamp)
-                        h->tx.slot[i].lost = true;
+                if (p->tx.slot[i].used && p->tx.slot[i].stamp == p->tx.stamp)
+                        p->tx.slot[i].lost = true;
 }
 
-/* Whether a data frame would go now (what kick sends): one to send again, or a new one. */
-static bool data_waiting(km_plugin_link *h, int64_t now, int64_t rto)
+/* The sending side q goes by: its base's on a center's link to several bases. */
+static struct narrow_peer *peer_of_msg(km_plugin_link *h, const struct qmsg *q)
+{
+        return h->npp > 1 && q->peer >= 0 && (size_t)q->peer < h->npp ? &h->pp[q->peer] : &h->pp[0];
+}
+
+/* Whether q could go in a new frame now: not framed, not held for the base's MQTT
+ * session, and its peer's window has room. */
+static bool framable(km_plugin_link *h, const struct qmsg *q)
+{
+        return q->used && !q->framed && !held_for_mqtt(h, q) &&
+               km_frame_tx_inflight(&peer_of_msg(h, q)->tx) < FRAME_WINDOW;
+}
+
+/* Whether a data frame to p would go now (what kick sends): one to send again, or a new one. */
+static bool data_waiting(km_plugin_link *h, struct narrow_peer *p, int64_t now, int64_t rto)
 {
         if (h->link->state != KM_LINK_UP && !h->probing)
                 return false;
-        if (km_frame_tx_pending(&h->tx, now, rto))
+        if (km_frame_tx_pending(&p->tx, now, rto))
                 return true;
-        if (h->probing || km_frame_tx_inflight(&h->tx) >= FRAME_WINDOW)
+        if (h->probing || km_frame_tx_inflight(&p->tx) >= FRAME_WINDOW)
                 return false;
         for (int i = 0; i < QMAX; i++)
-                if (h->q[i].used && !h->q[i].framed && !held_for_mqtt(h, &h->q[i]))
+                if (h->q[i].used && !h->q[i].framed && !held_for_mqtt(h, &h->q[i]) && peer_of_msg(h, &h->q[i]) == p)
                         return true;
         return false;
 }
 
 /* Feeds the device while it takes frames: an owed ack, retransmissions, new frames. An
- * ack rides in the tail of a data frame about to go when it fits (a base answering a
- * center's command frames while it sends its own: on a budgeted card every frame
- * counts); else it goes alone, once that frame is sent. */
+ * ack rides in the tail of a data frame about to go to the same peer when it fits (a
+ * base answering a center's command frames while it sends its own: on a budgeted card
+ * every frame counts); else it goes alone, once that frame is sent. A frame to one
+ * base never carries another's ack: that base would not see it, and its frame would
+ * be sent again after rto. On a center's link to several bases, new frames go to them
+ * in turn (round robin) within the highest class waiting. */
 void km_narrow_kick(km_plugin_link *h)
 {
         int64_t now = km_now_ms();
@@ -681,21 +718,22 @@ void km_narrow_kick(km_plugin_link *h)
         while (!h->busy && h->open && !h->faulted) {
                 size_t room = km_plugin_budget_room(h);
                 room = room > h->ovh ? room - h->ovh : 0; /* what sealing adds is on the air too */
-                if (h->ack_owed && (h->ack_tried || !data_waiting(h, now, rto))) {
+                struct narrow_peer *p = NULL;
+                for (size_t i = 0; i < h->npp && !p; i++)
+                        if (h->pp[i].ack_owed && (h->pp[i].ack_tried || !data_waiting(h, &h->pp[i], now, rto)))
+                                p = &h->pp[i];
+                if (p) {
                         struct km_frame_ack ack;
-                        if (km_frame_rx_ack(&h->rx, h->ack_to, &ack) == 0) {
+                        if (km_frame_rx_ack(&h->rx, p->ack_to, &ack) == 0) {
                                 int n = km_frame_ack_encode(&ack, h->origin, h->buf, h->bufcap);
                                 if (n > 0 && (size_t)n > room) {
                                         km_plugin_budget_wait(h);
                                         return;
                                 }
-                                h->seal_to = h->auth_on ? auth_peer_of(h, h->ack_to) : NULL;
-                                bool sent = n <= 0 || device_send(h, h->buf, (size_t)n);
-                                h->seal_to = NULL;
-                                if (!sent)
+                                if (n > 0 && !device_send(h, p, true, h->buf, (size_t)n))
                                         return;
                         }
-                        h->ack_owed = false;
+                        p->ack_owed = false;
                         continue;
                 }
                 if (h->link->state != KM_LINK_UP && !h->probing)
@@ -711,55 +749,75 @@ void km_narrow_kick(km_plugin_link *h)
                  * would wait until ack_timeout. */
                 struct km_frame_ack ack;
                 const struct km_frame_ack *piggy = NULL;
-                if (h->ack_owed && !h->ack_tried && km_frame_rx_ack(&h->rx, h->ack_to, &ack) == 0)
-                        piggy = &ack;
-                /* The ack may lengthen the frame up to the MTU, not past it; a frame
-                 * framed before the MTU shrank is offered as it is. */
-                size_t fmtu = h->mtu - h->ovh, cap = room < h->bufcap ? room : h->bufcap;
-                size_t plen = piggy ? km_frame_tx_pending(&h->tx, now, rto) : 0;
-                if (piggy && cap > (fmtu > plen ? fmtu : plen))
-                        cap = fmtu > plen ? fmtu : plen;
-                bool rode = false;
-                int n = km_frame_tx_due_ack(&h->tx, now, rto, piggy, h->buf, cap, &rode);
-                if (n == -ENOSPC) {
-                        km_plugin_budget_wait(h);
-                        return;
-                }
-                if (n > 0) {
+                size_t fmtu = h->mtu - h->ovh;
+                int n = 0;
+                for (size_t i = 0; i < h->npp && n == 0; i++) {
+                        p = &h->pp[i];
+                        piggy = NULL;
+                        if (p->ack_owed && !p->ack_tried && km_frame_rx_ack(&h->rx, p->ack_to, &ack) == 0)
+                                piggy = &ack;
+                        /* The ack may lengthen the frame up to the MTU, not past it; a
+                         * frame framed before the MTU shrank is offered as it is. */
+                        size_t cap = room < h->bufcap ? room : h->bufcap;
+                        size_t plen = piggy ? km_frame_tx_pending(&p->tx, now, rto) : 0;
+                        if (piggy && cap > (fmtu > plen ? fmtu : plen))
+                                cap = fmtu > plen ? fmtu : plen;
+                        bool rode = false;
+                        n = km_frame_tx_due_ack(&p->tx, now, rto, piggy, h->buf, cap, &rode);
+                        if (n == -ENOSPC) {
+                                km_plugin_budget_wait(h);
+                                return;
+                        }
+                        if (n <= 0) {
+                                n = 0;
+                                continue;
+                        }
                         if (rode)
-                                h->ack_owed = false;
+                                p->ack_owed = false;
                         else if (piggy)
-                                h->ack_tried = true; /* no room: it goes alone next */
-                        if (!device_send(h, h->buf, (size_t)n)) {
+                                p->ack_tried = true; /* no room: it goes alone next */
+                        if (!device_send(h, p, false, h->buf, (size_t)n)) {
                                 /* The window keeps the frame as it was framed, not with
                                  * this tail: the ack is owed still. */
                                 if (rode)
-                                        h->ack_owed = true;
-                                frame_unsent(h);
+                                        p->ack_owed = true;
+                                frame_unsent(p);
                                 return;
                         }
-                        continue;
                 }
+                if (n > 0)
+                        continue;
                 if (h->probing)
                         return; /* only the probe goes until it is answered */
                 /* One priority per frame, the highest waiting: an alert handed over
                  * behind queued telemetry leaves in the next frame, not after it. */
-                struct km_frame_msg msgs[QMAX];
-                int idx[QMAX], k = 0, top = 255;
+                int top = 255;
                 for (int i = 0; i < QMAX; i++)
-                        if (h->q[i].used && !h->q[i].framed && h->q[i].cls < top && !held_for_mqtt(h, &h->q[i]))
+                        if (framable(h, &h->q[i]) && h->q[i].cls < top)
                                 top = h->q[i].cls;
+                /* One peer per frame: the next after the last one served that has a
+                 * message of that priority. */
+                p = NULL;
+                for (size_t j = 1; j <= h->npp && !p; j++) {
+                        struct narrow_peer *c = &h->pp[(h->rr + j) % h->npp];
+                        for (int i = 0; i < QMAX && !p; i++)
+                                if (framable(h, &h->q[i]) && h->q[i].cls == top && peer_of_msg(h, &h->q[i]) == c)
+                                        p = c;
+                }
+                if (!p)
+                        return;
+                h->rr = (size_t)(p - h->pp);
+                struct km_frame_msg msgs[QMAX];
+                int idx[QMAX], k = 0;
                 for (int i = 0; i < QMAX; i++) {
                         struct qmsg *q = &h->q[i];
-                        if (!q->used || q->framed || q->cls != top || held_for_mqtt(h, q))
+                        if (!framable(h, q) || q->cls != top || peer_of_msg(h, q) != p)
                                 continue;
                         msgs[k] = (struct km_frame_msg){ .id = q->id, .topic = q->topic, .payload = q->payload,
                                                          .len = q->len, .created_ms = q->created, .cls = q->cls,
                                                          .qos = 1, .frag_off = q->frag_off };
                         idx[k++] = i;
                 }
-                if (!k)
-                        return;
                 /* The queue is in arrival order only per slot; the frame wants id order. */
                 for (int a = 1; a < k; a++)
                         for (int b = a; b > 0 && msgs[b].id < msgs[b - 1].id; b--) {
@@ -770,26 +828,26 @@ void km_narrow_kick(km_plugin_link *h)
                         }
                 struct km_frame_put put;
                 piggy = NULL;
-                if (h->ack_owed && !h->ack_tried && km_frame_rx_ack(&h->rx, h->ack_to, &ack) == 0)
+                if (p->ack_owed && !p->ack_tried && km_frame_rx_ack(&h->rx, p->ack_to, &ack) == 0)
                         piggy = &ack;
-                h->ack_tried = h->ack_owed;
-                n = km_frame_tx_encode(&h->tx, msgs, (size_t)k, room < fmtu ? room : fmtu, piggy, now, h->buf, &put);
+                p->ack_tried = p->ack_owed;
+                n = km_frame_tx_encode(&p->tx, msgs, (size_t)k, room < fmtu ? room : fmtu, piggy, now, h->buf, &put);
                 if (n < 0) {
                         if (n != -EAGAIN)
                                 KM_LOG(KM_LOG_ERR, "link", "%s: cannot frame message %llu: %s", h->link->name,
                                        (unsigned long long)msgs[0].id, strerror(-n));
-                        if (h->ack_owed)
+                        if (p->ack_owed)
                                 continue; /* the ack goes alone */
                         return;
                 }
                 if (put.acked_piggy)
-                        h->ack_owed = false;
+                        p->ack_owed = false;
                 for (size_t i = 0; i < put.n_full; i++)
                         h->q[idx[i]].framed = true;
                 if (put.n_full < (size_t)k)
                         h->q[idx[put.n_full]].frag_off = put.next_off;
-                if (!device_send(h, h->buf, (size_t)n)) {
-                        frame_unsent(h); /* it waits in the window, first in line */
+                if (!device_send(h, p, false, h->buf, (size_t)n)) {
+                        frame_unsent(p); /* it waits in the window, first in line */
                         return;
                 }
         }
@@ -801,38 +859,49 @@ void km_narrow_kick(km_plugin_link *h)
  * without messages that the peer acknowledges like any other (gateway/frame.c). It
  * goes when nothing was acknowledged for probe_ms and nothing waits to be (traffic
  * tests the link itself), and after a fault before the link carries again. An
- * unanswered probe takes the link down after ack_timeout, as unanswered messages do. */
-void km_narrow_send_probe(km_plugin_link *h)
+ * unanswered probe takes the link down after ack_timeout, as unanswered messages do.
+ * A center's link to several bases probes each (its own sequence space). */
+static void send_probe_to(km_plugin_link *h, struct narrow_peer *p)
 {
         int64_t now = km_mono_ms();
-        if (!h->open || h->faulted || km_frame_tx_inflight(&h->tx))
+        if (!h->open || h->faulted || km_frame_tx_inflight(&p->tx))
                 return;
         size_t room = km_plugin_budget_room(h), mtu = h->mtu - h->ovh;
         room = room > h->ovh ? room - h->ovh : 0;
         if (room < mtu)
                 mtu = room;
-        int n = mtu >= KM_FRAME_MTU_MIN ? km_frame_tx_probe(&h->tx, mtu, km_now_ms(), h->buf) : -ENOSPC;
+        int n = mtu >= KM_FRAME_MTU_MIN ? km_frame_tx_probe(&p->tx, mtu, km_now_ms(), h->buf) : -ENOSPC;
         if (n < 0) {
                 if (n == -ENOSPC)
                         km_plugin_budget_wait(h);
                 return;
         }
         /* A card busy until free_at sends it then: the clock runs from then. */
-        h->probe_at = h->free_at > now ? h->free_at : now;
-        h->probe_seq = (uint16_t)(h->tx.next_seq - 1);
+        p->probe_at = h->free_at > now ? h->free_at : now;
+        p->probe_seq = (uint16_t)(p->tx.next_seq - 1);
         h->probes++;
-        if (!device_send(h, h->buf, (size_t)n))
-                frame_unsent(h);
+        if (!device_send(h, p, false, h->buf, (size_t)n))
+                frame_unsent(p);
 }
 
-static void probe_answered(km_plugin_link *h)
+void km_narrow_send_probe(km_plugin_link *h)
 {
-        h->link->ack_ms = km_mono_ms() - h->probe_at;
-        h->probe_at = 0;
+        for (size_t i = 0; i < h->npp; i++)
+                send_probe_to(h, &h->pp[i]);
+}
+
+static void probe_answered(km_plugin_link *h, struct narrow_peer *p)
+{
+        h->link->ack_ms = km_mono_ms() - p->probe_at;
+        p->probe_at = 0;
         h->retry_ms = 0; /* the path works: the next fault starts the back-off afresh */
         if (!h->probing)
                 return;
         h->probing = false;
+        /* One base answered: the device carries. Another base's probe stays in its
+         * window (sent again after rto) without holding the link down. */
+        for (size_t i = 0; i < h->npp; i++)
+                h->pp[i].probe_at = 0;
         char why[200];
         snprintf(why, sizeof(why), "probe answered after: %s", h->fault);
         km_link_set_state(h->link, h->dev_degraded ? KM_LINK_DEGRADED : KM_LINK_UP, why);
@@ -843,16 +912,17 @@ static void probe_check(km_plugin_link *h)
         int64_t now = km_mono_ms();
         if (!h->probe_ms || !h->open || h->faulted)
                 return;
-        if (h->probing && !h->probe_at) {
-                km_narrow_send_probe(h); /* the budget or memory held it back: try again */
-                return;
-        }
-        if (h->probe_at) {
-                if (now - h->probe_at < h->link->conf.ack_timeout_ms)
-                        return;
+        for (size_t i = 0; i < h->npp; i++) {
+                struct narrow_peer *p = &h->pp[i];
+                if (h->probing && !p->probe_at) {
+                        send_probe_to(h, p); /* the budget or memory held it back: try again */
+                        continue;
+                }
+                if (!p->probe_at || now - p->probe_at < h->link->conf.ack_timeout_ms)
+                        continue;
                 h->probes_lost++;
                 char why[96];
-                snprintf(why, sizeof(why), "probe not acknowledged for %.1f s", (double)(now - h->probe_at) / 1000);
+                snprintf(why, sizeof(why), "probe not acknowledged for %.1f s", (double)(now - p->probe_at) / 1000);
                 if (!h->probing) {
                         km_plugin_fault(h, "%s", why); /* forgets the probe with the rest */
                         return;
@@ -862,11 +932,16 @@ static void probe_check(km_plugin_link *h)
                 km_plugin_hold_down(h);
                 return;
         }
-        if (h->probing || h->link->state != KM_LINK_UP || km_frame_tx_inflight(&h->tx) || h->link->inflight)
+        if (h->probing || h->link->state != KM_LINK_UP || h->link->inflight)
                 return;
-        int64_t quiet = h->heard_mono > h->link->up_since_mono ? h->heard_mono : h->link->up_since_mono;
-        if (now - quiet >= h->probe_ms)
-                km_narrow_send_probe(h);
+        for (size_t i = 0; i < h->npp; i++) {
+                struct narrow_peer *p = &h->pp[i];
+                if (p->probe_at || km_frame_tx_inflight(&p->tx))
+                        continue;
+                int64_t quiet = p->heard_mono > h->link->up_since_mono ? p->heard_mono : h->link->up_since_mono;
+                if (now - quiet >= h->probe_ms)
+                        send_probe_to(h, p);
+        }
 }
 
 static int on_rto(sd_event_source *s, uint64_t usec, void *ud)
@@ -959,7 +1034,9 @@ static void narrow_destroy(struct km_link *l)
         km_plugin_close(h);
         sd_event_source_disable_unref(h->rto_src);
         km_narrow_forget(h);
-        km_frame_tx_deinit(&h->tx);
+        for (size_t i = 0; i < h->npp; i++)
+                km_frame_tx_deinit(&h->pp[i].tx);
+        free(h->pp);
         km_frame_rx_deinit(&h->rx);
         if (h->auth_on)
                 km_auth_deinit(&h->auth); /* saves the receive counters */
@@ -1023,7 +1100,7 @@ static int narrow_timing(struct km_conf *c, const char *section, bool center, in
         return bad;
 }
 
-int km_narrow_check(struct km_conf *c, const char *section)
+int km_narrow_check(struct km_conf *c, const char *section, bool addressed)
 {
         char why[4608];
         int bad = 0;
@@ -1059,7 +1136,7 @@ int km_narrow_check(struct km_conf *c, const char *section)
                 km_conf_error(c, section, "auth", "auth = on needs key_file");
                 bad++;
         }
-        if (ctr_ && nc.commands && peers.n > 1) {
+        if (ctr_ && nc.commands && peers.n > 1 && !addressed) {
                 km_conf_error(c, section, "peers", "%s", SHARED_COMMANDS);
                 bad++;
         }
@@ -1109,7 +1186,7 @@ int km_narrow_setup(km_plugin_link *h, struct km_conf *c, const char *section)
                 rc = -EINVAL;
                 return rc;
         }
-        if (h->center && h->nc.commands && h->peers.n > 1) {
+        if (h->center && h->nc.commands && h->peers.n > 1 && !(h->desc->abi_minor >= 2 && h->desc->ops->send_to)) {
                 KM_LOG(KM_LOG_ERR, "link", "%s: peers: %s", l->name, SHARED_COMMANDS);
                 rc = -EINVAL;
                 return rc;
@@ -1180,8 +1257,22 @@ int km_narrow_setup(km_plugin_link *h, struct km_conf *c, const char *section)
                                            .peers = &h->peers,
                                            .fate = h->center ? NULL : "a command whose topic is unknown here: not published" };
         rc = -ENOMEM;
-        if (!h->prefix || !h->buf || km_frame_tx_init(&h->tx, &tc) < 0 || km_frame_rx_init(&h->rx, &rcfg) < 0)
+        if (!h->prefix || !h->buf || km_frame_rx_init(&h->rx, &rcfg) < 0)
                 return rc;
+        /* A sending side per base on a center's link to several (each base follows its
+         * own sequence, window and slots); one for the default peer otherwise, whose
+         * frames are what they were before ABI 1.2. */
+        size_t npp = h->center && h->peers.n > 1 ? h->peers.n : 1;
+        if (!(h->pp = calloc(npp, sizeof(*h->pp))))
+                return rc;
+        for (size_t i = 0; i < npp; i++) {
+                struct narrow_peer *p = &h->pp[i];
+                p->idx = npp > 1 ? (int)i : -1;
+                p->origin = npp > 1 ? km_frame_node_id(h->peers.v[i]) : 0;
+                if (km_frame_tx_init(&p->tx, &tc) < 0)
+                        return rc;
+                h->npp = i + 1;
+        }
         return 0;
 }
 
@@ -1245,18 +1336,24 @@ int km_plugin_link_frames(const struct km_link *l, struct km_narrow_stats *out)
         const km_plugin_link *h = l->impl;
         *out = (struct km_narrow_stats){
                 .frames_in = h->frames_in, .frames_bad = h->frames_bad,
-                .frames_sent = h->tx.frames_sent, .frames_resent = h->tx.frames_resent,
-                .slot_refs = h->tx.slot_refs, .slot_resets = h->tx.slot_resets,
                 .frames_ok = h->rx.frames_ok, .acks_in = h->rx.acks_in, .crc_errors = h->rx.crc_errors,
                 .bad_version = h->rx.bad_version, .malformed = h->rx.malformed, .duplicates = h->rx.duplicates,
                 .slot_misses = h->rx.slot_misses, .unknown_topics = h->rx.unknown_topics,
                 .delivered = h->rx.delivered,
-                .probes = h->probes, .probes_lost = h->probes_lost, .frames_sacked = h->tx.frames_sacked,
-                .pos_batches = h->tx.pos_batches, .bad_posbatch = h->rx.bad_posbatch,
+                .probes = h->probes, .probes_lost = h->probes_lost, .bad_posbatch = h->rx.bad_posbatch,
                 .out_of_window = h->rx.out_of_window, .dropped_nomem = h->rx.dropped_nomem,
                 .oversize = h->rx.oversize, .bad_payload = h->rx.bad_payload, .restarts_lost = h->rx.restarts_lost,
                 .dict_topics = h->dict.n, .dict_fingerprint = h->dict.fingerprint,
         };
+        for (size_t i = 0; i < h->npp; i++) {
+                const struct km_frame_tx *tx = &h->pp[i].tx;
+                out->frames_sent += tx->frames_sent;
+                out->frames_resent += tx->frames_resent;
+                out->slot_refs += tx->slot_refs;
+                out->slot_resets += tx->slot_resets;
+                out->frames_sacked += tx->frames_sacked;
+                out->pos_batches += tx->pos_batches;
+        }
         for (int r = 0; r < KM_REFUSE_N; r++)
                 out->refused[r] = h->refused[r];
         out->auth = h->auth_on ? 1 : h->auth_off ? 2 : 0;

@@ -67,6 +67,29 @@ struct kv {
         char *key, *value;
 };
 
+/* The sending side toward one peer. A center's link to several bases (ABI 1.2
+ * send_to) keeps one per base: each base's receiver follows one sequence space, the
+ * center's origin's, so frames for two bases in one space would show each gaps it
+ * waits on for ever. Every other link has one, for its default peer. */
+struct narrow_peer {
+        int idx;             /* into peers; -1: the plugin's default peer (frames go with NULL) */
+        uint32_t origin;     /* that peer's node id (idx >= 0) */
+        struct km_frame_tx tx;
+        /* ack = receipt: the device's receipt (sent()) for a token stands for the
+         * peer's ack of the data frame that token carried. */
+        struct {
+                uint32_t token;
+                uint16_t seq;
+                bool used, receipted;
+        } rcpt[KM_FRAME_WINDOW_MAX];
+        int64_t probe_at;    /* CLOCK_MONOTONIC ms the outstanding probe left, 0 = none */
+        uint16_t probe_seq;  /* its frame */
+        int64_t heard_mono;  /* the peer last acknowledged a frame of ours */
+        bool ack_owed;       /* an ack for the peer's frames waits for the device */
+        bool ack_tried;      /* ... and a data frame was offered to carry it */
+        uint32_t ack_to;     /* whose frames it acknowledges */
+};
+
 /* The handle the plugin sees: one per link. */
 struct km_plugin_link {
         struct km_daemon *d;
@@ -83,26 +106,16 @@ struct km_plugin_link {
         char *prefix;
         int64_t rto_ms;
         int64_t probe_ms;    /* probe an idle link this often; 0 = never */
-        int64_t probe_at;    /* CLOCK_MONOTONIC ms the outstanding probe left, 0 = none */
-        uint16_t probe_seq;  /* its frame */
-        bool probing;        /* the link stays down until the probe is acknowledged */
-        int64_t heard_mono;  /* the peer last acknowledged a frame of ours */
-        /* ack = receipt: the device's receipt (sent()) for a token stands for the
-         * peer's ack of the data frame that token carried. */
-        struct {
-                uint32_t token;
-                uint16_t seq;
-                bool used, receipted;
-        } rcpt[KM_FRAME_WINDOW_MAX];
-        struct km_frame_tx tx;
+        bool probing;        /* the link stays down until a probe is acknowledged */
+        int64_t heard_mono;  /* a peer last acknowledged a frame of ours */
+        struct narrow_peer *pp; /* the sending side per peer (see struct narrow_peer) */
+        size_t npp;
+        size_t rr;           /* the peer that had the last new frame (round robin) */
         struct km_frame_rx rx;
         struct km_dict dict;          /* dictionary = FILE, else zeroed */
         struct km_dict_fallback fb;   /* between rx and on_deliver: indexes beyond dict */
         bool busy;           /* the device said -EAGAIN: wait for ready() */
         int64_t free_at;     /* CLOCK_MONOTONIC ms the device said it takes the next frame */
-        bool ack_owed;       /* an ack for the peer's frames waits for the device */
-        bool ack_tried;      /* ... and a data frame was offered to carry it */
-        uint32_t ack_to;     /* whose frames it acknowledges */
         struct qmsg q[QMAX];
         struct watch w[MAXFD];
         struct ptimer t[MAXTIMER];
@@ -138,7 +151,6 @@ struct km_plugin_link {
         bool auth_on;                 /* frames sealed and only sealed ones taken */
         bool auth_off;                /* auth = off said by the operator (status says so) */
         struct km_auth auth;
-        struct km_auth_peer *seal_to; /* the peer the frame being sent is for (NULL: the first) */
         struct km_auth_peer *rx_peer; /* the peer the frame being received came from */
         size_t ovh;                   /* bytes sealing adds (0 without auth) */
         uint8_t *sbuf, *obuf;         /* a frame sealed, a frame opened: bufcap + 32 bytes each */
@@ -193,9 +205,10 @@ bool km_narrow_is(const struct km_link *l);
 int km_narrow_setup(km_plugin_link *h, struct km_conf *c, const char *section);
 /* The plugin opened: the protocol's timer runs. */
 void km_narrow_opened(km_plugin_link *h);
-/* --check-config for the narrow link's keys (commands, keys files, timing), then for
- * its dictionary: the number of errors, landed in c. */
-int km_narrow_check(struct km_conf *c, const char *section);
+/* --check-config for the narrow link's keys (commands, keys files, timing; addressed:
+ * the plugin has send_to, ABI 1.2), then for its dictionary: the number of errors,
+ * landed in c. */
+int km_narrow_check(struct km_conf *c, const char *section, bool addressed);
 int km_narrow_check_dictionary(struct km_conf *c, const char *section);
 
 #endif

@@ -518,7 +518,7 @@ int km_plugin_check(struct km_conf *c, const char *section, const char *plugin_d
                 km_conf_error(c, section, "type", "%s", why);
                 return -EINVAL;
         }
-        bad += km_narrow_check(c, section);
+        bad += km_narrow_check(c, section, desc->abi_minor >= 2 && desc->ops->send_to);
         bad += plugin_keys_check(c, section, desc);
         bad += km_narrow_check_dictionary(c, section);
         dlclose(dl);
