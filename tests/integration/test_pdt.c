@@ -539,6 +539,9 @@ Test(pdt, keys_checked, .timeout = 30)
                 { "radio_id = 1\npeer_id = 2\npeer_ids = north", "peer_ids = 'north': expected NAME:ID" },
                 { "radio_id = 1\npeer_id = 2\npeer_ids = north:2, south:16777216", "peer_ids = 'north:2, south:16777216': expected NAME:ID, ... with radio ids" },
                 { "radio_id = 1\npeer_id = 2\npeer_ids = north:2, south:3", NULL },
+                { "radio_id = 1\npeer_id = 2\npeers = north, south\npeer_ids = north:2",
+                  "peer_ids: no radio for south (one of peers) in peer_ids" },
+                { "radio_id = 1\npeer_id = 2\npeers = north, south\npeer_ids = north:2, south:3", NULL },
                 { "radio_id = 1\npeer_id = 2", NULL },
         };
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
