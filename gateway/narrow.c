@@ -528,6 +528,17 @@ void km_narrow_received(km_plugin_link *h, const void *frame, size_t len)
                                strerror(-rc), (unsigned long long)h->frames_bad);
                 return;
         }
+        /* An ack for another node's frames reached us: a frame that was for another
+         * node (a center's link to several bases puts a base's ack only in frames to
+         * that base). Nothing to apply; said at debug level, once every 10 s at most. */
+        if (info.has_ack && info.ack.origin != h->origin) {
+                int64_t now = km_mono_ms();
+                if (!h->acks_foreign++ || now - h->acks_foreign_log_ms >= REFUSED_LOG_MS) {
+                        KM_LOG(KM_LOG_DEBUG, "link", "%s: a frame from %08x carries an ack for %08x's frames, not ours (%llu so far)",
+                               h->link->name, info.origin, info.ack.origin, (unsigned long long)h->acks_foreign);
+                        h->acks_foreign_log_ms = now;
+                }
+        }
         struct narrow_peer *from = peer_of_origin(h, info.origin);
         if (info.has_ack && info.ack.origin == h->origin && from) {
                 uint64_t sacked = from->tx.frames_sacked;

@@ -126,6 +126,8 @@ struct km_plugin_link {
         uint32_t mtu;
         uint64_t frames_in, frames_bad;
         uint64_t probes, probes_lost;
+        uint64_t acks_foreign;        /* acks in frames from the peer for another node's frames */
+        int64_t acks_foreign_log_ms;
         /* The host's view beside the plugin's (see the top of this file). */
         enum km_link_state dev_state; /* the plugin's last report (degraded as up) */
         bool dev_degraded;            /* ... which said degraded */

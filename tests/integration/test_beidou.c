@@ -802,6 +802,9 @@ Test(beidou, center_two_bases_one_card, .timeout = 60)
  * message of the center's card. Sealed, each base's frames go under its own key: a
  * frame sealed under the other base's key would fail there and publish nothing. Before,
  * such a center link (peers = north, south with commands) was refused at the start.
+ * Meanwhile each base sends 3 alerts up, so the center owes both bases acks while it
+ * has commands to frame: an ack rides only in a frame to the base it is for (a base
+ * logs, at debug level, an ack for another node's frames).
  */
 static void two_bases_commands(const char *tag, bool sealed)
 {
@@ -810,6 +813,8 @@ static void two_bases_commands(const char *tag, bool sealed)
         struct h_proc k[3], sim[3];
         struct h_rec cmds[2];  /* cmd/# at each base's broker */
         struct h_pub op;       /* the operator at the center */
+        struct h_pub term[2];  /* a terminal at each base */
+        struct h_sub up;       /* the center broker's alerts */
         static const char *const name[3] = { "north", "south", "county" }, *const card[3] = { BASE_CARD, SOUTH_CARD, CENTER_CARD };
         static const char *const key[2] = { "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=",
                                              "YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXp7fH1+f4A=" };
@@ -869,48 +874,77 @@ static void two_bases_commands(const char *tag, bool sealed)
         for (int i = 0; i < 2; i++)
                 h_rec_start(&cmds[i], br[i].port, name[i], "cmd/#");
         h_pub_start(&op, br[2].port, "operator");
+        for (int i = 0; i < 2; i++)
+                h_pub_start(&term[i], br[i].port, "terminal");
+        h_sub_start(&up, br[2].port, "center-sub", "kuimen/+/alert/#", false);
         for (int i = 0; i < 3; i++) {
                 char up[64];
                 snprintf(up, sizeof(up), "sat: down -> up (card %s ready)", card[i]);
                 cr_assert(h_log_wait(&k[i], up, 10000), "%s", log[i]);
         }
         /* The center takes commands once its subscriptions stand. */
-        cr_assert(h_log_wait(&k[2], "ingest: subscribed", 10000), "%s", log[2]);
-        int64_t t0 = h_now_ms();
-        for (int n = 1; n <= 3; n++) {
-                char pl[32];
-                snprintf(pl, sizeof(pl), "N%d", n);
-                cr_assert_eq(h_pub_send(&op, "kuimen/north/cmd/pump", pl), 0);
-                snprintf(pl, sizeof(pl), "S%d", n);
-                cr_assert_eq(h_pub_send(&op, "kuimen/south/cmd/gate", pl), 0);
+        for (int i = 0; i < 3; i++)
+                cr_assert(h_log_wait(&k[i], "ingest: subscribed", 10000), "%s", log[i]);
+        /* South's commands fill frames of their own (random letters do not deflate) and
+         * queue at the center's card, one frame a second, while north's alerts come up:
+         * the ack owed to north waits while frames to south go, and must not ride in
+         * them. Then north's commands (one frame) and south's alerts. */
+        char want[2][3][128];
+        uint32_t rnd = 12345;
+        for (int m = 0; m < 3; m++) {
+                snprintf(want[0][m], sizeof(want[0][m]), "N%d", m + 1);
+                int o = snprintf(want[1][m], sizeof(want[1][m]), "S%d:", m + 1);
+                for (; o < 110; o++) {
+                        rnd = rnd * 1103515245u + 12345u;
+                        want[1][m][o] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"[(rnd >> 16) & 63];
+                }
+                want[1][m][o] = '\0';
         }
-        cr_assert(h_pub_flush(&op, 5000));
+        int64_t t0 = h_now_ms();
+        for (int r = 0; r < 2; r++) { /* r = 0: commands to south, alerts from north; then the other way */
+                int to = r ? 0 : 1, from = r ? 1 : 0;
+                for (int m = 0; m < 3; m++)
+                        cr_assert_eq(h_pub_send(&op, to ? "kuimen/south/cmd/gate" : "kuimen/north/cmd/pump", want[to][m]), 0);
+                cr_assert(h_pub_flush(&op, 5000));
+                for (int n = 1; n <= 3; n++) {
+                        char pl[32];
+                        snprintf(pl, sizeof(pl), "up-%c%d", from ? 'S' : 'N', n);
+                        cr_assert_eq(h_pub_send(&term[from], "alert/a", pl), 0);
+                }
+                cr_assert_eq(h_sub_wait(&up, 3 * (size_t)(r + 1), 15000), 3 * (size_t)(r + 1),
+                             "the center published %zu alerts (%s)", h_sub_count(&up), log[2]);
+        }
         for (int i = 0; i < 2; i++)
                 cr_assert_eq(h_rec_wait(&cmds[i], 3, 15000), 3, "%s published %zu of its 3 commands (%s, %s)", name[i],
                              h_rec_count(&cmds[i]), log[i], log[2]);
-        cr_log_info("%s: 3 + 3 commands at the bases' brokers in %lld ms", tag, (long long)(h_now_ms() - t0));
-        /* Long enough for a frame to the wrong base, or one sent again, to arrive. */
-        h_sleep_ms((ack_s(&c) + 1) * 1000);
+        cr_log_info("%s: 3 + 3 commands at the bases' brokers, 3 + 3 alerts at the center's in %lld ms", tag,
+                    (long long)(h_now_ms() - t0));
+        /* Longer than rto (half of ack_timeout): a frame sent again, or one to the
+         * wrong base, would be here. */
+        h_sleep_ms(ack_s(&c) * 1000 / 2 + 1000);
         for (int i = 0; i < 2; i++) {
                 pthread_mutex_lock(&cmds[i].mu);
                 cr_assert_eq(cmds[i].n, 3, "%s published %zu commands (%s)", name[i], cmds[i].n, log[i]);
                 for (size_t m = 0; m < 3; m++) {
-                        char want[8];
-                        snprintf(want, sizeof(want), "%c%zu", i ? 'S' : 'N', m + 1);
                         cr_assert_str_eq(cmds[i].m[m].topic, i ? "cmd/gate" : "cmd/pump");
-                        cr_assert_str_eq(cmds[i].m[m].payload, want, "%s's command %zu", name[i], m + 1);
+                        cr_assert_str_eq(cmds[i].m[m].payload, want[i][m], "%s's command %zu", name[i], m + 1);
                 }
                 pthread_mutex_unlock(&cmds[i].mu);
                 cr_assert_eq(h_log_count(&k[i], sealed ? "from narrow link sat, authenticated, key id"
                                                        : "from narrow link sat, NOT authenticated"),
                              3, "%s", log[i]);
                 cr_assert_eq(h_log_count(&k[i], "dropped:"), 0, "a frame failed to open (%s)", log[i]);
+                cr_assert_eq(h_log_count(&k[i], "'s frames, not ours"), 0, "%s was handed the other's ack (%s)", name[i],
+                             log[i]);
         }
+        cr_assert_eq(h_sub_count(&up), 6, "each alert once");
         for (int i = 0; i < 3; i++)
                 cr_assert_eq(h_log_count(&k[i], "sat: up -> "), 0, "a link went down (%s)", log[i]);
         cr_assert_eq(h_log_count(&k[2], "no card for peer"), 0, "%s", log[2]);
         h_pub_stop(&op);
+        h_sub_stop(&up);
         for (int i = 0; i < 2; i++) {
+                h_pub_stop(&term[i]);
                 h_rec_stop(&cmds[i]);
                 h_rec_free(&cmds[i]);
         }
