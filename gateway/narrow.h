@@ -128,7 +128,7 @@ struct km_plugin_link {
         uint64_t probes, probes_lost;
         uint64_t acks_foreign;        /* acks in frames from the peer for another node's frames */
         int64_t acks_foreign_log_ms;
-        /* The host's view beside the plugin's (see the top of this file). */
+        /* The host's view beside the plugin's (see the top of gateway/plugin.c). */
         enum km_link_state dev_state; /* the plugin's last report (degraded as up) */
         bool dev_degraded;            /* ... which said degraded */
         bool faulted;                 /* a fault waits for on_fault */
@@ -140,16 +140,16 @@ struct km_plugin_link {
         uint64_t bud_bytes, bud_frames, bud_bytes_used, bud_frames_used;
         int64_t bud_ms, bud_start;
         sd_event_source *bud_src;
-        /* Commands (see the top of this file). */
+        /* Commands (see the top of gateway/narrow.c). */
         struct narrow_conf nc;
         char **cmd_pfx;  /* center: "<prefix>/<peer>/" per peer */
         char *group;     /* center: its peers, so that links to other bases do not compete */
         /* What came from the peer and can never be published (gateway/inbound.c), by
-         * reason; logged at most every REFUSED_LOG_MS, saying how many went unlogged. */
+         * reason; logged at most every REFUSED_LOG_MS (gateway/narrow.c), saying how many went unlogged. */
         uint64_t refused[KM_REFUSE_N];
         int64_t refused_log_ms[KM_REFUSE_N];
         uint64_t refused_quiet[KM_REFUSE_N];
-        /* Frame authentication (gateway/auth.c, see "AUTHENTICATION" below). */
+        /* Frame authentication (gateway/auth.c; "authentication" in gateway/narrow.c). */
         bool auth_on;                 /* frames sealed and only sealed ones taken */
         bool auth_off;                /* auth = off said by the operator (status says so) */
         struct km_auth auth;
