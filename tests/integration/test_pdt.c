@@ -502,6 +502,8 @@ Test(pdt, center_two_bases_one_radio, .timeout = 60)
                 pthread_mutex_unlock(&cmds[i].mu);
                 h_rec_stop(&cmds[i]);
                 h_rec_free(&cmds[i]);
+                cr_assert_eq(h_log_count(&k[i], "'s frames, not ours"), 0, "%s was handed the other's ack (%s)", name[i],
+                             log[i]);
         }
         for (int i = 0; i < 3; i++)
                 cr_assert_eq(h_log_count(&k[i], "up -> down") + h_log_count(&k[i], "degraded -> down"), 0,
