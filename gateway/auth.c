@@ -57,7 +57,7 @@
  * is a replay. The sender persists a high-water mark KM_AUTH_RESERVE ahead of use
  * (written before a counter beyond the mark leaves), so a restart starts above
  * anything sent and a nonce is never used twice; the receiver persists its highest
- * counters (gateway/plugin.c: before acting on a frame when the last save is a second
+ * counters (gateway/narrow.c: before acting on a frame when the last save is a second
  * old, else within the second, and at stop), so a session recorded and replayed after
  * the receiver restarts is refused as well. Each link has its own counter and so
  * must have its own key (two links of one node with one key are refused at start).

@@ -349,7 +349,7 @@ int km_daemon_command(struct km_daemon *d, int path, const char *topic, const vo
                 km_dedupe_untake(&d->cmd_dedupe, path, hash); /* it comes again */
         pthread_mutex_unlock(&d->cmd_mu);
         /* Every command taken says its path; a narrow link logs its own line with its
-         * name and key (gateway/plugin.c deliver_command). */
+         * name and key (gateway/narrow.c deliver_command). */
         if (path == KM_CMD_MQTT)
                 KM_LOG(rc < 0 ? KM_LOG_WARNING : KM_LOG_NOTICE, "cmd", "'%s' (%zu bytes) over mqtt, the center broker's session: %s",
                        topic, len, rc < 0 ? strerror(-rc) : "taken");

@@ -20,7 +20,7 @@
  * a base (or anyone speaking for it) that sent cmd/... up would command itself through
  * the center. Bases never send it: their upward subscriptions are their own sensors,
  * positions, alerts and status, and kuimen's status, link and gnss topics. Down, a
- * center sends a base only commands (gateway/plugin.c deliver_command).
+ * center sends a base only commands (gateway/narrow.c deliver_command).
  *
  * A topic cannot escape <topic_prefix>/<origin>/: MQTT topics have no '..', and with no
  * wildcard the levels are literal. Empty levels ('a//b', a leading '/') are valid MQTT

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* Plugin host: the ABI's loader, the host API on the event loop, and the frame-based narrow link. */
+/* Plugin host: the ABI's loader, the host API on the event loop, the device under a narrow link. */
 #include "plugin.h"
 
 #include <dlfcn.h>
@@ -11,40 +11,18 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "auth.h"
 #include "daemon.h"
-#include "dict.h"
-#include "frame.h"
-#include "inbound.h"
 #include "link.h"
 #include "log.h"
+#include "narrow.h"
 #include "plugins/kuimen-plugin.h"
 
 /*
- * A narrow link is a km_link whose transport is a plugin. The scheduler hands it
- * messages (send), which wait in a small queue until the device can take a frame;
- * gateway/frame packs as many as fit the MTU, keeps each frame until the peer's ack
- * frame releases it, and retransmits after rto. A message leaves the spool only when
- * the frame carrying its last byte is acknowledged end to end, never on the device's
- * own receipt.
- *
- * The other end (a kuimen with role = center) feeds datagrams to its frame receiver,
- * pushes every complete message into its own spool before acknowledging the frame,
- * and its local link publishes them on the center broker as
- * <topic_prefix>/<origin>/<topic> with the origin's kuimen-origin and kuimen-id.
- *
- * Commands go the other way (issue 5, item 7): a center spools what its operators
- * publish on <topic_prefix>/<base>/cmd/# for the bases in peers (bridges/mqtt.c takes
- * them) in its upward queue, the one its narrow links pull from; narrow_wants lets a
- * link take only its own bases' commands, and the frame carries them as cmd/...
- * While the base is online over MQTT (its retained status, as bridges/mqtt.c last
- * saw it) a command is held here, not framed: the base's MQTT session brings it.
- * After command_grace it leaves the spool as settled by MQTT; if the base goes
- * offline first, it is framed after all (a silent cut is seen only when the will
- * arrives, 1.5 keepalives later, and what the operator sent meanwhile may still wait
- * in the base's session at the center broker). The base pushes each command through
- * km_daemon_command, which drops the second copy of a pair that came both ways,
- * before it acknowledges the frame.
+ * The host side of a link plugin (plugins/kuimen-plugin.h): it loads <type>.so,
+ * checks its ABI, hands it the host API (its keys, fd and timer watches on the
+ * event loop, reports, datagrams in and receipts) and hands its frames to the
+ * device. The narrow-link protocol on top (queue, frames, acks, probes,
+ * commands, authentication) is gateway/narrow.c; gateway/narrow.h is between the two.
  *
  * A broken plugin must not take the gateway with it. The host believes the plugin's
  * reports, but also watches it: a hard error from send() (anything but -EAGAIN and
@@ -65,161 +43,9 @@
  * later window on top of that window's own.
  */
 
-#define QMAX 64        /* messages handed over and not yet acknowledged */
-#define FRAME_WINDOW 8 /* frames in flight */
-#define MAXFD 8
-#define MAXTIMER 16
 #define BLOCK_MS 1000      /* a call into the plugin this long broke the never-block rule */
 #define RETRY_MIN_MS 1000  /* first retry of a link the host took down */
 #define RETRY_MAX_MS 60000
-/* A command frame names no base: the base that hears it publishes it. Commands for
- * several bases down one link would reach whichever base hears that link (one card,
- * one radio channel, one peer address), so a center link sending commands has one
- * peer. Data from several bases over one link is fine (ABI 1.2 addresses the acks). */
-#define SHARED_COMMANDS                                                                                      \
-        "a center link that sends commands has one peer: a command for one base would reach whichever "  \
-        "base hears the link; set commands = no here (and a link per base for commands), or one peer"
-#define HELD_CHECK_US 250000 /* center: how often held commands are looked at */
-#define PROBE_DEFAULT_MS 120000
-#define REFUSED_LOG_MS 10000 /* a peer (or a forger) can send refused messages as fast as the link goes */
-
-struct narrow_conf {
-        bool commands;
-        int64_t command_grace_ms;
-        char *positions; /* "compact" or "json" */
-        /* frame authentication (gateway/auth.c) */
-        char *key_file, *key_file_next;
-        char *auth;      /* "on", "off", NULL = on when key_file is set */
-        long tag_bytes;
-};
-
-struct qmsg {
-        bool used, framed;
-        uint64_t id;
-        uint32_t cookie;
-        char *topic;
-        uint8_t *payload;
-        size_t len, frag_off;
-        int64_t created;
-        uint8_t cls;
-        int peer; /* center: the base it is for (index into peers) */
-};
-
-struct watch {
-        struct km_plugin_link *h;
-        int fd;
-        sd_event_source *src;
-        km_plugin_fd_cb cb;
-        void *ud;
-};
-
-struct ptimer {
-        int id;
-        sd_event_source *src;
-        km_plugin_timer_cb cb;
-        void *ud;
-        struct km_plugin_link *h;
-};
-
-struct kv {
-        char *key, *value;
-};
-
-/* The handle the plugin sees: one per link. */
-struct km_plugin_link {
-        struct km_daemon *d;
-        struct km_link *link;
-        void *dl;
-        const struct km_plugin_desc *desc;
-        void *state;
-        bool open;
-        struct kv *kv;
-        size_t nkv;
-        bool center;
-        uint32_t origin;
-        struct km_strv peers;
-        char *prefix;
-        int64_t rto_ms;
-        int64_t probe_ms;    /* probe an idle link this often; 0 = never */
-        int64_t probe_at;    /* CLOCK_MONOTONIC ms the outstanding probe left, 0 = none */
-        uint16_t probe_seq;  /* its frame */
-        bool probing;        /* the link stays down until the probe is acknowledged */
-        int64_t heard_mono;  /* the peer last acknowledged a frame of ours */
-        /* ack = receipt: the device's receipt (sent()) for a token stands for the
-         * peer's ack of the data frame that token carried. */
-        struct {
-                uint32_t token;
-                uint16_t seq;
-                bool used, receipted;
-        } rcpt[KM_FRAME_WINDOW_MAX];
-        struct km_frame_tx tx;
-        struct km_frame_rx rx;
-        struct km_dict dict;          /* dictionary = FILE, else zeroed */
-        struct km_dict_fallback fb;   /* between rx and on_deliver: indexes beyond dict */
-        bool busy;           /* the device said -EAGAIN: wait for ready() */
-        int64_t free_at;     /* CLOCK_MONOTONIC ms the device said it takes the next frame */
-        bool ack_owed;       /* an ack for the peer's frames waits for the device */
-        bool ack_tried;      /* ... and a data frame was offered to carry it */
-        uint32_t ack_to;     /* whose frames it acknowledges */
-        struct qmsg q[QMAX];
-        struct watch w[MAXFD];
-        struct ptimer t[MAXTIMER];
-        int next_timer;
-        sd_event_source *rto_src;
-        uint8_t *buf;
-        size_t bufcap;
-        uint32_t mtu;
-        uint64_t frames_in, frames_bad;
-        uint64_t probes, probes_lost;
-        /* The host's view beside the plugin's (see the top of this file). */
-        enum km_link_state dev_state; /* the plugin's last report (degraded as up) */
-        bool dev_degraded;            /* ... which said degraded */
-        bool faulted;                 /* a fault waits for on_fault */
-        bool held;                    /* the host keeps the link down until on_retry */
-        char fault[160];              /* the last fault, for the state's reason */
-        int64_t retry_ms;             /* the next back-off */
-        sd_event_source *fault_src, *retry_src;
-        /* The budget, spent frame by frame at the device. */
-        uint64_t bud_bytes, bud_frames, bud_bytes_used, bud_frames_used;
-        int64_t bud_ms, bud_start;
-        sd_event_source *bud_src;
-        /* Commands (see the top of this file). */
-        struct narrow_conf nc;
-        char **cmd_pfx;  /* center: "<prefix>/<peer>/" per peer */
-        char *group;     /* center: its peers, so that links to other bases do not compete */
-        /* What came from the peer and can never be published (gateway/inbound.c), by
-         * reason; logged at most every REFUSED_LOG_MS, saying how many went unlogged. */
-        uint64_t refused[KM_REFUSE_N];
-        int64_t refused_log_ms[KM_REFUSE_N];
-        uint64_t refused_quiet[KM_REFUSE_N];
-        /* Frame authentication (gateway/auth.c, see "AUTHENTICATION" below). */
-        bool auth_on;                 /* frames sealed and only sealed ones taken */
-        bool auth_off;                /* auth = off said by the operator (status says so) */
-        struct km_auth auth;
-        struct km_auth_peer *seal_to; /* the peer the frame being sent is for (NULL: the first) */
-        struct km_auth_peer *rx_peer; /* the peer the frame being received came from */
-        size_t ovh;                   /* bytes sealing adds (0 without auth) */
-        uint8_t *sbuf, *obuf;         /* a frame sealed, a frame opened: bufcap + 32 bytes each */
-        char *conf_file;              /* key files are relative to it */
-        int64_t auth_log_ms, auth_saved_ms;
-        uint64_t auth_quiet;
-};
-
-static const char *const narrow_keys[] = { "peers", "rto", "probe", "topic_prefix", "dictionary", NULL };
-
-#define NOFF(f) offsetof(struct narrow_conf, f)
-static const char *const position_forms[] = { "compact", "json", NULL };
-static const char *const auth_modes[] = { "on", "off", NULL };
-static const struct km_conf_key cmd_keys[] = {
-        { "commands", KM_CONF_BOOL, "yes", NOFF(commands), "center: take <topic_prefix>/<peer>/cmd/# from the center broker for each of peers and send it down this link while that base is not online over MQTT", 0, 0, NULL },
-        { "command_grace", KM_CONF_DURATION, "30s", NOFF(command_grace_ms), "center: a command for a base online over MQTT is left to its MQTT session after this long (sent down this link if the base goes offline sooner)", 0, 86400000, NULL },
-        { "positions", KM_CONF_STRING, "compact", NOFF(positions), "base: compact = a position message (the canonical JSON of pos/<unit>) crosses as the compact position codec when that is smaller, and the center publishes it quantised (lat/lon 1e-5 deg, alt 1 m, time 0.1 s, speed 0.1 m/s, heading 1 deg, battery 1 %); json = as its JSON, exact (for a center older than the codec in frames). Links with ack = receipt or none write frame version 1 and send JSON", 0, 0, position_forms },
-        { "key_file", KM_CONF_STRING, NULL, NOFF(key_file), "frame authentication key: a base, one base64 key (a line KEY or NAME = KEY); a center, a line PEER = KEY for each of peers; mode 0600 or stricter, relative to this file; kuimenctl key new makes a key", 0, 0, NULL },
-        { "key_file_next", KM_CONF_STRING, NULL, NOFF(key_file_next), "during a rotation, the next key (same form): frames under either key are taken, sent under key_file's", 0, 0, NULL },
-        { "auth", KM_CONF_STRING, NULL, NOFF(auth), "on = frames are sealed and only sealed ones taken (the default with key_file); off = neither, with a warning at start and in status", 0, 0, auth_modes },
-        { "tag_bytes", KM_CONF_INT, "8", NOFF(tag_bytes), "bytes of the truncated HMAC-SHA-256 tag on each frame, the same at both ends: a forged frame passes with odds 2^-(8 x tag_bytes)", KM_AUTH_TAG_MIN, KM_AUTH_TAG_MAX, NULL },
-        { NULL, 0, NULL, 0, NULL, 0, 0, NULL },
-};
 
 /* ---- host API ------------------------------------------------------------------- */
 
@@ -233,15 +59,13 @@ static void api_log(km_plugin_link *h, int level, const char *fmt, ...)
         KM_LOG(level, "link", "%s: %s", h->link->name, msg);
 }
 
-static const char *api_config(km_plugin_link *h, const char *key)
+const char *km_plugin_config(km_plugin_link *h, const char *key)
 {
         for (size_t i = 0; i < h->nkv; i++)
                 if (strcmp(h->kv[i].key, key) == 0)
                         return h->kv[i].value;
         return NULL;
 }
-
-static void check_block(km_plugin_link *h, const char *what, int64_t t0);
 
 static int on_fd(sd_event_source *s, int fd, uint32_t revents, void *ud)
 {
@@ -250,7 +74,7 @@ static int on_fd(sd_event_source *s, int fd, uint32_t revents, void *ud)
         int64_t t0 = km_mono_ms();
         (void)s;
         w->cb(w->ud, fd, revents);
-        check_block(h, "its fd callback", t0);
+        km_plugin_check_block(h, "its fd callback", t0);
         return 0;
 }
 
@@ -290,7 +114,7 @@ static int on_ptimer(sd_event_source *s, uint64_t usec, void *ud)
         t->src = sd_event_source_unref(s);
         t->id = 0;
         cb(cud);
-        check_block(h, "its timer callback", t0);
+        km_plugin_check_block(h, "its timer callback", t0);
         return 0;
 }
 
@@ -320,69 +144,16 @@ static void api_cancel_timer(km_plugin_link *h, int id)
                 }
 }
 
-static void forget_queue(km_plugin_link *h)
-{
-        for (int i = 0; i < QMAX; i++) {
-                free(h->q[i].topic);
-                free(h->q[i].payload);
-                h->q[i] = (struct qmsg){ 0 };
-        }
-        km_frame_tx_reset(&h->tx);
-        memset(h->rcpt, 0, sizeof(h->rcpt));
-        h->probe_at = 0;
-}
-
-static void kick(km_plugin_link *h);
-
-/* Center: whether q waits for the base's MQTT session instead of this link. A message
- * already partly framed is finished here whatever the base does meanwhile. */
-static bool held_for_mqtt(const km_plugin_link *h, const struct qmsg *q)
-{
-        return h->center && q->peer >= 0 && !q->framed && !q->frag_off &&
-               km_daemon_peer_state(h->d, h->peers.v[q->peer]) == KM_PEER_ONLINE;
-}
-
-/* Center: commands held for a base online over MQTT for command_grace leave the spool
- * as delivered by its session. Held ones count as parked, which the ack clock
- * (gateway/link.c) does not wait for. Returns whether some are still held. */
-static bool settle_commands(km_plugin_link *h)
-{
-        int64_t now = km_daemon_now(h->d);
-        uint32_t held = 0;
-        for (int i = 0; i < QMAX; i++) {
-                struct qmsg *q = &h->q[i];
-                if (!q->used || !held_for_mqtt(h, q))
-                        continue;
-                if (now - q->created < h->nc.command_grace_ms) {
-                        held++;
-                        continue;
-                }
-                uint64_t sid = km_link_acked(h->link, q->cookie);
-                if (sid)
-                        km_spool_ack(h->d->spool, sid);
-                h->d->cmd_settled_mqtt++;
-                KM_LOG(KM_LOG_DEBUG, "cmd", "%s: %s/%s left to %s's MQTT session", h->link->name,
-                       h->peers.v[q->peer], q->topic, h->peers.v[q->peer]);
-                free(q->topic);
-                free(q->payload);
-                *q = (struct qmsg){ 0 };
-        }
-        h->link->parked = held <= h->link->inflight ? held : h->link->inflight;
-        return held > 0;
-}
-
 /* ---- faults the host sees ---------------------------------------------------------- */
 
 static int on_retry(sd_event_source *s, uint64_t usec, void *ud);
-static void send_probe(km_plugin_link *h);
-static void probe_answered(km_plugin_link *h);
 
 /* The host keeps the link down, and tries it again after the back-off. */
-static void hold_down(km_plugin_link *h)
+void km_plugin_hold_down(km_plugin_link *h)
 {
         if (h->probing) {
                 h->probing = false;
-                forget_queue(h); /* the probe: the peer skips it */
+                km_narrow_forget(h); /* the probe: the peer skips it */
         }
         h->held = true;
         if (!h->retry_ms)
@@ -413,12 +184,12 @@ static int on_retry(sd_event_source *s, uint64_t usec, void *ud)
                         snprintf(why, sizeof(why), "probing after: %s", h->fault);
                         km_link_set_state(h->link, KM_LINK_DOWN, why);
                         h->probing = true;
-                        send_probe(h);
+                        km_narrow_send_probe(h);
                         return 0;
                 }
                 snprintf(why, sizeof(why), "retrying after: %s", h->fault);
                 km_link_set_state(h->link, h->dev_degraded ? KM_LINK_DEGRADED : KM_LINK_UP, why);
-                kick(h);
+                km_narrow_kick(h);
         }
         return 0;
 }
@@ -433,13 +204,13 @@ static int on_fault(sd_event_source *s, void *ud)
         h->faulted = false;
         if (h->link->state == KM_LINK_UP) {
                 km_link_set_state(h->link, KM_LINK_DOWN, h->fault);
-                forget_queue(h); /* the spool replays them on another link */
+                km_narrow_forget(h); /* the spool replays them on another link */
         }
-        hold_down(h);
+        km_plugin_hold_down(h);
         return 0;
 }
 
-__attribute__((format(printf, 2, 3))) static void host_fault(km_plugin_link *h, const char *fmt, ...)
+void km_plugin_fault(km_plugin_link *h, const char *fmt, ...)
 {
         va_list ap;
         if (h->faulted)
@@ -458,14 +229,14 @@ __attribute__((format(printf, 2, 3))) static void host_fault(km_plugin_link *h, 
 
 /* A plugin must never block the loop (the ABI says so); one that did for BLOCK_MS
  * starved every other link that long: take its link down and say where it blocked. */
-static void check_block(km_plugin_link *h, const char *what, int64_t t0)
+void km_plugin_check_block(km_plugin_link *h, const char *what, int64_t t0)
 {
         int64_t dt = km_mono_ms() - t0;
         if (dt < BLOCK_MS)
                 return;
         KM_LOG(KM_LOG_ERR, "link", "%s: the %s plugin blocked the event loop for %.1f s in %s", h->link->name,
                h->desc->name, (double)dt / 1000, what);
-        host_fault(h, "%s blocked the event loop for %.1f s", what, (double)dt / 1000);
+        km_plugin_fault(h, "%s blocked the event loop for %.1f s", what, (double)dt / 1000);
 }
 
 static void api_report(km_plugin_link *h, const struct km_plugin_report *r)
@@ -492,476 +263,20 @@ static void api_report(km_plugin_link *h, const struct km_plugin_report *r)
                 h->held = false;
         if (h->probing) {
                 h->probing = false;
-                forget_queue(h); /* the probe too */
+                km_narrow_forget(h); /* the probe too */
         }
         if (st != KM_LINK_UP && h->link->state == KM_LINK_UP)
-                forget_queue(h); /* the spool replays them on the next UP */
+                km_narrow_forget(h); /* the spool replays them on the next UP */
         enum km_link_state shown = h->dev_degraded ? KM_LINK_DEGRADED : st;
         km_link_set_state(h->link, shown, r->reason ? r->reason : km_link_state_name(shown));
         if (st == KM_LINK_UP)
-                kick(h);
-}
-
-static int put_aside(km_plugin_link *h, const struct km_frame_msg *m, const char *why);
-
-static int ingest_delivered(km_plugin_link *h, const struct km_frame_msg *m, const char *origin)
-{
-        char topic[KM_FRAME_TOPIC_MAX + 128];
-        snprintf(topic, sizeof(topic), "%s/%s/%s", h->prefix, origin, m->topic ? m->topic : "unknown");
-        /* A topic beyond our dictionary (unknown-topic/N) has no class here: the frame
-         * says how urgent it was at the base (an alert stays an alert). */
-        bool unknown = !m->topic || strncmp(m->topic, KM_DICT_FALLBACK "/", sizeof(KM_DICT_FALLBACK)) == 0;
-        int rc = km_daemon_relay(h->d, topic, unknown ? NULL : m->topic, m->cls, m->payload, m->len, origin, m->id);
-        /* Not stored (a storage fault): the frame is not acknowledged and comes again.
-         * Too large or of no class would be refused again: set aside, acknowledged. */
-        if (rc == -EMSGSIZE || rc == -ENOENT)
-                return put_aside(h, m, rc == -EMSGSIZE ? "too large to store" : "no class takes it");
-        return rc < 0 ? rc : 0;
-}
-
-/* s as printable ASCII into out (cap >= 5), at most max characters of it: a refused
- * topic is whatever a forger chose, and goes to the journal and the dead letters. */
-static const char *printable(const char *s, char *out, size_t cap, size_t max)
-{
-        size_t o = 0;
-        if (!s)
-                return "(unknown topic)";
-        for (size_t i = 0; s[i] && i < max && o + 5 < cap; i++) {
-                unsigned char c = (unsigned char)s[i];
-                if (c >= 0x20 && c < 0x7f && c != '\\')
-                        out[o++] = (char)c;
-                else
-                        o += (size_t)snprintf(out + o, cap - o, "\\x%02x", c);
-        }
-        out[o] = '\0';
-        return out;
-}
-
-/* The peer's name for origin, else its number in hex. */
-static const char *origin_name(const km_plugin_link *h, uint32_t origin, char *out, size_t cap)
-{
-        snprintf(out, cap, "%08x", origin);
-        for (size_t i = 0; i < h->peers.n; i++)
-                if (km_frame_node_id(h->peers.v[i]) == origin)
-                        snprintf(out, cap, "%s", h->peers.v[i]);
-        return out;
-}
-
-/* A message from the peer that can never be published goes to the dead letters, so an
- * operator sees what came (kuimenctl spool dead) while what follows flows on. Only a
- * storage fault is worth the frame again (not acknowledged: it comes again). */
-static int put_aside(km_plugin_link *h, const struct km_frame_msg *m, const char *why)
-{
-        char topic[4 * KM_FRAME_TOPIC_MAX + 8], from[48], w[160];
-        origin_name(h, m->origin, from, sizeof(from));
-        snprintf(w, sizeof(w), "refused on arrival over %s from %s: %s", h->link->name, from, why);
-        int rc = km_daemon_put_aside(h->d, printable(m->topic, topic, sizeof(topic), KM_FRAME_TOPIC_MAX), m->cls,
-                                     m->payload, m->len, from, m->id, w);
-        if (rc < 0)
-                KM_LOG(KM_LOG_ERR, "link", "%s: cannot set aside a refused message from %s: %s", h->link->name, from,
-                       strerror(-rc));
-        return rc < 0 && !km_spool_storage_ok(h->d->spool) ? rc : 0;
-}
-
-/* A message (topic set) or a frame (topic NULL, reason origin) from the peer that can
- * never be published: counted by reason; its frame is acknowledged all the same (sent
- * again it would be refused again), so it never holds up what follows. Logged per
- * reason, so that a flood of one kind does not hide the first of another. */
-static void refuse(km_plugin_link *h, enum km_refuse r, const char *why, const char *topic, uint32_t origin)
-{
-        h->refused[r]++;
-        int64_t now = km_mono_ms();
-        if (h->refused_log_ms[r] && now - h->refused_log_ms[r] < REFUSED_LOG_MS) {
-                h->refused_quiet[r]++;
-                return;
-        }
-        char t[400], from[48];
-        origin_name(h, origin, from, sizeof(from));
-        if (r == KM_REFUSE_ORIGIN && !topic)
-                KM_LOG(KM_LOG_WARNING, "link", "%s: frame from origin %s, not one of peers: dropped (refused_origin %llu, %llu not logged since the last line)",
-                       h->link->name, from, (unsigned long long)h->refused[r], (unsigned long long)h->refused_quiet[r]);
-        else
-                KM_LOG(KM_LOG_WARNING, "link", "%s: message on '%s' from %s refused: %s; not published (refused_%s %llu, %llu not logged since the last line)",
-                       h->link->name, printable(topic, t, sizeof(t), 64), from, why, km_inbound_reason_name(r),
-                       (unsigned long long)h->refused[r], (unsigned long long)h->refused_quiet[r]);
-        h->refused_log_ms[r] = now;
-        h->refused_quiet[r] = 0;
-}
-
-/* The frame receiver's origin filter (gateway/frame.h origin_ok): a center takes frames
- * only from its peers, and so does a base that names its center in peers (one that
- * names none takes any: it cannot know its center's name). */
-static bool origin_ok(void *ctx, uint32_t origin)
-{
-        const km_plugin_link *h = ctx;
-        if (!h->peers.n)
-                return !h->center;
-        for (size_t i = 0; i < h->peers.n; i++)
-                if (km_frame_node_id(h->peers.v[i]) == origin)
-                        return true;
-        return false;
-}
-
-/* A base: what a center sends down is commands for the local broker, nothing else
- * (a center relays the rest of the world on its own broker); on_deliver checked it. */
-static int deliver_command(km_plugin_link *h, const struct km_frame_msg *m)
-{
-        int rc = km_daemon_command(h->d, KM_CMD_NARROW, m->topic, m->payload, m->len);
-        /* Who may have sent it: every command taken says its path and, sealed, its key. */
-        const struct km_auth_peer *p = h->auth_on ? h->rx_peer : NULL;
-        KM_LOG(rc < 0 ? KM_LOG_WARNING : KM_LOG_NOTICE, "cmd", "'%s' (%zu bytes) from narrow link %s, %s%s%s: %s",
-               m->topic, m->len, h->link->name, p ? "authenticated, key id " : "",
-               p ? (p->last_key == 2 ? p->next.id : p->key.id) : h->auth_off ? "NOT authenticated (auth = off)" : "NOT authenticated (no key_file)",
-               p ? (p->last_key == 2 ? " (key_file_next)" : " (key_file)") : "", rc < 0 ? strerror(-rc) : "taken");
-        /* A stop or a storage fault is worth a retry (unacknowledged, the frame comes
-         * again); a command too large or unrouted would be refused again: set aside. */
-        if (rc < 0 && (h->d->stopping || !km_spool_storage_ok(h->d->spool)))
-                return rc;
-        return rc < 0 ? put_aside(h, m, rc == -EMSGSIZE ? "too large to store" : strerror(-rc)) : 0;
-}
-
-/* A complete message from the peer: checked (gateway/inbound.c), then durable in our
- * spool before the frame is acked. */
-static int on_deliver(void *ctx, const struct km_frame_msg *m)
-{
-        km_plugin_link *h = ctx;
-        const char *why = NULL;
-        enum km_refuse r = km_inbound_check(m->topic, m->len, h->center, &why);
-        if (r != KM_REFUSE_NONE) {
-                refuse(h, r, why, m->topic, m->origin);
-                return put_aside(h, m, why);
-        }
-        if (!h->center)
-                return deliver_command(h, m);
-        const char *origin = NULL;
-        for (size_t i = 0; i < h->peers.n && !origin; i++)
-                if (km_frame_node_id(h->peers.v[i]) == m->origin)
-                        origin = h->peers.v[i];
-        if (!origin) { /* origin_ok let no such frame in: kept as a second lock */
-                refuse(h, KM_REFUSE_ORIGIN, "origin not in peers", m->topic, m->origin);
-                return 0;
-        }
-        return ingest_delivered(h, m, origin);
-}
-
-static void on_done(void *ctx, uint64_t id)
-{
-        km_plugin_link *h = ctx;
-        for (int i = 0; i < QMAX; i++)
-                if (h->q[i].used && h->q[i].id == id) {
-                        uint64_t sid = km_link_acked(h->link, h->q[i].cookie);
-                        if (sid)
-                                km_spool_ack(h->d->spool, sid);
-                        if (h->center)
-                                h->d->cmd_sent_narrow++;
-                        h->retry_ms = 0; /* it carries: the next fault starts the back-off afresh */
-                        free(h->q[i].topic);
-                        free(h->q[i].payload);
-                        h->q[i] = (struct qmsg){ 0 };
-                        return;
-                }
-}
-
-static void on_restart(void *ctx, uint64_t id)
-{
-        km_plugin_link *h = ctx;
-        for (int i = 0; i < QMAX; i++)
-                if (h->q[i].used && h->q[i].id == id)
-                        h->q[i].framed = false, h->q[i].frag_off = 0;
-}
-
-/* ---- authentication ------------------------------------------------------------------
- *
- * With a key (key_file), every frame this link sends is sealed (gateway/auth.c: wire
- * version 3, encrypt-then-MAC, a counter) and every frame it receives is opened
- * before the frame receiver sees a byte of it: a frame that fails (tag, replay, no key
- * for its origin, a plain frame) is counted and dropped, so no ack in it is applied,
- * no SYN honoured, no slot or reorder state touched, nothing delivered. A base thus
- * executes a command from this link only if its frame was sealed under its center's
- * key. A center seals its acks under the key of the base acknowledged; its data frames
- * (commands) go to one base per link, so a center link that sends commands under
- * authentication has exactly one peer (checked at start).
- */
-
-static const char *const key_names[] = { "none", "key_file", "key_file_next" };
-static const struct km_link_ops narrow_ops, center_ops; /* defined with the link ops below */
-
-static struct km_auth_peer *auth_peer_of(km_plugin_link *h, uint32_t origin)
-{
-        for (size_t i = 0; i < h->auth.npeers; i++)
-                if (h->auth.peer[i].origin == origin || h->auth.any_peer)
-                        return &h->auth.peer[i];
-        return NULL;
-}
-
-/* A frame that did not open: counted in gateway/auth.c, logged here at most every
- * REFUSED_LOG_MS (a forger sends as fast as the link goes). */
-static void auth_refused(km_plugin_link *h, int rc, uint32_t origin, size_t len)
-{
-        int64_t now = km_mono_ms();
-        if (h->auth_log_ms && now - h->auth_log_ms < REFUSED_LOG_MS) {
-                h->auth_quiet++;
-                return;
-        }
-        const char *why = rc == -EALREADY ? "a replay (counter already taken or older than the window)"
-                        : rc == -EBADE ? "its tag does not verify under the peer's key(s)"
-                        : rc == -ENOKEY ? "no key for that origin"
-                        : rc == -EPROTONOSUPPORT ? "not sealed (an unauthenticated frame on an authenticated link)"
-                                                 : strerror(-rc);
-        char from[48];
-        snprintf(from, sizeof(from), "%08x", origin);
-        for (size_t i = 0; i < h->peers.n; i++)
-                if (km_frame_node_id(h->peers.v[i]) == origin)
-                        snprintf(from, sizeof(from), "%s", h->peers.v[i]);
-        KM_LOG(KM_LOG_WARNING, "link", "%s: %zu-byte frame claiming origin %s dropped: %s (auth_failures %llu, replays %llu, %llu not logged since the last line)",
-               h->link->name, len, from, why, (unsigned long long)(h->auth.auth_failures + h->auth.unknown_key),
-               (unsigned long long)h->auth.replays, (unsigned long long)h->auth_quiet);
-        h->auth_log_ms = now;
-        h->auth_quiet = 0;
-}
-
-/* path relative to the config file's directory, as the dictionary is. Owned. */
-static char *conf_relative(const char *conf_file, const char *path)
-{
-        const char *slash = conf_file ? strrchr(conf_file, '/') : NULL;
-        char *full = NULL;
-        if (path[0] != '/' && slash) {
-                if (asprintf(&full, "%.*s/%s", (int)(slash - conf_file), conf_file, path) < 0)
-                        return NULL;
-                return full;
-        }
-        return strdup(path);
-}
-
-/* Reads key_file (and key_file_next) for every peer of the link: at start (add: the
- * peers are made) and on reload (their keys replaced, counters kept). All or nothing:
- * on an error no key changes. Returns 0 or a negative errno, why naming the file. */
-static int auth_keys_load(km_plugin_link *h, bool add, char *why, size_t wl)
-{
-        size_t n = h->center || h->peers.n ? h->peers.n : 1;
-        struct km_auth_key *k = calloc(n, sizeof(*k)), *nx = calloc(n, sizeof(*nx));
-        char *kf = conf_relative(h->conf_file, h->nc.key_file);
-        char *nf = h->nc.key_file_next ? conf_relative(h->conf_file, h->nc.key_file_next) : NULL;
-        int rc = -ENOMEM;
-        if (!k || !nx || !kf || (h->nc.key_file_next && !nf))
-                goto out;
-        for (size_t i = 0; i < n; i++) {
-                const char *name = h->center ? h->peers.v[i] : NULL;
-                if ((rc = km_auth_key_load(kf, name, &k[i], why, wl)) < 0)
-                        goto out;
-                if (nf && (rc = km_auth_key_load(nf, name, &nx[i], why, wl)) < 0 && rc != -ENOENT)
-                        goto out;
-                rc = 0;
-        }
-        for (size_t i = 0; i < n; i++) {
-                if (add) {
-                        const char *name = h->peers.n ? h->peers.v[i] : "*";
-                        if (!km_auth_peer_add(&h->auth, name, &k[i], &nx[i])) {
-                                snprintf(why, wl, "more than %d peers", KM_AUTH_PEERS_MAX);
-                                rc = -ENOSPC;
-                                goto out;
-                        }
-                } else {
-                        h->auth.peer[i].key = k[i];
-                        h->auth.peer[i].next = nx[i];
-                }
-        }
-out:
-        if (k)
-                explicit_bzero(k, n * sizeof(*k));
-        if (nx)
-                explicit_bzero(nx, n * sizeof(*nx));
-        free(k);
-        free(nx);
-        free(kf);
-        free(nf);
-        return rc;
-}
-
-/* Sets up authentication from the link's keys. Returns 0 or a negative errno (logged). */
-static int auth_setup(km_plugin_link *h, const char *spool)
-{
-        char why[4608], *state = NULL;
-        const char *name = h->link->name;
-        bool off = h->nc.auth && strcmp(h->nc.auth, "off") == 0;
-        bool on = h->nc.auth ? !off : h->nc.key_file != NULL;
-        if (off) {
-                h->auth_off = true;
-                KM_LOG(KM_LOG_WARNING, "link", "%s: auth = off: frames are NEITHER AUTHENTICATED NOR ENCRYPTED; anyone who can send on this link can forge %s, acks and sequence resets",
-                       name, h->center ? "messages under a base's name" : "commands");
-                return 0;
-        }
-        if (!on) {
-                KM_LOG(KM_LOG_WARNING, "link", "%s: no key_file: frames are not authenticated (set key_file at both ends, or auth = off to say so)", name);
-                return 0;
-        }
-        if (!h->nc.key_file) {
-                KM_LOG(KM_LOG_ERR, "link", "%s: auth = on needs key_file", name);
-                return -EINVAL;
-        }
-        if (h->center && !h->peers.n) {
-                KM_LOG(KM_LOG_ERR, "link", "%s: a center's key_file holds a key per peer: set peers", name);
-                return -EINVAL;
-        }
-        /* The counters beside the spool: a restart starts above anything sent. */
-        const char *slash = spool ? strrchr(spool, '/') : NULL;
-        if (asprintf(&state, "%.*s%sauth-%s.state", slash ? (int)(slash - spool) : 1, slash ? spool : ".", "/", name) < 0)
-                return -ENOMEM;
-        int rc = km_auth_init(&h->auth, (unsigned)h->nc.tag_bytes, h->center ? KM_AUTH_DOWN : KM_AUTH_UP, h->origin,
-                              state);
-        if (rc < 0) {
-                KM_LOG(KM_LOG_ERR, "link", "%s: %s: %s", name, state, strerror(-rc));
-                free(state);
-                return rc;
-        }
-        free(state);
-        if ((rc = auth_keys_load(h, true, why, sizeof(why))) < 0) {
-                KM_LOG(KM_LOG_ERR, "link", "%s: %s", name, why);
-                km_auth_deinit(&h->auth);
-                return rc;
-        }
-        /* Each link numbers its frames on its own: two links of this node under one key
-         * would use a nonce twice (gateway/auth.c), so each has its own key. */
-        for (size_t i = 0; i < h->d->nlinks; i++) {
-                const struct km_link *o = h->d->links[i];
-                const km_plugin_link *oh = (o->ops == &narrow_ops || o->ops == &center_ops) ? o->impl : NULL;
-                for (size_t a = 0; oh && oh->auth_on && a < oh->auth.npeers; a++)
-                        for (size_t b = 0; b < h->auth.npeers; b++)
-                                if (strcmp(oh->auth.peer[a].key.id, h->auth.peer[b].key.id) == 0) {
-                                        KM_LOG(KM_LOG_ERR, "link", "%s: key %s is also link %s's: each link needs a key of its own (its frame counter is its own)",
-                                               name, h->auth.peer[b].key.id, o->name);
-                                        km_auth_deinit(&h->auth);
-                                        return -EINVAL;
-                                }
-        }
-        h->auth_on = true;
-        h->ovh = KM_AUTH_OVERHEAD(h->auth.tag);
-        for (size_t i = 0; i < h->auth.npeers; i++) {
-                struct km_auth_peer *p = &h->auth.peer[i];
-                KM_LOG(KM_LOG_NOTICE, "link", "%s: frames to and from %s authenticated: key %s%s%s, tag %u bytes, %zu bytes a frame",
-                       name, strcmp(p->name, "*") ? p->name : "the center", p->key.id, p->next.set ? ", next key " : "",
-                       p->next.set ? p->next.id : "", h->auth.tag, h->ovh);
-        }
-        return 0;
-}
-
-static void api_received(km_plugin_link *h, const void *frame, size_t len)
-{
-        if (h->auth_on) {
-                uint32_t org = 0;
-                struct km_auth_peer *p = NULL;
-                int n = km_auth_open(&h->auth, frame, len, h->obuf, h->bufcap + 32, &p, &org);
-                if (n < 0) {
-                        h->frames_in++;
-                        h->frames_bad++;
-                        auth_refused(h, n, org, len);
-                        return;
-                }
-                frame = h->obuf;
-                len = (size_t)n;
-                h->rx_peer = p;
-                /* The counter on disk before the frame is acted on, unless it was saved
-                 * less than a second ago: on a slow link (a card's frame a minute) no
-                 * frame taken can be replayed after a crash; on a fast one, at most
-                 * the last second's (on_rto saves those). */
-                int64_t now = km_mono_ms();
-                if (h->auth.dirty && now - h->auth_saved_ms >= 1000 && km_auth_save(&h->auth) == 0)
-                        h->auth_saved_ms = now;
-        }
-        struct km_frame_rx_info info = { 0 };
-        uint64_t bad_pos = h->rx.bad_posbatch;
-        int rc = km_frame_rx_input(&h->rx, frame, len, km_now_ms(), km_dict_fallback_deliver, &h->fb, &info);
-        h->frames_in++;
-        /* The first, then one line a hundred: a bad peer must not flood the log. */
-        if (h->rx.bad_posbatch != bad_pos && (bad_pos == 0 || bad_pos / 100 != h->rx.bad_posbatch / 100))
-                KM_LOG(KM_LOG_WARNING, "link", "%s: position batch from %08x that is not one good position: not published (%llu so far)",
-                       h->link->name, info.origin, (unsigned long long)h->rx.bad_posbatch);
-        if (rc == -EPERM) { /* origin_ok: nothing of the frame was acted on */
-                h->frames_bad++;
-                refuse(h, KM_REFUSE_ORIGIN, NULL, NULL, info.origin);
-                return;
-        }
-        if (rc < 0) {
-                if (h->frames_bad++ % 100 == 0)
-                        KM_LOG(KM_LOG_WARNING, "link", "%s: frame refused (%s); %llu so far", h->link->name,
-                               strerror(-rc), (unsigned long long)h->frames_bad);
-                return;
-        }
-        if (info.has_ack && info.ack.origin == h->origin) {
-                uint64_t sacked = h->tx.frames_sacked;
-                km_frame_tx_ack(&h->tx, &info.ack, on_done, on_restart, h);
-                h->heard_mono = km_mono_ms();
-                /* The peer holds a frame it did not have: the path works while a lost one
-                 * is sent again, so the ack clock (gateway/link.c) restarts. A peer that
-                 * holds frames and never releases any still goes down: once the window
-                 * is full nothing new can be held. */
-                if (h->tx.frames_sacked != sacked && h->link->inflight)
-                        h->link->progress_mono = h->heard_mono;
-                /* Answered once the window has moved past it: frames sent after it may
-                 * still be in flight (a message came while it waited for the card). */
-                uint16_t past = (uint16_t)(h->tx.next_seq - h->tx.inflight - h->probe_seq - 1);
-                if (h->probe_at && past < 0x8000)
-                        probe_answered(h);
-        }
-        /* With ack = receipt or none the sender releases frames without us. */
-        if (info.ack_due && h->link->ack_mode == KM_ACK_PEER) {
-                h->ack_owed = true;
-                h->ack_tried = false;
-                h->ack_to = info.origin;
-        }
-        kick(h);
-}
-
-/* Releases every frame in flight up to seq as if the peer had acknowledged it. */
-static void release_to(km_plugin_link *h, uint16_t seq)
-{
-        struct km_frame_ack a = { .origin = h->origin, .cum = seq, .version = (uint8_t)h->tx.cfg.version };
-        km_frame_tx_ack(&h->tx, &a, on_done, on_restart, h);
-}
-
-static void api_sent(km_plugin_link *h, uint32_t token, int status)
-{
-        if (status < 0 && h->frames_bad++ % 100 == 0)
-                KM_LOG(KM_LOG_WARNING, "link", "%s: the device refused a frame (%s)", h->link->name, strerror(-status));
-        if (h->link->ack_mode != KM_ACK_RECEIPT)
-                return;
-        int k = -1;
-        for (int i = 0; i < KM_FRAME_WINDOW_MAX && k < 0; i++)
-                if (h->rcpt[i].used && h->rcpt[i].token == token)
-                        k = i;
-        if (k < 0)
-                return; /* an ack frame's, or from before a reset */
-        uint16_t seq = h->rcpt[k].seq;
-        if (status < 0) {
-                /* Not on the air: the frame goes again, first in line. */
-                h->rcpt[k].used = false;
-                for (unsigned i = 0; i < KM_FRAME_WINDOW_MAX; i++)
-                        if (h->tx.slot[i].used && h->tx.slot[i].seq == seq)
-                                h->tx.slot[i].lost = true;
-                kick(h);
-                return;
-        }
-        h->rcpt[k].receipted = true;
-        /* Receipts release in frame order: a frame whose receipt is still to come
-         * holds back those after it, as a cumulative ack would. */
-        uint16_t base = (uint16_t)(h->tx.next_seq - h->tx.inflight), next = base;
-        while (km_frame_tx_inflight(&h->tx) > (uint16_t)(next - base)) {
-                k = next % KM_FRAME_WINDOW_MAX;
-                if (!h->rcpt[k].used || !h->rcpt[k].receipted || h->rcpt[k].seq != next)
-                        break;
-                h->rcpt[k].used = false;
-                next++;
-        }
-        if (next != base) {
-                release_to(h, (uint16_t)(next - 1));
-                kick(h);
-        }
+                km_narrow_kick(h);
 }
 
 static void api_ready(km_plugin_link *h)
 {
         h->busy = false;
-        kick(h);
+        km_narrow_kick(h);
 }
 
 static const struct km_host_api host_api = {
@@ -969,14 +284,14 @@ static const struct km_host_api host_api = {
         .abi_minor = KM_PLUGIN_ABI_MINOR,
         .struct_size = sizeof(struct km_host_api),
         .log = api_log,
-        .config = api_config,
+        .config = km_plugin_config,
         .watch_fd = api_watch_fd,
         .unwatch_fd = api_unwatch_fd,
         .timer = api_timer,
         .cancel_timer = api_cancel_timer,
         .report = api_report,
-        .received = api_received,
-        .sent = api_sent,
+        .received = km_narrow_received,
+        .sent = km_narrow_sent,
         .ready = api_ready,
 };
 
@@ -985,7 +300,7 @@ static const struct km_host_api host_api = {
 static int on_budget(sd_event_source *s, uint64_t usec, void *ud)
 {
         (void)s, (void)usec;
-        kick(ud);
+        km_narrow_kick(ud);
         return 0;
 }
 
@@ -994,7 +309,7 @@ static int on_budget(sd_event_source *s, uint64_t usec, void *ud)
  * closed (not when the link was merely looked at: an idle link would otherwise open a
  * window, send its budget at the end of it and again at the start of the next) and
  * rolls over whole, as the scheduler's does. */
-static size_t budget_room(km_plugin_link *h)
+size_t km_plugin_budget_room(km_plugin_link *h)
 {
         int64_t now = km_mono_ms();
         if (!h->bud_bytes && !h->bud_frames)
@@ -1010,7 +325,7 @@ static size_t budget_room(km_plugin_link *h)
 
 /* The budget is spent: kick again when the window rolls over. Waiting for the budget
  * is not a dead link, so the ack clock does not run meanwhile. */
-static void budget_wait(km_plugin_link *h)
+void km_plugin_budget_wait(km_plugin_link *h)
 {
         int64_t now = km_mono_ms(), left = h->bud_start ? h->bud_start + h->bud_ms - now : h->bud_ms;
         uint64_t us = (uint64_t)(left > 0 ? left : 0) * 1000 + 1000;
@@ -1024,65 +339,17 @@ static void budget_wait(km_plugin_link *h)
         }
 }
 
-/* A data frame is on its way: with ack = none it is as good as delivered (every frame
- * before it went first: a frame the device refused is the next one sent); with
- * ack = receipt, note its token for api_sent. */
-static void sent_data(km_plugin_link *h, const uint8_t *frame, size_t len, uint32_t token)
+/* Hands one frame (sealed already, if the link is) to the device. The budget counts
+ * what went on the air. */
+bool km_plugin_dev_send(km_plugin_link *h, const char *peer, const uint8_t *wire, size_t wlen, uint32_t *token)
 {
-        uint8_t type;
-        uint16_t seq;
-        if (h->link->ack_mode == KM_ACK_PEER || km_frame_peek(frame, len, &type, &seq) < 0 || type != KM_FRAME_T_DATA)
-                return;
-        if (h->link->ack_mode == KM_ACK_NONE) {
-                release_to(h, seq);
-                return;
-        }
-        int k = seq % KM_FRAME_WINDOW_MAX;
-        h->rcpt[k].token = token;
-        h->rcpt[k].seq = seq;
-        h->rcpt[k].used = true;
-        h->rcpt[k].receipted = false;
-}
-
-/* ABI 1.2: the peer a frame is for, where the plugin can address one (send_to). An
- * ack frame acknowledges one origin's frames (kick builds it for ack_to): it goes to
- * that base. A data frame goes to the plugin's default peer (NULL): one sequence
- * space per link cannot serve several bases' commands (docs/DESIGN.md). */
-static const char *frame_peer(const km_plugin_link *h, const uint8_t *frame, size_t len)
-{
-        uint8_t type;
-        uint16_t seq;
-        if (km_frame_peek(frame, len, &type, &seq) < 0 || type != KM_FRAME_T_ACK)
-                return NULL;
-        for (size_t i = 0; i < h->peers.n; i++)
-                if (km_frame_node_id(h->peers.v[i]) == h->ack_to)
-                        return h->peers.v[i];
-        return NULL;
-}
-
-/* Hands one frame to the device; false when it is busy, in an outage or broken. */
-static bool device_send(km_plugin_link *h, const uint8_t *frame, size_t len)
-{
-        static uint32_t token;
-        const uint8_t *wire = frame;
-        size_t wlen = len;
-        if (h->auth_on) {
-                struct km_auth_peer *p = h->seal_to ? h->seal_to : &h->auth.peer[0];
-                int n = km_auth_seal(&h->auth, p, frame, len, h->sbuf, h->bufcap + 32);
-                if (n < 0) {
-                        /* Nothing leaves without a durable counter (gateway/auth.c). */
-                        host_fault(h, "cannot seal a frame: %s", strerror(-n));
-                        return false;
-                }
-                wire = h->sbuf;
-                wlen = (size_t)n;
-        }
+        static uint32_t next_token;
         int64_t t0 = km_mono_ms();
         const struct km_plugin_ops *ops = h->desc->ops;
-        int rc = h->desc->abi_minor >= 2 && ops->send_to
-                         ? ops->send_to(h->state, frame_peer(h, frame, len), wire, wlen, ++token)
-                         : ops->send(h->state, wire, wlen, ++token);
-        check_block(h, "send()", t0);
+        *token = ++next_token;
+        int rc = h->desc->abi_minor >= 2 && ops->send_to ? ops->send_to(h->state, peer, wire, wlen, *token)
+                                                         : ops->send(h->state, wire, wlen, *token);
+        km_plugin_check_block(h, "send()", t0);
         if (rc == -EAGAIN) {
                 /* A card that said when it takes the next frame (a BeiDou card's 60 s
                  * service interval) is busy, not dead: the ack clock starts again from
@@ -1100,371 +367,35 @@ static bool device_send(km_plugin_link *h, const uint8_t *frame, size_t len)
                 h->bud_bytes_used += wlen;
                 h->bud_frames_used++;
                 h->link->bytes_sent += wlen;
-                sent_data(h, frame, len, token);
                 return true;
         }
         /* -ENOTCONN comes with a DOWN report (an announced outage); any other error
          * is a device the host cannot use. */
         if (rc != -ENOTCONN)
-                host_fault(h, "send: %s", strerror(-rc));
+                km_plugin_fault(h, "send: %s", strerror(-rc));
         return false;
 }
 
-/* The device did not take the frame just stamped (busy, an outage): mark it for
- * km_frame_tx_due to pick first when the device is ready, rather than after rto, so
- * at most this one frame was framed ahead of what arrives meanwhile (an alert). */
-static void frame_unsent(km_plugin_link *h)
+void km_plugin_close(km_plugin_link *h)
 {
-        for (unsigned i = 0; i < KM_FRAME_WINDOW_MAX; i++)
-                if (h->tx.slot[i].used && h->tx.slot[i].stamp == h->tx.stamp)
-                        h->tx.slot[i].lost = true;
-}
-
-/* Whether a data frame would go now (what kick sends): one to send again, or a new one. */
-static bool data_waiting(km_plugin_link *h, int64_t now, int64_t rto)
-{
-        if (h->link->state != KM_LINK_UP && !h->probing)
-                return false;
-        if (km_frame_tx_pending(&h->tx, now, rto))
-                return true;
-        if (h->probing || km_frame_tx_inflight(&h->tx) >= FRAME_WINDOW)
-                return false;
-        for (int i = 0; i < QMAX; i++)
-                if (h->q[i].used && !h->q[i].framed && !held_for_mqtt(h, &h->q[i]))
-                        return true;
-        return false;
-}
-
-/* Feeds the device while it takes frames: an owed ack, retransmissions, new frames. An
- * ack rides in the tail of a data frame about to go when it fits (a base answering a
- * center's command frames while it sends its own: on a budgeted card every frame
- * counts); else it goes alone, once that frame is sent. */
-static void kick(km_plugin_link *h)
-{
-        int64_t now = km_now_ms();
-
-        /* Without the peer's acks nothing is sent again for time alone: only a frame
-         * the device refused or did not take (marked lost) goes again. */
-        int64_t rto = h->link->ack_mode == KM_ACK_PEER ? h->rto_ms : INT64_MAX / 4;
-
-        while (!h->busy && h->open && !h->faulted) {
-                size_t room = budget_room(h);
-                room = room > h->ovh ? room - h->ovh : 0; /* what sealing adds is on the air too */
-                if (h->ack_owed && (h->ack_tried || !data_waiting(h, now, rto))) {
-                        struct km_frame_ack ack;
-                        if (km_frame_rx_ack(&h->rx, h->ack_to, &ack) == 0) {
-                                int n = km_frame_ack_encode(&ack, h->origin, h->buf, h->bufcap);
-                                if (n > 0 && (size_t)n > room) {
-                                        budget_wait(h);
-                                        return;
-                                }
-                                h->seal_to = h->auth_on ? auth_peer_of(h, h->ack_to) : NULL;
-                                bool sent = n <= 0 || device_send(h, h->buf, (size_t)n);
-                                h->seal_to = NULL;
-                                if (!sent)
-                                        return;
-                        }
-                        h->ack_owed = false;
-                        continue;
-                }
-                if (h->link->state != KM_LINK_UP && !h->probing)
-                        return;
-                if (room < KM_FRAME_MTU_MIN) {
-                        budget_wait(h);
-                        return;
-                }
-                /* A frame longer than room stays put (-ENOSPC, not stamped). A frame sent
-                 * again carries the owed ack as a new one would: on a card with one
-                 * frame a slot, an ack sent alone first would take the slot, and a
-                 * peer that sends every slot is owed one each time, so the frame
-                 * would wait until ack_timeout. */
-                struct km_frame_ack ack;
-                const struct km_frame_ack *piggy = NULL;
-                if (h->ack_owed && !h->ack_tried && km_frame_rx_ack(&h->rx, h->ack_to, &ack) == 0)
-                        piggy = &ack;
-                /* The ack may lengthen the frame up to the MTU, not past it; a frame
-                 * framed before the MTU shrank is offered as it is. */
-                size_t fmtu = h->mtu - h->ovh, cap = room < h->bufcap ? room : h->bufcap;
-                size_t plen = piggy ? km_frame_tx_pending(&h->tx, now, rto) : 0;
-                if (piggy && cap > (fmtu > plen ? fmtu : plen))
-                        cap = fmtu > plen ? fmtu : plen;
-                bool rode = false;
-                int n = km_frame_tx_due_ack(&h->tx, now, rto, piggy, h->buf, cap, &rode);
-                if (n == -ENOSPC) {
-                        budget_wait(h);
-                        return;
-                }
-                if (n > 0) {
-                        if (rode)
-                                h->ack_owed = false;
-                        else if (piggy)
-                                h->ack_tried = true; /* no room: it goes alone next */
-                        if (!device_send(h, h->buf, (size_t)n)) {
-                                /* The window keeps the frame as it was framed, not with
-                                 * this tail: the ack is owed still. */
-                                if (rode)
-                                        h->ack_owed = true;
-                                frame_unsent(h);
-                                return;
-                        }
-                        continue;
-                }
-                if (h->probing)
-                        return; /* only the probe goes until it is answered */
-                /* One priority per frame, the highest waiting: an alert handed over
-                 * behind queued telemetry leaves in the next frame, not after it. */
-                struct km_frame_msg msgs[QMAX];
-                int idx[QMAX], k = 0, top = 255;
-                for (int i = 0; i < QMAX; i++)
-                        if (h->q[i].used && !h->q[i].framed && h->q[i].cls < top && !held_for_mqtt(h, &h->q[i]))
-                                top = h->q[i].cls;
-                for (int i = 0; i < QMAX; i++) {
-                        struct qmsg *q = &h->q[i];
-                        if (!q->used || q->framed || q->cls != top || held_for_mqtt(h, q))
-                                continue;
-                        msgs[k] = (struct km_frame_msg){ .id = q->id, .topic = q->topic, .payload = q->payload,
-                                                         .len = q->len, .created_ms = q->created, .cls = q->cls,
-                                                         .qos = 1, .frag_off = q->frag_off };
-                        idx[k++] = i;
-                }
-                if (!k)
-                        return;
-                /* The queue is in arrival order only per slot; the frame wants id order. */
-                for (int a = 1; a < k; a++)
-                        for (int b = a; b > 0 && msgs[b].id < msgs[b - 1].id; b--) {
-                                struct km_frame_msg tm = msgs[b];
-                                msgs[b] = msgs[b - 1], msgs[b - 1] = tm;
-                                int ti = idx[b];
-                                idx[b] = idx[b - 1], idx[b - 1] = ti;
-                        }
-                struct km_frame_put put;
-                piggy = NULL;
-                if (h->ack_owed && !h->ack_tried && km_frame_rx_ack(&h->rx, h->ack_to, &ack) == 0)
-                        piggy = &ack;
-                h->ack_tried = h->ack_owed;
-                n = km_frame_tx_encode(&h->tx, msgs, (size_t)k, room < fmtu ? room : fmtu, piggy, now, h->buf, &put);
-                if (n < 0) {
-                        if (n != -EAGAIN)
-                                KM_LOG(KM_LOG_ERR, "link", "%s: cannot frame message %llu: %s", h->link->name,
-                                       (unsigned long long)msgs[0].id, strerror(-n));
-                        if (h->ack_owed)
-                                continue; /* the ack goes alone */
-                        return;
-                }
-                if (put.acked_piggy)
-                        h->ack_owed = false;
-                for (size_t i = 0; i < put.n_full; i++)
-                        h->q[idx[i]].framed = true;
-                if (put.n_full < (size_t)k)
-                        h->q[idx[put.n_full]].frag_off = put.next_off;
-                if (!device_send(h, h->buf, (size_t)n)) {
-                        frame_unsent(h); /* it waits in the window, first in line */
-                        return;
-                }
-        }
-}
-
-/* ---- probes ---------------------------------------------------------------------- */
-
-/* An idle link learns only from a probe whether its peer still hears it: a frame
- * without messages that the peer acknowledges like any other (gateway/frame.c). It
- * goes when nothing was acknowledged for probe_ms and nothing waits to be (traffic
- * tests the link itself), and after a fault before the link carries again. An
- * unanswered probe takes the link down after ack_timeout, as unanswered messages do. */
-static void send_probe(km_plugin_link *h)
-{
-        int64_t now = km_mono_ms();
-        if (!h->open || h->faulted || km_frame_tx_inflight(&h->tx))
-                return;
-        size_t room = budget_room(h), mtu = h->mtu - h->ovh;
-        room = room > h->ovh ? room - h->ovh : 0;
-        if (room < mtu)
-                mtu = room;
-        int n = mtu >= KM_FRAME_MTU_MIN ? km_frame_tx_probe(&h->tx, mtu, km_now_ms(), h->buf) : -ENOSPC;
-        if (n < 0) {
-                if (n == -ENOSPC)
-                        budget_wait(h);
-                return;
-        }
-        /* A card busy until free_at sends it then: the clock runs from then. */
-        h->probe_at = h->free_at > now ? h->free_at : now;
-        h->probe_seq = (uint16_t)(h->tx.next_seq - 1);
-        h->probes++;
-        if (!device_send(h, h->buf, (size_t)n))
-                frame_unsent(h);
-}
-
-static void probe_answered(km_plugin_link *h)
-{
-        h->link->ack_ms = km_mono_ms() - h->probe_at;
-        h->probe_at = 0;
-        h->retry_ms = 0; /* the path works: the next fault starts the back-off afresh */
-        if (!h->probing)
-                return;
-        h->probing = false;
-        char why[200];
-        snprintf(why, sizeof(why), "probe answered after: %s", h->fault);
-        km_link_set_state(h->link, h->dev_degraded ? KM_LINK_DEGRADED : KM_LINK_UP, why);
-}
-
-static void probe_check(km_plugin_link *h)
-{
-        int64_t now = km_mono_ms();
-        if (!h->probe_ms || !h->open || h->faulted)
-                return;
-        if (h->probing && !h->probe_at) {
-                send_probe(h); /* the budget or memory held it back: try again */
-                return;
-        }
-        if (h->probe_at) {
-                if (now - h->probe_at < h->link->conf.ack_timeout_ms)
-                        return;
-                h->probes_lost++;
-                char why[96];
-                snprintf(why, sizeof(why), "probe not acknowledged for %.1f s", (double)(now - h->probe_at) / 1000);
-                if (!h->probing) {
-                        host_fault(h, "%s", why); /* forgets the probe with the rest */
-                        return;
-                }
-                km_link_set_state(h->link, KM_LINK_DOWN, why);
-                snprintf(h->fault, sizeof(h->fault), "%s", why);
-                hold_down(h);
-                return;
-        }
-        if (h->probing || h->link->state != KM_LINK_UP || km_frame_tx_inflight(&h->tx) || h->link->inflight)
-                return;
-        int64_t quiet = h->heard_mono > h->link->up_since_mono ? h->heard_mono : h->link->up_since_mono;
-        if (now - quiet >= h->probe_ms)
-                send_probe(h);
-}
-
-static int on_rto(sd_event_source *s, uint64_t usec, void *ud)
-{
-        km_plugin_link *h = ud;
-        uint64_t next = (uint64_t)h->rto_ms * 250;
-        (void)usec;
-        /* parked must be true well within ack_timeout while commands are held. */
-        if (h->center && settle_commands(h) && next > HELD_CHECK_US)
-                next = HELD_CHECK_US;
-        probe_check(h);
-        kick(h);
-        /* The receive counters on disk at most every second (gateway/auth.c). */
-        int64_t now = km_mono_ms();
-        if (h->auth_on && h->auth.dirty && now - h->auth_saved_ms >= 1000) {
-                int rc = km_auth_save(&h->auth);
-                if (rc < 0 && now - h->auth_saved_ms >= 60000)
-                        KM_LOG(KM_LOG_ERR, "link", "%s: cannot save the frame counters: %s", h->link->name, strerror(-rc));
-                if (rc == 0 || now - h->auth_saved_ms >= 60000)
-                        h->auth_saved_ms = now;
-        }
-        sd_event_source_set_time_relative(s, next);
-        return sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
-}
-
-/* Center: the peer whose command topic is <topic_prefix>/<peer>/cmd/..., or -1. */
-static int command_peer(const km_plugin_link *h, const char *topic)
-{
-        for (size_t i = 0; h->cmd_pfx && i < h->peers.n; i++) {
-                size_t n = strlen(h->cmd_pfx[i]);
-                if (strncmp(topic, h->cmd_pfx[i], n) == 0 && strncmp(topic + n, "cmd/", 4) == 0)
-                        return (int)i;
-        }
-        return -1;
-}
-
-static bool narrow_wants(struct km_link *l, const struct km_msg *m)
-{
-        return command_peer(l->impl, m->topic) >= 0;
-}
-
-static int narrow_send(struct km_link *l, const struct km_msg *m, uint32_t cookie)
-{
-        km_plugin_link *h = l->impl;
-        int peer = h->center ? command_peer(h, m->topic) : -1;
-        for (int i = 0; i < QMAX; i++) {
-                struct qmsg *q = &h->q[i];
-                if (q->used)
-                        continue;
-                /* The base publishes cmd/... as its MQTT downlink does. */
-                q->topic = strdup(peer >= 0 ? m->topic + strlen(h->cmd_pfx[peer]) : m->topic);
-                q->payload = malloc(m->len ? m->len : 1);
-                if (!q->topic || !q->payload) {
-                        free(q->topic);
-                        free(q->payload);
-                        q->topic = NULL, q->payload = NULL;
-                        return -ENOMEM;
-                }
-                memcpy(q->payload, m->payload, m->len);
-                q->used = true;
-                q->framed = false;
-                q->id = m->id;
-                q->cookie = cookie;
-                q->len = m->len;
-                q->frag_off = 0;
-                q->created = m->created_ms;
-                q->cls = m->prio < 8 ? m->prio : 7;
-                q->peer = peer;
-                kick(h);
-                return 0;
-        }
-        return -EAGAIN;
-}
-
-/* The host declared the link dead (gateway/link.c: no acknowledgement): forget what
- * was handed over and try again after the back-off. */
-static void narrow_reset(struct km_link *l)
-{
-        km_plugin_link *h = l->impl;
-        forget_queue(h);
-        snprintf(h->fault, sizeof(h->fault), "%s", l->reason);
-        hold_down(h);
-}
-
-static void narrow_destroy(struct km_link *l)
-{
-        km_plugin_link *h = l->impl;
-        if (!h)
-                return;
         if (h->open)
                 h->desc->ops->close(h->state);
+        h->open = false;
         for (int i = 0; i < MAXFD; i++)
-                sd_event_source_disable_unref(h->w[i].src);
+                h->w[i].src = sd_event_source_disable_unref(h->w[i].src);
         for (int i = 0; i < MAXTIMER; i++)
-                sd_event_source_disable_unref(h->t[i].src);
-        sd_event_source_disable_unref(h->rto_src);
-        sd_event_source_disable_unref(h->fault_src);
-        sd_event_source_disable_unref(h->retry_src);
-        sd_event_source_disable_unref(h->bud_src);
-        forget_queue(h);
-        km_frame_tx_deinit(&h->tx);
-        km_frame_rx_deinit(&h->rx);
-        if (h->auth_on)
-                km_auth_deinit(&h->auth); /* saves the receive counters */
-        free(h->sbuf);
-        free(h->obuf);
-        free(h->conf_file);
-        km_conf_release(cmd_keys, &h->nc);
-        km_dict_deinit(&h->dict);
+                h->t[i].src = sd_event_source_disable_unref(h->t[i].src);
+        h->fault_src = sd_event_source_disable_unref(h->fault_src);
+        h->retry_src = sd_event_source_disable_unref(h->retry_src);
+        h->bud_src = sd_event_source_disable_unref(h->bud_src);
         for (size_t i = 0; i < h->nkv; i++)
                 free(h->kv[i].key), free(h->kv[i].value);
         free(h->kv);
-        for (size_t i = 0; h->cmd_pfx && i < h->peers.n; i++)
-                free(h->cmd_pfx[i]);
-        free(h->cmd_pfx);
-        free(h->group);
-        km_strv_free(&h->peers);
-        free(h->prefix);
-        free(h->buf);
+        h->kv = NULL, h->nkv = 0;
         if (h->dl)
                 dlclose(h->dl);
-        free(h);
-        l->impl = NULL;
+        h->dl = NULL;
 }
-
-static const struct km_link_ops narrow_ops = { .send = narrow_send, .destroy = narrow_destroy, .reset = narrow_reset };
-/* A center's link that sends commands: only those for its own bases. */
-static const struct km_link_ops center_ops = { .send = narrow_send, .destroy = narrow_destroy, .reset = narrow_reset,
-                                               .wants = narrow_wants };
 
 /* ---- loading -------------------------------------------------------------------- */
 
@@ -1509,7 +440,7 @@ static bool in_list(const char *const *list, const char *key)
         return false;
 }
 
-/* Marks the plugin's and the narrow link's keys used; collects them for api_config. */
+/* Marks the plugin's and the narrow link's keys used; collects them for km_plugin_config. */
 static void take_keys(struct km_conf *c, const char *section, const struct km_plugin_desc *desc, struct kv **kv,
                       size_t *nkv)
 {
@@ -1517,7 +448,7 @@ static void take_keys(struct km_conf *c, const char *section, const struct km_pl
                 struct km_conf_entry *e = &c->e[i];
                 if (strcmp(e->section, section) != 0)
                         continue;
-                bool mine = in_list(desc->keys, e->key) || in_list(narrow_keys, e->key);
+                bool mine = in_list(desc->keys, e->key) || in_list(km_narrow_keys, e->key);
                 if (mine)
                         e->used = true;
                 if (kv && (mine || e->used)) {
@@ -1530,34 +461,6 @@ static void take_keys(struct km_conf *c, const char *section, const struct km_pl
                         (*nkv)++;
                 }
         }
-}
-
-/* rto and probe, whose defaults depend on the link's other keys: rto half of
- * ack_timeout (a lost frame goes again well before the link is given up for it),
- * probe every PROBE_DEFAULT_MS on a base (a center hears its bases' frames and
- * probes only when told). Returns the number of errors, landed in c. */
-static int narrow_timing(struct km_conf *c, const char *section, bool center, int64_t ack_timeout_ms,
-                         int64_t *rto, int64_t *probe)
-{
-        const char *v, *ack = km_conf_get(c, section, "ack");
-        bool peer = !ack || strcmp(ack, "peer") == 0;
-        int bad = 0;
-        *rto = ack_timeout_ms / 2 > 100 ? ack_timeout_ms / 2 : 100;
-        if ((v = km_conf_get(c, section, "rto")) && (km_conf_parse_duration(v, rto) < 0 || *rto <= 0)) {
-                km_conf_error(c, section, "rto", "'%s' is not a duration above 0", v);
-                bad++;
-        }
-        *probe = center || !peer ? 0 : PROBE_DEFAULT_MS;
-        if ((v = km_conf_get(c, section, "probe"))) {
-                if (km_conf_parse_duration(v, probe) < 0 || *probe < 0) {
-                        km_conf_error(c, section, "probe", "'%s' is not a duration", v);
-                        bad++;
-                } else if (*probe && !peer) {
-                        km_conf_error(c, section, "probe", "needs ack = peer: with ack = %s nothing answers a probe", ack);
-                        bad++;
-                }
-        }
-        return bad;
 }
 
 static void check_log(km_plugin_link *h, int level, const char *fmt, ...)
@@ -1581,7 +484,7 @@ static int plugin_keys_check(struct km_conf *c, const char *section, const struc
                 .abi_minor = KM_PLUGIN_ABI_MINOR,
                 .struct_size = sizeof(struct km_host_api),
                 .log = check_log,
-                .config = api_config,
+                .config = km_plugin_config,
         };
         if (desc->abi_minor < 1 || !desc->ops->check) {
                 take_keys(c, section, desc, NULL, NULL);
@@ -1615,57 +518,9 @@ int km_plugin_check(struct km_conf *c, const char *section, const char *plugin_d
                 km_conf_error(c, section, "type", "%s", why);
                 return -EINVAL;
         }
-        struct narrow_conf nc = { 0 };
-        bad += km_conf_apply(c, section, cmd_keys, &nc) != 0;
-        /* The key files as the start reads them: mode, syntax, a key per peer. */
-        const char *role_ = km_conf_get(c, "node", "role"), *pv = km_conf_get(c, section, "peers");
-        bool ctr_ = role_ && strcmp(role_, "center") == 0;
-        struct km_strv peers = { 0 };
-        if (pv)
-                km_strv_split(&peers, pv);
-        const char *files[2] = { nc.key_file, nc.key_file_next }, *fkeys[2] = { "key_file", "key_file_next" };
-        for (int fi = 0; fi < 2; fi++) {
-                /* On reload, km_plugin_reload_keys reads them and keeps the keys in use
-                 * when a file is bad: a key file made readable must not refuse the
-                 * routes too. */
-                if (!files[fi] || c->reloading)
-                        continue;
-                char *full = conf_relative(c->file, files[fi]);
-                struct km_auth_key k;
-                for (size_t i = 0; full && i < (ctr_ ? peers.n : 1); i++) {
-                        int krc = km_auth_key_load(full, ctr_ ? peers.v[i] : NULL, &k, why, sizeof(why));
-                        explicit_bzero(&k, sizeof(k));
-                        if (krc < 0 && !(fi == 1 && krc == -ENOENT)) {
-                                km_conf_error(c, section, fkeys[fi], "%s", why);
-                                bad++;
-                                break;
-                        }
-                }
-                free(full);
-        }
-        if (nc.auth && strcmp(nc.auth, "on") == 0 && !nc.key_file) {
-                km_conf_error(c, section, "auth", "auth = on needs key_file");
-                bad++;
-        }
-        if (ctr_ && nc.commands && peers.n > 1) {
-                km_conf_error(c, section, "peers", "%s", SHARED_COMMANDS);
-                bad++;
-        }
-        km_strv_free(&peers);
-        int64_t rto, probe, ackt = 3000;
-        const char *role = km_conf_get(c, "node", "role"), *at = km_conf_get(c, section, "ack_timeout");
-        if (at)
-                km_conf_parse_duration(at, &ackt);
-        bad += narrow_timing(c, section, role && strcmp(role, "center") == 0, ackt, &rto, &probe);
-        km_conf_release(cmd_keys, &nc);
+        bad += km_narrow_check(c, section, desc->abi_minor >= 2 && desc->ops->send_to);
         bad += plugin_keys_check(c, section, desc);
-        const char *dict = km_conf_get(c, section, "dictionary");
-        struct km_dict kd;
-        if (dict && km_dict_load(&kd, dict, c->file, why, sizeof(why)) < 0) {
-                km_conf_error(c, section, "dictionary", "%s", why);
-                bad++;
-        } else if (dict)
-                km_dict_deinit(&kd);
+        bad += km_narrow_check_dictionary(c, section);
         dlclose(dl);
         return bad ? -EINVAL : 0;
 }
@@ -1683,8 +538,7 @@ int km_plugin_link_start(struct km_daemon *d, struct km_conf *c, const char *sec
         h->link = l;
         if ((rc = km_link_init(l, section + 5, KM_DIR_UP, QMAX)) < 0 || (rc = km_link_configure(l, c, section)) < 0)
                 goto fail;
-        l->ops = &narrow_ops;
-        l->impl = h;
+        km_narrow_attach(l, h);
         /* The budget is spent at the device (see the top of this file); the scheduler
          * must not count it a second time in message bytes. */
         h->bud_bytes = (uint64_t)l->conf.budget_bytes;
@@ -1701,101 +555,14 @@ int km_plugin_link_start(struct km_daemon *d, struct km_conf *c, const char *sec
                 goto fail_link;
         }
         take_keys(c, section, h->desc, &h->kv, &h->nkv);
-        h->center = strcmp(d->node.role, "center") == 0;
-        h->origin = km_frame_node_id(d->node.name);
-        const char *v = api_config(h, "peers");
-        rc = -ENOMEM;
-        if (v && km_strv_split(&h->peers, v) < 0)
-                goto fail_link;
-        v = api_config(h, "topic_prefix");
-        h->prefix = strdup(v ? v : (d->topic_prefix ? d->topic_prefix : "kuimen"));
-        if (narrow_timing(c, section, h->center, l->conf.ack_timeout_ms, &h->rto_ms, &h->probe_ms)) {
-                rc = -EINVAL;
-                goto fail_link;
-        }
-        if (km_conf_apply(c, section, cmd_keys, &h->nc) != 0) {
-                rc = -EINVAL;
-                goto fail_link;
-        }
-        if (h->center && h->nc.commands && h->peers.n > 1) {
-                KM_LOG(KM_LOG_ERR, "link", "%s: peers: %s", l->name, SHARED_COMMANDS);
-                rc = -EINVAL;
-                goto fail_link;
-        }
-        if (h->center) {
-                /* Every link of a center pulls from the upward queue, where only
-                 * commands are: each takes its own peers' (none with commands = no),
-                 * and its group is its peers, so links to other bases do not compete
-                 * with it for the command priority. */
-                bool cmds = h->nc.commands && h->peers.n;
-                size_t gl = 1;
-                for (size_t i = 0; cmds && i < h->peers.n; i++)
-                        gl += strlen(h->peers.v[i]) + 1;
-                rc = -ENOMEM;
-                if (!(h->group = calloc(1, gl)) || (cmds && !(h->cmd_pfx = calloc(h->peers.n, sizeof(*h->cmd_pfx)))))
-                        goto fail_link;
-                for (size_t i = 0; cmds && i < h->peers.n; i++) {
-                        if (asprintf(&h->cmd_pfx[i], "%s/%s/", h->prefix, h->peers.v[i]) < 0) {
-                                h->cmd_pfx[i] = NULL;
-                                rc = -ENOMEM;
-                                goto fail_link;
-                        }
-                        if ((rc = km_daemon_peer_add(d, h->peers.v[i])) < 0)
-                                goto fail_link;
-                        strcat(strcat(h->group, i ? "," : ""), h->peers.v[i]);
-                }
-                l->ops = &center_ops;
-                l->group = h->group;
-        }
-        h->bufcap = KM_FRAME_MTU_MAX;
-        h->buf = malloc(h->bufcap);
-        h->sbuf = malloc(h->bufcap + 32);
-        h->obuf = malloc(h->bufcap + 32);
-        h->conf_file = c->file ? strdup(c->file) : NULL;
-        if (!h->buf || !h->sbuf || !h->obuf) {
-                rc = -ENOMEM;
-                goto fail_link;
-        }
-        if ((rc = auth_setup(h, d->node.spool)) < 0)
-                goto fail_link;
-        /* Wire version 2 (slots): a reading names its topic's last one and deflates
-         * against it; a center answers each base in the version it speaks. A center's
-         * frames carry commands: the base publishes them byte for byte, and pairs the
-         * two copies of one that also came over MQTT by their bytes. A base's
-         * positions go as the compact codec (positions = compact), which the
-         * center publishes as JSON again (gateway/frame.h pos_batch, pos_json).
-         * Without the peer's acks (ack = receipt or none) a frame lost on the air
-         * is skipped, not sent again, and the far end would lose its slots with no
-         * ack to say so: such links write version 1. */
-        struct km_frame_tx_cfg tc = { .origin = h->origin, .first_seq = (uint16_t)(km_now_ms() & 0xffff),
-                                      .window = FRAME_WINDOW, .mtu_max = KM_FRAME_MTU_MAX,
-                                      .no_compact_json = h->center,
-                                      .version = l->ack_mode == KM_ACK_PEER ? 2 : 1, .ack_room = true,
-                                      .pos_batch = !h->center && h->nc.positions && strcmp(h->nc.positions, "compact") == 0 };
-        struct km_frame_rx_cfg rcfg = { .pos_json = true, .origin_ok = origin_ok, .origin_ctx = h };
-        /* Topics by index both ways (gateway/dict.c); a message beyond our list still
-         * arrives, on the fallback topic. */
-        if ((v = api_config(h, "dictionary"))) {
-                if ((rc = km_dict_load(&h->dict, v, c->file, why, sizeof(why))) < 0) {
-                        KM_LOG(KM_LOG_ERR, "link", "%s: dictionary: %s", l->name, why);
-                        goto fail_link;
-                }
-                tc.dict = rcfg.dict = &h->dict.frame;
-                KM_LOG(KM_LOG_NOTICE, "link", "%s: dictionary %s: %zu topics, fingerprint %08x", l->name, h->dict.path,
-                       h->dict.n, h->dict.fingerprint);
-        }
-        h->fb = (struct km_dict_fallback){ .next = on_deliver, .ctx = h, .link = l->name, .dict = &h->dict,
-                                           .peers = &h->peers,
-                                           .fate = h->center ? NULL : "a command whose topic is unknown here: not published" };
-        rc = -ENOMEM;
-        if (!h->prefix || !h->buf || km_frame_tx_init(&h->tx, &tc) < 0 || km_frame_rx_init(&h->rx, &rcfg) < 0)
+        if ((rc = km_narrow_setup(h, c, section)) < 0)
                 goto fail_link;
         if ((rc = km_daemon_add_link(d, l)) < 0)
                 goto fail_link;
         /* From here the daemon owns l (and through it h). */
         int64_t t0 = km_mono_ms();
         rc = h->desc->ops->open(h, &host_api, &h->state);
-        check_block(h, "open()", t0);
+        km_plugin_check_block(h, "open()", t0);
         if (rc < 0) {
                 KM_LOG(KM_LOG_ERR, "link", "%s: %s plugin refused to open: %s", l->name, h->desc->name, strerror(-rc));
                 snprintf(why, sizeof(why), "plugin failed to open: %s", strerror(-rc));
@@ -1809,134 +576,20 @@ int km_plugin_link_start(struct km_daemon *d, struct km_conf *c, const char *sec
                 km_link_set_state(l, KM_LINK_DOWN, "MTU out of range");
                 return 0;
         }
-        sd_event_add_time_relative(d->ev, &h->rto_src, CLOCK_MONOTONIC, (uint64_t)h->rto_ms * 250, 10000, on_rto, h);
+        km_narrow_opened(h);
         KM_LOG(KM_LOG_NOTICE, "link", "%s: %s %s loaded, MTU %u%s", l->name, h->desc->name,
                h->desc->version ? h->desc->version : "", h->mtu, h->center ? ", receiving for the center" : "");
         return 0;
 fail_link:
-        if (l->ops) { /* attached: narrow_destroy frees h */
+        if (l->ops) { /* attached: the link's destroy frees h */
                 km_link_deinit(l);
                 free(l);
                 return rc;
         }
         km_link_deinit(l);
 fail:
-        if (h) {
-                km_frame_tx_deinit(&h->tx);
-                km_frame_rx_deinit(&h->rx);
-                free(h);
-        }
+        free(h);
         free(l);
         return rc;
 }
 
-int km_plugin_command_bases(struct km_conf *c, const char *default_prefix,
-                            int (*fn)(void *ud, const char *prefix, const char *base), void *ud)
-{
-        int rc = 0;
-        for (size_t i = 0; rc == 0 && i < c->nsections; i++) {
-                const char *sec = c->sections[i];
-                if (strncmp(sec, "link ", 5) != 0)
-                        continue;
-                const char *type = km_conf_get(c, sec, "type"), *peers = km_conf_get(c, sec, "peers");
-                if (!type || strcmp(type, "mqtt") == 0 || !peers)
-                        continue;
-                struct narrow_conf nc = { 0 };
-                struct km_strv v = { 0 };
-                int bad = km_conf_apply(c, sec, cmd_keys, &nc) != 0;
-                km_conf_release(cmd_keys, &nc);
-                if (bad || !nc.commands)
-                        continue;
-                if (km_strv_split(&v, peers) < 0)
-                        return -ENOMEM;
-                const char *prefix = km_conf_get(c, sec, "topic_prefix");
-                for (size_t k = 0; rc == 0 && k < v.n; k++)
-                        rc = fn(ud, prefix ? prefix : default_prefix, v.v[k]);
-                km_strv_free(&v);
-        }
-        return rc;
-}
-
-void km_plugin_print_help(FILE *out)
-{
-        fputs("[link NAME (type = a plugin's name)]\n"
-              "  the plugin's own keys (see its README), and for every narrow link:\n"
-              "  peers            list     center: node names whose frames it receives [default: none]\n"
-              "  rto              duration retransmit a frame not acknowledged this long [default: half of ack_timeout]\n"
-              "  probe            duration base: send a probe (an empty frame the peer acknowledges) when nothing was acknowledged this long, and before a link the host took down carries again; 0 = never; needs ack = peer [default: 2min on a base with ack = peer, else 0]\n"
-              "  topic_prefix     string   center: republished topic = <topic_prefix>/<origin>/<topic> [default: kuimen]\n"
-              "  dictionary       path     file of topics, one a line, sent as their index; the same file at both ends, append only\n"
-              "                            (relative to the config's directory; see docs/narrow-links.md) [default: none]\n",
-              out);
-        for (const struct km_conf_key *k = cmd_keys; k->name; k++)
-                fprintf(out, "  %-16s %-8s %s [default: %s]\n", k->name,
-                        k->type == KM_CONF_BOOL     ? "boolean"
-                        : k->type == KM_CONF_STRING ? "string"
-                        : k->type == KM_CONF_INT    ? "integer"
-                                                    : "duration",
-                        k->help, k->def ? k->def : "none");
-        fputs("\n", out);
-}
-
-int km_plugin_link_frames(const struct km_link *l, struct km_narrow_stats *out)
-{
-        if (!l || (l->ops != &narrow_ops && l->ops != &center_ops) || !l->impl)
-                return -ENOENT;
-        const km_plugin_link *h = l->impl;
-        *out = (struct km_narrow_stats){
-                .frames_in = h->frames_in, .frames_bad = h->frames_bad,
-                .frames_sent = h->tx.frames_sent, .frames_resent = h->tx.frames_resent,
-                .slot_refs = h->tx.slot_refs, .slot_resets = h->tx.slot_resets,
-                .frames_ok = h->rx.frames_ok, .acks_in = h->rx.acks_in, .crc_errors = h->rx.crc_errors,
-                .bad_version = h->rx.bad_version, .malformed = h->rx.malformed, .duplicates = h->rx.duplicates,
-                .slot_misses = h->rx.slot_misses, .unknown_topics = h->rx.unknown_topics,
-                .delivered = h->rx.delivered,
-                .probes = h->probes, .probes_lost = h->probes_lost, .frames_sacked = h->tx.frames_sacked,
-                .pos_batches = h->tx.pos_batches, .bad_posbatch = h->rx.bad_posbatch,
-                .out_of_window = h->rx.out_of_window, .dropped_nomem = h->rx.dropped_nomem,
-                .oversize = h->rx.oversize, .bad_payload = h->rx.bad_payload, .restarts_lost = h->rx.restarts_lost,
-                .dict_topics = h->dict.n, .dict_fingerprint = h->dict.fingerprint,
-        };
-        for (int r = 0; r < KM_REFUSE_N; r++)
-                out->refused[r] = h->refused[r];
-        out->auth = h->auth_on ? 1 : h->auth_off ? 2 : 0;
-        out->tag_bytes = h->auth_on ? h->auth.tag : 0;
-        out->auth_failures = h->auth.auth_failures + h->auth.unknown_key;
-        out->replays = h->auth.replays;
-        out->frames_authenticated = h->auth.opened;
-        return 0;
-}
-
-int km_plugin_link_auth_peer(const struct km_link *l, size_t i, const char **name, const char **key,
-                             const char **key_id)
-{
-        if (!l || (l->ops != &narrow_ops && l->ops != &center_ops) || !l->impl)
-                return -ENOENT;
-        const km_plugin_link *h = l->impl;
-        if (!h->auth_on || i >= h->auth.npeers)
-                return -ENOENT;
-        const struct km_auth_peer *p = &h->auth.peer[i];
-        *name = strcmp(p->name, "*") ? p->name : "center";
-        *key = key_names[p->last_key];
-        *key_id = p->last_key == 2 ? p->next.id : p->key.id;
-        return 0;
-}
-
-void km_plugin_reload_keys(struct km_daemon *d)
-{
-        char why[4608];
-        for (size_t i = 0; i < d->nlinks; i++) {
-                struct km_link *l = d->links[i];
-                if ((l->ops != &narrow_ops && l->ops != &center_ops) || !l->impl)
-                        continue;
-                km_plugin_link *h = l->impl;
-                if (!h->auth_on)
-                        continue;
-                if (auth_keys_load(h, false, why, sizeof(why)) < 0)
-                        KM_LOG(KM_LOG_ERR, "link", "%s: reload: %s: keeping the keys in use", l->name, why);
-                else
-                        KM_LOG(KM_LOG_NOTICE, "link", "%s: reload: keys read again (%s: key %s%s%s)", l->name,
-                               h->auth.peer[0].name, h->auth.peer[0].key.id, h->auth.peer[0].next.set ? ", next " : "",
-                               h->auth.peer[0].next.set ? h->auth.peer[0].next.id : "");
-        }
-}

@@ -1114,6 +1114,11 @@ static int bd_open(km_plugin_link *h, const struct km_host_api *api, void **stat
         int r = kmp_open_conf(&opt_table, h, api, &c, sizeof(c));
         if (r < 0)
                 return r;
+        char why[300];
+        if ((r = kmp_peer_map_covers(&c.peer_cards, api->config(h, "peers"), "peer_cards", "card", why, sizeof(why))) < 0) {
+                api->log(h, KM_PLUGIN_LOG_ERR, "beidou: %s", why);
+                return r;
+        }
         struct bd *s = calloc(1, sizeof(*s));
         if (!s)
                 return -ENOMEM;
@@ -1257,7 +1262,10 @@ static int bd_send_to(void *state, const char *peer, const void *frame, size_t l
 static int bd_check(km_plugin_link *h, const struct km_host_api *api, const char **key, char *why, size_t len)
 {
         struct bd_conf c;
-        return kmp_read_opts(&opt_table, h, api, &c, sizeof(c), key, why, len);
+        int r = kmp_read_opts(&opt_table, h, api, &c, sizeof(c), key, why, len);
+        if (r == 0 && (r = kmp_peer_map_covers(&c.peer_cards, api->config(h, "peers"), "peer_cards", "card", why, len)) < 0)
+                *key = c.peer_cards.n ? "peer_cards" : "peers";
+        return r;
 }
 
 static const struct km_plugin_ops ops = {

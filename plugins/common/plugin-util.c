@@ -2,6 +2,7 @@
 /* The helpers every link plugin compiles in (plugin-util.h). */
 #include "plugins/common/plugin-util.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -242,4 +243,29 @@ uint32_t kmp_peer_map_get(const struct kmp_peer_map *m, const char *peer, uint32
                         return m->v[i].addr;
                 }
         return dflt;
+}
+
+int kmp_peer_map_covers(const struct kmp_peer_map *m, const char *peers, const char *key, const char *unit, char *why,
+                        size_t n)
+{
+        if (!peers || !strchr(peers, ','))
+                return 0; /* one base: the default address is its */
+        for (const char *p = peers; *p;) {
+                size_t len = strcspn(p, ",");
+                const char *b = p, *e = p + len;
+                while (b < e && isspace((unsigned char)*b))
+                        b++;
+                while (e > b && isspace((unsigned char)e[-1]))
+                        e--;
+                bool found = false;
+                for (unsigned i = 0; e > b && i < m->n && !found; i++)
+                        found = strlen(m->v[i].name) == (size_t)(e - b) && strncmp(m->v[i].name, b, (size_t)(e - b)) == 0;
+                if (e > b && !found) {
+                        snprintf(why, n, "no %s for %.*s (one of peers) in %s: a %s serving several bases sends each base its own acks and commands",
+                                 unit, (int)(e - b), b, key, unit);
+                        return -EINVAL;
+                }
+                p += len + (p[len] == ',');
+        }
+        return 0;
 }

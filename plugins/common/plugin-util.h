@@ -57,6 +57,13 @@ const char *kmp_peer_map_parse(const char *v, struct kmp_peer_map *m, const char
                                const char *(*addr)(const char *v, uint32_t *out));
 /* The address of peer in m, or dflt when peer is NULL or not in m (*found says). */
 uint32_t kmp_peer_map_get(const struct kmp_peer_map *m, const char *peer, uint32_t dflt, bool *found);
+/* peers (the link's `peers`, "NAME, NAME ..."): when it names more than one base, each
+ * must be in m, else what goes to a base left out (its acks, its commands: a sequence
+ * space per base, docs/DESIGN.md "Addressed sends") would reach the default address,
+ * another base. 0, or -EINVAL with why naming the first missing (key is m's key, unit
+ * what an address is: "card", "radio"). */
+int kmp_peer_map_covers(const struct kmp_peer_map *m, const char *peers, const char *key, const char *unit, char *why,
+                        size_t n);
 
 /* The types the reader parses itself; a plugin numbers its own from KMP_OPT_CUSTOM and
  * parses them in its kmp_opt_parse_fn. KMP_OPT_OPTIONAL or'ed in: a key without a

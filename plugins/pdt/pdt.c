@@ -835,6 +835,11 @@ static int pdt_open(km_plugin_link *h, const struct km_host_api *api, void **sta
         int r = kmp_open_conf(&opt_table, h, api, &c, sizeof(c));
         if (r < 0)
                 return r;
+        char why[300];
+        if ((r = kmp_peer_map_covers(&c.peer_ids, api->config(h, "peers"), "peer_ids", "radio", why, sizeof(why))) < 0) {
+                api->log(h, KM_PLUGIN_LOG_ERR, "pdt: %s", why);
+                return r;
+        }
         struct pdt *s = calloc(1, sizeof(*s));
         if (!s)
                 return -ENOMEM;
@@ -945,7 +950,10 @@ static uint32_t pdt_mtu(void *state)
 static int pdt_check(km_plugin_link *h, const struct km_host_api *api, const char **key, char *why, size_t len)
 {
         struct pdt_conf c;
-        return kmp_read_opts(&opt_table, h, api, &c, sizeof(c), key, why, len);
+        int r = kmp_read_opts(&opt_table, h, api, &c, sizeof(c), key, why, len);
+        if (r == 0 && (r = kmp_peer_map_covers(&c.peer_ids, api->config(h, "peers"), "peer_ids", "radio", why, len)) < 0)
+                *key = c.peer_ids.n ? "peer_ids" : "peers";
+        return r;
 }
 
 static const struct km_plugin_ops ops = {

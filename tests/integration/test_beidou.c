@@ -532,6 +532,12 @@ Test(beidou, check_config, .timeout = 30)
                 { "peer_card = 4238474\npeer_cards = north:0\n", "k.conf:11: peer_cards: peer_cards = north:0: expected NAME:CARD, ... with card numbers" },
                 { "peer_card = 4238474\npeer_cards = north:4238473, south:4238475\n", "k.conf: ok" },
                 { "peer_card = 4238474\n", "k.conf: ok" },
+                /* A card serving several bases sends each its own frames: one left out
+                 * would get another's (docs/DESIGN.md, "Addressed sends"). */
+                { "peer_card = 4238474\npeers = north, south\npeer_cards = north:4238473\n",
+                  "k.conf:12: peer_cards: no card for south (one of peers) in peer_cards" },
+                { "peer_card = 4238474\npeers = north, south\n", "k.conf:11: peers: no card for north (one of peers) in peer_cards" },
+                { "peer_card = 4238474\npeers = north, south\npeer_cards = south:4238475, north:4238473\n", "k.conf: ok" },
         };
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
                 char text[1024];
@@ -785,4 +791,180 @@ Test(beidou, center_two_bases_one_card, .timeout = 60)
                 h_stop(&br[i].p, SIGTERM);
         }
         h_cleanup(dir);
+}
+
+/*
+ * Commands to two bases over the center's one card (ABI 1.2 send_to, a sending side per
+ * base): the operator publishes 3 commands for north and 3 for south on the center
+ * broker; the center frames each base's in that base's own sequence space and sends
+ * them to its card (peer_cards), so each base publishes exactly its own 3, in order,
+ * and none of the other's, though the "satellite" hands both base simulators every
+ * message of the center's card. Sealed, each base's frames go under its own key: a
+ * frame sealed under the other base's key would fail there and publish nothing. Before,
+ * such a center link (peers = north, south with commands) was refused at the start.
+ * Meanwhile each base sends 3 alerts up, so the center owes both bases acks while it
+ * has commands to frame: an ack rides only in a frame to the base it is for (a base
+ * logs, at debug level, an ack for another node's frames).
+ */
+static void two_bases_commands(const char *tag, bool sealed)
+{
+        char dir[200], conf[3][300], log[3][300], dev[3][300], ctl[3][300], slog[3][300], text[2048], kpath[300];
+        struct h_broker br[3]; /* north's, south's, the center's */
+        struct h_proc k[3], sim[3];
+        struct h_rec cmds[2];  /* cmd/# at each base's broker */
+        struct h_pub op;       /* the operator at the center */
+        struct h_pub term[2];  /* a terminal at each base */
+        struct h_sub up;       /* the center broker's alerts */
+        static const char *const name[3] = { "north", "south", "county" }, *const card[3] = { BASE_CARD, SOUTH_CARD, CENTER_CARD };
+        static const char *const key[2] = { "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=",
+                                             "YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXp7fH1+f4A=" };
+        const char *plugins = getenv("KM_SIM_PLUGIN_DIR");
+        const struct bdconf c = { .proto = "bds3", .level = "2" };
+
+        memset(br, 0, sizeof(br));
+        memset(cmds, 0, sizeof(cmds));
+        h_tmpdir(dir, sizeof(dir), tag);
+        int udp[3];
+        for (int i = 0; i < 3; i++) {
+                h_broker_start(&br[i], dir, 0, NULL);
+                snprintf(conf[i], sizeof(conf[i]), "%s/%s.conf", dir, name[i]);
+                snprintf(log[i], sizeof(log[i]), "%s/%s.log", dir, name[i]);
+                snprintf(dev[i], sizeof(dev[i]), "%s/bd-%s", dir, name[i]);
+                snprintf(ctl[i], sizeof(ctl[i]), "%s/sim-%s.ctl", dir, name[i]);
+                snprintf(slog[i], sizeof(slog[i]), "%s/sim-%s.log", dir, name[i]);
+                udp[i] = h_free_port();
+        }
+        if (sealed) {
+                for (int i = 0; i < 2; i++) {
+                        snprintf(kpath, sizeof(kpath), "%s/%s.key", dir, name[i]);
+                        snprintf(text, sizeof(text), "%s\n", key[i]);
+                        h_write_text(kpath, text);
+                        cr_assert_eq(chmod(kpath, 0600), 0);
+                }
+                snprintf(kpath, sizeof(kpath), "%s/county.key", dir);
+                snprintf(text, sizeof(text), "north = %s\nsouth = %s\n", key[0], key[1]);
+                h_write_text(kpath, text);
+                cr_assert_eq(chmod(kpath, 0600), 0);
+        }
+        start_sim(NULL, &sim[0], slog[0], dev[0], ctl[0], card[0], udp[0], udp[2], 0, &c);
+        start_sim(NULL, &sim[1], slog[1], dev[1], ctl[1], card[1], udp[1], udp[2], 0, &c);
+        start_sim(NULL, &sim[2], slog[2], dev[2], ctl[2], card[2], udp[2], udp[0], udp[1], &c);
+        for (int i = 0; i < 2; i++) {
+                snprintf(text, sizeof(text),
+                         "[node]\nname = %s\nspool = %s/%s/spool.db\nplugin_dir = %s\nstats_interval = 0\n"
+                         "[local]\nuri = tcp://127.0.0.1:%d\n"
+                         "[link sat]\ntype = beidou\ndevice = %s\nprotocol = bds3\npeer_card = " CENTER_CARD "\n" LINK_COMMON
+                         "ack_timeout = %ds\ncard_poll = 500ms\n%s%s%s[positions]\ntrack_interval = 0\n",
+                         name[i], dir, name[i], plugins, br[i].port, dev[i], ack_s(&c), sealed ? "key_file = " : "",
+                         sealed ? name[i] : "", sealed ? ".key\n" : "");
+                h_write_text(conf[i], text);
+        }
+        snprintf(text, sizeof(text),
+                 "[node]\nname = county\nrole = center\nspool = %s/county/spool.db\nplugin_dir = %s\nstats_interval = 0\n"
+                 "[local]\nuri = tcp://127.0.0.1:%d\n"
+                 "[link sat]\ntype = beidou\ndevice = %s\nprotocol = bds3\npeer_card = " BASE_CARD "\n"
+                 "peer_cards = north:" BASE_CARD ", south:" SOUTH_CARD "\npeers = north, south\ncommands = yes\n" LINK_COMMON
+                 "ack_timeout = %ds\ncard_poll = 500ms\n%s",
+                 dir, plugins, br[2].port, dev[2], ack_s(&c), sealed ? "key_file = county.key\n" : "");
+        h_write_text(conf[2], text);
+        for (int i = 2; i >= 0; i--) {
+                const char *args[] = { "--config", conf[i], "--log-level", "debug", NULL };
+                h_kuimen_start(&k[i], log[i], args);
+        }
+        for (int i = 0; i < 2; i++)
+                h_rec_start(&cmds[i], br[i].port, name[i], "cmd/#");
+        h_pub_start(&op, br[2].port, "operator");
+        for (int i = 0; i < 2; i++)
+                h_pub_start(&term[i], br[i].port, "terminal");
+        h_sub_start(&up, br[2].port, "center-sub", "kuimen/+/alert/#", false);
+        for (int i = 0; i < 3; i++) {
+                char up[64];
+                snprintf(up, sizeof(up), "sat: down -> up (card %s ready)", card[i]);
+                cr_assert(h_log_wait(&k[i], up, 10000), "%s", log[i]);
+        }
+        /* The center takes commands once its subscriptions stand. */
+        for (int i = 0; i < 3; i++)
+                cr_assert(h_log_wait(&k[i], "ingest: subscribed", 10000), "%s", log[i]);
+        /* South's commands fill frames of their own (random letters do not deflate) and
+         * queue at the center's card, one frame a second, while north's alerts come up:
+         * the ack owed to north waits while frames to south go, and must not ride in
+         * them. Then north's commands (one frame) and south's alerts. */
+        char want[2][3][128];
+        uint32_t rnd = 12345;
+        for (int m = 0; m < 3; m++) {
+                snprintf(want[0][m], sizeof(want[0][m]), "N%d", m + 1);
+                int o = snprintf(want[1][m], sizeof(want[1][m]), "S%d:", m + 1);
+                for (; o < 110; o++) {
+                        rnd = rnd * 1103515245u + 12345u;
+                        want[1][m][o] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"[(rnd >> 16) & 63];
+                }
+                want[1][m][o] = '\0';
+        }
+        int64_t t0 = h_now_ms();
+        for (int r = 0; r < 2; r++) { /* r = 0: commands to south, alerts from north; then the other way */
+                int to = r ? 0 : 1, from = r ? 1 : 0;
+                for (int m = 0; m < 3; m++)
+                        cr_assert_eq(h_pub_send(&op, to ? "kuimen/south/cmd/gate" : "kuimen/north/cmd/pump", want[to][m]), 0);
+                cr_assert(h_pub_flush(&op, 5000));
+                for (int n = 1; n <= 3; n++) {
+                        char pl[32];
+                        snprintf(pl, sizeof(pl), "up-%c%d", from ? 'S' : 'N', n);
+                        cr_assert_eq(h_pub_send(&term[from], "alert/a", pl), 0);
+                }
+                cr_assert_eq(h_sub_wait(&up, 3 * (size_t)(r + 1), 15000), 3 * (size_t)(r + 1),
+                             "the center published %zu alerts (%s)", h_sub_count(&up), log[2]);
+        }
+        for (int i = 0; i < 2; i++)
+                cr_assert_eq(h_rec_wait(&cmds[i], 3, 15000), 3, "%s published %zu of its 3 commands (%s, %s)", name[i],
+                             h_rec_count(&cmds[i]), log[i], log[2]);
+        cr_log_info("%s: 3 + 3 commands at the bases' brokers, 3 + 3 alerts at the center's in %lld ms", tag,
+                    (long long)(h_now_ms() - t0));
+        /* Longer than rto (half of ack_timeout): a frame sent again, or one to the
+         * wrong base, would be here. */
+        h_sleep_ms(ack_s(&c) * 1000 / 2 + 1000);
+        for (int i = 0; i < 2; i++) {
+                pthread_mutex_lock(&cmds[i].mu);
+                cr_assert_eq(cmds[i].n, 3, "%s published %zu commands (%s)", name[i], cmds[i].n, log[i]);
+                for (size_t m = 0; m < 3; m++) {
+                        cr_assert_str_eq(cmds[i].m[m].topic, i ? "cmd/gate" : "cmd/pump");
+                        cr_assert_str_eq(cmds[i].m[m].payload, want[i][m], "%s's command %zu", name[i], m + 1);
+                }
+                pthread_mutex_unlock(&cmds[i].mu);
+                cr_assert_eq(h_log_count(&k[i], sealed ? "from narrow link sat, authenticated, key id"
+                                                       : "from narrow link sat, NOT authenticated"),
+                             3, "%s", log[i]);
+                cr_assert_eq(h_log_count(&k[i], "dropped:"), 0, "a frame failed to open (%s)", log[i]);
+                cr_assert_eq(h_log_count(&k[i], "'s frames, not ours"), 0, "%s was handed the other's ack (%s)", name[i],
+                             log[i]);
+        }
+        cr_assert_eq(h_sub_count(&up), 6, "each alert once");
+        for (int i = 0; i < 3; i++)
+                cr_assert_eq(h_log_count(&k[i], "sat: up -> "), 0, "a link went down (%s)", log[i]);
+        cr_assert_eq(h_log_count(&k[2], "no card for peer"), 0, "%s", log[2]);
+        h_pub_stop(&op);
+        h_sub_stop(&up);
+        for (int i = 0; i < 2; i++) {
+                h_pub_stop(&term[i]);
+                h_rec_stop(&cmds[i]);
+                h_rec_free(&cmds[i]);
+        }
+        for (int i = 0; i < 3; i++) {
+                int st = h_stop(&k[i], SIGTERM);
+                cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s exits 0 (%d)", name[i], st);
+        }
+        for (int i = 0; i < 3; i++) {
+                h_stop(&sim[i], SIGTERM);
+                h_stop(&br[i].p, SIGTERM);
+        }
+        h_cleanup(dir);
+}
+
+Test(beidou, center_two_bases_commands, .timeout = 60)
+{
+        two_bases_commands("bd-2cmds", false);
+}
+
+Test(beidou, center_two_bases_commands_sealed, .timeout = 60)
+{
+        two_bases_commands("bd-2cmds-sealed", true);
 }

@@ -157,15 +157,17 @@ Test(config_cli, check_config_runs_the_start_checks)
         replace(text, sizeof(text), "loss = 2", "loss = 0.5");
         cr_assert_eq(check(dir, text, out, path), 0, "%s", out);
 
-        /* A center link to two bases that would send commands: a command frame names no
-         * base, so south's would be published by north. Refused by the check and the start. */
+        /* A center link to two bases that would send commands through a plugin that cannot
+         * address frames (sim has no send_to): a command frame names no base, so south's
+         * would be published by north. Refused by the check and the start. */
         snprintf(node, sizeof(node), "plugin_dir = %s\nrole = center\n", getenv("KM_SIM_PLUGIN_DIR"));
         snprintf(sat, sizeof(sat), "[link sat]\ntype = sim\nlisten = 127.0.0.1:%d\npeer = 127.0.0.1:%d\npeers = north, south\n",
                  h_free_port(), h_free_port());
         base_conf(text, sizeof(text), dir, node, NULL, sat);
-        const char *shared = "14: peers: a center link that sends commands has one peer: a command for one base would "
-                             "reach whichever base hears the link; set commands = no here (and a link per base for "
-                             "commands), or one peer";
+        const char *shared = "14: peers: a center link that sends commands to several bases needs a plugin that "
+                             "addresses frames (send_to, ABI 1.2: beidou, pdt); through this one a command for one "
+                             "base would reach whichever base hears the link; set commands = no here (and a link per "
+                             "base for commands), or one peer";
         cr_assert_eq(check(dir, text, out, path), 1, "%s", out);
         cr_assert(has_line(out, path, shared), "%s", out);
         cr_assert_eq(run_conf(dir, "--config", text, out, sizeof(out), path, sizeof(path)), 1, "%s", out);

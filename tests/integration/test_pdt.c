@@ -398,7 +398,9 @@ Test(pdt, hrnp_device_late, .timeout = 60)
  * base's acknowledgements (ack = peer here: the far kuimen's acks release the frames)
  * to that base's radio (peer_ids). Without the addressed send every ack would go to
  * peer_id (north): south's radio would never be handed one and south's link would go
- * down after ack_timeout.
+ * down after ack_timeout. Then commands down the same radio (a sending side per base):
+ * 3 for north and 3 for south published at the center broker, each base publishes
+ * exactly its own, in order; sent to peer_id alone, south would get none.
  */
 Test(pdt, center_two_bases_one_radio, .timeout = 60)
 {
@@ -409,6 +411,7 @@ Test(pdt, center_two_bases_one_radio, .timeout = 60)
         struct h_broker br[3];
         struct h_proc k[3], sim;
         struct h_sub sub;
+        struct h_rec cmds[2]; /* cmd/# at each base's broker */
         const char *keys = "ack = peer\nack_timeout = 3s\nretry = 100ms\nretry_max = 400ms\ncheck_interval = 300ms\n";
 
         memset(br, 0, sizeof(br));
@@ -439,10 +442,13 @@ Test(pdt, center_two_bases_one_radio, .timeout = 60)
                          "peer_id = %u\n%s%s",
                          name[i], i == 2 ? "role = center\n" : "", dir, name[i], env_dir("KM_SIM_PLUGIN_DIR"), br[i].port,
                          rip[i], pip[i], tmp, rrs, id[i], i == 2 ? id[0] : id[2],
-                         i == 2 ? "peer_ids = north:111111, south:333333\npeers = north, south\ncommands = no\n" : "", keys);
+                         i == 2 ? "peer_ids = north:111111, south:333333\npeers = north, south\n" : "", keys);
                 h_write_text(conf[i], text);
         }
         h_sub_start(&sub, br[2].port, "center-sub", "kuimen/#", true);
+        memset(cmds, 0, sizeof(cmds));
+        for (int i = 0; i < 2; i++)
+                h_rec_start(&cmds[i], br[i].port, name[i], "cmd/#");
         for (int i = 2; i >= 0; i--) {
                 const char *args[] = { "--config", conf[i], "--log-level", "debug", NULL };
                 h_kuimen_start(&k[i], log[i], args);
@@ -470,6 +476,38 @@ Test(pdt, center_two_bases_one_radio, .timeout = 60)
                 cr_assert_eq(h_log_count(&k[i], "up -> down") + h_log_count(&k[i], "degraded -> down"), 0,
                              "a link went down (%s)", log[i]);
         cr_assert_eq(h_log_count(&k[2], "no radio for peer"), 0, "%s", log[2]);
+
+        /* Commands for both bases, interleaved as an operator might send them. */
+        cr_assert(h_log_wait(&k[2], "ingest: subscribed", 10000), "%s", log[2]);
+        for (int n = 1; n <= 3; n++) {
+                char pl[8];
+                snprintf(pl, sizeof(pl), "N%d", n);
+                cr_assert_eq(h_mosquitto_pub(br[2].port, "kuimen/north/cmd/pump", pl), 0);
+                snprintf(pl, sizeof(pl), "S%d", n);
+                cr_assert_eq(h_mosquitto_pub(br[2].port, "kuimen/south/cmd/gate", pl), 0);
+        }
+        for (int i = 0; i < 2; i++)
+                cr_assert_eq(h_rec_wait(&cmds[i], 3, 10000), 3, "%s published %zu of its 3 commands (%s, %s)", name[i],
+                             h_rec_count(&cmds[i]), log[i], log[2]);
+        h_sleep_ms(3500); /* longer than rto: a frame sent again or to the wrong base would be here */
+        for (int i = 0; i < 2; i++) {
+                pthread_mutex_lock(&cmds[i].mu);
+                cr_assert_eq(cmds[i].n, 3, "%s published %zu commands (%s)", name[i], cmds[i].n, log[i]);
+                for (size_t m = 0; m < 3; m++) {
+                        char want[8];
+                        snprintf(want, sizeof(want), "%c%zu", i ? 'S' : 'N', m + 1);
+                        cr_assert_str_eq(cmds[i].m[m].topic, i ? "cmd/gate" : "cmd/pump");
+                        cr_assert_str_eq(cmds[i].m[m].payload, want, "%s's command %zu", name[i], m + 1);
+                }
+                pthread_mutex_unlock(&cmds[i].mu);
+                h_rec_stop(&cmds[i]);
+                h_rec_free(&cmds[i]);
+                cr_assert_eq(h_log_count(&k[i], "'s frames, not ours"), 0, "%s was handed the other's ack (%s)", name[i],
+                             log[i]);
+        }
+        for (int i = 0; i < 3; i++)
+                cr_assert_eq(h_log_count(&k[i], "up -> down") + h_log_count(&k[i], "degraded -> down"), 0,
+                             "a link went down (%s)", log[i]);
         h_sub_stop(&sub);
         for (int i = 0; i < 3; i++) {
                 int st = h_stop(&k[i], SIGTERM);
@@ -503,6 +541,9 @@ Test(pdt, keys_checked, .timeout = 30)
                 { "radio_id = 1\npeer_id = 2\npeer_ids = north", "peer_ids = 'north': expected NAME:ID" },
                 { "radio_id = 1\npeer_id = 2\npeer_ids = north:2, south:16777216", "peer_ids = 'north:2, south:16777216': expected NAME:ID, ... with radio ids" },
                 { "radio_id = 1\npeer_id = 2\npeer_ids = north:2, south:3", NULL },
+                { "radio_id = 1\npeer_id = 2\npeers = north, south\npeer_ids = north:2",
+                  "peer_ids: no radio for south (one of peers) in peer_ids" },
+                { "radio_id = 1\npeer_id = 2\npeers = north, south\npeer_ids = north:2, south:3", NULL },
                 { "radio_id = 1\npeer_id = 2", NULL },
         };
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
