@@ -198,23 +198,19 @@ static int put_aside(km_plugin_link *h, const struct km_frame_msg *m, const char
  * reason, so that a flood of one kind does not hide the first of another. */
 static void refuse(km_plugin_link *h, enum km_refuse r, const char *why, const char *topic, uint32_t origin)
 {
+        uint64_t quiet;
         h->refused[r]++;
-        int64_t now = km_mono_ms();
-        if (h->refused_log_ms[r] && now - h->refused_log_ms[r] < REFUSED_LOG_MS) {
-                h->refused_quiet[r]++;
+        if (!km_log_limit_pass(&h->refused_log[r], km_mono_ms(), REFUSED_LOG_MS, &quiet))
                 return;
-        }
         char t[400], from[48];
         origin_name(h, origin, from, sizeof(from));
         if (r == KM_REFUSE_ORIGIN && !topic)
                 KM_LOG(KM_LOG_WARNING, "link", "%s: frame from origin %s, not one of peers: dropped (refused_origin %llu, %llu not logged since the last line)",
-                       h->link->name, from, (unsigned long long)h->refused[r], (unsigned long long)h->refused_quiet[r]);
+                       h->link->name, from, (unsigned long long)h->refused[r], (unsigned long long)quiet);
         else
                 KM_LOG(KM_LOG_WARNING, "link", "%s: message on '%s' from %s refused: %s; not published (refused_%s %llu, %llu not logged since the last line)",
                        h->link->name, printable(topic, t, sizeof(t), 64), from, why, km_inbound_reason_name(r),
-                       (unsigned long long)h->refused[r], (unsigned long long)h->refused_quiet[r]);
-        h->refused_log_ms[r] = now;
-        h->refused_quiet[r] = 0;
+                       (unsigned long long)h->refused[r], (unsigned long long)quiet);
 }
 
 /* The frame receiver's origin filter (gateway/frame.h origin_ok): a center takes frames
@@ -339,11 +335,9 @@ static struct km_auth_peer *auth_peer_of(km_plugin_link *h, uint32_t origin)
  * REFUSED_LOG_MS (a forger sends as fast as the link goes). */
 static void auth_refused(km_plugin_link *h, int rc, uint32_t origin, size_t len)
 {
-        int64_t now = km_mono_ms();
-        if (h->auth_log_ms && now - h->auth_log_ms < REFUSED_LOG_MS) {
-                h->auth_quiet++;
+        uint64_t quiet;
+        if (!km_log_limit_pass(&h->auth_log, km_mono_ms(), REFUSED_LOG_MS, &quiet))
                 return;
-        }
         const char *why = rc == -EALREADY ? "a replay (counter already taken or older than the window)"
                         : rc == -EBADE ? "its tag does not verify under the peer's key(s)"
                         : rc == -ENOKEY ? "no key for that origin"
@@ -356,9 +350,7 @@ static void auth_refused(km_plugin_link *h, int rc, uint32_t origin, size_t len)
                         snprintf(from, sizeof(from), "%s", h->peers.v[i]);
         KM_LOG(KM_LOG_WARNING, "link", "%s: %zu-byte frame claiming origin %s dropped: %s (auth_failures %llu, replays %llu, %llu not logged since the last line)",
                h->link->name, len, from, why, (unsigned long long)(h->auth.auth_failures + h->auth.unknown_key),
-               (unsigned long long)h->auth.replays, (unsigned long long)h->auth_quiet);
-        h->auth_log_ms = now;
-        h->auth_quiet = 0;
+               (unsigned long long)h->auth.replays, (unsigned long long)quiet);
 }
 
 /* path relative to the config file's directory, as the dictionary is. Owned. */

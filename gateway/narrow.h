@@ -15,6 +15,7 @@
 #include "dict.h"
 #include "frame.h"
 #include "inbound.h"
+#include "log.h"
 #include "plugins/kuimen-plugin.h"
 
 struct km_daemon;
@@ -147,8 +148,7 @@ struct km_plugin_link {
         /* What came from the peer and can never be published (gateway/inbound.c), by
          * reason; logged at most every REFUSED_LOG_MS (gateway/narrow.c), saying how many went unlogged. */
         uint64_t refused[KM_REFUSE_N];
-        int64_t refused_log_ms[KM_REFUSE_N];
-        uint64_t refused_quiet[KM_REFUSE_N];
+        struct km_log_limit refused_log[KM_REFUSE_N];
         /* Frame authentication (gateway/auth.c; "authentication" in gateway/narrow.c). */
         bool auth_on;                 /* frames sealed and only sealed ones taken */
         bool auth_off;                /* auth = off said by the operator (status says so) */
@@ -157,8 +157,8 @@ struct km_plugin_link {
         size_t ovh;                   /* bytes sealing adds (0 without auth) */
         uint8_t *sbuf, *obuf;         /* a frame sealed, a frame opened: bufcap + 32 bytes each */
         char *conf_file;              /* key files are relative to it */
-        int64_t auth_log_ms, auth_saved_ms;
-        uint64_t auth_quiet;
+        struct km_log_limit auth_log;
+        int64_t auth_saved_ms;
 };
 
 /* ---- gateway/plugin.c: the device, for the protocol ----------------------------- */
