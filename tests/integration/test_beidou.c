@@ -696,6 +696,110 @@ Test(beidou, two_links_one_plugin, .timeout = 30)
         h_cleanup(e.dir);
 }
 
+#define SOUTH_CARD "4238475"
+
+/* North, south and a center ("county") whose one card terminates both: a broker, a
+ * simulated module and a kuimen each, the center's link with peers = north, south. */
+struct three {
+        char dir[200], conf[3][300], log[3][300], dev[3][300], ctl[3][300], slog[3][300];
+        struct h_broker br[3]; /* north's, south's, the center's */
+        struct h_proc k[3], sim[3];
+};
+
+static const char *const three_name[3] = { "north", "south", "county" };
+static const char *const three_card[3] = { BASE_CARD, SOUTH_CARD, CENTER_CARD };
+static const struct bdconf three_bd = { .proto = "bds3", .level = "2" };
+
+/* Sealed: each base has its own key, the center both. Returns once every link is up
+ * and every kuimen has its subscriptions (a message published before them has no
+ * subscriber). */
+static void three_up(struct three *t, const char *tag, bool commands, bool sealed)
+{
+        static const char *const key[2] = { "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=",
+                                             "YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXp7fH1+f4A=" };
+        const char *plugins = getenv("KM_SIM_PLUGIN_DIR");
+        char text[2048], kpath[300];
+        int udp[3];
+
+        memset(t, 0, sizeof(*t));
+        h_tmpdir(t->dir, sizeof(t->dir), tag);
+        for (int i = 0; i < 3; i++) {
+                h_broker_start(&t->br[i], t->dir, 0, NULL);
+                snprintf(t->conf[i], sizeof(t->conf[i]), "%s/%s.conf", t->dir, three_name[i]);
+                snprintf(t->log[i], sizeof(t->log[i]), "%s/%s.log", t->dir, three_name[i]);
+                snprintf(t->dev[i], sizeof(t->dev[i]), "%s/bd-%s", t->dir, three_name[i]);
+                snprintf(t->ctl[i], sizeof(t->ctl[i]), "%s/sim-%s.ctl", t->dir, three_name[i]);
+                snprintf(t->slog[i], sizeof(t->slog[i]), "%s/sim-%s.log", t->dir, three_name[i]);
+                udp[i] = h_free_port();
+        }
+        if (sealed) {
+                for (int i = 0; i < 2; i++) {
+                        snprintf(kpath, sizeof(kpath), "%s/%s.key", t->dir, three_name[i]);
+                        snprintf(text, sizeof(text), "%s\n", key[i]);
+                        h_write_text(kpath, text);
+                        cr_assert_eq(chmod(kpath, 0600), 0);
+                }
+                snprintf(kpath, sizeof(kpath), "%s/county.key", t->dir);
+                snprintf(text, sizeof(text), "north = %s\nsouth = %s\n", key[0], key[1]);
+                h_write_text(kpath, text);
+                cr_assert_eq(chmod(kpath, 0600), 0);
+        }
+        start_sim(NULL, &t->sim[0], t->slog[0], t->dev[0], t->ctl[0], three_card[0], udp[0], udp[2], 0, &three_bd);
+        start_sim(NULL, &t->sim[1], t->slog[1], t->dev[1], t->ctl[1], three_card[1], udp[1], udp[2], 0, &three_bd);
+        start_sim(NULL, &t->sim[2], t->slog[2], t->dev[2], t->ctl[2], three_card[2], udp[2], udp[0], udp[1], &three_bd);
+        for (int i = 0; i < 2; i++) {
+                snprintf(text, sizeof(text),
+                         "[node]\nname = %s\nspool = %s/%s/spool.db\nplugin_dir = %s\nstats_interval = 0\n"
+                         "[local]\nuri = tcp://127.0.0.1:%d\n"
+                         "[link sat]\ntype = beidou\ndevice = %s\nprotocol = bds3\npeer_card = " CENTER_CARD "\n" LINK_COMMON
+                         "ack_timeout = %ds\ncard_poll = 500ms\n%s%s%s[positions]\ntrack_interval = 0\n",
+                         three_name[i], t->dir, three_name[i], plugins, t->br[i].port, t->dev[i], ack_s(&three_bd),
+                         sealed ? "key_file = " : "", sealed ? three_name[i] : "", sealed ? ".key\n" : "");
+                h_write_text(t->conf[i], text);
+        }
+        snprintf(text, sizeof(text),
+                 "[node]\nname = county\nrole = center\nspool = %s/county/spool.db\nplugin_dir = %s\nstats_interval = 0\n"
+                 "[local]\nuri = tcp://127.0.0.1:%d\n"
+                 "[link sat]\ntype = beidou\ndevice = %s\nprotocol = bds3\npeer_card = " BASE_CARD "\n"
+                 "peer_cards = north:" BASE_CARD ", south:" SOUTH_CARD "\npeers = north, south\ncommands = %s\n" LINK_COMMON
+                 "ack_timeout = %ds\ncard_poll = 500ms\n%s",
+                 t->dir, plugins, t->br[2].port, t->dev[2], commands ? "yes" : "no", ack_s(&three_bd),
+                 sealed ? "key_file = county.key\n" : "");
+        h_write_text(t->conf[2], text);
+        for (int i = 2; i >= 0; i--) {
+                const char *args[] = { "--config", t->conf[i], "--log-level", "debug", NULL };
+                h_kuimen_start(&t->k[i], t->log[i], args);
+        }
+        for (int i = 0; i < 3; i++) {
+                char up[64];
+                snprintf(up, sizeof(up), "sat: down -> up (card %s ready)", three_card[i]);
+                cr_assert(h_log_wait(&t->k[i], up, 10000), "%s", t->log[i]);
+        }
+        for (int i = 0; i < 3; i++)
+                cr_assert(h_log_wait(&t->k[i], "ingest: subscribed", 10000), "%s", t->log[i]);
+}
+
+/* No link went down and the center had a card for every base. */
+static void three_steady(const struct three *t)
+{
+        for (int i = 0; i < 3; i++)
+                cr_assert_eq(h_log_count(&t->k[i], "sat: up -> "), 0, "a link went down (%s)", t->log[i]);
+        cr_assert_eq(h_log_count(&t->k[2], "no card for peer"), 0, "%s", t->log[2]);
+}
+
+static void three_down(struct three *t)
+{
+        for (int i = 0; i < 3; i++) {
+                int st = h_stop(&t->k[i], SIGTERM);
+                cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s exits 0 (%d)", three_name[i], st);
+        }
+        for (int i = 0; i < 3; i++) {
+                h_stop(&t->sim[i], SIGTERM);
+                h_stop(&t->br[i].p, SIGTERM);
+        }
+        h_cleanup(t->dir);
+}
+
 /*
  * A center whose one card terminates two bases (ABI 1.2 send_to): north's card
  * 4238473 and south's card 4238475 both send to the center's 4238474, and the center
@@ -705,92 +809,31 @@ Test(beidou, two_links_one_plugin, .timeout = 30)
  * peer_card (north): south's simulator would never be handed a message, south's
  * frames would stay unacknowledged and its link would go down after ack_timeout.
  */
-#define SOUTH_CARD "4238475"
-
 Test(beidou, center_two_bases_one_card, .timeout = 60)
 {
-        char dir[200], conf[3][300], log[3][300], dev[3][300], ctl[3][300], slog[3][300], text[2048];
-        struct h_broker br[3]; /* north's, south's, the center's */
-        struct h_proc k[3], sim[3];
+        struct three t;
         struct h_sub sub;
-        static const char *const name[3] = { "north", "south", "county" }, *const card[3] = { BASE_CARD, SOUTH_CARD, CENTER_CARD };
-        const char *plugins = getenv("KM_SIM_PLUGIN_DIR");
-        const struct bdconf c = { .proto = "bds3", .level = "2" };
 
-        memset(br, 0, sizeof(br));
-        h_tmpdir(dir, sizeof(dir), "bd-2bases");
-        int udp[3];
-        for (int i = 0; i < 3; i++) {
-                h_broker_start(&br[i], dir, 0, NULL);
-                snprintf(conf[i], sizeof(conf[i]), "%s/%s.conf", dir, name[i]);
-                snprintf(log[i], sizeof(log[i]), "%s/%s.log", dir, name[i]);
-                snprintf(dev[i], sizeof(dev[i]), "%s/bd-%s", dir, name[i]);
-                snprintf(ctl[i], sizeof(ctl[i]), "%s/sim-%s.ctl", dir, name[i]);
-                snprintf(slog[i], sizeof(slog[i]), "%s/sim-%s.log", dir, name[i]);
-                udp[i] = h_free_port();
-        }
-        start_sim(NULL, &sim[0], slog[0], dev[0], ctl[0], card[0], udp[0], udp[2], 0, &c);
-        start_sim(NULL, &sim[1], slog[1], dev[1], ctl[1], card[1], udp[1], udp[2], 0, &c);
-        start_sim(NULL, &sim[2], slog[2], dev[2], ctl[2], card[2], udp[2], udp[0], udp[1], &c);
-        for (int i = 0; i < 2; i++) {
-                snprintf(text, sizeof(text),
-                         "[node]\nname = %s\nspool = %s/%s/spool.db\nplugin_dir = %s\nstats_interval = 0\n"
-                         "[local]\nuri = tcp://127.0.0.1:%d\n"
-                         "[link sat]\ntype = beidou\ndevice = %s\nprotocol = bds3\npeer_card = " CENTER_CARD "\n" LINK_COMMON
-                         "ack_timeout = %ds\ncard_poll = 500ms\n[positions]\ntrack_interval = 0\n",
-                         name[i], dir, name[i], plugins, br[i].port, dev[i], ack_s(&c));
-                h_write_text(conf[i], text);
-        }
-        snprintf(text, sizeof(text),
-                 "[node]\nname = county\nrole = center\nspool = %s/county/spool.db\nplugin_dir = %s\nstats_interval = 0\n"
-                 "[local]\nuri = tcp://127.0.0.1:%d\n"
-                 "[link sat]\ntype = beidou\ndevice = %s\nprotocol = bds3\npeer_card = " BASE_CARD "\n"
-                 "peer_cards = north:" BASE_CARD ", south:" SOUTH_CARD "\npeers = north, south\ncommands = no\n" LINK_COMMON
-                 "ack_timeout = %ds\ncard_poll = 500ms\n",
-                 dir, plugins, br[2].port, dev[2], ack_s(&c));
-        h_write_text(conf[2], text);
-        for (int i = 2; i >= 0; i--) {
-                const char *args[] = { "--config", conf[i], "--log-level", "debug", NULL };
-                h_kuimen_start(&k[i], log[i], args);
-        }
-        h_sub_start(&sub, br[2].port, "center-sub", "kuimen/#", false);
-        for (int i = 0; i < 3; i++) {
-                char up[64];
-                snprintf(up, sizeof(up), "sat: down -> up (card %s ready)", card[i]);
-                cr_assert(h_log_wait(&k[i], up, 10000), "%s", log[i]);
-        }
-        /* A message published on a base's broker before its SUBACK has no subscriber. */
-        for (int i = 0; i < 2; i++)
-                cr_assert(h_log_wait(&k[i], "ingest: subscribed", 10000), "%s", log[i]);
-
-        cr_assert_eq(h_mosquitto_pub(br[0].port, "alert/a", "N1"), 0);
-        cr_assert_eq(h_mosquitto_pub(br[1].port, "alert/a", "S1"), 0);
-        cr_assert(wait_payload(&sub, "N1", 10000), "%s", log[2]);
-        cr_assert(wait_payload(&sub, "S1", 10000), "%s", log[2]);
-        cr_assert_eq(h_mosquitto_pub(br[0].port, "alert/a", "N2"), 0);
-        cr_assert_eq(h_mosquitto_pub(br[1].port, "alert/a", "S2"), 0);
-        cr_assert(wait_payload(&sub, "N2", 10000), "%s", log[2]);
-        cr_assert(wait_payload(&sub, "S2", 10000), "%s", log[2]);
+        three_up(&t, "bd-2bases", false, false);
+        h_sub_start(&sub, t.br[2].port, "center-sub", "kuimen/#", false);
+        cr_assert_eq(h_mosquitto_pub(t.br[0].port, "alert/a", "N1"), 0);
+        cr_assert_eq(h_mosquitto_pub(t.br[1].port, "alert/a", "S1"), 0);
+        cr_assert(wait_payload(&sub, "N1", 10000), "%s", t.log[2]);
+        cr_assert(wait_payload(&sub, "S1", 10000), "%s", t.log[2]);
+        cr_assert_eq(h_mosquitto_pub(t.br[0].port, "alert/a", "N2"), 0);
+        cr_assert_eq(h_mosquitto_pub(t.br[1].port, "alert/a", "S2"), 0);
+        cr_assert(wait_payload(&sub, "N2", 10000), "%s", t.log[2]);
+        cr_assert(wait_payload(&sub, "S2", 10000), "%s", t.log[2]);
         /* Each base's simulator was handed the center's acks (its own card's messages). */
-        cr_assert(wait_count(&sim[0], "delivered ", 1, 5000), "north got no ack (%s)", slog[0]);
-        cr_assert(wait_count(&sim[1], "delivered ", 1, 5000), "south got no ack (%s)", slog[1]);
+        cr_assert(wait_count(&t.sim[0], "delivered ", 1, 5000), "north got no ack (%s)", t.slog[0]);
+        cr_assert(wait_count(&t.sim[1], "delivered ", 1, 5000), "south got no ack (%s)", t.slog[1]);
         /* Long enough for an unacknowledged frame to take its base's link down. */
-        h_sleep_ms((ack_s(&c) + 1) * 1000);
+        h_sleep_ms((ack_s(&three_bd) + 1) * 1000);
         cr_assert_eq(count_topic(&sub, "kuimen/north/alert/"), 2);
         cr_assert_eq(count_topic(&sub, "kuimen/south/alert/"), 2);
-        for (int i = 0; i < 3; i++)
-                cr_assert_eq(h_log_count(&k[i], "sat: up -> "), 0, "a link went down (%s)", log[i]);
-        cr_assert_eq(h_log_count(&k[2], "no card for peer"), 0, "%s", log[2]);
+        three_steady(&t);
         h_sub_stop(&sub);
-        for (int i = 0; i < 3; i++) {
-                int st = h_stop(&k[i], SIGTERM);
-                cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s exits 0 (%d)", name[i], st);
-        }
-        for (int i = 0; i < 3; i++) {
-                h_stop(&sim[i], SIGTERM);
-                h_stop(&br[i].p, SIGTERM);
-        }
-        h_cleanup(dir);
+        three_down(&t);
 }
 
 /*
@@ -808,83 +851,20 @@ Test(beidou, center_two_bases_one_card, .timeout = 60)
  */
 static void two_bases_commands(const char *tag, bool sealed)
 {
-        char dir[200], conf[3][300], log[3][300], dev[3][300], ctl[3][300], slog[3][300], text[2048], kpath[300];
-        struct h_broker br[3]; /* north's, south's, the center's */
-        struct h_proc k[3], sim[3];
+        struct three t;
         struct h_rec cmds[2];  /* cmd/# at each base's broker */
         struct h_pub op;       /* the operator at the center */
         struct h_pub term[2];  /* a terminal at each base */
         struct h_sub up;       /* the center broker's alerts */
-        static const char *const name[3] = { "north", "south", "county" }, *const card[3] = { BASE_CARD, SOUTH_CARD, CENTER_CARD };
-        static const char *const key[2] = { "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=",
-                                             "YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXp7fH1+f4A=" };
-        const char *plugins = getenv("KM_SIM_PLUGIN_DIR");
-        const struct bdconf c = { .proto = "bds3", .level = "2" };
 
-        memset(br, 0, sizeof(br));
         memset(cmds, 0, sizeof(cmds));
-        h_tmpdir(dir, sizeof(dir), tag);
-        int udp[3];
-        for (int i = 0; i < 3; i++) {
-                h_broker_start(&br[i], dir, 0, NULL);
-                snprintf(conf[i], sizeof(conf[i]), "%s/%s.conf", dir, name[i]);
-                snprintf(log[i], sizeof(log[i]), "%s/%s.log", dir, name[i]);
-                snprintf(dev[i], sizeof(dev[i]), "%s/bd-%s", dir, name[i]);
-                snprintf(ctl[i], sizeof(ctl[i]), "%s/sim-%s.ctl", dir, name[i]);
-                snprintf(slog[i], sizeof(slog[i]), "%s/sim-%s.log", dir, name[i]);
-                udp[i] = h_free_port();
-        }
-        if (sealed) {
-                for (int i = 0; i < 2; i++) {
-                        snprintf(kpath, sizeof(kpath), "%s/%s.key", dir, name[i]);
-                        snprintf(text, sizeof(text), "%s\n", key[i]);
-                        h_write_text(kpath, text);
-                        cr_assert_eq(chmod(kpath, 0600), 0);
-                }
-                snprintf(kpath, sizeof(kpath), "%s/county.key", dir);
-                snprintf(text, sizeof(text), "north = %s\nsouth = %s\n", key[0], key[1]);
-                h_write_text(kpath, text);
-                cr_assert_eq(chmod(kpath, 0600), 0);
-        }
-        start_sim(NULL, &sim[0], slog[0], dev[0], ctl[0], card[0], udp[0], udp[2], 0, &c);
-        start_sim(NULL, &sim[1], slog[1], dev[1], ctl[1], card[1], udp[1], udp[2], 0, &c);
-        start_sim(NULL, &sim[2], slog[2], dev[2], ctl[2], card[2], udp[2], udp[0], udp[1], &c);
-        for (int i = 0; i < 2; i++) {
-                snprintf(text, sizeof(text),
-                         "[node]\nname = %s\nspool = %s/%s/spool.db\nplugin_dir = %s\nstats_interval = 0\n"
-                         "[local]\nuri = tcp://127.0.0.1:%d\n"
-                         "[link sat]\ntype = beidou\ndevice = %s\nprotocol = bds3\npeer_card = " CENTER_CARD "\n" LINK_COMMON
-                         "ack_timeout = %ds\ncard_poll = 500ms\n%s%s%s[positions]\ntrack_interval = 0\n",
-                         name[i], dir, name[i], plugins, br[i].port, dev[i], ack_s(&c), sealed ? "key_file = " : "",
-                         sealed ? name[i] : "", sealed ? ".key\n" : "");
-                h_write_text(conf[i], text);
-        }
-        snprintf(text, sizeof(text),
-                 "[node]\nname = county\nrole = center\nspool = %s/county/spool.db\nplugin_dir = %s\nstats_interval = 0\n"
-                 "[local]\nuri = tcp://127.0.0.1:%d\n"
-                 "[link sat]\ntype = beidou\ndevice = %s\nprotocol = bds3\npeer_card = " BASE_CARD "\n"
-                 "peer_cards = north:" BASE_CARD ", south:" SOUTH_CARD "\npeers = north, south\ncommands = yes\n" LINK_COMMON
-                 "ack_timeout = %ds\ncard_poll = 500ms\n%s",
-                 dir, plugins, br[2].port, dev[2], ack_s(&c), sealed ? "key_file = county.key\n" : "");
-        h_write_text(conf[2], text);
-        for (int i = 2; i >= 0; i--) {
-                const char *args[] = { "--config", conf[i], "--log-level", "debug", NULL };
-                h_kuimen_start(&k[i], log[i], args);
-        }
+        three_up(&t, tag, true, sealed);
         for (int i = 0; i < 2; i++)
-                h_rec_start(&cmds[i], br[i].port, name[i], "cmd/#");
-        h_pub_start(&op, br[2].port, "operator");
+                h_rec_start(&cmds[i], t.br[i].port, three_name[i], "cmd/#");
+        h_pub_start(&op, t.br[2].port, "operator");
         for (int i = 0; i < 2; i++)
-                h_pub_start(&term[i], br[i].port, "terminal");
-        h_sub_start(&up, br[2].port, "center-sub", "kuimen/+/alert/#", false);
-        for (int i = 0; i < 3; i++) {
-                char up[64];
-                snprintf(up, sizeof(up), "sat: down -> up (card %s ready)", card[i]);
-                cr_assert(h_log_wait(&k[i], up, 10000), "%s", log[i]);
-        }
-        /* The center takes commands once its subscriptions stand. */
-        for (int i = 0; i < 3; i++)
-                cr_assert(h_log_wait(&k[i], "ingest: subscribed", 10000), "%s", log[i]);
+                h_pub_start(&term[i], t.br[i].port, "terminal");
+        h_sub_start(&up, t.br[2].port, "center-sub", "kuimen/+/alert/#", false);
         /* South's commands fill frames of their own (random letters do not deflate) and
          * queue at the center's card, one frame a second, while north's alerts come up:
          * the ack owed to north waits while frames to south go, and must not ride in
@@ -912,35 +892,33 @@ static void two_bases_commands(const char *tag, bool sealed)
                         cr_assert_eq(h_pub_send(&term[from], "alert/a", pl), 0);
                 }
                 cr_assert_eq(h_sub_wait(&up, 3 * (size_t)(r + 1), 15000), 3 * (size_t)(r + 1),
-                             "the center published %zu alerts (%s)", h_sub_count(&up), log[2]);
+                             "the center published %zu alerts (%s)", h_sub_count(&up), t.log[2]);
         }
         for (int i = 0; i < 2; i++)
-                cr_assert_eq(h_rec_wait(&cmds[i], 3, 15000), 3, "%s published %zu of its 3 commands (%s, %s)", name[i],
-                             h_rec_count(&cmds[i]), log[i], log[2]);
+                cr_assert_eq(h_rec_wait(&cmds[i], 3, 15000), 3, "%s published %zu of its 3 commands (%s, %s)", three_name[i],
+                             h_rec_count(&cmds[i]), t.log[i], t.log[2]);
         cr_log_info("%s: 3 + 3 commands at the bases' brokers, 3 + 3 alerts at the center's in %lld ms", tag,
                     (long long)(h_now_ms() - t0));
         /* Longer than rto (half of ack_timeout): a frame sent again, or one to the
          * wrong base, would be here. */
-        h_sleep_ms(ack_s(&c) * 1000 / 2 + 1000);
+        h_sleep_ms(ack_s(&three_bd) * 1000 / 2 + 1000);
         for (int i = 0; i < 2; i++) {
                 pthread_mutex_lock(&cmds[i].mu);
-                cr_assert_eq(cmds[i].n, 3, "%s published %zu commands (%s)", name[i], cmds[i].n, log[i]);
+                cr_assert_eq(cmds[i].n, 3, "%s published %zu commands (%s)", three_name[i], cmds[i].n, t.log[i]);
                 for (size_t m = 0; m < 3; m++) {
                         cr_assert_str_eq(cmds[i].m[m].topic, i ? "cmd/gate" : "cmd/pump");
-                        cr_assert_str_eq(cmds[i].m[m].payload, want[i][m], "%s's command %zu", name[i], m + 1);
+                        cr_assert_str_eq(cmds[i].m[m].payload, want[i][m], "%s's command %zu", three_name[i], m + 1);
                 }
                 pthread_mutex_unlock(&cmds[i].mu);
-                cr_assert_eq(h_log_count(&k[i], sealed ? "from narrow link sat, authenticated, key id"
+                cr_assert_eq(h_log_count(&t.k[i], sealed ? "from narrow link sat, authenticated, key id"
                                                        : "from narrow link sat, NOT authenticated"),
-                             3, "%s", log[i]);
-                cr_assert_eq(h_log_count(&k[i], "dropped:"), 0, "a frame failed to open (%s)", log[i]);
-                cr_assert_eq(h_log_count(&k[i], "'s frames, not ours"), 0, "%s was handed the other's ack (%s)", name[i],
-                             log[i]);
+                             3, "%s", t.log[i]);
+                cr_assert_eq(h_log_count(&t.k[i], "dropped:"), 0, "a frame failed to open (%s)", t.log[i]);
+                cr_assert_eq(h_log_count(&t.k[i], "'s frames, not ours"), 0, "%s was handed the other's ack (%s)", three_name[i],
+                             t.log[i]);
         }
         cr_assert_eq(h_sub_count(&up), 6, "each alert once");
-        for (int i = 0; i < 3; i++)
-                cr_assert_eq(h_log_count(&k[i], "sat: up -> "), 0, "a link went down (%s)", log[i]);
-        cr_assert_eq(h_log_count(&k[2], "no card for peer"), 0, "%s", log[2]);
+        three_steady(&t);
         h_pub_stop(&op);
         h_sub_stop(&up);
         for (int i = 0; i < 2; i++) {
@@ -948,15 +926,7 @@ static void two_bases_commands(const char *tag, bool sealed)
                 h_rec_stop(&cmds[i]);
                 h_rec_free(&cmds[i]);
         }
-        for (int i = 0; i < 3; i++) {
-                int st = h_stop(&k[i], SIGTERM);
-                cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s exits 0 (%d)", name[i], st);
-        }
-        for (int i = 0; i < 3; i++) {
-                h_stop(&sim[i], SIGTERM);
-                h_stop(&br[i].p, SIGTERM);
-        }
-        h_cleanup(dir);
+        three_down(&t);
 }
 
 Test(beidou, center_two_bases_commands, .timeout = 60)
