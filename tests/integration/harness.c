@@ -1565,26 +1565,39 @@ const char *h_ctl_path(void)
         return path;
 }
 
-cJSON *h_status_json(const char *sock)
+cJSON *h_ctl_json(const char *sock, const char *args)
 {
         static char out[1 << 16];
-        char cmd[1024];
-        size_t len = 0;
-        snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' status --json 2>&1", h_ctl_path(), sock);
-        FILE *f = popen(cmd, "r");
-        H_REQUIRE(f, "popen %s", cmd);
-        while (len + 1 < sizeof(out) && !feof(f)) {
-                size_t r = fread(out + len, 1, sizeof(out) - 1 - len, f);
-                if (!r)
-                        break;
-                len += r;
-        }
-        out[len] = '\0';
-        int st = pclose(f);
-        H_REQUIRE(WIFEXITED(st) && WEXITSTATUS(st) == 0, "kuimenctl status: %s", out);
+        int rc = h_kuimenctl(sock, args, out, sizeof(out));
+        H_REQUIRE(rc == 0, "kuimenctl %s exited %d: %s", args, rc, out);
         cJSON *r = cJSON_Parse(out);
-        H_REQUIRE(r, "not JSON: %s", out);
+        H_REQUIRE(r, "kuimenctl %s: not JSON: %s", args, out);
         return r;
+}
+
+cJSON *h_status_json(const char *sock)
+{
+        return h_ctl_json(sock, "status --json");
+}
+
+void h_assert_command_down(int local_port, int center_port, int op_version, const char *payload, const char *log)
+{
+        struct h_rec rec;
+        struct h_pub op;
+        int v = h_mqtt_version;
+        h_mqtt_version = 5;
+        h_rec_start(&rec, local_port, "terminal", "cmd/#");
+        h_mqtt_version = op_version;
+        h_pub_start(&op, center_port, "operator");
+        h_mqtt_version = v;
+        cr_assert_eq(h_pub_send(&op, "kuimen/north/cmd/valve", payload), 0);
+        cr_assert(h_pub_flush(&op, 5000));
+        cr_assert_eq(h_rec_wait(&rec, 1, 15000), 1, "the command reached the base's local broker (%s)", log);
+        cr_assert_str_eq(rec.m[0].topic, "cmd/valve");
+        cr_assert_str_eq(rec.m[0].payload, payload, "the command's payload exactly");
+        h_pub_stop(&op);
+        h_rec_stop(&rec);
+        h_rec_free(&rec);
 }
 
 const cJSON *h_status_link(const cJSON *r, const char *name)

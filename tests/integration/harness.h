@@ -315,9 +315,15 @@ int h_kuimenctl(const char *sock, const char *args, char *out, size_t n);
 /* ---- kuimenctl ---------------------------------------------------------------------- */
 /* The kuimenctl beside KM_KUIMEN (or KM_KUIMENCTL). */
 const char *h_ctl_path(void);
-/* kuimenctl status --json on the control socket sock, parsed (the test fails on an
- * error); the caller deletes it. */
+/* kuimenctl ARGS (a JSON reply: "links --json") on the control socket sock, parsed
+ * (the test fails on an error); the caller deletes it. */
+struct cJSON *h_ctl_json(const char *sock, const char *args);
+/* h_ctl_json(sock, "status --json"). */
 struct cJSON *h_status_json(const char *sock);
+/* An operator (MQTT op_version) publishes payload on kuimen/north/cmd/valve at the
+ * center broker; the test fails unless the base's local broker gets exactly that on
+ * cmd/valve within 15 s (log: where to look). */
+void h_assert_command_down(int local_port, int center_port, int op_version, const char *payload, const char *log);
 /* The link named name in a status reply (the test fails without one). */
 const struct cJSON *h_status_link(const struct cJSON *status, const char *name);
 /* A string member of o, "(none)" when absent. */

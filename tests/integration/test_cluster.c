@@ -156,26 +156,6 @@ static size_t assert_union(struct h_sub *a, struct h_sub *b, const char *origin,
         return copies;
 }
 
-/* A command an operator publishes on port reaches the base's terminals as cmd/... */
-static void assert_command_down(struct base *b, int port, const char *payload)
-{
-        struct h_rec rec;
-        struct h_pub op;
-        int v = h_mqtt_version;
-        h_mqtt_version = 5;
-        h_rec_start(&rec, b->local.port, "terminal", "cmd/#");
-        h_mqtt_version = v;
-        h_pub_start(&op, port, "operator");
-        cr_assert_eq(h_pub_send(&op, "kuimen/north/cmd/valve", payload), 0);
-        cr_assert(h_pub_flush(&op, 5000));
-        cr_assert_eq(h_rec_wait(&rec, 1, 15000), 1, "the command reached the base's local broker (%s)", b->log);
-        cr_assert_str_eq(rec.m[0].topic, "cmd/valve");
-        cr_assert_str_eq(rec.m[0].payload, payload, "the command's payload exactly");
-        h_pub_stop(&op);
-        h_rec_stop(&rec);
-        h_rec_free(&rec);
-}
-
 /* The link's broker in use, as status says it. */
 static void assert_on(struct base *b, const char *uri, int index, int n, const char *protocol)
 {
@@ -283,7 +263,7 @@ Test(cluster, node_killed_mid_stream, .timeout = 240)
         h_cleanup(east.dir);
         /* The downlink's session (its queue was on node 1, mirrored) and a command from
          * node 3. */
-        assert_command_down(&b, rc.node[2].mqtt_port, "{\"open\":7}");
+        h_assert_command_down(b.local.port, rc.node[2].mqtt_port, h_mqtt_version, "{\"open\":7}", b.log);
         cr_assert_eq(h_log_count(&b.k, "set aside"), 0, "%s", b.log);
         h_sub_stop(&sub);
         h_mqtt_version = 5;
@@ -329,7 +309,7 @@ Test(urilist, v311_node_then_v5_node)
         cr_log_info("3.1.1 node shut mid-stream, on to an MQTT 5 node: 0 lost, %zu duplicates", dups);
         assert_on(&b, u1, 1, 2, "5");
         /* The downlink tries the list from its head, the gate (shut), then the broker. */
-        assert_command_down(&b, center.port, "{\"open\":9}");
+        h_assert_command_down(b.local.port, center.port, h_mqtt_version, "{\"open\":9}", b.log);
         h_sub_stop(&sub);
         base_stop(&b);
         h_proxy_stop(&gate);
@@ -366,7 +346,7 @@ Test(urilist, tls_list_followed_by_both_connections)
         snprintf(want, sizeof(want), "down: cannot connect to %s: connect: Connection refused", u0);
         cr_assert_geq(h_log_count(&b.k, want), 1, "the downlink tried the head first (%s)", b.log);
         assert_on(&b, u1, 1, 2, "5");
-        assert_command_down(&b, center.port, "{\"open\":7}");
+        h_assert_command_down(b.local.port, center.port, h_mqtt_version, "{\"open\":7}", b.log);
         base_stop(&b);
         h_stop(&center.p, SIGTERM);
         h_cleanup(b.dir);

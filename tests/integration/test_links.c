@@ -117,25 +117,6 @@ static size_t count_status(struct statsub *s, const char *link, const char *stat
         return k;
 }
 
-/* kuimenctl links --json, parsed; the caller deletes it. */
-static cJSON *ctl_links(const char *sock)
-{
-        static char out[1 << 16];
-        char cmd[1024];
-        size_t len = 0;
-        snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' links --json 2>&1", env_dir("KM_KUIMENCTL"), sock);
-        FILE *f = popen(cmd, "r");
-        cr_assert(f);
-        while (len + 1 < sizeof(out) && !feof(f))
-                len += fread(out + len, 1, sizeof(out) - 1 - len, f);
-        out[len] = '\0';
-        int st = pclose(f);
-        cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "kuimenctl links --json: %s", out);
-        cJSON *j = cJSON_Parse(out);
-        cr_assert(j, "not JSON: %s", out);
-        return j;
-}
-
 static const cJSON *link_of(const cJSON *j, const char *name)
 {
         const cJSON *ls = cJSON_GetObjectItem(j, "links"), *l;
@@ -245,7 +226,7 @@ Test(links, broken_plugins_leave_the_rest_running, .timeout = 120)
         cr_assert_geq(h_log_count(&k, "link: hung: up -> down (no acknowledgement for 2."), 1);
         cr_assert_geq(h_log_count(&k, "link: stuck: the faulty plugin blocked the event loop for 1."), 1);
 
-        cJSON *j = ctl_links(sock);
+        cJSON *j = h_ctl_json(sock, "links --json");
         const cJSON *dead = link_of(j, "dead"), *ctr = link_of(j, "center");
         cr_assert(dead && ctr);
         cr_assert_str_eq(str_of(dead, "state"), "down");
@@ -547,7 +528,7 @@ static size_t probe_len(void)
 
 static uint64_t ctl_num(const char *sock, const char *link, const char *key)
 {
-        cJSON *j = ctl_links(sock);
+        cJSON *j = h_ctl_json(sock, "links --json");
         const cJSON *l = link_of(j, link), *v = l ? cJSON_GetObjectItem(l, key) : NULL;
         cr_assert(cJSON_IsNumber(v), "kuimenctl links: %s.%s", link, key);
         uint64_t n = (uint64_t)v->valuedouble;

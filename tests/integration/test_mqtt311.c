@@ -129,28 +129,6 @@ static void assert_all_once(struct h_sub *s, const char *what)
         pthread_mutex_unlock(&s->mu);
 }
 
-/* A command the center's operator publishes reaches the base's terminals as cmd/... */
-static void assert_command_down(struct env *e, int center_port)
-{
-        struct h_rec rec;
-        struct h_pub op;
-        int v = h_mqtt_version;
-        h_mqtt_version = 5;
-        h_rec_start(&rec, e->local.port, "terminal", "cmd/#");
-        h_mqtt_version = v;
-        h_pub_start(&op, center_port, "operator");
-        h_mqtt_version = 5;
-        cr_assert_eq(h_pub_send(&op, "kuimen/north/cmd/valve", "{\"open\":42}"), 0);
-        cr_assert(h_pub_flush(&op, 5000));
-        cr_assert_eq(h_rec_wait(&rec, 1, 10000), 1, "the command reached the base's local broker (%s)", e->klog);
-        cr_assert_str_eq(rec.m[0].topic, "cmd/valve");
-        cr_assert_str_eq(rec.m[0].payload, "{\"open\":42}", "the command's payload exactly");
-        h_pub_stop(&op);
-        h_rec_stop(&rec);
-        h_rec_free(&rec);
-        h_mqtt_version = v;
-}
-
 /* protocol = auto against a center that closes the socket on an MQTT 5 CONNECT (as
  * RabbitMQ 3.10 does): the uplink and the downlink go 3.1.1, every message arrives once
  * and in order with origin and id, a command comes down, and status, kuimenctl and
@@ -171,7 +149,7 @@ Test(mqtt311, auto_forwards_to_a_311_center)
 
         publish_all(&e);
         assert_all_once(&sub, "auto via the gate");
-        assert_command_down(&e, e.center.port);
+        h_assert_command_down(e.local.port, e.center.port, h_mqtt_version, "{\"open\":42}", e.klog);
 
         cJSON *r = h_status_json(e.sock);
         cr_assert_str_eq(h_json_str(h_status_link(r, "center"), "protocol"), "3.1.1");
@@ -382,7 +360,7 @@ Test(rabbitmq, a_311_center_over_tcp_and_tls, .timeout = 60)
         cr_assert(h_log_count(&e.k, "it closed the connection without a CONNACK") >= 1, "%s", e.klog);
         publish_all(&e);
         assert_all_once(&sub, "auto to RabbitMQ");
-        assert_command_down(&e, r.mqtt_port);
+        h_assert_command_down(e.local.port, r.mqtt_port, h_mqtt_version, "{\"open\":42}", e.klog);
         cJSON *st = h_status_json(e.sock);
         cr_assert_str_eq(h_json_str(h_status_link(st, "center"), "protocol"), "3.1.1");
         cr_assert_str_eq(h_json_str(h_status_link(st, "center"), "protocol_down"), "3.1.1");
