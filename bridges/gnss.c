@@ -408,9 +408,8 @@ static void on_tpv(struct gnss *g)
         /* An epoch the interval never published is rate limiting, not loss; said so that
          * a gap in the published track can be told from a fault (after a stalled loop
          * read several epochs at once, say). */
-        if (g->have_fix && g->fix_seq != g->published_seq && g->fix.time_ms && g->fix.time_ms != p.time_ms) {
+        if (g->have_fix && g->fix_seq != g->published_seq && g->fix.time_ms && g->fix.time_ms != p.time_ms)
                 KM_LOG(KM_LOG_DEBUG, "gnss", "fix of %lld superseded within the interval", (long long)g->fix.time_ms);
-        }
         g->fix = p;
         g->eph = f->eph;
         g->epv = f->epv;

@@ -2559,7 +2559,7 @@ static int64_t dead_delete(struct km_spool *sp, uint64_t id)
 /* Whether the queue holds a message on key ckey created after created_ms: one that a
  * set-aside message sent back would wrongly replace (the latest value per key wins by
  * order, and the one sent back goes to the tail). */
-static bool newer_on_key(struct km_spool *sp, uint8_t dir, const char *ckey, int64_t created_ms)
+static bool newer_on_key(struct km_spool *sp, sqlite3_stmt *q, uint8_t dir, const char *ckey, int64_t created_ms)
 {
         bool newer = false;
         pthread_mutex_lock(&sp->mu);
@@ -2567,15 +2567,13 @@ static bool newer_on_key(struct km_spool *sp, uint8_t dir, const char *ckey, int
                 newer = !sp->pend[i].gone && sp->pend[i].dir == dir && sp->pend[i].created > created_ms &&
                         strcmp(sp->pend[i].ckey, ckey) == 0;
         pthread_mutex_unlock(&sp->mu);
-        sqlite3_stmt *s;
-        if (newer || sqlite3_prepare_v2(sp->db, "SELECT 1 FROM msg WHERE ckey=? AND dir=? AND created>? LIMIT 1", -1,
-                                        &s, NULL) != SQLITE_OK)
+        if (newer || !q)
                 return newer;
-        sqlite3_bind_text(s, 1, ckey, -1, SQLITE_STATIC);
-        sqlite3_bind_int(s, 2, dir);
-        sqlite3_bind_int64(s, 3, created_ms);
-        newer = sqlite3_step(s) == SQLITE_ROW;
-        sqlite3_finalize(s);
+        sqlite3_bind_text(q, 1, ckey, -1, SQLITE_STATIC);
+        sqlite3_bind_int(q, 2, dir);
+        sqlite3_bind_int64(q, 3, created_ms);
+        newer = sqlite3_step(q) == SQLITE_ROW;
+        sqlite3_reset(q);
         return newer;
 }
 
@@ -2592,6 +2590,9 @@ int km_spool_dead_retry(struct km_spool *sp, uint64_t id, int *superseded)
                 return -EIO;
         if (id)
                 sqlite3_bind_int64(s, 1, (int64_t)id);
+        /* Unprepared (SQLite out of memory): only what is in memory is looked at. */
+        sqlite3_stmt *newer = NULL;
+        sqlite3_prepare_v2(sp->db, "SELECT 1 FROM msg WHERE ckey=? AND dir=? AND created>? LIMIT 1", -1, &newer, NULL);
         /* Each goes back through the ingest log, as if it had just arrived (a new id,
          * at the tail: in order among what follows, and durable before its dead row
          * goes); it keeps its created and expires, and its origin id. */
@@ -2614,7 +2615,7 @@ int km_spool_dead_retry(struct km_spool *sp, uint64_t id, int *superseded)
                         refused = true;
                         continue;
                 }
-                if (m.ckey && m.dir < KM_DIR_COUNT && newer_on_key(sp, m.dir, m.ckey, m.created_ms)) {
+                if (m.ckey && m.dir < KM_DIR_COUNT && newer_on_key(sp, newer, m.dir, m.ckey, m.created_ms)) {
                         if (grow((void **)&ids, &cap, nids + 1, sizeof(*ids)) == 0) {
                                 ids[nids++] = old;
                                 nsup++;
@@ -2634,6 +2635,7 @@ int km_spool_dead_retry(struct km_spool *sp, uint64_t id, int *superseded)
                        (unsigned long long)m.id);
         }
         sqlite3_finalize(s);
+        sqlite3_finalize(newer);
         if (rc != SQLITE_DONE && rc != SQLITE_ROW)
                 KM_LOG(KM_LOG_ERR, "spool", "%s: list the dead letters: %s", sp->path, sqlite3_errmsg(sp->db));
         /* A failure here leaves a row that was queued again: held and queued both, a
